@@ -1,0 +1,42 @@
+//! Arithmetic for repeated measurements: the median of several runs, and rates.
+//!
+//! Benchmarks on a shared, noisy machine quote the median of repeated runs, never one run.
+
+use std::time::Duration;
+
+/// The median of `samples` (the mean of the two middle values for an even count).
+/// `None` for no samples.
+pub fn median(samples: &[f64]) -> Option<f64> {
+    if samples.is_empty() {
+        return None;
+    }
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let mid = sorted.len() / 2;
+    Some(if sorted.len() % 2 == 0 { (sorted[mid - 1] + sorted[mid]) / 2.0 } else { sorted[mid] })
+}
+
+/// Items per second for `items` done in `elapsed`; zero when no time passed.
+pub fn per_second(items: u64, elapsed: Duration) -> f64 {
+    let secs = elapsed.as_secs_f64();
+    if secs == 0.0 { 0.0 } else { items as f64 / secs }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[3.0]), Some(3.0));
+        assert_eq!(median(&[5.0, 1.0, 3.0]), Some(3.0));
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), Some(2.5));
+    }
+
+    #[test]
+    fn rates() {
+        assert_eq!(per_second(1_000, Duration::from_millis(500)), 2_000.0);
+        assert_eq!(per_second(1_000, Duration::ZERO), 0.0);
+    }
+}

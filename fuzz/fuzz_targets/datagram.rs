@@ -1,0 +1,4 @@
+//! Fuzz target: `shake_proto::fuzz_checks::datagram` on arbitrary bytes.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| shake_proto::fuzz_checks::datagram(data));

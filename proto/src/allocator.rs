@@ -1,0 +1,464 @@
+//! Frames between an edge worker and the allocator (ALPN `shake-alloc/1`), on one long-lived
+//! bidirectional stream per edge worker.
+//!
+//! Framed as in [`crate::frame`], payloads of at most [`MAX_ALLOCATOR_PAYLOAD`] bytes. A
+//! `Batch` carries no per-entry routing data: the allocator answers with the entry indexes of
+//! the winners only, and the edge maps an index back to its phone.
+
+use bytes::{Bytes, BytesMut};
+
+use crate::frame::{self, FrameStart};
+use crate::limits::{MAX_ALLOCATOR_PAYLOAD, MAX_BATCH_ENTRIES, MAX_DELIVERED_IDS};
+use crate::reader::Reader;
+use crate::{DecodeError, Prize, RoundInfo, varint};
+
+/// The edge-allocator protocol version this crate speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Frame type numbers on an edge-allocator stream.
+pub mod frame_type {
+    /// [`EdgeHello`](super::AllocatorFrame::EdgeHello)
+    pub const EDGE_HELLO: u64 = 0x21;
+    /// [`Batch`](super::AllocatorFrame::Batch)
+    pub const BATCH: u64 = 0x22;
+    /// [`BatchResult`](super::AllocatorFrame::BatchResult)
+    pub const BATCH_RESULT: u64 = 0x23;
+    /// [`Quota`](super::AllocatorFrame::Quota)
+    pub const QUOTA: u64 = 0x24;
+    /// [`RoundState`](super::AllocatorFrame::RoundState)
+    pub const ROUND_STATE: u64 = 0x25;
+    /// [`LoadReport`](super::AllocatorFrame::LoadReport)
+    pub const LOAD_REPORT: u64 = 0x26;
+    /// [`AwardDelivered`](super::AllocatorFrame::AwardDelivered)
+    pub const AWARD_DELIVERED: u64 = 0x27;
+    /// [`Heartbeat`](super::AllocatorFrame::Heartbeat)
+    pub const HEARTBEAT: u64 = 0x28;
+}
+
+/// One admitted shake inside a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BatchEntry {
+    /// The shaking user, from the verified session token.
+    pub user_id: u64,
+    /// When the edge admitted the shake, microseconds after the batch's base time.
+    pub offset_us: u32,
+}
+
+impl BatchEntry {
+    /// Decodes the entry at the front of `buf`: the entry and the bytes it took.
+    #[inline]
+    fn decode(buf: &[u8]) -> Result<(Self, usize), DecodeError> {
+        let truncated = |_| DecodeError::Truncated;
+        let (user_id, user_len) = varint::decode(buf).map_err(truncated)?;
+        let (offset, offset_len) = varint::decode(&buf[user_len..]).map_err(truncated)?;
+        let offset_us = u32::try_from(offset).map_err(|_| DecodeError::InvalidValue("offset"))?;
+        Ok((Self { user_id, offset_us }, user_len + offset_len))
+    }
+}
+
+/// Checks that `entries` is a whole number of well-formed entries, at most
+/// [`MAX_BATCH_ENTRIES`], and counts them. This is the validation pass of every batch the
+/// allocator receives, so it reads only what it must: varint lengths, and the value of an
+/// offset only when its length allows more than 32 bits.
+fn count_entries(entries: &[u8]) -> Result<usize, DecodeError> {
+    let mut at = 0;
+    let mut count = 0;
+    while at < entries.len() {
+        if count == MAX_BATCH_ENTRIES {
+            return Err(DecodeError::TooManyEntries { max: MAX_BATCH_ENTRIES });
+        }
+        at += 1 << (entries[at] >> 6);
+        let Some(&offset_first) = entries.get(at) else {
+            return Err(DecodeError::Truncated);
+        };
+        let offset_len = 1 << (offset_first >> 6);
+        if offset_len == 8 {
+            // Only the eight-byte form can exceed u32; decode it to check.
+            let (offset, _) = varint::decode(&entries[at..]).map_err(|_| DecodeError::Truncated)?;
+            if offset > u64::from(u32::MAX) {
+                return Err(DecodeError::InvalidValue("offset"));
+            }
+        }
+        at += offset_len;
+        count += 1;
+    }
+    if at > entries.len() {
+        return Err(DecodeError::Truncated);
+    }
+    Ok(count)
+}
+
+/// Iterator over the entries of a [`Batch`].
+#[derive(Debug, Clone)]
+pub struct BatchEntries<'a> {
+    rest: &'a [u8],
+    left: usize,
+}
+
+impl Iterator for BatchEntries<'_> {
+    type Item = BatchEntry;
+
+    #[inline]
+    fn next(&mut self) -> Option<BatchEntry> {
+        // invariant: `count_entries` accepted these bytes, so decoding cannot fail here.
+        let (entry, len) = BatchEntry::decode(self.rest).ok()?;
+        self.rest = &self.rest[len..];
+        self.left -= 1;
+        Some(entry)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left, Some(self.left))
+    }
+}
+
+impl ExactSizeIterator for BatchEntries<'_> {}
+
+/// A batch of admitted shakes from one edge worker, for one round.
+///
+/// `(edge id, worker id, seq)` names a batch for ever: a resend carries the same sequence and
+/// gets the same answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch {
+    /// Sequence number, per edge worker, increasing from 1.
+    pub seq: u64,
+    /// The round every entry was admitted in.
+    pub round_id: u32,
+    /// Unix milliseconds that entry offsets count from.
+    pub base_time_ms: u64,
+    entries: Bytes,
+    len: usize,
+}
+
+impl Batch {
+    /// A batch holding `entries` (tests, tools and benchmarks; the edge uses [`BatchWriter`]).
+    ///
+    /// # Panics
+    /// If there are more than [`MAX_BATCH_ENTRIES`] entries.
+    pub fn new(seq: u64, round_id: u32, base_time_ms: u64, entries: &[BatchEntry]) -> Self {
+        assert!(entries.len() <= MAX_BATCH_ENTRIES, "batch over {MAX_BATCH_ENTRIES} entries");
+        let mut body = BytesMut::with_capacity(entries.len() * 6);
+        for entry in entries {
+            put_entry(&mut body, entry);
+        }
+        Self { seq, round_id, base_time_ms, entries: body.freeze(), len: entries.len() }
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True for a batch without entries (legal, if useless).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The entries in order; entry index `i` is the `i`th item.
+    pub fn entries(&self) -> BatchEntries<'_> {
+        BatchEntries { rest: &self.entries, left: self.len }
+    }
+}
+
+#[inline]
+fn put_entry(out: &mut BytesMut, entry: &BatchEntry) {
+    varint::put(out, entry.user_id);
+    varint::put(out, u64::from(entry.offset_us));
+}
+
+/// Writes a `Batch` frame straight into an output buffer, one entry at a time, so the edge
+/// never holds a list of entries: the encoded frame is the batch.
+#[derive(Debug)]
+pub struct BatchWriter {
+    start: FrameStart,
+    len: usize,
+}
+
+impl BatchWriter {
+    /// Starts a `Batch` frame at the end of `out`.
+    pub fn begin(out: &mut BytesMut, seq: u64, round_id: u32, base_time_ms: u64) -> Self {
+        let start = frame::begin(out, frame_type::BATCH);
+        varint::put(out, seq);
+        varint::put(out, u64::from(round_id));
+        varint::put(out, base_time_ms);
+        Self { start, len: 0 }
+    }
+
+    /// Appends one entry.
+    ///
+    /// # Panics
+    /// If the batch already holds [`MAX_BATCH_ENTRIES`]: callers flush at a smaller size.
+    #[inline]
+    pub fn push(&mut self, out: &mut BytesMut, entry: BatchEntry) {
+        assert!(self.len < MAX_BATCH_ENTRIES, "batch over {MAX_BATCH_ENTRIES} entries");
+        put_entry(out, &entry);
+        self.len += 1;
+    }
+
+    /// Entries written so far.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True before the first entry.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Completes the frame.
+    pub fn finish(self, out: &mut BytesMut) {
+        frame::finish(out, self.start);
+    }
+}
+
+/// One winning entry of a batch.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Winner {
+    /// Index of the entry in its batch.
+    pub entry_index: u32,
+    /// Ledger id of the award.
+    pub award_id: u64,
+    /// What it pays.
+    pub prize: Prize,
+}
+
+/// One frame on an edge-allocator stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllocatorFrame {
+    /// Edge -> allocator, first frame on each worker stream.
+    EdgeHello {
+        /// The edge's id (also in its client certificate's name).
+        edge_id: u64,
+        /// The worker within the edge that owns this stream.
+        worker_id: u16,
+        /// [`PROTOCOL_VERSION`] of the edge.
+        protocol_version: u32,
+        /// Every batch up to this sequence has an answer at the edge.
+        highest_answered_seq: u64,
+    },
+    /// Edge -> allocator: admitted shakes to draw.
+    Batch(Batch),
+    /// Allocator -> edge: the answer to one batch, winners only, after they are durable.
+    BatchResult {
+        /// The batch answered.
+        seq: u64,
+        /// The winning entries, in entry order.
+        winners: Vec<Winner>,
+    },
+    /// Allocator -> edge: the edge's admission rate for a round.
+    Quota {
+        /// The round it applies to.
+        round_id: u32,
+        /// Admitted shakes per second for the whole edge.
+        rate_per_s: u32,
+        /// Bucket depth.
+        burst: u32,
+        /// After this Unix millisecond the edge falls back to its local limit.
+        valid_until_ms: u64,
+    },
+    /// Allocator -> edge: a round's state and pacing.
+    RoundState {
+        /// The round.
+        round: RoundInfo,
+        /// The minimum shake interval phones should keep, milliseconds.
+        min_shake_interval_ms: u32,
+    },
+    /// Edge -> allocator: load over the last window, for quota sharing.
+    LoadReport {
+        /// Length of the window, milliseconds.
+        window_ms: u32,
+        /// Shakes offered in the round during the window.
+        offered: u64,
+        /// Shakes admitted during the window.
+        admitted: u64,
+    },
+    /// Edge -> allocator: these awards reached their phones.
+    AwardDelivered {
+        /// Acknowledged award ids (1 to [`MAX_DELIVERED_IDS`]).
+        award_ids: Vec<u64>,
+    },
+    /// Either way: liveness, with the sender's clock.
+    Heartbeat {
+        /// Sender's clock, Unix milliseconds.
+        now_ms: u64,
+    },
+}
+
+impl AllocatorFrame {
+    /// Appends this frame, header included.
+    ///
+    /// # Panics
+    /// If a list breaks its documented limit (no award ids, or more than
+    /// [`MAX_DELIVERED_IDS`]): the peer could not decode it.
+    pub fn encode(&self, out: &mut BytesMut) {
+        let start = frame::begin(out, self.frame_type());
+        match self {
+            AllocatorFrame::EdgeHello {
+                edge_id,
+                worker_id,
+                protocol_version,
+                highest_answered_seq,
+            } => {
+                varint::put(out, *edge_id);
+                varint::put(out, u64::from(*worker_id));
+                varint::put(out, u64::from(*protocol_version));
+                varint::put(out, *highest_answered_seq);
+            }
+            AllocatorFrame::Batch(batch) => {
+                varint::put(out, batch.seq);
+                varint::put(out, u64::from(batch.round_id));
+                varint::put(out, batch.base_time_ms);
+                out.extend_from_slice(&batch.entries);
+            }
+            AllocatorFrame::BatchResult { seq, winners } => {
+                varint::put(out, *seq);
+                for winner in winners {
+                    varint::put(out, u64::from(winner.entry_index));
+                    varint::put(out, winner.award_id);
+                    winner.prize.encode(out);
+                }
+            }
+            AllocatorFrame::Quota { round_id, rate_per_s, burst, valid_until_ms } => {
+                varint::put(out, u64::from(*round_id));
+                varint::put(out, u64::from(*rate_per_s));
+                varint::put(out, u64::from(*burst));
+                varint::put(out, *valid_until_ms);
+            }
+            AllocatorFrame::RoundState { round, min_shake_interval_ms } => {
+                round.encode(out);
+                varint::put(out, u64::from(*min_shake_interval_ms));
+            }
+            AllocatorFrame::LoadReport { window_ms, offered, admitted } => {
+                varint::put(out, u64::from(*window_ms));
+                varint::put(out, *offered);
+                varint::put(out, *admitted);
+            }
+            AllocatorFrame::AwardDelivered { award_ids } => {
+                assert!(
+                    (1..=MAX_DELIVERED_IDS).contains(&award_ids.len()),
+                    "AwardDelivered carries 1 to {MAX_DELIVERED_IDS} ids"
+                );
+                for id in award_ids {
+                    varint::put(out, *id);
+                }
+            }
+            AllocatorFrame::Heartbeat { now_ms } => varint::put(out, *now_ms),
+        }
+        frame::finish(out, start);
+    }
+
+    /// The frame type number.
+    pub fn frame_type(&self) -> u64 {
+        use frame_type::*;
+        match self {
+            AllocatorFrame::EdgeHello { .. } => EDGE_HELLO,
+            AllocatorFrame::Batch(_) => BATCH,
+            AllocatorFrame::BatchResult { .. } => BATCH_RESULT,
+            AllocatorFrame::Quota { .. } => QUOTA,
+            AllocatorFrame::RoundState { .. } => ROUND_STATE,
+            AllocatorFrame::LoadReport { .. } => LOAD_REPORT,
+            AllocatorFrame::AwardDelivered { .. } => AWARD_DELIVERED,
+            AllocatorFrame::Heartbeat { .. } => HEARTBEAT,
+        }
+    }
+
+    /// A short, fixed name for logs and metric labels.
+    pub fn name(&self) -> &'static str {
+        match self {
+            AllocatorFrame::EdgeHello { .. } => "edge_hello",
+            AllocatorFrame::Batch(_) => "batch",
+            AllocatorFrame::BatchResult { .. } => "batch_result",
+            AllocatorFrame::Quota { .. } => "quota",
+            AllocatorFrame::RoundState { .. } => "round_state",
+            AllocatorFrame::LoadReport { .. } => "load_report",
+            AllocatorFrame::AwardDelivered { .. } => "award_delivered",
+            AllocatorFrame::Heartbeat { .. } => "heartbeat",
+        }
+    }
+
+    /// Takes the next frame off the front of a stream buffer. `Ok(None)`: read more.
+    pub fn decode(buf: &mut BytesMut) -> Result<Option<Self>, DecodeError> {
+        match frame::split(buf, MAX_ALLOCATOR_PAYLOAD)? {
+            Some((frame_type, payload)) => Self::parse(frame_type, &payload).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Parses one complete payload of the given frame type.
+    pub fn parse(frame_type: u64, payload: &Bytes) -> Result<Self, DecodeError> {
+        use frame_type::*;
+        let mut r = Reader::new(payload);
+        let frame = match frame_type {
+            EDGE_HELLO => AllocatorFrame::EdgeHello {
+                edge_id: r.varint()?,
+                worker_id: r.varint_u16("worker id")?,
+                protocol_version: r.varint_u32("protocol version")?,
+                highest_answered_seq: r.varint()?,
+            },
+            BATCH => {
+                let seq = r.varint()?;
+                let round_id = r.varint_u32("round id")?;
+                let base_time_ms = r.varint()?;
+                let entries = r.remaining();
+                // Entries run to the end of the payload: nothing can trail them.
+                return Ok(AllocatorFrame::Batch(Batch {
+                    seq,
+                    round_id,
+                    base_time_ms,
+                    entries: payload.slice_ref(entries),
+                    len: count_entries(entries)?,
+                }));
+            }
+            BATCH_RESULT => {
+                let seq = r.varint()?;
+                // Grows with the bytes actually present (each winner takes at least 4),
+                // never with a count the peer claims.
+                let mut winners = Vec::new();
+                while !r.is_empty() {
+                    let entry_index = r.varint_u32("entry index")?;
+                    if entry_index as usize >= MAX_BATCH_ENTRIES {
+                        return Err(DecodeError::InvalidValue("entry index"));
+                    }
+                    winners.push(Winner {
+                        entry_index,
+                        award_id: r.varint()?,
+                        prize: Prize::decode(&mut r)?,
+                    });
+                }
+                AllocatorFrame::BatchResult { seq, winners }
+            }
+            QUOTA => AllocatorFrame::Quota {
+                round_id: r.varint_u32("round id")?,
+                rate_per_s: r.varint_u32("rate")?,
+                burst: r.varint_u32("burst")?,
+                valid_until_ms: r.varint()?,
+            },
+            ROUND_STATE => AllocatorFrame::RoundState {
+                round: RoundInfo::decode(&mut r)?,
+                min_shake_interval_ms: r.varint_u32("min shake interval")?,
+            },
+            LOAD_REPORT => AllocatorFrame::LoadReport {
+                window_ms: r.varint_u32("window")?,
+                offered: r.varint()?,
+                admitted: r.varint()?,
+            },
+            AWARD_DELIVERED => {
+                let mut award_ids = Vec::new();
+                while !r.is_empty() {
+                    if award_ids.len() == MAX_DELIVERED_IDS {
+                        return Err(DecodeError::InvalidValue("award id count"));
+                    }
+                    award_ids.push(r.varint()?);
+                }
+                if award_ids.is_empty() {
+                    return Err(DecodeError::InvalidValue("award id count"));
+                }
+                AllocatorFrame::AwardDelivered { award_ids }
+            }
+            HEARTBEAT => AllocatorFrame::Heartbeat { now_ms: r.varint()? },
+            other => return Err(DecodeError::UnknownType(other)),
+        };
+        r.finish()?;
+        Ok(frame)
+    }
+}

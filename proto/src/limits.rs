@@ -1,0 +1,22 @@
+//! Every size limit of the protocol, in one place, so encoders, decoders and docs agree.
+//!
+//! A peer that exceeds one of these gets a typed [`DecodeError`](crate::DecodeError) and, on a
+//! stream, a close with [`ErrorCode::FrameTooLarge`](crate::ErrorCode::FrameTooLarge) or
+//! [`ErrorCode::MalformedFrame`](crate::ErrorCode::MalformedFrame).
+
+/// Largest payload of one frame on a phone's control stream.
+pub const MAX_CONTROL_PAYLOAD: usize = 1024;
+/// Largest payload of one frame on an edge-allocator stream.
+pub const MAX_ALLOCATOR_PAYLOAD: usize = 256 * 1024;
+/// Largest DATAGRAM payload either side sends or accepts.
+pub const MAX_DATAGRAM: usize = 1200;
+/// Largest session token carried in `Hello`.
+pub const MAX_TOKEN: usize = 128;
+/// Largest gift SKU.
+pub const MAX_SKU: usize = 64;
+/// Largest reason text in `Error`.
+pub const MAX_REASON: usize = 256;
+/// Most entries in one `Batch`.
+pub const MAX_BATCH_ENTRIES: usize = 16_384;
+/// Most award ids in one `AwardDelivered`.
+pub const MAX_DELIVERED_IDS: usize = 4096;
