@@ -1,3 +1,30 @@
-//! `shake-allocator`: the central allocator.
+//! `shake-allocator`: the central allocator. It decides who wins, writes every award durably
+//! before anyone hears of it, and never overspends a pool or pays twice, across restarts.
 //!
-//! Not built yet: the allocator issue fills this crate (rounds, pools, the draw, the ledger).
+//! # Layout
+//! - [`config`]: the TOML configuration and its validation.
+//! - [`split`]: the seeded "double mean" cash split.
+//! - [`pool`]: one round's prizes in release order, released and available by kind.
+//! - [`draw`]: the sans-IO draw over a batch, deterministic for a seed and input order.
+//! - [`award`]: the award row and its stored encoding; [`export`]: award rows as JSON.
+//! - [`quota`]: sharing the fleet's admission rate between edges.
+//! - [`core`]: the sans-IO state machine: streams, batches, exactly-once answers, quotas.
+//! - [`ledger`]: the durable redb ledger with group commit.
+//! - [`service`]: the I/O shell: QUIC endpoint, stream tasks, the actor, the commit thread.
+//! - [`tls`], [`dev_certs`]: mutual TLS and a development PKI.
+//! - [`metrics`], [`http`]: Prometheus metrics and the tiny HTTP server that serves them.
+
+pub mod award;
+pub mod config;
+pub mod core;
+pub mod dev_certs;
+pub mod draw;
+pub mod export;
+pub mod http;
+pub mod ledger;
+pub mod metrics;
+pub mod pool;
+pub mod quota;
+pub mod service;
+pub mod split;
+pub mod tls;

@@ -1,0 +1,340 @@
+//! The allocator's TOML configuration: what it reads, the defaults, and `validate()`, which
+//! names the field at fault so `--check-config` can say exactly what to fix.
+//!
+//! `allocator/shake-allocator.example.toml` is the annotated example.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// QUIC listen address for edges.
+    pub listen: SocketAddr,
+    /// Prometheus `/metrics` listen address; none to serve no metrics.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Where the award ledger lives (a redb file; created if missing).
+    pub ledger_path: PathBuf,
+    /// Edges are given admission for `oversampling x` the prizes released per second.
+    #[serde(default = "default_oversampling")]
+    pub oversampling: f64,
+    /// How long a `Quota` is valid; quotas are refreshed at a third of this.
+    #[serde(default = "default_quota_valid_ms")]
+    pub quota_valid_ms: u64,
+    /// Most batches in flight in one group commit.
+    #[serde(default = "default_max_group_batches")]
+    pub max_group_batches: usize,
+    /// TLS files.
+    pub tls: TlsConfig,
+    /// The rounds of the show.
+    #[serde(default)]
+    pub rounds: Vec<RoundConfig>,
+}
+
+/// Certificate files (PEM). `shake-allocator dev-certs DIR` writes a working set.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The allocator's certificate chain.
+    pub cert: PathBuf,
+    /// The allocator's private key.
+    pub key: PathBuf,
+    /// CA whose certificates edges must present (mutual TLS).
+    pub edge_ca: PathBuf,
+}
+
+/// How prizes become available over a round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Release {
+    /// Evenly over the round's duration (the default): the pool does not drain in a second.
+    #[default]
+    Linear,
+    /// Everything at round open.
+    Immediate,
+}
+
+/// One round of the show.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoundConfig {
+    /// Round id, unique and non-zero.
+    pub id: u32,
+    /// Opening time, Unix milliseconds.
+    pub starts_at_ms: u64,
+    /// Length of the round, seconds.
+    pub duration_s: u64,
+    /// Seed of the cash split, the release order and the draw: recorded, so an audit replays.
+    pub seed: u64,
+    /// How prizes are released.
+    #[serde(default)]
+    pub release: Release,
+    /// Cash envelopes one user may win in this round.
+    #[serde(default = "one")]
+    pub cash_per_user: u8,
+    /// Gifts one user may win in this round.
+    #[serde(default = "one")]
+    pub gifts_per_user: u8,
+    /// Minimum shake interval phones are asked to keep, milliseconds.
+    #[serde(default = "default_min_shake_interval_ms")]
+    pub min_shake_interval_ms: u32,
+    /// The cash pool, if any.
+    #[serde(default)]
+    pub cash: Option<CashPool>,
+    /// Gift pools.
+    #[serde(default)]
+    pub gifts: Vec<GiftPool>,
+}
+
+impl RoundConfig {
+    /// Closing time, Unix milliseconds.
+    pub fn ends_at_ms(&self) -> u64 {
+        self.starts_at_ms.saturating_add(self.duration_s.saturating_mul(1000))
+    }
+
+    /// Number of prizes in the round.
+    pub fn prize_count(&self) -> u64 {
+        self.cash.as_ref().map_or(0, |c| c.envelopes)
+            + self.gifts.iter().map(|g| g.count).sum::<u64>()
+    }
+}
+
+/// A cash pool, split into random envelopes at round open.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CashPool {
+    /// The whole pool, cents; the envelopes sum to exactly this.
+    pub total_cents: u64,
+    /// Number of envelopes.
+    pub envelopes: u64,
+    /// Smallest envelope, cents.
+    #[serde(default = "one_cent")]
+    pub min_cents: u64,
+}
+
+/// A gift pool.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GiftPool {
+    /// Stock-keeping unit (1 to 64 bytes): what awards carry.
+    pub sku: String,
+    /// Display name.
+    pub name: String,
+    /// How many there are.
+    pub count: u64,
+}
+
+fn default_oversampling() -> f64 {
+    4.0
+}
+fn default_quota_valid_ms() -> u64 {
+    5_000
+}
+fn default_max_group_batches() -> usize {
+    4_096
+}
+fn default_min_shake_interval_ms() -> u32 {
+    100
+}
+fn one() -> u8 {
+    1
+}
+fn one_cent() -> u64 {
+    1
+}
+
+/// A configuration that cannot be used, and the field to blame.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema (the message names the field).
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with the field and line.
+        message: String,
+    },
+    /// A field holds a value that cannot work.
+    #[error("invalid `{field}`: {message}")]
+    Invalid {
+        /// Dotted path of the field, e.g. `rounds[1].cash.envelopes`.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { field: field.into(), message: message.into() }
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let config = Self::parse(&text).map_err(|err| match err {
+            ConfigError::Parse { message, .. } => {
+                ConfigError::Parse { path: path.to_owned(), message }
+            }
+            other => other,
+        })?;
+        Ok(config)
+    }
+
+    /// Parses and validates configuration text.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|err| ConfigError::Parse {
+            path: PathBuf::from("<config>"),
+            message: err.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every value that parsing alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(self.oversampling.is_finite() && self.oversampling > 0.0) {
+            return Err(invalid("oversampling", "must be a positive number"));
+        }
+        if self.quota_valid_ms < 300 {
+            return Err(invalid("quota_valid_ms", "must be at least 300"));
+        }
+        if self.max_group_batches == 0 {
+            return Err(invalid("max_group_batches", "must be at least 1"));
+        }
+        let mut previous_end: Option<(u32, u64)> = None;
+        let mut sorted: Vec<&RoundConfig> = self.rounds.iter().collect();
+        sorted.sort_by_key(|r| r.starts_at_ms);
+        for round in &sorted {
+            if let Some((other, end)) = previous_end
+                && round.starts_at_ms < end
+            {
+                return Err(invalid(
+                    format!("rounds[id={}].starts_at_ms", round.id),
+                    format!("overlaps round {other}"),
+                ));
+            }
+            previous_end = Some((round.id, round.ends_at_ms()));
+        }
+        for (i, round) in self.rounds.iter().enumerate() {
+            let at = |field: &str| format!("rounds[{i}].{field}");
+            if round.id == 0 {
+                return Err(invalid(at("id"), "0 means \"no round\"; use 1 or more"));
+            }
+            if self.rounds[..i].iter().any(|r| r.id == round.id) {
+                return Err(invalid(at("id"), format!("round id {} appears twice", round.id)));
+            }
+            if round.duration_s == 0 {
+                return Err(invalid(at("duration_s"), "must be at least 1"));
+            }
+            if round.cash.is_none() && round.gifts.is_empty() {
+                return Err(invalid(at("cash"), "a round needs a cash pool or gifts"));
+            }
+            if let Some(cash) = &round.cash {
+                if cash.envelopes == 0 || cash.envelopes > 100_000_000 {
+                    return Err(invalid(at("cash.envelopes"), "must be 1 to 100,000,000"));
+                }
+                if cash.min_cents == 0 {
+                    return Err(invalid(at("cash.min_cents"), "must be at least 1"));
+                }
+                if cash.total_cents / cash.envelopes < cash.min_cents {
+                    return Err(invalid(
+                        at("cash.total_cents"),
+                        "must be at least envelopes x min_cents",
+                    ));
+                }
+            }
+            for (g, gift) in round.gifts.iter().enumerate() {
+                if gift.sku.is_empty() || gift.sku.len() > shake_proto::limits::MAX_SKU {
+                    return Err(invalid(at(&format!("gifts[{g}].sku")), "must be 1 to 64 bytes"));
+                }
+                if gift.count == 0 {
+                    return Err(invalid(at(&format!("gifts[{g}].count")), "must be at least 1"));
+                }
+            }
+            if round.prize_count() > u64::from(u32::MAX) {
+                return Err(invalid(at("cash"), "more than 2^32 prizes in one round"));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../shake-allocator.example.toml");
+
+    #[test]
+    fn the_annotated_example_is_valid() {
+        let config = Config::parse(EXAMPLE).unwrap();
+        assert!(!config.rounds.is_empty());
+    }
+
+    fn with_round(round: &str) -> String {
+        format!(
+            "listen = \"127.0.0.1:0\"\nledger_path = \"l\"\n[tls]\ncert = \"c\"\nkey = \"k\"\nedge_ca = \"a\"\n{round}"
+        )
+    }
+
+    fn field_of(text: &str) -> String {
+        match Config::parse(text) {
+            Err(ConfigError::Invalid { field, .. }) => field,
+            other => panic!("expected an invalid field, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        let round = |extra: &str| {
+            with_round(&format!(
+                "[[rounds]]\nid = 1\nstarts_at_ms = 0\nduration_s = 10\nseed = 1\n{extra}"
+            ))
+        };
+        assert_eq!(field_of(&round("")), "rounds[0].cash");
+        assert_eq!(
+            field_of(&round("[rounds.cash]\ntotal_cents = 10\nenvelopes = 0\n")),
+            "rounds[0].cash.envelopes"
+        );
+        assert_eq!(
+            field_of(&round("[rounds.cash]\ntotal_cents = 10\nenvelopes = 11\n")),
+            "rounds[0].cash.total_cents"
+        );
+        assert_eq!(
+            field_of(&round("[[rounds.gifts]]\nsku = \"\"\nname = \"x\"\ncount = 1\n")),
+            "rounds[0].gifts[0].sku"
+        );
+        let two = with_round(
+            "[[rounds]]\nid = 1\nstarts_at_ms = 0\nduration_s = 10\nseed = 1\n[[rounds.gifts]]\nsku = \"a\"\nname = \"a\"\ncount = 1\n\
+             [[rounds]]\nid = 2\nstarts_at_ms = 5000\nduration_s = 10\nseed = 1\n[[rounds.gifts]]\nsku = \"a\"\nname = \"a\"\ncount = 1\n",
+        );
+        assert_eq!(field_of(&two), "rounds[id=2].starts_at_ms");
+        assert_eq!(field_of(&format!("oversampling = 0.0\n{}", with_round(""))), "oversampling");
+    }
+
+    #[test]
+    fn unknown_and_malformed_fields_are_parse_errors() {
+        assert!(matches!(
+            Config::parse(&format!("colour = 1\n{}", with_round(""))),
+            Err(ConfigError::Parse { .. })
+        ));
+        assert!(matches!(
+            Config::parse("listen = \"not an address\""),
+            Err(ConfigError::Parse { .. })
+        ));
+    }
+}

@@ -1,0 +1,221 @@
+//! The draw: which entries of a batch win, and what. Sans-IO and deterministic: the clock is an
+//! argument and every random choice is a hash of the round's seed and the entry's name
+//! (edge, worker, batch sequence, entry index), so the same input gives the same answer.
+//!
+//! For each entry, in order: the round is open, the user is under the round's cap for some
+//! kind, and a released, unawarded prize of such a kind is left -> award it. Which kind (when
+//! the user may take either) and which item are chosen at random among what is left.
+
+use std::collections::HashMap;
+
+use shake_proto::{Batch, Prize};
+
+use crate::award::{Award, BatchKey};
+use crate::config::{Release, RoundConfig};
+use crate::pool::{Item, Kind, Pool};
+
+/// Wins of one user in one round, by kind.
+#[derive(Debug, Clone, Copy, Default)]
+struct UserWins {
+    cash: u8,
+    gifts: u8,
+}
+
+/// One round's configuration, prizes and winners.
+#[derive(Debug, Clone)]
+pub struct RoundDraw {
+    config: RoundConfig,
+    pool: Pool,
+    wins: HashMap<u64, UserWins>,
+}
+
+impl RoundDraw {
+    fn new(config: RoundConfig) -> Self {
+        let pool = Pool::new(&config);
+        Self { config, pool, wins: HashMap::new() }
+    }
+
+    /// The round's configuration.
+    pub fn config(&self) -> &RoundConfig {
+        &self.config
+    }
+
+    /// The round's prizes.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// Open at `now_ms`?
+    pub fn is_open(&self, now_ms: u64) -> bool {
+        (self.config.starts_at_ms..self.config.ends_at_ms()).contains(&now_ms)
+    }
+
+    /// How many items the release schedule has let out by `now_ms`.
+    pub fn release_target(&self, now_ms: u64) -> usize {
+        let total = self.pool.items().len();
+        let start = self.config.starts_at_ms;
+        let end = self.config.ends_at_ms();
+        if now_ms < start {
+            return 0;
+        }
+        match self.config.release {
+            Release::Immediate => total,
+            Release::Linear if now_ms >= end => total,
+            Release::Linear => {
+                let elapsed = u128::from(now_ms - start);
+                (total as u128 * elapsed / u128::from(end - start)) as usize
+            }
+        }
+    }
+
+    fn cap(&self, kind: Kind) -> u8 {
+        match kind {
+            Kind::Cash => self.config.cash_per_user,
+            Kind::Gift => self.config.gifts_per_user,
+        }
+    }
+
+    fn prize_of(&self, item: Item) -> Prize {
+        match item {
+            Item::Cash { cents } => Prize::Cash { cents },
+            Item::Gift { pool } => {
+                Prize::Gift { sku: self.config.gifts[pool as usize].sku.clone() }
+            }
+        }
+    }
+
+    /// The kind this user may still win, chosen with `random` when both are possible.
+    fn choose_kind(&self, wins: UserWins, random: u64) -> Option<Kind> {
+        let cash =
+            if wins.cash < self.cap(Kind::Cash) { self.pool.available(Kind::Cash) } else { 0 };
+        let gifts =
+            if wins.gifts < self.cap(Kind::Gift) { self.pool.available(Kind::Gift) } else { 0 };
+        match (cash, gifts) {
+            (0, 0) => None,
+            (_, 0) => Some(Kind::Cash),
+            (0, _) => Some(Kind::Gift),
+            (c, g) => {
+                let cash_share = c as u64;
+                Some(if random % ((c + g) as u64) < cash_share { Kind::Cash } else { Kind::Gift })
+            }
+        }
+    }
+}
+
+/// Every round, and the next award id.
+#[derive(Debug, Clone)]
+pub struct Draw {
+    rounds: Vec<RoundDraw>,
+    next_award_id: u64,
+}
+
+/// A ledger row names an item or round the configuration does not have: the ledger and the
+/// configuration disagree, and the allocator must not start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("ledger award {award_id} does not fit the configured round {round_id}")]
+pub struct RestoreError {
+    /// The award that does not fit.
+    pub award_id: u64,
+    /// Its round.
+    pub round_id: u32,
+}
+
+impl Draw {
+    /// Fresh state for these rounds: every pool split and ordered from its seed.
+    pub fn new(rounds: &[RoundConfig]) -> Self {
+        Self { rounds: rounds.iter().cloned().map(RoundDraw::new).collect(), next_award_id: 1 }
+    }
+
+    /// The rounds.
+    pub fn rounds(&self) -> &[RoundDraw] {
+        &self.rounds
+    }
+
+    /// The round with this id.
+    pub fn round(&self, round_id: u32) -> Option<&RoundDraw> {
+        self.rounds.iter().find(|r| r.config.id == round_id)
+    }
+
+    /// The next award id to be granted.
+    pub fn next_award_id(&self) -> u64 {
+        self.next_award_id
+    }
+
+    /// Replays an award read from the ledger (call for every row before any `decide`).
+    pub fn restore(&mut self, award: &Award) -> Result<(), RestoreError> {
+        let err = RestoreError { award_id: award.award_id, round_id: award.round_id };
+        let round =
+            self.rounds.iter_mut().find(|r| r.config.id == award.round_id).ok_or(err.clone())?;
+        let item = *round.pool.items().get(award.item as usize).ok_or(err.clone())?;
+        if round.prize_of(item) != award.prize || !round.pool.restore_awarded(award.item) {
+            return Err(err);
+        }
+        let wins = round.wins.entry(award.user_id).or_default();
+        match item.kind() {
+            Kind::Cash => wins.cash += 1,
+            Kind::Gift => wins.gifts += 1,
+        }
+        self.next_award_id = self.next_award_id.max(award.award_id + 1);
+        Ok(())
+    }
+
+    /// Draws the winners of `batch` at `now_ms`, appending their awards to `out`.
+    pub fn decide(&mut self, key: BatchKey, batch: &Batch, now_ms: u64, out: &mut Vec<Award>) {
+        let Some(round) = self.rounds.iter_mut().find(|r| r.config.id == batch.round_id) else {
+            return;
+        };
+        if !round.is_open(now_ms) {
+            return;
+        }
+        let target = round.release_target(now_ms);
+        round.pool.release_until(target);
+        let batch_seed = batch_seed(round.config.seed, key);
+        for (index, entry) in batch.entries().enumerate() {
+            // Most entries arrive after the released prizes are gone: one branch each.
+            if round.pool.available(Kind::Cash) == 0 && round.pool.available(Kind::Gift) == 0 {
+                break;
+            }
+            let random = entry_random(batch_seed, index as u32);
+            let wins = round.wins.get(&entry.user_id).copied().unwrap_or_default();
+            let Some(kind) = round.choose_kind(wins, random) else { continue };
+            // invariant: choose_kind only picks a kind with an available item.
+            let Some(item) = round.pool.take(kind, mix(random)) else { continue };
+            let wins = round.wins.entry(entry.user_id).or_default();
+            match kind {
+                Kind::Cash => wins.cash += 1,
+                Kind::Gift => wins.gifts += 1,
+            }
+            let prize = round.prize_of(round.pool.items()[item as usize]);
+            out.push(Award {
+                award_id: self.next_award_id,
+                round_id: batch.round_id,
+                user_id: entry.user_id,
+                item,
+                prize,
+                batch: key,
+                entry_index: index as u32,
+                granted_at_ms: now_ms,
+                delivered: false,
+            });
+            self.next_award_id += 1;
+        }
+    }
+}
+
+/// The seed of every random choice in one batch.
+pub fn batch_seed(round_seed: u64, key: BatchKey) -> u64 {
+    mix(round_seed ^ mix(key.edge_id ^ mix(u64::from(key.worker_id) ^ mix(key.seq))))
+}
+
+/// The random number of entry `index`: picks the kind; `mix` of it picks the item.
+pub fn entry_random(batch_seed: u64, index: u32) -> u64 {
+    mix(batch_seed ^ u64::from(index))
+}
+
+/// SplitMix64's finaliser: a fast, well-mixed 64-bit hash.
+pub fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}

@@ -1,0 +1,93 @@
+//! The allocator's Prometheus metrics.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(&'static str, String)>;
+
+/// Every metric the allocator exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Batches received (first arrivals and resends).
+    pub batches: Counter,
+    /// Batches answered from a stored answer or joined to a pending draw.
+    pub batches_replayed: Counter,
+    /// Entries decided.
+    pub entries: Counter,
+    /// Awards granted, by round and prize kind.
+    pub awards: Family<Labels, Counter>,
+    /// Prizes not yet awarded, by round.
+    pub pool_remaining: Family<Labels, Gauge>,
+    /// Group commit latency, seconds.
+    pub commit_seconds: Histogram,
+    /// Batches per group commit.
+    pub commit_group_batches: Histogram,
+    /// Connections refused (TLS or protocol), by reason.
+    pub rejected_peers: Family<Labels, Counter>,
+    /// Streams closed for bad frames, by decode error.
+    pub malformed_frames: Family<Labels, Counter>,
+    /// Edge worker streams open.
+    pub streams_open: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("shake_allocator");
+        let m = Self {
+            batches: Counter::default(),
+            batches_replayed: Counter::default(),
+            entries: Counter::default(),
+            awards: Family::default(),
+            pool_remaining: Family::default(),
+            commit_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+            commit_group_batches: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
+            rejected_peers: Family::default(),
+            malformed_frames: Family::default(),
+            streams_open: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register("batches", "Batches received", m.batches.clone());
+        registry.register(
+            "batches_replayed",
+            "Batches answered again (resends)",
+            m.batches_replayed.clone(),
+        );
+        registry.register("entries", "Entries decided", m.entries.clone());
+        registry.register("awards", "Awards granted", m.awards.clone());
+        registry.register("pool_remaining", "Prizes not yet awarded", m.pool_remaining.clone());
+        registry.register("commit_seconds", "Group commit latency", m.commit_seconds.clone());
+        registry.register(
+            "commit_group_batches",
+            "Batches per group commit",
+            m.commit_group_batches.clone(),
+        );
+        registry.register("rejected_peers", "Connections refused", m.rejected_peers.clone());
+        registry.register(
+            "malformed_frames",
+            "Streams closed for malformed frames",
+            m.malformed_frames.clone(),
+        );
+        registry.register("streams_open", "Edge worker streams open", m.streams_open.clone());
+        Self { registry, ..m }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // invariant: writing into a String cannot fail.
+        encode(&mut out, &self.registry).expect("encoding metrics into a String");
+        out
+    }
+}

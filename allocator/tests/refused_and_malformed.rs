@@ -1,0 +1,136 @@
+//! Mutual TLS refuses edges without a certificate from the trusted CA; malformed and oversized
+//! frames close the stream with the documented code and are counted.
+
+mod common;
+
+use bytes::BytesMut;
+use common::*;
+use shake_proto::allocator::PROTOCOL_VERSION;
+use shake_proto::{AllocatorFrame, ErrorCode, varint};
+
+async fn hello(stream: &mut EdgeStream, version: u32) {
+    stream
+        .send(&AllocatorFrame::EdgeHello {
+            edge_id: 1,
+            worker_id: 0,
+            protocol_version: version,
+            highest_answered_seq: 0,
+        })
+        .await;
+}
+
+/// The error code the allocator closed the stream with, as seen by a read.
+async fn closed_with(stream: &mut EdgeStream) -> String {
+    loop {
+        match stream.recv().await {
+            Ok(_) => continue,
+            Err(err) => return err,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edges_without_a_trusted_certificate_are_refused() {
+    let scratch = Scratch::new("mtls");
+    let alloc =
+        Allocator::start(&scratch.config("[rounds.cash]\ntotal_cents = 100\nenvelopes = 10\n"));
+
+    // No client certificate at all.
+    let refused = try_session(&alloc, client_config(&scratch.dir.join("certs"), None)).await;
+    assert!(refused.is_err(), "{refused:?}");
+
+    // A certificate from another CA.
+    let other = Scratch::new("mtls-other");
+    let refused = try_session(&alloc, client_config_mixed(&scratch, &other)).await;
+    assert!(refused.is_err(), "{refused:?}");
+
+    // A trusted edge still gets in and hears the round state.
+    let conn = connect(alloc.quic, client_config(&scratch.dir.join("certs"), Some("edge-1")))
+        .await
+        .unwrap();
+    let mut stream = EdgeStream::open(&conn).await;
+    hello(&mut stream, PROTOCOL_VERSION).await;
+    assert!(matches!(stream.recv().await, Ok((AllocatorFrame::RoundState { .. }, _))));
+
+    let text = scrape(alloc.metrics);
+    assert!(metric(&text, "shake_allocator_rejected_peers_total") >= 2.0, "{text}");
+}
+
+/// Connects, says hello and waits for the round state; any failure on the way is the error.
+async fn try_session(alloc: &Allocator, config: quinn::ClientConfig) -> Result<(), String> {
+    let conn = connect(alloc.quic, config).await?;
+    // TLS 1.3 may report a refused client certificate only once the link is used.
+    let (mut send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    let mut out = BytesMut::new();
+    AllocatorFrame::EdgeHello {
+        edge_id: 1,
+        worker_id: 0,
+        protocol_version: PROTOCOL_VERSION,
+        highest_answered_seq: 0,
+    }
+    .encode(&mut out);
+    send.write_all(&out).await.map_err(|e| e.to_string())?;
+    let mut stream = EdgeStream { conn, send, recv, buf: BytesMut::new() };
+    match stream.recv().await? {
+        (AllocatorFrame::RoundState { .. }, _) => Ok(()),
+        (other, _) => Err(format!("unexpected {}", other.name())),
+    }
+}
+
+/// Trusts the allocator's CA but presents an edge certificate from another CA.
+fn client_config_mixed(trusting: &Scratch, presenting: &Scratch) -> quinn::ClientConfig {
+    let mixed = trusting.dir.join("mixed");
+    std::fs::create_dir_all(&mixed).unwrap();
+    std::fs::copy(trusting.dir.join("certs/ca.pem"), mixed.join("ca.pem")).unwrap();
+    std::fs::copy(presenting.dir.join("certs/edge-1.pem"), mixed.join("edge-1.pem")).unwrap();
+    std::fs::copy(presenting.dir.join("certs/edge-1.key"), mixed.join("edge-1.key")).unwrap();
+    client_config(&mixed, Some("edge-1"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_oversized_and_unexpected_frames_close_the_stream_with_their_code() {
+    let scratch = Scratch::new("malformed");
+    let alloc =
+        Allocator::start(&scratch.config("[rounds.cash]\ntotal_cents = 100\nenvelopes = 10\n"));
+    let conn = connect(alloc.quic, client_config(&scratch.dir.join("certs"), Some("edge-1")))
+        .await
+        .unwrap();
+    // quinn reports a reset as "stream reset by peer: error N".
+    let code = |c: ErrorCode| format!("error {}", c.code());
+
+    // Garbage inside a well-framed Batch: a truncated entry.
+    let mut stream = EdgeStream::open(&conn).await;
+    hello(&mut stream, PROTOCOL_VERSION).await;
+    stream.send_raw(&[0x22, 0x04, 0x01, 0x01, 0x01, 0x40]).await;
+    let err = closed_with(&mut stream).await;
+    assert!(err.contains(&code(ErrorCode::MalformedFrame)), "{err}");
+
+    // A frame length over the limit: refused from the header alone.
+    let mut stream = EdgeStream::open(&conn).await;
+    hello(&mut stream, PROTOCOL_VERSION).await;
+    let mut header = BytesMut::new();
+    varint::put(&mut header, 0x22);
+    varint::put(&mut header, 1 << 30);
+    stream.send_raw(&header).await;
+    let err = closed_with(&mut stream).await;
+    assert!(err.contains(&code(ErrorCode::FrameTooLarge)), "{err}");
+
+    // A batch before EdgeHello.
+    let mut stream = EdgeStream::open(&conn).await;
+    stream.send(&AllocatorFrame::Heartbeat { now_ms: 1 }).await;
+    let err = closed_with(&mut stream).await;
+    assert!(err.contains(&code(ErrorCode::UnexpectedFrame)), "{err}");
+
+    // A protocol version we do not speak.
+    let mut stream = EdgeStream::open(&conn).await;
+    hello(&mut stream, PROTOCOL_VERSION + 1).await;
+    let err = closed_with(&mut stream).await;
+    assert!(err.contains(&code(ErrorCode::UnsupportedVersion)), "{err}");
+
+    // The connection and the allocator are still fine.
+    let mut stream = EdgeStream::open(&conn).await;
+    hello(&mut stream, PROTOCOL_VERSION).await;
+    assert!(matches!(stream.recv().await, Ok((AllocatorFrame::RoundState { .. }, _))));
+    let text = scrape(alloc.metrics);
+    assert!(metric(&text, "shake_allocator_malformed_frames_total") >= 2.0, "{text}");
+}
