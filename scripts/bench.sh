@@ -2,12 +2,14 @@
 # Runs one named benchmark in release mode: a readable table, then one JSON line.
 # Figures also land in bench/results/<name>.json with a description of the machine.
 #
-#   scripts/bench.sh proto        encode/decode a 1,024-entry Batch (target: 50 M entries/s each)
+#   scripts/bench.sh proto          encode/decode a 1,024-entry Batch (target: 50 M entries/s each)
+#   scripts/bench.sh allocator      draw decisions/s (target 5 M) and durable awards/s (target 200 k)
+#   scripts/bench.sh ledger-stores  redb vs fjall vs SQLite group commits of 1, 100, 10,000 awards
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 usage() {
-    sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
     exit 64
 }
 
@@ -23,6 +25,14 @@ case "$name" in
     proto)
         cargo build --quiet --release -p shake-bench --bin shake-bench
         pin target/release/shake-bench proto "$@"
+        ;;
+    allocator)
+        cargo build --quiet --release -p shake-bench --bin shake-bench
+        pin target/release/shake-bench allocator "$@"
+        ;;
+    ledger-stores)
+        cargo build --quiet --release -p shake-bench --bin shake-bench --features store-comparison
+        pin target/release/shake-bench ledger-stores "$@"
         ;;
     *)
         echo "unknown benchmark: $name" >&2

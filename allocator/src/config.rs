@@ -17,7 +17,7 @@ pub struct Config {
     /// Prometheus `/metrics` listen address; none to serve no metrics.
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
-    /// Where the award ledger lives (a redb file; created if missing).
+    /// Where the award ledger lives (a fjall directory; created if missing).
     pub ledger_path: PathBuf,
     /// Edges are given admission for `oversampling x` the prizes released per second.
     #[serde(default = "default_oversampling")]

@@ -5,7 +5,8 @@
 //! Exactly once: a batch is drawn the first time its [`BatchKey`] is seen. Until its group
 //! commits it is pending and any resend waits for the same answer; once committed its answer
 //! bytes are kept and replayed. Answers an edge has confirmed (`EdgeHello`'s highest answered
-//! sequence) leave memory but stay in the ledger.
+//! sequence) leave memory but stay in the ledger; a batch at or below that mark is never drawn
+//! again: sending one is a protocol violation and closes the stream.
 
 use std::collections::HashMap;
 
@@ -67,6 +68,7 @@ pub struct Core {
     settings: CoreSettings,
     draw: Draw,
     answered: HashMap<BatchKey, Bytes>,
+    confirmed: HashMap<(u64, u16), u64>,
     pending: HashMap<BatchKey, Vec<StreamId>>,
     streams: HashMap<StreamId, StreamInfo>,
     planner: QuotaPlanner,
@@ -83,6 +85,7 @@ impl Core {
             settings,
             draw,
             answered,
+            confirmed: HashMap::new(),
             pending: HashMap::new(),
             streams: HashMap::new(),
             planner: QuotaPlanner::default(),
@@ -129,6 +132,8 @@ impl Core {
             out.push(Effect::Close(old, ErrorCode::DuplicateWorker));
         }
         self.streams.insert(stream, StreamInfo { edge_id, worker_id });
+        let mark = self.confirmed.entry((edge_id, worker_id)).or_default();
+        *mark = (*mark).max(highest_answered_seq);
         self.answered.retain(|key, _| {
             !(key.edge_id == edge_id
                 && key.worker_id == worker_id
@@ -162,6 +167,11 @@ impl Core {
         if let Some(waiting) = self.pending.get_mut(&key) {
             self.counters.batches_replayed += 1;
             waiting.push(stream);
+            return;
+        }
+        if self.confirmed.get(&(key.edge_id, key.worker_id)).is_some_and(|mark| key.seq <= *mark) {
+            // Confirmed and forgotten: drawing it again could pay twice.
+            out.push(Effect::Close(stream, ErrorCode::UnexpectedFrame));
             return;
         }
         self.scratch.clear();

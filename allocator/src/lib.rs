@@ -9,7 +9,7 @@
 //! - [`award`]: the award row and its stored encoding; [`export`]: award rows as JSON.
 //! - [`quota`]: sharing the fleet's admission rate between edges.
 //! - [`core`]: the sans-IO state machine: streams, batches, exactly-once answers, quotas.
-//! - [`ledger`]: the durable redb ledger with group commit.
+//! - [`ledger`]: the durable fjall ledger with group commit.
 //! - [`service`]: the I/O shell: QUIC endpoint, stream tasks, the actor, the commit thread.
 //! - [`tls`], [`dev_certs`]: mutual TLS and a development PKI.
 //! - [`metrics`], [`http`]: Prometheus metrics and the tiny HTTP server that serves them.

@@ -2,7 +2,7 @@
 //! owns the [`Core`], and the group-commit thread that owns the [`Ledger`].
 //!
 //! ```text
-//! stream tasks --ActorMsg--> actor (Core) --CommitJob--> committer thread (redb, fsync)
+//! stream tasks --ActorMsg--> actor (Core) --CommitJob--> committer thread (fjall, fsync)
 //!      ^                        |   ^                           |
 //!      +------ Outgoing --------+   +------ Committed ----------+
 //! ```
@@ -325,7 +325,7 @@ async fn actor_loop(
                     ActorMsg::Committed(Err(err)) => {
                         // Awards are money: never answer without a durable ledger.
                         tracing::error!(%err, "ledger commit failed; stopping");
-                        return Err(ServeError::Ledger(LedgerError::Store(redb::Error::Corrupted(err))));
+                        return Err(ServeError::Ledger(LedgerError::Failed(err)));
                     }
                 }
             }
@@ -386,21 +386,44 @@ async fn accept_loop(
                 }
             };
             tracing::info!(%remote, "edge connected");
+            // invariant: mutual TLS is required, so an established connection has a chain.
+            let peer_cert = connection
+                .peer_identity()
+                .and_then(|id| id.downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>().ok())
+                .and_then(|chain| chain.into_iter().next());
+            let Some(peer_cert) = peer_cert else {
+                connection.close(ErrorCode::EdgeRejected.code().into(), b"no client certificate");
+                return;
+            };
+            let peer_cert = Arc::new(peer_cert);
             while let Ok((send, recv)) = connection.accept_bi().await {
                 let id = stream_ids.fetch_add(1, Ordering::Relaxed);
-                tokio::spawn(serve_stream(id, send, recv, actor.clone(), metrics.clone()));
+                let stream = EdgeLink {
+                    stream: id,
+                    connection: connection.clone(),
+                    peer_cert: peer_cert.clone(),
+                };
+                tokio::spawn(serve_stream(stream, send, recv, actor.clone(), metrics.clone()));
             }
         });
     }
 }
 
-async fn serve_stream(
+/// Who is on the other end of one stream.
+struct EdgeLink {
     stream: StreamId,
+    connection: quinn::Connection,
+    peer_cert: Arc<rustls_pki_types::CertificateDer<'static>>,
+}
+
+async fn serve_stream(
+    link: EdgeLink,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     actor: mpsc::Sender<ActorMsg>,
     metrics: Arc<Metrics>,
 ) {
+    let stream = link.stream;
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Outgoing>();
     let writer = tokio::spawn(async move {
         while let Some(out) = out_rx.recv().await {
@@ -436,6 +459,22 @@ async fn serve_stream(
                         ) => {
                             if protocol_version != PROTOCOL_VERSION {
                                 break 'read Some(ErrorCode::UnsupportedVersion);
+                            }
+                            if !tls::certificate_names_edge(&link.peer_cert, edge_id) {
+                                tracing::warn!(
+                                    stream,
+                                    edge_id,
+                                    "certificate does not name this edge"
+                                );
+                                metrics
+                                    .rejected_peers
+                                    .get_or_create(&vec![("reason", "edge_id".to_owned())])
+                                    .inc();
+                                link.connection.close(
+                                    ErrorCode::EdgeRejected.code().into(),
+                                    b"certificate does not name this edge",
+                                );
+                                break 'read None;
                             }
                             hello_seen = true;
                             let tx = out_tx.clone();

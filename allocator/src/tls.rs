@@ -94,3 +94,14 @@ pub fn mutual_tls_client(
     config.alpn_protocols = vec![alpn.to_vec()];
     Ok(config)
 }
+
+/// Whether the certificate is valid for edge `edge_id`'s name (`edge-<id>`, see
+/// [`crate::dev_certs::edge_name`]): an edge may only speak for the id its certificate names.
+pub fn certificate_names_edge(cert: &CertificateDer<'_>, edge_id: u64) -> bool {
+    let Ok(name) = rustls_pki_types::ServerName::try_from(crate::dev_certs::edge_name(edge_id))
+    else {
+        return false;
+    };
+    webpki::EndEntityCert::try_from(cert)
+        .is_ok_and(|cert| cert.verify_is_valid_for_subject_name(&name).is_ok())
+}

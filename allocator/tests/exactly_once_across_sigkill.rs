@@ -96,6 +96,19 @@ async fn sigkill_mid_stream_then_resend_pays_exactly_once() {
     let (_, _, raw) = stream.next_result().await.unwrap();
     assert_eq!(raw, second_answers[&3]);
 
+    // Phones acknowledged the first half of the awards. A batch sent after the acknowledgement
+    // is answered only once its group is durable, and the mark was queued before it.
+    let acked: BTreeSet<u64> =
+        winners_by_award.keys().copied().take(winners_by_award.len() / 2).collect();
+    stream
+        .send(&AllocatorFrame::AwardDelivered { award_ids: acked.iter().copied().collect() })
+        .await;
+    stream.send(&batch(BATCHES + 1)).await;
+    let (_, late_winners, _) = stream.next_result().await.unwrap();
+    for w in late_winners {
+        winners_by_award.insert(w.award_id, (BATCHES + 1, w.entry_index, w.prize));
+    }
+
     // The ledger holds exactly what the edge was told: drain, then export.
     assert!(alloc.terminate().success());
     let export = Command::new(BIN)
@@ -118,7 +131,13 @@ async fn sigkill_mid_stream_then_resend_pays_exactly_once() {
     let cash: u64 = rows.iter().filter_map(|r| r["cents"].as_u64()).sum();
     assert!(cash <= TOTAL_CENTS, "pool overspent: {cash} > {TOTAL_CENTS}");
     for row in &rows {
-        let (seq, index, _) = &winners_by_award[&row["award_id"].as_u64().unwrap()];
+        let id = row["award_id"].as_u64().unwrap();
+        assert_eq!(
+            row["delivered"].as_bool(),
+            Some(acked.contains(&id)),
+            "award {id} delivered flag"
+        );
+        let (seq, index, _) = &winners_by_award[&id];
         assert_eq!(row["batch_seq"].as_u64(), Some(*seq));
         assert_eq!(row["entry_index"].as_u64(), Some(u64::from(*index)));
     }

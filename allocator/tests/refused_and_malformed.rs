@@ -134,3 +134,33 @@ async fn malformed_oversized_and_unexpected_frames_close_the_stream_with_their_c
     let text = scrape(alloc.metrics);
     assert!(metric(&text, "shake_allocator_malformed_frames_total") >= 2.0, "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_cannot_speak_for_another_edge_id() {
+    let scratch = Scratch::new("edge-id");
+    let alloc =
+        Allocator::start(&scratch.config("[rounds.cash]\ntotal_cents = 100\nenvelopes = 10\n"));
+    // edge-2's certificate, claiming to be edge 1.
+    let conn = connect(alloc.quic, client_config(&scratch.dir.join("certs"), Some("edge-2")))
+        .await
+        .unwrap();
+    let mut stream = EdgeStream::open(&conn).await;
+    hello(&mut stream, PROTOCOL_VERSION).await;
+    let err = closed_with(&mut stream).await;
+    let reason = conn.closed().await.to_string();
+    assert!(reason.contains(&ErrorCode::EdgeRejected.code().to_string()), "{err} / {reason}");
+    // And as itself it is welcome.
+    let conn = connect(alloc.quic, client_config(&scratch.dir.join("certs"), Some("edge-2")))
+        .await
+        .unwrap();
+    let mut stream = EdgeStream::open(&conn).await;
+    stream
+        .send(&AllocatorFrame::EdgeHello {
+            edge_id: 2,
+            worker_id: 0,
+            protocol_version: PROTOCOL_VERSION,
+            highest_answered_seq: 0,
+        })
+        .await;
+    assert!(matches!(stream.recv().await, Ok((AllocatorFrame::RoundState { .. }, _))));
+}

@@ -5,7 +5,12 @@
 //!   the same JSON under `bench/results/<name>.json` with a description of the machine.
 //! - [`stats`]: medians and rates over repeated timed runs.
 //! - [`proto_bench`]: encoding and decoding a 1,024-entry `Batch`.
+//! - [`allocator_bench`]: the draw's decisions per second and durable awards per second.
+//! - `ledger_stores` (feature `store-comparison`): redb, fjall and SQLite group commits.
 
+pub mod allocator_bench;
+#[cfg(feature = "store-comparison")]
+pub mod ledger_stores;
 pub mod proto_bench;
 pub mod report;
 pub mod stats;

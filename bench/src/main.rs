@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use serde_json::{Map, Value};
-use shake_bench::{proto_bench, report};
+use shake_bench::{allocator_bench, proto_bench, report};
 
 #[derive(Parser, Debug)]
 #[command(name = "shake-bench", about = "Shake micro-benchmarks", version)]
@@ -32,6 +32,24 @@ enum Bench {
         /// Length of each timed run, milliseconds.
         #[arg(long, default_value_t = 300)]
         run_ms: u64,
+    },
+    /// The draw's decisions per second (target 5 M/s, one core) and awards made durable per
+    /// second through the real ledger with fsync (target 200 k/s).
+    Allocator {
+        /// Timed draw runs; the median is reported.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Scratch directory for the ledger (on the disk being measured).
+        #[arg(long, default_value = "target/bench-scratch")]
+        scratch: PathBuf,
+    },
+    /// Group commits of 1, 100 and 10,000 awards in redb, fjall and SQLite, fsync each
+    /// (needs `--features store-comparison`).
+    #[cfg(feature = "store-comparison")]
+    LedgerStores {
+        /// Scratch directory (on the disk being measured).
+        #[arg(long, default_value = "target/bench-scratch/stores")]
+        scratch: PathBuf,
     },
 }
 
@@ -62,6 +80,73 @@ fn main() -> anyhow::Result<()> {
             );
             let title = format!("proto: 1,024-entry Batch on one core, median of {runs} runs");
             report::emit("proto", &report::table(&title, &rows), figures, results_dir)?;
+        }
+        Bench::Allocator { runs, scratch } => {
+            std::fs::create_dir_all(&scratch)?;
+            let f = allocator_bench::run(runs, &scratch);
+            let mut rows = vec![
+                ("decisions (median)".to_owned(), report::human_rate(f.decisions_per_s)),
+                ("win ratio".to_owned(), format!("{:.3}", f.win_ratio)),
+                (
+                    "winners drawn (median)".to_owned(),
+                    report::human_rate(f.decisions_per_s * f.win_ratio),
+                ),
+            ];
+            for (group, awards, rate) in &f.durable_by_group {
+                rows.push((
+                    format!("durable, {group} batches/commit (~{awards} awards)"),
+                    report::human_rate(*rate),
+                ));
+            }
+            // The slowest group size measured: the figure holds whatever groups the load forms.
+            let durable =
+                f.durable_by_group.iter().map(|(_, _, r)| *r).fold(f64::INFINITY, f64::min);
+            let durable = if durable.is_finite() { durable } else { 0.0 };
+            let mut figures = Map::new();
+            figures.insert("runs".into(), Value::from(runs));
+            figures.insert("decisions_per_s".into(), Value::from(f.decisions_per_s.round()));
+            figures.insert("win_ratio".into(), Value::from(f.win_ratio));
+            figures.insert("durable_awards_per_s".into(), Value::from(durable.round()));
+            figures.insert(
+                "durable_by_group".into(),
+                f.durable_by_group
+                    .iter()
+                    .map(|(g, a, r)| serde_json::json!({"batches": g, "awards": a, "awards_per_s": r.round()}))
+                    .collect(),
+            );
+            figures.insert(
+                "target_met".into(),
+                Value::from(f.decisions_per_s >= 5e6 && durable >= 2e5),
+            );
+            let title =
+                format!("allocator: draw on one core (median of {runs}), ledger with fsync");
+            report::emit("allocator", &report::table(&title, &rows), figures, results_dir)?;
+        }
+        #[cfg(feature = "store-comparison")]
+        Bench::LedgerStores { scratch } => {
+            let cells = shake_bench::ledger_stores::run(&scratch);
+            let rows: Vec<(String, String)> = cells
+                .iter()
+                .map(|c| {
+                    (
+                        format!("{:<6} {:>6} awards/commit", c.store, c.group),
+                        format!("{} ({:.2} ms)", report::human_rate(c.awards_per_s), c.commit_ms),
+                    )
+                })
+                .collect();
+            let mut figures = Map::new();
+            for c in &cells {
+                figures.insert(
+                    format!("{}_{}_awards_per_s", c.store, c.group),
+                    Value::from(c.awards_per_s.round()),
+                );
+            }
+            report::emit(
+                "ledger-stores",
+                &report::table("ledger stores: durable group commits", &rows),
+                figures,
+                results_dir,
+            )?;
         }
     }
     Ok(())

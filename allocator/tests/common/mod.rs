@@ -59,7 +59,7 @@ duration_s = 600
 seed = 7
 {round_extra}
 "#,
-            ledger = self.dir.join("ledger.redb").display(),
+            ledger = self.dir.join("ledger").display(),
             certs = self.dir.join("certs").display(),
             start = now_ms() - 1_000,
         );

@@ -1,0 +1,152 @@
+//! `allocator`: the draw's decisions per second (1,024-entry batches, one core, in memory) and
+//! awards made durable per second through the real ledger (fjall, fsync per group commit).
+//!
+//! The draw scenario is the one quotas aim for: prizes released linearly, and about a quarter
+//! of the entries arriving while a released prize is left (oversampling 4), users spread over
+//! a billion ids.
+
+use std::path::Path;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use shake_allocator::award::{Award, BatchKey};
+use shake_allocator::config::{CashPool, Release, RoundConfig};
+use shake_allocator::draw::Draw;
+use shake_allocator::ledger::{AnsweredBatch, Ledger};
+use shake_proto::{AllocatorFrame, Batch, Winner};
+
+use crate::{proto_bench, stats};
+
+/// Entries per batch.
+pub const BATCH_ENTRIES: usize = 1024;
+/// Batches per timed draw run; the clock advances 1 ms per batch.
+pub const BATCHES_PER_RUN: usize = 4_000;
+/// Batches per group commit measured for the durable figure.
+pub const GROUP_BATCHES: [usize; 3] = [1, 8, 64];
+
+/// The measured figures.
+#[derive(Debug, Clone)]
+pub struct AllocatorFigures {
+    /// Median entries decided per second.
+    pub decisions_per_s: f64,
+    /// Share of entries that won.
+    pub win_ratio: f64,
+    /// Awards made durable per second, by batches per group (about 256 awards per batch).
+    pub durable_by_group: Vec<(usize, usize, f64)>,
+}
+
+fn round() -> RoundConfig {
+    let prizes = (BATCHES_PER_RUN * BATCH_ENTRIES / 4) as u64;
+    RoundConfig {
+        id: 1,
+        starts_at_ms: 0,
+        duration_s: (BATCHES_PER_RUN / 1000) as u64,
+        seed: 42,
+        release: Release::Linear,
+        cash_per_user: 1,
+        gifts_per_user: 1,
+        min_shake_interval_ms: 100,
+        cash: Some(CashPool { total_cents: prizes * 100, envelopes: prizes, min_cents: 1 }),
+        gifts: vec![],
+    }
+}
+
+fn batches() -> Vec<Batch> {
+    let entries = proto_bench::sample_entries(BATCHES_PER_RUN * BATCH_ENTRIES);
+    entries
+        .chunks(BATCH_ENTRIES)
+        .enumerate()
+        .map(|(i, chunk)| Batch::new(i as u64 + 1, 1, i as u64, chunk))
+        .collect()
+}
+
+fn key(seq: u64) -> BatchKey {
+    BatchKey { edge_id: 1, worker_id: 0, seq }
+}
+
+/// One draw over every batch: (entries per second, awards per batch).
+fn draw_run(config: &RoundConfig, batches: &[Batch]) -> (f64, Vec<Vec<Award>>) {
+    let mut draw = Draw::new(std::slice::from_ref(config));
+    let mut per_batch = Vec::with_capacity(batches.len());
+    let mut out = Vec::with_capacity(BATCH_ENTRIES);
+    let started = Instant::now();
+    for (i, batch) in batches.iter().enumerate() {
+        draw.decide(key(batch.seq), batch, i as u64 + 1, &mut out);
+        per_batch.push(std::mem::take(&mut out));
+    }
+    let rate = stats::per_second((batches.len() * BATCH_ENTRIES) as u64, started.elapsed());
+    (rate, per_batch)
+}
+
+fn answered(awards: Vec<Award>) -> AnsweredBatch {
+    let key = awards.first().map_or(key(0), |a| a.batch);
+    let winners = awards
+        .iter()
+        .map(|a| Winner {
+            entry_index: a.entry_index,
+            award_id: a.award_id,
+            prize: a.prize.clone(),
+        })
+        .collect();
+    let mut answer = BytesMut::new();
+    AllocatorFrame::BatchResult { seq: key.seq, winners }.encode(&mut answer);
+    AnsweredBatch { key, answer: answer.freeze(), awards }
+}
+
+/// Runs the draw `runs` times and the ledger once per group size, under `dir`.
+pub fn run(runs: usize, dir: &Path) -> AllocatorFigures {
+    let config = round();
+    let batches = batches();
+    let mut rates = Vec::new();
+    let mut last = Vec::new();
+    for _ in 0..runs.max(1) {
+        let (rate, awards) = draw_run(&config, &batches);
+        rates.push(rate);
+        last = awards;
+    }
+    let won: usize = last.iter().map(Vec::len).sum();
+    let answered: Vec<AnsweredBatch> =
+        last.into_iter().filter(|a| !a.is_empty()).map(answered).collect();
+
+    let mut durable_by_group = Vec::new();
+    for group in GROUP_BATCHES {
+        let path = dir.join(format!("ledger-{group}"));
+        let _ = std::fs::remove_dir_all(&path);
+        let ledger = Ledger::open(&path).expect("opening the benchmark ledger");
+        // Enough groups for a stable figure, bounded in time for group size 1.
+        let take = (group * 40).min(answered.len());
+        let started = Instant::now();
+        let mut awards = 0;
+        for chunk in answered[..take].chunks(group) {
+            ledger.commit_group(chunk, &[]).expect("commit");
+            awards += chunk.iter().map(|b| b.awards.len()).sum::<usize>();
+        }
+        let avg_awards = awards / take.div_ceil(group).max(1);
+        durable_by_group.push((
+            group,
+            avg_awards,
+            stats::per_second(awards as u64, started.elapsed()),
+        ));
+        drop(ledger);
+        let _ = std::fs::remove_dir_all(&path);
+    }
+    AllocatorFigures {
+        decisions_per_s: stats::median(&rates).unwrap_or(0.0),
+        win_ratio: won as f64 / (batches.len() * BATCH_ENTRIES) as f64,
+        durable_by_group,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_scenario_awards_about_a_quarter_of_entries() {
+        let config = round();
+        let (_, awards) = draw_run(&config, &batches()[..400]);
+        let won: usize = awards.iter().map(Vec::len).sum();
+        let ratio = won as f64 / (400 * BATCH_ENTRIES) as f64;
+        assert!((0.2..0.3).contains(&ratio), "win ratio {ratio}");
+    }
+}
