@@ -218,7 +218,7 @@ impl Core {
     /// An edge reported its load.
     pub fn on_load_report(&mut self, stream: StreamId, window_ms: u32, offered: u64, now_ms: u64) {
         if let Some(info) = self.streams.get(&stream) {
-            self.planner.report(info.edge_id, window_ms, offered, now_ms);
+            self.planner.report(info.edge_id, info.worker_id, window_ms, offered, now_ms);
         }
     }
 

@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use shake_ops::tls::edge_name;
 
 /// Failure to create the dev certificates.
 #[derive(Debug, thiserror::Error)]
@@ -27,11 +28,6 @@ pub enum DevCertError {
 
 /// The SAN every dev server certificate carries.
 const LOCAL_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
-
-/// The DNS name in edge `id`'s certificate (`edge-<id>`), also its common name.
-pub fn edge_name(id: u64) -> String {
-    format!("edge-{id}")
-}
 
 fn write(dir: &Path, name: &str, contents: &str) -> Result<(), DevCertError> {
     let path = dir.join(name);

@@ -11,8 +11,8 @@
 //! - [`core`]: the sans-IO state machine: streams, batches, exactly-once answers, quotas.
 //! - [`ledger`]: the durable fjall ledger with group commit.
 //! - [`service`]: the I/O shell: QUIC endpoint, stream tasks, the actor, the commit thread.
-//! - [`tls`], [`dev_certs`]: mutual TLS and a development PKI.
-//! - [`metrics`], [`http`]: Prometheus metrics and the tiny HTTP server that serves them.
+//! - [`dev_certs`]: a development PKI so mutual TLS works out of the box.
+//! - [`metrics`]: Prometheus metrics (served by `shake_ops::http`).
 
 pub mod award;
 pub mod config;
@@ -20,11 +20,9 @@ pub mod core;
 pub mod dev_certs;
 pub mod draw;
 pub mod export;
-pub mod http;
 pub mod ledger;
 pub mod metrics;
 pub mod pool;
 pub mod quota;
 pub mod service;
 pub mod split;
-pub mod tls;

@@ -76,13 +76,8 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    // fjall narrates its recovery at info; keep our own lines readable.
+    shake_ops::init_logging("info,fjall=warn,lsm_tree=warn");
     if let Some(path) = cli.check_config {
         return match Config::load(&path) {
             Ok(config) => {

@@ -28,7 +28,7 @@ use crate::core::{Core, CoreSettings, Effect, StreamId};
 use crate::draw::{Draw, RestoreError};
 use crate::ledger::{AnsweredBatch, Ledger, LedgerError};
 use crate::metrics::Metrics;
-use crate::tls::{self, TlsError};
+use shake_ops::tls::{self, TlsError};
 
 /// Why the allocator could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -161,13 +161,13 @@ pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, ServeE
     let metrics_addr = match config.metrics_listen {
         Some(addr) => {
             let m = metrics.clone();
-            let handler: crate::http::Handler = Arc::new(move |path| match path {
+            let handler: shake_ops::http::Handler = Arc::new(move |path| match path {
                 "/metrics" => Some(("text/plain; version=0.0.4", m.render())),
                 "/health" => Some(("text/plain", "ok\n".to_owned())),
                 _ => None,
             });
             Some(
-                crate::http::spawn(addr, handler, shutdown.stop.clone())
+                shake_ops::http::spawn(addr, handler, shutdown.stop.clone())
                     .await
                     .map_err(|source| ServeError::Bind { addr, source })?,
             )

@@ -1,4 +1,12 @@
-//! `shake-edge`: the edge node at a CDN point of presence.
+//! `shake-edge`: the edge node at a CDN point of presence. It terminates QUIC from phones,
+//! checks session tokens, answers most shakes itself under token-bucket admission, and sends
+//! the admitted few to the allocator in compact batches over persistent streams.
 //!
-//! Not built yet: the edge issue fills this crate (QUIC termination, session tokens,
-//! token-bucket admission, batching and forwarding to the allocator).
+//! # Layout
+//! - [`bucket`]: the token bucket (sans-IO).
+//! - [`admission`]: the per-shake decision (sans-IO).
+//! - [`batcher`]: batches, in-flight bookkeeping and resends (sans-IO).
+
+pub mod admission;
+pub mod batcher;
+pub mod bucket;

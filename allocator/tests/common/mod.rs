@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
 use quinn::crypto::rustls::QuicClientConfig;
-use shake_allocator::tls;
+use shake_ops::tls;
 use shake_proto::{ALLOCATOR_ALPN, AllocatorFrame};
 use tokio::io::AsyncReadExt;
 

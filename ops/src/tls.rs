@@ -1,5 +1,5 @@
-//! TLS for the allocator: its certificate, and mutual TLS that admits only edges whose client
-//! certificate chains to the trusted edge CA. TLS 1.3 only, ring provider.
+//! TLS files and configurations: PEM loading, the ring provider, mutual TLS between edges and
+//! the allocator (edges present certificates from a trusted CA, named `edge-<id>`). TLS 1.3.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -95,11 +95,15 @@ pub fn mutual_tls_client(
     Ok(config)
 }
 
-/// Whether the certificate is valid for edge `edge_id`'s name (`edge-<id>`, see
-/// [`crate::dev_certs::edge_name`]): an edge may only speak for the id its certificate names.
+/// The DNS name in edge `id`'s certificate (`edge-<id>`).
+pub fn edge_name(id: u64) -> String {
+    format!("edge-{id}")
+}
+
+/// Whether the certificate is valid for edge `edge_id`'s name ([`edge_name`]): an edge may
+/// only speak for the id its certificate names.
 pub fn certificate_names_edge(cert: &CertificateDer<'_>, edge_id: u64) -> bool {
-    let Ok(name) = rustls_pki_types::ServerName::try_from(crate::dev_certs::edge_name(edge_id))
-    else {
+    let Ok(name) = rustls_pki_types::ServerName::try_from(edge_name(edge_id)) else {
         return false;
     };
     webpki::EndEntityCert::try_from(cert)

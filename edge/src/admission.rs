@@ -1,0 +1,241 @@
+//! The per-shake decision, sans-IO: round open? phone within its own bucket? edge admission
+//! bucket has a token? Time is an argument: `now_us` (monotonic) for buckets, `now_ms` (Unix)
+//! for round times and quota expiry.
+//!
+//! One `Admission` per worker: the edge's quota is split evenly between workers, so no state
+//! is shared between threads and nothing takes a lock.
+
+use shake_proto::{RoundInfo, Verdict};
+
+use crate::bucket::{Rate, TokenBucket};
+
+/// What happens to one shake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Into the batch for the allocator.
+    Admit {
+        /// The round it was admitted in.
+        round_id: u32,
+    },
+    /// Answered here and now.
+    Answer(Verdict),
+}
+
+/// Limits that come from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct AdmissionSettings {
+    /// Each phone's own bucket (anti-spam).
+    pub phone: Rate,
+    /// This worker's share of the edge's admission while no valid quota is known.
+    pub fallback: Rate,
+}
+
+/// Offered and admitted shakes since the last report.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoadCounts {
+    /// Shakes in an open round (whatever their verdict).
+    pub offered: u64,
+    /// Shakes admitted.
+    pub admitted: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Quota {
+    round_id: u32,
+    rate: Rate,
+    valid_until_ms: u64,
+}
+
+/// One worker's admission state.
+#[derive(Debug, Clone)]
+pub struct Admission {
+    settings: AdmissionSettings,
+    rounds: Vec<RoundInfo>,
+    min_interval_ms: u32,
+    quota: Option<Quota>,
+    bucket: TokenBucket,
+    load: LoadCounts,
+}
+
+impl Admission {
+    /// No rounds known yet; the edge bucket starts full at the fallback rate.
+    pub fn new(settings: AdmissionSettings, now_us: u64) -> Self {
+        Self {
+            settings,
+            rounds: Vec::new(),
+            min_interval_ms: 100,
+            quota: None,
+            bucket: TokenBucket::full(settings.fallback, now_us),
+            load: LoadCounts::default(),
+        }
+    }
+
+    /// A fresh per-phone bucket.
+    pub fn new_phone_bucket(&self, now_us: u64) -> TokenBucket {
+        TokenBucket::full(self.settings.phone, now_us)
+    }
+
+    /// The allocator's word on a round (replaces what was known of it).
+    pub fn on_round_state(&mut self, round: RoundInfo, min_interval_ms: u32) {
+        self.min_interval_ms = min_interval_ms;
+        match self.rounds.iter_mut().find(|r| r.round_id == round.round_id) {
+            Some(known) => *known = round,
+            None => self.rounds.push(round),
+        }
+    }
+
+    /// A quota for this worker (the edge's rate already divided between workers).
+    pub fn on_quota(&mut self, round_id: u32, rate: Rate, valid_until_ms: u64) {
+        self.quota = Some(Quota { round_id, rate, valid_until_ms });
+    }
+
+    /// The round open at `now_ms`, if any.
+    pub fn open_round(&self, now_ms: u64) -> Option<RoundInfo> {
+        self.rounds.iter().copied().find(|r| (r.starts_at_ms..r.ends_at_ms).contains(&now_ms))
+    }
+
+    /// The round phones should hear about now: the open one, else the next, else the last.
+    pub fn current_round(&self, now_ms: u64) -> RoundInfo {
+        if let Some(open) = self.open_round(now_ms) {
+            return open;
+        }
+        let next =
+            self.rounds.iter().filter(|r| r.starts_at_ms > now_ms).min_by_key(|r| r.starts_at_ms);
+        let last =
+            self.rounds.iter().filter(|r| r.ends_at_ms <= now_ms).max_by_key(|r| r.ends_at_ms);
+        next.or(last).copied().unwrap_or(RoundInfo::NONE)
+    }
+
+    /// The pacing phones are asked to keep.
+    pub fn min_interval_ms(&self) -> u32 {
+        self.min_interval_ms
+    }
+
+    /// The edge-bucket rate in force at `now_ms` for `round_id`.
+    pub fn edge_rate(&self, round_id: u32, now_ms: u64) -> Rate {
+        match self.quota {
+            Some(q) if q.round_id == round_id && now_ms < q.valid_until_ms => q.rate,
+            _ => self.settings.fallback,
+        }
+    }
+
+    /// Decides one shake of a phone (whose bucket is `phone`) that names `shake_round`.
+    #[inline]
+    pub fn decide(
+        &mut self,
+        shake_round: u32,
+        phone: &mut TokenBucket,
+        now_us: u64,
+        now_ms: u64,
+    ) -> Decision {
+        let Some(round) = self.open_round(now_ms).filter(|r| r.round_id == shake_round) else {
+            return Decision::Answer(Verdict::RoundClosed);
+        };
+        self.load.offered += 1;
+        if let Err(wait_us) = phone.try_take(self.settings.phone, now_us) {
+            let wait_ms = u32::try_from(wait_us.div_ceil(1000)).unwrap_or(u32::MAX);
+            return Decision::Answer(Verdict::SlowDown {
+                retry_after_ms: wait_ms.max(self.min_interval_ms),
+            });
+        }
+        let rate = self.edge_rate(round.round_id, now_ms);
+        if self.bucket.try_take(rate, now_us).is_err() {
+            return Decision::Answer(Verdict::NoLuck);
+        }
+        self.load.admitted += 1;
+        Decision::Admit { round_id: round.round_id }
+    }
+
+    /// Takes the load counts since the last call.
+    pub fn take_load(&mut self) -> LoadCounts {
+        std::mem::take(&mut self.load)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shake_proto::RoundPhase;
+
+    const T0_MS: u64 = 1_000_000;
+
+    fn admission() -> Admission {
+        let settings =
+            AdmissionSettings { phone: Rate::new(10.0, 20.0), fallback: Rate::new(5.0, 5.0) };
+        let mut a = Admission::new(settings, 0);
+        a.on_round_state(
+            RoundInfo {
+                round_id: 3,
+                phase: RoundPhase::Open,
+                starts_at_ms: T0_MS,
+                ends_at_ms: T0_MS + 60_000,
+            },
+            100,
+        );
+        a
+    }
+
+    #[test]
+    fn every_verdict_in_order() {
+        let mut a = admission();
+        let mut phone = a.new_phone_bucket(0);
+        // Before the round, or naming another round: round closed, and not counted as offered.
+        assert_eq!(a.decide(3, &mut phone, 0, T0_MS - 1), Decision::Answer(Verdict::RoundClosed));
+        assert_eq!(a.decide(4, &mut phone, 0, T0_MS), Decision::Answer(Verdict::RoundClosed));
+        assert_eq!(a.take_load().offered, 0);
+        // The fallback edge bucket holds 5: five admitted, then no-luck.
+        for _ in 0..5 {
+            assert_eq!(a.decide(3, &mut phone, 0, T0_MS), Decision::Admit { round_id: 3 });
+        }
+        assert_eq!(a.decide(3, &mut phone, 0, T0_MS), Decision::Answer(Verdict::NoLuck));
+        // The phone's own burst of 20 runs out: slow down, at least the pacing interval.
+        for _ in 0..14 {
+            a.decide(3, &mut phone, 0, T0_MS);
+        }
+        assert_eq!(
+            a.decide(3, &mut phone, 0, T0_MS),
+            Decision::Answer(Verdict::SlowDown { retry_after_ms: 100 })
+        );
+        let load = a.take_load();
+        assert_eq!((load.offered, load.admitted), (21, 5));
+        // After the round: closed.
+        assert_eq!(
+            a.decide(3, &mut phone, 0, T0_MS + 60_000),
+            Decision::Answer(Verdict::RoundClosed)
+        );
+    }
+
+    #[test]
+    fn a_quota_replaces_the_fallback_until_it_expires() {
+        let mut a = admission();
+        a.on_quota(3, Rate::new(1000.0, 50.0), T0_MS + 5_000);
+        assert_eq!(a.edge_rate(3, T0_MS), Rate::new(1000.0, 50.0));
+        assert_eq!(a.edge_rate(3, T0_MS + 5_000), Rate::new(5.0, 5.0));
+        assert_eq!(a.edge_rate(4, T0_MS), Rate::new(5.0, 5.0));
+        // With the quota, many phones get far more than the fallback's 5 through.
+        let mut admitted = 0;
+        for i in 0..200u64 {
+            let mut phone = a.new_phone_bucket(0);
+            if a.decide(3, &mut phone, i * 1_000, T0_MS + 1) == (Decision::Admit { round_id: 3 }) {
+                admitted += 1;
+            }
+        }
+        assert!(admitted > 150, "admitted {admitted}");
+    }
+
+    #[test]
+    fn current_round_prefers_open_then_next_then_last() {
+        let mut a = admission();
+        let round = |id, start| RoundInfo {
+            round_id: id,
+            phase: RoundPhase::Waiting,
+            starts_at_ms: start,
+            ends_at_ms: start + 10,
+        };
+        a.on_round_state(round(9, T0_MS + 100_000), 100);
+        assert_eq!(a.current_round(T0_MS + 1).round_id, 3);
+        assert_eq!(a.current_round(T0_MS + 70_000).round_id, 9);
+        assert_eq!(a.current_round(T0_MS + 200_000).round_id, 9);
+        assert_eq!(Admission::new(a.settings, 0).current_round(0), RoundInfo::NONE);
+    }
+}

@@ -1,0 +1,2 @@
+//! `shake-edge` binary.
+fn main() {}
