@@ -35,6 +35,7 @@ struct Open<R> {
 
 struct InFlight<R> {
     frame: Bytes,
+    round_id: u32,
     routes: Vec<R>,
 }
 
@@ -167,14 +168,16 @@ impl<R: Copy> Batcher<R> {
         open.writer.finish(&mut self.buf);
         let frame = self.buf.split().freeze();
         let seq = self.next_seq - 1;
-        self.in_flight.insert(seq, InFlight { frame: frame.clone(), routes: open.routes });
+        let in_flight =
+            InFlight { frame: frame.clone(), round_id: open.round_id, routes: open.routes };
+        self.in_flight.insert(seq, in_flight);
         Some(frame)
     }
 
-    /// The answer to batch `seq` arrived: the routes of its entries, to map winners to phones.
-    /// `None` for a batch not in flight (already answered: a duplicate answer is ignored).
-    pub fn on_result(&mut self, seq: u64) -> Option<Vec<R>> {
-        self.in_flight.remove(&seq).map(|f| f.routes)
+    /// The answer to batch `seq` arrived: its round and the routes of its entries, to map
+    /// winners to phones. `None` for a batch not in flight (a duplicate answer is ignored).
+    pub fn on_result(&mut self, seq: u64) -> Option<(u32, Vec<R>)> {
+        self.in_flight.remove(&seq).map(|f| (f.round_id, f.routes))
     }
 
     /// Gives a route vector back for reuse.
@@ -246,11 +249,11 @@ mod tests {
         assert_eq!(b.push(1, 4, 10, 0, 0), Err(Full::InFlight));
         assert_eq!(b.highest_answered(), 0);
         // Batch 2 answered first: routes come back in entry order.
-        assert_eq!(b.on_result(2), Some(vec![8, 9]));
+        assert_eq!(b.on_result(2), Some((1, vec![8, 9])));
         assert_eq!(b.on_result(2), None, "a duplicate answer is ignored");
         assert_eq!(b.highest_answered(), 0, "batch 1 still waits");
         assert_eq!(b.unanswered().count(), 1);
-        assert_eq!(b.on_result(1), Some(vec![7]));
+        assert_eq!(b.on_result(1), Some((1, vec![7])));
         assert_eq!(b.highest_answered(), 2);
         assert!(b.push(1, 4, 10, 0, 0).is_ok());
         assert_eq!(b.highest_answered(), 2, "the open batch is not answered");

@@ -6,7 +6,17 @@
 //! - [`bucket`]: the token bucket (sans-IO).
 //! - [`admission`]: the per-shake decision (sans-IO).
 //! - [`batcher`]: batches, in-flight bookkeeping and resends (sans-IO).
+//! - [`phones`]: a worker's connected phones (a generational slab).
+//! - [`config`]: the TOML configuration and its validation.
+//! - [`worker`]: one worker thread: endpoint, sessions, allocator stream, timers.
+//! - [`service`]: sockets (SO_REUSEPORT), TLS, the allocator link, workers, metrics.
+//! - [`metrics`]: Prometheus metrics.
 
 pub mod admission;
 pub mod batcher;
 pub mod bucket;
+pub mod config;
+pub mod metrics;
+pub mod phones;
+pub mod service;
+pub mod worker;

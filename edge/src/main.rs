@@ -1,2 +1,115 @@
-//! `shake-edge` binary.
-fn main() {}
+//! `shake-edge`: the edge node binary. A thin shell: parse the command line, load the
+//! configuration, start, wait for a signal.
+//!
+//! Exit codes: 0 success, 64 bad command line or configuration, 1 any other failure.
+//! Signals: SIGTERM drains (stop accepting, `GoAway` to phones, flush batches, wait for the
+//! allocator's answers up to `limits.drain_deadline_ms`); SIGINT stops at once.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use shake_edge::config::EdgeConfig;
+use shake_edge::service;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "shake-edge",
+    version,
+    args_conflicts_with_subcommands = true,
+    about = "Shake edge node: QUIC from phones, session tokens, admission, batching to the allocator"
+)]
+struct Cli {
+    /// Validate a configuration file and exit (0: valid; 64: invalid, with the field named).
+    #[arg(long, value_name = "FILE")]
+    check_config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve phones until SIGTERM (drain) or SIGINT (stop). For a dev setup, point the
+    /// configuration at `shake-allocator dev-certs` output (see edge/shake-edge.example.toml).
+    Run {
+        /// The TOML configuration.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    shake_ops::init_logging("info");
+    if let Some(path) = cli.check_config {
+        return match EdgeConfig::load(&path) {
+            Ok(config) => {
+                println!(
+                    "{}: ok (edge {}, {} workers)",
+                    path.display(),
+                    config.edge_id,
+                    config.worker_count()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("shake-edge: {err}");
+                ExitCode::from(64)
+            }
+        };
+    }
+    let Some(Command::Run { config }) = cli.command else {
+        eprintln!("shake-edge: a command is needed (try --help)");
+        return ExitCode::from(64);
+    };
+    let config = match EdgeConfig::load(&config) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("shake-edge: {err}");
+            return ExitCode::from(64);
+        }
+    };
+    match run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("shake-edge: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config: EdgeConfig) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let edge = service::start(config)?;
+    let metrics = edge.metrics_addr.map_or("off".to_owned(), |a| a.to_string());
+    // One line on stdout that scripts wait for.
+    println!("shake-edge ready addr={} metrics={metrics} workers={}", edge.addr, edge.workers);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        tokio::select! {
+            _ = term.recv() => {
+                tracing::info!("SIGTERM: draining");
+                edge.drain();
+            }
+            _ = int.recv() => {
+                tracing::info!("SIGINT: stopping");
+                edge.stop();
+            }
+        }
+        anyhow::Ok(())
+    })?;
+    edge.join();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,339 @@
+//! The edge's TOML configuration, its defaults and `validate()`, which names the field at fault.
+//! `edge/shake-edge.example.toml` is the annotated example.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeConfig {
+    /// This edge's id; its allocator client certificate must name `edge-<id>`.
+    pub edge_id: u64,
+    /// The one UDP port phones connect to (every worker binds it with SO_REUSEPORT).
+    pub listen: SocketAddr,
+    /// Worker threads, each with its own QUIC endpoint, batcher and allocator stream; 0 means
+    /// one per core.
+    #[serde(default)]
+    pub workers: usize,
+    /// Prometheus `/metrics` and `/health`; none to serve neither.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
+    /// UDP receive and send buffer per worker socket, bytes.
+    #[serde(default = "default_socket_buffer")]
+    pub socket_buffer_bytes: usize,
+    /// The certificate phones see (ECDSA P-256 recommended).
+    pub tls: PhoneTls,
+    /// The allocator link.
+    pub allocator: AllocatorLink,
+    /// HMAC keys for session tokens, by key id (rotation: keep the old key until its tokens
+    /// expire).
+    pub token_keys: Vec<TokenKey>,
+    /// Sessions and admission.
+    #[serde(default)]
+    pub limits: Limits,
+    /// QUIC transport settings for phones.
+    #[serde(default)]
+    pub transport: PhoneTransport,
+}
+
+/// The edge's server certificate for phones.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PhoneTls {
+    /// Certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Private key (PEM).
+    pub key: PathBuf,
+}
+
+/// How to reach the allocator.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllocatorLink {
+    /// Its QUIC address.
+    pub addr: SocketAddr,
+    /// The name in its certificate.
+    #[serde(default = "default_server_name")]
+    pub server_name: String,
+    /// CA that signed the allocator's certificate.
+    pub ca: PathBuf,
+    /// This edge's client certificate (must name `edge-<edge_id>`).
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
+}
+
+/// One session-token key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenKey {
+    /// Key id, as carried in tokens.
+    pub id: u32,
+    /// The HMAC secret, hex, at least 32 bytes.
+    pub secret_hex: String,
+}
+
+impl TokenKey {
+    /// The secret's bytes, if the hex is valid.
+    pub fn secret(&self) -> Option<Vec<u8>> {
+        let hex = self.secret_hex.trim();
+        if !hex.len().is_multiple_of(2) {
+            return None;
+        }
+        (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok()).collect()
+    }
+}
+
+/// Sessions and admission limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// A phone must send a valid `Hello` within this long, milliseconds.
+    pub hello_timeout_ms: u64,
+    /// Each phone's own shakes per second (anti-spam).
+    pub phone_rate_per_s: f64,
+    /// Each phone's burst.
+    pub phone_burst: f64,
+    /// The edge's admission rate while no valid quota is known (allocator unreachable).
+    pub fallback_rate_per_s: f64,
+    /// Burst of the fallback bucket.
+    pub fallback_burst: f64,
+    /// Flush a batch at this many entries.
+    pub batch_max_entries: usize,
+    /// Flush a batch at this age, microseconds.
+    pub batch_max_age_us: u64,
+    /// Batches awaiting an answer per worker before admitted shakes get a local verdict.
+    pub max_in_flight_batches: usize,
+    /// Handshakes in progress per source address before new ones from it are ignored.
+    pub handshakes_per_source: u32,
+    /// Handshakes in progress (whole edge) before new ones are refused.
+    pub max_handshakes: u32,
+    /// Handshakes in progress (whole edge) past which clients must validate their address
+    /// with a Retry first.
+    pub retry_above_handshakes: u32,
+    /// Connected phones (whole edge) before new handshakes are refused.
+    pub max_phones: u32,
+    /// On SIGTERM: how long to wait for the allocator's answers before exiting, milliseconds.
+    pub drain_deadline_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            hello_timeout_ms: 5_000,
+            phone_rate_per_s: 10.0,
+            phone_burst: 20.0,
+            fallback_rate_per_s: 1_000.0,
+            fallback_burst: 100.0,
+            batch_max_entries: 1024,
+            batch_max_age_us: 2_000,
+            max_in_flight_batches: 16,
+            handshakes_per_source: 64,
+            max_handshakes: 4_096,
+            retry_above_handshakes: 1_024,
+            max_phones: 1_000_000,
+            drain_deadline_ms: 5_000,
+        }
+    }
+}
+
+/// QUIC transport for phones: the control stream and nothing more, small windows.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PhoneTransport {
+    /// Close a phone's connection after this long without packets, milliseconds.
+    pub idle_timeout_ms: u64,
+    /// Flow-control window of the control stream, bytes.
+    pub stream_window: u32,
+    /// Connection flow-control window, bytes.
+    pub connection_window: u32,
+    /// Send window per connection, bytes.
+    pub send_window: u64,
+    /// Buffered incoming datagrams per connection, bytes.
+    pub datagram_receive_buffer: usize,
+    /// Buffered outgoing datagrams per connection, bytes.
+    pub datagram_send_buffer: usize,
+}
+
+impl Default for PhoneTransport {
+    fn default() -> Self {
+        Self {
+            idle_timeout_ms: 30_000,
+            stream_window: 4 * 1024,
+            connection_window: 8 * 1024,
+            send_window: 16 * 1024,
+            datagram_receive_buffer: 4 * 1024,
+            datagram_send_buffer: 4 * 1024,
+        }
+    }
+}
+
+fn default_socket_buffer() -> usize {
+    8 * 1024 * 1024
+}
+fn default_server_name() -> String {
+    "localhost".to_owned()
+}
+
+/// A configuration that cannot be used, and the field to blame.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Not valid TOML for this schema (the message names the field and line).
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message.
+        message: String,
+    },
+    /// A field holds a value that cannot work.
+    #[error("invalid `{field}`: {message}")]
+    Invalid {
+        /// Dotted path of the field.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { field: field.into(), message: message.into() }
+}
+
+impl EdgeConfig {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::parse(&text).map_err(|err| match err {
+            ConfigError::Parse { message, .. } => {
+                ConfigError::Parse { path: path.to_owned(), message }
+            }
+            other => other,
+        })
+    }
+
+    /// Parses and validates configuration text.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let config: EdgeConfig = toml::from_str(text).map_err(|err| ConfigError::Parse {
+            path: PathBuf::from("<config>"),
+            message: err.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Workers to run: the configured number, or one per core.
+    pub fn worker_count(&self) -> usize {
+        if self.workers == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            self.workers
+        }
+    }
+
+    /// Checks every value that parsing alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.workers > 256 {
+            return Err(invalid("workers", "at most 256"));
+        }
+        if self.token_keys.is_empty() {
+            return Err(invalid("token_keys", "at least one key is needed"));
+        }
+        for (i, key) in self.token_keys.iter().enumerate() {
+            match key.secret() {
+                None => return Err(invalid(format!("token_keys[{i}].secret_hex"), "not hex")),
+                Some(s) if s.len() < shake_proto::token::MIN_SECRET_LEN => {
+                    return Err(invalid(
+                        format!("token_keys[{i}].secret_hex"),
+                        "shorter than 32 bytes",
+                    ));
+                }
+                Some(_) => {}
+            }
+            if self.token_keys[..i].iter().any(|k| k.id == key.id) {
+                return Err(invalid(format!("token_keys[{i}].id"), "appears twice"));
+            }
+        }
+        let l = &self.limits;
+        let positive = [
+            ("limits.phone_rate_per_s", l.phone_rate_per_s),
+            ("limits.phone_burst", l.phone_burst),
+            ("limits.fallback_burst", l.fallback_burst),
+        ];
+        for (field, value) in positive {
+            if !(value.is_finite() && value >= 1.0) {
+                return Err(invalid(field, "must be at least 1"));
+            }
+        }
+        if !(l.fallback_rate_per_s.is_finite() && l.fallback_rate_per_s >= 0.0) {
+            return Err(invalid("limits.fallback_rate_per_s", "must be 0 or more"));
+        }
+        if !(1..=shake_proto::limits::MAX_BATCH_ENTRIES).contains(&l.batch_max_entries) {
+            return Err(invalid("limits.batch_max_entries", "must be 1 to 16,384"));
+        }
+        if l.batch_max_age_us == 0 || l.max_in_flight_batches == 0 || l.hello_timeout_ms == 0 {
+            return Err(invalid(
+                "limits",
+                "batch_max_age_us, max_in_flight_batches and hello_timeout_ms must be above 0",
+            ));
+        }
+        if l.retry_above_handshakes > l.max_handshakes {
+            return Err(invalid("limits.retry_above_handshakes", "must not exceed max_handshakes"));
+        }
+        if self.transport.idle_timeout_ms == 0 {
+            return Err(invalid("transport.idle_timeout_ms", "must be above 0"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../shake-edge.example.toml");
+
+    #[test]
+    fn the_annotated_example_is_valid() {
+        let config = EdgeConfig::parse(EXAMPLE).unwrap();
+        assert_eq!(config.limits.batch_max_entries, 1024);
+        assert_eq!(config.token_keys[0].secret().unwrap().len(), 32);
+    }
+
+    fn field_of(text: &str) -> String {
+        match EdgeConfig::parse(text) {
+            Err(ConfigError::Invalid { field, .. }) => field,
+            other => panic!("expected an invalid field, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        let short = EXAMPLE.replace(
+            "secret_hex = \"7368616b652d6465762d746f6b656e2d7365637265742d6e6f742d666f722d70\"",
+            "secret_hex = \"abcd\"",
+        );
+        assert_eq!(field_of(&short), "token_keys[0].secret_hex");
+        let batch = EXAMPLE.replace("batch_max_entries = 1024", "batch_max_entries = 0");
+        assert_eq!(field_of(&batch), "limits.batch_max_entries");
+        let retry =
+            EXAMPLE.replace("retry_above_handshakes = 1024", "retry_above_handshakes = 99999");
+        assert_eq!(field_of(&retry), "limits.retry_above_handshakes");
+        assert!(matches!(
+            EdgeConfig::parse(&EXAMPLE.replace("edge_id = 1", "edge_id = \"one\"")),
+            Err(ConfigError::Parse { .. })
+        ));
+    }
+}

@@ -1,0 +1,300 @@
+//! Starting and stopping an edge: TLS for phones and for the allocator link, one UDP socket per
+//! worker on the shared port (SO_REUSEPORT, explicit buffers), the allocator connection
+//! manager, the workers and the metrics endpoint.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU32;
+use std::time::{Duration, Instant};
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use shake_ops::tls::{self, TlsError};
+use shake_proto::{ALLOCATOR_ALPN, KeyRing, PHONE_ALPN};
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::EdgeConfig;
+use crate::metrics::EdgeMetrics;
+use crate::worker::{self, Shared};
+
+/// Why the edge could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// TLS files or settings.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// A socket could not be set up.
+    #[error("socket {addr}: {source}")]
+    Socket {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A token key could not be loaded.
+    #[error("token key {0}: {1}")]
+    TokenKey(u32, shake_proto::TokenError),
+    /// The QUIC crypto configuration was refused.
+    #[error("QUIC crypto configuration: {0}")]
+    Quic(String),
+    /// A thread or runtime could not start.
+    #[error("starting threads: {0}")]
+    Thread(std::io::Error),
+}
+
+/// A running edge.
+#[derive(Debug)]
+pub struct RunningEdge {
+    /// Where phones connect.
+    pub addr: SocketAddr,
+    /// Where metrics are served.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Workers running.
+    pub workers: usize,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    link: std::thread::JoinHandle<()>,
+    drain: CancellationToken,
+    stop: CancellationToken,
+}
+
+impl RunningEdge {
+    /// Graceful: stop accepting, `GoAway` to phones, flush and wait for answers (bounded).
+    pub fn drain(&self) {
+        self.drain.cancel();
+    }
+
+    /// Fast: close everything now.
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+
+    /// Waits for every worker to finish, then stops the allocator link and metrics.
+    pub fn join(self) {
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+        self.stop.cancel();
+        let _ = self.link.join();
+    }
+}
+
+fn phone_server_config(config: &EdgeConfig) -> Result<quinn::ServerConfig, StartError> {
+    let mut rustls = rustls::ServerConfig::builder_with_provider(tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(TlsError::from)?
+        .with_no_client_auth()
+        .with_single_cert(tls::load_certs(&config.tls.cert)?, tls::load_key(&config.tls.key)?)
+        .map_err(TlsError::from)?;
+    rustls.alpn_protocols = vec![PHONE_ALPN.to_vec()];
+    // One ticketer and one session cache, shared by every worker (they share this config), so
+    // a phone that lands on another worker still resumes.
+    rustls.ticketer = rustls::crypto::ring::Ticketer::new().map_err(TlsError::from)?;
+    rustls.session_storage = rustls::server::ServerSessionMemoryCache::new(64 * 1024);
+    let crypto = QuicServerConfig::try_from(rustls).map_err(|e| StartError::Quic(e.to_string()))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let t = &config.transport;
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_concurrent_bidi_streams(1u32.into())
+        .max_concurrent_uni_streams(0u32.into())
+        .stream_receive_window(t.stream_window.into())
+        .receive_window(t.connection_window.into())
+        .send_window(t.send_window)
+        .datagram_receive_buffer_size(Some(t.datagram_receive_buffer))
+        .datagram_send_buffer_size(t.datagram_send_buffer)
+        .max_idle_timeout(Some(
+            Duration::from_millis(t.idle_timeout_ms)
+                .try_into()
+                .map_err(|_| StartError::Quic("idle timeout too large".into()))?,
+        ));
+    server.transport_config(Arc::new(transport));
+    Ok(server)
+}
+
+fn allocator_client_config(config: &EdgeConfig) -> Result<quinn::ClientConfig, StartError> {
+    let a = &config.allocator;
+    let rustls = tls::mutual_tls_client(&a.ca, &a.cert, &a.key, ALLOCATOR_ALPN)?;
+    let crypto = QuicClientConfig::try_from(rustls).map_err(|e| StartError::Quic(e.to_string()))?;
+    let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .keep_alive_interval(Some(Duration::from_secs(1)))
+        .max_idle_timeout(Some(Duration::from_secs(5).try_into().expect("5 s fits")));
+    client.transport_config(Arc::new(transport));
+    Ok(client)
+}
+
+/// One worker's socket: SO_REUSEPORT on the shared port, buffers set (and checked).
+fn worker_socket(addr: SocketAddr, buffer: usize) -> Result<std::net::UdpSocket, StartError> {
+    let err = |source| StartError::Socket { addr, source };
+    let socket =
+        Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(err)?;
+    socket.set_reuse_port(true).map_err(err)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(false).map_err(err)?;
+    }
+    socket.set_recv_buffer_size(buffer).map_err(err)?;
+    socket.set_send_buffer_size(buffer).map_err(err)?;
+    let granted =
+        socket.recv_buffer_size().map_err(err)?.min(socket.send_buffer_size().map_err(err)?);
+    if granted < buffer {
+        tracing::warn!(
+            requested = buffer,
+            granted,
+            "kernel granted smaller UDP buffers (raise net.core.rmem_max / wmem_max): bursts of connects may lose packets"
+        );
+    }
+    socket.bind(&addr.into()).map_err(err)?;
+    socket.set_nonblocking(true).map_err(err)?;
+    Ok(socket.into())
+}
+
+/// Keeps one connection to the allocator up, reconnecting with backoff, and publishes it.
+fn spawn_allocator_link(
+    config: &EdgeConfig,
+    client: quinn::ClientConfig,
+    stop: CancellationToken,
+    metrics: Arc<EdgeMetrics>,
+) -> Result<(watch::Receiver<Option<quinn::Connection>>, std::thread::JoinHandle<()>), StartError> {
+    let (tx, rx) = watch::channel(None);
+    let addr = config.allocator.addr;
+    let server_name = config.allocator.server_name.clone();
+    let bind: SocketAddr = if addr.is_ipv6() { "[::]:0".parse() } else { "0.0.0.0:0".parse() }
+        .expect("literal address");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(StartError::Thread)?;
+    let thread = std::thread::Builder::new()
+        .name("allocator-link".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let endpoint = match quinn::Endpoint::client(bind) {
+                    Ok(mut endpoint) => {
+                        endpoint.set_default_client_config(client);
+                        endpoint
+                    }
+                    Err(err) => return tracing::error!(%err, "allocator link: no client endpoint"),
+                };
+                let mut backoff = Duration::from_millis(100);
+                while !stop.is_cancelled() {
+                    let attempt = match endpoint.connect(addr, &server_name) {
+                        Ok(connecting) => connecting.await.map_err(|e| e.to_string()),
+                        Err(err) => Err(err.to_string()),
+                    };
+                    match attempt {
+                        Ok(conn) => {
+                            tracing::info!(%addr, "allocator link up");
+                            backoff = Duration::from_millis(100);
+                            metrics.allocator_up.set(1);
+                            let _ = tx.send(Some(conn.clone()));
+                            tokio::select! {
+                                reason = conn.closed() => tracing::warn!(%reason, "allocator link down"),
+                                _ = stop.cancelled() => {}
+                            }
+                            metrics.allocator_up.set(0);
+                            let _ = tx.send(None);
+                        }
+                        Err(err) => tracing::warn!(%addr, %err, ?backoff, "allocator unreachable; answering phones with the local limit"),
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stop.cancelled() => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+                endpoint.close(0u32.into(), b"edge stopping");
+            });
+        })
+        .map_err(StartError::Thread)?;
+    Ok((rx, thread))
+}
+
+/// Starts the edge: workers, the allocator link and metrics. Returns once everything is bound.
+pub fn start(config: EdgeConfig) -> Result<RunningEdge, StartError> {
+    let mut keys = KeyRing::new();
+    for key in &config.token_keys {
+        let secret = key.secret().unwrap_or_default();
+        keys.insert(key.id, &secret).map_err(|e| StartError::TokenKey(key.id, e))?;
+    }
+    let server = phone_server_config(&config)?;
+    let client = allocator_client_config(&config)?;
+    let workers = config.worker_count();
+    let metrics = Arc::new(EdgeMetrics::new());
+    let drain = CancellationToken::new();
+    let stop = CancellationToken::new();
+
+    // The first socket picks the port (when listen has port 0); the rest join it.
+    let first = worker_socket(config.listen, config.socket_buffer_bytes)?;
+    let addr =
+        first.local_addr().map_err(|source| StartError::Socket { addr: config.listen, source })?;
+    let mut sockets = vec![first];
+    for _ in 1..workers {
+        sockets.push(worker_socket(addr, config.socket_buffer_bytes)?);
+    }
+
+    let (allocator, link_thread) =
+        spawn_allocator_link(&config, client, stop.clone(), metrics.clone())?;
+    let metrics_listen = config.metrics_listen;
+    let shared = Arc::new(Shared {
+        config,
+        keys,
+        metrics: metrics.clone(),
+        handshakes: AtomicU32::new(0),
+        phones: AtomicU32::new(0),
+        origin: Instant::now(),
+        drain: drain.clone(),
+        stop: stop.clone(),
+    });
+    let mut threads = Vec::new();
+    for (id, socket) in sockets.into_iter().enumerate() {
+        let shared = shared.clone();
+        let server = server.clone();
+        let allocator = allocator.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("edge-worker-{id}"))
+            .spawn(move || {
+                if let Err(err) = worker::run(id as u16, workers, socket, server, shared, allocator)
+                {
+                    tracing::error!(worker = id, %err, "worker failed");
+                }
+            })
+            .map_err(StartError::Thread)?;
+        threads.push(thread);
+    }
+
+    let metrics_addr = match metrics_listen {
+        Some(listen) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(StartError::Thread)?;
+            let listener = runtime
+                .block_on(tokio::net::TcpListener::bind(listen))
+                .map_err(|source| StartError::Socket { addr: listen, source })?;
+            let bound = listener
+                .local_addr()
+                .map_err(|source| StartError::Socket { addr: listen, source })?;
+            let drain_flag = drain.clone();
+            let handler: shake_ops::http::Handler = Arc::new(move |path| match path {
+                "/metrics" => Some(("text/plain; version=0.0.4", metrics.render())),
+                "/health" if drain_flag.is_cancelled() => {
+                    Some(("text/plain", "draining\n".to_owned()))
+                }
+                "/health" => Some(("text/plain", "ok\n".to_owned())),
+                _ => None,
+            });
+            let stop_metrics = stop.clone();
+            std::thread::Builder::new()
+                .name("edge-metrics".into())
+                .spawn(move || {
+                    runtime.block_on(shake_ops::http::serve(listener, handler, stop_metrics))
+                })
+                .map_err(StartError::Thread)?;
+            Some(bound)
+        }
+        None => None,
+    };
+    Ok(RunningEdge { addr, metrics_addr, workers, threads, link: link_thread, drain, stop })
+}

@@ -1,0 +1,164 @@
+//! Real phones against the real edge binary and a real allocator: every verdict, awards and
+//! their acknowledgements, bad and expired tokens, the Hello deadline, malformed datagrams.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::*;
+use shake_allocator::ledger::Ledger;
+use shake_proto::{ControlFrame, ErrorCode, RoundPhase, Verdict};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shakes_are_answered_and_winners_get_durable_acknowledged_awards() {
+    // A pool large enough that the allocator's quota (4 x prizes left per second left) admits
+    // every shake here.
+    let mut world =
+        World::start(WorldSettings { envelopes: 100_000, ..WorldSettings::default() }).await;
+    let mut phones = Vec::new();
+    for user in 1..=6u64 {
+        let mut phone = Phone::connect(&world).await;
+        match phone.hello(token(user, 3600)).await.unwrap() {
+            ControlFrame::Welcome { round, .. } => {
+                assert_eq!(round.round_id, 1);
+                assert_eq!(round.phase, RoundPhase::Open);
+            }
+            other => panic!("expected Welcome, got {other:?}"),
+        }
+        phones.push(phone);
+    }
+    // Each phone shakes twice; both are forwarded.
+    for phone in &phones {
+        phone.shake(1, 1);
+        phone.shake(1, 2);
+    }
+    for phone in &phones {
+        for _ in 0..2 {
+            let outcome = phone.outcome().await.unwrap();
+            assert_eq!(outcome.verdict, Verdict::Forwarded, "{outcome:?}\n{}", world.scrape());
+        }
+    }
+    // One cash envelope per user per round: each phone wins exactly once, and acknowledges.
+    let mut award_ids = BTreeSet::new();
+    for phone in &mut phones {
+        match phone.next_award().await.unwrap() {
+            ControlFrame::Award { award_id, round_id, .. } => {
+                assert_eq!(round_id, 1);
+                assert!(award_ids.insert(award_id), "award {award_id} twice");
+                phone.send_frame(&ControlFrame::AwardAck { award_id }).await;
+            }
+            other => panic!("expected an Award, got {other:?}"),
+        }
+    }
+    // Round id that is not open: round closed, at once.
+    phones[0].shake(7, 3);
+    assert_eq!(phones[0].outcome().await.unwrap().verdict, Verdict::RoundClosed);
+
+    // Acknowledgements reach the ledger (edge batches them every 100 ms).
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    world.stop_allocator().await;
+    let ledger = Ledger::open(&world.dir.join("ledger")).unwrap();
+    let awards = ledger.awards(|_| true).unwrap();
+    let in_ledger: BTreeSet<u64> = awards.iter().map(|a| a.award_id).collect();
+    assert_eq!(in_ledger, award_ids);
+    assert!(awards.iter().all(|a| a.delivered), "every acknowledged award is marked delivered");
+    assert!(world.metric("shake_edge_verdicts_total{verdict=\"forwarded\"}") >= 12.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_phone_over_its_own_rate_is_told_to_slow_down() {
+    let world = World::start(WorldSettings::default()).await;
+    let mut phone = Phone::connect(&world).await;
+    phone.hello(token(42, 3600)).await.unwrap();
+    for seq in 0..30 {
+        phone.shake(1, seq);
+    }
+    let mut slow_downs = 0;
+    for _ in 0..30 {
+        if let Verdict::SlowDown { retry_after_ms } = phone.outcome().await.unwrap().verdict {
+            assert!(retry_after_ms >= 100);
+            slow_downs += 1;
+        }
+    }
+    // Burst 20: the other ten are over the phone's own limit.
+    assert_eq!(slow_downs, 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_edge_bucket_answers_no_luck_when_empty() {
+    let world = World::start(WorldSettings {
+        edge_limits: "fallback_rate_per_s = 0.0\nfallback_burst = 2.0\n",
+        ..WorldSettings::default()
+    })
+    .await;
+    // The allocator's quota (oversampled prizes per second) replaces the fallback: keep the
+    // pool tiny so its rate is small too, then shake from many phones at once.
+    let mut phones = Vec::new();
+    for user in 100..120u64 {
+        let mut phone = Phone::connect(&world).await;
+        phone.hello(token(user, 3600)).await.unwrap();
+        phones.push(phone);
+    }
+    for phone in &phones {
+        phone.shake(1, 1);
+        phone.shake(1, 2);
+    }
+    let mut no_luck = 0;
+    for phone in &phones {
+        for _ in 0..2 {
+            if phone.outcome().await.unwrap().verdict == Verdict::NoLuck {
+                no_luck += 1;
+            }
+        }
+    }
+    assert!(no_luck > 0, "40 shakes against a small edge bucket all passed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_expired_and_missing_tokens_close_with_their_codes() {
+    let world = World::start(WorldSettings::default()).await;
+
+    let mut forged = Phone::connect(&world).await;
+    let mut other = key_ring("00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff")
+        .mint(&shake_proto::Claims {
+            key_id: 1,
+            user_id: 5,
+            device_id: 5,
+            issued_at_s: 0,
+            expires_at_s: u64::MAX / 2,
+        })
+        .unwrap();
+    other[0] = 1;
+    let answer = forged.hello(bytes::Bytes::copy_from_slice(&other)).await;
+    assert!(matches!(answer, Ok(ControlFrame::Error { code: 0x11, .. })), "{answer:?}");
+    assert_eq!(forged.closed_code().await, Some(ErrorCode::BadToken.code().into()));
+
+    let mut expired = Phone::connect(&world).await;
+    let answer = expired.hello(token(6, -10)).await;
+    assert!(matches!(answer, Ok(ControlFrame::Error { code: 0x12, .. })), "{answer:?}");
+    assert_eq!(expired.closed_code().await, Some(ErrorCode::TokenExpired.code().into()));
+
+    // Connected, control stream open, never says Hello: closed after the 500 ms deadline.
+    let silent = Phone::connect(&world).await;
+    assert_eq!(silent.closed_code().await, Some(ErrorCode::HelloTimeout.code().into()));
+
+    // A frame other than Hello first.
+    let mut rude = Phone::connect(&world).await;
+    rude.send_frame(&ControlFrame::AwardAck { award_id: 1 }).await;
+    assert_eq!(rude.closed_code().await, Some(ErrorCode::UnexpectedFrame.code().into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_datagrams_are_counted_and_dropped_and_the_session_goes_on() {
+    let world = World::start(WorldSettings::default()).await;
+    let mut phone = Phone::connect(&world).await;
+    phone.hello(token(77, 3600)).await.unwrap();
+    for garbage in [&[0x01u8][..], &[0x07, 1, 2], &[0x02, 0x05, 0x09], &[0xff; 40]] {
+        phone.conn.send_datagram(bytes::Bytes::copy_from_slice(garbage)).unwrap();
+    }
+    phone.shake(1, 9);
+    let outcome = phone.outcome().await.unwrap();
+    assert_eq!(outcome.seq, 9, "the only answer is to the valid shake");
+    world.wait_for_metric("shake_edge_drops_total{reason=\"malformed_datagram\"}", 4.0).await;
+}
