@@ -6,9 +6,12 @@
 //! - [`stats`]: medians and rates over repeated timed runs.
 //! - [`proto_bench`]: encoding and decoding a 1,024-entry `Batch`.
 //! - [`allocator_bench`]: the draw's decisions per second and durable awards per second.
+//! - [`edge_hot_path`]: one shake through the edge's own code, with [`counting_alloc`].
 //! - `ledger_stores` (feature `store-comparison`): redb, fjall and SQLite group commits.
 
 pub mod allocator_bench;
+pub mod counting_alloc;
+pub mod edge_hot_path;
 #[cfg(feature = "store-comparison")]
 pub mod ledger_stores;
 pub mod proto_bench;

@@ -7,7 +7,11 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use serde_json::{Map, Value};
-use shake_bench::{allocator_bench, proto_bench, report};
+use shake_bench::counting_alloc::CountingAlloc;
+use shake_bench::{allocator_bench, edge_hot_path, proto_bench, report};
+
+#[global_allocator]
+static ALLOCATOR: CountingAlloc = CountingAlloc::new();
 
 #[derive(Parser, Debug)]
 #[command(name = "shake-bench", about = "Shake micro-benchmarks", version)]
@@ -42,6 +46,16 @@ enum Bench {
         /// Scratch directory for the ledger (on the disk being measured).
         #[arg(long, default_value = "target/bench-scratch")]
         scratch: PathBuf,
+    },
+    /// One shake through the edge's own code (decode, decide, batch, encode): allocations per
+    /// shake (target 0) and nanoseconds per shake, one core.
+    EdgeHotPath {
+        /// Timed runs; the median time is reported.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Shakes per run.
+        #[arg(long, default_value_t = 2_000_000)]
+        shakes: u64,
     },
     /// Group commits of 1, 100 and 10,000 awards in redb, fjall and SQLite, fsync each
     /// (needs `--features store-comparison`).
@@ -121,6 +135,29 @@ fn main() -> anyhow::Result<()> {
             let title =
                 format!("allocator: draw on one core (median of {runs}), ledger with fsync");
             report::emit("allocator", &report::table(&title, &rows), figures, results_dir)?;
+        }
+        Bench::EdgeHotPath { runs, shakes } => {
+            let f = edge_hot_path::run(runs, shakes, || ALLOCATOR.allocations());
+            let rows = vec![
+                ("shakes measured".to_owned(), f.shakes.to_string()),
+                ("admitted".to_owned(), format!("{:.1}%", f.admitted_ratio * 100.0)),
+                ("allocations per shake".to_owned(), format!("{:.5}", f.allocations_per_shake)),
+                (
+                    "allocations per 1,024-entry batch".to_owned(),
+                    format!("{:.2}", f.allocations_per_shake / f.admitted_ratio.max(1e-9) * 1024.0),
+                ),
+                ("time per shake (median)".to_owned(), format!("{:.0} ns", f.ns_per_shake)),
+            ];
+            let mut figures = Map::new();
+            figures.insert("shakes".into(), Value::from(f.shakes));
+            figures.insert("allocations_per_shake".into(), Value::from(f.allocations_per_shake));
+            figures.insert("ns_per_shake".into(), Value::from(f.ns_per_shake.round()));
+            figures.insert("admitted_ratio".into(), Value::from(f.admitted_ratio));
+            let title = format!(
+                "edge hot path: decode, decide, batch, encode; {} phones, one core",
+                edge_hot_path::PHONES
+            );
+            report::emit("edge-hot-path", &report::table(&title, &rows), figures, results_dir)?;
         }
         #[cfg(feature = "store-comparison")]
         Bench::LedgerStores { scratch } => {

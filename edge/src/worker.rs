@@ -646,14 +646,19 @@ async fn drain(state: &State, shared: &Shared) {
             s.send_batch(frame, &shared.metrics);
         }
     }
+    // Wait for the allocator's answers (their awards go out as they come) and for phones to
+    // leave for another edge, up to the deadline.
     let deadline = Instant::now() + Duration::from_millis(shared.config.limits.drain_deadline_ms);
-    while state.borrow().batcher.in_flight() > 0
-        && Instant::now() < deadline
-        && !shared.stop.is_cancelled()
-    {
+    let busy = |s: &WorkerState| s.batcher.in_flight() > 0 || !s.phones.is_empty();
+    while busy(&state.borrow()) && Instant::now() < deadline && !shared.stop.is_cancelled() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let mut s = state.borrow_mut();
     publish(&mut s, &shared.metrics);
-    tracing::info!(worker = s.id, unanswered = s.batcher.in_flight(), "worker drained");
+    tracing::info!(
+        worker = s.id,
+        unanswered = s.batcher.in_flight(),
+        phones_left = s.phones.len(),
+        "worker drained"
+    );
 }

@@ -57,6 +57,7 @@ pub struct World {
     pub edge: Child,
     pub edge_addr: SocketAddr,
     pub edge_metrics: SocketAddr,
+    pub envelopes: u64,
 }
 
 pub struct WorldSettings {
@@ -170,6 +171,7 @@ hello_timeout_ms = 500
             allocator_shutdown: shutdown,
             allocator_addr,
             edge,
+            envelopes: settings.envelopes,
         };
         world.wait_for_metric("shake_edge_allocator_up", 1.0).await;
         world
@@ -206,6 +208,16 @@ hello_timeout_ms = 500
         panic!("{prefix} never reached {at_least}:\n{}", self.scrape());
     }
 
+    pub async fn wait_for_metric_below(&self, prefix: &str, below: f64) {
+        for _ in 0..100 {
+            if self.metric(prefix) < below {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{prefix} never fell below {below}");
+    }
+
     /// Stops the in-process allocator (fast) and waits for it.
     pub async fn stop_allocator(&mut self) {
         self.allocator_shutdown.stop.cancel();
@@ -217,7 +229,8 @@ hello_timeout_ms = 500
     /// Starts the allocator again on the same address, over the same ledger.
     pub async fn restart_allocator(&mut self) {
         let shutdown = Shutdown::default();
-        let config = allocator_config(&self.dir, self.allocator_addr, 50, self.round_start());
+        let config =
+            allocator_config(&self.dir, self.allocator_addr, self.envelopes, self.round_start());
         let running = service::start(config, shutdown.clone()).await.unwrap();
         self.allocator = Some(running);
         self.allocator_shutdown = shutdown;

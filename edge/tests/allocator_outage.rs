@@ -1,0 +1,91 @@
+//! The allocator goes away and comes back: the edge keeps answering phones from its local
+//! limit, resends the unanswered batches on reconnect, and every winner is paid exactly once.
+//! Also: SIGTERM drains (GoAway to phones, then exit).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::*;
+use shake_allocator::ledger::Ledger;
+use shake_proto::{ControlFrame, Verdict};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_sent_during_an_outage_are_resent_and_paid_once() {
+    let mut world =
+        World::start(WorldSettings { envelopes: 100_000, ..WorldSettings::default() }).await;
+    let mut phones = Vec::new();
+    for user in 1..=8u64 {
+        let mut phone = Phone::connect(&world).await;
+        phone.hello(token(user, 3600)).await.unwrap();
+        phones.push(phone);
+    }
+    // Before the outage: phones 1-4 shake and win.
+    for phone in &phones[..4] {
+        phone.shake(1, 1);
+        assert_eq!(phone.outcome().await.unwrap().verdict, Verdict::Forwarded);
+    }
+    let mut awards = BTreeSet::new();
+    for phone in &mut phones[..4] {
+        if let ControlFrame::Award { award_id, .. } = phone.next_award().await.unwrap() {
+            awards.insert(award_id);
+        }
+    }
+    assert_eq!(awards.len(), 4);
+
+    // The allocator dies. Phones are still answered at once.
+    world.stop_allocator().await;
+    world.wait_for_metric_below("shake_edge_allocator_up", 1.0).await;
+    for phone in &phones[4..] {
+        phone.shake(1, 1);
+        let verdict = phone.outcome().await.unwrap().verdict;
+        assert!(matches!(verdict, Verdict::Forwarded | Verdict::NoLuck), "{verdict:?}");
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(world.metric("shake_edge_in_flight_batches") >= 0.0);
+
+    // It comes back over the same ledger: the edge reconnects and resends; winners hear.
+    world.restart_allocator().await;
+    world.wait_for_metric("shake_edge_allocator_up", 1.0).await;
+    for phone in &mut phones[4..] {
+        match phone.next_award().await {
+            Ok(ControlFrame::Award { award_id, .. }) => {
+                assert!(awards.insert(award_id), "award {award_id} twice")
+            }
+            other => panic!("expected an award after the reconnect, got {other:?}"),
+        }
+    }
+    assert!(world.metric("shake_edge_batches_resent_total") >= 1.0);
+
+    // One award per user in the ledger, exactly the ones phones heard of.
+    world.stop_allocator().await;
+    let ledger = Ledger::open(&world.dir.join("ledger")).unwrap();
+    let rows = ledger.awards(|_| true).unwrap();
+    let users: BTreeSet<u64> = rows.iter().map(|a| a.user_id).collect();
+    assert_eq!(users.len(), rows.len(), "a user paid twice");
+    let ids: BTreeSet<u64> = rows.iter().map(|a| a.award_id).collect();
+    assert_eq!(ids, awards);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_sends_go_away_and_exits() {
+    let mut world = World::start(WorldSettings::default()).await;
+    let mut phone = Phone::connect(&world).await;
+    phone.hello(token(9, 3600)).await.unwrap();
+    let pid = world.edge.id().to_string();
+    std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    loop {
+        match phone.next_frame().await.unwrap() {
+            ControlFrame::GoAway { reconnect_after_ms } => {
+                assert!(reconnect_after_ms > 0);
+                // A phone leaves for another edge; the draining edge then has nothing to wait for.
+                phone.conn.close(0u32.into(), b"going elsewhere");
+                break;
+            }
+            _ => continue,
+        }
+    }
+    let status = world.edge.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}
