@@ -1,11 +1,121 @@
 #!/usr/bin/env bash
-# The one-command demo: allocator, edge and a phone swarm on localhost, ending in a summary.
+# The one-command demo: builds in release mode, makes dev certificates under target/demo/,
+# starts an allocator and an edge on localhost, runs a two-round phone swarm for about a
+# minute, stops everything cleanly, checks the phones' awards against the ledger, and ends
+# with a summary and one JSON line. Exits non-zero when an invariant fails.
 #
-# Not there yet: the allocator, edge and swarm issues build the pieces. For now this builds the
-# workspace in release mode and says so, so the Quick start command already works.
+#   scripts/demo.sh                 2,000 phones (override: PHONES=5000 scripts/demo.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --workspace
-echo "shake demo: the allocator, edge and swarm are not built yet; nothing to run." >&2
-echo '{"ok":false,"reason":"demo not implemented yet"}'
-exit 1
+
+PHONES="${PHONES:-2000}"
+ROUND_S="${ROUND_S:-15}"
+DEMO=target/demo
+BIN=target/release
+pids=()
+
+cleanup() {
+    for pid in "${pids[@]}"; do
+        kill -INT "$pid" 2>/dev/null || true
+    done
+    wait 2>/dev/null || true
+}
+trap cleanup EXIT
+trap 'echo "demo: interrupted" >&2; exit 130' INT TERM
+
+say() { printf '==> %s\n' "$*" >&2; }
+
+# Waits for a "ready" line in a log and prints the value of FIELD= from it.
+ready_field() {
+    local log="$1" field="$2" pid="$3"
+    for _ in $(seq 1 300); do
+        if line=$(grep -m1 ' ready ' "$log" 2>/dev/null); then
+            tr ' ' '\n' <<<"$line" | sed -n "s/^$field=//p"
+            return 0
+        fi
+        kill -0 "$pid" 2>/dev/null || { echo "demo: process $pid died; see $log" >&2; return 1; }
+        sleep 0.1
+    done
+    echo "demo: no ready line in $log" >&2
+    return 1
+}
+
+say "building (release)"
+cargo build --release --quiet -p shake-allocator -p shake-edge -p shake-bench
+
+rm -rf "$DEMO"
+mkdir -p "$DEMO"
+say "dev certificates in $DEMO/certs"
+"$BIN/shake-allocator" dev-certs "$DEMO/certs" --edges 1 >/dev/null
+
+now_ms=$(( $(date +%s%N) / 1000000 ))
+round1=$(( now_ms + 8000 ))                       # after the connect ramp
+round2=$(( round1 + ROUND_S * 1000 + 5000 ))      # a short break between rounds
+run_s=$(( (round2 + ROUND_S * 1000 - now_ms) / 1000 + 3 ))
+
+cat >"$DEMO/allocator.toml" <<TOML
+listen = "127.0.0.1:0"
+metrics_listen = "127.0.0.1:0"
+ledger_path = "$DEMO/ledger"
+oversampling = 4.0
+[tls]
+cert = "$DEMO/certs/allocator.pem"
+key = "$DEMO/certs/allocator.key"
+edge_ca = "$DEMO/certs/ca.pem"
+[[rounds]]
+id = 1
+starts_at_ms = $round1
+duration_s = $ROUND_S
+seed = 2026
+[rounds.cash]
+total_cents = 50000
+envelopes = 1000
+[[rounds.gifts]]
+sku = "TEA-01"
+name = "Tea set"
+count = 50
+[[rounds]]
+id = 2
+starts_at_ms = $round2
+duration_s = $ROUND_S
+seed = 2027
+[rounds.cash]
+total_cents = 30000
+envelopes = 600
+TOML
+
+say "starting the allocator (log: $DEMO/allocator.log)"
+"$BIN/shake-allocator" run --config "$DEMO/allocator.toml" >"$DEMO/allocator.out" 2>"$DEMO/allocator.log" &
+alloc_pid=$!
+pids+=("$alloc_pid")
+alloc_addr=$(ready_field "$DEMO/allocator.out" quic "$alloc_pid")
+
+sed -e "s#^addr = \"127.0.0.1:7400\"#addr = \"$alloc_addr\"#" \
+    -e 's#^listen = "127.0.0.1:7443"#listen = "127.0.0.1:0"#' \
+    -e 's#^metrics_listen = "127.0.0.1:9443"#metrics_listen = "127.0.0.1:0"#' \
+    -e 's#^workers = 0#workers = 2#' \
+    edge/shake-edge.example.toml >"$DEMO/edge.toml"
+
+say "starting the edge (log: $DEMO/edge.log)"
+"$BIN/shake-edge" run --config "$DEMO/edge.toml" >"$DEMO/edge.out" 2>"$DEMO/edge.log" &
+edge_pid=$!
+pids+=("$edge_pid")
+edge_addr=$(ready_field "$DEMO/edge.out" addr "$edge_pid")
+
+say "swarm: $PHONES phones, two rounds of ${ROUND_S}s, about ${run_s}s"
+"$BIN/shake-swarm" run --scenario bench/scenarios/demo.toml --phones "$PHONES" \
+    --edge "$edge_addr" --ca "$DEMO/certs/ca.pem" --duration "$run_s" \
+    --json "$DEMO/swarm.json" --timeseries "$DEMO/timeseries.jsonl" >"$DEMO/swarm.out"
+sed '$d' "$DEMO/swarm.out" >&2
+
+say "stopping the edge and the allocator (drain)"
+kill -TERM "$edge_pid"
+wait "$edge_pid" || true
+kill -TERM "$alloc_pid"
+wait "$alloc_pid" || true
+pids=()
+
+"$BIN/shake-allocator" export --config "$DEMO/allocator.toml" >"$DEMO/awards.jsonl" 2>>"$DEMO/allocator.log"
+say "checking the phones' awards against the ledger"
+"$BIN/shake-swarm" verify --report "$DEMO/swarm.json" --ledger "$DEMO/awards.jsonl" \
+    --allocator-config "$DEMO/allocator.toml"

@@ -1,4 +1,4 @@
-//! `shake-bench`: the benchmark harness, micro-benchmarks and (later) the phone swarm.
+//! `shake-bench`: the benchmark harness, micro-benchmarks and the phone swarm.
 //!
 //! # Layout
 //! - [`report`]: what every benchmark prints: a readable table, one JSON line at the end, and
@@ -8,6 +8,7 @@
 //! - [`allocator_bench`]: the draw's decisions per second and durable awards per second.
 //! - [`edge_hot_path`]: one shake through the edge's own code, with [`counting_alloc`].
 //! - `ledger_stores` (feature `store-comparison`): redb, fjall and SQLite group commits.
+//! - [`swarm`]: the phone swarm behind `shake-swarm`.
 
 pub mod allocator_bench;
 pub mod counting_alloc;
@@ -17,3 +18,4 @@ pub mod ledger_stores;
 pub mod proto_bench;
 pub mod report;
 pub mod stats;
+pub mod swarm;

@@ -599,13 +599,7 @@ async fn ticker(state: State, shared: Arc<Shared>) {
         }
         if ticks.is_multiple_of(100) {
             publish(&mut s, &shared.metrics);
-            while !s.acks.is_empty() {
-                let n = s.acks.len().min(shake_proto::limits::MAX_DELIVERED_IDS);
-                let award_ids: Vec<u64> = s.acks.drain(..n).collect();
-                let frame =
-                    s.encode(|out| AllocatorFrame::AwardDelivered { award_ids }.encode(out));
-                let _ = s.uplink.send(frame);
-            }
+            send_acks(&mut s);
         }
         if ticks.is_multiple_of(1000) {
             let load = s.admission.take_load();
@@ -619,6 +613,16 @@ async fn ticker(state: State, shared: Arc<Shared>) {
             });
             let _ = s.uplink.send(frame);
         }
+    }
+}
+
+/// Sends phones' award acknowledgements upstream as `AwardDelivered` frames.
+fn send_acks(s: &mut WorkerState) {
+    while !s.acks.is_empty() {
+        let n = s.acks.len().min(shake_proto::limits::MAX_DELIVERED_IDS);
+        let award_ids: Vec<u64> = s.acks.drain(..n).collect();
+        let frame = s.encode(|out| AllocatorFrame::AwardDelivered { award_ids }.encode(out));
+        let _ = s.uplink.send(frame);
     }
 }
 
@@ -653,6 +657,9 @@ async fn drain(state: &State, shared: &Shared) {
     while busy(&state.borrow()) && Instant::now() < deadline && !shared.stop.is_cancelled() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    // Acknowledgements still queued go up now, and the uplink gets a moment to write them.
+    send_acks(&mut state.borrow_mut());
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let mut s = state.borrow_mut();
     publish(&mut s, &shared.metrics);
     tracing::info!(

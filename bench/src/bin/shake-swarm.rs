@@ -1,0 +1,267 @@
+//! `shake-swarm`: the synthetic phone swarm. `run` drives a scenario against edges and reports;
+//! `verify` checks the phones' awards against the allocator's ledger export.
+//!
+//! Exit codes: 0 ok; 2 a `--max-*` threshold was crossed; 3 verification found a broken
+//! invariant; 64 a bad scenario or command line; 1 anything else.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use shake_bench::swarm::report::Report;
+use shake_bench::swarm::scenario::Scenario;
+use shake_bench::swarm::{self, verify};
+
+#[derive(Parser, Debug)]
+#[command(name = "shake-swarm", version, about = "Synthetic phone swarm for Shake edges")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a scenario (see bench/scenarios/) and print a summary, then one JSON line.
+    Run {
+        /// The scenario file.
+        #[arg(long, short)]
+        scenario: PathBuf,
+        /// Override the number of phones.
+        #[arg(long)]
+        phones: Option<usize>,
+        /// Override the run length, seconds.
+        #[arg(long)]
+        duration: Option<u64>,
+        /// Override the edges (repeat for several).
+        #[arg(long = "edge")]
+        edges: Vec<SocketAddr>,
+        /// Override the CA file.
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// Override the connect ramp (phones per second; 0 = storm).
+        #[arg(long)]
+        connect_rate: Option<f64>,
+        /// Override each phone's shake rate per second.
+        #[arg(long)]
+        shake_rate: Option<f64>,
+        /// Write the full report (with every award received) as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Write the per-second time series as JSON lines.
+        #[arg(long)]
+        timeseries: Option<PathBuf>,
+        /// Exit 2 if p99 shake-to-outcome (corrected) exceeds this many milliseconds.
+        #[arg(long, value_name = "MS")]
+        max_p99: Option<f64>,
+        /// Exit 2 if more errors than this occurred.
+        #[arg(long, value_name = "N")]
+        max_errors: Option<u64>,
+    },
+    /// Compare a run's awards with the ledger (`shake-allocator export` output).
+    Verify {
+        /// The run's `--json` report.
+        #[arg(long)]
+        report: PathBuf,
+        /// The ledger export (JSON lines).
+        #[arg(long)]
+        ledger: PathBuf,
+        /// The allocator configuration, to check pools and per-user caps.
+        #[arg(long)]
+        allocator_config: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    shake_ops::init_logging("warn");
+    match cli.command {
+        Command::Run {
+            scenario,
+            phones,
+            duration,
+            edges,
+            ca,
+            connect_rate,
+            shake_rate,
+            json,
+            timeseries,
+            max_p99,
+            max_errors,
+        } => {
+            let mut scenario = match Scenario::load(&scenario) {
+                Ok(s) => s,
+                Err(err) => {
+                    eprintln!("shake-swarm: {}: {err}", scenario.display());
+                    return ExitCode::from(64);
+                }
+            };
+            if let Some(n) = phones {
+                scenario.phones = n;
+            }
+            if let Some(d) = duration {
+                scenario.duration_s = d;
+            }
+            if !edges.is_empty() {
+                scenario.edges = edges;
+            }
+            if let Some(ca) = ca {
+                scenario.ca = ca;
+            }
+            if let Some(rate) = connect_rate {
+                scenario.connect.phones_per_s = rate;
+            }
+            if let Some(rate) = shake_rate {
+                scenario.shaking.rate_per_s = rate;
+            }
+            if let Err(err) = scenario.validate() {
+                eprintln!("shake-swarm: {err}");
+                return ExitCode::from(64);
+            }
+            match run(&scenario, json, timeseries) {
+                Ok(report) => {
+                    let mut code = ExitCode::SUCCESS;
+                    if max_p99.is_some_and(|max| report.latency_ms.outcome.p99 > max) {
+                        eprintln!(
+                            "shake-swarm: p99 {:.2} ms is over --max-p99",
+                            report.latency_ms.outcome.p99
+                        );
+                        code = ExitCode::from(2);
+                    }
+                    let errors: u64 = report.errors.values().sum();
+                    if max_errors.is_some_and(|max| errors > max) {
+                        eprintln!("shake-swarm: {errors} errors is over --max-errors");
+                        code = ExitCode::from(2);
+                    }
+                    code
+                }
+                Err(err) => {
+                    eprintln!("shake-swarm: {err:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Verify { report, ledger, allocator_config } => {
+            match verify_run(&report, &ledger, allocator_config) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(3),
+                Err(err) => {
+                    eprintln!("shake-swarm: {err:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn run(
+    scenario: &Scenario,
+    json: Option<PathBuf>,
+    timeseries: Option<PathBuf>,
+) -> anyhow::Result<Report> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let progress = ProgressBar::new(scenario.duration_s);
+    progress.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len}s {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let report = runtime.block_on(swarm::run(scenario, |point| {
+        progress.set_position(point.t_s as u64);
+        progress.set_message(format!(
+            "phones {} | shakes {} | outcomes {} | awards {} | p99 {:.1} ms",
+            point.connected, point.sent, point.outcomes, point.awards, point.p99_outcome_ms
+        ));
+    }))?;
+    progress.finish_and_clear();
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    if let Some(path) = json {
+        std::fs::write(&path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| path.display().to_string())?;
+    }
+    if let Some(path) = timeseries {
+        let lines: Vec<String> =
+            report.series.iter().map(serde_json::to_string).collect::<Result<_, _>>()?;
+        std::fs::write(&path, lines.join("\n") + "\n")
+            .with_context(|| path.display().to_string())?;
+    }
+    print!("{}", report.summary());
+    println!("{}", report.json_line());
+    Ok(report)
+}
+
+fn verify_run(report: &PathBuf, ledger: &PathBuf, config: Option<PathBuf>) -> anyhow::Result<bool> {
+    let report: Report = serde_json::from_str(
+        &std::fs::read_to_string(report).with_context(|| report.display().to_string())?,
+    )?;
+    let rows = verify::parse_export(
+        &std::fs::read_to_string(ledger).with_context(|| ledger.display().to_string())?,
+    )?;
+    let config = match config {
+        Some(path) => Some(shake_allocator::config::Config::load(&path)?),
+        None => None,
+    };
+    let v = verify::verify(&report, &rows, config.as_ref());
+    let verdict = |name: &str| report.verdicts.get(name).copied().unwrap_or(0);
+    let share =
+        |n: u64| if report.outcomes > 0 { n as f64 * 100.0 / report.outcomes as f64 } else { 0.0 };
+    println!("Shake run summary");
+    println!("-----------------");
+    println!("{:<34}{:>12}", "phones", report.phones);
+    println!("{:<34}{:>12}", "shakes sent", report.shakes);
+    for name in ["no_luck", "slow_down", "round_closed", "forwarded"] {
+        println!("  {:<32}{:>12}  ({:.1}%)", name, verdict(name), share(verdict(name)));
+    }
+    println!("{:<34}{:>12}", "awards granted (ledger)", v.awards_granted);
+    println!("{:<34}{:>12}", "awards delivered (acknowledged)", v.awards_delivered);
+    println!("{:<34}{:>12}", "awards undelivered (queryable)", v.awards_undelivered);
+    println!("{:<34}{:>12}", "awards received by phones", report.awards_received);
+    for (round, (paid, pool)) in &v.cash_by_round {
+        println!(
+            "round {round}: cash paid {}.{:02} of a pool of {}.{:02}",
+            paid / 100,
+            paid % 100,
+            pool / 100,
+            pool % 100
+        );
+    }
+    println!("{:<34}{:>12.2}", "p50 shake->outcome (ms)", report.latency_ms.outcome.p50);
+    println!("{:<34}{:>12.2}", "p99 shake->outcome (ms)", report.latency_ms.outcome.p99);
+    println!("{:<34}{:>12.2}", "p99 shake->award (ms)", report.latency_ms.award.p99);
+    println!("{:<34}{:>12}", "ledger mismatches", v.ledger_mismatches());
+    println!("{:<34}{:>12}", "prizes granted twice", v.granted_twice);
+    println!("{:<34}{:>12}", "per-user cap violations", v.cap_violations);
+    println!("{:<34}{:>12}", "pools overspent", v.pools_overspent);
+    println!("{:<34}{:>12}", "invariants", if v.ok() { "hold" } else { "BROKEN" });
+    let line = serde_json::json!({
+        "ok": v.ok(),
+        "phones": report.phones,
+        "shakes": report.shakes,
+        "verdicts": report.verdicts,
+        "awards_granted": v.awards_granted,
+        "awards_delivered": v.awards_delivered,
+        "awards_undelivered": v.awards_undelivered,
+        "awards_received": report.awards_received,
+        "pool_overspent": v.pools_overspent,
+        "awards_granted_twice": v.granted_twice,
+        "cap_violations": v.cap_violations,
+        "ledger_mismatches": v.ledger_mismatches(),
+        "p50_outcome_ms": report.latency_ms.outcome.p50,
+        "p99_outcome_ms": report.latency_ms.outcome.p99,
+        "p99_award_ms": report.latency_ms.award.p99,
+    });
+    println!("{line}");
+    Ok(v.ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,205 @@
+//! `shake-swarm`: a synthetic phone swarm. N phones, each a real QUIC connection with its own
+//! session token, multiplexed over several client endpoints, driven by a scenario.
+//!
+//! # Layout
+//! - [`scenario`]: the scenario file and its validation.
+//! - [`schedule`]: open-loop shake timing (sans-IO).
+//! - [`phone`]: one phone's life.
+//! - [`stats`]: what is measured.
+//! - [`report`]: the summary table, the JSON report and the time series.
+//! - [`verify`]: phones' awards against the allocator's ledger export.
+
+pub mod phone;
+pub mod report;
+pub mod scenario;
+pub mod schedule;
+pub mod stats;
+pub mod verify;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use quinn::crypto::rustls::QuicClientConfig;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use shake_proto::{Claims, KeyRing, PHONE_ALPN};
+
+use self::phone::{PhoneContext, Role};
+use self::report::{Report, TimePoint};
+use self::scenario::Scenario;
+use self::stats::Stats;
+
+/// A swarm that could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SwarmError {
+    /// TLS files.
+    #[error(transparent)]
+    Tls(#[from] shake_ops::tls::TlsError),
+    /// Sockets.
+    #[error("client endpoint: {0}")]
+    Io(#[from] std::io::Error),
+    /// Tokens.
+    #[error("token key: {0}")]
+    Token(#[from] shake_proto::TokenError),
+    /// QUIC crypto configuration.
+    #[error("QUIC crypto configuration: {0}")]
+    Quic(String),
+}
+
+fn client_config(scenario: &Scenario) -> Result<quinn::ClientConfig, SwarmError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in shake_ops::tls::load_certs(&scenario.ca)? {
+        roots.add(cert).map_err(shake_ops::tls::TlsError::from)?;
+    }
+    let mut rustls = rustls::ClientConfig::builder_with_provider(shake_ops::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(shake_ops::tls::TlsError::from)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    rustls.alpn_protocols = vec![PHONE_ALPN.to_vec()];
+    let crypto = QuicClientConfig::try_from(rustls).map_err(|e| SwarmError::Quic(e.to_string()))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_idle_timeout(Some(Duration::from_secs(30).try_into().expect("30 s fits")))
+        .keep_alive_interval(Some(Duration::from_secs(10)))
+        .datagram_receive_buffer_size(Some(16 * 1024));
+    config.transport_config(Arc::new(transport));
+    Ok(config)
+}
+
+/// Picks each phone's role from the hostile shares, deterministically from the seed.
+pub fn roles(scenario: &Scenario) -> Vec<Role> {
+    let h = &scenario.hostile;
+    let mut rng = ChaCha8Rng::seed_from_u64(scenario.seed ^ 0x5eed);
+    (0..scenario.phones)
+        .map(|_| {
+            let x: f64 = rng.random();
+            let mut edge = h.over_rate;
+            if x < edge {
+                return Role::OverRate;
+            }
+            edge += h.forged_token;
+            if x < edge {
+                return Role::ForgedToken;
+            }
+            edge += h.expired_token;
+            if x < edge {
+                return Role::ExpiredToken;
+            }
+            edge += h.malformed;
+            if x < edge { Role::Malformed } else { Role::Honest }
+        })
+        .collect()
+}
+
+fn unix_s() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Peak resident memory of this process, KiB (Linux), if known.
+pub fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Runs the scenario to its end; `on_second` sees the time series as it grows.
+pub async fn run(
+    scenario: &Scenario,
+    mut on_second: impl FnMut(&TimePoint),
+) -> Result<Report, SwarmError> {
+    let secret = scenario::hex(&scenario.tokens.secret_hex).unwrap_or_default();
+    let mut keys = KeyRing::new();
+    keys.insert(scenario.tokens.key_id, &secret)?;
+    let mut forger = KeyRing::new();
+    forger.insert(scenario.tokens.key_id, &[0x5a; 32])?;
+    let config = client_config(scenario)?;
+    let mut endpoints = Vec::new();
+    for _ in 0..scenario.client_endpoints {
+        let mut endpoint = quinn::Endpoint::client("0.0.0.0:0".parse().expect("literal address"))?;
+        endpoint.set_default_client_config(config.clone());
+        endpoints.push(endpoint);
+    }
+    let stats = Arc::new(Stats::default());
+    let origin = Instant::now();
+    let end = origin + Duration::from_secs(scenario.duration_s);
+    let ctx = Arc::new(PhoneContext {
+        edges: scenario.edges.clone(),
+        server_name: scenario.server_name.clone(),
+        rate_per_s: scenario.shaking.rate_per_s,
+        jitter: scenario.shaking.jitter,
+        spike: scenario.shaking.spike,
+        origin,
+        end,
+        stats: stats.clone(),
+    });
+    let roles = roles(scenario);
+    let now = unix_s();
+    let mut tasks = tokio::task::JoinSet::new();
+    let ramp = scenario.connect.phones_per_s;
+    let mut series = Vec::new();
+    let mut next_second = origin + Duration::from_secs(1);
+    for (i, role) in roles.iter().copied().enumerate() {
+        if ramp > 0.0 {
+            let at = origin + Duration::from_secs_f64(i as f64 / ramp);
+            tokio::time::sleep_until(at.into()).await;
+        }
+        let user_id = scenario.tokens.first_user_id + i as u64;
+        let mut claims = Claims {
+            key_id: scenario.tokens.key_id,
+            user_id,
+            device_id: user_id,
+            issued_at_s: now - 60,
+            expires_at_s: now + 86_400,
+        };
+        let ring = match role {
+            Role::ForgedToken => &forger,
+            Role::ExpiredToken => {
+                claims.issued_at_s = now - 7_200;
+                claims.expires_at_s = now - 3_600;
+                &keys
+            }
+            _ => &keys,
+        };
+        let token = Bytes::copy_from_slice(&ring.mint(&claims)?);
+        tasks.spawn(phone::run(
+            i,
+            role,
+            token,
+            user_id,
+            endpoints[i % endpoints.len()].clone(),
+            ctx.clone(),
+        ));
+        if Instant::now() >= next_second {
+            series.push(report::time_point(&stats, origin));
+            on_second(series.last().expect("just pushed"));
+            next_second += Duration::from_secs(1);
+        }
+    }
+    loop {
+        tokio::select! {
+            done = tasks.join_next() => if done.is_none() { break },
+            _ = tokio::time::sleep_until(next_second.into()) => {
+                series.push(report::time_point(&stats, origin));
+                on_second(series.last().expect("just pushed"));
+                next_second += Duration::from_secs(1);
+            }
+        }
+    }
+    for endpoint in &endpoints {
+        endpoint.close(0u32.into(), b"swarm done");
+    }
+    for endpoint in &endpoints {
+        let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    }
+    let honest = roles.iter().filter(|r| **r == Role::Honest).count();
+    Ok(Report::build(scenario, &stats, honest, origin.elapsed(), series, peak_rss_kib()))
+}
+
+/// Counts phones connected right now (for progress).
+pub fn connected(stats: &Stats) -> u64 {
+    stats.connected.load(Ordering::Relaxed)
+}

@@ -1,0 +1,350 @@
+//! One simulated phone: a real QUIC connection with its own session token, a control stream,
+//! shakes as datagrams on an open-loop schedule, outcomes and awards measured, awards
+//! acknowledged. Reconnects (to the next edge) after `GoAway` or a lost connection.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use shake_proto::control::CAP_DATAGRAMS;
+use shake_proto::datagram::{self, Datagram};
+use shake_proto::{ControlFrame, RoundInfo, Shake, Verdict};
+use tokio::io::AsyncReadExt;
+
+use super::schedule::Schedule;
+use super::stats::{ReceivedAward, Stats};
+
+/// How a phone behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Follows the rules.
+    Honest,
+    /// Shakes ten times too fast.
+    OverRate,
+    /// Presents a forged token.
+    ForgedToken,
+    /// Presents an expired token.
+    ExpiredToken,
+    /// Sends malformed datagrams between shakes.
+    Malformed,
+}
+
+/// What every phone shares.
+#[derive(Debug)]
+pub struct PhoneContext {
+    /// Edges to connect to.
+    pub edges: Vec<SocketAddr>,
+    /// Name in their certificates.
+    pub server_name: String,
+    /// Shakes per second while a round is open.
+    pub rate_per_s: f64,
+    /// Interval jitter.
+    pub jitter: f64,
+    /// Shake at round open.
+    pub spike: bool,
+    /// The run's clock origin.
+    pub origin: Instant,
+    /// When to stop.
+    pub end: Instant,
+    /// Measurements.
+    pub stats: Arc<Stats>,
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Intended and actual send times of recent shakes, by sequence number.
+struct InFlight {
+    slots: [(u64, Instant, Instant); 64],
+}
+
+impl InFlight {
+    fn new(now: Instant) -> Self {
+        Self { slots: [(u64::MAX, now, now); 64] }
+    }
+
+    fn sent(&mut self, seq: u64, intended: Instant, actual: Instant) {
+        self.slots[(seq % 64) as usize] = (seq, intended, actual);
+    }
+
+    fn answered(&self, seq: u64) -> Option<(Instant, Instant)> {
+        let (s, intended, actual) = self.slots[(seq % 64) as usize];
+        (s == seq).then_some((intended, actual))
+    }
+}
+
+enum SessionEnd {
+    /// The run is over.
+    Done,
+    /// Reconnect (GoAway or a lost connection).
+    Reconnect,
+    /// The edge closed us for good (hostile phones).
+    Refused,
+}
+
+/// Runs one phone until the end of the run.
+pub async fn run(
+    index: usize,
+    role: Role,
+    token: Bytes,
+    user_id: u64,
+    endpoint: quinn::Endpoint,
+    ctx: Arc<PhoneContext>,
+) {
+    let rate = if role == Role::OverRate { ctx.rate_per_s * 10.0 } else { ctx.rate_per_s };
+    let origin = ctx.origin;
+    let now_us = || origin.elapsed().as_micros() as u64;
+    let mut schedule = Schedule::new(now_us(), rate, ctx.jitter, index as u64);
+    let mut seq = 0u64;
+    let mut edge = index % ctx.edges.len();
+    while Instant::now() < ctx.end {
+        match session(
+            role,
+            &token,
+            user_id,
+            &endpoint,
+            ctx.edges[edge],
+            &ctx,
+            &mut schedule,
+            &mut seq,
+        )
+        .await
+        {
+            SessionEnd::Done | SessionEnd::Refused => break,
+            SessionEnd::Reconnect => {
+                edge = (edge + 1) % ctx.edges.len();
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    let behind = schedule.late + schedule.skipped;
+    ctx.stats.behind_schedule.fetch_add(behind, Ordering::Relaxed);
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn session(
+    role: Role,
+    token: &Bytes,
+    user_id: u64,
+    endpoint: &quinn::Endpoint,
+    edge: SocketAddr,
+    ctx: &PhoneContext,
+    schedule: &mut Schedule,
+    seq: &mut u64,
+) -> SessionEnd {
+    let stats = &ctx.stats;
+    let started = Instant::now();
+    let conn = match endpoint.connect(edge, &ctx.server_name) {
+        Ok(connecting) => match connecting.await {
+            Ok(conn) => conn,
+            Err(err) => {
+                stats.error(format!("connect: {err}"));
+                return SessionEnd::Reconnect;
+            }
+        },
+        Err(err) => {
+            stats.error(format!("connect: {err}"));
+            return SessionEnd::Done;
+        }
+    };
+    let Ok((mut send, mut recv)) = conn.open_bi().await else {
+        stats.error("open control stream");
+        return SessionEnd::Reconnect;
+    };
+    let mut out = BytesMut::new();
+    ControlFrame::Hello { token: token.clone(), client_version: 1, capabilities: CAP_DATAGRAMS }
+        .encode(&mut out);
+    if send.write_all(&out).await.is_err() {
+        stats.error("send hello");
+        return SessionEnd::Reconnect;
+    }
+    let mut buf = BytesMut::with_capacity(512);
+    let (round, clock_offset_ms) = match next_frame(&mut recv, &mut buf).await {
+        Some(ControlFrame::Welcome { server_time_ms, round, .. }) => {
+            (round, server_time_ms as i64 - unix_ms() as i64)
+        }
+        Some(ControlFrame::Error { code, .. }) => {
+            let name = shake_proto::ErrorCode::from_code(code).map_or("unknown", |c| c.name());
+            *stats
+                .closed_by_edge
+                .lock()
+                .expect("stats lock")
+                .entry(name.to_owned())
+                .or_default() += 1;
+            if role == Role::Honest {
+                stats.error(format!("refused: {name}"));
+            }
+            return SessionEnd::Refused;
+        }
+        _ => {
+            stats.error("no welcome");
+            return SessionEnd::Reconnect;
+        }
+    };
+    stats
+        .histograms
+        .lock()
+        .expect("stats lock")
+        .handshake
+        .saturating_record(started.elapsed().as_micros() as u64);
+    stats.connected.fetch_add(1, Ordering::Relaxed);
+    stats.sessions.fetch_add(1, Ordering::Relaxed);
+    let end = session_loop(
+        role,
+        &conn,
+        &mut send,
+        &mut recv,
+        &mut buf,
+        round,
+        clock_offset_ms,
+        ctx,
+        schedule,
+        seq,
+        user_id,
+    )
+    .await;
+    stats.connected.fetch_sub(1, Ordering::Relaxed);
+    conn.close(0u32.into(), b"bye");
+    end
+}
+
+async fn next_frame(recv: &mut quinn::RecvStream, buf: &mut BytesMut) -> Option<ControlFrame> {
+    loop {
+        if let Ok(Some(frame)) = ControlFrame::decode(buf) {
+            return Some(frame);
+        }
+        match tokio::time::timeout(Duration::from_secs(10), recv.read_buf(buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return None,
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn session_loop(
+    role: Role,
+    conn: &quinn::Connection,
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+    buf: &mut BytesMut,
+    round: RoundInfo,
+    clock_offset_ms: i64,
+    ctx: &PhoneContext,
+    schedule: &mut Schedule,
+    seq: &mut u64,
+    user_id: u64,
+) -> SessionEnd {
+    let stats = &ctx.stats;
+    let origin = ctx.origin;
+    let server_ms = || (unix_ms() as i64 + clock_offset_ms) as u64;
+    let is_open = |round: &RoundInfo| (round.starts_at_ms..round.ends_at_ms).contains(&server_ms());
+    // Every round heard of; the current one is the open one, else the next to open.
+    let mut rounds = vec![round];
+    let current = |rounds: &[RoundInfo]| {
+        let now = server_ms();
+        rounds
+            .iter()
+            .find(|r| (r.starts_at_ms..r.ends_at_ms).contains(&now))
+            .or_else(|| {
+                rounds.iter().filter(|r| r.starts_at_ms > now).min_by_key(|r| r.starts_at_ms)
+            })
+            .copied()
+            .unwrap_or(RoundInfo::NONE)
+    };
+    let mut round = current(&rounds);
+    let mut in_flight = InFlight::new(Instant::now());
+    let mut last_forwarded: Option<Instant> = None;
+    let mut was_open = is_open(&round);
+    let mut out = BytesMut::with_capacity(64);
+    loop {
+        let next = origin + Duration::from_micros(schedule.next_us());
+        // Sleep no further than the next round opening, so the spike is on time.
+        let wake = if !was_open && round.starts_at_ms > server_ms() {
+            let until_open = Duration::from_millis(round.starts_at_ms - server_ms());
+            next.min(Instant::now() + until_open)
+        } else {
+            next
+        };
+        tokio::select! {
+            _ = tokio::time::sleep_until(wake.min(ctx.end).into()) => {
+                if Instant::now() >= ctx.end {
+                    return SessionEnd::Done;
+                }
+                round = current(&rounds);
+                let open = is_open(&round);
+                if open && !was_open && ctx.spike {
+                    schedule.restart(origin.elapsed().as_micros() as u64);
+                }
+                was_open = open;
+                let now_us = origin.elapsed().as_micros() as u64;
+                while let Some(intended_us) = schedule.due(now_us) {
+                    if !open {
+                        continue;
+                    }
+                    *seq += 1;
+                    out.clear();
+                    Shake { round_id: round.round_id, seq: *seq, client_time_ms: server_ms() }.encode_datagram(&mut out);
+                    let now = Instant::now();
+                    in_flight.sent(*seq, origin + Duration::from_micros(intended_us), now);
+                    if conn.send_datagram(out.split().freeze()).is_err() {
+                        stats.error("send datagram");
+                        return SessionEnd::Reconnect;
+                    }
+                    stats.sent.fetch_add(1, Ordering::Relaxed);
+                    if role == Role::Malformed {
+                        let _ = conn.send_datagram(Bytes::from_static(&[0x01, 0xff, 0xff]));
+                    }
+                }
+            }
+            datagram = conn.read_datagram() => {
+                let Ok(payload) = datagram else { return SessionEnd::Reconnect };
+                let now = Instant::now();
+                match datagram::decode(&payload) {
+                    Ok(Datagram::Outcomes(outcomes)) => {
+                        for outcome in outcomes.iter() {
+                            let Some((intended, actual)) = in_flight.answered(outcome.seq) else { continue };
+                            stats.outcome(outcome.verdict, now - intended, now - actual);
+                            if outcome.verdict == Verdict::Forwarded {
+                                last_forwarded = Some(intended);
+                            }
+                        }
+                    }
+                    _ => stats.error("malformed datagram from edge"),
+                }
+            }
+            read = recv.read_buf(buf) => {
+                if !matches!(read, Ok(n) if n > 0) {
+                    return SessionEnd::Reconnect;
+                }
+                while let Ok(Some(frame)) = ControlFrame::decode(buf) {
+                    match frame {
+                        ControlFrame::Award { award_id, round_id, .. } => {
+                            if let Some(intended) = last_forwarded {
+                                stats.histograms.lock().expect("stats lock").award.saturating_record(intended.elapsed().as_micros() as u64);
+                            }
+                            stats.awards.lock().expect("stats lock").push(ReceivedAward { award_id, user_id, round_id });
+                            let mut ack = BytesMut::new();
+                            ControlFrame::AwardAck { award_id }.encode(&mut ack);
+                            if send.write_all(&ack).await.is_err() {
+                                return SessionEnd::Reconnect;
+                            }
+                        }
+                        ControlFrame::RoundNotice { round: notice, .. } => {
+                            if let Some(known) = rounds.iter_mut().find(|r| r.round_id == notice.round_id) {
+                                *known = notice;
+                            } else if rounds.len() < 64 {
+                                rounds.push(notice);
+                            }
+                            round = current(&rounds);
+                        }
+                        ControlFrame::GoAway { .. } => return SessionEnd::Reconnect,
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+}

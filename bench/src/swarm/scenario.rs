@@ -1,0 +1,220 @@
+//! The swarm's scenario file (TOML, annotated examples in `bench/scenarios/`) and its
+//! validation. Command-line flags override the main numbers.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// A whole scenario.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Phones to simulate.
+    pub phones: usize,
+    /// Edges to spread phones over (a phone whose edge goes away moves to the next).
+    pub edges: Vec<SocketAddr>,
+    /// The name in the edges' certificates.
+    #[serde(default = "default_server_name")]
+    pub server_name: String,
+    /// CA that signed the edges' certificates.
+    pub ca: PathBuf,
+    /// How long the run lasts, seconds (connect ramp included).
+    pub duration_s: u64,
+    /// Client QUIC endpoints to spread phones over (source ports spread across edge workers).
+    #[serde(default = "default_client_endpoints")]
+    pub client_endpoints: usize,
+    /// Session tokens.
+    pub tokens: Tokens,
+    /// Connecting.
+    #[serde(default)]
+    pub connect: Connect,
+    /// Shaking.
+    #[serde(default)]
+    pub shaking: Shaking,
+    /// Misbehaving phones.
+    #[serde(default)]
+    pub hostile: Hostile,
+    /// Seed of every random choice (jitter, hostile roles).
+    #[serde(default)]
+    pub seed: u64,
+}
+
+/// How tokens are minted (as the login service would).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tokens {
+    /// Key id to sign with.
+    pub key_id: u32,
+    /// The HMAC secret, hex.
+    pub secret_hex: String,
+    /// First user id; phone `i` is user `first_user_id + i`.
+    #[serde(default = "default_first_user")]
+    pub first_user_id: u64,
+}
+
+/// The connect ramp.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Connect {
+    /// New phones per second; 0 connects them all at once (a storm).
+    pub phones_per_s: f64,
+}
+
+impl Default for Connect {
+    fn default() -> Self {
+        Self { phones_per_s: 2_000.0 }
+    }
+}
+
+/// Shaking while a round is open.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Shaking {
+    /// Shakes per second per phone.
+    pub rate_per_s: f64,
+    /// Each interval is scaled by a random factor in `1 +- jitter`.
+    pub jitter: f64,
+    /// Every phone shakes at once when a round opens (the "shake now" moment).
+    pub spike: bool,
+}
+
+impl Default for Shaking {
+    fn default() -> Self {
+        Self { rate_per_s: 2.0, jitter: 0.5, spike: true }
+    }
+}
+
+/// Misbehaving phones, as shares of the swarm.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Hostile {
+    /// Shake ten times the scenario's rate (and ignore slow-down).
+    pub over_rate: f64,
+    /// Present a token signed with the wrong key.
+    pub forged_token: f64,
+    /// Present an expired token.
+    pub expired_token: f64,
+    /// Send malformed datagrams between shakes.
+    pub malformed: f64,
+}
+
+fn default_server_name() -> String {
+    "localhost".to_owned()
+}
+fn default_client_endpoints() -> usize {
+    8
+}
+fn default_first_user() -> u64 {
+    1_000_000
+}
+
+/// A scenario that cannot run, and the field to blame.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid `{field}`: {message}")]
+pub struct ScenarioError {
+    /// Dotted path of the field.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn invalid(field: &str, message: impl Into<String>) -> ScenarioError {
+    ScenarioError { field: field.to_owned(), message: message.into() }
+}
+
+impl Scenario {
+    /// Reads and validates a scenario file.
+    pub fn load(path: &Path) -> Result<Self, ScenarioError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| invalid("<file>", format!("{}: {e}", path.display())))?;
+        Self::parse(&text)
+    }
+
+    /// Parses and validates scenario text.
+    pub fn parse(text: &str) -> Result<Self, ScenarioError> {
+        let scenario: Scenario =
+            toml::from_str(text).map_err(|e| invalid("<toml>", e.to_string()))?;
+        scenario.validate()?;
+        Ok(scenario)
+    }
+
+    /// Checks what parsing cannot.
+    pub fn validate(&self) -> Result<(), ScenarioError> {
+        if self.phones == 0 {
+            return Err(invalid("phones", "at least 1"));
+        }
+        if self.edges.is_empty() {
+            return Err(invalid("edges", "at least one edge"));
+        }
+        if self.duration_s == 0 {
+            return Err(invalid("duration_s", "at least 1"));
+        }
+        if self.client_endpoints == 0 {
+            return Err(invalid("client_endpoints", "at least 1"));
+        }
+        if !(self.shaking.rate_per_s.is_finite() && self.shaking.rate_per_s > 0.0) {
+            return Err(invalid("shaking.rate_per_s", "must be above 0"));
+        }
+        if !(0.0..1.0).contains(&self.shaking.jitter) {
+            return Err(invalid("shaking.jitter", "must be in [0, 1)"));
+        }
+        if !(self.connect.phones_per_s.is_finite() && self.connect.phones_per_s >= 0.0) {
+            return Err(invalid("connect.phones_per_s", "must be 0 (storm) or more"));
+        }
+        let h = &self.hostile;
+        for (field, share) in [
+            ("hostile.over_rate", h.over_rate),
+            ("hostile.forged_token", h.forged_token),
+            ("hostile.expired_token", h.expired_token),
+            ("hostile.malformed", h.malformed),
+        ] {
+            if !(0.0..=1.0).contains(&share) {
+                return Err(invalid(field, "a share between 0 and 1"));
+            }
+        }
+        if h.over_rate + h.forged_token + h.expired_token + h.malformed > 1.0 {
+            return Err(invalid("hostile", "shares add up to more than 1"));
+        }
+        if hex(&self.tokens.secret_hex).is_none_or(|s| s.len() < 32) {
+            return Err(invalid("tokens.secret_hex", "at least 32 bytes of hex"));
+        }
+        Ok(())
+    }
+}
+
+/// Bytes from hex, if valid.
+pub fn hex(text: &str) -> Option<Vec<u8>> {
+    let text = text.trim();
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEMO: &str = include_str!("../../scenarios/demo.toml");
+
+    #[test]
+    fn the_example_scenarios_are_valid() {
+        let demo = Scenario::parse(DEMO).unwrap();
+        assert!(demo.phones >= 1000);
+        Scenario::parse(include_str!("../../scenarios/hostile.toml")).unwrap();
+        Scenario::parse(include_str!("../../scenarios/storm.toml")).unwrap();
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        let field = |from: &str, to: &str| match Scenario::parse(&DEMO.replace(from, to)) {
+            Err(e) => e.field,
+            Ok(_) => panic!("{to} accepted"),
+        };
+        assert_eq!(field("phones = 2000", "phones = 0"), "phones");
+        assert_eq!(field("jitter = 0.5", "jitter = 1.5"), "shaking.jitter");
+        assert_eq!(field("rate_per_s = 2.0", "rate_per_s = 0.0"), "shaking.rate_per_s");
+        assert_eq!(field("edges = [\"127.0.0.1:7443\"]", "edges = []"), "edges");
+    }
+}

@@ -1,0 +1,136 @@
+//! Open-loop shake timing, sans-IO: every shake has an intended send time fixed in advance by
+//! the rate and jitter, whatever the system answers. A sender that falls behind still sends
+//! every intended shake (and latency is measured from the intended time: corrected for
+//! coordinated omission), but a stall longer than `max_catch_up` intervals skips the backlog
+//! and counts it, so one pause does not become a burst.
+
+use rand::Rng;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+/// One phone's schedule. Times are microseconds from any fixed origin.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    next_us: u64,
+    interval_us: f64,
+    jitter: f64,
+    rng: ChaCha8Rng,
+    /// Intended sends skipped after a stall.
+    pub skipped: u64,
+    /// Intended sends made late (after their intended time plus one interval).
+    pub late: u64,
+}
+
+/// Most intervals of backlog sent after a stall before the rest is skipped.
+const MAX_CATCH_UP: u64 = 4;
+
+impl Schedule {
+    /// A schedule of `rate_per_s` shakes a second from `start_us`, intervals scaled by a random
+    /// factor in `1 +- jitter`.
+    pub fn new(start_us: u64, rate_per_s: f64, jitter: f64, seed: u64) -> Self {
+        Self {
+            next_us: start_us,
+            interval_us: 1e6 / rate_per_s,
+            jitter,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            skipped: 0,
+            late: 0,
+        }
+    }
+
+    /// The next intended send time.
+    pub fn next_us(&self) -> u64 {
+        self.next_us
+    }
+
+    fn advance(&mut self) {
+        let factor = if self.jitter > 0.0 {
+            self.rng.random_range(1.0 - self.jitter..=1.0 + self.jitter)
+        } else {
+            1.0
+        };
+        self.next_us += (self.interval_us * factor).max(1.0) as u64;
+    }
+
+    /// If a shake is due at `now_us`, its intended time (and the schedule moves on).
+    pub fn due(&mut self, now_us: u64) -> Option<u64> {
+        if now_us < self.next_us {
+            return None;
+        }
+        let behind = now_us - self.next_us;
+        if behind > self.interval_us as u64 * MAX_CATCH_UP {
+            while self.next_us + (self.interval_us as u64) < now_us {
+                self.advance();
+                self.skipped += 1;
+            }
+        } else if behind > self.interval_us as u64 {
+            self.late += 1;
+        }
+        let intended = self.next_us;
+        self.advance();
+        Some(intended)
+    }
+
+    /// Restarts the schedule at `at_us` (a round opened).
+    pub fn restart(&mut self, at_us: u64) {
+        self.next_us = at_us;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_jitter_shakes_are_evenly_spaced() {
+        let mut s = Schedule::new(1_000, 10.0, 0.0, 1);
+        assert_eq!(s.due(999), None);
+        assert_eq!(s.due(1_000), Some(1_000));
+        assert_eq!(s.due(50_000), None);
+        assert_eq!(s.due(101_000), Some(101_000));
+        assert_eq!(s.next_us(), 201_000);
+    }
+
+    #[test]
+    fn a_late_sender_keeps_the_intended_times() {
+        let mut s = Schedule::new(0, 10.0, 0.0, 1);
+        // 250 ms late: three shakes were due; each comes out with its own intended time.
+        assert_eq!(s.due(250_000), Some(0));
+        assert_eq!(s.due(250_000), Some(100_000));
+        assert_eq!(s.due(250_000), Some(200_000));
+        assert_eq!(s.due(250_000), None);
+        assert_eq!(s.late, 2);
+        assert_eq!(s.skipped, 0);
+    }
+
+    #[test]
+    fn a_long_stall_skips_the_backlog_and_counts_it() {
+        let mut s = Schedule::new(0, 10.0, 0.0, 1);
+        let first = s.due(10_000_000).unwrap();
+        assert!(first >= 9_900_000, "sent {first}");
+        assert!(s.skipped >= 98);
+    }
+
+    #[test]
+    fn jitter_varies_intervals_but_keeps_the_rate() {
+        let mut s = Schedule::new(0, 100.0, 0.5, 7);
+        let mut sent = 0;
+        let mut last = 0;
+        let mut distinct = std::collections::HashSet::new();
+        for now in (0..10_000_000).step_by(100) {
+            if let Some(at) = s.due(now) {
+                distinct.insert(at - last);
+                last = at;
+                sent += 1;
+            }
+        }
+        assert!((950..=1050).contains(&sent), "sent {sent} in 10 s at 100/s");
+        assert!(distinct.len() > 100);
+        // Same seed, same schedule.
+        let mut a = Schedule::new(0, 100.0, 0.5, 7);
+        let mut b = Schedule::new(0, 100.0, 0.5, 7);
+        for now in (0..1_000_000).step_by(1000) {
+            assert_eq!(a.due(now), b.due(now));
+        }
+    }
+}

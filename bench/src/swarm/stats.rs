@@ -1,0 +1,192 @@
+//! What the swarm measures, shared by every phone task, and the report built from it.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+use shake_proto::Verdict;
+
+/// Latency histograms, microseconds.
+#[derive(Debug)]
+pub struct Histograms {
+    /// Shake (intended send time) to outcome: corrected for coordinated omission.
+    pub outcome: Histogram<u64>,
+    /// Shake (actual send time) to outcome: uncorrected.
+    pub outcome_raw: Histogram<u64>,
+    /// Winning shake (intended) to award.
+    pub award: Histogram<u64>,
+    /// QUIC handshake to `Welcome`.
+    pub handshake: Histogram<u64>,
+}
+
+fn histogram() -> Histogram<u64> {
+    // invariant: 1 us to 1 hour at 3 significant figures is a valid configuration.
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
+}
+
+impl Default for Histograms {
+    fn default() -> Self {
+        Self {
+            outcome: histogram(),
+            outcome_raw: histogram(),
+            award: histogram(),
+            handshake: histogram(),
+        }
+    }
+}
+
+/// One award a phone received.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceivedAward {
+    /// Ledger id.
+    pub award_id: u64,
+    /// The phone's user.
+    pub user_id: u64,
+    /// The round.
+    pub round_id: u32,
+}
+
+/// Counters and histograms, updated by phone tasks.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Shakes sent.
+    pub sent: AtomicU64,
+    /// Outcomes by verdict: no-luck, slow-down, round-closed, forwarded.
+    pub verdicts: [AtomicU64; 4],
+    /// Phones with a session (after `Welcome`).
+    pub connected: AtomicU64,
+    /// Sessions started, all together (reconnects included).
+    pub sessions: AtomicU64,
+    /// Intended sends made late or skipped after a stall.
+    pub behind_schedule: AtomicU64,
+    /// Hostile phones closed by the edge with a documented code, by code.
+    pub closed_by_edge: Mutex<BTreeMap<String, u64>>,
+    /// Errors by class.
+    pub errors: Mutex<BTreeMap<String, u64>>,
+    /// Latencies.
+    pub histograms: Mutex<Histograms>,
+    /// Outcome latencies of the current second (for the time series).
+    pub interval: Mutex<Option<Histogram<u64>>>,
+    /// Awards received.
+    pub awards: Mutex<Vec<ReceivedAward>>,
+}
+
+/// Index of a verdict in [`Stats::verdicts`].
+pub fn verdict_index(verdict: Verdict) -> usize {
+    match verdict {
+        Verdict::NoLuck => 0,
+        Verdict::SlowDown { .. } => 1,
+        Verdict::RoundClosed => 2,
+        Verdict::Forwarded => 3,
+    }
+}
+
+/// Verdict names, in [`Stats::verdicts`] order.
+pub const VERDICT_NAMES: [&str; 4] = ["no_luck", "slow_down", "round_closed", "forwarded"];
+
+impl Stats {
+    /// Counts one error of class `class`.
+    pub fn error(&self, class: impl Into<String>) {
+        *self.errors.lock().expect("stats lock").entry(class.into()).or_default() += 1;
+    }
+
+    /// Records an outcome: latency from the intended and the actual send time.
+    pub fn outcome(&self, verdict: Verdict, corrected: Duration, raw: Duration) {
+        self.verdicts[verdict_index(verdict)].fetch_add(1, Ordering::Relaxed);
+        let corrected = corrected.as_micros().max(1) as u64;
+        let mut h = self.histograms.lock().expect("stats lock");
+        h.outcome.saturating_record(corrected);
+        h.outcome_raw.saturating_record(raw.as_micros().max(1) as u64);
+        drop(h);
+        self.interval
+            .lock()
+            .expect("stats lock")
+            .get_or_insert_with(histogram)
+            .saturating_record(corrected);
+    }
+
+    /// Outcomes received so far.
+    pub fn outcomes(&self) -> u64 {
+        self.verdicts.iter().map(|v| v.load(Ordering::Relaxed)).sum()
+    }
+
+    /// The current second's p99 (ms), resetting the interval.
+    pub fn take_interval_p99_ms(&self) -> f64 {
+        self.interval
+            .lock()
+            .expect("stats lock")
+            .take()
+            .map_or(0.0, |h| h.value_at_quantile(0.99) as f64 / 1000.0)
+    }
+}
+
+/// Percentiles of a histogram, milliseconds.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct Percentiles {
+    /// Samples.
+    pub count: u64,
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 99th.
+    pub p99: f64,
+    /// 99.9th.
+    pub p999: f64,
+    /// 99.99th.
+    pub p9999: f64,
+    /// Largest.
+    pub max: f64,
+}
+
+impl Percentiles {
+    /// From a histogram of microseconds.
+    pub fn of(h: &Histogram<u64>) -> Self {
+        if h.is_empty() {
+            return Self::default();
+        }
+        let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+        Self {
+            count: h.len(),
+            p50: ms(0.5),
+            p90: ms(0.9),
+            p99: ms(0.99),
+            p999: ms(0.999),
+            p9999: ms(0.9999),
+            max: h.max() as f64 / 1000.0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_in_milliseconds() {
+        let mut h = histogram();
+        for us in 1..=1000u64 {
+            h.record(us * 1000).unwrap();
+        }
+        let p = Percentiles::of(&h);
+        assert_eq!(p.count, 1000);
+        assert!((p.p50 - 500.0).abs() < 1.0, "{p:?}");
+        assert!((p.p99 - 990.0).abs() < 2.0, "{p:?}");
+        assert!((p.max - 1000.0).abs() < 1.0, "{p:?}");
+        assert_eq!(Percentiles::of(&histogram()), Percentiles::default());
+    }
+
+    #[test]
+    fn outcomes_count_by_verdict_and_fill_the_interval() {
+        let stats = Stats::default();
+        stats.outcome(Verdict::NoLuck, Duration::from_millis(2), Duration::from_millis(1));
+        stats.outcome(Verdict::Forwarded, Duration::from_millis(4), Duration::from_millis(3));
+        assert_eq!(stats.outcomes(), 2);
+        assert_eq!(stats.verdicts[3].load(Ordering::Relaxed), 1);
+        assert!(stats.take_interval_p99_ms() >= 3.9);
+        assert_eq!(stats.take_interval_p99_ms(), 0.0);
+    }
+}

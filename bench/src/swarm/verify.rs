@@ -1,0 +1,179 @@
+//! After a run: the awards phones received against the allocator's ledger
+//! (`shake-allocator export`), and the money invariants over the ledger itself.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde::Deserialize;
+use shake_allocator::config::Config;
+
+use super::report::Report;
+
+/// One exported ledger row (the fields verification needs).
+#[derive(Debug, Clone, Deserialize)]
+pub struct LedgerRow {
+    /// Award id.
+    pub award_id: u64,
+    /// Round.
+    pub round_id: u32,
+    /// Winner.
+    pub user_id: u64,
+    /// "cash" or "gift".
+    pub prize: String,
+    /// Cash amount.
+    pub cents: Option<u64>,
+    /// Prize identity in its round.
+    pub item: u32,
+    /// Acknowledged by a phone.
+    pub delivered: bool,
+}
+
+/// What verification found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Verification {
+    /// Ledger rows.
+    pub awards_granted: u64,
+    /// Rows marked delivered.
+    pub awards_delivered: u64,
+    /// Rows not (yet) delivered: still queryable.
+    pub awards_undelivered: u64,
+    /// Awards a phone received that the ledger does not hold.
+    pub received_not_in_ledger: u64,
+    /// Ledger rows marked delivered that no phone reported receiving.
+    pub delivered_not_received: u64,
+    /// The same prize (round, item) or award id granted more than once.
+    pub granted_twice: u64,
+    /// Users over a round's per-user cap.
+    pub cap_violations: u64,
+    /// Rounds whose cash paid out exceeds the pool.
+    pub pools_overspent: u64,
+    /// Cash paid and pool size, by round.
+    pub cash_by_round: BTreeMap<u32, (u64, u64)>,
+}
+
+impl Verification {
+    /// Mismatches between phones and ledger.
+    pub fn ledger_mismatches(&self) -> u64 {
+        self.received_not_in_ledger + self.delivered_not_received
+    }
+
+    /// Every invariant holds.
+    pub fn ok(&self) -> bool {
+        self.ledger_mismatches() == 0
+            && self.granted_twice == 0
+            && self.cap_violations == 0
+            && self.pools_overspent == 0
+    }
+}
+
+/// Parses `shake-allocator export` output.
+pub fn parse_export(text: &str) -> Result<Vec<LedgerRow>, serde_json::Error> {
+    text.lines().filter(|l| !l.trim().is_empty()).map(serde_json::from_str).collect()
+}
+
+/// Checks the report and the ledger against each other and against the configuration.
+pub fn verify(report: &Report, ledger: &[LedgerRow], config: Option<&Config>) -> Verification {
+    let mut v = Verification { awards_granted: ledger.len() as u64, ..Verification::default() };
+    v.awards_delivered = ledger.iter().filter(|r| r.delivered).count() as u64;
+    v.awards_undelivered = v.awards_granted - v.awards_delivered;
+    let in_ledger: BTreeSet<u64> = ledger.iter().map(|r| r.award_id).collect();
+    let received: BTreeSet<u64> = report.awards.iter().map(|a| a.award_id).collect();
+    v.received_not_in_ledger = received.difference(&in_ledger).count() as u64;
+    v.delivered_not_received =
+        ledger.iter().filter(|r| r.delivered && !received.contains(&r.award_id)).count() as u64;
+    v.granted_twice = (ledger.len() - in_ledger.len()) as u64;
+    let items: BTreeSet<(u32, u32)> = ledger.iter().map(|r| (r.round_id, r.item)).collect();
+    v.granted_twice += (ledger.len() - items.len()) as u64;
+
+    let mut wins: HashMap<(u32, u64, bool), u8> = HashMap::new();
+    for row in ledger {
+        *wins.entry((row.round_id, row.user_id, row.prize == "cash")).or_default() += 1;
+        let entry = v.cash_by_round.entry(row.round_id).or_default();
+        entry.0 += row.cents.unwrap_or(0);
+    }
+    if let Some(config) = config {
+        for round in &config.rounds {
+            let pool = round.cash.as_ref().map_or(0, |c| c.total_cents);
+            let entry = v.cash_by_round.entry(round.id).or_default();
+            entry.1 = pool;
+            if entry.0 > pool {
+                v.pools_overspent += 1;
+            }
+        }
+        for ((round_id, _, cash), n) in wins {
+            let cap = config
+                .rounds
+                .iter()
+                .find(|r| r.id == round_id)
+                .map_or(u8::MAX, |r| if cash { r.cash_per_user } else { r.gifts_per_user });
+            if n > cap {
+                v.cap_violations += 1;
+            }
+        }
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::swarm::stats::ReceivedAward;
+
+    fn row(award_id: u64, user_id: u64, item: u32, cents: u64, delivered: bool) -> LedgerRow {
+        LedgerRow {
+            award_id,
+            round_id: 1,
+            user_id,
+            prize: "cash".into(),
+            cents: Some(cents),
+            item,
+            delivered,
+        }
+    }
+
+    fn received(ids: &[u64]) -> Report {
+        Report {
+            awards: ids
+                .iter()
+                .map(|id| ReceivedAward { award_id: *id, user_id: 0, round_id: 1 })
+                .collect(),
+            ..Report::default()
+        }
+    }
+
+    #[test]
+    fn a_clean_run_verifies() {
+        let ledger = vec![row(1, 10, 0, 100, true), row(2, 11, 1, 50, false)];
+        let v = verify(&received(&[1]), &ledger, None);
+        assert!(v.ok(), "{v:?}");
+        assert_eq!((v.awards_granted, v.awards_delivered, v.awards_undelivered), (2, 1, 1));
+    }
+
+    #[test]
+    fn every_kind_of_mismatch_is_caught() {
+        // Received but not in the ledger.
+        let v = verify(&received(&[1, 9]), &[row(1, 10, 0, 100, true)], None);
+        assert_eq!(v.received_not_in_ledger, 1);
+        // Delivered in the ledger but never received.
+        let v = verify(&received(&[]), &[row(1, 10, 0, 100, true)], None);
+        assert_eq!(v.delivered_not_received, 1);
+        // The same prize twice.
+        let v =
+            verify(&received(&[1, 2]), &[row(1, 10, 0, 100, true), row(2, 11, 0, 100, true)], None);
+        assert_eq!(v.granted_twice, 1);
+        assert!(!v.ok());
+    }
+
+    #[test]
+    fn pools_and_caps_are_checked_against_the_configuration() {
+        let config = Config::parse(
+            "listen = \"127.0.0.1:0\"\nledger_path = \"l\"\n[tls]\ncert = \"c\"\nkey = \"k\"\nedge_ca = \"a\"\n\
+             [[rounds]]\nid = 1\nstarts_at_ms = 0\nduration_s = 10\nseed = 1\n[rounds.cash]\ntotal_cents = 120\nenvelopes = 2\n",
+        )
+        .unwrap();
+        let ledger = vec![row(1, 10, 0, 100, false), row(2, 10, 1, 50, false)];
+        let v = verify(&received(&[]), &ledger, Some(&config));
+        assert_eq!(v.pools_overspent, 1);
+        assert_eq!(v.cap_violations, 1);
+        assert_eq!(v.cash_by_round[&1], (150, 120));
+    }
+}
