@@ -4,14 +4,19 @@
 # minute, stops everything cleanly, checks the phones' awards against the ledger, and ends
 # with a summary and one JSON line. Exits non-zero when an invariant fails.
 #
-#   scripts/demo.sh                 2,000 phones (override: PHONES=5000 scripts/demo.sh)
+#   scripts/demo.sh                 2,000 phones, rounds of 15 s
+#   PHONES=5000 ROUND_S=30 scripts/demo.sh
+#
+# For tests: SHAKE_BIN_DIR=DIR uses binaries already built there (no build step),
+# SHAKE_DEMO_DIR=DIR puts the run's files there, LEAD_S=N waits N s before round 1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PHONES="${PHONES:-2000}"
 ROUND_S="${ROUND_S:-15}"
-DEMO=target/demo
-BIN=target/release
+LEAD_S="${LEAD_S:-8}"
+DEMO="${SHAKE_DEMO_DIR:-target/demo}"
+BIN="${SHAKE_BIN_DIR:-target/release}"
 pids=()
 
 cleanup() {
@@ -40,8 +45,10 @@ ready_field() {
     return 1
 }
 
-say "building (release)"
-cargo build --release --quiet -p shake-allocator -p shake-edge -p shake-bench
+if [ -z "${SHAKE_BIN_DIR:-}" ]; then
+    say "building (release)"
+    cargo build --release --quiet -p shake-allocator -p shake-edge -p shake-bench
+fi
 
 rm -rf "$DEMO"
 mkdir -p "$DEMO"
@@ -49,7 +56,7 @@ say "dev certificates in $DEMO/certs"
 "$BIN/shake-allocator" dev-certs "$DEMO/certs" --edges 1 >/dev/null
 
 now_ms=$(( $(date +%s%N) / 1000000 ))
-round1=$(( now_ms + 8000 ))                       # after the connect ramp
+round1=$(( now_ms + LEAD_S * 1000 ))              # after the connect ramp
 round2=$(( round1 + ROUND_S * 1000 + 5000 ))      # a short break between rounds
 run_s=$(( (round2 + ROUND_S * 1000 - now_ms) / 1000 + 3 ))
 
@@ -94,6 +101,7 @@ sed -e "s#^addr = \"127.0.0.1:7400\"#addr = \"$alloc_addr\"#" \
     -e 's#^listen = "127.0.0.1:7443"#listen = "127.0.0.1:0"#' \
     -e 's#^metrics_listen = "127.0.0.1:9443"#metrics_listen = "127.0.0.1:0"#' \
     -e 's#^workers = 0#workers = 2#' \
+    -e "s#target/demo/certs#$DEMO/certs#g" \
     edge/shake-edge.example.toml >"$DEMO/edge.toml"
 
 say "starting the edge (log: $DEMO/edge.log)"
