@@ -100,7 +100,8 @@ alloc_addr=$(ready_field "$DEMO/allocator.out" quic "$alloc_pid")
 sed -e "s#^addr = \"127.0.0.1:7400\"#addr = \"$alloc_addr\"#" \
     -e 's#^listen = "127.0.0.1:7443"#listen = "127.0.0.1:0"#' \
     -e 's#^metrics_listen = "127.0.0.1:9443"#metrics_listen = "127.0.0.1:0"#' \
-    -e 's#^workers = 0#workers = 2#' \
+        -e 's#^workers = 0#workers = 2#' \
+    -e 's#^handshakes_per_source = 64 .*#handshakes_per_source = 100000  \# loopback: every phone shares one address#' \
     -e "s#target/demo/certs#$DEMO/certs#g" \
     edge/shake-edge.example.toml >"$DEMO/edge.toml"
 

@@ -59,6 +59,8 @@ fn client_config(scenario: &Scenario) -> Result<quinn::ClientConfig, SwarmError>
         .with_root_certificates(roots)
         .with_no_client_auth();
     rustls.alpn_protocols = vec![PHONE_ALPN.to_vec()];
+    // Room for a resumption ticket per phone, so churning phones resume.
+    rustls.resumption = rustls::client::Resumption::in_memory_sessions(scenario.phones.max(256));
     let crypto = QuicClientConfig::try_from(rustls).map_err(|e| SwarmError::Quic(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
@@ -132,11 +134,13 @@ pub async fn run(
         rate_per_s: scenario.shaking.rate_per_s,
         jitter: scenario.shaking.jitter,
         spike: scenario.shaking.spike,
+        churn_every: Duration::from_secs_f64(scenario.churn.every_s),
         origin,
         end,
         stats: stats.clone(),
     });
     let roles = roles(scenario);
+    let mut churn_rng = ChaCha8Rng::seed_from_u64(scenario.seed ^ 0xc4u64);
     let now = unix_s();
     let mut tasks = tokio::task::JoinSet::new();
     let ramp = scenario.connect.phones_per_s;
@@ -165,14 +169,9 @@ pub async fn run(
             _ => &keys,
         };
         let token = Bytes::copy_from_slice(&ring.mint(&claims)?);
-        tasks.spawn(phone::run(
-            i,
-            role,
-            token,
-            user_id,
-            endpoints[i % endpoints.len()].clone(),
-            ctx.clone(),
-        ));
+        let churns = churn_rng.random::<f64>() < scenario.churn.share;
+        let endpoint = endpoints[i % endpoints.len()].clone();
+        tasks.spawn(phone::run(i, role, churns, token, user_id, endpoint, ctx.clone()));
         if Instant::now() >= next_second {
             series.push(report::time_point(&stats, origin));
             on_second(series.last().expect("just pushed"));

@@ -44,6 +44,8 @@ pub struct PhoneContext {
     pub jitter: f64,
     /// Shake at round open.
     pub spike: bool,
+    /// How often a churning phone leaves and comes back.
+    pub churn_every: Duration,
     /// The run's clock origin.
     pub origin: Instant,
     /// When to stop.
@@ -79,6 +81,8 @@ impl InFlight {
 enum SessionEnd {
     /// The run is over.
     Done,
+    /// A churning phone leaves, to come back at once (resuming its TLS session).
+    Churn,
     /// Reconnect (GoAway or a lost connection).
     Reconnect,
     /// The edge closed us for good (hostile phones).
@@ -86,9 +90,11 @@ enum SessionEnd {
 }
 
 /// Runs one phone until the end of the run.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     index: usize,
     role: Role,
+    churns: bool,
     token: Bytes,
     user_id: u64,
     endpoint: quinn::Endpoint,
@@ -100,21 +106,19 @@ pub async fn run(
     let mut schedule = Schedule::new(now_us(), rate, ctx.jitter, index as u64);
     let mut seq = 0u64;
     let mut edge = index % ctx.edges.len();
+    // A churning phone's sessions last between half and one and a half `churn_every`.
+    let churn_after = churns.then(|| ctx.churn_every.mul_f64(0.5 + (index % 101) as f64 / 100.0));
+    let mut reconnecting = false;
     while Instant::now() < ctx.end {
-        match session(
-            role,
-            &token,
-            user_id,
-            &endpoint,
-            ctx.edges[edge],
-            &ctx,
-            &mut schedule,
-            &mut seq,
-        )
-        .await
-        {
+        let session = Session { role, token: &token, user_id, churn_after, reconnecting };
+        match session.run(&endpoint, ctx.edges[edge], &ctx, &mut schedule, &mut seq).await {
             SessionEnd::Done | SessionEnd::Refused => break,
+            SessionEnd::Churn => {
+                ctx.stats.churned.fetch_add(1, Ordering::Relaxed);
+                reconnecting = true;
+            }
             SessionEnd::Reconnect => {
+                reconnecting = true;
                 edge = (edge + 1) % ctx.edges.len();
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
@@ -124,91 +128,109 @@ pub async fn run(
     ctx.stats.behind_schedule.fetch_add(behind, Ordering::Relaxed);
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn session(
+/// One connection's worth of a phone.
+struct Session<'a> {
     role: Role,
-    token: &Bytes,
+    token: &'a Bytes,
     user_id: u64,
-    endpoint: &quinn::Endpoint,
-    edge: SocketAddr,
-    ctx: &PhoneContext,
-    schedule: &mut Schedule,
-    seq: &mut u64,
-) -> SessionEnd {
-    let stats = &ctx.stats;
-    let started = Instant::now();
-    let conn = match endpoint.connect(edge, &ctx.server_name) {
-        Ok(connecting) => match connecting.await {
-            Ok(conn) => conn,
+    churn_after: Option<Duration>,
+    reconnecting: bool,
+}
+
+impl Session<'_> {
+    async fn run(
+        self,
+        endpoint: &quinn::Endpoint,
+        edge: SocketAddr,
+        ctx: &PhoneContext,
+        schedule: &mut Schedule,
+        seq: &mut u64,
+    ) -> SessionEnd {
+        let Session { role, token, user_id, churn_after, reconnecting } = self;
+        let stats = &ctx.stats;
+        let started = Instant::now();
+        let conn = match endpoint.connect(edge, &ctx.server_name) {
+            Ok(connecting) => match connecting.await {
+                Ok(conn) => conn,
+                Err(err) => {
+                    stats.error(format!("connect: {err}"));
+                    return SessionEnd::Reconnect;
+                }
+            },
             Err(err) => {
                 stats.error(format!("connect: {err}"));
-                return SessionEnd::Reconnect;
+                return SessionEnd::Done;
             }
-        },
-        Err(err) => {
-            stats.error(format!("connect: {err}"));
-            return SessionEnd::Done;
+        };
+        let Ok((mut send, mut recv)) = conn.open_bi().await else {
+            stats.error("open control stream");
+            return SessionEnd::Reconnect;
+        };
+        let mut out = BytesMut::new();
+        ControlFrame::Hello {
+            token: token.clone(),
+            client_version: 1,
+            capabilities: CAP_DATAGRAMS,
         }
-    };
-    let Ok((mut send, mut recv)) = conn.open_bi().await else {
-        stats.error("open control stream");
-        return SessionEnd::Reconnect;
-    };
-    let mut out = BytesMut::new();
-    ControlFrame::Hello { token: token.clone(), client_version: 1, capabilities: CAP_DATAGRAMS }
         .encode(&mut out);
-    if send.write_all(&out).await.is_err() {
-        stats.error("send hello");
-        return SessionEnd::Reconnect;
-    }
-    let mut buf = BytesMut::with_capacity(512);
-    let (round, clock_offset_ms) = match next_frame(&mut recv, &mut buf).await {
-        Some(ControlFrame::Welcome { server_time_ms, round, .. }) => {
-            (round, server_time_ms as i64 - unix_ms() as i64)
-        }
-        Some(ControlFrame::Error { code, .. }) => {
-            let name = shake_proto::ErrorCode::from_code(code).map_or("unknown", |c| c.name());
-            *stats
-                .closed_by_edge
-                .lock()
-                .expect("stats lock")
-                .entry(name.to_owned())
-                .or_default() += 1;
-            if role == Role::Honest {
-                stats.error(format!("refused: {name}"));
-            }
-            return SessionEnd::Refused;
-        }
-        _ => {
-            stats.error("no welcome");
+        if send.write_all(&out).await.is_err() {
+            stats.error("send hello");
             return SessionEnd::Reconnect;
         }
-    };
-    stats
-        .histograms
-        .lock()
-        .expect("stats lock")
-        .handshake
-        .saturating_record(started.elapsed().as_micros() as u64);
-    stats.connected.fetch_add(1, Ordering::Relaxed);
-    stats.sessions.fetch_add(1, Ordering::Relaxed);
-    let end = session_loop(
-        role,
-        &conn,
-        &mut send,
-        &mut recv,
-        &mut buf,
-        round,
-        clock_offset_ms,
-        ctx,
-        schedule,
-        seq,
-        user_id,
-    )
-    .await;
-    stats.connected.fetch_sub(1, Ordering::Relaxed);
-    conn.close(0u32.into(), b"bye");
-    end
+        let mut buf = BytesMut::with_capacity(512);
+        let (round, clock_offset_ms) = match next_frame(&mut recv, &mut buf).await {
+            Some(ControlFrame::Welcome { server_time_ms, round, .. }) => {
+                (round, server_time_ms as i64 - unix_ms() as i64)
+            }
+            Some(ControlFrame::Error { code, .. }) => {
+                let name = shake_proto::ErrorCode::from_code(code).map_or("unknown", |c| c.name());
+                *stats
+                    .closed_by_edge
+                    .lock()
+                    .expect("stats lock")
+                    .entry(name.to_owned())
+                    .or_default() += 1;
+                if role == Role::Honest {
+                    stats.error(format!("refused: {name}"));
+                }
+                return SessionEnd::Refused;
+            }
+            _ => {
+                stats.error("no welcome");
+                return SessionEnd::Reconnect;
+            }
+        };
+        {
+            let mut h = stats.histograms.lock().expect("stats lock");
+            let took = started.elapsed().as_micros() as u64;
+            if reconnecting {
+                h.reconnect_handshake.saturating_record(took);
+            } else {
+                h.handshake.saturating_record(took);
+            }
+        }
+        stats.connected.fetch_add(1, Ordering::Relaxed);
+        stats.sessions.fetch_add(1, Ordering::Relaxed);
+        let leave_at = churn_after.map(|after| Instant::now() + after);
+        let end = session_loop(
+            role,
+            &conn,
+            &mut send,
+            &mut recv,
+            &mut buf,
+            round,
+            clock_offset_ms,
+            ctx,
+            schedule,
+            seq,
+            user_id,
+            leave_at,
+        )
+        .await;
+        stats.connected.fetch_sub(1, Ordering::Relaxed);
+        conn.close(0u32.into(), b"bye");
+        end
+    }
 }
 
 async fn next_frame(recv: &mut quinn::RecvStream, buf: &mut BytesMut) -> Option<ControlFrame> {
@@ -236,9 +258,11 @@ async fn session_loop(
     schedule: &mut Schedule,
     seq: &mut u64,
     user_id: u64,
+    leave_at: Option<Instant>,
 ) -> SessionEnd {
     let stats = &ctx.stats;
     let origin = ctx.origin;
+    let stop_at = leave_at.map_or(ctx.end, |at| at.min(ctx.end));
     let server_ms = || (unix_ms() as i64 + clock_offset_ms) as u64;
     let is_open = |round: &RoundInfo| (round.starts_at_ms..round.ends_at_ms).contains(&server_ms());
     // Every round heard of; the current one is the open one, else the next to open.
@@ -269,9 +293,12 @@ async fn session_loop(
             next
         };
         tokio::select! {
-            _ = tokio::time::sleep_until(wake.min(ctx.end).into()) => {
+                        _ = tokio::time::sleep_until(wake.min(stop_at).into()) => {
                 if Instant::now() >= ctx.end {
                     return SessionEnd::Done;
+                }
+                if Instant::now() >= stop_at {
+                    return SessionEnd::Churn;
                 }
                 round = current(&rounds);
                 let open = is_open(&round);

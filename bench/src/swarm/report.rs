@@ -49,8 +49,10 @@ pub struct Latencies {
     pub outcome_uncorrected: Percentiles,
     /// Winning shake to award.
     pub award: Percentiles,
-    /// Connect to `Welcome`.
+    /// Connect to `Welcome`, first connection.
     pub handshake: Percentiles,
+    /// Connect to `Welcome` on a reconnect (TLS resumption).
+    pub reconnect_handshake: Percentiles,
 }
 
 /// Everything a run measured.
@@ -64,6 +66,8 @@ pub struct Report {
     pub duration_s: f64,
     /// Sessions (reconnects included).
     pub sessions: u64,
+    /// Planned disconnections of churning phones.
+    pub churned: u64,
     /// Shakes sent.
     pub shakes: u64,
     /// Outcomes received.
@@ -114,6 +118,7 @@ impl Report {
             honest_phones: honest as u64,
             duration_s: secs,
             sessions: stats.sessions.load(Ordering::Relaxed),
+            churned: stats.churned.load(Ordering::Relaxed),
             shakes,
             outcomes,
             verdicts: VERDICT_NAMES
@@ -129,6 +134,7 @@ impl Report {
                 outcome_uncorrected: Percentiles::of(&h.outcome_raw),
                 award: Percentiles::of(&h.award),
                 handshake: Percentiles::of(&h.handshake),
+                reconnect_handshake: Percentiles::of(&h.reconnect_handshake),
             },
             errors: stats.errors.lock().expect("stats lock").clone(),
             closed_by_edge: stats.closed_by_edge.lock().expect("stats lock").clone(),
@@ -149,7 +155,8 @@ impl Report {
             self.phones, self.honest_phones, self.duration_s
         );
         let _ = writeln!(out, "{}", "-".repeat(60));
-        let _ = writeln!(out, "{:<32}{:>14}", "sessions", self.sessions);
+        let _ =
+            writeln!(out, "{:<32}{:>14}  ({} churned)", "sessions", self.sessions, self.churned);
         let _ = writeln!(
             out,
             "{:<32}{:>14}  ({:.0}/s)",
@@ -177,6 +184,7 @@ impl Report {
             ("  uncorrected", &self.latency_ms.outcome_uncorrected),
             ("shake->award", &self.latency_ms.award),
             ("handshake", &self.latency_ms.handshake),
+            ("  on reconnect", &self.latency_ms.reconnect_handshake),
         ] {
             let _ = writeln!(
                 out,

@@ -32,6 +32,9 @@ pub struct Scenario {
     /// Shaking.
     #[serde(default)]
     pub shaking: Shaking,
+    /// Phones that leave and come back.
+    #[serde(default)]
+    pub churn: Churn,
     /// Misbehaving phones.
     #[serde(default)]
     pub hostile: Hostile,
@@ -82,6 +85,22 @@ pub struct Shaking {
 impl Default for Shaking {
     fn default() -> Self {
         Self { rate_per_s: 2.0, jitter: 0.5, spike: true }
+    }
+}
+
+/// Phones that disconnect and reconnect (resuming their TLS session) during the run.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Churn {
+    /// Share of phones that churn.
+    pub share: f64,
+    /// Each churning phone reconnects about this often, seconds.
+    pub every_s: f64,
+}
+
+impl Default for Churn {
+    fn default() -> Self {
+        Self { share: 0.0, every_s: 10.0 }
     }
 }
 
@@ -162,6 +181,12 @@ impl Scenario {
         if !(self.connect.phones_per_s.is_finite() && self.connect.phones_per_s >= 0.0) {
             return Err(invalid("connect.phones_per_s", "must be 0 (storm) or more"));
         }
+        if !(0.0..=1.0).contains(&self.churn.share) {
+            return Err(invalid("churn.share", "a share between 0 and 1"));
+        }
+        if !(self.churn.every_s.is_finite() && self.churn.every_s >= 1.0) {
+            return Err(invalid("churn.every_s", "at least 1"));
+        }
         let h = &self.hostile;
         for (field, share) in [
             ("hostile.over_rate", h.over_rate),
@@ -216,5 +241,6 @@ mod tests {
         assert_eq!(field("jitter = 0.5", "jitter = 1.5"), "shaking.jitter");
         assert_eq!(field("rate_per_s = 2.0", "rate_per_s = 0.0"), "shaking.rate_per_s");
         assert_eq!(field("edges = [\"127.0.0.1:7443\"]", "edges = []"), "edges");
+        assert_eq!(field("share = 0.1", "share = 2.0"), "churn.share");
     }
 }

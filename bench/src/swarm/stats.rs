@@ -18,8 +18,10 @@ pub struct Histograms {
     pub outcome_raw: Histogram<u64>,
     /// Winning shake (intended) to award.
     pub award: Histogram<u64>,
-    /// QUIC handshake to `Welcome`.
+    /// QUIC handshake to `Welcome`, first connection.
     pub handshake: Histogram<u64>,
+    /// The same on a reconnect (churn or GoAway), where TLS resumes.
+    pub reconnect_handshake: Histogram<u64>,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -34,6 +36,7 @@ impl Default for Histograms {
             outcome_raw: histogram(),
             award: histogram(),
             handshake: histogram(),
+            reconnect_handshake: histogram(),
         }
     }
 }
@@ -62,6 +65,8 @@ pub struct Stats {
     pub sessions: AtomicU64,
     /// Intended sends made late or skipped after a stall.
     pub behind_schedule: AtomicU64,
+    /// Planned disconnections of churning phones.
+    pub churned: AtomicU64,
     /// Hostile phones closed by the edge with a documented code, by code.
     pub closed_by_edge: Mutex<BTreeMap<String, u64>>,
     /// Errors by class.
