@@ -7,12 +7,14 @@
 //! - [`proto_bench`]: encoding and decoding a 1,024-entry `Batch`.
 //! - [`allocator_bench`]: the draw's decisions per second and durable awards per second.
 //! - [`edge_hot_path`]: one shake through the edge's own code, with [`counting_alloc`].
+//! - [`handshake_bench`]: QUIC handshakes per second for several TLS configurations.
 //! - `ledger_stores` (feature `store-comparison`): redb, fjall and SQLite group commits.
 //! - [`swarm`]: the phone swarm behind `shake-swarm`.
 
 pub mod allocator_bench;
 pub mod counting_alloc;
 pub mod edge_hot_path;
+pub mod handshake_bench;
 #[cfg(feature = "store-comparison")]
 pub mod ledger_stores;
 pub mod proto_bench;

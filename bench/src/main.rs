@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use serde_json::{Map, Value};
 use shake_bench::counting_alloc::CountingAlloc;
-use shake_bench::{allocator_bench, edge_hot_path, proto_bench, report};
+use shake_bench::{allocator_bench, edge_hot_path, handshake_bench, proto_bench, report};
 
 #[global_allocator]
 static ALLOCATOR: CountingAlloc = CountingAlloc::new();
@@ -56,6 +56,13 @@ enum Bench {
         /// Shakes per run.
         #[arg(long, default_value_t = 2_000_000)]
         shakes: u64,
+    },
+    /// Full and resumed QUIC handshakes per second, one server thread, for several TLS
+    /// configurations (cipher-suite order, key exchange) of the ring provider.
+    Handshake {
+        /// Length of each measurement, milliseconds.
+        #[arg(long, default_value_t = 3000)]
+        run_ms: u64,
     },
     /// Group commits of 1, 100 and 10,000 awards in redb, fjall and SQLite, fsync each
     /// (needs `--features store-comparison`).
@@ -158,6 +165,33 @@ fn main() -> anyhow::Result<()> {
                 edge_hot_path::PHONES
             );
             report::emit("edge-hot-path", &report::table(&title, &rows), figures, results_dir)?;
+        }
+        Bench::Handshake { run_ms } => {
+            let results = handshake_bench::run(Duration::from_millis(run_ms));
+            let mut rows = Vec::new();
+            let mut figures = Map::new();
+            for (i, r) in results.iter().enumerate() {
+                rows.push((
+                    format!("{}: full", r.name),
+                    format!("{:.0}/s, {:.0} us server CPU", r.full_per_s, r.full_server_us),
+                ));
+                rows.push((
+                    format!("{}: resumed", r.name),
+                    format!("{:.0}/s, {:.0} us server CPU", r.resumed_per_s, r.resumed_server_us),
+                ));
+                figures.insert(
+                    format!("variant_{i}"),
+                    serde_json::json!({
+                        "name": r.name,
+                        "full_hs_per_s": r.full_per_s.round(),
+                        "full_server_cpu_us": r.full_server_us.round(),
+                        "resumed_hs_per_s": r.resumed_per_s.round(),
+                        "resumed_server_cpu_us": r.resumed_server_us.round(),
+                    }),
+                );
+            }
+            let title = "handshake: QUIC + TLS 1.3, ECDSA P-256 certificate, one server thread";
+            report::emit("handshake", &report::table(title, &rows), figures, results_dir)?;
         }
         #[cfg(feature = "store-comparison")]
         Bench::LedgerStores { scratch } => {
