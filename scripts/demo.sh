@@ -6,6 +6,7 @@
 #
 #   scripts/demo.sh                 2,000 phones, rounds of 15 s
 #   PHONES=5000 ROUND_S=30 scripts/demo.sh
+#   PHONES=100000 ROUND_S=60 SHAKE_RATE=0.1 CONNECT_RATE=1500 scripts/demo.sh   (capacity)
 #
 # For tests: SHAKE_BIN_DIR=DIR uses binaries already built there (no build step),
 # SHAKE_DEMO_DIR=DIR puts the run's files there, LEAD_S=N waits N s before round 1.
@@ -15,6 +16,8 @@ cd "$(dirname "$0")/.."
 PHONES="${PHONES:-2000}"
 ROUND_S="${ROUND_S:-15}"
 LEAD_S="${LEAD_S:-8}"
+SHAKE_RATE="${SHAKE_RATE:-2}"
+CONNECT_RATE="${CONNECT_RATE:-1000}"
 DEMO="${SHAKE_DEMO_DIR:-target/demo}"
 BIN="${SHAKE_BIN_DIR:-target/release}"
 pids=()
@@ -113,10 +116,16 @@ edge_addr=$(ready_field "$DEMO/edge.out" addr "$edge_pid")
 
 say "swarm: $PHONES phones, two rounds of ${ROUND_S}s, about ${run_s}s"
 "$BIN/shake-swarm" run --scenario bench/scenarios/demo.toml --phones "$PHONES" \
-    --edge "$edge_addr" --ca "$DEMO/certs/ca.pem" --duration "$run_s" \
-    --json "$DEMO/swarm.json" --timeseries "$DEMO/timeseries.jsonl" >"$DEMO/swarm.out"
+        --edge "$edge_addr" --ca "$DEMO/certs/ca.pem" --duration "$run_s" \
+    --shake-rate "$SHAKE_RATE" --connect-rate "$CONNECT_RATE" \
+        --json "$DEMO/swarm.json" --timeseries "$DEMO/timeseries.jsonl" --plot "$DEMO/run.svg" \
+    >"$DEMO/swarm.out"
 sed '$d' "$DEMO/swarm.out" >&2
 
+peak_kib() { sed -n 's/^VmHWM:[[:space:]]*\([0-9]*\).*/\1/p' "/proc/$1/status" 2>/dev/null || echo 0; }
+edge_kib=$(peak_kib "$edge_pid")
+alloc_kib=$(peak_kib "$alloc_pid")
+say "peak memory: edge ${edge_kib} KiB ($(( edge_kib / PHONES )) KiB per phone), allocator ${alloc_kib} KiB"
 say "stopping the edge and the allocator (drain)"
 kill -TERM "$edge_pid"
 wait "$edge_pid" || true

@@ -54,6 +54,9 @@ enum Command {
         /// Write the per-second time series as JSON lines.
         #[arg(long)]
         timeseries: Option<PathBuf>,
+        /// Draw rates and p99 latency over time into an SVG file.
+        #[arg(long)]
+        plot: Option<PathBuf>,
         /// Exit 2 if p99 shake-to-outcome (corrected) exceeds this many milliseconds.
         #[arg(long, value_name = "MS")]
         max_p99: Option<f64>,
@@ -89,6 +92,7 @@ fn main() -> ExitCode {
             shake_rate,
             json,
             timeseries,
+            plot,
             max_p99,
             max_errors,
         } => {
@@ -121,7 +125,7 @@ fn main() -> ExitCode {
                 eprintln!("shake-swarm: {err}");
                 return ExitCode::from(64);
             }
-            match run(&scenario, json, timeseries) {
+            match run(&scenario, json, timeseries, plot) {
                 Ok(report) => {
                     let mut code = ExitCode::SUCCESS;
                     if max_p99.is_some_and(|max| report.latency_ms.outcome.p99 > max) {
@@ -161,6 +165,7 @@ fn run(
     scenario: &Scenario,
     json: Option<PathBuf>,
     timeseries: Option<PathBuf>,
+    plot: Option<PathBuf>,
 ) -> anyhow::Result<Report> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let progress = ProgressBar::new(scenario.duration_s);
@@ -185,6 +190,10 @@ fn run(
         let lines: Vec<String> =
             report.series.iter().map(serde_json::to_string).collect::<Result<_, _>>()?;
         std::fs::write(&path, lines.join("\n") + "\n")
+            .with_context(|| path.display().to_string())?;
+    }
+    if let Some(path) = plot {
+        std::fs::write(&path, swarm::plot::svg(&report.series))
             .with_context(|| path.display().to_string())?;
     }
     print!("{}", report.summary());

@@ -7,9 +7,11 @@
 //! - [`phone`]: one phone's life.
 //! - [`stats`]: what is measured.
 //! - [`report`]: the summary table, the JSON report and the time series.
+//! - [`plot`]: the time series as an SVG chart.
 //! - [`verify`]: phones' awards against the allocator's ledger export.
 
 pub mod phone;
+pub mod plot;
 pub mod report;
 pub mod scenario;
 pub mod schedule;

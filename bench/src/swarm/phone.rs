@@ -58,6 +58,13 @@ fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
+/// First wait after a failed connect; doubled on each failure up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+/// Longest wait between connect attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(8);
+/// Longest wait for a handshake before trying again.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Intended and actual send times of recent shakes, by sequence number.
 struct InFlight {
     slots: [(u64, Instant, Instant); 64],
@@ -83,8 +90,10 @@ enum SessionEnd {
     Done,
     /// A churning phone leaves, to come back at once (resuming its TLS session).
     Churn,
-    /// Reconnect (GoAway or a lost connection).
+    /// Reconnect (GoAway or a lost connection, after a session).
     Reconnect,
+    /// The session could not be set up: retry with backoff.
+    Failed,
     /// The edge closed us for good (hostile phones).
     Refused,
 }
@@ -109,6 +118,7 @@ pub async fn run(
     // A churning phone's sessions last between half and one and a half `churn_every`.
     let churn_after = churns.then(|| ctx.churn_every.mul_f64(0.5 + (index % 101) as f64 / 100.0));
     let mut reconnecting = false;
+    let mut backoff = FIRST_BACKOFF;
     while Instant::now() < ctx.end {
         let session = Session { role, token: &token, user_id, churn_after, reconnecting };
         match session.run(&endpoint, ctx.edges[edge], &ctx, &mut schedule, &mut seq).await {
@@ -119,8 +129,20 @@ pub async fn run(
             }
             SessionEnd::Reconnect => {
                 reconnecting = true;
+                backoff = FIRST_BACKOFF;
                 edge = (edge + 1) % ctx.edges.len();
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                tokio::time::sleep(backoff).await;
+            }
+            SessionEnd::Failed => {
+                // Exponential backoff with per-phone jitter, so a refused crowd does not come
+                // back as one.
+                let jitter = 0.5 + (index % 97) as f64 / 97.0;
+                tokio::time::sleep(
+                    backoff.mul_f64(jitter).min(ctx.end.saturating_duration_since(Instant::now())),
+                )
+                .await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                edge = (edge + 1) % ctx.edges.len();
             }
         }
     }
@@ -150,13 +172,21 @@ impl Session<'_> {
         let stats = &ctx.stats;
         let started = Instant::now();
         let conn = match endpoint.connect(edge, &ctx.server_name) {
-            Ok(connecting) => match connecting.await {
-                Ok(conn) => conn,
-                Err(err) => {
-                    stats.error(format!("connect: {err}"));
-                    return SessionEnd::Reconnect;
+            Ok(connecting) => {
+                let patience =
+                    CONNECT_TIMEOUT.min(ctx.end.saturating_duration_since(Instant::now()));
+                match tokio::time::timeout(patience, connecting).await {
+                    Ok(Ok(conn)) => conn,
+                    Ok(Err(err)) => {
+                        stats.error(format!("connect: {err}"));
+                        return SessionEnd::Failed;
+                    }
+                    Err(_) => {
+                        stats.error("connect: no answer in time");
+                        return SessionEnd::Failed;
+                    }
                 }
-            },
+            }
             Err(err) => {
                 stats.error(format!("connect: {err}"));
                 return SessionEnd::Done;
@@ -164,7 +194,7 @@ impl Session<'_> {
         };
         let Ok((mut send, mut recv)) = conn.open_bi().await else {
             stats.error("open control stream");
-            return SessionEnd::Reconnect;
+            return SessionEnd::Failed;
         };
         let mut out = BytesMut::new();
         ControlFrame::Hello {
@@ -175,7 +205,7 @@ impl Session<'_> {
         .encode(&mut out);
         if send.write_all(&out).await.is_err() {
             stats.error("send hello");
-            return SessionEnd::Reconnect;
+            return SessionEnd::Failed;
         }
         let mut buf = BytesMut::with_capacity(512);
         let (round, clock_offset_ms) = match next_frame(&mut recv, &mut buf).await {
@@ -197,7 +227,7 @@ impl Session<'_> {
             }
             _ => {
                 stats.error("no welcome");
-                return SessionEnd::Reconnect;
+                return SessionEnd::Failed;
             }
         };
         {
