@@ -6,7 +6,8 @@
 #
 #   scripts/demo.sh                 2,000 phones, rounds of 15 s
 #   PHONES=5000 ROUND_S=30 scripts/demo.sh
-#   PHONES=100000 ROUND_S=60 SHAKE_RATE=0.1 CONNECT_RATE=1500 scripts/demo.sh   (capacity)
+#   SCENARIO=bench/scenarios/storm.toml PHONES=100000 ROUND_S=150 SHAKE_RATE=0.02 \
+#     CONNECT_RATE=350 scripts/demo.sh        (capacity: no churn, a ramp the handshakes keep up with)
 #
 # For tests: SHAKE_BIN_DIR=DIR uses binaries already built there (no build step),
 # SHAKE_DEMO_DIR=DIR puts the run's files there, LEAD_S=N waits N s before round 1.
@@ -18,6 +19,7 @@ ROUND_S="${ROUND_S:-15}"
 LEAD_S="${LEAD_S:-8}"
 SHAKE_RATE="${SHAKE_RATE:-2}"
 CONNECT_RATE="${CONNECT_RATE:-1000}"
+SCENARIO="${SCENARIO:-bench/scenarios/demo.toml}"
 DEMO="${SHAKE_DEMO_DIR:-target/demo}"
 BIN="${SHAKE_BIN_DIR:-target/release}"
 pids=()
@@ -115,7 +117,7 @@ pids+=("$edge_pid")
 edge_addr=$(ready_field "$DEMO/edge.out" addr "$edge_pid")
 
 say "swarm: $PHONES phones, two rounds of ${ROUND_S}s, about ${run_s}s"
-"$BIN/shake-swarm" run --scenario bench/scenarios/demo.toml --phones "$PHONES" \
+"$BIN/shake-swarm" run --scenario "$SCENARIO" --phones "$PHONES" \
         --edge "$edge_addr" --ca "$DEMO/certs/ca.pem" --duration "$run_s" \
     --shake-rate "$SHAKE_RATE" --connect-rate "$CONNECT_RATE" \
         --json "$DEMO/swarm.json" --timeseries "$DEMO/timeseries.jsonl" --plot "$DEMO/run.svg" \

@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+pub use shake_ops::config::ConfigError;
+use shake_ops::config::{Validate, invalid};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -147,65 +149,20 @@ fn one_cent() -> u64 {
     1
 }
 
-/// A configuration that cannot be used, and the field to blame.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The file is not valid TOML for this schema (the message names the field).
-    #[error("{path}: {message}")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// The parser's message, with the field and line.
-        message: String,
-    },
-    /// A field holds a value that cannot work.
-    #[error("invalid `{field}`: {message}")]
-    Invalid {
-        /// Dotted path of the field, e.g. `rounds[1].cash.envelopes`.
-        field: String,
-        /// What is wrong.
-        message: String,
-    },
-}
-
-fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { field: field.into(), message: message.into() }
-}
-
 impl Config {
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-        let config = Self::parse(&text).map_err(|err| match err {
-            ConfigError::Parse { message, .. } => {
-                ConfigError::Parse { path: path.to_owned(), message }
-            }
-            other => other,
-        })?;
-        Ok(config)
+        shake_ops::config::load(path)
     }
 
     /// Parses and validates configuration text.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|err| ConfigError::Parse {
-            path: PathBuf::from("<config>"),
-            message: err.to_string(),
-        })?;
-        config.validate()?;
-        Ok(config)
+        shake_ops::config::parse(text)
     }
+}
 
-    /// Checks every value that parsing alone cannot.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+impl Validate for Config {
+    fn validate(&self) -> Result<(), ConfigError> {
         if !(self.oversampling.is_finite() && self.oversampling > 0.0) {
             return Err(invalid("oversampling", "must be a positive number"));
         }

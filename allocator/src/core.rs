@@ -179,21 +179,10 @@ impl Core {
         self.counters.batches_drawn += 1;
         self.counters.entries_drawn += batch.len() as u64;
         self.counters.awards_granted += self.scratch.len() as u64;
-        let winners = self
-            .scratch
-            .iter()
-            .map(|a| Winner {
-                entry_index: a.entry_index,
-                award_id: a.award_id,
-                prize: a.prize.clone(),
-            })
-            .collect();
-        let mut answer = BytesMut::new();
-        AllocatorFrame::BatchResult { seq: batch.seq, winners }.encode(&mut answer);
         self.pending.insert(key, vec![stream]);
         out.push(Effect::Commit(AnsweredBatch {
             key,
-            answer: answer.freeze(),
+            answer: answer_frame(batch.seq, &self.scratch),
             awards: std::mem::take(&mut self.scratch),
         }));
     }
@@ -288,6 +277,21 @@ impl Core {
             }
         }
     }
+}
+
+/// The `BatchResult` frame for batch `seq` that granted `awards` (winners only, entry order).
+pub fn answer_frame(seq: u64, awards: &[Award]) -> Bytes {
+    let winners = awards
+        .iter()
+        .map(|a| Winner {
+            entry_index: a.entry_index,
+            award_id: a.award_id,
+            prize: a.prize.clone(),
+        })
+        .collect();
+    let mut frame = BytesMut::new();
+    AllocatorFrame::BatchResult { seq, winners }.encode(&mut frame);
+    frame.freeze()
 }
 
 fn phase_at(round: &RoundDraw, now_ms: u64) -> RoundPhase {

@@ -8,12 +8,12 @@
 use std::path::Path;
 use std::time::Instant;
 
-use bytes::BytesMut;
 use shake_allocator::award::{Award, BatchKey};
 use shake_allocator::config::{CashPool, Release, RoundConfig};
+use shake_allocator::core::answer_frame;
 use shake_allocator::draw::Draw;
 use shake_allocator::ledger::{AnsweredBatch, Ledger};
-use shake_proto::{AllocatorFrame, Batch, Winner};
+use shake_proto::Batch;
 
 use crate::{proto_bench, stats};
 
@@ -80,17 +80,7 @@ fn draw_run(config: &RoundConfig, batches: &[Batch]) -> (f64, Vec<Vec<Award>>) {
 
 fn answered(awards: Vec<Award>) -> AnsweredBatch {
     let key = awards.first().map_or(key(0), |a| a.batch);
-    let winners = awards
-        .iter()
-        .map(|a| Winner {
-            entry_index: a.entry_index,
-            award_id: a.award_id,
-            prize: a.prize.clone(),
-        })
-        .collect();
-    let mut answer = BytesMut::new();
-    AllocatorFrame::BatchResult { seq: key.seq, winners }.encode(&mut answer);
-    AnsweredBatch { key, answer: answer.freeze(), awards }
+    AnsweredBatch { key, answer: answer_frame(key.seq, &awards), awards }
 }
 
 /// Runs the draw `runs` times and the ledger once per group size, under `dir`.

@@ -36,6 +36,8 @@ pub struct EdgeMetrics {
     pub awards: Family<Labels, Counter>,
     /// Allocator link up (1) or down (0).
     pub allocator_up: Gauge,
+    /// Round states received from the allocator (all workers).
+    pub round_states: Counter,
 }
 
 impl Default for EdgeMetrics {
@@ -60,6 +62,7 @@ impl EdgeMetrics {
             batches_resent: Counter::default(),
             awards: Family::default(),
             allocator_up: Gauge::default(),
+            round_states: Counter::default(),
         };
         let mut registry = Registry::with_prefix("shake_edge");
         registry.register("phones", "Phones connected", m.phones.clone());
@@ -85,6 +88,7 @@ impl EdgeMetrics {
         );
         registry.register("awards", "Awards by delivery", m.awards.clone());
         registry.register("allocator_up", "Allocator link up", m.allocator_up.clone());
+        registry.register("round_states", "Round states received", m.round_states.clone());
         Self { registry, ..m }
     }
 

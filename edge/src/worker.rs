@@ -573,6 +573,7 @@ fn on_allocator_frame(state: &State, shared: &Shared, frame: AllocatorFrame) {
             s.admission.on_quota(round_id, rate, valid_until_ms);
         }
         AllocatorFrame::RoundState { round, min_shake_interval_ms } => {
+            shared.metrics.round_states.inc();
             s.admission.on_round_state(round, min_shake_interval_ms);
             s.broadcast(&ControlFrame::RoundNotice { round, min_shake_interval_ms });
         }

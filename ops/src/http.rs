@@ -80,3 +80,57 @@ pub async fn spawn(
     tokio::spawn(serve(listener, handler, shutdown));
     Ok(bound)
 }
+
+/// A blocking `GET path` on `addr`, for tools and tests: the whole response, headers included.
+pub fn get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: shake\r\n\r\n").as_bytes())?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text)?;
+    Ok(text)
+}
+
+/// The sum of every sample in Prometheus text whose line starts with `prefix` (a metric name,
+/// optionally with the opening of its labels); 0 when there is none.
+pub fn metric_sum(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|line| line.starts_with(prefix))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serves_known_paths_and_404s_the_rest() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let shutdown = CancellationToken::new();
+        let handler: Handler = Arc::new(|path| {
+            (path == "/metrics")
+                .then(|| ("text/plain", "a_total{x=\"1\"} 2\na_total{x=\"2\"} 3\nb 9\n".to_owned()))
+        });
+        let addr = runtime
+            .block_on(spawn("127.0.0.1:0".parse().unwrap(), handler, shutdown.clone()))
+            .unwrap();
+        let _guard = runtime.enter();
+        let thread = std::thread::spawn(move || {
+            (get(addr, "/metrics").unwrap(), get(addr, "/nope").unwrap())
+        });
+        let (ok, missing) = loop {
+            runtime.block_on(tokio::time::sleep(Duration::from_millis(10)));
+            if thread.is_finished() {
+                break thread.join().unwrap();
+            }
+        };
+        assert!(ok.starts_with("HTTP/1.1 200"));
+        assert_eq!(metric_sum(&ok, "a_total"), 5.0);
+        assert_eq!(metric_sum(&ok, "a_total{x=\"2\""), 3.0);
+        assert_eq!(metric_sum(&ok, "c"), 0.0);
+        assert!(missing.starts_with("HTTP/1.1 404"));
+        shutdown.cancel();
+    }
+}

@@ -1,10 +1,12 @@
 //! `shake-ops`: what the edge and the allocator share to be operable.
 //!
 //! # Layout
+//! - [`config`]: TOML configuration files and the error that names the field at fault.
 //! - [`tls`]: PEM loading, the crypto provider, mutual-TLS configurations, edge names.
 //! - [`http`]: the tiny HTTP responder behind `/metrics` and `/health`.
 //! - [`init_logging`]: tracing to stderr, `RUST_LOG` aware.
 
+pub mod config;
 pub mod http;
 pub mod tls;
 

@@ -125,20 +125,12 @@ impl Drop for Allocator {
 
 /// Fetches the Prometheus text from the metrics address.
 pub fn scrape(addr: SocketAddr) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).unwrap();
-    text
+    shake_ops::http::get(addr, "/metrics").unwrap()
 }
 
 /// The value of a metric line starting with `prefix`, or 0.
 pub fn metric(text: &str, prefix: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    shake_ops::http::metric_sum(text, prefix)
 }
 
 pub fn client_config(certs: &Path, identity: Option<&str>) -> quinn::ClientConfig {

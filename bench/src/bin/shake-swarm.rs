@@ -15,6 +15,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use shake_bench::swarm::report::Report;
 use shake_bench::swarm::scenario::Scenario;
 use shake_bench::swarm::{self, verify};
+use shake_ops::config::Validate;
 
 #[derive(Parser, Debug)]
 #[command(name = "shake-swarm", version, about = "Synthetic phone swarm for Shake edges")]

@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+pub use shake_ops::config::ConfigError;
+use shake_ops::config::{Validate, invalid};
 
 /// A whole scenario.
 #[derive(Debug, Clone, Deserialize)]
@@ -128,38 +130,20 @@ fn default_first_user() -> u64 {
     1_000_000
 }
 
-/// A scenario that cannot run, and the field to blame.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid `{field}`: {message}")]
-pub struct ScenarioError {
-    /// Dotted path of the field.
-    pub field: String,
-    /// What is wrong.
-    pub message: String,
-}
-
-fn invalid(field: &str, message: impl Into<String>) -> ScenarioError {
-    ScenarioError { field: field.to_owned(), message: message.into() }
-}
-
 impl Scenario {
     /// Reads and validates a scenario file.
-    pub fn load(path: &Path) -> Result<Self, ScenarioError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| invalid("<file>", format!("{}: {e}", path.display())))?;
-        Self::parse(&text)
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        shake_ops::config::load(path)
     }
 
     /// Parses and validates scenario text.
-    pub fn parse(text: &str) -> Result<Self, ScenarioError> {
-        let scenario: Scenario =
-            toml::from_str(text).map_err(|e| invalid("<toml>", e.to_string()))?;
-        scenario.validate()?;
-        Ok(scenario)
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        shake_ops::config::parse(text)
     }
+}
 
-    /// Checks what parsing cannot.
-    pub fn validate(&self) -> Result<(), ScenarioError> {
+impl Validate for Scenario {
+    fn validate(&self) -> Result<(), ConfigError> {
         if self.phones == 0 {
             return Err(invalid("phones", "at least 1"));
         }
@@ -234,8 +218,8 @@ mod tests {
     #[test]
     fn bad_values_name_their_field() {
         let field = |from: &str, to: &str| match Scenario::parse(&DEMO.replace(from, to)) {
-            Err(e) => e.field,
-            Ok(_) => panic!("{to} accepted"),
+            Err(ConfigError::Invalid { field, .. }) => field,
+            other => panic!("{to}: {other:?}"),
         };
         assert_eq!(field("phones = 2000", "phones = 0"), "phones");
         assert_eq!(field("jitter = 0.5", "jitter = 1.5"), "shaking.jitter");

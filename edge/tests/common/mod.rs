@@ -174,6 +174,8 @@ hello_timeout_ms = 500
             envelopes: settings.envelopes,
         };
         world.wait_for_metric("shake_edge_allocator_up", 1.0).await;
+        // Both workers have heard the round from the allocator.
+        world.wait_for_metric("shake_edge_round_states_total", 2.0).await;
         world
     }
 
@@ -182,20 +184,11 @@ hello_timeout_ms = 500
     }
 
     pub fn scrape(&self) -> String {
-        use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect(self.edge_metrics).unwrap();
-        stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-        let mut text = String::new();
-        stream.read_to_string(&mut text).unwrap();
-        text
+        shake_ops::http::get(self.edge_metrics, "/metrics").unwrap()
     }
 
     pub fn metric(&self, prefix: &str) -> f64 {
-        self.scrape()
-            .lines()
-            .filter(|l| l.starts_with(prefix))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        shake_ops::http::metric_sum(&self.scrape(), prefix)
     }
 
     pub async fn wait_for_metric(&self, prefix: &str, at_least: f64) {

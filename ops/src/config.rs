@@ -1,0 +1,102 @@
+//! TOML configuration files: reading, parsing, validating, and the one error type that names
+//! the field at fault (so `--check-config` can say exactly what to fix, and exit 64).
+
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+
+/// A configuration that cannot be used, and the field to blame.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Not valid TOML for the schema (the parser's message names the field and line).
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file (`<config>` for text).
+        path: PathBuf,
+        /// The parser's message.
+        message: String,
+    },
+    /// A field holds a value that cannot work.
+    #[error("invalid `{field}`: {message}")]
+    Invalid {
+        /// Dotted path of the field, e.g. `rounds[1].cash.envelopes`.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The error for a field holding a value that cannot work.
+pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { field: field.into(), message: message.into() }
+}
+
+/// A configuration read from TOML: what parsing alone cannot check, `validate` does.
+pub trait Validate: DeserializeOwned {
+    /// Checks every value that parsing alone cannot.
+    fn validate(&self) -> Result<(), ConfigError>;
+}
+
+/// Parses and validates configuration text.
+pub fn parse<T: Validate>(text: &str) -> Result<T, ConfigError> {
+    let config: T = toml::from_str(text).map_err(|err| ConfigError::Parse {
+        path: PathBuf::from("<config>"),
+        message: err.to_string(),
+    })?;
+    config.validate()?;
+    Ok(config)
+}
+
+/// Reads, parses and validates a configuration file.
+pub fn load<T: Validate>(path: &Path) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    parse(&text).map_err(|err| match err {
+        ConfigError::Parse { message, .. } => ConfigError::Parse { path: path.to_owned(), message },
+        other => other,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Sample {
+        size: u32,
+    }
+
+    impl Validate for Sample {
+        fn validate(&self) -> Result<(), ConfigError> {
+            if self.size == 0 { Err(invalid("size", "at least 1")) } else { Ok(()) }
+        }
+    }
+
+    #[test]
+    fn parse_validate_and_name_the_file() {
+        assert_eq!(parse::<Sample>("size = 3").unwrap().size, 3);
+        assert!(
+            matches!(parse::<Sample>("size = 0"), Err(ConfigError::Invalid { field, .. }) if field == "size")
+        );
+        assert!(matches!(parse::<Sample>("colour = 1"), Err(ConfigError::Parse { .. })));
+        let missing = Path::new("/nonexistent/shake.toml");
+        assert!(matches!(load::<Sample>(missing), Err(ConfigError::Read { .. })));
+        let file =
+            std::env::temp_dir().join(format!("shake-ops-config-{}.toml", std::process::id()));
+        std::fs::write(&file, "size = [").unwrap();
+        match load::<Sample>(&file) {
+            Err(ConfigError::Parse { path, .. }) => assert_eq!(path, file),
+            other => panic!("{other:?}"),
+        }
+        std::fs::remove_file(file).unwrap();
+    }
+}
