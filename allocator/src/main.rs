@@ -13,6 +13,9 @@ use shake_allocator::config::Config;
 use shake_allocator::ledger::Ledger;
 use shake_allocator::service::{self, Shutdown};
 use shake_allocator::{dev_certs, export};
+use shake_ops::config::{EXIT_USAGE, check, load_or_exit};
+
+const BIN: &str = "shake-allocator";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -79,25 +82,16 @@ fn main() -> ExitCode {
     // fjall narrates its recovery at info; keep our own lines readable.
     shake_ops::init_logging("info,fjall=warn,lsm_tree=warn");
     if let Some(path) = cli.check_config {
-        return match Config::load(&path) {
-            Ok(config) => {
-                println!("{}: ok ({} rounds)", path.display(), config.rounds.len());
-                ExitCode::SUCCESS
-            }
-            Err(err) => {
-                eprintln!("shake-allocator: {err}");
-                ExitCode::from(64)
-            }
-        };
+        return check::<Config>(BIN, &path, |c| format!("{} rounds", c.rounds.len()));
     }
     let Some(command) = cli.command else {
-        eprintln!("shake-allocator: a command is needed (try --help)");
-        return ExitCode::from(64);
+        eprintln!("{BIN}: a command is needed (try --help)");
+        return ExitCode::from(EXIT_USAGE);
     };
     match run(command) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("shake-allocator: {err:#}");
+            eprintln!("{BIN}: {err:#}");
             ExitCode::FAILURE
         }
     }
@@ -120,12 +114,9 @@ fn open_ledger(path: &std::path::Path) -> anyhow::Result<Ledger> {
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run { config } => {
-            let config = match Config::load(&config) {
+            let config = match load_or_exit::<Config>(BIN, &config) {
                 Ok(config) => config,
-                Err(err) => {
-                    eprintln!("shake-allocator: {err}");
-                    return Ok(ExitCode::from(64));
-                }
+                Err(code) => return Ok(code),
             };
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             runtime.block_on(serve(config))?;

@@ -11,6 +11,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use shake_edge::config::EdgeConfig;
 use shake_edge::service;
+use shake_ops::config::{EXIT_USAGE, check, load_or_exit};
+
+const BIN: &str = "shake-edge";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -42,37 +45,22 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     shake_ops::init_logging("info");
     if let Some(path) = cli.check_config {
-        return match EdgeConfig::load(&path) {
-            Ok(config) => {
-                println!(
-                    "{}: ok (edge {}, {} workers)",
-                    path.display(),
-                    config.edge_id,
-                    config.worker_count()
-                );
-                ExitCode::SUCCESS
-            }
-            Err(err) => {
-                eprintln!("shake-edge: {err}");
-                ExitCode::from(64)
-            }
-        };
+        return check::<EdgeConfig>(BIN, &path, |c| {
+            format!("edge {}, {} workers", c.edge_id, c.worker_count())
+        });
     }
     let Some(Command::Run { config }) = cli.command else {
-        eprintln!("shake-edge: a command is needed (try --help)");
-        return ExitCode::from(64);
+        eprintln!("{BIN}: a command is needed (try --help)");
+        return ExitCode::from(EXIT_USAGE);
     };
-    let config = match EdgeConfig::load(&config) {
+    let config = match load_or_exit::<EdgeConfig>(BIN, &config) {
         Ok(config) => config,
-        Err(err) => {
-            eprintln!("shake-edge: {err}");
-            return ExitCode::from(64);
-        }
+        Err(code) => return code,
     };
     match run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("shake-edge: {err:#}");
+            eprintln!("{BIN}: {err:#}");
             ExitCode::FAILURE
         }
     }

@@ -65,6 +65,33 @@ pub fn load<T: Validate>(path: &Path) -> Result<T, ConfigError> {
     })
 }
 
+/// Exit status for a bad command line or configuration (sysexits' `EX_USAGE`).
+pub const EXIT_USAGE: u8 = 64;
+
+/// Loads `path` for binary `bin`, or prints `bin: error` and hands back exit status 64.
+pub fn load_or_exit<T: Validate>(bin: &str, path: &Path) -> Result<T, std::process::ExitCode> {
+    load(path).map_err(|err| {
+        eprintln!("{bin}: {err}");
+        std::process::ExitCode::from(EXIT_USAGE)
+    })
+}
+
+/// `--check-config FILE`: prints `FILE: ok (summary)` and returns success, or prints the error
+/// (which names the field) and returns 64.
+pub fn check<T: Validate>(
+    bin: &str,
+    path: &Path,
+    summary: impl FnOnce(&T) -> String,
+) -> std::process::ExitCode {
+    match load_or_exit::<T>(bin, path) {
+        Ok(config) => {
+            println!("{}: ok ({})", path.display(), summary(&config));
+            std::process::ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
