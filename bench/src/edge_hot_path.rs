@@ -15,7 +15,7 @@ use shake_edge::admission::{Admission, AdmissionSettings, Decision};
 use shake_edge::batcher::{BatchSettings, Batcher};
 use shake_edge::bucket::{Rate, TokenBucket};
 use shake_proto::datagram::{self, Datagram, Outcome};
-use shake_proto::{AllocatorFrame, RoundInfo, RoundPhase, Shake, Verdict};
+use shake_proto::{RoundInfo, RoundPhase, Shake, Verdict};
 
 /// Phones simulated.
 pub const PHONES: usize = 10_000;
@@ -99,8 +99,11 @@ impl Rig {
                     self.admitted += 1;
                     match self.batcher.push(round_id, i as u64 + 1, i as u32, self.clock_us, now_ms)
                     {
-                        Ok(Some(frame)) => {
-                            self.answer(&frame);
+                        Ok(Some(flushed)) => {
+                            // The allocator answers at once: the routes come back for reuse.
+                            if let Some((_, routes)) = self.batcher.on_result(flushed.seq) {
+                                self.batcher.recycle(routes);
+                            }
                             Verdict::Forwarded
                         }
                         Ok(None) => Verdict::Forwarded,
@@ -113,17 +116,6 @@ impl Rig {
             self.scratch.reserve(64 * 1024);
         }
         self.scratch.split().freeze()
-    }
-
-    /// The allocator answers a flushed batch at once.
-    fn answer(&mut self, frame: &Bytes) {
-        let header = shake_proto::frame::check(frame, usize::MAX).expect("a whole frame");
-        let payload = frame.slice(header.header_len..);
-        if let Ok(AllocatorFrame::Batch(batch)) = AllocatorFrame::parse(header.frame_type, &payload)
-            && let Some((_, routes)) = self.batcher.on_result(batch.seq)
-        {
-            self.batcher.recycle(routes);
-        }
     }
 }
 

@@ -39,6 +39,17 @@ struct InFlight<R> {
     routes: Vec<R>,
 }
 
+/// A batch just closed: its frame, ready to send, and what the caller needs to know of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Flushed {
+    /// Its sequence number.
+    pub seq: u64,
+    /// Entries in it.
+    pub entries: usize,
+    /// The encoded `Batch` frame.
+    pub frame: Bytes,
+}
+
 /// Why an admitted shake could not join a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Full {
@@ -107,7 +118,7 @@ impl<R: Copy> Batcher<R> {
         route: R,
         now_us: u64,
         now_ms: u64,
-    ) -> Result<Option<Bytes>, Full> {
+    ) -> Result<Option<Flushed>, Full> {
         if !self.has_room() {
             return Err(Full::InFlight);
         }
@@ -155,23 +166,24 @@ impl<R: Copy> Batcher<R> {
     }
 
     /// Flushes the open batch if it is old enough.
-    pub fn poll_age(&mut self, now_us: u64) -> Option<Bytes> {
+    pub fn poll_age(&mut self, now_us: u64) -> Option<Flushed> {
         match self.deadline_us() {
             Some(deadline) if now_us >= deadline => self.flush(),
             _ => None,
         }
     }
 
-    /// Closes the open batch (if any) and returns its frame.
-    pub fn flush(&mut self) -> Option<Bytes> {
+    /// Closes the open batch (if any) and returns it.
+    pub fn flush(&mut self) -> Option<Flushed> {
         let open = self.open.take()?;
         open.writer.finish(&mut self.buf);
         let frame = self.buf.split().freeze();
         let seq = self.next_seq - 1;
+        let entries = open.routes.len();
         let in_flight =
             InFlight { frame: frame.clone(), round_id: open.round_id, routes: open.routes };
         self.in_flight.insert(seq, in_flight);
-        Some(frame)
+        Some(Flushed { seq, entries, frame })
     }
 
     /// The answer to batch `seq` arrived: its round and the routes of its entries, to map
@@ -211,8 +223,8 @@ mod tests {
         BatchSettings { max_entries: 4, max_age_us: 2_000, max_in_flight: 2 }
     }
 
-    fn decode(frame: &Bytes) -> shake_proto::Batch {
-        match AllocatorFrame::decode(&mut BytesMut::from(&frame[..])) {
+    fn decode(flushed: &Flushed) -> shake_proto::Batch {
+        match AllocatorFrame::decode(&mut BytesMut::from(&flushed.frame[..])) {
             Ok(Some(AllocatorFrame::Batch(batch))) => batch,
             other => panic!("not a batch: {other:?}"),
         }
@@ -224,16 +236,17 @@ mod tests {
         for i in 0..3 {
             assert_eq!(b.push(1, 10 + i as u64, i, 0, 5_000), Ok(None));
         }
-        let frame = b.push(1, 13, 3, 10, 5_000).unwrap().expect("full at 4");
-        let batch = decode(&frame);
+        let flushed = b.push(1, 13, 3, 10, 5_000).unwrap().expect("full at 4");
+        assert_eq!((flushed.seq, flushed.entries), (100, 4));
+        let batch = decode(&flushed);
         assert_eq!((batch.seq, batch.round_id, batch.len()), (100, 1, 4));
         assert_eq!(batch.entries().map(|e| e.user_id).collect::<Vec<_>>(), vec![10, 11, 12, 13]);
         // A new batch, flushed by age 2 ms after its first entry.
         assert_eq!(b.push(1, 20, 4, 1_000, 5_001), Ok(None));
         assert_eq!(b.deadline_us(), Some(3_000));
         assert_eq!(b.poll_age(2_999), None);
-        let frame = b.poll_age(3_000).expect("old enough");
-        assert_eq!(decode(&frame).seq, 101);
+        let flushed = b.poll_age(3_000).expect("old enough");
+        assert_eq!(decode(&flushed).seq, 101);
         assert_eq!(b.deadline_us(), None);
     }
 
@@ -273,6 +286,6 @@ mod tests {
         let mut b: Batcher<u32> = Batcher::new(settings(), 1);
         b.push(1, 1, 0, 0, 0).unwrap();
         let sent = b.flush().unwrap();
-        assert_eq!(b.unanswered().next(), Some(&sent));
+        assert_eq!(b.unanswered().next(), Some(&sent.frame));
     }
 }

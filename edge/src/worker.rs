@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::admission::{Admission, AdmissionSettings, Decision};
-use crate::batcher::{BatchSettings, Batcher};
+use crate::batcher::{BatchSettings, Batcher, Flushed};
 use crate::bucket::{Rate, TokenBucket};
 use crate::config::EdgeConfig;
 use crate::metrics::EdgeMetrics;
@@ -100,15 +100,11 @@ struct WorkerState {
 type State = Rc<RefCell<WorkerState>>;
 
 impl WorkerState {
-    /// Sends a flushed batch frame upstream and notes when, for the round-trip metric.
-    fn send_batch(&mut self, frame: Bytes, metrics: &EdgeMetrics) {
-        if let Ok(Some(AllocatorFrame::Batch(batch))) =
-            AllocatorFrame::decode(&mut BytesMut::from(&frame[..]))
-        {
-            metrics.batch_entries.observe(batch.len() as f64);
-            self.flushed_at.insert(batch.seq, Instant::now());
-        }
-        let _ = self.uplink.send(frame);
+    /// Sends a flushed batch upstream and notes when, for the round-trip metric.
+    fn send_batch(&mut self, flushed: Flushed, metrics: &EdgeMetrics) {
+        metrics.batch_entries.observe(flushed.entries as f64);
+        self.flushed_at.insert(flushed.seq, Instant::now());
+        let _ = self.uplink.send(flushed.frame);
     }
 
     /// Decides one shake and returns the outcome to send.
