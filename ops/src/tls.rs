@@ -76,6 +76,20 @@ pub fn mutual_tls_server(
     Ok(config)
 }
 
+/// The first step of every client configuration here: TLS 1.3, trusting `server_ca`.
+fn client_builder(
+    server_ca: &Path,
+) -> Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>, TlsError>
+{
+    let mut roots = RootCertStore::empty();
+    for ca in load_certs(server_ca)? {
+        roots.add(ca)?;
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots))
+}
+
 /// A rustls client configuration for `alpn` that trusts `server_ca` and presents `cert`/`key`.
 pub fn mutual_tls_client(
     server_ca: &Path,
@@ -83,14 +97,16 @@ pub fn mutual_tls_client(
     key: &Path,
     alpn: &[u8],
 ) -> Result<rustls::ClientConfig, TlsError> {
-    let mut roots = RootCertStore::empty();
-    for ca in load_certs(server_ca)? {
-        roots.add(ca)?;
-    }
-    let mut config = rustls::ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(load_certs(cert)?, load_key(key)?)?;
+    let mut config =
+        client_builder(server_ca)?.with_client_auth_cert(load_certs(cert)?, load_key(key)?)?;
+    config.alpn_protocols = vec![alpn.to_vec()];
+    Ok(config)
+}
+
+/// A rustls client configuration for `alpn` that trusts `server_ca` and presents no certificate
+/// (what phones use).
+pub fn client(server_ca: &Path, alpn: &[u8]) -> Result<rustls::ClientConfig, TlsError> {
+    let mut config = client_builder(server_ca)?.with_no_client_auth();
     config.alpn_protocols = vec![alpn.to_vec()];
     Ok(config)
 }

@@ -142,19 +142,7 @@ pub fn client_config(certs: &Path, identity: Option<&str>) -> quinn::ClientConfi
             ALLOCATOR_ALPN,
         )
         .unwrap(),
-        None => {
-            let mut roots = rustls::RootCertStore::empty();
-            for ca in tls::load_certs(&certs.join("ca.pem")).unwrap() {
-                roots.add(ca).unwrap();
-            }
-            let mut c = rustls::ClientConfig::builder_with_provider(tls::provider())
-                .with_protocol_versions(&[&rustls::version::TLS13])
-                .unwrap()
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-            c.alpn_protocols = vec![ALLOCATOR_ALPN.to_vec()];
-            c
-        }
+        None => tls::client(&certs.join("ca.pem"), ALLOCATOR_ALPN).unwrap(),
     };
     quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(rustls).unwrap()))
 }

@@ -51,16 +51,7 @@ pub enum SwarmError {
 }
 
 fn client_config(scenario: &Scenario) -> Result<quinn::ClientConfig, SwarmError> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in shake_ops::tls::load_certs(&scenario.ca)? {
-        roots.add(cert).map_err(shake_ops::tls::TlsError::from)?;
-    }
-    let mut rustls = rustls::ClientConfig::builder_with_provider(shake_ops::tls::provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(shake_ops::tls::TlsError::from)?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    rustls.alpn_protocols = vec![PHONE_ALPN.to_vec()];
+    let mut rustls = shake_ops::tls::client(&scenario.ca, PHONE_ALPN)?;
     // Room for a resumption ticket per phone, so churning phones resume.
     rustls.resumption = rustls::client::Resumption::in_memory_sessions(scenario.phones.max(256));
     let crypto = QuicClientConfig::try_from(rustls).map_err(|e| SwarmError::Quic(e.to_string()))?;

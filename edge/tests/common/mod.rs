@@ -240,16 +240,7 @@ impl Drop for World {
 }
 
 pub fn phone_config(ca: &Path) -> quinn::ClientConfig {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in tls::load_certs(ca).unwrap() {
-        roots.add(cert).unwrap();
-    }
-    let mut rustls = rustls::ClientConfig::builder_with_provider(tls::provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    rustls.alpn_protocols = vec![PHONE_ALPN.to_vec()];
+    let rustls = tls::client(ca, PHONE_ALPN).unwrap();
     quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(rustls).unwrap()))
 }
 
