@@ -33,22 +33,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'echo "demo: interrupted" >&2; exit 130' INT TERM
 
-say() { printf '==> %s\n' "$*" >&2; }
-
-# Waits for a "ready" line in a log and prints the value of FIELD= from it.
-ready_field() {
-    local log="$1" field="$2" pid="$3"
-    for _ in $(seq 1 300); do
-        if line=$(grep -m1 ' ready ' "$log" 2>/dev/null); then
-            tr ' ' '\n' <<<"$line" | sed -n "s/^$field=//p"
-            return 0
-        fi
-        kill -0 "$pid" 2>/dev/null || { echo "demo: process $pid died; see $log" >&2; return 1; }
-        sleep 0.1
-    done
-    echo "demo: no ready line in $log" >&2
-    return 1
-}
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
 if [ -z "${SHAKE_BIN_DIR:-}" ]; then
     say "building (release)"
@@ -65,36 +51,7 @@ round1=$(( now_ms + LEAD_S * 1000 ))              # after the connect ramp
 round2=$(( round1 + ROUND_S * 1000 + 5000 ))      # a short break between rounds
 run_s=$(( (round2 + ROUND_S * 1000 - now_ms) / 1000 + 3 ))
 
-cat >"$DEMO/allocator.toml" <<TOML
-listen = "127.0.0.1:0"
-metrics_listen = "127.0.0.1:0"
-ledger_path = "$DEMO/ledger"
-oversampling = 4.0
-[tls]
-cert = "$DEMO/certs/allocator.pem"
-key = "$DEMO/certs/allocator.key"
-edge_ca = "$DEMO/certs/ca.pem"
-[[rounds]]
-id = 1
-starts_at_ms = $round1
-duration_s = $ROUND_S
-seed = 2026
-[rounds.cash]
-total_cents = 50000
-envelopes = 1000
-[[rounds.gifts]]
-sku = "TEA-01"
-name = "Tea set"
-count = 50
-[[rounds]]
-id = 2
-starts_at_ms = $round2
-duration_s = $ROUND_S
-seed = 2027
-[rounds.cash]
-total_cents = 30000
-envelopes = 600
-TOML
+write_allocator_config "$DEMO/allocator.toml" "$DEMO" 127.0.0.1:0 "$round1" "$ROUND_S" "$round2"
 
 say "starting the allocator (log: $DEMO/allocator.log)"
 "$BIN/shake-allocator" run --config "$DEMO/allocator.toml" >"$DEMO/allocator.out" 2>"$DEMO/allocator.log" &
@@ -102,13 +59,7 @@ alloc_pid=$!
 pids+=("$alloc_pid")
 alloc_addr=$(ready_field "$DEMO/allocator.out" quic "$alloc_pid")
 
-sed -e "s#^addr = \"127.0.0.1:7400\"#addr = \"$alloc_addr\"#" \
-    -e 's#^listen = "127.0.0.1:7443"#listen = "127.0.0.1:0"#' \
-    -e 's#^metrics_listen = "127.0.0.1:9443"#metrics_listen = "127.0.0.1:0"#' \
-        -e 's#^workers = 0#workers = 2#' \
-    -e 's#^handshakes_per_source = 64 .*#handshakes_per_source = 100000  \# loopback: every phone shares one address#' \
-    -e "s#target/demo/certs#$DEMO/certs#g" \
-    edge/shake-edge.example.toml >"$DEMO/edge.toml"
+write_edge_config "$DEMO/edge.toml" "$DEMO" 1 "$alloc_addr" 2
 
 say "starting the edge (log: $DEMO/edge.log)"
 "$BIN/shake-edge" run --config "$DEMO/edge.toml" >"$DEMO/edge.out" 2>"$DEMO/edge.log" &
@@ -124,7 +75,6 @@ say "swarm: $PHONES phones, two rounds of ${ROUND_S}s, about ${run_s}s"
     >"$DEMO/swarm.out"
 sed '$d' "$DEMO/swarm.out" >&2
 
-peak_kib() { sed -n 's/^VmHWM:[[:space:]]*\([0-9]*\).*/\1/p' "/proc/$1/status" 2>/dev/null || echo 0; }
 edge_kib=$(peak_kib "$edge_pid")
 alloc_kib=$(peak_kib "$alloc_pid")
 say "peak memory: edge ${edge_kib} KiB ($(( edge_kib / PHONES )) KiB per phone), allocator ${alloc_kib} KiB"

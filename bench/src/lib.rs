@@ -9,6 +9,7 @@
 //! - [`edge_hot_path`]: one shake through the edge's own code, with [`counting_alloc`].
 //! - [`handshake_bench`]: QUIC handshakes per second for several TLS configurations.
 //! - `ledger_stores` (feature `store-comparison`): redb, fjall and SQLite group commits.
+//! - [`relay`]: the UDP relay behind `shake-relay` that drops, delays and cuts traffic.
 //! - [`swarm`]: the phone swarm behind `shake-swarm`.
 
 pub mod allocator_bench;
@@ -18,6 +19,7 @@ pub mod handshake_bench;
 #[cfg(feature = "store-comparison")]
 pub mod ledger_stores;
 pub mod proto_bench;
+pub mod relay;
 pub mod report;
 pub mod stats;
 pub mod swarm;

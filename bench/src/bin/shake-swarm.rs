@@ -244,6 +244,7 @@ fn verify_run(report: &PathBuf, ledger: &PathBuf, config: Option<PathBuf>) -> an
     println!("{:<34}{:>12}", "prizes granted twice", v.granted_twice);
     println!("{:<34}{:>12}", "per-user cap violations", v.cap_violations);
     println!("{:<34}{:>12}", "pools overspent", v.pools_overspent);
+    println!("{:<34}{:>12}", "drained pools not paid exactly", v.cash_inexact);
     println!("{:<34}{:>12}", "invariants", if v.ok() { "hold" } else { "BROKEN" });
     let line = serde_json::json!({
         "ok": v.ok(),
@@ -254,13 +255,21 @@ fn verify_run(report: &PathBuf, ledger: &PathBuf, config: Option<PathBuf>) -> an
         "awards_delivered": v.awards_delivered,
         "awards_undelivered": v.awards_undelivered,
         "awards_received": report.awards_received,
+        "awards_lost": v.received_not_in_ledger,
+        "awards_doubled": v.granted_twice,
         "pool_overspent": v.pools_overspent,
+        "cash_inexact": v.cash_inexact,
         "awards_granted_twice": v.granted_twice,
         "cap_violations": v.cap_violations,
         "ledger_mismatches": v.ledger_mismatches(),
         "p50_outcome_ms": report.latency_ms.outcome.p50,
         "p99_outcome_ms": report.latency_ms.outcome.p99,
+        "p99_honest_outcome_ms": report.latency_ms.honest_outcome.p99,
         "p99_award_ms": report.latency_ms.award.p99,
+        "sessions": report.sessions,
+        "errors": report.errors.values().sum::<u64>(),
+        "closed_by_edge": report.closed_by_edge,
+        "limited": report.limited,
     });
     println!("{line}");
     Ok(v.ok())

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use quinn::crypto::rustls::QuicClientConfig;
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use shake_proto::{Claims, KeyRing, PHONE_ALPN};
@@ -65,29 +66,20 @@ fn client_config(scenario: &Scenario) -> Result<quinn::ClientConfig, SwarmError>
     Ok(config)
 }
 
-/// Picks each phone's role from the hostile shares, deterministically from the seed.
+/// Picks each phone's role: each hostile share becomes an exact count (at least one phone when
+/// the share is not zero, so a small swarm still meets every attacker), placed at positions
+/// shuffled deterministically from the seed.
 pub fn roles(scenario: &Scenario) -> Vec<Role> {
-    let h = &scenario.hostile;
-    let mut rng = ChaCha8Rng::seed_from_u64(scenario.seed ^ 0x5eed);
-    (0..scenario.phones)
-        .map(|_| {
-            let x: f64 = rng.random();
-            let mut edge = h.over_rate;
-            if x < edge {
-                return Role::OverRate;
-            }
-            edge += h.forged_token;
-            if x < edge {
-                return Role::ForgedToken;
-            }
-            edge += h.expired_token;
-            if x < edge {
-                return Role::ExpiredToken;
-            }
-            edge += h.malformed;
-            if x < edge { Role::Malformed } else { Role::Honest }
-        })
-        .collect()
+    let phones = scenario.phones;
+    let mut roles = Vec::with_capacity(phones);
+    for (role, (_, share)) in Role::HOSTILE.iter().zip(scenario.hostile.shares()) {
+        let count = if share > 0.0 { ((share * phones as f64).round() as usize).max(1) } else { 0 };
+        let room = phones - roles.len();
+        roles.extend(std::iter::repeat_n(*role, count.min(room)));
+    }
+    roles.resize(phones, Role::Honest);
+    roles.shuffle(&mut ChaCha8Rng::seed_from_u64(scenario.seed ^ 0x5eed));
+    roles
 }
 
 fn unix_s() -> u64 {
@@ -128,6 +120,7 @@ pub async fn run(
         jitter: scenario.shaking.jitter,
         spike: scenario.shaking.spike,
         churn_every: Duration::from_secs_f64(scenario.churn.every_s),
+        client_config: config.clone(),
         origin,
         end,
         stats: stats.clone(),
@@ -194,4 +187,34 @@ pub async fn run(
 /// Counts phones connected right now (for progress).
 pub fn connected(stats: &Stats) -> u64 {
     stats.connected.load(Ordering::Relaxed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hostile(phones: usize) -> Scenario {
+        let mut scenario = Scenario::parse(include_str!("../../scenarios/hostile.toml")).unwrap();
+        scenario.phones = phones;
+        scenario
+    }
+
+    #[test]
+    fn hostile_shares_become_exact_counts_and_small_swarms_meet_every_attacker() {
+        let count = |roles: &[Role], role: Role| roles.iter().filter(|r| **r == role).count();
+        let roles = roles(&hostile(1_000));
+        assert_eq!(roles.len(), 1_000);
+        assert_eq!(count(&roles, Role::OverRate), 50);
+        assert_eq!(count(&roles, Role::ConnectionFlood), 20);
+        assert_eq!(count(&roles, Role::Honest), 760);
+        let small = super::roles(&hostile(20));
+        for role in Role::HOSTILE {
+            assert_eq!(count(&small, role), 1, "{role:?} in a swarm of 20");
+        }
+        // Deterministic from the seed, and shuffled (not all attackers first).
+        assert_eq!(roles, super::roles(&hostile(1_000)));
+        assert!(roles[..240].contains(&Role::Honest));
+        // More attackers than phones: the swarm is all attackers, no more.
+        assert_eq!(super::roles(&hostile(3)).len(), 3);
+    }
 }

@@ -29,6 +29,25 @@ pub enum Role {
     ExpiredToken,
     /// Sends malformed datagrams between shakes.
     Malformed,
+    /// Sends a control frame larger than the protocol allows.
+    OversizedFrame,
+    /// Tries to open many streams, then shakes.
+    StreamFlood,
+    /// Starts handshakes from fresh source ports and never says `Hello`.
+    ConnectionFlood,
+}
+
+impl Role {
+    /// The hostile roles, in the order of [`super::scenario::Hostile::shares`].
+    pub const HOSTILE: [Role; 7] = [
+        Role::OverRate,
+        Role::ForgedToken,
+        Role::ExpiredToken,
+        Role::Malformed,
+        Role::OversizedFrame,
+        Role::StreamFlood,
+        Role::ConnectionFlood,
+    ];
 }
 
 /// What every phone shares.
@@ -52,6 +71,8 @@ pub struct PhoneContext {
     pub end: Instant,
     /// Measurements.
     pub stats: Arc<Stats>,
+    /// TLS and transport settings (connection floods open endpoints of their own).
+    pub client_config: quinn::ClientConfig,
 }
 
 fn unix_ms() -> u64 {
@@ -64,6 +85,10 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(8);
 /// Longest wait for a handshake before trying again.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A live edge answers every shake at once (the verdict does not wait for the allocator), so
+/// shakes unanswered this long mean the edge is gone: the phone moves to the next edge rather
+/// than wait out QUIC's idle timeout.
+const EDGE_SILENT: Duration = Duration::from_secs(2);
 
 /// Intended and actual send times of recent shakes, by sequence number.
 struct InFlight {
@@ -109,6 +134,9 @@ pub async fn run(
     endpoint: quinn::Endpoint,
     ctx: Arc<PhoneContext>,
 ) {
+    if role == Role::ConnectionFlood {
+        return flood_connections(index, &ctx).await;
+    }
     let rate = if role == Role::OverRate { ctx.rate_per_s * 10.0 } else { ctx.rate_per_s };
     let origin = ctx.origin;
     let now_us = || origin.elapsed().as_micros() as u64;
@@ -214,12 +242,7 @@ impl Session<'_> {
             }
             Some(ControlFrame::Error { code, .. }) => {
                 let name = shake_proto::ErrorCode::from_code(code).map_or("unknown", |c| c.name());
-                *stats
-                    .closed_by_edge
-                    .lock()
-                    .expect("stats lock")
-                    .entry(name.to_owned())
-                    .or_default() += 1;
+                stats.closed_by_edge(name);
                 if role == Role::Honest {
                     stats.error(format!("refused: {name}"));
                 }
@@ -242,6 +265,14 @@ impl Session<'_> {
         stats.connected.fetch_add(1, Ordering::Relaxed);
         stats.sessions.fetch_add(1, Ordering::Relaxed);
         let leave_at = churn_after.map(|after| Instant::now() + after);
+        if role == Role::OversizedFrame {
+            let end = send_oversized_frame(&conn, &mut send, stats).await;
+            stats.connected.fetch_sub(1, Ordering::Relaxed);
+            return end;
+        }
+        if role == Role::StreamFlood {
+            flood_streams(&conn, stats).await;
+        }
         let end = session_loop(
             role,
             &conn,
@@ -260,6 +291,83 @@ impl Session<'_> {
         stats.connected.fetch_sub(1, Ordering::Relaxed);
         conn.close(0u32.into(), b"bye");
         end
+    }
+}
+
+/// Streams a stream flooder tries to open, each way.
+const FLOOD_STREAMS: usize = 32;
+/// How long a flooder waits for each stream (the edge's stream limits hold them back).
+const FLOOD_STREAM_PATIENCE: Duration = Duration::from_millis(50);
+/// How long a connection flooder waits for each handshake before abandoning it.
+const FLOOD_HANDSHAKE_PATIENCE: Duration = Duration::from_millis(200);
+/// Pause between a connection flooder's attempts.
+const FLOOD_PAUSE: Duration = Duration::from_millis(50);
+
+/// Writes the header of a control frame far over the protocol's limit, then waits for the
+/// edge to close the connection and records its code.
+async fn send_oversized_frame(
+    conn: &quinn::Connection,
+    send: &mut quinn::SendStream,
+    stats: &Stats,
+) -> SessionEnd {
+    let mut header = BytesMut::new();
+    // An AwardAck (normally 8 bytes) claiming 16 MiB.
+    shake_proto::varint::put(&mut header, shake_proto::control::frame_type::AWARD_ACK);
+    shake_proto::varint::put(&mut header, 1 << 24);
+    let _ = send.write_all(&header).await;
+    let _ = send.write_all(&[0u8; 1024]).await;
+    match tokio::time::timeout(Duration::from_secs(5), conn.closed()).await {
+        Ok(quinn::ConnectionError::ApplicationClosed(close)) => {
+            let code = close.error_code.into_inner();
+            stats.closed_by_edge(
+                shake_proto::ErrorCode::from_code(code).map_or("unknown", |c| c.name()),
+            );
+        }
+        _ => stats.error("oversized frame: not closed by the edge"),
+    }
+    SessionEnd::Refused
+}
+
+/// Tries to open more streams than the edge allows, both kinds; counts those held back.
+async fn flood_streams(conn: &quinn::Connection, stats: &Stats) {
+    let mut opened = Vec::new();
+    for _ in 0..FLOOD_STREAMS {
+        match tokio::time::timeout(FLOOD_STREAM_PATIENCE, conn.open_uni()).await {
+            Ok(Ok(stream)) => opened.push(stream),
+            _ => stats.limited("streams_held_back"),
+        }
+        match tokio::time::timeout(FLOOD_STREAM_PATIENCE, conn.open_bi()).await {
+            Ok(Ok((stream, _))) => opened.push(stream),
+            _ => stats.limited("streams_held_back"),
+        }
+    }
+    if !opened.is_empty() {
+        stats.error(format!("stream flood: {} streams opened", opened.len()));
+    }
+}
+
+/// Handshakes from a fresh source port each time, abandoned before `Hello`, until the end.
+async fn flood_connections(index: usize, ctx: &PhoneContext) {
+    let mut attempt = index;
+    while Instant::now() < ctx.end {
+        attempt += 1;
+        let edge = ctx.edges[attempt % ctx.edges.len()];
+        let local: SocketAddr =
+            if edge.is_ipv4() { ([127, 0, 0, 1], 0).into() } else { ([0u16; 8], 0).into() };
+        let Ok(endpoint) = quinn::Endpoint::client(local) else {
+            ctx.stats.error("flood: no socket");
+            break;
+        };
+        if let Ok(connecting) =
+            endpoint.connect_with(ctx.client_config.clone(), edge, &ctx.server_name)
+        {
+            match tokio::time::timeout(FLOOD_HANDSHAKE_PATIENCE, connecting).await {
+                Ok(Ok(_abandoned)) => ctx.stats.limited("flood_handshakes_completed"),
+                _ => ctx.stats.limited("flood_handshakes_unanswered"),
+            }
+        }
+        drop(endpoint);
+        tokio::time::sleep(FLOOD_PAUSE).await;
     }
 }
 
@@ -313,6 +421,8 @@ async fn session_loop(
     let mut last_forwarded: Option<Instant> = None;
     let mut was_open = is_open(&round);
     let mut out = BytesMut::with_capacity(64);
+    // The first shake sent since the edge was last heard from.
+    let mut unanswered_since: Option<Instant> = None;
     loop {
         let next = origin + Duration::from_micros(schedule.next_us());
         // Sleep no further than the next round opening, so the spike is on time.
@@ -329,6 +439,10 @@ async fn session_loop(
                 }
                 if Instant::now() >= stop_at {
                     return SessionEnd::Churn;
+                }
+                if unanswered_since.is_some_and(|since| since.elapsed() > EDGE_SILENT) {
+                    stats.error("edge silent: moved to the next edge");
+                    return SessionEnd::Reconnect;
                 }
                 round = current(&rounds);
                 let open = is_open(&round);
@@ -351,6 +465,7 @@ async fn session_loop(
                         return SessionEnd::Reconnect;
                     }
                     stats.sent.fetch_add(1, Ordering::Relaxed);
+                    unanswered_since.get_or_insert(now);
                     if role == Role::Malformed {
                         let _ = conn.send_datagram(Bytes::from_static(&[0x01, 0xff, 0xff]));
                     }
@@ -359,11 +474,12 @@ async fn session_loop(
             datagram = conn.read_datagram() => {
                 let Ok(payload) = datagram else { return SessionEnd::Reconnect };
                 let now = Instant::now();
+                unanswered_since = None;
                 match datagram::decode(&payload) {
                     Ok(Datagram::Outcomes(outcomes)) => {
                         for outcome in outcomes.iter() {
                             let Some((intended, actual)) = in_flight.answered(outcome.seq) else { continue };
-                            stats.outcome(outcome.verdict, now - intended, now - actual);
+                            stats.outcome(outcome.verdict, now - intended, now - actual, role == Role::Honest);
                             if outcome.verdict == Verdict::Forwarded {
                                 last_forwarded = Some(intended);
                             }
@@ -376,6 +492,7 @@ async fn session_loop(
                 if !matches!(read, Ok(n) if n > 0) {
                     return SessionEnd::Reconnect;
                 }
+                unanswered_since = None;
                 while let Ok(Some(frame)) = ControlFrame::decode(buf) {
                     match frame {
                         ControlFrame::Award { award_id, round_id, .. } => {

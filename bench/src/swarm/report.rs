@@ -45,6 +45,9 @@ pub fn time_point(stats: &Stats, origin: Instant) -> TimePoint {
 pub struct Latencies {
     /// Shake to outcome, from the intended send time (coordinated omission corrected).
     pub outcome: Percentiles,
+    /// The same, honest phones only.
+    #[serde(default)]
+    pub honest_outcome: Percentiles,
     /// Shake to outcome, from the actual send time.
     pub outcome_uncorrected: Percentiles,
     /// Winning shake to award.
@@ -86,6 +89,9 @@ pub struct Report {
     pub errors: BTreeMap<String, u64>,
     /// Hostile sessions the edge refused, by error code.
     pub closed_by_edge: BTreeMap<String, u64>,
+    /// Hostile actions that did not end in a close, and what became of them, by kind.
+    #[serde(default)]
+    pub limited: BTreeMap<String, u64>,
     /// Awards received.
     pub awards_received: u64,
     /// Peak resident memory of the swarm, KiB.
@@ -131,6 +137,7 @@ impl Report {
             behind_schedule: stats.behind_schedule.load(Ordering::Relaxed),
             latency_ms: Latencies {
                 outcome: Percentiles::of(&h.outcome),
+                honest_outcome: Percentiles::of(&h.honest_outcome),
                 outcome_uncorrected: Percentiles::of(&h.outcome_raw),
                 award: Percentiles::of(&h.award),
                 handshake: Percentiles::of(&h.handshake),
@@ -138,6 +145,7 @@ impl Report {
             },
             errors: stats.errors.lock().expect("stats lock").clone(),
             closed_by_edge: stats.closed_by_edge.lock().expect("stats lock").clone(),
+            limited: stats.limited.lock().expect("stats lock").clone(),
             awards_received: awards.len() as u64,
             peak_rss_kib,
             kib_per_phone: peak_rss_kib.map(|kib| kib as f64 / scenario.phones as f64),
@@ -181,6 +189,7 @@ impl Report {
         );
         for (name, p) in [
             ("shake->outcome", &self.latency_ms.outcome),
+            ("  honest phones", &self.latency_ms.honest_outcome),
             ("  uncorrected", &self.latency_ms.outcome_uncorrected),
             ("shake->award", &self.latency_ms.award),
             ("handshake", &self.latency_ms.handshake),
@@ -202,6 +211,9 @@ impl Report {
         for (code, n) in &self.closed_by_edge {
             let _ = writeln!(out, "closed by the edge: {code:<14}{n:>12}");
         }
+        for (kind, n) in &self.limited {
+            let _ = writeln!(out, "hostile: {kind:<35}{n:>12}");
+        }
         for (class, n) in &self.errors {
             let _ = writeln!(out, "error: {class:<40}{n:>8}");
         }
@@ -218,6 +230,7 @@ impl Report {
             "awards_received": self.awards_received,
             "p50_outcome_ms": self.latency_ms.outcome.p50,
             "p99_outcome_ms": self.latency_ms.outcome.p99,
+            "p99_honest_outcome_ms": self.latency_ms.honest_outcome.p99,
             "p99_award_ms": self.latency_ms.award.p99,
             "p99_handshake_ms": self.latency_ms.handshake.p99,
             "errors": self.errors.values().sum::<u64>(),
@@ -242,11 +255,13 @@ mod tests {
         };
         report.verdicts.insert("no_luck".into(), 90);
         report.latency_ms.outcome.p99 = 3.5;
+        report.latency_ms.honest_outcome.p99 = 2.5;
         let text = report.summary();
         assert!(text.contains("10 phones (9 honest)"));
         assert!(text.contains("(100.0%)"));
         let line = report.json_line();
         assert_eq!(line["p99_outcome_ms"], 3.5);
+        assert_eq!(line["p99_honest_outcome_ms"], 2.5);
         assert_eq!(line["shakes"], 100);
         let back: Report = serde_json::from_str(&serde_json::to_string(&report).unwrap()).unwrap();
         assert_eq!(back, report);

@@ -118,6 +118,27 @@ pub struct Hostile {
     pub expired_token: f64,
     /// Send malformed datagrams between shakes.
     pub malformed: f64,
+    /// Send a control frame larger than the protocol allows, after `Welcome`.
+    pub oversized_frame: f64,
+    /// Try to open many streams, then shake.
+    pub stream_flood: f64,
+    /// Start handshakes from fresh source ports over and over, and never say `Hello`.
+    pub connection_flood: f64,
+}
+
+impl Hostile {
+    /// Every share with its field name, in the order roles are drawn.
+    pub fn shares(&self) -> [(&'static str, f64); 7] {
+        [
+            ("hostile.over_rate", self.over_rate),
+            ("hostile.forged_token", self.forged_token),
+            ("hostile.expired_token", self.expired_token),
+            ("hostile.malformed", self.malformed),
+            ("hostile.oversized_frame", self.oversized_frame),
+            ("hostile.stream_flood", self.stream_flood),
+            ("hostile.connection_flood", self.connection_flood),
+        ]
+    }
 }
 
 fn default_server_name() -> String {
@@ -171,18 +192,13 @@ impl Validate for Scenario {
         if !(self.churn.every_s.is_finite() && self.churn.every_s >= 1.0) {
             return Err(invalid("churn.every_s", "at least 1"));
         }
-        let h = &self.hostile;
-        for (field, share) in [
-            ("hostile.over_rate", h.over_rate),
-            ("hostile.forged_token", h.forged_token),
-            ("hostile.expired_token", h.expired_token),
-            ("hostile.malformed", h.malformed),
-        ] {
+        let shares = self.hostile.shares();
+        for (field, share) in shares {
             if !(0.0..=1.0).contains(&share) {
                 return Err(invalid(field, "a share between 0 and 1"));
             }
         }
-        if h.over_rate + h.forged_token + h.expired_token + h.malformed > 1.0 {
+        if shares.iter().map(|(_, share)| share).sum::<f64>() > 1.0 {
             return Err(invalid("hostile", "shares add up to more than 1"));
         }
         if hex(&self.tokens.secret_hex).is_none_or(|s| s.len() < 32) {

@@ -14,6 +14,8 @@ use shake_proto::Verdict;
 pub struct Histograms {
     /// Shake (intended send time) to outcome: corrected for coordinated omission.
     pub outcome: Histogram<u64>,
+    /// The same, honest phones only (the figure hostile phones must not spoil).
+    pub honest_outcome: Histogram<u64>,
     /// Shake (actual send time) to outcome: uncorrected.
     pub outcome_raw: Histogram<u64>,
     /// Winning shake (intended) to award.
@@ -33,6 +35,7 @@ impl Default for Histograms {
     fn default() -> Self {
         Self {
             outcome: histogram(),
+            honest_outcome: histogram(),
             outcome_raw: histogram(),
             award: histogram(),
             handshake: histogram(),
@@ -69,6 +72,8 @@ pub struct Stats {
     pub churned: AtomicU64,
     /// Hostile phones closed by the edge with a documented code, by code.
     pub closed_by_edge: Mutex<BTreeMap<String, u64>>,
+    /// Hostile actions that did not end in a close, and what became of them, by kind.
+    pub limited: Mutex<BTreeMap<String, u64>>,
     /// Errors by class.
     pub errors: Mutex<BTreeMap<String, u64>>,
     /// Latencies.
@@ -98,12 +103,25 @@ impl Stats {
         *self.errors.lock().expect("stats lock").entry(class.into()).or_default() += 1;
     }
 
+    /// Counts one hostile action of kind `kind`.
+    pub fn limited(&self, kind: &str) {
+        *self.limited.lock().expect("stats lock").entry(kind.to_owned()).or_default() += 1;
+    }
+
+    /// Counts one session the edge closed, by the error code's name.
+    pub fn closed_by_edge(&self, code: &str) {
+        *self.closed_by_edge.lock().expect("stats lock").entry(code.to_owned()).or_default() += 1;
+    }
+
     /// Records an outcome: latency from the intended and the actual send time.
-    pub fn outcome(&self, verdict: Verdict, corrected: Duration, raw: Duration) {
+    pub fn outcome(&self, verdict: Verdict, corrected: Duration, raw: Duration, honest: bool) {
         self.verdicts[verdict_index(verdict)].fetch_add(1, Ordering::Relaxed);
         let corrected = corrected.as_micros().max(1) as u64;
         let mut h = self.histograms.lock().expect("stats lock");
         h.outcome.saturating_record(corrected);
+        if honest {
+            h.honest_outcome.saturating_record(corrected);
+        }
         h.outcome_raw.saturating_record(raw.as_micros().max(1) as u64);
         drop(h);
         self.interval
@@ -187,9 +205,15 @@ mod tests {
     #[test]
     fn outcomes_count_by_verdict_and_fill_the_interval() {
         let stats = Stats::default();
-        stats.outcome(Verdict::NoLuck, Duration::from_millis(2), Duration::from_millis(1));
-        stats.outcome(Verdict::Forwarded, Duration::from_millis(4), Duration::from_millis(3));
+        stats.outcome(Verdict::NoLuck, Duration::from_millis(2), Duration::from_millis(1), true);
+        stats.outcome(
+            Verdict::Forwarded,
+            Duration::from_millis(4),
+            Duration::from_millis(3),
+            false,
+        );
         assert_eq!(stats.outcomes(), 2);
+        assert_eq!(stats.histograms.lock().unwrap().honest_outcome.len(), 1, "honest only");
         assert_eq!(stats.verdicts[3].load(Ordering::Relaxed), 1);
         assert!(stats.take_interval_p99_ms() >= 3.9);
         assert_eq!(stats.take_interval_p99_ms(), 0.0);

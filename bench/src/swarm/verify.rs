@@ -46,6 +46,8 @@ pub struct Verification {
     pub cap_violations: u64,
     /// Rounds whose cash paid out exceeds the pool.
     pub pools_overspent: u64,
+    /// Rounds whose every envelope went out but whose payouts do not add up to the pool.
+    pub cash_inexact: u64,
     /// Cash paid and pool size, by round.
     pub cash_by_round: BTreeMap<u32, (u64, u64)>,
 }
@@ -62,6 +64,7 @@ impl Verification {
             && self.granted_twice == 0
             && self.cap_violations == 0
             && self.pools_overspent == 0
+            && self.cash_inexact == 0
     }
 }
 
@@ -85,7 +88,11 @@ pub fn verify(report: &Report, ledger: &[LedgerRow], config: Option<&Config>) ->
     v.granted_twice += (ledger.len() - items.len()) as u64;
 
     let mut wins: HashMap<(u32, u64, bool), u8> = HashMap::new();
+    let mut envelopes: HashMap<u32, u64> = HashMap::new();
     for row in ledger {
+        if row.prize == "cash" {
+            *envelopes.entry(row.round_id).or_default() += 1;
+        }
         *wins.entry((row.round_id, row.user_id, row.prize == "cash")).or_default() += 1;
         let entry = v.cash_by_round.entry(row.round_id).or_default();
         entry.0 += row.cents.unwrap_or(0);
@@ -97,6 +104,13 @@ pub fn verify(report: &Report, ledger: &[LedgerRow], config: Option<&Config>) ->
             entry.1 = pool;
             if entry.0 > pool {
                 v.pools_overspent += 1;
+            }
+            let drained = round
+                .cash
+                .as_ref()
+                .is_some_and(|c| envelopes.get(&round.id).copied().unwrap_or(0) >= c.envelopes);
+            if drained && entry.0 != pool {
+                v.cash_inexact += 1;
             }
         }
         for ((round_id, _, cash), n) in wins {
@@ -175,5 +189,12 @@ mod tests {
         assert_eq!(v.pools_overspent, 1);
         assert_eq!(v.cap_violations, 1);
         assert_eq!(v.cash_by_round[&1], (150, 120));
+        // Both envelopes out: the payouts must add up to the pool exactly.
+        assert_eq!(v.cash_inexact, 1);
+        let exact = vec![row(1, 10, 0, 100, false), row(2, 11, 1, 20, false)];
+        let v = verify(&received(&[]), &exact, Some(&config));
+        assert!(v.ok(), "{v:?}");
+        let short = vec![row(1, 10, 0, 100, false), row(2, 11, 1, 19, false)];
+        assert_eq!(verify(&received(&[]), &short, Some(&config)).cash_inexact, 1);
     }
 }

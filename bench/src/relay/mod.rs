@@ -1,0 +1,283 @@
+//! A UDP relay for fault tests (`shake-relay`): it listens on one loopback address, gives each
+//! client its own upstream socket (so the server still sees one source per client), and drops,
+//! delays or cuts datagrams both ways by a [`faults::FaultPlan`].
+//!
+//! Memory is bounded: at most `max_clients` clients (datagrams from more are dropped and
+//! counted) and at most `queue` datagrams waiting out their delay per direction (more are
+//! dropped and counted).
+
+pub mod faults;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use serde::Serialize;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use faults::{Fate, FaultPlan, Faults};
+
+/// Largest datagram relayed (QUIC never sends more than this over loopback here).
+const MAX_DATAGRAM: usize = 65_535;
+
+/// The relay's settings.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Where clients send.
+    pub listen: SocketAddr,
+    /// Where the relay forwards.
+    pub upstream: SocketAddr,
+    /// Faults applied in both directions.
+    pub plan: FaultPlan,
+    /// Most distinct clients.
+    pub max_clients: usize,
+    /// Most datagrams waiting per direction.
+    pub queue: usize,
+}
+
+/// What the relay did, for its final JSON line.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct RelayReport {
+    /// Datagrams forwarded.
+    pub forwarded: u64,
+    /// Dropped by random loss.
+    pub lost: u64,
+    /// Dropped in a cut window.
+    pub cut: u64,
+    /// Dropped because the delay queue was full.
+    pub queue_full: u64,
+    /// Dropped because there were too many clients.
+    pub too_many_clients: u64,
+    /// Distinct clients seen.
+    pub clients: u64,
+}
+
+/// One datagram waiting out its delay.
+struct Pending {
+    due: Instant,
+    payload: Bytes,
+    socket: Arc<UdpSocket>,
+    to: Option<SocketAddr>,
+}
+
+/// Shared between the relay's tasks.
+struct Shared {
+    started: Instant,
+    faults: Mutex<Faults>,
+    queue_full: AtomicU64,
+    too_many_clients: AtomicU64,
+    clients: AtomicU64,
+}
+
+impl Shared {
+    /// Decides a datagram's fate and, when it is forwarded, queues it.
+    fn relay(
+        &self,
+        queue: &mpsc::Sender<Pending>,
+        payload: Bytes,
+        socket: &Arc<UdpSocket>,
+        to: Option<SocketAddr>,
+    ) {
+        let now = Instant::now();
+        let fate = self.faults.lock().expect("faults lock").decide(now - self.started);
+        if let Fate::Forward { at } = fate {
+            let pending = Pending { due: self.started + at, payload, socket: socket.clone(), to };
+            if queue.try_send(pending).is_err() {
+                self.queue_full.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// A running relay.
+pub struct Relay {
+    /// The bound listening address.
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay").field("addr", &self.addr).finish_non_exhaustive()
+    }
+}
+
+impl Relay {
+    /// Binds and starts relaying on the current tokio runtime.
+    pub async fn start(config: RelayConfig) -> std::io::Result<Self> {
+        let front = Arc::new(UdpSocket::bind(config.listen).await?);
+        let addr = front.local_addr()?;
+        let shared = Arc::new(Shared {
+            started: Instant::now(),
+            faults: Mutex::new(Faults::new(config.plan.clone())),
+            queue_full: AtomicU64::new(0),
+            too_many_clients: AtomicU64::new(0),
+            clients: AtomicU64::new(0),
+        });
+        let (to_server, to_server_rx) = mpsc::channel(config.queue.max(1));
+        let (to_client, to_client_rx) = mpsc::channel(config.queue.max(1));
+        tokio::spawn(deliver(to_server_rx));
+        tokio::spawn(deliver(to_client_rx));
+        tokio::spawn(accept_clients(front, config, shared.clone(), to_server, to_client));
+        Ok(Self { addr, shared })
+    }
+
+    /// Counters so far.
+    pub fn report(&self) -> RelayReport {
+        let shared = &self.shared;
+        let counts = shared.faults.lock().expect("faults lock").counts();
+        RelayReport {
+            forwarded: counts.forwarded,
+            lost: counts.lost,
+            cut: counts.cut,
+            queue_full: shared.queue_full.load(Ordering::Relaxed),
+            too_many_clients: shared.too_many_clients.load(Ordering::Relaxed),
+            clients: shared.clients.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Reads from clients; the first datagram of a new client opens its upstream socket.
+async fn accept_clients(
+    front: Arc<UdpSocket>,
+    config: RelayConfig,
+    shared: Arc<Shared>,
+    to_server: mpsc::Sender<Pending>,
+    to_client: mpsc::Sender<Pending>,
+) {
+    let mut upstreams: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    loop {
+        let Ok((n, client)) = front.recv_from(&mut buf).await else { continue };
+        let upstream = match upstreams.get(&client) {
+            Some(socket) => socket.clone(),
+            None if upstreams.len() >= config.max_clients => {
+                shared.too_many_clients.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            None => {
+                let Ok(socket) = open_upstream(config.upstream).await else { continue };
+                shared.clients.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(serve_replies(
+                    socket.clone(),
+                    front.clone(),
+                    client,
+                    shared.clone(),
+                    to_client.clone(),
+                ));
+                upstreams.insert(client, socket.clone());
+                socket
+            }
+        };
+        shared.relay(&to_server, Bytes::copy_from_slice(&buf[..n]), &upstream, None);
+    }
+}
+
+async fn open_upstream(upstream: SocketAddr) -> std::io::Result<Arc<UdpSocket>> {
+    let local: SocketAddr =
+        if upstream.is_ipv4() { ([127, 0, 0, 1], 0).into() } else { ([0u16; 8], 0).into() };
+    let socket = UdpSocket::bind(local).await?;
+    socket.connect(upstream).await?;
+    Ok(Arc::new(socket))
+}
+
+/// Relays the server's replies to one client.
+async fn serve_replies(
+    upstream: Arc<UdpSocket>,
+    front: Arc<UdpSocket>,
+    client: SocketAddr,
+    shared: Arc<Shared>,
+    to_client: mpsc::Sender<Pending>,
+) {
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    loop {
+        let Ok(n) = upstream.recv(&mut buf).await else { continue };
+        shared.relay(&to_client, Bytes::copy_from_slice(&buf[..n]), &front, Some(client));
+    }
+}
+
+/// Sends queued datagrams when they are due. Every datagram gets the same delay, so the queue
+/// is in due order.
+async fn deliver(mut queue: mpsc::Receiver<Pending>) {
+    while let Some(pending) = queue.recv().await {
+        tokio::time::sleep_until(pending.due).await;
+        let _ = match pending.to {
+            Some(to) => pending.socket.send_to(&pending.payload, to).await,
+            None => pending.socket.send(&pending.payload).await,
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use faults::Cut;
+    use std::time::Duration;
+
+    /// Slack for the relay's tasks to notice a cut has ended.
+    const SETTLE: Duration = Duration::from_millis(20);
+
+    async fn echo_server() -> SocketAddr {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = socket.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+                let _ = socket.send_to(&buf[..n], from).await;
+            }
+        });
+        addr
+    }
+
+    async fn relay(plan: FaultPlan, max_clients: usize) -> Relay {
+        let upstream = echo_server().await;
+        let listen = "127.0.0.1:0".parse().unwrap();
+        Relay::start(RelayConfig { listen, upstream, plan, max_clients, queue: 1024 })
+            .await
+            .unwrap()
+    }
+
+    async fn ask(client: &UdpSocket, to: SocketAddr, what: &[u8]) -> Option<Vec<u8>> {
+        client.send_to(what, to).await.unwrap();
+        let mut buf = [0u8; 2048];
+        let got = tokio::time::timeout(Duration::from_millis(500), client.recv(&mut buf)).await;
+        got.ok().map(|n| buf[..n.unwrap()].to_vec())
+    }
+
+    #[tokio::test]
+    async fn datagrams_go_through_both_ways_after_the_delay() {
+        let relay =
+            relay(FaultPlan { delay: Duration::from_millis(30), ..FaultPlan::default() }, 8).await;
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let sent = Instant::now();
+        assert_eq!(ask(&client, relay.addr, b"shake").await.as_deref(), Some(&b"shake"[..]));
+        assert!(sent.elapsed() >= Duration::from_millis(60), "30 ms each way");
+        let report = relay.report();
+        assert_eq!((report.forwarded, report.clients), (2, 1));
+    }
+
+    #[tokio::test]
+    async fn a_cut_drops_both_ways_and_the_path_comes_back() {
+        let cut = Cut { from: Duration::ZERO, length: Duration::from_millis(300) };
+        let relay = relay(FaultPlan { cuts: vec![cut], ..FaultPlan::default() }, 8).await;
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        assert_eq!(ask(&client, relay.addr, b"a").await, None);
+        tokio::time::sleep(Duration::from_millis(300) + SETTLE).await;
+        assert_eq!(ask(&client, relay.addr, b"b").await.as_deref(), Some(&b"b"[..]));
+        assert_eq!(relay.report().cut, 1);
+    }
+
+    #[tokio::test]
+    async fn clients_beyond_the_bound_are_dropped_and_counted() {
+        let relay = relay(FaultPlan::default(), 1).await;
+        let first = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let second = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        assert!(ask(&first, relay.addr, b"1").await.is_some());
+        assert_eq!(ask(&second, relay.addr, b"2").await, None);
+        assert_eq!((relay.report().clients, relay.report().too_many_clients), (1, 1));
+    }
+}

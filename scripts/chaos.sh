@@ -1,0 +1,378 @@
+#!/usr/bin/env bash
+# Fault scenarios against the real binaries, on loopback only, each under a real phone swarm;
+# after each one the phones' report and the allocator's ledger are checked for the invariants
+# (nothing lost, nothing paid twice, no pool overspent, caps held, memory bounded).
+# Prints a table and ends with one JSON line; exits 1 when any scenario fails.
+#
+#   scripts/chaos.sh                  every scenario, 1,000 phones, rounds of 12 s (about 4 min)
+#   scripts/chaos.sh --short          the CI version: 150 phones, rounds of 5 s
+#   scripts/chaos.sh link-cut hostile only the named scenarios
+#
+# Scenarios: allocator-kill edge-kill link-cut phone-loss slow-allocator hostile
+# Environment: PHONES, ROUND_S, HOSTILE_RATIO_MAX (default 2), SHAKE_BIN_DIR (prebuilt binaries:
+# no build step), SHAKE_CHAOS_DIR (where run files go; default target/chaos).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+usage() {
+    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+    exit 64
+}
+
+ALL=(allocator-kill edge-kill link-cut phone-loss slow-allocator hostile)
+short=0
+selected=()
+for arg in "$@"; do
+    case "$arg" in
+        --short) short=1 ;;
+        -h | --help) usage ;;
+        allocator-kill | edge-kill | link-cut | phone-loss | slow-allocator | hostile) selected+=("$arg") ;;
+        *) echo "chaos: unknown scenario or flag: $arg" >&2; usage ;;
+    esac
+done
+[ ${#selected[@]} -gt 0 ] || selected=("${ALL[@]}")
+
+if [ "$short" = 1 ]; then
+    PHONES="${PHONES:-150}"
+    ROUND_S="${ROUND_S:-5}"
+    KILLS=2
+else
+    PHONES="${PHONES:-1000}"
+    ROUND_S="${ROUND_S:-12}"
+    KILLS=3
+fi
+LEAD_S=3
+HOSTILE_RATIO_MAX="${HOSTILE_RATIO_MAX:-2}"
+DIR="${SHAKE_CHAOS_DIR:-target/chaos}"
+BIN="${SHAKE_BIN_DIR:-target/release}"
+# Memory bounds: the edge 128 MiB plus 128 KiB per phone; the allocator 512 MiB.
+EDGE_MAX_KIB=$(( 131072 + PHONES * 128 ))
+ALLOC_MAX_KIB=524288
+
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
+
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do
+        kill -CONT "$pid" 2>/dev/null || true
+        kill -INT "$pid" 2>/dev/null || true
+    done
+    wait 2>/dev/null || true
+}
+trap cleanup EXIT
+trap 'echo "chaos: interrupted" >&2; exit 130' INT TERM
+
+if [ -z "${SHAKE_BIN_DIR:-}" ]; then
+    say "building (release)"
+    cargo build --release --quiet -p shake-allocator -p shake-edge -p shake-bench
+fi
+rm -rf "$DIR"
+mkdir -p "$DIR"
+"$BIN/shake-allocator" dev-certs "$DIR/certs" --edges 1,2 >/dev/null
+
+# --- one scenario's processes -------------------------------------------------------------
+
+# Starts a scenario: its directory S, a fresh ledger, a round LEAD_S from now.
+begin() {
+    name="$1"
+    S="$DIR/$name"
+    mkdir -p "$S"
+    cp -r "$DIR/certs" "$S/certs"
+    round_at_ms=$(( $(date +%s%N) / 1000000 + LEAD_S * 1000 ))
+    run_s=$(( LEAD_S + ROUND_S + 2 ))
+    problems=()
+    notes=""
+    alloc_starts=0
+    alloc_peak=0
+    edge_peak=0
+    write_allocator_config "$S/allocator.toml" "$S" 127.0.0.1:0 "$round_at_ms" "$ROUND_S"
+    say "$name: $PHONES phones, one round of ${ROUND_S}s"
+}
+
+start_allocator() {
+    alloc_starts=$(( alloc_starts + 1 ))
+    local out="$S/allocator.$alloc_starts.out"
+    "$BIN/shake-allocator" run --config "$S/allocator.toml" >"$out" 2>>"$S/allocator.log" &
+    alloc_pid=$!
+    pids+=("$alloc_pid")
+    alloc_addr=$(ready_field "$out" quic "$alloc_pid")
+    # Restarts come back on the same address: the edges know only that one.
+    sed -i "s#^listen = .*#listen = \"$alloc_addr\"#" "$S/allocator.toml"
+}
+
+# start_edge ID ALLOCATOR_ADDR: sets edge_pid[ID], edge_addr[ID], edge_metrics[ID].
+declare -A edge_pid edge_addr edge_metrics
+start_edge() {
+    local id="$1"
+    write_edge_config "$S/edge-$id.toml" "$S" "$id" "$2" 1
+    "$BIN/shake-edge" run --config "$S/edge-$id.toml" >"$S/edge-$id.out" 2>"$S/edge-$id.log" &
+    edge_pid[$id]=$!
+    pids+=("${edge_pid[$id]}")
+    edge_addr[$id]=$(ready_field "$S/edge-$id.out" addr "${edge_pid[$id]}")
+    edge_metrics[$id]=$(ready_field "$S/edge-$id.out" metrics "${edge_pid[$id]}")
+}
+
+# Notes the peak memory of the live processes (before a kill, and at the end).
+sample_memory() {
+    local kib
+    kib=$(peak_kib "$alloc_pid")
+    [ "$kib" -le "$alloc_peak" ] || alloc_peak=$kib
+    for id in "${!edge_pid[@]}"; do
+        kib=$(peak_kib "${edge_pid[$id]}")
+        [ "$kib" -le "$edge_peak" ] || edge_peak=$kib
+    done
+}
+
+# swarm_start SCENARIO_FILE EDGE_ADDR...: the swarm in the background.
+swarm_start() {
+    local scenario="$1"
+    shift
+    local edges=()
+    for addr in "$@"; do edges+=(--edge "$addr"); done
+    "$BIN/shake-swarm" run --scenario "$scenario" --phones "$PHONES" "${edges[@]}" \
+        --ca "$S/certs/ca.pem" --duration "$run_s" --connect-rate 1000 \
+        --json "$S/swarm.json" >"$S/swarm.out" 2>"$S/swarm.err" &
+    swarm_pid=$!
+    pids+=("$swarm_pid")
+}
+
+swarm_wait() {
+    wait "$swarm_pid" || problems+=("the swarm exited with status $?")
+}
+
+# Sleeps until S seconds after the round opened.
+sleep_into_round() {
+    local target_ms=$(( round_at_ms + $1 * 1000 )) now_ms
+    now_ms=$(( $(date +%s%N) / 1000000 ))
+    [ "$target_ms" -le "$now_ms" ] || sleep "$(( (target_ms - now_ms) / 1000 )).$(( (target_ms - now_ms) % 1000 / 100 ))"
+}
+
+# Stops every process of the scenario cleanly (a crash here is a failure), exports the
+# ledger and verifies it against the phones' report.
+finish() {
+    sample_memory
+    for id in "${!edge_pid[@]}"; do
+        kill -0 "${edge_pid[$id]}" 2>/dev/null || continue
+        kill -TERM "${edge_pid[$id]}"
+        wait "${edge_pid[$id]}" || problems+=("edge $id exited with status $? on SIGTERM")
+    done
+    kill -CONT "$alloc_pid" 2>/dev/null || true
+    kill -TERM "$alloc_pid"
+    wait "$alloc_pid" || problems+=("the allocator exited with status $? on SIGTERM")
+    pids=()
+    unset edge_pid edge_addr edge_metrics
+    declare -gA edge_pid edge_addr edge_metrics
+    "$BIN/shake-allocator" export --config "$S/allocator.toml" >"$S/awards.jsonl" 2>>"$S/allocator.log"
+    "$BIN/shake-swarm" verify --report "$S/swarm.json" --ledger "$S/awards.jsonl" \
+        --allocator-config "$S/allocator.toml" >"$S/verify.out" || true
+    tail -n1 "$S/verify.out" >"$S/verify.json"
+    [ "$(json_bool "$S/verify.json" ok)" = true ] || problems+=("an invariant failed: see $S/verify.out")
+    [ "$edge_peak" -le "$EDGE_MAX_KIB" ] || problems+=("edge peak ${edge_peak} KiB over ${EDGE_MAX_KIB}")
+    [ "$alloc_peak" -le "$ALLOC_MAX_KIB" ] || problems+=("allocator peak ${alloc_peak} KiB over ${ALLOC_MAX_KIB}")
+    record
+}
+
+json_bool() { sed -n "s/.*\"$2\":\(true\|false\).*/\1/p" "$1" | head -n1; }
+
+# --- results -------------------------------------------------------------------------------
+
+run_count=0
+passed_count=0
+total_lost=0
+total_doubled=0
+total_overspent=0
+hostile_ratio=null
+rows=()
+
+record() {
+    local v="$S/verify.json" status=pass
+    local lost doubled overspent granted received p99
+    lost=$(json_number "$v" awards_lost)
+    doubled=$(json_number "$v" awards_doubled)
+    overspent=$(json_number "$v" pool_overspent)
+    granted=$(json_number "$v" awards_granted)
+    received=$(json_number "$v" awards_received)
+    p99=$(json_number "$v" p99_honest_outcome_ms)
+    run_count=$(( run_count + 1 ))
+    total_lost=$(( total_lost + ${lost:-0} ))
+    total_doubled=$(( total_doubled + ${doubled:-0} ))
+    total_overspent=$(( total_overspent + ${overspent:-0} ))
+    if [ ${#problems[@]} -eq 0 ]; then
+        passed_count=$(( passed_count + 1 ))
+    else
+        status=FAIL
+        for p in "${problems[@]}"; do echo "chaos: $name: $p" >&2; done
+    fi
+    rows+=("$(printf '%-16s %-5s %8s %8s %5s %7s %9s %9s %8s %8s  %s' "$name" "$status" \
+        "${granted:-?}" "${received:-?}" "${lost:-?}" "${doubled:-?}" "${overspent:-?}" \
+        "${p99:-?}" "$(( edge_peak / 1024 ))" "$(( alloc_peak / 1024 ))" "$notes")")
+    say "$name: $status $notes"
+}
+
+# --- scenarios -----------------------------------------------------------------------------
+
+scenario_allocator_kill() {
+    begin allocator-kill
+    start_allocator
+    start_edge 1 "$alloc_addr"
+    swarm_start bench/scenarios/demo.toml "${edge_addr[1]}"
+    sleep_into_round 1
+    local kills=0
+    for _ in $(seq 1 "$KILLS"); do
+        sleep "0.$(( RANDOM % 9 + 1 ))"
+        sample_memory
+        kill -KILL "$alloc_pid"
+        wait "$alloc_pid" 2>/dev/null || true
+        kills=$(( kills + 1 ))
+        sleep 0.5
+        start_allocator
+        sleep 1
+    done
+    swarm_wait
+    notes="$kills SIGKILLs; edge resent $(metric_sum "${edge_metrics[1]}" shake_edge_batches_resent_total) batches"
+    finish
+}
+
+scenario_edge_kill() {
+    begin edge-kill
+    start_allocator
+    start_edge 1 "$alloc_addr"
+    start_edge 2 "$alloc_addr"
+    swarm_start bench/scenarios/demo.toml "${edge_addr[1]}" "${edge_addr[2]}"
+    sleep_into_round 1
+    sample_memory
+    local before
+    before=$(metric_sum "${edge_metrics[1]}" shake_edge_phones)
+    kill -KILL "${edge_pid[1]}"
+    wait "${edge_pid[1]}" 2>/dev/null || true
+    unset 'edge_pid[1]'
+    sleep_into_round $(( ROUND_S + 1 ))
+    local after
+    after=$(metric_sum "${edge_metrics[2]}" shake_edge_phones)
+    swarm_wait
+    # Every phone should now be on edge 2 (a few churning ones may be between sessions).
+    [ "$after" -ge $(( PHONES * 8 / 10 )) ] || problems+=("only $after phones on edge 2 after the kill")
+    notes="edge 1 killed with $before phones; edge 2 then held $after"
+    finish
+}
+
+scenario_link_cut() {
+    begin link-cut
+    start_allocator
+    local cut_from=$(( LEAD_S + 1 )) cut_s=$(( ROUND_S / 2 ))
+    "$BIN/shake-relay" --upstream "$alloc_addr" --cut "$cut_from+$cut_s" >"$S/relay.out" 2>"$S/relay.log" &
+    local relay_pid=$!
+    pids+=("$relay_pid")
+    local relay_addr
+    relay_addr=$(ready_field "$S/relay.out" addr "$relay_pid")
+    start_edge 1 "$relay_addr"
+    swarm_start bench/scenarios/demo.toml "${edge_addr[1]}"
+    swarm_wait
+    local in_flight resent
+    in_flight=$(metric_sum "${edge_metrics[1]}" shake_edge_in_flight_batches)
+    resent=$(metric_sum "${edge_metrics[1]}" shake_edge_batches_resent_total)
+    [ "$in_flight" -eq 0 ] || problems+=("$in_flight batches still unanswered after the cut")
+    kill -TERM "$relay_pid"
+    wait "$relay_pid" || true
+    local cut
+    cut=$(tail -n1 "$S/relay.out" | sed -n 's/.*"cut":\([0-9]*\).*/\1/p')
+    [ "${cut:-0}" -gt 0 ] || problems+=("the relay cut nothing")
+    notes="link cut ${cut_s}s (${cut:-0} datagrams dropped); $resent batches resent, 0 left unanswered"
+    finish
+}
+
+scenario_phone_loss() {
+    begin phone-loss
+    start_allocator
+    start_edge 1 "$alloc_addr"
+    "$BIN/shake-relay" --upstream "${edge_addr[1]}" --loss 0.05 --delay-ms 50 >"$S/relay.out" 2>"$S/relay.log" &
+    local relay_pid=$!
+    pids+=("$relay_pid")
+    local relay_addr
+    relay_addr=$(ready_field "$S/relay.out" addr "$relay_pid")
+    swarm_start bench/scenarios/demo.toml "$relay_addr"
+    swarm_wait
+    kill -TERM "$relay_pid"
+    wait "$relay_pid" || true
+    local shakes outcomes
+    tail -n1 "$S/swarm.out" >"$S/swarm.line.json"
+    shakes=$(json_number "$S/swarm.line.json" shakes)
+    outcomes=$(json_number "$S/swarm.line.json" outcomes)
+    # 5% loss each way answers about 90% of shakes; every award still arrives (streams retransmit).
+    [ $(( outcomes * 100 )) -ge $(( shakes * 80 )) ] || problems+=("only $outcomes of $shakes shakes answered")
+    notes="5% loss + 50 ms each way: $outcomes of $shakes shakes answered"
+    finish
+}
+
+scenario_slow_allocator() {
+    begin slow-allocator
+    start_allocator
+    start_edge 1 "$alloc_addr"
+    swarm_start bench/scenarios/demo.toml "${edge_addr[1]}"
+    sleep_into_round 1
+    # Stopped 400 ms of every 500 ms for most of the round: commits (and everything) crawl.
+    local cycles=$(( (ROUND_S - 2) * 2 ))
+    for _ in $(seq 1 "$cycles"); do
+        kill -STOP "$alloc_pid"
+        sleep 0.4
+        kill -CONT "$alloc_pid"
+        sleep 0.1
+    done
+    sample_memory
+    swarm_wait
+    local held_back in_flight
+    held_back=$(metric_sum "${edge_metrics[1]}" 'shake_edge_drops_total{reason="backpressure"')
+    in_flight=$(metric_sum "${edge_metrics[1]}" shake_edge_in_flight_batches)
+    [ "$in_flight" -eq 0 ] || problems+=("$in_flight batches still unanswered")
+    notes="allocator stopped 80% of ${cycles}x0.5 s; $held_back shakes answered locally (backpressure)"
+    finish
+}
+
+# The honest phones' p99 with attackers beside them, against the same run without.
+scenario_hostile() {
+    sed -e 's/^\(over_rate\|forged_token\|expired_token\|malformed\|oversized_frame\|stream_flood\|connection_flood\) = [0-9.]*/\1 = 0.0/' \
+        bench/scenarios/hostile.toml >"$DIR/honest.toml"
+    begin honest-baseline
+    start_allocator
+    start_edge 1 "$alloc_addr"
+    swarm_start "$DIR/honest.toml" "${edge_addr[1]}"
+    swarm_wait
+    finish
+    local baseline
+    baseline=$(json_number "$S/verify.json" p99_honest_outcome_ms)
+
+    begin hostile
+    start_allocator
+    start_edge 1 "$alloc_addr"
+    swarm_start bench/scenarios/hostile.toml "${edge_addr[1]}"
+    swarm_wait
+    kill -0 "${edge_pid[1]}" 2>/dev/null || problems+=("the edge died under attack")
+    local line="$S/swarm.line.json" attacked
+    tail -n1 "$S/swarm.out" >"$line"
+    attacked=$(json_number "$line" p99_honest_outcome_ms)
+    hostile_ratio=$(awk -v a="$attacked" -v b="$baseline" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')
+    awk -v r="$hostile_ratio" -v m="$HOSTILE_RATIO_MAX" 'BEGIN { exit !(r <= m) }' ||
+        problems+=("honest p99 ${attacked} ms is ${hostile_ratio}x the ${baseline} ms without attackers")
+    for code in BAD_TOKEN TOKEN_EXPIRED FRAME_TOO_LARGE; do
+        grep -q "closed by the edge: $code" "$S/swarm.out" || problems+=("no session closed with $code")
+    done
+    grep -q "hostile: streams_held_back" "$S/swarm.out" ||
+        problems+=("stream floods were not held back")
+    local slow
+    slow=$(sed -n 's/.*"slow_down":\([0-9]*\).*/\1/p' "$line")
+    [ "${slow:-0}" -gt 0 ] || problems+=("over-rate phones were never slowed down")
+    notes="honest p99 ${attacked} ms vs ${baseline} ms (${hostile_ratio}x); $(metric_sum "${edge_metrics[1]}" shake_edge_drops_total) bad inputs dropped"
+    finish
+}
+
+for scenario in "${selected[@]}"; do
+    "scenario_${scenario//-/_}"
+done
+
+printf '\n%-16s %-5s %8s %8s %5s %7s %9s %9s %8s %8s  %s\n' scenario result granted received lost doubled overspent \
+    "p99(ms)" "edgeMiB" "allocMiB" notes
+for row in "${rows[@]}"; do echo "$row"; done
+printf '{"scenarios_run":%d,"scenarios_passed":%d,"awards_lost":%d,"awards_doubled":%d,"pools_overspent":%d,"honest_p99_ratio_under_attack":%s,"phones":%d,"round_s":%d}\n' \
+    "$run_count" "$passed_count" "$total_lost" "$total_doubled" "$total_overspent" "$hostile_ratio" "$PHONES" "$ROUND_S"
+[ "$passed_count" -eq "$run_count" ]

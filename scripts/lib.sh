@@ -1,0 +1,96 @@
+# shellcheck shell=bash
+# Shared by demo.sh and chaos.sh: configuring and starting the real binaries on loopback, and
+# reading their state. Source it; it expects BIN (the binaries' directory) to be set.
+
+say() { printf '==> %s\n' "$*" >&2; }
+
+# Waits for a "ready" line in a log and prints the value of FIELD= from it.
+ready_field() {
+    local log="$1" field="$2" pid="$3"
+    for _ in $(seq 1 300); do
+        if line=$(grep -m1 ' ready ' "$log" 2>/dev/null); then
+            tr ' ' '\n' <<<"$line" | sed -n "s/^$field=//p"
+            return 0
+        fi
+        kill -0 "$pid" 2>/dev/null || { echo "process $pid died; see $log" >&2; return 1; }
+        sleep 0.1
+    done
+    echo "no ready line in $log" >&2
+    return 1
+}
+
+# Writes an allocator configuration: FILE DIR LISTEN ROUND1_MS ROUND_S [ROUND2_MS]
+# (dev certificates in DIR/certs, the ledger in DIR/ledger; a second round when ROUND2_MS is set).
+write_allocator_config() {
+    local file="$1" dir="$2" listen="$3" round1="$4" round_s="$5" round2="${6:-}"
+    cat >"$file" <<TOML
+listen = "$listen"
+metrics_listen = "127.0.0.1:0"
+ledger_path = "$dir/ledger"
+oversampling = 4.0
+[tls]
+cert = "$dir/certs/allocator.pem"
+key = "$dir/certs/allocator.key"
+edge_ca = "$dir/certs/ca.pem"
+[[rounds]]
+id = 1
+starts_at_ms = $round1
+duration_s = $round_s
+seed = 2026
+[rounds.cash]
+total_cents = 50000
+envelopes = 1000
+[[rounds.gifts]]
+sku = "TEA-01"
+name = "Tea set"
+count = 50
+TOML
+    if [ -n "$round2" ]; then
+        cat >>"$file" <<TOML
+[[rounds]]
+id = 2
+starts_at_ms = $round2
+duration_s = $round_s
+seed = 2027
+[rounds.cash]
+total_cents = 30000
+envelopes = 600
+TOML
+    fi
+}
+
+# Writes an edge configuration from the annotated example: FILE DIR EDGE_ID ALLOCATOR_ADDR
+# WORKERS (any port, loopback, the per-source handshake limit lifted: every phone here shares
+# one address).
+write_edge_config() {
+    local file="$1" dir="$2" id="$3" alloc_addr="$4" workers="$5"
+    sed -e "s#^edge_id = 1#edge_id = $id#" \
+        -e "s#^addr = \"127.0.0.1:7400\"#addr = \"$alloc_addr\"#" \
+        -e 's#^listen = "127.0.0.1:7443"#listen = "127.0.0.1:0"#' \
+        -e 's#^metrics_listen = "127.0.0.1:9443"#metrics_listen = "127.0.0.1:0"#' \
+        -e "s#^workers = 0#workers = $workers#" \
+        -e 's#^handshakes_per_source = 64 .*#handshakes_per_source = 100000  \# loopback: every phone shares one address#' \
+        -e "s#target/demo/certs/edge-1#$dir/certs/edge-$id#g" \
+        -e "s#target/demo/certs#$dir/certs#g" \
+        edge/shake-edge.example.toml >"$file"
+}
+
+# Peak resident memory of a live process, KiB (0 when it is gone).
+peak_kib() { sed -n 's/^VmHWM:[[:space:]]*\([0-9]*\).*/\1/p' "/proc/$1/status" 2>/dev/null || echo 0; }
+
+# GET http://ADDR/PATH with bash alone (no curl on a bare machine): prints the body.
+http_get() {
+    local addr="$1" path="$2" host="${1%:*}" port="${1##*:}"
+    exec 9<>"/dev/tcp/$host/$port" || return 1
+    printf 'GET %s HTTP/1.0\r\nHost: %s\r\n\r\n' "$path" "$host" >&9
+    sed '1,/^\r\{0,1\}$/d' <&9
+    exec 9<&-
+}
+
+# Sum of every sample of a Prometheus metric (NAME, or NAME{labels} as a prefix) at ADDR.
+metric_sum() {
+    http_get "$1" /metrics | awk -v p="$2" 'index($0, p) == 1 { s += $NF } END { printf "%d\n", s }'
+}
+
+# The numeric value of "FIELD": in a one-line JSON file (empty when absent).
+json_number() { sed -n "s/.*\"$2\":\(-\{0,1\}[0-9.eE+-]*\).*/\1/p" "$1" | head -n1; }
