@@ -7,11 +7,16 @@
 #   scripts/bench.sh edge-hot-path  allocations (target 0) and time per shake through the edge's code
 #   scripts/bench.sh handshake      QUIC handshakes per second for several TLS configurations
 #   scripts/bench.sh ledger-stores  redb vs fjall vs SQLite group commits of 1, 100, 10,000 awards
+#   scripts/bench.sh floor          raw UDP request/reply with recvmmsg/sendmmsg: the physical floor
+#   scripts/bench.sh edge           the edge vs a quinn echo, stream-per-shake and the floor (CPU/msg)
+#   scripts/bench.sh memory         edge memory per idle phone at 10k, 50k, 100k phones
+#   scripts/bench.sh latency        shake-to-outcome and -award percentiles at 50% and 80% of max
+#   scripts/bench.sh all            every benchmark above but ledger-stores, in turn
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 usage() {
-    sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
     exit 64
 }
 
@@ -36,9 +41,23 @@ case "$name" in
         cargo build --quiet --release -p shake-bench --bin shake-bench
         pin target/release/shake-bench edge-hot-path "$@"
         ;;
-        handshake)
+    handshake)
         cargo build --quiet --release -p shake-bench --bin shake-bench
         target/release/shake-bench handshake "$@"
+        ;;
+    floor)
+        cargo build --quiet --release -p shake-bench --bin shake-bench
+        target/release/shake-bench floor "$@"
+        ;;
+    edge | memory | latency)
+        # These start the real allocator and edge: build all three. They pin their own cores.
+        cargo build --quiet --release -p shake-allocator -p shake-edge -p shake-bench
+        target/release/shake-bench "$name" "$@"
+        ;;
+    all)
+        for bench in proto allocator edge-hot-path floor edge handshake memory latency; do
+            "$0" "$bench"
+        done
         ;;
     ledger-stores)
         cargo build --quiet --release -p shake-bench --bin shake-bench --features store-comparison

@@ -1,7 +1,10 @@
-//! `handshake`: full and resumed QUIC handshakes per second against one server thread, for
-//! several TLS configurations of the ring provider (cipher-suite order, key-exchange group).
-//! It is how the edge's TLS order was chosen; the server thread's CPU time per handshake is read
-//! from `/proc/thread-self/stat`, so the client's work does not blur the figure.
+//! `handshake`: full and resumed QUIC handshakes against one server thread pinned to one
+//! core, clients on another: quinn's default server configuration, the edge's own (built by
+//! `shake_edge::service::phone_server_config_from`, so what is measured is what runs), and
+//! several TLS choices (cipher-suite order, key-exchange group, tickets per handshake). The
+//! server thread's CPU time per handshake is the figure: the clients, not the server, bound the
+//! rate on a small machine, so "handshakes per second on one server core" is one second of
+//! server CPU divided by the CPU one handshake takes.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,60 +13,86 @@ use std::time::{Duration, Instant};
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::SupportedCipherSuite;
+use rustls::crypto::SupportedKxGroup;
 use rustls::crypto::ring::{cipher_suite, default_provider, kx_group};
-use rustls::crypto::{CryptoProvider, SupportedKxGroup};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-/// One TLS configuration under test.
+use crate::sys;
+
+/// How a variant's server is configured.
+#[derive(Debug, Clone)]
+pub enum Setup {
+    /// `quinn::ServerConfig::with_single_cert`: quinn's and rustls's defaults throughout.
+    QuinnDefault,
+    /// The edge's phone configuration, default transport settings.
+    Edge,
+    /// A TLS choice on top of a plain quinn server.
+    Tls {
+        /// TLS 1.3 suites, in preference order.
+        suites: Vec<SupportedCipherSuite>,
+        /// Key-exchange groups, in preference order.
+        kx: Vec<&'static dyn SupportedKxGroup>,
+        /// Session tickets sent after each handshake.
+        tickets: usize,
+    },
+}
+
+/// One server configuration under test.
 #[derive(Debug, Clone)]
 pub struct Variant {
     /// Short name for the table.
     pub name: &'static str,
-    /// TLS 1.3 suites, in preference order.
-    pub suites: Vec<SupportedCipherSuite>,
-    /// Key-exchange groups, in preference order.
-    pub kx: Vec<&'static dyn SupportedKxGroup>,
+    /// How the server is set up.
+    pub setup: Setup,
 }
+
+/// Index of quinn's default in [`variants`].
+pub const QUINN_DEFAULT: usize = 0;
+/// Index of the edge's configuration in [`variants`].
+pub const EDGE: usize = 1;
 
 /// The configurations compared.
 pub fn variants() -> Vec<Variant> {
     use cipher_suite::*;
+    let aes128_first =
+        vec![TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384, TLS13_CHACHA20_POLY1305_SHA256];
+    let x25519_first = vec![kx_group::X25519, kx_group::SECP256R1];
     vec![
+        Variant { name: "quinn default", setup: Setup::QuinnDefault },
+        Variant { name: "shake-edge", setup: Setup::Edge },
         Variant {
-            name: "rustls default (AES-256 first, X25519)",
-            suites: vec![
-                TLS13_AES_256_GCM_SHA384,
-                TLS13_AES_128_GCM_SHA256,
-                TLS13_CHACHA20_POLY1305_SHA256,
-            ],
-            kx: vec![kx_group::X25519, kx_group::SECP256R1],
+            name: "rustls order (AES-256 first), X25519",
+            setup: Setup::Tls {
+                suites: vec![
+                    TLS13_AES_256_GCM_SHA384,
+                    TLS13_AES_128_GCM_SHA256,
+                    TLS13_CHACHA20_POLY1305_SHA256,
+                ],
+                kx: x25519_first.clone(),
+                tickets: 2,
+            },
         },
         Variant {
             name: "AES-128 first, X25519",
-            suites: vec![
-                TLS13_AES_128_GCM_SHA256,
-                TLS13_AES_256_GCM_SHA384,
-                TLS13_CHACHA20_POLY1305_SHA256,
-            ],
-            kx: vec![kx_group::X25519, kx_group::SECP256R1],
+            setup: Setup::Tls {
+                suites: aes128_first.clone(),
+                kx: x25519_first.clone(),
+                tickets: 2,
+            },
+        },
+        Variant {
+            name: "AES-128 first, X25519, 1 ticket",
+            setup: Setup::Tls { suites: aes128_first.clone(), kx: x25519_first, tickets: 1 },
         },
         Variant {
             name: "AES-128 first, P-256",
-            suites: vec![
-                TLS13_AES_128_GCM_SHA256,
-                TLS13_AES_256_GCM_SHA384,
-                TLS13_CHACHA20_POLY1305_SHA256,
-            ],
-            kx: vec![kx_group::SECP256R1, kx_group::X25519],
+            setup: Setup::Tls {
+                suites: aes128_first,
+                kx: vec![kx_group::SECP256R1, kx_group::X25519],
+                tickets: 2,
+            },
         },
     ]
-}
-
-fn provider(variant: &Variant) -> Arc<CryptoProvider> {
-    let mut provider = default_provider();
-    provider.cipher_suites = variant.suites.clone();
-    provider.kx_groups = variant.kx.clone();
-    Arc::new(provider)
 }
 
 /// The measured figures of one variant.
@@ -81,14 +110,76 @@ pub struct HandshakeFigures {
     pub resumed_server_us: f64,
 }
 
-/// This thread's user plus system CPU time, microseconds (Linux).
-fn thread_cpu_us() -> u64 {
-    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap_or_default();
-    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<u64> = after.split_whitespace().filter_map(|f| f.parse().ok()).collect();
-    let ticks = fields.get(10).copied().unwrap_or(0) + fields.get(11).copied().unwrap_or(0);
-    ticks * 10_000 // 100 ticks per second on Linux
+impl HandshakeFigures {
+    /// Full handshakes one fully busy server core completes per second.
+    pub fn full_per_busy_core(&self) -> f64 {
+        crate::floor::rate_per_busy_core(self.full_server_us)
+    }
+
+    /// Resumed handshakes one fully busy server core completes per second.
+    pub fn resumed_per_busy_core(&self) -> f64 {
+        crate::floor::rate_per_busy_core(self.resumed_server_us)
+    }
+}
+
+/// The readable table and the JSON figures of a `handshake` run (`results` in [`variants`]
+/// order).
+pub fn table_and_figures(
+    results: &[HandshakeFigures],
+) -> (String, serde_json::Map<String, serde_json::Value>) {
+    let mut table = format!(
+        "handshake: QUIC + TLS 1.3, ECDSA P-256 certificate, one pinned server thread\n\
+         {:<38}{:>10}{:>12}{:>12}{:>10}{:>12}{:>12}\n{}\n",
+        "server configuration",
+        "full/s",
+        "CPU us",
+        "full/s/core",
+        "resumed/s",
+        "CPU us",
+        "res/s/core",
+        "-".repeat(106)
+    );
+    let mut figures = serde_json::Map::new();
+    for (i, r) in results.iter().enumerate() {
+        table += &format!(
+            "{:<38}{:>10.0}{:>12.0}{:>12.0}{:>10.0}{:>12.0}{:>12.0}\n",
+            r.name,
+            r.full_per_s,
+            r.full_server_us,
+            r.full_per_busy_core(),
+            r.resumed_per_s,
+            r.resumed_server_us,
+            r.resumed_per_busy_core()
+        );
+        figures.insert(
+            format!("variant_{i}"),
+            serde_json::json!({
+                "name": r.name,
+                "full_hs_per_s_driven": r.full_per_s.round(),
+                "full_server_cpu_us": r.full_server_us.round(),
+                "resumed_hs_per_s_driven": r.resumed_per_s.round(),
+                "resumed_server_cpu_us": r.resumed_server_us.round(),
+            }),
+        );
+    }
+    if let (Some(quinn), Some(edge)) = (results.get(QUINN_DEFAULT), results.get(EDGE)) {
+        let ratio = crate::edge_bench::ratio(edge.full_per_busy_core(), quinn.full_per_busy_core());
+        table += &format!("hs_ratio_vs_quinn_default {ratio:.2} (goal >= 2)\n");
+        figures.insert("edge_full_hs_per_s".into(), edge.full_per_busy_core().round().into());
+        figures.insert(
+            "quinn_default_full_hs_per_s".into(),
+            quinn.full_per_busy_core().round().into(),
+        );
+        figures.insert("edge_resumed_hs_per_s".into(), edge.resumed_per_busy_core().round().into());
+        figures.insert(
+            "quinn_default_resumed_hs_per_s".into(),
+            quinn.resumed_per_busy_core().round().into(),
+        );
+        figures
+            .insert("hs_ratio_vs_quinn_default".into(), ((ratio * 100.0).round() / 100.0).into());
+        figures.insert("goal_met".into(), (ratio >= 2.0).into());
+    }
+    (table, figures)
 }
 
 fn server_config(
@@ -96,7 +187,25 @@ fn server_config(
     cert: &[CertificateDer<'static>],
     key: &PrivateKeyDer<'static>,
 ) -> quinn::ServerConfig {
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider(variant))
+    let (suites, kx, tickets) = match &variant.setup {
+        Setup::QuinnDefault => {
+            return quinn::ServerConfig::with_single_cert(cert.to_vec(), key.clone_key())
+                .expect("quinn default configuration");
+        }
+        Setup::Edge => {
+            return shake_edge::service::phone_server_config_from(
+                cert.to_vec(),
+                key.clone_key(),
+                &shake_edge::config::PhoneTransport::default(),
+            )
+            .expect("the edge's configuration");
+        }
+        Setup::Tls { suites, kx, tickets } => (suites, kx, *tickets),
+    };
+    let mut provider = default_provider();
+    provider.cipher_suites = suites.clone();
+    provider.kx_groups = kx.clone();
+    let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(provider))
         .with_protocol_versions(&[&rustls::version::TLS13])
         .expect("TLS 1.3")
         .with_no_client_auth()
@@ -105,6 +214,7 @@ fn server_config(
     tls.alpn_protocols = vec![shake_proto::PHONE_ALPN.to_vec()];
     tls.ignore_client_order = true;
     tls.ticketer = rustls::crypto::ring::Ticketer::new().expect("ticketer");
+    tls.send_tls13_tickets = tickets;
     let crypto = QuicServerConfig::try_from(tls).expect("QUIC-capable suites");
     quinn::ServerConfig::with_crypto(Arc::new(crypto))
 }
@@ -134,18 +244,20 @@ fn client_config(ca: &[CertificateDer<'static>], resume: bool) -> quinn::ClientC
 /// CPU it used and handshakes it completed.
 fn spawn_server(
     config: quinn::ServerConfig,
+    server_core: usize,
 ) -> (SocketAddr, mpsc::Sender<()>, mpsc::Receiver<(u64, u64)>) {
     let (addr_tx, addr_rx) = mpsc::channel();
     let (stop_tx, stop_rx) = mpsc::channel::<()>();
     let (done_tx, done_rx) = mpsc::channel();
     std::thread::spawn(move || {
+        let _ = sys::pin(0, server_core);
         let runtime =
             tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         runtime.block_on(async move {
             let endpoint = quinn::Endpoint::server(config, "127.0.0.1:0".parse().expect("address"))
                 .expect("bind");
             addr_tx.send(endpoint.local_addr().expect("address")).expect("send address");
-            let cpu_start = thread_cpu_us();
+            let cpu_start = sys::thread_cpu_us();
             let mut handshakes = 0u64;
             loop {
                 if stop_rx.try_recv().is_ok() {
@@ -161,7 +273,7 @@ fn spawn_server(
                     conn.close(0u32.into(), b"");
                 }
             }
-            let _ = done_tx.send((thread_cpu_us() - cpu_start, handshakes));
+            let _ = done_tx.send((sys::thread_cpu_us() - cpu_start, handshakes));
         });
     });
     (addr_rx.recv().expect("server address"), stop_tx, done_rx)
@@ -212,8 +324,9 @@ fn measure(
     ca: &[CertificateDer<'static>],
     resume: bool,
     for_: Duration,
+    server_core: usize,
 ) -> (f64, f64) {
-    let (addr, stop, done) = spawn_server(server_config(variant, cert, key));
+    let (addr, stop, done) = spawn_server(server_config(variant, cert, key), server_core);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -229,8 +342,10 @@ fn measure(
     (rate, per)
 }
 
-/// Measures every variant: a fresh dev certificate (ECDSA P-256), `for_` per measurement.
-pub fn run(for_: Duration) -> Vec<HandshakeFigures> {
+/// Measures every variant: a fresh dev certificate (ECDSA P-256), `for_` per measurement, the
+/// server on `server_core` and the clients on `client_core`.
+pub fn run(for_: Duration, server_core: usize, client_core: usize) -> Vec<HandshakeFigures> {
+    let _ = sys::pin_process(std::process::id(), client_core);
     let key = rcgen::KeyPair::generate().expect("key");
     let params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
     let cert = params.self_signed(&key).expect("certificate");
@@ -239,9 +354,10 @@ pub fn run(for_: Duration) -> Vec<HandshakeFigures> {
     variants()
         .iter()
         .map(|variant| {
-            let (full_per_s, full_server_us) = measure(variant, &chain, &key, &chain, false, for_);
+            let (full_per_s, full_server_us) =
+                measure(variant, &chain, &key, &chain, false, for_, server_core);
             let (resumed_per_s, resumed_server_us) =
-                measure(variant, &chain, &key, &chain, true, for_);
+                measure(variant, &chain, &key, &chain, true, for_, server_core);
             HandshakeFigures {
                 name: variant.name,
                 full_per_s,
@@ -257,20 +373,32 @@ pub fn run(for_: Duration) -> Vec<HandshakeFigures> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn thread_cpu_time_moves_forward() {
-        let before = thread_cpu_us();
-        let mut x = 0u64;
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_millis(60) {
-            x = x.wrapping_add(std::hint::black_box(1));
+    fn figures(name: &'static str, full_us: f64, resumed_us: f64) -> HandshakeFigures {
+        HandshakeFigures {
+            name,
+            full_per_s: 1_000.0,
+            full_server_us: full_us,
+            resumed_per_s: 1_500.0,
+            resumed_server_us: resumed_us,
         }
-        assert!(thread_cpu_us() >= before, "{x}");
+    }
+
+    #[test]
+    fn rates_per_core_and_the_ratio_come_from_server_cpu() {
+        let results = [figures("quinn default", 200.0, 100.0), figures("shake-edge", 100.0, 50.0)];
+        assert_eq!(results[1].full_per_busy_core(), 10_000.0);
+        let (table, json) = table_and_figures(&results);
+        assert!(table.contains("hs_ratio_vs_quinn_default 2.00"), "{table}");
+        assert_eq!(json["edge_full_hs_per_s"], 10_000.0);
+        assert_eq!(json["quinn_default_full_hs_per_s"], 5_000.0);
+        assert_eq!(json["edge_resumed_hs_per_s"], 20_000.0);
+        assert_eq!(json["hs_ratio_vs_quinn_default"], 2.0);
+        assert_eq!(json["goal_met"], true);
     }
 
     #[test]
     fn every_variant_completes_handshakes() {
-        for figures in run(Duration::from_millis(150)) {
+        for figures in run(Duration::from_millis(150), 0, 0) {
             assert!(figures.full_per_s > 0.0, "{figures:?}");
             assert!(figures.resumed_per_s > 0.0, "{figures:?}");
         }

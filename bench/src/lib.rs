@@ -7,19 +7,33 @@
 //! - [`proto_bench`]: encoding and decoding a 1,024-entry `Batch`.
 //! - [`allocator_bench`]: the draw's decisions per second and durable awards per second.
 //! - [`edge_hot_path`]: one shake through the edge's own code, with [`counting_alloc`].
+//! - [`floor`]: the UDP floor (recvmmsg/sendmmsg echo) every per-message cost is compared to.
+//! - [`edge_bench`]: the real edge against a quinn echo, a stream-per-shake design and the floor,
+//!   with [`fixture`] (real allocator and edge processes), [`quinn_echo`], [`loadgen`],
+//!   [`window`] (the steady-state window) and [`procfs`].
 //! - [`handshake_bench`]: QUIC handshakes per second for several TLS configurations.
 //! - `ledger_stores` (feature `store-comparison`): redb, fjall and SQLite group commits.
 //! - [`relay`]: the UDP relay behind `shake-relay` that drops, delays and cuts traffic.
+//! - [`sys`]: pinning, thread CPU time and batched UDP system calls (the one `unsafe` module
+//!   beside [`counting_alloc`]).
 //! - [`swarm`]: the phone swarm behind `shake-swarm`.
 
 pub mod allocator_bench;
 pub mod counting_alloc;
+pub mod edge_bench;
 pub mod edge_hot_path;
+pub mod fixture;
+pub mod floor;
 pub mod handshake_bench;
 #[cfg(feature = "store-comparison")]
 pub mod ledger_stores;
+pub mod loadgen;
+pub mod procfs;
 pub mod proto_bench;
+pub mod quinn_echo;
 pub mod relay;
 pub mod report;
 pub mod stats;
 pub mod swarm;
+pub mod sys;
+pub mod window;

@@ -8,7 +8,9 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use serde_json::{Map, Value};
 use shake_bench::counting_alloc::CountingAlloc;
-use shake_bench::{allocator_bench, edge_hot_path, handshake_bench, proto_bench, report};
+use shake_bench::{
+    allocator_bench, edge_bench, edge_hot_path, floor, handshake_bench, proto_bench, report,
+};
 
 #[global_allocator]
 static ALLOCATOR: CountingAlloc = CountingAlloc::new();
@@ -57,12 +59,28 @@ enum Bench {
         #[arg(long, default_value_t = 2_000_000)]
         shakes: u64,
     },
-    /// Full and resumed QUIC handshakes per second, one server thread, for several TLS
-    /// configurations (cipher-suite order, key exchange) of the ring provider.
+    /// Full and resumed QUIC handshakes on one server core: quinn's default configuration, the
+    /// edge's, and several TLS choices (suite order, key exchange, tickets).
     Handshake {
         /// Length of each measurement, milliseconds.
         #[arg(long, default_value_t = 3000)]
         run_ms: u64,
+        #[command(flatten)]
+        cores: Cores,
+    },
+    /// The UDP floor: request/reply pairs over loopback with recvmmsg/sendmmsg, one server core.
+    Floor {
+        /// Seconds to run.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        #[command(flatten)]
+        cores: Cores,
+    },
+    /// The real edge (with a real allocator) against a bare quinn datagram echo, one stream per
+    /// shake, and the UDP floor, under the same phone load: server CPU per message.
+    Edge {
+        #[command(flatten)]
+        load: LoadArgs,
     },
     /// Group commits of 1, 100 and 10,000 awards in redb, fjall and SQLite, fsync each
     /// (needs `--features store-comparison`).
@@ -72,6 +90,61 @@ enum Bench {
         #[arg(long, default_value = "target/bench-scratch/stores")]
         scratch: PathBuf,
     },
+}
+
+/// Which cores the server under test and the load run on.
+#[derive(clap::Args, Debug, Clone, Copy)]
+struct Cores {
+    /// Core for the server under test (default: the last one).
+    #[arg(long)]
+    server_core: Option<usize>,
+    /// Core for the load generator (and the allocator).
+    #[arg(long, default_value_t = 0)]
+    client_core: usize,
+}
+
+impl Cores {
+    fn server(&self) -> usize {
+        self.server_core.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, |n| n.get()).saturating_sub(1)
+        })
+    }
+}
+
+/// A phone load.
+#[derive(clap::Args, Debug, Clone)]
+struct LoadArgs {
+    /// Phones (connections).
+    #[arg(long, default_value_t = 10_000)]
+    phones: usize,
+    /// Shakes per second per phone.
+    #[arg(long, default_value_t = 1.0)]
+    rate: f64,
+    /// Connections opened per second.
+    #[arg(long, default_value_t = 500.0)]
+    connect_rate: f64,
+    /// Seconds between the last connection and the measurement window.
+    #[arg(long, default_value_t = 3.0)]
+    warmup_s: f64,
+    /// Measurement window, seconds.
+    #[arg(long, default_value_t = 10.0)]
+    measure_s: f64,
+    #[command(flatten)]
+    cores: Cores,
+}
+
+impl LoadArgs {
+    fn options(&self) -> edge_bench::LoadOptions {
+        edge_bench::LoadOptions {
+            phones: self.phones,
+            rate_per_phone: self.rate,
+            connect_rate: self.connect_rate,
+            warmup_s: self.warmup_s,
+            measure_s: self.measure_s,
+            server_core: self.cores.server(),
+            client_core: self.cores.client_core,
+        }
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -166,32 +239,42 @@ fn main() -> anyhow::Result<()> {
             );
             report::emit("edge-hot-path", &report::table(&title, &rows), figures, results_dir)?;
         }
-        Bench::Handshake { run_ms } => {
-            let results = handshake_bench::run(Duration::from_millis(run_ms));
-            let mut rows = Vec::new();
+        Bench::Handshake { run_ms, cores } => {
+            let results = handshake_bench::run(
+                Duration::from_millis(run_ms),
+                cores.server(),
+                cores.client_core,
+            );
+            let (table, figures) = handshake_bench::table_and_figures(&results);
+            report::emit("handshake", &table, figures, results_dir)?;
+        }
+        Bench::Floor { seconds, cores } => {
+            let f =
+                floor::run(cores.server(), cores.client_core, Duration::from_secs(seconds), 256)?;
+            let rows = vec![
+                ("pairs per second (driven)".to_owned(), report::human_rate(f.pairs_per_s())),
+                ("server core busy".to_owned(), format!("{:.0}%", f.server_busy() * 100.0)),
+                ("server CPU per pair".to_owned(), format!("{:.3} us", f.cpu_us_per_pair())),
+                ("pairs per busy server core".to_owned(), report::human_rate(f.max_pairs_per_s())),
+            ];
             let mut figures = Map::new();
-            for (i, r) in results.iter().enumerate() {
-                rows.push((
-                    format!("{}: full", r.name),
-                    format!("{:.0}/s, {:.0} us server CPU", r.full_per_s, r.full_server_us),
-                ));
-                rows.push((
-                    format!("{}: resumed", r.name),
-                    format!("{:.0}/s, {:.0} us server CPU", r.resumed_per_s, r.resumed_server_us),
-                ));
-                figures.insert(
-                    format!("variant_{i}"),
-                    serde_json::json!({
-                        "name": r.name,
-                        "full_hs_per_s": r.full_per_s.round(),
-                        "full_server_cpu_us": r.full_server_us.round(),
-                        "resumed_hs_per_s": r.resumed_per_s.round(),
-                        "resumed_server_cpu_us": r.resumed_server_us.round(),
-                    }),
-                );
-            }
-            let title = "handshake: QUIC + TLS 1.3, ECDSA P-256 certificate, one server thread";
-            report::emit("handshake", &report::table(title, &rows), figures, results_dir)?;
+            figures.insert("floor_pairs_per_s".into(), Value::from(f.pairs_per_s().round()));
+            figures.insert("floor_cpu_us_per_pair".into(), Value::from(f.cpu_us_per_pair()));
+            figures
+                .insert("floor_max_pairs_per_s".into(), Value::from(f.max_pairs_per_s().round()));
+            figures.insert("server_busy".into(), Value::from(f.server_busy()));
+            let title = format!(
+                "floor: UDP request/reply, {}-byte payloads, recvmmsg/sendmmsg, server on core {}",
+                floor::PAYLOAD,
+                cores.server()
+            );
+            report::emit("floor", &report::table(&title, &rows), figures, results_dir)?;
+        }
+        Bench::Edge { load } => {
+            let options = load.options();
+            let f = edge_bench::run(&options)?;
+            let (table, figures) = edge_bench::table_and_figures(&f, &options);
+            report::emit("edge", &table, figures, results_dir)?;
         }
         #[cfg(feature = "store-comparison")]
         Bench::LedgerStores { scratch } => {

@@ -97,11 +97,24 @@ pub fn phone_tls_provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 fn phone_server_config(config: &EdgeConfig) -> Result<quinn::ServerConfig, StartError> {
+    let chain = tls::load_certs(&config.tls.cert)?;
+    let key = tls::load_key(&config.tls.key)?;
+    phone_server_config_from(chain, key, &config.transport)
+}
+
+/// The QUIC server configuration phones meet: TLS 1.3 with [`phone_tls_provider`], one shared
+/// ticketer, and the transport limits of `t`. Public so that the benchmarks measure exactly
+/// what the edge runs.
+pub fn phone_server_config_from(
+    chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+    t: &crate::config::PhoneTransport,
+) -> Result<quinn::ServerConfig, StartError> {
     let mut rustls = rustls::ServerConfig::builder_with_provider(phone_tls_provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(TlsError::from)?
         .with_no_client_auth()
-        .with_single_cert(tls::load_certs(&config.tls.cert)?, tls::load_key(&config.tls.key)?)
+        .with_single_cert(chain, key)
         .map_err(TlsError::from)?;
     rustls.alpn_protocols = vec![PHONE_ALPN.to_vec()];
     rustls.ignore_client_order = true;
@@ -111,7 +124,15 @@ fn phone_server_config(config: &EdgeConfig) -> Result<quinn::ServerConfig, Start
     rustls.session_storage = rustls::server::ServerSessionMemoryCache::new(64 * 1024);
     let crypto = QuicServerConfig::try_from(rustls).map_err(|e| StartError::Quic(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    let t = &config.transport;
+    server.transport_config(Arc::new(phone_transport(t)?));
+    Ok(server)
+}
+
+/// Transport limits for phones: one bidirectional stream (the control stream), no
+/// unidirectional ones, small windows, the idle timeout.
+pub fn phone_transport(
+    t: &crate::config::PhoneTransport,
+) -> Result<quinn::TransportConfig, StartError> {
     let mut transport = quinn::TransportConfig::default();
     transport
         .max_concurrent_bidi_streams(1u32.into())
@@ -126,8 +147,7 @@ fn phone_server_config(config: &EdgeConfig) -> Result<quinn::ServerConfig, Start
                 .try_into()
                 .map_err(|_| StartError::Quic("idle timeout too large".into()))?,
         ));
-    server.transport_config(Arc::new(transport));
-    Ok(server)
+    Ok(transport)
 }
 
 fn allocator_client_config(config: &EdgeConfig) -> Result<quinn::ClientConfig, StartError> {

@@ -52,9 +52,19 @@ pub enum SwarmError {
 }
 
 fn client_config(scenario: &Scenario) -> Result<quinn::ClientConfig, SwarmError> {
-    let mut rustls = shake_ops::tls::client(&scenario.ca, PHONE_ALPN)?;
     // Room for a resumption ticket per phone, so churning phones resume.
-    rustls.resumption = rustls::client::Resumption::in_memory_sessions(scenario.phones.max(256));
+    phone_client_config(&scenario.ca, scenario.phones.max(256))
+}
+
+/// A phone's QUIC client configuration: TLS trusting `ca`, room for `sessions` resumption
+/// tickets, a 30 s idle timeout with 10 s keep-alives. The benchmarks' load generator uses it
+/// too, so every server is measured against the same phones.
+pub fn phone_client_config(
+    ca: &std::path::Path,
+    sessions: usize,
+) -> Result<quinn::ClientConfig, SwarmError> {
+    let mut rustls = shake_ops::tls::client(ca, PHONE_ALPN)?;
+    rustls.resumption = rustls::client::Resumption::in_memory_sessions(sessions);
     let crypto = QuicClientConfig::try_from(rustls).map_err(|e| SwarmError::Quic(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();

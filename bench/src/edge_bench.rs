@@ -1,0 +1,340 @@
+//! `scripts/bench.sh edge`: the real edge (with a real allocator) under a phone load, and
+//! beside it, in the same run and under the same load, the references it is measured
+//! against: a bare quinn datagram echo and the naive stream-per-shake design (both with the
+//! edge's TLS and transport settings), and the UDP floor. Every server runs on one pinned
+//! core; the load runs on another. The figure that compares them is server CPU time per
+//! message, read over a steady-state window.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+use crate::fixture::{Fixture, FixtureOptions};
+use crate::floor::{self, FloorFigures};
+use crate::loadgen::{self, LoadCounters, LoadPlan};
+use crate::quinn_echo::{self, EchoMode, EchoServer};
+use crate::swarm::{self, report::Report, scenario::Scenario};
+use crate::window::{Measured, Sample, Window};
+use crate::{procfs, sys};
+
+/// The load and the cores.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Phones (connections).
+    pub phones: usize,
+    /// Shakes (messages) per second per phone.
+    pub rate_per_phone: f64,
+    /// Connections opened per second.
+    pub connect_rate: f64,
+    /// Seconds between the last connection and the window.
+    pub warmup_s: f64,
+    /// Window length, seconds.
+    pub measure_s: f64,
+    /// Core the server under test runs on.
+    pub server_core: usize,
+    /// Core the load (and the allocator) run on.
+    pub client_core: usize,
+}
+
+impl LoadOptions {
+    /// The window opens once 99% of the phones are up (a few may be reconnecting at any time).
+    fn window(&self) -> Window {
+        Window::new((self.phones as u64 * 99).div_ceil(100), self.warmup_s, self.measure_s)
+    }
+
+    /// Seconds the load must run for the window to close, with slack.
+    fn run_s(&self) -> u64 {
+        (self.window().planned_end_s(self.connect_rate) + 4.0).ceil() as u64
+    }
+}
+
+/// The dev key the edge's example configuration trusts (scripts/lib.sh configures the edge
+/// from it); the swarm mints tokens with it.
+pub const DEV_TOKEN_SECRET_HEX: &str =
+    "7368616b652d6465762d746f6b656e2d7365637265742d6e6f742d666f722d70";
+
+/// A swarm scenario of honest phones shaking steadily (no opening spike) against one edge.
+pub fn scenario(
+    load: &LoadOptions,
+    edge: std::net::SocketAddr,
+    ca: &Path,
+    duration_s: u64,
+) -> anyhow::Result<Scenario> {
+    let text = format!(
+        "phones = {phones}\nedges = [\"{edge}\"]\nca = \"{ca}\"\nduration_s = {duration_s}\n\
+         client_endpoints = 8\nseed = 1\n\
+         [tokens]\nkey_id = 1\nsecret_hex = \"{DEV_TOKEN_SECRET_HEX}\"\n\
+         [connect]\nphones_per_s = {connect}\n\
+         [shaking]\nrate_per_s = {rate}\njitter = 0.5\nspike = false\n",
+        phones = load.phones,
+        ca = ca.display(),
+        connect = load.connect_rate,
+        rate = load.rate_per_phone,
+    );
+    Ok(Scenario::parse(&text)?)
+}
+
+/// Runs the swarm against a fixture's edge on the client core, feeding `window` with the
+/// edge's CPU time every second.
+pub fn drive_edge(
+    fixture: &Fixture,
+    load: &LoadOptions,
+    duration_s: u64,
+    mut on_sample: impl FnMut(Sample),
+) -> anyhow::Result<Report> {
+    let scenario = scenario(load, fixture.edge_addr, &fixture.ca, duration_s)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let pid = fixture.edge_pid();
+    let report = runtime.block_on(swarm::run(&scenario, |point| {
+        on_sample(Sample {
+            t_s: point.t_s,
+            connected: point.connected,
+            sent: point.sent,
+            answered: point.outcomes,
+            cpu_us: procfs::process_cpu_us(pid).unwrap_or(0),
+        });
+    }))?;
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    Ok(report)
+}
+
+/// The edge, with a real allocator, under the load.
+pub fn measure_edge(load: &LoadOptions) -> anyhow::Result<Measured> {
+    let run_s = load.run_s();
+    let fixture = Fixture::start(&FixtureOptions {
+        name: "shake-bench-edge".into(),
+        round_opens_in_s: 1,
+        round_s: run_s + 30,
+        workers: 1,
+        server_core: load.server_core,
+        client_core: load.client_core,
+        edge_overrides: Vec::new(),
+    })?;
+    let mut window = load.window();
+    let report = drive_edge(&fixture, load, run_s, |s| window.feed(s));
+    fixture.stop();
+    let report = report?;
+    window.measured().with_context(|| {
+        format!(
+            "the edge's window never closed: {} sessions for {} phones, errors {:?}",
+            report.sessions, load.phones, report.errors
+        )
+    })
+}
+
+/// One of the quinn references under the same load.
+pub fn measure_echo(mode: EchoMode, load: &LoadOptions) -> anyhow::Result<Measured> {
+    let dir = std::env::temp_dir().join(format!("shake-bench-echo-{}", std::process::id()));
+    shake_allocator::dev_certs::generate(&dir, &[1])?;
+    let chain = shake_ops::tls::load_certs(&dir.join("allocator.pem"))?;
+    let key = shake_ops::tls::load_key(&dir.join("allocator.key"))?;
+    let server =
+        EchoServer::start(mode, quinn_echo::server_config(mode, chain, key)?, load.server_core)?;
+    let client = swarm::phone_client_config(&dir.join("ca.pem"), 256)?;
+    let plan = LoadPlan {
+        connections: load.phones,
+        rate_per_connection: load.rate_per_phone,
+        connect_rate: load.connect_rate,
+        endpoints: 8,
+    };
+    let counters = Arc::new(LoadCounters::default());
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let mut window = load.window();
+    runtime.block_on(async {
+        let started = tokio::time::Instant::now();
+        let end = started + Duration::from_secs(load.run_s());
+        let driver =
+            tokio::spawn(loadgen::run(server.addr, client, mode, plan, counters.clone(), end));
+        while window.measured().is_none() && tokio::time::Instant::now() < end {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            window.feed(Sample {
+                t_s: started.elapsed().as_secs_f64(),
+                connected: counters.connected.load(Ordering::Relaxed),
+                sent: counters.sent.load(Ordering::Relaxed),
+                answered: counters.answered.load(Ordering::Relaxed),
+                cpu_us: server.cpu_us(),
+            });
+        }
+        driver.abort();
+    });
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    server.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+    let failed = counters.failed.load(Ordering::Relaxed);
+    match window.measured() {
+        Some(measured) => Ok(measured),
+        None => bail!(
+            "{mode:?}: the window never closed ({} connected, {failed} failed)",
+            counters.connected.load(Ordering::Relaxed)
+        ),
+    }
+}
+
+/// Everything `scripts/bench.sh edge` measures.
+#[derive(Debug, Clone, Copy)]
+pub struct EdgeFigures {
+    /// The edge.
+    pub edge: Measured,
+    /// Bare quinn datagram echo.
+    pub quinn_echo: Measured,
+    /// One stream per shake.
+    pub naive_stream: Measured,
+    /// The UDP floor.
+    pub floor: FloorFigures,
+}
+
+impl EdgeFigures {
+    /// Edge CPU per shake over quinn echo CPU per message (goal: at most 1).
+    pub fn cpu_ratio_vs_quinn_echo(&self) -> f64 {
+        ratio(self.edge.cpu_us_per_message(), self.quinn_echo.cpu_us_per_message())
+    }
+
+    /// Edge shakes per busy core over floor pairs per busy core (goal: at least 0.5).
+    pub fn rate_ratio_vs_floor(&self) -> f64 {
+        ratio(self.edge.max_per_busy_core(), self.floor.max_pairs_per_s())
+    }
+}
+
+/// `a / b`, 0 when `b` is 0.
+pub fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 { a / b } else { 0.0 }
+}
+
+/// Runs the four measurements in turn.
+pub fn run(load: &LoadOptions) -> anyhow::Result<EdgeFigures> {
+    sys::pin_process(std::process::id(), load.client_core)?;
+    let floor = floor::run(load.server_core, load.client_core, Duration::from_secs(3), 256)?;
+    let edge = measure_edge(load)?;
+    let quinn_echo = measure_echo(EchoMode::Datagram, load)?;
+    let naive_stream = measure_echo(EchoMode::StreamPerMessage, load)?;
+    Ok(EdgeFigures { edge, quinn_echo, naive_stream, floor })
+}
+
+/// The readable table and the JSON figures of an `edge` run.
+pub fn table_and_figures(
+    f: &EdgeFigures,
+    load: &LoadOptions,
+) -> (String, serde_json::Map<String, serde_json::Value>) {
+    use serde_json::json;
+    let row = |name: &str, m: &Measured| {
+        format!(
+            "{name:<30}{:>12.0}{:>10.1}%{:>9.0}%{:>11.2}{:>14.0}",
+            m.answered_per_s(),
+            m.answered_share() * 100.0,
+            m.busy() * 100.0,
+            m.cpu_us_per_message(),
+            m.max_per_busy_core()
+        )
+    };
+    let mut table = format!(
+        "edge: {} phones x {}/s, server on core {}, load on core {}; window {} s\n",
+        load.phones, load.rate_per_phone, load.server_core, load.client_core, load.measure_s
+    );
+    table += &format!(
+        "{:<30}{:>12}{:>11}{:>10}{:>11}{:>14}\n",
+        "server", "answered/s", "answered", "busy", "CPU us/msg", "max/s/core"
+    );
+    table += &"-".repeat(88);
+    table.push('\n');
+    for (name, m) in [
+        ("shake-edge (+ allocator)", &f.edge),
+        ("quinn datagram echo", &f.quinn_echo),
+        ("naive: stream per shake", &f.naive_stream),
+    ] {
+        table += &row(name, m);
+        table.push('\n');
+    }
+    table += &format!(
+        "{:<30}{:>12.0}{:>11}{:>9.0}%{:>11.2}{:>14.0}\n",
+        "UDP floor (recvmmsg/sendmmsg)",
+        f.floor.pairs_per_s(),
+        "",
+        f.floor.server_busy() * 100.0,
+        f.floor.cpu_us_per_pair(),
+        f.floor.max_pairs_per_s()
+    );
+    table += &format!(
+        "cpu_ratio_vs_quinn_echo {:.2} (goal <= 1), rate_ratio_vs_floor {:.3} (goal >= 0.5)\n",
+        f.cpu_ratio_vs_quinn_echo(),
+        f.rate_ratio_vs_floor()
+    );
+    let round2 = |x: f64| (x * 100.0).round() / 100.0;
+    let value = json!({
+        "phones": load.phones,
+        "rate_per_phone": load.rate_per_phone,
+        "window_s": load.measure_s,
+        "edge_cpu_us_per_shake": round2(f.edge.cpu_us_per_message()),
+        "quinn_echo_cpu_us_per_msg": round2(f.quinn_echo.cpu_us_per_message()),
+        "naive_stream_cpu_us_per_msg": round2(f.naive_stream.cpu_us_per_message()),
+        "floor_cpu_us_per_pair": round2(f.floor.cpu_us_per_pair()),
+        "edge_max_shakes_per_s": f.edge.max_per_busy_core().round(),
+        "quinn_echo_max_msgs_per_s": f.quinn_echo.max_per_busy_core().round(),
+        "naive_stream_max_msgs_per_s": f.naive_stream.max_per_busy_core().round(),
+        "floor_max_pairs_per_s": f.floor.max_pairs_per_s().round(),
+        "edge_answered_per_s": f.edge.answered_per_s().round(),
+        "edge_answered_share": round2(f.edge.answered_share()),
+        "edge_busy": round2(f.edge.busy()),
+        "floor_pairs_per_s": f.floor.pairs_per_s().round(),
+        "cpu_ratio_vs_quinn_echo": round2(f.cpu_ratio_vs_quinn_echo()),
+        "rate_ratio_vs_floor": (f.rate_ratio_vs_floor() * 1000.0).round() / 1000.0,
+        "goals_met": f.cpu_ratio_vs_quinn_echo() <= 1.0 && f.rate_ratio_vs_floor() >= 0.5,
+    });
+    (table, value.as_object().cloned().unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn measured(answered: u64, cpu_us: u64) -> Measured {
+        Measured { seconds: 10.0, sent: answered, answered, cpu_us }
+    }
+
+    #[test]
+    fn ratios_compare_cpu_per_message_and_rate_per_busy_core() {
+        let figures = EdgeFigures {
+            edge: measured(100_000, 1_000_000),       // 10 us per shake
+            quinn_echo: measured(100_000, 2_000_000), // 20 us per message
+            naive_stream: measured(100_000, 8_000_000),
+            floor: FloorFigures { pairs: 1_000_000, seconds: 1.0, server_cpu_us: 2_000_000 }, // 2 us
+        };
+        assert_eq!(figures.cpu_ratio_vs_quinn_echo(), 0.5);
+        assert_eq!(figures.rate_ratio_vs_floor(), 0.2); // 100 k/s against 500 k/s
+        assert_eq!(ratio(1.0, 0.0), 0.0);
+        let load = LoadOptions {
+            phones: 10,
+            rate_per_phone: 1.0,
+            connect_rate: 10.0,
+            warmup_s: 0.0,
+            measure_s: 10.0,
+            server_core: 1,
+            client_core: 0,
+        };
+        let (table, json) = table_and_figures(&figures, &load);
+        assert!(table.contains("quinn datagram echo"), "{table}");
+        assert_eq!(json["edge_cpu_us_per_shake"], 10.0);
+        assert_eq!(json["floor_max_pairs_per_s"], 500_000.0);
+        assert_eq!(json["cpu_ratio_vs_quinn_echo"], 0.5);
+        assert_eq!(json["goals_met"], false);
+    }
+
+    #[test]
+    fn the_scenario_is_a_valid_steady_load() {
+        let load = LoadOptions {
+            phones: 10_000,
+            rate_per_phone: 2.0,
+            connect_rate: 1_000.0,
+            warmup_s: 2.0,
+            measure_s: 10.0,
+            server_core: 1,
+            client_core: 0,
+        };
+        let s =
+            scenario(&load, "127.0.0.1:4433".parse().unwrap(), Path::new("ca.pem"), 30).unwrap();
+        assert_eq!((s.phones, s.shaking.spike, s.duration_s), (10_000, false, 30));
+        assert_eq!(load.run_s(), 26);
+    }
+}

@@ -1,0 +1,72 @@
+//! What the benchmarks read about another process from `/proc`: its CPU time, its resident
+//! memory, its threads. The parsing is separate from the reading so it can be tested.
+
+/// Clock ticks per second of `/proc/*/stat` times (USER_HZ; 100 on every Linux the project
+/// targets).
+const TICKS_PER_S: u64 = 100;
+
+/// User plus system time, in ticks, from the text of a `/proc/*/stat` file.
+pub fn stat_cpu_ticks(stat: &str) -> Option<u64> {
+    // The command name is in parentheses and may hold spaces: count fields after the last ')'.
+    let (_, rest) = stat.rsplit_once(')')?;
+    let mut fields = rest.split_whitespace();
+    // After the name: state (3rd field overall) ... utime is the 14th, stime the 15th.
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// A `kB` field (e.g. `VmRSS`, `VmHWM`) from the text of a `/proc/*/status` file.
+pub fn status_kib(status: &str, field: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+}
+
+/// CPU time process `pid` has used, all threads, microseconds (10 ms resolution).
+pub fn process_cpu_us(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_cpu_ticks(&stat).map(|ticks| ticks * (1_000_000 / TICKS_PER_S))
+}
+
+/// Resident memory of process `pid` now, KiB.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    status_kib(&std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?, "VmRSS")
+}
+
+/// Thread ids of process `pid`.
+pub fn threads(pid: u32) -> Vec<u32> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|dir| dir.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_times_are_read_after_the_command_name_even_with_spaces_in_it() {
+        let stat = "4242 (shake edge) S 1 4242 4242 0 -1 4194560 2000 0 0 0 150 25 0 0 20 0 3 0";
+        assert_eq!(stat_cpu_ticks(stat), Some(175));
+        assert_eq!(stat_cpu_ticks("4242 (x) S 1"), None);
+        assert_eq!(stat_cpu_ticks("garbage"), None);
+    }
+
+    #[test]
+    fn status_fields_are_read_in_kib() {
+        let status = "Name:\tshake-edge\nVmHWM:\t  51200 kB\nVmRSS:\t  40960 kB\n";
+        assert_eq!(status_kib(status, "VmRSS"), Some(40_960));
+        assert_eq!(status_kib(status, "VmHWM"), Some(51_200));
+        assert_eq!(status_kib(status, "VmSwap"), None);
+    }
+
+    #[test]
+    fn this_process_is_readable() {
+        let me = std::process::id();
+        assert!(rss_kib(me).unwrap() > 0);
+        assert!(process_cpu_us(me).is_some());
+        assert!(threads(me).contains(&me));
+    }
+}
