@@ -22,7 +22,8 @@ use crate::sys;
 /// How a variant's server is configured.
 #[derive(Debug, Clone)]
 pub enum Setup {
-    /// `quinn::ServerConfig::with_single_cert`: quinn's and rustls's defaults throughout.
+    /// `quinn::ServerConfig::with_single_cert`: quinn's and rustls's defaults throughout (with
+    /// the ALPN value set, which QUIC requires).
     QuinnDefault,
     /// The edge's phone configuration, default transport settings.
     Edge,
@@ -189,8 +190,19 @@ fn server_config(
 ) -> quinn::ServerConfig {
     let (suites, kx, tickets) = match &variant.setup {
         Setup::QuinnDefault => {
-            return quinn::ServerConfig::with_single_cert(cert.to_vec(), key.clone_key())
-                .expect("quinn default configuration");
+            // What `quinn::ServerConfig::with_single_cert` builds (rustls's default provider,
+            // TLS 1.3, 0-RTT allowed, the default session cache), plus the ALPN value QUIC
+            // requires to be negotiated.
+            let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(default_provider()))
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .expect("TLS 1.3")
+                .with_no_client_auth()
+                .with_single_cert(cert.to_vec(), key.clone_key())
+                .expect("certificate");
+            tls.max_early_data_size = u32::MAX;
+            tls.alpn_protocols = vec![shake_proto::PHONE_ALPN.to_vec()];
+            let crypto = QuicServerConfig::try_from(tls).expect("QUIC-capable suites");
+            return quinn::ServerConfig::with_crypto(Arc::new(crypto));
         }
         Setup::Edge => {
             return shake_edge::service::phone_server_config_from(

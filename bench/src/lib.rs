@@ -11,6 +11,8 @@
 //! - [`edge_bench`]: the real edge against a quinn echo, a stream-per-shake design and the floor,
 //!   with [`fixture`] (real allocator and edge processes), [`quinn_echo`], [`loadgen`],
 //!   [`window`] (the steady-state window) and [`procfs`].
+//! - [`latency_bench`]: shake-to-outcome and -award latency at 50% and 80% of the edge's maximum.
+//! - [`memory_bench`]: the edge's memory per idle connected phone up to 100,000 phones.
 //! - [`handshake_bench`]: QUIC handshakes per second for several TLS configurations.
 //! - `ledger_stores` (feature `store-comparison`): redb, fjall and SQLite group commits.
 //! - [`relay`]: the UDP relay behind `shake-relay` that drops, delays and cuts traffic.
@@ -25,9 +27,11 @@ pub mod edge_hot_path;
 pub mod fixture;
 pub mod floor;
 pub mod handshake_bench;
+pub mod latency_bench;
 #[cfg(feature = "store-comparison")]
 pub mod ledger_stores;
 pub mod loadgen;
+pub mod memory_bench;
 pub mod procfs;
 pub mod proto_bench;
 pub mod quinn_echo;

@@ -9,7 +9,8 @@ use clap::{Parser, Subcommand};
 use serde_json::{Map, Value};
 use shake_bench::counting_alloc::CountingAlloc;
 use shake_bench::{
-    allocator_bench, edge_bench, edge_hot_path, floor, handshake_bench, proto_bench, report,
+    allocator_bench, edge_bench, edge_hot_path, floor, handshake_bench, latency_bench,
+    memory_bench, proto_bench, report,
 };
 
 #[global_allocator]
@@ -81,6 +82,26 @@ enum Bench {
     Edge {
         #[command(flatten)]
         load: LoadArgs,
+    },
+    /// The edge's resident memory per idle connected phone at 10,000, 50,000 and 100,000 phones.
+    Memory {
+        /// Phones to ramp up to.
+        #[arg(long, default_value_t = 100_000)]
+        phones: usize,
+        /// Connections opened per second.
+        #[arg(long, default_value_t = 500.0)]
+        connect_rate: f64,
+        #[command(flatten)]
+        cores: Cores,
+    },
+    /// Shake-to-outcome and shake-to-award latency at 50% and 80% of the edge's maximum rate
+    /// (measured first, in the same run).
+    Latency {
+        #[command(flatten)]
+        load: LoadArgs,
+        /// Length of each level's round, seconds.
+        #[arg(long, default_value_t = 20)]
+        round_s: u64,
     },
     /// Group commits of 1, 100 and 10,000 awards in redb, fjall and SQLite, fsync each
     /// (needs `--features store-comparison`).
@@ -275,6 +296,16 @@ fn main() -> anyhow::Result<()> {
             let f = edge_bench::run(&options)?;
             let (table, figures) = edge_bench::table_and_figures(&f, &options);
             report::emit("edge", &table, figures, results_dir)?;
+        }
+        Bench::Memory { phones, connect_rate, cores } => {
+            let f = memory_bench::run(phones, connect_rate, cores.server(), cores.client_core)?;
+            let (table, figures) = memory_bench::table_and_figures(&f);
+            report::emit("memory", &table, figures, results_dir)?;
+        }
+        Bench::Latency { load, round_s } => {
+            let (max, levels) = latency_bench::run(&load.options(), round_s)?;
+            let (table, figures) = latency_bench::table_and_figures(max, &levels);
+            report::emit("latency", &table, figures, results_dir)?;
         }
         #[cfg(feature = "store-comparison")]
         Bench::LedgerStores { scratch } => {

@@ -11,12 +11,14 @@
 //! - [`worker`]: one worker thread: endpoint, sessions, allocator stream, timers.
 //! - [`service`]: sockets (SO_REUSEPORT), TLS, the allocator link, workers, metrics.
 //! - [`metrics`]: Prometheus metrics.
+//! - [`outbox`]: a phone's queue of control frames (awards, round notices).
 
 pub mod admission;
 pub mod batcher;
 pub mod bucket;
 pub mod config;
 pub mod metrics;
+pub mod outbox;
 pub mod phones;
 pub mod service;
 pub mod worker;

@@ -31,6 +31,7 @@ use crate::batcher::{BatchSettings, Batcher, Flushed};
 use crate::bucket::{Rate, TokenBucket};
 use crate::config::EdgeConfig;
 use crate::metrics::EdgeMetrics;
+use crate::outbox::Outbox;
 use crate::phones::{PhoneRef, PhoneTable};
 
 /// What every worker shares (read-mostly, or per-connection atomics).
@@ -65,7 +66,7 @@ fn now_ms() -> u64 {
 }
 
 struct Phone {
-    control: mpsc::UnboundedSender<Bytes>,
+    control: Rc<Outbox>,
     user_id: u64,
     bucket: TokenBucket,
 }
@@ -161,7 +162,7 @@ impl WorkerState {
     fn broadcast(&mut self, frame: &ControlFrame) {
         let bytes = self.control_frame(frame);
         for phone in self.phones.iter() {
-            let _ = phone.control.send(bytes.clone());
+            phone.control.push(bytes.clone());
         }
     }
 }
@@ -351,11 +352,12 @@ async fn session(state: State, shared: Arc<Shared>, incoming: quinn::Incoming, s
         }
     };
     let datagrams = caps & CAP_DATAGRAMS != 0 && conn.max_datagram_size().is_some();
-    let (control_tx, mut control_rx) = mpsc::unbounded_channel::<Bytes>();
+    let outbox = Rc::new(Outbox::default());
     let (at, welcome) = {
         let mut s = state.borrow_mut();
         let bucket = s.admission.new_phone_bucket(shared.now_us());
-        let at = s.phones.insert(Phone { control: control_tx, user_id: claims.user_id, bucket });
+        let at =
+            s.phones.insert(Phone { control: outbox.clone(), user_id: claims.user_id, bucket });
         let now = now_ms();
         let welcome = ControlFrame::Welcome {
             server_time_ms: now,
@@ -369,15 +371,7 @@ async fn session(state: State, shared: Arc<Shared>, incoming: quinn::Incoming, s
     let mut closed_with = None;
     if send.write_all(&welcome).await.is_ok() {
         closed_with = serve_phone(
-            &state,
-            &shared,
-            &conn,
-            at,
-            datagrams,
-            &mut send,
-            &mut recv,
-            &mut buf,
-            &mut control_rx,
+            &state, &shared, &conn, at, datagrams, &mut send, &mut recv, &mut buf, &outbox,
         )
         .await;
     }
@@ -399,7 +393,7 @@ async fn serve_phone(
     send: &mut quinn::SendStream,
     recv: &mut quinn::RecvStream,
     buf: &mut BytesMut,
-    control_rx: &mut mpsc::UnboundedReceiver<Bytes>,
+    outbox: &Outbox,
 ) -> Option<ErrorCode> {
     // Registered once per session, not once per shake: the stop token's waiter list is shared
     // by every phone of every worker, and registering in it takes its lock.
@@ -450,8 +444,7 @@ async fn serve_phone(
                     }
                 }
             }
-            frame = control_rx.recv() => {
-                let frame = frame?;
+            frame = outbox.next() => {
                 if send.write_all(&frame).await.is_err() {
                     return None;
                 }
@@ -567,7 +560,8 @@ fn on_allocator_frame(state: &State, shared: &Shared, frame: AllocatorFrame) {
                 };
                 let bytes = s.control_frame(&award);
                 match s.phones.get_mut(at) {
-                    Some(phone) if phone.control.send(bytes).is_ok() => {
+                    Some(phone) => {
+                        phone.control.push(bytes);
                         s.counts.awards_written += 1
                     }
                     // The phone is gone: the award stays undelivered in the ledger.

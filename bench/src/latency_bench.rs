@@ -1,0 +1,216 @@
+//! `scripts/bench.sh latency`: shake-to-outcome and shake-to-award latency at 50% and 80% of
+//! the edge's measured maximum rate. The maximum comes from the same run: the edge is measured
+//! first as in `edge` (CPU per shake, so shakes per second one busy core gives), then loaded at
+//! each level with phones shaking steadily inside a round that opens once every phone is
+//! connected. Latencies are the swarm's, from each shake's intended send time (coordinated
+//! omission corrected).
+
+use crate::edge_bench::{self, LoadOptions, drive_edge};
+use crate::fixture::{Fixture, FixtureOptions};
+use crate::procfs;
+use crate::swarm::stats::Percentiles;
+
+/// The load levels, as shares of the maximum rate.
+pub const LEVELS: [f64; 2] = [0.5, 0.8];
+
+/// One level's result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LevelFigures {
+    /// Share of the maximum.
+    pub level: f64,
+    /// Shakes per second offered.
+    pub offered_per_s: f64,
+    /// Outcomes per second received (whole round).
+    pub achieved_per_s: f64,
+    /// Shake to outcome, ms.
+    pub outcome: Percentiles,
+    /// Winning shake to award, ms.
+    pub award: Percentiles,
+    /// Sends the swarm made late or skipped (the load generator falling behind).
+    pub behind_schedule: u64,
+    /// Share of its core the load generator (and the allocator beside it) used during the
+    /// round: near 1, the client, not the edge, bounds the latency.
+    pub client_busy: f64,
+    /// Share of its core the edge used during the round.
+    pub edge_busy: f64,
+}
+
+impl LevelFigures {
+    /// The load generator fell behind: more than 1% of sends late or skipped, or its core
+    /// more than 95% busy.
+    pub fn client_bound(&self) -> bool {
+        self.client_busy > 0.95 || self.behind_schedule as f64 > 0.01 * self.offered_per_s
+    }
+}
+
+/// Per-phone rate that offers `target` shakes per second from `phones` phones.
+pub fn rate_per_phone(target: f64, phones: usize) -> f64 {
+    target / phones.max(1) as f64
+}
+
+/// Loads the edge at one level of `max_per_s` for `round_s` seconds.
+pub fn run_level(
+    load: &LoadOptions,
+    max_per_s: f64,
+    level: f64,
+    round_s: u64,
+) -> anyhow::Result<LevelFigures> {
+    let offered = max_per_s * level;
+    let load = LoadOptions { rate_per_phone: rate_per_phone(offered, load.phones), ..load.clone() };
+    let ramp_s = (load.phones as f64 / load.connect_rate).ceil() as u64 + 3;
+    let fixture = Fixture::start(&FixtureOptions {
+        name: "shake-bench-latency".into(),
+        round_opens_in_s: ramp_s,
+        round_s,
+        workers: 1,
+        server_core: load.server_core,
+        client_core: load.client_core,
+        // Phones shake faster than a person would at the higher levels: lift their own limit
+        // so every shake reaches the edge's admission as offered.
+        edge_overrides: vec![
+            ("phone_rate_per_s".into(), "phone_rate_per_s = 1000.0".into()),
+            ("phone_burst".into(), "phone_burst = 1000.0".into()),
+        ],
+    })?;
+    // CPU of both sides over the round: (seconds, client CPU µs, edge CPU µs) at its start and end.
+    let me = std::process::id();
+    let edge = fixture.edge_pid();
+    let mut marks: Vec<(f64, u64, u64)> = Vec::new();
+    let report = drive_edge(&fixture, &load, ramp_s + round_s + 2, |sample| {
+        if sample.t_s >= ramp_s as f64 && sample.t_s <= (ramp_s + round_s) as f64 {
+            marks.push((
+                sample.t_s,
+                procfs::process_cpu_us(me).unwrap_or(0),
+                procfs::process_cpu_us(edge).unwrap_or(0),
+            ));
+        }
+    });
+    fixture.stop();
+    let report = report?;
+    let busy = |cpu: fn(&(f64, u64, u64)) -> u64| match (marks.first(), marks.last()) {
+        (Some(a), Some(b)) if b.0 > a.0 => {
+            cpu(b).saturating_sub(cpu(a)) as f64 / ((b.0 - a.0) * 1e6)
+        }
+        _ => 0.0,
+    };
+    Ok(LevelFigures {
+        level,
+        offered_per_s: offered,
+        achieved_per_s: report.outcomes as f64 / round_s as f64,
+        outcome: report.latency_ms.outcome,
+        award: report.latency_ms.award,
+        behind_schedule: report.behind_schedule,
+        client_busy: busy(|m| m.1),
+        edge_busy: busy(|m| m.2),
+    })
+}
+
+/// Measures the maximum, then every level.
+pub fn run(load: &LoadOptions, round_s: u64) -> anyhow::Result<(f64, Vec<LevelFigures>)> {
+    crate::sys::pin_process(std::process::id(), load.client_core)?;
+    let max = edge_bench::measure_edge(load)?.max_per_busy_core();
+    let levels = LEVELS
+        .iter()
+        .map(|level| run_level(load, max, *level, round_s))
+        .collect::<Result<_, _>>()?;
+    Ok((max, levels))
+}
+
+/// The readable table and the JSON figures.
+pub fn table_and_figures(
+    max_per_s: f64,
+    levels: &[LevelFigures],
+) -> (String, serde_json::Map<String, serde_json::Value>) {
+    let mut table = format!(
+        "latency: the edge at shares of its maximum ({max_per_s:.0} shakes/s per busy core)\n\
+         {:<7}{:>11}{:>11}{:>10}{:>10}{:>10}{:>10}{:>10}{:>10}{:>9}{:>7}{:>7}\n{}\n",
+        "level",
+        "offered/s",
+        "answered/s",
+        "out p50",
+        "out p99",
+        "out p999",
+        "awd p50",
+        "awd p99",
+        "awd p999",
+        "behind",
+        "edge",
+        "client",
+        "-".repeat(112)
+    );
+    let mut figures = serde_json::Map::new();
+    figures.insert("max_shakes_per_s".into(), max_per_s.round().into());
+    let round2 = |x: f64| (x * 100.0).round() / 100.0;
+    for l in levels {
+        table += &format!(
+            "{:<7}{:>11.0}{:>11.0}{:>10.2}{:>10.2}{:>10.2}{:>10.2}{:>10.2}{:>10.2}{:>9}{:>6.0}%{:>6.0}%\n",
+            format!("{:.0}%", l.level * 100.0),
+            l.offered_per_s,
+            l.achieved_per_s,
+            l.outcome.p50,
+            l.outcome.p99,
+            l.outcome.p999,
+            l.award.p50,
+            l.award.p99,
+            l.award.p999,
+            l.behind_schedule,
+            l.edge_busy * 100.0,
+            l.client_busy * 100.0
+        );
+        let at = format!("at_{:.0}", l.level * 100.0);
+        figures.insert(format!("p50_outcome_ms_{at}"), round2(l.outcome.p50).into());
+        figures.insert(format!("p99_outcome_ms_{at}"), round2(l.outcome.p99).into());
+        figures.insert(format!("p999_outcome_ms_{at}"), round2(l.outcome.p999).into());
+        figures.insert(format!("p50_award_ms_{at}"), round2(l.award.p50).into());
+        figures.insert(format!("p99_award_ms_{at}"), round2(l.award.p99).into());
+        figures.insert(format!("offered_per_s_{at}"), l.offered_per_s.round().into());
+        figures.insert(format!("answered_per_s_{at}"), l.achieved_per_s.round().into());
+        figures.insert(format!("behind_schedule_{at}"), l.behind_schedule.into());
+        figures.insert(format!("edge_busy_{at}"), round2(l.edge_busy).into());
+        figures.insert(format!("client_busy_{at}"), round2(l.client_busy).into());
+        figures.insert(format!("client_bound_{at}"), l.client_bound().into());
+    }
+    let at_80 = levels.iter().find(|l| (l.level - 0.8).abs() < 1e-9);
+    let met = at_80.is_some_and(|l| l.outcome.p99 <= 2.0 && l.award.p99 <= 10.0);
+    table += "goals at 80%: p99 shake->outcome <= 2 ms, p99 shake->award <= 10 ms\n";
+    if levels.iter().any(LevelFigures::client_bound) {
+        table += "note: the load generator's core was saturated or fell behind at some level: \
+                  there the latency is the client's as much as the edge's\n";
+    }
+    figures.insert("goal_met".into(), met.into());
+    (table, figures)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn percentiles(p50: f64, p99: f64) -> Percentiles {
+        Percentiles { count: 100, p50, p90: p99, p99, p999: p99, p9999: p99, max: p99 }
+    }
+
+    #[test]
+    fn levels_are_shares_of_the_maximum_and_the_goal_reads_the_80_percent_level() {
+        assert_eq!(rate_per_phone(20_000.0, 10_000), 2.0);
+        let level = |level: f64, out_p99: f64, award_p99: f64| LevelFigures {
+            level,
+            offered_per_s: 20_000.0 * level,
+            achieved_per_s: 20_000.0 * level,
+            outcome: percentiles(0.5, out_p99),
+            award: percentiles(3.0, award_p99),
+            behind_schedule: 0,
+            client_busy: 0.5,
+            edge_busy: 0.5,
+        };
+        let (table, json) =
+            table_and_figures(20_000.0, &[level(0.5, 9.0, 50.0), level(0.8, 1.5, 8.0)]);
+        assert!(table.contains("80%"), "{table}");
+        assert_eq!(json["p99_outcome_ms_at_80"], 1.5);
+        assert_eq!(json["p99_award_ms_at_80"], 8.0);
+        assert_eq!(json["offered_per_s_at_50"], 10_000.0);
+        assert_eq!(json["goal_met"], true);
+        assert_eq!(json["client_bound_at_80"], false);
+        let (_, json) = table_and_figures(20_000.0, &[level(0.8, 2.5, 8.0)]);
+        assert_eq!(json["goal_met"], false);
+    }
+}
