@@ -91,6 +91,14 @@ pub async fn run(
     Ok(())
 }
 
+/// A steady tick from `first` every `interval`; a late tick delays the next ones rather than
+/// bursting to catch up.
+fn steady(first: Instant, interval: Duration) -> tokio::time::Interval {
+    let mut ticks = tokio::time::interval_at(first, interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks
+}
+
 async fn datagrams(
     conn: quinn::Connection,
     first: Instant,
@@ -98,8 +106,7 @@ async fn datagrams(
     end: Instant,
     counters: &LoadCounters,
 ) {
-    let mut ticks = tokio::time::interval_at(first, interval);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks = steady(first, interval);
     let message = Bytes::from_static(&MESSAGE);
     loop {
         tokio::select! {
@@ -129,8 +136,7 @@ async fn streams(
     end: Instant,
     counters: &LoadCounters,
 ) {
-    let mut ticks = tokio::time::interval_at(first, interval);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks = steady(first, interval);
     let mut pending = tokio::task::JoinSet::new();
     loop {
         ticks.tick().await;
