@@ -11,11 +11,13 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use shake_ops::config::Validate;
 
 use crate::fixture::{Fixture, FixtureOptions};
 use crate::floor::{self, FloorFigures};
 use crate::loadgen::{self, LoadCounters, LoadPlan};
 use crate::quinn_echo::{self, EchoMode, EchoServer};
+use crate::stats::ratio;
 use crate::swarm::{self, report::Report, scenario::Scenario};
 use crate::window::{Measured, Sample, Window};
 use crate::{procfs, sys};
@@ -51,30 +53,25 @@ impl LoadOptions {
     }
 }
 
-/// The dev key the edge's example configuration trusts (scripts/lib.sh configures the edge
-/// from it); the swarm mints tokens with it.
-pub const DEV_TOKEN_SECRET_HEX: &str =
-    "7368616b652d6465762d746f6b656e2d7365637265742d6e6f742d666f722d70";
-
-/// A swarm scenario of honest phones shaking steadily (no opening spike) against one edge.
+/// The demo scenario (its dev token key is the one the edge's example configuration trusts)
+/// turned into a steady load of honest phones against one edge: no opening spike, no churn.
 pub fn scenario(
     load: &LoadOptions,
     edge: std::net::SocketAddr,
     ca: &Path,
     duration_s: u64,
 ) -> anyhow::Result<Scenario> {
-    let text = format!(
-        "phones = {phones}\nedges = [\"{edge}\"]\nca = \"{ca}\"\nduration_s = {duration_s}\n\
-         client_endpoints = 8\nseed = 1\n\
-         [tokens]\nkey_id = 1\nsecret_hex = \"{DEV_TOKEN_SECRET_HEX}\"\n\
-         [connect]\nphones_per_s = {connect}\n\
-         [shaking]\nrate_per_s = {rate}\njitter = 0.5\nspike = false\n",
-        phones = load.phones,
-        ca = ca.display(),
-        connect = load.connect_rate,
-        rate = load.rate_per_phone,
-    );
-    Ok(Scenario::parse(&text)?)
+    let mut scenario = Scenario::parse(include_str!("../scenarios/demo.toml"))?;
+    scenario.phones = load.phones;
+    scenario.edges = vec![edge];
+    scenario.ca = ca.to_owned();
+    scenario.duration_s = duration_s;
+    scenario.connect.phones_per_s = load.connect_rate;
+    scenario.shaking.rate_per_s = load.rate_per_phone;
+    scenario.shaking.spike = false;
+    scenario.churn.share = 0.0;
+    scenario.validate()?;
+    Ok(scenario)
 }
 
 /// Runs the swarm against a fixture's edge on the client core, feeding `window` with the
@@ -198,11 +195,6 @@ impl EdgeFigures {
     }
 }
 
-/// `a / b`, 0 when `b` is 0.
-pub fn ratio(a: f64, b: f64) -> f64 {
-    if b > 0.0 { a / b } else { 0.0 }
-}
-
 /// Runs the four measurements in turn.
 pub fn run(load: &LoadOptions) -> anyhow::Result<EdgeFigures> {
     sys::pin_process(std::process::id(), load.client_core)?;
@@ -303,7 +295,6 @@ mod tests {
         };
         assert_eq!(figures.cpu_ratio_vs_quinn_echo(), 0.5);
         assert_eq!(figures.rate_ratio_vs_floor(), 0.2); // 100 k/s against 500 k/s
-        assert_eq!(ratio(1.0, 0.0), 0.0);
         let load = LoadOptions {
             phones: 10,
             rate_per_phone: 1.0,
@@ -335,6 +326,7 @@ mod tests {
         let s =
             scenario(&load, "127.0.0.1:4433".parse().unwrap(), Path::new("ca.pem"), 30).unwrap();
         assert_eq!((s.phones, s.shaking.spike, s.duration_s), (10_000, false, 30));
+        assert_eq!((s.churn.share, s.shaking.rate_per_s, s.edges.len()), (0.0, 2.0, 1));
         assert_eq!(load.run_s(), 26);
     }
 }

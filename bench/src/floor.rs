@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::stats::{per, rate_per_busy_core};
 use crate::sys::{self, BATCH, Batch};
 
 /// Size of a request and of its reply: about a shake datagram in a QUIC short-header packet.
@@ -44,16 +45,6 @@ impl FloorFigures {
     pub fn max_pairs_per_s(&self) -> f64 {
         rate_per_busy_core(self.cpu_us_per_pair())
     }
-}
-
-/// `total / count`, 0 when nothing was counted.
-pub fn per(total: f64, count: u64) -> f64 {
-    if count == 0 { 0.0 } else { total / count as f64 }
-}
-
-/// Messages per second one fully busy core handles at `cpu_us` CPU microseconds per message.
-pub fn rate_per_busy_core(cpu_us: f64) -> f64 {
-    if cpu_us > 0.0 { 1e6 / cpu_us } else { 0.0 }
 }
 
 fn socket() -> std::io::Result<UdpSocket> {

@@ -114,12 +114,12 @@ pub struct HandshakeFigures {
 impl HandshakeFigures {
     /// Full handshakes one fully busy server core completes per second.
     pub fn full_per_busy_core(&self) -> f64 {
-        crate::floor::rate_per_busy_core(self.full_server_us)
+        crate::stats::rate_per_busy_core(self.full_server_us)
     }
 
     /// Resumed handshakes one fully busy server core completes per second.
     pub fn resumed_per_busy_core(&self) -> f64 {
-        crate::floor::rate_per_busy_core(self.resumed_server_us)
+        crate::stats::rate_per_busy_core(self.resumed_server_us)
     }
 }
 
@@ -164,7 +164,7 @@ pub fn table_and_figures(
         );
     }
     if let (Some(quinn), Some(edge)) = (results.get(QUINN_DEFAULT), results.get(EDGE)) {
-        let ratio = crate::edge_bench::ratio(edge.full_per_busy_core(), quinn.full_per_busy_core());
+        let ratio = crate::stats::ratio(edge.full_per_busy_core(), quinn.full_per_busy_core());
         table += &format!("hs_ratio_vs_quinn_default {ratio:.2} (goal >= 2)\n");
         figures.insert("edge_full_hs_per_s".into(), edge.full_per_busy_core().round().into());
         figures.insert(

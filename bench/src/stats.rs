@@ -1,4 +1,5 @@
-//! Arithmetic for repeated measurements: the median of several runs, and rates.
+//! Arithmetic for measurements: the median of several runs, rates, CPU per message and what
+//! one busy core would do at that cost.
 //!
 //! Benchmarks on a shared, noisy machine quote the median of repeated runs, never one run.
 
@@ -26,6 +27,22 @@ pub fn per_second(items: u64, elapsed: Duration) -> f64 {
     if secs == 0.0 { 0.0 } else { items as f64 / secs }
 }
 
+/// `total / count`, zero when nothing was counted.
+pub fn per(total: f64, count: u64) -> f64 {
+    if count == 0 { 0.0 } else { total / count as f64 }
+}
+
+/// Messages per second one fully busy core handles at `cpu_us` CPU microseconds per message;
+/// zero when nothing was measured.
+pub fn rate_per_busy_core(cpu_us: f64) -> f64 {
+    if cpu_us > 0.0 { 1e6 / cpu_us } else { 0.0 }
+}
+
+/// `a / b`, zero when `b` is zero.
+pub fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 { a / b } else { 0.0 }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -42,5 +59,15 @@ mod tests {
     fn rates() {
         assert_eq!(per_second(1_000, Duration::from_millis(500)), 2_000.0);
         assert_eq!(per_second(1_000, Duration::ZERO), 0.0);
+    }
+
+    #[test]
+    fn per_message_rates_and_ratios_guard_against_zero() {
+        assert_eq!(per(10.0, 4), 2.5);
+        assert_eq!(per(10.0, 0), 0.0);
+        assert_eq!(rate_per_busy_core(4.0), 250_000.0);
+        assert_eq!(rate_per_busy_core(0.0), 0.0);
+        assert_eq!(ratio(3.0, 2.0), 1.5);
+        assert_eq!(ratio(1.0, 0.0), 0.0);
     }
 }

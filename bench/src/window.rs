@@ -43,12 +43,12 @@ impl Measured {
 
     /// Server CPU microseconds per reply.
     pub fn cpu_us_per_message(&self) -> f64 {
-        crate::floor::per(self.cpu_us as f64, self.answered)
+        crate::stats::per(self.cpu_us as f64, self.answered)
     }
 
     /// Replies per second one fully busy server core would give.
     pub fn max_per_busy_core(&self) -> f64 {
-        crate::floor::rate_per_busy_core(self.cpu_us_per_message())
+        crate::stats::rate_per_busy_core(self.cpu_us_per_message())
     }
 
     /// Share of sent messages answered.
