@@ -159,11 +159,28 @@ impl WorkerState {
         self.encode(|out| frame.encode(out))
     }
 
+    /// Sends a control frame to every phone of this worker, paced (see [`paced_broadcast`]).
     fn broadcast(&mut self, frame: &ControlFrame) {
         let bytes = self.control_frame(frame);
-        for phone in self.phones.iter() {
-            phone.control.push(bytes.clone());
+        let outboxes: Vec<Rc<Outbox>> = self.phones.iter().map(|p| p.control.clone()).collect();
+        tokio::task::spawn_local(paced_broadcast(outboxes, bytes));
+    }
+}
+
+/// Phones a broadcast reaches before it lets the worker's other tasks run.
+const BROADCAST_CHUNK: usize = 256;
+
+/// Queues `frame` for every outbox, `BROADCAST_CHUNK` at a time with a yield in between. A
+/// round notice pushed to 10,000 phones at once woke 10,000 sessions and their connections
+/// ahead of everything else, and the shakes arriving at that moment (the round opening) waited
+/// about 300 ms (docs/PERFORMANCE.md). Two broadcasts in flight keep their order per phone:
+/// the first one spawned reaches each chunk first.
+async fn paced_broadcast(outboxes: Vec<Rc<Outbox>>, frame: Bytes) {
+    for chunk in outboxes.chunks(BROADCAST_CHUNK) {
+        for outbox in chunk {
+            outbox.push(frame.clone());
         }
+        tokio::task::yield_now().await;
     }
 }
 
