@@ -173,8 +173,9 @@ const BROADCAST_CHUNK: usize = 256;
 /// Queues `frame` for every outbox, `BROADCAST_CHUNK` at a time with a yield in between. A
 /// round notice pushed to 10,000 phones at once woke 10,000 sessions and their connections
 /// ahead of everything else, and the shakes arriving at that moment (the round opening) waited
-/// about 300 ms (docs/PERFORMANCE.md). Two broadcasts in flight keep their order per phone:
-/// the first one spawned reaches each chunk first.
+/// behind them: an estimated 300 ms at 30 us per message (docs/PERFORMANCE.md). Two
+/// broadcasts in flight keep their order per phone: the first one spawned reaches each chunk
+/// first.
 async fn paced_broadcast(outboxes: Vec<Rc<Outbox>>, frame: Bytes) {
     for chunk in outboxes.chunks(BROADCAST_CHUNK) {
         for outbox in chunk {
