@@ -98,7 +98,12 @@ struct WorkerState {
     per_source: HashMap<IpAddr, u32>,
     /// Woken when a shake opens a new batch, so the age flusher sleeps while none is open.
     batch_opened: Rc<tokio::sync::Notify>,
+    /// Broadcasts for the [`broadcaster`] task, one at a time, in order.
+    broadcasts: mpsc::UnboundedSender<Broadcast>,
 }
+
+/// A control frame for every phone a worker had when it was sent.
+type Broadcast = (Vec<Rc<Outbox>>, Bytes);
 
 type State = Rc<RefCell<WorkerState>>;
 
@@ -159,29 +164,31 @@ impl WorkerState {
         self.encode(|out| frame.encode(out))
     }
 
-    /// Sends a control frame to every phone of this worker, paced (see [`paced_broadcast`]).
+    /// Sends a control frame to every phone of this worker, paced (see [`broadcaster`]).
     fn broadcast(&mut self, frame: &ControlFrame) {
         let bytes = self.control_frame(frame);
         let outboxes: Vec<Rc<Outbox>> = self.phones.iter().map(|p| p.control.clone()).collect();
-        tokio::task::spawn_local(paced_broadcast(outboxes, bytes));
+        let _ = self.broadcasts.send((outboxes, bytes));
     }
 }
 
 /// Phones a broadcast reaches before it lets the worker's other tasks run.
 const BROADCAST_CHUNK: usize = 256;
 
-/// Queues `frame` for every outbox, `BROADCAST_CHUNK` at a time with a yield in between. A
-/// round notice pushed to 10,000 phones at once woke 10,000 sessions and their connections
-/// ahead of everything else, and the shakes arriving at that moment (the round opening) waited
-/// behind them: an estimated 300 ms at 30 us per message (docs/PERFORMANCE.md). Two
-/// broadcasts in flight keep their order per phone: the first one spawned reaches each chunk
-/// first.
-async fn paced_broadcast(outboxes: Vec<Rc<Outbox>>, frame: Bytes) {
-    for chunk in outboxes.chunks(BROADCAST_CHUNK) {
-        for outbox in chunk {
-            outbox.push(frame.clone());
+/// Delivers broadcasts one after another, each to `BROADCAST_CHUNK` outboxes at a time with a
+/// yield in between. A round notice pushed to 10,000 phones at once woke 10,000 sessions and
+/// their connections ahead of everything else, and the shakes arriving at that moment (the
+/// round opening) waited behind them: an estimated 300 ms at 30 us per message
+/// (docs/PERFORMANCE.md). One task for all broadcasts keeps their order for every phone (two
+/// tasks yielding in turn do not: tokio may resume them in either order).
+async fn broadcaster(mut broadcasts: mpsc::UnboundedReceiver<Broadcast>) {
+    while let Some((outboxes, frame)) = broadcasts.recv().await {
+        for chunk in outboxes.chunks(BROADCAST_CHUNK) {
+            for outbox in chunk {
+                outbox.push(frame.clone());
+            }
+            tokio::task::yield_now().await;
         }
-        tokio::task::yield_now().await;
     }
 }
 
@@ -220,6 +227,7 @@ pub fn run(
         let start_us =
             SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| d.as_micros() as u64);
         let (uplink_tx, uplink_rx) = mpsc::unbounded_channel();
+        let (broadcasts_tx, broadcasts_rx) = mpsc::unbounded_channel();
         let state: State = Rc::new(RefCell::new(WorkerState {
             id,
             workers,
@@ -233,7 +241,9 @@ pub fn run(
             flushed_at: HashMap::new(),
             per_source: HashMap::new(),
             batch_opened: Rc::new(tokio::sync::Notify::new()),
+            broadcasts: broadcasts_tx,
         }));
+        tokio::task::spawn_local(broadcaster(broadcasts_rx));
         tokio::task::spawn_local(uplink(state.clone(), shared.clone(), allocator, uplink_rx));
         tokio::task::spawn_local(flush_by_age(state.clone(), shared.clone()));
         tokio::task::spawn_local(housekeeping(state.clone(), shared.clone()));
@@ -715,4 +725,37 @@ async fn drain(state: &State, shared: &Shared) {
         phones_left = s.phones.len(),
         "worker drained"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn paced_broadcasts_reach_every_phone_once_and_keep_their_order() {
+        let outboxes: Vec<Rc<Outbox>> =
+            (0..BROADCAST_CHUNK * 3 + 7).map(|_| Rc::new(Outbox::default())).collect();
+        let (tx, rx) = mpsc::unbounded_channel();
+        tx.send((outboxes.clone(), Bytes::from_static(b"open"))).unwrap();
+        tx.send((outboxes.clone(), Bytes::from_static(b"close"))).unwrap();
+        drop(tx);
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async {
+                let task = tokio::task::spawn_local(broadcaster(rx));
+                // Other tasks run between chunks: this one gets in before the first broadcast
+                // is done with every phone.
+                tokio::task::yield_now().await;
+                tokio::task::yield_now().await;
+                assert!(!outboxes[0].is_empty(), "the first chunk went out");
+                assert!(outboxes.last().unwrap().is_empty(), "paced, not all at once");
+                task.await.unwrap();
+            })
+            .await;
+        for outbox in &outboxes {
+            assert_eq!(outbox.len(), 2);
+            assert_eq!(outbox.next().await, Bytes::from_static(b"open"));
+            assert_eq!(outbox.next().await, Bytes::from_static(b"close"));
+        }
+    }
 }
