@@ -9,13 +9,14 @@
 #   scripts/chaos.sh link-cut hostile only the named scenarios
 #
 # Scenarios: allocator-kill edge-kill link-cut phone-loss slow-allocator hostile
-# Environment: PHONES, ROUND_S, HOSTILE_RATIO_MAX (default 2), SHAKE_BIN_DIR (prebuilt binaries:
-# no build step), SHAKE_CHAOS_DIR (where run files go; default target/chaos).
+# Environment: PHONES, ROUND_S, HOSTILE_RATIO_MAX (default 2), HOSTILE_PAIRS (baseline and
+# hostile runs whose medians are compared; 3, or 1 with --short), SHAKE_BIN_DIR (prebuilt
+# binaries: no build step), SHAKE_CHAOS_DIR (where run files go; default target/chaos).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 usage() {
-    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
     exit 64
 }
 
@@ -36,10 +37,12 @@ if [ "$short" = 1 ]; then
     PHONES="${PHONES:-150}"
     ROUND_S="${ROUND_S:-5}"
     KILLS=2
+    HOSTILE_PAIRS="${HOSTILE_PAIRS:-1}"
 else
     PHONES="${PHONES:-1000}"
     ROUND_S="${ROUND_S:-12}"
     KILLS=3
+    HOSTILE_PAIRS="${HOSTILE_PAIRS:-3}"
 fi
 LEAD_S=3
 HOSTILE_RATIO_MAX="${HOSTILE_RATIO_MAX:-2}"
@@ -105,7 +108,9 @@ start_allocator() {
 declare -A edge_pid edge_addr edge_metrics
 start_edge() {
     local id="$1"
-    write_edge_config "$S/edge-$id.toml" "$S" "$id" "$2" 1
+    # Both scenario files spread the phones over the same number of client endpoints.
+    write_edge_config "$S/edge-$id.toml" "$S" "$id" "$2" 1 \
+        "$(phones_per_source "$PHONES" bench/scenarios/demo.toml)"
     "$BIN/shake-edge" run --config "$S/edge-$id.toml" >"$S/edge-$id.out" 2>"$S/edge-$id.log" &
     edge_pid[$id]=$!
     pids+=("${edge_pid[$id]}")
@@ -204,7 +209,7 @@ record() {
         status=FAIL
         for p in "${problems[@]}"; do echo "chaos: $name: $p" >&2; done
     fi
-    rows+=("$(printf '%-16s %-5s %8s %8s %5s %7s %9s %9s %8s %8s  %s' "$name" "$status" \
+    rows+=("$(printf '%-18s %-5s %8s %8s %5s %7s %9s %9s %8s %8s  %s' "$name" "$status" \
         "${granted:-?}" "${received:-?}" "${lost:-?}" "${doubled:-?}" "${overspent:-?}" \
         "${p99:-?}" "$(( edge_peak / 1024 ))" "$(( alloc_peak / 1024 ))" "$notes")")
     say "$name: $status $notes"
@@ -329,48 +334,79 @@ scenario_slow_allocator() {
     finish
 }
 
-# The honest phones' p99 with attackers beside them, against the same run without.
-scenario_hostile() {
-    sed -e 's/^\(over_rate\|forged_token\|expired_token\|malformed\|oversized_frame\|stream_flood\|connection_flood\) = [0-9.]*/\1 = 0.0/' \
-        bench/scenarios/hostile.toml >"$DIR/honest.toml"
-    begin honest-baseline
-    start_allocator
-    start_edge 1 "$alloc_addr"
-    swarm_start "$DIR/honest.toml" "${edge_addr[1]}"
-    swarm_wait
-    finish
-    local baseline
-    baseline=$(json_number "$S/verify.json" p99_honest_outcome_ms)
+# Median of the numbers given.
+median() {
+    printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'
+}
 
-    begin hostile
-    start_allocator
-    start_edge 1 "$alloc_addr"
-    swarm_start bench/scenarios/hostile.toml "${edge_addr[1]}"
-    swarm_wait
+# The honest phones' p99 with attackers beside them, against the same run without: the same
+# number of honest phones, the attackers left out (the swarm turns each share into an exact
+# count, at least one, rounded half up). One run's p99 is mostly the round-open spike and
+# varies 3x between identical runs on this VM, so HOSTILE_PAIRS pairs run in turn and their
+# medians are compared; the last hostile row carries that check.
+scenario_hostile() {
+    local roles='over_rate|forged_token|expired_token|malformed|oversized_frame|stream_flood|connection_flood'
+    sed -E "s/^($roles) = [0-9.]*/\1 = 0.0/" bench/scenarios/hostile.toml >"$DIR/honest.toml"
+    local honest pair suffix="" baselines=() attacked=()
+    honest=$(awk -v n="$PHONES" -F'[= ]+' -v re="^($roles)\$" '
+        $1 ~ re { c = int($2 * n + 0.5); if ($2 > 0 && c < 1) c = 1; h += c }
+        END { print n - h }' bench/scenarios/hostile.toml)
+    for pair in $(seq 1 "$HOSTILE_PAIRS"); do
+        [ "$HOSTILE_PAIRS" -eq 1 ] || suffix="-$pair"
+        PHONES=$honest begin "honest-baseline$suffix"
+        start_allocator
+        start_edge 1 "$alloc_addr"
+        PHONES=$honest swarm_start "$DIR/honest.toml" "${edge_addr[1]}"
+        swarm_wait
+        finish
+        baselines+=("$(json_number "$S/verify.json" p99_honest_outcome_ms)")
+
+        begin "hostile$suffix"
+        start_allocator
+        start_edge 1 "$alloc_addr"
+        swarm_start bench/scenarios/hostile.toml "${edge_addr[1]}"
+        swarm_wait
+        hostile_checks
+        if [ "$pair" -eq "$HOSTILE_PAIRS" ]; then
+            local base under
+            base=$(median "${baselines[@]}")
+            under=$(median "${attacked[@]}")
+            hostile_ratio=$(awk -v a="$under" -v b="$base" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')
+            awk -v r="$hostile_ratio" -v m="$HOSTILE_RATIO_MAX" 'BEGIN { exit !(r <= m) }' ||
+                problems+=("median honest p99 ${under} ms is ${hostile_ratio}x the ${base} ms without attackers")
+            notes="$notes; median honest p99 of ${HOSTILE_PAIRS}: ${under} ms vs ${base} ms (${hostile_ratio}x; without attackers: ${baselines[*]})"
+        fi
+        finish
+    done
+}
+
+# What every hostile run must show; appends this run's honest p99 to `attacked`.
+hostile_checks() {
     kill -0 "${edge_pid[1]}" 2>/dev/null || problems+=("the edge died under attack")
-    local line="$S/swarm.line.json" attacked
+    local line="$S/swarm.line.json" p99
     tail -n1 "$S/swarm.out" >"$line"
-    attacked=$(json_number "$line" p99_honest_outcome_ms)
-    hostile_ratio=$(awk -v a="$attacked" -v b="$baseline" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')
-    awk -v r="$hostile_ratio" -v m="$HOSTILE_RATIO_MAX" 'BEGIN { exit !(r <= m) }' ||
-        problems+=("honest p99 ${attacked} ms is ${hostile_ratio}x the ${baseline} ms without attackers")
+    p99=$(json_number "$line" p99_honest_outcome_ms)
+    attacked+=("$p99")
     for code in BAD_TOKEN TOKEN_EXPIRED FRAME_TOO_LARGE; do
         grep -q "closed by the edge: $code" "$S/swarm.out" || problems+=("no session closed with $code")
     done
     grep -q "hostile: streams_held_back" "$S/swarm.out" ||
         problems+=("stream floods were not held back")
-    local slow
+    local slow flood_refused flood_completed
     slow=$(sed -n 's/.*"slow_down":\([0-9]*\).*/\1/p' "$line")
     [ "${slow:-0}" -gt 0 ] || problems+=("over-rate phones were never slowed down")
-    notes="honest p99 ${attacked} ms vs ${baseline} ms (${hostile_ratio}x); $(metric_sum "${edge_metrics[1]}" shake_edge_drops_total) bad inputs dropped"
-    finish
+    # The connection flood (one address, fresh ports) must meet the per-source rate limit.
+    flood_refused=$(metric_sum "${edge_metrics[1]}" 'shake_edge_handshakes_total{outcome="rate_limited"')
+    flood_completed=$(sed -n 's/.*hostile: flood_handshakes_completed *\([0-9]*\).*/\1/p' "$S/swarm.out")
+    [ "$flood_refused" -gt 0 ] || problems+=("the connection flood was never rate-limited")
+    notes="honest p99 ${p99} ms; flood: ${flood_refused} handshakes refused, ${flood_completed:-0} completed; $(metric_sum "${edge_metrics[1]}" shake_edge_drops_total) bad inputs dropped"
 }
 
 for scenario in "${selected[@]}"; do
     "scenario_${scenario//-/_}"
 done
 
-printf '\n%-16s %-5s %8s %8s %5s %7s %9s %9s %8s %8s  %s\n' scenario result granted received lost doubled overspent \
+printf '\n%-18s %-5s %8s %8s %5s %7s %9s %9s %8s %8s  %s\n' scenario result granted received lost doubled overspent \
     "p99(ms)" "edgeMiB" "allocMiB" notes
 for row in "${rows[@]}"; do echo "$row"; done
 printf '{"scenarios_run":%d,"scenarios_passed":%d,"awards_lost":%d,"awards_doubled":%d,"pools_overspent":%d,"honest_p99_ratio_under_attack":%s,"phones":%d,"round_s":%d}\n' \

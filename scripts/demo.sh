@@ -59,7 +59,7 @@ alloc_pid=$!
 pids+=("$alloc_pid")
 alloc_addr=$(ready_field "$DEMO/allocator.out" quic "$alloc_pid")
 
-write_edge_config "$DEMO/edge.toml" "$DEMO" 1 "$alloc_addr" 2
+write_edge_config "$DEMO/edge.toml" "$DEMO" 1 "$alloc_addr" 2 "$(phones_per_source "$PHONES" "$SCENARIO")"
 
 say "starting the edge (log: $DEMO/edge.log)"
 "$BIN/shake-edge" run --config "$DEMO/edge.toml" >"$DEMO/edge.out" 2>"$DEMO/edge.log" &

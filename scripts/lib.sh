@@ -60,19 +60,33 @@ TOML
 }
 
 # Writes an edge configuration from the annotated example: FILE DIR EDGE_ID ALLOCATOR_ADDR
-# WORKERS (any port, loopback, the per-source handshake limit lifted: every phone here shares
-# one address).
+# WORKERS [PHONES_PER_SOURCE] (any port, loopback). PHONES_PER_SOURCE is how many phones share
+# one source address and port, as behind a carrier NAT: the swarm puts PHONES / client_endpoints
+# behind each of its loopback addresses. The per-source limits are raised for them the way an
+# operator would for such an address: in-progress handshakes and the burst cover them all (the
+# burst is per worker, and one address and port reaches one worker). The per-source rate
+# stays at its default, so a flood from one address is still refused.
 write_edge_config() {
-    local file="$1" dir="$2" id="$3" alloc_addr="$4" workers="$5"
+    local file="$1" dir="$2" id="$3" alloc_addr="$4" workers="$5" per_source="${6:-0}"
+    local in_progress=$(( per_source > 64 ? per_source : 64 ))
+    local burst=$(( (per_source > 200 ? per_source : 200) * workers ))
     sed -e "s#^edge_id = 1#edge_id = $id#" \
         -e "s#^addr = \"127.0.0.1:7400\"#addr = \"$alloc_addr\"#" \
         -e 's#^listen = "127.0.0.1:7443"#listen = "127.0.0.1:0"#' \
         -e 's#^metrics_listen = "127.0.0.1:9443"#metrics_listen = "127.0.0.1:0"#' \
         -e "s#^workers = 0#workers = $workers#" \
-        -e 's#^handshakes_per_source = 64 .*#handshakes_per_source = 100000  \# loopback: every phone shares one address#' \
+        -e "s#^handshakes_per_source = 64 #handshakes_per_source = $in_progress #" \
+        -e "s#^new_handshakes_per_source_burst = 200.0 #new_handshakes_per_source_burst = $burst.0 #" \
         -e "s#target/demo/certs/edge-1#$dir/certs/edge-$id#g" \
         -e "s#target/demo/certs#$dir/certs#g" \
         edge/shake-edge.example.toml >"$file"
+}
+
+# Phones per source address for a swarm of PHONES run with SCENARIO (its client_endpoints).
+phones_per_source() {
+    local phones="$1" scenario="$2" endpoints
+    endpoints=$(sed -n 's/^client_endpoints = \([0-9]*\).*/\1/p' "$scenario")
+    echo $(( (phones + ${endpoints:-8} - 1) / ${endpoints:-8} ))
 }
 
 # Peak resident memory of a live process, KiB (0 when it is gone).

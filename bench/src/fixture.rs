@@ -124,14 +124,26 @@ impl Fixture {
             "write_edge_config",
             &[edge_config.to_str().context("path")?, dir_str, "1", &alloc_addr, &workers],
         )?;
-        if !options.edge_overrides.is_empty() {
+        {
+            // The load generator connects every phone from one address: the per-source
+            // handshake limits (a defence, not what these benchmarks measure) are lifted.
+            let lifted = [
+                ("handshakes_per_source ", "handshakes_per_source = 1000000"),
+                ("new_handshakes_per_source_per_s ", "new_handshakes_per_source_per_s = 1e9"),
+                ("new_handshakes_per_source_burst ", "new_handshakes_per_source_burst = 1e9"),
+            ];
+            let overrides: Vec<(String, String)> = lifted
+                .iter()
+                .map(|(prefix, line)| ((*prefix).to_owned(), (*line).to_owned()))
+                .chain(options.edge_overrides.iter().cloned())
+                .collect();
             let text = std::fs::read_to_string(&edge_config)?;
             let text: Vec<String> = text
                 .lines()
                 .map(|line| {
-                    options
-                        .edge_overrides
+                    overrides
                         .iter()
+                        .rev()
                         .find(|(prefix, _)| line.starts_with(prefix.as_str()))
                         .map_or_else(|| line.to_owned(), |(_, new)| new.clone())
                 })

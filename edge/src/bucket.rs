@@ -49,6 +49,12 @@ impl TokenBucket {
             Err(((1.0 - self.tokens) * 1e6 / rate.per_s).ceil() as u64)
         }
     }
+
+    /// Whether the bucket has refilled to its burst by `now_us` (a fresh one would be the same).
+    pub fn is_full(&self, rate: Rate, now_us: u64) -> bool {
+        let elapsed = now_us.saturating_sub(self.last_us);
+        self.tokens + elapsed as f64 * rate.per_s / 1e6 >= rate.burst
+    }
 }
 
 #[cfg(test)]
@@ -86,5 +92,15 @@ mod tests {
         assert!(bucket.try_take(rate, 5_000_000).is_ok());
         // An earlier timestamp adds nothing.
         assert!(bucket.try_take(rate, 0).is_err());
+    }
+
+    #[test]
+    fn full_again_once_the_burst_has_refilled() {
+        let rate = Rate::new(10.0, 2.0);
+        let mut bucket = TokenBucket::full(rate, 0);
+        assert!(bucket.is_full(rate, 0));
+        assert!(bucket.try_take(rate, 0).is_ok());
+        assert!(!bucket.is_full(rate, 99_999));
+        assert!(bucket.is_full(rate, 100_000));
     }
 }

@@ -111,6 +111,14 @@ pub struct Limits {
     pub max_in_flight_batches: usize,
     /// Handshakes in progress per source address before new ones from it are ignored.
     pub handshakes_per_source: u32,
+    /// New handshakes per second one source may start (whole edge); faster ones are refused.
+    /// A source is an IPv4 address or an IPv6 /64. Phones behind one carrier NAT share it.
+    pub new_handshakes_per_source_per_s: f64,
+    /// Burst of that rate.
+    pub new_handshakes_per_source_burst: f64,
+    /// Source addresses tracked at once (whole edge); past it, unknown sources must answer a
+    /// Retry first.
+    pub max_tracked_sources: usize,
     /// Handshakes in progress (whole edge) before new ones are refused.
     pub max_handshakes: u32,
     /// Handshakes in progress (whole edge) past which clients must validate their address
@@ -134,6 +142,9 @@ impl Default for Limits {
             batch_max_age_us: 2_000,
             max_in_flight_batches: 16,
             handshakes_per_source: 64,
+            new_handshakes_per_source_per_s: 50.0,
+            new_handshakes_per_source_burst: 200.0,
+            max_tracked_sources: 65_536,
             max_handshakes: 4_096,
             retry_above_handshakes: 1_024,
             max_phones: 1_000_000,
@@ -229,6 +240,8 @@ impl Validate for EdgeConfig {
             ("limits.phone_rate_per_s", l.phone_rate_per_s),
             ("limits.phone_burst", l.phone_burst),
             ("limits.fallback_burst", l.fallback_burst),
+            ("limits.new_handshakes_per_source_per_s", l.new_handshakes_per_source_per_s),
+            ("limits.new_handshakes_per_source_burst", l.new_handshakes_per_source_burst),
         ];
         for (field, value) in positive {
             if !(value.is_finite() && value >= 1.0) {
@@ -245,6 +258,12 @@ impl Validate for EdgeConfig {
             return Err(invalid(
                 "limits",
                 "batch_max_age_us, max_in_flight_batches and hello_timeout_ms must be above 0",
+            ));
+        }
+        if l.handshakes_per_source == 0 || l.max_tracked_sources == 0 {
+            return Err(invalid(
+                "limits",
+                "handshakes_per_source and max_tracked_sources must be above 0",
             ));
         }
         if l.retry_above_handshakes > l.max_handshakes {
@@ -289,6 +308,13 @@ mod tests {
         let retry =
             EXAMPLE.replace("retry_above_handshakes = 1024", "retry_above_handshakes = 99999");
         assert_eq!(field_of(&retry), "limits.retry_above_handshakes");
+        let rate = EXAMPLE.replace(
+            "new_handshakes_per_source_per_s = 50.0",
+            "new_handshakes_per_source_per_s = 0.0",
+        );
+        assert_eq!(field_of(&rate), "limits.new_handshakes_per_source_per_s");
+        let table = EXAMPLE.replace("max_tracked_sources = 65536", "max_tracked_sources = 0");
+        assert_eq!(field_of(&table), "limits");
         assert!(matches!(
             EdgeConfig::parse(&EXAMPLE.replace("edge_id = 1", "edge_id = \"one\"")),
             Err(ConfigError::Parse { .. })

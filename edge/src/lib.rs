@@ -12,6 +12,7 @@
 //! - [`service`]: sockets (SO_REUSEPORT), TLS, the allocator link, workers, metrics.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`outbox`]: a phone's queue of control frames (awards, round notices).
+//! - [`sources`]: per-source handshake limits (sans-IO).
 
 pub mod admission;
 pub mod batcher;
@@ -21,4 +22,5 @@ pub mod metrics;
 pub mod outbox;
 pub mod phones;
 pub mod service;
+pub mod sources;
 pub mod worker;

@@ -16,7 +16,7 @@ pub struct EdgeMetrics {
     registry: Registry,
     /// Phones connected (after a valid Hello).
     pub phones: Gauge,
-    /// Handshakes by outcome (accepted, retried, refused, ignored, failed).
+    /// Handshakes by outcome (accepted, retried, refused, rate_limited, ignored, failed).
     pub handshakes: Family<Labels, Counter>,
     /// Sessions closed by the edge, by error code name.
     pub sessions_closed: Family<Labels, Counter>,

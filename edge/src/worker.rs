@@ -33,6 +33,7 @@ use crate::config::EdgeConfig;
 use crate::metrics::EdgeMetrics;
 use crate::outbox::Outbox;
 use crate::phones::{PhoneRef, PhoneTable};
+use crate::sources::{SourceLimiter, SourceLimits, SourceVerdict};
 
 /// What every worker shares (read-mostly, or per-connection atomics).
 #[derive(Debug)]
@@ -95,7 +96,7 @@ struct WorkerState {
     scratch: BytesMut,
     counts: Counts,
     flushed_at: HashMap<u64, Instant>,
-    per_source: HashMap<IpAddr, u32>,
+    sources: SourceLimiter,
     /// Woken when a shake opens a new batch, so the age flusher sleeps while none is open.
     batch_opened: Rc<tokio::sync::Notify>,
     /// Broadcasts for the [`broadcaster`] task, one at a time, in order.
@@ -239,7 +240,14 @@ pub fn run(
             scratch: BytesMut::with_capacity(64 * 1024),
             counts: Counts::default(),
             flushed_at: HashMap::new(),
-            per_source: HashMap::new(),
+            sources: SourceLimiter::new(SourceLimits {
+                in_progress: l.handshakes_per_source,
+                rate: Rate::new(
+                    l.new_handshakes_per_source_per_s / share,
+                    (l.new_handshakes_per_source_burst / share).max(1.0),
+                ),
+                max_sources: (l.max_tracked_sources / workers).max(1),
+            }),
             batch_opened: Rc::new(tokio::sync::Notify::new()),
             broadcasts: broadcasts_tx,
         }));
@@ -275,31 +283,46 @@ async fn accept(state: State, shared: Arc<Shared>, endpoint: quinn::Endpoint) {
             incoming.refuse();
             continue;
         }
-        if state.borrow().per_source.get(&source).copied().unwrap_or(0) >= l.handshakes_per_source {
-            EdgeMetrics::add(&metrics.handshakes, "outcome", "ignored", 1);
-            incoming.ignore();
-            continue;
-        }
-        if in_progress >= l.retry_above_handshakes && !incoming.remote_address_validated() {
+        let validated = incoming.remote_address_validated();
+        let verdict = state.borrow_mut().sources.on_attempt(source, validated, shared.now_us());
+        let tracked = match verdict {
+            SourceVerdict::Admit { tracked } => tracked,
+            SourceVerdict::Busy => {
+                EdgeMetrics::add(&metrics.handshakes, "outcome", "ignored", 1);
+                incoming.ignore();
+                continue;
+            }
+            SourceVerdict::TooFast => {
+                EdgeMetrics::add(&metrics.handshakes, "outcome", "rate_limited", 1);
+                incoming.refuse();
+                continue;
+            }
+            SourceVerdict::ValidateFirst => {
+                EdgeMetrics::add(&metrics.handshakes, "outcome", "retried", 1);
+                let _ = incoming.retry();
+                continue;
+            }
+        };
+        if in_progress >= l.retry_above_handshakes && !validated {
+            if tracked {
+                state.borrow_mut().sources.on_handshake_done(source);
+            }
             EdgeMetrics::add(&metrics.handshakes, "outcome", "retried", 1);
             let _ = incoming.retry();
             continue;
         }
         shared.handshakes.fetch_add(1, Ordering::Relaxed);
-        *state.borrow_mut().per_source.entry(source).or_default() += 1;
+        let source = tracked.then_some(source);
         tokio::task::spawn_local(session(state.clone(), shared.clone(), incoming, source));
     }
 }
 
-/// Ends a handshake's bookkeeping whichever way it went.
-fn handshake_done(state: &State, shared: &Shared, source: IpAddr) {
+/// Ends a handshake's bookkeeping whichever way it went. `source` is set if the attempt was
+/// counted against its source.
+fn handshake_done(state: &State, shared: &Shared, source: Option<IpAddr>) {
     shared.handshakes.fetch_sub(1, Ordering::Relaxed);
-    let mut s = state.borrow_mut();
-    if let Some(n) = s.per_source.get_mut(&source) {
-        *n -= 1;
-        if *n == 0 {
-            s.per_source.remove(&source);
-        }
+    if let Some(source) = source {
+        state.borrow_mut().sources.on_handshake_done(source);
     }
 }
 
@@ -329,7 +352,12 @@ async fn read_hello(
     }
 }
 
-async fn session(state: State, shared: Arc<Shared>, incoming: quinn::Incoming, source: IpAddr) {
+async fn session(
+    state: State,
+    shared: Arc<Shared>,
+    incoming: quinn::Incoming,
+    source: Option<IpAddr>,
+) {
     let connecting = match incoming.accept() {
         Ok(connecting) => connecting,
         Err(_) => {
@@ -659,6 +687,8 @@ async fn housekeeping(state: State, shared: Arc<Shared>) {
         publish(&mut s, &shared.metrics);
         send_acks(&mut s);
         if ticks.is_multiple_of(10) {
+            let now_us = shared.now_us();
+            s.sources.sweep(now_us);
             let load = s.admission.take_load();
             let frame = s.encode(|out| {
                 AllocatorFrame::LoadReport {

@@ -1,5 +1,6 @@
 //! Real phones against the real edge binary and a real allocator: every verdict, awards and
 //! their acknowledgements, bad and expired tokens, the Hello deadline, malformed datagrams.
+//! The handshake defences are in `handshake_limits.rs`.
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! A UDP relay for fault tests (`shake-relay`): it listens on one loopback address, gives each
-//! client its own upstream socket (so the server still sees one source per client), and drops,
-//! delays or cuts datagrams both ways by a [`faults::FaultPlan`].
+//! client its own upstream socket (so the server still sees one source per client, from the
+//! client's own address on loopback), and drops, delays or cuts datagrams both ways by a
+//! [`faults::FaultPlan`].
 //!
 //! Memory is bounded: at most `max_clients` clients (datagrams from more are dropped and
 //! counted) and at most `queue` datagrams waiting out their delay per direction (more are
@@ -160,7 +161,7 @@ async fn accept_clients(
                 continue;
             }
             None => {
-                let Ok(socket) = open_upstream(config.upstream).await else { continue };
+                let Ok(socket) = open_upstream(config.upstream, client).await else { continue };
                 shared.clients.fetch_add(1, Ordering::Relaxed);
                 tokio::spawn(serve_replies(
                     socket.clone(),
@@ -177,9 +178,21 @@ async fn accept_clients(
     }
 }
 
-async fn open_upstream(upstream: SocketAddr) -> std::io::Result<Arc<UdpSocket>> {
+/// Opens a client's upstream socket. On loopback it binds the client's own address, so the
+/// server's per-source limits see the clients' addresses rather than the relay's one.
+async fn open_upstream(
+    upstream: SocketAddr,
+    client: SocketAddr,
+) -> std::io::Result<Arc<UdpSocket>> {
+    let same_family = client.is_ipv4() == upstream.is_ipv4();
     let local: SocketAddr =
-        if upstream.is_ipv4() { ([127, 0, 0, 1], 0).into() } else { ([0u16; 8], 0).into() };
+        if same_family && client.ip().is_loopback() && upstream.ip().is_loopback() {
+            (client.ip(), 0).into()
+        } else if upstream.is_ipv4() {
+            ([127, 0, 0, 1], 0).into()
+        } else {
+            ([0u16; 8], 0).into()
+        };
     let socket = UdpSocket::bind(local).await?;
     socket.connect(upstream).await?;
     Ok(Arc::new(socket))
@@ -269,6 +282,28 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(300) + SETTLE).await;
         assert_eq!(ask(&client, relay.addr, b"b").await.as_deref(), Some(&b"b"[..]));
         assert_eq!(relay.report().cut, 1);
+    }
+
+    #[tokio::test]
+    async fn the_server_sees_each_clients_own_loopback_address() {
+        let server = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let upstream = server.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 64];
+            while let Ok((_, from)) = server.recv_from(&mut buf).await {
+                let _ = server.send_to(from.ip().to_string().as_bytes(), from).await;
+            }
+        });
+        let listen = "127.0.0.1:0".parse().unwrap();
+        let plan = FaultPlan::default();
+        let relay = Relay::start(RelayConfig { listen, upstream, plan, max_clients: 8, queue: 64 })
+            .await
+            .unwrap();
+        for address in ["127.1.2.3", "127.1.2.4"] {
+            let client = UdpSocket::bind((address, 0)).await.unwrap();
+            let seen = ask(&client, relay.addr, b"who").await.unwrap();
+            assert_eq!(String::from_utf8(seen).unwrap(), address);
+        }
     }
 
     #[tokio::test]

@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //! - [`scenario`]: the scenario file and its validation.
+//! - [`addresses`]: the local address of each client socket (per-source limits see many).
 //! - [`schedule`]: open-loop shake timing (sans-IO).
 //! - [`phone`]: one phone's life.
 //! - [`stats`]: what is measured.
@@ -10,6 +11,7 @@
 //! - [`plot`]: the time series as an SVG chart.
 //! - [`verify`]: phones' awards against the allocator's ledger export.
 
+pub mod addresses;
 pub mod phone;
 pub mod plot;
 pub mod report;
@@ -96,6 +98,21 @@ fn unix_s() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
+/// Largest UDP payload a simulated phone accepts: an Ethernet-sized path, as phones have.
+const PHONE_MAX_UDP_PAYLOAD: u16 = 1472;
+
+/// A client endpoint bound to `local`. quinn sizes an endpoint's receive buffer from the
+/// largest payload it accepts: 64 KiB by default, 128 MiB of address space per endpoint on
+/// Linux. Connection flooders open one endpoint per attempt, and at that size the page faults
+/// took the machine's CPU (14.7 s of system time in a 37 s run) and the swarm grew to 2.6 GB.
+pub fn client_endpoint(local: std::net::SocketAddr) -> std::io::Result<quinn::Endpoint> {
+    let mut config = quinn::EndpointConfig::default();
+    config.max_udp_payload_size(PHONE_MAX_UDP_PAYLOAD).map_err(std::io::Error::other)?;
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| std::io::Error::other("no async runtime for the endpoint"))?;
+    quinn::Endpoint::new(config, None, std::net::UdpSocket::bind(local)?, runtime)
+}
+
 /// Peak resident memory of this process, KiB (Linux), if known.
 pub fn peak_rss_kib() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -115,8 +132,8 @@ pub async fn run(
     forger.insert(scenario.tokens.key_id, &[0x5a; 32])?;
     let config = client_config(scenario)?;
     let mut endpoints = Vec::new();
-    for _ in 0..scenario.client_endpoints {
-        let mut endpoint = quinn::Endpoint::client("0.0.0.0:0".parse().expect("literal address"))?;
+    for i in 0..scenario.client_endpoints {
+        let mut endpoint = client_endpoint(addresses::phone_endpoint(&scenario.edges, i))?;
         endpoint.set_default_client_config(config.clone());
         endpoints.push(endpoint);
     }

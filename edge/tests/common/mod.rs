@@ -255,11 +255,19 @@ pub struct Phone {
 
 impl Phone {
     pub async fn connect(world: &World) -> Self {
-        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        Self::connect_from(world, "127.0.0.1:0".parse().unwrap()).await.unwrap()
+    }
+
+    /// Connects from `local` (any loopback address; port 0 for a fresh port).
+    pub async fn connect_from(
+        world: &World,
+        local: SocketAddr,
+    ) -> Result<Self, quinn::ConnectionError> {
+        let mut endpoint = quinn::Endpoint::client(local).unwrap();
         endpoint.set_default_client_config(phone_config(&world.dir.join("certs/ca.pem")));
-        let conn = endpoint.connect(world.edge_addr, "localhost").unwrap().await.unwrap();
-        let (send, recv) = conn.open_bi().await.unwrap();
-        Self { conn, send, recv, buf: BytesMut::new(), _endpoint: endpoint }
+        let conn = endpoint.connect(world.edge_addr, "localhost").unwrap().await?;
+        let (send, recv) = conn.open_bi().await?;
+        Ok(Self { conn, send, recv, buf: BytesMut::new(), _endpoint: endpoint })
     }
 
     pub async fn send_frame(&mut self, frame: &ControlFrame) {

@@ -1,0 +1,84 @@
+//! The edge's handshake defences against real phones: the per-source rate limit (a
+//! connection flood from one address is refused, other addresses get in), address validation
+//! with Retry above `retry_above_handshakes`, and Retry for unknown sources once the table of
+//! tracked sources is full.
+
+mod common;
+
+use common::*;
+
+fn refused(err: &quinn::ConnectionError) -> bool {
+    matches!(err, quinn::ConnectionError::ConnectionClosed(close)
+        if close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_flood_from_one_address_is_refused_and_other_addresses_get_in() {
+    // 4 per edge, 2 per worker; one new handshake a second.
+    let world = World::start(WorldSettings {
+        edge_limits: "new_handshakes_per_source_per_s = 1.0\nnew_handshakes_per_source_burst = 4.0\n",
+        ..WorldSettings::default()
+    })
+    .await;
+    let flood: std::net::SocketAddr = "127.66.0.1:0".parse().unwrap();
+    let (mut connected, mut refusals, mut phones) = (0, 0, Vec::new());
+    for _ in 0..12 {
+        match Phone::connect_from(&world, flood).await {
+            Ok(phone) => {
+                connected += 1;
+                phones.push(phone);
+            }
+            Err(err) if refused(&err) => refusals += 1,
+            Err(other) => panic!("expected CONNECTION_REFUSED, got {other}"),
+        }
+    }
+    // The burst (each worker holds half, and the kernel hashes each fresh port to a worker),
+    // and at most a refill or two while the attempts ran.
+    assert!((2..=6).contains(&connected), "{connected} of 12 connected");
+    assert_eq!(connected + refusals, 12);
+    assert_eq!(
+        world.metric("shake_edge_handshakes_total{outcome=\"rate_limited\"}"),
+        refusals as f64
+    );
+    // Another address is not held back by the flood, and connected phones are served.
+    let mut other = Phone::connect_from(&world, "127.1.0.1:0".parse().unwrap()).await.unwrap();
+    other.hello(token(200, 3600)).await.unwrap();
+    phones[0].hello(token(201, 3600)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn above_the_retry_threshold_phones_validate_their_address_first() {
+    let world = World::start(WorldSettings {
+        edge_limits: "retry_above_handshakes = 0\n",
+        ..WorldSettings::default()
+    })
+    .await;
+    for user in 300..303u64 {
+        let local = format!("127.1.0.{}:0", user - 299).parse().unwrap();
+        let mut phone = Phone::connect_from(&world, local).await.unwrap();
+        phone.hello(token(user, 3600)).await.unwrap();
+    }
+    // One Retry per connection (quinn's client answers it), then the handshake.
+    assert_eq!(world.metric("shake_edge_handshakes_total{outcome=\"retried\"}"), 3.0);
+    assert_eq!(world.metric("shake_edge_handshakes_total{outcome=\"accepted\"}"), 3.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_source_table_asks_new_sources_to_validate_and_still_lets_them_in() {
+    // One tracked source per worker; entries leave only once idle, swept each second.
+    let world = World::start(WorldSettings {
+        edge_limits: "max_tracked_sources = 1\n",
+        ..WorldSettings::default()
+    })
+    .await;
+    let mut phones = Vec::new();
+    for n in 1..=6u64 {
+        let local = format!("127.2.0.{n}:0").parse().unwrap();
+        let mut phone = Phone::connect_from(&world, local).await.unwrap();
+        phone.hello(token(400 + n, 3600)).await.unwrap();
+        phones.push(phone);
+    }
+    // Six sources on two workers: at least one found its worker's table full.
+    assert!(world.metric("shake_edge_handshakes_total{outcome=\"retried\"}") >= 1.0);
+    assert_eq!(world.metric("shake_edge_handshakes_total{outcome=\"accepted\"}"), 6.0);
+}
