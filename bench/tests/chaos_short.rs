@@ -12,9 +12,10 @@ fn every_chaos_scenario_keeps_every_invariant() {
         "chaos.sh",
         &["--short"],
         &[("SHAKE_BIN_DIR", &bins), ("SHAKE_CHAOS_DIR", &dir)],
-        // The 2x goal belongs to the full run, where it is not yet reliably kept (held in 4 of
-        // 6 runs, docs/RELIABILITY.md). A short run on a shared 2-core CI machine has few
-        // samples, so CI allows 3x before it calls it a failure.
+        // The 2x goal belongs to the full run, which compares the medians of 3 pairs of runs
+        // (docs/RELIABILITY.md). The short run has one pair of 150 phones on debug binaries,
+        // whose p99s are a few milliseconds and vary 2x between identical runs on a shared
+        // 2-core machine, so CI allows 3x before it calls it a failure.
         &[("HOSTILE_RATIO_MAX", "3")],
     );
     let line = summary.to_string();
