@@ -5,6 +5,7 @@
 //! in 127.0.0.0/8 (Linux routes the whole block to `lo`), and every connection flooder the one
 //! address of "the attacker", each attempt from a fresh port: the per-source limit sees what
 //! it would see in the field. Against other edges every socket binds the unspecified address.
+//! Where only 127.0.0.1 exists (not Linux), [`super::client_endpoint`] falls back to it.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 

@@ -110,7 +110,17 @@ pub fn client_endpoint(local: std::net::SocketAddr) -> std::io::Result<quinn::En
     config.max_udp_payload_size(PHONE_MAX_UDP_PAYLOAD).map_err(std::io::Error::other)?;
     let runtime = quinn::default_runtime()
         .ok_or_else(|| std::io::Error::other("no async runtime for the endpoint"))?;
-    quinn::Endpoint::new(config, None, std::net::UdpSocket::bind(local)?, runtime)
+    let socket = match std::net::UdpSocket::bind(local) {
+        // Linux routes all of 127.0.0.0/8 to `lo`; other systems may have 127.0.0.1 only. The
+        // swarm still runs there, but every phone then shares the attacker's address.
+        Err(err)
+            if err.kind() == std::io::ErrorKind::AddrNotAvailable && local.ip().is_loopback() =>
+        {
+            std::net::UdpSocket::bind((std::net::Ipv4Addr::LOCALHOST, 0))?
+        }
+        other => other?,
+    };
+    quinn::Endpoint::new(config, None, socket, runtime)
 }
 
 /// Peak resident memory of this process, KiB (Linux), if known.
