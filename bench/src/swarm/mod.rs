@@ -101,10 +101,9 @@ fn unix_s() -> u64 {
 /// Largest UDP payload a simulated phone accepts: an Ethernet-sized path, as phones have.
 const PHONE_MAX_UDP_PAYLOAD: u16 = 1472;
 
-/// A client endpoint bound to `local`. quinn sizes an endpoint's receive buffer from the
-/// largest payload it accepts: 64 KiB by default, 128 MiB of address space per endpoint on
-/// Linux. Connection flooders open one endpoint per attempt, and at that size the page faults
-/// took the machine's CPU (14.7 s of system time in a 37 s run) and the swarm grew to 2.6 GB.
+/// A client endpoint bound to `local`, accepting Ethernet-sized payloads as a phone would.
+/// quinn sizes an endpoint's receive buffer from the largest payload it accepts: with the
+/// default 64 KiB that is 128 MiB of address space per endpoint on Linux.
 pub fn client_endpoint(local: std::net::SocketAddr) -> std::io::Result<quinn::Endpoint> {
     let mut config = quinn::EndpointConfig::default();
     config.max_udp_payload_size(PHONE_MAX_UDP_PAYLOAD).map_err(std::io::Error::other)?;
