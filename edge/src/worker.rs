@@ -284,6 +284,13 @@ async fn accept(state: State, shared: Arc<Shared>, endpoint: quinn::Endpoint) {
             continue;
         }
         let validated = incoming.remote_address_validated();
+        // Retry is stateless and cheap: ask for it before charging the source, whose bucket
+        // then pays once, for the validated attempt.
+        if in_progress >= l.retry_above_handshakes && !validated {
+            EdgeMetrics::add(&metrics.handshakes, "outcome", "retried", 1);
+            let _ = incoming.retry();
+            continue;
+        }
         let verdict = state.borrow_mut().sources.on_attempt(source, validated, shared.now_us());
         let tracked = match verdict {
             SourceVerdict::Admit { tracked } => tracked,
@@ -303,14 +310,6 @@ async fn accept(state: State, shared: Arc<Shared>, endpoint: quinn::Endpoint) {
                 continue;
             }
         };
-        if in_progress >= l.retry_above_handshakes && !validated {
-            if tracked {
-                state.borrow_mut().sources.on_handshake_done(source);
-            }
-            EdgeMetrics::add(&metrics.handshakes, "outcome", "retried", 1);
-            let _ = incoming.retry();
-            continue;
-        }
         shared.handshakes.fetch_add(1, Ordering::Relaxed);
         let source = tracked.then_some(source);
         tokio::task::spawn_local(session(state.clone(), shared.clone(), incoming, source));
@@ -687,8 +686,7 @@ async fn housekeeping(state: State, shared: Arc<Shared>) {
         publish(&mut s, &shared.metrics);
         send_acks(&mut s);
         if ticks.is_multiple_of(10) {
-            let now_us = shared.now_us();
-            s.sources.sweep(now_us);
+            s.sources.sweep(shared.now_us());
             let load = s.admission.take_load();
             let frame = s.encode(|out| {
                 AllocatorFrame::LoadReport {
