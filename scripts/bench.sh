@@ -5,6 +5,7 @@
 #   scripts/bench.sh proto          encode/decode a 1,024-entry Batch (target: 50 M entries/s each)
 #   scripts/bench.sh allocator      draw decisions/s (target 5 M) and durable awards/s (target 200 k)
 #   scripts/bench.sh edge-hot-path  allocations (target 0) and time per shake through the edge's code
+#   scripts/bench.sh soak           10 M batches through the allocator core: memory flat, answers compacted
 #   scripts/bench.sh handshake      QUIC handshakes per second for several TLS configurations
 #   scripts/bench.sh ledger-stores  redb vs fjall vs SQLite group commits of 1, 100, 10,000 awards
 #   scripts/bench.sh floor          raw UDP request/reply with recvmmsg/sendmmsg: the physical floor
@@ -16,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 usage() {
-    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
     exit 64
 }
 
@@ -41,6 +42,10 @@ case "$name" in
         cargo build --quiet --release -p shake-bench --bin shake-bench
         pin target/release/shake-bench edge-hot-path "$@"
         ;;
+    soak)
+        cargo build --quiet --release -p shake-bench --bin shake-bench
+        pin target/release/shake-bench soak "$@"
+        ;;
     handshake)
         cargo build --quiet --release -p shake-bench --bin shake-bench
         target/release/shake-bench handshake "$@"
@@ -55,7 +60,7 @@ case "$name" in
         target/release/shake-bench "$name" "$@"
         ;;
     all)
-        for bench in proto allocator edge-hot-path floor edge handshake memory latency; do
+        for bench in proto allocator edge-hot-path soak floor edge handshake memory latency; do
             "$0" "$bench"
         done
         ;;

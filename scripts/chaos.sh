@@ -235,7 +235,10 @@ scenario_allocator_kill() {
         sleep 1
     done
     swarm_wait
-    notes="$kills SIGKILLs; edge resent $(metric_sum "${edge_metrics[1]}" shake_edge_batches_resent_total) batches"
+    local in_flight
+    in_flight=$(wait_metric_zero "${edge_metrics[1]}" shake_edge_in_flight_batches 5)
+    [ "$in_flight" = 0 ] || problems+=("$in_flight batches still unanswered after the kills")
+    notes="$kills SIGKILLs; edge resent $(metric_sum "${edge_metrics[1]}" shake_edge_batches_resent_total) batches, 0 left unanswered"
     finish
 }
 
@@ -275,9 +278,9 @@ scenario_link_cut() {
     swarm_start bench/scenarios/demo.toml "${edge_addr[1]}"
     swarm_wait
     local in_flight resent
-    in_flight=$(metric_sum "${edge_metrics[1]}" shake_edge_in_flight_batches)
+    in_flight=$(wait_metric_zero "${edge_metrics[1]}" shake_edge_in_flight_batches 5)
     resent=$(metric_sum "${edge_metrics[1]}" shake_edge_batches_resent_total)
-    [ "$in_flight" -eq 0 ] || problems+=("$in_flight batches still unanswered after the cut")
+    [ "$in_flight" = 0 ] || problems+=("$in_flight batches still unanswered after the cut")
     kill -TERM "$relay_pid"
     wait "$relay_pid" || true
     local cut
@@ -328,8 +331,8 @@ scenario_slow_allocator() {
     swarm_wait
     local held_back in_flight
     held_back=$(metric_sum "${edge_metrics[1]}" 'shake_edge_drops_total{reason="backpressure"')
-    in_flight=$(metric_sum "${edge_metrics[1]}" shake_edge_in_flight_batches)
-    [ "$in_flight" -eq 0 ] || problems+=("$in_flight batches still unanswered")
+    in_flight=$(wait_metric_zero "${edge_metrics[1]}" shake_edge_in_flight_batches 5)
+    [ "$in_flight" = 0 ] || problems+=("$in_flight batches still unanswered")
     notes="allocator stopped 80% of ${cycles}x0.5 s; $held_back shakes answered locally (backpressure)"
     finish
 }

@@ -106,5 +106,18 @@ metric_sum() {
     http_get "$1" /metrics | awk -v p="$2" 'index($0, p) == 1 { s += $NF } END { printf "%d\n", s }'
 }
 
+# Waits up to SECONDS for the metric NAME at ADDR to read 0, and prints its last value, or
+# "missing" when ADDR does not export it (a check that reads a metric must be able to fail).
+wait_metric_zero() {
+    local addr="$1" name="$2" seconds="$3" value=missing
+    for _ in $(seq 1 $(( seconds * 10 ))); do
+        value=$(http_get "$addr" /metrics | awk -v p="$name" \
+            'index($0, p) == 1 { s += $NF; n++ } END { if (n) printf "%d\n", s; else print "missing" }')
+        [ "$value" = 0 ] && break
+        sleep 0.1
+    done
+    echo "$value"
+}
+
 # The numeric value of "FIELD": in a one-line JSON file (empty when absent).
 json_number() { sed -n "s/.*\"$2\":\(-\{0,1\}[0-9.eE+-]*\).*/\1/p" "$1" | head -n1; }

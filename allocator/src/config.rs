@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 pub use shake_ops::config::ConfigError;
-use shake_ops::config::{Validate, invalid};
+use shake_ops::config::{TlsFile, Validate, check_tls_file, invalid};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -227,6 +227,12 @@ impl Validate for Config {
             }
         }
         Ok(())
+    }
+
+    fn check_files(&self) -> Result<(), ConfigError> {
+        check_tls_file("tls.cert", &self.tls.cert, TlsFile::Certificates)?;
+        check_tls_file("tls.key", &self.tls.key, TlsFile::PrivateKey)?;
+        check_tls_file("tls.edge_ca", &self.tls.edge_ca, TlsFile::Certificates)
     }
 }
 

@@ -2,24 +2,41 @@
 //! commit, the clock ticks (time is an argument); every consequence is an [`Effect`] for the
 //! I/O shell to carry out, in order.
 //!
-//! Exactly once: a batch is drawn the first time its [`BatchKey`] is seen. Until its group
-//! commits it is pending and any resend waits for the same answer; once committed its answer
-//! bytes are kept and replayed. Answers an edge has confirmed (`EdgeHello`'s highest answered
-//! sequence) leave memory but stay in the ledger; a batch at or below that mark is never drawn
-//! again: sending one is a protocol violation and closes the stream.
+//! Exactly once: a batch is named by (edge, worker, instance, seq) and drawn the first time its
+//! [`BatchKey`] is seen. Until its group commits it is pending and any resend waits for the
+//! same answer; once committed its answer bytes are kept and replayed. When the edge confirms
+//! answers (`ResultsReceived`, or the mark in `EdgeHello`) they leave memory and the ledger
+//! (compaction), and the mark stays: a batch at or below it is never drawn again (sending one
+//! is a protocol violation and closes the stream).
+//!
+//! Workers and instances: an edge worker draws a new instance id each time it starts. An
+//! `EdgeHello` with a new instance retires the worker's previous instance: its answers are
+//! forgotten (the process that could resend them is gone) and a stream that later speaks for
+//! it is closed with `DUPLICATE_WORKER`. At most [`MAX_RETIRED_INSTANCES`] are remembered per
+//! worker.
+//!
+//! Bounds: answers drawn and not yet confirmed are at most
+//! [`MAX_UNCONFIRMED_BATCHES`](shake_proto::limits::MAX_UNCONFIRMED_BATCHES) per worker (one
+//! more closes the stream with `FLOOD`); memory holds one slot per worker seen.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use bytes::{Bytes, BytesMut};
-use shake_proto::{AllocatorFrame, Batch, ErrorCode, RoundInfo, RoundPhase, Winner};
+use shake_proto::limits::MAX_UNCONFIRMED_BATCHES;
+use shake_proto::{
+    AllocatorFrame, Batch, BatchDigest, ErrorCode, RoundInfo, RoundPhase, Winner, frame,
+};
 
-use crate::award::{Award, BatchKey};
+use crate::award::{Award, BatchKey, WorkerKey};
 use crate::draw::{Draw, RoundDraw};
-use crate::ledger::AnsweredBatch;
+use crate::ledger::{AnsweredBatch, WorkerRecord};
 use crate::quota::{self, EdgeQuota, QuotaPlanner};
 
 /// The shell's name for one edge worker stream.
 pub type StreamId = u64;
+
+/// Retired instances remembered per worker (to refuse a stale process that comes back).
+pub const MAX_RETIRED_INSTANCES: usize = 8;
 
 /// What the shell must do.
 #[derive(Debug)]
@@ -30,14 +47,102 @@ pub enum Effect {
     Commit(AnsweredBatch),
     /// Mark these awards delivered (durably, in the next group).
     MarkDelivered(Vec<u64>),
+    /// Delete these stored answers and record this worker (in the next group; nothing waits
+    /// for it: losing it leaves an older, still consistent ledger).
+    Compact {
+        /// Answers confirmed by the edge, or of a retired instance.
+        forget: Vec<BatchKey>,
+        /// The worker's new record, if it changed.
+        worker: Option<WorkerRecord>,
+    },
     /// Close a stream with this code.
     Close(StreamId, ErrorCode),
 }
 
+/// An `EdgeHello`, as the core needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerHello {
+    /// The edge (already checked against its certificate).
+    pub edge_id: u64,
+    /// The worker within the edge.
+    pub worker_id: u16,
+    /// The worker's run.
+    pub instance_id: u64,
+    /// Every batch of this instance up to here is answered at the edge.
+    pub highest_answered_seq: u64,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct StreamInfo {
-    edge_id: u64,
-    worker_id: u16,
+    worker: WorkerKey,
+    instance_id: u64,
+}
+
+/// One edge worker: its current instance and that instance's unconfirmed answers.
+#[derive(Debug, Default)]
+struct WorkerSlot {
+    instance_id: u64,
+    confirmed_seq: u64,
+    retired: VecDeque<u64>,
+    /// Committed, not yet confirmed: seq -> the answer frame.
+    answered: BTreeMap<u64, Bytes>,
+    /// Drawn, not yet committed (of the current instance).
+    pending: usize,
+}
+
+impl WorkerSlot {
+    fn record(&self, worker: WorkerKey) -> WorkerRecord {
+        WorkerRecord {
+            worker,
+            instance_id: self.instance_id,
+            confirmed_seq: self.confirmed_seq,
+            retired: self.retired.iter().copied().collect(),
+        }
+    }
+
+    fn key(&self, worker: WorkerKey, seq: u64) -> BatchKey {
+        BatchKey {
+            edge_id: worker.edge_id,
+            worker_id: worker.worker_id,
+            instance_id: self.instance_id,
+            seq,
+        }
+    }
+
+    /// Confirms up to `mark`: `None` if that is no news, else the forgotten answers' keys,
+    /// oldest first.
+    fn confirm(&mut self, worker: WorkerKey, mark: u64) -> Option<Vec<BatchKey>> {
+        if mark <= self.confirmed_seq {
+            return None;
+        }
+        self.confirmed_seq = mark;
+        let kept = self.answered.split_off(&mark.saturating_add(1));
+        let forgotten = std::mem::replace(&mut self.answered, kept);
+        Some(forgotten.into_keys().map(|seq| self.key(worker, seq)).collect())
+    }
+
+    /// Makes `instance_id` current; the previous instance's answers are returned to forget.
+    fn start_instance(&mut self, worker: WorkerKey, instance_id: u64) -> Vec<BatchKey> {
+        let forget = std::mem::take(&mut self.answered)
+            .into_keys()
+            .map(|seq| self.key(worker, seq))
+            .collect();
+        self.retired.push_back(self.instance_id);
+        while self.retired.len() > MAX_RETIRED_INSTANCES {
+            self.retired.pop_front();
+        }
+        self.instance_id = instance_id;
+        self.confirmed_seq = 0;
+        // The old instance's pending batches still commit; `on_committed` forgets them.
+        self.pending = 0;
+        forget
+    }
+}
+
+#[derive(Debug)]
+struct Pending {
+    digest: BatchDigest,
+    waiting: Vec<StreamId>,
 }
 
 /// Settings the core needs from the configuration.
@@ -58,8 +163,12 @@ pub struct CoreCounters {
     pub entries_drawn: u64,
     /// Resent batches answered from stored answers (or joined to a pending one).
     pub batches_replayed: u64,
+    /// Resent batches whose content differs from the batch first drawn under that name.
+    pub batches_conflicting: u64,
     /// Awards granted.
     pub awards_granted: u64,
+    /// Stored answers forgotten because the edge confirmed them or their instance retired.
+    pub answers_forgotten: u64,
 }
 
 /// The allocator's state.
@@ -67,9 +176,8 @@ pub struct CoreCounters {
 pub struct Core {
     settings: CoreSettings,
     draw: Draw,
-    answered: HashMap<BatchKey, Bytes>,
-    confirmed: HashMap<(u64, u16), u64>,
-    pending: HashMap<BatchKey, Vec<StreamId>>,
+    workers: HashMap<WorkerKey, WorkerSlot>,
+    pending: HashMap<BatchKey, Pending>,
     streams: HashMap<StreamId, StreamInfo>,
     planner: QuotaPlanner,
     last_quota: HashMap<u64, (EdgeQuota, u64)>,
@@ -79,13 +187,13 @@ pub struct Core {
 }
 
 impl Core {
-    /// A core over a draw restored from the ledger and its stored answers.
-    pub fn new(settings: CoreSettings, draw: Draw, answered: HashMap<BatchKey, Bytes>) -> Self {
+    /// A core over a draw restored from the ledger (no workers or answers yet: see
+    /// [`Core::restore`]).
+    pub fn new(settings: CoreSettings, draw: Draw) -> Self {
         Self {
             settings,
             draw,
-            answered,
-            confirmed: HashMap::new(),
+            workers: HashMap::new(),
             pending: HashMap::new(),
             streams: HashMap::new(),
             planner: QuotaPlanner::default(),
@@ -93,6 +201,41 @@ impl Core {
             last_phase: HashMap::new(),
             counters: CoreCounters::default(),
             scratch: Vec::new(),
+        }
+    }
+
+    /// Takes back the workers and stored answers read from the ledger. Answers that belong to
+    /// no current instance, or that the edge had already confirmed, are compacted away.
+    pub fn restore(
+        &mut self,
+        workers: Vec<WorkerRecord>,
+        answers: HashMap<BatchKey, Bytes>,
+        out: &mut Vec<Effect>,
+    ) {
+        for record in workers {
+            let slot = WorkerSlot {
+                instance_id: record.instance_id,
+                confirmed_seq: record.confirmed_seq,
+                retired: record.retired.into_iter().collect(),
+                ..WorkerSlot::default()
+            };
+            self.workers.insert(record.worker, slot);
+        }
+        let mut stale = Vec::new();
+        for (key, answer) in answers {
+            match self.workers.get_mut(&key.worker()) {
+                Some(slot)
+                    if slot.instance_id == key.instance_id && key.seq > slot.confirmed_seq =>
+                {
+                    slot.answered.insert(key.seq, answer);
+                }
+                _ => stale.push(key),
+            }
+        }
+        if !stale.is_empty() {
+            stale.sort_unstable();
+            self.counters.answers_forgotten += stale.len() as u64;
+            out.push(Effect::Compact { forget: stale, worker: None });
         }
     }
 
@@ -111,39 +254,83 @@ impl Core {
         self.pending.len()
     }
 
+    /// Answers held for resends (committed, not yet confirmed by their edge).
+    pub fn stored_answers(&self) -> usize {
+        self.workers.values().map(|w| w.answered.len()).sum()
+    }
+
+    /// Bytes of answer frames held for resends.
+    pub fn stored_answer_bytes(&self) -> usize {
+        self.workers.values().flat_map(|w| w.answered.values()).map(Bytes::len).sum()
+    }
+
+    /// Edge workers known (one slot each, whatever their number of restarts).
+    pub fn known_workers(&self) -> usize {
+        self.workers.len()
+    }
+
     /// An edge worker said `EdgeHello` on `stream`.
     pub fn on_hello(
         &mut self,
         stream: StreamId,
-        edge_id: u64,
-        worker_id: u16,
-        highest_answered_seq: u64,
+        hello: WorkerHello,
         now_ms: u64,
         out: &mut Vec<Effect>,
     ) {
-        let duplicate: Vec<StreamId> = self
-            .streams
-            .iter()
-            .filter(|(_, s)| s.edge_id == edge_id && s.worker_id == worker_id)
-            .map(|(id, _)| *id)
-            .collect();
+        let worker = WorkerKey { edge_id: hello.edge_id, worker_id: hello.worker_id };
+        let mut changed = false;
+        let slot = self.workers.entry(worker).or_insert_with(|| {
+            changed = true;
+            WorkerSlot { instance_id: hello.instance_id, ..WorkerSlot::default() }
+        });
+        if slot.retired.contains(&hello.instance_id) {
+            // A stale process (or a second edge with this id): the newer instance keeps going.
+            out.push(Effect::Close(stream, ErrorCode::DuplicateWorker));
+            return;
+        }
+        let mut forget = Vec::new();
+        if slot.instance_id != hello.instance_id {
+            forget = slot.start_instance(worker, hello.instance_id);
+            changed = true;
+        }
+        if let Some(confirmed) = slot.confirm(worker, hello.highest_answered_seq) {
+            forget.extend(confirmed);
+            changed = true;
+        }
+        self.counters.answers_forgotten += forget.len() as u64;
+        if changed {
+            out.push(Effect::Compact { forget, worker: Some(slot.record(worker)) });
+        }
+
+        let duplicate: Vec<StreamId> =
+            self.streams.iter().filter(|(_, s)| s.worker == worker).map(|(id, _)| *id).collect();
         for old in duplicate {
             self.streams.remove(&old);
             out.push(Effect::Close(old, ErrorCode::DuplicateWorker));
         }
-        self.streams.insert(stream, StreamInfo { edge_id, worker_id });
-        let mark = self.confirmed.entry((edge_id, worker_id)).or_default();
-        *mark = (*mark).max(highest_answered_seq);
-        self.answered.retain(|key, _| {
-            !(key.edge_id == edge_id
-                && key.worker_id == worker_id
-                && key.seq <= highest_answered_seq)
-        });
+        self.streams.insert(stream, StreamInfo { worker, instance_id: hello.instance_id });
         for round in self.draw.rounds() {
             out.push(Effect::Send(stream, round_state_frame(round, now_ms)));
         }
-        self.last_quota.remove(&edge_id);
+        self.last_quota.remove(&hello.edge_id);
         self.refresh_quotas(now_ms, out);
+    }
+
+    /// The edge confirmed every answer of this stream's instance up to `highest_answered_seq`.
+    pub fn on_results_received(
+        &mut self,
+        stream: StreamId,
+        highest_answered_seq: u64,
+        out: &mut Vec<Effect>,
+    ) {
+        let Some(info) = self.streams.get(&stream).copied() else { return };
+        let Some(slot) = self.workers.get_mut(&info.worker) else { return };
+        if slot.instance_id != info.instance_id {
+            return;
+        }
+        let Some(forget) = slot.confirm(info.worker, highest_answered_seq) else { return };
+        self.counters.answers_forgotten += forget.len() as u64;
+        out.push(Effect::Compact { forget, worker: Some(slot.record(info.worker)) });
     }
 
     /// A batch arrived on `stream` (after its `EdgeHello`).
@@ -158,44 +345,76 @@ impl Core {
             out.push(Effect::Close(stream, ErrorCode::UnexpectedFrame));
             return;
         };
-        let key = BatchKey { edge_id: info.edge_id, worker_id: info.worker_id, seq: batch.seq };
-        if let Some(answer) = self.answered.get(&key) {
+        let Some(slot) = self.workers.get_mut(&info.worker) else {
+            out.push(Effect::Close(stream, ErrorCode::UnexpectedFrame));
+            return;
+        };
+        if slot.instance_id != info.instance_id {
+            out.push(Effect::Close(stream, ErrorCode::DuplicateWorker));
+            return;
+        }
+        let key = slot.key(info.worker, batch.seq);
+        if let Some(answer) = slot.answered.get(&batch.seq) {
             self.counters.batches_replayed += 1;
+            if answer_digest(answer) != Some(batch.digest()) {
+                self.counters.batches_conflicting += 1;
+            }
             out.push(Effect::Send(stream, answer.clone()));
             return;
         }
-        if let Some(waiting) = self.pending.get_mut(&key) {
+        if let Some(pending) = self.pending.get_mut(&key) {
             self.counters.batches_replayed += 1;
-            waiting.push(stream);
+            if pending.digest != batch.digest() {
+                self.counters.batches_conflicting += 1;
+            }
+            pending.waiting.push(stream);
             return;
         }
-        if self.confirmed.get(&(key.edge_id, key.worker_id)).is_some_and(|mark| key.seq <= *mark) {
+        if key.seq <= slot.confirmed_seq {
             // Confirmed and forgotten: drawing it again could pay twice.
             out.push(Effect::Close(stream, ErrorCode::UnexpectedFrame));
             return;
         }
+        if slot.answered.len() + slot.pending >= MAX_UNCONFIRMED_BATCHES {
+            out.push(Effect::Close(stream, ErrorCode::Flood));
+            return;
+        }
+        slot.pending += 1;
         self.scratch.clear();
         self.draw.decide(key, batch, now_ms, &mut self.scratch);
         self.counters.batches_drawn += 1;
         self.counters.entries_drawn += batch.len() as u64;
         self.counters.awards_granted += self.scratch.len() as u64;
-        self.pending.insert(key, vec![stream]);
+        self.pending.insert(key, Pending { digest: batch.digest(), waiting: vec![stream] });
         out.push(Effect::Commit(AnsweredBatch {
             key,
-            answer: answer_frame(batch.seq, &self.scratch),
+            answer: answer_frame(batch.seq, batch.digest(), &self.scratch),
             awards: std::mem::take(&mut self.scratch),
         }));
     }
 
     /// These batches are durable: answer everyone waiting for them.
     pub fn on_committed(&mut self, batches: &[(BatchKey, Bytes)], out: &mut Vec<Effect>) {
+        let mut stale = Vec::new();
         for (key, answer) in batches {
-            for stream in self.pending.remove(key).unwrap_or_default() {
-                if self.streams.contains_key(&stream) {
+            let waiting = self.pending.remove(key).map(|p| p.waiting).unwrap_or_default();
+            for stream in waiting {
+                if self.streams.get(&stream).is_some_and(|s| s.instance_id == key.instance_id) {
                     out.push(Effect::Send(stream, answer.clone()));
                 }
             }
-            self.answered.insert(*key, answer.clone());
+            match self.workers.get_mut(&key.worker()) {
+                Some(slot) if slot.instance_id == key.instance_id => {
+                    slot.pending = slot.pending.saturating_sub(1);
+                    slot.answered.insert(key.seq, answer.clone());
+                }
+                // Its instance retired while the group was committing: nobody can ask again.
+                _ => stale.push(*key),
+            }
+        }
+        if !stale.is_empty() {
+            self.counters.answers_forgotten += stale.len() as u64;
+            out.push(Effect::Compact { forget: stale, worker: None });
         }
     }
 
@@ -207,17 +426,23 @@ impl Core {
     /// An edge reported its load.
     pub fn on_load_report(&mut self, stream: StreamId, window_ms: u32, offered: u64, now_ms: u64) {
         if let Some(info) = self.streams.get(&stream) {
-            self.planner.report(info.edge_id, info.worker_id, window_ms, offered, now_ms);
+            self.planner.report(
+                info.worker.edge_id,
+                info.worker.worker_id,
+                window_ms,
+                offered,
+                now_ms,
+            );
         }
     }
 
     /// A stream closed. Its pending batches still commit; the edge will resend to hear them.
     pub fn on_stream_closed(&mut self, stream: StreamId) {
         if let Some(info) = self.streams.remove(&stream)
-            && !self.streams.values().any(|s| s.edge_id == info.edge_id)
+            && !self.streams.values().any(|s| s.worker.edge_id == info.worker.edge_id)
         {
-            self.planner.forget(info.edge_id);
-            self.last_quota.remove(&info.edge_id);
+            self.planner.forget(info.worker.edge_id);
+            self.last_quota.remove(&info.worker.edge_id);
         }
     }
 
@@ -245,7 +470,7 @@ impl Core {
             left,
             round.config().ends_at_ms() - now_ms,
         );
-        let mut edges: Vec<u64> = self.streams.values().map(|s| s.edge_id).collect();
+        let mut edges: Vec<u64> = self.streams.values().map(|s| s.worker.edge_id).collect();
         edges.sort_unstable();
         edges.dedup();
         let valid = self.settings.quota_valid_ms;
@@ -271,7 +496,7 @@ impl Core {
             .encode(&mut frame);
             let frame = frame.freeze();
             for (id, info) in &self.streams {
-                if info.edge_id == edge {
+                if info.worker.edge_id == edge {
                     out.push(Effect::Send(*id, frame.clone()));
                 }
             }
@@ -279,8 +504,9 @@ impl Core {
     }
 }
 
-/// The `BatchResult` frame for batch `seq` that granted `awards` (winners only, entry order).
-pub fn answer_frame(seq: u64, awards: &[Award]) -> Bytes {
+/// The `BatchResult` frame for batch `seq` (whose payload digests to `digest`) that granted
+/// `awards` (winners only, entry order).
+pub fn answer_frame(seq: u64, digest: BatchDigest, awards: &[Award]) -> Bytes {
     let winners = awards
         .iter()
         .map(|a| Winner {
@@ -290,8 +516,18 @@ pub fn answer_frame(seq: u64, awards: &[Award]) -> Bytes {
         })
         .collect();
     let mut frame = BytesMut::new();
-    AllocatorFrame::BatchResult { seq, winners }.encode(&mut frame);
+    AllocatorFrame::BatchResult { seq, digest, winners }.encode(&mut frame);
     frame.freeze()
+}
+
+/// The batch digest a stored answer echoes (read only when a resend arrives).
+fn answer_digest(answer: &Bytes) -> Option<BatchDigest> {
+    let header = frame::check(answer, usize::MAX).ok()?;
+    let payload = answer.slice(header.header_len..header.total_len());
+    match AllocatorFrame::parse(header.frame_type, &payload) {
+        Ok(AllocatorFrame::BatchResult { digest, .. }) => Some(digest),
+        _ => None,
+    }
 }
 
 fn phase_at(round: &RoundDraw, now_ms: u64) -> RoundPhase {

@@ -1,6 +1,7 @@
 //! The draw: which entries of a batch win, and what. Sans-IO and deterministic: the clock is an
 //! argument and every random choice is a hash of the round's seed and the entry's name
-//! (edge, worker, batch sequence, entry index), so the same input gives the same answer.
+//! (edge, worker, instance, batch sequence, entry index), so the same input gives the same
+//! answer.
 //!
 //! For each entry, in order: the round is open, the user is under the round's cap for some
 //! kind, and a released, unawarded prize of such a kind is left -> award it. Which kind (when
@@ -204,7 +205,8 @@ impl Draw {
 
 /// The seed of every random choice in one batch.
 pub fn batch_seed(round_seed: u64, key: BatchKey) -> u64 {
-    mix(round_seed ^ mix(key.edge_id ^ mix(u64::from(key.worker_id) ^ mix(key.seq))))
+    let worker = mix(u64::from(key.worker_id) ^ mix(key.instance_id ^ mix(key.seq)));
+    mix(round_seed ^ mix(key.edge_id ^ worker))
 }
 
 /// The random number of entry `index`: picks the kind; `mix` of it picks the item.

@@ -2,25 +2,33 @@
 //! directory on local disk.
 //!
 //! Keyspaces:
-//! - `awards`: award id (8 bytes, big-endian) -> award row ([`Award::encode`]).
-//! - `answers`: edge id (8) | worker id (2) | batch seq (8), big-endian -> the exact
-//!   `BatchResult` frame sent for that batch, so a resend gets the same bytes.
+//! - `awards`: award id (8 bytes, big-endian) -> award row ([`Award::encode`]), written once.
+//! - `delivered`: award id -> nothing. A phone acknowledged the award. A separate mark, so that
+//!   marking needs no read of the award row (a blind write).
+//! - `answers`: edge id (8) | worker id (2) | instance id (8) | batch seq (8), big-endian -> the
+//!   exact `BatchResult` frame sent for that batch, so a resend gets the same bytes. Only
+//!   answers the edge has not yet confirmed are kept: confirmed ones are deleted (compaction).
+//! - `workers`: edge id (8) | worker id (2) -> [`WorkerRecord`]: the worker's current instance,
+//!   how far the edge has confirmed its answers, and the instances it retired.
+//! - `meta`: the start-up probe row (the ledger is writable).
 //!
-//! Writes come in groups ([`Ledger::commit_group`]): the awards and answers of many batches in
-//! one atomic write batch across both keyspaces, journalled with `PersistMode::SyncAll`
-//! (fsync) before the call returns. Nothing is announced to an edge before that.
+//! Writes come in groups ([`Ledger::commit_group`]): the awards and answers of many batches,
+//! delivery marks and compaction in one atomic write batch across the keyspaces, journalled
+//! with `PersistMode::SyncAll` (fsync) before the call returns. Nothing is announced to an edge
+//! before that.
 //!
 //! fjall was chosen over redb and SQLite by the group-commit benchmark recorded in the README
 //! (`scripts/bench.sh ledger-stores`): it made the most awards durable per second at every
 //! group size measured (1, 100 and 10,000 awards per commit).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use shake_proto::varint;
 
-use crate::award::{Award, BatchKey, CorruptRow};
+use crate::award::{Award, BatchKey, CorruptRow, WorkerKey};
 
 /// Why the ledger failed. Any of these stops the allocator: it never answers without it.
 #[derive(Debug, thiserror::Error)]
@@ -48,35 +56,119 @@ pub struct AnsweredBatch {
     pub awards: Vec<Award>,
 }
 
+/// What the allocator knows of one edge worker across its restarts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerRecord {
+    /// The worker.
+    pub worker: WorkerKey,
+    /// Its current instance.
+    pub instance_id: u64,
+    /// Every batch of the current instance up to this sequence is confirmed by the edge.
+    pub confirmed_seq: u64,
+    /// Instances it had before, newest last (bounded by the core).
+    pub retired: Vec<u64>,
+}
+
+const WORKER_ROW_VERSION: u8 = 1;
+
+impl WorkerRecord {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = BytesMut::with_capacity(32 + 9 * self.retired.len());
+        out.extend_from_slice(&[WORKER_ROW_VERSION]);
+        varint::put(&mut out, self.instance_id);
+        varint::put(&mut out, self.confirmed_seq);
+        for retired in &self.retired {
+            varint::put(&mut out, *retired);
+        }
+        out.to_vec()
+    }
+
+    fn decode(worker: WorkerKey, mut row: &[u8]) -> Result<Self, CorruptRow> {
+        fn next(row: &mut &[u8]) -> Result<u64, CorruptRow> {
+            let (value, len) = varint::decode(row).map_err(|_| CorruptRow)?;
+            row.advance(len);
+            Ok(value)
+        }
+        if row.first() != Some(&WORKER_ROW_VERSION) {
+            return Err(CorruptRow);
+        }
+        row.advance(1);
+        let instance_id = next(&mut row)?;
+        let confirmed_seq = next(&mut row)?;
+        let mut retired = Vec::new();
+        while !row.is_empty() {
+            retired.push(next(&mut row)?);
+        }
+        Ok(Self { worker, instance_id, confirmed_seq, retired })
+    }
+}
+
+/// One group commit: everything written by one fsync.
+#[derive(Debug, Default)]
+pub struct CommitGroup {
+    /// Answered batches: their awards and answers.
+    pub batches: Vec<AnsweredBatch>,
+    /// Awards phones acknowledged.
+    pub delivered: Vec<u64>,
+    /// Stored answers the edges confirmed (or whose instance retired): deleted.
+    pub forget: Vec<BatchKey>,
+    /// Workers whose record changed.
+    pub workers: Vec<WorkerRecord>,
+}
+
+impl CommitGroup {
+    /// Nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.batches.is_empty()
+            && self.delivered.is_empty()
+            && self.forget.is_empty()
+            && self.workers.is_empty()
+    }
+}
+
 /// Everything a restart needs.
 #[derive(Debug, Default)]
 pub struct Snapshot {
     /// Every award, in id order.
     pub awards: Vec<Award>,
-    /// Every stored answer.
+    /// Every stored (unconfirmed) answer.
     pub answers: HashMap<BatchKey, Bytes>,
+    /// Every worker's record.
+    pub workers: Vec<WorkerRecord>,
 }
 
-fn answer_key(key: &BatchKey) -> [u8; 18] {
-    let mut out = [0u8; 18];
+fn answer_key(key: &BatchKey) -> [u8; 26] {
+    let mut out = [0u8; 26];
     out[..8].copy_from_slice(&key.edge_id.to_be_bytes());
     out[8..10].copy_from_slice(&key.worker_id.to_be_bytes());
-    out[10..].copy_from_slice(&key.seq.to_be_bytes());
+    out[10..18].copy_from_slice(&key.instance_id.to_be_bytes());
+    out[18..].copy_from_slice(&key.seq.to_be_bytes());
     out
 }
 
 fn parse_answer_key(raw: &[u8]) -> Result<BatchKey, CorruptRow> {
-    let raw: &[u8; 18] = raw.try_into().map_err(|_| CorruptRow)?;
-    let mut edge = [0u8; 8];
-    let mut worker = [0u8; 2];
-    let mut seq = [0u8; 8];
-    edge.copy_from_slice(&raw[..8]);
-    worker.copy_from_slice(&raw[8..10]);
-    seq.copy_from_slice(&raw[10..]);
+    let raw: &[u8; 26] = raw.try_into().map_err(|_| CorruptRow)?;
+    let u64_at = |at: usize| u64::from_be_bytes(raw[at..at + 8].try_into().expect("8 bytes"));
     Ok(BatchKey {
-        edge_id: u64::from_be_bytes(edge),
-        worker_id: u16::from_be_bytes(worker),
-        seq: u64::from_be_bytes(seq),
+        edge_id: u64_at(0),
+        worker_id: u16::from_be_bytes([raw[8], raw[9]]),
+        instance_id: u64_at(10),
+        seq: u64_at(18),
+    })
+}
+
+fn worker_key(worker: &WorkerKey) -> [u8; 10] {
+    let mut out = [0u8; 10];
+    out[..8].copy_from_slice(&worker.edge_id.to_be_bytes());
+    out[8..].copy_from_slice(&worker.worker_id.to_be_bytes());
+    out
+}
+
+fn parse_worker_key(raw: &[u8]) -> Result<WorkerKey, CorruptRow> {
+    let raw: &[u8; 10] = raw.try_into().map_err(|_| CorruptRow)?;
+    Ok(WorkerKey {
+        edge_id: u64::from_be_bytes(raw[..8].try_into().expect("8 bytes")),
+        worker_id: u16::from_be_bytes([raw[8], raw[9]]),
     })
 }
 
@@ -84,7 +176,10 @@ fn parse_answer_key(raw: &[u8]) -> Result<BatchKey, CorruptRow> {
 pub struct Ledger {
     db: Database,
     awards: Keyspace,
+    delivered: Keyspace,
     answers: Keyspace,
+    workers: Keyspace,
+    meta: Keyspace,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -98,32 +193,42 @@ impl Ledger {
     pub fn open(path: &Path) -> Result<Self, LedgerError> {
         let db = Database::builder(path).open()?;
         let awards = db.keyspace("awards", KeyspaceCreateOptions::default)?;
+        let delivered = db.keyspace("delivered", KeyspaceCreateOptions::default)?;
         let answers = db.keyspace("answers", KeyspaceCreateOptions::default)?;
-        Ok(Self { db, awards, answers })
+        let workers = db.keyspace("workers", KeyspaceCreateOptions::default)?;
+        let meta = db.keyspace("meta", KeyspaceCreateOptions::default)?;
+        Ok(Self { db, awards, delivered, answers, workers, meta })
     }
 
-    /// Writes the batches and delivery marks in one atomic, fsynced write.
-    pub fn commit_group(
-        &self,
-        batches: &[AnsweredBatch],
-        delivered: &[u64],
-    ) -> Result<(), LedgerError> {
+    /// Writes (and fsyncs) a probe row: proves the ledger is writable before serving.
+    pub fn probe(&self) -> Result<(), LedgerError> {
         let mut write = self.db.batch().durability(Some(PersistMode::SyncAll));
-        for batch in batches {
+        write.insert(&self.meta, "probe", []);
+        write.commit()?;
+        Ok(())
+    }
+
+    /// Writes one group in one atomic, fsynced write. Nothing is read.
+    pub fn commit_group(&self, group: &CommitGroup) -> Result<(), LedgerError> {
+        let mut write = self.db.batch().durability(Some(PersistMode::SyncAll));
+        for batch in &group.batches {
             write.insert(&self.answers, answer_key(&batch.key), &batch.answer[..]);
             for award in &batch.awards {
                 write.insert(&self.awards, award.award_id.to_be_bytes(), award.encode());
             }
         }
-        for id in delivered {
-            // Rows of this same group are not visible yet; they are written undelivered and
-            // the mark lands with the next group (marks arrive long after their award).
-            let Some(row) = self.awards.get(id.to_be_bytes())? else { continue };
-            let award = Award::decode(&row)?;
-            if !award.delivered {
-                let award = Award { delivered: true, ..award };
-                write.insert(&self.awards, id.to_be_bytes(), award.encode());
-            }
+        for id in &group.delivered {
+            // A mark for an id with no award row (never granted, or granted in this group and
+            // acknowledged impossibly fast) is harmless: reads join marks onto rows.
+            write.insert(&self.delivered, id.to_be_bytes(), []);
+        }
+        // invariant: an answer is confirmed only after the edge received it, which is after
+        // the group that wrote it committed; so no key is inserted and removed in one group.
+        for key in &group.forget {
+            write.remove(&self.answers, answer_key(key));
+        }
+        for record in &group.workers {
+            write.insert(&self.workers, worker_key(&record.worker), record.encode());
         }
         write.commit()?;
         Ok(())
@@ -136,19 +241,40 @@ impl Ledger {
             let (key, value) = item.into_inner()?;
             snapshot.answers.insert(parse_answer_key(&key)?, Bytes::copy_from_slice(&value));
         }
+        for item in self.workers.iter() {
+            let (key, value) = item.into_inner()?;
+            snapshot.workers.push(WorkerRecord::decode(parse_worker_key(&key)?, &value)?);
+        }
         Ok(snapshot)
     }
 
-    /// Every award (in id order) that `keep` accepts.
+    /// Every award (in id order) that `keep` accepts, with its delivery mark joined in.
     pub fn awards(&self, mut keep: impl FnMut(&Award) -> bool) -> Result<Vec<Award>, LedgerError> {
+        let mut delivered = HashSet::new();
+        for item in self.delivered.iter() {
+            let key = item.key()?;
+            let id: [u8; 8] = key.as_ref().try_into().map_err(|_| CorruptRow)?;
+            delivered.insert(u64::from_be_bytes(id));
+        }
         let mut out = Vec::new();
         for item in self.awards.iter() {
-            let award = Award::decode(&item.value()?)?;
+            let mut award = Award::decode(&item.value()?)?;
+            award.delivered |= delivered.contains(&award.award_id);
             if keep(&award) {
                 out.push(award);
             }
         }
         Ok(out)
+    }
+
+    /// Stored answers (the ones edges have not confirmed yet).
+    pub fn stored_answers(&self) -> Result<usize, LedgerError> {
+        let mut count = 0;
+        for item in self.answers.iter() {
+            item.key()?;
+            count += 1;
+        }
+        Ok(count)
     }
 }
 
@@ -157,6 +283,10 @@ mod tests {
     use super::*;
     use shake_proto::Prize;
 
+    fn key(seq: u64) -> BatchKey {
+        BatchKey { edge_id: 1, worker_id: 0, instance_id: 9, seq }
+    }
+
     fn award(id: u64, seq: u64) -> Award {
         Award {
             award_id: id,
@@ -164,37 +294,57 @@ mod tests {
             user_id: 100 + id,
             item: id as u32,
             prize: Prize::Cash { cents: 10 * id },
-            batch: BatchKey { edge_id: 1, worker_id: 0, seq },
+            batch: key(seq),
             entry_index: 0,
             granted_at_ms: 5,
             delivered: false,
         }
     }
 
+    fn scratch(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("shake-ledger-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
     #[test]
     fn groups_survive_reopening_and_delivery_marks_stick() {
-        let dir = std::env::temp_dir().join(format!("shake-ledger-{}", std::process::id()));
+        let dir = scratch("groups");
         let path = dir.join("ledger");
-        let _ = std::fs::remove_dir_all(&dir);
+        let worker = WorkerRecord {
+            worker: WorkerKey { edge_id: 1, worker_id: 0 },
+            instance_id: 9,
+            confirmed_seq: 1,
+            retired: vec![4, 5],
+        };
         {
             let ledger = Ledger::open(&path).unwrap();
             let batches: Vec<AnsweredBatch> = (1..=3)
                 .map(|seq| AnsweredBatch {
-                    key: BatchKey { edge_id: 1, worker_id: 0, seq },
+                    key: key(seq),
                     answer: Bytes::from(vec![seq as u8; 3]),
                     awards: vec![award(seq, seq)],
                 })
                 .collect();
-            ledger.commit_group(&batches, &[]).unwrap();
-            ledger.commit_group(&[], &[2, 99]).unwrap();
+            ledger.commit_group(&CommitGroup { batches, ..CommitGroup::default() }).unwrap();
+            ledger
+                .commit_group(&CommitGroup {
+                    delivered: vec![2, 99],
+                    forget: vec![key(1)],
+                    workers: vec![worker.clone()],
+                    ..CommitGroup::default()
+                })
+                .unwrap();
         }
         let ledger = Ledger::open(&path).unwrap();
         let snapshot = ledger.snapshot().unwrap();
         assert_eq!(snapshot.awards.len(), 3);
         assert_eq!(snapshot.awards.iter().filter(|a| a.delivered).count(), 1);
         assert!(snapshot.awards[1].delivered);
-        let key = BatchKey { edge_id: 1, worker_id: 0, seq: 2 };
-        assert_eq!(snapshot.answers[&key], Bytes::from(vec![2u8; 3]));
+        assert_eq!(snapshot.answers.len(), 2, "the confirmed answer was compacted away");
+        assert_eq!(snapshot.answers[&key(2)], Bytes::from(vec![2u8; 3]));
+        assert_eq!(snapshot.workers, vec![worker]);
+        assert_eq!(ledger.stored_answers().unwrap(), 2);
         assert_eq!(ledger.awards(|a| a.user_id == 103).unwrap().len(), 1);
         std::fs::remove_dir_all(dir).unwrap();
     }

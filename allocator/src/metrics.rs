@@ -33,6 +33,18 @@ pub struct Metrics {
     pub malformed_frames: Family<Labels, Counter>,
     /// Edge worker streams open.
     pub streams_open: Gauge,
+    /// Streams the allocator closed, by reason (protocol violations, floods, slow readers).
+    pub streams_closed: Family<Labels, Counter>,
+    /// Resent batches whose content differs from the batch first drawn under that name.
+    pub batches_conflicting: Counter,
+    /// Answers held for resends, not yet confirmed by their edge (memory and ledger).
+    pub answers_stored: Gauge,
+    /// Stored answers forgotten (confirmed by their edge, or their worker restarted).
+    pub answers_forgotten: Counter,
+    /// Jobs waiting for the group-commit thread (bounded; a full queue holds the edges back).
+    pub commit_queue: Gauge,
+    /// Delivery marks (phones' acknowledgements) made durable.
+    pub delivery_marks: Counter,
 }
 
 impl Default for Metrics {
@@ -56,6 +68,12 @@ impl Metrics {
             rejected_peers: Family::default(),
             malformed_frames: Family::default(),
             streams_open: Gauge::default(),
+            streams_closed: Family::default(),
+            batches_conflicting: Counter::default(),
+            answers_stored: Gauge::default(),
+            answers_forgotten: Counter::default(),
+            commit_queue: Gauge::default(),
+            delivery_marks: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("batches", "Batches received", m.batches.clone());
@@ -80,6 +98,36 @@ impl Metrics {
             m.malformed_frames.clone(),
         );
         registry.register("streams_open", "Edge worker streams open", m.streams_open.clone());
+        registry.register(
+            "streams_closed",
+            "Edge streams closed by the allocator",
+            m.streams_closed.clone(),
+        );
+        registry.register(
+            "batches_conflicting",
+            "Resent batches whose content differs from the first batch of that name",
+            m.batches_conflicting.clone(),
+        );
+        registry.register(
+            "answers_stored",
+            "Answers held for resends, not yet confirmed by their edge",
+            m.answers_stored.clone(),
+        );
+        registry.register(
+            "answers_forgotten",
+            "Stored answers forgotten after their edge confirmed them",
+            m.answers_forgotten.clone(),
+        );
+        registry.register(
+            "commit_queue",
+            "Jobs waiting for the commit thread",
+            m.commit_queue.clone(),
+        );
+        registry.register(
+            "delivery_marks",
+            "Award acknowledgements made durable",
+            m.delivery_marks.clone(),
+        );
         Self { registry, ..m }
     }
 

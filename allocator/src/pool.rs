@@ -3,6 +3,11 @@
 //!
 //! Items never move: an item's index in the release order is its identity, recorded with the
 //! award, so a restart can mark exactly the awarded items again.
+//!
+//! Which available item a random number picks depends only on which items are available (the
+//! `k`th in release order), never on the order they were taken in: so a pool rebuilt from the
+//! ledger picks exactly what the live one would have (`tests/draw_oracle.rs` compares them).
+//! Availability is a Fenwick tree per kind, so a pick is O(log n).
 
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -41,8 +46,47 @@ pub struct Pool {
     items: Vec<Item>,
     released: usize,
     awarded: Vec<bool>,
-    available_cash: Vec<u32>,
-    available_gifts: Vec<u32>,
+    available_cash: Available,
+    available_gifts: Available,
+}
+
+/// A set of item indexes with O(log n) insert, remove and "the `k`th smallest member".
+#[derive(Debug, Clone)]
+struct Available {
+    /// Fenwick tree of membership counts, 1-based.
+    tree: Vec<u32>,
+    len: usize,
+}
+
+impl Available {
+    fn new(capacity: usize) -> Self {
+        Self { tree: vec![0; capacity + 1], len: 0 }
+    }
+
+    fn add(&mut self, index: usize, delta: i32) {
+        let mut at = index + 1;
+        while at < self.tree.len() {
+            self.tree[at] = self.tree[at].wrapping_add_signed(delta);
+            at += at & at.wrapping_neg();
+        }
+        self.len = self.len.wrapping_add_signed(delta as isize);
+    }
+
+    /// The `k`th smallest member (0-based); `k < len`.
+    fn select(&self, k: usize) -> usize {
+        let mut at = 0;
+        let mut left = k as u32 + 1;
+        let mut step = (self.tree.len() - 1).checked_ilog2().map_or(0, |b| 1usize << b);
+        while step > 0 {
+            let next = at + step;
+            if next < self.tree.len() && self.tree[next] < left {
+                at = next;
+                left -= self.tree[next];
+            }
+            step >>= 1;
+        }
+        at
+    }
 }
 
 impl Pool {
@@ -63,12 +107,13 @@ impl Pool {
         }
         items.shuffle(&mut rng);
         let awarded = vec![false; items.len()];
+        let n = items.len();
         Self {
             items,
             released: 0,
             awarded,
-            available_cash: Vec::new(),
-            available_gifts: Vec::new(),
+            available_cash: Available::new(n),
+            available_gifts: Available::new(n),
         }
     }
 
@@ -90,8 +135,8 @@ impl Pool {
     /// Released and unawarded items of a kind.
     pub fn available(&self, kind: Kind) -> usize {
         match kind {
-            Kind::Cash => self.available_cash.len(),
-            Kind::Gift => self.available_gifts.len(),
+            Kind::Cash => self.available_cash.len,
+            Kind::Gift => self.available_gifts.len,
         }
     }
 
@@ -102,8 +147,8 @@ impl Pool {
             let index = self.released;
             if !self.awarded[index] {
                 match self.items[index] {
-                    Item::Cash { .. } => self.available_cash.push(index as u32),
-                    Item::Gift { .. } => self.available_gifts.push(index as u32),
+                    Item::Cash { .. } => self.available_cash.add(index, 1),
+                    Item::Gift { .. } => self.available_gifts.add(index, 1),
                 }
             }
             self.released += 1;
@@ -116,14 +161,15 @@ impl Pool {
             Kind::Cash => &mut self.available_cash,
             Kind::Gift => &mut self.available_gifts,
         };
-        if list.is_empty() {
+        if list.len == 0 {
             return None;
         }
-        let item = list.swap_remove((random % list.len() as u64) as usize);
-        // invariant: an item is in an available list only while unawarded.
-        debug_assert!(!self.awarded[item as usize]);
-        self.awarded[item as usize] = true;
-        Some(item)
+        let item = list.select((random % list.len as u64) as usize);
+        list.add(item, -1);
+        // invariant: an item is available only while unawarded.
+        debug_assert!(!self.awarded[item]);
+        self.awarded[item] = true;
+        Some(item as u32)
     }
 
     /// Marks an item awarded while rebuilding from the ledger (before any release).
@@ -147,5 +193,24 @@ impl Item {
             Item::Cash { .. } => Kind::Cash,
             Item::Gift { .. } => Kind::Gift,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn select_finds_the_kth_member_in_index_order() {
+        let mut set = Available::new(100);
+        let members = [0usize, 3, 4, 17, 63, 64, 99];
+        for m in members {
+            set.add(m, 1);
+        }
+        for (k, m) in members.iter().enumerate() {
+            assert_eq!(set.select(k), *m, "k = {k}");
+        }
+        set.add(17, -1);
+        assert_eq!((set.len, set.select(3), set.select(5)), (6, 63, 99));
     }
 }

@@ -7,11 +7,17 @@
 //!      +------ Outgoing --------+   +------ Committed ----------+
 //! ```
 //! An answer leaves the actor only after the committer reports its group durable.
+//!
+//! Every queue is bounded. Stream tasks wait for room in the actor's inbox (so QUIC flow
+//! control holds a fast edge back); the actor waits for room in the commit queue
+//! ([`COMMIT_QUEUE`] jobs); the committer's reports are at most one per job taken, so their
+//! queue never holds more than the commit queue did. A stream whose edge does not read its
+//! answers ([`OUTGOING_QUEUE`] frames behind) is closed; the edge reconnects and resends.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
@@ -24,10 +30,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::award::BatchKey;
 use crate::config::Config;
-use crate::core::{Core, CoreSettings, Effect, StreamId};
+use crate::core::{Core, CoreSettings, Effect, StreamId, WorkerHello};
 use crate::draw::{Draw, RestoreError};
-use crate::ledger::{AnsweredBatch, Ledger, LedgerError};
+use crate::ledger::{AnsweredBatch, CommitGroup, Ledger, LedgerError, WorkerRecord};
 use crate::metrics::Metrics;
+use shake_ops::http::{Endpoints, Readiness};
 use shake_ops::tls::{self, TlsError};
 
 /// Why the allocator could not start or had to stop.
@@ -53,7 +60,15 @@ pub enum ServeError {
     /// The QUIC crypto configuration was refused.
     #[error("QUIC crypto configuration: {0}")]
     Quic(String),
+    /// A task or thread of the allocator panicked: a bug. The process must not go on.
+    #[error("internal failure: {0}")]
+    Panicked(String),
 }
+
+/// Jobs the actor may queue for the commit thread before it waits.
+pub const COMMIT_QUEUE: usize = 1024;
+/// Frames queued for one edge stream before the stream is closed as not reading.
+pub const OUTGOING_QUEUE: usize = 8192;
 
 /// Unix milliseconds now.
 pub fn now_ms() -> u64 {
@@ -61,35 +76,46 @@ pub fn now_ms() -> u64 {
 }
 
 enum ActorMsg {
-    Hello {
-        stream: StreamId,
-        edge_id: u64,
-        worker_id: u16,
-        highest: u64,
-        tx: mpsc::UnboundedSender<Outgoing>,
-    },
-    Batch {
-        stream: StreamId,
-        batch: Batch,
-    },
-    Load {
-        stream: StreamId,
-        window_ms: u32,
-        offered: u64,
-    },
+    Hello { stream: StreamId, hello: WorkerHello, handle: StreamHandle },
+    ResultsReceived { stream: StreamId, highest: u64 },
+    Batch { stream: StreamId, batch: Batch },
+    Load { stream: StreamId, window_ms: u32, offered: u64 },
     Delivered(Vec<u64>),
     Closed(StreamId),
-    Committed(Result<Vec<(BatchKey, Bytes)>, String>),
 }
 
-enum Outgoing {
-    Frame(Bytes),
-    Close(ErrorCode),
+/// What the committer reports for one group: the batches now durable, or why it failed.
+type Committed = Result<Vec<(BatchKey, Bytes)>, String>;
+
+/// The actor's handle on one edge stream: frames to write (bounded), and a way to close it
+/// even when that queue is full.
+struct StreamHandle {
+    frames: mpsc::Sender<Bytes>,
+    closer: StreamCloser,
+}
+
+/// Closes one stream (both directions) with the first code given.
+#[derive(Clone, Default)]
+struct StreamCloser {
+    token: CancellationToken,
+    code: Arc<std::sync::OnceLock<ErrorCode>>,
+}
+
+impl StreamCloser {
+    fn close(&self, code: ErrorCode) {
+        let _ = self.code.set(code);
+        self.token.cancel();
+    }
+
+    fn code(&self) -> Option<ErrorCode> {
+        self.code.get().copied()
+    }
 }
 
 enum CommitJob {
     Batch(AnsweredBatch),
     Delivered(Vec<u64>),
+    Compact { forget: Vec<BatchKey>, worker: Option<WorkerRecord> },
 }
 
 /// A started allocator: where it listens, and how to wait for it.
@@ -103,9 +129,12 @@ pub struct Running {
 }
 
 impl Running {
-    /// Waits until the allocator has stopped.
+    /// Waits until the allocator has stopped. A panic inside it is an error, never `Ok`.
     pub async fn wait(self) -> Result<(), ServeError> {
-        self.done.await.unwrap_or(Ok(()))
+        match self.done.await {
+            Ok(result) => result,
+            Err(err) => Err(ServeError::Panicked(format!("allocator task: {err}"))),
+        }
     }
 }
 
@@ -121,6 +150,8 @@ pub struct Shutdown {
 /// Opens the ledger, rebuilds state from it, binds and serves until shut down.
 pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, ServeError> {
     let ledger = Ledger::open(&config.ledger_path)?;
+    // A ledger that cannot be written must stop the start, not the first commit mid-show.
+    ledger.probe()?;
     let snapshot = ledger.snapshot()?;
     let mut draw = Draw::new(&config.rounds);
     for award in &snapshot.awards {
@@ -135,8 +166,10 @@ pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, ServeE
     let metrics = Arc::new(Metrics::new());
     let settings =
         CoreSettings { oversampling: config.oversampling, quota_valid_ms: config.quota_valid_ms };
-    let core = Core::new(settings, draw, snapshot.answers);
-    update_pool_gauges(&core, &metrics);
+    let mut core = Core::new(settings, draw);
+    let mut restored = Vec::new();
+    core.restore(snapshot.workers, snapshot.answers, &mut restored);
+    update_gauges(&core, &metrics);
 
     let rustls = tls::mutual_tls_server(
         &config.tls.cert,
@@ -158,16 +191,26 @@ pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, ServeE
     let quic_addr =
         endpoint.local_addr().map_err(|source| ServeError::Bind { addr: config.listen, source })?;
 
+    let ledger_failed = Arc::new(AtomicBool::new(false));
     let metrics_addr = match config.metrics_listen {
         Some(addr) => {
             let m = metrics.clone();
-            let handler: shake_ops::http::Handler = Arc::new(move |path| match path {
-                "/metrics" => Some(("text/plain; version=0.0.4", m.render())),
-                "/health" => Some(("text/plain", "ok\n".to_owned())),
-                _ => None,
-            });
+            let draining = shutdown.drain.clone();
+            let failed = ledger_failed.clone();
+            let endpoints = Endpoints {
+                metrics: Arc::new(move || m.render()),
+                ready: Arc::new(move || {
+                    if failed.load(Ordering::Relaxed) {
+                        Readiness::NotReady("the ledger is not writable".into())
+                    } else if draining.is_cancelled() {
+                        Readiness::NotReady("draining".into())
+                    } else {
+                        Readiness::Ready
+                    }
+                }),
+            };
             Some(
-                shake_ops::http::spawn(addr, handler, shutdown.stop.clone())
+                shake_ops::http::spawn(addr, endpoints, shutdown.stop.clone())
                     .await
                     .map_err(|source| ServeError::Bind { addr, source })?,
             )
@@ -176,16 +219,24 @@ pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, ServeE
     };
 
     let (actor_tx, actor_rx) = mpsc::channel::<ActorMsg>(4096);
-    let (commit_tx, commit_rx) = std::sync::mpsc::channel::<CommitJob>();
+    let (commit_tx, commit_rx) = mpsc::channel::<CommitJob>(COMMIT_QUEUE);
+    // Unbounded on purpose, yet bounded in fact: one report per group, and a group takes at
+    // least one job from the bounded commit queue (see the module comment).
+    let (committed_tx, committed_rx) = mpsc::unbounded_channel::<Committed>();
     let committer = {
-        let actor_tx = actor_tx.clone();
         let metrics = metrics.clone();
         let max_group = config.max_group_batches;
+        let failed = ledger_failed.clone();
         std::thread::Builder::new()
             .name("ledger-commit".into())
-            .spawn(move || commit_loop(&ledger, &commit_rx, &actor_tx, &metrics, max_group))
-            .expect("spawning the commit thread")
+            .spawn(move || {
+                if commit_loop(&ledger, commit_rx, &committed_tx, &metrics, max_group).is_err() {
+                    failed.store(true, Ordering::Relaxed);
+                }
+            })
+            .map_err(|e| ServeError::Panicked(format!("spawning the commit thread: {e}")))?
     };
+    let pipes = Pipes { inbox: actor_rx, commits: commit_tx, committed: committed_rx };
 
     tracing::info!(%quic_addr, metrics = ?metrics_addr, "allocator listening");
     let done = tokio::spawn(async move {
@@ -195,45 +246,54 @@ pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, ServeE
             metrics.clone(),
             shutdown.clone(),
         ));
-        let result = actor_loop(core, actor_rx, commit_tx, metrics, shutdown).await;
+        let result = actor_loop(core, restored, pipes, metrics, shutdown).await;
         accept.abort();
         endpoint.close(ErrorCode::NoError.code().into(), b"allocator stopping");
         tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await.ok();
         drop(actor_tx);
         // The commit thread ends once the actor's sender is gone; never abandon a commit.
-        let _ = tokio::task::spawn_blocking(move || committer.join()).await;
+        let joined = tokio::task::spawn_blocking(move || committer.join()).await;
+        if !matches!(joined, Ok(Ok(()))) {
+            return Err(ServeError::Panicked("the commit thread panicked".into()));
+        }
         result
     });
     Ok(Running { quic_addr, metrics_addr, done })
 }
 
+/// Commits groups until the actor goes away; `Err` after a failed commit.
 fn commit_loop(
     ledger: &Ledger,
-    jobs: &std::sync::mpsc::Receiver<CommitJob>,
-    actor: &mpsc::Sender<ActorMsg>,
+    mut jobs: mpsc::Receiver<CommitJob>,
+    committed: &mpsc::UnboundedSender<Committed>,
     metrics: &Metrics,
     max_group: usize,
-) {
-    while let Ok(first) = jobs.recv() {
-        let mut batches = Vec::new();
-        let mut delivered = Vec::new();
+) -> Result<(), ()> {
+    while let Some(first) = jobs.blocking_recv() {
+        let mut group = CommitGroup::default();
         let mut next = Some(first);
         while let Some(job) = next.take() {
             match job {
-                CommitJob::Batch(batch) => batches.push(batch),
-                CommitJob::Delivered(ids) => delivered.extend(ids),
+                CommitJob::Batch(batch) => group.batches.push(batch),
+                CommitJob::Delivered(ids) => group.delivered.extend(ids),
+                CommitJob::Compact { forget, worker } => {
+                    group.forget.extend(forget);
+                    group.workers.extend(worker);
+                }
             }
-            if batches.len() < max_group {
+            if group.batches.len() < max_group {
                 next = jobs.try_recv().ok();
             }
         }
+        metrics.commit_queue.set(jobs.len() as i64);
         let started = Instant::now();
-        let result = ledger.commit_group(&batches, &delivered);
+        let result = ledger.commit_group(&group);
         metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
-        metrics.commit_group_batches.observe(batches.len() as f64);
+        metrics.commit_group_batches.observe(group.batches.len() as f64);
         let message = match result {
             Ok(()) => {
-                for award in batches.iter().flat_map(|b| &b.awards) {
+                metrics.delivery_marks.inc_by(group.delivered.len() as u64);
+                for award in group.batches.iter().flat_map(|b| &b.awards) {
                     let kind = match award.prize {
                         Prize::Cash { .. } => "cash",
                         Prize::Gift { .. } => "gift",
@@ -246,17 +306,23 @@ fn commit_loop(
                         ])
                         .inc();
                 }
-                Ok(batches.into_iter().map(|b| (b.key, b.answer)).collect())
+                Ok(group.batches.into_iter().map(|b| (b.key, b.answer)).collect())
             }
             Err(err) => Err(err.to_string()),
         };
-        if actor.blocking_send(ActorMsg::Committed(message)).is_err() {
-            return;
+        let failed = message.is_err();
+        if committed.send(message).is_err() {
+            return Ok(());
+        }
+        if failed {
+            return Err(());
         }
     }
+    Ok(())
 }
 
-fn update_pool_gauges(core: &Core, metrics: &Metrics) {
+fn update_gauges(core: &Core, metrics: &Metrics) {
+    metrics.answers_stored.set(core.stored_answers() as i64);
     for round in core.draw().rounds() {
         let left = round.pool().items().len() - round.pool().awarded_count();
         metrics
@@ -266,17 +332,24 @@ fn update_pool_gauges(core: &Core, metrics: &Metrics) {
     }
 }
 
+/// The actor's queues: its inbox from stream tasks, the commit queue and the commit reports.
+struct Pipes {
+    inbox: mpsc::Receiver<ActorMsg>,
+    commits: mpsc::Sender<CommitJob>,
+    committed: mpsc::UnboundedReceiver<Committed>,
+}
+
 async fn actor_loop(
     mut core: Core,
-    mut inbox: mpsc::Receiver<ActorMsg>,
-    commits: std::sync::mpsc::Sender<CommitJob>,
+    mut effects: Vec<Effect>,
+    mut pipes: Pipes,
     metrics: Arc<Metrics>,
     shutdown: Shutdown,
 ) -> Result<(), ServeError> {
-    let mut outgoing: HashMap<StreamId, mpsc::UnboundedSender<Outgoing>> = HashMap::new();
-    let mut effects = Vec::new();
+    let mut outgoing: HashMap<StreamId, StreamHandle> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut draining_since: Option<Instant> = None;
+    let mut counted = core.counters();
     loop {
         if let Some(since) = draining_since
             && (core.pending_batches() == 0 || since.elapsed() > Duration::from_secs(10))
@@ -284,33 +357,56 @@ async fn actor_loop(
             tracing::info!(pending = core.pending_batches(), "drained");
             return Ok(());
         }
+        if !effects.is_empty() {
+            apply(&mut effects, &mut outgoing, &pipes.commits, &metrics).await?;
+        }
         tokio::select! {
+            // Commit reports first: they release answers and room.
+            biased;
             _ = shutdown.stop.cancelled() => return Ok(()),
+            done = pipes.committed.recv() => match done {
+                Some(Ok(done)) => core.on_committed(&done, &mut effects),
+                Some(Err(err)) => {
+                    // Awards are money: never answer without a durable ledger.
+                    tracing::error!(%err, "ledger commit failed; stopping");
+                    return Err(ServeError::Ledger(LedgerError::Failed(err)));
+                }
+                None => return Err(ServeError::Panicked("the commit thread stopped".into())),
+            },
             _ = shutdown.drain.cancelled(), if draining_since.is_none() => {
                 tracing::info!(pending = core.pending_batches(), "draining: answering what is in flight");
                 draining_since = Some(Instant::now());
             }
             _ = tick.tick() => {
+                if shake_ops::supervise::failpoint("allocator-actor-panic") {
+                    panic!("failpoint allocator-actor-panic");
+                }
                 core.on_tick(now_ms(), &mut effects);
-                update_pool_gauges(&core, &metrics);
+                update_gauges(&core, &metrics);
             }
-            msg = inbox.recv() => {
+            msg = pipes.inbox.recv() => {
                 let Some(msg) = msg else { return Ok(()) };
                 match msg {
-                    ActorMsg::Hello { stream, edge_id, worker_id, highest, tx } => {
-                        outgoing.insert(stream, tx);
+                    ActorMsg::Hello { stream, hello, handle } => {
+                        outgoing.insert(stream, handle);
                         metrics.streams_open.set(outgoing.len() as i64);
-                        tracing::info!(stream, edge_id, worker_id, highest, "edge worker connected");
-                        core.on_hello(stream, edge_id, worker_id, highest, now_ms(), &mut effects);
+                        tracing::info!(
+                            stream,
+                            edge_id = hello.edge_id,
+                            worker_id = hello.worker_id,
+                            instance_id = hello.instance_id,
+                            highest = hello.highest_answered_seq,
+                            "edge worker connected"
+                        );
+                        core.on_hello(stream, hello, now_ms(), &mut effects);
+                    }
+                    ActorMsg::ResultsReceived { stream, highest } => {
+                        core.on_results_received(stream, highest, &mut effects);
                     }
                     ActorMsg::Batch { stream, batch } => {
                         metrics.batches.inc();
                         metrics.entries.inc_by(batch.len() as u64);
-                        let replayed = core.counters().batches_replayed;
                         core.on_batch(stream, &batch, now_ms(), &mut effects);
-                        if core.counters().batches_replayed > replayed {
-                            metrics.batches_replayed.inc();
-                        }
                     }
                     ActorMsg::Load { stream, window_ms, offered } => {
                         core.on_load_report(stream, window_ms, offered, now_ms());
@@ -321,36 +417,63 @@ async fn actor_loop(
                         metrics.streams_open.set(outgoing.len() as i64);
                         core.on_stream_closed(stream);
                     }
-                    ActorMsg::Committed(Ok(done)) => core.on_committed(&done, &mut effects),
-                    ActorMsg::Committed(Err(err)) => {
-                        // Awards are money: never answer without a durable ledger.
-                        tracing::error!(%err, "ledger commit failed; stopping");
-                        return Err(ServeError::Ledger(LedgerError::Failed(err)));
-                    }
                 }
             }
         }
-        for effect in effects.drain(..) {
-            match effect {
-                Effect::Send(stream, frame) => {
-                    if let Some(tx) = outgoing.get(&stream) {
-                        let _ = tx.send(Outgoing::Frame(frame));
-                    }
+        let now = core.counters();
+        metrics.batches_replayed.inc_by(now.batches_replayed - counted.batches_replayed);
+        metrics.batches_conflicting.inc_by(now.batches_conflicting - counted.batches_conflicting);
+        if now.batches_conflicting > counted.batches_conflicting {
+            tracing::error!(
+                total = now.batches_conflicting,
+                "a resent batch differs from the batch first drawn under its name: the edge will refuse the answer"
+            );
+        }
+        metrics.answers_forgotten.inc_by(now.answers_forgotten - counted.answers_forgotten);
+        counted = now;
+    }
+}
+
+/// Carries out the core's effects, in order. Waits for room in the commit queue.
+async fn apply(
+    effects: &mut Vec<Effect>,
+    outgoing: &mut HashMap<StreamId, StreamHandle>,
+    commits: &mpsc::Sender<CommitJob>,
+    metrics: &Metrics,
+) -> Result<(), ServeError> {
+    let closed = |reason: &str| {
+        metrics.streams_closed.get_or_create(&vec![("reason", reason.to_owned())]).inc();
+    };
+    for effect in effects.drain(..) {
+        let job = match effect {
+            Effect::Send(stream, frame) => {
+                if let Some(handle) = outgoing.get(&stream)
+                    && let Err(mpsc::error::TrySendError::Full(_)) = handle.frames.try_send(frame)
+                {
+                    // The edge reconnects and resends what it has not heard.
+                    tracing::warn!(stream, "edge stream not reading its answers: closing it");
+                    closed("slow_reader");
+                    handle.closer.close(ErrorCode::Internal);
+                    outgoing.remove(&stream);
                 }
-                Effect::Close(stream, code) => {
-                    if let Some(tx) = outgoing.remove(&stream) {
-                        let _ = tx.send(Outgoing::Close(code));
-                    }
-                }
-                Effect::Commit(batch) => {
-                    let _ = commits.send(CommitJob::Batch(batch));
-                }
-                Effect::MarkDelivered(ids) => {
-                    let _ = commits.send(CommitJob::Delivered(ids));
-                }
+                continue;
             }
+            Effect::Close(stream, code) => {
+                closed(code.name());
+                if let Some(handle) = outgoing.remove(&stream) {
+                    handle.closer.close(code);
+                }
+                continue;
+            }
+            Effect::Commit(batch) => CommitJob::Batch(batch),
+            Effect::MarkDelivered(ids) => CommitJob::Delivered(ids),
+            Effect::Compact { forget, worker } => CommitJob::Compact { forget, worker },
+        };
+        if commits.send(job).await.is_err() {
+            return Err(ServeError::Panicked("the commit thread stopped".into()));
         }
     }
+    Ok(())
 }
 
 async fn accept_loop(
@@ -424,38 +547,42 @@ async fn serve_stream(
     metrics: Arc<Metrics>,
 ) {
     let stream = link.stream;
-    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Outgoing>();
-    let writer = tokio::spawn(async move {
-        while let Some(out) = out_rx.recv().await {
-            match out {
-                Outgoing::Frame(bytes) => {
-                    if send.write_all(&bytes).await.is_err() {
-                        return None;
-                    }
-                }
-                Outgoing::Close(code) => {
-                    let _ = send.reset(code.code().into());
-                    return Some(code);
+    let (frames_tx, mut frames_rx) = mpsc::channel::<Bytes>(OUTGOING_QUEUE);
+    let closer = StreamCloser::default();
+    let writer = {
+        let closer = closer.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = closer.token.cancelled() => break,
+                    frame = frames_rx.recv() => match frame {
+                        Some(frame) if send.write_all(&frame).await.is_ok() => {}
+                        _ => break,
+                    },
                 }
             }
-        }
-        None
-    });
+            if let Some(code) = closer.code() {
+                let _ = send.reset(code.code().into());
+            }
+        })
+    };
+    let mut handle = Some(StreamHandle { frames: frames_tx, closer: closer.clone() });
     let mut buf = BytesMut::with_capacity(16 * 1024);
-    let mut hello_seen = false;
     let close_code = 'read: loop {
         loop {
             match AllocatorFrame::decode(&mut buf) {
                 Ok(Some(frame)) => {
-                    let msg = match (frame, hello_seen) {
+                    let msg = match (frame, handle.is_some()) {
                         (
                             AllocatorFrame::EdgeHello {
                                 edge_id,
                                 worker_id,
                                 protocol_version,
+                                instance_id,
                                 highest_answered_seq,
                             },
-                            false,
+                            true,
                         ) => {
                             if protocol_version != PROTOCOL_VERSION {
                                 break 'read Some(ErrorCode::UnsupportedVersion);
@@ -476,24 +603,26 @@ async fn serve_stream(
                                 );
                                 break 'read None;
                             }
-                            hello_seen = true;
-                            let tx = out_tx.clone();
-                            ActorMsg::Hello {
-                                stream,
+                            let hello = WorkerHello {
                                 edge_id,
                                 worker_id,
-                                highest: highest_answered_seq,
-                                tx,
-                            }
+                                instance_id,
+                                highest_answered_seq,
+                            };
+                            let handle = handle.take().expect("checked by the match");
+                            ActorMsg::Hello { stream, hello, handle }
                         }
-                        (AllocatorFrame::Batch(batch), true) => ActorMsg::Batch { stream, batch },
-                        (AllocatorFrame::LoadReport { window_ms, offered, .. }, true) => {
+                        (AllocatorFrame::Batch(batch), false) => ActorMsg::Batch { stream, batch },
+                        (AllocatorFrame::LoadReport { window_ms, offered, .. }, false) => {
                             ActorMsg::Load { stream, window_ms, offered }
                         }
-                        (AllocatorFrame::AwardDelivered { award_ids }, true) => {
+                        (AllocatorFrame::AwardDelivered { award_ids }, false) => {
                             ActorMsg::Delivered(award_ids)
                         }
-                        (AllocatorFrame::Heartbeat { .. }, true) => continue,
+                        (AllocatorFrame::ResultsReceived { highest_answered_seq }, false) => {
+                            ActorMsg::ResultsReceived { stream, highest: highest_answered_seq }
+                        }
+                        (AllocatorFrame::Heartbeat { .. }, false) => continue,
                         (frame, _) => {
                             tracing::warn!(
                                 stream,
@@ -503,8 +632,11 @@ async fn serve_stream(
                             break 'read Some(ErrorCode::UnexpectedFrame);
                         }
                     };
-                    if actor.send(msg).await.is_err() {
-                        break 'read None;
+                    // Waits for room in the actor's inbox: QUIC flow control then holds the
+                    // edge back.
+                    tokio::select! {
+                        sent = actor.send(msg) => if sent.is_err() { break 'read None },
+                        _ = closer.token.cancelled() => break 'read None,
                     }
                 }
                 Ok(None) => break,
@@ -515,19 +647,22 @@ async fn serve_stream(
                 }
             }
         }
-        match recv.read_buf(&mut buf).await {
-            Ok(0) | Err(_) => break None,
-            Ok(_) => {}
+        tokio::select! {
+            read = recv.read_buf(&mut buf) => match read {
+                Ok(0) | Err(_) => break None,
+                Ok(_) => {}
+            },
+            _ = closer.token.cancelled() => break closer.code(),
         }
     };
     if let Some(code) = close_code {
         tracing::debug!(stream, code = %code, "closing edge stream");
         let _ = recv.stop(code.code().into());
-        let _ = out_tx.send(Outgoing::Close(code));
+        closer.close(code);
     }
-    drop(out_tx);
-    // The actor drops its sender on `Closed`; the writer then finishes what is queued.
+    // The actor drops its handle on `Closed`; the writer then finishes what is queued.
     let _ = actor.send(ActorMsg::Closed(stream)).await;
+    drop(handle);
     let _ = writer.await;
 }
 

@@ -1,12 +1,10 @@
 //! The sans-IO core driven with a fake clock: exactly-once answers, resends while pending,
 //! duplicate workers, round transitions and quota pushes.
 
-use std::collections::HashMap;
-
 use bytes::{Bytes, BytesMut};
 use shake_allocator::award::BatchKey;
 use shake_allocator::config::{CashPool, Release, RoundConfig};
-use shake_allocator::core::{Core, CoreSettings, Effect};
+use shake_allocator::core::{Core, CoreSettings, Effect, WorkerHello};
 use shake_allocator::draw::Draw;
 use shake_proto::{AllocatorFrame, Batch, BatchEntry, ErrorCode, RoundPhase};
 
@@ -26,8 +24,15 @@ fn core() -> Core {
         gifts: vec![],
     };
     let settings = CoreSettings { oversampling: 4.0, quota_valid_ms: 3_000 };
-    Core::new(settings, Draw::new(&[round]), HashMap::new())
+    Core::new(settings, Draw::new(&[round]))
 }
+
+/// `EdgeHello` of edge 7, worker 0, instance `instance`, answered up to `highest`.
+fn hello(instance: u64, highest: u64) -> WorkerHello {
+    WorkerHello { edge_id: 7, worker_id: 0, instance_id: instance, highest_answered_seq: highest }
+}
+
+const INSTANCE: u64 = 0x5eed;
 
 fn batch(seq: u64) -> Batch {
     let entries: Vec<BatchEntry> =
@@ -64,7 +69,7 @@ fn commit_all(core: &mut Core, effects: &mut Vec<Effect>) -> Vec<Effect> {
 fn nothing_is_answered_before_it_is_durable_and_resends_get_the_same_bytes() {
     let mut core = core();
     let mut fx = Vec::new();
-    core.on_hello(1, 7, 0, 0, START + 10, &mut fx);
+    core.on_hello(1, hello(INSTANCE, 0), START + 10, &mut fx);
     fx.clear();
     core.on_batch(1, &batch(1), START + 20, &mut fx);
     assert!(frames(&fx, 1).is_empty(), "answered before the commit");
@@ -98,9 +103,9 @@ fn nothing_is_answered_before_it_is_durable_and_resends_get_the_same_bytes() {
 fn a_second_stream_for_the_same_worker_replaces_the_first() {
     let mut core = core();
     let mut fx = Vec::new();
-    core.on_hello(1, 7, 0, 0, START, &mut fx);
+    core.on_hello(1, hello(INSTANCE, 0), START, &mut fx);
     fx.clear();
-    core.on_hello(2, 7, 0, 0, START, &mut fx);
+    core.on_hello(2, hello(INSTANCE, 0), START, &mut fx);
     assert!(fx.iter().any(|e| matches!(e, Effect::Close(1, ErrorCode::DuplicateWorker))));
     fx.clear();
     core.on_batch(1, &batch(1), START, &mut fx);
@@ -111,7 +116,7 @@ fn a_second_stream_for_the_same_worker_replaces_the_first() {
 fn hello_brings_round_state_and_a_quota_and_transitions_are_pushed() {
     let mut core = core();
     let mut fx = Vec::new();
-    core.on_hello(1, 7, 0, 0, START - 5_000, &mut fx);
+    core.on_hello(1, hello(INSTANCE, 0), START - 5_000, &mut fx);
     let seen = frames(&fx, 1);
     assert!(matches!(
         seen.as_slice(),
@@ -150,20 +155,168 @@ fn hello_brings_round_state_and_a_quota_and_transitions_are_pushed() {
 fn confirmed_answers_leave_memory_on_hello() {
     let mut core = core();
     let mut fx = Vec::new();
-    core.on_hello(1, 7, 0, 0, START, &mut fx);
+    core.on_hello(1, hello(INSTANCE, 0), START, &mut fx);
     core.on_batch(1, &batch(1), START + 1, &mut fx);
     commit_all(&mut core, &mut fx);
     // The edge reconnects saying batch 1 is answered: the answer leaves memory, and a (buggy)
     // resend of batch 1 is refused rather than drawn again.
-    core.on_hello(2, 7, 0, 1, START + 2, &mut fx);
+    core.on_hello(2, hello(INSTANCE, 1), START + 2, &mut fx);
     fx.clear();
     core.on_batch(2, &batch(1), START + 3, &mut fx);
     assert!(matches!(fx.as_slice(), [Effect::Close(2, ErrorCode::UnexpectedFrame)]));
     assert_eq!(core.counters().batches_drawn, 1);
     // Batch 2 is new and drawn as usual.
     fx.clear();
-    core.on_hello(3, 7, 0, 1, START + 4, &mut fx);
+    core.on_hello(3, hello(INSTANCE, 1), START + 4, &mut fx);
     fx.clear();
     core.on_batch(3, &batch(2), START + 5, &mut fx);
     assert!(matches!(fx.as_slice(), [Effect::Commit(_)]));
+}
+
+/// One `Compact` effect: the sequences forgotten, and the worker's (instance, confirmed mark).
+type Compaction = (Vec<u64>, Option<(u64, u64)>);
+
+fn compactions(effects: &[Effect]) -> Vec<Compaction> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Compact { forget, worker } => Some((
+                forget.iter().map(|k| k.seq).collect(),
+                worker.as_ref().map(|w| (w.instance_id, w.confirmed_seq)),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn results_received_forgets_answers_at_once_and_refuses_them_after() {
+    let mut core = core();
+    let mut fx = Vec::new();
+    core.on_hello(1, hello(INSTANCE, 0), START, &mut fx);
+    for seq in 1..=3 {
+        core.on_batch(1, &batch(seq), START + 1, &mut fx);
+    }
+    commit_all(&mut core, &mut fx);
+    assert_eq!(core.stored_answers(), 3);
+    // The edge confirms 1 and 2 on the open stream (no reconnect needed).
+    let mut fx = Vec::new();
+    core.on_results_received(1, 2, &mut fx);
+    assert_eq!(compactions(&fx), vec![(vec![1, 2], Some((INSTANCE, 2)))]);
+    assert_eq!(core.stored_answers(), 1);
+    assert_eq!(core.counters().answers_forgotten, 2);
+    // The same mark again is no news.
+    fx.clear();
+    core.on_results_received(1, 2, &mut fx);
+    assert!(fx.is_empty());
+    // A (buggy) resend of a confirmed batch is refused, never drawn again.
+    core.on_batch(1, &batch(2), START + 2, &mut fx);
+    assert!(matches!(fx.as_slice(), [Effect::Close(1, ErrorCode::UnexpectedFrame)]));
+    assert_eq!(core.counters().batches_drawn, 3);
+}
+
+#[test]
+fn a_restarted_worker_is_a_new_instance_and_never_hears_the_old_answers() {
+    let mut core = core();
+    let mut fx = Vec::new();
+    core.on_hello(1, hello(INSTANCE, 0), START, &mut fx);
+    core.on_batch(1, &batch(1), START + 1, &mut fx);
+    let first = commit_all(&mut core, &mut fx);
+    let old_answer = first.iter().find_map(|e| match e {
+        Effect::Send(1, b) => Some(b.clone()),
+        _ => None,
+    });
+    // The worker restarts (its clock may have gone back; its name for batches did not): its
+    // batch 1 is a different batch, drawn afresh, and the old instance's answers are forgotten.
+    let mut fx = Vec::new();
+    core.on_hello(2, hello(0xbeef, 0), START + 2, &mut fx);
+    assert_eq!(compactions(&fx), vec![(vec![1], Some((0xbeef, 0)))]);
+    fx.clear();
+    core.on_batch(2, &batch(1), START + 3, &mut fx);
+    assert!(matches!(fx.as_slice(), [Effect::Commit(_)]), "{fx:?}");
+    let answers = commit_all(&mut core, &mut fx);
+    let new_answer = answers.iter().find_map(|e| match e {
+        Effect::Send(2, b) => Some(b.clone()),
+        _ => None,
+    });
+    assert_ne!(new_answer, old_answer);
+    // The old instance coming back (a stale process) is refused; the new one keeps its stream.
+    let mut fx = Vec::new();
+    core.on_hello(3, hello(INSTANCE, 1), START + 4, &mut fx);
+    assert!(matches!(fx.as_slice(), [Effect::Close(3, ErrorCode::DuplicateWorker)]), "{fx:?}");
+    fx.clear();
+    core.on_batch(2, &batch(2), START + 5, &mut fx);
+    assert!(matches!(fx.as_slice(), [Effect::Commit(_)]));
+}
+
+#[test]
+fn unconfirmed_batches_are_bounded_per_worker() {
+    let mut core = core();
+    let mut fx = Vec::new();
+    core.on_hello(1, hello(INSTANCE, 0), START, &mut fx);
+    let max = shake_proto::limits::MAX_UNCONFIRMED_BATCHES as u64;
+    for seq in 1..=max {
+        core.on_batch(1, &batch(seq), START + 1, &mut fx);
+        if seq % 512 == 0 {
+            commit_all(&mut core, &mut fx);
+        }
+    }
+    assert_eq!(core.stored_answers() as u64 + core.pending_batches() as u64, max);
+    fx.clear();
+    core.on_batch(1, &batch(max + 1), START + 1, &mut fx);
+    assert!(matches!(fx.as_slice(), [Effect::Close(1, ErrorCode::Flood)]), "{fx:?}");
+    // Confirming makes room again.
+    core.on_hello(2, hello(INSTANCE, max - 10), START + 2, &mut fx);
+    fx.clear();
+    core.on_batch(2, &batch(max + 1), START + 3, &mut fx);
+    assert!(matches!(fx.as_slice(), [Effect::Commit(_)]));
+}
+
+#[test]
+fn a_resend_with_other_content_is_counted_and_gets_the_stored_answer() {
+    let mut core = core();
+    let mut fx = Vec::new();
+    core.on_hello(1, hello(INSTANCE, 0), START, &mut fx);
+    core.on_batch(1, &batch(1), START + 1, &mut fx);
+    commit_all(&mut core, &mut fx);
+    let forged = Batch::new(1, 1, START, &[BatchEntry { user_id: 999, offset_us: 0 }]);
+    let mut fx = Vec::new();
+    core.on_batch(1, &forged, START + 2, &mut fx);
+    assert_eq!(core.counters().batches_conflicting, 1);
+    match frames(&fx, 1).as_slice() {
+        // The answer still names the batch first drawn: the edge will refuse it.
+        [AllocatorFrame::BatchResult { digest, .. }] => {
+            assert_eq!(*digest, batch(1).digest());
+            assert_ne!(*digest, forged.digest());
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn restore_keeps_the_current_instances_answers_and_compacts_the_rest() {
+    use shake_allocator::award::WorkerKey;
+    use shake_allocator::ledger::WorkerRecord;
+    let mut core = core();
+    let worker = WorkerKey { edge_id: 7, worker_id: 0 };
+    let key = |instance_id, seq| BatchKey { edge_id: 7, worker_id: 0, instance_id, seq };
+    let records =
+        vec![WorkerRecord { worker, instance_id: INSTANCE, confirmed_seq: 2, retired: vec![1] }];
+    let answers = [key(INSTANCE, 2), key(INSTANCE, 3), key(1, 9), key(77, 1)]
+        .into_iter()
+        .map(|k| (k, Bytes::from_static(b"answer")))
+        .collect();
+    let mut fx = Vec::new();
+    core.restore(records, answers, &mut fx);
+    assert_eq!(core.stored_answers(), 1, "only batch 3 of the current instance is unconfirmed");
+    let mut forgotten = match fx.as_slice() {
+        [Effect::Compact { forget, worker: None }] => forget.clone(),
+        other => panic!("{other:?}"),
+    };
+    forgotten.sort_unstable();
+    assert_eq!(forgotten, vec![key(1, 9), key(77, 1), key(INSTANCE, 2)]);
+    // The retired instance stays refused after the restart.
+    fx.clear();
+    core.on_hello(1, hello(1, 9), START, &mut fx);
+    assert!(matches!(fx.as_slice(), [Effect::Close(1, ErrorCode::DuplicateWorker)]));
 }

@@ -16,10 +16,13 @@ const ENVELOPES: u64 = 300;
 const TOTAL_CENTS: u64 = 30_000;
 const BATCHES: u64 = 40;
 
+/// Batch `seq` of the one edge worker instance here: a resend is the same bytes, as an edge
+/// resends them.
 fn batch(seq: u64) -> AllocatorFrame {
+    static BASE_MS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     let entries: Vec<BatchEntry> =
         (0..25).map(|i| BatchEntry { user_id: seq * 1000 + i, offset_us: i as u32 }).collect();
-    AllocatorFrame::Batch(Batch::new(seq, 1, now_ms(), &entries))
+    AllocatorFrame::Batch(Batch::new(seq, 1, *BASE_MS.get_or_init(now_ms), &entries))
 }
 
 async fn edge(alloc: &Allocator, scratch: &Scratch) -> EdgeStream {
@@ -32,6 +35,7 @@ async fn edge(alloc: &Allocator, scratch: &Scratch) -> EdgeStream {
             edge_id: 1,
             worker_id: 0,
             protocol_version: PROTOCOL_VERSION,
+            instance_id: 42,
             highest_answered_seq: 0,
         })
         .await;

@@ -14,6 +14,7 @@ async fn hello(stream: &mut EdgeStream, version: u32) {
             edge_id: 1,
             worker_id: 0,
             protocol_version: version,
+            instance_id: 42,
             highest_answered_seq: 0,
         })
         .await;
@@ -66,6 +67,7 @@ async fn try_session(alloc: &Allocator, config: quinn::ClientConfig) -> Result<(
         edge_id: 1,
         worker_id: 0,
         protocol_version: PROTOCOL_VERSION,
+        instance_id: 42,
         highest_answered_seq: 0,
     }
     .encode(&mut out);
@@ -159,6 +161,7 @@ async fn an_edge_cannot_speak_for_another_edge_id() {
             edge_id: 2,
             worker_id: 0,
             protocol_version: PROTOCOL_VERSION,
+            instance_id: 42,
             highest_answered_seq: 0,
         })
         .await;

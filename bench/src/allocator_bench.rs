@@ -12,7 +12,7 @@ use shake_allocator::award::{Award, BatchKey};
 use shake_allocator::config::{CashPool, Release, RoundConfig};
 use shake_allocator::core::answer_frame;
 use shake_allocator::draw::Draw;
-use shake_allocator::ledger::{AnsweredBatch, Ledger};
+use shake_allocator::ledger::{AnsweredBatch, CommitGroup, Ledger};
 use shake_proto::Batch;
 
 use crate::{proto_bench, stats};
@@ -61,7 +61,7 @@ fn batches() -> Vec<Batch> {
 }
 
 fn key(seq: u64) -> BatchKey {
-    BatchKey { edge_id: 1, worker_id: 0, seq }
+    BatchKey { edge_id: 1, worker_id: 0, instance_id: 1, seq }
 }
 
 /// One draw over every batch: (entries per second, awards per batch).
@@ -78,9 +78,10 @@ fn draw_run(config: &RoundConfig, batches: &[Batch]) -> (f64, Vec<Vec<Award>>) {
     (rate, per_batch)
 }
 
-fn answered(awards: Vec<Award>) -> AnsweredBatch {
+fn answered(awards: Vec<Award>, batches: &[Batch]) -> AnsweredBatch {
     let key = awards.first().map_or(key(0), |a| a.batch);
-    AnsweredBatch { key, answer: answer_frame(key.seq, &awards), awards }
+    let digest = batches.get(key.seq as usize - 1).map(Batch::digest).unwrap_or_default();
+    AnsweredBatch { key, answer: answer_frame(key.seq, digest, &awards), awards }
 }
 
 /// Runs the draw `runs` times and the ledger once per group size, under `dir`.
@@ -96,7 +97,7 @@ pub fn run(runs: usize, dir: &Path) -> AllocatorFigures {
     }
     let won: usize = last.iter().map(Vec::len).sum();
     let answered: Vec<AnsweredBatch> =
-        last.into_iter().filter(|a| !a.is_empty()).map(answered).collect();
+        last.into_iter().filter(|a| !a.is_empty()).map(|a| answered(a, &batches)).collect();
 
     let mut durable_by_group = Vec::new();
     for group in GROUP_BATCHES {
@@ -105,11 +106,15 @@ pub fn run(runs: usize, dir: &Path) -> AllocatorFigures {
         let ledger = Ledger::open(&path).expect("opening the benchmark ledger");
         // Enough groups for a stable figure, bounded in time for group size 1.
         let take = (group * 40).min(answered.len());
+        let groups: Vec<CommitGroup> = answered[..take]
+            .chunks(group)
+            .map(|chunk| CommitGroup { batches: chunk.to_vec(), ..CommitGroup::default() })
+            .collect();
         let started = Instant::now();
         let mut awards = 0;
-        for chunk in answered[..take].chunks(group) {
-            ledger.commit_group(chunk, &[]).expect("commit");
-            awards += chunk.iter().map(|b| b.awards.len()).sum::<usize>();
+        for group in &groups {
+            ledger.commit_group(group).expect("commit");
+            awards += group.batches.iter().map(|b| b.awards.len()).sum::<usize>();
         }
         let avg_awards = awards / take.div_ceil(group).max(1);
         durable_by_group.push((

@@ -1,21 +1,27 @@
-//! `edge-hot-path`: what one shake costs the edge's own code: decode the datagram, decide
-//! (round, phone bucket, edge bucket), join the batch, encode the outcome. Counted with the
-//! counting allocator installed by the `shake-bench` binary: allocations per shake after
-//! warm-up, and the time per shake on one core.
+//! `edge-hot-path`: what one shake costs the edge's own code: decode the datagram, then the
+//! edge's real sans-IO `WorkerCore::on_shake` (round, phone bucket, edge bucket, batch), then
+//! encode the outcome. Counted with the counting allocator installed by the `shake-bench`
+//! binary: allocations per shake after warm-up, and the time per shake on one core.
 //!
-//! Batches are answered as they flush (routes recycled), as the allocator stream does, so the
-//! in-flight window stays small. The per-batch work (a new frame buffer now and then, the
-//! in-flight map) is counted too: it shows up as a fraction of an allocation per shake.
+//! Batches are answered as they flush (through the core's uplink and `on_allocator_frame`, as
+//! the allocator stream does), so the in-flight window stays small. The per-batch work (the
+//! frame's digest, a new frame buffer now and then, the in-flight map) is counted too: it shows
+//! up as a fraction of an allocation per shake.
 
 use std::hint::black_box;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use shake_edge::admission::{Admission, AdmissionSettings, Decision};
-use shake_edge::batcher::{BatchSettings, Batcher};
-use shake_edge::bucket::{Rate, TokenBucket};
+use shake_edge::admission::AdmissionSettings;
+use shake_edge::award_book::AwardBook;
+use shake_edge::batcher::BatchSettings;
+use shake_edge::bucket::Rate;
+use shake_edge::core::{CoreSettings, PhoneEffect, WorkerCore};
+use shake_edge::phones::PhoneRef;
+use shake_edge::uplink::WorkerName;
 use shake_proto::datagram::{self, Datagram, Outcome};
-use shake_proto::{RoundInfo, RoundPhase, Shake, Verdict};
+use shake_proto::{AllocatorFrame, BatchDigest, RoundInfo, RoundPhase, Shake, Verdict, frame};
 
 /// Phones simulated.
 pub const PHONES: usize = 10_000;
@@ -34,11 +40,11 @@ pub struct HotPathFigures {
 }
 
 struct Rig {
-    admission: Admission,
-    batcher: Batcher<u32>,
-    phones: Vec<TokenBucket>,
+    core: WorkerCore<()>,
+    phones: Vec<PhoneRef>,
     datagrams: Vec<Bytes>,
     scratch: BytesMut,
+    effects: Vec<PhoneEffect>,
     admitted: u64,
     clock_us: u64,
 }
@@ -47,22 +53,44 @@ const ROUND_START_MS: u64 = 1_767_225_600_000;
 
 impl Rig {
     fn new() -> Self {
-        let settings =
-            AdmissionSettings { phone: Rate::new(10.0, 20.0), fallback: Rate::new(1e3, 1e3) };
-        let mut admission = Admission::new(settings, 0);
-        admission.on_round_state(
-            RoundInfo {
-                round_id: 1,
-                phase: RoundPhase::Open,
-                starts_at_ms: ROUND_START_MS,
-                ends_at_ms: ROUND_START_MS + 3_600_000,
+        let settings = CoreSettings {
+            admission: AdmissionSettings {
+                phone: Rate::new(10.0, 20.0),
+                fallback: Rate::new(1e3, 1e3),
             },
-            100,
+            batches: BatchSettings { max_entries: 1024, max_age_us: 2_000, max_in_flight: 16 },
+            workers: 1,
+        };
+        let name = WorkerName { edge_id: 1, worker_id: 0, instance_id: 1 };
+        let mut core = WorkerCore::new(settings, name, Arc::new(AwardBook::new(1, 1)), 0);
+        let round = RoundInfo {
+            round_id: 1,
+            phase: RoundPhase::Open,
+            starts_at_ms: ROUND_START_MS,
+            ends_at_ms: ROUND_START_MS + 3_600_000,
+        };
+        let mut effects = Vec::new();
+        core.on_allocator_frame(
+            AllocatorFrame::RoundState { round, min_shake_interval_ms: 100 },
+            0,
+            ROUND_START_MS,
+            &mut effects,
         );
         // A quota that admits about a fifth of the shakes at the simulated rate.
-        admission.on_quota(1, Rate::new(20_000.0, 200.0), u64::MAX);
-        let batch = BatchSettings { max_entries: 1024, max_age_us: 2_000, max_in_flight: 16 };
-        let phones = (0..PHONES).map(|_| admission.new_phone_bucket(0)).collect();
+        core.on_allocator_frame(
+            AllocatorFrame::Quota {
+                round_id: 1,
+                rate_per_s: 20_000,
+                burst: 200,
+                valid_until_ms: u64::MAX,
+            },
+            0,
+            ROUND_START_MS,
+            &mut effects,
+        );
+        core.uplink().link_up();
+        while core.uplink().poll_transmit().is_some() {}
+        let phones = (0..PHONES as u64).map(|user| core.add_phone(user + 1, (), 0)).collect();
         let datagrams = (0..PHONES as u64)
             .map(|i| {
                 let mut out = BytesMut::new();
@@ -72,11 +100,11 @@ impl Rig {
             })
             .collect();
         Self {
-            admission,
-            batcher: Batcher::new(batch, 1),
+            core,
             phones,
             datagrams,
             scratch: BytesMut::with_capacity(64 * 1024),
+            effects,
             admitted: 0,
             clock_us: 0,
         }
@@ -91,31 +119,37 @@ impl Rig {
         let Ok(Datagram::Shake(shake)) = datagram::decode(&self.datagrams[i]) else {
             unreachable!("benchmark datagrams are valid")
         };
-        let verdict =
-            match self.admission.decide(shake.round_id, &mut self.phones[i], self.clock_us, now_ms)
-            {
-                Decision::Answer(verdict) => verdict,
-                Decision::Admit { round_id } => {
-                    self.admitted += 1;
-                    match self.batcher.push(round_id, i as u64 + 1, i as u32, self.clock_us, now_ms)
-                    {
-                        Ok(Some(flushed)) => {
-                            // The allocator answers at once: the routes come back for reuse.
-                            if let Some((_, routes)) = self.batcher.on_result(flushed.seq) {
-                                self.batcher.recycle(routes);
-                            }
-                            Verdict::Forwarded
-                        }
-                        Ok(None) => Verdict::Forwarded,
-                        Err(_) => Verdict::NoLuck,
-                    }
-                }
-            };
+        let outcome = self.core.on_shake(self.phones[i], shake, self.clock_us, now_ms);
+        let Some(Outcome { verdict, .. }) = outcome else { unreachable!("every phone is here") };
+        if verdict == Verdict::Forwarded {
+            self.admitted += 1;
+        }
+        if self.core.uplink().in_flight() > 0 {
+            self.answer_batches(now_ms);
+        }
         datagram::encode_outcomes(&mut self.scratch, &[Outcome { seq: shake.seq, verdict }]);
         if self.scratch.capacity() - self.scratch.len() < 64 {
             self.scratch.reserve(64 * 1024);
         }
         self.scratch.split().freeze()
+    }
+
+    /// The allocator answers every flushed batch at once, without winners.
+    fn answer_batches(&mut self, now_ms: u64) {
+        while let Some(bytes) = self.core.uplink().poll_transmit() {
+            let Ok(header) = frame::check(&bytes, usize::MAX) else { continue };
+            if header.frame_type != shake_proto::allocator::frame_type::BATCH {
+                continue;
+            }
+            let payload = &bytes[header.header_len..];
+            let Ok((seq, _)) = shake_proto::varint::decode(payload) else { continue };
+            let answer = AllocatorFrame::BatchResult {
+                seq,
+                digest: BatchDigest::of_payload(payload),
+                winners: Vec::new(),
+            };
+            self.core.on_allocator_frame(answer, self.clock_us, now_ms, &mut self.effects);
+        }
     }
 }
 

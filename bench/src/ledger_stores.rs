@@ -42,7 +42,12 @@ pub fn rows(first: u64, n: usize) -> Vec<(u64, Vec<u8>)> {
                 user_id: 1 + id.wrapping_mul(2_654_435_761) % 1_000_000_000,
                 item: id as u32,
                 prize: Prize::Cash { cents: 100 + id % 900 },
-                batch: BatchKey { edge_id: 1, worker_id: (id % 4) as u16, seq: id / 256 },
+                batch: BatchKey {
+                    edge_id: 1,
+                    worker_id: (id % 4) as u16,
+                    instance_id: 1,
+                    seq: id / 256,
+                },
                 entry_index: (id % 1024) as u32,
                 granted_at_ms: 1_767_225_600_000 + id,
                 delivered: false,

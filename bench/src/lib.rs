@@ -21,6 +21,7 @@
 //! - [`swarm`]: the phone swarm behind `shake-swarm`.
 
 pub mod allocator_bench;
+pub mod allocator_soak;
 pub mod counting_alloc;
 pub mod edge_bench;
 pub mod edge_hot_path;

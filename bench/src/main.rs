@@ -9,8 +9,8 @@ use clap::{Parser, Subcommand};
 use serde_json::{Map, Value};
 use shake_bench::counting_alloc::CountingAlloc;
 use shake_bench::{
-    allocator_bench, edge_bench, edge_hot_path, floor, handshake_bench, latency_bench,
-    memory_bench, proto_bench, report,
+    allocator_bench, allocator_soak, edge_bench, edge_hot_path, floor, handshake_bench,
+    latency_bench, memory_bench, proto_bench, report,
 };
 
 #[global_allocator]
@@ -48,6 +48,24 @@ enum Bench {
         runs: usize,
         /// Scratch directory for the ledger (on the disk being measured).
         #[arg(long, default_value = "target/bench-scratch")]
+        scratch: PathBuf,
+    },
+    /// A weeks-long campaign compressed: batches through the allocator's core (fake clock, no
+    /// network) from edge workers that confirm answers and restart; heap bytes and answers
+    /// held must stay flat after warm-up. Then batches through the real ledger: answers stored
+    /// on disk stay bounded by what edges have not confirmed.
+    Soak {
+        /// Batches through the core.
+        #[arg(long, default_value_t = 10_000_000)]
+        batches: u64,
+        /// A worker restarts (new instance) every this many batches.
+        #[arg(long, default_value_t = 1_000_000)]
+        restart_every: u64,
+        /// Batches through the real ledger (groups of 100, fsync each).
+        #[arg(long, default_value_t = 100_000)]
+        ledger_batches: u64,
+        /// Scratch directory for the ledger.
+        #[arg(long, default_value = "target/bench-scratch/soak-ledger")]
         scratch: PathBuf,
     },
     /// One shake through the edge's own code (decode, decide, batch, encode): allocations per
@@ -236,6 +254,63 @@ fn main() -> anyhow::Result<()> {
             let title =
                 format!("allocator: draw on one core (median of {runs}), ledger with fsync");
             report::emit("allocator", &report::table(&title, &rows), figures, results_dir)?;
+        }
+        Bench::Soak { batches, restart_every, ledger_batches, scratch } => {
+            let sample_every = (batches / 10).max(1);
+            let mut f = allocator_soak::run_core(batches, sample_every, restart_every, || {
+                ALLOCATOR.live_bytes()
+            });
+            f.ledger = Some(allocator_soak::run_ledger(&scratch, ledger_batches, 100)?);
+            let _ = std::fs::remove_dir_all(&scratch);
+            let mib = |b: i64| format!("{:.2} MiB", b as f64 / (1024.0 * 1024.0));
+            let mut rows: Vec<(String, String)> = f
+                .samples
+                .iter()
+                .map(|s| {
+                    (
+                        format!("after {:>11} batches", s.batches),
+                        format!("{} live, {} answers held", mib(s.live_bytes), s.stored_answers),
+                    )
+                })
+                .collect();
+            // Warm-up: the first sample (pools, maps and buffers at their working size).
+            let warm = f.samples.first().map_or(0, |s| s.live_bytes);
+            let end = f.samples.last().map_or(0, |s| s.live_bytes);
+            let growth = if warm > 0 { end as f64 / warm as f64 } else { 0.0 };
+            rows.push(("through the core".to_owned(), report::human_rate(f.batches_per_s)));
+            rows.push(("awards granted".to_owned(), f.awards.to_string()));
+            rows.push(("worker restarts".to_owned(), f.restarts.to_string()));
+            rows.push(("live bytes, end / after warm-up".to_owned(), format!("{growth:.3}")));
+            let ledger = f.ledger.expect("just run");
+            rows.push((
+                format!("ledger: answers stored after {} batches", ledger.batches),
+                format!("{} (not {})", ledger.stored_at_end, ledger.stored_without_compaction),
+            ));
+            let mut figures = Map::new();
+            figures.insert("batches".into(), Value::from(batches));
+            figures.insert("workers".into(), Value::from(allocator_soak::WORKERS));
+            figures.insert("restarts".into(), Value::from(f.restarts));
+            figures.insert("awards".into(), Value::from(f.awards));
+            figures.insert("batches_per_s".into(), Value::from(f.batches_per_s.round()));
+            figures.insert("live_bytes_after_warmup".into(), Value::from(warm));
+            figures.insert("live_bytes_at_end".into(), Value::from(end));
+            figures.insert("live_bytes_growth_ratio".into(), Value::from(growth));
+            figures.insert("max_answers_held".into(), Value::from(f.max_stored_answers));
+            figures.insert("ledger_batches".into(), Value::from(ledger.batches));
+            figures
+                .insert("ledger_answers_stored_at_end".into(), Value::from(ledger.stored_at_end));
+            figures.insert(
+                "samples".into(),
+                f.samples
+                    .iter()
+                    .map(|s| serde_json::json!({"batches": s.batches, "live_bytes": s.live_bytes, "answers_held": s.stored_answers}))
+                    .collect(),
+            );
+            let title = format!(
+                "soak: {batches} batches through the allocator core, {} edge workers",
+                allocator_soak::WORKERS
+            );
+            report::emit("soak", &report::table(&title, &rows), figures, results_dir)?;
         }
         Bench::EdgeHotPath { runs, shakes } => {
             let f = edge_hot_path::run(runs, shakes, || ALLOCATOR.allocations());

@@ -106,9 +106,12 @@ impl Admission {
         next.or(last).copied().unwrap_or(RoundInfo::NONE)
     }
 
-    /// The pacing phones are asked to keep.
+    /// The pacing phones are asked to keep: the allocator's, and never shorter than the
+    /// per-phone bucket refills (so a phone that keeps it never earns slow-down).
     pub fn min_interval_ms(&self) -> u32 {
-        self.min_interval_ms
+        let per_s = self.settings.phone.per_s;
+        let floor = if per_s > 0.0 { (1000.0 / per_s).ceil() as u32 } else { u32::MAX };
+        self.min_interval_ms.max(floor)
     }
 
     /// The edge-bucket rate in force at `now_ms` for `round_id`.
@@ -135,7 +138,7 @@ impl Admission {
         if let Err(wait_us) = phone.try_take(self.settings.phone, now_us) {
             let wait_ms = u32::try_from(wait_us.div_ceil(1000)).unwrap_or(u32::MAX);
             return Decision::Answer(Verdict::SlowDown {
-                retry_after_ms: wait_ms.max(self.min_interval_ms),
+                retry_after_ms: wait_ms.max(self.min_interval_ms()),
             });
         }
         let rate = self.edge_rate(round.round_id, now_ms);
@@ -221,6 +224,23 @@ mod tests {
             }
         }
         assert!(admitted > 150, "admitted {admitted}");
+    }
+
+    #[test]
+    fn the_interval_told_is_never_shorter_than_the_phone_bucket_allows() {
+        let mut a = admission();
+        assert_eq!(a.min_interval_ms(), 100);
+        let round = a.current_round(T0_MS);
+        a.on_round_state(round, 40);
+        assert_eq!(a.min_interval_ms(), 100, "the bucket refills at 10/s");
+        a.on_round_state(round, 250);
+        assert_eq!(a.min_interval_ms(), 250);
+        // A phone that keeps the interval told is never slowed down, burst or not.
+        let mut phone = a.new_phone_bucket(0);
+        for i in 0..100u64 {
+            let decision = a.decide(3, &mut phone, i * 250_000, T0_MS + 1);
+            assert!(!matches!(decision, Decision::Answer(Verdict::SlowDown { .. })), "shake {i}");
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 pub use shake_ops::config::ConfigError;
-use shake_ops::config::{Validate, invalid};
+use shake_ops::config::{TlsFile, Validate, check_tls_file, invalid};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -128,6 +128,12 @@ pub struct Limits {
     pub max_phones: u32,
     /// On SIGTERM: how long to wait for the allocator's answers before exiting, milliseconds.
     pub drain_deadline_ms: u64,
+    /// Awards sent to phones and not yet acknowledged that the edge remembers (whole edge), so
+    /// that only the winner's phone can acknowledge one; past it the oldest are forgotten (they
+    /// stay undelivered in the ledger).
+    pub max_outstanding_awards: usize,
+    /// How long an award sent to a phone may wait for its acknowledgement, seconds.
+    pub award_ack_window_s: u64,
 }
 
 impl Default for Limits {
@@ -149,6 +155,8 @@ impl Default for Limits {
             retry_above_handshakes: 1_024,
             max_phones: 1_000_000,
             drain_deadline_ms: 5_000,
+            max_outstanding_awards: 100_000,
+            award_ack_window_s: 3_600,
         }
     }
 }
@@ -266,6 +274,12 @@ impl Validate for EdgeConfig {
                 "handshakes_per_source and max_tracked_sources must be above 0",
             ));
         }
+        if l.max_outstanding_awards == 0 || l.award_ack_window_s == 0 {
+            return Err(invalid(
+                "limits",
+                "max_outstanding_awards and award_ack_window_s must be above 0",
+            ));
+        }
         if l.retry_above_handshakes > l.max_handshakes {
             return Err(invalid("limits.retry_above_handshakes", "must not exceed max_handshakes"));
         }
@@ -273,6 +287,14 @@ impl Validate for EdgeConfig {
             return Err(invalid("transport.idle_timeout_ms", "must be above 0"));
         }
         Ok(())
+    }
+
+    fn check_files(&self) -> Result<(), ConfigError> {
+        check_tls_file("tls.cert", &self.tls.cert, TlsFile::Certificates)?;
+        check_tls_file("tls.key", &self.tls.key, TlsFile::PrivateKey)?;
+        check_tls_file("allocator.ca", &self.allocator.ca, TlsFile::Certificates)?;
+        check_tls_file("allocator.cert", &self.allocator.cert, TlsFile::Certificates)?;
+        check_tls_file("allocator.key", &self.allocator.key, TlsFile::PrivateKey)
     }
 }
 

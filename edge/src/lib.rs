@@ -6,6 +6,9 @@
 //! - [`bucket`]: the token bucket (sans-IO).
 //! - [`admission`]: the per-shake decision (sans-IO).
 //! - [`batcher`]: batches, in-flight bookkeeping and resends (sans-IO).
+//! - [`uplink`]: what a worker writes to the allocator next, and what its answers mean (sans-IO).
+//! - [`award_book`]: which awards went to which user, so only the winner can acknowledge.
+//! - [`core`]: one worker's state machine: phones, shakes, answers, acknowledgements (sans-IO).
 //! - [`phones`]: a worker's connected phones (a generational slab).
 //! - [`config`]: the TOML configuration and its validation.
 //! - [`worker`]: one worker thread: endpoint, sessions, allocator stream, timers.
@@ -15,12 +18,15 @@
 //! - [`sources`]: per-source handshake limits (sans-IO).
 
 pub mod admission;
+pub mod award_book;
 pub mod batcher;
 pub mod bucket;
 pub mod config;
+pub mod core;
 pub mod metrics;
 pub mod outbox;
 pub mod phones;
 pub mod service;
 pub mod sources;
+pub mod uplink;
 pub mod worker;

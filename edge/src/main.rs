@@ -1,7 +1,8 @@
 //! `shake-edge`: the edge node binary. A thin shell: parse the command line, load the
 //! configuration, start, wait for a signal.
 //!
-//! Exit codes: 0 success, 64 bad command line or configuration, 1 any other failure.
+//! Exit codes: 0 success, 64 bad command line or configuration, 1 any other failure (a
+//! worker thread that panicked or failed stops the whole edge with 1).
 //! Signals: SIGTERM drains (stop accepting, `GoAway` to phones, flush batches, wait for the
 //! allocator's answers up to `limits.drain_deadline_ms`); SIGINT stops at once.
 
@@ -68,7 +69,7 @@ fn main() -> ExitCode {
 
 fn run(config: EdgeConfig) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let edge = service::start(config)?;
+    let mut edge = service::start(config)?;
     let metrics = edge.metrics_addr.map_or("off".to_owned(), |a| a.to_string());
     // One line on stdout that scripts wait for.
     println!("shake-edge ready addr={} metrics={metrics} workers={}", edge.addr, edge.workers);
@@ -85,10 +86,15 @@ fn run(config: EdgeConfig) -> anyhow::Result<()> {
                 tracing::info!("SIGINT: stopping");
                 edge.stop();
             }
+            failure = edge.failure() => {
+                // A worker is gone (a bug): its phones with it. Stop everything, exit non-zero.
+                tracing::error!(%failure, "stopping the edge");
+                edge.stop();
+            }
         }
         anyhow::Ok(())
     })?;
-    edge.join();
+    edge.join()?;
     Ok(())
 }
 

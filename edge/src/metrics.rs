@@ -38,6 +38,13 @@ pub struct EdgeMetrics {
     pub allocator_up: Gauge,
     /// Round states received from the allocator (all workers).
     pub round_states: Counter,
+    /// Answers from the allocator by outcome: matched (announced), mismatched (digest of
+    /// another batch: nothing announced), unknown (no such batch in flight).
+    pub batch_answers: Family<Labels, Counter>,
+    /// Award acknowledgements from phones by outcome: accepted, unknown_award, wrong_user.
+    pub award_acks: Family<Labels, Counter>,
+    /// Awards sent to phones and not yet acknowledged (the award book).
+    pub awards_outstanding: Gauge,
 }
 
 impl Default for EdgeMetrics {
@@ -63,6 +70,9 @@ impl EdgeMetrics {
             awards: Family::default(),
             allocator_up: Gauge::default(),
             round_states: Counter::default(),
+            batch_answers: Family::default(),
+            award_acks: Family::default(),
+            awards_outstanding: Gauge::default(),
         };
         let mut registry = Registry::with_prefix("shake_edge");
         registry.register("phones", "Phones connected", m.phones.clone());
@@ -89,6 +99,17 @@ impl EdgeMetrics {
         registry.register("awards", "Awards by delivery", m.awards.clone());
         registry.register("allocator_up", "Allocator link up", m.allocator_up.clone());
         registry.register("round_states", "Round states received", m.round_states.clone());
+        registry.register(
+            "batch_answers",
+            "Allocator answers by outcome (mismatched: not announced)",
+            m.batch_answers.clone(),
+        );
+        registry.register("award_acks", "Award acknowledgements by outcome", m.award_acks.clone());
+        registry.register(
+            "awards_outstanding",
+            "Awards sent to phones and not yet acknowledged",
+            m.awards_outstanding.clone(),
+        );
         Self { registry, ..m }
     }
 

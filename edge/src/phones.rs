@@ -56,6 +56,14 @@ impl<T> PhoneTable<T> {
     }
 
     /// The phone behind `at`, unless it has left.
+    pub fn get(&self, at: PhoneRef) -> Option<&T> {
+        self.slots
+            .get(at.slot as usize)
+            .filter(|s| s.generation == at.generation)
+            .and_then(|s| s.phone.as_ref())
+    }
+
+    /// The phone behind `at`, unless it has left.
     pub fn get_mut(&mut self, at: PhoneRef) -> Option<&mut T> {
         self.slots
             .get_mut(at.slot as usize)

@@ -8,12 +8,15 @@ use std::sync::atomic::AtomicU32;
 use std::time::{Duration, Instant};
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use shake_ops::http::Readiness;
+use shake_ops::supervise::{Ended, Supervisor, ThreadEnd};
 use shake_ops::tls::{self, TlsError};
 use shake_proto::{ALLOCATOR_ALPN, KeyRing, PHONE_ALPN};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::award_book::AwardBook;
 use crate::config::EdgeConfig;
 use crate::metrics::EdgeMetrics;
 use crate::worker::{self, Shared};
@@ -43,6 +46,16 @@ pub enum StartError {
     Thread(std::io::Error),
 }
 
+/// Why a running edge stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+#[error("edge {thread} ended unexpectedly: {how}")]
+pub struct EdgeFailure {
+    /// The thread that ended first.
+    pub thread: String,
+    /// How it ended (panicked, or its error).
+    pub how: String,
+}
+
 /// A running edge.
 #[derive(Debug)]
 pub struct RunningEdge {
@@ -54,6 +67,7 @@ pub struct RunningEdge {
     pub workers: usize,
     threads: Vec<std::thread::JoinHandle<()>>,
     link: std::thread::JoinHandle<()>,
+    supervisor: Supervisor,
     drain: CancellationToken,
     stop: CancellationToken,
 }
@@ -69,14 +83,37 @@ impl RunningEdge {
         self.stop.cancel();
     }
 
-    /// Waits for every worker to finish, then stops the allocator link and metrics.
-    pub fn join(self) {
+    /// Waits until a worker ends on its own, which is a failure: workers end only after
+    /// [`RunningEdge::drain`] or [`RunningEdge::stop`].
+    pub async fn failure(&mut self) -> EdgeFailure {
+        match self.supervisor.next_end().await {
+            Some(ended) => failure_of(ended),
+            None => EdgeFailure { thread: "supervisor".into(), how: "gone".into() },
+        }
+    }
+
+    /// Waits for every worker to finish, then stops the allocator link and metrics. An error
+    /// if a worker panicked or failed.
+    pub fn join(mut self) -> Result<(), EdgeFailure> {
         for thread in self.threads {
             let _ = thread.join();
         }
         self.stop.cancel();
         let _ = self.link.join();
+        match self.supervisor.ended().into_iter().find(|e| e.end != ThreadEnd::Finished) {
+            Some(ended) => Err(failure_of(ended)),
+            None => Ok(()),
+        }
     }
+}
+
+fn failure_of(ended: Ended) -> EdgeFailure {
+    let how = match ended.end {
+        ThreadEnd::Finished => "returned".to_owned(),
+        ThreadEnd::Failed(err) => err,
+        ThreadEnd::Panicked => "panicked".to_owned(),
+    };
+    EdgeFailure { thread: ended.name, how }
 }
 
 /// The TLS provider phones meet: ring, AES-128-GCM first (QUIC's Initial packets use it
@@ -279,28 +316,30 @@ pub fn start(config: EdgeConfig) -> Result<RunningEdge, StartError> {
     let (allocator, link_thread) =
         spawn_allocator_link(&config, client, stop.clone(), metrics.clone())?;
     let metrics_listen = config.metrics_listen;
+    let awards = Arc::new(AwardBook::new(
+        config.limits.max_outstanding_awards,
+        config.limits.award_ack_window_s.saturating_mul(1000),
+    ));
     let shared = Arc::new(Shared {
         config,
         keys,
         metrics: metrics.clone(),
         handshakes: AtomicU32::new(0),
         phones: AtomicU32::new(0),
+        awards,
         origin: Instant::now(),
         drain: drain.clone(),
         stop: stop.clone(),
     });
+    let supervisor = Supervisor::default();
     let mut threads = Vec::new();
     for (id, socket) in sockets.into_iter().enumerate() {
         let shared = shared.clone();
         let server = server.clone();
         let allocator = allocator.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("edge-worker-{id}"))
-            .spawn(move || {
-                if let Err(err) = worker::run(id as u16, workers, socket, server, shared, allocator)
-                {
-                    tracing::error!(worker = id, %err, "worker failed");
-                }
+        let thread = supervisor
+            .spawn(format!("edge-worker-{id}"), move || {
+                worker::run(id as u16, workers, socket, server, shared, allocator)
             })
             .map_err(StartError::Thread)?;
         threads.push(thread);
@@ -319,24 +358,38 @@ pub fn start(config: EdgeConfig) -> Result<RunningEdge, StartError> {
                 .local_addr()
                 .map_err(|source| StartError::Socket { addr: listen, source })?;
             let drain_flag = drain.clone();
-            let handler: shake_ops::http::Handler = Arc::new(move |path| match path {
-                "/metrics" => Some(("text/plain; version=0.0.4", metrics.render())),
-                "/health" if drain_flag.is_cancelled() => {
-                    Some(("text/plain", "draining\n".to_owned()))
-                }
-                "/health" => Some(("text/plain", "ok\n".to_owned())),
-                _ => None,
-            });
+            let up = metrics.clone();
+            let endpoints = shake_ops::http::Endpoints {
+                metrics: Arc::new(move || metrics.render()),
+                ready: Arc::new(move || {
+                    if drain_flag.is_cancelled() {
+                        Readiness::NotReady("draining".into())
+                    } else if up.allocator_up.get() != 1 {
+                        Readiness::NotReady("allocator link down".into())
+                    } else {
+                        Readiness::Ready
+                    }
+                }),
+            };
             let stop_metrics = stop.clone();
             std::thread::Builder::new()
                 .name("edge-metrics".into())
                 .spawn(move || {
-                    runtime.block_on(shake_ops::http::serve(listener, handler, stop_metrics))
+                    runtime.block_on(shake_ops::http::serve(listener, endpoints, stop_metrics))
                 })
                 .map_err(StartError::Thread)?;
             Some(bound)
         }
         None => None,
     };
-    Ok(RunningEdge { addr, metrics_addr, workers, threads, link: link_thread, drain, stop })
+    Ok(RunningEdge {
+        addr,
+        metrics_addr,
+        workers,
+        threads,
+        link: link_thread,
+        supervisor,
+        drain,
+        stop,
+    })
 }

@@ -1,16 +1,18 @@
 //! One edge worker: a thread with its own single-threaded runtime, its own QUIC endpoint on the
-//! shared port, its own admission state, batcher and allocator stream. Nothing it touches per
-//! shake is shared with another thread, so nothing per shake takes a lock.
+//! shared port, and its own [`WorkerCore`] (admission, batches, uplink state). Nothing it
+//! touches per shake is shared with another thread, so nothing per shake takes a lock.
 //!
-//! Tasks on the worker (all on one thread, sharing `Rc<RefCell<WorkerState>>`; no borrow is
-//! held across an await):
+//! This module is the I/O shell around the sans-IO core: quinn and tokio move bytes and time
+//! in and out of it. Tasks on the worker (all on one thread, sharing `Rc<RefCell<WorkerState>>`;
+//! no borrow is held across an await):
 //! - accept: handshake admission on `Incoming`, then one session task per phone;
 //! - session: `Hello` within the deadline, then datagrams and control frames until close;
-//! - uplink: this worker's stream to the allocator, resent batches after a reconnect;
-//! - ticker: flush batches by age, load reports, award acknowledgements, metrics.
+//! - uplink: this worker's stream to the allocator: writes what the core's uplink hands out,
+//!   feeds the allocator's frames back in;
+//! - flush_by_age and housekeeping: batch ages, load reports, metrics.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::future::Future;
 use std::net::IpAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -18,22 +20,22 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
-use shake_proto::allocator::PROTOCOL_VERSION;
 use shake_proto::control::CAP_DATAGRAMS;
 use shake_proto::datagram::{self, Datagram, Outcome};
-use shake_proto::{AllocatorFrame, ControlFrame, ErrorCode, KeyRing, Verdict};
+use shake_proto::{AllocatorFrame, ControlFrame, ErrorCode, KeyRing};
 use tokio::io::AsyncReadExt;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::admission::{Admission, AdmissionSettings, Decision};
-use crate::batcher::{BatchSettings, Batcher, Flushed};
-use crate::bucket::{Rate, TokenBucket};
+use crate::award_book::AwardBook;
+use crate::bucket::Rate;
 use crate::config::EdgeConfig;
+use crate::core::{self, PhoneEffect, WorkerCore};
 use crate::metrics::EdgeMetrics;
 use crate::outbox::Outbox;
-use crate::phones::{PhoneRef, PhoneTable};
+use crate::phones::PhoneRef;
 use crate::sources::{SourceLimiter, SourceLimits, SourceVerdict};
+use crate::uplink::WorkerName;
 
 /// What every worker shares (read-mostly, or per-connection atomics).
 #[derive(Debug)]
@@ -48,6 +50,8 @@ pub struct Shared {
     pub handshakes: AtomicU32,
     /// Phones connected, whole edge.
     pub phones: AtomicU32,
+    /// Awards sent and not yet acknowledged, whole edge.
+    pub awards: Arc<AwardBook>,
     /// Where the clock starts for buckets.
     pub origin: Instant,
     /// Stop accepting, tell phones to go, flush, wait for answers.
@@ -66,39 +70,33 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-struct Phone {
+/// What the shell keeps beside each phone in the core.
+#[derive(Debug)]
+struct PhoneExt {
     control: Rc<Outbox>,
-    user_id: u64,
-    bucket: TokenBucket,
 }
 
-/// Counted on the worker thread, added to the shared metrics by the ticker.
+/// Counted by the shell on the worker thread, added to the shared metrics by housekeeping.
 #[derive(Default)]
-struct Counts {
-    no_luck: u64,
-    slow_down: u64,
-    round_closed: u64,
-    forwarded: u64,
-    backpressure: u64,
+struct ShellCounts {
     malformed_datagrams: u64,
-    awards_written: u64,
-    awards_orphaned: u64,
+    shakes_before_welcome: u64,
 }
 
 struct WorkerState {
     id: u16,
-    workers: usize,
-    admission: Admission,
-    batcher: Batcher<PhoneRef>,
-    phones: PhoneTable<Phone>,
-    uplink: mpsc::UnboundedSender<Bytes>,
-    acks: Vec<u64>,
+    core: WorkerCore<PhoneExt>,
     scratch: BytesMut,
-    counts: Counts,
-    flushed_at: HashMap<u64, Instant>,
+    counts: ShellCounts,
+    /// The in-flight count last added to the shared gauge (workers add their difference).
+    in_flight_published: i64,
     sources: SourceLimiter,
     /// Woken when a shake opens a new batch, so the age flusher sleeps while none is open.
-    batch_opened: Rc<tokio::sync::Notify>,
+    batch_opened: Rc<Notify>,
+    /// Woken when the uplink has something to write (a batch, an acknowledgement, a report).
+    uplink_ready: Rc<Notify>,
+    /// Woken when a batch is answered or a phone leaves (what a drain waits for).
+    progress: Rc<Notify>,
     /// Broadcasts for the [`broadcaster`] task, one at a time, in order.
     broadcasts: mpsc::UnboundedSender<Broadcast>,
 }
@@ -109,53 +107,6 @@ type Broadcast = (Vec<Rc<Outbox>>, Bytes);
 type State = Rc<RefCell<WorkerState>>;
 
 impl WorkerState {
-    /// Sends a flushed batch upstream and notes when, for the round-trip metric.
-    fn send_batch(&mut self, flushed: Flushed, metrics: &EdgeMetrics) {
-        metrics.batch_entries.observe(flushed.entries as f64);
-        self.flushed_at.insert(flushed.seq, Instant::now());
-        let _ = self.uplink.send(flushed.frame);
-    }
-
-    /// Decides one shake and returns the outcome to send.
-    fn on_shake(
-        &mut self,
-        at: PhoneRef,
-        shake: shake_proto::Shake,
-        shared: &Shared,
-    ) -> Option<Outcome> {
-        let now_us = shared.now_us();
-        let now_ms = now_ms();
-        let Self { admission, batcher, phones, counts, .. } = self;
-        let phone = phones.get_mut(at)?;
-        let verdict = match admission.decide(shake.round_id, &mut phone.bucket, now_us, now_ms) {
-            Decision::Answer(verdict) => verdict,
-            Decision::Admit { round_id } => {
-                match batcher.push(round_id, phone.user_id, at, now_us, now_ms) {
-                    Ok(flushed) => {
-                        if let Some(frame) = flushed {
-                            self.send_batch(frame, &shared.metrics);
-                        }
-                        if self.batcher.open_len() == 1 {
-                            self.batch_opened.notify_one();
-                        }
-                        Verdict::Forwarded
-                    }
-                    Err(_) => {
-                        counts.backpressure += 1;
-                        Verdict::NoLuck
-                    }
-                }
-            }
-        };
-        match verdict {
-            Verdict::NoLuck => self.counts.no_luck += 1,
-            Verdict::SlowDown { .. } => self.counts.slow_down += 1,
-            Verdict::RoundClosed => self.counts.round_closed += 1,
-            Verdict::Forwarded => self.counts.forwarded += 1,
-        }
-        Some(Outcome { seq: shake.seq, verdict })
-    }
-
     fn encode(&mut self, f: impl FnOnce(&mut BytesMut)) -> Bytes {
         f(&mut self.scratch);
         self.scratch.split().freeze()
@@ -165,11 +116,90 @@ impl WorkerState {
         self.encode(|out| frame.encode(out))
     }
 
+    /// Decides one shake (the core does) and wakes whoever its consequences concern.
+    fn on_shake(
+        &mut self,
+        at: PhoneRef,
+        shake: shake_proto::Shake,
+        shared: &Shared,
+    ) -> Option<Outcome> {
+        let in_flight = self.core.uplink().in_flight();
+        let open = self.core.uplink().batcher().open_len();
+        let outcome = self.core.on_shake(at, shake, shared.now_us(), now_ms());
+        if self.core.uplink().in_flight() > in_flight {
+            self.uplink_ready.notify_one();
+        }
+        if open == 0 && self.core.uplink().batcher().open_len() > 0 {
+            self.batch_opened.notify_one();
+        }
+        outcome
+    }
+
+    /// Delivers what the core asked for.
+    fn deliver(&mut self, effects: Vec<PhoneEffect>) {
+        for effect in effects {
+            match effect {
+                PhoneEffect::ToPhone(at, frame) => {
+                    let bytes = self.control_frame(&frame);
+                    if let Some(phone) = self.core.phones().get(at) {
+                        phone.ext.control.push(bytes);
+                    }
+                }
+                PhoneEffect::Broadcast(frame) => self.broadcast(&frame),
+            }
+        }
+    }
+
     /// Sends a control frame to every phone of this worker, paced (see [`broadcaster`]).
     fn broadcast(&mut self, frame: &ControlFrame) {
         let bytes = self.control_frame(frame);
-        let outboxes: Vec<Rc<Outbox>> = self.phones.iter().map(|p| p.control.clone()).collect();
+        let outboxes: Vec<Rc<Outbox>> =
+            self.core.phones().iter().map(|p| p.ext.control.clone()).collect();
         let _ = self.broadcasts.send((outboxes, bytes));
+    }
+}
+
+/// Spawns the worker's tasks and notices if one of them panicked (tokio catches a task's
+/// panic and runs on; a task that ends without finishing its future panicked, since nothing
+/// aborts them while the worker serves).
+#[derive(Default)]
+struct TaskWatch {
+    failed: Rc<std::cell::Cell<bool>>,
+    notify: Rc<Notify>,
+}
+
+/// Armed while its task runs; dropped armed means the task did not finish.
+struct TaskGuard {
+    failed: Rc<std::cell::Cell<bool>>,
+    notify: Rc<Notify>,
+    armed: bool,
+}
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            self.failed.set(true);
+            self.notify.notify_one();
+        }
+    }
+}
+
+impl TaskWatch {
+    fn spawn(&self, task: impl Future<Output = ()> + 'static) {
+        let guard =
+            TaskGuard { failed: self.failed.clone(), notify: self.notify.clone(), armed: true };
+        tokio::task::spawn_local(async move {
+            // The whole guard moves into the task (not just the field assigned below).
+            let mut guard = guard;
+            task.await;
+            guard.armed = false;
+        });
+    }
+
+    async fn failed(&self) {
+        while !self.failed.get() {
+            self.notify.notified().await;
+        }
     }
 }
 
@@ -212,34 +242,27 @@ pub fn run(
             socket,
             Arc::new(quinn::TokioRuntime),
         )?;
-        let config = &shared.config;
-        let l = &config.limits;
-        let now_us = shared.now_us();
+        let l = &shared.config.limits;
         let share = workers as f64;
-        let settings = AdmissionSettings {
-            phone: Rate::new(l.phone_rate_per_s, l.phone_burst),
-            fallback: Rate::new(l.fallback_rate_per_s / share, (l.fallback_burst / share).max(1.0)),
+        let name = WorkerName {
+            edge_id: shared.config.edge_id,
+            worker_id: id,
+            instance_id: WorkerName::random_instance_id(),
         };
-        let batch = BatchSettings {
-            max_entries: l.batch_max_entries,
-            max_age_us: l.batch_max_age_us,
-            max_in_flight: l.max_in_flight_batches,
-        };
-        let start_us =
-            SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| d.as_micros() as u64);
-        let (uplink_tx, uplink_rx) = mpsc::unbounded_channel();
+        tracing::info!(worker = id, instance_id = name.instance_id, "worker starting");
+        let core = WorkerCore::new(
+            core::settings_for(&shared.config, workers),
+            name,
+            shared.awards.clone(),
+            shared.now_us(),
+        );
         let (broadcasts_tx, broadcasts_rx) = mpsc::unbounded_channel();
         let state: State = Rc::new(RefCell::new(WorkerState {
             id,
-            workers,
-            admission: Admission::new(settings, now_us),
-            batcher: Batcher::new(batch, start_us),
-            phones: PhoneTable::default(),
-            uplink: uplink_tx,
-            acks: Vec::new(),
+            core,
             scratch: BytesMut::with_capacity(64 * 1024),
-            counts: Counts::default(),
-            flushed_at: HashMap::new(),
+            counts: ShellCounts::default(),
+            in_flight_published: 0,
             sources: SourceLimiter::new(SourceLimits {
                 in_progress: l.handshakes_per_source,
                 rate: Rate::new(
@@ -248,22 +271,33 @@ pub fn run(
                 ),
                 max_sources: (l.max_tracked_sources / workers).max(1),
             }),
-            batch_opened: Rc::new(tokio::sync::Notify::new()),
+            batch_opened: Rc::new(Notify::new()),
+            uplink_ready: Rc::new(Notify::new()),
+            progress: Rc::new(Notify::new()),
             broadcasts: broadcasts_tx,
         }));
-        tokio::task::spawn_local(broadcaster(broadcasts_rx));
-        tokio::task::spawn_local(uplink(state.clone(), shared.clone(), allocator, uplink_rx));
-        tokio::task::spawn_local(flush_by_age(state.clone(), shared.clone()));
-        tokio::task::spawn_local(housekeeping(state.clone(), shared.clone()));
-        accept(state.clone(), shared.clone(), endpoint.clone()).await;
-        drain(&state, &shared).await;
+        let tasks = TaskWatch::default();
+        tasks.spawn(broadcaster(broadcasts_rx));
+        tasks.spawn(uplink(state.clone(), shared.clone(), allocator));
+        tasks.spawn(flush_by_age(state.clone(), shared.clone()));
+        tasks.spawn(housekeeping(state.clone(), shared.clone()));
+        let serve = async {
+            accept(state.clone(), shared.clone(), endpoint.clone(), &tasks).await;
+            drain(&state, &shared).await;
+        };
+        tokio::select! {
+            _ = serve => {}
+            // tokio keeps a panicking task's panic to itself; a worker must not run on with a
+            // piece missing, so the panic becomes this thread's (and the supervisor's news).
+            _ = tasks.failed() => panic!("a task of edge worker {id} panicked"),
+        }
         endpoint.close(ErrorCode::Draining.code().into(), b"edge stopping");
         let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
         Ok(())
     })
 }
 
-async fn accept(state: State, shared: Arc<Shared>, endpoint: quinn::Endpoint) {
+async fn accept(state: State, shared: Arc<Shared>, endpoint: quinn::Endpoint, tasks: &TaskWatch) {
     let l = shared.config.limits.clone();
     loop {
         let incoming = tokio::select! {
@@ -312,7 +346,7 @@ async fn accept(state: State, shared: Arc<Shared>, endpoint: quinn::Endpoint) {
         };
         shared.handshakes.fetch_add(1, Ordering::Relaxed);
         let source = tracked.then_some(source);
-        tokio::task::spawn_local(session(state.clone(), shared.clone(), incoming, source));
+        tasks.spawn(session(state.clone(), shared.clone(), incoming, source));
     }
 }
 
@@ -328,6 +362,24 @@ fn handshake_done(state: &State, shared: &Shared, source: Option<IpAddr>) {
 fn close(conn: &quinn::Connection, shared: &Shared, code: ErrorCode) {
     EdgeMetrics::add(&shared.metrics.sessions_closed, "code", code.name(), 1);
     conn.close(code.code().into(), code.name().as_bytes());
+}
+
+/// Closes a session with `code` the way docs/PROTOCOL.md section 5.1 step 7 says: an `Error`
+/// frame with the same code on the control stream first, then the connection close. The wait
+/// for the phone to acknowledge the frame is bounded (200 ms).
+async fn close_with_error(
+    conn: &quinn::Connection,
+    send: &mut quinn::SendStream,
+    shared: &Shared,
+    code: ErrorCode,
+    reason: &str,
+) {
+    let mut out = BytesMut::new();
+    ControlFrame::Error { code: code.code().into(), reason: reason.to_owned() }.encode(&mut out);
+    if send.write_all(&out).await.is_ok() && send.finish().is_ok() {
+        let _ = tokio::time::timeout(Duration::from_millis(200), send.stopped()).await;
+    }
+    close(conn, shared, code);
 }
 
 /// Reads control frames until `Hello` (which must come first).
@@ -348,6 +400,22 @@ async fn read_hello(
             Ok(0) | Err(_) => return Err(ErrorCode::NoError),
             Ok(_) => {}
         }
+    }
+}
+
+/// The datagrams a connection has already received, without waiting for more.
+async fn take_received_datagrams(conn: &quinn::Connection) -> u64 {
+    let mut taken = 0;
+    loop {
+        let mut next = std::pin::pin!(conn.read_datagram());
+        let ready = std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(matches!(next.as_mut().poll(cx), std::task::Poll::Ready(Ok(_))))
+        })
+        .await;
+        if !ready {
+            return taken;
+        }
+        taken += 1;
     }
 }
 
@@ -375,49 +443,54 @@ async fn session(
     EdgeMetrics::add(&shared.metrics.handshakes, "outcome", "accepted", 1);
     handshake_done(&state, &shared, source);
 
-    // The control stream and a valid Hello, within the deadline.
-    let deadline = Duration::from_millis(shared.config.limits.hello_timeout_ms);
+    // The control stream and a valid Hello, within the deadline (which starts when the
+    // handshake completes).
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_millis(shared.config.limits.hello_timeout_ms);
+    let (mut send, mut recv) = match tokio::time::timeout_at(deadline, conn.accept_bi()).await {
+        Ok(Ok(streams)) => streams,
+        Ok(Err(_)) => return,
+        // No control stream: there is nowhere to put an Error frame.
+        Err(_) => return close(&conn, &shared, ErrorCode::HelloTimeout),
+    };
     let mut buf = BytesMut::with_capacity(256);
-    let hello = tokio::time::timeout(deadline, async {
-        let (send, mut recv) = conn.accept_bi().await.map_err(|_| ErrorCode::NoError)?;
-        let (token, caps) = read_hello(&mut recv, &mut buf).await?;
-        Ok::<_, ErrorCode>((send, recv, token, caps))
-    })
-    .await;
-    let (mut send, mut recv, token, caps) = match hello {
+    let (token, caps) = match tokio::time::timeout_at(deadline, read_hello(&mut recv, &mut buf))
+        .await
+    {
         Ok(Ok(hello)) => hello,
         Ok(Err(ErrorCode::NoError)) => return,
-        Ok(Err(code)) => return close(&conn, &shared, code),
-        Err(_) => return close(&conn, &shared, ErrorCode::HelloTimeout),
+        Ok(Err(code)) => {
+            return close_with_error(&conn, &mut send, &shared, code, code.name()).await;
+        }
+        Err(_) => {
+            let reason = "no valid Hello before the deadline";
+            return close_with_error(&conn, &mut send, &shared, ErrorCode::HelloTimeout, reason)
+                .await;
+        }
     };
     let now_s = now_ms() / 1000;
     let claims = match shared.keys.verify(&token, now_s) {
         Ok(claims) => claims,
         Err(err) => {
             let code = ErrorCode::for_token_error(&err);
-            let mut out = BytesMut::new();
-            ControlFrame::Error { code: code.code().into(), reason: err.to_string() }
-                .encode(&mut out);
             EdgeMetrics::add(&shared.metrics.drops, "reason", err.label(), 1);
-            // Let the Error frame arrive before the close discards the stream (bounded wait).
-            if send.write_all(&out).await.is_ok() && send.finish().is_ok() {
-                let _ = tokio::time::timeout(Duration::from_millis(200), send.stopped()).await;
-            }
-            return close(&conn, &shared, code);
+            return close_with_error(&conn, &mut send, &shared, code, &err.to_string()).await;
         }
     };
     let datagrams = caps & CAP_DATAGRAMS != 0 && conn.max_datagram_size().is_some();
     let outbox = Rc::new(Outbox::default());
+    // Shakes that arrived before Welcome are dropped (docs/PROTOCOL.md section 6).
+    let early = take_received_datagrams(&conn).await;
     let (at, welcome) = {
         let mut s = state.borrow_mut();
-        let bucket = s.admission.new_phone_bucket(shared.now_us());
-        let at =
-            s.phones.insert(Phone { control: outbox.clone(), user_id: claims.user_id, bucket });
+        s.counts.shakes_before_welcome += early;
+        let ext = PhoneExt { control: outbox.clone() };
+        let at = s.core.add_phone(claims.user_id, ext, shared.now_us());
         let now = now_ms();
         let welcome = ControlFrame::Welcome {
             server_time_ms: now,
-            min_shake_interval_ms: s.admission.min_interval_ms(),
-            round: s.admission.current_round(now),
+            min_shake_interval_ms: s.core.admission().min_interval_ms(),
+            round: s.core.admission().current_round(now),
         };
         (at, s.control_frame(&welcome))
     };
@@ -425,31 +498,40 @@ async fn session(
     shared.metrics.phones.inc();
     let mut closed_with = None;
     if send.write_all(&welcome).await.is_ok() {
-        closed_with = serve_phone(
-            &state, &shared, &conn, at, datagrams, &mut send, &mut recv, &mut buf, &outbox,
-        )
-        .await;
+        let mut phone =
+            PhoneSession { at, datagrams, send: &mut send, recv: &mut recv, buf: &mut buf };
+        closed_with = serve_phone(&state, &shared, &conn, &mut phone, &outbox).await;
     }
-    state.borrow_mut().phones.remove(at);
+    {
+        let mut s = state.borrow_mut();
+        s.core.remove_phone(at);
+        s.progress.notify_waiters();
+    }
     shared.phones.fetch_sub(1, Ordering::Relaxed);
     shared.metrics.phones.dec();
     if let Some(code) = closed_with {
-        close(&conn, &shared, code);
+        close_with_error(&conn, &mut send, &shared, code, code.name()).await;
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// One phone's session, after `Welcome`: where it sits in the core and its control stream.
+struct PhoneSession<'a> {
+    at: PhoneRef,
+    datagrams: bool,
+    send: &'a mut quinn::SendStream,
+    recv: &'a mut quinn::RecvStream,
+    buf: &'a mut BytesMut,
+}
+
+/// Serves a phone until it leaves (`None`) or must be closed with a code.
 async fn serve_phone(
     state: &State,
     shared: &Shared,
     conn: &quinn::Connection,
-    at: PhoneRef,
-    datagrams: bool,
-    send: &mut quinn::SendStream,
-    recv: &mut quinn::RecvStream,
-    buf: &mut BytesMut,
+    phone: &mut PhoneSession<'_>,
     outbox: &Outbox,
 ) -> Option<ErrorCode> {
+    let at = phone.at;
     // Registered once per session, not once per shake: the stop token's waiter list is shared
     // by every phone of every worker, and registering in it takes its lock.
     let stopping = shared.stop.cancelled();
@@ -461,31 +543,37 @@ async fn serve_phone(
             datagram = conn.read_datagram() => {
                 let Ok(payload) = datagram else { return None };
                 let answer = match datagram::decode(&payload) {
-                    Ok(Datagram::Shake(shake)) => answer(state, at, shake, shared, datagrams),
+                    Ok(Datagram::Shake(shake)) => answer(state, at, shake, shared, phone.datagrams),
                     Ok(Datagram::Outcomes(_)) | Err(_) => {
                         state.borrow_mut().counts.malformed_datagrams += 1;
                         None
                     }
                 };
                 match answer {
-                    Some(bytes) if datagrams => {
+                    Some(bytes) if phone.datagrams => {
                         let _ = conn.send_datagram(bytes);
                     }
-                    Some(bytes) if send.write_all(&bytes).await.is_err() => return None,
+                    Some(bytes) if phone.send.write_all(&bytes).await.is_err() => return None,
                     _ => {}
                 }
             }
-            read = recv.read_buf(buf) => {
+            read = phone.recv.read_buf(phone.buf) => {
                 match read {
                     Ok(0) | Err(_) => return None,
                     Ok(_) => {}
                 }
                 loop {
-                    match ControlFrame::decode(buf) {
-                        Ok(Some(ControlFrame::AwardAck { award_id })) => state.borrow_mut().acks.push(award_id),
+                    match ControlFrame::decode(phone.buf) {
+                        Ok(Some(ControlFrame::AwardAck { award_id })) => {
+                            let mut s = state.borrow_mut();
+                            let verdict = s.core.on_award_ack(at, award_id, now_ms());
+                            if verdict == crate::award_book::AckVerdict::Accepted {
+                                s.uplink_ready.notify_one();
+                            }
+                        }
                         Ok(Some(ControlFrame::Shake(shake))) => {
                             let Some(bytes) = answer(state, at, shake, shared, false) else { continue };
-                            if send.write_all(&bytes).await.is_err() {
+                            if phone.send.write_all(&bytes).await.is_err() {
                                 return None;
                             }
                         }
@@ -500,7 +588,7 @@ async fn serve_phone(
                 }
             }
             frame = outbox.next() => {
-                if send.write_all(&frame).await.is_err() {
+                if phone.send.write_all(&frame).await.is_err() {
                     return None;
                 }
             }
@@ -526,14 +614,21 @@ fn answer(
     })
 }
 
-/// This worker's stream to the allocator, across reconnects.
+/// This worker's stream to the allocator, across reconnects: writes whatever the core's
+/// uplink hands out (a fresh `EdgeHello` and every unanswered batch after each reconnect),
+/// and feeds the allocator's frames back into the core.
 async fn uplink(
     state: State,
     shared: Arc<Shared>,
     mut allocator: watch::Receiver<Option<quinn::Connection>>,
-    mut outgoing: mpsc::UnboundedReceiver<Bytes>,
 ) {
     let mut buf = BytesMut::with_capacity(64 * 1024);
+    let (ready, progress) = {
+        let s = state.borrow();
+        (s.uplink_ready.clone(), s.progress.clone())
+    };
+    let stopping = shared.stop.cancelled();
+    tokio::pin!(stopping);
     loop {
         let conn = loop {
             if let Some(conn) = allocator.borrow_and_update().clone() {
@@ -541,48 +636,45 @@ async fn uplink(
             }
             tokio::select! {
                 changed = allocator.changed() => if changed.is_err() { return },
-                _ = shared.stop.cancelled() => return,
+                _ = &mut stopping => return,
             }
         };
         let Ok((mut send, mut recv)) = conn.open_bi().await else {
             let _ = tokio::time::timeout(Duration::from_millis(200), allocator.changed()).await;
             continue;
         };
-        let (hello, resend) = {
-            let s = state.borrow();
-            let mut hello = BytesMut::new();
-            AllocatorFrame::EdgeHello {
-                edge_id: shared.config.edge_id,
-                worker_id: s.id,
-                protocol_version: PROTOCOL_VERSION,
-                highest_answered_seq: s.batcher.highest_answered(),
+        {
+            let mut s = state.borrow_mut();
+            let up = s.core.uplink();
+            up.link_up();
+            if up.links() > 1 {
+                shared.metrics.batches_resent.inc_by(up.in_flight() as u64);
             }
-            .encode(&mut hello);
-            (hello.freeze(), s.batcher.unanswered().cloned().collect::<Vec<_>>())
-        };
-        shared.metrics.batches_resent.inc_by(resend.len() as u64);
-        let mut ok = send.write_all(&hello).await.is_ok();
-        for frame in resend {
-            ok = ok && send.write_all(&frame).await.is_ok();
         }
         buf.clear();
-        let stopping = shared.stop.cancelled();
-        tokio::pin!(stopping);
-        while ok {
-            tokio::select! {
-                frame = outgoing.recv() => {
-                    let Some(frame) = frame else { return };
-                    ok = send.write_all(&frame).await.is_ok();
+        'link: loop {
+            loop {
+                let frame = state.borrow_mut().core.uplink().poll_transmit();
+                let Some(frame) = frame else { break };
+                if send.write_all(&frame).await.is_err() {
+                    break 'link;
                 }
+            }
+            // Everything queued is written: a drain waiting for that may go on.
+            progress.notify_waiters();
+            tokio::select! {
+                _ = ready.notified() => {}
                 read = recv.read_buf(&mut buf) => {
-                    ok = matches!(read, Ok(n) if n > 0);
-                    while ok {
+                    if !matches!(read, Ok(n) if n > 0) {
+                        break 'link;
+                    }
+                    loop {
                         match AllocatorFrame::decode(&mut buf) {
                             Ok(Some(frame)) => on_allocator_frame(&state, &shared, frame),
                             Ok(None) => break,
                             Err(err) => {
                                 tracing::error!(%err, "malformed frame from the allocator");
-                                ok = false;
+                                break 'link;
                             }
                         }
                     }
@@ -590,56 +682,28 @@ async fn uplink(
                 _ = &mut stopping => return,
             }
         }
-        tracing::warn!(
-            worker = state.borrow().id,
-            "allocator stream lost; will resend unanswered batches"
-        );
+        let id = {
+            let mut s = state.borrow_mut();
+            s.core.uplink().link_down();
+            s.id
+        };
+        tracing::warn!(worker = id, "allocator stream lost; will resend unanswered batches");
         let _ = tokio::time::timeout(Duration::from_millis(100), allocator.changed()).await;
     }
 }
 
 fn on_allocator_frame(state: &State, shared: &Shared, frame: AllocatorFrame) {
     let mut s = state.borrow_mut();
-    match frame {
-        AllocatorFrame::BatchResult { seq, winners } => {
-            let Some((round_id, routes)) = s.batcher.on_result(seq) else { return };
-            if let Some(at) = s.flushed_at.remove(&seq) {
-                shared.metrics.allocator_rtt_seconds.observe(at.elapsed().as_secs_f64());
-            }
-            for winner in winners {
-                let Some(&at) = routes.get(winner.entry_index as usize) else { continue };
-                let award = ControlFrame::Award {
-                    award_id: winner.award_id,
-                    round_id,
-                    prize: winner.prize,
-                };
-                let bytes = s.control_frame(&award);
-                match s.phones.get_mut(at) {
-                    Some(phone) => {
-                        phone.control.push(bytes);
-                        s.counts.awards_written += 1
-                    }
-                    // The phone is gone: the award stays undelivered in the ledger.
-                    _ => s.counts.awards_orphaned += 1,
-                }
-            }
-            s.batcher.recycle(routes);
-        }
-        AllocatorFrame::Quota { round_id, rate_per_s, burst, valid_until_ms } => {
-            let share = s.workers as f64;
-            let rate =
-                Rate::new(f64::from(rate_per_s) / share, (f64::from(burst) / share).max(1.0));
-            tracing::debug!(worker = s.id, round_id, rate_per_s, burst, valid_until_ms, "quota");
-            s.admission.on_quota(round_id, rate, valid_until_ms);
-        }
-        AllocatorFrame::RoundState { round, min_shake_interval_ms } => {
-            shared.metrics.round_states.inc();
-            s.admission.on_round_state(round, min_shake_interval_ms);
-            s.broadcast(&ControlFrame::RoundNotice { round, min_shake_interval_ms });
-        }
-        AllocatorFrame::Heartbeat { .. } => {}
-        other => tracing::warn!(frame = other.name(), "unexpected frame from the allocator"),
+    if let AllocatorFrame::RoundState { .. } = frame {
+        shared.metrics.round_states.inc();
     }
+    let mut effects = Vec::new();
+    s.core.on_allocator_frame(frame, shared.now_us(), now_ms(), &mut effects);
+    s.deliver(effects);
+    if s.core.uplink().has_output() {
+        s.uplink_ready.notify_one();
+    }
+    s.progress.notify_waiters();
 }
 
 /// Flushes the open batch when it reaches its age limit. Sleeps until that deadline while a
@@ -651,7 +715,7 @@ async fn flush_by_age(state: State, shared: Arc<Shared>) {
     let stopping = shared.stop.cancelled();
     tokio::pin!(stopping);
     loop {
-        let deadline = state.borrow().batcher.deadline_us();
+        let deadline = state.borrow().core.deadline_us();
         tokio::select! {
             _ = async {
                 match deadline {
@@ -662,14 +726,14 @@ async fn flush_by_age(state: State, shared: Arc<Shared>) {
             _ = &mut stopping => return,
         }
         let mut s = state.borrow_mut();
-        if let Some(frame) = s.batcher.poll_age(shared.now_us()) {
-            s.send_batch(frame, &shared.metrics);
+        if s.core.poll_age(shared.now_us()) {
+            s.uplink_ready.notify_one();
         }
     }
 }
 
-/// Every 100 ms publishes counts and sends award acknowledgements; every second sends a load
-/// report.
+/// Every 100 ms publishes counts; every second queues a load report and sweeps the source
+/// table.
 async fn housekeeping(state: State, shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -682,75 +746,116 @@ async fn housekeeping(state: State, shared: Arc<Shared>) {
             _ = &mut stopping => return,
         }
         ticks += 1;
+        if ticks == 20 && shake_ops::supervise::failpoint("edge-worker-panic") {
+            panic!("failpoint edge-worker-panic");
+        }
         let mut s = state.borrow_mut();
-        publish(&mut s, &shared.metrics);
-        send_acks(&mut s);
+        publish(&mut s, &shared);
         if ticks.is_multiple_of(10) {
             s.sources.sweep(shared.now_us());
-            let load = s.admission.take_load();
-            let frame = s.encode(|out| {
-                AllocatorFrame::LoadReport {
-                    window_ms: 1000,
-                    offered: load.offered,
-                    admitted: load.admitted,
-                }
-                .encode(out)
-            });
-            let _ = s.uplink.send(frame);
+            s.core.on_load_tick();
+            s.uplink_ready.notify_one();
         }
     }
 }
 
-/// Sends phones' award acknowledgements upstream as `AwardDelivered` frames.
-fn send_acks(s: &mut WorkerState) {
-    while !s.acks.is_empty() {
-        let n = s.acks.len().min(shake_proto::limits::MAX_DELIVERED_IDS);
-        let award_ids: Vec<u64> = s.acks.drain(..n).collect();
-        let frame = s.encode(|out| AllocatorFrame::AwardDelivered { award_ids }.encode(out));
-        let _ = s.uplink.send(frame);
-    }
-}
-
-fn publish(s: &mut WorkerState, metrics: &EdgeMetrics) {
-    let c = std::mem::take(&mut s.counts);
+fn publish(s: &mut WorkerState, shared: &Shared) {
+    let metrics = &shared.metrics;
+    let c = s.core.take_counts();
     EdgeMetrics::add(&metrics.verdicts, "verdict", "no_luck", c.no_luck);
     EdgeMetrics::add(&metrics.verdicts, "verdict", "slow_down", c.slow_down);
     EdgeMetrics::add(&metrics.verdicts, "verdict", "round_closed", c.round_closed);
     EdgeMetrics::add(&metrics.verdicts, "verdict", "forwarded", c.forwarded);
     EdgeMetrics::add(&metrics.drops, "reason", "backpressure", c.backpressure);
-    EdgeMetrics::add(&metrics.drops, "reason", "malformed_datagram", c.malformed_datagrams);
     EdgeMetrics::add(&metrics.awards, "delivery", "written", c.awards_written);
     EdgeMetrics::add(&metrics.awards, "delivery", "phone_gone", c.awards_orphaned);
+    EdgeMetrics::add(&metrics.batch_answers, "outcome", "mismatched", c.answers_mismatched);
+    EdgeMetrics::add(&metrics.batch_answers, "outcome", "unknown", c.answers_unknown);
+    EdgeMetrics::add(&metrics.award_acks, "outcome", "accepted", c.acks_accepted);
+    EdgeMetrics::add(&metrics.award_acks, "outcome", "unknown_award", c.acks_unknown);
+    EdgeMetrics::add(&metrics.award_acks, "outcome", "wrong_user", c.acks_wrong_user);
+    EdgeMetrics::add(&metrics.batch_answers, "outcome", "matched", c.answer_rtt_us.len() as u64);
+    for rtt_us in c.answer_rtt_us {
+        metrics.allocator_rtt_seconds.observe(rtt_us as f64 / 1e6);
+    }
+    let shell = std::mem::take(&mut s.counts);
+    EdgeMetrics::add(&metrics.drops, "reason", "malformed_datagram", shell.malformed_datagrams);
+    EdgeMetrics::add(&metrics.drops, "reason", "shake_before_welcome", shell.shakes_before_welcome);
+    // Each worker adds its own change, so the gauge is the whole edge's sum.
+    let in_flight = s.core.uplink().in_flight() as i64;
+    metrics.in_flight_batches.inc_by(in_flight - s.in_flight_published);
+    s.in_flight_published = in_flight;
+    metrics.awards_outstanding.set(shared.awards.outstanding() as i64);
+}
+
+/// Waits until `done` holds, woken by `progress`, until `deadline` (or a stop, if `stop`
+/// is given).
+async fn wait_for(
+    state: &State,
+    deadline: tokio::time::Instant,
+    stop: Option<&CancellationToken>,
+    done: impl Fn(&mut WorkerState) -> bool,
+) {
+    let progress = state.borrow().progress.clone();
+    let stopped = async {
+        match stop {
+            Some(stop) => stop.cancelled().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(stopped);
+    loop {
+        // Registered before the check, so a wake-up between the two is not lost.
+        let notified = progress.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if done(&mut state.borrow_mut()) || stop.is_some_and(CancellationToken::is_cancelled) {
+            return;
+        }
+        tokio::select! {
+            _ = notified => {}
+            _ = tokio::time::sleep_until(deadline) => return,
+            _ = &mut stopped => return,
+        }
+    }
 }
 
 /// SIGTERM: tell phones to go elsewhere, flush the open batch, wait for answers (bounded).
+/// SIGINT: sessions close at once with DRAINING, each after its `Error` frame; they get a
+/// moment (300 ms at most) to write it before the worker's runtime goes.
 async fn drain(state: &State, shared: &Shared) {
     if shared.stop.is_cancelled() {
+        let moment = tokio::time::Instant::now() + Duration::from_millis(300);
+        wait_for(state, moment, None, |s| s.core.phones().is_empty()).await;
         return;
     }
     {
         let mut s = state.borrow_mut();
         s.broadcast(&ControlFrame::GoAway { reconnect_after_ms: 1_000 });
-        if let Some(frame) = s.batcher.flush() {
-            s.send_batch(frame, &shared.metrics);
+        if s.core.flush(shared.now_us()) {
+            s.uplink_ready.notify_one();
         }
     }
     // Wait for the allocator's answers (their awards go out as they come) and for phones to
     // leave for another edge, up to the deadline.
-    let deadline = Instant::now() + Duration::from_millis(shared.config.limits.drain_deadline_ms);
-    let busy = |s: &WorkerState| s.batcher.in_flight() > 0 || !s.phones.is_empty();
-    while busy(&state.borrow()) && Instant::now() < deadline && !shared.stop.is_cancelled() {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    // Acknowledgements still queued go up now, and the uplink gets a moment to write them.
-    send_acks(&mut state.borrow_mut());
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_millis(shared.config.limits.drain_deadline_ms);
+    wait_for(state, deadline, Some(&shared.stop), |s| {
+        s.core.uplink().in_flight() == 0 && s.core.phones().is_empty()
+    })
+    .await;
+    // Acknowledgements still queued go up now: wait until the uplink has written them (or it
+    // has no link), at most a second more.
+    state.borrow().uplink_ready.notify_one();
+    let written = tokio::time::Instant::now() + Duration::from_secs(1);
+    wait_for(state, written, Some(&shared.stop), |s| !s.core.uplink().has_output()).await;
     let mut s = state.borrow_mut();
-    publish(&mut s, &shared.metrics);
+    publish(&mut s, shared);
+    let unanswered = s.core.uplink().in_flight();
     tracing::info!(
         worker = s.id,
-        unanswered = s.batcher.in_flight(),
-        phones_left = s.phones.len(),
+        unanswered,
+        phones_left = s.core.phones().len(),
         "worker drained"
     );
 }

@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::time::Duration;
 
 use common::*;
 use shake_allocator::ledger::Ledger;
@@ -56,8 +55,8 @@ async fn shakes_are_answered_and_winners_get_durable_acknowledged_awards() {
     phones[0].shake(7, 3);
     assert_eq!(phones[0].outcome().await.unwrap().verdict, Verdict::RoundClosed);
 
-    // Acknowledgements reach the ledger (edge batches them every 100 ms).
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Acknowledgements reach the ledger: wait until the allocator has made all six durable.
+    world.wait_for_allocator_metric("shake_allocator_delivery_marks_total", 6.0).await;
     world.stop_allocator().await;
     let ledger = Ledger::open(&world.dir.join("ledger")).unwrap();
     let awards = ledger.awards(|_| true).unwrap();
@@ -162,4 +161,40 @@ async fn malformed_datagrams_are_counted_and_dropped_and_the_session_goes_on() {
     let outcome = phone.outcome().await.unwrap();
     assert_eq!(outcome.seq, 9, "the only answer is to the valid shake");
     world.wait_for_metric("shake_edge_drops_total{reason=\"malformed_datagram\"}", 4.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_winner_can_acknowledge_an_award() {
+    let mut world =
+        World::start(WorldSettings { envelopes: 100_000, ..WorldSettings::default() }).await;
+    let mut winner = Phone::connect(&world).await;
+    winner.hello(token(1, 3600)).await.unwrap();
+    let mut thief = Phone::connect(&world).await;
+    thief.hello(token(2, 3600)).await.unwrap();
+    winner.shake(1, 1);
+    assert_eq!(winner.outcome().await.unwrap().verdict, Verdict::Forwarded);
+    let ControlFrame::Award { award_id, .. } = winner.next_award().await.unwrap() else {
+        panic!("expected an award")
+    };
+    // Another user acknowledges it, and then every id under the sun: refused and counted,
+    // nothing queued for the allocator.
+    thief.send_frame(&ControlFrame::AwardAck { award_id }).await;
+    for id in 1..=2_000u64 {
+        thief.send_frame(&ControlFrame::AwardAck { award_id: award_id + id }).await;
+    }
+    world.wait_for_metric("shake_edge_award_acks_total{outcome=\"wrong_user\"}", 1.0).await;
+    world.wait_for_metric("shake_edge_award_acks_total{outcome=\"unknown_award\"}", 2_000.0).await;
+    assert_eq!(world.metric("shake_edge_award_acks_total{outcome=\"accepted\"}"), 0.0);
+    // The winner's own acknowledgement is accepted, once; a second one is unknown.
+    winner.send_frame(&ControlFrame::AwardAck { award_id }).await;
+    winner.send_frame(&ControlFrame::AwardAck { award_id }).await;
+    world.wait_for_metric("shake_edge_award_acks_total{outcome=\"unknown_award\"}", 2_001.0).await;
+    world.wait_for_allocator_metric("shake_allocator_delivery_marks_total", 1.0).await;
+    assert_eq!(world.metric("shake_edge_award_acks_total{outcome=\"accepted\"}"), 1.0);
+    assert_eq!(world.allocator_metric("shake_allocator_delivery_marks_total"), 1.0);
+    world.stop_allocator().await;
+    let ledger = Ledger::open(&world.dir.join("ledger")).unwrap();
+    let rows = ledger.awards(|_| true).unwrap();
+    assert_eq!(rows.len(), 1);
+    assert!(rows[0].delivered && rows[0].user_id == 1);
 }

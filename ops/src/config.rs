@@ -43,6 +43,30 @@ pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigEr
 pub trait Validate: DeserializeOwned {
     /// Checks every value that parsing alone cannot.
     fn validate(&self) -> Result<(), ConfigError>;
+
+    /// Checks the files the configuration names (certificates, keys) can be read and used,
+    /// as `nginx -t` does. Run by `--check-config` and before serving; not by [`parse`].
+    fn check_files(&self) -> Result<(), ConfigError> {
+        Ok(())
+    }
+}
+
+/// What a file named by a configuration must hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsFile {
+    /// One or more PEM certificates.
+    Certificates,
+    /// A PEM private key.
+    PrivateKey,
+}
+
+/// Reads `path` as `kind`; a missing, unreadable or unusable file names `field`.
+pub fn check_tls_file(field: &str, path: &Path, kind: TlsFile) -> Result<(), ConfigError> {
+    let loaded = match kind {
+        TlsFile::Certificates => crate::tls::load_certs(path).map(drop),
+        TlsFile::PrivateKey => crate::tls::load_key(path).map(drop),
+    };
+    loaded.map_err(|err| invalid(field, err.to_string()))
 }
 
 /// Parses and validates configuration text.
@@ -68,9 +92,10 @@ pub fn load<T: Validate>(path: &Path) -> Result<T, ConfigError> {
 /// Exit status for a bad command line or configuration (sysexits' `EX_USAGE`).
 pub const EXIT_USAGE: u8 = 64;
 
-/// Loads `path` for binary `bin`, or prints `bin: error` and hands back exit status 64.
+/// Loads `path` for binary `bin` and checks the files it names, or prints `bin: error` and
+/// hands back exit status 64.
 pub fn load_or_exit<T: Validate>(bin: &str, path: &Path) -> Result<T, std::process::ExitCode> {
-    load(path).map_err(|err| {
+    load(path).and_then(|config: T| config.check_files().map(|()| config)).map_err(|err| {
         eprintln!("{bin}: {err}");
         std::process::ExitCode::from(EXIT_USAGE)
     })
@@ -106,6 +131,24 @@ mod tests {
         fn validate(&self) -> Result<(), ConfigError> {
             if self.size == 0 { Err(invalid("size", "at least 1")) } else { Ok(()) }
         }
+    }
+
+    #[test]
+    fn missing_and_unusable_tls_files_name_their_field() {
+        let missing = Path::new("/nonexistent/cert.pem");
+        match check_tls_file("tls.cert", missing, TlsFile::Certificates) {
+            Err(ConfigError::Invalid { field, message }) => {
+                assert_eq!(field, "tls.cert");
+                assert!(message.contains("/nonexistent/cert.pem"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let file =
+            std::env::temp_dir().join(format!("shake-ops-notpem-{}.pem", std::process::id()));
+        std::fs::write(&file, "not a certificate").unwrap();
+        assert!(check_tls_file("tls.key", &file, TlsFile::PrivateKey).is_err());
+        assert!(check_tls_file("tls.cert", &file, TlsFile::Certificates).is_err());
+        std::fs::remove_file(file).unwrap();
     }
 
     #[test]

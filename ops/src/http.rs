@@ -1,101 +1,127 @@
-//! A deliberately tiny HTTP/1.1 responder for `/metrics` and `/health`: operators scrape these
-//! over a trusted network, and a full HTTP stack would be the biggest dependency of the binary.
-//! Requests are read up to 8 KiB and 5 s; anything else gets 404 and the connection closes.
+//! The operations endpoint every Shake server serves, on axum (HTTP/1.1):
+//! - `GET /metrics`: the Prometheus/OpenMetrics text (`application/openmetrics-text`, which is
+//!   what prometheus-client's encoder writes);
+//! - `GET /health`: liveness, 200 while the process runs (draining included);
+//! - `GET /ready`: readiness, 200 when the server should get traffic, 503 and the reason when
+//!   not (draining, allocator link down, ledger not writable: each server says).
+//!
+//! `HEAD` works wherever `GET` does, and query strings are ignored. Unknown paths get 404.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use axum::Router;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// Produces the body for a path, or `None` for 404.
-pub type Handler = Arc<dyn Fn(&str) -> Option<(&'static str, String)> + Send + Sync>;
+/// The content type of prometheus-client's text encoding (OpenMetrics 1.0).
+pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// Serves `handler` on `listener` until `shutdown`.
-pub async fn serve(listener: TcpListener, handler: Handler, shutdown: CancellationToken) {
-    loop {
-        let (mut socket, _) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(err) => {
-                    tracing::warn!(%err, "metrics accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let handler = handler.clone();
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 8192];
-            let mut len = 0;
-            let read = tokio::time::timeout(Duration::from_secs(5), async {
-                while len < buf.len() {
-                    let n = socket.read(&mut buf[len..]).await?;
-                    if n == 0 {
-                        break;
-                    }
-                    len += n;
-                    if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
-                        break;
-                    }
-                }
-                Ok::<_, std::io::Error>(())
-            })
-            .await;
-            if !matches!(read, Ok(Ok(()))) {
-                return;
-            }
-            let request = String::from_utf8_lossy(&buf[..len]);
-            let path = request
-                .lines()
-                .next()
-                .and_then(|line| line.strip_prefix("GET "))
-                .and_then(|rest| rest.split_whitespace().next())
-                .unwrap_or("");
-            let response = match handler(path) {
-                Some((content_type, body)) => format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                ),
-                None => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                    .to_owned(),
-            };
-            let _ = socket.write_all(response.as_bytes()).await;
-            let _ = socket.shutdown().await;
-        });
+/// Whether a server should get traffic now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    /// Ready.
+    Ready,
+    /// Not ready, and why (shown in the 503 body).
+    NotReady(String),
+}
+
+/// What a server exposes: its metrics text and its readiness.
+#[derive(Clone)]
+pub struct Endpoints {
+    /// Renders the metrics.
+    pub metrics: Arc<dyn Fn() -> String + Send + Sync>,
+    /// Says whether the server is ready.
+    pub ready: Arc<dyn Fn() -> Readiness + Send + Sync>,
+}
+
+impl std::fmt::Debug for Endpoints {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoints").finish_non_exhaustive()
     }
 }
 
-/// Binds `addr` and serves in the background.
+/// The routes, for [`serve`] (and for a server that adds its own, such as an admin API).
+pub fn router(endpoints: Endpoints) -> Router {
+    let Endpoints { metrics, ready } = endpoints;
+    Router::new()
+        .route(
+            "/metrics",
+            routing::get(move || async move { ([(header::CONTENT_TYPE, OPENMETRICS)], metrics()) }),
+        )
+        .route(
+            "/health",
+            routing::get(|| async {
+                ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], "ok\n")
+            }),
+        )
+        .route("/ready", routing::get(move || async move { readiness(ready()) }))
+}
+
+fn readiness(ready: Readiness) -> Response {
+    let text = [(header::CONTENT_TYPE, "text/plain; charset=utf-8")];
+    match ready {
+        Readiness::Ready => (StatusCode::OK, text, "ready\n".to_owned()).into_response(),
+        Readiness::NotReady(why) => {
+            (StatusCode::SERVICE_UNAVAILABLE, text, format!("not ready: {why}\n")).into_response()
+        }
+    }
+}
+
+/// Serves `endpoints` on `listener` until `shutdown`.
+pub async fn serve(listener: TcpListener, endpoints: Endpoints, shutdown: CancellationToken) {
+    let app = router(endpoints);
+    let stopped = async move { shutdown.cancelled().await };
+    if let Err(err) = axum::serve(listener, app).with_graceful_shutdown(stopped).await {
+        tracing::warn!(%err, "operations endpoint stopped");
+    }
+}
+
+/// Binds `addr` and serves in the background; the address bound.
 pub async fn spawn(
     addr: SocketAddr,
-    handler: Handler,
+    endpoints: Endpoints,
     shutdown: CancellationToken,
 ) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
-    tokio::spawn(serve(listener, handler, shutdown));
+    tokio::spawn(serve(listener, endpoints, shutdown));
     Ok(bound)
 }
 
-/// A blocking `GET path` on `addr`, for tools and tests: the whole response, headers included.
-pub fn get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
+/// A blocking request on `addr` (`GET` or `HEAD`), for tools and tests: the whole response,
+/// status line and headers included.
+pub fn request(addr: SocketAddr, method: &str, path: &str) -> std::io::Result<String> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr)?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: shake\r\n\r\n").as_bytes())?;
+    let head = format!("{method} {path} HTTP/1.1\r\nHost: shake\r\nConnection: close\r\n\r\n");
+    stream.write_all(head.as_bytes())?;
     let mut text = String::new();
     stream.read_to_string(&mut text)?;
     Ok(text)
 }
 
+/// A blocking `GET path` on `addr`: the whole response, headers included.
+pub fn get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
+    request(addr, "GET", path)
+}
+
+/// The status code of a response read by [`request`].
+pub fn status_of(response: &str) -> Option<u16> {
+    response.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// The sum of every sample in Prometheus text whose line starts with `prefix` (a metric name,
-/// optionally with the opening of its labels); 0 when there is none.
+/// optionally with the opening of its labels); 0 when there is none. Given a whole response,
+/// only its body is read.
 pub fn metric_sum(text: &str, prefix: &str) -> f64 {
-    text.lines()
+    let body = text.split_once("\r\n\r\n").map_or(text, |(_, body)| body);
+    body.lines()
         .filter(|line| line.starts_with(prefix))
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
@@ -104,33 +130,48 @@ pub fn metric_sum(text: &str, prefix: &str) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
 
     #[test]
-    fn serves_known_paths_and_404s_the_rest() {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let shutdown = CancellationToken::new();
-        let handler: Handler = Arc::new(|path| {
-            (path == "/metrics")
-                .then(|| ("text/plain", "a_total{x=\"1\"} 2\na_total{x=\"2\"} 3\nb 9\n".to_owned()))
-        });
-        let addr = runtime
-            .block_on(spawn("127.0.0.1:0".parse().unwrap(), handler, shutdown.clone()))
+    fn metrics_health_and_readiness_with_head_and_queries() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
             .unwrap();
-        let _guard = runtime.enter();
-        let thread = std::thread::spawn(move || {
-            (get(addr, "/metrics").unwrap(), get(addr, "/nope").unwrap())
-        });
-        let (ok, missing) = loop {
-            runtime.block_on(tokio::time::sleep(Duration::from_millis(10)));
-            if thread.is_finished() {
-                break thread.join().unwrap();
-            }
+        let shutdown = CancellationToken::new();
+        let draining = Arc::new(AtomicBool::new(false));
+        let flag = draining.clone();
+        let endpoints = Endpoints {
+            metrics: Arc::new(|| "a_total{x=\"1\"} 2\na_total{x=\"2\"} 3\nb 9\n# EOF\n".to_owned()),
+            ready: Arc::new(move || {
+                if flag.load(Ordering::Relaxed) {
+                    Readiness::NotReady("draining".into())
+                } else {
+                    Readiness::Ready
+                }
+            }),
         };
-        assert!(ok.starts_with("HTTP/1.1 200"));
-        assert_eq!(metric_sum(&ok, "a_total"), 5.0);
-        assert_eq!(metric_sum(&ok, "a_total{x=\"2\""), 3.0);
-        assert_eq!(metric_sum(&ok, "c"), 0.0);
-        assert!(missing.starts_with("HTTP/1.1 404"));
+        let addr = runtime
+            .block_on(spawn("127.0.0.1:0".parse().unwrap(), endpoints, shutdown.clone()))
+            .unwrap();
+        let metrics = get(addr, "/metrics?name[]=a_total").unwrap();
+        assert_eq!(status_of(&metrics), Some(200));
+        assert!(metrics.to_lowercase().contains("content-type: application/openmetrics-text"));
+        assert_eq!(metric_sum(&metrics, "a_total"), 5.0);
+        assert_eq!(metric_sum(&metrics, "a_total{x=\"2\""), 3.0);
+        assert_eq!(metric_sum(&metrics, "c"), 0.0);
+        let head = request(addr, "HEAD", "/metrics").unwrap();
+        assert_eq!(status_of(&head), Some(200));
+        assert!(!head.contains("a_total"), "HEAD has no body");
+        assert_eq!(status_of(&get(addr, "/health").unwrap()), Some(200));
+        assert_eq!(status_of(&get(addr, "/ready").unwrap()), Some(200));
+        draining.store(true, Ordering::Relaxed);
+        let ready = get(addr, "/ready").unwrap();
+        assert_eq!(status_of(&ready), Some(503));
+        assert!(ready.contains("not ready: draining"));
+        assert_eq!(status_of(&get(addr, "/health?verbose=1").unwrap()), Some(200), "liveness");
+        assert_eq!(status_of(&get(addr, "/nope").unwrap()), Some(404));
         shutdown.cancel();
     }
 }

@@ -4,10 +4,12 @@
 //! - [`config`]: TOML configuration files and the error that names the field at fault.
 //! - [`tls`]: PEM loading, the crypto provider, mutual-TLS configurations, edge names.
 //! - [`http`]: the tiny HTTP responder behind `/metrics` and `/health`.
+//! - [`supervise`]: threads whose end is reported, and the tests' fault-injection point.
 //! - [`init_logging`]: tracing to stderr, `RUST_LOG` aware.
 
 pub mod config;
 pub mod http;
+pub mod supervise;
 pub mod tls;
 
 /// Logs to stderr (colour only on a terminal), filtered by `RUST_LOG` or `default_filter`.

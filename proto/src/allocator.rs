@@ -4,6 +4,11 @@
 //! Framed as in [`crate::frame`], payloads of at most [`MAX_ALLOCATOR_PAYLOAD`] bytes. A
 //! `Batch` carries no per-entry routing data: the allocator answers with the entry indexes of
 //! the winners only, and the edge maps an index back to its phone.
+//!
+//! A batch is named by (edge id, worker id, instance id, seq): the instance id is drawn at
+//! random when an edge worker starts and `seq` counts from 1, so no clock can make two batches
+//! share a name. Every `BatchResult` echoes the [`BatchDigest`] of the batch it answers, so an
+//! edge can prove an answer belongs to the batch it holds before it announces a winner.
 
 use bytes::{Bytes, BytesMut};
 
@@ -12,8 +17,26 @@ use crate::limits::{MAX_ALLOCATOR_PAYLOAD, MAX_BATCH_ENTRIES, MAX_DELIVERED_IDS}
 use crate::reader::Reader;
 use crate::{DecodeError, Prize, RoundInfo, varint};
 
-/// The edge-allocator protocol version this crate speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// The edge-allocator protocol version this crate speaks (the `N` of ALPN `shake-alloc/N`).
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// Bytes of a [`BatchDigest`].
+pub const BATCH_DIGEST_LEN: usize = 8;
+
+/// The first 8 bytes of the SHA-256 of a `Batch` frame's payload (the bytes after its type and
+/// length), exactly as sent. A `BatchResult` carries the digest of the batch it answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct BatchDigest(pub [u8; BATCH_DIGEST_LEN]);
+
+impl BatchDigest {
+    /// The digest of a `Batch` payload.
+    pub fn of_payload(payload: &[u8]) -> Self {
+        let hash = ring::digest::digest(&ring::digest::SHA256, payload);
+        let mut out = [0u8; BATCH_DIGEST_LEN];
+        out.copy_from_slice(&hash.as_ref()[..BATCH_DIGEST_LEN]);
+        Self(out)
+    }
+}
 
 /// Frame type numbers on an edge-allocator stream.
 pub mod frame_type {
@@ -33,6 +56,8 @@ pub mod frame_type {
     pub const AWARD_DELIVERED: u64 = 0x27;
     /// [`Heartbeat`](super::AllocatorFrame::Heartbeat)
     pub const HEARTBEAT: u64 = 0x28;
+    /// [`ResultsReceived`](super::AllocatorFrame::ResultsReceived)
+    pub const RESULTS_RECEIVED: u64 = 0x29;
 }
 
 /// One admitted shake inside a batch.
@@ -116,9 +141,12 @@ impl ExactSizeIterator for BatchEntries<'_> {}
 
 /// A batch of admitted shakes from one edge worker, for one round.
 ///
-/// `(edge id, worker id, seq)` names a batch for ever: a resend carries the same sequence and
-/// gets the same answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `(edge id, worker id, instance id, seq)` names a batch for ever: a resend carries the same
+/// sequence and gets the same answer.
+///
+/// Equality compares content. The digest belongs to the bytes a batch was decoded from: a
+/// non-minimal varint makes the same content digest differently, so it is left out.
+#[derive(Debug, Clone)]
 pub struct Batch {
     /// Sequence number, per edge worker, increasing from 1.
     pub seq: u64,
@@ -128,6 +156,7 @@ pub struct Batch {
     pub base_time_ms: u64,
     entries: Bytes,
     len: usize,
+    digest: BatchDigest,
 }
 
 impl Batch {
@@ -141,7 +170,24 @@ impl Batch {
         for entry in entries {
             put_entry(&mut body, entry);
         }
-        Self { seq, round_id, base_time_ms, entries: body.freeze(), len: entries.len() }
+        let mut batch = Self {
+            seq,
+            round_id,
+            base_time_ms,
+            entries: body.freeze(),
+            len: entries.len(),
+            digest: BatchDigest::default(),
+        };
+        let mut frame = BytesMut::new();
+        AllocatorFrame::Batch(batch.clone()).encode(&mut frame);
+        let header = frame::check(&frame, usize::MAX).expect("a frame just encoded");
+        batch.digest = BatchDigest::of_payload(&frame[header.header_len..]);
+        batch
+    }
+
+    /// The digest of the payload this batch was decoded from (or encodes to).
+    pub fn digest(&self) -> BatchDigest {
+        self.digest
     }
 
     /// Number of entries.
@@ -160,6 +206,15 @@ impl Batch {
     }
 }
 
+impl PartialEq for Batch {
+    fn eq(&self, other: &Self) -> bool {
+        (self.seq, self.round_id, self.base_time_ms, self.len, &self.entries)
+            == (other.seq, other.round_id, other.base_time_ms, other.len, &other.entries)
+    }
+}
+
+impl Eq for Batch {}
+
 #[inline]
 fn put_entry(out: &mut BytesMut, entry: &BatchEntry) {
     varint::put(out, entry.user_id);
@@ -172,6 +227,15 @@ fn put_entry(out: &mut BytesMut, entry: &BatchEntry) {
 pub struct BatchWriter {
     start: FrameStart,
     len: usize,
+}
+
+/// A `Batch` frame completed by [`BatchWriter::finish`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FinishedBatch {
+    /// Where the payload starts in the output buffer.
+    pub payload_at: usize,
+    /// The digest of the payload, which the allocator's answer must echo.
+    pub digest: BatchDigest,
 }
 
 impl BatchWriter {
@@ -205,9 +269,10 @@ impl BatchWriter {
         self.len == 0
     }
 
-    /// Completes the frame.
-    pub fn finish(self, out: &mut BytesMut) {
-        frame::finish(out, self.start);
+    /// Completes the frame and digests its payload (once per batch, not per entry).
+    pub fn finish(self, out: &mut BytesMut) -> FinishedBatch {
+        let payload_at = frame::finish(out, self.start);
+        FinishedBatch { payload_at, digest: BatchDigest::of_payload(&out[payload_at..]) }
     }
 }
 
@@ -233,7 +298,9 @@ pub enum AllocatorFrame {
         worker_id: u16,
         /// [`PROTOCOL_VERSION`] of the edge.
         protocol_version: u32,
-        /// Every batch up to this sequence has an answer at the edge.
+        /// Drawn at random when the worker starts (62 bits): with `seq`, names its batches.
+        instance_id: u64,
+        /// Every batch of this instance up to this sequence has an answer at the edge.
         highest_answered_seq: u64,
     },
     /// Edge -> allocator: admitted shakes to draw.
@@ -242,6 +309,8 @@ pub enum AllocatorFrame {
     BatchResult {
         /// The batch answered.
         seq: u64,
+        /// The digest of the batch answered, as the allocator received it.
+        digest: BatchDigest,
         /// The winning entries, in entry order.
         winners: Vec<Winner>,
     },
@@ -282,6 +351,12 @@ pub enum AllocatorFrame {
         /// Sender's clock, Unix milliseconds.
         now_ms: u64,
     },
+    /// Edge -> allocator: every batch of this stream's worker instance up to this sequence has
+    /// its result at the edge and will never be sent again; the allocator may forget them.
+    ResultsReceived {
+        /// The highest sequence up to which every batch is answered.
+        highest_answered_seq: u64,
+    },
 }
 
 impl AllocatorFrame {
@@ -297,11 +372,13 @@ impl AllocatorFrame {
                 edge_id,
                 worker_id,
                 protocol_version,
+                instance_id,
                 highest_answered_seq,
             } => {
                 varint::put(out, *edge_id);
                 varint::put(out, u64::from(*worker_id));
                 varint::put(out, u64::from(*protocol_version));
+                varint::put(out, *instance_id);
                 varint::put(out, *highest_answered_seq);
             }
             AllocatorFrame::Batch(batch) => {
@@ -310,8 +387,9 @@ impl AllocatorFrame {
                 varint::put(out, batch.base_time_ms);
                 out.extend_from_slice(&batch.entries);
             }
-            AllocatorFrame::BatchResult { seq, winners } => {
+            AllocatorFrame::BatchResult { seq, digest, winners } => {
                 varint::put(out, *seq);
+                out.extend_from_slice(&digest.0);
                 for winner in winners {
                     varint::put(out, u64::from(winner.entry_index));
                     varint::put(out, winner.award_id);
@@ -343,6 +421,9 @@ impl AllocatorFrame {
                 }
             }
             AllocatorFrame::Heartbeat { now_ms } => varint::put(out, *now_ms),
+            AllocatorFrame::ResultsReceived { highest_answered_seq } => {
+                varint::put(out, *highest_answered_seq)
+            }
         }
         frame::finish(out, start);
     }
@@ -359,6 +440,7 @@ impl AllocatorFrame {
             AllocatorFrame::LoadReport { .. } => LOAD_REPORT,
             AllocatorFrame::AwardDelivered { .. } => AWARD_DELIVERED,
             AllocatorFrame::Heartbeat { .. } => HEARTBEAT,
+            AllocatorFrame::ResultsReceived { .. } => RESULTS_RECEIVED,
         }
     }
 
@@ -373,6 +455,7 @@ impl AllocatorFrame {
             AllocatorFrame::LoadReport { .. } => "load_report",
             AllocatorFrame::AwardDelivered { .. } => "award_delivered",
             AllocatorFrame::Heartbeat { .. } => "heartbeat",
+            AllocatorFrame::ResultsReceived { .. } => "results_received",
         }
     }
 
@@ -393,6 +476,7 @@ impl AllocatorFrame {
                 edge_id: r.varint()?,
                 worker_id: r.varint_u16("worker id")?,
                 protocol_version: r.varint_u32("protocol version")?,
+                instance_id: r.varint()?,
                 highest_answered_seq: r.varint()?,
             },
             BATCH => {
@@ -407,10 +491,12 @@ impl AllocatorFrame {
                     base_time_ms,
                     entries: payload.slice_ref(entries),
                     len: count_entries(entries)?,
+                    digest: BatchDigest::of_payload(payload),
                 }));
             }
             BATCH_RESULT => {
                 let seq = r.varint()?;
+                let digest = BatchDigest(r.array()?);
                 // Grows with the bytes actually present (each winner takes at least 4),
                 // never with a count the peer claims.
                 let mut winners = Vec::new();
@@ -425,7 +511,7 @@ impl AllocatorFrame {
                         prize: Prize::decode(&mut r)?,
                     });
                 }
-                AllocatorFrame::BatchResult { seq, winners }
+                AllocatorFrame::BatchResult { seq, digest, winners }
             }
             QUOTA => AllocatorFrame::Quota {
                 round_id: r.varint_u32("round id")?,
@@ -456,6 +542,9 @@ impl AllocatorFrame {
                 AllocatorFrame::AwardDelivered { award_ids }
             }
             HEARTBEAT => AllocatorFrame::Heartbeat { now_ms: r.varint()? },
+            RESULTS_RECEIVED => {
+                AllocatorFrame::ResultsReceived { highest_answered_seq: r.varint()? }
+            }
             other => return Err(DecodeError::UnknownType(other)),
         };
         r.finish()?;

@@ -77,8 +77,9 @@ pub fn begin(out: &mut BytesMut, frame_type: u64) -> FrameStart {
 /// Fills in the length of the frame begun at `start`, in its shortest form.
 ///
 /// Payloads under 64 bytes fit the placeholder; a longer one is shifted right by the extra
-/// length bytes (one `memmove` per frame, not per field).
-pub fn finish(out: &mut BytesMut, start: FrameStart) {
+/// length bytes (one `memmove` per frame, not per field). Returns where the payload starts in
+/// `out`.
+pub fn finish(out: &mut BytesMut, start: FrameStart) -> usize {
     let payload_at = start.length_at + 1;
     let payload_len = out.len() - payload_at;
     let len_len = varint::encoded_len(payload_len as u64);
@@ -88,6 +89,7 @@ pub fn finish(out: &mut BytesMut, start: FrameStart) {
     }
     let mut length_slot = &mut out[start.length_at..start.length_at + len_len];
     varint::put(&mut length_slot, payload_len as u64);
+    start.length_at + len_len
 }
 
 #[cfg(test)]
@@ -98,7 +100,7 @@ mod tests {
         let mut out = BytesMut::new();
         let start = begin(&mut out, 0x22);
         out.extend((0..payload_len).map(|i| i as u8));
-        finish(&mut out, start);
+        let _ = finish(&mut out, start);
         out
     }
 

@@ -32,7 +32,7 @@ pub mod token;
 mod types;
 pub mod varint;
 
-pub use allocator::{AllocatorFrame, Batch, BatchEntry, BatchWriter, Winner};
+pub use allocator::{AllocatorFrame, Batch, BatchDigest, BatchEntry, BatchWriter, Winner};
 pub use control::ControlFrame;
 pub use datagram::{Datagram, Outcome, Outcomes, Shake};
 pub use error::DecodeError;
@@ -43,4 +43,4 @@ pub use types::{Prize, RoundInfo, RoundPhase, Verdict};
 /// ALPN of the phone <-> edge protocol.
 pub const PHONE_ALPN: &[u8] = b"shake/1";
 /// ALPN of the edge <-> allocator protocol.
-pub const ALLOCATOR_ALPN: &[u8] = b"shake-alloc/1";
+pub const ALLOCATOR_ALPN: &[u8] = b"shake-alloc/2";

@@ -45,6 +45,18 @@ impl<'a> Reader<'a> {
         Ok(first)
     }
 
+    /// Exactly `N` raw bytes (a fixed-size field such as a digest).
+    pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        if self.buf.len() < N {
+            return Err(DecodeError::Truncated);
+        }
+        let (field, rest) = self.buf.split_at(N);
+        self.buf = rest;
+        let mut out = [0u8; N];
+        out.copy_from_slice(field);
+        Ok(out)
+    }
+
     /// A varint length, checked against `max`, then that many bytes.
     pub(crate) fn bytes(
         &mut self,

@@ -112,26 +112,17 @@ fn vectors() -> Vec<(&'static str, Message)> {
             Allocator(AllocatorFrame::EdgeHello {
                 edge_id: 7,
                 worker_id: 2,
-                protocol_version: 1,
+                protocol_version: 2,
+                instance_id: 0x1234_5678_9abc,
                 highest_answered_seq: 41,
             }),
         ),
-        (
-            "alloc.batch",
-            Allocator(AllocatorFrame::Batch(Batch::new(
-                42,
-                3,
-                1_767_225_601_000,
-                &[
-                    BatchEntry { user_id: 1_000_001, offset_us: 15 },
-                    BatchEntry { user_id: 37, offset_us: 1_500 },
-                ],
-            ))),
-        ),
+        ("alloc.batch", Allocator(AllocatorFrame::Batch(golden_batch()))),
         (
             "alloc.batch_result",
             Allocator(AllocatorFrame::BatchResult {
                 seq: 42,
+                digest: golden_batch().digest(),
                 winners: vec![Winner {
                     entry_index: 1,
                     award_id: 77,
@@ -165,7 +156,24 @@ fn vectors() -> Vec<(&'static str, Message)> {
             Allocator(AllocatorFrame::AwardDelivered { award_ids: vec![77, 78] }),
         ),
         ("alloc.heartbeat", Allocator(AllocatorFrame::Heartbeat { now_ms: 1_767_225_601_000 })),
+        (
+            "alloc.results_received",
+            Allocator(AllocatorFrame::ResultsReceived { highest_answered_seq: 42 }),
+        ),
     ]
+}
+
+/// Batch 42 of section 8's examples; its digest is in the `BatchResult` example.
+fn golden_batch() -> Batch {
+    Batch::new(
+        42,
+        3,
+        1_767_225_601_000,
+        &[
+            BatchEntry { user_id: 1_000_001, offset_us: 15 },
+            BatchEntry { user_id: 37, offset_us: 1_500 },
+        ],
+    )
 }
 
 fn key_ring() -> KeyRing {

@@ -7,7 +7,7 @@ use bytes::BytesMut;
 use proptest::collection::vec;
 use proptest::prelude::*;
 use shake_proto::datagram::{self, Datagram};
-use shake_proto::{AllocatorFrame, BatchWriter, ControlFrame};
+use shake_proto::{AllocatorFrame, BatchDigest, BatchWriter, ControlFrame};
 use strategies::*;
 
 proptest! {
@@ -55,10 +55,29 @@ proptest! {
             writer.push(&mut written, entry);
         }
         prop_assert_eq!(writer.len(), batch.len());
-        writer.finish(&mut written);
+        let finished = writer.finish(&mut written);
+        // The digest the edge keeps is the digest the allocator computes from the same bytes.
+        prop_assert_eq!(finished.digest, batch.digest());
+        prop_assert_eq!(finished.digest, BatchDigest::of_payload(&written[finished.payload_at..]));
         let mut encoded = BytesMut::new();
-        AllocatorFrame::Batch(batch).encode(&mut encoded);
-        prop_assert_eq!(written, encoded);
+        AllocatorFrame::Batch(batch.clone()).encode(&mut encoded);
+        prop_assert_eq!(&written, &encoded);
+        match AllocatorFrame::decode(&mut written) {
+            Ok(Some(AllocatorFrame::Batch(decoded))) => prop_assert_eq!(decoded.digest(), batch.digest()),
+            other => prop_assert!(false, "decoded as {:?}", other),
+        }
+    }
+
+    #[test]
+    fn a_changed_entry_changes_the_digest(batch in batch(), flip in any::<u64>()) {
+        prop_assume!(!batch.is_empty());
+        let mut entries: Vec<_> = batch.entries().collect();
+        let at = (flip as usize) % entries.len();
+        entries[at].user_id ^= 1 + (flip >> 40);
+        entries[at].user_id &= shake_proto::varint::MAX;
+        prop_assume!(entries[at] != batch.entries().nth(at).unwrap());
+        let other = shake_proto::Batch::new(batch.seq, batch.round_id, batch.base_time_ms, &entries);
+        prop_assert_ne!(other.digest(), batch.digest());
     }
 
     #[test]

@@ -208,7 +208,7 @@ impl EdgeStream {
         &mut self,
     ) -> Result<(u64, Vec<shake_proto::Winner>, Vec<u8>), String> {
         loop {
-            if let (AllocatorFrame::BatchResult { seq, winners }, raw) = self.recv().await? {
+            if let (AllocatorFrame::BatchResult { seq, winners, .. }, raw) = self.recv().await? {
                 return Ok((seq, winners, raw));
             }
         }

@@ -241,6 +241,8 @@ fn verify_run(report: &PathBuf, ledger: &PathBuf, config: Option<PathBuf>) -> an
     println!("{:<34}{:>12.2}", "p99 shake->outcome (ms)", report.latency_ms.outcome.p99);
     println!("{:<34}{:>12.2}", "p99 shake->award (ms)", report.latency_ms.award.p99);
     println!("{:<34}{:>12}", "ledger mismatches", v.ledger_mismatches());
+    println!("{:<34}{:>12}", "  heard by a user not paid", v.paid_other_user);
+    println!("{:<34}{:>12}", "  told of one award twice", v.told_twice);
     println!("{:<34}{:>12}", "prizes granted twice", v.granted_twice);
     println!("{:<34}{:>12}", "per-user cap violations", v.cap_violations);
     println!("{:<34}{:>12}", "pools overspent", v.pools_overspent);
@@ -262,6 +264,8 @@ fn verify_run(report: &PathBuf, ledger: &PathBuf, config: Option<PathBuf>) -> an
         "awards_granted_twice": v.granted_twice,
         "cap_violations": v.cap_violations,
         "ledger_mismatches": v.ledger_mismatches(),
+        "awards_paid_other_user": v.paid_other_user,
+        "awards_told_twice": v.told_twice,
         "p50_outcome_ms": report.latency_ms.outcome.p50,
         "p99_outcome_ms": report.latency_ms.outcome.p99,
         "p99_honest_outcome_ms": report.latency_ms.honest_outcome.p99,

@@ -40,6 +40,10 @@ pub struct Verification {
     pub received_not_in_ledger: u64,
     /// Ledger rows marked delivered that no phone reported receiving.
     pub delivered_not_received: u64,
+    /// Awards a phone heard of whose ledger row pays another user.
+    pub paid_other_user: u64,
+    /// Awards a phone was told of more than once.
+    pub told_twice: u64,
     /// The same prize (round, item) or award id granted more than once.
     pub granted_twice: u64,
     /// Users over a round's per-user cap.
@@ -55,7 +59,10 @@ pub struct Verification {
 impl Verification {
     /// Mismatches between phones and ledger.
     pub fn ledger_mismatches(&self) -> u64 {
-        self.received_not_in_ledger + self.delivered_not_received
+        self.received_not_in_ledger
+            + self.delivered_not_received
+            + self.paid_other_user
+            + self.told_twice
     }
 
     /// Every invariant holds.
@@ -81,6 +88,13 @@ pub fn verify(report: &Report, ledger: &[LedgerRow], config: Option<&Config>) ->
     let in_ledger: BTreeSet<u64> = ledger.iter().map(|r| r.award_id).collect();
     let received: BTreeSet<u64> = report.awards.iter().map(|a| a.award_id).collect();
     v.received_not_in_ledger = received.difference(&in_ledger).count() as u64;
+    v.told_twice = (report.awards.len() - received.len()) as u64;
+    let paid: HashMap<u64, u64> = ledger.iter().map(|r| (r.award_id, r.user_id)).collect();
+    v.paid_other_user = report
+        .awards
+        .iter()
+        .filter(|a| paid.get(&a.award_id).is_some_and(|user| *user != a.user_id))
+        .count() as u64;
     v.delivered_not_received =
         ledger.iter().filter(|r| r.delivered && !received.contains(&r.award_id)).count() as u64;
     v.granted_twice = (ledger.len() - in_ledger.len()) as u64;
@@ -144,11 +158,16 @@ mod tests {
         }
     }
 
+    /// Phones that heard of `ids`, each the user its ledger row pays in these tests (10 + id).
     fn received(ids: &[u64]) -> Report {
+        received_by(&ids.iter().map(|id| (*id, 9 + id)).collect::<Vec<_>>())
+    }
+
+    fn received_by(awards: &[(u64, u64)]) -> Report {
         Report {
-            awards: ids
+            awards: awards
                 .iter()
-                .map(|id| ReceivedAward { award_id: *id, user_id: 0, round_id: 1 })
+                .map(|(id, user)| ReceivedAward { award_id: *id, user_id: *user, round_id: 1 })
                 .collect(),
             ..Report::default()
         }
@@ -174,6 +193,14 @@ mod tests {
         let v =
             verify(&received(&[1, 2]), &[row(1, 10, 0, 100, true), row(2, 11, 0, 100, true)], None);
         assert_eq!(v.granted_twice, 1);
+        assert!(!v.ok());
+        // A phone of user 11 told of award 1, which the ledger pays to user 10.
+        let v = verify(&received_by(&[(1, 11)]), &[row(1, 10, 0, 100, true)], None);
+        assert_eq!((v.paid_other_user, v.ledger_mismatches()), (1, 1));
+        assert!(!v.ok());
+        // A phone told of the same award twice.
+        let v = verify(&received_by(&[(1, 10), (1, 10)]), &[row(1, 10, 0, 100, true)], None);
+        assert_eq!((v.told_twice, v.ledger_mismatches()), (1, 1));
         assert!(!v.ok());
     }
 

@@ -79,6 +79,7 @@ pub fn allocator_config(
 ) -> Config {
     let text = format!(
         r#"listen = "{listen}"
+metrics_listen = "127.0.0.1:0"
 ledger_path = "{dir}/ledger"
 quota_valid_ms = 3000
 [tls]
@@ -103,6 +104,11 @@ envelopes = {envelopes}
 
 impl World {
     pub async fn start(settings: WorldSettings) -> Self {
+        Self::start_with_env(settings, &[]).await
+    }
+
+    /// As [`World::start`], with extra environment variables for the edge process.
+    pub async fn start_with_env(settings: WorldSettings, env: &[(&str, &str)]) -> Self {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("shake-edge-test-{}-{n}", std::process::id()));
@@ -150,6 +156,7 @@ hello_timeout_ms = 500
             .args(["run", "--config"])
             .arg(&edge_config)
             .env("RUST_LOG", std::env::var("SHAKE_EDGE_LOG").unwrap_or_else(|_| "warn".into()))
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -191,6 +198,13 @@ hello_timeout_ms = 500
         shake_ops::http::metric_sum(&self.scrape(), prefix)
     }
 
+    /// A metric of the running allocator.
+    pub fn allocator_metric(&self, prefix: &str) -> f64 {
+        let running = self.allocator.as_ref().expect("the allocator is running");
+        let addr = running.metrics_addr.expect("the allocator serves metrics");
+        shake_ops::http::metric_sum(&shake_ops::http::get(addr, "/metrics").unwrap(), prefix)
+    }
+
     pub async fn wait_for_metric(&self, prefix: &str, at_least: f64) {
         for _ in 0..100 {
             if self.metric(prefix) >= at_least {
@@ -199,6 +213,16 @@ hello_timeout_ms = 500
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!("{prefix} never reached {at_least}:\n{}", self.scrape());
+    }
+
+    pub async fn wait_for_allocator_metric(&self, prefix: &str, at_least: f64) {
+        for _ in 0..100 {
+            if self.allocator_metric(prefix) >= at_least {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("allocator {prefix} never reached {at_least}");
     }
 
     pub async fn wait_for_metric_below(&self, prefix: &str, below: f64) {

@@ -7,8 +7,8 @@ use proptest::prelude::*;
 use shake_proto::limits::{MAX_DELIVERED_IDS, MAX_REASON, MAX_TOKEN};
 use shake_proto::varint::MAX;
 use shake_proto::{
-    AllocatorFrame, Batch, BatchEntry, ControlFrame, Outcome, Prize, RoundInfo, RoundPhase, Shake,
-    Verdict, Winner,
+    AllocatorFrame, Batch, BatchDigest, BatchEntry, ControlFrame, Outcome, Prize, RoundInfo,
+    RoundPhase, Shake, Verdict, Winner,
 };
 
 pub fn varint() -> impl Strategy<Value = u64> {
@@ -93,24 +93,26 @@ pub fn batch() -> impl Strategy<Value = Batch> {
 
 pub fn allocator_frame() -> impl Strategy<Value = AllocatorFrame> {
     prop_oneof![
-        (varint(), any::<u16>(), any::<u32>(), varint()).prop_map(|(e, w, v, h)| {
+        (varint(), any::<u16>(), any::<u32>(), varint(), varint()).prop_map(|(e, w, v, i, h)| {
             AllocatorFrame::EdgeHello {
                 edge_id: e,
                 worker_id: w,
                 protocol_version: v,
+                instance_id: i,
                 highest_answered_seq: h,
             }
         }),
         batch().prop_map(AllocatorFrame::Batch),
-        (varint(), vec((0..16_384u32, varint(), prize()), 0..50)).prop_map(|(seq, w)| {
-            AllocatorFrame::BatchResult {
+        (varint(), any::<[u8; 8]>(), vec((0..16_384u32, varint(), prize()), 0..50)).prop_map(
+            |(seq, digest, w)| AllocatorFrame::BatchResult {
                 seq,
+                digest: BatchDigest(digest),
                 winners: w
                     .into_iter()
                     .map(|(entry_index, award_id, prize)| Winner { entry_index, award_id, prize })
                     .collect(),
             }
-        }),
+        ),
         (any::<u32>(), any::<u32>(), any::<u32>(), varint()).prop_map(|(r, rate, b, v)| {
             AllocatorFrame::Quota { round_id: r, rate_per_s: rate, burst: b, valid_until_ms: v }
         }),
@@ -124,5 +126,8 @@ pub fn allocator_frame() -> impl Strategy<Value = AllocatorFrame> {
         vec(varint(), 1..=MAX_DELIVERED_IDS)
             .prop_map(|award_ids| AllocatorFrame::AwardDelivered { award_ids }),
         varint().prop_map(|now_ms| AllocatorFrame::Heartbeat { now_ms }),
+        varint().prop_map(|highest_answered_seq| AllocatorFrame::ResultsReceived {
+            highest_answered_seq
+        }),
     ]
 }

@@ -1,0 +1,303 @@
+//! One worker's state machine, sans-IO: phones come and go, shakes are decided, the allocator
+//! answers, the clock ticks. Time is an argument (`now_us` monotonic for buckets and batch
+//! ages, `now_ms` Unix for rounds); consequences for phones come out as [`PhoneEffect`]s for
+//! the I/O shell (today the quinn worker, tomorrow the event loop) to deliver.
+//!
+//! `on_shake` is the hot path: round open? phone within its bucket? worker within its share
+//! of the edge's admission? then into the batch. It allocates nothing after warm-up and
+//! touches nothing shared with another thread (`shake-bench hot-path` measures it).
+//!
+//! Awards are announced only for a batch whose answer matches it (sequence and digest), to the
+//! phone that shook, and are entered in the edge's [`AwardBook`] so that only that user can
+//! acknowledge them.
+
+use std::sync::Arc;
+
+use shake_proto::datagram::Outcome;
+use shake_proto::{AllocatorFrame, ControlFrame, Shake, Verdict};
+
+use crate::admission::{Admission, AdmissionSettings, Decision};
+use crate::award_book::{AckVerdict, AwardBook};
+use crate::batcher::{Answer, BatchSettings};
+use crate::bucket::{Rate, TokenBucket};
+use crate::phones::{PhoneRef, PhoneTable};
+use crate::uplink::{Uplink, WorkerName};
+
+/// A connected phone, as the core sees it; `X` is whatever the shell keeps beside it.
+#[derive(Debug)]
+pub struct Phone<X> {
+    /// The user its session token names.
+    pub user_id: u64,
+    bucket: TokenBucket,
+    /// The shell's part (an outbox, a connection handle...).
+    pub ext: X,
+}
+
+/// Something the shell must tell phones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PhoneEffect {
+    /// A control frame for one phone (an `Award`).
+    ToPhone(PhoneRef, ControlFrame),
+    /// A control frame for every phone of this worker (`RoundNotice`).
+    Broadcast(ControlFrame),
+}
+
+/// What the worker counted since the last [`WorkerCore::take_counts`].
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Counts {
+    /// Verdicts.
+    pub no_luck: u64,
+    /// Verdicts.
+    pub slow_down: u64,
+    /// Verdicts.
+    pub round_closed: u64,
+    /// Verdicts.
+    pub forwarded: u64,
+    /// Admitted shakes answered no-luck because too many batches awaited answers.
+    pub backpressure: u64,
+    /// Awards written to their phone.
+    pub awards_written: u64,
+    /// Awards whose phone had left (they stay undelivered in the ledger).
+    pub awards_orphaned: u64,
+    /// Answers whose digest named another batch: nothing announced.
+    pub answers_mismatched: u64,
+    /// Answers for no batch in flight (duplicates).
+    pub answers_unknown: u64,
+    /// Acknowledgements by verdict.
+    pub acks_accepted: u64,
+    /// Acknowledgements by verdict.
+    pub acks_unknown: u64,
+    /// Acknowledgements by verdict.
+    pub acks_wrong_user: u64,
+    /// Batch flush to answer, microseconds, one per matched answer (at most 1,024 kept).
+    pub answer_rtt_us: Vec<u64>,
+}
+
+/// Settings from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct CoreSettings {
+    /// Per-phone and fallback rates (this worker's share).
+    pub admission: AdmissionSettings,
+    /// Batch limits.
+    pub batches: BatchSettings,
+    /// Workers of the edge (the allocator's quota is split between them).
+    pub workers: usize,
+}
+
+/// One worker's state.
+#[derive(Debug)]
+pub struct WorkerCore<X> {
+    settings: CoreSettings,
+    admission: Admission,
+    uplink: Uplink<PhoneRef>,
+    phones: PhoneTable<Phone<X>>,
+    awards: Arc<AwardBook>,
+    counts: Counts,
+}
+
+impl<X> WorkerCore<X> {
+    /// A worker named `name`, no phones yet, link down.
+    pub fn new(
+        settings: CoreSettings,
+        name: WorkerName,
+        awards: Arc<AwardBook>,
+        now_us: u64,
+    ) -> Self {
+        Self {
+            settings,
+            admission: Admission::new(settings.admission, now_us),
+            uplink: Uplink::new(name, settings.batches),
+            phones: PhoneTable::default(),
+            awards,
+            counts: Counts::default(),
+        }
+    }
+
+    /// The uplink (the shell writes what it hands out).
+    pub fn uplink(&mut self) -> &mut Uplink<PhoneRef> {
+        &mut self.uplink
+    }
+
+    /// The admission state (rounds, pacing).
+    pub fn admission(&self) -> &Admission {
+        &self.admission
+    }
+
+    /// Phones connected to this worker.
+    pub fn phones(&self) -> &PhoneTable<Phone<X>> {
+        &self.phones
+    }
+
+    /// A phone of `user_id` started its session at `now_us`.
+    pub fn add_phone(&mut self, user_id: u64, ext: X, now_us: u64) -> PhoneRef {
+        let bucket = self.admission.new_phone_bucket(now_us);
+        self.phones.insert(Phone { user_id, bucket, ext })
+    }
+
+    /// A phone left.
+    pub fn remove_phone(&mut self, at: PhoneRef) -> Option<Phone<X>> {
+        self.phones.remove(at)
+    }
+
+    /// Decides one shake of the phone at `at`; the outcome to send it (`None` if it left).
+    #[inline]
+    pub fn on_shake(
+        &mut self,
+        at: PhoneRef,
+        shake: Shake,
+        now_us: u64,
+        now_ms: u64,
+    ) -> Option<Outcome> {
+        let Self { admission, uplink, phones, counts, .. } = self;
+        let phone = phones.get_mut(at)?;
+        let verdict = match admission.decide(shake.round_id, &mut phone.bucket, now_us, now_ms) {
+            Decision::Answer(verdict) => verdict,
+            Decision::Admit { round_id } => {
+                match uplink.batcher().push(round_id, phone.user_id, at, now_us, now_ms) {
+                    Ok(()) => Verdict::Forwarded,
+                    Err(_) => {
+                        counts.backpressure += 1;
+                        Verdict::NoLuck
+                    }
+                }
+            }
+        };
+        match verdict {
+            Verdict::NoLuck => counts.no_luck += 1,
+            Verdict::SlowDown { .. } => counts.slow_down += 1,
+            Verdict::RoundClosed => counts.round_closed += 1,
+            Verdict::Forwarded => counts.forwarded += 1,
+        }
+        Some(Outcome { seq: shake.seq, verdict })
+    }
+
+    /// When the open batch must go (monotonic µs), if one is open.
+    pub fn deadline_us(&self) -> Option<u64> {
+        self.uplink.deadline_us()
+    }
+
+    /// Flushes the open batch if its age says so. True if one was flushed.
+    pub fn poll_age(&mut self, now_us: u64) -> bool {
+        self.uplink.batcher().poll_age(now_us)
+    }
+
+    /// Flushes the open batch now (draining). True if there was one.
+    pub fn flush(&mut self, now_us: u64) -> bool {
+        self.uplink.batcher().flush(now_us)
+    }
+
+    /// The phone at `at` acknowledged `award_id`.
+    pub fn on_award_ack(&mut self, at: PhoneRef, award_id: u64, now_ms: u64) -> AckVerdict {
+        let Some(phone) = self.phones.get_mut(at) else { return AckVerdict::Unknown };
+        let verdict = self.awards.ack(award_id, phone.user_id, now_ms);
+        match verdict {
+            AckVerdict::Accepted => {
+                self.counts.acks_accepted += 1;
+                self.uplink.queue_ack(award_id);
+            }
+            AckVerdict::Unknown => self.counts.acks_unknown += 1,
+            AckVerdict::WrongUser => self.counts.acks_wrong_user += 1,
+        }
+        verdict
+    }
+
+    /// A frame from the allocator.
+    pub fn on_allocator_frame(
+        &mut self,
+        frame: AllocatorFrame,
+        now_us: u64,
+        now_ms: u64,
+        out: &mut Vec<PhoneEffect>,
+    ) {
+        match frame {
+            AllocatorFrame::BatchResult { seq, digest, winners } => {
+                let answered = match self.uplink.on_result(seq, digest) {
+                    Answer::Matched(answered) => answered,
+                    Answer::Mismatch { routes } => {
+                        self.counts.answers_mismatched += 1;
+                        tracing::error!(
+                            seq,
+                            winners = winners.len(),
+                            "an answer from the allocator does not match the batch it names: no winner announced"
+                        );
+                        self.uplink.batcher().recycle(routes);
+                        return;
+                    }
+                    Answer::Unknown => {
+                        self.counts.answers_unknown += 1;
+                        return;
+                    }
+                };
+                if self.counts.answer_rtt_us.len() < 1024 {
+                    self.counts.answer_rtt_us.push(now_us.saturating_sub(answered.flushed_us));
+                }
+                for winner in winners {
+                    let Some(&at) = answered.routes.get(winner.entry_index as usize) else {
+                        continue;
+                    };
+                    match self.phones.get_mut(at) {
+                        Some(phone) => {
+                            self.awards.sent(winner.award_id, phone.user_id, now_ms);
+                            self.counts.awards_written += 1;
+                            out.push(PhoneEffect::ToPhone(
+                                at,
+                                ControlFrame::Award {
+                                    award_id: winner.award_id,
+                                    round_id: answered.round_id,
+                                    prize: winner.prize,
+                                },
+                            ));
+                        }
+                        // The phone is gone: the award stays undelivered in the ledger.
+                        None => self.counts.awards_orphaned += 1,
+                    }
+                }
+                self.uplink.batcher().recycle(answered.routes);
+            }
+            AllocatorFrame::Quota { round_id, rate_per_s, burst, valid_until_ms } => {
+                let share = self.settings.workers.max(1) as f64;
+                let rate =
+                    Rate::new(f64::from(rate_per_s) / share, (f64::from(burst) / share).max(1.0));
+                self.admission.on_quota(round_id, rate, valid_until_ms);
+            }
+            AllocatorFrame::RoundState { round, min_shake_interval_ms } => {
+                self.admission.on_round_state(round, min_shake_interval_ms);
+                out.push(PhoneEffect::Broadcast(ControlFrame::RoundNotice {
+                    round,
+                    min_shake_interval_ms: self.admission.min_interval_ms(),
+                }));
+            }
+            AllocatorFrame::Heartbeat { .. } => {}
+            other => tracing::warn!(frame = other.name(), "unexpected frame from the allocator"),
+        }
+    }
+
+    /// Once a second: the load report for the allocator.
+    pub fn on_load_tick(&mut self) {
+        let load = self.admission.take_load();
+        self.uplink.queue_load(load);
+    }
+
+    /// What was counted since the last call.
+    pub fn take_counts(&mut self) -> Counts {
+        std::mem::take(&mut self.counts)
+    }
+}
+
+/// Builds the per-worker settings from the edge's configuration.
+pub fn settings_for(config: &crate::config::EdgeConfig, workers: usize) -> CoreSettings {
+    let l = &config.limits;
+    let share = workers.max(1) as f64;
+    CoreSettings {
+        admission: AdmissionSettings {
+            phone: Rate::new(l.phone_rate_per_s, l.phone_burst),
+            fallback: Rate::new(l.fallback_rate_per_s / share, (l.fallback_burst / share).max(1.0)),
+        },
+        batches: BatchSettings {
+            max_entries: l.batch_max_entries,
+            max_age_us: l.batch_max_age_us,
+            max_in_flight: l.max_in_flight_batches,
+        },
+        workers,
+    }
+}

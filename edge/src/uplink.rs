@@ -1,0 +1,300 @@
+//! One worker's link to the allocator, sans-IO: what to write next on the worker's stream, and
+//! what an answer from the allocator means. The I/O shell opens the stream, calls
+//! [`Uplink::link_up`], writes whatever [`Uplink::poll_transmit`] hands out, and feeds answers
+//! back through [`Uplink::on_result`].
+//!
+//! Nothing here is an unbounded queue: batches live in the [`Batcher`] (at most
+//! `max_in_flight`, each handed out once per link, so after an outage each unanswered batch is
+//! sent exactly once more); the load report is only the latest one; acknowledgements are
+//! bounded by [`MAX_QUEUED_ACKS`] (over it, the oldest are dropped and counted: their awards
+//! stay undelivered in the ledger, never paid twice).
+//!
+//! On each new link the first frame is `EdgeHello` with this worker's instance id (drawn at
+//! random when the worker starts; batch sequences count from 1 within it) and the highest
+//! answered sequence; after that, `ResultsReceived` each time that mark advances, so the
+//! allocator can forget answers the edge holds.
+
+use std::collections::VecDeque;
+
+use bytes::{Bytes, BytesMut};
+use shake_proto::allocator::PROTOCOL_VERSION;
+use shake_proto::limits::MAX_DELIVERED_IDS;
+use shake_proto::{AllocatorFrame, BatchDigest};
+
+use crate::admission::LoadCounts;
+use crate::batcher::{Answer, BatchSettings, Batcher};
+
+/// Acknowledgements waiting for the link, at most.
+pub const MAX_QUEUED_ACKS: usize = 65_536;
+
+/// Who this worker is, to the allocator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerName {
+    /// The edge (its certificate names it).
+    pub edge_id: u64,
+    /// The worker within the edge.
+    pub worker_id: u16,
+    /// This run of the worker (random, 62 bits).
+    pub instance_id: u64,
+}
+
+impl WorkerName {
+    /// A fresh instance id: 62 random bits (a QUIC varint holds 62).
+    pub fn random_instance_id() -> u64 {
+        rand::random::<u64>() >> 2
+    }
+}
+
+/// One worker's uplink state.
+#[derive(Debug)]
+pub struct Uplink<R> {
+    name: WorkerName,
+    batcher: Batcher<R>,
+    /// The current link's number; 0 while down.
+    link: u64,
+    links: u64,
+    hello_due: bool,
+    /// The answered mark last told to the allocator on this link.
+    confirmed_sent: u64,
+    load: Option<LoadCounts>,
+    acks: VecDeque<u64>,
+    acks_dropped: u64,
+    scratch: BytesMut,
+}
+
+impl<R: Copy> Uplink<R> {
+    /// A worker's uplink, link down, no batches yet.
+    pub fn new(name: WorkerName, batches: BatchSettings) -> Self {
+        Self {
+            name,
+            batcher: Batcher::new(batches),
+            link: 0,
+            links: 0,
+            hello_due: false,
+            confirmed_sent: 0,
+            load: None,
+            acks: VecDeque::new(),
+            acks_dropped: 0,
+            scratch: BytesMut::with_capacity(64 * 1024),
+        }
+    }
+
+    /// Who this worker is.
+    pub fn name(&self) -> WorkerName {
+        self.name
+    }
+
+    /// The batches.
+    pub fn batcher(&mut self) -> &mut Batcher<R> {
+        &mut self.batcher
+    }
+
+    /// When the open batch must be flushed by age (monotonic µs), if one is open.
+    pub fn deadline_us(&self) -> Option<u64> {
+        self.batcher.deadline_us()
+    }
+
+    /// Batches awaiting an answer.
+    pub fn in_flight(&self) -> usize {
+        self.batcher.in_flight()
+    }
+
+    /// A new stream to the allocator is open: everything unanswered goes again, after a fresh
+    /// `EdgeHello`.
+    pub fn link_up(&mut self) {
+        self.links += 1;
+        self.link = self.links;
+        self.hello_due = true;
+    }
+
+    /// The stream is gone.
+    pub fn link_down(&mut self) {
+        self.link = 0;
+        self.hello_due = false;
+    }
+
+    /// True while a stream is open.
+    pub fn is_up(&self) -> bool {
+        self.link != 0
+    }
+
+    /// Links opened so far (the first is 1); each one after the first resent what was
+    /// unanswered.
+    pub fn links(&self) -> u64 {
+        self.links
+    }
+
+    /// The latest load report (replaces one not yet sent).
+    pub fn queue_load(&mut self, load: LoadCounts) {
+        self.load = Some(load);
+    }
+
+    /// A phone acknowledged an award (already checked against the award book).
+    pub fn queue_ack(&mut self, award_id: u64) {
+        if self.acks.len() >= MAX_QUEUED_ACKS {
+            self.acks.pop_front();
+            self.acks_dropped += 1;
+        }
+        self.acks.push_back(award_id);
+    }
+
+    /// Acknowledgements dropped because too many waited (the link was down a long time).
+    pub fn acks_dropped(&self) -> u64 {
+        self.acks_dropped
+    }
+
+    /// Whether [`Uplink::poll_transmit`] has something now.
+    pub fn has_output(&mut self) -> bool {
+        self.is_up()
+            && (self.hello_due
+                || self.batcher.has_unsent(self.link)
+                || self.batcher.highest_answered() > self.confirmed_sent
+                || self.load.is_some()
+                || !self.acks.is_empty())
+    }
+
+    /// The next frame to write on the current link; `None` when there is nothing (or no link).
+    pub fn poll_transmit(&mut self) -> Option<Bytes> {
+        if !self.is_up() {
+            return None;
+        }
+        if self.hello_due {
+            self.hello_due = false;
+            self.confirmed_sent = self.batcher.highest_answered();
+            return Some(self.encode(&AllocatorFrame::EdgeHello {
+                edge_id: self.name.edge_id,
+                worker_id: self.name.worker_id,
+                protocol_version: PROTOCOL_VERSION,
+                instance_id: self.name.instance_id,
+                highest_answered_seq: self.confirmed_sent,
+            }));
+        }
+        if let Some((_, frame)) = self.batcher.next_unsent(self.link) {
+            return Some(frame);
+        }
+        let answered = self.batcher.highest_answered();
+        if answered > self.confirmed_sent {
+            self.confirmed_sent = answered;
+            return Some(
+                self.encode(&AllocatorFrame::ResultsReceived { highest_answered_seq: answered }),
+            );
+        }
+        if let Some(load) = self.load.take() {
+            return Some(self.encode(&AllocatorFrame::LoadReport {
+                window_ms: 1000,
+                offered: load.offered,
+                admitted: load.admitted,
+            }));
+        }
+        if !self.acks.is_empty() {
+            let n = self.acks.len().min(MAX_DELIVERED_IDS);
+            let award_ids: Vec<u64> = self.acks.drain(..n).collect();
+            return Some(self.encode(&AllocatorFrame::AwardDelivered { award_ids }));
+        }
+        None
+    }
+
+    /// The allocator answered batch `seq`, naming the batch it answered by `digest`.
+    pub fn on_result(&mut self, seq: u64, digest: BatchDigest) -> Answer<R> {
+        self.batcher.on_result(seq, digest)
+    }
+
+    fn encode(&mut self, frame: &AllocatorFrame) -> Bytes {
+        frame.encode(&mut self.scratch);
+        self.scratch.split().freeze()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn uplink() -> Uplink<u32> {
+        let name = WorkerName { edge_id: 3, worker_id: 1, instance_id: 99 };
+        Uplink::new(name, BatchSettings { max_entries: 2, max_age_us: 1_000, max_in_flight: 8 })
+    }
+
+    fn drain(up: &mut Uplink<u32>) -> Vec<AllocatorFrame> {
+        std::iter::from_fn(|| up.poll_transmit())
+            .map(|b| AllocatorFrame::decode(&mut BytesMut::from(&b[..])).unwrap().unwrap())
+            .collect()
+    }
+
+    fn batch(frame: &AllocatorFrame) -> &shake_proto::Batch {
+        match frame {
+            AllocatorFrame::Batch(b) => b,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn hello_first_then_each_batch_once_then_once_more_after_a_reconnect() {
+        let mut up = uplink();
+        up.batcher().push(1, 10, 0, 0, 0).unwrap();
+        up.batcher().push(1, 11, 1, 0, 0).unwrap();
+        assert_eq!(up.poll_transmit(), None, "no link, nothing to write");
+        up.link_up();
+        let frames = drain(&mut up);
+        assert!(matches!(
+            frames[0],
+            AllocatorFrame::EdgeHello { instance_id: 99, highest_answered_seq: 0, .. }
+        ));
+        assert_eq!(batch(&frames[1]).seq, 1);
+        assert_eq!(frames.len(), 2);
+        // The link drops before the answer; two more shakes fill batch 2 meanwhile.
+        up.link_down();
+        up.batcher().push(1, 12, 2, 0, 0).unwrap();
+        up.batcher().push(1, 13, 3, 0, 0).unwrap();
+        assert!(!up.has_output());
+        up.link_up();
+        let frames = drain(&mut up);
+        let seqs: Vec<u64> = frames[1..].iter().map(|f| batch(f).seq).collect();
+        assert_eq!(seqs, vec![1, 2], "each unanswered batch exactly once on the new link");
+        assert_eq!(up.links(), 2);
+    }
+
+    #[test]
+    fn answers_advance_the_mark_and_results_received_says_so() {
+        let mut up = uplink();
+        up.link_up();
+        up.batcher().push(1, 10, 0, 0, 0).unwrap();
+        up.batcher().push(1, 11, 1, 0, 0).unwrap();
+        let frames = drain(&mut up);
+        let digest = batch(&frames[1]).digest();
+        assert!(matches!(up.on_result(1, digest), Answer::Matched(_)));
+        assert_eq!(
+            drain(&mut up),
+            vec![AllocatorFrame::ResultsReceived { highest_answered_seq: 1 }]
+        );
+        assert!(!up.has_output(), "the mark is sent once");
+    }
+
+    #[test]
+    fn only_the_latest_load_report_and_bounded_acks() {
+        let mut up = uplink();
+        up.queue_load(LoadCounts { offered: 1, admitted: 1 });
+        up.queue_load(LoadCounts { offered: 5, admitted: 2 });
+        for id in 0..(MAX_QUEUED_ACKS as u64 + 10) {
+            up.queue_ack(id);
+        }
+        assert_eq!(up.acks_dropped(), 10);
+        up.link_up();
+        let frames = drain(&mut up);
+        let loads: Vec<_> =
+            frames.iter().filter(|f| matches!(f, AllocatorFrame::LoadReport { .. })).collect();
+        assert_eq!(
+            loads,
+            vec![&AllocatorFrame::LoadReport { window_ms: 1000, offered: 5, admitted: 2 }]
+        );
+        let acked: Vec<u64> = frames
+            .iter()
+            .filter_map(|f| match f {
+                AllocatorFrame::AwardDelivered { award_ids } => Some(award_ids.clone()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        assert_eq!(acked.len(), MAX_QUEUED_ACKS);
+        assert_eq!(acked[0], 10, "the oldest were dropped");
+    }
+}

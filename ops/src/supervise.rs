@@ -1,0 +1,134 @@
+//! Threads whose end is news: every server thread that must live as long as the process is
+//! spawned here, and its end (normal, failed or panicked) is reported on one channel, so the
+//! binary can stop everything and exit non-zero instead of running on with a piece missing
+//! (a dead edge worker's `SO_REUSEPORT` socket would silently take its phones with it).
+//!
+//! Also the one fault-injection point the tests use: [`failpoint`] reads `SHAKE_FAILPOINT`
+//! (a comma-separated list of names) once, so a test can make a real binary panic in a named
+//! place and check that the process stops with a non-zero exit. Unset, it costs one branch.
+
+use std::sync::OnceLock;
+
+use tokio::sync::mpsc;
+
+/// How a supervised thread ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ThreadEnd {
+    /// Its function returned `Ok`.
+    Finished,
+    /// Its function returned an error.
+    Failed(String),
+    /// It panicked.
+    Panicked,
+}
+
+/// One thread's end, by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ended {
+    /// The thread's name.
+    pub name: String,
+    /// How.
+    pub end: ThreadEnd,
+}
+
+/// Reports a thread's end when dropped, panicking or not.
+struct EndGuard {
+    name: String,
+    end: Option<ThreadEnd>,
+    tx: mpsc::UnboundedSender<Ended>,
+}
+
+impl Drop for EndGuard {
+    fn drop(&mut self) {
+        let end = if std::thread::panicking() {
+            ThreadEnd::Panicked
+        } else {
+            self.end.take().unwrap_or(ThreadEnd::Panicked)
+        };
+        let _ = self.tx.send(Ended { name: std::mem::take(&mut self.name), end });
+    }
+}
+
+/// Where supervised threads report.
+#[derive(Debug)]
+pub struct Supervisor {
+    tx: mpsc::UnboundedSender<Ended>,
+    rx: mpsc::UnboundedReceiver<Ended>,
+}
+
+impl Default for Supervisor {
+    fn default() -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        Self { tx, rx }
+    }
+}
+
+impl Supervisor {
+    /// Spawns `f` on a named thread whose end will be reported.
+    pub fn spawn<E: std::fmt::Display>(
+        &self,
+        name: String,
+        f: impl FnOnce() -> Result<(), E> + Send + 'static,
+    ) -> std::io::Result<std::thread::JoinHandle<()>> {
+        let tx = self.tx.clone();
+        std::thread::Builder::new().name(name.clone()).spawn(move || {
+            let mut guard = EndGuard { name, end: None, tx };
+            guard.end = Some(match f() {
+                Ok(()) => ThreadEnd::Finished,
+                Err(err) => ThreadEnd::Failed(err.to_string()),
+            });
+        })
+    }
+
+    /// The next thread to end (waits). `None` only if every sender is gone.
+    pub async fn next_end(&mut self) -> Option<Ended> {
+        self.rx.recv().await
+    }
+
+    /// Ends reported so far, without waiting.
+    pub fn ended(&mut self) -> Vec<Ended> {
+        std::iter::from_fn(|| self.rx.try_recv().ok()).collect()
+    }
+}
+
+/// True if the fault named `name` is switched on in `SHAKE_FAILPOINT` (tests only).
+pub fn failpoint(name: &str) -> bool {
+    static ON: OnceLock<Vec<String>> = OnceLock::new();
+    ON.get_or_init(|| {
+        std::env::var("SHAKE_FAILPOINT")
+            .map(|v| v.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect())
+            .unwrap_or_default()
+    })
+    .iter()
+    .any(|on| on == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_end_is_reported_with_how() {
+        let mut supervisor = Supervisor::default();
+        let handles = vec![
+            supervisor.spawn("fine".into(), || Ok::<(), String>(())).unwrap(),
+            supervisor.spawn("failed".into(), || Err::<(), String>("no socket".into())).unwrap(),
+            supervisor
+                .spawn("panicked".into(), || -> Result<(), String> { panic!("a bug") })
+                .unwrap(),
+        ];
+        for handle in handles {
+            let _ = handle.join();
+        }
+        let mut ended = supervisor.ended();
+        ended.sort_by(|a, b| a.name.cmp(&b.name));
+        assert_eq!(
+            ended,
+            vec![
+                Ended { name: "failed".into(), end: ThreadEnd::Failed("no socket".into()) },
+                Ended { name: "fine".into(), end: ThreadEnd::Finished },
+                Ended { name: "panicked".into(), end: ThreadEnd::Panicked },
+            ]
+        );
+    }
+}
