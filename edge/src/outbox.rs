@@ -10,6 +10,11 @@ use std::collections::VecDeque;
 use bytes::Bytes;
 use tokio::sync::Notify;
 
+/// Frames one outbox holds at most: far more than a phone is ever sent between two reads of
+/// its control stream (an award or two, a round notice); only a phone that stopped reading
+/// fills it.
+pub const OUTBOX_FRAMES: usize = 64;
+
 /// One phone's outbox.
 #[derive(Debug, Default)]
 pub struct Outbox {
@@ -18,11 +23,18 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    /// Queues a frame and wakes the session.
-    pub fn push(&self, frame: Bytes) {
-        self.frames.borrow_mut().push_back(frame);
+    /// Queues a frame and wakes the session. `false` (and the frame dropped) when the outbox
+    /// already holds [`OUTBOX_FRAMES`]: the caller counts it. A dropped award stays undelivered
+    /// in the ledger.
+    pub fn push(&self, frame: Bytes) -> bool {
+        let mut frames = self.frames.borrow_mut();
+        if frames.len() >= OUTBOX_FRAMES {
+            return false;
+        }
+        frames.push_back(frame);
         // Stores a permit if the session is not waiting right now, so no wake-up is lost.
         self.ready.notify_one();
+        true
     }
 
     /// The next frame, waiting for one if none is queued.
@@ -55,8 +67,8 @@ mod tests {
     #[tokio::test]
     async fn frames_come_out_in_order_and_a_waiting_session_is_woken() {
         let outbox = Rc::new(Outbox::default());
-        outbox.push(Bytes::from_static(b"a"));
-        outbox.push(Bytes::from_static(b"b"));
+        assert!(outbox.push(Bytes::from_static(b"a")));
+        assert!(outbox.push(Bytes::from_static(b"b")));
         assert_eq!(outbox.len(), 2);
         assert_eq!(outbox.next().await, Bytes::from_static(b"a"));
         assert_eq!(outbox.next().await, Bytes::from_static(b"b"));
@@ -69,17 +81,27 @@ mod tests {
                     tokio::task::spawn_local(async move { outbox.next().await })
                 };
                 tokio::task::yield_now().await;
-                outbox.push(Bytes::from_static(b"c"));
+                assert!(outbox.push(Bytes::from_static(b"c")));
                 let got = tokio::time::timeout(Duration::from_secs(1), waiter).await;
                 assert_eq!(got.unwrap().unwrap(), Bytes::from_static(b"c"));
             })
             .await;
     }
 
+    #[test]
+    fn a_phone_that_stops_reading_fills_its_outbox_and_no_more() {
+        let outbox = Outbox::default();
+        for _ in 0..OUTBOX_FRAMES {
+            assert!(outbox.push(Bytes::from_static(b"f")));
+        }
+        assert!(!outbox.push(Bytes::from_static(b"one too many")));
+        assert_eq!(outbox.len(), OUTBOX_FRAMES);
+    }
+
     #[tokio::test]
     async fn a_push_before_anyone_waits_is_not_lost() {
         let outbox = Outbox::default();
-        outbox.push(Bytes::from_static(b"x"));
+        assert!(outbox.push(Bytes::from_static(b"x")));
         let got = tokio::time::timeout(Duration::from_secs(1), outbox.next()).await;
         assert_eq!(got.unwrap(), Bytes::from_static(b"x"));
     }

@@ -81,6 +81,7 @@ struct PhoneExt {
 struct ShellCounts {
     malformed_datagrams: u64,
     shakes_before_welcome: u64,
+    broadcasts_dropped: u64,
 }
 
 struct WorkerState {
@@ -97,8 +98,11 @@ struct WorkerState {
     uplink_ready: Rc<Notify>,
     /// Woken when a batch is answered or a phone leaves (what a drain waits for).
     progress: Rc<Notify>,
-    /// Broadcasts for the [`broadcaster`] task, one at a time, in order.
-    broadcasts: mpsc::UnboundedSender<Broadcast>,
+    /// Broadcasts for the [`broadcaster`] task, one at a time, in order (at most
+    /// [`BROADCASTS_QUEUED`] waiting).
+    broadcasts: mpsc::Sender<Broadcast>,
+    /// Frames dropped because a phone's outbox was full (shared with the broadcaster).
+    outbox_full: Rc<std::cell::Cell<u64>>,
 }
 
 /// A control frame for every phone a worker had when it was sent.
@@ -141,8 +145,10 @@ impl WorkerState {
             match effect {
                 PhoneEffect::ToPhone(at, frame) => {
                     let bytes = self.control_frame(&frame);
-                    if let Some(phone) = self.core.phones().get(at) {
-                        phone.ext.control.push(bytes);
+                    if let Some(phone) = self.core.phones().get(at)
+                        && !phone.ext.control.push(bytes)
+                    {
+                        self.outbox_full.set(self.outbox_full.get() + 1);
                     }
                 }
                 PhoneEffect::Broadcast(frame) => self.broadcast(&frame),
@@ -155,7 +161,11 @@ impl WorkerState {
         let bytes = self.control_frame(frame);
         let outboxes: Vec<Rc<Outbox>> =
             self.core.phones().iter().map(|p| p.ext.control.clone()).collect();
-        let _ = self.broadcasts.send((outboxes, bytes));
+        if self.broadcasts.try_send((outboxes, bytes)).is_err() {
+            // Only an allocator flooding round states gets here.
+            self.counts.broadcasts_dropped += 1;
+            tracing::error!(worker = self.id, "broadcast queue full: a round notice was dropped");
+        }
     }
 }
 
@@ -203,6 +213,9 @@ impl TaskWatch {
     }
 }
 
+/// Broadcasts waiting for the broadcaster at most (each holds the worker's phone list).
+const BROADCASTS_QUEUED: usize = 64;
+
 /// Phones a broadcast reaches before it lets the worker's other tasks run.
 const BROADCAST_CHUNK: usize = 256;
 
@@ -212,11 +225,16 @@ const BROADCAST_CHUNK: usize = 256;
 /// round opening) waited behind them: an estimated 300 ms at 30 us per message
 /// (docs/PERFORMANCE.md). One task for all broadcasts keeps their order for every phone (two
 /// tasks yielding in turn do not: tokio may resume them in either order).
-async fn broadcaster(mut broadcasts: mpsc::UnboundedReceiver<Broadcast>) {
+async fn broadcaster(
+    mut broadcasts: mpsc::Receiver<Broadcast>,
+    outbox_full: Rc<std::cell::Cell<u64>>,
+) {
     while let Some((outboxes, frame)) = broadcasts.recv().await {
         for chunk in outboxes.chunks(BROADCAST_CHUNK) {
             for outbox in chunk {
-                outbox.push(frame.clone());
+                if !outbox.push(frame.clone()) {
+                    outbox_full.set(outbox_full.get() + 1);
+                }
             }
             tokio::task::yield_now().await;
         }
@@ -256,7 +274,8 @@ pub fn run(
             shared.awards.clone(),
             shared.now_us(),
         );
-        let (broadcasts_tx, broadcasts_rx) = mpsc::unbounded_channel();
+        let (broadcasts_tx, broadcasts_rx) = mpsc::channel(BROADCASTS_QUEUED);
+        let outbox_full = Rc::new(std::cell::Cell::new(0));
         let state: State = Rc::new(RefCell::new(WorkerState {
             id,
             core,
@@ -275,9 +294,10 @@ pub fn run(
             uplink_ready: Rc::new(Notify::new()),
             progress: Rc::new(Notify::new()),
             broadcasts: broadcasts_tx,
+            outbox_full: outbox_full.clone(),
         }));
         let tasks = TaskWatch::default();
-        tasks.spawn(broadcaster(broadcasts_rx));
+        tasks.spawn(broadcaster(broadcasts_rx, outbox_full));
         tasks.spawn(uplink(state.clone(), shared.clone(), allocator));
         tasks.spawn(flush_by_age(state.clone(), shared.clone()));
         tasks.spawn(housekeeping(state.clone(), shared.clone()));
@@ -781,6 +801,8 @@ fn publish(s: &mut WorkerState, shared: &Shared) {
     let shell = std::mem::take(&mut s.counts);
     EdgeMetrics::add(&metrics.drops, "reason", "malformed_datagram", shell.malformed_datagrams);
     EdgeMetrics::add(&metrics.drops, "reason", "shake_before_welcome", shell.shakes_before_welcome);
+    EdgeMetrics::add(&metrics.drops, "reason", "broadcast_queue_full", shell.broadcasts_dropped);
+    EdgeMetrics::add(&metrics.drops, "reason", "outbox_full", s.outbox_full.take());
     // Each worker adds its own change, so the gauge is the whole edge's sum.
     let in_flight = s.core.uplink().in_flight() as i64;
     metrics.in_flight_batches.inc_by(in_flight - s.in_flight_published);
@@ -868,14 +890,14 @@ mod tests {
     async fn paced_broadcasts_reach_every_phone_once_and_keep_their_order() {
         let outboxes: Vec<Rc<Outbox>> =
             (0..BROADCAST_CHUNK * 3 + 7).map(|_| Rc::new(Outbox::default())).collect();
-        let (tx, rx) = mpsc::unbounded_channel();
-        tx.send((outboxes.clone(), Bytes::from_static(b"open"))).unwrap();
-        tx.send((outboxes.clone(), Bytes::from_static(b"close"))).unwrap();
+        let (tx, rx) = mpsc::channel(BROADCASTS_QUEUED);
+        tx.try_send((outboxes.clone(), Bytes::from_static(b"open"))).unwrap();
+        tx.try_send((outboxes.clone(), Bytes::from_static(b"close"))).unwrap();
         drop(tx);
         let local = tokio::task::LocalSet::new();
         local
             .run_until(async {
-                let task = tokio::task::spawn_local(broadcaster(rx));
+                let task = tokio::task::spawn_local(broadcaster(rx, Rc::default()));
                 // Other tasks run between chunks: this one gets in before the first broadcast
                 // is done with every phone.
                 tokio::task::yield_now().await;
