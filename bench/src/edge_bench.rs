@@ -177,6 +177,8 @@ pub struct EdgeFigures {
     pub edge: Measured,
     /// Bare quinn datagram echo.
     pub quinn_echo: Measured,
+    /// The same echo on `shake-loop`.
+    pub loop_echo: Measured,
     /// One stream per shake.
     pub naive_stream: Measured,
     /// The UDP floor.
@@ -187,6 +189,11 @@ impl EdgeFigures {
     /// Edge CPU per shake over quinn echo CPU per message (goal: at most 1).
     pub fn cpu_ratio_vs_quinn_echo(&self) -> f64 {
         ratio(self.edge.cpu_us_per_message(), self.quinn_echo.cpu_us_per_message())
+    }
+
+    /// The loop's echo CPU per message over quinn's.
+    pub fn loop_ratio_vs_quinn_echo(&self) -> f64 {
+        ratio(self.loop_echo.cpu_us_per_message(), self.quinn_echo.cpu_us_per_message())
     }
 
     /// Edge shakes per busy core over floor pairs per busy core (goal: at least 0.5).
@@ -201,8 +208,9 @@ pub fn run(load: &LoadOptions) -> anyhow::Result<EdgeFigures> {
     let floor = floor::run(load.server_core, load.client_core, Duration::from_secs(3), 256)?;
     let edge = measure_edge(load)?;
     let quinn_echo = measure_echo(EchoMode::Datagram, load)?;
+    let loop_echo = measure_echo(EchoMode::LoopDatagram, load)?;
     let naive_stream = measure_echo(EchoMode::StreamPerMessage, load)?;
-    Ok(EdgeFigures { edge, quinn_echo, naive_stream, floor })
+    Ok(EdgeFigures { edge, quinn_echo, loop_echo, naive_stream, floor })
 }
 
 /// The readable table and the JSON figures of an `edge` run.
@@ -234,6 +242,7 @@ pub fn table_and_figures(
     for (name, m) in [
         ("shake-edge (+ allocator)", &f.edge),
         ("quinn datagram echo", &f.quinn_echo),
+        ("shake-loop datagram echo", &f.loop_echo),
         ("naive: stream per shake", &f.naive_stream),
     ] {
         table += &row(name, m);
@@ -260,6 +269,9 @@ pub fn table_and_figures(
         "window_s": load.measure_s,
         "edge_cpu_us_per_shake": round2(f.edge.cpu_us_per_message()),
         "quinn_echo_cpu_us_per_msg": round2(f.quinn_echo.cpu_us_per_message()),
+        "loop_echo_cpu_us_per_msg": round2(f.loop_echo.cpu_us_per_message()),
+        "loop_echo_max_msgs_per_s": f.loop_echo.max_per_busy_core().round(),
+        "loop_echo_ratio_vs_quinn_echo": round2(f.loop_ratio_vs_quinn_echo()),
         "naive_stream_cpu_us_per_msg": round2(f.naive_stream.cpu_us_per_message()),
         "floor_cpu_us_per_pair": round2(f.floor.cpu_us_per_pair()),
         "edge_max_shakes_per_s": f.edge.max_per_busy_core().round(),
@@ -290,6 +302,7 @@ mod tests {
         let figures = EdgeFigures {
             edge: measured(100_000, 1_000_000),       // 10 us per shake
             quinn_echo: measured(100_000, 2_000_000), // 20 us per message
+            loop_echo: measured(100_000, 1_500_000),
             naive_stream: measured(100_000, 8_000_000),
             floor: FloorFigures { pairs: 1_000_000, seconds: 1.0, server_cpu_us: 2_000_000 }, // 2 us
         };
@@ -309,6 +322,8 @@ mod tests {
         assert_eq!(json["edge_cpu_us_per_shake"], 10.0);
         assert_eq!(json["floor_max_pairs_per_s"], 500_000.0);
         assert_eq!(json["cpu_ratio_vs_quinn_echo"], 0.5);
+        assert_eq!(json["loop_echo_ratio_vs_quinn_echo"], 0.75);
+        assert!(table.contains("shake-loop datagram echo"), "{table}");
         assert_eq!(json["goals_met"], false);
     }
 

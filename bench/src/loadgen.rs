@@ -79,7 +79,9 @@ pub async fn run(
             counters.connected.fetch_add(1, Ordering::Relaxed);
             let first = Instant::now() + phase;
             match mode {
-                EchoMode::Datagram => datagrams(conn, first, interval, end, &counters).await,
+                EchoMode::Datagram | EchoMode::LoopDatagram => {
+                    datagrams(conn, first, interval, end, &counters).await
+                }
                 EchoMode::StreamPerMessage => streams(conn, first, interval, end, &counters).await,
             }
         });

@@ -1,0 +1,173 @@
+//! The I/O driver: one thread, one UDP socket, one [`Engine`]. Each turn waits for datagrams,
+//! the next deadline or a wake-up from another thread, then receives a batch, lets the engine
+//! route it (the handler answers inline), fires due timers, lets the [`Shell`] act on what
+//! came from outside the loop, flushes every touched connection and sends the lot with
+//! `sendmmsg`.
+//!
+//! The driver measures its own busy share: time between waking and going back to wait, over
+//! wall time. It is the loop's load, cheap to read, and what overload control watches.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+
+use crate::engine::{Engine, Handler};
+use crate::udp::{self, BATCH, RecvBatch, Waker};
+
+/// What the shell says after its turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Keep going.
+    Continue,
+    /// Flush what is queued and stop.
+    Stop,
+}
+
+/// The application around a loop: the handler of connection events, plus what comes from
+/// outside the loop (other threads, its own timers).
+pub trait Shell: Handler {
+    /// Once a turn, after the datagrams and timers: act on connections for outside inputs
+    /// (through [`Engine::with_connection`]) and say whether to go on.
+    fn turn(&mut self, now: Instant, engine: &mut Engine) -> Flow;
+    /// The shell's own next deadline, if any (the loop wakes for it).
+    fn deadline(&self) -> Option<Instant>;
+}
+
+/// Counters of one driver.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DriverStats {
+    /// Turns of the loop.
+    pub turns: u64,
+    /// `recvmmsg` calls that returned datagrams.
+    pub recv_calls: u64,
+    /// Datagrams received.
+    pub datagrams_in: u64,
+    /// `sendmmsg` rounds.
+    pub send_calls: u64,
+    /// Datagrams sent.
+    pub datagrams_out: u64,
+    /// Datagrams the kernel refused to send (dropped, as lost packets).
+    pub send_failures: u64,
+    /// Time spent working (not waiting), microseconds.
+    pub busy_us: u64,
+    /// Time spent in all, microseconds.
+    pub wall_us: u64,
+}
+
+impl DriverStats {
+    /// Share of the time spent working, 0 to 1.
+    pub fn busy_share(&self) -> f64 {
+        if self.wall_us == 0 { 0.0 } else { self.busy_us as f64 / self.wall_us as f64 }
+    }
+}
+
+/// Most receive batches taken in one turn before timers and sends get their go.
+const BATCHES_PER_TURN: usize = 4;
+
+/// One socket's loop.
+#[derive(Debug)]
+pub struct Driver {
+    socket: UdpSocket,
+    recv: RecvBatch,
+    received: Vec<(SocketAddr, BytesMut)>,
+    pending: Vec<(SocketAddr, std::ops::Range<usize>)>,
+    waker: Arc<Waker>,
+    stats: DriverStats,
+}
+
+impl Driver {
+    /// A driver over `socket` (made non-blocking here).
+    pub fn new(socket: UdpSocket) -> std::io::Result<Self> {
+        socket.set_nonblocking(true)?;
+        Ok(Self {
+            socket,
+            recv: RecvBatch::default(),
+            received: Vec::with_capacity(BATCH),
+            pending: Vec::with_capacity(BATCH),
+            waker: Arc::new(Waker::new()?),
+            stats: DriverStats::default(),
+        })
+    }
+
+    /// The socket's local address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    /// Wakes the loop from another thread.
+    pub fn waker(&self) -> Arc<Waker> {
+        self.waker.clone()
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> DriverStats {
+        self.stats
+    }
+
+    /// Runs until the shell says stop (then flushes once more).
+    pub fn run(&mut self, engine: &mut Engine, shell: &mut impl Shell) -> std::io::Result<()> {
+        let started = Instant::now();
+        let mut woke = started;
+        loop {
+            let stop = self.turn(engine, shell, woke)?;
+            let now = Instant::now();
+            self.stats.busy_us += now.duration_since(woke).as_micros() as u64;
+            self.stats.wall_us = now.duration_since(started).as_micros() as u64;
+            if stop {
+                return Ok(());
+            }
+            let deadline = [engine.next_timeout(), shell.deadline()].into_iter().flatten().min();
+            let timeout = deadline.map(|at| at.saturating_duration_since(now));
+            if timeout != Some(Duration::ZERO) {
+                let want_write = !engine.transmits().is_empty();
+                udp::wait(&self.socket, &self.waker, want_write, timeout)?;
+            }
+            woke = Instant::now();
+        }
+    }
+
+    /// One turn: receive, timers, the shell, flush, send. True when the shell said stop.
+    fn turn(
+        &mut self,
+        engine: &mut Engine,
+        shell: &mut impl Shell,
+        now: Instant,
+    ) -> std::io::Result<bool> {
+        self.stats.turns += 1;
+        self.waker.clear();
+        for _ in 0..BATCHES_PER_TURN {
+            let n = self.recv.recv(&self.socket, &mut self.received)?;
+            if n > 0 {
+                self.stats.recv_calls += 1;
+                self.stats.datagrams_in += n as u64;
+            }
+            for (from, datagram) in self.received.drain(..) {
+                engine.handle_datagram(now, from, None, None, datagram, shell);
+            }
+            if n < BATCH {
+                break;
+            }
+        }
+        engine.handle_timeouts(now, shell);
+        let flow = shell.turn(now, engine);
+        engine.flush(now);
+        self.send(engine);
+        Ok(flow == Flow::Stop)
+    }
+
+    fn send(&mut self, engine: &mut Engine) {
+        let transmits = engine.transmits();
+        if transmits.is_empty() {
+            return;
+        }
+        self.pending.clear();
+        self.pending.extend(transmits.datagrams.iter().map(|d| (d.destination, d.range.clone())));
+        let sent = udp::send(&self.socket, &transmits.data, &self.pending);
+        self.stats.send_calls += 1;
+        self.stats.datagrams_out += (sent.taken - sent.failed) as u64;
+        self.stats.send_failures += sent.failed as u64;
+        transmits.consume(sent.taken);
+    }
+}

@@ -1,0 +1,315 @@
+//! The loop's system calls: batched UDP receive and send (`recvmmsg`, `sendmmsg`), waiting on
+//! the socket and a wake-up (`ppoll`), and the wake-up itself (an `eventfd`).
+//!
+//! `unsafe` is allowed in this module only, because each of these is a libc call. Every call
+//! gets buffers that live across it, with the lengths of those buffers; addresses are
+//! `sockaddr_storage` (room for IPv4 and IPv6) converted by `socket2`'s `SockAddr`, never by
+//! hand; every return value is checked and a failure becomes an `io::Error`.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+use bytes::BytesMut;
+
+/// Datagrams moved by one batched call.
+pub const BATCH: usize = 64;
+/// Largest datagram received (QUIC's datagrams are at most the path MTU, 1,500 on Ethernet;
+/// a bigger one is truncated and QUIC drops it).
+pub const SLOT: usize = 1_500;
+
+/// Receives up to [`BATCH`] datagrams per call into one arena.
+///
+/// Each received datagram is handed out as its own `BytesMut` split off the arena, so no
+/// datagram is copied; once every datagram of a batch has been dropped (quinn-proto keeps a
+/// datagram only while its frames are read), the next `reserve` reuses the same allocation.
+pub struct RecvBatch {
+    arena: BytesMut,
+    addrs: Vec<libc::sockaddr_storage>,
+}
+
+impl std::fmt::Debug for RecvBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecvBatch").finish_non_exhaustive()
+    }
+}
+
+impl Default for RecvBatch {
+    fn default() -> Self {
+        // SAFETY: sockaddr_storage and mmsghdr are plain data; all-zero is a valid value.
+        let zero_addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        Self { arena: BytesMut::with_capacity(BATCH * SLOT), addrs: vec![zero_addr; BATCH] }
+    }
+}
+
+impl RecvBatch {
+    /// Receives what is queued on `socket` without waiting: up to [`BATCH`] datagrams, each
+    /// with its sender, appended to `out`. Returns how many (0 when none is queued).
+    pub fn recv(
+        &mut self,
+        socket: &UdpSocket,
+        out: &mut Vec<(SocketAddr, BytesMut)>,
+    ) -> io::Result<usize> {
+        self.arena.reserve(BATCH * SLOT);
+        let base = self.arena.spare_capacity_mut().as_mut_ptr().cast::<u8>();
+        // The headers and iovecs point into `self`: built on the stack for each call, so the
+        // batch holds no raw pointer between calls (and can move to another thread).
+        // SAFETY: mmsghdr is plain data; all-zero is a valid value.
+        let mut headers: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+        let mut iovs = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; BATCH];
+        for (i, ((iov, header), addr)) in
+            iovs.iter_mut().zip(&mut headers).zip(&mut self.addrs).enumerate()
+        {
+            // SAFETY: `reserve` guaranteed BATCH * SLOT bytes of spare capacity after `base`.
+            iov.iov_base = unsafe { base.add(i * SLOT) }.cast();
+            iov.iov_len = SLOT;
+            header.msg_hdr.msg_name = (addr as *mut libc::sockaddr_storage).cast();
+            header.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            header.msg_hdr.msg_iov = iov;
+            header.msg_hdr.msg_iovlen = 1;
+            header.msg_hdr.msg_control = std::ptr::null_mut();
+            header.msg_hdr.msg_controllen = 0;
+            header.msg_hdr.msg_flags = 0;
+        }
+        // SAFETY: every header points at an iovec on this stack frame, an address in `self` and
+        // a slot of the arena's spare capacity, all alive across the call; the lengths are
+        // theirs.
+        let n = unsafe {
+            libc::recvmmsg(
+                socket.as_raw_fd(),
+                headers.as_mut_ptr(),
+                BATCH as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            return match err.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(0),
+                _ => Err(err),
+            };
+        }
+        let n = n as usize;
+        // SAFETY: the kernel wrote datagram i into slot i; the slots up to the last one
+        // received are initialised (gaps between a short datagram and the next slot hold bytes
+        // the kernel did not write, but they are split off and never read).
+        unsafe { self.arena.set_len(n * SLOT) };
+        for (header, addr) in headers.iter().zip(&self.addrs).take(n) {
+            let mut slot = self.arena.split_to(SLOT);
+            slot.truncate((header.msg_len as usize).min(SLOT));
+            let len = header.msg_hdr.msg_namelen;
+            let mut storage = socket2::SockAddrStorage::zeroed();
+            // SAFETY: sockaddr_storage is this platform's own storage type; the kernel filled
+            // `addr` with `len` bytes of a socket address.
+            let from = unsafe {
+                *storage.view_as::<libc::sockaddr_storage>() = *addr;
+                socket2::SockAddr::new(storage, len)
+            };
+            if let Some(from) = from.as_socket() {
+                out.push((from, slot));
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// What one [`send`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sent {
+    /// Datagrams done with, from the front: sent, or failed and dropped.
+    pub taken: usize,
+    /// Of those, the ones the kernel refused (an unreachable address, say): dropped, as a
+    /// lost packet would be.
+    pub failed: usize,
+}
+
+/// Sends `datagrams` (each a destination and a byte range of `data`), as many as the socket
+/// takes now, in batches of up to [`BATCH`]. What is not taken stays for later (the socket's
+/// buffer was full).
+pub fn send(
+    socket: &UdpSocket,
+    data: &[u8],
+    datagrams: &[(SocketAddr, std::ops::Range<usize>)],
+) -> Sent {
+    let mut done = Sent::default();
+    // SAFETY: mmsghdr is plain data; all-zero is a valid value.
+    let mut headers: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+    let mut iovs = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; BATCH];
+    let mut addrs: Vec<socket2::SockAddr> = Vec::with_capacity(BATCH);
+    while done.taken < datagrams.len() {
+        let chunk = &datagrams[done.taken..datagrams.len().min(done.taken + BATCH)];
+        addrs.clear();
+        addrs.extend(chunk.iter().map(|(to, _)| socket2::SockAddr::from(*to)));
+        for (i, ((_, range), addr)) in chunk.iter().zip(&addrs).enumerate() {
+            let bytes = &data[range.clone()];
+            iovs[i] =
+                libc::iovec { iov_base: bytes.as_ptr().cast_mut().cast(), iov_len: bytes.len() };
+            headers[i].msg_hdr.msg_name = addr.as_ptr().cast_mut().cast();
+            headers[i].msg_hdr.msg_namelen = addr.len();
+            headers[i].msg_hdr.msg_iov = &mut iovs[i];
+            headers[i].msg_hdr.msg_iovlen = 1;
+        }
+        // SAFETY: the first `chunk.len()` headers point at iovecs over `data` and at addresses
+        // in `addrs`, all alive across the call; the kernel only reads them.
+        let n = unsafe {
+            libc::sendmmsg(
+                socket.as_raw_fd(),
+                headers.as_mut_ptr(),
+                chunk.len() as libc::c_uint,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n < 0 {
+            match io::Error::last_os_error().kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => return done,
+                // The first datagram of the chunk was refused: drop it and go on.
+                _ => {
+                    done.taken += 1;
+                    done.failed += 1;
+                    continue;
+                }
+            }
+        }
+        done.taken += n as usize;
+        if (n as usize) < chunk.len() {
+            // The next one would block, or fail: the next call finds out which.
+            return done;
+        }
+    }
+    done
+}
+
+/// A wake-up another thread can give the loop (an `eventfd`).
+#[derive(Debug)]
+pub struct Waker {
+    fd: OwnedFd,
+}
+
+impl Waker {
+    /// A new wake-up, not set.
+    pub fn new() -> io::Result<Self> {
+        // SAFETY: eventfd takes plain integers and returns a new descriptor or -1.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just returned by eventfd and is owned by nobody else.
+        Ok(Self { fd: unsafe { OwnedFd::from_raw_fd(fd) } })
+    }
+
+    /// Wakes the loop (any number of calls before it wakes count as one).
+    pub fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to our own eventfd.
+        let _ = unsafe { libc::write(self.fd.as_raw_fd(), (&raw const one).cast(), 8) };
+    }
+
+    /// Clears it (the loop calls this when it wakes).
+    pub fn clear(&self) {
+        let mut value: u64 = 0;
+        // SAFETY: reads 8 bytes into a live u64 from our own non-blocking eventfd.
+        let _ = unsafe { libc::read(self.fd.as_raw_fd(), (&raw mut value).cast(), 8) };
+    }
+
+    fn raw(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+/// What woke a [`wait`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Ready {
+    /// The socket has datagrams.
+    pub readable: bool,
+    /// The socket can take datagrams (asked for only when sends are pending).
+    pub writable: bool,
+    /// The waker was set.
+    pub woken: bool,
+}
+
+/// Waits until the socket is readable (or writable, if `want_write`), the waker is set, or
+/// `timeout` passes (`None`: no limit). Nanosecond resolution, unlike `poll`'s milliseconds.
+pub fn wait(
+    socket: &UdpSocket,
+    waker: &Waker,
+    want_write: bool,
+    timeout: Option<Duration>,
+) -> io::Result<Ready> {
+    let mut events = libc::POLLIN;
+    if want_write {
+        events |= libc::POLLOUT;
+    }
+    let mut fds = [
+        libc::pollfd { fd: socket.as_raw_fd(), events, revents: 0 },
+        libc::pollfd { fd: waker.raw(), events: libc::POLLIN, revents: 0 },
+    ];
+    let spec = timeout.map(|t| libc::timespec {
+        tv_sec: t.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_nsec: libc::c_long::from(t.subsec_nanos() as i32),
+    });
+    let spec_ptr = spec.as_ref().map_or(std::ptr::null(), |s| s as *const libc::timespec);
+    // SAFETY: `fds` and `spec` live across the call; the count matches `fds`.
+    let rc = unsafe { libc::ppoll(fds.as_mut_ptr(), 2, spec_ptr, std::ptr::null()) };
+    if rc < 0 {
+        let err = io::Error::last_os_error();
+        return if err.kind() == io::ErrorKind::Interrupted {
+            Ok(Ready::default())
+        } else {
+            Err(err)
+        };
+    }
+    Ok(Ready {
+        readable: fds[0].revents & (libc::POLLIN | libc::POLLERR) != 0,
+        writable: fds[0].revents & libc::POLLOUT != 0,
+        woken: fds[1].revents & libc::POLLIN != 0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn datagrams_cross_loopback_in_batches_with_their_senders() {
+        for (a, b) in [("127.0.0.1:0", "127.0.0.1:0"), ("[::1]:0", "[::1]:0")] {
+            let (Ok(a), Ok(b)) = (UdpSocket::bind(a), UdpSocket::bind(b)) else {
+                continue; // no IPv6 on this machine
+            };
+            let to = b.local_addr().unwrap();
+            let data: Vec<u8> = (0..10u8).flat_map(|i| [i; 40]).collect();
+            let datagrams: Vec<_> = (0..10).map(|i| (to, i * 40..(i + 1) * 40)).collect();
+            assert_eq!(send(&a, &data, &datagrams), Sent { taken: 10, failed: 0 });
+            let waker = Waker::new().unwrap();
+            let mut batch = RecvBatch::default();
+            let mut got = Vec::new();
+            while got.len() < 10 {
+                let ready = wait(&b, &waker, false, Some(Duration::from_secs(2))).unwrap();
+                assert!(ready.readable, "datagrams arrive");
+                batch.recv(&b, &mut got).unwrap();
+            }
+            for (i, (from, bytes)) in got.iter().enumerate() {
+                assert_eq!(*from, a.local_addr().unwrap());
+                assert_eq!(&bytes[..], &[i as u8; 40][..]);
+            }
+            // Nothing more queued: a receive returns at once with none.
+            assert_eq!(batch.recv(&b, &mut got).unwrap(), 0);
+        }
+    }
+
+    #[test]
+    fn a_wake_from_another_thread_ends_a_wait() {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let waker = std::sync::Arc::new(Waker::new().unwrap());
+        let other = waker.clone();
+        let thread = std::thread::spawn(move || other.wake());
+        let ready = wait(&socket, &waker, false, Some(Duration::from_secs(5))).unwrap();
+        thread.join().unwrap();
+        assert!(ready.woken && !ready.readable);
+        waker.clear();
+        let ready = wait(&socket, &waker, false, Some(Duration::from_millis(10))).unwrap();
+        assert_eq!(ready, Ready::default(), "cleared, and the timeout ends the wait");
+    }
+}

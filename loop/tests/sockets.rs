@@ -1,0 +1,109 @@
+//! The driver on a real loopback socket, against a client from a different driver (quinn on
+//! tokio): handshakes, datagram echoes, many connections, and a stop from another thread.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use quinn_proto::{Connection, ConnectionHandle, EndpointConfig, Incoming, ServerConfig};
+use shake_loop::cid::WorkerCids;
+use shake_loop::driver::DriverStats;
+use shake_loop::{AppEvent, Driver, Engine, Flow, Handler, IncomingDecision, Shell};
+
+struct EchoShell {
+    stop: Arc<AtomicBool>,
+    echoed: u64,
+}
+
+impl Handler for EchoShell {
+    fn incoming(&mut self, _now: Instant, _incoming: &Incoming) -> IncomingDecision {
+        IncomingDecision::Accept
+    }
+
+    fn event(
+        &mut self,
+        _now: Instant,
+        _ch: ConnectionHandle,
+        conn: &mut Connection,
+        event: AppEvent,
+    ) {
+        if let AppEvent::DatagramReceived = event {
+            while let Some(datagram) = conn.datagrams().recv() {
+                self.echoed += 1;
+                let _ = conn.datagrams().send(datagram, true);
+            }
+        }
+    }
+}
+
+impl Shell for EchoShell {
+    fn turn(&mut self, _now: Instant, _engine: &mut Engine) -> Flow {
+        if self.stop.load(Ordering::Relaxed) { Flow::Stop } else { Flow::Continue }
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        None
+    }
+}
+
+fn tls() -> (ServerConfig, quinn::ClientConfig) {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let chain = vec![cert.cert.der().clone()];
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+    let server = ServerConfig::with_single_cert(chain.clone(), key).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(chain[0].clone()).unwrap();
+    let client = quinn::ClientConfig::with_root_certificates(Arc::new(roots)).unwrap();
+    (server, client)
+}
+
+#[test]
+fn a_quinn_client_is_served_by_the_loop_and_the_loop_stops_on_request() {
+    let (server, client_config) = tls();
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut driver = Driver::new(socket).unwrap();
+    let addr: SocketAddr = driver.local_addr().unwrap();
+    let waker = driver.waker();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut endpoint = EndpointConfig::default();
+    endpoint.cid_generator(|| Box::new(WorkerCids::new(0)));
+    let mut engine = Engine::new(endpoint, Some(Arc::new(server)));
+    let mut shell = EchoShell { stop: stop.clone(), echoed: 0 };
+    let server = std::thread::spawn(move || {
+        driver.run(&mut engine, &mut shell).unwrap();
+        (driver.stats(), shell.echoed, engine.connections())
+    });
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let received = runtime.block_on(async move {
+        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        endpoint.set_default_client_config(client_config);
+        let mut received = 0;
+        // 20 connections, 25 datagrams each, every echo awaited.
+        for _ in 0..20 {
+            let conn = endpoint.connect(addr, "localhost").unwrap().await.unwrap();
+            for i in 0..25u8 {
+                conn.send_datagram(vec![i; 32].into()).unwrap();
+                let echo = tokio::time::timeout(Duration::from_secs(5), conn.read_datagram())
+                    .await
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(&echo[..], &[i; 32][..]);
+                received += 1;
+            }
+            conn.close(0u32.into(), b"done");
+        }
+        endpoint.wait_idle().await;
+        received
+    });
+    assert_eq!(received, 500);
+    stop.store(true, Ordering::Relaxed);
+    waker.wake();
+    let (stats, echoed, _connections): (DriverStats, u64, usize) = server.join().unwrap();
+    assert_eq!(echoed, 500);
+    assert!(stats.datagrams_in >= 500 && stats.datagrams_out >= 500, "{stats:?}");
+    assert_eq!(stats.send_failures, 0);
+    let busy = stats.busy_share();
+    assert!(busy > 0.0 && busy < 1.0, "busy share {busy}");
+}
