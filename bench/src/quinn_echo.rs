@@ -222,7 +222,7 @@ impl shake_loop::Shell for LoopEcho {
         }
     }
 
-    fn deadline(&self) -> Option<std::time::Instant> {
+    fn deadline(&mut self) -> Option<std::time::Instant> {
         Some(self.next_probe)
     }
 }

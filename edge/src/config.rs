@@ -20,6 +20,11 @@ pub struct EdgeConfig {
     /// one per core.
     #[serde(default)]
     pub workers: usize,
+    /// How workers do their I/O: `loop` (quinn-proto driven from one thread per worker, no task
+    /// per phone; the default) or `quinn` (quinn and tokio, a task per phone; kept as the
+    /// benchmark reference).
+    #[serde(default)]
+    pub io: Io,
     /// Prometheus `/metrics` and `/health`; none to serve neither.
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
@@ -39,6 +44,17 @@ pub struct EdgeConfig {
     /// QUIC transport settings for phones.
     #[serde(default)]
     pub transport: PhoneTransport,
+}
+
+/// How a worker does its I/O.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Io {
+    /// The `shake-loop` event loop.
+    #[default]
+    Loop,
+    /// quinn on tokio, a task per phone.
+    Quinn,
 }
 
 /// The edge's server certificate for phones.

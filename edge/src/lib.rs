@@ -11,11 +11,16 @@
 //! - [`core`]: one worker's state machine: phones, shakes, answers, acknowledgements (sans-IO).
 //! - [`phones`]: a worker's connected phones (a generational slab).
 //! - [`config`]: the TOML configuration and its validation.
-//! - [`worker`]: one worker thread: endpoint, sessions, allocator stream, timers.
+//! - [`event_loop`]: one worker on the `shake-loop` event loop (the default): sessions decided
+//!   inline, no task per phone.
+//! - [`link_pipe`]: an event-loop worker's allocator stream, on the allocator-link thread.
+//! - [`worker`]: one worker on quinn and tokio, a task per phone (`io = "quinn"`, the
+//!   benchmark reference).
 //! - [`service`]: sockets (SO_REUSEPORT), TLS, the allocator link, workers, metrics.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`outbox`]: a phone's queue of control frames (awards, round notices).
 //! - [`sources`]: per-source handshake limits (sans-IO).
+//! - [`handshakes`]: whether an attempt may start its handshake (caps, Retry, sources).
 
 pub mod admission;
 pub mod award_book;
@@ -23,6 +28,9 @@ pub mod batcher;
 pub mod bucket;
 pub mod config;
 pub mod core;
+pub mod event_loop;
+pub mod handshakes;
+pub mod link_pipe;
 pub mod metrics;
 pub mod outbox;
 pub mod phones;

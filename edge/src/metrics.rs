@@ -120,6 +120,26 @@ impl EdgeMetrics {
         }
     }
 
+    /// Adds what a worker's core counted since its last report.
+    pub fn add_core_counts(&self, c: crate::core::Counts) {
+        Self::add(&self.verdicts, "verdict", "no_luck", c.no_luck);
+        Self::add(&self.verdicts, "verdict", "slow_down", c.slow_down);
+        Self::add(&self.verdicts, "verdict", "round_closed", c.round_closed);
+        Self::add(&self.verdicts, "verdict", "forwarded", c.forwarded);
+        Self::add(&self.drops, "reason", "backpressure", c.backpressure);
+        Self::add(&self.awards, "delivery", "written", c.awards_written);
+        Self::add(&self.awards, "delivery", "phone_gone", c.awards_orphaned);
+        Self::add(&self.batch_answers, "outcome", "mismatched", c.answers_mismatched);
+        Self::add(&self.batch_answers, "outcome", "unknown", c.answers_unknown);
+        Self::add(&self.award_acks, "outcome", "accepted", c.acks_accepted);
+        Self::add(&self.award_acks, "outcome", "unknown_award", c.acks_unknown);
+        Self::add(&self.award_acks, "outcome", "wrong_user", c.acks_wrong_user);
+        Self::add(&self.batch_answers, "outcome", "matched", c.answer_rtt_us.len() as u64);
+        for rtt_us in c.answer_rtt_us {
+            self.allocator_rtt_seconds.observe(rtt_us as f64 / 1e6);
+        }
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();

@@ -17,9 +17,10 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::award_book::AwardBook;
-use crate::config::EdgeConfig;
+use crate::config::{EdgeConfig, Io};
 use crate::metrics::EdgeMetrics;
 use crate::worker::{self, Shared};
+use crate::{event_loop, link_pipe};
 
 /// Why the edge could not start.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +69,8 @@ pub struct RunningEdge {
     threads: Vec<std::thread::JoinHandle<()>>,
     link: std::thread::JoinHandle<()>,
     supervisor: Supervisor,
+    /// Event-loop workers' wake-ups: a drain or stop must reach a loop that sleeps.
+    wakers: Vec<Arc<shake_loop::udp::Waker>>,
     drain: CancellationToken,
     stop: CancellationToken,
 }
@@ -76,11 +79,13 @@ impl RunningEdge {
     /// Graceful: stop accepting, `GoAway` to phones, flush and wait for answers (bounded).
     pub fn drain(&self) {
         self.drain.cancel();
+        self.wakers.iter().for_each(|w| w.wake());
     }
 
     /// Fast: close everything now.
     pub fn stop(&self) {
         self.stop.cancel();
+        self.wakers.iter().for_each(|w| w.wake());
     }
 
     /// Waits until a worker ends on its own, which is a failure: workers end only after
@@ -235,8 +240,10 @@ fn spawn_allocator_link(
     client: quinn::ClientConfig,
     stop: CancellationToken,
     metrics: Arc<EdgeMetrics>,
+    pipes: Vec<link_pipe::LinkEnds>,
 ) -> Result<(watch::Receiver<Option<quinn::Connection>>, std::thread::JoinHandle<()>), StartError> {
     let (tx, rx) = watch::channel(None);
+    let pipes_rx = rx.clone();
     let addr = config.allocator.addr;
     let server_name = config.allocator.server_name.clone();
     let bind: SocketAddr = if addr.is_ipv6() { "[::]:0".parse() } else { "0.0.0.0:0".parse() }
@@ -249,6 +256,10 @@ fn spawn_allocator_link(
         .name("allocator-link".into())
         .spawn(move || {
             runtime.block_on(async move {
+                // The event-loop workers' allocator streams live here, beside the connection.
+                for pipe in pipes {
+                    tokio::spawn(link_pipe::run(pipe, pipes_rx.clone(), stop.clone()));
+                }
                 let endpoint = match quinn::Endpoint::client(bind) {
                     Ok(mut endpoint) => {
                         endpoint.set_default_client_config(client);
@@ -313,8 +324,28 @@ pub fn start(config: EdgeConfig) -> Result<RunningEdge, StartError> {
         sockets.push(worker_socket(addr, config.socket_buffer_bytes)?);
     }
 
+    let io = config.io;
+    // Event-loop workers: their drivers (joined so that each hands the others datagrams for
+    // their connections) and their pipes to the allocator link.
+    let mut drivers = Vec::new();
+    if io == Io::Loop {
+        for socket in sockets.drain(..) {
+            drivers.push(
+                shake_loop::Driver::new(socket)
+                    .map_err(|source| StartError::Socket { addr, source })?,
+            );
+        }
+        shake_loop::driver::route_between(&mut drivers);
+    }
+    let wakers: Vec<Arc<shake_loop::udp::Waker>> =
+        drivers.iter().map(shake_loop::Driver::waker).collect();
+    let (loop_ends, link_ends): (Vec<_>, Vec<_>) = wakers
+        .iter()
+        .enumerate()
+        .map(|(id, waker)| link_pipe::pipe(id as u16, waker.clone()))
+        .unzip();
     let (allocator, link_thread) =
-        spawn_allocator_link(&config, client, stop.clone(), metrics.clone())?;
+        spawn_allocator_link(&config, client, stop.clone(), metrics.clone(), link_ends)?;
     let metrics_listen = config.metrics_listen;
     let awards = Arc::new(AwardBook::new(
         config.limits.max_outstanding_awards,
@@ -333,6 +364,7 @@ pub fn start(config: EdgeConfig) -> Result<RunningEdge, StartError> {
     });
     let supervisor = Supervisor::default();
     let mut threads = Vec::new();
+    // quinn workers (the reference path; none when the loop runs).
     for (id, socket) in sockets.into_iter().enumerate() {
         let shared = shared.clone();
         let server = server.clone();
@@ -341,6 +373,27 @@ pub fn start(config: EdgeConfig) -> Result<RunningEdge, StartError> {
             .spawn(format!("edge-worker-{id}"), move || {
                 worker::run(id as u16, workers, socket, server, shared, allocator)
             })
+            .map_err(StartError::Thread)?;
+        threads.push(thread);
+    }
+    // Event-loop workers.
+    let server = Arc::new(server);
+    let reset_key = Arc::new(
+        ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &ring::rand::SystemRandom::new())
+            .map_err(|_| StartError::Quic("no randomness for the reset key".into()))?,
+    );
+    for (id, (driver, link)) in drivers.into_iter().zip(loop_ends).enumerate() {
+        let start = event_loop::LoopStart {
+            id: id as u16,
+            workers,
+            driver,
+            server: server.clone(),
+            reset_key: reset_key.clone(),
+            link,
+        };
+        let shared = shared.clone();
+        let thread = supervisor
+            .spawn(format!("edge-worker-{id}"), move || event_loop::run(start, shared))
             .map_err(StartError::Thread)?;
         threads.push(thread);
     }
@@ -389,6 +442,7 @@ pub fn start(config: EdgeConfig) -> Result<RunningEdge, StartError> {
         threads,
         link: link_thread,
         supervisor,
+        wakers,
         drain,
         stop,
     })

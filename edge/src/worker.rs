@@ -31,10 +31,11 @@ use crate::award_book::AwardBook;
 use crate::bucket::Rate;
 use crate::config::EdgeConfig;
 use crate::core::{self, PhoneEffect, WorkerCore};
+use crate::handshakes::{self, Attempt, HandshakeDecision};
 use crate::metrics::EdgeMetrics;
 use crate::outbox::Outbox;
 use crate::phones::PhoneRef;
-use crate::sources::{SourceLimiter, SourceLimits, SourceVerdict};
+use crate::sources::{SourceLimiter, SourceLimits};
 use crate::uplink::WorkerName;
 
 /// What every worker shares (read-mostly, or per-connection atomics).
@@ -328,39 +329,31 @@ async fn accept(state: State, shared: Arc<Shared>, endpoint: quinn::Endpoint, ta
                 None => return,
             },
         };
-        let metrics = &shared.metrics;
         let source = incoming.remote_address().ip();
-        let in_progress = shared.handshakes.load(Ordering::Relaxed);
-        if in_progress >= l.max_handshakes || shared.phones.load(Ordering::Relaxed) >= l.max_phones
-        {
-            EdgeMetrics::add(&metrics.handshakes, "outcome", "refused", 1);
-            incoming.refuse();
-            continue;
+        let attempt = Attempt {
+            source,
+            validated: incoming.remote_address_validated(),
+            in_progress: shared.handshakes.load(Ordering::Relaxed),
+            phones: shared.phones.load(Ordering::Relaxed),
+            draining: false,
+        };
+        let decision =
+            handshakes::decide(&l, &mut state.borrow_mut().sources, attempt, shared.now_us());
+        if let Some(label) = decision.label() {
+            EdgeMetrics::add(&shared.metrics.handshakes, "outcome", label, 1);
         }
-        let validated = incoming.remote_address_validated();
-        // Retry is stateless and cheap: ask for it before charging the source, whose bucket
-        // then pays once, for the validated attempt.
-        if in_progress >= l.retry_above_handshakes && !validated {
-            EdgeMetrics::add(&metrics.handshakes, "outcome", "retried", 1);
-            let _ = incoming.retry();
-            continue;
-        }
-        let verdict = state.borrow_mut().sources.on_attempt(source, validated, shared.now_us());
-        let tracked = match verdict {
-            SourceVerdict::Admit { tracked } => tracked,
-            SourceVerdict::Busy => {
-                EdgeMetrics::add(&metrics.handshakes, "outcome", "ignored", 1);
-                incoming.ignore();
-                continue;
-            }
-            SourceVerdict::TooFast => {
-                EdgeMetrics::add(&metrics.handshakes, "outcome", "rate_limited", 1);
+        let tracked = match decision {
+            HandshakeDecision::Accept { tracked } => tracked,
+            HandshakeDecision::Refuse(_) => {
                 incoming.refuse();
                 continue;
             }
-            SourceVerdict::ValidateFirst => {
-                EdgeMetrics::add(&metrics.handshakes, "outcome", "retried", 1);
+            HandshakeDecision::Retry => {
                 let _ = incoming.retry();
+                continue;
+            }
+            HandshakeDecision::Ignore => {
+                incoming.ignore();
                 continue;
             }
         };
@@ -781,23 +774,7 @@ async fn housekeeping(state: State, shared: Arc<Shared>) {
 
 fn publish(s: &mut WorkerState, shared: &Shared) {
     let metrics = &shared.metrics;
-    let c = s.core.take_counts();
-    EdgeMetrics::add(&metrics.verdicts, "verdict", "no_luck", c.no_luck);
-    EdgeMetrics::add(&metrics.verdicts, "verdict", "slow_down", c.slow_down);
-    EdgeMetrics::add(&metrics.verdicts, "verdict", "round_closed", c.round_closed);
-    EdgeMetrics::add(&metrics.verdicts, "verdict", "forwarded", c.forwarded);
-    EdgeMetrics::add(&metrics.drops, "reason", "backpressure", c.backpressure);
-    EdgeMetrics::add(&metrics.awards, "delivery", "written", c.awards_written);
-    EdgeMetrics::add(&metrics.awards, "delivery", "phone_gone", c.awards_orphaned);
-    EdgeMetrics::add(&metrics.batch_answers, "outcome", "mismatched", c.answers_mismatched);
-    EdgeMetrics::add(&metrics.batch_answers, "outcome", "unknown", c.answers_unknown);
-    EdgeMetrics::add(&metrics.award_acks, "outcome", "accepted", c.acks_accepted);
-    EdgeMetrics::add(&metrics.award_acks, "outcome", "unknown_award", c.acks_unknown);
-    EdgeMetrics::add(&metrics.award_acks, "outcome", "wrong_user", c.acks_wrong_user);
-    EdgeMetrics::add(&metrics.batch_answers, "outcome", "matched", c.answer_rtt_us.len() as u64);
-    for rtt_us in c.answer_rtt_us {
-        metrics.allocator_rtt_seconds.observe(rtt_us as f64 / 1e6);
-    }
+    metrics.add_core_counts(s.core.take_counts());
     let shell = std::mem::take(&mut s.counts);
     EdgeMetrics::add(&metrics.drops, "reason", "malformed_datagram", shell.malformed_datagrams);
     EdgeMetrics::add(&metrics.drops, "reason", "shake_before_welcome", shell.shakes_before_welcome);

@@ -6,9 +6,17 @@
 //!
 //! The driver measures its own busy share: time between waking and going back to wait, over
 //! wall time. It is the loop's load, cheap to read, and what overload control watches.
+//!
+//! Several drivers can share one port (`SO_REUSEPORT`, one per core). The kernel picks a
+//! socket by the datagram's addresses, so after a phone's NAT rebinds its port the datagram may
+//! reach a worker that does not hold the connection. [`route_between`] joins drivers so that
+//! each hands such a datagram to the owner its connection ID names ([`crate::cid`]) before its
+//! endpoint sees it (which would otherwise answer with a stateless reset and kill the
+//! connection).
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -32,7 +40,7 @@ pub trait Shell: Handler {
     /// (through [`Engine::with_connection`]) and say whether to go on.
     fn turn(&mut self, now: Instant, engine: &mut Engine) -> Flow;
     /// The shell's own next deadline, if any (the loop wakes for it).
-    fn deadline(&self) -> Option<Instant>;
+    fn deadline(&mut self) -> Option<Instant>;
 }
 
 /// Counters of one driver.
@@ -50,6 +58,12 @@ pub struct DriverStats {
     pub datagrams_out: u64,
     /// Datagrams the kernel refused to send (dropped, as lost packets).
     pub send_failures: u64,
+    /// Datagrams handed to the worker that owns their connection.
+    pub forwarded_out: u64,
+    /// Datagrams handed to this worker by another.
+    pub forwarded_in: u64,
+    /// Datagrams that could not be handed over (the owner's queue was full).
+    pub forward_drops: u64,
     /// Time spent working (not waiting), microseconds.
     pub busy_us: u64,
     /// Time spent in all, microseconds.
@@ -66,6 +80,20 @@ impl DriverStats {
 /// Most receive batches taken in one turn before timers and sends get their go.
 const BATCHES_PER_TURN: usize = 4;
 
+/// Datagrams one worker may have waiting from the others.
+pub const FORWARD_QUEUE: usize = 4096;
+
+/// A datagram on its way to the worker that owns its connection.
+type Forwarded = (SocketAddr, BytesMut);
+
+/// How a driver reaches the other workers on its port.
+#[derive(Debug)]
+struct Routes {
+    me: usize,
+    to: Vec<(SyncSender<Forwarded>, Arc<Waker>)>,
+    from: Receiver<Forwarded>,
+}
+
 /// One socket's loop.
 #[derive(Debug)]
 pub struct Driver {
@@ -74,7 +102,21 @@ pub struct Driver {
     received: Vec<(SocketAddr, BytesMut)>,
     pending: Vec<(SocketAddr, std::ops::Range<usize>)>,
     waker: Arc<Waker>,
+    routes: Option<Routes>,
     stats: DriverStats,
+}
+
+/// Joins the drivers of one port: driver `i` is worker `i`, and each hands the others the
+/// datagrams whose connection IDs name them.
+pub fn route_between(drivers: &mut [Driver]) {
+    let channels: Vec<(SyncSender<Forwarded>, Receiver<Forwarded>)> =
+        drivers.iter().map(|_| std::sync::mpsc::sync_channel(FORWARD_QUEUE)).collect();
+    let wakers: Vec<Arc<Waker>> = drivers.iter().map(Driver::waker).collect();
+    let senders: Vec<SyncSender<Forwarded>> = channels.iter().map(|(tx, _)| tx.clone()).collect();
+    for (me, (driver, (_, from))) in drivers.iter_mut().zip(channels).enumerate() {
+        let to = senders.iter().cloned().zip(wakers.iter().cloned()).collect();
+        driver.routes = Some(Routes { me, to, from });
+    }
 }
 
 impl Driver {
@@ -87,6 +129,7 @@ impl Driver {
             received: Vec::with_capacity(BATCH),
             pending: Vec::with_capacity(BATCH),
             waker: Arc::new(Waker::new()?),
+            routes: None,
             stats: DriverStats::default(),
         })
     }
@@ -137,6 +180,13 @@ impl Driver {
     ) -> std::io::Result<bool> {
         self.stats.turns += 1;
         self.waker.clear();
+        if let Some(routes) = &self.routes {
+            // Datagrams other workers received for our connections (bounded by the queue).
+            while let Ok((from, datagram)) = routes.from.try_recv() {
+                self.stats.forwarded_in += 1;
+                engine.handle_datagram(now, from, None, None, datagram, shell);
+            }
+        }
         for _ in 0..BATCHES_PER_TURN {
             let n = self.recv.recv(&self.socket, &mut self.received)?;
             if n > 0 {
@@ -144,6 +194,22 @@ impl Driver {
                 self.stats.datagrams_in += n as u64;
             }
             for (from, datagram) in self.received.drain(..) {
+                if let Some(routes) = &self.routes
+                    && let Some(owner) = crate::cid::owner(&datagram, routes.to.len())
+                    && owner != routes.me
+                {
+                    let (tx, waker) = &routes.to[owner];
+                    match tx.try_send((from, datagram)) {
+                        Ok(()) => {
+                            self.stats.forwarded_out += 1;
+                            waker.wake();
+                        }
+                        Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                            self.stats.forward_drops += 1;
+                        }
+                    }
+                    continue;
+                }
                 engine.handle_datagram(now, from, None, None, datagram, shell);
             }
             if n < BATCH {

@@ -66,6 +66,12 @@ pub trait Handler {
     fn incoming(&mut self, now: Instant, incoming: &Incoming) -> IncomingDecision;
     /// An event on connection `ch`, which is `conn`.
     fn event(&mut self, now: Instant, ch: ConnectionHandle, conn: &mut Connection, event: AppEvent);
+    /// An attempt [`Handler::incoming`] accepted is now connection `ch` (before any of its
+    /// events).
+    fn accepted(&mut self, _now: Instant, _ch: ConnectionHandle) {}
+    /// An attempt [`Handler::incoming`] accepted failed before it became a connection (a stale
+    /// or unauthenticated first packet).
+    fn accept_failed(&mut self, _now: Instant) {}
 }
 
 /// One datagram to send, in [`Transmits::data`] at `range`.
@@ -282,10 +288,12 @@ impl Engine {
                 match self.endpoint.accept(incoming, now, &mut self.scratch, self.server.clone()) {
                     Ok((ch, conn)) => {
                         self.insert(ch, conn);
+                        handler.accepted(now, ch);
                         self.drive(ch, now, handler);
                     }
                     Err(err) => {
                         self.stats.accept_failures += 1;
+                        handler.accept_failed(now);
                         if let Some(response) = err.response {
                             self.queue(&response);
                         }

@@ -42,7 +42,7 @@ impl Shell for EchoShell {
         if self.stop.load(Ordering::Relaxed) { Flow::Stop } else { Flow::Continue }
     }
 
-    fn deadline(&self) -> Option<Instant> {
+    fn deadline(&mut self) -> Option<Instant> {
         None
     }
 }

@@ -1,0 +1,722 @@
+//! One edge worker on the `shake-loop` event loop: a thread, its socket on the shared port,
+//! one `quinn_proto` endpoint, and the worker's sans-IO [`WorkerCore`]. No task per phone: each
+//! shake is decided when its datagram comes out of the connection, and the outcome is queued on
+//! that same connection in the same pass, so the ACK of the shake rides on the outcome.
+//!
+//! What lives here is the phone session (handshake admission, `Hello` within the deadline,
+//! the control stream, closes with an `Error` first) and the loop's turn (the allocator link's
+//! frames, batch ages, housekeeping, drain). The allocator stream itself stays on the
+//! allocator-link thread's tokio runtime ([`link_pipe`](crate::link_pipe)).
+
+use std::collections::VecDeque;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use shake_loop::cid::WorkerCids;
+use shake_loop::driver::DriverStats;
+use shake_loop::quinn_proto::{
+    Connection, ConnectionError, ConnectionHandle, Dir, EndpointConfig, Incoming, ServerConfig,
+    StreamEvent, StreamId, VarInt,
+};
+use shake_loop::timers::Timers;
+use shake_loop::{AppEvent, Driver, Engine, Flow, Handler, IncomingDecision, Shell};
+use shake_proto::control::CAP_DATAGRAMS;
+use shake_proto::datagram::{self, Datagram};
+use shake_proto::{ControlFrame, ErrorCode};
+
+use crate::bucket::Rate;
+use crate::core::{self, PhoneEffect, WorkerCore};
+use crate::handshakes::{self, Attempt, HandshakeDecision};
+use crate::link_pipe::{LinkEvent, LoopEnds};
+use crate::metrics::EdgeMetrics;
+use crate::outbox::OUTBOX_FRAMES;
+use crate::phones::PhoneRef;
+use crate::sources::{SourceLimiter, SourceLimits};
+use crate::uplink::WorkerName;
+use crate::worker::Shared;
+
+/// How long a close waits for its `Error` frame to be acknowledged before closing anyway.
+const CLOSE_GRACE: Duration = Duration::from_millis(200);
+/// How long a fast stop gives sessions to close.
+const STOP_GRACE: Duration = Duration::from_millis(300);
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Where a phone's session is.
+#[derive(Debug)]
+enum Phase {
+    /// The QUIC handshake is in progress.
+    Handshake,
+    /// Connected; `Hello` must come by the deadline.
+    AwaitHello,
+    /// `Welcome` sent: shaking.
+    Serving(PhoneRef),
+    /// Closing with this code once the `Error` frame is acknowledged (or the grace ends).
+    Closing(ErrorCode),
+}
+
+/// One connection's session.
+#[derive(Debug)]
+struct Session {
+    phase: Phase,
+    /// The source the handshake was counted against (until the handshake ends).
+    source: Option<IpAddr>,
+    stream: Option<StreamId>,
+    buf: BytesMut,
+    /// Control frames waiting for stream credit (at most [`OUTBOX_FRAMES`]).
+    out: VecDeque<Bytes>,
+    datagrams: bool,
+}
+
+/// Counted on the loop thread, added to the shared metrics by housekeeping.
+#[derive(Default)]
+struct LoopCounts {
+    malformed_datagrams: u64,
+    shakes_before_welcome: u64,
+    outbox_full: u64,
+}
+
+/// One worker's loop state: the [`Shell`] the driver runs.
+struct LoopWorker {
+    shared: Arc<Shared>,
+    id: u16,
+    core: WorkerCore<ConnectionHandle>,
+    sessions: Vec<Option<Session>>,
+    /// Hello deadlines and close graces, by connection index.
+    deadlines: Timers,
+    sources: SourceLimiter,
+    link: LoopEnds,
+    counts: LoopCounts,
+    scratch: BytesMut,
+    in_flight_published: i64,
+    next_housekeeping: Instant,
+    ticks: u64,
+    draining_since: Option<Instant>,
+    stopping_since: Option<Instant>,
+    driver_stats: DriverStats,
+    /// Connections to act on at the next turn (closes whose time has come).
+    due: Vec<ConnectionHandle>,
+    /// The source of the attempt just accepted, until the engine names its connection.
+    pending_source: Option<IpAddr>,
+}
+
+impl LoopWorker {
+    fn now_us(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.shared.origin).as_micros() as u64
+    }
+
+    fn session(&mut self, ch: ConnectionHandle) -> Option<&mut Session> {
+        self.sessions.get_mut(ch.0).and_then(Option::as_mut)
+    }
+
+    fn encode(&mut self, frame: &ControlFrame) -> Bytes {
+        frame.encode(&mut self.scratch);
+        self.scratch.split().freeze()
+    }
+
+    /// Ends a handshake's bookkeeping whichever way it went.
+    fn handshake_done(&mut self, source: Option<IpAddr>) {
+        self.shared.handshakes.fetch_sub(1, Ordering::Relaxed);
+        if let Some(source) = source {
+            self.sources.on_handshake_done(source);
+        }
+    }
+
+    /// Starts closing a session with `code`: an `Error` frame first when the control stream is
+    /// open (docs/PROTOCOL.md 5.1 step 7), the close itself when it is acknowledged or after
+    /// [`CLOSE_GRACE`].
+    fn start_close(
+        &mut self,
+        now: Instant,
+        ch: ConnectionHandle,
+        conn: &mut Connection,
+        code: ErrorCode,
+        reason: &str,
+    ) {
+        let error = self
+            .encode(&ControlFrame::Error { code: code.code().into(), reason: reason.to_owned() });
+        let Some(session) = self.sessions.get_mut(ch.0).and_then(Option::as_mut) else { return };
+        if matches!(session.phase, Phase::Closing(_)) {
+            return;
+        }
+        let left = std::mem::replace(&mut session.phase, Phase::Closing(code));
+        if let Phase::Serving(at) = left {
+            self.core.remove_phone(at);
+            self.shared.phones.fetch_sub(1, Ordering::Relaxed);
+            self.shared.metrics.phones.dec();
+        }
+        match session.stream {
+            Some(stream) => {
+                let mut send = conn.send_stream(stream);
+                let _ = send.write(&error);
+                let _ = send.finish();
+                self.deadlines.set(ch.0, Some(now + CLOSE_GRACE));
+            }
+            None => self.close_now(now, ch, conn, code),
+        }
+    }
+
+    fn close_now(
+        &mut self,
+        now: Instant,
+        ch: ConnectionHandle,
+        conn: &mut Connection,
+        code: ErrorCode,
+    ) {
+        EdgeMetrics::add(&self.shared.metrics.sessions_closed, "code", code.name(), 1);
+        conn.close(now, VarInt::from_u32(code.code()), Bytes::from_static(code.name().as_bytes()));
+        self.deadlines.set(ch.0, None);
+    }
+
+    /// Writes a control frame on the phone's stream, or queues it while the stream has no
+    /// credit (bounded: a phone that stops reading loses frames, counted).
+    fn write_control(&mut self, ch: ConnectionHandle, conn: &mut Connection, frame: Bytes) {
+        let Some(session) = self.sessions.get_mut(ch.0).and_then(Option::as_mut) else { return };
+        let Some(stream) = session.stream else { return };
+        if session.out.is_empty() {
+            match conn.send_stream(stream).write(&frame) {
+                Ok(n) if n == frame.len() => return,
+                Ok(n) => {
+                    session.out.push_back(frame.slice(n..));
+                    return;
+                }
+                Err(_) => {}
+            }
+        }
+        if session.out.len() >= OUTBOX_FRAMES {
+            self.counts.outbox_full += 1;
+        } else {
+            session.out.push_back(frame);
+        }
+    }
+
+    fn flush_control(&mut self, ch: ConnectionHandle, conn: &mut Connection) {
+        let Some(session) = self.sessions.get_mut(ch.0).and_then(Option::as_mut) else { return };
+        let Some(stream) = session.stream else { return };
+        while let Some(frame) = session.out.front_mut() {
+            match conn.send_stream(stream).write(frame) {
+                Ok(n) if n == frame.len() => {
+                    session.out.pop_front();
+                }
+                Ok(n) => {
+                    *frame = frame.slice(n..);
+                    return;
+                }
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Reads what the control stream has and acts on each complete frame.
+    fn on_control_readable(
+        &mut self,
+        now: Instant,
+        ch: ConnectionHandle,
+        conn: &mut Connection,
+        id: StreamId,
+    ) {
+        {
+            let Some(session) = self.session(ch) else { return };
+            if session.stream != Some(id) {
+                return;
+            }
+            let mut stream = conn.recv_stream(id);
+            let mut recv = match stream.read(true) {
+                Ok(recv) => recv,
+                Err(_) => return,
+            };
+            while let Ok(Some(chunk)) = recv.next(shake_proto::limits::MAX_CONTROL_PAYLOAD + 16) {
+                session.buf.extend_from_slice(&chunk.bytes);
+            }
+            let _ = recv.finalize();
+        }
+        loop {
+            let Some(session) = self.session(ch) else { return };
+            let decoded = ControlFrame::decode(&mut session.buf);
+            let frame = match decoded {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return,
+                Err(err) => {
+                    EdgeMetrics::add(&self.shared.metrics.drops, "reason", err.label(), 1);
+                    let code = ErrorCode::for_decode_error(&err);
+                    return self.start_close(now, ch, conn, code, code.name());
+                }
+            };
+            let phase = match &session.phase {
+                Phase::AwaitHello => None,
+                Phase::Serving(at) => Some(*at),
+                Phase::Handshake | Phase::Closing(_) => return,
+            };
+            match (frame, phase) {
+                (ControlFrame::Hello { token, capabilities, .. }, None) => {
+                    self.on_hello(now, ch, conn, &token, capabilities);
+                }
+                (ControlFrame::AwardAck { award_id }, Some(at)) => {
+                    self.core.on_award_ack(at, award_id, now_ms());
+                }
+                (ControlFrame::Shake(shake), Some(at)) => {
+                    let now_us = self.now_us(now);
+                    if let Some(outcome) = self.core.on_shake(at, shake, now_us, now_ms()) {
+                        let frame = self.encode(&ControlFrame::outcomes(&[outcome]));
+                        self.write_control(ch, conn, frame);
+                    }
+                }
+                (ControlFrame::Error { .. }, _) => {
+                    // The phone is leaving; it closes the connection itself.
+                    return;
+                }
+                (_, _) => {
+                    let code = ErrorCode::UnexpectedFrame;
+                    return self.start_close(now, ch, conn, code, code.name());
+                }
+            }
+        }
+    }
+
+    fn on_hello(
+        &mut self,
+        now: Instant,
+        ch: ConnectionHandle,
+        conn: &mut Connection,
+        token: &[u8],
+        capabilities: u64,
+    ) {
+        let claims = match self.shared.keys.verify(token, now_ms() / 1000) {
+            Ok(claims) => claims,
+            Err(err) => {
+                let code = ErrorCode::for_token_error(&err);
+                EdgeMetrics::add(&self.shared.metrics.drops, "reason", err.label(), 1);
+                return self.start_close(now, ch, conn, code, &err.to_string());
+            }
+        };
+        // Shakes that arrived before Welcome are dropped (docs/PROTOCOL.md section 6).
+        while conn.datagrams().recv().is_some() {
+            self.counts.shakes_before_welcome += 1;
+        }
+        let now_us = self.now_us(now);
+        let at = self.core.add_phone(claims.user_id, ch, now_us);
+        let now_ms = now_ms();
+        let welcome = self.encode(&ControlFrame::Welcome {
+            server_time_ms: now_ms,
+            min_shake_interval_ms: self.core.admission().min_interval_ms(),
+            round: self.core.admission().current_round(now_ms),
+        });
+        let datagrams = capabilities & CAP_DATAGRAMS != 0 && conn.datagrams().max_size().is_some();
+        if let Some(session) = self.session(ch) {
+            session.phase = Phase::Serving(at);
+            session.datagrams = datagrams;
+        }
+        self.deadlines.set(ch.0, None);
+        self.shared.phones.fetch_add(1, Ordering::Relaxed);
+        self.shared.metrics.phones.inc();
+        self.write_control(ch, conn, welcome);
+    }
+
+    fn on_datagrams(&mut self, now: Instant, ch: ConnectionHandle, conn: &mut Connection) {
+        let at = match self.session(ch).map(|s| (&s.phase, s.datagrams)) {
+            Some((Phase::Serving(at), true)) => *at,
+            Some((Phase::Serving(_), false)) | None | Some((Phase::Closing(_), _)) => {
+                while conn.datagrams().recv().is_some() {}
+                return;
+            }
+            Some((Phase::Handshake | Phase::AwaitHello, _)) => {
+                // Counted and dropped when Welcome goes (or never, if it does not).
+                return;
+            }
+        };
+        let now_us = self.now_us(now);
+        let now_ms = now_ms();
+        while let Some(payload) = conn.datagrams().recv() {
+            match datagram::decode(&payload) {
+                Ok(Datagram::Shake(shake)) => {
+                    if let Some(outcome) = self.core.on_shake(at, shake, now_us, now_ms) {
+                        datagram::encode_outcomes(&mut self.scratch, &[outcome]);
+                        let answer = self.scratch.split().freeze();
+                        let _ = conn.datagrams().send(answer, true);
+                    }
+                }
+                Ok(Datagram::Outcomes(_)) | Err(_) => self.counts.malformed_datagrams += 1,
+            }
+        }
+    }
+
+    fn on_lost(&mut self, ch: ConnectionHandle, reason: &ConnectionError) {
+        let Some(session) = self.sessions.get_mut(ch.0).and_then(Option::take) else { return };
+        self.deadlines.set(ch.0, None);
+        match session.phase {
+            Phase::Handshake => {
+                EdgeMetrics::add(&self.shared.metrics.handshakes, "outcome", "failed", 1);
+                self.handshake_done(session.source);
+            }
+            Phase::Serving(at) => {
+                self.core.remove_phone(at);
+                self.shared.phones.fetch_sub(1, Ordering::Relaxed);
+                self.shared.metrics.phones.dec();
+            }
+            Phase::AwaitHello | Phase::Closing(_) => {}
+        }
+        tracing::trace!(conn = ch.0, %reason, "phone connection lost");
+    }
+
+    /// Delivers what the core asked for to phones.
+    fn deliver(&mut self, engine: &mut Engine, effects: Vec<PhoneEffect>) {
+        for effect in effects {
+            match effect {
+                PhoneEffect::ToPhone(at, frame) => {
+                    let Some(&ch) = self.core.phones().get(at).map(|p| &p.ext) else { continue };
+                    let bytes = self.encode(&frame);
+                    engine.with_connection(ch, |conn| self.write_control(ch, conn, bytes));
+                }
+                PhoneEffect::Broadcast(frame) => self.broadcast(engine, &frame),
+            }
+        }
+    }
+
+    fn broadcast(&mut self, engine: &mut Engine, frame: &ControlFrame) {
+        let bytes = self.encode(frame);
+        let phones: Vec<ConnectionHandle> = self.core.phones().iter().map(|p| p.ext).collect();
+        for ch in phones {
+            engine.with_connection(ch, |conn| self.write_control(ch, conn, bytes.clone()));
+        }
+    }
+
+    /// The allocator link: its events in, the uplink's frames out (while the pipe has room).
+    fn exchange_with_link(&mut self, now: Instant, engine: &mut Engine) {
+        let now_us = self.now_us(now);
+        while let Ok(event) = self.link.from_link.try_recv() {
+            match event {
+                LinkEvent::Up => {
+                    let up = self.core.uplink();
+                    up.link_up();
+                    if up.links() > 1 {
+                        self.shared.metrics.batches_resent.inc_by(up.in_flight() as u64);
+                    }
+                }
+                LinkEvent::Down => self.core.uplink().link_down(),
+                LinkEvent::Frame(frame) => {
+                    if let shake_proto::AllocatorFrame::RoundState { .. } = frame {
+                        self.shared.metrics.round_states.inc();
+                    }
+                    let mut effects = Vec::new();
+                    self.core.on_allocator_frame(frame, now_us, now_ms(), &mut effects);
+                    self.deliver(engine, effects);
+                }
+            }
+        }
+        while self.link.to_link.capacity() > 0 {
+            let Some(frame) = self.core.uplink().poll_transmit() else { break };
+            if self.link.to_link.try_send(frame).is_err() {
+                break;
+            }
+        }
+    }
+
+    fn housekeeping(&mut self, now: Instant) {
+        if now < self.next_housekeeping {
+            return;
+        }
+        self.next_housekeeping = now + Duration::from_millis(100);
+        self.ticks += 1;
+        if self.ticks == 20 && shake_ops::supervise::failpoint("edge-worker-panic") {
+            panic!("failpoint edge-worker-panic");
+        }
+        let metrics = &self.shared.metrics;
+        metrics.add_core_counts(self.core.take_counts());
+        let c = std::mem::take(&mut self.counts);
+        EdgeMetrics::add(&metrics.drops, "reason", "malformed_datagram", c.malformed_datagrams);
+        EdgeMetrics::add(&metrics.drops, "reason", "shake_before_welcome", c.shakes_before_welcome);
+        EdgeMetrics::add(&metrics.drops, "reason", "outbox_full", c.outbox_full);
+        let in_flight = self.core.uplink().in_flight() as i64;
+        metrics.in_flight_batches.inc_by(in_flight - self.in_flight_published);
+        self.in_flight_published = in_flight;
+        metrics.awards_outstanding.set(self.shared.awards.outstanding() as i64);
+        if self.ticks.is_multiple_of(10) {
+            let now_us = self.now_us(now);
+            self.sources.sweep(now_us);
+            self.core.on_load_tick();
+        }
+    }
+
+    /// Drain (SIGTERM) and stop (SIGINT), checked once a turn.
+    fn shutdown(&mut self, now: Instant, engine: &mut Engine) -> Flow {
+        if self.shared.stop.is_cancelled() {
+            let since = *self.stopping_since.get_or_insert(now);
+            if since == now {
+                let serving: Vec<ConnectionHandle> = self.phone_connections();
+                for ch in serving {
+                    engine.with_connection(ch, |conn| {
+                        let code = ErrorCode::Draining;
+                        self.start_close(now, ch, conn, code, code.name());
+                    });
+                }
+            }
+            let closed =
+                self.sessions.iter().flatten().all(|s| matches!(s.phase, Phase::Closing(_)));
+            return if now.duration_since(since) >= STOP_GRACE
+                || (closed && engine.connections() == 0)
+            {
+                Flow::Stop
+            } else {
+                Flow::Continue
+            };
+        }
+        if self.shared.drain.is_cancelled() {
+            let since = *self.draining_since.get_or_insert(now);
+            if since == now {
+                self.broadcast(engine, &ControlFrame::GoAway { reconnect_after_ms: 1_000 });
+                let now_us = self.now_us(now);
+                self.core.flush(now_us);
+            }
+            let deadline = Duration::from_millis(self.shared.config.limits.drain_deadline_ms);
+            let answered = self.core.uplink().in_flight() == 0 && !self.core.uplink().has_output();
+            let left = self.core.phones().is_empty();
+            if (answered && left) || now.duration_since(since) >= deadline {
+                tracing::info!(
+                    worker = self.id,
+                    unanswered = self.core.uplink().in_flight(),
+                    phones_left = self.core.phones().len(),
+                    "worker drained"
+                );
+                return Flow::Stop;
+            }
+        }
+        Flow::Continue
+    }
+
+    fn phone_connections(&self) -> Vec<ConnectionHandle> {
+        self.sessions
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| {
+                s.as_ref().is_some_and(|s| !matches!(s.phase, Phase::Closing(_) | Phase::Handshake))
+            })
+            .map(|(i, _)| ConnectionHandle(i))
+            .collect()
+    }
+}
+
+impl Handler for LoopWorker {
+    fn incoming(&mut self, now: Instant, incoming: &Incoming) -> IncomingDecision {
+        let source = incoming.remote_address().ip();
+        let attempt = Attempt {
+            source,
+            validated: incoming.remote_address_validated(),
+            in_progress: self.shared.handshakes.load(Ordering::Relaxed),
+            phones: self.shared.phones.load(Ordering::Relaxed),
+            draining: self.shared.drain.is_cancelled() || self.shared.stop.is_cancelled(),
+        };
+        let now_us = self.now_us(now);
+        let limits = &self.shared.config.limits;
+        let decision = handshakes::decide(limits, &mut self.sources, attempt, now_us);
+        if let Some(label) = decision.label() {
+            EdgeMetrics::add(&self.shared.metrics.handshakes, "outcome", label, 1);
+        }
+        match decision {
+            HandshakeDecision::Accept { tracked } => {
+                self.shared.handshakes.fetch_add(1, Ordering::Relaxed);
+                // The session is created when the engine names the connection (`accepted`).
+                self.pending_source = tracked.then_some(source);
+                IncomingDecision::Accept
+            }
+            HandshakeDecision::Refuse(_) => IncomingDecision::Refuse,
+            HandshakeDecision::Retry => IncomingDecision::Retry,
+            HandshakeDecision::Ignore => IncomingDecision::Ignore,
+        }
+    }
+
+    fn accepted(&mut self, _now: Instant, ch: ConnectionHandle) {
+        if ch.0 >= self.sessions.len() {
+            self.sessions.resize_with(ch.0 + 1, || None);
+        }
+        self.sessions[ch.0] = Some(Session {
+            phase: Phase::Handshake,
+            source: self.pending_source.take(),
+            stream: None,
+            buf: BytesMut::new(),
+            out: VecDeque::new(),
+            datagrams: false,
+        });
+    }
+
+    fn accept_failed(&mut self, _now: Instant) {
+        let source = self.pending_source.take();
+        EdgeMetrics::add(&self.shared.metrics.handshakes, "outcome", "failed", 1);
+        self.handshake_done(source);
+    }
+
+    fn event(
+        &mut self,
+        now: Instant,
+        ch: ConnectionHandle,
+        conn: &mut Connection,
+        event: AppEvent,
+    ) {
+        match event {
+            AppEvent::Connected => {
+                let source = self.session(ch).and_then(|s| s.source.take());
+                self.handshake_done(source);
+                EdgeMetrics::add(&self.shared.metrics.handshakes, "outcome", "accepted", 1);
+                let stream = match self.session(ch) {
+                    Some(session) => {
+                        session.phase = Phase::AwaitHello;
+                        session.stream
+                    }
+                    None => None,
+                };
+                let deadline = Duration::from_millis(self.shared.config.limits.hello_timeout_ms);
+                self.deadlines.set(ch.0, Some(now + deadline));
+                // A Hello that came with the handshake's last packets waits in the buffer.
+                if let Some(id) = stream {
+                    self.on_control_readable(now, ch, conn, id);
+                }
+            }
+            AppEvent::Stream(StreamEvent::Opened { dir: Dir::Bi }) => {
+                while let Some(id) = conn.streams().accept(Dir::Bi) {
+                    let Some(session) = self.session(ch) else { return };
+                    if session.stream.is_none() {
+                        session.stream = Some(id);
+                        self.on_control_readable(now, ch, conn, id);
+                    }
+                }
+            }
+            AppEvent::Stream(StreamEvent::Readable { id }) => {
+                self.on_control_readable(now, ch, conn, id)
+            }
+            AppEvent::Stream(StreamEvent::Writable { .. }) => self.flush_control(ch, conn),
+            AppEvent::Stream(StreamEvent::Finished { id }) => {
+                let closing = self.session(ch).and_then(|s| match s.phase {
+                    Phase::Closing(code) if s.stream == Some(id) => Some(code),
+                    _ => None,
+                });
+                if let Some(code) = closing {
+                    self.close_now(now, ch, conn, code);
+                }
+            }
+            AppEvent::DatagramReceived => self.on_datagrams(now, ch, conn),
+            AppEvent::Lost(reason) => self.on_lost(ch, &reason),
+            AppEvent::Stream(_) | AppEvent::DatagramsUnblocked => {}
+        }
+    }
+}
+
+impl Shell for LoopWorker {
+    fn turn(&mut self, now: Instant, engine: &mut Engine) -> Flow {
+        // Deadlines of sessions: Hello not in time, or a close's grace over.
+        while let Some(index) = self.deadlines.pop_expired(now) {
+            self.due.push(ConnectionHandle(index));
+        }
+        for ch in std::mem::take(&mut self.due) {
+            let phase = self.session(ch).map(|s| match s.phase {
+                Phase::Closing(code) => Some(code),
+                _ => None,
+            });
+            engine.with_connection(ch, |conn| match phase {
+                Some(Some(code)) => self.close_now(now, ch, conn, code),
+                Some(None) => {
+                    let code = ErrorCode::HelloTimeout;
+                    self.start_close(now, ch, conn, code, "no valid Hello before the deadline");
+                }
+                None => {}
+            });
+        }
+        self.exchange_with_link(now, engine);
+        let now_us = self.now_us(now);
+        self.core.poll_age(now_us);
+        self.exchange_with_link(now, engine);
+        self.housekeeping(now);
+        self.shutdown(now, engine)
+    }
+
+    fn deadline(&mut self) -> Option<Instant> {
+        let batch =
+            self.core.deadline_us().map(|us| self.shared.origin + Duration::from_micros(us));
+        [batch, Some(self.next_housekeeping), self.deadlines.earliest()].into_iter().flatten().min()
+    }
+}
+
+/// What one loop worker is started with.
+#[derive(Debug)]
+pub struct LoopStart {
+    /// The worker's index (its connection IDs start with it).
+    pub id: u16,
+    /// Workers of the edge.
+    pub workers: usize,
+    /// The driver over the worker's socket, joined to the other workers' drivers.
+    pub driver: Driver,
+    /// The QUIC server configuration phones meet (shared by every worker).
+    pub server: Arc<ServerConfig>,
+    /// The stateless-reset key every worker shares.
+    pub reset_key: Arc<ring::hmac::Key>,
+    /// The worker's ends of its allocator pipe.
+    pub link: LoopEnds,
+}
+
+/// Runs one worker on the current thread until it has drained (SIGTERM) or stopped (SIGINT).
+pub fn run(start: LoopStart, shared: Arc<Shared>) -> std::io::Result<()> {
+    let LoopStart { id, workers, mut driver, server, reset_key, link } = start;
+    let mut endpoint = EndpointConfig::new(reset_key);
+    let worker_byte = u8::try_from(id).map_err(|_| std::io::Error::other("over 256 workers"))?;
+    endpoint.cid_generator(move || Box::new(WorkerCids::new(worker_byte)));
+    let mut engine = Engine::new(endpoint, Some(server));
+    let l = &shared.config.limits;
+    let share = workers as f64;
+    let name = WorkerName {
+        edge_id: shared.config.edge_id,
+        worker_id: id,
+        instance_id: WorkerName::random_instance_id(),
+    };
+    tracing::info!(worker = id, instance_id = name.instance_id, io = "loop", "worker starting");
+    let now = Instant::now();
+    let now_us = now.saturating_duration_since(shared.origin).as_micros() as u64;
+    let mut worker = LoopWorker {
+        core: WorkerCore::new(
+            core::settings_for(&shared.config, workers),
+            name,
+            shared.awards.clone(),
+            now_us,
+        ),
+        sessions: Vec::new(),
+        deadlines: Timers::default(),
+        sources: SourceLimiter::new(SourceLimits {
+            in_progress: l.handshakes_per_source,
+            rate: Rate::new(
+                l.new_handshakes_per_source_per_s / share,
+                (l.new_handshakes_per_source_burst / share).max(1.0),
+            ),
+            max_sources: (l.max_tracked_sources / workers).max(1),
+        }),
+        link,
+        counts: LoopCounts::default(),
+        scratch: BytesMut::with_capacity(64 * 1024),
+        in_flight_published: 0,
+        next_housekeeping: now,
+        ticks: 0,
+        draining_since: None,
+        stopping_since: None,
+        driver_stats: DriverStats::default(),
+        due: Vec::new(),
+        pending_source: None,
+        id,
+        shared,
+    };
+    let result = driver.run(&mut engine, &mut worker);
+    worker.driver_stats = driver.stats();
+    worker.next_housekeeping = Instant::now();
+    worker.housekeeping(Instant::now());
+    let stats = worker.driver_stats;
+    tracing::info!(
+        worker = id,
+        datagrams_in = stats.datagrams_in,
+        datagrams_out = stats.datagrams_out,
+        busy = format!("{:.3}", stats.busy_share()),
+        forwarded_in = stats.forwarded_in,
+        forwarded_out = stats.forwarded_out,
+        "worker stopped"
+    );
+    result
+}

@@ -1,0 +1,136 @@
+//! The allocator stream of one event-loop worker, run on the allocator-link thread's tokio
+//! runtime beside the quinn connection to the allocator. The worker's uplink *state* lives on
+//! the loop thread (the sans-IO [`Uplink`](crate::uplink::Uplink) inside its core); this task
+//! only moves bytes: frames the loop hands out go to the stream, frames the allocator sends go
+//! to the loop (each followed by a wake-up of the loop), and the link's ups and downs too.
+//!
+//! Both directions are bounded channels. The loop hands out frames only while the channel to
+//! the link has room (what it cannot hand out stays in its uplink state); the link waits for
+//! room before reading more from the allocator, so QUIC flow control holds the allocator back.
+//! On each new stream the task first discards what the loop queued for the old one: the loop
+//! hears `Down` before that and `Up` after, and resends from its own state.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use shake_loop::udp::Waker;
+use shake_proto::AllocatorFrame;
+use tokio::io::AsyncReadExt;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+/// Frames waiting in each direction, at most.
+pub const PIPE_FRAMES: usize = 1024;
+
+/// What the link tells the loop.
+#[derive(Debug)]
+pub enum LinkEvent {
+    /// A new stream to the allocator is open: send `EdgeHello` and everything unanswered.
+    Up,
+    /// The stream is gone.
+    Down,
+    /// A frame from the allocator.
+    Frame(AllocatorFrame),
+}
+
+/// The loop's ends of the pipe.
+#[derive(Debug)]
+pub struct LoopEnds {
+    /// Frames for the allocator.
+    pub to_link: mpsc::Sender<Bytes>,
+    /// What the link says.
+    pub from_link: mpsc::Receiver<LinkEvent>,
+}
+
+/// The link's ends of the pipe.
+#[derive(Debug)]
+pub struct LinkEnds {
+    from_loop: mpsc::Receiver<Bytes>,
+    to_loop: mpsc::Sender<LinkEvent>,
+    waker: Arc<Waker>,
+    worker: u16,
+}
+
+/// A pipe for worker `worker`, whose loop wakes with `waker`.
+pub fn pipe(worker: u16, waker: Arc<Waker>) -> (LoopEnds, LinkEnds) {
+    let (to_link, from_loop) = mpsc::channel(PIPE_FRAMES);
+    let (to_loop, from_link) = mpsc::channel(PIPE_FRAMES);
+    (LoopEnds { to_link, from_link }, LinkEnds { from_loop, to_loop, waker, worker })
+}
+
+impl LinkEnds {
+    async fn tell(&self, event: LinkEvent) -> bool {
+        let sent = self.to_loop.send(event).await.is_ok();
+        self.waker.wake();
+        sent
+    }
+}
+
+/// Keeps the worker's stream to the allocator, across reconnects, until `stop`.
+pub async fn run(
+    mut ends: LinkEnds,
+    mut allocator: watch::Receiver<Option<quinn::Connection>>,
+    stop: CancellationToken,
+) {
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    loop {
+        let conn = loop {
+            if let Some(conn) = allocator.borrow_and_update().clone() {
+                break conn;
+            }
+            tokio::select! {
+                changed = allocator.changed() => if changed.is_err() { return },
+                _ = stop.cancelled() => return,
+            }
+        };
+        let Ok((mut send, mut recv)) = conn.open_bi().await else {
+            let _ = tokio::time::timeout(Duration::from_millis(200), allocator.changed()).await;
+            continue;
+        };
+        // Frames the loop queued for the old stream: it resends them itself after `Up`.
+        while ends.from_loop.try_recv().is_ok() {}
+        if !ends.tell(LinkEvent::Up).await {
+            return;
+        }
+        buf.clear();
+        'stream: loop {
+            tokio::select! {
+                frame = ends.from_loop.recv() => {
+                    let Some(frame) = frame else { return };
+                    if send.write_all(&frame).await.is_err() {
+                        break 'stream;
+                    }
+                }
+                read = recv.read_buf(&mut buf) => {
+                    if !matches!(read, Ok(n) if n > 0) {
+                        break 'stream;
+                    }
+                    loop {
+                        match AllocatorFrame::decode(&mut buf) {
+                            Ok(Some(frame)) => {
+                                if !ends.tell(LinkEvent::Frame(frame)).await {
+                                    return;
+                                }
+                            }
+                            Ok(None) => break,
+                            Err(err) => {
+                                tracing::error!(%err, "malformed frame from the allocator");
+                                break 'stream;
+                            }
+                        }
+                    }
+                }
+                _ = stop.cancelled() => return,
+            }
+        }
+        tracing::warn!(
+            worker = ends.worker,
+            "allocator stream lost; will resend unanswered batches"
+        );
+        if !ends.tell(LinkEvent::Down).await {
+            return;
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(100), allocator.changed()).await;
+    }
+}
