@@ -206,6 +206,7 @@ impl shake_loop::Shell for LoopEcho {
         &mut self,
         now: std::time::Instant,
         _engine: &mut shake_loop::Engine,
+        _stats: &shake_loop::driver::DriverStats,
     ) -> shake_loop::Flow {
         // The CPU probe, every 100 ms, as the quinn references publish theirs.
         if now >= self.next_probe {

@@ -94,6 +94,8 @@ struct LoopWorker {
     counts: LoopCounts,
     scratch: BytesMut,
     in_flight_published: i64,
+    /// The driver's counters as last added to the metrics.
+    published_stats: DriverStats,
     next_housekeeping: Instant,
     ticks: u64,
     draining_since: Option<Instant>,
@@ -435,6 +437,9 @@ impl LoopWorker {
         metrics.in_flight_batches.inc_by(in_flight - self.in_flight_published);
         self.in_flight_published = in_flight;
         metrics.awards_outstanding.set(self.shared.awards.outstanding() as i64);
+        let (was, is) = (self.published_stats, self.driver_stats);
+        metrics.add_loop_stats(self.id, &was, &is);
+        self.published_stats = is;
         if self.ticks.is_multiple_of(10) {
             let now_us = self.now_us(now);
             self.sources.sweep(now_us);
@@ -605,7 +610,8 @@ impl Handler for LoopWorker {
 }
 
 impl Shell for LoopWorker {
-    fn turn(&mut self, now: Instant, engine: &mut Engine) -> Flow {
+    fn turn(&mut self, now: Instant, engine: &mut Engine, stats: &DriverStats) -> Flow {
+        self.driver_stats = *stats;
         // Deadlines of sessions: Hello not in time, or a close's grace over.
         while let Some(index) = self.deadlines.pop_expired(now) {
             self.due.push(ConnectionHandle(index));
@@ -694,6 +700,7 @@ pub fn run(start: LoopStart, shared: Arc<Shared>) -> std::io::Result<()> {
         counts: LoopCounts::default(),
         scratch: BytesMut::with_capacity(64 * 1024),
         in_flight_published: 0,
+        published_stats: DriverStats::default(),
         next_housekeeping: now,
         ticks: 0,
         draining_since: None,

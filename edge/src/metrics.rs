@@ -9,6 +9,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 type Labels = Vec<(&'static str, &'static str)>;
+type WorkerLabels = Vec<(&'static str, String)>;
 
 /// Every metric the edge exports.
 #[derive(Debug)]
@@ -45,6 +46,12 @@ pub struct EdgeMetrics {
     pub award_acks: Family<Labels, Counter>,
     /// Awards sent to phones and not yet acknowledged (the award book).
     pub awards_outstanding: Gauge,
+    /// UDP datagrams of the event-loop workers, by direction: in, out, forwarded_in,
+    /// forwarded_out (handed to the worker owning the connection), forward_dropped,
+    /// send_failed.
+    pub datagrams: Family<Labels, Counter>,
+    /// Each event-loop worker's busy share over the last 100 ms (0 to 1).
+    pub loop_busy: Family<WorkerLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
 }
 
 impl Default for EdgeMetrics {
@@ -73,6 +80,8 @@ impl EdgeMetrics {
             batch_answers: Family::default(),
             award_acks: Family::default(),
             awards_outstanding: Gauge::default(),
+            datagrams: Family::default(),
+            loop_busy: Family::default(),
         };
         let mut registry = Registry::with_prefix("shake_edge");
         registry.register("phones", "Phones connected", m.phones.clone());
@@ -105,6 +114,12 @@ impl EdgeMetrics {
             m.batch_answers.clone(),
         );
         registry.register("award_acks", "Award acknowledgements by outcome", m.award_acks.clone());
+        registry.register("datagrams", "UDP datagrams of the event loops", m.datagrams.clone());
+        registry.register(
+            "loop_busy_ratio",
+            "Event-loop worker busy share over the last 100 ms",
+            m.loop_busy.clone(),
+        );
         registry.register(
             "awards_outstanding",
             "Awards sent to phones and not yet acknowledged",
@@ -137,6 +152,47 @@ impl EdgeMetrics {
         Self::add(&self.batch_answers, "outcome", "matched", c.answer_rtt_us.len() as u64);
         for rtt_us in c.answer_rtt_us {
             self.allocator_rtt_seconds.observe(rtt_us as f64 / 1e6);
+        }
+    }
+
+    /// Adds an event-loop worker's driver counters since `was`, and its busy share since then.
+    pub fn add_loop_stats(
+        &self,
+        worker: u16,
+        was: &shake_loop::driver::DriverStats,
+        is: &shake_loop::driver::DriverStats,
+    ) {
+        let d = |a: u64, b: u64| b.saturating_sub(a);
+        Self::add(&self.datagrams, "direction", "in", d(was.datagrams_in, is.datagrams_in));
+        Self::add(&self.datagrams, "direction", "out", d(was.datagrams_out, is.datagrams_out));
+        Self::add(
+            &self.datagrams,
+            "direction",
+            "forwarded_in",
+            d(was.forwarded_in, is.forwarded_in),
+        );
+        Self::add(
+            &self.datagrams,
+            "direction",
+            "forwarded_out",
+            d(was.forwarded_out, is.forwarded_out),
+        );
+        Self::add(
+            &self.datagrams,
+            "direction",
+            "forward_dropped",
+            d(was.forward_drops, is.forward_drops),
+        );
+        Self::add(
+            &self.datagrams,
+            "direction",
+            "send_failed",
+            d(was.send_failures, is.send_failures),
+        );
+        let wall = d(was.wall_us, is.wall_us);
+        if wall > 0 {
+            let busy = d(was.busy_us, is.busy_us) as f64 / wall as f64;
+            self.loop_busy.get_or_create(&vec![("worker", worker.to_string())]).set(busy);
         }
     }
 

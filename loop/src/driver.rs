@@ -37,8 +37,9 @@ pub enum Flow {
 /// outside the loop (other threads, its own timers).
 pub trait Shell: Handler {
     /// Once a turn, after the datagrams and timers: act on connections for outside inputs
-    /// (through [`Engine::with_connection`]) and say whether to go on.
-    fn turn(&mut self, now: Instant, engine: &mut Engine) -> Flow;
+    /// (through [`Engine::with_connection`]) and say whether to go on. `stats` are the
+    /// driver's counters so far (for the shell's metrics).
+    fn turn(&mut self, now: Instant, engine: &mut Engine, stats: &DriverStats) -> Flow;
     /// The shell's own next deadline, if any (the loop wakes for it).
     fn deadline(&mut self) -> Option<Instant>;
 }
@@ -217,7 +218,7 @@ impl Driver {
             }
         }
         engine.handle_timeouts(now, shell);
-        let flow = shell.turn(now, engine);
+        let flow = shell.turn(now, engine, &self.stats);
         engine.flush(now);
         self.send(engine);
         Ok(flow == Flow::Stop)

@@ -38,7 +38,7 @@ impl Handler for EchoShell {
 }
 
 impl Shell for EchoShell {
-    fn turn(&mut self, _now: Instant, _engine: &mut Engine) -> Flow {
+    fn turn(&mut self, _now: Instant, _engine: &mut Engine, _stats: &DriverStats) -> Flow {
         if self.stop.load(Ordering::Relaxed) { Flow::Stop } else { Flow::Continue }
     }
 

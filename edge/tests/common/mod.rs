@@ -294,6 +294,11 @@ impl Phone {
         Ok(Self { conn, send, recv, buf: BytesMut::new(), _endpoint: endpoint })
     }
 
+    /// Moves the phone to a new local socket, as a NAT rebinding its port does.
+    pub fn rebind(&self, socket: std::net::UdpSocket) {
+        self._endpoint.rebind(socket).unwrap();
+    }
+
     pub async fn send_frame(&mut self, frame: &ControlFrame) {
         let mut out = BytesMut::new();
         frame.encode(&mut out);
