@@ -30,7 +30,10 @@ async fn a_phone_rebinding_its_port_keeps_its_session_across_workers() {
             phone.shake(1, seq);
             let outcome = phone.outcome().await.unwrap();
             assert_eq!(outcome.seq, seq);
-            assert!(matches!(outcome.verdict, Verdict::Forwarded | Verdict::NoLuck | Verdict::SlowDown { .. }));
+            assert!(matches!(
+                outcome.verdict,
+                Verdict::Forwarded | Verdict::NoLuck | Verdict::SlowDown { .. }
+            ));
             seq += 1;
         }
         // The loop publishes its counters every 100 ms: wait until they cover these shakes.
