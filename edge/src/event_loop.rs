@@ -27,7 +27,6 @@ use shake_proto::control::CAP_DATAGRAMS;
 use shake_proto::datagram::{self, Datagram};
 use shake_proto::{ControlFrame, ErrorCode};
 
-use crate::bucket::Rate;
 use crate::core::{self, PhoneEffect, WorkerCore};
 use crate::handshakes::{self, Attempt, HandshakeDecision};
 use crate::link_pipe::{LinkEvent, LoopEnds};
@@ -670,7 +669,6 @@ pub fn run(start: LoopStart, shared: Arc<Shared>) -> std::io::Result<()> {
     endpoint.cid_generator(move || Box::new(WorkerCids::new(worker_byte)));
     let mut engine = Engine::new(endpoint, Some(server));
     let l = &shared.config.limits;
-    let share = workers as f64;
     let name = WorkerName {
         edge_id: shared.config.edge_id,
         worker_id: id,
@@ -688,14 +686,7 @@ pub fn run(start: LoopStart, shared: Arc<Shared>) -> std::io::Result<()> {
         ),
         sessions: Vec::new(),
         deadlines: Timers::default(),
-        sources: SourceLimiter::new(SourceLimits {
-            in_progress: l.handshakes_per_source,
-            rate: Rate::new(
-                l.new_handshakes_per_source_per_s / share,
-                (l.new_handshakes_per_source_burst / share).max(1.0),
-            ),
-            max_sources: (l.max_tracked_sources / workers).max(1),
-        }),
+        sources: SourceLimiter::new(SourceLimits::for_worker(l, workers)),
         link,
         counts: LoopCounts::default(),
         scratch: BytesMut::with_capacity(64 * 1024),

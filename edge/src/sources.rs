@@ -34,6 +34,22 @@ pub struct SourceLimits {
     pub max_sources: usize,
 }
 
+impl SourceLimits {
+    /// One worker's share of the edge's per-source limits (`workers` split the rate, the burst
+    /// and the table; the in-progress cap is per worker as configured).
+    pub fn for_worker(limits: &crate::config::Limits, workers: usize) -> Self {
+        let share = workers.max(1) as f64;
+        Self {
+            in_progress: limits.handshakes_per_source,
+            rate: Rate::new(
+                limits.new_handshakes_per_source_per_s / share,
+                (limits.new_handshakes_per_source_burst / share).max(1.0),
+            ),
+            max_sources: (limits.max_tracked_sources / workers.max(1)).max(1),
+        }
+    }
+}
+
 /// What to do with a new connection attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SourceVerdict {

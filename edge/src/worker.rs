@@ -28,7 +28,6 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::award_book::AwardBook;
-use crate::bucket::Rate;
 use crate::config::EdgeConfig;
 use crate::core::{self, PhoneEffect, WorkerCore};
 use crate::handshakes::{self, Attempt, HandshakeDecision};
@@ -262,7 +261,6 @@ pub fn run(
             Arc::new(quinn::TokioRuntime),
         )?;
         let l = &shared.config.limits;
-        let share = workers as f64;
         let name = WorkerName {
             edge_id: shared.config.edge_id,
             worker_id: id,
@@ -283,14 +281,7 @@ pub fn run(
             scratch: BytesMut::with_capacity(64 * 1024),
             counts: ShellCounts::default(),
             in_flight_published: 0,
-            sources: SourceLimiter::new(SourceLimits {
-                in_progress: l.handshakes_per_source,
-                rate: Rate::new(
-                    l.new_handshakes_per_source_per_s / share,
-                    (l.new_handshakes_per_source_burst / share).max(1.0),
-                ),
-                max_sources: (l.max_tracked_sources / workers).max(1),
-            }),
+            sources: SourceLimiter::new(SourceLimits::for_worker(l, workers)),
             batch_opened: Rc::new(Notify::new()),
             uplink_ready: Rc::new(Notify::new()),
             progress: Rc::new(Notify::new()),
