@@ -146,12 +146,23 @@ impl LoopWorker {
             return;
         }
         let left = std::mem::replace(&mut session.phase, Phase::Closing(code));
-        if let Phase::Serving(at) = left {
-            self.core.remove_phone(at);
-            self.shared.phones.fetch_sub(1, Ordering::Relaxed);
-            self.shared.metrics.phones.dec();
+        let stream = session.stream;
+        let source = session.source.take();
+        match left {
+            Phase::Serving(at) => {
+                self.core.remove_phone(at);
+                self.shared.phones.fetch_sub(1, Ordering::Relaxed);
+                self.shared.metrics.phones.dec();
+            }
+            // Closed before its handshake completed: the handshake is over all the same (the
+            // in-progress count must not leak).
+            Phase::Handshake => {
+                EdgeMetrics::add(&self.shared.metrics.handshakes, "outcome", "failed", 1);
+                self.handshake_done(source);
+            }
+            Phase::AwaitHello | Phase::Closing(_) => {}
         }
-        match session.stream {
+        match stream {
             Some(stream) => {
                 let mut send = conn.send_stream(stream);
                 let _ = send.write(&error);
