@@ -100,8 +100,6 @@ struct LoopWorker {
     draining_since: Option<Instant>,
     stopping_since: Option<Instant>,
     driver_stats: DriverStats,
-    /// Connections to act on at the next turn (closes whose time has come).
-    due: Vec<ConnectionHandle>,
     /// The source of the attempt just accepted, until the engine names its connection.
     pending_source: Option<IpAddr>,
 }
@@ -623,10 +621,8 @@ impl Shell for LoopWorker {
     fn turn(&mut self, now: Instant, engine: &mut Engine, stats: &DriverStats) -> Flow {
         self.driver_stats = *stats;
         // Deadlines of sessions: Hello not in time, or a close's grace over.
-        while let Some(index) = self.deadlines.pop_expired(now) {
-            self.due.push(ConnectionHandle(index));
-        }
-        for ch in std::mem::take(&mut self.due) {
+        let due: Vec<usize> = std::iter::from_fn(|| self.deadlines.pop_expired(now)).collect();
+        for ch in due.into_iter().map(ConnectionHandle) {
             let phase = self.session(ch).map(|s| match s.phase {
                 Phase::Closing(code) => Some(code),
                 _ => None,
@@ -640,12 +636,14 @@ impl Shell for LoopWorker {
                 None => {}
             });
         }
-        self.exchange_with_link(now, engine);
         let now_us = self.now_us(now);
         self.core.poll_age(now_us);
-        self.exchange_with_link(now, engine);
         self.housekeeping(now);
-        self.shutdown(now, engine)
+        let flow = self.shutdown(now, engine);
+        // Last, so that a batch closed by age, a load report or a drain's flush above goes to
+        // the link in this same turn.
+        self.exchange_with_link(now, engine);
+        flow
     }
 
     fn deadline(&mut self) -> Option<Instant> {
@@ -708,7 +706,6 @@ pub fn run(start: LoopStart, shared: Arc<Shared>) -> std::io::Result<()> {
         draining_since: None,
         stopping_since: None,
         driver_stats: DriverStats::default(),
-        due: Vec::new(),
         pending_source: None,
         id,
         shared,
