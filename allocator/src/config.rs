@@ -30,11 +30,57 @@ pub struct Config {
     /// Most batches in flight in one group commit.
     #[serde(default = "default_max_group_batches")]
     pub max_group_batches: usize,
+    /// One user's entries, whatever their connections and edges.
+    #[serde(default)]
+    pub user_rate: UserRateConfig,
     /// TLS files.
     pub tls: TlsConfig,
     /// The rounds of the show.
     #[serde(default)]
     pub rounds: Vec<RoundConfig>,
+}
+
+/// The per-user rate (`[user_rate]`): entries beyond it are no-luck, repeat offenders are
+/// refused at the edges for a while.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UserRateConfig {
+    /// Entries per second one user may have drawn (the edge's per-phone rate).
+    pub per_s: f64,
+    /// Bucket depth, entries (the edge's per-phone burst).
+    pub burst: f64,
+    /// Most users tracked at once; a new user beyond it passes untracked (counted).
+    pub max_tracked_users: usize,
+    /// Entries over the rate after which edges are told to refuse the user.
+    pub limit_after_excess: u32,
+    /// How long edges refuse such a user, seconds.
+    pub limit_for_s: u64,
+}
+
+impl Default for UserRateConfig {
+    fn default() -> Self {
+        let d = crate::user_rate::UserRateSettings::default();
+        Self {
+            per_s: d.per_s,
+            burst: d.burst,
+            max_tracked_users: d.max_tracked_users,
+            limit_after_excess: d.limit_after_excess,
+            limit_for_s: d.limit_for_ms / 1000,
+        }
+    }
+}
+
+impl UserRateConfig {
+    /// The accounting's settings.
+    pub fn settings(&self) -> crate::user_rate::UserRateSettings {
+        crate::user_rate::UserRateSettings {
+            per_s: self.per_s,
+            burst: self.burst,
+            max_tracked_users: self.max_tracked_users,
+            limit_after_excess: self.limit_after_excess,
+            limit_for_ms: self.limit_for_s.saturating_mul(1000),
+        }
+    }
 }
 
 /// Certificate files (PEM). `shake-allocator dev-certs DIR` writes a working set.
@@ -172,6 +218,22 @@ impl Validate for Config {
         if self.max_group_batches == 0 {
             return Err(invalid("max_group_batches", "must be at least 1"));
         }
+        let u = &self.user_rate;
+        if !(u.per_s.is_finite() && u.per_s > 0.0) {
+            return Err(invalid("user_rate.per_s", "must be a positive number"));
+        }
+        if !(u.burst.is_finite() && u.burst >= 1.0) {
+            return Err(invalid("user_rate.burst", "must be at least 1"));
+        }
+        if u.max_tracked_users == 0 || u.max_tracked_users > 100_000_000 {
+            return Err(invalid("user_rate.max_tracked_users", "must be 1 to 100,000,000"));
+        }
+        if u.limit_after_excess == 0 {
+            return Err(invalid("user_rate.limit_after_excess", "must be at least 1"));
+        }
+        if u.limit_for_s == 0 || u.limit_for_s > 86_400 {
+            return Err(invalid("user_rate.limit_for_s", "must be 1 to 86,400"));
+        }
         let mut previous_end: Option<(u32, u64)> = None;
         let mut sorted: Vec<&RoundConfig> = self.rounds.iter().collect();
         sorted.sort_by_key(|r| r.starts_at_ms);
@@ -287,6 +349,11 @@ mod tests {
         );
         assert_eq!(field_of(&two), "rounds[id=2].starts_at_ms");
         assert_eq!(field_of(&format!("oversampling = 0.0\n{}", with_round(""))), "oversampling");
+        assert_eq!(field_of(&with_round("[user_rate]\nper_s = 0.0\n")), "user_rate.per_s");
+        assert_eq!(
+            field_of(&with_round("[user_rate]\nlimit_for_s = 0\n")),
+            "user_rate.limit_for_s"
+        );
     }
 
     #[test]

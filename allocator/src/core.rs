@@ -31,6 +31,7 @@ use crate::award::{Award, BatchKey, WorkerKey};
 use crate::draw::{Draw, RoundDraw};
 use crate::ledger::{AnsweredBatch, WorkerRecord};
 use crate::quota::{self, EdgeQuota, QuotaPlanner};
+use crate::user_rate::{UserRateSettings, UserRates};
 
 /// The shell's name for one edge worker stream.
 pub type StreamId = u64;
@@ -70,12 +71,16 @@ pub struct WorkerHello {
     pub instance_id: u64,
     /// Every batch of this instance up to here is answered at the edge.
     pub highest_answered_seq: u64,
+    /// The edge's protocol version (frames newer than it are not sent to it).
+    pub protocol_version: u32,
 }
 
 #[derive(Debug, Clone, Copy)]
 struct StreamInfo {
     worker: WorkerKey,
     instance_id: u64,
+    /// The edge understands `UsersLimited` (protocol 3 on).
+    hears_limits: bool,
 }
 
 /// One edge worker: its current instance and that instance's unconfirmed answers.
@@ -152,6 +157,8 @@ pub struct CoreSettings {
     pub oversampling: f64,
     /// Quota lifetime; refreshed at a third of it.
     pub quota_valid_ms: u64,
+    /// The per-user rate.
+    pub user_rate: UserRateSettings,
 }
 
 /// Counters the shell exports as metrics.
@@ -169,6 +176,12 @@ pub struct CoreCounters {
     pub awards_granted: u64,
     /// Stored answers forgotten because the edge confirmed them or their instance retired.
     pub answers_forgotten: u64,
+    /// Entries treated as no-luck because their user was over the per-user rate.
+    pub entries_over_user_rate: u64,
+    /// Users limited at the edges for going over it.
+    pub users_limited: u64,
+    /// Entries admitted untracked because the per-user table was full.
+    pub entries_untracked: u64,
 }
 
 /// The allocator's state.
@@ -183,6 +196,8 @@ pub struct Core {
     last_quota: HashMap<u64, (EdgeQuota, u64)>,
     last_phase: HashMap<u32, RoundPhase>,
     counters: CoreCounters,
+    rates: UserRates,
+    next_sweep_ms: u64,
     scratch: Vec<Award>,
 }
 
@@ -200,6 +215,8 @@ impl Core {
             last_quota: HashMap::new(),
             last_phase: HashMap::new(),
             counters: CoreCounters::default(),
+            rates: UserRates::new(settings.user_rate),
+            next_sweep_ms: 0,
             scratch: Vec::new(),
         }
     }
@@ -264,6 +281,11 @@ impl Core {
         self.workers.values().flat_map(|w| w.answered.values()).map(Bytes::len).sum()
     }
 
+    /// Users the per-user rate tracks now.
+    pub fn tracked_users(&self) -> usize {
+        self.rates.tracked()
+    }
+
     /// Edge workers known (one slot each, whatever their number of restarts).
     pub fn known_workers(&self) -> usize {
         self.workers.len()
@@ -308,9 +330,18 @@ impl Core {
             self.streams.remove(&old);
             out.push(Effect::Close(old, ErrorCode::DuplicateWorker));
         }
-        self.streams.insert(stream, StreamInfo { worker, instance_id: hello.instance_id });
+        let hears_limits = hello.protocol_version >= 3;
+        self.streams
+            .insert(stream, StreamInfo { worker, instance_id: hello.instance_id, hears_limits });
         for round in self.draw.rounds() {
             out.push(Effect::Send(stream, round_state_frame(round, now_ms)));
+        }
+        if hears_limits {
+            let limited = self.rates.limited_at(now_ms);
+            let until_ms = now_ms + self.rates.limit_for_ms();
+            for frame in users_limited_frames(&limited, until_ms) {
+                out.push(Effect::Send(stream, frame));
+            }
         }
         self.last_quota.remove(&hello.edge_id);
         self.refresh_quotas(now_ms, out);
@@ -381,7 +412,7 @@ impl Core {
         }
         slot.pending += 1;
         self.scratch.clear();
-        self.draw.decide(key, batch, now_ms, &mut self.scratch);
+        self.draw.decide(key, batch, now_ms, &mut self.rates, &mut self.scratch);
         self.counters.batches_drawn += 1;
         self.counters.entries_drawn += batch.len() as u64;
         self.counters.awards_granted += self.scratch.len() as u64;
@@ -446,8 +477,34 @@ impl Core {
         }
     }
 
-    /// The clock moved: announce round transitions, refresh quotas.
+    /// The clock moved: announce round transitions and newly limited users, refresh quotas,
+    /// forget idle users (once a second).
     pub fn on_tick(&mut self, now_ms: u64, out: &mut Vec<Effect>) {
+        let rate_counts = self.rates.take_counts();
+        self.counters.entries_over_user_rate += rate_counts.entries_over_rate;
+        self.counters.users_limited += rate_counts.users_limited;
+        self.counters.entries_untracked += rate_counts.entries_untracked;
+        let limited = self.rates.take_newly_limited();
+        if !limited.is_empty() {
+            tracing::info!(
+                users = limited.len(),
+                first = ?&limited[..limited.len().min(8)],
+                "users over the per-user rate: edges refuse them for {} s",
+                self.rates.limit_for_ms() / 1000
+            );
+            let until_ms = now_ms + self.rates.limit_for_ms();
+            for frame in users_limited_frames(&limited, until_ms) {
+                for (id, info) in &self.streams {
+                    if info.hears_limits {
+                        out.push(Effect::Send(*id, frame.clone()));
+                    }
+                }
+            }
+        }
+        if now_ms >= self.next_sweep_ms {
+            self.rates.sweep(now_ms);
+            self.next_sweep_ms = now_ms + 1_000;
+        }
         let streams: Vec<StreamId> = self.streams.keys().copied().collect();
         for round in self.draw.rounds() {
             let phase = phase_at(round, now_ms);
@@ -502,6 +559,18 @@ impl Core {
             }
         }
     }
+}
+
+/// `UsersLimited` frames naming `users` (as many as their limit per frame needs).
+fn users_limited_frames(users: &[u64], until_ms: u64) -> Vec<Bytes> {
+    users
+        .chunks(shake_proto::limits::MAX_LIMITED_USERS)
+        .map(|chunk| {
+            let mut frame = BytesMut::new();
+            AllocatorFrame::UsersLimited { until_ms, user_ids: chunk.to_vec() }.encode(&mut frame);
+            frame.freeze()
+        })
+        .collect()
 }
 
 /// The `BatchResult` frame for batch `seq` (whose payload digests to `digest`) that granted

@@ -14,6 +14,7 @@ use shake_proto::{Batch, Prize};
 use crate::award::{Award, BatchKey};
 use crate::config::{Release, RoundConfig};
 use crate::pool::{Item, Kind, Pool};
+use crate::user_rate::UserRates;
 
 /// Wins of one user in one round, by kind.
 #[derive(Debug, Clone, Copy, Default)]
@@ -160,8 +161,16 @@ impl Draw {
         Ok(())
     }
 
-    /// Draws the winners of `batch` at `now_ms`, appending their awards to `out`.
-    pub fn decide(&mut self, key: BatchKey, batch: &Batch, now_ms: u64, out: &mut Vec<Award>) {
+    /// Draws the winners of `batch` at `now_ms`, appending their awards to `out`. An entry
+    /// whose user is over the per-user rate (`rates`) is no-luck.
+    pub fn decide(
+        &mut self,
+        key: BatchKey,
+        batch: &Batch,
+        now_ms: u64,
+        rates: &mut UserRates,
+        out: &mut Vec<Award>,
+    ) {
         let Some(round) = self.rounds.iter_mut().find(|r| r.config.id == batch.round_id) else {
             return;
         };
@@ -172,9 +181,13 @@ impl Draw {
         round.pool.release_until(target);
         let batch_seed = batch_seed(round.config.seed, key);
         for (index, entry) in batch.entries().enumerate() {
+            let shaken_at_ms = batch.base_time_ms + u64::from(entry.offset_us / 1000);
+            if !rates.admit(entry.user_id, shaken_at_ms) {
+                continue;
+            }
             // Most entries arrive after the released prizes are gone: one branch each.
             if round.pool.available(Kind::Cash) == 0 && round.pool.available(Kind::Gift) == 0 {
-                break;
+                continue;
             }
             let random = entry_random(batch_seed, index as u32);
             let wins = round.wins.get(&entry.user_id).copied().unwrap_or_default();

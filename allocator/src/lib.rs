@@ -26,3 +26,4 @@ pub mod pool;
 pub mod quota;
 pub mod service;
 pub mod split;
+pub mod user_rate;

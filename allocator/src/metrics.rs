@@ -45,6 +45,14 @@ pub struct Metrics {
     pub commit_queue: Gauge,
     /// Delivery marks (phones' acknowledgements) made durable.
     pub delivery_marks: Counter,
+    /// Entries treated as no-luck because their user was over the per-user rate.
+    pub entries_over_user_rate: Counter,
+    /// Users the edges were told to refuse for going over the per-user rate.
+    pub users_limited: Counter,
+    /// Entries admitted untracked because the per-user table was full.
+    pub entries_untracked: Counter,
+    /// Users the per-user rate tracks now.
+    pub users_tracked: Gauge,
 }
 
 impl Default for Metrics {
@@ -74,6 +82,10 @@ impl Metrics {
             answers_forgotten: Counter::default(),
             commit_queue: Gauge::default(),
             delivery_marks: Counter::default(),
+            entries_over_user_rate: Counter::default(),
+            users_limited: Counter::default(),
+            entries_untracked: Counter::default(),
+            users_tracked: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("batches", "Batches received", m.batches.clone());
@@ -127,6 +139,26 @@ impl Metrics {
             "delivery_marks",
             "Award acknowledgements made durable",
             m.delivery_marks.clone(),
+        );
+        registry.register(
+            "entries_over_user_rate",
+            "Entries no-luck because their user was over the per-user rate",
+            m.entries_over_user_rate.clone(),
+        );
+        registry.register(
+            "users_limited",
+            "Users edges were told to refuse for going over the per-user rate",
+            m.users_limited.clone(),
+        );
+        registry.register(
+            "entries_untracked",
+            "Entries admitted untracked because the per-user table was full",
+            m.entries_untracked.clone(),
+        );
+        registry.register(
+            "users_tracked",
+            "Users the per-user rate tracks now",
+            m.users_tracked.clone(),
         );
         Self { registry, ..m }
     }

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use quinn::crypto::rustls::QuicServerConfig;
-use shake_proto::allocator::PROTOCOL_VERSION;
+use shake_proto::allocator::{MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
 use shake_proto::{ALLOCATOR_ALPN, AllocatorFrame, Batch, DecodeError, ErrorCode, Prize};
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
@@ -164,8 +164,11 @@ pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, ServeE
         "ledger replayed"
     );
     let metrics = Arc::new(Metrics::new());
-    let settings =
-        CoreSettings { oversampling: config.oversampling, quota_valid_ms: config.quota_valid_ms };
+    let settings = CoreSettings {
+        oversampling: config.oversampling,
+        quota_valid_ms: config.quota_valid_ms,
+        user_rate: config.user_rate.settings(),
+    };
     let mut core = Core::new(settings, draw);
     let mut restored = Vec::new();
     core.restore(snapshot.workers, snapshot.answers, &mut restored);
@@ -323,6 +326,7 @@ fn commit_loop(
 
 fn update_gauges(core: &Core, metrics: &Metrics) {
     metrics.answers_stored.set(core.stored_answers() as i64);
+    metrics.users_tracked.set(core.tracked_users() as i64);
     for round in core.draw().rounds() {
         let left = round.pool().items().len() - round.pool().awarded_count();
         metrics
@@ -430,6 +434,11 @@ async fn actor_loop(
             );
         }
         metrics.answers_forgotten.inc_by(now.answers_forgotten - counted.answers_forgotten);
+        metrics
+            .entries_over_user_rate
+            .inc_by(now.entries_over_user_rate - counted.entries_over_user_rate);
+        metrics.users_limited.inc_by(now.users_limited - counted.users_limited);
+        metrics.entries_untracked.inc_by(now.entries_untracked - counted.entries_untracked);
         counted = now;
     }
 }
@@ -584,7 +593,9 @@ async fn serve_stream(
                             },
                             true,
                         ) => {
-                            if protocol_version != PROTOCOL_VERSION {
+                            if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION)
+                                .contains(&protocol_version)
+                            {
                                 break 'read Some(ErrorCode::UnsupportedVersion);
                             }
                             if !tls::certificate_names_edge(&link.peer_cert, edge_id) {
@@ -608,6 +619,7 @@ async fn serve_stream(
                                 worker_id,
                                 instance_id,
                                 highest_answered_seq,
+                                protocol_version,
                             };
                             let handle = handle.take().expect("checked by the match");
                             ActorMsg::Hello { stream, hello, handle }

@@ -6,6 +6,8 @@ use shake_allocator::award::BatchKey;
 use shake_allocator::config::{CashPool, Release, RoundConfig};
 use shake_allocator::core::{Core, CoreSettings, Effect, WorkerHello};
 use shake_allocator::draw::Draw;
+use shake_allocator::user_rate::UserRateSettings;
+use shake_proto::allocator::PROTOCOL_VERSION;
 use shake_proto::{AllocatorFrame, Batch, BatchEntry, ErrorCode, RoundPhase};
 
 const START: u64 = 1_000_000;
@@ -23,13 +25,23 @@ fn core() -> Core {
         cash: Some(CashPool { total_cents: 1_000, envelopes: 10, min_cents: 1 }),
         gifts: vec![],
     };
-    let settings = CoreSettings { oversampling: 4.0, quota_valid_ms: 3_000 };
+    let settings = CoreSettings {
+        oversampling: 4.0,
+        quota_valid_ms: 3_000,
+        user_rate: UserRateSettings::default(),
+    };
     Core::new(settings, Draw::new(&[round]))
 }
 
 /// `EdgeHello` of edge 7, worker 0, instance `instance`, answered up to `highest`.
 fn hello(instance: u64, highest: u64) -> WorkerHello {
-    WorkerHello { edge_id: 7, worker_id: 0, instance_id: instance, highest_answered_seq: highest }
+    WorkerHello {
+        edge_id: 7,
+        worker_id: 0,
+        instance_id: instance,
+        highest_answered_seq: highest,
+        protocol_version: PROTOCOL_VERSION,
+    }
 }
 
 const INSTANCE: u64 = 0x5eed;
@@ -319,4 +331,110 @@ fn restore_keeps_the_current_instances_answers_and_compacts_the_rest() {
     fx.clear();
     core.on_hello(1, hello(1, 9), START, &mut fx);
     assert!(matches!(fx.as_slice(), [Effect::Close(1, ErrorCode::DuplicateWorker)]));
+}
+
+/// One user shaking through two edges and two workers (four streams) at ten times the
+/// per-user rate: only the rate is drawn, the user is named to every edge that speaks
+/// version 3 (not to a version-2 edge), and a worker that connects later hears of it too.
+#[test]
+fn one_user_through_many_edges_is_held_to_the_per_user_rate() {
+    let settings = CoreSettings {
+        oversampling: 4.0,
+        quota_valid_ms: 3_000,
+        user_rate: UserRateSettings {
+            per_s: 10.0,
+            burst: 20.0,
+            max_tracked_users: 1_000,
+            limit_after_excess: 20,
+            limit_for_ms: 60_000,
+        },
+    };
+    let round = RoundConfig {
+        id: 1,
+        starts_at_ms: START,
+        duration_s: 100,
+        seed: 3,
+        release: Release::Immediate,
+        // Every entry drawn wins (caps high, prizes plenty): awards count the entries drawn.
+        cash_per_user: 255,
+        gifts_per_user: 0,
+        min_shake_interval_ms: 100,
+        cash: Some(CashPool { total_cents: 1_000_000, envelopes: 10_000, min_cents: 1 }),
+        gifts: vec![],
+    };
+    let mut core = Core::new(settings, Draw::new(&[round]));
+    let mut fx = Vec::new();
+    let streams: [(u64, u64, u16, u32); 4] =
+        [(1, 7, 0, PROTOCOL_VERSION), (2, 7, 1, PROTOCOL_VERSION), (3, 8, 0, 3), (4, 8, 1, 2)];
+    for (stream, edge_id, worker_id, protocol_version) in streams {
+        let hello = WorkerHello {
+            edge_id,
+            worker_id,
+            instance_id: stream,
+            highest_answered_seq: 0,
+            protocol_version,
+        };
+        core.on_hello(stream, hello, START, &mut fx);
+    }
+    fx.clear();
+    // Cheater 42 shakes 100 times a second on each of four streams for 2 s (ten batches of
+    // 20 entries per stream); honest user 43 shakes 5 times a second on stream 1.
+    const CHEATER: u64 = 42;
+    let mut seq = [0u64; 4];
+    for tenth in 0..20u64 {
+        for (i, (stream, ..)) in streams.iter().enumerate() {
+            seq[i] += 1;
+            let mut entries: Vec<BatchEntry> = (0..10)
+                .map(|k| BatchEntry { user_id: CHEATER, offset_us: (k * 10_000) as u32 })
+                .collect();
+            if i == 0 && tenth % 2 == 0 {
+                entries.push(BatchEntry { user_id: 43, offset_us: 0 });
+            }
+            let batch = Batch::new(seq[i], 1, START + tenth * 100, &entries);
+            core.on_batch(*stream, &batch, START + tenth * 100 + 5, &mut fx);
+        }
+    }
+    core.on_tick(START + 2_000, &mut fx);
+    let won = |user| {
+        fx.iter()
+            .filter_map(|e| match e {
+                Effect::Commit(b) => Some(b.awards.iter().filter(|a| a.user_id == user).count()),
+                _ => None,
+            })
+            .sum::<usize>()
+    };
+    // 800 cheater entries in 2 s: at most the burst plus 2 s at the rate are drawn.
+    let drawn_for_cheater = won(CHEATER);
+    assert!(drawn_for_cheater <= 20 + 20, "{drawn_for_cheater} entries of the cheater drawn");
+    assert!(drawn_for_cheater >= 20, "the burst is drawn: {drawn_for_cheater}");
+    assert_eq!(won(43), 10, "the honest user's every entry is drawn");
+    let c = core.counters();
+    assert_eq!(c.entries_over_user_rate, 800 - drawn_for_cheater as u64);
+    assert_eq!(c.users_limited, 1);
+    let limited = |fx: &[Effect], stream| {
+        frames(fx, stream)
+            .into_iter()
+            .filter_map(|f| match f {
+                AllocatorFrame::UsersLimited { user_ids, until_ms } => Some((user_ids, until_ms)),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    for stream in [1, 2, 3] {
+        assert_eq!(limited(&fx, stream), vec![(vec![CHEATER], START + 62_000)], "{stream}");
+    }
+    assert!(limited(&fx, 4).is_empty(), "a version-2 edge does not know the frame");
+    // A worker that connects while the limit lasts hears of it.
+    fx.clear();
+    let late = WorkerHello {
+        edge_id: 9,
+        worker_id: 0,
+        instance_id: 99,
+        highest_answered_seq: 0,
+        protocol_version: PROTOCOL_VERSION,
+    };
+    core.on_hello(5, late, START + 3_000, &mut fx);
+    let told = limited(&fx, 5);
+    assert_eq!(told.len(), 1);
+    assert_eq!(told[0].0, vec![CHEATER]);
 }

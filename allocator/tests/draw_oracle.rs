@@ -10,6 +10,7 @@ use shake_allocator::award::{Award, BatchKey};
 use shake_allocator::config::{CashPool, GiftPool, Release, RoundConfig};
 use shake_allocator::draw::{Draw, batch_seed, entry_random};
 use shake_allocator::pool::{Item, Kind, Pool};
+use shake_allocator::user_rate::UserRates;
 use shake_proto::{Batch, BatchEntry, Prize};
 
 const START: u64 = 1_000_000;
@@ -129,7 +130,9 @@ fn run_live(config: &RoundConfig, batches: &Batches) -> (Draw, Vec<Award>) {
         let entries: Vec<BatchEntry> =
             users.iter().map(|u| BatchEntry { user_id: *u, offset_us: 0 }).collect();
         let key = BatchKey { edge_id: 1, worker_id: 0, instance_id: 5, seq: seq as u64 + 1 };
-        draw.decide(key, &Batch::new(key.seq, 1, 0, &entries), START + at, &mut awards);
+        // The oracle models the draw alone; the per-user rate has tests of its own.
+        let batch = Batch::new(key.seq, 1, 0, &entries);
+        draw.decide(key, &batch, START + at, &mut UserRates::off(), &mut awards);
     }
     (draw, awards)
 }
@@ -214,8 +217,8 @@ proptest! {
         let key = BatchKey { edge_id: 2, worker_id: 0, instance_id: 6, seq: 1 };
         let batch = Batch::new(1, 1, 0, &entries);
         let (mut a, mut b) = (Vec::new(), Vec::new());
-        restored.decide(key, &batch, START + 9_999, &mut a);
-        live.decide(key, &batch, START + 9_999, &mut b);
+        restored.decide(key, &batch, START + 9_999, &mut UserRates::off(), &mut a);
+        live.decide(key, &batch, START + 9_999, &mut UserRates::off(), &mut b);
         prop_assert_eq!(&a, &b);
         let taken: BTreeSet<u32> = awards.iter().chain(a.iter()).map(|x| x.item).collect();
         prop_assert_eq!(taken.len(), awards.len() + a.len());

@@ -13,6 +13,7 @@ use shake_allocator::config::{CashPool, Release, RoundConfig};
 use shake_allocator::core::answer_frame;
 use shake_allocator::draw::Draw;
 use shake_allocator::ledger::{AnsweredBatch, CommitGroup, Ledger};
+use shake_allocator::user_rate::{UserRateSettings, UserRates};
 use shake_proto::Batch;
 
 use crate::{proto_bench, stats};
@@ -69,9 +70,15 @@ fn draw_run(config: &RoundConfig, batches: &[Batch]) -> (f64, Vec<Vec<Award>>) {
     let mut draw = Draw::new(std::slice::from_ref(config));
     let mut per_batch = Vec::with_capacity(batches.len());
     let mut out = Vec::with_capacity(BATCH_ENTRIES);
+    // The per-user rate as the allocator runs it, swept as its tick does (once a second of
+    // the batches' clock).
+    let mut rates = UserRates::new(UserRateSettings::default());
     let started = Instant::now();
     for (i, batch) in batches.iter().enumerate() {
-        draw.decide(key(batch.seq), batch, i as u64 + 1, &mut out);
+        if i % 1000 == 999 {
+            rates.sweep(i as u64);
+        }
+        draw.decide(key(batch.seq), batch, i as u64 + 1, &mut rates, &mut out);
         per_batch.push(std::mem::take(&mut out));
     }
     let rate = stats::per_second((batches.len() * BATCH_ENTRIES) as u64, started.elapsed());

@@ -17,6 +17,8 @@ use shake_allocator::config::{CashPool, Release, RoundConfig};
 use shake_allocator::core::{Core, CoreSettings, Effect, WorkerHello};
 use shake_allocator::draw::Draw;
 use shake_allocator::ledger::{CommitGroup, Ledger};
+use shake_allocator::user_rate::UserRateSettings;
+use shake_proto::allocator::PROTOCOL_VERSION;
 use shake_proto::{Batch, BatchEntry};
 
 const START_MS: u64 = 1_767_225_600_000;
@@ -97,8 +99,14 @@ pub fn run_core(
     restart_every: u64,
     live_bytes: impl Fn() -> i64,
 ) -> SoakFigures {
-    let mut core =
-        Core::new(CoreSettings { oversampling: 4.0, quota_valid_ms: 3_000 }, Draw::new(&[round()]));
+    let mut core = Core::new(
+        CoreSettings {
+            oversampling: 4.0,
+            quota_valid_ms: 3_000,
+            user_rate: UserRateSettings::default(),
+        },
+        Draw::new(&[round()]),
+    );
     let mut effects = Vec::new();
     let mut next_stream = 1;
     let mut workers: Vec<SimWorker> = (0..WORKERS)
@@ -110,6 +118,7 @@ pub fn run_core(
                     worker_id: w % 4,
                     instance_id: 1000 + u64::from(w),
                     highest_answered_seq: 0,
+                    protocol_version: PROTOCOL_VERSION,
                 },
                 next_seq: 1,
             };
@@ -194,10 +203,22 @@ pub fn run_core(
 pub fn run_ledger(dir: &Path, batches: u64, group: u64) -> std::io::Result<LedgerSoak> {
     let _ = std::fs::remove_dir_all(dir);
     let ledger = Ledger::open(dir).map_err(std::io::Error::other)?;
-    let mut core =
-        Core::new(CoreSettings { oversampling: 4.0, quota_valid_ms: 3_000 }, Draw::new(&[round()]));
+    let mut core = Core::new(
+        CoreSettings {
+            oversampling: 4.0,
+            quota_valid_ms: 3_000,
+            user_rate: UserRateSettings::default(),
+        },
+        Draw::new(&[round()]),
+    );
     let mut effects = Vec::new();
-    let hello = WorkerHello { edge_id: 1, worker_id: 0, instance_id: 77, highest_answered_seq: 0 };
+    let hello = WorkerHello {
+        edge_id: 1,
+        worker_id: 0,
+        instance_id: 77,
+        highest_answered_seq: 0,
+        protocol_version: PROTOCOL_VERSION,
+    };
     core.on_hello(1, hello, START_MS, &mut effects);
     let mut pending = CommitGroup::default();
     let mut answers: HashMap<BatchKey, Bytes> = HashMap::new();

@@ -7,10 +7,16 @@
 //! of the edge's admission? then into the batch. It allocates nothing after warm-up and
 //! touches nothing shared with another thread (`shake-bench hot-path` measures it).
 //!
+//! One user, one chance: a user the allocator names in `UsersLimited` (over the per-user rate,
+//! whatever their connections) is answered no-luck without forwarding until the limit ends.
+//! The check is one comparison on the phone's own record, set when the notice comes and when
+//! the phone's session starts; the table behind it is bounded and swept once a second.
+//!
 //! Awards are announced only for a batch whose answer matches it (sequence and digest), to the
 //! phone that shook, and are entered in the edge's [`AwardBook`] so that only that user can
 //! acknowledge them.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use shake_proto::datagram::Outcome;
@@ -22,6 +28,7 @@ use crate::batcher::{Answer, BatchSettings};
 use crate::bucket::{Rate, TokenBucket};
 use crate::phones::{PhoneRef, PhoneTable};
 use crate::uplink::{Uplink, WorkerName};
+use crate::user_sessions::MAX_LIMITED_USERS;
 
 /// A connected phone, as the core sees it; `X` is whatever the shell keeps beside it.
 #[derive(Debug)]
@@ -29,6 +36,8 @@ pub struct Phone<X> {
     /// The user its session token names.
     pub user_id: u64,
     bucket: TokenBucket,
+    /// The allocator limited this user until then (Unix ms; 0: never).
+    limited_until_ms: u64,
     /// The shell's part (an outbox, a connection handle...).
     pub ext: X,
 }
@@ -55,6 +64,8 @@ pub struct Counts {
     pub forwarded: u64,
     /// Admitted shakes answered no-luck because too many batches awaited answers.
     pub backpressure: u64,
+    /// Shakes answered no-luck, not forwarded, because the allocator limited their user.
+    pub user_limited: u64,
     /// Awards written to their phone.
     pub awards_written: u64,
     /// Awards whose phone had left (they stay undelivered in the ledger).
@@ -92,6 +103,8 @@ pub struct WorkerCore<X> {
     uplink: Uplink<PhoneRef>,
     phones: PhoneTable<Phone<X>>,
     awards: Arc<AwardBook>,
+    /// Users the allocator limited, and until when (at most [`MAX_LIMITED_USERS`]).
+    limited: HashMap<u64, u64>,
     counts: Counts,
 }
 
@@ -109,6 +122,7 @@ impl<X> WorkerCore<X> {
             uplink: Uplink::new(name, settings.batches),
             phones: PhoneTable::default(),
             awards,
+            limited: HashMap::new(),
             counts: Counts::default(),
         }
     }
@@ -131,7 +145,13 @@ impl<X> WorkerCore<X> {
     /// A phone of `user_id` started its session at `now_us`.
     pub fn add_phone(&mut self, user_id: u64, ext: X, now_us: u64) -> PhoneRef {
         let bucket = self.admission.new_phone_bucket(now_us);
-        self.phones.insert(Phone { user_id, bucket, ext })
+        let limited_until_ms = self.limited.get(&user_id).copied().unwrap_or(0);
+        self.phones.insert(Phone { user_id, bucket, limited_until_ms, ext })
+    }
+
+    /// Users limited now (the table behind the per-phone mark).
+    pub fn limited_users(&self) -> usize {
+        self.limited.len()
     }
 
     /// A phone left.
@@ -150,6 +170,11 @@ impl<X> WorkerCore<X> {
     ) -> Option<Outcome> {
         let Self { admission, uplink, phones, counts, .. } = self;
         let phone = phones.get_mut(at)?;
+        if phone.limited_until_ms > now_ms {
+            counts.user_limited += 1;
+            counts.no_luck += 1;
+            return Some(Outcome { seq: shake.seq, verdict: Verdict::NoLuck });
+        }
         let verdict = match admission.decide(shake.round_id, &mut phone.bucket, now_us, now_ms) {
             Decision::Answer(verdict) => verdict,
             Decision::Admit { round_id } => {
@@ -267,13 +292,37 @@ impl<X> WorkerCore<X> {
                     min_shake_interval_ms: self.admission.min_interval_ms(),
                 }));
             }
+            AllocatorFrame::UsersLimited { until_ms, user_ids } => {
+                self.on_users_limited(&user_ids, until_ms, now_ms);
+            }
             AllocatorFrame::Heartbeat { .. } => {}
             other => tracing::warn!(frame = other.name(), "unexpected frame from the allocator"),
         }
     }
 
-    /// Once a second: the load report for the allocator.
-    pub fn on_load_tick(&mut self) {
+    fn on_users_limited(&mut self, user_ids: &[u64], until_ms: u64, now_ms: u64) {
+        if self.limited.len() + user_ids.len() > MAX_LIMITED_USERS {
+            self.limited.retain(|_, until| *until > now_ms);
+        }
+        for &user in user_ids {
+            if self.limited.len() >= MAX_LIMITED_USERS && !self.limited.contains_key(&user) {
+                tracing::warn!("limited-user table full: a limited user is not refused here");
+                break;
+            }
+            self.limited.insert(user, until_ms);
+        }
+        // One pass over this worker's phones per notice (at most one a second), so the shake
+        // path only compares a number.
+        for phone in self.phones.iter_mut() {
+            if let Some(&until) = self.limited.get(&phone.user_id) {
+                phone.limited_until_ms = until;
+            }
+        }
+    }
+
+    /// Once a second: the load report for the allocator; limits that ended are forgotten.
+    pub fn on_load_tick(&mut self, now_ms: u64) {
+        self.limited.retain(|_, until| *until > now_ms);
         let load = self.admission.take_load();
         self.uplink.queue_load(load);
     }

@@ -35,6 +35,7 @@ use crate::outbox::OUTBOX_FRAMES;
 use crate::phones::PhoneRef;
 use crate::sources::{SourceLimiter, SourceLimits};
 use crate::uplink::WorkerName;
+use crate::user_sessions::Closer;
 use crate::worker::Shared;
 
 /// How long a close waits for its `Error` frame to be acknowledged before closing anyway.
@@ -70,6 +71,8 @@ struct Session {
     /// Control frames waiting for stream credit (at most [`OUTBOX_FRAMES`]).
     out: VecDeque<Bytes>,
     datagrams: bool,
+    /// The user and this session's serial in the edge's table of live sessions.
+    holds: Option<(u64, u64)>,
 }
 
 /// Counted on the loop thread, added to the shared metrics by housekeeping.
@@ -146,11 +149,15 @@ impl LoopWorker {
         let left = std::mem::replace(&mut session.phase, Phase::Closing(code));
         let stream = session.stream;
         let source = session.source.take();
+        let holds = session.holds.take();
         match left {
             Phase::Serving(at) => {
                 self.core.remove_phone(at);
                 self.shared.phones.fetch_sub(1, Ordering::Relaxed);
                 self.shared.metrics.phones.dec();
+                if let Some((user, serial)) = holds {
+                    self.shared.sessions.release(user, serial);
+                }
             }
             // Closed before its handshake completed: the handshake is over all the same (the
             // in-progress count must not leak).
@@ -317,9 +324,19 @@ impl LoopWorker {
             round: self.core.admission().current_round(now_ms),
         });
         let datagrams = capabilities & CAP_DATAGRAMS != 0 && conn.datagrams().max_size().is_some();
+        let serial = self.shared.sessions.next_serial();
         if let Some(session) = self.session(ch) {
             session.phase = Phase::Serving(at);
             session.datagrams = datagrams;
+            session.holds = Some((claims.user_id, serial));
+        }
+        // One live session per user on this edge: an older one, on any worker, is closed.
+        let closer = Closer::Loop { worker: self.id, conn: ch.0 };
+        if self.shared.sessions.claim(claims.user_id, serial, self.id, closer) {
+            tracing::debug!(
+                user_id = claims.user_id,
+                "a newer session supersedes the user's older one"
+            );
         }
         self.deadlines.set(ch.0, None);
         self.shared.phones.fetch_add(1, Ordering::Relaxed);
@@ -367,6 +384,9 @@ impl LoopWorker {
                 self.core.remove_phone(at);
                 self.shared.phones.fetch_sub(1, Ordering::Relaxed);
                 self.shared.metrics.phones.dec();
+                if let Some((user, serial)) = session.holds {
+                    self.shared.sessions.release(user, serial);
+                }
             }
             Phase::AwaitHello | Phase::Closing(_) => {}
         }
@@ -409,8 +429,14 @@ impl LoopWorker {
                 }
                 LinkEvent::Down => self.core.uplink().link_down(),
                 LinkEvent::Frame(frame) => {
-                    if let shake_proto::AllocatorFrame::RoundState { .. } = frame {
-                        self.shared.metrics.round_states.inc();
+                    match &frame {
+                        shake_proto::AllocatorFrame::RoundState { .. } => {
+                            self.shared.metrics.round_states.inc();
+                        }
+                        shake_proto::AllocatorFrame::UsersLimited { until_ms, user_ids } => {
+                            self.shared.sessions.note_limited(user_ids, *until_ms, now_ms());
+                        }
+                        _ => {}
                     }
                     let mut effects = Vec::new();
                     self.core.on_allocator_frame(frame, now_us, now_ms(), &mut effects);
@@ -451,7 +477,8 @@ impl LoopWorker {
         if self.ticks.is_multiple_of(10) {
             let now_us = self.now_us(now);
             self.sources.sweep(now_us);
-            self.core.on_load_tick();
+            self.core.on_load_tick(now_ms());
+            metrics.users_live.set(self.shared.sessions.live() as i64);
         }
     }
 
@@ -499,6 +526,22 @@ impl LoopWorker {
             }
         }
         Flow::Continue
+    }
+
+    /// Closes this worker's sessions that a newer session of their user superseded.
+    fn close_superseded(&mut self, now: Instant, engine: &mut Engine) {
+        for old in self.shared.sessions.take_superseded(self.id) {
+            let ch = ConnectionHandle(old.conn);
+            let current = self.session(ch).is_some_and(|s| {
+                matches!(s.phase, Phase::Serving(_)) && s.holds.is_some_and(|h| h.1 == old.serial)
+            });
+            if current {
+                engine.with_connection(ch, |conn| {
+                    let code = ErrorCode::SessionSuperseded;
+                    self.start_close(now, ch, conn, code, "a newer session of this user started");
+                });
+            }
+        }
     }
 
     fn phone_connections(&self) -> Vec<ConnectionHandle> {
@@ -553,6 +596,7 @@ impl Handler for LoopWorker {
             buf: BytesMut::new(),
             out: VecDeque::new(),
             datagrams: false,
+            holds: None,
         });
     }
 
@@ -636,6 +680,7 @@ impl Shell for LoopWorker {
                 None => {}
             });
         }
+        self.close_superseded(now, engine);
         let now_us = self.now_us(now);
         self.core.poll_age(now_us);
         self.housekeeping(now);

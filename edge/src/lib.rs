@@ -37,4 +37,5 @@ pub mod phones;
 pub mod service;
 pub mod sources;
 pub mod uplink;
+pub mod user_sessions;
 pub mod worker;

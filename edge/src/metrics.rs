@@ -50,6 +50,11 @@ pub struct EdgeMetrics {
     /// forwarded_out (handed to the worker owning the connection), forward_dropped,
     /// send_failed.
     pub datagrams: Family<Labels, Counter>,
+    /// Shakes answered without being forwarded, by reason: user_limited (the allocator
+    /// found the user over the per-user rate).
+    pub refused: Family<Labels, Counter>,
+    /// Users with a live session (one per user: a newer session supersedes the older).
+    pub users_live: Gauge,
     /// Each event-loop worker's busy share over the last 100 ms (0 to 1).
     pub loop_busy: Family<WorkerLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
 }
@@ -81,6 +86,8 @@ impl EdgeMetrics {
             award_acks: Family::default(),
             awards_outstanding: Gauge::default(),
             datagrams: Family::default(),
+            refused: Family::default(),
+            users_live: Gauge::default(),
             loop_busy: Family::default(),
         };
         let mut registry = Registry::with_prefix("shake_edge");
@@ -114,6 +121,12 @@ impl EdgeMetrics {
             m.batch_answers.clone(),
         );
         registry.register("award_acks", "Award acknowledgements by outcome", m.award_acks.clone());
+        registry.register(
+            "shakes_refused",
+            "Shakes answered without forwarding, by reason",
+            m.refused.clone(),
+        );
+        registry.register("users_live", "Users with a live session", m.users_live.clone());
         registry.register("datagrams", "UDP datagrams of the event loops", m.datagrams.clone());
         registry.register(
             "loop_busy_ratio",
@@ -142,6 +155,7 @@ impl EdgeMetrics {
         Self::add(&self.verdicts, "verdict", "round_closed", c.round_closed);
         Self::add(&self.verdicts, "verdict", "forwarded", c.forwarded);
         Self::add(&self.drops, "reason", "backpressure", c.backpressure);
+        Self::add(&self.refused, "reason", "user_limited", c.user_limited);
         Self::add(&self.awards, "delivery", "written", c.awards_written);
         Self::add(&self.awards, "delivery", "phone_gone", c.awards_orphaned);
         Self::add(&self.batch_answers, "outcome", "mismatched", c.answers_mismatched);

@@ -86,6 +86,11 @@ impl<T> PhoneTable<T> {
     pub fn iter(&self) -> impl Iterator<Item = &T> {
         self.slots.iter().filter_map(|s| s.phone.as_ref())
     }
+
+    /// Every phone, mutably.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut T> {
+        self.slots.iter_mut().filter_map(|s| s.phone.as_mut())
+    }
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU32;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use shake_ops::http::Readiness;
@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::award_book::AwardBook;
 use crate::config::{EdgeConfig, Io};
 use crate::metrics::EdgeMetrics;
+use crate::user_sessions::UserSessions;
 use crate::worker::{self, Shared};
 use crate::{event_loop, link_pipe};
 
@@ -305,6 +306,27 @@ fn spawn_allocator_link(
     Ok((rx, thread))
 }
 
+/// `GET /users/{user_id}`: what this edge knows of one user, as JSON (for risk control and
+/// support: live session, sessions started and superseded, limited by the allocator).
+fn users_route(sessions: Arc<UserSessions>) -> axum::Router {
+    use axum::extract::Path;
+    use axum::http::{StatusCode, header};
+    use axum::response::IntoResponse;
+    axum::Router::new().route(
+        "/users/{user_id}",
+        axum::routing::get(move |Path(user_id): Path<String>| async move {
+            let Ok(user_id) = user_id.parse::<u64>() else {
+                return (StatusCode::BAD_REQUEST, "user id must be a number\n").into_response();
+            };
+            let now_ms =
+                SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+            let report = sessions.report(user_id, now_ms);
+            let body = serde_json::to_string(&report).unwrap_or_default() + "\n";
+            ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+        }),
+    )
+}
+
 /// Starts the edge: workers, the allocator link and metrics. Returns once everything is bound.
 pub fn start(config: EdgeConfig) -> Result<RunningEdge, StartError> {
     let mut keys = KeyRing::new();
@@ -355,6 +377,16 @@ pub fn start(config: EdgeConfig) -> Result<RunningEdge, StartError> {
         config.limits.max_outstanding_awards,
         config.limits.award_ack_window_s.saturating_mul(1000),
     ));
+    // Event-loop workers are woken to close a superseded session; quinn sessions are
+    // cancelled directly.
+    let session_wakers: Vec<Box<dyn Fn() + Send + Sync>> = wakers
+        .iter()
+        .map(|w| {
+            let w = w.clone();
+            Box::new(move || w.wake()) as Box<dyn Fn() + Send + Sync>
+        })
+        .collect();
+    let sessions = UserSessions::new(workers, session_wakers);
     let shared = Arc::new(Shared {
         config,
         keys,
@@ -362,6 +394,7 @@ pub fn start(config: EdgeConfig) -> Result<RunningEdge, StartError> {
         handshakes: AtomicU32::new(0),
         phones: AtomicU32::new(0),
         awards,
+        sessions: sessions.clone(),
         origin: Instant::now(),
         drain: drain.clone(),
         stop: stop.clone(),
@@ -429,10 +462,11 @@ pub fn start(config: EdgeConfig) -> Result<RunningEdge, StartError> {
                 }),
             };
             let stop_metrics = stop.clone();
+            let app = shake_ops::http::router(endpoints).merge(users_route(sessions));
             std::thread::Builder::new()
                 .name("edge-metrics".into())
                 .spawn(move || {
-                    runtime.block_on(shake_ops::http::serve(listener, endpoints, stop_metrics))
+                    runtime.block_on(shake_ops::http::serve_router(listener, app, stop_metrics))
                 })
                 .map_err(StartError::Thread)?;
             Some(bound)

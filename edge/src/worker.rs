@@ -36,6 +36,7 @@ use crate::outbox::Outbox;
 use crate::phones::PhoneRef;
 use crate::sources::{SourceLimiter, SourceLimits};
 use crate::uplink::WorkerName;
+use crate::user_sessions::Closer;
 
 /// What every worker shares (read-mostly, or per-connection atomics).
 #[derive(Debug)]
@@ -52,6 +53,8 @@ pub struct Shared {
     pub phones: AtomicU32,
     /// Awards sent and not yet acknowledged, whole edge.
     pub awards: Arc<AwardBook>,
+    /// Live sessions by user (one per user per edge).
+    pub sessions: Arc<crate::user_sessions::UserSessions>,
     /// Where the clock starts for buckets.
     pub origin: Instant,
     /// Stop accepting, tell phones to go, flush, wait for answers.
@@ -500,12 +503,25 @@ async fn session(
     };
     shared.phones.fetch_add(1, Ordering::Relaxed);
     shared.metrics.phones.inc();
+    // One live session per user on this edge: an older one, on any worker, is closed.
+    let superseded = CancellationToken::new();
+    let serial = shared.sessions.next_serial();
+    let worker = state.borrow().id;
+    let closer = Closer::Task(superseded.clone());
+    shared.sessions.claim(claims.user_id, serial, worker, closer);
     let mut closed_with = None;
     if send.write_all(&welcome).await.is_ok() {
-        let mut phone =
-            PhoneSession { at, datagrams, send: &mut send, recv: &mut recv, buf: &mut buf };
+        let mut phone = PhoneSession {
+            at,
+            datagrams,
+            send: &mut send,
+            recv: &mut recv,
+            buf: &mut buf,
+            superseded: &superseded,
+        };
         closed_with = serve_phone(&state, &shared, &conn, &mut phone, &outbox).await;
     }
+    shared.sessions.release(claims.user_id, serial);
     {
         let mut s = state.borrow_mut();
         s.core.remove_phone(at);
@@ -525,6 +541,8 @@ struct PhoneSession<'a> {
     send: &'a mut quinn::SendStream,
     recv: &'a mut quinn::RecvStream,
     buf: &'a mut BytesMut,
+    /// Cancelled when a newer session of the same user starts on this edge.
+    superseded: &'a CancellationToken,
 }
 
 /// Serves a phone until it leaves (`None`) or must be closed with a code.
@@ -597,6 +615,7 @@ async fn serve_phone(
                 }
             }
             _ = &mut stopping => return Some(ErrorCode::Draining),
+            _ = phone.superseded.cancelled() => return Some(ErrorCode::SessionSuperseded),
         }
     }
 }
@@ -698,8 +717,14 @@ async fn uplink(
 
 fn on_allocator_frame(state: &State, shared: &Shared, frame: AllocatorFrame) {
     let mut s = state.borrow_mut();
-    if let AllocatorFrame::RoundState { .. } = frame {
-        shared.metrics.round_states.inc();
+    match &frame {
+        AllocatorFrame::RoundState { .. } => {
+            shared.metrics.round_states.inc();
+        }
+        AllocatorFrame::UsersLimited { until_ms, user_ids } => {
+            shared.sessions.note_limited(user_ids, *until_ms, now_ms());
+        }
+        _ => {}
     }
     let mut effects = Vec::new();
     s.core.on_allocator_frame(frame, shared.now_us(), now_ms(), &mut effects);
@@ -757,7 +782,8 @@ async fn housekeeping(state: State, shared: Arc<Shared>) {
         publish(&mut s, &shared);
         if ticks.is_multiple_of(10) {
             s.sources.sweep(shared.now_us());
-            s.core.on_load_tick();
+            s.core.on_load_tick(now_ms());
+            shared.metrics.users_live.set(shared.sessions.live() as i64);
             s.uplink_ready.notify_one();
         }
     }

@@ -13,6 +13,7 @@ use bytes::{Bytes, BytesMut};
 use shake_allocator::config::Config;
 use shake_allocator::core::{Core, CoreSettings, Effect, WorkerHello};
 use shake_allocator::draw::Draw;
+use shake_allocator::user_rate::UserRateSettings;
 use shake_edge::admission::AdmissionSettings;
 use shake_edge::award_book::AwardBook;
 use shake_edge::batcher::BatchSettings;
@@ -20,6 +21,7 @@ use shake_edge::bucket::Rate;
 use shake_edge::core::{self as edge_core, PhoneEffect, WorkerCore};
 use shake_edge::phones::PhoneRef;
 use shake_edge::uplink::WorkerName;
+use shake_proto::allocator::PROTOCOL_VERSION;
 use shake_proto::{AllocatorFrame, BatchDigest, ControlFrame, Prize, Shake, Verdict, Winner};
 
 const T0_MS: u64 = 1_767_225_600_000;
@@ -31,7 +33,14 @@ fn allocator() -> Core {
          cash_per_user = 100\n[rounds.cash]\ntotal_cents = 100000\nenvelopes = 1000\n"
     ))
     .unwrap();
-    Core::new(CoreSettings { oversampling: 1.0, quota_valid_ms: 3_000 }, Draw::new(&config.rounds))
+    Core::new(
+        CoreSettings {
+            oversampling: 1.0,
+            quota_valid_ms: 3_000,
+            user_rate: UserRateSettings::default(),
+        },
+        Draw::new(&config.rounds),
+    )
 }
 
 fn edge_worker(instance_id: u64, now_us: u64) -> WorkerCore<()> {
@@ -77,7 +86,13 @@ fn exchange(
                 highest_answered_seq,
                 ..
             } => {
-                let hello = WorkerHello { edge_id, worker_id, instance_id, highest_answered_seq };
+                let hello = WorkerHello {
+                    edge_id,
+                    worker_id,
+                    instance_id,
+                    highest_answered_seq,
+                    protocol_version: PROTOCOL_VERSION,
+                };
                 alloc.on_hello(stream, hello, now_ms, &mut effects);
             }
             AllocatorFrame::Batch(batch) => alloc.on_batch(stream, &batch, now_ms, &mut effects),

@@ -74,7 +74,11 @@ fn readiness(ready: Readiness) -> Response {
 
 /// Serves `endpoints` on `listener` until `shutdown`.
 pub async fn serve(listener: TcpListener, endpoints: Endpoints, shutdown: CancellationToken) {
-    let app = router(endpoints);
+    serve_router(listener, router(endpoints), shutdown).await;
+}
+
+/// Serves `app` (the [`router`] and a server's own routes) on `listener` until `shutdown`.
+pub async fn serve_router(listener: TcpListener, app: Router, shutdown: CancellationToken) {
     let stopped = async move { shutdown.cancelled().await };
     if let Err(err) = axum::serve(listener, app).with_graceful_shutdown(stopped).await {
         tracing::warn!(%err, "operations endpoint stopped");

@@ -1,4 +1,4 @@
-//! Frames between an edge worker and the allocator (ALPN `shake-alloc/1`), on one long-lived
+//! Frames between an edge worker and the allocator (ALPN `shake-alloc/2`), on one long-lived
 //! bidirectional stream per edge worker.
 //!
 //! Framed as in [`crate::frame`], payloads of at most [`MAX_ALLOCATOR_PAYLOAD`] bytes. A
@@ -13,12 +13,18 @@
 use bytes::{Bytes, BytesMut};
 
 use crate::frame::{self, FrameStart};
-use crate::limits::{MAX_ALLOCATOR_PAYLOAD, MAX_BATCH_ENTRIES, MAX_DELIVERED_IDS};
+use crate::limits::{
+    MAX_ALLOCATOR_PAYLOAD, MAX_BATCH_ENTRIES, MAX_DELIVERED_IDS, MAX_LIMITED_USERS,
+};
 use crate::reader::Reader;
 use crate::{DecodeError, Prize, RoundInfo, varint};
 
-/// The edge-allocator protocol version this crate speaks (the `N` of ALPN `shake-alloc/N`).
-pub const PROTOCOL_VERSION: u32 = 2;
+/// The edge-allocator protocol version this crate speaks. ALPN `shake-alloc/2` carries the
+/// layout; versions within it add frames compatibly (3 added `UsersLimited`), and a side only
+/// sends a frame the peer's version knows.
+pub const PROTOCOL_VERSION: u32 = 3;
+/// The oldest version an allocator of this crate still serves.
+pub const MIN_PROTOCOL_VERSION: u32 = 2;
 
 /// Bytes of a [`BatchDigest`].
 pub const BATCH_DIGEST_LEN: usize = 8;
@@ -58,6 +64,8 @@ pub mod frame_type {
     pub const HEARTBEAT: u64 = 0x28;
     /// [`ResultsReceived`](super::AllocatorFrame::ResultsReceived)
     pub const RESULTS_RECEIVED: u64 = 0x29;
+    /// [`UsersLimited`](super::AllocatorFrame::UsersLimited)
+    pub const USERS_LIMITED: u64 = 0x2a;
 }
 
 /// One admitted shake inside a batch.
@@ -357,6 +365,14 @@ pub enum AllocatorFrame {
         /// The highest sequence up to which every batch is answered.
         highest_answered_seq: u64,
     },
+    /// Allocator -> edge: these users' entries went over the per-user rate; the edge answers
+    /// their shakes no-luck without forwarding them until `until_ms`.
+    UsersLimited {
+        /// Unix milliseconds the limit lasts until.
+        until_ms: u64,
+        /// The users (1 to [`MAX_LIMITED_USERS`]).
+        user_ids: Vec<u64>,
+    },
 }
 
 impl AllocatorFrame {
@@ -364,7 +380,8 @@ impl AllocatorFrame {
     ///
     /// # Panics
     /// If a list breaks its documented limit (no award ids, or more than
-    /// [`MAX_DELIVERED_IDS`]): the peer could not decode it.
+    /// [`MAX_DELIVERED_IDS`]; no user ids, or more than [`MAX_LIMITED_USERS`]): the peer could
+    /// not decode it.
     pub fn encode(&self, out: &mut BytesMut) {
         let start = frame::begin(out, self.frame_type());
         match self {
@@ -424,6 +441,16 @@ impl AllocatorFrame {
             AllocatorFrame::ResultsReceived { highest_answered_seq } => {
                 varint::put(out, *highest_answered_seq)
             }
+            AllocatorFrame::UsersLimited { until_ms, user_ids } => {
+                assert!(
+                    (1..=MAX_LIMITED_USERS).contains(&user_ids.len()),
+                    "UsersLimited carries 1 to {MAX_LIMITED_USERS} ids"
+                );
+                varint::put(out, *until_ms);
+                for id in user_ids {
+                    varint::put(out, *id);
+                }
+            }
         }
         frame::finish(out, start);
     }
@@ -441,6 +468,7 @@ impl AllocatorFrame {
             AllocatorFrame::AwardDelivered { .. } => AWARD_DELIVERED,
             AllocatorFrame::Heartbeat { .. } => HEARTBEAT,
             AllocatorFrame::ResultsReceived { .. } => RESULTS_RECEIVED,
+            AllocatorFrame::UsersLimited { .. } => USERS_LIMITED,
         }
     }
 
@@ -456,6 +484,7 @@ impl AllocatorFrame {
             AllocatorFrame::AwardDelivered { .. } => "award_delivered",
             AllocatorFrame::Heartbeat { .. } => "heartbeat",
             AllocatorFrame::ResultsReceived { .. } => "results_received",
+            AllocatorFrame::UsersLimited { .. } => "users_limited",
         }
     }
 
@@ -544,6 +573,20 @@ impl AllocatorFrame {
             HEARTBEAT => AllocatorFrame::Heartbeat { now_ms: r.varint()? },
             RESULTS_RECEIVED => {
                 AllocatorFrame::ResultsReceived { highest_answered_seq: r.varint()? }
+            }
+            USERS_LIMITED => {
+                let until_ms = r.varint()?;
+                let mut user_ids = Vec::new();
+                while !r.is_empty() {
+                    if user_ids.len() == MAX_LIMITED_USERS {
+                        return Err(DecodeError::InvalidValue("user id count"));
+                    }
+                    user_ids.push(r.varint()?);
+                }
+                if user_ids.is_empty() {
+                    return Err(DecodeError::InvalidValue("user id count"));
+                }
+                AllocatorFrame::UsersLimited { until_ms, user_ids }
             }
             other => return Err(DecodeError::UnknownType(other)),
         };

@@ -21,6 +21,10 @@ pub enum ErrorCode {
     TokenExpired = 0x12,
     /// The peer speaks a protocol version this side does not support.
     UnsupportedVersion = 0x13,
+    /// A newer session of the same user started on this edge (another connection or device);
+    /// this one is closed. Tell the user they are playing elsewhere; do not reconnect by
+    /// yourself (two sessions would keep closing each other).
+    SessionSuperseded = 0x14,
     /// A frame could not be decoded.
     MalformedFrame = 0x20,
     /// A frame's length is over the stream's limit.
@@ -44,13 +48,14 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for docs and tests.
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 15] = [
         ErrorCode::NoError,
         ErrorCode::Internal,
         ErrorCode::HelloTimeout,
         ErrorCode::BadToken,
         ErrorCode::TokenExpired,
         ErrorCode::UnsupportedVersion,
+        ErrorCode::SessionSuperseded,
         ErrorCode::MalformedFrame,
         ErrorCode::FrameTooLarge,
         ErrorCode::UnexpectedFrame,
@@ -80,6 +85,7 @@ impl ErrorCode {
             ErrorCode::BadToken => "BAD_TOKEN",
             ErrorCode::TokenExpired => "TOKEN_EXPIRED",
             ErrorCode::UnsupportedVersion => "UNSUPPORTED_VERSION",
+            ErrorCode::SessionSuperseded => "SESSION_SUPERSEDED",
             ErrorCode::MalformedFrame => "MALFORMED_FRAME",
             ErrorCode::FrameTooLarge => "FRAME_TOO_LARGE",
             ErrorCode::UnexpectedFrame => "UNEXPECTED_FRAME",

@@ -20,6 +20,8 @@ pub const MAX_REASON: usize = 256;
 pub const MAX_BATCH_ENTRIES: usize = 16_384;
 /// Most award ids in one `AwardDelivered`.
 pub const MAX_DELIVERED_IDS: usize = 4096;
+/// Most user ids in one `UsersLimited`.
+pub const MAX_LIMITED_USERS: usize = 1024;
 
 /// Batches of one edge worker instance drawn by the allocator and not yet confirmed by the
 /// edge (`ResultsReceived`); one more closes the stream with `FLOOD`.

@@ -160,6 +160,13 @@ fn vectors() -> Vec<(&'static str, Message)> {
             "alloc.results_received",
             Allocator(AllocatorFrame::ResultsReceived { highest_answered_seq: 42 }),
         ),
+        (
+            "alloc.users_limited",
+            Allocator(AllocatorFrame::UsersLimited {
+                until_ms: 1_767_225_660_000,
+                user_ids: vec![1_000_001, 37],
+            }),
+        ),
     ]
 }
 

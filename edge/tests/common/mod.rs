@@ -63,11 +63,13 @@ pub struct World {
 pub struct WorldSettings {
     pub envelopes: u64,
     pub edge_limits: &'static str,
+    /// The edge's I/O path: "loop" (the default) or "quinn" (the reference path).
+    pub io: &'static str,
 }
 
 impl Default for WorldSettings {
     fn default() -> Self {
-        Self { envelopes: 50, edge_limits: "" }
+        Self { envelopes: 50, edge_limits: "", io: "loop" }
     }
 }
 
@@ -132,6 +134,7 @@ listen = "127.0.0.1:0"
 workers = 2
 metrics_listen = "127.0.0.1:0"
 socket_buffer_bytes = 1048576
+io = "{io}"
 [tls]
 cert = "{dir}/certs/edge-1.pem"
 key = "{dir}/certs/edge-1.key"
@@ -149,6 +152,7 @@ hello_timeout_ms = 500
 "#,
                 dir = dir.display(),
                 limits = settings.edge_limits,
+                io = settings.io,
             ),
         )
         .unwrap();

@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use proptest::collection::vec;
 use proptest::prelude::*;
-use shake_proto::limits::{MAX_DELIVERED_IDS, MAX_REASON, MAX_TOKEN};
+use shake_proto::limits::{MAX_DELIVERED_IDS, MAX_LIMITED_USERS, MAX_REASON, MAX_TOKEN};
 use shake_proto::varint::MAX;
 use shake_proto::{
     AllocatorFrame, Batch, BatchDigest, BatchEntry, ControlFrame, Outcome, Prize, RoundInfo,
@@ -129,5 +129,7 @@ pub fn allocator_frame() -> impl Strategy<Value = AllocatorFrame> {
         varint().prop_map(|highest_answered_seq| AllocatorFrame::ResultsReceived {
             highest_answered_seq
         }),
+        (varint(), vec(varint(), 1..=MAX_LIMITED_USERS))
+            .prop_map(|(until_ms, user_ids)| AllocatorFrame::UsersLimited { until_ms, user_ids }),
     ]
 }

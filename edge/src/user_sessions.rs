@@ -1,0 +1,286 @@
+//! One live session per user per edge, agreed between the edge's workers.
+//!
+//! A table from user id to the session that holds it, shared by every worker and touched only
+//! when a session starts (its `Hello` is accepted) or ends: never on the shake path. A session
+//! that claims a user who already holds one *supersedes* it: the older session's worker is told
+//! (its inbox, then its wake-up), and closes it with `SESSION_SUPERSEDED`. A worker checks its
+//! inbox with one atomic load per turn while nothing is waiting.
+//!
+//! Sessions are named by a serial drawn from one counter, so a late notice for a connection
+//! slot that has since been reused names a serial nobody holds and is ignored.
+//!
+//! The table also keeps, for operators and risk control, each live user's count of sessions
+//! started and superseded, and the users the allocator limited (mirrored here when a worker
+//! hears of them; each worker also keeps its own copy for the shake path). Bounds: one entry
+//! per live session (at most the edge's phone limit) and at most [`MAX_LIMITED_USERS`]
+//! limited users, swept as their limits end.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio_util::sync::CancellationToken;
+
+/// Limited users remembered per worker and in the shared mirror.
+pub const MAX_LIMITED_USERS: usize = 65_536;
+
+/// How a superseded session is reached.
+#[derive(Debug, Clone)]
+pub enum Closer {
+    /// An event-loop session: the worker and the connection slot it lives in.
+    Loop {
+        /// The owning worker.
+        worker: u16,
+        /// The connection's slot in that worker.
+        conn: usize,
+    },
+    /// A session task (the quinn reference path): cancelled to close.
+    Task(CancellationToken),
+}
+
+/// A superseded event-loop session, as its worker's inbox holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Superseded {
+    /// The connection's slot.
+    pub conn: usize,
+    /// The session's serial (compare before closing: the slot may be another session's now).
+    pub serial: u64,
+}
+
+#[derive(Debug)]
+struct Holder {
+    serial: u64,
+    worker: u16,
+    closer: Closer,
+    /// Sessions this user started on this edge while holding one (and the first).
+    sessions_started: u32,
+    superseded: u32,
+}
+
+#[derive(Default)]
+struct Inbox {
+    waiting: AtomicBool,
+    queue: Mutex<Vec<Superseded>>,
+    wake: Option<Box<dyn Fn() + Send + Sync>>,
+}
+
+/// What the edge knows of one user, for `GET /users/{id}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct UserReport {
+    /// The user.
+    pub user_id: u64,
+    /// The worker serving the user's live session, if there is one.
+    pub live_session_worker: Option<u16>,
+    /// Sessions started since the user last had none.
+    pub sessions_started: u32,
+    /// Of those, how many a newer one superseded.
+    pub sessions_superseded: u32,
+    /// Until when (Unix ms) the allocator asked this edge to refuse the user's shakes.
+    pub limited_until_ms: Option<u64>,
+}
+
+/// The edge's table of live sessions by user.
+pub struct UserSessions {
+    live: Mutex<HashMap<u64, Holder>>,
+    limited: Mutex<HashMap<u64, u64>>,
+    inboxes: Vec<Inbox>,
+    serials: AtomicU64,
+}
+
+impl std::fmt::Debug for UserSessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserSessions").field("workers", &self.inboxes.len()).finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A worker that panicked while holding the lock left the table consistent (every
+    // update is one insert or remove): carry on with it.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl UserSessions {
+    /// A table for `workers` workers; `wakers[i]` wakes worker `i` (none for task workers,
+    /// which are reached by their [`Closer::Task`]).
+    pub fn new(workers: usize, mut wakers: Vec<Box<dyn Fn() + Send + Sync>>) -> Arc<Self> {
+        wakers.resize_with(workers, || Box::new(|| {}));
+        let inboxes =
+            wakers.into_iter().map(|wake| Inbox { wake: Some(wake), ..Inbox::default() }).collect();
+        Arc::new(Self {
+            live: Mutex::default(),
+            limited: Mutex::default(),
+            inboxes,
+            serials: AtomicU64::new(1),
+        })
+    }
+
+    /// A fresh session serial.
+    pub fn next_serial(&self) -> u64 {
+        self.serials.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Session `serial` of `user_id`, on `worker`, now holds the user. Its predecessor, if
+    /// any, is told to close; true if there was one.
+    pub fn claim(&self, user_id: u64, serial: u64, worker: u16, closer: Closer) -> bool {
+        let old = {
+            let mut live = lock(&self.live);
+            let (started, superseded) =
+                live.get(&user_id).map_or((0, 0), |h| (h.sessions_started, h.superseded));
+            let held = Holder {
+                serial,
+                worker,
+                closer,
+                sessions_started: started.saturating_add(1),
+                superseded,
+            };
+            let old = live.insert(user_id, held);
+            if old.is_some()
+                && let Some(h) = live.get_mut(&user_id)
+            {
+                h.superseded = h.superseded.saturating_add(1);
+            }
+            old
+        };
+        let Some(old) = old else { return false };
+        match old.closer {
+            Closer::Task(token) => token.cancel(),
+            Closer::Loop { worker, conn } => {
+                if let Some(inbox) = self.inboxes.get(usize::from(worker)) {
+                    lock(&inbox.queue).push(Superseded { conn, serial: old.serial });
+                    inbox.waiting.store(true, Ordering::Release);
+                    if let Some(wake) = &inbox.wake {
+                        wake();
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    /// Session `serial` of `user_id` ended; the user is free unless a newer session holds it.
+    pub fn release(&self, user_id: u64, serial: u64) {
+        let mut live = lock(&self.live);
+        if live.get(&user_id).is_some_and(|h| h.serial == serial) {
+            live.remove(&user_id);
+        }
+    }
+
+    /// Sessions of `worker` superseded since the last call (one atomic load when none).
+    pub fn take_superseded(&self, worker: u16) -> Vec<Superseded> {
+        let Some(inbox) = self.inboxes.get(usize::from(worker)) else { return Vec::new() };
+        if !inbox.waiting.swap(false, Ordering::Acquire) {
+            return Vec::new();
+        }
+        std::mem::take(&mut *lock(&inbox.queue))
+    }
+
+    /// Users with a live session.
+    pub fn live(&self) -> usize {
+        lock(&self.live).len()
+    }
+
+    /// The allocator limited `user_ids` until `until_ms` (the mirror operators read).
+    pub fn note_limited(&self, user_ids: &[u64], until_ms: u64, now_ms: u64) {
+        let mut limited = lock(&self.limited);
+        if limited.len() + user_ids.len() > MAX_LIMITED_USERS {
+            limited.retain(|_, until| *until > now_ms);
+        }
+        for &user in user_ids {
+            if limited.len() >= MAX_LIMITED_USERS && !limited.contains_key(&user) {
+                break;
+            }
+            limited.insert(user, until_ms);
+        }
+    }
+
+    /// What the edge knows of `user_id` at `now_ms`.
+    pub fn report(&self, user_id: u64, now_ms: u64) -> UserReport {
+        let (worker, started, superseded) = lock(&self.live)
+            .get(&user_id)
+            .map_or((None, 0, 0), |h| (Some(h.worker), h.sessions_started, h.superseded));
+        let limited_until_ms =
+            lock(&self.limited).get(&user_id).copied().filter(|until| *until > now_ms);
+        UserReport {
+            user_id,
+            live_session_worker: worker,
+            sessions_started: started,
+            sessions_superseded: superseded,
+            limited_until_ms,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+
+    fn table() -> (Arc<UserSessions>, Arc<AtomicUsize>) {
+        let woken = Arc::new(AtomicUsize::new(0));
+        let wakers: Vec<Box<dyn Fn() + Send + Sync>> = (0..2)
+            .map(|_| {
+                let woken = woken.clone();
+                Box::new(move || {
+                    woken.fetch_add(1, Ordering::Relaxed);
+                }) as Box<dyn Fn() + Send + Sync>
+            })
+            .collect();
+        (UserSessions::new(2, wakers), woken)
+    }
+
+    #[test]
+    fn a_second_session_supersedes_the_first_on_its_own_worker() {
+        let (t, woken) = table();
+        let first = t.next_serial();
+        assert!(!t.claim(7, first, 0, Closer::Loop { worker: 0, conn: 3 }));
+        assert!(t.take_superseded(0).is_empty());
+        let second = t.next_serial();
+        assert!(t.claim(7, second, 1, Closer::Loop { worker: 1, conn: 9 }));
+        assert_eq!(woken.load(Ordering::Relaxed), 1);
+        assert_eq!(t.take_superseded(0), vec![Superseded { conn: 3, serial: first }]);
+        assert!(t.take_superseded(0).is_empty(), "told once");
+        assert!(t.take_superseded(1).is_empty());
+        // The superseded session's end does not free the user: the newer one holds it.
+        t.release(7, first);
+        let report = t.report(7, 0);
+        assert_eq!(report.live_session_worker, Some(1));
+        assert_eq!((report.sessions_started, report.sessions_superseded), (2, 1));
+        t.release(7, second);
+        assert_eq!(t.live(), 0);
+        assert_eq!(t.report(7, 0).live_session_worker, None);
+    }
+
+    #[test]
+    fn task_sessions_are_cancelled() {
+        let (t, woken) = table();
+        let token = CancellationToken::new();
+        t.claim(7, t.next_serial(), 0, Closer::Task(token.clone()));
+        t.claim(7, t.next_serial(), 0, Closer::Task(CancellationToken::new()));
+        assert!(token.is_cancelled());
+        assert_eq!(woken.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn other_users_are_independent() {
+        let (t, _) = table();
+        for user in 0..100 {
+            assert!(!t.claim(user, t.next_serial(), 0, Closer::Loop { worker: 0, conn: 0 }));
+        }
+        assert_eq!(t.live(), 100);
+        assert!(t.take_superseded(0).is_empty());
+    }
+
+    #[test]
+    fn the_limited_mirror_is_bounded_and_forgets_ended_limits() {
+        let (t, _) = table();
+        let users: Vec<u64> = (0..MAX_LIMITED_USERS as u64 + 10).collect();
+        t.note_limited(&users, 1_000, 0);
+        assert_eq!(t.report(5, 999).limited_until_ms, Some(1_000));
+        assert_eq!(t.report(5, 1_000).limited_until_ms, None);
+        assert_eq!(t.report(MAX_LIMITED_USERS as u64 + 5, 0).limited_until_ms, None, "bounded");
+        // Once their limits are over, room is made for new ones.
+        t.note_limited(&[1 << 40], 5_000, 2_000);
+        assert_eq!(t.report(1 << 40, 2_000).limited_until_ms, Some(5_000));
+    }
+}

@@ -1,0 +1,86 @@
+//! One live session per user per edge, through the real edge binary: each new session of a
+//! user supersedes the previous one (on either worker), which hears `Error` and is closed with
+//! `SESSION_SUPERSEDED`; other users are untouched; `GET /users/{id}` and the metrics say so.
+//! Run on both I/O paths (the event loop and the quinn reference).
+
+mod common;
+
+use common::*;
+use shake_proto::{ControlFrame, ErrorCode};
+
+const CHEATER: u64 = 500;
+const HONEST: u64 = 501;
+
+fn user_report(world: &World, user: u64) -> serde_json::Value {
+    let response = shake_ops::http::get(world.edge_metrics, &format!("/users/{user}")).unwrap();
+    let (_, body) = response.split_once("\r\n\r\n").expect("a body");
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {response}"))
+}
+
+async fn a_new_session_supersedes_the_old_one(io: &'static str) {
+    let world = World::start(WorldSettings { io, ..WorldSettings::default() }).await;
+    let mut honest = Phone::connect(&world).await;
+    assert!(matches!(honest.hello(token(HONEST, 3600)).await, Ok(ControlFrame::Welcome { .. })));
+
+    // Fresh endpoints (fresh source ports) land on either worker; keep going until the user's
+    // live session has been on both, so a supersede across workers is exercised.
+    let mut workers_seen = std::collections::BTreeSet::new();
+    let mut previous: Option<Phone> = None;
+    let mut sessions = 0u64;
+    while sessions < 16 && (workers_seen.len() < 2 || sessions < 4) {
+        let mut phone = Phone::connect(&world).await;
+        assert!(
+            matches!(phone.hello(token(CHEATER, 3600)).await, Ok(ControlFrame::Welcome { .. })),
+            "a new session of a user is welcome"
+        );
+        sessions += 1;
+        if let Some(mut old) = previous.take() {
+            match old.next_award().await {
+                Ok(ControlFrame::Error { code, .. }) => {
+                    assert_eq!(code, u64::from(ErrorCode::SessionSuperseded.code()))
+                }
+                other => panic!("the superseded session got {other:?}"),
+            }
+            assert_eq!(old.closed_code().await, Some(ErrorCode::SessionSuperseded.code().into()));
+        }
+        let report = user_report(&world, CHEATER);
+        workers_seen.insert(report["live_session_worker"].as_u64().expect("a live session"));
+        previous = Some(phone);
+    }
+    assert_eq!(workers_seen.len(), 2, "16 sessions all landed on one worker");
+
+    // The user's last session and the other user are served.
+    let last = previous.unwrap();
+    last.shake(1, 1);
+    last.outcome().await.unwrap();
+    honest.shake(1, 1);
+    honest.outcome().await.unwrap();
+
+    let report = user_report(&world, CHEATER);
+    assert_eq!(report["sessions_started"], sessions);
+    assert_eq!(report["sessions_superseded"], sessions - 1);
+    assert_eq!(user_report(&world, HONEST)["sessions_superseded"], 0);
+    world
+        .wait_for_metric(
+            "shake_edge_sessions_closed_total{code=\"SESSION_SUPERSEDED\"}",
+            (sessions - 1) as f64,
+        )
+        .await;
+    world.wait_for_metric("shake_edge_users_live", 2.0).await;
+    assert_eq!(world.metric("shake_edge_phones"), 2.0);
+    // The user's sessions end: the user is free, and a bad user id is refused.
+    drop(last);
+    let response =
+        shake_ops::http::request(world.edge_metrics, "GET", "/users/not-a-number").unwrap();
+    assert_eq!(shake_ops::http::status_of(&response), Some(400));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_event_loop_a_new_session_supersedes_the_old_one() {
+    a_new_session_supersedes_the_old_one("loop").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_quinn_path_a_new_session_supersedes_the_old_one() {
+    a_new_session_supersedes_the_old_one("quinn").await;
+}

@@ -1,0 +1,189 @@
+//! One user, one chance, across edges: the edge workers' cores and the allocator's core, all
+//! sans-IO, wired by hand with one fake clock. A cheater holds a phone on each of two workers
+//! of each of two edges (what one session per user per edge cannot stop) and shakes at the
+//! per-phone rate from each; an honest user shakes at the same rate from one phone. The
+//! allocator holds the cheater to the per-user rate and names them to every edge, which then
+//! refuse them before forwarding.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use shake_allocator::config::Config;
+use shake_allocator::core::{Core, CoreSettings, Effect, WorkerHello};
+use shake_allocator::draw::Draw;
+use shake_allocator::user_rate::UserRateSettings;
+use shake_edge::admission::AdmissionSettings;
+use shake_edge::award_book::AwardBook;
+use shake_edge::batcher::BatchSettings;
+use shake_edge::bucket::Rate;
+use shake_edge::core::{self as edge_core, PhoneEffect, WorkerCore};
+use shake_edge::uplink::WorkerName;
+use shake_proto::{AllocatorFrame, ControlFrame, Shake, Verdict};
+
+const T0_MS: u64 = 1_767_225_600_000;
+const CHEATER: u64 = 42;
+const HONEST: u64 = 43;
+const RUN_MS: u64 = 10_000;
+
+fn allocator() -> Core {
+    // Every entry drawn wins (caps high, prizes plenty), so awards count entries drawn.
+    let config = Config::parse(&format!(
+        "listen = \"127.0.0.1:0\"\nledger_path = \"l\"\n[tls]\ncert = \"c\"\nkey = \"k\"\nedge_ca = \"a\"\n\
+         [[rounds]]\nid = 1\nstarts_at_ms = {T0_MS}\nduration_s = 600\nseed = 1\nrelease = \"immediate\"\n\
+         cash_per_user = 255\ngifts_per_user = 0\n[rounds.cash]\ntotal_cents = 10000000\nenvelopes = 100000\n"
+    ))
+    .unwrap();
+    let settings = CoreSettings {
+        oversampling: 1.0,
+        quota_valid_ms: 3_000,
+        user_rate: UserRateSettings::default(),
+    };
+    Core::new(settings, Draw::new(&config.rounds))
+}
+
+fn edge_worker(edge_id: u64, worker_id: u16) -> WorkerCore<u64> {
+    let settings = edge_core::CoreSettings {
+        admission: AdmissionSettings {
+            // The edge's per-phone default: each connection alone is within the rules.
+            phone: Rate::new(10.0, 20.0),
+            fallback: Rate::new(100_000.0, 100_000.0),
+        },
+        batches: BatchSettings { max_entries: 64, max_age_us: 5_000, max_in_flight: 64 },
+        workers: 2,
+    };
+    let name =
+        WorkerName { edge_id, worker_id, instance_id: 1000 + edge_id * 10 + u64::from(worker_id) };
+    WorkerCore::new(settings, name, Arc::new(AwardBook::new(100_000, 600_000)), 0)
+}
+
+fn decode(bytes: &Bytes) -> AllocatorFrame {
+    AllocatorFrame::decode(&mut BytesMut::from(&bytes[..])).unwrap().unwrap()
+}
+
+/// Counts by user.
+#[derive(Default, Debug)]
+struct PerUser {
+    forwarded: HashMap<u64, u64>,
+    awards: HashMap<u64, u64>,
+}
+
+#[test]
+fn a_user_on_many_edges_and_workers_is_held_to_one_phone_s_rate() {
+    let mut alloc = allocator();
+    let mut workers: Vec<WorkerCore<u64>> =
+        [(1, 0), (1, 1), (2, 0), (2, 1)].into_iter().map(|(e, w)| edge_worker(e, w)).collect();
+    let mut phones = Vec::new();
+    for (i, worker) in workers.iter_mut().enumerate() {
+        worker.uplink().link_up();
+        phones.push((i, worker.add_phone(CHEATER, CHEATER, 0)));
+    }
+    phones.push((0, workers[0].add_phone(HONEST, HONEST, 0)));
+    let mut counts = PerUser::default();
+    let mut seq = 0u64;
+    let mut effects = Vec::new();
+    // A few steps past the run, for the last batch's answer.
+    for step in 0..=RUN_MS / 10 + 5 {
+        let (now_ms, now_us) = (T0_MS + step * 10, step * 10_000);
+        // Every phone shakes every 100 ms: ten a second, each phone within its own bucket.
+        if step % 10 == 0 && step * 10 <= RUN_MS {
+            seq += 1;
+            for &(w, at) in &phones {
+                let shake = Shake { round_id: 1, seq, client_time_ms: now_ms };
+                let outcome = workers[w].on_shake(at, shake, now_us, now_ms).unwrap();
+                let user = workers[w].phones().get(at).unwrap().user_id;
+                if outcome.verdict == Verdict::Forwarded {
+                    *counts.forwarded.entry(user).or_default() += 1;
+                }
+            }
+            alloc.on_tick(now_ms, &mut effects);
+        }
+        // Each worker's uplink to the allocator (stream = worker index + 1).
+        for (w, worker) in workers.iter_mut().enumerate() {
+            worker.poll_age(now_us);
+            let stream = w as u64 + 1;
+            while let Some(bytes) = worker.uplink().poll_transmit() {
+                match decode(&bytes) {
+                    AllocatorFrame::EdgeHello {
+                        edge_id,
+                        worker_id,
+                        instance_id,
+                        highest_answered_seq,
+                        protocol_version,
+                    } => {
+                        let hello = WorkerHello {
+                            edge_id,
+                            worker_id,
+                            instance_id,
+                            highest_answered_seq,
+                            protocol_version,
+                        };
+                        alloc.on_hello(stream, hello, now_ms, &mut effects);
+                    }
+                    AllocatorFrame::Batch(batch) => {
+                        alloc.on_batch(stream, &batch, now_ms, &mut effects)
+                    }
+                    AllocatorFrame::ResultsReceived { highest_answered_seq } => {
+                        alloc.on_results_received(stream, highest_answered_seq, &mut effects)
+                    }
+                    _ => {}
+                }
+            }
+        }
+        // Commit every draw at once, then carry the allocator's frames to their workers.
+        let committed: Vec<_> = effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Commit(b) => Some((b.key, b.answer.clone())),
+                _ => None,
+            })
+            .collect();
+        alloc.on_committed(&committed, &mut effects);
+        for effect in effects.drain(..) {
+            let Effect::Send(stream, bytes) = effect else { continue };
+            let worker = &mut workers[stream as usize - 1];
+            let frame = decode(&bytes);
+            if matches!(frame, AllocatorFrame::Quota { .. }) {
+                continue;
+            }
+            let mut told = Vec::new();
+            worker.on_allocator_frame(frame, now_us, now_ms, &mut told);
+            for effect in told {
+                if let PhoneEffect::ToPhone(at, ControlFrame::Award { .. }) = effect {
+                    let user = worker.phones().get(at).unwrap().user_id;
+                    *counts.awards.entry(user).or_default() += 1;
+                }
+            }
+        }
+    }
+    let c = alloc.counters();
+    let honest_awards = counts.awards[&HONEST];
+    let cheater_awards = counts.awards.get(&CHEATER).copied().unwrap_or(0);
+    // The honest phone: every shake forwarded and drawn (ten a second for ten seconds; the
+    // very first came before the edge heard the round was open).
+    assert_eq!(counts.forwarded[&HONEST], RUN_MS / 100);
+    assert_eq!(honest_awards, counts.forwarded[&HONEST]);
+    // The cheater offered four times that; at most the per-user burst plus the rate over
+    // the run is drawn, and no more than an honest user's chance and a burst.
+    assert!(
+        cheater_awards <= 20 + RUN_MS / 100 + 1,
+        "{cheater_awards} entries of the cheater drawn"
+    );
+    assert!(
+        cheater_awards as f64 <= honest_awards as f64 * 1.5,
+        "cheater drew {cheater_awards} entries, honest user {honest_awards}"
+    );
+    assert_eq!(c.users_limited, 1, "the cheater is named to the edges once");
+    // Once named, every worker refuses the cheater before forwarding: the cheater's forwarded
+    // shakes stop growing with its connections.
+    let forwarded = counts.forwarded[&CHEATER];
+    assert!(
+        forwarded as f64 <= counts.forwarded[&HONEST] as f64 * 1.5,
+        "cheater forwarded {forwarded}, honest {}",
+        counts.forwarded[&HONEST]
+    );
+    for (w, worker) in workers.iter_mut().enumerate() {
+        assert!(worker.take_counts().user_limited > 0, "worker {w} never refused the cheater");
+        assert_eq!(worker.limited_users(), 1);
+    }
+}
