@@ -188,6 +188,7 @@ total_lost=0
 total_doubled=0
 total_overspent=0
 hostile_ratio=null
+cheater_ratios=()
 rows=()
 
 record() {
@@ -348,7 +349,7 @@ median() {
 # varies 3x between identical runs on this VM, so HOSTILE_PAIRS pairs run in turn and their
 # medians are compared; the last hostile row carries that check.
 scenario_hostile() {
-    local roles='over_rate|forged_token|expired_token|malformed|oversized_frame|stream_flood|connection_flood'
+    local roles='over_rate|forged_token|expired_token|malformed|oversized_frame|stream_flood|connection_flood|multi_connection'
     sed -E "s/^($roles) = [0-9.]*/\1 = 0.0/" bench/scenarios/hostile.toml >"$DIR/honest.toml"
     local honest pair suffix="" baselines=() attacked=()
     honest=$(awk -v n="$PHONES" -F'[= ]+' -v re="^($roles)\$" '
@@ -412,7 +413,18 @@ hostile_checks() {
         problems+=("$flood_completed flood handshakes completed, over the per-source limit's $allowed")
     [ $(( flood_completed + flood_refused )) -le "$allowed" ] || [ "$flood_refused" -gt 0 ] ||
         problems+=("the connection flood was never rate-limited")
-    notes="honest p99 ${p99} ms; flood: ${flood_refused} handshakes refused, ${flood_completed} completed; $(metric_sum "${edge_metrics[1]}" shake_edge_drops_total) bad inputs dropped"
+    # One user, one chance: multi-connection cheaters are forwarded and win no more than an
+    # honest user (within 1.5x; wins within 1.5x plus chance), and the edge superseded or
+    # refused their extra sessions.
+    local cheater_ratio fair superseded
+    cheater_ratio=$(json_number "$line" cheater_forwarded_ratio)
+    fair=$(json_bool "$line" fair)
+    cheater_ratios+=("${cheater_ratio:-null}")
+    [ "$fair" = true ] ||
+        problems+=("a multi-connection cheater got more than an honest user's chance: $(grep '^fairness:' "$S/swarm.out")")
+    superseded=$(metric_sum "${edge_metrics[1]}" 'shake_edge_sessions_closed_total{code="SESSION_')
+    [ "${superseded%.*}" -gt 0 ] || problems+=("no cheater session was superseded or refused")
+    notes="honest p99 ${p99} ms; flood: ${flood_refused} handshakes refused, ${flood_completed} completed; $(metric_sum "${edge_metrics[1]}" shake_edge_drops_total) bad inputs dropped; cheater_forwarded_ratio ${cheater_ratio}, ${superseded%.*} cheater sessions superseded or refused"
 }
 
 for scenario in "${selected[@]}"; do
@@ -422,6 +434,8 @@ done
 printf '\n%-18s %-5s %8s %8s %5s %7s %9s %9s %8s %8s  %s\n' scenario result granted received lost doubled overspent \
     "p99(ms)" "edgeMiB" "allocMiB" notes
 for row in "${rows[@]}"; do echo "$row"; done
-printf '{"scenarios_run":%d,"scenarios_passed":%d,"awards_lost":%d,"awards_doubled":%d,"pools_overspent":%d,"honest_p99_ratio_under_attack":%s,"phones":%d,"round_s":%d}\n' \
-    "$run_count" "$passed_count" "$total_lost" "$total_doubled" "$total_overspent" "$hostile_ratio" "$PHONES" "$ROUND_S"
+cheater_forwarded_ratio=null
+[ "${#cheater_ratios[@]}" -eq 0 ] || cheater_forwarded_ratio=$(median "${cheater_ratios[@]}")
+printf '{"scenarios_run":%d,"scenarios_passed":%d,"awards_lost":%d,"awards_doubled":%d,"pools_overspent":%d,"honest_p99_ratio_under_attack":%s,"cheater_forwarded_ratio":%s,"phones":%d,"round_s":%d}\n' \
+    "$run_count" "$passed_count" "$total_lost" "$total_doubled" "$total_overspent" "$hostile_ratio" "$cheater_forwarded_ratio" "$PHONES" "$ROUND_S"
 [ "$passed_count" -eq "$run_count" ]

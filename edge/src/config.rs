@@ -150,6 +150,11 @@ pub struct Limits {
     pub max_outstanding_awards: usize,
     /// How long an award sent to a phone may wait for its acknowledgement, seconds.
     pub award_ack_window_s: u64,
+    /// One live session per user: how often a user's new session may supersede the live one,
+    /// per minute (past it the new session is refused with `SESSION_IN_USE`).
+    pub user_supersedes_per_min: f64,
+    /// Burst of that rate (a phone that changed networks supersedes its stale session at once).
+    pub user_supersede_burst: f64,
 }
 
 impl Default for Limits {
@@ -173,6 +178,8 @@ impl Default for Limits {
             drain_deadline_ms: 5_000,
             max_outstanding_awards: 100_000,
             award_ack_window_s: 3_600,
+            user_supersedes_per_min: 1.0,
+            user_supersede_burst: 2.0,
         }
     }
 }
@@ -266,11 +273,15 @@ impl Validate for EdgeConfig {
             ("limits.fallback_burst", l.fallback_burst),
             ("limits.new_handshakes_per_source_per_s", l.new_handshakes_per_source_per_s),
             ("limits.new_handshakes_per_source_burst", l.new_handshakes_per_source_burst),
+            ("limits.user_supersede_burst", l.user_supersede_burst),
         ];
         for (field, value) in positive {
             if !(value.is_finite() && value >= 1.0) {
                 return Err(invalid(field, "must be at least 1"));
             }
+        }
+        if !(l.user_supersedes_per_min.is_finite() && l.user_supersedes_per_min > 0.0) {
+            return Err(invalid("limits.user_supersedes_per_min", "must be above 0"));
         }
         if !(l.fallback_rate_per_s.is_finite() && l.fallback_rate_per_s >= 0.0) {
             return Err(invalid("limits.fallback_rate_per_s", "must be 0 or more"));

@@ -35,7 +35,7 @@ use crate::outbox::OUTBOX_FRAMES;
 use crate::phones::PhoneRef;
 use crate::sources::{SourceLimiter, SourceLimits};
 use crate::uplink::WorkerName;
-use crate::user_sessions::Closer;
+use crate::user_sessions::{Claim, Closer};
 use crate::worker::Shared;
 
 /// How long a close waits for its `Error` frame to be acknowledged before closing anyway.
@@ -311,11 +311,27 @@ impl LoopWorker {
                 return self.start_close(now, ch, conn, code, &err.to_string());
             }
         };
+        // One live session per user on this edge: an older one, on any worker, is closed;
+        // past the user's supersede budget this one is refused instead.
+        let now_us = self.now_us(now);
+        let serial = self.shared.sessions.next_serial();
+        let closer = Closer::Loop { worker: self.id, conn: ch.0 };
+        match self.shared.sessions.claim(claims.user_id, serial, self.id, closer, now_us) {
+            Claim::Fresh => {}
+            Claim::Superseded => {
+                tracing::debug!(user_id = claims.user_id, "a newer session supersedes the user's");
+            }
+            Claim::Refused => {
+                tracing::debug!(user_id = claims.user_id, "session refused: the user's is in use");
+                let code = ErrorCode::SessionInUse;
+                let reason = "this user's session on this edge is in use";
+                return self.start_close(now, ch, conn, code, reason);
+            }
+        }
         // Shakes that arrived before Welcome are dropped (docs/PROTOCOL.md section 6).
         while conn.datagrams().recv().is_some() {
             self.counts.shakes_before_welcome += 1;
         }
-        let now_us = self.now_us(now);
         let at = self.core.add_phone(claims.user_id, ch, now_us);
         let now_ms = now_ms();
         let welcome = self.encode(&ControlFrame::Welcome {
@@ -324,19 +340,10 @@ impl LoopWorker {
             round: self.core.admission().current_round(now_ms),
         });
         let datagrams = capabilities & CAP_DATAGRAMS != 0 && conn.datagrams().max_size().is_some();
-        let serial = self.shared.sessions.next_serial();
         if let Some(session) = self.session(ch) {
             session.phase = Phase::Serving(at);
             session.datagrams = datagrams;
             session.holds = Some((claims.user_id, serial));
-        }
-        // One live session per user on this edge: an older one, on any worker, is closed.
-        let closer = Closer::Loop { worker: self.id, conn: ch.0 };
-        if self.shared.sessions.claim(claims.user_id, serial, self.id, closer) {
-            tracing::debug!(
-                user_id = claims.user_id,
-                "a newer session supersedes the user's older one"
-            );
         }
         self.deadlines.set(ch.0, None);
         self.shared.phones.fetch_add(1, Ordering::Relaxed);

@@ -386,7 +386,11 @@ pub fn start(config: EdgeConfig) -> Result<RunningEdge, StartError> {
             Box::new(move || w.wake()) as Box<dyn Fn() + Send + Sync>
         })
         .collect();
-    let sessions = UserSessions::new(workers, session_wakers);
+    let supersedes = crate::bucket::Rate::new(
+        config.limits.user_supersedes_per_min / 60.0,
+        config.limits.user_supersede_burst,
+    );
+    let sessions = UserSessions::new(workers, session_wakers, supersedes);
     let shared = Arc::new(Shared {
         config,
         keys,

@@ -6,6 +6,14 @@
 //! (its inbox, then its wake-up), and closes it with `SESSION_SUPERSEDED`. A worker checks its
 //! inbox with one atomic load per turn while nothing is waiting.
 //!
+//! Superseding is budgeted per user (a token bucket, `limits.user_supersedes_per_min` and
+//! `limits.user_supersede_burst`): a phone that reconnects after a network change supersedes
+//! its stale session at once, but a user who keeps many connections cycling through the
+//! session cannot: past the budget the *newcomer* is refused with `SESSION_IN_USE` and the
+//! live session stays. Otherwise each takeover would let a cheater's freshly connected phone
+//! send the shakes it had queued, and its chance would still grow with its connections. The
+//! budget lives while the user has a live session; a user with none starts afresh.
+//!
 //! Sessions are named by a serial drawn from one counter, so a late notice for a connection
 //! slot that has since been reused names a serial nobody holds and is ignored.
 //!
@@ -20,6 +28,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio_util::sync::CancellationToken;
+
+use crate::bucket::{Rate, TokenBucket};
 
 /// Limited users remembered per worker and in the shared mirror.
 pub const MAX_LIMITED_USERS: usize = 65_536;
@@ -55,6 +65,22 @@ struct Holder {
     /// Sessions this user started on this edge while holding one (and the first).
     sessions_started: u32,
     superseded: u32,
+    /// New sessions refused because the user's supersede budget was spent.
+    refused: u32,
+    /// The user's supersede budget.
+    supersedes: TokenBucket,
+}
+
+/// What became of a session's claim on its user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// The user had no live session on this edge.
+    Fresh,
+    /// The user's older session is told to close (`SESSION_SUPERSEDED`).
+    Superseded,
+    /// The user's supersede budget is spent: the new session must close (`SESSION_IN_USE`);
+    /// the live one stays.
+    Refused,
 }
 
 #[derive(Default)]
@@ -75,12 +101,15 @@ pub struct UserReport {
     pub sessions_started: u32,
     /// Of those, how many a newer one superseded.
     pub sessions_superseded: u32,
+    /// New sessions refused because the user replaced sessions too often.
+    pub sessions_refused: u32,
     /// Until when (Unix ms) the allocator asked this edge to refuse the user's shakes.
     pub limited_until_ms: Option<u64>,
 }
 
 /// The edge's table of live sessions by user.
 pub struct UserSessions {
+    supersede_rate: Rate,
     live: Mutex<HashMap<u64, Holder>>,
     limited: Mutex<HashMap<u64, u64>>,
     inboxes: Vec<Inbox>,
@@ -101,12 +130,18 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl UserSessions {
     /// A table for `workers` workers; `wakers[i]` wakes worker `i` (none for task workers,
-    /// which are reached by their [`Closer::Task`]).
-    pub fn new(workers: usize, mut wakers: Vec<Box<dyn Fn() + Send + Sync>>) -> Arc<Self> {
+    /// which are reached by their [`Closer::Task`]); each user may supersede sessions at
+    /// `supersede_rate`.
+    pub fn new(
+        workers: usize,
+        mut wakers: Vec<Box<dyn Fn() + Send + Sync>>,
+        supersede_rate: Rate,
+    ) -> Arc<Self> {
         wakers.resize_with(workers, || Box::new(|| {}));
         let inboxes =
             wakers.into_iter().map(|wake| Inbox { wake: Some(wake), ..Inbox::default() }).collect();
         Arc::new(Self {
+            supersede_rate,
             live: Mutex::default(),
             limited: Mutex::default(),
             inboxes,
@@ -119,29 +154,48 @@ impl UserSessions {
         self.serials.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Session `serial` of `user_id`, on `worker`, now holds the user. Its predecessor, if
-    /// any, is told to close; true if there was one.
-    pub fn claim(&self, user_id: u64, serial: u64, worker: u16, closer: Closer) -> bool {
+    /// Session `serial` of `user_id`, on `worker`, claims the user at `now_us` (the edge's
+    /// monotonic clock). Its predecessor, if any, is told to close, unless the user's supersede
+    /// budget is spent: then the claim is refused and nothing changes.
+    pub fn claim(
+        &self,
+        user_id: u64,
+        serial: u64,
+        worker: u16,
+        closer: Closer,
+        now_us: u64,
+    ) -> Claim {
         let old = {
             let mut live = lock(&self.live);
-            let (started, superseded) =
-                live.get(&user_id).map_or((0, 0), |h| (h.sessions_started, h.superseded));
-            let held = Holder {
-                serial,
-                worker,
-                closer,
-                sessions_started: started.saturating_add(1),
-                superseded,
+            let held = match live.get_mut(&user_id) {
+                None => Holder {
+                    serial,
+                    worker,
+                    closer,
+                    sessions_started: 1,
+                    superseded: 0,
+                    refused: 0,
+                    supersedes: TokenBucket::full(self.supersede_rate, now_us),
+                },
+                Some(h) => {
+                    if h.supersedes.try_take(self.supersede_rate, now_us).is_err() {
+                        h.refused = h.refused.saturating_add(1);
+                        return Claim::Refused;
+                    }
+                    Holder {
+                        serial,
+                        worker,
+                        closer,
+                        sessions_started: h.sessions_started.saturating_add(1),
+                        superseded: h.superseded.saturating_add(1),
+                        refused: h.refused,
+                        supersedes: h.supersedes,
+                    }
+                }
             };
-            let old = live.insert(user_id, held);
-            if old.is_some()
-                && let Some(h) = live.get_mut(&user_id)
-            {
-                h.superseded = h.superseded.saturating_add(1);
-            }
-            old
+            live.insert(user_id, held)
         };
-        let Some(old) = old else { return false };
+        let Some(old) = old else { return Claim::Fresh };
         match old.closer {
             Closer::Task(token) => token.cancel(),
             Closer::Loop { worker, conn } => {
@@ -154,7 +208,7 @@ impl UserSessions {
                 }
             }
         }
-        true
+        Claim::Superseded
     }
 
     /// Session `serial` of `user_id` ended; the user is free unless a newer session holds it.
@@ -195,9 +249,10 @@ impl UserSessions {
 
     /// What the edge knows of `user_id` at `now_ms`.
     pub fn report(&self, user_id: u64, now_ms: u64) -> UserReport {
-        let (worker, started, superseded) = lock(&self.live)
-            .get(&user_id)
-            .map_or((None, 0, 0), |h| (Some(h.worker), h.sessions_started, h.superseded));
+        let (worker, started, superseded, refused) =
+            lock(&self.live).get(&user_id).map_or((None, 0, 0, 0), |h| {
+                (Some(h.worker), h.sessions_started, h.superseded, h.refused)
+            });
         let limited_until_ms =
             lock(&self.limited).get(&user_id).copied().filter(|until| *until > now_ms);
         UserReport {
@@ -205,6 +260,7 @@ impl UserSessions {
             live_session_worker: worker,
             sessions_started: started,
             sessions_superseded: superseded,
+            sessions_refused: refused,
             limited_until_ms,
         }
     }
@@ -216,6 +272,11 @@ mod tests {
 
     use super::*;
 
+    /// Two supersedes in a burst, then one a minute.
+    fn rate() -> Rate {
+        Rate::new(1.0 / 60.0, 2.0)
+    }
+
     fn table() -> (Arc<UserSessions>, Arc<AtomicUsize>) {
         let woken = Arc::new(AtomicUsize::new(0));
         let wakers: Vec<Box<dyn Fn() + Send + Sync>> = (0..2)
@@ -226,17 +287,21 @@ mod tests {
                 }) as Box<dyn Fn() + Send + Sync>
             })
             .collect();
-        (UserSessions::new(2, wakers), woken)
+        (UserSessions::new(2, wakers, rate()), woken)
+    }
+
+    fn on(worker: u16, conn: usize) -> Closer {
+        Closer::Loop { worker, conn }
     }
 
     #[test]
     fn a_second_session_supersedes_the_first_on_its_own_worker() {
         let (t, woken) = table();
         let first = t.next_serial();
-        assert!(!t.claim(7, first, 0, Closer::Loop { worker: 0, conn: 3 }));
+        assert_eq!(t.claim(7, first, 0, on(0, 3), 0), Claim::Fresh);
         assert!(t.take_superseded(0).is_empty());
         let second = t.next_serial();
-        assert!(t.claim(7, second, 1, Closer::Loop { worker: 1, conn: 9 }));
+        assert_eq!(t.claim(7, second, 1, on(1, 9), 0), Claim::Superseded);
         assert_eq!(woken.load(Ordering::Relaxed), 1);
         assert_eq!(t.take_superseded(0), vec![Superseded { conn: 3, serial: first }]);
         assert!(t.take_superseded(0).is_empty(), "told once");
@@ -252,11 +317,38 @@ mod tests {
     }
 
     #[test]
+    fn past_the_budget_the_newcomer_is_refused_and_the_live_session_stays() {
+        let (t, _) = table();
+        let mut holder = t.next_serial();
+        assert_eq!(t.claim(7, holder, 0, on(0, 0), 0), Claim::Fresh);
+        for conn in 1..=2 {
+            holder = t.next_serial();
+            assert_eq!(t.claim(7, holder, 0, on(0, conn), 1_000), Claim::Superseded);
+        }
+        // The burst is spent: ten more connections in the next half minute are refused.
+        for conn in 3..13 {
+            let at = 1_000 + conn as u64 * 1_000_000;
+            assert_eq!(t.claim(7, t.next_serial(), 1, on(1, conn), at), Claim::Refused);
+        }
+        let report = t.report(7, 0);
+        assert_eq!(report.live_session_worker, Some(0));
+        assert_eq!((report.sessions_superseded, report.sessions_refused), (2, 10));
+        assert_eq!(t.take_superseded(0).len(), 2);
+        assert!(t.take_superseded(1).is_empty(), "no refused session closed anything");
+        // A minute on, one more supersede is allowed.
+        assert_eq!(t.claim(7, t.next_serial(), 1, on(1, 20), 61_000_000), Claim::Superseded);
+        // A user whose sessions all ended starts afresh.
+        t.release(7, holder);
+        let last = t.report(7, 0);
+        assert_eq!(last.live_session_worker, Some(1), "the newest session still holds it");
+    }
+
+    #[test]
     fn task_sessions_are_cancelled() {
         let (t, woken) = table();
         let token = CancellationToken::new();
-        t.claim(7, t.next_serial(), 0, Closer::Task(token.clone()));
-        t.claim(7, t.next_serial(), 0, Closer::Task(CancellationToken::new()));
+        t.claim(7, t.next_serial(), 0, Closer::Task(token.clone()), 0);
+        t.claim(7, t.next_serial(), 0, Closer::Task(CancellationToken::new()), 0);
         assert!(token.is_cancelled());
         assert_eq!(woken.load(Ordering::Relaxed), 0);
     }
@@ -265,7 +357,7 @@ mod tests {
     fn other_users_are_independent() {
         let (t, _) = table();
         for user in 0..100 {
-            assert!(!t.claim(user, t.next_serial(), 0, Closer::Loop { worker: 0, conn: 0 }));
+            assert_eq!(t.claim(user, t.next_serial(), 0, on(0, 0), 0), Claim::Fresh);
         }
         assert_eq!(t.live(), 100);
         assert!(t.take_superseded(0).is_empty());

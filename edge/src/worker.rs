@@ -36,7 +36,7 @@ use crate::outbox::Outbox;
 use crate::phones::PhoneRef;
 use crate::sources::{SourceLimiter, SourceLimits};
 use crate::uplink::WorkerName;
-use crate::user_sessions::Closer;
+use crate::user_sessions::{Claim, Closer};
 
 /// What every worker shares (read-mostly, or per-connection atomics).
 #[derive(Debug)]
@@ -484,6 +484,19 @@ async fn session(
             return close_with_error(&conn, &mut send, &shared, code, &err.to_string()).await;
         }
     };
+    // One live session per user on this edge: an older one, on any worker, is closed; past
+    // the user's supersede budget this one is refused instead.
+    let superseded = CancellationToken::new();
+    let serial = shared.sessions.next_serial();
+    let worker = state.borrow().id;
+    let closer = Closer::Task(superseded.clone());
+    if shared.sessions.claim(claims.user_id, serial, worker, closer, shared.now_us())
+        == Claim::Refused
+    {
+        let code = ErrorCode::SessionInUse;
+        let reason = "this user's session on this edge is in use";
+        return close_with_error(&conn, &mut send, &shared, code, reason).await;
+    }
     let datagrams = caps & CAP_DATAGRAMS != 0 && conn.max_datagram_size().is_some();
     let outbox = Rc::new(Outbox::default());
     // Shakes that arrived before Welcome are dropped (docs/PROTOCOL.md section 6).
@@ -503,12 +516,6 @@ async fn session(
     };
     shared.phones.fetch_add(1, Ordering::Relaxed);
     shared.metrics.phones.inc();
-    // One live session per user on this edge: an older one, on any worker, is closed.
-    let superseded = CancellationToken::new();
-    let serial = shared.sessions.next_serial();
-    let worker = state.borrow().id;
-    let closer = Closer::Task(superseded.clone());
-    shared.sessions.claim(claims.user_id, serial, worker, closer);
     let mut closed_with = None;
     if send.write_all(&welcome).await.is_ok() {
         let mut phone = PhoneSession {

@@ -1,7 +1,8 @@
 //! One live session per user per edge, through the real edge binary: each new session of a
 //! user supersedes the previous one (on either worker), which hears `Error` and is closed with
 //! `SESSION_SUPERSEDED`; other users are untouched; `GET /users/{id}` and the metrics say so.
-//! Run on both I/O paths (the event loop and the quinn reference).
+//! Past the user's supersede budget the newcomer is refused (`SESSION_IN_USE`) and the live
+//! session stays. Run on both I/O paths (the event loop and the quinn reference).
 
 mod common;
 
@@ -18,7 +19,9 @@ fn user_report(world: &World, user: u64) -> serde_json::Value {
 }
 
 async fn a_new_session_supersedes_the_old_one(io: &'static str) {
-    let world = World::start(WorldSettings { io, ..WorldSettings::default() }).await;
+    // A budget that lets every session below supersede.
+    let edge_limits = "user_supersedes_per_min = 6000.0\nuser_supersede_burst = 100.0\n";
+    let world = World::start(WorldSettings { io, edge_limits, ..WorldSettings::default() }).await;
     let mut honest = Phone::connect(&world).await;
     assert!(matches!(honest.hello(token(HONEST, 3600)).await, Ok(ControlFrame::Welcome { .. })));
 
@@ -73,6 +76,48 @@ async fn a_new_session_supersedes_the_old_one(io: &'static str) {
     let response =
         shake_ops::http::request(world.edge_metrics, "GET", "/users/not-a-number").unwrap();
     assert_eq!(shake_ops::http::status_of(&response), Some(400));
+}
+
+async fn past_the_budget_the_newcomer_is_refused(io: &'static str) {
+    // The default budget: two supersedes at once, then one a minute.
+    let world = World::start(WorldSettings { io, ..WorldSettings::default() }).await;
+    let mut live = Vec::new();
+    for _ in 0..3 {
+        let mut phone = Phone::connect(&world).await;
+        assert!(matches!(
+            phone.hello(token(CHEATER, 3600)).await,
+            Ok(ControlFrame::Welcome { .. })
+        ));
+        live.push(phone);
+    }
+    let holder = live.pop().unwrap();
+    for _ in 0..3 {
+        let mut newcomer = Phone::connect(&world).await;
+        match newcomer.hello(token(CHEATER, 3600)).await {
+            Ok(ControlFrame::Error { code, .. }) => {
+                assert_eq!(code, u64::from(ErrorCode::SessionInUse.code()))
+            }
+            other => panic!("a session past the budget got {other:?}"),
+        }
+        assert_eq!(newcomer.closed_code().await, Some(ErrorCode::SessionInUse.code().into()));
+    }
+    // The live session was never disturbed.
+    holder.shake(1, 1);
+    holder.outcome().await.unwrap();
+    let report = user_report(&world, CHEATER);
+    assert_eq!(report["sessions_superseded"], 2);
+    assert_eq!(report["sessions_refused"], 3);
+    world.wait_for_metric("shake_edge_sessions_closed_total{code=\"SESSION_IN_USE\"}", 3.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_event_loop_past_the_budget_the_newcomer_is_refused() {
+    past_the_budget_the_newcomer_is_refused("loop").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_quinn_path_past_the_budget_the_newcomer_is_refused() {
+    past_the_budget_the_newcomer_is_refused("quinn").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

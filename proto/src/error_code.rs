@@ -25,6 +25,10 @@ pub enum ErrorCode {
     /// this one is closed. Tell the user they are playing elsewhere; do not reconnect by
     /// yourself (two sessions would keep closing each other).
     SessionSuperseded = 0x14,
+    /// The user already has a live session on this edge and has replaced sessions too often
+    /// lately: this new one is refused and the live one stays. Do not retry at once; close
+    /// the other session (or wait a minute).
+    SessionInUse = 0x15,
     /// A frame could not be decoded.
     MalformedFrame = 0x20,
     /// A frame's length is over the stream's limit.
@@ -48,7 +52,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for docs and tests.
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 16] = [
         ErrorCode::NoError,
         ErrorCode::Internal,
         ErrorCode::HelloTimeout,
@@ -56,6 +60,7 @@ impl ErrorCode {
         ErrorCode::TokenExpired,
         ErrorCode::UnsupportedVersion,
         ErrorCode::SessionSuperseded,
+        ErrorCode::SessionInUse,
         ErrorCode::MalformedFrame,
         ErrorCode::FrameTooLarge,
         ErrorCode::UnexpectedFrame,
@@ -86,6 +91,7 @@ impl ErrorCode {
             ErrorCode::TokenExpired => "TOKEN_EXPIRED",
             ErrorCode::UnsupportedVersion => "UNSUPPORTED_VERSION",
             ErrorCode::SessionSuperseded => "SESSION_SUPERSEDED",
+            ErrorCode::SessionInUse => "SESSION_IN_USE",
             ErrorCode::MalformedFrame => "MALFORMED_FRAME",
             ErrorCode::FrameTooLarge => "FRAME_TOO_LARGE",
             ErrorCode::UnexpectedFrame => "UNEXPECTED_FRAME",

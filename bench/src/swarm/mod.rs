@@ -12,6 +12,7 @@
 //! - [`verify`]: phones' awards against the allocator's ledger export.
 
 pub mod addresses;
+pub mod fairness;
 pub mod phone;
 pub mod plot;
 pub mod report;
@@ -162,6 +163,12 @@ pub async fn run(
         stats: stats.clone(),
     });
     let roles = roles(scenario);
+    // Each cheater connection's place among the cheater connections (in phone order, so the
+    // connections of one user are spread over the client endpoints and their addresses).
+    let mut cheater_ordinal = vec![0usize; roles.len()];
+    for (n, i) in (0..roles.len()).filter(|&i| roles[i] == Role::MultiConnection).enumerate() {
+        cheater_ordinal[i] = n;
+    }
     let mut churn_rng = ChaCha8Rng::seed_from_u64(scenario.seed ^ 0xc4u64);
     let now = unix_s();
     let mut tasks = tokio::task::JoinSet::new();
@@ -173,7 +180,19 @@ pub async fn run(
             let at = origin + Duration::from_secs_f64(i as f64 / ramp);
             tokio::time::sleep_until(at.into()).await;
         }
-        let user_id = scenario.tokens.first_user_id + i as u64;
+        let user_id = match role {
+            // Cheaters' connections share users, numbered after every phone's own.
+            Role::MultiConnection => {
+                let group = cheater_ordinal[i] / scenario.hostile.connections_per_cheater;
+                scenario.tokens.first_user_id + (scenario.phones + group) as u64
+            }
+            _ => scenario.tokens.first_user_id + i as u64,
+        };
+        match role {
+            Role::Honest => stats.register_user(user_id, false),
+            Role::MultiConnection => stats.register_user(user_id, true),
+            _ => {}
+        }
         let mut claims = Claims {
             key_id: scenario.tokens.key_id,
             user_id,
@@ -242,14 +261,15 @@ mod tests {
         assert_eq!(roles.len(), 1_000);
         assert_eq!(count(&roles, Role::OverRate), 50);
         assert_eq!(count(&roles, Role::ConnectionFlood), 20);
-        assert_eq!(count(&roles, Role::Honest), 760);
+        assert_eq!(count(&roles, Role::MultiConnection), 80);
+        assert_eq!(count(&roles, Role::Honest), 680);
         let small = super::roles(&hostile(20));
         for role in Role::HOSTILE {
-            assert_eq!(count(&small, role), 1, "{role:?} in a swarm of 20");
+            assert!(count(&small, role) >= 1, "{role:?} in a swarm of 20");
         }
         // Deterministic from the seed, and shuffled (not all attackers first).
         assert_eq!(roles, super::roles(&hostile(1_000)));
-        assert!(roles[..240].contains(&Role::Honest));
+        assert!(roles[..320].contains(&Role::Honest));
         // More attackers than phones: the swarm is all attackers, no more.
         assert_eq!(super::roles(&hostile(3)).len(), 3);
     }

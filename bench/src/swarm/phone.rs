@@ -35,11 +35,14 @@ pub enum Role {
     StreamFlood,
     /// Starts handshakes from fresh source ports and never says `Hello`.
     ConnectionFlood,
+    /// One of many connections of the same user, each shaking at the honest rate; reconnects
+    /// whenever a newer session of the user supersedes it.
+    MultiConnection,
 }
 
 impl Role {
     /// The hostile roles, in the order of [`super::scenario::Hostile::shares`].
-    pub const HOSTILE: [Role; 7] = [
+    pub const HOSTILE: [Role; 8] = [
         Role::OverRate,
         Role::ForgedToken,
         Role::ExpiredToken,
@@ -47,6 +50,7 @@ impl Role {
         Role::OversizedFrame,
         Role::StreamFlood,
         Role::ConnectionFlood,
+        Role::MultiConnection,
     ];
 }
 
@@ -83,6 +87,9 @@ fn unix_ms() -> u64 {
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 /// Longest wait between connect attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(8);
+/// A multi-connection cheater's pause before reconnecting a superseded connection (times a
+/// jitter of 0.5 to 1.5).
+const CHEATER_RECONNECT: Duration = Duration::from_secs(1);
 /// Longest wait for a handshake before trying again.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A live edge answers every shake at once (the verdict does not wait for the allocator), so
@@ -121,6 +128,8 @@ enum SessionEnd {
     Failed,
     /// The edge closed us for good (hostile phones).
     Refused,
+    /// A newer session of the same user replaced this one (`SESSION_SUPERSEDED`).
+    Superseded,
 }
 
 /// Runs one phone until the end of the run.
@@ -151,6 +160,16 @@ pub async fn run(
         let session = Session { role, token: &token, user_id, churn_after, reconnecting };
         match session.run(&endpoint, ctx.edges[edge], &ctx, &mut schedule, &mut seq).await {
             SessionEnd::Done | SessionEnd::Refused => break,
+            // An honest phone does not fight its user's other session (docs/PROTOCOL.md
+            // 5.1); a cheater comes back after a pause to take the session again.
+            SessionEnd::Superseded if role != Role::MultiConnection => break,
+            SessionEnd::Superseded => {
+                reconnecting = true;
+                let jitter = 0.5 + (index % 89) as f64 / 89.0;
+                let pause = CHEATER_RECONNECT.mul_f64(jitter);
+                tokio::time::sleep(pause.min(ctx.end.saturating_duration_since(Instant::now())))
+                    .await;
+            }
             SessionEnd::Churn => {
                 ctx.stats.churned.fetch_add(1, Ordering::Relaxed);
                 reconnecting = true;
@@ -241,8 +260,15 @@ impl Session<'_> {
                 (round, server_time_ms as i64 - unix_ms() as i64)
             }
             Some(ControlFrame::Error { code, .. }) => {
-                let name = shake_proto::ErrorCode::from_code(code).map_or("unknown", |c| c.name());
+                let code = shake_proto::ErrorCode::from_code(code);
+                let name = code.map_or("unknown", |c| c.name());
                 stats.closed_by_edge(name);
+                if role == Role::MultiConnection
+                    && code == Some(shake_proto::ErrorCode::SessionInUse)
+                {
+                    // The user's session is in use: a cheater tries again later.
+                    return SessionEnd::Superseded;
+                }
                 if role == Role::Honest {
                     stats.error(format!("refused: {name}"));
                 }
@@ -494,6 +520,7 @@ async fn session_loop(
                             stats.outcome(outcome.verdict, now - intended, now - actual, role == Role::Honest);
                             if outcome.verdict == Verdict::Forwarded {
                                 last_forwarded = Some(intended);
+                                stats.forwarded_for(user_id);
                             }
                         }
                     }
@@ -527,6 +554,15 @@ async fn session_loop(
                             round = current(&rounds);
                         }
                         ControlFrame::GoAway { .. } => return SessionEnd::Reconnect,
+                        ControlFrame::Error { code, .. }
+                            if code == u64::from(shake_proto::ErrorCode::SessionSuperseded.code()) =>
+                        {
+                            stats.closed_by_edge("SESSION_SUPERSEDED");
+                            if role == Role::Honest {
+                                stats.error("honest session superseded");
+                            }
+                            return SessionEnd::Superseded;
+                        }
                         _ => {}
                     }
                 }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use super::fairness::Fairness;
 use super::scenario::Scenario;
 use super::stats::{Percentiles, ReceivedAward, Stats, VERDICT_NAMES};
 
@@ -94,6 +95,9 @@ pub struct Report {
     pub limited: BTreeMap<String, u64>,
     /// Awards received.
     pub awards_received: u64,
+    /// Multi-connection cheaters against honest users (none without cheaters).
+    #[serde(default)]
+    pub fairness: Option<Fairness>,
     /// Peak resident memory of the swarm, KiB.
     pub peak_rss_kib: Option<u64>,
     /// Swarm memory per phone, KiB.
@@ -147,6 +151,7 @@ impl Report {
             closed_by_edge: stats.closed_by_edge.lock().expect("stats lock").clone(),
             limited: stats.limited.lock().expect("stats lock").clone(),
             awards_received: awards.len() as u64,
+            fairness: Fairness::measure(&stats.users.lock().expect("stats lock"), &awards),
             peak_rss_kib,
             kib_per_phone: peak_rss_kib.map(|kib| kib as f64 / scenario.phones as f64),
             awards,
@@ -208,6 +213,22 @@ impl Report {
                 "swarm peak memory", rss
             );
         }
+        if let Some(f) = &self.fairness {
+            let _ = writeln!(
+                out,
+                "fairness: {} cheating users vs {} honest: forwarded per user (median) {:.0} vs {:.0}, \
+                 cheater_forwarded_ratio {:.2}; wins {} vs {:.2} per honest user (ratio {:.2}, at most {:.1} allowed)",
+                f.cheating_users,
+                f.honest_users,
+                f.cheater_forwarded_median,
+                f.honest_forwarded_median,
+                f.cheater_forwarded_ratio,
+                f.cheater_wins,
+                f.honest_wins_per_user,
+                f.cheater_wins_ratio,
+                f.cheater_wins_allowed,
+            );
+        }
         for (code, n) in &self.closed_by_edge {
             let _ = writeln!(out, "closed by the edge: {code:<14}{n:>12}");
         }
@@ -235,6 +256,9 @@ impl Report {
             "p99_handshake_ms": self.latency_ms.handshake.p99,
             "errors": self.errors.values().sum::<u64>(),
             "kib_per_phone": self.kib_per_phone,
+            "cheater_forwarded_ratio": self.fairness.as_ref().map(|f| f.cheater_forwarded_ratio),
+            "cheater_wins_ratio": self.fairness.as_ref().map(|f| f.cheater_wins_ratio),
+            "fair": self.fairness.as_ref().map(Fairness::holds),
         })
     }
 }

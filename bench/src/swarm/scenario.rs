@@ -107,7 +107,7 @@ impl Default for Churn {
 }
 
 /// Misbehaving phones, as shares of the swarm.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Hostile {
     /// Shake ten times the scenario's rate (and ignore slow-down).
@@ -124,11 +124,33 @@ pub struct Hostile {
     pub stream_flood: f64,
     /// Start handshakes from fresh source ports over and over, and never say `Hello`.
     pub connection_flood: f64,
+    /// Connections of multi-connection cheaters: each cheating user holds
+    /// `connections_per_cheater` of them (spread over source addresses and edge workers),
+    /// shaking at the scenario's rate from each, and reconnects whenever superseded.
+    pub multi_connection: f64,
+    /// Connections each cheating user holds.
+    pub connections_per_cheater: usize,
+}
+
+impl Default for Hostile {
+    fn default() -> Self {
+        Self {
+            over_rate: 0.0,
+            forged_token: 0.0,
+            expired_token: 0.0,
+            malformed: 0.0,
+            oversized_frame: 0.0,
+            stream_flood: 0.0,
+            connection_flood: 0.0,
+            multi_connection: 0.0,
+            connections_per_cheater: 10,
+        }
+    }
 }
 
 impl Hostile {
     /// Every share with its field name, in the order roles are drawn.
-    pub fn shares(&self) -> [(&'static str, f64); 7] {
+    pub fn shares(&self) -> [(&'static str, f64); 8] {
         [
             ("hostile.over_rate", self.over_rate),
             ("hostile.forged_token", self.forged_token),
@@ -137,6 +159,7 @@ impl Hostile {
             ("hostile.oversized_frame", self.oversized_frame),
             ("hostile.stream_flood", self.stream_flood),
             ("hostile.connection_flood", self.connection_flood),
+            ("hostile.multi_connection", self.multi_connection),
         ]
     }
 }
@@ -200,6 +223,9 @@ impl Validate for Scenario {
         }
         if shares.iter().map(|(_, share)| share).sum::<f64>() > 1.0 {
             return Err(invalid("hostile", "shares add up to more than 1"));
+        }
+        if !(2..=10_000).contains(&self.hostile.connections_per_cheater) {
+            return Err(invalid("hostile.connections_per_cheater", "2 to 10,000"));
         }
         if hex(&self.tokens.secret_hex).is_none_or(|s| s.len() < 32) {
             return Err(invalid("tokens.secret_hex", "at least 32 bytes of hex"));

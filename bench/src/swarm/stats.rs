@@ -1,6 +1,6 @@
 //! What the swarm measures, shared by every phone task, and the report built from it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -82,6 +82,18 @@ pub struct Stats {
     pub interval: Mutex<Option<Histogram<u64>>>,
     /// Awards received.
     pub awards: Mutex<Vec<ReceivedAward>>,
+    /// Forwarded shakes by user, for the users registered (honest and cheating), and whether
+    /// each cheats.
+    pub users: Mutex<HashMap<u64, UserTally>>,
+}
+
+/// One user's forwarded shakes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UserTally {
+    /// A multi-connection cheater.
+    pub cheater: bool,
+    /// Shakes the edge answered `forwarded`, over all the user's connections.
+    pub forwarded: u64,
 }
 
 /// Index of a verdict in [`Stats::verdicts`].
@@ -129,6 +141,18 @@ impl Stats {
             .expect("stats lock")
             .get_or_insert_with(histogram)
             .saturating_record(corrected);
+    }
+
+    /// Tallies `user_id`'s forwarded shakes from now on.
+    pub fn register_user(&self, user_id: u64, cheater: bool) {
+        self.users.lock().expect("stats lock").entry(user_id).or_default().cheater = cheater;
+    }
+
+    /// One more forwarded shake of `user_id` (if registered).
+    pub fn forwarded_for(&self, user_id: u64) {
+        if let Some(tally) = self.users.lock().expect("stats lock").get_mut(&user_id) {
+            tally.forwarded += 1;
+        }
     }
 
     /// Outcomes received so far.
