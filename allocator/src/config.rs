@@ -49,7 +49,8 @@ pub struct UserRateConfig {
     pub per_s: f64,
     /// Bucket depth, entries (the edge's per-phone burst).
     pub burst: f64,
-    /// Most users tracked at once; a new user beyond it passes untracked (counted).
+    /// Users tracked at once (a fixed table, 16 bytes each); a new user takes the place of
+    /// the least restricted one in its set.
     pub max_tracked_users: usize,
     /// Entries over the rate after which edges are told to refuse the user.
     pub limit_after_excess: u32,

@@ -180,8 +180,8 @@ pub struct CoreCounters {
     pub entries_over_user_rate: u64,
     /// Users limited at the edges for going over it.
     pub users_limited: u64,
-    /// Entries admitted untracked because the per-user table was full.
-    pub entries_untracked: u64,
+    /// Users evicted from the per-user table while over the rate.
+    pub users_evicted: u64,
 }
 
 /// The allocator's state.
@@ -483,7 +483,7 @@ impl Core {
         let rate_counts = self.rates.take_counts();
         self.counters.entries_over_user_rate += rate_counts.entries_over_rate;
         self.counters.users_limited += rate_counts.users_limited;
-        self.counters.entries_untracked += rate_counts.entries_untracked;
+        self.counters.users_evicted += rate_counts.users_evicted;
         let limited = self.rates.take_newly_limited();
         if !limited.is_empty() {
             tracing::info!(

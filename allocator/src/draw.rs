@@ -162,7 +162,8 @@ impl Draw {
     }
 
     /// Draws the winners of `batch` at `now_ms`, appending their awards to `out`. An entry
-    /// whose user is over the per-user rate (`rates`) is no-luck.
+    /// whose user is over the per-user rate (`rates`) is no-luck; only entries drawn while a
+    /// prize is left count against the rate.
     pub fn decide(
         &mut self,
         key: BatchKey,
@@ -181,12 +182,14 @@ impl Draw {
         round.pool.release_until(target);
         let batch_seed = batch_seed(round.config.seed, key);
         for (index, entry) in batch.entries().enumerate() {
+            // Most entries arrive after the released prizes are gone: one branch each. Only
+            // entries that could win are counted against their user's rate (the others are
+            // no-luck whatever the rate says).
+            if round.pool.available(Kind::Cash) == 0 && round.pool.available(Kind::Gift) == 0 {
+                break;
+            }
             let shaken_at_ms = batch.base_time_ms + u64::from(entry.offset_us / 1000);
             if !rates.admit(entry.user_id, shaken_at_ms) {
-                continue;
-            }
-            // Most entries arrive after the released prizes are gone: one branch each.
-            if round.pool.available(Kind::Cash) == 0 && round.pool.available(Kind::Gift) == 0 {
                 continue;
             }
             let random = entry_random(batch_seed, index as u32);

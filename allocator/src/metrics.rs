@@ -49,8 +49,8 @@ pub struct Metrics {
     pub entries_over_user_rate: Counter,
     /// Users the edges were told to refuse for going over the per-user rate.
     pub users_limited: Counter,
-    /// Entries admitted untracked because the per-user table was full.
-    pub entries_untracked: Counter,
+    /// Users evicted from the per-user table while over the rate.
+    pub users_evicted: Counter,
     /// Users the per-user rate tracks now.
     pub users_tracked: Gauge,
 }
@@ -84,7 +84,7 @@ impl Metrics {
             delivery_marks: Counter::default(),
             entries_over_user_rate: Counter::default(),
             users_limited: Counter::default(),
-            entries_untracked: Counter::default(),
+            users_evicted: Counter::default(),
             users_tracked: Gauge::default(),
             registry: Registry::default(),
         };
@@ -151,9 +151,9 @@ impl Metrics {
             m.users_limited.clone(),
         );
         registry.register(
-            "entries_untracked",
-            "Entries admitted untracked because the per-user table was full",
-            m.entries_untracked.clone(),
+            "users_evicted",
+            "Users evicted from the per-user table while over the rate",
+            m.users_evicted.clone(),
         );
         registry.register(
             "users_tracked",

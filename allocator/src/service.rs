@@ -438,7 +438,7 @@ async fn actor_loop(
             .entries_over_user_rate
             .inc_by(now.entries_over_user_rate - counted.entries_over_user_rate);
         metrics.users_limited.inc_by(now.users_limited - counted.users_limited);
-        metrics.entries_untracked.inc_by(now.entries_untracked - counted.entries_untracked);
+        metrics.users_evicted.inc_by(now.users_evicted - counted.users_evicted);
         counted = now;
     }
 }

@@ -28,8 +28,10 @@ pub const GROUP_BATCHES: [usize; 3] = [1, 8, 64];
 /// The measured figures.
 #[derive(Debug, Clone)]
 pub struct AllocatorFigures {
-    /// Median entries decided per second.
+    /// Median entries decided per second (with the per-user rate, as the allocator runs).
     pub decisions_per_s: f64,
+    /// The same without the per-user rate, measured in the same run (its cost is the ratio).
+    pub decisions_without_user_rate_per_s: f64,
     /// Share of entries that won.
     pub win_ratio: f64,
     /// Awards made durable per second, by batches per group (about 256 awards per batch).
@@ -65,14 +67,20 @@ fn key(seq: u64) -> BatchKey {
     BatchKey { edge_id: 1, worker_id: 0, instance_id: 1, seq }
 }
 
-/// One draw over every batch: (entries per second, awards per batch).
-fn draw_run(config: &RoundConfig, batches: &[Batch]) -> (f64, Vec<Vec<Award>>) {
+/// One draw over every batch, with the per-user rate or without: (entries per second, awards
+/// per batch).
+fn draw_run(
+    config: &RoundConfig,
+    batches: &[Batch],
+    per_user_rate: bool,
+) -> (f64, Vec<Vec<Award>>) {
     let mut draw = Draw::new(std::slice::from_ref(config));
     let mut per_batch = Vec::with_capacity(batches.len());
     let mut out = Vec::with_capacity(BATCH_ENTRIES);
     // The per-user rate as the allocator runs it, swept as its tick does (once a second of
     // the batches' clock).
-    let mut rates = UserRates::new(UserRateSettings::default());
+    let mut rates =
+        if per_user_rate { UserRates::new(UserRateSettings::default()) } else { UserRates::off() };
     let started = Instant::now();
     for (i, batch) in batches.iter().enumerate() {
         if i % 1000 == 999 {
@@ -95,12 +103,14 @@ fn answered(awards: Vec<Award>, batches: &[Batch]) -> AnsweredBatch {
 pub fn run(runs: usize, dir: &Path) -> AllocatorFigures {
     let config = round();
     let batches = batches();
-    let mut rates = Vec::new();
+    let (mut rates, mut without) = (Vec::new(), Vec::new());
     let mut last = Vec::new();
+    // Interleaved, so that both see the same machine.
     for _ in 0..runs.max(1) {
-        let (rate, awards) = draw_run(&config, &batches);
+        let (rate, awards) = draw_run(&config, &batches, true);
         rates.push(rate);
         last = awards;
+        without.push(draw_run(&config, &batches, false).0);
     }
     let won: usize = last.iter().map(Vec::len).sum();
     let answered: Vec<AnsweredBatch> =
@@ -134,6 +144,7 @@ pub fn run(runs: usize, dir: &Path) -> AllocatorFigures {
     }
     AllocatorFigures {
         decisions_per_s: stats::median(&rates).unwrap_or(0.0),
+        decisions_without_user_rate_per_s: stats::median(&without).unwrap_or(0.0),
         win_ratio: won as f64 / (batches.len() * BATCH_ENTRIES) as f64,
         durable_by_group,
     }
@@ -146,7 +157,7 @@ mod tests {
     #[test]
     fn the_scenario_awards_about_a_quarter_of_entries() {
         let config = round();
-        let (_, awards) = draw_run(&config, &batches()[..400]);
+        let (_, awards) = draw_run(&config, &batches()[..400], true);
         let won: usize = awards.iter().map(Vec::len).sum();
         let ratio = won as f64 / (400 * BATCH_ENTRIES) as f64;
         assert!((0.2..0.3).contains(&ratio), "win ratio {ratio}");

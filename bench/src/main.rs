@@ -219,6 +219,10 @@ fn main() -> anyhow::Result<()> {
             let f = allocator_bench::run(runs, &scratch);
             let mut rows = vec![
                 ("decisions (median)".to_owned(), report::human_rate(f.decisions_per_s)),
+                (
+                    "  without the per-user rate (same run)".to_owned(),
+                    report::human_rate(f.decisions_without_user_rate_per_s),
+                ),
                 ("win ratio".to_owned(), format!("{:.3}", f.win_ratio)),
                 (
                     "winners drawn (median)".to_owned(),
@@ -238,6 +242,18 @@ fn main() -> anyhow::Result<()> {
             let mut figures = Map::new();
             figures.insert("runs".into(), Value::from(runs));
             figures.insert("decisions_per_s".into(), Value::from(f.decisions_per_s.round()));
+            figures.insert(
+                "decisions_without_user_rate_per_s".into(),
+                Value::from(f.decisions_without_user_rate_per_s.round()),
+            );
+            figures.insert(
+                "user_rate_cost_ratio".into(),
+                Value::from(
+                    (f.decisions_per_s / f.decisions_without_user_rate_per_s.max(1.0) * 1000.0)
+                        .round()
+                        / 1000.0,
+                ),
+            );
             figures.insert("win_ratio".into(), Value::from(f.win_ratio));
             figures.insert("durable_awards_per_s".into(), Value::from(durable.round()));
             figures.insert(
