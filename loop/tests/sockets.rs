@@ -107,3 +107,70 @@ fn a_quinn_client_is_served_by_the_loop_and_the_loop_stops_on_request() {
     let busy = stats.busy_share();
     assert!(busy > 0.0 && busy < 1.0, "busy share {busy}");
 }
+
+/// Stops once `datagrams_in` reaches `until` or `deadline` passes; counts nothing itself.
+struct CountingShell {
+    until: u64,
+    deadline: Instant,
+}
+
+impl Handler for CountingShell {
+    fn incoming(&mut self, _now: Instant, _incoming: &Incoming) -> IncomingDecision {
+        IncomingDecision::Ignore
+    }
+
+    fn event(&mut self, _: Instant, _: ConnectionHandle, _: &mut Connection, _: AppEvent) {}
+}
+
+impl Shell for CountingShell {
+    fn turn(&mut self, now: Instant, _engine: &mut Engine, stats: &DriverStats) -> Flow {
+        if stats.datagrams_in >= self.until || now >= self.deadline {
+            Flow::Stop
+        } else {
+            Flow::Continue
+        }
+    }
+
+    fn deadline(&mut self) -> Option<Instant> {
+        Some(Instant::now() + Duration::from_millis(10))
+    }
+}
+
+/// The queue a worker hands another worker's datagrams through is bounded: with the owner not
+/// running, exactly `FORWARD_QUEUE` wait for it and every one past that is dropped and
+/// counted (as a lost packet would be), never queued.
+#[test]
+fn datagrams_for_a_stalled_worker_are_bounded_and_counted() {
+    let sockets: Vec<UdpSocket> = (0..2).map(|_| UdpSocket::bind("127.0.0.1:0").unwrap()).collect();
+    let mut drivers: Vec<Driver> = sockets.into_iter().map(|s| Driver::new(s).unwrap()).collect();
+    shake_loop::driver::route_between(&mut drivers);
+    let stalled = drivers.pop().unwrap();
+    let mut driver = drivers.pop().unwrap();
+    let addr = driver.local_addr().unwrap();
+    const SENT: u64 = shake_loop::driver::FORWARD_QUEUE as u64 + 1_000;
+    let mut shell =
+        CountingShell { until: SENT, deadline: Instant::now() + Duration::from_secs(20) };
+    let mut engine = Engine::new(EndpointConfig::default(), None);
+    let server = std::thread::spawn(move || {
+        driver.run(&mut engine, &mut shell).unwrap();
+        driver.stats()
+    });
+    // Short-header packets whose connection ID names worker 1, paced so the socket buffer
+    // keeps up with the receiving driver.
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut packet = [0u8; 40];
+    packet[0] = 0x40;
+    packet[1] = 1;
+    for n in 0..SENT {
+        packet[2..10].copy_from_slice(&n.to_be_bytes());
+        client.send_to(&packet, addr).unwrap();
+        if n % 100 == 99 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    let stats = server.join().unwrap();
+    assert!(stats.datagrams_in > shake_loop::driver::FORWARD_QUEUE as u64, "{stats:?}");
+    assert_eq!(stats.forwarded_out, shake_loop::driver::FORWARD_QUEUE as u64, "{stats:?}");
+    assert_eq!(stats.forward_drops, stats.datagrams_in - stats.forwarded_out, "{stats:?}");
+    drop(stalled);
+}
