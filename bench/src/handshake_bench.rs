@@ -1,7 +1,8 @@
 //! `handshake`: full and resumed QUIC handshakes against one server thread pinned to one
 //! core, clients on another: quinn's default server configuration, the edge's own (built by
 //! `shake_edge::service::phone_server_config_from`, so what is measured is what runs), and
-//! several TLS choices (cipher-suite order, key-exchange group, tickets per handshake). The
+//! several TLS choices (cipher-suite order, key-exchange group, tickets per handshake, the
+//! crypto library: ring or aws-lc-rs; the certificate: ECDSA P-256 or Ed25519). The
 //! server thread's CPU time per handshake is the figure: the clients, not the server, bound the
 //! rate on a small machine, so "handshakes per second on one server core" is one second of
 //! server CPU divided by the CPU one handshake takes.
@@ -36,6 +37,27 @@ pub enum Setup {
         /// Session tickets sent after each handshake.
         tickets: usize,
     },
+    /// The edge's TLS choices (AES-128 first, X25519 first, two tickets) from one crypto
+    /// library.
+    Library(Crypto),
+}
+
+/// A crypto library rustls can use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Crypto {
+    /// ring (what the project builds with).
+    Ring,
+    /// AWS-LC, through aws-lc-rs (what the edge's phone-facing TLS uses).
+    AwsLc,
+}
+
+/// The server certificate's key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertKind {
+    /// ECDSA with P-256 and SHA-256 (what `dev-certs` issues).
+    EcdsaP256,
+    /// Ed25519.
+    Ed25519,
 }
 
 /// One server configuration under test.
@@ -45,6 +67,8 @@ pub struct Variant {
     pub name: &'static str,
     /// How the server is set up.
     pub setup: Setup,
+    /// Its certificate.
+    pub cert: CertKind,
 }
 
 /// Index of quinn's default in [`variants`].
@@ -58,9 +82,10 @@ pub fn variants() -> Vec<Variant> {
     let aes128_first =
         vec![TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384, TLS13_CHACHA20_POLY1305_SHA256];
     let x25519_first = vec![kx_group::X25519, kx_group::SECP256R1];
+    let p256 = CertKind::EcdsaP256;
     vec![
-        Variant { name: "quinn default", setup: Setup::QuinnDefault },
-        Variant { name: "shake-edge", setup: Setup::Edge },
+        Variant { name: "quinn default", setup: Setup::QuinnDefault, cert: p256 },
+        Variant { name: "shake-edge", setup: Setup::Edge, cert: p256 },
         Variant {
             name: "rustls order (AES-256 first), X25519",
             setup: Setup::Tls {
@@ -72,6 +97,7 @@ pub fn variants() -> Vec<Variant> {
                 kx: x25519_first.clone(),
                 tickets: 2,
             },
+            cert: p256,
         },
         Variant {
             name: "AES-128 first, X25519",
@@ -80,10 +106,12 @@ pub fn variants() -> Vec<Variant> {
                 kx: x25519_first.clone(),
                 tickets: 2,
             },
+            cert: p256,
         },
         Variant {
             name: "AES-128 first, X25519, 1 ticket",
             setup: Setup::Tls { suites: aes128_first.clone(), kx: x25519_first, tickets: 1 },
+            cert: p256,
         },
         Variant {
             name: "AES-128 first, P-256",
@@ -92,8 +120,55 @@ pub fn variants() -> Vec<Variant> {
                 kx: vec![kx_group::SECP256R1, kx_group::X25519],
                 tickets: 2,
             },
+            cert: p256,
+        },
+        Variant { name: "ring, ECDSA P-256", setup: Setup::Library(Crypto::Ring), cert: p256 },
+        Variant {
+            name: "ring, Ed25519",
+            setup: Setup::Library(Crypto::Ring),
+            cert: CertKind::Ed25519,
+        },
+        Variant {
+            name: "aws-lc-rs, ECDSA P-256",
+            setup: Setup::Library(Crypto::AwsLc),
+            cert: p256,
+        },
+        Variant {
+            name: "aws-lc-rs, Ed25519",
+            setup: Setup::Library(Crypto::AwsLc),
+            cert: CertKind::Ed25519,
         },
     ]
+}
+
+/// The edge's suite and group order from `crypto`, and its ticketer.
+fn library(
+    crypto: Crypto,
+) -> (rustls::crypto::CryptoProvider, Arc<dyn rustls::server::ProducesTickets>) {
+    match crypto {
+        Crypto::Ring => {
+            use cipher_suite::*;
+            let mut provider = default_provider();
+            provider.cipher_suites = vec![
+                TLS13_AES_128_GCM_SHA256,
+                TLS13_AES_256_GCM_SHA384,
+                TLS13_CHACHA20_POLY1305_SHA256,
+            ];
+            provider.kx_groups = vec![kx_group::X25519, kx_group::SECP256R1];
+            (provider, rustls::crypto::ring::Ticketer::new().expect("ticketer"))
+        }
+        Crypto::AwsLc => {
+            use rustls::crypto::aws_lc_rs::{self, cipher_suite::*, kx_group};
+            let mut provider = aws_lc_rs::default_provider();
+            provider.cipher_suites = vec![
+                TLS13_AES_128_GCM_SHA256,
+                TLS13_AES_256_GCM_SHA384,
+                TLS13_CHACHA20_POLY1305_SHA256,
+            ];
+            provider.kx_groups = vec![kx_group::X25519, kx_group::SECP256R1];
+            (provider, aws_lc_rs::Ticketer::new().expect("ticketer"))
+        }
+    }
 }
 
 /// The measured figures of one variant.
@@ -129,7 +204,7 @@ pub fn table_and_figures(
     results: &[HandshakeFigures],
 ) -> (String, serde_json::Map<String, serde_json::Value>) {
     let mut table = format!(
-        "handshake: QUIC + TLS 1.3, ECDSA P-256 certificate, one pinned server thread\n\
+        "handshake: QUIC + TLS 1.3, ECDSA P-256 certificate unless named, one pinned server thread\n\
          {:<38}{:>10}{:>12}{:>12}{:>10}{:>12}{:>12}\n{}\n",
         "server configuration",
         "full/s",
@@ -212,11 +287,26 @@ fn server_config(
             )
             .expect("the edge's configuration");
         }
-        Setup::Tls { suites, kx, tickets } => (suites, kx, *tickets),
+        Setup::Tls { suites, kx, tickets } => (suites.clone(), kx.clone(), *tickets),
+        Setup::Library(crypto) => {
+            let (provider, ticketer) = library(*crypto);
+            let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(provider))
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .expect("TLS 1.3")
+                .with_no_client_auth()
+                .with_single_cert(cert.to_vec(), key.clone_key())
+                .expect("certificate");
+            tls.alpn_protocols = vec![shake_proto::PHONE_ALPN.to_vec()];
+            tls.ignore_client_order = true;
+            tls.ticketer = ticketer;
+            tls.send_tls13_tickets = 2;
+            let crypto = QuicServerConfig::try_from(tls).expect("QUIC-capable suites");
+            return quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        }
     };
     let mut provider = default_provider();
-    provider.cipher_suites = suites.clone();
-    provider.kx_groups = kx.clone();
+    provider.cipher_suites = suites;
+    provider.kx_groups = kx;
     let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(provider))
         .with_protocol_versions(&[&rustls::version::TLS13])
         .expect("TLS 1.3")
@@ -354,18 +444,27 @@ fn measure(
     (rate, per)
 }
 
-/// Measures every variant: a fresh dev certificate (ECDSA P-256), `for_` per measurement, the
+/// A fresh self-signed certificate for `localhost` with a key of `kind`.
+fn certificate(kind: CertKind) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+    let key = match kind {
+        CertKind::EcdsaP256 => rcgen::KeyPair::generate(),
+        CertKind::Ed25519 => rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519),
+    }
+    .expect("key");
+    let params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
+    let cert = params.self_signed(&key).expect("certificate");
+    let key = PrivateKeyDer::try_from(key.serialize_der()).expect("key der");
+    (vec![cert.der().clone()], key)
+}
+
+/// Measures every variant: a fresh certificate of its kind, `for_` per measurement, the
 /// server on `server_core` and the clients on `client_core`.
 pub fn run(for_: Duration, server_core: usize, client_core: usize) -> Vec<HandshakeFigures> {
     let _ = sys::pin_process(std::process::id(), client_core);
-    let key = rcgen::KeyPair::generate().expect("key");
-    let params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
-    let cert = params.self_signed(&key).expect("certificate");
-    let chain = vec![cert.der().clone()];
-    let key = PrivateKeyDer::try_from(key.serialize_der()).expect("key der");
     variants()
         .iter()
         .map(|variant| {
+            let (chain, key) = certificate(variant.cert);
             let (full_per_s, full_server_us) =
                 measure(variant, &chain, &key, &chain, false, for_, server_core);
             let (resumed_per_s, resumed_server_us) =
