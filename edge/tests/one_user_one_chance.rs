@@ -187,3 +187,31 @@ fn a_user_on_many_edges_and_workers_is_held_to_one_phone_s_rate() {
         assert_eq!(worker.limited_users(), 1);
     }
 }
+
+/// The table of limited users an edge worker keeps is bounded whatever the allocator sends,
+/// makes room once limits end, and forgets ended limits on its once-a-second tick.
+#[test]
+fn the_limited_users_table_is_bounded_and_swept() {
+    use shake_edge::user_sessions::MAX_LIMITED_USERS;
+    let mut worker = edge_worker(1, 0);
+    let mut told = Vec::new();
+    let per_frame = shake_proto::limits::MAX_LIMITED_USERS as u64;
+    for frame in 0..70u64 {
+        let user_ids = (frame * per_frame..(frame + 1) * per_frame).collect();
+        let limit = AllocatorFrame::UsersLimited { until_ms: T0_MS + 60_000, user_ids };
+        worker.on_allocator_frame(limit, 0, T0_MS, &mut told);
+        assert!(worker.limited_users() <= MAX_LIMITED_USERS);
+    }
+    assert_eq!(worker.limited_users(), MAX_LIMITED_USERS);
+    // A phone of a user over the bound is not refused (counted as a warning), one within is.
+    let within = worker.add_phone(5, 5, 0);
+    let shake = Shake { round_id: 1, seq: 1, client_time_ms: T0_MS };
+    assert_eq!(worker.on_shake(within, shake, 0, T0_MS + 1).unwrap().verdict, Verdict::NoLuck);
+    assert_eq!(worker.take_counts().user_limited, 1);
+    // Once the limits end, the tick forgets them and new ones fit.
+    worker.on_load_tick(T0_MS + 60_000);
+    assert_eq!(worker.limited_users(), 0);
+    let again = AllocatorFrame::UsersLimited { until_ms: T0_MS + 120_000, user_ids: vec![7] };
+    worker.on_allocator_frame(again, 0, T0_MS + 60_001, &mut told);
+    assert_eq!(worker.limited_users(), 1);
+}
