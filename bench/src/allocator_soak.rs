@@ -99,14 +99,7 @@ pub fn run_core(
     restart_every: u64,
     live_bytes: impl Fn() -> i64,
 ) -> SoakFigures {
-    let mut core = Core::new(
-        CoreSettings {
-            oversampling: 4.0,
-            quota_valid_ms: 3_000,
-            user_rate: UserRateSettings::default(),
-        },
-        Draw::new(&[round()]),
-    );
+    let mut core = soak_core();
     let mut effects = Vec::new();
     let mut next_stream = 1;
     let mut workers: Vec<SimWorker> = (0..WORKERS)
@@ -199,18 +192,21 @@ pub fn run_core(
     }
 }
 
+/// The allocator core the soak drives: one round, the default per-user rate.
+fn soak_core() -> Core {
+    let settings = CoreSettings {
+        oversampling: 4.0,
+        quota_valid_ms: 3_000,
+        user_rate: UserRateSettings::default(),
+    };
+    Core::new(settings, Draw::new(&[round()]))
+}
+
 /// Batches through the real ledger with compaction, groups of `group` batches.
 pub fn run_ledger(dir: &Path, batches: u64, group: u64) -> std::io::Result<LedgerSoak> {
     let _ = std::fs::remove_dir_all(dir);
     let ledger = Ledger::open(dir).map_err(std::io::Error::other)?;
-    let mut core = Core::new(
-        CoreSettings {
-            oversampling: 4.0,
-            quota_valid_ms: 3_000,
-            user_rate: UserRateSettings::default(),
-        },
-        Draw::new(&[round()]),
-    );
+    let mut core = soak_core();
     let mut effects = Vec::new();
     let hello = WorkerHello {
         edge_id: 1,

@@ -263,7 +263,7 @@ fn server_config(
     cert: &[CertificateDer<'static>],
     key: &PrivateKeyDer<'static>,
 ) -> quinn::ServerConfig {
-    let (suites, kx, tickets) = match &variant.setup {
+    let (provider, ticketer, tickets) = match &variant.setup {
         Setup::QuinnDefault => {
             // What `quinn::ServerConfig::with_single_cert` builds (rustls's default provider,
             // TLS 1.3, 0-RTT allowed, the default session cache), plus the ALPN value QUIC
@@ -287,26 +287,17 @@ fn server_config(
             )
             .expect("the edge's configuration");
         }
-        Setup::Tls { suites, kx, tickets } => (suites.clone(), kx.clone(), *tickets),
+        Setup::Tls { suites, kx, tickets } => {
+            let mut provider = default_provider();
+            provider.cipher_suites = suites.clone();
+            provider.kx_groups = kx.clone();
+            (provider, rustls::crypto::ring::Ticketer::new().expect("ticketer"), *tickets)
+        }
         Setup::Library(crypto) => {
             let (provider, ticketer) = library(*crypto);
-            let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(provider))
-                .with_protocol_versions(&[&rustls::version::TLS13])
-                .expect("TLS 1.3")
-                .with_no_client_auth()
-                .with_single_cert(cert.to_vec(), key.clone_key())
-                .expect("certificate");
-            tls.alpn_protocols = vec![shake_proto::PHONE_ALPN.to_vec()];
-            tls.ignore_client_order = true;
-            tls.ticketer = ticketer;
-            tls.send_tls13_tickets = 2;
-            let crypto = QuicServerConfig::try_from(tls).expect("QUIC-capable suites");
-            return quinn::ServerConfig::with_crypto(Arc::new(crypto));
+            (provider, ticketer, 2)
         }
     };
-    let mut provider = default_provider();
-    provider.cipher_suites = suites;
-    provider.kx_groups = kx;
     let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(provider))
         .with_protocol_versions(&[&rustls::version::TLS13])
         .expect("TLS 1.3")
@@ -315,7 +306,7 @@ fn server_config(
         .expect("certificate");
     tls.alpn_protocols = vec![shake_proto::PHONE_ALPN.to_vec()];
     tls.ignore_client_order = true;
-    tls.ticketer = rustls::crypto::ring::Ticketer::new().expect("ticketer");
+    tls.ticketer = ticketer;
     tls.send_tls13_tickets = tickets;
     let crypto = QuicServerConfig::try_from(tls).expect("QUIC-capable suites");
     quinn::ServerConfig::with_crypto(Arc::new(crypto))
