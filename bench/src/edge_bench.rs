@@ -16,6 +16,7 @@ use shake_ops::config::Validate;
 use crate::fixture::{Fixture, FixtureOptions};
 use crate::floor::{self, FloorFigures};
 use crate::loadgen::{self, LoadCounters, LoadPlan};
+use crate::loop_load::{LoopLoad, LoopLoadPlan, LoopLoadReport, Speech};
 use crate::quinn_echo::{self, EchoMode, EchoServer};
 use crate::stats::ratio;
 use crate::swarm::{self, report::Report, scenario::Scenario};
@@ -92,10 +93,73 @@ pub fn drive_edge(
             sent: point.sent,
             answered: point.outcomes,
             cpu_us: procfs::process_cpu_us(pid).unwrap_or(0),
+            load: crate::window::LoadSide::default(),
         });
     }))?;
     runtime.shutdown_timeout(Duration::from_secs(1));
     Ok(report)
+}
+
+/// Target for the edge's CPU per shake over quinn echo's per message (issue 13).
+const CPU_RATIO_GOAL: f64 = 0.4;
+/// Target for the edge's shakes per busy core over the floor's pairs per busy core.
+const RATE_RATIO_GOAL: f64 = 0.5;
+
+/// Client threads (sockets, each its own source address) of the loop load.
+pub const LOAD_THREADS: usize = 8;
+
+/// Drives `server` with phones on `shake-loop` from the client core until the window closes;
+/// `cpu_us` reads the server's CPU time so far.
+fn measure_with_loop_load(
+    server: std::net::SocketAddr,
+    ca: &Path,
+    speech: &Speech,
+    load: &LoadOptions,
+    cpu_us: impl Fn() -> u64,
+) -> anyhow::Result<(Measured, LoopLoadReport)> {
+    let client = swarm::phone_client_config(ca, load.phones.max(256))?;
+    let plan = LoopLoadPlan {
+        phones: load.phones,
+        rate_per_phone: load.rate_per_phone,
+        connect_rate: load.connect_rate,
+        threads: LOAD_THREADS,
+        jitter: 0.0,
+        batch_delay: Duration::from_micros(shake_edge::config::DEFAULT_BATCH_DELAY_US),
+    };
+    let started = std::time::Instant::now();
+    let end = started + Duration::from_secs(load.run_s());
+    let running =
+        LoopLoad::start(server, "localhost", &client, speech, plan, Some(load.client_core), end)?;
+    let mut window = load.window();
+    while window.measured().is_none() && std::time::Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(250));
+        let c = &running.counters;
+        window.feed(Sample {
+            t_s: started.elapsed().as_secs_f64(),
+            connected: c.connected.load(Ordering::Relaxed),
+            sent: c.sent.load(Ordering::Relaxed),
+            answered: c.answered.load(Ordering::Relaxed),
+            cpu_us: cpu_us(),
+            load: c.load_side(),
+        });
+    }
+    let connected = running.counters.connected.load(Ordering::Relaxed);
+    let report = running.finish()?;
+    let measured = window.measured().with_context(|| {
+        format!(
+            "the window never closed: {connected} of {} phones up, {} connections lost, \
+             sessions ended {:?}",
+            load.phones, report.lost, report.ended
+        )
+    })?;
+    Ok((measured, report))
+}
+
+/// Honest phones' session tokens for the demo scenario's dev key (which the fixture's edge
+/// trusts): phone `i` is user `first_user_id + i`.
+pub fn demo_tokens(phones: usize) -> anyhow::Result<Arc<Vec<bytes::Bytes>>> {
+    let scenario = Scenario::parse(include_str!("../scenarios/demo.toml"))?;
+    Ok(Arc::new(swarm::honest_tokens(&scenario, phones)?))
 }
 
 /// The edge, with a real allocator, under the load.
@@ -110,19 +174,17 @@ pub fn measure_edge(load: &LoadOptions) -> anyhow::Result<Measured> {
         client_core: load.client_core,
         edge_overrides: Vec::new(),
     })?;
-    let mut window = load.window();
-    let report = drive_edge(&fixture, load, run_s, |s| window.feed(s));
+    let pid = fixture.edge_pid();
+    let speech = Speech::Shake { tokens: demo_tokens(load.phones)? };
+    let measured = measure_with_loop_load(fixture.edge_addr, &fixture.ca, &speech, load, || {
+        procfs::process_cpu_us(pid).unwrap_or(0)
+    });
     fixture.stop();
-    let report = report?;
-    window.measured().with_context(|| {
-        format!(
-            "the edge's window never closed: {} sessions for {} phones, errors {:?}",
-            report.sessions, load.phones, report.errors
-        )
-    })
+    Ok(measured.context("the edge")?.0)
 }
 
-/// One of the quinn references under the same load.
+/// One of the references under the same load: the datagram echoes through the loop load,
+/// the stream-per-message design through quinn's (the loop load speaks datagrams only).
 pub fn measure_echo(mode: EchoMode, load: &LoadOptions) -> anyhow::Result<Measured> {
     let dir = std::env::temp_dir().join(format!("shake-bench-echo-{}", std::process::id()));
     shake_allocator::dev_certs::generate(&dir, &[1])?;
@@ -130,7 +192,27 @@ pub fn measure_echo(mode: EchoMode, load: &LoadOptions) -> anyhow::Result<Measur
     let key = shake_ops::tls::load_key(&dir.join("allocator.key"))?;
     let server =
         EchoServer::start(mode, quinn_echo::server_config(mode, chain, key)?, load.server_core)?;
-    let client = swarm::phone_client_config(&dir.join("ca.pem"), 256)?;
+    let measured = if mode == EchoMode::StreamPerMessage {
+        measure_with_quinn_load(&server, &dir.join("ca.pem"), mode, load)
+    } else {
+        measure_with_loop_load(server.addr, &dir.join("ca.pem"), &Speech::Echo, load, || {
+            server.cpu_us()
+        })
+        .map(|(measured, _)| measured)
+    };
+    server.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+    measured.with_context(|| format!("{mode:?}"))
+}
+
+/// quinn's own load (a task per connection) against an echo server.
+fn measure_with_quinn_load(
+    server: &EchoServer,
+    ca: &Path,
+    mode: EchoMode,
+    load: &LoadOptions,
+) -> anyhow::Result<Measured> {
+    let client = swarm::phone_client_config(ca, 256)?;
     let plan = LoadPlan {
         connections: load.phones,
         rate_per_connection: load.rate_per_phone,
@@ -140,11 +222,11 @@ pub fn measure_echo(mode: EchoMode, load: &LoadOptions) -> anyhow::Result<Measur
     let counters = Arc::new(LoadCounters::default());
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let mut window = load.window();
+    let addr = server.addr;
     runtime.block_on(async {
         let started = tokio::time::Instant::now();
         let end = started + Duration::from_secs(load.run_s());
-        let driver =
-            tokio::spawn(loadgen::run(server.addr, client, mode, plan, counters.clone(), end));
+        let driver = tokio::spawn(loadgen::run(addr, client, mode, plan, counters.clone(), end));
         while window.measured().is_none() && tokio::time::Instant::now() < end {
             tokio::time::sleep(Duration::from_millis(250)).await;
             window.feed(Sample {
@@ -153,18 +235,17 @@ pub fn measure_echo(mode: EchoMode, load: &LoadOptions) -> anyhow::Result<Measur
                 sent: counters.sent.load(Ordering::Relaxed),
                 answered: counters.answered.load(Ordering::Relaxed),
                 cpu_us: server.cpu_us(),
+                load: counters.load_side(),
             });
         }
         driver.abort();
     });
     runtime.shutdown_timeout(Duration::from_secs(1));
-    server.stop();
-    let _ = std::fs::remove_dir_all(&dir);
     let failed = counters.failed.load(Ordering::Relaxed);
     match window.measured() {
         Some(measured) => Ok(measured),
         None => bail!(
-            "{mode:?}: the window never closed ({} connected, {failed} failed)",
+            "the window never closed ({} connected, {failed} failed)",
             counters.connected.load(Ordering::Relaxed)
         ),
     }
@@ -186,7 +267,7 @@ pub struct EdgeFigures {
 }
 
 impl EdgeFigures {
-    /// Edge CPU per shake over quinn echo CPU per message (goal: at most 1).
+    /// Edge CPU per shake over quinn echo CPU per message (goal: at most [`CPU_RATIO_GOAL`]).
     pub fn cpu_ratio_vs_quinn_echo(&self) -> f64 {
         ratio(self.edge.cpu_us_per_message(), self.quinn_echo.cpu_us_per_message())
     }
@@ -220,13 +301,18 @@ pub fn table_and_figures(
 ) -> (String, serde_json::Map<String, serde_json::Value>) {
     use serde_json::json;
     let row = |name: &str, m: &Measured| {
+        let counted = m.load.datagrams_out > 0;
+        let per = |x: f64| if counted { format!("{x:.2}") } else { "-".into() };
         format!(
-            "{name:<30}{:>12.0}{:>10.1}%{:>9.0}%{:>11.2}{:>14.0}",
+            "{name:<30}{:>12.0}{:>10.1}%{:>9.0}%{:>11.2}{:>14.0}{:>9}{:>9}{:>10}",
             m.answered_per_s(),
             m.answered_share() * 100.0,
             m.busy() * 100.0,
             m.cpu_us_per_message(),
-            m.max_per_busy_core()
+            m.max_per_busy_core(),
+            per(m.datagrams_in_per_message()),
+            per(m.datagrams_out_per_message()),
+            if counted { format!("{:.0}%", m.load_busy() * 100.0) } else { "-".into() },
         )
     };
     let mut table = format!(
@@ -234,10 +320,18 @@ pub fn table_and_figures(
         load.phones, load.rate_per_phone, load.server_core, load.client_core, load.measure_s
     );
     table += &format!(
-        "{:<30}{:>12}{:>11}{:>10}{:>11}{:>14}\n",
-        "server", "answered/s", "answered", "busy", "CPU us/msg", "max/s/core"
+        "{:<30}{:>12}{:>11}{:>10}{:>11}{:>14}{:>9}{:>9}{:>10}\n",
+        "server",
+        "answered/s",
+        "answered",
+        "busy",
+        "CPU us/msg",
+        "max/s/core",
+        "dgr in",
+        "dgr out",
+        "load busy"
     );
-    table += &"-".repeat(88);
+    table += &"-".repeat(116);
     table.push('\n');
     for (name, m) in [
         ("shake-edge (+ allocator)", &f.edge),
@@ -257,8 +351,11 @@ pub fn table_and_figures(
         f.floor.cpu_us_per_pair(),
         f.floor.max_pairs_per_s()
     );
+    table += "dgr in/out: UDP datagrams the server received/sent per answered message, counted \
+              by the loop load (the stream row's load is quinn's, which does not count them)\n";
     table += &format!(
-        "cpu_ratio_vs_quinn_echo {:.2} (goal <= 1), rate_ratio_vs_floor {:.3} (goal >= 0.5)\n",
+        "cpu_ratio_vs_quinn_echo {:.2} (goal <= {CPU_RATIO_GOAL}), rate_ratio_vs_floor {:.3} \
+         (goal >= {RATE_RATIO_GOAL})\n",
         f.cpu_ratio_vs_quinn_echo(),
         f.rate_ratio_vs_floor()
     );
@@ -284,7 +381,14 @@ pub fn table_and_figures(
         "floor_pairs_per_s": f.floor.pairs_per_s().round(),
         "cpu_ratio_vs_quinn_echo": round2(f.cpu_ratio_vs_quinn_echo()),
         "rate_ratio_vs_floor": (f.rate_ratio_vs_floor() * 1000.0).round() / 1000.0,
-        "goals_met": f.cpu_ratio_vs_quinn_echo() <= 1.0 && f.rate_ratio_vs_floor() >= 0.5,
+        "edge_datagrams_in_per_shake": round2(f.edge.datagrams_in_per_message()),
+        "edge_datagrams_out_per_shake": round2(f.edge.datagrams_out_per_message()),
+        "quinn_echo_datagrams_in_per_msg": round2(f.quinn_echo.datagrams_in_per_message()),
+        "loop_echo_datagrams_in_per_msg": round2(f.loop_echo.datagrams_in_per_message()),
+        "load_busy_edge": round2(f.edge.load_busy()),
+        "load": "shake-loop phones (shake-client sessions); quinn tasks for the stream row",
+        "goals_met": f.cpu_ratio_vs_quinn_echo() <= CPU_RATIO_GOAL
+            && f.rate_ratio_vs_floor() >= RATE_RATIO_GOAL,
     });
     (table, value.as_object().cloned().unwrap_or_default())
 }
@@ -294,7 +398,7 @@ mod tests {
     use super::*;
 
     fn measured(answered: u64, cpu_us: u64) -> Measured {
-        Measured { seconds: 10.0, sent: answered, answered, cpu_us }
+        Measured { seconds: 10.0, sent: answered, answered, cpu_us, load: Default::default() }
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //! - [`edge_hot_path`]: one shake through the edge's own code, with [`counting_alloc`].
 //! - [`floor`]: the UDP floor (recvmmsg/sendmmsg echo) every per-message cost is compared to.
 //! - [`edge_bench`]: the real edge against a quinn echo, a stream-per-shake design and the floor,
-//!   with [`fixture`] (real allocator and edge processes), [`quinn_echo`], [`loadgen`],
+//!   with [`fixture`] (real allocator and edge processes), [`quinn_echo`], [`loop_load`] (the
+//!   phones on `shake-loop`, through `shake-client`), [`loadgen`],
 //!   [`window`] (the steady-state window) and [`procfs`].
 //! - [`latency_bench`]: shake-to-outcome and -award latency at 50% and 80% of the edge's maximum.
 //! - [`memory_bench`]: the edge's memory per idle connected phone up to 100,000 phones.
@@ -32,6 +33,7 @@ pub mod latency_bench;
 #[cfg(feature = "store-comparison")]
 pub mod ledger_stores;
 pub mod loadgen;
+pub mod loop_load;
 pub mod memory_bench;
 pub mod procfs;
 pub mod proto_bench;

@@ -37,6 +37,23 @@ pub struct LoadCounters {
     pub sent: AtomicU64,
     /// Replies received.
     pub answered: AtomicU64,
+    /// UDP datagrams sent (counted by the loop load only).
+    pub datagrams_out: AtomicU64,
+    /// UDP datagrams received (counted by the loop load only).
+    pub datagrams_in: AtomicU64,
+    /// Microseconds the load's loops spent working (counted by the loop load only).
+    pub busy_us: AtomicU64,
+}
+
+impl LoadCounters {
+    /// What the load counts of itself so far.
+    pub fn load_side(&self) -> crate::window::LoadSide {
+        crate::window::LoadSide {
+            datagrams_out: self.datagrams_out.load(Ordering::Relaxed),
+            datagrams_in: self.datagrams_in.load(Ordering::Relaxed),
+            busy_us: self.busy_us.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// Size of a message: a shake datagram's size.

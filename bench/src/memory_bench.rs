@@ -1,12 +1,13 @@
 //! `scripts/bench.sh memory`: the edge's resident memory per idle connected phone. A real
 //! allocator and edge (the round opens an hour later, so phones connect, say `Hello` and stay
-//! idle), a swarm ramping up to the largest count; the edge's RSS is read before the first
+//! idle), phones on `shake-loop` ramping up to the largest count; the edge's RSS is read before the first
 //! phone and as the connected count passes each checkpoint.
 
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
-use crate::edge_bench::{LoadOptions, drive_edge};
 use crate::fixture::{Fixture, FixtureOptions};
+use crate::loop_load::{LoopLoad, LoopLoadPlan, Speech};
 use crate::procfs;
 
 /// The checkpoints, phones.
@@ -70,37 +71,64 @@ pub fn run(
     std::thread::sleep(Duration::from_millis(500));
     let pid = fixture.edge_pid();
     let baseline_kib = procfs::rss_kib(pid).unwrap_or(0);
-    let load = LoadOptions {
+    let tokens = crate::edge_bench::demo_tokens(phones)?;
+    let client = crate::swarm::phone_client_config(&fixture.ca, phones.max(256))?;
+    let plan = LoopLoadPlan {
         phones,
         rate_per_phone: 1.0,
         connect_rate,
-        warmup_s: 0.0,
-        measure_s: 0.0,
-        server_core,
-        client_core,
+        threads: crate::edge_bench::LOAD_THREADS,
+        jitter: 0.0,
+        batch_delay: Duration::from_micros(shake_edge::config::DEFAULT_BATCH_DELAY_US),
     };
+    let own_baseline_kib = procfs::rss_kib(std::process::id()).unwrap_or(0);
+    let started = Instant::now();
+    let end = started + Duration::from_secs(duration_s);
+    let running = LoopLoad::start(
+        fixture.edge_addr,
+        "localhost",
+        &client,
+        &Speech::Shake { tokens },
+        plan,
+        Some(client_core),
+        end,
+    );
     let targets: Vec<u64> = CHECKPOINTS.iter().copied().filter(|c| *c <= phones as u64).collect();
     let mut checkpoints = Vec::new();
     let mut phones_reached = 0;
-    let report = drive_edge(&fixture, &load, duration_s, |sample| {
-        phones_reached = phones_reached.max(sample.connected);
-        if let Some(next) = targets.get(checkpoints.len())
-            && sample.connected >= *next
-        {
-            checkpoints.push(Checkpoint {
-                phones: sample.connected,
-                rss_kib: procfs::rss_kib(pid).unwrap_or(0),
-            });
+    let mut own_kib_per_phone = None;
+    let report = running.and_then(|running| {
+        while Instant::now() < end && checkpoints.len() < targets.len() {
+            std::thread::sleep(Duration::from_millis(250));
+            let connected = running.counters.connected.load(Ordering::Relaxed);
+            phones_reached = phones_reached.max(connected);
+            if let Some(next) = targets.get(checkpoints.len())
+                && connected >= *next
+            {
+                checkpoints.push(Checkpoint {
+                    phones: connected,
+                    rss_kib: procfs::rss_kib(pid).unwrap_or(0),
+                });
+                let own = procfs::rss_kib(std::process::id()).unwrap_or(0);
+                own_kib_per_phone =
+                    Some(own.saturating_sub(own_baseline_kib) as f64 / connected.max(1) as f64);
+            }
         }
+        running.finish()
     });
     fixture.stop();
     let report = report?;
+    let mut errors: std::collections::BTreeMap<String, u64> =
+        report.ended.iter().map(|(name, n)| (format!("session ended: {name}"), *n)).collect();
+    if report.lost > 0 {
+        errors.insert("connections lost".into(), report.lost);
+    }
     Ok(MemoryFigures {
         baseline_kib,
         checkpoints,
         phones_reached,
-        swarm_kib_per_phone: report.kib_per_phone,
-        errors: report.errors,
+        swarm_kib_per_phone: own_kib_per_phone,
+        errors,
     })
 }
 

@@ -130,6 +130,10 @@ impl EchoServer {
         use std::sync::atomic::{AtomicBool, Ordering};
         let socket = std::net::UdpSocket::bind(("127.0.0.1", 0))?;
         let mut driver = shake_loop::Driver::new(socket)?;
+        // The edge's default, so the two loop rows differ only by what the edge does.
+        driver.set_batch_delay(std::time::Duration::from_micros(
+            shake_edge::config::DEFAULT_BATCH_DELAY_US,
+        ));
         let addr = driver.local_addr()?;
         let waker = driver.waker();
         let stopping = Arc::new(AtomicBool::new(false));

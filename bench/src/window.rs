@@ -15,6 +15,19 @@ pub struct Sample {
     pub answered: u64,
     /// Server CPU time so far, microseconds.
     pub cpu_us: u64,
+    /// The load generator's traffic and work so far (zero where it does not count them).
+    pub load: LoadSide,
+}
+
+/// What the load generator counts of itself (cumulative).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LoadSide {
+    /// UDP datagrams it sent (the server received).
+    pub datagrams_out: u64,
+    /// UDP datagrams it received (the server sent).
+    pub datagrams_in: u64,
+    /// Time its loops spent working, microseconds (all its threads together).
+    pub busy_us: u64,
 }
 
 /// What happened inside the window.
@@ -28,6 +41,8 @@ pub struct Measured {
     pub answered: u64,
     /// Server CPU time in it, microseconds.
     pub cpu_us: u64,
+    /// The load generator's traffic and work in it.
+    pub load: LoadSide,
 }
 
 impl Measured {
@@ -49,6 +64,22 @@ impl Measured {
     /// Replies per second one fully busy server core would give.
     pub fn max_per_busy_core(&self) -> f64 {
         crate::stats::rate_per_busy_core(self.cpu_us_per_message())
+    }
+
+    /// UDP datagrams the server received per reply (the message and the ACKs and whatever
+    /// else the client sent); zero where the load does not count them.
+    pub fn datagrams_in_per_message(&self) -> f64 {
+        crate::stats::per(self.load.datagrams_out as f64, self.answered)
+    }
+
+    /// UDP datagrams the server sent per reply.
+    pub fn datagrams_out_per_message(&self) -> f64 {
+        crate::stats::per(self.load.datagrams_in as f64, self.answered)
+    }
+
+    /// Share of the window the load generator was busy (one core = 1).
+    pub fn load_busy(&self) -> f64 {
+        self.load.busy_us as f64 / (self.seconds * 1e6).max(1e-9)
     }
 
     /// Share of sent messages answered.
@@ -97,6 +128,11 @@ impl Window {
             sent: end.sent - start.sent,
             answered: end.answered - start.answered,
             cpu_us: end.cpu_us.saturating_sub(start.cpu_us),
+            load: LoadSide {
+                datagrams_out: end.load.datagrams_out - start.load.datagrams_out,
+                datagrams_in: end.load.datagrams_in - start.load.datagrams_in,
+                busy_us: end.load.busy_us - start.load.busy_us,
+            },
         })
     }
 
@@ -112,7 +148,7 @@ mod tests {
     use super::*;
 
     fn at(t_s: f64, connected: u64, sent: u64, cpu_us: u64) -> Sample {
-        Sample { t_s, connected, sent, answered: sent, cpu_us }
+        Sample { t_s, connected, sent, answered: sent, cpu_us, load: LoadSide::default() }
     }
 
     #[test]
@@ -128,7 +164,8 @@ mod tests {
         w.feed(at(9.0, 99, 90, 9_000)); // end (a phone leaving later does not matter)
         w.feed(at(10.0, 100, 100, 10_000));
         let m = w.measured().unwrap();
-        assert_eq!(m, Measured { seconds: 5.0, sent: 50, answered: 50, cpu_us: 5_000 });
+        let load = LoadSide::default();
+        assert_eq!(m, Measured { seconds: 5.0, sent: 50, answered: 50, cpu_us: 5_000, load });
         assert_eq!(m.answered_per_s(), 10.0);
         assert_eq!(m.cpu_us_per_message(), 100.0);
         assert_eq!(m.max_per_busy_core(), 10_000.0);

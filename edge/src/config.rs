@@ -25,6 +25,13 @@ pub struct EdgeConfig {
     /// benchmark reference).
     #[serde(default)]
     pub io: Io,
+    /// With `io = "loop"`: how long a worker lets datagrams gather after a turn that was not
+    /// full before it waits again, microseconds (interrupt moderation in user space). A
+    /// lightly loaded worker then wakes once per batch, not once per datagram, for at most
+    /// this much added latency; deadlines still wake it on time, and a full turn goes
+    /// straight on. 0 waits at once.
+    #[serde(default = "default_batch_delay_us")]
+    pub batch_delay_us: u64,
     /// Prometheus `/metrics` and `/health`; none to serve neither.
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
@@ -214,6 +221,13 @@ impl Default for PhoneTransport {
         }
     }
 }
+
+fn default_batch_delay_us() -> u64 {
+    DEFAULT_BATCH_DELAY_US
+}
+
+/// The default `batch_delay_us` (docs/PERFORMANCE.md has the measurement behind it).
+pub const DEFAULT_BATCH_DELAY_US: u64 = 200;
 
 fn default_socket_buffer() -> usize {
     8 * 1024 * 1024

@@ -360,10 +360,10 @@ pub fn start(config: EdgeConfig) -> Result<RunningEdge, StartError> {
     let mut drivers = Vec::new();
     if io == Io::Loop {
         for socket in sockets.drain(..) {
-            drivers.push(
-                shake_loop::Driver::new(socket)
-                    .map_err(|source| StartError::Socket { addr, source })?,
-            );
+            let mut driver = shake_loop::Driver::new(socket)
+                .map_err(|source| StartError::Socket { addr, source })?;
+            driver.set_batch_delay(Duration::from_micros(config.batch_delay_us));
+            drivers.push(driver);
         }
         shake_loop::driver::route_between(&mut drivers);
     }

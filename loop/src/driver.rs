@@ -105,6 +105,9 @@ pub struct Driver {
     waker: Arc<Waker>,
     routes: Option<Routes>,
     stats: DriverStats,
+    batch_delay: Duration,
+    /// Datagrams the last turn received (its own and forwarded).
+    last_turn_datagrams: usize,
 }
 
 /// Joins the drivers of one port: driver `i` is worker `i`, and each hands the others the
@@ -132,6 +135,8 @@ impl Driver {
             waker: Arc::new(Waker::new()?),
             routes: None,
             stats: DriverStats::default(),
+            batch_delay: Duration::ZERO,
+            last_turn_datagrams: 0,
         })
     }
 
@@ -143,6 +148,15 @@ impl Driver {
     /// Wakes the loop from another thread.
     pub fn waker(&self) -> Arc<Waker> {
         self.waker.clone()
+    }
+
+    /// Lets datagrams gather for up to `delay` after a turn that was not full before the
+    /// next wait, so that a lightly loaded loop wakes once per batch rather than once per
+    /// datagram (interrupt moderation, in user space). A deadline sooner than that still
+    /// wakes the loop on time; a full turn goes straight on. Zero (the default) waits at
+    /// once. The price is up to `delay` of added latency per datagram.
+    pub fn set_batch_delay(&mut self, delay: Duration) {
+        self.batch_delay = delay;
     }
 
     /// Counters so far.
@@ -163,6 +177,16 @@ impl Driver {
                 return Ok(());
             }
             let deadline = [engine.next_timeout(), shell.deadline()].into_iter().flatten().min();
+            let full = self.last_turn_datagrams >= BATCH * BATCHES_PER_TURN;
+            if !self.batch_delay.is_zero() && !full {
+                let gather_until = woke + self.batch_delay;
+                let until = deadline.map_or(gather_until, |at| at.min(gather_until));
+                let pause = until.saturating_duration_since(now);
+                if !pause.is_zero() {
+                    std::thread::sleep(pause);
+                }
+            }
+            let now = Instant::now();
             let timeout = deadline.map(|at| at.saturating_duration_since(now));
             if timeout != Some(Duration::ZERO) {
                 let want_write = !engine.transmits().is_empty();
@@ -180,6 +204,7 @@ impl Driver {
         now: Instant,
     ) -> std::io::Result<bool> {
         self.stats.turns += 1;
+        self.last_turn_datagrams = 0;
         self.waker.clear();
         if let Some(routes) = &self.routes {
             // Datagrams other workers received for our connections (bounded by the queue).
@@ -193,6 +218,7 @@ impl Driver {
             if n > 0 {
                 self.stats.recv_calls += 1;
                 self.stats.datagrams_in += n as u64;
+                self.last_turn_datagrams += n;
             }
             for (from, datagram) in self.received.drain(..) {
                 if let Some(routes) = &self.routes

@@ -95,6 +95,29 @@ pub fn roles(scenario: &Scenario) -> Vec<Role> {
     roles
 }
 
+/// Session tokens for `phones` honest phones of the scenario (phone `i` is user
+/// `first_user_id + i`), valid for a day, minted with the scenario's key as the login
+/// service would.
+pub fn honest_tokens(scenario: &Scenario, phones: usize) -> Result<Vec<Bytes>, SwarmError> {
+    let secret = scenario::hex(&scenario.tokens.secret_hex).unwrap_or_default();
+    let mut keys = KeyRing::new();
+    keys.insert(scenario.tokens.key_id, &secret)?;
+    let now = unix_s();
+    let mut tokens = Vec::with_capacity(phones);
+    for i in 0..phones as u64 {
+        let user_id = scenario.tokens.first_user_id + i;
+        let claims = Claims {
+            key_id: scenario.tokens.key_id,
+            user_id,
+            device_id: user_id,
+            issued_at_s: now - 60,
+            expires_at_s: now + 86_400,
+        };
+        tokens.push(Bytes::copy_from_slice(&keys.mint(&claims)?));
+    }
+    Ok(tokens)
+}
+
 fn unix_s() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }

@@ -71,6 +71,11 @@ impl Schedule {
         Some(intended)
     }
 
+    /// The mean interval, microseconds.
+    pub fn interval_us(&self) -> f64 {
+        self.interval_us
+    }
+
     /// Restarts the schedule at `at_us` (a round opened).
     pub fn restart(&mut self, at_us: u64) {
         self.next_us = at_us;

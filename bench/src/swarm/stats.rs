@@ -26,7 +26,8 @@ pub struct Histograms {
     pub reconnect_handshake: Histogram<u64>,
 }
 
-fn histogram() -> Histogram<u64> {
+/// A latency histogram: 1 us to 1 hour, 3 significant figures.
+pub fn histogram() -> Histogram<u64> {
     // invariant: 1 us to 1 hour at 3 significant figures is a valid configuration.
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
 }

@@ -1,0 +1,650 @@
+//! One phone session, sans-IO: what the phone says and hears on one connection, and when it
+//! may shake. Time is an argument (the phone's Unix milliseconds); the session owns no socket,
+//! no stream and no timer.
+//!
+//! The driver's part:
+//! 1. once the connection is up and its control stream open, [`PhoneSession::hello`];
+//! 2. whatever arrives on the control stream to [`PhoneSession::on_control`], each datagram
+//!    to [`PhoneSession::on_datagram`];
+//! 3. [`PhoneSession::shake`] when the user shakes: the datagram to send, or why not;
+//! 4. the bytes in [`PhoneSession::control_out`] written to the control stream (as many as
+//!    the stream takes; the rest stay queued);
+//! 5. [`PhoneSession::poll_event`] until empty, for the app.
+//!
+//! Invariants: nothing but `Hello` is sent before `Welcome`; a shake is never sent sooner than
+//! the pushed interval after the previous one, nor while a slow-down lasts, nor outside an
+//! open round; every queue is bounded (events, held awards, rounds, the control buffers).
+
+use std::collections::VecDeque;
+
+use bytes::{Buf, BytesMut};
+use shake_proto::control::CAP_DATAGRAMS;
+use shake_proto::datagram::{self, Datagram};
+use shake_proto::{
+    ControlFrame, DecodeError, ErrorCode, Outcome, Prize, RoundInfo, Shake, Verdict,
+};
+
+/// Protocol client version this library speaks.
+pub const CLIENT_VERSION: u32 = 1;
+/// Events held for the app before new ones are dropped (and counted).
+pub const MAX_EVENTS: usize = 1024;
+/// Awards held until acknowledged; past it the oldest is dropped from the book (the edge
+/// sends it again on a later session, as it does for any award not acknowledged).
+pub const MAX_HELD_AWARDS: usize = 64;
+/// Rounds remembered (the open one and the next ones announced).
+pub const MAX_ROUNDS: usize = 16;
+
+/// Where the session is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Phase {
+    /// Connected, `Hello` not yet queued.
+    New,
+    /// `Hello` queued, waiting for `Welcome`.
+    AwaitWelcome,
+    /// Welcomed: shaking allowed within the rules.
+    Active,
+    /// Over; the driver closes the connection.
+    Ended(EndReason),
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndReason {
+    /// The edge is draining: reconnect (elsewhere) after at least this long.
+    GoAway {
+        /// Milliseconds to wait.
+        reconnect_after_ms: u32,
+    },
+    /// The edge sent `Error` (it closes the connection with the same code).
+    Refused {
+        /// The code ([`ErrorCode`] when known).
+        code: u64,
+        /// The edge's reason.
+        reason: String,
+    },
+    /// The edge broke the protocol; the driver closes the connection with this code.
+    Violation(ErrorCode),
+}
+
+impl EndReason {
+    /// The code's name, for logs and counters.
+    pub fn name(&self) -> &'static str {
+        match self {
+            EndReason::GoAway { .. } => "GO_AWAY",
+            EndReason::Refused { code, .. } => {
+                ErrorCode::from_code(*code).map_or("unknown", ErrorCode::name)
+            }
+            EndReason::Violation(code) => code.name(),
+        }
+    }
+}
+
+/// What the session tells the app.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionEvent {
+    /// The edge accepted the session.
+    Welcomed {
+        /// The round open now, or the next one.
+        round: RoundInfo,
+        /// Shake no more often than this.
+        min_shake_interval_ms: u32,
+    },
+    /// The answer to a shake.
+    Outcome(Outcome),
+    /// The phone won; show it, then [`PhoneSession::ack_award`].
+    Award {
+        /// The award's ledger id.
+        award_id: u64,
+        /// The round.
+        round_id: u32,
+        /// What it pays.
+        prize: Prize,
+    },
+    /// A round opened, closed or was announced.
+    Round(RoundInfo),
+    /// The edge changed the shake interval.
+    Paced {
+        /// Shake no more often than this.
+        min_shake_interval_ms: u32,
+    },
+    /// The session is over.
+    Ended(EndReason),
+}
+
+/// Why [`PhoneSession::shake`] sent nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ShakeRefusal {
+    /// Not welcomed yet, or the session is over.
+    #[error("no session")]
+    NoSession,
+    /// No round is open by the edge's clock.
+    #[error("no round open")]
+    NoOpenRound,
+    /// Too soon after the last shake, or a slow-down lasts: not before `at_ms`.
+    #[error("too soon: not before {at_ms} ms")]
+    TooSoon {
+        /// The phone's Unix milliseconds at which a shake is allowed again.
+        at_ms: u64,
+    },
+}
+
+/// One session's protocol state.
+#[derive(Debug)]
+pub struct PhoneSession {
+    token: bytes::Bytes,
+    phase: Phase,
+    control_in: BytesMut,
+    control_out: BytesMut,
+    events: VecDeque<SessionEvent>,
+    events_dropped: u64,
+    held_awards: VecDeque<u64>,
+    rounds: Vec<RoundInfo>,
+    min_shake_interval_ms: u32,
+    /// The edge's clock minus the phone's, milliseconds.
+    clock_offset_ms: i64,
+    /// When the last shake was sent (the phone's clock).
+    last_shake_ms: Option<u64>,
+    /// No shake before this: a slow-down.
+    slow_until_ms: u64,
+    next_seq: u64,
+}
+
+impl PhoneSession {
+    /// A session that will present `token` (from the login service).
+    pub fn new(token: bytes::Bytes) -> Self {
+        Self {
+            token,
+            phase: Phase::New,
+            control_in: BytesMut::new(),
+            control_out: BytesMut::new(),
+            events: VecDeque::new(),
+            events_dropped: 0,
+            held_awards: VecDeque::new(),
+            rounds: Vec::new(),
+            min_shake_interval_ms: 0,
+            clock_offset_ms: 0,
+            last_shake_ms: None,
+            slow_until_ms: 0,
+            next_seq: 1,
+        }
+    }
+
+    /// Queues `Hello` (once; the control stream is open).
+    pub fn hello(&mut self) {
+        if self.phase != Phase::New {
+            return;
+        }
+        ControlFrame::Hello {
+            token: self.token.clone(),
+            client_version: CLIENT_VERSION,
+            capabilities: CAP_DATAGRAMS,
+        }
+        .encode(&mut self.control_out);
+        self.phase = Phase::AwaitWelcome;
+    }
+
+    /// True once welcomed and until the session ends.
+    pub fn is_active(&self) -> bool {
+        self.phase == Phase::Active
+    }
+
+    /// Why the session ended, if it has.
+    pub fn ended(&self) -> Option<&EndReason> {
+        match &self.phase {
+            Phase::Ended(reason) => Some(reason),
+            _ => None,
+        }
+    }
+
+    /// Bytes to write on the control stream; the driver removes what it wrote
+    /// (`control_out().advance(n)`).
+    pub fn control_out(&mut self) -> &mut BytesMut {
+        &mut self.control_out
+    }
+
+    /// The next event for the app.
+    pub fn poll_event(&mut self) -> Option<SessionEvent> {
+        self.events.pop_front()
+    }
+
+    /// Events dropped because the app did not take them.
+    pub fn events_dropped(&self) -> u64 {
+        self.events_dropped
+    }
+
+    /// Awards received and not yet acknowledged, oldest first.
+    pub fn held_awards(&self) -> impl Iterator<Item = u64> + '_ {
+        self.held_awards.iter().copied()
+    }
+
+    /// The minimum shake interval in force, milliseconds.
+    pub fn min_shake_interval_ms(&self) -> u32 {
+        self.min_shake_interval_ms
+    }
+
+    /// The edge's clock at the phone's `now_ms`.
+    pub fn server_time_ms(&self, now_ms: u64) -> u64 {
+        now_ms.saturating_add_signed(self.clock_offset_ms)
+    }
+
+    /// The round open at `now_ms`, else the next to open (by the edge's clock).
+    pub fn round(&self, now_ms: u64) -> Option<RoundInfo> {
+        let at = self.server_time_ms(now_ms);
+        self.rounds.iter().find(|r| (r.starts_at_ms..r.ends_at_ms).contains(&at)).copied().or_else(
+            || {
+                self.rounds
+                    .iter()
+                    .filter(|r| r.starts_at_ms > at)
+                    .min_by_key(|r| r.starts_at_ms)
+                    .copied()
+            },
+        )
+    }
+
+    /// The phone's Unix milliseconds at which the next round opens, if one is announced and
+    /// none is open (so a driver can wake for the opening).
+    pub fn next_opening_ms(&self, now_ms: u64) -> Option<u64> {
+        let round = self.round(now_ms)?;
+        let at = self.server_time_ms(now_ms);
+        (round.starts_at_ms > at).then(|| now_ms + (round.starts_at_ms - at))
+    }
+
+    /// The user shook: the shake's datagram appended to `out` and its sequence number, or
+    /// why nothing may be sent now.
+    pub fn shake(&mut self, now_ms: u64, out: &mut BytesMut) -> Result<u64, ShakeRefusal> {
+        if self.phase != Phase::Active {
+            return Err(ShakeRefusal::NoSession);
+        }
+        let allowed_at = self.next_shake_allowed_ms();
+        if now_ms < allowed_at {
+            return Err(ShakeRefusal::TooSoon { at_ms: allowed_at });
+        }
+        let server_ms = self.server_time_ms(now_ms);
+        let Some(round) =
+            self.rounds.iter().find(|r| (r.starts_at_ms..r.ends_at_ms).contains(&server_ms))
+        else {
+            return Err(ShakeRefusal::NoOpenRound);
+        };
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        Shake { round_id: round.round_id, seq, client_time_ms: now_ms }.encode_datagram(out);
+        self.last_shake_ms = Some(now_ms);
+        Ok(seq)
+    }
+
+    /// The phone's Unix milliseconds from which a shake is allowed: the interval in force
+    /// after the last shake, and any slow-down.
+    pub fn next_shake_allowed_ms(&self) -> u64 {
+        let paced = self.last_shake_ms.map_or(0, |at| at + u64::from(self.min_shake_interval_ms));
+        paced.max(self.slow_until_ms)
+    }
+
+    /// The app showed award `award_id`: `AwardAck` is queued and the award leaves the book.
+    /// False if the session does not hold it.
+    pub fn ack_award(&mut self, award_id: u64) -> bool {
+        let Some(at) = self.held_awards.iter().position(|&id| id == award_id) else {
+            return false;
+        };
+        self.held_awards.remove(at);
+        ControlFrame::AwardAck { award_id }.encode(&mut self.control_out);
+        true
+    }
+
+    /// Bytes from the control stream. An error is a protocol violation by the edge: the
+    /// session has ended, and the driver closes the connection with the code.
+    pub fn on_control(&mut self, now_ms: u64, bytes: &[u8]) -> Result<(), ErrorCode> {
+        if matches!(self.phase, Phase::Ended(_)) {
+            return Ok(());
+        }
+        self.control_in.extend_from_slice(bytes);
+        loop {
+            match ControlFrame::decode(&mut self.control_in) {
+                Ok(Some(frame)) => self.on_frame(now_ms, frame)?,
+                Ok(None) => return Ok(()),
+                Err(err) => return Err(self.violation(code_for(err))),
+            }
+            if matches!(self.phase, Phase::Ended(_)) {
+                self.control_in.clear();
+                return Ok(());
+            }
+        }
+    }
+
+    /// One datagram from the edge.
+    pub fn on_datagram(&mut self, now_ms: u64, payload: &[u8]) -> Result<(), ErrorCode> {
+        if self.phase != Phase::Active {
+            return Ok(());
+        }
+        match datagram::decode(payload) {
+            Ok(Datagram::Outcomes(outcomes)) => {
+                for outcome in outcomes.iter() {
+                    if let Verdict::SlowDown { retry_after_ms } = outcome.verdict {
+                        let until = now_ms + u64::from(retry_after_ms);
+                        self.slow_until_ms = self.slow_until_ms.max(until);
+                    }
+                    self.push(SessionEvent::Outcome(outcome));
+                }
+                Ok(())
+            }
+            Ok(Datagram::Shake(_)) => Err(self.violation(ErrorCode::UnexpectedFrame)),
+            Err(err) => Err(self.violation(code_for(err))),
+        }
+    }
+
+    fn on_frame(&mut self, now_ms: u64, frame: ControlFrame) -> Result<(), ErrorCode> {
+        match (&self.phase, frame) {
+            (
+                Phase::AwaitWelcome,
+                ControlFrame::Welcome { server_time_ms, min_shake_interval_ms, round },
+            ) => {
+                self.clock_offset_ms = server_time_ms as i64 - now_ms as i64;
+                self.min_shake_interval_ms = min_shake_interval_ms;
+                self.remember(round);
+                self.phase = Phase::Active;
+                self.push(SessionEvent::Welcomed { round, min_shake_interval_ms });
+            }
+            (Phase::Active, ControlFrame::RoundNotice { round, min_shake_interval_ms }) => {
+                self.remember(round);
+                self.pace(min_shake_interval_ms);
+                self.push(SessionEvent::Round(round));
+            }
+            (Phase::Active, ControlFrame::Pace { min_shake_interval_ms }) => {
+                self.pace(min_shake_interval_ms);
+            }
+            (Phase::Active, ControlFrame::Award { award_id, round_id, prize }) => {
+                if !self.held_awards.contains(&award_id) {
+                    if self.held_awards.len() == MAX_HELD_AWARDS {
+                        self.held_awards.pop_front();
+                    }
+                    self.held_awards.push_back(award_id);
+                }
+                self.push(SessionEvent::Award { award_id, round_id, prize });
+            }
+            (Phase::Active, ControlFrame::Outcomes(outcomes)) => {
+                for outcome in outcomes.iter() {
+                    self.push(SessionEvent::Outcome(outcome));
+                }
+            }
+            (_, ControlFrame::GoAway { reconnect_after_ms }) => {
+                self.end(EndReason::GoAway { reconnect_after_ms });
+            }
+            (_, ControlFrame::Error { code, reason }) => {
+                self.end(EndReason::Refused { code, reason });
+            }
+            _ => return Err(self.violation(ErrorCode::UnexpectedFrame)),
+        }
+        Ok(())
+    }
+
+    fn pace(&mut self, min_shake_interval_ms: u32) {
+        if min_shake_interval_ms != self.min_shake_interval_ms {
+            self.min_shake_interval_ms = min_shake_interval_ms;
+            self.push(SessionEvent::Paced { min_shake_interval_ms });
+        }
+    }
+
+    fn remember(&mut self, round: RoundInfo) {
+        if round.round_id == 0 {
+            return;
+        }
+        if let Some(known) = self.rounds.iter_mut().find(|r| r.round_id == round.round_id) {
+            *known = round;
+            return;
+        }
+        if self.rounds.len() == MAX_ROUNDS {
+            // Forget the round that ended first.
+            if let Some(oldest) = (0..self.rounds.len()).min_by_key(|&i| self.rounds[i].ends_at_ms)
+            {
+                self.rounds.swap_remove(oldest);
+            }
+        }
+        self.rounds.push(round);
+    }
+
+    fn violation(&mut self, code: ErrorCode) -> ErrorCode {
+        self.end(EndReason::Violation(code));
+        code
+    }
+
+    fn end(&mut self, reason: EndReason) {
+        self.phase = Phase::Ended(reason.clone());
+        self.control_in.clear();
+        // The end is always told, even with the queue full.
+        if self.events.len() == MAX_EVENTS {
+            self.events.pop_back();
+            self.events_dropped += 1;
+        }
+        self.events.push_back(SessionEvent::Ended(reason));
+    }
+
+    fn push(&mut self, event: SessionEvent) {
+        if self.events.len() < MAX_EVENTS {
+            self.events.push_back(event);
+        } else {
+            self.events_dropped += 1;
+        }
+    }
+}
+
+/// The code a phone closes with for bytes it cannot decode (as the edge does).
+fn code_for(err: DecodeError) -> ErrorCode {
+    match err {
+        DecodeError::FrameTooLarge { .. } => ErrorCode::FrameTooLarge,
+        _ => ErrorCode::MalformedFrame,
+    }
+}
+
+/// Removes `n` written bytes from a control buffer (for drivers that wrote part of it).
+pub fn consume(buf: &mut BytesMut, n: usize) {
+    buf.advance(n.min(buf.len()));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use shake_proto::RoundPhase;
+
+    const NOW: u64 = 1_700_000_000_000;
+
+    fn round(id: u32, starts: u64, ends: u64) -> RoundInfo {
+        RoundInfo { round_id: id, phase: RoundPhase::Open, starts_at_ms: starts, ends_at_ms: ends }
+    }
+
+    #[allow(clippy::needless_pass_by_value)] // reads better at the call sites
+    fn frame(frame: ControlFrame) -> BytesMut {
+        let mut out = BytesMut::new();
+        frame.encode(&mut out);
+        out
+    }
+
+    /// A session welcomed at `NOW` by an edge whose clock is 5 s ahead, round 1 open.
+    fn welcomed(interval_ms: u32) -> PhoneSession {
+        let mut s = PhoneSession::new(Bytes::from_static(b"token"));
+        s.hello();
+        let welcome = frame(ControlFrame::Welcome {
+            server_time_ms: NOW + 5_000,
+            min_shake_interval_ms: interval_ms,
+            round: round(1, NOW, NOW + 60_000),
+        });
+        s.on_control(NOW, &welcome).unwrap();
+        assert!(matches!(s.poll_event(), Some(SessionEvent::Welcomed { .. })));
+        s
+    }
+
+    #[test]
+    fn hello_first_then_shakes_only_once_welcomed() {
+        let mut s = PhoneSession::new(Bytes::from_static(b"token"));
+        let mut out = BytesMut::new();
+        assert_eq!(s.shake(NOW, &mut out), Err(ShakeRefusal::NoSession));
+        s.hello();
+        s.hello();
+        let mut queued = s.control_out().split();
+        match ControlFrame::decode(&mut queued) {
+            Ok(Some(ControlFrame::Hello { token, capabilities, .. })) => {
+                assert_eq!(&token[..], b"token");
+                assert_eq!(capabilities, CAP_DATAGRAMS);
+            }
+            other => panic!("expected Hello, got {other:?}"),
+        }
+        assert!(queued.is_empty(), "Hello queued once");
+        assert_eq!(s.shake(NOW, &mut out), Err(ShakeRefusal::NoSession));
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn shakes_keep_the_pushed_interval_and_obey_slow_down_and_pace() {
+        let mut s = welcomed(500);
+        let mut out = BytesMut::new();
+        assert_eq!(s.shake(NOW, &mut out), Ok(1));
+        match datagram::decode(&out) {
+            Ok(Datagram::Shake(shake)) => assert_eq!((shake.round_id, shake.seq), (1, 1)),
+            other => panic!("expected a shake, got {other:?}"),
+        }
+        out.clear();
+        assert_eq!(s.shake(NOW + 499, &mut out), Err(ShakeRefusal::TooSoon { at_ms: NOW + 500 }));
+        assert!(out.is_empty());
+        assert_eq!(s.shake(NOW + 500, &mut out), Ok(2));
+        // Slow-down for 2 s from NOW + 600.
+        let mut answer = BytesMut::new();
+        datagram::encode_outcomes(
+            &mut answer,
+            &[Outcome { seq: 2, verdict: Verdict::SlowDown { retry_after_ms: 2_000 } }],
+        );
+        s.on_datagram(NOW + 600, &answer).unwrap();
+        assert!(matches!(s.poll_event(), Some(SessionEvent::Outcome(_))));
+        assert_eq!(
+            s.shake(NOW + 1_100, &mut out),
+            Err(ShakeRefusal::TooSoon { at_ms: NOW + 2_600 })
+        );
+        assert_eq!(s.shake(NOW + 2_600, &mut out), Ok(3));
+        // Pace raises the interval.
+        s.on_control(NOW + 2_700, &frame(ControlFrame::Pace { min_shake_interval_ms: 5_000 }))
+            .unwrap();
+        assert_eq!(s.poll_event(), Some(SessionEvent::Paced { min_shake_interval_ms: 5_000 }));
+        // It counts from the last shake (NOW + 2,600).
+        assert_eq!(
+            s.shake(NOW + 3_200, &mut out),
+            Err(ShakeRefusal::TooSoon { at_ms: NOW + 7_600 })
+        );
+        assert_eq!(s.shake(NOW + 7_600, &mut out), Ok(4));
+    }
+
+    #[test]
+    fn shakes_only_inside_an_open_round_by_the_edges_clock() {
+        let mut s = welcomed(0);
+        let mut out = BytesMut::new();
+        // The edge's clock is 5 s ahead: round 1 ends at the phone's NOW + 55 s.
+        assert_eq!(s.shake(NOW + 54_999, &mut out), Ok(1));
+        assert_eq!(s.shake(NOW + 55_000, &mut out), Err(ShakeRefusal::NoOpenRound));
+        let notice = frame(ControlFrame::RoundNotice {
+            round: round(2, NOW + 70_000, NOW + 80_000),
+            min_shake_interval_ms: 0,
+        });
+        s.on_control(NOW + 55_000, &notice).unwrap();
+        assert_eq!(s.next_opening_ms(NOW + 55_000), Some(NOW + 65_000));
+        assert_eq!(s.shake(NOW + 64_999, &mut out), Err(ShakeRefusal::NoOpenRound));
+        assert_eq!(s.shake(NOW + 65_000, &mut out), Ok(2));
+    }
+
+    #[test]
+    fn awards_are_held_until_acknowledged_and_acked_once() {
+        let mut s = welcomed(0);
+        let award = |id| {
+            frame(ControlFrame::Award {
+                award_id: id,
+                round_id: 1,
+                prize: Prize::Cash { cents: 88 },
+            })
+        };
+        s.on_control(NOW, &award(7)).unwrap();
+        s.on_control(NOW, &award(7)).unwrap();
+        assert_eq!(s.held_awards().collect::<Vec<_>>(), vec![7]);
+        assert!(!s.ack_award(8));
+        assert!(s.ack_award(7));
+        assert!(!s.ack_award(7));
+        let mut queued = s.control_out().split();
+        let hello = ControlFrame::decode(&mut queued).unwrap();
+        assert!(matches!(hello, Some(ControlFrame::Hello { .. })));
+        assert_eq!(
+            ControlFrame::decode(&mut queued),
+            Ok(Some(ControlFrame::AwardAck { award_id: 7 }))
+        );
+        assert_eq!(ControlFrame::decode(&mut queued), Ok(None));
+        // The book is bounded.
+        for id in 100..100 + 2 * MAX_HELD_AWARDS as u64 {
+            s.on_control(NOW, &award(id)).unwrap();
+        }
+        assert_eq!(s.held_awards().count(), MAX_HELD_AWARDS);
+    }
+
+    #[test]
+    fn go_away_error_and_violations_end_the_session() {
+        let mut s = welcomed(0);
+        s.on_control(NOW, &frame(ControlFrame::GoAway { reconnect_after_ms: 250 })).unwrap();
+        assert_eq!(s.ended(), Some(&EndReason::GoAway { reconnect_after_ms: 250 }));
+        let mut out = BytesMut::new();
+        assert_eq!(s.shake(NOW, &mut out), Err(ShakeRefusal::NoSession));
+
+        let mut s = PhoneSession::new(Bytes::from_static(b"t"));
+        s.hello();
+        let error = frame(ControlFrame::Error {
+            code: u64::from(ErrorCode::SessionInUse.code()),
+            reason: "in use".into(),
+        });
+        s.on_control(NOW, &error).unwrap();
+        assert_eq!(s.ended().map(EndReason::name), Some("SESSION_IN_USE"));
+
+        // A shake from the edge, a Welcome twice, garbage: violations with their codes.
+        let mut s = welcomed(0);
+        let mut shake = BytesMut::new();
+        Shake { round_id: 1, seq: 1, client_time_ms: 0 }.encode_datagram(&mut shake);
+        assert_eq!(s.on_datagram(NOW, &shake), Err(ErrorCode::UnexpectedFrame));
+        let mut s = welcomed(0);
+        let again = frame(ControlFrame::Welcome {
+            server_time_ms: NOW,
+            min_shake_interval_ms: 0,
+            round: RoundInfo::NONE,
+        });
+        assert_eq!(s.on_control(NOW, &again), Err(ErrorCode::UnexpectedFrame));
+        let mut s = welcomed(0);
+        let mut oversized = BytesMut::new();
+        shake_proto::varint::put(&mut oversized, shake_proto::control::frame_type::AWARD);
+        shake_proto::varint::put(&mut oversized, 1 << 24);
+        assert_eq!(s.on_control(NOW, &oversized), Err(ErrorCode::FrameTooLarge));
+        assert_eq!(s.ended(), Some(&EndReason::Violation(ErrorCode::FrameTooLarge)));
+    }
+
+    #[test]
+    fn frames_split_anywhere_decode_the_same() {
+        let mut bytes = frame(ControlFrame::Welcome {
+            server_time_ms: NOW,
+            min_shake_interval_ms: 100,
+            round: round(3, NOW, NOW + 1_000),
+        });
+        bytes.extend_from_slice(&frame(ControlFrame::Pace { min_shake_interval_ms: 300 }));
+        for split in 0..=bytes.len() {
+            let mut s = PhoneSession::new(Bytes::from_static(b"t"));
+            s.hello();
+            s.on_control(NOW, &bytes[..split]).unwrap();
+            s.on_control(NOW, &bytes[split..]).unwrap();
+            assert!(s.is_active(), "split at {split}");
+            assert_eq!(s.min_shake_interval_ms(), 300, "split at {split}");
+        }
+    }
+
+    #[test]
+    fn the_event_queue_is_bounded_and_the_end_is_always_told() {
+        let mut s = welcomed(0);
+        let mut answer = BytesMut::new();
+        datagram::encode_outcomes(&mut answer, &[Outcome { seq: 1, verdict: Verdict::NoLuck }]);
+        for _ in 0..MAX_EVENTS + 10 {
+            s.on_datagram(NOW, &answer).unwrap();
+        }
+        assert_eq!(s.events_dropped(), 10);
+        s.on_control(NOW, &frame(ControlFrame::GoAway { reconnect_after_ms: 0 })).unwrap();
+        let events: Vec<_> = std::iter::from_fn(|| s.poll_event()).collect();
+        assert_eq!(events.len(), MAX_EVENTS);
+        assert!(matches!(events.last(), Some(SessionEvent::Ended(_))));
+    }
+}
