@@ -108,6 +108,19 @@ const RATE_RATIO_GOAL: f64 = 0.5;
 /// Client threads (sockets, each its own source address) of the loop load.
 pub const LOAD_THREADS: usize = 8;
 
+/// The loop load for `load`: its phones, rate and ramp, evenly phased, with the edge's
+/// batch delay.
+pub fn loop_plan(load: &LoadOptions) -> LoopLoadPlan {
+    LoopLoadPlan {
+        phones: load.phones,
+        rate_per_phone: load.rate_per_phone,
+        connect_rate: load.connect_rate,
+        threads: LOAD_THREADS,
+        jitter: 0.0,
+        batch_delay: Duration::from_micros(shake_edge::config::DEFAULT_BATCH_DELAY_US),
+    }
+}
+
 /// Drives `server` with phones on `shake-loop` from the client core until the window closes;
 /// `cpu_us` reads the server's CPU time so far.
 fn measure_with_loop_load(
@@ -118,14 +131,7 @@ fn measure_with_loop_load(
     cpu_us: impl Fn() -> u64,
 ) -> anyhow::Result<(Measured, LoopLoadReport)> {
     let client = swarm::phone_client_config(ca, load.phones.max(256))?;
-    let plan = LoopLoadPlan {
-        phones: load.phones,
-        rate_per_phone: load.rate_per_phone,
-        connect_rate: load.connect_rate,
-        threads: LOAD_THREADS,
-        jitter: 0.0,
-        batch_delay: Duration::from_micros(shake_edge::config::DEFAULT_BATCH_DELAY_US),
-    };
+    let plan = loop_plan(load);
     let started = std::time::Instant::now();
     let end = started + Duration::from_secs(load.run_s());
     let running =

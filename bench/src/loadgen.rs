@@ -43,6 +43,9 @@ pub struct LoadCounters {
     pub datagrams_in: AtomicU64,
     /// Microseconds the load's loops spent working (counted by the loop load only).
     pub busy_us: AtomicU64,
+    /// Datagrams received by how long they waited in the load's sockets (buckets of
+    /// `shake_loop::driver::QUEUE_WAIT_BOUNDS_US`; the loop load only).
+    pub queue_waits: [AtomicU64; 5],
 }
 
 impl LoadCounters {

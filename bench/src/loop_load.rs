@@ -60,6 +60,10 @@ pub struct LoopLoadPlan {
 pub struct LoopLoadReport {
     /// Shake (or message) to outcome, from the intended send time, microseconds.
     pub outcome_us: Histogram<u64>,
+    /// The same from the actual send time: the difference is time the generator took to send.
+    pub outcome_uncorrected_us: Histogram<u64>,
+    /// A phone's last forwarded shake (intended time) to its award, microseconds.
+    pub award_us: Histogram<u64>,
     /// The loops' counters, summed.
     pub driver: DriverStats,
     /// Busiest thread's busy share (the threads share one core in the benchmarks: see
@@ -179,6 +183,8 @@ impl LoopLoad {
         }
         let mut report = LoopLoadReport {
             outcome_us: crate::swarm::stats::histogram(),
+            outcome_uncorrected_us: crate::swarm::stats::histogram(),
+            award_us: crate::swarm::stats::histogram(),
             driver: DriverStats::default(),
             busy_share_max: 0.0,
             behind_schedule: 0,
@@ -189,6 +195,8 @@ impl LoopLoad {
         for thread in self.threads {
             let t = thread.join().map_err(|_| std::io::Error::other("load thread panicked"))??;
             let _ = report.outcome_us.add(&t.outcome_us);
+            let _ = report.outcome_uncorrected_us.add(&t.outcome_uncorrected_us);
+            let _ = report.award_us.add(&t.award_us);
             report.busy_share_max = report.busy_share_max.max(t.driver.busy_share());
             let d = &mut report.driver;
             d.turns += t.driver.turns;
@@ -198,6 +206,10 @@ impl LoopLoad {
             d.datagrams_out += t.driver.datagrams_out;
             d.send_failures += t.driver.send_failures;
             d.busy_us += t.driver.busy_us;
+            for (sum, n) in d.queue_wait.iter_mut().zip(t.driver.queue_wait) {
+                *sum += n;
+            }
+            d.queue_wait_us += t.driver.queue_wait_us;
             d.wall_us = d.wall_us.max(t.driver.wall_us);
             report.behind_schedule += t.behind_schedule;
             report.held_back += t.held_back;
@@ -217,6 +229,8 @@ impl LoopLoad {
 #[derive(Debug)]
 struct ThreadReport {
     outcome_us: Histogram<u64>,
+    outcome_uncorrected_us: Histogram<u64>,
+    award_us: Histogram<u64>,
     driver: DriverStats,
     behind_schedule: u64,
     held_back: u64,
@@ -228,6 +242,8 @@ impl Default for ThreadReport {
     fn default() -> Self {
         Self {
             outcome_us: crate::swarm::stats::histogram(),
+            outcome_uncorrected_us: crate::swarm::stats::histogram(),
+            award_us: crate::swarm::stats::histogram(),
             driver: DriverStats::default(),
             behind_schedule: 0,
             held_back: 0,
@@ -256,8 +272,13 @@ struct Phone {
     stream: Option<StreamId>,
     session: Option<PhoneSession>,
     schedule: Schedule,
-    /// Intended send times of recent shakes, by sequence number modulo the length.
-    in_flight: [(u64, Instant); 4],
+    /// Sequence number, intended and actual send times of recent shakes, by sequence
+    /// number modulo the length.
+    in_flight: [(u64, Instant, Instant); 4],
+    /// Intended time of the last shake the edge forwarded (for award latency).
+    last_forwarded: Option<Instant>,
+    /// Where in each interval this phone shakes, microseconds (phases spread the load).
+    phase_us: u64,
     next_echo_seq: u64,
 }
 
@@ -276,7 +297,9 @@ impl Phone {
             stream: None,
             session,
             schedule: Schedule::new(0, plan.rate_per_phone, plan.jitter, index as u64),
-            in_flight: [(u64::MAX, origin); 4],
+            in_flight: [(u64::MAX, origin, origin); 4],
+            last_forwarded: None,
+            phase_us: 0,
             next_echo_seq: 1,
         }
     }
@@ -349,7 +372,8 @@ impl PhonesShell {
         let interval_us = 1e6 / phone.schedule_rate();
         // Golden-ratio phases: spread evenly whatever the number of phones.
         let phase = (phone.index as f64 * 0.618_033_988_75).fract();
-        let start_us = now_us + (phase * interval_us) as u64;
+        phone.phase_us = (phase * interval_us) as u64;
+        let start_us = now_us + phone.phase_us;
         phone.schedule.restart(start_us);
         self.timers.set(at, Some(self.origin + Duration::from_micros(start_us)));
     }
@@ -388,14 +412,16 @@ impl PhonesShell {
                     continue;
                 }
                 let intended = origin + Duration::from_micros(intended_us);
-                phone.in_flight[(seq % 4) as usize] = (seq, intended);
+                phone.in_flight[(seq % 4) as usize] = (seq, intended, now);
                 counters.sent.fetch_add(1, Ordering::Relaxed);
             }
         });
         let mut next = self.origin + Duration::from_micros(phone.schedule.next_us());
-        // Outside a round, wake for the opening rather than at every intended shake.
+        // Outside a round, wake for the opening (at the phone's own phase after it, so the
+        // phones do not all shake at the opening instant) rather than at every intended shake.
         if let Some(opening) = phone.session.as_ref().and_then(|s| s.next_opening_ms(now_ms)) {
-            let until = Duration::from_millis(opening.saturating_sub(now_ms));
+            let until = Duration::from_millis(opening.saturating_sub(now_ms))
+                + Duration::from_micros(phone.phase_us);
             if now + until > next {
                 next = now + until;
                 phone.schedule.restart(next.saturating_duration_since(origin).as_micros() as u64);
@@ -404,12 +430,17 @@ impl PhonesShell {
         self.timers.set(at, Some(next));
     }
 
-    fn answered(&mut self, now: Instant, at: usize, seq: u64) {
-        let (known, intended) = self.phones[at].in_flight[(seq % 4) as usize];
+    fn answered(&mut self, now: Instant, at: usize, seq: u64, forwarded: bool) {
+        let phone = &mut self.phones[at];
+        let (known, intended, sent) = phone.in_flight[(seq % 4) as usize];
         if known == seq {
             self.counters.answered.fetch_add(1, Ordering::Relaxed);
-            let us = now.saturating_duration_since(intended).as_micros() as u64;
-            self.report.outcome_us.saturating_record(us.max(1));
+            let us = |from: Instant| now.saturating_duration_since(from).as_micros() as u64;
+            self.report.outcome_us.saturating_record(us(intended).max(1));
+            self.report.outcome_uncorrected_us.saturating_record(us(sent).max(1));
+            if forwarded {
+                phone.last_forwarded = Some(intended);
+            }
         }
     }
 
@@ -431,9 +462,17 @@ impl PhonesShell {
         {
             match event {
                 SessionEvent::Welcomed { .. } => self.activate(now, at),
-                SessionEvent::Outcome(outcome) => self.answered(now, at, outcome.seq),
+                SessionEvent::Outcome(outcome) => {
+                    let forwarded = outcome.verdict == shake_proto::Verdict::Forwarded;
+                    self.answered(now, at, outcome.seq, forwarded);
+                }
                 SessionEvent::Award { award_id, .. } => {
-                    if let Some(session) = &mut self.phones[at].session {
+                    let phone = &mut self.phones[at];
+                    if let Some(from) = phone.last_forwarded {
+                        let us = now.saturating_duration_since(from).as_micros() as u64;
+                        self.report.award_us.saturating_record(us.max(1));
+                    }
+                    if let Some(session) = &mut phone.session {
                         session.ack_award(award_id);
                     }
                 }
@@ -522,7 +561,7 @@ impl Handler for PhonesShell {
                         None if datagram.len() >= 8 => {
                             let mut seq = [0u8; 8];
                             seq.copy_from_slice(&datagram[..8]);
-                            self.answered(now, at, u64::from_le_bytes(seq));
+                            self.answered(now, at, u64::from_le_bytes(seq), false);
                         }
                         None => {}
                     }
@@ -555,6 +594,11 @@ impl Shell for PhonesShell {
         c.datagrams_out.fetch_add(stats.datagrams_out - was.datagrams_out, Ordering::Relaxed);
         c.datagrams_in.fetch_add(stats.datagrams_in - was.datagrams_in, Ordering::Relaxed);
         c.busy_us.fetch_add(stats.busy_us - was.busy_us, Ordering::Relaxed);
+        for ((total, is), was) in c.queue_waits.iter().zip(stats.queue_wait).zip(was.queue_wait) {
+            if is > was {
+                total.fetch_add(is - was, Ordering::Relaxed);
+            }
+        }
         if now >= self.end || self.stop.load(Ordering::Relaxed) {
             for phone in &mut self.phones {
                 self.report.behind_schedule += phone.schedule.late + phone.schedule.skipped;

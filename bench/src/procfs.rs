@@ -24,6 +24,24 @@ pub fn status_kib(status: &str, field: &str) -> Option<u64> {
         .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
 }
 
+/// Busy time (everything but idle and I/O wait), in ticks, of core `core` from the text of
+/// `/proc/stat`.
+pub fn stat_core_busy_ticks(stat: &str, core: usize) -> Option<u64> {
+    let name = format!("cpu{core}");
+    let line = stat.lines().find(|l| l.split_whitespace().next() == Some(name.as_str()))?;
+    let ticks: Vec<u64> =
+        line.split_whitespace().skip(1).map(str::parse).collect::<Result<_, _>>().ok()?;
+    // user nice system idle iowait irq softirq steal ...
+    let idle = ticks.get(3)? + ticks.get(4).copied().unwrap_or(0);
+    Some(ticks.iter().sum::<u64>() - idle)
+}
+
+/// Busy time of core `core` so far, all processes on it, microseconds (10 ms resolution).
+pub fn core_busy_us(core: usize) -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    stat_core_busy_ticks(&stat, core).map(|ticks| ticks * (1_000_000 / TICKS_PER_S))
+}
+
 /// CPU time process `pid` has used, all threads, microseconds (10 ms resolution).
 pub fn process_cpu_us(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -68,5 +86,14 @@ mod tests {
         assert!(rss_kib(me).unwrap() > 0);
         assert!(process_cpu_us(me).is_some());
         assert!(threads(me).contains(&me));
+    }
+
+    #[test]
+    fn core_busy_is_everything_but_idle_and_iowait() {
+        let stat =
+            "cpu  10 0 10 100 5 0 0 0 0 0\ncpu0 1 2 3 40 5 6 7 8 0 0\ncpu1 9 9 9 9 9 9 9 9 0 0\n";
+        assert_eq!(stat_core_busy_ticks(stat, 0), Some(1 + 2 + 3 + 6 + 7 + 8));
+        assert_eq!(stat_core_busy_ticks(stat, 1), Some(9 * 6));
+        assert_eq!(stat_core_busy_ticks(stat, 2), None);
     }
 }

@@ -42,6 +42,21 @@ use crate::worker::Shared;
 const CLOSE_GRACE: Duration = Duration::from_millis(200);
 /// How long a fast stop gives sessions to close.
 const STOP_GRACE: Duration = Duration::from_millis(300);
+/// Most phones one broadcast reaches in one turn of the loop. A round opening told to 10,000
+/// phones at once was 10,000 packets sealed and sent in one turn, during which every shake
+/// waited in the socket: the p99 shake->outcome of about 100 ms (docs/PERFORMANCE.md). In
+/// slices, shakes are served between them and a slice costs well under a millisecond.
+const BROADCAST_PER_TURN: usize = 64;
+/// Broadcasts in progress at once; past it the oldest is finished in one go.
+const MAX_BROADCASTS: usize = 8;
+
+/// A control frame on its way to every serving phone of the worker, a slice per turn.
+#[derive(Debug)]
+struct Broadcast {
+    frame: Bytes,
+    /// The next connection index to visit.
+    next: usize,
+}
 
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
@@ -105,6 +120,8 @@ struct LoopWorker {
     driver_stats: DriverStats,
     /// The source of the attempt just accepted, until the engine names its connection.
     pending_source: Option<IpAddr>,
+    /// Broadcasts in progress, oldest first (at most [`MAX_BROADCASTS`]).
+    broadcasts: VecDeque<Broadcast>,
 }
 
 impl LoopWorker {
@@ -414,11 +431,39 @@ impl LoopWorker {
         }
     }
 
+    /// Starts sending `frame` to every serving phone, [`BROADCAST_PER_TURN`] a turn. A phone
+    /// that starts its session meanwhile learns the same from its `Welcome`; one whose slot
+    /// comes after the cursor may hear it twice, which every broadcast frame allows.
     fn broadcast(&mut self, engine: &mut Engine, frame: &ControlFrame) {
-        let bytes = self.encode(frame);
-        let phones: Vec<ConnectionHandle> = self.core.phones().iter().map(|p| p.ext).collect();
-        for ch in phones {
-            engine.with_connection(ch, |conn| self.write_control(ch, conn, bytes.clone()));
+        let frame = self.encode(frame);
+        while self.broadcasts.len() >= MAX_BROADCASTS {
+            // A budget of every slot finishes at least the oldest.
+            self.continue_broadcasts(engine, self.sessions.len().max(1));
+        }
+        self.broadcasts.push_back(Broadcast { frame, next: 0 });
+    }
+
+    /// Sends the broadcasts in progress to at most `budget` more phones.
+    fn continue_broadcasts(&mut self, engine: &mut Engine, mut budget: usize) {
+        while budget > 0 {
+            let Some(mut broadcast) = self.broadcasts.pop_front() else { return };
+            while budget > 0 && broadcast.next < self.sessions.len() {
+                let ch = ConnectionHandle(broadcast.next);
+                broadcast.next += 1;
+                let serving = self
+                    .sessions
+                    .get(ch.0)
+                    .and_then(Option::as_ref)
+                    .is_some_and(|s| matches!(s.phase, Phase::Serving(_)));
+                if serving {
+                    budget -= 1;
+                    let frame = broadcast.frame.clone();
+                    engine.with_connection(ch, |conn| self.write_control(ch, conn, frame));
+                }
+            }
+            if broadcast.next < self.sessions.len() {
+                self.broadcasts.push_front(broadcast);
+            }
         }
     }
 
@@ -695,13 +740,19 @@ impl Shell for LoopWorker {
         // Last, so that a batch closed by age, a load report or a drain's flush above goes to
         // the link in this same turn.
         self.exchange_with_link(now, engine);
+        self.continue_broadcasts(engine, BROADCAST_PER_TURN);
         flow
     }
 
     fn deadline(&mut self) -> Option<Instant> {
         let batch =
             self.core.deadline_us().map(|us| self.shared.origin + Duration::from_micros(us));
-        [batch, Some(self.next_housekeeping), self.deadlines.earliest()].into_iter().flatten().min()
+        // A broadcast in progress goes on at the next turn, without waiting.
+        let broadcasting = (!self.broadcasts.is_empty()).then(Instant::now);
+        [batch, Some(self.next_housekeeping), self.deadlines.earliest(), broadcasting]
+            .into_iter()
+            .flatten()
+            .min()
     }
 }
 
@@ -759,6 +810,7 @@ pub fn run(start: LoopStart, shared: Arc<Shared>) -> std::io::Result<()> {
         stopping_since: None,
         driver_stats: DriverStats::default(),
         pending_source: None,
+        broadcasts: VecDeque::new(),
         id,
         shared,
     };

@@ -11,6 +11,11 @@ use prometheus_client::registry::Registry;
 type Labels = Vec<(&'static str, &'static str)>;
 type WorkerLabels = Vec<(&'static str, String)>;
 
+/// Labels of `shake_edge_receive_waits_total`, one per bucket of
+/// `shake_loop::driver::DriverStats::queue_wait`.
+pub const RECEIVE_WAIT_LABELS: [&str; 5] =
+    ["under_250us", "250us_to_1ms", "1_to_10ms", "10_to_100ms", "over_100ms"];
+
 /// Every metric the edge exports.
 #[derive(Debug)]
 pub struct EdgeMetrics {
@@ -50,6 +55,12 @@ pub struct EdgeMetrics {
     /// forwarded_out (handed to the worker owning the connection), forward_dropped,
     /// send_failed.
     pub datagrams: Family<Labels, Counter>,
+    /// Datagrams of the event-loop workers by how long they waited in the socket before the
+    /// worker read them (kernel receive timestamps): see [`RECEIVE_WAIT_LABELS`].
+    pub receive_waits: Family<Labels, Counter>,
+    /// Turns of the event-loop workers by how long they worked (same buckets as
+    /// `receive_waits`): a long turn is a wait for every datagram arriving meanwhile.
+    pub loop_turns: Family<Labels, Counter>,
     /// Shakes answered without being forwarded, by reason: user_limited (the allocator
     /// found the user over the per-user rate).
     pub refused: Family<Labels, Counter>,
@@ -86,6 +97,8 @@ impl EdgeMetrics {
             award_acks: Family::default(),
             awards_outstanding: Gauge::default(),
             datagrams: Family::default(),
+            receive_waits: Family::default(),
+            loop_turns: Family::default(),
             refused: Family::default(),
             users_live: Gauge::default(),
             loop_busy: Family::default(),
@@ -128,6 +141,16 @@ impl EdgeMetrics {
         );
         registry.register("users_live", "Users with a live session", m.users_live.clone());
         registry.register("datagrams", "UDP datagrams of the event loops", m.datagrams.clone());
+        registry.register(
+            "receive_waits",
+            "Datagrams by their wait in the socket before the event loop read them",
+            m.receive_waits.clone(),
+        );
+        registry.register(
+            "loop_turns",
+            "Event-loop turns by how long they worked",
+            m.loop_turns.clone(),
+        );
         registry.register(
             "loop_busy_ratio",
             "Event-loop worker busy share over the last 100 ms",
@@ -203,6 +226,12 @@ impl EdgeMetrics {
             "send_failed",
             d(was.send_failures, is.send_failures),
         );
+        for (bucket, name) in RECEIVE_WAIT_LABELS.iter().enumerate() {
+            let n = d(was.queue_wait[bucket], is.queue_wait[bucket]);
+            Self::add(&self.receive_waits, "waited", name, n);
+            let n = d(was.turn_took[bucket], is.turn_took[bucket]);
+            Self::add(&self.loop_turns, "took", name, n);
+        }
         let wall = d(was.wall_us, is.wall_us);
         if wall > 0 {
             let busy = d(was.busy_us, is.busy_us) as f64 / wall as f64;

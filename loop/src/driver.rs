@@ -67,6 +67,16 @@ pub struct DriverStats {
     pub forward_drops: u64,
     /// Time spent working (not waiting), microseconds.
     pub busy_us: u64,
+    /// Datagrams by how long they waited in the socket between the kernel's receive
+    /// timestamp and the loop reading them: under 250 us, 250 us to 1 ms, 1 to 10 ms, 10 to
+    /// 100 ms, 100 ms or more (see [`QUEUE_WAIT_BOUNDS_US`]; zero where the socket does not
+    /// timestamp).
+    pub queue_wait: [u64; 5],
+    /// Total of those waits, microseconds.
+    pub queue_wait_us: u64,
+    /// Turns by how long they worked, in the same buckets: a long turn is time every
+    /// datagram arriving meanwhile waits.
+    pub turn_took: [u64; 5],
     /// Time spent in all, microseconds.
     pub wall_us: u64,
 }
@@ -76,6 +86,14 @@ impl DriverStats {
     pub fn busy_share(&self) -> f64 {
         if self.wall_us == 0 { 0.0 } else { self.busy_us as f64 / self.wall_us as f64 }
     }
+}
+
+/// Upper bounds of the [`DriverStats::queue_wait`] buckets but the last, microseconds.
+pub const QUEUE_WAIT_BOUNDS_US: [u64; 4] = [250, 1_000, 10_000, 100_000];
+
+/// The bucket of [`QUEUE_WAIT_BOUNDS_US`] a duration falls in.
+fn wait_bucket(us: u64) -> usize {
+    QUEUE_WAIT_BOUNDS_US.iter().take_while(|&&bound| us >= bound).count()
 }
 
 /// Most receive batches taken in one turn before timers and sends get their go.
@@ -127,6 +145,8 @@ impl Driver {
     /// A driver over `socket` (made non-blocking here).
     pub fn new(socket: UdpSocket) -> std::io::Result<Self> {
         socket.set_nonblocking(true)?;
+        // Best effort: without timestamps the queue-wait counters stay at zero.
+        let _ = udp::enable_receive_timestamps(&socket);
         Ok(Self {
             socket,
             recv: RecvBatch::default(),
@@ -171,7 +191,9 @@ impl Driver {
         loop {
             let stop = self.turn(engine, shell, woke)?;
             let now = Instant::now();
-            self.stats.busy_us += now.duration_since(woke).as_micros() as u64;
+            let took = now.duration_since(woke).as_micros() as u64;
+            self.stats.busy_us += took;
+            self.stats.turn_took[wait_bucket(took)] += 1;
             self.stats.wall_us = now.duration_since(started).as_micros() as u64;
             if stop {
                 return Ok(());
@@ -219,6 +241,7 @@ impl Driver {
                 self.stats.recv_calls += 1;
                 self.stats.datagrams_in += n as u64;
                 self.last_turn_datagrams += n;
+                self.count_queue_waits();
             }
             for (from, datagram) in self.received.drain(..) {
                 if let Some(routes) = &self.routes
@@ -248,6 +271,16 @@ impl Driver {
         engine.flush(now);
         self.send(engine);
         Ok(flow == Flow::Stop)
+    }
+
+    fn count_queue_waits(&mut self) {
+        let Some(&first) = self.recv.received_at.first() else { return };
+        let now = std::time::SystemTime::now().max(first);
+        for &at in &self.recv.received_at {
+            let waited = now.duration_since(at).map_or(0, |d| d.as_micros() as u64);
+            self.stats.queue_wait[wait_bucket(waited)] += 1;
+            self.stats.queue_wait_us += waited;
+        }
     }
 
     fn send(&mut self, engine: &mut Engine) {

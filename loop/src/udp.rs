@@ -28,6 +28,37 @@ pub const SLOT: usize = 1_500;
 pub struct RecvBatch {
     arena: BytesMut,
     addrs: Vec<libc::sockaddr_storage>,
+    /// Room for each datagram's control messages (its kernel receive timestamp).
+    controls: Vec<[u64; CONTROL_WORDS]>,
+    /// Kernel receive times of the datagrams of the last call, in order (empty where the
+    /// socket does not timestamp).
+    pub received_at: Vec<std::time::SystemTime>,
+}
+
+/// Control-message room per datagram, in 8-byte words: one `SCM_TIMESTAMPNS` (a 16-byte header
+/// and a 16-byte `timespec`) with room to spare.
+const CONTROL_WORDS: usize = 8;
+
+/// `SO_TIMESTAMPNS` (and its control message type), the same on every Linux architecture the
+/// project builds for (x86_64, aarch64).
+const SO_TIMESTAMPNS: libc::c_int = 35;
+
+/// Asks the kernel to stamp each datagram received on `socket` with the time it arrived
+/// (`SO_TIMESTAMPNS`, the realtime clock), so the loop can tell how long datagrams waited in
+/// the socket before it read them.
+pub fn enable_receive_timestamps(socket: &UdpSocket) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: the option value is a c_int that lives across the call, with its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_TIMESTAMPNS,
+            (&on as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
 impl std::fmt::Debug for RecvBatch {
@@ -40,7 +71,12 @@ impl Default for RecvBatch {
     fn default() -> Self {
         // SAFETY: sockaddr_storage and mmsghdr are plain data; all-zero is a valid value.
         let zero_addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-        Self { arena: BytesMut::with_capacity(BATCH * SLOT), addrs: vec![zero_addr; BATCH] }
+        Self {
+            arena: BytesMut::with_capacity(BATCH * SLOT),
+            addrs: vec![zero_addr; BATCH],
+            controls: vec![[0; CONTROL_WORDS]; BATCH],
+            received_at: Vec::with_capacity(BATCH),
+        }
     }
 }
 
@@ -59,8 +95,12 @@ impl RecvBatch {
         // SAFETY: mmsghdr is plain data; all-zero is a valid value.
         let mut headers: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
         let mut iovs = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; BATCH];
-        for (i, ((iov, header), addr)) in
-            iovs.iter_mut().zip(&mut headers).zip(&mut self.addrs).enumerate()
+        for (i, (((iov, header), addr), control)) in iovs
+            .iter_mut()
+            .zip(&mut headers)
+            .zip(&mut self.addrs)
+            .zip(&mut self.controls)
+            .enumerate()
         {
             // SAFETY: `reserve` guaranteed BATCH * SLOT bytes of spare capacity after `base`.
             iov.iov_base = unsafe { base.add(i * SLOT) }.cast();
@@ -69,8 +109,8 @@ impl RecvBatch {
             header.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
             header.msg_hdr.msg_iov = iov;
             header.msg_hdr.msg_iovlen = 1;
-            header.msg_hdr.msg_control = std::ptr::null_mut();
-            header.msg_hdr.msg_controllen = 0;
+            header.msg_hdr.msg_control = control.as_mut_ptr().cast();
+            header.msg_hdr.msg_controllen = size_of::<[u64; CONTROL_WORDS]>() as _;
             header.msg_hdr.msg_flags = 0;
         }
         // SAFETY: every header points at an iovec on this stack frame, an address in `self` and
@@ -93,6 +133,27 @@ impl RecvBatch {
             };
         }
         let n = n as usize;
+        self.received_at.clear();
+        for header in headers.iter().take(n) {
+            // SAFETY: the kernel wrote `msg_controllen` bytes of control messages into this
+            // header's buffer (in `self.controls`, alive); the CMSG macros walk within it.
+            unsafe {
+                let mut cmsg = libc::CMSG_FIRSTHDR(&header.msg_hdr);
+                while !cmsg.is_null() {
+                    if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == SO_TIMESTAMPNS
+                    {
+                        let ts = std::ptr::read_unaligned(
+                            libc::CMSG_DATA(cmsg).cast::<libc::timespec>(),
+                        );
+                        self.received_at.push(
+                            std::time::UNIX_EPOCH
+                                + Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32),
+                        );
+                    }
+                    cmsg = libc::CMSG_NXTHDR(&header.msg_hdr, cmsg);
+                }
+            }
+        }
         // SAFETY: the kernel wrote datagram i into slot i; the slots up to the last one
         // received are initialised (gaps between a short datagram and the next slot hold bytes
         // the kernel did not write, but they are split off and never read).

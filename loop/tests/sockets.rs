@@ -174,3 +174,44 @@ fn datagrams_for_a_stalled_worker_are_bounded_and_counted() {
     assert_eq!(stats.forward_drops, stats.datagrams_in - stats.forwarded_out, "{stats:?}");
     drop(stalled);
 }
+
+/// The kernel stamps each datagram with its arrival, so the loop can tell how long datagrams
+/// waited in the socket: one that waited 20 ms before it was read reads as at least that old.
+#[test]
+fn received_datagrams_carry_their_kernel_arrival_time() {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    shake_loop::udp::enable_receive_timestamps(&socket).unwrap();
+    socket.set_nonblocking(true).unwrap();
+    let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let before = std::time::SystemTime::now();
+    sender.send_to(b"one", socket.local_addr().unwrap()).unwrap();
+    sender.send_to(b"two", socket.local_addr().unwrap()).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    let mut batch = shake_loop::udp::RecvBatch::default();
+    let mut out = Vec::new();
+    let mut received = 0;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut stamps = Vec::new();
+    while received < 2 && Instant::now() < deadline {
+        received += batch.recv(&socket, &mut out).unwrap();
+        stamps.extend(batch.received_at.iter().copied());
+    }
+    assert_eq!(received, 2);
+    assert_eq!(stamps.len(), 2, "one arrival time per datagram");
+    let now = std::time::SystemTime::now();
+    for at in stamps {
+        assert!(at >= before - Duration::from_millis(1), "stamped before it was sent");
+        let waited = now.duration_since(at).unwrap();
+        assert!(waited >= Duration::from_millis(20), "waited {waited:?}");
+    }
+    // Without the option, no stamps (and nothing breaks).
+    let plain = UdpSocket::bind("127.0.0.1:0").unwrap();
+    plain.set_nonblocking(true).unwrap();
+    sender.send_to(b"three", plain.local_addr().unwrap()).unwrap();
+    let mut got = 0;
+    while got == 0 && Instant::now() < deadline {
+        got = batch.recv(&plain, &mut out).unwrap();
+    }
+    assert_eq!(got, 1);
+    assert!(batch.received_at.is_empty());
+}
