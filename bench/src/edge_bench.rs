@@ -11,7 +11,6 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use shake_ops::config::Validate;
 
 use crate::fixture::{Fixture, FixtureOptions};
 use crate::floor::{self, FloorFigures};
@@ -19,7 +18,7 @@ use crate::loadgen::{self, LoadCounters, LoadPlan};
 use crate::loop_load::{LoopLoad, LoopLoadPlan, LoopLoadReport, Speech};
 use crate::quinn_echo::{self, EchoMode, EchoServer};
 use crate::stats::ratio;
-use crate::swarm::{self, report::Report, scenario::Scenario};
+use crate::swarm::{self, scenario::Scenario};
 use crate::window::{Measured, Sample, Window};
 use crate::{procfs, sys};
 
@@ -52,52 +51,6 @@ impl LoadOptions {
     fn run_s(&self) -> u64 {
         (self.window().planned_end_s(self.connect_rate) + 4.0).ceil() as u64
     }
-}
-
-/// The demo scenario (its dev token key is the one the edge's example configuration trusts)
-/// turned into a steady load of honest phones against one edge: no opening spike, no churn.
-pub fn scenario(
-    load: &LoadOptions,
-    edge: std::net::SocketAddr,
-    ca: &Path,
-    duration_s: u64,
-) -> anyhow::Result<Scenario> {
-    let mut scenario = Scenario::parse(include_str!("../scenarios/demo.toml"))?;
-    scenario.phones = load.phones;
-    scenario.edges = vec![edge];
-    scenario.ca = ca.to_owned();
-    scenario.duration_s = duration_s;
-    scenario.connect.phones_per_s = load.connect_rate;
-    scenario.shaking.rate_per_s = load.rate_per_phone;
-    scenario.shaking.spike = false;
-    scenario.churn.share = 0.0;
-    scenario.validate()?;
-    Ok(scenario)
-}
-
-/// Runs the swarm against a fixture's edge on the client core, feeding `window` with the
-/// edge's CPU time every second.
-pub fn drive_edge(
-    fixture: &Fixture,
-    load: &LoadOptions,
-    duration_s: u64,
-    mut on_sample: impl FnMut(Sample),
-) -> anyhow::Result<Report> {
-    let scenario = scenario(load, fixture.edge_addr, &fixture.ca, duration_s)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let pid = fixture.edge_pid();
-    let report = runtime.block_on(swarm::run(&scenario, |point| {
-        on_sample(Sample {
-            t_s: point.t_s,
-            connected: point.connected,
-            sent: point.sent,
-            answered: point.outcomes,
-            cpu_us: procfs::process_cpu_us(pid).unwrap_or(0),
-            load: crate::window::LoadSide::default(),
-        });
-    }))?;
-    runtime.shutdown_timeout(Duration::from_secs(1));
-    Ok(report)
 }
 
 /// Target for the edge's CPU per shake over quinn echo's per message (issue 13).
@@ -438,7 +391,7 @@ mod tests {
     }
 
     #[test]
-    fn the_scenario_is_a_valid_steady_load() {
+    fn the_loop_load_is_a_steady_even_load_with_the_edges_batch_delay() {
         let load = LoadOptions {
             phones: 10_000,
             rate_per_phone: 2.0,
@@ -448,10 +401,11 @@ mod tests {
             server_core: 1,
             client_core: 0,
         };
-        let s =
-            scenario(&load, "127.0.0.1:4433".parse().unwrap(), Path::new("ca.pem"), 30).unwrap();
-        assert_eq!((s.phones, s.shaking.spike, s.duration_s), (10_000, false, 30));
-        assert_eq!((s.churn.share, s.shaking.rate_per_s, s.edges.len()), (0.0, 2.0, 1));
+        let plan = loop_plan(&load);
+        assert_eq!((plan.phones, plan.rate_per_phone, plan.connect_rate), (10_000, 2.0, 1_000.0));
+        assert_eq!((plan.jitter, plan.threads), (0.0, LOAD_THREADS));
+        let delay = Duration::from_micros(shake_edge::config::DEFAULT_BATCH_DELAY_US);
+        assert_eq!(plan.batch_delay, delay);
         assert_eq!(load.run_s(), 26);
     }
 }
