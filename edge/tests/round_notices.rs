@@ -1,0 +1,43 @@
+//! A round notice reaches every phone of the edge, however many: the event loop sends a
+//! broadcast 64 phones per turn (so that shakes are served between slices) and must carry it
+//! on, turn after turn, until every serving phone has it. Here the allocator restarts under
+//! 200 connected phones (about 100 per worker, more than one slice each) and its `RoundState`
+//! must reach every one of them as a `RoundNotice`.
+
+mod common;
+
+use common::*;
+use shake_proto::ControlFrame;
+
+/// More phones than two workers' first slices together.
+const PHONES: u64 = 200;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_notice_reaches_every_phone_past_the_first_slice() {
+    // Every phone comes from 127.0.0.1: lift the per-source handshake limits.
+    let edge_limits = "handshakes_per_source = 100000\nnew_handshakes_per_source_per_s = 1e9\n\
+                       new_handshakes_per_source_burst = 1e9\n";
+    let mut world = World::start(WorldSettings { edge_limits, ..WorldSettings::default() }).await;
+    let mut phones = Vec::new();
+    for user in 0..PHONES {
+        let mut phone = Phone::connect(&world).await;
+        match phone.hello(token(10_000 + user, 3_600)).await {
+            Ok(ControlFrame::Welcome { .. }) => phones.push(phone),
+            other => panic!("phone {user}: expected Welcome, got {other:?}"),
+        }
+    }
+    world.wait_for_metric("shake_edge_phones", PHONES as f64).await;
+    let notices_before = world.metric("shake_edge_round_states_total");
+    world.stop_allocator().await;
+    world.restart_allocator().await;
+    world.wait_for_metric("shake_edge_round_states_total", notices_before + 2.0).await;
+    for (i, phone) in phones.iter_mut().enumerate() {
+        loop {
+            match phone.next_frame().await {
+                Ok(ControlFrame::RoundNotice { .. }) => break,
+                Ok(_) => continue,
+                Err(err) => panic!("phone {i} of {PHONES} heard no round notice: {err}"),
+            }
+        }
+    }
+}
