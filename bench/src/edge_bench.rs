@@ -74,6 +74,20 @@ pub fn loop_plan(load: &LoadOptions) -> LoopLoadPlan {
     }
 }
 
+/// Starts `load`'s phones on `shake-loop` (pinned to the load core) against `server`, whose
+/// certificate `ca` signed, until `end`.
+pub fn start_phones(
+    server: std::net::SocketAddr,
+    ca: &Path,
+    speech: &Speech,
+    load: &LoadOptions,
+    end: std::time::Instant,
+) -> anyhow::Result<LoopLoad> {
+    let client = swarm::phone_client_config(ca, load.phones.max(256))?;
+    let plan = loop_plan(load);
+    Ok(LoopLoad::start(server, "localhost", &client, speech, plan, Some(load.client_core), end)?)
+}
+
 /// Drives `server` with phones on `shake-loop` from the client core until the window closes;
 /// `cpu_us` reads the server's CPU time so far.
 fn measure_with_loop_load(
@@ -83,12 +97,9 @@ fn measure_with_loop_load(
     load: &LoadOptions,
     cpu_us: impl Fn() -> u64,
 ) -> anyhow::Result<(Measured, LoopLoadReport)> {
-    let client = swarm::phone_client_config(ca, load.phones.max(256))?;
-    let plan = loop_plan(load);
     let started = std::time::Instant::now();
     let end = started + Duration::from_secs(load.run_s());
-    let running =
-        LoopLoad::start(server, "localhost", &client, speech, plan, Some(load.client_core), end)?;
+    let running = start_phones(server, ca, speech, load, end)?;
     let mut window = load.window();
     while window.measured().is_none() && std::time::Instant::now() < end {
         std::thread::sleep(Duration::from_millis(250));

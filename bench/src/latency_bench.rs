@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::edge_bench::{self, LoadOptions};
 use crate::fixture::{Fixture, FixtureOptions};
-use crate::loop_load::{LoopLoad, Speech};
+use crate::loop_load::Speech;
 use crate::procfs;
 use crate::swarm::stats::Percentiles;
 
@@ -150,19 +150,10 @@ pub fn run_level(
     // outcomes) at its start and end.
     let me = std::process::id();
     let edge = fixture.edge_pid();
-    let tokens = edge_bench::demo_tokens(load.phones)?;
-    let client = crate::swarm::phone_client_config(&fixture.ca, load.phones.max(256))?;
+    let speech = Speech::Shake { tokens: edge_bench::demo_tokens(load.phones)? };
     let started = Instant::now();
     let end = started + Duration::from_secs(ramp_s + round_s + 2);
-    let running = LoopLoad::start(
-        fixture.edge_addr,
-        "localhost",
-        &client,
-        &Speech::Shake { tokens },
-        edge_bench::loop_plan(&load),
-        Some(load.client_core),
-        end,
-    );
+    let running = edge_bench::start_phones(fixture.edge_addr, &fixture.ca, &speech, &load, end);
     let mut marks: Vec<(f64, u64, u64, u64, u64)> = Vec::new();
     let (mut round_start, mut round_end) = (None, None);
     let report = running.and_then(|running| {
@@ -185,7 +176,7 @@ pub fn run_level(
                 ));
             }
         }
-        running.finish()
+        Ok(running.finish()?)
     });
     fixture.stop();
     let waits = match (round_start, round_end) {

@@ -66,9 +66,6 @@ pub struct LoopLoadReport {
     pub award_us: Histogram<u64>,
     /// The loops' counters, summed.
     pub driver: DriverStats,
-    /// Busiest thread's busy share (the threads share one core in the benchmarks: see
-    /// [`LoopLoadReport::busy_share`]).
-    pub busy_share_max: f64,
     /// Sends made late or skipped by the schedule (the generator falling behind).
     pub behind_schedule: u64,
     /// Shakes the session held back (too soon after the last, or outside a round).
@@ -186,7 +183,6 @@ impl LoopLoad {
             outcome_uncorrected_us: crate::swarm::stats::histogram(),
             award_us: crate::swarm::stats::histogram(),
             driver: DriverStats::default(),
-            busy_share_max: 0.0,
             behind_schedule: 0,
             held_back: 0,
             ended: Vec::new(),
@@ -197,7 +193,6 @@ impl LoopLoad {
             let _ = report.outcome_us.add(&t.outcome_us);
             let _ = report.outcome_uncorrected_us.add(&t.outcome_uncorrected_us);
             let _ = report.award_us.add(&t.award_us);
-            report.busy_share_max = report.busy_share_max.max(t.driver.busy_share());
             let d = &mut report.driver;
             d.turns += t.driver.turns;
             d.recv_calls += t.driver.recv_calls;
@@ -215,10 +210,7 @@ impl LoopLoad {
             report.held_back += t.held_back;
             report.lost += t.lost;
             for (name, n) in t.ended {
-                match report.ended.iter_mut().find(|(known, _)| *known == name) {
-                    Some((_, total)) => *total += n,
-                    None => report.ended.push((name, n)),
-                }
+                count(&mut report.ended, name, n);
             }
         }
         Ok(report)
@@ -369,7 +361,7 @@ impl PhonesShell {
         let phone = &mut self.phones[at];
         phone.state = PhoneState::Active;
         self.counters.connected.fetch_add(1, Ordering::Relaxed);
-        let interval_us = 1e6 / phone.schedule_rate();
+        let interval_us = phone.schedule.interval_us();
         // Golden-ratio phases: spread evenly whatever the number of phones.
         let phase = (phone.index as f64 * 0.618_033_988_75).fract();
         phone.phase_us = (phase * interval_us) as u64;
@@ -477,7 +469,7 @@ impl PhonesShell {
                     }
                 }
                 SessionEvent::Ended(reason) => {
-                    count(&mut self.report.ended, reason.name());
+                    count(&mut self.report.ended, reason.name(), 1);
                     conn.close(now, VarInt::from_u32(0), Bytes::from_static(b"session over"));
                 }
                 SessionEvent::Round(_) | SessionEvent::Paced { .. } => {}
@@ -487,16 +479,11 @@ impl PhonesShell {
     }
 }
 
-fn count(counts: &mut Vec<(&'static str, u64)>, name: &'static str) {
+/// Adds `n` to `name`'s count.
+fn count(counts: &mut Vec<(&'static str, u64)>, name: &'static str, n: u64) {
     match counts.iter_mut().find(|(known, _)| *known == name) {
-        Some((_, n)) => *n += 1,
-        None => counts.push((name, 1)),
-    }
-}
-
-impl Phone {
-    fn schedule_rate(&self) -> f64 {
-        1e6 / self.schedule.interval_us().max(1.0)
+        Some((_, total)) => *total += n,
+        None => counts.push((name, n)),
     }
 }
 

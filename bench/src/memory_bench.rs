@@ -6,8 +6,9 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use crate::edge_bench::{self, LoadOptions};
 use crate::fixture::{Fixture, FixtureOptions};
-use crate::loop_load::{LoopLoad, LoopLoadPlan, Speech};
+use crate::loop_load::Speech;
 use crate::procfs;
 
 /// The checkpoints, phones.
@@ -71,28 +72,20 @@ pub fn run(
     std::thread::sleep(Duration::from_millis(500));
     let pid = fixture.edge_pid();
     let baseline_kib = procfs::rss_kib(pid).unwrap_or(0);
-    let tokens = crate::edge_bench::demo_tokens(phones)?;
-    let client = crate::swarm::phone_client_config(&fixture.ca, phones.max(256))?;
-    let plan = LoopLoadPlan {
+    let load = LoadOptions {
         phones,
         rate_per_phone: 1.0,
         connect_rate,
-        threads: crate::edge_bench::LOAD_THREADS,
-        jitter: 0.0,
-        batch_delay: Duration::from_micros(shake_edge::config::DEFAULT_BATCH_DELAY_US),
+        warmup_s: 0.0,
+        measure_s: 0.0,
+        server_core,
+        client_core,
     };
+    let speech = Speech::Shake { tokens: edge_bench::demo_tokens(phones)? };
     let own_baseline_kib = procfs::rss_kib(std::process::id()).unwrap_or(0);
     let started = Instant::now();
     let end = started + Duration::from_secs(duration_s);
-    let running = LoopLoad::start(
-        fixture.edge_addr,
-        "localhost",
-        &client,
-        &Speech::Shake { tokens },
-        plan,
-        Some(client_core),
-        end,
-    );
+    let running = edge_bench::start_phones(fixture.edge_addr, &fixture.ca, &speech, &load, end);
     let targets: Vec<u64> = CHECKPOINTS.iter().copied().filter(|c| *c <= phones as u64).collect();
     let mut checkpoints = Vec::new();
     let mut phones_reached = 0;
@@ -114,7 +107,7 @@ pub fn run(
                     Some(own.saturating_sub(own_baseline_kib) as f64 / connected.max(1) as f64);
             }
         }
-        running.finish()
+        Ok(running.finish()?)
     });
     fixture.stop();
     let report = report?;

@@ -99,23 +99,34 @@ pub fn roles(scenario: &Scenario) -> Vec<Role> {
 /// `first_user_id + i`), valid for a day, minted with the scenario's key as the login
 /// service would.
 pub fn honest_tokens(scenario: &Scenario, phones: usize) -> Result<Vec<Bytes>, SwarmError> {
-    let secret = scenario::hex(&scenario.tokens.secret_hex).unwrap_or_default();
-    let mut keys = KeyRing::new();
-    keys.insert(scenario.tokens.key_id, &secret)?;
+    let keys = login_keys(scenario)?;
     let now = unix_s();
     let mut tokens = Vec::with_capacity(phones);
     for i in 0..phones as u64 {
-        let user_id = scenario.tokens.first_user_id + i;
-        let claims = Claims {
-            key_id: scenario.tokens.key_id,
-            user_id,
-            device_id: user_id,
-            issued_at_s: now - 60,
-            expires_at_s: now + 86_400,
-        };
+        let claims = day_claims(scenario, scenario.tokens.first_user_id + i, now);
         tokens.push(Bytes::copy_from_slice(&keys.mint(&claims)?));
     }
     Ok(tokens)
+}
+
+/// The login service's key ring for the scenario (its dev key).
+fn login_keys(scenario: &Scenario) -> Result<KeyRing, SwarmError> {
+    let secret = scenario::hex(&scenario.tokens.secret_hex).unwrap_or_default();
+    let mut keys = KeyRing::new();
+    keys.insert(scenario.tokens.key_id, &secret)?;
+    Ok(keys)
+}
+
+/// A session token's claims for `user_id` (its own device), issued a minute before `now_s`
+/// and valid for a day.
+fn day_claims(scenario: &Scenario, user_id: u64, now_s: u64) -> Claims {
+    Claims {
+        key_id: scenario.tokens.key_id,
+        user_id,
+        device_id: user_id,
+        issued_at_s: now_s - 60,
+        expires_at_s: now_s + 86_400,
+    }
 }
 
 fn unix_s() -> u64 {
@@ -158,9 +169,7 @@ pub async fn run(
     scenario: &Scenario,
     mut on_second: impl FnMut(&TimePoint),
 ) -> Result<Report, SwarmError> {
-    let secret = scenario::hex(&scenario.tokens.secret_hex).unwrap_or_default();
-    let mut keys = KeyRing::new();
-    keys.insert(scenario.tokens.key_id, &secret)?;
+    let keys = login_keys(scenario)?;
     let mut forger = KeyRing::new();
     forger.insert(scenario.tokens.key_id, &[0x5a; 32])?;
     let config = client_config(scenario)?;
@@ -216,13 +225,7 @@ pub async fn run(
             Role::MultiConnection => stats.register_user(user_id, true),
             _ => {}
         }
-        let mut claims = Claims {
-            key_id: scenario.tokens.key_id,
-            user_id,
-            device_id: user_id,
-            issued_at_s: now - 60,
-            expires_at_s: now + 86_400,
-        };
+        let mut claims = day_claims(scenario, user_id, now);
         let ring = match role {
             Role::ForgedToken => &forger,
             Role::ExpiredToken => {
