@@ -12,12 +12,13 @@
 #   scripts/bench.sh edge           the edge vs a quinn echo, stream-per-shake and the floor (CPU/msg)
 #   scripts/bench.sh memory         edge memory per idle phone at 10k, 50k, 100k phones
 #   scripts/bench.sh latency        shake-to-outcome and -award percentiles at 50% and 80% of max
+#   scripts/bench.sh surge          every phone shaking at once at 2.5x the edge's capacity (root)
 #   scripts/bench.sh all            every benchmark above but ledger-stores, in turn
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 usage() {
-    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
     exit 64
 }
 
@@ -54,13 +55,13 @@ case "$name" in
         cargo build --quiet --release -p shake-bench --bin shake-bench
         target/release/shake-bench floor "$@"
         ;;
-    edge | memory | latency)
+    edge | memory | latency | surge)
         # These start the real allocator and edge: build all three. They pin their own cores.
         cargo build --quiet --release -p shake-allocator -p shake-edge -p shake-bench
         target/release/shake-bench "$name" "$@"
         ;;
     all)
-        for bench in proto allocator edge-hot-path soak floor edge handshake memory latency; do
+        for bench in proto allocator edge-hot-path soak floor edge handshake memory latency surge; do
             "$0" "$bench"
         done
         ;;

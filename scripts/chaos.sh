@@ -5,10 +5,11 @@
 # Prints a table and ends with one JSON line; exits 1 when any scenario fails.
 #
 #   scripts/chaos.sh                  every scenario, 1,000 phones, rounds of 12 s (3.5-4.5 min)
-#   scripts/chaos.sh --short          the CI version: 150 phones, rounds of 5 s
+#   scripts/chaos.sh --short          the CI version: 150 phones, rounds of 5 s, no surge
 #   scripts/chaos.sh link-cut hostile only the named scenarios
 #
-# Scenarios: allocator-kill edge-kill link-cut phone-loss slow-allocator hostile
+# Scenarios: allocator-kill edge-kill link-cut phone-loss slow-allocator hostile surge (the
+# surge puts the edge under a CPU quota: it needs root and a cgroup cpu controller)
 # Environment: PHONES, ROUND_S, HOSTILE_RATIO_MAX (default 2), HOSTILE_PAIRS (baseline and
 # hostile runs whose medians are compared; 3, or 1 with --short), SHAKE_BIN_DIR (prebuilt
 # binaries: no build step), SHAKE_CHAOS_DIR (where run files go; default target/chaos).
@@ -16,22 +17,26 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 usage() {
-    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
     exit 64
 }
 
-ALL=(allocator-kill edge-kill link-cut phone-loss slow-allocator hostile)
+ALL=(allocator-kill edge-kill link-cut phone-loss slow-allocator hostile surge)
 short=0
 selected=()
 for arg in "$@"; do
     case "$arg" in
         --short) short=1 ;;
         -h | --help) usage ;;
-        allocator-kill | edge-kill | link-cut | phone-loss | slow-allocator | hostile) selected+=("$arg") ;;
+        allocator-kill | edge-kill | link-cut | phone-loss | slow-allocator | hostile | surge) selected+=("$arg") ;;
         *) echo "chaos: unknown scenario or flag: $arg" >&2; usage ;;
     esac
 done
-[ ${#selected[@]} -gt 0 ] || selected=("${ALL[@]}")
+if [ ${#selected[@]} -eq 0 ]; then
+    selected=("${ALL[@]}")
+    # CI's short run leaves out the surge: it needs root for its CPU quota, and a minute.
+    [ "$short" = 0 ] || selected=("${ALL[@]:0:6}")
+fi
 
 if [ "$short" = 1 ]; then
     PHONES="${PHONES:-150}"
@@ -425,6 +430,46 @@ hostile_checks() {
     superseded=$(metric_sum "${edge_metrics[1]}" 'shake_edge_sessions_closed_total{code="SESSION_')
     [ "${superseded%.*}" -gt 0 ] || problems+=("no cheater session was superseded or refused")
     notes="honest p99 ${p99} ms; flood: ${flood_refused} handshakes refused, ${flood_completed} completed; $(metric_sum "${edge_metrics[1]}" shake_edge_drops_total) bad inputs dropped; cheater_forwarded_ratio ${cheater_ratio}, ${superseded%.*} cheater sessions superseded or refused"
+}
+
+# The round-open surge (`scripts/bench.sh surge`, with 3x PHONES): phones idle, then every
+# one shaking at once at 2.5x the edge's capacity, the edge under a CPU quota. Invariants: no
+# award lost or doubled, no pool overspent, no phone reconnected, the edge's memory within
+# 10% of before, and no collapse (at least 90% of shakes answered after the first 2 s).
+scenario_surge() {
+    name=surge
+    S="$DIR/$name"
+    mkdir -p "$S"
+    problems=()
+    notes=""
+    alloc_peak=0
+    edge_peak=0
+    say "surge: $(( PHONES * 3 )) phones, all shaking at once at 2.5x the edge's capacity"
+    if ! "$BIN/shake-bench" --no-write surge --phones $(( PHONES * 3 )) --surge-s "$ROUND_S" \
+        >"$S/surge.out" 2>"$S/surge.log"; then
+        problems+=("the surge benchmark failed: see $S/surge.log")
+    fi
+    local line="$S/surge.json"
+    tail -n1 "$S/surge.out" >"$line"
+    local reconnects rss answered p99
+    reconnects=$(json_number "$line" surge_reconnects)
+    rss=$(json_number "$line" rss_growth_ratio)
+    answered=$(json_number "$line" answered_share_after_2s)
+    p99=$(json_number "$line" p99_answered_ms)
+    [ "${reconnects:-1}" = 0 ] || problems+=("${reconnects:-?} phones reconnected during the surge")
+    awk -v r="${rss:-9}" 'BEGIN { exit !(r <= 1.1) }' ||
+        problems+=("the edge's memory grew x${rss:-?} during the surge")
+    awk -v a="${answered:-0}" 'BEGIN { exit !(a >= 0.9) }' ||
+        problems+=("only ${answered:-?} of shakes answered after the first 2 s: a collapse")
+    printf '{"awards_lost":%s,"awards_doubled":%s,"pool_overspent":%s,"awards_granted":%s,"p99_honest_outcome_ms":%s}\n' \
+        "$(json_number "$line" awards_lost)" "$(json_number "$line" awards_doubled)" \
+        "$(json_number "$line" pools_overspent)" "$(json_number "$line" awards_granted)" \
+        "${p99:-null}" >"$S/verify.json"
+    [ "$(json_number "$line" awards_lost)" = 0 ] && [ "$(json_number "$line" awards_doubled)" = 0 ] &&
+        [ "$(json_number "$line" pools_overspent)" = 0 ] ||
+        problems+=("an award was lost or doubled, or a pool overspent: see $S/surge.out")
+    notes="overload x$(json_number "$line" overload_factor), answered after 2 s ${answered:-?}, p99 ${p99:-?} ms, under capacity after $(json_number "$line" s_to_under_capacity) s, $(json_number "$line" handshakes_refused) handshakes refused, $(json_number "$line" slowed) slowed, $(json_number "$line" dropped) dropped"
+    record
 }
 
 for scenario in "${selected[@]}"; do

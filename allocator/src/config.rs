@@ -131,6 +131,11 @@ pub struct RoundConfig {
     /// Minimum shake interval phones are asked to keep, milliseconds.
     #[serde(default = "default_min_shake_interval_ms")]
     pub min_shake_interval_ms: u32,
+    /// Phones start shaking staggered over this window after the opening, each at a place of
+    /// its own (a hash of its user), milliseconds; 0: every phone at the opening. A crowd told
+    /// "shake now" at one instant then reaches the edges spread instead of at once.
+    #[serde(default)]
+    pub start_spread_ms: u32,
     /// The cash pool, if any.
     #[serde(default)]
     pub cash: Option<CashPool>,
@@ -259,6 +264,9 @@ impl Validate for Config {
             }
             if round.duration_s == 0 {
                 return Err(invalid(at("duration_s"), "must be at least 1"));
+            }
+            if u64::from(round.start_spread_ms) >= round.duration_s.saturating_mul(1000) {
+                return Err(invalid(at("start_spread_ms"), "must be shorter than the round"));
             }
             if round.cash.is_none() && round.gifts.is_empty() {
                 return Err(invalid(at("cash"), "a round needs a cash pool or gifts"));

@@ -619,6 +619,7 @@ fn round_state_frame(round: &RoundDraw, now_ms: u64) -> Bytes {
             phase: phase_at(round, now_ms),
             starts_at_ms: config.starts_at_ms,
             ends_at_ms: config.ends_at_ms(),
+            start_spread_ms: config.start_spread_ms,
         },
         min_shake_interval_ms: config.min_shake_interval_ms,
     }

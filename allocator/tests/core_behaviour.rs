@@ -22,6 +22,7 @@ fn core() -> Core {
         cash_per_user: 1,
         gifts_per_user: 1,
         min_shake_interval_ms: 100,
+        start_spread_ms: 0,
         cash: Some(CashPool { total_cents: 1_000, envelopes: 10, min_cents: 1 }),
         gifts: vec![],
     };
@@ -359,6 +360,7 @@ fn one_user_through_many_edges_is_held_to_the_per_user_rate() {
         cash_per_user: 255,
         gifts_per_user: 0,
         min_shake_interval_ms: 100,
+        start_spread_ms: 0,
         cash: Some(CashPool { total_cents: 1_000_000, envelopes: 10_000, min_cents: 1 }),
         gifts: vec![],
     };

@@ -31,6 +31,7 @@ fn round(
         cash_per_user: caps.0,
         gifts_per_user: caps.1,
         min_shake_interval_ms: 100,
+        start_spread_ms: 0,
         cash: (envelopes > 0).then_some(CashPool {
             total_cents: envelopes * 150,
             envelopes,

@@ -49,6 +49,7 @@ fn round() -> RoundConfig {
         cash_per_user: 1,
         gifts_per_user: 1,
         min_shake_interval_ms: 100,
+        start_spread_ms: 0,
         cash: Some(CashPool { total_cents: prizes * 100, envelopes: prizes, min_cents: 1 }),
         gifts: vec![],
     }

@@ -79,6 +79,7 @@ fn round() -> RoundConfig {
         cash_per_user: 1,
         gifts_per_user: 0,
         min_shake_interval_ms: 100,
+        start_spread_ms: 0,
         cash: Some(CashPool { total_cents: 10_000_000, envelopes: 100_000, min_cents: 1 }),
         gifts: vec![],
     }

@@ -71,6 +71,8 @@ pub fn loop_plan(load: &LoadOptions) -> LoopLoadPlan {
         threads: LOAD_THREADS,
         jitter: 0.0,
         batch_delay: Duration::from_micros(shake_edge::config::DEFAULT_BATCH_DELAY_US),
+        series_origin_unix_ms: 0,
+        path_rtt: Duration::ZERO,
     }
 }
 
@@ -83,8 +85,19 @@ pub fn start_phones(
     load: &LoadOptions,
     end: std::time::Instant,
 ) -> anyhow::Result<LoopLoad> {
+    start_phones_with(server, ca, speech, loop_plan(load), load, end)
+}
+
+/// [`start_phones`] with a plan of the caller's.
+pub fn start_phones_with(
+    server: std::net::SocketAddr,
+    ca: &Path,
+    speech: &Speech,
+    plan: LoopLoadPlan,
+    load: &LoadOptions,
+    end: std::time::Instant,
+) -> anyhow::Result<LoopLoad> {
     let client = swarm::phone_client_config(ca, load.phones.max(256))?;
-    let plan = loop_plan(load);
     Ok(LoopLoad::start(server, "localhost", &client, speech, plan, Some(load.client_core), end)?)
 }
 
@@ -132,6 +145,11 @@ pub fn demo_tokens(phones: usize) -> anyhow::Result<Arc<Vec<bytes::Bytes>>> {
     Ok(Arc::new(swarm::honest_tokens(&scenario, phones)?))
 }
 
+/// The user id of [`demo_tokens`]' first phone (phone `i` is this plus `i`).
+pub fn demo_first_user_id() -> anyhow::Result<u64> {
+    Ok(Scenario::parse(include_str!("../scenarios/demo.toml"))?.tokens.first_user_id)
+}
+
 /// The edge, with a real allocator, under the load.
 pub fn measure_edge(load: &LoadOptions) -> anyhow::Result<Measured> {
     let run_s = load.run_s();
@@ -142,7 +160,8 @@ pub fn measure_edge(load: &LoadOptions) -> anyhow::Result<Measured> {
         workers: 1,
         server_core: load.server_core,
         client_core: load.client_core,
-        edge_overrides: Vec::new(),
+        edge_overrides: vec![crate::fixture::no_overload_control()],
+        start_spread_ms: 0,
     })?;
     let pid = fixture.edge_pid();
     let speech = Speech::Shake { tokens: demo_tokens(load.phones)? };

@@ -68,6 +68,7 @@ impl Rig {
             phase: RoundPhase::Open,
             starts_at_ms: ROUND_START_MS,
             ends_at_ms: ROUND_START_MS + 3_600_000,
+            start_spread_ms: 0,
         };
         let mut effects = Vec::new();
         core.on_allocator_frame(

@@ -30,6 +30,8 @@ pub struct FixtureOptions {
     pub client_core: usize,
     /// Edge configuration lines to change: (line prefix, replacement line).
     pub edge_overrides: Vec<(String, String)>,
+    /// The round's start spread, milliseconds (0: every phone at the opening).
+    pub start_spread_ms: u32,
 }
 
 /// A running allocator and edge.
@@ -45,6 +47,24 @@ pub struct Fixture {
     pub edge_metrics: SocketAddr,
     /// CA of the edge's certificate.
     pub ca: PathBuf,
+    /// When the round opens, Unix milliseconds.
+    pub round_opens_at_ms: u64,
+}
+
+/// Edge configuration override that turns overload control off: the benchmarks that measure
+/// the edge's cost and latency at a steady load measure it without pacing or shedding (the
+/// surge benchmark measures those).
+pub fn no_overload_control() -> (String, String) {
+    ("enabled ".into(), "enabled = false".into())
+}
+
+/// What the allocator's ledger held after a run, and its configuration.
+#[derive(Debug)]
+pub struct Ledger {
+    /// `shake-allocator export` lines.
+    pub export: String,
+    /// The allocator's configuration.
+    pub config: shake_allocator::config::Config,
 }
 
 /// The directory holding the project's binaries (the one this benchmark runs from).
@@ -103,7 +123,8 @@ impl Fixture {
         let _ = std::fs::remove_dir_all(&dir);
         shake_allocator::dev_certs::generate(&dir.join("certs"), &[1])?;
         let now_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64;
-        let opens = (now_ms + options.round_opens_in_s * 1000).to_string();
+        let round_opens_at_ms = now_ms + options.round_opens_in_s * 1000;
+        let opens = round_opens_at_ms.to_string();
         let dir_str = dir.to_str().context("scratch directory path")?;
         let alloc_config = dir.join("allocator.toml");
         let alloc_config_str = alloc_config.to_str().context("path")?;
@@ -112,6 +133,18 @@ impl Fixture {
             "write_allocator_config",
             &[alloc_config_str, dir_str, "127.0.0.1:0", &opens, &round_s],
         )?;
+        if options.start_spread_ms > 0 {
+            let text = std::fs::read_to_string(&alloc_config)?;
+            let spread = format!("start_spread_ms = {}", options.start_spread_ms);
+            let text: Vec<String> = text
+                .lines()
+                .flat_map(|line| {
+                    let extra = line.starts_with("duration_s ").then(|| spread.clone());
+                    std::iter::once(line.to_owned()).chain(extra)
+                })
+                .collect();
+            std::fs::write(&alloc_config, text.join("\n") + "\n")?;
+        }
         let (allocator, mut alloc_out) =
             spawn(&bins.join("shake-allocator"), &alloc_config, &dir.join("allocator.log"))?;
         let line = ready_line(&mut alloc_out, "the allocator")?;
@@ -164,7 +197,29 @@ impl Fixture {
             _stdout: vec![alloc_out.into_inner(), edge_out.into_inner()],
             edge_addr,
             edge_metrics,
+            round_opens_at_ms,
         })
+    }
+
+    /// Stops both cleanly, exports the allocator's ledger, and removes the scratch directory.
+    pub fn stop_and_export(mut self) -> anyhow::Result<Ledger> {
+        let _ = sys::terminate(self.edge.id());
+        let _ = self.edge.wait();
+        let _ = sys::terminate(self.allocator.id());
+        let _ = self.allocator.wait();
+        let config_path = self.dir.join("allocator.toml");
+        let output = Command::new(bin_dir()?.join("shake-allocator"))
+            .args(["export", "--config"])
+            .arg(&config_path)
+            .stderr(Stdio::inherit())
+            .output()
+            .context("running shake-allocator export")?;
+        if !output.status.success() {
+            bail!("shake-allocator export failed");
+        }
+        let config = shake_allocator::config::Config::load(&config_path)?;
+        let _ = std::fs::remove_dir_all(&self.dir);
+        Ok(Ledger { export: String::from_utf8(output.stdout)?, config })
     }
 
     /// The edge's process id.

@@ -144,7 +144,9 @@ pub fn run_level(
         edge_overrides: vec![
             ("phone_rate_per_s".into(), "phone_rate_per_s = 1000.0".into()),
             ("phone_burst".into(), "phone_burst = 1000.0".into()),
+            crate::fixture::no_overload_control(),
         ],
+        start_spread_ms: 0,
     })?;
     // CPU of both sides and outcomes over the round: (seconds, client CPU us, edge CPU us,
     // outcomes) at its start and end.

@@ -24,6 +24,7 @@
 pub mod allocator_bench;
 pub mod allocator_soak;
 pub mod counting_alloc;
+pub mod cpu_quota;
 pub mod edge_bench;
 pub mod edge_hot_path;
 pub mod fixture;
@@ -41,6 +42,7 @@ pub mod quinn_echo;
 pub mod relay;
 pub mod report;
 pub mod stats;
+pub mod surge_bench;
 pub mod swarm;
 pub mod sys;
 pub mod window;

@@ -37,6 +37,12 @@ pub struct LoadCounters {
     pub sent: AtomicU64,
     /// Replies received.
     pub answered: AtomicU64,
+    /// Connections lost while established and shaking (the loop load only): each costs the
+    /// server a new handshake.
+    pub lost_active: AtomicU64,
+    /// Connection attempts the server refused or that failed before the session started
+    /// (the loop load only).
+    pub refused: AtomicU64,
     /// UDP datagrams sent (counted by the loop load only).
     pub datagrams_out: AtomicU64,
     /// UDP datagrams received (counted by the loop load only).

@@ -53,6 +53,13 @@ pub struct LoopLoadPlan {
     /// The loops' batch delay (see `shake_loop::Driver::set_batch_delay`); shakes sent late
     /// by it are timed from their intended time all the same.
     pub batch_delay: Duration,
+    /// Unix time (ms) from which [`LoopLoadReport::outcome_by_s`] counts seconds (0: the
+    /// load's start); outcomes before it are in no second.
+    pub series_origin_unix_ms: u64,
+    /// The round-trip time of the emulated path between phones and server (every datagram
+    /// the phones receive is held this long; zero: loopback as it is). Every latency the load
+    /// measures includes it.
+    pub path_rtt: Duration,
 }
 
 /// What a finished load measured.
@@ -74,6 +81,18 @@ pub struct LoopLoadReport {
     pub ended: Vec<(&'static str, u64)>,
     /// Connections lost or refused.
     pub lost: u64,
+    /// Shake to outcome (from the intended send time), microseconds, by the second since
+    /// [`LoopLoadPlan::series_origin_unix_ms`] in which the outcome arrived.
+    pub outcome_by_s: Vec<Histogram<u64>>,
+    /// Awards phones were told of: (phone index, award id, round), every time told.
+    pub awards: Vec<(usize, u64, u32)>,
+}
+
+/// A histogram for one second's outcomes: 1 us to 1 minute, 2 significant figures (small: a
+/// run keeps one per second per thread).
+fn second_histogram() -> Histogram<u64> {
+    // invariant: 1 us to 60 s at 2 significant figures is a valid configuration.
+    Histogram::new_with_bounds(1, 60_000_000, 2).expect("valid histogram bounds")
 }
 
 impl LoopLoadReport {
@@ -93,8 +112,25 @@ pub struct LoopLoad {
     threads: Vec<std::thread::JoinHandle<std::io::Result<ThreadReport>>>,
 }
 
-/// Longest wait before a lost phone reconnects.
+/// A lost or refused phone's first wait before it reconnects; each failure in a row doubles
+/// it, up to [`RECONNECT_MAX`], times a jitter of 0.5 to 1.5 of the phone's own (so a refused
+/// crowd does not come back at one instant).
 const RECONNECT_AFTER: Duration = Duration::from_secs(1);
+/// Longest wait before a reconnect.
+const RECONNECT_MAX: Duration = Duration::from_secs(16);
+
+/// How long phone `index` waits after `failures` failures in a row (at least 1).
+fn reconnect_pause(index: usize, failures: u32) -> Duration {
+    let doubled = RECONNECT_AFTER.saturating_mul(1 << failures.saturating_sub(1).min(8));
+    // splitmix64 of (phone, attempt): a jitter of the phone's own, reproducible.
+    let mut z = (index as u64) << 8 ^ u64::from(failures);
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    let jitter = 0.5 + (z >> 11) as f64 / (1u64 << 53) as f64;
+    doubled.min(RECONNECT_MAX).mul_f64(jitter)
+}
 /// Largest UDP payload a simulated phone accepts (an Ethernet-sized path, as phones have).
 const PHONE_MAX_UDP_PAYLOAD: u16 = 1472;
 /// An echo message: a shake datagram's size.
@@ -126,6 +162,7 @@ impl LoopLoad {
                 .or_else(|_| std::net::UdpSocket::bind(("127.0.0.1", 0)))?;
             let mut driver = Driver::new(socket)?;
             driver.set_batch_delay(plan.batch_delay);
+            driver.set_receive_delay(plan.path_rtt);
             wakers.push(driver.waker());
             // Phones t, t + threads, t + 2 threads...
             let phones: Vec<usize> = (t..plan.phones).step_by(threads_n).collect();
@@ -149,9 +186,20 @@ impl LoopLoad {
                 end,
                 stop: stop.clone(),
                 counters: counters.clone(),
-                report: ThreadReport::default(),
+                report: ThreadReport {
+                    // One per second of the run, made now: none is made while measuring.
+                    outcome_by_s: (0..end.saturating_duration_since(origin).as_secs() + 2)
+                        .map(|_| second_histogram())
+                        .collect(),
+                    ..ThreadReport::default()
+                },
                 out: BytesMut::with_capacity(4096),
                 published: DriverStats::default(),
+                series_origin_unix_ms: if plan.series_origin_unix_ms == 0 {
+                    unix_origin_ms
+                } else {
+                    plan.series_origin_unix_ms
+                },
             };
             threads.push(std::thread::Builder::new().name(format!("load-{t}")).spawn(
                 move || {
@@ -187,6 +235,8 @@ impl LoopLoad {
             held_back: 0,
             ended: Vec::new(),
             lost: 0,
+            outcome_by_s: Vec::new(),
+            awards: Vec::new(),
         };
         for thread in self.threads {
             let t = thread.join().map_err(|_| std::io::Error::other("load thread panicked"))??;
@@ -205,10 +255,19 @@ impl LoopLoad {
                 *sum += n;
             }
             d.queue_wait_us += t.driver.queue_wait_us;
+            d.delay_drops += t.driver.delay_drops;
+            d.kernel_drops += t.driver.kernel_drops;
             d.wall_us = d.wall_us.max(t.driver.wall_us);
             report.behind_schedule += t.behind_schedule;
             report.held_back += t.held_back;
             report.lost += t.lost;
+            if report.outcome_by_s.len() < t.outcome_by_s.len() {
+                report.outcome_by_s.resize_with(t.outcome_by_s.len(), second_histogram);
+            }
+            for (sum, h) in report.outcome_by_s.iter_mut().zip(&t.outcome_by_s) {
+                let _ = sum.add(h);
+            }
+            report.awards.extend(t.awards);
             for (name, n) in t.ended {
                 count(&mut report.ended, name, n);
             }
@@ -228,6 +287,8 @@ struct ThreadReport {
     held_back: u64,
     ended: Vec<(&'static str, u64)>,
     lost: u64,
+    outcome_by_s: Vec<Histogram<u64>>,
+    awards: Vec<(usize, u64, u32)>,
 }
 
 impl Default for ThreadReport {
@@ -241,6 +302,8 @@ impl Default for ThreadReport {
             held_back: 0,
             ended: Vec::new(),
             lost: 0,
+            outcome_by_s: Vec::new(),
+            awards: Vec::new(),
         }
     }
 }
@@ -271,6 +334,8 @@ struct Phone {
     last_forwarded: Option<Instant>,
     /// Where in each interval this phone shakes, microseconds (phases spread the load).
     phase_us: u64,
+    /// Connection failures in a row (reset by a `Welcome`).
+    failures: u32,
     next_echo_seq: u64,
 }
 
@@ -292,6 +357,7 @@ impl Phone {
             in_flight: [(u64::MAX, origin, origin); 4],
             last_forwarded: None,
             phase_us: 0,
+            failures: 0,
             next_echo_seq: 1,
         }
     }
@@ -320,6 +386,7 @@ struct PhonesShell {
     out: BytesMut,
     /// The driver's counters as last added to the shared ones.
     published: DriverStats,
+    series_origin_unix_ms: u64,
 }
 
 impl PhonesShell {
@@ -360,6 +427,7 @@ impl PhonesShell {
         let now_us = self.now_us(now);
         let phone = &mut self.phones[at];
         phone.state = PhoneState::Active;
+        phone.failures = 0;
         self.counters.connected.fetch_add(1, Ordering::Relaxed);
         let interval_us = phone.schedule.interval_us();
         // Golden-ratio phases: spread evenly whatever the number of phones.
@@ -423,12 +491,17 @@ impl PhonesShell {
     }
 
     fn answered(&mut self, now: Instant, at: usize, seq: u64, forwarded: bool) {
+        let since_origin_ms = self.unix_ms(now).checked_sub(self.series_origin_unix_ms);
         let phone = &mut self.phones[at];
         let (known, intended, sent) = phone.in_flight[(seq % 4) as usize];
         if known == seq {
             self.counters.answered.fetch_add(1, Ordering::Relaxed);
             let us = |from: Instant| now.saturating_duration_since(from).as_micros() as u64;
             self.report.outcome_us.saturating_record(us(intended).max(1));
+            let second = since_origin_ms.map_or(usize::MAX, |ms| ms as usize / 1000);
+            if let Some(h) = self.report.outcome_by_s.get_mut(second) {
+                h.saturating_record(us(intended).max(1));
+            }
             self.report.outcome_uncorrected_us.saturating_record(us(sent).max(1));
             if forwarded {
                 phone.last_forwarded = Some(intended);
@@ -458,8 +531,9 @@ impl PhonesShell {
                     let forwarded = outcome.verdict == shake_proto::Verdict::Forwarded;
                     self.answered(now, at, outcome.seq, forwarded);
                 }
-                SessionEvent::Award { award_id, .. } => {
+                SessionEvent::Award { award_id, round_id, .. } => {
                     let phone = &mut self.phones[at];
+                    self.report.awards.push((phone.index, award_id, round_id));
                     if let Some(from) = phone.last_forwarded {
                         let us = now.saturating_duration_since(from).as_micros() as u64;
                         self.report.award_us.saturating_record(us.max(1));
@@ -562,12 +636,17 @@ impl Handler for PhonesShell {
                 let phone = &mut self.phones[at];
                 if phone.state == PhoneState::Active {
                     self.counters.connected.fetch_sub(1, Ordering::Relaxed);
+                    self.counters.lost_active.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    self.counters.refused.fetch_add(1, Ordering::Relaxed);
                 }
                 phone.state = PhoneState::Idle;
                 phone.ch = None;
+                phone.failures += 1;
                 self.report.lost += 1;
                 self.counters.failed.fetch_add(1, Ordering::Relaxed);
-                self.timers.set(at, Some(now + RECONNECT_AFTER));
+                let pause = reconnect_pause(phone.index, phone.failures);
+                self.timers.set(at, Some(now + pause));
             }
             AppEvent::Stream(_) | AppEvent::DatagramsUnblocked => {}
         }
@@ -630,8 +709,30 @@ mod tests {
     /// Phones on the loop against the loop's echo server, in process: every phone connects,
     /// every message sent is answered and timed, the counters agree with the report.
     #[test]
-    fn echo_phones_connect_send_and_time_every_answer() {
-        let dir = std::env::temp_dir().join(format!("shake-loop-load-{}", std::process::id()));
+    fn reconnects_back_off_exponentially_with_a_jitter_of_each_phones_own() {
+        for index in 0..200 {
+            let first = reconnect_pause(index, 1);
+            assert!(first >= RECONNECT_AFTER / 2 && first <= RECONNECT_AFTER * 3 / 2, "{first:?}");
+            let third = reconnect_pause(index, 3);
+            assert!(third >= RECONNECT_AFTER * 2 && third <= RECONNECT_AFTER * 6, "{third:?}");
+            assert!(reconnect_pause(index, 40) <= RECONNECT_MAX * 3 / 2);
+        }
+        // Spread: a refused crowd does not come back at one instant.
+        let mut firsts: Vec<Duration> = (0..200).map(|i| reconnect_pause(i, 1)).collect();
+        firsts.sort();
+        firsts.dedup();
+        assert!(firsts.len() > 190, "only {} distinct pauses of 200", firsts.len());
+        let (lo, hi) = (firsts[0], firsts[firsts.len() - 1]);
+        assert!(hi - lo > RECONNECT_AFTER * 8 / 10, "spread {lo:?}..{hi:?}");
+    }
+
+    /// Echo phones against the loop's echo server, in process, until `answers` came back.
+    fn echo_run(path_rtt: Duration, answers: u64) -> (u64, Arc<LoadCounters>, LoopLoadReport) {
+        let dir = std::env::temp_dir().join(format!(
+            "shake-loop-load-{}-{}",
+            std::process::id(),
+            path_rtt.as_millis()
+        ));
         shake_allocator::dev_certs::generate(&dir, &[1]).unwrap();
         let chain = shake_ops::tls::load_certs(&dir.join("allocator.pem")).unwrap();
         let key = shake_ops::tls::load_key(&dir.join("allocator.key")).unwrap();
@@ -647,12 +748,15 @@ mod tests {
             threads: 2,
             jitter: 0.0,
             batch_delay: Duration::ZERO,
+            series_origin_unix_ms: 0,
+            path_rtt,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         let load =
             LoopLoad::start(server.addr, "localhost", &client, &Speech::Echo, plan, None, deadline)
                 .unwrap();
-        while load.counters.answered.load(Ordering::Relaxed) < 400 && Instant::now() < deadline {
+        while load.counters.answered.load(Ordering::Relaxed) < answers && Instant::now() < deadline
+        {
             std::thread::sleep(Duration::from_millis(20));
         }
         let connected = load.counters.connected.load(Ordering::Relaxed);
@@ -660,10 +764,18 @@ mod tests {
         let report = load.finish().unwrap();
         server.stop();
         let _ = std::fs::remove_dir_all(&dir);
+        (connected, counters, report)
+    }
+
+    #[test]
+    fn echo_phones_connect_send_and_time_every_answer() {
+        let (connected, counters, report) = echo_run(Duration::ZERO, 400);
         assert_eq!(connected, 20, "every phone connected");
         let answered = counters.answered.load(Ordering::Relaxed);
         assert!(answered >= 400, "answered {answered}");
         assert_eq!(report.outcome_us.len(), answered, "every answer timed");
+        let by_second: u64 = report.outcome_by_s.iter().map(Histogram::len).sum();
+        assert_eq!(by_second, answered, "every answer in the second it came");
         assert!(counters.sent.load(Ordering::Relaxed) >= answered);
         assert_eq!(report.lost, 0);
         // Each message is at least one datagram each way (plus handshakes and ACKs).
@@ -672,5 +784,16 @@ mod tests {
         // The live counters trail the final count by at most the last turn's closes.
         let live = counters.load_side().datagrams_out;
         assert!(live > 0 && live <= report.driver.datagrams_out, "{live}");
+    }
+
+    #[test]
+    fn an_emulated_path_delays_every_answer_by_its_round_trip() {
+        let rtt = Duration::from_millis(30);
+        let (connected, counters, report) = echo_run(rtt, 200);
+        assert_eq!(connected, 20, "every phone connected through the delayed path");
+        assert!(counters.answered.load(Ordering::Relaxed) >= 200);
+        let fastest = Duration::from_micros(report.outcome_uncorrected_us.min());
+        assert!(fastest >= rtt, "an answer came back in {fastest:?}, under the path's {rtt:?}");
+        assert_eq!(report.driver.delay_drops, 0);
     }
 }

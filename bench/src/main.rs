@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 use shake_bench::counting_alloc::CountingAlloc;
 use shake_bench::{
     allocator_bench, allocator_soak, edge_bench, edge_hot_path, floor, handshake_bench,
-    latency_bench, memory_bench, proto_bench, report,
+    latency_bench, memory_bench, proto_bench, report, surge_bench,
 };
 
 #[global_allocator]
@@ -120,6 +120,48 @@ enum Bench {
         /// Length of each level's round, seconds.
         #[arg(long, default_value_t = 20)]
         round_s: u64,
+    },
+    /// The round-open surge: phones idle, then every one shaking at once at a multiple of the
+    /// edge's capacity (the edge under a CPU quota, its capacity measured first); per second:
+    /// offered, answered, shed, kernel drops, pace, latency, handshakes, reconnects, memory.
+    /// Writes `surge.svg` beside the JSON. Needs root (a cgroup for the quota).
+    Surge {
+        /// Phones.
+        #[arg(long, default_value_t = 10_000)]
+        phones: usize,
+        /// Connections opened per second during the ramp.
+        #[arg(long, default_value_t = 1_000.0)]
+        connect_rate: f64,
+        /// The edge's CPU quota, share of one core.
+        #[arg(long, default_value_t = 0.25)]
+        quota: f64,
+        /// The quota's period, milliseconds (a stall once spent is up to this times 1 - quota).
+        #[arg(long, default_value_t = 4)]
+        quota_period_ms: u64,
+        /// Shakes offered at the opening over the edge's capacity.
+        #[arg(long, default_value_t = 2.5)]
+        overload: f64,
+        /// Seconds the phones sit idle before the round opens.
+        #[arg(long, default_value_t = 3)]
+        idle_s: u64,
+        /// The round's length, seconds.
+        #[arg(long, default_value_t = 12)]
+        surge_s: u64,
+        /// Round trip of the path between phones and edge, emulated by the load generator,
+        /// milliseconds (loopback's own is tens of microseconds, which makes every queue over
+        /// 25 ms look like loss to QUIC). Latencies are reported beyond it.
+        #[arg(long, default_value_t = 40)]
+        phone_rtt_ms: u64,
+        /// The round's start spread, milliseconds: phones start staggered over it (0: every
+        /// phone at the opening instant, the worst case).
+        #[arg(long, default_value_t = 0)]
+        start_spread_ms: u32,
+        /// An edge configuration line to set, `key = value` (repeatable), e.g.
+        /// `--edge-set 'queue_delay_target_ms = 20'`.
+        #[arg(long)]
+        edge_set: Vec<String>,
+        #[command(flatten)]
+        cores: Cores,
     },
     /// Group commits of 1, 100 and 10,000 awards in redb, fjall and SQLite, fsync each
     /// (needs `--features store-comparison`).
@@ -397,6 +439,40 @@ fn main() -> anyhow::Result<()> {
             let (max, levels) = latency_bench::run(&load.options(), round_s)?;
             let (table, figures) = latency_bench::table_and_figures(max, &levels);
             report::emit("latency", &table, figures, results_dir)?;
+        }
+        Bench::Surge {
+            phones,
+            connect_rate,
+            quota,
+            quota_period_ms,
+            overload,
+            idle_s,
+            surge_s,
+            phone_rtt_ms,
+            start_spread_ms,
+            edge_set,
+            cores,
+        } => {
+            let f = surge_bench::run(&surge_bench::SurgeOptions {
+                phones,
+                connect_rate,
+                quota_share: quota,
+                quota_period_us: quota_period_ms * 1000,
+                overload,
+                idle_s,
+                surge_s,
+                phone_rtt: Duration::from_millis(phone_rtt_ms),
+                start_spread_ms,
+                server_core: cores.server(),
+                client_core: cores.client_core,
+                edge_set,
+            })?;
+            let (table, figures) = surge_bench::table_and_figures(&f);
+            if let Some(dir) = results_dir {
+                std::fs::create_dir_all(dir)?;
+                std::fs::write(dir.join("surge.svg"), surge_bench::svg(&f))?;
+            }
+            report::emit("surge", &table, figures, results_dir)?;
         }
         #[cfg(feature = "store-comparison")]
         Bench::LedgerStores { scratch } => {

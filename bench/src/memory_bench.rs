@@ -68,6 +68,7 @@ pub fn run(
         server_core,
         client_core,
         edge_overrides: Vec::new(),
+        start_spread_ms: 0,
     })?;
     std::thread::sleep(Duration::from_millis(500));
     let pid = fixture.edge_pid();

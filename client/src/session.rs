@@ -132,6 +132,8 @@ pub enum ShakeRefusal {
 #[derive(Debug)]
 pub struct PhoneSession {
     token: bytes::Bytes,
+    /// The user the token names (its start in each round's spread).
+    user_id: u64,
     phase: Phase,
     control_in: BytesMut,
     control_out: BytesMut,
@@ -153,6 +155,7 @@ impl PhoneSession {
     /// A session that will present `token` (from the login service).
     pub fn new(token: bytes::Bytes) -> Self {
         Self {
+            user_id: shake_proto::token::user_id_of(&token).unwrap_or(0),
             token,
             phase: Phase::New,
             control_in: BytesMut::new(),
@@ -246,7 +249,8 @@ impl PhoneSession {
     pub fn next_opening_ms(&self, now_ms: u64) -> Option<u64> {
         let round = self.round(now_ms)?;
         let at = self.server_time_ms(now_ms);
-        (round.starts_at_ms > at).then(|| now_ms + (round.starts_at_ms - at))
+        let start = round.start_for(self.user_id);
+        (start > at).then(|| now_ms + (start - at))
     }
 
     /// The user shook: the shake's datagram appended to `out` and its sequence number, or
@@ -265,6 +269,11 @@ impl PhoneSession {
         else {
             return Err(ShakeRefusal::NoOpenRound);
         };
+        // This phone's place in the round's start spread.
+        let start = round.start_for(self.user_id);
+        if server_ms < start {
+            return Err(ShakeRefusal::TooSoon { at_ms: now_ms.saturating_add(start - server_ms) });
+        }
         let seq = self.next_seq;
         self.next_seq += 1;
         Shake { round_id: round.round_id, seq, client_time_ms: now_ms }.encode_datagram(out);
@@ -448,7 +457,13 @@ mod tests {
     const NOW: u64 = 1_700_000_000_000;
 
     fn round(id: u32, starts: u64, ends: u64) -> RoundInfo {
-        RoundInfo { round_id: id, phase: RoundPhase::Open, starts_at_ms: starts, ends_at_ms: ends }
+        RoundInfo {
+            round_id: id,
+            phase: RoundPhase::Open,
+            starts_at_ms: starts,
+            ends_at_ms: ends,
+            start_spread_ms: 0,
+        }
     }
 
     #[allow(clippy::needless_pass_by_value)] // reads better at the call sites
@@ -470,6 +485,36 @@ mod tests {
         s.on_control(NOW, &welcome).unwrap();
         assert!(matches!(s.poll_event(), Some(SessionEvent::Welcomed { .. })));
         s
+    }
+
+    #[test]
+    fn a_phone_starts_at_its_own_place_in_the_rounds_start_spread() {
+        let mut keys = shake_proto::token::KeyRing::new();
+        keys.insert(1, b"0123456789abcdef0123456789abcdef").unwrap();
+        let claims = shake_proto::token::Claims {
+            key_id: 1,
+            user_id: 77,
+            device_id: 77,
+            issued_at_s: 0,
+            expires_at_s: u64::MAX / 2,
+        };
+        let token = Bytes::copy_from_slice(&keys.mint(&claims).unwrap());
+        let mut s = PhoneSession::new(token);
+        s.hello();
+        let spread = RoundInfo { start_spread_ms: 10_000, ..round(1, NOW + 1_000, NOW + 60_000) };
+        let welcome = frame(ControlFrame::Welcome {
+            server_time_ms: NOW,
+            min_shake_interval_ms: 100,
+            round: spread,
+        });
+        s.on_control(NOW, &welcome).unwrap();
+        let start = spread.start_for(77);
+        assert!(start > NOW + 1_000, "user 77 is not first in this spread");
+        assert_eq!(s.next_opening_ms(NOW), Some(start), "wakes for its own start");
+        let mut out = BytesMut::new();
+        assert_eq!(s.shake(start - 1, &mut out), Err(ShakeRefusal::TooSoon { at_ms: start }));
+        assert!(out.is_empty());
+        assert_eq!(s.shake(start, &mut out), Ok(1));
     }
 
     #[test]

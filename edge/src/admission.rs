@@ -52,6 +52,8 @@ pub struct Admission {
     settings: AdmissionSettings,
     rounds: Vec<RoundInfo>,
     min_interval_ms: u32,
+    /// The worker's own pacing under load (0: none), never below the allocator's interval.
+    pace_ms: u32,
     quota: Option<Quota>,
     bucket: TokenBucket,
     load: LoadCounts,
@@ -64,6 +66,7 @@ impl Admission {
             settings,
             rounds: Vec::new(),
             min_interval_ms: 100,
+            pace_ms: 0,
             quota: None,
             bucket: TokenBucket::full(settings.fallback, now_us),
             load: LoadCounts::default(),
@@ -106,12 +109,22 @@ impl Admission {
         next.or(last).copied().unwrap_or(RoundInfo::NONE)
     }
 
-    /// The pacing phones are asked to keep: the allocator's, and never shorter than the
-    /// per-phone bucket refills (so a phone that keeps it never earns slow-down).
-    pub fn min_interval_ms(&self) -> u32 {
+    /// The pacing the allocator asks for, never shorter than the per-phone bucket refills (so a
+    /// phone that keeps it never earns slow-down): the base the worker's own pacing multiplies.
+    pub fn base_interval_ms(&self) -> u32 {
         let per_s = self.settings.phone.per_s;
         let floor = if per_s > 0.0 { (1000.0 / per_s).ceil() as u32 } else { u32::MAX };
         self.min_interval_ms.max(floor)
+    }
+
+    /// The pacing phones are asked to keep: the base, or the worker's own under load.
+    pub fn min_interval_ms(&self) -> u32 {
+        self.base_interval_ms().max(self.pace_ms)
+    }
+
+    /// The worker's own pacing under load (0 or the base: none).
+    pub fn set_pace_ms(&mut self, pace_ms: u32) {
+        self.pace_ms = pace_ms;
     }
 
     /// The edge-bucket rate in force at `now_ms` for `round_id`.
@@ -172,6 +185,7 @@ mod tests {
                 phase: RoundPhase::Open,
                 starts_at_ms: T0_MS,
                 ends_at_ms: T0_MS + 60_000,
+                start_spread_ms: 0,
             },
             100,
         );
@@ -241,6 +255,17 @@ mod tests {
             let decision = a.decide(3, &mut phone, i * 250_000, T0_MS + 1);
             assert!(!matches!(decision, Decision::Answer(Verdict::SlowDown { .. })), "shake {i}");
         }
+        // The worker's own pacing lengthens the interval told and slow-downs' retry, never
+        // shortens it.
+        a.set_pace_ms(1_000);
+        assert_eq!((a.base_interval_ms(), a.min_interval_ms()), (250, 1_000));
+        let mut phone = a.new_phone_bucket(0);
+        let slowed = (0..100u64)
+            .map(|i| a.decide(3, &mut phone, 1_000 * i, T0_MS + 2))
+            .find(|d| matches!(d, Decision::Answer(Verdict::SlowDown { .. })));
+        assert_eq!(slowed, Some(Decision::Answer(Verdict::SlowDown { retry_after_ms: 1_000 })));
+        a.set_pace_ms(10);
+        assert_eq!(a.min_interval_ms(), 250);
     }
 
     #[test]
@@ -251,6 +276,7 @@ mod tests {
             phase: RoundPhase::Waiting,
             starts_at_ms: start,
             ends_at_ms: start + 10,
+            start_spread_ms: 0,
         };
         a.on_round_state(round(9, T0_MS + 100_000), 100);
         assert_eq!(a.current_round(T0_MS + 1).round_id, 3);

@@ -51,6 +51,54 @@ pub struct EdgeConfig {
     /// QUIC transport settings for phones.
     #[serde(default)]
     pub transport: PhoneTransport,
+    /// Overload control of the event-loop workers (`io = "loop"`).
+    #[serde(default)]
+    pub overload: OverloadConfig,
+}
+
+/// Overload control: pacing phones, refusing handshakes and shedding datagrams when a worker
+/// is over its target (docs/PERFORMANCE.md, "The round-open surge").
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OverloadConfig {
+    /// Off: a worker never paces, refuses or sheds for load (only for its other limits).
+    pub enabled: bool,
+    /// Queue delay target, milliseconds: while a standing queue lasts (the shortest wait of
+    /// an interval above this), a shake that waited longer in the socket is answered
+    /// `SlowDown` instead of going to the allocator.
+    pub queue_delay_target_ms: u64,
+    /// A datagram big enough to carry a shake that waited longer than this in the socket is
+    /// dropped unanswered, milliseconds.
+    pub queue_delay_limit_ms: u64,
+    /// How often a worker judges its load, milliseconds.
+    pub interval_ms: u64,
+    /// The longest interval between shakes a worker asks of its phones, milliseconds.
+    pub max_pace_ms: u32,
+}
+
+impl Default for OverloadConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            queue_delay_target_ms: 5,
+            queue_delay_limit_ms: 100,
+            interval_ms: 100,
+            max_pace_ms: 10_000,
+        }
+    }
+}
+
+impl OverloadConfig {
+    /// The workers' settings.
+    pub fn settings(&self) -> crate::overload::OverloadSettings {
+        crate::overload::OverloadSettings {
+            enabled: self.enabled,
+            target_us: self.queue_delay_target_ms * 1000,
+            limit_us: self.queue_delay_limit_ms * 1000,
+            interval_us: self.interval_ms * 1000,
+            max_pace_ms: self.max_pace_ms,
+        }
+    }
 }
 
 /// How a worker does its I/O.
@@ -327,6 +375,19 @@ impl Validate for EdgeConfig {
         if self.transport.idle_timeout_ms == 0 {
             return Err(invalid("transport.idle_timeout_ms", "must be above 0"));
         }
+        let o = &self.overload;
+        if o.queue_delay_target_ms == 0 {
+            return Err(invalid("overload.queue_delay_target_ms", "must be above 0"));
+        }
+        if o.queue_delay_limit_ms < o.queue_delay_target_ms {
+            return Err(invalid("overload.queue_delay_limit_ms", "must be at least the target"));
+        }
+        if o.interval_ms < o.queue_delay_target_ms {
+            return Err(invalid("overload.interval_ms", "must be at least queue_delay_target_ms"));
+        }
+        if o.max_pace_ms < 100 {
+            return Err(invalid("overload.max_pace_ms", "must be at least 100"));
+        }
         Ok(())
     }
 
@@ -378,6 +439,14 @@ mod tests {
         assert_eq!(field_of(&rate), "limits.new_handshakes_per_source_per_s");
         let table = EXAMPLE.replace("max_tracked_sources = 65536", "max_tracked_sources = 0");
         assert_eq!(field_of(&table), "limits");
+        let target = EXAMPLE.replace("queue_delay_target_ms = 5", "queue_delay_target_ms = 0");
+        assert_eq!(field_of(&target), "overload.queue_delay_target_ms");
+        let interval = EXAMPLE.replace("interval_ms = 100", "interval_ms = 2");
+        assert_eq!(field_of(&interval), "overload.interval_ms");
+        let limit = EXAMPLE.replace("queue_delay_limit_ms = 100", "queue_delay_limit_ms = 1");
+        assert_eq!(field_of(&limit), "overload.queue_delay_limit_ms");
+        let pace = EXAMPLE.replace("max_pace_ms = 10000", "max_pace_ms = 10");
+        assert_eq!(field_of(&pace), "overload.max_pace_ms");
         assert!(matches!(
             EdgeConfig::parse(&EXAMPLE.replace("edge_id = 1", "edge_id = \"one\"")),
             Err(ConfigError::Parse { .. })

@@ -137,6 +137,11 @@ impl<X> WorkerCore<X> {
         &self.admission
     }
 
+    /// The admission state, to set the worker's pace.
+    pub fn admission_mut(&mut self) -> &mut Admission {
+        &mut self.admission
+    }
+
     /// Phones connected to this worker.
     pub fn phones(&self) -> &PhoneTable<Phone<X>> {
         &self.phones

@@ -32,6 +32,7 @@ use crate::handshakes::{self, Attempt, HandshakeDecision};
 use crate::link_pipe::{LinkEvent, LoopEnds};
 use crate::metrics::EdgeMetrics;
 use crate::outbox::OUTBOX_FRAMES;
+use crate::overload::{LoopReading, Overload};
 use crate::phones::PhoneRef;
 use crate::sources::{SourceLimiter, SourceLimits};
 use crate::uplink::WorkerName;
@@ -88,6 +89,9 @@ struct Session {
     datagrams: bool,
     /// The user and this session's serial in the edge's table of live sessions.
     holds: Option<(u64, u64)>,
+    /// The shake interval this phone was last told (`Welcome`, `Pace`); when the worker's
+    /// differs, the phone's next answer carries a `Pace`.
+    told_pace_ms: u32,
 }
 
 /// Counted on the loop thread, added to the shared metrics by housekeeping.
@@ -96,6 +100,8 @@ struct LoopCounts {
     malformed_datagrams: u64,
     shakes_before_welcome: u64,
     outbox_full: u64,
+    paces_told: u64,
+    slowed_for_load: u64,
 }
 
 /// One worker's loop state: the [`Shell`] the driver runs.
@@ -122,6 +128,13 @@ struct LoopWorker {
     pending_source: Option<IpAddr>,
     /// Broadcasts in progress, oldest first (at most [`MAX_BROADCASTS`]).
     broadcasts: VecDeque<Broadcast>,
+    /// Pacing, handshake refusal and shedding under load.
+    overload: Overload,
+    /// Shakes decided so far (what overload control calls served).
+    shakes_decided: u64,
+    /// How long the datagram being handled waited in the socket (overload control's
+    /// slow-down reads it).
+    datagram_wait_us: Option<u64>,
 }
 
 impl LoopWorker {
@@ -295,9 +308,11 @@ impl LoopWorker {
                 }
                 (ControlFrame::Shake(shake), Some(at)) => {
                     let now_us = self.now_us(now);
-                    if let Some(outcome) = self.core.on_shake(at, shake, now_us, now_ms()) {
+                    self.shakes_decided += 1;
+                    if let Some(outcome) = self.decide(at, shake, now_us, now_ms()) {
                         let frame = self.encode(&ControlFrame::outcomes(&[outcome]));
                         self.write_control(ch, conn, frame);
+                        self.tell_pace(ch, conn);
                     }
                 }
                 (ControlFrame::Error { .. }, _) => {
@@ -351,9 +366,10 @@ impl LoopWorker {
         }
         let at = self.core.add_phone(claims.user_id, ch, now_us);
         let now_ms = now_ms();
+        let pace_ms = self.core.admission().min_interval_ms();
         let welcome = self.encode(&ControlFrame::Welcome {
             server_time_ms: now_ms,
-            min_shake_interval_ms: self.core.admission().min_interval_ms(),
+            min_shake_interval_ms: pace_ms,
             round: self.core.admission().current_round(now_ms),
         });
         let datagrams = capabilities & CAP_DATAGRAMS != 0 && conn.datagrams().max_size().is_some();
@@ -361,6 +377,7 @@ impl LoopWorker {
             session.phase = Phase::Serving(at);
             session.datagrams = datagrams;
             session.holds = Some((claims.user_id, serial));
+            session.told_pace_ms = pace_ms;
         }
         self.deadlines.set(ch.0, None);
         self.shared.phones.fetch_add(1, Ordering::Relaxed);
@@ -382,18 +399,57 @@ impl LoopWorker {
         };
         let now_us = self.now_us(now);
         let now_ms = now_ms();
+        let mut answered = false;
         while let Some(payload) = conn.datagrams().recv() {
             match datagram::decode(&payload) {
                 Ok(Datagram::Shake(shake)) => {
-                    if let Some(outcome) = self.core.on_shake(at, shake, now_us, now_ms) {
+                    self.shakes_decided += 1;
+                    if let Some(outcome) = self.decide(at, shake, now_us, now_ms) {
                         datagram::encode_outcomes(&mut self.scratch, &[outcome]);
                         let answer = self.scratch.split().freeze();
                         let _ = conn.datagrams().send(answer, true);
+                        answered = true;
                     }
                 }
                 Ok(Datagram::Outcomes(_)) | Err(_) => self.counts.malformed_datagrams += 1,
             }
         }
+        if answered {
+            self.tell_pace(ch, conn);
+        }
+    }
+
+    /// Decides one shake: `SlowDown` (retry after the pace) if it waited past the queue delay
+    /// target while a standing queue lasts, else the core's verdict.
+    fn decide(
+        &mut self,
+        at: PhoneRef,
+        shake: shake_proto::Shake,
+        now_us: u64,
+        now_ms: u64,
+    ) -> Option<shake_proto::Outcome> {
+        if self.overload.slow_down(self.datagram_wait_us) {
+            self.counts.slowed_for_load += 1;
+            let retry_after_ms = self.core.admission().min_interval_ms();
+            let verdict = shake_proto::Verdict::SlowDown { retry_after_ms };
+            return Some(shake_proto::Outcome { seq: shake.seq, verdict });
+        }
+        self.core.on_shake(at, shake, now_us, now_ms)
+    }
+
+    /// Tells the phone the worker's pace if it changed since the phone last heard it: with an
+    /// answer, so the `Pace` rides in the same packet and costs no send of its own, and reaches
+    /// exactly the phones that are shaking.
+    fn tell_pace(&mut self, ch: ConnectionHandle, conn: &mut Connection) {
+        let pace_ms = self.core.admission().min_interval_ms();
+        let Some(session) = self.session(ch) else { return };
+        if session.told_pace_ms == pace_ms {
+            return;
+        }
+        session.told_pace_ms = pace_ms;
+        self.counts.paces_told += 1;
+        let frame = self.encode(&ControlFrame::Pace { min_shake_interval_ms: pace_ms });
+        self.write_control(ch, conn, frame);
     }
 
     fn on_lost(&mut self, ch: ConnectionHandle, reason: &ConnectionError) {
@@ -519,6 +575,8 @@ impl LoopWorker {
         EdgeMetrics::add(&metrics.drops, "reason", "malformed_datagram", c.malformed_datagrams);
         EdgeMetrics::add(&metrics.drops, "reason", "shake_before_welcome", c.shakes_before_welcome);
         EdgeMetrics::add(&metrics.drops, "reason", "outbox_full", c.outbox_full);
+        metrics.paces_told.inc_by(c.paces_told);
+        EdgeMetrics::add(&metrics.shed, "how", "slow_down", c.slowed_for_load);
         let in_flight = self.core.uplink().in_flight() as i64;
         metrics.in_flight_batches.inc_by(in_flight - self.in_flight_published);
         self.in_flight_published = in_flight;
@@ -596,6 +654,38 @@ impl LoopWorker {
         }
     }
 
+    /// Feeds the loop's counters to overload control; at the end of each of its intervals,
+    /// the pace it sets and its verdict go to admission and the metrics. The pace reaches the
+    /// phones with their next answers (a broadcast to every phone costs what a second of
+    /// answers does, and a phone paced to a long interval hears a lower pace one interval
+    /// later).
+    fn judge_load(&mut self, now_us: u64, stats: &DriverStats) {
+        let reading = LoopReading {
+            datagrams_in: stats.datagrams_in + stats.forwarded_in,
+            shed: stats.shed,
+            kernel_drops: stats.kernel_drops,
+            busy_us: stats.busy_us,
+            wall_us: stats.wall_us,
+            shakes: self.shakes_decided,
+            phones: self.core.phones().len() as u64,
+        };
+        let base_ms = self.core.admission().base_interval_ms();
+        let Some(verdict) = self.overload.on_turn(now_us, reading, base_ms) else { return };
+        let pace_ms = self.overload.pace_ms(base_ms);
+        let was = self.core.admission().min_interval_ms();
+        self.core.admission_mut().set_pace_ms(pace_ms);
+        if pace_ms != was {
+            tracing::info!(
+                worker = self.id,
+                pace_ms,
+                overload = format!("{:.2}", verdict.overload),
+                busy = format!("{:.2}", verdict.busy),
+                "pace changed"
+            );
+        }
+        self.shared.metrics.set_overload(self.id, pace_ms, &verdict);
+    }
+
     fn phone_connections(&self) -> Vec<ConnectionHandle> {
         self.sessions
             .iter()
@@ -617,6 +707,7 @@ impl Handler for LoopWorker {
             in_progress: self.shared.handshakes.load(Ordering::Relaxed),
             phones: self.shared.phones.load(Ordering::Relaxed),
             draining: self.shared.drain.is_cancelled() || self.shared.stop.is_cancelled(),
+            overloaded: self.overload.refuse_handshakes(),
         };
         let now_us = self.now_us(now);
         let limits = &self.shared.config.limits;
@@ -649,6 +740,7 @@ impl Handler for LoopWorker {
             out: VecDeque::new(),
             datagrams: false,
             holds: None,
+            told_pace_ms: 0,
         });
     }
 
@@ -734,6 +826,7 @@ impl Shell for LoopWorker {
         }
         self.close_superseded(now, engine);
         let now_us = self.now_us(now);
+        self.judge_load(now_us, stats);
         self.core.poll_age(now_us);
         self.housekeeping(now);
         let flow = self.shutdown(now, engine);
@@ -742,6 +835,18 @@ impl Shell for LoopWorker {
         self.exchange_with_link(now, engine);
         self.continue_broadcasts(engine, BROADCAST_PER_TURN);
         flow
+    }
+
+    fn admit(&mut self, _now: Instant, waited_us: Option<u64>, datagram: &[u8]) -> bool {
+        // A short header (first bit clear) is an established connection's packet.
+        let short = datagram.first().is_some_and(|first| first & 0x80 == 0);
+        // Events of this datagram come out of the engine right after this call, inline.
+        self.datagram_wait_us = waited_us;
+        self.overload.admit(waited_us, short, datagram.len())
+    }
+
+    fn receive_buffer(&mut self) -> Option<usize> {
+        self.overload.receive_buffer()
     }
 
     fn deadline(&mut self) -> Option<Instant> {
@@ -811,6 +916,9 @@ pub fn run(start: LoopStart, shared: Arc<Shared>) -> std::io::Result<()> {
         driver_stats: DriverStats::default(),
         pending_source: None,
         broadcasts: VecDeque::new(),
+        overload: Overload::new(shared.config.overload.settings(), now_us),
+        shakes_decided: 0,
+        datagram_wait_us: None,
         id,
         shared,
     };

@@ -51,6 +51,9 @@ pub struct Attempt {
     pub phones: u32,
     /// The edge is draining: no new phones.
     pub draining: bool,
+    /// The worker is over its load target ([`crate::overload`]): established phones come
+    /// first.
+    pub overloaded: bool,
 }
 
 /// Decides one attempt (and charges its source if accepted).
@@ -65,6 +68,9 @@ pub fn decide(
         || attempt.phones >= limits.max_phones
     {
         return HandshakeDecision::Refuse("refused");
+    }
+    if attempt.overloaded {
+        return HandshakeDecision::Refuse("overloaded");
     }
     // Retry is stateless and cheap: ask for it before charging the source, whose bucket then
     // pays once, for the validated attempt.

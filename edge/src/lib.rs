@@ -33,6 +33,7 @@ pub mod handshakes;
 pub mod link_pipe;
 pub mod metrics;
 pub mod outbox;
+pub mod overload;
 pub mod phones;
 pub mod service;
 pub mod sources;

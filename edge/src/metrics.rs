@@ -68,6 +68,21 @@ pub struct EdgeMetrics {
     pub users_live: Gauge,
     /// Each event-loop worker's busy share over the last 100 ms (0 to 1).
     pub loop_busy: Family<WorkerLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// Datagrams the kernel dropped on the workers' sockets for want of buffer room.
+    pub kernel_drops: Counter,
+    /// Shakes shed for load, by how: `dropped` (a shake-sized datagram that waited past the
+    /// queue delay limit, before decryption) or `slow_down` (a shake that waited past the
+    /// target while a standing queue lasted, answered `SlowDown`).
+    pub shed: Family<Labels, Counter>,
+    /// `Pace` frames told to phones (with their answers).
+    pub paces_told: Counter,
+    /// The shake interval each worker asks of its phones, milliseconds.
+    pub pace_ms: Family<WorkerLabels, Gauge>,
+    /// Whether each worker was over its load target in its last interval (1) or not (0):
+    /// over it, new handshakes are refused.
+    pub overloaded: Family<WorkerLabels, Gauge>,
+    /// Whether each worker is shedding (1) or not (0).
+    pub shedding: Family<WorkerLabels, Gauge>,
 }
 
 impl Default for EdgeMetrics {
@@ -102,6 +117,12 @@ impl EdgeMetrics {
             refused: Family::default(),
             users_live: Gauge::default(),
             loop_busy: Family::default(),
+            kernel_drops: Counter::default(),
+            shed: Family::default(),
+            paces_told: Counter::default(),
+            pace_ms: Family::default(),
+            overloaded: Family::default(),
+            shedding: Family::default(),
         };
         let mut registry = Registry::with_prefix("shake_edge");
         registry.register("phones", "Phones connected", m.phones.clone());
@@ -156,6 +177,28 @@ impl EdgeMetrics {
             "Event-loop worker busy share over the last 100 ms",
             m.loop_busy.clone(),
         );
+        registry.register(
+            "kernel_drops",
+            "Datagrams the kernel dropped on the workers' sockets (receive buffer full)",
+            m.kernel_drops.clone(),
+        );
+        registry.register(
+            "shed",
+            "Shakes shed for load: dropped before decryption, or answered SlowDown",
+            m.shed.clone(),
+        );
+        registry.register("paces", "Pace frames told to phones", m.paces_told.clone());
+        registry.register(
+            "pace_ms",
+            "The shake interval each worker asks of its phones",
+            m.pace_ms.clone(),
+        );
+        registry.register(
+            "overloaded",
+            "Worker over its load target in its last interval (refusing handshakes)",
+            m.overloaded.clone(),
+        );
+        registry.register("shedding", "Worker shedding datagrams", m.shedding.clone());
         registry.register(
             "awards_outstanding",
             "Awards sent to phones and not yet acknowledged",
@@ -232,11 +275,26 @@ impl EdgeMetrics {
             let n = d(was.turn_took[bucket], is.turn_took[bucket]);
             Self::add(&self.loop_turns, "took", name, n);
         }
+        self.kernel_drops.inc_by(d(was.kernel_drops, is.kernel_drops));
+        Self::add(&self.shed, "how", "dropped", d(was.shed, is.shed));
         let wall = d(was.wall_us, is.wall_us);
         if wall > 0 {
             let busy = d(was.busy_us, is.busy_us) as f64 / wall as f64;
             self.loop_busy.get_or_create(&vec![("worker", worker.to_string())]).set(busy);
         }
+    }
+
+    /// A worker's overload state after judging an interval.
+    pub fn set_overload(
+        &self,
+        worker: u16,
+        pace_ms: u32,
+        verdict: &crate::overload::IntervalVerdict,
+    ) {
+        let labels = vec![("worker", worker.to_string())];
+        self.pace_ms.get_or_create(&labels).set(i64::from(pace_ms));
+        self.overloaded.get_or_create(&labels).set(i64::from(verdict.over));
+        self.shedding.get_or_create(&labels).set(i64::from(verdict.shedding));
     }
 
     /// The Prometheus text exposition.

@@ -330,6 +330,7 @@ async fn accept(state: State, shared: Arc<Shared>, endpoint: quinn::Endpoint, ta
             in_progress: shared.handshakes.load(Ordering::Relaxed),
             phones: shared.phones.load(Ordering::Relaxed),
             draining: false,
+            overloaded: false,
         };
         let decision =
             handshakes::decide(&l, &mut state.borrow_mut().sources, attempt, shared.now_us());

@@ -209,6 +209,7 @@ fn an_answer_that_is_not_for_the_batch_it_names_announces_nothing() {
         phase: shake_proto::RoundPhase::Open,
         starts_at_ms: T0_MS,
         ends_at_ms: T0_MS + 600_000,
+        start_spread_ms: 0,
     };
     let state = AllocatorFrame::RoundState { round, min_shake_interval_ms: 100 };
     deliver(&mut edge, vec![state], 0, T0_MS);

@@ -42,6 +42,20 @@ pub trait Shell: Handler {
     fn turn(&mut self, now: Instant, engine: &mut Engine, stats: &DriverStats) -> Flow;
     /// The shell's own next deadline, if any (the loop wakes for it).
     fn deadline(&mut self) -> Option<Instant>;
+    /// Whether to take a datagram read from the socket after it waited there `waited_us`
+    /// (`None` where the socket does not timestamp), before the endpoint sees it: a datagram
+    /// refused here costs no decryption and no answer, the cheapest way to shed load. Counted
+    /// in [`DriverStats::shed`]. The default takes every datagram.
+    fn admit(&mut self, _now: Instant, _waited_us: Option<u64>, _datagram: &[u8]) -> bool {
+        true
+    }
+    /// The receive buffer the socket should have now, bytes as for `SO_RCVBUF` (`None`: the
+    /// one it was made with). Read once a turn; applied when it changes. A shell bounds the
+    /// kernel's queue with it under overload: a datagram queued longer than the peer's probe
+    /// timeout is as good as lost, and a full buffer loses the fresh ones instead.
+    fn receive_buffer(&mut self) -> Option<usize> {
+        None
+    }
 }
 
 /// Counters of one driver.
@@ -79,6 +93,13 @@ pub struct DriverStats {
     pub turn_took: [u64; 5],
     /// Time spent in all, microseconds.
     pub wall_us: u64,
+    /// Datagrams the shell refused before the endpoint saw them ([`Shell::admit`]).
+    pub shed: u64,
+    /// Datagrams the kernel dropped on the socket because its receive buffer was full
+    /// (`SO_RXQ_OVFL`), as far as the received datagrams told.
+    pub kernel_drops: u64,
+    /// Datagrams dropped because the emulated path delay's queue was full.
+    pub delay_drops: u64,
 }
 
 impl DriverStats {
@@ -120,13 +141,28 @@ pub struct Driver {
     recv: RecvBatch,
     received: Vec<(SocketAddr, BytesMut)>,
     pending: Vec<(SocketAddr, std::ops::Range<usize>)>,
+    /// How long each datagram of the last batch waited in the socket, microseconds.
+    waits: Vec<Option<u64>>,
+    /// The kernel's drop counter as last read (it wraps at 2^32).
+    kernel_drops_seen: Option<u32>,
     waker: Arc<Waker>,
     routes: Option<Routes>,
     stats: DriverStats,
     batch_delay: Duration,
     /// Datagrams the last turn received (its own and forwarded).
     last_turn_datagrams: usize,
+    /// An emulated path delay: received datagrams are held this long before the endpoint
+    /// sees them (zero: none).
+    receive_delay: Duration,
+    /// Datagrams held for the path delay, in arrival order (at most [`MAX_DELAYED`]).
+    delayed: std::collections::VecDeque<(Instant, SocketAddr, BytesMut)>,
+    /// The receive buffer the socket was made with, and the one the shell last asked for.
+    receive_buffer: (usize, Option<usize>),
 }
+
+/// Most datagrams held for an emulated path delay; past it they are dropped (counted in
+/// [`DriverStats::delay_drops`]), as a router's queue would.
+pub const MAX_DELAYED: usize = 1 << 16;
 
 /// Joins the drivers of one port: driver `i` is worker `i`, and each hands the others the
 /// datagrams whose connection IDs name them.
@@ -145,18 +181,27 @@ impl Driver {
     /// A driver over `socket` (made non-blocking here).
     pub fn new(socket: UdpSocket) -> std::io::Result<Self> {
         socket.set_nonblocking(true)?;
-        // Best effort: without timestamps the queue-wait counters stay at zero.
+        // The kernel reports double what was asked (its bookkeeping overhead).
+        let made_with = socket2::SockRef::from(&socket).recv_buffer_size()? / 2;
+        // Best effort: without timestamps the queue-wait counters stay at zero, without drop
+        // counts `kernel_drops` does.
         let _ = udp::enable_receive_timestamps(&socket);
+        let _ = udp::enable_drop_counts(&socket);
         Ok(Self {
             socket,
             recv: RecvBatch::default(),
             received: Vec::with_capacity(BATCH),
             pending: Vec::with_capacity(BATCH),
+            waits: Vec::with_capacity(BATCH),
+            kernel_drops_seen: None,
             waker: Arc::new(Waker::new()?),
             routes: None,
             stats: DriverStats::default(),
             batch_delay: Duration::ZERO,
             last_turn_datagrams: 0,
+            receive_delay: Duration::ZERO,
+            delayed: std::collections::VecDeque::new(),
+            receive_buffer: (made_with, None),
         })
     }
 
@@ -179,6 +224,14 @@ impl Driver {
         self.batch_delay = delay;
     }
 
+    /// Emulates a network path: every datagram received is held `delay` before the endpoint
+    /// sees it, so a load generator on loopback meets its server at a realistic round-trip
+    /// time (QUIC's loss recovery times itself on it: on loopback's tens of microseconds,
+    /// any queue longer than the peer's ACK delay looks like loss). For load generators only.
+    pub fn set_receive_delay(&mut self, delay: Duration) {
+        self.receive_delay = delay;
+    }
+
     /// Counters so far.
     pub fn stats(&self) -> DriverStats {
         self.stats
@@ -198,7 +251,9 @@ impl Driver {
             if stop {
                 return Ok(());
             }
-            let deadline = [engine.next_timeout(), shell.deadline()].into_iter().flatten().min();
+            let release = self.delayed.front().map(|(at, _, _)| *at);
+            let deadline =
+                [engine.next_timeout(), shell.deadline(), release].into_iter().flatten().min();
             let full = self.last_turn_datagrams >= BATCH * BATCHES_PER_TURN;
             if !self.batch_delay.is_zero() && !full {
                 let gather_until = woke + self.batch_delay;
@@ -242,8 +297,9 @@ impl Driver {
                 self.stats.datagrams_in += n as u64;
                 self.last_turn_datagrams += n;
                 self.count_queue_waits();
+                self.count_kernel_drops();
             }
-            for (from, datagram) in self.received.drain(..) {
+            for (i, (from, datagram)) in self.received.drain(..).enumerate() {
                 if let Some(routes) = &self.routes
                     && let Some(owner) = crate::cid::owner(&datagram, routes.to.len())
                     && owner != routes.me
@@ -260,27 +316,62 @@ impl Driver {
                     }
                     continue;
                 }
+                if !shell.admit(now, self.waits.get(i).copied().flatten(), &datagram) {
+                    self.stats.shed += 1;
+                    continue;
+                }
+                if !self.receive_delay.is_zero() {
+                    if self.delayed.len() >= MAX_DELAYED {
+                        self.stats.delay_drops += 1;
+                    } else {
+                        self.delayed.push_back((now + self.receive_delay, from, datagram));
+                    }
+                    continue;
+                }
                 engine.handle_datagram(now, from, None, None, datagram, shell);
             }
             if n < BATCH {
                 break;
             }
         }
+        while self.delayed.front().is_some_and(|(at, _, _)| *at <= now) {
+            if let Some((_, from, datagram)) = self.delayed.pop_front() {
+                engine.handle_datagram(now, from, None, None, datagram, shell);
+            }
+        }
         engine.handle_timeouts(now, shell);
         let flow = shell.turn(now, engine, &self.stats);
+        let wanted = shell.receive_buffer();
+        if wanted != self.receive_buffer.1 {
+            self.receive_buffer.1 = wanted;
+            let bytes = wanted.unwrap_or(self.receive_buffer.0);
+            // Best effort: a buffer that cannot change leaves the queue as it was.
+            let _ = socket2::SockRef::from(&self.socket).set_recv_buffer_size(bytes);
+        }
         engine.flush(now);
         self.send(engine);
         Ok(flow == Flow::Stop)
     }
 
     fn count_queue_waits(&mut self) {
-        let Some(&first) = self.recv.received_at.first() else { return };
-        let now = std::time::SystemTime::now().max(first);
+        self.waits.clear();
+        let now = std::time::SystemTime::now();
         for &at in &self.recv.received_at {
-            let waited = now.duration_since(at).map_or(0, |d| d.as_micros() as u64);
-            self.stats.queue_wait[wait_bucket(waited)] += 1;
-            self.stats.queue_wait_us += waited;
+            // A stamp a little ahead of `now` (clock steps) counts as no wait.
+            let waited = at.map(|at| now.duration_since(at).map_or(0, |d| d.as_micros() as u64));
+            self.waits.push(waited);
+            if let Some(waited) = waited {
+                self.stats.queue_wait[wait_bucket(waited)] += 1;
+                self.stats.queue_wait_us += waited;
+            }
         }
+    }
+
+    fn count_kernel_drops(&mut self) {
+        let Some(drops) = self.recv.kernel_drops else { return };
+        // The first reading is the drops since the option was set, as is each difference.
+        let was = self.kernel_drops_seen.replace(drops).unwrap_or(0);
+        self.stats.kernel_drops += u64::from(drops.wrapping_sub(was));
     }
 
     fn send(&mut self, engine: &mut Engine) {

@@ -28,16 +28,26 @@ pub const SLOT: usize = 1_500;
 pub struct RecvBatch {
     arena: BytesMut,
     addrs: Vec<libc::sockaddr_storage>,
-    /// Room for each datagram's control messages (its kernel receive timestamp).
+    /// Room for each datagram's control messages (its kernel receive timestamp and the
+    /// socket's drop counter).
     controls: Vec<[u64; CONTROL_WORDS]>,
-    /// Kernel receive times of the datagrams of the last call, in order (empty where the
-    /// socket does not timestamp).
-    pub received_at: Vec<std::time::SystemTime>,
+    /// Kernel receive times of the datagrams of the last call, one per datagram in order
+    /// (`None` where the socket does not timestamp).
+    pub received_at: Vec<Option<std::time::SystemTime>>,
+    /// The socket's count of datagrams the kernel dropped because its receive buffer was full
+    /// (`SO_RXQ_OVFL`, cumulative since the option was set, wrapping at 2^32), as of the last
+    /// datagram that carried it; `None` until one did.
+    pub kernel_drops: Option<u32>,
 }
 
 /// Control-message room per datagram, in 8-byte words: one `SCM_TIMESTAMPNS` (a 16-byte header
-/// and a 16-byte `timespec`) with room to spare.
+/// and a 16-byte `timespec`) and one `SO_RXQ_OVFL` (a 16-byte header and a `u32`, padded to
+/// 24), with room to spare.
 const CONTROL_WORDS: usize = 8;
+
+/// `SO_RXQ_OVFL` (and its control message type): the kernel tells with each datagram how many
+/// it dropped on this socket so far.
+const SO_RXQ_OVFL: libc::c_int = 40;
 
 /// `SO_TIMESTAMPNS` (and its control message type), the same on every Linux architecture the
 /// project builds for (x86_64, aarch64).
@@ -47,18 +57,30 @@ const SO_TIMESTAMPNS: libc::c_int = 35;
 /// (`SO_TIMESTAMPNS`, the realtime clock), so the loop can tell how long datagrams waited in
 /// the socket before it read them.
 pub fn enable_receive_timestamps(socket: &UdpSocket) -> io::Result<()> {
+    set_flag(socket, SO_TIMESTAMPNS)
+}
+
+/// Turns a boolean `SOL_SOCKET` option on.
+fn set_flag(socket: &UdpSocket, option: libc::c_int) -> io::Result<()> {
     let on: libc::c_int = 1;
     // SAFETY: the option value is a c_int that lives across the call, with its size.
     let rc = unsafe {
         libc::setsockopt(
             socket.as_raw_fd(),
             libc::SOL_SOCKET,
-            SO_TIMESTAMPNS,
+            option,
             (&on as *const libc::c_int).cast(),
             size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
     if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// Asks the kernel to tell, with each datagram received on `socket`, how many datagrams it has
+/// dropped on that socket for want of buffer room (`SO_RXQ_OVFL`): the overload the loop never
+/// sees otherwise. Read as [`RecvBatch::kernel_drops`].
+pub fn enable_drop_counts(socket: &UdpSocket) -> io::Result<()> {
+    set_flag(socket, SO_RXQ_OVFL)
 }
 
 impl std::fmt::Debug for RecvBatch {
@@ -76,6 +98,7 @@ impl Default for RecvBatch {
             addrs: vec![zero_addr; BATCH],
             controls: vec![[0; CONTROL_WORDS]; BATCH],
             received_at: Vec::with_capacity(BATCH),
+            kernel_drops: None,
         }
     }
 }
@@ -135,6 +158,7 @@ impl RecvBatch {
         let n = n as usize;
         self.received_at.clear();
         for header in headers.iter().take(n) {
+            let mut stamp = None;
             // SAFETY: the kernel wrote `msg_controllen` bytes of control messages into this
             // header's buffer (in `self.controls`, alive); the CMSG macros walk within it.
             unsafe {
@@ -145,14 +169,20 @@ impl RecvBatch {
                         let ts = std::ptr::read_unaligned(
                             libc::CMSG_DATA(cmsg).cast::<libc::timespec>(),
                         );
-                        self.received_at.push(
+                        stamp = Some(
                             std::time::UNIX_EPOCH
                                 + Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32),
                         );
+                    } else if (*cmsg).cmsg_level == libc::SOL_SOCKET
+                        && (*cmsg).cmsg_type == SO_RXQ_OVFL
+                    {
+                        let drops = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<u32>());
+                        self.kernel_drops = Some(drops);
                     }
                     cmsg = libc::CMSG_NXTHDR(&header.msg_hdr, cmsg);
                 }
             }
+            self.received_at.push(stamp);
         }
         // SAFETY: the kernel wrote datagram i into slot i; the slots up to the last one
         // received are initialised (gaps between a short datagram and the next slot hold bytes

@@ -22,6 +22,17 @@ use crate::varint;
 
 /// Length of every session token.
 pub const TOKEN_LEN: usize = 69;
+
+/// The user id a token claims, read without checking the MAC: for the phone's own use (its
+/// place in a round's start spread), never for trusting the claim. `None` if `token` is not
+/// a token of this layout.
+pub fn user_id_of(token: &[u8]) -> Option<u64> {
+    if token.len() != TOKEN_LEN || token[0] != TOKEN_VERSION {
+        return None;
+    }
+    let bytes: [u8; 8] = token[5..13].try_into().ok()?;
+    Some(u64::from_be_bytes(bytes))
+}
 /// The token layout version this crate mints and accepts.
 pub const TOKEN_VERSION: u8 = 1;
 /// Shortest accepted HMAC secret, bytes.
@@ -205,6 +216,16 @@ mod tests {
 
     fn claims(key_id: u32) -> Claims {
         Claims { key_id, user_id: 42, device_id: 7, issued_at_s: 1_000, expires_at_s: 2_000 }
+    }
+
+    #[test]
+    fn the_user_id_is_read_without_the_key_and_only_from_a_token() {
+        let token = ring().mint(&claims(1)).unwrap();
+        assert_eq!(user_id_of(&token), Some(42));
+        assert_eq!(user_id_of(&token[..TOKEN_LEN - 1]), None);
+        let mut other_version = token;
+        other_version[0] = TOKEN_VERSION + 1;
+        assert_eq!(user_id_of(&other_version), None);
     }
 
     #[test]

@@ -82,18 +82,44 @@ pub struct RoundInfo {
     pub starts_at_ms: u64,
     /// Closing time, Unix milliseconds.
     pub ends_at_ms: u64,
+    /// Phones start shaking staggered over this window after the opening, milliseconds: each
+    /// phone's own start is [`RoundInfo::start_for`] its user (0: all at the opening).
+    pub start_spread_ms: u32,
 }
 
 impl RoundInfo {
     /// "No round scheduled".
-    pub const NONE: RoundInfo =
-        RoundInfo { round_id: 0, phase: RoundPhase::Waiting, starts_at_ms: 0, ends_at_ms: 0 };
+    pub const NONE: RoundInfo = RoundInfo {
+        round_id: 0,
+        phase: RoundPhase::Waiting,
+        starts_at_ms: 0,
+        ends_at_ms: 0,
+        start_spread_ms: 0,
+    };
+
+    /// When user `user_id`'s phone starts shaking in this round, Unix milliseconds: the
+    /// opening plus a hash of the user and the round into the start spread, so a crowd that
+    /// heard "shake now" at one instant arrives spread evenly over the window, and each phone
+    /// at a different place in it each round.
+    pub fn start_for(&self, user_id: u64) -> u64 {
+        if self.start_spread_ms == 0 {
+            return self.starts_at_ms;
+        }
+        // splitmix64: well spread for sequential user ids.
+        let mut z = user_id ^ (u64::from(self.round_id) << 40);
+        z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        self.starts_at_ms + z % u64::from(self.start_spread_ms)
+    }
 
     pub(crate) fn encode(&self, out: &mut BytesMut) {
         varint::put(out, u64::from(self.round_id));
         out.extend_from_slice(&[self.phase as u8]);
         varint::put(out, self.starts_at_ms);
         varint::put(out, self.ends_at_ms);
+        varint::put(out, u64::from(self.start_spread_ms));
     }
 
     pub(crate) fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
@@ -102,6 +128,7 @@ impl RoundInfo {
             phase: RoundPhase::from_u8(r.u8()?)?,
             starts_at_ms: r.varint()?,
             ends_at_ms: r.varint()?,
+            start_spread_ms: r.varint_u32("start spread")?,
         })
     }
 }
@@ -160,5 +187,36 @@ impl Verdict {
             VERDICT_FORWARDED => Ok(Verdict::Forwarded),
             _ => Err(DecodeError::InvalidValue("verdict")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_start_spread_places_each_user_evenly_and_stably_in_the_window() {
+        let round = RoundInfo {
+            round_id: 3,
+            phase: RoundPhase::Open,
+            starts_at_ms: 1_000_000,
+            ends_at_ms: 1_060_000,
+            start_spread_ms: 2_000,
+        };
+        let mut per_quarter = [0u32; 4];
+        for user in 1..=10_000u64 {
+            let start = round.start_for(user);
+            assert!((1_000_000..1_002_000).contains(&start), "user {user}: {start}");
+            assert_eq!(start, round.start_for(user), "the same user, the same place");
+            per_quarter[((start - 1_000_000) / 500) as usize] += 1;
+        }
+        for n in per_quarter {
+            assert!((2_300..=2_700).contains(&n), "uneven spread: {per_quarter:?}");
+        }
+        let next = RoundInfo { round_id: 4, ..round };
+        let moved = (1..=1_000u64).filter(|&u| next.start_for(u) != round.start_for(u)).count();
+        assert!(moved > 990, "a user's place changes from round to round ({moved} of 1,000)");
+        let at_once = RoundInfo { start_spread_ms: 0, ..round };
+        assert_eq!(at_once.start_for(7), 1_000_000);
     }
 }

@@ -27,6 +27,7 @@ fn round() -> RoundInfo {
         phase: RoundPhase::Open,
         starts_at_ms: 1_767_225_600_000,
         ends_at_ms: 1_767_225_660_000,
+        start_spread_ms: 2_000,
     }
 }
 

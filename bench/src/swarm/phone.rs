@@ -41,6 +41,12 @@ pub enum Role {
 }
 
 impl Role {
+    /// Whether the phone keeps the edge's pace and slow-downs (an over-rate attacker does not:
+    /// it is what the edge's per-phone bucket is for).
+    pub fn obeys_pacing(self) -> bool {
+        self != Role::OverRate
+    }
+
     /// The hostile roles, in the order of [`super::scenario::Hostile::shares`].
     pub const HOSTILE: [Role; 8] = [
         Role::OverRate,
@@ -93,8 +99,10 @@ const CHEATER_RECONNECT: Duration = Duration::from_secs(1);
 /// Longest wait for a handshake before trying again.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A live edge answers every shake at once (the verdict does not wait for the allocator), so
-/// shakes unanswered this long mean the edge is gone: the phone moves to the next edge rather
-/// than wait out QUIC's idle timeout.
+/// shakes unanswered this long, with nothing from the edge acknowledged meanwhile either, mean
+/// the edge is gone: the phone moves to the next edge rather than wait out QUIC's idle timeout.
+/// Answers that are merely slow (an edge shedding load acknowledges other packets) are waited
+/// for: a reconnect costs the edge about ten shakes.
 const EDGE_SILENT: Duration = Duration::from_secs(2);
 
 /// Intended and actual send times of recent shakes, by sequence number.
@@ -256,7 +264,10 @@ impl Session<'_> {
         }
         let mut buf = BytesMut::with_capacity(512);
         let (round, clock_offset_ms) = match next_frame(&mut recv, &mut buf).await {
-            Some(ControlFrame::Welcome { server_time_ms, round, .. }) => {
+            Some(ControlFrame::Welcome { server_time_ms, round, min_shake_interval_ms }) => {
+                if role.obeys_pacing() {
+                    schedule.pace(min_shake_interval_ms, ctx.origin.elapsed().as_micros() as u64);
+                }
                 (round, server_time_ms as i64 - unix_ms() as i64)
             }
             Some(ControlFrame::Error { code, .. }) => {
@@ -459,13 +470,17 @@ async fn session_loop(
     let mut last_forwarded: Option<Instant> = None;
     let mut was_open = is_open(&round);
     let mut out = BytesMut::with_capacity(64);
-    // The first shake sent since the edge was last heard from.
-    let mut unanswered_since: Option<Instant> = None;
+    // The first shake sent since the edge was last heard from, and the ACK frames received
+    // by then.
+    let mut unanswered_since: Option<(Instant, u64)> = None;
+    let acks_received = || conn.stats().frame_rx.acks;
     loop {
         let next = origin + Duration::from_micros(schedule.next_us());
-        // Sleep no further than the next round opening, so the spike is on time.
-        let wake = if !was_open && round.starts_at_ms > server_ms() {
-            let until_open = Duration::from_millis(round.starts_at_ms - server_ms());
+        // Sleep no further than this phone's start in the next round (the opening, or its
+        // place in the start spread), so the spike is on time.
+        let start = round.start_for(user_id);
+        let wake = if !was_open && start > server_ms() {
+            let until_open = Duration::from_millis(start - server_ms());
             next.min(Instant::now() + until_open)
         } else {
             next
@@ -478,12 +493,14 @@ async fn session_loop(
                 if Instant::now() >= stop_at {
                     return SessionEnd::Churn;
                 }
-                if unanswered_since.is_some_and(|since| since.elapsed() > EDGE_SILENT) {
+                if unanswered_since.is_some_and(|(since, acks)| {
+                    since.elapsed() > EDGE_SILENT && acks_received() == acks
+                }) {
                     stats.error("edge silent: moved to the next edge");
                     return SessionEnd::Reconnect;
                 }
                 round = current(&rounds);
-                let open = is_open(&round);
+                let open = is_open(&round) && server_ms() >= round.start_for(user_id);
                 if open && !was_open && ctx.spike {
                     schedule.restart(origin.elapsed().as_micros() as u64);
                 }
@@ -503,7 +520,7 @@ async fn session_loop(
                         return SessionEnd::Reconnect;
                     }
                     stats.sent.fetch_add(1, Ordering::Relaxed);
-                    unanswered_since.get_or_insert(now);
+                    unanswered_since.get_or_insert_with(|| (now, acks_received()));
                     if role == Role::Malformed {
                         let _ = conn.send_datagram(Bytes::from_static(&[0x01, 0xff, 0xff]));
                     }
@@ -518,6 +535,10 @@ async fn session_loop(
                         for outcome in outcomes.iter() {
                             let Some((intended, actual)) = in_flight.answered(outcome.seq) else { continue };
                             stats.outcome(outcome.verdict, now - intended, now - actual, role == Role::Honest);
+                            if let (Verdict::SlowDown { retry_after_ms }, true) = (outcome.verdict, role.obeys_pacing()) {
+                                let at = now + Duration::from_millis(retry_after_ms.into());
+                                schedule.hold_until(at.saturating_duration_since(origin).as_micros() as u64);
+                            }
                             if outcome.verdict == Verdict::Forwarded {
                                 last_forwarded = Some(intended);
                                 stats.forwarded_for(user_id);
@@ -545,7 +566,13 @@ async fn session_loop(
                                 return SessionEnd::Reconnect;
                             }
                         }
-                        ControlFrame::RoundNotice { round: notice, .. } => {
+                        ControlFrame::Pace { min_shake_interval_ms } if role.obeys_pacing() => {
+                            schedule.pace(min_shake_interval_ms, origin.elapsed().as_micros() as u64);
+                        }
+                        ControlFrame::RoundNotice { round: notice, min_shake_interval_ms } => {
+                            if role.obeys_pacing() {
+                                schedule.pace(min_shake_interval_ms, origin.elapsed().as_micros() as u64);
+                            }
                             if let Some(known) = rounds.iter_mut().find(|r| r.round_id == notice.round_id) {
                                 *known = notice;
                             } else if rounds.len() < 64 {

@@ -17,10 +17,46 @@ const TOP: f64 = 40.0;
 const GAP: f64 = 60.0;
 
 /// One line on a panel: name, colour, points (t, value).
-struct Line<'a> {
-    name: &'a str,
-    colour: &'a str,
-    points: Vec<(f64, f64)>,
+#[derive(Debug, Clone)]
+pub struct Line<'a> {
+    /// Legend.
+    pub name: &'a str,
+    /// SVG colour.
+    pub colour: &'a str,
+    /// (seconds from the start of the plot, value).
+    pub points: Vec<(f64, f64)>,
+}
+
+/// One panel: a title, a unit for its axis, its lines.
+#[derive(Debug, Clone)]
+pub struct Panel<'a> {
+    /// Title above it.
+    pub title: &'a str,
+    /// Unit of its values.
+    pub unit: &'a str,
+    /// Its lines.
+    pub lines: Vec<Line<'a>>,
+}
+
+/// An SVG of `panels` stacked, over `t_max` seconds (`x_label` under the time axis).
+pub fn panels_svg(panels: &[Panel<'_>], t_max: f64, x_label: &str) -> String {
+    let height = TOP + panels.len() as f64 * (PANEL + GAP) + 20.0;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" font-family="sans-serif">"#
+    );
+    let _ = writeln!(out, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    for (i, p) in panels.iter().enumerate() {
+        panel(&mut out, TOP + i as f64 * (PANEL + GAP), p.title, p.unit, t_max, &p.lines);
+    }
+    let _ = writeln!(
+        out,
+        r#"<text x="{}" y="{}" font-size="11" text-anchor="end">{x_label}</text></svg>"#,
+        WIDTH - RIGHT,
+        height - 10.0
+    );
+    out
 }
 
 fn panel(out: &mut String, top: f64, title: &str, unit: &str, t_max: f64, lines: &[Line<'_>]) {
@@ -86,39 +122,22 @@ pub fn svg(series: &[TimePoint]) -> String {
         prev = Some(p);
     }
     let p99: Vec<(f64, f64)> = series.iter().map(|p| (p.t_s, p.p99_outcome_ms)).collect();
-    let height = TOP + 2.0 * PANEL + GAP + 40.0;
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" font-family="sans-serif">"#
-    );
-    let _ = writeln!(out, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    panel(
-        &mut out,
-        TOP,
-        "shakes per second",
-        "/s",
-        t_max,
-        &[
-            Line { name: "sent", colour: "#1f77b4", points: sent },
-            Line { name: "answered", colour: "#2ca02c", points: answered },
-        ],
-    );
-    panel(
-        &mut out,
-        TOP + PANEL + GAP,
-        "p99 shake to outcome, per second (coordinated omission corrected)",
-        "ms",
-        t_max,
-        &[Line { name: "p99", colour: "#d62728", points: p99 }],
-    );
-    let _ = writeln!(
-        out,
-        r#"<text x="{}" y="{}" font-size="11" text-anchor="end">{t_max:.0} s</text></svg>"#,
-        WIDTH - RIGHT,
-        height - 10.0
-    );
-    out
+    let panels = [
+        Panel {
+            title: "shakes per second",
+            unit: "/s",
+            lines: vec![
+                Line { name: "sent", colour: "#1f77b4", points: sent },
+                Line { name: "answered", colour: "#2ca02c", points: answered },
+            ],
+        },
+        Panel {
+            title: "p99 shake to outcome, per second (coordinated omission corrected)",
+            unit: "ms",
+            lines: vec![Line { name: "p99", colour: "#d62728", points: p99 }],
+        },
+    ];
+    panels_svg(&panels, t_max, &format!("{t_max:.0} s"))
 }
 
 #[cfg(test)]

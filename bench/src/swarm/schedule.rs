@@ -13,6 +13,8 @@ use rand_chacha::ChaCha8Rng;
 pub struct Schedule {
     next_us: u64,
     interval_us: f64,
+    /// The interval of the plan, before any pacing the edge asked for.
+    planned_us: f64,
     jitter: f64,
     rng: ChaCha8Rng,
     /// Intended sends skipped after a stall.
@@ -31,6 +33,7 @@ impl Schedule {
         Self {
             next_us: start_us,
             interval_us: 1e6 / rate_per_s,
+            planned_us: 1e6 / rate_per_s,
             jitter,
             rng: ChaCha8Rng::seed_from_u64(seed),
             skipped: 0,
@@ -80,11 +83,43 @@ impl Schedule {
     pub fn restart(&mut self, at_us: u64) {
         self.next_us = at_us;
     }
+
+    /// The edge asks for at least `min_interval_ms` between shakes (`Welcome`, `Pace`,
+    /// `RoundNotice`): the interval becomes the planned one or that, whichever is longer; a
+    /// shake already planned sooner than the new interval allows after `last_us` moves back.
+    pub fn pace(&mut self, min_interval_ms: u32, last_us: u64) {
+        self.interval_us = self.planned_us.max(f64::from(min_interval_ms) * 1000.0);
+        self.next_us = self.next_us.max(last_us + self.interval_us as u64);
+    }
+
+    /// Sends nothing before `at_us` (a `SlowDown` verdict); the shakes meanwhile are skipped,
+    /// not sent late.
+    pub fn hold_until(&mut self, at_us: u64) {
+        while self.next_us < at_us {
+            self.advance();
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_edges_pace_lengthens_the_interval_and_a_slow_down_holds_shakes_back() {
+        let mut s = Schedule::new(0, 10.0, 0.0, 1);
+        assert_eq!(s.due(0), Some(0));
+        s.pace(1_000, 0);
+        assert_eq!(s.next_us(), 1_000_000, "the next shake moves back to the paced interval");
+        assert_eq!(s.due(1_000_000), Some(1_000_000));
+        assert_eq!(s.next_us(), 2_000_000);
+        // A pace shorter than the plan: the plan's interval again.
+        s.pace(10, 1_000_000);
+        assert_eq!(s.interval_us(), 100_000.0);
+        s.hold_until(2_500_000);
+        assert_eq!(s.next_us(), 2_500_000);
+        assert_eq!(s.skipped, 0, "held-back shakes are not counted as the sender falling behind");
+    }
 
     #[test]
     fn without_jitter_shakes_are_evenly_spaced() {

@@ -23,14 +23,15 @@ pub fn prize() -> impl Strategy<Value = Prize> {
 }
 
 pub fn round() -> impl Strategy<Value = RoundInfo> {
-    (any::<u32>(), 0..3u8, varint(), varint()).prop_map(|(round_id, phase, starts, ends)| {
-        RoundInfo {
+    (any::<u32>(), 0..3u8, varint(), varint(), any::<u32>()).prop_map(
+        |(round_id, phase, starts, ends, spread)| RoundInfo {
             round_id,
             phase: [RoundPhase::Waiting, RoundPhase::Open, RoundPhase::Closed][phase as usize],
             starts_at_ms: starts,
             ends_at_ms: ends,
-        }
-    })
+            start_spread_ms: spread,
+        },
+    )
 }
 
 pub fn verdict() -> impl Strategy<Value = Verdict> {

@@ -1,0 +1,405 @@
+//! Overload control of one event-loop worker, sans-IO: what the worker can measure cheaply
+//! (how long datagrams waited in its socket, the kernel's drops, its own busy share) judged
+//! once an interval, and the three levers it pulls, cheapest first:
+//!
+//! 1. **Pace**: over its target, the worker raises the minimum shake interval its phones keep
+//!    (`Pace`, told to each phone with its next answer) to what its measured service rate
+//!    can carry: `phones / (served shakes per second / busy share * PACE_TARGET_LOAD)`, so
+//!    the shakes offered fall under capacity within one phone interval whatever the phones'
+//!    own rate was; calm for a while, it lowers it again step by step (hysteresis, so it
+//!    does not oscillate).
+//! 2. **Handshakes**: over its target, new handshakes are refused (CONNECTION_REFUSED, phones
+//!    back off with jitter) before any established phone loses an answer: a handshake costs
+//!    about ten shakes.
+//! 3. **Shedding** (CoDel-style), in two ways, each where it costs least:
+//!    - while the shortest wait of an interval stays above the target (a standing queue, not
+//!      a burst), a shake that waited longer than the target is answered `SlowDown` (retry
+//!      after the pace) instead of going to the allocator: the phone stops at once and hears
+//!      the pace, and the answer carries the ACK the shake needs anyway;
+//!    - a datagram big enough to carry a shake that waited past the hard limit is dropped
+//!      before decryption: its phone has long given it up.
+//!
+//!    Dropping is not the cheap answer it is for TCP-less UDP. A phone whose shake is not
+//!    acknowledged within its probe timeout (its RTT plus the edge's 25 ms ACK delay) sends
+//!    loss probes, each of which the edge must acknowledge: on the surge benchmark every shed
+//!    shake came back as two to four datagrams, and shedding ACK-sized packets made the edge's
+//!    own probes fire for every phone whose ACK it dropped, tens of thousands a second that
+//!    crowded out every answer (docs/PERFORMANCE.md, "The round-open surge"). So ACK-sized
+//!    packets are never dropped, and a shake is answered rather than dropped until it is
+//!    hopeless.
+//!
+//! Time is an argument (`now_us`, monotonic); the loop feeds it its counters.
+
+/// Settings (the edge configuration's `[overload]` section).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OverloadSettings {
+    /// Off: never pace, refuse or shed for load.
+    pub enabled: bool,
+    /// Queue delay target (CoDel's target), microseconds.
+    pub target_us: u64,
+    /// A shake-sized datagram that waited longer than this is dropped unanswered,
+    /// microseconds.
+    pub limit_us: u64,
+    /// How often the worker judges its load (CoDel's interval), microseconds.
+    pub interval_us: u64,
+    /// The longest interval between shakes the worker asks of its phones, milliseconds.
+    pub max_pace_ms: u32,
+}
+
+/// The smallest short-header packet that can carry a shake: 1 byte of flags, an 8-byte
+/// connection ID, a packet number, a DATAGRAM frame with a 14-byte shake (16 bytes), and the
+/// 16-byte AEAD tag. ACK-only and PING packets are smaller and never shed.
+pub const SHED_MIN_LEN: usize = 1 + shake_loop::cid::CID_LEN + 1 + 16 + 16;
+
+/// Under overload the socket's receive buffer holds about this long of what the worker reads
+/// (the kernel's queue is first in, first out: past the phones' probe timeout, about 25 ms
+/// plus their RTT, what waits there is resent anyway).
+pub const QUEUE_BUDGET_MS: u64 = 20;
+/// Receive-buffer bytes per datagram of the budget, as `SO_RCVBUF` counts them (the kernel
+/// charges about 1 KiB per small datagram and reports double what is asked).
+pub const BUFFER_BYTES_PER_DATAGRAM: u64 = 512;
+/// The smallest receive buffer asked for under overload.
+pub const MIN_RECEIVE_BUFFER: usize = 64 * 1024;
+
+/// Busy share over an interval at or above which the worker counts as over its target.
+pub const BUSY_HIGH: f64 = 0.9;
+/// Busy share under which an interval counts as calm.
+pub const BUSY_LOW: f64 = 0.6;
+/// Calm intervals in a row before the pace is lowered one step.
+pub const CALM_INTERVALS: u32 = 10;
+/// Each lowering step multiplies the pace by this.
+pub const LOWER_STEP: f64 = 0.75;
+/// The share of its capacity a worker paces its phones to (headroom for phases that are not
+/// perfectly even and for handshakes).
+pub const PACE_TARGET_LOAD: f64 = 0.8;
+/// One raise lengthens the interval phones keep at least this many times...
+pub const RAISE_MIN: f64 = 1.5;
+/// ...and at most this many (a capacity measured in an interval spent on other work is too
+/// low).
+pub const RAISE_MAX: f64 = 2.5;
+
+/// The loop's cumulative counters at one instant (from `DriverStats`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoopReading {
+    /// Datagrams read from the socket.
+    pub datagrams_in: u64,
+    /// Of those, shed before decryption.
+    pub shed: u64,
+    /// Datagrams the kernel dropped on the socket.
+    pub kernel_drops: u64,
+    /// Time the loop worked, microseconds.
+    pub busy_us: u64,
+    /// Time the loop ran, microseconds.
+    pub wall_us: u64,
+    /// Shakes the worker decided (answered or forwarded).
+    pub shakes: u64,
+    /// Phones being served now (not cumulative).
+    pub phones: u64,
+}
+
+/// What one interval looked like, as judged.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct IntervalVerdict {
+    /// Over target: a standing queue, kernel drops, or the loop busy at [`BUSY_HIGH`].
+    pub over: bool,
+    /// Shedding for the next interval.
+    pub shedding: bool,
+    /// Demand over what the loop served, estimated (1 when not over).
+    pub overload: f64,
+    /// The loop's busy share over the interval.
+    pub busy: f64,
+}
+
+/// One worker's overload state.
+#[derive(Debug, Clone)]
+pub struct Overload {
+    settings: OverloadSettings,
+    interval_ends_us: u64,
+    /// Shortest wait of a datagram in the socket this interval, and of the last one.
+    min_wait_us: Option<u64>,
+    last_min_wait_us: u64,
+    at_start: LoopReading,
+    verdict: IntervalVerdict,
+    /// The worker's own pace, milliseconds (0: none).
+    pace_ms: f64,
+    calm: u32,
+    /// No raise before this (phones need one shake's time to hear the last one).
+    hold_until_us: u64,
+    /// Datagrams read per second over the last interval.
+    read_per_s: u64,
+}
+
+impl Overload {
+    /// Calm, with no pacing of its own.
+    pub fn new(settings: OverloadSettings, now_us: u64) -> Self {
+        Self {
+            settings,
+            interval_ends_us: now_us + settings.interval_us,
+            min_wait_us: None,
+            last_min_wait_us: 0,
+            at_start: LoopReading::default(),
+            verdict: IntervalVerdict::default(),
+            pace_ms: 0.0,
+            calm: 0,
+            hold_until_us: 0,
+            read_per_s: 0,
+        }
+    }
+
+    /// A datagram of `len` bytes read after waiting `waited_us` in the socket (`None`:
+    /// unstamped); `short` when it has a short header (an established connection's packet,
+    /// not a handshake). False: drop it, before decryption.
+    #[inline]
+    pub fn admit(&mut self, waited_us: Option<u64>, short: bool, len: usize) -> bool {
+        let Some(waited) = waited_us.filter(|_| self.settings.enabled) else { return true };
+        self.min_wait_us = Some(self.min_wait_us.map_or(waited, |min| min.min(waited)));
+        // Handshake packets go on: refusing new ones is decided on their first packet, and
+        // those in progress are paid for already. So do ACKs (see the module's doc).
+        !(waited > self.settings.limit_us && short && len >= SHED_MIN_LEN)
+    }
+
+    /// Whether a shake whose datagram waited `waited_us` is answered `SlowDown` rather than
+    /// admitted: it waited past the target while a standing queue lasts.
+    #[inline]
+    pub fn slow_down(&self, waited_us: Option<u64>) -> bool {
+        self.verdict.shedding && waited_us.is_some_and(|w| w > self.settings.target_us)
+    }
+
+    /// Once a loop turn with the loop's counters; at the end of an interval judges it. Returns
+    /// the verdict when an interval ended.
+    pub fn on_turn(
+        &mut self,
+        now_us: u64,
+        reading: LoopReading,
+        base_pace_ms: u32,
+    ) -> Option<IntervalVerdict> {
+        if now_us < self.interval_ends_us {
+            return None;
+        }
+        let span_us = (now_us - self.interval_ends_us + self.settings.interval_us).max(1);
+        self.interval_ends_us = now_us + self.settings.interval_us;
+        let was = std::mem::replace(&mut self.at_start, reading);
+        let d = |a: u64, b: u64| b.saturating_sub(a);
+        let read = d(was.datagrams_in, reading.datagrams_in);
+        let shed = d(was.shed, reading.shed);
+        let dropped = d(was.kernel_drops, reading.kernel_drops);
+        let wall = d(was.wall_us, reading.wall_us);
+        let shakes = d(was.shakes, reading.shakes);
+        self.read_per_s = read * 1_000_000 / span_us;
+        let busy =
+            if wall == 0 { 0.0 } else { d(was.busy_us, reading.busy_us) as f64 / wall as f64 };
+        let min_wait = self.min_wait_us.take().unwrap_or(0);
+        let standing_queue = min_wait > self.settings.target_us;
+        let over = self.settings.enabled && (standing_queue || dropped > 0 || busy >= BUSY_HIGH);
+        // Demand over service: what arrived (read, or dropped by the kernel) over what was
+        // served; and, for a queue still growing, its growth (a FIFO's wait grows at the rate
+        // arrivals exceed service).
+        let served = read.saturating_sub(shed).max(1);
+        let by_counts = (read + dropped) as f64 / served as f64;
+        let growth = min_wait.saturating_sub(self.last_min_wait_us) as f64 / span_us as f64;
+        self.last_min_wait_us = min_wait;
+        let overload = if over { by_counts.max(1.0 + growth) } else { 1.0 };
+        self.verdict = IntervalVerdict {
+            over,
+            shedding: self.settings.enabled && (standing_queue || dropped > 0),
+            overload,
+            busy,
+        };
+        if over {
+            self.calm = 0;
+            if now_us >= self.hold_until_us && shakes > 0 {
+                // What the worker served per second, over the share of the time it was busy,
+                // is its capacity; the phones it serves share PACE_TARGET_LOAD of it.
+                let capacity_per_s = shakes as f64 * 1e6 / span_us as f64 / busy.max(0.05);
+                let carried_ms =
+                    reading.phones as f64 * 1000.0 / (capacity_per_s * PACE_TARGET_LOAD);
+                // One raise is bounded both ways: an interval spent on other work (answering
+                // the phones' loss probes, say) serves few shakes and reads as a tiny capacity.
+                let old_pace_ms = self.pace_ms(base_pace_ms);
+                let old = f64::from(old_pace_ms);
+                let raised = carried_ms.clamp(old * RAISE_MIN, old * RAISE_MAX);
+                self.pace_ms = raised.min(f64::from(self.settings.max_pace_ms));
+                // Every phone shaking at the old pace hears the new one within one old interval
+                // (and a phone's own interval is rarely under half a second).
+                let hold_ms = u64::from(old_pace_ms).clamp(500, 2_000);
+                self.hold_until_us = now_us + hold_ms * 1000;
+            }
+        } else if busy < BUSY_LOW && self.pace_ms > 0.0 {
+            self.calm += 1;
+            if self.calm >= CALM_INTERVALS {
+                self.calm = 0;
+                self.pace_ms *= LOWER_STEP;
+                if self.pace_ms < f64::from(base_pace_ms) {
+                    self.pace_ms = 0.0;
+                }
+            }
+        } else {
+            self.calm = 0;
+        }
+        Some(self.verdict)
+    }
+
+    /// The interval phones are asked to keep, given the allocator's (never shorter).
+    pub fn pace_ms(&self, base_pace_ms: u32) -> u32 {
+        let own = self.pace_ms.round() as u32;
+        own.min(self.settings.max_pace_ms).max(base_pace_ms)
+    }
+
+    /// The receive buffer to ask for (`SO_RCVBUF` bytes): while over target, about
+    /// [`QUEUE_BUDGET_MS`] of what the worker reads; `None` (the configured one) otherwise.
+    pub fn receive_buffer(&self) -> Option<usize> {
+        if !self.verdict.over {
+            return None;
+        }
+        let bytes = self.read_per_s * QUEUE_BUDGET_MS / 1000 * BUFFER_BYTES_PER_DATAGRAM;
+        Some((bytes as usize).max(MIN_RECEIVE_BUFFER))
+    }
+
+    /// New handshakes are refused while the last interval was over target.
+    pub fn refuse_handshakes(&self) -> bool {
+        self.verdict.over
+    }
+
+    /// The last interval's verdict.
+    pub fn verdict(&self) -> IntervalVerdict {
+        self.verdict
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000;
+
+    fn settings() -> OverloadSettings {
+        OverloadSettings {
+            enabled: true,
+            target_us: 5 * MS,
+            limit_us: 100 * MS,
+            interval_us: 100 * MS,
+            max_pace_ms: 10_000,
+        }
+    }
+
+    /// Feeds one 100 ms interval: `n` datagrams (each a shake) that each waited `wait_us`, the
+    /// loop `busy` of the interval, `drops` kernel drops; returns the verdict and how many
+    /// were shed. The allocator's interval is 1 s.
+    fn interval(
+        o: &mut Overload,
+        reading: &mut LoopReading,
+        now_us: &mut u64,
+        n: u64,
+        wait_us: u64,
+        busy: f64,
+        drops: u64,
+    ) -> (IntervalVerdict, u64) {
+        let mut shed = 0;
+        for _ in 0..n {
+            if !o.admit(Some(wait_us), true, 60) {
+                shed += 1;
+            }
+        }
+        *now_us += 100 * MS;
+        reading.datagrams_in += n;
+        reading.shed += shed;
+        reading.shakes += n - shed;
+        reading.kernel_drops += drops;
+        reading.busy_us += (busy * 100_000.0) as u64;
+        reading.wall_us += 100 * MS;
+        (o.on_turn(*now_us, *reading, 1_000).expect("an interval ended"), shed)
+    }
+
+    #[test]
+    fn a_standing_queue_paces_refuses_then_sheds_and_calm_lowers_the_pace_step_by_step() {
+        let mut o = Overload::new(settings(), 0);
+        let mut reading = LoopReading { phones: 20_000, ..LoopReading::default() };
+        let mut now = 0;
+        // Calm: nothing changes, nothing is shed.
+        let (v, shed) = interval(&mut o, &mut reading, &mut now, 1000, 200, 0.4, 0);
+        assert!(!v.over && !v.shedding && shed == 0);
+        assert_eq!(o.pace_ms(1_000), 1_000);
+        assert!(!o.refuse_handshakes());
+        // Calm, but one datagram waited past the limit: dropped all the same.
+        assert!(!o.admit(Some(100 * MS + 1), true, 60));
+        assert!(o.admit(Some(100 * MS), true, 60));
+        assert!(!o.slow_down(Some(50 * MS)), "no slow-down without a standing queue");
+        // A queue that grew by 15 ms in 100 ms: demand 15% over the service.
+        let (v, shed) = interval(&mut o, &mut reading, &mut now, 1000, 15 * MS, 1.0, 0);
+        assert!(v.over && v.shedding, "{v:?}");
+        assert_eq!(shed, 0, "shedding under the limit starts with the next interval");
+        assert!((v.overload - 1.148).abs() < 0.01, "{v:?}");
+        // 1,000 shakes served in 100 ms fully busy: 10,000/s; 20,000 phones at 80% of it.
+        assert_eq!(o.pace_ms(1_000), 2_500, "the interval the capacity carries");
+        assert!(o.refuse_handshakes());
+        // 10,000 datagrams a second read: the kernel may queue 20 ms of them.
+        assert_eq!(o.receive_buffer(), Some(MIN_RECEIVE_BUFFER.max(200 * 512)));
+        // Shedding now: shakes that waited past the target are slowed down, the rest admitted;
+        // only what waited past the limit is dropped, and never a handshake or an ACK.
+        assert!(o.slow_down(Some(6 * MS)));
+        assert!(!o.slow_down(Some(4 * MS)));
+        assert!(!o.slow_down(None));
+        assert!(o.admit(Some(60 * MS), true, SHED_MIN_LEN));
+        assert!(!o.admit(Some(200 * MS), true, SHED_MIN_LEN));
+        assert!(o.admit(Some(200 * MS), false, 1200), "handshake packets are never dropped");
+        assert!(o.admit(None, true, 60), "unstamped datagrams are never dropped");
+        assert!(o.admit(Some(200 * MS), true, SHED_MIN_LEN - 1), "ACK-sized packets go through");
+        // Still over, and more phones: held while phones hear the last raise.
+        reading.phones = 40_000;
+        let (v, shed) = interval(&mut o, &mut reading, &mut now, 1000, 50 * MS, 1.0, 0);
+        assert!(v.over && v.shedding && shed == 0, "{v:?}");
+        assert_eq!(o.pace_ms(1_000), 2_500, "held while phones hear the last raise");
+        reading.phones = 20_000;
+        // The queue is gone and the loop half busy: calm, the pace comes down in steps.
+        let (v, _) = interval(&mut o, &mut reading, &mut now, 1000, 300, 0.5, 0);
+        assert!(!v.over && !v.shedding && !o.refuse_handshakes());
+        assert_eq!(o.receive_buffer(), None, "calm: the configured buffer again");
+        for _ in 0..CALM_INTERVALS - 1 {
+            interval(&mut o, &mut reading, &mut now, 1000, 300, 0.5, 0);
+        }
+        assert_eq!(o.pace_ms(1_000), 1_875, "one step down after {CALM_INTERVALS} calm ones");
+        // Busy between the marks: the pace holds (hysteresis).
+        for _ in 0..20 {
+            interval(&mut o, &mut reading, &mut now, 1000, 300, 0.75, 0);
+        }
+        assert_eq!(o.pace_ms(1_000), 1_875);
+        for _ in 0..100 {
+            interval(&mut o, &mut reading, &mut now, 1000, 300, 0.3, 0);
+        }
+        assert_eq!(o.pace_ms(1_000), 1_000, "back to the allocator's interval");
+    }
+
+    #[test]
+    fn kernel_drops_and_a_busy_loop_count_as_over_and_the_pace_has_a_ceiling() {
+        let mut o = Overload::new(settings(), 0);
+        let mut reading = LoopReading { phones: 20_000, ..LoopReading::default() };
+        let mut now = 0;
+        let (v, _) = interval(&mut o, &mut reading, &mut now, 1000, 200, 0.5, 1000);
+        assert!(v.over && v.shedding, "{v:?}");
+        assert!((v.overload - 2.0).abs() < 0.01, "arrived twice what was read: {v:?}");
+        // Half busy for 10,000/s: the capacity is 20,000/s, which carries 20,000 phones at
+        // 1,250 ms; but a raise is at least RAISE_MIN.
+        assert_eq!(o.pace_ms(1_000), 1_500);
+        let (v, _) = interval(&mut o, &mut reading, &mut now, 1000, 200, 0.95, 0);
+        assert!(v.over && !v.shedding, "busy alone paces and refuses, sheds nothing: {v:?}");
+        reading.phones = 10_000_000;
+        for _ in 0..200 {
+            interval(&mut o, &mut reading, &mut now, 1000, 200, 0.95, 100);
+        }
+        assert_eq!(o.pace_ms(1_000), 10_000, "never past max_pace_ms");
+        assert_eq!(o.pace_ms(20_000), 20_000, "never under the allocator's interval");
+    }
+
+    #[test]
+    fn disabled_it_never_paces_refuses_or_sheds() {
+        let mut o = Overload::new(OverloadSettings { enabled: false, ..settings() }, 0);
+        let mut reading = LoopReading { phones: 20_000, ..LoopReading::default() };
+        let mut now = 0;
+        for _ in 0..5 {
+            let (v, shed) = interval(&mut o, &mut reading, &mut now, 1000, 200 * MS, 1.0, 50);
+            assert!(!v.over && !v.shedding && shed == 0, "{v:?}");
+        }
+        assert_eq!(o.pace_ms(1_000), 1_000);
+        assert!(!o.refuse_handshakes());
+    }
+}
