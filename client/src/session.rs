@@ -281,6 +281,20 @@ impl PhoneSession {
         Ok(seq)
     }
 
+    /// `retry_after_ms` plus up to a quarter more, the same for the same user and shake: an
+    /// edge under load answers slow-down to many phones in one burst, and phones that all
+    /// came back after exactly the retry would make the next burst.
+    pub fn with_jitter(&self, retry_after_ms: u32, seq: u64) -> u64 {
+        // splitmix64 of (user, shake).
+        let mut z = self.user_id ^ seq.rotate_left(32);
+        z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        let retry = u64::from(retry_after_ms);
+        retry + (retry / 4) * (z >> 11) / (1 << 53)
+    }
+
     /// The phone's Unix milliseconds from which a shake is allowed: the interval in force
     /// after the last shake, and any slow-down.
     pub fn next_shake_allowed_ms(&self) -> u64 {
@@ -328,7 +342,7 @@ impl PhoneSession {
             Ok(Datagram::Outcomes(outcomes)) => {
                 for outcome in outcomes.iter() {
                     if let Verdict::SlowDown { retry_after_ms } = outcome.verdict {
-                        let until = now_ms + u64::from(retry_after_ms);
+                        let until = now_ms + self.with_jitter(retry_after_ms, outcome.seq);
                         self.slow_until_ms = self.slow_until_ms.max(until);
                     }
                     self.push(SessionEvent::Outcome(outcome));
@@ -518,6 +532,31 @@ mod tests {
     }
 
     #[test]
+    fn slow_down_jitter_spreads_a_crowd_over_a_quarter_of_the_retry() {
+        let mut keys = shake_proto::token::KeyRing::new();
+        keys.insert(1, b"0123456789abcdef0123456789abcdef").unwrap();
+        let mut ends: Vec<u64> = (1..=1_000u64)
+            .map(|user_id| {
+                let claims = shake_proto::token::Claims {
+                    key_id: 1,
+                    user_id,
+                    device_id: user_id,
+                    issued_at_s: 0,
+                    expires_at_s: u64::MAX / 2,
+                };
+                let s = PhoneSession::new(Bytes::copy_from_slice(&keys.mint(&claims).unwrap()));
+                s.with_jitter(1_000, 7)
+            })
+            .collect();
+        assert!(ends.iter().all(|&e| (1_000..1_250).contains(&e)));
+        ends.sort_unstable();
+        let quarters =
+            [1_062, 1_125, 1_187, 1_250].map(|b| ends.iter().filter(|&&e| e < b).count());
+        assert!((200..300).contains(&quarters[0]), "{quarters:?}");
+        assert!((700..800).contains(&quarters[2]), "{quarters:?}");
+    }
+
+    #[test]
     fn hello_first_then_shakes_only_once_welcomed() {
         let mut s = PhoneSession::new(Bytes::from_static(b"token"));
         let mut out = BytesMut::new();
@@ -558,21 +597,21 @@ mod tests {
         );
         s.on_datagram(NOW + 600, &answer).unwrap();
         assert!(matches!(s.poll_event(), Some(SessionEvent::Outcome(_))));
-        assert_eq!(
-            s.shake(NOW + 1_100, &mut out),
-            Err(ShakeRefusal::TooSoon { at_ms: NOW + 2_600 })
-        );
-        assert_eq!(s.shake(NOW + 2_600, &mut out), Ok(3));
+        // At least the retry, at most a quarter more (jitter of the user's and shake's own).
+        let until = NOW + 600 + s.with_jitter(2_000, 2);
+        assert!((NOW + 2_600..=NOW + 3_100).contains(&until), "{}", until - NOW);
+        assert_eq!(s.shake(NOW + 1_100, &mut out), Err(ShakeRefusal::TooSoon { at_ms: until }));
+        assert_eq!(s.shake(until, &mut out), Ok(3));
         // Pace raises the interval.
-        s.on_control(NOW + 2_700, &frame(ControlFrame::Pace { min_shake_interval_ms: 5_000 }))
+        s.on_control(until + 100, &frame(ControlFrame::Pace { min_shake_interval_ms: 5_000 }))
             .unwrap();
         assert_eq!(s.poll_event(), Some(SessionEvent::Paced { min_shake_interval_ms: 5_000 }));
-        // It counts from the last shake (NOW + 2,600).
+        // It counts from the last shake, exactly (the edge's pace is no burst).
         assert_eq!(
-            s.shake(NOW + 3_200, &mut out),
-            Err(ShakeRefusal::TooSoon { at_ms: NOW + 7_600 })
+            s.shake(until + 600, &mut out),
+            Err(ShakeRefusal::TooSoon { at_ms: until + 5_000 })
         );
-        assert_eq!(s.shake(NOW + 7_600, &mut out), Ok(4));
+        assert_eq!(s.shake(until + 5_000, &mut out), Ok(4));
     }
 
     #[test]

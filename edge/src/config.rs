@@ -74,6 +74,9 @@ pub struct OverloadConfig {
     pub interval_ms: u64,
     /// The longest interval between shakes a worker asks of its phones, milliseconds.
     pub max_pace_ms: u32,
+    /// A worker whose loop was busy this share of an interval (0 to 1) counts as over its
+    /// target.
+    pub busy_target: f64,
 }
 
 impl Default for OverloadConfig {
@@ -84,6 +87,7 @@ impl Default for OverloadConfig {
             queue_delay_limit_ms: 100,
             interval_ms: 100,
             max_pace_ms: 10_000,
+            busy_target: 0.9,
         }
     }
 }
@@ -97,6 +101,7 @@ impl OverloadConfig {
             limit_us: self.queue_delay_limit_ms * 1000,
             interval_us: self.interval_ms * 1000,
             max_pace_ms: self.max_pace_ms,
+            busy_target: self.busy_target,
         }
     }
 }
@@ -385,6 +390,9 @@ impl Validate for EdgeConfig {
         if o.interval_ms < o.queue_delay_target_ms {
             return Err(invalid("overload.interval_ms", "must be at least queue_delay_target_ms"));
         }
+        if !(o.busy_target > 0.0 && o.busy_target <= 1.0) {
+            return Err(invalid("overload.busy_target", "must be above 0 and at most 1"));
+        }
         if o.max_pace_ms < 100 {
             return Err(invalid("overload.max_pace_ms", "must be at least 100"));
         }
@@ -445,6 +453,8 @@ mod tests {
         assert_eq!(field_of(&interval), "overload.interval_ms");
         let limit = EXAMPLE.replace("queue_delay_limit_ms = 100", "queue_delay_limit_ms = 1");
         assert_eq!(field_of(&limit), "overload.queue_delay_limit_ms");
+        let busy = EXAMPLE.replace("busy_target = 0.9", "busy_target = 1.5");
+        assert_eq!(field_of(&busy), "overload.busy_target");
         let pace = EXAMPLE.replace("max_pace_ms = 10000", "max_pace_ms = 10");
         assert_eq!(field_of(&pace), "overload.max_pace_ms");
         assert!(matches!(

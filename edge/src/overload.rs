@@ -44,6 +44,8 @@ pub struct OverloadSettings {
     pub interval_us: u64,
     /// The longest interval between shakes the worker asks of its phones, milliseconds.
     pub max_pace_ms: u32,
+    /// Busy share over an interval at or above which the worker counts as over its target.
+    pub busy_target: f64,
 }
 
 /// The smallest short-header packet that can carry a shake: 1 byte of flags, an 8-byte
@@ -61,9 +63,7 @@ pub const BUFFER_BYTES_PER_DATAGRAM: u64 = 512;
 /// The smallest receive buffer asked for under overload.
 pub const MIN_RECEIVE_BUFFER: usize = 64 * 1024;
 
-/// Busy share over an interval at or above which the worker counts as over its target.
-pub const BUSY_HIGH: f64 = 0.9;
-/// Busy share under which an interval counts as calm.
+/// Busy share under which an interval counts as calm (or under the busy target, if lower).
 pub const BUSY_LOW: f64 = 0.6;
 /// Calm intervals in a row before the pace is lowered one step.
 pub const CALM_INTERVALS: u32 = 10;
@@ -100,7 +100,7 @@ pub struct LoopReading {
 /// What one interval looked like, as judged.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct IntervalVerdict {
-    /// Over target: a standing queue, kernel drops, or the loop busy at [`BUSY_HIGH`].
+    /// Over target: a standing queue, kernel drops, or the loop at its busy target.
     pub over: bool,
     /// Shedding for the next interval.
     pub shedding: bool,
@@ -190,7 +190,8 @@ impl Overload {
             if wall == 0 { 0.0 } else { d(was.busy_us, reading.busy_us) as f64 / wall as f64 };
         let min_wait = self.min_wait_us.take().unwrap_or(0);
         let standing_queue = min_wait > self.settings.target_us;
-        let over = self.settings.enabled && (standing_queue || dropped > 0 || busy >= BUSY_HIGH);
+        let over = self.settings.enabled
+            && (standing_queue || dropped > 0 || busy >= self.settings.busy_target);
         // Demand over service: what arrived (read, or dropped by the kernel) over what was
         // served; and, for a queue still growing, its growth (a FIFO's wait grows at the rate
         // arrivals exceed service).
@@ -224,7 +225,7 @@ impl Overload {
                 let hold_ms = u64::from(old_pace_ms).clamp(500, 2_000);
                 self.hold_until_us = now_us + hold_ms * 1000;
             }
-        } else if busy < BUSY_LOW && self.pace_ms > 0.0 {
+        } else if busy < BUSY_LOW.min(self.settings.busy_target) && self.pace_ms > 0.0 {
             self.calm += 1;
             if self.calm >= CALM_INTERVALS {
                 self.calm = 0;
@@ -279,6 +280,7 @@ mod tests {
             limit_us: 100 * MS,
             interval_us: 100 * MS,
             max_pace_ms: 10_000,
+            busy_target: 0.9,
         }
     }
 
