@@ -122,12 +122,8 @@ const RECONNECT_MAX: Duration = Duration::from_secs(16);
 /// How long phone `index` waits after `failures` failures in a row (at least 1).
 fn reconnect_pause(index: usize, failures: u32) -> Duration {
     let doubled = RECONNECT_AFTER.saturating_mul(1 << failures.saturating_sub(1).min(8));
-    // splitmix64 of (phone, attempt): a jitter of the phone's own, reproducible.
-    let mut z = (index as u64) << 8 ^ u64::from(failures);
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^= z >> 31;
+    // A jitter of the phone's own, reproducible.
+    let z = shake_proto::mix((index as u64) << 8 ^ u64::from(failures));
     let jitter = 0.5 + (z >> 11) as f64 / (1u64 << 53) as f64;
     doubled.min(RECONNECT_MAX).mul_f64(jitter)
 }

@@ -173,11 +173,8 @@ struct Snapshot {
 }
 
 /// The sum of every sample of the metric whose lines start with `prefix`.
-pub fn metric_sum(text: &str, prefix: &str) -> u64 {
-    text.lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
+fn metric_sum(text: &str, prefix: &str) -> u64 {
+    shake_ops::http::metric_sum(text, prefix) as u64
 }
 
 /// The largest sample of the metric whose lines start with `prefix`.
@@ -345,7 +342,9 @@ pub fn run(options: &SurgeOptions) -> anyhow::Result<SurgeFigures> {
     }
     let merged = |from: usize| {
         let mut h: Histogram<u64> = crate::swarm::stats::histogram();
-        for second in report.outcome_by_s.iter().skip(from).take(seconds as usize - from) {
+        for second in
+            report.outcome_by_s.iter().skip(from).take((seconds as usize).saturating_sub(from))
+        {
             let _ = h.add(second);
         }
         beyond(Percentiles::of(&h), rtt_ms)
@@ -624,16 +623,9 @@ pub fn svg(f: &SurgeFigures) -> String {
         },
     ];
     let t_max = f.series.len() as f64;
-    let mut svg = panels_svg(&panels, t_max, &format!("seconds; round opens at {} s", -t0));
     // The opening, on every panel.
-    let open_x = 70.0 + (-t0) as f64 / t_max.max(1.0) * (900.0 - 90.0);
-    let mark = format!(
-        r##"<line x1="{open_x:.1}" x2="{open_x:.1}" y1="30" y2="99999" stroke="#444" stroke-dasharray="4 3"/>"##
-    );
-    if let Some(at) = svg.rfind("<text") {
-        svg.insert_str(at, &(mark + "\n"));
-    }
-    svg
+    let label = format!("seconds; the round opens at {} s", -t0);
+    panels_svg(&panels, t_max, &label, &[(-t0) as f64])
 }
 
 #[cfg(test)]

@@ -285,12 +285,7 @@ impl PhoneSession {
     /// edge under load answers slow-down to many phones in one burst, and phones that all
     /// came back after exactly the retry would make the next burst.
     pub fn with_jitter(&self, retry_after_ms: u32, seq: u64) -> u64 {
-        // splitmix64 of (user, shake).
-        let mut z = self.user_id ^ seq.rotate_left(32);
-        z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
+        let z = shake_proto::mix(self.user_id ^ seq.rotate_left(32));
         let retry = u64::from(retry_after_ms);
         retry + (retry / 4) * (z >> 11) / (1 << 53)
     }

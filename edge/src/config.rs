@@ -63,9 +63,9 @@ pub struct EdgeConfig {
 pub struct OverloadConfig {
     /// Off: a worker never paces, refuses or sheds for load (only for its other limits).
     pub enabled: bool,
-    /// Queue delay target, milliseconds: while a standing queue lasts (the shortest wait of
-    /// an interval above this), a shake that waited longer in the socket is answered
-    /// `SlowDown` instead of going to the allocator.
+    /// Queue delay target, milliseconds: while a worker sheds (a standing queue, the shortest
+    /// wait of an interval above this; or kernel drops), a shake that waited longer in the
+    /// socket is answered `SlowDown` instead of going to the allocator.
     pub queue_delay_target_ms: u64,
     /// A datagram big enough to carry a shake that waited longer than this in the socket is
     /// dropped unanswered, milliseconds.

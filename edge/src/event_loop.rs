@@ -55,6 +55,8 @@ const MAX_BROADCASTS: usize = 8;
 #[derive(Debug)]
 struct Broadcast {
     frame: Bytes,
+    /// The shake interval the frame tells, if it tells one (`RoundNotice`, `Pace`).
+    pace_ms: Option<u32>,
     /// The next connection index to visit.
     next: usize,
 }
@@ -491,12 +493,17 @@ impl LoopWorker {
     /// that starts its session meanwhile learns the same from its `Welcome`; one whose slot
     /// comes after the cursor may hear it twice, which every broadcast frame allows.
     fn broadcast(&mut self, engine: &mut Engine, frame: &ControlFrame) {
+        let pace_ms = match frame {
+            ControlFrame::RoundNotice { min_shake_interval_ms, .. }
+            | ControlFrame::Pace { min_shake_interval_ms } => Some(*min_shake_interval_ms),
+            _ => None,
+        };
         let frame = self.encode(frame);
         while self.broadcasts.len() >= MAX_BROADCASTS {
             // A budget of every slot finishes at least the oldest.
             self.continue_broadcasts(engine, self.sessions.len().max(1));
         }
-        self.broadcasts.push_back(Broadcast { frame, next: 0 });
+        self.broadcasts.push_back(Broadcast { frame, pace_ms, next: 0 });
     }
 
     /// Sends the broadcasts in progress to at most `budget` more phones.
@@ -506,12 +513,14 @@ impl LoopWorker {
             while budget > 0 && broadcast.next < self.sessions.len() {
                 let ch = ConnectionHandle(broadcast.next);
                 broadcast.next += 1;
-                let serving = self
-                    .sessions
-                    .get(ch.0)
-                    .and_then(Option::as_ref)
-                    .is_some_and(|s| matches!(s.phase, Phase::Serving(_)));
-                if serving {
+                let Some(session) = self.sessions.get_mut(ch.0).and_then(Option::as_mut) else {
+                    continue;
+                };
+                if matches!(session.phase, Phase::Serving(_)) {
+                    // The phone now keeps what the frame tells: `tell_pace` compares with it.
+                    if let Some(pace_ms) = broadcast.pace_ms {
+                        session.told_pace_ms = pace_ms;
+                    }
                     budget -= 1;
                     let frame = broadcast.frame.clone();
                     engine.with_connection(ch, |conn| self.write_control(ch, conn, frame));
@@ -660,8 +669,13 @@ impl LoopWorker {
     /// answers does, and a phone paced to a long interval hears a lower pace one interval
     /// later).
     fn judge_load(&mut self, now_us: u64, stats: &DriverStats) {
+        if !self.overload.due(now_us) {
+            return;
+        }
         let reading = LoopReading {
-            datagrams_in: stats.datagrams_in + stats.forwarded_in,
+            // What this worker's socket gave (forwarded datagrams are counted by the worker
+            // that read them).
+            datagrams_in: stats.datagrams_in,
             shed: stats.shed,
             kernel_drops: stats.kernel_drops,
             busy_us: stats.busy_us,

@@ -3,21 +3,22 @@
 //! once an interval, and the three levers it pulls, cheapest first:
 //!
 //! 1. **Pace**: over its target, the worker raises the minimum shake interval its phones keep
-//!    (`Pace`, told to each phone with its next answer) to what its measured service rate
-//!    can carry: `phones / (served shakes per second / busy share * PACE_TARGET_LOAD)`, so
-//!    the shakes offered fall under capacity within one phone interval whatever the phones'
-//!    own rate was; calm for a while, it lowers it again step by step (hysteresis, so it
-//!    does not oscillate).
+//!    (`Pace`, told to each phone with its next answer) towards what its measured service
+//!    rate can carry, `phones / (served shakes per second / busy share * PACE_TARGET_LOAD)`:
+//!    each raise at least [`RAISE_MIN`] and at most [`RAISE_MAX`] times the last, then held
+//!    for one old interval while phones hear it; calm for a second, it lowers it a quarter at
+//!    a time (hysteresis, so it does not oscillate).
 //! 2. **Handshakes**: over its target, new handshakes are refused (CONNECTION_REFUSED, phones
 //!    back off with jitter) before any established phone loses an answer: a handshake costs
 //!    about ten shakes.
 //! 3. **Shedding** (CoDel-style), in two ways, each where it costs least:
-//!    - while the shortest wait of an interval stays above the target (a standing queue, not
-//!      a burst), a shake that waited longer than the target is answered `SlowDown` (retry
-//!      after the pace) instead of going to the allocator: the phone stops at once and hears
-//!      the pace, and the answer carries the ACK the shake needs anyway;
-//!    - a datagram big enough to carry a shake that waited past the hard limit is dropped
-//!      before decryption: its phone has long given it up.
+//!    - while the worker sheds (the last interval's shortest wait above the target, a
+//!      standing queue rather than a burst; or kernel drops), a shake that waited longer than
+//!      the target is answered `SlowDown` (retry after the pace) instead of going to the
+//!      allocator: the phone stops at once and hears the pace, and the answer carries the ACK
+//!      the shake needs anyway;
+//!    - at any time, a datagram big enough to carry a shake that waited past the hard limit is
+//!      dropped before decryption: its phone has long given it up.
 //!
 //!    Dropping is not the cheap answer it is for TCP-less UDP. A phone whose shake is not
 //!    acknowledged within its probe timeout (its RTT plus the edge's 25 ms ACK delay) sends
@@ -159,7 +160,8 @@ impl Overload {
     }
 
     /// Whether a shake whose datagram waited `waited_us` is answered `SlowDown` rather than
-    /// admitted: it waited past the target while a standing queue lasts.
+    /// admitted: it waited past the target while the worker sheds (a standing queue, or the
+    /// kernel dropping on its socket, in the last interval).
     #[inline]
     pub fn slow_down(&self, waited_us: Option<u64>) -> bool {
         self.verdict.shedding && waited_us.is_some_and(|w| w > self.settings.target_us)
@@ -261,9 +263,10 @@ impl Overload {
         self.verdict.over
     }
 
-    /// The last interval's verdict.
-    pub fn verdict(&self) -> IntervalVerdict {
-        self.verdict
+    /// Whether an interval has ended by `now_us` (the next [`Overload::on_turn`] judges it).
+    #[inline]
+    pub fn due(&self, now_us: u64) -> bool {
+        now_us >= self.interval_ends_us
     }
 }
 

@@ -287,6 +287,11 @@ impl Driver {
             // Datagrams other workers received for our connections (bounded by the queue).
             while let Ok((from, datagram)) = routes.from.try_recv() {
                 self.stats.forwarded_in += 1;
+                // Its wait is not known here: the shell sees it unstamped.
+                if !shell.admit(now, None, &datagram) {
+                    self.stats.shed += 1;
+                    continue;
+                }
                 engine.handle_datagram(now, from, None, None, datagram, shell);
             }
         }
@@ -341,10 +346,13 @@ impl Driver {
         }
         engine.handle_timeouts(now, shell);
         let flow = shell.turn(now, engine, &self.stats);
-        let wanted = shell.receive_buffer();
+        // Never above the buffer the socket was made with; in 64 KiB steps, so that a rate
+        // that wobbles does not mean a system call a turn.
+        let made_with = self.receive_buffer.0;
+        let wanted = shell.receive_buffer().map(|b| b.next_multiple_of(1 << 16).min(made_with));
         if wanted != self.receive_buffer.1 {
             self.receive_buffer.1 = wanted;
-            let bytes = wanted.unwrap_or(self.receive_buffer.0);
+            let bytes = wanted.unwrap_or(made_with);
             // Best effort: a buffer that cannot change leaves the queue as it was.
             let _ = socket2::SockRef::from(&self.socket).set_recv_buffer_size(bytes);
         }

@@ -157,7 +157,8 @@ impl RecvBatch {
         }
         let n = n as usize;
         self.received_at.clear();
-        for header in headers.iter().take(n) {
+        let mut stamps = [None; BATCH];
+        for (header, slot) in headers.iter().zip(&mut stamps).take(n) {
             let mut stamp = None;
             // SAFETY: the kernel wrote `msg_controllen` bytes of control messages into this
             // header's buffer (in `self.controls`, alive); the CMSG macros walk within it.
@@ -182,13 +183,13 @@ impl RecvBatch {
                     cmsg = libc::CMSG_NXTHDR(&header.msg_hdr, cmsg);
                 }
             }
-            self.received_at.push(stamp);
+            *slot = stamp;
         }
         // SAFETY: the kernel wrote datagram i into slot i; the slots up to the last one
         // received are initialised (gaps between a short datagram and the next slot hold bytes
         // the kernel did not write, but they are split off and never read).
         unsafe { self.arena.set_len(n * SLOT) };
-        for (header, addr) in headers.iter().zip(&self.addrs).take(n) {
+        for ((header, addr), stamp) in headers.iter().zip(&self.addrs).zip(stamps).take(n) {
             let mut slot = self.arena.split_to(SLOT);
             slot.truncate((header.msg_len as usize).min(SLOT));
             let len = header.msg_hdr.msg_namelen;
@@ -199,8 +200,10 @@ impl RecvBatch {
                 *storage.view_as::<libc::sockaddr_storage>() = *addr;
                 socket2::SockAddr::new(storage, len)
             };
+            // The stamps stay one per datagram handed out.
             if let Some(from) = from.as_socket() {
                 out.push((from, slot));
+                self.received_at.push(stamp);
             }
         }
         Ok(n)

@@ -1,4 +1,4 @@
-//! Frames between an edge worker and the allocator (ALPN `shake-alloc/2`), on one long-lived
+//! Frames between an edge worker and the allocator (ALPN `shake-alloc/3`), on one long-lived
 //! bidirectional stream per edge worker.
 //!
 //! Framed as in [`crate::frame`], payloads of at most [`MAX_ALLOCATOR_PAYLOAD`] bytes. A
@@ -19,7 +19,7 @@ use crate::limits::{
 use crate::reader::Reader;
 use crate::{DecodeError, Prize, RoundInfo, varint};
 
-/// The edge-allocator protocol version this crate speaks. ALPN `shake-alloc/2` carries the
+/// The edge-allocator protocol version this crate speaks. ALPN `shake-alloc/3` carries the
 /// layout; versions within it add frames compatibly (3 added `UsersLimited`), and a side only
 /// sends a frame the peer's version knows.
 pub const PROTOCOL_VERSION: u32 = 3;

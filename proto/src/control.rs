@@ -1,4 +1,4 @@
-//! Frames on a phone's control stream (ALPN `shake/1`): the phone's first bidirectional stream,
+//! Frames on a phone's control stream (ALPN `shake/2`): the phone's first bidirectional stream,
 //! carrying the session handshake, round notices, awards and their acknowledgements.
 //!
 //! Each frame is framed as in [`crate::frame`], with payloads of at most

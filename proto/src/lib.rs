@@ -40,7 +40,16 @@ pub use error_code::ErrorCode;
 pub use token::{Claims, KeyRing, TokenError};
 pub use types::{Prize, RoundInfo, RoundPhase, Verdict};
 
+/// SplitMix64's finaliser: a fast, well-mixed 64-bit hash (the draw's randomness, a user's
+/// place in a start spread, a phone's retry jitter).
+pub fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 /// ALPN of the phone <-> edge protocol.
-pub const PHONE_ALPN: &[u8] = b"shake/1";
+pub const PHONE_ALPN: &[u8] = b"shake/2";
 /// ALPN of the edge <-> allocator protocol.
-pub const ALLOCATOR_ALPN: &[u8] = b"shake-alloc/2";
+pub const ALLOCATOR_ALPN: &[u8] = b"shake-alloc/3";

@@ -23,16 +23,6 @@ use crate::varint;
 /// Length of every session token.
 pub const TOKEN_LEN: usize = 69;
 
-/// The user id a token claims, read without checking the MAC: for the phone's own use (its
-/// place in a round's start spread), never for trusting the claim. `None` if `token` is not
-/// a token of this layout.
-pub fn user_id_of(token: &[u8]) -> Option<u64> {
-    if token.len() != TOKEN_LEN || token[0] != TOKEN_VERSION {
-        return None;
-    }
-    let bytes: [u8; 8] = token[5..13].try_into().ok()?;
-    Some(u64::from_be_bytes(bytes))
-}
 /// The token layout version this crate mints and accepts.
 pub const TOKEN_VERSION: u8 = 1;
 /// Shortest accepted HMAC secret, bytes.
@@ -191,6 +181,14 @@ impl KeyRing {
         }
         Ok(claims)
     }
+}
+
+/// The user id a token claims, read without checking the MAC: for the phone's own use (its
+/// place in a round's start spread), never for trusting the claim. `None` if `token` is not
+/// a token of this layout.
+pub fn user_id_of(token: &[u8]) -> Option<u64> {
+    let token: &[u8; TOKEN_LEN] = token.try_into().ok()?;
+    (token[0] == TOKEN_VERSION).then(|| u64::from_be_bytes(field(token, 5)))
 }
 
 fn field<const N: usize>(token: &[u8; TOKEN_LEN], at: usize) -> [u8; N] {

@@ -105,12 +105,8 @@ impl RoundInfo {
         if self.start_spread_ms == 0 {
             return self.starts_at_ms;
         }
-        // splitmix64: well spread for sequential user ids.
-        let mut z = user_id ^ (u64::from(self.round_id) << 40);
-        z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
+        // Well spread for sequential user ids.
+        let z = crate::mix(user_id ^ (u64::from(self.round_id) << 40));
         self.starts_at_ms + z % u64::from(self.start_spread_ms)
     }
 

@@ -38,8 +38,9 @@ pub struct Panel<'a> {
     pub lines: Vec<Line<'a>>,
 }
 
-/// An SVG of `panels` stacked, over `t_max` seconds (`x_label` under the time axis).
-pub fn panels_svg(panels: &[Panel<'_>], t_max: f64, x_label: &str) -> String {
+/// An SVG of `panels` stacked, over `t_max` seconds (`x_label` under the time axis), with a
+/// dashed line across every panel at each time in `marks`.
+pub fn panels_svg(panels: &[Panel<'_>], t_max: f64, x_label: &str, marks: &[f64]) -> String {
     let height = TOP + panels.len() as f64 * (PANEL + GAP) + 20.0;
     let mut out = String::new();
     let _ = writeln!(
@@ -49,6 +50,15 @@ pub fn panels_svg(panels: &[Panel<'_>], t_max: f64, x_label: &str) -> String {
     let _ = writeln!(out, r#"<rect width="100%" height="100%" fill="white"/>"#);
     for (i, p) in panels.iter().enumerate() {
         panel(&mut out, TOP + i as f64 * (PANEL + GAP), p.title, p.unit, t_max, &p.lines);
+    }
+    let plot_w = WIDTH - LEFT - RIGHT;
+    for t in marks {
+        let x = LEFT + t / t_max.max(1e-9) * plot_w;
+        let _ = writeln!(
+            out,
+            r##"<line x1="{x:.1}" x2="{x:.1}" y1="{TOP}" y2="{:.1}" stroke="#444" stroke-dasharray="4 3"/>"##,
+            height - 30.0
+        );
     }
     let _ = writeln!(
         out,
@@ -137,7 +147,7 @@ pub fn svg(series: &[TimePoint]) -> String {
             lines: vec![Line { name: "p99", colour: "#d62728", points: p99 }],
         },
     ];
-    panels_svg(&panels, t_max, &format!("{t_max:.0} s"))
+    panels_svg(&panels, t_max, &format!("{t_max:.0} s"), &[])
 }
 
 #[cfg(test)]
