@@ -78,13 +78,30 @@ impl Admission {
         TokenBucket::full(self.settings.phone, now_us)
     }
 
-    /// The allocator's word on a round (replaces what was known of it).
-    pub fn on_round_state(&mut self, round: RoundInfo, min_interval_ms: u32) {
+    /// The allocator's word on a round (replaces what was known of it). True if phones would
+    /// learn something from it: a round not known before, other times or start spread, or
+    /// another interval. A change of phase alone is not news to a phone that knows the times
+    /// (it opens and closes by them), and telling 10,000 phones at the opening instant costs
+    /// 10,000 packets and their ACKs at the worst moment.
+    pub fn on_round_state(&mut self, round: RoundInfo, min_interval_ms: u32) -> bool {
+        let interval_was = self.min_interval_ms();
         self.min_interval_ms = min_interval_ms;
-        match self.rounds.iter_mut().find(|r| r.round_id == round.round_id) {
-            Some(known) => *known = round,
-            None => self.rounds.push(round),
-        }
+        let same_times = |known: &RoundInfo| {
+            (known.starts_at_ms, known.ends_at_ms, known.start_spread_ms)
+                == (round.starts_at_ms, round.ends_at_ms, round.start_spread_ms)
+        };
+        let news = match self.rounds.iter_mut().find(|r| r.round_id == round.round_id) {
+            Some(known) => {
+                let news = !same_times(known);
+                *known = round;
+                news
+            }
+            None => {
+                self.rounds.push(round);
+                true
+            }
+        };
+        news || self.min_interval_ms() != interval_was
     }
 
     /// A quota for this worker (the edge's rate already divided between workers).
@@ -266,6 +283,22 @@ mod tests {
         assert_eq!(slowed, Some(Decision::Answer(Verdict::SlowDown { retry_after_ms: 1_000 })));
         a.set_pace_ms(10);
         assert_eq!(a.min_interval_ms(), 250);
+    }
+
+    #[test]
+    fn only_what_phones_do_not_know_is_news() {
+        let mut a = admission();
+        let round = a.current_round(T0_MS);
+        assert!(!a.on_round_state(round, 100), "the same round and interval again");
+        let opened = RoundInfo { phase: RoundPhase::Closed, ..round };
+        assert!(!a.on_round_state(opened, 100), "a phase change alone: phones know the times");
+        let longer = RoundInfo { ends_at_ms: round.ends_at_ms + 1_000, ..round };
+        assert!(a.on_round_state(longer, 100), "other times");
+        let spread = RoundInfo { start_spread_ms: 500, ..longer };
+        assert!(a.on_round_state(spread, 100), "another start spread");
+        assert!(a.on_round_state(spread, 500), "another interval");
+        let next = RoundInfo { round_id: round.round_id + 1, ..spread };
+        assert!(a.on_round_state(next, 500), "a round not known before");
     }
 
     #[test]

@@ -291,11 +291,12 @@ impl<X> WorkerCore<X> {
                 self.admission.on_quota(round_id, rate, valid_until_ms);
             }
             AllocatorFrame::RoundState { round, min_shake_interval_ms } => {
-                self.admission.on_round_state(round, min_shake_interval_ms);
-                out.push(PhoneEffect::Broadcast(ControlFrame::RoundNotice {
-                    round,
-                    min_shake_interval_ms: self.admission.min_interval_ms(),
-                }));
+                if self.admission.on_round_state(round, min_shake_interval_ms) {
+                    out.push(PhoneEffect::Broadcast(ControlFrame::RoundNotice {
+                        round,
+                        min_shake_interval_ms: self.admission.min_interval_ms(),
+                    }));
+                }
             }
             AllocatorFrame::UsersLimited { until_ms, user_ids } => {
                 self.on_users_limited(&user_ids, until_ms, now_ms);

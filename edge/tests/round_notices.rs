@@ -1,12 +1,15 @@
 //! A round notice reaches every phone of the edge, however many: the event loop sends a
 //! broadcast 64 phones per turn (so that shakes are served between slices) and must carry it
 //! on, turn after turn, until every serving phone has it. Here the allocator restarts under
-//! 200 connected phones (about 100 per worker, more than one slice each) and its `RoundState`
-//! must reach every one of them as a `RoundNotice`.
+//! 200 connected phones (about 100 per worker, more than one slice each) with a longer shake
+//! interval, and its `RoundState` must reach every one of them as a `RoundNotice`; a restart
+//! that changes nothing phones know tells them nothing.
 
 mod common;
 
 use common::*;
+use std::time::Duration;
+
 use shake_proto::ControlFrame;
 
 /// More phones than two workers' first slices together.
@@ -27,14 +30,27 @@ async fn a_round_notice_reaches_every_phone_past_the_first_slice() {
         }
     }
     world.wait_for_metric("shake_edge_phones", PHONES as f64).await;
+    // The same round again: the workers hear it, the phones hear nothing.
     let notices_before = world.metric("shake_edge_round_states_total");
     world.stop_allocator().await;
     world.restart_allocator().await;
     world.wait_for_metric("shake_edge_round_states_total", notices_before + 2.0).await;
+    for (i, phone) in phones.iter_mut().take(20).enumerate() {
+        let heard = tokio::time::timeout(Duration::from_millis(200), phone.next_frame()).await;
+        assert!(heard.is_err(), "phone {i} was told what it knew: {heard:?}");
+    }
+    // A longer interval is news to every phone.
+    let notices_before = world.metric("shake_edge_round_states_total");
+    world.stop_allocator().await;
+    world.restart_allocator_with(|config| config.rounds[0].min_shake_interval_ms = 2_500).await;
+    world.wait_for_metric("shake_edge_round_states_total", notices_before + 2.0).await;
     for (i, phone) in phones.iter_mut().enumerate() {
         loop {
             match phone.next_frame().await {
-                Ok(ControlFrame::RoundNotice { .. }) => break,
+                Ok(ControlFrame::RoundNotice { min_shake_interval_ms, .. }) => {
+                    assert_eq!(min_shake_interval_ms, 2_500, "phone {i}");
+                    break;
+                }
                 Ok(_) => continue,
                 Err(err) => panic!("phone {i} of {PHONES} heard no round notice: {err}"),
             }

@@ -249,9 +249,15 @@ hello_timeout_ms = 500
 
     /// Starts the allocator again on the same address, over the same ledger.
     pub async fn restart_allocator(&mut self) {
+        self.restart_allocator_with(|_| {}).await;
+    }
+
+    /// [`World::restart_allocator`] with its configuration changed by `change` first.
+    pub async fn restart_allocator_with(&mut self, change: impl FnOnce(&mut Config)) {
         let shutdown = Shutdown::default();
-        let config =
+        let mut config =
             allocator_config(&self.dir, self.allocator_addr, self.envelopes, self.round_start());
+        change(&mut config);
         let running = service::start(config, shutdown.clone()).await.unwrap();
         self.allocator = Some(running);
         self.allocator_shutdown = shutdown;
