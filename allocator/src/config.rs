@@ -19,8 +19,15 @@ pub struct Config {
     /// Prometheus `/metrics` listen address; none to serve no metrics.
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
-    /// Where the award ledger lives (a fjall directory; created if missing).
-    pub ledger_path: PathBuf,
+    /// Which store holds the award ledger: `fjall` (embedded, the default) or `postgres`.
+    #[serde(default)]
+    pub ledger: LedgerKind,
+    /// Where the fjall ledger lives (a directory; created if missing). Needed with `fjall`.
+    #[serde(default)]
+    pub ledger_path: Option<PathBuf>,
+    /// The PostgreSQL ledger and the leadership among allocators. Needed with `postgres`.
+    #[serde(default)]
+    pub postgres: Option<PostgresConfig>,
     /// Edges are given admission for `oversampling x` the prizes released per second.
     #[serde(default = "default_oversampling")]
     pub oversampling: f64,
@@ -82,6 +89,47 @@ impl UserRateConfig {
             limit_for_ms: self.limit_for_s.saturating_mul(1000),
         }
     }
+}
+
+/// The store that holds the award ledger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LedgerKind {
+    /// fjall, in `ledger_path` on local disk: one allocator, one machine.
+    #[default]
+    Fjall,
+    /// PostgreSQL (`[postgres]`): several allocators, one leader, a replicated ledger.
+    Postgres,
+}
+
+/// `[postgres]`: where the ledger is and how this allocator takes part in the leadership.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// A libpq connection string. Name every server of the cluster and ask for the primary, so
+    /// that a promoted standby is found without a change here:
+    /// `host=db1,db2,db3 port=5432,5432,5432 user=shake dbname=shake target_session_attrs=read-write`.
+    pub url: String,
+    /// This allocator's name in the lease row (unique among the allocators).
+    pub node: String,
+    /// The QUIC address edges should use for this allocator while it leads (what standbys
+    /// redirect edges to); default: the bound `listen` address.
+    #[serde(default)]
+    pub advertise: Option<SocketAddr>,
+    /// How long a leader's lease lasts without renewal, milliseconds: a standby takes over
+    /// this long after a leader stops renewing (crash, pause, partition). Renewed every third.
+    #[serde(default = "default_lease_ms")]
+    pub lease_ms: u64,
+    /// How often a standby looks at the lease, milliseconds.
+    #[serde(default = "default_standby_poll_ms")]
+    pub standby_poll_ms: u64,
+}
+
+fn default_lease_ms() -> u64 {
+    3_000
+}
+fn default_standby_poll_ms() -> u64 {
+    250
 }
 
 /// Certificate files (PEM). `shake-allocator dev-certs DIR` writes a working set.
@@ -220,6 +268,29 @@ impl Validate for Config {
         }
         if self.quota_valid_ms < 300 {
             return Err(invalid("quota_valid_ms", "must be at least 300"));
+        }
+        match (self.ledger, &self.ledger_path, &self.postgres) {
+            (LedgerKind::Fjall, None, _) => {
+                return Err(invalid("ledger_path", "is needed with ledger = \"fjall\""));
+            }
+            (LedgerKind::Postgres, _, None) => {
+                return Err(invalid("postgres", "is needed with ledger = \"postgres\""));
+            }
+            (LedgerKind::Postgres, _, Some(pg)) => {
+                if pg.url.parse::<postgres::Config>().is_err() {
+                    return Err(invalid("postgres.url", "is not a valid connection string"));
+                }
+                if pg.node.is_empty() || pg.node.len() > 64 {
+                    return Err(invalid("postgres.node", "must be 1 to 64 bytes"));
+                }
+                if !(500..=60_000).contains(&pg.lease_ms) {
+                    return Err(invalid("postgres.lease_ms", "must be 500 to 60,000"));
+                }
+                if pg.standby_poll_ms == 0 || pg.standby_poll_ms >= pg.lease_ms {
+                    return Err(invalid("postgres.standby_poll_ms", "must be 1 to lease_ms - 1"));
+                }
+            }
+            _ => {}
         }
         if self.max_group_batches == 0 {
             return Err(invalid("max_group_batches", "must be at least 1"));

@@ -9,7 +9,9 @@
 //! - [`award`]: the award row and its stored encoding; [`export`]: award rows as JSON.
 //! - [`quota`]: sharing the fleet's admission rate between edges.
 //! - [`core`]: the sans-IO state machine: streams, batches, exactly-once answers, quotas.
-//! - [`ledger`]: the durable fjall ledger with group commit.
+//! - [`ledger`]: the durable ledger with group commit: fjall (embedded) or PostgreSQL (with a
+//!   leader lease that fences the other allocators).
+//! - `ha`: several allocators on one PostgreSQL ledger: standby, takeover, leadership terms.
 //! - [`service`]: the I/O shell: QUIC endpoint, stream tasks, the actor, the commit thread.
 //! - [`dev_certs`]: a development PKI so mutual TLS works out of the box.
 //! - [`metrics`]: Prometheus metrics (served by `shake_ops::http`).
@@ -20,6 +22,7 @@ pub mod core;
 pub mod dev_certs;
 pub mod draw;
 pub mod export;
+mod ha;
 pub mod ledger;
 pub mod metrics;
 pub mod pool;

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use shake_allocator::config::Config;
-use shake_allocator::ledger::Ledger;
+use shake_allocator::ledger::{self, FjallLedger, LedgerStore};
 use shake_allocator::service::{self, Shutdown};
 use shake_allocator::{dev_certs, export};
 use shake_ops::config::{EXIT_USAGE, check, load_or_exit};
@@ -48,12 +48,13 @@ enum Command {
         #[arg(long, value_delimiter = ',', default_value = "1,2")]
         edges: Vec<u64>,
     },
-    /// List awards from the ledger (stop the allocator first: the ledger is locked while it runs).
+    /// List awards from the ledger. A fjall ledger is locked while its allocator runs (stop it
+    /// first); a PostgreSQL ledger is read while the show runs.
     Awards {
-        /// The ledger file (or take it from --config).
+        /// The fjall ledger directory (or take the ledger from --config).
         #[arg(long, required_unless_present = "config")]
         ledger: Option<PathBuf>,
-        /// Take the ledger path from this configuration.
+        /// Take the ledger (fjall or PostgreSQL) from this configuration.
         #[arg(long, short)]
         config: Option<PathBuf>,
         /// Only this user's awards.
@@ -68,10 +69,10 @@ enum Command {
     },
     /// Every award as JSON lines, for settlement.
     Export {
-        /// The ledger file (or take it from --config).
+        /// The fjall ledger directory (or take the ledger from --config).
         #[arg(long, required_unless_present = "config")]
         ledger: Option<PathBuf>,
-        /// Take the ledger path from this configuration.
+        /// Take the ledger (fjall or PostgreSQL) from this configuration.
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
@@ -97,18 +98,20 @@ fn main() -> ExitCode {
     }
 }
 
-fn ledger_path(ledger: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::Result<PathBuf> {
-    match (ledger, config) {
-        (Some(path), _) => Ok(path),
-        (None, Some(config)) => Ok(Config::load(&config)?.ledger_path),
+/// The ledger named on the command line: a fjall directory, or whatever a configuration names.
+fn open_ledger(
+    ledger: Option<PathBuf>,
+    config: Option<PathBuf>,
+) -> anyhow::Result<Box<dyn LedgerStore>> {
+    let store: Box<dyn LedgerStore> = match (ledger, config) {
+        (Some(path), _) => Box::new(FjallLedger::open(&path).with_context(|| {
+            format!("opening {} (a running allocator holds it locked)", path.display())
+        })?),
+        (None, Some(config)) => ledger::open(&Config::load(&config)?)
+            .context("opening the configured ledger (a running allocator locks a fjall one)")?,
         (None, None) => anyhow::bail!("give --ledger or --config"),
-    }
-}
-
-fn open_ledger(path: &std::path::Path) -> anyhow::Result<Ledger> {
-    Ledger::open(path).with_context(|| {
-        format!("opening {} (a running allocator holds it locked)", path.display())
-    })
+    };
+    Ok(store)
 }
 
 fn run(command: Command) -> anyhow::Result<ExitCode> {
@@ -127,8 +130,8 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Awards { ledger, config, user, round, undelivered } => {
-            let ledger = open_ledger(&ledger_path(ledger, config)?)?;
-            let awards = ledger.awards(|a| {
+            let mut ledger = open_ledger(ledger, config)?;
+            let awards = ledger.awards(&mut |a| {
                 user.is_none_or(|u| a.user_id == u)
                     && round.is_none_or(|r| a.round_id == r)
                     && (!undelivered || !a.delivered)
@@ -152,8 +155,8 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             println!("{} awards", awards.len());
         }
         Command::Export { ledger, config } => {
-            let ledger = open_ledger(&ledger_path(ledger, config)?)?;
-            for award in ledger.awards(|_| true)? {
+            let mut ledger = open_ledger(ledger, config)?;
+            for award in ledger.awards(&mut |_| true)? {
                 println!("{}", export::award_json(&award));
             }
         }

@@ -53,6 +53,10 @@ pub struct Metrics {
     pub users_evicted: Counter,
     /// Users the per-user rate tracks now.
     pub users_tracked: Gauge,
+    /// The leader epoch this allocator holds (PostgreSQL ledger); 0 while a standby.
+    pub leader_epoch: Gauge,
+    /// Leadership terms won, and how each ended (`outcome`: won, lost, fenced, failed).
+    pub leadership: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -86,6 +90,8 @@ impl Metrics {
             users_limited: Counter::default(),
             users_evicted: Counter::default(),
             users_tracked: Gauge::default(),
+            leader_epoch: Gauge::default(),
+            leadership: Family::default(),
             registry: Registry::default(),
         };
         registry.register("batches", "Batches received", m.batches.clone());
@@ -159,6 +165,16 @@ impl Metrics {
             "users_tracked",
             "Users the per-user rate tracks now",
             m.users_tracked.clone(),
+        );
+        registry.register(
+            "leader_epoch",
+            "Leader epoch held (PostgreSQL ledger); 0 while a standby",
+            m.leader_epoch.clone(),
+        );
+        registry.register(
+            "leadership",
+            "Leadership terms won and how they ended",
+            m.leadership.clone(),
         );
         Self { registry, ..m }
     }

@@ -1,5 +1,5 @@
 //! The allocator's I/O shell: the QUIC endpoint, one task per edge worker stream, the actor that
-//! owns the [`Core`], and the group-commit thread that owns the [`Ledger`].
+//! owns the [`Core`], and the group-commit thread that owns the ledger ([`LedgerStore`]).
 //!
 //! ```text
 //! stream tasks --ActorMsg--> actor (Core) --CommitJob--> committer thread (fjall, fsync)
@@ -29,10 +29,12 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::award::BatchKey;
-use crate::config::Config;
+use crate::config::{Config, LedgerKind};
 use crate::core::{Core, CoreSettings, Effect, StreamId, WorkerHello};
 use crate::draw::{Draw, RestoreError};
-use crate::ledger::{AnsweredBatch, CommitGroup, Ledger, LedgerError, WorkerRecord};
+use crate::ledger::{
+    self, AnsweredBatch, CommitGroup, LedgerError, LedgerStore, Snapshot, WorkerRecord,
+};
 use crate::metrics::Metrics;
 use shake_ops::http::{Endpoints, Readiness};
 use shake_ops::tls::{self, TlsError};
@@ -125,7 +127,7 @@ pub struct Running {
     pub quic_addr: SocketAddr,
     /// The metrics address, if serving.
     pub metrics_addr: Option<SocketAddr>,
-    done: tokio::task::JoinHandle<Result<(), ServeError>>,
+    pub(crate) done: tokio::task::JoinHandle<Result<(), ServeError>>,
 }
 
 impl Running {
@@ -147,33 +149,67 @@ pub struct Shutdown {
     pub stop: CancellationToken,
 }
 
-/// Opens the ledger, rebuilds state from it, binds and serves until shut down.
-pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, ServeError> {
-    let ledger = Ledger::open(&config.ledger_path)?;
-    // A ledger that cannot be written must stop the start, not the first commit mid-show.
-    ledger.probe()?;
-    let snapshot = ledger.snapshot()?;
-    let mut draw = Draw::new(&config.rounds);
-    for award in &snapshot.awards {
-        draw.restore(award)?;
-    }
-    tracing::info!(
-        awards = snapshot.awards.len(),
-        answers = snapshot.answers.len(),
-        next_award_id = draw.next_award_id(),
-        "ledger replayed"
-    );
-    let metrics = Arc::new(Metrics::new());
-    let settings = CoreSettings {
-        oversampling: config.oversampling,
-        quota_valid_ms: config.quota_valid_ms,
-        user_rate: config.user_rate.settings(),
-    };
-    let mut core = Core::new(settings, draw);
-    let mut restored = Vec::new();
-    core.restore(snapshot.workers, snapshot.answers, &mut restored);
-    update_gauges(&core, &metrics);
+/// What `/ready` reports, shared by every leadership term of the process.
+#[derive(Debug, Default)]
+pub(crate) struct Health {
+    /// The last term stopped on a failed commit.
+    pub(crate) ledger_failed: AtomicBool,
+    /// Another allocator leads the ledger (PostgreSQL): this one only redirects edges.
+    pub(crate) standby: AtomicBool,
+}
 
+/// Opens the ledger, rebuilds state from it, binds and serves until shut down. With a
+/// PostgreSQL ledger the allocator first waits as a standby until it wins the leadership
+/// (see [`crate::ha`]).
+pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, ServeError> {
+    if config.ledger == LedgerKind::Postgres {
+        return crate::ha::start(config, shutdown).await;
+    }
+    let (store, snapshot) = {
+        let config = config.clone();
+        blocking(move || {
+            let mut store = ledger::open(&config)?;
+            // A ledger that cannot be written must stop the start, not the first commit
+            // mid-show.
+            store.probe()?;
+            let snapshot = store.snapshot()?;
+            Ok((store, snapshot))
+        })
+        .await?
+    };
+    let server = quic_server_config(&config)?;
+    let socket = bind_socket(config.listen)?;
+    let quic_addr =
+        socket.local_addr().map_err(|source| ServeError::Bind { addr: config.listen, source })?;
+    let endpoint = endpoint_on(socket, server, quic_addr)?;
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::default());
+    let metrics_addr = serve_metrics(&config, &metrics, &health, &shutdown).await?;
+    let done = lead(
+        &config,
+        endpoint,
+        TermEnd::CloseEndpoint,
+        store,
+        snapshot,
+        metrics,
+        health,
+        shutdown,
+    )?;
+    Ok(Running { quic_addr, metrics_addr, done })
+}
+
+/// Runs blocking ledger work off the async runtime.
+pub(crate) async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, LedgerError> + Send + 'static,
+) -> Result<T, ServeError> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => Ok(result?),
+        Err(err) => Err(ServeError::Panicked(format!("ledger task: {err}"))),
+    }
+}
+
+/// The QUIC server configuration: mutual TLS, edges' streams only.
+pub(crate) fn quic_server_config(config: &Config) -> Result<quinn::ServerConfig, ServeError> {
     let rustls = tls::mutual_tls_server(
         &config.tls.cert,
         &config.tls.key,
@@ -189,37 +225,101 @@ pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, ServeE
         .keep_alive_interval(Some(Duration::from_secs(2)))
         .max_idle_timeout(Some(Duration::from_secs(10).try_into().expect("10 s fits")));
     server.transport_config(Arc::new(transport));
-    let endpoint = quinn::Endpoint::server(server, config.listen)
-        .map_err(|source| ServeError::Bind { addr: config.listen, source })?;
-    let quic_addr =
-        endpoint.local_addr().map_err(|source| ServeError::Bind { addr: config.listen, source })?;
+    Ok(server)
+}
 
-    let ledger_failed = Arc::new(AtomicBool::new(false));
-    let metrics_addr = match config.metrics_listen {
-        Some(addr) => {
-            let m = metrics.clone();
-            let draining = shutdown.drain.clone();
-            let failed = ledger_failed.clone();
-            let endpoints = Endpoints {
-                metrics: Arc::new(move || m.render()),
-                ready: Arc::new(move || {
-                    if failed.load(Ordering::Relaxed) {
-                        Readiness::NotReady("the ledger is not writable".into())
-                    } else if draining.is_cancelled() {
-                        Readiness::NotReady("draining".into())
-                    } else {
-                        Readiness::Ready
-                    }
-                }),
-            };
-            Some(
-                shake_ops::http::spawn(addr, endpoints, shutdown.stop.clone())
-                    .await
-                    .map_err(|source| ServeError::Bind { addr, source })?,
-            )
-        }
-        None => None,
+/// Binds the UDP socket edges reach the allocator on (kept across leadership terms).
+pub(crate) fn bind_socket(listen: SocketAddr) -> Result<std::net::UdpSocket, ServeError> {
+    std::net::UdpSocket::bind(listen).map_err(|source| ServeError::Bind { addr: listen, source })
+}
+
+/// A QUIC endpoint on (a clone of) the bound socket.
+pub(crate) fn endpoint_on(
+    socket: std::net::UdpSocket,
+    server: quinn::ServerConfig,
+    addr: SocketAddr,
+) -> Result<quinn::Endpoint, ServeError> {
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| ServeError::Quic("no async runtime for the QUIC endpoint".into()))?;
+    quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server), socket, runtime)
+        .map_err(|source| ServeError::Bind { addr, source })
+}
+
+/// Serves `/metrics` and `/ready` when configured.
+pub(crate) async fn serve_metrics(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    health: &Arc<Health>,
+    shutdown: &Shutdown,
+) -> Result<Option<SocketAddr>, ServeError> {
+    let Some(addr) = config.metrics_listen else { return Ok(None) };
+    let m = metrics.clone();
+    let draining = shutdown.drain.clone();
+    let health = health.clone();
+    let endpoints = Endpoints {
+        metrics: Arc::new(move || m.render()),
+        ready: Arc::new(move || {
+            if health.ledger_failed.load(Ordering::Relaxed) {
+                Readiness::NotReady("the ledger is not writable".into())
+            } else if draining.is_cancelled() {
+                Readiness::NotReady("draining".into())
+            } else if health.standby.load(Ordering::Relaxed) {
+                Readiness::NotReady("standby: another allocator leads".into())
+            } else {
+                Readiness::Ready
+            }
+        }),
     };
+    let bound = shake_ops::http::spawn(addr, endpoints, shutdown.stop.clone())
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })?;
+    Ok(Some(bound))
+}
+
+/// Whether a term's end closes its endpoint, or only the connections it accepted (the endpoint
+/// outlives the term: a standby keeps answering on it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TermEnd {
+    /// Close the endpoint: the process is done with it.
+    CloseEndpoint,
+    /// Close this term's connections with `NOT_LEADER`; the endpoint stays.
+    CloseConnections,
+}
+
+/// One leadership term: rebuilds the draw and the core from the snapshot, starts the commit
+/// thread on `store`, accepts edges on `endpoint` and serves until `shutdown` (or a failed
+/// commit).
+#[allow(clippy::too_many_arguments)] // one call per ledger kind; each argument is distinct
+pub(crate) fn lead(
+    config: &Config,
+    endpoint: quinn::Endpoint,
+    end: TermEnd,
+    store: Box<dyn LedgerStore>,
+    snapshot: Snapshot,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    shutdown: Shutdown,
+) -> Result<tokio::task::JoinHandle<Result<(), ServeError>>, ServeError> {
+    let mut draw = Draw::new(&config.rounds);
+    for award in &snapshot.awards {
+        draw.restore(award)?;
+    }
+    tracing::info!(
+        awards = snapshot.awards.len(),
+        answers = snapshot.answers.len(),
+        next_award_id = draw.next_award_id(),
+        "ledger replayed"
+    );
+    let settings = CoreSettings {
+        oversampling: config.oversampling,
+        quota_valid_ms: config.quota_valid_ms,
+        user_rate: config.user_rate.settings(),
+    };
+    let mut core = Core::new(settings, draw);
+    let mut restored = Vec::new();
+    core.restore(snapshot.workers, snapshot.answers, &mut restored);
+    update_gauges(&core, &metrics);
+    health.ledger_failed.store(false, Ordering::Relaxed);
 
     let (actor_tx, actor_rx) = mpsc::channel::<ActorMsg>(4096);
     let (commit_tx, commit_rx) = mpsc::channel::<CommitJob>(COMMIT_QUEUE);
@@ -229,30 +329,44 @@ pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, ServeE
     let committer = {
         let metrics = metrics.clone();
         let max_group = config.max_group_batches;
-        let failed = ledger_failed.clone();
+        let mut store = store;
         std::thread::Builder::new()
             .name("ledger-commit".into())
             .spawn(move || {
-                if commit_loop(&ledger, commit_rx, &committed_tx, &metrics, max_group).is_err() {
-                    failed.store(true, Ordering::Relaxed);
+                if commit_loop(&mut *store, commit_rx, &committed_tx, &metrics, max_group).is_err()
+                {
+                    health.ledger_failed.store(true, Ordering::Relaxed);
                 }
             })
             .map_err(|e| ServeError::Panicked(format!("spawning the commit thread: {e}")))?
     };
     let pipes = Pipes { inbox: actor_rx, commits: commit_tx, committed: committed_rx };
 
-    tracing::info!(%quic_addr, metrics = ?metrics_addr, "allocator listening");
-    let done = tokio::spawn(async move {
+    let quic_addr = endpoint.local_addr().ok();
+    tracing::info!(?quic_addr, "allocator serving edges");
+    Ok(tokio::spawn(async move {
+        let connections = Arc::new(std::sync::Mutex::new(Vec::new()));
         let accept = tokio::spawn(accept_loop(
             endpoint.clone(),
             actor_tx.clone(),
             metrics.clone(),
+            connections.clone(),
             shutdown.clone(),
         ));
         let result = actor_loop(core, restored, pipes, metrics, shutdown).await;
         accept.abort();
-        endpoint.close(ErrorCode::NoError.code().into(), b"allocator stopping");
-        tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await.ok();
+        match end {
+            TermEnd::CloseEndpoint => {
+                endpoint.close(ErrorCode::NoError.code().into(), b"allocator stopping");
+                tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await.ok();
+            }
+            TermEnd::CloseConnections => {
+                let accepted = std::mem::take(&mut *lock(&connections));
+                for connection in accepted {
+                    connection.close(ErrorCode::NotLeader.code().into(), b"");
+                }
+            }
+        }
         drop(actor_tx);
         // The commit thread ends once the actor's sender is gone; never abandon a commit.
         let joined = tokio::task::spawn_blocking(move || committer.join()).await;
@@ -260,13 +374,12 @@ pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, ServeE
             return Err(ServeError::Panicked("the commit thread panicked".into()));
         }
         result
-    });
-    Ok(Running { quic_addr, metrics_addr, done })
+    }))
 }
 
 /// Commits groups until the actor goes away; `Err` after a failed commit.
 fn commit_loop(
-    ledger: &Ledger,
+    ledger: &mut dyn LedgerStore,
     mut jobs: mpsc::Receiver<CommitJob>,
     committed: &mpsc::UnboundedSender<Committed>,
     metrics: &Metrics,
@@ -485,10 +598,19 @@ async fn apply(
     Ok(())
 }
 
+/// The connections a term accepted (closed ones pruned as new ones come).
+type Accepted = Arc<std::sync::Mutex<Vec<quinn::Connection>>>;
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding it left a plain list intact.
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 async fn accept_loop(
     endpoint: quinn::Endpoint,
     actor: mpsc::Sender<ActorMsg>,
     metrics: Arc<Metrics>,
+    accepted: Accepted,
     shutdown: Shutdown,
 ) {
     let stream_ids = Arc::new(AtomicU64::new(1));
@@ -504,6 +626,7 @@ async fn accept_loop(
         let actor = actor.clone();
         let metrics = metrics.clone();
         let stream_ids = stream_ids.clone();
+        let accepted = accepted.clone();
         tokio::spawn(async move {
             let remote = incoming.remote_address();
             let connection = match incoming.await {
@@ -518,6 +641,11 @@ async fn accept_loop(
                 }
             };
             tracing::info!(%remote, "edge connected");
+            {
+                let mut list = lock(&accepted);
+                list.retain(|c| c.close_reason().is_none());
+                list.push(connection.clone());
+            }
             // invariant: mutual TLS is required, so an established connection has a chain.
             let peer_cert = connection
                 .peer_identity()

@@ -12,7 +12,7 @@ use shake_allocator::award::{Award, BatchKey};
 use shake_allocator::config::{CashPool, Release, RoundConfig};
 use shake_allocator::core::answer_frame;
 use shake_allocator::draw::Draw;
-use shake_allocator::ledger::{AnsweredBatch, CommitGroup, Ledger};
+use shake_allocator::ledger::{AnsweredBatch, CommitGroup, FjallLedger};
 use shake_allocator::user_rate::{UserRateSettings, UserRates};
 use shake_proto::Batch;
 
@@ -121,7 +121,7 @@ pub fn run(runs: usize, dir: &Path) -> AllocatorFigures {
     for group in GROUP_BATCHES {
         let path = dir.join(format!("ledger-{group}"));
         let _ = std::fs::remove_dir_all(&path);
-        let ledger = Ledger::open(&path).expect("opening the benchmark ledger");
+        let ledger = FjallLedger::open(&path).expect("opening the benchmark ledger");
         // Enough groups for a stable figure, bounded in time for group size 1.
         let take = (group * 40).min(answered.len());
         let groups: Vec<CommitGroup> = answered[..take]

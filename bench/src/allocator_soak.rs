@@ -16,7 +16,7 @@ use shake_allocator::award::BatchKey;
 use shake_allocator::config::{CashPool, Release, RoundConfig};
 use shake_allocator::core::{Core, CoreSettings, Effect, WorkerHello};
 use shake_allocator::draw::Draw;
-use shake_allocator::ledger::{CommitGroup, Ledger};
+use shake_allocator::ledger::{CommitGroup, FjallLedger};
 use shake_allocator::user_rate::UserRateSettings;
 use shake_proto::allocator::PROTOCOL_VERSION;
 use shake_proto::{Batch, BatchEntry};
@@ -206,7 +206,7 @@ fn soak_core() -> Core {
 /// Batches through the real ledger with compaction, groups of `group` batches.
 pub fn run_ledger(dir: &Path, batches: u64, group: u64) -> std::io::Result<LedgerSoak> {
     let _ = std::fs::remove_dir_all(dir);
-    let ledger = Ledger::open(dir).map_err(std::io::Error::other)?;
+    let ledger = FjallLedger::open(dir).map_err(std::io::Error::other)?;
     let mut core = soak_core();
     let mut effects = Vec::new();
     let hello = WorkerHello {

@@ -131,8 +131,9 @@ pub struct PhoneTls {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AllocatorLink {
-    /// Its QUIC address.
-    pub addr: SocketAddr,
+    /// Its QUIC address, or every allocator's (`["10.0.0.1:7000", "10.0.0.2:7000"]`) when
+    /// several share a PostgreSQL ledger: the edge finds the leader (standbys redirect it).
+    pub addr: Addresses,
     /// The name in its certificate.
     #[serde(default = "default_server_name")]
     pub server_name: String,
@@ -142,6 +143,26 @@ pub struct AllocatorLink {
     pub cert: PathBuf,
     /// Its private key.
     pub key: PathBuf,
+}
+
+/// One address or several.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Addresses {
+    /// One allocator.
+    One(SocketAddr),
+    /// Several, tried in order.
+    Several(Vec<SocketAddr>),
+}
+
+impl Addresses {
+    /// Every address, in the order given.
+    pub fn all(&self) -> Vec<SocketAddr> {
+        match self {
+            Addresses::One(addr) => vec![*addr],
+            Addresses::Several(addrs) => addrs.clone(),
+        }
+    }
 }
 
 /// One session-token key.
@@ -312,6 +333,13 @@ impl EdgeConfig {
 
 impl Validate for EdgeConfig {
     fn validate(&self) -> Result<(), ConfigError> {
+        let addrs = self.allocator.addr.all();
+        if addrs.is_empty() || addrs.len() > 16 {
+            return Err(invalid("allocator.addr", "give 1 to 16 addresses"));
+        }
+        if addrs.iter().enumerate().any(|(i, a)| addrs[..i].contains(a)) {
+            return Err(invalid("allocator.addr", "an address appears twice"));
+        }
         if self.workers > 256 {
             return Err(invalid("workers", "at most 256"));
         }

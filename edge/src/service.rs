@@ -11,7 +11,7 @@ use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use shake_ops::http::Readiness;
 use shake_ops::supervise::{Ended, Supervisor, ThreadEnd};
 use shake_ops::tls::{self, TlsError};
-use shake_proto::{ALLOCATOR_ALPN, KeyRing, PHONE_ALPN};
+use shake_proto::{ALLOCATOR_ALPN, ErrorCode, KeyRing, PHONE_ALPN};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -253,9 +253,9 @@ fn spawn_allocator_link(
 ) -> Result<(watch::Receiver<Option<quinn::Connection>>, std::thread::JoinHandle<()>), StartError> {
     let (tx, rx) = watch::channel(None);
     let pipes_rx = rx.clone();
-    let addr = config.allocator.addr;
+    let addrs = config.allocator.addr.all();
     let server_name = config.allocator.server_name.clone();
-    let bind: SocketAddr = if addr.is_ipv6() { "[::]:0".parse() } else { "0.0.0.0:0".parse() }
+    let bind: SocketAddr = if addrs[0].is_ipv6() { "[::]:0".parse() } else { "0.0.0.0:0".parse() }
         .expect("literal address");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -277,37 +277,79 @@ fn spawn_allocator_link(
                     Err(err) => return tracing::error!(%err, "allocator link: no client endpoint"),
                 };
                 let mut backoff = Duration::from_millis(100);
+                let mut next = 0;
+                let mut redirects_in_a_row = 0u32;
                 while !stop.is_cancelled() {
+                    let addr = addrs[next % addrs.len()];
                     let attempt = match endpoint.connect(addr, &server_name) {
                         Ok(connecting) => connecting.await.map_err(|e| e.to_string()),
                         Err(err) => Err(err.to_string()),
                     };
+                    // Where to go next: the leader a standby named, else the next address.
+                    let mut leader = None;
                     match attempt {
                         Ok(conn) => {
-                            tracing::info!(%addr, "allocator link up");
-                            backoff = Duration::from_millis(100);
-                            metrics.allocator_up.set(1);
+                            let up_at = Instant::now();
                             let _ = tx.send(Some(conn.clone()));
+                            metrics.allocator_up.set(1);
                             tokio::select! {
-                                reason = conn.closed() => tracing::warn!(%reason, "allocator link down"),
+                                reason = conn.closed() => {
+                                    leader = not_leader(&reason);
+                                    if leader.is_none() {
+                                        tracing::warn!(%addr, %reason, "allocator link down");
+                                    }
+                                }
                                 _ = stop.cancelled() => {}
                             }
                             metrics.allocator_up.set(0);
                             let _ = tx.send(None);
+                            if leader.is_none() && up_at.elapsed() >= Duration::from_secs(1) {
+                                tracing::info!(%addr, "allocator link was up");
+                                backoff = Duration::from_millis(100);
+                            }
                         }
                         Err(err) => tracing::warn!(%addr, %err, ?backoff, "allocator unreachable; answering phones with the local limit"),
                     }
+                    let pause = match leader {
+                        Some(named) => {
+                            redirects_in_a_row += 1;
+                            next = named.and_then(|l| addrs.iter().position(|a| *a == l)).unwrap_or(next + 1);
+                            tracing::info!(standby = %addr, leader = ?named, "allocator is a standby: following it to the leader");
+                            // A stale redirect loop between standbys backs off like failures.
+                            if redirects_in_a_row <= 3 { Duration::from_millis(20) } else { backoff }
+                        }
+                        None => {
+                            redirects_in_a_row = 0;
+                            next += 1;
+                            backoff
+                        }
+                    };
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(pause) => {}
                         _ = stop.cancelled() => {}
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    if pause == backoff {
+                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                    }
                 }
                 endpoint.close(0u32.into(), b"edge stopping");
             });
         })
         .map_err(StartError::Thread)?;
     Ok((rx, thread))
+}
+
+/// `Some(leader)` when a connection was closed by a standby allocator (`NOT_LEADER`); the
+/// leader is the address in the close reason, if it names one.
+fn not_leader(reason: &quinn::ConnectionError) -> Option<Option<SocketAddr>> {
+    match reason {
+        quinn::ConnectionError::ApplicationClosed(close)
+            if close.error_code == ErrorCode::NotLeader.code().into() =>
+        {
+            Some(std::str::from_utf8(&close.reason).ok().and_then(|text| text.parse().ok()))
+        }
+        _ => None,
+    }
 }
 
 /// `GET /users/{user_id}`: what this edge knows of one user, as JSON (for risk control and

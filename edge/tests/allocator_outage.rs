@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeSet;
 
 use common::*;
-use shake_allocator::ledger::Ledger;
+use shake_allocator::ledger::FjallLedger;
 use shake_proto::{ControlFrame, Verdict};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -67,7 +67,7 @@ async fn batches_sent_during_an_outage_are_resent_and_paid_once() {
 
     // One award per user in the ledger, exactly the ones phones heard of.
     world.stop_allocator().await;
-    let ledger = Ledger::open(&world.dir.join("ledger")).unwrap();
+    let ledger = FjallLedger::open(&world.dir.join("ledger")).unwrap();
     let rows = ledger.awards(|_| true).unwrap();
     let users: BTreeSet<u64> = rows.iter().map(|a| a.user_id).collect();
     assert_eq!(users.len(), rows.len(), "a user paid twice");

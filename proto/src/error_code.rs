@@ -48,11 +48,15 @@ pub enum ErrorCode {
     /// A second stream for an edge worker that already has one; the newer stream wins and the
     /// older one is closed with this code.
     DuplicateWorker = 0x41,
+    /// This allocator is a standby: another one leads the ledger. The connection close's
+    /// reason is the leader's QUIC address (`ip:port`, empty while no one leads); connect
+    /// there (or to the next configured allocator) and resend every unanswered batch.
+    NotLeader = 0x42,
 }
 
 impl ErrorCode {
     /// Every code, for docs and tests.
-    pub const ALL: [ErrorCode; 16] = [
+    pub const ALL: [ErrorCode; 17] = [
         ErrorCode::NoError,
         ErrorCode::Internal,
         ErrorCode::HelloTimeout,
@@ -69,6 +73,7 @@ impl ErrorCode {
         ErrorCode::Overloaded,
         ErrorCode::EdgeRejected,
         ErrorCode::DuplicateWorker,
+        ErrorCode::NotLeader,
     ];
 
     /// The wire value.
@@ -100,6 +105,7 @@ impl ErrorCode {
             ErrorCode::Overloaded => "OVERLOADED",
             ErrorCode::EdgeRejected => "EDGE_REJECTED",
             ErrorCode::DuplicateWorker => "DUPLICATE_WORKER",
+            ErrorCode::NotLeader => "NOT_LEADER",
         }
     }
 

@@ -2,6 +2,8 @@
 //! edge client speaking the real protocol over real QUIC with mutual TLS.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod pg_server;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -41,13 +43,27 @@ impl Scratch {
         Self { dir }
     }
 
-    /// Writes a configuration with one round that opened a moment ago.
+    /// Writes a configuration with one round that opened a moment ago (fjall ledger).
     pub fn config(&self, round_extra: &str) -> PathBuf {
-        let path = self.dir.join("allocator.toml");
+        let ledger = format!("ledger_path = \"{}\"\n", self.dir.join("ledger").display());
+        self.write_config("allocator.toml", &ledger, round_extra)
+    }
+
+    /// The same round for allocator `node` of several on one PostgreSQL ledger.
+    pub fn postgres_config(&self, node: &str, url: &str, round_extra: &str) -> PathBuf {
+        let ledger = format!(
+            "ledger = \"postgres\"\n[postgres]\nurl = \"{url}\"\nnode = \"{node}\"\nlease_ms = 1500\nstandby_poll_ms = 100\n"
+        );
+        self.write_config(&format!("allocator-{node}.toml"), &ledger, round_extra)
+    }
+
+    fn write_config(&self, name: &str, ledger: &str, round_extra: &str) -> PathBuf {
+        static START_MS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+        let path = self.dir.join(name);
         let text = format!(
             r#"listen = "127.0.0.1:0"
 metrics_listen = "127.0.0.1:0"
-ledger_path = "{ledger}"
+{ledger}
 [tls]
 cert = "{certs}/allocator.pem"
 key = "{certs}/allocator.key"
@@ -59,9 +75,9 @@ duration_s = 600
 seed = 7
 {round_extra}
 "#,
-            ledger = self.dir.join("ledger").display(),
             certs = self.dir.join("certs").display(),
-            start = now_ms() - 1_000,
+            // Every allocator of one test serves the same round.
+            start = START_MS.get_or_init(|| now_ms() - 1_000),
         );
         std::fs::write(&path, text).unwrap();
         path

@@ -1,5 +1,5 @@
-//! The durable award ledger: a fjall database (an LSM tree with a write-ahead journal) in a
-//! directory on local disk.
+//! The embedded award ledger: a fjall database (an LSM tree with a write-ahead journal) in a
+//! directory on local disk. The default for one machine and for `scripts/demo.sh`.
 //!
 //! Keyspaces:
 //! - `awards`: award id (8 bytes, big-endian) -> award row ([`Award::encode`]), written once.
@@ -12,7 +12,7 @@
 //!   how far the edge has confirmed its answers, and the instances it retired.
 //! - `meta`: the start-up probe row (the ledger is writable).
 //!
-//! Writes come in groups ([`Ledger::commit_group`]): the awards and answers of many batches,
+//! Writes come in groups ([`FjallLedger::commit_group`]): the awards and answers of many batches,
 //! delivery marks and compaction in one atomic write batch across the keyspaces, journalled
 //! with `PersistMode::SyncAll` (fsync) before the call returns. Nothing is announced to an edge
 //! before that.
@@ -21,120 +21,46 @@
 //! (`scripts/bench.sh ledger-stores`): it made the most awards durable per second at every
 //! group size measured (1, 100 and 10,000 awards per commit).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::Path;
 
 use bytes::{Buf, Bytes, BytesMut};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use shake_proto::varint;
 
+use super::{CommitGroup, LedgerError, LedgerStore, Snapshot, WorkerRecord};
 use crate::award::{Award, BatchKey, CorruptRow, WorkerKey};
-
-/// Why the ledger failed. Any of these stops the allocator: it never answers without it.
-#[derive(Debug, thiserror::Error)]
-pub enum LedgerError {
-    /// The store itself failed (I/O, a full disk, corruption detected by fjall, or the
-    /// directory locked by a running allocator).
-    #[error("ledger store: {0}")]
-    Store(#[from] fjall::Error),
-    /// A row could not be decoded.
-    #[error("ledger row: {0}")]
-    Row(#[from] CorruptRow),
-    /// A commit failed earlier; the ledger accepts nothing more.
-    #[error("ledger stopped after a failed commit: {0}")]
-    Failed(String),
-}
-
-/// One answered batch: its awards and the answer frame, written together.
-#[derive(Debug, Clone)]
-pub struct AnsweredBatch {
-    /// The batch.
-    pub key: BatchKey,
-    /// The `BatchResult` frame, exactly as sent.
-    pub answer: Bytes,
-    /// The awards it granted.
-    pub awards: Vec<Award>,
-}
-
-/// What the allocator knows of one edge worker across its restarts.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WorkerRecord {
-    /// The worker.
-    pub worker: WorkerKey,
-    /// Its current instance.
-    pub instance_id: u64,
-    /// Every batch of the current instance up to this sequence is confirmed by the edge.
-    pub confirmed_seq: u64,
-    /// Instances it had before, newest last (bounded by the core).
-    pub retired: Vec<u64>,
-}
 
 const WORKER_ROW_VERSION: u8 = 1;
 
-impl WorkerRecord {
-    fn encode(&self) -> Vec<u8> {
-        let mut out = BytesMut::with_capacity(32 + 9 * self.retired.len());
-        out.extend_from_slice(&[WORKER_ROW_VERSION]);
-        varint::put(&mut out, self.instance_id);
-        varint::put(&mut out, self.confirmed_seq);
-        for retired in &self.retired {
-            varint::put(&mut out, *retired);
-        }
-        out.to_vec()
+fn encode_worker(record: &WorkerRecord) -> Vec<u8> {
+    let mut out = BytesMut::with_capacity(32 + 9 * record.retired.len());
+    out.extend_from_slice(&[WORKER_ROW_VERSION]);
+    varint::put(&mut out, record.instance_id);
+    varint::put(&mut out, record.confirmed_seq);
+    for retired in &record.retired {
+        varint::put(&mut out, *retired);
     }
-
-    fn decode(worker: WorkerKey, mut row: &[u8]) -> Result<Self, CorruptRow> {
-        fn next(row: &mut &[u8]) -> Result<u64, CorruptRow> {
-            let (value, len) = varint::decode(row).map_err(|_| CorruptRow)?;
-            row.advance(len);
-            Ok(value)
-        }
-        if row.first() != Some(&WORKER_ROW_VERSION) {
-            return Err(CorruptRow);
-        }
-        row.advance(1);
-        let instance_id = next(&mut row)?;
-        let confirmed_seq = next(&mut row)?;
-        let mut retired = Vec::new();
-        while !row.is_empty() {
-            retired.push(next(&mut row)?);
-        }
-        Ok(Self { worker, instance_id, confirmed_seq, retired })
-    }
+    out.to_vec()
 }
 
-/// One group commit: everything written by one fsync.
-#[derive(Debug, Default)]
-pub struct CommitGroup {
-    /// Answered batches: their awards and answers.
-    pub batches: Vec<AnsweredBatch>,
-    /// Awards phones acknowledged.
-    pub delivered: Vec<u64>,
-    /// Stored answers the edges confirmed (or whose instance retired): deleted.
-    pub forget: Vec<BatchKey>,
-    /// Workers whose record changed.
-    pub workers: Vec<WorkerRecord>,
-}
-
-impl CommitGroup {
-    /// Nothing to write.
-    pub fn is_empty(&self) -> bool {
-        self.batches.is_empty()
-            && self.delivered.is_empty()
-            && self.forget.is_empty()
-            && self.workers.is_empty()
+fn decode_worker(worker: WorkerKey, mut row: &[u8]) -> Result<WorkerRecord, CorruptRow> {
+    fn next(row: &mut &[u8]) -> Result<u64, CorruptRow> {
+        let (value, len) = varint::decode(row).map_err(|_| CorruptRow)?;
+        row.advance(len);
+        Ok(value)
     }
-}
-
-/// Everything a restart needs.
-#[derive(Debug, Default)]
-pub struct Snapshot {
-    /// Every award, in id order.
-    pub awards: Vec<Award>,
-    /// Every stored (unconfirmed) answer.
-    pub answers: HashMap<BatchKey, Bytes>,
-    /// Every worker's record.
-    pub workers: Vec<WorkerRecord>,
+    if row.first() != Some(&WORKER_ROW_VERSION) {
+        return Err(CorruptRow);
+    }
+    row.advance(1);
+    let instance_id = next(&mut row)?;
+    let confirmed_seq = next(&mut row)?;
+    let mut retired = Vec::new();
+    while !row.is_empty() {
+        retired.push(next(&mut row)?);
+    }
+    Ok(WorkerRecord { worker, instance_id, confirmed_seq, retired })
 }
 
 fn answer_key(key: &BatchKey) -> [u8; 26] {
@@ -173,7 +99,7 @@ fn parse_worker_key(raw: &[u8]) -> Result<WorkerKey, CorruptRow> {
 }
 
 /// The award ledger.
-pub struct Ledger {
+pub struct FjallLedger {
     db: Database,
     awards: Keyspace,
     delivered: Keyspace,
@@ -182,13 +108,13 @@ pub struct Ledger {
     meta: Keyspace,
 }
 
-impl std::fmt::Debug for Ledger {
+impl std::fmt::Debug for FjallLedger {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ledger").finish_non_exhaustive()
+        f.debug_struct("FjallLedger").finish_non_exhaustive()
     }
 }
 
-impl Ledger {
+impl FjallLedger {
     /// Opens the ledger directory, creating it if missing.
     pub fn open(path: &Path) -> Result<Self, LedgerError> {
         let db = Database::builder(path).open()?;
@@ -228,7 +154,7 @@ impl Ledger {
             write.remove(&self.answers, answer_key(key));
         }
         for record in &group.workers {
-            write.insert(&self.workers, worker_key(&record.worker), record.encode());
+            write.insert(&self.workers, worker_key(&record.worker), encode_worker(record));
         }
         write.commit()?;
         Ok(())
@@ -243,7 +169,7 @@ impl Ledger {
         }
         for item in self.workers.iter() {
             let (key, value) = item.into_inner()?;
-            snapshot.workers.push(WorkerRecord::decode(parse_worker_key(&key)?, &value)?);
+            snapshot.workers.push(decode_worker(parse_worker_key(&key)?, &value)?);
         }
         Ok(snapshot)
     }
@@ -278,74 +204,24 @@ impl Ledger {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use shake_proto::Prize;
-
-    fn key(seq: u64) -> BatchKey {
-        BatchKey { edge_id: 1, worker_id: 0, instance_id: 9, seq }
+impl LedgerStore for FjallLedger {
+    fn probe(&mut self) -> Result<(), LedgerError> {
+        FjallLedger::probe(self)
     }
 
-    fn award(id: u64, seq: u64) -> Award {
-        Award {
-            award_id: id,
-            round_id: 1,
-            user_id: 100 + id,
-            item: id as u32,
-            prize: Prize::Cash { cents: 10 * id },
-            batch: key(seq),
-            entry_index: 0,
-            granted_at_ms: 5,
-            delivered: false,
-        }
+    fn commit_group(&mut self, group: &CommitGroup) -> Result<(), LedgerError> {
+        FjallLedger::commit_group(self, group)
     }
 
-    fn scratch(name: &str) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!("shake-ledger-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        dir
+    fn snapshot(&mut self) -> Result<Snapshot, LedgerError> {
+        FjallLedger::snapshot(self)
     }
 
-    #[test]
-    fn groups_survive_reopening_and_delivery_marks_stick() {
-        let dir = scratch("groups");
-        let path = dir.join("ledger");
-        let worker = WorkerRecord {
-            worker: WorkerKey { edge_id: 1, worker_id: 0 },
-            instance_id: 9,
-            confirmed_seq: 1,
-            retired: vec![4, 5],
-        };
-        {
-            let ledger = Ledger::open(&path).unwrap();
-            let batches: Vec<AnsweredBatch> = (1..=3)
-                .map(|seq| AnsweredBatch {
-                    key: key(seq),
-                    answer: Bytes::from(vec![seq as u8; 3]),
-                    awards: vec![award(seq, seq)],
-                })
-                .collect();
-            ledger.commit_group(&CommitGroup { batches, ..CommitGroup::default() }).unwrap();
-            ledger
-                .commit_group(&CommitGroup {
-                    delivered: vec![2, 99],
-                    forget: vec![key(1)],
-                    workers: vec![worker.clone()],
-                    ..CommitGroup::default()
-                })
-                .unwrap();
-        }
-        let ledger = Ledger::open(&path).unwrap();
-        let snapshot = ledger.snapshot().unwrap();
-        assert_eq!(snapshot.awards.len(), 3);
-        assert_eq!(snapshot.awards.iter().filter(|a| a.delivered).count(), 1);
-        assert!(snapshot.awards[1].delivered);
-        assert_eq!(snapshot.answers.len(), 2, "the confirmed answer was compacted away");
-        assert_eq!(snapshot.answers[&key(2)], Bytes::from(vec![2u8; 3]));
-        assert_eq!(snapshot.workers, vec![worker]);
-        assert_eq!(ledger.stored_answers().unwrap(), 2);
-        assert_eq!(ledger.awards(|a| a.user_id == 103).unwrap().len(), 1);
-        std::fs::remove_dir_all(dir).unwrap();
+    fn awards(&mut self, keep: &mut dyn FnMut(&Award) -> bool) -> Result<Vec<Award>, LedgerError> {
+        FjallLedger::awards(self, keep)
+    }
+
+    fn stored_answers(&mut self) -> Result<usize, LedgerError> {
+        FjallLedger::stored_answers(self)
     }
 }

@@ -1,0 +1,377 @@
+//! Several allocators, one leader: the process's life with a PostgreSQL ledger.
+//!
+//! ```text
+//!   start --> standby --(lease won: epoch e)--> leader term e --(lease lost, fenced,
+//!               ^  redirects edges: NOT_LEADER      |             commit failed)
+//!               +-----------------------------------+
+//! ```
+//! - As a standby the allocator keeps its QUIC endpoint open and closes every edge connection
+//!   with `NOT_LEADER`, naming the leader's address from the lease row; it looks at the lease
+//!   every `standby_poll_ms` and takes it once expired ([`crate::ledger::lease`]).
+//! - On winning, it reads the ledger to its end (the snapshot), rebuilds pools, caps and stored
+//!   answers, and serves; edges resend what is unanswered and get each answer exactly once.
+//! - While leading, a renewal thread extends the lease every third of it. If the lease is
+//!   taken over, or cannot be renewed before it would expire, the term stops at once
+//!   (connections closed with `NOT_LEADER`); a commit refused as fenced, or failed with an
+//!   unknown outcome, ends it too. Either way the allocator goes back to standby, and the next
+//!   leader (maybe itself) rebuilds from the log, which settles any ambiguous commit.
+//! - A clean stop (SIGTERM drain or SIGINT) releases the lease so a standby takes over at once.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use postgres::Client;
+use shake_proto::ErrorCode;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, PostgresConfig};
+use crate::ledger::{LedgerError, LedgerStore, PostgresLedger, lease, postgres as pg};
+use crate::metrics::Metrics;
+use crate::service::{
+    Health, Running, ServeError, Shutdown, TermEnd, bind_socket, blocking, endpoint_on, lead,
+    quic_server_config, serve_metrics,
+};
+
+/// Starts an allocator on a PostgreSQL ledger: checks the database (and migrates its schema),
+/// binds, and begins as a standby.
+pub(crate) async fn start(config: Config, shutdown: Shutdown) -> Result<Running, ServeError> {
+    let pg = config.postgres.clone().ok_or_else(|| {
+        ServeError::Ledger(LedgerError::Failed("ledger = postgres needs [postgres]".into()))
+    })?;
+    {
+        // Fail the start, with the database's own words, on a wrong URL or a schema too new.
+        let url = pg.url.clone();
+        blocking(move || PostgresLedger::open(&url).map(drop)).await?;
+    }
+    let server = quic_server_config(&config)?;
+    let socket = bind_socket(config.listen)?;
+    let quic_addr =
+        socket.local_addr().map_err(|source| ServeError::Bind { addr: config.listen, source })?;
+    let endpoint = endpoint_on(socket, server, quic_addr)?;
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::default());
+    health.standby.store(true, Ordering::Relaxed);
+    let metrics_addr = serve_metrics(&config, &metrics, &health, &shutdown).await?;
+    let node = Node {
+        advertise: pg.advertise.unwrap_or(quic_addr),
+        pg,
+        config,
+        endpoint,
+        metrics,
+        health,
+        shutdown,
+    };
+    let done = tokio::spawn(node.run());
+    Ok(Running { quic_addr, metrics_addr, done })
+}
+
+struct Node {
+    config: Config,
+    pg: PostgresConfig,
+    advertise: SocketAddr,
+    endpoint: quinn::Endpoint,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    shutdown: Shutdown,
+}
+
+/// How a leadership term ended.
+enum TermOutcome {
+    /// The process was asked to stop.
+    Shutdown,
+    /// The lease was lost or a commit failed: back to standby.
+    Lost,
+}
+
+/// What one look at the lease found.
+enum Look {
+    Won(i64),
+    Led(lease::LeaderRow),
+}
+
+impl Node {
+    fn stopping(&self) -> bool {
+        self.shutdown.drain.is_cancelled() || self.shutdown.stop.is_cancelled()
+    }
+
+    async fn run(self) -> Result<(), ServeError> {
+        let result = async {
+            while let Some(epoch) = self.stand_by().await? {
+                match self.lead_term(epoch).await? {
+                    TermOutcome::Shutdown => break,
+                    TermOutcome::Lost => {}
+                }
+            }
+            Ok(())
+        }
+        .await;
+        self.endpoint.close(ErrorCode::NoError.code().into(), b"allocator stopping");
+        tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await.ok();
+        result
+    }
+
+    /// Redirects edges until this allocator wins the lease (`Some(epoch)`) or is stopped.
+    async fn stand_by(&self) -> Result<Option<i64>, ServeError> {
+        self.health.standby.store(true, Ordering::Relaxed);
+        self.metrics.leader_epoch.set(0);
+        let leader = Arc::new(Mutex::new(String::new()));
+        let redirect = tokio::spawn(redirect_edges(
+            self.endpoint.clone(),
+            leader.clone(),
+            self.metrics.clone(),
+        ));
+        let poll = Duration::from_millis(self.pg.standby_poll_ms);
+        let mut client: Option<Client> = None;
+        let mut last_holder = None;
+        let won = loop {
+            if self.stopping() {
+                break None;
+            }
+            let (url, node, advertise) =
+                (self.pg.url.clone(), self.pg.node.clone(), self.advertise.to_string());
+            let lease_for = Duration::from_millis(self.pg.lease_ms);
+            let mut held = client.take();
+            let looked = tokio::task::spawn_blocking(move || {
+                let look = look(&mut held, &url, &node, &advertise, lease_for);
+                (held, look)
+            });
+            let looked = tokio::select! {
+                looked = looked => looked,
+                _ = self.shutdown.drain.cancelled() => break None,
+                _ = self.shutdown.stop.cancelled() => break None,
+            };
+            let (held, look) =
+                looked.map_err(|e| ServeError::Panicked(format!("lease task: {e}")))?;
+            client = held;
+            match look {
+                Ok(Look::Won(epoch)) => break Some(epoch),
+                Ok(Look::Led(row)) => {
+                    if last_holder.as_ref() != Some(&(row.epoch, row.holder.clone())) {
+                        tracing::info!(
+                            epoch = row.epoch,
+                            holder = %row.holder,
+                            address = %row.address,
+                            "standby: another allocator leads"
+                        );
+                        last_holder = Some((row.epoch, row.holder.clone()));
+                    }
+                    *lock(&leader) = row.address;
+                }
+                Err(err) => tracing::warn!(%err, "standby: cannot read the lease; retrying"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(poll) => {}
+                _ = self.shutdown.drain.cancelled() => break None,
+                _ = self.shutdown.stop.cancelled() => break None,
+            }
+        };
+        redirect.abort();
+        let _ = redirect.await;
+        // Closing a blocking client blocks: never on the async runtime's threads.
+        if let Some(client) = client {
+            tokio::task::spawn_blocking(move || drop(client));
+        }
+        Ok(won)
+    }
+
+    /// Leads under `epoch` until the lease is lost, a commit fails, or the process stops.
+    async fn lead_term(&self, epoch: i64) -> Result<TermOutcome, ServeError> {
+        tracing::info!(epoch, node = %self.pg.node, "leader: reading the ledger to its end");
+        self.metrics.leadership.get_or_create(&vec![("outcome", "won".to_owned())]).inc();
+        let started = Instant::now();
+        let url = self.pg.url.clone();
+        let opened = blocking(move || {
+            let mut ledger = PostgresLedger::open(&url)?;
+            ledger.lead(epoch);
+            let snapshot = ledger.snapshot()?;
+            Ok((Box::new(ledger) as Box<dyn LedgerStore>, snapshot))
+        })
+        .await;
+        let (store, snapshot) = match opened {
+            Ok(opened) => opened,
+            Err(err) => {
+                tracing::warn!(%err, epoch, "leader: could not read the ledger; standing by");
+                self.count_end("failed");
+                return Ok(TermOutcome::Lost);
+            }
+        };
+        let term_stop = self.shutdown.stop.child_token();
+        let term = Shutdown { drain: self.shutdown.drain.clone(), stop: term_stop.clone() };
+        let lost = Arc::new(AtomicBool::new(false));
+        let term_over = CancellationToken::new();
+        let renewer = spawn_renewer(
+            self.pg.clone(),
+            epoch,
+            lost.clone(),
+            term_stop.clone(),
+            term_over.clone(),
+        )?;
+        self.health.standby.store(false, Ordering::Relaxed);
+        self.metrics.leader_epoch.set(epoch);
+        let serving = lead(
+            &self.config,
+            self.endpoint.clone(),
+            TermEnd::CloseConnections,
+            store,
+            snapshot,
+            self.metrics.clone(),
+            self.health.clone(),
+            term,
+        )?;
+        tracing::info!(
+            epoch,
+            read_ms = started.elapsed().as_millis() as u64,
+            "leader: serving edges"
+        );
+        let result = match serving.await {
+            Ok(result) => result,
+            Err(err) => Err(ServeError::Panicked(format!("leader term: {err}"))),
+        };
+        term_over.cancel();
+        let _ = tokio::task::spawn_blocking(move || renewer.join()).await;
+        self.health.standby.store(true, Ordering::Relaxed);
+        self.metrics.leader_epoch.set(0);
+        match result {
+            Ok(()) if lost.load(Ordering::SeqCst) => {
+                tracing::warn!(epoch, "leader: lost the lease; standing by");
+                self.count_end("lost");
+                Ok(TermOutcome::Lost)
+            }
+            Ok(()) => {
+                let url = self.pg.url.clone();
+                let released = blocking(move || {
+                    let (mut client, _) = pg::connect(&url)?;
+                    lease::release(&mut client, epoch)
+                })
+                .await;
+                if let Err(err) = released {
+                    tracing::warn!(%err, epoch, "could not release the lease: a standby waits for it to expire");
+                }
+                self.count_end("stopped");
+                Ok(TermOutcome::Shutdown)
+            }
+            Err(ServeError::Ledger(err)) => {
+                // Fenced, or a commit with an unknown outcome: nothing unconfirmed was
+                // announced; the next leader rebuilds from the log.
+                tracing::error!(%err, epoch, "leader: the ledger refused a commit; standing by");
+                self.count_end(if matches!(err, LedgerError::Fenced { .. }) {
+                    "fenced"
+                } else {
+                    "failed"
+                });
+                Ok(TermOutcome::Lost)
+            }
+            Err(other) => Err(other),
+        }
+    }
+
+    fn count_end(&self, outcome: &str) {
+        self.metrics.leadership.get_or_create(&vec![("outcome", outcome.to_owned())]).inc();
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// One look at the lease: take it if it is free, else say who holds it. Drops the
+/// connection on any failure (the next look reconnects, finding a promoted primary).
+fn look(
+    client: &mut Option<Client>,
+    url: &str,
+    node: &str,
+    advertise: &str,
+    lease_for: Duration,
+) -> Result<Look, LedgerError> {
+    let mut connected = match client.take() {
+        Some(connected) if !connected.is_closed() => connected,
+        _ => pg::connect(url)?.0,
+    };
+    let look = match lease::try_acquire(&mut connected, node, advertise, lease_for)? {
+        Some(epoch) => Look::Won(epoch),
+        None => Look::Led(lease::current(&mut connected)?),
+    };
+    *client = Some(connected);
+    Ok(look)
+}
+
+/// Renews the lease every third of it on a connection of its own. On a takeover, or when no
+/// renewal succeeded for a whole lease (a standby may have taken over by now), sets `lost`
+/// and stops the term.
+fn spawn_renewer(
+    pg: PostgresConfig,
+    epoch: i64,
+    lost: Arc<AtomicBool>,
+    term_stop: CancellationToken,
+    term_over: CancellationToken,
+) -> Result<std::thread::JoinHandle<()>, ServeError> {
+    let lease_for = Duration::from_millis(pg.lease_ms);
+    let every = lease_for / 3;
+    std::thread::Builder::new()
+        .name("lease-renewal".into())
+        .spawn(move || {
+            let mut client: Option<Client> = None;
+            let mut renewed_at = Instant::now();
+            let give_up = |why: &str| {
+                tracing::error!(epoch, why, "leader: stopping this term");
+                lost.store(true, Ordering::SeqCst);
+                term_stop.cancel();
+            };
+            loop {
+                let wait = if client.is_some() { every } else { Duration::from_millis(100) };
+                let deadline = Instant::now() + wait;
+                while Instant::now() < deadline {
+                    if term_over.is_cancelled() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(20).min(wait));
+                }
+                let attempt_at = Instant::now();
+                let renewed = (|| {
+                    let mut connected = match client.take() {
+                        Some(connected) if !connected.is_closed() => connected,
+                        _ => pg::connect(&pg.url)?.0,
+                    };
+                    let renewed = lease::renew(&mut connected, epoch, lease_for)?;
+                    client = Some(connected);
+                    Ok::<bool, LedgerError>(renewed)
+                })();
+                match renewed {
+                    Ok(true) => renewed_at = attempt_at,
+                    Ok(false) => return give_up("another allocator took the lease"),
+                    Err(err) => {
+                        tracing::warn!(%err, epoch, "leader: lease renewal failed; retrying");
+                        // Measured from before the last good attempt: errs on the early side.
+                        if renewed_at.elapsed() >= lease_for {
+                            return give_up("the lease could not be renewed before it expired");
+                        }
+                    }
+                }
+            }
+        })
+        .map_err(|e| ServeError::Panicked(format!("spawning the lease renewal thread: {e}")))
+}
+
+/// Closes every edge connection with `NOT_LEADER`, naming the leader's address.
+async fn redirect_edges(
+    endpoint: quinn::Endpoint,
+    leader: Arc<Mutex<String>>,
+    metrics: Arc<Metrics>,
+) {
+    while let Some(incoming) = endpoint.accept().await {
+        let leader = leader.clone();
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            if let Ok(connection) = incoming.await {
+                let address = lock(&leader).clone();
+                metrics
+                    .rejected_peers
+                    .get_or_create(&vec![("reason", "not_leader".to_owned())])
+                    .inc();
+                connection.close(ErrorCode::NotLeader.code().into(), address.as_bytes());
+            }
+        });
+    }
+}

@@ -1,0 +1,86 @@
+//! Leadership among several allocators sharing one PostgreSQL ledger: a lease row
+//! (`shake_leader`) with an epoch.
+//!
+//! - A standby takes the lease only once it has expired (by the database's clock, the only
+//!   clock consulted), bumping the epoch; the holder renews it well before it expires.
+//! - Every group commit share-locks the row and checks its epoch inside its transaction
+//!   (`PostgresLedger::commit_group`), so once a takeover commits, the old leader (paused,
+//!   partitioned, or slow) commits nothing more, whatever its own clock says. The lease's
+//!   duration only decides how soon a standby may take over, never whether two leaders can
+//!   both write.
+//! - A leader that stops cleanly releases the lease (expires it now), so a standby takes over
+//!   at its next look instead of a lease later.
+
+use std::time::Duration;
+
+use postgres::Client;
+
+use super::LedgerError;
+
+/// Who leads now, as the ledger says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaderRow {
+    /// Bumped by each takeover; 0 before anyone led.
+    pub epoch: i64,
+    /// The holder's node name ("" before anyone led).
+    pub holder: String,
+    /// The QUIC address its edges should use (what a standby redirects them to).
+    pub address: String,
+    /// Milliseconds until the lease expires (negative: expired), by the database's clock.
+    pub expires_in_ms: i64,
+}
+
+fn millis(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}
+
+/// Reads the lease row.
+pub fn current(client: &mut Client) -> Result<LeaderRow, LedgerError> {
+    let row = client.query_one(
+        "SELECT epoch, holder, address, \
+         (extract(epoch FROM expires_at - now()) * 1000)::int8 FROM shake_leader WHERE id = 1",
+        &[],
+    )?;
+    Ok(LeaderRow {
+        epoch: row.get(0),
+        holder: row.get(1),
+        address: row.get(2),
+        expires_in_ms: row.get(3),
+    })
+}
+
+/// Takes the lease if it has expired (or is this node's own, from before a restart): returns
+/// the new epoch, or `None` while another node holds it.
+pub fn try_acquire(
+    client: &mut Client,
+    node: &str,
+    address: &str,
+    lease: Duration,
+) -> Result<Option<i64>, LedgerError> {
+    let row = client.query_opt(
+        "UPDATE shake_leader SET epoch = epoch + 1, holder = $1, address = $2, \
+         acquired_at = now(), expires_at = now() + $3 * interval '1 millisecond' \
+         WHERE id = 1 AND (expires_at <= now() OR holder = $1 OR holder = '') RETURNING epoch",
+        &[&node, &address, &millis(lease)],
+    )?;
+    Ok(row.map(|row| row.get(0)))
+}
+
+/// Extends the lease held under `epoch`; `false` if it is no longer this epoch's (taken over).
+pub fn renew(client: &mut Client, epoch: i64, lease: Duration) -> Result<bool, LedgerError> {
+    let renewed = client.execute(
+        "UPDATE shake_leader SET expires_at = now() + $2 * interval '1 millisecond' \
+         WHERE id = 1 AND epoch = $1",
+        &[&epoch, &millis(lease)],
+    )?;
+    Ok(renewed == 1)
+}
+
+/// Gives the lease up (a clean stop): a standby may take it at once.
+pub fn release(client: &mut Client, epoch: i64) -> Result<(), LedgerError> {
+    client.execute(
+        "UPDATE shake_leader SET expires_at = now() WHERE id = 1 AND epoch = $1",
+        &[&epoch],
+    )?;
+    Ok(())
+}

@@ -1,0 +1,145 @@
+//! The durable award ledger: one interface ([`LedgerStore`]), two stores.
+//!
+//! - [`fjall`]: embedded, in a directory on local disk; the default for one machine and for
+//!   `scripts/demo.sh`.
+//! - [`postgres`]: PostgreSQL (with synchronous streaming replication for high
+//!   availability); awards readable with SQL on any replica while the show runs. Its
+//!   [`lease`] elects one leader among several allocators and fences the others.
+//!
+//! Both keep the same things: every award, its delivery mark, the exact answer of each batch
+//! its edge has not confirmed yet, and each edge worker's record. Writes come in groups, one
+//! atomic and durable write each; nothing is announced to an edge before its group returned.
+//! `tests/ledger_stores.rs` runs the same suite over both.
+
+pub mod fjall;
+pub mod lease;
+pub mod postgres;
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+
+use crate::award::{Award, BatchKey, CorruptRow, WorkerKey};
+
+pub use self::fjall::FjallLedger;
+pub use self::postgres::PostgresLedger;
+
+/// Why the ledger failed. Any of these stops the allocator: it never answers without it.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    /// The fjall store failed (I/O, a full disk, corruption detected by fjall, or the
+    /// directory locked by a running allocator).
+    #[error("ledger store: {0}")]
+    Store(#[from] ::fjall::Error),
+    /// PostgreSQL failed or could not be reached. A failure inside a commit leaves its outcome
+    /// unknown (the connection may have died after the server committed): the allocator stops
+    /// and its next leader rebuilds from the log, which settles it.
+    #[error("ledger database: {0}")]
+    Database(#[from] ::postgres::Error),
+    /// Another allocator took the leadership (a newer epoch): this one must commit nothing
+    /// more. Nothing of the refused group was written.
+    #[error(
+        "fenced: the ledger's leader epoch is {current} ({holder}), this allocator held {held}"
+    )]
+    Fenced {
+        /// The epoch this allocator held.
+        held: i64,
+        /// The epoch in the ledger now.
+        current: i64,
+        /// Who holds it.
+        holder: String,
+    },
+    /// The database's schema is not one this allocator can use.
+    #[error("ledger schema: {0}")]
+    Schema(String),
+    /// A row could not be decoded.
+    #[error("ledger row: {0}")]
+    Row(#[from] CorruptRow),
+    /// A commit failed earlier; the ledger accepts nothing more.
+    #[error("ledger stopped after a failed commit: {0}")]
+    Failed(String),
+}
+
+/// One answered batch: its awards and the answer frame, written together.
+#[derive(Debug, Clone)]
+pub struct AnsweredBatch {
+    /// The batch.
+    pub key: BatchKey,
+    /// The `BatchResult` frame, exactly as sent.
+    pub answer: Bytes,
+    /// The awards it granted.
+    pub awards: Vec<Award>,
+}
+
+/// What the allocator knows of one edge worker across its restarts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerRecord {
+    /// The worker.
+    pub worker: WorkerKey,
+    /// Its current instance.
+    pub instance_id: u64,
+    /// Every batch of the current instance up to this sequence is confirmed by the edge.
+    pub confirmed_seq: u64,
+    /// Instances it had before, newest last (bounded by the core).
+    pub retired: Vec<u64>,
+}
+
+/// One group commit: everything written by one fsync.
+#[derive(Debug, Default)]
+pub struct CommitGroup {
+    /// Answered batches: their awards and answers.
+    pub batches: Vec<AnsweredBatch>,
+    /// Awards phones acknowledged.
+    pub delivered: Vec<u64>,
+    /// Stored answers the edges confirmed (or whose instance retired): deleted.
+    pub forget: Vec<BatchKey>,
+    /// Workers whose record changed.
+    pub workers: Vec<WorkerRecord>,
+}
+
+impl CommitGroup {
+    /// Nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.batches.is_empty()
+            && self.delivered.is_empty()
+            && self.forget.is_empty()
+            && self.workers.is_empty()
+    }
+}
+
+/// Everything a restart needs.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Every award, in id order.
+    pub awards: Vec<Award>,
+    /// Every stored (unconfirmed) answer.
+    pub answers: HashMap<BatchKey, Bytes>,
+    /// Every worker's record.
+    pub workers: Vec<WorkerRecord>,
+}
+
+/// What a ledger store does. Calls block (the allocator makes them from its commit thread, or
+/// before it serves); `&mut self` because a database connection is used by one caller at once.
+pub trait LedgerStore: Send {
+    /// Proves the ledger is writable before serving (a write, made durable).
+    fn probe(&mut self) -> Result<(), LedgerError>;
+    /// Writes one group in one atomic, durable write. Nothing is read.
+    fn commit_group(&mut self, group: &CommitGroup) -> Result<(), LedgerError>;
+    /// Reads everything back for a restart or a takeover.
+    fn snapshot(&mut self) -> Result<Snapshot, LedgerError>;
+    /// Every award (in id order) that `keep` accepts, with its delivery mark.
+    fn awards(&mut self, keep: &mut dyn FnMut(&Award) -> bool) -> Result<Vec<Award>, LedgerError>;
+    /// Stored answers (the ones edges have not confirmed yet).
+    fn stored_answers(&mut self) -> Result<usize, LedgerError>;
+}
+
+/// Opens the store a configuration names (blocking: call it off the async runtime). A
+/// PostgreSQL ledger opened this way reads; it commits only once it leads (see [`lease`]).
+pub fn open(config: &crate::config::Config) -> Result<Box<dyn LedgerStore>, LedgerError> {
+    use crate::config::LedgerKind;
+    match (config.ledger, &config.ledger_path, &config.postgres) {
+        (LedgerKind::Fjall, Some(path), _) => Ok(Box::new(FjallLedger::open(path)?)),
+        (LedgerKind::Postgres, _, Some(pg)) => Ok(Box::new(PostgresLedger::open(&pg.url)?)),
+        _ => Err(LedgerError::Failed("the configuration names no ledger (validate it)".into())),
+    }
+}

@@ -1,0 +1,452 @@
+//! The award ledger on PostgreSQL: for high availability (a primary with synchronous
+//! standbys), and for settlement and support, who read the awards with SQL on any replica
+//! while the show runs.
+//!
+//! One group commit is one transaction: the leader's epoch is checked first (the lease row is
+//! share-locked, so a takeover waits for the commit in flight and every later commit of the
+//! old leader sees the new epoch and writes nothing: fencing without trusting clocks), then
+//! the batches and their exact answer bytes and the award rows go in with binary `COPY`, then
+//! delivery marks, confirmed answers and worker records. A batch's name is the primary key of
+//! `shake_batches` and a prize (round, item) is unique in `shake_awards`, so a resend can never
+//! draw twice and a prize can never be paid twice, whatever the allocators do: the database
+//! refuses the transaction.
+//!
+//! The schema is created and migrated by the allocator itself ([`MIGRATIONS`], applied under an
+//! advisory lock, recorded in `shake_schema`). README's "The ledger on PostgreSQL" documents
+//! the tables and example queries. Ids are `u64` below 2^62 (the protocol's varints), so they
+//! read in SQL as the same positive `bigint`.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use postgres::binary_copy::BinaryCopyInWriter;
+use postgres::types::Type;
+use postgres::{Client, NoTls, Transaction};
+use shake_proto::Prize;
+
+use super::{CommitGroup, LedgerError, LedgerStore, Snapshot, WorkerRecord};
+use crate::award::{Award, BatchKey, CorruptRow, WorkerKey};
+
+/// The schema, one migration per version, applied in order. Never edit a released one: add.
+pub const MIGRATIONS: &[(i32, &str)] = &[(
+    1,
+    "CREATE TABLE shake_awards (
+        award_id bigint PRIMARY KEY,
+        round_id bigint NOT NULL,
+        item bigint NOT NULL,
+        user_id bigint NOT NULL,
+        cash_cents bigint,
+        gift_sku text,
+        edge_id bigint NOT NULL,
+        worker_id integer NOT NULL,
+        instance_id bigint NOT NULL,
+        batch_seq bigint NOT NULL,
+        entry_index bigint NOT NULL,
+        granted_at_ms bigint NOT NULL,
+        epoch bigint NOT NULL,
+        delivered boolean NOT NULL DEFAULT false,
+        CONSTRAINT one_prize_once UNIQUE (round_id, item),
+        CONSTRAINT cash_or_gift CHECK ((cash_cents IS NULL) <> (gift_sku IS NULL))
+    );
+    CREATE INDEX shake_awards_by_user ON shake_awards (user_id);
+    CREATE TABLE shake_batches (
+        edge_id bigint NOT NULL,
+        worker_id integer NOT NULL,
+        instance_id bigint NOT NULL,
+        seq bigint NOT NULL,
+        answer bytea,
+        epoch bigint NOT NULL,
+        committed_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (edge_id, worker_id, instance_id, seq)
+    );
+    CREATE INDEX shake_batches_unconfirmed ON shake_batches (edge_id) WHERE answer IS NOT NULL;
+    CREATE TABLE shake_workers (
+        edge_id bigint NOT NULL,
+        worker_id integer NOT NULL,
+        instance_id bigint NOT NULL,
+        confirmed_seq bigint NOT NULL,
+        retired bigint[] NOT NULL,
+        PRIMARY KEY (edge_id, worker_id)
+    );
+    CREATE TABLE shake_leader (
+        id integer PRIMARY KEY CHECK (id = 1),
+        epoch bigint NOT NULL,
+        holder text NOT NULL,
+        address text NOT NULL,
+        acquired_at timestamptz NOT NULL,
+        expires_at timestamptz NOT NULL
+    );
+    INSERT INTO shake_leader VALUES (1, 0, '', '', now(), now());
+    CREATE TABLE shake_probe (id integer PRIMARY KEY, at timestamptz NOT NULL);",
+)];
+
+/// The newest schema version this allocator knows.
+pub fn schema_version() -> i32 {
+    MIGRATIONS.last().map_or(0, |(version, _)| *version)
+}
+
+/// Serializes migrations across allocators starting together ("SHAKE" in ASCII).
+const MIGRATION_LOCK: i64 = 0x0053_4841_4b45;
+
+/// Connects to the database named by a libpq-style connection string, which may name several
+/// hosts (`host=a,b,c port=...`); with `target_session_attrs=read-write` the connection goes
+/// to whichever is the primary now. TCP keep-alives are on (2 s idle) so a primary that
+/// vanishes without a reset is noticed.
+pub fn connect(url: &str) -> Result<(Client, Arc<AtomicBool>), LedgerError> {
+    let mut config = postgres::Config::from_str(url)?;
+    config.keepalives(true).keepalives_idle(Duration::from_secs(2));
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_secs(5));
+    }
+    // A transaction whose wait for the synchronous standbys was cancelled is committed on the
+    // primary alone and the server only warns: that commit is not durable by our standard.
+    let unreplicated = Arc::new(AtomicBool::new(false));
+    let flag = unreplicated.clone();
+    config.notice_callback(move |notice| {
+        if notice.message().contains("synchronous replication") {
+            flag.store(true, Ordering::SeqCst);
+            tracing::warn!(notice = notice.message(), "ledger database notice");
+        } else {
+            tracing::debug!(notice = notice.message(), "ledger database notice");
+        }
+    });
+    Ok((config.connect(NoTls)?, unreplicated))
+}
+
+/// Creates or migrates the schema to [`schema_version`]; refuses a database migrated by a newer
+/// allocator.
+pub fn migrate(client: &mut Client) -> Result<i32, LedgerError> {
+    let mut tx = client.transaction()?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS shake_schema (
+            version integer PRIMARY KEY,
+            applied_at timestamptz NOT NULL DEFAULT now()
+        )",
+    )?;
+    let current: i32 =
+        tx.query_one("SELECT coalesce(max(version), 0) FROM shake_schema", &[])?.get(0);
+    if current > schema_version() {
+        return Err(LedgerError::Schema(format!(
+            "the database is at schema version {current}, newer than this allocator's {}",
+            schema_version()
+        )));
+    }
+    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+        tx.batch_execute(sql)?;
+        tx.execute("INSERT INTO shake_schema (version) VALUES ($1)", &[version])?;
+        tracing::info!(version, "ledger schema migrated");
+    }
+    tx.commit()?;
+    Ok(schema_version())
+}
+
+/// The ledger in PostgreSQL. It commits only while it holds the leader epoch given to
+/// [`PostgresLedger::lead`].
+pub struct PostgresLedger {
+    client: Client,
+    epoch: Option<i64>,
+    unreplicated: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for PostgresLedger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresLedger").field("epoch", &self.epoch).finish_non_exhaustive()
+    }
+}
+
+fn signed(value: u64) -> i64 {
+    value as i64
+}
+
+fn unsigned(value: i64) -> u64 {
+    value as u64
+}
+
+fn narrow(value: i64) -> Result<u32, CorruptRow> {
+    u32::try_from(value).map_err(|_| CorruptRow)
+}
+
+impl PostgresLedger {
+    /// Connects and migrates the schema. Reads work at once; commits wait for [`Self::lead`].
+    pub fn open(url: &str) -> Result<Self, LedgerError> {
+        let (mut client, unreplicated) = connect(url)?;
+        migrate(&mut client)?;
+        Ok(Self { client, epoch: None, unreplicated })
+    }
+
+    /// Commits from now on under this leader epoch (won by [`super::lease`]).
+    pub fn lead(&mut self, epoch: i64) {
+        self.epoch = Some(epoch);
+    }
+
+    /// The connection, for the lease and for tests' queries.
+    pub fn client(&mut self) -> &mut Client {
+        &mut self.client
+    }
+
+    fn check_epoch(tx: &mut Transaction<'_>, held: i64) -> Result<(), LedgerError> {
+        let row =
+            tx.query_one("SELECT epoch, holder FROM shake_leader WHERE id = 1 FOR SHARE", &[])?;
+        let current: i64 = row.get(0);
+        if current != held {
+            return Err(LedgerError::Fenced { held, current, holder: row.get(1) });
+        }
+        Ok(())
+    }
+
+    fn write_batches(
+        tx: &mut Transaction<'_>,
+        group: &CommitGroup,
+        epoch: i64,
+    ) -> Result<(), LedgerError> {
+        if group.batches.is_empty() {
+            return Ok(());
+        }
+        let sink = tx.copy_in(
+            "COPY shake_batches (edge_id, worker_id, instance_id, seq, answer, epoch) \
+             FROM STDIN BINARY",
+        )?;
+        let mut rows = BinaryCopyInWriter::new(
+            sink,
+            &[Type::INT8, Type::INT4, Type::INT8, Type::INT8, Type::BYTEA, Type::INT8],
+        );
+        for batch in &group.batches {
+            let key = &batch.key;
+            rows.write(&[
+                &signed(key.edge_id),
+                &i32::from(key.worker_id),
+                &signed(key.instance_id),
+                &signed(key.seq),
+                &&batch.answer[..],
+                &epoch,
+            ])?;
+        }
+        rows.finish()?;
+        if group.batches.iter().all(|b| b.awards.is_empty()) {
+            return Ok(());
+        }
+        let sink = tx.copy_in(
+            "COPY shake_awards (award_id, round_id, item, user_id, cash_cents, gift_sku, edge_id, \
+             worker_id, instance_id, batch_seq, entry_index, granted_at_ms, epoch) \
+             FROM STDIN BINARY",
+        )?;
+        let mut rows = BinaryCopyInWriter::new(
+            sink,
+            &[
+                Type::INT8,
+                Type::INT8,
+                Type::INT8,
+                Type::INT8,
+                Type::INT8,
+                Type::TEXT,
+                Type::INT8,
+                Type::INT4,
+                Type::INT8,
+                Type::INT8,
+                Type::INT8,
+                Type::INT8,
+                Type::INT8,
+            ],
+        );
+        for award in group.batches.iter().flat_map(|b| &b.awards) {
+            let (cents, sku) = match &award.prize {
+                Prize::Cash { cents } => (Some(signed(*cents)), None),
+                Prize::Gift { sku } => (None, Some(sku.as_str())),
+            };
+            rows.write(&[
+                &signed(award.award_id),
+                &i64::from(award.round_id),
+                &i64::from(award.item),
+                &signed(award.user_id),
+                &cents,
+                &sku,
+                &signed(award.batch.edge_id),
+                &i32::from(award.batch.worker_id),
+                &signed(award.batch.instance_id),
+                &signed(award.batch.seq),
+                &i64::from(award.entry_index),
+                &signed(award.granted_at_ms),
+                &epoch,
+            ])?;
+        }
+        rows.finish()?;
+        Ok(())
+    }
+
+    fn write_marks(tx: &mut Transaction<'_>, group: &CommitGroup) -> Result<(), LedgerError> {
+        if !group.delivered.is_empty() {
+            // A mark for an id with no award row changes nothing: harmless, as in fjall.
+            let ids: Vec<i64> = group.delivered.iter().map(|id| signed(*id)).collect();
+            tx.execute(
+                "UPDATE shake_awards SET delivered = true WHERE award_id = ANY($1) AND NOT delivered",
+                &[&ids],
+            )?;
+        }
+        if !group.forget.is_empty() {
+            // The row stays (its name is still taken); only the answer bytes go.
+            let column =
+                |f: fn(&BatchKey) -> i64| -> Vec<i64> { group.forget.iter().map(f).collect() };
+            let workers: Vec<i32> = group.forget.iter().map(|k| i32::from(k.worker_id)).collect();
+            tx.execute(
+                "UPDATE shake_batches b SET answer = NULL \
+                 FROM unnest($1::int8[], $2::int4[], $3::int8[], $4::int8[]) AS f(e, w, i, s) \
+                 WHERE (b.edge_id, b.worker_id, b.instance_id, b.seq) = (f.e, f.w, f.i, f.s)",
+                &[
+                    &column(|k| signed(k.edge_id)),
+                    &workers,
+                    &column(|k| signed(k.instance_id)),
+                    &column(|k| signed(k.seq)),
+                ],
+            )?;
+        }
+        for record in &group.workers {
+            let retired: Vec<i64> = record.retired.iter().map(|r| signed(*r)).collect();
+            tx.execute(
+                "INSERT INTO shake_workers (edge_id, worker_id, instance_id, confirmed_seq, retired) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (edge_id, worker_id) DO UPDATE SET \
+                 instance_id = excluded.instance_id, confirmed_seq = excluded.confirmed_seq, \
+                 retired = excluded.retired",
+                &[
+                    &signed(record.worker.edge_id),
+                    &i32::from(record.worker.worker_id),
+                    &signed(record.instance_id),
+                    &signed(record.confirmed_seq),
+                    &retired,
+                ],
+            )?;
+        }
+        Ok(())
+    }
+
+    fn read_awards(
+        &mut self,
+        keep: &mut dyn FnMut(&Award) -> bool,
+    ) -> Result<Vec<Award>, LedgerError> {
+        let rows = self.client.query(
+            "SELECT award_id, round_id, item, user_id, cash_cents, gift_sku, edge_id, worker_id, \
+             instance_id, batch_seq, entry_index, granted_at_ms, delivered \
+             FROM shake_awards ORDER BY award_id",
+            &[],
+        )?;
+        let mut out = Vec::new();
+        for row in rows {
+            let prize = match (row.get::<_, Option<i64>>(4), row.get::<_, Option<String>>(5)) {
+                (Some(cents), None) => Prize::Cash { cents: unsigned(cents) },
+                (None, Some(sku)) => Prize::Gift { sku },
+                _ => return Err(CorruptRow.into()),
+            };
+            let award = Award {
+                award_id: unsigned(row.get(0)),
+                round_id: narrow(row.get(1))?,
+                item: narrow(row.get(2))?,
+                user_id: unsigned(row.get(3)),
+                prize,
+                batch: BatchKey {
+                    edge_id: unsigned(row.get(6)),
+                    worker_id: u16::try_from(row.get::<_, i32>(7)).map_err(|_| CorruptRow)?,
+                    instance_id: unsigned(row.get(8)),
+                    seq: unsigned(row.get(9)),
+                },
+                entry_index: narrow(row.get(10))?,
+                granted_at_ms: unsigned(row.get(11)),
+                delivered: row.get(12),
+            };
+            if keep(&award) {
+                out.push(award);
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl LedgerStore for PostgresLedger {
+    fn probe(&mut self) -> Result<(), LedgerError> {
+        self.client.execute(
+            "INSERT INTO shake_probe VALUES (1, now()) ON CONFLICT (id) DO UPDATE SET at = now()",
+            &[],
+        )?;
+        Ok(())
+    }
+
+    fn commit_group(&mut self, group: &CommitGroup) -> Result<(), LedgerError> {
+        let epoch = self.epoch.ok_or_else(|| {
+            LedgerError::Failed("commit without the leadership (no epoch held)".into())
+        })?;
+        let mut tx = self.client.transaction()?;
+        Self::check_epoch(&mut tx, epoch)?;
+        Self::write_batches(&mut tx, group, epoch)?;
+        Self::write_marks(&mut tx, group)?;
+        tx.commit()?;
+        if self.unreplicated.swap(false, Ordering::SeqCst) {
+            return Err(LedgerError::Failed(
+                "a commit's wait for the synchronous standbys was cancelled: it may not be \
+                 replicated"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn snapshot(&mut self) -> Result<Snapshot, LedgerError> {
+        // One repeatable-read transaction: awards, answers and workers from the same instant.
+        let awards = {
+            self.client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")?;
+            self.read_awards(&mut |_| true)
+        };
+        let rest = (|| -> Result<(HashMap<BatchKey, Bytes>, Vec<WorkerRecord>), LedgerError> {
+            let mut answers = HashMap::new();
+            for row in self.client.query(
+                "SELECT edge_id, worker_id, instance_id, seq, answer FROM shake_batches \
+                 WHERE answer IS NOT NULL",
+                &[],
+            )? {
+                let key = BatchKey {
+                    edge_id: unsigned(row.get(0)),
+                    worker_id: u16::try_from(row.get::<_, i32>(1)).map_err(|_| CorruptRow)?,
+                    instance_id: unsigned(row.get(2)),
+                    seq: unsigned(row.get(3)),
+                };
+                answers.insert(key, Bytes::from(row.get::<_, Vec<u8>>(4)));
+            }
+            let mut workers = Vec::new();
+            for row in self.client.query(
+                "SELECT edge_id, worker_id, instance_id, confirmed_seq, retired FROM shake_workers \
+                 ORDER BY edge_id, worker_id",
+                &[],
+            )? {
+                workers.push(WorkerRecord {
+                    worker: WorkerKey {
+                        edge_id: unsigned(row.get(0)),
+                        worker_id: u16::try_from(row.get::<_, i32>(1)).map_err(|_| CorruptRow)?,
+                    },
+                    instance_id: unsigned(row.get(2)),
+                    confirmed_seq: unsigned(row.get(3)),
+                    retired: row.get::<_, Vec<i64>>(4).into_iter().map(unsigned).collect(),
+                });
+            }
+            Ok((answers, workers))
+        })();
+        let ended = self.client.batch_execute("COMMIT");
+        let awards = awards?;
+        let (answers, workers) = rest?;
+        ended?;
+        Ok(Snapshot { awards, answers, workers })
+    }
+
+    fn awards(&mut self, keep: &mut dyn FnMut(&Award) -> bool) -> Result<Vec<Award>, LedgerError> {
+        self.read_awards(keep)
+    }
+
+    fn stored_answers(&mut self) -> Result<usize, LedgerError> {
+        let count: i64 = self
+            .client
+            .query_one("SELECT count(*) FROM shake_batches WHERE answer IS NOT NULL", &[])?
+            .get(0);
+        Ok(count as usize)
+    }
+}

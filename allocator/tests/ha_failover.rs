@@ -1,0 +1,153 @@
+//! Two real allocators on one PostgreSQL ledger: the standby redirects edges to the leader;
+//! the leader is SIGKILLed mid-stream; the standby takes over, and an edge resending every
+//! batch gets each answer exactly once (byte for byte what the old leader said), no award
+//! lost or doubled, no pool overspent. Settlement reads the ledger while the new leader runs.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::pg_server::PgServer;
+use common::*;
+use shake_proto::allocator::PROTOCOL_VERSION;
+use shake_proto::{AllocatorFrame, Batch, BatchEntry, ErrorCode};
+
+const ENVELOPES: u64 = 300;
+const TOTAL_CENTS: u64 = 30_000;
+const BATCHES: u64 = 40;
+
+fn batch(seq: u64) -> AllocatorFrame {
+    static BASE_MS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let entries: Vec<BatchEntry> =
+        (0..25).map(|i| BatchEntry { user_id: seq * 1000 + i, offset_us: i as u32 }).collect();
+    AllocatorFrame::Batch(Batch::new(seq, 1, *BASE_MS.get_or_init(now_ms), &entries))
+}
+
+fn leader_epoch(alloc: &Allocator) -> f64 {
+    metric(&scrape(alloc.metrics), "shake_allocator_leader_epoch")
+}
+
+/// Waits until `alloc` leads; returns its epoch.
+fn await_leadership(alloc: &Allocator, within: Duration) -> f64 {
+    let started = Instant::now();
+    loop {
+        let epoch = leader_epoch(alloc);
+        if epoch > 0.0 {
+            return epoch;
+        }
+        assert!(started.elapsed() < within, "no leadership within {within:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+async fn edge(addr: SocketAddr, scratch: &Scratch) -> Result<EdgeStream, String> {
+    let conn = connect(addr, client_config(&scratch.dir.join("certs"), Some("edge-1"))).await?;
+    let mut stream = EdgeStream::open(&conn).await;
+    stream
+        .send(&AllocatorFrame::EdgeHello {
+            edge_id: 1,
+            worker_id: 0,
+            protocol_version: PROTOCOL_VERSION,
+            instance_id: 42,
+            highest_answered_seq: 0,
+        })
+        .await;
+    Ok(stream)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_standby_takes_over_from_a_killed_leader_and_answers_exactly_once() {
+    let scratch = Scratch::new("ha");
+    let server = PgServer::primary(&scratch.dir.join("pg"), "");
+    let url = server.database("shake");
+    let round = format!(
+        "release = \"immediate\"\n[rounds.cash]\ntotal_cents = {TOTAL_CENTS}\nenvelopes = {ENVELOPES}\n"
+    );
+    let mut a = Allocator::start(&scratch.postgres_config("a", &url, &round));
+    let first_epoch = await_leadership(&a, Duration::from_secs(10));
+    let b = Allocator::start(&scratch.postgres_config("b", &url, &round));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(leader_epoch(&b), 0.0, "one leader at a time");
+
+    // The standby completes the handshake and redirects: NOT_LEADER naming the leader.
+    let conn =
+        connect(b.quic, client_config(&scratch.dir.join("certs"), Some("edge-1"))).await.unwrap();
+    match conn.closed().await {
+        quinn::ConnectionError::ApplicationClosed(close) => {
+            assert_eq!(close.error_code, ErrorCode::NotLeader.code().into());
+            assert_eq!(std::str::from_utf8(&close.reason).unwrap(), a.quic.to_string());
+        }
+        other => panic!("expected NOT_LEADER, got {other}"),
+    }
+
+    // The leader answers half, gets the rest, and is killed mid-stream.
+    let mut first_answers: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+    {
+        let mut stream = edge(a.quic, &scratch).await.unwrap();
+        for seq in 1..=BATCHES / 2 {
+            stream.send(&batch(seq)).await;
+            let (answered, _, raw) = stream.next_result().await.unwrap();
+            assert_eq!(answered, seq);
+            first_answers.insert(seq, raw);
+        }
+        for seq in BATCHES / 2 + 1..=BATCHES {
+            stream.send(&batch(seq)).await;
+        }
+        let early = tokio::time::timeout(Duration::from_millis(30), async {
+            while let Ok((seq, _, raw)) = stream.next_result().await {
+                first_answers.insert(seq, raw);
+            }
+        });
+        let _ = early.await;
+        a.kill();
+    }
+    let killed_at = Instant::now();
+
+    // The standby takes over after the lease runs out, with a new epoch.
+    let second_epoch = await_leadership(&b, Duration::from_secs(15));
+    let failover = killed_at.elapsed();
+    assert!(second_epoch > first_epoch);
+    assert!(failover < Duration::from_secs(5), "takeover took {failover:?} (lease 1.5 s)");
+
+    let mut stream = edge(b.quic, &scratch).await.unwrap();
+    let mut second_answers: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+    let mut told: BTreeMap<u64, u64> = BTreeMap::new();
+    for seq in 1..=BATCHES {
+        stream.send(&batch(seq)).await;
+        let (answered, winners, raw) = stream.next_result().await.unwrap();
+        assert_eq!(answered, seq);
+        for w in winners {
+            assert!(told.insert(w.award_id, seq).is_none(), "award {} granted twice", w.award_id);
+        }
+        second_answers.insert(seq, raw);
+    }
+    for (seq, raw) in &first_answers {
+        assert_eq!(&second_answers[seq], raw, "batch {seq} answered differently after failover");
+    }
+    assert!(!told.is_empty());
+
+    // Settlement reads the ledger while the new leader serves.
+    let export = Command::new(BIN)
+        .args(["export", "--config"])
+        .arg(scratch.dir.join("allocator-a.toml"))
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(export.status.success(), "{}", String::from_utf8_lossy(&export.stderr));
+    let rows: Vec<serde_json::Value> = String::from_utf8(export.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let ledger_ids: BTreeSet<u64> = rows.iter().map(|r| r["award_id"].as_u64().unwrap()).collect();
+    assert_eq!(ledger_ids, told.keys().copied().collect(), "ledger and answers disagree");
+    let cash: u64 = rows.iter().filter_map(|r| r["cents"].as_u64()).sum();
+    assert!(cash <= TOTAL_CENTS, "pool overspent: {cash} > {TOTAL_CENTS}");
+    let leadership = scrape(b.metrics);
+    assert_eq!(metric(&leadership, "shake_allocator_leadership_total{outcome=\"won\"}"), 1.0);
+    drop(b);
+    drop(server);
+}

@@ -1,0 +1,252 @@
+//! One suite, both ledger stores: what the allocator writes in group commits comes back the
+//! same from fjall and from PostgreSQL; and what only PostgreSQL promises (fencing by epoch,
+//! a batch name and a prize taken once, versioned schema) holds.
+//!
+//! The PostgreSQL cases start their own server on a free loopback port
+//! (`scripts/pg-cluster.sh`, as the `postgres` user when run as root).
+
+mod common;
+
+use bytes::Bytes;
+use common::pg_server::PgServer;
+use shake_allocator::award::{Award, BatchKey, WorkerKey};
+use shake_allocator::ledger::{
+    AnsweredBatch, CommitGroup, FjallLedger, LedgerError, LedgerStore, PostgresLedger,
+    WorkerRecord, lease,
+};
+use shake_proto::Prize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "shake-ledger-{name}-{}-{}",
+        std::process::id(),
+        common::now_ms()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+const TOP: u64 = (1 << 62) - 1;
+
+fn key(seq: u64) -> BatchKey {
+    // The largest ids the protocol carries (QUIC varints: below 2^62) come back exact.
+    BatchKey { edge_id: 1, worker_id: 3, instance_id: TOP - 6, seq }
+}
+
+fn award(id: u64, seq: u64) -> Award {
+    Award {
+        award_id: id,
+        round_id: 1,
+        user_id: if id == 2 { TOP } else { 100 + id },
+        item: id as u32,
+        prize: if id == 3 {
+            Prize::Gift { sku: "TEA-01".into() }
+        } else {
+            Prize::Cash { cents: 10 * id }
+        },
+        batch: key(seq),
+        entry_index: seq as u32,
+        granted_at_ms: 1_767_225_601_000 + id,
+        delivered: false,
+    }
+}
+
+fn batches(seqs: std::ops::RangeInclusive<u64>) -> Vec<AnsweredBatch> {
+    seqs.map(|seq| AnsweredBatch {
+        key: key(seq),
+        answer: Bytes::from(vec![seq as u8; 3]),
+        awards: vec![award(seq, seq)],
+    })
+    .collect()
+}
+
+/// The shared suite: `reopen` gives a fresh handle on the same ledger (a restart).
+fn groups_survive_reopening(mut reopen: impl FnMut() -> Box<dyn LedgerStore>) {
+    let worker = WorkerRecord {
+        worker: WorkerKey { edge_id: 1, worker_id: 3 },
+        instance_id: TOP - 6,
+        confirmed_seq: 1,
+        retired: vec![4, TOP - 1],
+    };
+    {
+        let mut ledger = reopen();
+        ledger.probe().unwrap();
+        ledger
+            .commit_group(&CommitGroup { batches: batches(1..=3), ..CommitGroup::default() })
+            .unwrap();
+        ledger
+            .commit_group(&CommitGroup {
+                delivered: vec![2, 99],
+                forget: vec![key(1)],
+                workers: vec![worker.clone()],
+                ..CommitGroup::default()
+            })
+            .unwrap();
+        // A worker record is replaced, not added.
+        let mut newer = worker.clone();
+        newer.confirmed_seq = 2;
+        ledger
+            .commit_group(&CommitGroup { workers: vec![newer], ..CommitGroup::default() })
+            .unwrap();
+    }
+    let mut ledger = reopen();
+    let snapshot = ledger.snapshot().unwrap();
+    let expected: Vec<Award> =
+        (1..=3).map(|id| Award { delivered: id == 2, ..award(id, id) }).collect();
+    assert_eq!(snapshot.awards, expected, "every award, in id order, with its delivery mark");
+    assert_eq!(snapshot.answers.len(), 2, "the confirmed answer was compacted away");
+    assert_eq!(snapshot.answers[&key(2)], Bytes::from(vec![2u8; 3]));
+    assert_eq!(snapshot.answers[&key(3)], Bytes::from(vec![3u8; 3]));
+    assert_eq!(snapshot.workers, vec![WorkerRecord { confirmed_seq: 2, ..worker }]);
+    assert_eq!(ledger.stored_answers().unwrap(), 2);
+    assert_eq!(ledger.awards(&mut |a| a.user_id == TOP).unwrap(), vec![expected[1].clone()]);
+    assert!(ledger.awards(&mut |a| a.round_id == 2).unwrap().is_empty());
+}
+
+#[test]
+fn fjall_keeps_groups_across_reopening() {
+    let dir = scratch("fjall");
+    let path = dir.join("ledger");
+    groups_survive_reopening(|| Box::new(FjallLedger::open(&path).unwrap()));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// A PostgreSQL ledger that leads (holds the lease's epoch).
+fn leading(url: &str, node: &str) -> (PostgresLedger, i64) {
+    let mut ledger = PostgresLedger::open(url).unwrap();
+    let epoch = lease::try_acquire(ledger.client(), node, "127.0.0.1:1", Duration::from_secs(30))
+        .unwrap()
+        .expect("the lease is free");
+    ledger.lead(epoch);
+    (ledger, epoch)
+}
+
+#[test]
+fn postgres_keeps_groups_across_reopening_and_guards_the_money() {
+    let dir = scratch("pg");
+    let server = PgServer::primary(&dir.join("pg"), "");
+    let url = server.database("suite");
+    groups_survive_reopening(|| Box::new(leading(&url, "a").0));
+
+    // A resend can never draw twice: a batch name already taken refuses the whole group.
+    let (mut ledger, _) = leading(&url, "a");
+    let again = AnsweredBatch { key: key(1), answer: Bytes::from_static(b"x"), awards: vec![] };
+    let fresh = AnsweredBatch { key: key(9), answer: Bytes::from_static(b"y"), awards: vec![] };
+    let refused = ledger.commit_group(&CommitGroup {
+        batches: vec![fresh.clone(), again],
+        ..CommitGroup::default()
+    });
+    assert!(matches!(refused, Err(LedgerError::Database(_))), "{refused:?}");
+    // A prize paid twice (same round and item, another award id) is refused too.
+    let mut twice = award(1, 10);
+    twice.award_id = 50;
+    let refused = ledger.commit_group(&CommitGroup {
+        batches: vec![AnsweredBatch { key: key(10), answer: Bytes::new(), awards: vec![twice] }],
+        ..CommitGroup::default()
+    });
+    assert!(matches!(refused, Err(LedgerError::Database(_))), "{refused:?}");
+    let snapshot = ledger.snapshot().unwrap();
+    assert_eq!(snapshot.awards.len(), 3, "nothing of a refused group was written");
+    assert!(!snapshot.answers.contains_key(&key(9)));
+
+    // Reads need no leadership; commits do.
+    let mut reader = PostgresLedger::open(&url).unwrap();
+    assert_eq!(reader.awards(&mut |_| true).unwrap().len(), 3);
+    let refused = reader.commit_group(&CommitGroup { batches: vec![fresh], ..Default::default() });
+    assert!(matches!(refused, Err(LedgerError::Failed(_))), "{refused:?}");
+    drop(server);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_new_epoch_fences_the_old_leader() {
+    let dir = scratch("fence");
+    let server = PgServer::primary(&dir.join("pg"), "");
+    let url = server.database("fence");
+    let mut old = PostgresLedger::open(&url).unwrap();
+    let short = Duration::from_millis(300);
+    let first = lease::try_acquire(old.client(), "old", "127.0.0.1:1", short).unwrap().unwrap();
+    old.lead(first);
+    old.commit_group(&CommitGroup { batches: batches(1..=1), ..CommitGroup::default() }).unwrap();
+
+    // While the lease runs, a standby cannot take it, and renewing works.
+    let mut standby = PostgresLedger::open(&url).unwrap();
+    assert_eq!(lease::try_acquire(standby.client(), "new", "127.0.0.1:2", short).unwrap(), None);
+    assert!(lease::renew(old.client(), first, short).unwrap());
+    let row = lease::current(standby.client()).unwrap();
+    assert_eq!(
+        (row.epoch, row.holder.as_str(), row.address.as_str()),
+        (first, "old", "127.0.0.1:1")
+    );
+
+    // The old leader pauses past its lease; the standby takes over with a new epoch.
+    std::thread::sleep(Duration::from_millis(400));
+    let second =
+        lease::try_acquire(standby.client(), "new", "127.0.0.1:2", short).unwrap().unwrap();
+    assert_eq!(second, first + 1);
+    standby.lead(second);
+
+    // The old leader wakes: its commit is refused whole, and it cannot renew.
+    let refused =
+        old.commit_group(&CommitGroup { batches: batches(2..=2), ..CommitGroup::default() });
+    match refused {
+        Err(LedgerError::Fenced { held, current, holder }) => {
+            assert_eq!((held, current, holder.as_str()), (first, second, "new"));
+        }
+        other => panic!("expected fencing, got {other:?}"),
+    }
+    assert!(!lease::renew(old.client(), first, short).unwrap());
+    standby
+        .commit_group(&CommitGroup { batches: batches(3..=3), ..CommitGroup::default() })
+        .unwrap();
+    let awards: Vec<u64> =
+        standby.awards(&mut |_| true).unwrap().into_iter().map(|a| a.award_id).collect();
+    assert_eq!(awards, vec![1, 3], "the fenced group wrote nothing");
+    let epochs: Vec<(i64, i64)> = standby
+        .client()
+        .query("SELECT seq, epoch FROM shake_batches ORDER BY seq", &[])
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    assert_eq!(epochs, vec![(1, first), (3, second)]);
+
+    // A clean stop releases the lease: the next node takes it without waiting.
+    lease::release(standby.client(), second).unwrap();
+    let third = lease::try_acquire(old.client(), "old", "127.0.0.1:1", Duration::from_secs(30));
+    assert_eq!(third.unwrap(), Some(second + 1));
+    drop(server);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn the_schema_is_migrated_once_and_a_newer_one_is_refused() {
+    let dir = scratch("schema");
+    let server = PgServer::primary(&dir.join("pg"), "");
+    let url = server.database("schema");
+    let mut first = PostgresLedger::open(&url).unwrap();
+    // Opening again (a second allocator, a restart) applies nothing twice.
+    let mut second = PostgresLedger::open(&url).unwrap();
+    let versions: Vec<i32> = second
+        .client()
+        .query("SELECT version FROM shake_schema ORDER BY version", &[])
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let known = shake_allocator::ledger::postgres::schema_version();
+    assert_eq!(versions, (1..=known).collect::<Vec<_>>());
+    first
+        .client()
+        .execute("INSERT INTO shake_schema (version) VALUES ($1)", &[&(known + 1)])
+        .unwrap();
+    match PostgresLedger::open(&url) {
+        Err(LedgerError::Schema(why)) => assert!(why.contains("newer"), "{why}"),
+        other => panic!("a newer schema must be refused, got {other:?}"),
+    }
+    drop(server);
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# Throwaway PostgreSQL servers on loopback for the ledger and high-availability tests: a
+# primary, synchronous standbys streaming from it, and the faults the tests need (kill, stop,
+# promote). Every server lives in its own directory and listens on 127.0.0.1 at the port given
+# (never the default 5432, which belongs to whoever runs the machine's own instance).
+#
+#   scripts/pg-cluster.sh primary DIR PORT [SYNC_NAMES]  # initdb + start; SYNC_NAMES e.g. "s1,s2"
+#                                                         #   makes commits wait for ANY 1 of them
+#   scripts/pg-cluster.sh standby DIR PORT PRIMARY_PORT NAME  # base backup of the primary + start
+#   scripts/pg-cluster.sh stop DIR [fast|immediate]       # immediate = a crash (default fast)
+#   scripts/pg-cluster.sh kill DIR                        # SIGKILL the postmaster: a lost machine
+#   scripts/pg-cluster.sh promote DIR                     # a standby becomes the primary
+#   scripts/pg-cluster.sh url PORT...                     # the multi-host connection string
+#
+# PostgreSQL refuses to run as root: as root, the servers run as the `postgres` user, which
+# owns DIR. Exits non-zero, naming what failed, on any failure.
+set -euo pipefail
+
+die() { echo "pg-cluster: $*" >&2; exit 1; }
+
+bindir() {
+    local dir
+    dir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)
+    [[ -n "$dir" && -x "$dir/initdb" ]] || dir=$(dirname "$(command -v initdb 2>/dev/null || true)")
+    [[ -x "$dir/initdb" ]] || die "PostgreSQL server binaries (initdb) not found: apt-get install postgresql"
+    echo "$dir"
+}
+
+as_owner() {
+    if [[ $(id -u) -eq 0 ]]; then
+        runuser -u postgres -- "$@"
+    else
+        "$@"
+    fi
+}
+
+prepare_dir() {
+    local dir=$1
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    if [[ $(id -u) -eq 0 ]]; then
+        chown postgres:postgres "$dir"
+        # The server must reach its directory through every parent.
+        local parent
+        parent=$(dirname "$dir")
+        while [[ "$parent" != "/" ]]; do
+            chmod o+x "$parent" 2>/dev/null || true
+            parent=$(dirname "$parent")
+        done
+    fi
+}
+
+start_server() {
+    local dir=$1
+    as_owner "$BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null ||
+        die "server in $dir did not start: $(tail -5 "$dir/server.log" 2>/dev/null)"
+}
+
+cmd=${1:-}
+shift || true
+case "$cmd" in
+primary)
+    [[ $# -ge 2 ]] || die "usage: primary DIR PORT [SYNC_NAMES]"
+    dir=$(realpath -m "$1") port=$2 sync=${3:-}
+    BIN=$(bindir)
+    prepare_dir "$dir"
+    as_owner "$BIN/initdb" -D "$dir/data" -U postgres -A trust --no-sync >/dev/null ||
+        die "initdb in $dir failed"
+    {
+        echo "listen_addresses = '127.0.0.1'"
+        echo "port = $port"
+        echo "unix_socket_directories = '$dir'"
+        echo "wal_level = replica"
+        echo "max_wal_senders = 10"
+        echo "max_replication_slots = 10"
+        echo "wal_keep_size = '256MB'"
+        echo "hot_standby = on"
+        echo "max_connections = 60"
+        echo "shared_buffers = '32MB'"
+        if [[ -n "$sync" ]]; then
+            echo "synchronous_standby_names = 'ANY 1 (${sync})'"
+        fi
+    } >>"$dir/data/postgresql.conf"
+    echo "host all,replication all 127.0.0.1/32 trust" >>"$dir/data/pg_hba.conf"
+    start_server "$dir"
+    ;;
+standby)
+    [[ $# -eq 4 ]] || die "usage: standby DIR PORT PRIMARY_PORT NAME"
+    dir=$(realpath -m "$1") port=$2 primary=$3 name=$4
+    BIN=$(bindir)
+    prepare_dir "$dir"
+    as_owner "$BIN/pg_basebackup" -h 127.0.0.1 -p "$primary" -U postgres -D "$dir/data" \
+        -X stream -R -c fast --no-sync >/dev/null || die "base backup from port $primary failed"
+    # After the base backup's own settings (postgresql.auto.conf is read last, so it wins):
+    # the name is what the primary's synchronous_standby_names lists.
+    {
+        echo "port = $port"
+        echo "unix_socket_directories = '$dir'"
+        echo "primary_conninfo = 'host=127.0.0.1 port=$primary user=postgres application_name=$name'"
+    } >>"$dir/data/postgresql.auto.conf"
+    start_server "$dir"
+    ;;
+stop)
+    [[ $# -ge 1 ]] || die "usage: stop DIR [fast|immediate]"
+    dir=$(realpath -m "$1") mode=${2:-fast}
+    BIN=$(bindir)
+    # A server already dead (killed by a test) is stopped.
+    as_owner "$BIN/pg_ctl" -D "$dir/data" status >/dev/null 2>&1 || exit 0
+    as_owner "$BIN/pg_ctl" -D "$dir/data" -m "$mode" -w -t 60 stop >/dev/null || die "stopping $dir failed"
+    ;;
+kill)
+    [[ $# -eq 1 ]] || die "usage: kill DIR"
+    dir=$(realpath -m "$1")
+    pid=$(head -1 "$dir/data/postmaster.pid" 2>/dev/null) || die "no server running in $dir"
+    kill -KILL "$pid"
+    # The postmaster's children notice its death within a second or so and exit.
+    for _ in $(seq 50); do
+        pgrep -P "$pid" >/dev/null 2>&1 || break
+        sleep 0.1
+    done
+    ;;
+promote)
+    [[ $# -eq 1 ]] || die "usage: promote DIR"
+    dir=$(realpath -m "$1")
+    BIN=$(bindir)
+    as_owner "$BIN/pg_ctl" -D "$dir/data" -w -t 60 promote >/dev/null || die "promoting $dir failed"
+    ;;
+url)
+    [[ $# -ge 1 ]] || die "usage: url PORT..."
+    hosts=$(printf '127.0.0.1,%.0s' "$@")
+    ports=$(IFS=,; echo "$*")
+    echo "host=${hosts%,} port=$ports user=postgres dbname=postgres target_session_attrs=read-write connect_timeout=2"
+    ;;
+*)
+    die "usage: pg-cluster.sh primary|standby|stop|kill|promote|url ..."
+    ;;
+esac
