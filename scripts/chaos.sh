@@ -9,7 +9,11 @@
 #   scripts/chaos.sh link-cut hostile only the named scenarios
 #
 # Scenarios: allocator-kill edge-kill link-cut phone-loss slow-allocator hostile surge (the
-# surge puts the edge under a CPU quota: it needs root and a cgroup cpu controller)
+# surge puts the edge under a CPU quota: it needs root and a cgroup cpu controller), and the
+# high-availability ones, `ha` for all four: ha-leader-kill ha-leader-pause ha-primary-kill
+# ha-standby-kill (two allocators on a PostgreSQL primary with two synchronous standbys, all
+# started here on free loopback ports; they need PostgreSQL's server binaries). With any HA
+# scenario the JSON line adds failover_s_max.
 # Environment: PHONES, ROUND_S, HOSTILE_RATIO_MAX (default 2), HOSTILE_PAIRS (baseline and
 # hostile runs whose medians are compared; 3, or 1 with --short), SHAKE_BIN_DIR (prebuilt
 # binaries: no build step), SHAKE_CHAOS_DIR (where run files go; default target/chaos).
@@ -21,7 +25,8 @@ usage() {
     exit 64
 }
 
-ALL=(allocator-kill edge-kill link-cut phone-loss slow-allocator hostile surge)
+HA=(ha-leader-kill ha-leader-pause ha-primary-kill ha-standby-kill)
+ALL=(allocator-kill edge-kill link-cut phone-loss slow-allocator hostile surge "${HA[@]}")
 short=0
 selected=()
 for arg in "$@"; do
@@ -29,13 +34,15 @@ for arg in "$@"; do
         --short) short=1 ;;
         -h | --help) usage ;;
         allocator-kill | edge-kill | link-cut | phone-loss | slow-allocator | hostile | surge) selected+=("$arg") ;;
+        ha-leader-kill | ha-leader-pause | ha-primary-kill | ha-standby-kill) selected+=("$arg") ;;
+        ha) selected+=("${HA[@]}") ;;
         *) echo "chaos: unknown scenario or flag: $arg" >&2; usage ;;
     esac
 done
 if [ ${#selected[@]} -eq 0 ]; then
     selected=("${ALL[@]}")
     # CI's short run leaves out the surge: it needs root for its CPU quota, and a minute.
-    [ "$short" = 0 ] || selected=("${ALL[@]:0:6}")
+    [ "$short" = 0 ] || selected=("${ALL[@]:0:6}" "${HA[@]}")
 fi
 
 if [ "$short" = 1 ]; then
@@ -61,12 +68,15 @@ ALLOC_MAX_KIB=524288
 source scripts/lib.sh
 
 pids=()
+pg_dirs=()
+declare -A ha_pid ha_addr ha_metrics
 cleanup() {
     for pid in "${pids[@]}"; do
         kill -CONT "$pid" 2>/dev/null || true
         kill -INT "$pid" 2>/dev/null || true
     done
     wait 2>/dev/null || true
+    for dir in "${pg_dirs[@]}"; do scripts/pg-cluster.sh stop "$dir" immediate 2>/dev/null || true; done
 }
 trap cleanup EXIT
 trap 'echo "chaos: interrupted" >&2; exit 130' INT TERM
@@ -116,6 +126,10 @@ start_edge() {
     # Both scenario files spread the phones over the same number of client endpoints.
     write_edge_config "$S/edge-$id.toml" "$S" "$id" "$2" 1 \
         "$(phones_per_source "$PHONES" bench/scenarios/demo.toml)"
+    # Several allocators (A,B): the edge gets the list.
+    if [[ "$2" == *,* ]]; then
+        sed -i "s#^addr = .*#addr = [\"${2//,/\", \"}\"]#" "$S/edge-$id.toml"
+    fi
     "$BIN/shake-edge" run --config "$S/edge-$id.toml" >"$S/edge-$id.out" 2>"$S/edge-$id.log" &
     edge_pid[$id]=$!
     pids+=("${edge_pid[$id]}")
@@ -167,15 +181,27 @@ finish() {
         kill -TERM "${edge_pid[$id]}"
         wait "${edge_pid[$id]}" || problems+=("edge $id exited with status $? on SIGTERM")
     done
-    kill -CONT "$alloc_pid" 2>/dev/null || true
-    kill -TERM "$alloc_pid"
-    wait "$alloc_pid" || problems+=("the allocator exited with status $? on SIGTERM")
+    local config="$S/allocator.toml" node
+    if [ ${#ha_pid[@]} -eq 0 ]; then
+        kill -CONT "$alloc_pid" 2>/dev/null || true
+        kill -TERM "$alloc_pid"
+        wait "$alloc_pid" || problems+=("the allocator exited with status $? on SIGTERM")
+    else
+        config="$S/allocator-a.toml"
+        for node in "${!ha_pid[@]}"; do
+            kill -0 "${ha_pid[$node]}" 2>/dev/null || continue
+            kill -CONT "${ha_pid[$node]}" 2>/dev/null || true
+            kill -TERM "${ha_pid[$node]}"
+            wait "${ha_pid[$node]}" || problems+=("allocator $node exited with status $? on SIGTERM")
+        done
+    fi
     pids=()
     unset edge_pid edge_addr edge_metrics
     declare -gA edge_pid edge_addr edge_metrics
-    "$BIN/shake-allocator" export --config "$S/allocator.toml" >"$S/awards.jsonl" 2>>"$S/allocator.log"
+    "$BIN/shake-allocator" export --config "$config" >"$S/awards.jsonl" 2>>"$S/allocator.log"
     "$BIN/shake-swarm" verify --report "$S/swarm.json" --ledger "$S/awards.jsonl" \
-        --allocator-config "$S/allocator.toml" >"$S/verify.out" || true
+        --allocator-config "$config" >"$S/verify.out" || true
+    ha_end
     tail -n1 "$S/verify.out" >"$S/verify.json"
     [ "$(json_bool "$S/verify.json" ok)" = true ] || problems+=("an invariant failed: see $S/verify.out")
     [ "$edge_peak" -le "$EDGE_MAX_KIB" ] || problems+=("edge peak ${edge_peak} KiB over ${EDGE_MAX_KIB}")
@@ -343,6 +369,224 @@ scenario_slow_allocator() {
     finish
 }
 
+# --- high availability: two allocators on replicated PostgreSQL ----------------------------
+
+failover_s_max=null
+
+# A loopback TCP port nothing listens on.
+free_port() {
+    local port
+    for _ in $(seq 1 100); do
+        port=$(( 20000 + RANDOM % 20000 ))
+        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || { echo "$port"; return 0; }
+    done
+    return 1
+}
+
+# Starts a scenario on PostgreSQL: a primary whose commits wait for ANY 1 of two synchronous
+# standbys, and two allocator configurations (nodes a and b) naming all three servers.
+begin_ha() {
+    # The database first: the round's clock starts in `begin`.
+    S="$DIR/$1"
+    pg_port=$(free_port)
+    s1_port=$(free_port)
+    s2_port=$(free_port)
+    pg_dirs+=("$S/pg-p" "$S/pg-s1" "$S/pg-s2")
+    scripts/pg-cluster.sh primary "$S/pg-p" "$pg_port" s1,s2
+    scripts/pg-cluster.sh standby "$S/pg-s1" "$s1_port" "$pg_port" s1
+    scripts/pg-cluster.sh standby "$S/pg-s2" "$s2_port" "$pg_port" s2
+    begin "$1"
+    local url node
+    url=$(scripts/pg-cluster.sh url "$pg_port" "$s1_port" "$s2_port")
+    for node in a b; do
+        sed "s#^ledger_path = .*#ledger = \"postgres\"#" "$S/allocator.toml" >"$S/allocator-$node.toml"
+        printf '[postgres]\nurl = "%s"\nnode = "%s"\nlease_ms = 1500\nstandby_poll_ms = 100\n' \
+            "$url" "$node" >>"$S/allocator-$node.toml"
+    done
+    failover_s=0
+}
+
+# start_ha_allocator NODE: sets ha_pid[NODE], ha_addr[NODE], ha_metrics[NODE]; a restart
+# comes back on the same address (the edges are configured with it).
+start_ha_allocator() {
+    local node="$1" out
+    alloc_starts=$(( alloc_starts + 1 ))
+    out="$S/allocator-$node.$alloc_starts.out"
+    "$BIN/shake-allocator" run --config "$S/allocator-$node.toml" >"$out" 2>>"$S/allocator-$node.log" &
+    ha_pid[$node]=$!
+    pids+=("${ha_pid[$node]}")
+    ha_addr[$node]=$(ready_field "$out" quic "${ha_pid[$node]}")
+    ha_metrics[$node]=$(ready_field "$out" metrics "${ha_pid[$node]}")
+    sed -i "s#^listen = .*#listen = \"${ha_addr[$node]}\"#" "$S/allocator-$node.toml"
+}
+
+# The epoch node NODE leads under (0: a standby, gone, or stopped by a signal: a stopped
+# process would never answer the scrape).
+epoch_of() {
+    kill -0 "${ha_pid[$1]}" 2>/dev/null || { echo 0; return; }
+    [ "$(awk '{ print $3 }' "/proc/${ha_pid[$1]}/stat" 2>/dev/null)" != T ] || { echo 0; return; }
+    metric_sum "${ha_metrics[$1]}" shake_allocator_leader_epoch 2>/dev/null || echo 0
+}
+
+# wait_leader ABOVE SECONDS: waits until a node leads with an epoch above ABOVE; sets leader
+# and leader_epoch, and alloc_pid (for the memory samples).
+wait_leader() {
+    local above="$1" seconds="$2" node epoch
+    for _ in $(seq 1 $(( seconds * 10 ))); do
+        for node in a b; do
+            [ -n "${ha_pid[$node]:-}" ] || continue
+            epoch=$(epoch_of "$node")
+            if [ "${epoch:-0}" -gt "$above" ]; then
+                leader=$node leader_epoch=$epoch alloc_pid=${ha_pid[$node]}
+                return 0
+            fi
+        done
+        sleep 0.1
+    done
+    problems+=("no allocator led with an epoch above $above within ${seconds}s")
+    return 1
+}
+
+# Seconds (with tenths) since a start time in ms.
+since_s() { awk -v a="$1" -v b="$(( $(date +%s%N) / 1000000 ))" 'BEGIN { printf "%.1f", (b - a) / 1000 }'; }
+
+# After a fault at FAULT_MS: waits until a node leads above epoch ABOVE and the edge's link
+# is up to it (its worker stream open there); failover_s is the time from the fault.
+await_failover() {
+    local fault_ms="$1" above="$2"
+    wait_leader "$above" 20 || return 1
+    for _ in $(seq 1 200); do
+        [ "$(metric_sum "${ha_metrics[$leader]}" shake_allocator_streams_open)" -ge 1 ] && break
+        sleep 0.1
+    done
+    failover_s=$(since_s "$fault_ms")
+    [ "$(metric_sum "${ha_metrics[$leader]}" shake_allocator_streams_open)" -ge 1 ] ||
+        problems+=("the edge never reached the new leader $leader")
+    failover_s_max=$(awk -v a="$failover_s" -v m="$failover_s_max" 'BEGIN { print (m == "null" || a > m) ? a : m }')
+}
+
+# The first HA steps of every scenario: a leads, b stands by, one edge knows both, a swarm.
+ha_start_all() {
+    start_ha_allocator a
+    wait_leader 0 15 || true
+    start_ha_allocator b
+    start_edge 1 "${ha_addr[a]},${ha_addr[b]}"
+    swarm_start bench/scenarios/demo.toml "${edge_addr[1]}"
+    sleep_into_round 1
+}
+
+# psql on the current primary.
+primary_sql() {
+    psql "$(scripts/pg-cluster.sh url "$pg_port" "$s1_port" "$s2_port")" -Atc "$1"
+}
+
+# What every HA scenario checks at its end (finish calls it): the edge left nothing
+# unanswered (checked before finish), and the PostgreSQL servers go.
+ha_end() {
+    [ ${#ha_pid[@]} -gt 0 ] || return 0
+    local dir
+    for dir in "$S/pg-p" "$S/pg-s1" "$S/pg-s2"; do scripts/pg-cluster.sh stop "$dir" immediate || true; done
+    unset ha_pid ha_addr ha_metrics
+    declare -gA ha_pid ha_addr ha_metrics
+}
+
+ha_in_flight_check() {
+    local in_flight
+    in_flight=$(wait_metric_zero "${edge_metrics[1]}" shake_edge_in_flight_batches 10)
+    [ "$in_flight" = 0 ] || problems+=("$in_flight batches still unanswered after the failover")
+}
+
+scenario_ha_leader_kill() {
+    begin_ha ha-leader-kill
+    ha_start_all
+    local first=$leader_epoch killed=$leader fault_ms
+    sample_memory
+    fault_ms=$(( $(date +%s%N) / 1000000 ))
+    kill -KILL "${ha_pid[$killed]}"
+    wait "${ha_pid[$killed]}" 2>/dev/null || true
+    await_failover "$fault_ms" "$first" || true
+    # The killed one comes back, as a standby.
+    start_ha_allocator "$killed"
+    swarm_wait
+    ha_in_flight_check
+    notes="leader $killed SIGKILLed; $leader led (epoch $leader_epoch) and served the edge after ${failover_s}s"
+    finish
+}
+
+scenario_ha_leader_pause() {
+    begin_ha ha-leader-pause
+    ha_start_all
+    local first=$leader_epoch paused=$leader fault_ms late ended
+    sample_memory
+    fault_ms=$(( $(date +%s%N) / 1000000 ))
+    kill -STOP "${ha_pid[$paused]}"
+    await_failover "$fault_ms" "$first" || true
+    # Past its lease and the takeover, the old leader wakes up with batches in hand.
+    kill -CONT "${ha_pid[$paused]}"
+    sleep 2
+    [ "$(epoch_of "$paused")" = 0 ] || problems+=("the paused leader $paused still leads after waking")
+    # Its term ended: the lease was found taken, a commit was fenced, or a commit failed (the
+    # server ended a transaction it was frozen in).
+    ended=0
+    for how in lost fenced failed; do
+        ended=$(( ended + $(metric_sum "${ha_metrics[$paused]}" "shake_allocator_leadership_total{outcome=\"$how\"") ))
+    done
+    [ "$ended" -ge 1 ] || problems+=("the paused leader's term never ended")
+    # The proof: no group of an older epoch committed after the takeover's transaction.
+    late=$(primary_sql "SELECT count(*) FROM shake_commits c, shake_terms t WHERE t.epoch = $leader_epoch AND c.epoch < t.epoch AND pg_xact_commit_timestamp(c.xmin) > pg_xact_commit_timestamp(t.xmin)") ||
+        late=unknown
+    [ "$late" = 0 ] || problems+=("$late groups of an older epoch committed after the takeover")
+    swarm_wait
+    ha_in_flight_check
+    notes="leader $paused SIGSTOPped past its lease; $leader led after ${failover_s}s; woken, $paused stood down ($ended term ended), ${late} old-epoch commits after the takeover"
+    finish
+}
+
+scenario_ha_primary_kill() {
+    begin_ha ha-primary-kill
+    ha_start_all
+    local first=$leader_epoch fault_ms l1 l2 new old_port
+    sample_memory
+    fault_ms=$(( $(date +%s%N) / 1000000 ))
+    scripts/pg-cluster.sh kill "$S/pg-p"
+    # As Patroni would: promote the synchronous standby that received the most WAL, and point
+    # the other one at it.
+    l1=$(scripts/pg-cluster.sh lsn "$s1_port")
+    l2=$(scripts/pg-cluster.sh lsn "$s2_port")
+    if [ "$l1" -ge "$l2" ]; then new=s1 old_port=$s1_port; else new=s2 old_port=$s2_port; fi
+    scripts/pg-cluster.sh promote "$S/pg-$new"
+    if [ "$new" = s1 ]; then
+        scripts/pg-cluster.sh follow "$S/pg-s2" "$s1_port" s2
+    else
+        scripts/pg-cluster.sh follow "$S/pg-s1" "$s2_port" s1
+    fi
+    await_failover "$fault_ms" "$first" || true
+    swarm_wait
+    ha_in_flight_check
+    local sync
+    sync=$(psql -h 127.0.0.1 -p "$old_port" -U postgres -d postgres -Atc "SELECT count(*) FROM pg_stat_replication WHERE sync_state IN ('sync', 'quorum')")
+    [ "${sync:-0}" -ge 1 ] || problems+=("the promoted primary has no synchronous standby")
+    notes="PostgreSQL primary SIGKILLed, $new promoted; $leader led again (epoch $leader_epoch) after ${failover_s}s"
+    finish
+}
+
+scenario_ha_standby_kill() {
+    begin_ha ha-standby-kill
+    ha_start_all
+    local first=$leader_epoch before after
+    before=$(primary_sql "SELECT count(*) FROM shake_commits")
+    scripts/pg-cluster.sh kill "$S/pg-s2"
+    sleep 2
+    after=$(primary_sql "SELECT count(*) FROM shake_commits")
+    [ "$after" -gt "$before" ] || problems+=("no commit in the 2 s after a standby died: commits stalled")
+    swarm_wait
+    ha_in_flight_check
+    wait_leader 0 1 || true
+    [ "$leader_epoch" = "$first" ] || problems+=("the leadership changed (epoch $first -> $leader_epoch) though only a standby died")
+    notes="one PostgreSQL standby SIGKILLed: $(( after - before )) group commits in the next 2 s, no failover"
+    finish
+}
+
 # Median of the numbers given.
 median() {
     printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'
@@ -481,6 +725,6 @@ printf '\n%-18s %-5s %8s %8s %5s %7s %9s %9s %8s %8s  %s\n' scenario result gran
 for row in "${rows[@]}"; do echo "$row"; done
 cheater_forwarded_ratio=null
 [ "${#cheater_ratios[@]}" -eq 0 ] || cheater_forwarded_ratio=$(median "${cheater_ratios[@]}")
-printf '{"scenarios_run":%d,"scenarios_passed":%d,"awards_lost":%d,"awards_doubled":%d,"pools_overspent":%d,"honest_p99_ratio_under_attack":%s,"cheater_forwarded_ratio":%s,"phones":%d,"round_s":%d}\n' \
-    "$run_count" "$passed_count" "$total_lost" "$total_doubled" "$total_overspent" "$hostile_ratio" "$cheater_forwarded_ratio" "$PHONES" "$ROUND_S"
+printf '{"scenarios_run":%d,"scenarios_passed":%d,"awards_lost":%d,"awards_doubled":%d,"pools_overspent":%d,"honest_p99_ratio_under_attack":%s,"cheater_forwarded_ratio":%s,"failover_s_max":%s,"phones":%d,"round_s":%d}\n' \
+    "$run_count" "$passed_count" "$total_lost" "$total_doubled" "$total_overspent" "$hostile_ratio" "$cheater_forwarded_ratio" "$failover_s_max" "$PHONES" "$ROUND_S"
 [ "$passed_count" -eq "$run_count" ]

@@ -10,6 +10,8 @@
 #   scripts/pg-cluster.sh stop DIR [fast|immediate]       # immediate = a crash (default fast)
 #   scripts/pg-cluster.sh kill DIR                        # SIGKILL the postmaster: a lost machine
 #   scripts/pg-cluster.sh promote DIR                     # a standby becomes the primary
+#   scripts/pg-cluster.sh follow DIR PRIMARY_PORT NAME    # a standby streams from another primary
+#   scripts/pg-cluster.sh lsn PORT                        # WAL received (standby) or written
 #   scripts/pg-cluster.sh url PORT...                     # the multi-host connection string
 #
 # PostgreSQL refuses to run as root: as root, the servers run as the `postgres` user, which
@@ -77,6 +79,8 @@ primary)
         echo "hot_standby = on"
         echo "max_connections = 60"
         echo "shared_buffers = '32MB'"
+        # Commit times, so a test can prove what committed after what (fencing).
+        echo "track_commit_timestamp = on"
         if [[ -n "$sync" ]]; then
             echo "synchronous_standby_names = 'ANY 1 (${sync})'"
         fi
@@ -125,6 +129,21 @@ promote)
     BIN=$(bindir)
     as_owner "$BIN/pg_ctl" -D "$dir/data" -w -t 60 promote >/dev/null || die "promoting $dir failed"
     ;;
+follow)
+    [[ $# -eq 3 ]] || die "usage: follow DIR PRIMARY_PORT NAME"
+    dir=$(realpath -m "$1") primary=$2 name=$3
+    BIN=$(bindir)
+    # Reloadable since PostgreSQL 13; the standby follows the new primary's timeline.
+    echo "primary_conninfo = 'host=127.0.0.1 port=$primary user=postgres application_name=$name'" \
+        >>"$dir/data/postgresql.auto.conf"
+    as_owner "$BIN/pg_ctl" -D "$dir/data" reload >/dev/null || die "reloading $dir failed"
+    ;;
+lsn)
+    [[ $# -eq 1 ]] || die "usage: lsn PORT"
+    psql -h 127.0.0.1 -p "$1" -U postgres -d postgres -Atc \
+        "SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn() - '0/0'
+                ELSE pg_current_wal_lsn() - '0/0' END" || die "no server on port $1"
+    ;;
 url)
     [[ $# -ge 1 ]] || die "usage: url PORT..."
     hosts=$(printf '127.0.0.1,%.0s' "$@")
@@ -132,6 +151,6 @@ url)
     echo "host=${hosts%,} port=$ports user=postgres dbname=postgres target_session_attrs=read-write connect_timeout=2"
     ;;
 *)
-    die "usage: pg-cluster.sh primary|standby|stop|kill|promote|url ..."
+    die "usage: pg-cluster.sh primary|standby|stop|kill|promote|follow|lsn|url ..."
     ;;
 esac

@@ -146,6 +146,30 @@ async fn the_standby_takes_over_from_a_killed_leader_and_answers_exactly_once() 
     assert_eq!(ledger_ids, told.keys().copied().collect(), "ledger and answers disagree");
     let cash: u64 = rows.iter().filter_map(|r| r["cents"].as_u64()).sum();
     assert!(cash <= TOTAL_CENTS, "pool overspent: {cash} > {TOTAL_CENTS}");
+    // The README's SQL for settlement, support and the fencing proof runs as written.
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let queries: Vec<String> = readme
+        .split("```sql")
+        .skip(1)
+        .map(|block| block.split("```").next().unwrap().to_owned())
+        .collect();
+    assert!(queries.len() >= 2, "the README shows its SQL");
+    let readme_url = url.clone();
+    std::thread::spawn(move || {
+        let mut client = postgres::Client::connect(&readme_url, postgres::NoTls).unwrap();
+        for query in &queries {
+            client
+                .batch_execute(query)
+                .unwrap_or_else(|e| panic!("README SQL failed: {e}\n{query}"));
+        }
+        let paid: Vec<postgres::Row> =
+            client.query("SELECT count(*) FROM shake_awards", &[]).unwrap();
+        paid[0].get::<_, i64>(0)
+    })
+    .join()
+    .map(|rows| assert_eq!(rows as usize, told.len()))
+    .unwrap();
     let leadership = scrape(b.metrics);
     assert_eq!(metric(&leadership, "shake_allocator_leadership_total{outcome=\"won\"}"), 1.0);
     drop(b);

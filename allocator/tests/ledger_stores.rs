@@ -213,6 +213,17 @@ fn a_new_epoch_fences_the_old_leader() {
         .map(|row| (row.get(0), row.get(1)))
         .collect();
     assert_eq!(epochs, vec![(1, first), (3, second)]);
+    // The proof chaos.sh makes after a real pause: no group of an older epoch committed after
+    // the takeover's transaction (commit timestamps are on in the test cluster).
+    let proof = "SELECT count(*) FILTER (WHERE c.epoch < t.epoch AND \
+        pg_xact_commit_timestamp(c.xmin) > pg_xact_commit_timestamp(t.xmin)), count(*) \
+        FROM shake_commits c, shake_terms t WHERE t.epoch = $1";
+    let row = standby.client().query_one(proof, &[&second]).unwrap();
+    assert_eq!(
+        (row.get::<_, i64>(0), row.get::<_, i64>(1)),
+        (0, 2),
+        "one commit per epoch, none late"
+    );
 
     // A clean stop releases the lease: the next node takes it without waiting.
     lease::release(standby.client(), second).unwrap();
@@ -247,6 +258,31 @@ fn the_schema_is_migrated_once_and_a_newer_one_is_refused() {
         Err(LedgerError::Schema(why)) => assert!(why.contains("newer"), "{why}"),
         other => panic!("a newer schema must be refused, got {other:?}"),
     }
+    drop(server);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_leader_paused_inside_a_commit_does_not_block_the_takeover() {
+    let dir = scratch("paused");
+    let server = PgServer::primary(&dir.join("pg"), "");
+    let url = server.database("paused");
+    let short = Duration::from_millis(300);
+    let mut old = PostgresLedger::open(&url).unwrap();
+    let first = lease::try_acquire(old.client(), "old", "127.0.0.1:1", short).unwrap().unwrap();
+    // What a commit does first, then the process is frozen (SIGSTOP) before it goes on.
+    let mut frozen = shake_allocator::ledger::postgres::connect(&url).unwrap().0;
+    frozen.batch_execute("BEGIN; SELECT epoch FROM shake_leader WHERE id = 1 FOR SHARE").unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    let mut standby = PostgresLedger::open(&url).unwrap();
+    let started = std::time::Instant::now();
+    let taken = lease::try_acquire(standby.client(), "new", "127.0.0.1:2", short);
+    let waited = started.elapsed();
+    assert_eq!(taken.unwrap(), Some(first + 1), "the takeover went through after {waited:?}");
+    let limit = shake_allocator::ledger::postgres::IDLE_IN_TRANSACTION_MS + 800;
+    assert!(waited < Duration::from_millis(limit), "the takeover waited {waited:?}");
+    // The frozen transaction was ended by the server: it can commit nothing.
+    assert!(frozen.batch_execute("COMMIT").is_err() || frozen.is_closed());
     drop(server);
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -1,5 +1,6 @@
 //! CI-sized chaos: `scripts/chaos.sh --short` with the real binaries (allocator, edge, relay,
-//! swarm). Every scenario must pass and the final JSON line must show nothing lost, nothing
+//! swarm), including the four high-availability scenarios on a PostgreSQL primary and two
+//! standbys that the script starts on free loopback ports. Every scenario must pass and the final JSON line must show nothing lost, nothing
 //! paid twice and no pool overspent.
 
 mod common;
@@ -19,8 +20,10 @@ fn every_chaos_scenario_keeps_every_invariant() {
         &[("HOSTILE_RATIO_MAX", "3")],
     );
     let line = summary.to_string();
-    assert_eq!(summary["scenarios_run"], 7, "{line}");
-    assert_eq!(summary["scenarios_passed"], 7, "{line}");
+    assert_eq!(summary["scenarios_run"], 11, "{line}");
+    assert_eq!(summary["scenarios_passed"], 11, "{line}");
+    let failover = summary["failover_s_max"].as_f64().unwrap_or(0.0);
+    assert!(failover > 0.0 && failover < 15.0, "{line}");
     assert_eq!(summary["awards_lost"], 0, "{line}");
     assert_eq!(summary["awards_doubled"], 0, "{line}");
     assert_eq!(summary["pools_overspent"], 0, "{line}");

@@ -211,9 +211,12 @@ fn allocator_client_config(config: &EdgeConfig) -> Result<quinn::ClientConfig, S
     let crypto = QuicClientConfig::try_from(rustls).map_err(|e| StartError::Quic(e.to_string()))?;
     let mut client = quinn::ClientConfig::new(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
+    // A silent allocator (crashed, paused, cut off) is given up after three missed
+    // keep-alives; the link then tries the next allocator, which leads by then or says who
+    // does (its lease is shorter than this).
     transport
         .keep_alive_interval(Some(Duration::from_secs(1)))
-        .max_idle_timeout(Some(Duration::from_secs(5).try_into().expect("5 s fits")));
+        .max_idle_timeout(Some(Duration::from_secs(3).try_into().expect("3 s fits")));
     client.transport_config(Arc::new(transport));
     Ok(client)
 }

@@ -57,10 +57,14 @@ pub fn try_acquire(
     address: &str,
     lease: Duration,
 ) -> Result<Option<i64>, LedgerError> {
+    // The term is recorded in the same statement (one transaction): `shake_terms` is the
+    // history of leaders, and its row's transaction dates the takeover.
     let row = client.query_opt(
-        "UPDATE shake_leader SET epoch = epoch + 1, holder = $1, address = $2, \
+        "WITH won AS (UPDATE shake_leader SET epoch = epoch + 1, holder = $1, address = $2, \
          acquired_at = now(), expires_at = now() + $3 * interval '1 millisecond' \
-         WHERE id = 1 AND (expires_at <= now() OR holder = $1 OR holder = '') RETURNING epoch",
+         WHERE id = 1 AND (expires_at <= now() OR holder = $1 OR holder = '') \
+         RETURNING epoch, holder, address, acquired_at) \
+         INSERT INTO shake_terms SELECT epoch, holder, address, acquired_at FROM won RETURNING epoch",
         &[&node, &address, &millis(lease)],
     )?;
     Ok(row.map(|row| row.get(0)))

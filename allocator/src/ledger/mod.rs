@@ -34,7 +34,7 @@ pub enum LedgerError {
     /// PostgreSQL failed or could not be reached. A failure inside a commit leaves its outcome
     /// unknown (the connection may have died after the server committed): the allocator stops
     /// and its next leader rebuilds from the log, which settles it.
-    #[error("ledger database: {0}")]
+    #[error("ledger database: {}", describe(.0))]
     Database(#[from] ::postgres::Error),
     /// Another allocator took the leadership (a newer epoch): this one must commit nothing
     /// more. Nothing of the refused group was written.
@@ -58,6 +58,17 @@ pub enum LedgerError {
     /// A commit failed earlier; the ledger accepts nothing more.
     #[error("ledger stopped after a failed commit: {0}")]
     Failed(String),
+}
+
+/// The server's own words where there are some (`postgres::Error` alone says "db error").
+fn describe(err: &::postgres::Error) -> String {
+    match err.as_db_error() {
+        Some(db) => format!("{} ({}): {}", db.severity(), db.code().code(), db.message()),
+        None => match std::error::Error::source(err) {
+            Some(source) => format!("{err}: {source}"),
+            None => err.to_string(),
+        },
+    }
 }
 
 /// One answered batch: its awards and the answer frame, written together.

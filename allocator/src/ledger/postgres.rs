@@ -81,6 +81,19 @@ pub const MIGRATIONS: &[(i32, &str)] = &[(
         expires_at timestamptz NOT NULL
     );
     INSERT INTO shake_leader VALUES (1, 0, '', '', now(), now());
+    CREATE TABLE shake_terms (
+        epoch bigint PRIMARY KEY,
+        holder text NOT NULL,
+        address text NOT NULL,
+        acquired_at timestamptz NOT NULL
+    );
+    CREATE TABLE shake_commits (
+        id bigserial PRIMARY KEY,
+        epoch bigint NOT NULL,
+        batches integer NOT NULL,
+        awards integer NOT NULL,
+        at timestamptz NOT NULL DEFAULT clock_timestamp()
+    );
     CREATE TABLE shake_probe (id integer PRIMARY KEY, at timestamptz NOT NULL);",
 )];
 
@@ -114,8 +127,21 @@ pub fn connect(url: &str) -> Result<(Client, Arc<AtomicBool>), LedgerError> {
             tracing::debug!(notice = notice.message(), "ledger database notice");
         }
     });
-    Ok((config.connect(NoTls)?, unreplicated))
+    let mut client = config.connect(NoTls)?;
+    // A leader paused or hung inside a commit holds the lease row's share lock: the server
+    // ends such a transaction after a second of silence, so the takeover (and the fencing)
+    // never waits on it; and no ledger statement waits on a lock for long.
+    client.batch_execute(&format!(
+        "SET idle_in_transaction_session_timeout = {IDLE_IN_TRANSACTION_MS}; \
+         SET lock_timeout = {LOCK_TIMEOUT_MS}"
+    ))?;
+    Ok((client, unreplicated))
 }
+
+/// How long a ledger session may sit idle inside a transaction before the server ends it.
+pub const IDLE_IN_TRANSACTION_MS: u64 = 1_000;
+/// How long a ledger statement waits for a lock before it fails.
+pub const LOCK_TIMEOUT_MS: u64 = 2_000;
 
 /// Creates or migrates the schema to [`schema_version`]; refuses a database migrated by a newer
 /// allocator.
@@ -381,6 +407,13 @@ impl LedgerStore for PostgresLedger {
         Self::check_epoch(&mut tx, epoch)?;
         Self::write_batches(&mut tx, group, epoch)?;
         Self::write_marks(&mut tx, group)?;
+        // One row per group: the log of who committed what under which epoch (never updated,
+        // so its transaction id dates the commit: see README "Fencing, proved").
+        let awards: usize = group.batches.iter().map(|b| b.awards.len()).sum();
+        tx.execute(
+            "INSERT INTO shake_commits (epoch, batches, awards) VALUES ($1, $2, $3)",
+            &[&epoch, &(group.batches.len() as i32), &(awards as i32)],
+        )?;
         tx.commit()?;
         if self.unreplicated.swap(false, Ordering::SeqCst) {
             return Err(LedgerError::Failed(
