@@ -8,8 +8,11 @@
 //! - As a standby the allocator keeps its QUIC endpoint open and closes every edge connection
 //!   with `NOT_LEADER`, naming the leader's address from the lease row; it looks at the lease
 //!   every `standby_poll_ms` and takes it once expired ([`crate::ledger::lease`]).
-//! - On winning, it reads the ledger to its end (the snapshot), rebuilds pools, caps and stored
-//!   answers, and serves; edges resend what is unanswered and get each answer exactly once.
+//! - While standing by it follows the log: each look also reads the awards committed since
+//!   the last one and replays them into a draw of its own, so pools and caps are warm.
+//! - On winning, it reads the log to its end (the awards it has not followed, every stored
+//!   answer and worker record; everything, if what it followed does not add up), and serves;
+//!   edges resend what is unanswered and get each answer exactly once.
 //! - While leading, a renewal thread extends the lease every third of it. If the lease is
 //!   taken over, or cannot be renewed before it would expire, the term stops at once
 //!   (connections closed with `NOT_LEADER`); a commit refused as fenced, or failed with an
@@ -26,13 +29,18 @@ use postgres::Client;
 use shake_proto::ErrorCode;
 use tokio_util::sync::CancellationToken;
 
+use crate::award::Award;
 use crate::config::{Config, PostgresConfig};
+use crate::draw::{Draw, RestoreError};
 use crate::ledger::{LedgerError, LedgerStore, PostgresLedger, lease, postgres as pg};
 use crate::metrics::Metrics;
 use crate::service::{
-    Health, Running, ServeError, Shutdown, TermEnd, bind_socket, blocking, endpoint_on, lead,
-    quic_server_config, serve_metrics,
+    Health, Rebuilt, Running, ServeError, Shutdown, TermEnd, bind_socket, blocking, endpoint_on,
+    lead, quic_server_config, serve_metrics,
 };
+
+/// Awards a standby reads from the log at one look, at most.
+const FOLLOW_BATCH: i64 = 50_000;
 
 /// Starts an allocator on a PostgreSQL ledger: checks the database (and migrates its schema),
 /// binds, and begins as a standby.
@@ -88,7 +96,30 @@ enum TermOutcome {
 /// What one look at the lease found.
 enum Look {
     Won(i64),
-    Led(lease::LeaderRow),
+    /// Another node leads; the awards committed since the last look.
+    Led(lease::LeaderRow, Vec<Award>),
+}
+
+/// What a standby keeps warm: a draw with every award it has read from the log replayed.
+struct Warm {
+    draw: Draw,
+    last_award_id: u64,
+    followed: u64,
+}
+
+impl Warm {
+    fn new(config: &Config) -> Self {
+        Self { draw: Draw::new(&config.rounds), last_award_id: 0, followed: 0 }
+    }
+
+    fn follow(&mut self, awards: &[Award]) -> Result<(), RestoreError> {
+        for award in awards {
+            self.draw.restore(award)?;
+            self.last_award_id = award.award_id;
+            self.followed += 1;
+        }
+        Ok(())
+    }
 }
 
 impl Node {
@@ -98,8 +129,8 @@ impl Node {
 
     async fn run(self) -> Result<(), ServeError> {
         let result = async {
-            while let Some(epoch) = self.stand_by().await? {
-                match self.lead_term(epoch).await? {
+            while let Some((epoch, warm)) = self.stand_by().await? {
+                match self.lead_term(epoch, warm).await? {
                     TermOutcome::Shutdown => break,
                     TermOutcome::Lost => {}
                 }
@@ -112,8 +143,9 @@ impl Node {
         result
     }
 
-    /// Redirects edges until this allocator wins the lease (`Some(epoch)`) or is stopped.
-    async fn stand_by(&self) -> Result<Option<i64>, ServeError> {
+    /// Redirects edges and follows the log until this allocator wins the lease
+    /// (`Some(epoch)`, with what it followed) or is stopped.
+    async fn stand_by(&self) -> Result<Option<(i64, Warm)>, ServeError> {
         self.health.standby.store(true, Ordering::Relaxed);
         self.metrics.leader_epoch.set(0);
         let leader = Arc::new(Mutex::new(String::new()));
@@ -123,8 +155,9 @@ impl Node {
             self.metrics.clone(),
         ));
         let poll = Duration::from_millis(self.pg.standby_poll_ms);
-        let mut client: Option<Client> = None;
+        let mut client: Option<PostgresLedger> = None;
         let mut last_holder = None;
+        let mut warm = Warm::new(&self.config);
         let won = loop {
             if self.stopping() {
                 break None;
@@ -133,8 +166,9 @@ impl Node {
                 (self.pg.url.clone(), self.pg.node.clone(), self.advertise.to_string());
             let lease_for = Duration::from_millis(self.pg.lease_ms);
             let mut held = client.take();
+            let after = warm.last_award_id;
             let looked = tokio::task::spawn_blocking(move || {
-                let look = look(&mut held, &url, &node, &advertise, lease_for);
+                let look = look(&mut held, &url, &node, &advertise, lease_for, after);
                 (held, look)
             });
             let looked = tokio::select! {
@@ -147,7 +181,9 @@ impl Node {
             client = held;
             match look {
                 Ok(Look::Won(epoch)) => break Some(epoch),
-                Ok(Look::Led(row)) => {
+                Ok(Look::Led(row, awards)) => {
+                    warm.follow(&awards)?;
+                    self.metrics.awards_followed.inc_by(awards.len() as u64);
                     if last_holder.as_ref() != Some(&(row.epoch, row.holder.clone())) {
                         tracing::info!(
                             epoch = row.epoch,
@@ -173,24 +209,35 @@ impl Node {
         if let Some(client) = client {
             tokio::task::spawn_blocking(move || drop(client));
         }
-        Ok(won)
+        Ok(won.map(|epoch| (epoch, warm)))
     }
 
     /// Leads under `epoch` until the lease is lost, a commit fails, or the process stops.
-    async fn lead_term(&self, epoch: i64) -> Result<TermOutcome, ServeError> {
-        tracing::info!(epoch, node = %self.pg.node, "leader: reading the ledger to its end");
+    async fn lead_term(&self, epoch: i64, warm: Warm) -> Result<TermOutcome, ServeError> {
+        tracing::info!(
+            epoch,
+            node = %self.pg.node,
+            followed = warm.followed,
+            "leader: reading the log to its end"
+        );
         self.metrics.leadership.get_or_create(&vec![("outcome", "won".to_owned())]).inc();
         let started = Instant::now();
         let url = self.pg.url.clone();
-        let opened = blocking(move || {
+        let config = self.config.clone();
+        let opened = tokio::task::spawn_blocking(move || -> Result<_, ServeError> {
             let mut ledger = PostgresLedger::open(&url)?;
             ledger.lead(epoch);
-            let snapshot = ledger.snapshot()?;
-            Ok((Box::new(ledger) as Box<dyn LedgerStore>, snapshot))
+            let (rebuilt, tail) = read_to_the_end(&mut ledger, &config, warm)?;
+            Ok((Box::new(ledger) as Box<dyn LedgerStore>, rebuilt, tail))
         })
-        .await;
-        let (store, snapshot) = match opened {
-            Ok(opened) => opened,
+        .await
+        .map_err(|e| ServeError::Panicked(format!("takeover read: {e}")))
+        .and_then(|read| read);
+        let (store, rebuilt) = match opened {
+            Ok((store, rebuilt, tail)) => {
+                self.metrics.takeover_tail_awards.set(tail as i64);
+                (store, rebuilt)
+            }
             Err(err) => {
                 tracing::warn!(%err, epoch, "leader: could not read the ledger; standing by");
                 self.count_end("failed");
@@ -215,7 +262,7 @@ impl Node {
             self.endpoint.clone(),
             TermEnd::CloseConnections,
             store,
-            snapshot,
+            rebuilt,
             self.metrics.clone(),
             self.health.clone(),
             term,
@@ -276,25 +323,54 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// One look at the lease: take it if it is free, else say who holds it. Drops the
-/// connection on any failure (the next look reconnects, finding a promoted primary).
+/// One look at the lease: take it if it is free, else say who holds it and read the awards
+/// committed after `after`. Drops the connection on any failure (the next look reconnects,
+/// finding a promoted primary).
 fn look(
-    client: &mut Option<Client>,
+    ledger: &mut Option<PostgresLedger>,
     url: &str,
     node: &str,
     advertise: &str,
     lease_for: Duration,
+    after: u64,
 ) -> Result<Look, LedgerError> {
-    let mut connected = match client.take() {
+    let mut connected = match ledger.take() {
         Some(connected) if !connected.is_closed() => connected,
-        _ => pg::connect(url)?.0,
+        _ => PostgresLedger::open(url)?,
     };
-    let look = match lease::try_acquire(&mut connected, node, advertise, lease_for)? {
+    let look = match lease::try_acquire(connected.client(), node, advertise, lease_for)? {
         Some(epoch) => Look::Won(epoch),
-        None => Look::Led(lease::current(&mut connected)?),
+        None => {
+            let row = lease::current(connected.client())?;
+            Look::Led(row, connected.awards_after(after, FOLLOW_BATCH)?)
+        }
     };
-    *client = Some(connected);
+    *ledger = Some(connected);
     Ok(look)
+}
+
+/// A new leader's read: the awards it did not follow, and the rest of the ledger. If what it
+/// followed and the tail do not add up to every award (it should not happen), it replays the
+/// whole ledger instead.
+/// Returns the rebuilt state and how many awards it read.
+fn read_to_the_end(
+    ledger: &mut PostgresLedger,
+    config: &Config,
+    mut warm: Warm,
+) -> Result<(Rebuilt, u64), ServeError> {
+    let (tail, total) = ledger.snapshot_after(warm.last_award_id)?;
+    warm.follow(&tail.awards)?;
+    if warm.followed != total {
+        tracing::warn!(
+            followed = warm.followed,
+            total,
+            "leader: the awards followed do not add up; replaying the whole ledger"
+        );
+        return Ok((Rebuilt::from_snapshot(config, ledger.snapshot()?)?, total));
+    }
+    tracing::info!(tail = tail.awards.len(), total, "leader: log read to its end");
+    let read = tail.awards.len() as u64;
+    Ok((Rebuilt { draw: warm.draw, answers: tail.answers, workers: tail.workers }, read))
 }
 
 /// Renews the lease every third of it on a connection of its own. On a takeover, or when no

@@ -57,6 +57,10 @@ pub struct Metrics {
     pub leader_epoch: Gauge,
     /// Leadership terms won, and how each ended (`outcome`: won, lost, fenced, failed).
     pub leadership: Family<Labels, Counter>,
+    /// Awards a standby replayed from the log while standing by (its pools and caps warm).
+    pub awards_followed: Counter,
+    /// Awards the last takeover had to read because the standby had not followed them yet.
+    pub takeover_tail_awards: Gauge,
 }
 
 impl Default for Metrics {
@@ -92,6 +96,8 @@ impl Metrics {
             users_tracked: Gauge::default(),
             leader_epoch: Gauge::default(),
             leadership: Family::default(),
+            awards_followed: Counter::default(),
+            takeover_tail_awards: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("batches", "Batches received", m.batches.clone());
@@ -175,6 +181,16 @@ impl Metrics {
             "leadership",
             "Leadership terms won and how they ended",
             m.leadership.clone(),
+        );
+        registry.register(
+            "awards_followed",
+            "Awards a standby replayed from the log while standing by",
+            m.awards_followed.clone(),
+        );
+        registry.register(
+            "takeover_tail_awards",
+            "Awards the last takeover read that the standby had not followed",
+            m.takeover_tail_awards.clone(),
         );
         Self { registry, ..m }
     }

@@ -185,16 +185,9 @@ pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, ServeE
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::default());
     let metrics_addr = serve_metrics(&config, &metrics, &health, &shutdown).await?;
-    let done = lead(
-        &config,
-        endpoint,
-        TermEnd::CloseEndpoint,
-        store,
-        snapshot,
-        metrics,
-        health,
-        shutdown,
-    )?;
+    let rebuilt = Rebuilt::from_snapshot(&config, snapshot)?;
+    let done =
+        lead(&config, endpoint, TermEnd::CloseEndpoint, store, rebuilt, metrics, health, shutdown)?;
     Ok(Running { quic_addr, metrics_addr, done })
 }
 
@@ -276,6 +269,26 @@ pub(crate) async fn serve_metrics(
     Ok(Some(bound))
 }
 
+/// What a term starts from: the draw with every award of the ledger replayed, and the stored
+/// answers and worker records.
+#[derive(Debug)]
+pub(crate) struct Rebuilt {
+    pub(crate) draw: Draw,
+    pub(crate) answers: HashMap<BatchKey, Bytes>,
+    pub(crate) workers: Vec<WorkerRecord>,
+}
+
+impl Rebuilt {
+    /// Replays a whole snapshot.
+    pub(crate) fn from_snapshot(config: &Config, snapshot: Snapshot) -> Result<Self, RestoreError> {
+        let mut draw = Draw::new(&config.rounds);
+        for award in &snapshot.awards {
+            draw.restore(award)?;
+        }
+        Ok(Self { draw, answers: snapshot.answers, workers: snapshot.workers })
+    }
+}
+
 /// Whether a term's end closes its endpoint, or only the connections it accepted (the endpoint
 /// outlives the term: a standby keeps answering on it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -295,18 +308,14 @@ pub(crate) fn lead(
     endpoint: quinn::Endpoint,
     end: TermEnd,
     store: Box<dyn LedgerStore>,
-    snapshot: Snapshot,
+    rebuilt: Rebuilt,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     shutdown: Shutdown,
 ) -> Result<tokio::task::JoinHandle<Result<(), ServeError>>, ServeError> {
-    let mut draw = Draw::new(&config.rounds);
-    for award in &snapshot.awards {
-        draw.restore(award)?;
-    }
+    let Rebuilt { draw, answers, workers } = rebuilt;
     tracing::info!(
-        awards = snapshot.awards.len(),
-        answers = snapshot.answers.len(),
+        answers = answers.len(),
         next_award_id = draw.next_award_id(),
         "ledger replayed"
     );
@@ -317,7 +326,7 @@ pub(crate) fn lead(
     };
     let mut core = Core::new(settings, draw);
     let mut restored = Vec::new();
-    core.restore(snapshot.workers, snapshot.answers, &mut restored);
+    core.restore(workers, answers, &mut restored);
     update_gauges(&core, &metrics);
     health.ledger_failed.store(false, Ordering::Relaxed);
 

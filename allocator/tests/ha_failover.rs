@@ -102,6 +102,12 @@ async fn the_standby_takes_over_from_a_killed_leader_and_answers_exactly_once() 
             }
         });
         let _ = early.await;
+        // The standby follows the log while it stands by: its pools are warm.
+        let started = Instant::now();
+        while metric(&scrape(b.metrics), "shake_allocator_awards_followed_total") == 0.0 {
+            assert!(started.elapsed() < Duration::from_secs(5), "the standby followed nothing");
+            std::thread::sleep(Duration::from_millis(50));
+        }
         a.kill();
     }
     let killed_at = Instant::now();
@@ -172,6 +178,13 @@ async fn the_standby_takes_over_from_a_killed_leader_and_answers_exactly_once() 
     .unwrap();
     let leadership = scrape(b.metrics);
     assert_eq!(metric(&leadership, "shake_allocator_leadership_total{outcome=\"won\"}"), 1.0);
+    let followed = metric(&leadership, "shake_allocator_awards_followed_total");
+    let tail = metric(&leadership, "shake_allocator_takeover_tail_awards");
+    assert!(followed > 0.0, "followed {followed}");
+    assert!(
+        tail < followed,
+        "the takeover read {tail} awards, the standby had followed {followed}"
+    );
     drop(b);
     drop(server);
 }

@@ -210,6 +210,11 @@ impl PostgresLedger {
         self.epoch = Some(epoch);
     }
 
+    /// The connection was lost.
+    pub fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+
     /// The connection, for the lease and for tests' queries.
     pub fn client(&mut self) -> &mut Client {
         &mut self.client
@@ -349,15 +354,72 @@ impl PostgresLedger {
         Ok(())
     }
 
+    /// Awards with ids above `after`, in id order, at most `limit`: what a standby following
+    /// the log reads each time it looks. (One leader commits its groups in id order, so rows
+    /// become visible in id order.)
+    pub fn awards_after(&mut self, after: u64, limit: i64) -> Result<Vec<Award>, LedgerError> {
+        self.read_awards(after, limit, &mut |_| true)
+    }
+
+    /// A takeover's read, from one instant: the awards after `after` (those a standby has not
+    /// followed yet), every stored answer and worker record, and how many awards there are in
+    /// all (so the caller can check that what it followed plus the tail is everything).
+    pub fn snapshot_after(&mut self, after: u64) -> Result<(Snapshot, u64), LedgerError> {
+        self.client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")?;
+        let read = self.read_rest(after);
+        let ended = self.client.batch_execute("COMMIT");
+        let read = read?;
+        ended?;
+        Ok(read)
+    }
+
+    fn read_rest(&mut self, after: u64) -> Result<(Snapshot, u64), LedgerError> {
+        let awards = self.read_awards(after, i64::MAX, &mut |_| true)?;
+        let total: i64 = self.client.query_one("SELECT count(*) FROM shake_awards", &[])?.get(0);
+        let mut answers = HashMap::new();
+        for row in self.client.query(
+            "SELECT edge_id, worker_id, instance_id, seq, answer FROM shake_batches \
+             WHERE answer IS NOT NULL",
+            &[],
+        )? {
+            let key = BatchKey {
+                edge_id: unsigned(row.get(0)),
+                worker_id: u16::try_from(row.get::<_, i32>(1)).map_err(|_| CorruptRow)?,
+                instance_id: unsigned(row.get(2)),
+                seq: unsigned(row.get(3)),
+            };
+            answers.insert(key, Bytes::from(row.get::<_, Vec<u8>>(4)));
+        }
+        let mut workers = Vec::new();
+        for row in self.client.query(
+            "SELECT edge_id, worker_id, instance_id, confirmed_seq, retired FROM shake_workers \
+             ORDER BY edge_id, worker_id",
+            &[],
+        )? {
+            workers.push(WorkerRecord {
+                worker: WorkerKey {
+                    edge_id: unsigned(row.get(0)),
+                    worker_id: u16::try_from(row.get::<_, i32>(1)).map_err(|_| CorruptRow)?,
+                },
+                instance_id: unsigned(row.get(2)),
+                confirmed_seq: unsigned(row.get(3)),
+                retired: row.get::<_, Vec<i64>>(4).into_iter().map(unsigned).collect(),
+            });
+        }
+        Ok((Snapshot { awards, answers, workers }, total as u64))
+    }
+
     fn read_awards(
         &mut self,
+        after: u64,
+        limit: i64,
         keep: &mut dyn FnMut(&Award) -> bool,
     ) -> Result<Vec<Award>, LedgerError> {
         let rows = self.client.query(
             "SELECT award_id, round_id, item, user_id, cash_cents, gift_sku, edge_id, worker_id, \
              instance_id, batch_seq, entry_index, granted_at_ms, delivered \
-             FROM shake_awards ORDER BY award_id",
-            &[],
+             FROM shake_awards WHERE award_id > $1 ORDER BY award_id LIMIT $2",
+            &[&signed(after), &limit],
         )?;
         let mut out = Vec::new();
         for row in rows {
@@ -426,53 +488,11 @@ impl LedgerStore for PostgresLedger {
     }
 
     fn snapshot(&mut self) -> Result<Snapshot, LedgerError> {
-        // One repeatable-read transaction: awards, answers and workers from the same instant.
-        let awards = {
-            self.client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")?;
-            self.read_awards(&mut |_| true)
-        };
-        let rest = (|| -> Result<(HashMap<BatchKey, Bytes>, Vec<WorkerRecord>), LedgerError> {
-            let mut answers = HashMap::new();
-            for row in self.client.query(
-                "SELECT edge_id, worker_id, instance_id, seq, answer FROM shake_batches \
-                 WHERE answer IS NOT NULL",
-                &[],
-            )? {
-                let key = BatchKey {
-                    edge_id: unsigned(row.get(0)),
-                    worker_id: u16::try_from(row.get::<_, i32>(1)).map_err(|_| CorruptRow)?,
-                    instance_id: unsigned(row.get(2)),
-                    seq: unsigned(row.get(3)),
-                };
-                answers.insert(key, Bytes::from(row.get::<_, Vec<u8>>(4)));
-            }
-            let mut workers = Vec::new();
-            for row in self.client.query(
-                "SELECT edge_id, worker_id, instance_id, confirmed_seq, retired FROM shake_workers \
-                 ORDER BY edge_id, worker_id",
-                &[],
-            )? {
-                workers.push(WorkerRecord {
-                    worker: WorkerKey {
-                        edge_id: unsigned(row.get(0)),
-                        worker_id: u16::try_from(row.get::<_, i32>(1)).map_err(|_| CorruptRow)?,
-                    },
-                    instance_id: unsigned(row.get(2)),
-                    confirmed_seq: unsigned(row.get(3)),
-                    retired: row.get::<_, Vec<i64>>(4).into_iter().map(unsigned).collect(),
-                });
-            }
-            Ok((answers, workers))
-        })();
-        let ended = self.client.batch_execute("COMMIT");
-        let awards = awards?;
-        let (answers, workers) = rest?;
-        ended?;
-        Ok(Snapshot { awards, answers, workers })
+        Ok(self.snapshot_after(0)?.0)
     }
 
     fn awards(&mut self, keep: &mut dyn FnMut(&Award) -> bool) -> Result<Vec<Award>, LedgerError> {
-        self.read_awards(keep)
+        self.read_awards(0, i64::MAX, keep)
     }
 
     fn stored_answers(&mut self) -> Result<usize, LedgerError> {
