@@ -69,6 +69,7 @@ source scripts/lib.sh
 
 pids=()
 pg_dirs=()
+ha_mode=0
 declare -A ha_pid ha_addr ha_metrics
 cleanup() {
     for pid in "${pids[@]}"; do
@@ -101,6 +102,7 @@ begin() {
     run_s=$(( LEAD_S + ROUND_S + 2 ))
     problems=()
     notes=""
+    ha_mode=0
     alloc_starts=0
     alloc_peak=0
     edge_peak=0
@@ -182,7 +184,7 @@ finish() {
         wait "${edge_pid[$id]}" || problems+=("edge $id exited with status $? on SIGTERM")
     done
     local config="$S/allocator.toml" node
-    if [ ${#ha_pid[@]} -eq 0 ]; then
+    if [ "$ha_mode" = 0 ]; then
         kill -CONT "$alloc_pid" 2>/dev/null || true
         kill -TERM "$alloc_pid"
         wait "$alloc_pid" || problems+=("the allocator exited with status $? on SIGTERM")
@@ -396,6 +398,7 @@ begin_ha() {
     scripts/pg-cluster.sh standby "$S/pg-s1" "$s1_port" "$pg_port" s1
     scripts/pg-cluster.sh standby "$S/pg-s2" "$s2_port" "$pg_port" s2
     begin "$1"
+    ha_mode=1
     local url node
     url=$(scripts/pg-cluster.sh url "$pg_port" "$s1_port" "$s2_port")
     for node in a b; do
@@ -483,7 +486,7 @@ primary_sql() {
 # What every HA scenario checks at its end (finish calls it): the edge left nothing
 # unanswered (checked before finish), and the PostgreSQL servers go.
 ha_end() {
-    [ ${#ha_pid[@]} -gt 0 ] || return 0
+    [ "$ha_mode" = 1 ] || return 0
     local dir
     for dir in "$S/pg-p" "$S/pg-s1" "$S/pg-s2"; do scripts/pg-cluster.sh stop "$dir" immediate || true; done
     unset ha_pid ha_addr ha_metrics

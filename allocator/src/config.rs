@@ -447,4 +447,30 @@ mod tests {
             Err(ConfigError::Parse { .. })
         ));
     }
+
+    #[test]
+    fn each_ledger_kind_needs_its_own_settings() {
+        let round = "[[rounds]]\nid = 1\nstarts_at_ms = 0\nduration_s = 1\nseed = 1\n[rounds.cash]\ntotal_cents = 10\nenvelopes = 1\n";
+        let tls = "[tls]\ncert = \"c\"\nkey = \"k\"\nedge_ca = \"a\"\n";
+        let text = |head: &str, tables: &str| {
+            format!("listen = \"127.0.0.1:0\"\n{head}{tables}{tls}{round}")
+        };
+        assert_eq!(field_of(&text("", "")), "ledger_path");
+        assert_eq!(field_of(&text("ledger = \"postgres\"\n", "")), "postgres");
+        let pg = |settings: &str| {
+            text(
+                "ledger = \"postgres\"\n",
+                &format!("[postgres]\nurl = \"host=db1,db2 user=shake\"\nnode = \"a\"\n{settings}"),
+            )
+        };
+        let config = Config::parse(&pg("")).unwrap();
+        let postgres = config.postgres.unwrap();
+        assert_eq!((postgres.lease_ms, postgres.standby_poll_ms), (3_000, 250));
+        assert_eq!(field_of(&pg("lease_ms = 100\n")), "postgres.lease_ms");
+        assert_eq!(field_of(&pg("standby_poll_ms = 5000\n")), "postgres.standby_poll_ms");
+        let bad_url = pg("").replace("host=db1,db2 user=shake", "port=notanumber");
+        assert_eq!(field_of(&bad_url), "postgres.url");
+        let no_node = pg("").replace("node = \"a\"", "node = \"\"");
+        assert_eq!(field_of(&no_node), "postgres.node");
+    }
 }

@@ -490,4 +490,23 @@ mod tests {
             Err(ConfigError::Parse { .. })
         ));
     }
+
+    #[test]
+    fn the_allocator_may_be_one_address_or_a_list() {
+        let one = EdgeConfig::parse(EXAMPLE).unwrap();
+        assert_eq!(one.allocator.addr.all(), vec!["127.0.0.1:7400".parse().unwrap()]);
+        let list = EXAMPLE.replace(
+            "addr = \"127.0.0.1:7400\"",
+            "addr = [\"127.0.0.1:7400\", \"127.0.0.2:7400\"]",
+        );
+        let several = EdgeConfig::parse(&list).unwrap();
+        assert_eq!(several.allocator.addr.all().len(), 2);
+        let empty = EXAMPLE.replace("addr = \"127.0.0.1:7400\"", "addr = []");
+        assert_eq!(field_of(&empty), "allocator.addr");
+        let twice = EXAMPLE.replace(
+            "addr = \"127.0.0.1:7400\"",
+            "addr = [\"127.0.0.1:7400\", \"127.0.0.1:7400\"]",
+        );
+        assert_eq!(field_of(&twice), "allocator.addr");
+    }
 }
