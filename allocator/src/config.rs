@@ -19,6 +19,14 @@ pub struct Config {
     /// Prometheus `/metrics` listen address; none to serve no metrics.
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
+    /// The admin API's listen address (live round commands, the audit log); none to serve
+    /// none. Needs `admin_token_file`.
+    #[serde(default)]
+    pub admin_listen: Option<SocketAddr>,
+    /// A file holding the admin API's bearer token (16 bytes or more, surrounding whitespace
+    /// ignored). Keep it readable by the allocator and the operators' tools alone.
+    #[serde(default)]
+    pub admin_token_file: Option<PathBuf>,
     /// Which store holds the award ledger: `fjall` (embedded, the default) or `postgres`.
     #[serde(default)]
     pub ledger: LedgerKind,
@@ -268,6 +276,9 @@ impl Validate for Config {
         }
         if self.quota_valid_ms < 300 {
             return Err(invalid("quota_valid_ms", "must be at least 300"));
+        }
+        if self.admin_listen.is_some() && self.admin_token_file.is_none() {
+            return Err(invalid("admin_token_file", "is needed with admin_listen"));
         }
         match (self.ledger, &self.ledger_path, &self.postgres) {
             (LedgerKind::Fjall, None, _) => {

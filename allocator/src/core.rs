@@ -31,6 +31,7 @@ use crate::award::{Award, BatchKey, WorkerKey};
 use crate::draw::{Draw, RoundDraw};
 use crate::ledger::{AnsweredBatch, WorkerRecord};
 use crate::quota::{self, EdgeQuota, QuotaPlanner};
+use crate::round_command::{CommandBook, Refusal, RoundCommand, RoundTiming, Submitted};
 use crate::user_rate::{UserRateSettings, UserRates};
 
 /// The shell's name for one edge worker stream.
@@ -58,6 +59,8 @@ pub enum Effect {
     },
     /// Close a stream with this code.
     Close(StreamId, ErrorCode),
+    /// Record this operator command durably, then call [`Core::on_command_recorded`].
+    RecordCommand(RoundCommand),
 }
 
 /// An `EdgeHello`, as the core needs it.
@@ -199,6 +202,7 @@ pub struct Core {
     rates: UserRates,
     next_sweep_ms: u64,
     scratch: Vec<Award>,
+    commands: CommandBook,
 }
 
 impl Core {
@@ -218,7 +222,50 @@ impl Core {
             rates: UserRates::new(settings.user_rate),
             next_sweep_ms: 0,
             scratch: Vec::new(),
+            commands: CommandBook::default(),
         }
+    }
+
+    /// Replays the operator commands read from the ledger, in order (before serving).
+    pub fn restore_commands(&mut self, commands: Vec<RoundCommand>) -> Result<(), Refusal> {
+        for command in commands {
+            self.draw.apply_command(&command)?;
+            self.commands.replay(command);
+        }
+        Ok(())
+    }
+
+    /// An operator command (its `at_ms` is when it was accepted). A valid new one is
+    /// recorded first ([`Effect::RecordCommand`]) and takes effect when
+    /// [`Core::on_command_recorded`] says it is durable.
+    pub fn on_command(&mut self, command: RoundCommand, out: &mut Vec<Effect>) -> Submitted {
+        let submitted = self.commands.submit(command, &self.draw.timings());
+        if let Submitted::Record(command) = &submitted {
+            out.push(Effect::RecordCommand(command.clone()));
+        }
+        submitted
+    }
+
+    /// A command is durable: it takes effect, and every edge hears the round's new state.
+    pub fn on_command_recorded(
+        &mut self,
+        command: &RoundCommand,
+        now_ms: u64,
+        out: &mut Vec<Effect>,
+    ) -> Result<RoundTiming, Refusal> {
+        let applied = self.draw.apply_command(command);
+        self.commands.recorded(command);
+        if let Some(round) = self.draw.round(command.round_id) {
+            let frame = round_state_frame(round, now_ms);
+            self.last_phase.insert(command.round_id, phase_at(round, now_ms));
+            out.extend(self.streams.keys().map(|s| Effect::Send(*s, frame.clone())));
+        }
+        applied
+    }
+
+    /// Every operator command recorded, in order (the audit log).
+    pub fn command_log(&self) -> &[RoundCommand] {
+        self.commands.log()
     }
 
     /// Takes back the workers and stored answers read from the ledger. Answers that belong to
@@ -522,11 +569,8 @@ impl Core {
         };
         let round_id = round.config().id;
         let left = round.pool().items().len() as u64 - round.pool().awarded_count() as u64;
-        let fleet = quota::fleet_rate(
-            self.settings.oversampling,
-            left,
-            round.config().ends_at_ms() - now_ms,
-        );
+        let fleet =
+            quota::fleet_rate(self.settings.oversampling, left, round.timing().ends_at_ms - now_ms);
         let mut edges: Vec<u64> = self.streams.values().map(|s| s.worker.edge_id).collect();
         edges.sort_unstable();
         edges.dedup();
@@ -600,10 +644,10 @@ fn answer_digest(answer: &Bytes) -> Option<BatchDigest> {
 }
 
 fn phase_at(round: &RoundDraw, now_ms: u64) -> RoundPhase {
-    let config = round.config();
-    if now_ms < config.starts_at_ms {
+    let timing = round.timing();
+    if now_ms < timing.starts_at_ms {
         RoundPhase::Waiting
-    } else if now_ms < config.ends_at_ms() {
+    } else if now_ms < timing.ends_at_ms {
         RoundPhase::Open
     } else {
         RoundPhase::Closed
@@ -612,16 +656,17 @@ fn phase_at(round: &RoundDraw, now_ms: u64) -> RoundPhase {
 
 fn round_state_frame(round: &RoundDraw, now_ms: u64) -> Bytes {
     let config = round.config();
+    let timing = round.timing();
     let mut frame = BytesMut::new();
     AllocatorFrame::RoundState {
         round: RoundInfo {
             round_id: config.id,
             phase: phase_at(round, now_ms),
-            starts_at_ms: config.starts_at_ms,
-            ends_at_ms: config.ends_at_ms(),
+            starts_at_ms: timing.starts_at_ms,
+            ends_at_ms: timing.ends_at_ms,
             start_spread_ms: config.start_spread_ms,
         },
-        min_shake_interval_ms: config.min_shake_interval_ms,
+        min_shake_interval_ms: timing.min_shake_interval_ms,
     }
     .encode(&mut frame);
     frame.freeze()

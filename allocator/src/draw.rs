@@ -14,6 +14,7 @@ use shake_proto::{Batch, Prize};
 use crate::award::{Award, BatchKey};
 use crate::config::{Release, RoundConfig};
 use crate::pool::{Item, Kind, Pool};
+use crate::round_command::{Refusal, RoundCommand, RoundTiming, Timings};
 use crate::user_rate::UserRates;
 
 /// Wins of one user in one round, by kind.
@@ -27,6 +28,8 @@ struct UserWins {
 #[derive(Debug, Clone)]
 pub struct RoundDraw {
     config: RoundConfig,
+    /// The times and interval in force: the configuration's, as operator commands left them.
+    timing: RoundTiming,
     pool: Pool,
     wins: HashMap<u64, UserWins>,
 }
@@ -34,7 +37,18 @@ pub struct RoundDraw {
 impl RoundDraw {
     fn new(config: RoundConfig) -> Self {
         let pool = Pool::new(&config);
-        Self { config, pool, wins: HashMap::new() }
+        let timing = RoundTiming {
+            round_id: config.id,
+            starts_at_ms: config.starts_at_ms,
+            ends_at_ms: config.ends_at_ms(),
+            min_shake_interval_ms: config.min_shake_interval_ms,
+        };
+        Self { config, timing, pool, wins: HashMap::new() }
+    }
+
+    /// The times and interval in force.
+    pub fn timing(&self) -> &RoundTiming {
+        &self.timing
     }
 
     /// The round's configuration.
@@ -49,14 +63,17 @@ impl RoundDraw {
 
     /// Open at `now_ms`?
     pub fn is_open(&self, now_ms: u64) -> bool {
-        (self.config.starts_at_ms..self.config.ends_at_ms()).contains(&now_ms)
+        self.timing.is_open(now_ms)
     }
 
     /// How many items the release schedule has let out by `now_ms`.
     pub fn release_target(&self, now_ms: u64) -> usize {
         let total = self.pool.items().len();
-        let start = self.config.starts_at_ms;
-        let end = self.config.ends_at_ms();
+        // Commands move these: extending a round spreads what is left over the longer time
+        // (the target may dip below what is released; nothing more is released until it
+        // catches up), and closing early leaves the rest unreleased.
+        let start = self.timing.starts_at_ms;
+        let end = self.timing.ends_at_ms;
         if now_ms < start {
             return 0;
         }
@@ -136,6 +153,25 @@ impl Draw {
     /// The round with this id.
     pub fn round(&self, round_id: u32) -> Option<&RoundDraw> {
         self.rounds.iter().find(|r| r.config.id == round_id)
+    }
+
+    /// Every round's timing now.
+    pub fn timings(&self) -> Timings {
+        Timings::new(self.rounds.iter().map(|r| r.timing))
+    }
+
+    /// What `command` would do, or why it may not (nothing changes).
+    pub fn check_command(&self, command: &RoundCommand) -> Result<RoundTiming, Refusal> {
+        self.timings().check(command)
+    }
+
+    /// Applies a command (checked again: a recorded command replays the same way).
+    pub fn apply_command(&mut self, command: &RoundCommand) -> Result<RoundTiming, Refusal> {
+        let next = self.check_command(command)?;
+        if let Some(round) = self.rounds.iter_mut().find(|r| r.config.id == command.round_id) {
+            round.timing = next;
+        }
+        Ok(next)
     }
 
     /// The next award id to be granted.

@@ -35,8 +35,8 @@ use crate::draw::{Draw, RestoreError};
 use crate::ledger::{LedgerError, LedgerStore, PostgresLedger, lease, postgres as pg};
 use crate::metrics::Metrics;
 use crate::service::{
-    Health, Rebuilt, Running, ServeError, Shutdown, TermEnd, bind_socket, blocking, endpoint_on,
-    lead, quic_server_config, serve_metrics,
+    Health, Rebuilt, Running, ServeError, Shared, Shutdown, TermEnd, bind_socket, blocking,
+    endpoint_on, lead, quic_server_config, serve_admin, serve_metrics,
 };
 
 /// Awards a standby reads from the log at one look, at most.
@@ -58,21 +58,22 @@ pub(crate) async fn start(config: Config, shutdown: Shutdown) -> Result<Running,
     let quic_addr =
         socket.local_addr().map_err(|source| ServeError::Bind { addr: config.listen, source })?;
     let endpoint = endpoint_on(socket, server, quic_addr)?;
-    let metrics = Arc::new(Metrics::new());
-    let health = Arc::new(Health::default());
-    health.standby.store(true, Ordering::Relaxed);
-    let metrics_addr = serve_metrics(&config, &metrics, &health, &shutdown).await?;
+    let shared = Shared::default();
+    shared.health.standby.store(true, Ordering::Relaxed);
+    let metrics_addr = serve_metrics(&config, &shared, &shutdown).await?;
+    let admin_addr = serve_admin(&config, &shared, &shutdown).await?;
     let node = Node {
         advertise: pg.advertise.unwrap_or(quic_addr),
         pg,
         config,
         endpoint,
-        metrics,
-        health,
+        metrics: shared.metrics.clone(),
+        health: shared.health.clone(),
+        shared,
         shutdown,
     };
     let done = tokio::spawn(node.run());
-    Ok(Running { quic_addr, metrics_addr, done })
+    Ok(Running { quic_addr, metrics_addr, admin_addr, done })
 }
 
 struct Node {
@@ -82,6 +83,7 @@ struct Node {
     endpoint: quinn::Endpoint,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
+    shared: Shared,
     shutdown: Shutdown,
 }
 
@@ -263,8 +265,7 @@ impl Node {
             TermEnd::CloseConnections,
             store,
             rebuilt,
-            self.metrics.clone(),
-            self.health.clone(),
+            &self.shared,
             term,
         )?;
         tracing::info!(
@@ -370,7 +371,13 @@ fn read_to_the_end(
     }
     tracing::info!(tail = tail.awards.len(), total, "leader: log read to its end");
     let read = tail.awards.len() as u64;
-    Ok((Rebuilt { draw: warm.draw, answers: tail.answers, workers: tail.workers }, read))
+    let rebuilt = Rebuilt {
+        draw: warm.draw,
+        answers: tail.answers,
+        workers: tail.workers,
+        commands: tail.commands,
+    };
+    Ok((rebuilt, read))
 }
 
 /// Renews the lease every third of it on a connection of its own. On a takeover, or when no

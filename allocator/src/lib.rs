@@ -8,6 +8,7 @@
 //! - [`draw`]: the sans-IO draw over a batch, deterministic for a seed and input order.
 //! - [`award`]: the award row and its stored encoding; [`export`]: award rows as JSON.
 //! - [`quota`]: sharing the fleet's admission rate between edges.
+//! - [`round_command`]: live round commands (go, extend, close, interval), checked and replayed.
 //! - [`core`]: the sans-IO state machine: streams, batches, exactly-once answers, quotas.
 //! - [`ledger`]: the durable ledger with group commit: fjall (embedded) or PostgreSQL (with a
 //!   leader lease that fences the other allocators).
@@ -15,7 +16,9 @@
 //! - [`service`]: the I/O shell: QUIC endpoint, stream tasks, the actor, the commit thread.
 //! - [`dev_certs`]: a development PKI so mutual TLS works out of the box.
 //! - [`metrics`]: Prometheus metrics (served by `shake_ops::http`).
+//! - [`admin`]: the admin API (live round commands, the audit log) on its own listener.
 
+pub mod admin;
 pub mod award;
 pub mod config;
 pub mod core;
@@ -27,6 +30,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod pool;
 pub mod quota;
+pub mod round_command;
 pub mod service;
 pub mod split;
 pub mod user_rate;

@@ -67,6 +67,24 @@ enum Command {
         #[arg(long)]
         undelivered: bool,
     },
+    /// Live round commands through a running allocator's admin API (`admin_listen`).
+    Round {
+        #[command(subcommand)]
+        action: RoundCli,
+        /// The admin API's address.
+        #[arg(long, global = true, value_name = "ADDR")]
+        admin: Option<std::net::SocketAddr>,
+        /// The file holding the admin bearer token.
+        #[arg(long, global = true, value_name = "FILE")]
+        token_file: Option<PathBuf>,
+        /// Who is asking (recorded in the audit log).
+        #[arg(long = "as", global = true, default_value = "cli")]
+        operator: String,
+        /// The command's idempotency key: run the same command again with the same key and it
+        /// takes effect once (default: a fresh key).
+        #[arg(long, global = true)]
+        id: Option<String>,
+    },
     /// Every award as JSON lines, for settlement.
     Export {
         /// The fjall ledger directory (or take the ledger from --config).
@@ -76,6 +94,40 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand, Debug, Clone, Copy)]
+enum RoundCli {
+    /// Every round: phase, times, interval, prizes awarded.
+    List,
+    /// Open a waiting round now (the host said "shake now").
+    Go {
+        /// The round.
+        round: u32,
+    },
+    /// Move a round's close later.
+    Extend {
+        /// The round.
+        round: u32,
+        /// By this many seconds.
+        #[arg(long)]
+        by_s: u64,
+    },
+    /// Close a round now (or cancel one that has not opened).
+    Close {
+        /// The round.
+        round: u32,
+    },
+    /// Ask phones to keep this interval between shakes.
+    Interval {
+        /// The round.
+        round: u32,
+        /// Milliseconds between shakes.
+        #[arg(long)]
+        ms: u32,
+    },
+    /// The audit log: every command recorded, oldest first.
+    Audit,
 }
 
 fn main() -> ExitCode {
@@ -154,6 +206,13 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
             println!("{} awards", awards.len());
         }
+        Command::Round { action, admin, token_file, operator, id } => {
+            let Some(admin) = admin else { anyhow::bail!("give --admin ADDR") };
+            let Some(token_file) = token_file else { anyhow::bail!("give --token-file FILE") };
+            let token = std::fs::read_to_string(&token_file)
+                .with_context(|| format!("reading {}", token_file.display()))?;
+            return round_command(admin, token.trim(), &operator, id, action);
+        }
         Command::Export { ledger, config } => {
             let mut ledger = open_ledger(ledger, config)?;
             for award in ledger.awards(&mut |_| true)? {
@@ -164,13 +223,50 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Sends one admin request and prints the answer's body; exit 1 unless it was a success.
+fn round_command(
+    admin: std::net::SocketAddr,
+    token: &str,
+    operator: &str,
+    id: Option<String>,
+    action: RoundCli,
+) -> anyhow::Result<ExitCode> {
+    use shake_ops::http::{body_of, request_with, status_of};
+    let (method, path) = match action {
+        RoundCli::List => ("GET", "/rounds".to_owned()),
+        RoundCli::Audit => ("GET", "/audit".to_owned()),
+        RoundCli::Go { round } => ("POST", format!("/rounds/{round}/go")),
+        RoundCli::Close { round } => ("POST", format!("/rounds/{round}/close")),
+        RoundCli::Extend { round, by_s } => ("POST", format!("/rounds/{round}/extend?by_s={by_s}")),
+        RoundCli::Interval { round, ms } => ("POST", format!("/rounds/{round}/interval?ms={ms}")),
+    };
+    let bearer = format!("Bearer {token}");
+    let key = id.unwrap_or_else(|| format!("cli-{:016x}", rand::random::<u64>()));
+    let headers = [
+        ("Authorization", bearer.as_str()),
+        ("Idempotency-Key", &key),
+        ("X-Shake-Operator", operator),
+    ];
+    let response = request_with(admin, method, &path, &headers)
+        .with_context(|| format!("asking the admin API at {admin}"))?;
+    let status = status_of(&response).unwrap_or(0);
+    print!("{}", body_of(&response));
+    if status == 200 {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("{BIN}: the allocator answered {status}");
+        Ok(ExitCode::FAILURE)
+    }
+}
+
 async fn serve(config: Config) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let shutdown = Shutdown::default();
     let running = service::start(config, shutdown.clone()).await?;
     // One line on stdout that scripts wait for.
     let metrics = running.metrics_addr.map_or("off".to_owned(), |a| a.to_string());
-    println!("shake-allocator ready quic={} metrics={metrics}", running.quic_addr);
+    let admin = running.admin_addr.map_or("off".to_owned(), |a| a.to_string());
+    println!("shake-allocator ready quic={} metrics={metrics} admin={admin}", running.quic_addr);
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let signals = {

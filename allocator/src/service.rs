@@ -25,9 +25,10 @@ use quinn::crypto::rustls::QuicServerConfig;
 use shake_proto::allocator::{MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
 use shake_proto::{ALLOCATOR_ALPN, AllocatorFrame, Batch, DecodeError, ErrorCode, Prize};
 use tokio::io::AsyncReadExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::{AdminRequest, AdminTarget, CommandReply, RoundView};
 use crate::award::BatchKey;
 use crate::config::{Config, LedgerKind};
 use crate::core::{Core, CoreSettings, Effect, StreamId, WorkerHello};
@@ -36,6 +37,7 @@ use crate::ledger::{
     self, AnsweredBatch, CommitGroup, LedgerError, LedgerStore, Snapshot, WorkerRecord,
 };
 use crate::metrics::Metrics;
+use crate::round_command::{Refusal, RoundCommand, Submitted};
 use shake_ops::http::{Endpoints, Readiness};
 use shake_ops::tls::{self, TlsError};
 
@@ -51,6 +53,12 @@ pub enum ServeError {
     /// The ledger does not match the configured rounds.
     #[error(transparent)]
     Restore(#[from] RestoreError),
+    /// A recorded operator command does not replay on the configured rounds.
+    #[error("a recorded round command does not replay: {0}")]
+    Commands(Refusal),
+    /// The admin API could not start (its token file).
+    #[error("admin API: {0}")]
+    Admin(String),
     /// A socket could not be bound.
     #[error("binding {addr}: {source}")]
     Bind {
@@ -86,8 +94,14 @@ enum ActorMsg {
     Closed(StreamId),
 }
 
-/// What the committer reports for one group: the batches now durable, or why it failed.
-type Committed = Result<Vec<(BatchKey, Bytes)>, String>;
+/// What the committer reports for one group: what is now durable, or why it failed.
+type Committed = Result<CommittedGroup, String>;
+
+/// What one group commit made durable.
+struct CommittedGroup {
+    batches: Vec<(BatchKey, Bytes)>,
+    commands: Vec<RoundCommand>,
+}
 
 /// The actor's handle on one edge stream: frames to write (bounded), and a way to close it
 /// even when that queue is full.
@@ -116,6 +130,7 @@ impl StreamCloser {
 
 enum CommitJob {
     Batch(AnsweredBatch),
+    Command(RoundCommand),
     Delivered(Vec<u64>),
     Compact { forget: Vec<BatchKey>, worker: Option<WorkerRecord> },
 }
@@ -127,6 +142,8 @@ pub struct Running {
     pub quic_addr: SocketAddr,
     /// The metrics address, if serving.
     pub metrics_addr: Option<SocketAddr>,
+    /// The admin API's address, if serving.
+    pub admin_addr: Option<SocketAddr>,
     pub(crate) done: tokio::task::JoinHandle<Result<(), ServeError>>,
 }
 
@@ -147,6 +164,39 @@ pub struct Shutdown {
     pub drain: CancellationToken,
     /// Fast: close everything now.
     pub stop: CancellationToken,
+}
+
+/// What every leadership term of the process shares: its metrics, its health and the admin
+/// API's way to the term serving now.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Shared {
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) health: Arc<Health>,
+    pub(crate) admin: AdminTarget,
+}
+
+/// Serves the admin API when configured (its token read from `admin_token_file`).
+pub(crate) async fn serve_admin(
+    config: &Config,
+    shared: &Shared,
+    shutdown: &Shutdown,
+) -> Result<Option<SocketAddr>, ServeError> {
+    let (Some(addr), Some(file)) = (config.admin_listen, &config.admin_token_file) else {
+        return Ok(None);
+    };
+    let token = std::fs::read_to_string(file)
+        .map_err(|e| ServeError::Admin(format!("reading {}: {e}", file.display())))?;
+    let token = token.trim().to_owned();
+    if token.len() < 16 {
+        return Err(ServeError::Admin(format!(
+            "{}: the token needs 16 bytes or more",
+            file.display()
+        )));
+    }
+    let bound = crate::admin::spawn(addr, token, shared.admin.clone(), shutdown.stop.clone())
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })?;
+    Ok(Some(bound))
 }
 
 /// What `/ready` reports, shared by every leadership term of the process.
@@ -182,13 +232,12 @@ pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, ServeE
     let quic_addr =
         socket.local_addr().map_err(|source| ServeError::Bind { addr: config.listen, source })?;
     let endpoint = endpoint_on(socket, server, quic_addr)?;
-    let metrics = Arc::new(Metrics::new());
-    let health = Arc::new(Health::default());
-    let metrics_addr = serve_metrics(&config, &metrics, &health, &shutdown).await?;
-    let rebuilt = Rebuilt::from_snapshot(&config, snapshot)?;
-    let done =
-        lead(&config, endpoint, TermEnd::CloseEndpoint, store, rebuilt, metrics, health, shutdown)?;
-    Ok(Running { quic_addr, metrics_addr, done })
+    let shared = Shared::default();
+    let metrics_addr = serve_metrics(&config, &shared, &shutdown).await?;
+    let admin_addr = serve_admin(&config, &shared, &shutdown).await?;
+    let rebuilt = Rebuilt::from_snapshot(&config, snapshot);
+    let done = lead(&config, endpoint, TermEnd::CloseEndpoint, store, rebuilt?, &shared, shutdown)?;
+    Ok(Running { quic_addr, metrics_addr, admin_addr, done })
 }
 
 /// Runs blocking ledger work off the async runtime.
@@ -241,14 +290,13 @@ pub(crate) fn endpoint_on(
 /// Serves `/metrics` and `/ready` when configured.
 pub(crate) async fn serve_metrics(
     config: &Config,
-    metrics: &Arc<Metrics>,
-    health: &Arc<Health>,
+    shared: &Shared,
     shutdown: &Shutdown,
 ) -> Result<Option<SocketAddr>, ServeError> {
     let Some(addr) = config.metrics_listen else { return Ok(None) };
-    let m = metrics.clone();
+    let m = shared.metrics.clone();
     let draining = shutdown.drain.clone();
-    let health = health.clone();
+    let health = shared.health.clone();
     let endpoints = Endpoints {
         metrics: Arc::new(move || m.render()),
         ready: Arc::new(move || {
@@ -276,6 +324,7 @@ pub(crate) struct Rebuilt {
     pub(crate) draw: Draw,
     pub(crate) answers: HashMap<BatchKey, Bytes>,
     pub(crate) workers: Vec<WorkerRecord>,
+    pub(crate) commands: Vec<RoundCommand>,
 }
 
 impl Rebuilt {
@@ -285,7 +334,12 @@ impl Rebuilt {
         for award in &snapshot.awards {
             draw.restore(award)?;
         }
-        Ok(Self { draw, answers: snapshot.answers, workers: snapshot.workers })
+        Ok(Self {
+            draw,
+            answers: snapshot.answers,
+            workers: snapshot.workers,
+            commands: snapshot.commands,
+        })
     }
 }
 
@@ -302,18 +356,17 @@ pub(crate) enum TermEnd {
 /// One leadership term: rebuilds the draw and the core from the snapshot, starts the commit
 /// thread on `store`, accepts edges on `endpoint` and serves until `shutdown` (or a failed
 /// commit).
-#[allow(clippy::too_many_arguments)] // one call per ledger kind; each argument is distinct
 pub(crate) fn lead(
     config: &Config,
     endpoint: quinn::Endpoint,
     end: TermEnd,
     store: Box<dyn LedgerStore>,
     rebuilt: Rebuilt,
-    metrics: Arc<Metrics>,
-    health: Arc<Health>,
+    shared: &Shared,
     shutdown: Shutdown,
 ) -> Result<tokio::task::JoinHandle<Result<(), ServeError>>, ServeError> {
-    let Rebuilt { draw, answers, workers } = rebuilt;
+    let Rebuilt { draw, answers, workers, commands } = rebuilt;
+    let (metrics, health) = (shared.metrics.clone(), shared.health.clone());
     tracing::info!(
         answers = answers.len(),
         next_award_id = draw.next_award_id(),
@@ -327,6 +380,7 @@ pub(crate) fn lead(
     let mut core = Core::new(settings, draw);
     let mut restored = Vec::new();
     core.restore(workers, answers, &mut restored);
+    core.restore_commands(commands).map_err(ServeError::Commands)?;
     update_gauges(&core, &metrics);
     health.ledger_failed.store(false, Ordering::Relaxed);
 
@@ -349,7 +403,11 @@ pub(crate) fn lead(
             })
             .map_err(|e| ServeError::Panicked(format!("spawning the commit thread: {e}")))?
     };
-    let pipes = Pipes { inbox: actor_rx, commits: commit_tx, committed: committed_rx };
+    let (admin_tx, admin_rx) = mpsc::channel::<AdminRequest>(64);
+    let admin = shared.admin.clone();
+    *lock(&admin) = Some(admin_tx);
+    let pipes =
+        Pipes { inbox: actor_rx, commits: commit_tx, committed: committed_rx, admin: admin_rx };
 
     let quic_addr = endpoint.local_addr().ok();
     tracing::info!(?quic_addr, "allocator serving edges");
@@ -363,6 +421,7 @@ pub(crate) fn lead(
             shutdown.clone(),
         ));
         let result = actor_loop(core, restored, pipes, metrics, shutdown).await;
+        *lock(&admin) = None;
         accept.abort();
         match end {
             TermEnd::CloseEndpoint => {
@@ -400,6 +459,7 @@ fn commit_loop(
         while let Some(job) = next.take() {
             match job {
                 CommitJob::Batch(batch) => group.batches.push(batch),
+                CommitJob::Command(command) => group.commands.push(command),
                 CommitJob::Delivered(ids) => group.delivered.extend(ids),
                 CommitJob::Compact { forget, worker } => {
                     group.forget.extend(forget);
@@ -431,7 +491,10 @@ fn commit_loop(
                         ])
                         .inc();
                 }
-                Ok(group.batches.into_iter().map(|b| (b.key, b.answer)).collect())
+                Ok(CommittedGroup {
+                    batches: group.batches.into_iter().map(|b| (b.key, b.answer)).collect(),
+                    commands: group.commands,
+                })
             }
             Err(err) => Err(err.to_string()),
         };
@@ -463,6 +526,7 @@ struct Pipes {
     inbox: mpsc::Receiver<ActorMsg>,
     commits: mpsc::Sender<CommitJob>,
     committed: mpsc::UnboundedReceiver<Committed>,
+    admin: mpsc::Receiver<AdminRequest>,
 }
 
 async fn actor_loop(
@@ -476,6 +540,8 @@ async fn actor_loop(
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut draining_since: Option<Instant> = None;
     let mut counted = core.counters();
+    // Admin API callers waiting for their command to be recorded, by command id.
+    let mut waiting: HashMap<String, Vec<oneshot::Sender<CommandReply>>> = HashMap::new();
     loop {
         if let Some(since) = draining_since
             && (core.pending_batches() == 0 || since.elapsed() > Duration::from_secs(10))
@@ -491,7 +557,19 @@ async fn actor_loop(
             biased;
             _ = shutdown.stop.cancelled() => return Ok(()),
             done = pipes.committed.recv() => match done {
-                Some(Ok(done)) => core.on_committed(&done, &mut effects),
+                Some(Ok(done)) => {
+                    core.on_committed(&done.batches, &mut effects);
+                    for command in done.commands {
+                        let timing = core.on_command_recorded(&command, now_ms(), &mut effects);
+                        tracing::info!(?command, ?timing, "operator command in effect");
+                        for reply in waiting.remove(&command.command_id).unwrap_or_default() {
+                            let _ = reply.send(CommandReply::Done {
+                                command: command.clone(),
+                                timing: timing.clone().ok(),
+                            });
+                        }
+                    }
+                }
                 Some(Err(err)) => {
                     // Awards are money: never answer without a durable ledger.
                     tracing::error!(%err, "ledger commit failed; stopping");
@@ -502,6 +580,11 @@ async fn actor_loop(
             _ = shutdown.drain.cancelled(), if draining_since.is_none() => {
                 tracing::info!(pending = core.pending_batches(), "draining: answering what is in flight");
                 draining_since = Some(Instant::now());
+            }
+            request = pipes.admin.recv() => {
+                if let Some(request) = request {
+                    admin_request(&mut core, request, &mut waiting, &mut effects);
+                }
             }
             _ = tick.tick() => {
                 if shake_ops::supervise::failpoint("allocator-actor-panic") {
@@ -565,6 +648,64 @@ async fn actor_loop(
     }
 }
 
+/// Answers one admin API request (a command waits in `waiting` until it is recorded).
+fn admin_request(
+    core: &mut Core,
+    request: AdminRequest,
+    waiting: &mut HashMap<String, Vec<oneshot::Sender<CommandReply>>>,
+    effects: &mut Vec<Effect>,
+) {
+    match request {
+        AdminRequest::Command { mut command, reply } => {
+            command.at_ms = now_ms();
+            let id = command.command_id.clone();
+            let answer = match core.on_command(command, effects) {
+                Submitted::Record(_) | Submitted::Recording => {
+                    waiting.entry(id).or_default().push(reply);
+                    return;
+                }
+                Submitted::Done(command) => {
+                    let timing = core.draw().round(command.round_id).map(|r| *r.timing());
+                    CommandReply::Done { command, timing }
+                }
+                Submitted::Refused(refusal) => CommandReply::Refused(refusal),
+                Submitted::Busy => CommandReply::Busy,
+            };
+            let _ = reply.send(answer);
+        }
+        AdminRequest::Rounds { reply } => {
+            let now = now_ms();
+            let rounds = core
+                .draw()
+                .rounds()
+                .iter()
+                .map(|round| {
+                    let timing = round.timing();
+                    RoundView {
+                        round_id: round.config().id,
+                        phase: if now < timing.starts_at_ms {
+                            "waiting"
+                        } else if now < timing.ends_at_ms {
+                            "open"
+                        } else {
+                            "closed"
+                        },
+                        starts_at_ms: timing.starts_at_ms,
+                        ends_at_ms: timing.ends_at_ms,
+                        min_shake_interval_ms: timing.min_shake_interval_ms,
+                        prizes: round.pool().items().len(),
+                        awarded: round.pool().awarded_count(),
+                    }
+                })
+                .collect();
+            let _ = reply.send(rounds);
+        }
+        AdminRequest::Audit { reply } => {
+            let _ = reply.send(core.command_log().to_vec());
+        }
+    }
+}
+
 /// Carries out the core's effects, in order. Waits for room in the commit queue.
 async fn apply(
     effects: &mut Vec<Effect>,
@@ -597,6 +738,7 @@ async fn apply(
                 continue;
             }
             Effect::Commit(batch) => CommitJob::Batch(batch),
+            Effect::RecordCommand(command) => CommitJob::Command(command),
             Effect::MarkDelivered(ids) => CommitJob::Delivered(ids),
             Effect::Compact { forget, worker } => CommitJob::Compact { forget, worker },
         };

@@ -14,6 +14,7 @@ use shake_allocator::ledger::{
     AnsweredBatch, CommitGroup, FjallLedger, LedgerError, LedgerStore, PostgresLedger,
     WorkerRecord, lease,
 };
+use shake_allocator::round_command::{RoundAction, RoundCommand};
 use shake_proto::Prize;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -63,6 +64,22 @@ fn batches(seqs: std::ops::RangeInclusive<u64>) -> Vec<AnsweredBatch> {
     .collect()
 }
 
+fn commands() -> Vec<RoundCommand> {
+    let command = |id: &str, action, at_ms| RoundCommand {
+        command_id: id.into(),
+        round_id: 1,
+        action,
+        issued_by: "director".into(),
+        at_ms,
+    };
+    vec![
+        command("go", RoundAction::Go, 1_000),
+        // Two in one millisecond, named against the alphabet: the order is the recording's.
+        command("slower", RoundAction::Interval { ms: 400 }, 2_000),
+        command("longer", RoundAction::Extend { by_ms: 30_000 }, 2_000),
+    ]
+}
+
 /// The shared suite: `reopen` gives a fresh handle on the same ledger (a restart).
 fn groups_survive_reopening(mut reopen: impl FnMut() -> Box<dyn LedgerStore>) {
     let worker = WorkerRecord {
@@ -85,11 +102,18 @@ fn groups_survive_reopening(mut reopen: impl FnMut() -> Box<dyn LedgerStore>) {
                 ..CommitGroup::default()
             })
             .unwrap();
-        // A worker record is replaced, not added.
+        // A worker record is replaced, not added; commands come back in the order recorded.
         let mut newer = worker.clone();
         newer.confirmed_seq = 2;
         ledger
-            .commit_group(&CommitGroup { workers: vec![newer], ..CommitGroup::default() })
+            .commit_group(&CommitGroup {
+                workers: vec![newer],
+                commands: commands()[..1].to_vec(),
+                ..CommitGroup::default()
+            })
+            .unwrap();
+        ledger
+            .commit_group(&CommitGroup { commands: commands()[1..].to_vec(), ..Default::default() })
             .unwrap();
     }
     let mut ledger = reopen();
@@ -102,6 +126,7 @@ fn groups_survive_reopening(mut reopen: impl FnMut() -> Box<dyn LedgerStore>) {
     assert_eq!(snapshot.answers[&key(3)], Bytes::from(vec![3u8; 3]));
     assert_eq!(snapshot.workers, vec![WorkerRecord { confirmed_seq: 2, ..worker }]);
     assert_eq!(ledger.stored_answers().unwrap(), 2);
+    assert_eq!(snapshot.commands, commands());
     assert_eq!(ledger.awards(&mut |a| a.user_id == TOP).unwrap(), vec![expected[1].clone()]);
     assert!(ledger.awards(&mut |a| a.round_id == 2).unwrap().is_empty());
 }

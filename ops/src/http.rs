@@ -100,10 +100,25 @@ pub async fn spawn(
 /// A blocking request on `addr` (`GET` or `HEAD`), for tools and tests: the whole response,
 /// status line and headers included.
 pub fn request(addr: SocketAddr, method: &str, path: &str) -> std::io::Result<String> {
+    request_with(addr, method, path, &[])
+}
+
+/// [`request`] with extra headers (`Authorization`, ...); no body.
+pub fn request_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<String> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr)?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let head = format!("{method} {path} HTTP/1.1\r\nHost: shake\r\nConnection: close\r\n\r\n");
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let extra: String =
+        headers.iter().map(|(name, value)| format!("{name}: {value}\r\n")).collect();
+    let length = if method == "POST" { "Content-Length: 0\r\n" } else { "" };
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: shake\r\nConnection: close\r\n{extra}{length}\r\n"
+    );
     stream.write_all(head.as_bytes())?;
     let mut text = String::new();
     stream.read_to_string(&mut text)?;
@@ -113,6 +128,11 @@ pub fn request(addr: SocketAddr, method: &str, path: &str) -> std::io::Result<St
 /// A blocking `GET path` on `addr`: the whole response, headers included.
 pub fn get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
     request(addr, "GET", path)
+}
+
+/// The body of a response read by [`request`].
+pub fn body_of(response: &str) -> &str {
+    response.split_once("\r\n\r\n").map_or("", |(_, body)| body)
 }
 
 /// The status code of a response read by [`request`].

@@ -10,6 +10,8 @@
 //!   answers the edge has not yet confirmed are kept: confirmed ones are deleted (compaction).
 //! - `workers`: edge id (8) | worker id (2) -> [`WorkerRecord`]: the worker's current instance,
 //!   how far the edge has confirmed its answers, and the instances it retired.
+//! - `commands`: sequence (8, big-endian, from 1) -> the operator command (JSON), in the order
+//!   they took effect.
 //! - `meta`: the start-up probe row (the ledger is writable).
 //!
 //! Writes come in groups ([`FjallLedger::commit_group`]): the awards and answers of many batches,
@@ -30,6 +32,7 @@ use shake_proto::varint;
 
 use super::{CommitGroup, LedgerError, LedgerStore, Snapshot, WorkerRecord};
 use crate::award::{Award, BatchKey, CorruptRow, WorkerKey};
+use crate::round_command::RoundCommand;
 
 const WORKER_ROW_VERSION: u8 = 1;
 
@@ -105,7 +108,10 @@ pub struct FjallLedger {
     delivered: Keyspace,
     answers: Keyspace,
     workers: Keyspace,
+    commands: Keyspace,
     meta: Keyspace,
+    /// The next command's sequence (commits come from one thread; atomic for `&self`).
+    next_command: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for FjallLedger {
@@ -122,8 +128,17 @@ impl FjallLedger {
         let delivered = db.keyspace("delivered", KeyspaceCreateOptions::default)?;
         let answers = db.keyspace("answers", KeyspaceCreateOptions::default)?;
         let workers = db.keyspace("workers", KeyspaceCreateOptions::default)?;
+        let commands = db.keyspace("commands", KeyspaceCreateOptions::default)?;
         let meta = db.keyspace("meta", KeyspaceCreateOptions::default)?;
-        Ok(Self { db, awards, delivered, answers, workers, meta })
+        let last = match commands.last_key_value() {
+            Some(item) => {
+                let key = item.key()?;
+                u64::from_be_bytes(key.as_ref().try_into().map_err(|_| CorruptRow)?)
+            }
+            None => 0,
+        };
+        let next_command = std::sync::atomic::AtomicU64::new(last + 1);
+        Ok(Self { db, awards, delivered, answers, workers, commands, meta, next_command })
     }
 
     /// Writes (and fsyncs) a probe row: proves the ledger is writable before serving.
@@ -156,6 +171,10 @@ impl FjallLedger {
         for record in &group.workers {
             write.insert(&self.workers, worker_key(&record.worker), encode_worker(record));
         }
+        for command in &group.commands {
+            let seq = self.next_command.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            write.insert(&self.commands, seq.to_be_bytes(), command.encode());
+        }
         write.commit()?;
         Ok(())
     }
@@ -170,6 +189,9 @@ impl FjallLedger {
         for item in self.workers.iter() {
             let (key, value) = item.into_inner()?;
             snapshot.workers.push(decode_worker(parse_worker_key(&key)?, &value)?);
+        }
+        for item in self.commands.iter() {
+            snapshot.commands.push(RoundCommand::decode(&item.value()?)?);
         }
         Ok(snapshot)
     }

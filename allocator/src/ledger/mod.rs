@@ -20,6 +20,7 @@ use std::collections::HashMap;
 use bytes::Bytes;
 
 use crate::award::{Award, BatchKey, CorruptRow, WorkerKey};
+use crate::round_command::RoundCommand;
 
 pub use self::fjall::FjallLedger;
 pub use self::postgres::PostgresLedger;
@@ -106,6 +107,8 @@ pub struct CommitGroup {
     pub forget: Vec<BatchKey>,
     /// Workers whose record changed.
     pub workers: Vec<WorkerRecord>,
+    /// Operator commands accepted, in order: recorded before they take effect.
+    pub commands: Vec<RoundCommand>,
 }
 
 impl CommitGroup {
@@ -115,6 +118,7 @@ impl CommitGroup {
             && self.delivered.is_empty()
             && self.forget.is_empty()
             && self.workers.is_empty()
+            && self.commands.is_empty()
     }
 }
 
@@ -127,6 +131,8 @@ pub struct Snapshot {
     pub answers: HashMap<BatchKey, Bytes>,
     /// Every worker's record.
     pub workers: Vec<WorkerRecord>,
+    /// Every operator command, in the order accepted.
+    pub commands: Vec<RoundCommand>,
 }
 
 /// What a ledger store does. Calls block (the allocator makes them from its commit thread, or

@@ -30,11 +30,13 @@ use shake_proto::Prize;
 
 use super::{CommitGroup, LedgerError, LedgerStore, Snapshot, WorkerRecord};
 use crate::award::{Award, BatchKey, CorruptRow, WorkerKey};
+use crate::round_command::RoundCommand;
 
 /// The schema, one migration per version, applied in order. Never edit a released one: add.
-pub const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    "CREATE TABLE shake_awards (
+pub const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        "CREATE TABLE shake_awards (
         award_id bigint PRIMARY KEY,
         round_id bigint NOT NULL,
         item bigint NOT NULL,
@@ -95,7 +97,21 @@ pub const MIGRATIONS: &[(i32, &str)] = &[(
         at timestamptz NOT NULL DEFAULT clock_timestamp()
     );
     CREATE TABLE shake_probe (id integer PRIMARY KEY, at timestamptz NOT NULL);",
-)];
+    ),
+    (
+        2,
+        "CREATE TABLE shake_commands (
+        seq bigserial PRIMARY KEY,
+        command_id text NOT NULL UNIQUE,
+        round_id bigint NOT NULL,
+        action text NOT NULL,
+        issued_by text NOT NULL,
+        at_ms bigint NOT NULL,
+        epoch bigint NOT NULL,
+        body text NOT NULL
+    );",
+    ),
+];
 
 /// The newest schema version this allocator knows.
 pub fn schema_version() -> i32 {
@@ -309,7 +325,11 @@ impl PostgresLedger {
         Ok(())
     }
 
-    fn write_marks(tx: &mut Transaction<'_>, group: &CommitGroup) -> Result<(), LedgerError> {
+    fn write_marks(
+        tx: &mut Transaction<'_>,
+        group: &CommitGroup,
+        epoch: i64,
+    ) -> Result<(), LedgerError> {
         if !group.delivered.is_empty() {
             // A mark for an id with no award row changes nothing: harmless, as in fjall.
             let ids: Vec<i64> = group.delivered.iter().map(|id| signed(*id)).collect();
@@ -332,6 +352,26 @@ impl PostgresLedger {
                     &workers,
                     &column(|k| signed(k.instance_id)),
                     &column(|k| signed(k.seq)),
+                ],
+            )?;
+        }
+        for command in &group.commands {
+            let body = String::from_utf8(command.encode()).unwrap_or_default();
+            let action = serde_json::to_value(&command.action)
+                .ok()
+                .and_then(|v| v.get("action").and_then(|a| a.as_str()).map(str::to_owned))
+                .unwrap_or_default();
+            tx.execute(
+                "INSERT INTO shake_commands (command_id, round_id, action, issued_by, at_ms, epoch, body) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                &[
+                    &command.command_id,
+                    &i64::from(command.round_id),
+                    &action,
+                    &command.issued_by,
+                    &signed(command.at_ms),
+                    &epoch,
+                    &body,
                 ],
             )?;
         }
@@ -406,7 +446,11 @@ impl PostgresLedger {
                 retired: row.get::<_, Vec<i64>>(4).into_iter().map(unsigned).collect(),
             });
         }
-        Ok((Snapshot { awards, answers, workers }, total as u64))
+        let mut commands = Vec::new();
+        for row in self.client.query("SELECT body FROM shake_commands ORDER BY seq", &[])? {
+            commands.push(RoundCommand::decode(row.get::<_, &str>(0).as_bytes())?);
+        }
+        Ok((Snapshot { awards, answers, workers, commands }, total as u64))
     }
 
     fn read_awards(
@@ -468,7 +512,7 @@ impl LedgerStore for PostgresLedger {
         let mut tx = self.client.transaction()?;
         Self::check_epoch(&mut tx, epoch)?;
         Self::write_batches(&mut tx, group, epoch)?;
-        Self::write_marks(&mut tx, group)?;
+        Self::write_marks(&mut tx, group, epoch)?;
         // One row per group: the log of who committed what under which epoch (never updated,
         // so its transaction id dates the commit: see README "Fencing, proved").
         let awards: usize = group.batches.iter().map(|b| b.awards.len()).sum();

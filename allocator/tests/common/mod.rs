@@ -95,6 +95,8 @@ pub struct Allocator {
     pub child: Child,
     pub quic: SocketAddr,
     pub metrics: SocketAddr,
+    /// The admin API, when configured.
+    pub admin: Option<SocketAddr>,
 }
 
 impl Allocator {
@@ -117,7 +119,8 @@ impl Allocator {
                 .parse()
                 .unwrap()
         };
-        Self { quic: field("quic="), metrics: field("metrics="), child }
+        let admin = line.split_whitespace().find_map(|w| w.strip_prefix("admin=")?.parse().ok());
+        Self { quic: field("quic="), metrics: field("metrics="), admin, child }
     }
 
     pub fn kill(&mut self) {

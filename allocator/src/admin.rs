@@ -1,0 +1,221 @@
+//! The admin API: an HTTP listener of its own (`admin_listen`) for the control room, every
+//! request authenticated with a bearer token read from `admin_token_file`.
+//!
+//! | request | does |
+//! |---|---|
+//! | `GET /rounds` | every round: phase, times, interval, prizes and awards so far (JSON) |
+//! | `POST /rounds/{id}/go` | open a waiting round now |
+//! | `POST /rounds/{id}/extend?by_s=N` | move the close N seconds later |
+//! | `POST /rounds/{id}/close` | close now (or cancel a round that has not opened) |
+//! | `POST /rounds/{id}/interval?ms=N` | ask phones to keep N ms between shakes |
+//! | `GET /audit` | every recorded command, oldest first (JSON lines) |
+//!
+//! A command's `Idempotency-Key` header names it (the same key again gets the first outcome
+//! and changes nothing; without one, the allocator draws a key); `X-Shake-Operator` says who
+//! asks (default "admin"). Answers: 200 with the command and the round's new timing; 400 a bad
+//! value; 401 no or a wrong token; 404 no such round; 409 refused by the round's state (the
+//! reason in the body); 503 when this allocator is not leading (a standby) or another command
+//! is being recorded (retry). The allocator records a command durably before it takes effect;
+//! then every edge hears the round's new state.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::round_command::{Refusal, RoundAction, RoundCommand, RoundTiming};
+
+/// A request from the admin API to the allocator's actor.
+#[derive(Debug)]
+pub(crate) enum AdminRequest {
+    /// Submit a command (`at_ms` is set by the actor when it takes it).
+    Command { command: RoundCommand, reply: oneshot::Sender<CommandReply> },
+    /// Every round's state.
+    Rounds { reply: oneshot::Sender<Vec<RoundView>> },
+    /// The command log.
+    Audit { reply: oneshot::Sender<Vec<RoundCommand>> },
+}
+
+/// What became of a command, as the API says it.
+#[derive(Debug)]
+pub(crate) enum CommandReply {
+    /// Recorded and in effect (now, or before under the same key).
+    Done { command: RoundCommand, timing: Option<RoundTiming> },
+    /// Refused by the rounds' state or a bad value.
+    Refused(Refusal),
+    /// Another command is being recorded.
+    Busy,
+}
+
+/// One round, for `GET /rounds` and the dashboard.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct RoundView {
+    pub(crate) round_id: u32,
+    pub(crate) phase: &'static str,
+    pub(crate) starts_at_ms: u64,
+    pub(crate) ends_at_ms: u64,
+    pub(crate) min_shake_interval_ms: u32,
+    pub(crate) prizes: usize,
+    pub(crate) awarded: usize,
+}
+
+/// Where admin requests go: the actor of the leadership term now serving, if any.
+pub(crate) type AdminTarget = Arc<Mutex<Option<mpsc::Sender<AdminRequest>>>>;
+
+#[derive(Clone)]
+struct Api {
+    token: Arc<str>,
+    target: AdminTarget,
+}
+
+/// Serves the admin API on `addr` until `stop`; the address bound.
+pub(crate) async fn spawn(
+    addr: SocketAddr,
+    token: String,
+    target: AdminTarget,
+    stop: CancellationToken,
+) -> std::io::Result<SocketAddr> {
+    let api = Api { token: token.into(), target };
+    let app = Router::new()
+        .route("/rounds", get(rounds))
+        .route("/rounds/{id}/{action}", post(command))
+        .route("/audit", get(audit))
+        .with_state(api);
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    tokio::spawn(shake_ops::http::serve_router(listener, app, stop));
+    Ok(bound)
+}
+
+fn json(status: StatusCode, body: &impl Serialize) -> Response {
+    let text = serde_json::to_string(body).unwrap_or_default() + "\n";
+    (status, [(header::CONTENT_TYPE, "application/json")], text).into_response()
+}
+
+fn error(status: StatusCode, why: &str) -> Response {
+    json(status, &serde_json::json!({ "error": why }))
+}
+
+/// Equal in time whatever the first difference: a wrong token's prefix is not measurable.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl Api {
+    fn authorized(&self, headers: &HeaderMap) -> bool {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        same_secret(given.trim().as_bytes(), self.token.as_bytes())
+    }
+
+    /// Sends a request to the serving term and waits for its answer.
+    async fn ask<T>(
+        &self,
+        request: impl FnOnce(oneshot::Sender<T>) -> AdminRequest,
+    ) -> Result<T, Response> {
+        let target = self.target.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let Some(target) = target else {
+            return Err(error(StatusCode::SERVICE_UNAVAILABLE, "not leading: ask the leader"));
+        };
+        let (reply, answer) = oneshot::channel();
+        if target.send(request(reply)).await.is_err() {
+            return Err(error(StatusCode::SERVICE_UNAVAILABLE, "the allocator is stopping"));
+        }
+        answer.await.map_err(|_| error(StatusCode::SERVICE_UNAVAILABLE, "the allocator stopped"))
+    }
+}
+
+async fn rounds(State(api): State<Api>, headers: HeaderMap) -> Response {
+    if !api.authorized(&headers) {
+        return error(StatusCode::UNAUTHORIZED, "a bearer token is needed");
+    }
+    match api.ask(|reply| AdminRequest::Rounds { reply }).await {
+        Ok(rounds) => json(StatusCode::OK, &rounds),
+        Err(response) => response,
+    }
+}
+
+async fn audit(State(api): State<Api>, headers: HeaderMap) -> Response {
+    if !api.authorized(&headers) {
+        return error(StatusCode::UNAUTHORIZED, "a bearer token is needed");
+    }
+    match api.ask(|reply| AdminRequest::Audit { reply }).await {
+        Ok(log) => {
+            let lines: String =
+                log.iter().map(|c| serde_json::to_string(c).unwrap_or_default() + "\n").collect();
+            ([(header::CONTENT_TYPE, "application/x-ndjson")], lines).into_response()
+        }
+        Err(response) => response,
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct CommandQuery {
+    by_s: Option<u64>,
+    ms: Option<u32>,
+}
+
+async fn command(
+    State(api): State<Api>,
+    Path((round_id, action)): Path<(u32, String)>,
+    Query(query): Query<CommandQuery>,
+    headers: HeaderMap,
+) -> Response {
+    if !api.authorized(&headers) {
+        return error(StatusCode::UNAUTHORIZED, "a bearer token is needed");
+    }
+    let action = match (action.as_str(), query.by_s, query.ms) {
+        ("go", _, _) => RoundAction::Go,
+        ("close", _, _) => RoundAction::Close,
+        ("extend", Some(by_s), _) => RoundAction::Extend { by_ms: by_s.saturating_mul(1000) },
+        ("interval", _, Some(ms)) => RoundAction::Interval { ms },
+        ("extend", None, _) => return error(StatusCode::BAD_REQUEST, "extend needs ?by_s=N"),
+        ("interval", _, None) => return error(StatusCode::BAD_REQUEST, "interval needs ?ms=N"),
+        _ => return error(StatusCode::NOT_FOUND, "actions: go, extend, close, interval"),
+    };
+    let header_text = |name: &str| {
+        headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned).filter(|v| !v.is_empty())
+    };
+    let command = RoundCommand {
+        command_id: header_text("idempotency-key")
+            .unwrap_or_else(|| format!("auto-{:016x}", rand::random::<u64>())),
+        round_id,
+        action,
+        issued_by: header_text("x-shake-operator").unwrap_or_else(|| "admin".to_owned()),
+        at_ms: 0,
+    };
+    match api.ask(|reply| AdminRequest::Command { command, reply }).await {
+        Ok(CommandReply::Done { command, timing }) => json(
+            StatusCode::OK,
+            &serde_json::json!({ "command": command, "timing": timing.map(|t| {
+                serde_json::json!({
+                    "starts_at_ms": t.starts_at_ms,
+                    "ends_at_ms": t.ends_at_ms,
+                    "min_shake_interval_ms": t.min_shake_interval_ms,
+                })
+            }) }),
+        ),
+        Ok(CommandReply::Refused(refusal)) => {
+            let status = match refusal {
+                Refusal::UnknownRound(_) => StatusCode::NOT_FOUND,
+                Refusal::Invalid(_) => StatusCode::BAD_REQUEST,
+                _ => StatusCode::CONFLICT,
+            };
+            error(status, &refusal.to_string())
+        }
+        Ok(CommandReply::Busy) => {
+            error(StatusCode::SERVICE_UNAVAILABLE, "another command is being recorded: retry")
+        }
+        Err(response) => response,
+    }
+}
