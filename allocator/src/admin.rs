@@ -9,6 +9,8 @@
 //! | `POST /rounds/{id}/close` | close now (or cancel a round that has not opened) |
 //! | `POST /rounds/{id}/interval?ms=N` | ask phones to keep N ms between shakes |
 //! | `GET /audit` | every recorded command, oldest first (JSON lines) |
+//! | `GET /awards?user=U&round=R&prize=P&undelivered=true&limit=N` | support: matching awards (JSON lines, at most `limit`, default and cap 10,000) |
+//! | `GET /awards/export` | settlement: every award (JSON lines), without stopping anything |
 //!
 //! A command's `Idempotency-Key` header names it (the same key again gets the first outcome
 //! and changes nothing; without one, the allocator draws a key); `X-Shake-Operator` says who
@@ -30,6 +32,8 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::award::Award;
+use crate::export::AwardQuery;
 use crate::round_command::{Refusal, RoundAction, RoundCommand, RoundTiming};
 
 /// A request from the admin API to the allocator's actor.
@@ -41,7 +45,12 @@ pub(crate) enum AdminRequest {
     Rounds { reply: oneshot::Sender<Vec<RoundView>> },
     /// The command log.
     Audit { reply: oneshot::Sender<Vec<RoundCommand>> },
+    /// Awards from the ledger.
+    Awards { query: AwardQuery, reply: oneshot::Sender<Result<Vec<Award>, String>> },
 }
+
+/// Support's cap on one `GET /awards`.
+pub const AWARDS_LIMIT: usize = 10_000;
 
 /// What became of a command, as the API says it.
 #[derive(Debug)]
@@ -87,6 +96,8 @@ pub(crate) async fn spawn(
         .route("/rounds", get(rounds))
         .route("/rounds/{id}/{action}", post(command))
         .route("/audit", get(audit))
+        .route("/awards", get(awards))
+        .route("/awards/export", get(export_awards))
         .with_state(api);
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
@@ -155,6 +166,36 @@ async fn audit(State(api): State<Api>, headers: HeaderMap) -> Response {
                 log.iter().map(|c| serde_json::to_string(c).unwrap_or_default() + "\n").collect();
             ([(header::CONTENT_TYPE, "application/x-ndjson")], lines).into_response()
         }
+        Err(response) => response,
+    }
+}
+
+async fn awards(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Query(mut query): Query<AwardQuery>,
+) -> Response {
+    if query.limit == 0 || query.limit > AWARDS_LIMIT {
+        query.limit = AWARDS_LIMIT;
+    }
+    read_awards(&api, &headers, query).await
+}
+
+async fn export_awards(State(api): State<Api>, headers: HeaderMap) -> Response {
+    read_awards(&api, &headers, AwardQuery { limit: usize::MAX, ..AwardQuery::default() }).await
+}
+
+async fn read_awards(api: &Api, headers: &HeaderMap, query: AwardQuery) -> Response {
+    if !api.authorized(headers) {
+        return error(StatusCode::UNAUTHORIZED, "a bearer token is needed");
+    }
+    match api.ask(|reply| AdminRequest::Awards { query, reply }).await {
+        Ok(Ok(awards)) => {
+            let lines: String =
+                awards.iter().map(|a| crate::export::award_json(a).to_string() + "\n").collect();
+            ([(header::CONTENT_TYPE, "application/x-ndjson")], lines).into_response()
+        }
+        Ok(Err(why)) => error(StatusCode::SERVICE_UNAVAILABLE, &why),
         Err(response) => response,
     }
 }

@@ -5,6 +5,37 @@ use shake_proto::Prize;
 
 use crate::award::Award;
 
+/// Which awards to list: for `shake-allocator awards`, and support's `GET /awards`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AwardQuery {
+    /// Only this user's.
+    pub user: Option<u64>,
+    /// Only this round's.
+    pub round: Option<u32>,
+    /// Only this prize: `cash`, `gift`, or a gift's SKU.
+    pub prize: Option<String>,
+    /// Only those no phone has acknowledged yet.
+    pub undelivered: bool,
+    /// At most this many (the API caps it; 0: the cap).
+    pub limit: usize,
+}
+
+impl AwardQuery {
+    /// Does `award` match?
+    pub fn matches(&self, award: &Award) -> bool {
+        let prize = match (&self.prize, &award.prize) {
+            (None, _) => true,
+            (Some(want), Prize::Cash { .. }) => want == "cash",
+            (Some(want), Prize::Gift { sku }) => want == "gift" || want == sku,
+        };
+        prize
+            && self.user.is_none_or(|u| award.user_id == u)
+            && self.round.is_none_or(|r| award.round_id == r)
+            && (!self.undelivered || !award.delivered)
+    }
+}
+
 /// One award as a JSON object (one line of `export`).
 pub fn award_json(award: &Award) -> Value {
     let (kind, cents, sku) = match &award.prize {
@@ -32,6 +63,29 @@ pub fn award_json(award: &Award) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn queries_match_by_user_round_prize_and_delivery() {
+        let award = Award {
+            award_id: 1,
+            round_id: 2,
+            user_id: 3,
+            item: 0,
+            prize: Prize::Gift { sku: "TEA-01".into() },
+            batch: BatchKey { edge_id: 1, worker_id: 0, instance_id: 1, seq: 1 },
+            entry_index: 0,
+            granted_at_ms: 0,
+            delivered: true,
+        };
+        let q = |text: &str| -> AwardQuery { serde_json::from_str(text).unwrap() };
+        assert!(q("{}").matches(&award));
+        assert!(q(r#"{"user":3,"round":2,"prize":"TEA-01"}"#).matches(&award));
+        assert!(q(r#"{"prize":"gift"}"#).matches(&award));
+        assert!(!q(r#"{"prize":"cash"}"#).matches(&award));
+        assert!(!q(r#"{"user":4}"#).matches(&award));
+        assert!(!q(r#"{"round":1}"#).matches(&award));
+        assert!(!q(r#"{"undelivered":true}"#).matches(&award));
+    }
     use crate::award::BatchKey;
 
     #[test]

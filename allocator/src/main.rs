@@ -183,11 +183,8 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Awards { ledger, config, user, round, undelivered } => {
             let mut ledger = open_ledger(ledger, config)?;
-            let awards = ledger.awards(&mut |a| {
-                user.is_none_or(|u| a.user_id == u)
-                    && round.is_none_or(|r| a.round_id == r)
-                    && (!undelivered || !a.delivered)
-            })?;
+            let query = export::AwardQuery { user, round, undelivered, ..Default::default() };
+            let awards = ledger.awards(&mut |a| query.matches(a))?;
             println!(
                 "{:>10} {:>6} {:>14} {:>12} {:>10}",
                 "award", "round", "user", "prize", "delivered"

@@ -29,10 +29,12 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{AdminRequest, AdminTarget, CommandReply, RoundView};
+use crate::award::Award;
 use crate::award::BatchKey;
 use crate::config::{Config, LedgerKind};
 use crate::core::{Core, CoreSettings, Effect, StreamId, WorkerHello};
 use crate::draw::{Draw, RestoreError};
+use crate::export::AwardQuery;
 use crate::ledger::{
     self, AnsweredBatch, CommitGroup, LedgerError, LedgerStore, Snapshot, WorkerRecord,
 };
@@ -131,8 +133,20 @@ impl StreamCloser {
 enum CommitJob {
     Batch(AnsweredBatch),
     Command(RoundCommand),
+    /// Support reads awards while the show runs: served between group commits, after the
+    /// group that was gathering when it came (so it sees every award announced before it).
+    Read(AwardRead),
     Delivered(Vec<u64>),
-    Compact { forget: Vec<BatchKey>, worker: Option<WorkerRecord> },
+    Compact {
+        forget: Vec<BatchKey>,
+        worker: Option<WorkerRecord>,
+    },
+}
+
+/// A read of the ledger's awards for the admin API.
+struct AwardRead {
+    query: AwardQuery,
+    reply: oneshot::Sender<Result<Vec<Award>, String>>,
 }
 
 /// A started allocator: where it listens, and how to wait for it.
@@ -455,9 +469,11 @@ fn commit_loop(
 ) -> Result<(), ()> {
     while let Some(first) = jobs.blocking_recv() {
         let mut group = CommitGroup::default();
+        let mut reads = Vec::new();
         let mut next = Some(first);
         while let Some(job) = next.take() {
             match job {
+                CommitJob::Read(read) => reads.push(read),
                 CommitJob::Batch(batch) => group.batches.push(batch),
                 CommitJob::Command(command) => group.commands.push(command),
                 CommitJob::Delivered(ids) => group.delivered.extend(ids),
@@ -471,6 +487,10 @@ fn commit_loop(
             }
         }
         metrics.commit_queue.set(jobs.len() as i64);
+        if group.is_empty() {
+            serve_reads(ledger, reads);
+            continue;
+        }
         let started = Instant::now();
         let result = ledger.commit_group(&group);
         metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
@@ -505,8 +525,23 @@ fn commit_loop(
         if failed {
             return Err(());
         }
+        serve_reads(ledger, reads);
     }
     Ok(())
+}
+
+/// Answers support's reads (each bounded by its limit).
+fn serve_reads(ledger: &mut dyn LedgerStore, reads: Vec<AwardRead>) {
+    for read in reads {
+        let limit = read.query.limit;
+        let mut found = 0usize;
+        let result = ledger.awards(&mut |award| {
+            let keep = found < limit && read.query.matches(award);
+            found += usize::from(keep);
+            keep
+        });
+        let _ = read.reply.send(result.map_err(|e| e.to_string()));
+    }
 }
 
 fn update_gauges(core: &Core, metrics: &Metrics) {
@@ -582,8 +617,16 @@ async fn actor_loop(
                 draining_since = Some(Instant::now());
             }
             request = pipes.admin.recv() => {
-                if let Some(request) = request {
-                    admin_request(&mut core, request, &mut waiting, &mut effects);
+                match request {
+                    Some(AdminRequest::Awards { query, reply }) => {
+                        // Never wait here: a full commit queue says "busy" instead.
+                        let read = CommitJob::Read(AwardRead { query, reply });
+                        if let Err(mpsc::error::TrySendError::Full(CommitJob::Read(read))) = pipes.commits.try_send(read) {
+                            let _ = read.reply.send(Err("the ledger is busy: retry".into()));
+                        }
+                    }
+                    Some(request) => admin_request(&mut core, request, &mut waiting, &mut effects),
+                    None => {}
                 }
             }
             _ = tick.tick() => {
@@ -702,6 +745,9 @@ fn admin_request(
         }
         AdminRequest::Audit { reply } => {
             let _ = reply.send(core.command_log().to_vec());
+        }
+        AdminRequest::Awards { reply, .. } => {
+            let _ = reply.send(Err("awards are read by the commit thread".into()));
         }
     }
 }

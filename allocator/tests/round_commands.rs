@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::*;
 use shake_ops::http::{body_of, request_with, status_of};
 use shake_proto::allocator::PROTOCOL_VERSION;
-use shake_proto::{AllocatorFrame, RoundPhase};
+use shake_proto::{AllocatorFrame, Batch, BatchEntry, RoundPhase};
 
 const TOKEN: &str = "control-room-token-0123456789";
 
@@ -39,6 +39,7 @@ id = 1
 starts_at_ms = {later}
 duration_s = 60
 seed = 7
+release = "immediate"
 [rounds.cash]
 total_cents = 1000
 envelopes = 10
@@ -141,6 +142,23 @@ async fn go_opens_an_armed_round_and_every_command_is_recorded_once() {
     let (phase, starts, ends) =
         tokio::time::timeout(Duration::from_secs(5), round_one(&mut stream)).await.unwrap();
     assert_eq!((phase, starts, ends), (RoundPhase::Open, started, started + 60_000));
+
+    // Shakes win while it is open; support finds a winner's award while the allocator runs.
+    let entries: Vec<BatchEntry> =
+        (0..6).map(|i| BatchEntry { user_id: 500 + i, offset_us: i as u32 }).collect();
+    stream.send(&AllocatorFrame::Batch(Batch::new(1, 1, now_ms(), &entries))).await;
+    let (_, winners, _) = stream.next_result().await.unwrap();
+    assert!(!winners.is_empty(), "an open round with prizes released draws winners");
+    let user = 500 + u64::from(winners[0].entry_index);
+    let (code, found) = status(admin, "GET", &format!("/awards?user={user}&round=1"), Some("-"));
+    assert_eq!(code, 200, "{found}");
+    let rows: Vec<serde_json::Value> =
+        found.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 1, "{found}");
+    assert_eq!(rows[0]["award_id"].as_u64(), Some(winners[0].award_id));
+    let (code, export) = status(admin, "GET", "/awards/export", Some("-"));
+    assert_eq!((code, export.lines().count()), (200, winners.len()));
+    assert_eq!(status(admin, "GET", "/awards/export", None).0, 401);
 
     // The same key again: the first outcome, nothing new. Another go: refused with a reason.
     let (code, again) = authed(admin, "POST", "/rounds/1/go", "go-1");
