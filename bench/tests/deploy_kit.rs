@@ -1,0 +1,149 @@
+//! The operations kit in `deploy/` stays true to the binaries: every metric an alert rule or
+//! a dashboard panel reads is one the edge or the allocator exports, the rules are well formed
+//! (and pass `promtool check rules` where promtool is installed), and the systemd units give
+//! a drain the time it needs.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+fn deploy(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy").join(path)
+}
+
+/// Every metric family the binaries register: the name given to each `registry.register(`
+/// in their metrics modules, under the registry's prefix. (A labelled family with no sample
+/// yet is not rendered at all, so the rendered text cannot say.)
+fn exported() -> BTreeSet<String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut names = BTreeSet::new();
+    for (file, prefix) in
+        [("allocator/src/metrics.rs", "shake_allocator_"), ("edge/src/metrics.rs", "shake_edge_")]
+    {
+        let source = std::fs::read_to_string(root.join(file)).unwrap();
+        assert!(source.contains(&format!("with_prefix(\"{}\")", prefix.trim_end_matches('_'))));
+        for call in source.split("registry.register(").skip(1) {
+            let name = call.split('"').nth(1).expect("a metric name literal");
+            names.insert(format!("{prefix}{name}"));
+        }
+    }
+    // The rendered text agrees where it has samples.
+    let text = shake_allocator::metrics::Metrics::new().render()
+        + &shake_edge::metrics::EdgeMetrics::new().render();
+    for rendered in
+        text.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split_whitespace().next())
+    {
+        assert!(names.contains(rendered), "{rendered} is rendered but was not found registered");
+    }
+    names
+}
+
+/// The `shake_...` names in a PromQL expression, as families (sample suffixes removed).
+fn metrics_in(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = expr;
+    while let Some(at) = rest.find("shake_") {
+        let tail = &rest[at..];
+        let end =
+            tail.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(tail.len());
+        let name = &tail[..end];
+        let family = ["_bucket", "_total", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .unwrap_or(name);
+        names.push(family.to_owned());
+        rest = &tail[end..];
+    }
+    names
+}
+
+fn assert_exported(exprs: &[String], file: &str) {
+    let exported = exported();
+    let mut seen = 0;
+    for expr in exprs {
+        for name in metrics_in(expr) {
+            assert!(exported.contains(&name), "{file}: {name} is not exported (in `{expr}`)");
+            seen += 1;
+        }
+    }
+    assert!(seen >= exprs.len(), "{file}: every expression names a Shake metric");
+}
+
+#[test]
+fn alert_rules_are_well_formed_and_read_real_metrics() {
+    let path = deploy("prometheus/shake-alerts.rules.yml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let rules: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let groups = rules["groups"].as_sequence().expect("groups");
+    let mut exprs = Vec::new();
+    let mut names = BTreeSet::new();
+    for group in groups {
+        assert!(group["name"].as_str().is_some_and(|n| !n.is_empty()));
+        for rule in group["rules"].as_sequence().expect("rules") {
+            let name = rule["alert"].as_str().expect("every rule is an alert with a name");
+            assert!(names.insert(name.to_owned()), "alert {name} twice");
+            assert!(matches!(rule["labels"]["severity"].as_str(), Some("page" | "warn")), "{name}");
+            assert!(rule["annotations"]["summary"].as_str().is_some(), "{name} has a summary");
+            exprs.push(rule["expr"].as_str().expect("expr").to_owned());
+        }
+    }
+    // What the control room asked for, at least.
+    for wanted in [
+        "ShakeAllocatorLinkDown",
+        "ShakeLedgerCommitSlow",
+        "ShakePoolDrainedEarly",
+        "ShakeEdgeRefusingHandshakes",
+        "ShakeEdgeKernelDrops",
+    ] {
+        assert!(names.contains(wanted), "missing alert {wanted}");
+    }
+    assert_exported(&exprs, "shake-alerts.rules.yml");
+    // promtool, where installed, has the last word on the syntax.
+    if let Ok(output) =
+        std::process::Command::new("promtool").arg("check").arg("rules").arg(&path).output()
+    {
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stdout));
+    }
+}
+
+#[test]
+fn the_dashboard_reads_real_metrics() {
+    let text = std::fs::read_to_string(deploy("grafana/shake-fleet.json")).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(dashboard["uid"], "shake-fleet");
+    let panels = dashboard["panels"].as_array().expect("panels");
+    assert!(panels.len() >= 8);
+    let exprs: Vec<String> = panels
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .map(|t| t["expr"].as_str().expect("every target has an expr").to_owned())
+        .collect();
+    assert_exported(&exprs, "shake-fleet.json");
+}
+
+#[test]
+fn systemd_units_outlast_the_drain() {
+    let drain_ms =
+        shake_edge::config::EdgeConfig::parse(include_str!("../../edge/shake-edge.example.toml"))
+            .unwrap()
+            .limits
+            .drain_deadline_ms;
+    for (unit, drain_s) in
+        [("shake-edge.service", drain_ms / 1000), ("shake-allocator.service", 10)]
+    {
+        let text = std::fs::read_to_string(deploy(&format!("systemd/{unit}"))).unwrap();
+        let value = |key: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+                .unwrap_or_else(|| panic!("{unit} sets {key}"))
+                .trim()
+                .to_owned()
+        };
+        let stop_s: u64 = value("TimeoutStopSec").parse().unwrap();
+        assert!(
+            stop_s > drain_s + 5,
+            "{unit}: TimeoutStopSec {stop_s} does not outlast a {drain_s} s drain"
+        );
+        assert_eq!(value("KillSignal"), "SIGTERM", "{unit}: SIGTERM is what drains");
+        assert!(value("ExecStart").contains(" run --config "), "{unit}");
+    }
+}
