@@ -8,6 +8,8 @@
 //! | `POST /rounds/{id}/extend?by_s=N` | move the close N seconds later |
 //! | `POST /rounds/{id}/close` | close now (or cancel a round that has not opened) |
 //! | `POST /rounds/{id}/interval?ms=N` | ask phones to keep N ms between shakes |
+//! | `GET /` | the control room's dashboard (a page; give it the token) |
+//! | `GET /events?token=T` | server-sent events: a [`Dashboard`] snapshot every second |
 //! | `GET /audit` | every recorded command, oldest first (JSON lines) |
 //! | `GET /awards?user=U&round=R&prize=P&undelivered=true&limit=N` | support: matching awards (JSON lines, at most `limit`, default and cap 10,000) |
 //! | `GET /awards/export` | settlement: every award (JSON lines), without stopping anything |
@@ -26,6 +28,7 @@ use std::sync::{Arc, Mutex};
 use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Serialize;
@@ -47,6 +50,33 @@ pub(crate) enum AdminRequest {
     Audit { reply: oneshot::Sender<Vec<RoundCommand>> },
     /// Awards from the ledger.
     Awards { query: AwardQuery, reply: oneshot::Sender<Result<Vec<Award>, String>> },
+    /// What the dashboard shows.
+    Dashboard { reply: oneshot::Sender<Dashboard> },
+}
+
+/// One dashboard snapshot (a server-sent event's data, JSON).
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct Dashboard {
+    pub(crate) now_ms: u64,
+    /// This allocator serves (false: a standby; nothing else is filled in).
+    pub(crate) leading: bool,
+    pub(crate) rounds: Vec<RoundView>,
+    pub(crate) edges: Vec<EdgeView>,
+    /// Counters since this term began: the page shows their rates.
+    pub(crate) entries_drawn: u64,
+    pub(crate) awards_granted: u64,
+    /// The last group commit's duration.
+    pub(crate) last_commit_ms: Option<f64>,
+}
+
+/// One edge as the allocator sees it.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct EdgeView {
+    pub(crate) edge_id: u64,
+    /// Worker streams open now (0: the edge's link is down).
+    pub(crate) streams: usize,
+    /// Shakes offered per second at the edge, from its latest load reports.
+    pub(crate) offered_per_s: f64,
 }
 
 /// Support's cap on one `GET /awards`.
@@ -73,6 +103,8 @@ pub(crate) struct RoundView {
     pub(crate) min_shake_interval_ms: u32,
     pub(crate) prizes: usize,
     pub(crate) awarded: usize,
+    pub(crate) cash_left_cents: u64,
+    pub(crate) gifts_left: usize,
 }
 
 /// Where admin requests go: the actor of the leadership term now serving, if any.
@@ -93,6 +125,8 @@ pub(crate) async fn spawn(
 ) -> std::io::Result<SocketAddr> {
     let api = Api { token: token.into(), target };
     let app = Router::new()
+        .route("/", get(page))
+        .route("/events", get(events))
         .route("/rounds", get(rounds))
         .route("/rounds/{id}/{action}", post(command))
         .route("/audit", get(audit))
@@ -144,6 +178,42 @@ impl Api {
         }
         answer.await.map_err(|_| error(StatusCode::SERVICE_UNAVAILABLE, "the allocator stopped"))
     }
+}
+
+/// The dashboard page (no secret in it: its data needs the token).
+async fn page() -> Response {
+    let html = include_str!("dashboard/index.html");
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response()
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct EventsQuery {
+    token: Option<String>,
+}
+
+/// A snapshot a second, for as long as the page stays (an `EventSource` cannot send headers,
+/// so the token comes in the query).
+async fn events(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Query(query): Query<EventsQuery>,
+) -> Response {
+    let by_query = query.token.is_some_and(|t| same_secret(t.as_bytes(), api.token.as_bytes()));
+    if !by_query && !api.authorized(&headers) {
+        return error(StatusCode::UNAUTHORIZED, "a token is needed");
+    }
+    let snapshots = futures_util::stream::unfold((api, true), |(api, first)| async move {
+        if !first {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+        let snapshot = match api.ask(|reply| AdminRequest::Dashboard { reply }).await {
+            Ok(snapshot) => snapshot,
+            Err(_) => Dashboard { now_ms: crate::service::now_ms(), ..Dashboard::default() },
+        };
+        let data = serde_json::to_string(&snapshot).unwrap_or_default();
+        Some((Ok::<_, std::convert::Infallible>(Event::default().data(data)), (api, false)))
+    });
+    Sse::new(snapshots).keep_alive(KeepAlive::default()).into_response()
 }
 
 async fn rounds(State(api): State<Api>, headers: HeaderMap) -> Response {

@@ -132,6 +132,20 @@ impl Pool {
         self.awarded.iter().filter(|a| **a).count()
     }
 
+    /// What is not awarded yet: cash in cents, and gifts (released or not).
+    pub fn left(&self) -> (u64, usize) {
+        let mut cents = 0;
+        let mut gifts = 0;
+        for (item, awarded) in self.items.iter().zip(&self.awarded) {
+            match (item, awarded) {
+                (Item::Cash { cents: c }, false) => cents += c,
+                (Item::Gift { .. }, false) => gifts += 1,
+                _ => {}
+            }
+        }
+        (cents, gifts)
+    }
+
     /// Released and unawarded items of a kind.
     pub fn available(&self, kind: Kind) -> usize {
         match kind {

@@ -28,7 +28,7 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::{AdminRequest, AdminTarget, CommandReply, RoundView};
+use crate::admin::{AdminRequest, AdminTarget, CommandReply, Dashboard, EdgeView, RoundView};
 use crate::award::Award;
 use crate::award::BatchKey;
 use crate::config::{Config, LedgerKind};
@@ -220,6 +220,8 @@ pub(crate) struct Health {
     pub(crate) ledger_failed: AtomicBool,
     /// Another allocator leads the ledger (PostgreSQL): this one only redirects edges.
     pub(crate) standby: AtomicBool,
+    /// The last group commit's duration, microseconds (0: none yet).
+    pub(crate) last_commit_us: AtomicU64,
 }
 
 /// Opens the ledger, rebuilds state from it, binds and serves until shut down. With a
@@ -403,6 +405,7 @@ pub(crate) fn lead(
     // Unbounded on purpose, yet bounded in fact: one report per group, and a group takes at
     // least one job from the bounded commit queue (see the module comment).
     let (committed_tx, committed_rx) = mpsc::unbounded_channel::<Committed>();
+    let term_health = health.clone();
     let committer = {
         let metrics = metrics.clone();
         let max_group = config.max_group_batches;
@@ -410,7 +413,8 @@ pub(crate) fn lead(
         std::thread::Builder::new()
             .name("ledger-commit".into())
             .spawn(move || {
-                if commit_loop(&mut *store, commit_rx, &committed_tx, &metrics, max_group).is_err()
+                if commit_loop(&mut *store, commit_rx, &committed_tx, &metrics, &health, max_group)
+                    .is_err()
                 {
                     health.ledger_failed.store(true, Ordering::Relaxed);
                 }
@@ -434,7 +438,7 @@ pub(crate) fn lead(
             connections.clone(),
             shutdown.clone(),
         ));
-        let result = actor_loop(core, restored, pipes, metrics, shutdown).await;
+        let result = actor_loop(core, restored, pipes, metrics, term_health, shutdown).await;
         *lock(&admin) = None;
         accept.abort();
         match end {
@@ -465,6 +469,7 @@ fn commit_loop(
     mut jobs: mpsc::Receiver<CommitJob>,
     committed: &mpsc::UnboundedSender<Committed>,
     metrics: &Metrics,
+    health: &Health,
     max_group: usize,
 ) -> Result<(), ()> {
     while let Some(first) = jobs.blocking_recv() {
@@ -494,6 +499,7 @@ fn commit_loop(
         let started = Instant::now();
         let result = ledger.commit_group(&group);
         metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
+        health.last_commit_us.store(started.elapsed().as_micros().max(1) as u64, Ordering::Relaxed);
         metrics.commit_group_batches.observe(group.batches.len() as f64);
         let message = match result {
             Ok(()) => {
@@ -569,6 +575,7 @@ async fn actor_loop(
     mut effects: Vec<Effect>,
     mut pipes: Pipes,
     metrics: Arc<Metrics>,
+    health: Arc<Health>,
     shutdown: Shutdown,
 ) -> Result<(), ServeError> {
     let mut outgoing: HashMap<StreamId, StreamHandle> = HashMap::new();
@@ -577,6 +584,8 @@ async fn actor_loop(
     let mut counted = core.counters();
     // Admin API callers waiting for their command to be recorded, by command id.
     let mut waiting: HashMap<String, Vec<oneshot::Sender<CommandReply>>> = HashMap::new();
+    // What the dashboard shows of the edges: which edge each stream is, each edge's load.
+    let mut edges = EdgeBoard::default();
     loop {
         if let Some(since) = draining_since
             && (core.pending_batches() == 0 || since.elapsed() > Duration::from_secs(10))
@@ -625,6 +634,9 @@ async fn actor_loop(
                             let _ = read.reply.send(Err("the ledger is busy: retry".into()));
                         }
                     }
+                    Some(AdminRequest::Dashboard { reply }) => {
+                        let _ = reply.send(dashboard(&core, &edges, &health));
+                    }
                     Some(request) => admin_request(&mut core, request, &mut waiting, &mut effects),
                     None => {}
                 }
@@ -640,6 +652,8 @@ async fn actor_loop(
                 let Some(msg) = msg else { return Ok(()) };
                 match msg {
                     ActorMsg::Hello { stream, hello, handle } => {
+                        edges.stream_of.insert(stream, hello.edge_id);
+                        edges.offered.entry(hello.edge_id).or_default();
                         outgoing.insert(stream, handle);
                         metrics.streams_open.set(outgoing.len() as i64);
                         tracing::info!(
@@ -661,10 +675,12 @@ async fn actor_loop(
                         core.on_batch(stream, &batch, now_ms(), &mut effects);
                     }
                     ActorMsg::Load { stream, window_ms, offered } => {
+                        edges.on_load(stream, window_ms, offered);
                         core.on_load_report(stream, window_ms, offered, now_ms());
                     }
                     ActorMsg::Delivered(ids) => core.on_delivered(ids, &mut effects),
                     ActorMsg::Closed(stream) => {
+                        edges.stream_of.remove(&stream);
                         outgoing.remove(&stream);
                         metrics.streams_open.set(outgoing.len() as i64);
                         core.on_stream_closed(stream);
@@ -689,6 +705,81 @@ async fn actor_loop(
         metrics.users_evicted.inc_by(now.users_evicted - counted.users_evicted);
         counted = now;
     }
+}
+
+/// The edges as the dashboard shows them.
+#[derive(Debug, Default)]
+struct EdgeBoard {
+    stream_of: HashMap<StreamId, u64>,
+    /// Edge -> (worker stream -> shakes offered per second in its last report).
+    offered: std::collections::BTreeMap<u64, HashMap<StreamId, f64>>,
+}
+
+impl EdgeBoard {
+    fn on_load(&mut self, stream: StreamId, window_ms: u32, offered: u64) {
+        if let Some(edge) = self.stream_of.get(&stream) {
+            let per_s = offered as f64 * 1000.0 / f64::from(window_ms.max(1));
+            self.offered.entry(*edge).or_default().insert(stream, per_s);
+        }
+    }
+
+    fn views(&self) -> Vec<EdgeView> {
+        self.offered
+            .iter()
+            .map(|(edge, by_stream)| {
+                let open: Vec<StreamId> =
+                    self.stream_of.iter().filter(|(_, e)| *e == edge).map(|(s, _)| *s).collect();
+                EdgeView {
+                    edge_id: *edge,
+                    streams: open.len(),
+                    offered_per_s: open.iter().filter_map(|s| by_stream.get(s)).sum(),
+                }
+            })
+            .collect()
+    }
+}
+
+/// One dashboard snapshot from the serving term's state.
+fn dashboard(core: &Core, edges: &EdgeBoard, health: &Health) -> Dashboard {
+    let commit_us = health.last_commit_us.load(Ordering::Relaxed);
+    let counters = core.counters();
+    Dashboard {
+        now_ms: now_ms(),
+        leading: true,
+        rounds: round_views(core, now_ms()),
+        edges: edges.views(),
+        entries_drawn: counters.entries_drawn,
+        awards_granted: counters.awards_granted,
+        last_commit_ms: (commit_us > 0).then(|| commit_us as f64 / 1000.0),
+    }
+}
+
+fn round_views(core: &Core, now: u64) -> Vec<RoundView> {
+    core.draw()
+        .rounds()
+        .iter()
+        .map(|round| {
+            let timing = round.timing();
+            let (cash_left_cents, gifts_left) = round.pool().left();
+            RoundView {
+                round_id: round.config().id,
+                phase: if now < timing.starts_at_ms {
+                    "waiting"
+                } else if now < timing.ends_at_ms {
+                    "open"
+                } else {
+                    "closed"
+                },
+                starts_at_ms: timing.starts_at_ms,
+                ends_at_ms: timing.ends_at_ms,
+                min_shake_interval_ms: timing.min_shake_interval_ms,
+                prizes: round.pool().items().len(),
+                awarded: round.pool().awarded_count(),
+                cash_left_cents,
+                gifts_left,
+            }
+        })
+        .collect()
 }
 
 /// Answers one admin API request (a command waits in `waiting` until it is recorded).
@@ -717,37 +808,17 @@ fn admin_request(
             let _ = reply.send(answer);
         }
         AdminRequest::Rounds { reply } => {
-            let now = now_ms();
-            let rounds = core
-                .draw()
-                .rounds()
-                .iter()
-                .map(|round| {
-                    let timing = round.timing();
-                    RoundView {
-                        round_id: round.config().id,
-                        phase: if now < timing.starts_at_ms {
-                            "waiting"
-                        } else if now < timing.ends_at_ms {
-                            "open"
-                        } else {
-                            "closed"
-                        },
-                        starts_at_ms: timing.starts_at_ms,
-                        ends_at_ms: timing.ends_at_ms,
-                        min_shake_interval_ms: timing.min_shake_interval_ms,
-                        prizes: round.pool().items().len(),
-                        awarded: round.pool().awarded_count(),
-                    }
-                })
-                .collect();
-            let _ = reply.send(rounds);
+            let _ = reply.send(round_views(core, now_ms()));
         }
         AdminRequest::Audit { reply } => {
             let _ = reply.send(core.command_log().to_vec());
         }
         AdminRequest::Awards { reply, .. } => {
             let _ = reply.send(Err("awards are read by the commit thread".into()));
+        }
+        AdminRequest::Dashboard { reply } => {
+            let _ =
+                reply.send(Dashboard { now_ms: now_ms(), leading: true, ..Dashboard::default() });
         }
     }
 }

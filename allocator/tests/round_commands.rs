@@ -6,7 +6,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -14,53 +14,6 @@ use common::*;
 use shake_ops::http::{body_of, request_with, status_of};
 use shake_proto::allocator::PROTOCOL_VERSION;
 use shake_proto::{AllocatorFrame, Batch, BatchEntry, RoundPhase};
-
-const TOKEN: &str = "control-room-token-0123456789";
-
-fn config(scratch: &Scratch) -> PathBuf {
-    let token = scratch.dir.join("admin.token");
-    std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
-    let path = scratch.dir.join("allocator.toml");
-    let later = now_ms() + 3_600_000;
-    std::fs::write(
-        &path,
-        format!(
-            r#"listen = "127.0.0.1:0"
-metrics_listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-admin_token_file = "{token}"
-ledger_path = "{ledger}"
-[tls]
-cert = "{certs}/allocator.pem"
-key = "{certs}/allocator.key"
-edge_ca = "{certs}/ca.pem"
-[[rounds]]
-id = 1
-starts_at_ms = {later}
-duration_s = 60
-seed = 7
-release = "immediate"
-[rounds.cash]
-total_cents = 1000
-envelopes = 10
-[[rounds]]
-id = 2
-starts_at_ms = {after}
-duration_s = 60
-seed = 8
-[rounds.cash]
-total_cents = 1000
-envelopes = 10
-"#,
-            token = token.display(),
-            ledger = scratch.dir.join("ledger").display(),
-            certs = scratch.dir.join("certs").display(),
-            after = later + 600_000,
-        ),
-    )
-    .unwrap();
-    path
-}
 
 /// The allocator and its admin API's address (from its ready line).
 fn admin_addr(config: &Path) -> (Allocator, SocketAddr) {
@@ -119,7 +72,7 @@ async fn round_one(stream: &mut EdgeStream) -> (RoundPhase, u64, u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn go_opens_an_armed_round_and_every_command_is_recorded_once() {
     let scratch = Scratch::new("commands");
-    let config = config(&scratch);
+    let config = scratch.admin_config();
     let (mut alloc, admin) = admin_addr(&config);
     let mut stream = edge(&alloc, &scratch).await;
     assert_eq!(round_one(&mut stream).await.0, RoundPhase::Waiting);

@@ -110,19 +110,53 @@ pub fn request_with(
     path: &str,
     headers: &[(&str, &str)],
 ) -> std::io::Result<String> {
+    request_with_body(addr, method, path, headers, b"")
+}
+
+/// [`request_with`] and a body (sent with its length; a `POST` always says one).
+pub fn request_with_body(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<String> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr)?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     let extra: String =
         headers.iter().map(|(name, value)| format!("{name}: {value}\r\n")).collect();
-    let length = if method == "POST" { "Content-Length: 0\r\n" } else { "" };
+    let length = if method == "POST" || !body.is_empty() {
+        format!("Content-Length: {}\r\n", body.len())
+    } else {
+        String::new()
+    };
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: shake\r\nConnection: close\r\n{extra}{length}\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra}{length}\r\n"
     );
     stream.write_all(head.as_bytes())?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text)?;
-    Ok(text)
+    stream.write_all(body)?;
+    // Until the server closes, or as far as its Content-Length says (some servers keep the
+    // connection open whatever the request asked).
+    let mut raw = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        let read = stream.read(&mut chunk)?;
+        if read == 0 {
+            break;
+        }
+        raw.extend_from_slice(&chunk[..read]);
+        if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+            let declared = head.lines().find_map(|l| {
+                l.strip_prefix("content-length:").and_then(|v| v.trim().parse::<usize>().ok())
+            });
+            if declared.is_some_and(|len| raw.len() >= end + 4 + len) {
+                break;
+            }
+        }
+    }
+    Ok(String::from_utf8_lossy(&raw).into_owned())
 }
 
 /// A blocking `GET path` on `addr`: the whole response, headers included.

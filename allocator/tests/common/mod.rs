@@ -19,6 +19,9 @@ use tokio::io::AsyncReadExt;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_shake-allocator");
 
+/// The admin API token of [`Scratch::admin_config`].
+pub const TOKEN: &str = "control-room-token-0123456789";
+
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
 }
@@ -55,6 +58,53 @@ impl Scratch {
             "ledger = \"postgres\"\n[postgres]\nurl = \"{url}\"\nnode = \"{node}\"\nlease_ms = 1500\nstandby_poll_ms = 100\n"
         );
         self.write_config(&format!("allocator-{node}.toml"), &ledger, round_extra)
+    }
+
+    /// A configuration with the admin API on (token [`TOKEN`]) and two rounds armed for later
+    /// (round 1 in an hour, all its 10 envelopes released at its opening; round 2 after it).
+    pub fn admin_config(&self) -> PathBuf {
+        let token = self.dir.join("admin.token");
+        std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
+        let path = self.dir.join("allocator.toml");
+        let later = now_ms() + 3_600_000;
+        std::fs::write(
+            &path,
+            format!(
+                r#"listen = "127.0.0.1:0"
+metrics_listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+admin_token_file = "{token}"
+ledger_path = "{ledger}"
+[tls]
+cert = "{certs}/allocator.pem"
+key = "{certs}/allocator.key"
+edge_ca = "{certs}/ca.pem"
+[[rounds]]
+id = 1
+starts_at_ms = {later}
+duration_s = 60
+seed = 7
+release = "immediate"
+[rounds.cash]
+total_cents = 1000
+envelopes = 10
+[[rounds]]
+id = 2
+starts_at_ms = {after}
+duration_s = 60
+seed = 8
+[rounds.cash]
+total_cents = 1000
+envelopes = 10
+"#,
+                token = token.display(),
+                ledger = self.dir.join("ledger").display(),
+                certs = self.dir.join("certs").display(),
+                after = later + 600_000,
+            ),
+        )
+        .unwrap();
+        path
     }
 
     fn write_config(&self, name: &str, ledger: &str, round_extra: &str) -> PathBuf {
