@@ -30,6 +30,7 @@ use shake_proto::{
 use crate::award::{Award, BatchKey, WorkerKey};
 use crate::draw::{Draw, RoundDraw};
 use crate::ledger::{AnsweredBatch, WorkerRecord};
+use crate::owed::OwedAwards;
 use crate::quota::{self, EdgeQuota, QuotaPlanner};
 use crate::round_command::{CommandBook, Refusal, RoundCommand, RoundTiming, Submitted};
 use crate::user_rate::{UserRateSettings, UserRates};
@@ -84,6 +85,8 @@ struct StreamInfo {
     instance_id: u64,
     /// The edge understands `UsersLimited` (protocol 3 on).
     hears_limits: bool,
+    /// The edge understands `AwardsOwed` (protocol 4 on).
+    hears_owed: bool,
 }
 
 /// One edge worker: its current instance and that instance's unconfirmed answers.
@@ -185,6 +188,8 @@ pub struct CoreCounters {
     pub users_limited: u64,
     /// Users evicted from the per-user table while over the rate.
     pub users_evicted: u64,
+    /// `AwardsOwed` frames sent to edges for sessions that started.
+    pub awards_owed_sent: u64,
 }
 
 /// The allocator's state.
@@ -203,6 +208,7 @@ pub struct Core {
     next_sweep_ms: u64,
     scratch: Vec<Award>,
     commands: CommandBook,
+    owed: OwedAwards,
 }
 
 impl Core {
@@ -223,6 +229,7 @@ impl Core {
             next_sweep_ms: 0,
             scratch: Vec::new(),
             commands: CommandBook::default(),
+            owed: OwedAwards::default(),
         }
     }
 
@@ -378,8 +385,11 @@ impl Core {
             out.push(Effect::Close(old, ErrorCode::DuplicateWorker));
         }
         let hears_limits = hello.protocol_version >= 3;
-        self.streams
-            .insert(stream, StreamInfo { worker, instance_id: hello.instance_id, hears_limits });
+        let hears_owed = hello.protocol_version >= 4;
+        self.streams.insert(
+            stream,
+            StreamInfo { worker, instance_id: hello.instance_id, hears_limits, hears_owed },
+        );
         for round in self.draw.rounds() {
             out.push(Effect::Send(stream, round_state_frame(round, now_ms)));
         }
@@ -498,7 +508,42 @@ impl Core {
 
     /// Phones acknowledged these awards.
     pub fn on_delivered(&mut self, award_ids: Vec<u64>, out: &mut Vec<Effect>) {
+        for id in &award_ids {
+            self.owed.delivered(*id);
+        }
         out.push(Effect::MarkDelivered(award_ids));
+    }
+
+    /// Takes back the awards the ledger holds undelivered (before serving).
+    pub fn restore_owed<'a>(&mut self, awards: impl IntoIterator<Item = &'a Award>) {
+        for award in awards {
+            self.owed.add(award);
+        }
+    }
+
+    /// These awards are durable: owed to their users until a phone acknowledges them.
+    pub fn on_awards_durable(&mut self, awards: &[Award]) {
+        for award in awards {
+            self.owed.add(award);
+        }
+    }
+
+    /// Sessions of these users started at the edge of `stream`: it gets what they are owed.
+    pub fn on_awards_wanted(&mut self, stream: StreamId, user_ids: &[u64], out: &mut Vec<Effect>) {
+        if !self.streams.get(&stream).is_some_and(|s| s.hears_owed) {
+            return;
+        }
+        for user in user_ids {
+            for frame in self.owed.frames_for(*user) {
+                self.counters.awards_owed_sent += 1;
+                out.push(Effect::Send(stream, frame));
+            }
+        }
+    }
+
+    /// Awards owed now (durable, not acknowledged).
+    pub fn owed_awards(&self) -> usize {
+        self.owed.len()
     }
 
     /// An edge reported its load.

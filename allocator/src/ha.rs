@@ -376,6 +376,7 @@ fn read_to_the_end(
         answers: tail.answers,
         workers: tail.workers,
         commands: tail.commands,
+        owed: ledger.undelivered_awards()?,
     };
     Ok((rebuilt, read))
 }

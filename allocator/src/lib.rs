@@ -7,6 +7,7 @@
 //! - [`pool`]: one round's prizes in release order, released and available by kind.
 //! - [`draw`]: the sans-IO draw over a batch, deterministic for a seed and input order.
 //! - [`award`]: the award row and its stored encoding; [`export`]: award rows as JSON.
+//! - [`owed`]: awards not yet acknowledged, by user, sent again when the user reconnects.
 //! - [`quota`]: sharing the fleet's admission rate between edges.
 //! - [`round_command`]: live round commands (go, extend, close, interval), checked and replayed.
 //! - [`core`]: the sans-IO state machine: streams, batches, exactly-once answers, quotas.
@@ -28,6 +29,7 @@ pub mod export;
 mod ha;
 pub mod ledger;
 pub mod metrics;
+pub mod owed;
 pub mod pool;
 pub mod quota;
 pub mod round_command;

@@ -57,6 +57,11 @@ pub struct Metrics {
     pub leader_epoch: Gauge,
     /// Leadership terms won, and how each ended (`outcome`: won, lost, fenced, failed).
     pub leadership: Family<Labels, Counter>,
+    /// Awards durable and not yet acknowledged by a phone (sent again at the user's next
+    /// session).
+    pub awards_owed: Gauge,
+    /// `AwardsOwed` frames sent to edges for users whose session started.
+    pub awards_owed_sent: Counter,
     /// Awards a standby replayed from the log while standing by (its pools and caps warm).
     pub awards_followed: Counter,
     /// Awards the last takeover had to read because the standby had not followed them yet.
@@ -96,6 +101,8 @@ impl Metrics {
             users_tracked: Gauge::default(),
             leader_epoch: Gauge::default(),
             leadership: Family::default(),
+            awards_owed: Gauge::default(),
+            awards_owed_sent: Counter::default(),
             awards_followed: Counter::default(),
             takeover_tail_awards: Gauge::default(),
             registry: Registry::default(),
@@ -181,6 +188,16 @@ impl Metrics {
             "leadership",
             "Leadership terms won and how they ended",
             m.leadership.clone(),
+        );
+        registry.register(
+            "awards_owed",
+            "Awards durable and not yet acknowledged by a phone",
+            m.awards_owed.clone(),
+        );
+        registry.register(
+            "awards_owed_sent",
+            "AwardsOwed frames sent for sessions that started",
+            m.awards_owed_sent.clone(),
         );
         registry.register(
             "awards_followed",

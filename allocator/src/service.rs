@@ -93,6 +93,7 @@ enum ActorMsg {
     Batch { stream: StreamId, batch: Batch },
     Load { stream: StreamId, window_ms: u32, offered: u64 },
     Delivered(Vec<u64>),
+    AwardsWanted { stream: StreamId, user_ids: Vec<u64> },
     Closed(StreamId),
 }
 
@@ -102,6 +103,8 @@ type Committed = Result<CommittedGroup, String>;
 /// What one group commit made durable.
 struct CommittedGroup {
     batches: Vec<(BatchKey, Bytes)>,
+    /// The awards of those batches, now owed to their users until acknowledged.
+    awards: Vec<Award>,
     commands: Vec<RoundCommand>,
 }
 
@@ -341,6 +344,8 @@ pub(crate) struct Rebuilt {
     pub(crate) answers: HashMap<BatchKey, Bytes>,
     pub(crate) workers: Vec<WorkerRecord>,
     pub(crate) commands: Vec<RoundCommand>,
+    /// Awards not yet acknowledged by a phone.
+    pub(crate) owed: Vec<Award>,
 }
 
 impl Rebuilt {
@@ -350,11 +355,13 @@ impl Rebuilt {
         for award in &snapshot.awards {
             draw.restore(award)?;
         }
+        let owed = snapshot.awards.into_iter().filter(|a| !a.delivered).collect();
         Ok(Self {
             draw,
             answers: snapshot.answers,
             workers: snapshot.workers,
             commands: snapshot.commands,
+            owed,
         })
     }
 }
@@ -381,7 +388,7 @@ pub(crate) fn lead(
     shared: &Shared,
     shutdown: Shutdown,
 ) -> Result<tokio::task::JoinHandle<Result<(), ServeError>>, ServeError> {
-    let Rebuilt { draw, answers, workers, commands } = rebuilt;
+    let Rebuilt { draw, answers, workers, commands, owed } = rebuilt;
     let (metrics, health) = (shared.metrics.clone(), shared.health.clone());
     tracing::info!(
         answers = answers.len(),
@@ -397,6 +404,8 @@ pub(crate) fn lead(
     let mut restored = Vec::new();
     core.restore(workers, answers, &mut restored);
     core.restore_commands(commands).map_err(ServeError::Commands)?;
+    core.restore_owed(&owed);
+    drop(owed);
     update_gauges(&core, &metrics);
     health.ledger_failed.store(false, Ordering::Relaxed);
 
@@ -517,8 +526,10 @@ fn commit_loop(
                         ])
                         .inc();
                 }
+                let awards = group.batches.iter().flat_map(|b| b.awards.iter().cloned()).collect();
                 Ok(CommittedGroup {
                     batches: group.batches.into_iter().map(|b| (b.key, b.answer)).collect(),
+                    awards,
                     commands: group.commands,
                 })
             }
@@ -552,6 +563,7 @@ fn serve_reads(ledger: &mut dyn LedgerStore, reads: Vec<AwardRead>) {
 
 fn update_gauges(core: &Core, metrics: &Metrics) {
     metrics.answers_stored.set(core.stored_answers() as i64);
+    metrics.awards_owed.set(core.owed_awards() as i64);
     metrics.users_tracked.set(core.tracked_users() as i64);
     for round in core.draw().rounds() {
         let left = round.pool().items().len() - round.pool().awarded_count();
@@ -602,6 +614,7 @@ async fn actor_loop(
             _ = shutdown.stop.cancelled() => return Ok(()),
             done = pipes.committed.recv() => match done {
                 Some(Ok(done)) => {
+                    core.on_awards_durable(&done.awards);
                     core.on_committed(&done.batches, &mut effects);
                     for command in done.commands {
                         let timing = core.on_command_recorded(&command, now_ms(), &mut effects);
@@ -679,6 +692,9 @@ async fn actor_loop(
                         core.on_load_report(stream, window_ms, offered, now_ms());
                     }
                     ActorMsg::Delivered(ids) => core.on_delivered(ids, &mut effects),
+                    ActorMsg::AwardsWanted { stream, user_ids } => {
+                        core.on_awards_wanted(stream, &user_ids, &mut effects);
+                    }
                     ActorMsg::Closed(stream) => {
                         edges.stream_of.remove(&stream);
                         outgoing.remove(&stream);
@@ -703,6 +719,7 @@ async fn actor_loop(
             .inc_by(now.entries_over_user_rate - counted.entries_over_user_rate);
         metrics.users_limited.inc_by(now.users_limited - counted.users_limited);
         metrics.users_evicted.inc_by(now.users_evicted - counted.users_evicted);
+        metrics.awards_owed_sent.inc_by(now.awards_owed_sent - counted.awards_owed_sent);
         counted = now;
     }
 }
@@ -1026,6 +1043,9 @@ async fn serve_stream(
                         }
                         (AllocatorFrame::AwardDelivered { award_ids }, false) => {
                             ActorMsg::Delivered(award_ids)
+                        }
+                        (AllocatorFrame::AwardsWanted { user_ids }, false) => {
+                            ActorMsg::AwardsWanted { stream, user_ids }
                         }
                         (AllocatorFrame::ResultsReceived { highest_answered_seq }, false) => {
                             ActorMsg::ResultsReceived { stream, highest: highest_answered_seq }

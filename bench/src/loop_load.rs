@@ -529,10 +529,14 @@ impl PhonesShell {
                 }
                 SessionEvent::Award { award_id, round_id, .. } => {
                     let phone = &mut self.phones[at];
-                    self.report.awards.push((phone.index, award_id, round_id));
-                    if let Some(from) = phone.last_forwarded {
-                        let us = now.saturating_duration_since(from).as_micros() as u64;
-                        self.report.award_us.saturating_record(us.max(1));
+                    // Told again (an award owed from an earlier session): counted once,
+                    // acknowledged again.
+                    if !self.report.awards.iter().rev().any(|a| a.1 == award_id) {
+                        self.report.awards.push((phone.index, award_id, round_id));
+                        if let Some(from) = phone.last_forwarded {
+                            let us = now.saturating_duration_since(from).as_micros() as u64;
+                            self.report.award_us.saturating_record(us.max(1));
+                        }
                     }
                     if let Some(session) = &mut phone.session {
                         session.ack_award(award_id);

@@ -70,6 +70,8 @@ pub struct Counts {
     pub awards_written: u64,
     /// Awards whose phone had left (they stay undelivered in the ledger).
     pub awards_orphaned: u64,
+    /// Awards the allocator still owed a user, written to the user's new session.
+    pub awards_owed_written: u64,
     /// Answers whose digest named another batch: nothing announced.
     pub answers_mismatched: u64,
     /// Answers for no batch in flight (duplicates).
@@ -151,6 +153,9 @@ impl<X> WorkerCore<X> {
     pub fn add_phone(&mut self, user_id: u64, ext: X, now_us: u64) -> PhoneRef {
         let bucket = self.admission.new_phone_bucket(now_us);
         let limited_until_ms = self.limited.get(&user_id).copied().unwrap_or(0);
+        // What the allocator still owes this user (an award whose phone had gone) comes back
+        // as `AwardsOwed`.
+        self.uplink.want_awards(user_id);
         self.phones.insert(Phone { user_id, bucket, limited_until_ms, ext })
     }
 
@@ -300,6 +305,29 @@ impl<X> WorkerCore<X> {
             }
             AllocatorFrame::UsersLimited { until_ms, user_ids } => {
                 self.on_users_limited(&user_ids, until_ms, now_ms);
+            }
+            AllocatorFrame::AwardsOwed { user_id, awards } => {
+                // Rare (a user owed an award whose session started): a pass over the phones.
+                let phones: Vec<PhoneRef> = self
+                    .phones
+                    .entries()
+                    .filter(|(_, phone)| phone.user_id == user_id)
+                    .map(|(at, _)| at)
+                    .collect();
+                for at in phones {
+                    for award in &awards {
+                        self.awards.sent(award.award_id, user_id, now_ms);
+                        self.counts.awards_owed_written += 1;
+                        out.push(PhoneEffect::ToPhone(
+                            at,
+                            ControlFrame::Award {
+                                award_id: award.award_id,
+                                round_id: award.round_id,
+                                prize: award.prize.clone(),
+                            },
+                        ));
+                    }
+                }
             }
             AllocatorFrame::Heartbeat { .. } => {}
             other => tracing::warn!(frame = other.name(), "unexpected frame from the allocator"),

@@ -224,6 +224,7 @@ impl EdgeMetrics {
         Self::add(&self.refused, "reason", "user_limited", c.user_limited);
         Self::add(&self.awards, "delivery", "written", c.awards_written);
         Self::add(&self.awards, "delivery", "phone_gone", c.awards_orphaned);
+        Self::add(&self.awards, "delivery", "owed_written", c.awards_owed_written);
         Self::add(&self.batch_answers, "outcome", "mismatched", c.answers_mismatched);
         Self::add(&self.batch_answers, "outcome", "unknown", c.answers_unknown);
         Self::add(&self.award_acks, "outcome", "accepted", c.acks_accepted);

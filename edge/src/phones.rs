@@ -87,6 +87,14 @@ impl<T> PhoneTable<T> {
         self.slots.iter().filter_map(|s| s.phone.as_ref())
     }
 
+    /// Where every phone sits, with the phone.
+    pub fn entries(&self) -> impl Iterator<Item = (PhoneRef, &T)> {
+        self.slots.iter().enumerate().filter_map(|(slot, s)| {
+            let at = PhoneRef { slot: slot as u32, generation: s.generation };
+            s.phone.as_ref().map(|phone| (at, phone))
+        })
+    }
+
     /// Every phone, mutably.
     pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut T> {
         self.slots.iter_mut().filter_map(|s| s.phone.as_mut())

@@ -18,7 +18,7 @@ use std::collections::VecDeque;
 
 use bytes::{Bytes, BytesMut};
 use shake_proto::allocator::PROTOCOL_VERSION;
-use shake_proto::limits::MAX_DELIVERED_IDS;
+use shake_proto::limits::{MAX_DELIVERED_IDS, MAX_WANTED_USERS};
 use shake_proto::{AllocatorFrame, BatchDigest};
 
 use crate::admission::LoadCounts;
@@ -26,6 +26,8 @@ use crate::batcher::{Answer, BatchSettings, Batcher};
 
 /// Acknowledgements waiting for the link, at most.
 pub const MAX_QUEUED_ACKS: usize = 65_536;
+/// Users waiting to be asked about (`AwardsWanted`) on one worker, at most.
+pub const MAX_QUEUED_WANTED: usize = 4_096;
 
 /// Who this worker is, to the allocator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +61,9 @@ pub struct Uplink<R> {
     load: Option<LoadCounts>,
     acks: VecDeque<u64>,
     acks_dropped: u64,
+    /// Users whose session started: the allocator is asked what it owes them.
+    wanted: VecDeque<u64>,
+    wanted_dropped: u64,
     scratch: BytesMut,
 }
 
@@ -75,6 +80,8 @@ impl<R: Copy> Uplink<R> {
             load: None,
             acks: VecDeque::new(),
             acks_dropped: 0,
+            wanted: VecDeque::new(),
+            wanted_dropped: 0,
             scratch: BytesMut::with_capacity(64 * 1024),
         }
     }
@@ -127,6 +134,21 @@ impl<R: Copy> Uplink<R> {
     /// The latest load report (replaces one not yet sent).
     pub fn queue_load(&mut self, load: LoadCounts) {
         self.load = Some(load);
+    }
+
+    /// A session of `user_id` started: ask the allocator for the awards it owes the user.
+    /// Bounded: past [`MAX_QUEUED_WANTED`] the oldest ask is dropped (and counted).
+    pub fn want_awards(&mut self, user_id: u64) {
+        if self.wanted.len() >= MAX_QUEUED_WANTED {
+            self.wanted.pop_front();
+            self.wanted_dropped += 1;
+        }
+        self.wanted.push_back(user_id);
+    }
+
+    /// Asks for owed awards dropped because too many waited.
+    pub fn wanted_dropped(&self) -> u64 {
+        self.wanted_dropped
     }
 
     /// A phone acknowledged an award (already checked against the award book).
@@ -190,6 +212,11 @@ impl<R: Copy> Uplink<R> {
             let n = self.acks.len().min(MAX_DELIVERED_IDS);
             let award_ids: Vec<u64> = self.acks.drain(..n).collect();
             return Some(self.encode(&AllocatorFrame::AwardDelivered { award_ids }));
+        }
+        if !self.wanted.is_empty() {
+            let n = self.wanted.len().min(MAX_WANTED_USERS);
+            let user_ids: Vec<u64> = self.wanted.drain(..n).collect();
+            return Some(self.encode(&AllocatorFrame::AwardsWanted { user_ids }));
         }
         None
     }
@@ -296,5 +323,26 @@ mod tests {
             .collect();
         assert_eq!(acked.len(), MAX_QUEUED_ACKS);
         assert_eq!(acked[0], 10, "the oldest were dropped");
+    }
+
+    #[test]
+    fn users_whose_sessions_started_are_asked_about_in_bounded_frames() {
+        let mut up = uplink();
+        for user in 0..(MAX_QUEUED_WANTED as u64 + 7) {
+            up.want_awards(user);
+        }
+        assert_eq!(up.wanted_dropped(), 7);
+        up.link_up();
+        let asked: Vec<Vec<u64>> = drain(&mut up)
+            .into_iter()
+            .filter_map(|f| match f {
+                AllocatorFrame::AwardsWanted { user_ids } => Some(user_ids),
+                _ => None,
+            })
+            .collect();
+        assert!(asked.iter().all(|ids| ids.len() <= MAX_WANTED_USERS));
+        let all: Vec<u64> = asked.concat();
+        assert_eq!(all.len(), MAX_QUEUED_WANTED);
+        assert_eq!(all[0], 7, "the oldest asks were dropped");
     }
 }

@@ -198,3 +198,51 @@ async fn only_the_winner_can_acknowledge_an_award() {
     assert_eq!(rows.len(), 1);
     assert!(rows[0].delivered && rows[0].user_id == 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_award_the_phone_never_acknowledged_reaches_its_next_session() {
+    let mut world =
+        World::start(WorldSettings { envelopes: 100_000, ..WorldSettings::default() }).await;
+    let mut first = Phone::connect(&world).await;
+    first.hello(token(41, 3600)).await.unwrap();
+    first.shake(1, 1);
+    assert_eq!(first.outcome().await.unwrap().verdict, Verdict::Forwarded);
+    let ControlFrame::Award { award_id, round_id, prize } = first.next_award().await.unwrap()
+    else {
+        panic!("expected an award")
+    };
+    // The phone goes away without acknowledging (a lost connection, an app killed), and the
+    // allocator restarts meanwhile: what it owes comes back from the ledger.
+    drop(first);
+    world.wait_for_allocator_metric("shake_allocator_awards_owed ", 1.0).await;
+    world.stop_allocator().await;
+    world.restart_allocator().await;
+    world.wait_for_metric("shake_edge_allocator_up", 1.0).await;
+
+    // The user's next session hears of it at once, and acknowledges it.
+    let mut again = Phone::connect(&world).await;
+    again.hello(token(41, 3600)).await.unwrap();
+    match again.next_award().await.unwrap() {
+        ControlFrame::Award { award_id: resent, round_id: r, prize: p } => {
+            assert_eq!((resent, r, p), (award_id, round_id, prize));
+        }
+        other => panic!("expected the owed award, got {other:?}"),
+    }
+    again.send_frame(&ControlFrame::AwardAck { award_id }).await;
+    world.wait_for_allocator_metric("shake_allocator_delivery_marks_total", 1.0).await;
+    world.wait_for_metric("shake_edge_awards_total{delivery=\"owed_written\"}", 1.0).await;
+    // Acknowledged, it is owed no more: another user's session and a third one of this user
+    // get nothing.
+    let mut other = Phone::connect(&world).await;
+    other.hello(token(42, 3600)).await.unwrap();
+    let mut third = Phone::connect(&world).await;
+    third.hello(token(41, 3600)).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(world.allocator_metric("shake_allocator_awards_owed "), 0.0);
+    assert_eq!(world.metric("shake_edge_awards_total{delivery=\"owed_written\"}"), 1.0);
+    world.stop_allocator().await;
+    let ledger = FjallLedger::open(&world.dir.join("ledger")).unwrap();
+    let rows = ledger.awards(|_| true).unwrap();
+    assert_eq!(rows.len(), 1);
+    assert!(rows[0].delivered && rows[0].user_id == 41);
+}

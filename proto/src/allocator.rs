@@ -15,14 +15,15 @@ use bytes::{Bytes, BytesMut};
 use crate::frame::{self, FrameStart};
 use crate::limits::{
     MAX_ALLOCATOR_PAYLOAD, MAX_BATCH_ENTRIES, MAX_DELIVERED_IDS, MAX_LIMITED_USERS,
+    MAX_OWED_AWARDS, MAX_WANTED_USERS,
 };
 use crate::reader::Reader;
 use crate::{DecodeError, Prize, RoundInfo, varint};
 
 /// The edge-allocator protocol version this crate speaks. ALPN `shake-alloc/3` carries the
-/// layout; versions within it add frames compatibly (3 added `UsersLimited`), and a side only
-/// sends a frame the peer's version knows.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// layout; versions within it add frames compatibly (3 added `UsersLimited`, 4 `AwardsWanted`
+/// and `AwardsOwed`), and a side only sends a frame the peer's version knows.
+pub const PROTOCOL_VERSION: u32 = 4;
 /// The oldest version an allocator of this crate still serves.
 pub const MIN_PROTOCOL_VERSION: u32 = 2;
 
@@ -66,6 +67,21 @@ pub mod frame_type {
     pub const RESULTS_RECEIVED: u64 = 0x29;
     /// [`UsersLimited`](super::AllocatorFrame::UsersLimited)
     pub const USERS_LIMITED: u64 = 0x2a;
+    /// [`AwardsWanted`](super::AllocatorFrame::AwardsWanted)
+    pub const AWARDS_WANTED: u64 = 0x2b;
+    /// [`AwardsOwed`](super::AllocatorFrame::AwardsOwed)
+    pub const AWARDS_OWED: u64 = 0x2c;
+}
+
+/// An award granted to a user and not yet acknowledged by any of their phones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwedAward {
+    /// The award.
+    pub award_id: u64,
+    /// The round it was won in.
+    pub round_id: u32,
+    /// What it pays.
+    pub prize: Prize,
 }
 
 /// One admitted shake inside a batch.
@@ -373,6 +389,20 @@ pub enum AllocatorFrame {
         /// The users (1 to [`MAX_LIMITED_USERS`]).
         user_ids: Vec<u64>,
     },
+    /// Edge -> allocator (version 4): these users' sessions just started on this worker; the
+    /// allocator answers an `AwardsOwed` for each of them it owes awards.
+    AwardsWanted {
+        /// The users (1 to [`MAX_WANTED_USERS`]).
+        user_ids: Vec<u64>,
+    },
+    /// Allocator -> edge (version 4): awards granted to this user, durable, that no phone
+    /// has acknowledged yet. The edge sends each to the user's phones as an `Award`.
+    AwardsOwed {
+        /// The user.
+        user_id: u64,
+        /// The awards (1 to [`MAX_OWED_AWARDS`]).
+        awards: Vec<OwedAward>,
+    },
 }
 
 impl AllocatorFrame {
@@ -451,6 +481,27 @@ impl AllocatorFrame {
                     varint::put(out, *id);
                 }
             }
+            AllocatorFrame::AwardsWanted { user_ids } => {
+                assert!(
+                    (1..=MAX_WANTED_USERS).contains(&user_ids.len()),
+                    "AwardsWanted carries 1 to {MAX_WANTED_USERS} ids"
+                );
+                for id in user_ids {
+                    varint::put(out, *id);
+                }
+            }
+            AllocatorFrame::AwardsOwed { user_id, awards } => {
+                assert!(
+                    (1..=MAX_OWED_AWARDS).contains(&awards.len()),
+                    "AwardsOwed carries 1 to {MAX_OWED_AWARDS} awards"
+                );
+                varint::put(out, *user_id);
+                for award in awards {
+                    varint::put(out, award.award_id);
+                    varint::put(out, u64::from(award.round_id));
+                    award.prize.encode(out);
+                }
+            }
         }
         frame::finish(out, start);
     }
@@ -469,6 +520,8 @@ impl AllocatorFrame {
             AllocatorFrame::Heartbeat { .. } => HEARTBEAT,
             AllocatorFrame::ResultsReceived { .. } => RESULTS_RECEIVED,
             AllocatorFrame::UsersLimited { .. } => USERS_LIMITED,
+            AllocatorFrame::AwardsWanted { .. } => AWARDS_WANTED,
+            AllocatorFrame::AwardsOwed { .. } => AWARDS_OWED,
         }
     }
 
@@ -485,6 +538,8 @@ impl AllocatorFrame {
             AllocatorFrame::Heartbeat { .. } => "heartbeat",
             AllocatorFrame::ResultsReceived { .. } => "results_received",
             AllocatorFrame::UsersLimited { .. } => "users_limited",
+            AllocatorFrame::AwardsWanted { .. } => "awards_wanted",
+            AllocatorFrame::AwardsOwed { .. } => "awards_owed",
         }
     }
 
@@ -587,6 +642,37 @@ impl AllocatorFrame {
                     return Err(DecodeError::InvalidValue("user id count"));
                 }
                 AllocatorFrame::UsersLimited { until_ms, user_ids }
+            }
+            AWARDS_WANTED => {
+                let mut user_ids = Vec::new();
+                while !r.is_empty() {
+                    if user_ids.len() == MAX_WANTED_USERS {
+                        return Err(DecodeError::InvalidValue("user id count"));
+                    }
+                    user_ids.push(r.varint()?);
+                }
+                if user_ids.is_empty() {
+                    return Err(DecodeError::InvalidValue("user id count"));
+                }
+                AllocatorFrame::AwardsWanted { user_ids }
+            }
+            AWARDS_OWED => {
+                let user_id = r.varint()?;
+                let mut awards = Vec::new();
+                while !r.is_empty() {
+                    if awards.len() == MAX_OWED_AWARDS {
+                        return Err(DecodeError::InvalidValue("award count"));
+                    }
+                    awards.push(OwedAward {
+                        award_id: r.varint()?,
+                        round_id: r.varint_u32("round id")?,
+                        prize: Prize::decode(&mut r)?,
+                    });
+                }
+                if awards.is_empty() {
+                    return Err(DecodeError::InvalidValue("award count"));
+                }
+                AllocatorFrame::AwardsOwed { user_id, awards }
             }
             other => return Err(DecodeError::UnknownType(other)),
         };

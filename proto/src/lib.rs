@@ -32,7 +32,9 @@ pub mod token;
 mod types;
 pub mod varint;
 
-pub use allocator::{AllocatorFrame, Batch, BatchDigest, BatchEntry, BatchWriter, Winner};
+pub use allocator::{
+    AllocatorFrame, Batch, BatchDigest, BatchEntry, BatchWriter, OwedAward, Winner,
+};
 pub use control::ControlFrame;
 pub use datagram::{Datagram, Outcome, Outcomes, Shake};
 pub use error::DecodeError;

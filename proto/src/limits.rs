@@ -22,6 +22,10 @@ pub const MAX_BATCH_ENTRIES: usize = 16_384;
 pub const MAX_DELIVERED_IDS: usize = 4096;
 /// Most user ids in one `UsersLimited`.
 pub const MAX_LIMITED_USERS: usize = 1024;
+/// Most user ids in one `AwardsWanted` frame.
+pub const MAX_WANTED_USERS: usize = 1024;
+/// Most awards in one `AwardsOwed` frame (a user owed more gets several frames).
+pub const MAX_OWED_AWARDS: usize = 64;
 
 /// Batches of one edge worker instance drawn by the allocator and not yet confirmed by the
 /// edge (`ResultsReceived`); one more closes the stream with `FLOOD`.

@@ -7,8 +7,8 @@
 use bytes::{Bytes, BytesMut};
 use shake_proto::datagram::{self, Datagram};
 use shake_proto::{
-    AllocatorFrame, Batch, BatchEntry, Claims, ControlFrame, KeyRing, Outcome, Prize, RoundInfo,
-    RoundPhase, Shake, Verdict, Winner,
+    AllocatorFrame, Batch, BatchEntry, Claims, ControlFrame, KeyRing, Outcome, OwedAward, Prize,
+    RoundInfo, RoundPhase, Shake, Verdict, Winner,
 };
 
 enum Message {
@@ -166,6 +166,24 @@ fn vectors() -> Vec<(&'static str, Message)> {
             Allocator(AllocatorFrame::UsersLimited {
                 until_ms: 1_767_225_660_000,
                 user_ids: vec![1_000_001, 37],
+            }),
+        ),
+        (
+            "alloc.awards_wanted",
+            Allocator(AllocatorFrame::AwardsWanted { user_ids: vec![1_000_001, 37] }),
+        ),
+        (
+            "alloc.awards_owed",
+            Allocator(AllocatorFrame::AwardsOwed {
+                user_id: 1_000_001,
+                awards: vec![
+                    OwedAward { award_id: 77, round_id: 3, prize: Prize::Cash { cents: 888 } },
+                    OwedAward {
+                        award_id: 78,
+                        round_id: 3,
+                        prize: Prize::Gift { sku: "TEA-01".into() },
+                    },
+                ],
             }),
         ),
     ]

@@ -401,6 +401,11 @@ impl PostgresLedger {
         self.read_awards(after, limit, &mut |_| true)
     }
 
+    /// Every award no phone has acknowledged (what a new leader owes its users).
+    pub fn undelivered_awards(&mut self) -> Result<Vec<Award>, LedgerError> {
+        self.read_awards(0, i64::MAX, &mut |a| !a.delivered)
+    }
+
     /// A takeover's read, from one instant: the awards after `after` (those a standby has not
     /// followed yet), every stored answer and worker record, and how many awards there are in
     /// all (so the caller can check that what it followed plus the tail is everything).

@@ -559,7 +559,7 @@ async fn session_loop(
                             if let Some(intended) = last_forwarded {
                                 stats.histograms.lock().expect("stats lock").award.saturating_record(intended.elapsed().as_micros() as u64);
                             }
-                            stats.awards.lock().expect("stats lock").push(ReceivedAward { award_id, user_id, round_id });
+                            stats.award_received(ReceivedAward { award_id, user_id, round_id });
                             let mut ack = BytesMut::new();
                             ControlFrame::AwardAck { award_id }.encode(&mut ack);
                             if send.write_all(&ack).await.is_err() {

@@ -81,7 +81,7 @@ pub struct Stats {
     pub histograms: Mutex<Histograms>,
     /// Outcome latencies of the current second (for the time series).
     pub interval: Mutex<Option<Histogram<u64>>>,
-    /// Awards received.
+    /// Awards received (each once: see [`Stats::award_received`]).
     pub awards: Mutex<Vec<ReceivedAward>>,
     /// Forwarded shakes by user, for the users registered (honest and cheating), and whether
     /// each cheats.
@@ -111,6 +111,18 @@ pub fn verdict_index(verdict: Verdict) -> usize {
 pub const VERDICT_NAMES: [&str; 4] = ["no_luck", "slow_down", "round_closed", "forwarded"];
 
 impl Stats {
+    /// A phone was told of an award. An edge may tell a phone of an award again (an award
+    /// owed from an earlier session, crossing the batch's answer), and a phone app keeps one
+    /// per award id: so does the report. True the first time.
+    pub fn award_received(&self, award: ReceivedAward) -> bool {
+        let mut awards = self.awards.lock().expect("stats lock");
+        if awards.iter().rev().any(|a| a.award_id == award.award_id && a.user_id == award.user_id) {
+            return false;
+        }
+        awards.push(award);
+        true
+    }
+
     /// Counts one error of class `class`.
     pub fn error(&self, class: impl Into<String>) {
         *self.errors.lock().expect("stats lock").entry(class.into()).or_default() += 1;

@@ -4,11 +4,13 @@
 use bytes::Bytes;
 use proptest::collection::vec;
 use proptest::prelude::*;
-use shake_proto::limits::{MAX_DELIVERED_IDS, MAX_LIMITED_USERS, MAX_REASON, MAX_TOKEN};
+use shake_proto::limits::{
+    MAX_DELIVERED_IDS, MAX_LIMITED_USERS, MAX_OWED_AWARDS, MAX_REASON, MAX_TOKEN, MAX_WANTED_USERS,
+};
 use shake_proto::varint::MAX;
 use shake_proto::{
-    AllocatorFrame, Batch, BatchDigest, BatchEntry, ControlFrame, Outcome, Prize, RoundInfo,
-    RoundPhase, Shake, Verdict, Winner,
+    AllocatorFrame, Batch, BatchDigest, BatchEntry, ControlFrame, Outcome, OwedAward, Prize,
+    RoundInfo, RoundPhase, Shake, Verdict, Winner,
 };
 
 pub fn varint() -> impl Strategy<Value = u64> {
@@ -132,5 +134,16 @@ pub fn allocator_frame() -> impl Strategy<Value = AllocatorFrame> {
         }),
         (varint(), vec(varint(), 1..=MAX_LIMITED_USERS))
             .prop_map(|(until_ms, user_ids)| AllocatorFrame::UsersLimited { until_ms, user_ids }),
+        vec(varint(), 1..=MAX_WANTED_USERS)
+            .prop_map(|user_ids| AllocatorFrame::AwardsWanted { user_ids }),
+        (varint(), vec((varint(), any::<u32>(), prize()), 1..=MAX_OWED_AWARDS)).prop_map(
+            |(user_id, awards)| AllocatorFrame::AwardsOwed {
+                user_id,
+                awards: awards
+                    .into_iter()
+                    .map(|(award_id, round_id, prize)| OwedAward { award_id, round_id, prize })
+                    .collect(),
+            }
+        ),
     ]
 }
