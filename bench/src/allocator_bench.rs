@@ -1,5 +1,7 @@
 //! `allocator`: the draw's decisions per second (1,024-entry batches, one core, in memory) and
-//! awards made durable per second through the real ledger (fjall, fsync per group commit).
+//! awards made durable per second through the real ledger: fjall (fsync per group commit), and
+//! PostgreSQL beside it in the same run (a primary whose commits wait for a synchronous
+//! standby, both started here on loopback by `scripts/pg-cluster.sh`).
 //!
 //! The draw scenario is the one quotas aim for: prizes released linearly, and about a quarter
 //! of the entries arriving while a released prize is left (oversampling 4), users spread over
@@ -36,6 +38,9 @@ pub struct AllocatorFigures {
     pub win_ratio: f64,
     /// Awards made durable per second, by batches per group (about 256 awards per batch).
     pub durable_by_group: Vec<(usize, usize, f64)>,
+    /// The same on PostgreSQL with a synchronous standby, and each group size's commit p99 in
+    /// milliseconds; or why it could not run.
+    pub postgres: Result<Vec<(usize, usize, f64, f64)>, String>,
 }
 
 fn round() -> RoundConfig {
@@ -143,12 +148,99 @@ pub fn run(runs: usize, dir: &Path) -> AllocatorFigures {
         drop(ledger);
         let _ = std::fs::remove_dir_all(&path);
     }
+    let postgres = postgres_run(&answered, dir);
     AllocatorFigures {
+        postgres,
         decisions_per_s: stats::median(&rates).unwrap_or(0.0),
         decisions_without_user_rate_per_s: stats::median(&without).unwrap_or(0.0),
         win_ratio: won as f64 / (batches.len() * BATCH_ENTRIES) as f64,
         durable_by_group,
     }
+}
+
+/// The same groups committed to PostgreSQL (a primary and one synchronous standby on free
+/// loopback ports): awards per second and commit p99 by group size.
+fn postgres_run(
+    answered: &[AnsweredBatch],
+    dir: &Path,
+) -> Result<Vec<(usize, usize, f64, f64)>, String> {
+    use shake_allocator::ledger::{LedgerStore, PostgresLedger, lease};
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/pg-cluster.sh");
+    let free_port = || -> Result<u16, String> {
+        let socket = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+        Ok(socket.local_addr().map_err(|e| e.to_string())?.port())
+    };
+    let cluster = |args: &[&str]| -> Result<(), String> {
+        let output = std::process::Command::new("bash")
+            .arg(&script)
+            .args(args)
+            .output()
+            .map_err(|e| format!("running pg-cluster.sh: {e}"))?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&output.stderr).trim().to_owned())
+        }
+    };
+    let (primary, standby) = (dir.join("pg-primary"), dir.join("pg-standby"));
+    let (primary_port, standby_port) = (free_port()?, free_port()?);
+    let stop = || {
+        for server in [&standby, &primary] {
+            let _ = cluster(&["stop", &server.display().to_string(), "immediate"]);
+        }
+    };
+    let measured = (|| {
+        cluster(&["primary", &primary.display().to_string(), &primary_port.to_string(), "s1"])?;
+        cluster(&[
+            "standby",
+            &standby.display().to_string(),
+            &standby_port.to_string(),
+            &primary_port.to_string(),
+            "s1",
+        ])?;
+        let url = format!("host=127.0.0.1 port={primary_port} user=postgres dbname=postgres");
+        let mut figures = Vec::new();
+        for group in GROUP_BATCHES {
+            let mut ledger = PostgresLedger::open(&url).map_err(|e| e.to_string())?;
+            ledger
+                .client()
+                .batch_execute(
+                    "TRUNCATE shake_awards, shake_batches, shake_commits; \
+                     UPDATE shake_leader SET expires_at = now()",
+                )
+                .map_err(|e| e.to_string())?;
+            let epoch = lease::try_acquire(
+                ledger.client(),
+                "bench",
+                "-",
+                std::time::Duration::from_secs(60),
+            )
+            .map_err(|e| e.to_string())?
+            .ok_or("the lease is taken")?;
+            ledger.lead(epoch);
+            let take = (group * 40).min(answered.len());
+            let groups: Vec<CommitGroup> = answered[..take]
+                .chunks(group)
+                .map(|chunk| CommitGroup { batches: chunk.to_vec(), ..CommitGroup::default() })
+                .collect();
+            let mut latencies = Vec::with_capacity(groups.len());
+            let mut awards = 0;
+            let started = Instant::now();
+            for group in &groups {
+                let one = Instant::now();
+                ledger.commit_group(group).map_err(|e| e.to_string())?;
+                latencies.push(one.elapsed().as_secs_f64() * 1000.0);
+                awards += group.batches.iter().map(|b| b.awards.len()).sum::<usize>();
+            }
+            let rate = stats::per_second(awards as u64, started.elapsed());
+            latencies.sort_by(f64::total_cmp);
+            let p99 = latencies[(latencies.len() * 99 / 100).min(latencies.len() - 1)];
+            figures.push((group, awards / groups.len().max(1), rate, p99));
+        }
+        Ok(figures)
+    })();
+    stop();
+    measured
 }
 
 #[cfg(test)]
