@@ -375,16 +375,6 @@ scenario_slow_allocator() {
 
 failover_s_max=null
 
-# A loopback TCP port nothing listens on.
-free_port() {
-    local port
-    for _ in $(seq 1 100); do
-        port=$(( 20000 + RANDOM % 20000 ))
-        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || { echo "$port"; return 0; }
-    done
-    return 1
-}
-
 # Starts a scenario on PostgreSQL: a primary whose commits wait for ANY 1 of two synchronous
 # standbys, and two allocator configurations (nodes a and b) naming all three servers.
 begin_ha() {
@@ -402,9 +392,8 @@ begin_ha() {
     local url node
     url=$(scripts/pg-cluster.sh url "$pg_port" "$s1_port" "$s2_port")
     for node in a b; do
-        sed "s#^ledger_path = .*#ledger = \"postgres\"#" "$S/allocator.toml" >"$S/allocator-$node.toml"
-        printf '[postgres]\nurl = "%s"\nnode = "%s"\nlease_ms = 1500\nstandby_poll_ms = 100\n' \
-            "$url" "$node" >>"$S/allocator-$node.toml"
+        cp "$S/allocator.toml" "$S/allocator-$node.toml"
+        use_postgres_ledger "$S/allocator-$node.toml" "$url" "$node"
     done
     failover_s=0
 }

@@ -9,6 +9,16 @@
 #   SCENARIO=bench/scenarios/storm.toml PHONES=100000 ROUND_S=150 SHAKE_RATE=0.02 \
 #     CONNECT_RATE=350 scripts/demo.sh        (capacity: no churn, a ramp the handshakes keep up with)
 #
+#   LEDGER=postgres scripts/demo.sh    the ledger on PostgreSQL: a primary and a synchronous
+#                                   standby started here on free loopback ports (as the postgres
+#                                   user), or the database at PG_URL when given
+#   SHOW=live scripts/demo.sh       a show driven by commands: both rounds armed for later, then
+#                                   opened, extended and closed through `shake-allocator round`
+#                                   while the swarm runs (the JSON line adds commands_applied)
+#
+# The JSON line adds awards_redelivered: awards sent again to a phone's next session because
+# the phone had left before acknowledging them.
+#
 # For tests: SHAKE_BIN_DIR=DIR uses binaries already built there (no build step),
 # SHAKE_DEMO_DIR=DIR puts the run's files there, LEAD_S=N waits N s before round 1.
 set -euo pipefail
@@ -20,15 +30,21 @@ LEAD_S="${LEAD_S:-8}"
 SHAKE_RATE="${SHAKE_RATE:-2}"
 CONNECT_RATE="${CONNECT_RATE:-1000}"
 SCENARIO="${SCENARIO:-bench/scenarios/demo.toml}"
+LEDGER="${LEDGER:-fjall}"
+SHOW="${SHOW:-scheduled}"
+case "$LEDGER" in fjall | postgres) ;; *) echo "demo: LEDGER is fjall or postgres" >&2; exit 64 ;; esac
+case "$SHOW" in scheduled | live) ;; *) echo "demo: SHOW is scheduled or live" >&2; exit 64 ;; esac
 DEMO="${SHAKE_DEMO_DIR:-target/demo}"
 BIN="${SHAKE_BIN_DIR:-target/release}"
 pids=()
 
+pg_dirs=()
 cleanup() {
     for pid in "${pids[@]}"; do
         kill -INT "$pid" 2>/dev/null || true
     done
     wait 2>/dev/null || true
+    for dir in "${pg_dirs[@]}"; do scripts/pg-cluster.sh stop "$dir" immediate 2>/dev/null || true; done
 }
 trap cleanup EXIT
 trap 'echo "demo: interrupted" >&2; exit 130' INT TERM
@@ -46,18 +62,37 @@ mkdir -p "$DEMO"
 say "dev certificates in $DEMO/certs"
 "$BIN/shake-allocator" dev-certs "$DEMO/certs" --edges 1 >/dev/null
 
+if [ "$LEDGER" = postgres ] && [ -z "${PG_URL:-}" ]; then
+    say "PostgreSQL: a primary and a synchronous standby in $DEMO/pg-*"
+    pg_port=$(free_port)
+    s1_port=$(free_port)
+    pg_dirs+=("$DEMO/pg-primary" "$DEMO/pg-standby")
+    scripts/pg-cluster.sh primary "$DEMO/pg-primary" "$pg_port" s1
+    scripts/pg-cluster.sh standby "$DEMO/pg-standby" "$s1_port" "$pg_port" s1
+    PG_URL=$(scripts/pg-cluster.sh url "$pg_port" "$s1_port")
+fi
+
 now_ms=$(( $(date +%s%N) / 1000000 ))
 round1=$(( now_ms + LEAD_S * 1000 ))              # after the connect ramp
 round2=$(( round1 + ROUND_S * 1000 + 5000 ))      # a short break between rounds
 run_s=$(( (round2 + ROUND_S * 1000 - now_ms) / 1000 + 3 ))
+if [ "$SHOW" = live ]; then
+    # Armed for an hour from now: the commands open them, the schedule is only the fallback.
+    round1=$(( now_ms + 3600 * 1000 ))
+    round2=$(( round1 + 1800 * 1000 ))
+    run_s=$(( LEAD_S + 2 * ROUND_S + 15 ))
+fi
 
 write_allocator_config "$DEMO/allocator.toml" "$DEMO" 127.0.0.1:0 "$round1" "$ROUND_S" "$round2"
+[ "$LEDGER" = fjall ] || use_postgres_ledger "$DEMO/allocator.toml" "$PG_URL" demo
+[ "$SHOW" = scheduled ] || use_admin_api "$DEMO/allocator.toml" "$DEMO/admin.token"
 
 say "starting the allocator (log: $DEMO/allocator.log)"
 "$BIN/shake-allocator" run --config "$DEMO/allocator.toml" >"$DEMO/allocator.out" 2>"$DEMO/allocator.log" &
 alloc_pid=$!
 pids+=("$alloc_pid")
 alloc_addr=$(ready_field "$DEMO/allocator.out" quic "$alloc_pid")
+admin_addr=$(ready_field "$DEMO/allocator.out" admin "$alloc_pid")
 
 write_edge_config "$DEMO/edge.toml" "$DEMO" 1 "$alloc_addr" 2 "$(phones_per_source "$PHONES" "$SCENARIO")"
 
@@ -67,13 +102,42 @@ edge_pid=$!
 pids+=("$edge_pid")
 edge_addr=$(ready_field "$DEMO/edge.out" addr "$edge_pid")
 
-say "swarm: $PHONES phones, two rounds of ${ROUND_S}s, about ${run_s}s"
+say "swarm: $PHONES phones, two rounds of ${ROUND_S}s, about ${run_s}s ($SHOW show, $LEDGER ledger)"
 "$BIN/shake-swarm" run --scenario "$SCENARIO" --phones "$PHONES" \
         --edge "$edge_addr" --ca "$DEMO/certs/ca.pem" --duration "$run_s" \
     --shake-rate "$SHAKE_RATE" --connect-rate "$CONNECT_RATE" \
         --json "$DEMO/swarm.json" --timeseries "$DEMO/timeseries.jsonl" --plot "$DEMO/run.svg" \
-    >"$DEMO/swarm.out"
+    >"$DEMO/swarm.out" &
+swarm_pid=$!
+pids+=("$swarm_pid")
+
+# The live show: the director's commands, through the CLI, while the phones shake.
+director() {
+    say "director: shake-allocator round $*"
+    "$BIN/shake-allocator" round "$@" --admin "$admin_addr" --token-file "$DEMO/admin.token" \
+        --as director >>"$DEMO/commands.out" || { echo "demo: round $* was refused" >&2; exit 1; }
+}
+if [ "$SHOW" = live ]; then
+    sleep "$LEAD_S"
+    director go 1
+    sleep $(( ROUND_S / 2 ))
+    director extend 1 --by-s 3
+    sleep $(( ROUND_S - ROUND_S / 2 + 3 + 3 ))
+    director go 2
+    sleep $(( ROUND_S / 4 ))
+    director interval 2 --ms 250
+    sleep $(( ROUND_S / 2 ))
+    director close 2                  # early: three quarters in
+fi
+wait "$swarm_pid"
 sed '$d' "$DEMO/swarm.out" >&2
+commands_applied=0
+if [ "$SHOW" = live ]; then
+    commands_applied=$("$BIN/shake-allocator" round audit --admin "$admin_addr" \
+        --token-file "$DEMO/admin.token" | grep -c '"action"')
+fi
+edge_metrics=$(ready_field "$DEMO/edge.out" metrics "$edge_pid")
+awards_redelivered=$(metric_sum "$edge_metrics" 'shake_edge_awards_total{delivery="owed_written"')
 
 edge_kib=$(peak_kib "$edge_pid")
 alloc_kib=$(peak_kib "$alloc_pid")
@@ -88,4 +152,16 @@ pids=()
 "$BIN/shake-allocator" export --config "$DEMO/allocator.toml" >"$DEMO/awards.jsonl" 2>>"$DEMO/allocator.log"
 say "checking the phones' awards against the ledger"
 "$BIN/shake-swarm" verify --report "$DEMO/swarm.json" --ledger "$DEMO/awards.jsonl" \
-    --allocator-config "$DEMO/allocator.toml"
+    --allocator-config "$DEMO/allocator.toml" >"$DEMO/verify.out" && verified=0 || verified=$?
+sed '$d' "$DEMO/verify.out"
+if [ "$SHOW" = live ]; then
+    printf 'commands applied: %s (go, extend, go, interval, close expected)\n' "$commands_applied"
+fi
+printf 'awards sent again to a next session: %s\n' "$awards_redelivered"
+tail -n1 "$DEMO/verify.out" |
+    sed "s/}\$/,\"ledger\":\"$LEDGER\",\"show\":\"$SHOW\",\"commands_applied\":$commands_applied,\"awards_redelivered\":$awards_redelivered}/"
+if [ "$SHOW" = live ] && [ "$commands_applied" != 5 ]; then
+    echo "demo: $commands_applied commands applied, 5 expected" >&2
+    exit 1
+fi
+exit "$verified"

@@ -121,3 +121,30 @@ wait_metric_zero() {
 
 # The numeric value of "FIELD": in a one-line JSON file (empty when absent).
 json_number() { sed -n "s/.*\"$2\":\(-\{0,1\}[0-9.eE+-]*\).*/\1/p" "$1" | head -n1; }
+
+# Switches an allocator configuration (written by write_allocator_config) to the PostgreSQL
+# ledger: FILE URL NODE [LEASE_MS]. The fjall path goes; a [postgres] table comes last.
+use_postgres_ledger() {
+    local file="$1" url="$2" node="$3" lease_ms="${4:-1500}"
+    sed -i "s#^ledger_path = .*#ledger = \"postgres\"#" "$file"
+    printf '[postgres]\nurl = "%s"\nnode = "%s"\nlease_ms = %s\nstandby_poll_ms = 100\n' \
+        "$url" "$node" "$lease_ms" >>"$file"
+}
+
+# Turns on the admin API of an allocator configuration: FILE TOKEN_FILE (any loopback port;
+# the token is written to TOKEN_FILE). Top-level keys must come before the first table.
+use_admin_api() {
+    local file="$1" token_file="$2"
+    head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$token_file"
+    sed -i "1i admin_listen = \"127.0.0.1:0\"\nadmin_token_file = \"$token_file\"" "$file"
+}
+
+# A loopback TCP port nothing listens on.
+free_port() {
+    local port
+    for _ in $(seq 1 100); do
+        port=$(( 20000 + RANDOM % 20000 ))
+        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || { echo "$port"; return 0; }
+    done
+    return 1
+}
