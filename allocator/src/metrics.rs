@@ -209,6 +209,7 @@ impl Metrics {
             "Awards the last takeover read that the standby had not followed",
             m.takeover_tail_awards.clone(),
         );
+        shake_ops::build::register_info(&mut registry);
         Self { registry, ..m }
     }
 

@@ -25,6 +25,9 @@ fn exported() -> BTreeSet<String> {
             let name = call.split('"').nth(1).expect("a metric name literal");
             names.insert(format!("{prefix}{name}"));
         }
+        // Registered by shake-ops for both binaries.
+        assert!(source.contains("shake_ops::build::register_info(&mut registry)"), "{file}");
+        names.insert(format!("{prefix}build_info"));
     }
     // The rendered text agrees where it has samples.
     let text = shake_allocator::metrics::Metrics::new().render()
@@ -138,6 +141,7 @@ fn systemd_units_outlast_the_drain() {
                 .trim()
                 .to_owned()
         };
+        verify_with_systemd(unit, &text);
         let stop_s: u64 = value("TimeoutStopSec").parse().unwrap();
         assert!(
             stop_s > drain_s + 5,
@@ -146,4 +150,28 @@ fn systemd_units_outlast_the_drain() {
         assert_eq!(value("KillSignal"), "SIGTERM", "{unit}: SIGTERM is what drains");
         assert!(value("ExecStart").contains(" run --config "), "{unit}");
     }
+}
+
+/// `systemd-analyze verify` on a copy of the unit whose binaries point at this build (where
+/// systemd-analyze is installed): it must find nothing to say.
+fn verify_with_systemd(unit: &str, text: &str) {
+    let Ok(version) = std::process::Command::new("systemd-analyze").arg("--version").output()
+    else {
+        return;
+    };
+    assert!(version.status.success());
+    let bins = Path::new(env!("CARGO_BIN_EXE_shake-swarm")).parent().unwrap().to_owned();
+    let dir = std::env::temp_dir().join(format!("shake-units-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let local = text.replace("/usr/local/bin/", &format!("{}/", bins.display()));
+    let path = dir.join(unit);
+    std::fs::write(&path, local).unwrap();
+    let output =
+        std::process::Command::new("systemd-analyze").arg("verify").arg(&path).output().unwrap();
+    let said = String::from_utf8_lossy(&output.stderr).into_owned();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        output.status.success() && said.trim().is_empty(),
+        "systemd-analyze verify {unit}: {said}"
+    );
 }

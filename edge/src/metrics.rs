@@ -204,6 +204,7 @@ impl EdgeMetrics {
             "Awards sent to phones and not yet acknowledged",
             m.awards_outstanding.clone(),
         );
+        shake_ops::build::register_info(&mut registry);
         Self { registry, ..m }
     }
 

@@ -5,21 +5,46 @@
 //! - [`tls`]: PEM loading, the crypto provider, mutual-TLS configurations, edge names.
 //! - [`http`]: the tiny HTTP responder behind `/metrics` and `/health`.
 //! - [`supervise`]: threads whose end is reported, and the tests' fault-injection point.
-//! - [`init_logging`]: tracing to stderr, `RUST_LOG` aware.
+//! - [`init_logging`]: tracing to stderr, `RUST_LOG` aware; JSON lines with
+//!   `SHAKE_LOG_FORMAT=json`.
+//! - [`build`]: the version and git revision, for the `build_info` metric.
 
 pub mod config;
 pub mod http;
 pub mod supervise;
 pub mod tls;
 
-/// Logs to stderr (colour only on a terminal), filtered by `RUST_LOG` or `default_filter`.
+/// What the binaries were built from.
+pub mod build {
+    /// The crate version (the workspace's).
+    pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+    /// The git revision at build time ("unknown" outside a checkout).
+    pub const REVISION: &str = env!("SHAKE_GIT_REVISION");
+
+    /// Registers `<prefix>_build_info{version, revision} 1` (the usual Prometheus idiom: join
+    /// on it to see which build an instance runs).
+    pub fn register_info(registry: &mut prometheus_client::registry::Registry) {
+        use prometheus_client::metrics::family::Family;
+        use prometheus_client::metrics::gauge::Gauge;
+        let info: Family<Vec<(&'static str, String)>, Gauge> = Family::default();
+        info.get_or_create(&vec![
+            ("version", VERSION.to_owned()),
+            ("revision", REVISION.to_owned()),
+        ])
+        .set(1);
+        registry.register("build_info", "Version and git revision of this binary", info);
+    }
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` or `default_filter`: readable lines (colour only on a
+/// terminal), or one JSON object per line with `SHAKE_LOG_FORMAT=json` (for log shippers).
 pub fn init_logging(default_filter: &str) {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| default_filter.into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| default_filter.into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if std::env::var("SHAKE_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
+        builder.json().with_current_span(false).init();
+    } else {
+        builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init();
+    }
 }
