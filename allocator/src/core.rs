@@ -601,6 +601,8 @@ impl Core {
         for round in self.draw.rounds() {
             let phase = phase_at(round, now_ms);
             if self.last_phase.insert(round.config().id, phase) != Some(phase) {
+                let (prizes, awarded) = (round.pool().items().len(), round.pool().awarded_count());
+                tracing::info!(round = round.config().id, ?phase, prizes, awarded, "round phase");
                 let frame = round_state_frame(round, now_ms);
                 out.extend(streams.iter().map(|s| Effect::Send(*s, frame.clone())));
             }

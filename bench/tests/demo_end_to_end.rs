@@ -25,3 +25,32 @@ fn the_demo_runs_two_rounds_and_every_invariant_holds() {
     assert!(summary["p99_outcome_ms"].as_f64().unwrap() > 0.0);
     let _ = std::fs::remove_dir_all(demo_dir);
 }
+
+/// The live show on PostgreSQL: rounds armed for later, opened, extended, re-paced and closed
+/// through the CLI while the swarm runs, the ledger on a primary and a synchronous standby
+/// that the script starts.
+#[test]
+fn a_live_show_on_postgres_applies_every_command_and_every_invariant_holds() {
+    let bins = common::bin_dir(&["shake-allocator", "shake-edge"]);
+    let demo_dir = std::env::temp_dir().join(format!("shake-demo-live-{}", std::process::id()));
+    let summary = common::run_script(
+        "demo.sh",
+        &[],
+        &[("SHAKE_BIN_DIR", &bins), ("SHAKE_DEMO_DIR", &demo_dir)],
+        &[
+            ("PHONES", "120"),
+            ("ROUND_S", "6"),
+            ("LEAD_S", "3"),
+            ("SHOW", "live"),
+            ("LEDGER", "postgres"),
+        ],
+    );
+    let line = summary.to_string();
+    assert_eq!(summary["ok"], true, "{line}");
+    assert_eq!((&summary["show"], &summary["ledger"]), (&"live".into(), &"postgres".into()));
+    assert_eq!(summary["commands_applied"], 5, "{line}");
+    assert!(summary["awards_redelivered"].is_u64(), "{line}");
+    assert!(summary["awards_granted"].as_u64().unwrap() > 0, "the commanded rounds drew: {line}");
+    assert_eq!(summary["awards_granted"], summary["awards_received"], "{line}");
+    let _ = std::fs::remove_dir_all(demo_dir);
+}
