@@ -168,7 +168,7 @@ impl Api {
         &self,
         request: impl FnOnce(oneshot::Sender<T>) -> AdminRequest,
     ) -> Result<T, Response> {
-        let target = self.target.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let target = crate::service::lock(&self.target).clone();
         let Some(target) = target else {
             return Err(error(StatusCode::SERVICE_UNAVAILABLE, "not leading: ask the leader"));
         };

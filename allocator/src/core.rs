@@ -691,14 +691,7 @@ fn answer_digest(answer: &Bytes) -> Option<BatchDigest> {
 }
 
 fn phase_at(round: &RoundDraw, now_ms: u64) -> RoundPhase {
-    let timing = round.timing();
-    if now_ms < timing.starts_at_ms {
-        RoundPhase::Waiting
-    } else if now_ms < timing.ends_at_ms {
-        RoundPhase::Open
-    } else {
-        RoundPhase::Closed
-    }
+    round.timing().phase(now_ms)
 }
 
 fn round_state_frame(round: &RoundDraw, now_ms: u64) -> Bytes {

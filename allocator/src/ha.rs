@@ -35,8 +35,8 @@ use crate::draw::{Draw, RestoreError};
 use crate::ledger::{LedgerError, LedgerStore, PostgresLedger, lease, postgres as pg};
 use crate::metrics::Metrics;
 use crate::service::{
-    Health, Rebuilt, Running, ServeError, Shared, Shutdown, TermEnd, bind_socket, blocking,
-    endpoint_on, lead, quic_server_config, serve_admin, serve_metrics,
+    Rebuilt, Running, ServeError, Shared, Shutdown, TermEnd, bind_socket, blocking, endpoint_on,
+    lead, lock, quic_server_config, serve_admin, serve_metrics,
 };
 
 /// Awards a standby reads from the log at one look, at most.
@@ -67,8 +67,6 @@ pub(crate) async fn start(config: Config, shutdown: Shutdown) -> Result<Running,
         pg,
         config,
         endpoint,
-        metrics: shared.metrics.clone(),
-        health: shared.health.clone(),
         shared,
         shutdown,
     };
@@ -81,8 +79,6 @@ struct Node {
     pg: PostgresConfig,
     advertise: SocketAddr,
     endpoint: quinn::Endpoint,
-    metrics: Arc<Metrics>,
-    health: Arc<Health>,
     shared: Shared,
     shutdown: Shutdown,
 }
@@ -148,13 +144,13 @@ impl Node {
     /// Redirects edges and follows the log until this allocator wins the lease
     /// (`Some(epoch)`, with what it followed) or is stopped.
     async fn stand_by(&self) -> Result<Option<(i64, Warm)>, ServeError> {
-        self.health.standby.store(true, Ordering::Relaxed);
-        self.metrics.leader_epoch.set(0);
+        self.shared.health.standby.store(true, Ordering::Relaxed);
+        self.shared.metrics.leader_epoch.set(0);
         let leader = Arc::new(Mutex::new(String::new()));
         let redirect = tokio::spawn(redirect_edges(
             self.endpoint.clone(),
             leader.clone(),
-            self.metrics.clone(),
+            self.shared.metrics.clone(),
         ));
         let poll = Duration::from_millis(self.pg.standby_poll_ms);
         let mut client: Option<PostgresLedger> = None;
@@ -185,7 +181,7 @@ impl Node {
                 Ok(Look::Won(epoch)) => break Some(epoch),
                 Ok(Look::Led(row, awards)) => {
                     warm.follow(&awards)?;
-                    self.metrics.awards_followed.inc_by(awards.len() as u64);
+                    self.shared.metrics.awards_followed.inc_by(awards.len() as u64);
                     if last_holder.as_ref() != Some(&(row.epoch, row.holder.clone())) {
                         tracing::info!(
                             epoch = row.epoch,
@@ -222,7 +218,7 @@ impl Node {
             followed = warm.followed,
             "leader: reading the log to its end"
         );
-        self.metrics.leadership.get_or_create(&vec![("outcome", "won".to_owned())]).inc();
+        self.shared.metrics.leadership.get_or_create(&vec![("outcome", "won".to_owned())]).inc();
         let started = Instant::now();
         let url = self.pg.url.clone();
         let config = self.config.clone();
@@ -237,7 +233,7 @@ impl Node {
         .and_then(|read| read);
         let (store, rebuilt) = match opened {
             Ok((store, rebuilt, tail)) => {
-                self.metrics.takeover_tail_awards.set(tail as i64);
+                self.shared.metrics.takeover_tail_awards.set(tail as i64);
                 (store, rebuilt)
             }
             Err(err) => {
@@ -257,8 +253,8 @@ impl Node {
             term_stop.clone(),
             term_over.clone(),
         )?;
-        self.health.standby.store(false, Ordering::Relaxed);
-        self.metrics.leader_epoch.set(epoch);
+        self.shared.health.standby.store(false, Ordering::Relaxed);
+        self.shared.metrics.leader_epoch.set(epoch);
         let serving = lead(
             &self.config,
             self.endpoint.clone(),
@@ -279,8 +275,8 @@ impl Node {
         };
         term_over.cancel();
         let _ = tokio::task::spawn_blocking(move || renewer.join()).await;
-        self.health.standby.store(true, Ordering::Relaxed);
-        self.metrics.leader_epoch.set(0);
+        self.shared.health.standby.store(true, Ordering::Relaxed);
+        self.shared.metrics.leader_epoch.set(0);
         match result {
             Ok(()) if lost.load(Ordering::SeqCst) => {
                 tracing::warn!(epoch, "leader: lost the lease; standing by");
@@ -316,12 +312,8 @@ impl Node {
     }
 
     fn count_end(&self, outcome: &str) {
-        self.metrics.leadership.get_or_create(&vec![("outcome", outcome.to_owned())]).inc();
+        self.shared.metrics.leadership.get_or_create(&vec![("outcome", outcome.to_owned())]).inc();
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// One look at the lease: take it if it is free, else say who holds it and read the awards

@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
+use shake_proto::RoundPhase;
 
 use crate::award::CorruptRow;
 
@@ -111,6 +112,17 @@ impl RoundTiming {
     /// Open at `now_ms`?
     pub fn is_open(&self, now_ms: u64) -> bool {
         (self.starts_at_ms..self.ends_at_ms).contains(&now_ms)
+    }
+
+    /// The phase at `now_ms`, as edges and phones are told it.
+    pub fn phase(&self, now_ms: u64) -> RoundPhase {
+        if now_ms < self.starts_at_ms {
+            RoundPhase::Waiting
+        } else if now_ms < self.ends_at_ms {
+            RoundPhase::Open
+        } else {
+            RoundPhase::Closed
+        }
     }
 
     /// What `command` makes of this round, or why it may not.

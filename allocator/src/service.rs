@@ -23,7 +23,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::{Bytes, BytesMut};
 use quinn::crypto::rustls::QuicServerConfig;
 use shake_proto::allocator::{MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
-use shake_proto::{ALLOCATOR_ALPN, AllocatorFrame, Batch, DecodeError, ErrorCode, Prize};
+use shake_proto::{
+    ALLOCATOR_ALPN, AllocatorFrame, Batch, DecodeError, ErrorCode, Prize, RoundPhase,
+};
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -780,12 +782,10 @@ fn round_views(core: &Core, now: u64) -> Vec<RoundView> {
             let (cash_left_cents, gifts_left) = round.pool().left();
             RoundView {
                 round_id: round.config().id,
-                phase: if now < timing.starts_at_ms {
-                    "waiting"
-                } else if now < timing.ends_at_ms {
-                    "open"
-                } else {
-                    "closed"
+                phase: match timing.phase(now) {
+                    RoundPhase::Waiting => "waiting",
+                    RoundPhase::Open => "open",
+                    RoundPhase::Closed => "closed",
                 },
                 starts_at_ms: timing.starts_at_ms,
                 ends_at_ms: timing.ends_at_ms,
@@ -886,7 +886,8 @@ async fn apply(
 /// The connections a term accepted (closed ones pruned as new ones come).
 type Accepted = Arc<std::sync::Mutex<Vec<quinn::Connection>>>;
 
-fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+/// Locks a mutex whose holder may have panicked (the data behind these stays consistent).
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding it left a plain list intact.
     mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
