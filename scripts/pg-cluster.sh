@@ -5,7 +5,9 @@
 # (never the default 5432, which belongs to whoever runs the machine's own instance).
 #
 #   scripts/pg-cluster.sh primary DIR PORT [SYNC_NAMES]  # initdb + start; SYNC_NAMES e.g. "s1,s2"
-#                                                         #   makes commits wait for ANY 1 of them
+#                                                         #   makes commits wait for ANY 1 of them;
+#                                                         #   with PG_TLS_CERT and PG_TLS_KEY (PEM)
+#                                                         #   set, it also serves TLS
 #   scripts/pg-cluster.sh standby DIR PORT PRIMARY_PORT NAME  # base backup of the primary + start
 #   scripts/pg-cluster.sh stop DIR [fast|immediate]       # immediate = a crash (default fast)
 #   scripts/pg-cluster.sh kill DIR                        # SIGKILL the postmaster: a lost machine
@@ -91,6 +93,13 @@ primary)
         fi
     } >>"$dir/data/postgresql.conf"
     echo "host all,replication all 127.0.0.1/32 trust" >>"$dir/data/pg_hba.conf"
+    if [[ -n "${PG_TLS_CERT:-}" && -n "${PG_TLS_KEY:-}" ]]; then
+        cp "$PG_TLS_CERT" "$dir/data/server.crt"
+        cp "$PG_TLS_KEY" "$dir/data/server.key"
+        chmod 600 "$dir/data/server.key"
+        [[ $(id -u) -ne 0 ]] || chown postgres:postgres "$dir/data/server.crt" "$dir/data/server.key"
+        echo "ssl = on" >>"$dir/data/postgresql.conf"
+    fi
     start_server "$dir"
     ;;
 standby)

@@ -131,6 +131,11 @@ pub struct PostgresConfig {
     /// How often a standby looks at the lease, milliseconds.
     #[serde(default = "default_standby_poll_ms")]
     pub standby_poll_ms: u64,
+    /// The CA (PEM) that signed the database servers' certificates: connections then use TLS,
+    /// required and verified (the certificate must name the host in the URL). Without it,
+    /// plain TCP: only for loopback or a trusted network.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
 }
 
 fn default_lease_ms() -> u64 {
@@ -385,7 +390,11 @@ impl Validate for Config {
     fn check_files(&self) -> Result<(), ConfigError> {
         check_tls_file("tls.cert", &self.tls.cert, TlsFile::Certificates)?;
         check_tls_file("tls.key", &self.tls.key, TlsFile::PrivateKey)?;
-        check_tls_file("tls.edge_ca", &self.tls.edge_ca, TlsFile::Certificates)
+        check_tls_file("tls.edge_ca", &self.tls.edge_ca, TlsFile::Certificates)?;
+        if let Some(ca) = self.postgres.as_ref().and_then(|pg| pg.ca.as_ref()) {
+            check_tls_file("postgres.ca", ca, TlsFile::Certificates)?;
+        }
+        Ok(())
     }
 }
 

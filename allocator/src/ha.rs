@@ -50,9 +50,11 @@ pub(crate) async fn start(config: Config, shutdown: Shutdown) -> Result<Running,
     })?;
     {
         // Fail the start, with the database's own words, on a wrong URL or a schema too new.
-        let url = pg.url.clone();
-        blocking(move || PostgresLedger::open(&url).map(drop)).await?;
+        let target = pg::Target::from_config(&pg)?;
+        blocking(move || PostgresLedger::open(&target).map(drop)).await?;
     }
+    let target = pg::Target::from_config(&pg)?;
+    {}
     let server = quic_server_config(&config)?;
     let socket = bind_socket(config.listen)?;
     let quic_addr =
@@ -63,6 +65,7 @@ pub(crate) async fn start(config: Config, shutdown: Shutdown) -> Result<Running,
     let metrics_addr = serve_metrics(&config, &shared, &shutdown).await?;
     let admin_addr = serve_admin(&config, &shared, &shutdown).await?;
     let node = Node {
+        target,
         advertise: pg.advertise.unwrap_or(quic_addr),
         pg,
         config,
@@ -77,6 +80,8 @@ pub(crate) async fn start(config: Config, shutdown: Shutdown) -> Result<Running,
 struct Node {
     config: Config,
     pg: PostgresConfig,
+    /// The database, as `pg` says to reach it.
+    target: pg::Target,
     advertise: SocketAddr,
     endpoint: quinn::Endpoint,
     shared: Shared,
@@ -160,13 +165,13 @@ impl Node {
             if self.stopping() {
                 break None;
             }
-            let (url, node, advertise) =
-                (self.pg.url.clone(), self.pg.node.clone(), self.advertise.to_string());
+            let (target, node, advertise) =
+                (self.target.clone(), self.pg.node.clone(), self.advertise.to_string());
             let lease_for = Duration::from_millis(self.pg.lease_ms);
             let mut held = client.take();
             let after = warm.last_award_id;
             let looked = tokio::task::spawn_blocking(move || {
-                let look = look(&mut held, &url, &node, &advertise, lease_for, after);
+                let look = look(&mut held, &target, &node, &advertise, lease_for, after);
                 (held, look)
             });
             let looked = tokio::select! {
@@ -220,10 +225,10 @@ impl Node {
         );
         self.shared.metrics.leadership.get_or_create(&vec![("outcome", "won".to_owned())]).inc();
         let started = Instant::now();
-        let url = self.pg.url.clone();
+        let target = self.target.clone();
         let config = self.config.clone();
         let opened = tokio::task::spawn_blocking(move || -> Result<_, ServeError> {
-            let mut ledger = PostgresLedger::open(&url)?;
+            let mut ledger = PostgresLedger::open(&target)?;
             ledger.lead(epoch);
             let (rebuilt, tail) = read_to_the_end(&mut ledger, &config, warm)?;
             Ok((Box::new(ledger) as Box<dyn LedgerStore>, rebuilt, tail))
@@ -247,7 +252,8 @@ impl Node {
         let lost = Arc::new(AtomicBool::new(false));
         let term_over = CancellationToken::new();
         let renewer = spawn_renewer(
-            self.pg.clone(),
+            self.target.clone(),
+            self.pg.lease_ms,
             epoch,
             lost.clone(),
             term_stop.clone(),
@@ -284,9 +290,9 @@ impl Node {
                 Ok(TermOutcome::Lost)
             }
             Ok(()) => {
-                let url = self.pg.url.clone();
+                let target = self.target.clone();
                 let released = blocking(move || {
-                    let (mut client, _) = pg::connect(&url)?;
+                    let (mut client, _) = pg::connect(&target)?;
                     lease::release(&mut client, epoch)
                 })
                 .await;
@@ -321,7 +327,7 @@ impl Node {
 /// finding a promoted primary).
 fn look(
     ledger: &mut Option<PostgresLedger>,
-    url: &str,
+    target: &pg::Target,
     node: &str,
     advertise: &str,
     lease_for: Duration,
@@ -329,7 +335,7 @@ fn look(
 ) -> Result<Look, LedgerError> {
     let mut connected = match ledger.take() {
         Some(connected) if !connected.is_closed() => connected,
-        _ => PostgresLedger::open(url)?,
+        _ => PostgresLedger::open(target)?,
     };
     let look = match lease::try_acquire(connected.client(), node, advertise, lease_for)? {
         Some(epoch) => Look::Won(epoch),
@@ -377,13 +383,14 @@ fn read_to_the_end(
 /// renewal succeeded for a whole lease (a standby may have taken over by now), sets `lost`
 /// and stops the term.
 fn spawn_renewer(
-    pg: PostgresConfig,
+    target: pg::Target,
+    lease_ms: u64,
     epoch: i64,
     lost: Arc<AtomicBool>,
     term_stop: CancellationToken,
     term_over: CancellationToken,
 ) -> Result<std::thread::JoinHandle<()>, ServeError> {
-    let lease_for = Duration::from_millis(pg.lease_ms);
+    let lease_for = Duration::from_millis(lease_ms);
     let every = lease_for / 3;
     std::thread::Builder::new()
         .name("lease-renewal".into())
@@ -408,7 +415,7 @@ fn spawn_renewer(
                 let renewed = (|| {
                     let mut connected = match client.take() {
                         Some(connected) if !connected.is_closed() => connected,
-                        _ => pg::connect(&pg.url)?.0,
+                        _ => pg::connect(&target)?.0,
                     };
                     let renewed = lease::renew(&mut connected, epoch, lease_for)?;
                     client = Some(connected);

@@ -311,3 +311,42 @@ fn a_leader_paused_inside_a_commit_does_not_block_the_takeover() {
     drop(server);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn the_ledger_reaches_its_database_over_verified_tls() {
+    let dir = scratch("tls");
+    let certs = |name: &str| {
+        let out = dir.join(name);
+        let status = std::process::Command::new(common::BIN)
+            .args(["dev-certs", "--edges", "1"])
+            .arg(&out)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        out
+    };
+    let (ours, theirs) = (certs("certs"), certs("other-ca"));
+    // The development server certificate names 127.0.0.1, the host in the URL.
+    let server = PgServer::primary_tls(
+        &dir.join("pg"),
+        &ours.join("allocator.pem"),
+        &ours.join("allocator.key"),
+    );
+    let url = server.url("postgres");
+    let target =
+        shake_allocator::ledger::postgres::Target::tls(&url, &ours.join("ca.pem")).unwrap();
+    let mut ledger = PostgresLedger::open(&target).unwrap();
+    let ssl: bool = ledger
+        .client()
+        .query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[])
+        .unwrap()
+        .get(0);
+    assert!(ssl, "the session runs over TLS");
+    // A server whose certificate another CA signed is refused.
+    let stranger =
+        shake_allocator::ledger::postgres::Target::tls(&url, &theirs.join("ca.pem")).unwrap();
+    assert!(matches!(PostgresLedger::open(&stranger), Err(LedgerError::Database(_))));
+    drop(server);
+    let _ = std::fs::remove_dir_all(dir);
+}

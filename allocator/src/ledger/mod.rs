@@ -156,7 +156,9 @@ pub fn open(config: &crate::config::Config) -> Result<Box<dyn LedgerStore>, Ledg
     use crate::config::LedgerKind;
     match (config.ledger, &config.ledger_path, &config.postgres) {
         (LedgerKind::Fjall, Some(path), _) => Ok(Box::new(FjallLedger::open(path)?)),
-        (LedgerKind::Postgres, _, Some(pg)) => Ok(Box::new(PostgresLedger::open(&pg.url)?)),
+        (LedgerKind::Postgres, _, Some(pg)) => {
+            Ok(Box::new(PostgresLedger::open(postgres::Target::from_config(pg)?)?))
+        }
         _ => Err(LedgerError::Failed("the configuration names no ledger (validate it)".into())),
     }
 }

@@ -121,12 +121,70 @@ pub fn schema_version() -> i32 {
 /// Serializes migrations across allocators starting together ("SHAKE" in ASCII).
 const MIGRATION_LOCK: i64 = 0x0053_4841_4b45;
 
+/// Where the ledger's database is, and how to reach it: a libpq-style connection string, and
+/// the TLS configuration when the servers are reached over TLS.
+#[derive(Clone)]
+pub struct Target {
+    url: String,
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target").field("tls", &self.tls.is_some()).finish_non_exhaustive()
+    }
+}
+
+impl Target {
+    /// Plain TCP (a database on loopback or a trusted network).
+    pub fn plain(url: impl Into<String>) -> Self {
+        Self { url: url.into(), tls: None }
+    }
+
+    /// TLS to every server, each verified against `ca` (its certificate must name the host
+    /// the URL gives); TLS is then required, never merely preferred.
+    pub fn tls(url: impl Into<String>, ca: &std::path::Path) -> Result<Self, LedgerError> {
+        let mut config = shake_ops::tls::client(ca, b"postgresql")
+            .map_err(|e| LedgerError::Schema(format!("the database CA {}: {e}", ca.display())))?;
+        // PostgreSQL 15 negotiates TLS inside its own protocol, without ALPN.
+        config.alpn_protocols.clear();
+        Ok(Self { url: url.into(), tls: Some(Arc::new(config)) })
+    }
+
+    /// From the allocator's `[postgres]` settings.
+    pub fn from_config(pg: &crate::config::PostgresConfig) -> Result<Self, LedgerError> {
+        match &pg.ca {
+            Some(ca) => Self::tls(pg.url.clone(), ca),
+            None => Ok(Self::plain(pg.url.clone())),
+        }
+    }
+}
+
+impl From<&str> for Target {
+    fn from(url: &str) -> Self {
+        Self::plain(url)
+    }
+}
+
+impl From<&String> for Target {
+    fn from(url: &String) -> Self {
+        Self::plain(url.clone())
+    }
+}
+
+impl From<&Target> for Target {
+    fn from(target: &Target) -> Self {
+        target.clone()
+    }
+}
+
 /// Connects to the database named by a libpq-style connection string, which may name several
 /// hosts (`host=a,b,c port=...`); with `target_session_attrs=read-write` the connection goes
 /// to whichever is the primary now. TCP keep-alives are on (2 s idle) so a primary that
 /// vanishes without a reset is noticed.
-pub fn connect(url: &str) -> Result<(Client, Arc<AtomicBool>), LedgerError> {
-    let mut config = postgres::Config::from_str(url)?;
+pub fn connect(target: impl Into<Target>) -> Result<(Client, Arc<AtomicBool>), LedgerError> {
+    let target = target.into();
+    let mut config = postgres::Config::from_str(&target.url)?;
     config.keepalives(true).keepalives_idle(Duration::from_secs(2));
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(Duration::from_secs(5));
@@ -143,7 +201,13 @@ pub fn connect(url: &str) -> Result<(Client, Arc<AtomicBool>), LedgerError> {
             tracing::debug!(notice = notice.message(), "ledger database notice");
         }
     });
-    let mut client = config.connect(NoTls)?;
+    let mut client = match &target.tls {
+        Some(tls) => {
+            config.ssl_mode(postgres::config::SslMode::Require);
+            config.connect(tokio_postgres_rustls::MakeRustlsConnect::new((**tls).clone()))?
+        }
+        None => config.connect(NoTls)?,
+    };
     // A leader paused or hung inside a commit holds the lease row's share lock: the server
     // ends such a transaction after a second of silence, so the takeover (and the fencing)
     // never waits on it; and no ledger statement waits on a lock for long.
@@ -215,8 +279,8 @@ fn narrow(value: i64) -> Result<u32, CorruptRow> {
 
 impl PostgresLedger {
     /// Connects and migrates the schema. Reads work at once; commits wait for [`Self::lead`].
-    pub fn open(url: &str) -> Result<Self, LedgerError> {
-        let (mut client, unreplicated) = connect(url)?;
+    pub fn open(target: impl Into<Target>) -> Result<Self, LedgerError> {
+        let (mut client, unreplicated) = connect(target)?;
         migrate(&mut client)?;
         Ok(Self { client, epoch: None, unreplicated })
     }

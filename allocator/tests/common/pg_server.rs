@@ -10,7 +10,16 @@ fn script() -> PathBuf {
 }
 
 fn run(args: &[&str]) {
-    let output = Command::new("bash").arg(script()).args(args).output().unwrap();
+    run_with(args, &[]);
+}
+
+fn run_with(args: &[&str], env: &[(&str, &Path)]) {
+    let mut command = Command::new("bash");
+    command.arg(script()).args(args);
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let output = command.output().unwrap();
     assert!(
         output.status.success(),
         "pg-cluster.sh {args:?} failed: {}",
@@ -42,6 +51,16 @@ impl PgServer {
         }
         run(&args);
         Self { dir, port }
+    }
+
+    /// A primary that also serves TLS with this certificate and key (PEM).
+    pub fn primary_tls(dir: &Path, cert: &Path, key: &Path) -> Self {
+        let port = free_port();
+        run_with(
+            &["primary", dir.to_str().unwrap(), &port.to_string()],
+            &[("PG_TLS_CERT", cert), ("PG_TLS_KEY", key)],
+        );
+        Self { dir: dir.to_path_buf(), port }
     }
 
     /// A streaming standby of `primary`, named `name`.
