@@ -641,19 +641,14 @@ async fn actor_loop(
                 draining_since = Some(Instant::now());
             }
             request = pipes.admin.recv() => {
-                match request {
-                    Some(AdminRequest::Awards { query, reply }) => {
-                        // Never wait here: a full commit queue says "busy" instead.
-                        let read = CommitJob::Read(AwardRead { query, reply });
-                        if let Err(mpsc::error::TrySendError::Full(CommitJob::Read(read))) = pipes.commits.try_send(read) {
-                            let _ = read.reply.send(Err("the ledger is busy: retry".into()));
-                        }
-                    }
-                    Some(AdminRequest::Dashboard { reply }) => {
-                        let _ = reply.send(dashboard(&core, &edges, &health));
-                    }
-                    Some(request) => admin_request(&mut core, request, &mut waiting, &mut effects),
-                    None => {}
+                if let Some(request) = request {
+                    let mut desk = AdminDesk {
+                        waiting: &mut waiting,
+                        edges: &edges,
+                        health: &health,
+                        commits: &pipes.commits,
+                    };
+                    admin_request(&mut core, request, &mut desk, &mut effects);
                 }
             }
             _ = tick.tick() => {
@@ -800,12 +795,23 @@ fn round_views(core: &Core, now: u64) -> Vec<RoundView> {
 }
 
 /// Answers one admin API request (a command waits in `waiting` until it is recorded).
+/// What answering the admin API needs beside the core.
+struct AdminDesk<'a> {
+    /// Callers waiting for their command to be recorded, by command id.
+    waiting: &'a mut HashMap<String, Vec<oneshot::Sender<CommandReply>>>,
+    edges: &'a EdgeBoard,
+    health: &'a Health,
+    /// Award reads go to the commit thread, which owns the ledger.
+    commits: &'a mpsc::Sender<CommitJob>,
+}
+
 fn admin_request(
     core: &mut Core,
     request: AdminRequest,
-    waiting: &mut HashMap<String, Vec<oneshot::Sender<CommandReply>>>,
+    desk: &mut AdminDesk<'_>,
     effects: &mut Vec<Effect>,
 ) {
+    let waiting = &mut *desk.waiting;
     match request {
         AdminRequest::Command { mut command, reply } => {
             command.at_ms = now_ms();
@@ -830,12 +836,17 @@ fn admin_request(
         AdminRequest::Audit { reply } => {
             let _ = reply.send(core.command_log().to_vec());
         }
-        AdminRequest::Awards { reply, .. } => {
-            let _ = reply.send(Err("awards are read by the commit thread".into()));
+        AdminRequest::Awards { query, reply } => {
+            // Never wait here: a full commit queue says "busy" instead.
+            let read = CommitJob::Read(AwardRead { query, reply });
+            if let Err(mpsc::error::TrySendError::Full(CommitJob::Read(read))) =
+                desk.commits.try_send(read)
+            {
+                let _ = read.reply.send(Err("the ledger is busy: retry".into()));
+            }
         }
         AdminRequest::Dashboard { reply } => {
-            let _ =
-                reply.send(Dashboard { now_ms: now_ms(), leading: true, ..Dashboard::default() });
+            let _ = reply.send(dashboard(core, desk.edges, desk.health));
         }
     }
 }
