@@ -35,8 +35,8 @@ use crate::draw::{Draw, RestoreError};
 use crate::ledger::{LedgerError, LedgerStore, PostgresLedger, lease, postgres as pg};
 use crate::metrics::Metrics;
 use crate::service::{
-    Rebuilt, Running, ServeError, Shared, Shutdown, TermEnd, bind_socket, blocking, endpoint_on,
-    lead, lock, quic_server_config, serve_admin, serve_metrics,
+    Listening, Rebuilt, Running, ServeError, Shared, Shutdown, TermEnd, blocking, lead, listen,
+    lock,
 };
 
 /// Awards a standby reads from the log at one look, at most.
@@ -48,22 +48,14 @@ pub(crate) async fn start(config: Config, shutdown: Shutdown) -> Result<Running,
     let pg = config.postgres.clone().ok_or_else(|| {
         ServeError::Ledger(LedgerError::Failed("ledger = postgres needs [postgres]".into()))
     })?;
+    let target = pg::Target::from_config(&pg)?;
     {
         // Fail the start, with the database's own words, on a wrong URL or a schema too new.
-        let target = pg::Target::from_config(&pg)?;
+        let target = target.clone();
         blocking(move || PostgresLedger::open(&target).map(drop)).await?;
     }
-    let target = pg::Target::from_config(&pg)?;
-    {}
-    let server = quic_server_config(&config)?;
-    let socket = bind_socket(config.listen)?;
-    let quic_addr =
-        socket.local_addr().map_err(|source| ServeError::Bind { addr: config.listen, source })?;
-    let endpoint = endpoint_on(socket, server, quic_addr)?;
-    let shared = Shared::default();
-    shared.health.standby.store(true, Ordering::Relaxed);
-    let metrics_addr = serve_metrics(&config, &shared, &shutdown).await?;
-    let admin_addr = serve_admin(&config, &shared, &shutdown).await?;
+    let Listening { endpoint, quic_addr, shared, metrics_addr, admin_addr } =
+        listen(&config, true, &shutdown).await?;
     let node = Node {
         target,
         advertise: pg.advertise.unwrap_or(quic_addr),

@@ -248,17 +248,51 @@ pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, ServeE
         })
         .await?
     };
-    let server = quic_server_config(&config)?;
+    let listening = listen(&config, false, &shutdown).await?;
+    let rebuilt = Rebuilt::from_snapshot(&config, snapshot)?;
+    let done = lead(
+        &config,
+        listening.endpoint,
+        TermEnd::CloseEndpoint,
+        store,
+        rebuilt,
+        &listening.shared,
+        shutdown,
+    )?;
+    Ok(Running {
+        quic_addr: listening.quic_addr,
+        metrics_addr: listening.metrics_addr,
+        admin_addr: listening.admin_addr,
+        done,
+    })
+}
+
+/// Everything a started allocator listens on, whatever its ledger.
+pub(crate) struct Listening {
+    pub(crate) endpoint: quinn::Endpoint,
+    pub(crate) quic_addr: SocketAddr,
+    pub(crate) shared: Shared,
+    pub(crate) metrics_addr: Option<SocketAddr>,
+    pub(crate) admin_addr: Option<SocketAddr>,
+}
+
+/// Binds the QUIC endpoint and serves the metrics and admin listeners; `standby` is what
+/// `/ready` says until a term starts.
+pub(crate) async fn listen(
+    config: &Config,
+    standby: bool,
+    shutdown: &Shutdown,
+) -> Result<Listening, ServeError> {
+    let server = quic_server_config(config)?;
     let socket = bind_socket(config.listen)?;
     let quic_addr =
         socket.local_addr().map_err(|source| ServeError::Bind { addr: config.listen, source })?;
     let endpoint = endpoint_on(socket, server, quic_addr)?;
     let shared = Shared::default();
-    let metrics_addr = serve_metrics(&config, &shared, &shutdown).await?;
-    let admin_addr = serve_admin(&config, &shared, &shutdown).await?;
-    let rebuilt = Rebuilt::from_snapshot(&config, snapshot);
-    let done = lead(&config, endpoint, TermEnd::CloseEndpoint, store, rebuilt?, &shared, shutdown)?;
-    Ok(Running { quic_addr, metrics_addr, admin_addr, done })
+    shared.health.standby.store(standby, Ordering::Relaxed);
+    let metrics_addr = serve_metrics(config, &shared, shutdown).await?;
+    let admin_addr = serve_admin(config, &shared, shutdown).await?;
+    Ok(Listening { endpoint, quic_addr, shared, metrics_addr, admin_addr })
 }
 
 /// Runs blocking ledger work off the async runtime.

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::{Value, json};
 use shake_ops::http::{body_of, request_with_body};
-use shake_proto::allocator::PROTOCOL_VERSION;
 use shake_proto::{AllocatorFrame, Batch, BatchEntry, RoundPhase};
 
 /// chromium and chromedriver, installed if missing.
@@ -166,18 +165,7 @@ async fn the_dashboard_shows_the_show_and_go_opens_a_round() {
     let scratch = Scratch::new("dashboard");
     let alloc = Allocator::start(&scratch.admin_config());
     let admin = alloc.admin.unwrap();
-    let conn = connect(alloc.quic, client_config(&scratch.dir.join("certs"), Some("edge-1")))
-        .await
-        .unwrap();
-    let mut edge = EdgeStream::open(&conn).await;
-    edge.send(&AllocatorFrame::EdgeHello {
-        edge_id: 1,
-        worker_id: 0,
-        protocol_version: PROTOCOL_VERSION,
-        instance_id: 77,
-        highest_answered_seq: 0,
-    })
-    .await;
+    let mut edge = edge_worker(alloc.quic, &scratch, 77).await.unwrap();
     edge.send(&AllocatorFrame::LoadReport { window_ms: 1000, offered: 2500, admitted: 40 }).await;
 
     let page = tokio::task::spawn_blocking(move || {

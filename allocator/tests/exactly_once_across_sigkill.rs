@@ -9,7 +9,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use shake_proto::allocator::PROTOCOL_VERSION;
 use shake_proto::{AllocatorFrame, Batch, BatchEntry, Prize};
 
 const ENVELOPES: u64 = 300;
@@ -25,23 +24,6 @@ fn batch(seq: u64) -> AllocatorFrame {
     AllocatorFrame::Batch(Batch::new(seq, 1, *BASE_MS.get_or_init(now_ms), &entries))
 }
 
-async fn edge(alloc: &Allocator, scratch: &Scratch) -> EdgeStream {
-    let conn = connect(alloc.quic, client_config(&scratch.dir.join("certs"), Some("edge-1")))
-        .await
-        .unwrap();
-    let mut stream = EdgeStream::open(&conn).await;
-    stream
-        .send(&AllocatorFrame::EdgeHello {
-            edge_id: 1,
-            worker_id: 0,
-            protocol_version: PROTOCOL_VERSION,
-            instance_id: 42,
-            highest_answered_seq: 0,
-        })
-        .await;
-    stream
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_stream_then_resend_pays_exactly_once() {
     let scratch = Scratch::new("sigkill");
@@ -53,7 +35,7 @@ async fn sigkill_mid_stream_then_resend_pays_exactly_once() {
     let mut alloc = Allocator::start(&config);
     let mut first_answers: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
     {
-        let mut stream = edge(&alloc, &scratch).await;
+        let mut stream = edge_worker(alloc.quic, &scratch, 42).await.unwrap();
         for seq in 1..=BATCHES / 2 {
             stream.send(&batch(seq)).await;
             let (answered, _, raw) = stream.next_result().await.unwrap();
@@ -75,7 +57,7 @@ async fn sigkill_mid_stream_then_resend_pays_exactly_once() {
 
     // Second life: resend everything from the start.
     let mut alloc = Allocator::start(&config);
-    let mut stream = edge(&alloc, &scratch).await;
+    let mut stream = edge_worker(alloc.quic, &scratch, 42).await.unwrap();
     let mut second_answers: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
     let mut winners_by_award: BTreeMap<u64, (u64, u32, Prize)> = BTreeMap::new();
     for seq in 1..=BATCHES {

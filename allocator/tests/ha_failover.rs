@@ -6,13 +6,11 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::pg_server::PgServer;
 use common::*;
-use shake_proto::allocator::PROTOCOL_VERSION;
 use shake_proto::{AllocatorFrame, Batch, BatchEntry, ErrorCode};
 
 const ENVELOPES: u64 = 300;
@@ -43,21 +41,6 @@ fn await_leadership(alloc: &Allocator, within: Duration) -> f64 {
     }
 }
 
-async fn edge(addr: SocketAddr, scratch: &Scratch) -> Result<EdgeStream, String> {
-    let conn = connect(addr, client_config(&scratch.dir.join("certs"), Some("edge-1"))).await?;
-    let mut stream = EdgeStream::open(&conn).await;
-    stream
-        .send(&AllocatorFrame::EdgeHello {
-            edge_id: 1,
-            worker_id: 0,
-            protocol_version: PROTOCOL_VERSION,
-            instance_id: 42,
-            highest_answered_seq: 0,
-        })
-        .await;
-    Ok(stream)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_standby_takes_over_from_a_killed_leader_and_answers_exactly_once() {
     let scratch = Scratch::new("ha");
@@ -86,7 +69,7 @@ async fn the_standby_takes_over_from_a_killed_leader_and_answers_exactly_once() 
     // The leader answers half, gets the rest, and is killed mid-stream.
     let mut first_answers: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
     {
-        let mut stream = edge(a.quic, &scratch).await.unwrap();
+        let mut stream = edge_worker(a.quic, &scratch, 42).await.unwrap();
         for seq in 1..=BATCHES / 2 {
             stream.send(&batch(seq)).await;
             let (answered, _, raw) = stream.next_result().await.unwrap();
@@ -118,7 +101,7 @@ async fn the_standby_takes_over_from_a_killed_leader_and_answers_exactly_once() 
     assert!(second_epoch > first_epoch);
     assert!(failover < Duration::from_secs(5), "takeover took {failover:?} (lease 1.5 s)");
 
-    let mut stream = edge(b.quic, &scratch).await.unwrap();
+    let mut stream = edge_worker(b.quic, &scratch, 42).await.unwrap();
     let mut second_answers: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
     let mut told: BTreeMap<u64, u64> = BTreeMap::new();
     for seq in 1..=BATCHES {

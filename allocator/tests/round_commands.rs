@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use common::*;
 use shake_ops::http::{body_of, request_with, status_of};
-use shake_proto::allocator::PROTOCOL_VERSION;
 use shake_proto::{AllocatorFrame, Batch, BatchEntry, RoundPhase};
 
 /// The allocator and its admin API's address (from its ready line).
@@ -41,23 +40,6 @@ fn authed(addr: SocketAddr, method: &str, path: &str, key: &str) -> (u16, serde_
     (code, serde_json::from_str(body.trim()).unwrap_or(serde_json::Value::String(body)))
 }
 
-async fn edge(alloc: &Allocator, scratch: &Scratch) -> EdgeStream {
-    let conn = connect(alloc.quic, client_config(&scratch.dir.join("certs"), Some("edge-1")))
-        .await
-        .unwrap();
-    let mut stream = EdgeStream::open(&conn).await;
-    stream
-        .send(&AllocatorFrame::EdgeHello {
-            edge_id: 1,
-            worker_id: 0,
-            protocol_version: PROTOCOL_VERSION,
-            instance_id: 5,
-            highest_answered_seq: 0,
-        })
-        .await;
-    stream
-}
-
 /// The next `RoundState` for round 1.
 async fn round_one(stream: &mut EdgeStream) -> (RoundPhase, u64, u64) {
     loop {
@@ -74,7 +56,7 @@ async fn go_opens_an_armed_round_and_every_command_is_recorded_once() {
     let scratch = Scratch::new("commands");
     let config = scratch.admin_config();
     let (mut alloc, admin) = admin_addr(&config);
-    let mut stream = edge(&alloc, &scratch).await;
+    let mut stream = edge_worker(alloc.quic, &scratch, 5).await.unwrap();
     assert_eq!(round_one(&mut stream).await.0, RoundPhase::Waiting);
 
     // No token, a wrong token: nothing happens.
@@ -165,6 +147,6 @@ async fn go_opens_an_armed_round_and_every_command_is_recorded_once() {
         actions,
         vec![("go", "director"), ("extend", "director"), ("close", "floor-manager")]
     );
-    let mut stream = edge(&alloc, &scratch).await;
+    let mut stream = edge_worker(alloc.quic, &scratch, 5).await.unwrap();
     assert_eq!(round_one(&mut stream).await, (RoundPhase::Closed, started, closed_at));
 }

@@ -226,6 +226,27 @@ pub async fn connect(
     connecting.await.map_err(|e| e.to_string())
 }
 
+/// Edge 1's worker 0 (instance `instance_id`) connected to the allocator at `addr` with the
+/// scratch directory's dev certificates, its `EdgeHello` sent.
+pub async fn edge_worker(
+    addr: SocketAddr,
+    scratch: &Scratch,
+    instance_id: u64,
+) -> Result<EdgeStream, String> {
+    let conn = connect(addr, client_config(&scratch.dir.join("certs"), Some("edge-1"))).await?;
+    let mut stream = EdgeStream::open(&conn).await;
+    stream
+        .send(&AllocatorFrame::EdgeHello {
+            edge_id: 1,
+            worker_id: 0,
+            protocol_version: shake_proto::allocator::PROTOCOL_VERSION,
+            instance_id,
+            highest_answered_seq: 0,
+        })
+        .await;
+    Ok(stream)
+}
+
 /// One edge worker stream.
 pub struct EdgeStream {
     pub conn: quinn::Connection,
