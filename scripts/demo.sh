@@ -13,8 +13,12 @@
 #                                   standby started here on free loopback ports (as the postgres
 #                                   user), or the database at PG_URL when given
 #   SHOW=live scripts/demo.sh       a show driven by commands: both rounds armed for later, then
-#                                   opened, extended and closed through `shake-allocator round`
-#                                   while the swarm runs (the JSON line adds commands_applied)
+#                                   opened, paused, topped up, resumed, extended and closed, and a
+#                                   round added, through `shake-allocator round` while the swarm
+#                                   runs (the JSON line adds commands_applied)
+#   SCREENSHOT=1 SHOW=live scripts/demo.sh    also photographs the control room's dashboard
+#                                   mid-show (target/demo/dashboard.png; headless chromium,
+#                                   installed by scripts/browser.sh with apt-get when missing)
 #
 # The JSON line adds awards_redelivered: awards sent again to a phone's next session because
 # the phone had left before acknowledging them.
@@ -34,6 +38,11 @@ LEDGER="${LEDGER:-fjall}"
 SHOW="${SHOW:-scheduled}"
 case "$LEDGER" in fjall | postgres) ;; *) echo "demo: LEDGER is fjall or postgres" >&2; exit 64 ;; esac
 case "$SHOW" in scheduled | live) ;; *) echo "demo: SHOW is scheduled or live" >&2; exit 64 ;; esac
+SCREENSHOT="${SCREENSHOT:-0}"
+if [ "$SCREENSHOT" = 1 ] && [ "$SHOW" != live ]; then
+    echo "demo: SCREENSHOT=1 needs SHOW=live (the dashboard is on the admin listener)" >&2
+    exit 64
+fi
 DEMO="${SHAKE_DEMO_DIR:-target/demo}"
 BIN="${SHAKE_BIN_DIR:-target/release}"
 pids=()
@@ -80,7 +89,7 @@ if [ "$SHOW" = live ]; then
     # Armed for an hour from now: the commands open them, the schedule is only the fallback.
     round1=$(( now_ms + 3600 * 1000 ))
     round2=$(( round1 + 1800 * 1000 ))
-    run_s=$(( LEAD_S + 2 * ROUND_S + 15 ))
+    run_s=$(( LEAD_S + 2 * ROUND_S + 19 ))
 fi
 
 write_allocator_config "$DEMO/allocator.toml" "$DEMO" 127.0.0.1:0 "$round1" "$ROUND_S" "$round2"
@@ -118,23 +127,56 @@ director() {
         --as director >>"$DEMO/commands.out" || { echo "demo: round $* was refused" >&2; exit 1; }
 }
 if [ "$SHOW" = live ]; then
+    round1_left=$(( ROUND_S - ROUND_S / 3 ))
+    cat >"$DEMO/round-3.toml" <<TOML
+# A round added during the show: an encore, armed for later (opened by "go" or at this time).
+id = 3
+starts_at_ms = $(( round2 + 3600 * 1000 ))
+duration_s = $ROUND_S
+seed = 33
+[cash]
+total_cents = 50000
+envelopes = 200
+[[gifts]]
+sku = "ENCORE-T"
+name = "Encore T-shirt"
+count = 50
+TOML
     sleep "$LEAD_S"
     director go 1
-    sleep $(( ROUND_S / 2 ))
+    sleep $(( ROUND_S / 3 ))
+    director pause 1                  # the host holds the moment
+    sleep 2
+    director top-up 1 --cash-cents 20000 --envelopes 100 --gift HEADPHONES=10
+    director resume 1                 # for the time it had left
+    sleep $(( round1_left / 2 ))
     director extend 1 --by-s 3
-    sleep $(( ROUND_S - ROUND_S / 2 + 3 + 3 ))
+    sleep $(( round1_left - round1_left / 2 + 3 + 3 ))
     director go 2
     sleep $(( ROUND_S / 4 ))
     director interval 2 --ms 250
+    director add "$DEMO/round-3.toml"
+    if [ "$SCREENSHOT" = 1 ]; then
+        say "photographing the dashboard mid-show ($DEMO/dashboard.png)"
+        "$BIN/shake-allocator" screenshot --admin "$admin_addr" --token-file "$DEMO/admin.token" \
+            --out "$DEMO/dashboard.png" 2>>"$DEMO/screenshot.log" &
+        shot_pid=$!
+    fi
     sleep $(( ROUND_S / 2 ))
     director close 2                  # early: three quarters in
 fi
 wait "$swarm_pid"
+if [ -n "${shot_pid:-}" ]; then
+    wait "$shot_pid" || echo "demo: the screenshot failed (see $DEMO/screenshot.log)" >&2
+fi
 sed '$d' "$DEMO/swarm.out" >&2
 commands_applied=0
+verify_commands=()
 if [ "$SHOW" = live ]; then
-    commands_applied=$("$BIN/shake-allocator" round audit --admin "$admin_addr" \
-        --token-file "$DEMO/admin.token" | grep -c '"action"')
+    "$BIN/shake-allocator" round audit --admin "$admin_addr" --token-file "$DEMO/admin.token" \
+        >"$DEMO/audit.jsonl"
+    commands_applied=$(grep -c '"action"' "$DEMO/audit.jsonl")
+    verify_commands=(--commands "$DEMO/audit.jsonl")
 fi
 edge_metrics=$(ready_field "$DEMO/edge.out" metrics "$edge_pid")
 awards_redelivered=$(metric_sum "$edge_metrics" 'shake_edge_awards_total{delivery="owed_written"')
@@ -152,16 +194,18 @@ pids=()
 "$BIN/shake-allocator" export --config "$DEMO/allocator.toml" >"$DEMO/awards.jsonl" 2>>"$DEMO/allocator.log"
 say "checking the phones' awards against the ledger"
 "$BIN/shake-swarm" verify --report "$DEMO/swarm.json" --ledger "$DEMO/awards.jsonl" \
-    --allocator-config "$DEMO/allocator.toml" >"$DEMO/verify.out" && verified=0 || verified=$?
+    --allocator-config "$DEMO/allocator.toml" "${verify_commands[@]}" >"$DEMO/verify.out" \
+    && verified=0 || verified=$?
 sed '$d' "$DEMO/verify.out"
 if [ "$SHOW" = live ]; then
-    printf 'commands applied: %s (go, extend, go, interval, close expected)\n' "$commands_applied"
+    printf 'commands applied: %s (go, pause, top-up, resume, extend, go, interval, add, close expected)\n' \
+        "$commands_applied"
 fi
 printf 'awards sent again to a next session: %s\n' "$awards_redelivered"
 tail -n1 "$DEMO/verify.out" |
     sed "s/}\$/,\"ledger\":\"$LEDGER\",\"show\":\"$SHOW\",\"commands_applied\":$commands_applied,\"awards_redelivered\":$awards_redelivered}/"
-if [ "$SHOW" = live ] && [ "$commands_applied" != 5 ]; then
-    echo "demo: $commands_applied commands applied, 5 expected" >&2
+if [ "$SHOW" = live ] && [ "$commands_applied" != 9 ]; then
+    echo "demo: $commands_applied commands applied, 9 expected" >&2
     exit 1
 fi
 exit "$verified"

@@ -8,6 +8,10 @@
 //! | `POST /rounds/{id}/extend?by_s=N` | move the close N seconds later |
 //! | `POST /rounds/{id}/close` | close now (or cancel a round that has not opened) |
 //! | `POST /rounds/{id}/interval?ms=N` | ask phones to keep N ms between shakes |
+//! | `POST /rounds/{id}/pause` | stop taking shakes now, keeping the time left |
+//! | `POST /rounds/{id}/resume` | open a paused round again for the time it had left |
+//! | `POST /rounds/{id}/top-up` | more prizes: a JSON body `{"cash": {..}, "gifts": [..]}` as in the configuration |
+//! | `POST /rounds` | add a round: a JSON body with the fields of a configuration's `[[rounds]]` |
 //! | `GET /` | the control room's dashboard (a page; give it the token) |
 //! | `GET /events?token=T` | server-sent events: a [`Dashboard`] snapshot every second |
 //! | `GET /audit` | every recorded command, oldest first (JSON lines) |
@@ -65,6 +69,9 @@ pub(crate) struct Dashboard {
     /// Counters since this term began: the page shows their rates.
     pub(crate) entries_drawn: u64,
     pub(crate) awards_granted: u64,
+    /// Shake to award (durable and answered), milliseconds, median and 99th percentile over
+    /// the last 5 s; none without awards.
+    pub(crate) award_latency_ms: Option<(u64, u64)>,
     /// The last group commit's duration.
     pub(crate) last_commit_ms: Option<f64>,
 }
@@ -77,7 +84,23 @@ pub(crate) struct EdgeView {
     pub(crate) streams: usize,
     /// Shakes offered per second at the edge, from its latest load reports.
     pub(crate) offered_per_s: f64,
+    /// Phones with a session on the edge (its workers' latest stats).
+    pub(crate) phones: u64,
+    /// The edge's answers per second, by verdict.
+    pub(crate) verdicts_per_s: VerdictRates,
 }
+
+/// Answers per second by verdict.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub(crate) struct VerdictRates {
+    pub(crate) no_luck: f64,
+    pub(crate) slow_down: f64,
+    pub(crate) round_closed: f64,
+    pub(crate) forwarded: f64,
+}
+
+/// The largest request body (a round or a top-up), bytes.
+pub const MAX_BODY: usize = 64 * 1024;
 
 /// Support's cap on one `GET /awards`.
 pub const AWARDS_LIMIT: usize = 10_000;
@@ -101,6 +124,10 @@ pub(crate) struct RoundView {
     pub(crate) starts_at_ms: u64,
     pub(crate) ends_at_ms: u64,
     pub(crate) min_shake_interval_ms: u32,
+    /// When the pause in force began, if paused.
+    pub(crate) paused_at_ms: Option<u64>,
+    /// Open time the round has left, milliseconds (pauses not counted).
+    pub(crate) left_ms: u64,
     pub(crate) prizes: usize,
     pub(crate) awarded: usize,
     pub(crate) cash_left_cents: u64,
@@ -127,11 +154,12 @@ pub(crate) async fn spawn(
     let app = Router::new()
         .route("/", get(page))
         .route("/events", get(events))
-        .route("/rounds", get(rounds))
+        .route("/rounds", get(rounds).post(add_round))
         .route("/rounds/{id}/{action}", post(command))
         .route("/audit", get(audit))
         .route("/awards", get(awards))
         .route("/awards/export", get(export_awards))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(api);
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
@@ -276,11 +304,22 @@ struct CommandQuery {
     ms: Option<u32>,
 }
 
+/// A top-up's body.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TopUpBody {
+    #[serde(default)]
+    cash: Option<crate::config::CashPool>,
+    #[serde(default)]
+    gifts: Vec<crate::config::GiftPool>,
+}
+
 async fn command(
     State(api): State<Api>,
     Path((round_id, action)): Path<(u32, String)>,
     Query(query): Query<CommandQuery>,
     headers: HeaderMap,
+    body: axum::body::Bytes,
 ) -> Response {
     if !api.authorized(&headers) {
         return error(StatusCode::UNAUTHORIZED, "a bearer token is needed");
@@ -288,12 +327,42 @@ async fn command(
     let action = match (action.as_str(), query.by_s, query.ms) {
         ("go", _, _) => RoundAction::Go,
         ("close", _, _) => RoundAction::Close,
+        ("pause", _, _) => RoundAction::Pause,
+        ("resume", _, _) => RoundAction::Resume,
         ("extend", Some(by_s), _) => RoundAction::Extend { by_ms: by_s.saturating_mul(1000) },
         ("interval", _, Some(ms)) => RoundAction::Interval { ms },
         ("extend", None, _) => return error(StatusCode::BAD_REQUEST, "extend needs ?by_s=N"),
         ("interval", _, None) => return error(StatusCode::BAD_REQUEST, "interval needs ?ms=N"),
-        _ => return error(StatusCode::NOT_FOUND, "actions: go, extend, close, interval"),
+        ("top-up", _, _) => match serde_json::from_slice::<TopUpBody>(&body) {
+            Ok(TopUpBody { cash, gifts }) => RoundAction::TopUp { cash, gifts },
+            Err(e) => return error(StatusCode::BAD_REQUEST, &format!("top-up body: {e}")),
+        },
+        _ => {
+            return error(
+                StatusCode::NOT_FOUND,
+                "actions: go, extend, close, interval, pause, resume, top-up",
+            );
+        }
     };
+    submit(&api, &headers, round_id, action).await
+}
+
+async fn add_round(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if !api.authorized(&headers) {
+        return error(StatusCode::UNAUTHORIZED, "a bearer token is needed");
+    }
+    match serde_json::from_slice::<crate::config::RoundConfig>(&body) {
+        Ok(round) => submit(&api, &headers, round.id, RoundAction::Add { round }).await,
+        Err(e) => error(StatusCode::BAD_REQUEST, &format!("round body: {e}")),
+    }
+}
+
+/// Submits a command named by the request's headers and answers with what became of it.
+async fn submit(api: &Api, headers: &HeaderMap, round_id: u32, action: RoundAction) -> Response {
     let header_text = |name: &str| {
         headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned).filter(|v| !v.is_empty())
     };
@@ -312,6 +381,7 @@ async fn command(
                 serde_json::json!({
                     "starts_at_ms": t.starts_at_ms,
                     "ends_at_ms": t.ends_at_ms,
+                    "paused_at_ms": t.paused_at_ms,
                     "min_shake_interval_ms": t.min_shake_interval_ms,
                 })
             }) }),

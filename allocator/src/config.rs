@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 pub use shake_ops::config::ConfigError;
 use shake_ops::config::{TlsFile, Validate, check_tls_file, invalid};
 
@@ -158,7 +158,7 @@ pub struct TlsConfig {
 }
 
 /// How prizes become available over a round.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Release {
     /// Evenly over the round's duration (the default): the pool does not drain in a second.
@@ -169,7 +169,7 @@ pub enum Release {
 }
 
 /// One round of the show.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RoundConfig {
     /// Round id, unique and non-zero.
@@ -216,10 +216,65 @@ impl RoundConfig {
         self.cash.as_ref().map_or(0, |c| c.envelopes)
             + self.gifts.iter().map(|g| g.count).sum::<u64>()
     }
+
+    /// Adds a top-up's prizes to the round as configured: cash joins the cash pool (totals and
+    /// envelopes add up, the smallest envelope is the smaller), a gift whose SKU the round has
+    /// joins that pool, another becomes a new pool. Each gift's pool index and count.
+    pub fn top_up(&mut self, cash: Option<&CashPool>, gifts: &[GiftPool]) -> Vec<(u16, u64)> {
+        if let Some(added) = cash {
+            let pool = self.cash.get_or_insert(CashPool {
+                total_cents: 0,
+                envelopes: 0,
+                min_cents: added.min_cents,
+            });
+            pool.total_cents += added.total_cents;
+            pool.envelopes += added.envelopes;
+            pool.min_cents = pool.min_cents.min(added.min_cents);
+        }
+        gifts
+            .iter()
+            .map(|gift| {
+                let pool = match self.gifts.iter().position(|g| g.sku == gift.sku) {
+                    Some(pool) => {
+                        self.gifts[pool].count += gift.count;
+                        pool
+                    }
+                    None => {
+                        self.gifts.push(gift.clone());
+                        self.gifts.len() - 1
+                    }
+                };
+                (pool as u16, gift.count)
+            })
+            .collect()
+    }
+
+    /// Checks one round on its own (its id, length, spread and pools); `at` names a field for
+    /// the error. The configuration adds the checks between rounds (unique ids, no overlap);
+    /// a round added during the show is checked the same way.
+    pub fn check(&self, at: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
+        if self.id == 0 {
+            return Err(invalid(at("id"), "0 means \"no round\"; use 1 or more"));
+        }
+        if self.duration_s == 0 {
+            return Err(invalid(at("duration_s"), "must be at least 1"));
+        }
+        if u64::from(self.start_spread_ms) >= self.duration_s.saturating_mul(1000) {
+            return Err(invalid(at("start_spread_ms"), "must be shorter than the round"));
+        }
+        if self.cash.is_none() && self.gifts.is_empty() {
+            return Err(invalid(at("cash"), "a round needs a cash pool or gifts"));
+        }
+        check_pools(self.cash.as_ref(), &self.gifts, at)?;
+        if self.prize_count() > u64::from(u32::MAX) {
+            return Err(invalid(at("cash"), "more than 2^32 prizes in one round"));
+        }
+        Ok(())
+    }
 }
 
 /// A cash pool, split into random envelopes at round open.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CashPool {
     /// The whole pool, cents; the envelopes sum to exactly this.
@@ -232,7 +287,7 @@ pub struct CashPool {
 }
 
 /// A gift pool.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GiftPool {
     /// Stock-keeping unit (1 to 64 bytes): what awards carry.
@@ -241,6 +296,34 @@ pub struct GiftPool {
     pub name: String,
     /// How many there are.
     pub count: u64,
+}
+
+/// Checks a cash pool and gift pools (a round's, or a top-up's); `at` names a field.
+pub fn check_pools(
+    cash: Option<&CashPool>,
+    gifts: &[GiftPool],
+    at: &dyn Fn(&str) -> String,
+) -> Result<(), ConfigError> {
+    if let Some(cash) = cash {
+        if cash.envelopes == 0 || cash.envelopes > 100_000_000 {
+            return Err(invalid(at("cash.envelopes"), "must be 1 to 100,000,000"));
+        }
+        if cash.min_cents == 0 {
+            return Err(invalid(at("cash.min_cents"), "must be at least 1"));
+        }
+        if cash.total_cents / cash.envelopes < cash.min_cents {
+            return Err(invalid(at("cash.total_cents"), "must be at least envelopes x min_cents"));
+        }
+    }
+    for (g, gift) in gifts.iter().enumerate() {
+        if gift.sku.is_empty() || gift.sku.len() > shake_proto::limits::MAX_SKU {
+            return Err(invalid(at(&format!("gifts[{g}].sku")), "must be 1 to 64 bytes"));
+        }
+        if gift.count == 0 {
+            return Err(invalid(at(&format!("gifts[{g}].count")), "must be at least 1"));
+        }
+    }
+    Ok(())
 }
 
 fn default_oversampling() -> f64 {
@@ -343,46 +426,10 @@ impl Validate for Config {
         }
         for (i, round) in self.rounds.iter().enumerate() {
             let at = |field: &str| format!("rounds[{i}].{field}");
-            if round.id == 0 {
-                return Err(invalid(at("id"), "0 means \"no round\"; use 1 or more"));
-            }
             if self.rounds[..i].iter().any(|r| r.id == round.id) {
                 return Err(invalid(at("id"), format!("round id {} appears twice", round.id)));
             }
-            if round.duration_s == 0 {
-                return Err(invalid(at("duration_s"), "must be at least 1"));
-            }
-            if u64::from(round.start_spread_ms) >= round.duration_s.saturating_mul(1000) {
-                return Err(invalid(at("start_spread_ms"), "must be shorter than the round"));
-            }
-            if round.cash.is_none() && round.gifts.is_empty() {
-                return Err(invalid(at("cash"), "a round needs a cash pool or gifts"));
-            }
-            if let Some(cash) = &round.cash {
-                if cash.envelopes == 0 || cash.envelopes > 100_000_000 {
-                    return Err(invalid(at("cash.envelopes"), "must be 1 to 100,000,000"));
-                }
-                if cash.min_cents == 0 {
-                    return Err(invalid(at("cash.min_cents"), "must be at least 1"));
-                }
-                if cash.total_cents / cash.envelopes < cash.min_cents {
-                    return Err(invalid(
-                        at("cash.total_cents"),
-                        "must be at least envelopes x min_cents",
-                    ));
-                }
-            }
-            for (g, gift) in round.gifts.iter().enumerate() {
-                if gift.sku.is_empty() || gift.sku.len() > shake_proto::limits::MAX_SKU {
-                    return Err(invalid(at(&format!("gifts[{g}].sku")), "must be 1 to 64 bytes"));
-                }
-                if gift.count == 0 {
-                    return Err(invalid(at(&format!("gifts[{g}].count")), "must be at least 1"));
-                }
-            }
-            if round.prize_count() > u64::from(u32::MAX) {
-                return Err(invalid(at("cash"), "more than 2^32 prizes in one round"));
-            }
+            round.check(&at)?;
         }
         Ok(())
     }

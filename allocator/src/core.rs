@@ -29,6 +29,7 @@ use shake_proto::{
 
 use crate::award::{Award, BatchKey, WorkerKey};
 use crate::draw::{Draw, RoundDraw};
+use crate::latency_window::LatencyWindow;
 use crate::ledger::{AnsweredBatch, WorkerRecord};
 use crate::owed::OwedAwards;
 use crate::quota::{self, EdgeQuota, QuotaPlanner};
@@ -154,6 +155,8 @@ impl WorkerSlot {
 struct Pending {
     digest: BatchDigest,
     waiting: Vec<StreamId>,
+    /// When each winner shook (the edge's clock, Unix milliseconds), for the award latency.
+    shaken_at_ms: Vec<u64>,
 }
 
 /// Settings the core needs from the configuration.
@@ -209,6 +212,7 @@ pub struct Core {
     scratch: Vec<Award>,
     commands: CommandBook,
     owed: OwedAwards,
+    award_latency: LatencyWindow,
 }
 
 impl Core {
@@ -230,23 +234,24 @@ impl Core {
             scratch: Vec::new(),
             commands: CommandBook::default(),
             owed: OwedAwards::default(),
+            award_latency: LatencyWindow::default(),
         }
     }
 
-    /// Replays the operator commands read from the ledger, in order (before serving).
-    pub fn restore_commands(&mut self, commands: Vec<RoundCommand>) -> Result<(), Refusal> {
+    /// Takes back the command log read from the ledger, in order (before serving). The draw
+    /// has them applied already ([`Draw::apply_command`], before its awards were restored).
+    pub fn restore_command_log(&mut self, commands: Vec<RoundCommand>) {
         for command in commands {
-            self.draw.apply_command(&command)?;
             self.commands.replay(command);
         }
-        Ok(())
     }
 
     /// An operator command (its `at_ms` is when it was accepted). A valid new one is
     /// recorded first ([`Effect::RecordCommand`]) and takes effect when
     /// [`Core::on_command_recorded`] says it is durable.
     pub fn on_command(&mut self, command: RoundCommand, out: &mut Vec<Effect>) -> Submitted {
-        let submitted = self.commands.submit(command, &self.draw.timings());
+        let draw = &self.draw;
+        let submitted = self.commands.submit(command, |c| draw.check_command(c).map(drop));
         if let Submitted::Record(command) = &submitted {
             out.push(Effect::RecordCommand(command.clone()));
         }
@@ -473,7 +478,9 @@ impl Core {
         self.counters.batches_drawn += 1;
         self.counters.entries_drawn += batch.len() as u64;
         self.counters.awards_granted += self.scratch.len() as u64;
-        self.pending.insert(key, Pending { digest: batch.digest(), waiting: vec![stream] });
+        let shaken_at_ms = shake_times(batch, &self.scratch);
+        self.pending
+            .insert(key, Pending { digest: batch.digest(), waiting: vec![stream], shaken_at_ms });
         out.push(Effect::Commit(AnsweredBatch {
             key,
             answer: answer_frame(batch.seq, batch.digest(), &self.scratch),
@@ -481,11 +488,20 @@ impl Core {
         }));
     }
 
-    /// These batches are durable: answer everyone waiting for them.
-    pub fn on_committed(&mut self, batches: &[(BatchKey, Bytes)], out: &mut Vec<Effect>) {
+    /// These batches are durable at `now_ms`: answer everyone waiting for them.
+    pub fn on_committed(
+        &mut self,
+        batches: &[(BatchKey, Bytes)],
+        now_ms: u64,
+        out: &mut Vec<Effect>,
+    ) {
         let mut stale = Vec::new();
         for (key, answer) in batches {
-            let waiting = self.pending.remove(key).map(|p| p.waiting).unwrap_or_default();
+            let (waiting, shaken_at_ms) =
+                self.pending.remove(key).map(|p| (p.waiting, p.shaken_at_ms)).unwrap_or_default();
+            for shaken_at in shaken_at_ms {
+                self.award_latency.record(now_ms, now_ms.saturating_sub(shaken_at));
+            }
             for stream in waiting {
                 if self.streams.get(&stream).is_some_and(|s| s.instance_id == key.instance_id) {
                     out.push(Effect::Send(stream, answer.clone()));
@@ -504,6 +520,12 @@ impl Core {
             self.counters.answers_forgotten += stale.len() as u64;
             out.push(Effect::Compact { forget: stale, worker: None });
         }
+    }
+
+    /// Shake (the edge's clock) to award durable and answered (this allocator's clock), over
+    /// the last few seconds.
+    pub fn award_latency(&self) -> &LatencyWindow {
+        &self.award_latency
     }
 
     /// Phones acknowledged these awards.
@@ -690,6 +712,21 @@ fn answer_digest(answer: &Bytes) -> Option<BatchDigest> {
     }
 }
 
+/// When each of `awards` (a batch's, in entry order) was shaken: the batch's base time and the
+/// entry's offset.
+fn shake_times(batch: &Batch, awards: &[Award]) -> Vec<u64> {
+    let mut times = Vec::with_capacity(awards.len());
+    let mut wins = awards.iter().map(|a| a.entry_index).peekable();
+    for (index, entry) in batch.entries().enumerate() {
+        let Some(&next) = wins.peek() else { break };
+        if next == index as u32 {
+            times.push(batch.base_time_ms + u64::from(entry.offset_us / 1000));
+            wins.next();
+        }
+    }
+    times
+}
+
 fn phase_at(round: &RoundDraw, now_ms: u64) -> RoundPhase {
     round.timing().phase(now_ms)
 }
@@ -697,13 +734,14 @@ fn phase_at(round: &RoundDraw, now_ms: u64) -> RoundPhase {
 fn round_state_frame(round: &RoundDraw, now_ms: u64) -> Bytes {
     let config = round.config();
     let timing = round.timing();
+    let (starts_at_ms, ends_at_ms) = timing.wire_times();
     let mut frame = BytesMut::new();
     AllocatorFrame::RoundState {
         round: RoundInfo {
             round_id: config.id,
             phase: phase_at(round, now_ms),
-            starts_at_ms: timing.starts_at_ms,
-            ends_at_ms: timing.ends_at_ms,
+            starts_at_ms,
+            ends_at_ms,
             start_spread_ms: config.start_spread_ms,
         },
         min_shake_interval_ms: timing.min_shake_interval_ms,

@@ -12,9 +12,9 @@ use std::collections::HashMap;
 use shake_proto::{Batch, Prize};
 
 use crate::award::{Award, BatchKey};
-use crate::config::{Release, RoundConfig};
+use crate::config::{CashPool, GiftPool, Release, RoundConfig};
 use crate::pool::{Item, Kind, Pool};
-use crate::round_command::{Refusal, RoundCommand, RoundTiming, Timings};
+use crate::round_command::{Refusal, RoundAction, RoundCommand, RoundTiming, Timings};
 use crate::user_rate::UserRates;
 
 /// Wins of one user in one round, by kind.
@@ -32,18 +32,20 @@ pub struct RoundDraw {
     timing: RoundTiming,
     pool: Pool,
     wins: HashMap<u64, UserWins>,
+    /// Top-ups applied so far: each one's items are split and ordered from a seed of its own.
+    top_ups: u64,
 }
 
 impl RoundDraw {
     fn new(config: RoundConfig) -> Self {
         let pool = Pool::new(&config);
-        let timing = RoundTiming {
-            round_id: config.id,
-            starts_at_ms: config.starts_at_ms,
-            ends_at_ms: config.ends_at_ms(),
-            min_shake_interval_ms: config.min_shake_interval_ms,
-        };
-        Self { config, timing, pool, wins: HashMap::new() }
+        let timing = RoundTiming::scheduled(
+            config.id,
+            config.starts_at_ms,
+            config.ends_at_ms(),
+            config.min_shake_interval_ms,
+        );
+        Self { config, timing, pool, wins: HashMap::new(), top_ups: 0 }
     }
 
     /// The times and interval in force.
@@ -71,20 +73,26 @@ impl RoundDraw {
         let total = self.pool.items().len();
         // Commands move these: extending a round spreads what is left over the longer time
         // (the target may dip below what is released; nothing more is released until it
-        // catches up), and closing early leaves the rest unreleased.
-        let start = self.timing.starts_at_ms;
-        let end = self.timing.ends_at_ms;
-        if now_ms < start {
+        // catches up), a pause stops the clock, a top-up is released in proportion from the
+        // moment it lands, and closing early leaves the rest unreleased.
+        if now_ms < self.timing.starts_at_ms {
             return 0;
         }
+        let (elapsed, whole) = self.timing.progress(now_ms);
         match self.config.release {
             Release::Immediate => total,
-            Release::Linear if now_ms >= end => total,
-            Release::Linear => {
-                let elapsed = u128::from(now_ms - start);
-                (total as u128 * elapsed / u128::from(end - start)) as usize
-            }
+            Release::Linear if elapsed >= whole => total,
+            Release::Linear => (total as u128 * u128::from(elapsed) / u128::from(whole)) as usize,
         }
+    }
+
+    /// Adds a top-up's prizes (checked already): a gift whose SKU the round has joins that
+    /// pool, another becomes a new pool. The new items follow every existing one.
+    fn top_up(&mut self, cash: Option<&CashPool>, gifts: &[GiftPool]) {
+        self.top_ups += 1;
+        let gift_items = self.config.top_up(cash, gifts);
+        let seed = mix(self.config.seed ^ self.top_ups.rotate_left(32));
+        self.pool.top_up(seed, cash, &gift_items);
     }
 
     fn cap(&self, kind: Kind) -> u8 {
@@ -162,12 +170,35 @@ impl Draw {
 
     /// What `command` would do, or why it may not (nothing changes).
     pub fn check_command(&self, command: &RoundCommand) -> Result<RoundTiming, Refusal> {
-        self.timings().check(command)
+        let next = self.timings().check(command)?;
+        if let (RoundAction::TopUp { cash, gifts }, Some(round)) =
+            (&command.action, self.round(command.round_id))
+        {
+            let adding = cash.as_ref().map_or(0, |c| c.envelopes)
+                + gifts.iter().map(|g| g.count).sum::<u64>();
+            if round.pool.items().len() as u64 + adding > u64::from(u32::MAX) {
+                return Err(Refusal::Invalid("more than 2^32 prizes in one round".into()));
+            }
+        }
+        Ok(next)
     }
 
-    /// Applies a command (checked again: a recorded command replays the same way).
+    /// Applies a command (checked again: a recorded command replays the same way). Replay
+    /// every recorded command before restoring awards: an award may name a topped-up item or
+    /// an added round.
     pub fn apply_command(&mut self, command: &RoundCommand) -> Result<RoundTiming, Refusal> {
         let next = self.check_command(command)?;
+        match &command.action {
+            RoundAction::Add { round } => self.rounds.push(RoundDraw::new(round.clone())),
+            RoundAction::TopUp { cash, gifts } => {
+                if let Some(round) =
+                    self.rounds.iter_mut().find(|r| r.config.id == command.round_id)
+                {
+                    round.top_up(cash.as_ref(), gifts);
+                }
+            }
+            _ => {}
+        }
         if let Some(round) = self.rounds.iter_mut().find(|r| r.config.id == command.round_id) {
             round.timing = next;
         }

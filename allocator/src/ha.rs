@@ -31,9 +31,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::award::Award;
 use crate::config::{Config, PostgresConfig};
-use crate::draw::{Draw, RestoreError};
+use crate::draw::Draw;
 use crate::ledger::{LedgerError, LedgerStore, PostgresLedger, lease, postgres as pg};
 use crate::metrics::Metrics;
+use crate::round_command::RoundCommand;
 use crate::service::{
     Listening, Rebuilt, Running, ServeError, Shared, Shutdown, TermEnd, blocking, lead, listen,
     lock,
@@ -91,23 +92,30 @@ enum TermOutcome {
 /// What one look at the lease found.
 enum Look {
     Won(i64),
-    /// Another node leads; the awards committed since the last look.
-    Led(lease::LeaderRow, Vec<Award>),
+    /// Another node leads; the awards and the operator commands committed since the last look.
+    Led(lease::LeaderRow, Vec<Award>, Vec<RoundCommand>),
 }
 
-/// What a standby keeps warm: a draw with every award it has read from the log replayed.
+/// What a standby keeps warm: a draw with every command and award it has read from the log
+/// replayed.
 struct Warm {
     draw: Draw,
     last_award_id: u64,
     followed: u64,
+    commands: usize,
 }
 
 impl Warm {
     fn new(config: &Config) -> Self {
-        Self { draw: Draw::new(&config.rounds), last_award_id: 0, followed: 0 }
+        Self { draw: Draw::new(&config.rounds), last_award_id: 0, followed: 0, commands: 0 }
     }
 
-    fn follow(&mut self, awards: &[Award]) -> Result<(), RestoreError> {
+    /// Applies `commands` (the log's after the ones applied), then replays `awards`.
+    fn follow(&mut self, commands: &[RoundCommand], awards: &[Award]) -> Result<(), ServeError> {
+        for command in commands {
+            self.draw.apply_command(command).map_err(ServeError::Commands)?;
+            self.commands += 1;
+        }
         for award in awards {
             self.draw.restore(award)?;
             self.last_award_id = award.award_id;
@@ -155,29 +163,32 @@ impl Node {
         let mut warm = Warm::new(&self.config);
         let won = loop {
             if self.stopping() {
-                break None;
+                break Ok(None);
             }
             let (target, node, advertise) =
                 (self.target.clone(), self.pg.node.clone(), self.advertise.to_string());
             let lease_for = Duration::from_millis(self.pg.lease_ms);
             let mut held = client.take();
-            let after = warm.last_award_id;
+            let after = (warm.last_award_id, warm.commands);
             let looked = tokio::task::spawn_blocking(move || {
                 let look = look(&mut held, &target, &node, &advertise, lease_for, after);
                 (held, look)
             });
             let looked = tokio::select! {
                 looked = looked => looked,
-                _ = self.shutdown.drain.cancelled() => break None,
-                _ = self.shutdown.stop.cancelled() => break None,
+                _ = self.shutdown.drain.cancelled() => break Ok(None),
+                _ = self.shutdown.stop.cancelled() => break Ok(None),
             };
             let (held, look) =
                 looked.map_err(|e| ServeError::Panicked(format!("lease task: {e}")))?;
             client = held;
             match look {
-                Ok(Look::Won(epoch)) => break Some(epoch),
-                Ok(Look::Led(row, awards)) => {
-                    warm.follow(&awards)?;
+                Ok(Look::Won(epoch)) => break Ok(Some(epoch)),
+                Ok(Look::Led(row, awards, commands)) => {
+                    // A log this node cannot replay ends the process, through the cleanup below.
+                    if let Err(err) = warm.follow(&commands, &awards) {
+                        break Err(err);
+                    }
                     self.shared.metrics.awards_followed.inc_by(awards.len() as u64);
                     if last_holder.as_ref() != Some(&(row.epoch, row.holder.clone())) {
                         tracing::info!(
@@ -194,8 +205,8 @@ impl Node {
             }
             tokio::select! {
                 _ = tokio::time::sleep(poll) => {}
-                _ = self.shutdown.drain.cancelled() => break None,
-                _ = self.shutdown.stop.cancelled() => break None,
+                _ = self.shutdown.drain.cancelled() => break Ok(None),
+                _ = self.shutdown.stop.cancelled() => break Ok(None),
             }
         };
         redirect.abort();
@@ -204,7 +215,7 @@ impl Node {
         if let Some(client) = client {
             tokio::task::spawn_blocking(move || drop(client));
         }
-        Ok(won.map(|epoch| (epoch, warm)))
+        Ok(won?.map(|epoch| (epoch, warm)))
     }
 
     /// Leads under `epoch` until the lease is lost, a commit fails, or the process stops.
@@ -315,7 +326,7 @@ impl Node {
 }
 
 /// One look at the lease: take it if it is free, else say who holds it and read the awards
-/// committed after `after`. Drops the connection on any failure (the next look reconnects,
+/// committed after award id `after.0` and the commands after the first `after.1`. Drops the connection on any failure (the next look reconnects,
 /// finding a promoted primary).
 fn look(
     ledger: &mut Option<PostgresLedger>,
@@ -323,7 +334,7 @@ fn look(
     node: &str,
     advertise: &str,
     lease_for: Duration,
-    after: u64,
+    (after, skip_commands): (u64, usize),
 ) -> Result<Look, LedgerError> {
     let mut connected = match ledger.take() {
         Some(connected) if !connected.is_closed() => connected,
@@ -333,7 +344,8 @@ fn look(
         Some(epoch) => Look::Won(epoch),
         None => {
             let row = lease::current(connected.client())?;
-            Look::Led(row, connected.awards_after(after, FOLLOW_BATCH)?)
+            let awards = connected.awards_after(after, FOLLOW_BATCH)?;
+            Look::Led(row, awards, connected.commands_after(skip_commands)?)
         }
     };
     *ledger = Some(connected);
@@ -350,7 +362,8 @@ fn read_to_the_end(
     mut warm: Warm,
 ) -> Result<(Rebuilt, u64), ServeError> {
     let (tail, total) = ledger.snapshot_after(warm.last_award_id)?;
-    warm.follow(&tail.awards)?;
+    let unapplied = tail.commands.get(warm.commands..).unwrap_or_default();
+    warm.follow(unapplied, &tail.awards)?;
     if warm.followed != total {
         tracing::warn!(
             followed = warm.followed,

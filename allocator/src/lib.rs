@@ -27,6 +27,7 @@ pub mod dev_certs;
 pub mod draw;
 pub mod export;
 mod ha;
+pub mod latency_window;
 pub mod ledger;
 pub mod metrics;
 pub mod owed;

@@ -85,6 +85,22 @@ enum Command {
         #[arg(long, global = true)]
         id: Option<String>,
     },
+    /// A PNG of the control room's dashboard as a running allocator serves it now, taken with
+    /// headless chromium (installed by the browser script with apt-get when missing).
+    Screenshot {
+        /// The admin API's address.
+        #[arg(long, value_name = "ADDR")]
+        admin: std::net::SocketAddr,
+        /// The file holding the admin bearer token.
+        #[arg(long, value_name = "FILE")]
+        token_file: PathBuf,
+        /// Where to write the PNG.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// The script that finds or installs chromium and chromedriver.
+        #[arg(long, value_name = "FILE", default_value = "scripts/browser.sh")]
+        browser_script: PathBuf,
+    },
     /// Every award as JSON lines, for settlement.
     Export {
         /// The fjall ledger directory (or take the ledger from --config).
@@ -96,7 +112,7 @@ enum Command {
     },
 }
 
-#[derive(Subcommand, Debug, Clone, Copy)]
+#[derive(Subcommand, Debug, Clone)]
 enum RoundCli {
     /// Every round: phase, times, interval, prizes awarded.
     List,
@@ -125,6 +141,39 @@ enum RoundCli {
         /// Milliseconds between shakes.
         #[arg(long)]
         ms: u32,
+    },
+    /// Stop taking shakes now, keeping the time the round has left.
+    Pause {
+        /// The round.
+        round: u32,
+    },
+    /// Open a paused round again for the time it had left.
+    Resume {
+        /// The round.
+        round: u32,
+    },
+    /// More prizes for a round that has not closed (released on its schedule).
+    TopUp {
+        /// The round.
+        round: u32,
+        /// Cash to add, cents, split into `--envelopes` new envelopes.
+        #[arg(long, requires = "envelopes")]
+        cash_cents: Option<u64>,
+        /// How many envelopes the cash is split into.
+        #[arg(long, requires = "cash_cents")]
+        envelopes: Option<u64>,
+        /// The smallest envelope, cents.
+        #[arg(long, default_value_t = 1)]
+        min_cents: u64,
+        /// Gifts to add, `SKU=COUNT` (repeatable); a SKU the round has joins its pool.
+        #[arg(long = "gift", value_name = "SKU=COUNT")]
+        gifts: Vec<String>,
+    },
+    /// Add a round: a TOML file holding one round, with the keys of the configuration's
+    /// `[[rounds]]` (id, starts_at_ms, duration_s, seed, cash, gifts, ...).
+    Add {
+        /// The round's file.
+        file: PathBuf,
     },
     /// The audit log: every command recorded, oldest first.
     Audit,
@@ -210,6 +259,12 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("reading {}", token_file.display()))?;
             return round_command(admin, token.trim(), &operator, id, action);
         }
+        Command::Screenshot { admin, token_file, out, browser_script } => {
+            let token = std::fs::read_to_string(&token_file)
+                .with_context(|| format!("reading {}", token_file.display()))?;
+            screenshot(admin, token.trim(), &out, &browser_script)?;
+            eprintln!("{BIN}: the dashboard is in {}", out.display());
+        }
         Command::Export { ledger, config } => {
             let mut ledger = open_ledger(ledger, config)?;
             for award in ledger.awards(&mut |_| true)? {
@@ -220,6 +275,26 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Opens the dashboard, waits until it shows live numbers (a round, and an edge once one is
+/// connected), and writes its PNG.
+fn screenshot(
+    admin: std::net::SocketAddr,
+    token: &str,
+    out: &std::path::Path,
+    browser_script: &std::path::Path,
+) -> anyhow::Result<()> {
+    use shake_ops::webdriver::Browser;
+    let browser = Browser::start(browser_script)?;
+    browser.open(&format!("http://{admin}/#token={token}"))?;
+    let within = std::time::Duration::from_secs(20);
+    browser.wait_text("#role", within, |t| t == "leader" || t == "standby")?;
+    // Two snapshots: the rates need a previous one.
+    browser.wait_text("#entries-rate", within, |t| !t.is_empty())?;
+    std::thread::sleep(std::time::Duration::from_millis(2_500));
+    browser.screenshot(out)?;
+    Ok(())
+}
+
 /// Sends one admin request and prints the answer's body; exit 1 unless it was a success.
 fn round_command(
     admin: std::net::SocketAddr,
@@ -228,14 +303,42 @@ fn round_command(
     id: Option<String>,
     action: RoundCli,
 ) -> anyhow::Result<ExitCode> {
-    use shake_ops::http::{body_of, request_with, status_of};
+    use shake_ops::http::{body_of, request_with_body, status_of};
+    let mut body = Vec::new();
     let (method, path) = match action {
         RoundCli::List => ("GET", "/rounds".to_owned()),
         RoundCli::Audit => ("GET", "/audit".to_owned()),
         RoundCli::Go { round } => ("POST", format!("/rounds/{round}/go")),
         RoundCli::Close { round } => ("POST", format!("/rounds/{round}/close")),
+        RoundCli::Pause { round } => ("POST", format!("/rounds/{round}/pause")),
+        RoundCli::Resume { round } => ("POST", format!("/rounds/{round}/resume")),
         RoundCli::Extend { round, by_s } => ("POST", format!("/rounds/{round}/extend?by_s={by_s}")),
         RoundCli::Interval { round, ms } => ("POST", format!("/rounds/{round}/interval?ms={ms}")),
+        RoundCli::TopUp { round, cash_cents, envelopes, min_cents, gifts } => {
+            let cash = cash_cents.zip(envelopes).map(|(total_cents, envelopes)| {
+                serde_json::json!({
+                    "total_cents": total_cents, "envelopes": envelopes, "min_cents": min_cents
+                })
+            });
+            let mut gift_pools = Vec::new();
+            for gift in &gifts {
+                let (sku, count) = gift
+                    .split_once('=')
+                    .and_then(|(sku, count)| Some((sku, count.parse::<u64>().ok()?)))
+                    .with_context(|| format!("--gift {gift}: expected SKU=COUNT"))?;
+                gift_pools.push(serde_json::json!({ "sku": sku, "name": sku, "count": count }));
+            }
+            body = serde_json::to_vec(&serde_json::json!({ "cash": cash, "gifts": gift_pools }))?;
+            ("POST", format!("/rounds/{round}/top-up"))
+        }
+        RoundCli::Add { file } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let round: shake_allocator::config::RoundConfig = toml::from_str(&text)
+                .with_context(|| format!("{}: not a round", file.display()))?;
+            body = serde_json::to_vec(&round)?;
+            ("POST", "/rounds".to_owned())
+        }
     };
     let bearer = format!("Bearer {token}");
     let key = id.unwrap_or_else(|| format!("cli-{:016x}", rand::random::<u64>()));
@@ -244,7 +347,7 @@ fn round_command(
         ("Idempotency-Key", &key),
         ("X-Shake-Operator", operator),
     ];
-    let response = request_with(admin, method, &path, &headers)
+    let response = request_with_body(admin, method, &path, &headers, &body)
         .with_context(|| format!("asking the admin API at {admin}"))?;
     let status = status_of(&response).unwrap_or(0);
     print!("{}", body_of(&response));

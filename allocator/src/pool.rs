@@ -13,7 +13,7 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
-use crate::config::RoundConfig;
+use crate::config::{CashPool, RoundConfig};
 use crate::split;
 
 /// One prize of a round.
@@ -92,20 +92,8 @@ impl Available {
 impl Pool {
     /// Splits the cash and orders every prize for release, both from the round's seed.
     pub fn new(round: &RoundConfig) -> Self {
-        let mut rng = ChaCha8Rng::seed_from_u64(round.seed);
-        let mut items: Vec<Item> = match &round.cash {
-            Some(cash) => {
-                split::double_mean(cash.total_cents, cash.envelopes, cash.min_cents, &mut rng)
-                    .into_iter()
-                    .map(|cents| Item::Cash { cents })
-                    .collect()
-            }
-            None => Vec::new(),
-        };
-        for (pool, gift) in round.gifts.iter().enumerate() {
-            items.extend((0..gift.count).map(|_| Item::Gift { pool: pool as u16 }));
-        }
-        items.shuffle(&mut rng);
+        let gifts = round.gifts.iter().enumerate().map(|(pool, g)| (pool as u16, g.count));
+        let items = ordered_items(round.seed, round.cash.as_ref(), gifts);
         let awarded = vec![false; items.len()];
         let n = items.len();
         Self {
@@ -114,6 +102,27 @@ impl Pool {
             awarded,
             available_cash: Available::new(n),
             available_gifts: Available::new(n),
+        }
+    }
+
+    /// Adds prizes after every existing item (a top-up during the show): `cash` split into
+    /// envelopes and `gifts` (pool index, count), the new items ordered among themselves from
+    /// `seed`. Existing items keep their indexes, so awards already recorded still name them.
+    pub fn top_up(&mut self, seed: u64, cash: Option<&CashPool>, gifts: &[(u16, u64)]) {
+        let added = ordered_items(seed, cash, gifts.iter().copied());
+        self.items.extend(added);
+        self.awarded.resize(self.items.len(), false);
+        // The availability trees have a fixed size: rebuild them over the longer list.
+        let n = self.items.len();
+        self.available_cash = Available::new(n);
+        self.available_gifts = Available::new(n);
+        for index in 0..self.released {
+            if !self.awarded[index] {
+                match self.items[index] {
+                    Item::Cash { .. } => self.available_cash.add(index, 1),
+                    Item::Gift { .. } => self.available_gifts.add(index, 1),
+                }
+            }
         }
     }
 
@@ -198,6 +207,30 @@ impl Pool {
             _ => false,
         }
     }
+}
+
+/// `cash` split into envelopes and `gifts` (pool index, count), ordered for release: both
+/// drawn from `seed`, so the same prizes and seed give the same items in the same order.
+fn ordered_items(
+    seed: u64,
+    cash: Option<&CashPool>,
+    gifts: impl Iterator<Item = (u16, u64)>,
+) -> Vec<Item> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut items: Vec<Item> = match cash {
+        Some(cash) => {
+            split::double_mean(cash.total_cents, cash.envelopes, cash.min_cents, &mut rng)
+                .into_iter()
+                .map(|cents| Item::Cash { cents })
+                .collect()
+        }
+        None => Vec::new(),
+    };
+    for (pool, count) in gifts {
+        items.extend((0..count).map(|_| Item::Gift { pool }));
+    }
+    items.shuffle(&mut rng);
+    items
 }
 
 impl Item {

@@ -1,5 +1,6 @@
 //! Live round commands: what an operator does to a round during the show (open it now,
-//! extend it, close it early, change the shake interval). Sans-IO: a command carries the time
+//! extend it, pause and resume it, close it early, change the shake interval, add a round, top
+//! up its prizes). Sans-IO: a command carries the time
 //! the allocator accepted it, and applying it is a pure function of the round's timing, so the
 //! ledger's record of commands replays to the same rounds after a restart or a takeover.
 //!
@@ -13,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use shake_proto::RoundPhase;
 
 use crate::award::CorruptRow;
+use crate::config::{CashPool, GiftPool, RoundConfig, check_pools};
 
 /// The longest a round may be extended by at once, milliseconds (a day).
 pub const MAX_EXTEND_MS: u64 = 86_400_000;
@@ -38,6 +40,25 @@ pub enum RoundAction {
     Interval {
         /// The interval.
         ms: u32,
+    },
+    /// Stop taking shakes now, keeping the time the round has left (an open round).
+    Pause,
+    /// Open a paused round again now, for the time it had left.
+    Resume,
+    /// A new round, checked as the configuration's rounds are; its id is the command's round.
+    Add {
+        /// The round, as it would be written in the configuration.
+        round: RoundConfig,
+    },
+    /// More prizes for a round that has not closed: new envelopes split from `cash`, and
+    /// gifts (a SKU the round has adds to that pool). Released on the round's schedule.
+    TopUp {
+        /// Cash to split into new envelopes.
+        #[serde(default)]
+        cash: Option<CashPool>,
+        /// Gifts to add.
+        #[serde(default)]
+        gifts: Vec<GiftPool>,
     },
 }
 
@@ -82,6 +103,18 @@ pub enum Refusal {
     /// The round has closed: nothing changes it any more.
     #[error("round {0} is already closed")]
     AlreadyClosed(u32),
+    /// `pause` on a round that is not open (waiting, or paused already).
+    #[error("round {0} is not open")]
+    NotOpen(u32),
+    /// `go` on a paused round, or `resume` on one that is not paused.
+    #[error("round {0} is paused: resume or close it")]
+    Paused(u32),
+    /// `resume` on a round that is not paused.
+    #[error("round {0} is not paused")]
+    NotPaused(u32),
+    /// `add` with the id of a round that exists.
+    #[error("round {0} exists already")]
+    Exists(u32),
     /// The new times would overlap another round.
     #[error("round {round} would overlap round {other}")]
     Overlap {
@@ -102,27 +135,115 @@ pub struct RoundTiming {
     pub round_id: u32,
     /// Opening time, Unix milliseconds.
     pub starts_at_ms: u64,
-    /// Closing time, Unix milliseconds.
+    /// Closing time, Unix milliseconds (later by every pause that has ended).
     pub ends_at_ms: u64,
     /// The shake interval phones are asked to keep.
     pub min_shake_interval_ms: u32,
+    /// When the pause in force began (none: not paused).
+    pub paused_at_ms: Option<u64>,
+    /// When the round's current open stretch began: the opening, or the last resume.
+    pub resumed_at_ms: u64,
+    /// Time spent in pauses that have ended, milliseconds.
+    pub paused_ms: u64,
+}
+
+/// Where a round is, as the control room sees it (phones and edges see a paused round as
+/// closed at its pause, and its new times when it resumes: [`RoundTiming::wire_times`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoundStatus {
+    /// Not open yet.
+    Waiting,
+    /// Taking shakes.
+    Open,
+    /// Paused by an operator.
+    Paused,
+    /// Over.
+    Closed,
+}
+
+impl RoundStatus {
+    /// The name the admin API and the dashboard use.
+    pub fn name(self) -> &'static str {
+        match self {
+            RoundStatus::Waiting => "waiting",
+            RoundStatus::Open => "open",
+            RoundStatus::Paused => "paused",
+            RoundStatus::Closed => "closed",
+        }
+    }
 }
 
 impl RoundTiming {
-    /// Open at `now_ms`?
-    pub fn is_open(&self, now_ms: u64) -> bool {
-        (self.starts_at_ms..self.ends_at_ms).contains(&now_ms)
+    /// A round as scheduled: opens at `starts_at_ms`, closes at `ends_at_ms`.
+    pub fn scheduled(round_id: u32, starts_at_ms: u64, ends_at_ms: u64, interval_ms: u32) -> Self {
+        Self {
+            round_id,
+            starts_at_ms,
+            ends_at_ms,
+            min_shake_interval_ms: interval_ms,
+            paused_at_ms: None,
+            resumed_at_ms: starts_at_ms,
+            paused_ms: 0,
+        }
     }
 
-    /// The phase at `now_ms`, as edges and phones are told it.
-    pub fn phase(&self, now_ms: u64) -> RoundPhase {
-        if now_ms < self.starts_at_ms {
-            RoundPhase::Waiting
+    /// Where the round is at `now_ms`.
+    pub fn status(&self, now_ms: u64) -> RoundStatus {
+        if self.paused_at_ms.is_some_and(|p| now_ms >= p) {
+            RoundStatus::Paused
+        } else if now_ms < self.starts_at_ms {
+            RoundStatus::Waiting
         } else if now_ms < self.ends_at_ms {
-            RoundPhase::Open
+            RoundStatus::Open
         } else {
-            RoundPhase::Closed
+            RoundStatus::Closed
         }
+    }
+
+    /// Open at `now_ms`?
+    pub fn is_open(&self, now_ms: u64) -> bool {
+        self.status(now_ms) == RoundStatus::Open
+    }
+
+    /// The phase at `now_ms`, as edges and phones are told it (a pause is a close).
+    pub fn phase(&self, now_ms: u64) -> RoundPhase {
+        match self.status(now_ms) {
+            RoundStatus::Waiting => RoundPhase::Waiting,
+            RoundStatus::Open => RoundPhase::Open,
+            RoundStatus::Paused | RoundStatus::Closed => RoundPhase::Closed,
+        }
+    }
+
+    /// The opening and closing times edges and phones are told: the current open stretch
+    /// (a paused round closed at its pause; a resumed one opening at its resume), so they go
+    /// on deciding by times alone.
+    pub fn wire_times(&self) -> (u64, u64) {
+        (self.resumed_at_ms, self.paused_at_ms.unwrap_or(self.ends_at_ms))
+    }
+
+    /// How far through its open time the round is at `now_ms` (pauses not counted): the
+    /// elapsed and the whole, milliseconds. The release schedule follows this.
+    pub fn progress(&self, now_ms: u64) -> (u64, u64) {
+        let whole = (self.ends_at_ms - self.starts_at_ms).saturating_sub(self.paused_ms);
+        let until = self.paused_at_ms.map_or(now_ms, |p| p.min(now_ms));
+        let elapsed = until.saturating_sub(self.starts_at_ms).saturating_sub(self.paused_ms);
+        (elapsed.min(whole), whole)
+    }
+
+    /// Closed for good at `at`? (A paused round is not: it may resume.)
+    fn closed_by(&self, at: u64) -> bool {
+        self.paused_at_ms.is_none() && at >= self.ends_at_ms
+    }
+
+    /// The stretch from `at` on in which this round will be open, as far as is known: none
+    /// once closed, and none while paused (a resume is checked against the others when it
+    /// comes). Only what is ahead can overlap: what is past was checked when it was ahead.
+    fn ahead(&self, at: u64) -> Option<(u64, u64)> {
+        if self.paused_at_ms.is_some() {
+            return None;
+        }
+        let from = at.max(self.starts_at_ms);
+        (from < self.ends_at_ms).then_some((from, self.ends_at_ms))
     }
 
     /// What `command` makes of this round, or why it may not.
@@ -130,49 +251,81 @@ impl RoundTiming {
         let at = command.at_ms;
         let id = self.round_id;
         let mut next = *self;
-        match command.action {
-            RoundAction::Go => {
-                if at >= self.ends_at_ms {
-                    return Err(Refusal::AlreadyClosed(id));
+        let status = self.status(at);
+        match &command.action {
+            RoundAction::Go => match status {
+                RoundStatus::Waiting => {
+                    next.starts_at_ms = at;
+                    next.resumed_at_ms = at;
+                    next.ends_at_ms = at + (self.ends_at_ms - self.starts_at_ms);
                 }
-                if at >= self.starts_at_ms {
-                    return Err(Refusal::AlreadyOpen(id));
-                }
-                next.starts_at_ms = at;
-                next.ends_at_ms = at + (self.ends_at_ms - self.starts_at_ms);
-            }
+                RoundStatus::Open => return Err(Refusal::AlreadyOpen(id)),
+                RoundStatus::Paused => return Err(Refusal::Paused(id)),
+                RoundStatus::Closed => return Err(Refusal::AlreadyClosed(id)),
+            },
             RoundAction::Extend { by_ms } => {
-                if by_ms == 0 || by_ms > MAX_EXTEND_MS {
+                if *by_ms == 0 || *by_ms > MAX_EXTEND_MS {
                     return Err(Refusal::Invalid(format!(
                         "extend by 1 ms to {MAX_EXTEND_MS} ms, not {by_ms}"
                     )));
                 }
-                if at >= self.ends_at_ms {
+                if self.closed_by(at) {
                     return Err(Refusal::AlreadyClosed(id));
                 }
                 next.ends_at_ms += by_ms;
             }
             RoundAction::Close => {
-                if at >= self.ends_at_ms {
+                if self.closed_by(at) {
                     return Err(Refusal::AlreadyClosed(id));
                 }
-                // A round that has not opened is cancelled: it opens and closes now.
-                next.starts_at_ms = self.starts_at_ms.min(at);
-                next.ends_at_ms = at;
+                // A paused round ends at its pause; one that has not opened is cancelled: it
+                // opens and closes now.
+                let end = self.paused_at_ms.unwrap_or(at);
+                next.starts_at_ms = self.starts_at_ms.min(end);
+                next.resumed_at_ms = self.resumed_at_ms.min(end);
+                next.ends_at_ms = end;
+                next.paused_at_ms = None;
             }
             RoundAction::Interval { ms } => {
-                if !INTERVAL_RANGE_MS.contains(&ms) {
+                if !INTERVAL_RANGE_MS.contains(ms) {
                     return Err(Refusal::Invalid(format!(
                         "interval {} ms to {} ms, not {ms}",
                         INTERVAL_RANGE_MS.start(),
                         INTERVAL_RANGE_MS.end()
                     )));
                 }
-                if at >= self.ends_at_ms {
+                if self.closed_by(at) {
                     return Err(Refusal::AlreadyClosed(id));
                 }
-                next.min_shake_interval_ms = ms;
+                next.min_shake_interval_ms = *ms;
             }
+            RoundAction::Pause => match status {
+                RoundStatus::Open => next.paused_at_ms = Some(at),
+                RoundStatus::Waiting | RoundStatus::Paused => return Err(Refusal::NotOpen(id)),
+                RoundStatus::Closed => return Err(Refusal::AlreadyClosed(id)),
+            },
+            RoundAction::Resume => match (status, self.paused_at_ms) {
+                (RoundStatus::Paused, Some(paused_at)) => {
+                    let pause = at - paused_at;
+                    next.paused_at_ms = None;
+                    next.paused_ms += pause;
+                    next.ends_at_ms += pause;
+                    next.resumed_at_ms = at;
+                }
+                (RoundStatus::Closed, _) => return Err(Refusal::AlreadyClosed(id)),
+                _ => return Err(Refusal::NotPaused(id)),
+            },
+            RoundAction::TopUp { cash, gifts } => {
+                if self.closed_by(at) {
+                    return Err(Refusal::AlreadyClosed(id));
+                }
+                if cash.is_none() && gifts.is_empty() {
+                    return Err(Refusal::Invalid("a top-up needs cash or gifts".into()));
+                }
+                check_pools(cash.as_ref(), gifts, &|field| format!("top_up.{field}"))
+                    .map_err(|e| Refusal::Invalid(e.to_string()))?;
+            }
+            RoundAction::Add { .. } => return Err(Refusal::Exists(id)),
         }
         Ok(next)
     }
@@ -201,22 +354,27 @@ impl Timings {
     }
 
     /// What `command` would make of its round, or why it may not: its names are well formed,
-    /// the round exists and is in a phase the action allows, and no two rounds would overlap.
+    /// the round exists (or, to add one, does not) and is in a phase the action allows, and no
+    /// two rounds would be open at once from now on.
     pub fn check(&self, command: &RoundCommand) -> Result<RoundTiming, Refusal> {
         for (what, name) in [("command id", &command.command_id), ("issuer", &command.issued_by)] {
             if name.is_empty() || name.len() > MAX_NAME || name.chars().any(char::is_control) {
                 return Err(Refusal::Invalid(format!("{what}: 1 to {MAX_NAME} printable bytes")));
             }
         }
-        let current = self.get(command.round_id).ok_or(Refusal::UnknownRound(command.round_id))?;
-        let next = current.after(command)?;
-        for other in self.rounds.iter().filter(|r| r.round_id != command.round_id) {
-            let overlaps = next.starts_at_ms < other.ends_at_ms
-                && other.starts_at_ms < next.ends_at_ms
-                && next.starts_at_ms < next.ends_at_ms
-                && other.starts_at_ms < other.ends_at_ms;
-            if overlaps {
-                return Err(Refusal::Overlap { round: command.round_id, other: other.round_id });
+        let next = match (&command.action, self.get(command.round_id)) {
+            (RoundAction::Add { round }, None) => added(round, command)?,
+            (_, Some(current)) => current.after(command)?,
+            (_, None) => return Err(Refusal::UnknownRound(command.round_id)),
+        };
+        if let Some((from, until)) = next.ahead(command.at_ms) {
+            for other in self.rounds.iter().filter(|r| r.round_id != command.round_id) {
+                if other.ahead(command.at_ms).is_some_and(|(f, u)| from < u && f < until) {
+                    return Err(Refusal::Overlap {
+                        round: command.round_id,
+                        other: other.round_id,
+                    });
+                }
             }
         }
         Ok(next)
@@ -225,11 +383,47 @@ impl Timings {
     /// Checks and applies `command`; the round's new timing.
     pub fn apply(&mut self, command: &RoundCommand) -> Result<RoundTiming, Refusal> {
         let next = self.check(command)?;
-        if let Some(round) = self.rounds.iter_mut().find(|r| r.round_id == command.round_id) {
-            *round = next;
+        match self.rounds.iter_mut().find(|r| r.round_id == command.round_id) {
+            Some(round) => *round = next,
+            None => self.rounds.push(next),
         }
         Ok(next)
     }
+}
+
+/// What `command` makes of the rounds as configured: a round added, prizes topped up (a
+/// settlement check reads the configuration and the audit log through this). Other commands
+/// change only times, which the configuration does not hold.
+pub fn apply_to_rounds(rounds: &mut Vec<RoundConfig>, command: &RoundCommand) {
+    match &command.action {
+        RoundAction::Add { round } => rounds.push(round.clone()),
+        RoundAction::TopUp { cash, gifts } => {
+            if let Some(round) = rounds.iter_mut().find(|r| r.id == command.round_id) {
+                round.top_up(cash.as_ref(), gifts);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The timing of a round `command` adds, checked as the configuration's rounds are.
+fn added(round: &RoundConfig, command: &RoundCommand) -> Result<RoundTiming, Refusal> {
+    if round.id != command.round_id {
+        return Err(Refusal::Invalid(format!(
+            "the round's id {} is not the command's round {}",
+            round.id, command.round_id
+        )));
+    }
+    round.check(&|field| format!("round.{field}")).map_err(|e| Refusal::Invalid(e.to_string()))?;
+    if round.ends_at_ms() <= command.at_ms {
+        return Err(Refusal::Invalid(format!("round {} would close before now", round.id)));
+    }
+    Ok(RoundTiming::scheduled(
+        round.id,
+        round.starts_at_ms,
+        round.ends_at_ms(),
+        round.min_shake_interval_ms,
+    ))
 }
 
 /// What became of a submitted command.
@@ -257,8 +451,13 @@ pub struct CommandBook {
 }
 
 impl CommandBook {
-    /// Takes a command (its `at_ms` set by the caller) against the rounds' timings now.
-    pub fn submit(&mut self, command: RoundCommand, timings: &Timings) -> Submitted {
+    /// Takes a command (its `at_ms` set by the caller), checked by `check` against the rounds
+    /// as they are now.
+    pub fn submit(
+        &mut self,
+        command: RoundCommand,
+        check: impl FnOnce(&RoundCommand) -> Result<(), Refusal>,
+    ) -> Submitted {
         if let Some(&index) = self.by_id.get(&command.command_id) {
             let first = &self.recorded[index];
             if first.round_id != command.round_id || first.action != command.action {
@@ -276,8 +475,8 @@ impl CommandBook {
                 Submitted::Busy
             };
         }
-        match timings.check(&command) {
-            Ok(_) => {
+        match check(&command) {
+            Ok(()) => {
                 self.pending = Some(command.clone());
                 Submitted::Record(command)
             }
@@ -311,18 +510,8 @@ mod tests {
 
     fn timings() -> Timings {
         Timings::new([
-            RoundTiming {
-                round_id: 1,
-                starts_at_ms: 1_000,
-                ends_at_ms: 2_000,
-                min_shake_interval_ms: 100,
-            },
-            RoundTiming {
-                round_id: 2,
-                starts_at_ms: 5_000,
-                ends_at_ms: 6_000,
-                min_shake_interval_ms: 100,
-            },
+            RoundTiming::scheduled(1, 1_000, 2_000, 100),
+            RoundTiming::scheduled(2, 5_000, 6_000, 100),
         ])
     }
 
@@ -413,22 +602,170 @@ mod tests {
         let mut t = timings();
         let mut book = CommandBook::default();
         let go = command(2, RoundAction::Go, 3_000);
-        assert_eq!(book.submit(go.clone(), &t), Submitted::Record(go.clone()));
-        assert_eq!(book.submit(go.clone(), &t), Submitted::Recording);
-        assert_eq!(book.submit(command(1, RoundAction::Close, 3_000), &t), Submitted::Busy);
+        assert_eq!(
+            book.submit(go.clone(), |c| t.check(c).map(drop)),
+            Submitted::Record(go.clone())
+        );
+        assert_eq!(book.submit(go.clone(), |c| t.check(c).map(drop)), Submitted::Recording);
+        assert_eq!(
+            book.submit(command(1, RoundAction::Close, 3_000), |c| t.check(c).map(drop)),
+            Submitted::Busy
+        );
         t.apply(&go).unwrap();
         book.recorded(&go);
         // A retry after the record (even a later one): the first outcome, nothing new.
         let mut retry = go.clone();
         retry.at_ms = 3_900;
-        assert_eq!(book.submit(retry, &t), Submitted::Done(go.clone()));
+        assert_eq!(book.submit(retry, |c| t.check(c).map(drop)), Submitted::Done(go.clone()));
         let mut reused = command(2, RoundAction::Close, 3_100);
         reused.command_id = go.command_id.clone();
-        assert!(matches!(book.submit(reused, &t), Submitted::Refused(Refusal::Invalid(_))));
         assert!(matches!(
-            book.submit(command(2, RoundAction::Go, 3_200), &t),
+            book.submit(reused, |c| t.check(c).map(drop)),
+            Submitted::Refused(Refusal::Invalid(_))
+        ));
+        assert!(matches!(
+            book.submit(command(2, RoundAction::Go, 3_200), |c| t.check(c).map(drop)),
             Submitted::Refused(Refusal::AlreadyOpen(2))
         ));
         assert_eq!(book.log(), &[go]);
+    }
+
+    #[test]
+    fn a_pause_stops_the_clock_and_a_resume_keeps_the_time_left() {
+        let mut t = timings();
+        assert_eq!(t.check(&command(1, RoundAction::Pause, 900)), Err(Refusal::NotOpen(1)));
+        let paused = t.apply(&command(1, RoundAction::Pause, 1_400)).unwrap();
+        assert_eq!(paused.status(1_400), RoundStatus::Paused);
+        assert_eq!(paused.status(9_000), RoundStatus::Paused, "a pause outlasts the close time");
+        assert!(!paused.is_open(1_500));
+        assert_eq!(paused.phase(1_500), RoundPhase::Closed);
+        assert_eq!(paused.wire_times(), (1_000, 1_400));
+        assert_eq!(paused.progress(3_000), (400, 1_000));
+        for (action, refusal) in
+            [(RoundAction::Pause, Refusal::NotOpen(1)), (RoundAction::Go, Refusal::Paused(1))]
+        {
+            assert_eq!(t.check(&command(1, action, 1_500)), Err(refusal));
+        }
+        // Extended while paused: the time left grows.
+        t.apply(&command(1, RoundAction::Extend { by_ms: 100 }, 1_600)).unwrap();
+        // Resumed at 3,000 for the 700 ms it had left; the release clock skips the pause.
+        let resumed = t.apply(&command(1, RoundAction::Resume, 3_000)).unwrap();
+        assert_eq!((resumed.resumed_at_ms, resumed.ends_at_ms), (3_000, 3_700));
+        assert_eq!(resumed.wire_times(), (3_000, 3_700));
+        assert!(resumed.is_open(3_000) && resumed.is_open(3_699) && !resumed.is_open(3_700));
+        assert_eq!(resumed.progress(3_200), (600, 1_100));
+        assert_eq!(t.check(&command(1, RoundAction::Resume, 3_100)), Err(Refusal::NotPaused(1)));
+        // A second pause and a close during it: the round ends at that pause.
+        t.apply(&command(1, RoundAction::Pause, 3_500)).unwrap();
+        let closed = t.apply(&command(1, RoundAction::Close, 4_500)).unwrap();
+        assert_eq!((closed.ends_at_ms, closed.paused_at_ms), (3_500, None));
+        assert_eq!(closed.status(4_500), RoundStatus::Closed);
+        assert_eq!(
+            t.check(&command(1, RoundAction::Resume, 4_600)),
+            Err(Refusal::AlreadyClosed(1))
+        );
+    }
+
+    #[test]
+    fn a_resume_may_not_overlap_a_round_opened_during_the_pause() {
+        let mut t = timings();
+        t.apply(&command(1, RoundAction::Pause, 1_500)).unwrap();
+        // Round 2 may go while round 1 is paused (nothing is known of round 1's future)...
+        t.apply(&command(2, RoundAction::Go, 1_600)).unwrap();
+        // ...and round 1 resumes only once round 2 is over.
+        assert_eq!(
+            t.check(&command(1, RoundAction::Resume, 1_700)),
+            Err(Refusal::Overlap { round: 1, other: 2 })
+        );
+        t.apply(&command(2, RoundAction::Close, 1_800)).unwrap();
+        let resumed = t.apply(&command(1, RoundAction::Resume, 1_900)).unwrap();
+        assert_eq!(resumed.wire_times(), (1_900, 2_400));
+    }
+
+    fn round_config(id: u32, starts_at_ms: u64) -> RoundConfig {
+        RoundConfig {
+            id,
+            starts_at_ms,
+            duration_s: 1,
+            seed: 3,
+            release: crate::config::Release::Linear,
+            cash_per_user: 1,
+            gifts_per_user: 1,
+            min_shake_interval_ms: 100,
+            start_spread_ms: 0,
+            cash: Some(CashPool { total_cents: 100, envelopes: 10, min_cents: 1 }),
+            gifts: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn an_added_round_is_checked_as_the_configuration_is() {
+        let mut t = timings();
+        let add = |round: RoundConfig, at| command(round.id, RoundAction::Add { round }, at);
+        assert_eq!(t.check(&add(round_config(1, 8_000), 100)), Err(Refusal::Exists(1)));
+        assert_eq!(
+            t.check(&add(round_config(3, 5_500), 100)),
+            Err(Refusal::Overlap { round: 3, other: 2 })
+        );
+        let mut no_prizes = round_config(3, 8_000);
+        no_prizes.cash = None;
+        assert!(
+            matches!(t.check(&add(no_prizes, 100)), Err(Refusal::Invalid(e)) if e.contains("round.cash"))
+        );
+        assert!(matches!(t.check(&add(round_config(3, 100), 2_000)), Err(Refusal::Invalid(_))));
+        let mut wrong_id = add(round_config(3, 8_000), 100);
+        wrong_id.round_id = 4;
+        assert!(matches!(t.check(&wrong_id), Err(Refusal::Invalid(_))));
+        let added = t.apply(&add(round_config(3, 8_000), 100)).unwrap();
+        assert_eq!((added.starts_at_ms, added.ends_at_ms), (8_000, 9_000));
+        assert_eq!(t.get(3), Some(&added));
+        let stored = add(round_config(4, 10_000), 100);
+        assert_eq!(RoundCommand::decode(&stored.encode()), Ok(stored));
+    }
+
+    #[test]
+    fn a_top_up_needs_valid_pools_and_a_round_not_closed() {
+        let t = timings();
+        let top_up = |cash: Option<CashPool>, gifts: Vec<GiftPool>, at| {
+            command(1, RoundAction::TopUp { cash, gifts }, at)
+        };
+        let cash = CashPool { total_cents: 500, envelopes: 5, min_cents: 1 };
+        let mug = GiftPool { sku: "mug".into(), name: "Mug".into(), count: 2 };
+        assert!(t.check(&top_up(Some(cash.clone()), vec![mug.clone()], 1_500)).is_ok());
+        assert!(matches!(t.check(&top_up(None, Vec::new(), 1_500)), Err(Refusal::Invalid(_))));
+        let too_small = CashPool { total_cents: 4, ..cash.clone() };
+        assert!(matches!(
+            t.check(&top_up(Some(too_small), Vec::new(), 1_500)),
+            Err(Refusal::Invalid(e)) if e.contains("top_up.cash.total_cents")
+        ));
+        let no_sku = GiftPool { sku: String::new(), ..mug.clone() };
+        assert!(matches!(t.check(&top_up(None, vec![no_sku], 1_500)), Err(Refusal::Invalid(_))));
+        assert_eq!(
+            t.check(&top_up(Some(cash.clone()), Vec::new(), 2_000)),
+            Err(Refusal::AlreadyClosed(1))
+        );
+        let stored = top_up(Some(cash), vec![mug], 1_500);
+        assert_eq!(RoundCommand::decode(&stored.encode()), Ok(stored));
+    }
+
+    #[test]
+    fn the_configured_rounds_follow_additions_and_top_ups() {
+        let mut rounds = vec![round_config(1, 1_000)];
+        let mug = GiftPool { sku: "mug".into(), name: "Mug".into(), count: 2 };
+        let top_up = RoundAction::TopUp {
+            cash: Some(CashPool { total_cents: 50, envelopes: 5, min_cents: 2 }),
+            gifts: vec![mug.clone(), GiftPool { count: 3, ..mug }],
+        };
+        apply_to_rounds(&mut rounds, &command(1, top_up, 1_500));
+        apply_to_rounds(&mut rounds, &command(1, RoundAction::Close, 1_600));
+        apply_to_rounds(
+            &mut rounds,
+            &command(2, RoundAction::Add { round: round_config(2, 5_000) }, 1_700),
+        );
+        let cash = rounds[0].cash.as_ref().unwrap();
+        assert_eq!((cash.total_cents, cash.envelopes, cash.min_cents), (150, 15, 1));
+        assert_eq!(rounds[0].gifts.len(), 1, "one SKU, one pool");
+        assert_eq!(rounds[0].gifts[0].count, 5);
+        assert_eq!(rounds.iter().map(|r| r.id).collect::<Vec<_>>(), [1, 2]);
     }
 }

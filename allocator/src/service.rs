@@ -24,13 +24,15 @@ use bytes::{Bytes, BytesMut};
 use quinn::crypto::rustls::QuicServerConfig;
 use shake_proto::allocator::{MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
 use shake_proto::{
-    ALLOCATOR_ALPN, AllocatorFrame, Batch, DecodeError, ErrorCode, Prize, RoundPhase,
+    ALLOCATOR_ALPN, AllocatorFrame, Batch, DecodeError, ErrorCode, Prize, VerdictCounts,
 };
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::{AdminRequest, AdminTarget, CommandReply, Dashboard, EdgeView, RoundView};
+use crate::admin::{
+    AdminRequest, AdminTarget, CommandReply, Dashboard, EdgeView, RoundView, VerdictRates,
+};
 use crate::award::Award;
 use crate::award::BatchKey;
 use crate::config::{Config, LedgerKind};
@@ -94,6 +96,7 @@ enum ActorMsg {
     ResultsReceived { stream: StreamId, highest: u64 },
     Batch { stream: StreamId, batch: Batch },
     Load { stream: StreamId, window_ms: u32, offered: u64 },
+    Stats { stream: StreamId, phones: u64, verdicts: VerdictCounts },
     Delivered(Vec<u64>),
     AwardsWanted { stream: StreamId, user_ids: Vec<u64> },
     Closed(StreamId),
@@ -386,8 +389,12 @@ pub(crate) struct Rebuilt {
 
 impl Rebuilt {
     /// Replays a whole snapshot.
-    pub(crate) fn from_snapshot(config: &Config, snapshot: Snapshot) -> Result<Self, RestoreError> {
+    pub(crate) fn from_snapshot(config: &Config, snapshot: Snapshot) -> Result<Self, ServeError> {
         let mut draw = Draw::new(&config.rounds);
+        // Commands first: an award may name a round or a prize a command added.
+        for command in &snapshot.commands {
+            draw.apply_command(command).map_err(ServeError::Commands)?;
+        }
         for award in &snapshot.awards {
             draw.restore(award)?;
         }
@@ -439,7 +446,7 @@ pub(crate) fn lead(
     let mut core = Core::new(settings, draw);
     let mut restored = Vec::new();
     core.restore(workers, answers, &mut restored);
-    core.restore_commands(commands).map_err(ServeError::Commands)?;
+    core.restore_command_log(commands);
     core.restore_owed(&owed);
     drop(owed);
     update_gauges(&core, &metrics);
@@ -651,7 +658,7 @@ async fn actor_loop(
             done = pipes.committed.recv() => match done {
                 Some(Ok(done)) => {
                     core.on_awards_durable(&done.awards);
-                    core.on_committed(&done.batches, &mut effects);
+                    core.on_committed(&done.batches, now_ms(), &mut effects);
                     for command in done.commands {
                         let timing = core.on_command_recorded(&command, now_ms(), &mut effects);
                         tracing::info!(?command, ?timing, "operator command in effect");
@@ -697,7 +704,7 @@ async fn actor_loop(
                 match msg {
                     ActorMsg::Hello { stream, hello, handle } => {
                         edges.stream_of.insert(stream, hello.edge_id);
-                        edges.offered.entry(hello.edge_id).or_default();
+                        edges.workers.entry(hello.edge_id).or_default();
                         outgoing.insert(stream, handle);
                         metrics.streams_open.set(outgoing.len() as i64);
                         tracing::info!(
@@ -721,6 +728,9 @@ async fn actor_loop(
                     ActorMsg::Load { stream, window_ms, offered } => {
                         edges.on_load(stream, window_ms, offered);
                         core.on_load_report(stream, window_ms, offered, now_ms());
+                    }
+                    ActorMsg::Stats { stream, phones, verdicts } => {
+                        edges.on_stats(stream, phones, verdicts);
                     }
                     ActorMsg::Delivered(ids) => core.on_delivered(ids, &mut effects),
                     ActorMsg::AwardsWanted { stream, user_ids } => {
@@ -759,28 +769,66 @@ async fn actor_loop(
 #[derive(Debug, Default)]
 struct EdgeBoard {
     stream_of: HashMap<StreamId, u64>,
-    /// Edge -> (worker stream -> shakes offered per second in its last report).
-    offered: std::collections::BTreeMap<u64, HashMap<StreamId, f64>>,
+    /// Edge -> worker stream -> what its latest reports said.
+    workers: std::collections::BTreeMap<u64, HashMap<StreamId, WorkerBoard>>,
+}
+
+/// One worker stream's latest `LoadReport` and `WorkerStats`.
+#[derive(Debug, Default, Clone, Copy)]
+struct WorkerBoard {
+    window_ms: u32,
+    offered_per_s: f64,
+    phones: u64,
+    verdicts: VerdictCounts,
 }
 
 impl EdgeBoard {
+    fn worker(&mut self, stream: StreamId) -> Option<&mut WorkerBoard> {
+        let edge = self.stream_of.get(&stream)?;
+        Some(self.workers.entry(*edge).or_default().entry(stream).or_default())
+    }
+
     fn on_load(&mut self, stream: StreamId, window_ms: u32, offered: u64) {
-        if let Some(edge) = self.stream_of.get(&stream) {
-            let per_s = offered as f64 * 1000.0 / f64::from(window_ms.max(1));
-            self.offered.entry(*edge).or_default().insert(stream, per_s);
+        if let Some(worker) = self.worker(stream) {
+            worker.window_ms = window_ms.max(1);
+            worker.offered_per_s = offered as f64 * 1000.0 / f64::from(worker.window_ms);
+        }
+    }
+
+    /// A worker's stats cover the window of its load report just before.
+    fn on_stats(&mut self, stream: StreamId, phones: u64, verdicts: VerdictCounts) {
+        if let Some(worker) = self.worker(stream) {
+            worker.phones = phones;
+            worker.verdicts = verdicts;
         }
     }
 
     fn views(&self) -> Vec<EdgeView> {
-        self.offered
+        self.workers
             .iter()
             .map(|(edge, by_stream)| {
-                let open: Vec<StreamId> =
-                    self.stream_of.iter().filter(|(_, e)| *e == edge).map(|(s, _)| *s).collect();
+                let open: Vec<&WorkerBoard> = self
+                    .stream_of
+                    .iter()
+                    .filter(|(_, e)| *e == edge)
+                    .filter_map(|(s, _)| by_stream.get(s))
+                    .collect();
+                let per_s = |count: fn(&VerdictCounts) -> u64| -> f64 {
+                    open.iter()
+                        .map(|w| count(&w.verdicts) as f64 * 1000.0 / f64::from(w.window_ms.max(1)))
+                        .sum()
+                };
                 EdgeView {
                     edge_id: *edge,
-                    streams: open.len(),
-                    offered_per_s: open.iter().filter_map(|s| by_stream.get(s)).sum(),
+                    streams: self.stream_of.values().filter(|e| *e == edge).count(),
+                    offered_per_s: open.iter().map(|w| w.offered_per_s).sum(),
+                    phones: open.iter().map(|w| w.phones).sum(),
+                    verdicts_per_s: VerdictRates {
+                        no_luck: per_s(|v| v.no_luck),
+                        slow_down: per_s(|v| v.slow_down),
+                        round_closed: per_s(|v| v.round_closed),
+                        forwarded: per_s(|v| v.forwarded),
+                    },
                 }
             })
             .collect()
@@ -798,6 +846,7 @@ fn dashboard(core: &Core, edges: &EdgeBoard, health: &Health) -> Dashboard {
         edges: edges.views(),
         entries_drawn: counters.entries_drawn,
         awards_granted: counters.awards_granted,
+        award_latency_ms: core.award_latency().percentiles(now_ms(), 5_000),
         last_commit_ms: (commit_us > 0).then(|| commit_us as f64 / 1000.0),
     }
 }
@@ -811,14 +860,15 @@ fn round_views(core: &Core, now: u64) -> Vec<RoundView> {
             let (cash_left_cents, gifts_left) = round.pool().left();
             RoundView {
                 round_id: round.config().id,
-                phase: match timing.phase(now) {
-                    RoundPhase::Waiting => "waiting",
-                    RoundPhase::Open => "open",
-                    RoundPhase::Closed => "closed",
-                },
+                phase: timing.status(now).name(),
                 starts_at_ms: timing.starts_at_ms,
                 ends_at_ms: timing.ends_at_ms,
                 min_shake_interval_ms: timing.min_shake_interval_ms,
+                paused_at_ms: timing.paused_at_ms,
+                left_ms: {
+                    let (elapsed, whole) = timing.progress(now);
+                    whole - elapsed
+                },
                 prizes: round.pool().items().len(),
                 awarded: round.pool().awarded_count(),
                 cash_left_cents,
@@ -1086,6 +1136,9 @@ async fn serve_stream(
                         (AllocatorFrame::Batch(batch), false) => ActorMsg::Batch { stream, batch },
                         (AllocatorFrame::LoadReport { window_ms, offered, .. }, false) => {
                             ActorMsg::Load { stream, window_ms, offered }
+                        }
+                        (AllocatorFrame::WorkerStats { phones, verdicts }, false) => {
+                            ActorMsg::Stats { stream, phones, verdicts }
                         }
                         (AllocatorFrame::AwardDelivered { award_ids }, false) => {
                             ActorMsg::Delivered(award_ids)

@@ -74,7 +74,7 @@ fn commit_all(core: &mut Core, effects: &mut Vec<Effect>) -> Vec<Effect> {
         })
         .collect();
     let mut out = Vec::new();
-    core.on_committed(&done, &mut out);
+    core.on_committed(&done, 0, &mut out);
     out
 }
 

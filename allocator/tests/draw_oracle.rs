@@ -10,6 +10,7 @@ use shake_allocator::award::{Award, BatchKey};
 use shake_allocator::config::{CashPool, GiftPool, Release, RoundConfig};
 use shake_allocator::draw::{Draw, batch_seed, entry_random};
 use shake_allocator::pool::{Item, Kind, Pool};
+use shake_allocator::round_command::{RoundAction, RoundCommand};
 use shake_allocator::user_rate::UserRates;
 use shake_proto::{Batch, BatchEntry, Prize};
 
@@ -223,5 +224,87 @@ proptest! {
         prop_assert_eq!(&a, &b);
         let taken: BTreeSet<u32> = awards.iter().chain(a.iter()).map(|x| x.item).collect();
         prop_assert_eq!(taken.len(), awards.len() + a.len());
+    }
+
+    #[test]
+    fn a_round_changed_by_commands_restores_to_the_same_state(
+        seed in any::<u64>(),
+        batches in vec((0u64..12_000, vec(0u64..40, 0..40)), 1..20),
+        top_up_at in 0u64..9_000,
+        top_up in (1u64..30, 0u64..4),
+        pause in (0u64..9_000, 1u64..3_000),
+        more in vec(0u64..40, 1..40),
+    ) {
+        let config = round(20, vec![3], (2, 2), false, seed);
+        let command = |n: u64, action: RoundAction, at: u64| RoundCommand {
+            command_id: format!("c{n}"),
+            round_id: 1,
+            action,
+            issued_by: "test".into(),
+            at_ms: START + at,
+        };
+        let (envelopes, mugs) = top_up;
+        let mut commands = vec![
+            command(1, RoundAction::TopUp {
+                cash: Some(CashPool { total_cents: envelopes * 10, envelopes, min_cents: 1 }),
+                gifts: (mugs > 0)
+                    .then(|| GiftPool { sku: "mug".into(), name: "Mug".into(), count: mugs })
+                    .into_iter()
+                    .chain([GiftPool { sku: "G0".into(), name: "g0".into(), count: 1 }])
+                    .collect(),
+            }, top_up_at),
+            command(2, RoundAction::Pause, pause.0),
+            command(3, RoundAction::Resume, pause.0 + pause.1),
+        ];
+        commands.sort_by_key(|c| c.at_ms);
+        let mut batches = batches;
+        batches.sort_by_key(|(at, _)| *at);
+
+        // Live: batches and commands in time order.
+        let mut live = Draw::new(std::slice::from_ref(&config));
+        let mut awards = Vec::new();
+        let mut pending = commands.iter().peekable();
+        for (seq, (at, users)) in batches.iter().enumerate() {
+            while let Some(c) = pending.next_if(|c| c.at_ms <= START + at) {
+                live.apply_command(c).unwrap();
+            }
+            let entries: Vec<BatchEntry> =
+                users.iter().map(|u| BatchEntry { user_id: *u, offset_us: 0 }).collect();
+            let key = BatchKey { edge_id: 1, worker_id: 0, instance_id: 5, seq: seq as u64 + 1 };
+            let batch = Batch::new(key.seq, 1, 0, &entries);
+            let before = awards.len();
+            live.decide(key, &batch, START + at, &mut UserRates::off(), &mut awards);
+            let paused = (pause.0..pause.0 + pause.1).contains(at);
+            prop_assert!(!paused || awards.len() == before, "a paused round drew");
+        }
+        for c in pending {
+            live.apply_command(c).unwrap();
+        }
+        // Rebuilt as a restart does: every command, then every award.
+        let mut restored = Draw::new(std::slice::from_ref(&config));
+        for c in &commands {
+            restored.apply_command(c).unwrap();
+        }
+        for award in &awards {
+            restored.restore(award).unwrap();
+        }
+        let (l, r) = (live.round(1).unwrap(), restored.round(1).unwrap());
+        prop_assert_eq!(l.pool().items(), r.pool().items());
+        prop_assert_eq!(l.pool().left(), r.pool().left());
+        prop_assert_eq!(l.pool().items().len() as u64, 20 + 3 + envelopes + mugs + 1);
+        // Money: no item twice, cash never over the pool and its top-up.
+        let items: BTreeSet<u32> = awards.iter().map(|a| a.item).collect();
+        prop_assert_eq!(items.len(), awards.len());
+        let paid: u64 = awards.iter().filter_map(|a| match a.prize { Prize::Cash { cents } => Some(cents), _ => None }).sum();
+        prop_assert!(paid <= 20 * 150 + envelopes * 10);
+        // Both continue identically.
+        let entries: Vec<BatchEntry> = more.iter().map(|u| BatchEntry { user_id: 100 + *u, offset_us: 0 }).collect();
+        let key = BatchKey { edge_id: 2, worker_id: 0, instance_id: 6, seq: 1 };
+        let batch = Batch::new(1, 1, 0, &entries);
+        let end = l.timing().ends_at_ms - 1;
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        restored.decide(key, &batch, end, &mut UserRates::off(), &mut a);
+        live.decide(key, &batch, end, &mut UserRates::off(), &mut b);
+        prop_assert_eq!(&a, &b);
     }
 }

@@ -16,6 +16,19 @@ use shake_proto::{AllocatorFrame, Batch, BatchEntry, ErrorCode};
 const ENVELOPES: u64 = 300;
 const TOTAL_CENTS: u64 = 30_000;
 const BATCHES: u64 = 40;
+const TOP_UP_ENVELOPES: u64 = 50;
+const TOP_UP_CENTS: u64 = 5_000;
+
+/// The configuration with the admin API on (token [`TOKEN`]).
+fn with_admin_api(scratch: &Scratch, config: std::path::PathBuf) -> std::path::PathBuf {
+    let token = scratch.dir.join("admin.token");
+    std::fs::write(&token, TOKEN).unwrap();
+    let text = std::fs::read_to_string(&config).unwrap();
+    let admin =
+        format!("admin_listen = \"127.0.0.1:0\"\nadmin_token_file = \"{}\"\n", token.display());
+    std::fs::write(&config, admin + &text).unwrap();
+    config
+}
 
 fn batch(seq: u64) -> AllocatorFrame {
     static BASE_MS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
@@ -49,7 +62,8 @@ async fn the_standby_takes_over_from_a_killed_leader_and_answers_exactly_once() 
     let round = format!(
         "release = \"immediate\"\n[rounds.cash]\ntotal_cents = {TOTAL_CENTS}\nenvelopes = {ENVELOPES}\n"
     );
-    let mut a = Allocator::start(&scratch.postgres_config("a", &url, &round));
+    let mut a =
+        Allocator::start(&with_admin_api(&scratch, scratch.postgres_config("a", &url, &round)));
     let first_epoch = await_leadership(&a, Duration::from_secs(10));
     let b = Allocator::start(&scratch.postgres_config("b", &url, &round));
     std::thread::sleep(Duration::from_millis(300));
@@ -65,6 +79,23 @@ async fn the_standby_takes_over_from_a_killed_leader_and_answers_exactly_once() 
         }
         other => panic!("expected NOT_LEADER, got {other}"),
     }
+
+    // The control room tops the round up through the leader: the standby follows that command
+    // from the log (the awards of the new envelopes name items only the top-up made).
+    let bearer = format!("Bearer {TOKEN}");
+    let headers = [("Authorization", bearer.as_str()), ("Idempotency-Key", "top-up-1")];
+    let top_up = format!(
+        r#"{{"cash": {{"total_cents": {TOP_UP_CENTS}, "envelopes": {TOP_UP_ENVELOPES}}}}}"#
+    );
+    let response = shake_ops::http::request_with_body(
+        a.admin.unwrap(),
+        "POST",
+        "/rounds/1/top-up",
+        &headers,
+        top_up.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(shake_ops::http::status_of(&response), Some(200), "{response}");
 
     // The leader answers half, gets the rest, and is killed mid-stream.
     let mut first_answers: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
@@ -134,7 +165,12 @@ async fn the_standby_takes_over_from_a_killed_leader_and_answers_exactly_once() 
     let ledger_ids: BTreeSet<u64> = rows.iter().map(|r| r["award_id"].as_u64().unwrap()).collect();
     assert_eq!(ledger_ids, told.keys().copied().collect(), "ledger and answers disagree");
     let cash: u64 = rows.iter().filter_map(|r| r["cents"].as_u64()).sum();
-    assert!(cash <= TOTAL_CENTS, "pool overspent: {cash} > {TOTAL_CENTS}");
+    let pool = TOTAL_CENTS + TOP_UP_CENTS;
+    assert!(cash <= pool, "pool overspent: {cash} > {pool}");
+    // 1,000 users for 350 envelopes released at once: the top-up's were drawn too, and every
+    // envelope once.
+    assert_eq!(rows.len() as u64, ENVELOPES + TOP_UP_ENVELOPES, "every envelope drawn once");
+    assert_eq!(cash, pool, "a drained pool pays exactly its cash");
     // The README's SQL for settlement, support and the fencing proof runs as written.
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use shake_ops::http::{body_of, request_with, status_of};
+use shake_ops::http::{body_of, request_with, request_with_body, status_of};
 use shake_proto::{AllocatorFrame, Batch, BatchEntry, RoundPhase};
 
 /// The allocator and its admin API's address (from its ready line).
@@ -42,13 +42,60 @@ fn authed(addr: SocketAddr, method: &str, path: &str, key: &str) -> (u16, serde_
 
 /// The next `RoundState` for round 1.
 async fn round_one(stream: &mut EdgeStream) -> (RoundPhase, u64, u64) {
+    round_state(stream, 1).await
+}
+
+/// The next `RoundState` for `round_id`: its phase and times as the edge is told them.
+async fn round_state(stream: &mut EdgeStream, round_id: u32) -> (RoundPhase, u64, u64) {
     loop {
         if let (AllocatorFrame::RoundState { round, .. }, _) = stream.recv().await.unwrap()
-            && round.round_id == 1
+            && round.round_id == round_id
         {
             return (round.phase, round.starts_at_ms, round.ends_at_ms);
         }
     }
+}
+
+/// (status, JSON body) of an authenticated POST with a JSON body.
+fn post_json(
+    addr: SocketAddr,
+    path: &str,
+    key: &str,
+    body: &serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let bearer = format!("Bearer {TOKEN}");
+    let headers = [("Authorization", bearer.as_str()), ("Idempotency-Key", key)];
+    let body = serde_json::to_vec(body).unwrap();
+    let response = request_with_body(addr, "POST", path, &headers, &body).unwrap();
+    let text = body_of(&response).trim().to_owned();
+    let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+    (status_of(&response).unwrap_or(0), json)
+}
+
+/// Runs the CLI's `round ...` against `admin`; its exit status and output.
+fn cli(admin: SocketAddr, scratch: &Scratch, args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .arg("round")
+        .args(args)
+        .args(["--admin", &admin.to_string(), "--token-file"])
+        .arg(scratch.dir.join("admin.token"))
+        .output()
+        .unwrap()
+}
+
+/// A batch of `users` fresh users (`first..`) for round `round_id`; the prizes it won.
+async fn draw(
+    stream: &mut EdgeStream,
+    round_id: u32,
+    seq: u64,
+    first: u64,
+    users: u64,
+) -> Vec<shake_proto::Prize> {
+    let entries: Vec<BatchEntry> =
+        (0..users).map(|i| BatchEntry { user_id: first + i, offset_us: i as u32 }).collect();
+    stream.send(&AllocatorFrame::Batch(Batch::new(seq, round_id, now_ms(), &entries))).await;
+    let (_, winners, _) = stream.next_result().await.unwrap();
+    winners.into_iter().map(|w| w.prize).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -149,4 +196,118 @@ async fn go_opens_an_armed_round_and_every_command_is_recorded_once() {
     );
     let mut stream = edge_worker(alloc.quic, &scratch, 5).await.unwrap();
     assert_eq!(round_one(&mut stream).await, (RoundPhase::Closed, started, closed_at));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_paused_topped_up_resumed_and_a_round_added_survive_a_restart() {
+    let scratch = Scratch::new("show-changes");
+    let config = scratch.admin_config();
+    let (mut alloc, admin) = admin_addr(&config);
+    let mut stream = edge_worker(alloc.quic, &scratch, 6).await.unwrap();
+    assert_eq!(round_one(&mut stream).await.0, RoundPhase::Waiting);
+    assert_eq!(authed(admin, "POST", "/rounds/1/pause", "p-0").1["error"], "round 1 is not open");
+    assert_eq!(authed(admin, "POST", "/rounds/1/go", "go").0, 200);
+    assert_eq!(round_one(&mut stream).await.0, RoundPhase::Open);
+    // Round 1 releases its 10 envelopes at once: 20 users take all of them.
+    assert_eq!(draw(&mut stream, 1, 1, 1_000, 20).await.len(), 10);
+
+    // Paused: the edge is told the round closed at the pause; nothing is drawn meanwhile.
+    let before = now_ms();
+    let (code, paused) = authed(admin, "POST", "/rounds/1/pause", "pause-1");
+    assert_eq!(code, 200, "{paused}");
+    let paused_at = paused["timing"]["paused_at_ms"].as_u64().unwrap();
+    assert!(paused_at >= before);
+    let (phase, _, ends) = round_one(&mut stream).await;
+    assert_eq!((phase, ends), (RoundPhase::Closed, paused_at));
+    assert_eq!(
+        authed(admin, "POST", "/rounds/1/pause", "pause-2").1["error"],
+        "round 1 is not open"
+    );
+    assert_eq!(
+        authed(admin, "POST", "/rounds/1/go", "go-2").1["error"],
+        "round 1 is paused: resume or close it"
+    );
+    let (_, rounds) = authed(admin, "GET", "/rounds", "-");
+    assert_eq!(rounds[0]["phase"], "paused");
+
+    // Topped up while paused (the CLI): five envelopes and two mugs. Bad pools are refused.
+    let topped = cli(
+        admin,
+        &scratch,
+        &["top-up", "1", "--cash-cents", "500", "--envelopes", "5", "--gift", "mug=2"],
+    );
+    assert!(topped.status.success(), "{}", String::from_utf8_lossy(&topped.stdout));
+    let bad = serde_json::json!({ "cash": { "total_cents": 5, "envelopes": 10 } });
+    let (code, refused) = post_json(admin, "/rounds/1/top-up", "t-bad", &bad);
+    assert_eq!(code, 400);
+    assert!(refused["error"].as_str().unwrap().contains("top_up.cash.total_cents"), "{refused}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(draw(&mut stream, 1, 2, 2_000, 20).await.is_empty(), "a paused round draws nothing");
+
+    // Resumed: open again now, for the time it had left; the new prizes are drawn.
+    let (code, resumed) = authed(admin, "POST", "/rounds/1/resume", "resume-1");
+    assert_eq!(code, 200, "{resumed}");
+    let (phase, starts, ends) = round_one(&mut stream).await;
+    assert_eq!(phase, RoundPhase::Open);
+    assert!(starts >= paused_at + 300, "the open stretch starts at the resume");
+    let left = ends - starts;
+    assert!(left <= 60_000 && left > 50_000, "the time left is kept: {left}");
+    let prizes = draw(&mut stream, 1, 3, 3_000, 20).await;
+    let mugs = prizes
+        .iter()
+        .filter(|p| matches!(p, shake_proto::Prize::Gift { sku } if sku == "mug"))
+        .count();
+    assert_eq!((prizes.len(), mugs), (7, 2), "{prizes:?}");
+    assert_eq!(
+        authed(admin, "POST", "/rounds/1/resume", "resume-2").1["error"],
+        "round 1 is not paused"
+    );
+
+    // A round added during the show (the CLI reads one round's TOML); checked as the
+    // configuration is: a duplicate id or an empty pool is refused.
+    let starts_3 = now_ms() + 7_200_000;
+    let file = scratch.dir.join("round-3.toml");
+    std::fs::write(&file, format!("id = 3\nstarts_at_ms = {starts_3}\nduration_s = 30\nseed = 9\n[[gifts]]\nsku = \"hat\"\nname = \"Hat\"\ncount = 4\n")).unwrap();
+    let added = cli(admin, &scratch, &["add", file.to_str().unwrap()]);
+    assert!(added.status.success(), "{}", String::from_utf8_lossy(&added.stdout));
+    assert_eq!(
+        round_state(&mut stream, 3).await,
+        (RoundPhase::Waiting, starts_3, starts_3 + 30_000)
+    );
+    let again = cli(admin, &scratch, &["add", file.to_str().unwrap()]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stdout).contains("round 3 exists already"));
+    let empty = serde_json::json!({ "id": 4, "starts_at_ms": starts_3 + 60_000, "duration_s": 30, "seed": 1 });
+    let (code, refused) = post_json(admin, "/rounds", "add-4", &empty);
+    assert_eq!(code, 400);
+    assert!(refused["error"].as_str().unwrap().contains("round.cash"), "{refused}");
+    let overlapping = serde_json::json!({ "id": 5, "starts_at_ms": starts_3 + 10_000, "duration_s": 30, "seed": 1, "gifts": [{ "sku": "x", "name": "x", "count": 1 }] });
+    assert_eq!(post_json(admin, "/rounds", "add-5", &overlapping).0, 409);
+
+    // Restart: the commands replay before the awards (an award names a topped-up prize).
+    assert!(alloc.terminate().success());
+    let (_alloc, admin) = admin_addr(&config);
+    let (code, rounds) = authed(admin, "GET", "/rounds", "-");
+    assert_eq!(code, 200, "{rounds}");
+    let round_1 = &rounds[0];
+    assert_eq!(
+        (round_1["phase"].as_str(), round_1["prizes"].as_u64(), round_1["awarded"].as_u64()),
+        (Some("open"), Some(17), Some(17))
+    );
+    assert_eq!(round_1["ends_at_ms"].as_u64(), Some(ends));
+    assert_eq!(rounds[2]["round_id"], 3);
+    assert_eq!(rounds[2]["gifts_left"], 4);
+    let (code, export) = status(admin, "GET", "/awards/export", Some("-"));
+    assert_eq!((code, export.lines().count()), (200, 17));
+    let (_, audit) = status(admin, "GET", "/audit", Some("-"));
+    let actions: Vec<String> = audit
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["action"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(actions, ["go", "pause", "top_up", "resume", "add"]);
 }

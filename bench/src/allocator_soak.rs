@@ -161,7 +161,7 @@ pub fn run_core(
                 committed.push((answered.key, answered.answer));
             }
         }
-        core.on_committed(&committed, &mut effects);
+        core.on_committed(&committed, now_ms, &mut effects);
         committed.clear();
         effects.clear();
         let answered = worker.next_seq - 1;
@@ -242,7 +242,7 @@ pub fn run_ledger(dir: &Path, batches: u64, group: u64) -> std::io::Result<Ledge
             ledger.commit_group(&pending).map_err(std::io::Error::other)?;
             pending = CommitGroup::default();
             let done: Vec<(BatchKey, Bytes)> = answers.drain().collect();
-            core.on_committed(&done, &mut effects);
+            core.on_committed(&done, START_MS + n, &mut effects);
             // The edge hears the answers and confirms them.
             core.on_results_received(1, seq, &mut effects);
         }

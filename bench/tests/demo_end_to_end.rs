@@ -26,8 +26,8 @@ fn the_demo_runs_two_rounds_and_every_invariant_holds() {
     let _ = std::fs::remove_dir_all(demo_dir);
 }
 
-/// The live show on PostgreSQL: rounds armed for later, opened, extended, re-paced and closed
-/// through the CLI while the swarm runs, the ledger on a primary and a synchronous standby
+/// The live show on PostgreSQL: rounds armed for later, opened, paused, topped up, resumed,
+/// extended, re-paced and closed, and a round added, through the CLI while the swarm runs, the ledger on a primary and a synchronous standby
 /// that the script starts.
 #[test]
 fn a_live_show_on_postgres_applies_every_command_and_every_invariant_holds() {
@@ -48,7 +48,7 @@ fn a_live_show_on_postgres_applies_every_command_and_every_invariant_holds() {
     let line = summary.to_string();
     assert_eq!(summary["ok"], true, "{line}");
     assert_eq!((&summary["show"], &summary["ledger"]), (&"live".into(), &"postgres".into()));
-    assert_eq!(summary["commands_applied"], 5, "{line}");
+    assert_eq!(summary["commands_applied"], 9, "{line}");
     assert!(summary["awards_redelivered"].is_u64(), "{line}");
     assert!(summary["awards_granted"].as_u64().unwrap() > 0, "the commanded rounds drew: {line}");
     assert_eq!(summary["awards_granted"], summary["awards_received"], "{line}");

@@ -20,14 +20,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use shake_proto::datagram::Outcome;
-use shake_proto::{AllocatorFrame, ControlFrame, Shake, Verdict};
+use shake_proto::{AllocatorFrame, ControlFrame, Shake, Verdict, VerdictCounts};
 
 use crate::admission::{Admission, AdmissionSettings, Decision};
 use crate::award_book::{AckVerdict, AwardBook};
 use crate::batcher::{Answer, BatchSettings};
 use crate::bucket::{Rate, TokenBucket};
 use crate::phones::{PhoneRef, PhoneTable};
-use crate::uplink::{Uplink, WorkerName};
+use crate::uplink::{Uplink, WorkerName, WorkerStats};
 use crate::user_sessions::MAX_LIMITED_USERS;
 
 /// A connected phone, as the core sees it; `X` is whatever the shell keeps beside it.
@@ -108,6 +108,10 @@ pub struct WorkerCore<X> {
     /// Users the allocator limited, and until when (at most [`MAX_LIMITED_USERS`]).
     limited: HashMap<u64, u64>,
     counts: Counts,
+    /// Verdicts in counts the shell has taken, and in the last stats sent: the difference is
+    /// the next report's (kept apart so the shake path counts each verdict once).
+    verdicts_taken: VerdictCounts,
+    verdicts_reported: VerdictCounts,
 }
 
 impl<X> WorkerCore<X> {
@@ -126,6 +130,8 @@ impl<X> WorkerCore<X> {
             awards,
             limited: HashMap::new(),
             counts: Counts::default(),
+            verdicts_taken: VerdictCounts::default(),
+            verdicts_reported: VerdictCounts::default(),
         }
     }
 
@@ -354,16 +360,38 @@ impl<X> WorkerCore<X> {
         }
     }
 
-    /// Once a second: the load report for the allocator; limits that ended are forgotten.
+    /// Once a second: the load report and the worker's stats for the allocator; limits that
+    /// ended are forgotten.
     pub fn on_load_tick(&mut self, now_ms: u64) {
         self.limited.retain(|_, until| *until > now_ms);
         let load = self.admission.take_load();
-        self.uplink.queue_load(load);
+        let total = add_verdicts(self.verdicts_taken, &self.counts);
+        let r = self.verdicts_reported;
+        let verdicts = VerdictCounts {
+            no_luck: total.no_luck - r.no_luck,
+            slow_down: total.slow_down - r.slow_down,
+            round_closed: total.round_closed - r.round_closed,
+            forwarded: total.forwarded - r.forwarded,
+        };
+        self.verdicts_reported = total;
+        let stats = WorkerStats { phones: self.phones.len() as u64, verdicts };
+        self.uplink.queue_load(load, stats);
     }
 
     /// What was counted since the last call.
     pub fn take_counts(&mut self) -> Counts {
+        self.verdicts_taken = add_verdicts(self.verdicts_taken, &self.counts);
         std::mem::take(&mut self.counts)
+    }
+}
+
+/// `totals` plus the verdicts in `counts`.
+fn add_verdicts(totals: VerdictCounts, counts: &Counts) -> VerdictCounts {
+    VerdictCounts {
+        no_luck: totals.no_luck + counts.no_luck,
+        slow_down: totals.slow_down + counts.slow_down,
+        round_closed: totals.round_closed + counts.round_closed,
+        forwarded: totals.forwarded + counts.forwarded,
     }
 }
 

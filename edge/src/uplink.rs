@@ -19,7 +19,7 @@ use std::collections::VecDeque;
 use bytes::{Bytes, BytesMut};
 use shake_proto::allocator::PROTOCOL_VERSION;
 use shake_proto::limits::{MAX_DELIVERED_IDS, MAX_WANTED_USERS};
-use shake_proto::{AllocatorFrame, BatchDigest};
+use shake_proto::{AllocatorFrame, BatchDigest, VerdictCounts};
 
 use crate::admission::LoadCounts;
 use crate::batcher::{Answer, BatchSettings, Batcher};
@@ -28,6 +28,15 @@ use crate::batcher::{Answer, BatchSettings, Batcher};
 pub const MAX_QUEUED_ACKS: usize = 65_536;
 /// Users waiting to be asked about (`AwardsWanted`) on one worker, at most.
 pub const MAX_QUEUED_WANTED: usize = 4_096;
+
+/// What a worker tells the control room with each load report (`WorkerStats`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WorkerStats {
+    /// Phones with a session on the worker now.
+    pub phones: u64,
+    /// Answers over the window, by verdict.
+    pub verdicts: VerdictCounts,
+}
 
 /// Who this worker is, to the allocator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,7 +67,9 @@ pub struct Uplink<R> {
     hello_due: bool,
     /// The answered mark last told to the allocator on this link.
     confirmed_sent: u64,
-    load: Option<LoadCounts>,
+    load: Option<(LoadCounts, WorkerStats)>,
+    /// The `LoadReport` went; its `WorkerStats` goes next.
+    stats_due: Option<WorkerStats>,
     acks: VecDeque<u64>,
     acks_dropped: u64,
     /// Users whose session started: the allocator is asked what it owes them.
@@ -78,6 +89,7 @@ impl<R: Copy> Uplink<R> {
             hello_due: false,
             confirmed_sent: 0,
             load: None,
+            stats_due: None,
             acks: VecDeque::new(),
             acks_dropped: 0,
             wanted: VecDeque::new(),
@@ -131,9 +143,10 @@ impl<R: Copy> Uplink<R> {
         self.links
     }
 
-    /// The latest load report (replaces one not yet sent).
-    pub fn queue_load(&mut self, load: LoadCounts) {
-        self.load = Some(load);
+    /// The latest load report and the worker's stats for the control room (replace ones not
+    /// yet sent).
+    pub fn queue_load(&mut self, load: LoadCounts, stats: WorkerStats) {
+        self.load = Some((load, stats));
     }
 
     /// A session of `user_id` started: ask the allocator for the awards it owes the user.
@@ -172,6 +185,7 @@ impl<R: Copy> Uplink<R> {
                 || self.batcher.has_unsent(self.link)
                 || self.batcher.highest_answered() > self.confirmed_sent
                 || self.load.is_some()
+                || self.stats_due.is_some()
                 || !self.acks.is_empty())
     }
 
@@ -201,11 +215,18 @@ impl<R: Copy> Uplink<R> {
                 self.encode(&AllocatorFrame::ResultsReceived { highest_answered_seq: answered }),
             );
         }
-        if let Some(load) = self.load.take() {
+        if let Some((load, stats)) = self.load.take() {
+            self.stats_due = Some(stats);
             return Some(self.encode(&AllocatorFrame::LoadReport {
                 window_ms: 1000,
                 offered: load.offered,
                 admitted: load.admitted,
+            }));
+        }
+        if let Some(stats) = self.stats_due.take() {
+            return Some(self.encode(&AllocatorFrame::WorkerStats {
+                phones: stats.phones,
+                verdicts: stats.verdicts,
             }));
         }
         if !self.acks.is_empty() {
@@ -299,8 +320,9 @@ mod tests {
     #[test]
     fn only_the_latest_load_report_and_bounded_acks() {
         let mut up = uplink();
-        up.queue_load(LoadCounts { offered: 1, admitted: 1 });
-        up.queue_load(LoadCounts { offered: 5, admitted: 2 });
+        let stats = |phones| WorkerStats { phones, verdicts: VerdictCounts::default() };
+        up.queue_load(LoadCounts { offered: 1, admitted: 1 }, stats(3));
+        up.queue_load(LoadCounts { offered: 5, admitted: 2 }, stats(4));
         for id in 0..(MAX_QUEUED_ACKS as u64 + 10) {
             up.queue_ack(id);
         }
@@ -312,6 +334,12 @@ mod tests {
         assert_eq!(
             loads,
             vec![&AllocatorFrame::LoadReport { window_ms: 1000, offered: 5, admitted: 2 }]
+        );
+        let stats: Vec<_> =
+            frames.iter().filter(|f| matches!(f, AllocatorFrame::WorkerStats { .. })).collect();
+        assert_eq!(
+            stats,
+            vec![&AllocatorFrame::WorkerStats { phones: 4, verdicts: VerdictCounts::default() }]
         );
         let acked: Vec<u64> = frames
             .iter()

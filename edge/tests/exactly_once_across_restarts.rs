@@ -119,7 +119,7 @@ fn exchange(
             _ => {}
         }
     }
-    alloc.on_committed(&committed, &mut effects);
+    alloc.on_committed(&committed, 0, &mut effects);
     for effect in effects {
         if let Effect::Send(s, bytes) = effect
             && s == stream

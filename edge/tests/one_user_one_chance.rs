@@ -138,7 +138,7 @@ fn a_user_on_many_edges_and_workers_is_held_to_one_phone_s_rate() {
                 _ => None,
             })
             .collect();
-        alloc.on_committed(&committed, &mut effects);
+        alloc.on_committed(&committed, 0, &mut effects);
         for effect in effects.drain(..) {
             let Effect::Send(stream, bytes) = effect else { continue };
             let worker = &mut workers[stream as usize - 1];

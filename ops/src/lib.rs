@@ -8,11 +8,13 @@
 //! - [`init_logging`]: tracing to stderr, `RUST_LOG` aware; JSON lines with
 //!   `SHAKE_LOG_FORMAT=json`.
 //! - [`build`]: the version and git revision, for the `build_info` metric.
+//! - [`webdriver`]: headless chromium through chromedriver (the dashboard's browser checks).
 
 pub mod config;
 pub mod http;
 pub mod supervise;
 pub mod tls;
+pub mod webdriver;
 
 /// What the binaries were built from.
 pub mod build {

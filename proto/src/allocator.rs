@@ -22,8 +22,9 @@ use crate::{DecodeError, Prize, RoundInfo, varint};
 
 /// The edge-allocator protocol version this crate speaks. ALPN `shake-alloc/3` carries the
 /// layout; versions within it add frames compatibly (3 added `UsersLimited`, 4 `AwardsWanted`
-/// and `AwardsOwed`), and a side only sends a frame the peer's version knows.
-pub const PROTOCOL_VERSION: u32 = 4;
+/// and `AwardsOwed`, 5 `WorkerStats`), and a side only sends a frame the peer's version knows
+/// (allocators are upgraded before edges).
+pub const PROTOCOL_VERSION: u32 = 5;
 /// The oldest version an allocator of this crate still serves.
 pub const MIN_PROTOCOL_VERSION: u32 = 2;
 
@@ -71,6 +72,8 @@ pub mod frame_type {
     pub const AWARDS_WANTED: u64 = 0x2b;
     /// [`AwardsOwed`](super::AllocatorFrame::AwardsOwed)
     pub const AWARDS_OWED: u64 = 0x2c;
+    /// [`WorkerStats`](super::AllocatorFrame::WorkerStats)
+    pub const WORKER_STATS: u64 = 0x2d;
 }
 
 /// An award granted to a user and not yet acknowledged by any of their phones.
@@ -300,6 +303,19 @@ impl BatchWriter {
     }
 }
 
+/// Shakes answered, by verdict (`WorkerStats`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct VerdictCounts {
+    /// No-luck.
+    pub no_luck: u64,
+    /// Slow-down.
+    pub slow_down: u64,
+    /// Round-closed.
+    pub round_closed: u64,
+    /// Forwarded to the allocator.
+    pub forwarded: u64,
+}
+
 /// One winning entry of a batch.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Winner {
@@ -395,6 +411,14 @@ pub enum AllocatorFrame {
         /// The users (1 to [`MAX_WANTED_USERS`]).
         user_ids: Vec<u64>,
     },
+    /// Edge -> allocator (version 5): what one worker serves and answered over the last
+    /// window, for the control room (sent with each `LoadReport`).
+    WorkerStats {
+        /// Phones with a session on this worker now.
+        phones: u64,
+        /// Shakes answered over the window, by verdict.
+        verdicts: VerdictCounts,
+    },
     /// Allocator -> edge (version 4): awards granted to this user, durable, that no phone
     /// has acknowledged yet. The edge sends each to the user's phones as an `Award`.
     AwardsOwed {
@@ -457,6 +481,13 @@ impl AllocatorFrame {
                 varint::put(out, u64::from(*window_ms));
                 varint::put(out, *offered);
                 varint::put(out, *admitted);
+            }
+            AllocatorFrame::WorkerStats { phones, verdicts } => {
+                varint::put(out, *phones);
+                varint::put(out, verdicts.no_luck);
+                varint::put(out, verdicts.slow_down);
+                varint::put(out, verdicts.round_closed);
+                varint::put(out, verdicts.forwarded);
             }
             AllocatorFrame::AwardDelivered { award_ids } => {
                 assert!(
@@ -522,6 +553,7 @@ impl AllocatorFrame {
             AllocatorFrame::UsersLimited { .. } => USERS_LIMITED,
             AllocatorFrame::AwardsWanted { .. } => AWARDS_WANTED,
             AllocatorFrame::AwardsOwed { .. } => AWARDS_OWED,
+            AllocatorFrame::WorkerStats { .. } => WORKER_STATS,
         }
     }
 
@@ -540,6 +572,7 @@ impl AllocatorFrame {
             AllocatorFrame::UsersLimited { .. } => "users_limited",
             AllocatorFrame::AwardsWanted { .. } => "awards_wanted",
             AllocatorFrame::AwardsOwed { .. } => "awards_owed",
+            AllocatorFrame::WorkerStats { .. } => "worker_stats",
         }
     }
 
@@ -611,6 +644,15 @@ impl AllocatorFrame {
                 window_ms: r.varint_u32("window")?,
                 offered: r.varint()?,
                 admitted: r.varint()?,
+            },
+            WORKER_STATS => AllocatorFrame::WorkerStats {
+                phones: r.varint()?,
+                verdicts: VerdictCounts {
+                    no_luck: r.varint()?,
+                    slow_down: r.varint()?,
+                    round_closed: r.varint()?,
+                    forwarded: r.varint()?,
+                },
             },
             AWARD_DELIVERED => {
                 let mut award_ids = Vec::new();

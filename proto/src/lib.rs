@@ -33,7 +33,7 @@ mod types;
 pub mod varint;
 
 pub use allocator::{
-    AllocatorFrame, Batch, BatchDigest, BatchEntry, BatchWriter, OwedAward, Winner,
+    AllocatorFrame, Batch, BatchDigest, BatchEntry, BatchWriter, OwedAward, VerdictCounts, Winner,
 };
 pub use control::ControlFrame;
 pub use datagram::{Datagram, Outcome, Outcomes, Shake};

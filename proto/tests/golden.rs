@@ -8,7 +8,7 @@ use bytes::{Bytes, BytesMut};
 use shake_proto::datagram::{self, Datagram};
 use shake_proto::{
     AllocatorFrame, Batch, BatchEntry, Claims, ControlFrame, KeyRing, Outcome, OwedAward, Prize,
-    RoundInfo, RoundPhase, Shake, Verdict, Winner,
+    RoundInfo, RoundPhase, Shake, Verdict, VerdictCounts, Winner,
 };
 
 enum Message {
@@ -150,6 +150,18 @@ fn vectors() -> Vec<(&'static str, Message)> {
                 window_ms: 1000,
                 offered: 150_000,
                 admitted: 20_000,
+            }),
+        ),
+        (
+            "alloc.worker_stats",
+            Allocator(AllocatorFrame::WorkerStats {
+                phones: 12_000,
+                verdicts: VerdictCounts {
+                    no_luck: 90_000,
+                    slow_down: 300,
+                    round_closed: 0,
+                    forwarded: 20_000,
+                },
             }),
         ),
         (

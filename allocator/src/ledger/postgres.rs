@@ -465,6 +465,16 @@ impl PostgresLedger {
         self.read_awards(after, limit, &mut |_| true)
     }
 
+    /// The operator commands after the first `skip`, in log order: what a standby following
+    /// the log applies before the awards it read (read them after the awards: a command an
+    /// award depends on was committed before it).
+    pub fn commands_after(&mut self, skip: usize) -> Result<Vec<RoundCommand>, LedgerError> {
+        let rows = self
+            .client
+            .query("SELECT body FROM shake_commands ORDER BY seq OFFSET $1", &[&(skip as i64)])?;
+        rows.iter().map(|row| Ok(RoundCommand::decode(row.get::<_, &str>(0).as_bytes())?)).collect()
+    }
+
     /// Every award no phone has acknowledged (what a new leader owes its users).
     pub fn undelivered_awards(&mut self) -> Result<Vec<Award>, LedgerError> {
         self.read_awards(0, i64::MAX, &mut |a| !a.delivered)

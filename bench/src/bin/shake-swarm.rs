@@ -76,6 +76,10 @@ enum Command {
         /// The allocator configuration, to check pools and per-user caps.
         #[arg(long)]
         allocator_config: Option<PathBuf>,
+        /// The allocator's audit log (`shake-allocator round audit`, JSON lines): rounds added
+        /// and pools topped up during the show count in the checks.
+        #[arg(long, requires = "allocator_config")]
+        commands: Option<PathBuf>,
     },
 }
 
@@ -149,8 +153,8 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Verify { report, ledger, allocator_config } => {
-            match verify_run(&report, &ledger, allocator_config) {
+        Command::Verify { report, ledger, allocator_config, commands } => {
+            match verify_run(&report, &ledger, allocator_config, commands) {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::from(3),
                 Err(err) => {
@@ -202,17 +206,30 @@ fn run(
     Ok(report)
 }
 
-fn verify_run(report: &PathBuf, ledger: &PathBuf, config: Option<PathBuf>) -> anyhow::Result<bool> {
+fn verify_run(
+    report: &PathBuf,
+    ledger: &PathBuf,
+    config: Option<PathBuf>,
+    commands: Option<PathBuf>,
+) -> anyhow::Result<bool> {
     let report: Report = serde_json::from_str(
         &std::fs::read_to_string(report).with_context(|| report.display().to_string())?,
     )?;
     let rows = verify::parse_export(
         &std::fs::read_to_string(ledger).with_context(|| ledger.display().to_string())?,
     )?;
-    let config = match config {
+    let mut config = match config {
         Some(path) => Some(shake_allocator::config::Config::load(&path)?),
         None => None,
     };
+    if let (Some(config), Some(path)) = (config.as_mut(), commands) {
+        let log = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
+        for (n, line) in log.lines().filter(|l| !l.trim().is_empty()).enumerate() {
+            let command = shake_allocator::round_command::RoundCommand::decode(line.as_bytes())
+                .map_err(|_| anyhow::anyhow!("{}:{}: not a command", path.display(), n + 1))?;
+            shake_allocator::round_command::apply_to_rounds(&mut config.rounds, &command);
+        }
+    }
     let v = verify::verify(&report, &rows, config.as_ref());
     let verdict = |name: &str| report.verdicts.get(name).copied().unwrap_or(0);
     let share =

@@ -10,7 +10,7 @@ use shake_proto::limits::{
 use shake_proto::varint::MAX;
 use shake_proto::{
     AllocatorFrame, Batch, BatchDigest, BatchEntry, ControlFrame, Outcome, OwedAward, Prize,
-    RoundInfo, RoundPhase, Shake, Verdict, Winner,
+    RoundInfo, RoundPhase, Shake, Verdict, VerdictCounts, Winner,
 };
 
 pub fn varint() -> impl Strategy<Value = u64> {
@@ -129,6 +129,12 @@ pub fn allocator_frame() -> impl Strategy<Value = AllocatorFrame> {
         vec(varint(), 1..=MAX_DELIVERED_IDS)
             .prop_map(|award_ids| AllocatorFrame::AwardDelivered { award_ids }),
         varint().prop_map(|now_ms| AllocatorFrame::Heartbeat { now_ms }),
+        (varint(), varint(), varint(), varint(), varint()).prop_map(|(p, n, s, c, f)| {
+            AllocatorFrame::WorkerStats {
+                phones: p,
+                verdicts: VerdictCounts { no_luck: n, slow_down: s, round_closed: c, forwarded: f },
+            }
+        }),
         varint().prop_map(|highest_answered_seq| AllocatorFrame::ResultsReceived {
             highest_answered_seq
         }),
