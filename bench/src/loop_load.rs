@@ -112,20 +112,11 @@ pub struct LoopLoad {
     threads: Vec<std::thread::JoinHandle<std::io::Result<ThreadReport>>>,
 }
 
-/// A lost or refused phone's first wait before it reconnects; each failure in a row doubles
-/// it, up to [`RECONNECT_MAX`], times a jitter of 0.5 to 1.5 of the phone's own (so a refused
-/// crowd does not come back at one instant).
-const RECONNECT_AFTER: Duration = Duration::from_secs(1);
-/// Longest wait before a reconnect.
-const RECONNECT_MAX: Duration = Duration::from_secs(16);
-
-/// How long phone `index` waits after `failures` failures in a row (at least 1).
+/// How long phone `index` waits after `failures` failures in a row (at least 1): the client
+/// library's backoff (1 s doubling to 16 s, times a jitter of 0.5 to 1.5 of the phone's own).
 fn reconnect_pause(index: usize, failures: u32) -> Duration {
-    let doubled = RECONNECT_AFTER.saturating_mul(1 << failures.saturating_sub(1).min(8));
-    // A jitter of the phone's own, reproducible.
-    let z = shake_proto::mix((index as u64) << 8 ^ u64::from(failures));
-    let jitter = 0.5 + (z >> 11) as f64 / (1u64 << 53) as f64;
-    doubled.min(RECONNECT_MAX).mul_f64(jitter)
+    let settings = shake_client::ReconnectSettings::default();
+    Duration::from_millis(shake_client::reconnect::backoff_ms(&settings, index as u64, failures))
 }
 /// Largest UDP payload a simulated phone accepts (an Ethernet-sized path, as phones have).
 const PHONE_MAX_UDP_PAYLOAD: u16 = 1472;
@@ -706,26 +697,6 @@ mod tests {
     use super::*;
     use crate::quinn_echo::{self, EchoMode, EchoServer};
 
-    /// Phones on the loop against the loop's echo server, in process: every phone connects,
-    /// every message sent is answered and timed, the counters agree with the report.
-    #[test]
-    fn reconnects_back_off_exponentially_with_a_jitter_of_each_phones_own() {
-        for index in 0..200 {
-            let first = reconnect_pause(index, 1);
-            assert!(first >= RECONNECT_AFTER / 2 && first <= RECONNECT_AFTER * 3 / 2, "{first:?}");
-            let third = reconnect_pause(index, 3);
-            assert!(third >= RECONNECT_AFTER * 2 && third <= RECONNECT_AFTER * 6, "{third:?}");
-            assert!(reconnect_pause(index, 40) <= RECONNECT_MAX * 3 / 2);
-        }
-        // Spread: a refused crowd does not come back at one instant.
-        let mut firsts: Vec<Duration> = (0..200).map(|i| reconnect_pause(i, 1)).collect();
-        firsts.sort();
-        firsts.dedup();
-        assert!(firsts.len() > 190, "only {} distinct pauses of 200", firsts.len());
-        let (lo, hi) = (firsts[0], firsts[firsts.len() - 1]);
-        assert!(hi - lo > RECONNECT_AFTER * 8 / 10, "spread {lo:?}..{hi:?}");
-    }
-
     /// Echo phones against the loop's echo server, in process, until `answers` came back.
     fn echo_run(path_rtt: Duration, answers: u64) -> (u64, Arc<LoadCounters>, LoopLoadReport) {
         let dir = std::env::temp_dir().join(format!(
@@ -767,6 +738,8 @@ mod tests {
         (connected, counters, report)
     }
 
+    /// Phones on the loop against the loop's echo server, in process: every phone connects,
+    /// every message sent is answered and timed, the counters agree with the report.
     #[test]
     fn echo_phones_connect_send_and_time_every_answer() {
         let (connected, counters, report) = echo_run(Duration::ZERO, 400);

@@ -9,7 +9,17 @@
 //!
 //! # Layout
 //! - [`session`]: the state machine and its events.
+//! - [`reconnect`]: when and where to connect next (sans-IO too).
+//! - `quinn_driver` (feature `quinn`, on by default): both over quinn and tokio, for a Rust
+//!   app or a desktop client; `shake-phone` is its terminal example.
+//!
+//! docs/CLIENT.md says the behaviour in plain words for app teams.
 
+pub mod reconnect;
 pub mod session;
 
+#[cfg(feature = "quinn")]
+pub mod quinn_driver;
+
+pub use reconnect::{ConnectionEnd, NextConnect, Reconnect, ReconnectSettings};
 pub use session::{EndReason, PhoneSession, SessionEvent, ShakeRefusal};

@@ -26,11 +26,10 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use quinn::crypto::rustls::QuicClientConfig;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use shake_proto::{Claims, KeyRing, PHONE_ALPN};
+use shake_proto::{Claims, KeyRing};
 
 use self::phone::{PhoneContext, Role};
 use self::report::{Report, TimePoint};
@@ -59,24 +58,15 @@ fn client_config(scenario: &Scenario) -> Result<quinn::ClientConfig, SwarmError>
     phone_client_config(&scenario.ca, scenario.phones.max(256))
 }
 
-/// A phone's QUIC client configuration: TLS trusting `ca`, room for `sessions` resumption
-/// tickets, a 30 s idle timeout with 10 s keep-alives. The benchmarks' load generator uses it
-/// too, so every server is measured against the same phones.
+/// A phone's QUIC client configuration, as the client library makes it (TLS trusting `ca`,
+/// room for `sessions` resumption tickets, 30 s idle timeout, 10 s keep-alives): the swarm
+/// and the benchmarks' load generator are the same phones as an app's.
 pub fn phone_client_config(
     ca: &std::path::Path,
     sessions: usize,
 ) -> Result<quinn::ClientConfig, SwarmError> {
-    let mut rustls = shake_ops::tls::client(ca, PHONE_ALPN)?;
-    rustls.resumption = rustls::client::Resumption::in_memory_sessions(sessions);
-    let crypto = QuicClientConfig::try_from(rustls).map_err(|e| SwarmError::Quic(e.to_string()))?;
-    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    let mut transport = quinn::TransportConfig::default();
-    transport
-        .max_idle_timeout(Some(Duration::from_secs(30).try_into().expect("30 s fits")))
-        .keep_alive_interval(Some(Duration::from_secs(10)))
-        .datagram_receive_buffer_size(Some(16 * 1024));
-    config.transport_config(Arc::new(transport));
-    Ok(config)
+    shake_client::quinn_driver::phone_client_config(ca, sessions)
+        .map_err(|e| SwarmError::Quic(e.to_string()))
 }
 
 /// Picks each phone's role: each hostile share becomes an exact count (at least one phone when

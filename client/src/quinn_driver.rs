@@ -1,0 +1,277 @@
+//! The phone's session over quinn and tokio: what a Rust app or a desktop client embeds. It
+//! connects to the first edge of its list, drives a [`PhoneSession`] (control stream,
+//! datagrams, the time), passes what happens to the app, and reconnects as [`Reconnect`]
+//! says: never while a session is alive, with backoff and jitter after failures, elsewhere
+//! when an edge drains, and not at all when only the app can help (a new token).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use quinn::crypto::rustls::QuicClientConfig;
+use shake_proto::{ErrorCode, PHONE_ALPN};
+use tokio::sync::mpsc;
+
+use crate::reconnect::{ConnectionEnd, NextConnect, Reconnect, ReconnectSettings};
+use crate::session::{EndReason, PhoneSession, SessionEvent, ShakeRefusal};
+
+/// How long a connection attempt may take before it counts as failed.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What went wrong outside the protocol.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The phone's TLS or QUIC configuration.
+    #[error("client configuration: {0}")]
+    Config(String),
+    /// A local socket could not be opened.
+    #[error("socket: {0}")]
+    Io(#[from] std::io::Error),
+    /// No edge to connect to.
+    #[error("no edge given")]
+    NoEdge,
+}
+
+/// A phone's QUIC client configuration: TLS trusting the edges' CA at `ca` (PEM), ALPN
+/// `shake/2`, room for `sessions` resumption tickets (a reconnect resumes), a 30 s idle
+/// timeout with 10 s keep-alives (PROTOCOL.md 5.1.1), DATAGRAM support.
+pub fn phone_client_config(
+    ca: &std::path::Path,
+    sessions: usize,
+) -> Result<quinn::ClientConfig, ClientError> {
+    let mut rustls =
+        shake_ops::tls::client(ca, PHONE_ALPN).map_err(|e| ClientError::Config(e.to_string()))?;
+    rustls.resumption = rustls::client::Resumption::in_memory_sessions(sessions);
+    let crypto =
+        QuicClientConfig::try_from(rustls).map_err(|e| ClientError::Config(e.to_string()))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_idle_timeout(Some(Duration::from_secs(30).try_into().expect("30 s fits")))
+        .keep_alive_interval(Some(Duration::from_secs(10)))
+        .datagram_receive_buffer_size(Some(16 * 1024));
+    config.transport_config(Arc::new(transport));
+    Ok(config)
+}
+
+/// One phone: where it connects and who it is.
+#[derive(Debug, Clone)]
+pub struct Phone {
+    /// The edges, in the order to try them.
+    pub edges: Vec<SocketAddr>,
+    /// The name the edges' certificates carry.
+    pub server_name: String,
+    /// From [`phone_client_config`].
+    pub client: quinn::ClientConfig,
+    /// The session token from the login service.
+    pub token: Bytes,
+    /// Backoff after failures.
+    pub reconnect: ReconnectSettings,
+}
+
+/// What the app asks of the phone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PhoneCommand {
+    /// The user shook.
+    Shake,
+    /// The app showed this award: acknowledge it.
+    AckAward(u64),
+    /// Hang up and stop.
+    Stop,
+}
+
+/// What the phone tells the app.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PhoneEvent {
+    /// Connecting to this edge.
+    Connecting(SocketAddr),
+    /// Something the session said (welcomed, an outcome, an award, a round, a pace...).
+    Session(SessionEvent),
+    /// A shake was not sent, and why (too soon, no round open, no session).
+    ShakeHeld(ShakeRefusal),
+    /// The connection ended; what comes next.
+    Disconnected {
+        /// How it ended.
+        end: ConnectionEnd,
+        /// Where and when the phone connects again (or that it stops).
+        next: NextConnect,
+    },
+}
+
+/// Why [`run`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// The app said stop (or dropped its command sender).
+    ByApp,
+    /// The edge refused the session in a way only the app can mend (an expired token...).
+    Refused(ErrorCode),
+}
+
+/// Runs the phone until the app stops it or the edges refuse it for good: connects, keeps
+/// one session at a time alive, sends the app's shakes and acknowledgements, and passes
+/// every event on. A slow answer never ends a session: only the connection's end does.
+pub async fn run(
+    phone: Phone,
+    mut commands: mpsc::Receiver<PhoneCommand>,
+    events: mpsc::Sender<PhoneEvent>,
+) -> Result<Stopped, ClientError> {
+    if phone.edges.is_empty() {
+        return Err(ClientError::NoEdge);
+    }
+    let user = shake_proto::token::user_id_of(&phone.token).unwrap_or(0);
+    let mut reconnect = Reconnect::new(phone.edges.len(), user, phone.reconnect);
+    let mut edge = reconnect.first();
+    loop {
+        let addr = phone.edges[edge];
+        let _ = events.send(PhoneEvent::Connecting(addr)).await;
+        let end = match one_session(&phone, addr, &mut reconnect, &mut commands, &events).await? {
+            Some(end) => end,
+            None => return Ok(Stopped::ByApp),
+        };
+        let next = reconnect.ended(now_ms(), end);
+        let _ = events.send(PhoneEvent::Disconnected { end, next }).await;
+        match next {
+            NextConnect::Stop(code) => return Ok(Stopped::Refused(code)),
+            NextConnect::At { edge: chosen, at_ms } => {
+                edge = chosen;
+                let wait = Duration::from_millis(at_ms.saturating_sub(now_ms()));
+                // The app may stop the phone while it waits; shakes meanwhile are held.
+                let deadline = tokio::time::sleep(wait);
+                tokio::pin!(deadline);
+                loop {
+                    tokio::select! {
+                        _ = &mut deadline => break,
+                        command = commands.recv() => match command {
+                            None | Some(PhoneCommand::Stop) => return Ok(Stopped::ByApp),
+                            Some(_) => {
+                                let held = PhoneEvent::ShakeHeld(ShakeRefusal::NoSession);
+                                let _ = events.send(held).await;
+                            }
+                        },
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One connection and its session, until it ends (`Some`) or the app stops (`None`).
+async fn one_session(
+    phone: &Phone,
+    addr: SocketAddr,
+    reconnect: &mut Reconnect,
+    commands: &mut mpsc::Receiver<PhoneCommand>,
+    events: &mpsc::Sender<PhoneEvent>,
+) -> Result<Option<ConnectionEnd>, ClientError> {
+    let local: SocketAddr =
+        if addr.is_ipv6() { "[::]:0".parse() } else { "0.0.0.0:0".parse() }.expect("an address");
+    let endpoint = quinn::Endpoint::client(local)?;
+    let connecting = match endpoint.connect_with(phone.client.clone(), addr, &phone.server_name) {
+        Ok(connecting) => connecting,
+        Err(err) => return Err(ClientError::Config(err.to_string())),
+    };
+    let Ok(Ok(conn)) = tokio::time::timeout(CONNECT_TIMEOUT, connecting).await else {
+        return Ok(Some(ConnectionEnd::NotConnected));
+    };
+    let Ok((mut send, mut recv)) = conn.open_bi().await else {
+        return Ok(Some(end_of(&conn, false)));
+    };
+    let mut session = PhoneSession::new(phone.token.clone());
+    session.hello();
+    let mut welcomed = false;
+    let mut read = vec![0u8; 4096];
+    let mut datagram = BytesMut::new();
+    loop {
+        if !session.control_out().is_empty() {
+            let out = session.control_out().split().freeze();
+            if send.write_all(&out).await.is_err() {
+                return Ok(Some(end_of(&conn, welcomed)));
+            }
+        }
+        tokio::select! {
+            got = recv.read(&mut read) => match got {
+                Ok(Some(n)) => {
+                    if let Err(code) = session.on_control(now_ms(), &read[..n]) {
+                        conn.close(code.code().into(), b"protocol violation");
+                        return Ok(Some(ConnectionEnd::Closed(code.code().into())));
+                    }
+                }
+                Ok(None) | Err(_) => return Ok(Some(end_of(&conn, welcomed))),
+            },
+            got = conn.read_datagram() => match got {
+                Ok(bytes) => {
+                    if let Err(code) = session.on_datagram(now_ms(), &bytes) {
+                        conn.close(code.code().into(), b"protocol violation");
+                        return Ok(Some(ConnectionEnd::Closed(code.code().into())));
+                    }
+                }
+                Err(_) => return Ok(Some(end_of(&conn, welcomed))),
+            },
+            command = commands.recv() => match command {
+                None | Some(PhoneCommand::Stop) => {
+                    conn.close(0u32.into(), b"bye");
+                    endpoint.wait_idle().await;
+                    return Ok(None);
+                }
+                Some(PhoneCommand::Shake) => match session.shake(now_ms(), &mut datagram) {
+                    Ok(_) => {
+                        if conn.send_datagram(datagram.split().freeze()).is_err() {
+                            return Ok(Some(end_of(&conn, welcomed)));
+                        }
+                    }
+                    Err(refusal) => {
+                        let _ = events.send(PhoneEvent::ShakeHeld(refusal)).await;
+                    }
+                },
+                Some(PhoneCommand::AckAward(award_id)) => {
+                    session.ack_award(award_id);
+                }
+            },
+        }
+        while let Some(event) = session.poll_event() {
+            if matches!(event, SessionEvent::Welcomed { .. }) {
+                welcomed = true;
+                reconnect.welcomed();
+            }
+            let _ = events.send(PhoneEvent::Session(event)).await;
+        }
+        if let Some(reason) = session.ended() {
+            let end = match reason {
+                EndReason::GoAway { reconnect_after_ms } => {
+                    ConnectionEnd::GoAway { reconnect_after_ms: *reconnect_after_ms }
+                }
+                EndReason::Refused { code, .. } => ConnectionEnd::Closed(*code),
+                EndReason::Violation(code) => ConnectionEnd::Closed(code.code().into()),
+            };
+            // What is queued (an AwardAck) goes before the close.
+            let out = session.control_out().split().freeze();
+            let _ = send.write_all(&out).await;
+            let _ = send.finish();
+            conn.close(0u32.into(), b"session over");
+            return Ok(Some(end));
+        }
+    }
+}
+
+/// How a connection that ended by itself ended.
+fn end_of(conn: &quinn::Connection, welcomed: bool) -> ConnectionEnd {
+    match conn.close_reason() {
+        Some(quinn::ConnectionError::ApplicationClosed(close)) => {
+            ConnectionEnd::Closed(close.error_code.into())
+        }
+        Some(quinn::ConnectionError::ConnectionClosed(close))
+            if close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED =>
+        {
+            ConnectionEnd::NotConnected
+        }
+        _ if welcomed => ConnectionEnd::Lost,
+        _ => ConnectionEnd::NotConnected,
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

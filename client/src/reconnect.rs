@@ -1,0 +1,246 @@
+//! When and where a phone connects next, sans-IO: an ordered list of edges, exponential
+//! backoff with a jitter of the phone's own after failures, a draining edge's wait honoured,
+//! and a stop where only the app can help (a token to renew, a user playing elsewhere).
+//!
+//! The driver asks only once a connection has ended: a session that is alive is never left
+//! for a reconnect, however slow its answers (answers to shakes are datagrams; losing some is
+//! normal, and an edge under load answers late on purpose).
+
+use shake_proto::ErrorCode;
+
+/// Backoff after failures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReconnectSettings {
+    /// The wait after a first failure, milliseconds; each failure in a row doubles it.
+    pub first_ms: u64,
+    /// The longest wait, milliseconds.
+    pub max_ms: u64,
+    /// The wait after `SESSION_IN_USE` (another session of the user is live), milliseconds.
+    pub in_use_ms: u64,
+}
+
+impl Default for ReconnectSettings {
+    fn default() -> Self {
+        Self { first_ms: 1_000, max_ms: 16_000, in_use_ms: 60_000 }
+    }
+}
+
+/// How a connection ended, as the driver saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionEnd {
+    /// No session: the handshake failed, timed out, or was refused by the transport
+    /// (`CONNECTION_REFUSED`: the edge is over its handshake budget).
+    NotConnected,
+    /// A welcomed session's connection was lost (idle timeout, reset, network change).
+    Lost,
+    /// The edge is draining (`GoAway`, or a close with `DRAINING`): another edge, after the
+    /// wait it asked for.
+    GoAway {
+        /// Milliseconds to wait at least.
+        reconnect_after_ms: u32,
+    },
+    /// The edge closed the connection or the session with this code (an `Error` frame, or
+    /// an application close).
+    Closed(u64),
+}
+
+/// What to do next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NextConnect {
+    /// Connect to edge `edge` (an index into the list) at the phone's `at_ms`.
+    At {
+        /// The edge's index.
+        edge: usize,
+        /// Not before this, the phone's Unix milliseconds.
+        at_ms: u64,
+    },
+    /// Do not reconnect by yourself: the app must act (log in again, or tell the user they
+    /// play elsewhere). The code says why.
+    Stop(ErrorCode),
+}
+
+/// One phone's reconnect state over its ordered list of edges.
+#[derive(Debug, Clone)]
+pub struct Reconnect {
+    settings: ReconnectSettings,
+    edges: usize,
+    current: usize,
+    /// Failures in a row since the last welcomed session.
+    failures: u32,
+    /// The phone's own jitter source (its user id, say).
+    seed: u64,
+}
+
+impl Reconnect {
+    /// A phone that knows `edges` edges (at least one), tries them in order from the first,
+    /// and jitters its waits by `seed`.
+    pub fn new(edges: usize, seed: u64, settings: ReconnectSettings) -> Self {
+        Self { settings, edges: edges.max(1), current: 0, failures: 0, seed }
+    }
+
+    /// The edge to connect to first.
+    pub fn first(&self) -> usize {
+        self.current
+    }
+
+    /// Failures in a row since the last welcomed session.
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+
+    /// A session was welcomed: the edge works, the backoff starts over.
+    pub fn welcomed(&mut self) {
+        self.failures = 0;
+    }
+
+    /// The connection ended at `now_ms` as `end`: where and when to connect next.
+    pub fn ended(&mut self, now_ms: u64, end: ConnectionEnd) -> NextConnect {
+        let code = match end {
+            ConnectionEnd::Closed(code) => ErrorCode::from_code(code),
+            _ => None,
+        };
+        match (end, code) {
+            (
+                ConnectionEnd::Closed(_),
+                Some(
+                    code @ (ErrorCode::BadToken
+                    | ErrorCode::TokenExpired
+                    | ErrorCode::UnsupportedVersion
+                    | ErrorCode::SessionSuperseded),
+                ),
+            ) => NextConnect::Stop(code),
+            (ConnectionEnd::GoAway { reconnect_after_ms }, _) => {
+                self.move_on();
+                let wait = u64::from(reconnect_after_ms);
+                NextConnect::At { edge: self.current, at_ms: now_ms + wait + self.jitter(wait / 4) }
+            }
+            (ConnectionEnd::Closed(_), Some(ErrorCode::Draining)) => {
+                self.move_on();
+                let wait = self.settings.first_ms;
+                NextConnect::At { edge: self.current, at_ms: now_ms + wait + self.jitter(wait) }
+            }
+            (ConnectionEnd::Closed(_), Some(ErrorCode::SessionInUse)) => {
+                // The user's other session is live on this edge: the same edge, much later.
+                let wait = self.settings.in_use_ms;
+                NextConnect::At { edge: self.current, at_ms: now_ms + wait + self.jitter(wait / 4) }
+            }
+            (ConnectionEnd::Lost, _) if self.failures == 0 => {
+                // A session that worked: the same edge first, soon.
+                self.failures = 1;
+                NextConnect::At { edge: self.current, at_ms: now_ms + self.pause() }
+            }
+            _ => {
+                // Not reached, refused, overloaded, or lost again: the next edge, later.
+                self.failures = self.failures.saturating_add(1);
+                self.move_on();
+                NextConnect::At { edge: self.current, at_ms: now_ms + self.pause() }
+            }
+        }
+    }
+
+    fn move_on(&mut self) {
+        self.current = (self.current + 1) % self.edges;
+    }
+
+    fn pause(&self) -> u64 {
+        backoff_ms(&self.settings, self.seed, self.failures)
+    }
+
+    fn jitter(&self, span: u64) -> u64 {
+        jitter(self.seed, self.failures, span)
+    }
+}
+
+/// The wait after `failures` failures in a row (at least 1): `first_ms` doubled per failure
+/// after the first, at most `max_ms`, times 0.5 to 1.5 of the phone's own (`seed`), so a
+/// refused crowd does not come back at one instant.
+pub fn backoff_ms(settings: &ReconnectSettings, seed: u64, failures: u32) -> u64 {
+    let doublings = failures.saturating_sub(1).min(20);
+    let base = settings.first_ms.saturating_mul(1 << doublings).min(settings.max_ms);
+    base / 2 + jitter(seed, failures, base)
+}
+
+/// 0 to `span` (exclusive), the same for the same phone and failure count.
+fn jitter(seed: u64, failures: u32, span: u64) -> u64 {
+    let z = shake_proto::mix(seed ^ u64::from(failures).rotate_left(48));
+    if span == 0 { 0 } else { (z >> 11) % span }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(next: NextConnect) -> (usize, u64) {
+        match next {
+            NextConnect::At { edge, at_ms } => (edge, at_ms),
+            NextConnect::Stop(code) => panic!("stopped: {code:?}"),
+        }
+    }
+
+    #[test]
+    fn failures_back_off_exponentially_over_the_edges_in_order() {
+        let mut r = Reconnect::new(3, 42, ReconnectSettings::default());
+        assert_eq!(r.first(), 0);
+        let mut waits = Vec::new();
+        let mut edges = Vec::new();
+        for _ in 0..7 {
+            let (edge, at_ms) = at(r.ended(0, ConnectionEnd::NotConnected));
+            edges.push(edge);
+            waits.push(at_ms);
+        }
+        assert_eq!(edges, [1, 2, 0, 1, 2, 0, 1]);
+        for (n, wait) in waits.iter().enumerate() {
+            let base = (1_000u64 << n).min(16_000);
+            assert!((base / 2..base * 3 / 2).contains(wait), "failure {n}: {wait} ms");
+        }
+        // A welcomed session starts the backoff over; losing it goes back to the same edge.
+        r.welcomed();
+        let (edge, wait) = at(r.ended(0, ConnectionEnd::Lost));
+        assert_eq!((edge, (500..1_500).contains(&wait)), (1, true));
+    }
+
+    #[test]
+    fn the_app_is_asked_when_only_it_can_help() {
+        for code in [
+            ErrorCode::BadToken,
+            ErrorCode::TokenExpired,
+            ErrorCode::UnsupportedVersion,
+            ErrorCode::SessionSuperseded,
+        ] {
+            let mut r = Reconnect::new(2, 1, ReconnectSettings::default());
+            assert_eq!(
+                r.ended(0, ConnectionEnd::Closed(code.code().into())),
+                NextConnect::Stop(code)
+            );
+        }
+        let mut r = Reconnect::new(2, 1, ReconnectSettings::default());
+        let (edge, wait) =
+            at(r.ended(0, ConnectionEnd::Closed(ErrorCode::SessionInUse.code().into())));
+        assert_eq!(edge, 0, "the same edge, where the other session lives");
+        assert!(wait >= 60_000);
+    }
+
+    #[test]
+    fn a_draining_edge_sends_the_phone_to_the_next_after_its_wait() {
+        let mut r = Reconnect::new(2, 9, ReconnectSettings::default());
+        let (edge, at_ms) = at(r.ended(1_000, ConnectionEnd::GoAway { reconnect_after_ms: 4_000 }));
+        assert_eq!(edge, 1);
+        assert!((5_000..6_000).contains(&at_ms), "{at_ms}");
+        assert_eq!(r.failures(), 0, "draining is not a failure");
+        let (edge, _) = at(r.ended(0, ConnectionEnd::Closed(ErrorCode::Draining.code().into())));
+        assert_eq!(edge, 0);
+    }
+
+    #[test]
+    fn a_refused_crowd_comes_back_spread_out() {
+        let waits: std::collections::BTreeSet<u64> = (0..500)
+            .map(|user| {
+                let mut r = Reconnect::new(1, user, ReconnectSettings::default());
+                at(r.ended(0, ConnectionEnd::NotConnected)).1
+            })
+            .collect();
+        // 500 draws from 1,000 milliseconds: about 393 distinct values when uniform.
+        assert!(waits.len() > 350, "{} distinct waits of 500", waits.len());
+        assert!(waits.first() < Some(&600) && waits.last() > Some(&1_400));
+    }
+}
