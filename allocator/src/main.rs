@@ -360,32 +360,25 @@ fn round_command(
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
+    use shake_ops::signals::{StopSignal, StopSignals};
+    let mut signals = StopSignals::install()?;
     let shutdown = Shutdown::default();
     let running = service::start(config, shutdown.clone()).await?;
     // One line on stdout that scripts wait for.
     let metrics = running.metrics_addr.map_or("off".to_owned(), |a| a.to_string());
     let admin = running.admin_addr.map_or("off".to_owned(), |a| a.to_string());
     println!("shake-allocator ready quic={} metrics={metrics} admin={admin}", running.quic_addr);
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let signals = {
+    let on_signal = {
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            tokio::select! {
-                _ = term.recv() => {
-                    tracing::info!("SIGTERM: draining");
-                    shutdown.drain.cancel();
-                }
-                _ = int.recv() => {
-                    tracing::info!("SIGINT: stopping");
-                    shutdown.stop.cancel();
-                }
+            match signals.next().await {
+                StopSignal::Drain => shutdown.drain.cancel(),
+                StopSignal::Stop => shutdown.stop.cancel(),
             }
         })
     };
     let result = running.wait().await;
-    signals.abort();
+    on_signal.abort();
     result?;
     Ok(())
 }

@@ -68,24 +68,23 @@ fn main() -> ExitCode {
 }
 
 fn run(config: EdgeConfig) -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
+    use shake_ops::signals::{StopSignal, StopSignals};
     let mut edge = service::start(config)?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    // Handlers in place before the ready line: a SIGTERM right after it drains, never kills.
+    let mut signals = {
+        let _in_runtime = runtime.enter();
+        StopSignals::install()?
+    };
     let metrics = edge.metrics_addr.map_or("off".to_owned(), |a| a.to_string());
     // One line on stdout that scripts wait for.
     println!("shake-edge ready addr={} metrics={metrics} workers={}", edge.addr, edge.workers);
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
         tokio::select! {
-            _ = term.recv() => {
-                tracing::info!("SIGTERM: draining");
-                edge.drain();
-            }
-            _ = int.recv() => {
-                tracing::info!("SIGINT: stopping");
-                edge.stop();
-            }
+            signal = signals.next() => match signal {
+                StopSignal::Drain => edge.drain(),
+                StopSignal::Stop => edge.stop(),
+            },
             failure = edge.failure() => {
                 // A worker is gone (a bug): its phones with it. Stop everything, exit non-zero.
                 tracing::error!(%failure, "stopping the edge");

@@ -8,10 +8,12 @@
 //! - [`init_logging`]: tracing to stderr, `RUST_LOG` aware; JSON lines with
 //!   `SHAKE_LOG_FORMAT=json`.
 //! - [`build`]: the version and git revision, for the `build_info` metric.
+//! - [`signals`]: SIGTERM drains, SIGINT stops: one handler for every binary.
 //! - [`webdriver`]: headless chromium through chromedriver (the dashboard's browser checks).
 
 pub mod config;
 pub mod http;
+pub mod signals;
 pub mod supervise;
 pub mod tls;
 pub mod webdriver;

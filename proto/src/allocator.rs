@@ -654,68 +654,30 @@ impl AllocatorFrame {
                     forwarded: r.varint()?,
                 },
             },
-            AWARD_DELIVERED => {
-                let mut award_ids = Vec::new();
-                while !r.is_empty() {
-                    if award_ids.len() == MAX_DELIVERED_IDS {
-                        return Err(DecodeError::InvalidValue("award id count"));
-                    }
-                    award_ids.push(r.varint()?);
-                }
-                if award_ids.is_empty() {
-                    return Err(DecodeError::InvalidValue("award id count"));
-                }
-                AllocatorFrame::AwardDelivered { award_ids }
-            }
+            AWARD_DELIVERED => AllocatorFrame::AwardDelivered {
+                award_ids: r.list("award id count", MAX_DELIVERED_IDS, Reader::varint)?,
+            },
             HEARTBEAT => AllocatorFrame::Heartbeat { now_ms: r.varint()? },
             RESULTS_RECEIVED => {
                 AllocatorFrame::ResultsReceived { highest_answered_seq: r.varint()? }
             }
-            USERS_LIMITED => {
-                let until_ms = r.varint()?;
-                let mut user_ids = Vec::new();
-                while !r.is_empty() {
-                    if user_ids.len() == MAX_LIMITED_USERS {
-                        return Err(DecodeError::InvalidValue("user id count"));
-                    }
-                    user_ids.push(r.varint()?);
-                }
-                if user_ids.is_empty() {
-                    return Err(DecodeError::InvalidValue("user id count"));
-                }
-                AllocatorFrame::UsersLimited { until_ms, user_ids }
-            }
-            AWARDS_WANTED => {
-                let mut user_ids = Vec::new();
-                while !r.is_empty() {
-                    if user_ids.len() == MAX_WANTED_USERS {
-                        return Err(DecodeError::InvalidValue("user id count"));
-                    }
-                    user_ids.push(r.varint()?);
-                }
-                if user_ids.is_empty() {
-                    return Err(DecodeError::InvalidValue("user id count"));
-                }
-                AllocatorFrame::AwardsWanted { user_ids }
-            }
-            AWARDS_OWED => {
-                let user_id = r.varint()?;
-                let mut awards = Vec::new();
-                while !r.is_empty() {
-                    if awards.len() == MAX_OWED_AWARDS {
-                        return Err(DecodeError::InvalidValue("award count"));
-                    }
-                    awards.push(OwedAward {
+            USERS_LIMITED => AllocatorFrame::UsersLimited {
+                until_ms: r.varint()?,
+                user_ids: r.list("user id count", MAX_LIMITED_USERS, Reader::varint)?,
+            },
+            AWARDS_WANTED => AllocatorFrame::AwardsWanted {
+                user_ids: r.list("user id count", MAX_WANTED_USERS, Reader::varint)?,
+            },
+            AWARDS_OWED => AllocatorFrame::AwardsOwed {
+                user_id: r.varint()?,
+                awards: r.list("award count", MAX_OWED_AWARDS, |r| {
+                    Ok(OwedAward {
                         award_id: r.varint()?,
                         round_id: r.varint_u32("round id")?,
-                        prize: Prize::decode(&mut r)?,
-                    });
-                }
-                if awards.is_empty() {
-                    return Err(DecodeError::InvalidValue("award count"));
-                }
-                AllocatorFrame::AwardsOwed { user_id, awards }
-            }
+                        prize: Prize::decode(r)?,
+                    })
+                })?,
+            },
             other => return Err(DecodeError::UnknownType(other)),
         };
         r.finish()?;

@@ -82,6 +82,27 @@ impl<'a> Reader<'a> {
         std::str::from_utf8(raw).map_err(|_| DecodeError::InvalidValue(field))
     }
 
+    /// Items to the end of the payload, each read by `item`: at least one and at most `max`
+    /// (more is refused before it is read); `field` names the count in the error.
+    pub(crate) fn list<T>(
+        &mut self,
+        field: &'static str,
+        max: usize,
+        mut item: impl FnMut(&mut Self) -> Result<T, DecodeError>,
+    ) -> Result<Vec<T>, DecodeError> {
+        let mut items = Vec::new();
+        while !self.is_empty() {
+            if items.len() == max {
+                return Err(DecodeError::InvalidValue(field));
+            }
+            items.push(item(self)?);
+        }
+        if items.is_empty() {
+            return Err(DecodeError::InvalidValue(field));
+        }
+        Ok(items)
+    }
+
     /// Every field has been read: anything left over is an error.
     pub(crate) fn finish(self) -> Result<(), DecodeError> {
         if self.buf.is_empty() { Ok(()) } else { Err(DecodeError::TrailingBytes(self.buf.len())) }

@@ -7,7 +7,8 @@ use bytes::{BufMut, BytesMut};
 use proptest::prelude::*;
 use shake_proto::datagram::{self, DATAGRAM_SHAKE};
 use shake_proto::limits::{
-    MAX_ALLOCATOR_PAYLOAD, MAX_BATCH_ENTRIES, MAX_CONTROL_PAYLOAD, MAX_DATAGRAM, MAX_TOKEN,
+    MAX_ALLOCATOR_PAYLOAD, MAX_BATCH_ENTRIES, MAX_CONTROL_PAYLOAD, MAX_DATAGRAM, MAX_DELIVERED_IDS,
+    MAX_LIMITED_USERS, MAX_OWED_AWARDS, MAX_TOKEN, MAX_WANTED_USERS,
 };
 use shake_proto::{AllocatorFrame, ControlFrame, DecodeError, varint};
 
@@ -137,6 +138,36 @@ fn empty_lists_that_must_not_be_empty_are_invalid() {
     let mut buf = raw_frame(0x27, &[]);
     assert_eq!(AllocatorFrame::decode(&mut buf), Err(DecodeError::InvalidValue("award id count")));
     assert_eq!(datagram::decode(&[]), Err(DecodeError::Truncated));
+}
+
+#[test]
+fn every_bounded_list_takes_one_to_its_limit_and_refuses_none_or_more() {
+    /// A frame type, the fields before its list, one item, the limit, the count's name.
+    type List = (u64, &'static [u8], &'static [u8], usize, &'static str);
+    let lists: [List; 4] = [
+        (0x27, &[], &[7], MAX_DELIVERED_IDS, "award id count"),
+        (0x2a, &[9], &[7], MAX_LIMITED_USERS, "user id count"),
+        (0x2b, &[], &[7], MAX_WANTED_USERS, "user id count"),
+        // Owed: award 1, round 1, cash of 1 cent.
+        (0x2c, &[5], &[1, 1, 0, 1], MAX_OWED_AWARDS, "award count"),
+    ];
+    for (frame_type, head, item, max, field) in lists {
+        let payload = |items: usize| {
+            let mut p = head.to_vec();
+            for _ in 0..items {
+                p.extend_from_slice(item);
+            }
+            p
+        };
+        for (items, ok) in [(0, false), (1, true), (max, true), (max + 1, false)] {
+            let decoded = AllocatorFrame::decode(&mut raw_frame(frame_type, &payload(items)));
+            if ok {
+                assert!(matches!(decoded, Ok(Some(_))), "0x{frame_type:x} with {items}");
+            } else {
+                assert_eq!(decoded, Err(DecodeError::InvalidValue(field)), "0x{frame_type:x}");
+            }
+        }
+    }
 }
 
 #[test]

@@ -62,7 +62,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
-        use tokio::signal::unix::{SignalKind, signal};
+        let mut signals = shake_ops::signals::StopSignals::install()?;
         let plan = FaultPlan {
             loss: cli.loss,
             delay: Duration::from_millis(cli.delay_ms),
@@ -78,12 +78,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         };
         let relay = Relay::start(config).await.context("binding the relay")?;
         println!("shake-relay ready addr={}", relay.addr);
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
+        // Either signal ends the relay: it holds nothing worth draining.
+        let _ = signals.next().await;
         println!("{}", serde_json::to_string(&relay.report())?);
         Ok(())
     })
