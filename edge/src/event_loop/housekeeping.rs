@@ -1,0 +1,148 @@
+//! The worker's periodic and closing work: metrics, load reports and overload judgement every
+//! interval, the drain and the fast stop, superseded sessions closed.
+
+use super::*;
+
+impl LoopWorker {
+    pub(super) fn housekeeping(&mut self, now: Instant) {
+        if now < self.next_housekeeping {
+            return;
+        }
+        self.next_housekeeping = now + Duration::from_millis(100);
+        self.ticks += 1;
+        if self.ticks == 20 && shake_ops::supervise::failpoint("edge-worker-panic") {
+            panic!("failpoint edge-worker-panic");
+        }
+        let metrics = &self.shared.metrics;
+        metrics.add_core_counts(self.core.take_counts());
+        let c = std::mem::take(&mut self.counts);
+        EdgeMetrics::add(&metrics.drops, "reason", "malformed_datagram", c.malformed_datagrams);
+        EdgeMetrics::add(&metrics.drops, "reason", "shake_before_welcome", c.shakes_before_welcome);
+        EdgeMetrics::add(&metrics.drops, "reason", "outbox_full", c.outbox_full);
+        metrics.paces_told.inc_by(c.paces_told);
+        EdgeMetrics::add(&metrics.shed, "how", "slow_down", c.slowed_for_load);
+        let in_flight = self.core.uplink().in_flight() as i64;
+        metrics.in_flight_batches.inc_by(in_flight - self.in_flight_published);
+        self.in_flight_published = in_flight;
+        metrics.awards_outstanding.set(self.shared.awards.outstanding() as i64);
+        let (was, is) = (self.published_stats, self.driver_stats);
+        metrics.add_loop_stats(self.id, &was, &is);
+        self.published_stats = is;
+        if self.ticks.is_multiple_of(10) {
+            let now_us = self.now_us(now);
+            self.sources.sweep(now_us);
+            self.core.on_load_tick(now_ms());
+            metrics.users_live.set(self.shared.sessions.live() as i64);
+        }
+    }
+
+    /// Drain (SIGTERM) and stop (SIGINT), checked once a turn.
+    pub(super) fn shutdown(&mut self, now: Instant, engine: &mut Engine) -> Flow {
+        if self.shared.stop.is_cancelled() {
+            let since = *self.stopping_since.get_or_insert(now);
+            if since == now {
+                let serving: Vec<ConnectionHandle> = self.phone_connections();
+                for ch in serving {
+                    engine.with_connection(ch, |conn| {
+                        let code = ErrorCode::Draining;
+                        self.start_close(now, ch, conn, code, code.name());
+                    });
+                }
+            }
+            let closed =
+                self.sessions.iter().flatten().all(|s| matches!(s.phase, Phase::Closing(_)));
+            return if now.duration_since(since) >= STOP_GRACE
+                || (closed && engine.connections() == 0)
+            {
+                Flow::Stop
+            } else {
+                Flow::Continue
+            };
+        }
+        if self.shared.drain.is_cancelled() {
+            let since = *self.draining_since.get_or_insert(now);
+            if since == now {
+                self.broadcast(engine, &ControlFrame::GoAway { reconnect_after_ms: 1_000 });
+                let now_us = self.now_us(now);
+                self.core.flush(now_us);
+            }
+            let deadline = Duration::from_millis(self.shared.config.limits.drain_deadline_ms);
+            let answered = self.core.uplink().in_flight() == 0 && !self.core.uplink().has_output();
+            let left = self.core.phones().is_empty();
+            if (answered && left) || now.duration_since(since) >= deadline {
+                tracing::info!(
+                    worker = self.id,
+                    unanswered = self.core.uplink().in_flight(),
+                    phones_left = self.core.phones().len(),
+                    "worker drained"
+                );
+                return Flow::Stop;
+            }
+        }
+        Flow::Continue
+    }
+
+    /// Closes this worker's sessions that a newer session of their user superseded.
+    pub(super) fn close_superseded(&mut self, now: Instant, engine: &mut Engine) {
+        for old in self.shared.sessions.take_superseded(self.id) {
+            let ch = ConnectionHandle(old.conn);
+            let current = self.session(ch).is_some_and(|s| {
+                matches!(s.phase, Phase::Serving(_)) && s.holds.is_some_and(|h| h.1 == old.serial)
+            });
+            if current {
+                engine.with_connection(ch, |conn| {
+                    let code = ErrorCode::SessionSuperseded;
+                    self.start_close(now, ch, conn, code, "a newer session of this user started");
+                });
+            }
+        }
+    }
+
+    /// Feeds the loop's counters to overload control; at the end of each of its intervals,
+    /// the pace it sets and its verdict go to admission and the metrics. The pace reaches the
+    /// phones with their next answers (a broadcast to every phone costs what a second of
+    /// answers does, and a phone paced to a long interval hears a lower pace one interval
+    /// later).
+    pub(super) fn judge_load(&mut self, now_us: u64, stats: &DriverStats) {
+        if !self.overload.due(now_us) {
+            return;
+        }
+        let reading = LoopReading {
+            // What this worker's socket gave (forwarded datagrams are counted by the worker
+            // that read them).
+            datagrams_in: stats.datagrams_in,
+            shed: stats.shed,
+            kernel_drops: stats.kernel_drops,
+            busy_us: stats.busy_us,
+            wall_us: stats.wall_us,
+            shakes: self.shakes_decided,
+            phones: self.core.phones().len() as u64,
+        };
+        let base_ms = self.core.admission().base_interval_ms();
+        let Some(verdict) = self.overload.on_turn(now_us, reading, base_ms) else { return };
+        let pace_ms = self.overload.pace_ms(base_ms);
+        let was = self.core.admission().min_interval_ms();
+        self.core.admission_mut().set_pace_ms(pace_ms);
+        if pace_ms != was {
+            tracing::info!(
+                worker = self.id,
+                pace_ms,
+                overload = format!("{:.2}", verdict.overload),
+                busy = format!("{:.2}", verdict.busy),
+                "pace changed"
+            );
+        }
+        self.shared.metrics.set_overload(self.id, pace_ms, &verdict);
+    }
+
+    pub(super) fn phone_connections(&self) -> Vec<ConnectionHandle> {
+        self.sessions
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| {
+                s.as_ref().is_some_and(|s| !matches!(s.phase, Phase::Closing(_) | Phase::Handshake))
+            })
+            .map(|(i, _)| ConnectionHandle(i))
+            .collect()
+    }
+}

@@ -1,0 +1,339 @@
+//! The phone session on the loop: handshake admission's last step, `Hello` and `Welcome`,
+//! the control stream, shakes out of datagrams decided and answered in the same pass, closes
+//! with an `Error` first, and a lost connection's clean-up.
+
+use super::*;
+
+impl LoopWorker {
+    /// Ends a handshake's bookkeeping whichever way it went.
+    pub(super) fn handshake_done(&mut self, source: Option<IpAddr>) {
+        self.shared.handshakes.fetch_sub(1, Ordering::Relaxed);
+        if let Some(source) = source {
+            self.sources.on_handshake_done(source);
+        }
+    }
+
+    /// Starts closing a session with `code`: an `Error` frame first when the control stream is
+    /// open (docs/PROTOCOL.md 5.1 step 7), the close itself when it is acknowledged or after
+    /// [`CLOSE_GRACE`].
+    pub(super) fn start_close(
+        &mut self,
+        now: Instant,
+        ch: ConnectionHandle,
+        conn: &mut Connection,
+        code: ErrorCode,
+        reason: &str,
+    ) {
+        let error = self
+            .encode(&ControlFrame::Error { code: code.code().into(), reason: reason.to_owned() });
+        let Some(session) = self.sessions.get_mut(ch.0).and_then(Option::as_mut) else { return };
+        if matches!(session.phase, Phase::Closing(_)) {
+            return;
+        }
+        let left = std::mem::replace(&mut session.phase, Phase::Closing(code));
+        let stream = session.stream;
+        let source = session.source.take();
+        let holds = session.holds.take();
+        match left {
+            Phase::Serving(at) => {
+                self.core.remove_phone(at);
+                self.shared.phones.fetch_sub(1, Ordering::Relaxed);
+                self.shared.metrics.phones.dec();
+                if let Some((user, serial)) = holds {
+                    self.shared.sessions.release(user, serial);
+                }
+            }
+            // Closed before its handshake completed: the handshake is over all the same (the
+            // in-progress count must not leak).
+            Phase::Handshake => {
+                EdgeMetrics::add(&self.shared.metrics.handshakes, "outcome", "failed", 1);
+                self.handshake_done(source);
+            }
+            Phase::AwaitHello | Phase::Closing(_) => {}
+        }
+        match stream {
+            Some(stream) => {
+                let mut send = conn.send_stream(stream);
+                let _ = send.write(&error);
+                let _ = send.finish();
+                self.deadlines.set(ch.0, Some(now + CLOSE_GRACE));
+            }
+            None => self.close_now(now, ch, conn, code),
+        }
+    }
+
+    pub(super) fn close_now(
+        &mut self,
+        now: Instant,
+        ch: ConnectionHandle,
+        conn: &mut Connection,
+        code: ErrorCode,
+    ) {
+        EdgeMetrics::add(&self.shared.metrics.sessions_closed, "code", code.name(), 1);
+        conn.close(now, VarInt::from_u32(code.code()), Bytes::from_static(code.name().as_bytes()));
+        self.deadlines.set(ch.0, None);
+    }
+
+    /// Writes a control frame on the phone's stream, or queues it while the stream has no
+    /// credit (bounded: a phone that stops reading loses frames, counted).
+    pub(super) fn write_control(
+        &mut self,
+        ch: ConnectionHandle,
+        conn: &mut Connection,
+        frame: Bytes,
+    ) {
+        let Some(session) = self.sessions.get_mut(ch.0).and_then(Option::as_mut) else { return };
+        let Some(stream) = session.stream else { return };
+        if session.out.is_empty() {
+            match conn.send_stream(stream).write(&frame) {
+                Ok(n) if n == frame.len() => return,
+                Ok(n) => {
+                    session.out.push_back(frame.slice(n..));
+                    return;
+                }
+                Err(_) => {}
+            }
+        }
+        if session.out.len() >= OUTBOX_FRAMES {
+            self.counts.outbox_full += 1;
+        } else {
+            session.out.push_back(frame);
+        }
+    }
+
+    pub(super) fn flush_control(&mut self, ch: ConnectionHandle, conn: &mut Connection) {
+        let Some(session) = self.sessions.get_mut(ch.0).and_then(Option::as_mut) else { return };
+        let Some(stream) = session.stream else { return };
+        while let Some(frame) = session.out.front_mut() {
+            match conn.send_stream(stream).write(frame) {
+                Ok(n) if n == frame.len() => {
+                    session.out.pop_front();
+                }
+                Ok(n) => {
+                    *frame = frame.slice(n..);
+                    return;
+                }
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Reads what the control stream has and acts on each complete frame.
+    pub(super) fn on_control_readable(
+        &mut self,
+        now: Instant,
+        ch: ConnectionHandle,
+        conn: &mut Connection,
+        id: StreamId,
+    ) {
+        {
+            let Some(session) = self.session(ch) else { return };
+            if session.stream != Some(id) {
+                return;
+            }
+            let mut stream = conn.recv_stream(id);
+            let mut recv = match stream.read(true) {
+                Ok(recv) => recv,
+                Err(_) => return,
+            };
+            while let Ok(Some(chunk)) = recv.next(shake_proto::limits::MAX_CONTROL_PAYLOAD + 16) {
+                session.buf.extend_from_slice(&chunk.bytes);
+            }
+            let _ = recv.finalize();
+        }
+        loop {
+            let Some(session) = self.session(ch) else { return };
+            let decoded = ControlFrame::decode(&mut session.buf);
+            let frame = match decoded {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return,
+                Err(err) => {
+                    EdgeMetrics::add(&self.shared.metrics.drops, "reason", err.label(), 1);
+                    let code = ErrorCode::for_decode_error(&err);
+                    return self.start_close(now, ch, conn, code, code.name());
+                }
+            };
+            let phase = match &session.phase {
+                Phase::AwaitHello => None,
+                Phase::Serving(at) => Some(*at),
+                Phase::Handshake | Phase::Closing(_) => return,
+            };
+            match (frame, phase) {
+                (ControlFrame::Hello { token, capabilities, .. }, None) => {
+                    self.on_hello(now, ch, conn, &token, capabilities);
+                }
+                (ControlFrame::AwardAck { award_id }, Some(at)) => {
+                    self.core.on_award_ack(at, award_id, now_ms());
+                }
+                (ControlFrame::Shake(shake), Some(at)) => {
+                    let now_us = self.now_us(now);
+                    self.shakes_decided += 1;
+                    if let Some(outcome) = self.decide(at, shake, now_us, now_ms()) {
+                        let frame = self.encode(&ControlFrame::outcomes(&[outcome]));
+                        self.write_control(ch, conn, frame);
+                        self.tell_pace(ch, conn);
+                    }
+                }
+                (ControlFrame::Error { .. }, _) => {
+                    // The phone is leaving; it closes the connection itself.
+                    return;
+                }
+                (_, _) => {
+                    let code = ErrorCode::UnexpectedFrame;
+                    return self.start_close(now, ch, conn, code, code.name());
+                }
+            }
+        }
+    }
+
+    pub(super) fn on_hello(
+        &mut self,
+        now: Instant,
+        ch: ConnectionHandle,
+        conn: &mut Connection,
+        token: &[u8],
+        capabilities: u64,
+    ) {
+        let claims = match self.shared.keys.verify(token, now_ms() / 1000) {
+            Ok(claims) => claims,
+            Err(err) => {
+                let code = ErrorCode::for_token_error(&err);
+                EdgeMetrics::add(&self.shared.metrics.drops, "reason", err.label(), 1);
+                return self.start_close(now, ch, conn, code, &err.to_string());
+            }
+        };
+        // One live session per user on this edge: an older one, on any worker, is closed;
+        // past the user's supersede budget this one is refused instead.
+        let now_us = self.now_us(now);
+        let serial = self.shared.sessions.next_serial();
+        let closer = Closer::Loop { worker: self.id, conn: ch.0 };
+        match self.shared.sessions.claim(claims.user_id, serial, self.id, closer, now_us) {
+            Claim::Fresh => {}
+            Claim::Superseded => {
+                tracing::debug!(user_id = claims.user_id, "a newer session supersedes the user's");
+            }
+            Claim::Refused => {
+                tracing::debug!(user_id = claims.user_id, "session refused: the user's is in use");
+                let code = ErrorCode::SessionInUse;
+                let reason = "this user's session on this edge is in use";
+                return self.start_close(now, ch, conn, code, reason);
+            }
+        }
+        // Shakes that arrived before Welcome are dropped (docs/PROTOCOL.md section 6).
+        while conn.datagrams().recv().is_some() {
+            self.counts.shakes_before_welcome += 1;
+        }
+        let at = self.core.add_phone(claims.user_id, ch, now_us);
+        let now_ms = now_ms();
+        let pace_ms = self.core.admission().min_interval_ms();
+        let welcome = self.encode(&ControlFrame::Welcome {
+            server_time_ms: now_ms,
+            min_shake_interval_ms: pace_ms,
+            round: self.core.admission().current_round(now_ms),
+        });
+        let datagrams = capabilities & CAP_DATAGRAMS != 0 && conn.datagrams().max_size().is_some();
+        if let Some(session) = self.session(ch) {
+            session.phase = Phase::Serving(at);
+            session.datagrams = datagrams;
+            session.holds = Some((claims.user_id, serial));
+            session.told_pace_ms = pace_ms;
+        }
+        self.deadlines.set(ch.0, None);
+        self.shared.phones.fetch_add(1, Ordering::Relaxed);
+        self.shared.metrics.phones.inc();
+        self.write_control(ch, conn, welcome);
+    }
+
+    pub(super) fn on_datagrams(
+        &mut self,
+        now: Instant,
+        ch: ConnectionHandle,
+        conn: &mut Connection,
+    ) {
+        let at = match self.session(ch).map(|s| (&s.phase, s.datagrams)) {
+            Some((Phase::Serving(at), true)) => *at,
+            Some((Phase::Serving(_), false)) | None | Some((Phase::Closing(_), _)) => {
+                while conn.datagrams().recv().is_some() {}
+                return;
+            }
+            Some((Phase::Handshake | Phase::AwaitHello, _)) => {
+                // Counted and dropped when Welcome goes (or never, if it does not).
+                return;
+            }
+        };
+        let now_us = self.now_us(now);
+        let now_ms = now_ms();
+        let mut answered = false;
+        while let Some(payload) = conn.datagrams().recv() {
+            match datagram::decode(&payload) {
+                Ok(Datagram::Shake(shake)) => {
+                    self.shakes_decided += 1;
+                    if let Some(outcome) = self.decide(at, shake, now_us, now_ms) {
+                        datagram::encode_outcomes(&mut self.scratch, &[outcome]);
+                        let answer = self.scratch.split().freeze();
+                        let _ = conn.datagrams().send(answer, true);
+                        answered = true;
+                    }
+                }
+                Ok(Datagram::Outcomes(_)) | Err(_) => self.counts.malformed_datagrams += 1,
+            }
+        }
+        if answered {
+            self.tell_pace(ch, conn);
+        }
+    }
+
+    /// Decides one shake: `SlowDown` (retry after the pace) if it waited past the queue delay
+    /// target while a standing queue lasts, else the core's verdict.
+    pub(super) fn decide(
+        &mut self,
+        at: PhoneRef,
+        shake: shake_proto::Shake,
+        now_us: u64,
+        now_ms: u64,
+    ) -> Option<shake_proto::Outcome> {
+        if self.overload.slow_down(self.datagram_wait_us) {
+            self.counts.slowed_for_load += 1;
+            let retry_after_ms = self.core.admission().min_interval_ms();
+            let verdict = shake_proto::Verdict::SlowDown { retry_after_ms };
+            return Some(shake_proto::Outcome { seq: shake.seq, verdict });
+        }
+        self.core.on_shake(at, shake, now_us, now_ms)
+    }
+
+    /// Tells the phone the worker's pace if it changed since the phone last heard it: with an
+    /// answer, so the `Pace` rides in the same packet and costs no send of its own, and reaches
+    /// exactly the phones that are shaking.
+    pub(super) fn tell_pace(&mut self, ch: ConnectionHandle, conn: &mut Connection) {
+        let pace_ms = self.core.admission().min_interval_ms();
+        let Some(session) = self.session(ch) else { return };
+        if session.told_pace_ms == pace_ms {
+            return;
+        }
+        session.told_pace_ms = pace_ms;
+        self.counts.paces_told += 1;
+        let frame = self.encode(&ControlFrame::Pace { min_shake_interval_ms: pace_ms });
+        self.write_control(ch, conn, frame);
+    }
+
+    pub(super) fn on_lost(&mut self, ch: ConnectionHandle, reason: &ConnectionError) {
+        let Some(session) = self.sessions.get_mut(ch.0).and_then(Option::take) else { return };
+        self.deadlines.set(ch.0, None);
+        match session.phase {
+            Phase::Handshake => {
+                EdgeMetrics::add(&self.shared.metrics.handshakes, "outcome", "failed", 1);
+                self.handshake_done(session.source);
+            }
+            Phase::Serving(at) => {
+                self.core.remove_phone(at);
+                self.shared.phones.fetch_sub(1, Ordering::Relaxed);
+                self.shared.metrics.phones.dec();
+                if let Some((user, serial)) = session.holds {
+                    self.shared.sessions.release(user, serial);
+                }
+            }
+            Phase::AwaitHello | Phase::Closing(_) => {}
+        }
+        tracing::trace!(conn = ch.0, %reason, "phone connection lost");
+    }
+}
