@@ -737,7 +737,7 @@ async fn actor_loop(
                         core.on_awards_wanted(stream, &user_ids, &mut effects);
                     }
                     ActorMsg::Closed(stream) => {
-                        edges.stream_of.remove(&stream);
+                        edges.on_closed(stream);
                         outgoing.remove(&stream);
                         metrics.streams_open.set(outgoing.len() as i64);
                         core.on_stream_closed(stream);
@@ -783,6 +783,16 @@ struct WorkerBoard {
 }
 
 impl EdgeBoard {
+    /// A worker stream closed: it is forgotten (an edge that reconnects gets new streams, so
+    /// what is kept stays bounded by the streams open and the edges known).
+    fn on_closed(&mut self, stream: StreamId) {
+        if let Some(edge) = self.stream_of.remove(&stream)
+            && let Some(workers) = self.workers.get_mut(&edge)
+        {
+            workers.remove(&stream);
+        }
+    }
+
     fn worker(&mut self, stream: StreamId) -> Option<&mut WorkerBoard> {
         let edge = self.stream_of.get(&stream)?;
         Some(self.workers.entry(*edge).or_default().entry(stream).or_default())
@@ -1195,4 +1205,37 @@ async fn serve_stream(
 
 fn record_malformed(metrics: &Metrics, err: &DecodeError) {
     metrics.malformed_frames.get_or_create(&vec![("reason", err.label().to_owned())]).inc();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_edge_board_sums_open_streams_and_forgets_closed_ones() {
+        let mut board = EdgeBoard::default();
+        let verdicts = VerdictCounts { no_luck: 90, slow_down: 4, round_closed: 0, forwarded: 10 };
+        // An edge that reconnects again and again: one stream open at a time.
+        for stream in 0..1_000 {
+            board.stream_of.insert(stream, 7);
+            board.on_load(stream, 1000, 100);
+            board.on_stats(stream, 50, verdicts);
+            if stream < 999 {
+                board.on_closed(stream);
+            }
+        }
+        assert_eq!(board.workers[&7].len(), 1, "closed streams are forgotten");
+        board.stream_of.insert(5_000, 7);
+        board.on_load(5_000, 500, 100);
+        board.on_stats(5_000, 25, verdicts);
+        let views = board.views();
+        assert_eq!(views.len(), 1);
+        let edge = &views[0];
+        assert_eq!((edge.streams, edge.phones), (2, 75));
+        assert_eq!(edge.offered_per_s, 100.0 + 200.0);
+        assert_eq!(edge.verdicts_per_s.forwarded, 10.0 + 20.0);
+        board.on_closed(999);
+        board.on_closed(5_000);
+        assert_eq!(board.views()[0].streams, 0, "the link shows down");
+    }
 }

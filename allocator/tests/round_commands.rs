@@ -281,6 +281,9 @@ async fn a_round_paused_topped_up_resumed_and_a_round_added_survive_a_restart() 
     let (code, refused) = post_json(admin, "/rounds", "add-4", &empty);
     assert_eq!(code, 400);
     assert!(refused["error"].as_str().unwrap().contains("round.cash"), "{refused}");
+    // A body over the admin API's limit (64 KiB) is refused: 413, nothing parsed.
+    let huge = serde_json::json!({ "id": 6, "pad": "x".repeat(70_000) });
+    assert_eq!(post_json(admin, "/rounds", "add-huge", &huge).0, 413);
     let overlapping = serde_json::json!({ "id": 5, "starts_at_ms": starts_3 + 10_000, "duration_s": 30, "seed": 1, "gifts": [{ "sku": "x", "name": "x", "count": 1 }] });
     assert_eq!(post_json(admin, "/rounds", "add-5", &overlapping).0, 409);
 
