@@ -174,8 +174,24 @@ async fn one_session(
     let Ok(Ok(conn)) = tokio::time::timeout(CONNECT_TIMEOUT, connecting).await else {
         return Ok(Some(ConnectionEnd::NotConnected));
     };
+    let ended = drive(phone, &conn, reconnect, commands, events).await;
+    // Whatever ended it, the edge hears the close rather than waiting out its idle timeout.
+    conn.close(0u32.into(), b"bye");
+    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+    Ok(ended)
+}
+
+/// The session on `conn`, until it ends (`Some`) or the app stops (`None`).
+async fn drive(
+    phone: &Phone,
+    conn: &quinn::Connection,
+    reconnect: &mut Reconnect,
+    commands: &mut mpsc::Receiver<PhoneCommand>,
+    events: &mpsc::Sender<PhoneEvent>,
+) -> Option<ConnectionEnd> {
+    let conn = conn.clone();
     let Ok((mut send, mut recv)) = conn.open_bi().await else {
-        return Ok(Some(end_of(&conn, false)));
+        return Some(end_of(&conn, false));
     };
     let mut session = PhoneSession::new(phone.token.clone());
     session.hello();
@@ -186,7 +202,7 @@ async fn one_session(
         if !session.control_out().is_empty() {
             let out = session.control_out().split().freeze();
             if send.write_all(&out).await.is_err() {
-                return Ok(Some(end_of(&conn, welcomed)));
+                return Some(end_of(&conn, welcomed));
             }
         }
         tokio::select! {
@@ -194,30 +210,26 @@ async fn one_session(
                 Ok(Some(n)) => {
                     if let Err(code) = session.on_control(now_ms(), &read[..n]) {
                         conn.close(code.code().into(), b"protocol violation");
-                        return Ok(Some(ConnectionEnd::Closed(code.code().into())));
+                        return Some(ConnectionEnd::Closed(code.code().into()));
                     }
                 }
-                Ok(None) | Err(_) => return Ok(Some(end_of(&conn, welcomed))),
+                Ok(None) | Err(_) => return Some(end_of(&conn, welcomed)),
             },
             got = conn.read_datagram() => match got {
                 Ok(bytes) => {
                     if let Err(code) = session.on_datagram(now_ms(), &bytes) {
                         conn.close(code.code().into(), b"protocol violation");
-                        return Ok(Some(ConnectionEnd::Closed(code.code().into())));
+                        return Some(ConnectionEnd::Closed(code.code().into()));
                     }
                 }
-                Err(_) => return Ok(Some(end_of(&conn, welcomed))),
+                Err(_) => return Some(end_of(&conn, welcomed)),
             },
             command = commands.recv() => match command {
-                None | Some(PhoneCommand::Stop) => {
-                    conn.close(0u32.into(), b"bye");
-                    endpoint.wait_idle().await;
-                    return Ok(None);
-                }
+                None | Some(PhoneCommand::Stop) => return None,
                 Some(PhoneCommand::Shake) => match session.shake(now_ms(), &mut datagram) {
                     Ok(_) => {
                         if conn.send_datagram(datagram.split().freeze()).is_err() {
-                            return Ok(Some(end_of(&conn, welcomed)));
+                            return Some(end_of(&conn, welcomed));
                         }
                     }
                     Err(refusal) => {
@@ -248,8 +260,7 @@ async fn one_session(
             let out = session.control_out().split().freeze();
             let _ = send.write_all(&out).await;
             let _ = send.finish();
-            conn.close(0u32.into(), b"session over");
-            return Ok(Some(end));
+            return Some(end);
         }
     }
 }
