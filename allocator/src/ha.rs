@@ -316,6 +316,13 @@ impl Node {
                 });
                 Ok(TermOutcome::Lost)
             }
+            Err(err) if lost.load(Ordering::SeqCst) => {
+                // The lease was lost (a takeover while this node was frozen): the term's
+                // threads ending under it are the consequence, not a failure of the process.
+                tracing::warn!(%err, epoch, "leader: lost the lease; standing by");
+                self.count_end("lost");
+                Ok(TermOutcome::Lost)
+            }
             Err(other) => Err(other),
         }
     }
