@@ -14,14 +14,16 @@
 # ha-standby-kill (two allocators on a PostgreSQL primary with two synchronous standbys, all
 # started here on free loopback ports; they need PostgreSQL's server binaries). With any HA
 # scenario the JSON line adds failover_s_max.
-# Environment: PHONES, ROUND_S, HOSTILE_RATIO_MAX (default 2), HOSTILE_PAIRS (baseline and
-# hostile runs whose medians are compared; 3, or 1 with --short), SHAKE_BIN_DIR (prebuilt
-# binaries: no build step), SHAKE_CHAOS_DIR (where run files go; default target/chaos).
+# Environment: PHONES, ROUND_S, HOSTILE_RATIO_MAX (default 2), HOSTILE_P99_FLOOR_MS (an
+# attacked median p99 at or under it passes whatever its ratio; default 0), HOSTILE_PAIRS
+# (baseline and hostile runs whose medians are compared; 3, or 1 with --short),
+# SHAKE_BIN_DIR (prebuilt binaries: no build step), SHAKE_CHAOS_DIR (where run files go;
+# default target/chaos).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 usage() {
-    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
     exit 64
 }
 
@@ -58,6 +60,7 @@ else
 fi
 LEAD_S=3
 HOSTILE_RATIO_MAX="${HOSTILE_RATIO_MAX:-2}"
+HOSTILE_P99_FLOOR_MS="${HOSTILE_P99_FLOOR_MS:-0}"
 DIR="${SHAKE_CHAOS_DIR:-target/chaos}"
 BIN="${SHAKE_BIN_DIR:-target/release}"
 # Memory bounds: the edge 128 MiB plus 128 KiB per phone; the allocator 512 MiB.
@@ -617,7 +620,10 @@ scenario_hostile() {
             base=$(median "${baselines[@]}")
             under=$(median "${attacked[@]}")
             hostile_ratio=$(awk -v a="$under" -v b="$base" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')
-            awk -v r="$hostile_ratio" -v m="$HOSTILE_RATIO_MAX" 'BEGIN { exit !(r <= m) }' ||
+            # A ratio of two p99s of a few milliseconds is mostly scheduling noise: under the
+            # floor the attacked p99 is good enough whatever the ratio.
+            awk -v r="$hostile_ratio" -v m="$HOSTILE_RATIO_MAX" -v u="$under" -v f="$HOSTILE_P99_FLOOR_MS" \
+                'BEGIN { exit !(r <= m || u <= f) }' ||
                 problems+=("median honest p99 ${under} ms is ${hostile_ratio}x the ${base} ms without attackers")
             notes="$notes; median honest p99 of ${HOSTILE_PAIRS}: ${under} ms vs ${base} ms (${hostile_ratio}x; without attackers: ${baselines[*]})"
         fi
