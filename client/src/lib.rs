@@ -10,16 +10,19 @@
 //! # Layout
 //! - [`session`]: the state machine and its events.
 //! - [`reconnect`]: when and where to connect next (sans-IO too).
+//! - [`liveness`]: whether the edge behind a live connection is still there.
 //! - `quinn_driver` (feature `quinn`, on by default): both over quinn and tokio, for a Rust
 //!   app or a desktop client; `shake-phone` is its terminal example.
 //!
 //! docs/CLIENT.md says the behaviour in plain words for app teams.
 
+pub mod liveness;
 pub mod reconnect;
 pub mod session;
 
 #[cfg(feature = "quinn")]
 pub mod quinn_driver;
 
+pub use liveness::EdgeSilence;
 pub use reconnect::{ConnectionEnd, NextConnect, Reconnect, ReconnectSettings};
-pub use session::{EndReason, PhoneSession, SessionEvent, ShakeRefusal};
+pub use session::{EndReason, PhoneSession, SessionEvent, ShakePath, ShakeRefusal};

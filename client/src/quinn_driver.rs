@@ -13,6 +13,7 @@ use quinn::crypto::rustls::QuicClientConfig;
 use shake_proto::{ErrorCode, PHONE_ALPN};
 use tokio::sync::mpsc;
 
+use crate::liveness::EdgeSilence;
 use crate::reconnect::{ConnectionEnd, NextConnect, Reconnect, ReconnectSettings};
 use crate::session::{EndReason, PhoneSession, SessionEvent, ShakeRefusal};
 
@@ -191,46 +192,60 @@ async fn drive(
 ) -> Option<ConnectionEnd> {
     let conn = conn.clone();
     let Ok((mut send, mut recv)) = conn.open_bi().await else {
-        return Some(end_of(&conn, false));
+        return Some(connection_end(&conn, false));
     };
     let mut session = PhoneSession::new(phone.token.clone());
     session.hello();
     let mut welcomed = false;
     let mut read = vec![0u8; 4096];
     let mut datagram = BytesMut::new();
+    let mut silence = EdgeSilence::default();
+    let acks_received = || conn.stats().frame_rx.acks;
     loop {
         if !session.control_out().is_empty() {
             let out = session.control_out().split().freeze();
             if send.write_all(&out).await.is_err() {
-                return Some(end_of(&conn, welcomed));
+                return Some(connection_end(&conn, welcomed));
             }
         }
+        // Far in the future when no shake awaits an answer (the arm is then disabled).
+        let look_at = silence.deadline_ms().unwrap_or(u64::MAX);
+        let silence_check =
+            tokio::time::sleep(Duration::from_millis(look_at.saturating_sub(now_ms()).min(60_000)));
         tokio::select! {
+            _ = silence_check, if look_at != u64::MAX => {
+                if silence.is_silent(now_ms(), acks_received()) {
+                    return Some(ConnectionEnd::Silent);
+                }
+            }
             got = recv.read(&mut read) => match got {
                 Ok(Some(n)) => {
+                    silence.heard();
                     if let Err(code) = session.on_control(now_ms(), &read[..n]) {
                         conn.close(code.code().into(), b"protocol violation");
                         return Some(ConnectionEnd::Closed(code.code().into()));
                     }
                 }
-                Ok(None) | Err(_) => return Some(end_of(&conn, welcomed)),
+                Ok(None) | Err(_) => return Some(connection_end(&conn, welcomed)),
             },
             got = conn.read_datagram() => match got {
                 Ok(bytes) => {
+                    silence.heard();
                     if let Err(code) = session.on_datagram(now_ms(), &bytes) {
                         conn.close(code.code().into(), b"protocol violation");
                         return Some(ConnectionEnd::Closed(code.code().into()));
                     }
                 }
-                Err(_) => return Some(end_of(&conn, welcomed)),
+                Err(_) => return Some(connection_end(&conn, welcomed)),
             },
             command = commands.recv() => match command {
                 None | Some(PhoneCommand::Stop) => return None,
                 Some(PhoneCommand::Shake) => match session.shake(now_ms(), &mut datagram) {
                     Ok(_) => {
                         if conn.send_datagram(datagram.split().freeze()).is_err() {
-                            return Some(end_of(&conn, welcomed));
+                            return Some(connection_end(&conn, welcomed));
                         }
+                        silence.shake_sent(now_ms(), acks_received());
                     }
                     Err(refusal) => {
                         let _ = events.send(PhoneEvent::ShakeHeld(refusal)).await;
@@ -265,8 +280,10 @@ async fn drive(
     }
 }
 
-/// How a connection that ended by itself ended.
-fn end_of(conn: &quinn::Connection, welcomed: bool) -> ConnectionEnd {
+/// How a connection that ended by itself ended, for [`Reconnect::ended`]: an application
+/// close by its code, a transport `CONNECTION_REFUSED` as not connected, any other end as
+/// lost once a session was `welcomed` (not connected before).
+pub fn connection_end(conn: &quinn::Connection, welcomed: bool) -> ConnectionEnd {
     match conn.close_reason() {
         Some(quinn::ConnectionError::ApplicationClosed(close)) => {
             ConnectionEnd::Closed(close.error_code.into())

@@ -33,6 +33,9 @@ pub enum ConnectionEnd {
     NotConnected,
     /// A welcomed session's connection was lost (idle timeout, reset, network change).
     Lost,
+    /// The edge went silent under a live connection: shakes unanswered and nothing
+    /// acknowledged ([`crate::liveness`]). The edge is likely gone: the next one.
+    Silent,
     /// The edge is draining (`GoAway`, or a close with `DRAINING`): another edge, after the
     /// wait it asked for.
     GoAway {
@@ -76,6 +79,13 @@ impl Reconnect {
     /// and jitters its waits by `seed`.
     pub fn new(edges: usize, seed: u64, settings: ReconnectSettings) -> Self {
         Self { settings, edges: edges.max(1), current: 0, failures: 0, seed }
+    }
+
+    /// The same, starting at edge `first` of the list (a fleet of phones spread over the
+    /// edges, say by a hash of the user).
+    pub fn starting_at(mut self, first: usize) -> Self {
+        self.current = first % self.edges;
+        self
     }
 
     /// The edge to connect to first.
@@ -229,6 +239,15 @@ mod tests {
         assert_eq!(r.failures(), 0, "draining is not a failure");
         let (edge, _) = at(r.ended(0, ConnectionEnd::Closed(ErrorCode::Draining.code().into())));
         assert_eq!(edge, 0);
+    }
+
+    #[test]
+    fn a_silent_edge_is_left_for_the_next_at_once() {
+        let mut r = Reconnect::new(3, 4, ReconnectSettings::default());
+        r.welcomed();
+        let (edge, wait) = at(r.ended(0, ConnectionEnd::Silent));
+        assert_eq!(edge, 1, "not the same edge, as after a lost connection");
+        assert!(wait < 1_500, "{wait}");
     }
 
     #[test]

@@ -128,10 +128,23 @@ pub enum ShakeRefusal {
     },
 }
 
+/// How a session's shakes and their answers travel.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ShakePath {
+    /// RFC 9221 datagrams, the default: a lost shake is not resent (a newer one replaces it).
+    #[default]
+    Datagrams,
+    /// Frames on the control stream (PROTOCOL.md 5.7-5.8), for QUIC stacks without datagrams:
+    /// `Hello` clears the datagram capability, shakes are queued in
+    /// [`PhoneSession::control_out`] and outcomes come back on the stream.
+    ControlStream,
+}
+
 /// One session's protocol state.
 #[derive(Debug)]
 pub struct PhoneSession {
     token: bytes::Bytes,
+    path: ShakePath,
     /// The user the token names (its start in each round's spread).
     user_id: u64,
     phase: Phase,
@@ -154,9 +167,15 @@ pub struct PhoneSession {
 impl PhoneSession {
     /// A session that will present `token` (from the login service).
     pub fn new(token: bytes::Bytes) -> Self {
+        Self::with_path(token, ShakePath::Datagrams)
+    }
+
+    /// A session whose shakes travel by `path`.
+    pub fn with_path(token: bytes::Bytes, path: ShakePath) -> Self {
         Self {
             user_id: shake_proto::token::user_id_of(&token).unwrap_or(0),
             token,
+            path,
             phase: Phase::New,
             control_in: BytesMut::new(),
             control_out: BytesMut::new(),
@@ -177,10 +196,14 @@ impl PhoneSession {
         if self.phase != Phase::New {
             return;
         }
+        let capabilities = match self.path {
+            ShakePath::Datagrams => CAP_DATAGRAMS,
+            ShakePath::ControlStream => 0,
+        };
         ControlFrame::Hello {
             token: self.token.clone(),
             client_version: CLIENT_VERSION,
-            capabilities: CAP_DATAGRAMS,
+            capabilities,
         }
         .encode(&mut self.control_out);
         self.phase = Phase::AwaitWelcome;
@@ -253,8 +276,14 @@ impl PhoneSession {
         (start > at).then(|| now_ms + (start - at))
     }
 
-    /// The user shook: the shake's datagram appended to `out` and its sequence number, or
-    /// why nothing may be sent now.
+    /// How this session's shakes travel.
+    pub fn shake_path(&self) -> ShakePath {
+        self.path
+    }
+
+    /// The user shook: the shake's datagram appended to `out` (on [`ShakePath::Datagrams`];
+    /// on [`ShakePath::ControlStream`] the frame is queued in [`Self::control_out`] and `out`
+    /// is left alone) and its sequence number, or why nothing may be sent now.
     pub fn shake(&mut self, now_ms: u64, out: &mut BytesMut) -> Result<u64, ShakeRefusal> {
         if self.phase != Phase::Active {
             return Err(ShakeRefusal::NoSession);
@@ -276,7 +305,11 @@ impl PhoneSession {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        Shake { round_id: round.round_id, seq, client_time_ms: now_ms }.encode_datagram(out);
+        let shake = Shake { round_id: round.round_id, seq, client_time_ms: now_ms };
+        match self.path {
+            ShakePath::Datagrams => shake.encode_datagram(out),
+            ShakePath::ControlStream => ControlFrame::Shake(shake).encode(&mut self.control_out),
+        }
         self.last_shake_ms = Some(now_ms);
         Ok(seq)
     }
@@ -335,13 +368,7 @@ impl PhoneSession {
         }
         match datagram::decode(payload) {
             Ok(Datagram::Outcomes(outcomes)) => {
-                for outcome in outcomes.iter() {
-                    if let Verdict::SlowDown { retry_after_ms } = outcome.verdict {
-                        let until = now_ms + self.with_jitter(retry_after_ms, outcome.seq);
-                        self.slow_until_ms = self.slow_until_ms.max(until);
-                    }
-                    self.push(SessionEvent::Outcome(outcome));
-                }
+                self.on_outcomes(now_ms, &outcomes);
                 Ok(())
             }
             Ok(Datagram::Shake(_)) => Err(self.violation(ErrorCode::UnexpectedFrame)),
@@ -379,9 +406,7 @@ impl PhoneSession {
                 self.push(SessionEvent::Award { award_id, round_id, prize });
             }
             (Phase::Active, ControlFrame::Outcomes(outcomes)) => {
-                for outcome in outcomes.iter() {
-                    self.push(SessionEvent::Outcome(outcome));
-                }
+                self.on_outcomes(now_ms, &outcomes);
             }
             (_, ControlFrame::GoAway { reconnect_after_ms }) => {
                 self.end(EndReason::GoAway { reconnect_after_ms });
@@ -392,6 +417,17 @@ impl PhoneSession {
             _ => return Err(self.violation(ErrorCode::UnexpectedFrame)),
         }
         Ok(())
+    }
+
+    /// Outcomes, by datagram or on the stream: a slow-down holds the next shake back.
+    fn on_outcomes<B: AsRef<[u8]>>(&mut self, now_ms: u64, outcomes: &datagram::Outcomes<B>) {
+        for outcome in outcomes.iter() {
+            if let Verdict::SlowDown { retry_after_ms } = outcome.verdict {
+                let until = now_ms + self.with_jitter(retry_after_ms, outcome.seq);
+                self.slow_until_ms = self.slow_until_ms.max(until);
+            }
+            self.push(SessionEvent::Outcome(outcome));
+        }
     }
 
     fn pace(&mut self, min_shake_interval_ms: u32) {
@@ -494,6 +530,36 @@ mod tests {
         s.on_control(NOW, &welcome).unwrap();
         assert!(matches!(s.poll_event(), Some(SessionEvent::Welcomed { .. })));
         s
+    }
+
+    #[test]
+    fn without_datagrams_shakes_and_their_answers_travel_on_the_control_stream() {
+        let mut s = PhoneSession::with_path(Bytes::from_static(b"token"), ShakePath::ControlStream);
+        s.hello();
+        let hello = ControlFrame::decode(s.control_out()).unwrap().unwrap();
+        assert!(
+            matches!(hello, ControlFrame::Hello { capabilities: 0, .. }),
+            "no datagram capability asked: {hello:?}"
+        );
+        let welcome = frame(ControlFrame::Welcome {
+            server_time_ms: NOW,
+            min_shake_interval_ms: 100,
+            round: round(1, NOW, NOW + 60_000),
+        });
+        s.on_control(NOW, &welcome).unwrap();
+        let mut out = BytesMut::new();
+        assert_eq!(s.shake(NOW, &mut out), Ok(1));
+        assert!(out.is_empty(), "nothing for a datagram");
+        match ControlFrame::decode(s.control_out()).unwrap() {
+            Some(ControlFrame::Shake(shake)) => assert_eq!((shake.round_id, shake.seq), (1, 1)),
+            other => panic!("expected the shake on the stream: {other:?}"),
+        }
+        // A slow-down on the stream holds the next shake back as one by datagram does.
+        let slow = Outcome { seq: 1, verdict: Verdict::SlowDown { retry_after_ms: 1_000 } };
+        s.on_control(NOW + 1, &frame(ControlFrame::outcomes(&[slow]))).unwrap();
+        while s.poll_event().is_some() {}
+        assert!(s.next_shake_allowed_ms() >= NOW + 1_001);
+        assert!(matches!(s.shake(NOW + 500, &mut out), Err(ShakeRefusal::TooSoon { .. })));
     }
 
     #[test]

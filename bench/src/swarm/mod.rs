@@ -13,6 +13,7 @@
 
 pub mod addresses;
 pub mod fairness;
+pub mod hostile;
 pub mod phone;
 pub mod plot;
 pub mod report;
@@ -120,7 +121,11 @@ fn day_claims(scenario: &Scenario, user_id: u64, now_s: u64) -> Claims {
 }
 
 fn unix_s() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    unix_ms() / 1_000
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Largest UDP payload a simulated phone accepts: an Ethernet-sized path, as phones have.
@@ -181,6 +186,7 @@ pub async fn run(
         churn_every: Duration::from_secs_f64(scenario.churn.every_s),
         client_config: config.clone(),
         origin,
+        origin_unix_ms: unix_ms(),
         end,
         stats: stats.clone(),
     });

@@ -1,18 +1,25 @@
-//! One simulated phone: a real QUIC connection with its own session token, a control stream,
-//! shakes as datagrams on an open-loop schedule, outcomes and awards measured, awards
-//! acknowledged. Reconnects (to the next edge) after `GoAway` or a lost connection.
+//! One simulated phone: a real QUIC connection with its own session token, run by the client
+//! library as an app would run it: [`PhoneSession`] keeps the protocol's rules (`Hello`,
+//! `Welcome`, the pushed pace, slow-down, round times and start spreads, awards held until
+//! acknowledged), [`Reconnect`] says when and where to connect next, [`EdgeSilence`] notices
+//! an edge that died under its phones. What is about load stays here: shakes on an open-loop
+//! schedule, outcomes and awards timed, churn, and the hostile roles, which break the rules
+//! the library keeps (hostile.rs holds what they do beyond that).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use shake_proto::control::CAP_DATAGRAMS;
-use shake_proto::datagram::{self, Datagram};
-use shake_proto::{ControlFrame, RoundInfo, Shake, Verdict};
-use tokio::io::AsyncReadExt;
+use shake_client::quinn_driver::connection_end;
+use shake_client::{
+    ConnectionEnd, EdgeSilence, EndReason, NextConnect, PhoneSession, Reconnect, ReconnectSettings,
+    SessionEvent, ShakeRefusal,
+};
+use shake_proto::{ErrorCode, Shake, Verdict};
 
+use super::hostile;
 use super::schedule::Schedule;
 use super::stats::{ReceivedAward, Stats};
 
@@ -77,6 +84,9 @@ pub struct PhoneContext {
     pub churn_every: Duration,
     /// The run's clock origin.
     pub origin: Instant,
+    /// The Unix time of `origin`, milliseconds: the phones' clock is `origin`'s, so that the
+    /// sessions' times and the schedules' agree.
+    pub origin_unix_ms: u64,
     /// When to stop.
     pub end: Instant,
     /// Measurements.
@@ -85,25 +95,32 @@ pub struct PhoneContext {
     pub client_config: quinn::ClientConfig,
 }
 
-fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+impl PhoneContext {
+    /// The phones' Unix milliseconds.
+    fn now_ms(&self) -> u64 {
+        self.origin_unix_ms + self.origin.elapsed().as_millis() as u64
+    }
+
+    /// Microseconds since `origin`, the schedules' time.
+    fn now_us(&self) -> u64 {
+        self.origin.elapsed().as_micros() as u64
+    }
+
+    /// A time of the phones' clock as the schedules' time.
+    fn us_at(&self, unix_ms: u64) -> u64 {
+        unix_ms.saturating_sub(self.origin_unix_ms) * 1_000
+    }
 }
 
-/// First wait after a failed connect; doubled on each failure up to [`MAX_BACKOFF`].
-const FIRST_BACKOFF: Duration = Duration::from_millis(250);
-/// Longest wait between connect attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(8);
-/// A multi-connection cheater's pause before reconnecting a superseded connection (times a
-/// jitter of 0.5 to 1.5).
+/// The swarm's reconnect policy: the library's, with waits sized for runs of tens of seconds
+/// (a phone app waits 1 s doubling to 16 s).
+const SWARM_RECONNECT: ReconnectSettings =
+    ReconnectSettings { first_ms: 250, max_ms: 8_000, in_use_ms: 60_000 };
+/// A multi-connection cheater's pause before taking its user's session again (times a jitter
+/// of 0.5 to 1.5): a cheater does not wait as the library would.
 const CHEATER_RECONNECT: Duration = Duration::from_secs(1);
-/// Longest wait for a handshake before trying again.
+/// Longest wait for a handshake, and for `Welcome` after it, before trying again.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// A live edge answers every shake at once (the verdict does not wait for the allocator), so
-/// shakes unanswered this long, with nothing from the edge acknowledged meanwhile either, mean
-/// the edge is gone: the phone moves to the next edge rather than wait out QUIC's idle timeout.
-/// Answers that are merely slow (an edge shedding load acknowledges other packets) are waited
-/// for: a reconnect costs the edge about ten shakes.
-const EDGE_SILENT: Duration = Duration::from_secs(2);
 
 /// Intended and actual send times of recent shakes, by sequence number.
 struct InFlight {
@@ -125,23 +142,19 @@ impl InFlight {
     }
 }
 
+/// How one connection's session ended, as the phone's loop sees it.
 enum SessionEnd {
     /// The run is over.
     Done,
     /// A churning phone leaves, to come back at once (resuming its TLS session).
     Churn,
-    /// Reconnect (GoAway or a lost connection, after a session).
-    Reconnect,
-    /// The session could not be set up: retry with backoff.
-    Failed,
-    /// The edge closed us for good (hostile phones).
+    /// The connection ended: [`Reconnect`] decides what comes next.
+    Ended(ConnectionEnd),
+    /// A hostile phone did its one thing and was closed for it: it stops.
     Refused,
-    /// A newer session of the same user replaced this one (`SESSION_SUPERSEDED`).
-    Superseded,
 }
 
 /// Runs one phone until the end of the run.
-#[allow(clippy::too_many_arguments)]
 pub async fn run(
     index: usize,
     role: Role,
@@ -152,52 +165,47 @@ pub async fn run(
     ctx: Arc<PhoneContext>,
 ) {
     if role == Role::ConnectionFlood {
-        return flood_connections(index, &ctx).await;
+        return hostile::flood_connections(index, &ctx).await;
     }
     let rate = if role == Role::OverRate { ctx.rate_per_s * 10.0 } else { ctx.rate_per_s };
-    let origin = ctx.origin;
-    let now_us = || origin.elapsed().as_micros() as u64;
-    let mut schedule = Schedule::new(now_us(), rate, ctx.jitter, index as u64);
-    let mut seq = 0u64;
-    let mut edge = index % ctx.edges.len();
+    let mut schedule = Schedule::new(ctx.now_us(), rate, ctx.jitter, index as u64);
+    let mut reconnect = Reconnect::new(ctx.edges.len(), index as u64, SWARM_RECONNECT)
+        .starting_at(index % ctx.edges.len());
+    let mut edge = reconnect.first();
     // A churning phone's sessions last between half and one and a half `churn_every`.
     let churn_after = churns.then(|| ctx.churn_every.mul_f64(0.5 + (index % 101) as f64 / 100.0));
     let mut reconnecting = false;
-    let mut backoff = FIRST_BACKOFF;
     while Instant::now() < ctx.end {
-        let session = Session { role, token: &token, user_id, churn_after, reconnecting };
-        match session.run(&endpoint, ctx.edges[edge], &ctx, &mut schedule, &mut seq).await {
+        let phone = Connection { role, user_id, churn_after, reconnecting, ctx: &ctx };
+        let end = phone.run(&endpoint, ctx.edges[edge], &token, &mut schedule, &mut reconnect);
+        let end = match end.await {
             SessionEnd::Done | SessionEnd::Refused => break,
-            // An honest phone does not fight its user's other session (docs/PROTOCOL.md
-            // 5.1); a cheater comes back after a pause to take the session again.
-            SessionEnd::Superseded if role != Role::MultiConnection => break,
-            SessionEnd::Superseded => {
-                reconnecting = true;
-                let jitter = 0.5 + (index % 89) as f64 / 89.0;
-                let pause = CHEATER_RECONNECT.mul_f64(jitter);
-                tokio::time::sleep(pause.min(ctx.end.saturating_duration_since(Instant::now())))
-                    .await;
-            }
             SessionEnd::Churn => {
                 ctx.stats.churned.fetch_add(1, Ordering::Relaxed);
                 reconnecting = true;
+                continue;
             }
-            SessionEnd::Reconnect => {
-                reconnecting = true;
-                backoff = FIRST_BACKOFF;
-                edge = (edge + 1) % ctx.edges.len();
-                tokio::time::sleep(backoff).await;
-            }
-            SessionEnd::Failed => {
-                // Exponential backoff with per-phone jitter, so a refused crowd does not come
-                // back as one.
-                let jitter = 0.5 + (index % 97) as f64 / 97.0;
-                tokio::time::sleep(
-                    backoff.mul_f64(jitter).min(ctx.end.saturating_duration_since(Instant::now())),
-                )
-                .await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-                edge = (edge + 1) % ctx.edges.len();
+            SessionEnd::Ended(end) => end,
+        };
+        reconnecting = true;
+        let code = match end {
+            ConnectionEnd::Closed(code) => ErrorCode::from_code(code),
+            _ => None,
+        };
+        if role == Role::MultiConnection
+            && matches!(code, Some(ErrorCode::SessionInUse | ErrorCode::SessionSuperseded))
+        {
+            // A cheater comes back after a pause to take the session again.
+            let pause = CHEATER_RECONNECT.mul_f64(0.5 + (index % 89) as f64 / 89.0);
+            sleep_until_or_end(Instant::now() + pause, &ctx).await;
+            continue;
+        }
+        match reconnect.ended(ctx.now_ms(), end) {
+            NextConnect::Stop(_) => break,
+            NextConnect::At { edge: next, at_ms } => {
+                edge = next;
+                let wait = Duration::from_millis(at_ms.saturating_sub(ctx.now_ms()));
+                sleep_until_or_end(Instant::now() + wait, &ctx).await;
             }
         }
     }
@@ -205,394 +213,386 @@ pub async fn run(
     ctx.stats.behind_schedule.fetch_add(behind, Ordering::Relaxed);
 }
 
+async fn sleep_until_or_end(at: Instant, ctx: &PhoneContext) {
+    tokio::time::sleep_until(at.min(ctx.end).into()).await;
+}
+
 /// One connection's worth of a phone.
-struct Session<'a> {
+struct Connection<'a> {
     role: Role,
-    token: &'a Bytes,
     user_id: u64,
     churn_after: Option<Duration>,
     reconnecting: bool,
+    ctx: &'a PhoneContext,
 }
 
-impl Session<'_> {
+impl Connection<'_> {
     async fn run(
         self,
         endpoint: &quinn::Endpoint,
         edge: SocketAddr,
-        ctx: &PhoneContext,
+        token: &Bytes,
         schedule: &mut Schedule,
-        seq: &mut u64,
+        reconnect: &mut Reconnect,
     ) -> SessionEnd {
-        let Session { role, token, user_id, churn_after, reconnecting } = self;
-        let stats = &ctx.stats;
+        let stats = &self.ctx.stats;
         let started = Instant::now();
-        let conn = match endpoint.connect(edge, &ctx.server_name) {
-            Ok(connecting) => {
-                let patience =
-                    CONNECT_TIMEOUT.min(ctx.end.saturating_duration_since(Instant::now()));
-                match tokio::time::timeout(patience, connecting).await {
-                    Ok(Ok(conn)) => conn,
-                    Ok(Err(err)) => {
-                        stats.error(format!("connect: {err}"));
-                        return SessionEnd::Failed;
-                    }
-                    Err(_) => {
-                        stats.error("connect: no answer in time");
-                        return SessionEnd::Failed;
-                    }
+        let patience = CONNECT_TIMEOUT.min(self.ctx.end.saturating_duration_since(started));
+        let conn = match endpoint.connect(edge, &self.ctx.server_name) {
+            Ok(connecting) => match tokio::time::timeout(patience, connecting).await {
+                Ok(Ok(conn)) => conn,
+                Ok(Err(err)) => {
+                    stats.error(format!("connect: {err}"));
+                    return SessionEnd::Ended(ConnectionEnd::NotConnected);
                 }
-            }
+                Err(_) => {
+                    stats.error("connect: no answer in time");
+                    return SessionEnd::Ended(ConnectionEnd::NotConnected);
+                }
+            },
             Err(err) => {
+                // The configuration, not the edge: retrying cannot help.
                 stats.error(format!("connect: {err}"));
                 return SessionEnd::Done;
             }
         };
-        let Ok((mut send, mut recv)) = conn.open_bi().await else {
+        let Ok((send, recv)) = conn.open_bi().await else {
             stats.error("open control stream");
-            return SessionEnd::Failed;
+            return SessionEnd::Ended(connection_end(&conn, false));
         };
-        let mut out = BytesMut::new();
-        ControlFrame::Hello {
-            token: token.clone(),
-            client_version: 1,
-            capabilities: CAP_DATAGRAMS,
-        }
-        .encode(&mut out);
-        if send.write_all(&out).await.is_err() {
-            stats.error("send hello");
-            return SessionEnd::Failed;
-        }
-        let mut buf = BytesMut::with_capacity(512);
-        let (round, clock_offset_ms) = match next_frame(&mut recv, &mut buf).await {
-            Some(ControlFrame::Welcome { server_time_ms, round, min_shake_interval_ms }) => {
-                if role.obeys_pacing() {
-                    schedule.pace(min_shake_interval_ms, ctx.origin.elapsed().as_micros() as u64);
+        let mut link = Link {
+            conn,
+            send,
+            recv,
+            read: vec![0; 4096],
+            session: PhoneSession::new(token.clone()),
+        };
+        link.session.hello();
+        let end = match tokio::time::timeout(patience, link.welcome(self.role, self.ctx)).await {
+            Ok(Ok(min_shake_interval_ms)) => {
+                reconnect.welcomed();
+                self.record_handshake(started);
+                if self.role.obeys_pacing() {
+                    schedule.pace(min_shake_interval_ms, self.ctx.now_us());
                 }
-                (round, server_time_ms as i64 - unix_ms() as i64)
+                stats.connected.fetch_add(1, Ordering::Relaxed);
+                stats.sessions.fetch_add(1, Ordering::Relaxed);
+                let end = self.after_welcome(&mut link, schedule).await;
+                stats.connected.fetch_sub(1, Ordering::Relaxed);
+                end
             }
-            Some(ControlFrame::Error { code, .. }) => {
-                let code = shake_proto::ErrorCode::from_code(code);
-                let name = code.map_or("unknown", |c| c.name());
-                stats.closed_by_edge(name);
-                if role == Role::MultiConnection
-                    && code == Some(shake_proto::ErrorCode::SessionInUse)
-                {
-                    // The user's session is in use: a cheater tries again later.
-                    return SessionEnd::Superseded;
-                }
-                if role == Role::Honest {
-                    stats.error(format!("refused: {name}"));
-                }
-                return SessionEnd::Refused;
-            }
-            _ => {
+            Ok(Err(end)) => SessionEnd::Ended(end),
+            Err(_) => {
                 stats.error("no welcome");
-                return SessionEnd::Failed;
+                SessionEnd::Ended(ConnectionEnd::NotConnected)
             }
         };
-        {
-            let mut h = stats.histograms.lock().expect("stats lock");
-            let took = started.elapsed().as_micros() as u64;
-            if reconnecting {
-                h.reconnect_handshake.saturating_record(took);
-            } else {
-                h.handshake.saturating_record(took);
-            }
-        }
-        stats.connected.fetch_add(1, Ordering::Relaxed);
-        stats.sessions.fetch_add(1, Ordering::Relaxed);
-        let leave_at = churn_after.map(|after| Instant::now() + after);
-        if role == Role::OversizedFrame {
-            let end = send_oversized_frame(&conn, &mut send, stats).await;
-            stats.connected.fetch_sub(1, Ordering::Relaxed);
-            return end;
-        }
-        if role == Role::StreamFlood {
-            flood_streams(&conn, stats).await;
-        }
-        let end = session_loop(
-            role,
-            &conn,
-            &mut send,
-            &mut recv,
-            &mut buf,
-            round,
-            clock_offset_ms,
-            ctx,
-            schedule,
-            seq,
-            user_id,
-            leave_at,
-        )
-        .await;
-        stats.connected.fetch_sub(1, Ordering::Relaxed);
-        conn.close(0u32.into(), b"bye");
+        link.conn.close(0u32.into(), b"bye");
         end
     }
-}
 
-/// Streams a stream flooder tries to open, each way.
-const FLOOD_STREAMS: usize = 32;
-/// How long a flooder waits for each stream (the edge's stream limits hold them back).
-const FLOOD_STREAM_PATIENCE: Duration = Duration::from_millis(50);
-/// How long a connection flooder waits for each handshake before abandoning it.
-const FLOOD_HANDSHAKE_PATIENCE: Duration = Duration::from_millis(200);
-/// Pause between a connection flooder's attempts.
-const FLOOD_PAUSE: Duration = Duration::from_millis(50);
-
-/// Writes the header of a control frame far over the protocol's limit, then waits for the
-/// edge to close the connection and records its code.
-async fn send_oversized_frame(
-    conn: &quinn::Connection,
-    send: &mut quinn::SendStream,
-    stats: &Stats,
-) -> SessionEnd {
-    let mut header = BytesMut::new();
-    // An AwardAck (normally 8 bytes) claiming 16 MiB.
-    shake_proto::varint::put(&mut header, shake_proto::control::frame_type::AWARD_ACK);
-    shake_proto::varint::put(&mut header, 1 << 24);
-    let _ = send.write_all(&header).await;
-    let _ = send.write_all(&[0u8; 1024]).await;
-    match tokio::time::timeout(Duration::from_secs(5), conn.closed()).await {
-        Ok(quinn::ConnectionError::ApplicationClosed(close)) => {
-            let code = close.error_code.into_inner();
-            stats.closed_by_edge(
-                shake_proto::ErrorCode::from_code(code).map_or("unknown", |c| c.name()),
-            );
-        }
-        _ => stats.error("oversized frame: not closed by the edge"),
-    }
-    SessionEnd::Refused
-}
-
-/// Tries to open more streams than the edge allows, both kinds; counts those held back.
-async fn flood_streams(conn: &quinn::Connection, stats: &Stats) {
-    let mut opened = Vec::new();
-    for _ in 0..FLOOD_STREAMS {
-        match tokio::time::timeout(FLOOD_STREAM_PATIENCE, conn.open_uni()).await {
-            Ok(Ok(stream)) => opened.push(stream),
-            _ => stats.limited("streams_held_back"),
-        }
-        match tokio::time::timeout(FLOOD_STREAM_PATIENCE, conn.open_bi()).await {
-            Ok(Ok((stream, _))) => opened.push(stream),
-            _ => stats.limited("streams_held_back"),
-        }
-    }
-    if !opened.is_empty() {
-        stats.error(format!("stream flood: {} streams opened", opened.len()));
-    }
-}
-
-/// Handshakes from a fresh source port each time, abandoned before `Hello`, until the end.
-/// One endpoint per flooder, moved to a new socket for each attempt: an endpoint of its own
-/// per attempt lives on while its abandoned connection drains (about 3 s), and thousands of
-/// them, each with its receive buffer, took the swarm to 6.5 GB and most of the machine's CPU
-/// (measured: the honest phones' p50 went from 1.3 to 11.5 ms with the edge barely involved).
-async fn flood_connections(index: usize, ctx: &PhoneContext) {
-    let local = super::addresses::flooder(&ctx.edges);
-    let Ok(endpoint) = super::client_endpoint(local) else {
-        ctx.stats.error("flood: no socket");
-        return;
-    };
-    let mut attempt = index;
-    while Instant::now() < ctx.end {
-        attempt += 1;
-        let edge = ctx.edges[attempt % ctx.edges.len()];
-        let fresh_port = std::net::UdpSocket::bind(local);
-        if fresh_port.and_then(|socket| endpoint.rebind(socket)).is_err() {
-            ctx.stats.error("flood: no socket");
-            break;
-        }
-        if let Ok(connecting) =
-            endpoint.connect_with(ctx.client_config.clone(), edge, &ctx.server_name)
-        {
-            match tokio::time::timeout(FLOOD_HANDSHAKE_PATIENCE, connecting).await {
-                Ok(Ok(_abandoned)) => ctx.stats.limited("flood_handshakes_completed"),
-                Ok(Err(quinn::ConnectionError::ConnectionClosed(close)))
-                    if close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED =>
-                {
-                    ctx.stats.limited("flood_handshakes_refused")
-                }
-                _ => ctx.stats.limited("flood_handshakes_unanswered"),
-            }
-        }
-        tokio::time::sleep(FLOOD_PAUSE).await;
-    }
-}
-
-async fn next_frame(recv: &mut quinn::RecvStream, buf: &mut BytesMut) -> Option<ControlFrame> {
-    loop {
-        if let Ok(Some(frame)) = ControlFrame::decode(buf) {
-            return Some(frame);
-        }
-        match tokio::time::timeout(Duration::from_secs(10), recv.read_buf(buf)).await {
-            Ok(Ok(n)) if n > 0 => {}
-            _ => return None,
-        }
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn session_loop(
-    role: Role,
-    conn: &quinn::Connection,
-    send: &mut quinn::SendStream,
-    recv: &mut quinn::RecvStream,
-    buf: &mut BytesMut,
-    round: RoundInfo,
-    clock_offset_ms: i64,
-    ctx: &PhoneContext,
-    schedule: &mut Schedule,
-    seq: &mut u64,
-    user_id: u64,
-    leave_at: Option<Instant>,
-) -> SessionEnd {
-    let stats = &ctx.stats;
-    let origin = ctx.origin;
-    let stop_at = leave_at.map_or(ctx.end, |at| at.min(ctx.end));
-    let server_ms = || (unix_ms() as i64 + clock_offset_ms) as u64;
-    let is_open = |round: &RoundInfo| (round.starts_at_ms..round.ends_at_ms).contains(&server_ms());
-    // Every round heard of; the current one is the open one, else the next to open.
-    let mut rounds = vec![round];
-    let current = |rounds: &[RoundInfo]| {
-        let now = server_ms();
-        rounds
-            .iter()
-            .find(|r| (r.starts_at_ms..r.ends_at_ms).contains(&now))
-            .or_else(|| {
-                rounds.iter().filter(|r| r.starts_at_ms > now).min_by_key(|r| r.starts_at_ms)
-            })
-            .copied()
-            .unwrap_or(RoundInfo::NONE)
-    };
-    let mut round = current(&rounds);
-    let mut in_flight = InFlight::new(Instant::now());
-    let mut last_forwarded: Option<Instant> = None;
-    let mut was_open = is_open(&round);
-    let mut out = BytesMut::with_capacity(64);
-    // The first shake sent since the edge was last heard from, and the ACK frames received
-    // by then.
-    let mut unanswered_since: Option<(Instant, u64)> = None;
-    let acks_received = || conn.stats().frame_rx.acks;
-    loop {
-        let next = origin + Duration::from_micros(schedule.next_us());
-        // Sleep no further than this phone's start in the next round (the opening, or its
-        // place in the start spread), so the spike is on time.
-        let start = round.start_for(user_id);
-        let wake = if !was_open && start > server_ms() {
-            let until_open = Duration::from_millis(start - server_ms());
-            next.min(Instant::now() + until_open)
+    fn record_handshake(&self, started: Instant) {
+        let mut h = self.ctx.stats.histograms.lock().expect("stats lock");
+        let took = started.elapsed().as_micros() as u64;
+        if self.reconnecting {
+            h.reconnect_handshake.saturating_record(took);
         } else {
-            next
-        };
-        tokio::select! {
-                        _ = tokio::time::sleep_until(wake.min(stop_at).into()) => {
-                if Instant::now() >= ctx.end {
-                    return SessionEnd::Done;
+            h.handshake.saturating_record(took);
+        }
+    }
+
+    async fn after_welcome(&self, link: &mut Link, schedule: &mut Schedule) -> SessionEnd {
+        match self.role {
+            Role::OversizedFrame => {
+                hostile::send_oversized_frame(&link.conn, &mut link.send, &self.ctx.stats).await;
+                return SessionEnd::Refused;
+            }
+            Role::StreamFlood => hostile::flood_streams(&link.conn, &self.ctx.stats).await,
+            _ => {}
+        }
+        let leave_at = self.churn_after.map(|after| Instant::now() + after);
+        Shaking::new(self, leave_at).run(link, schedule).await
+    }
+}
+
+/// The connection, its control stream and the session on it.
+struct Link {
+    conn: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    read: Vec<u8>,
+    session: PhoneSession,
+}
+
+impl Link {
+    /// Sends what the session queued, reads until `Welcome`: the interval it set, or how the
+    /// connection ended.
+    async fn welcome(&mut self, role: Role, ctx: &PhoneContext) -> Result<u32, ConnectionEnd> {
+        let stats = &ctx.stats;
+        loop {
+            self.flush().await?;
+            match self.recv.read(&mut self.read).await {
+                Ok(Some(n)) => {
+                    if let Err(code) = self.session.on_control(ctx.now_ms(), &self.read[..n]) {
+                        return Err(self.violation(code, stats));
+                    }
                 }
-                if Instant::now() >= stop_at {
-                    return SessionEnd::Churn;
+                _ => {
+                    stats.error("no welcome");
+                    return Err(connection_end(&self.conn, false));
                 }
-                if unanswered_since.is_some_and(|(since, acks)| {
-                    since.elapsed() > EDGE_SILENT && acks_received() == acks
-                }) {
-                    stats.error("edge silent: moved to the next edge");
-                    return SessionEnd::Reconnect;
+            }
+            while let Some(event) = self.session.poll_event() {
+                match event {
+                    SessionEvent::Welcomed { min_shake_interval_ms, .. } => {
+                        return Ok(min_shake_interval_ms);
+                    }
+                    SessionEvent::Ended(reason) => return Err(ended(&reason, role, stats)),
+                    _ => {}
                 }
-                round = current(&rounds);
-                let open = is_open(&round) && server_ms() >= round.start_for(user_id);
-                if open && !was_open && ctx.spike {
-                    schedule.restart(origin.elapsed().as_micros() as u64);
+            }
+        }
+    }
+
+    /// Writes what the session queued on the control stream.
+    async fn flush(&mut self) -> Result<(), ConnectionEnd> {
+        if self.session.control_out().is_empty() {
+            return Ok(());
+        }
+        let out = self.session.control_out().split().freeze();
+        self.send.write_all(&out).await.map_err(|_| connection_end(&self.conn, true))
+    }
+
+    /// The edge broke the protocol: closed with the session's code.
+    fn violation(&self, code: ErrorCode, stats: &Stats) -> ConnectionEnd {
+        stats.error(format!("edge broke the protocol: {}", code.name()));
+        self.conn.close(code.code().into(), b"protocol violation");
+        ConnectionEnd::Closed(code.code().into())
+    }
+}
+
+/// How a session's end reads to [`Reconnect`], counted.
+fn ended(reason: &EndReason, role: Role, stats: &Stats) -> ConnectionEnd {
+    match reason {
+        EndReason::GoAway { reconnect_after_ms } => {
+            ConnectionEnd::GoAway { reconnect_after_ms: *reconnect_after_ms }
+        }
+        EndReason::Refused { code, .. } => {
+            stats.closed_by_edge(reason.name());
+            if role == Role::Honest {
+                stats.error(format!("honest phone refused: {}", reason.name()));
+            }
+            ConnectionEnd::Closed(*code)
+        }
+        EndReason::Violation(code) => {
+            stats.error(format!("edge broke the protocol: {}", code.name()));
+            ConnectionEnd::Closed(code.code().into())
+        }
+    }
+}
+
+/// A welcomed session: shakes on the schedule, answers timed, awards acknowledged.
+struct Shaking<'a> {
+    role: Role,
+    user_id: u64,
+    ctx: &'a PhoneContext,
+    /// When a churning phone leaves (or the run ends).
+    stop_at: Instant,
+    in_flight: InFlight,
+    /// The intended time of the last shake answered `forwarded` (its award is timed from it).
+    last_forwarded: Option<Instant>,
+    silence: EdgeSilence,
+    /// Whether this phone's start in the round had come at the last look.
+    was_open: bool,
+    /// An over-rate cheater's own sequence numbers (it does not let the session pace it).
+    cheat_seq: u64,
+    datagram: BytesMut,
+}
+
+impl<'a> Shaking<'a> {
+    fn new(phone: &Connection<'a>, leave_at: Option<Instant>) -> Self {
+        Self {
+            role: phone.role,
+            user_id: phone.user_id,
+            ctx: phone.ctx,
+            stop_at: leave_at.map_or(phone.ctx.end, |at| at.min(phone.ctx.end)),
+            in_flight: InFlight::new(Instant::now()),
+            last_forwarded: None,
+            silence: EdgeSilence::default(),
+            was_open: false,
+            cheat_seq: 0,
+            datagram: BytesMut::with_capacity(64),
+        }
+    }
+
+    async fn run(mut self, link: &mut Link, schedule: &mut Schedule) -> SessionEnd {
+        loop {
+            let wake = self.wake_at(&link.session, schedule);
+            tokio::select! {
+                _ = tokio::time::sleep_until(wake.into()) => {
+                    if let Some(end) = self.on_time(link, schedule) {
+                        return end;
+                    }
                 }
-                was_open = open;
-                let now_us = origin.elapsed().as_micros() as u64;
-                while let Some(intended_us) = schedule.due(now_us) {
-                    if !open {
+                datagram = link.conn.read_datagram() => {
+                    let Ok(payload) = datagram else {
+                        return SessionEnd::Ended(connection_end(&link.conn, true));
+                    };
+                    self.silence.heard();
+                    if let Err(code) = link.session.on_datagram(self.ctx.now_ms(), &payload) {
+                        return SessionEnd::Ended(link.violation(code, &self.ctx.stats));
+                    }
+                }
+                read = link.recv.read(&mut link.read) => {
+                    let Ok(Some(n)) = read else {
+                        return SessionEnd::Ended(connection_end(&link.conn, true));
+                    };
+                    self.silence.heard();
+                    let now_ms = self.ctx.now_ms();
+                    if let Err(code) = link.session.on_control(now_ms, &link.read[..n]) {
+                        return SessionEnd::Ended(link.violation(code, &self.ctx.stats));
+                    }
+                }
+            }
+            self.take_events(&mut link.session, schedule);
+            if let Err(end) = link.flush().await {
+                return SessionEnd::Ended(end);
+            }
+            if let Some(reason) = link.session.ended() {
+                return SessionEnd::Ended(ended(reason, self.role, &self.ctx.stats));
+            }
+        }
+    }
+
+    /// The next shake's intended time, or sooner: this phone's start in the next round (so
+    /// the spike is on time), the silence watch's deadline, the phone's leaving.
+    fn wake_at(&self, session: &PhoneSession, schedule: &Schedule) -> Instant {
+        let mut wake = self.ctx.origin + Duration::from_micros(schedule.next_us());
+        let now_ms = self.ctx.now_ms();
+        let soonest_ms = [
+            (!self.was_open).then(|| session.next_opening_ms(now_ms)).flatten(),
+            self.silence.deadline_ms(),
+        ];
+        for at_ms in soonest_ms.into_iter().flatten() {
+            let at = self.ctx.origin + Duration::from_millis(at_ms - self.ctx.origin_unix_ms);
+            wake = wake.min(at);
+        }
+        wake.min(self.stop_at)
+    }
+
+    /// The timer fired: leave, notice silence, or send the shakes due.
+    fn on_time(&mut self, link: &mut Link, schedule: &mut Schedule) -> Option<SessionEnd> {
+        let now = Instant::now();
+        if now >= self.ctx.end {
+            return Some(SessionEnd::Done);
+        }
+        if now >= self.stop_at {
+            return Some(SessionEnd::Churn);
+        }
+        let acks_received = link.conn.stats().frame_rx.acks;
+        let now_ms = self.ctx.now_ms();
+        if self.silence.is_silent(now_ms, acks_received) {
+            self.ctx.stats.error("edge silent: moved to the next edge");
+            return Some(SessionEnd::Ended(ConnectionEnd::Silent));
+        }
+        let open = self.my_round_is_open(&link.session, now_ms);
+        let now_us = self.ctx.now_us();
+        if open && !self.was_open && self.ctx.spike {
+            schedule.restart(now_us);
+        }
+        self.was_open = open;
+        while let Some(intended_us) = schedule.due(now_us) {
+            if !open {
+                continue;
+            }
+            self.datagram.clear();
+            let seq = match self.shake(&mut link.session, now_ms) {
+                Ok(seq) => seq,
+                Err(ShakeRefusal::TooSoon { at_ms }) => {
+                    self.ctx.stats.held_back.fetch_add(1, Ordering::Relaxed);
+                    schedule.hold_until(self.ctx.us_at(at_ms));
+                    continue;
+                }
+                Err(_) => continue,
+            };
+            let intended = self.ctx.origin + Duration::from_micros(intended_us);
+            self.in_flight.sent(seq, intended, Instant::now());
+            if link.conn.send_datagram(self.datagram.split().freeze()).is_err() {
+                self.ctx.stats.error("send datagram");
+                return Some(SessionEnd::Ended(connection_end(&link.conn, true)));
+            }
+            self.ctx.stats.sent.fetch_add(1, Ordering::Relaxed);
+            self.silence.shake_sent(now_ms, acks_received);
+            if self.role == Role::Malformed {
+                let _ = link.conn.send_datagram(Bytes::from_static(&[0x01, 0xff, 0xff]));
+            }
+        }
+        None
+    }
+
+    /// Whether the round is open for this phone: open by the edge's clock, and this phone's
+    /// place in its start spread reached.
+    fn my_round_is_open(&self, session: &PhoneSession, now_ms: u64) -> bool {
+        let at = session.server_time_ms(now_ms);
+        session.round(now_ms).is_some_and(|round| {
+            (round.starts_at_ms..round.ends_at_ms).contains(&at)
+                && at >= round.start_for(self.user_id)
+        })
+    }
+
+    /// One shake into `self.datagram`: through the session, which keeps the pace; an
+    /// over-rate cheater writes its own, as fast as its schedule goes.
+    fn shake(&mut self, session: &mut PhoneSession, now_ms: u64) -> Result<u64, ShakeRefusal> {
+        if self.role.obeys_pacing() {
+            return session.shake(now_ms, &mut self.datagram);
+        }
+        let round = session.round(now_ms).ok_or(ShakeRefusal::NoOpenRound)?;
+        self.cheat_seq += 1;
+        let client_time_ms = session.server_time_ms(now_ms);
+        Shake { round_id: round.round_id, seq: self.cheat_seq, client_time_ms }
+            .encode_datagram(&mut self.datagram);
+        Ok(self.cheat_seq)
+    }
+
+    /// What the session told: outcomes timed, awards counted and acknowledged, pace kept.
+    fn take_events(&mut self, session: &mut PhoneSession, schedule: &mut Schedule) {
+        let stats = &self.ctx.stats;
+        while let Some(event) = session.poll_event() {
+            match event {
+                SessionEvent::Outcome(outcome) => {
+                    let Some((intended, actual)) = self.in_flight.answered(outcome.seq) else {
                         continue;
-                    }
-                    *seq += 1;
-                    out.clear();
-                    Shake { round_id: round.round_id, seq: *seq, client_time_ms: server_ms() }.encode_datagram(&mut out);
+                    };
                     let now = Instant::now();
-                    in_flight.sent(*seq, origin + Duration::from_micros(intended_us), now);
-                    if conn.send_datagram(out.split().freeze()).is_err() {
-                        stats.error("send datagram");
-                        return SessionEnd::Reconnect;
-                    }
-                    stats.sent.fetch_add(1, Ordering::Relaxed);
-                    unanswered_since.get_or_insert_with(|| (now, acks_received()));
-                    if role == Role::Malformed {
-                        let _ = conn.send_datagram(Bytes::from_static(&[0x01, 0xff, 0xff]));
-                    }
-                }
-            }
-            datagram = conn.read_datagram() => {
-                let Ok(payload) = datagram else { return SessionEnd::Reconnect };
-                let now = Instant::now();
-                unanswered_since = None;
-                match datagram::decode(&payload) {
-                    Ok(Datagram::Outcomes(outcomes)) => {
-                        for outcome in outcomes.iter() {
-                            let Some((intended, actual)) = in_flight.answered(outcome.seq) else { continue };
-                            stats.outcome(outcome.verdict, now - intended, now - actual, role == Role::Honest);
-                            if let (Verdict::SlowDown { retry_after_ms }, true) = (outcome.verdict, role.obeys_pacing()) {
-                                let at = now + Duration::from_millis(retry_after_ms.into());
-                                schedule.hold_until(at.saturating_duration_since(origin).as_micros() as u64);
-                            }
-                            if outcome.verdict == Verdict::Forwarded {
-                                last_forwarded = Some(intended);
-                                stats.forwarded_for(user_id);
-                            }
+                    let honest = self.role == Role::Honest;
+                    stats.outcome(outcome.verdict, now - intended, now - actual, honest);
+                    match outcome.verdict {
+                        Verdict::SlowDown { .. } if self.role.obeys_pacing() => {
+                            schedule.hold_until(self.ctx.us_at(session.next_shake_allowed_ms()));
                         }
-                    }
-                    _ => stats.error("malformed datagram from edge"),
-                }
-            }
-            read = recv.read_buf(buf) => {
-                if !matches!(read, Ok(n) if n > 0) {
-                    return SessionEnd::Reconnect;
-                }
-                unanswered_since = None;
-                while let Ok(Some(frame)) = ControlFrame::decode(buf) {
-                    match frame {
-                        ControlFrame::Award { award_id, round_id, .. } => {
-                            if let Some(intended) = last_forwarded {
-                                stats.histograms.lock().expect("stats lock").award.saturating_record(intended.elapsed().as_micros() as u64);
-                            }
-                            stats.award_received(ReceivedAward { award_id, user_id, round_id });
-                            let mut ack = BytesMut::new();
-                            ControlFrame::AwardAck { award_id }.encode(&mut ack);
-                            if send.write_all(&ack).await.is_err() {
-                                return SessionEnd::Reconnect;
-                            }
-                        }
-                        ControlFrame::Pace { min_shake_interval_ms } if role.obeys_pacing() => {
-                            schedule.pace(min_shake_interval_ms, origin.elapsed().as_micros() as u64);
-                        }
-                        ControlFrame::RoundNotice { round: notice, min_shake_interval_ms } => {
-                            if role.obeys_pacing() {
-                                schedule.pace(min_shake_interval_ms, origin.elapsed().as_micros() as u64);
-                            }
-                            if let Some(known) = rounds.iter_mut().find(|r| r.round_id == notice.round_id) {
-                                *known = notice;
-                            } else if rounds.len() < 64 {
-                                rounds.push(notice);
-                            }
-                            round = current(&rounds);
-                        }
-                        ControlFrame::GoAway { .. } => return SessionEnd::Reconnect,
-                        ControlFrame::Error { code, .. }
-                            if code == u64::from(shake_proto::ErrorCode::SessionSuperseded.code()) =>
-                        {
-                            stats.closed_by_edge("SESSION_SUPERSEDED");
-                            if role == Role::Honest {
-                                stats.error("honest session superseded");
-                            }
-                            return SessionEnd::Superseded;
+                        Verdict::Forwarded => {
+                            self.last_forwarded = Some(intended);
+                            stats.forwarded_for(self.user_id);
                         }
                         _ => {}
                     }
                 }
+                SessionEvent::Award { award_id, round_id, .. } => {
+                    if let Some(intended) = self.last_forwarded {
+                        let took = intended.elapsed().as_micros() as u64;
+                        stats.histograms.lock().expect("stats lock").award.saturating_record(took);
+                    }
+                    stats.award_received(ReceivedAward {
+                        award_id,
+                        user_id: self.user_id,
+                        round_id,
+                    });
+                    session.ack_award(award_id);
+                }
+                SessionEvent::Paced { min_shake_interval_ms } if self.role.obeys_pacing() => {
+                    schedule.pace(min_shake_interval_ms, self.ctx.now_us());
+                }
+                _ => {}
             }
         }
     }

@@ -84,6 +84,9 @@ pub struct Report {
     pub achieved_per_s: f64,
     /// Intended sends that went out late or were skipped after a stall.
     pub behind_schedule: u64,
+    /// Shakes the phones' sessions held back, to keep the edge's pace.
+    #[serde(default)]
+    pub held_back: u64,
     /// Latencies.
     pub latency_ms: Latencies,
     /// Errors by class.
@@ -139,6 +142,7 @@ impl Report {
             offered_per_s: shakes as f64 / secs,
             achieved_per_s: outcomes as f64 / secs,
             behind_schedule: stats.behind_schedule.load(Ordering::Relaxed),
+            held_back: stats.held_back.load(Ordering::Relaxed),
             latency_ms: Latencies {
                 outcome: Percentiles::of(&h.outcome),
                 honest_outcome: Percentiles::of(&h.honest_outcome),
@@ -187,6 +191,7 @@ impl Report {
         }
         let _ = writeln!(out, "{:<32}{:>14}", "awards received", self.awards_received);
         let _ = writeln!(out, "{:<32}{:>14}", "sends behind schedule", self.behind_schedule);
+        let _ = writeln!(out, "{:<32}{:>14}", "shakes held back (pace)", self.held_back);
         let _ = writeln!(
             out,
             "latency (ms)        {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",

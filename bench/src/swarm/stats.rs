@@ -69,6 +69,9 @@ pub struct Stats {
     pub sessions: AtomicU64,
     /// Intended sends made late or skipped after a stall.
     pub behind_schedule: AtomicU64,
+    /// Shakes the phone's session held back (too soon after the last by the edge's pace, or
+    /// within a slow-down: sends made late by the generator can land closer than planned).
+    pub held_back: AtomicU64,
     /// Planned disconnections of churning phones.
     pub churned: AtomicU64,
     /// Hostile phones closed by the edge with a documented code, by code.
