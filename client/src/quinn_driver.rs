@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 
 use crate::liveness::EdgeSilence;
 use crate::reconnect::{ConnectionEnd, NextConnect, Reconnect, ReconnectSettings};
-use crate::session::{EndReason, PhoneSession, SessionEvent, ShakeRefusal};
+use crate::session::{EndReason, PhoneSession, SessionEvent, ShakePath, ShakeRefusal};
 
 /// How long a connection attempt may take before it counts as failed.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -69,6 +69,8 @@ pub struct Phone {
     pub token: Bytes,
     /// Backoff after failures.
     pub reconnect: ReconnectSettings,
+    /// Datagrams, or the control stream where the app's QUIC stack has none.
+    pub shake_path: ShakePath,
 }
 
 /// What the app asks of the phone.
@@ -194,7 +196,7 @@ async fn drive(
     let Ok((mut send, mut recv)) = conn.open_bi().await else {
         return Some(connection_end(&conn, false));
     };
-    let mut session = PhoneSession::new(phone.token.clone());
+    let mut session = PhoneSession::with_path(phone.token.clone(), phone.shake_path);
     session.hello();
     let mut welcomed = false;
     let mut read = vec![0u8; 4096];
@@ -242,7 +244,10 @@ async fn drive(
                 None | Some(PhoneCommand::Stop) => return None,
                 Some(PhoneCommand::Shake) => match session.shake(now_ms(), &mut datagram) {
                     Ok(_) => {
-                        if conn.send_datagram(datagram.split().freeze()).is_err() {
+                        // On the stream path the shake went into the control bytes instead.
+                        if !datagram.is_empty()
+                            && conn.send_datagram(datagram.split().freeze()).is_err()
+                        {
                             return Some(connection_end(&conn, welcomed));
                         }
                         silence.shake_sent(now_ms(), acks_received());

@@ -16,7 +16,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use clap::Parser;
 use shake_client::quinn_driver::{self, Phone, PhoneCommand, PhoneEvent, Stopped};
-use shake_client::{ReconnectSettings, SessionEvent};
+use shake_client::{ReconnectSettings, SessionEvent, ShakePath};
 use shake_proto::{Claims, KeyRing, Prize, Verdict};
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
@@ -56,6 +56,10 @@ struct Cli {
     /// Stop after this many seconds.
     #[arg(long, value_name = "S")]
     for_s: Option<u64>,
+    /// Shake over the control stream instead of datagrams (the fallback for QUIC stacks
+    /// without RFC 9221 datagrams).
+    #[arg(long)]
+    no_datagrams: bool,
 }
 
 fn main() -> ExitCode {
@@ -84,6 +88,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         client: quinn_driver::phone_client_config(&cli.ca, 16)?,
         token,
         reconnect: ReconnectSettings::default(),
+        shake_path: if cli.no_datagrams { ShakePath::ControlStream } else { ShakePath::Datagrams },
     };
     let (commands, command_rx) = mpsc::channel(64);
     let (event_tx, mut events) = mpsc::channel(256);
