@@ -4,14 +4,15 @@
 //! "Go" with its confirmation step opens a round that the edge then hears of, and a screenshot
 //! is written to `target/dashboard.png`.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::*;
 use shake_ops::webdriver::Browser;
 use shake_proto::{AllocatorFrame, Batch, BatchEntry, RoundPhase, VerdictCounts};
+use shake_testkit::edge_link::edge_worker;
+use shake_testkit::now_ms;
+use shake_testkit::scratch::{ADMIN_TOKEN, Scratch};
+use shake_testkit::servers::Allocator;
 
 /// A headless browser session (chromium and chromedriver installed if missing).
 fn browser() -> Browser {
@@ -41,7 +42,7 @@ async fn the_dashboard_shows_the_show_and_go_opens_a_round() {
 
     let page = tokio::task::spawn_blocking(move || {
         let browser = browser();
-        browser.open(&format!("http://{admin}/#token={TOKEN}")).unwrap();
+        browser.open(&format!("http://{admin}/#token={ADMIN_TOKEN}")).unwrap();
         wait(&browser, "#round-1 .phase", "round 1 shown waiting", |t| t == "waiting");
         wait(&browser, "#edge-1 .link", "edge 1 up", |t| t == "up");
         wait(&browser, "#edge-1 .offered", "edge 1's load", |t| t == "2500");

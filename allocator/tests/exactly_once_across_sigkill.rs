@@ -2,14 +2,16 @@
 //! batch resent: answers already given come back byte for byte, no award is lost or doubled,
 //! and the pool is never overspent.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
 use shake_proto::{AllocatorFrame, Batch, BatchEntry, Prize};
+use shake_testkit::edge_link::edge_worker;
+use shake_testkit::now_ms;
+use shake_testkit::processes::bin;
+use shake_testkit::scratch::Scratch;
+use shake_testkit::servers::Allocator;
 
 const ENVELOPES: u64 = 300;
 const TOTAL_CENTS: u64 = 30_000;
@@ -52,7 +54,7 @@ async fn sigkill_mid_stream_then_resend_pays_exactly_once() {
             }
         });
         let _ = early.await;
-        alloc.kill();
+        alloc.process.kill();
     }
 
     // Second life: resend everything from the start.
@@ -96,8 +98,8 @@ async fn sigkill_mid_stream_then_resend_pays_exactly_once() {
     }
 
     // The ledger holds exactly what the edge was told: drain, then export.
-    assert!(alloc.terminate().success());
-    let export = Command::new(BIN)
+    assert!(alloc.process.terminate().success());
+    let export = Command::new(bin("shake-allocator"))
         .args(["export", "--config"])
         .arg(&config)
         .env("RUST_LOG", "warn")

@@ -2,20 +2,17 @@
 //! task's panic was mapped to `Ok(())` and the allocator exited 0).
 //! `SHAKE_FAILPOINT=allocator-actor-panic` makes the actor panic at its first tick.
 
-mod common;
-
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::*;
+use shake_testkit::scratch::Scratch;
+use shake_testkit::servers::Allocator;
 
 #[test]
 fn a_panicking_actor_stops_the_allocator_with_a_failure_exit() {
     let scratch = Scratch::new("actor-panic");
     let config = scratch.config("[rounds.cash]\ntotal_cents = 100\nenvelopes = 1\n");
-    let mut child = Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(&config)
+    let mut child = Allocator::command(&config)
         .env("SHAKE_FAILPOINT", "allocator-actor-panic")
         .stdout(Stdio::null())
         .stderr(Stdio::null())

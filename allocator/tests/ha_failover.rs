@@ -3,32 +3,25 @@
 //! batch gets each answer exactly once (byte for byte what the old leader said), no award
 //! lost or doubled, no pool overspent. Settlement reads the ledger while the new leader runs.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::pg_server::PgServer;
-use common::*;
+use shake_ops::http::metric_sum;
 use shake_proto::{AllocatorFrame, Batch, BatchEntry, ErrorCode};
+use shake_testkit::edge_link::{client_config, connect, edge_worker};
+use shake_testkit::metrics;
+use shake_testkit::now_ms;
+use shake_testkit::pg_server::PgServer;
+use shake_testkit::processes::bin;
+use shake_testkit::scratch::{ADMIN_TOKEN, Scratch};
+use shake_testkit::servers::Allocator;
 
 const ENVELOPES: u64 = 300;
 const TOTAL_CENTS: u64 = 30_000;
 const BATCHES: u64 = 40;
 const TOP_UP_ENVELOPES: u64 = 50;
 const TOP_UP_CENTS: u64 = 5_000;
-
-/// The configuration with the admin API on (token [`TOKEN`]).
-fn with_admin_api(scratch: &Scratch, config: std::path::PathBuf) -> std::path::PathBuf {
-    let token = scratch.dir.join("admin.token");
-    std::fs::write(&token, TOKEN).unwrap();
-    let text = std::fs::read_to_string(&config).unwrap();
-    let admin =
-        format!("admin_listen = \"127.0.0.1:0\"\nadmin_token_file = \"{}\"\n", token.display());
-    std::fs::write(&config, admin + &text).unwrap();
-    config
-}
 
 fn batch(seq: u64) -> AllocatorFrame {
     static BASE_MS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
@@ -38,7 +31,7 @@ fn batch(seq: u64) -> AllocatorFrame {
 }
 
 fn leader_epoch(alloc: &Allocator) -> f64 {
-    metric(&scrape(alloc.metrics), "shake_allocator_leader_epoch")
+    metrics::read(alloc.metrics, "shake_allocator_leader_epoch")
 }
 
 /// Waits until `alloc` leads; returns its epoch.
@@ -57,21 +50,20 @@ fn await_leadership(alloc: &Allocator, within: Duration) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_standby_takes_over_from_a_killed_leader_and_answers_exactly_once() {
     let scratch = Scratch::new("ha");
-    let server = PgServer::primary(&scratch.dir.join("pg"), "");
+    let server = PgServer::primary(&scratch.dir.join("pg"));
     let url = server.database("shake");
     let round = format!(
         "release = \"immediate\"\n[rounds.cash]\ntotal_cents = {TOTAL_CENTS}\nenvelopes = {ENVELOPES}\n"
     );
     let mut a =
-        Allocator::start(&with_admin_api(&scratch, scratch.postgres_config("a", &url, &round)));
+        Allocator::start(&scratch.with_admin_api(scratch.postgres_config("a", &url, &round)));
     let first_epoch = await_leadership(&a, Duration::from_secs(10));
     let b = Allocator::start(&scratch.postgres_config("b", &url, &round));
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(leader_epoch(&b), 0.0, "one leader at a time");
 
     // The standby completes the handshake and redirects: NOT_LEADER naming the leader.
-    let conn =
-        connect(b.quic, client_config(&scratch.dir.join("certs"), Some("edge-1"))).await.unwrap();
+    let conn = connect(b.quic, client_config(&scratch.certs(), Some("edge-1"))).await.unwrap();
     match conn.closed().await {
         quinn::ConnectionError::ApplicationClosed(close) => {
             assert_eq!(close.error_code, ErrorCode::NotLeader.code().into());
@@ -82,7 +74,7 @@ async fn the_standby_takes_over_from_a_killed_leader_and_answers_exactly_once() 
 
     // The control room tops the round up through the leader: the standby follows that command
     // from the log (the awards of the new envelopes name items only the top-up made).
-    let bearer = format!("Bearer {TOKEN}");
+    let bearer = format!("Bearer {ADMIN_TOKEN}");
     let headers = [("Authorization", bearer.as_str()), ("Idempotency-Key", "top-up-1")];
     let top_up = format!(
         r#"{{"cash": {{"total_cents": {TOP_UP_CENTS}, "envelopes": {TOP_UP_ENVELOPES}}}}}"#
@@ -118,11 +110,11 @@ async fn the_standby_takes_over_from_a_killed_leader_and_answers_exactly_once() 
         let _ = early.await;
         // The standby follows the log while it stands by: its pools are warm.
         let started = Instant::now();
-        while metric(&scrape(b.metrics), "shake_allocator_awards_followed_total") == 0.0 {
+        while metrics::read(b.metrics, "shake_allocator_awards_followed_total") == 0.0 {
             assert!(started.elapsed() < Duration::from_secs(5), "the standby followed nothing");
             std::thread::sleep(Duration::from_millis(50));
         }
-        a.kill();
+        a.process.kill();
     }
     let killed_at = Instant::now();
 
@@ -150,7 +142,7 @@ async fn the_standby_takes_over_from_a_killed_leader_and_answers_exactly_once() 
     assert!(!told.is_empty());
 
     // Settlement reads the ledger while the new leader serves.
-    let export = Command::new(BIN)
+    let export = Command::new(bin("shake-allocator"))
         .args(["export", "--config"])
         .arg(scratch.dir.join("allocator-a.toml"))
         .env("RUST_LOG", "warn")
@@ -195,10 +187,10 @@ async fn the_standby_takes_over_from_a_killed_leader_and_answers_exactly_once() 
     .join()
     .map(|rows| assert_eq!(rows as usize, told.len()))
     .unwrap();
-    let leadership = scrape(b.metrics);
-    assert_eq!(metric(&leadership, "shake_allocator_leadership_total{outcome=\"won\"}"), 1.0);
-    let followed = metric(&leadership, "shake_allocator_awards_followed_total");
-    let tail = metric(&leadership, "shake_allocator_takeover_tail_awards");
+    let leadership = metrics::scrape(b.metrics);
+    assert_eq!(metric_sum(&leadership, "shake_allocator_leadership_total{outcome=\"won\"}"), 1.0);
+    let followed = metric_sum(&leadership, "shake_allocator_awards_followed_total");
+    let tail = metric_sum(&leadership, "shake_allocator_takeover_tail_awards");
     assert!(followed > 0.0, "followed {followed}");
     assert!(
         tail < followed,

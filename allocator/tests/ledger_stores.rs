@@ -5,10 +5,7 @@
 //! The PostgreSQL cases start their own server on a free loopback port
 //! (`scripts/pg-cluster.sh`, as the `postgres` user when run as root).
 
-mod common;
-
 use bytes::Bytes;
-use common::pg_server::PgServer;
 use shake_allocator::award::{Award, BatchKey, WorkerKey};
 use shake_allocator::ledger::{
     AnsweredBatch, CommitGroup, FjallLedger, LedgerError, LedgerStore, PostgresLedger,
@@ -16,19 +13,9 @@ use shake_allocator::ledger::{
 };
 use shake_allocator::round_command::{RoundAction, RoundCommand};
 use shake_proto::Prize;
-use std::path::PathBuf;
+use shake_testkit::pg_server::PgServer;
+use shake_testkit::scratch::{Scratch, dev_certs};
 use std::time::Duration;
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "shake-ledger-{name}-{}-{}",
-        std::process::id(),
-        common::now_ms()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 const TOP: u64 = (1 << 62) - 1;
 
@@ -133,10 +120,9 @@ fn groups_survive_reopening(mut reopen: impl FnMut() -> Box<dyn LedgerStore>) {
 
 #[test]
 fn fjall_keeps_groups_across_reopening() {
-    let dir = scratch("fjall");
-    let path = dir.join("ledger");
+    let scratch = Scratch::new("ledger-fjall");
+    let path = scratch.ledger();
     groups_survive_reopening(|| Box::new(FjallLedger::open(&path).unwrap()));
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 /// A PostgreSQL ledger that leads (holds the lease's epoch).
@@ -151,8 +137,8 @@ fn leading(url: &str, node: &str) -> (PostgresLedger, i64) {
 
 #[test]
 fn postgres_keeps_groups_across_reopening_and_guards_the_money() {
-    let dir = scratch("pg");
-    let server = PgServer::primary(&dir.join("pg"), "");
+    let scratch = Scratch::new("ledger-pg");
+    let server = PgServer::primary(&scratch.dir.join("pg"));
     let url = server.database("suite");
     groups_survive_reopening(|| Box::new(leading(&url, "a").0));
 
@@ -182,14 +168,12 @@ fn postgres_keeps_groups_across_reopening_and_guards_the_money() {
     assert_eq!(reader.awards(&mut |_| true).unwrap().len(), 3);
     let refused = reader.commit_group(&CommitGroup { batches: vec![fresh], ..Default::default() });
     assert!(matches!(refused, Err(LedgerError::Failed(_))), "{refused:?}");
-    drop(server);
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
 fn a_new_epoch_fences_the_old_leader() {
-    let dir = scratch("fence");
-    let server = PgServer::primary(&dir.join("pg"), "");
+    let scratch = Scratch::new("ledger-fence");
+    let server = PgServer::primary(&scratch.dir.join("pg"));
     let url = server.database("fence");
     let mut old = PostgresLedger::open(&url).unwrap();
     let short = Duration::from_millis(300);
@@ -254,14 +238,12 @@ fn a_new_epoch_fences_the_old_leader() {
     lease::release(standby.client(), second).unwrap();
     let third = lease::try_acquire(old.client(), "old", "127.0.0.1:1", Duration::from_secs(30));
     assert_eq!(third.unwrap(), Some(second + 1));
-    drop(server);
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
 fn the_schema_is_migrated_once_and_a_newer_one_is_refused() {
-    let dir = scratch("schema");
-    let server = PgServer::primary(&dir.join("pg"), "");
+    let scratch = Scratch::new("ledger-schema");
+    let server = PgServer::primary(&scratch.dir.join("pg"));
     let url = server.database("schema");
     let mut first = PostgresLedger::open(&url).unwrap();
     // Opening again (a second allocator, a restart) applies nothing twice.
@@ -283,14 +265,12 @@ fn the_schema_is_migrated_once_and_a_newer_one_is_refused() {
         Err(LedgerError::Schema(why)) => assert!(why.contains("newer"), "{why}"),
         other => panic!("a newer schema must be refused, got {other:?}"),
     }
-    drop(server);
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
 fn a_leader_paused_inside_a_commit_does_not_block_the_takeover() {
-    let dir = scratch("paused");
-    let server = PgServer::primary(&dir.join("pg"), "");
+    let scratch = Scratch::new("ledger-paused");
+    let server = PgServer::primary(&scratch.dir.join("pg"));
     let url = server.database("paused");
     let short = Duration::from_millis(300);
     let mut old = PostgresLedger::open(&url).unwrap();
@@ -308,28 +288,16 @@ fn a_leader_paused_inside_a_commit_does_not_block_the_takeover() {
     assert!(waited < Duration::from_millis(limit), "the takeover waited {waited:?}");
     // The frozen transaction was ended by the server: it can commit nothing.
     assert!(frozen.batch_execute("COMMIT").is_err() || frozen.is_closed());
-    drop(server);
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
 fn the_ledger_reaches_its_database_over_verified_tls() {
-    let dir = scratch("tls");
-    let certs = |name: &str| {
-        let out = dir.join(name);
-        let status = std::process::Command::new(common::BIN)
-            .args(["dev-certs", "--edges", "1"])
-            .arg(&out)
-            .stdout(std::process::Stdio::null())
-            .status()
-            .unwrap();
-        assert!(status.success());
-        out
-    };
-    let (ours, theirs) = (certs("certs"), certs("other-ca"));
+    let scratch = Scratch::new("ledger-tls");
+    let (ours, theirs) = (scratch.certs(), scratch.dir.join("other-ca"));
+    dev_certs(&theirs);
     // The development server certificate names 127.0.0.1, the host in the URL.
     let server = PgServer::primary_tls(
-        &dir.join("pg"),
+        &scratch.dir.join("pg"),
         &ours.join("allocator.pem"),
         &ours.join("allocator.key"),
     );
@@ -347,6 +315,4 @@ fn the_ledger_reaches_its_database_over_verified_tls() {
     let stranger =
         shake_allocator::ledger::postgres::Target::tls(&url, &theirs.join("ca.pem")).unwrap();
     assert!(matches!(PostgresLedger::open(&stranger), Err(LedgerError::Database(_))));
-    drop(server);
-    let _ = std::fs::remove_dir_all(dir);
 }

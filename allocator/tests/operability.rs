@@ -1,35 +1,24 @@
 //! What an operator relies on beyond the protocol: logs as JSON lines when asked
 //! (`SHAKE_LOG_FORMAT=json`), and the `build_info` metric naming the version and revision.
 
-mod common;
+use std::fs::File;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-
-use common::*;
+use shake_testkit::metrics::scrape;
+use shake_testkit::scratch::Scratch;
+use shake_testkit::servers::Allocator;
 
 #[test]
 fn logs_are_json_lines_when_asked_and_build_info_names_the_build() {
     let scratch = Scratch::new("operability");
     let config = scratch.config("[rounds.cash]\ntotal_cents = 100\nenvelopes = 10\n");
-    let mut child = Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(&config)
+    let log = scratch.dir.join("allocator.log");
+    let mut command = Allocator::command(&config);
+    command
         .env("SHAKE_LOG_FORMAT", "json")
         .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut ready = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut ready).unwrap();
-    let metrics: std::net::SocketAddr = ready
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("metrics="))
-        .expect("a metrics address")
-        .parse()
-        .unwrap();
-    let text = scrape(metrics);
+        .stderr(File::create(&log).unwrap());
+    let mut alloc = Allocator::spawn(command).unwrap();
+    let text = scrape(alloc.metrics);
     let info = text
         .lines()
         .find(|l| l.starts_with("shake_allocator_build_info{"))
@@ -37,10 +26,9 @@ fn logs_are_json_lines_when_asked_and_build_info_names_the_build() {
     assert!(info.contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION"))), "{info}");
     assert!(info.contains("revision=\"") && info.ends_with(" 1"), "{info}");
 
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-    let stderr = child.stderr.take().unwrap();
-    assert!(child.wait().unwrap().success());
-    let lines: Vec<String> = BufReader::new(stderr).lines().map(Result::unwrap).collect();
+    assert!(alloc.process.terminate().success());
+    let logs = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = logs.lines().collect();
     assert!(lines.len() >= 2, "some logs: {lines:?}");
     for line in &lines {
         let entry: serde_json::Value =

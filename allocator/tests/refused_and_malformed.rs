@@ -1,12 +1,14 @@
 //! Mutual TLS refuses edges without a certificate from the trusted CA; malformed and oversized
 //! frames close the stream with the documented code and are counted.
 
-mod common;
-
 use bytes::BytesMut;
-use common::*;
+use shake_ops::http::metric_sum;
 use shake_proto::allocator::PROTOCOL_VERSION;
 use shake_proto::{AllocatorFrame, ErrorCode, varint};
+use shake_testkit::edge_link::{EdgeStream, client_config, connect};
+use shake_testkit::metrics::scrape;
+use shake_testkit::scratch::Scratch;
+use shake_testkit::servers::Allocator;
 
 async fn hello(stream: &mut EdgeStream, version: u32) {
     stream
@@ -37,7 +39,7 @@ async fn edges_without_a_trusted_certificate_are_refused() {
         Allocator::start(&scratch.config("[rounds.cash]\ntotal_cents = 100\nenvelopes = 10\n"));
 
     // No client certificate at all.
-    let refused = try_session(&alloc, client_config(&scratch.dir.join("certs"), None)).await;
+    let refused = try_session(&alloc, client_config(&scratch.certs(), None)).await;
     assert!(refused.is_err(), "{refused:?}");
 
     // A certificate from another CA.
@@ -46,15 +48,13 @@ async fn edges_without_a_trusted_certificate_are_refused() {
     assert!(refused.is_err(), "{refused:?}");
 
     // A trusted edge still gets in and hears the round state.
-    let conn = connect(alloc.quic, client_config(&scratch.dir.join("certs"), Some("edge-1")))
-        .await
-        .unwrap();
+    let conn = connect(alloc.quic, client_config(&scratch.certs(), Some("edge-1"))).await.unwrap();
     let mut stream = EdgeStream::open(&conn).await;
     hello(&mut stream, PROTOCOL_VERSION).await;
     assert!(matches!(stream.recv().await, Ok((AllocatorFrame::RoundState { .. }, _))));
 
     let text = scrape(alloc.metrics);
-    assert!(metric(&text, "shake_allocator_rejected_peers_total") >= 2.0, "{text}");
+    assert!(metric_sum(&text, "shake_allocator_rejected_peers_total") >= 2.0, "{text}");
 }
 
 /// Connects, says hello and waits for the round state; any failure on the way is the error.
@@ -83,7 +83,7 @@ async fn try_session(alloc: &Allocator, config: quinn::ClientConfig) -> Result<(
 fn client_config_mixed(trusting: &Scratch, presenting: &Scratch) -> quinn::ClientConfig {
     let mixed = trusting.dir.join("mixed");
     std::fs::create_dir_all(&mixed).unwrap();
-    std::fs::copy(trusting.dir.join("certs/ca.pem"), mixed.join("ca.pem")).unwrap();
+    std::fs::copy(trusting.ca(), mixed.join("ca.pem")).unwrap();
     std::fs::copy(presenting.dir.join("certs/edge-1.pem"), mixed.join("edge-1.pem")).unwrap();
     std::fs::copy(presenting.dir.join("certs/edge-1.key"), mixed.join("edge-1.key")).unwrap();
     client_config(&mixed, Some("edge-1"))
@@ -94,9 +94,7 @@ async fn malformed_oversized_and_unexpected_frames_close_the_stream_with_their_c
     let scratch = Scratch::new("malformed");
     let alloc =
         Allocator::start(&scratch.config("[rounds.cash]\ntotal_cents = 100\nenvelopes = 10\n"));
-    let conn = connect(alloc.quic, client_config(&scratch.dir.join("certs"), Some("edge-1")))
-        .await
-        .unwrap();
+    let conn = connect(alloc.quic, client_config(&scratch.certs(), Some("edge-1"))).await.unwrap();
     // quinn reports a reset as "stream reset by peer: error N".
     let code = |c: ErrorCode| format!("error {}", c.code());
 
@@ -134,7 +132,7 @@ async fn malformed_oversized_and_unexpected_frames_close_the_stream_with_their_c
     hello(&mut stream, PROTOCOL_VERSION).await;
     assert!(matches!(stream.recv().await, Ok((AllocatorFrame::RoundState { .. }, _))));
     let text = scrape(alloc.metrics);
-    assert!(metric(&text, "shake_allocator_malformed_frames_total") >= 2.0, "{text}");
+    assert!(metric_sum(&text, "shake_allocator_malformed_frames_total") >= 2.0, "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -143,18 +141,14 @@ async fn an_edge_cannot_speak_for_another_edge_id() {
     let alloc =
         Allocator::start(&scratch.config("[rounds.cash]\ntotal_cents = 100\nenvelopes = 10\n"));
     // edge-2's certificate, claiming to be edge 1.
-    let conn = connect(alloc.quic, client_config(&scratch.dir.join("certs"), Some("edge-2")))
-        .await
-        .unwrap();
+    let conn = connect(alloc.quic, client_config(&scratch.certs(), Some("edge-2"))).await.unwrap();
     let mut stream = EdgeStream::open(&conn).await;
     hello(&mut stream, PROTOCOL_VERSION).await;
     let err = closed_with(&mut stream).await;
     let reason = conn.closed().await.to_string();
     assert!(reason.contains(&ErrorCode::EdgeRejected.code().to_string()), "{err} / {reason}");
     // And as itself it is welcome.
-    let conn = connect(alloc.quic, client_config(&scratch.dir.join("certs"), Some("edge-2")))
-        .await
-        .unwrap();
+    let conn = connect(alloc.quic, client_config(&scratch.certs(), Some("edge-2"))).await.unwrap();
     let mut stream = EdgeStream::open(&conn).await;
     stream
         .send(&AllocatorFrame::EdgeHello {

@@ -3,16 +3,18 @@
 //! round's state does not allow them, authenticated, recorded in the ledger before they take
 //! effect, and replayed after a restart. The CLI speaks the same API.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
 use shake_ops::http::{body_of, request_with, request_with_body, status_of};
 use shake_proto::{AllocatorFrame, Batch, BatchEntry, RoundPhase};
+use shake_testkit::edge_link::{EdgeStream, edge_worker};
+use shake_testkit::now_ms;
+use shake_testkit::processes::bin;
+use shake_testkit::scratch::{ADMIN_TOKEN, Scratch};
+use shake_testkit::servers::Allocator;
 
 /// The allocator and its admin API's address (from its ready line).
 fn admin_addr(config: &Path) -> (Allocator, SocketAddr) {
@@ -23,7 +25,7 @@ fn admin_addr(config: &Path) -> (Allocator, SocketAddr) {
 
 /// (status, body) of one admin request; `key` is the idempotency key.
 fn status(addr: SocketAddr, method: &str, path: &str, key: Option<&str>) -> (u16, String) {
-    let bearer = format!("Bearer {TOKEN}");
+    let bearer = format!("Bearer {ADMIN_TOKEN}");
     let mut headers = vec![("X-Shake-Operator", "director")];
     if key.is_some() || method == "POST" {
         headers.push(("Authorization", &bearer));
@@ -63,7 +65,7 @@ fn post_json(
     key: &str,
     body: &serde_json::Value,
 ) -> (u16, serde_json::Value) {
-    let bearer = format!("Bearer {TOKEN}");
+    let bearer = format!("Bearer {ADMIN_TOKEN}");
     let headers = [("Authorization", bearer.as_str()), ("Idempotency-Key", key)];
     let body = serde_json::to_vec(body).unwrap();
     let response = request_with_body(addr, "POST", path, &headers, &body).unwrap();
@@ -74,7 +76,7 @@ fn post_json(
 
 /// Runs the CLI's `round ...` against `admin`; its exit status and output.
 fn cli(admin: SocketAddr, scratch: &Scratch, args: &[&str]) -> std::process::Output {
-    Command::new(BIN)
+    Command::new(bin("shake-allocator"))
         .arg("round")
         .args(args)
         .args(["--admin", &admin.to_string(), "--token-file"])
@@ -158,7 +160,7 @@ async fn go_opens_an_armed_round_and_every_command_is_recorded_once() {
 
     // The CLI: close the round early, through the same API.
     let token_file = scratch.dir.join("admin.token");
-    let cli = Command::new(BIN)
+    let cli = Command::new(bin("shake-allocator"))
         .args(["round", "close", "1", "--admin", &admin.to_string(), "--token-file"])
         .arg(&token_file)
         .args(["--as", "floor-manager", "--id", "close-1"])
@@ -167,7 +169,7 @@ async fn go_opens_an_armed_round_and_every_command_is_recorded_once() {
     assert!(cli.status.success(), "{}", String::from_utf8_lossy(&cli.stderr));
     let (phase, _, closed_at) = round_one(&mut stream).await;
     assert_eq!(phase, RoundPhase::Closed);
-    let refused_cli = Command::new(BIN)
+    let refused_cli = Command::new(bin("shake-allocator"))
         .args(["round", "close", "1", "--admin", &admin.to_string(), "--token-file"])
         .arg(&token_file)
         .output()
@@ -175,7 +177,7 @@ async fn go_opens_an_armed_round_and_every_command_is_recorded_once() {
     assert!(!refused_cli.status.success(), "closing a closed round must fail");
 
     // Restart: the ledger replays the commands; the round stays as they left it.
-    assert!(alloc.terminate().success());
+    assert!(alloc.process.terminate().success());
     let (alloc, admin) = admin_addr(&config);
     let (code, rounds) = authed(admin, "GET", "/rounds", "-");
     assert_eq!(code, 200);
@@ -288,7 +290,7 @@ async fn a_round_paused_topped_up_resumed_and_a_round_added_survive_a_restart() 
     assert_eq!(post_json(admin, "/rounds", "add-5", &overlapping).0, 409);
 
     // Restart: the commands replay before the awards (an award names a topped-up prize).
-    assert!(alloc.terminate().success());
+    assert!(alloc.process.terminate().success());
     let (_alloc, admin) = admin_addr(&config);
     let (code, rounds) = authed(admin, "GET", "/rounds", "-");
     assert_eq!(code, 200, "{rounds}");

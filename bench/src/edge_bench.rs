@@ -11,8 +11,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use shake_testkit::fixture::{Fixture, FixtureOptions};
 
-use crate::fixture::{Fixture, FixtureOptions};
 use crate::floor::{self, FloorFigures};
 use crate::loadgen::{self, LoadCounters, LoadPlan};
 use crate::loop_load::{LoopLoad, LoopLoadPlan, LoopLoadReport, Speech};
@@ -160,7 +160,8 @@ pub fn measure_edge(load: &LoadOptions) -> anyhow::Result<Measured> {
         workers: 1,
         server_core: load.server_core,
         client_core: load.client_core,
-        edge_overrides: vec![crate::fixture::no_overload_control()],
+        pin: sys::pin_process,
+        edge_overrides: vec![shake_testkit::fixture::no_overload_control()],
         start_spread_ms: 0,
     })?;
     let pid = fixture.edge_pid();

@@ -8,8 +8,9 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use shake_testkit::fixture::{Fixture, FixtureOptions};
+
 use crate::edge_bench::{self, LoadOptions};
-use crate::fixture::{Fixture, FixtureOptions};
 use crate::loop_load::Speech;
 use crate::procfs;
 use crate::swarm::stats::Percentiles;
@@ -141,10 +142,11 @@ pub fn run_level(
         client_core: load.client_core,
         // Phones shake faster than a person would at the higher levels: lift their own limit
         // so every shake reaches the edge's admission as offered.
+        pin: crate::sys::pin_process,
         edge_overrides: vec![
             ("phone_rate_per_s".into(), "phone_rate_per_s = 1000.0".into()),
             ("phone_burst".into(), "phone_burst = 1000.0".into()),
-            crate::fixture::no_overload_control(),
+            shake_testkit::fixture::no_overload_control(),
         ],
         start_spread_ms: 0,
     })?;

@@ -9,8 +9,8 @@
 //! - [`edge_hot_path`]: one shake through the edge's own code, with [`counting_alloc`].
 //! - [`floor`]: the UDP floor (recvmmsg/sendmmsg echo) every per-message cost is compared to.
 //! - [`edge_bench`]: the real edge against a quinn echo, a stream-per-shake design and the floor,
-//!   with [`fixture`] (real allocator and edge processes), [`quinn_echo`], [`loop_load`] (the
-//!   phones on `shake-loop`, through `shake-client`), [`loadgen`],
+//!   with `shake_testkit::fixture` (real allocator and edge processes), [`quinn_echo`],
+//!   [`loop_load`] (the phones on `shake-loop`, through `shake-client`), [`loadgen`],
 //!   [`window`] (the steady-state window) and [`procfs`].
 //! - [`latency_bench`]: shake-to-outcome and -award latency at 50% and 80% of the edge's maximum.
 //! - [`memory_bench`]: the edge's memory per idle connected phone up to 100,000 phones.
@@ -27,7 +27,6 @@ pub mod counting_alloc;
 pub mod cpu_quota;
 pub mod edge_bench;
 pub mod edge_hot_path;
-pub mod fixture;
 pub mod floor;
 pub mod handshake_bench;
 pub mod latency_bench;

@@ -6,8 +6,9 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use shake_testkit::fixture::{Fixture, FixtureOptions};
+
 use crate::edge_bench::{self, LoadOptions};
-use crate::fixture::{Fixture, FixtureOptions};
 use crate::loop_load::Speech;
 use crate::procfs;
 
@@ -67,6 +68,7 @@ pub fn run(
         workers: 1,
         server_core,
         client_core,
+        pin: crate::sys::pin_process,
         edge_overrides: Vec::new(),
         start_spread_ms: 0,
     })?;

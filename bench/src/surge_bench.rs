@@ -16,10 +16,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
+use shake_testkit::fixture::{Fixture, FixtureOptions};
 
 use crate::cpu_quota::CpuQuota;
 use crate::edge_bench::{self, LoadOptions};
-use crate::fixture::{Fixture, FixtureOptions};
 use crate::loop_load::Speech;
 use crate::procfs;
 use crate::swarm::stats::{Percentiles, ReceivedAward};
@@ -264,6 +264,7 @@ pub fn run(options: &SurgeOptions) -> anyhow::Result<SurgeFigures> {
         client_core: options.client_core,
         // Phones shake faster than a person would: their own bucket is lifted so what they
         // offer reaches the edge's overload control, which is what is measured.
+        pin: crate::sys::pin_process,
         edge_overrides: [
             ("phone_rate_per_s ".into(), "phone_rate_per_s = 1000.0".into()),
             ("phone_burst ".into(), "phone_burst = 1000.0".into()),

@@ -3,13 +3,14 @@
 //! standbys that the script starts on free loopback ports. Every scenario must pass and the final JSON line must show nothing lost, nothing
 //! paid twice and no pool overspent.
 
-mod common;
+use shake_testkit::processes::bin_dir;
+use shake_testkit::scripts::run_script;
 
 #[test]
 fn every_chaos_scenario_keeps_every_invariant() {
-    let bins = common::bin_dir(&["shake-allocator", "shake-edge", "shake-relay"]);
+    let bins = bin_dir(&["shake-allocator", "shake-edge", "shake-relay"]);
     let dir = std::env::temp_dir().join(format!("shake-chaos-{}", std::process::id()));
-    let summary = common::run_script(
+    let summary = run_script(
         "chaos.sh",
         &["--short"],
         &[("SHAKE_BIN_DIR", &bins), ("SHAKE_CHAOS_DIR", &dir)],

@@ -1,13 +1,14 @@
 //! CI-sized end to end: `scripts/demo.sh` with the three real binaries (allocator, edge,
 //! swarm) and a small swarm; its final JSON line must report every invariant held.
 
-mod common;
+use shake_testkit::processes::bin_dir;
+use shake_testkit::scripts::run_script;
 
 #[test]
 fn the_demo_runs_two_rounds_and_every_invariant_holds() {
-    let bins = common::bin_dir(&["shake-allocator", "shake-edge"]);
+    let bins = bin_dir(&["shake-allocator", "shake-edge"]);
     let demo_dir = std::env::temp_dir().join(format!("shake-demo-e2e-{}", std::process::id()));
-    let summary = common::run_script(
+    let summary = run_script(
         "demo.sh",
         &[],
         &[("SHAKE_BIN_DIR", &bins), ("SHAKE_DEMO_DIR", &demo_dir)],
@@ -31,9 +32,9 @@ fn the_demo_runs_two_rounds_and_every_invariant_holds() {
 /// that the script starts.
 #[test]
 fn a_live_show_on_postgres_applies_every_command_and_every_invariant_holds() {
-    let bins = common::bin_dir(&["shake-allocator", "shake-edge"]);
+    let bins = bin_dir(&["shake-allocator", "shake-edge"]);
     let demo_dir = std::env::temp_dir().join(format!("shake-demo-live-{}", std::process::id()));
-    let summary = common::run_script(
+    let summary = run_script(
         "demo.sh",
         &[],
         &[("SHAKE_BIN_DIR", &bins), ("SHAKE_DEMO_DIR", &demo_dir)],

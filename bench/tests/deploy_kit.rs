@@ -160,7 +160,7 @@ fn verify_with_systemd(unit: &str, text: &str) {
         return;
     };
     assert!(version.status.success());
-    let bins = Path::new(env!("CARGO_BIN_EXE_shake-swarm")).parent().unwrap().to_owned();
+    let bins = shake_testkit::processes::bin_dir(&[]);
     let dir = std::env::temp_dir().join(format!("shake-units-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let local = text.replace("/usr/local/bin/", &format!("{}/", bins.display()));

@@ -2,13 +2,13 @@
 //! limit, resends the unanswered batches on reconnect, and every winner is paid exactly once.
 //! Also: SIGTERM drains (GoAway to phones, then exit).
 
-mod common;
-
 use std::collections::BTreeSet;
 
-use common::*;
 use shake_allocator::ledger::FjallLedger;
 use shake_proto::{ControlFrame, Verdict};
+use shake_testkit::phone::Phone;
+use shake_testkit::tokens::token;
+use shake_testkit::world::{World, WorldSettings};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_sent_during_an_outage_are_resent_and_paid_once() {
@@ -67,7 +67,7 @@ async fn batches_sent_during_an_outage_are_resent_and_paid_once() {
 
     // One award per user in the ledger, exactly the ones phones heard of.
     world.stop_allocator().await;
-    let ledger = FjallLedger::open(&world.dir.join("ledger")).unwrap();
+    let ledger = FjallLedger::open(&world.scratch.ledger()).unwrap();
     let rows = ledger.awards(|_| true).unwrap();
     let users: BTreeSet<u64> = rows.iter().map(|a| a.user_id).collect();
     assert_eq!(users.len(), rows.len(), "a user paid twice");
@@ -80,8 +80,7 @@ async fn sigterm_sends_go_away_and_exits() {
     let mut world = World::start(WorldSettings::default()).await;
     let mut phone = Phone::connect(&world).await;
     phone.hello(token(9, 3600)).await.unwrap();
-    let pid = world.edge.id().to_string();
-    std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    world.edge.process.signal("TERM");
     loop {
         match phone.next_frame().await.unwrap() {
             ControlFrame::GoAway { reconnect_after_ms } => {
@@ -93,6 +92,6 @@ async fn sigterm_sends_go_away_and_exits() {
             _ => continue,
         }
     }
-    let status = world.edge.wait().unwrap();
+    let status = world.edge.process.wait();
     assert!(status.success(), "{status:?}");
 }

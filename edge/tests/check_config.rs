@@ -3,15 +3,16 @@
 
 use std::process::Command;
 
-const EDGE_BIN: &str = env!("CARGO_BIN_EXE_shake-edge");
+use shake_testkit::processes::bin;
+use shake_testkit::scratch::Scratch;
+
 const EXAMPLE: &str = include_str!("../shake-edge.example.toml");
 
-fn check(name: &str, text: &str) -> (Option<i32>, String) {
-    let dir = std::env::temp_dir().join(format!("shake-edge-check-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
+/// Writes `text` as `name` in the scratch directory and checks it.
+fn check(scratch: &Scratch, name: &str, text: &str) -> (Option<i32>, String) {
+    let path = scratch.dir.join(name);
     std::fs::write(&path, text).unwrap();
-    let out = Command::new(EDGE_BIN).arg("--check-config").arg(&path).output().unwrap();
+    let out = Command::new(bin("shake-edge")).arg("--check-config").arg(&path).output().unwrap();
     let text =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     (out.status.code(), text)
@@ -19,11 +20,10 @@ fn check(name: &str, text: &str) -> (Option<i32>, String) {
 
 #[test]
 fn check_config_loads_every_tls_file_and_names_the_field() {
-    let dir = std::env::temp_dir().join(format!("shake-edge-check-certs-{}", std::process::id()));
-    shake_allocator::dev_certs::generate(&dir, &[1]).unwrap();
-    let certs = dir.display().to_string();
+    let scratch = Scratch::new("edge-check");
+    let certs = scratch.certs().display().to_string();
     let good = EXAMPLE.replace("target/demo/certs", &certs);
-    let (code, out) = check("good.toml", &good);
+    let (code, out) = check(&scratch, "good.toml", &good);
     assert_eq!(code, Some(0), "{out}");
 
     let cases = [
@@ -38,7 +38,7 @@ fn check_config_loads_every_tls_file_and_names_the_field() {
     for (field, from, to) in cases {
         let from = from.replace("CERTS", &certs);
         assert!(good.contains(&from), "{field}: the example changed");
-        let (code, out) = check("bad.toml", &good.replacen(&from, to, 1));
+        let (code, out) = check(&scratch, "bad.toml", &good.replacen(&from, to, 1));
         assert_eq!(code, Some(64), "{field}: {out}");
         assert!(out.contains(&format!("`{field}`")), "{field} not named: {out}");
     }
@@ -48,8 +48,7 @@ fn check_config_loads_every_tls_file_and_names_the_field() {
         &format!("key = \"{certs}/edge-1.pem\""),
         1,
     );
-    let (code, out) = check("swapped.toml", &swapped);
+    let (code, out) = check(&scratch, "swapped.toml", &swapped);
     assert_eq!(code, Some(64), "{out}");
     assert!(out.contains("`tls.key`"), "{out}");
-    let _ = std::fs::remove_dir_all(dir);
 }

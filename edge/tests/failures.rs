@@ -3,11 +3,9 @@
 //! SO_REUSEPORT socket was gone with its phones). `SHAKE_FAILPOINT=edge-worker-panic` makes a
 //! worker panic a moment after it starts.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use shake_testkit::world::{World, WorldSettings};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_worker_stops_the_edge_with_a_failure_exit() {
@@ -17,10 +15,9 @@ async fn a_panicking_worker_stops_the_edge_with_a_failure_exit() {
         &[("SHAKE_FAILPOINT", "edge-worker-panic")],
     )
     .await;
-    let edge = &mut world.edge;
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
-        if let Some(status) = edge.try_wait().unwrap() {
+        if let Some(status) = world.edge.process.try_wait() {
             break status;
         }
         assert!(Instant::now() < deadline, "the edge kept running with a dead worker");

@@ -3,9 +3,9 @@
 //! with Retry above `retry_above_handshakes`, and Retry for unknown sources once the table of
 //! tracked sources is full.
 
-mod common;
-
-use common::*;
+use shake_testkit::phone::Phone;
+use shake_testkit::tokens::token;
+use shake_testkit::world::{World, WorldSettings};
 
 fn refused(err: &quinn::ConnectionError) -> bool {
     matches!(err, quinn::ConnectionError::ConnectionClosed(close)

@@ -3,12 +3,12 @@
 //! another worker, and that worker hands them to the owner its connection ID names (before its
 //! own endpoint could answer with a stateless reset).
 
-mod common;
-
 use std::net::UdpSocket;
 
-use common::*;
 use shake_proto::Verdict;
+use shake_testkit::phone::Phone;
+use shake_testkit::tokens::token;
+use shake_testkit::world::{World, WorldSettings};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_phone_rebinding_its_port_keeps_its_session_across_workers() {

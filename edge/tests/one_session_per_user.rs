@@ -4,16 +4,16 @@
 //! Past the user's supersede budget the newcomer is refused (`SESSION_IN_USE`) and the live
 //! session stays. Run on both I/O paths (the event loop and the quinn reference).
 
-mod common;
-
-use common::*;
 use shake_proto::{ControlFrame, ErrorCode};
+use shake_testkit::phone::Phone;
+use shake_testkit::tokens::token;
+use shake_testkit::world::{World, WorldSettings};
 
 const CHEATER: u64 = 500;
 const HONEST: u64 = 501;
 
 fn user_report(world: &World, user: u64) -> serde_json::Value {
-    let response = shake_ops::http::get(world.edge_metrics, &format!("/users/{user}")).unwrap();
+    let response = shake_ops::http::get(world.edge.metrics, &format!("/users/{user}")).unwrap();
     let (_, body) = response.split_once("\r\n\r\n").expect("a body");
     serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {response}"))
 }
@@ -74,7 +74,7 @@ async fn a_new_session_supersedes_the_old_one(io: &'static str) {
     // The user's sessions end: the user is free, and a bad user id is refused.
     drop(last);
     let response =
-        shake_ops::http::request(world.edge_metrics, "GET", "/users/not-a-number").unwrap();
+        shake_ops::http::request(world.edge.metrics, "GET", "/users/not-a-number").unwrap();
     assert_eq!(shake_ops::http::status_of(&response), Some(400));
 }
 

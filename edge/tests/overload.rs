@@ -4,14 +4,14 @@
 //! and accepts phones. The busy target is set low (2% of an interval) so that the phones of
 //! the test, not a machine-sized flood, put the workers over it.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::*;
 use shake_proto::ControlFrame;
+use shake_testkit::phone::Phone;
+use shake_testkit::tokens::token;
+use shake_testkit::world::{World, WorldSettings};
 
 const PHONES: u64 = 20;
 

@@ -4,20 +4,21 @@
 //! while alive, and when the edge dies it reports the loss and plans to come back to the same
 //! edge soon, as docs/CLIENT.md says.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use shake_client::quinn_driver::{self, Phone, PhoneCommand, PhoneEvent, Stopped};
-use shake_client::{ConnectionEnd, NextConnect, ReconnectSettings, SessionEvent};
+use shake_client::{ConnectionEnd, NextConnect, ReconnectSettings, SessionEvent, ShakePath};
 use shake_proto::Verdict;
+use shake_testkit::now_ms;
+use shake_testkit::processes::bin;
+use shake_testkit::tokens::{DEV_SECRET_HEX, token};
+use shake_testkit::world::{World, WorldSettings};
 use tokio::sync::mpsc;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_driver_shakes_wins_acknowledges_and_plans_its_reconnect() {
     let mut world = World::start(WorldSettings::default()).await;
-    let mut client = quinn_driver::phone_client_config(&world.dir.join("certs/ca.pem"), 4).unwrap();
+    let mut client = quinn_driver::phone_client_config(&world.scratch.ca(), 4).unwrap();
     // A short idle timeout, so that the edge's death is noticed in seconds, not 30.
     let mut transport = quinn::TransportConfig::default();
     transport
@@ -25,11 +26,12 @@ async fn the_driver_shakes_wins_acknowledges_and_plans_its_reconnect() {
         .keep_alive_interval(Some(Duration::from_millis(500)));
     client.transport_config(std::sync::Arc::new(transport));
     let phone = Phone {
-        edges: vec![world.edge_addr],
+        edges: vec![world.edge.addr],
         server_name: "localhost".into(),
         client,
         token: token(70_001, 3_600),
         reconnect: ReconnectSettings::default(),
+        shake_path: ShakePath::Datagrams,
     };
     let (commands, command_rx) = mpsc::channel(16);
     let (event_tx, mut events) = mpsc::channel(256);
@@ -69,7 +71,7 @@ async fn the_driver_shakes_wins_acknowledges_and_plans_its_reconnect() {
     world.wait_for_metric("shake_edge_award_acks_total{outcome=\"accepted\"", 1.0).await;
 
     // The edge dies: the loss is reported and the phone plans the same edge, soon.
-    world.edge.kill().unwrap();
+    world.edge.process.kill();
     let lost_at = now_ms();
     let disconnected = tokio::time::timeout(Duration::from_secs(15), async {
         loop {
@@ -92,34 +94,25 @@ async fn the_driver_shakes_wins_acknowledges_and_plans_its_reconnect() {
     assert_eq!(stopped.unwrap().unwrap(), Stopped::ByApp);
 }
 
-/// The `shake-phone` binary, built beside this test (`cargo test --workspace` builds it).
-fn shake_phone() -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
-    let bin = dir.join("shake-phone");
-    assert!(bin.exists(), "{} is not built: run `cargo build --workspace` first", bin.display());
-    bin
-}
-
-/// Runs `shake-phone` for 3 s (off the runtime: the in-process allocator shares it).
-async fn run_phone(
+/// Runs `shake-phone` (built beside this test: `cargo test --workspace` builds it) for 3 s.
+fn run_phone(
     edge: &str,
     ca: &std::path::Path,
     key_hex: &str,
     user: &str,
     extra: &[&str],
 ) -> std::process::Output {
-    let mut command = std::process::Command::new(shake_phone());
+    let mut command = std::process::Command::new(bin("shake-phone"));
     command.args(["--edge", edge, "--ca"]).arg(ca);
     command.args(["--dev-key-hex", key_hex, "--user", user, "--for-s", "3"]).args(extra);
-    tokio::task::spawn_blocking(move || command.output().unwrap()).await.unwrap()
+    command.output().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shake_phone_plays_from_the_terminal_against_a_real_edge() {
     let world = World::start(WorldSettings::default()).await;
-    let (edge, ca) = (world.edge_addr.to_string(), world.dir.join("certs/ca.pem"));
-    let output = run_phone(&edge, &ca, DEV_SECRET_HEX, "70002", &["--every-ms", "150"]).await;
+    let (edge, ca) = (world.edge.addr.to_string(), world.scratch.ca());
+    let output = run_phone(&edge, &ca, DEV_SECRET_HEX, "70002", &["--every-ms", "150"]);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     assert!(stdout.contains("welcomed: round 1"), "{stdout}");
@@ -132,7 +125,7 @@ async fn shake_phone_plays_from_the_terminal_against_a_real_edge() {
     assert!(!stdout.contains("disconnected"), "it never left its live session:\n{stdout}");
 
     // A token the edge does not accept: refused for good, exit 2, no reconnect loop.
-    let refused = run_phone(&edge, &ca, &"ab".repeat(32), "70003", &[]).await;
+    let refused = run_phone(&edge, &ca, &"ab".repeat(32), "70003", &[]);
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert_eq!(refused.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("BAD_TOKEN"), "{stderr}");

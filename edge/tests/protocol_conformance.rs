@@ -5,12 +5,12 @@
 //! - section 6: shakes received before `Welcome` are dropped (before the fix they were held
 //!   and answered after the session started, and in an open round one was forwarded).
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use shake_proto::{ControlFrame, ErrorCode};
+use shake_testkit::phone::Phone;
+use shake_testkit::tokens::token;
+use shake_testkit::world::{World, WorldSettings};
 
 /// The `Error` frame the edge sent before closing, and the close code.
 async fn error_then_close(phone: &mut Phone) -> (Option<u64>, Option<u64>) {
@@ -77,10 +77,9 @@ async fn draining_at_once_says_so_before_closing() {
     let mut phone = Phone::connect(&world).await;
     phone.hello(token(4, 3600)).await.unwrap();
     // SIGINT: stop at once; each session is closed with DRAINING, after an Error frame.
-    let pid = world.edge.id().to_string();
-    std::process::Command::new("kill").args(["-INT", &pid]).status().unwrap();
+    world.edge.process.signal("INT");
     assert_eq!(error_then_close(&mut phone).await, both(ErrorCode::Draining));
-    let status = world.edge.wait().unwrap();
+    let status = world.edge.process.wait();
     assert!(status.success(), "{status:?}");
 }
 

@@ -5,12 +5,12 @@
 //! interval, and its `RoundState` must reach every one of them as a `RoundNotice`; a restart
 //! that changes nothing phones know tells them nothing.
 
-mod common;
-
-use common::*;
 use std::time::Duration;
 
 use shake_proto::ControlFrame;
+use shake_testkit::phone::Phone;
+use shake_testkit::tokens::token;
+use shake_testkit::world::{World, WorldSettings};
 
 /// More phones than two workers' first slices together.
 const PHONES: u64 = 200;
@@ -42,7 +42,7 @@ async fn a_round_notice_reaches_every_phone_past_the_first_slice() {
     // A longer interval is news to every phone.
     let notices_before = world.metric("shake_edge_round_states_total");
     world.stop_allocator().await;
-    world.restart_allocator_with(|config| config.rounds[0].min_shake_interval_ms = 2_500).await;
+    world.restart_allocator_with("min_shake_interval_ms = 2500").await;
     world.wait_for_metric("shake_edge_round_states_total", notices_before + 2.0).await;
     for (i, phone) in phones.iter_mut().enumerate() {
         loop {

@@ -2,13 +2,13 @@
 //! their acknowledgements, bad and expired tokens, the Hello deadline, malformed datagrams.
 //! The handshake defences are in `handshake_limits.rs`.
 
-mod common;
-
 use std::collections::BTreeSet;
 
-use common::*;
 use shake_allocator::ledger::FjallLedger;
 use shake_proto::{ControlFrame, ErrorCode, RoundPhase, Verdict};
+use shake_testkit::phone::Phone;
+use shake_testkit::tokens::{key_ring, token};
+use shake_testkit::world::{World, WorldSettings};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shakes_are_answered_and_winners_get_durable_acknowledged_awards() {
@@ -58,7 +58,7 @@ async fn shakes_are_answered_and_winners_get_durable_acknowledged_awards() {
     // Acknowledgements reach the ledger: wait until the allocator has made all six durable.
     world.wait_for_allocator_metric("shake_allocator_delivery_marks_total", 6.0).await;
     world.stop_allocator().await;
-    let ledger = FjallLedger::open(&world.dir.join("ledger")).unwrap();
+    let ledger = FjallLedger::open(&world.scratch.ledger()).unwrap();
     let awards = ledger.awards(|_| true).unwrap();
     let in_ledger: BTreeSet<u64> = awards.iter().map(|a| a.award_id).collect();
     assert_eq!(in_ledger, award_ids);
@@ -193,7 +193,7 @@ async fn only_the_winner_can_acknowledge_an_award() {
     assert_eq!(world.metric("shake_edge_award_acks_total{outcome=\"accepted\"}"), 1.0);
     assert_eq!(world.allocator_metric("shake_allocator_delivery_marks_total"), 1.0);
     world.stop_allocator().await;
-    let ledger = FjallLedger::open(&world.dir.join("ledger")).unwrap();
+    let ledger = FjallLedger::open(&world.scratch.ledger()).unwrap();
     let rows = ledger.awards(|_| true).unwrap();
     assert_eq!(rows.len(), 1);
     assert!(rows[0].delivered && rows[0].user_id == 1);
@@ -241,7 +241,7 @@ async fn an_award_the_phone_never_acknowledged_reaches_its_next_session() {
     assert_eq!(world.allocator_metric("shake_allocator_awards_owed "), 0.0);
     assert_eq!(world.metric("shake_edge_awards_total{delivery=\"owed_written\"}"), 1.0);
     world.stop_allocator().await;
-    let ledger = FjallLedger::open(&world.dir.join("ledger")).unwrap();
+    let ledger = FjallLedger::open(&world.scratch.ledger()).unwrap();
     let rows = ledger.awards(|_| true).unwrap();
     assert_eq!(rows.len(), 1);
     assert!(rows[0].delivered && rows[0].user_id == 41);

@@ -3,15 +3,17 @@
 //! same `scripts/lib.sh` functions the demo and the chaos runs use), one round, the edge
 //! pinned to the server core and the allocator to the client core.
 
-use std::io::{BufRead, BufReader};
+use std::fs::File;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Stdio};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::process::{Command, Stdio};
 
 use anyhow::{Context, bail};
 
-use crate::sys;
+use crate::now_ms;
+use crate::processes::bin;
+use crate::scratch::dev_certs;
+use crate::servers::{Allocator, Edge};
 
 /// How to start the pair.
 #[derive(Debug, Clone)]
@@ -28,19 +30,23 @@ pub struct FixtureOptions {
     pub server_core: usize,
     /// Core for the allocator.
     pub client_core: usize,
+    /// Pins every thread of a process to a core: the benchmarks' own system call (the kit
+    /// makes none).
+    pub pin: fn(u32, usize) -> std::io::Result<()>,
     /// Edge configuration lines to change: (line prefix, replacement line).
     pub edge_overrides: Vec<(String, String)>,
     /// The round's start spread, milliseconds (0: every phone at the opening).
     pub start_spread_ms: u32,
 }
 
-/// A running allocator and edge.
+/// A running allocator and edge; killed on drop, so that a benchmark that failed half way
+/// leaves no server behind.
+// Fields drop in order: the edge before the allocator it is connected to.
 #[derive(Debug)]
 pub struct Fixture {
     dir: PathBuf,
-    allocator: Child,
-    edge: Child,
-    _stdout: Vec<ChildStdout>,
+    edge: Edge,
+    allocator: Allocator,
     /// The edge's phone address.
     pub edge_addr: SocketAddr,
     /// The edge's metrics address.
@@ -67,12 +73,6 @@ pub struct Ledger {
     pub config: shake_allocator::config::Config,
 }
 
-/// The directory holding the project's binaries (the one this benchmark runs from).
-pub fn bin_dir() -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    Ok(exe.parent().context("binary directory")?.to_owned())
-}
-
 fn lib_sh(function: &str, args: &[&str]) -> anyhow::Result<()> {
     let script = format!("source scripts/lib.sh && {function} \"$@\"");
     let status = Command::new("bash").arg("-c").arg(script).arg("lib.sh").args(args).status()?;
@@ -82,48 +82,20 @@ fn lib_sh(function: &str, args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Waits for the `ready` line on a child's stdout and returns its `key=value` fields.
-fn ready_line(stdout: &mut BufReader<ChildStdout>, what: &str) -> anyhow::Result<String> {
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if stdout.read_line(&mut line)? == 0 {
-            bail!("{what} exited before it was ready (see its log)");
-        }
-        if line.contains(" ready ") {
-            return Ok(line);
-        }
-    }
-}
-
-/// The value of `key=` in a ready line.
-pub fn field(line: &str, key: &str) -> Option<String> {
-    line.split_whitespace()
-        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
-        .map(str::to_owned)
-}
-
-fn spawn(bin: &Path, config: &Path, log: &Path) -> anyhow::Result<(Child, BufReader<ChildStdout>)> {
-    let mut child = Command::new(bin)
-        .args(["run", "--config"])
-        .arg(config)
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(log)?)
-        .spawn()
-        .with_context(|| format!("starting {}", bin.display()))?;
-    let stdout = child.stdout.take().context("child stdout")?;
-    Ok((child, BufReader::new(stdout)))
+/// `command` with its log (stderr) in `log`.
+fn logging_to(mut command: Command, log: &Path) -> anyhow::Result<Command> {
+    let file = File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    command.stderr(Stdio::from(file));
+    Ok(command)
 }
 
 impl Fixture {
     /// Starts the allocator, then the edge, and waits until both are ready.
     pub fn start(options: &FixtureOptions) -> anyhow::Result<Self> {
-        let bins = bin_dir()?;
         let dir = std::env::temp_dir().join(format!("{}-{}", options.name, std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        shake_allocator::dev_certs::generate(&dir.join("certs"), &[1])?;
-        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64;
-        let round_opens_at_ms = now_ms + options.round_opens_in_s * 1000;
+        dev_certs(&dir.join("certs"));
+        let round_opens_at_ms = now_ms() + options.round_opens_in_s * 1000;
         let opens = round_opens_at_ms.to_string();
         let dir_str = dir.to_str().context("scratch directory path")?;
         let alloc_config = dir.join("allocator.toml");
@@ -145,14 +117,15 @@ impl Fixture {
                 .collect();
             std::fs::write(&alloc_config, text.join("\n") + "\n")?;
         }
-        let (allocator, mut alloc_out) =
-            spawn(&bins.join("shake-allocator"), &alloc_config, &dir.join("allocator.log"))?;
-        let line = ready_line(&mut alloc_out, "the allocator")?;
-        let alloc_addr = field(&line, "quic").context("allocator address")?;
-        let _ = sys::pin_process(allocator.id(), options.client_core);
+        let allocator = Allocator::spawn(logging_to(
+            Allocator::command(&alloc_config),
+            &dir.join("allocator.log"),
+        )?)?;
+        let _ = (options.pin)(allocator.process.pid(), options.client_core);
 
         let edge_config = dir.join("edge.toml");
         let workers = options.workers.to_string();
+        let alloc_addr = allocator.quic.to_string();
         lib_sh(
             "write_edge_config",
             &[edge_config.to_str().context("path")?, dir_str, "1", &alloc_addr, &workers],
@@ -183,32 +156,24 @@ impl Fixture {
                 .collect();
             std::fs::write(&edge_config, text.join("\n") + "\n")?;
         }
-        let (edge, mut edge_out) =
-            spawn(&bins.join("shake-edge"), &edge_config, &dir.join("edge.log"))?;
-        let line = ready_line(&mut edge_out, "the edge")?;
-        let edge_addr = field(&line, "addr").context("edge address")?.parse()?;
-        let edge_metrics = field(&line, "metrics").context("edge metrics address")?.parse()?;
-        sys::pin_process(edge.id(), options.server_core)?;
+        let edge = Edge::spawn(logging_to(Edge::command(&edge_config), &dir.join("edge.log"))?)?;
+        (options.pin)(edge.process.pid(), options.server_core)?;
         Ok(Self {
             ca: dir.join("certs/ca.pem"),
+            edge_addr: edge.addr,
+            edge_metrics: edge.metrics,
             dir,
-            allocator,
             edge,
-            _stdout: vec![alloc_out.into_inner(), edge_out.into_inner()],
-            edge_addr,
-            edge_metrics,
+            allocator,
             round_opens_at_ms,
         })
     }
 
     /// Stops both cleanly, exports the allocator's ledger, and removes the scratch directory.
     pub fn stop_and_export(mut self) -> anyhow::Result<Ledger> {
-        let _ = sys::terminate(self.edge.id());
-        let _ = self.edge.wait();
-        let _ = sys::terminate(self.allocator.id());
-        let _ = self.allocator.wait();
+        self.terminate();
         let config_path = self.dir.join("allocator.toml");
-        let output = Command::new(bin_dir()?.join("shake-allocator"))
+        let output = Command::new(bin("shake-allocator"))
             .args(["export", "--config"])
             .arg(&config_path)
             .stderr(Stdio::inherit())
@@ -224,36 +189,18 @@ impl Fixture {
 
     /// The edge's process id.
     pub fn edge_pid(&self) -> u32 {
-        self.edge.id()
+        self.edge.process.pid()
     }
 
     /// Stops both cleanly (SIGTERM, then wait) and removes the scratch directory.
     pub fn stop(mut self) {
-        let _ = sys::terminate(self.edge.id());
-        let _ = self.edge.wait();
-        let _ = sys::terminate(self.allocator.id());
-        let _ = self.allocator.wait();
+        self.terminate();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
 
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        // A benchmark that failed half way must not leave servers behind.
-        let _ = self.edge.kill();
-        let _ = self.allocator.kill();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ready_line_fields() {
-        let line = "shake-edge ready addr=127.0.0.1:4433 metrics=127.0.0.1:9000 workers=1\n";
-        assert_eq!(field(line, "addr").as_deref(), Some("127.0.0.1:4433"));
-        assert_eq!(field(line, "workers").as_deref(), Some("1"));
-        assert_eq!(field(line, "quic"), None);
+    /// SIGTERM to the edge, then to the allocator, each waited for.
+    fn terminate(&mut self) {
+        self.edge.process.terminate();
+        self.allocator.process.terminate();
     }
 }

@@ -1,0 +1,117 @@
+//! An edge worker's side of the allocator link, for the allocator's tests: QUIC with mutual
+//! TLS (ALPN `shake-alloc/3`) and one stream of allocator frames, read and written whole or as
+//! raw bytes.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use quinn::crypto::rustls::QuicClientConfig;
+use shake_ops::tls;
+use shake_proto::{ALLOCATOR_ALPN, AllocatorFrame, Winner};
+
+use crate::scratch::{ANY_PORT, Scratch};
+use crate::stream;
+
+/// The QUIC client configuration of an edge trusting `certs/ca.pem` and presenting the
+/// certificate `certs/NAME.pem` of `identity` (none: no client certificate).
+pub fn client_config(certs: &Path, identity: Option<&str>) -> quinn::ClientConfig {
+    let rustls = match identity {
+        Some(name) => tls::mutual_tls_client(
+            &certs.join("ca.pem"),
+            &certs.join(format!("{name}.pem")),
+            &certs.join(format!("{name}.key")),
+            ALLOCATOR_ALPN,
+        ),
+        None => tls::client(&certs.join("ca.pem"), ALLOCATOR_ALPN),
+    }
+    .expect("an edge's TLS configuration");
+    quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(rustls).expect("TLS 1.3")))
+}
+
+/// A connection to the allocator at `addr`, or why the handshake failed.
+pub async fn connect(
+    addr: SocketAddr,
+    config: quinn::ClientConfig,
+) -> Result<quinn::Connection, String> {
+    let mut endpoint = quinn::Endpoint::client(ANY_PORT).expect("an edge's UDP socket");
+    endpoint.set_default_client_config(config);
+    let connecting = endpoint.connect(addr, "localhost").map_err(|e| e.to_string())?;
+    connecting.await.map_err(|e| e.to_string())
+}
+
+/// Edge 1's worker 0 (instance `instance_id`) connected to the allocator at `addr` with the
+/// scratch directory's dev certificates, its `EdgeHello` sent.
+pub async fn edge_worker(
+    addr: SocketAddr,
+    scratch: &Scratch,
+    instance_id: u64,
+) -> Result<EdgeStream, String> {
+    let conn = connect(addr, client_config(&scratch.certs(), Some("edge-1"))).await?;
+    let mut stream = EdgeStream::open(&conn).await;
+    stream
+        .send(&AllocatorFrame::EdgeHello {
+            edge_id: 1,
+            worker_id: 0,
+            protocol_version: shake_proto::allocator::PROTOCOL_VERSION,
+            instance_id,
+            highest_answered_seq: 0,
+        })
+        .await;
+    Ok(stream)
+}
+
+/// One edge worker stream.
+#[derive(Debug)]
+pub struct EdgeStream {
+    /// The connection it is on.
+    pub conn: quinn::Connection,
+    /// Edge to allocator.
+    pub send: quinn::SendStream,
+    /// Allocator to edge.
+    pub recv: quinn::RecvStream,
+    /// Bytes read and not yet decoded.
+    pub buf: BytesMut,
+}
+
+impl EdgeStream {
+    /// Opens a stream on `conn`.
+    pub async fn open(conn: &quinn::Connection) -> Self {
+        let (send, recv) = conn.open_bi().await.expect("opening a stream");
+        Self { conn: conn.clone(), send, recv, buf: BytesMut::new() }
+    }
+
+    /// Sends one frame.
+    pub async fn send(&mut self, frame: &AllocatorFrame) {
+        let mut out = BytesMut::new();
+        frame.encode(&mut out);
+        self.send_raw(&out).await;
+    }
+
+    /// Sends bytes as they are.
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        self.send.write_all(bytes).await.expect("writing the stream");
+    }
+
+    /// The next frame with its raw bytes, or an error string (stream reset, timeout).
+    pub async fn recv(&mut self) -> Result<(AllocatorFrame, Vec<u8>), String> {
+        let with_bytes = |buf: &mut BytesMut| {
+            let before = buf.clone();
+            let frame = AllocatorFrame::decode(buf)?;
+            Ok(frame.map(|frame| (frame, before[..before.len() - buf.len()].to_vec())))
+        };
+        stream::next_frame(&mut self.recv, &mut self.buf, Duration::from_secs(10), with_bytes).await
+    }
+
+    /// Frames until a `BatchResult`, skipping quotas and round states: its sequence number,
+    /// winners and raw bytes.
+    pub async fn next_result(&mut self) -> Result<(u64, Vec<Winner>, Vec<u8>), String> {
+        loop {
+            if let (AllocatorFrame::BatchResult { seq, winners, .. }, raw) = self.recv().await? {
+                return Ok((seq, winners, raw));
+            }
+        }
+    }
+}

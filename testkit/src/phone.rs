@@ -1,0 +1,124 @@
+//! A test phone: a real quinn client speaking the phone protocol (docs/PROTOCOL.md) to the
+//! edge of a [`World`], frame by frame and datagram by datagram, so that a test can also say
+//! what a well-behaved phone never would.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use quinn::crypto::rustls::QuicClientConfig;
+use shake_ops::tls;
+use shake_proto::control::CAP_DATAGRAMS;
+use shake_proto::datagram::{self, Datagram};
+use shake_proto::{ControlFrame, Outcome, PHONE_ALPN, Shake};
+
+use crate::now_ms;
+use crate::scratch::ANY_PORT;
+use crate::stream;
+use crate::world::World;
+
+/// The QUIC client configuration of a phone trusting the edge certificates of `ca`.
+pub fn phone_config(ca: &Path) -> quinn::ClientConfig {
+    let rustls = tls::client(ca, PHONE_ALPN).expect("a phone's TLS configuration");
+    quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(rustls).expect("TLS 1.3")))
+}
+
+/// One phone: a QUIC connection and its control stream.
+#[derive(Debug)]
+pub struct Phone {
+    /// The connection (datagrams, close codes).
+    pub conn: quinn::Connection,
+    /// The control stream, phone to edge.
+    pub send: quinn::SendStream,
+    /// The control stream, edge to phone.
+    pub recv: quinn::RecvStream,
+    buf: BytesMut,
+    endpoint: quinn::Endpoint,
+}
+
+impl Phone {
+    /// A phone connected to the world's edge from a fresh loopback port.
+    pub async fn connect(world: &World) -> Self {
+        Self::connect_from(world, ANY_PORT).await.expect("connecting a phone")
+    }
+
+    /// Connects from `local` (any loopback address; port 0 for a fresh port).
+    pub async fn connect_from(
+        world: &World,
+        local: SocketAddr,
+    ) -> Result<Self, quinn::ConnectionError> {
+        let mut endpoint = quinn::Endpoint::client(local).expect("a phone's UDP socket");
+        endpoint.set_default_client_config(phone_config(&world.scratch.ca()));
+        let conn = endpoint.connect(world.edge.addr, "localhost").expect("a connect").await?;
+        let (send, recv) = conn.open_bi().await?;
+        Ok(Self { conn, send, recv, buf: BytesMut::new(), endpoint })
+    }
+
+    /// Moves the phone to a new local socket, as a NAT rebinding its port does.
+    pub fn rebind(&self, socket: std::net::UdpSocket) {
+        self.endpoint.rebind(socket).expect("rebinding the phone");
+    }
+
+    /// Sends one control frame.
+    pub async fn send_frame(&mut self, frame: &ControlFrame) {
+        let mut out = BytesMut::new();
+        frame.encode(&mut out);
+        self.send.write_all(&out).await.expect("writing the control stream");
+    }
+
+    /// Hello with `token`; the edge's first answer (Welcome, or an error string).
+    pub async fn hello(&mut self, token: Bytes) -> Result<ControlFrame, String> {
+        self.send_frame(&ControlFrame::Hello {
+            token,
+            client_version: 1,
+            capabilities: CAP_DATAGRAMS,
+        })
+        .await;
+        self.next_frame().await
+    }
+
+    /// The next control frame (5 s at most), or why there is none.
+    pub async fn next_frame(&mut self) -> Result<ControlFrame, String> {
+        let within = Duration::from_secs(5);
+        stream::next_frame(&mut self.recv, &mut self.buf, within, ControlFrame::decode).await
+    }
+
+    /// The next frame that is not a round notice or pace.
+    pub async fn next_award(&mut self) -> Result<ControlFrame, String> {
+        loop {
+            match self.next_frame().await? {
+                ControlFrame::RoundNotice { .. } | ControlFrame::Pace { .. } => continue,
+                other => return Ok(other),
+            }
+        }
+    }
+
+    /// Sends shake `seq` of round `round_id` as a datagram.
+    pub fn shake(&self, round_id: u32, seq: u64) {
+        let mut out = BytesMut::new();
+        Shake { round_id, seq, client_time_ms: now_ms() }.encode_datagram(&mut out);
+        self.conn.send_datagram(out.freeze()).expect("sending a datagram");
+    }
+
+    /// The first outcome of the next datagram (5 s at most), or why there is none.
+    pub async fn outcome(&self) -> Result<Outcome, String> {
+        let payload = tokio::time::timeout(Duration::from_secs(5), self.conn.read_datagram())
+            .await
+            .map_err(|_| "timeout".to_owned())?
+            .map_err(|e| e.to_string())?;
+        match datagram::decode(&payload) {
+            Ok(Datagram::Outcomes(list)) => list.iter().next().ok_or_else(|| "no outcome".into()),
+            other => Err(format!("not outcomes: {other:?}")),
+        }
+    }
+
+    /// The application close code the edge closed the connection with.
+    pub async fn closed_code(&self) -> Option<u64> {
+        match tokio::time::timeout(Duration::from_secs(5), self.conn.closed()).await.ok()? {
+            quinn::ConnectionError::ApplicationClosed(close) => Some(close.error_code.into_inner()),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! The project's binaries as child processes: where the build put them, starting one and
+//! waiting for its ready line (`<name> ready key=value ...`, the one line a server prints on
+//! stdout), reading that line's fields, and stopping it: SIGTERM and wait, or kill, which
+//! dropping it does.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+
+use anyhow::{Context, bail};
+
+/// The directory holding this build's binaries: the one the running executable is in, or
+/// above it for a test executable (`target/<profile>/deps/`). Every one of `required` must be
+/// there.
+pub fn bin_dir(required: &[&str]) -> PathBuf {
+    let exe = std::env::current_exe().expect("the running executable's path");
+    let mut dir = exe.parent().expect("the executable's directory").to_owned();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    for bin in required {
+        assert!(
+            dir.join(bin).exists(),
+            "{bin} is not built in {}: run `cargo build --workspace` (or `cargo test --workspace`) \
+             first",
+            dir.display()
+        );
+    }
+    dir
+}
+
+/// The path of the project's binary `name`, which must be built.
+pub fn bin(name: &str) -> PathBuf {
+    bin_dir(&[name]).join(name)
+}
+
+/// The value of `key=` in a ready line.
+pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace().find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// A running binary that has printed its ready line; killed on drop.
+#[derive(Debug)]
+pub struct Process {
+    child: Child,
+    what: String,
+    ready: String,
+    // Held open: a server that writes to a closed stdout fails.
+    _stdout: BufReader<ChildStdout>,
+}
+
+impl Process {
+    /// Starts `command` with its stdout piped and waits for its ready line; `what` names it in
+    /// errors.
+    pub fn start(mut command: Command, what: &str) -> anyhow::Result<Self> {
+        let mut child = command
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {what} ({:?})", command.get_program()))?;
+        let mut stdout = BufReader::new(child.stdout.take().context("the child's stdout")?);
+        let mut ready = String::new();
+        loop {
+            ready.clear();
+            if stdout.read_line(&mut ready)? == 0 {
+                let _ = child.wait();
+                bail!("{what} exited before it was ready (see its log)");
+            }
+            if ready.contains(" ready ") {
+                break;
+            }
+        }
+        Ok(Self { child, what: what.to_owned(), ready, _stdout: stdout })
+    }
+
+    /// The value of field `key` of the ready line.
+    pub fn field(&self, key: &str) -> Option<&str> {
+        field(&self.ready, key)
+    }
+
+    /// The address in field `key` of the ready line.
+    pub fn addr(&self, key: &str) -> anyhow::Result<SocketAddr> {
+        let value = self.field(key).with_context(|| {
+            format!("no {key}= in the ready line of {}: {}", self.what, self.ready)
+        })?;
+        value.parse().with_context(|| format!("{key}={value} of {} is not an address", self.what))
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends signal `name` (`TERM`, `INT`, ...). Until it is waited for the process keeps its
+    /// id, so the signal cannot reach another process.
+    pub fn signal(&self, name: &str) {
+        // One that has exited already cannot be signalled: that failure of kill is not the
+        // caller's concern, and waiting tells how it ended.
+        let _ = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .stderr(Stdio::null())
+            .status()
+            .expect("running kill");
+    }
+
+    /// SIGTERM (the servers' clean stop), then waits for the exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        self.signal("TERM");
+        self.wait()
+    }
+
+    /// Waits for the exit.
+    pub fn wait(&mut self) -> ExitStatus {
+        let what = &self.what;
+        self.child.wait().unwrap_or_else(|e| panic!("waiting for {what}: {e}"))
+    }
+
+    /// How it exited, if it has.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        let what = &self.what;
+        self.child.try_wait().unwrap_or_else(|e| panic!("polling {what}: {e}"))
+    }
+
+    /// SIGKILL, then waits: the machine is gone.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        // A test or benchmark that failed half way must not leave servers behind.
+        self.kill();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_line_fields() {
+        let line = "shake-edge ready addr=127.0.0.1:4433 metrics=127.0.0.1:9000 workers=1\n";
+        assert_eq!(field(line, "addr"), Some("127.0.0.1:4433"));
+        assert_eq!(field(line, "workers"), Some("1"));
+        assert_eq!(field(line, "quic"), None);
+        assert_eq!(field(line, "add"), None, "a key is matched whole");
+    }
+}
