@@ -33,7 +33,7 @@ use crate::award::Award;
 use crate::config::{Config, PostgresConfig};
 use crate::draw::Draw;
 use crate::ledger::{LedgerError, LedgerStore, PostgresLedger, lease, postgres as pg};
-use crate::metrics::Metrics;
+use crate::metrics::{Leadership, LeadershipLabels, Metrics, Rejected, RejectedLabels};
 use crate::round_command::RoundCommand;
 use crate::service::{
     Listening, Rebuilt, Running, ServeError, Shared, Shutdown, TermEnd, blocking, lead, listen,
@@ -226,7 +226,7 @@ impl Node {
             followed = warm.followed,
             "leader: reading the log to its end"
         );
-        self.shared.metrics.leadership.get_or_create(&vec![("outcome", "won".to_owned())]).inc();
+        self.count_term(Leadership::Won);
         let started = Instant::now();
         let target = self.target.clone();
         let config = self.config.clone();
@@ -246,7 +246,7 @@ impl Node {
             }
             Err(err) => {
                 tracing::warn!(%err, epoch, "leader: could not read the ledger; standing by");
-                self.count_end("failed");
+                self.count_term(Leadership::Failed);
                 return Ok(TermOutcome::Lost);
             }
         };
@@ -289,7 +289,7 @@ impl Node {
         match result {
             Ok(()) if lost.load(Ordering::SeqCst) => {
                 tracing::warn!(epoch, "leader: lost the lease; standing by");
-                self.count_end("lost");
+                self.count_term(Leadership::Lost);
                 Ok(TermOutcome::Lost)
             }
             Ok(()) => {
@@ -302,17 +302,17 @@ impl Node {
                 if let Err(err) = released {
                     tracing::warn!(%err, epoch, "could not release the lease: a standby waits for it to expire");
                 }
-                self.count_end("stopped");
+                self.count_term(Leadership::Stopped);
                 Ok(TermOutcome::Shutdown)
             }
             Err(ServeError::Ledger(err)) => {
                 // Fenced, or a commit with an unknown outcome: nothing unconfirmed was
                 // announced; the next leader rebuilds from the log.
                 tracing::error!(%err, epoch, "leader: the ledger refused a commit; standing by");
-                self.count_end(if matches!(err, LedgerError::Fenced { .. }) {
-                    "fenced"
+                self.count_term(if matches!(err, LedgerError::Fenced { .. }) {
+                    Leadership::Fenced
                 } else {
-                    "failed"
+                    Leadership::Failed
                 });
                 Ok(TermOutcome::Lost)
             }
@@ -320,15 +320,15 @@ impl Node {
                 // The lease was lost (a takeover while this node was frozen): the term's
                 // threads ending under it are the consequence, not a failure of the process.
                 tracing::warn!(%err, epoch, "leader: lost the lease; standing by");
-                self.count_end("lost");
+                self.count_term(Leadership::Lost);
                 Ok(TermOutcome::Lost)
             }
             Err(other) => Err(other),
         }
     }
 
-    fn count_end(&self, outcome: &str) {
-        self.shared.metrics.leadership.get_or_create(&vec![("outcome", outcome.to_owned())]).inc();
+    fn count_term(&self, outcome: Leadership) {
+        self.shared.metrics.leadership.get_or_create(&LeadershipLabels { outcome }).inc();
     }
 }
 
@@ -463,7 +463,7 @@ async fn redirect_edges(
                 let address = lock(&leader).clone();
                 metrics
                     .rejected_peers
-                    .get_or_create(&vec![("reason", "not_leader".to_owned())])
+                    .get_or_create(&RejectedLabels { reason: Rejected::NotLeader })
                     .inc();
                 connection.close(ErrorCode::NotLeader.code().into(), address.as_bytes());
             }

@@ -1,13 +1,124 @@
 //! The allocator's Prometheus metrics.
+//!
+//! Each labelled family is keyed by a label-set struct; closed sets of values are enums
+//! declared with [`shake_ops::label_values!`], whose texts are the exported names the
+//! dashboards, scripts and tests read.
 
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use shake_proto::{ErrorCode, Prize};
 
-type Labels = Vec<(&'static str, String)>;
+shake_ops::label_values! {
+    /// The kind of a prize awarded.
+    pub enum PrizeKind {
+        Cash => "cash",
+        Gift => "gift",
+    }
+}
+
+impl From<&Prize> for PrizeKind {
+    fn from(prize: &Prize) -> Self {
+        match prize {
+            Prize::Cash { .. } => PrizeKind::Cash,
+            Prize::Gift { .. } => PrizeKind::Gift,
+        }
+    }
+}
+
+shake_ops::label_values! {
+    /// Why a connection was refused.
+    pub enum Rejected {
+        /// The TLS or QUIC handshake failed.
+        Handshake => "handshake",
+        /// The client certificate does not name the edge the stream claims to be.
+        EdgeId => "edge_id",
+        /// This node is a standby: the address of the leader is in the close reason.
+        NotLeader => "not_leader",
+    }
+}
+
+shake_ops::label_values! {
+    /// A leadership term won, and how each ended.
+    pub enum Leadership {
+        /// The lease was taken: a term starts.
+        Won => "won",
+        /// The lease was lost (a takeover while this node was frozen).
+        Lost => "lost",
+        /// The ledger fenced a commit: a newer leader holds the epoch.
+        Fenced => "fenced",
+        /// The ledger failed: unreadable at the term's start, or a commit's outcome unknown.
+        Failed => "failed",
+        /// The process stopped and released the lease.
+        Stopped => "stopped",
+    }
+}
+
+/// Why the allocator closed an edge stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StreamClosed {
+    /// The edge did not read its answers (exported as `slow_reader`).
+    SlowReader,
+    /// The core closed it with this code (exported as [`ErrorCode::name`]).
+    Code(ErrorCode),
+}
+
+impl EncodeLabelValue for StreamClosed {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> std::fmt::Result {
+        match self {
+            StreamClosed::SlowReader => "slow_reader".encode(encoder),
+            StreamClosed::Code(code) => code.name().encode(encoder),
+        }
+    }
+}
+
+/// `shake_allocator_awards_total{round, prize}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct AwardLabels {
+    /// The round's id.
+    pub round: u32,
+    /// The kind of prize.
+    pub prize: PrizeKind,
+}
+
+/// `shake_allocator_pool_remaining{round}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RoundLabels {
+    /// The round's id.
+    pub round: u32,
+}
+
+/// `shake_allocator_rejected_peers_total{reason}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RejectedLabels {
+    /// Why.
+    pub reason: Rejected,
+}
+
+/// `shake_allocator_malformed_frames_total{reason}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct MalformedLabels {
+    /// `DecodeError::label()`.
+    pub reason: &'static str,
+}
+
+/// `shake_allocator_streams_closed_total{reason}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct StreamClosedLabels {
+    /// Why.
+    pub reason: StreamClosed,
+}
+
+/// `shake_allocator_leadership_total{outcome}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct LeadershipLabels {
+    /// Won, or how the term ended.
+    pub outcome: Leadership,
+}
 
 /// Every metric the allocator exports.
 #[derive(Debug)]
@@ -20,21 +131,21 @@ pub struct Metrics {
     /// Entries decided.
     pub entries: Counter,
     /// Awards granted, by round and prize kind.
-    pub awards: Family<Labels, Counter>,
+    pub awards: Family<AwardLabels, Counter>,
     /// Prizes not yet awarded, by round.
-    pub pool_remaining: Family<Labels, Gauge>,
+    pub pool_remaining: Family<RoundLabels, Gauge>,
     /// Group commit latency, seconds.
     pub commit_seconds: Histogram,
     /// Batches per group commit.
     pub commit_group_batches: Histogram,
     /// Connections refused (TLS or protocol), by reason.
-    pub rejected_peers: Family<Labels, Counter>,
+    pub rejected_peers: Family<RejectedLabels, Counter>,
     /// Streams closed for bad frames, by decode error.
-    pub malformed_frames: Family<Labels, Counter>,
+    pub malformed_frames: Family<MalformedLabels, Counter>,
     /// Edge worker streams open.
     pub streams_open: Gauge,
     /// Streams the allocator closed, by reason (protocol violations, floods, slow readers).
-    pub streams_closed: Family<Labels, Counter>,
+    pub streams_closed: Family<StreamClosedLabels, Counter>,
     /// Resent batches whose content differs from the batch first drawn under that name.
     pub batches_conflicting: Counter,
     /// Answers held for resends, not yet confirmed by their edge (memory and ledger).
@@ -55,8 +166,8 @@ pub struct Metrics {
     pub users_tracked: Gauge,
     /// The leader epoch this allocator holds (PostgreSQL ledger); 0 while a standby.
     pub leader_epoch: Gauge,
-    /// Leadership terms won, and how each ended (`outcome`: won, lost, fenced, failed).
-    pub leadership: Family<Labels, Counter>,
+    /// Leadership terms won, and how each ended (`outcome`: [`Leadership`]).
+    pub leadership: Family<LeadershipLabels, Counter>,
     /// Awards durable and not yet acknowledged by a phone (sent again at the user's next
     /// session).
     pub awards_owed: Gauge,
@@ -219,5 +330,63 @@ impl Metrics {
         // invariant: writing into a String cannot fail.
         encode(&mut out, &self.registry).expect("encoding metrics into a String");
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use shake_proto::DecodeError;
+
+    use super::*;
+
+    /// Every labelled series, as deploy/grafana, scripts/*.sh, the dashboard and the tests read
+    /// it: a renamed variant text or label field fails here before it breaks a reader.
+    const EXPECTED: &str = r#"
+shake_allocator_awards_total{round="1",prize="cash"}
+shake_allocator_awards_total{round="7",prize="gift"}
+shake_allocator_leadership_total{outcome="failed"}
+shake_allocator_leadership_total{outcome="fenced"}
+shake_allocator_leadership_total{outcome="lost"}
+shake_allocator_leadership_total{outcome="stopped"}
+shake_allocator_leadership_total{outcome="won"}
+shake_allocator_malformed_frames_total{reason="truncated"}
+shake_allocator_malformed_frames_total{reason="unknown_type"}
+shake_allocator_pool_remaining{round="1"}
+shake_allocator_pool_remaining{round="7"}
+shake_allocator_rejected_peers_total{reason="edge_id"}
+shake_allocator_rejected_peers_total{reason="handshake"}
+shake_allocator_rejected_peers_total{reason="not_leader"}
+shake_allocator_streams_closed_total{reason="HELLO_TIMEOUT"}
+shake_allocator_streams_closed_total{reason="SESSION_SUPERSEDED"}
+shake_allocator_streams_closed_total{reason="slow_reader"}
+"#;
+
+    #[test]
+    fn every_label_keeps_its_exported_name() {
+        let m = Metrics::new();
+        for (round, prize) in [(1, PrizeKind::Cash), (7, PrizeKind::Gift)] {
+            m.awards.get_or_create(&AwardLabels { round, prize }).inc();
+            m.pool_remaining.get_or_create(&RoundLabels { round }).set(5);
+        }
+        for reason in Rejected::ALL {
+            m.rejected_peers.get_or_create(&RejectedLabels { reason }).inc();
+        }
+        for err in [DecodeError::Truncated, DecodeError::UnknownType(9)] {
+            m.malformed_frames.get_or_create(&MalformedLabels { reason: err.label() }).inc();
+        }
+        for reason in [
+            StreamClosed::SlowReader,
+            StreamClosed::Code(ErrorCode::HelloTimeout),
+            StreamClosed::Code(ErrorCode::SessionSuperseded),
+        ] {
+            m.streams_closed.get_or_create(&StreamClosedLabels { reason }).inc();
+        }
+        for outcome in Leadership::ALL {
+            m.leadership.get_or_create(&LeadershipLabels { outcome }).inc();
+        }
+
+        let text = m.render();
+        let expected: Vec<&str> = EXPECTED.trim().lines().collect();
+        assert_eq!(shake_ops::labels::labelled_series(&text), expected);
     }
 }

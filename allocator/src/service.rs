@@ -23,9 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::{Bytes, BytesMut};
 use quinn::crypto::rustls::QuicServerConfig;
 use shake_proto::allocator::{MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
-use shake_proto::{
-    ALLOCATOR_ALPN, AllocatorFrame, Batch, DecodeError, ErrorCode, Prize, VerdictCounts,
-};
+use shake_proto::{ALLOCATOR_ALPN, AllocatorFrame, Batch, DecodeError, ErrorCode, VerdictCounts};
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -42,7 +40,10 @@ use crate::export::AwardQuery;
 use crate::ledger::{
     self, AnsweredBatch, CommitGroup, LedgerError, LedgerStore, Snapshot, WorkerRecord,
 };
-use crate::metrics::Metrics;
+use crate::metrics::{
+    AwardLabels, MalformedLabels, Metrics, PrizeKind, Rejected, RejectedLabels, RoundLabels,
+    StreamClosed, StreamClosedLabels,
+};
 use crate::round_command::{Refusal, RoundCommand, Submitted};
 use shake_ops::http::{Endpoints, Readiness};
 use shake_ops::tls::{self, TlsError};
@@ -557,16 +558,10 @@ fn commit_loop(
             Ok(()) => {
                 metrics.delivery_marks.inc_by(group.delivered.len() as u64);
                 for award in group.batches.iter().flat_map(|b| &b.awards) {
-                    let kind = match award.prize {
-                        Prize::Cash { .. } => "cash",
-                        Prize::Gift { .. } => "gift",
-                    };
+                    let prize = PrizeKind::from(&award.prize);
                     metrics
                         .awards
-                        .get_or_create(&vec![
-                            ("round", award.round_id.to_string()),
-                            ("prize", kind.to_owned()),
-                        ])
+                        .get_or_create(&AwardLabels { round: award.round_id, prize })
                         .inc();
                 }
                 let awards = group.batches.iter().flat_map(|b| b.awards.iter().cloned()).collect();
@@ -612,7 +607,7 @@ fn update_gauges(core: &Core, metrics: &Metrics) {
         let left = round.pool().items().len() - round.pool().awarded_count();
         metrics
             .pool_remaining
-            .get_or_create(&vec![("round", round.config().id.to_string())])
+            .get_or_create(&RoundLabels { round: round.config().id })
             .set(left as i64);
     }
 }
@@ -952,9 +947,8 @@ async fn apply(
     commits: &mpsc::Sender<CommitJob>,
     metrics: &Metrics,
 ) -> Result<(), ServeError> {
-    let closed = |reason: &str| {
-        metrics.streams_closed.get_or_create(&vec![("reason", reason.to_owned())]).inc();
-    };
+    let closed =
+        |reason| metrics.streams_closed.get_or_create(&StreamClosedLabels { reason }).inc();
     for effect in effects.drain(..) {
         let job = match effect {
             Effect::Send(stream, frame) => {
@@ -963,14 +957,14 @@ async fn apply(
                 {
                     // The edge reconnects and resends what it has not heard.
                     tracing::warn!(stream, "edge stream not reading its answers: closing it");
-                    closed("slow_reader");
+                    closed(StreamClosed::SlowReader);
                     handle.closer.close(ErrorCode::Internal);
                     outgoing.remove(&stream);
                 }
                 continue;
             }
             Effect::Close(stream, code) => {
-                closed(code.name());
+                closed(StreamClosed::Code(code));
                 if let Some(handle) = outgoing.remove(&stream) {
                     handle.closer.close(code);
                 }
@@ -1026,7 +1020,7 @@ async fn accept_loop(
                     tracing::warn!(%remote, %err, "edge handshake refused");
                     metrics
                         .rejected_peers
-                        .get_or_create(&vec![("reason", "handshake".to_owned())])
+                        .get_or_create(&RejectedLabels { reason: Rejected::Handshake })
                         .inc();
                     return;
                 }
@@ -1125,7 +1119,7 @@ async fn serve_stream(
                                 );
                                 metrics
                                     .rejected_peers
-                                    .get_or_create(&vec![("reason", "edge_id".to_owned())])
+                                    .get_or_create(&RejectedLabels { reason: Rejected::EdgeId })
                                     .inc();
                                 link.connection.close(
                                     ErrorCode::EdgeRejected.code().into(),
@@ -1204,7 +1198,7 @@ async fn serve_stream(
 }
 
 fn record_malformed(metrics: &Metrics, err: &DecodeError) {
-    metrics.malformed_frames.get_or_create(&vec![("reason", err.label().to_owned())]).inc();
+    metrics.malformed_frames.get_or_create(&MalformedLabels { reason: err.label() }).inc();
 }
 
 #[cfg(test)]

@@ -12,25 +12,15 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
-/// The outcome of one `AwardAck`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AckVerdict {
-    /// This award was sent to this user and is now acknowledged: report it delivered.
-    Accepted,
-    /// No such award is outstanding here (never sent, already acknowledged, or expired).
-    Unknown,
-    /// The award was sent to another user.
-    WrongUser,
-}
-
-impl AckVerdict {
-    /// A fixed name for metric labels.
-    pub fn label(self) -> &'static str {
-        match self {
-            AckVerdict::Accepted => "accepted",
-            AckVerdict::Unknown => "unknown_award",
-            AckVerdict::WrongUser => "wrong_user",
-        }
+shake_ops::label_values! {
+    /// The outcome of one `AwardAck` (also `shake_edge_award_acks_total{outcome}`).
+    pub enum AckVerdict {
+        /// This award was sent to this user and is now acknowledged: report it delivered.
+        Accepted => "accepted",
+        /// No such award is outstanding here (never sent, already acknowledged, or expired).
+        Unknown => "unknown_award",
+        /// The award was sent to another user.
+        WrongUser => "wrong_user",
     }
 }
 

@@ -17,8 +17,10 @@ pub enum HandshakeDecision {
         /// Counted against its source.
         tracked: bool,
     },
-    /// Refuse (CONNECTION_REFUSED), with the metric label saying why.
-    Refuse(&'static str),
+    /// Refuse (CONNECTION_REFUSED), with the outcome saying why: [`HandshakeOutcome::Refused`]
+    /// (draining or full), [`HandshakeOutcome::Overloaded`] or
+    /// [`HandshakeOutcome::RateLimited`].
+    Refuse(HandshakeOutcome),
     /// Ask for address validation first.
     Retry,
     /// Drop the packet; the client resends.
@@ -26,15 +28,36 @@ pub enum HandshakeDecision {
 }
 
 impl HandshakeDecision {
-    /// The `outcome` label of `shake_edge_handshakes_total` for this decision (accepted
-    /// handshakes are counted when they complete).
-    pub fn label(self) -> Option<&'static str> {
+    /// The `outcome` of `shake_edge_handshakes_total` for this decision (accepted handshakes
+    /// are counted when they complete).
+    pub fn outcome(self) -> Option<HandshakeOutcome> {
         match self {
             HandshakeDecision::Accept { .. } => None,
-            HandshakeDecision::Refuse(label) => Some(label),
-            HandshakeDecision::Retry => Some("retried"),
-            HandshakeDecision::Ignore => Some("ignored"),
+            HandshakeDecision::Refuse(outcome) => Some(outcome),
+            HandshakeDecision::Retry => Some(HandshakeOutcome::Retried),
+            HandshakeDecision::Ignore => Some(HandshakeOutcome::Ignored),
         }
+    }
+}
+
+shake_ops::label_values! {
+    /// How a connection attempt ended, or what was decided on its first packet
+    /// (`shake_edge_handshakes_total{outcome}`).
+    pub enum HandshakeOutcome {
+        /// The handshake completed (counted by the I/O path).
+        Accepted => "accepted",
+        /// The handshake started and did not complete (counted by the I/O path).
+        Failed => "failed",
+        /// Asked for address validation first.
+        Retried => "retried",
+        /// Dropped: the client resends.
+        Ignored => "ignored",
+        /// Refused: the edge is draining, or at its handshake or phone cap.
+        Refused => "refused",
+        /// Refused: the worker is over its load target.
+        Overloaded => "overloaded",
+        /// Refused: the source went over its handshake rate.
+        RateLimited => "rate_limited",
     }
 }
 
@@ -67,10 +90,10 @@ pub fn decide(
         || attempt.in_progress >= limits.max_handshakes
         || attempt.phones >= limits.max_phones
     {
-        return HandshakeDecision::Refuse("refused");
+        return HandshakeDecision::Refuse(HandshakeOutcome::Refused);
     }
     if attempt.overloaded {
-        return HandshakeDecision::Refuse("overloaded");
+        return HandshakeDecision::Refuse(HandshakeOutcome::Overloaded);
     }
     // Retry is stateless and cheap: ask for it before charging the source, whose bucket then
     // pays once, for the validated attempt.
@@ -80,7 +103,7 @@ pub fn decide(
     match sources.on_attempt(attempt.source, attempt.validated, now_us) {
         SourceVerdict::Admit { tracked } => HandshakeDecision::Accept { tracked },
         SourceVerdict::Busy => HandshakeDecision::Ignore,
-        SourceVerdict::TooFast => HandshakeDecision::Refuse("rate_limited"),
+        SourceVerdict::TooFast => HandshakeDecision::Refuse(HandshakeOutcome::RateLimited),
         SourceVerdict::ValidateFirst => HandshakeDecision::Retry,
     }
 }

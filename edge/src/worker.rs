@@ -30,8 +30,8 @@ use tokio_util::sync::CancellationToken;
 use crate::award_book::AwardBook;
 use crate::config::EdgeConfig;
 use crate::core::{self, PhoneEffect, WorkerCore};
-use crate::handshakes::{self, Attempt, HandshakeDecision};
-use crate::metrics::EdgeMetrics;
+use crate::handshakes::{self, Attempt, HandshakeDecision, HandshakeOutcome};
+use crate::metrics::{DropReason, Dropped, EdgeMetrics};
 use crate::outbox::Outbox;
 use crate::phones::PhoneRef;
 use crate::sources::{SourceLimiter, SourceLimits};
@@ -334,8 +334,8 @@ async fn accept(state: State, shared: Arc<Shared>, endpoint: quinn::Endpoint, ta
         };
         let decision =
             handshakes::decide(&l, &mut state.borrow_mut().sources, attempt, shared.now_us());
-        if let Some(label) = decision.label() {
-            EdgeMetrics::add(&shared.metrics.handshakes, "outcome", label, 1);
+        if let Some(outcome) = decision.outcome() {
+            shared.metrics.count_handshake(outcome);
         }
         let tracked = match decision {
             HandshakeDecision::Accept { tracked } => tracked,
@@ -368,7 +368,7 @@ fn handshake_done(state: &State, shared: &Shared, source: Option<IpAddr>) {
 }
 
 fn close(conn: &quinn::Connection, shared: &Shared, code: ErrorCode) {
-    EdgeMetrics::add(&shared.metrics.sessions_closed, "code", code.name(), 1);
+    shared.metrics.count_session_closed(code);
     conn.close(code.code().into(), code.name().as_bytes());
 }
 
@@ -443,12 +443,12 @@ async fn session(
     let conn = match connecting.await {
         Ok(conn) => conn,
         Err(_) => {
-            EdgeMetrics::add(&shared.metrics.handshakes, "outcome", "failed", 1);
+            shared.metrics.count_handshake(HandshakeOutcome::Failed);
             handshake_done(&state, &shared, source);
             return;
         }
     };
-    EdgeMetrics::add(&shared.metrics.handshakes, "outcome", "accepted", 1);
+    shared.metrics.count_handshake(HandshakeOutcome::Accepted);
     handshake_done(&state, &shared, source);
 
     // The control stream and a valid Hello, within the deadline (which starts when the
@@ -481,7 +481,7 @@ async fn session(
         Ok(claims) => claims,
         Err(err) => {
             let code = ErrorCode::for_token_error(&err);
-            EdgeMetrics::add(&shared.metrics.drops, "reason", err.label(), 1);
+            shared.metrics.count_drops(DropReason::Protocol(err.label()), 1);
             return close_with_error(&conn, &mut send, &shared, code, &err.to_string()).await;
         }
     };
@@ -611,7 +611,7 @@ async fn serve_phone(
                         Ok(Some(_)) => return Some(ErrorCode::UnexpectedFrame),
                         Ok(None) => break,
                         Err(err) => {
-                            EdgeMetrics::add(&shared.metrics.drops, "reason", err.label(), 1);
+                            shared.metrics.count_drops(DropReason::Protocol(err.label()), 1);
                             return Some(ErrorCode::for_decode_error(&err));
                         }
                     }
@@ -801,10 +801,10 @@ fn publish(s: &mut WorkerState, shared: &Shared) {
     let metrics = &shared.metrics;
     metrics.add_core_counts(s.core.take_counts());
     let shell = std::mem::take(&mut s.counts);
-    EdgeMetrics::add(&metrics.drops, "reason", "malformed_datagram", shell.malformed_datagrams);
-    EdgeMetrics::add(&metrics.drops, "reason", "shake_before_welcome", shell.shakes_before_welcome);
-    EdgeMetrics::add(&metrics.drops, "reason", "broadcast_queue_full", shell.broadcasts_dropped);
-    EdgeMetrics::add(&metrics.drops, "reason", "outbox_full", s.outbox_full.take());
+    metrics.count_drops(Dropped::MalformedDatagram, shell.malformed_datagrams);
+    metrics.count_drops(Dropped::ShakeBeforeWelcome, shell.shakes_before_welcome);
+    metrics.count_drops(Dropped::BroadcastQueueFull, shell.broadcasts_dropped);
+    metrics.count_drops(Dropped::OutboxFull, s.outbox_full.take());
     // Each worker adds its own change, so the gauge is the whole edge's sum.
     let in_flight = s.core.uplink().in_flight() as i64;
     metrics.in_flight_batches.inc_by(in_flight - s.in_flight_published);

@@ -8,11 +8,14 @@
 //! - [`init_logging`]: tracing to stderr, `RUST_LOG` aware; JSON lines with
 //!   `SHAKE_LOG_FORMAT=json`.
 //! - [`build`]: the version and git revision, for the `build_info` metric.
+//! - [`labels`]: [`label_values!`], closed sets of metric label values and the text each
+//!   exports.
 //! - [`signals`]: SIGTERM drains, SIGINT stops: one handler for every binary.
 //! - [`webdriver`]: headless chromium through chromedriver (the dashboard's browser checks).
 
 pub mod config;
 pub mod http;
+pub mod labels;
 pub mod signals;
 pub mod supervise;
 pub mod tls;
@@ -28,14 +31,18 @@ pub mod build {
     /// Registers `<prefix>_build_info{version, revision} 1` (the usual Prometheus idiom: join
     /// on it to see which build an instance runs).
     pub fn register_info(registry: &mut prometheus_client::registry::Registry) {
+        use prometheus_client::encoding::EncodeLabelSet;
         use prometheus_client::metrics::family::Family;
         use prometheus_client::metrics::gauge::Gauge;
-        let info: Family<Vec<(&'static str, String)>, Gauge> = Family::default();
-        info.get_or_create(&vec![
-            ("version", VERSION.to_owned()),
-            ("revision", REVISION.to_owned()),
-        ])
-        .set(1);
+
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+        struct BuildLabels {
+            version: &'static str,
+            revision: &'static str,
+        }
+
+        let info: Family<BuildLabels, Gauge> = Family::default();
+        info.get_or_create(&BuildLabels { version: VERSION, revision: REVISION }).set(1);
         registry.register("build_info", "Version and git revision of this binary", info);
     }
 }

@@ -16,11 +16,11 @@ impl LoopWorker {
         let metrics = &self.shared.metrics;
         metrics.add_core_counts(self.core.take_counts());
         let c = std::mem::take(&mut self.counts);
-        EdgeMetrics::add(&metrics.drops, "reason", "malformed_datagram", c.malformed_datagrams);
-        EdgeMetrics::add(&metrics.drops, "reason", "shake_before_welcome", c.shakes_before_welcome);
-        EdgeMetrics::add(&metrics.drops, "reason", "outbox_full", c.outbox_full);
+        metrics.count_drops(Dropped::MalformedDatagram, c.malformed_datagrams);
+        metrics.count_drops(Dropped::ShakeBeforeWelcome, c.shakes_before_welcome);
+        metrics.count_drops(Dropped::OutboxFull, c.outbox_full);
         metrics.paces_told.inc_by(c.paces_told);
-        EdgeMetrics::add(&metrics.shed, "how", "slow_down", c.slowed_for_load);
+        EdgeMetrics::add(&metrics.shed, &ShedLabels { how: Shed::SlowDown }, c.slowed_for_load);
         let in_flight = self.core.uplink().in_flight() as i64;
         metrics.in_flight_batches.inc_by(in_flight - self.in_flight_published);
         self.in_flight_published = in_flight;

@@ -31,9 +31,9 @@ use shake_proto::datagram::{self, Datagram};
 use shake_proto::{ControlFrame, ErrorCode};
 
 use crate::core::{self, PhoneEffect, WorkerCore};
-use crate::handshakes::{self, Attempt, HandshakeDecision};
+use crate::handshakes::{self, Attempt, HandshakeDecision, HandshakeOutcome};
 use crate::link_pipe::{LinkEvent, LoopEnds};
-use crate::metrics::EdgeMetrics;
+use crate::metrics::{DropReason, Dropped, EdgeMetrics, Shed, ShedLabels};
 use crate::outbox::OUTBOX_FRAMES;
 use crate::overload::{LoopReading, Overload};
 use crate::phones::PhoneRef;
@@ -176,8 +176,8 @@ impl Handler for LoopWorker {
         let now_us = self.now_us(now);
         let limits = &self.shared.config.limits;
         let decision = handshakes::decide(limits, &mut self.sources, attempt, now_us);
-        if let Some(label) = decision.label() {
-            EdgeMetrics::add(&self.shared.metrics.handshakes, "outcome", label, 1);
+        if let Some(outcome) = decision.outcome() {
+            self.shared.metrics.count_handshake(outcome);
         }
         match decision {
             HandshakeDecision::Accept { tracked } => {
@@ -210,7 +210,7 @@ impl Handler for LoopWorker {
 
     fn accept_failed(&mut self, _now: Instant) {
         let source = self.pending_source.take();
-        EdgeMetrics::add(&self.shared.metrics.handshakes, "outcome", "failed", 1);
+        self.shared.metrics.count_handshake(HandshakeOutcome::Failed);
         self.handshake_done(source);
     }
 
@@ -225,7 +225,7 @@ impl Handler for LoopWorker {
             AppEvent::Connected => {
                 let source = self.session(ch).and_then(|s| s.source.take());
                 self.handshake_done(source);
-                EdgeMetrics::add(&self.shared.metrics.handshakes, "outcome", "accepted", 1);
+                self.shared.metrics.count_handshake(HandshakeOutcome::Accepted);
                 let stream = match self.session(ch) {
                     Some(session) => {
                         session.phase = Phase::AwaitHello;

@@ -46,7 +46,7 @@ impl LoopWorker {
             // Closed before its handshake completed: the handshake is over all the same (the
             // in-progress count must not leak).
             Phase::Handshake => {
-                EdgeMetrics::add(&self.shared.metrics.handshakes, "outcome", "failed", 1);
+                self.shared.metrics.count_handshake(HandshakeOutcome::Failed);
                 self.handshake_done(source);
             }
             Phase::AwaitHello | Phase::Closing(_) => {}
@@ -69,7 +69,7 @@ impl LoopWorker {
         conn: &mut Connection,
         code: ErrorCode,
     ) {
-        EdgeMetrics::add(&self.shared.metrics.sessions_closed, "code", code.name(), 1);
+        self.shared.metrics.count_session_closed(code);
         conn.close(now, VarInt::from_u32(code.code()), Bytes::from_static(code.name().as_bytes()));
         self.deadlines.set(ch.0, None);
     }
@@ -148,7 +148,7 @@ impl LoopWorker {
                 Ok(Some(frame)) => frame,
                 Ok(None) => return,
                 Err(err) => {
-                    EdgeMetrics::add(&self.shared.metrics.drops, "reason", err.label(), 1);
+                    self.shared.metrics.count_drops(DropReason::Protocol(err.label()), 1);
                     let code = ErrorCode::for_decode_error(&err);
                     return self.start_close(now, ch, conn, code, code.name());
                 }
@@ -198,7 +198,7 @@ impl LoopWorker {
             Ok(claims) => claims,
             Err(err) => {
                 let code = ErrorCode::for_token_error(&err);
-                EdgeMetrics::add(&self.shared.metrics.drops, "reason", err.label(), 1);
+                self.shared.metrics.count_drops(DropReason::Protocol(err.label()), 1);
                 return self.start_close(now, ch, conn, code, &err.to_string());
             }
         };
@@ -321,7 +321,7 @@ impl LoopWorker {
         self.deadlines.set(ch.0, None);
         match session.phase {
             Phase::Handshake => {
-                EdgeMetrics::add(&self.shared.metrics.handshakes, "outcome", "failed", 1);
+                self.shared.metrics.count_handshake(HandshakeOutcome::Failed);
                 self.handshake_done(session.source);
             }
             Phase::Serving(at) => {
