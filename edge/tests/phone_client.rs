@@ -124,6 +124,15 @@ async fn shake_phone_plays_from_the_terminal_against_a_real_edge() {
     world.wait_for_metric("shake_edge_award_acks_total{outcome=\"accepted\"", 1.0).await;
     assert!(!stdout.contains("disconnected"), "it never left its live session:\n{stdout}");
 
+    // Without datagrams (the stream fallback): shakes and outcomes on the control stream.
+    let args = ["--every-ms", "150", "--no-datagrams"];
+    let output = run_phone(&edge, &ca, DEV_SECRET_HEX, "70004", &args);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let answered = stdout.lines().filter(|l| l.starts_with("shake ")).count();
+    assert!(answered >= 5, "{answered} shakes answered on the stream in 3 s:\n{stdout}");
+    assert!(!stdout.contains("slow down"), "the phone kept the pace:\n{stdout}");
+
     // A token the edge does not accept: refused for good, exit 2, no reconnect loop.
     let refused = run_phone(&edge, &ca, &"ab".repeat(32), "70003", &[]);
     let stderr = String::from_utf8_lossy(&refused.stderr);
