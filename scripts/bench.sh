@@ -57,7 +57,7 @@ case "$name" in
         ;;
     edge | memory | latency | surge)
         # These start the real allocator and edge: build all three. They pin their own cores.
-        cargo build --quiet --release -p shake-allocator -p shake-edge -p shake-bench
+        cargo build --quiet --release -p shake-allocator -p shake-edge -p shake-bench -p shake-swarm -p shake-relay
         target/release/shake-bench "$name" "$@"
         ;;
     all)

@@ -87,7 +87,7 @@ trap 'echo "chaos: interrupted" >&2; exit 130' INT TERM
 
 if [ -z "${SHAKE_BIN_DIR:-}" ]; then
     say "building (release)"
-    cargo build --release --quiet -p shake-allocator -p shake-edge -p shake-bench
+    cargo build --release --quiet -p shake-allocator -p shake-edge -p shake-bench -p shake-swarm -p shake-relay
 fi
 rm -rf "$DIR"
 mkdir -p "$DIR"
@@ -130,7 +130,7 @@ start_edge() {
     local id="$1"
     # Both scenario files spread the phones over the same number of client endpoints.
     write_edge_config "$S/edge-$id.toml" "$S" "$id" "$2" 1 \
-        "$(phones_per_source "$PHONES" bench/scenarios/demo.toml)"
+        "$(phones_per_source "$PHONES" swarm/scenarios/demo.toml)"
     # Several allocators (A,B): the edge gets the list.
     if [[ "$2" == *,* ]]; then
         sed -i "s#^addr = .*#addr = [\"${2//,/\", \"}\"]#" "$S/edge-$id.toml"
@@ -258,7 +258,7 @@ scenario_allocator_kill() {
     begin allocator-kill
     start_allocator
     start_edge 1 "$alloc_addr"
-    swarm_start bench/scenarios/demo.toml "${edge_addr[1]}"
+    swarm_start swarm/scenarios/demo.toml "${edge_addr[1]}"
     sleep_into_round 1
     local kills=0
     for _ in $(seq 1 "$KILLS"); do
@@ -284,7 +284,7 @@ scenario_edge_kill() {
     start_allocator
     start_edge 1 "$alloc_addr"
     start_edge 2 "$alloc_addr"
-    swarm_start bench/scenarios/demo.toml "${edge_addr[1]}" "${edge_addr[2]}"
+    swarm_start swarm/scenarios/demo.toml "${edge_addr[1]}" "${edge_addr[2]}"
     sleep_into_round 1
     sample_memory
     local before
@@ -312,7 +312,7 @@ scenario_link_cut() {
     local relay_addr
     relay_addr=$(ready_field "$S/relay.out" addr "$relay_pid")
     start_edge 1 "$relay_addr"
-    swarm_start bench/scenarios/demo.toml "${edge_addr[1]}"
+    swarm_start swarm/scenarios/demo.toml "${edge_addr[1]}"
     swarm_wait
     local in_flight resent
     in_flight=$(wait_metric_zero "${edge_metrics[1]}" shake_edge_in_flight_batches 5)
@@ -336,7 +336,7 @@ scenario_phone_loss() {
     pids+=("$relay_pid")
     local relay_addr
     relay_addr=$(ready_field "$S/relay.out" addr "$relay_pid")
-    swarm_start bench/scenarios/demo.toml "$relay_addr"
+    swarm_start swarm/scenarios/demo.toml "$relay_addr"
     swarm_wait
     kill -TERM "$relay_pid"
     wait "$relay_pid" || true
@@ -354,7 +354,7 @@ scenario_slow_allocator() {
     begin slow-allocator
     start_allocator
     start_edge 1 "$alloc_addr"
-    swarm_start bench/scenarios/demo.toml "${edge_addr[1]}"
+    swarm_start swarm/scenarios/demo.toml "${edge_addr[1]}"
     sleep_into_round 1
     # Stopped 400 ms of every 500 ms for most of the round: commits (and everything) crawl.
     local cycles=$(( (ROUND_S - 2) * 2 ))
@@ -466,7 +466,7 @@ ha_start_all() {
     wait_leader 0 15 || true
     start_ha_allocator b
     start_edge 1 "${ha_addr[a]},${ha_addr[b]}"
-    swarm_start bench/scenarios/demo.toml "${edge_addr[1]}"
+    swarm_start swarm/scenarios/demo.toml "${edge_addr[1]}"
     sleep_into_round 1
 }
 
@@ -594,11 +594,11 @@ median() {
 # medians are compared; the last hostile row carries that check.
 scenario_hostile() {
     local roles='over_rate|forged_token|expired_token|malformed|oversized_frame|stream_flood|connection_flood|multi_connection'
-    sed -E "s/^($roles) = [0-9.]*/\1 = 0.0/" bench/scenarios/hostile.toml >"$DIR/honest.toml"
+    sed -E "s/^($roles) = [0-9.]*/\1 = 0.0/" swarm/scenarios/hostile.toml >"$DIR/honest.toml"
     local honest pair suffix="" baselines=() attacked=()
     honest=$(awk -v n="$PHONES" -F'[= ]+' -v re="^($roles)\$" '
         $1 ~ re { c = int($2 * n + 0.5); if ($2 > 0 && c < 1) c = 1; h += c }
-        END { print n - h }' bench/scenarios/hostile.toml)
+        END { print n - h }' swarm/scenarios/hostile.toml)
     for pair in $(seq 1 "$HOSTILE_PAIRS"); do
         [ "$HOSTILE_PAIRS" -eq 1 ] || suffix="-$pair"
         PHONES=$honest begin "honest-baseline$suffix"
@@ -612,7 +612,7 @@ scenario_hostile() {
         begin "hostile$suffix"
         start_allocator
         start_edge 1 "$alloc_addr"
-        swarm_start bench/scenarios/hostile.toml "${edge_addr[1]}"
+        swarm_start swarm/scenarios/hostile.toml "${edge_addr[1]}"
         swarm_wait
         hostile_checks
         if [ "$pair" -eq "$HOSTILE_PAIRS" ]; then

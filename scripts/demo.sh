@@ -6,7 +6,7 @@
 #
 #   scripts/demo.sh                 2,000 phones, rounds of 15 s
 #   PHONES=5000 ROUND_S=30 scripts/demo.sh
-#   SCENARIO=bench/scenarios/storm.toml PHONES=100000 ROUND_S=150 SHAKE_RATE=0.02 \
+#   SCENARIO=swarm/scenarios/storm.toml PHONES=100000 ROUND_S=150 SHAKE_RATE=0.02 \
 #     CONNECT_RATE=350 scripts/demo.sh        (capacity: no churn, a ramp the handshakes keep up with)
 #
 #   LEDGER=postgres scripts/demo.sh    the ledger on PostgreSQL: a primary and a synchronous
@@ -33,7 +33,7 @@ ROUND_S="${ROUND_S:-15}"
 LEAD_S="${LEAD_S:-8}"
 SHAKE_RATE="${SHAKE_RATE:-2}"
 CONNECT_RATE="${CONNECT_RATE:-1000}"
-SCENARIO="${SCENARIO:-bench/scenarios/demo.toml}"
+SCENARIO="${SCENARIO:-swarm/scenarios/demo.toml}"
 LEDGER="${LEDGER:-fjall}"
 SHOW="${SHOW:-scheduled}"
 case "$LEDGER" in fjall | postgres) ;; *) echo "demo: LEDGER is fjall or postgres" >&2; exit 64 ;; esac
@@ -63,7 +63,7 @@ source scripts/lib.sh
 
 if [ -z "${SHAKE_BIN_DIR:-}" ]; then
     say "building (release)"
-    cargo build --release --quiet -p shake-allocator -p shake-edge -p shake-bench
+    cargo build --release --quiet -p shake-allocator -p shake-edge -p shake-bench -p shake-swarm -p shake-relay
 fi
 
 rm -rf "$DEMO"

@@ -18,9 +18,9 @@ use crate::loadgen::{self, LoadCounters, LoadPlan};
 use crate::loop_load::{LoopLoad, LoopLoadPlan, LoopLoadReport, Speech};
 use crate::quinn_echo::{self, EchoMode, EchoServer};
 use crate::stats::ratio;
-use crate::swarm::{self, scenario::Scenario};
 use crate::window::{Measured, Sample, Window};
 use crate::{procfs, sys};
+use shake_swarm::{self as swarm, scenario::Scenario};
 
 /// The load and the cores.
 #[derive(Debug, Clone)]
@@ -141,13 +141,13 @@ fn measure_with_loop_load(
 /// Honest phones' session tokens for the demo scenario's dev key (which the fixture's edge
 /// trusts): phone `i` is user `first_user_id + i`.
 pub fn demo_tokens(phones: usize) -> anyhow::Result<Arc<Vec<bytes::Bytes>>> {
-    let scenario = Scenario::parse(include_str!("../scenarios/demo.toml"))?;
+    let scenario = Scenario::parse(include_str!("../../swarm/scenarios/demo.toml"))?;
     Ok(Arc::new(swarm::honest_tokens(&scenario, phones)?))
 }
 
 /// The user id of [`demo_tokens`]' first phone (phone `i` is this plus `i`).
 pub fn demo_first_user_id() -> anyhow::Result<u64> {
-    Ok(Scenario::parse(include_str!("../scenarios/demo.toml"))?.tokens.first_user_id)
+    Ok(Scenario::parse(include_str!("../../swarm/scenarios/demo.toml"))?.tokens.first_user_id)
 }
 
 /// The edge, with a real allocator, under the load.

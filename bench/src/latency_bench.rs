@@ -13,7 +13,7 @@ use shake_testkit::fixture::{Fixture, FixtureOptions};
 use crate::edge_bench::{self, LoadOptions};
 use crate::loop_load::Speech;
 use crate::procfs;
-use crate::swarm::stats::Percentiles;
+use shake_swarm::stats::Percentiles;
 
 /// The load levels, as shares of the maximum rate.
 pub const LEVELS: [f64; 3] = [0.2, 0.5, 0.8];

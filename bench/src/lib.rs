@@ -1,4 +1,5 @@
-//! `shake-bench`: the benchmark harness, micro-benchmarks and the phone swarm.
+//! `shake-bench`: the benchmark harness and micro-benchmarks. The phones come from
+//! `shake-swarm` (and `shake-client` on `shake-loop`, in [`loop_load`]).
 //!
 //! # Layout
 //! - [`report`]: what every benchmark prints: a readable table, one JSON line at the end, and
@@ -16,10 +17,8 @@
 //! - [`memory_bench`]: the edge's memory per idle connected phone up to 100,000 phones.
 //! - [`handshake_bench`]: QUIC handshakes per second for several TLS configurations.
 //! - `ledger_stores` (feature `store-comparison`): redb, fjall and SQLite group commits.
-//! - [`relay`]: the UDP relay behind `shake-relay` that drops, delays and cuts traffic.
 //! - [`sys`]: pinning, thread CPU time and batched UDP system calls (the one `unsafe` module
 //!   beside [`counting_alloc`]).
-//! - [`swarm`]: the phone swarm behind `shake-swarm`.
 
 pub mod allocator_bench;
 pub mod allocator_soak;
@@ -38,10 +37,8 @@ pub mod memory_bench;
 pub mod procfs;
 pub mod proto_bench;
 pub mod quinn_echo;
-pub mod relay;
 pub mod report;
 pub mod stats;
 pub mod surge_bench;
-pub mod swarm;
 pub mod sys;
 pub mod window;

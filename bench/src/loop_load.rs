@@ -23,7 +23,7 @@ use shake_loop::timers::Timers;
 use shake_loop::{AppEvent, Driver, Engine, Flow, Handler, IncomingDecision, Shell};
 
 use crate::loadgen::LoadCounters;
-use crate::swarm::schedule::Schedule;
+use shake_swarm::schedule::Schedule;
 
 /// What the phones say.
 #[derive(Debug, Clone)]
@@ -144,7 +144,7 @@ impl LoopLoad {
         let mut wakers = Vec::new();
         let mut threads = Vec::new();
         for t in 0..threads_n {
-            let local = crate::swarm::addresses::phone_endpoint(&[server], t);
+            let local = shake_swarm::addresses::phone_endpoint(&[server], t);
             let socket = std::net::UdpSocket::bind(local)
                 .or_else(|_| std::net::UdpSocket::bind(("127.0.0.1", 0)))?;
             let mut driver = Driver::new(socket)?;
@@ -214,9 +214,9 @@ impl LoopLoad {
             waker.wake();
         }
         let mut report = LoopLoadReport {
-            outcome_us: crate::swarm::stats::histogram(),
-            outcome_uncorrected_us: crate::swarm::stats::histogram(),
-            award_us: crate::swarm::stats::histogram(),
+            outcome_us: shake_swarm::stats::histogram(),
+            outcome_uncorrected_us: shake_swarm::stats::histogram(),
+            award_us: shake_swarm::stats::histogram(),
             driver: DriverStats::default(),
             behind_schedule: 0,
             held_back: 0,
@@ -281,9 +281,9 @@ struct ThreadReport {
 impl Default for ThreadReport {
     fn default() -> Self {
         Self {
-            outcome_us: crate::swarm::stats::histogram(),
-            outcome_uncorrected_us: crate::swarm::stats::histogram(),
-            award_us: crate::swarm::stats::histogram(),
+            outcome_us: shake_swarm::stats::histogram(),
+            outcome_uncorrected_us: shake_swarm::stats::histogram(),
+            award_us: shake_swarm::stats::histogram(),
             driver: DriverStats::default(),
             behind_schedule: 0,
             held_back: 0,
@@ -711,7 +711,7 @@ mod tests {
         let server =
             EchoServer::start(mode, quinn_echo::server_config(mode, chain, key).unwrap(), 0)
                 .unwrap();
-        let client = crate::swarm::phone_client_config(&dir.join("ca.pem"), 64).unwrap();
+        let client = shake_swarm::phone_client_config(&dir.join("ca.pem"), 64).unwrap();
         let plan = LoopLoadPlan {
             phones: 20,
             rate_per_phone: 20.0,

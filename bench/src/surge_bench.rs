@@ -22,8 +22,8 @@ use crate::cpu_quota::CpuQuota;
 use crate::edge_bench::{self, LoadOptions};
 use crate::loop_load::Speech;
 use crate::procfs;
-use crate::swarm::stats::{Percentiles, ReceivedAward};
-use crate::swarm::{report::Report, verify};
+use shake_swarm::stats::{Percentiles, ReceivedAward};
+use shake_swarm::{report::Report, verify};
 
 /// Shakes per second the capacity is measured at (the edge benchmark's load).
 const CALIBRATION_PER_S: f64 = 10_000.0;
@@ -342,7 +342,7 @@ pub fn run(options: &SurgeOptions) -> anyhow::Result<SurgeFigures> {
         });
     }
     let merged = |from: usize| {
-        let mut h: Histogram<u64> = crate::swarm::stats::histogram();
+        let mut h: Histogram<u64> = shake_swarm::stats::histogram();
         for second in
             report.outcome_by_s.iter().skip(from).take((seconds as usize).saturating_sub(from))
         {
@@ -580,7 +580,7 @@ pub fn table_and_figures(f: &SurgeFigures) -> (String, serde_json::Map<String, s
 /// The series as an SVG: offered and answered against the capacity, what was shed or dropped,
 /// the pace, and the p99 of what was answered.
 pub fn svg(f: &SurgeFigures) -> String {
-    use crate::swarm::plot::{Line, Panel, panels_svg};
+    use shake_swarm::plot::{Line, Panel, panels_svg};
     let t0 = f.series.first().map_or(0, |s| s.t_s);
     let x = |s: &SurgeSecond| (s.t_s - t0) as f64 + 0.5;
     let line = |name, colour, value: &dyn Fn(&SurgeSecond) -> f64| Line {

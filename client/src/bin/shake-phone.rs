@@ -41,7 +41,7 @@ struct Cli {
     #[arg(long, value_name = "HEX", conflicts_with = "dev_key_hex")]
     token_hex: Option<String>,
     /// Mint a token here with this token key (hex; the login service's job: for a local edge
-    /// only, such as the demo's, whose development key is in bench/scenarios/demo.toml).
+    /// only, such as the demo's, whose development key is in swarm/scenarios/demo.toml).
     #[arg(long, value_name = "HEX", requires = "user")]
     dev_key_hex: Option<String>,
     /// The key id to mint with.

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use shake_bench::relay::faults::{Cut, FaultPlan};
-use shake_bench::relay::{Relay, RelayConfig};
+use shake_relay::faults::{Cut, FaultPlan};
+use shake_relay::{Relay, RelayConfig};
 
 /// UDP relay that drops, delays and cuts datagrams (fault tests on loopback).
 #[derive(Parser, Debug)]

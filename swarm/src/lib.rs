@@ -271,7 +271,7 @@ mod tests {
     use super::*;
 
     fn hostile(phones: usize) -> Scenario {
-        let mut scenario = Scenario::parse(include_str!("../../scenarios/hostile.toml")).unwrap();
+        let mut scenario = Scenario::parse(include_str!("../scenarios/hostile.toml")).unwrap();
         scenario.phones = phones;
         scenario
     }

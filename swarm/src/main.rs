@@ -12,10 +12,10 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use shake_bench::swarm::report::Report;
-use shake_bench::swarm::scenario::Scenario;
-use shake_bench::swarm::{self, verify};
 use shake_ops::config::Validate;
+use shake_swarm::report::Report;
+use shake_swarm::scenario::Scenario;
+use shake_swarm::{self as swarm, verify};
 
 #[derive(Parser, Debug)]
 #[command(name = "shake-swarm", version, about = "Synthetic phone swarm for Shake edges")]
@@ -26,7 +26,7 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run a scenario (see bench/scenarios/) and print a summary, then one JSON line.
+    /// Run a scenario (see swarm/scenarios/) and print a summary, then one JSON line.
     Run {
         /// The scenario file.
         #[arg(long, short)]

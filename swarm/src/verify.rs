@@ -144,7 +144,7 @@ pub fn verify(report: &Report, ledger: &[LedgerRow], config: Option<&Config>) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::swarm::stats::ReceivedAward;
+    use crate::stats::ReceivedAward;
 
     fn row(award_id: u64, user_id: u64, item: u32, cents: u64, delivered: bool) -> LedgerRow {
         LedgerRow {

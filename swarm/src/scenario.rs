@@ -1,4 +1,4 @@
-//! The swarm's scenario file (TOML, annotated examples in `bench/scenarios/`) and its
+//! The swarm's scenario file (TOML, annotated examples in `swarm/scenarios/`) and its
 //! validation. Command-line flags override the main numbers.
 
 use std::net::SocketAddr;
@@ -247,14 +247,14 @@ pub fn hex(text: &str) -> Option<Vec<u8>> {
 mod tests {
     use super::*;
 
-    const DEMO: &str = include_str!("../../scenarios/demo.toml");
+    const DEMO: &str = include_str!("../scenarios/demo.toml");
 
     #[test]
     fn the_example_scenarios_are_valid() {
         let demo = Scenario::parse(DEMO).unwrap();
         assert!(demo.phones >= 1000);
-        Scenario::parse(include_str!("../../scenarios/hostile.toml")).unwrap();
-        Scenario::parse(include_str!("../../scenarios/storm.toml")).unwrap();
+        Scenario::parse(include_str!("../scenarios/hostile.toml")).unwrap();
+        Scenario::parse(include_str!("../scenarios/storm.toml")).unwrap();
     }
 
     #[test]
