@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs one named benchmark in release mode: a readable table, then one JSON line.
 # Figures also land in bench/results/<name>.json with a description of the machine.
+# proto, allocator, edge-hot-path and soak are micro-benchmarks beside their crates
+# (proto/benches, allocator/benches, edge/benches); the rest run the real processes.
 #
 #   scripts/bench.sh proto          encode/decode a 1,024-entry Batch (target: 50 M entries/s each)
 #   scripts/bench.sh allocator      draw decisions/s (target 5 M) and durable awards/s (target 200 k)
@@ -18,7 +20,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 usage() {
-    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
     exit 64
 }
 
@@ -30,22 +32,29 @@ shift
 last_core=$(( $(nproc) - 1 ))
 pin() { if command -v taskset >/dev/null; then taskset -c "$last_core" "$@"; else "$@"; fi; }
 
+# A micro-benchmark is a `cargo bench` target beside the crate it measures (release profile,
+# so its figures compare with the binaries'): built first, then run pinned. Its results file
+# goes to bench/results like every other benchmark's.
+micro() {
+    local package="$1" target="$2"
+    shift 2
+    cargo bench --quiet --profile release -p "$package" --bench "$target" --no-run
+    pin cargo bench --quiet --profile release -p "$package" --bench "$target" -- \
+        --results-dir "$PWD/bench/results" "$@"
+}
+
 case "$name" in
     proto)
-        cargo build --quiet --release -p shake-bench --bin shake-bench
-        pin target/release/shake-bench proto "$@"
+        micro shake-proto batch_codec "$@"
         ;;
     allocator)
-        cargo build --quiet --release -p shake-bench --bin shake-bench
-        pin target/release/shake-bench allocator "$@"
+        micro shake-allocator draw_and_ledger "$@"
         ;;
     edge-hot-path)
-        cargo build --quiet --release -p shake-bench --bin shake-bench
-        pin target/release/shake-bench edge-hot-path "$@"
+        micro shake-edge hot_path "$@"
         ;;
     soak)
-        cargo build --quiet --release -p shake-bench --bin shake-bench
-        pin target/release/shake-bench soak "$@"
+        micro shake-allocator soak "$@"
         ;;
     handshake)
         cargo build --quiet --release -p shake-bench --bin shake-bench

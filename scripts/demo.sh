@@ -8,6 +8,8 @@
 #   PHONES=5000 ROUND_S=30 scripts/demo.sh
 #   SCENARIO=swarm/scenarios/storm.toml PHONES=100000 ROUND_S=150 SHAKE_RATE=0.02 \
 #     CONNECT_RATE=350 scripts/demo.sh        (capacity: no churn, a ramp the handshakes keep up with)
+#   SCENARIO=swarm/scenarios/loop.toml scripts/demo.sh   the phones on shake-loop event loops
+#                                   (honest ones, no task per phone)
 #
 #   LEDGER=postgres scripts/demo.sh    the ledger on PostgreSQL: a primary and a synchronous
 #                                   standby started here on free loopback ports (as the postgres

@@ -4,4 +4,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # The fuzz crate is left out: its targets are libFuzzer mains that run until stopped;
 # tests/fuzz_corpus.rs in proto replays their corpus instead.
+# Integration tests start the real binaries of other crates (the relay, the swarm, the phone),
+# which `cargo test` only builds for the crate under test: build every binary first, so a fresh
+# checkout finds them and none is stale.
+cargo build --workspace --exclude shake-fuzz --bins --locked
 cargo test --workspace --exclude shake-fuzz --all-targets --locked "$@"

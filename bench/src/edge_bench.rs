@@ -14,12 +14,12 @@ use anyhow::{Context, bail};
 use shake_testkit::fixture::{Fixture, FixtureOptions};
 
 use crate::floor::{self, FloorFigures};
-use crate::loadgen::{self, LoadCounters, LoadPlan};
-use crate::loop_load::{LoopLoad, LoopLoadPlan, LoopLoadReport, Speech};
+use crate::loadgen::{self, LoadPlan};
 use crate::quinn_echo::{self, EchoMode, EchoServer};
 use crate::stats::ratio;
-use crate::window::{Measured, Sample, Window};
+use crate::window::{LoadSide, Measured, Sample, Window};
 use crate::{procfs, sys};
+use shake_swarm::loop_phones::{LoadCounters, LoopLoad, LoopLoadPlan, LoopLoadReport, Speech};
 use shake_swarm::{self as swarm, scenario::Scenario};
 
 /// The load and the cores.
@@ -123,7 +123,7 @@ fn measure_with_loop_load(
             sent: c.sent.load(Ordering::Relaxed),
             answered: c.answered.load(Ordering::Relaxed),
             cpu_us: cpu_us(),
-            load: c.load_side(),
+            load: LoadSide::of(c),
         });
     }
     let connected = running.counters.connected.load(Ordering::Relaxed);
@@ -165,7 +165,7 @@ pub fn measure_edge(load: &LoadOptions) -> anyhow::Result<Measured> {
         start_spread_ms: 0,
     })?;
     let pid = fixture.edge_pid();
-    let speech = Speech::Shake { tokens: demo_tokens(load.phones)? };
+    let speech = Speech::Shake { tokens: demo_tokens(load.phones)?, record: None };
     let measured = measure_with_loop_load(fixture.edge_addr, &fixture.ca, &speech, load, || {
         procfs::process_cpu_us(pid).unwrap_or(0)
     });
@@ -225,7 +225,7 @@ fn measure_with_quinn_load(
                 sent: counters.sent.load(Ordering::Relaxed),
                 answered: counters.answered.load(Ordering::Relaxed),
                 cpu_us: server.cpu_us(),
-                load: counters.load_side(),
+                load: LoadSide::of(&counters),
             });
         }
         driver.abort();

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use shake_testkit::fixture::{Fixture, FixtureOptions};
 
 use crate::edge_bench::{self, LoadOptions};
-use crate::loop_load::Speech;
 use crate::procfs;
+use shake_swarm::loop_phones::Speech;
 use shake_swarm::stats::Percentiles;
 
 /// The load levels, as shares of the maximum rate.
@@ -62,7 +62,10 @@ struct WaitCounts {
 }
 
 impl WaitCounts {
-    fn read(edge_metrics: std::net::SocketAddr, load: &crate::loadgen::LoadCounters) -> Self {
+    fn read(
+        edge_metrics: std::net::SocketAddr,
+        load: &shake_swarm::loop_phones::LoadCounters,
+    ) -> Self {
         let text = shake_ops::http::get(edge_metrics, "/metrics").unwrap_or_default();
         Self {
             edge_waits: edge_counters(&text, "shake_edge_receive_waits_total{", "waited"),
@@ -154,7 +157,7 @@ pub fn run_level(
     // outcomes) at its start and end.
     let me = std::process::id();
     let edge = fixture.edge_pid();
-    let speech = Speech::Shake { tokens: edge_bench::demo_tokens(load.phones)? };
+    let speech = Speech::Shake { tokens: edge_bench::demo_tokens(load.phones)?, record: None };
     let started = Instant::now();
     let end = started + Duration::from_secs(ramp_s + round_s + 2);
     let running = edge_bench::start_phones(fixture.edge_addr, &fixture.ca, &speech, &load, end);

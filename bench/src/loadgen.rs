@@ -5,10 +5,11 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
+use shake_swarm::loop_phones::LoadCounters;
 use tokio::time::Instant;
 
 use crate::quinn_echo::EchoMode;
@@ -24,45 +25,6 @@ pub struct LoadPlan {
     pub connect_rate: f64,
     /// Client endpoints (UDP sockets) the connections share.
     pub endpoints: usize,
-}
-
-/// Counters shared by every connection task.
-#[derive(Debug, Default)]
-pub struct LoadCounters {
-    /// Connections established.
-    pub connected: AtomicU64,
-    /// Connections that failed.
-    pub failed: AtomicU64,
-    /// Messages sent.
-    pub sent: AtomicU64,
-    /// Replies received.
-    pub answered: AtomicU64,
-    /// Connections lost while established and shaking (the loop load only): each costs the
-    /// server a new handshake.
-    pub lost_active: AtomicU64,
-    /// Connection attempts the server refused or that failed before the session started
-    /// (the loop load only).
-    pub refused: AtomicU64,
-    /// UDP datagrams sent (counted by the loop load only).
-    pub datagrams_out: AtomicU64,
-    /// UDP datagrams received (counted by the loop load only).
-    pub datagrams_in: AtomicU64,
-    /// Microseconds the load's loops spent working (counted by the loop load only).
-    pub busy_us: AtomicU64,
-    /// Datagrams received by how long they waited in the load's sockets (buckets of
-    /// `shake_loop::driver::QUEUE_WAIT_BOUNDS_US`; the loop load only).
-    pub queue_waits: [AtomicU64; 5],
-}
-
-impl LoadCounters {
-    /// What the load counts of itself so far.
-    pub fn load_side(&self) -> crate::window::LoadSide {
-        crate::window::LoadSide {
-            datagrams_out: self.datagrams_out.load(Ordering::Relaxed),
-            datagrams_in: self.datagrams_in.load(Ordering::Relaxed),
-            busy_us: self.busy_us.load(Ordering::Relaxed),
-        }
-    }
 }
 
 /// Size of a message: a shake datagram's size.

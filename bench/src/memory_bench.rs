@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use shake_testkit::fixture::{Fixture, FixtureOptions};
 
 use crate::edge_bench::{self, LoadOptions};
-use crate::loop_load::Speech;
 use crate::procfs;
+use shake_swarm::loop_phones::Speech;
 
 /// The checkpoints, phones.
 pub const CHECKPOINTS: [u64; 3] = [10_000, 50_000, 100_000];
@@ -84,7 +84,7 @@ pub fn run(
         server_core,
         client_core,
     };
-    let speech = Speech::Shake { tokens: edge_bench::demo_tokens(phones)? };
+    let speech = Speech::Shake { tokens: edge_bench::demo_tokens(phones)?, record: None };
     let own_baseline_kib = procfs::rss_kib(std::process::id()).unwrap_or(0);
     let started = Instant::now();
     let end = started + Duration::from_secs(duration_s);

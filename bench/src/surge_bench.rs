@@ -20,8 +20,8 @@ use shake_testkit::fixture::{Fixture, FixtureOptions};
 
 use crate::cpu_quota::CpuQuota;
 use crate::edge_bench::{self, LoadOptions};
-use crate::loop_load::Speech;
 use crate::procfs;
+use shake_swarm::loop_phones::Speech;
 use shake_swarm::stats::{Percentiles, ReceivedAward};
 use shake_swarm::{report::Report, verify};
 
@@ -187,7 +187,7 @@ pub fn metric_max(text: &str, prefix: &str) -> u64 {
 
 fn snapshot(
     fixture: &Fixture,
-    load: &crate::loadgen::LoadCounters,
+    load: &shake_swarm::loop_phones::LoadCounters,
     client_core: usize,
 ) -> Snapshot {
     let text = shake_ops::http::get(fixture.edge_metrics, "/metrics").unwrap_or_default();
@@ -276,7 +276,7 @@ pub fn run(options: &SurgeOptions) -> anyhow::Result<SurgeFigures> {
     })?;
     let opens_ms = fixture.round_opens_at_ms;
     let first_ms = opens_ms - options.idle_s * 1000;
-    let speech = Speech::Shake { tokens: edge_bench::demo_tokens(options.phones)? };
+    let speech = Speech::Shake { tokens: edge_bench::demo_tokens(options.phones)?, record: None };
     let end = Instant::now()
         + Duration::from_millis((opens_ms + options.surge_s * 1000).saturating_sub(unix_ms()))
         + Duration::from_secs(1);

@@ -30,6 +30,18 @@ pub struct LoadSide {
     pub busy_us: u64,
 }
 
+impl LoadSide {
+    /// What a load on `shake-loop` counts of itself so far.
+    pub fn of(counters: &shake_swarm::loop_phones::LoadCounters) -> Self {
+        use std::sync::atomic::Ordering::Relaxed;
+        Self {
+            datagrams_out: counters.datagrams_out.load(Relaxed),
+            datagrams_in: counters.datagrams_in.load(Relaxed),
+            busy_us: counters.busy_us.load(Relaxed),
+        }
+    }
+}
+
 /// What happened inside the window.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Measured {

@@ -1,5 +1,6 @@
 //! The loop's system calls: batched UDP receive and send (`recvmmsg`, `sendmmsg`), waiting on
-//! the socket and a wake-up (`ppoll`), and the wake-up itself (an `eventfd`).
+//! the socket and a wake-up (`ppoll`), the wake-up itself (an `eventfd`), and pinning a
+//! loop's thread to a core (`sched_setaffinity`).
 //!
 //! `unsafe` is allowed in this module only, because each of these is a libc call. Every call
 //! gets buffers that live across it, with the lengths of those buffers; addresses are
@@ -362,9 +363,41 @@ pub fn wait(
     })
 }
 
+/// Pins the calling thread to `core`, so that one loop owns one core (and a benchmark's load
+/// stays off the measured core).
+pub fn pin_current_thread(core: usize) -> io::Result<()> {
+    if core >= libc::CPU_SETSIZE as usize {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "no such core"));
+    }
+    // SAFETY: a zeroed `cpu_set_t` is the empty set, a valid value of the plain C type.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `core` is below CPU_SETSIZE (checked above), inside the set's bits.
+    unsafe { libc::CPU_SET(core, &mut set) };
+    // SAFETY: pid 0 is the calling thread; the set lives across the call, with its size.
+    let rc = unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_thread_pins_to_a_core_it_has_and_not_to_one_it_lacks() {
+        let on = std::thread::spawn(|| {
+            pin_current_thread(0)?;
+            // SAFETY: a zeroed set is valid; the kernel fills it for this thread.
+            let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+            // SAFETY: pid 0 is this thread; the set and its size live across the call.
+            let rc = unsafe { libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut set) };
+            assert_eq!(rc, 0);
+            // SAFETY: reading bits inside the set.
+            Ok::<_, io::Error>((0..8).filter(|&c| unsafe { libc::CPU_ISSET(c, &set) }).collect())
+        });
+        let cores: Vec<usize> = on.join().unwrap().unwrap();
+        assert_eq!(cores, vec![0], "the thread runs on core 0 only");
+        assert!(pin_current_thread(1 << 20).is_err());
+    }
 
     #[test]
     fn datagrams_cross_loopback_in_batches_with_their_senders() {

@@ -1,11 +1,15 @@
 //! `shake-swarm`: a synthetic phone swarm. N phones, each a real QUIC connection with its own
-//! session token, multiplexed over several client endpoints, driven by a scenario.
+//! session token running the client library's session, multiplexed over several client
+//! endpoints, driven by a scenario: on quinn with tokio (every role) or on `shake-loop`
+//! (`driver = "loop"`, honest phones at a tenth of the cost).
 //!
 //! # Layout
 //! - [`scenario`]: the scenario file and its validation.
 //! - [`addresses`]: the local address of each client socket (per-source limits see many).
 //! - [`schedule`]: open-loop shake timing (sans-IO).
-//! - [`phone`]: one phone's life.
+//! - [`phone`]: one phone's life on quinn.
+//! - [`loop_phones`]: the phones of each client socket on one `shake-loop` event loop (also
+//!   the benchmarks' load).
 //! - [`stats`]: what is measured.
 //! - [`report`]: the summary table, the JSON report and the time series.
 //! - [`plot`]: the time series as an SVG chart.
@@ -14,6 +18,7 @@
 pub mod addresses;
 pub mod fairness;
 pub mod hostile;
+pub mod loop_phones;
 pub mod phone;
 pub mod plot;
 pub mod report;
@@ -32,9 +37,10 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use shake_proto::{Claims, KeyRing};
 
+use self::loop_phones::{LoopLoad, LoopLoadPlan, Speech, SwarmRecord};
 use self::phone::{PhoneContext, Role};
 use self::report::{Report, TimePoint};
-use self::scenario::Scenario;
+use self::scenario::{PhoneDriver, Scenario};
 use self::stats::Stats;
 
 /// A swarm that could not start.
@@ -161,6 +167,86 @@ pub fn peak_rss_kib() -> Option<u64> {
 
 /// Runs the scenario to its end; `on_second` sees the time series as it grows.
 pub async fn run(
+    scenario: &Scenario,
+    on_second: impl FnMut(&TimePoint),
+) -> Result<Report, SwarmError> {
+    match scenario.driver {
+        PhoneDriver::Quinn => run_on_quinn(scenario, on_second).await,
+        PhoneDriver::Loop => run_on_loop(scenario, on_second).await,
+    }
+}
+
+/// The scenario's phones on `shake-loop` (honest ones, validation made sure): split evenly
+/// over the edges, each edge's share on its own loop threads, recording into the same
+/// [`Stats`] as the quinn phones.
+async fn run_on_loop(
+    scenario: &Scenario,
+    mut on_second: impl FnMut(&TimePoint),
+) -> Result<Report, SwarmError> {
+    let tokens = honest_tokens(scenario, scenario.phones)?;
+    let config = client_config(scenario)?;
+    let stats = Arc::new(Stats::default());
+    let first_user_id = scenario.tokens.first_user_id;
+    for i in 0..scenario.phones as u64 {
+        stats.register_user(first_user_id + i, false);
+    }
+    let origin = Instant::now();
+    let end = origin + Duration::from_secs(scenario.duration_s);
+    let edges = scenario.edges.len();
+    let per_edge = scenario.phones.div_ceil(edges);
+    let mut loads = Vec::with_capacity(edges);
+    for (k, edge) in scenario.edges.iter().enumerate() {
+        let first = k * per_edge;
+        let phones = per_edge.min(scenario.phones.saturating_sub(first));
+        if phones == 0 {
+            continue;
+        }
+        let speech = Speech::Shake {
+            tokens: Arc::new(tokens[first..first + phones].to_vec()),
+            record: Some(SwarmRecord {
+                stats: stats.clone(),
+                first_user_id: first_user_id + first as u64,
+            }),
+        };
+        let plan = LoopLoadPlan {
+            phones,
+            rate_per_phone: scenario.shaking.rate_per_s,
+            connect_rate: scenario.connect.phones_per_s / edges as f64,
+            threads: (scenario.client_endpoints / edges).max(1),
+            jitter: scenario.shaking.jitter,
+            batch_delay: Duration::ZERO,
+            series_origin_unix_ms: 0,
+            path_rtt: Duration::ZERO,
+        };
+        loads.push(LoopLoad::start(
+            *edge,
+            &scenario.server_name,
+            &config,
+            &speech,
+            plan,
+            None,
+            end,
+        )?);
+    }
+    let mut series = Vec::new();
+    let mut next_second = origin + Duration::from_secs(1);
+    while next_second <= end {
+        tokio::time::sleep_until(next_second.into()).await;
+        series.push(report::time_point(&stats, origin));
+        on_second(series.last().expect("just pushed"));
+        next_second += Duration::from_secs(1);
+    }
+    // The loops stop at `end` on their own; joining them waits for their last turn.
+    tokio::task::spawn_blocking(move || {
+        loads.into_iter().map(LoopLoad::finish).collect::<std::io::Result<Vec<_>>>()
+    })
+    .await
+    .map_err(std::io::Error::other)??;
+    Ok(Report::build(scenario, &stats, scenario.phones, origin.elapsed(), series, peak_rss_kib()))
+}
+
+/// The scenario's phones on quinn with tokio, a task per phone.
+async fn run_on_quinn(
     scenario: &Scenario,
     mut on_second: impl FnMut(&TimePoint),
 ) -> Result<Report, SwarmError> {

@@ -49,6 +49,10 @@ enum Command {
         /// Override each phone's shake rate per second.
         #[arg(long)]
         shake_rate: Option<f64>,
+        /// Override what drives the phones: quinn (a tokio task per phone, every role) or loop
+        /// (`shake-loop` event loops, honest phones without churn or spike, far cheaper).
+        #[arg(long, value_enum)]
+        driver: Option<swarm::scenario::PhoneDriver>,
         /// Write the full report (with every award received) as JSON.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -95,6 +99,7 @@ fn main() -> ExitCode {
             ca,
             connect_rate,
             shake_rate,
+            driver,
             json,
             timeseries,
             plot,
@@ -125,6 +130,9 @@ fn main() -> ExitCode {
             }
             if let Some(rate) = shake_rate {
                 scenario.shaking.rate_per_s = rate;
+            }
+            if let Some(driver) = driver {
+                scenario.driver = driver;
             }
             if let Err(err) = scenario.validate() {
                 eprintln!("shake-swarm: {err}");

@@ -43,6 +43,24 @@ pub struct Scenario {
     /// Seed of every random choice (jitter, hostile roles).
     #[serde(default)]
     pub seed: u64,
+    /// What drives the phones' QUIC connections.
+    #[serde(default)]
+    pub driver: PhoneDriver,
+}
+
+/// What drives the phones' QUIC connections: both run the client library's session.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum PhoneDriver {
+    /// quinn with tokio, a task per phone, as an app embeds it: every role, churn, the
+    /// opening spike and moving to the next edge when one goes away.
+    #[default]
+    Quinn,
+    /// `shake-loop`: the phones of each client socket on one event loop thread, no task per
+    /// phone, so one load core costs about what one edge core does per shake. Honest phones
+    /// only, no churn and no opening spike (each phone keeps its phase in the interval); the
+    /// phones are split evenly over the edges and reconnect to their own edge.
+    Loop,
 }
 
 /// How tokens are minted (as the login service would).
@@ -227,6 +245,23 @@ impl Validate for Scenario {
         if !(2..=10_000).contains(&self.hostile.connections_per_cheater) {
             return Err(invalid("hostile.connections_per_cheater", "2 to 10,000"));
         }
+        if self.driver == PhoneDriver::Loop {
+            if let Some((field, _)) = shares.iter().find(|(_, share)| *share > 0.0) {
+                return Err(invalid(
+                    *field,
+                    "must be 0 with driver = \"loop\" (honest phones only)",
+                ));
+            }
+            if self.churn.share > 0.0 {
+                return Err(invalid("churn.share", "must be 0 with driver = \"loop\""));
+            }
+            if self.shaking.spike {
+                return Err(invalid(
+                    "shaking.spike",
+                    "must be false with driver = \"loop\" (phones keep their phase)",
+                ));
+            }
+        }
         if hex(&self.tokens.secret_hex).is_none_or(|s| s.len() < 32) {
             return Err(invalid("tokens.secret_hex", "at least 32 bytes of hex"));
         }
@@ -255,6 +290,8 @@ mod tests {
         assert!(demo.phones >= 1000);
         Scenario::parse(include_str!("../scenarios/hostile.toml")).unwrap();
         Scenario::parse(include_str!("../scenarios/storm.toml")).unwrap();
+        let on_loop = Scenario::parse(include_str!("../scenarios/loop.toml")).unwrap();
+        assert_eq!(on_loop.driver, PhoneDriver::Loop);
     }
 
     #[test]
@@ -268,5 +305,25 @@ mod tests {
         assert_eq!(field("rate_per_s = 2.0", "rate_per_s = 0.0"), "shaking.rate_per_s");
         assert_eq!(field("edges = [\"127.0.0.1:7443\"]", "edges = []"), "edges");
         assert_eq!(field("share = 0.1", "share = 2.0"), "churn.share");
+    }
+
+    #[test]
+    fn the_loop_driver_takes_honest_phones_without_churn_or_spike() {
+        let on_loop = |text: &str| Scenario::parse(&format!("driver = \"loop\"\n{text}"));
+        let honest =
+            DEMO.replace("share = 0.1", "share = 0.0").replace("spike = true", "spike = false");
+        assert_eq!(on_loop(&honest).unwrap().driver, PhoneDriver::Loop);
+        assert_eq!(Scenario::parse(DEMO).unwrap().driver, PhoneDriver::Quinn, "the default");
+        let field = |text: &str| match on_loop(text) {
+            Err(ConfigError::Invalid { field, .. }) => field,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(field(&honest.replace("share = 0.0", "share = 0.1")), "churn.share");
+        assert_eq!(field(&honest.replace("spike = false", "spike = true")), "shaking.spike");
+        assert_eq!(
+            field(&honest.replace("over_rate = 0.0", "over_rate = 0.1")),
+            "hostile.over_rate"
+        );
+        assert!(Scenario::parse(&format!("driver = \"tokio\"\n{honest}")).is_err());
     }
 }

@@ -22,8 +22,8 @@ pub fn bin_dir(required: &[&str]) -> PathBuf {
     for bin in required {
         assert!(
             dir.join(bin).exists(),
-            "{bin} is not built in {}: run `cargo build --workspace` (or `cargo test --workspace`) \
-             first",
+            "{bin} is not built in {}: run `cargo build --workspace --bins` first (scripts/test.sh \
+             does)",
             dir.display()
         );
     }

@@ -1,46 +1,52 @@
-//! `allocator`: the draw's decisions per second (1,024-entry batches, one core, in memory) and
-//! awards made durable per second through the real ledger: fjall (fsync per group commit), and
-//! PostgreSQL beside it in the same run (a primary whose commits wait for a synchronous
-//! standby, both started here on loopback by `scripts/pg-cluster.sh`).
+//! `allocator`: the draw's decisions per second (1,024-entry batches, one core, in memory;
+//! target 5 M/s) and awards made durable per second through the real ledger: fjall (fsync per
+//! group commit; target 200 k/s), and PostgreSQL beside it in the same run (a primary whose
+//! commits wait for a synchronous standby, both started here on loopback by
+//! `scripts/pg-cluster.sh`).
 //!
 //! The draw scenario is the one quotas aim for: prizes released linearly, and about a quarter
 //! of the entries arriving while a released prize is left (oversampling 4), users spread over
 //! a billion ids.
+//!
+//! `scripts/bench.sh allocator` runs it (`cargo bench -p shake-allocator --bench
+//! draw_and_ledger`); `cargo test` runs a short draw and a few fjall commits as a check.
 
 use std::path::Path;
 use std::time::Instant;
 
+use clap::Parser;
+use serde_json::{Map, Value};
 use shake_allocator::award::{Award, BatchKey};
 use shake_allocator::config::{CashPool, Release, RoundConfig};
 use shake_allocator::core::answer_frame;
 use shake_allocator::draw::Draw;
 use shake_allocator::ledger::{AnsweredBatch, CommitGroup, FjallLedger};
 use shake_allocator::user_rate::{UserRateSettings, UserRates};
+use shake_benchkit::cli::CommonArgs;
+use shake_benchkit::{report, stats, workload};
 use shake_proto::Batch;
 
-use crate::{proto_bench, stats};
-
 /// Entries per batch.
-pub const BATCH_ENTRIES: usize = 1024;
+const BATCH_ENTRIES: usize = 1024;
 /// Batches per timed draw run; the clock advances 1 ms per batch.
-pub const BATCHES_PER_RUN: usize = 4_000;
+const BATCHES_PER_RUN: usize = 4_000;
 /// Batches per group commit measured for the durable figure.
-pub const GROUP_BATCHES: [usize; 3] = [1, 8, 64];
+const GROUP_BATCHES: [usize; 3] = [1, 8, 64];
 
 /// The measured figures.
 #[derive(Debug, Clone)]
-pub struct AllocatorFigures {
+struct AllocatorFigures {
     /// Median entries decided per second (with the per-user rate, as the allocator runs).
-    pub decisions_per_s: f64,
+    decisions_per_s: f64,
     /// The same without the per-user rate, measured in the same run (its cost is the ratio).
-    pub decisions_without_user_rate_per_s: f64,
+    decisions_without_user_rate_per_s: f64,
     /// Share of entries that won.
-    pub win_ratio: f64,
+    win_ratio: f64,
     /// Awards made durable per second, by batches per group (about 256 awards per batch).
-    pub durable_by_group: Vec<(usize, usize, f64)>,
+    durable_by_group: Vec<(usize, usize, f64)>,
     /// The same on PostgreSQL with a synchronous standby, and each group size's commit p99 in
     /// milliseconds; or why it could not run.
-    pub postgres: Result<Vec<(usize, usize, f64, f64)>, String>,
+    postgres: Result<Vec<(usize, usize, f64, f64)>, String>,
 }
 
 fn round() -> RoundConfig {
@@ -61,7 +67,7 @@ fn round() -> RoundConfig {
 }
 
 fn batches() -> Vec<Batch> {
-    let entries = proto_bench::sample_entries(BATCHES_PER_RUN * BATCH_ENTRIES);
+    let entries = workload::batch_entries(BATCHES_PER_RUN * BATCH_ENTRIES);
     entries
         .chunks(BATCH_ENTRIES)
         .enumerate()
@@ -105,14 +111,28 @@ fn answered(awards: Vec<Award>, batches: &[Batch]) -> AnsweredBatch {
     AnsweredBatch { key, answer: answer_frame(key.seq, digest, &awards), awards }
 }
 
-/// Runs the draw `runs` times and the ledger once per group size, under `dir`.
-pub fn run(runs: usize, dir: &Path) -> AllocatorFigures {
+/// What one invocation measures.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    /// Timed draw runs.
+    runs: usize,
+    /// Batches each draw run decides (at most [`BATCHES_PER_RUN`]).
+    batches: usize,
+    /// Groups committed per group size, times the group size (bounded in time for size 1).
+    groups_per_size: usize,
+    /// Whether PostgreSQL is measured too.
+    postgres: bool,
+}
+
+/// Runs the draw `plan.runs` times and the ledger once per group size, under `dir`.
+fn run(plan: Plan, dir: &Path) -> AllocatorFigures {
     let config = round();
-    let batches = batches();
+    let mut batches = batches();
+    batches.truncate(plan.batches);
     let (mut rates, mut without) = (Vec::new(), Vec::new());
     let mut last = Vec::new();
     // Interleaved, so that both see the same machine.
-    for _ in 0..runs.max(1) {
+    for _ in 0..plan.runs.max(1) {
         let (rate, awards) = draw_run(&config, &batches, true);
         rates.push(rate);
         last = awards;
@@ -128,7 +148,7 @@ pub fn run(runs: usize, dir: &Path) -> AllocatorFigures {
         let _ = std::fs::remove_dir_all(&path);
         let ledger = FjallLedger::open(&path).expect("opening the benchmark ledger");
         // Enough groups for a stable figure, bounded in time for group size 1.
-        let take = (group * 40).min(answered.len());
+        let take = (group * plan.groups_per_size).min(answered.len());
         let groups: Vec<CommitGroup> = answered[..take]
             .chunks(group)
             .map(|chunk| CommitGroup { batches: chunk.to_vec(), ..CommitGroup::default() })
@@ -148,7 +168,11 @@ pub fn run(runs: usize, dir: &Path) -> AllocatorFigures {
         drop(ledger);
         let _ = std::fs::remove_dir_all(&path);
     }
-    let postgres = postgres_run(&answered, dir);
+    let postgres = if plan.postgres {
+        postgres_run(&answered, dir)
+    } else {
+        Err("not asked for (a check run)".to_owned())
+    };
     AllocatorFigures {
         postgres,
         decisions_per_s: stats::median(&rates).unwrap_or(0.0),
@@ -243,16 +267,132 @@ fn postgres_run(
     measured
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+#[derive(Parser, Debug)]
+#[command(about = "The draw's decisions per second and awards made durable per second")]
+struct Args {
+    /// Timed draw runs; the median is reported.
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Scratch directory for the ledgers, on the disk being measured (default:
+    /// `target/bench-scratch`; a check run uses the temporary directory).
+    #[arg(long)]
+    scratch: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    common: CommonArgs,
+}
 
-    #[test]
-    fn the_scenario_awards_about_a_quarter_of_entries() {
-        let config = round();
-        let (_, awards) = draw_run(&config, &batches()[..400], true);
-        let won: usize = awards.iter().map(Vec::len).sum();
-        let ratio = won as f64 / (400 * BATCH_ENTRIES) as f64;
-        assert!((0.2..0.3).contains(&ratio), "win ratio {ratio}");
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let full = args.common.full_run();
+    let plan = if full {
+        Plan {
+            runs: args.runs.max(1),
+            batches: BATCHES_PER_RUN,
+            groups_per_size: 40,
+            postgres: true,
+        }
+    } else {
+        Plan { runs: 1, batches: 400, groups_per_size: 2, postgres: false }
+    };
+    let scratch = match (&args.scratch, full) {
+        (Some(dir), _) => dir.clone(),
+        (None, true) => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-scratch"),
+        (None, false) => std::env::temp_dir().join(format!("shake-draw-{}", std::process::id())),
+    };
+    std::fs::create_dir_all(&scratch)?;
+    let f = run(plan, &scratch);
+    if !full {
+        let _ = std::fs::remove_dir_all(&scratch);
     }
+    // The scenario is the one quotas aim for: about a quarter of the entries win.
+    anyhow::ensure!((0.2..0.3).contains(&f.win_ratio), "win ratio {}", f.win_ratio);
+    anyhow::ensure!(
+        f.durable_by_group.iter().all(|(_, awards, rate)| *awards > 0 && *rate > 0.0),
+        "a group size committed nothing: {:?}",
+        f.durable_by_group
+    );
+
+    let runs = plan.runs;
+    let mut rows = vec![
+        ("decisions (median)".to_owned(), report::human_rate(f.decisions_per_s)),
+        (
+            "  without the per-user rate (same run)".to_owned(),
+            report::human_rate(f.decisions_without_user_rate_per_s),
+        ),
+        ("win ratio".to_owned(), format!("{:.3}", f.win_ratio)),
+        ("winners drawn (median)".to_owned(), report::human_rate(f.decisions_per_s * f.win_ratio)),
+    ];
+    for (group, awards, rate) in &f.durable_by_group {
+        rows.push((
+            format!("durable, {group} batches/commit (~{awards} awards)"),
+            report::human_rate(*rate),
+        ));
+    }
+    match &f.postgres {
+        Ok(by_group) => {
+            for (group, awards, rate, p99) in by_group {
+                rows.push((
+                    format!("PostgreSQL + sync standby, {group} batches/commit (~{awards} awards)"),
+                    format!("{}, p99 {p99:.1} ms", report::human_rate(*rate)),
+                ));
+            }
+        }
+        Err(why) => rows.push(("PostgreSQL".to_owned(), format!("not measured: {why}"))),
+    }
+    // The slowest group size measured: the figure holds whatever groups the load forms.
+    let durable = f.durable_by_group.iter().map(|(_, _, r)| *r).fold(f64::INFINITY, f64::min);
+    let durable = if durable.is_finite() { durable } else { 0.0 };
+    let mut figures = Map::new();
+    figures.insert("runs".into(), Value::from(runs));
+    figures.insert("decisions_per_s".into(), Value::from(f.decisions_per_s.round()));
+    figures.insert(
+        "decisions_without_user_rate_per_s".into(),
+        Value::from(f.decisions_without_user_rate_per_s.round()),
+    );
+    figures.insert(
+        "user_rate_cost_ratio".into(),
+        Value::from(
+            (f.decisions_per_s / f.decisions_without_user_rate_per_s.max(1.0) * 1000.0).round()
+                / 1000.0,
+        ),
+    );
+    figures.insert("win_ratio".into(), Value::from(f.win_ratio));
+    figures.insert("durable_awards_per_s".into(), Value::from(durable.round()));
+    figures.insert(
+        "durable_by_group".into(),
+        f.durable_by_group
+            .iter()
+            .map(|(g, a, r)| serde_json::json!({"batches": g, "awards": a, "awards_per_s": r.round()}))
+            .collect(),
+    );
+    // PostgreSQL at the largest group measured (the committer groups whatever waits, so under
+    // load groups are large), every size in pg_durable_by_group.
+    let pg_best = f.postgres.as_ref().ok().and_then(|g| g.last().copied());
+    figures.insert(
+        "pg_durable_awards_per_s".into(),
+        pg_best.map_or(Value::Null, |(_, _, rate, _)| Value::from(rate.round())),
+    );
+    figures.insert(
+        "pg_commit_p99_ms".into(),
+        pg_best.map_or(Value::Null, |(_, _, _, p99)| Value::from((p99 * 10.0).round() / 10.0)),
+    );
+    figures.insert(
+        "pg_durable_by_group".into(),
+        match &f.postgres {
+            Ok(by_group) => by_group
+                .iter()
+                .map(|(g, a, r, p)| serde_json::json!({"batches": g, "awards": a, "awards_per_s": r.round(), "commit_p99_ms": (p * 10.0).round() / 10.0}))
+                .collect(),
+            Err(why) => Value::from(why.clone()),
+        },
+    );
+    figures.insert("target_met".into(), Value::from(f.decisions_per_s >= 5e6 && durable >= 2e5));
+    let title = format!("allocator: draw on one core (median of {runs}), ledger with fsync");
+    report::emit(
+        "allocator",
+        &report::table(&title, &rows),
+        figures,
+        args.common.results_dir().as_deref(),
+    )?;
+    Ok(())
 }

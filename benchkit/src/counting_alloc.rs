@@ -1,5 +1,7 @@
 //! A global allocator that counts allocations, so a benchmark can show how many a code path
-//! makes. The counting binary installs it with `#[global_allocator]`.
+//! makes. Only a benchmark whose figure is an allocation or heap-byte count installs it, with
+//! `#[global_allocator]` in its own target (`edge/benches/hot_path.rs`,
+//! `allocator/benches/soak.rs`); every other program keeps the system allocator untouched.
 //!
 //! `unsafe` is allowed in this module only: implementing `GlobalAlloc` is unsafe by definition.
 //! Every method forwards to the system allocator unchanged and adds relaxed atomic counter

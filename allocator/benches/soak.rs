@@ -2,28 +2,37 @@
 //! allocator's sans-IO core with a fake clock and no network, from several edge workers that
 //! confirm their answers as a real edge does (`ResultsReceived`), restart now and then (new
 //! instances), and acknowledge awards. Memory must stay flat after warm-up: the heap's live
-//! bytes (counting allocator) and the answers held are sampled as it goes.
+//! bytes (the counting allocator this target installs) and the answers held are sampled as it
+//! goes.
 //!
 //! A second, shorter part runs batches through the real fjall ledger with compaction: the
 //! answers stored on disk stay bounded by what edges have not confirmed yet.
+//!
+//! `scripts/bench.sh soak` runs it (`cargo bench -p shake-allocator --bench soak`); `cargo
+//! test` runs it briefly and checks both bounds.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
 use bytes::Bytes;
+use clap::Parser;
+use serde_json::{Map, Value};
 use shake_allocator::award::BatchKey;
 use shake_allocator::config::{CashPool, Release, RoundConfig};
 use shake_allocator::core::{Core, CoreSettings, Effect, WorkerHello};
 use shake_allocator::draw::Draw;
 use shake_allocator::ledger::{CommitGroup, FjallLedger};
 use shake_allocator::user_rate::UserRateSettings;
+use shake_benchkit::cli::CommonArgs;
+use shake_benchkit::counting_alloc::CountingAlloc;
+use shake_benchkit::report;
 use shake_proto::allocator::PROTOCOL_VERSION;
 use shake_proto::{Batch, BatchEntry};
 
 const START_MS: u64 = 1_767_225_600_000;
 /// Edge workers feeding the allocator.
-pub const WORKERS: u16 = 8;
+const WORKERS: u16 = 8;
 /// Entries per batch.
 const ENTRIES: usize = 8;
 /// A worker confirms its answers every this many of its batches (a real edge: each 100 ms).
@@ -31,41 +40,41 @@ const CONFIRM_EVERY: u64 = 16;
 
 /// One sample of the soak.
 #[derive(Debug, Clone, Copy)]
-pub struct SoakSample {
+struct SoakSample {
     /// Batches so far.
-    pub batches: u64,
+    batches: u64,
     /// Heap bytes live.
-    pub live_bytes: i64,
+    live_bytes: i64,
     /// Answers the core holds for resends.
-    pub stored_answers: usize,
+    stored_answers: usize,
 }
 
 /// The soak's figures.
 #[derive(Debug, Clone)]
-pub struct SoakFigures {
+struct SoakFigures {
     /// Samples, in order.
-    pub samples: Vec<SoakSample>,
+    samples: Vec<SoakSample>,
     /// Batches per second through the core.
-    pub batches_per_s: f64,
+    batches_per_s: f64,
     /// Awards granted.
-    pub awards: u64,
+    awards: u64,
     /// Worker restarts (new instances).
-    pub restarts: u64,
+    restarts: u64,
     /// Most answers the core held at a sample.
-    pub max_stored_answers: usize,
+    max_stored_answers: usize,
     /// The ledger part: batches committed, answers left stored at the end, most stored at once.
-    pub ledger: Option<LedgerSoak>,
+    ledger: Option<LedgerSoak>,
 }
 
 /// The ledger part of the soak.
 #[derive(Debug, Clone, Copy)]
-pub struct LedgerSoak {
+struct LedgerSoak {
     /// Batches committed through the real ledger.
-    pub batches: u64,
+    batches: u64,
     /// Answers stored in the ledger at the end.
-    pub stored_at_end: usize,
+    stored_at_end: usize,
     /// Answers the ledger would hold without compaction (every batch's).
-    pub stored_without_compaction: u64,
+    stored_without_compaction: u64,
 }
 
 fn round() -> RoundConfig {
@@ -92,14 +101,9 @@ struct SimWorker {
     next_seq: u64,
 }
 
-/// Drives the core: `batches` in all, `sample_every` between samples. `live_bytes` reads the
-/// counting allocator.
-pub fn run_core(
-    batches: u64,
-    sample_every: u64,
-    restart_every: u64,
-    live_bytes: impl Fn() -> i64,
-) -> SoakFigures {
+/// Drives the core: `batches` in all, `sample_every` between samples, a worker restarting
+/// every `restart_every`.
+fn run_core(batches: u64, sample_every: u64, restart_every: u64) -> SoakFigures {
     let mut core = soak_core();
     let mut effects = Vec::new();
     let mut next_stream = 1;
@@ -176,7 +180,7 @@ pub fn run_core(
         if (n + 1).is_multiple_of(sample_every) {
             samples.push(SoakSample {
                 batches: n + 1,
-                live_bytes: live_bytes(),
+                live_bytes: ALLOCATOR.live_bytes(),
                 stored_answers: core.stored_answers(),
             });
         }
@@ -204,7 +208,7 @@ fn soak_core() -> Core {
 }
 
 /// Batches through the real ledger with compaction, groups of `group` batches.
-pub fn run_ledger(dir: &Path, batches: u64, group: u64) -> std::io::Result<LedgerSoak> {
+fn run_ledger(dir: &Path, batches: u64, group: u64) -> std::io::Result<LedgerSoak> {
     let _ = std::fs::remove_dir_all(dir);
     let ledger = FjallLedger::open(dir).map_err(std::io::Error::other)?;
     let mut core = soak_core();
@@ -254,27 +258,108 @@ pub fn run_ledger(dir: &Path, batches: u64, group: u64) -> std::io::Result<Ledge
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+#[global_allocator]
+static ALLOCATOR: CountingAlloc = CountingAlloc::new();
 
-    #[test]
-    fn answers_held_stay_bounded_across_restarts() {
-        let figures = run_core(40_000, 10_000, 15_000, || 0);
-        assert_eq!(figures.samples.len(), 4);
-        assert_eq!(figures.restarts, 2);
-        // Each worker holds at most the answers it has not confirmed yet.
-        assert!(figures.max_stored_answers <= WORKERS as usize * CONFIRM_EVERY as usize);
-        assert!(figures.awards > 0);
-    }
+#[derive(Parser, Debug)]
+#[command(about = "Millions of batches through the allocator core and the ledger: memory flat")]
+struct Args {
+    /// Batches through the core.
+    #[arg(long, default_value_t = 10_000_000)]
+    batches: u64,
+    /// A worker restarts (new instance) every this many batches.
+    #[arg(long, default_value_t = 1_000_000)]
+    restart_every: u64,
+    /// Batches through the real ledger (groups of 100, fsync each).
+    #[arg(long, default_value_t = 100_000)]
+    ledger_batches: u64,
+    /// Scratch directory for the ledger, on the disk being measured (default:
+    /// `target/bench-scratch/soak-ledger`; a check run uses the temporary directory).
+    #[arg(long)]
+    scratch: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    common: CommonArgs,
+}
 
-    #[test]
-    fn the_ledger_keeps_only_unconfirmed_answers() {
-        let dir = std::env::temp_dir().join(format!("shake-soak-ledger-{}", std::process::id()));
-        let soak = run_ledger(&dir, 1_000, 50).unwrap();
-        // Every group's answers are confirmed right after it commits; the last group's
-        // compaction is queued for the next group, so at most one group's answers remain.
-        assert!(soak.stored_at_end <= 50, "{soak:?}");
-        let _ = std::fs::remove_dir_all(dir);
-    }
+fn main() -> std::io::Result<()> {
+    let args = Args::parse();
+    let (batches, restart_every, ledger_batches, ledger_group) = if args.common.full_run() {
+        (args.batches.max(1), args.restart_every, args.ledger_batches, 100)
+    } else {
+        (40_000, 15_000, 1_000, 50)
+    };
+    let scratch = match (&args.scratch, args.common.full_run()) {
+        (Some(dir), _) => dir.clone(),
+        (None, true) => {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-scratch/soak-ledger")
+        }
+        (None, false) => {
+            std::env::temp_dir().join(format!("shake-soak-ledger-{}", std::process::id()))
+        }
+    };
+    let mut f = run_core(batches, (batches / 10).max(1), restart_every);
+    let ledger = run_ledger(&scratch, ledger_batches, ledger_group)?;
+    let _ = std::fs::remove_dir_all(&scratch);
+    f.ledger = Some(ledger);
+    // Each worker holds at most the answers it has not confirmed yet.
+    assert!(
+        f.max_stored_answers <= WORKERS as usize * CONFIRM_EVERY as usize,
+        "the core held {} answers",
+        f.max_stored_answers
+    );
+    assert!(f.awards > 0, "the soak awarded nothing");
+    // Every group's answers are confirmed right after it commits; the last group's compaction
+    // is queued for the next group, so at most one group's answers remain.
+    assert!(ledger.stored_at_end as u64 <= ledger_group, "{ledger:?}");
+
+    let mib = |b: i64| format!("{:.2} MiB", b as f64 / (1024.0 * 1024.0));
+    let mut rows: Vec<(String, String)> = f
+        .samples
+        .iter()
+        .map(|s| {
+            (
+                format!("after {:>11} batches", s.batches),
+                format!("{} live, {} answers held", mib(s.live_bytes), s.stored_answers),
+            )
+        })
+        .collect();
+    // Warm-up: the first sample (pools, maps and buffers at their working size).
+    let warm = f.samples.first().map_or(0, |s| s.live_bytes);
+    let end = f.samples.last().map_or(0, |s| s.live_bytes);
+    let growth = if warm > 0 { end as f64 / warm as f64 } else { 0.0 };
+    rows.push(("through the core".to_owned(), report::human_rate(f.batches_per_s)));
+    rows.push(("awards granted".to_owned(), f.awards.to_string()));
+    rows.push(("worker restarts".to_owned(), f.restarts.to_string()));
+    rows.push(("live bytes, end / after warm-up".to_owned(), format!("{growth:.3}")));
+    rows.push((
+        format!("ledger: answers stored after {} batches", ledger.batches),
+        format!("{} (not {})", ledger.stored_at_end, ledger.stored_without_compaction),
+    ));
+    let mut figures = Map::new();
+    figures.insert("batches".into(), Value::from(batches));
+    figures.insert("workers".into(), Value::from(WORKERS));
+    figures.insert("restarts".into(), Value::from(f.restarts));
+    figures.insert("awards".into(), Value::from(f.awards));
+    figures.insert("batches_per_s".into(), Value::from(f.batches_per_s.round()));
+    figures.insert("live_bytes_after_warmup".into(), Value::from(warm));
+    figures.insert("live_bytes_at_end".into(), Value::from(end));
+    figures.insert("live_bytes_growth_ratio".into(), Value::from(growth));
+    figures.insert("max_answers_held".into(), Value::from(f.max_stored_answers));
+    figures.insert("ledger_batches".into(), Value::from(ledger.batches));
+    figures.insert("ledger_answers_stored_at_end".into(), Value::from(ledger.stored_at_end));
+    figures.insert(
+        "samples".into(),
+        f.samples
+            .iter()
+            .map(|s| serde_json::json!({"batches": s.batches, "live_bytes": s.live_bytes, "answers_held": s.stored_answers}))
+            .collect(),
+    );
+    let title =
+        format!("soak: {batches} batches through the allocator core, {WORKERS} edge workers");
+    report::emit(
+        "soak",
+        &report::table(&title, &rows),
+        figures,
+        args.common.results_dir().as_deref(),
+    )
 }
