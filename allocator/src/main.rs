@@ -190,13 +190,7 @@ fn main() -> ExitCode {
         eprintln!("{BIN}: a command is needed (try --help)");
         return ExitCode::from(EXIT_USAGE);
     };
-    match run(command) {
-        Ok(code) => code,
-        Err(err) => {
-            eprintln!("{BIN}: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
+    shake_ops::exit::exit_status(BIN, run(command))
 }
 
 /// The ledger named on the command line: a fjall directory, or whatever a configuration names.

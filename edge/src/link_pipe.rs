@@ -67,6 +67,33 @@ impl LinkEnds {
     }
 }
 
+/// A new stream on the allocator connection, once there is one (the link task keeps the
+/// connection in `allocator`, reconnecting as needed); a failed open waits for the next
+/// connection, up to 200 ms, and tries again. `None` once `stop` is cancelled or the link
+/// task is gone.
+pub(crate) async fn open_stream(
+    allocator: &mut watch::Receiver<Option<quinn::Connection>>,
+    stop: &CancellationToken,
+) -> Option<(quinn::SendStream, quinn::RecvStream)> {
+    loop {
+        let conn = loop {
+            if let Some(conn) = allocator.borrow_and_update().clone() {
+                break conn;
+            }
+            tokio::select! {
+                changed = allocator.changed() => if changed.is_err() { return None },
+                _ = stop.cancelled() => return None,
+            }
+        };
+        match conn.open_bi().await {
+            Ok(stream) => return Some(stream),
+            Err(_) => {
+                let _ = tokio::time::timeout(Duration::from_millis(200), allocator.changed()).await;
+            }
+        }
+    }
+}
+
 /// Keeps the worker's stream to the allocator, across reconnects, until `stop`.
 pub async fn run(
     mut ends: LinkEnds,
@@ -75,19 +102,7 @@ pub async fn run(
 ) {
     let mut buf = BytesMut::with_capacity(64 * 1024);
     loop {
-        let conn = loop {
-            if let Some(conn) = allocator.borrow_and_update().clone() {
-                break conn;
-            }
-            tokio::select! {
-                changed = allocator.changed() => if changed.is_err() { return },
-                _ = stop.cancelled() => return,
-            }
-        };
-        let Ok((mut send, mut recv)) = conn.open_bi().await else {
-            let _ = tokio::time::timeout(Duration::from_millis(200), allocator.changed()).await;
-            continue;
-        };
+        let Some((mut send, mut recv)) = open_stream(&mut allocator, &stop).await else { return };
         // Frames the loop queued for the old stream: it resends them itself after `Up`.
         while ends.from_loop.try_recv().is_ok() {}
         if !ends.tell(LinkEvent::Up).await {

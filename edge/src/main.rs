@@ -58,13 +58,7 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(code) => return code,
     };
-    match run(config) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("{BIN}: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
+    shake_ops::exit::exit_status(BIN, run(config).map(|()| ExitCode::SUCCESS))
 }
 
 fn run(config: EdgeConfig) -> anyhow::Result<()> {

@@ -661,18 +661,10 @@ async fn uplink(
     let stopping = shared.stop.cancelled();
     tokio::pin!(stopping);
     loop {
-        let conn = loop {
-            if let Some(conn) = allocator.borrow_and_update().clone() {
-                break conn;
-            }
-            tokio::select! {
-                changed = allocator.changed() => if changed.is_err() { return },
-                _ = &mut stopping => return,
-            }
-        };
-        let Ok((mut send, mut recv)) = conn.open_bi().await else {
-            let _ = tokio::time::timeout(Duration::from_millis(200), allocator.changed()).await;
-            continue;
+        let Some((mut send, mut recv)) =
+            crate::link_pipe::open_stream(&mut allocator, &shared.stop).await
+        else {
+            return;
         };
         {
             let mut s = state.borrow_mut();

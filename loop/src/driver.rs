@@ -103,6 +103,34 @@ pub struct DriverStats {
 }
 
 impl DriverStats {
+    /// Adds the counters of a loop that ran beside this one: every count summed, the wall
+    /// time the longer of the two (the loops ran at the same time, so the busy share of the
+    /// sum is in cores).
+    pub fn add(&mut self, other: &DriverStats) {
+        let sum = |a: &mut u64, b: u64| *a += b;
+        sum(&mut self.turns, other.turns);
+        sum(&mut self.recv_calls, other.recv_calls);
+        sum(&mut self.datagrams_in, other.datagrams_in);
+        sum(&mut self.send_calls, other.send_calls);
+        sum(&mut self.datagrams_out, other.datagrams_out);
+        sum(&mut self.send_failures, other.send_failures);
+        sum(&mut self.forwarded_out, other.forwarded_out);
+        sum(&mut self.forwarded_in, other.forwarded_in);
+        sum(&mut self.forward_drops, other.forward_drops);
+        sum(&mut self.busy_us, other.busy_us);
+        for (a, b) in self.queue_wait.iter_mut().zip(other.queue_wait) {
+            sum(a, b);
+        }
+        sum(&mut self.queue_wait_us, other.queue_wait_us);
+        for (a, b) in self.turn_took.iter_mut().zip(other.turn_took) {
+            sum(a, b);
+        }
+        self.wall_us = self.wall_us.max(other.wall_us);
+        sum(&mut self.shed, other.shed);
+        sum(&mut self.kernel_drops, other.kernel_drops);
+        sum(&mut self.delay_drops, other.delay_drops);
+    }
+
     /// Share of the time spent working, 0 to 1.
     pub fn busy_share(&self) -> f64 {
         if self.wall_us == 0 { 0.0 } else { self.busy_us as f64 / self.wall_us as f64 }
@@ -394,5 +422,42 @@ impl Driver {
         self.stats.datagrams_out += (sent.taken - sent.failed) as u64;
         self.stats.send_failures += sent.failed as u64;
         transmits.consume(sent.taken);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loops_side_by_side_add_their_counts_and_keep_the_longer_wall_time() {
+        let one = DriverStats {
+            turns: 3,
+            datagrams_in: 10,
+            busy_us: 400,
+            wall_us: 1_000,
+            queue_wait: [1, 2, 0, 0, 0],
+            turn_took: [3, 0, 0, 0, 0],
+            kernel_drops: 1,
+            ..DriverStats::default()
+        };
+        let two = DriverStats {
+            turns: 5,
+            datagrams_in: 7,
+            busy_us: 600,
+            wall_us: 900,
+            queue_wait: [0, 1, 0, 0, 4],
+            turn_took: [4, 1, 0, 0, 0],
+            delay_drops: 2,
+            ..DriverStats::default()
+        };
+        let mut sum = one;
+        sum.add(&two);
+        assert_eq!((sum.turns, sum.datagrams_in, sum.busy_us), (8, 17, 1_000));
+        assert_eq!(sum.queue_wait, [1, 3, 0, 0, 4]);
+        assert_eq!(sum.turn_took, [7, 1, 0, 0, 0]);
+        assert_eq!((sum.kernel_drops, sum.delay_drops), (1, 2));
+        assert_eq!(sum.wall_us, 1_000, "the loops ran at the same time");
+        assert!((sum.busy_share() - 1.0).abs() < 1e-9, "two loops' busy share is in cores");
     }
 }

@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`config`]: TOML configuration files and the error that names the field at fault.
+//! - [`exit`]: how every binary ends (its status, or its error and status 1).
 //! - [`tls`]: PEM loading, the crypto provider, mutual-TLS configurations, edge names.
 //! - [`http`]: the tiny HTTP responder behind `/metrics` and `/health`.
 //! - [`supervise`]: threads whose end is reported, and the tests' fault-injection point.
@@ -14,6 +15,7 @@
 //! - [`webdriver`]: headless chromium through chromedriver (the dashboard's browser checks).
 
 pub mod config;
+pub mod exit;
 pub mod http;
 pub mod labels;
 pub mod signals;

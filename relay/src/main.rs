@@ -50,13 +50,7 @@ fn main() -> ExitCode {
         eprintln!("shake-relay: --loss must be between 0 and 1");
         return ExitCode::from(64);
     }
-    match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("shake-relay: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
+    shake_ops::exit::exit_status("shake-relay", run(cli).map(|()| ExitCode::SUCCESS))
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {

@@ -135,10 +135,49 @@ fn second_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 2).expect("valid histogram bounds")
 }
 
+impl Default for LoopLoadReport {
+    fn default() -> Self {
+        Self {
+            outcome_us: crate::stats::histogram(),
+            outcome_uncorrected_us: crate::stats::histogram(),
+            award_us: crate::stats::histogram(),
+            driver: DriverStats::default(),
+            behind_schedule: 0,
+            held_back: 0,
+            ended: Vec::new(),
+            lost: 0,
+            outcome_by_s: Vec::new(),
+            awards: Vec::new(),
+        }
+    }
+}
+
 impl LoopLoadReport {
     /// Busy share of the load's threads together (of one core).
     pub fn busy_share(&self) -> f64 {
         self.driver.busy_share()
+    }
+
+    /// Adds what another thread of the same load measured.
+    fn add(&mut self, other: LoopLoadReport) {
+        // Both histograms have the same bounds, so adding never fails.
+        let _ = self.outcome_us.add(&other.outcome_us);
+        let _ = self.outcome_uncorrected_us.add(&other.outcome_uncorrected_us);
+        let _ = self.award_us.add(&other.award_us);
+        self.driver.add(&other.driver);
+        self.behind_schedule += other.behind_schedule;
+        self.held_back += other.held_back;
+        self.lost += other.lost;
+        if self.outcome_by_s.len() < other.outcome_by_s.len() {
+            self.outcome_by_s.resize_with(other.outcome_by_s.len(), second_histogram);
+        }
+        for (sum, h) in self.outcome_by_s.iter_mut().zip(&other.outcome_by_s) {
+            let _ = sum.add(h);
+        }
+        self.awards.extend(other.awards);
+        for (name, n) in other.ended {
+            count(&mut self.ended, name, n);
+        }
     }
 }
 
@@ -149,7 +188,7 @@ pub struct LoopLoad {
     pub counters: Arc<LoadCounters>,
     stop: Arc<AtomicBool>,
     wakers: Vec<Arc<shake_loop::udp::Waker>>,
-    threads: Vec<std::thread::JoinHandle<std::io::Result<ThreadReport>>>,
+    threads: Vec<std::thread::JoinHandle<std::io::Result<LoopLoadReport>>>,
 }
 
 /// How long phone `index` waits after `failures` failures in a row (at least 1): the client
@@ -213,12 +252,12 @@ impl LoopLoad {
                 end,
                 stop: stop.clone(),
                 counters: counters.clone(),
-                report: ThreadReport {
+                report: LoopLoadReport {
                     // One per second of the run, made now: none is made while measuring.
                     outcome_by_s: (0..end.saturating_duration_since(origin).as_secs() + 2)
                         .map(|_| second_histogram())
                         .collect(),
-                    ..ThreadReport::default()
+                    ..LoopLoadReport::default()
                 },
                 out: BytesMut::with_capacity(4096),
                 published: DriverStats::default(),
@@ -257,85 +296,13 @@ impl LoopLoad {
         for waker in &self.wakers {
             waker.wake();
         }
-        let mut report = LoopLoadReport {
-            outcome_us: crate::stats::histogram(),
-            outcome_uncorrected_us: crate::stats::histogram(),
-            award_us: crate::stats::histogram(),
-            driver: DriverStats::default(),
-            behind_schedule: 0,
-            held_back: 0,
-            ended: Vec::new(),
-            lost: 0,
-            outcome_by_s: Vec::new(),
-            awards: Vec::new(),
-        };
+        let mut report = LoopLoadReport::default();
         for thread in self.threads {
-            let t = thread.join().map_err(|_| std::io::Error::other("load thread panicked"))??;
-            let _ = report.outcome_us.add(&t.outcome_us);
-            let _ = report.outcome_uncorrected_us.add(&t.outcome_uncorrected_us);
-            let _ = report.award_us.add(&t.award_us);
-            let d = &mut report.driver;
-            d.turns += t.driver.turns;
-            d.recv_calls += t.driver.recv_calls;
-            d.datagrams_in += t.driver.datagrams_in;
-            d.send_calls += t.driver.send_calls;
-            d.datagrams_out += t.driver.datagrams_out;
-            d.send_failures += t.driver.send_failures;
-            d.busy_us += t.driver.busy_us;
-            for (sum, n) in d.queue_wait.iter_mut().zip(t.driver.queue_wait) {
-                *sum += n;
-            }
-            d.queue_wait_us += t.driver.queue_wait_us;
-            d.delay_drops += t.driver.delay_drops;
-            d.kernel_drops += t.driver.kernel_drops;
-            d.wall_us = d.wall_us.max(t.driver.wall_us);
-            report.behind_schedule += t.behind_schedule;
-            report.held_back += t.held_back;
-            report.lost += t.lost;
-            if report.outcome_by_s.len() < t.outcome_by_s.len() {
-                report.outcome_by_s.resize_with(t.outcome_by_s.len(), second_histogram);
-            }
-            for (sum, h) in report.outcome_by_s.iter_mut().zip(&t.outcome_by_s) {
-                let _ = sum.add(h);
-            }
-            report.awards.extend(t.awards);
-            for (name, n) in t.ended {
-                count(&mut report.ended, name, n);
-            }
+            let one =
+                thread.join().map_err(|_| std::io::Error::other("load thread panicked"))??;
+            report.add(one);
         }
         Ok(report)
-    }
-}
-
-/// One thread's measurements.
-#[derive(Debug)]
-struct ThreadReport {
-    outcome_us: Histogram<u64>,
-    outcome_uncorrected_us: Histogram<u64>,
-    award_us: Histogram<u64>,
-    driver: DriverStats,
-    behind_schedule: u64,
-    held_back: u64,
-    ended: Vec<(&'static str, u64)>,
-    lost: u64,
-    outcome_by_s: Vec<Histogram<u64>>,
-    awards: Vec<(usize, u64, u32)>,
-}
-
-impl Default for ThreadReport {
-    fn default() -> Self {
-        Self {
-            outcome_us: crate::stats::histogram(),
-            outcome_uncorrected_us: crate::stats::histogram(),
-            award_us: crate::stats::histogram(),
-            driver: DriverStats::default(),
-            behind_schedule: 0,
-            held_back: 0,
-            ended: Vec::new(),
-            lost: 0,
-            outcome_by_s: Vec::new(),
-            awards: Vec::new(),
-        }
     }
 }
 
@@ -419,7 +386,8 @@ struct PhonesShell {
     end: Instant,
     stop: Arc<AtomicBool>,
     counters: Arc<LoadCounters>,
-    report: ThreadReport,
+    /// What this thread measured.
+    report: LoopLoadReport,
     out: BytesMut,
     /// The driver's counters as last added to the shared ones.
     published: DriverStats,

@@ -155,21 +155,15 @@ fn main() -> ExitCode {
                     }
                     code
                 }
-                Err(err) => {
-                    eprintln!("shake-swarm: {err:#}");
-                    ExitCode::FAILURE
-                }
+                Err(err) => shake_ops::exit::exit_status("shake-swarm", Err(err)),
             }
         }
         Command::Verify { report, ledger, allocator_config, commands } => {
-            match verify_run(&report, &ledger, allocator_config, commands) {
-                Ok(true) => ExitCode::SUCCESS,
-                Ok(false) => ExitCode::from(3),
-                Err(err) => {
-                    eprintln!("shake-swarm: {err:#}");
-                    ExitCode::FAILURE
-                }
-            }
+            let verdict = verify_run(&report, &ledger, allocator_config, commands);
+            shake_ops::exit::exit_status(
+                "shake-swarm",
+                verdict.map(|holds| if holds { ExitCode::SUCCESS } else { ExitCode::from(3) }),
+            )
         }
     }
 }

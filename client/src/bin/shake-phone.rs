@@ -71,13 +71,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
-        Ok(code) => code,
-        Err(err) => {
-            eprintln!("shake-phone: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
+    shake_ops::exit::exit_status("shake-phone", runtime.block_on(run(cli)))
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
