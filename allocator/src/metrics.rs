@@ -4,7 +4,6 @@
 //! declared with [`shake_ops::label_values!`], whose texts are the exported names the
 //! dashboards, scripts and tests read.
 
-use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -326,10 +325,7 @@ impl Metrics {
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        // invariant: writing into a String cannot fail.
-        encode(&mut out, &self.registry).expect("encoding metrics into a String");
-        out
+        shake_ops::http::exposition(&self.registry)
     }
 }
 

@@ -8,7 +8,6 @@
 
 use std::hash::Hash;
 
-use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -520,10 +519,7 @@ impl EdgeMetrics {
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        // invariant: writing into a String cannot fail.
-        encode(&mut out, &self.registry).expect("encoding metrics into a String");
-        out
+        shake_ops::http::exposition(&self.registry)
     }
 }
 

@@ -18,6 +18,15 @@ use axum::routing;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+/// A registry's text exposition, what `/metrics` serves.
+pub fn exposition(registry: &prometheus_client::registry::Registry) -> String {
+    let mut out = String::new();
+    // invariant: writing into a String cannot fail.
+    prometheus_client::encoding::text::encode(&mut out, registry)
+        .expect("encoding metrics into a String");
+    out
+}
+
 /// The content type of prometheus-client's text encoding (OpenMetrics 1.0).
 pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 

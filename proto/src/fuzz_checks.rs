@@ -11,44 +11,38 @@ use crate::{AllocatorFrame, ControlFrame, DecodeError, KeyRing, datagram, limits
 
 /// Decodes a control stream from `data`, frame after frame, and re-encodes each frame.
 pub fn control_stream(data: &[u8]) {
-    let mut buf = BytesMut::from(data);
-    loop {
-        let before = buf.len();
-        match ControlFrame::decode(&mut buf) {
-            Ok(Some(frame)) => {
-                assert!(buf.len() < before, "a decoded frame consumed no bytes");
-                let mut again = BytesMut::new();
-                frame.encode(&mut again);
-                assert_eq!(ControlFrame::decode(&mut again), Ok(Some(frame)));
-                assert!(again.is_empty());
-            }
-            Ok(None) => {
-                assert_eq!(buf.len(), before, "an incomplete frame consumed bytes");
-                break;
-            }
-            Err(err) => {
-                assert_ne!(err, DecodeError::Incomplete, "Incomplete must be Ok(None)");
-                break;
-            }
-        }
-    }
+    frame_stream(data, ControlFrame::decode, ControlFrame::encode, |_| {});
 }
 
 /// Decodes an edge-allocator stream from `data`, frame after frame, and re-encodes each frame.
 pub fn allocator_stream(data: &[u8]) {
+    frame_stream(data, AllocatorFrame::decode, AllocatorFrame::encode, |frame| {
+        if let AllocatorFrame::Batch(batch) = frame {
+            assert_eq!(batch.entries().count(), batch.len());
+            assert!(batch.len() <= limits::MAX_BATCH_ENTRIES);
+        }
+    });
+}
+
+/// A stream of frames: each decoded frame consumed bytes, passes `check`, and re-encodes to
+/// bytes that decode to the same frame and nothing more; an incomplete frame consumes nothing;
+/// an error is never `Incomplete` (that is `Ok(None)`).
+fn frame_stream<F: PartialEq + std::fmt::Debug>(
+    data: &[u8],
+    decode: impl Fn(&mut BytesMut) -> Result<Option<F>, DecodeError>,
+    encode: impl Fn(&F, &mut BytesMut),
+    check: impl Fn(&F),
+) {
     let mut buf = BytesMut::from(data);
     loop {
         let before = buf.len();
-        match AllocatorFrame::decode(&mut buf) {
+        match decode(&mut buf) {
             Ok(Some(frame)) => {
                 assert!(buf.len() < before, "a decoded frame consumed no bytes");
-                if let AllocatorFrame::Batch(batch) = &frame {
-                    assert_eq!(batch.entries().count(), batch.len());
-                    assert!(batch.len() <= limits::MAX_BATCH_ENTRIES);
-                }
+                check(&frame);
                 let mut again = BytesMut::new();
-                frame.encode(&mut again);
-                assert_eq!(AllocatorFrame::decode(&mut again), Ok(Some(frame)));
+                encode(&frame, &mut again);
+                assert_eq!(decode(&mut again), Ok(Some(frame)));
                 assert!(again.is_empty());
             }
             Ok(None) => {
