@@ -20,12 +20,7 @@ pub struct EdgeConfig {
     /// one per core.
     #[serde(default)]
     pub workers: usize,
-    /// How workers do their I/O: `loop` (quinn-proto driven from one thread per worker, no task
-    /// per phone; the default) or `quinn` (quinn and tokio, a task per phone; kept as the
-    /// benchmark reference).
-    #[serde(default)]
-    pub io: Io,
-    /// With `io = "loop"`: how long a worker lets datagrams gather after a turn that was not
+    /// How long a worker lets datagrams gather after a turn that was not
     /// full before it waits again, microseconds (interrupt moderation in user space). A
     /// lightly loaded worker then wakes once per batch, not once per datagram, for at most
     /// this much added latency; deadlines still wake it on time, and a full turn goes
@@ -51,7 +46,7 @@ pub struct EdgeConfig {
     /// QUIC transport settings for phones.
     #[serde(default)]
     pub transport: PhoneTransport,
-    /// Overload control of the event-loop workers (`io = "loop"`).
+    /// Overload control of the workers.
     #[serde(default)]
     pub overload: OverloadConfig,
 }
@@ -104,17 +99,6 @@ impl OverloadConfig {
             busy_target: self.busy_target,
         }
     }
-}
-
-/// How a worker does its I/O.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Io {
-    /// The `shake-loop` event loop.
-    #[default]
-    Loop,
-    /// quinn on tokio, a task per phone.
-    Quinn,
 }
 
 /// The edge's server certificate for phones.

@@ -11,11 +11,10 @@
 //! - [`core`]: one worker's state machine: phones, shakes, answers, acknowledgements (sans-IO).
 //! - [`phones`]: a worker's connected phones (a generational slab).
 //! - [`config`]: the TOML configuration and its validation.
-//! - [`event_loop`]: one worker on the `shake-loop` event loop (the default): sessions decided
-//!   inline, no task per phone.
+//! - [`event_loop`]: one worker on the `shake-loop` event loop: sessions decided inline, no
+//!   task per phone.
 //! - [`link_pipe`]: an event-loop worker's allocator stream, on the allocator-link thread.
-//! - [`worker`]: one worker on quinn and tokio, a task per phone (`io = "quinn"`, the
-//!   benchmark reference).
+//! - [`shared`]: what every worker shares (configuration, keys, metrics, sessions by user).
 //! - [`service`]: sockets (SO_REUSEPORT), TLS, the allocator link, workers, metrics.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`outbox`]: a phone's queue of control frames (awards, round notices).
@@ -36,7 +35,7 @@ pub mod outbox;
 pub mod overload;
 pub mod phones;
 pub mod service;
+pub mod shared;
 pub mod sources;
 pub mod uplink;
 pub mod user_sessions;
-pub mod worker;

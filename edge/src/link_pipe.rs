@@ -71,7 +71,7 @@ impl LinkEnds {
 /// connection in `allocator`, reconnecting as needed); a failed open waits for the next
 /// connection, up to 200 ms, and tries again. `None` once `stop` is cancelled or the link
 /// task is gone.
-pub(crate) async fn open_stream(
+async fn open_stream(
     allocator: &mut watch::Receiver<Option<quinn::Connection>>,
     stop: &CancellationToken,
 ) -> Option<(quinn::SendStream, quinn::RecvStream)> {

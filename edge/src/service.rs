@@ -17,10 +17,10 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::award_book::AwardBook;
-use crate::config::{EdgeConfig, Io};
+use crate::config::EdgeConfig;
 use crate::metrics::EdgeMetrics;
+use crate::shared::Shared;
 use crate::user_sessions::UserSessions;
-use crate::worker::{self, Shared};
 use crate::{event_loop, link_pipe};
 
 /// Why the edge could not start.
@@ -246,16 +246,16 @@ fn worker_socket(addr: SocketAddr, buffer: usize) -> Result<std::net::UdpSocket,
     Ok(socket.into())
 }
 
-/// Keeps one connection to the allocator up, reconnecting with backoff, and publishes it.
+/// Keeps one connection to the allocator up, reconnecting with backoff, and publishes it to
+/// the workers' streams (`pipes`), which live on the same thread.
 fn spawn_allocator_link(
     config: &EdgeConfig,
     client: quinn::ClientConfig,
     stop: CancellationToken,
     metrics: Arc<EdgeMetrics>,
     pipes: Vec<link_pipe::LinkEnds>,
-) -> Result<(watch::Receiver<Option<quinn::Connection>>, std::thread::JoinHandle<()>), StartError> {
-    let (tx, rx) = watch::channel(None);
-    let pipes_rx = rx.clone();
+) -> Result<std::thread::JoinHandle<()>, StartError> {
+    let (tx, pipes_rx) = watch::channel(None);
     let addrs = config.allocator.addr.all();
     let server_name = config.allocator.server_name.clone();
     let bind: SocketAddr = if addrs[0].is_ipv6() { "[::]:0".parse() } else { "0.0.0.0:0".parse() }
@@ -268,7 +268,7 @@ fn spawn_allocator_link(
         .name("allocator-link".into())
         .spawn(move || {
             runtime.block_on(async move {
-                // The event-loop workers' allocator streams live here, beside the connection.
+                // The workers' allocator streams live here, beside the connection.
                 for pipe in pipes {
                     tokio::spawn(link_pipe::run(pipe, pipes_rx.clone(), stop.clone()));
                 }
@@ -339,7 +339,7 @@ fn spawn_allocator_link(
             });
         })
         .map_err(StartError::Thread)?;
-    Ok((rx, thread))
+    Ok(thread)
 }
 
 /// `Some(leader)` when a connection was closed by a standby allocator (`NOT_LEADER`); the
@@ -399,19 +399,16 @@ pub fn start(config: EdgeConfig) -> Result<RunningEdge, StartError> {
         sockets.push(worker_socket(addr, config.socket_buffer_bytes)?);
     }
 
-    let io = config.io;
-    // Event-loop workers: their drivers (joined so that each hands the others datagrams for
-    // their connections) and their pipes to the allocator link.
-    let mut drivers = Vec::new();
-    if io == Io::Loop {
-        for socket in sockets.drain(..) {
-            let mut driver = shake_loop::Driver::new(socket)
-                .map_err(|source| StartError::Socket { addr, source })?;
-            driver.set_batch_delay(Duration::from_micros(config.batch_delay_us));
-            drivers.push(driver);
-        }
-        shake_loop::driver::route_between(&mut drivers);
+    // The workers' drivers (joined so that each hands the others datagrams for their
+    // connections) and their pipes to the allocator link.
+    let mut drivers = Vec::with_capacity(sockets.len());
+    for socket in sockets {
+        let mut driver = shake_loop::Driver::new(socket)
+            .map_err(|source| StartError::Socket { addr, source })?;
+        driver.set_batch_delay(Duration::from_micros(config.batch_delay_us));
+        drivers.push(driver);
     }
+    shake_loop::driver::route_between(&mut drivers);
     let wakers: Vec<Arc<shake_loop::udp::Waker>> =
         drivers.iter().map(shake_loop::Driver::waker).collect();
     let (loop_ends, link_ends): (Vec<_>, Vec<_>) = wakers
@@ -419,15 +416,14 @@ pub fn start(config: EdgeConfig) -> Result<RunningEdge, StartError> {
         .enumerate()
         .map(|(id, waker)| link_pipe::pipe(id as u16, waker.clone()))
         .unzip();
-    let (allocator, link_thread) =
+    let link_thread =
         spawn_allocator_link(&config, client, stop.clone(), metrics.clone(), link_ends)?;
     let metrics_listen = config.metrics_listen;
     let awards = Arc::new(AwardBook::new(
         config.limits.max_outstanding_awards,
         config.limits.award_ack_window_s.saturating_mul(1000),
     ));
-    // Event-loop workers are woken to close a superseded session; quinn sessions are
-    // cancelled directly.
+    // A worker is woken to close a session another worker's newer one superseded.
     let session_wakers: Vec<Box<dyn Fn() + Send + Sync>> = wakers
         .iter()
         .map(|w| {
@@ -454,19 +450,7 @@ pub fn start(config: EdgeConfig) -> Result<RunningEdge, StartError> {
     });
     let supervisor = Supervisor::default();
     let mut threads = Vec::new();
-    // quinn workers (the reference path; none when the loop runs).
-    for (id, socket) in sockets.into_iter().enumerate() {
-        let shared = shared.clone();
-        let server = server.clone();
-        let allocator = allocator.clone();
-        let thread = supervisor
-            .spawn(format!("edge-worker-{id}"), move || {
-                worker::run(id as u16, workers, socket, server, shared, allocator)
-            })
-            .map_err(StartError::Thread)?;
-        threads.push(thread);
-    }
-    // Event-loop workers.
+    // The workers, one event loop each.
     let server = Arc::new(server);
     let reset_key = Arc::new(
         ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &ring::rand::SystemRandom::new())

@@ -27,25 +27,18 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio_util::sync::CancellationToken;
-
 use crate::bucket::{Rate, TokenBucket};
 
 /// Limited users remembered per worker and in the shared mirror.
 pub const MAX_LIMITED_USERS: usize = 65_536;
 
-/// How a superseded session is reached.
-#[derive(Debug, Clone)]
-pub enum Closer {
-    /// An event-loop session: the worker and the connection slot it lives in.
-    Loop {
-        /// The owning worker.
-        worker: u16,
-        /// The connection's slot in that worker.
-        conn: usize,
-    },
-    /// A session task (the quinn reference path): cancelled to close.
-    Task(CancellationToken),
+/// How a superseded session is reached: the worker and the connection slot it lives in.
+#[derive(Debug, Clone, Copy)]
+pub struct Closer {
+    /// The owning worker.
+    pub worker: u16,
+    /// The connection's slot in that worker.
+    pub conn: usize,
 }
 
 /// A superseded event-loop session, as its worker's inbox holds it.
@@ -129,9 +122,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl UserSessions {
-    /// A table for `workers` workers; `wakers[i]` wakes worker `i` (none for task workers,
-    /// which are reached by their [`Closer::Task`]); each user may supersede sessions at
-    /// `supersede_rate`.
+    /// A table for `workers` workers; `wakers[i]` wakes worker `i` (missing ones wake no one);
+    /// each user may supersede sessions at `supersede_rate`.
     pub fn new(
         workers: usize,
         mut wakers: Vec<Box<dyn Fn() + Send + Sync>>,
@@ -196,16 +188,12 @@ impl UserSessions {
             live.insert(user_id, held)
         };
         let Some(old) = old else { return Claim::Fresh };
-        match old.closer {
-            Closer::Task(token) => token.cancel(),
-            Closer::Loop { worker, conn } => {
-                if let Some(inbox) = self.inboxes.get(usize::from(worker)) {
-                    lock(&inbox.queue).push(Superseded { conn, serial: old.serial });
-                    inbox.waiting.store(true, Ordering::Release);
-                    if let Some(wake) = &inbox.wake {
-                        wake();
-                    }
-                }
+        let Closer { worker, conn } = old.closer;
+        if let Some(inbox) = self.inboxes.get(usize::from(worker)) {
+            lock(&inbox.queue).push(Superseded { conn, serial: old.serial });
+            inbox.waiting.store(true, Ordering::Release);
+            if let Some(wake) = &inbox.wake {
+                wake();
             }
         }
         Claim::Superseded
@@ -291,7 +279,7 @@ mod tests {
     }
 
     fn on(worker: u16, conn: usize) -> Closer {
-        Closer::Loop { worker, conn }
+        Closer { worker, conn }
     }
 
     #[test]
@@ -341,16 +329,6 @@ mod tests {
         t.release(7, holder);
         let last = t.report(7, 0);
         assert_eq!(last.live_session_worker, Some(1), "the newest session still holds it");
-    }
-
-    #[test]
-    fn task_sessions_are_cancelled() {
-        let (t, woken) = table();
-        let token = CancellationToken::new();
-        t.claim(7, t.next_serial(), 0, Closer::Task(token.clone()), 0);
-        t.claim(7, t.next_serial(), 0, Closer::Task(CancellationToken::new()), 0);
-        assert!(token.is_cancelled());
-        assert_eq!(woken.load(Ordering::Relaxed), 0);
     }
 
     #[test]

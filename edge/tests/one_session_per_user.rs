@@ -18,10 +18,11 @@ fn user_report(world: &World, user: u64) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {response}"))
 }
 
-async fn a_new_session_supersedes_the_old_one(io: &'static str) {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_session_supersedes_the_old_one() {
     // A budget that lets every session below supersede.
     let edge_limits = "user_supersedes_per_min = 6000.0\nuser_supersede_burst = 100.0\n";
-    let world = World::start(WorldSettings { io, edge_limits, ..WorldSettings::default() }).await;
+    let world = World::start(WorldSettings { edge_limits, ..WorldSettings::default() }).await;
     let mut honest = Phone::connect(&world).await;
     assert!(matches!(honest.hello(token(HONEST, 3600)).await, Ok(ControlFrame::Welcome { .. })));
 
@@ -78,9 +79,10 @@ async fn a_new_session_supersedes_the_old_one(io: &'static str) {
     assert_eq!(shake_ops::http::status_of(&response), Some(400));
 }
 
-async fn past_the_budget_the_newcomer_is_refused(io: &'static str) {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_budget_the_newcomer_is_refused() {
     // The default budget: two supersedes at once, then one a minute.
-    let world = World::start(WorldSettings { io, ..WorldSettings::default() }).await;
+    let world = World::start(WorldSettings::default()).await;
     let mut live = Vec::new();
     for _ in 0..3 {
         let mut phone = Phone::connect(&world).await;
@@ -108,24 +110,4 @@ async fn past_the_budget_the_newcomer_is_refused(io: &'static str) {
     assert_eq!(report["sessions_superseded"], 2);
     assert_eq!(report["sessions_refused"], 3);
     world.wait_for_metric("shake_edge_sessions_closed_total{code=\"SESSION_IN_USE\"}", 3.0).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_the_event_loop_past_the_budget_the_newcomer_is_refused() {
-    past_the_budget_the_newcomer_is_refused("loop").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_the_quinn_path_past_the_budget_the_newcomer_is_refused() {
-    past_the_budget_the_newcomer_is_refused("quinn").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_the_event_loop_a_new_session_supersedes_the_old_one() {
-    a_new_session_supersedes_the_old_one("loop").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_the_quinn_path_a_new_session_supersedes_the_old_one() {
-    a_new_session_supersedes_the_old_one("quinn").await;
 }

@@ -120,9 +120,9 @@ impl Scratch {
     }
 
     /// An edge configuration (`edge.toml`, edge 1, two workers, any port) for the allocator at
-    /// `allocator`: I/O path `io`, a 500 ms Hello deadline and the `limits` lines (the end of
-    /// the `[limits]` table; tables after it may follow).
-    pub fn edge_config(&self, allocator: SocketAddr, io: &str, limits: &str) -> PathBuf {
+    /// `allocator`: a 500 ms Hello deadline and the `limits` lines (the end of the `[limits]`
+    /// table; tables after it may follow).
+    pub fn edge_config(&self, allocator: SocketAddr, limits: &str) -> PathBuf {
         let path = self.dir.join("edge.toml");
         let certs = self.certs();
         let certs = certs.display();
@@ -132,7 +132,6 @@ listen = "127.0.0.1:0"
 workers = 2
 metrics_listen = "127.0.0.1:0"
 socket_buffer_bytes = 1048576
-io = "{io}"
 [tls]
 cert = "{certs}/edge-1.pem"
 key = "{certs}/edge-1.key"

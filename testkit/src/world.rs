@@ -20,13 +20,11 @@ pub struct WorldSettings {
     pub envelopes: u64,
     /// Lines at the end of the edge's `[limits]` table.
     pub edge_limits: &'static str,
-    /// The edge's I/O path: "loop" (the default) or "quinn" (the reference path).
-    pub io: &'static str,
 }
 
 impl Default for WorldSettings {
     fn default() -> Self {
-        Self { envelopes: 50, edge_limits: "", io: "loop" }
+        Self { envelopes: 50, edge_limits: "" }
     }
 }
 
@@ -63,8 +61,7 @@ impl World {
         );
         let config = scratch.fjall_config(ANY_PORT, QUOTA, &pools);
         let allocator = off_the_runtime(move || Allocator::start(&config)).await;
-        let mut edge =
-            Edge::command(&scratch.edge_config(allocator.quic, settings.io, settings.edge_limits));
+        let mut edge = Edge::command(&scratch.edge_config(allocator.quic, settings.edge_limits));
         let log = std::env::var("SHAKE_EDGE_LOG").unwrap_or_else(|_| "warn".into());
         edge.env("RUST_LOG", log).envs(env.iter().copied()).stderr(Stdio::inherit());
         let edge =

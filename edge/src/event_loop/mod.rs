@@ -37,10 +37,10 @@ use crate::metrics::{DropReason, Dropped, EdgeMetrics, Shed, ShedLabels};
 use crate::outbox::OUTBOX_FRAMES;
 use crate::overload::{LoopReading, Overload};
 use crate::phones::PhoneRef;
+use crate::shared::Shared;
 use crate::sources::{SourceLimiter, SourceLimits};
 use crate::uplink::WorkerName;
 use crate::user_sessions::{Claim, Closer};
-use crate::worker::Shared;
 
 mod broadcast;
 mod housekeeping;
@@ -355,7 +355,7 @@ pub fn run(start: LoopStart, shared: Arc<Shared>) -> std::io::Result<()> {
         worker_id: id,
         instance_id: WorkerName::random_instance_id(),
     };
-    tracing::info!(worker = id, instance_id = name.instance_id, io = "loop", "worker starting");
+    tracing::info!(worker = id, instance_id = name.instance_id, "worker starting");
     let now = Instant::now();
     let now_us = now.saturating_duration_since(shared.origin).as_micros() as u64;
     let mut worker = LoopWorker {

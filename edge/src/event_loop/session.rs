@@ -206,7 +206,7 @@ impl LoopWorker {
         // past the user's supersede budget this one is refused instead.
         let now_us = self.now_us(now);
         let serial = self.shared.sessions.next_serial();
-        let closer = Closer::Loop { worker: self.id, conn: ch.0 };
+        let closer = Closer { worker: self.id, conn: ch.0 };
         match self.shared.sessions.claim(claims.user_id, serial, self.id, closer, now_us) {
             Claim::Fresh => {}
             Claim::Superseded => {
