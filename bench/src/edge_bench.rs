@@ -39,6 +39,21 @@ pub struct LoadOptions {
     pub server_core: usize,
     /// Core the load (and the allocator) run on.
     pub client_core: usize,
+    /// Edge configuration lines to set, `key = value`, over the benchmark's own.
+    pub edge_set: Vec<String>,
+}
+
+/// `--edge-set` lines as the fixture's overrides: (the line's prefix up to the key, the line).
+pub fn overrides(lines: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    lines
+        .iter()
+        .map(|line| match line.split_once('=') {
+            Some((key, _)) if !key.trim().is_empty() => {
+                Ok((format!("{} ", key.trim()), line.trim().to_owned()))
+            }
+            _ => anyhow::bail!("--edge-set wants `key = value`, got {line:?}"),
+        })
+        .collect()
 }
 
 impl LoadOptions {
@@ -161,7 +176,9 @@ pub fn measure_edge(load: &LoadOptions) -> anyhow::Result<Measured> {
         server_core: load.server_core,
         client_core: load.client_core,
         pin: sys::pin_process,
-        edge_overrides: vec![shake_testkit::fixture::no_overload_control()],
+        edge_overrides: std::iter::once(shake_testkit::fixture::no_overload_control())
+            .chain(overrides(&load.edge_set)?)
+            .collect(),
         start_spread_ms: 0,
     })?;
     let pid = fixture.edge_pid();
@@ -410,6 +427,7 @@ mod tests {
             measure_s: 10.0,
             server_core: 1,
             client_core: 0,
+            edge_set: Vec::new(),
         };
         let (table, json) = table_and_figures(&figures, &load);
         assert!(table.contains("quinn datagram echo"), "{table}");
@@ -422,6 +440,20 @@ mod tests {
     }
 
     #[test]
+    fn edge_set_lines_replace_the_line_of_their_key_and_bad_ones_are_refused() {
+        let lines = vec!["batch_delay_us = 400".to_owned(), " workers=2 ".to_owned()];
+        assert_eq!(
+            overrides(&lines).unwrap(),
+            vec![
+                ("batch_delay_us ".to_owned(), "batch_delay_us = 400".to_owned()),
+                ("workers ".to_owned(), "workers=2".to_owned()),
+            ]
+        );
+        assert!(overrides(&["batch_delay_us 400".to_owned()]).is_err());
+        assert!(overrides(&[" = 4".to_owned()]).is_err());
+    }
+
+    #[test]
     fn the_loop_load_is_a_steady_even_load_with_the_edges_batch_delay() {
         let load = LoadOptions {
             phones: 10_000,
@@ -431,6 +463,7 @@ mod tests {
             measure_s: 10.0,
             server_core: 1,
             client_core: 0,
+            edge_set: Vec::new(),
         };
         let plan = loop_plan(&load);
         assert_eq!((plan.phones, plan.rate_per_phone, plan.connect_rate), (10_000, 2.0, 1_000.0));

@@ -146,11 +146,14 @@ pub fn run_level(
         // Phones shake faster than a person would at the higher levels: lift their own limit
         // so every shake reaches the edge's admission as offered.
         pin: crate::sys::pin_process,
-        edge_overrides: vec![
+        edge_overrides: [
             ("phone_rate_per_s".into(), "phone_rate_per_s = 1000.0".into()),
             ("phone_burst".into(), "phone_burst = 1000.0".into()),
             shake_testkit::fixture::no_overload_control(),
-        ],
+        ]
+        .into_iter()
+        .chain(edge_bench::overrides(&load.edge_set)?)
+        .collect(),
         start_spread_ms: 0,
     })?;
     // CPU of both sides and outcomes over the round: (seconds, client CPU us, edge CPU us,

@@ -164,6 +164,10 @@ struct LoadArgs {
     /// Measurement window, seconds.
     #[arg(long, default_value_t = 10.0)]
     measure_s: f64,
+    /// An edge configuration line to set, `key = value` (repeatable), e.g.
+    /// `--edge-set 'batch_delay_us = 400'`.
+    #[arg(long)]
+    edge_set: Vec<String>,
     #[command(flatten)]
     cores: Cores,
 }
@@ -178,6 +182,7 @@ impl LoadArgs {
             measure_s: self.measure_s,
             server_core: self.cores.server(),
             client_core: self.cores.client_core,
+            edge_set: self.edge_set.clone(),
         }
     }
 }

@@ -83,6 +83,7 @@ pub fn run(
         measure_s: 0.0,
         server_core,
         client_core,
+        edge_set: Vec::new(),
     };
     let speech = Speech::Shake { tokens: edge_bench::demo_tokens(phones)?, record: None };
     let own_baseline_kib = procfs::rss_kib(std::process::id()).unwrap_or(0);

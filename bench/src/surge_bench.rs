@@ -58,19 +58,6 @@ pub struct SurgeOptions {
     pub edge_set: Vec<String>,
 }
 
-/// `key = value` lines as fixture overrides (the line starting with `key ` is replaced).
-pub fn overrides(lines: &[String]) -> anyhow::Result<Vec<(String, String)>> {
-    lines
-        .iter()
-        .map(|line| match line.split_once('=') {
-            Some((key, _)) if !key.trim().is_empty() => {
-                Ok((format!("{} ", key.trim()), line.trim().to_owned()))
-            }
-            _ => anyhow::bail!("--edge-set wants `key = value`, got {line:?}"),
-        })
-        .collect()
-}
-
 /// One second of the run.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct SurgeSecond {
@@ -248,6 +235,7 @@ pub fn run(options: &SurgeOptions) -> anyhow::Result<SurgeFigures> {
         measure_s: 5.0,
         server_core: options.server_core,
         client_core: options.client_core,
+        edge_set: options.edge_set.clone(),
     };
     let per_busy_core = edge_bench::measure_edge(&calibration)?.max_per_busy_core();
     let capacity = per_busy_core * options.quota_share;
@@ -270,7 +258,7 @@ pub fn run(options: &SurgeOptions) -> anyhow::Result<SurgeFigures> {
             ("phone_burst ".into(), "phone_burst = 1000.0".into()),
         ]
         .into_iter()
-        .chain(overrides(&options.edge_set)?)
+        .chain(edge_bench::overrides(&options.edge_set)?)
         .collect(),
         start_spread_ms: options.start_spread_ms,
     })?;
