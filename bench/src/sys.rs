@@ -11,20 +11,8 @@ use std::io;
 use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
 
-/// Pins the calling thread (`pid` 0) or process `pid` to one core.
-pub fn pin(pid: u32, core: usize) -> io::Result<()> {
-    if core >= libc::CPU_SETSIZE as usize {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "core number too large"));
-    }
-    // SAFETY: cpu_set_t is plain data; all-zero is a valid empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `core` is within the set's capacity (checked above).
-    unsafe { libc::CPU_SET(core, &mut set) };
-    // SAFETY: the set outlives the call and its size is passed exactly.
-    let rc =
-        unsafe { libc::sched_setaffinity(pid as libc::pid_t, size_of::<libc::cpu_set_t>(), &set) };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
-}
+/// Pins the calling thread (`tid` 0) or thread `tid` to one core (the loop's own call).
+pub use shake_loop::udp::pin;
 
 /// Pins every thread of process `pid` to one core (threads it starts later inherit it).
 pub fn pin_process(pid: u32, core: usize) -> io::Result<()> {

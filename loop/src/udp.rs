@@ -363,9 +363,9 @@ pub fn wait(
     })
 }
 
-/// Pins the calling thread to `core`, so that one loop owns one core (and a benchmark's load
-/// stays off the measured core).
-pub fn pin_current_thread(core: usize) -> io::Result<()> {
+/// Pins thread `tid` (0: the calling thread) to `core`, so that one loop owns one core (and a
+/// benchmark's load stays off the measured core).
+pub fn pin(tid: u32, core: usize) -> io::Result<()> {
     if core >= libc::CPU_SETSIZE as usize {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "no such core"));
     }
@@ -373,8 +373,9 @@ pub fn pin_current_thread(core: usize) -> io::Result<()> {
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     // SAFETY: `core` is below CPU_SETSIZE (checked above), inside the set's bits.
     unsafe { libc::CPU_SET(core, &mut set) };
-    // SAFETY: pid 0 is the calling thread; the set lives across the call, with its size.
-    let rc = unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) };
+    // SAFETY: the set lives across the call, with its size.
+    let rc =
+        unsafe { libc::sched_setaffinity(tid as libc::pid_t, size_of::<libc::cpu_set_t>(), &set) };
     if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
@@ -385,7 +386,7 @@ mod tests {
     #[test]
     fn a_thread_pins_to_a_core_it_has_and_not_to_one_it_lacks() {
         let on = std::thread::spawn(|| {
-            pin_current_thread(0)?;
+            pin(0, 0)?;
             // SAFETY: a zeroed set is valid; the kernel fills it for this thread.
             let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
             // SAFETY: pid 0 is this thread; the set and its size live across the call.
@@ -396,7 +397,7 @@ mod tests {
         });
         let cores: Vec<usize> = on.join().unwrap().unwrap();
         assert_eq!(cores, vec![0], "the thread runs on core 0 only");
-        assert!(pin_current_thread(1 << 20).is_err());
+        assert!(pin(0, 1 << 20).is_err());
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! The swarm's phones on `shake-loop`, the client library's event-loop driver: what
 //! `driver = "loop"` runs and what the benchmarks load the edge with. Each thread is one
 //! client socket (an address of its own in 127.0.0.0/8) with one event loop hosting its share
-//! of the phones: no task per phone, no per-phone timer but a slot in one heap, so one load
-//! core costs about what one server core does per message.
+//! of the phones: no task per phone, no per-phone timer but a slot in one heap. Measured, one
+//! load core costs somewhat more per message than the edge's (64% busy against the edge's 45%
+//! at 10,000 shakes/s in `scripts/bench.sh edge`), and 1.24-1.30x the quinn swarm's CPU at
+//! 2,000 phones (docs/PERFORMANCE.md).
 //!
 //! Phones either speak the Shake protocol through [`shake_client::PhoneSession`] (`Hello`
 //! with a token, shakes on an open-loop schedule within the pushed interval, outcomes timed,
@@ -274,7 +276,7 @@ impl LoopLoad {
             threads.push(std::thread::Builder::new().name(format!("load-{t}")).spawn(
                 move || {
                     if let Some(core) = core {
-                        let _ = shake_loop::udp::pin_current_thread(core);
+                        let _ = shake_loop::udp::pin(0, core);
                     }
                     let mut endpoint = EndpointConfig::default();
                     endpoint
