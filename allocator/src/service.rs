@@ -37,6 +37,7 @@ use crate::config::{Config, LedgerKind};
 use crate::core::{Core, CoreSettings, Effect, StreamId, WorkerHello};
 use crate::draw::{Draw, RestoreError};
 use crate::export::AwardQuery;
+use crate::ledger::lanes::{CommitLanes, Report};
 use crate::ledger::{
     self, AnsweredBatch, CommitGroup, LedgerError, LedgerStore, Snapshot, WorkerRecord,
 };
@@ -462,13 +463,12 @@ pub(crate) fn lead(
     let committer = {
         let metrics = metrics.clone();
         let max_group = config.max_group_batches;
-        let mut store = store;
+        let lanes = config.postgres.as_ref().map_or(1, |pg| pg.commit_lanes);
         std::thread::Builder::new()
             .name("ledger-commit".into())
             .spawn(move || {
-                if commit_loop(&mut *store, commit_rx, &committed_tx, &metrics, &health, max_group)
-                    .is_err()
-                {
+                let report = report_commits(committed_tx, metrics.clone(), health.clone());
+                if commit_loop(store, lanes, commit_rx, &report, &metrics, max_group).is_err() {
                     health.ledger_failed.store(true, Ordering::Relaxed);
                 }
             })
@@ -516,15 +516,32 @@ pub(crate) fn lead(
     }))
 }
 
-/// Commits groups until the actor goes away; `Err` after a failed commit.
+/// Gathers groups until the actor goes away and hands each to the next commit lane (`lanes`
+/// sessions where the store has them, see [`crate::ledger::lanes`]); `Err` after a failed
+/// commit, or when the lanes could not be opened or started.
 fn commit_loop(
-    ledger: &mut dyn LedgerStore,
+    mut store: Box<dyn LedgerStore>,
+    lanes: usize,
     mut jobs: mpsc::Receiver<CommitJob>,
-    committed: &mpsc::UnboundedSender<Committed>,
+    report: &Arc<Report<Behind>>,
     metrics: &Metrics,
-    health: &Health,
     max_group: usize,
 ) -> Result<(), ()> {
+    let mut stores = Vec::with_capacity(lanes);
+    for _ in 1..lanes {
+        match store.open_lane() {
+            Ok(Some(lane)) => stores.push(lane),
+            Ok(None) => break,
+            Err(err) => {
+                tracing::error!(%err, "opening a commit lane");
+                return Err(());
+            }
+        }
+    }
+    stores.insert(0, store);
+    let mut lanes = CommitLanes::start(stores, report).map_err(|err| {
+        tracing::error!(%err, "starting the commit lanes");
+    })?;
     while let Some(first) = jobs.blocking_recv() {
         let mut group = CommitGroup::default();
         let mut reads = Vec::new();
@@ -545,14 +562,40 @@ fn commit_loop(
             }
         }
         metrics.commit_queue.set(jobs.len() as i64);
-        if group.is_empty() {
-            serve_reads(ledger, reads);
-            continue;
+        if lanes.hand_over(group, Behind { handed: Instant::now(), reads }).is_err()
+            || lanes.failed()
+        {
+            return Err(());
         }
-        let started = Instant::now();
-        let result = ledger.commit_group(&group);
-        metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
-        health.last_commit_us.store(started.elapsed().as_micros().max(1) as u64, Ordering::Relaxed);
+    }
+    if lanes.finish() { Ok(()) } else { Err(()) }
+}
+
+/// What travels with a group to its lane: when it was handed over, and the reads to serve
+/// once it has committed.
+struct Behind {
+    handed: Instant,
+    reads: Vec<AwardRead>,
+}
+
+/// What a lane does with each group's outcome, in group order: metrics, the report to the
+/// actor, then the reads that waited behind the group. A lane's failure report is the first
+/// of its term's; the actor ends the term on it.
+fn report_commits(
+    committed: mpsc::UnboundedSender<Committed>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+) -> Arc<Report<Behind>> {
+    Arc::new(move |group: CommitGroup, behind: Behind, result, store: &mut dyn LedgerStore| {
+        let Behind { handed, reads } = behind;
+        if group.is_empty() {
+            serve_reads(store, reads);
+            return;
+        }
+        // From hand-over to durable: the write, the wait for the group before it, the commit.
+        let took = handed.elapsed();
+        metrics.commit_seconds.observe(took.as_secs_f64());
+        health.last_commit_us.store(took.as_micros().max(1) as u64, Ordering::Relaxed);
         metrics.commit_group_batches.observe(group.batches.len() as f64);
         let message = match result {
             Ok(()) => {
@@ -574,15 +617,12 @@ fn commit_loop(
             Err(err) => Err(err.to_string()),
         };
         let failed = message.is_err();
-        if committed.send(message).is_err() {
-            return Ok(());
+        // The actor gone means the term is ending: nothing to tell.
+        let _ = committed.send(message);
+        if !failed {
+            serve_reads(store, reads);
         }
-        if failed {
-            return Err(());
-        }
-        serve_reads(ledger, reads);
-    }
-    Ok(())
+    })
 }
 
 /// Answers support's reads (each bounded by its limit).

@@ -316,3 +316,79 @@ fn the_ledger_reaches_its_database_over_verified_tls() {
         shake_allocator::ledger::postgres::Target::tls(&url, &theirs.join("ca.pem")).unwrap();
     assert!(matches!(PostgresLedger::open(&stranger), Err(LedgerError::Database(_))));
 }
+
+#[test]
+fn two_commit_lanes_commit_in_order_and_a_group_outlives_its_wait() {
+    use shake_allocator::ledger::lanes::{CommitLanes, Report, Turn};
+    use std::sync::{Arc, Mutex};
+
+    let scratch = Scratch::new("ledger-lanes");
+    let server = PgServer::primary(&scratch.dir.join("pg"));
+    let url = server.database("lanes");
+    let (mut ledger, _) = leading(&url, "a");
+
+    // A group written, then kept waiting for its turn longer than the server lets a session
+    // sit idle in a transaction: it still commits (the wait touches the transaction).
+    let waited = std::time::Instant::now();
+    let idle = Duration::from_millis(shake_allocator::ledger::postgres::IDLE_IN_TRANSACTION_MS);
+    let mut turn = |poll: Duration| {
+        if waited.elapsed() < idle + Duration::from_millis(500) {
+            std::thread::sleep(poll);
+            Turn::Wait
+        } else {
+            Turn::Go
+        }
+    };
+    ledger
+        .commit_group_in_turn(
+            &CommitGroup { batches: batches(1..=1), ..Default::default() },
+            &mut turn,
+        )
+        .expect("a group that waited its turn commits");
+
+    // Two sessions, twelve groups, the eighth refused (a batch name already taken): groups
+    // commit in the order handed over, nothing after the refused one.
+    let lane = ledger.open_lane().unwrap().expect("PostgreSQL opens a second lane");
+    let reports = Arc::new(Mutex::new(Vec::new()));
+    let seen = reports.clone();
+    let report: Arc<Report<u64>> = Arc::new(move |_, seq, result, _| {
+        seen.lock().unwrap().push((seq, result.is_ok()));
+    });
+    let mut lanes = CommitLanes::start(vec![Box::new(ledger), lane], &report).unwrap();
+    for seq in 2..=13 {
+        let mut group = batches(seq..=seq);
+        if seq == 9 {
+            group[0].key = key(1);
+        }
+        // Even groups are slow to write (2,000 awards), odd ones quick: a command written
+        // ahead of its turn would take its sequence number before the slower group's.
+        if seq % 2 == 0 {
+            group[0].awards.extend((0..2_000).map(|i| award(1_000 * seq + 100 + i, seq)));
+        }
+        let mut command = commands().remove(0);
+        command.command_id = format!("c{seq}");
+        let group = CommitGroup { batches: group, commands: vec![command], ..Default::default() };
+        lanes.hand_over(group, seq).unwrap();
+    }
+    assert!(lanes.finish());
+    let reports = reports.lock().unwrap().clone();
+    assert_eq!(reports, (2..=13).map(|seq| (seq, seq < 9)).collect::<Vec<_>>());
+    // Commit order, from the commit timestamps (on in the test cluster).
+    let mut reader = PostgresLedger::open(&url).unwrap();
+    let committed: Vec<i64> = reader
+        .client()
+        .query("SELECT seq FROM shake_batches ORDER BY pg_xact_commit_timestamp(xmin), seq", &[])
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(committed, (1..=8).collect::<Vec<i64>>());
+    let logged: Vec<String> = reader
+        .client()
+        .query("SELECT command_id FROM shake_commands ORDER BY seq", &[])
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(logged, (2..=8).map(|seq| format!("c{seq}")).collect::<Vec<_>>());
+}

@@ -12,6 +12,7 @@
 //! `tests/ledger_stores.rs` runs the same suite over both.
 
 pub mod fjall;
+pub mod lanes;
 pub mod lease;
 pub mod postgres;
 
@@ -142,6 +143,22 @@ pub trait LedgerStore: Send {
     fn probe(&mut self) -> Result<(), LedgerError>;
     /// Writes one group in one atomic, durable write. Nothing is read.
     fn commit_group(&mut self, group: &CommitGroup) -> Result<(), LedgerError>;
+    /// Writes one group as [`Self::commit_group`] does, but makes it durable only once `turn`
+    /// says every group before it has (see [`lanes`]). A store that cannot write ahead of its
+    /// commit waits for the turn first.
+    fn commit_group_in_turn(
+        &mut self,
+        group: &CommitGroup,
+        turn: &mut dyn FnMut(std::time::Duration) -> lanes::Turn,
+    ) -> Result<(), LedgerError> {
+        lanes::wait_turn(turn)?;
+        self.commit_group(group)
+    }
+    /// Another session of the same ledger, under the same leadership, for another commit lane;
+    /// `None` where the store has one writer only (fjall: one process owns the directory).
+    fn open_lane(&mut self) -> Result<Option<Box<dyn LedgerStore>>, LedgerError> {
+        Ok(None)
+    }
     /// Reads everything back for a restart or a takeover.
     fn snapshot(&mut self) -> Result<Snapshot, LedgerError>;
     /// Every award (in id order) that `keep` accepts, with its delivery mark.
