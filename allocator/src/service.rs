@@ -542,7 +542,12 @@ fn commit_loop(
     let mut lanes = CommitLanes::start(stores, report).map_err(|err| {
         tracing::error!(%err, "starting the commit lanes");
     })?;
-    while let Some(first) = jobs.blocking_recv() {
+    loop {
+        lanes.wait_ready();
+        if lanes.failed() {
+            return Err(());
+        }
+        let Some(first) = jobs.blocking_recv() else { break };
         let mut group = CommitGroup::default();
         let mut reads = Vec::new();
         let mut next = Some(first);

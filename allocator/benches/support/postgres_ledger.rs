@@ -246,7 +246,9 @@ fn offered(
     });
     let mut max_group = 0;
     let mut awards = 0;
-    while let Ok(first) = arrivals.recv() {
+    loop {
+        timed.lanes.wait_ready();
+        let Ok(first) = arrivals.recv() else { break };
         let mut group = CommitGroup::default();
         let mut arrived = Vec::new();
         let mut next = Some(first);

@@ -45,8 +45,12 @@ pub type Report<T> =
 
 #[derive(Debug, Default)]
 struct Order {
-    /// The sequence number of the group allowed to commit now.
+    /// The sequence number of the group allowed to commit now (every group before it has
+    /// reported).
     next: u64,
+    /// Groups whose write is done (they wait for their turn, or have reported): writes end
+    /// in order, because a group is handed over only once the one before it has written.
+    written: u64,
     /// A group failed: every later one is abandoned.
     failed: bool,
 }
@@ -93,6 +97,21 @@ impl<T: Send + 'static> CommitLanes<T> {
             lanes.push(tx);
         }
         Ok(Self { lanes, threads, order, handed: 0 })
+    }
+
+    /// Waits until the next group can start at once: its lane is free and the group before
+    /// it has written its rows (or a group failed). Gather the group after this returns: it
+    /// then holds everything that arrived meanwhile, so groups stay as large as the ledger's
+    /// pace makes them, which is what keeps a busy ledger efficient. (With one lane this is
+    /// the plain group commit: gather while the last group commits.)
+    pub fn wait_ready(&self) {
+        let (state, changed) = &*self.order;
+        let (seq, lanes) = (self.handed, self.lanes.len() as u64);
+        let mut now = lock(state);
+        let ready = |now: &Order| now.failed || (now.next + lanes > seq && now.written >= seq);
+        while !ready(&now) {
+            now = changed.wait(now).unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
     }
 
     /// Hands a group to the next lane, blocking while that lane is still busy with its last
@@ -146,6 +165,11 @@ fn run_lane<T>(
     for (seq, group, with) in groups {
         let mut turn = |poll: Duration| -> Turn {
             let mut now = lock(state);
+            // Asked for its turn: the group's write is done.
+            if now.written <= seq {
+                now.written = seq + 1;
+                changed.notify_all();
+            }
             if now.next != seq {
                 now = changed
                     .wait_timeout(now, poll)
@@ -177,6 +201,7 @@ fn run_lane<T>(
         report(group, with, result, &mut *store);
         let mut now = lock(state);
         now.failed |= failed;
+        now.written = now.written.max(seq + 1);
         now.next = seq + 1;
         changed.notify_all();
     }
