@@ -5,7 +5,7 @@
 # (proto/benches, allocator/benches, edge/benches); the rest run the real processes.
 #
 #   scripts/bench.sh proto          encode/decode a 1,024-entry Batch (target: 50 M entries/s each)
-#   scripts/bench.sh allocator      draw decisions/s (target 5 M) and durable awards/s (target 200 k)
+#   scripts/bench.sh allocator      draw decisions/s (5 M), durable awards/s (200 k), PostgreSQL beside fjall
 #   scripts/bench.sh edge-hot-path  allocations (target 0) and time per shake through the edge's code
 #   scripts/bench.sh soak           10 M batches through the allocator core: memory flat, answers compacted
 #   scripts/bench.sh handshake      QUIC handshakes per second for several TLS configurations
