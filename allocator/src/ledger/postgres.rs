@@ -601,9 +601,9 @@ impl LedgerStore for PostgresLedger {
 
     /// Writes the group's new rows (`COPY`) inside its transaction first, the rest once `turn`
     /// allows, then commits: another lane's session can write the next group's rows
-    /// meanwhile. While the turn says
-    /// [`Turn::Wait`] the open transaction is touched every [`TURN_POLL`], so the server's
-    /// idle-in-transaction timeout never ends a group that only waits its turn.
+    /// meanwhile. While the turn says [`Turn::Wait`] the open transaction is touched every
+    /// [`TURN_POLL`], so the server's idle-in-transaction timeout never ends a group that
+    /// only waits its turn.
     fn commit_group_in_turn(
         &mut self,
         group: &CommitGroup,
