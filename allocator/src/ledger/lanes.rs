@@ -12,7 +12,7 @@
 //! Invariants: at most one group per lane is in flight (a lane takes its next group only after
 //! it reported the last one); reports come in group order; after a failed group, every later
 //! group is rolled back ([`Turn::Abandon`]) and reported as failed, so nothing commits after a
-//! gap.
+//! gap. A lane whose thread panics abandons every group still waiting (no turn would come).
 
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -53,6 +53,24 @@ struct Order {
     written: u64,
     /// A group failed: every later one is abandoned.
     failed: bool,
+    /// A lane's thread died (a panic): its group will never report, so no turn comes in
+    /// order any more; every waiting group is abandoned at once.
+    lane_died: bool,
+}
+
+/// Marks the lanes' order when its lane's thread unwinds, so the other lanes and the
+/// dispatcher stop waiting for a turn that would never come.
+struct DeathNotice<'a>(&'a Shared);
+
+impl Drop for DeathNotice<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let mut now = lock(&self.0.0);
+            now.failed = true;
+            now.lane_died = true;
+            self.0.1.notify_all();
+        }
+    }
 }
 
 type Shared = (Mutex<Order>, Condvar);
@@ -162,6 +180,7 @@ fn run_lane<T>(
     report: &Report<T>,
 ) {
     let (state, changed) = order;
+    let _notice = DeathNotice(order);
     for (seq, group, with) in groups {
         let mut turn = |poll: Duration| -> Turn {
             let mut now = lock(state);
@@ -178,6 +197,7 @@ fn run_lane<T>(
             }
             // Even an abandoned group waits for its turn: reports stay in group order.
             match (now.next == seq, now.failed) {
+                _ if now.lane_died => Turn::Abandon,
                 (false, _) => Turn::Wait,
                 (true, false) => Turn::Go,
                 (true, true) => Turn::Abandon,
@@ -193,7 +213,7 @@ fn run_lane<T>(
         let failed = result.is_err();
         // A group can fail before its turn (a refused write): it still reports in its turn.
         let mut now = lock(state);
-        while now.next != seq {
+        while now.next != seq && !now.lane_died {
             now = changed.wait(now).unwrap_or_else(std::sync::PoisonError::into_inner);
         }
         drop(now);
@@ -327,6 +347,41 @@ mod tests {
         let (log, reports) = run(12, None);
         assert_eq!(log, (0..12).collect::<Vec<_>>());
         assert_eq!(reports, (0..12).map(|seq| (seq, true)).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_lane_that_panics_abandons_the_rest_instead_of_hanging() {
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let log = Arc::new(Mutex::new(Vec::new()));
+            let stores: Vec<Box<dyn LedgerStore>> = [Duration::from_millis(15), Duration::ZERO]
+                .into_iter()
+                .map(|write| Box::new(Recording { write, fail: None, log: log.clone() }) as _)
+                .collect();
+            let reports = Arc::new(Mutex::new(Vec::new()));
+            let seen = reports.clone();
+            let report: Arc<Report<u64>> = Arc::new(move |_, seq, result, _| {
+                assert_ne!(seq, 4, "a report that panics");
+                seen.lock().unwrap().push((seq, result.is_ok()));
+            });
+            let mut lanes = CommitLanes::start(stores, &report).unwrap();
+            let mut handed = 0;
+            for seq in 0..12 {
+                lanes.wait_ready();
+                if lanes.failed() || lanes.hand_over(group(seq), seq).is_err() {
+                    break;
+                }
+                handed += 1;
+            }
+            let joined = lanes.finish();
+            let _ = done.send((handed, joined, reports.lock().unwrap().clone()));
+        });
+        let (handed, joined, reports) =
+            finished.recv_timeout(Duration::from_secs(20)).expect("the lanes hung");
+        assert!(!joined, "the panicked lane is reported");
+        assert!(handed < 12, "the dispatcher stopped handing over");
+        assert_eq!(&reports[..4], &[(0, true), (1, true), (2, true), (3, true)]);
+        assert!(reports[4..].iter().all(|(_, ok)| !ok), "nothing after the panic committed");
     }
 
     #[test]
