@@ -239,7 +239,9 @@ fn offered(
             if let Some(wait) = due.checked_duration_since(Instant::now()) {
                 std::thread::sleep(wait);
             }
-            if arrive.send((Instant::now(), batch)).is_err() {
+            // Stamped with when it was due, not when the feeder got to it: a feeder held up
+            // (by the same two cores) does not hide the wait it caused.
+            if arrive.send((due, batch)).is_err() {
                 return;
             }
         }
