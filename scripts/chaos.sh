@@ -18,7 +18,7 @@
 # attacked median p99 at or under it passes whatever its ratio; default 0), HOSTILE_PAIRS
 # (baseline and hostile runs whose medians are compared; 3, or 1 with --short),
 # SHAKE_BIN_DIR (prebuilt binaries: no build step), SHAKE_CHAOS_DIR (where run files go;
-# default target/chaos).
+# default target/chaos), COMMIT_LANES (the HA allocators' [postgres] commit_lanes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -129,6 +129,10 @@ use_postgres_ledger() {
     sed -i "s#^ledger_path = .*#ledger = \"postgres\"#" "$file"
     printf '[postgres]\nurl = "%s"\nnode = "%s"\nlease_ms = %s\nstandby_poll_ms = 100\n' \
         "$url" "$node" "$lease_ms" >>"$file"
+    # COMMIT_LANES: the allocators' [postgres] commit_lanes (unset: the allocator's default).
+    if [[ -n "${COMMIT_LANES:-}" ]]; then
+        printf 'commit_lanes = %s\n' "$COMMIT_LANES" >>"$file"
+    fi
 }
 
 # Turns on the admin API of an allocator configuration: FILE TOKEN_FILE (any loopback port;

@@ -136,16 +136,17 @@ pub struct PostgresConfig {
     /// plain TCP: only for loopback or a trusted network.
     #[serde(default)]
     pub ca: Option<PathBuf>,
-    /// Database sessions writing group commits at once (1 to 8): with 2, the next group is
-    /// written while the last one's commit waits for its fsync and the synchronous standby;
-    /// commits still land, and are answered, in order. `scripts/bench.sh allocator` measures
-    /// 1 beside 2.
+    /// Database sessions writing group commits at once (1 to 8; default 1): with 2, the next
+    /// group is written while the last one's commit waits for its fsync and the synchronous
+    /// standby; commits still land, and are answered, in order. 2 raises what the ledger
+    /// makes durable near its capacity and cuts the wait there, but costs a few milliseconds
+    /// of p99 on a lightly loaded ledger (README "Commit lanes": measured both ways).
     #[serde(default = "default_commit_lanes")]
     pub commit_lanes: usize,
 }
 
 fn default_commit_lanes() -> usize {
-    2
+    1
 }
 
 fn default_lease_ms() -> u64 {

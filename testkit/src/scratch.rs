@@ -81,11 +81,12 @@ impl Scratch {
     }
 
     /// The same round for allocator `node` of several on one PostgreSQL ledger
-    /// (`allocator-NODE.toml`).
+    /// (`allocator-NODE.toml`), with two commit lanes: the tests drive the lanes' ordering
+    /// through the real allocator (one lane, the default, is the path every fjall test takes).
     pub fn postgres_config(&self, node: &str, url: &str, round_extra: &str) -> PathBuf {
         let ledger = format!(
             "ledger = \"postgres\"\n[postgres]\nurl = \"{url}\"\nnode = \"{node}\"\n\
-             lease_ms = 1500\nstandby_poll_ms = 100\n"
+             lease_ms = 1500\nstandby_poll_ms = 100\ncommit_lanes = 2\n"
         );
         let round = round(1, self.round_start_ms, 600, 7, round_extra);
         self.write_allocator_config(&format!("allocator-{node}.toml"), ANY_PORT, &ledger, &round)
