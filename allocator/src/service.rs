@@ -520,27 +520,15 @@ pub(crate) fn lead(
 /// sessions where the store has them, see [`crate::ledger::lanes`]); `Err` after a failed
 /// commit, or when the lanes could not be opened or started.
 fn commit_loop(
-    mut store: Box<dyn LedgerStore>,
+    store: Box<dyn LedgerStore>,
     lanes: usize,
     mut jobs: mpsc::Receiver<CommitJob>,
     report: &Arc<Report<Behind>>,
     metrics: &Metrics,
     max_group: usize,
 ) -> Result<(), ()> {
-    let mut stores = Vec::with_capacity(lanes);
-    for _ in 1..lanes {
-        match store.open_lane() {
-            Ok(Some(lane)) => stores.push(lane),
-            Ok(None) => break,
-            Err(err) => {
-                tracing::error!(%err, "opening a commit lane");
-                return Err(());
-            }
-        }
-    }
-    stores.insert(0, store);
-    let mut lanes = CommitLanes::start(stores, report).map_err(|err| {
-        tracing::error!(%err, "starting the commit lanes");
+    let mut lanes = CommitLanes::open(store, lanes, report).map_err(|err| {
+        tracing::error!(%err, "opening the commit lanes");
     })?;
     loop {
         lanes.wait_ready();

@@ -348,13 +348,13 @@ fn two_commit_lanes_commit_in_order_and_a_group_outlives_its_wait() {
 
     // Two sessions, twelve groups, the eighth refused (a batch name already taken): groups
     // commit in the order handed over, nothing after the refused one.
-    let lane = ledger.open_lane().unwrap().expect("PostgreSQL opens a second lane");
     let reports = Arc::new(Mutex::new(Vec::new()));
     let seen = reports.clone();
     let report: Arc<Report<u64>> = Arc::new(move |_, seq, result, _| {
         seen.lock().unwrap().push((seq, result.is_ok()));
     });
-    let mut lanes = CommitLanes::start(vec![Box::new(ledger), lane], &report).unwrap();
+    let mut lanes = CommitLanes::open(Box::new(ledger), 2, &report).unwrap();
+    assert_eq!(lanes.len(), 2, "PostgreSQL opens a second lane");
     for seq in 2..=13 {
         let mut group = batches(seq..=seq);
         if seq == 9 {

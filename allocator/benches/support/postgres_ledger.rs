@@ -113,9 +113,9 @@ pub(crate) fn measure(answered: &[AnsweredBatch], dir: &Path) -> Result<Figures,
     measured
 }
 
-/// Empty tables, a checkpoint (so no reading pays for the one before), the lease, and one
-/// leading session per lane.
-fn leading_lanes(url: &str, lanes: usize) -> Result<Vec<Box<dyn LedgerStore>>, String> {
+/// Empty tables, a checkpoint (so no reading pays for the one before), the lease; the
+/// leading session.
+fn leading(url: &str) -> Result<Box<dyn LedgerStore>, String> {
     let mut ledger = PostgresLedger::open(url).map_err(|e| e.to_string())?;
     ledger
         .client()
@@ -128,12 +128,7 @@ fn leading_lanes(url: &str, lanes: usize) -> Result<Vec<Box<dyn LedgerStore>>, S
         .map_err(|e| e.to_string())?
         .ok_or("the lease is taken")?;
     ledger.lead(epoch);
-    let mut stores: Vec<Box<dyn LedgerStore>> = Vec::new();
-    for _ in 1..lanes {
-        stores.push(ledger.open_lane().map_err(|e| e.to_string())?.ok_or("no second lane")?);
-    }
-    stores.insert(0, Box::new(ledger));
-    Ok(stores)
+    Ok(Box::new(ledger))
 }
 
 /// Lanes that record, per group, each of its batches' arrival-to-durable time (ms).
@@ -144,7 +139,7 @@ struct TimedLanes {
 }
 
 impl TimedLanes {
-    fn start(stores: Vec<Box<dyn LedgerStore>>) -> Result<Self, String> {
+    fn start(store: Box<dyn LedgerStore>, lanes_wanted: usize) -> Result<Self, String> {
         let latencies = Arc::new(Mutex::new(Vec::new()));
         let failure = Arc::new(Mutex::new(None::<String>));
         let (seen, failed) = (latencies.clone(), failure.clone());
@@ -156,7 +151,10 @@ impl TimedLanes {
                     .extend(arrived.iter().map(|at| at.elapsed().as_secs_f64() * 1000.0)),
                 Err(e) => *failed.lock().unwrap() = Some(e.to_string()),
             });
-        let lanes = CommitLanes::start(stores, &report).map_err(|e| e.to_string())?;
+        let lanes = CommitLanes::open(store, lanes_wanted, &report).map_err(|e| e.to_string())?;
+        if lanes.len() != lanes_wanted {
+            return Err(format!("{} of {lanes_wanted} lanes opened", lanes.len()));
+        }
         Ok(Self { lanes, latencies, failure })
     }
 
@@ -198,7 +196,7 @@ fn closed(
         .map(|chunk| CommitGroup { batches: chunk.to_vec(), ..CommitGroup::default() })
         .collect();
     let awards: usize = groups.iter().flat_map(|g| &g.batches).map(|b| b.awards.len()).sum();
-    let mut timed = TimedLanes::start(leading_lanes(url, lanes)?)?;
+    let mut timed = TimedLanes::start(leading(url)?, lanes)?;
     let count = groups.len();
     let started = Instant::now();
     for group in groups {
@@ -229,7 +227,7 @@ fn offered(
         / answered.len().max(1) as f64;
     let interval = Duration::from_secs_f64(per_batch / offered_per_s);
     let count = ((OFFERED_FOR.as_secs_f64() / interval.as_secs_f64()) as usize).min(answered.len());
-    let mut timed = TimedLanes::start(leading_lanes(url, lanes)?)?;
+    let mut timed = TimedLanes::start(leading(url)?, lanes)?;
     let (arrive, arrivals) = std::sync::mpsc::sync_channel::<(Instant, AnsweredBatch)>(count);
     let schedule: Vec<AnsweredBatch> = answered[..count].to_vec();
     let started = Instant::now();

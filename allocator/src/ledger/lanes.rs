@@ -117,6 +117,25 @@ impl<T: Send + 'static> CommitLanes<T> {
         Ok(Self { lanes, threads, order, handed: 0 })
     }
 
+    /// Up to `wanted` lanes on `store`'s ledger: `store` is the first, the others are further
+    /// sessions it opens ([`LedgerStore::open_lane`]; a store without them gets one lane).
+    pub fn open(
+        mut store: Box<dyn LedgerStore>,
+        wanted: usize,
+        report: &Arc<Report<T>>,
+    ) -> Result<Self, LedgerError> {
+        let mut stores = Vec::with_capacity(wanted.max(1));
+        for _ in 1..wanted {
+            match store.open_lane()? {
+                Some(lane) => stores.push(lane),
+                None => break,
+            }
+        }
+        stores.insert(0, store);
+        Self::start(stores, report)
+            .map_err(|e| LedgerError::Failed(format!("starting the commit lanes: {e}")))
+    }
+
     /// Waits until the next group can start at once: its lane is free and the group before
     /// it has written its rows (or a group failed). Gather the group after this returns: it
     /// then holds everything that arrived meanwhile, so groups stay as large as the ledger's
