@@ -314,19 +314,24 @@ impl PhoneSession {
         Ok(seq)
     }
 
-    /// `retry_after_ms` plus up to a quarter more, the same for the same user and shake: an
+    /// `retry_after_ms` plus up to a quarter more ([`shake_proto::SLOW_DOWN_JITTER_SHARE`]), the same for the same user and shake: an
     /// edge under load answers slow-down to many phones in one burst, and phones that all
     /// came back after exactly the retry would make the next burst.
     pub fn with_jitter(&self, retry_after_ms: u32, seq: u64) -> u64 {
         let z = shake_proto::mix(self.user_id ^ seq.rotate_left(32));
         let retry = u64::from(retry_after_ms);
-        retry + (retry / 4) * (z >> 11) / (1 << 53)
+        let most = (retry as f64 * shake_proto::SLOW_DOWN_JITTER_SHARE) as u64;
+        retry + most * (z >> 11) / (1 << 53)
     }
 
     /// The phone's Unix milliseconds from which a shake is allowed: the interval in force
-    /// after the last shake, and any slow-down.
+    /// after the last shake, with the same jitter as a slow-down's retry, and any slow-down.
+    /// (Phones paced in one burst would otherwise stay in step: every one of them answered in
+    /// the same second shakes again in the same second, one interval later.)
     pub fn next_shake_allowed_ms(&self) -> u64 {
-        let paced = self.last_shake_ms.map_or(0, |at| at + u64::from(self.min_shake_interval_ms));
+        let paced = self
+            .last_shake_ms
+            .map_or(0, |at| at + self.with_jitter(self.min_shake_interval_ms, self.next_seq));
         paced.max(self.slow_until_ms)
     }
 
@@ -647,9 +652,13 @@ mod tests {
             other => panic!("expected a shake, got {other:?}"),
         }
         out.clear();
-        assert_eq!(s.shake(NOW + 499, &mut out), Err(ShakeRefusal::TooSoon { at_ms: NOW + 500 }));
+        // The interval and a jitter of the user's and next shake's own, at most a quarter.
+        let allowed = NOW + s.with_jitter(500, 2);
+        assert!((NOW + 500..=NOW + 625).contains(&allowed), "{}", allowed - NOW);
+        assert_eq!(s.shake(NOW + 499, &mut out), Err(ShakeRefusal::TooSoon { at_ms: allowed }));
+        assert_eq!(s.shake(allowed - 1, &mut out), Err(ShakeRefusal::TooSoon { at_ms: allowed }));
         assert!(out.is_empty());
-        assert_eq!(s.shake(NOW + 500, &mut out), Ok(2));
+        assert_eq!(s.shake(allowed, &mut out), Ok(2));
         // Slow-down for 2 s from NOW + 600.
         let mut answer = BytesMut::new();
         datagram::encode_outcomes(
@@ -667,12 +676,11 @@ mod tests {
         s.on_control(until + 100, &frame(ControlFrame::Pace { min_shake_interval_ms: 5_000 }))
             .unwrap();
         assert_eq!(s.poll_event(), Some(SessionEvent::Paced { min_shake_interval_ms: 5_000 }));
-        // It counts from the last shake, exactly (the edge's pace is no burst).
-        assert_eq!(
-            s.shake(until + 600, &mut out),
-            Err(ShakeRefusal::TooSoon { at_ms: until + 5_000 })
-        );
-        assert_eq!(s.shake(until + 5_000, &mut out), Ok(4));
+        // It counts from the last shake (the edge's pace is no burst), with its jitter.
+        let paced = until + s.with_jitter(5_000, 4);
+        assert!((until + 5_000..=until + 6_250).contains(&paced), "{}", paced - until);
+        assert_eq!(s.shake(until + 600, &mut out), Err(ShakeRefusal::TooSoon { at_ms: paced }));
+        assert_eq!(s.shake(paced, &mut out), Ok(4));
     }
 
     #[test]

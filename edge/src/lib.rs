@@ -27,6 +27,7 @@ pub mod batcher;
 pub mod bucket;
 pub mod config;
 pub mod core;
+pub mod cpu_allowance;
 pub mod event_loop;
 pub mod handshakes;
 pub mod link_pipe;

@@ -3,11 +3,20 @@
 //! once an interval, and the three levers it pulls, cheapest first:
 //!
 //! 1. **Pace**: over its target, the worker raises the minimum shake interval its phones keep
-//!    (`Pace`, told to each phone with its next answer) towards what its measured service
-//!    rate can carry, `phones / (served shakes per second / busy share * PACE_TARGET_LOAD)`:
-//!    each raise at least [`RAISE_MIN`] and at most [`RAISE_MAX`] times the last, then held
-//!    for one old interval while phones hear it; calm for a second, it lowers it a quarter at
-//!    a time (hysteresis, so it does not oscillate).
+//!    (`Pace`, told to each phone with its next answer) to what its capacity carries,
+//!    `phones / (capacity * PACE_TARGET_LOAD)`, the capacity being the most it served per
+//!    busy second in any interval of this overload (an interval spent answering the phones'
+//!    loss probes serves few shakes and would read as a tiny capacity). The first raise goes
+//!    there at once, with [`FIRST_RAISE_HEADROOM`] (the phones' own interval may be far above
+//!    the configured one, so steps from it would be wasted); later ones are at least
+//!    [`RAISE_MIN`] and at most [`RAISE_MAX`] times the last. Each raise is held while
+//!    phones hear it: they hear it only with an answer, so for as long as the worker takes
+//!    to answer each phone once. Calm for a second, it lowers the pace by what its load over
+//!    the whole time at the current pace allows (to [`PACE_TARGET_LOAD`]; a quarter to a half
+//!    at a time), but only once its phones have shaken at the current pace (one pace and its
+//!    jitter after the last change: before that, phones still waiting out a slow-down make
+//!    the load look lighter than it is) and never below what the overload's capacity carries
+//!    until it has been calm for [`FORGET_US`] (hysteresis, so it does not oscillate).
 //! 2. **Handshakes**: over its target, new handshakes are refused (CONNECTION_REFUSED, phones
 //!    back off with jitter) before any established phone loses an answer: a handshake costs
 //!    about ten shakes.
@@ -28,6 +37,10 @@
 //!    crowded out every answer (docs/PERFORMANCE.md, "The round-open surge"). So ACK-sized
 //!    packets are never dropped, and a shake is answered rather than dropped until it is
 //!    hopeless.
+//!
+//! The loop's busy share is the larger of the wall time its turns took and the CPU it used
+//! over the CPU it may use ([`crate::cpu_allowance`]): in a container with a CPU limit the
+//! kernel throttles a worker long before its turns fill the wall time.
 //!
 //! Time is an argument (`now_us`, monotonic); the loop feeds it its counters.
 
@@ -68,19 +81,33 @@ pub const MIN_RECEIVE_BUFFER: usize = 64 * 1024;
 pub const BUSY_LOW: f64 = 0.6;
 /// Calm intervals in a row before the pace is lowered one step.
 pub const CALM_INTERVALS: u32 = 10;
-/// Each lowering step multiplies the pace by this.
+/// A lowering step multiplies the pace by at most this (busier than `LOWER_STEP *
+/// PACE_TARGET_LOAD` at the pace in force, it is not lowered)...
 pub const LOWER_STEP: f64 = 0.75;
+/// ...and at least this.
+pub const LOWER_STEP_MIN: f64 = 0.5;
 /// The share of its capacity a worker paces its phones to (headroom for phases that are not
 /// perfectly even and for handshakes).
 pub const PACE_TARGET_LOAD: f64 = 0.8;
 /// One raise lengthens the interval phones keep at least this many times...
 pub const RAISE_MIN: f64 = 1.5;
-/// ...and at most this many (a capacity measured in an interval spent on other work is too
-/// low).
+/// ...and, after the first raise of an overload, at most this many.
 pub const RAISE_MAX: f64 = 2.5;
+/// The first raise of an overload asks for this many times what the capacity carries: phones
+/// hear the pace only as they are answered, and until the last has heard it the loss probes
+/// of those not yet told take a share of the worker (about half on the surge benchmark, where
+/// a first raise to what the capacity carries was followed by a second one a second later).
+pub const FIRST_RAISE_HEADROOM: f64 = 1.5;
+/// A raise is held at least this long, and at most [`HOLD_MAX_MS`], milliseconds.
+pub const HOLD_MIN_MS: u64 = 500;
+/// See [`HOLD_MIN_MS`].
+pub const HOLD_MAX_MS: u64 = 3_000;
+/// Calm this long after its last interval over target, a worker forgets the capacity it
+/// measured then and may lower the pace below what that capacity carries, microseconds.
+pub const FORGET_US: u64 = 30_000_000;
 
 /// The loop's cumulative counters at one instant (from `DriverStats`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct LoopReading {
     /// Datagrams read from the socket.
     pub datagrams_in: u64,
@@ -92,6 +119,11 @@ pub struct LoopReading {
     pub busy_us: u64,
     /// Time the loop ran, microseconds.
     pub wall_us: u64,
+    /// CPU time the loop's thread used, microseconds (0 if unknown).
+    pub cpu_us: u64,
+    /// The share of one core the worker may use (its process's CPU quota over its workers,
+    /// at most 1; not cumulative).
+    pub cpu_allowance: f64,
     /// Shakes the worker decided (answered or forwarded).
     pub shakes: u64,
     /// Phones being served now (not cumulative).
@@ -109,6 +141,8 @@ pub struct IntervalVerdict {
     pub overload: f64,
     /// The loop's busy share over the interval.
     pub busy: f64,
+    /// The capacity the pace is set from, shakes per busy second (0: none measured).
+    pub capacity_per_s: f64,
 }
 
 /// One worker's overload state.
@@ -124,8 +158,16 @@ pub struct Overload {
     /// The worker's own pace, milliseconds (0: none).
     pace_ms: f64,
     calm: u32,
-    /// No raise before this (phones need one shake's time to hear the last one).
+    /// No raise before this (phones need time to hear the last one).
     hold_until_us: u64,
+    /// No lowering before this (phones need time to shake at the pace in force).
+    lower_after_us: u64,
+    /// The most shakes per busy second served in an interval of the current (or last)
+    /// overload, and when the last interval over target ended.
+    capacity_per_s: f64,
+    last_over_us: Option<u64>,
+    /// The counters when the pace last changed.
+    since_change: LoopReading,
     /// Datagrams read per second over the last interval.
     read_per_s: u64,
 }
@@ -143,6 +185,10 @@ impl Overload {
             pace_ms: 0.0,
             calm: 0,
             hold_until_us: 0,
+            lower_after_us: 0,
+            capacity_per_s: 0.0,
+            last_over_us: None,
+            since_change: LoopReading::default(),
             read_per_s: 0,
         }
     }
@@ -185,11 +231,9 @@ impl Overload {
         let read = d(was.datagrams_in, reading.datagrams_in);
         let shed = d(was.shed, reading.shed);
         let dropped = d(was.kernel_drops, reading.kernel_drops);
-        let wall = d(was.wall_us, reading.wall_us);
         let shakes = d(was.shakes, reading.shakes);
         self.read_per_s = read * 1_000_000 / span_us;
-        let busy =
-            if wall == 0 { 0.0 } else { d(was.busy_us, reading.busy_us) as f64 / wall as f64 };
+        let busy = busy_between(&was, &reading);
         let min_wait = self.min_wait_us.take().unwrap_or(0);
         let standing_queue = min_wait > self.settings.target_us;
         let over = self.settings.enabled
@@ -207,39 +251,88 @@ impl Overload {
             shedding: self.settings.enabled && (standing_queue || dropped > 0),
             overload,
             busy,
+            capacity_per_s: 0.0,
         };
+        let remembered = self.last_over_us.is_some_and(|at| now_us - at < FORGET_US);
         if over {
             self.calm = 0;
-            if now_us >= self.hold_until_us && shakes > 0 {
-                // What the worker served per second, over the share of the time it was busy,
-                // is its capacity; the phones it serves share PACE_TARGET_LOAD of it.
-                let capacity_per_s = shakes as f64 * 1e6 / span_us as f64 / busy.max(0.05);
-                let carried_ms =
-                    reading.phones as f64 * 1000.0 / (capacity_per_s * PACE_TARGET_LOAD);
-                // One raise is bounded both ways: an interval spent on other work (answering
-                // the phones' loss probes, say) serves few shakes and reads as a tiny capacity.
+            if !remembered {
+                // A new overload: what was measured in the last one no longer holds.
+                self.capacity_per_s = 0.0;
+            }
+            self.last_over_us = Some(now_us);
+            if shakes > 0 {
+                // What the worker served per second, over the share of the time it was busy.
+                let served_per_s = shakes as f64 * 1e6 / span_us as f64 / busy.max(0.05);
+                self.capacity_per_s = self.capacity_per_s.max(served_per_s);
+            }
+            if now_us >= self.hold_until_us && self.capacity_per_s > 0.0 {
+                let carried_ms = self.carried_ms(reading.phones);
                 let old_pace_ms = self.pace_ms(base_pace_ms);
                 let old = f64::from(old_pace_ms);
-                let raised = carried_ms.clamp(old * RAISE_MIN, old * RAISE_MAX);
-                self.pace_ms = raised.min(f64::from(self.settings.max_pace_ms));
-                // Every phone shaking at the old pace hears the new one within one old interval
-                // (and a phone's own interval is rarely under half a second).
-                let hold_ms = u64::from(old_pace_ms).clamp(500, 2_000);
+                let raised = if self.pace_ms == 0.0 {
+                    (carried_ms * FIRST_RAISE_HEADROOM).max(old * RAISE_MIN)
+                } else if self.verdict.shedding {
+                    carried_ms.clamp(old * RAISE_MIN, old * RAISE_MAX)
+                } else {
+                    // Busy, without a queue or drops: a wave of phones paced in one burst
+                    // coming back together, unless the capacity says the pace is too short.
+                    carried_ms.min(old * RAISE_MAX)
+                };
+                let raised = raised.min(f64::from(self.settings.max_pace_ms));
+                if raised <= old {
+                    return Some(self.finish_verdict());
+                }
+                self.pace_ms = raised;
+                // Phones hear a pace only with an answer: every phone is answered once within
+                // its old interval, or within the time the worker takes to answer them all.
+                let answer_all_ms = reading.phones as f64 * 1000.0 / self.capacity_per_s;
+                let hold_ms = (old.max(answer_all_ms) as u64).clamp(HOLD_MIN_MS, HOLD_MAX_MS);
                 self.hold_until_us = now_us + hold_ms * 1000;
+                self.lower_after_us = self.after_one_pace(now_us);
+                self.since_change = reading;
             }
         } else if busy < BUSY_LOW.min(self.settings.busy_target) && self.pace_ms > 0.0 {
             self.calm += 1;
-            if self.calm >= CALM_INTERVALS {
+            if self.calm >= CALM_INTERVALS && now_us >= self.lower_after_us {
                 self.calm = 0;
-                self.pace_ms *= LOWER_STEP;
-                if self.pace_ms < f64::from(base_pace_ms) {
-                    self.pace_ms = 0.0;
+                // The load over the whole time at this pace (phones come back from a raise in
+                // waves, and one interval may be a trough), and the step that brings it to
+                // the pace's target load, at most halving the pace.
+                let mean_busy = busy_between(&self.since_change, &reading);
+                let step = (mean_busy / PACE_TARGET_LOAD).max(LOWER_STEP_MIN);
+                let floor_ms = if remembered { self.carried_ms(reading.phones) } else { 0.0 };
+                let lowered = (self.pace_ms * step).max(floor_ms);
+                if step <= LOWER_STEP && lowered < self.pace_ms {
+                    self.since_change = reading;
+                    self.pace_ms = lowered;
+                    if self.pace_ms < f64::from(base_pace_ms) {
+                        self.pace_ms = 0.0;
+                    }
+                    self.lower_after_us = self.after_one_pace(now_us);
                 }
             }
         } else {
             self.calm = 0;
         }
-        Some(self.verdict)
+        Some(self.finish_verdict())
+    }
+
+    fn finish_verdict(&mut self) -> IntervalVerdict {
+        self.verdict.capacity_per_s = self.capacity_per_s;
+        self.verdict
+    }
+
+    /// The interval at which `phones` shaking evenly load the worker to [`PACE_TARGET_LOAD`]
+    /// of the capacity it measured in the last overload, milliseconds.
+    fn carried_ms(&self, phones: u64) -> f64 {
+        phones as f64 * 1000.0 / (self.capacity_per_s.max(1.0) * PACE_TARGET_LOAD)
+    }
+
+    /// When every phone has shaken at least once at the pace in force (a phone slowed down
+    /// just now waits the pace and its jitter).
+    fn after_one_pace(&self, now_us: u64) -> u64 {
+        now_us + (self.pace_ms * (1.0 + shake_proto::SLOW_DOWN_JITTER_SHARE) * 1000.0) as u64
     }
 
     /// The interval phones are asked to keep, given the allocator's (never shorter).
@@ -268,6 +361,19 @@ impl Overload {
     pub fn due(&self, now_us: u64) -> bool {
         now_us >= self.interval_ends_us
     }
+}
+
+/// The loop's busy share between two readings: the share of the wall time its turns took, or
+/// of the CPU it may use that it used, whichever is higher (under a CPU quota the loop stalls
+/// off the core long before its turns fill the wall time).
+fn busy_between(was: &LoopReading, is: &LoopReading) -> f64 {
+    let wall = is.wall_us.saturating_sub(was.wall_us);
+    if wall == 0 {
+        return 0.0;
+    }
+    let turns = is.busy_us.saturating_sub(was.busy_us) as f64 / wall as f64;
+    let cpu = is.cpu_us.saturating_sub(was.cpu_us) as f64 / wall as f64;
+    turns.max(cpu / is.cpu_allowance.clamp(0.001, 1.0)).min(1.0)
 }
 
 #[cfg(test)]
@@ -334,8 +440,11 @@ mod tests {
         assert!(v.over && v.shedding, "{v:?}");
         assert_eq!(shed, 0, "shedding under the limit starts with the next interval");
         assert!((v.overload - 1.148).abs() < 0.01, "{v:?}");
-        // 1,000 shakes served in 100 ms fully busy: 10,000/s; 20,000 phones at 80% of it.
-        assert_eq!(o.pace_ms(1_000), 2_500, "the interval the capacity carries");
+        // 1,000 shakes served in 100 ms fully busy: 10,000/s; 20,000 phones at 80% of it
+        // shake every 2,500 ms, and a first raise has its headroom.
+        let first = (2_500.0 * FIRST_RAISE_HEADROOM) as u32;
+        assert_eq!(first, 3_750);
+        assert_eq!(o.pace_ms(1_000), first, "the interval the capacity carries, and headroom");
         assert!(o.refuse_handshakes());
         // 10,000 datagrams a second read: the kernel may queue 20 ms of them.
         assert_eq!(o.receive_buffer(), Some(MIN_RECEIVE_BUFFER.max(200 * 512)));
@@ -353,25 +462,77 @@ mod tests {
         reading.phones = 40_000;
         let (v, shed) = interval(&mut o, &mut reading, &mut now, 1000, 50 * MS, 1.0, 0);
         assert!(v.over && v.shedding && shed == 0, "{v:?}");
-        assert_eq!(o.pace_ms(1_000), 2_500, "held while phones hear the last raise");
-        reading.phones = 20_000;
-        // The queue is gone and the loop half busy: calm, the pace comes down in steps.
+        assert_eq!(o.pace_ms(1_000), first, "held while phones hear the last raise");
+        // The queue is gone and the loop half busy: calm. Half the phones left, so the
+        // capacity measured carries them at 1,250 ms.
+        reading.phones = 10_000;
         let (v, _) = interval(&mut o, &mut reading, &mut now, 1000, 300, 0.5, 0);
         assert!(!v.over && !v.shedding && !o.refuse_handshakes());
         assert_eq!(o.receive_buffer(), None, "calm: the configured buffer again");
-        for _ in 0..CALM_INTERVALS - 1 {
+        // No lowering until the phones have shaken once at 3,750 ms (and its jitter) since
+        // the raise at 200 ms: 4,887 ms.
+        while now < 4_800 * MS {
             interval(&mut o, &mut reading, &mut now, 1000, 300, 0.5, 0);
+            assert_eq!(o.pace_ms(1_000), first, "at {} ms", now / MS);
         }
-        assert_eq!(o.pace_ms(1_000), 1_875, "one step down after {CALM_INTERVALS} calm ones");
+        interval(&mut o, &mut reading, &mut now, 1000, 300, 0.5, 0);
+        // Down by what the load at this pace allows: since the raise, one interval fully busy
+        // and 46 half busy, 0.51 of the loop; to 80% load that is 0.64 of the pace.
+        assert_eq!(o.pace_ms(1_000), 2_394, "down once the phones had time");
         // Busy between the marks: the pace holds (hysteresis).
-        for _ in 0..20 {
+        for _ in 0..40 {
             interval(&mut o, &mut reading, &mut now, 1000, 300, 0.75, 0);
         }
-        assert_eq!(o.pace_ms(1_000), 1_875);
+        assert_eq!(o.pace_ms(1_000), 2_394);
+        // Calm again: lowered once the load since the last change is under 60% (20 intervals
+        // at 0.3 after the 40 at 0.75), by a quarter at most then...
+        for _ in 0..30 {
+            interval(&mut o, &mut reading, &mut now, 1000, 300, 0.3, 0);
+        }
+        assert_eq!(o.pace_ms(1_000), 1_795);
+        // ...and by up to a half, to what the overload's capacity carries.
         for _ in 0..100 {
             interval(&mut o, &mut reading, &mut now, 1000, 300, 0.3, 0);
         }
+        assert_eq!(o.pace_ms(1_000), 1_250, "not below what the capacity carries");
+        // ...and, calm for FORGET_US after the overload, back to the allocator's interval.
+        while now < FORGET_US + 2_000 * MS {
+            interval(&mut o, &mut reading, &mut now, 1000, 300, 0.3, 0);
+        }
         assert_eq!(o.pace_ms(1_000), 1_000, "back to the allocator's interval");
+    }
+
+    #[test]
+    fn the_first_raise_goes_where_the_capacity_carries_and_probes_do_not_lower_the_capacity() {
+        // The allocator asks for 100 ms; the phones shake every 600 ms of their own.
+        let base = 100;
+        let mut o = Overload::new(settings(), 0);
+        let mut reading = LoopReading { phones: 10_000, ..LoopReading::default() };
+        let mut now = 0;
+        let mut over = |o: &mut Overload, now: &mut u64, shakes: u64| {
+            *now += 100 * MS;
+            reading.datagrams_in += 2_000;
+            reading.shakes += shakes;
+            reading.kernel_drops += 3_000;
+            reading.busy_us += 100 * MS;
+            reading.wall_us += 100 * MS;
+            o.on_turn(*now, reading, base).expect("an interval ended")
+        };
+        // 500 shakes in 100 ms fully busy: 5,000/s carry 10,000 phones at 80% at 2,500 ms,
+        // and a first raise has its headroom.
+        assert!(over(&mut o, &mut now, 500).over);
+        assert_eq!(o.pace_ms(base), 3_750, "at once, not 2.5 times the allocator's 100 ms");
+        // Held while every phone is answered once (10,000 at 5,000/s: 2 s), however few
+        // shakes an interval spent on loss probes serves.
+        while now < 2_000 * MS {
+            assert!(over(&mut o, &mut now, 50).over);
+            assert_eq!(o.pace_ms(base), 3_750, "at {} ms", now / MS);
+        }
+        // Still over after the hold: the capacity is still the 5,000/s measured first (not the
+        // 500/s of the probe-bound intervals, which would ask for 25 s), so the raise is the
+        // least one.
+        over(&mut o, &mut now, 50);
+        assert_eq!(o.pace_ms(base), 5_625);
     }
 
     #[test]
@@ -383,16 +544,41 @@ mod tests {
         assert!(v.over && v.shedding, "{v:?}");
         assert!((v.overload - 2.0).abs() < 0.01, "arrived twice what was read: {v:?}");
         // Half busy for 10,000/s: the capacity is 20,000/s, which carries 20,000 phones at
-        // 1,250 ms; but a raise is at least RAISE_MIN.
-        assert_eq!(o.pace_ms(1_000), 1_500);
+        // 1,250 ms, and 1,875 with a first raise's headroom.
+        assert_eq!(o.pace_ms(1_000), 1_875);
         let (v, _) = interval(&mut o, &mut reading, &mut now, 1000, 200, 0.95, 0);
         assert!(v.over && !v.shedding, "busy alone paces and refuses, sheds nothing: {v:?}");
+        // Busy past the hold with no queue and no drops, and the capacity carries the phones
+        // at the pace in force: a wave of phones, not a reason to raise it again.
+        for _ in 0..20 {
+            interval(&mut o, &mut reading, &mut now, 1000, 200, 0.95, 0);
+        }
+        assert_eq!(o.pace_ms(1_000), 1_875);
         reading.phones = 10_000_000;
         for _ in 0..200 {
             interval(&mut o, &mut reading, &mut now, 1000, 200, 0.95, 100);
         }
         assert_eq!(o.pace_ms(1_000), 10_000, "never past max_pace_ms");
         assert_eq!(o.pace_ms(20_000), 20_000, "never under the allocator's interval");
+    }
+
+    #[test]
+    fn under_a_cpu_quota_the_cpu_used_over_the_cpu_allowed_is_the_busy_share() {
+        let mut o = Overload::new(settings(), 0);
+        // A quarter of a core allowed; turns take 30% of the wall time, on 23% of a core.
+        let mut reading = LoopReading { phones: 10_000, cpu_allowance: 0.25, ..Default::default() };
+        reading.busy_us = 30 * MS;
+        reading.cpu_us = 23 * MS;
+        reading.wall_us = 100 * MS;
+        reading.shakes = 500;
+        let v = o.on_turn(100 * MS, reading, 1_000).expect("an interval ended");
+        assert!((v.busy - 0.92).abs() < 1e-9, "{v:?}");
+        assert!(v.over, "at its busy target under the quota: {v:?}");
+        // Without a quota the same loop is 30% busy (its turns), and calm.
+        let mut o = Overload::new(settings(), 0);
+        reading.cpu_allowance = 1.0;
+        let v = o.on_turn(100 * MS, reading, 1_000).expect("an interval ended");
+        assert!((v.busy - 0.3).abs() < 1e-9 && !v.over, "{v:?}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The loop's system calls: batched UDP receive and send (`recvmmsg`, `sendmmsg`), waiting on
-//! the socket and a wake-up (`ppoll`), the wake-up itself (an `eventfd`), and pinning a
-//! loop's thread to a core (`sched_setaffinity`).
+//! the socket and a wake-up (`ppoll`), the wake-up itself (an `eventfd`), pinning a loop's
+//! thread to a core (`sched_setaffinity`), and the CPU time a loop's thread has used
+//! (`clock_gettime`).
 //!
 //! `unsafe` is allowed in this module only, because each of these is a libc call. Every call
 //! gets buffers that live across it, with the lengths of those buffers; addresses are
@@ -379,9 +380,37 @@ pub fn pin(tid: u32, core: usize) -> io::Result<()> {
     if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
+/// CPU time the calling thread has used (`CLOCK_THREAD_CPUTIME_ID`): what a loop actually ran,
+/// as against the wall time its turns took (which includes time the scheduler or a CPU quota
+/// held it off the core).
+pub fn thread_cpu_time() -> io::Result<Duration> {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` lives across the call; the clock id is a constant the kernel knows.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn thread_cpu_time_counts_this_threads_work_and_not_its_sleep() {
+        let before = thread_cpu_time().expect("clock");
+        std::thread::sleep(Duration::from_millis(30));
+        let slept = thread_cpu_time().expect("clock") - before;
+        let spin_until = std::time::Instant::now() + Duration::from_millis(30);
+        let mut x = 0u64;
+        while std::time::Instant::now() < spin_until {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        let worked = thread_cpu_time().expect("clock") - before - slept;
+        assert!(slept < Duration::from_millis(10), "sleeping used {slept:?}");
+        assert!(worked >= Duration::from_millis(5), "spinning 30 ms used only {worked:?}");
+    }
 
     #[test]
     fn a_thread_pins_to_a_core_it_has_and_not_to_one_it_lacks() {

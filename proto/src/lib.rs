@@ -51,6 +51,11 @@ pub fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// A phone waits a slow-down's `retry_after_ms` plus up to this share of it as jitter of its
+/// own (docs/PROTOCOL.md, "Pacing under load"): phones slowed down in one burst come back
+/// spread out, and an edge knows they are all back within `(1 + share) * retry`.
+pub const SLOW_DOWN_JITTER_SHARE: f64 = 0.25;
+
 /// ALPN of the phone <-> edge protocol.
 pub const PHONE_ALPN: &[u8] = b"shake/2";
 /// ALPN of the edge <-> allocator protocol.

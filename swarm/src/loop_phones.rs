@@ -480,8 +480,13 @@ impl PhonesShell {
                             report.held_back += 1;
                             // A swarm counts what the pace held back, as its quinn phones do;
                             // outside a round there is nothing to hold back.
-                            if let (Some(stats), ShakeRefusal::TooSoon { .. }) = (stats, refusal) {
-                                stats.held_back.fetch_add(1, Ordering::Relaxed);
+                            if let ShakeRefusal::TooSoon { at_ms } = refusal {
+                                if let Some(stats) = stats {
+                                    stats.held_back.fetch_add(1, Ordering::Relaxed);
+                                }
+                                // The user shakes again as soon as it is allowed.
+                                let at_us = now_us + at_ms.saturating_sub(now_ms) * 1000;
+                                phone.schedule.not_before(at_us);
                             }
                             continue;
                         }

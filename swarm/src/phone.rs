@@ -510,7 +510,7 @@ impl<'a> Shaking<'a> {
                 Ok(seq) => seq,
                 Err(ShakeRefusal::TooSoon { at_ms }) => {
                     self.ctx.stats.held_back.fetch_add(1, Ordering::Relaxed);
-                    schedule.hold_until(self.ctx.us_at(at_ms));
+                    schedule.not_before(self.ctx.us_at(at_ms));
                     continue;
                 }
                 Err(_) => continue,

@@ -92,6 +92,15 @@ impl Schedule {
         self.next_us = self.next_us.max(last_us + self.interval_us as u64);
     }
 
+    /// The next shake no sooner than `at_us`, and the plan's intervals from there: the phone's
+    /// session refused a shake as too soon and said when one is allowed (the interval in force
+    /// and its jitter, or the phone's place in a start spread), and the user shakes as soon as
+    /// it is. (Skipping to the plan's next tick instead would keep every phone's period a whole
+    /// number of planned intervals: phones paced in one burst would stay in step for ever.)
+    pub fn not_before(&mut self, at_us: u64) {
+        self.next_us = self.next_us.max(at_us);
+    }
+
     /// Sends nothing before `at_us` (a `SlowDown` verdict); the shakes meanwhile are skipped,
     /// not sent late.
     pub fn hold_until(&mut self, at_us: u64) {
@@ -104,6 +113,22 @@ impl Schedule {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_shake_moves_the_next_to_when_one_is_allowed_and_the_plan_goes_on_from_there() {
+        let mut s = Schedule::new(0, 10.0, 0.0, 1);
+        assert_eq!(s.due(0), Some(0));
+        s.not_before(137_000);
+        assert_eq!(s.due(136_999), None);
+        assert_eq!(
+            s.due(137_000),
+            Some(137_000),
+            "at the allowed time, not the next tick (200 ms)"
+        );
+        assert_eq!(s.next_us(), 237_000);
+        s.not_before(1_000);
+        assert_eq!(s.next_us(), 237_000, "never sooner than planned");
+    }
 
     #[test]
     fn the_edges_pace_lengthens_the_interval_and_a_slow_down_holds_shakes_back() {

@@ -33,6 +33,10 @@ impl LoopWorker {
             self.sources.sweep(now_us);
             self.core.on_load_tick(now_ms());
             metrics.users_live.set(self.shared.sessions.live() as i64);
+            if self.shared.config.overload.enabled {
+                let cores = crate::cpu_allowance::process_cores();
+                self.cpu_allowance = crate::cpu_allowance::per_worker(cores, self.workers);
+            }
         }
     }
 
@@ -115,6 +119,9 @@ impl LoopWorker {
             kernel_drops: stats.kernel_drops,
             busy_us: stats.busy_us,
             wall_us: stats.wall_us,
+            // The loop's own thread: this runs inside its turn.
+            cpu_us: shake_loop::udp::thread_cpu_time().map_or(0, |t| t.as_micros() as u64),
+            cpu_allowance: self.cpu_allowance,
             shakes: self.shakes_decided,
             phones: self.core.phones().len() as u64,
         };
@@ -129,6 +136,8 @@ impl LoopWorker {
                 pace_ms,
                 overload = format!("{:.2}", verdict.overload),
                 busy = format!("{:.2}", verdict.busy),
+                capacity_per_s = verdict.capacity_per_s.round(),
+                cpu_allowance = self.cpu_allowance,
                 "pace changed"
             );
         }

@@ -145,6 +145,10 @@ struct LoopWorker {
     /// How long the datagram being handled waited in the socket (overload control's
     /// slow-down reads it).
     datagram_wait_us: Option<u64>,
+    /// The share of one core this worker may use (re-read once a second).
+    cpu_allowance: f64,
+    /// The edge's workers (what its CPU quota is shared among).
+    workers: usize,
 }
 
 impl LoopWorker {
@@ -383,6 +387,11 @@ pub fn run(start: LoopStart, shared: Arc<Shared>) -> std::io::Result<()> {
         overload: Overload::new(shared.config.overload.settings(), now_us),
         shakes_decided: 0,
         datagram_wait_us: None,
+        cpu_allowance: crate::cpu_allowance::per_worker(
+            crate::cpu_allowance::process_cores(),
+            shared.config.worker_count(),
+        ),
+        workers: shared.config.worker_count(),
         id,
         shared,
     };
