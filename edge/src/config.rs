@@ -70,7 +70,8 @@ pub struct OverloadConfig {
     /// The longest interval between shakes a worker asks of its phones, milliseconds.
     pub max_pace_ms: u32,
     /// A worker whose loop was busy this share of an interval (0 to 1) counts as over its
-    /// target.
+    /// target: the share of the wall time its turns took, or of the CPU its cgroup's quota
+    /// allows it that it used, whichever is higher.
     pub busy_target: f64,
 }
 
