@@ -314,9 +314,10 @@ impl PhoneSession {
         Ok(seq)
     }
 
-    /// `retry_after_ms` plus up to a quarter more ([`shake_proto::SLOW_DOWN_JITTER_SHARE`]), the same for the same user and shake: an
-    /// edge under load answers slow-down to many phones in one burst, and phones that all
-    /// came back after exactly the retry would make the next burst.
+    /// `retry_after_ms` plus up to a quarter more ([`shake_proto::SLOW_DOWN_JITTER_SHARE`]),
+    /// the same for the same user and shake: an edge under load answers slow-down to many
+    /// phones in one burst, and phones that all came back after exactly the retry would make
+    /// the next burst.
     pub fn with_jitter(&self, retry_after_ms: u32, seq: u64) -> u64 {
         let z = shake_proto::mix(self.user_id ^ seq.rotate_left(32));
         let retry = u64::from(retry_after_ms);

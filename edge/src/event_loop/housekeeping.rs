@@ -34,8 +34,7 @@ impl LoopWorker {
             self.core.on_load_tick(now_ms());
             metrics.users_live.set(self.shared.sessions.live() as i64);
             if self.shared.config.overload.enabled {
-                let cores = crate::cpu_allowance::process_cores();
-                self.cpu_allowance = crate::cpu_allowance::per_worker(cores, self.workers);
+                self.cpu_allowance = crate::cpu_allowance::for_worker(self.workers);
             }
         }
     }

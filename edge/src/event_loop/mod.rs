@@ -387,11 +387,8 @@ pub fn run(start: LoopStart, shared: Arc<Shared>) -> std::io::Result<()> {
         overload: Overload::new(shared.config.overload.settings(), now_us),
         shakes_decided: 0,
         datagram_wait_us: None,
-        cpu_allowance: crate::cpu_allowance::per_worker(
-            crate::cpu_allowance::process_cores(),
-            shared.config.worker_count(),
-        ),
-        workers: shared.config.worker_count(),
+        cpu_allowance: crate::cpu_allowance::for_worker(workers),
+        workers,
         id,
         shared,
     };
