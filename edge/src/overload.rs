@@ -280,17 +280,17 @@ impl Overload {
                     carried_ms.min(old * RAISE_MAX)
                 };
                 let raised = raised.min(f64::from(self.settings.max_pace_ms));
-                if raised <= old {
-                    return Some(self.finish_verdict());
+                if raised > old {
+                    self.pace_ms = raised;
+                    // Phones hear a pace only with an answer: every phone is answered once
+                    // within its old interval, or within the time the worker takes to answer
+                    // them all.
+                    let answer_all_ms = reading.phones as f64 * 1000.0 / self.capacity_per_s;
+                    let hold_ms = (old.max(answer_all_ms) as u64).clamp(HOLD_MIN_MS, HOLD_MAX_MS);
+                    self.hold_until_us = now_us + hold_ms * 1000;
+                    self.lower_after_us = self.after_one_pace(now_us);
+                    self.since_change = reading;
                 }
-                self.pace_ms = raised;
-                // Phones hear a pace only with an answer: every phone is answered once within
-                // its old interval, or within the time the worker takes to answer them all.
-                let answer_all_ms = reading.phones as f64 * 1000.0 / self.capacity_per_s;
-                let hold_ms = (old.max(answer_all_ms) as u64).clamp(HOLD_MIN_MS, HOLD_MAX_MS);
-                self.hold_until_us = now_us + hold_ms * 1000;
-                self.lower_after_us = self.after_one_pace(now_us);
-                self.since_change = reading;
             }
         } else if busy < BUSY_LOW.min(self.settings.busy_target) && self.pace_ms > 0.0 {
             self.calm += 1;
@@ -315,12 +315,8 @@ impl Overload {
         } else {
             self.calm = 0;
         }
-        Some(self.finish_verdict())
-    }
-
-    fn finish_verdict(&mut self) -> IntervalVerdict {
         self.verdict.capacity_per_s = self.capacity_per_s;
-        self.verdict
+        Some(self.verdict)
     }
 
     /// The interval at which `phones` shaking evenly load the worker to [`PACE_TARGET_LOAD`]
