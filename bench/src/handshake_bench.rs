@@ -26,7 +26,10 @@ pub enum Setup {
     /// `quinn::ServerConfig::with_single_cert`: quinn's and rustls's defaults throughout (with
     /// the ALPN value set, which QUIC requires).
     QuinnDefault,
-    /// The edge's phone configuration, default transport settings.
+    /// The edge's phone configuration, default transport settings, on `shake-loop` (the
+    /// edge's phone path: one thread drives `quinn_proto`).
+    EdgeOnLoop,
+    /// The same configuration on a quinn/tokio endpoint.
     Edge,
     /// A TLS choice on top of a plain quinn server.
     Tls {
@@ -73,7 +76,7 @@ pub struct Variant {
 
 /// Index of quinn's default in [`variants`].
 pub const QUINN_DEFAULT: usize = 0;
-/// Index of the edge's configuration in [`variants`].
+/// Index of the edge as it runs (its configuration on `shake-loop`) in [`variants`].
 pub const EDGE: usize = 1;
 
 /// The configurations compared.
@@ -85,7 +88,8 @@ pub fn variants() -> Vec<Variant> {
     let p256 = CertKind::EcdsaP256;
     vec![
         Variant { name: "quinn default", setup: Setup::QuinnDefault, cert: p256 },
-        Variant { name: "shake-edge", setup: Setup::Edge, cert: p256 },
+        Variant { name: "shake-edge (shake-loop)", setup: Setup::EdgeOnLoop, cert: p256 },
+        Variant { name: "shake-edge config, quinn/tokio", setup: Setup::Edge, cert: p256 },
         Variant {
             name: "rustls order (AES-256 first), X25519",
             setup: Setup::Tls {
@@ -279,7 +283,7 @@ fn server_config(
             let crypto = QuicServerConfig::try_from(tls).expect("QUIC-capable suites");
             return quinn::ServerConfig::with_crypto(Arc::new(crypto));
         }
-        Setup::Edge => {
+        Setup::Edge | Setup::EdgeOnLoop => {
             return shake_edge::service::phone_server_config_from(
                 cert.to_vec(),
                 key.clone_key(),
@@ -372,6 +376,83 @@ fn spawn_server(
     (addr_rx.recv().expect("server address"), stop_tx, done_rx)
 }
 
+/// [`spawn_server`] on `shake-loop`: one pinned thread drives the endpoint, closing each
+/// connection as its handshake completes, as the quinn server does.
+fn spawn_loop_server(
+    config: quinn::ServerConfig,
+    server_core: usize,
+) -> (SocketAddr, mpsc::Sender<()>, mpsc::Receiver<(u64, u64)>) {
+    let (addr_tx, addr_rx) = mpsc::channel();
+    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    let (done_tx, done_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = sys::pin(0, server_core);
+        let socket = std::net::UdpSocket::bind(("127.0.0.1", 0)).expect("bind");
+        let mut driver = shake_loop::Driver::new(socket).expect("driver");
+        driver.set_batch_delay(Duration::from_micros(shake_edge::config::DEFAULT_BATCH_DELAY_US));
+        addr_tx.send(driver.local_addr().expect("address")).expect("send address");
+        let mut endpoint = quinn::EndpointConfig::default();
+        endpoint.cid_generator(|| Box::new(shake_loop::cid::WorkerCids::new(0)));
+        let mut engine = shake_loop::Engine::new(endpoint, Some(Arc::new(config)));
+        let mut shell = LoopHandshakes { stop: stop_rx, handshakes: 0, next_check: Instant::now() };
+        let cpu_start = sys::thread_cpu_us();
+        let _ = driver.run(&mut engine, &mut shell);
+        let _ = done_tx.send((sys::thread_cpu_us() - cpu_start, shell.handshakes));
+    });
+    (addr_rx.recv().expect("server address"), stop_tx, done_rx)
+}
+
+/// The loop server's application: count each completed handshake and close the connection.
+struct LoopHandshakes {
+    stop: mpsc::Receiver<()>,
+    handshakes: u64,
+    next_check: Instant,
+}
+
+impl shake_loop::Handler for LoopHandshakes {
+    fn incoming(
+        &mut self,
+        _now: Instant,
+        _incoming: &shake_loop::quinn_proto::Incoming,
+    ) -> shake_loop::IncomingDecision {
+        shake_loop::IncomingDecision::Accept
+    }
+
+    fn event(
+        &mut self,
+        now: Instant,
+        _ch: shake_loop::quinn_proto::ConnectionHandle,
+        conn: &mut shake_loop::quinn_proto::Connection,
+        event: shake_loop::AppEvent,
+    ) {
+        if let shake_loop::AppEvent::Connected = event {
+            self.handshakes += 1;
+            conn.close(now, 0u32.into(), bytes::Bytes::new());
+        }
+    }
+}
+
+impl shake_loop::Shell for LoopHandshakes {
+    fn turn(
+        &mut self,
+        now: Instant,
+        _engine: &mut shake_loop::Engine,
+        _stats: &shake_loop::driver::DriverStats,
+    ) -> shake_loop::Flow {
+        if now >= self.next_check {
+            self.next_check = now + Duration::from_millis(50);
+            if self.stop.try_recv().is_ok() {
+                return shake_loop::Flow::Stop;
+            }
+        }
+        shake_loop::Flow::Continue
+    }
+
+    fn deadline(&mut self) -> Option<Instant> {
+        Some(self.next_check)
+    }
+}
+
 async fn hammer(
     addr: SocketAddr,
     client: quinn::ClientConfig,
@@ -419,7 +500,11 @@ fn measure(
     for_: Duration,
     server_core: usize,
 ) -> (f64, f64) {
-    let (addr, stop, done) = spawn_server(server_config(variant, cert, key), server_core);
+    let config = server_config(variant, cert, key);
+    let (addr, stop, done) = match variant.setup {
+        Setup::EdgeOnLoop => spawn_loop_server(config, server_core),
+        _ => spawn_server(config, server_core),
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()

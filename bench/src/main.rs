@@ -33,7 +33,8 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Bench {
     /// Full and resumed QUIC handshakes on one server core: quinn's default configuration, the
-    /// edge's, and several TLS choices (suite order, key exchange, tickets).
+    /// edge's (on `shake-loop`, as it runs, and on quinn/tokio), and several TLS choices (suite
+    /// order, key exchange, tickets, crypto library, certificate key).
     Handshake {
         /// Length of each measurement, milliseconds.
         #[arg(long, default_value_t = 3000)]

@@ -29,16 +29,11 @@ pub fn terminate(pid: u32) -> io::Result<()> {
     if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
-/// CPU time (user and system) the calling thread has used, microseconds, at nanosecond
-/// resolution.
+/// CPU time (user and system) the calling thread has used, microseconds (0 if the clock
+/// cannot be read): `shake_loop::udp::thread_cpu_time`, which the edge's overload control
+/// reads too.
 pub fn thread_cpu_us() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `ts` is a valid out-pointer for the duration of the call.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    if rc != 0 {
-        return 0;
-    }
-    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
+    shake_loop::udp::thread_cpu_time().map_or(0, |t| t.as_micros() as u64)
 }
 
 /// Datagrams moved by one batched call.
