@@ -393,6 +393,11 @@ pub fn thread_cpu_time() -> io::Result<Duration> {
     Ok(Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
 }
 
+/// [`thread_cpu_time`] in microseconds, 0 if the clock cannot be read.
+pub fn thread_cpu_us() -> u64 {
+    thread_cpu_time().map_or(0, |t| t.as_micros() as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -39,9 +39,23 @@ pub struct Phone {
 }
 
 impl Phone {
-    /// A phone connected to the world's edge from a fresh loopback port.
+    /// A phone connected to the world's edge from a fresh loopback port, backing off and
+    /// trying again while refused (`CONNECTION_REFUSED`), as phones do: a worker that a busy
+    /// test machine puts over its load target refuses new handshakes for an interval. A test
+    /// that expects a refusal uses [`Phone::connect_from`].
     pub async fn connect(world: &World) -> Self {
-        Self::connect_from(world, ANY_PORT).await.expect("connecting a phone")
+        for _ in 0..50 {
+            match Self::connect_from(world, ANY_PORT).await {
+                Ok(phone) => return phone,
+                Err(quinn::ConnectionError::ConnectionClosed(close))
+                    if close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED =>
+                {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(other) => panic!("connecting a phone: {other}"),
+            }
+        }
+        panic!("connecting a phone: refused for 10 s");
     }
 
     /// Connects from `local` (any loopback address; port 0 for a fresh port).

@@ -119,7 +119,7 @@ impl LoopWorker {
             busy_us: stats.busy_us,
             wall_us: stats.wall_us,
             // The loop's own thread: this runs inside its turn.
-            cpu_us: shake_loop::udp::thread_cpu_time().map_or(0, |t| t.as_micros() as u64),
+            cpu_us: shake_loop::udp::thread_cpu_us().saturating_sub(self.cpu_at_start_us),
             cpu_allowance: self.cpu_allowance,
             shakes: self.shakes_decided,
             phones: self.core.phones().len() as u64,

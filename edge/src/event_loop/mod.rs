@@ -149,6 +149,9 @@ struct LoopWorker {
     cpu_allowance: f64,
     /// The edge's workers (what its CPU quota is shared among).
     workers: usize,
+    /// The thread's CPU time when the loop started, microseconds (overload control counts
+    /// from there, as the driver's wall and busy times do).
+    cpu_at_start_us: u64,
 }
 
 impl LoopWorker {
@@ -389,6 +392,7 @@ pub fn run(start: LoopStart, shared: Arc<Shared>) -> std::io::Result<()> {
         datagram_wait_us: None,
         cpu_allowance: crate::cpu_allowance::for_worker(workers),
         workers,
+        cpu_at_start_us: shake_loop::udp::thread_cpu_us(),
         id,
         shared,
     };
