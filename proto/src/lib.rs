@@ -51,9 +51,10 @@ pub fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// A phone waits a slow-down's `retry_after_ms` plus up to this share of it as jitter of its
-/// own (docs/PROTOCOL.md, "Pacing under load"): phones slowed down in one burst come back
-/// spread out, and an edge knows they are all back within `(1 + share) * retry`.
+/// A phone waits a slow-down's `retry_after_ms`, and keeps the paced interval, plus up to this
+/// share of it as jitter of its own (docs/PROTOCOL.md, "Pacing under load"): phones slowed
+/// down or paced in one burst come back spread out, and an edge knows they are all back
+/// within `(1 + share) * retry`.
 pub const SLOW_DOWN_JITTER_SHARE: f64 = 0.25;
 
 /// ALPN of the phone <-> edge protocol.
