@@ -337,17 +337,29 @@ fn client_config(ca: &[CertificateDer<'static>], resume: bool) -> quinn::ClientC
     ))
 }
 
-/// Runs the server on its own thread; returns its address and a way to stop it and read the
-/// CPU it used and handshakes it completed.
-fn spawn_server(
-    config: quinn::ServerConfig,
+/// A running server: its address, a way to stop it, and then the server thread's CPU
+/// microseconds and the handshakes it completed.
+type RunningServer = (SocketAddr, mpsc::Sender<()>, mpsc::Receiver<(u64, u64)>);
+
+/// Runs `serve` on its own thread pinned to `server_core`: it sends its address, serves until
+/// told to stop, and returns its thread's CPU microseconds and the handshakes it completed.
+fn on_server_thread(
     server_core: usize,
-) -> (SocketAddr, mpsc::Sender<()>, mpsc::Receiver<(u64, u64)>) {
+    serve: impl FnOnce(mpsc::Sender<SocketAddr>, mpsc::Receiver<()>) -> (u64, u64) + Send + 'static,
+) -> RunningServer {
     let (addr_tx, addr_rx) = mpsc::channel();
     let (stop_tx, stop_rx) = mpsc::channel::<()>();
     let (done_tx, done_rx) = mpsc::channel();
     std::thread::spawn(move || {
         let _ = sys::pin(0, server_core);
+        let _ = done_tx.send(serve(addr_tx, stop_rx));
+    });
+    (addr_rx.recv().expect("server address"), stop_tx, done_rx)
+}
+
+/// A quinn/tokio server that closes each connection as its handshake completes.
+fn spawn_server(config: quinn::ServerConfig, server_core: usize) -> RunningServer {
+    on_server_thread(server_core, move |addr_tx, stop_rx| {
         let runtime =
             tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         runtime.block_on(async move {
@@ -370,23 +382,15 @@ fn spawn_server(
                     conn.close(0u32.into(), b"");
                 }
             }
-            let _ = done_tx.send((sys::thread_cpu_us() - cpu_start, handshakes));
-        });
-    });
-    (addr_rx.recv().expect("server address"), stop_tx, done_rx)
+            (sys::thread_cpu_us() - cpu_start, handshakes)
+        })
+    })
 }
 
-/// [`spawn_server`] on `shake-loop`: one pinned thread drives the endpoint, closing each
-/// connection as its handshake completes, as the quinn server does.
-fn spawn_loop_server(
-    config: quinn::ServerConfig,
-    server_core: usize,
-) -> (SocketAddr, mpsc::Sender<()>, mpsc::Receiver<(u64, u64)>) {
-    let (addr_tx, addr_rx) = mpsc::channel();
-    let (stop_tx, stop_rx) = mpsc::channel::<()>();
-    let (done_tx, done_rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = sys::pin(0, server_core);
+/// [`spawn_server`] on `shake-loop`: one thread drives the endpoint, closing each connection
+/// as its handshake completes, as the quinn server does.
+fn spawn_loop_server(config: quinn::ServerConfig, server_core: usize) -> RunningServer {
+    on_server_thread(server_core, move |addr_tx, stop_rx| {
         let socket = std::net::UdpSocket::bind(("127.0.0.1", 0)).expect("bind");
         let mut driver = shake_loop::Driver::new(socket).expect("driver");
         driver.set_batch_delay(Duration::from_micros(shake_edge::config::DEFAULT_BATCH_DELAY_US));
@@ -397,9 +401,8 @@ fn spawn_loop_server(
         let mut shell = LoopHandshakes { stop: stop_rx, handshakes: 0, next_check: Instant::now() };
         let cpu_start = sys::thread_cpu_us();
         let _ = driver.run(&mut engine, &mut shell);
-        let _ = done_tx.send((sys::thread_cpu_us() - cpu_start, shell.handshakes));
-    });
-    (addr_rx.recv().expect("server address"), stop_tx, done_rx)
+        (sys::thread_cpu_us() - cpu_start, shell.handshakes)
+    })
 }
 
 /// The loop server's application: count each completed handshake and close the connection.
