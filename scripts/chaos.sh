@@ -675,9 +675,11 @@ hostile_checks() {
 }
 
 # The round-open surge (`scripts/bench.sh surge`, with 3x PHONES): phones idle, then every
-# one shaking at once at 2.5x the edge's capacity, the edge under a CPU quota. Invariants: no
-# award lost or doubled, no pool overspent, no phone reconnected, the edge's memory within
-# 10% of before, and no collapse (at least 90% of shakes answered after the first 2 s).
+# one wanting to shake at once at 2.5x the edge's capacity, the edge under a CPU quota and
+# told its capacity per core (the benchmark measures it first). Invariants, issue 14's
+# targets: no award lost or doubled, no pool overspent, no phone reconnected, the edge's
+# memory within 10% of before, at least 99% of shakes answered after the first 2 s, the offer
+# under the capacity within 2 s, and a p99 of answered shakes of at most 10 ms.
 scenario_surge() {
     name=surge
     S="$DIR/$name"
@@ -686,7 +688,7 @@ scenario_surge() {
     notes=""
     alloc_peak=0
     edge_peak=0
-    say "surge: $(( PHONES * 3 )) phones, all shaking at once at 2.5x the edge's capacity"
+    say "surge: $(( PHONES * 3 )) phones, all wanting to shake at once at 2.5x the edge's capacity"
     if ! "$BIN/shake-bench" --no-write surge --phones $(( PHONES * 3 )) --surge-s "$ROUND_S" \
         >"$S/surge.out" 2>"$S/surge.log"; then
         problems+=("the surge benchmark failed: see $S/surge.log")
@@ -701,8 +703,14 @@ scenario_surge() {
     [ "${reconnects:-1}" = 0 ] || problems+=("${reconnects:-?} phones reconnected during the surge")
     awk -v r="${rss:-9}" 'BEGIN { exit !(r <= 1.1) }' ||
         problems+=("the edge's memory grew x${rss:-?} during the surge")
-    awk -v a="${answered:-0}" 'BEGIN { exit !(a >= 0.9) }' ||
-        problems+=("only ${answered:-?} of shakes answered after the first 2 s: a collapse")
+    awk -v a="${answered:-0}" 'BEGIN { exit !(a >= 0.99) }' ||
+        problems+=("only ${answered:-?} of shakes answered after the first 2 s (goal: 0.99)")
+    awk -v p="${p99:-1e9}" 'BEGIN { exit !(p <= 10) }' ||
+        problems+=("p99 of answered shakes ${p99:-?} ms (goal: at most 10)")
+    local under
+    under=$(json_number "$line" s_to_under_capacity)
+    [ "${under:-99}" -le 2 ] ||
+        problems+=("the offer was over the edge's capacity until ${under:-?} s (goal: 2 s)")
     printf '{"awards_lost":%s,"awards_doubled":%s,"pool_overspent":%s,"awards_granted":%s,"p99_honest_outcome_ms":%s}\n' \
         "$(json_number "$line" awards_lost)" "$(json_number "$line" awards_doubled)" \
         "$(json_number "$line" pools_overspent)" "$(json_number "$line" awards_granted)" \

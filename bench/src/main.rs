@@ -76,8 +76,10 @@ enum Bench {
         #[arg(long, default_value_t = 20)]
         round_s: u64,
     },
-    /// The round-open surge: phones idle, then every one shaking at once at a multiple of the
-    /// edge's capacity (the edge under a CPU quota, its capacity measured first); per second:
+    /// The round-open surge: phones idle, then every one wanting to shake at once at a
+    /// multiple of the edge's capacity (the edge under a CPU quota, its capacity measured
+    /// first and given to it as `shakes_per_core_s`, so it paces its phones before the
+    /// opening; `--edge-set 'shakes_per_core_s = 0.0'` leaves it to react only); per second:
     /// offered, answered, shed, kernel drops, pace, latency, handshakes, reconnects, memory.
     /// Writes `surge.svg` beside the JSON. Needs root (a cgroup for the quota).
     Surge {

@@ -54,6 +54,9 @@ pub struct Admission {
     min_interval_ms: u32,
     /// The worker's own pacing under load (0: none), never below the allocator's interval.
     pace_ms: u32,
+    /// A start spread of the worker's own for one round (round id, milliseconds), told to
+    /// phones when longer than the allocator's ([`Admission::told`]).
+    spread_floor: (u32, u32),
     quota: Option<Quota>,
     bucket: TokenBucket,
     load: LoadCounts,
@@ -67,6 +70,7 @@ impl Admission {
             rounds: Vec::new(),
             min_interval_ms: 100,
             pace_ms: 0,
+            spread_floor: (0, 0),
             quota: None,
             bucket: TokenBucket::full(settings.fallback, now_us),
             load: LoadCounts::default(),
@@ -114,16 +118,41 @@ impl Admission {
         self.rounds.iter().copied().find(|r| (r.starts_at_ms..r.ends_at_ms).contains(&now_ms))
     }
 
-    /// The round phones should hear about now: the open one, else the next, else the last.
+    /// The round phones should hear about now (as [`Admission::told`]): the open one, else
+    /// the next, else the last.
     pub fn current_round(&self, now_ms: u64) -> RoundInfo {
         if let Some(open) = self.open_round(now_ms) {
-            return open;
+            return self.told(open);
         }
-        let next =
-            self.rounds.iter().filter(|r| r.starts_at_ms > now_ms).min_by_key(|r| r.starts_at_ms);
         let last =
             self.rounds.iter().filter(|r| r.ends_at_ms <= now_ms).max_by_key(|r| r.ends_at_ms);
-        next.or(last).copied().unwrap_or(RoundInfo::NONE)
+        self.next_round(now_ms).or(last.copied()).map_or(RoundInfo::NONE, |r| self.told(r))
+    }
+
+    /// The next round to open after `now_ms`, as the allocator announced it.
+    pub fn next_round(&self, now_ms: u64) -> Option<RoundInfo> {
+        self.rounds
+            .iter()
+            .filter(|r| r.starts_at_ms > now_ms)
+            .min_by_key(|r| r.starts_at_ms)
+            .copied()
+    }
+
+    /// Spreads the start of round `round_id` over at least `spread_ms` for this worker's phones
+    /// (at most half the round): the worker's own pace set before the opening.
+    pub fn spread_start_over(&mut self, round_id: u32, spread_ms: u32) {
+        self.spread_floor = (round_id, spread_ms);
+    }
+
+    /// `round` as this worker tells its phones: the allocator's word, with the worker's own
+    /// start spread if that is longer.
+    pub fn told(&self, mut round: RoundInfo) -> RoundInfo {
+        let (round_id, floor_ms) = self.spread_floor;
+        if round.round_id == round_id && floor_ms > round.start_spread_ms {
+            let half = round.ends_at_ms.saturating_sub(round.starts_at_ms) / 2;
+            round.start_spread_ms = floor_ms.min(u32::try_from(half).unwrap_or(u32::MAX));
+        }
+        round
     }
 
     /// The pacing the allocator asks for, never shorter than the per-phone bucket refills (so a
@@ -299,6 +328,21 @@ mod tests {
         assert!(a.on_round_state(spread, 500), "another interval");
         let next = RoundInfo { round_id: round.round_id + 1, ..spread };
         assert!(a.on_round_state(next, 500), "a round not known before");
+    }
+
+    #[test]
+    fn the_workers_own_start_spread_is_told_when_longer_and_at_most_half_the_round() {
+        let mut a = admission();
+        let round = a.current_round(T0_MS);
+        assert_eq!(a.next_round(T0_MS - 1).map(|r| r.round_id), Some(round.round_id));
+        assert_eq!(a.next_round(T0_MS), None, "open, not next");
+        a.spread_start_over(round.round_id, 1_800);
+        assert_eq!(a.current_round(T0_MS).start_spread_ms, 1_800);
+        assert_eq!(a.told(RoundInfo { start_spread_ms: 2_500, ..round }).start_spread_ms, 2_500);
+        assert_eq!(a.told(RoundInfo { round_id: 99, ..round }).start_spread_ms, 0, "other round");
+        let half = (round.ends_at_ms - round.starts_at_ms) / 2;
+        a.spread_start_over(round.round_id, u32::MAX);
+        assert_eq!(u64::from(a.current_round(T0_MS).start_spread_ms), half);
     }
 
     #[test]

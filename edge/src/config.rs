@@ -73,6 +73,12 @@ pub struct OverloadConfig {
     /// target: the share of the wall time its turns took, or of the CPU its cgroup's quota
     /// allows it that it used, whichever is higher.
     pub busy_target: f64,
+    /// Shakes one fully busy core of this machine answers per second (0: not known), from
+    /// `scripts/bench.sh edge` on the same hardware (`max_per_busy_core`). Known, a worker paces
+    /// its phones before a round opens: when its phones shaking at once would need more than
+    /// this (times its share of a core, under a CPU quota), it tells them the pace and a
+    /// start spread that keep it at its target load, so the opening never queues.
+    pub shakes_per_core_s: f64,
 }
 
 impl Default for OverloadConfig {
@@ -84,6 +90,7 @@ impl Default for OverloadConfig {
             interval_ms: 100,
             max_pace_ms: 10_000,
             busy_target: 0.9,
+            shakes_per_core_s: 0.0,
         }
     }
 }
@@ -98,6 +105,7 @@ impl OverloadConfig {
             interval_us: self.interval_ms * 1000,
             max_pace_ms: self.max_pace_ms,
             busy_target: self.busy_target,
+            shakes_per_core_s: self.shakes_per_core_s,
         }
     }
 }
@@ -409,6 +417,9 @@ impl Validate for EdgeConfig {
         if o.max_pace_ms < 100 {
             return Err(invalid("overload.max_pace_ms", "must be at least 100"));
         }
+        if !(o.shakes_per_core_s >= 0.0 && o.shakes_per_core_s.is_finite()) {
+            return Err(invalid("overload.shakes_per_core_s", "must be 0 (unknown) or above"));
+        }
         Ok(())
     }
 
@@ -470,6 +481,8 @@ mod tests {
         assert_eq!(field_of(&busy), "overload.busy_target");
         let pace = EXAMPLE.replace("max_pace_ms = 10000", "max_pace_ms = 10");
         assert_eq!(field_of(&pace), "overload.max_pace_ms");
+        let capacity = EXAMPLE.replace("shakes_per_core_s = 0.0", "shakes_per_core_s = -1.0");
+        assert_eq!(field_of(&capacity), "overload.shakes_per_core_s");
         assert!(matches!(
             EdgeConfig::parse(&EXAMPLE.replace("edge_id = 1", "edge_id = \"one\"")),
             Err(ConfigError::Parse { .. })

@@ -304,7 +304,7 @@ impl<X> WorkerCore<X> {
             AllocatorFrame::RoundState { round, min_shake_interval_ms } => {
                 if self.admission.on_round_state(round, min_shake_interval_ms) {
                     out.push(PhoneEffect::Broadcast(ControlFrame::RoundNotice {
-                        round,
+                        round: self.admission.told(round),
                         min_shake_interval_ms: self.admission.min_interval_ms(),
                     }));
                 }

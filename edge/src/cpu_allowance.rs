@@ -33,11 +33,6 @@ pub fn process_cores() -> Option<f64> {
     }
 }
 
-/// The share of one core each of the process's `workers` may use now.
-pub fn for_worker(workers: usize) -> f64 {
-    per_worker(process_cores(), workers)
-}
-
 /// The share of one core each of `workers` may use when the process may use `cores`: at most
 /// one (a worker is one thread).
 pub fn per_worker(cores: Option<f64>, workers: usize) -> f64 {

@@ -384,18 +384,29 @@ pub fn pin(tid: u32, core: usize) -> io::Result<()> {
 /// as against the wall time its turns took (which includes time the scheduler or a CPU quota
 /// held it off the core).
 pub fn thread_cpu_time() -> io::Result<Duration> {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `ts` lives across the call; the clock id is a constant the kernel knows.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
+    cpu_clock(libc::CLOCK_THREAD_CPUTIME_ID)
 }
 
 /// [`thread_cpu_time`] in microseconds, 0 if the clock cannot be read.
 pub fn thread_cpu_us() -> u64 {
     thread_cpu_time().map_or(0, |t| t.as_micros() as u64)
+}
+
+/// CPU time every thread of the process has used (`CLOCK_PROCESS_CPUTIME_ID`), in
+/// microseconds, 0 if the clock cannot be read: what a CPU quota on the process's cgroup
+/// counts.
+pub fn process_cpu_us() -> u64 {
+    cpu_clock(libc::CLOCK_PROCESS_CPUTIME_ID).map_or(0, |t| t.as_micros() as u64)
+}
+
+fn cpu_clock(clock: libc::clockid_t) -> io::Result<Duration> {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` lives across the call; the clock id is a constant the kernel knows.
+    let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
 }
 
 #[cfg(test)]

@@ -51,6 +51,16 @@ impl Scratch {
         Self { dir, round_start_ms: now_ms() - 1_000 }
     }
 
+    /// Round 1 of the configurations written from now on opens `ms` from now instead.
+    pub fn open_round_in(&mut self, ms: u64) {
+        self.round_start_ms = now_ms() + ms;
+    }
+
+    /// When round 1 opens (or opened), Unix milliseconds.
+    pub fn round_start_ms(&self) -> u64 {
+        self.round_start_ms
+    }
+
     /// The dev certificates' directory.
     pub fn certs(&self) -> PathBuf {
         self.dir.join("certs")

@@ -18,17 +18,19 @@ const QUOTA: &str = "quota_valid_ms = 3000\n";
 pub struct WorldSettings {
     /// Cash envelopes of one unit each in round 1, all released at its opening.
     pub envelopes: u64,
-    /// Lines at the end of the edge's `[limits]` table.
+    /// Lines at the end of the edge's `[limits]` table (tables after it may follow).
     pub edge_limits: &'static str,
+    /// Round 1 opens this long after the start, milliseconds (0: it opened a moment before).
+    pub round_opens_in_ms: u64,
 }
 
 impl Default for WorldSettings {
     fn default() -> Self {
-        Self { envelopes: 50, edge_limits: "" }
+        Self { envelopes: 50, edge_limits: "", round_opens_in_ms: 0 }
     }
 }
 
-/// An allocator and an edge with round 1 open; torn down on drop.
+/// An allocator and an edge with round 1 open (or about to open); torn down on drop.
 // Fields drop in order: the processes before their directory.
 #[derive(Debug)]
 pub struct World {
@@ -53,7 +55,10 @@ impl World {
 
     /// As [`World::start`], with extra environment variables for the edge process.
     pub async fn start_with_env(settings: WorldSettings, env: &[(&str, &str)]) -> Self {
-        let scratch = Scratch::new("edge-test");
+        let mut scratch = Scratch::new("edge-test");
+        if settings.round_opens_in_ms > 0 {
+            scratch.open_round_in(settings.round_opens_in_ms);
+        }
         let pools = format!(
             "release = \"immediate\"\n[rounds.cash]\ntotal_cents = {}\nenvelopes = {}\n",
             settings.envelopes * 100,

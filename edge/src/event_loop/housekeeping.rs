@@ -34,7 +34,7 @@ impl LoopWorker {
             self.core.on_load_tick(now_ms());
             metrics.users_live.set(self.shared.sessions.live() as i64);
             if self.shared.config.overload.enabled {
-                self.cpu_allowance = crate::cpu_allowance::for_worker(self.workers);
+                self.cpu_quota = crate::cpu_allowance::process_cores();
             }
         }
     }
@@ -106,7 +106,7 @@ impl LoopWorker {
     /// phones with their next answers (a broadcast to every phone costs what a second of
     /// answers does, and a phone paced to a long interval hears a lower pace one interval
     /// later).
-    pub(super) fn judge_load(&mut self, now_us: u64, stats: &DriverStats) {
+    pub(super) fn judge_load(&mut self, now_us: u64, stats: &DriverStats, engine: &mut Engine) {
         if !self.overload.due(now_us) {
             return;
         }
@@ -119,8 +119,11 @@ impl LoopWorker {
             busy_us: stats.busy_us,
             wall_us: stats.wall_us,
             // The loop's own thread: this runs inside its turn.
-            cpu_us: shake_loop::udp::thread_cpu_us().saturating_sub(self.cpu_at_start_us),
-            cpu_allowance: self.cpu_allowance,
+            cpu_us: shake_loop::udp::thread_cpu_us().saturating_sub(self.cpu_at_start_us.0),
+            cpu_allowance: self.cpu_allowance(),
+            process_cpu_us: shake_loop::udp::process_cpu_us()
+                .saturating_sub(self.cpu_at_start_us.1),
+            process_quota: self.cpu_quota.unwrap_or(0.0),
             shakes: self.shakes_decided,
             phones: self.core.phones().len() as u64,
         };
@@ -136,11 +139,51 @@ impl LoopWorker {
                 overload = format!("{:.2}", verdict.overload),
                 busy = format!("{:.2}", verdict.busy),
                 capacity_per_s = verdict.capacity_per_s.round(),
-                cpu_allowance = self.cpu_allowance,
+                cpu_allowance = self.cpu_allowance(),
                 "pace changed"
             );
         }
         self.shared.metrics.set_overload(self.id, pace_ms, &verdict);
+        self.pace_before_opening(now_us, reading.phones, engine);
+    }
+
+    /// Before a round opens, the pace and start spread the worker's capacity (measured in its
+    /// last overload, or configured) needs for the phones it holds, told to every phone at
+    /// once while the worker is idle (`Overload::before_opening`): a `RoundNotice` with both.
+    fn pace_before_opening(&mut self, now_us: u64, phones: u64, engine: &mut Engine) {
+        let now_ms = now_ms();
+        let Some(round) = self.core.admission().next_round(now_ms) else { return };
+        let opens_in_us = (round.starts_at_ms - now_ms).saturating_mul(1000);
+        if opens_in_us <= crate::overload::OPENING_LEAD_US && self.shared.config.overload.enabled {
+            // The pace is told to every phone once: from the quota in force now, not as read
+            // up to a second ago.
+            self.cpu_quota = crate::cpu_allowance::process_cores();
+        }
+        let base_ms = self.core.admission().base_interval_ms();
+        let Some(pace_ms) = self.overload.before_opening(
+            now_us,
+            opens_in_us,
+            phones,
+            self.cpu_allowance(),
+            base_ms,
+        ) else {
+            return;
+        };
+        let admission = self.core.admission_mut();
+        admission.set_pace_ms(pace_ms);
+        admission.spread_start_over(round.round_id, pace_ms);
+        let told = admission.told(round);
+        tracing::info!(
+            worker = self.id,
+            pace_ms,
+            start_spread_ms = told.start_spread_ms,
+            phones,
+            opens_in_ms = opens_in_us / 1000,
+            cpu_allowance = self.cpu_allowance(),
+            "pace set before the opening"
+        );
+        let notice = ControlFrame::RoundNotice { round: told, min_shake_interval_ms: pace_ms };
+        self.broadcast(engine, &notice);
     }
 
     pub(super) fn phone_connections(&self) -> Vec<ConnectionHandle> {

@@ -145,16 +145,21 @@ struct LoopWorker {
     /// How long the datagram being handled waited in the socket (overload control's
     /// slow-down reads it).
     datagram_wait_us: Option<u64>,
-    /// The share of one core this worker may use (re-read once a second).
-    cpu_allowance: f64,
+    /// The process's CPU quota in cores, if its cgroup has one (re-read once a second).
+    cpu_quota: Option<f64>,
     /// The edge's workers (what its CPU quota is shared among).
     workers: usize,
-    /// The thread's CPU time when the loop started, microseconds (overload control counts
-    /// from there, as the driver's wall and busy times do).
-    cpu_at_start_us: u64,
+    /// The thread's and the process's CPU time when the loop started, microseconds (overload
+    /// control counts from there, as the driver's wall and busy times do).
+    cpu_at_start_us: (u64, u64),
 }
 
 impl LoopWorker {
+    /// The share of one core this worker may use: its share of the process's CPU quota.
+    fn cpu_allowance(&self) -> f64 {
+        crate::cpu_allowance::per_worker(self.cpu_quota, self.workers)
+    }
+
     fn now_us(&self, now: Instant) -> u64 {
         now.saturating_duration_since(self.shared.origin).as_micros() as u64
     }
@@ -297,7 +302,7 @@ impl Shell for LoopWorker {
         }
         self.close_superseded(now, engine);
         let now_us = self.now_us(now);
-        self.judge_load(now_us, stats);
+        self.judge_load(now_us, stats, engine);
         self.core.poll_age(now_us);
         self.housekeeping(now);
         let flow = self.shutdown(now, engine);
@@ -390,9 +395,9 @@ pub fn run(start: LoopStart, shared: Arc<Shared>) -> std::io::Result<()> {
         overload: Overload::new(shared.config.overload.settings(), now_us),
         shakes_decided: 0,
         datagram_wait_us: None,
-        cpu_allowance: crate::cpu_allowance::for_worker(workers),
+        cpu_quota: crate::cpu_allowance::process_cores(),
         workers,
-        cpu_at_start_us: shake_loop::udp::thread_cpu_us(),
+        cpu_at_start_us: (shake_loop::udp::thread_cpu_us(), shake_loop::udp::process_cpu_us()),
         id,
         shared,
     };
