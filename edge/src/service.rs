@@ -133,12 +133,19 @@ fn failure_of(ended: Ended) -> EdgeFailure {
 /// allocator link) stays on ring.
 pub fn phone_tls_provider() -> Arc<rustls::crypto::CryptoProvider> {
     use rustls::crypto::aws_lc_rs::{cipher_suite, default_provider, kx_group};
+    // Built once: the lazy suites are `'static` (crate::lazy_keys).
+    static SUITES: std::sync::OnceLock<Vec<rustls::SupportedCipherSuite>> =
+        std::sync::OnceLock::new();
     let mut provider = default_provider();
-    provider.cipher_suites = vec![
-        cipher_suite::TLS13_AES_128_GCM_SHA256,
-        cipher_suite::TLS13_AES_256_GCM_SHA384,
-        cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
-    ];
+    provider.cipher_suites = SUITES
+        .get_or_init(|| {
+            crate::lazy_keys::lazy_suites(&[
+                cipher_suite::TLS13_AES_128_GCM_SHA256,
+                cipher_suite::TLS13_AES_256_GCM_SHA384,
+                cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
+            ])
+        })
+        .clone();
     provider.kx_groups = vec![kx_group::X25519, kx_group::SECP256R1];
     Arc::new(provider)
 }
