@@ -29,6 +29,9 @@ pub enum Setup {
     /// The edge's phone configuration, default transport settings, on `shake-loop` (the
     /// edge's phone path: one thread drives `quinn_proto`).
     EdgeOnLoop,
+    /// The same, with the provider's own TLS suites: every key built at once (the edge builds
+    /// its keys on first use, `shake_edge::lazy_keys`).
+    EdgeOnLoopEagerKeys,
     /// The same configuration on a quinn/tokio endpoint.
     Edge,
     /// A TLS choice on top of a plain quinn server.
@@ -89,6 +92,11 @@ pub fn variants() -> Vec<Variant> {
     vec![
         Variant { name: "quinn default", setup: Setup::QuinnDefault, cert: p256 },
         Variant { name: "shake-edge (shake-loop)", setup: Setup::EdgeOnLoop, cert: p256 },
+        Variant {
+            name: "shake-edge (shake-loop), keys at once",
+            setup: Setup::EdgeOnLoopEagerKeys,
+            cert: p256,
+        },
         Variant { name: "shake-edge config, quinn/tokio", setup: Setup::Edge, cert: p256 },
         Variant {
             name: "rustls order (AES-256 first), X25519",
@@ -290,6 +298,22 @@ fn server_config(
                 &shake_edge::config::PhoneTransport::default(),
             )
             .expect("the edge's configuration");
+        }
+        Setup::EdgeOnLoopEagerKeys => {
+            use rustls::crypto::aws_lc_rs::cipher_suite::*;
+            let mut provider = (*shake_edge::service::phone_tls_provider()).clone();
+            provider.cipher_suites = vec![
+                TLS13_AES_128_GCM_SHA256,
+                TLS13_AES_256_GCM_SHA384,
+                TLS13_CHACHA20_POLY1305_SHA256,
+            ];
+            return shake_edge::service::phone_server_config_with(
+                Arc::new(provider),
+                cert.to_vec(),
+                key.clone_key(),
+                &shake_edge::config::PhoneTransport::default(),
+            )
+            .expect("the edge's configuration, eager keys");
         }
         Setup::Tls { suites, kx, tickets } => {
             let mut provider = default_provider();
@@ -505,7 +529,7 @@ fn measure(
 ) -> (f64, f64) {
     let config = server_config(variant, cert, key);
     let (addr, stop, done) = match variant.setup {
-        Setup::EdgeOnLoop => spawn_loop_server(config, server_core),
+        Setup::EdgeOnLoop | Setup::EdgeOnLoopEagerKeys => spawn_loop_server(config, server_core),
         _ => spawn_server(config, server_core),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

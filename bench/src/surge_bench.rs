@@ -1,7 +1,9 @@
 //! `scripts/bench.sh surge`: the round-open surge. Phones connect and sit idle, then a round
-//! opens and every phone starts shaking at once, offering a multiple of what the edge can
-//! answer; the run shows, second by second, whether the edge stays fast for what it answers,
-//! paces the phones back under its capacity, sheds what it cannot carry and never collapses.
+//! opens and every phone wants to shake at once, a multiple of what the edge can answer; the
+//! run shows, second by second, whether the edge stays fast for what it answers, paces the
+//! phones under its capacity (before the opening, given the capacity this run measures first
+//! as `shakes_per_core_s`; or reacting, without it), sheds what it cannot carry and never
+//! collapses.
 //!
 //! How it overloads an edge on two cores without the load generator being the bottleneck:
 //! the load generator costs about what the edge does per shake, so on equal cores it cannot

@@ -164,7 +164,18 @@ pub fn phone_server_config_from(
     key: rustls::pki_types::PrivateKeyDer<'static>,
     t: &crate::config::PhoneTransport,
 ) -> Result<quinn::ServerConfig, StartError> {
-    let mut rustls = rustls::ServerConfig::builder_with_provider(phone_tls_provider())
+    phone_server_config_with(phone_tls_provider(), chain, key, t)
+}
+
+/// [`phone_server_config_from`] on another TLS provider (the benchmarks compare the edge's
+/// choices one at a time).
+pub fn phone_server_config_with(
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+    t: &crate::config::PhoneTransport,
+) -> Result<quinn::ServerConfig, StartError> {
+    let mut rustls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(TlsError::from)?
         .with_no_client_auth()
