@@ -35,6 +35,7 @@ pub mod link_pipe;
 pub mod metrics;
 pub mod outbox;
 pub mod overload;
+pub mod phone_session;
 pub mod phones;
 pub mod service;
 pub mod shared;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU32;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::crypto::rustls::QuicClientConfig;
 use shake_ops::http::Readiness;
 use shake_ops::supervise::{Ended, Supervisor, ThreadEnd};
 use shake_ops::tls::{self, TlsError};
@@ -191,7 +191,8 @@ pub fn phone_server_config_with(
     // fresh ticket then. Saves a ticket encryption and its bytes per handshake; the CPU
     // difference is within the noise of scripts/bench.sh handshake on the development VM.
     rustls.send_tls13_tickets = 1;
-    let crypto = QuicServerConfig::try_from(rustls).map_err(|e| StartError::Quic(e.to_string()))?;
+    let crypto =
+        crate::phone_session::PhoneCrypto::new(Arc::new(rustls)).map_err(StartError::Quic)?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     server.transport_config(Arc::new(phone_transport(t)?));
     Ok(server)
