@@ -74,6 +74,20 @@ impl crypto::ServerConfig for PhoneCrypto {
     }
 }
 
+struct PhoneSession {
+    config: Arc<PhoneCrypto>,
+    version: u32,
+    /// rustls's connection, until the handshake is over and written (boxed: once dropped,
+    /// the session holds a null pointer, not the connection's inline size).
+    connection: Option<Box<Connection>>,
+    /// The next 1-RTT key phase's secrets (from the handshake's last key change).
+    next_secrets: Option<Secrets>,
+    /// ALPN and server name, once known.
+    handshake_data: Option<(Option<Vec<u8>>, Option<String>)>,
+    /// The client's transport parameters, once received.
+    params: Option<Result<TransportParameters, TransportError>>,
+}
+
 impl PhoneSession {
     fn start(config: Arc<PhoneCrypto>, version: u32, params: &TransportParameters) -> Self {
         let mut encoded = Vec::new();
@@ -93,22 +107,7 @@ impl PhoneSession {
             params: None,
         }
     }
-}
 
-struct PhoneSession {
-    config: Arc<PhoneCrypto>,
-    version: u32,
-    /// rustls's connection, until the handshake is over and written.
-    connection: Option<Box<Connection>>,
-    /// The next 1-RTT key phase's secrets (from the handshake's last key change).
-    next_secrets: Option<Secrets>,
-    /// ALPN and server name, once known.
-    handshake_data: Option<(Option<Vec<u8>>, Option<String>)>,
-    /// The client's transport parameters, once received.
-    params: Option<Result<TransportParameters, TransportError>>,
-}
-
-impl PhoneSession {
     /// Drops rustls's connection once nothing more can come of it: the handshake complete,
     /// its output written, the next key phase's secrets taken.
     fn settle(&mut self) {
