@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use shake_testkit::fixture::{Fixture, FixtureOptions};
 
 use crate::edge_bench::{self, LoadOptions};
+use crate::hold_off::{self, HoldOffSample, HoldOffs};
 use crate::procfs;
 use shake_swarm::loop_phones::Speech;
 use shake_swarm::stats::Percentiles;
@@ -51,6 +52,46 @@ pub struct LevelFigures {
     pub load_waits: [u64; 5],
     /// The edge's loop turns by how long they worked, same buckets.
     pub edge_turns: [u64; 5],
+    /// The edge's loop turns of 10 ms or more: their wall time, the time its thread ran in
+    /// them (seconds), and the times its scheduler took the core from it then.
+    pub long_turns: LongTurns,
+    /// What held the edge off its core in the intervals where its datagrams waited.
+    pub hold_offs: HoldOffs,
+}
+
+/// The edge's loop turns of 10 ms or more over a round (`shake_edge_loop_long_turn_*`).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LongTurns {
+    /// Wall time, seconds.
+    pub wall_s: f64,
+    /// Time the worker's thread ran, seconds.
+    pub on_cpu_s: f64,
+    /// Involuntary context switches.
+    pub preemptions: f64,
+}
+
+impl LongTurns {
+    fn read(metrics: &str) -> Self {
+        let sum = shake_ops::http::metric_sum;
+        Self {
+            wall_s: sum(metrics, "shake_edge_loop_long_turn_seconds_total{time=\"wall\""),
+            on_cpu_s: sum(metrics, "shake_edge_loop_long_turn_seconds_total{time=\"on_cpu\""),
+            preemptions: sum(metrics, "shake_edge_loop_long_turn_preemptions_total"),
+        }
+    }
+
+    fn since(&self, start: &Self) -> Self {
+        Self {
+            wall_s: self.wall_s - start.wall_s,
+            on_cpu_s: self.on_cpu_s - start.on_cpu_s,
+            preemptions: self.preemptions - start.preemptions,
+        }
+    }
+
+    /// Share of the long turns' wall time the thread was on the CPU (1 when there were none).
+    pub fn on_cpu_share(&self) -> f64 {
+        if self.wall_s <= 0.0 { 1.0 } else { self.on_cpu_s / self.wall_s }
+    }
 }
 
 /// Socket waits and loop turns of both sides at one instant (cumulative).
@@ -59,6 +100,7 @@ struct WaitCounts {
     edge_waits: [u64; 5],
     edge_turns: [u64; 5],
     load_waits: [u64; 5],
+    long_turns: LongTurns,
 }
 
 impl WaitCounts {
@@ -71,6 +113,7 @@ impl WaitCounts {
             edge_waits: edge_counters(&text, "shake_edge_receive_waits_total{", "waited"),
             edge_turns: edge_counters(&text, "shake_edge_loop_turns_total{", "took"),
             load_waits: std::array::from_fn(|i| load.queue_waits[i].load(Ordering::Relaxed)),
+            long_turns: LongTurns::read(&text),
         }
     }
 
@@ -80,6 +123,7 @@ impl WaitCounts {
             edge_waits: d(self.edge_waits, start.edge_waits),
             edge_turns: d(self.edge_turns, start.edge_turns),
             load_waits: d(self.load_waits, start.load_waits),
+            long_turns: self.long_turns.since(&start.long_turns),
         }
     }
 }
@@ -147,6 +191,7 @@ pub fn run_level(
         // so every shake reaches the edge's admission as offered.
         pin: crate::sys::pin_process,
         edge_overrides: [
+            ("worker_fifo_priority ".into(), format!("worker_fifo_priority = {}", load_fifo())),
             ("phone_rate_per_s".into(), "phone_rate_per_s = 1000.0".into()),
             ("phone_burst".into(), "phone_burst = 1000.0".into()),
             shake_testkit::fixture::no_overload_control(),
@@ -165,6 +210,7 @@ pub fn run_level(
     let end = started + Duration::from_secs(ramp_s + round_s + 2);
     let running = edge_bench::start_phones(fixture.edge_addr, &fixture.ca, &speech, &load, end);
     let mut marks: Vec<(f64, u64, u64, u64, u64)> = Vec::new();
+    let mut hold_off_samples = Vec::new();
     let (mut round_start, mut round_end) = (None, None);
     let report = running.and_then(|running| {
         while Instant::now() < end {
@@ -184,6 +230,11 @@ pub fn run_level(
                     running.counters.answered.load(Ordering::Relaxed),
                     procfs::core_busy_us(load.client_core).unwrap_or(0),
                 ));
+                let text =
+                    shake_ops::http::get(fixture.edge_metrics, "/metrics").unwrap_or_default();
+                let waits = edge_counters(&text, "shake_edge_receive_waits_total{", "waited");
+                let waited_10ms = waits[3] + waits[4];
+                hold_off_samples.push(HoldOffSample::read(edge, load.server_core, waited_10ms));
             }
         }
         Ok(running.finish()?)
@@ -213,7 +264,29 @@ pub fn run_level(
         edge_waits: waits.edge_waits,
         load_waits: waits.load_waits,
         edge_turns: waits.edge_turns,
+        long_turns: waits.long_turns,
+        hold_offs: hold_off::summarize(&hold_off_samples),
     })
+}
+
+/// The workers' real-time priority the latency levels run with: 10 where the benchmark may
+/// grant it (root), as the README recommends on a machine shared with other services (the
+/// services of this development VM are what made its tail: docs/PERFORMANCE.md); 0, the
+/// normal scheduler, elsewhere. `--edge-set 'worker_fifo_priority = 0'` measures without.
+pub fn load_fifo() -> u8 {
+    if procfs::running_as_root() { 10 } else { 0 }
+}
+
+/// The workers' real-time priority a run had: [`load_fifo`] unless `--edge-set` said otherwise
+/// (the last such line wins, as in the fixture).
+pub fn fifo_in_effect(edge_set: &[String]) -> u8 {
+    edge_set
+        .iter()
+        .filter_map(|line| line.split_once('='))
+        .filter(|(key, _)| key.trim() == "worker_fifo_priority")
+        .filter_map(|(_, value)| value.trim().parse().ok())
+        .next_back()
+        .unwrap_or_else(load_fifo)
 }
 
 /// Measures the maximum, then every level.
@@ -297,7 +370,8 @@ pub fn table_and_figures(
         table += &format!(
             "{:.0}%: p99 from the actual send {:.2} ms (from the intended send {:.2} ms); in \
              the round, datagrams that waited >= 10 ms in a socket: edge {:.3}%, load {:.3}%; \
-             edge loop turns >= 1 ms / >= 10 ms: {} / {}\n",
+             edge loop turns >= 1 ms / >= 10 ms: {} / {} ({:.1} ms by the wall clock, \
+             {:.1} ms on the CPU, {} preemptions)\n",
             l.level * 100.0,
             l.outcome_uncorrected.p99,
             l.outcome.p99,
@@ -305,6 +379,26 @@ pub fn table_and_figures(
             load_waited * 100.0,
             l.edge_turns[2] + l.edge_turns[3] + l.edge_turns[4],
             l.edge_turns[3] + l.edge_turns[4],
+            l.long_turns.wall_s * 1e3,
+            l.long_turns.on_cpu_s * 1e3,
+            l.long_turns.preemptions,
+        );
+        let h = &l.hold_offs;
+        table += &format!(
+            "     250 ms intervals with edge datagrams waiting >= 10 ms: {} of {}; per interval \
+             in them / in the rest: edge worker on the run queue {:.2} / {:.2} ms, the edge's \
+             other threads {:.1} / {:.1} ms, other processes on its core {:.1} / {:.1} ms, \
+             steal {:.1} / {:.1} ms\n",
+            h.tail_intervals,
+            h.intervals,
+            h.run_delay.tail_ms,
+            h.run_delay.calm_ms,
+            h.edge_others.tail_ms,
+            h.edge_others.calm_ms,
+            h.others_on_core.tail_ms,
+            h.others_on_core.calm_ms,
+            h.steal.tail_ms,
+            h.steal.calm_ms,
         );
         let at = format!("at_{:.0}", l.level * 100.0);
         figures.insert(format!("edge_waited_10ms_share_{at}"), edge_waited.into());
@@ -312,6 +406,20 @@ pub fn table_and_figures(
         figures.insert(
             format!("edge_turns_over_10ms_{at}"),
             (l.edge_turns[3] + l.edge_turns[4]).into(),
+        );
+        figures.insert(format!("tail_intervals_{at}"), h.tail_intervals.into());
+        for (what, pair) in [
+            ("run_queue", h.run_delay),
+            ("edge_other_threads", h.edge_others),
+            ("others_on_core", h.others_on_core),
+            ("steal", h.steal),
+        ] {
+            figures.insert(format!("tail_{what}_ms_{at}"), round2(pair.tail_ms).into());
+            figures.insert(format!("calm_{what}_ms_{at}"), round2(pair.calm_ms).into());
+        }
+        figures.insert(
+            format!("edge_long_turns_on_cpu_share_{at}"),
+            round2(l.long_turns.on_cpu_share()).into(),
         );
     }
     table += "goals at 80%: p99 shake->outcome <= 2 ms, p99 shake->award <= 10 ms\n";
@@ -326,6 +434,7 @@ pub fn table_and_figures(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hold_off::TailAndCalm;
 
     fn percentiles(p50: f64, p99: f64) -> Percentiles {
         Percentiles { count: 100, p50, p90: p99, p99, p999: p99, p9999: p99, max: p99 }
@@ -348,6 +457,15 @@ mod tests {
             edge_waits: [90, 5, 3, 1, 1],
             load_waits: [100, 0, 0, 0, 0],
             edge_turns: [1000, 10, 0, 0, 0],
+            long_turns: LongTurns { wall_s: 0.05, on_cpu_s: 0.01, preemptions: 0.0 },
+            hold_offs: HoldOffs {
+                tail_intervals: 2,
+                intervals: 40,
+                run_delay: TailAndCalm { tail_ms: 0.5, calm_ms: 0.25 },
+                edge_others: TailAndCalm { tail_ms: 0.0, calm_ms: 0.0 },
+                others_on_core: TailAndCalm { tail_ms: 0.0, calm_ms: 0.0 },
+                steal: TailAndCalm { tail_ms: 5.0, calm_ms: 0.0 },
+            },
         };
         let (table, json) =
             table_and_figures(20_000.0, &[level(0.5, 9.0, 50.0), level(0.8, 1.5, 8.0)]);
@@ -369,6 +487,22 @@ mod tests {
         assert!(table.contains("saturated"), "{table}");
         assert_eq!(json["edge_waited_10ms_share_at_80"], 0.02);
         assert_eq!(json["load_waited_10ms_share_at_80"], 0.0);
+        assert_eq!(json["edge_long_turns_on_cpu_share_at_80"], 0.2);
+        assert_eq!(json["tail_intervals_at_80"], 2);
+        assert_eq!(json["tail_steal_ms_at_80"], 5.0);
+        assert_eq!(json["calm_run_queue_ms_at_80"], 0.25);
+        assert!(table.contains("2 of 40"), "{table}");
+        assert_eq!(LongTurns::default().on_cpu_share(), 1.0, "no long turn: nothing held off");
+    }
+
+    #[test]
+    fn an_edge_set_priority_wins_over_the_default() {
+        let set = |lines: &[&str]| lines.iter().map(|l| (*l).to_owned()).collect::<Vec<_>>();
+        assert_eq!(fifo_in_effect(&[]), load_fifo());
+        assert_eq!(fifo_in_effect(&set(&["batch_delay_us = 5"])), load_fifo());
+        assert_eq!(fifo_in_effect(&set(&["worker_fifo_priority = 0"])), 0);
+        let twice = set(&["worker_fifo_priority = 3", "worker_fifo_priority=7"]);
+        assert_eq!(fifo_in_effect(&twice), 7);
     }
 
     #[test]
@@ -380,5 +514,16 @@ mod tests {
                     shake_edge_datagrams_total{direction=\"in\"} 5\n";
         let prefix = "shake_edge_receive_waits_total{";
         assert_eq!(edge_counters(text, prefix, "waited"), [100, 0, 0, 7, 2]);
+        let at = |wall: f64, cpu: f64, preempted: u64| {
+            LongTurns::read(&format!(
+                "shake_edge_loop_long_turn_seconds_total{{time=\"wall\"}} {wall}\n\
+                 shake_edge_loop_long_turn_seconds_total{{time=\"on_cpu\"}} {cpu}\n\
+                 shake_edge_loop_long_turn_preemptions_total {preempted}\n"
+            ))
+        };
+        let round = at(0.25, 0.04, 3).since(&at(0.05, 0.02, 1));
+        assert!((round.wall_s - 0.2).abs() < 1e-9 && (round.on_cpu_s - 0.02).abs() < 1e-9);
+        assert_eq!(round.preemptions, 2.0);
+        assert!((round.on_cpu_share() - 0.1).abs() < 1e-9);
     }
 }

@@ -11,7 +11,8 @@
 //!   with `shake_testkit::fixture` (real allocator and edge processes), [`quinn_echo`],
 //!   `shake_swarm::loop_phones` (the phones on `shake-loop`, through `shake-client`), [`loadgen`],
 //!   [`window`] (the steady-state window) and [`procfs`].
-//! - [`latency_bench`]: shake-to-outcome and -award latency at 50% and 80% of the edge's maximum.
+//! - [`latency_bench`]: shake-to-outcome and -award latency at 50% and 80% of the edge's maximum,
+//!   with [`hold_off`] (what held the edge off its core when its datagrams waited).
 //! - [`memory_bench`]: the edge's memory per idle connected phone up to 100,000 phones.
 //! - [`handshake_bench`]: QUIC handshakes per second for several TLS configurations.
 //! - `ledger_stores` (feature `store-comparison`): redb, fjall and SQLite group commits.
@@ -21,6 +22,7 @@ pub mod cpu_quota;
 pub mod edge_bench;
 pub mod floor;
 pub mod handshake_bench;
+pub mod hold_off;
 pub mod latency_bench;
 #[cfg(feature = "store-comparison")]
 pub mod ledger_stores;

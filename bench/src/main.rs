@@ -237,8 +237,15 @@ fn main() -> anyhow::Result<()> {
             report::emit("memory", &table, figures, results_dir)?;
         }
         Bench::Latency { load, round_s } => {
-            let (max, levels) = latency_bench::run(&load.options(), round_s)?;
-            let (table, figures) = latency_bench::table_and_figures(max, &levels);
+            let options = load.options();
+            let (max, levels) = latency_bench::run(&options, round_s)?;
+            let (mut table, mut figures) = latency_bench::table_and_figures(max, &levels);
+            let fifo = latency_bench::fifo_in_effect(&options.edge_set);
+            table += &format!(
+                "edge workers at worker_fifo_priority = {fifo} (0: the normal scheduler; 10 by \
+                 default as root)\n"
+            );
+            figures.insert("worker_fifo_priority".into(), fifo.into());
             report::emit("latency", &table, figures, results_dir)?;
         }
         Bench::Surge {

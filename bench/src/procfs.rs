@@ -36,6 +36,60 @@ pub fn stat_core_busy_ticks(stat: &str, core: usize) -> Option<u64> {
     Some(ticks.iter().sum::<u64>() - idle)
 }
 
+/// Time the hypervisor ran something else while core `core` had work (steal), in ticks, from
+/// the text of `/proc/stat`.
+pub fn stat_core_steal_ticks(stat: &str, core: usize) -> Option<u64> {
+    let name = format!("cpu{core}");
+    let line = stat.lines().find(|l| l.split_whitespace().next() == Some(name.as_str()))?;
+    line.split_whitespace().nth(8)?.parse().ok()
+}
+
+/// Steal time of core `core` so far, microseconds (10 ms resolution).
+pub fn core_steal_us(core: usize) -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    stat_core_steal_ticks(&stat, core).map(|ticks| ticks * (1_000_000 / TICKS_PER_S))
+}
+
+/// A thread's time on the CPU and runnable but waiting for one (the guest scheduler's run
+/// queue), nanoseconds, from the text of `/proc/*/task/*/schedstat` (on-CPU, run-queue wait,
+/// slices).
+pub fn schedstat_times_ns(schedstat: &str) -> Option<(u64, u64)> {
+    let mut fields = schedstat.split_whitespace().map(str::parse::<u64>);
+    Some((fields.next()?.ok()?, fields.next()?.ok()?))
+}
+
+/// Scheduler times of process `pid`'s threads so far, microseconds: (on the CPU, waiting on
+/// the run queue), for all its threads and for those whose name starts with `named` (threads
+/// that have exited are not counted).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SchedTimes {
+    /// Every thread's time on the CPU.
+    pub all_on_cpu_us: u64,
+    /// The named threads' time on the CPU.
+    pub named_on_cpu_us: u64,
+    /// The named threads' time waiting for a CPU.
+    pub named_run_delay_us: u64,
+}
+
+/// [`SchedTimes`] of process `pid`, naming the threads whose name starts with `named`.
+pub fn sched_times(pid: u32, named: &str) -> SchedTimes {
+    let mut times = SchedTimes::default();
+    for tid in threads(pid) {
+        let read = |file: &str| std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/{file}"));
+        let Some((on_cpu, run_delay)) =
+            read("schedstat").ok().as_deref().and_then(schedstat_times_ns)
+        else {
+            continue;
+        };
+        times.all_on_cpu_us += on_cpu / 1_000;
+        if read("comm").is_ok_and(|comm| comm.starts_with(named)) {
+            times.named_on_cpu_us += on_cpu / 1_000;
+            times.named_run_delay_us += run_delay / 1_000;
+        }
+    }
+    times
+}
+
 /// Busy time of core `core` so far, all processes on it, microseconds (10 ms resolution).
 pub fn core_busy_us(core: usize) -> Option<u64> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
@@ -46,6 +100,18 @@ pub fn core_busy_us(core: usize) -> Option<u64> {
 pub fn process_cpu_us(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     stat_cpu_ticks(&stat).map(|ticks| ticks * (1_000_000 / TICKS_PER_S))
+}
+
+/// The effective user id, from the text of a `/proc/*/status` file.
+pub fn status_effective_uid(status: &str) -> Option<u32> {
+    let ids = status.lines().find_map(|line| line.strip_prefix("Uid:"))?;
+    ids.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// This process runs as root (and so may give the edge's workers real-time priority).
+pub fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .is_ok_and(|status| status_effective_uid(&status) == Some(0))
 }
 
 /// Resident memory of process `pid` now, KiB.
@@ -78,6 +144,9 @@ mod tests {
         assert_eq!(status_kib(status, "VmRSS"), Some(40_960));
         assert_eq!(status_kib(status, "VmHWM"), Some(51_200));
         assert_eq!(status_kib(status, "VmSwap"), None);
+        assert_eq!(status_effective_uid("Name:\tx\nUid:\t1000\t0\t0\t0\n"), Some(0));
+        assert_eq!(status_effective_uid("Uid:\t0\t1000\t0\t0\n"), Some(1000));
+        assert_eq!(status_effective_uid("Name:\tx\n"), None);
     }
 
     #[test]
@@ -95,5 +164,21 @@ mod tests {
         assert_eq!(stat_core_busy_ticks(stat, 0), Some(1 + 2 + 3 + 6 + 7 + 8));
         assert_eq!(stat_core_busy_ticks(stat, 1), Some(9 * 6));
         assert_eq!(stat_core_busy_ticks(stat, 2), None);
+        assert_eq!(stat_core_steal_ticks(stat, 0), Some(8));
+        assert_eq!(stat_core_steal_ticks(stat, 2), None);
+    }
+
+    #[test]
+    fn schedstat_gives_time_on_the_cpu_and_on_the_run_queue() {
+        assert_eq!(schedstat_times_ns("624010 1500 2\n"), Some((624_010, 1_500)));
+        assert_eq!(schedstat_times_ns("624010"), None);
+        let me = std::process::id();
+        let mine = sched_times(me, "");
+        assert!(mine.all_on_cpu_us > 0 && mine.named_on_cpu_us == mine.all_on_cpu_us);
+        assert_eq!(sched_times(me, "no thread is named this").named_on_cpu_us, 0);
+        assert!(
+            sched_times(me, "").all_on_cpu_us >= mine.all_on_cpu_us,
+            "a counter never goes back"
+        );
     }
 }

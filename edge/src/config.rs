@@ -27,6 +27,21 @@ pub struct EdgeConfig {
     /// straight on. 0 waits at once.
     #[serde(default = "default_batch_delay_us")]
     pub batch_delay_us: u64,
+    /// The workers' threads' nice value, -20 to 19 (0: left as the process has it). On a
+    /// machine shared with other services, a negative value lets a worker take its core back
+    /// as soon as it has datagrams, instead of waiting its turn behind a burst of another
+    /// program's threads (docs/PERFORMANCE.md, "What held the edge off its core"). Below 0
+    /// needs `CAP_SYS_NICE`; a worker that cannot set it does not start.
+    #[serde(default)]
+    pub worker_nice: i32,
+    /// Runs the workers' threads in the real-time `SCHED_FIFO` class at this priority, 1 to 99
+    /// (0: the normal scheduler, `worker_nice` applies). A worker then takes its core the
+    /// moment it has work, ahead of every normal thread, and keeps it until it waits; the
+    /// kernel's real-time throttling leaves other threads on the core 5% of each second when
+    /// a worker is saturated. Needs `CAP_SYS_NICE`; a worker that cannot set it does not
+    /// start.
+    #[serde(default)]
+    pub worker_fifo_priority: u8,
     /// Prometheus `/metrics` and `/health`; none to serve neither.
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
@@ -336,6 +351,12 @@ impl Validate for EdgeConfig {
         if self.workers > 256 {
             return Err(invalid("workers", "at most 256"));
         }
+        if !(-20..=19).contains(&self.worker_nice) {
+            return Err(invalid("worker_nice", "a nice value, -20 to 19"));
+        }
+        if self.worker_fifo_priority > 99 {
+            return Err(invalid("worker_fifo_priority", "0 (off) or 1 to 99"));
+        }
         if self.token_keys.is_empty() {
             return Err(invalid("token_keys", "at least one key is needed"));
         }
@@ -461,6 +482,14 @@ mod tests {
         assert_eq!(field_of(&short), "token_keys[0].secret_hex");
         let batch = EXAMPLE.replace("batch_max_entries = 1024", "batch_max_entries = 0");
         assert_eq!(field_of(&batch), "limits.batch_max_entries");
+        for nice in ["-21", "20"] {
+            let text = EXAMPLE.replace("worker_nice = 0", &format!("worker_nice = {nice}"));
+            assert_eq!(field_of(&text), "worker_nice");
+        }
+        let nice = EXAMPLE.replace("worker_nice = 0", "worker_nice = -10");
+        assert_eq!(EdgeConfig::parse(&nice).unwrap().worker_nice, -10);
+        let fifo = EXAMPLE.replace("worker_fifo_priority = 0", "worker_fifo_priority = 100");
+        assert_eq!(field_of(&fifo), "worker_fifo_priority");
         let retry =
             EXAMPLE.replace("retry_above_handshakes = 1024", "retry_above_handshakes = 99999");
         assert_eq!(field_of(&retry), "limits.retry_above_handshakes");

@@ -108,6 +108,18 @@ shake_ops::label_values! {
 }
 
 shake_ops::label_values! {
+    /// Which time of the event loop's long turns (`shake_loop::driver::LONG_TURN_US` or
+    /// more) a `shake_edge_loop_long_turn_seconds_total` counts.
+    pub enum LongTurnTime {
+        /// By the wall clock.
+        Wall => "wall",
+        /// On the CPU: what the worker's thread ran. Far less than `wall` means the turns were
+        /// held off the core.
+        OnCpu => "on_cpu",
+    }
+}
+
+shake_ops::label_values! {
     /// How a shake was shed for load.
     pub enum Shed {
         /// A shake-sized datagram that waited past the queue delay limit, before decryption.
@@ -224,6 +236,13 @@ pub struct LoopTurnLabels {
     pub took: WaitBucket,
 }
 
+/// `shake_edge_loop_long_turn_seconds_total{time}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct LongTurnLabels {
+    /// Which time.
+    pub time: LongTurnTime,
+}
+
 /// `shake_edge_shed_total{how}`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ShedLabels {
@@ -281,6 +300,11 @@ pub struct EdgeMetrics {
     /// Turns of the event-loop workers by how long they worked (same buckets as
     /// `receive_waits`): a long turn is a wait for every datagram arriving meanwhile.
     pub loop_turns: Family<LoopTurnLabels, Counter>,
+    /// Wall and on-CPU time of the turns that took 10 ms or more ([`LongTurnTime`]).
+    pub long_turn_seconds: Family<LongTurnLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
+    /// Times the scheduler took the core from a worker in those turns: long turns held off
+    /// the core with none of these were held by what the guest does not schedule.
+    pub long_turn_preemptions: Counter,
     /// Shakes answered without being forwarded, by reason ([`Refusal`]).
     pub refused: Family<RefusalLabels, Counter>,
     /// Users with a live session (one per user: a newer session supersedes the older).
@@ -332,6 +356,8 @@ impl EdgeMetrics {
             datagrams: Family::default(),
             receive_waits: Family::default(),
             loop_turns: Family::default(),
+            long_turn_seconds: Family::default(),
+            long_turn_preemptions: Counter::default(),
             refused: Family::default(),
             users_live: Gauge::default(),
             loop_busy: Family::default(),
@@ -389,6 +415,16 @@ impl EdgeMetrics {
             "loop_turns",
             "Event-loop turns by how long they worked",
             m.loop_turns.clone(),
+        );
+        registry.register(
+            "loop_long_turn_seconds",
+            "Wall and on-CPU time of event-loop turns that took 10 ms or more",
+            m.long_turn_seconds.clone(),
+        );
+        registry.register(
+            "loop_long_turn_preemptions",
+            "Times the scheduler took the core from a worker in a turn of 10 ms or more",
+            m.long_turn_preemptions.clone(),
         );
         registry.register(
             "loop_busy_ratio",
@@ -495,6 +531,15 @@ impl EdgeMetrics {
             let n = d(was.turn_took[bucket], is.turn_took[bucket]);
             Self::add(&self.loop_turns, &LoopTurnLabels { took: wait }, n);
         }
+        let long = |time, was_us, is_us| {
+            let seconds = d(was_us, is_us) as f64 / 1e6;
+            if seconds > 0.0 {
+                self.long_turn_seconds.get_or_create(&LongTurnLabels { time }).inc_by(seconds);
+            }
+        };
+        long(LongTurnTime::Wall, was.long_turn_wall_us, is.long_turn_wall_us);
+        long(LongTurnTime::OnCpu, was.long_turn_cpu_us, is.long_turn_cpu_us);
+        self.long_turn_preemptions.inc_by(d(was.long_turn_preemptions, is.long_turn_preemptions));
         self.kernel_drops.inc_by(d(was.kernel_drops, is.kernel_drops));
         Self::add(&self.shed, &ShedLabels { how: Shed::Dropped }, d(was.shed, is.shed));
         let wall = d(was.wall_us, is.wall_us);
@@ -564,6 +609,8 @@ shake_edge_handshakes_total{outcome="refused"}
 shake_edge_handshakes_total{outcome="retried"}
 shake_edge_loop_busy_ratio{worker="12"}
 shake_edge_loop_busy_ratio{worker="3"}
+shake_edge_loop_long_turn_seconds_total{time="on_cpu"}
+shake_edge_loop_long_turn_seconds_total{time="wall"}
 shake_edge_loop_turns_total{took="10_to_100ms"}
 shake_edge_loop_turns_total{took="1_to_10ms"}
 shake_edge_loop_turns_total{took="250us_to_1ms"}
@@ -620,6 +667,9 @@ shake_edge_verdicts_total{verdict="slow_down"}
             shed: 1,
             wall_us: 4,
             busy_us: 1,
+            long_turn_wall_us: 10_000,
+            long_turn_cpu_us: 100,
+            long_turn_preemptions: 1,
             ..DriverStats::default()
         };
         m.add_loop_stats(3, &DriverStats::default(), &is);

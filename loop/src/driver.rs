@@ -91,6 +91,16 @@ pub struct DriverStats {
     /// Turns by how long they worked, in the same buckets: a long turn is time every
     /// datagram arriving meanwhile waits.
     pub turn_took: [u64; 5],
+    /// Wall time of the turns that took [`LONG_TURN_US`] or more, microseconds.
+    pub long_turn_wall_us: u64,
+    /// CPU time the loop's thread used over those turns (from the end of the turn before,
+    /// so its wait's few system calls are in), microseconds. Far less than
+    /// [`Self::long_turn_wall_us`] means the turns were held off the core, not working.
+    pub long_turn_cpu_us: u64,
+    /// Times the guest's scheduler took the core from the thread in those turns: a turn held
+    /// off the core with none of these was held by something the guest does not schedule
+    /// (interrupts, or the hypervisor running another guest on the core).
+    pub long_turn_preemptions: u64,
     /// Time spent in all, microseconds.
     pub wall_us: u64,
     /// Datagrams the shell refused before the endpoint saw them ([`Shell::admit`]).
@@ -125,6 +135,9 @@ impl DriverStats {
         for (a, b) in self.turn_took.iter_mut().zip(other.turn_took) {
             sum(a, b);
         }
+        sum(&mut self.long_turn_wall_us, other.long_turn_wall_us);
+        sum(&mut self.long_turn_cpu_us, other.long_turn_cpu_us);
+        sum(&mut self.long_turn_preemptions, other.long_turn_preemptions);
         self.wall_us = self.wall_us.max(other.wall_us);
         sum(&mut self.shed, other.shed);
         sum(&mut self.kernel_drops, other.kernel_drops);
@@ -139,6 +152,10 @@ impl DriverStats {
 
 /// Upper bounds of the [`DriverStats::queue_wait`] buckets but the last, microseconds.
 pub const QUEUE_WAIT_BOUNDS_US: [u64; 4] = [250, 1_000, 10_000, 100_000];
+
+/// A turn this long or longer is accounted in [`DriverStats::long_turn_wall_us`] and beside
+/// it (the start of the `turn_took` buckets of 10 ms and more).
+pub const LONG_TURN_US: u64 = QUEUE_WAIT_BOUNDS_US[2];
 
 /// The bucket of [`QUEUE_WAIT_BOUNDS_US`] a duration falls in.
 fn wait_bucket(us: u64) -> usize {
@@ -269,12 +286,23 @@ impl Driver {
     pub fn run(&mut self, engine: &mut Engine, shell: &mut impl Shell) -> std::io::Result<()> {
         let started = Instant::now();
         let mut woke = started;
+        // One `getrusage` a turn: a long turn is then known as worked or held off the core.
+        let mut usage = udp::thread_usage();
         loop {
             let stop = self.turn(engine, shell, woke)?;
             let now = Instant::now();
             let took = now.duration_since(woke).as_micros() as u64;
             self.stats.busy_us += took;
             self.stats.turn_took[wait_bucket(took)] += 1;
+            let usage_now = udp::thread_usage();
+            if took >= LONG_TURN_US {
+                let d = |was: u64, is: u64| is.saturating_sub(was);
+                self.stats.long_turn_wall_us += took;
+                self.stats.long_turn_cpu_us += d(usage.cpu_us, usage_now.cpu_us);
+                self.stats.long_turn_preemptions +=
+                    d(usage.involuntary_switches, usage_now.involuntary_switches);
+            }
+            usage = usage_now;
             self.stats.wall_us = now.duration_since(started).as_micros() as u64;
             if stop {
                 return Ok(());
@@ -439,6 +467,8 @@ mod tests {
             queue_wait: [1, 2, 0, 0, 0],
             turn_took: [3, 0, 0, 0, 0],
             kernel_drops: 1,
+            long_turn_wall_us: 12_000,
+            long_turn_cpu_us: 300,
             ..DriverStats::default()
         };
         let two = DriverStats {
@@ -449,6 +479,9 @@ mod tests {
             queue_wait: [0, 1, 0, 0, 4],
             turn_took: [4, 1, 0, 0, 0],
             delay_drops: 2,
+            long_turn_wall_us: 20_000,
+            long_turn_cpu_us: 19_000,
+            long_turn_preemptions: 1,
             ..DriverStats::default()
         };
         let mut sum = one;
@@ -457,6 +490,10 @@ mod tests {
         assert_eq!(sum.queue_wait, [1, 3, 0, 0, 4]);
         assert_eq!(sum.turn_took, [7, 1, 0, 0, 0]);
         assert_eq!((sum.kernel_drops, sum.delay_drops), (1, 2));
+        assert_eq!(
+            (sum.long_turn_wall_us, sum.long_turn_cpu_us, sum.long_turn_preemptions),
+            (32_000, 19_300, 1)
+        );
         assert_eq!(sum.wall_us, 1_000, "the loops ran at the same time");
         assert!((sum.busy_share() - 1.0).abs() < 1e-9, "two loops' busy share is in cores");
     }

@@ -1,7 +1,7 @@
 //! The loop's system calls: batched UDP receive and send (`recvmmsg`, `sendmmsg`), waiting on
 //! the socket and a wake-up (`ppoll`), the wake-up itself (an `eventfd`), pinning a loop's
-//! thread to a core (`sched_setaffinity`), and the CPU time a loop's thread has used
-//! (`clock_gettime`).
+//! thread to a core (`sched_setaffinity`), a loop thread's scheduling priority (`setpriority`),
+//! and the CPU time a loop's thread has used (`clock_gettime`, `getrusage`).
 //!
 //! `unsafe` is allowed in this module only, because each of these is a libc call. Every call
 //! gets buffers that live across it, with the lengths of those buffers; addresses are
@@ -380,6 +380,48 @@ pub fn pin(tid: u32, core: usize) -> io::Result<()> {
     if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
+/// Sets the calling thread's nice value (-20, the most favoured, to 19; Linux keeps it per
+/// thread). Going below the current value needs `CAP_SYS_NICE` (or an `RLIMIT_NICE` that
+/// allows it).
+pub fn set_thread_nice(nice: i32) -> io::Result<()> {
+    // SAFETY: plain integers; `gettid` names the calling thread.
+    let rc = unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice)
+    };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// Puts the calling thread in the real-time `SCHED_FIFO` class at `priority` (1 to 99): it
+/// then runs whenever it is runnable, ahead of every normal thread on its core, until it
+/// blocks (the kernel's real-time throttling still leaves normal threads 5% of each second).
+/// Needs `CAP_SYS_NICE` (or an `RLIMIT_RTPRIO` that allows it).
+pub fn set_thread_fifo(priority: i32) -> io::Result<()> {
+    let param = libc::sched_param { sched_priority: priority };
+    // SAFETY: `param` lives across the call; 0 names the calling thread.
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// The calling thread's scheduling class is `SCHED_FIFO`.
+pub fn thread_is_fifo() -> bool {
+    // SAFETY: no arguments but the calling thread.
+    unsafe { libc::sched_getscheduler(0) == libc::SCHED_FIFO }
+}
+
+/// The calling thread's nice value.
+pub fn thread_nice() -> io::Result<i32> {
+    // SAFETY: as above; -1 is a valid answer, so errno tells a failure apart.
+    unsafe {
+        *libc::__errno_location() = 0;
+        let nice = libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t);
+        if nice == -1 && *libc::__errno_location() != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(nice)
+    }
+}
+
 /// CPU time the calling thread has used (`CLOCK_THREAD_CPUTIME_ID`): what a loop actually ran,
 /// as against the wall time its turns took (which includes time the scheduler or a CPU quota
 /// held it off the core).
@@ -397,6 +439,31 @@ pub fn thread_cpu_us() -> u64 {
 /// counts.
 pub fn process_cpu_us() -> u64 {
     cpu_clock(libc::CLOCK_PROCESS_CPUTIME_ID).map_or(0, |t| t.as_micros() as u64)
+}
+
+/// What the calling thread has used so far (`getrusage(RUSAGE_THREAD)`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ThreadUsage {
+    /// CPU time, user and system, microseconds.
+    pub cpu_us: u64,
+    /// Times the scheduler took the core from the thread while it could still run.
+    pub involuntary_switches: u64,
+}
+
+/// [`ThreadUsage`] of the calling thread; zeros if it cannot be read.
+pub fn thread_usage() -> ThreadUsage {
+    // SAFETY: all-zero bytes are a valid `rusage` (integers and `timeval`s).
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `usage` lives across the call; `RUSAGE_THREAD` names the calling thread.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) };
+    if rc != 0 {
+        return ThreadUsage::default();
+    }
+    let us = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+    ThreadUsage {
+        cpu_us: us(usage.ru_utime) + us(usage.ru_stime),
+        involuntary_switches: usage.ru_nivcsw as u64,
+    }
 }
 
 fn cpu_clock(clock: libc::clockid_t) -> io::Result<Duration> {
@@ -426,6 +493,52 @@ mod tests {
         let worked = thread_cpu_time().expect("clock") - before - slept;
         assert!(slept < Duration::from_millis(10), "sleeping used {slept:?}");
         assert!(worked >= Duration::from_millis(5), "spinning 30 ms used only {worked:?}");
+    }
+
+    #[test]
+    fn a_threads_nice_value_is_its_own() {
+        let main_nice = thread_nice().unwrap();
+        // Raising the value (less favoured) is allowed without privileges.
+        let set = std::thread::spawn(move || {
+            set_thread_nice(main_nice + 3).unwrap();
+            thread_nice().unwrap()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(set, main_nice + 3);
+        assert_eq!(thread_nice().unwrap(), main_nice, "only the thread that asked changed");
+    }
+
+    #[test]
+    fn fifo_is_granted_with_the_privilege_and_refused_without() {
+        let (result, fifo) =
+            std::thread::spawn(|| (set_thread_fifo(1), thread_is_fifo())).join().unwrap();
+        match result {
+            Ok(()) => assert!(fifo, "granted but not in effect"),
+            Err(err) => {
+                assert_eq!(err.kind(), io::ErrorKind::PermissionDenied, "{err}");
+                assert!(!fifo);
+            }
+        }
+        assert!(!thread_is_fifo(), "only the thread that asked changed");
+        assert!(set_thread_fifo(100).is_err(), "1 to 99 only");
+    }
+
+    #[test]
+    fn thread_usage_counts_work_not_sleep() {
+        let before = thread_usage();
+        std::thread::sleep(Duration::from_millis(30));
+        let slept = thread_usage().cpu_us - before.cpu_us;
+        let spin_until = std::time::Instant::now() + Duration::from_millis(30);
+        let mut x = 0u64;
+        while std::time::Instant::now() < spin_until {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        let after = thread_usage();
+        let worked = after.cpu_us - before.cpu_us - slept;
+        assert!(slept < 10_000, "sleeping used {slept} us");
+        assert!(worked >= 5_000, "spinning 30 ms used only {worked} us");
+        assert!(after.involuntary_switches >= before.involuntary_switches);
     }
 
     #[test]

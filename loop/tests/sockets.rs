@@ -253,3 +253,58 @@ fn datagrams_the_kernel_dropped_for_want_of_buffer_are_counted() {
     let drops = batch.kernel_drops.expect("the drop count came with the next datagram");
     assert_eq!(received + drops as usize, sent, "every datagram either received or counted");
 }
+
+/// Each turn either sleeps (held off the core, as a preempted or stolen turn would be) or
+/// spins (working) for `hold`; stops after `turns` turns of each.
+struct HoldingShell {
+    hold: Duration,
+    turns: u32,
+    done: u32,
+}
+
+impl Handler for HoldingShell {
+    fn incoming(&mut self, _now: Instant, _incoming: &Incoming) -> IncomingDecision {
+        IncomingDecision::Ignore
+    }
+
+    fn event(&mut self, _: Instant, _: ConnectionHandle, _: &mut Connection, _: AppEvent) {}
+}
+
+impl Shell for HoldingShell {
+    fn turn(&mut self, _now: Instant, _engine: &mut Engine, _stats: &DriverStats) -> Flow {
+        let until = Instant::now() + self.hold;
+        if self.done < self.turns {
+            std::thread::sleep(self.hold);
+        } else {
+            let mut x = 0u64;
+            while Instant::now() < until {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+        }
+        self.done += 1;
+        if self.done == 2 * self.turns { Flow::Stop } else { Flow::Continue }
+    }
+
+    fn deadline(&mut self) -> Option<Instant> {
+        Some(Instant::now())
+    }
+}
+
+/// Turns of 10 ms or more are accounted by the wall clock and by the CPU their thread used,
+/// so a turn held off the core reads differently from one that worked.
+#[test]
+fn long_turns_tell_time_held_off_the_core_from_time_worked() {
+    let mut driver = Driver::new(UdpSocket::bind("127.0.0.1:0").unwrap()).unwrap();
+    let mut engine = Engine::new(EndpointConfig::default(), None);
+    let hold = Duration::from_millis(15);
+    let mut shell = HoldingShell { hold, turns: 4, done: 0 };
+    driver.run(&mut engine, &mut shell).unwrap();
+    let stats = driver.stats();
+    // 4 sleeping turns and 4 spinning ones, each at least 15 ms.
+    assert!(stats.long_turn_wall_us >= 8 * 15_000, "{stats:?}");
+    assert!(stats.turn_took[3] + stats.turn_took[4] >= 8, "{stats:?}");
+    // Only the spinning turns used the CPU (on a loaded machine a spin may lose some of its
+    // time to others, so the bounds are loose).
+    assert!(stats.long_turn_cpu_us >= 4 * 5_000, "{stats:?}");
+    assert!(stats.long_turn_cpu_us <= stats.long_turn_wall_us - 4 * 10_000, "{stats:?}");
+}

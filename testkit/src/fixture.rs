@@ -144,6 +144,13 @@ impl Fixture {
                 .chain(options.edge_overrides.iter().cloned())
                 .collect();
             let text = std::fs::read_to_string(&edge_config)?;
+            // An override that meets no line would change nothing, silently.
+            if let Some((prefix, _)) = overrides
+                .iter()
+                .find(|(prefix, _)| !text.lines().any(|line| line.starts_with(prefix.as_str())))
+            {
+                anyhow::bail!("no line of the edge's configuration starts with {prefix:?}");
+            }
             let text: Vec<String> = text
                 .lines()
                 .map(|line| {

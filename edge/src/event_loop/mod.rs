@@ -354,9 +354,29 @@ pub struct LoopStart {
     pub link: LoopEnds,
 }
 
+/// Gives the calling worker thread the scheduling the configuration asks for.
+fn set_priority(config: &crate::config::EdgeConfig) -> std::io::Result<()> {
+    let explain = |setting: String| {
+        move |err: std::io::Error| {
+            std::io::Error::new(err.kind(), format!("{setting}: {err} (needs CAP_SYS_NICE)"))
+        }
+    };
+    let fifo = config.worker_fifo_priority;
+    if fifo > 0 {
+        let setting = format!("worker_fifo_priority = {fifo}");
+        return shake_loop::udp::set_thread_fifo(i32::from(fifo)).map_err(explain(setting));
+    }
+    let nice = config.worker_nice;
+    if nice != 0 {
+        shake_loop::udp::set_thread_nice(nice).map_err(explain(format!("worker_nice = {nice}")))?;
+    }
+    Ok(())
+}
+
 /// Runs one worker on the current thread until it has drained (SIGTERM) or stopped (SIGINT).
 pub fn run(start: LoopStart, shared: Arc<Shared>) -> std::io::Result<()> {
     let LoopStart { id, workers, mut driver, server, reset_key, link } = start;
+    set_priority(&shared.config)?;
     let mut endpoint = EndpointConfig::new(reset_key);
     let worker_byte = u8::try_from(id).map_err(|_| std::io::Error::other("over 256 workers"))?;
     endpoint.cid_generator(move || Box::new(WorkerCids::new(worker_byte)));

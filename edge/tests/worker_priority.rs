@@ -1,0 +1,89 @@
+//! `worker_nice` reaches the edge's loop workers' threads, and only theirs: the allocator
+//! link and metrics threads keep the process's value.
+
+use shake_testkit::scratch::Scratch;
+use shake_testkit::servers::Edge;
+
+/// (thread name, nice value) of every thread of process `pid`.
+fn thread_nice_values(pid: u32) -> Vec<(String, i64)> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    tasks
+        .filter_map(|task| {
+            let dir = task.ok()?.path();
+            let name = std::fs::read_to_string(dir.join("comm")).ok()?.trim().to_owned();
+            let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+            // After the name in parentheses: state is field 3, nice field 19.
+            let (_, rest) = stat.rsplit_once(')')?;
+            let nice = rest.split_whitespace().nth(16)?.parse().ok()?;
+            Some((name, nice))
+        })
+        .collect()
+}
+
+#[test]
+fn the_workers_run_at_the_configured_nice_value_and_the_other_threads_do_not() {
+    let scratch = Scratch::new("edge-nice");
+    // No allocator is needed for the workers to start (the link keeps trying meanwhile).
+    let path = scratch.edge_config("127.0.0.1:9".parse().unwrap(), "");
+    let text = std::fs::read_to_string(&path).unwrap();
+    // Raising the value (less favoured) needs no privilege, so the test runs as anyone.
+    std::fs::write(&path, text.replace("workers = 2\n", "workers = 2\nworker_nice = 7\n")).unwrap();
+    let edge = Edge::spawn(Edge::command(&path)).unwrap();
+    let threads = thread_nice_values(edge.process.pid());
+    let workers: Vec<_> =
+        threads.iter().filter(|(name, _)| name.starts_with("edge-worker")).collect();
+    assert_eq!(workers.len(), 2, "{threads:?}");
+    assert!(workers.iter().all(|(_, nice)| *nice == 7), "{threads:?}");
+    let nice_of = |thread: &str| threads.iter().find(|(name, _)| name == thread).map(|t| t.1);
+    assert_eq!(nice_of("allocator-link"), nice_of("shake-edge"), "{threads:?}");
+    assert_ne!(nice_of("shake-edge"), Some(7), "{threads:?}");
+}
+
+/// The effective user of this test is root (who holds `CAP_SYS_NICE`).
+fn running_as_root() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let uid = status.lines().find_map(|l| l.strip_prefix("Uid:")).unwrap();
+    uid.split_whitespace().nth(1) == Some("0")
+}
+
+/// The scheduling policy of each thread (`/proc/PID/task/TID/stat` field 41; 1 is FIFO).
+fn thread_policies(pid: u32) -> Vec<(String, u32)> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    tasks
+        .filter_map(|task| {
+            let dir = task.ok()?.path();
+            let name = std::fs::read_to_string(dir.join("comm")).ok()?.trim().to_owned();
+            let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+            let (_, rest) = stat.rsplit_once(')')?;
+            Some((name, rest.split_whitespace().nth(38)?.parse().ok()?))
+        })
+        .collect()
+}
+
+#[test]
+fn fifo_workers_run_real_time_with_the_privilege_and_refuse_to_start_without() {
+    let scratch = Scratch::new("edge-fifo");
+    let path = scratch.edge_config("127.0.0.1:9".parse().unwrap(), "");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let text = text.replace("workers = 2\n", "workers = 2\nworker_fifo_priority = 5\n");
+    std::fs::write(&path, text).unwrap();
+    if running_as_root() {
+        let edge = Edge::spawn(Edge::command(&path)).unwrap();
+        let policies = thread_policies(edge.process.pid());
+        let fifo = |name: &str| {
+            policies.iter().filter(|(n, policy)| n.starts_with(name) && *policy == 1).count()
+        };
+        assert_eq!(fifo("edge-worker"), 2, "{policies:?}");
+        assert_eq!(fifo("allocator-link"), 0, "{policies:?}");
+    } else {
+        let out = std::process::Command::new(shake_testkit::processes::bin("shake-edge"))
+            .arg("run")
+            .arg("--config")
+            .arg(&path)
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{said}");
+        assert!(said.contains("worker_fifo_priority = 5"), "{said}");
+    }
+}
