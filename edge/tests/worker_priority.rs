@@ -20,6 +20,19 @@ fn thread_nice_values(pid: u32) -> Vec<(String, i64)> {
         .collect()
 }
 
+/// Reads `read` until `done` holds of it or 10 s pass (the edge reports ready before its
+/// workers have started), and returns the last reading.
+fn once_settled<T>(read: impl Fn() -> T, done: impl Fn(&T) -> bool) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let value = read();
+        if done(&value) || std::time::Instant::now() >= deadline {
+            return value;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn the_workers_run_at_the_configured_nice_value_and_the_other_threads_do_not() {
     let scratch = Scratch::new("edge-nice");
@@ -29,7 +42,13 @@ fn the_workers_run_at_the_configured_nice_value_and_the_other_threads_do_not() {
     // Raising the value (less favoured) needs no privilege, so the test runs as anyone.
     std::fs::write(&path, text.replace("workers = 2\n", "workers = 2\nworker_nice = 7\n")).unwrap();
     let edge = Edge::spawn(Edge::command(&path)).unwrap();
-    let threads = thread_nice_values(edge.process.pid());
+    let threads = once_settled(
+        || thread_nice_values(edge.process.pid()),
+        |threads| {
+            threads.iter().filter(|(n, nice)| n.starts_with("edge-worker") && *nice == 7).count()
+                == 2
+        },
+    );
     let workers: Vec<_> =
         threads.iter().filter(|(name, _)| name.starts_with("edge-worker")).collect();
     assert_eq!(workers.len(), 2, "{threads:?}");
@@ -69,10 +88,14 @@ fn fifo_workers_run_real_time_with_the_privilege_and_refuse_to_start_without() {
     std::fs::write(&path, text).unwrap();
     if running_as_root() {
         let edge = Edge::spawn(Edge::command(&path)).unwrap();
-        let policies = thread_policies(edge.process.pid());
-        let fifo = |name: &str| {
+        let fifo_in = |policies: &[(String, u32)], name: &str| {
             policies.iter().filter(|(n, policy)| n.starts_with(name) && *policy == 1).count()
         };
+        let policies = once_settled(
+            || thread_policies(edge.process.pid()),
+            |policies| fifo_in(policies, "edge-worker") == 2,
+        );
+        let fifo = |name: &str| fifo_in(&policies, name);
         assert_eq!(fifo("edge-worker"), 2, "{policies:?}");
         assert_eq!(fifo("allocator-link"), 0, "{policies:?}");
     } else {
