@@ -4,21 +4,25 @@
 use shake_testkit::scratch::Scratch;
 use shake_testkit::servers::Edge;
 
-/// (thread name, nice value) of every thread of process `pid`.
-fn thread_nice_values(pid: u32) -> Vec<(String, i64)> {
+/// (thread name, field) of every thread of process `pid`, the field counted from the state in
+/// `/proc/PID/task/TID/stat` (the third field; the nice value is 16 after it, the scheduling
+/// policy 38, where 1 is FIFO).
+fn thread_stat_field(pid: u32, after_state: usize) -> Vec<(String, i64)> {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
     tasks
         .filter_map(|task| {
             let dir = task.ok()?.path();
             let name = std::fs::read_to_string(dir.join("comm")).ok()?.trim().to_owned();
             let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
-            // After the name in parentheses: state is field 3, nice field 19.
+            // The name in parentheses may hold spaces: count after the last ')'.
             let (_, rest) = stat.rsplit_once(')')?;
-            let nice = rest.split_whitespace().nth(16)?.parse().ok()?;
-            Some((name, nice))
+            Some((name, rest.split_whitespace().nth(after_state)?.parse().ok()?))
         })
         .collect()
 }
+
+const NICE: usize = 16;
+const POLICY: usize = 38;
 
 /// Reads `read` until `done` holds of it or 10 s pass (the edge reports ready before its
 /// workers have started), and returns the last reading.
@@ -43,7 +47,7 @@ fn the_workers_run_at_the_configured_nice_value_and_the_other_threads_do_not() {
     std::fs::write(&path, text.replace("workers = 2\n", "workers = 2\nworker_nice = 7\n")).unwrap();
     let edge = Edge::spawn(Edge::command(&path)).unwrap();
     let threads = once_settled(
-        || thread_nice_values(edge.process.pid()),
+        || thread_stat_field(edge.process.pid(), NICE),
         |threads| {
             threads.iter().filter(|(n, nice)| n.starts_with("edge-worker") && *nice == 7).count()
                 == 2
@@ -65,20 +69,6 @@ fn running_as_root() -> bool {
     uid.split_whitespace().nth(1) == Some("0")
 }
 
-/// The scheduling policy of each thread (`/proc/PID/task/TID/stat` field 41; 1 is FIFO).
-fn thread_policies(pid: u32) -> Vec<(String, u32)> {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
-    tasks
-        .filter_map(|task| {
-            let dir = task.ok()?.path();
-            let name = std::fs::read_to_string(dir.join("comm")).ok()?.trim().to_owned();
-            let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
-            let (_, rest) = stat.rsplit_once(')')?;
-            Some((name, rest.split_whitespace().nth(38)?.parse().ok()?))
-        })
-        .collect()
-}
-
 #[test]
 fn fifo_workers_run_real_time_with_the_privilege_and_refuse_to_start_without() {
     let scratch = Scratch::new("edge-fifo");
@@ -88,11 +78,11 @@ fn fifo_workers_run_real_time_with_the_privilege_and_refuse_to_start_without() {
     std::fs::write(&path, text).unwrap();
     if running_as_root() {
         let edge = Edge::spawn(Edge::command(&path)).unwrap();
-        let fifo_in = |policies: &[(String, u32)], name: &str| {
+        let fifo_in = |policies: &[(String, i64)], name: &str| {
             policies.iter().filter(|(n, policy)| n.starts_with(name) && *policy == 1).count()
         };
         let policies = once_settled(
-            || thread_policies(edge.process.pid()),
+            || thread_stat_field(edge.process.pid(), POLICY),
             |policies| fifo_in(policies, "edge-worker") == 2,
         );
         let fifo = |name: &str| fifo_in(&policies, name);
