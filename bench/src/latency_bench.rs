@@ -216,13 +216,16 @@ pub fn run_level(
         while Instant::now() < end {
             std::thread::sleep(Duration::from_millis(250));
             let t_s = started.elapsed().as_secs_f64();
-            if t_s >= ramp_s as f64 && round_start.is_none() {
-                round_start = Some(WaitCounts::read(fixture.edge_metrics, &running.counters));
+            if t_s < ramp_s as f64 || round_end.is_some() {
+                continue;
             }
-            if t_s >= (ramp_s + round_s) as f64 && round_end.is_none() {
-                round_end = Some(WaitCounts::read(fixture.edge_metrics, &running.counters));
+            // One read of the edge's metrics a tick serves the round's counts and the sample.
+            let counts = WaitCounts::read(fixture.edge_metrics, &running.counters);
+            round_start.get_or_insert(counts);
+            if t_s >= (ramp_s + round_s) as f64 {
+                round_end = Some(counts);
             }
-            if t_s >= ramp_s as f64 && t_s <= (ramp_s + round_s) as f64 {
+            if t_s <= (ramp_s + round_s) as f64 {
                 marks.push((
                     t_s,
                     procfs::process_cpu_us(me).unwrap_or(0),
@@ -230,10 +233,7 @@ pub fn run_level(
                     running.counters.answered.load(Ordering::Relaxed),
                     procfs::core_busy_us(load.client_core).unwrap_or(0),
                 ));
-                let text =
-                    shake_ops::http::get(fixture.edge_metrics, "/metrics").unwrap_or_default();
-                let waits = edge_counters(&text, "shake_edge_receive_waits_total{", "waited");
-                let waited_10ms = waits[3] + waits[4];
+                let waited_10ms = counts.edge_waits[3] + counts.edge_waits[4];
                 hold_off_samples.push(HoldOffSample::read(edge, load.server_core, waited_10ms));
             }
         }

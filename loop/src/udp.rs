@@ -403,25 +403,6 @@ pub fn set_thread_fifo(priority: i32) -> io::Result<()> {
     if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
-/// The calling thread's scheduling class is `SCHED_FIFO`.
-pub fn thread_is_fifo() -> bool {
-    // SAFETY: no arguments but the calling thread.
-    unsafe { libc::sched_getscheduler(0) == libc::SCHED_FIFO }
-}
-
-/// The calling thread's nice value.
-pub fn thread_nice() -> io::Result<i32> {
-    // SAFETY: as above; -1 is a valid answer, so errno tells a failure apart.
-    unsafe {
-        *libc::__errno_location() = 0;
-        let nice = libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t);
-        if nice == -1 && *libc::__errno_location() != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(nice)
-    }
-}
-
 /// CPU time the calling thread has used (`CLOCK_THREAD_CPUTIME_ID`): what a loop actually ran,
 /// as against the wall time its turns took (which includes time the scheduler or a CPU quota
 /// held it off the core).
@@ -493,6 +474,26 @@ mod tests {
         let worked = thread_cpu_time().expect("clock") - before - slept;
         assert!(slept < Duration::from_millis(10), "sleeping used {slept:?}");
         assert!(worked >= Duration::from_millis(5), "spinning 30 ms used only {worked:?}");
+    }
+
+    /// The calling thread's scheduling class is `SCHED_FIFO`.
+    fn thread_is_fifo() -> bool {
+        // SAFETY: no arguments but the calling thread.
+        unsafe { libc::sched_getscheduler(0) == libc::SCHED_FIFO }
+    }
+
+    /// The calling thread's nice value.
+    fn thread_nice() -> io::Result<i32> {
+        // SAFETY: plain integers, `gettid` names the calling thread; -1 is a valid answer, so
+        // errno tells a failure apart.
+        unsafe {
+            *libc::__errno_location() = 0;
+            let nice = libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t);
+            if nice == -1 && *libc::__errno_location() != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(nice)
+        }
     }
 
     #[test]
