@@ -1,8 +1,9 @@
-//! The I/O driver: one thread, one UDP socket, one [`Engine`]. Each turn waits for datagrams,
-//! the next deadline or a wake-up from another thread, then receives a batch, lets the engine
-//! route it (the handler answers inline), fires due timers, lets the [`Shell`] act on what
-//! came from outside the loop, flushes every touched connection and sends the lot with
-//! `sendmmsg`.
+//! The I/O driver: one thread, one UDP socket, one [`Engine`]. Each turn receives a batch,
+//! lets the engine route it (the handler answers inline), fires due timers, lets the
+//! [`Shell`] act on what came from outside the loop, flushes every touched connection and
+//! sends the lot with `sendmmsg`. Between turns it waits for datagrams, the next deadline or a
+//! wake-up from another thread, except after a turn that received datagrams: under load the
+//! next ones are most likely there already, and the wait would be a system call for nothing.
 //!
 //! The driver measures its own busy share: time between waking and going back to wait, over
 //! wall time. It is the loop's load, cheap to read, and what overload control watches.
@@ -288,8 +289,10 @@ impl Driver {
         let mut woke = started;
         // One `getrusage` a turn: a long turn is then known as worked or held off the core.
         let mut usage = udp::thread_usage();
+        // Whether the waker may be set: it is read (cleared) only then, not every turn.
+        let mut woken = true;
         loop {
-            let stop = self.turn(engine, shell, woke)?;
+            let stop = self.turn(engine, shell, woke, woken)?;
             let now = Instant::now();
             let took = now.duration_since(woke).as_micros() as u64;
             self.stats.busy_us += took;
@@ -319,26 +322,39 @@ impl Driver {
                     std::thread::sleep(pause);
                 }
             }
-            let now = Instant::now();
-            let timeout = deadline.map(|at| at.saturating_duration_since(now));
-            if timeout != Some(Duration::ZERO) {
-                let want_write = !engine.transmits().is_empty();
-                udp::wait(&self.socket, &self.waker, want_write, timeout)?;
+            // After a turn that received datagrams, more are most likely waiting (the gather
+            // above waited for them): the next turn goes straight to `recvmmsg`, which costs
+            // one empty call when none came, instead of a `ppoll` and an eventfd read every
+            // turn under load. A wake-up meanwhile stays set in the eventfd (the shell takes
+            // its inputs every turn anyway), and the next wait returns at once for it.
+            woken = false;
+            if self.last_turn_datagrams == 0 {
+                let now = Instant::now();
+                let timeout = deadline.map(|at| at.saturating_duration_since(now));
+                if timeout != Some(Duration::ZERO) {
+                    let want_write = !engine.transmits().is_empty();
+                    woken = udp::wait(&self.socket, &self.waker, want_write, timeout)?.woken;
+                }
             }
             woke = Instant::now();
         }
     }
 
     /// One turn: receive, timers, the shell, flush, send. True when the shell said stop.
+    /// `woken`: the wait said the waker was set (it is cleared before anything is taken, so
+    /// a wake-up after this point is seen by the next wait).
     fn turn(
         &mut self,
         engine: &mut Engine,
         shell: &mut impl Shell,
         now: Instant,
+        woken: bool,
     ) -> std::io::Result<bool> {
         self.stats.turns += 1;
         self.last_turn_datagrams = 0;
-        self.waker.clear();
+        if woken {
+            self.waker.clear();
+        }
         if let Some(routes) = &self.routes {
             // Datagrams other workers received for our connections (bounded by the queue).
             while let Ok((from, datagram)) = routes.from.try_recv() {

@@ -308,3 +308,79 @@ fn long_turns_tell_time_held_off_the_core_from_time_worked() {
     assert!(stats.long_turn_cpu_us >= 4 * 5_000, "{stats:?}");
     assert!(stats.long_turn_cpu_us <= stats.long_turn_wall_us - 4 * 10_000, "{stats:?}");
 }
+
+/// Stops when told (through a flag, as a shell's inputs from other threads come); waits for
+/// nothing of its own but a fallback deadline far away.
+struct WokenShell {
+    stop: Arc<AtomicBool>,
+    fallback: Instant,
+}
+
+impl Handler for WokenShell {
+    fn incoming(&mut self, _now: Instant, _incoming: &Incoming) -> IncomingDecision {
+        IncomingDecision::Ignore
+    }
+
+    fn event(&mut self, _: Instant, _: ConnectionHandle, _: &mut Connection, _: AppEvent) {}
+}
+
+impl Shell for WokenShell {
+    fn turn(&mut self, now: Instant, _engine: &mut Engine, _stats: &DriverStats) -> Flow {
+        if self.stop.load(Ordering::Relaxed) || now >= self.fallback {
+            Flow::Stop
+        } else {
+            Flow::Continue
+        }
+    }
+
+    fn deadline(&mut self) -> Option<Instant> {
+        Some(self.fallback)
+    }
+}
+
+/// Wake-ups from other threads end an idle wait, each once: the loop reads the waker only
+/// when a wait says it is set, and a set waker left unread would make every later wait return
+/// at once (a spinning loop). A run of busy turns (datagrams every turn, no wait between
+/// them) in the middle does not lose a wake-up given during it.
+#[test]
+fn a_wake_up_ends_one_wait_and_the_loop_does_not_spin_on_it() {
+    let mut driver = Driver::new(UdpSocket::bind("127.0.0.1:0").unwrap()).unwrap();
+    let addr = driver.local_addr().unwrap();
+    let waker = driver.waker();
+    let stop = Arc::new(AtomicBool::new(false));
+    let fallback = Instant::now() + Duration::from_secs(20);
+    let mut shell = WokenShell { stop: stop.clone(), fallback };
+    let mut engine = Engine::new(EndpointConfig::default(), None);
+    let server = std::thread::spawn(move || {
+        driver.run(&mut engine, &mut shell).unwrap();
+        driver.stats()
+    });
+    const WAKES: u64 = 5;
+    for _ in 0..WAKES {
+        std::thread::sleep(Duration::from_millis(20));
+        waker.wake();
+    }
+    // Busy turns: junk datagrams (the endpoint drops them), with a wake-up among them.
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for n in 0..400u32 {
+        client.send_to(&[0x40, 7, 7, 7, 7, 7, 7, 7, 7], addr).unwrap();
+        if n == 200 {
+            waker.wake();
+        }
+        if n % 50 == 49 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    let before_stop = Instant::now();
+    stop.store(true, Ordering::Relaxed);
+    waker.wake();
+    let stats = server.join().unwrap();
+    assert!(Instant::now() < fallback, "the stop's wake-up was lost: {stats:?}");
+    assert!(before_stop.elapsed() < Duration::from_secs(5), "{stats:?}");
+    assert_eq!(stats.datagrams_in, 400, "{stats:?}");
+    // Each wake-up and each receiving turn is a turn or two; a spinning loop makes thousands
+    // in the 200 ms this test idles.
+    assert!(stats.turns <= 2 * (WAKES + 2) + 2 * 400, "{stats:?}");
+    assert!(stats.busy_share() < 0.5, "{stats:?}");
+}
