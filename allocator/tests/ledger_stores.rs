@@ -240,6 +240,47 @@ fn a_new_epoch_fences_the_old_leader() {
     assert_eq!(third.unwrap(), Some(second + 1));
 }
 
+/// Every award is written twice, drawn then acknowledged: the delivery mark must stay on the
+/// award's page and add nothing to any index (a heap-only update), or each mark costs as much
+/// as three index inserts (migration 4 leaves half of each page free for it).
+#[test]
+fn delivery_marks_stay_on_their_pages_and_add_no_index_entries() {
+    let scratch = Scratch::new("ledger-marks");
+    let server = PgServer::primary(&scratch.dir.join("pg"));
+    let url = server.database("marks");
+    let (mut ledger, _) = leading(&url, "a");
+    const BATCHES: u64 = 20;
+    const PER_BATCH: u64 = 100;
+    let drawn: Vec<AnsweredBatch> = (1..=BATCHES)
+        .map(|seq| AnsweredBatch {
+            key: key(seq),
+            answer: Bytes::from(vec![seq as u8; 3]),
+            awards: (0..PER_BATCH).map(|i| award(seq * PER_BATCH + i, seq)).collect(),
+        })
+        .collect();
+    let ids: Vec<u64> = drawn.iter().flat_map(|b| b.awards.iter().map(|a| a.award_id)).collect();
+    ledger.commit_group(&CommitGroup { batches: drawn, ..CommitGroup::default() }).unwrap();
+    let sizes = |ledger: &mut PostgresLedger| -> (i64, i64, i64) {
+        let row = ledger
+            .client()
+            .query_one(
+                "SELECT pg_relation_size('shake_awards_pkey'), \
+                        pg_relation_size('one_prize_once'), pg_relation_size('shake_awards')",
+                &[],
+            )
+            .unwrap();
+        (row.get(0), row.get(1), row.get(2))
+    };
+    let before = sizes(&mut ledger);
+    ledger.commit_group(&CommitGroup { delivered: ids.clone(), ..CommitGroup::default() }).unwrap();
+    let after = sizes(&mut ledger);
+    let awards = ledger.awards(&mut |_| true).unwrap();
+    assert_eq!(awards.len(), ids.len());
+    assert!(awards.iter().all(|a| a.delivered), "every mark landed");
+    assert_eq!((after.0, after.1), (before.0, before.1), "no index grew: {before:?} -> {after:?}");
+    assert_eq!(after.2, before.2, "no row version left its page: {before:?} -> {after:?}");
+}
+
 #[test]
 fn the_schema_is_migrated_once_and_a_newer_one_is_refused() {
     let scratch = Scratch::new("ledger-schema");

@@ -8,11 +8,18 @@
 //! offered rates: batches arrive on a schedule, the committer groups whatever waits (as the
 //! allocator's commit thread does) and each batch's wait from arrival to durable is timed;
 //! that p99 at an offered 200,000 awards a second is the joint target.
+//!
+//! Both readings write what the allocator's group commits carry in a show's steady state, not
+//! only the new awards: each group also marks delivered the awards of a group committed
+//! earlier (phones acknowledged them) and forgets that group's stored answers (the edges
+//! confirmed them), each an `UPDATE` of rows already written ([`FollowUps`]).
 
+use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use shake_allocator::award::BatchKey;
 use shake_allocator::ledger::lanes::{CommitLanes, Report};
 use shake_allocator::ledger::{AnsweredBatch, CommitGroup, LedgerStore, PostgresLedger, lease};
 use shake_benchkit::stats;
@@ -177,6 +184,53 @@ impl TimedLanes {
     }
 }
 
+/// The confirmations a group carries for groups committed before it: the delivery marks of
+/// their awards and their stored answers to forget, as the allocator writes them once phones
+/// and edges confirm. They follow `lag` groups behind (more than the lanes, so that the rows
+/// they update are committed: a lane takes a group only once its previous one is durable).
+struct FollowUps {
+    handed: VecDeque<(Vec<u64>, Vec<BatchKey>)>,
+    lag: usize,
+    /// Delivery marks handed over so far.
+    marked: u64,
+}
+
+impl FollowUps {
+    fn behind(lanes: usize) -> Self {
+        Self { handed: VecDeque::new(), lag: lanes + 1, marked: 0 }
+    }
+
+    /// Fails unless every mark handed over found its award committed and unmarked: a mark
+    /// that ran ahead of its award would change nothing and cost less than the real one.
+    fn check(&self, url: &str) -> Result<(), String> {
+        let mut client =
+            postgres::Client::connect(url, postgres::NoTls).map_err(|e| e.to_string())?;
+        let row = client
+            .query_one("SELECT count(*) FROM shake_awards WHERE delivered", &[])
+            .map_err(|e| e.to_string())?;
+        let delivered = row.get::<_, i64>(0) as u64;
+        if delivered == self.marked {
+            Ok(())
+        } else {
+            Err(format!("{delivered} awards delivered of {} marks handed over", self.marked))
+        }
+    }
+
+    /// Adds to `group` the confirmations of the group `lag` before it, and remembers its own.
+    fn attach(&mut self, group: &mut CommitGroup) {
+        let ids = group.batches.iter().flat_map(|b| b.awards.iter().map(|a| a.award_id));
+        let keys = group.batches.iter().map(|b| b.key);
+        self.handed.push_back((ids.collect(), keys.collect()));
+        if self.handed.len() > self.lag
+            && let Some((delivered, forget)) = self.handed.pop_front()
+        {
+            self.marked += delivered.len() as u64;
+            group.delivered = delivered;
+            group.forget = forget;
+        }
+    }
+}
+
 fn percentile(sorted: &[f64], share: f64) -> f64 {
     sorted[((sorted.len() as f64 * share) as usize).min(sorted.len() - 1)]
 }
@@ -197,14 +251,17 @@ fn closed(
         .collect();
     let awards: usize = groups.iter().flat_map(|g| &g.batches).map(|b| b.awards.len()).sum();
     let mut timed = TimedLanes::start(leading(url)?, lanes)?;
+    let mut follow_ups = FollowUps::behind(lanes);
     let count = groups.len();
     let started = Instant::now();
-    for group in groups {
+    for mut group in groups {
+        follow_ups.attach(&mut group);
         // One arrival per group: the p99 is the groups'.
         timed.hand_over(group, vec![Instant::now()])?;
     }
     let latencies = timed.finish(count)?;
     let elapsed = started.elapsed();
+    follow_ups.check(url)?;
     Ok(Closed {
         lanes,
         batches,
@@ -244,6 +301,7 @@ fn offered(
             }
         }
     });
+    let mut follow_ups = FollowUps::behind(lanes);
     let mut max_group = 0;
     let mut awards = 0;
     loop {
@@ -259,11 +317,13 @@ fn offered(
             next = arrivals.try_recv().ok();
         }
         max_group = max_group.max(group.batches.len());
+        follow_ups.attach(&mut group);
         timed.hand_over(group, arrived)?;
     }
     let _ = feeder.join();
     let latencies = timed.finish(count)?;
     let elapsed = started.elapsed();
+    follow_ups.check(url)?;
     Ok(Offered {
         lanes,
         offered_per_s,
