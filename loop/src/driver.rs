@@ -322,11 +322,12 @@ impl Driver {
                     std::thread::sleep(pause);
                 }
             }
-            // After a turn that received datagrams, more are most likely waiting (the gather
-            // above waited for them): the next turn goes straight to `recvmmsg`, which costs
-            // one empty call when none came, instead of a `ppoll` and an eventfd read every
-            // turn under load. A wake-up meanwhile stays set in the eventfd (the shell takes
-            // its inputs every turn anyway), and the next wait returns at once for it.
+            // After a turn that received datagrams, more are most likely waiting (and the
+            // gather above, where set, let them collect): the next turn goes straight to
+            // `recvmmsg`, which costs one empty call when none came, instead of a `ppoll` and
+            // an eventfd read every turn under load. A wake-up meanwhile stays set in the
+            // eventfd (the shell takes its inputs every turn anyway), and the next wait
+            // returns at once for it.
             woken = false;
             if self.last_turn_datagrams == 0 {
                 let now = Instant::now();
