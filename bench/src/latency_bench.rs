@@ -33,6 +33,9 @@ pub struct LevelFigures {
     /// Shake to outcome, ms, from the actual send time: the difference from `outcome` is time
     /// the load generator spent before it could send.
     pub outcome_uncorrected: Percentiles,
+    /// Shake (intended send) to the outcome's arrival in the phone's socket, ms: `outcome`
+    /// less the outcome's wait for the load generator to read it.
+    pub outcome_at_socket: Percentiles,
     /// Winning shake to award, ms.
     pub award: Percentiles,
     /// Sends the swarm made late or skipped (the load generator falling behind).
@@ -256,6 +259,7 @@ pub fn run_level(
         achieved_per_s: span(|m| m.3),
         outcome: Percentiles::of(&report.outcome_us),
         outcome_uncorrected: Percentiles::of(&report.outcome_uncorrected_us),
+        outcome_at_socket: Percentiles::of(&report.outcome_at_socket_us),
         award: Percentiles::of(&report.award_us),
         behind_schedule: report.behind_schedule,
         client_busy: busy(|m| m.1),
@@ -351,6 +355,10 @@ pub fn table_and_figures(
             format!("p99_outcome_uncorrected_ms_{at}"),
             round2(l.outcome_uncorrected.p99).into(),
         );
+        figures.insert(
+            format!("p99_outcome_at_socket_ms_{at}"),
+            round2(l.outcome_at_socket.p99).into(),
+        );
         figures.insert(format!("p50_award_ms_{at}"), round2(l.award.p50).into());
         figures.insert(format!("p99_award_ms_{at}"), round2(l.award.p99).into());
         figures.insert(format!("offered_per_s_{at}"), l.offered_per_s.round().into());
@@ -368,13 +376,14 @@ pub fn table_and_figures(
     for l in levels {
         let (edge_waited, load_waited) = l.waited_over_10ms();
         table += &format!(
-            "{:.0}%: p99 from the actual send {:.2} ms (from the intended send {:.2} ms); in \
-             the round, datagrams that waited >= 10 ms in a socket: edge {:.3}%, load {:.3}%; \
+            "{:.0}%: p99 from the actual send {:.2} ms (from the intended send {:.2} ms; from \
+             it to the outcome's arrival in the phone's socket {:.2} ms); in the round, datagrams that waited >= 10 ms in a socket: edge {:.3}%, load {:.3}%; \
              edge loop turns >= 1 ms / >= 10 ms: {} / {} ({:.1} ms by the wall clock, \
              {:.1} ms on the CPU, {} preemptions)\n",
             l.level * 100.0,
             l.outcome_uncorrected.p99,
             l.outcome.p99,
+            l.outcome_at_socket.p99,
             edge_waited * 100.0,
             load_waited * 100.0,
             l.edge_turns[2] + l.edge_turns[3] + l.edge_turns[4],
@@ -449,6 +458,7 @@ mod tests {
             achieved_per_s: 20_000.0 * level,
             outcome: percentiles(0.5, out_p99),
             outcome_uncorrected: percentiles(0.4, out_p99 / 2.0),
+            outcome_at_socket: percentiles(0.45, out_p99 * 0.8),
             award: percentiles(3.0, award_p99),
             behind_schedule: 0,
             client_busy: 0.5,
@@ -473,6 +483,7 @@ mod tests {
         assert_eq!(json["p99_outcome_ms_at_80"], 1.5);
         assert_eq!(json["p99_award_ms_at_80"], 8.0);
         assert_eq!(json["p99_outcome_uncorrected_ms_at_80"], 0.75);
+        assert_eq!(json["p99_outcome_at_socket_ms_at_80"], 1.2);
         assert_eq!(json["offered_per_s_at_50"], 10_000.0);
         assert_eq!(json["goal_met"], true);
         assert_eq!(json["client_bound_at_80"], false);

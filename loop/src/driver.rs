@@ -50,6 +50,13 @@ pub trait Shell: Handler {
     fn admit(&mut self, _now: Instant, _waited_us: Option<u64>, _datagram: &[u8]) -> bool {
         true
     }
+    /// The datagram the endpoint is about to see reached the socket at `at`: the kernel's
+    /// receive timestamp on the loop's clock (for a datagram held for an emulated path delay,
+    /// the end of the hold), `None` where it is not known (no timestamp; a datagram another
+    /// worker handed over). The handler events that datagram causes come before the next
+    /// call, so a shell can time an answer from its arrival rather than from the turn, which
+    /// a busy loop or its gather may start well after. `None` again before the timers run.
+    fn arrived(&mut self, _at: Option<Instant>) {}
     /// The receive buffer the socket should have now, bytes as for `SO_RCVBUF` (`None`: the
     /// one it was made with). Read once a turn; applied when it changes. A shell bounds the
     /// kernel's queue with it under overload: a datagram queued longer than the peer's probe
@@ -189,6 +196,8 @@ pub struct Driver {
     pending: Vec<(SocketAddr, std::ops::Range<usize>)>,
     /// How long each datagram of the last batch waited in the socket, microseconds.
     waits: Vec<Option<u64>>,
+    /// When each datagram of the last batch reached the socket, on the loop's clock.
+    arrivals: Vec<Option<Instant>>,
     /// The kernel's drop counter as last read (it wraps at 2^32).
     kernel_drops_seen: Option<u32>,
     waker: Arc<Waker>,
@@ -239,6 +248,7 @@ impl Driver {
             received: Vec::with_capacity(BATCH),
             pending: Vec::with_capacity(BATCH),
             waits: Vec::with_capacity(BATCH),
+            arrivals: Vec::with_capacity(BATCH),
             kernel_drops_seen: None,
             waker: Arc::new(Waker::new()?),
             routes: None,
@@ -365,6 +375,7 @@ impl Driver {
                     self.stats.shed += 1;
                     continue;
                 }
+                shell.arrived(None);
                 engine.handle_datagram(now, from, None, None, datagram, shell);
             }
         }
@@ -398,14 +409,17 @@ impl Driver {
                     self.stats.shed += 1;
                     continue;
                 }
+                let arrived = self.arrivals.get(i).copied().flatten();
                 if !self.receive_delay.is_zero() {
                     if self.delayed.len() >= MAX_DELAYED {
                         self.stats.delay_drops += 1;
                     } else {
-                        self.delayed.push_back((now + self.receive_delay, from, datagram));
+                        let release = arrived.unwrap_or(now) + self.receive_delay;
+                        self.delayed.push_back((release, from, datagram));
                     }
                     continue;
                 }
+                shell.arrived(arrived);
                 engine.handle_datagram(now, from, None, None, datagram, shell);
             }
             if n < BATCH {
@@ -413,10 +427,12 @@ impl Driver {
             }
         }
         while self.delayed.front().is_some_and(|(at, _, _)| *at <= now) {
-            if let Some((_, from, datagram)) = self.delayed.pop_front() {
+            if let Some((release, from, datagram)) = self.delayed.pop_front() {
+                shell.arrived(Some(release));
                 engine.handle_datagram(now, from, None, None, datagram, shell);
             }
         }
+        shell.arrived(None);
         engine.handle_timeouts(now, shell);
         let flow = shell.turn(now, engine, &self.stats);
         // Never above the buffer the socket was made with; in 64 KiB steps, so that a rate
@@ -436,10 +452,15 @@ impl Driver {
 
     fn count_queue_waits(&mut self) {
         self.waits.clear();
-        let now = std::time::SystemTime::now();
+        self.arrivals.clear();
+        // The stamps are on the wall clock; the loop runs on the monotonic one. Read both
+        // together, so each arrival is the monotonic now less its wait.
+        let (now, now_mono) = (std::time::SystemTime::now(), Instant::now());
         for &at in &self.recv.received_at {
             // A stamp a little ahead of `now` (clock steps) counts as no wait.
-            let waited = at.map(|at| now.duration_since(at).map_or(0, |d| d.as_micros() as u64));
+            let waited = at.map(|at| now.duration_since(at).unwrap_or_default());
+            self.arrivals.push(waited.map(|w| now_mono.checked_sub(w).unwrap_or(now_mono)));
+            let waited = waited.map(|w| w.as_micros() as u64);
             self.waits.push(waited);
             if let Some(waited) = waited {
                 self.stats.queue_wait[wait_bucket(waited)] += 1;

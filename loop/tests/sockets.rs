@@ -384,3 +384,77 @@ fn a_wake_up_ends_one_wait_and_the_loop_does_not_spin_on_it() {
     assert!(stats.turns <= 2 * (WAKES + 2) + 2 * 400, "{stats:?}");
     assert!(stats.busy_share() < 0.5, "{stats:?}");
 }
+
+/// Records what the driver says of each datagram's arrival; stops after `until` datagrams.
+struct ArrivalShell {
+    until: u64,
+    deadline: Instant,
+    arrivals: Vec<Option<Instant>>,
+    first_turn: Option<Instant>,
+}
+
+impl Handler for ArrivalShell {
+    fn incoming(&mut self, _now: Instant, _incoming: &Incoming) -> IncomingDecision {
+        IncomingDecision::Ignore
+    }
+
+    fn event(&mut self, _: Instant, _: ConnectionHandle, _: &mut Connection, _: AppEvent) {}
+}
+
+impl Shell for ArrivalShell {
+    fn turn(&mut self, now: Instant, _engine: &mut Engine, stats: &DriverStats) -> Flow {
+        self.first_turn.get_or_insert(now);
+        let seen = self.arrivals.iter().filter(|a| a.is_some()).count() as u64;
+        if (stats.datagrams_in >= self.until && seen >= self.until) || now >= self.deadline {
+            Flow::Stop
+        } else {
+            Flow::Continue
+        }
+    }
+
+    fn deadline(&mut self) -> Option<Instant> {
+        Some(Instant::now() + Duration::from_millis(5))
+    }
+
+    fn arrived(&mut self, at: Option<Instant>) {
+        self.arrivals.push(at);
+    }
+}
+
+/// Datagrams that waited in the socket before the loop ran are reported to the shell as
+/// arrived when the kernel received them, on the loop's clock, not when the loop read them;
+/// with an emulated path delay, when the hold ends. `None` comes before the timers, so no
+/// event outside a datagram's handling is timed from a stale arrival.
+#[test]
+fn the_shell_is_told_when_each_datagram_reached_the_socket() {
+    for hold in [Duration::ZERO, Duration::from_millis(50)] {
+        let mut driver = Driver::new(UdpSocket::bind("127.0.0.1:0").unwrap()).unwrap();
+        driver.set_receive_delay(hold);
+        let addr = driver.local_addr().unwrap();
+        // Arrival stamping starts through the kernel's deferred work (see above).
+        std::thread::sleep(Duration::from_millis(200));
+        let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let sent = Instant::now();
+        sender.send_to(&[0x40; 40], addr).unwrap();
+        sender.send_to(&[0x40; 40], addr).unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+        let mut shell = ArrivalShell {
+            until: 2,
+            deadline: Instant::now() + Duration::from_secs(5),
+            arrivals: Vec::new(),
+            first_turn: None,
+        };
+        let mut engine = Engine::new(EndpointConfig::default(), None);
+        driver.run(&mut engine, &mut shell).unwrap();
+        let read = shell.first_turn.unwrap();
+        assert!(read >= sent + Duration::from_millis(30));
+        let stamped: Vec<Instant> = shell.arrivals.iter().flatten().copied().collect();
+        assert_eq!(stamped.len(), 2, "{hold:?}: {:?}", shell.arrivals);
+        for at in stamped {
+            let from_send = at.saturating_duration_since(sent);
+            assert!(at + Duration::from_millis(1) >= sent + hold, "{hold:?}: {from_send:?}");
+            assert!(from_send < hold + Duration::from_millis(15), "{hold:?}: {from_send:?}");
+        }
+        assert_eq!(shell.arrivals.last(), Some(&None), "reset before the timers");
+    }
+}

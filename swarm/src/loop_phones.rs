@@ -111,6 +111,11 @@ pub struct LoopLoadReport {
     pub outcome_us: Histogram<u64>,
     /// The same from the actual send time: the difference is time the generator took to send.
     pub outcome_uncorrected_us: Histogram<u64>,
+    /// Shake (intended send time) to the outcome's arrival in the phone's socket (the kernel's
+    /// receive timestamp), microseconds: [`Self::outcome_us`] less the time the outcome waited
+    /// for the generator to read it, which a phone with a core of its own would not wait (the
+    /// same as `outcome_us` where the socket does not timestamp).
+    pub outcome_at_socket_us: Histogram<u64>,
     /// A phone's last forwarded shake (intended time) to its award, microseconds.
     pub award_us: Histogram<u64>,
     /// The loops' counters, summed.
@@ -142,6 +147,7 @@ impl Default for LoopLoadReport {
         Self {
             outcome_us: crate::stats::histogram(),
             outcome_uncorrected_us: crate::stats::histogram(),
+            outcome_at_socket_us: crate::stats::histogram(),
             award_us: crate::stats::histogram(),
             driver: DriverStats::default(),
             behind_schedule: 0,
@@ -165,6 +171,7 @@ impl LoopLoadReport {
         // Both histograms have the same bounds, so adding never fails.
         let _ = self.outcome_us.add(&other.outcome_us);
         let _ = self.outcome_uncorrected_us.add(&other.outcome_uncorrected_us);
+        let _ = self.outcome_at_socket_us.add(&other.outcome_at_socket_us);
         let _ = self.award_us.add(&other.award_us);
         self.driver.add(&other.driver);
         self.behind_schedule += other.behind_schedule;
@@ -272,6 +279,7 @@ impl LoopLoad {
                     Speech::Shake { record, .. } => record.clone(),
                     Speech::Echo => None,
                 },
+                arrived: None,
             };
             threads.push(std::thread::Builder::new().name(format!("load-{t}")).spawn(
                 move || {
@@ -396,6 +404,8 @@ struct PhonesShell {
     series_origin_unix_ms: u64,
     /// A swarm run's statistics, if this is one.
     record: Option<SwarmRecord>,
+    /// When the datagram being handled reached the socket (`Shell::arrived`).
+    arrived: Option<Instant>,
 }
 
 impl PhonesShell {
@@ -542,6 +552,10 @@ impl PhonesShell {
                 h.saturating_record(us(intended).max(1));
             }
             self.report.outcome_uncorrected_us.saturating_record(us(sent).max(1));
+            let at_socket = self.arrived.unwrap_or(now).saturating_duration_since(intended);
+            self.report
+                .outcome_at_socket_us
+                .saturating_record((at_socket.as_micros() as u64).max(1));
             if verdict == Some(Verdict::Forwarded) {
                 phone.last_forwarded = Some(intended);
             }
@@ -776,6 +790,10 @@ impl Shell for PhonesShell {
             }
         }
         Flow::Continue
+    }
+
+    fn arrived(&mut self, at: Option<Instant>) {
+        self.arrived = at;
     }
 
     fn deadline(&mut self) -> Option<Instant> {
