@@ -377,7 +377,8 @@ pub fn table_and_figures(
         let (edge_waited, load_waited) = l.waited_over_10ms();
         table += &format!(
             "{:.0}%: p99 from the actual send {:.2} ms (from the intended send {:.2} ms; from \
-             it to the outcome's arrival in the phone's socket {:.2} ms); in the round, datagrams that waited >= 10 ms in a socket: edge {:.3}%, load {:.3}%; \
+             it to the outcome's arrival in the phone's socket {:.2} ms); in the round, \
+             datagrams that waited >= 10 ms in a socket: edge {:.3}%, load {:.3}%; \
              edge loop turns >= 1 ms / >= 10 ms: {} / {} ({:.1} ms by the wall clock, \
              {:.1} ms on the CPU, {} preemptions)\n",
             l.level * 100.0,
