@@ -59,7 +59,12 @@ pub fn overrides(lines: &[String]) -> anyhow::Result<Vec<(String, String)>> {
 impl LoadOptions {
     /// The window opens once 99% of the phones are up (a few may be reconnecting at any time).
     fn window(&self) -> Window {
-        Window::new((self.phones as u64 * 99).div_ceil(100), self.warmup_s, self.measure_s)
+        Window::new(self.phones_needed(), self.warmup_s, self.measure_s)
+    }
+
+    /// Phones that must be up for the window to open: 99% of them.
+    fn phones_needed(&self) -> u64 {
+        (self.phones as u64 * 99).div_ceil(100)
     }
 
     /// Seconds the load must run for the window to close, with slack.
@@ -265,7 +270,7 @@ fn measure_with_quinn_load(
             load.run_s() + QUINN_LOAD_EXTRA_SLACK_S,
             counters.connected.load(Ordering::Relaxed),
             load.phones,
-            (load.phones as u64 * 99).div_ceil(100),
+            load.phones_needed(),
             counters.sent.load(Ordering::Relaxed),
             counters.answered.load(Ordering::Relaxed),
         ),
