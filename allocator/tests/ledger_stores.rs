@@ -240,45 +240,123 @@ fn a_new_epoch_fences_the_old_leader() {
     assert_eq!(third.unwrap(), Some(second + 1));
 }
 
-/// Every award is written twice, drawn then acknowledged: the delivery mark must stay on the
-/// award's page and add nothing to any index (a heap-only update), or each mark costs as much
-/// as three index inserts (migration 4 leaves half of each page free for it).
+/// Every award is written twice, drawn then acknowledged: the mark must be a row of its own and
+/// never touch the award's row, or each mark costs an update (at best heap-only, a third of
+/// the ledger's work: docs/PERFORMANCE.md). And every mark must be found again, by the ledger
+/// and by support's view, including those at the edge of a mark row's span.
 #[test]
-fn delivery_marks_stay_on_their_pages_and_add_no_index_entries() {
+fn delivery_marks_are_rows_of_their_own_and_are_found_at_their_spans_edge() {
+    use shake_allocator::ledger::delivery_marks::MARK_SPAN;
     let scratch = Scratch::new("ledger-marks");
     let server = PgServer::primary(&scratch.dir.join("pg"));
     let url = server.database("marks");
     let (mut ledger, _) = leading(&url, "a");
-    const BATCHES: u64 = 20;
-    const PER_BATCH: u64 = 100;
-    let drawn: Vec<AnsweredBatch> = (1..=BATCHES)
-        .map(|seq| AnsweredBatch {
-            key: key(seq),
-            answer: Bytes::from(vec![seq as u8; 3]),
-            awards: (0..PER_BATCH).map(|i| award(seq * PER_BATCH + i, seq)).collect(),
+    let span = MARK_SPAN as u64;
+    // Ids 1..=600 drawn densely, then a few far apart: right at a span's end and past it.
+    let far = [1 + span - 1, 1 + span, 1 + 3 * span];
+    let ids: Vec<u64> = (1..=600).chain(far).collect();
+    let drawn: Vec<AnsweredBatch> = ids
+        .chunks(100)
+        .enumerate()
+        .map(|(i, chunk)| AnsweredBatch {
+            key: key(i as u64 + 1),
+            answer: Bytes::from_static(b"a"),
+            awards: chunk.iter().map(|id| award(*id, i as u64 + 1)).collect(),
         })
         .collect();
-    let ids: Vec<u64> = drawn.iter().flat_map(|b| b.awards.iter().map(|a| a.award_id)).collect();
     ledger.commit_group(&CommitGroup { batches: drawn, ..CommitGroup::default() }).unwrap();
-    let sizes = |ledger: &mut PostgresLedger| -> (i64, i64, i64) {
-        let row = ledger
+    let versions = |ledger: &mut PostgresLedger| -> Vec<(String, String)> {
+        let rows = ledger
             .client()
-            .query_one(
-                "SELECT pg_relation_size('shake_awards_pkey'), \
-                        pg_relation_size('one_prize_once'), pg_relation_size('shake_awards')",
-                &[],
-            )
+            .query("SELECT ctid::text, xmin::text FROM shake_awards ORDER BY award_id", &[])
             .unwrap();
-        (row.get(0), row.get(1), row.get(2))
+        rows.iter().map(|r| (r.get(0), r.get(1))).collect()
     };
-    let before = sizes(&mut ledger);
-    ledger.commit_group(&CommitGroup { delivered: ids.clone(), ..CommitGroup::default() }).unwrap();
-    let after = sizes(&mut ledger);
+    let before = versions(&mut ledger);
+
+    // Every odd id of the dense run, in two groups with a repeat, plus the far ones; the
+    // first row of marks starts at 1 and holds ids up to 1 + span - 1.
+    let mut marked: Vec<u64> = (1..=600).filter(|id| id % 2 == 1).collect();
+    marked.extend(far);
+    let (first, second) = marked.split_at(150);
+    ledger.commit_group(&CommitGroup { delivered: first.to_vec(), ..Default::default() }).unwrap();
+    let mut again = second.to_vec();
+    again.push(first[0]);
+    ledger.commit_group(&CommitGroup { delivered: again, ..Default::default() }).unwrap();
+    assert_eq!(versions(&mut ledger), before, "a mark left an award row as it was");
+
+    let expected = |a: &Award| marked.contains(&a.award_id);
     let awards = ledger.awards(&mut |_| true).unwrap();
     assert_eq!(awards.len(), ids.len());
-    assert!(awards.iter().all(|a| a.delivered), "every mark landed");
-    assert_eq!((after.0, after.1), (before.0, before.1), "no index grew: {before:?} -> {after:?}");
-    assert_eq!(after.2, before.2, "no row version left its page: {before:?} -> {after:?}");
+    for a in &awards {
+        assert_eq!(a.delivered, expected(a), "award {} as the ledger reads it", a.award_id);
+    }
+    // Read from inside a mark row's span (what a standby following the log does).
+    let tail = ledger.awards_after(599, 100).unwrap();
+    assert_eq!(
+        tail.iter().map(|a| a.award_id).collect::<Vec<_>>(),
+        [600].iter().copied().chain(far).collect::<Vec<_>>()
+    );
+    for a in &tail {
+        assert_eq!(a.delivered, expected(a), "award {} read after 599", a.award_id);
+    }
+    let owed: Vec<u64> = ledger.undelivered_awards().unwrap().iter().map(|a| a.award_id).collect();
+    assert_eq!(owed, ids.iter().copied().filter(|id| !marked.contains(id)).collect::<Vec<_>>());
+    // Support's view agrees, award by award.
+    let rows = ledger
+        .client()
+        .query("SELECT award_id, delivered FROM shake_awards_with_delivery ORDER BY award_id", &[])
+        .unwrap();
+    let view: Vec<(u64, bool)> =
+        rows.iter().map(|r| (r.get::<_, i64>(0) as u64, r.get(1))).collect();
+    assert_eq!(view, ids.iter().map(|id| (*id, marked.contains(id))).collect::<Vec<_>>());
+
+    // The table refuses a row a reader would miss (an id a span or more above its first),
+    // and an empty one; it takes one right at the span's end.
+    let insert = |ledger: &mut PostgresLedger, ids: &[i64]| {
+        ledger.client().execute(
+            "INSERT INTO shake_delivery_marks (first_id, award_ids, epoch) VALUES ($1, $2, 0)",
+            &[&10_000i64, &ids],
+        )
+    };
+    assert!(insert(&mut ledger, &[10_000, 10_000 + MARK_SPAN]).is_err());
+    assert!(insert(&mut ledger, &[9_999]).is_err());
+    assert!(insert(&mut ledger, &[]).is_err());
+    insert(&mut ledger, &[10_000, 10_000 + MARK_SPAN - 1]).expect("the span's last id");
+}
+
+/// A ledger written by an allocator of schema 4 (delivery marks in the award rows) keeps its
+/// marks when a newer allocator migrates it.
+#[test]
+fn marks_of_an_older_schema_survive_the_migration() {
+    use shake_allocator::ledger::postgres::MIGRATIONS;
+    let scratch = Scratch::new("ledger-marks-migration");
+    let server = PgServer::primary(&scratch.dir.join("pg"));
+    let url = server.database("older");
+    let (mut client, _) = shake_allocator::ledger::postgres::connect(&url).unwrap();
+    client
+        .batch_execute(
+            "CREATE TABLE shake_schema (version integer PRIMARY KEY, \
+             applied_at timestamptz NOT NULL DEFAULT now())",
+        )
+        .unwrap();
+    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v <= 4) {
+        client.batch_execute(sql).unwrap();
+        client.execute("INSERT INTO shake_schema (version) VALUES ($1)", &[version]).unwrap();
+    }
+    client
+        .batch_execute(
+            "INSERT INTO shake_awards (award_id, round_id, item, user_id, cash_cents, edge_id, \
+             worker_id, instance_id, batch_seq, entry_index, granted_at_ms, epoch, delivered) \
+             SELECT id, 1, id, 100 + id, 5, 1, 3, 7, 1, id, 0, 1, id % 3 = 0 \
+             FROM generate_series(1, 10) AS id",
+        )
+        .unwrap();
+    let mut ledger = PostgresLedger::open(&url).unwrap();
+    let delivered: Vec<u64> =
+        ledger.awards(&mut |a| a.delivered).unwrap().iter().map(|a| a.award_id).collect();
+    assert_eq!(delivered, vec![3, 6, 9]);
+    assert_eq!(ledger.undelivered_awards().unwrap().len(), 7);
 }
 
 #[test]

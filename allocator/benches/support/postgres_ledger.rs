@@ -127,7 +127,8 @@ fn leading(url: &str) -> Result<Box<dyn LedgerStore>, String> {
     ledger
         .client()
         .batch_execute(
-            "TRUNCATE shake_awards, shake_batches, shake_commits; CHECKPOINT; \
+            "TRUNCATE shake_awards, shake_batches, shake_commits, shake_delivery_marks; \
+             CHECKPOINT; \
              UPDATE shake_leader SET expires_at = now()",
         )
         .map_err(|e| e.to_string())?;
@@ -200,13 +201,17 @@ impl FollowUps {
         Self { handed: VecDeque::new(), lag: lanes + 1, marked: 0 }
     }
 
-    /// Fails unless every mark handed over found its award committed and unmarked: a mark
-    /// that ran ahead of its award would change nothing and cost less than the real one.
+    /// Fails unless every mark handed over names an award committed, once: a reading whose
+    /// marks were lost, or named no award, would not be the show's work.
     fn check(&self, url: &str) -> Result<(), String> {
         let mut client =
             postgres::Client::connect(url, postgres::NoTls).map_err(|e| e.to_string())?;
         let row = client
-            .query_one("SELECT count(*) FROM shake_awards WHERE delivered", &[])
+            .query_one(
+                "SELECT count(*) FROM shake_awards WHERE award_id IN \
+                 (SELECT unnest(award_ids) FROM shake_delivery_marks)",
+                &[],
+            )
             .map_err(|e| e.to_string())?;
         let delivered = row.get::<_, i64>(0) as u64;
         if delivered == self.marked {

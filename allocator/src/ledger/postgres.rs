@@ -5,8 +5,9 @@
 //! One group commit is one transaction: the leader's epoch is checked first (the lease row is
 //! share-locked, so a takeover waits for the commit in flight and every later commit of the
 //! old leader sees the new epoch and writes nothing: fencing without trusting clocks), then
-//! the batches and their exact answer bytes and the award rows go in with binary `COPY`, then
-//! delivery marks, confirmed answers and worker records. A batch's name is the primary key of
+//! the batches and their exact answer bytes, the award rows and the delivery marks go in with
+//! binary `COPY` (marks as rows of their own: an award row is written once, never updated),
+//! then confirmed answers and worker records. A batch's name is the primary key of
 //! `shake_batches` and a prize (round, item) is unique in `shake_awards`, so a resend can never
 //! draw twice and a prize can never be paid twice, whatever the allocators do: the database
 //! refuses the transaction.
@@ -28,6 +29,7 @@ use postgres::types::Type;
 use postgres::{Client, NoTls, Transaction};
 use shake_proto::Prize;
 
+use super::delivery_marks::{self, MARK_SPAN};
 use super::lanes::{TURN_POLL, Turn};
 use super::{CommitGroup, LedgerError, LedgerStore, Snapshot, WorkerRecord};
 use crate::award::{Award, BatchKey, CorruptRow, WorkerKey};
@@ -129,6 +131,36 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
         // PostgreSQL"). The price is a heap twice the size. New pages only: rows already
         // written keep theirs.
         "ALTER TABLE shake_awards SET (fillfactor = 50);",
+    ),
+    (
+        5,
+        // Delivery marks become rows of their own, insert-only, a run of nearby award ids per
+        // row (`delivery_marks`): an award row is never touched again once written, so the
+        // table goes back to full pages. 4096 and 4095 are `delivery_marks::MARK_SPAN` (and
+        // one less); the CHECK refuses a row a reader's bounded range scan would miss.
+        "CREATE FUNCTION shake_marks_within_span(first_id bigint, award_ids bigint[])
+        RETURNS boolean LANGUAGE sql IMMUTABLE STRICT
+        AS 'SELECT coalesce(bool_and(id >= first_id AND id - first_id < 4096), false)
+            FROM unnest(award_ids) AS id';
+    CREATE TABLE shake_delivery_marks (
+        first_id bigint NOT NULL,
+        award_ids bigint[] NOT NULL,
+        epoch bigint NOT NULL,
+        marked_at timestamptz NOT NULL DEFAULT now(),
+        CONSTRAINT marks_within_span CHECK (shake_marks_within_span(first_id, award_ids))
+    );
+    CREATE INDEX shake_delivery_marks_by_first_id ON shake_delivery_marks (first_id);
+    INSERT INTO shake_delivery_marks (first_id, award_ids, epoch)
+        SELECT award_id, ARRAY[award_id], epoch FROM shake_awards WHERE delivered;
+    ALTER TABLE shake_awards DROP COLUMN delivered;
+    ALTER TABLE shake_awards SET (fillfactor = 100);
+    CREATE VIEW shake_awards_with_delivery AS
+        SELECT a.*, EXISTS (
+            SELECT 1 FROM shake_delivery_marks m
+            WHERE m.first_id BETWEEN a.award_id - 4095 AND a.award_id
+              AND a.award_id = ANY (m.award_ids)
+        ) AS delivered
+        FROM shake_awards a;",
     ),
 ];
 
@@ -363,6 +395,14 @@ impl PostgresLedger {
         if group.batches.iter().all(|b| b.awards.is_empty()) {
             return Ok(());
         }
+        Self::copy_awards(tx, group, epoch)
+    }
+
+    fn copy_awards(
+        tx: &mut Transaction<'_>,
+        group: &CommitGroup,
+        epoch: i64,
+    ) -> Result<(), LedgerError> {
         let sink = tx.copy_in(
             "COPY shake_awards (award_id, round_id, item, user_id, cash_cents, gift_sku, edge_id, \
              worker_id, instance_id, batch_seq, entry_index, granted_at_ms, epoch) \
@@ -411,19 +451,32 @@ impl PostgresLedger {
         Ok(())
     }
 
+    /// The group's delivery marks as new rows ([`delivery_marks`]). A mark for an id with no
+    /// award row, or marked before, is harmless (as in fjall): delivered means marked at least
+    /// once.
+    fn write_delivery_marks(
+        tx: &mut Transaction<'_>,
+        group: &CommitGroup,
+        epoch: i64,
+    ) -> Result<(), LedgerError> {
+        if group.delivered.is_empty() {
+            return Ok(());
+        }
+        let sink =
+            tx.copy_in("COPY shake_delivery_marks (first_id, award_ids, epoch) FROM STDIN BINARY")?;
+        let mut rows = BinaryCopyInWriter::new(sink, &[Type::INT8, Type::INT8_ARRAY, Type::INT8]);
+        for row in delivery_marks::mark_rows(&group.delivered) {
+            rows.write(&[&row.first_id, &row.award_ids, &epoch])?;
+        }
+        rows.finish()?;
+        Ok(())
+    }
+
     fn write_marks(
         tx: &mut Transaction<'_>,
         group: &CommitGroup,
         epoch: i64,
     ) -> Result<(), LedgerError> {
-        if !group.delivered.is_empty() {
-            // A mark for an id with no award row changes nothing: harmless, as in fjall.
-            let ids: Vec<i64> = group.delivered.iter().map(|id| signed(*id)).collect();
-            tx.execute(
-                "UPDATE shake_awards SET delivered = true WHERE award_id = ANY($1) AND NOT delivered",
-                &[&ids],
-            )?;
-        }
         if !group.forget.is_empty() {
             // The row stays (its name is still taken); only the answer bytes go.
             let column =
@@ -560,11 +613,16 @@ impl PostgresLedger {
         limit: i64,
         keep: &mut dyn FnMut(&Award) -> bool,
     ) -> Result<Vec<Award>, LedgerError> {
+        // The marks of ids above `after` are in rows whose first id is above
+        // `after - MARK_SPAN` (`delivery_marks`): one pass over those, joined by hash.
         let rows = self.client.query(
-            "SELECT award_id, round_id, item, user_id, cash_cents, gift_sku, edge_id, worker_id, \
-             instance_id, batch_seq, entry_index, granted_at_ms, delivered \
-             FROM shake_awards WHERE award_id > $1 ORDER BY award_id LIMIT $2",
-            &[&signed(after), &limit],
+            "SELECT a.award_id, round_id, item, user_id, cash_cents, gift_sku, edge_id, \
+             worker_id, instance_id, batch_seq, entry_index, granted_at_ms, m.id IS NOT NULL \
+             FROM shake_awards a LEFT JOIN ( \
+                 SELECT DISTINCT unnest(award_ids) AS id FROM shake_delivery_marks \
+                 WHERE first_id > $1::int8 - $3::int8) m ON m.id = a.award_id \
+             WHERE a.award_id > $1 ORDER BY a.award_id LIMIT $2",
+            &[&signed(after), &limit, &MARK_SPAN],
         )?;
         let mut out = Vec::new();
         for row in rows {
@@ -626,8 +684,10 @@ impl LedgerStore for PostgresLedger {
         let mut tx = self.client.transaction()?;
         Self::check_epoch(&mut tx, epoch)?;
         // Ahead of the turn: only new rows with keys no other group has (batch names, award
-        // ids, prizes drawn once), so no lane ever waits on a row the other lane holds.
+        // ids, prizes drawn once) and delivery marks (insert-only, under no unique key), so no
+        // lane ever waits on a row the other lane holds.
         Self::write_batches(&mut tx, group, epoch)?;
+        Self::write_delivery_marks(&mut tx, group, epoch)?;
         loop {
             match turn(TURN_POLL) {
                 Turn::Go => break,
@@ -641,7 +701,7 @@ impl LedgerStore for PostgresLedger {
             }
         }
         // In turn, with every earlier group committed: what updates rows an earlier group may
-        // have written or locked (delivery marks, forgotten answers, worker records) and what
+        // have written or locked (forgotten answers, worker records) and what
         // takes a sequence number (commands, the commit's row), so the log's order is the
         // commit order and the lanes never wait on each other's row locks.
         Self::write_marks(&mut tx, group, epoch)?;
