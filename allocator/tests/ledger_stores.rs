@@ -241,8 +241,8 @@ fn a_new_epoch_fences_the_old_leader() {
 }
 
 /// Every award is written twice, drawn then acknowledged: the mark must be a row of its own and
-/// never touch the award's row, or each mark costs an update (at best heap-only, a third of
-/// the ledger's work: docs/PERFORMANCE.md). And every mark must be found again, by the ledger
+/// never touch the award's row, or each mark costs an update (at best heap-only, a quarter of
+/// the ledger's capacity: docs/PERFORMANCE.md). And every mark must be found again, by the ledger
 /// and by support's view, including those at the edge of a mark row's span.
 #[test]
 fn delivery_marks_are_rows_of_their_own_and_are_found_at_their_spans_edge() {

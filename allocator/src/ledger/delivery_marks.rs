@@ -2,7 +2,7 @@
 //! insert-only rows of `shake_delivery_marks`, and the one rule that finds them again.
 //!
 //! A mark used to be an `UPDATE` of its award's row: with every award written twice (drawn,
-//! then acknowledged) that update was a third of the ledger's work even as a heap-only
+//! then acknowledged) that update cost a quarter of the ledger's capacity even as a heap-only
 //! update (docs/PERFORMANCE.md, "The ledger on PostgreSQL"). Award ids are dense and
 //! acknowledgements come soon after the draw, so a group's marks are mostly a few runs of
 //! nearby ids: each run becomes one row `(first_id, award_ids[])`, and the awards are never
