@@ -81,6 +81,15 @@ async fn over_its_target_a_worker_refuses_handshakes_paces_its_phones_and_recove
         world.metric("shake_edge_handshakes_total{outcome=\"overloaded\"")
             > refused_while_connecting
     );
+    // Each worker paces its own phones, and one the kernel gave fewer phones goes over later:
+    // wait until both have raised their pace, then give every phone a few shakes (one each
+    // ~10 ms) for an answer to carry it. (A CI run that stopped as soon as one worker had
+    // refused a handshake saw 7 of 20 phones hear a pace.)
+    for worker in 0..2 {
+        let pace = format!("shake_edge_pace_ms{{worker=\"{worker}\"");
+        world.wait_for_metric(&pace, f64::from(base_ms) + 1.0).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
     // Summed over the two workers.
     let raised = world.metric("shake_edge_pace_ms{");
     shaking.store(false, Ordering::Relaxed);

@@ -11,8 +11,9 @@
 //!
 //! Both readings write what the allocator's group commits carry in a show's steady state, not
 //! only the new awards: each group also marks delivered the awards of a group committed
-//! earlier (phones acknowledged them) and forgets that group's stored answers (the edges
-//! confirmed them), each an `UPDATE` of rows already written ([`FollowUps`]).
+//! earlier (phones acknowledged them: new rows of delivery marks) and forgets that group's
+//! stored answers (the edges confirmed them: an `UPDATE` of rows already written)
+//! ([`FollowUps`]).
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -188,7 +189,7 @@ impl TimedLanes {
 /// The confirmations a group carries for groups committed before it: the delivery marks of
 /// their awards and their stored answers to forget, as the allocator writes them once phones
 /// and edges confirm. They follow `lag` groups behind (more than the lanes, so that the rows
-/// they update are committed: a lane takes a group only once its previous one is durable).
+/// they name are committed: a lane takes a group only once its previous one is durable).
 struct FollowUps {
     handed: VecDeque<(Vec<u64>, Vec<BatchKey>)>,
     lag: usize,
