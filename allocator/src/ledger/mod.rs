@@ -11,6 +11,7 @@
 //! atomic and durable write each; nothing is announced to an edge before its group returned.
 //! `tests/ledger_stores.rs` runs the same suite over both.
 
+mod commit_statements;
 pub mod delivery_marks;
 pub mod fjall;
 pub mod lanes;

@@ -29,6 +29,7 @@ use postgres::types::Type;
 use postgres::{Client, NoTls, Transaction};
 use shake_proto::Prize;
 
+use super::commit_statements::CommitStatements;
 use super::delivery_marks::{self, MARK_SPAN};
 use super::lanes::{TURN_POLL, Turn};
 use super::{CommitGroup, LedgerError, LedgerStore, Snapshot, WorkerRecord};
@@ -306,6 +307,8 @@ pub fn migrate(client: &mut Client) -> Result<i32, LedgerError> {
 /// [`PostgresLedger::lead`].
 pub struct PostgresLedger {
     client: Client,
+    /// Prepared on the first commit of this session.
+    statements: Option<CommitStatements>,
     epoch: Option<i64>,
     unreplicated: Arc<AtomicBool>,
     /// Where it connected: a lane opens another session there.
@@ -336,7 +339,7 @@ impl PostgresLedger {
         let target = target.into();
         let (mut client, unreplicated) = connect(&target)?;
         migrate(&mut client)?;
-        Ok(Self { client, epoch: None, unreplicated, target })
+        Ok(Self { client, statements: None, epoch: None, unreplicated, target })
     }
 
     /// Commits from now on under this leader epoch (won by [`super::lease`]).
@@ -354,9 +357,21 @@ impl PostgresLedger {
         &mut self.client
     }
 
-    fn check_epoch(tx: &mut Transaction<'_>, held: i64) -> Result<(), LedgerError> {
-        let row =
-            tx.query_one("SELECT epoch, holder FROM shake_leader WHERE id = 1 FOR SHARE", &[])?;
+    /// The session and its commit statements, prepared on first use.
+    fn prepared(&mut self) -> Result<(&mut Client, &CommitStatements), LedgerError> {
+        let sql = match &mut self.statements {
+            Some(sql) => sql,
+            slot @ None => slot.insert(CommitStatements::prepare(&mut self.client)?),
+        };
+        Ok((&mut self.client, sql))
+    }
+
+    fn check_epoch(
+        tx: &mut Transaction<'_>,
+        sql: &CommitStatements,
+        held: i64,
+    ) -> Result<(), LedgerError> {
+        let row = tx.query_one(&sql.check_epoch, &[])?;
         let current: i64 = row.get(0);
         if current != held {
             return Err(LedgerError::Fenced { held, current, holder: row.get(1) });
@@ -366,16 +381,14 @@ impl PostgresLedger {
 
     fn write_batches(
         tx: &mut Transaction<'_>,
+        sql: &CommitStatements,
         group: &CommitGroup,
         epoch: i64,
     ) -> Result<(), LedgerError> {
         if group.batches.is_empty() {
             return Ok(());
         }
-        let sink = tx.copy_in(
-            "COPY shake_batches (edge_id, worker_id, instance_id, seq, answer, epoch) \
-             FROM STDIN BINARY",
-        )?;
+        let sink = tx.copy_in(&sql.copy_batches)?;
         let mut rows = BinaryCopyInWriter::new(
             sink,
             &[Type::INT8, Type::INT4, Type::INT8, Type::INT8, Type::BYTEA, Type::INT8],
@@ -395,19 +408,16 @@ impl PostgresLedger {
         if group.batches.iter().all(|b| b.awards.is_empty()) {
             return Ok(());
         }
-        Self::copy_awards(tx, group, epoch)
+        Self::copy_awards(tx, sql, group, epoch)
     }
 
     fn copy_awards(
         tx: &mut Transaction<'_>,
+        sql: &CommitStatements,
         group: &CommitGroup,
         epoch: i64,
     ) -> Result<(), LedgerError> {
-        let sink = tx.copy_in(
-            "COPY shake_awards (award_id, round_id, item, user_id, cash_cents, gift_sku, edge_id, \
-             worker_id, instance_id, batch_seq, entry_index, granted_at_ms, epoch) \
-             FROM STDIN BINARY",
-        )?;
+        let sink = tx.copy_in(&sql.copy_awards)?;
         let mut rows = BinaryCopyInWriter::new(
             sink,
             &[
@@ -456,14 +466,14 @@ impl PostgresLedger {
     /// once.
     fn write_delivery_marks(
         tx: &mut Transaction<'_>,
+        sql: &CommitStatements,
         group: &CommitGroup,
         epoch: i64,
     ) -> Result<(), LedgerError> {
         if group.delivered.is_empty() {
             return Ok(());
         }
-        let sink =
-            tx.copy_in("COPY shake_delivery_marks (first_id, award_ids, epoch) FROM STDIN BINARY")?;
+        let sink = tx.copy_in(&sql.copy_marks)?;
         let mut rows = BinaryCopyInWriter::new(sink, &[Type::INT8, Type::INT8_ARRAY, Type::INT8]);
         for row in delivery_marks::mark_rows(&group.delivered) {
             rows.write(&[&row.first_id, &row.award_ids, &epoch])?;
@@ -472,8 +482,9 @@ impl PostgresLedger {
         Ok(())
     }
 
-    fn write_marks(
+    fn write_in_turn(
         tx: &mut Transaction<'_>,
+        sql: &CommitStatements,
         group: &CommitGroup,
         epoch: i64,
     ) -> Result<(), LedgerError> {
@@ -483,9 +494,7 @@ impl PostgresLedger {
                 |f: fn(&BatchKey) -> i64| -> Vec<i64> { group.forget.iter().map(f).collect() };
             let workers: Vec<i32> = group.forget.iter().map(|k| i32::from(k.worker_id)).collect();
             tx.execute(
-                "UPDATE shake_batches b SET answer = NULL \
-                 FROM unnest($1::int8[], $2::int4[], $3::int8[], $4::int8[]) AS f(e, w, i, s) \
-                 WHERE (b.edge_id, b.worker_id, b.instance_id, b.seq) = (f.e, f.w, f.i, f.s)",
+                &sql.forget_answers,
                 &[
                     &column(|k| signed(k.edge_id)),
                     &workers,
@@ -501,8 +510,7 @@ impl PostgresLedger {
                 .and_then(|v| v.get("action").and_then(|a| a.as_str()).map(str::to_owned))
                 .unwrap_or_default();
             tx.execute(
-                "INSERT INTO shake_commands (command_id, round_id, action, issued_by, at_ms, epoch, body) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                &sql.record_command,
                 &[
                     &command.command_id,
                     &i64::from(command.round_id),
@@ -517,10 +525,7 @@ impl PostgresLedger {
         for record in &group.workers {
             let retired: Vec<i64> = record.retired.iter().map(|r| signed(*r)).collect();
             tx.execute(
-                "INSERT INTO shake_workers (edge_id, worker_id, instance_id, confirmed_seq, retired) \
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (edge_id, worker_id) DO UPDATE SET \
-                 instance_id = excluded.instance_id, confirmed_seq = excluded.confirmed_seq, \
-                 retired = excluded.retired",
+                &sql.record_worker,
                 &[
                     &signed(record.worker.edge_id),
                     &i32::from(record.worker.worker_id),
@@ -681,13 +686,14 @@ impl LedgerStore for PostgresLedger {
         let epoch = self.epoch.ok_or_else(|| {
             LedgerError::Failed("commit without the leadership (no epoch held)".into())
         })?;
-        let mut tx = self.client.transaction()?;
-        Self::check_epoch(&mut tx, epoch)?;
+        let (client, sql) = self.prepared()?;
+        let mut tx = client.transaction()?;
+        Self::check_epoch(&mut tx, sql, epoch)?;
         // Ahead of the turn: only new rows with keys no other group has (batch names, award
         // ids, prizes drawn once) and delivery marks (insert-only, under no unique key), so no
         // lane ever waits on a row the other lane holds.
-        Self::write_batches(&mut tx, group, epoch)?;
-        Self::write_delivery_marks(&mut tx, group, epoch)?;
+        Self::write_batches(&mut tx, sql, group, epoch)?;
+        Self::write_delivery_marks(&mut tx, sql, group, epoch)?;
         loop {
             match turn(TURN_POLL) {
                 Turn::Go => break,
@@ -704,14 +710,11 @@ impl LedgerStore for PostgresLedger {
         // have written or locked (forgotten answers, worker records) and what
         // takes a sequence number (commands, the commit's row), so the log's order is the
         // commit order and the lanes never wait on each other's row locks.
-        Self::write_marks(&mut tx, group, epoch)?;
+        Self::write_in_turn(&mut tx, sql, group, epoch)?;
         // One row per group: the log of who committed what under which epoch (never updated,
         // so its transaction id dates the commit: see README "Fencing, proved").
         let awards: usize = group.batches.iter().map(|b| b.awards.len()).sum();
-        tx.execute(
-            "INSERT INTO shake_commits (epoch, batches, awards) VALUES ($1, $2, $3)",
-            &[&epoch, &(group.batches.len() as i32), &(awards as i32)],
-        )?;
+        tx.execute(&sql.commit_row, &[&epoch, &(group.batches.len() as i32), &(awards as i32)])?;
         tx.commit()?;
         if self.unreplicated.swap(false, Ordering::SeqCst) {
             return Err(LedgerError::Failed(
@@ -727,6 +730,7 @@ impl LedgerStore for PostgresLedger {
         let (client, unreplicated) = connect(&self.target)?;
         Ok(Some(Box::new(Self {
             client,
+            statements: None,
             epoch: self.epoch,
             unreplicated,
             target: self.target.clone(),
