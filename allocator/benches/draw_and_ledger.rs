@@ -78,8 +78,10 @@ fn batches() -> Vec<Batch> {
         .collect()
 }
 
+/// Batches come from 256 edge workers in turn, so that a group confirms as many workers as it
+/// has batches (up to 256), as a show's groups do when many edges send to one allocator.
 fn key(seq: u64) -> BatchKey {
-    BatchKey { edge_id: 1, worker_id: 0, instance_id: 1, seq }
+    BatchKey { edge_id: 1, worker_id: (seq % 256) as u16, instance_id: 1, seq }
 }
 
 /// One draw over every batch, with the per-user rate or without: (entries per second, awards

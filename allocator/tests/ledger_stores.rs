@@ -89,12 +89,13 @@ fn groups_survive_reopening(mut reopen: impl FnMut() -> Box<dyn LedgerStore>) {
                 ..CommitGroup::default()
             })
             .unwrap();
-        // A worker record is replaced, not added; commands come back in the order recorded.
+        // A worker record is replaced, not added, and of two in one group the later one
+        // stands; commands come back in the order recorded.
         let mut newer = worker.clone();
         newer.confirmed_seq = 2;
         ledger
             .commit_group(&CommitGroup {
-                workers: vec![newer],
+                workers: vec![worker.clone(), newer],
                 commands: commands()[..1].to_vec(),
                 ..CommitGroup::default()
             })

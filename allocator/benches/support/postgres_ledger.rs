@@ -11,18 +11,20 @@
 //!
 //! Both readings write what the allocator's group commits carry in a show's steady state, not
 //! only the new awards: each group also marks delivered the awards of a group committed
-//! earlier (phones acknowledged them: new rows of delivery marks) and forgets that group's
-//! stored answers (the edges confirmed them: an `UPDATE` of rows already written)
-//! ([`FollowUps`]).
+//! earlier (phones acknowledged them: new rows of delivery marks), forgets that group's
+//! stored answers (the edges confirmed them: an `UPDATE` of rows already written) and records
+//! how far each of its edge workers has confirmed ([`FollowUps`]).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use shake_allocator::award::BatchKey;
+use shake_allocator::award::{BatchKey, WorkerKey};
 use shake_allocator::ledger::lanes::{CommitLanes, Report};
-use shake_allocator::ledger::{AnsweredBatch, CommitGroup, LedgerStore, PostgresLedger, lease};
+use shake_allocator::ledger::{
+    AnsweredBatch, CommitGroup, LedgerStore, PostgresLedger, WorkerRecord, lease,
+};
 use shake_benchkit::stats;
 
 /// Batches per group commit measured closed loop.
@@ -128,7 +130,8 @@ fn leading(url: &str) -> Result<Box<dyn LedgerStore>, String> {
     ledger
         .client()
         .batch_execute(
-            "TRUNCATE shake_awards, shake_batches, shake_commits, shake_delivery_marks; \
+            "TRUNCATE shake_awards, shake_batches, shake_commits, shake_delivery_marks, \
+             shake_workers; \
              CHECKPOINT; \
              UPDATE shake_leader SET expires_at = now()",
         )
@@ -195,11 +198,13 @@ struct FollowUps {
     lag: usize,
     /// Delivery marks handed over so far.
     marked: u64,
+    /// Workers recorded so far.
+    workers: BTreeSet<(u64, u16)>,
 }
 
 impl FollowUps {
     fn behind(lanes: usize) -> Self {
-        Self { handed: VecDeque::new(), lag: lanes + 1, marked: 0 }
+        Self { handed: VecDeque::new(), lag: lanes + 1, marked: 0, workers: BTreeSet::new() }
     }
 
     /// Fails unless every mark handed over names an award committed, once: a reading whose
@@ -215,10 +220,20 @@ impl FollowUps {
             )
             .map_err(|e| e.to_string())?;
         let delivered = row.get::<_, i64>(0) as u64;
-        if delivered == self.marked {
+        if delivered != self.marked {
+            return Err(format!(
+                "{delivered} awards delivered of {} marks handed over",
+                self.marked
+            ));
+        }
+        let row = client
+            .query_one("SELECT count(*) FROM shake_workers", &[])
+            .map_err(|e| e.to_string())?;
+        let recorded = row.get::<_, i64>(0) as usize;
+        if recorded == self.workers.len() {
             Ok(())
         } else {
-            Err(format!("{delivered} awards delivered of {} marks handed over", self.marked))
+            Err(format!("{recorded} worker records of {} workers confirmed", self.workers.len()))
         }
     }
 
@@ -231,6 +246,23 @@ impl FollowUps {
             && let Some((delivered, forget)) = self.handed.pop_front()
         {
             self.marked += delivered.len() as u64;
+            // One record per worker whose batches are confirmed: up to its last one.
+            let mut confirmed = BTreeMap::new();
+            for key in &forget {
+                let seq =
+                    confirmed.entry((key.edge_id, key.worker_id, key.instance_id)).or_default();
+                *seq = key.seq.max(*seq);
+            }
+            self.workers.extend(confirmed.keys().map(|(edge, worker, _)| (*edge, *worker)));
+            group.workers = confirmed
+                .into_iter()
+                .map(|((edge_id, worker_id, instance_id), confirmed_seq)| WorkerRecord {
+                    worker: WorkerKey { edge_id, worker_id },
+                    instance_id,
+                    confirmed_seq,
+                    retired: Vec::new(),
+                })
+                .collect();
             group.delivered = delivered;
             group.forget = forget;
         }

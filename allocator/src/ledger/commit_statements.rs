@@ -1,11 +1,11 @@
 //! The PostgreSQL group commit's statements, prepared once per session.
 //!
-//! An unprepared statement costs two round trips to the server (parse and describe, then bind
-//! and execute); prepared, one. A group commit runs six to eight of them, and on a loaded
-//! machine each round trip is two context switches between the allocator and its backend, so
-//! the commit's fixed cost is mostly round trips (docs/PERFORMANCE.md, "Fewer round trips a
-//! commit"). The texts live here, beside nothing else, so that what a commit sends is read
-//! in one place.
+//! An unprepared statement costs two round trips to the server (parse and describe, then
+//! bind and execute); prepared, one. A group commit sends five (three of them `COPY`s, two
+//! round trips each), and on a loaded machine each round trip is two context switches between
+//! the allocator and its backend, so the commit's fixed cost is mostly round trips
+//! (docs/PERFORMANCE.md, "Fewer round trips a commit"). The texts live here, beside nothing
+//! else, so that what a commit sends is read in one place.
 
 use postgres::{Client, Statement};
 
@@ -19,14 +19,13 @@ pub(super) struct CommitStatements {
     pub(super) copy_awards: Statement,
     /// Delivery marks (`delivery_marks`).
     pub(super) copy_marks: Statement,
-    /// Stored answers the edges confirmed: the bytes go, the batch's name stays taken.
-    pub(super) forget_answers: Statement,
     /// One operator command.
     pub(super) record_command: Statement,
-    /// One worker's record, replaced.
-    pub(super) record_worker: Statement,
-    /// The commit's own row in the log of commits.
-    pub(super) commit_row: Statement,
+    /// The confirmations and the commit's own row, in one statement: stored answers the edges
+    /// confirmed lose their bytes (the batch's name stays taken), the workers' records are
+    /// replaced, and the group's row goes into the log of commits (never updated, so its
+    /// transaction id dates the commit: README "Fencing, proved").
+    pub(super) confirm_and_log: Statement,
 }
 
 impl CommitStatements {
@@ -47,25 +46,30 @@ impl CommitStatements {
             copy_marks: client.prepare(
                 "COPY shake_delivery_marks (first_id, award_ids, epoch) FROM STDIN BINARY",
             )?,
-            forget_answers: client.prepare(
-                "UPDATE shake_batches b SET answer = NULL \
-                 FROM unnest($1::int8[], $2::int4[], $3::int8[], $4::int8[]) AS f(e, w, i, s) \
-                 WHERE (b.edge_id, b.worker_id, b.instance_id, b.seq) = (f.e, f.w, f.i, f.s)",
-            )?,
             record_command: client.prepare(
                 "INSERT INTO shake_commands \
                  (command_id, round_id, action, issued_by, at_ms, epoch, body) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7)",
             )?,
-            record_worker: client.prepare(
-                "INSERT INTO shake_workers \
-                 (edge_id, worker_id, instance_id, confirmed_seq, retired) \
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (edge_id, worker_id) DO UPDATE SET \
-                 instance_id = excluded.instance_id, confirmed_seq = excluded.confirmed_seq, \
-                 retired = excluded.retired",
-            )?,
-            commit_row: client.prepare(
-                "INSERT INTO shake_commits (epoch, batches, awards) VALUES ($1, $2, $3)",
+            // Data-modifying CTEs run whether or not the statement reads them; with empty
+            // arrays they change nothing.
+            confirm_and_log: client.prepare(
+                "WITH forgotten AS ( \
+                     UPDATE shake_batches b SET answer = NULL \
+                     FROM unnest($1::int8[], $2::int4[], $3::int8[], $4::int8[]) \
+                         AS f(e, w, i, s) \
+                     WHERE (b.edge_id, b.worker_id, b.instance_id, b.seq) = (f.e, f.w, f.i, f.s) \
+                 ), recorded AS ( \
+                     INSERT INTO shake_workers \
+                         (edge_id, worker_id, instance_id, confirmed_seq, retired) \
+                     SELECT e, w, i, c, r::int8[] \
+                     FROM unnest($5::int8[], $6::int4[], $7::int8[], $8::int8[], $9::text[]) \
+                         AS u(e, w, i, c, r) \
+                     ON CONFLICT (edge_id, worker_id) DO UPDATE SET \
+                     instance_id = excluded.instance_id, confirmed_seq = excluded.confirmed_seq, \
+                     retired = excluded.retired \
+                 ) \
+                 INSERT INTO shake_commits (epoch, batches, awards) VALUES ($10, $11, $12)",
             )?,
         })
     }

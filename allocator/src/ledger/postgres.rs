@@ -482,27 +482,15 @@ impl PostgresLedger {
         Ok(())
     }
 
+    /// What goes in turn: operator commands (rare: one statement each), then the
+    /// confirmations (forgotten answers, worker records) and the commit's own row, all in one
+    /// statement, one round trip, however many edge workers confirmed.
     fn write_in_turn(
         tx: &mut Transaction<'_>,
         sql: &CommitStatements,
         group: &CommitGroup,
         epoch: i64,
     ) -> Result<(), LedgerError> {
-        if !group.forget.is_empty() {
-            // The row stays (its name is still taken); only the answer bytes go.
-            let column =
-                |f: fn(&BatchKey) -> i64| -> Vec<i64> { group.forget.iter().map(f).collect() };
-            let workers: Vec<i32> = group.forget.iter().map(|k| i32::from(k.worker_id)).collect();
-            tx.execute(
-                &sql.forget_answers,
-                &[
-                    &column(|k| signed(k.edge_id)),
-                    &workers,
-                    &column(|k| signed(k.instance_id)),
-                    &column(|k| signed(k.seq)),
-                ],
-            )?;
-        }
         for command in &group.commands {
             let body = String::from_utf8(command.encode()).unwrap_or_default();
             let action = serde_json::to_value(&command.action)
@@ -522,19 +510,45 @@ impl PostgresLedger {
                 ],
             )?;
         }
+        // The row of a forgotten answer stays (its name is still taken); only the bytes go.
+        let forget = |f: fn(&BatchKey) -> i64| -> Vec<i64> { group.forget.iter().map(f).collect() };
+        // A group may carry several records of one worker (one per confirmation gathered into
+        // it); the last is its record, as if each had been written in turn. (One statement
+        // may not upsert a row twice.)
+        let mut latest: HashMap<WorkerKey, &WorkerRecord> = HashMap::new();
         for record in &group.workers {
-            let retired: Vec<i64> = record.retired.iter().map(|r| signed(*r)).collect();
-            tx.execute(
-                &sql.record_worker,
-                &[
-                    &signed(record.worker.edge_id),
-                    &i32::from(record.worker.worker_id),
-                    &signed(record.instance_id),
-                    &signed(record.confirmed_seq),
-                    &retired,
-                ],
-            )?;
+            latest.insert(record.worker, record);
         }
+        let records: Vec<&WorkerRecord> = latest.into_values().collect();
+        let worker =
+            |f: fn(&WorkerRecord) -> i64| -> Vec<i64> { records.iter().map(|r| f(r)).collect() };
+        // Each worker's retired instances as an array literal, cast back to int8[] by the
+        // statement: unnest cannot take an array of arrays of different lengths.
+        let retired: Vec<String> = records
+            .iter()
+            .map(|r| {
+                let ids: Vec<String> = r.retired.iter().map(|id| signed(*id).to_string()).collect();
+                format!("{{{}}}", ids.join(","))
+            })
+            .collect();
+        let awards: usize = group.batches.iter().map(|b| b.awards.len()).sum();
+        tx.execute(
+            &sql.confirm_and_log,
+            &[
+                &forget(|k| signed(k.edge_id)),
+                &group.forget.iter().map(|k| i32::from(k.worker_id)).collect::<Vec<i32>>(),
+                &forget(|k| signed(k.instance_id)),
+                &forget(|k| signed(k.seq)),
+                &worker(|r| signed(r.worker.edge_id)),
+                &records.iter().map(|r| i32::from(r.worker.worker_id)).collect::<Vec<i32>>(),
+                &worker(|r| signed(r.instance_id)),
+                &worker(|r| signed(r.confirmed_seq)),
+                &retired,
+                &epoch,
+                &(group.batches.len() as i32),
+                &(awards as i32),
+            ],
+        )?;
         Ok(())
     }
 
@@ -707,14 +721,10 @@ impl LedgerStore for PostgresLedger {
             }
         }
         // In turn, with every earlier group committed: what updates rows an earlier group may
-        // have written or locked (forgotten answers, worker records) and what
-        // takes a sequence number (commands, the commit's row), so the log's order is the
-        // commit order and the lanes never wait on each other's row locks.
+        // have written or locked (forgotten answers, worker records) and what takes a
+        // sequence number (commands, the commit's row), so the log's order is the commit
+        // order and the lanes never wait on each other's row locks.
         Self::write_in_turn(&mut tx, sql, group, epoch)?;
-        // One row per group: the log of who committed what under which epoch (never updated,
-        // so its transaction id dates the commit: see README "Fencing, proved").
-        let awards: usize = group.batches.iter().map(|b| b.awards.len()).sum();
-        tx.execute(&sql.commit_row, &[&epoch, &(group.batches.len() as i32), &(awards as i32)])?;
         tx.commit()?;
         if self.unreplicated.swap(false, Ordering::SeqCst) {
             return Err(LedgerError::Failed(
