@@ -34,7 +34,7 @@ const LANES: [usize; 2] = [1, 2];
 /// Awards per second offered open loop.
 const OFFERED: [f64; 3] = [100_000.0, 150_000.0, 200_000.0];
 /// How long each offered rate runs: long enough that the p99 is not the wait of two or
-/// three groups (2.5 s readings of one build ranged 12-130 ms at 100 k offered), short enough
+/// three groups (2.5 s readings of one build ranged 9-130 ms at 100 k offered), short enough
 /// that the benchmark's batches last at 200 k awards a second.
 const OFFERED_FOR: Duration = Duration::from_secs(5);
 /// The commit p99 the PostgreSQL ledger must keep (issue 15), milliseconds.
@@ -192,8 +192,8 @@ impl TimedLanes {
 }
 
 /// The confirmations a group carries for groups committed before it: the delivery marks of
-/// their awards and their stored answers to forget, as the allocator writes them once phones
-/// and edges confirm. They follow `lag` groups behind (more than the lanes, so that the rows
+/// their awards, their stored answers to forget and their workers' records, as the allocator
+/// writes them once phones and edges confirm. They follow `lag` groups behind (more than the lanes, so that the rows
 /// they name are committed: a lane takes a group only once its previous one is durable).
 struct FollowUps {
     handed: VecDeque<(Vec<u64>, Vec<BatchKey>)>,
