@@ -284,7 +284,7 @@ fn delivery_marks_are_rows_of_their_own_and_are_found_at_their_spans_edge() {
     let mut again = second.to_vec();
     again.push(first[0]);
     ledger.commit_group(&CommitGroup { delivered: again, ..Default::default() }).unwrap();
-    assert_eq!(versions(&mut ledger), before, "a mark left an award row as it was");
+    assert_eq!(versions(&mut ledger), before, "a mark touched an award row");
 
     let expected = |a: &Award| marked.contains(&a.award_id);
     let awards = ledger.awards(&mut |_| true).unwrap();
