@@ -22,6 +22,7 @@ pub mod cpu_quota;
 pub mod edge_bench;
 pub mod floor;
 pub mod handshake_bench;
+pub mod handshake_in_memory;
 pub mod hold_off;
 pub mod latency_bench;
 #[cfg(feature = "store-comparison")]

@@ -30,6 +30,7 @@ pub mod core;
 pub mod cpu_allowance;
 pub mod event_loop;
 pub mod handshakes;
+pub mod keyed_hkdf;
 pub mod lazy_keys;
 pub mod link_pipe;
 pub mod metrics;

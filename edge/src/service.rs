@@ -139,11 +139,11 @@ pub fn phone_tls_provider() -> Arc<rustls::crypto::CryptoProvider> {
     let mut provider = default_provider();
     provider.cipher_suites = SUITES
         .get_or_init(|| {
-            crate::lazy_keys::lazy_suites(&[
+            crate::keyed_hkdf::keyed_hkdf_suites(&crate::lazy_keys::lazy_suites(&[
                 cipher_suite::TLS13_AES_128_GCM_SHA256,
                 cipher_suite::TLS13_AES_256_GCM_SHA384,
                 cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
-            ])
+            ]))
         })
         .clone();
     provider.kx_groups = vec![kx_group::X25519, kx_group::SECP256R1];
