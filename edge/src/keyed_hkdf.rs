@@ -3,7 +3,7 @@
 //!
 //! A TLS 1.3 handshake with QUIC expands each secret it derives several times (packet key,
 //! IV, header-protection key, the next key phase's secret, the next secret of the schedule),
-//! about thirty expansions a handshake. The aws-lc-rs suites expand through aws-lc's
+//! several dozen expansions a handshake. The aws-lc-rs suites expand through aws-lc's
 //! `HKDF_expand`, which sets the HMAC key up again on every call (two SHA-256 blocks for the
 //! pads, and an `EVP` context each time); here the pads are computed once per secret and each
 //! expansion copies them. The output is the same HKDF (RFC 5869), checked against aws-lc's
