@@ -397,7 +397,8 @@ fn a_leader_paused_inside_a_commit_does_not_block_the_takeover() {
     let first = lease::try_acquire(old.client(), "old", "127.0.0.1:1", short).unwrap().unwrap();
     // What a commit does first, then the process is frozen (SIGSTOP) before it goes on.
     let mut frozen = shake_allocator::ledger::postgres::connect(&url).unwrap().0;
-    frozen.batch_execute("BEGIN; SELECT epoch FROM shake_leader WHERE id = 1 FOR SHARE").unwrap();
+    frozen.batch_execute("BEGIN").unwrap();
+    frozen.query_one(shake_allocator::ledger::postgres::CHECK_EPOCH, &[]).unwrap();
     std::thread::sleep(Duration::from_millis(400));
     let mut standby = PostgresLedger::open(&url).unwrap();
     let started = std::time::Instant::now();
@@ -408,6 +409,64 @@ fn a_leader_paused_inside_a_commit_does_not_block_the_takeover() {
     assert!(waited < Duration::from_millis(limit), "the takeover waited {waited:?}");
     // The frozen transaction was ended by the server: it can commit nothing.
     assert!(frozen.batch_execute("COMMIT").is_err() || frozen.is_closed());
+}
+
+/// A commit in flight locks the lease row until it ends: a takeover (a new epoch) must wait
+/// for it, a renewal must not. With two commit lanes the commits' transactions overlap
+/// without a gap, and a renewal that waited for them waited as long as the load lasted.
+#[test]
+fn a_commit_in_flight_holds_a_takeover_but_not_a_renewal() {
+    use shake_allocator::ledger::lanes::Turn;
+    use std::time::Instant;
+
+    let scratch = Scratch::new("ledger-renewal");
+    let server = PgServer::primary(&scratch.dir.join("pg"));
+    let url = server.database("renewal");
+    let short = Duration::from_millis(300);
+    let mut leader = PostgresLedger::open(&url).unwrap();
+    let epoch = lease::try_acquire(leader.client(), "old", "127.0.0.1:1", short).unwrap().unwrap();
+    leader.lead(epoch);
+    let (mut renewal, _) = shake_allocator::ledger::postgres::connect(&url).unwrap();
+    // A renewal that waits at all for the commit fails here, long before the commit ends.
+    renewal.batch_execute("SET lock_timeout = 200").unwrap();
+
+    let mut renewed = None;
+    let mut takeover = None;
+    let mut held_while_open = None;
+    let opened = Instant::now();
+    let mut turn = |poll: Duration| {
+        if renewed.is_none() {
+            let started = Instant::now();
+            renewed = Some((lease::renew(&mut renewal, epoch, short), started.elapsed()));
+            // Once the renewed lease runs out, a standby tries to take over.
+            let url = url.clone();
+            takeover = Some(std::thread::spawn(move || {
+                let mut standby = PostgresLedger::open(&url).unwrap();
+                std::thread::sleep(Duration::from_millis(400));
+                let taken = lease::try_acquire(standby.client(), "new", "127.0.0.1:2", short);
+                (taken, Instant::now())
+            }));
+        }
+        if opened.elapsed() < Duration::from_millis(1_200) {
+            std::thread::sleep(poll.min(Duration::from_millis(100)));
+            return Turn::Wait;
+        }
+        held_while_open = takeover.as_ref().map(|t| !t.is_finished());
+        Turn::Go
+    };
+    let committed = leader.commit_group_in_turn(
+        &CommitGroup { batches: batches(1..=1), ..Default::default() },
+        &mut turn,
+    );
+    let commit_ended = Instant::now();
+    let (renewal_result, renewal_took) = renewed.expect("the turn was asked");
+    assert!(matches!(renewal_result, Ok(true)), "the renewal: {renewal_result:?}");
+    assert!(renewal_took < Duration::from_millis(150), "the renewal waited {renewal_took:?}");
+    committed.expect("the group committed under its epoch");
+    assert_eq!(held_while_open, Some(true), "the takeover went through while the commit was open");
+    let (taken, at) = takeover.unwrap().join().unwrap();
+    assert_eq!(taken.unwrap(), Some(epoch + 1));
+    assert!(at >= commit_ended, "the takeover ended before the commit it waited for");
 }
 
 #[test]

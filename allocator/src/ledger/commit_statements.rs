@@ -11,7 +11,7 @@ use postgres::{Client, Statement};
 
 /// Every statement a group commit may send.
 pub(super) struct CommitStatements {
-    /// The leader's epoch, share-locking the lease row until the commit.
+    /// The leader's epoch, key-share locking the lease row until the commit.
     pub(super) check_epoch: Statement,
     /// Answered batches and their exact answer bytes.
     pub(super) copy_batches: Statement,
@@ -32,8 +32,7 @@ impl CommitStatements {
     /// Prepares them all on `client` (one round trip each, once per session).
     pub(super) fn prepare(client: &mut Client) -> Result<Self, postgres::Error> {
         Ok(Self {
-            check_epoch: client
-                .prepare("SELECT epoch, holder FROM shake_leader WHERE id = 1 FOR SHARE")?,
+            check_epoch: client.prepare(super::postgres::CHECK_EPOCH)?,
             copy_batches: client.prepare(
                 "COPY shake_batches (edge_id, worker_id, instance_id, seq, answer, epoch) \
                  FROM STDIN BINARY",

@@ -3,11 +3,14 @@
 //!
 //! - A standby takes the lease only once it has expired (by the database's clock, the only
 //!   clock consulted), bumping the epoch; the holder renews it well before it expires.
-//! - Every group commit share-locks the row and checks its epoch inside its transaction
+//! - Every group commit key-share locks the row and checks its epoch inside its transaction
 //!   (`PostgresLedger::commit_group`), so once a takeover commits, the old leader (paused,
 //!   partitioned, or slow) commits nothing more, whatever its own clock says. The lease's
 //!   duration only decides how soon a standby may take over, never whether two leaders can
 //!   both write.
+//! - The epoch is a key of the row (a unique index): a takeover changes it, so it waits for
+//!   the commits in flight; a renewal or a release does not, so neither waits for any commit
+//!   (`FOR KEY SHARE` does not conflict with an update that leaves every key as it was).
 //! - A leader that stops cleanly releases the lease (expires it now), so a standby takes over
 //!   at its next look instead of a lease later.
 

@@ -3,8 +3,9 @@
 //! while the show runs.
 //!
 //! One group commit is one transaction: the leader's epoch is checked first (the lease row is
-//! share-locked, so a takeover waits for the commit in flight and every later commit of the
-//! old leader sees the new epoch and writes nothing: fencing without trusting clocks), then
+//! key-share locked, so a takeover, which changes the epoch, waits for the commit in flight
+//! and every later commit of the old leader sees the new epoch and writes nothing: fencing
+//! without trusting clocks; a renewal, which does not change it, waits for nothing), then
 //! the batches and their exact answer bytes, the award rows and the delivery marks go in with
 //! binary `COPY` (marks as rows of their own: an award row is written once, never updated),
 //! then confirmed answers and worker records. A batch's name is the primary key of
@@ -163,7 +164,21 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
         ) AS delivered
         FROM shake_awards a;",
     ),
+    (
+        6,
+        // The epoch becomes a key of the lease row, so a commit locks it `FOR KEY SHARE`
+        // ([`CHECK_EPOCH`]): a takeover, which changes the epoch, still waits for every commit
+        // in flight, but a renewal, which changes only `expires_at`, waits for none. Under a
+        // plain share lock a renewal queued behind the commits of two lanes, whose
+        // transactions overlap without a gap, waited as long as the load lasted (new share
+        // locks are granted past a waiting update), and the leader lost a lease it was using.
+        "CREATE UNIQUE INDEX shake_leader_epoch ON shake_leader (epoch);",
+    ),
 ];
+
+/// What a group commit runs first: the leader's epoch and holder, the lease row key-share
+/// locked until the commit (see migration 6).
+pub const CHECK_EPOCH: &str = "SELECT epoch, holder FROM shake_leader WHERE id = 1 FOR KEY SHARE";
 
 /// The newest schema version this allocator knows.
 pub fn schema_version() -> i32 {
@@ -260,7 +275,7 @@ pub fn connect(target: impl Into<Target>) -> Result<(Client, Arc<AtomicBool>), L
         }
         None => config.connect(NoTls)?,
     };
-    // A leader paused or hung inside a commit holds the lease row's share lock: the server
+    // A leader paused or hung inside a commit holds the lease row's key-share lock: the server
     // ends such a transaction after a second of silence, so the takeover (and the fencing)
     // never waits on it; and no ledger statement waits on a lock for long.
     client.batch_execute(&format!(
