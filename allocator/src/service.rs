@@ -105,7 +105,7 @@ enum ActorMsg {
 }
 
 /// What the committer reports for one group: what is now durable, or why it failed.
-type Committed = Result<CommittedGroup, String>;
+type Committed = Result<CommittedGroup, LedgerError>;
 
 /// What one group commit made durable.
 struct CommittedGroup {
@@ -467,9 +467,19 @@ pub(crate) fn lead(
         std::thread::Builder::new()
             .name("ledger-commit".into())
             .spawn(move || {
+                let unopened = committed_tx.clone();
                 let report = report_commits(committed_tx, metrics.clone(), health.clone());
-                if commit_loop(store, lanes, commit_rx, &report, &metrics, max_group).is_err() {
-                    health.ledger_failed.store(true, Ordering::Relaxed);
+                match commit_loop(store, lanes, commit_rx, &report, &metrics, max_group) {
+                    Ok(()) => {}
+                    // A failed commit was reported by its lane; lanes that could not be opened
+                    // (a database blip at takeover) are reported here, so the term ends as a
+                    // ledger failure and the node stands by, not as a stopped process.
+                    Err(unopened_why) => {
+                        health.ledger_failed.store(true, Ordering::Relaxed);
+                        if let Some(err) = unopened_why {
+                            let _ = unopened.send(Err(err));
+                        }
+                    }
                 }
             })
             .map_err(|e| ServeError::Panicked(format!("spawning the commit thread: {e}")))?
@@ -517,8 +527,9 @@ pub(crate) fn lead(
 }
 
 /// Gathers groups until the actor goes away and hands each to the next commit lane (`lanes`
-/// sessions where the store has them, see [`crate::ledger::lanes`]); `Err` after a failed
-/// commit, or when the lanes could not be opened or started.
+/// sessions where the store has them, see [`crate::ledger::lanes`]); `Err(None)` after a
+/// failed commit (its lane reported it), `Err(Some(why))` when the lanes could not be opened
+/// or started.
 fn commit_loop(
     store: Box<dyn LedgerStore>,
     lanes: usize,
@@ -526,14 +537,15 @@ fn commit_loop(
     report: &Arc<Report<Behind>>,
     metrics: &Metrics,
     max_group: usize,
-) -> Result<(), ()> {
+) -> Result<(), Option<LedgerError>> {
     let mut lanes = CommitLanes::open(store, lanes, report).map_err(|err| {
         tracing::error!(%err, "opening the commit lanes");
+        Some(err)
     })?;
     loop {
         lanes.wait_ready();
         if lanes.failed() {
-            return Err(());
+            return Err(None);
         }
         let Some(first) = jobs.blocking_recv() else { break };
         let mut group = CommitGroup::default();
@@ -558,10 +570,10 @@ fn commit_loop(
         if lanes.hand_over(group, Behind { handed: Instant::now(), reads }).is_err()
             || lanes.failed()
         {
-            return Err(());
+            return Err(None);
         }
     }
-    if lanes.finish() { Ok(()) } else { Err(()) }
+    if lanes.finish() { Ok(()) } else { Err(None) }
 }
 
 /// What travels with a group to its lane: when it was handed over, and the reads to serve
@@ -607,7 +619,7 @@ fn report_commits(
                     commands: group.commands,
                 })
             }
-            Err(err) => Err(err.to_string()),
+            Err(err) => Err(err),
         };
         let failed = message.is_err();
         // The actor gone means the term is ending: nothing to tell.
@@ -701,7 +713,7 @@ async fn actor_loop(
                 Some(Err(err)) => {
                     // Awards are money: never answer without a durable ledger.
                     tracing::error!(%err, "ledger commit failed; stopping");
-                    return Err(ServeError::Ledger(LedgerError::Failed(err)));
+                    return Err(ServeError::Ledger(err));
                 }
                 None => return Err(ServeError::Panicked("the commit thread stopped".into())),
             },

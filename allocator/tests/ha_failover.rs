@@ -199,3 +199,66 @@ async fn the_standby_takes_over_from_a_killed_leader_and_answers_exactly_once() 
     drop(b);
     drop(server);
 }
+
+/// A leader whose commit finds a newer epoch ends its term as `fenced` (the outcome the README
+/// names), answers nothing of the refused group and stands by. The lease here outlasts the
+/// test, so its renewal (which would say `lost`) never runs first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_commit_ends_the_term_as_fenced() {
+    let scratch = Scratch::new("ha-fenced");
+    let server = PgServer::primary(&scratch.dir.join("pg"));
+    let url = server.database("shake");
+    let round = format!(
+        "release = \"immediate\"\n[rounds.cash]\ntotal_cents = {TOTAL_CENTS}\nenvelopes = {ENVELOPES}\n"
+    );
+    let config = scratch.postgres_config("a", &url, &round);
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("lease_ms = 1500"), "{text}");
+    std::fs::write(&config, text.replace("lease_ms = 1500", "lease_ms = 60000")).unwrap();
+    let a = Allocator::start(&config);
+    await_leadership(&a, Duration::from_secs(10));
+    let mut stream = edge_worker(a.quic, &scratch, 42).await.unwrap();
+    stream.send(&batch(1)).await;
+    assert_eq!(stream.next_result().await.unwrap().0, 1);
+
+    // Another node takes the lease behind this one's back (as a standby would once the lease
+    // ran out while this one was frozen).
+    let intruder_url = url.clone();
+    std::thread::spawn(move || {
+        let mut client = postgres::Client::connect(&intruder_url, postgres::NoTls).unwrap();
+        client
+            .execute(
+                "UPDATE shake_leader SET epoch = epoch + 1, holder = 'intruder', \
+                 expires_at = now() + interval '1 hour' WHERE id = 1",
+                &[],
+            )
+            .unwrap();
+    })
+    .join()
+    .unwrap();
+    stream.send(&batch(2)).await;
+    assert!(stream.next_result().await.is_err(), "the fenced batch was answered");
+    metrics::wait_until(
+        a.metrics,
+        "shake_allocator_leadership_total{outcome=\"fenced\"}",
+        "1",
+        |n| n == 1.0,
+    )
+    .await;
+    metrics::wait_until(a.metrics, "shake_allocator_leader_epoch", "0 (standing by)", |e| e == 0.0)
+        .await;
+    let leadership = metrics::scrape(a.metrics);
+    assert_eq!(
+        metric_sum(&leadership, "shake_allocator_leadership_total{outcome=\"failed\"}"),
+        0.0
+    );
+    let stored = std::thread::spawn(move || {
+        let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        client.query_one("SELECT count(*) FROM shake_batches", &[]).unwrap().get::<_, i64>(0)
+    })
+    .join()
+    .unwrap();
+    assert_eq!(stored, 1, "the fenced group wrote nothing");
+    drop(a);
+    drop(server);
+}
