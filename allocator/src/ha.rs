@@ -228,6 +228,20 @@ impl Node {
         );
         self.count_term(Leadership::Won);
         let started = Instant::now();
+        let term_stop = self.shutdown.stop.child_token();
+        let lost = Arc::new(AtomicBool::new(false));
+        let term_over = CancellationToken::new();
+        // Renewed from the moment it is won: on a large ledger the read below can outlast a
+        // lease, and a lease lost to the read would hand the term to a standby that must then
+        // read it all again itself.
+        let renewer = spawn_renewer(
+            self.target.clone(),
+            self.pg.lease_ms,
+            epoch,
+            lost.clone(),
+            term_stop.clone(),
+            term_over.clone(),
+        )?;
         let target = self.target.clone();
         let config = self.config.clone();
         let opened = tokio::task::spawn_blocking(move || -> Result<_, ServeError> {
@@ -240,28 +254,31 @@ impl Node {
         .map_err(|e| ServeError::Panicked(format!("takeover read: {e}")))
         .and_then(|read| read);
         let (store, rebuilt) = match opened {
-            Ok((store, rebuilt, tail)) => {
+            Ok((store, rebuilt, tail)) if !lost.load(Ordering::SeqCst) => {
                 self.shared.metrics.takeover_tail_awards.set(tail as i64);
                 (store, rebuilt)
             }
-            Err(err) => {
-                tracing::warn!(%err, epoch, "leader: could not read the ledger; standing by");
-                self.count_term(Leadership::Failed);
+            failed => {
+                term_over.cancel();
+                let _ = tokio::task::spawn_blocking(move || renewer.join()).await;
+                let outcome = match failed {
+                    Ok(_) => {
+                        tracing::warn!(
+                            epoch,
+                            "leader: lost the lease while reading the log; standing by"
+                        );
+                        Leadership::Lost
+                    }
+                    Err(err) => {
+                        tracing::warn!(%err, epoch, "leader: could not read the ledger; standing by");
+                        Leadership::Failed
+                    }
+                };
+                self.count_term(outcome);
                 return Ok(TermOutcome::Lost);
             }
         };
-        let term_stop = self.shutdown.stop.child_token();
         let term = Shutdown { drain: self.shutdown.drain.clone(), stop: term_stop.clone() };
-        let lost = Arc::new(AtomicBool::new(false));
-        let term_over = CancellationToken::new();
-        let renewer = spawn_renewer(
-            self.target.clone(),
-            self.pg.lease_ms,
-            epoch,
-            lost.clone(),
-            term_stop.clone(),
-            term_over.clone(),
-        )?;
         self.shared.health.standby.store(false, Ordering::Relaxed);
         self.shared.metrics.leader_epoch.set(epoch);
         let serving = lead(
