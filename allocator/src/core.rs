@@ -460,7 +460,12 @@ impl Core {
             if pending.digest != batch.digest() {
                 self.counters.batches_conflicting += 1;
             }
-            pending.waiting.push(stream);
+            // Once per stream: an edge resending on the stream that already waits (the edge
+            // itself sends a batch once per stream) must not grow the list while the ledger is
+            // slow, nor get one answer per resend.
+            if !pending.waiting.contains(&stream) {
+                pending.waiting.push(stream);
+            }
             return;
         }
         if key.seq <= slot.confirmed_seq {

@@ -87,10 +87,13 @@ fn nothing_is_answered_before_it_is_durable_and_resends_get_the_same_bytes() {
     core.on_batch(1, &batch(1), START + 20, &mut fx);
     assert!(frames(&fx, 1).is_empty(), "answered before the commit");
     assert!(matches!(fx.as_slice(), [Effect::Commit(_)]));
-    // A resend while pending draws nothing new and waits.
-    let mut resend = Vec::new();
-    core.on_batch(1, &batch(1), START + 21, &mut resend);
-    assert!(resend.is_empty());
+    // Resends while pending draw nothing new and wait; the stream hears the answer once, however
+    // often it resent (the list of waiting streams does not grow with resends).
+    for resent_at in 21..24 {
+        let mut resend = Vec::new();
+        core.on_batch(1, &batch(1), START + resent_at, &mut resend);
+        assert!(resend.is_empty());
+    }
     let answers = commit_all(&mut core, &mut fx);
     let sent: Vec<&Bytes> = answers
         .iter()
@@ -99,8 +102,7 @@ fn nothing_is_answered_before_it_is_durable_and_resends_get_the_same_bytes() {
             _ => None,
         })
         .collect();
-    assert_eq!(sent.len(), 2, "the original and the resend both hear the answer");
-    assert_eq!(sent[0], sent[1]);
+    assert_eq!(sent.len(), 1, "the stream hears the answer once");
     // After the commit, a resend is answered at once, identically, with no new draw.
     let mut again = Vec::new();
     core.on_batch(1, &batch(1), START + 30, &mut again);
@@ -109,7 +111,7 @@ fn nothing_is_answered_before_it_is_durable_and_resends_get_the_same_bytes() {
         other => panic!("expected one stored answer, got {other:?}"),
     }
     assert_eq!(core.counters().batches_drawn, 1);
-    assert_eq!(core.counters().batches_replayed, 2);
+    assert_eq!(core.counters().batches_replayed, 4);
 }
 
 #[test]
