@@ -147,6 +147,28 @@ async fn bad_expired_and_missing_tokens_close_with_their_codes() {
     let mut rude = Phone::connect(&world).await;
     rude.send_frame(&ControlFrame::AwardAck { award_id: 1 }).await;
     assert_eq!(rude.closed_code().await, Some(ErrorCode::UnexpectedFrame.code().into()));
+    // `Error` is no exception (docs/PROTOCOL.md 5.1 step 3).
+    let mut leaving = Phone::connect(&world).await;
+    leaving.send_frame(&ControlFrame::Error { code: 0, reason: "bye".into() }).await;
+    assert_eq!(leaving.closed_code().await, Some(ErrorCode::UnexpectedFrame.code().into()));
+}
+
+/// A phone that says `Error` is leaving: the edge ends the session there and reads nothing it
+/// sends after (a phone that kept sending frames behind an `Error` had them buffered, unread,
+/// for as long as it liked).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_phone_that_says_error_is_closed_and_read_no_further() {
+    let world = World::start(WorldSettings::default()).await;
+    let mut phone = Phone::connect(&world).await;
+    phone.hello(token(78, 3600)).await.unwrap();
+    let mut behind = bytes::BytesMut::new();
+    for _ in 0..300 {
+        ControlFrame::Error { code: 0, reason: String::new() }.encode(&mut behind);
+    }
+    phone.send_frame(&ControlFrame::Error { code: 0, reason: "bye".into() }).await;
+    // The close may already be on its way: a refused write is the point.
+    let _ = phone.send.write_all(&behind).await;
+    assert_eq!(phone.closed_code().await, Some(ErrorCode::NoError.code().into()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -119,6 +119,10 @@ impl LoopWorker {
     }
 
     /// Reads what the control stream has and acts on each complete frame.
+    ///
+    /// Every frame read is acted on or ends the session, so the buffer holds at most one
+    /// incomplete frame and what one read brings (the stream's window): a session that will
+    /// act on no more frames (handshaking, closing) reads nothing, and its window stays shut.
     pub(super) fn on_control_readable(
         &mut self,
         now: Instant,
@@ -128,7 +132,9 @@ impl LoopWorker {
     ) {
         {
             let Some(session) = self.session(ch) else { return };
-            if session.stream != Some(id) {
+            if session.stream != Some(id)
+                || matches!(session.phase, Phase::Handshake | Phase::Closing(_))
+            {
                 return;
             }
             let mut stream = conn.recv_stream(id);
@@ -174,9 +180,11 @@ impl LoopWorker {
                         self.tell_pace(ch, conn);
                     }
                 }
-                (ControlFrame::Error { .. }, _) => {
-                    // The phone is leaving; it closes the connection itself.
-                    return;
+                (ControlFrame::Error { .. }, Some(_)) => {
+                    // The phone is leaving: the session ends here, and nothing it sends after
+                    // is read.
+                    let code = ErrorCode::NoError;
+                    return self.start_close(now, ch, conn, code, code.name());
                 }
                 (_, _) => {
                     let code = ErrorCode::UnexpectedFrame;
