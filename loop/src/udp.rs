@@ -22,13 +22,16 @@ pub const BATCH: usize = 64;
 /// a bigger one is truncated and QUIC drops it).
 pub const SLOT: usize = 1_500;
 
-/// Receives up to [`BATCH`] datagrams per call into one arena.
+/// Receives up to [`BATCH`] datagrams per call, each into a buffer of its own.
 ///
-/// Each received datagram is handed out as its own `BytesMut` split off the arena, so no
-/// datagram is copied; once every datagram of a batch has been dropped (quinn-proto keeps a
-/// datagram only while its frames are read), the next `reserve` reuses the same allocation.
+/// Each received datagram is handed out as a `BytesMut` split off its slot's buffer, so no
+/// datagram is copied; once it has been dropped (quinn-proto keeps a datagram only while its
+/// frames are read), the slot's next `reserve` reuses the same allocation. A slot to itself
+/// bounds what a datagram quinn-proto holds on to can pin: a frame left unread (a DATAGRAM
+/// frame waiting for the application, a STREAM frame above a gap) keeps its datagram's
+/// 1,500 bytes alive, where one shared arena for the batch would have kept all 96,000.
 pub struct RecvBatch {
-    arena: BytesMut,
+    slots: Vec<BytesMut>,
     addrs: Vec<libc::sockaddr_storage>,
     /// Room for each datagram's control messages (its kernel receive timestamp and the
     /// socket's drop counter).
@@ -96,7 +99,7 @@ impl Default for RecvBatch {
         // SAFETY: sockaddr_storage and mmsghdr are plain data; all-zero is a valid value.
         let zero_addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
         Self {
-            arena: BytesMut::with_capacity(BATCH * SLOT),
+            slots: (0..BATCH).map(|_| BytesMut::with_capacity(SLOT)).collect(),
             addrs: vec![zero_addr; BATCH],
             controls: vec![[0; CONTROL_WORDS]; BATCH],
             received_at: Vec::with_capacity(BATCH),
@@ -113,22 +116,21 @@ impl RecvBatch {
         socket: &UdpSocket,
         out: &mut Vec<(SocketAddr, BytesMut)>,
     ) -> io::Result<usize> {
-        self.arena.reserve(BATCH * SLOT);
-        let base = self.arena.spare_capacity_mut().as_mut_ptr().cast::<u8>();
         // The headers and iovecs point into `self`: built on the stack for each call, so the
         // batch holds no raw pointer between calls (and can move to another thread).
         // SAFETY: mmsghdr is plain data; all-zero is a valid value.
         let mut headers: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
         let mut iovs = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; BATCH];
-        for (i, (((iov, header), addr), control)) in iovs
+        for ((((iov, header), addr), control), slot) in iovs
             .iter_mut()
             .zip(&mut headers)
             .zip(&mut self.addrs)
             .zip(&mut self.controls)
-            .enumerate()
+            .zip(&mut self.slots)
         {
-            // SAFETY: `reserve` guaranteed BATCH * SLOT bytes of spare capacity after `base`.
-            iov.iov_base = unsafe { base.add(i * SLOT) }.cast();
+            // Reuses the slot's allocation once its last datagram is gone, else makes another.
+            slot.reserve(SLOT);
+            iov.iov_base = slot.spare_capacity_mut().as_mut_ptr().cast();
             iov.iov_len = SLOT;
             header.msg_hdr.msg_name = (addr as *mut libc::sockaddr_storage).cast();
             header.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
@@ -139,8 +141,8 @@ impl RecvBatch {
             header.msg_hdr.msg_flags = 0;
         }
         // SAFETY: every header points at an iovec on this stack frame, an address in `self` and
-        // a slot of the arena's spare capacity, all alive across the call; the lengths are
-        // theirs.
+        // a slot's spare capacity (at least SLOT bytes, reserved above and not touched since),
+        // all alive across the call; the lengths are theirs.
         let n = unsafe {
             libc::recvmmsg(
                 socket.as_raw_fd(),
@@ -187,13 +189,14 @@ impl RecvBatch {
             }
             *slot = stamp;
         }
-        // SAFETY: the kernel wrote datagram i into slot i; the slots up to the last one
-        // received are initialised (gaps between a short datagram and the next slot hold bytes
-        // the kernel did not write, but they are split off and never read).
-        unsafe { self.arena.set_len(n * SLOT) };
-        for ((header, addr), stamp) in headers.iter().zip(&self.addrs).zip(stamps).take(n) {
-            let mut slot = self.arena.split_to(SLOT);
-            slot.truncate((header.msg_len as usize).min(SLOT));
+        for (((header, addr), stamp), slot) in
+            headers.iter().zip(&self.addrs).zip(stamps).zip(&mut self.slots).take(n)
+        {
+            let size = (header.msg_len as usize).min(SLOT);
+            // SAFETY: the kernel wrote datagram i's `msg_len` bytes (at most SLOT, the iovec's
+            // length) at the start of slot i's spare capacity.
+            unsafe { slot.set_len(size) };
+            let datagram = slot.split_to(size);
             let len = header.msg_hdr.msg_namelen;
             let mut storage = socket2::SockAddrStorage::zeroed();
             // SAFETY: sockaddr_storage is this platform's own storage type; the kernel filled
@@ -204,7 +207,7 @@ impl RecvBatch {
             };
             // The stamps stay one per datagram handed out.
             if let Some(from) = from.as_socket() {
-                out.push((from, slot));
+                out.push((from, datagram));
                 self.received_at.push(stamp);
             }
         }

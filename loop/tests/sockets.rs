@@ -219,6 +219,40 @@ fn received_datagrams_carry_their_kernel_arrival_time() {
     assert_eq!(batch.received_at, [None], "one entry per datagram, unstamped");
 }
 
+/// A datagram held on to (quinn-proto keeps one while a frame of it waits to be read) pins its
+/// own slot only: the rest of its batch's buffers are reused, each datagram arrives intact,
+/// and a datagram too big for a slot is cut to it.
+#[test]
+fn a_datagram_held_on_to_pins_only_its_own_slot() {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.set_nonblocking(true).unwrap();
+    let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let to = socket.local_addr().unwrap();
+    let mut batch = shake_loop::udp::RecvBatch::default();
+    let mut receive = |batch: &mut shake_loop::udp::RecvBatch, payloads: &[&[u8]]| {
+        for payload in payloads {
+            sender.send_to(payload, to).unwrap();
+        }
+        let mut out = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while out.len() < payloads.len() && Instant::now() < deadline {
+            batch.recv(&socket, &mut out).unwrap();
+        }
+        out.into_iter().map(|(_, datagram)| datagram).collect::<Vec<_>>()
+    };
+    let first = receive(&mut batch, &[b"kept", b"dropped"]);
+    assert_eq!(first.iter().map(|d| &d[..]).collect::<Vec<_>>(), [&b"kept"[..], b"dropped"]);
+    let (kept_at, dropped_at) = (first[0].as_ptr(), first[1].as_ptr());
+    let kept = first.into_iter().next().unwrap();
+    let big = vec![9u8; shake_loop::udp::SLOT + 100];
+    let second = receive(&mut batch, &[b"one", b"two", &big]);
+    assert_eq!(&kept[..], b"kept", "a held datagram is never overwritten");
+    assert_ne!(second[0].as_ptr(), kept_at, "the held datagram's slot was written again");
+    assert_eq!(second[1].as_ptr(), dropped_at, "the slot of a dropped datagram is reused");
+    assert_eq!((&second[0][..], &second[1][..]), (&b"one"[..], &b"two"[..]));
+    assert_eq!(second[2].len(), shake_loop::udp::SLOT);
+}
+
 #[test]
 fn datagrams_the_kernel_dropped_for_want_of_buffer_are_counted() {
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
