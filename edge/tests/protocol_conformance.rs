@@ -98,6 +98,22 @@ async fn shakes_received_before_welcome_are_dropped_and_counted() {
     // The first answer the phone gets is to the shake it sends after Welcome.
     phone.shake(1, 4);
     assert_eq!(phone.outcome().await.unwrap().seq, 4);
-    world.wait_for_metric("shake_edge_drops_total{reason=\"shake_before_welcome\"}", 3.0).await;
+    // The counters are published together: once the verdict is, so are the drops before it.
+    world.wait_for_metric("shake_edge_verdicts_total", 1.0).await;
+    assert_eq!(world.metric("shake_edge_drops_total{reason=\"shake_before_welcome\"}"), 3.0);
     assert_eq!(world.metric("shake_edge_verdicts_total"), 1.0, "only the shake after Welcome");
+}
+
+/// Shakes from a phone that never says Hello are dropped and counted as they arrive, not held
+/// (each in its received datagram) until a Welcome that never comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shakes_before_a_hello_that_never_comes_are_counted_as_they_arrive() {
+    let world = World::start(WorldSettings::default()).await;
+    let phone = Phone::connect(&world).await;
+    world.wait_for_metric("shake_edge_handshakes_total{outcome=\"accepted\"}", 1.0).await;
+    for seq in 1..=3 {
+        phone.shake(1, seq);
+    }
+    world.wait_for_metric("shake_edge_drops_total{reason=\"shake_before_welcome\"}", 3.0).await;
+    drop(phone);
 }

@@ -265,7 +265,12 @@ impl LoopWorker {
                 return;
             }
             Some((Phase::Handshake | Phase::AwaitHello, _)) => {
-                // Counted and dropped when Welcome goes (or never, if it does not).
+                // Dropped and counted as they come (docs/PROTOCOL.md section 6), not left in
+                // quinn-proto's buffer until Welcome: each one left there would keep its
+                // received datagram alive for as long as the Hello takes, or forever.
+                while conn.datagrams().recv().is_some() {
+                    self.counts.shakes_before_welcome += 1;
+                }
                 return;
             }
         };
