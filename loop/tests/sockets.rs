@@ -229,7 +229,7 @@ fn a_datagram_held_on_to_pins_only_its_own_slot() {
     let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
     let to = socket.local_addr().unwrap();
     let mut batch = shake_loop::udp::RecvBatch::default();
-    let mut receive = |batch: &mut shake_loop::udp::RecvBatch, payloads: &[&[u8]]| {
+    let receive = |batch: &mut shake_loop::udp::RecvBatch, payloads: &[&[u8]]| {
         for payload in payloads {
             sender.send_to(payload, to).unwrap();
         }
