@@ -42,6 +42,15 @@ shake_ops::label_values! {
         OutboxFull => "outbox_full",
         /// A broadcast to a worker's phones that its broadcast queue had no room for.
         BroadcastQueueFull => "broadcast_queue_full",
+        /// A phone's award acknowledgement that the queue to the allocator had no room for
+        /// (the link was down a long time): the award stays undelivered in the ledger.
+        AwardAckQueueFull => "award_ack_queue_full",
+        /// A new session's request for what the allocator owes its user that the queue had no
+        /// room for: the owed awards wait for the user's next session.
+        OwedRequestQueueFull => "owed_request_queue_full",
+        /// A datagram from a phone whose session is closing or gone, or that did not say it
+        /// accepts datagrams.
+        DatagramOutsideSession => "datagram_outside_session",
     }
 }
 
@@ -92,6 +101,8 @@ shake_ops::label_values! {
         ForwardDropped => "forward_dropped",
         /// The kernel refused to send it (dropped, as a lost packet).
         SendFailed => "send_failed",
+        /// The loop's send queue was full (dropped, as a lost packet).
+        TransmitDropped => "transmit_dropped",
     }
 }
 
@@ -525,6 +536,7 @@ impl EdgeMetrics {
         datagrams(Direction::ForwardedOut, d(was.forwarded_out, is.forwarded_out));
         datagrams(Direction::ForwardDropped, d(was.forward_drops, is.forward_drops));
         datagrams(Direction::SendFailed, d(was.send_failures, is.send_failures));
+        datagrams(Direction::TransmitDropped, d(was.transmit_drops, is.transmit_drops));
         for (bucket, wait) in RECEIVE_WAIT_LABELS.into_iter().enumerate() {
             let n = d(was.queue_wait[bucket], is.queue_wait[bucket]);
             Self::add(&self.receive_waits, &ReceiveWaitLabels { waited: wait }, n);
@@ -593,11 +605,15 @@ shake_edge_datagrams_total{direction="forwarded_out"}
 shake_edge_datagrams_total{direction="in"}
 shake_edge_datagrams_total{direction="out"}
 shake_edge_datagrams_total{direction="send_failed"}
+shake_edge_datagrams_total{direction="transmit_dropped"}
+shake_edge_drops_total{reason="award_ack_queue_full"}
 shake_edge_drops_total{reason="backpressure"}
 shake_edge_drops_total{reason="broadcast_queue_full"}
+shake_edge_drops_total{reason="datagram_outside_session"}
 shake_edge_drops_total{reason="expired"}
 shake_edge_drops_total{reason="malformed_datagram"}
 shake_edge_drops_total{reason="outbox_full"}
+shake_edge_drops_total{reason="owed_request_queue_full"}
 shake_edge_drops_total{reason="shake_before_welcome"}
 shake_edge_drops_total{reason="truncated"}
 shake_edge_handshakes_total{outcome="accepted"}
@@ -661,6 +677,7 @@ shake_edge_verdicts_total{verdict="slow_down"}
             forwarded_in: 1,
             forwarded_out: 1,
             forward_drops: 1,
+            transmit_drops: 1,
             send_failures: 1,
             queue_wait: [1; 5],
             turn_took: [1; 5],

@@ -159,9 +159,9 @@ impl<R: Copy> Uplink<R> {
         self.wanted.push_back(user_id);
     }
 
-    /// Asks for owed awards dropped because too many waited.
-    pub fn wanted_dropped(&self) -> u64 {
-        self.wanted_dropped
+    /// Asks for owed awards dropped because too many waited, since the last call.
+    pub fn take_wanted_dropped(&mut self) -> u64 {
+        std::mem::take(&mut self.wanted_dropped)
     }
 
     /// A phone acknowledged an award (already checked against the award book).
@@ -173,9 +173,10 @@ impl<R: Copy> Uplink<R> {
         self.acks.push_back(award_id);
     }
 
-    /// Acknowledgements dropped because too many waited (the link was down a long time).
-    pub fn acks_dropped(&self) -> u64 {
-        self.acks_dropped
+    /// Acknowledgements dropped because too many waited (the link was down a long time),
+    /// since the last call.
+    pub fn take_acks_dropped(&mut self) -> u64 {
+        std::mem::take(&mut self.acks_dropped)
     }
 
     /// Whether [`Uplink::poll_transmit`] has something now.
@@ -326,7 +327,8 @@ mod tests {
         for id in 0..(MAX_QUEUED_ACKS as u64 + 10) {
             up.queue_ack(id);
         }
-        assert_eq!(up.acks_dropped(), 10);
+        assert_eq!(up.take_acks_dropped(), 10);
+        assert_eq!(up.take_acks_dropped(), 0, "each drop is told once");
         up.link_up();
         let frames = drain(&mut up);
         let loads: Vec<_> =
@@ -359,7 +361,7 @@ mod tests {
         for user in 0..(MAX_QUEUED_WANTED as u64 + 7) {
             up.want_awards(user);
         }
-        assert_eq!(up.wanted_dropped(), 7);
+        assert_eq!(up.take_wanted_dropped(), 7);
         up.link_up();
         let asked: Vec<Vec<u64>> = drain(&mut up)
             .into_iter()

@@ -87,6 +87,9 @@ pub struct DriverStats {
     pub forwarded_in: u64,
     /// Datagrams that could not be handed over (the owner's queue was full).
     pub forward_drops: u64,
+    /// Datagrams the engine dropped because its send queue was full (QUIC recovers them as
+    /// losses).
+    pub transmit_drops: u64,
     /// Time spent working (not waiting), microseconds.
     pub busy_us: u64,
     /// Datagrams by how long they waited in the socket between the kernel's receive
@@ -135,6 +138,7 @@ impl DriverStats {
         sum(&mut self.forwarded_out, other.forwarded_out);
         sum(&mut self.forwarded_in, other.forwarded_in);
         sum(&mut self.forward_drops, other.forward_drops);
+        sum(&mut self.transmit_drops, other.transmit_drops);
         sum(&mut self.busy_us, other.busy_us);
         for (a, b) in self.queue_wait.iter_mut().zip(other.queue_wait) {
             sum(a, b);
@@ -478,6 +482,7 @@ impl Driver {
 
     fn send(&mut self, engine: &mut Engine) {
         let transmits = engine.transmits();
+        self.stats.transmit_drops = transmits.dropped;
         if transmits.is_empty() {
             return;
         }

@@ -19,6 +19,11 @@ impl LoopWorker {
         metrics.count_drops(Dropped::MalformedDatagram, c.malformed_datagrams);
         metrics.count_drops(Dropped::ShakeBeforeWelcome, c.shakes_before_welcome);
         metrics.count_drops(Dropped::OutboxFull, c.outbox_full);
+        metrics.count_drops(Dropped::DatagramOutsideSession, c.datagrams_outside_session);
+        let uplink = self.core.uplink();
+        let (acks, wanted) = (uplink.take_acks_dropped(), uplink.take_wanted_dropped());
+        metrics.count_drops(Dropped::AwardAckQueueFull, acks);
+        metrics.count_drops(Dropped::OwedRequestQueueFull, wanted);
         metrics.paces_told.inc_by(c.paces_told);
         EdgeMetrics::add(&metrics.shed, &ShedLabels { how: Shed::SlowDown }, c.slowed_for_load);
         let in_flight = self.core.uplink().in_flight() as i64;

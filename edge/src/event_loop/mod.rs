@@ -109,6 +109,7 @@ struct Session {
 struct LoopCounts {
     malformed_datagrams: u64,
     shakes_before_welcome: u64,
+    datagrams_outside_session: u64,
     outbox_full: u64,
     paces_told: u64,
     slowed_for_load: u64,

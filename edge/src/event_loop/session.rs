@@ -261,7 +261,9 @@ impl LoopWorker {
         let at = match self.session(ch).map(|s| (&s.phase, s.datagrams)) {
             Some((Phase::Serving(at), true)) => *at,
             Some((Phase::Serving(_), false)) | None | Some((Phase::Closing(_), _)) => {
-                while conn.datagrams().recv().is_some() {}
+                while conn.datagrams().recv().is_some() {
+                    self.counts.datagrams_outside_session += 1;
+                }
                 return;
             }
             Some((Phase::Handshake | Phase::AwaitHello, _)) => {
