@@ -11,7 +11,7 @@ impl LoopWorker {
                 PhoneEffect::ToPhone(at, frame) => {
                     let Some(&ch) = self.core.phones().get(at).map(|p| &p.ext) else { continue };
                     let bytes = self.encode(&frame);
-                    engine.with_connection(ch, |conn| self.write_control(ch, conn, bytes));
+                    engine.with_connection(ch, |conn| self.write_control(ch, conn, &bytes));
                 }
                 PhoneEffect::Broadcast(frame) => self.broadcast(engine, &frame),
             }
@@ -52,7 +52,7 @@ impl LoopWorker {
                     }
                     budget -= 1;
                     let frame = broadcast.frame.clone();
-                    engine.with_connection(ch, |conn| self.write_control(ch, conn, frame));
+                    engine.with_connection(ch, |conn| self.write_control(ch, conn, &frame));
                 }
             }
             if broadcast.next < self.sessions.len() {

@@ -53,8 +53,19 @@ impl LoopWorker {
         }
         match stream {
             Some(stream) => {
+                // Written only after every queued frame: part of one still waiting for credit
+                // would have the Error land inside it (the close code reaches the phone in
+                // CONNECTION_CLOSE either way).
+                self.flush_control(ch, conn);
+                let clear = self
+                    .sessions
+                    .get(ch.0)
+                    .and_then(Option::as_ref)
+                    .is_some_and(|s| s.out.is_empty());
                 let mut send = conn.send_stream(stream);
-                let _ = send.write(&error);
+                if clear {
+                    let _ = send.write(&error);
+                }
                 let _ = send.finish();
                 self.deadlines.set(ch.0, Some(now + CLOSE_GRACE));
             }
@@ -80,15 +91,18 @@ impl LoopWorker {
         &mut self,
         ch: ConnectionHandle,
         conn: &mut Connection,
-        frame: Bytes,
+        frame: &[u8],
     ) {
         let Some(session) = self.sessions.get_mut(ch.0).and_then(Option::as_mut) else { return };
         let Some(stream) = session.stream else { return };
+        // A frame is a slice of the worker's 64 KB scratch buffer: one kept in the outbox is
+        // copied out, or it would keep the whole buffer alive for as long as the phone does not
+        // read (the outbox is the slow path: a stream out of credit).
         if session.out.is_empty() {
-            match conn.send_stream(stream).write(&frame) {
+            match conn.send_stream(stream).write(frame) {
                 Ok(n) if n == frame.len() => return,
                 Ok(n) => {
-                    session.out.push_back(frame.slice(n..));
+                    session.out.push_back(Bytes::copy_from_slice(&frame[n..]));
                     return;
                 }
                 Err(_) => {}
@@ -97,7 +111,7 @@ impl LoopWorker {
         if session.out.len() >= OUTBOX_FRAMES {
             self.counts.outbox_full += 1;
         } else {
-            session.out.push_back(frame);
+            session.out.push_back(Bytes::copy_from_slice(frame));
         }
     }
 
@@ -176,7 +190,7 @@ impl LoopWorker {
                     self.shakes_decided += 1;
                     if let Some(outcome) = self.decide(at, shake, now_us, now_ms()) {
                         let frame = self.encode(&ControlFrame::outcomes(&[outcome]));
-                        self.write_control(ch, conn, frame);
+                        self.write_control(ch, conn, &frame);
                         self.tell_pace(ch, conn);
                     }
                 }
@@ -249,7 +263,7 @@ impl LoopWorker {
         self.deadlines.set(ch.0, None);
         self.shared.phones.fetch_add(1, Ordering::Relaxed);
         self.shared.metrics.phones.inc();
-        self.write_control(ch, conn, welcome);
+        self.write_control(ch, conn, &welcome);
     }
 
     pub(super) fn on_datagrams(
@@ -328,7 +342,7 @@ impl LoopWorker {
         session.told_pace_ms = pace_ms;
         self.counts.paces_told += 1;
         let frame = self.encode(&ControlFrame::Pace { min_shake_interval_ms: pace_ms });
-        self.write_control(ch, conn, frame);
+        self.write_control(ch, conn, &frame);
     }
 
     pub(super) fn on_lost(&mut self, ch: ConnectionHandle, reason: &ConnectionError) {
