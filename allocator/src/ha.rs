@@ -248,6 +248,10 @@ impl Node {
             let mut ledger = PostgresLedger::open(&target)?;
             ledger.lead(epoch);
             let (rebuilt, tail) = read_to_the_end(&mut ledger, &config, warm)?;
+            // Tests only: a read that outlasts the lease, as one of millions of awards would.
+            if shake_ops::supervise::failpoint("allocator-slow-takeover-read") {
+                std::thread::sleep(Duration::from_secs(4));
+            }
             Ok((Box::new(ledger) as Box<dyn LedgerStore>, rebuilt, tail))
         })
         .await

@@ -262,3 +262,33 @@ async fn a_fenced_commit_ends_the_term_as_fenced() {
     drop(a);
     drop(server);
 }
+
+/// A new leader's read of the log that outlasts its lease (`SHAKE_FAILPOINT` makes it 4 s; the
+/// lease is 1.5 s) keeps the lease: it is renewed from the moment it is won, so the standby
+/// never takes it from under the read (and then has to read it all again itself).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_read_longer_than_the_lease_keeps_the_lease() {
+    let scratch = Scratch::new("ha-slow-read");
+    let server = PgServer::primary(&scratch.dir.join("pg"));
+    let url = server.database("shake");
+    let round = format!(
+        "release = \"immediate\"\n[rounds.cash]\ntotal_cents = {TOTAL_CENTS}\nenvelopes = {ENVELOPES}\n"
+    );
+    let mut slow = Allocator::command(&scratch.postgres_config("a", &url, &round));
+    slow.env("SHAKE_FAILPOINT", "allocator-slow-takeover-read")
+        .env("RUST_LOG", "warn")
+        .stderr(std::process::Stdio::inherit());
+    let a = Allocator::spawn(slow).unwrap();
+    let won = "shake_allocator_leadership_total{outcome=\"won\"}";
+    metrics::wait_until(a.metrics, won, "1 (a won and reads)", |n| n == 1.0).await;
+    let b = Allocator::start(&scratch.postgres_config("b", &url, &round));
+    assert_eq!(await_leadership(&a, Duration::from_secs(15)), 1.0, "a leads under its first epoch");
+    // Past a lease more: still a's.
+    tokio::time::sleep(Duration::from_millis(1_600)).await;
+    assert_eq!(leader_epoch(&a), 1.0, "a lost its lease");
+    assert_eq!(leader_epoch(&b), 0.0, "b took over during a's read");
+    assert_eq!(metrics::read(b.metrics, won), 0.0);
+    drop(b);
+    drop(a);
+    drop(server);
+}
