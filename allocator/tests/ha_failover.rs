@@ -292,3 +292,30 @@ async fn a_takeover_read_longer_than_the_lease_keeps_the_lease() {
     drop(a);
     drop(server);
 }
+
+/// A term whose commit lanes cannot be opened (`SHAKE_FAILPOINT` refuses every second session)
+/// ends as a failed term, and the allocator stands by and tries again: the process does not
+/// stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lanes_that_cannot_be_opened_end_the_term_not_the_process() {
+    let scratch = Scratch::new("ha-lanes-refused");
+    let server = PgServer::primary(&scratch.dir.join("pg"));
+    let url = server.database("shake");
+    let round = format!(
+        "release = \"immediate\"\n[rounds.cash]\ntotal_cents = {TOTAL_CENTS}\nenvelopes = {ENVELOPES}\n"
+    );
+    let mut refused = Allocator::command(&scratch.postgres_config("a", &url, &round));
+    refused
+        .env("SHAKE_FAILPOINT", "allocator-lane-open-fails")
+        .env("RUST_LOG", "error")
+        .stderr(std::process::Stdio::null());
+    let mut a = Allocator::spawn(refused).unwrap();
+    let failed = "shake_allocator_leadership_total{outcome=\"failed\"}";
+    metrics::wait_until(a.metrics, failed, "at least 2 (failed, stood by, failed again)", |n| {
+        n >= 2.0
+    })
+    .await;
+    assert!(a.process.try_wait().is_none(), "the allocator stopped");
+    drop(a);
+    drop(server);
+}

@@ -752,6 +752,10 @@ impl LedgerStore for PostgresLedger {
     }
 
     fn open_lane(&mut self) -> Result<Option<Box<dyn LedgerStore>>, LedgerError> {
+        // Tests only: the database refusing a term's second session (a blip at takeover).
+        if shake_ops::supervise::failpoint("allocator-lane-open-fails") {
+            return Err(LedgerError::Failed("failpoint allocator-lane-open-fails".into()));
+        }
         let (client, unreplicated) = connect(&self.target)?;
         Ok(Some(Box::new(Self {
             client,
