@@ -30,6 +30,24 @@ fn batch(seq: u64) -> AllocatorFrame {
     AllocatorFrame::Batch(Batch::new(seq, 1, *BASE_MS.get_or_init(now_ms), &entries))
 }
 
+/// The round every test here plays: its envelopes all released at the opening.
+fn round() -> String {
+    format!(
+        "release = \"immediate\"\n[rounds.cash]\ntotal_cents = {TOTAL_CENTS}\nenvelopes = {ENVELOPES}\n"
+    )
+}
+
+/// An allocator serving `config` with the fault `failpoint` switched on (`SHAKE_FAILPOINT`),
+/// its errors only on the test's stderr.
+fn with_failpoint(config: &std::path::Path, failpoint: &str) -> Allocator {
+    let mut command = Allocator::command(config);
+    command
+        .env("SHAKE_FAILPOINT", failpoint)
+        .env("RUST_LOG", "error")
+        .stderr(std::process::Stdio::inherit());
+    Allocator::spawn(command).unwrap()
+}
+
 fn leader_epoch(alloc: &Allocator) -> f64 {
     metrics::read(alloc.metrics, "shake_allocator_leader_epoch")
 }
@@ -52,9 +70,7 @@ async fn the_standby_takes_over_from_a_killed_leader_and_answers_exactly_once() 
     let scratch = Scratch::new("ha");
     let server = PgServer::primary(&scratch.dir.join("pg"));
     let url = server.database("shake");
-    let round = format!(
-        "release = \"immediate\"\n[rounds.cash]\ntotal_cents = {TOTAL_CENTS}\nenvelopes = {ENVELOPES}\n"
-    );
+    let round = round();
     let mut a =
         Allocator::start(&scratch.with_admin_api(scratch.postgres_config("a", &url, &round)));
     let first_epoch = await_leadership(&a, Duration::from_secs(10));
@@ -208,9 +224,7 @@ async fn a_fenced_commit_ends_the_term_as_fenced() {
     let scratch = Scratch::new("ha-fenced");
     let server = PgServer::primary(&scratch.dir.join("pg"));
     let url = server.database("shake");
-    let round = format!(
-        "release = \"immediate\"\n[rounds.cash]\ntotal_cents = {TOTAL_CENTS}\nenvelopes = {ENVELOPES}\n"
-    );
+    let round = round();
     let config = scratch.postgres_config("a", &url, &round);
     let text = std::fs::read_to_string(&config).unwrap();
     assert!(text.contains("lease_ms = 1500"), "{text}");
@@ -271,14 +285,9 @@ async fn a_takeover_read_longer_than_the_lease_keeps_the_lease() {
     let scratch = Scratch::new("ha-slow-read");
     let server = PgServer::primary(&scratch.dir.join("pg"));
     let url = server.database("shake");
-    let round = format!(
-        "release = \"immediate\"\n[rounds.cash]\ntotal_cents = {TOTAL_CENTS}\nenvelopes = {ENVELOPES}\n"
-    );
-    let mut slow = Allocator::command(&scratch.postgres_config("a", &url, &round));
-    slow.env("SHAKE_FAILPOINT", "allocator-slow-takeover-read")
-        .env("RUST_LOG", "warn")
-        .stderr(std::process::Stdio::inherit());
-    let a = Allocator::spawn(slow).unwrap();
+    let round = round();
+    let config = scratch.postgres_config("a", &url, &round);
+    let a = with_failpoint(&config, "allocator-slow-takeover-read");
     let won = "shake_allocator_leadership_total{outcome=\"won\"}";
     metrics::wait_until(a.metrics, won, "1 (a won and reads)", |n| n == 1.0).await;
     let b = Allocator::start(&scratch.postgres_config("b", &url, &round));
@@ -301,15 +310,9 @@ async fn lanes_that_cannot_be_opened_end_the_term_not_the_process() {
     let scratch = Scratch::new("ha-lanes-refused");
     let server = PgServer::primary(&scratch.dir.join("pg"));
     let url = server.database("shake");
-    let round = format!(
-        "release = \"immediate\"\n[rounds.cash]\ntotal_cents = {TOTAL_CENTS}\nenvelopes = {ENVELOPES}\n"
-    );
-    let mut refused = Allocator::command(&scratch.postgres_config("a", &url, &round));
-    refused
-        .env("SHAKE_FAILPOINT", "allocator-lane-open-fails")
-        .env("RUST_LOG", "error")
-        .stderr(std::process::Stdio::null());
-    let mut a = Allocator::spawn(refused).unwrap();
+    let round = round();
+    let config = scratch.postgres_config("a", &url, &round);
+    let mut a = with_failpoint(&config, "allocator-lane-open-fails");
     let failed = "shake_allocator_leadership_total{outcome=\"failed\"}";
     metrics::wait_until(a.metrics, failed, "at least 2 (failed, stood by, failed again)", |n| {
         n >= 2.0
