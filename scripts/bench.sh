@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Runs one named benchmark in release mode: a readable table, then one JSON line.
 # Figures also land in bench/results/<name>.json with a description of the machine.
-# proto, allocator, edge-hot-path and soak are micro-benchmarks beside their crates
+# proto, allocator, edge-hot-path, soak and takeover are micro-benchmarks beside their crates
 # (proto/benches, allocator/benches, edge/benches); the rest run the real processes.
 #
 #   scripts/bench.sh proto          encode/decode a 1,024-entry Batch (target: 50 M entries/s each)
 #   scripts/bench.sh allocator      draw decisions/s (5 M), durable awards/s (200 k), PostgreSQL beside fjall
 #   scripts/bench.sh edge-hot-path  allocations (target 0) and time per shake through the edge's code
 #   scripts/bench.sh soak           10 M batches through the allocator core: memory flat, answers compacted
+#   scripts/bench.sh takeover       a new leader's read of a 5 M-award PostgreSQL ledger: the tail vs every award
 #   scripts/bench.sh handshake      QUIC handshakes per second for several TLS configurations
 #   scripts/bench.sh ledger-stores  redb vs fjall vs SQLite group commits of 1, 100, 10,000 awards
 #   scripts/bench.sh floor          raw UDP request/reply with recvmmsg/sendmmsg: the physical floor
@@ -20,7 +21,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 usage() {
-    sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
     exit 64
 }
 
@@ -56,6 +57,9 @@ case "$name" in
     soak)
         micro shake-allocator soak "$@"
         ;;
+    takeover)
+        micro shake-allocator takeover_read "$@"
+        ;;
     handshake)
         cargo build --quiet --release -p shake-bench --bin shake-bench
         target/release/shake-bench handshake "$@"
@@ -70,7 +74,7 @@ case "$name" in
         target/release/shake-bench "$name" "$@"
         ;;
     all)
-        for bench in proto allocator edge-hot-path soak floor edge handshake memory latency surge; do
+        for bench in proto allocator edge-hot-path soak takeover floor edge handshake memory latency surge; do
             "$0" "$bench"
         done
         ;;

@@ -8,11 +8,12 @@
 //! - As a standby the allocator keeps its QUIC endpoint open and closes every edge connection
 //!   with `NOT_LEADER`, naming the leader's address from the lease row; it looks at the lease
 //!   every `standby_poll_ms` and takes it once expired ([`crate::ledger::lease`]).
-//! - While standing by it follows the log: each look also reads the awards committed since
-//!   the last one and replays them into a draw of its own, so pools and caps are warm.
-//! - On winning, it reads the log to its end (the awards it has not followed, every stored
-//!   answer and worker record; everything, if what it followed does not add up), and serves;
-//!   edges resend what is unanswered and get each answer exactly once.
+//! - While standing by it follows the log: each look also reads what was committed since the
+//!   last one (awards, delivery marks, commands) and replays it into a draw of its own, so
+//!   pools, caps and the awards owed are warm ([`crate::ledger::follow`]).
+//! - On winning, it reads the log to its end (what it has not followed, every stored answer
+//!   and worker record; everything, if what it followed does not add up to the commit log),
+//!   and serves; edges resend what is unanswered and get each answer exactly once.
 //! - While leading, a renewal thread extends the lease every third of it. If the lease is
 //!   taken over, or cannot be renewed before it would expire, the term stops at once
 //!   (connections closed with `NOT_LEADER`); a commit refused as fenced, or failed with an
@@ -29,12 +30,11 @@ use postgres::Client;
 use shake_proto::ErrorCode;
 use tokio_util::sync::CancellationToken;
 
-use crate::award::Award;
 use crate::config::{Config, PostgresConfig};
 use crate::draw::Draw;
+use crate::ledger::follow::{FollowCursor, Followed, Following};
 use crate::ledger::{LedgerError, LedgerStore, PostgresLedger, lease, postgres as pg};
 use crate::metrics::{Leadership, LeadershipLabels, Metrics, Rejected, RejectedLabels};
-use crate::round_command::RoundCommand;
 use crate::service::{
     Listening, Rebuilt, Running, ServeError, Shared, Shutdown, TermEnd, blocking, lead, listen,
     lock,
@@ -92,35 +92,31 @@ enum TermOutcome {
 /// What one look at the lease found.
 enum Look {
     Won(i64),
-    /// Another node leads; the awards and the operator commands committed since the last look.
-    Led(lease::LeaderRow, Vec<Award>, Vec<RoundCommand>),
+    /// Another node leads; what the log gained since the last look.
+    Led(lease::LeaderRow, Followed),
 }
 
 /// What a standby keeps warm: a draw with every command and award it has read from the log
-/// replayed.
+/// replayed, and what it followed of the rest ([`Following`]: the awards owed, the cursors).
 struct Warm {
     draw: Draw,
-    last_award_id: u64,
-    followed: u64,
-    commands: usize,
+    following: Following,
 }
 
 impl Warm {
     fn new(config: &Config) -> Self {
-        Self { draw: Draw::new(&config.rounds), last_award_id: 0, followed: 0, commands: 0 }
+        Self { draw: Draw::new(&config.rounds), following: Following::default() }
     }
 
-    /// Applies `commands` (the log's after the ones applied), then replays `awards`.
-    fn follow(&mut self, commands: &[RoundCommand], awards: &[Award]) -> Result<(), ServeError> {
-        for command in commands {
+    /// Applies the look's commands, then replays its awards, then takes in its marks.
+    fn follow(&mut self, followed: &Followed) -> Result<(), ServeError> {
+        for command in &followed.commands {
             self.draw.apply_command(command).map_err(ServeError::Commands)?;
-            self.commands += 1;
         }
-        for award in awards {
+        for award in &followed.awards {
             self.draw.restore(award)?;
-            self.last_award_id = award.award_id;
-            self.followed += 1;
         }
+        self.following.take(followed);
         Ok(())
     }
 }
@@ -169,7 +165,7 @@ impl Node {
                 (self.target.clone(), self.pg.node.clone(), self.advertise.to_string());
             let lease_for = Duration::from_millis(self.pg.lease_ms);
             let mut held = client.take();
-            let after = (warm.last_award_id, warm.commands);
+            let after = warm.following.cursor;
             let looked = tokio::task::spawn_blocking(move || {
                 let look = look(&mut held, &target, &node, &advertise, lease_for, after);
                 (held, look)
@@ -184,12 +180,12 @@ impl Node {
             client = held;
             match look {
                 Ok(Look::Won(epoch)) => break Ok(Some(epoch)),
-                Ok(Look::Led(row, awards, commands)) => {
+                Ok(Look::Led(row, followed)) => {
                     // A log this node cannot replay ends the process, through the cleanup below.
-                    if let Err(err) = warm.follow(&commands, &awards) {
+                    if let Err(err) = warm.follow(&followed) {
                         break Err(err);
                     }
-                    self.shared.metrics.awards_followed.inc_by(awards.len() as u64);
+                    self.shared.metrics.awards_followed.inc_by(followed.awards.len() as u64);
                     if last_holder.as_ref() != Some(&(row.epoch, row.holder.clone())) {
                         tracing::info!(
                             epoch = row.epoch,
@@ -223,7 +219,7 @@ impl Node {
         tracing::info!(
             epoch,
             node = %self.pg.node,
-            followed = warm.followed,
+            followed = warm.following.read,
             "leader: reading the log to its end"
         );
         self.count_term(Leadership::Won);
@@ -353,16 +349,16 @@ impl Node {
     }
 }
 
-/// One look at the lease: take it if it is free, else say who holds it and read the awards
-/// committed after award id `after.0` and the commands after the first `after.1`. Drops the connection on any failure (the next look reconnects,
-/// finding a promoted primary).
+/// One look at the lease: take it if it is free, else say who holds it and read what the log
+/// gained after `after` (at most [`FOLLOW_BATCH`] awards of it). Drops the connection on any
+/// failure (the next look reconnects, finding a promoted primary).
 fn look(
     ledger: &mut Option<PostgresLedger>,
     target: &pg::Target,
     node: &str,
     advertise: &str,
     lease_for: Duration,
-    (after, skip_commands): (u64, usize),
+    after: FollowCursor,
 ) -> Result<Look, LedgerError> {
     let mut connected = match ledger.take() {
         Some(connected) if !connected.is_closed() => connected,
@@ -372,44 +368,51 @@ fn look(
         Some(epoch) => Look::Won(epoch),
         None => {
             let row = lease::current(connected.client())?;
-            let awards = connected.awards_after(after, FOLLOW_BATCH)?;
-            Look::Led(row, awards, connected.commands_after(skip_commands)?)
+            Look::Led(row, connected.follow(&after, FOLLOW_BATCH)?)
         }
     };
     *ledger = Some(connected);
     Ok(look)
 }
 
-/// A new leader's read: the awards it did not follow, and the rest of the ledger. If what it
-/// followed and the tail do not add up to every award (it should not happen), it replays the
-/// whole ledger instead.
+/// A new leader's read: the log after what it followed, and the stored answers and worker
+/// records; the awards owed come from what it followed ([`Following`]), so the read is as
+/// long as the tail, not the ledger. If the awards it read do not add up to what the commit
+/// log counts (it should not happen), it replays the whole ledger instead.
 /// Returns the rebuilt state and how many awards it read.
 fn read_to_the_end(
     ledger: &mut PostgresLedger,
     config: &Config,
     mut warm: Warm,
 ) -> Result<(Rebuilt, u64), ServeError> {
-    let (tail, total) = ledger.snapshot_after(warm.last_award_id)?;
-    let unapplied = tail.commands.get(warm.commands..).unwrap_or_default();
-    warm.follow(unapplied, &tail.awards)?;
-    if warm.followed != total {
+    let read = ledger.read_for_takeover(&warm.following.cursor)?;
+    warm.follow(&read.tail)?;
+    if !warm.following.adds_up() {
         tracing::warn!(
-            followed = warm.followed,
-            total,
-            "leader: the awards followed do not add up; replaying the whole ledger"
+            read = warm.following.read,
+            committed = warm.following.committed,
+            "leader: the awards followed do not add up to the commit log; replaying the whole \
+             ledger"
         );
-        return Ok((Rebuilt::from_snapshot(config, ledger.snapshot()?)?, total));
+        let snapshot = ledger.snapshot()?;
+        let replayed = snapshot.awards.len() as u64;
+        return Ok((Rebuilt::from_snapshot(config, snapshot)?, replayed));
     }
-    tracing::info!(tail = tail.awards.len(), total, "leader: log read to its end");
-    let read = tail.awards.len() as u64;
+    let tail = read.tail.awards.len() as u64;
+    tracing::info!(
+        tail,
+        total = warm.following.read,
+        owed = warm.following.owed(),
+        "leader: log read to its end"
+    );
     let rebuilt = Rebuilt {
         draw: warm.draw,
-        answers: tail.answers,
-        workers: tail.workers,
-        commands: tail.commands,
-        owed: ledger.undelivered_awards()?,
+        answers: read.answers,
+        workers: read.workers,
+        commands: read.commands,
+        owed: warm.following.into_owed(),
     };
-    Ok((rebuilt, read))
+    Ok((rebuilt, tail))
 }
 
 /// Renews the lease every third of it on a connection of its own. On a takeover, or when no

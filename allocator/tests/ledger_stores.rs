@@ -326,6 +326,89 @@ fn delivery_marks_are_rows_of_their_own_and_are_found_at_their_spans_edge() {
     insert(&mut ledger, &[10_000, 10_000 + MARK_SPAN - 1]).expect("the span's last id");
 }
 
+/// A standby keeps the awards owed as it follows the log, so a takeover reads only the tail:
+/// what it owes at the end must be what a full read of the ledger finds, whatever order the
+/// marks came in: marks of awards it has read, of awards it has not read yet, and marks of a
+/// new term (epoch up, group numbers back to 0). And what it read must add up to the commit
+/// log, which an award row written outside a commit breaks.
+#[test]
+fn a_standby_following_the_log_owes_what_a_full_read_finds() {
+    use shake_allocator::ledger::follow::Following;
+    let scratch = Scratch::new("ledger-follow");
+    let server = PgServer::primary(&scratch.dir.join("pg"));
+    let url = server.database("follow");
+    let mut first = PostgresLedger::open(&url).unwrap();
+    let short = Duration::from_millis(300);
+    let epoch = lease::try_acquire(first.client(), "a", "127.0.0.1:1", short).unwrap().unwrap();
+    first.lead(epoch);
+    let drawn = |ids: std::ops::RangeInclusive<u64>, seq: u64| AnsweredBatch {
+        key: key(seq),
+        answer: Bytes::from_static(b"a"),
+        awards: ids.map(|id| award(id, seq)).collect(),
+    };
+    let group = |seq: u64, batches: Vec<AnsweredBatch>, delivered: Vec<u64>| CommitGroup {
+        seq,
+        batches,
+        delivered,
+        ..CommitGroup::default()
+    };
+    // Marks committed before the standby's first look reach it joined with their awards.
+    first.commit_group(&group(0, vec![drawn(1..=300, 1)], (291..=300).collect())).unwrap();
+
+    let mut standby = PostgresLedger::open(&url).unwrap();
+    let mut following = Following::default();
+    let look = |standby: &mut PostgresLedger, following: &mut Following, limit: i64| {
+        let read = standby.follow(&following.cursor, limit).unwrap();
+        following.take(&read);
+        read.awards.len()
+    };
+    assert_eq!(look(&mut standby, &mut following, 100), 100);
+    // Marks of awards read (1..=50) and of awards not read yet (250..=260).
+    let marks: Vec<u64> = (1..=50).chain(250..=260).collect();
+    first.commit_group(&group(1, vec![drawn(301..=320, 2)], marks)).unwrap();
+    assert_eq!(look(&mut standby, &mut following, 100), 100);
+    assert_eq!(look(&mut standby, &mut following, 1_000), 120);
+
+    // A new term: the old lease runs out, another leader's groups count from 0 again.
+    std::thread::sleep(Duration::from_millis(400));
+    let mut second = PostgresLedger::open(&url).unwrap();
+    let next = lease::try_acquire(second.client(), "c", "127.0.0.1:2", short).unwrap().unwrap();
+    assert_eq!(next, epoch + 1);
+    second.lead(next);
+    let marks: Vec<u64> = (100..=110).chain([5, 315]).collect();
+    second.commit_group(&group(0, vec![drawn(321..=330, 3)], marks)).unwrap();
+    second.commit_group(&group(1, Vec::new(), vec![325])).unwrap();
+
+    let takeover = standby.read_for_takeover(&following.cursor).unwrap();
+    assert_eq!(takeover.tail.awards.len(), 10);
+    following.take(&takeover.tail);
+    assert!(following.adds_up(), "{} read, {} committed", following.read, following.committed);
+    let full: Vec<u64> = standby.undelivered_awards().unwrap().iter().map(|a| a.award_id).collect();
+    let expected: Vec<u64> = (1..=330)
+        .filter(|id| !matches!(id, 1..=50 | 100..=110 | 250..=260 | 291..=300 | 315 | 325))
+        .collect();
+    assert_eq!(full, expected, "the full read");
+    let owed: Vec<u64> = following.into_owed().iter().map(|a| a.award_id).collect();
+    assert_eq!(owed, expected, "what the standby followed");
+
+    // An award row the commit log does not count: the reads no longer add up.
+    let mut following = Following::default();
+    let read = standby.follow(&following.cursor, 1_000).unwrap();
+    following.take(&read);
+    assert!(following.adds_up());
+    standby
+        .client()
+        .batch_execute(
+            "INSERT INTO shake_awards (award_id, round_id, item, user_id, cash_cents, edge_id, \
+             worker_id, instance_id, batch_seq, entry_index, granted_at_ms, epoch) \
+             VALUES (331, 1, 331, 7, 5, 1, 3, 7, 9, 0, 0, 1)",
+        )
+        .unwrap();
+    let read = standby.follow(&following.cursor, 1_000).unwrap();
+    following.take(&read);
+    assert!(!following.adds_up(), "a row outside a commit went unnoticed");
+}
+
 /// A ledger written by an allocator of schema 4 (delivery marks in the award rows) keeps its
 /// marks when a newer allocator migrates it.
 #[test]

@@ -43,7 +43,7 @@ impl CommitStatements {
                  FROM STDIN BINARY",
             )?,
             copy_marks: client.prepare(
-                "COPY shake_delivery_marks (first_id, award_ids, epoch) FROM STDIN BINARY",
+                "COPY shake_delivery_marks (first_id, award_ids, epoch, group_seq) FROM STDIN BINARY",
             )?,
             record_command: client.prepare(
                 "INSERT INTO shake_commands \

@@ -153,10 +153,15 @@ impl<T: Send + 'static> CommitLanes<T> {
 
     /// Hands a group to the next lane, blocking while that lane is still busy with its last
     /// one. `Err` gives the group back when the lanes are gone.
-    pub fn hand_over(&mut self, group: CommitGroup, with: T) -> Result<(), (CommitGroup, T)> {
+    pub fn hand_over(
+        &mut self,
+        mut group: CommitGroup,
+        with: T,
+    ) -> Result<(), Box<(CommitGroup, T)>> {
         let seq = self.handed;
+        group.seq = seq;
         let lane = &self.lanes[(seq % self.lanes.len() as u64) as usize];
-        lane.send((seq, group, with)).map_err(|e| (e.0.1, e.0.2))?;
+        lane.send((seq, group, with)).map_err(|e| Box::new((e.0.1, e.0.2)))?;
         self.handed += 1;
         Ok(())
     }
@@ -308,7 +313,9 @@ mod tests {
             if matches!(self.fail, Some(Fail::Commit(s)) if s == seq) {
                 return refused();
             }
-            self.log.lock().unwrap().push(seq);
+            // The place the lanes stamped on it (the group was built with 0): a reader of the
+            // ledger follows marks by it, so it must be the commit order.
+            self.log.lock().unwrap().push(group.seq);
             Ok(())
         }
         fn snapshot(&mut self) -> Result<Snapshot, LedgerError> {

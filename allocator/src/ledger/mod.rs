@@ -14,6 +14,7 @@
 mod commit_statements;
 pub mod delivery_marks;
 pub mod fjall;
+pub mod follow;
 pub mod lanes;
 pub mod lease;
 pub mod postgres;
@@ -102,6 +103,10 @@ pub struct WorkerRecord {
 /// One group commit: everything written by one fsync.
 #[derive(Debug, Default)]
 pub struct CommitGroup {
+    /// Its place in its term's commit order (0, 1, 2, ...), stamped by the commit lanes when
+    /// it is handed over: groups commit in this order, so a reader can follow what a group
+    /// wrote by (epoch, seq) without missing a row ([`follow`]).
+    pub seq: u64,
     /// Answered batches: their awards and answers.
     pub batches: Vec<AnsweredBatch>,
     /// Awards phones acknowledged.
