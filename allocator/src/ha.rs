@@ -377,8 +377,9 @@ fn look(
 
 /// A new leader's read: the log after what it followed, and the stored answers and worker
 /// records; the awards owed come from what it followed ([`Following`]), so the read is as
-/// long as the tail, not the ledger. If the awards it read do not add up to what the commit
-/// log counts (it should not happen), it replays the whole ledger instead.
+/// long as the tail, not the ledger. If the last commit it followed is gone, or the awards it
+/// read do not add up to what the commit log counts (neither should happen), it replays the
+/// whole ledger instead.
 /// Returns the rebuilt state and how many awards it read.
 fn read_to_the_end(
     ledger: &mut PostgresLedger,
@@ -386,13 +387,18 @@ fn read_to_the_end(
     mut warm: Warm,
 ) -> Result<(Rebuilt, u64), ServeError> {
     let read = ledger.read_for_takeover(&warm.following.cursor)?;
-    warm.follow(&read.tail)?;
-    if !warm.following.adds_up() {
+    let gone = !read.followed_log_intact;
+    if !gone {
+        warm.follow(&read.tail)?;
+    }
+    if gone || !warm.following.adds_up() {
         tracing::warn!(
+            last_commit_gone = gone,
             read = warm.following.read,
             committed = warm.following.committed,
-            "leader: the awards followed do not add up to the commit log; replaying the whole \
-             ledger"
+            "leader: what this standby followed is not the ledger (its last commit is gone: \
+             seen on a primary since lost, never replicated; or the awards read do not add up \
+             to the commit log); replaying the whole ledger"
         );
         let snapshot = ledger.snapshot()?;
         let replayed = snapshot.awards.len() as u64;

@@ -179,6 +179,17 @@ async fn the_standby_takes_over_from_a_killed_leader_and_answers_exactly_once() 
     // envelope once.
     assert_eq!(rows.len() as u64, ENVELOPES + TOP_UP_ENVELOPES, "every envelope drawn once");
     assert_eq!(cash, pool, "a drained pool pays exactly its cash");
+    // No phone acknowledged anything: every award is owed, those the old leader drew included,
+    // which the new leader knows from what it followed as a standby.
+    let started = Instant::now();
+    loop {
+        let owed = metrics::read(b.metrics, "shake_allocator_awards_owed");
+        if owed == rows.len() as f64 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "{owed} owed, {} awards", rows.len());
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // The README's SQL for settlement, support and the fencing proof runs as written.
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();

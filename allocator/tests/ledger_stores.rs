@@ -380,6 +380,7 @@ fn a_standby_following_the_log_owes_what_a_full_read_finds() {
     second.commit_group(&group(1, Vec::new(), vec![325])).unwrap();
 
     let takeover = standby.read_for_takeover(&following.cursor).unwrap();
+    assert!(takeover.followed_log_intact);
     assert_eq!(takeover.tail.awards.len(), 10);
     following.take(&takeover.tail);
     assert!(following.adds_up(), "{} read, {} committed", following.read, following.committed);
@@ -407,6 +408,26 @@ fn a_standby_following_the_log_owes_what_a_full_read_finds() {
     let read = standby.follow(&following.cursor, 1_000).unwrap();
     following.take(&read);
     assert!(!following.adds_up(), "a row outside a commit went unnoticed");
+
+    // The last commit followed vanishes (seen on a primary that was lost before it replicated
+    // it): the takeover must see it gone, and again when its id is given to another commit.
+    let cursor = following.cursor;
+    assert!(standby.read_for_takeover(&cursor).unwrap().followed_log_intact);
+    let client = standby.client();
+    let last = client
+        .query_one("SELECT id, epoch FROM shake_commits ORDER BY id DESC LIMIT 1", &[])
+        .unwrap();
+    assert_eq!((last.get::<_, i64>(0), last.get::<_, i64>(1)), (cursor.commit_id, next));
+    client.execute("DELETE FROM shake_commits WHERE id = $1", &[&cursor.commit_id]).unwrap();
+    assert!(!standby.read_for_takeover(&cursor).unwrap().followed_log_intact, "a lost commit");
+    standby
+        .client()
+        .execute(
+            "INSERT INTO shake_commits (id, epoch, batches, awards) VALUES ($1, $2, 0, 0)",
+            &[&cursor.commit_id, &(next + 1)],
+        )
+        .unwrap();
+    assert!(!standby.read_for_takeover(&cursor).unwrap().followed_log_intact, "its id reused");
 }
 
 /// A ledger written by an allocator of schema 4 (delivery marks in the award rows) keeps its

@@ -36,8 +36,10 @@ pub struct FollowCursor {
     /// The last mark row read; `None` before the first look, which starts after the newest row
     /// (the marks before it reach the standby joined with their awards).
     pub mark: Option<MarkPosition>,
-    /// The last row of `shake_commits` counted.
+    /// The last row of `shake_commits` counted, and its epoch.
     pub commit_id: i64,
+    /// The epoch of that row (an id alone could be given again, see [`TakeoverRead`]).
+    pub commit_epoch: i64,
     /// Operator commands read.
     pub commands: usize,
 }
@@ -69,6 +71,14 @@ pub struct TakeoverRead {
     pub workers: Vec<super::WorkerRecord>,
     /// Every operator command, in the order accepted.
     pub commands: Vec<RoundCommand>,
+    /// Whether the last commit the standby followed is still in the log. A commit whose wait
+    /// for the synchronous standbys was cancelled is visible on the primary without being
+    /// replicated; if a standby followed it and the primary was then lost, the promoted one
+    /// lacks it, and what the standby keeps (awards owed, pools) names awards that do not
+    /// exist. Such commits are the newest in the log (a commit's WAL follows the one before
+    /// it), so if any was followed the last one followed is gone, or its id was given again
+    /// (the promoted primary's sequence may repeat ids whose WAL was lost) under another epoch.
+    pub followed_log_intact: bool,
 }
 
 impl PostgresLedger {
@@ -81,7 +91,16 @@ impl PostgresLedger {
     /// records and commands.
     pub fn read_for_takeover(&mut self, from: &FollowCursor) -> Result<TakeoverRead, LedgerError> {
         self.in_snapshot(|ledger| {
+            let intact = from.commit_id == 0
+                || ledger
+                    .client()
+                    .query_opt(
+                        "SELECT 1 FROM shake_commits WHERE id = $1 AND epoch = $2",
+                        &[&from.commit_id, &from.commit_epoch],
+                    )?
+                    .is_some();
             Ok(TakeoverRead {
+                followed_log_intact: intact,
                 tail: ledger.read_after(from, i64::MAX)?,
                 answers: ledger.read_answers()?,
                 workers: ledger.read_workers()?,
@@ -119,13 +138,20 @@ impl PostgresLedger {
                 }
             }
         }
-        let commits = self.client().query_one(
-            "SELECT coalesce(max(id), $1::int8), coalesce(sum(awards), 0)::int8 \
-             FROM shake_commits WHERE id > $1::int8",
+        let awards_committed = self
+            .client()
+            .query_one(
+                "SELECT coalesce(sum(awards), 0)::int8 FROM shake_commits WHERE id > $1",
+                &[&from.commit_id],
+            )?
+            .get(0);
+        if let Some(last) = self.client().query_opt(
+            "SELECT id, epoch FROM shake_commits WHERE id > $1 ORDER BY id DESC LIMIT 1",
             &[&from.commit_id],
-        )?;
-        next.commit_id = commits.get(0);
-        let awards_committed = unsigned(commits.get(1));
+        )? {
+            (next.commit_id, next.commit_epoch) = (last.get(0), last.get(1));
+        }
+        let awards_committed = unsigned(awards_committed);
         let commands = self.commands_after(from.commands)?;
         next.commands += commands.len();
         Ok(Followed { awards, delivered, commands, awards_committed, next })
