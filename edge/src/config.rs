@@ -224,10 +224,11 @@ pub struct Limits {
     /// Source addresses tracked at once (whole edge); past it, unknown sources must answer a
     /// Retry first.
     pub max_tracked_sources: usize,
-    /// Handshakes in progress (whole edge) before new ones are refused.
+    /// Connection attempts in progress (whole edge: handshaking, or connected and not yet past
+    /// `Hello`) before new ones are refused.
     pub max_handshakes: u32,
-    /// Handshakes in progress (whole edge) past which clients must validate their address
-    /// with a Retry first.
+    /// Connection attempts in progress (whole edge, counted as for `max_handshakes`) past which
+    /// clients must validate their address with a Retry first.
     pub retry_above_handshakes: u32,
     /// Connected phones (whole edge) before new handshakes are refused.
     pub max_phones: u32,

@@ -23,7 +23,8 @@ pub struct Shared {
     pub keys: KeyRing,
     /// Metrics.
     pub metrics: Arc<EdgeMetrics>,
-    /// Handshakes in progress, whole edge.
+    /// Connection attempts in progress, whole edge: handshaking, or connected and not yet past
+    /// `Hello` (what `max_handshakes` and `retry_above_handshakes` count).
     pub handshakes: AtomicU32,
     /// Phones connected, whole edge.
     pub phones: AtomicU32,

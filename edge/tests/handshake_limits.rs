@@ -3,6 +3,7 @@
 //! with Retry above `retry_above_handshakes`, and Retry for unknown sources once the table of
 //! tracked sources is full.
 
+use shake_proto::ErrorCode;
 use shake_testkit::phone::Phone;
 use shake_testkit::tokens::token;
 use shake_testkit::world::{World, WorldSettings};
@@ -81,4 +82,38 @@ async fn a_full_source_table_asks_new_sources_to_validate_and_still_lets_them_in
     // Six sources on two workers: at least one found its worker's table full.
     assert!(world.metric("shake_edge_handshakes_total{outcome=\"retried\"}") >= 1.0);
     assert_eq!(world.metric("shake_edge_handshakes_total{outcome=\"accepted\"}"), 6.0);
+}
+
+/// A connection that completes its handshake and never says `Hello` holds a session as surely
+/// as one still handshaking: it counts against `max_handshakes` until `Hello`, or a flood from
+/// many addresses (each under its own rate) would hold `hello_timeout_ms` of connections past
+/// every edge-wide cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_never_say_hello_count_against_the_handshake_cap() {
+    let world = World::start(WorldSettings {
+        edge_limits: "max_handshakes = 2\nretry_above_handshakes = 2\n",
+        ..WorldSettings::default()
+    })
+    .await;
+    let from = |n: u8| format!("127.3.0.{n}:0").parse().unwrap();
+    let silent = Phone::connect_from(&world, from(1)).await.unwrap();
+    let mut quiet = Phone::connect_from(&world, from(2)).await.unwrap();
+    // Two connected, neither past Hello: a third attempt is refused.
+    match Phone::connect_from(&world, from(3)).await {
+        Err(err) => assert!(refused(&err), "expected CONNECTION_REFUSED, got {err}"),
+        Ok(_) => panic!("a third attempt got in past two connections waiting for Hello"),
+    }
+    assert_eq!(world.metric("shake_edge_handshakes_total{outcome=\"refused\"}"), 1.0);
+    // One says Hello: it is a phone now, and its place is free again.
+    quiet.hello(token(500, 3600)).await.unwrap();
+    let mut late = Phone::connect_from(&world, from(4)).await.unwrap();
+    late.hello(token(501, 3600)).await.unwrap();
+    // The silent one is closed at its deadline, and its place is free too: two new
+    // connections wait for their Hello, and a third is refused again.
+    assert_eq!(silent.closed_code().await, Some(ErrorCode::HelloTimeout.code().into()));
+    let _waiting = [
+        Phone::connect_from(&world, from(5)).await.unwrap(),
+        Phone::connect_from(&world, from(6)).await.unwrap(),
+    ];
+    assert!(Phone::connect_from(&world, from(7)).await.is_err_and(|err| refused(&err)));
 }

@@ -225,6 +225,7 @@ impl Handler for LoopWorker {
         let source = self.pending_source.take();
         self.shared.metrics.count_handshake(HandshakeOutcome::Failed);
         self.handshake_done(source);
+        self.attempt_done();
     }
 
     fn event(

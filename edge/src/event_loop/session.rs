@@ -5,12 +5,19 @@
 use super::*;
 
 impl LoopWorker {
-    /// Ends a handshake's bookkeeping whichever way it went.
+    /// Ends a handshake's charge to its source, whichever way it went.
     pub(super) fn handshake_done(&mut self, source: Option<IpAddr>) {
-        self.shared.handshakes.fetch_sub(1, Ordering::Relaxed);
         if let Some(source) = source {
             self.sources.on_handshake_done(source);
         }
+    }
+
+    /// Ends an attempt's count against the edge-wide caps: once it serves, or is over. A
+    /// connection that completed its handshake and says nothing holds a session as surely as
+    /// one still handshaking, so it counts until `Hello` (or its deadline), or a flood from
+    /// many addresses could hold `hello_timeout_ms` of connections past every cap.
+    pub(super) fn attempt_done(&mut self) {
+        self.shared.handshakes.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Starts closing a session with `code`: an `Error` frame first when the control stream is
@@ -48,8 +55,10 @@ impl LoopWorker {
             Phase::Handshake => {
                 self.shared.metrics.count_handshake(HandshakeOutcome::Failed);
                 self.handshake_done(source);
+                self.attempt_done();
             }
-            Phase::AwaitHello | Phase::Closing(_) => {}
+            Phase::AwaitHello => self.attempt_done(),
+            Phase::Closing(_) => {}
         }
         match stream {
             Some(stream) => {
@@ -261,6 +270,8 @@ impl LoopWorker {
             session.told_pace_ms = pace_ms;
         }
         self.deadlines.set(ch.0, None);
+        // The attempt (reached from `AwaitHello` only) becomes a phone.
+        self.attempt_done();
         self.shared.phones.fetch_add(1, Ordering::Relaxed);
         self.shared.metrics.phones.inc();
         self.write_control(ch, conn, &welcome);
@@ -352,6 +363,7 @@ impl LoopWorker {
             Phase::Handshake => {
                 self.shared.metrics.count_handshake(HandshakeOutcome::Failed);
                 self.handshake_done(session.source);
+                self.attempt_done();
             }
             Phase::Serving(at) => {
                 self.core.remove_phone(at);
@@ -361,7 +373,8 @@ impl LoopWorker {
                     self.shared.sessions.release(user, serial);
                 }
             }
-            Phase::AwaitHello | Phase::Closing(_) => {}
+            Phase::AwaitHello => self.attempt_done(),
+            Phase::Closing(_) => {}
         }
         tracing::trace!(conn = ch.0, %reason, "phone connection lost");
     }
