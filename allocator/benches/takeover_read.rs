@@ -9,7 +9,8 @@
 //! that acknowledged), so 5% stay owed. A standby then follows the whole log from its start
 //! (the one-off cost of a standby started beside a full ledger, also reported); the leader
 //! commits two groups more, with marks of old awards among them; then the two reads are timed,
-//! and their owed awards must be the same.
+//! and their owed awards must be the same. Last, a leader starting cold (no standby followed
+//! the log) reads it all in one snapshot.
 //!
 //! `scripts/bench.sh takeover` runs it (5,000,000 awards; `--awards N` for another size);
 //! `cargo test` runs 40,000 as a check. PostgreSQL is a primary alone (`scripts/pg-cluster.sh`
@@ -154,6 +155,16 @@ fn main() -> anyhow::Result<()> {
         anyhow::ensure!(owed == owed_by_tail, "the two reads owe different awards");
         owed_now = owed.len();
     }
+    // A leader starting cold (no standby followed the log: every allocator restarted) reads
+    // all of it in one snapshot, the way a first look that wins the lease does.
+    let started = Instant::now();
+    let mut cold = Following::default();
+    let read = standby.read_for_takeover(&cold.cursor)?;
+    cold.take(&read.tail);
+    anyhow::ensure!(cold.adds_up(), "the cold read does not add up");
+    let cold_owed = cold.into_owed().len();
+    let cold_ms = ms(started);
+    anyhow::ensure!(cold_owed == owed_now, "the cold read owes {cold_owed}, not {owed_now}");
     let tail = stats::median(&tail_ms).unwrap_or(0.0);
     let before = stats::median(&full_ms).unwrap_or(0.0);
 
@@ -170,6 +181,10 @@ fn main() -> anyhow::Result<()> {
             format!("takeover read before, every award (median of {READS})"),
             format!("{before:.0} ms"),
         ),
+        (
+            "a leader starting cold, no standby: the whole log".to_owned(),
+            format!("{cold_ms:.0} ms"),
+        ),
     ];
     let mut figures = Map::new();
     figures.insert("awards".into(), Value::from(total));
@@ -177,6 +192,7 @@ fn main() -> anyhow::Result<()> {
     figures.insert("standby_catch_up_ms".into(), Value::from(catch_up_ms.round()));
     figures.insert("takeover_read_ms".into(), Value::from((tail * 10.0).round() / 10.0));
     figures.insert("takeover_read_before_ms".into(), Value::from(before.round()));
+    figures.insert("cold_start_read_ms".into(), Value::from(cold_ms.round()));
     let tenths = |all: &[f64]| all.iter().map(|v| (v * 10.0).round() / 10.0).collect::<Vec<_>>();
     figures.insert("takeover_reads_ms".into(), Value::from(tenths(&tail_ms)));
     figures.insert("takeover_reads_before_ms".into(), Value::from(tenths(&full_ms)));

@@ -196,6 +196,13 @@ impl Node {
                         last_holder = Some((row.epoch, row.holder.clone()));
                     }
                     *lock(&leader) = row.address;
+                    // A full page: the log is further ahead, read on at once. Waiting a poll
+                    // between pages would cap the following at about 120 k awards a second
+                    // (50,000 a look), below what a leader can commit: the standby would fall
+                    // ever further behind, and a takeover's read grow with it.
+                    if followed.awards.len() as i64 >= FOLLOW_BATCH {
+                        continue;
+                    }
                 }
                 Err(err) => tracing::warn!(%err, "standby: cannot read the lease; retrying"),
             }

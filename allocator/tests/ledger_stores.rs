@@ -316,10 +316,18 @@ fn delivery_marks_are_rows_of_their_own_and_are_found_at_their_spans_edge() {
     // and an empty one; it takes one right at the span's end.
     let insert = |ledger: &mut PostgresLedger, ids: &[i64]| {
         ledger.client().execute(
-            "INSERT INTO shake_delivery_marks (first_id, award_ids, epoch) VALUES ($1, $2, 0)",
+            "INSERT INTO shake_delivery_marks (first_id, award_ids, epoch, group_seq) \
+             VALUES ($1, $2, 0, 0)",
             &[&10_000i64, &ids],
         )
     };
+    // A row without its group's place, as an allocator older than schema 7 writes it, is
+    // refused: standbys could not follow it in commit order.
+    let unplaced = ledger.client().execute(
+        "INSERT INTO shake_delivery_marks (first_id, award_ids, epoch) VALUES (1, '{1}', 0)",
+        &[],
+    );
+    assert!(unplaced.is_err(), "a mark row without group_seq was taken");
     assert!(insert(&mut ledger, &[10_000, 10_000 + MARK_SPAN]).is_err());
     assert!(insert(&mut ledger, &[9_999]).is_err());
     assert!(insert(&mut ledger, &[]).is_err());

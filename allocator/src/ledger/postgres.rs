@@ -184,6 +184,15 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
     CREATE INDEX shake_delivery_marks_in_commit_order
         ON shake_delivery_marks (epoch, group_seq, first_id);",
     ),
+    (
+        8,
+        // An allocator older than version 7, still leading while a newer one migrated the
+        // schema, would write its marks with `group_seq` 0 in its current term: rows a
+        // standby's cursor orders by `first_id` within (epoch, 0), not by commit, so it would
+        // miss some. Without a default such a write is refused (and that leader's term ends at
+        // its first group with marks); rows already written keep their 0.
+        "ALTER TABLE shake_delivery_marks ALTER COLUMN group_seq DROP DEFAULT;",
+    ),
 ];
 
 /// What a group commit runs first: the leader's epoch and holder, the lease row key-share
@@ -607,7 +616,13 @@ impl PostgresLedger {
         &mut self,
         read: impl FnOnce(&mut Self) -> Result<T, LedgerError>,
     ) -> Result<T, LedgerError> {
-        self.client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")?;
+        // The session's 1 s idle-in-transaction limit is for transactions that hold the lease
+        // row's lock; this one holds no row lock, and between its statements the allocator
+        // decodes what it read, which on millions of awards takes longer than a second.
+        self.client.batch_execute(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; \
+             SET LOCAL idle_in_transaction_session_timeout = 60000",
+        )?;
         let read = read(self);
         let ended = self.client.batch_execute("COMMIT");
         let read = read?;
