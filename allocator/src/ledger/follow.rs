@@ -36,7 +36,7 @@ pub struct FollowCursor {
     /// The last mark row read; `None` before the first look, which starts after the newest row
     /// (the marks before it reach the standby joined with their awards).
     pub mark: Option<MarkPosition>,
-    /// The last row of `shake_commits` counted, and its epoch.
+    /// The last row of `shake_commits` counted.
     pub commit_id: i64,
     /// The epoch of that row (an id alone could be given again, see [`TakeoverRead`]).
     pub commit_epoch: i64,
@@ -138,7 +138,7 @@ impl PostgresLedger {
                 }
             }
         }
-        let awards_committed = self
+        let awards_committed: i64 = self
             .client()
             .query_one(
                 "SELECT coalesce(sum(awards), 0)::int8 FROM shake_commits WHERE id > $1",
@@ -151,10 +151,15 @@ impl PostgresLedger {
         )? {
             (next.commit_id, next.commit_epoch) = (last.get(0), last.get(1));
         }
-        let awards_committed = unsigned(awards_committed);
         let commands = self.commands_after(from.commands)?;
         next.commands += commands.len();
-        Ok(Followed { awards, delivered, commands, awards_committed, next })
+        Ok(Followed {
+            awards,
+            delivered,
+            commands,
+            awards_committed: unsigned(awards_committed),
+            next,
+        })
     }
 }
 

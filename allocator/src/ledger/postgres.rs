@@ -178,8 +178,9 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
         7,
         // A standby follows the delivery marks in commit order, so a takeover reads only the
         // marks it has not ([`super::follow`]): each row names its group's place in its term
-        // (`CommitGroup::seq`). Rows written before this version read 0; they are older than
-        // every term from now on, and a standby starting up takes them through its awards.
+        // (`CommitGroup::seq`). Rows written before this version read 0: older than every term
+        // of a migrated fleet (a standby starting up takes them through its awards); an
+        // allocator of an older version still leading is kept from writing more by migration 8.
         "ALTER TABLE shake_delivery_marks ADD COLUMN group_seq bigint NOT NULL DEFAULT 0;
     CREATE INDEX shake_delivery_marks_in_commit_order
         ON shake_delivery_marks (epoch, group_seq, first_id);",
