@@ -371,6 +371,13 @@ fn look(
         Some(connected) if !connected.is_closed() => connected,
         _ => PostgresLedger::open(target)?,
     };
+    // Not fatal: a role not allowed to end the leader's sessions still takes the lease once
+    // they end by themselves.
+    match lease::end_expired_commits(connected.client()) {
+        Ok(0) => {}
+        Ok(ended) => tracing::warn!(ended, "standby: ended the expired leader's commits in flight"),
+        Err(err) => tracing::warn!(%err, "standby: could not end the expired leader's commits"),
+    }
     let look = match lease::try_acquire(connected.client(), node, advertise, lease_for)? {
         Some(epoch) => Look::Won(epoch),
         None => {

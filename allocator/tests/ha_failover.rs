@@ -333,3 +333,34 @@ async fn lanes_that_cannot_be_opened_end_the_term_not_the_process() {
     drop(a);
     drop(server);
 }
+
+/// A leader frozen inside a group commit's `COPY` (a paused process, a stalled host) is a
+/// session the server sees busy waiting for rows, not idle: neither of its timeouts ends it,
+/// and its transaction holds the lease row's key-share lock, which the takeover waits for. The
+/// standby must end such a session once the lease has run out, not wait for the leader to wake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_frozen_inside_a_copy_does_not_hold_the_takeover_up() {
+    let scratch = Scratch::new("ha-frozen-copy");
+    let server = PgServer::primary(&scratch.dir.join("pg"));
+    let url = server.database("shake");
+    let round = round();
+    let mut a =
+        with_failpoint(&scratch.postgres_config("a", &url, &round), "allocator-stall-in-copy");
+    let first = await_leadership(&a, Duration::from_secs(10));
+    let b = Allocator::start(&scratch.postgres_config("b", &url, &round));
+    let mut stream = edge_worker(a.quic, &scratch, 42).await.unwrap();
+    stream.send(&batch(1)).await;
+    // The batch's group is now inside its COPY; the whole process freezes there.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    a.process.signal("STOP");
+    let frozen_at = Instant::now();
+    let second = await_leadership(&b, Duration::from_secs(20));
+    let took = frozen_at.elapsed();
+    a.process.signal("CONT");
+    a.process.kill();
+    assert!(second > first);
+    assert!(took < Duration::from_secs(8), "the takeover waited {took:?} for the frozen leader");
+    drop(stream);
+    drop(b);
+    drop(server);
+}

@@ -73,6 +73,29 @@ pub fn try_acquire(
     Ok(row.map(|row| row.get(0)))
 }
 
+/// Once the lease has run out, ends the database sessions still holding the lease row: the
+/// commits in flight of the leader whose lease it was. A leader frozen inside a group commit's
+/// `COPY` (a paused process, a stalled host) is a session the server sees busy waiting for
+/// rows, not idle, so neither `idle_in_transaction_session_timeout` nor `statement_timeout`
+/// ends it (the server notices a timeout only when the next rows arrive), and its key-share
+/// lock holds the takeover off for as long as it stays frozen. Ending such a session is what
+/// fencing does to its commit anyway (refused once the epoch moves): rolled back, nothing
+/// written; its leader, if it wakes, finds the connection gone and ends its term. A commit
+/// holds the row share lock on `shake_leader` (its `FOR KEY SHARE`); no other ledger
+/// statement takes that mode. Returns how many sessions were ended. The role must be allowed
+/// to signal the leader's sessions: the same role for every allocator (or
+/// `pg_signal_backend`).
+pub fn end_expired_commits(client: &mut Client) -> Result<usize, LedgerError> {
+    let ended = client.query(
+        "SELECT pg_terminate_backend(l.pid) FROM pg_locks l \
+         WHERE l.locktype = 'relation' AND l.relation = 'shake_leader'::regclass \
+         AND l.mode = 'RowShareLock' AND l.granted AND l.pid <> pg_backend_pid() \
+         AND EXISTS (SELECT 1 FROM shake_leader WHERE id = 1 AND expires_at <= now())",
+        &[],
+    )?;
+    Ok(ended.len())
+}
+
 /// Extends the lease held under `epoch`; `false` if it is no longer this epoch's (taken over).
 pub fn renew(client: &mut Client, epoch: i64, lease: Duration) -> Result<bool, LedgerError> {
     let renewed = client.execute(

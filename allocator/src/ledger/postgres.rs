@@ -453,6 +453,10 @@ impl PostgresLedger {
         epoch: i64,
     ) -> Result<(), LedgerError> {
         let sink = tx.copy_in(&sql.copy_awards)?;
+        // Tests only: the leader frozen inside a `COPY` (the server waits for its rows).
+        if shake_ops::supervise::failpoint("allocator-stall-in-copy") {
+            std::thread::sleep(Duration::from_secs(30));
+        }
         let mut rows = BinaryCopyInWriter::new(
             sink,
             &[
