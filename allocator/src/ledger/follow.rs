@@ -138,18 +138,15 @@ impl PostgresLedger {
                 }
             }
         }
-        let awards_committed: i64 = self
-            .client()
-            .query_one(
-                "SELECT coalesce(sum(awards), 0)::int8 FROM shake_commits WHERE id > $1",
-                &[&from.commit_id],
-            )?
-            .get(0);
+        // The newest commit row after the cursor, and what all of them wrote: one pass.
+        let mut awards_committed: i64 = 0;
         if let Some(last) = self.client().query_opt(
-            "SELECT id, epoch FROM shake_commits WHERE id > $1 ORDER BY id DESC LIMIT 1",
+            "SELECT id, epoch, sum(awards) OVER ()::int8 FROM shake_commits WHERE id > $1 \
+             ORDER BY id DESC LIMIT 1",
             &[&from.commit_id],
         )? {
             (next.commit_id, next.commit_epoch) = (last.get(0), last.get(1));
+            awards_committed = last.get(2);
         }
         let commands = self.commands_after(from.commands)?;
         next.commands += commands.len();
