@@ -38,9 +38,17 @@ pub struct Phone<X> {
     bucket: TokenBucket,
     /// The allocator limited this user until then (Unix ms; 0: never).
     limited_until_ms: u64,
+    /// Its `AwardAck`s refused so far (bounded by
+    /// [`shake_proto::limits::MAX_REFUSED_AWARD_ACKS`]).
+    acks_refused: u32,
     /// The shell's part (an outbox, a connection handle...).
     pub ext: X,
 }
+
+/// A phone had more `AwardAck`s refused than the protocol allows
+/// ([`shake_proto::limits::MAX_REFUSED_AWARD_ACKS`]): close it with `FLOOD`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AckFlood;
 
 /// Something the shell must tell phones.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,7 +170,7 @@ impl<X> WorkerCore<X> {
         // What the allocator still owes this user (an award whose phone had gone) comes back
         // as `AwardsOwed`.
         self.uplink.want_awards(user_id);
-        self.phones.insert(Phone { user_id, bucket, limited_until_ms, ext })
+        self.phones.insert(Phone { user_id, bucket, limited_until_ms, acks_refused: 0, ext })
     }
 
     /// Users limited now (the table behind the per-phone mark).
@@ -227,19 +235,32 @@ impl<X> WorkerCore<X> {
         self.uplink.batcher().flush(now_us)
     }
 
-    /// The phone at `at` acknowledged `award_id`.
-    pub fn on_award_ack(&mut self, at: PhoneRef, award_id: u64, now_ms: u64) -> AckVerdict {
-        let Some(phone) = self.phones.get_mut(at) else { return AckVerdict::Unknown };
+    /// The phone at `at` acknowledged `award_id`. `Err` when the ack is refused and the phone
+    /// already had [`MAX_REFUSED_AWARD_ACKS`](shake_proto::limits::MAX_REFUSED_AWARD_ACKS)
+    /// refused: the shell closes it (`FLOOD`), so no phone takes the edge-wide book's lock
+    /// more often than its awards and that allowance.
+    pub fn on_award_ack(
+        &mut self,
+        at: PhoneRef,
+        award_id: u64,
+        now_ms: u64,
+    ) -> Result<AckVerdict, AckFlood> {
+        let Some(phone) = self.phones.get_mut(at) else { return Ok(AckVerdict::Unknown) };
         let verdict = self.awards.ack(award_id, phone.user_id, now_ms);
         match verdict {
             AckVerdict::Accepted => {
                 self.counts.acks_accepted += 1;
                 self.uplink.queue_ack(award_id);
+                return Ok(verdict);
             }
             AckVerdict::Unknown => self.counts.acks_unknown += 1,
             AckVerdict::WrongUser => self.counts.acks_wrong_user += 1,
         }
-        verdict
+        if phone.acks_refused >= shake_proto::limits::MAX_REFUSED_AWARD_ACKS {
+            return Err(AckFlood);
+        }
+        phone.acks_refused += 1;
+        Ok(verdict)
     }
 
     /// A frame from the allocator.

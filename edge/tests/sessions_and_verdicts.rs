@@ -198,27 +198,54 @@ async fn only_the_winner_can_acknowledge_an_award() {
     let ControlFrame::Award { award_id, .. } = winner.next_award().await.unwrap() else {
         panic!("expected an award")
     };
-    // Another user acknowledges it, and then every id under the sun: refused and counted,
-    // nothing queued for the allocator.
+    // Another user acknowledges it, and then other ids up to the allowance of refused acks:
+    // refused and counted, nothing queued for the allocator, the session still served.
+    let allowance = u64::from(shake_proto::limits::MAX_REFUSED_AWARD_ACKS);
     thief.send_frame(&ControlFrame::AwardAck { award_id }).await;
-    for id in 1..=2_000u64 {
+    for id in 1..allowance {
         thief.send_frame(&ControlFrame::AwardAck { award_id: award_id + id }).await;
     }
     world.wait_for_metric("shake_edge_award_acks_total{outcome=\"wrong_user\"}", 1.0).await;
-    world.wait_for_metric("shake_edge_award_acks_total{outcome=\"unknown_award\"}", 2_000.0).await;
+    let unknown = "shake_edge_award_acks_total{outcome=\"unknown_award\"}";
+    world.wait_for_metric(unknown, (allowance - 1) as f64).await;
+    thief.shake(1, 1);
+    assert!(thief.outcome().await.is_ok(), "the thief is served within its allowance");
     assert_eq!(world.metric("shake_edge_award_acks_total{outcome=\"accepted\"}"), 0.0);
     // The winner's own acknowledgement is accepted, once; a second one is unknown.
     winner.send_frame(&ControlFrame::AwardAck { award_id }).await;
     winner.send_frame(&ControlFrame::AwardAck { award_id }).await;
-    world.wait_for_metric("shake_edge_award_acks_total{outcome=\"unknown_award\"}", 2_001.0).await;
+    world.wait_for_metric(unknown, allowance as f64).await;
     world.wait_for_allocator_metric("shake_allocator_delivery_marks_total", 1.0).await;
     assert_eq!(world.metric("shake_edge_award_acks_total{outcome=\"accepted\"}"), 1.0);
     assert_eq!(world.allocator_metric("shake_allocator_delivery_marks_total"), 1.0);
+    // One refused ack past the allowance closes the thief's session with FLOOD, and nothing
+    // it sent behind it is read (every id under the sun would otherwise each take the
+    // edge-wide award book's lock).
+    for id in allowance..allowance + 2_000 {
+        let ack = ControlFrame::AwardAck { award_id: award_id + id };
+        if thief.try_send_frame(&ack).await.is_err() {
+            break;
+        }
+    }
+    assert_eq!(thief.closed_code().await, Some(ErrorCode::Flood as u64));
+    world.wait_for_metric(unknown, (allowance + 1) as f64).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(world.metric(unknown), (allowance + 1) as f64, "only the ack past the allowance");
+    // The winner's session is untouched by the thief's.
+    winner.shake(1, 2);
+    assert!(winner.outcome().await.is_ok());
     world.stop_allocator().await;
+    // Every shake wins here (the thief's within its allowance and the winner's second too):
+    // only the one acknowledged award is delivered.
     let ledger = FjallLedger::open(&world.scratch.ledger()).unwrap();
-    let rows = ledger.awards(|_| true).unwrap();
-    assert_eq!(rows.len(), 1);
-    assert!(rows[0].delivered && rows[0].user_id == 1);
+    let delivered: Vec<(u64, u64)> = ledger
+        .awards(|_| true)
+        .unwrap()
+        .into_iter()
+        .filter(|row| row.delivered)
+        .map(|row| (row.award_id, row.user_id))
+        .collect();
+    assert_eq!(delivered, vec![(award_id, 1)]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

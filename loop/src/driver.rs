@@ -44,7 +44,8 @@ pub trait Shell: Handler {
     /// The shell's own next deadline, if any (the loop wakes for it).
     fn deadline(&mut self) -> Option<Instant>;
     /// Whether to take a datagram read from the socket after it waited there `waited_us`
-    /// (`None` where the socket does not timestamp), before the endpoint sees it: a datagram
+    /// (`None` where the socket does not timestamp; for a datagram another worker handed
+    /// over, its wait since it reached that worker's socket), before the endpoint sees it: a datagram
     /// refused here costs no decryption and no answer, the cheapest way to shed load. Counted
     /// in [`DriverStats::shed`]. The default takes every datagram.
     fn admit(&mut self, _now: Instant, _waited_us: Option<u64>, _datagram: &[u8]) -> bool {
@@ -52,8 +53,8 @@ pub trait Shell: Handler {
     }
     /// The datagram the endpoint is about to see reached the socket at `at`: the kernel's
     /// receive timestamp on the loop's clock (for a datagram held for an emulated path delay,
-    /// the end of the hold), `None` where it is not known (no timestamp; a datagram another
-    /// worker handed over). The handler events that datagram causes come before the next
+    /// the end of the hold; for one another worker handed over, its arrival in that worker's
+    /// socket), `None` where it is not known (no timestamp). The handler events that datagram causes come before the next
     /// call, so a shell can time an answer from its arrival rather than from the turn, which
     /// a busy loop or its gather may start well after. `None` again before the timers run.
     fn arrived(&mut self, _at: Option<Instant>) {}
@@ -180,8 +181,9 @@ const BATCHES_PER_TURN: usize = 4;
 /// Datagrams one worker may have waiting from the others.
 pub const FORWARD_QUEUE: usize = 4096;
 
-/// A datagram on its way to the worker that owns its connection.
-type Forwarded = (SocketAddr, BytesMut);
+/// A datagram on its way to the worker that owns its connection, with when it reached the
+/// socket it came through (on the loops' clock; `None` where the socket does not stamp).
+type Forwarded = (SocketAddr, BytesMut, Option<Instant>);
 
 /// How a driver reaches the other workers on its port.
 #[derive(Debug)]
@@ -370,18 +372,17 @@ impl Driver {
         if woken {
             self.waker.clear();
         }
-        if let Some(routes) = &self.routes {
-            // Datagrams other workers received for our connections (bounded by the queue).
-            while let Ok((from, datagram)) = routes.from.try_recv() {
-                self.stats.forwarded_in += 1;
-                // Its wait is not known here: the shell sees it unstamped.
-                if !shell.admit(now, None, &datagram) {
-                    self.stats.shed += 1;
-                    continue;
-                }
-                shell.arrived(None);
-                engine.handle_datagram(now, from, None, None, datagram, shell);
-            }
+        // Datagrams other workers received for our connections (bounded by the queue): shed,
+        // held and timed by their arrival in the socket they came through, as our own are.
+        let mut taken_at = None;
+        while let Some((from, datagram, arrived)) =
+            self.routes.as_ref().and_then(|routes| routes.from.try_recv().ok())
+        {
+            self.stats.forwarded_in += 1;
+            let at = *taken_at.get_or_insert_with(Instant::now);
+            let waited = arrived.map(|arrived| at.saturating_duration_since(arrived));
+            let waited = waited.map(|w| w.as_micros() as u64);
+            self.take(engine, shell, now, (from, datagram), waited, arrived);
         }
         for _ in 0..BATCHES_PER_TURN {
             let n = self.recv.recv(&self.socket, &mut self.received)?;
@@ -392,13 +393,17 @@ impl Driver {
                 self.count_queue_waits();
                 self.count_kernel_drops();
             }
-            for (i, (from, datagram)) in self.received.drain(..).enumerate() {
+            // Taken out for the loop (and put back, its capacity kept) so that each datagram
+            // can go through `take`.
+            let mut received = std::mem::take(&mut self.received);
+            for (i, (from, datagram)) in received.drain(..).enumerate() {
+                let arrived = self.arrivals.get(i).copied().flatten();
                 if let Some(routes) = &self.routes
                     && let Some(owner) = crate::cid::owner(&datagram, routes.to.len())
                     && owner != routes.me
                 {
                     let (tx, waker) = &routes.to[owner];
-                    match tx.try_send((from, datagram)) {
+                    match tx.try_send((from, datagram, arrived)) {
                         Ok(()) => {
                             self.stats.forwarded_out += 1;
                             waker.wake();
@@ -409,23 +414,10 @@ impl Driver {
                     }
                     continue;
                 }
-                if !shell.admit(now, self.waits.get(i).copied().flatten(), &datagram) {
-                    self.stats.shed += 1;
-                    continue;
-                }
-                let arrived = self.arrivals.get(i).copied().flatten();
-                if !self.receive_delay.is_zero() {
-                    if self.delayed.len() >= MAX_DELAYED {
-                        self.stats.delay_drops += 1;
-                    } else {
-                        let release = arrived.unwrap_or(now) + self.receive_delay;
-                        self.delayed.push_back((release, from, datagram));
-                    }
-                    continue;
-                }
-                shell.arrived(arrived);
-                engine.handle_datagram(now, from, None, None, datagram, shell);
+                let waited = self.waits.get(i).copied().flatten();
+                self.take(engine, shell, now, (from, datagram), waited, arrived);
             }
+            self.received = received;
             if n < BATCH {
                 break;
             }
@@ -452,6 +444,35 @@ impl Driver {
         engine.flush(now);
         self.send(engine);
         Ok(flow == Flow::Stop)
+    }
+
+    /// One datagram for a connection of this worker (received here or handed over), which
+    /// waited `waited_us` since it `arrived` in a socket: the shell may shed it; an emulated
+    /// path delay holds it; else the endpoint sees it now.
+    fn take(
+        &mut self,
+        engine: &mut Engine,
+        shell: &mut impl Shell,
+        now: Instant,
+        (from, datagram): (SocketAddr, BytesMut),
+        waited_us: Option<u64>,
+        arrived: Option<Instant>,
+    ) {
+        if !shell.admit(now, waited_us, &datagram) {
+            self.stats.shed += 1;
+            return;
+        }
+        if !self.receive_delay.is_zero() {
+            if self.delayed.len() >= MAX_DELAYED {
+                self.stats.delay_drops += 1;
+            } else {
+                let release = arrived.unwrap_or(now) + self.receive_delay;
+                self.delayed.push_back((release, from, datagram));
+            }
+            return;
+        }
+        shell.arrived(arrived);
+        engine.handle_datagram(now, from, None, None, datagram, shell);
     }
 
     fn count_queue_waits(&mut self) {

@@ -492,3 +492,94 @@ fn the_shell_is_told_when_each_datagram_reached_the_socket() {
         assert_eq!(shell.arrivals.last(), Some(&None), "reset before the timers");
     }
 }
+
+/// Worker 1 of a pair: what it is told of each datagram handed over to it (the wait its
+/// `admit` sees, the arrival `arrived` reports); it takes only the first datagram (payload
+/// byte 2 is 0) and stops once `until` were handed over.
+struct OwnerShell {
+    until: u64,
+    deadline: Instant,
+    waits: Vec<Option<u64>>,
+    arrivals: Vec<Instant>,
+}
+
+impl Handler for OwnerShell {
+    fn incoming(&mut self, _now: Instant, _incoming: &Incoming) -> IncomingDecision {
+        IncomingDecision::Ignore
+    }
+
+    fn event(&mut self, _: Instant, _: ConnectionHandle, _: &mut Connection, _: AppEvent) {}
+}
+
+impl Shell for OwnerShell {
+    fn turn(&mut self, now: Instant, _engine: &mut Engine, stats: &DriverStats) -> Flow {
+        if stats.forwarded_in >= self.until || now >= self.deadline {
+            Flow::Stop
+        } else {
+            Flow::Continue
+        }
+    }
+
+    fn deadline(&mut self) -> Option<Instant> {
+        Some(Instant::now() + Duration::from_millis(5))
+    }
+
+    fn admit(&mut self, _now: Instant, waited_us: Option<u64>, datagram: &[u8]) -> bool {
+        self.waits.push(waited_us);
+        datagram[2] == 0
+    }
+
+    fn arrived(&mut self, at: Option<Instant>) {
+        self.arrivals.extend(at);
+    }
+}
+
+/// A datagram another worker received for a connection of ours (a phone whose NAT rebound its
+/// port lands on another worker's socket) is shed and timed like one of our own: the owner's
+/// shell sees how long it has waited since it reached the other worker's socket, and when.
+#[test]
+fn a_datagram_handed_over_keeps_its_wait_and_its_arrival() {
+    let sockets: Vec<UdpSocket> = (0..2).map(|_| UdpSocket::bind("127.0.0.1:0").unwrap()).collect();
+    let mut drivers: Vec<Driver> = sockets.into_iter().map(|s| Driver::new(s).unwrap()).collect();
+    shake_loop::driver::route_between(&mut drivers);
+    let mut owner = drivers.pop().unwrap();
+    let mut receiver = drivers.pop().unwrap();
+    let addr = receiver.local_addr().unwrap();
+    // Arrival stamping starts through the kernel's deferred work (see above).
+    std::thread::sleep(Duration::from_millis(200));
+    // Two short-header packets whose connection ID names worker 1, sent to worker 0's socket
+    // 30 ms before worker 0 reads it.
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let sent = Instant::now();
+    for n in 0..2u8 {
+        let mut packet = [0u8; 40];
+        packet[0] = 0x40;
+        packet[1] = 1;
+        packet[2] = n;
+        client.send_to(&packet, addr).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(30));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let owner_thread = std::thread::spawn(move || {
+        let mut shell = OwnerShell { until: 2, deadline, waits: Vec::new(), arrivals: Vec::new() };
+        let mut engine = Engine::new(EndpointConfig::default(), None);
+        owner.run(&mut engine, &mut shell).unwrap();
+        (shell, owner.stats())
+    });
+    let mut shell = CountingShell { until: 2, deadline };
+    let mut engine = Engine::new(EndpointConfig::default(), None);
+    receiver.run(&mut engine, &mut shell).unwrap();
+    assert_eq!(receiver.stats().forwarded_out, 2);
+    let (shell, stats) = owner_thread.join().unwrap();
+    assert_eq!(stats.forwarded_in, 2, "{stats:?}");
+    assert_eq!(shell.waits.len(), 2, "{:?}", shell.waits);
+    for waited in &shell.waits {
+        let waited = waited.expect("the wait of a stamped datagram is known to its owner");
+        assert!((30_000..2_000_000).contains(&waited), "waited {waited} us");
+    }
+    assert_eq!(stats.shed, 1, "the shell refused the second: {stats:?}");
+    assert_eq!(shell.arrivals.len(), 1, "the one taken is timed from its arrival");
+    let from_send = shell.arrivals[0].saturating_duration_since(sent);
+    assert!(shell.arrivals[0] + Duration::from_millis(1) >= sent, "arrived before it was sent");
+    assert!(from_send < Duration::from_millis(15), "arrived {from_send:?} after it was sent");
+}

@@ -27,6 +27,13 @@ pub const MAX_WANTED_USERS: usize = 1024;
 /// Most awards in one `AwardsOwed` frame (a user owed more gets several frames).
 pub const MAX_OWED_AWARDS: usize = 64;
 
+/// `AwardAck`s one phone session may have refused (an award id this edge did not send to
+/// the session's user, or one already acknowledged); one more closes the session with
+/// `FLOOD`. An honest phone's acks are refused only now and then (an award that reached it
+/// twice, one sent by another edge before it reconnected); a phone acking ids at random takes
+/// the edge's award book's lock at most this many times a session.
+pub const MAX_REFUSED_AWARD_ACKS: u32 = 64;
+
 /// Batches of one edge worker instance drawn by the allocator and not yet confirmed by the
 /// edge (`ResultsReceived`); one more closes the stream with `FLOOD`.
 pub const MAX_UNCONFIRMED_BATCHES: usize = 4096;

@@ -77,9 +77,15 @@ impl Phone {
 
     /// Sends one control frame.
     pub async fn send_frame(&mut self, frame: &ControlFrame) {
+        self.try_send_frame(frame).await.expect("writing the control stream");
+    }
+
+    /// Sends one control frame; `Err` when the stream or connection is gone (a phone the edge
+    /// may close while it writes).
+    pub async fn try_send_frame(&mut self, frame: &ControlFrame) -> Result<(), String> {
         let mut out = BytesMut::new();
         frame.encode(&mut out);
-        self.send.write_all(&out).await.expect("writing the control stream");
+        self.send.write_all(&out).await.map_err(|e| e.to_string())
     }
 
     /// Hello with `token`; the edge's first answer (Welcome, or an error string).

@@ -192,7 +192,11 @@ impl LoopWorker {
                     self.on_hello(now, ch, conn, &token, capabilities);
                 }
                 (ControlFrame::AwardAck { award_id }, Some(at)) => {
-                    self.core.on_award_ack(at, award_id, now_ms());
+                    if self.core.on_award_ack(at, award_id, now_ms()).is_err() {
+                        let code = ErrorCode::Flood;
+                        let reason = "too many acknowledgements of awards not sent to this user";
+                        return self.start_close(now, ch, conn, code, reason);
+                    }
                 }
                 (ControlFrame::Shake(shake), Some(at)) => {
                     let now_us = self.now_us(now);
