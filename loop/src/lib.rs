@@ -8,12 +8,15 @@
 //! - [`cid`]: connection IDs that name their worker, and which worker a datagram is for.
 //! - [`driver`]: the I/O loop: one socket, one engine, a [`Shell`](driver::Shell) for what
 //!   comes from outside; batched receive and send, one wait per turn, its busy share.
+//! - [`scratch_datagrams`]: DATAGRAM frames cut from one reused buffer, copied only for a
+//!   connection whose datagrams queue (so it cannot keep the buffer alive).
 //! - [`udp`]: the system calls (`recvmmsg`, `sendmmsg`, `ppoll`, `eventfd`): the crate's only
 //!   `unsafe`.
 
 pub mod cid;
 pub mod driver;
 pub mod engine;
+pub mod scratch_datagrams;
 pub mod timers;
 pub mod udp;
 

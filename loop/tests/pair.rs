@@ -341,3 +341,51 @@ fn an_application_close_reaches_the_peer() {
     );
     assert_eq!((pair.client.connections(), pair.server.connections()), (0, 0));
 }
+
+/// A server sending datagrams cut from one scratch buffer to a client that never acknowledges
+/// (its packets are all lost): once they queue, the queue holds copies, so the scratch buffer
+/// is the sender's alone again and is reused in place; sent as slices, the queued ones would
+/// keep buffer after buffer alive.
+#[test]
+fn datagrams_queued_for_a_peer_that_does_not_acknowledge_do_not_pin_the_scratch_buffer() {
+    use shake_loop::scratch_datagrams::{Queued, ScratchDatagrams};
+
+    let mut certs = certs(Duration::from_secs(30));
+    let mut transport = TransportConfig::default();
+    // The edge's send buffer for phones (`[phone_transport] datagram_send_buffer`).
+    transport.datagram_send_buffer_size(4 * 1024);
+    certs.server.transport_config(Arc::new(transport));
+    let mut pair = Pair::new(certs.server);
+    let (mut client, mut server) = (Client::default(), Echo::default());
+    pair.client.connect(pair.now, certs.client, pair.server_addr, "localhost").unwrap();
+    pair.drive(&mut client, &mut server, Duration::from_millis(100));
+    let phone = server.seen.connected[0];
+
+    const SCRATCH: usize = 64 * 1024;
+    let mut scratch = BytesMut::with_capacity(SCRATCH);
+    let mut sender = ScratchDatagrams::default();
+    let (mut slices, mut copies) = (0, 0);
+    // Ten-byte datagrams, 200 KB of them: the scratch buffer fills three times over.
+    for n in 0..20_000u64 {
+        if scratch.capacity() < 10 {
+            scratch.reserve(SCRATCH);
+        }
+        scratch.extend_from_slice(&n.to_be_bytes());
+        scratch.extend_from_slice(b"ok");
+        let datagram = scratch.split().freeze();
+        match pair.server.with_connection(phone, |conn| sender.send(conn, datagram)) {
+            Some(Ok(Queued::Slice)) => slices += 1,
+            Some(Ok(Queued::Copy)) => copies += 1,
+            other => panic!("datagram {n}: {other:?}"),
+        }
+        // Sent, and lost on the way: the client never sees them, so never acknowledges.
+        pair.server.flush(pair.now);
+        drop(take(&mut pair.server));
+    }
+    assert!(
+        scratch.try_reclaim(SCRATCH),
+        "a queued datagram still holds part of the scratch buffer ({slices} slices)"
+    );
+    assert!(copies > 10_000, "the window filled and datagrams queued: {slices} slices");
+    assert!(slices > 100, "datagrams went as slices while the window was open: {slices}");
+}

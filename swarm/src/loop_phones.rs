@@ -23,6 +23,7 @@ use shake_loop::driver::DriverStats;
 use shake_loop::quinn_proto::{
     ClientConfig, Connection, ConnectionHandle, Dir, EndpointConfig, StreamEvent, StreamId, VarInt,
 };
+use shake_loop::scratch_datagrams::ScratchDatagrams;
 use shake_loop::timers::Timers;
 use shake_loop::{AppEvent, Driver, Engine, Flow, Handler, IncomingDecision, Shell};
 use shake_proto::Verdict;
@@ -269,6 +270,7 @@ impl LoopLoad {
                     ..LoopLoadReport::default()
                 },
                 out: BytesMut::with_capacity(4096),
+                shakes: ScratchDatagrams::default(),
                 published: DriverStats::default(),
                 series_origin_unix_ms: if plan.series_origin_unix_ms == 0 {
                     unix_origin_ms
@@ -398,7 +400,11 @@ struct PhonesShell {
     counters: Arc<LoadCounters>,
     /// What this thread measured.
     report: LoopLoadReport,
+    /// Where shakes are encoded; each goes out as a slice of it.
     out: BytesMut,
+    /// Sends the shakes cut from `out`, copying those that must wait (an edge that stops
+    /// acknowledging would otherwise keep a buffer alive per waiting shake).
+    shakes: ScratchDatagrams,
     /// The driver's counters as last added to the shared ones.
     published: DriverStats,
     series_origin_unix_ms: u64,
@@ -478,6 +484,7 @@ impl PhonesShell {
         let counters = &self.counters;
         let report = &mut self.report;
         let out = &mut self.out;
+        let shakes = &mut self.shakes;
         let origin = self.origin;
         let stats = self.record.as_ref().map(|r| &*r.stats);
         engine.with_connection(ch, |conn| {
@@ -509,7 +516,7 @@ impl PhonesShell {
                         seq
                     }
                 };
-                if conn.datagrams().send(out.split().freeze(), true).is_err() {
+                if shakes.send(conn, out.split().freeze()).is_err() {
                     report.held_back += 1;
                     if let Some(stats) = stats {
                         stats.error("send datagram");

@@ -24,6 +24,7 @@ use shake_loop::quinn_proto::{
     Connection, ConnectionError, ConnectionHandle, Dir, EndpointConfig, Incoming, ServerConfig,
     StreamEvent, StreamId, VarInt,
 };
+use shake_loop::scratch_datagrams::ScratchDatagrams;
 use shake_loop::timers::Timers;
 use shake_loop::{AppEvent, Driver, Engine, Flow, Handler, IncomingDecision, Shell};
 use shake_proto::control::CAP_DATAGRAMS;
@@ -126,7 +127,10 @@ struct LoopWorker {
     sources: SourceLimiter,
     link: LoopEnds,
     counts: LoopCounts,
+    /// Where frames and outcome datagrams are encoded; each goes out as a slice of it.
     scratch: BytesMut,
+    /// Sends outcome datagrams cut from `scratch`, copying those that must wait.
+    outcomes: ScratchDatagrams,
     in_flight_published: i64,
     /// The driver's counters as last added to the metrics.
     published_stats: DriverStats,
@@ -405,6 +409,7 @@ pub fn run(start: LoopStart, shared: Arc<Shared>) -> std::io::Result<()> {
         link,
         counts: LoopCounts::default(),
         scratch: BytesMut::with_capacity(64 * 1024),
+        outcomes: ScratchDatagrams::default(),
         in_flight_published: 0,
         published_stats: DriverStats::default(),
         next_housekeeping: now,

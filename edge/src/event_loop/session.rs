@@ -315,7 +315,7 @@ impl LoopWorker {
                     if let Some(outcome) = self.decide(at, shake, now_us, now_ms) {
                         datagram::encode_outcomes(&mut self.scratch, &[outcome]);
                         let answer = self.scratch.split().freeze();
-                        let _ = conn.datagrams().send(answer, true);
+                        let _ = self.outcomes.send(conn, answer);
                         answered = true;
                     }
                 }
