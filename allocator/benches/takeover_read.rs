@@ -33,8 +33,8 @@ use shake_testkit::scratch::Scratch;
 /// Awards per batch and batches per group commit.
 const BATCH_AWARDS: u64 = 256;
 const GROUP_BATCHES: u64 = 64;
-/// What a standby reads at one look (the allocator's `FOLLOW_BATCH`).
-const FOLLOW_BATCH: i64 = 50_000;
+/// What a standby reads at one look (`[postgres] follow_page_awards`, default).
+const FOLLOW_PAGE_AWARDS: i64 = 50_000;
 /// Each takeover read is timed this many times, the two ways alternated.
 const READS: usize = 3;
 
@@ -116,7 +116,7 @@ fn main() -> anyhow::Result<()> {
     let mut following = Following::default();
     let catching_up = Instant::now();
     loop {
-        let read = standby.follow(&following.cursor, FOLLOW_BATCH)?;
+        let read = standby.follow(&following.cursor, FOLLOW_PAGE_AWARDS)?;
         following.take(&read);
         if read.awards.is_empty() {
             break;

@@ -131,6 +131,11 @@ pub struct PostgresConfig {
     /// How often a standby looks at the lease, milliseconds.
     #[serde(default = "default_standby_poll_ms")]
     pub standby_poll_ms: u64,
+    /// Awards a standby reads from the log at one look, at most (1 to 1,000,000; default
+    /// 50,000). After a full page it looks again at once, so this bounds one snapshot's
+    /// memory and length, not how fast a standby catches up.
+    #[serde(default = "default_follow_page_awards")]
+    pub follow_page_awards: u32,
     /// The CA (PEM) that signed the database servers' certificates: connections then use TLS,
     /// required and verified (the certificate must name the host in the URL). Without it,
     /// plain TCP: only for loopback or a trusted network.
@@ -154,6 +159,9 @@ fn default_lease_ms() -> u64 {
 }
 fn default_standby_poll_ms() -> u64 {
     250
+}
+fn default_follow_page_awards() -> u32 {
+    50_000
 }
 
 /// Certificate files (PEM). `shake-allocator dev-certs DIR` writes a working set.
@@ -399,6 +407,9 @@ impl Validate for Config {
                 if pg.standby_poll_ms == 0 || pg.standby_poll_ms >= pg.lease_ms {
                     return Err(invalid("postgres.standby_poll_ms", "must be 1 to lease_ms - 1"));
                 }
+                if !(1..=1_000_000).contains(&pg.follow_page_awards) {
+                    return Err(invalid("postgres.follow_page_awards", "must be 1 to 1,000,000"));
+                }
                 if !(1..=8).contains(&pg.commit_lanes) {
                     return Err(invalid("postgres.commit_lanes", "must be 1 to 8"));
                 }
@@ -547,6 +558,8 @@ mod tests {
         let config = Config::parse(&pg("")).unwrap();
         let postgres = config.postgres.unwrap();
         assert_eq!((postgres.lease_ms, postgres.standby_poll_ms), (3_000, 250));
+        assert_eq!(postgres.follow_page_awards, 50_000);
+        assert_eq!(field_of(&pg("follow_page_awards = 0\n")), "postgres.follow_page_awards");
         assert_eq!(field_of(&pg("lease_ms = 100\n")), "postgres.lease_ms");
         assert_eq!(field_of(&pg("standby_poll_ms = 5000\n")), "postgres.standby_poll_ms");
         let bad_url = pg("").replace("host=db1,db2 user=shake", "port=notanumber");

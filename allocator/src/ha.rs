@@ -40,9 +40,6 @@ use crate::service::{
     lock,
 };
 
-/// Awards a standby reads from the log at one look, at most.
-const FOLLOW_BATCH: i64 = 50_000;
-
 /// Starts an allocator on a PostgreSQL ledger: checks the database (and migrates its schema),
 /// binds, and begins as a standby.
 pub(crate) async fn start(config: Config, shutdown: Shutdown) -> Result<Running, ServeError> {
@@ -164,10 +161,11 @@ impl Node {
             let (target, node, advertise) =
                 (self.target.clone(), self.pg.node.clone(), self.advertise.to_string());
             let lease_for = Duration::from_millis(self.pg.lease_ms);
+            let page = self.pg.follow_page_awards;
             let mut held = client.take();
             let after = warm.following.cursor;
             let looked = tokio::task::spawn_blocking(move || {
-                let look = look(&mut held, &target, &node, &advertise, lease_for, after);
+                let look = look(&mut held, &target, &node, &advertise, lease_for, (after, page));
                 (held, look)
             });
             let looked = tokio::select! {
@@ -197,10 +195,10 @@ impl Node {
                     }
                     *lock(&leader) = row.address;
                     // A full page: the log is further ahead, read on at once. Waiting a poll
-                    // between pages would cap the following at about 120 k awards a second
-                    // (50,000 a look), below what a leader can commit: the standby would fall
-                    // ever further behind, and a takeover's read grow with it.
-                    if followed.awards.len() as i64 >= FOLLOW_BATCH {
+                    // between pages would cap the following at a page a poll (about 120 k
+                    // awards a second at the defaults), below what a leader can commit: the
+                    // standby would fall ever further behind, and a takeover's read grow.
+                    if followed.awards.len() >= page as usize {
                         continue;
                     }
                 }
@@ -357,7 +355,7 @@ impl Node {
 }
 
 /// One look at the lease: take it if it is free, else say who holds it and read what the log
-/// gained after `after` (at most [`FOLLOW_BATCH`] awards of it). Drops the connection on any
+/// gained after the cursor (at most `page` awards of it). Drops the connection on any
 /// failure (the next look reconnects, finding a promoted primary).
 fn look(
     ledger: &mut Option<PostgresLedger>,
@@ -365,7 +363,7 @@ fn look(
     node: &str,
     advertise: &str,
     lease_for: Duration,
-    after: FollowCursor,
+    (after, page): (FollowCursor, u32),
 ) -> Result<Look, LedgerError> {
     let mut connected = match ledger.take() {
         Some(connected) if !connected.is_closed() => connected,
@@ -382,7 +380,7 @@ fn look(
         Some(epoch) => Look::Won(epoch),
         None => {
             let row = lease::current(connected.client())?;
-            Look::Led(row, connected.follow(&after, FOLLOW_BATCH)?)
+            Look::Led(row, connected.follow(&after, i64::from(page))?)
         }
     };
     *ledger = Some(connected);

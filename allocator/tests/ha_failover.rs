@@ -364,3 +364,54 @@ async fn a_leader_frozen_inside_a_copy_does_not_hold_the_takeover_up() {
     drop(b);
     drop(server);
 }
+
+/// A standby that finds the log pages ahead reads page after page at once, not a page a poll
+/// (which would cap its following below what a leader commits): started beside 300 awards
+/// with pages of 20 and a poll of 2 s, it has followed them all well inside one poll of its
+/// first page (a page a poll: 28 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_pages_behind_reads_them_at_once() {
+    let scratch = Scratch::new("ha-pages");
+    let server = PgServer::primary(&scratch.dir.join("pg"));
+    let url = server.database("shake");
+    let round = round();
+    let a = Allocator::start(&scratch.postgres_config("a", &url, &round));
+    await_leadership(&a, Duration::from_secs(10));
+    let mut awards = 0;
+    {
+        let mut stream = edge_worker(a.quic, &scratch, 42).await.unwrap();
+        for seq in 1..=BATCHES {
+            stream.send(&batch(seq)).await;
+            let (answered, winners, _) = stream.next_result().await.unwrap();
+            assert_eq!(answered, seq);
+            awards += winners.len();
+        }
+    }
+    assert_eq!(awards as u64, ENVELOPES, "every envelope drawn");
+    let config = scratch.postgres_config("b", &url, &round);
+    let text = std::fs::read_to_string(&config).unwrap();
+    let paged = "lease_ms = 5000\nstandby_poll_ms = 2000\nfollow_page_awards = 20\n";
+    std::fs::write(&config, text.replace("lease_ms = 1500\nstandby_poll_ms = 100\n", paged))
+        .unwrap();
+    assert!(std::fs::read_to_string(&config).unwrap().contains(paged));
+    let b = Allocator::start(&config);
+    let followed = || metrics::read(b.metrics, "shake_allocator_awards_followed_total");
+    let started = Instant::now();
+    while followed() == 0.0 {
+        assert!(started.elapsed() < Duration::from_secs(10), "the standby followed nothing");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let first_page = Instant::now();
+    while followed() < awards as f64 {
+        let waited = first_page.elapsed();
+        assert!(
+            waited < Duration::from_millis(1_500),
+            "{} of {awards} awards followed {waited:?} after the first page (poll 2 s)",
+            followed()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(followed(), awards as f64);
+    assert_eq!(leader_epoch(&b), 0.0, "the standby still stands by");
+    drop(a);
+}
