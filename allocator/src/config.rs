@@ -480,6 +480,21 @@ mod tests {
     fn the_annotated_example_is_valid() {
         let config = Config::parse(EXAMPLE).unwrap();
         assert!(!config.rounds.is_empty());
+        // Its commented-out [postgres] block too, every setting in it uncommented.
+        let block: String = EXAMPLE
+            .lines()
+            .skip_while(|line| *line != "# [postgres]")
+            .take_while(|line| line.starts_with('#') || line.starts_with(' '))
+            .map(|line| format!("{}\n", line.strip_prefix("# ").unwrap_or(line)))
+            .collect();
+        assert!(block.contains("follow_page_awards"), "{block}");
+        let text = EXAMPLE.replacen("[tls]", &format!("{block}[tls]"), 1).replacen(
+            "ledger = \"fjall\"",
+            "ledger = \"postgres\"",
+            1,
+        );
+        let postgres = Config::parse(&text).unwrap().postgres.unwrap();
+        assert_eq!((postgres.node.as_str(), postgres.follow_page_awards), ("alloc-a", 50_000));
     }
 
     fn with_round(round: &str) -> String {
