@@ -101,7 +101,7 @@ fn main() -> anyhow::Result<()> {
     let mut leader = PostgresLedger::open(&url)?;
     let epoch = lease::try_acquire(leader.client(), "bench", "-", Duration::from_secs(3_600))?
         .ok_or_else(|| anyhow::anyhow!("the lease is taken"))?;
-    leader.lead(epoch);
+    leader.lead(lease::Term::new(epoch, "bench"));
 
     let filling = Instant::now();
     for n in 0..groups {

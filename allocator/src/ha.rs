@@ -33,7 +33,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, PostgresConfig};
 use crate::draw::Draw;
 use crate::ledger::follow::{FollowCursor, Followed, Following};
-use crate::ledger::{LedgerError, LedgerStore, PostgresLedger, lease, postgres as pg};
+use crate::ledger::lease::{self, Term};
+use crate::ledger::{LedgerError, LedgerStore, PostgresLedger, postgres as pg};
 use crate::metrics::{Leadership, LeadershipLabels, Metrics, Rejected, RejectedLabels};
 use crate::service::{
     Listening, Rebuilt, Running, ServeError, Shared, Shutdown, TermEnd, blocking, lead, listen,
@@ -235,19 +236,21 @@ impl Node {
         // Renewed from the moment it is won: on a large ledger the read below can outlast a
         // lease, and a lease lost to the read would hand the term to a standby that must then
         // read it all again itself.
+        let won = Term::new(epoch, &self.pg.node);
         let renewer = spawn_renewer(
             self.target.clone(),
             self.pg.lease_ms,
-            epoch,
+            won.clone(),
             lost.clone(),
             term_stop.clone(),
             term_over.clone(),
         )?;
         let target = self.target.clone();
         let config = self.config.clone();
+        let held = won.clone();
         let opened = tokio::task::spawn_blocking(move || -> Result<_, ServeError> {
             let mut ledger = PostgresLedger::open(&target)?;
-            ledger.lead(epoch);
+            ledger.lead(held);
             let (rebuilt, tail) = read_to_the_end(&mut ledger, &config, warm)?;
             // Tests only: a read that outlasts the lease, as one of millions of awards would.
             if shake_ops::supervise::failpoint("allocator-slow-takeover-read") {
@@ -318,7 +321,7 @@ impl Node {
                 let target = self.target.clone();
                 let released = blocking(move || {
                     let (mut client, _) = pg::connect(&target)?;
-                    lease::release(&mut client, epoch)
+                    lease::release(&mut client, &won)
                 })
                 .await;
                 if let Err(err) = released {
@@ -376,7 +379,19 @@ fn look(
         Ok(ended) => tracing::warn!(ended, "standby: ended the expired leader's commits in flight"),
         Err(err) => tracing::warn!(%err, "standby: could not end the expired leader's commits"),
     }
+    connected.take_unreplicated();
     let look = match lease::try_acquire(connected.client(), node, advertise, lease_for)? {
+        // Committed on the primary alone: if the primary is lost, the standby promoted in its
+        // place never saw this takeover, and another node may win the same epoch there. Not
+        // taken: the next look takes it again (the row names this node) once replication
+        // works, under the next epoch.
+        Some(epoch) if connected.take_unreplicated() => {
+            *ledger = Some(connected);
+            return Err(LedgerError::Failed(format!(
+                "the takeover of epoch {epoch}: its wait for the synchronous standbys was \
+                 cancelled (committed on the primary alone); not taken"
+            )));
+        }
         Some(epoch) => Look::Won(epoch),
         None => {
             let row = lease::current(connected.client())?;
@@ -439,7 +454,7 @@ fn read_to_the_end(
 fn spawn_renewer(
     target: pg::Target,
     lease_ms: u64,
-    epoch: i64,
+    term: Term,
     lost: Arc<AtomicBool>,
     term_stop: CancellationToken,
     term_over: CancellationToken,
@@ -451,6 +466,7 @@ fn spawn_renewer(
         .spawn(move || {
             let mut client: Option<Client> = None;
             let mut renewed_at = Instant::now();
+            let epoch = term.epoch;
             let give_up = |why: &str| {
                 tracing::error!(epoch, why, "leader: stopping this term");
                 lost.store(true, Ordering::SeqCst);
@@ -471,7 +487,7 @@ fn spawn_renewer(
                         Some(connected) if !connected.is_closed() => connected,
                         _ => pg::connect(&target)?.0,
                     };
-                    let renewed = lease::renew(&mut connected, epoch, lease_for)?;
+                    let renewed = lease::renew(&mut connected, &term, lease_for)?;
                     client = Some(connected);
                     Ok::<bool, LedgerError>(renewed)
                 })();

@@ -7,6 +7,7 @@
 
 use bytes::Bytes;
 use shake_allocator::award::{Award, BatchKey, WorkerKey};
+use shake_allocator::ledger::lease::Term;
 use shake_allocator::ledger::{
     AnsweredBatch, CommitGroup, FjallLedger, LedgerError, LedgerStore, PostgresLedger,
     WorkerRecord, lease,
@@ -132,7 +133,7 @@ fn leading(url: &str, node: &str) -> (PostgresLedger, i64) {
     let epoch = lease::try_acquire(ledger.client(), node, "127.0.0.1:1", Duration::from_secs(30))
         .unwrap()
         .expect("the lease is free");
-    ledger.lead(epoch);
+    ledger.lead(Term::new(epoch, node));
     (ledger, epoch)
 }
 
@@ -179,13 +180,13 @@ fn a_new_epoch_fences_the_old_leader() {
     let mut old = PostgresLedger::open(&url).unwrap();
     let short = Duration::from_millis(300);
     let first = lease::try_acquire(old.client(), "old", "127.0.0.1:1", short).unwrap().unwrap();
-    old.lead(first);
+    old.lead(Term::new(first, "old"));
     old.commit_group(&CommitGroup { batches: batches(1..=1), ..CommitGroup::default() }).unwrap();
 
     // While the lease runs, a standby cannot take it, and renewing works.
     let mut standby = PostgresLedger::open(&url).unwrap();
     assert_eq!(lease::try_acquire(standby.client(), "new", "127.0.0.1:2", short).unwrap(), None);
-    assert!(lease::renew(old.client(), first, short).unwrap());
+    assert!(lease::renew(old.client(), &Term::new(first, "old"), short).unwrap());
     let row = lease::current(standby.client()).unwrap();
     assert_eq!(
         (row.epoch, row.holder.as_str(), row.address.as_str()),
@@ -197,7 +198,7 @@ fn a_new_epoch_fences_the_old_leader() {
     let second =
         lease::try_acquire(standby.client(), "new", "127.0.0.1:2", short).unwrap().unwrap();
     assert_eq!(second, first + 1);
-    standby.lead(second);
+    standby.lead(Term::new(second, "new"));
 
     // The old leader wakes: its commit is refused whole, and it cannot renew.
     let refused =
@@ -208,7 +209,7 @@ fn a_new_epoch_fences_the_old_leader() {
         }
         other => panic!("expected fencing, got {other:?}"),
     }
-    assert!(!lease::renew(old.client(), first, short).unwrap());
+    assert!(!lease::renew(old.client(), &Term::new(first, "old"), short).unwrap());
     standby
         .commit_group(&CommitGroup { batches: batches(3..=3), ..CommitGroup::default() })
         .unwrap();
@@ -236,7 +237,7 @@ fn a_new_epoch_fences_the_old_leader() {
     );
 
     // A clean stop releases the lease: the next node takes it without waiting.
-    lease::release(standby.client(), second).unwrap();
+    lease::release(standby.client(), &Term::new(second, "new")).unwrap();
     let third = lease::try_acquire(old.client(), "old", "127.0.0.1:1", Duration::from_secs(30));
     assert_eq!(third.unwrap(), Some(second + 1));
 }
@@ -348,7 +349,7 @@ fn a_standby_following_the_log_owes_what_a_full_read_finds() {
     let mut first = PostgresLedger::open(&url).unwrap();
     let short = Duration::from_millis(300);
     let epoch = lease::try_acquire(first.client(), "a", "127.0.0.1:1", short).unwrap().unwrap();
-    first.lead(epoch);
+    first.lead(Term::new(epoch, "a"));
     let drawn = |ids: std::ops::RangeInclusive<u64>, seq: u64| AnsweredBatch {
         key: key(seq),
         answer: Bytes::from_static(b"a"),
@@ -382,7 +383,7 @@ fn a_standby_following_the_log_owes_what_a_full_read_finds() {
     let mut second = PostgresLedger::open(&url).unwrap();
     let next = lease::try_acquire(second.client(), "c", "127.0.0.1:2", short).unwrap().unwrap();
     assert_eq!(next, epoch + 1);
-    second.lead(next);
+    second.lead(Term::new(next, "c"));
     let marks: Vec<u64> = (100..=110).chain([5, 315]).collect();
     second.commit_group(&group(0, vec![drawn(321..=330, 3)], marks)).unwrap();
     second.commit_group(&group(1, Vec::new(), vec![325])).unwrap();
@@ -537,7 +538,7 @@ fn a_commit_in_flight_holds_a_takeover_but_not_a_renewal() {
     let short = Duration::from_millis(300);
     let mut leader = PostgresLedger::open(&url).unwrap();
     let epoch = lease::try_acquire(leader.client(), "old", "127.0.0.1:1", short).unwrap().unwrap();
-    leader.lead(epoch);
+    leader.lead(Term::new(epoch, "old"));
     let (mut renewal, _) = shake_allocator::ledger::postgres::connect(&url).unwrap();
     // A renewal that waits at all for the commit fails here, long before the commit ends.
     renewal.batch_execute("SET lock_timeout = 200").unwrap();
@@ -549,7 +550,8 @@ fn a_commit_in_flight_holds_a_takeover_but_not_a_renewal() {
     let mut turn = |poll: Duration| {
         if renewed.is_none() {
             let started = Instant::now();
-            renewed = Some((lease::renew(&mut renewal, epoch, short), started.elapsed()));
+            let term = Term::new(epoch, "old");
+            renewed = Some((lease::renew(&mut renewal, &term, short), started.elapsed()));
             // Once the renewed lease runs out, a standby tries to take over.
             let url = url.clone();
             takeover = Some(std::thread::spawn(move || {
@@ -685,4 +687,48 @@ fn two_commit_lanes_commit_in_order_and_a_group_outlives_its_wait() {
         .map(|row| row.get(0))
         .collect();
     assert_eq!(logged, (2..=8).map(|seq| format!("c{seq}")).collect::<Vec<_>>());
+}
+
+/// The same epoch under another node is another term. A takeover committed on a primary alone
+/// (its wait for the synchronous standbys cancelled) is missing from the standby promoted in
+/// that primary's place, where another node may then win the same epoch. The row is set here
+/// as that promoted primary would have it: the first node's commit, renewal and release all
+/// find the term not theirs.
+#[test]
+fn the_same_epoch_under_another_holder_is_not_this_leaders() {
+    let scratch = Scratch::new("ledger-holder");
+    let server = PgServer::primary(&scratch.dir.join("pg"));
+    let url = server.database("holder");
+    let lease_for = Duration::from_secs(30);
+    let mut ledger = PostgresLedger::open(&url).unwrap();
+    let epoch =
+        lease::try_acquire(ledger.client(), "x", "127.0.0.1:1", lease_for).unwrap().unwrap();
+    let term = Term::new(epoch, "x");
+    ledger.lead(term.clone());
+    ledger.commit_group(&CommitGroup { batches: batches(1..=1), ..Default::default() }).unwrap();
+    ledger
+        .client()
+        .execute("UPDATE shake_leader SET holder = 'y', address = '127.0.0.1:2' WHERE id = 1", &[])
+        .unwrap();
+    let refused =
+        ledger.commit_group(&CommitGroup { batches: batches(2..=2), ..Default::default() });
+    match refused {
+        Err(LedgerError::Fenced { held, current, holder }) => {
+            assert_eq!((held, current, holder.as_str()), (epoch, epoch, "y"));
+        }
+        other => panic!("expected the commit fenced, got {other:?}"),
+    }
+    assert!(!lease::renew(ledger.client(), &term, lease_for).unwrap(), "renewed y's lease");
+    lease::release(ledger.client(), &term).unwrap();
+    let row = lease::current(ledger.client()).unwrap();
+    assert_eq!((row.epoch, row.holder.as_str()), (epoch, "y"));
+    assert!(row.expires_in_ms > 1_000, "x released y's lease: {row:?}");
+    let seqs: Vec<i64> = ledger
+        .client()
+        .query("SELECT seq FROM shake_batches ORDER BY seq", &[])
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(seqs, vec![1], "the fenced group wrote nothing");
 }

@@ -141,7 +141,7 @@ fn leading(url: &str) -> Result<Box<dyn LedgerStore>, String> {
     let epoch = lease::try_acquire(ledger.client(), "bench", "-", Duration::from_secs(60))
         .map_err(|e| e.to_string())?
         .ok_or("the lease is taken")?;
-    ledger.lead(epoch);
+    ledger.lead(lease::Term::new(epoch, "bench"));
     Ok(Box::new(ledger))
 }
 

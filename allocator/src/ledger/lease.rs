@@ -3,7 +3,8 @@
 //!
 //! - A standby takes the lease only once it has expired (by the database's clock, the only
 //!   clock consulted), bumping the epoch; the holder renews it well before it expires.
-//! - Every group commit key-share locks the row and checks its epoch inside its transaction
+//! - Every group commit key-share locks the row and checks its term (epoch and holder, see
+//!   [`Term`]) inside its transaction
 //!   (`PostgresLedger::commit_group`), so once a takeover commits, the old leader (paused,
 //!   partitioned, or slow) commits nothing more, whatever its own clock says. The lease's
 //!   duration only decides how soon a standby may take over, never whether two leaders can
@@ -19,6 +20,25 @@ use std::time::Duration;
 use postgres::Client;
 
 use super::LedgerError;
+
+/// A leader's term as the lease row names it: the epoch and the node that won it. Two nodes
+/// can each believe they won the same epoch: one on a primary since lost, whose takeover was
+/// never replicated (its wait for the synchronous standbys cancelled), the other on the standby
+/// promoted in its place. So commits, renewals and releases check both.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Term {
+    /// The epoch won.
+    pub epoch: i64,
+    /// The node that won it (`[postgres] node`).
+    pub holder: String,
+}
+
+impl Term {
+    /// The term `holder` won as `epoch` ([`try_acquire`]).
+    pub fn new(epoch: i64, holder: &str) -> Self {
+        Self { epoch, holder: holder.to_owned() }
+    }
+}
 
 /// Who leads now, as the ledger says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,21 +116,21 @@ pub fn end_expired_commits(client: &mut Client) -> Result<usize, LedgerError> {
     Ok(ended.len())
 }
 
-/// Extends the lease held under `epoch`; `false` if it is no longer this epoch's (taken over).
-pub fn renew(client: &mut Client, epoch: i64, lease: Duration) -> Result<bool, LedgerError> {
+/// Extends the lease held under `term`; `false` if it is no longer this term's (taken over).
+pub fn renew(client: &mut Client, term: &Term, lease: Duration) -> Result<bool, LedgerError> {
     let renewed = client.execute(
-        "UPDATE shake_leader SET expires_at = now() + $2 * interval '1 millisecond' \
-         WHERE id = 1 AND epoch = $1",
-        &[&epoch, &millis(lease)],
+        "UPDATE shake_leader SET expires_at = now() + $3 * interval '1 millisecond' \
+         WHERE id = 1 AND epoch = $1 AND holder = $2",
+        &[&term.epoch, &term.holder, &millis(lease)],
     )?;
     Ok(renewed == 1)
 }
 
 /// Gives the lease up (a clean stop): a standby may take it at once.
-pub fn release(client: &mut Client, epoch: i64) -> Result<(), LedgerError> {
+pub fn release(client: &mut Client, term: &Term) -> Result<(), LedgerError> {
     client.execute(
-        "UPDATE shake_leader SET expires_at = now() WHERE id = 1 AND epoch = $1",
-        &[&epoch],
+        "UPDATE shake_leader SET expires_at = now() WHERE id = 1 AND epoch = $1 AND holder = $2",
+        &[&term.epoch, &term.holder],
     )?;
     Ok(())
 }

@@ -33,6 +33,7 @@ use shake_proto::Prize;
 use super::commit_statements::CommitStatements;
 use super::delivery_marks::{self, MARK_SPAN};
 use super::lanes::{TURN_POLL, Turn};
+use super::lease::Term;
 use super::{CommitGroup, LedgerError, LedgerStore, Snapshot, WorkerRecord};
 use crate::award::{Award, BatchKey, CorruptRow, WorkerKey};
 use crate::round_command::RoundCommand;
@@ -344,7 +345,7 @@ pub struct PostgresLedger {
     client: Client,
     /// Prepared on the first commit of this session.
     statements: Option<CommitStatements>,
-    epoch: Option<i64>,
+    term: Option<Term>,
     unreplicated: Arc<AtomicBool>,
     /// Where it connected: a lane opens another session there.
     target: Target,
@@ -352,7 +353,7 @@ pub struct PostgresLedger {
 
 impl std::fmt::Debug for PostgresLedger {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PostgresLedger").field("epoch", &self.epoch).finish_non_exhaustive()
+        f.debug_struct("PostgresLedger").field("term", &self.term).finish_non_exhaustive()
     }
 }
 
@@ -374,12 +375,18 @@ impl PostgresLedger {
         let target = target.into();
         let (mut client, unreplicated) = connect(&target)?;
         migrate(&mut client)?;
-        Ok(Self { client, statements: None, epoch: None, unreplicated, target })
+        Ok(Self { client, statements: None, term: None, unreplicated, target })
     }
 
-    /// Commits from now on under this leader epoch (won by [`super::lease`]).
-    pub fn lead(&mut self, epoch: i64) {
-        self.epoch = Some(epoch);
+    /// Commits from now on under this leader term (won by [`super::lease::try_acquire`]).
+    pub fn lead(&mut self, term: Term) {
+        self.term = Some(term);
+    }
+
+    /// Whether a statement's wait for the synchronous standbys was cancelled since the last
+    /// call (the server committed it on the primary alone, and only warned).
+    pub fn take_unreplicated(&self) -> bool {
+        self.unreplicated.swap(false, Ordering::SeqCst)
     }
 
     /// The connection was lost.
@@ -404,12 +411,13 @@ impl PostgresLedger {
     fn check_epoch(
         tx: &mut Transaction<'_>,
         sql: &CommitStatements,
-        held: i64,
+        held: &Term,
     ) -> Result<(), LedgerError> {
         let row = tx.query_one(&sql.check_epoch, &[])?;
-        let current: i64 = row.get(0);
-        if current != held {
-            return Err(LedgerError::Fenced { held, current, holder: row.get(1) });
+        let (current, holder): (i64, String) = (row.get(0), row.get(1));
+        // The holder too: the same epoch under another node is another term (see `Term`).
+        if current != held.epoch || holder != held.holder {
+            return Err(LedgerError::Fenced { held: held.epoch, current, holder });
         }
         Ok(())
     }
@@ -770,12 +778,13 @@ impl LedgerStore for PostgresLedger {
         group: &CommitGroup,
         turn: &mut dyn FnMut(Duration) -> Turn,
     ) -> Result<(), LedgerError> {
-        let epoch = self.epoch.ok_or_else(|| {
+        let term = self.term.clone().ok_or_else(|| {
             LedgerError::Failed("commit without the leadership (no epoch held)".into())
         })?;
+        let epoch = term.epoch;
         let (client, sql) = self.prepared()?;
         let mut tx = client.transaction()?;
-        Self::check_epoch(&mut tx, sql, epoch)?;
+        Self::check_epoch(&mut tx, sql, &term)?;
         // Ahead of the turn: only new rows with keys no other group has (batch names, award
         // ids, prizes drawn once) and delivery marks (insert-only, under no unique key), so no
         // lane ever waits on a row the other lane holds.
@@ -799,7 +808,7 @@ impl LedgerStore for PostgresLedger {
         // order and the lanes never wait on each other's row locks.
         Self::write_in_turn(&mut tx, sql, group, epoch)?;
         tx.commit()?;
-        if self.unreplicated.swap(false, Ordering::SeqCst) {
+        if self.take_unreplicated() {
             return Err(LedgerError::Failed(
                 "a commit's wait for the synchronous standbys was cancelled: it may not be \
                  replicated"
@@ -818,7 +827,7 @@ impl LedgerStore for PostgresLedger {
         Ok(Some(Box::new(Self {
             client,
             statements: None,
-            epoch: self.epoch,
+            term: self.term.clone(),
             unreplicated,
             target: self.target.clone(),
         })))
