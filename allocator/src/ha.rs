@@ -358,8 +358,9 @@ impl Node {
 }
 
 /// One look at the lease: take it if it is free, else say who holds it and read what the log
-/// gained after the cursor (at most `page` awards of it). Drops the connection on any
-/// failure (the next look reconnects, finding a promoted primary).
+/// gained after the cursor (at most `page` awards of it). Drops the connection on a failed
+/// statement (the next look reconnects, finding a promoted primary); a takeover refused as
+/// unreplicated keeps it.
 fn look(
     ledger: &mut Option<PostgresLedger>,
     target: &pg::Target,

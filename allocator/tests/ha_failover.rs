@@ -442,18 +442,39 @@ async fn a_takeover_committed_on_the_primary_alone_is_not_taken() {
     std::thread::spawn(move || drop(shake_allocator::ledger::PostgresLedger::open(&migrate)))
         .join()
         .unwrap();
+    sql("CREATE TABLE sync_probe (x int)");
     sql("ALTER SYSTEM SET synchronous_standby_names = 'ANY 1 (nobody)'");
     sql("SELECT pg_reload_conf()::int::int8");
-    let a = Allocator::start(&scratch.postgres_config("a", &url, &round()));
+    // Commits wait only once the server has taken the setting in (its checkpointer, after the
+    // reload): a probe write must be seen waiting, then is cancelled, before the allocator
+    // starts.
     let waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'";
+    let cancel = "SELECT count(*) FILTER (WHERE pg_cancel_backend(pid)) \
+        FROM pg_stat_activity WHERE wait_event = 'SyncRep'";
+    let started = Instant::now();
+    loop {
+        assert!(started.elapsed() < Duration::from_secs(10), "commits never waited");
+        let probe = std::thread::spawn({
+            let sql = sql.clone();
+            move || sql("INSERT INTO sync_probe VALUES (1) RETURNING 0::int8")
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        let waited = sql(waiting)[0] > 0;
+        if waited {
+            sql(cancel);
+        }
+        probe.join().unwrap();
+        if waited {
+            break;
+        }
+    }
+    let a = Allocator::start(&scratch.postgres_config("a", &url, &round()));
     let mut cancelled = 0;
     let started = Instant::now();
     while cancelled < 3 {
         assert!(started.elapsed() < Duration::from_secs(20), "{cancelled} takeovers cancelled");
         if sql(waiting)[0] > 0 {
-            let ended = "SELECT count(*) FILTER (WHERE pg_cancel_backend(pid)) \
-                FROM pg_stat_activity WHERE wait_event = 'SyncRep'";
-            cancelled += sql(ended)[0];
+            cancelled += sql(cancel)[0];
         }
         std::thread::sleep(Duration::from_millis(50));
         assert_eq!(leader_epoch(&a), 0.0, "led on a takeover committed on the primary alone");

@@ -466,6 +466,9 @@ impl Driver {
             if self.delayed.len() >= MAX_DELAYED {
                 self.stats.delay_drops += 1;
             } else {
+                // Released in the order held: a datagram handed over from another worker,
+                // older than the ones held before it, waits for them (a forwarding's latency
+                // at most; the emulated path only).
                 let release = arrived.unwrap_or(now) + self.receive_delay;
                 self.delayed.push_back((release, from, datagram));
             }

@@ -303,7 +303,27 @@ pub fn connect(target: impl Into<Target>) -> Result<(Client, Arc<AtomicBool>), L
         "SET idle_in_transaction_session_timeout = {IDLE_IN_TRANSACTION_MS}; \
          SET lock_timeout = {LOCK_TIMEOUT_MS}"
     ))?;
+    // The unreplicated notice has no code of its own (a plain warning): it is known by its
+    // English text, which a server whose messages are in another language would not send.
+    let language: String = client.query_one("SHOW lc_messages", &[])?.get(0);
+    if !messages_in_english(&language) {
+        tracing::warn!(
+            lc_messages = %language,
+            "the ledger database's messages are not in English: a commit whose wait for the \
+             synchronous standbys is cancelled will not be recognised; set lc_messages = 'C'"
+        );
+    }
     Ok((client, unreplicated))
+}
+
+/// Whether the server's `lc_messages` gives its messages in English (the default, `C`).
+fn messages_in_english(lc_messages: &str) -> bool {
+    let lc = lc_messages.to_ascii_lowercase();
+    lc.is_empty()
+        || lc == "c"
+        || lc.starts_with("c.")
+        || lc.starts_with("posix")
+        || lc.starts_with("en")
 }
 
 /// How long a ledger session may sit idle inside a transaction before the server ends it.
@@ -854,5 +874,20 @@ impl LedgerStore for PostgresLedger {
             .query_one("SELECT count(*) FROM shake_batches WHERE answer IS NOT NULL", &[])?
             .get(0);
         Ok(count as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::messages_in_english;
+
+    #[test]
+    fn english_message_locales_are_told_from_others() {
+        for english in ["", "C", "C.UTF-8", "POSIX", "en_US.UTF-8", "en_GB"] {
+            assert!(messages_in_english(english), "{english}");
+        }
+        for other in ["de_DE.UTF-8", "fr_FR", "ja_JP.eucJP", "Catalan"] {
+            assert!(!messages_in_english(other), "{other}");
+        }
     }
 }
