@@ -45,18 +45,19 @@ pub trait Shell: Handler {
     fn deadline(&mut self) -> Option<Instant>;
     /// Whether to take a datagram read from the socket after it waited there `waited_us`
     /// (`None` where the socket does not timestamp; for a datagram another worker handed
-    /// over, its wait since it reached that worker's socket), before the endpoint sees it: a datagram
-    /// refused here costs no decryption and no answer, the cheapest way to shed load. Counted
-    /// in [`DriverStats::shed`]. The default takes every datagram.
+    /// over, its wait since it reached that worker's socket), before the endpoint sees it: a
+    /// datagram refused here costs no decryption and no answer, the cheapest way to shed load.
+    /// Counted in [`DriverStats::shed`]. The default takes every datagram.
     fn admit(&mut self, _now: Instant, _waited_us: Option<u64>, _datagram: &[u8]) -> bool {
         true
     }
     /// The datagram the endpoint is about to see reached the socket at `at`: the kernel's
     /// receive timestamp on the loop's clock (for a datagram held for an emulated path delay,
     /// the end of the hold; for one another worker handed over, its arrival in that worker's
-    /// socket), `None` where it is not known (no timestamp). The handler events that datagram causes come before the next
-    /// call, so a shell can time an answer from its arrival rather than from the turn, which
-    /// a busy loop or its gather may start well after. `None` again before the timers run.
+    /// socket), `None` where it is not known (no timestamp). The handler events that datagram
+    /// causes come before the next call, so a shell can time an answer from its arrival rather
+    /// than from the turn, which a busy loop or its gather may start well after. `None` again
+    /// before the timers run.
     fn arrived(&mut self, _at: Option<Instant>) {}
     /// The receive buffer the socket should have now, bytes as for `SO_RCVBUF` (`None`: the
     /// one it was made with). Read once a turn; applied when it changes. A shell bounds the
