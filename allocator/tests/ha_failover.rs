@@ -420,61 +420,26 @@ async fn a_standby_pages_behind_reads_them_at_once() {
 /// alone: were that primary lost, the standby promoted in its place would not know it, and
 /// another allocator could win the same epoch there. Such a takeover is not taken: the
 /// allocator keeps standing by (trying again, under the next epoch) until one is replicated.
+/// The server speaks German: its warning is known by its code, not its English text.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_takeover_committed_on_the_primary_alone_is_not_taken() {
     let scratch = Scratch::new("ha-unreplicated");
-    let server = PgServer::primary(&scratch.dir.join("pg"));
+    let server = PgServer::primary_in_german(&scratch.dir.join("pg"));
     let url = server.database("shake");
-    let admin = url.clone();
-    let sql = move |statement: &'static str| -> Vec<i64> {
-        let admin = admin.clone();
-        std::thread::spawn(move || {
-            let mut client = postgres::Client::connect(&admin, postgres::NoTls).unwrap();
-            let rows = client.query(statement, &[]).unwrap();
-            rows.iter().map(|row| row.try_get::<_, i64>(0).unwrap_or(0)).collect()
-        })
-        .join()
-        .unwrap()
-    };
     // The schema first (its migration commits), then every commit waits for a standby that
     // never connects.
     let migrate = url.clone();
     std::thread::spawn(move || drop(shake_allocator::ledger::PostgresLedger::open(&migrate)))
         .join()
         .unwrap();
-    sql("CREATE TABLE sync_probe (x int)");
-    sql("ALTER SYSTEM SET synchronous_standby_names = 'ANY 1 (nobody)'");
-    sql("SELECT pg_reload_conf()::int::int8");
-    // Commits wait only once the server has taken the setting in (its checkpointer, after the
-    // reload): a probe write must be seen waiting, then is cancelled, before the allocator
-    // starts.
-    let waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'";
-    let cancel = "SELECT count(*) FILTER (WHERE pg_cancel_backend(pid)) \
-        FROM pg_stat_activity WHERE wait_event = 'SyncRep'";
-    let started = Instant::now();
-    loop {
-        assert!(started.elapsed() < Duration::from_secs(10), "commits never waited");
-        let probe = std::thread::spawn({
-            let sql = sql.clone();
-            move || sql("INSERT INTO sync_probe VALUES (1) RETURNING 0::int8")
-        });
-        std::thread::sleep(Duration::from_millis(100));
-        let waited = sql(waiting)[0] > 0;
-        if waited {
-            sql(cancel);
-        }
-        probe.join().unwrap();
-        if waited {
-            break;
-        }
-    }
+    server.hold_commits("shake");
     let a = Allocator::start(&scratch.postgres_config("a", &url, &round()));
     let mut cancelled = 0;
     let started = Instant::now();
     while cancelled < 3 {
         assert!(started.elapsed() < Duration::from_secs(20), "{cancelled} takeovers cancelled");
-        if sql(waiting)[0] > 0 {
-            cancelled += sql(cancel)[0];
+        if server.waiting_commits() > 0 {
+            cancelled += server.cancel_waiting_commits();
         }
         std::thread::sleep(Duration::from_millis(50));
         assert_eq!(leader_epoch(&a), 0.0, "led on a takeover committed on the primary alone");
@@ -482,11 +447,10 @@ async fn a_takeover_committed_on_the_primary_alone_is_not_taken() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(leader_epoch(&a), 0.0, "led on a takeover committed on the primary alone");
     // Each cancelled takeover left the row naming this node: the next one bumped the epoch.
-    let epoch = sql("SELECT epoch FROM shake_leader WHERE id = 1")[0];
+    let epoch = server.admin("shake", "SELECT epoch FROM shake_leader WHERE id = 1")[0];
     assert!(epoch >= 3, "epoch {epoch} after {cancelled} cancelled takeovers");
     // Replication back (no standby required): the waiting takeover completes, and it leads.
-    sql("ALTER SYSTEM RESET synchronous_standby_names");
-    sql("SELECT pg_reload_conf()::int::int8");
+    server.release_commits();
     let led = await_leadership(&a, Duration::from_secs(10));
     assert!(led >= epoch as f64, "led under epoch {led}, the row said {epoch}");
 }

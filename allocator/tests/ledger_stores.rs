@@ -732,3 +732,38 @@ fn the_same_epoch_under_another_holder_is_not_this_leaders() {
         .collect();
     assert_eq!(seqs, vec![1], "the fenced group wrote nothing");
 }
+
+/// A group commit whose wait for the synchronous standbys was cancelled is committed on the
+/// primary alone, which a standby promoted in its place would not know: it is reported failed,
+/// so its awards are never answered (the allocator ends the term, and the next leader answers
+/// from the log once its own takeover, and with it every commit before, has replicated). The
+/// server speaks German: its warning is known by its code, not its English text.
+#[test]
+fn a_group_commit_whose_wait_was_cancelled_is_refused() {
+    let scratch = Scratch::new("ledger-unreplicated");
+    let server = PgServer::primary_in_german(&scratch.dir.join("pg"));
+    let url = server.database("unreplicated");
+    let (mut ledger, _) = leading(&url, "a");
+    ledger.commit_group(&CommitGroup { batches: batches(1..=1), ..Default::default() }).unwrap();
+    server.hold_commits("unreplicated");
+    let committing = std::thread::spawn(move || {
+        let group = CommitGroup { batches: batches(2..=2), ..Default::default() };
+        (ledger.commit_group(&group), ledger)
+    });
+    let started = std::time::Instant::now();
+    while server.waiting_commits() == 0 {
+        assert!(started.elapsed() < Duration::from_secs(10), "the commit never waited");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(server.cancel_waiting_commits(), 1);
+    let (result, mut ledger) = committing.join().unwrap();
+    match result {
+        Err(LedgerError::Failed(why)) => assert!(why.contains("may not be replicated"), "{why}"),
+        other => panic!("expected the commit refused as unreplicated, got {other:?}"),
+    }
+    let stored = server.admin("unreplicated", "SELECT count(*) FROM shake_batches")[0];
+    assert_eq!(stored, 2, "committed on the primary all the same (hence never answered)");
+    // Replicated again, the same session commits (the warning was taken with the refusal).
+    server.release_commits();
+    ledger.commit_group(&CommitGroup { batches: batches(3..=3), ..Default::default() }).unwrap();
+}
