@@ -9,6 +9,10 @@ use shake_proto::{RoundInfo, Verdict};
 
 use crate::bucket::{Rate, TokenBucket};
 
+/// Rounds still to open told to a phone right after its `Welcome` (besides the one in it): a
+/// phone remembers 16 (`shake_client::session::MAX_ROUNDS`), and forgets the earliest to end.
+pub const UPCOMING_ROUNDS_AT_WELCOME: usize = 8;
+
 /// What happens to one shake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
@@ -138,6 +142,21 @@ impl Admission {
             .copied()
     }
 
+    /// The rounds still to open after `now_ms` other than round `except` (the one `Welcome`
+    /// told), as told, soonest first, at most [`UPCOMING_ROUNDS_AT_WELCOME`]: a phone welcomed
+    /// after they were announced hears them right after its `Welcome`.
+    pub fn upcoming_rounds(&self, now_ms: u64, except: u32) -> Vec<RoundInfo> {
+        let mut upcoming: Vec<RoundInfo> = self
+            .rounds
+            .iter()
+            .filter(|r| r.starts_at_ms > now_ms && r.round_id != except)
+            .map(|r| self.told(*r))
+            .collect();
+        upcoming.sort_unstable_by_key(|r| r.starts_at_ms);
+        upcoming.truncate(UPCOMING_ROUNDS_AT_WELCOME);
+        upcoming
+    }
+
     /// Spreads the start of round `round_id` over at least `spread_ms` for this worker's phones
     /// (at most half the round): the worker's own pace set before the opening.
     pub fn spread_start_over(&mut self, round_id: u32, spread_ms: u32) {
@@ -236,6 +255,33 @@ mod tests {
             100,
         );
         a
+    }
+
+    #[test]
+    fn upcoming_rounds_are_the_soonest_still_to_open_but_the_one_welcome_told() {
+        let mut a = admission();
+        // Twelve more rounds, announced latest first, a minute apart from T0 + 2 min.
+        for i in (0..12u32).rev() {
+            let starts_at_ms = T0_MS + 120_000 + u64::from(i) * 60_000;
+            let round = RoundInfo {
+                round_id: 10 + i,
+                phase: RoundPhase::Waiting,
+                starts_at_ms,
+                ends_at_ms: starts_at_ms + 30_000,
+                start_spread_ms: 0,
+            };
+            a.on_round_state(round, 100);
+        }
+        a.spread_start_over(11, 700);
+        // Round 3 is open: Welcome names it; the next eight follow, soonest first, each as told.
+        let ids = |rounds: Vec<RoundInfo>| rounds.iter().map(|r| r.round_id).collect::<Vec<_>>();
+        let upcoming = a.upcoming_rounds(T0_MS, 3);
+        assert_eq!(ids(upcoming.clone()), (10..18).collect::<Vec<_>>());
+        assert_eq!(upcoming[1].start_spread_ms, 700, "round 11 as this worker tells it");
+        // Between rounds Welcome names the next (10): it is not told twice; started ones never.
+        assert_eq!(ids(a.upcoming_rounds(T0_MS + 60_000, 10)), (11..19).collect::<Vec<_>>());
+        let late = T0_MS + 120_000 + 9 * 60_000;
+        assert_eq!(ids(a.upcoming_rounds(late, 20)), vec![21]);
     }
 
     #[test]

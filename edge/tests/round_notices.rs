@@ -3,7 +3,8 @@
 //! on, turn after turn, until every serving phone has it. Here the allocator restarts under
 //! 200 connected phones (about 100 per worker, more than one slice each) with a longer shake
 //! interval, and its `RoundState` must reach every one of them as a `RoundNotice`; a restart
-//! that changes nothing phones know tells them nothing.
+//! that changes nothing phones know tells them nothing. And a phone that comes after a round
+//! was announced hears of it with its `Welcome`.
 
 use std::time::Duration;
 
@@ -55,5 +56,28 @@ async fn a_round_notice_reaches_every_phone_past_the_first_slice() {
                 Err(err) => panic!("phone {i} of {PHONES} heard no round notice: {err}"),
             }
         }
+    }
+}
+
+/// A round announced before a phone came (the broadcast went out to the phones there then) is
+/// told to it right after its `Welcome`, which names only the round open or next: else a phone
+/// that connected during round 1 would never hear of round 2 and sit it out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_phone_welcomed_after_a_round_was_announced_hears_of_it() {
+    let world = World::start(WorldSettings { round_2: true, ..WorldSettings::default() }).await;
+    // Both workers have heard both rounds.
+    world.wait_for_metric("shake_edge_round_states_total", 4.0).await;
+    let mut phone = Phone::connect(&world).await;
+    match phone.hello(token(20_000, 3_600)).await {
+        Ok(ControlFrame::Welcome { round, .. }) => assert_eq!(round.round_id, 1, "{round:?}"),
+        other => panic!("expected Welcome, got {other:?}"),
+    }
+    let heard = tokio::time::timeout(Duration::from_secs(2), phone.next_frame()).await;
+    match heard {
+        Ok(Ok(ControlFrame::RoundNotice { round, .. })) => {
+            assert_eq!(round.round_id, 2, "{round:?}");
+            assert!(round.starts_at_ms > shake_testkit::now_ms() + 3_000_000, "{round:?}");
+        }
+        other => panic!("round 2 untold after Welcome: {other:?}"),
     }
 }

@@ -22,11 +22,13 @@ pub struct WorldSettings {
     pub edge_limits: &'static str,
     /// Round 1 opens this long after the start, milliseconds (0: it opened a moment before).
     pub round_opens_in_ms: u64,
+    /// A round 2 (one envelope, a minute long), an hour after round 1 opens.
+    pub round_2: bool,
 }
 
 impl Default for WorldSettings {
     fn default() -> Self {
-        Self { envelopes: 50, edge_limits: "", round_opens_in_ms: 0 }
+        Self { envelopes: 50, edge_limits: "", round_opens_in_ms: 0, round_2: false }
     }
 }
 
@@ -59,11 +61,19 @@ impl World {
         if settings.round_opens_in_ms > 0 {
             scratch.open_round_in(settings.round_opens_in_ms);
         }
-        let pools = format!(
+        let mut pools = format!(
             "release = \"immediate\"\n[rounds.cash]\ntotal_cents = {}\nenvelopes = {}\n",
             settings.envelopes * 100,
             settings.envelopes,
         );
+        if settings.round_2 {
+            // After round 1's pools, a table of its own.
+            let starts_at_ms = scratch.round_start_ms() + 3_600_000;
+            pools += &format!(
+                "[[rounds]]\nid = 2\nstarts_at_ms = {starts_at_ms}\nduration_s = 60\nseed = 8\n\
+                 [rounds.cash]\ntotal_cents = 100\nenvelopes = 1\n"
+            );
+        }
         let config = scratch.fjall_config(ANY_PORT, QUOTA, &pools);
         let allocator = off_the_runtime(move || Allocator::start(&config)).await;
         let mut edge = Edge::command(&scratch.edge_config(allocator.quic, settings.edge_limits));

@@ -261,10 +261,11 @@ impl LoopWorker {
         let at = self.core.add_phone(claims.user_id, ch, now_us);
         let now_ms = now_ms();
         let pace_ms = self.core.admission().min_interval_ms();
+        let round = self.core.admission().current_round(now_ms);
         let welcome = self.encode(&ControlFrame::Welcome {
             server_time_ms: now_ms,
             min_shake_interval_ms: pace_ms,
-            round: self.core.admission().current_round(now_ms),
+            round,
         });
         let datagrams = capabilities & CAP_DATAGRAMS != 0 && conn.datagrams().max_size().is_some();
         if let Some(session) = self.session(ch) {
@@ -279,6 +280,14 @@ impl LoopWorker {
         self.shared.phones.fetch_add(1, Ordering::Relaxed);
         self.shared.metrics.phones.inc();
         self.write_control(ch, conn, &welcome);
+        // Rounds announced before this phone came are news to it: the broadcast that told
+        // the others went out before it was here (docs/PROTOCOL.md section 4).
+        for upcoming in self.core.admission().upcoming_rounds(now_ms, round.round_id) {
+            let notice =
+                ControlFrame::RoundNotice { round: upcoming, min_shake_interval_ms: pace_ms };
+            let notice = self.encode(&notice);
+            self.write_control(ch, conn, &notice);
+        }
     }
 
     pub(super) fn on_datagrams(
