@@ -408,8 +408,9 @@ pub fn start(config: EdgeConfig) -> Result<RunningEdge, StartError> {
     if config.overload.enabled && config.overload.shakes_per_core_s == 0.0 {
         tracing::warn!(
             "[overload] shakes_per_core_s is 0 (unknown): the first round's opening is met by \
-             reacting (a queue, slow-downs, kernel drops) and the capacity learnt there paces the \
-             rounds after it; set it to this machine's max_per_busy_core (scripts/bench.sh edge)"
+             reacting (a queue, slow-downs, kernel drops), and only a capacity measured in an \
+             overload paces the openings after it; set it to this machine's max_per_busy_core \
+             (scripts/bench.sh edge)"
         );
     }
     let metrics = Arc::new(EdgeMetrics::new());

@@ -94,20 +94,9 @@ impl PgServer {
         format!("host=127.0.0.1 port={} user=postgres dbname={db} connect_timeout=5", self.port)
     }
 
-    /// Creates a database and returns its connection string. (On a thread of its own: the
-    /// blocking client must not run inside an async test's runtime.)
+    /// Creates a database and returns its connection string.
     pub fn database(&self, db: &str) -> String {
-        let admin_url = self.url("postgres");
-        std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    let mut admin = postgres::Client::connect(&admin_url, postgres::NoTls)
-                        .expect("connecting to the server");
-                    admin.batch_execute(&format!("CREATE DATABASE {db}")).expect("CREATE DATABASE");
-                })
-                .join()
-                .expect("creating the database");
-        });
+        self.admin("postgres", &format!("CREATE DATABASE {db}"));
         self.url(db)
     }
 
