@@ -234,8 +234,7 @@ impl LoopLoad {
         let mut threads = Vec::new();
         for t in 0..threads_n {
             let local = crate::addresses::phone_endpoint(&[server], t);
-            let socket = std::net::UdpSocket::bind(local)
-                .or_else(|_| std::net::UdpSocket::bind(("127.0.0.1", 0)))?;
+            let socket = crate::phones_socket(local)?;
             let mut driver = Driver::new(socket)?;
             driver.set_batch_delay(plan.batch_delay);
             driver.set_receive_delay(plan.path_rtt);

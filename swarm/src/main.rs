@@ -174,6 +174,15 @@ fn run(
     timeseries: Option<PathBuf>,
     plot: Option<PathBuf>,
 ) -> anyhow::Result<Report> {
+    let probe = swarm::phones_socket((std::net::Ipv4Addr::LOCALHOST, 0).into())?;
+    let granted = socket2::SockRef::from(&probe).recv_buffer_size()?;
+    if granted < swarm::PHONES_SOCKET_BUFFER {
+        eprintln!(
+            "shake-swarm: the kernel grants {granted} bytes of receive buffer a socket, not {} \
+             (raise net.core.rmem_max): phones sharing a socket may lose answers at an opening",
+            swarm::PHONES_SOCKET_BUFFER
+        );
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let progress = ProgressBar::new(scenario.duration_s);
     progress.set_style(
