@@ -236,9 +236,10 @@ fn run_ledger(dir: &Path, batches: u64, group: u64) -> std::io::Result<LedgerSoa
                         answers.insert(batch.key, batch.answer.clone());
                         pending.batches.push(batch);
                     }
-                    Effect::Compact { forget, worker } => {
+                    Effect::Compact { forget, worker, retired } => {
                         pending.forget.extend(forget);
                         pending.workers.extend(worker);
+                        pending.retired.extend(retired);
                     }
                     _ => {}
                 }

@@ -12,14 +12,15 @@
 //! Workers and instances: an edge worker draws a new instance id each time it starts. An
 //! `EdgeHello` with a new instance retires the worker's previous instance: its answers are
 //! forgotten (the process that could resend them is gone) and a stream that later speaks for
-//! it is closed with `DUPLICATE_WORKER`. At most [`MAX_RETIRED_INSTANCES`] are remembered per
-//! worker.
+//! it is closed with `DUPLICATE_WORKER`, however many starts ago it retired: its resends would
+//! otherwise be drawn again. Every retired instance is kept (in memory and in the ledger's log
+//! of retirements): eight bytes per start of a worker, for the ledger's life.
 //!
 //! Bounds: answers drawn and not yet confirmed are at most
 //! [`MAX_UNCONFIRMED_BATCHES`](shake_proto::limits::MAX_UNCONFIRMED_BATCHES) per worker (one
 //! more closes the stream with `FLOOD`); memory holds one slot per worker seen.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use bytes::{Bytes, BytesMut};
 use shake_proto::limits::MAX_UNCONFIRMED_BATCHES;
@@ -30,7 +31,7 @@ use shake_proto::{
 use crate::award::{Award, BatchKey, WorkerKey};
 use crate::draw::{Draw, RoundDraw};
 use crate::latency_window::LatencyWindow;
-use crate::ledger::{AnsweredBatch, WorkerRecord};
+use crate::ledger::{AnsweredBatch, RetiredInstance, WorkerRecord};
 use crate::owed::OwedAwards;
 use crate::quota::{self, EdgeQuota, QuotaPlanner};
 use crate::round_command::{CommandBook, Refusal, RoundCommand, RoundTiming, Submitted};
@@ -39,8 +40,10 @@ use crate::user_rate::{UserRateSettings, UserRates};
 /// The shell's name for one edge worker stream.
 pub type StreamId = u64;
 
-/// Retired instances remembered per worker (to refuse a stale process that comes back).
-pub const MAX_RETIRED_INSTANCES: usize = 8;
+/// Retired instances a worker's record carries, newest last: what an allocator of an older
+/// version, which reads no log of retirements, refuses. This one refuses every instance ever
+/// retired.
+pub const RETIRED_IN_RECORD: usize = 8;
 
 /// What the shell must do.
 #[derive(Debug)]
@@ -58,6 +61,8 @@ pub enum Effect {
         forget: Vec<BatchKey>,
         /// The worker's new record, if it changed.
         worker: Option<WorkerRecord>,
+        /// The instance the new record retired, for the ledger's log of retirements.
+        retired: Option<RetiredInstance>,
     },
     /// Close a stream with this code.
     Close(StreamId, ErrorCode),
@@ -95,7 +100,10 @@ struct StreamInfo {
 struct WorkerSlot {
     instance_id: u64,
     confirmed_seq: u64,
-    retired: VecDeque<u64>,
+    /// Every instance this worker had before the current one.
+    retired: HashSet<u64>,
+    /// The newest of them, newest last: the record's list.
+    recently_retired: VecDeque<u64>,
     /// Committed, not yet confirmed: seq -> the answer frame.
     answered: BTreeMap<u64, Bytes>,
     /// Drawn, not yet committed (of the current instance).
@@ -108,7 +116,7 @@ impl WorkerSlot {
             worker,
             instance_id: self.instance_id,
             confirmed_seq: self.confirmed_seq,
-            retired: self.retired.iter().copied().collect(),
+            retired: self.recently_retired.iter().copied().collect(),
         }
     }
 
@@ -139,9 +147,10 @@ impl WorkerSlot {
             .into_keys()
             .map(|seq| self.key(worker, seq))
             .collect();
-        self.retired.push_back(self.instance_id);
-        while self.retired.len() > MAX_RETIRED_INSTANCES {
-            self.retired.pop_front();
+        self.retired.insert(self.instance_id);
+        self.recently_retired.push_back(self.instance_id);
+        while self.recently_retired.len() > RETIRED_IN_RECORD {
+            self.recently_retired.pop_front();
         }
         self.instance_id = instance_id;
         self.confirmed_seq = 0;
@@ -289,10 +298,12 @@ impl Core {
         out: &mut Vec<Effect>,
     ) {
         for record in workers {
+            let newest = record.retired.len().saturating_sub(RETIRED_IN_RECORD);
             let slot = WorkerSlot {
                 instance_id: record.instance_id,
                 confirmed_seq: record.confirmed_seq,
-                retired: record.retired.into_iter().collect(),
+                retired: record.retired.iter().copied().collect(),
+                recently_retired: record.retired[newest..].iter().copied().collect(),
                 ..WorkerSlot::default()
             };
             self.workers.insert(record.worker, slot);
@@ -311,7 +322,7 @@ impl Core {
         if !stale.is_empty() {
             stale.sort_unstable();
             self.counters.answers_forgotten += stale.len() as u64;
-            out.push(Effect::Compact { forget: stale, worker: None });
+            out.push(Effect::Compact { forget: stale, worker: None, retired: None });
         }
     }
 
@@ -370,7 +381,9 @@ impl Core {
             return;
         }
         let mut forget = Vec::new();
+        let mut retired = None;
         if slot.instance_id != hello.instance_id {
+            retired = Some(RetiredInstance { worker, instance_id: slot.instance_id });
             forget = slot.start_instance(worker, hello.instance_id);
             changed = true;
         }
@@ -380,7 +393,7 @@ impl Core {
         }
         self.counters.answers_forgotten += forget.len() as u64;
         if changed {
-            out.push(Effect::Compact { forget, worker: Some(slot.record(worker)) });
+            out.push(Effect::Compact { forget, worker: Some(slot.record(worker)), retired });
         }
 
         let duplicate: Vec<StreamId> =
@@ -423,7 +436,7 @@ impl Core {
         }
         let Some(forget) = slot.confirm(info.worker, highest_answered_seq) else { return };
         self.counters.answers_forgotten += forget.len() as u64;
-        out.push(Effect::Compact { forget, worker: Some(slot.record(info.worker)) });
+        out.push(Effect::Compact { forget, worker: Some(slot.record(info.worker)), retired: None });
     }
 
     /// A batch arrived on `stream` (after its `EdgeHello`).
@@ -523,7 +536,7 @@ impl Core {
         }
         if !stale.is_empty() {
             self.counters.answers_forgotten += stale.len() as u64;
-            out.push(Effect::Compact { forget: stale, worker: None });
+            out.push(Effect::Compact { forget: stale, worker: None, retired: None });
         }
     }
 

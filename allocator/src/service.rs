@@ -39,7 +39,8 @@ use crate::draw::{Draw, RestoreError};
 use crate::export::AwardQuery;
 use crate::ledger::lanes::{CommitLanes, Report};
 use crate::ledger::{
-    self, AnsweredBatch, CommitGroup, LedgerError, LedgerStore, Snapshot, WorkerRecord,
+    self, AnsweredBatch, CommitGroup, LedgerError, LedgerStore, RetiredInstance, Snapshot,
+    WorkerRecord,
 };
 use crate::metrics::{
     AwardLabels, MalformedLabels, Metrics, PrizeKind, Rejected, RejectedLabels, RoundLabels,
@@ -150,6 +151,7 @@ enum CommitJob {
     Compact {
         forget: Vec<BatchKey>,
         worker: Option<WorkerRecord>,
+        retired: Option<RetiredInstance>,
     },
 }
 
@@ -557,9 +559,10 @@ fn commit_loop(
                 CommitJob::Batch(batch) => group.batches.push(batch),
                 CommitJob::Command(command) => group.commands.push(command),
                 CommitJob::Delivered(ids) => group.delivered.extend(ids),
-                CommitJob::Compact { forget, worker } => {
+                CommitJob::Compact { forget, worker, retired } => {
                     group.forget.extend(forget);
                     group.workers.extend(worker);
+                    group.retired.extend(retired);
                 }
             }
             if group.batches.len() < max_group {
@@ -1018,7 +1021,9 @@ async fn apply(
             Effect::Commit(batch) => CommitJob::Batch(batch),
             Effect::RecordCommand(command) => CommitJob::Command(command),
             Effect::MarkDelivered(ids) => CommitJob::Delivered(ids),
-            Effect::Compact { forget, worker } => CommitJob::Compact { forget, worker },
+            Effect::Compact { forget, worker, retired } => {
+                CommitJob::Compact { forget, worker, retired }
+            }
         };
         if commits.send(job).await.is_err() {
             return Err(ServeError::Panicked("the commit thread stopped".into()));

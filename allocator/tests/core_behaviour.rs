@@ -1,11 +1,14 @@
 //! The sans-IO core driven with a fake clock: exactly-once answers, resends while pending,
 //! duplicate workers, round transitions and quota pushes.
 
+use std::collections::HashMap;
+
 use bytes::{Bytes, BytesMut};
 use shake_allocator::award::BatchKey;
 use shake_allocator::config::{CashPool, Release, RoundConfig};
 use shake_allocator::core::{Core, CoreSettings, Effect, WorkerHello};
 use shake_allocator::draw::Draw;
+use shake_allocator::ledger::RetiredInstance;
 use shake_allocator::user_rate::UserRateSettings;
 use shake_proto::allocator::PROTOCOL_VERSION;
 use shake_proto::{AllocatorFrame, Batch, BatchEntry, ErrorCode, RoundPhase};
@@ -195,7 +198,7 @@ fn compactions(effects: &[Effect]) -> Vec<Compaction> {
     effects
         .iter()
         .filter_map(|e| match e {
-            Effect::Compact { forget, worker } => Some((
+            Effect::Compact { forget, worker, .. } => Some((
                 forget.iter().map(|k| k.seq).collect(),
                 worker.as_ref().map(|w| (w.instance_id, w.confirmed_seq)),
             )),
@@ -246,6 +249,12 @@ fn a_restarted_worker_is_a_new_instance_and_never_hears_the_old_answers() {
     let mut fx = Vec::new();
     core.on_hello(2, hello(0xbeef, 0), START + 2, &mut fx);
     assert_eq!(compactions(&fx), vec![(vec![1], Some((0xbeef, 0)))]);
+    let retired = fx.iter().find_map(|e| match e {
+        Effect::Compact { retired, .. } => Some(*retired),
+        _ => None,
+    });
+    let worker = shake_allocator::award::WorkerKey { edge_id: 7, worker_id: 0 };
+    assert_eq!(retired, Some(Some(RetiredInstance { worker, instance_id: INSTANCE })));
     fx.clear();
     core.on_batch(2, &batch(1), START + 3, &mut fx);
     assert!(matches!(fx.as_slice(), [Effect::Commit(_)]), "{fx:?}");
@@ -325,7 +334,7 @@ fn restore_keeps_the_current_instances_answers_and_compacts_the_rest() {
     core.restore(records, answers, &mut fx);
     assert_eq!(core.stored_answers(), 1, "only batch 3 of the current instance is unconfirmed");
     let mut forgotten = match fx.as_slice() {
-        [Effect::Compact { forget, worker: None }] => forget.clone(),
+        [Effect::Compact { forget, worker: None, retired: None }] => forget.clone(),
         other => panic!("{other:?}"),
     };
     forgotten.sort_unstable();
@@ -334,6 +343,62 @@ fn restore_keeps_the_current_instances_answers_and_compacts_the_rest() {
     fx.clear();
     core.on_hello(1, hello(1, 9), START, &mut fx);
     assert!(matches!(fx.as_slice(), [Effect::Close(1, ErrorCode::DuplicateWorker)]));
+}
+
+/// A stale process may come back after its worker started any number of times: its
+/// instance is refused however long ago it retired, and after a restart from the ledger's
+/// records (which list every retired instance when read, the newest eight when written).
+#[test]
+fn an_instance_retired_any_number_of_starts_ago_stays_refused() {
+    use shake_allocator::core::RETIRED_IN_RECORD;
+    use shake_allocator::ledger::WorkerRecord;
+    let starts = 3 * RETIRED_IN_RECORD as u64;
+    let mut first = core();
+    let mut records = HashMap::new();
+    let mut retired_log = Vec::new();
+    let mut fx = Vec::new();
+    for (stream, instance) in (1..=starts).enumerate() {
+        first.on_hello(stream as u64, hello(instance, 0), START, &mut fx);
+        for effect in fx.drain(..) {
+            if let Effect::Compact { worker: Some(record), retired, .. } = effect {
+                retired_log.extend(retired.map(|r| r.instance_id));
+                records.insert(record.worker, record);
+            }
+        }
+    }
+    assert_eq!(retired_log, (1..starts).collect::<Vec<u64>>(), "each start retires the one before");
+    let [record]: [WorkerRecord; 1] = records.into_values().collect::<Vec<_>>().try_into().unwrap();
+    assert_eq!(record.retired.len(), RETIRED_IN_RECORD, "the record stays bounded");
+    for instance in 1..starts {
+        first.on_hello(100 + instance, hello(instance, 0), START, &mut fx);
+        assert!(
+            matches!(fx.as_slice(), [Effect::Close(_, ErrorCode::DuplicateWorker)]),
+            "instance {instance}: {fx:?}"
+        );
+        fx.clear();
+    }
+    // Restarted from what a ledger reads back: the log of retirements merged into the record.
+    let mut restored = core();
+    let mut read = record.clone();
+    read.retired = retired_log.clone();
+    restored.restore(vec![read], HashMap::new(), &mut fx);
+    fx.clear();
+    for instance in [1, starts - 1] {
+        restored.on_hello(1, hello(instance, 0), START, &mut fx);
+        assert!(
+            matches!(fx.as_slice(), [Effect::Close(1, ErrorCode::DuplicateWorker)]),
+            "restored, instance {instance}: {fx:?}"
+        );
+        fx.clear();
+    }
+    // It still writes the newest few in its records, and the current instance is welcome.
+    restored.on_hello(2, hello(starts, 5), START, &mut fx);
+    let written = fx.iter().find_map(|e| match e {
+        Effect::Compact { worker: Some(record), .. } => Some(record.retired.clone()),
+        _ => None,
+    });
+    assert_eq!(written, Some(record.retired.clone()));
+    assert!(!fx.iter().any(|e| matches!(e, Effect::Close(..))), "{fx:?}");
 }
 
 /// One user shaking through two edges and two workers (four streams) at ten times the

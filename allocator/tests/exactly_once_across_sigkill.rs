@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 use std::time::Duration;
 
-use shake_proto::{AllocatorFrame, Batch, BatchEntry, Prize};
+use shake_proto::{AllocatorFrame, Batch, BatchEntry, ErrorCode, Prize};
 use shake_testkit::edge_link::edge_worker;
 use shake_testkit::now_ms;
 use shake_testkit::processes::bin;
@@ -129,4 +129,48 @@ async fn sigkill_mid_stream_then_resend_pays_exactly_once() {
         assert_eq!(row["batch_seq"].as_u64(), Some(*seq));
         assert_eq!(row["entry_index"].as_u64(), Some(u64::from(*index)));
     }
+}
+
+/// A worker process cut off from the allocator while its worker was started again and again
+/// comes back with batches whose answers were forgotten when it retired: drawing them again
+/// would grant a second prize for the same shakes. However many starts ago it retired, and
+/// across a restart of the allocator, it is refused with `DUPLICATE_WORKER` and draws nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_retired_many_starts_ago_is_refused_across_a_restart() {
+    const STALE: u64 = 100;
+    /// More starts than any fixed list of retired instances the allocator once kept (eight).
+    const LATER_STARTS: u64 = 20;
+    let scratch = Scratch::new("stale-instance");
+    let config = scratch.config(&format!(
+        "release = \"immediate\"\n[rounds.cash]\ntotal_cents = {TOTAL_CENTS}\nenvelopes = {ENVELOPES}\n"
+    ));
+    let mut alloc = Allocator::start(&config);
+    let mut stale = edge_worker(alloc.quic, &scratch, STALE).await.unwrap();
+    stale.send(&batch(1)).await;
+    assert_eq!(stale.next_result().await.unwrap().0, 1);
+    drop(stale);
+    // The worker starts again and again (each start's hello answered before the next).
+    for instance in STALE + 1..=STALE + LATER_STARTS {
+        let mut stream = edge_worker(alloc.quic, &scratch, instance).await.unwrap();
+        let first = stream.recv().await.map(|(frame, _)| frame);
+        assert!(matches!(first, Ok(AllocatorFrame::RoundState { .. })), "{instance}: {first:?}");
+    }
+    let refused = |err: &str| err.contains(&ErrorCode::DuplicateWorker.code().to_string());
+
+    // The stale process resends its batch: refused, not drawn again.
+    let mut stream = edge_worker(alloc.quic, &scratch, STALE).await.unwrap();
+    stream.send(&batch(1)).await;
+    let answer = stream.next_result().await;
+    assert!(answer.as_ref().is_err_and(|e| refused(e)), "the stale instance got {answer:?}");
+
+    // Across a restart of the allocator too; the newest instance is still welcome.
+    assert!(alloc.process.terminate().success());
+    alloc = Allocator::start(&config);
+    let mut stream = edge_worker(alloc.quic, &scratch, STALE).await.unwrap();
+    stream.send(&batch(1)).await;
+    let answer = stream.next_result().await;
+    assert!(answer.as_ref().is_err_and(|e| refused(e)), "after a restart: {answer:?}");
+    let mut stream = edge_worker(alloc.quic, &scratch, STALE + LATER_STARTS).await.unwrap();
+    let first = stream.recv().await.map(|(frame, _)| frame);
+    assert!(matches!(first, Ok(AllocatorFrame::RoundState { .. })), "{first:?}");
 }

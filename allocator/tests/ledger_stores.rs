@@ -10,7 +10,7 @@ use shake_allocator::award::{Award, BatchKey, WorkerKey};
 use shake_allocator::ledger::lease::Term;
 use shake_allocator::ledger::{
     AnsweredBatch, CommitGroup, FjallLedger, LedgerError, LedgerStore, PostgresLedger,
-    WorkerRecord, lease,
+    RetiredInstance, WorkerRecord, lease,
 };
 use shake_allocator::round_command::{RoundAction, RoundCommand};
 use shake_proto::Prize;
@@ -118,6 +118,31 @@ fn groups_survive_reopening(mut reopen: impl FnMut() -> Box<dyn LedgerStore>) {
     assert_eq!(snapshot.commands, commands());
     assert_eq!(ledger.awards(&mut |a| a.user_id == TOP).unwrap(), vec![expected[1].clone()]);
     assert!(ledger.awards(&mut |a| a.round_id == 2).unwrap().is_empty());
+
+    // Every instance a worker retired is read back, however many its record carried: the
+    // record the newest eight (as the core writes it), the log each one as it retired.
+    let restarted = WorkerKey { edge_id: 2, worker_id: 0 };
+    let retire = |ids: std::ops::Range<u64>| -> Vec<RetiredInstance> {
+        ids.map(|instance_id| RetiredInstance { worker: restarted, instance_id }).collect()
+    };
+    let record = WorkerRecord {
+        worker: restarted,
+        instance_id: 30,
+        confirmed_seq: 0,
+        retired: (22..30).collect(),
+    };
+    ledger.commit_group(&CommitGroup { retired: retire(10..20), ..Default::default() }).unwrap();
+    ledger
+        .commit_group(&CommitGroup {
+            workers: vec![record.clone()],
+            retired: retire(20..30),
+            ..Default::default()
+        })
+        .unwrap();
+    drop(ledger);
+    let snapshot = reopen().snapshot().unwrap();
+    let read = snapshot.workers.iter().find(|w| w.worker == restarted);
+    assert_eq!(read, Some(&WorkerRecord { retired: (10..30).collect(), ..record }));
 }
 
 #[test]
@@ -471,6 +496,37 @@ fn marks_of_an_older_schema_survive_the_migration() {
         ledger.awards(&mut |a| a.delivered).unwrap().iter().map(|a| a.award_id).collect();
     assert_eq!(delivered, vec![3, 6, 9]);
     assert_eq!(ledger.undelivered_awards().unwrap().len(), 7);
+}
+
+#[test]
+fn retired_instances_of_an_older_schema_survive_the_migration() {
+    use shake_allocator::ledger::postgres::MIGRATIONS;
+    let scratch = Scratch::new("ledger-retired-migration");
+    let server = PgServer::primary(&scratch.dir.join("pg"));
+    let url = server.database("older");
+    let (mut client, _) = shake_allocator::ledger::postgres::connect(&url).unwrap();
+    client
+        .batch_execute(
+            "CREATE TABLE shake_schema (version integer PRIMARY KEY, \
+             applied_at timestamptz NOT NULL DEFAULT now())",
+        )
+        .unwrap();
+    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v <= 8) {
+        client.batch_execute(sql).unwrap();
+        client.execute("INSERT INTO shake_schema (version) VALUES ($1)", &[version]).unwrap();
+    }
+    client
+        .batch_execute(
+            "INSERT INTO shake_workers (edge_id, worker_id, instance_id, confirmed_seq, retired) \
+             VALUES (1, 3, 9, 0, '{5, 6}')",
+        )
+        .unwrap();
+    let mut ledger = PostgresLedger::open(&url).unwrap();
+    // An allocator of the older version leading on the migrated schema rolls its list on.
+    client.batch_execute("UPDATE shake_workers SET retired = '{7, 8}'").unwrap();
+    let workers = ledger.snapshot().unwrap().workers;
+    assert_eq!(workers.len(), 1);
+    assert_eq!(workers[0].retired, vec![5, 6, 7, 8]);
 }
 
 #[test]

@@ -23,8 +23,9 @@ pub(super) struct CommitStatements {
     pub(super) record_command: Statement,
     /// The confirmations and the commit's own row, in one statement: stored answers the edges
     /// confirmed lose their bytes (the batch's name stays taken), the workers' records are
-    /// replaced, and the group's row goes into the log of commits (never updated, so its
-    /// transaction id dates the commit: README "Fencing, proved").
+    /// replaced, the instances they retired join the log of retirements, and the group's row
+    /// goes into the log of commits (never updated, so its transaction id dates the commit:
+    /// README "Fencing, proved").
     pub(super) confirm_and_log: Statement,
 }
 
@@ -67,8 +68,13 @@ impl CommitStatements {
                      ON CONFLICT (edge_id, worker_id) DO UPDATE SET \
                      instance_id = excluded.instance_id, confirmed_seq = excluded.confirmed_seq, \
                      retired = excluded.retired \
+                 ), retiring AS ( \
+                     INSERT INTO shake_retired_instances (edge_id, worker_id, instance_id, epoch) \
+                     SELECT e, w, i, $13 FROM unnest($10::int8[], $11::int4[], $12::int8[]) \
+                         AS r(e, w, i) \
+                     ON CONFLICT DO NOTHING \
                  ) \
-                 INSERT INTO shake_commits (epoch, batches, awards) VALUES ($10, $11, $12)",
+                 INSERT INTO shake_commits (epoch, batches, awards) VALUES ($13, $14, $15)",
             )?,
         })
     }

@@ -9,7 +9,9 @@
 //!   exact `BatchResult` frame sent for that batch, so a resend gets the same bytes. Only
 //!   answers the edge has not yet confirmed are kept: confirmed ones are deleted (compaction).
 //! - `workers`: edge id (8) | worker id (2) -> [`WorkerRecord`]: the worker's current instance,
-//!   how far the edge has confirmed its answers, and the instances it retired.
+//!   how far the edge has confirmed its answers, and the newest instances it retired.
+//! - `retired`: edge id (8) | worker id (2) | instance id (8) -> nothing: every instance a
+//!   worker ever retired, written once (the record carries only the newest few).
 //! - `commands`: sequence (8, big-endian, from 1) -> the operator command (JSON), in the order
 //!   they took effect.
 //! - `meta`: the start-up probe row (the ledger is writable).
@@ -23,14 +25,16 @@
 //! (`scripts/bench.sh ledger-stores`): it made the most awards durable per second at every
 //! group size measured (1, 100 and 10,000 awards per commit).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use bytes::{Buf, Bytes, BytesMut};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use shake_proto::varint;
 
-use super::{CommitGroup, LedgerError, LedgerStore, Snapshot, WorkerRecord};
+use super::{
+    CommitGroup, LedgerError, LedgerStore, RetiredInstance, Snapshot, WorkerRecord, merge_retired,
+};
 use crate::award::{Award, BatchKey, CorruptRow, WorkerKey};
 use crate::round_command::RoundCommand;
 
@@ -93,6 +97,21 @@ fn worker_key(worker: &WorkerKey) -> [u8; 10] {
     out
 }
 
+fn retired_key(retired: &RetiredInstance) -> [u8; 18] {
+    let mut out = [0u8; 18];
+    out[..10].copy_from_slice(&worker_key(&retired.worker));
+    out[10..].copy_from_slice(&retired.instance_id.to_be_bytes());
+    out
+}
+
+fn parse_retired_key(raw: &[u8]) -> Result<RetiredInstance, CorruptRow> {
+    let raw: &[u8; 18] = raw.try_into().map_err(|_| CorruptRow)?;
+    Ok(RetiredInstance {
+        worker: parse_worker_key(&raw[..10])?,
+        instance_id: u64::from_be_bytes(raw[10..].try_into().expect("8 bytes")),
+    })
+}
+
 fn parse_worker_key(raw: &[u8]) -> Result<WorkerKey, CorruptRow> {
     let raw: &[u8; 10] = raw.try_into().map_err(|_| CorruptRow)?;
     Ok(WorkerKey {
@@ -108,6 +127,7 @@ pub struct FjallLedger {
     delivered: Keyspace,
     answers: Keyspace,
     workers: Keyspace,
+    retired: Keyspace,
     commands: Keyspace,
     meta: Keyspace,
     /// The next command's sequence (commits come from one thread; atomic for `&self`).
@@ -128,6 +148,7 @@ impl FjallLedger {
         let delivered = db.keyspace("delivered", KeyspaceCreateOptions::default)?;
         let answers = db.keyspace("answers", KeyspaceCreateOptions::default)?;
         let workers = db.keyspace("workers", KeyspaceCreateOptions::default)?;
+        let retired = db.keyspace("retired", KeyspaceCreateOptions::default)?;
         let commands = db.keyspace("commands", KeyspaceCreateOptions::default)?;
         let meta = db.keyspace("meta", KeyspaceCreateOptions::default)?;
         let last = match commands.last_key_value() {
@@ -138,7 +159,7 @@ impl FjallLedger {
             None => 0,
         };
         let next_command = std::sync::atomic::AtomicU64::new(last + 1);
-        Ok(Self { db, awards, delivered, answers, workers, commands, meta, next_command })
+        Ok(Self { db, awards, delivered, answers, workers, retired, commands, meta, next_command })
     }
 
     /// Writes (and fsyncs) a probe row: proves the ledger is writable before serving.
@@ -171,6 +192,9 @@ impl FjallLedger {
         for record in &group.workers {
             write.insert(&self.workers, worker_key(&record.worker), encode_worker(record));
         }
+        for retired in &group.retired {
+            write.insert(&self.retired, retired_key(retired), []);
+        }
         for command in &group.commands {
             let seq = self.next_command.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             write.insert(&self.commands, seq.to_be_bytes(), command.encode());
@@ -186,9 +210,17 @@ impl FjallLedger {
             let (key, value) = item.into_inner()?;
             snapshot.answers.insert(parse_answer_key(&key)?, Bytes::copy_from_slice(&value));
         }
+        let mut logged: HashMap<WorkerKey, Vec<u64>> = HashMap::new();
+        for item in self.retired.iter() {
+            let retired = parse_retired_key(&item.key()?)?;
+            logged.entry(retired.worker).or_default().push(retired.instance_id);
+        }
         for item in self.workers.iter() {
             let (key, value) = item.into_inner()?;
-            snapshot.workers.push(decode_worker(parse_worker_key(&key)?, &value)?);
+            let mut record = decode_worker(parse_worker_key(&key)?, &value)?;
+            let worker_logged = logged.remove(&record.worker).unwrap_or_default();
+            merge_retired(&mut record, worker_logged);
+            snapshot.workers.push(record);
         }
         for item in self.commands.iter() {
             snapshot.commands.push(RoundCommand::decode(&item.value()?)?);

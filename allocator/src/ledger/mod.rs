@@ -7,8 +7,9 @@
 //!   [`lease`] elects one leader among several allocators and fences the others.
 //!
 //! Both keep the same things: every award, its delivery mark, the exact answer of each batch
-//! its edge has not confirmed yet, and each edge worker's record. Writes come in groups, one
-//! atomic and durable write each; nothing is announced to an edge before its group returned.
+//! its edge has not confirmed yet, each edge worker's record, and every worker instance ever
+//! retired. Writes come in groups, one atomic and durable write each; nothing is announced to
+//! an edge before its group returned.
 //! `tests/ledger_stores.rs` runs the same suite over both.
 
 mod commit_statements;
@@ -96,8 +97,33 @@ pub struct WorkerRecord {
     pub instance_id: u64,
     /// Every batch of the current instance up to this sequence is confirmed by the edge.
     pub confirmed_seq: u64,
-    /// Instances it had before, newest last (bounded by the core).
+    /// Instances it had before, newest last. Written: the newest few (at most
+    /// [`RETIRED_IN_RECORD`](crate::core::RETIRED_IN_RECORD), all an allocator of an older
+    /// version reads). Read: every instance the ledger knows retired, those of its log of
+    /// retirements ([`CommitGroup::retired`]) first.
     pub retired: Vec<u64>,
+}
+
+/// An edge worker's instance replaced by a newer one. The ledger keeps every one for as long as
+/// it lives: a process that comes back under a retired instance has resends whose answers were
+/// forgotten, and drawing them again would pay twice for the same shakes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RetiredInstance {
+    /// The worker.
+    pub worker: WorkerKey,
+    /// The instance it retired.
+    pub instance_id: u64,
+}
+
+/// Merges a worker's log of retirements into its record's list: those the record lacks first,
+/// then the record's own (newest last).
+pub(crate) fn merge_retired(record: &mut WorkerRecord, logged: impl IntoIterator<Item = u64>) {
+    let mut merged: Vec<u64> =
+        logged.into_iter().filter(|id| !record.retired.contains(id)).collect();
+    merged.sort_unstable();
+    merged.dedup();
+    merged.append(&mut record.retired);
+    record.retired = merged;
 }
 
 /// One group commit: everything written by one fsync.
@@ -115,6 +141,8 @@ pub struct CommitGroup {
     pub forget: Vec<BatchKey>,
     /// Workers whose record changed.
     pub workers: Vec<WorkerRecord>,
+    /// Worker instances retired since the last group: added to the ledger's log of them.
+    pub retired: Vec<RetiredInstance>,
     /// Operator commands accepted, in order: recorded before they take effect.
     pub commands: Vec<RoundCommand>,
 }
@@ -126,6 +154,7 @@ impl CommitGroup {
             && self.delivered.is_empty()
             && self.forget.is_empty()
             && self.workers.is_empty()
+            && self.retired.is_empty()
             && self.commands.is_empty()
     }
 }

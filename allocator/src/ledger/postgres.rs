@@ -35,7 +35,9 @@ use super::commit_statements::CommitStatements;
 use super::delivery_marks::{self, MARK_SPAN};
 use super::lanes::{TURN_POLL, Turn};
 use super::lease::Term;
-use super::{CommitGroup, LedgerError, LedgerStore, Snapshot, WorkerRecord};
+use super::{
+    CommitGroup, LedgerError, LedgerStore, RetiredInstance, Snapshot, WorkerRecord, merge_retired,
+};
 use crate::award::{Award, BatchKey, CorruptRow, WorkerKey};
 use crate::round_command::RoundCommand;
 
@@ -195,6 +197,23 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
         // miss some. Without a default such a write is refused (and that leader's term ends at
         // its first group with marks); rows already written keep their 0.
         "ALTER TABLE shake_delivery_marks ALTER COLUMN group_seq DROP DEFAULT;",
+    ),
+    (
+        9,
+        // Every instance a worker ever retired, written once: `shake_workers.retired` keeps
+        // only the newest eight, and a stale process under an instance retired before them was
+        // taken for a new one, its resends drawn again. Older allocators still write the
+        // array (and read only it); this one reads both.
+        "CREATE TABLE shake_retired_instances (
+        edge_id bigint NOT NULL,
+        worker_id integer NOT NULL,
+        instance_id bigint NOT NULL,
+        epoch bigint NOT NULL,
+        PRIMARY KEY (edge_id, worker_id, instance_id)
+    );
+    INSERT INTO shake_retired_instances
+        SELECT edge_id, worker_id, unnest(retired), 0 FROM shake_workers
+        ON CONFLICT DO NOTHING;",
     ),
 ];
 
@@ -543,7 +562,8 @@ impl PostgresLedger {
     }
 
     /// What goes in turn: operator commands (rare: one statement each), then the
-    /// confirmations (forgotten answers, worker records) and the commit's own row, all in one
+    /// confirmations (forgotten answers, worker records, retired instances) and the commit's
+    /// own row, all in one
     /// statement, one round trip, however many edge workers confirmed.
     fn write_in_turn(
         tx: &mut Transaction<'_>,
@@ -591,6 +611,8 @@ impl PostgresLedger {
                 format!("{{{}}}", ids.join(","))
             })
             .collect();
+        let retiring =
+            |f: fn(&RetiredInstance) -> i64| -> Vec<i64> { group.retired.iter().map(f).collect() };
         let awards: usize = group.batches.iter().map(|b| b.awards.len()).sum();
         tx.execute(
             &sql.confirm_and_log,
@@ -604,6 +626,9 @@ impl PostgresLedger {
                 &worker(|r| signed(r.instance_id)),
                 &worker(|r| signed(r.confirmed_seq)),
                 &retired,
+                &retiring(|r| signed(r.worker.edge_id)),
+                &group.retired.iter().map(|r| i32::from(r.worker.worker_id)).collect::<Vec<i32>>(),
+                &retiring(|r| signed(r.instance_id)),
                 &epoch,
                 &(group.batches.len() as i32),
                 &(awards as i32),
@@ -673,15 +698,17 @@ impl PostgresLedger {
         Ok(answers)
     }
 
-    /// Every edge worker's record.
+    /// Every edge worker's record, with every instance it ever retired (one snapshot).
     pub(super) fn read_workers(&mut self) -> Result<Vec<WorkerRecord>, LedgerError> {
         let mut workers = Vec::new();
         for row in self.client.query(
-            "SELECT edge_id, worker_id, instance_id, confirmed_seq, retired FROM shake_workers \
-             ORDER BY edge_id, worker_id",
+            "SELECT w.edge_id, w.worker_id, w.instance_id, w.confirmed_seq, w.retired, \
+                 ARRAY(SELECT r.instance_id FROM shake_retired_instances r \
+                       WHERE (r.edge_id, r.worker_id) = (w.edge_id, w.worker_id)) \
+             FROM shake_workers w ORDER BY w.edge_id, w.worker_id",
             &[],
         )? {
-            workers.push(WorkerRecord {
+            let mut record = WorkerRecord {
                 worker: WorkerKey {
                     edge_id: unsigned(row.get(0)),
                     worker_id: u16::try_from(row.get::<_, i32>(1)).map_err(|_| CorruptRow)?,
@@ -689,7 +716,9 @@ impl PostgresLedger {
                 instance_id: unsigned(row.get(2)),
                 confirmed_seq: unsigned(row.get(3)),
                 retired: row.get::<_, Vec<i64>>(4).into_iter().map(unsigned).collect(),
-            });
+            };
+            merge_retired(&mut record, row.get::<_, Vec<i64>>(5).into_iter().map(unsigned));
+            workers.push(record);
         }
         Ok(workers)
     }
