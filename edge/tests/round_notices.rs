@@ -81,3 +81,24 @@ async fn a_phone_welcomed_after_a_round_was_announced_hears_of_it() {
         other => panic!("round 2 untold after Welcome: {other:?}"),
     }
 }
+
+/// A phone whose stack gives the edge a small window takes each control frame in pieces: the
+/// edge writes what the credit allows and the rest when the phone's credit comes. A write cut
+/// short by the connection's credit once left the rest waiting for an event quinn-proto never
+/// sends, and every later frame behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_phone_with_a_small_window_hears_every_control_frame() {
+    let world = World::start(WorldSettings { round_2: true, ..WorldSettings::default() }).await;
+    world.wait_for_metric("shake_edge_round_states_total", 4.0).await;
+    let mut phone = Phone::connect_with_receive_window(&world, 12).await;
+    let welcome = tokio::time::timeout(Duration::from_secs(5), phone.hello(token(20_001, 3_600)));
+    match welcome.await {
+        Ok(Ok(ControlFrame::Welcome { round, .. })) => assert_eq!(round.round_id, 1, "{round:?}"),
+        other => panic!("expected Welcome, got {other:?}"),
+    }
+    let heard = tokio::time::timeout(Duration::from_secs(5), phone.next_frame()).await;
+    match heard {
+        Ok(Ok(ControlFrame::RoundNotice { round, .. })) => assert_eq!(round.round_id, 2),
+        other => panic!("round 2's notice did not come through a small window: {other:?}"),
+    }
+}

@@ -70,6 +70,22 @@ impl Phone {
         Ok(Self { conn, send, recv, buf: BytesMut::new(), endpoint })
     }
 
+    /// A phone whose connection gives the edge only `bytes` of credit at a time (its receive
+    /// window), as a phone stack with a small window does: the edge's control frames reach it
+    /// a piece per window.
+    pub async fn connect_with_receive_window(world: &World, bytes: u32) -> Self {
+        let mut transport = quinn::TransportConfig::default();
+        transport.receive_window(bytes.into());
+        let mut config = phone_config(&world.scratch.ca());
+        config.transport_config(Arc::new(transport));
+        let mut endpoint = quinn::Endpoint::client(ANY_PORT).expect("a phone's UDP socket");
+        endpoint.set_default_client_config(config);
+        let conn = endpoint.connect(world.edge.addr, "localhost").expect("a connect");
+        let conn = conn.await.expect("connecting a phone");
+        let (send, recv) = conn.open_bi().await.expect("the control stream");
+        Self { conn, send, recv, buf: BytesMut::new(), endpoint }
+    }
+
     /// Moves the phone to a new local socket, as a NAT rebinding its port does.
     pub fn rebind(&self, socket: std::net::UdpSocket) {
         self.endpoint.rebind(socket).expect("rebinding the phone");

@@ -112,6 +112,9 @@ impl LoopWorker {
                 Ok(n) if n == frame.len() => return,
                 Ok(n) => {
                     session.out.push_back(Bytes::copy_from_slice(&frame[n..]));
+                    // The rest is written until quinn-proto refuses it: only a refused write
+                    // asks for the `Writable` event that flushes the outbox.
+                    self.flush_control(ch, conn);
                     return;
                 }
                 Err(_) => {}
@@ -124,6 +127,12 @@ impl LoopWorker {
         }
     }
 
+    /// Writes the outbox until it is empty or quinn-proto refuses a write.
+    ///
+    /// invariant: an outbox left non-empty ends on a refused write. quinn-proto sends
+    /// `Writable` only for a stream whose write it refused (no credit at all); a write cut
+    /// short by the connection's credit or send window registers nothing, and an outbox left
+    /// after one would wait for an event that never comes, every later frame queued behind it.
     pub(super) fn flush_control(&mut self, ch: ConnectionHandle, conn: &mut Connection) {
         let Some(session) = self.sessions.get_mut(ch.0).and_then(Option::as_mut) else { return };
         let Some(stream) = session.stream else { return };
@@ -132,11 +141,8 @@ impl LoopWorker {
                 Ok(n) if n == frame.len() => {
                     session.out.pop_front();
                 }
-                Ok(n) => {
-                    *frame = frame.slice(n..);
-                    return;
-                }
-                Err(_) => return,
+                Ok(0) | Err(_) => return,
+                Ok(n) => *frame = frame.slice(n..),
             }
         }
     }
