@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 
+use shake_proto::limits::MAX_WINNERS_PER_RESULT;
 use shake_proto::{Batch, Prize};
 
 use crate::award::{Award, BatchKey};
@@ -230,7 +231,8 @@ impl Draw {
 
     /// Draws the winners of `batch` at `now_ms`, appending their awards to `out`. An entry
     /// whose user is over the per-user rate (`rates`) is no-luck; only entries drawn while a
-    /// prize is left count against the rate.
+    /// prize is left count against the rate. At most [`MAX_WINNERS_PER_RESULT`] win: the entries
+    /// after them are no-luck (their answer would not fit a frame).
     pub fn decide(
         &mut self,
         key: BatchKey,
@@ -248,7 +250,12 @@ impl Draw {
         let target = round.release_target(now_ms);
         round.pool.release_until(target);
         let batch_seed = batch_seed(round.config.seed, key);
+        let first_award = out.len();
         for (index, entry) in batch.entries().enumerate() {
+            // The answer must fit one frame the edge accepts, whatever the winners win.
+            if out.len() - first_award >= MAX_WINNERS_PER_RESULT {
+                break;
+            }
             // Most entries arrive after the released prizes are gone: one branch each. Only
             // entries that could win are counted against their user's rate (the others are
             // no-luck whatever the rate says).

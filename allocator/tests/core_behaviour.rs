@@ -345,6 +345,51 @@ fn restore_keeps_the_current_instances_answers_and_compacts_the_rest() {
     assert!(matches!(fx.as_slice(), [Effect::Close(1, ErrorCode::DuplicateWorker)]));
 }
 
+/// A large gift pool released at once lets every entry of a batch win; an answer listing
+/// 16,384 winners of long-named gifts would be larger than an edge accepts, and the edge would
+/// refuse it on every resend. At most `MAX_WINNERS_PER_RESULT` win in one batch; the prizes
+/// left go to the next batches.
+#[test]
+fn one_answer_lists_no_more_winners_than_a_frame_holds() {
+    use shake_allocator::config::GiftPool;
+    use shake_proto::limits::{MAX_ALLOCATOR_PAYLOAD, MAX_BATCH_ENTRIES, MAX_WINNERS_PER_RESULT};
+    let gifts = 2 * MAX_BATCH_ENTRIES as u64;
+    let round = RoundConfig {
+        id: 1,
+        starts_at_ms: START,
+        duration_s: 100,
+        seed: 3,
+        release: Release::Immediate,
+        cash_per_user: 1,
+        gifts_per_user: 1,
+        min_shake_interval_ms: 100,
+        start_spread_ms: 0,
+        cash: None,
+        gifts: vec![GiftPool { sku: "G".repeat(64), name: "Gift".into(), count: gifts }],
+    };
+    let settings = CoreSettings {
+        oversampling: 4.0,
+        quota_valid_ms: 3_000,
+        user_rate: UserRateSettings::default(),
+    };
+    let mut core = Core::new(settings, Draw::new(&[round]));
+    let mut fx = Vec::new();
+    core.on_hello(1, hello(INSTANCE, 0), START, &mut fx);
+    let mut granted = Vec::new();
+    for seq in 1..=2u64 {
+        let entries: Vec<BatchEntry> = (0..MAX_BATCH_ENTRIES as u64)
+            .map(|i| BatchEntry { user_id: seq * 100_000 + i, offset_us: 0 })
+            .collect();
+        fx.clear();
+        core.on_batch(1, &Batch::new(seq, 1, START, &entries), START + 1, &mut fx);
+        let [Effect::Commit(batch)] = fx.as_slice() else { panic!("{fx:?}") };
+        let header = shake_proto::frame::check(&batch.answer, MAX_ALLOCATOR_PAYLOAD);
+        assert!(header.is_ok(), "batch {seq}: an answer of {} bytes", batch.answer.len());
+        granted.push(batch.awards.len());
+    }
+    assert_eq!(granted, vec![MAX_WINNERS_PER_RESULT; 2], "each batch wins as many as fit");
+}
+
 /// A stale process may come back after its worker started any number of times: its
 /// instance is refused however long ago it retired, and after a restart from the ledger's
 /// records (which list every retired instance when read, the newest eight when written).

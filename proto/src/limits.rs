@@ -18,6 +18,16 @@ pub const MAX_SKU: usize = 64;
 pub const MAX_REASON: usize = 256;
 /// Most entries in one `Batch`.
 pub const MAX_BATCH_ENTRIES: usize = 16_384;
+/// Most bytes one winner takes in a `BatchResult`: its entry index (a varint of 2 bytes below
+/// [`MAX_BATCH_ENTRIES`]), its award id (8) and the longest prize, a gift of [`MAX_SKU`] bytes
+/// (its kind, a 2-byte length and the SKU).
+pub const MAX_WINNER_LEN: usize = 2 + 8 + 1 + 2 + MAX_SKU;
+/// Most winners one `BatchResult` lists, so that it fits [`MAX_ALLOCATOR_PAYLOAD`] (after its
+/// sequence number and digest, 16 bytes) whatever they win. The allocator grants no more in
+/// one batch: every entry of a batch can win (a large pool released at once), and 16,384
+/// winners of long-named gifts would make an answer the edge refuses, and so never confirms.
+/// Later entries of such a batch get no luck; the prizes stay for later shakes.
+pub const MAX_WINNERS_PER_RESULT: usize = (MAX_ALLOCATOR_PAYLOAD - 16) / MAX_WINNER_LEN;
 /// Most award ids in one `AwardDelivered`.
 pub const MAX_DELIVERED_IDS: usize = 4096;
 /// Most user ids in one `UsersLimited`.

@@ -204,3 +204,31 @@ proptest! {
         shake_proto::fuzz_checks::token(&bytes);
     }
 }
+
+/// The allocator lists at most `MAX_WINNERS_PER_RESULT` winners in one answer: that many of
+/// the longest (the largest entry index, award id and gift SKU) still make a frame within the
+/// limit, which decodes; one more winner's worth would not fit.
+#[test]
+fn the_most_winners_of_the_longest_prizes_fit_one_answer() {
+    use shake_proto::limits::{MAX_SKU, MAX_WINNER_LEN, MAX_WINNERS_PER_RESULT};
+    use shake_proto::{BatchDigest, Prize, Winner};
+    let winner = Winner {
+        entry_index: (MAX_BATCH_ENTRIES - 1) as u32,
+        award_id: varint::MAX,
+        prize: Prize::Gift { sku: "x".repeat(MAX_SKU) },
+    };
+    let answer = AllocatorFrame::BatchResult {
+        seq: varint::MAX,
+        digest: BatchDigest([7; 8]),
+        winners: vec![winner; MAX_WINNERS_PER_RESULT],
+    };
+    let mut frame = BytesMut::new();
+    answer.encode(&mut frame);
+    let header =
+        shake_proto::frame::check(&frame, MAX_ALLOCATOR_PAYLOAD).expect("within the limit");
+    assert!(header.total_len() == frame.len());
+    let payload = frame.len() - header.header_len;
+    assert_eq!(payload, 16 + MAX_WINNERS_PER_RESULT * MAX_WINNER_LEN, "MAX_WINNER_LEN is exact");
+    assert!(payload + MAX_WINNER_LEN > MAX_ALLOCATOR_PAYLOAD, "one more would not fit");
+    assert_eq!(AllocatorFrame::decode(&mut frame), Ok(Some(answer)));
+}
