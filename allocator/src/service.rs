@@ -27,6 +27,7 @@ use shake_proto::{ALLOCATOR_ALPN, AllocatorFrame, Batch, DecodeError, ErrorCode,
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::admin::{
     AdminRequest, AdminTarget, CommandReply, Dashboard, EdgeView, RoundView, VerdictRates,
@@ -496,11 +497,12 @@ pub(crate) fn lead(
     tracing::info!(?quic_addr, "allocator serving edges");
     Ok(tokio::spawn(async move {
         let connections = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let writers = TaskTracker::new();
         let accept = tokio::spawn(accept_loop(
             endpoint.clone(),
             actor_tx.clone(),
             metrics.clone(),
-            connections.clone(),
+            Streams { accepted: connections.clone(), writers: writers.clone() },
             shutdown.clone(),
         ));
         let result = actor_loop(core, restored, pipes, metrics, term_health, shutdown).await;
@@ -508,6 +510,10 @@ pub(crate) fn lead(
         accept.abort();
         match end {
             TermEnd::CloseEndpoint => {
+                // The actor's senders are gone with it: each stream's writer writes what was
+                // queued (a drain's last answers), finishes, and waits for the edge to have it.
+                writers.close();
+                tokio::time::timeout(Duration::from_secs(2), writers.wait()).await.ok();
                 endpoint.close(ErrorCode::NoError.code().into(), b"allocator stopping");
                 tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await.ok();
             }
@@ -570,6 +576,10 @@ fn commit_loop(
             }
         }
         metrics.commit_queue.set(jobs.len() as i64);
+        // Tests only: every group slow to commit, so a drain finds batches in flight.
+        if shake_ops::supervise::failpoint("allocator-slow-commit") {
+            std::thread::sleep(Duration::from_millis(500));
+        }
         if lanes.hand_over(group, Behind { handed: Instant::now(), reads }).is_err()
             || lanes.failed()
         {
@@ -685,14 +695,16 @@ async fn actor_loop(
     // What the dashboard shows of the edges: which edge each stream is, each edge's load.
     let mut edges = EdgeBoard::default();
     loop {
+        // Effects first: the commit report that ends a drain brings the last answers (and
+        // perhaps delivery marks and compactions) with it.
+        if !effects.is_empty() {
+            apply(&mut effects, &mut outgoing, &pipes.commits, &metrics).await?;
+        }
         if let Some(since) = draining_since
             && (core.pending_batches() == 0 || since.elapsed() > Duration::from_secs(10))
         {
             tracing::info!(pending = core.pending_batches(), "drained");
             return Ok(());
-        }
-        if !effects.is_empty() {
-            apply(&mut effects, &mut outgoing, &pipes.commits, &metrics).await?;
         }
         tokio::select! {
             // Commit reports first: they release answers and room.
@@ -1041,13 +1053,21 @@ pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, 
     mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// What the accept loop keeps of the streams it starts: the connections (to close them with a
+/// term's end) and the streams' writers (to let them finish before the endpoint closes).
+struct Streams {
+    accepted: Accepted,
+    writers: TaskTracker,
+}
+
 async fn accept_loop(
     endpoint: quinn::Endpoint,
     actor: mpsc::Sender<ActorMsg>,
     metrics: Arc<Metrics>,
-    accepted: Accepted,
+    streams: Streams,
     shutdown: Shutdown,
 ) {
+    let Streams { accepted, writers } = streams;
     let stream_ids = Arc::new(AtomicU64::new(1));
     loop {
         let incoming = tokio::select! {
@@ -1062,6 +1082,7 @@ async fn accept_loop(
         let metrics = metrics.clone();
         let stream_ids = stream_ids.clone();
         let accepted = accepted.clone();
+        let writers = writers.clone();
         tokio::spawn(async move {
             let remote = incoming.remote_address();
             let connection = match incoming.await {
@@ -1098,7 +1119,8 @@ async fn accept_loop(
                     connection: connection.clone(),
                     peer_cert: peer_cert.clone(),
                 };
-                tokio::spawn(serve_stream(stream, send, recv, actor.clone(), metrics.clone()));
+                let writer = StreamWriter { send, tracker: writers.clone() };
+                tokio::spawn(serve_stream(stream, writer, recv, actor.clone(), metrics.clone()));
             }
         });
     }
@@ -1111,9 +1133,15 @@ struct EdgeLink {
     peer_cert: Arc<rustls_pki_types::CertificateDer<'static>>,
 }
 
+/// A stream's sending half, and the tracker its writer task joins.
+struct StreamWriter {
+    send: quinn::SendStream,
+    tracker: TaskTracker,
+}
+
 async fn serve_stream(
     link: EdgeLink,
-    mut send: quinn::SendStream,
+    writer: StreamWriter,
     mut recv: quinn::RecvStream,
     actor: mpsc::Sender<ActorMsg>,
     metrics: Arc<Metrics>,
@@ -1121,9 +1149,10 @@ async fn serve_stream(
     let stream = link.stream;
     let (frames_tx, mut frames_rx) = mpsc::channel::<Bytes>(OUTGOING_QUEUE);
     let closer = StreamCloser::default();
+    let StreamWriter { mut send, tracker } = writer;
     let writer = {
         let closer = closer.clone();
-        tokio::spawn(async move {
+        tracker.spawn(async move {
             loop {
                 tokio::select! {
                     biased;
@@ -1136,6 +1165,10 @@ async fn serve_stream(
             }
             if let Some(code) = closer.code() {
                 let _ = send.reset(code.code().into());
+            } else if send.finish().is_ok() {
+                // Everything queued is written (the actor let go of the stream, or stopped):
+                // done once the edge has it, or the connection is gone.
+                let _ = send.stopped().await;
             }
         })
     };

@@ -174,3 +174,29 @@ async fn an_instance_retired_many_starts_ago_is_refused_across_a_restart() {
     let first = stream.recv().await.map(|(frame, _)| frame);
     assert!(matches!(first, Ok(AllocatorFrame::RoundState { .. })), "{first:?}");
 }
+
+/// SIGTERM drains: a batch being committed when the signal comes is answered before the
+/// allocator exits (every group is made slow to commit, so the batch is in flight). The
+/// answers of the report that ended the drain were once dropped on the way out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_answers_the_batch_being_committed() {
+    let scratch = Scratch::new("drain-answers");
+    let config = scratch.config(&format!(
+        "release = \"immediate\"\n[rounds.cash]\ntotal_cents = {TOTAL_CENTS}\nenvelopes = {ENVELOPES}\n"
+    ));
+    let mut command = Allocator::command(&config);
+    command
+        .env("SHAKE_FAILPOINT", "allocator-slow-commit")
+        .env("RUST_LOG", "warn")
+        .stderr(std::process::Stdio::inherit());
+    let mut alloc = Allocator::spawn(command).unwrap();
+    let mut stream = edge_worker(alloc.quic, &scratch, 7).await.unwrap();
+    let first = stream.recv().await.map(|(frame, _)| frame);
+    assert!(matches!(first, Ok(AllocatorFrame::RoundState { .. })), "{first:?}");
+    stream.send(&batch(1)).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    alloc.process.signal("TERM");
+    let answer = stream.next_result().await;
+    assert!(matches!(answer, Ok((1, _, _))), "the batch in flight at the drain: {answer:?}");
+    assert!(alloc.process.wait().success());
+}
