@@ -83,6 +83,37 @@ async fn draining_at_once_says_so_before_closing() {
     assert!(status.success(), "{status:?}");
 }
 
+/// SIGTERM drains: a shake taken after the drain began still reaches the allocator, though
+/// its phone left before its batch was due (batches close by age, here after 3 s). The drain
+/// flushed the open batch only on its first turn, and stopped once its phones were gone and
+/// nothing it had sent was unanswered: the shake, told `Forwarded`, never left the edge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_sends_the_shakes_of_a_phone_that_left_before_its_batch_was_due() {
+    let settings = WorldSettings {
+        envelopes: 100_000,
+        edge_limits: "batch_max_age_us = 3000000\n",
+        ..WorldSettings::default()
+    };
+    let mut world = World::start(settings).await;
+    let mut phone = Phone::connect(&world).await;
+    phone.hello(token(6, 3600)).await.unwrap();
+    world.edge.process.signal("TERM");
+    loop {
+        match phone.next_frame().await {
+            Ok(ControlFrame::GoAway { .. }) => break,
+            Ok(_) => continue,
+            Err(err) => panic!("no GoAway: {err}"),
+        }
+    }
+    phone.shake(1, 1);
+    let outcome = phone.outcome().await.unwrap();
+    assert_eq!(outcome.seq, 1, "{outcome:?}");
+    phone.conn.close(0u32.into(), b"bye");
+    let status = world.edge.process.wait();
+    assert!(status.success(), "{status:?}");
+    world.wait_for_allocator_metric("shake_allocator_entries_total", 1.0).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shakes_received_before_welcome_are_dropped_and_counted() {
     let world =

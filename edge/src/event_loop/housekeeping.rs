@@ -71,9 +71,11 @@ impl LoopWorker {
             let since = *self.draining_since.get_or_insert(now);
             if since == now {
                 self.broadcast(engine, &ControlFrame::GoAway { reconnect_after_ms: 1_000 });
-                let now_us = self.now_us(now);
-                self.core.flush(now_us);
             }
+            // Every turn, not only the first: phones still connected shake on (each told
+            // `Forwarded`), and a batch left open when the last of them goes would never leave.
+            let now_us = self.now_us(now);
+            self.core.flush(now_us);
             let deadline = Duration::from_millis(self.shared.config.limits.drain_deadline_ms);
             let answered = self.core.uplink().in_flight() == 0 && !self.core.uplink().has_output();
             let left = self.core.phones().is_empty();
