@@ -9,6 +9,12 @@
 //! bounded by [`MAX_QUEUED_ACKS`] (over it, the oldest are dropped and counted: their awards
 //! stay undelivered in the ledger, never paid twice).
 //!
+//! Acknowledgements and award asks are not answered: one handed to a link that then fails (an
+//! allocator paused or gone, a standby that says `NOT_LEADER` once the link is up) may never
+//! have arrived. Those handed to a link are kept (the same bounds) and sent again on the next
+//! one: a delivery mark twice is harmless, and an ask twice sends a phone an award it keeps
+//! once (PROTOCOL.md).
+//!
 //! On each new link the first frame is `EdgeHello` with this worker's instance id (drawn at
 //! random when the worker starts; batch sequences count from 1 within it) and the highest
 //! answered sequence; after that, `ResultsReceived` each time that mark advances, so the
@@ -75,7 +81,18 @@ pub struct Uplink<R> {
     /// Users whose session started: the allocator is asked what it owes them.
     wanted: VecDeque<u64>,
     wanted_dropped: u64,
+    /// Acks and asks handed to the current link, newest last: sent again on the next.
+    acks_handed: VecDeque<u64>,
+    wanted_handed: VecDeque<u64>,
     scratch: BytesMut,
+}
+
+/// Appends `ids` to a queue bounded at `max`, dropping its oldest: how many were dropped.
+fn push_bounded(queue: &mut VecDeque<u64>, ids: impl IntoIterator<Item = u64>, max: usize) -> u64 {
+    queue.extend(ids);
+    let over = queue.len().saturating_sub(max);
+    queue.drain(..over);
+    over as u64
 }
 
 impl<R: Copy> Uplink<R> {
@@ -94,6 +111,8 @@ impl<R: Copy> Uplink<R> {
             acks_dropped: 0,
             wanted: VecDeque::new(),
             wanted_dropped: 0,
+            acks_handed: VecDeque::new(),
+            wanted_handed: VecDeque::new(),
             scratch: BytesMut::with_capacity(64 * 1024),
         }
     }
@@ -124,6 +143,15 @@ impl<R: Copy> Uplink<R> {
         self.links += 1;
         self.link = self.links;
         self.hello_due = true;
+        // What the last link was handed goes first, then what queued since.
+        let acks = std::mem::take(&mut self.acks);
+        let mut again = std::mem::take(&mut self.acks_handed);
+        self.acks_dropped += push_bounded(&mut again, acks, MAX_QUEUED_ACKS);
+        self.acks = again;
+        let wanted = std::mem::take(&mut self.wanted);
+        let mut again = std::mem::take(&mut self.wanted_handed);
+        self.wanted_dropped += push_bounded(&mut again, wanted, MAX_QUEUED_WANTED);
+        self.wanted = again;
     }
 
     /// The stream is gone.
@@ -233,11 +261,13 @@ impl<R: Copy> Uplink<R> {
         if !self.acks.is_empty() {
             let n = self.acks.len().min(MAX_DELIVERED_IDS);
             let award_ids: Vec<u64> = self.acks.drain(..n).collect();
+            push_bounded(&mut self.acks_handed, award_ids.iter().copied(), MAX_QUEUED_ACKS);
             return Some(self.encode(&AllocatorFrame::AwardDelivered { award_ids }));
         }
         if !self.wanted.is_empty() {
             let n = self.wanted.len().min(MAX_WANTED_USERS);
             let user_ids: Vec<u64> = self.wanted.drain(..n).collect();
+            push_bounded(&mut self.wanted_handed, user_ids.iter().copied(), MAX_QUEUED_WANTED);
             return Some(self.encode(&AllocatorFrame::AwardsWanted { user_ids }));
         }
         None
@@ -300,6 +330,55 @@ mod tests {
         let seqs: Vec<u64> = frames[1..].iter().map(|f| batch(f).seq).collect();
         assert_eq!(seqs, vec![1, 2], "each unanswered batch exactly once on the new link");
         assert_eq!(up.links(), 2);
+    }
+
+    /// A link that fails may have lost what it was handed: the acks and asks go again on the
+    /// next link, before those queued since; the handed ones are bounded like the queues.
+    #[test]
+    fn acks_and_asks_handed_to_a_link_go_again_on_the_next() {
+        let mut up = uplink();
+        up.link_up();
+        up.queue_ack(7);
+        up.queue_ack(8);
+        up.want_awards(70);
+        let frames = drain(&mut up);
+        assert_eq!(
+            frames[1..],
+            [
+                AllocatorFrame::AwardDelivered { award_ids: vec![7, 8] },
+                AllocatorFrame::AwardsWanted { user_ids: vec![70] }
+            ]
+        );
+        up.link_down();
+        up.queue_ack(9);
+        up.link_up();
+        let frames = drain(&mut up);
+        assert_eq!(
+            frames[1..],
+            [
+                AllocatorFrame::AwardDelivered { award_ids: vec![7, 8, 9] },
+                AllocatorFrame::AwardsWanted { user_ids: vec![70] }
+            ],
+            "the last link's acks and asks again, then the new"
+        );
+        // Handed ones are kept up to the queue's bound, the oldest dropped first.
+        for id in 0..(MAX_QUEUED_ACKS as u64 + 5) {
+            up.queue_ack(1_000 + id);
+            if id % MAX_DELIVERED_IDS as u64 == 0 {
+                drain(&mut up);
+            }
+        }
+        drain(&mut up);
+        up.link_up();
+        let again: Vec<u64> = drain(&mut up)
+            .into_iter()
+            .flat_map(|f| match f {
+                AllocatorFrame::AwardDelivered { award_ids } => award_ids,
+                _ => vec![],
+            })
+            .collect();
+        assert_eq!(again.len(), MAX_QUEUED_ACKS);
+        assert_eq!(again.last(), Some(&(1_000 + MAX_QUEUED_ACKS as u64 + 4)));
     }
 
     #[test]
