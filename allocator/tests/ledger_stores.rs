@@ -529,6 +529,27 @@ fn retired_instances_of_an_older_schema_survive_the_migration() {
     assert_eq!(workers[0].retired, vec![5, 6, 7, 8]);
 }
 
+/// A database whose default lets commits return before they are durable (`synchronous_commit
+/// = off`, set by whoever runs the server, silently honoured) is overruled on every ledger
+/// session; a stronger setting is kept.
+#[test]
+fn a_database_that_would_commit_before_the_flush_is_overruled() {
+    let scratch = Scratch::new("ledger-sync-commit");
+    let server = PgServer::primary(&scratch.dir.join("pg"));
+    let url = server.database("lax");
+    let setting = |client: &mut postgres::Client| -> String {
+        client.query_one("SHOW synchronous_commit", &[]).unwrap().get(0)
+    };
+    server.admin("postgres", "ALTER DATABASE lax SET synchronous_commit = off");
+    let (mut client, _) = shake_allocator::ledger::postgres::connect(&url).unwrap();
+    assert_eq!(setting(&mut client), "on");
+    let mut ledger = PostgresLedger::open(&url).unwrap();
+    assert_eq!(setting(ledger.client()), "on");
+    server.admin("postgres", "ALTER DATABASE lax SET synchronous_commit = remote_apply");
+    let (mut client, _) = shake_allocator::ledger::postgres::connect(&url).unwrap();
+    assert_eq!(setting(&mut client), "remote_apply");
+}
+
 #[test]
 fn the_schema_is_migrated_once_and_a_newer_one_is_refused() {
     let scratch = Scratch::new("ledger-schema");

@@ -326,7 +326,37 @@ pub fn connect(target: impl Into<Target>) -> Result<(Client, Arc<AtomicBool>), L
         "SET idle_in_transaction_session_timeout = {IDLE_IN_TRANSACTION_MS}; \
          SET lock_timeout = {LOCK_TIMEOUT_MS}"
     ))?;
+    insist_on_durable_commits(&mut client)?;
     Ok((client, unreplicated))
+}
+
+/// A commit answers edges only once it is on disk, and on a synchronous standby where the
+/// server has any: a role, database or server default of `synchronous_commit` `off` or
+/// `local` (which the server honours silently, with no warning to catch) is raised to `on`
+/// for this session. `remote_write` and `remote_apply` are kept (each waits for a standby).
+/// A server with no synchronous standbys is allowed (one machine's durability) and said.
+fn insist_on_durable_commits(client: &mut Client) -> Result<(), LedgerError> {
+    let row = client.query_one(
+        "SELECT current_setting('synchronous_commit'), \
+                current_setting('synchronous_standby_names')",
+        &[],
+    )?;
+    let (commit, standbys): (String, String) = (row.get(0), row.get(1));
+    if matches!(commit.as_str(), "off" | "local") {
+        tracing::warn!(
+            synchronous_commit = commit,
+            "the ledger database's synchronous_commit would answer awards before they are \
+             durable; this allocator's sessions use 'on'"
+        );
+        client.batch_execute("SET synchronous_commit = on")?;
+    }
+    if standbys.trim().is_empty() {
+        tracing::warn!(
+            "the ledger database has no synchronous standbys (synchronous_standby_names is \
+             empty): awards survive a crash of its server, not the loss of its machine"
+        );
+    }
+    Ok(())
 }
 
 /// Whether a notice with this code may be the server's word that a commit's wait for the
