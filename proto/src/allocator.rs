@@ -15,7 +15,7 @@ use bytes::{Bytes, BytesMut};
 use crate::frame::{self, FrameStart};
 use crate::limits::{
     MAX_ALLOCATOR_PAYLOAD, MAX_BATCH_ENTRIES, MAX_DELIVERED_IDS, MAX_LIMITED_USERS,
-    MAX_OWED_AWARDS, MAX_WANTED_USERS,
+    MAX_OWED_AWARDS, MAX_WANTED_USERS, MAX_WORKERS_PER_EDGE,
 };
 use crate::reader::Reader;
 use crate::{DecodeError, Prize, RoundInfo, varint};
@@ -591,7 +591,10 @@ impl AllocatorFrame {
         let frame = match frame_type {
             EDGE_HELLO => AllocatorFrame::EdgeHello {
                 edge_id: r.varint()?,
-                worker_id: r.varint_u16("worker id")?,
+                worker_id: match r.varint_u16("worker id")? {
+                    id if id < MAX_WORKERS_PER_EDGE => id,
+                    _ => return Err(DecodeError::InvalidValue("worker id")),
+                },
                 protocol_version: r.varint_u32("protocol version")?,
                 instance_id: r.varint()?,
                 highest_answered_seq: r.varint()?,

@@ -16,6 +16,10 @@ pub const MAX_TOKEN: usize = 128;
 pub const MAX_SKU: usize = 64;
 /// Largest reason text in `Error`.
 pub const MAX_REASON: usize = 256;
+/// Workers one edge may have: an `EdgeHello` names a worker id below it. (The allocator keeps
+/// up to [`MAX_UNCONFIRMED_BATCHES`] answers per worker, so this bounds what one edge can make
+/// it hold; an edge's connection ids carry its worker in one byte.)
+pub const MAX_WORKERS_PER_EDGE: u16 = 256;
 /// Most entries in one `Batch`.
 pub const MAX_BATCH_ENTRIES: usize = 16_384;
 /// Most bytes one winner takes in a `BatchResult`: its entry index (a varint of 2 bytes below

@@ -113,6 +113,14 @@ fn values_too_large_for_their_field_are_invalid() {
     // A worker id is 16 bits.
     let mut buf = raw_frame(0x21, &[1, 0x80, 0x01, 0, 0, 1, 0]);
     assert_eq!(AllocatorFrame::decode(&mut buf), Err(DecodeError::InvalidValue("worker id")));
+    // ... and below MAX_WORKERS_PER_EDGE (256): an edge has no more workers.
+    let mut buf = raw_frame(0x21, &[1, 0x41, 0x00, 5, 1, 0]);
+    assert_eq!(AllocatorFrame::decode(&mut buf), Err(DecodeError::InvalidValue("worker id")));
+    let mut buf = raw_frame(0x21, &[1, 0x40, 0xff, 5, 1, 0]);
+    assert!(matches!(
+        AllocatorFrame::decode(&mut buf),
+        Ok(Some(AllocatorFrame::EdgeHello { worker_id: 255, .. }))
+    ));
 }
 
 #[test]

@@ -6,6 +6,7 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 use shake_proto::limits::{
     MAX_DELIVERED_IDS, MAX_LIMITED_USERS, MAX_OWED_AWARDS, MAX_REASON, MAX_TOKEN, MAX_WANTED_USERS,
+    MAX_WORKERS_PER_EDGE,
 };
 use shake_proto::varint::MAX;
 use shake_proto::{
@@ -96,15 +97,17 @@ pub fn batch() -> impl Strategy<Value = Batch> {
 
 pub fn allocator_frame() -> impl Strategy<Value = AllocatorFrame> {
     prop_oneof![
-        (varint(), any::<u16>(), any::<u32>(), varint(), varint()).prop_map(|(e, w, v, i, h)| {
-            AllocatorFrame::EdgeHello {
-                edge_id: e,
-                worker_id: w,
-                protocol_version: v,
-                instance_id: i,
-                highest_answered_seq: h,
+        (varint(), 0..MAX_WORKERS_PER_EDGE, any::<u32>(), varint(), varint()).prop_map(
+            |(e, w, v, i, h)| {
+                AllocatorFrame::EdgeHello {
+                    edge_id: e,
+                    worker_id: w,
+                    protocol_version: v,
+                    instance_id: i,
+                    highest_answered_seq: h,
+                }
             }
-        }),
+        ),
         batch().prop_map(AllocatorFrame::Batch),
         (varint(), any::<[u8; 8]>(), vec((0..16_384u32, varint(), prize()), 0..50)).prop_map(
             |(seq, digest, w)| AllocatorFrame::BatchResult {
