@@ -667,7 +667,8 @@ impl Core {
                 None => true,
                 Some((last, at)) => {
                     now_ms.saturating_sub(*at) >= valid / 3
-                        || quota.rate_per_s.abs_diff(last.rate_per_s) * 10 > last.rate_per_s
+                        || u64::from(quota.rate_per_s.abs_diff(last.rate_per_s)) * 10
+                            > u64::from(last.rate_per_s)
                 }
             };
             if !due {

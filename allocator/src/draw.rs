@@ -262,7 +262,10 @@ impl Draw {
             if round.pool.available(Kind::Cash) == 0 && round.pool.available(Kind::Gift) == 0 {
                 break;
             }
-            let shaken_at_ms = batch.base_time_ms + u64::from(entry.offset_us / 1000);
+            // The edge's clock: one far ahead of ours would set the user's next allowed time
+            // past any shake of theirs to come, so it counts as at most a minute ahead.
+            let shaken_at_ms = (batch.base_time_ms + u64::from(entry.offset_us / 1000))
+                .min(now_ms.saturating_add(EDGE_CLOCK_AHEAD_MAX_MS));
             if !rates.admit(entry.user_id, shaken_at_ms) {
                 continue;
             }
@@ -292,6 +295,9 @@ impl Draw {
         }
     }
 }
+
+/// How far ahead of the allocator's clock an edge's shake time is taken as it says.
+pub const EDGE_CLOCK_AHEAD_MAX_MS: u64 = 60_000;
 
 /// The seed of every random choice in one batch.
 pub fn batch_seed(round_seed: u64, key: BatchKey) -> u64 {

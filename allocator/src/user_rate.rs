@@ -154,7 +154,7 @@ impl UserRates {
                     .unwrap_or((0, Slot { user_id: EMPTY, tat_us: 0 }));
                 if victim.user_id == EMPTY {
                     self.occupied += 1;
-                } else if victim.tat_us > t + self.tolerance_us {
+                } else if victim.tat_us > t.saturating_add(self.tolerance_us) {
                     // A user being refused right now loses its state: count it.
                     self.counts.users_evicted += 1;
                 }
@@ -166,7 +166,7 @@ impl UserRates {
         // the arrival time back, and is judged against it.
         let tat = slot.tat_us.max(t);
         if tat - t <= self.tolerance_us {
-            slot.tat_us = tat + self.interval_us;
+            slot.tat_us = tat.saturating_add(self.interval_us);
             return true;
         }
         self.refused(user_id, at_ms);
@@ -284,6 +284,16 @@ mod tests {
             assert!(rates.admit(8, 2_000 + t * 100));
         }
         assert!(rates.take_newly_limited().is_empty());
+    }
+
+    /// Times come from an edge's clock: one at the end of time neither overflows nor panics.
+    #[test]
+    fn a_time_at_the_end_of_the_clock_is_judged_without_overflow() {
+        let mut rates = UserRates::new(settings());
+        for at_ms in [u64::MAX / 1000, u64::MAX / 2, u64::MAX] {
+            rates.admit(8, at_ms);
+        }
+        assert!(rates.admit(9, 1_000), "another user is untouched");
     }
 
     #[test]

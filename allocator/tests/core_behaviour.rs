@@ -390,6 +390,38 @@ fn one_answer_lists_no_more_winners_than_a_frame_holds() {
     assert_eq!(granted, vec![MAX_WINNERS_PER_RESULT; 2], "each batch wins as many as fit");
 }
 
+/// A batch stamped at the end of time (an edge's clock gone wrong) is judged as at most a
+/// minute ahead of the allocator's: its users may shake again after that minute, not never.
+#[test]
+fn a_shake_time_far_ahead_of_the_allocators_clock_limits_its_user_for_a_minute_at_most() {
+    use shake_allocator::draw::EDGE_CLOCK_AHEAD_MAX_MS;
+    use shake_allocator::user_rate::UserRates;
+    let round = RoundConfig {
+        id: 1,
+        starts_at_ms: START,
+        duration_s: 1_000,
+        seed: 3,
+        release: Release::Immediate,
+        cash_per_user: 10,
+        gifts_per_user: 1,
+        min_shake_interval_ms: 100,
+        start_spread_ms: 0,
+        cash: Some(CashPool { total_cents: 1_000, envelopes: 100, min_cents: 1 }),
+        gifts: vec![],
+    };
+    let mut draw = Draw::new(&[round]);
+    let mut rates = UserRates::new(UserRateSettings::default());
+    let entries = [BatchEntry { user_id: 5, offset_us: 0 }];
+    let key = |seq| BatchKey { edge_id: 7, worker_id: 0, instance_id: INSTANCE, seq };
+    let mut awards = Vec::new();
+    let far = shake_proto::varint::MAX;
+    draw.decide(key(1), &Batch::new(1, 1, far, &entries), START + 1, &mut rates, &mut awards);
+    assert_eq!(awards.len(), 1, "the first shake wins (every envelope is released)");
+    let later = START + 2 + EDGE_CLOCK_AHEAD_MAX_MS + 1_000;
+    draw.decide(key(2), &Batch::new(2, 1, later, &entries), later, &mut rates, &mut awards);
+    assert_eq!(awards.len(), 2, "the user shakes again a minute later and wins");
+}
+
 /// A stale process may come back after its worker started any number of times: its
 /// instance is refused however long ago it retired, and after a restart from the ledger's
 /// records (which list every retired instance when read, the newest eight when written).
