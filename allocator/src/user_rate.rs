@@ -189,7 +189,7 @@ impl UserRates {
         offender.excess = offender.excess.saturating_add(1);
         offender.last_refused_ms = offender.last_refused_ms.max(at_ms);
         if offender.excess >= s.limit_after_excess && offender.limited_until_ms <= at_ms {
-            offender.limited_until_ms = at_ms + s.limit_for_ms;
+            offender.limited_until_ms = at_ms.saturating_add(s.limit_for_ms);
             offender.excess = 0;
             self.counts.users_limited += 1;
             self.newly_limited.push(user_id);

@@ -152,6 +152,31 @@ fn fjall_keeps_groups_across_reopening() {
     groups_survive_reopening(|| Box::new(FjallLedger::open(&path).unwrap()));
 }
 
+/// A fjall ledger written before its log of retirements existed lists retired instances only
+/// in the workers' records, eight at most each: opened by this version, they join the log, so
+/// a retirement after the upgrade, which pushes the oldest out of the record, loses none.
+#[test]
+fn fjall_keeps_the_retirements_an_older_version_recorded() {
+    let scratch = Scratch::new("ledger-fjall-retired");
+    let path = scratch.ledger();
+    let worker = WorkerKey { edge_id: 4, worker_id: 2 };
+    let record = |instance_id: u64, retired: std::ops::RangeInclusive<u64>| WorkerRecord {
+        worker,
+        instance_id,
+        confirmed_seq: 0,
+        retired: retired.collect(),
+    };
+    // As an older version wrote it: the record alone.
+    let older = CommitGroup { workers: vec![record(9, 1..=8)], ..CommitGroup::default() };
+    FjallLedger::open(&path).unwrap().commit_group(&older).unwrap();
+    // This version retires instance 9: its record now lists 2..=9, the log 9.
+    let retired = vec![RetiredInstance { worker, instance_id: 9 }];
+    let newer = CommitGroup { workers: vec![record(10, 2..=9)], retired, ..Default::default() };
+    FjallLedger::open(&path).unwrap().commit_group(&newer).unwrap();
+    let workers = FjallLedger::open(&path).unwrap().snapshot().unwrap().workers;
+    assert_eq!(workers, vec![WorkerRecord { retired: (1..=9).collect(), ..record(10, 2..=9) }]);
+}
+
 /// A PostgreSQL ledger that leads (holds the lease's epoch).
 fn leading(url: &str, node: &str) -> (PostgresLedger, i64) {
     let mut ledger = PostgresLedger::open(url).unwrap();

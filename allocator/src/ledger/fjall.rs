@@ -159,7 +159,32 @@ impl FjallLedger {
             None => 0,
         };
         let next_command = std::sync::atomic::AtomicU64::new(last + 1);
-        Ok(Self { db, awards, delivered, answers, workers, retired, commands, meta, next_command })
+        let ledger =
+            Self { db, awards, delivered, answers, workers, retired, commands, meta, next_command };
+        ledger.log_recorded_retirements()?;
+        Ok(ledger)
+    }
+
+    /// Copies the retired instances the workers' records list into the log of retirements (a
+    /// ledger written before the log existed has them only there, and a record keeps only its
+    /// newest eight: the next retirement would push the oldest out of every list). Idempotent;
+    /// one durable write.
+    fn log_recorded_retirements(&self) -> Result<(), LedgerError> {
+        let mut write = self.db.batch().durability(Some(PersistMode::SyncAll));
+        let mut any = false;
+        for item in self.workers.iter() {
+            let (key, value) = item.into_inner()?;
+            let record = decode_worker(parse_worker_key(&key)?, &value)?;
+            for instance_id in record.retired {
+                let retired = RetiredInstance { worker: record.worker, instance_id };
+                write.insert(&self.retired, retired_key(&retired), []);
+                any = true;
+            }
+        }
+        if any {
+            write.commit()?;
+        }
+        Ok(())
     }
 
     /// Writes (and fsyncs) a probe row: proves the ledger is writable before serving.
