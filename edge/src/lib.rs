@@ -29,6 +29,7 @@ pub mod config;
 pub mod core;
 pub mod cpu_allowance;
 pub mod event_loop;
+pub mod handed_to_link;
 pub mod handshakes;
 pub mod keyed_hkdf;
 pub mod lazy_keys;

@@ -11,9 +11,9 @@
 //!
 //! Acknowledgements and award asks are not answered: one handed to a link that then fails (an
 //! allocator paused or gone, a standby that says `NOT_LEADER` once the link is up) may never
-//! have arrived. Those handed to a link are kept (the same bounds) and sent again on the next
-//! one: a delivery mark twice is harmless, and an ask twice sends a phone an award it keeps
-//! once (PROTOCOL.md).
+//! have arrived. Those a link was handed and has not proved it has ([`HandedToLink`]) are sent
+//! again on the next one: a delivery mark twice is harmless, and an ask twice sends a phone an
+//! award it keeps once (PROTOCOL.md).
 //!
 //! On each new link the first frame is `EdgeHello` with this worker's instance id (drawn at
 //! random when the worker starts; batch sequences count from 1 within it) and the highest
@@ -29,6 +29,7 @@ use shake_proto::{AllocatorFrame, BatchDigest, VerdictCounts};
 
 use crate::admission::LoadCounts;
 use crate::batcher::{Answer, BatchSettings, Batcher};
+use crate::handed_to_link::HandedToLink;
 
 /// Acknowledgements waiting for the link, at most.
 pub const MAX_QUEUED_ACKS: usize = 65_536;
@@ -81,9 +82,8 @@ pub struct Uplink<R> {
     /// Users whose session started: the allocator is asked what it owes them.
     wanted: VecDeque<u64>,
     wanted_dropped: u64,
-    /// Acks and asks handed to the current link, newest last: sent again on the next.
-    acks_handed: VecDeque<u64>,
-    wanted_handed: VecDeque<u64>,
+    /// Acks and asks handed to the current link that it has not proved it has.
+    handed: HandedToLink,
     scratch: BytesMut,
 }
 
@@ -111,8 +111,7 @@ impl<R: Copy> Uplink<R> {
             acks_dropped: 0,
             wanted: VecDeque::new(),
             wanted_dropped: 0,
-            acks_handed: VecDeque::new(),
-            wanted_handed: VecDeque::new(),
+            handed: HandedToLink::new(MAX_QUEUED_ACKS, MAX_QUEUED_WANTED),
             scratch: BytesMut::with_capacity(64 * 1024),
         }
     }
@@ -143,15 +142,15 @@ impl<R: Copy> Uplink<R> {
         self.links += 1;
         self.link = self.links;
         self.hello_due = true;
-        // What the last link was handed goes first, then what queued since.
-        let acks = std::mem::take(&mut self.acks);
-        let mut again = std::mem::take(&mut self.acks_handed);
-        self.acks_dropped += push_bounded(&mut again, acks, MAX_QUEUED_ACKS);
-        self.acks = again;
-        let wanted = std::mem::take(&mut self.wanted);
-        let mut again = std::mem::take(&mut self.wanted_handed);
-        self.wanted_dropped += push_bounded(&mut again, wanted, MAX_QUEUED_WANTED);
-        self.wanted = again;
+        // What the last link was handed and never proved it has goes first, then what queued
+        // since.
+        let (mut acks, mut wanted) = self.handed.take_unproven();
+        self.acks_dropped +=
+            push_bounded(&mut acks, std::mem::take(&mut self.acks), MAX_QUEUED_ACKS);
+        self.acks = acks;
+        let queued = std::mem::take(&mut self.wanted);
+        self.wanted_dropped += push_bounded(&mut wanted, queued, MAX_QUEUED_WANTED);
+        self.wanted = wanted;
     }
 
     /// The stream is gone.
@@ -234,7 +233,8 @@ impl<R: Copy> Uplink<R> {
                 highest_answered_seq: self.confirmed_sent,
             }));
         }
-        if let Some((_, frame)) = self.batcher.next_unsent(self.link) {
+        if let Some((seq, frame)) = self.batcher.next_unsent(self.link) {
+            self.handed.batch(seq);
             return Some(frame);
         }
         let answered = self.batcher.highest_answered();
@@ -261,13 +261,13 @@ impl<R: Copy> Uplink<R> {
         if !self.acks.is_empty() {
             let n = self.acks.len().min(MAX_DELIVERED_IDS);
             let award_ids: Vec<u64> = self.acks.drain(..n).collect();
-            push_bounded(&mut self.acks_handed, award_ids.iter().copied(), MAX_QUEUED_ACKS);
+            self.handed.acks(&award_ids);
             return Some(self.encode(&AllocatorFrame::AwardDelivered { award_ids }));
         }
         if !self.wanted.is_empty() {
             let n = self.wanted.len().min(MAX_WANTED_USERS);
             let user_ids: Vec<u64> = self.wanted.drain(..n).collect();
-            push_bounded(&mut self.wanted_handed, user_ids.iter().copied(), MAX_QUEUED_WANTED);
+            self.handed.wanted(&user_ids);
             return Some(self.encode(&AllocatorFrame::AwardsWanted { user_ids }));
         }
         None
@@ -275,6 +275,7 @@ impl<R: Copy> Uplink<R> {
 
     /// The allocator answered batch `seq`, naming the batch it answered by `digest`.
     pub fn on_result(&mut self, seq: u64, digest: BatchDigest) -> Answer<R> {
+        self.handed.answered(seq);
         self.batcher.on_result(seq, digest)
     }
 
@@ -360,6 +361,21 @@ mod tests {
                 AllocatorFrame::AwardsWanted { user_ids: vec![70] }
             ],
             "the last link's acks and asks again, then the new"
+        );
+        // A result for a batch handed after them proves they arrived: not sent again.
+        up.batcher().push(1, 10, 0, 0, 0).unwrap();
+        up.batcher().push(1, 11, 1, 0, 0).unwrap();
+        let frames = drain(&mut up);
+        let digest = batch(&frames[0]).digest();
+        assert!(matches!(up.on_result(1, digest), Answer::Matched(_)));
+        up.link_up();
+        let frames = drain(&mut up);
+        assert!(
+            !frames.iter().any(|f| matches!(
+                f,
+                AllocatorFrame::AwardDelivered { .. } | AllocatorFrame::AwardsWanted { .. }
+            )),
+            "{frames:?}"
         );
         // Handed ones are kept up to the queue's bound, the oldest dropped first.
         for id in 0..(MAX_QUEUED_ACKS as u64 + 5) {
