@@ -498,22 +498,29 @@ pub(crate) fn lead(
     Ok(tokio::spawn(async move {
         let connections = Arc::new(std::sync::Mutex::new(Vec::new()));
         let writers = TaskTracker::new();
+        let actor_gone = CancellationToken::new();
+        let streams = Streams {
+            accepted: connections.clone(),
+            writers: writers.clone(),
+            actor_gone: actor_gone.clone(),
+        };
         let accept = tokio::spawn(accept_loop(
             endpoint.clone(),
             actor_tx.clone(),
             metrics.clone(),
-            Streams { accepted: connections.clone(), writers: writers.clone() },
+            streams,
             shutdown.clone(),
         ));
         let result = actor_loop(core, restored, pipes, metrics, term_health, shutdown).await;
         *lock(&admin) = None;
         accept.abort();
+        // Each stream's writer writes what the actor queued (a drain's last answers, all
+        // durable), finishes, and waits for the edge to have it; then the connections close.
+        actor_gone.cancel();
+        writers.close();
+        tokio::time::timeout(Duration::from_secs(2), writers.wait()).await.ok();
         match end {
             TermEnd::CloseEndpoint => {
-                // The actor's senders are gone with it: each stream's writer writes what was
-                // queued (a drain's last answers), finishes, and waits for the edge to have it.
-                writers.close();
-                tokio::time::timeout(Duration::from_secs(2), writers.wait()).await.ok();
                 endpoint.close(ErrorCode::NoError.code().into(), b"allocator stopping");
                 tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await.ok();
             }
@@ -1058,6 +1065,8 @@ pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, 
 struct Streams {
     accepted: Accepted,
     writers: TaskTracker,
+    /// Cancelled once the actor is gone: a writer then sends what is queued and finishes.
+    actor_gone: CancellationToken,
 }
 
 async fn accept_loop(
@@ -1067,7 +1076,7 @@ async fn accept_loop(
     streams: Streams,
     shutdown: Shutdown,
 ) {
-    let Streams { accepted, writers } = streams;
+    let Streams { accepted, writers, actor_gone } = streams;
     let stream_ids = Arc::new(AtomicU64::new(1));
     loop {
         let incoming = tokio::select! {
@@ -1083,6 +1092,7 @@ async fn accept_loop(
         let stream_ids = stream_ids.clone();
         let accepted = accepted.clone();
         let writers = writers.clone();
+        let actor_gone = actor_gone.clone();
         tokio::spawn(async move {
             let remote = incoming.remote_address();
             let connection = match incoming.await {
@@ -1119,7 +1129,8 @@ async fn accept_loop(
                     connection: connection.clone(),
                     peer_cert: peer_cert.clone(),
                 };
-                let writer = StreamWriter { send, tracker: writers.clone() };
+                let writer =
+                    StreamWriter { send, tracker: writers.clone(), actor_gone: actor_gone.clone() };
                 tokio::spawn(serve_stream(stream, writer, recv, actor.clone(), metrics.clone()));
             }
         });
@@ -1133,10 +1144,11 @@ struct EdgeLink {
     peer_cert: Arc<rustls_pki_types::CertificateDer<'static>>,
 }
 
-/// A stream's sending half, and the tracker its writer task joins.
+/// A stream's sending half, the tracker its writer task joins, and the actor's end.
 struct StreamWriter {
     send: quinn::SendStream,
     tracker: TaskTracker,
+    actor_gone: CancellationToken,
 }
 
 async fn serve_stream(
@@ -1149,7 +1161,7 @@ async fn serve_stream(
     let stream = link.stream;
     let (frames_tx, mut frames_rx) = mpsc::channel::<Bytes>(OUTGOING_QUEUE);
     let closer = StreamCloser::default();
-    let StreamWriter { mut send, tracker } = writer;
+    let StreamWriter { mut send, tracker, actor_gone } = writer;
     let writer = {
         let closer = closer.clone();
         tracker.spawn(async move {
@@ -1161,6 +1173,16 @@ async fn serve_stream(
                         Some(frame) if send.write_all(&frame).await.is_ok() => {}
                         _ => break,
                     },
+                    // The actor is gone (a stream that never said hello still holds its own
+                    // sender): what it queued is all there will be.
+                    _ = actor_gone.cancelled() => {
+                        while let Ok(frame) = frames_rx.try_recv() {
+                            if send.write_all(&frame).await.is_err() {
+                                break;
+                            }
+                        }
+                        break;
+                    }
                 }
             }
             if let Some(code) = closer.code() {

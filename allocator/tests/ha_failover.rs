@@ -454,3 +454,26 @@ async fn a_takeover_committed_on_the_primary_alone_is_not_taken() {
     let led = await_leadership(&a, Duration::from_secs(10));
     assert!(led >= epoch as f64, "led under epoch {led}, the row said {epoch}");
 }
+
+/// SIGTERM drains a leader too: a batch being committed when the signal comes is answered
+/// before the term's connections close (every group is made slow to commit, so the batch is
+/// in flight). The leader's answers were queued, then dropped with the connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_drained_answers_the_batch_being_committed() {
+    let scratch = Scratch::new("ha-drain");
+    let server = PgServer::primary(&scratch.dir.join("pg"));
+    let url = server.database("shake");
+    let config = scratch.postgres_config("a", &url, &round());
+    let mut a = with_failpoint(&config, "allocator-slow-commit");
+    await_leadership(&a, Duration::from_secs(20));
+    let mut stream = edge_worker(a.quic, &scratch, 7).await.unwrap();
+    let first = stream.recv().await.map(|(frame, _)| frame);
+    assert!(matches!(first, Ok(AllocatorFrame::RoundState { .. })), "{first:?}");
+    stream.send(&batch(1)).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    a.process.signal("TERM");
+    let answer = stream.next_result().await;
+    assert!(matches!(answer, Ok((1, _, _))), "the batch in flight at the drain: {answer:?}");
+    assert!(a.process.wait().success());
+    drop(server);
+}
