@@ -1061,7 +1061,7 @@ pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, 
 }
 
 /// What the accept loop keeps of the streams it starts: the connections (to close them with a
-/// term's end) and the streams' writers (to let them finish before the endpoint closes).
+/// term's end) and the streams' writers (to let them finish before the connections close).
 struct Streams {
     accepted: Accepted,
     writers: TaskTracker,
