@@ -37,11 +37,20 @@ impl EdgeSilence {
         self.since.map(|(at, _)| at + EDGE_SILENT_MS)
     }
 
-    /// True when shakes have waited [`EDGE_SILENT_MS`] with no answer and no ACK frame.
-    pub fn is_silent(&self, now_ms: u64, acks_received: u64) -> bool {
-        self.since.is_some_and(|(at, acks)| {
-            now_ms.saturating_sub(at) >= EDGE_SILENT_MS && acks_received == acks
-        })
+    /// Looks at the deadline: true when shakes have waited [`EDGE_SILENT_MS`] with no answer
+    /// and no ACK frame. Past the deadline with ACKs meanwhile (an answer lost, or shed), the
+    /// edge is there: the watch starts again from now, so the next deadline is ahead (a
+    /// deadline left behind would be due at once, for ever) and measured against these ACKs.
+    pub fn check(&mut self, now_ms: u64, acks_received: u64) -> bool {
+        let Some((at, acks)) = self.since else { return false };
+        if now_ms.saturating_sub(at) < EDGE_SILENT_MS {
+            return false;
+        }
+        if acks_received == acks {
+            return true;
+        }
+        self.since = Some((now_ms, acks_received));
+        false
     }
 }
 
@@ -52,16 +61,19 @@ mod tests {
     #[test]
     fn only_unanswered_and_unacknowledged_shakes_make_an_edge_silent() {
         let mut watch = EdgeSilence::default();
-        assert!(!watch.is_silent(10_000, 0), "nothing sent, nothing awaited");
+        assert!(!watch.check(10_000, 0), "nothing sent, nothing awaited");
         watch.shake_sent(1_000, 5);
         watch.shake_sent(1_500, 6); // the first unanswered shake is what counts
         assert_eq!(watch.deadline_ms(), Some(3_000));
-        assert!(!watch.is_silent(2_999, 5));
-        assert!(watch.is_silent(3_000, 5));
-        // Slow answers from an edge that acknowledges packets: alive.
-        assert!(!watch.is_silent(9_000, 7));
+        assert!(!watch.check(2_999, 5));
+        assert!(watch.clone().check(3_000, 5));
+        // Slow answers from an edge that acknowledges packets: alive, and watched from now on.
+        assert!(!watch.check(9_000, 7));
+        assert_eq!(watch.deadline_ms(), Some(11_000), "the next look is ahead, not due at once");
+        assert!(!watch.check(10_999, 7));
+        assert!(watch.clone().check(11_000, 7), "the edge gone after all: no ACK since 9 s");
         watch.heard();
         assert_eq!(watch.deadline_ms(), None);
-        assert!(!watch.is_silent(9_000, 5));
+        assert!(!watch.check(19_000, 5));
     }
 }

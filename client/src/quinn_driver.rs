@@ -15,7 +15,9 @@ use tokio::sync::mpsc;
 
 use crate::liveness::EdgeSilence;
 use crate::reconnect::{ConnectionEnd, NextConnect, Reconnect, ReconnectSettings};
-use crate::session::{EndReason, PhoneSession, SessionEvent, ShakePath, ShakeRefusal};
+use crate::session::{
+    EndReason, MAX_HELD_AWARDS, PhoneSession, SessionEvent, ShakePath, ShakeRefusal,
+};
 
 /// How long a connection attempt may take before it counts as failed.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -125,10 +127,14 @@ pub async fn run(
     let user = shake_proto::token::user_id_of(&phone.token).unwrap_or(0);
     let mut reconnect = Reconnect::new(phone.edges.len(), user, phone.reconnect);
     let mut edge = reconnect.first();
+    // Every award the app acknowledged, newest last: each session is told, so that one whose
+    // ack was lost with an earlier session is acknowledged again, not shown again.
+    let mut shown = ShownAwards::default();
     loop {
         let addr = phone.edges[edge];
         let _ = events.send(PhoneEvent::Connecting(addr)).await;
-        let end = match one_session(&phone, addr, &mut reconnect, &mut commands, &events).await? {
+        let io = SessionIo { reconnect: &mut reconnect, commands: &mut commands, events: &events };
+        let end = match one_session(&phone, addr, io, &mut shown).await? {
             Some(end) => end,
             None => return Ok(Stopped::ByApp),
         };
@@ -147,7 +153,9 @@ pub async fn run(
                         _ = &mut deadline => break,
                         command = commands.recv() => match command {
                             None | Some(PhoneCommand::Stop) => return Ok(Stopped::ByApp),
-                            Some(_) => {
+                            // Acknowledged in the next session, if the edge sends it again.
+                            Some(PhoneCommand::AckAward(award_id)) => shown.push(award_id),
+                            Some(PhoneCommand::Shake) => {
                                 let held = PhoneEvent::ShakeHeld(ShakeRefusal::NoSession);
                                 let _ = events.send(held).await;
                             }
@@ -159,13 +167,33 @@ pub async fn run(
     }
 }
 
+/// The awards the app acknowledged, the newest [`MAX_HELD_AWARDS`].
+#[derive(Debug, Default)]
+struct ShownAwards(std::collections::VecDeque<u64>);
+
+impl ShownAwards {
+    fn push(&mut self, award_id: u64) {
+        if self.0.len() == MAX_HELD_AWARDS {
+            self.0.pop_front();
+        }
+        self.0.push_back(award_id);
+    }
+}
+
+/// What a session talks to besides its connection: the reconnect policy, the app's commands
+/// and its events.
+struct SessionIo<'a> {
+    reconnect: &'a mut Reconnect,
+    commands: &'a mut mpsc::Receiver<PhoneCommand>,
+    events: &'a mpsc::Sender<PhoneEvent>,
+}
+
 /// One connection and its session, until it ends (`Some`) or the app stops (`None`).
 async fn one_session(
     phone: &Phone,
     addr: SocketAddr,
-    reconnect: &mut Reconnect,
-    commands: &mut mpsc::Receiver<PhoneCommand>,
-    events: &mpsc::Sender<PhoneEvent>,
+    io: SessionIo<'_>,
+    shown: &mut ShownAwards,
 ) -> Result<Option<ConnectionEnd>, ClientError> {
     let local: SocketAddr =
         if addr.is_ipv6() { "[::]:0".parse() } else { "0.0.0.0:0".parse() }.expect("an address");
@@ -177,7 +205,7 @@ async fn one_session(
     let Ok(Ok(conn)) = tokio::time::timeout(CONNECT_TIMEOUT, connecting).await else {
         return Ok(Some(ConnectionEnd::NotConnected));
     };
-    let ended = drive(phone, &conn, reconnect, commands, events).await;
+    let ended = drive(phone, &conn, io, shown).await;
     // Whatever ended it, the edge hears the close rather than waiting out its idle timeout.
     conn.close(0u32.into(), b"bye");
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
@@ -188,15 +216,16 @@ async fn one_session(
 async fn drive(
     phone: &Phone,
     conn: &quinn::Connection,
-    reconnect: &mut Reconnect,
-    commands: &mut mpsc::Receiver<PhoneCommand>,
-    events: &mpsc::Sender<PhoneEvent>,
+    io: SessionIo<'_>,
+    shown: &mut ShownAwards,
 ) -> Option<ConnectionEnd> {
+    let SessionIo { reconnect, commands, events } = io;
     let conn = conn.clone();
     let Ok((mut send, mut recv)) = conn.open_bi().await else {
         return Some(connection_end(&conn, false));
     };
     let mut session = PhoneSession::with_path(phone.token.clone(), phone.shake_path);
+    session.remember_shown(shown.0.iter().copied());
     session.hello();
     let mut welcomed = false;
     let mut read = vec![0u8; 4096];
@@ -216,7 +245,7 @@ async fn drive(
             tokio::time::sleep(Duration::from_millis(look_at.saturating_sub(now_ms()).min(60_000)));
         tokio::select! {
             _ = silence_check, if look_at != u64::MAX => {
-                if silence.is_silent(now_ms(), acks_received()) {
+                if silence.check(now_ms(), acks_received()) {
                     return Some(ConnectionEnd::Silent);
                 }
             }
@@ -257,6 +286,7 @@ async fn drive(
                     }
                 },
                 Some(PhoneCommand::AckAward(award_id)) => {
+                    shown.push(award_id);
                     session.ack_award(award_id);
                 }
             },
@@ -276,10 +306,13 @@ async fn drive(
                 EndReason::Refused { code, .. } => ConnectionEnd::Closed(*code),
                 EndReason::Violation(code) => ConnectionEnd::Closed(code.code().into()),
             };
-            // What is queued (an AwardAck) goes before the close.
+            // What is queued (an AwardAck) goes before the close: a close drops stream data
+            // not yet sent, so the edge is given a moment to have it.
             let out = session.control_out().split().freeze();
             let _ = send.write_all(&out).await;
-            let _ = send.finish();
+            if send.finish().is_ok() {
+                let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
+            }
             return Some(end);
         }
     }

@@ -153,6 +153,12 @@ pub struct PhoneSession {
     events: VecDeque<SessionEvent>,
     events_dropped: u64,
     held_awards: VecDeque<u64>,
+    /// Awards acknowledged on this session's stream: one that comes again (an `AwardsOwed`
+    /// crossing the batch's answer) is a duplicate.
+    acked_here: VecDeque<u64>,
+    /// Awards the app showed in an earlier session ([`PhoneSession::remember_shown`]): one
+    /// that comes again (its ack was lost with that session) is acknowledged at once, unseen.
+    shown_before: VecDeque<u64>,
     rounds: Vec<RoundInfo>,
     min_shake_interval_ms: u32,
     /// The edge's clock minus the phone's, milliseconds.
@@ -182,6 +188,8 @@ impl PhoneSession {
             events: VecDeque::new(),
             events_dropped: 0,
             held_awards: VecDeque::new(),
+            acked_here: VecDeque::new(),
+            shown_before: VecDeque::new(),
             rounds: Vec::new(),
             min_shake_interval_ms: 0,
             clock_offset_ms: 0,
@@ -322,7 +330,8 @@ impl PhoneSession {
         let z = shake_proto::mix(self.user_id ^ seq.rotate_left(32));
         let retry = u64::from(retry_after_ms);
         let most = (retry as f64 * shake_proto::SLOW_DOWN_JITTER_SHARE) as u64;
-        retry + most * (z >> 11) / (1 << 53)
+        // In 128 bits: `most` times a 53-bit fraction overflows 64 bits past about 8 s.
+        retry + ((u128::from(most) * u128::from(z >> 11)) >> 53) as u64
     }
 
     /// The phone's Unix milliseconds from which a shake is allowed: the interval in force
@@ -343,8 +352,22 @@ impl PhoneSession {
             return false;
         };
         self.held_awards.remove(at);
-        ControlFrame::AwardAck { award_id }.encode(&mut self.control_out);
+        self.send_ack(award_id);
         true
+    }
+
+    /// Awards the app showed in earlier sessions (the driver keeps the newest
+    /// [`MAX_HELD_AWARDS`]): if the edge sends one again, its acknowledgement was lost with
+    /// that session, and this one acknowledges it without showing it twice.
+    pub fn remember_shown(&mut self, award_ids: impl IntoIterator<Item = u64>) {
+        for award_id in award_ids {
+            push_bounded(&mut self.shown_before, award_id);
+        }
+    }
+
+    fn send_ack(&mut self, award_id: u64) {
+        ControlFrame::AwardAck { award_id }.encode(&mut self.control_out);
+        push_bounded(&mut self.acked_here, award_id);
     }
 
     /// Bytes from the control stream. An error is a protocol violation by the edge: the
@@ -403,13 +426,15 @@ impl PhoneSession {
                 self.pace(min_shake_interval_ms);
             }
             (Phase::Active, ControlFrame::Award { award_id, round_id, prize }) => {
-                if !self.held_awards.contains(&award_id) {
-                    if self.held_awards.len() == MAX_HELD_AWARDS {
-                        self.held_awards.pop_front();
-                    }
-                    self.held_awards.push_back(award_id);
+                // Once per award id: held or acknowledged here, it is a duplicate; shown in an
+                // earlier session, it is acknowledged again, not shown again.
+                if self.held_awards.contains(&award_id) || self.acked_here.contains(&award_id) {
+                } else if self.shown_before.contains(&award_id) {
+                    self.send_ack(award_id);
+                } else {
+                    push_bounded(&mut self.held_awards, award_id);
+                    self.push(SessionEvent::Award { award_id, round_id, prize });
                 }
-                self.push(SessionEvent::Award { award_id, round_id, prize });
             }
             (Phase::Active, ControlFrame::Outcomes(outcomes)) => {
                 self.on_outcomes(now_ms, &outcomes);
@@ -484,6 +509,14 @@ impl PhoneSession {
             self.events_dropped += 1;
         }
     }
+}
+
+/// Appends `award_id`, forgetting the oldest past [`MAX_HELD_AWARDS`].
+fn push_bounded(ids: &mut VecDeque<u64>, award_id: u64) {
+    if ids.len() == MAX_HELD_AWARDS {
+        ids.pop_front();
+    }
+    ids.push_back(award_id);
 }
 
 /// The code a phone closes with for bytes it cannot decode (as the edge does).
@@ -682,6 +715,55 @@ mod tests {
         assert!((until + 5_000..=until + 6_250).contains(&paced), "{}", paced - until);
         assert_eq!(s.shake(until + 600, &mut out), Err(ShakeRefusal::TooSoon { at_ms: paced }));
         assert_eq!(s.shake(paced, &mut out), Ok(4));
+    }
+
+    /// An award once per id: a second copy in the session (an `AwardsOwed` crossing the
+    /// batch's answer), before or after the app's ack, is neither shown again nor acked again
+    /// (the edge refuses a second ack, and 64 refused close the session); one the app showed in
+    /// an earlier session is acked at once and not shown.
+    #[test]
+    fn an_award_is_shown_and_acknowledged_once() {
+        let award = |award_id| {
+            frame(ControlFrame::Award { award_id, round_id: 1, prize: Prize::Cash { cents: 5 } })
+        };
+        let acks = |s: &mut PhoneSession| {
+            let mut ids = Vec::new();
+            while let Ok(Some(f)) = ControlFrame::decode(s.control_out()) {
+                if let ControlFrame::AwardAck { award_id } = f {
+                    ids.push(award_id);
+                }
+            }
+            ids
+        };
+        let mut s = welcomed(0);
+        s.remember_shown([9]);
+        acks(&mut s);
+        for _ in 0..2 {
+            s.on_control(NOW, &award(7)).unwrap();
+        }
+        assert!(matches!(s.poll_event(), Some(SessionEvent::Award { award_id: 7, .. })));
+        assert_eq!(s.poll_event(), None, "a copy is not shown again");
+        assert!(s.ack_award(7));
+        s.on_control(NOW, &award(7)).unwrap();
+        assert_eq!(s.poll_event(), None);
+        assert!(!s.ack_award(7), "acked once");
+        assert_eq!(acks(&mut s), vec![7]);
+        // Shown in an earlier session: acknowledged, unseen.
+        s.on_control(NOW, &award(9)).unwrap();
+        assert_eq!(s.poll_event(), None);
+        assert_eq!(acks(&mut s), vec![9]);
+    }
+
+    #[test]
+    fn jitter_stays_within_a_quarter_for_the_longest_intervals() {
+        let s = welcomed(0);
+        for retry in [8_196, 60_000, u32::MAX] {
+            for seq in 1..50 {
+                let waited = s.with_jitter(retry, seq);
+                let most = u64::from(retry) + u64::from(retry) / 4;
+                assert!((u64::from(retry)..=most).contains(&waited), "{retry}: {waited}");
+            }
+        }
     }
 
     #[test]

@@ -491,7 +491,7 @@ impl<'a> Shaking<'a> {
         }
         let acks_received = link.conn.stats().frame_rx.acks;
         let now_ms = self.ctx.now_ms();
-        if self.silence.is_silent(now_ms, acks_received) {
+        if self.silence.check(now_ms, acks_received) {
             self.ctx.stats.error("edge silent: moved to the next edge");
             return Some(SessionEnd::Ended(ConnectionEnd::Silent));
         }
