@@ -232,8 +232,9 @@ impl RoundConfig {
 
     /// Number of prizes in the round.
     pub fn prize_count(&self) -> u64 {
-        self.cash.as_ref().map_or(0, |c| c.envelopes)
-            + self.gifts.iter().map(|g| g.count).sum::<u64>()
+        self.gifts
+            .iter()
+            .fold(self.cash.as_ref().map_or(0, |c| c.envelopes), |n, g| n.saturating_add(g.count))
     }
 
     /// Adds a top-up's prizes to the round as configured: cash joins the cash pool (totals and
@@ -288,6 +289,10 @@ impl RoundConfig {
         if self.prize_count() > u64::from(u32::MAX) {
             return Err(invalid(at("cash"), "more than 2^32 prizes in one round"));
         }
+        // A gift pool's index is 16 bits.
+        if self.gifts.len() > usize::from(u16::MAX) + 1 {
+            return Err(invalid(at("gifts"), "more than 65,536 gifts in one round"));
+        }
         Ok(())
     }
 }
@@ -317,6 +322,11 @@ pub struct GiftPool {
     pub count: u64,
 }
 
+/// Most prizes in one pool (a cash pool's envelopes, a gift's count): each is an item in the
+/// allocator's memory (16 bytes), built when the pool is (at start, or when a top-up is
+/// applied, and again at every restart from the recorded command).
+pub const MAX_PRIZES_PER_POOL: u64 = 100_000_000;
+
 /// Checks a cash pool and gift pools (a round's, or a top-up's); `at` names a field.
 pub fn check_pools(
     cash: Option<&CashPool>,
@@ -324,7 +334,7 @@ pub fn check_pools(
     at: &dyn Fn(&str) -> String,
 ) -> Result<(), ConfigError> {
     if let Some(cash) = cash {
-        if cash.envelopes == 0 || cash.envelopes > 100_000_000 {
+        if cash.envelopes == 0 || cash.envelopes > MAX_PRIZES_PER_POOL {
             return Err(invalid(at("cash.envelopes"), "must be 1 to 100,000,000"));
         }
         if cash.min_cents == 0 {
@@ -338,8 +348,8 @@ pub fn check_pools(
         if gift.sku.is_empty() || gift.sku.len() > shake_proto::limits::MAX_SKU {
             return Err(invalid(at(&format!("gifts[{g}].sku")), "must be 1 to 64 bytes"));
         }
-        if gift.count == 0 {
-            return Err(invalid(at(&format!("gifts[{g}].count")), "must be at least 1"));
+        if gift.count == 0 || gift.count > MAX_PRIZES_PER_POOL {
+            return Err(invalid(at(&format!("gifts[{g}].count")), "must be 1 to 100,000,000"));
         }
     }
     Ok(())

@@ -175,10 +175,23 @@ impl Draw {
         if let (RoundAction::TopUp { cash, gifts }, Some(round)) =
             (&command.action, self.round(command.round_id))
         {
-            let adding = cash.as_ref().map_or(0, |c| c.envelopes)
-                + gifts.iter().map(|g| g.count).sum::<u64>();
-            if round.pool.items().len() as u64 + adding > u64::from(u32::MAX) {
+            let adding = gifts
+                .iter()
+                .fold(cash.as_ref().map_or(0, |c| c.envelopes), |n, g| n.saturating_add(g.count));
+            if (round.pool.items().len() as u64).saturating_add(adding) > u64::from(u32::MAX) {
                 return Err(Refusal::Invalid("more than 2^32 prizes in one round".into()));
+            }
+            // A gift pool's index is 16 bits.
+            let known = &round.config.gifts;
+            let mut new_skus: Vec<&str> = gifts
+                .iter()
+                .map(|g| g.sku.as_str())
+                .filter(|sku| !known.iter().any(|k| k.sku == *sku))
+                .collect();
+            new_skus.sort_unstable();
+            new_skus.dedup();
+            if known.len() + new_skus.len() > usize::from(u16::MAX) + 1 {
+                return Err(Refusal::Invalid("more than 65,536 gifts in one round".into()));
             }
         }
         Ok(next)

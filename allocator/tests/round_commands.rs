@@ -243,6 +243,14 @@ async fn a_round_paused_topped_up_resumed_and_a_round_added_survive_a_restart() 
     let (code, refused) = post_json(admin, "/rounds/1/top-up", "t-bad", &bad);
     assert_eq!(code, 400);
     assert!(refused["error"].as_str().unwrap().contains("top_up.cash.total_cents"), "{refused}");
+    // A count no pool can hold is refused before it is recorded: recorded, it failed to apply
+    // (a wrapped size check, then an allocation of 2^64 items), on every restart's replay too.
+    for count in [u64::MAX, 3_000_000_000] {
+        let huge = serde_json::json!({ "gifts": [{ "sku": "x", "name": "x", "count": count }] });
+        let (code, refused) = post_json(admin, "/rounds/1/top-up", &format!("t-{count}"), &huge);
+        assert_eq!(code, 400, "{count}: {refused}");
+        assert!(refused["error"].as_str().unwrap().contains("count"), "{refused}");
+    }
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(draw(&mut stream, 1, 2, 2_000, 20).await.is_empty(), "a paused round draws nothing");
 
