@@ -81,7 +81,9 @@ enum Command {
         #[arg(long = "as", global = true, default_value = "cli")]
         operator: String,
         /// The command's idempotency key: run the same command again with the same key and it
-        /// takes effect once (default: a fresh key).
+        /// takes effect once (default: a fresh key). An answer that does not come (503, a
+        /// broken connection) is retried under the same key, 5 tries 2 s apart; after that the
+        /// CLI prints the key to resend with.
         #[arg(long, global = true)]
         id: Option<String>,
     },
@@ -341,17 +343,44 @@ fn round_command(
         ("Idempotency-Key", &key),
         ("X-Shake-Operator", operator),
     ];
-    let response = request_with_body(admin, method, &path, &headers, &body)
-        .with_context(|| format!("asking the admin API at {admin}"))?;
-    let status = status_of(&response).unwrap_or(0);
-    print!("{}", body_of(&response));
-    if status == 200 {
-        Ok(ExitCode::SUCCESS)
-    } else {
+    // A command whose answer was lost (the allocator stopped or lost its lease after recording
+    // it, another command was being recorded, the connection broke) is sent again under the
+    // same id, which the allocator applies at most once: a fresh id could top a pool up twice.
+    let mut last = String::new();
+    for attempt in 0..COMMAND_ATTEMPTS {
+        if attempt > 0 {
+            std::thread::sleep(COMMAND_RETRY_AFTER);
+        }
+        let response = match request_with_body(admin, method, &path, &headers, &body) {
+            Ok(response) => response,
+            Err(err) => {
+                last = format!("asking the admin API at {admin}: {err}");
+                continue;
+            }
+        };
+        let status = status_of(&response).unwrap_or(0);
+        if status == 503 {
+            last = format!("the allocator answered 503: {}", body_of(&response).trim());
+            continue;
+        }
+        print!("{}", body_of(&response));
+        if status == 200 {
+            return Ok(ExitCode::SUCCESS);
+        }
         eprintln!("{BIN}: the allocator answered {status}");
-        Ok(ExitCode::FAILURE)
+        return Ok(ExitCode::FAILURE);
     }
+    eprintln!(
+        "{BIN}: not confirmed after {COMMAND_ATTEMPTS} tries ({last}); the command may have been \
+         recorded: send it again with --id {key} (an id is applied at most once), never with a \
+         new one"
+    );
+    Ok(ExitCode::FAILURE)
 }
+
+/// Tries of one operator command whose answer did not come, and the pause between them.
+const COMMAND_ATTEMPTS: u32 = 5;
+const COMMAND_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     use shake_ops::signals::{StopSignal, StopSignals};

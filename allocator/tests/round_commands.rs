@@ -324,3 +324,24 @@ async fn a_round_paused_topped_up_resumed_and_a_round_added_survive_a_restart() 
         .collect();
     assert_eq!(actions, ["go", "pause", "top_up", "resume", "add"]);
 }
+
+/// A command whose answer never comes may have been recorded: the CLI sends it again under the
+/// same id (applied at most once), and when it gives up it says to resend with that id, never
+/// a new one (a fresh id could top a pool up twice).
+#[test]
+fn an_unconfirmed_command_is_retried_and_resent_only_under_its_id() {
+    let scratch = Scratch::new("cli-unconfirmed");
+    std::fs::write(scratch.dir.join("admin.token"), ADMIN_TOKEN).unwrap();
+    // Nothing listens there.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let mut command = Command::new(bin("shake-allocator"));
+    command
+        .args(["round", "top-up", "1", "--gift", "mug=2", "--id", "top-up-mugs-7"])
+        .args(["--admin", &closed.to_string(), "--token-file"])
+        .arg(scratch.dir.join("admin.token"));
+    let output = command.output().unwrap();
+    assert!(!output.status.success());
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(said.contains("not confirmed after 5 tries"), "{said}");
+    assert!(said.contains("send it again with --id top-up-mugs-7"), "{said}");
+}
