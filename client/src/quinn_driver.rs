@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use crate::liveness::EdgeSilence;
 use crate::reconnect::{ConnectionEnd, NextConnect, Reconnect, ReconnectSettings};
 use crate::session::{
-    EndReason, MAX_HELD_AWARDS, PhoneSession, SessionEvent, ShakePath, ShakeRefusal,
+    EndReason, PhoneSession, SessionEvent, ShakePath, ShakeRefusal, push_bounded,
 };
 
 /// How long a connection attempt may take before it counts as failed.
@@ -167,16 +167,14 @@ pub async fn run(
     }
 }
 
-/// The awards the app acknowledged, the newest [`MAX_HELD_AWARDS`].
+/// The awards the app acknowledged, the newest
+/// [`MAX_HELD_AWARDS`](crate::session::MAX_HELD_AWARDS).
 #[derive(Debug, Default)]
 struct ShownAwards(std::collections::VecDeque<u64>);
 
 impl ShownAwards {
     fn push(&mut self, award_id: u64) {
-        if self.0.len() == MAX_HELD_AWARDS {
-            self.0.pop_front();
-        }
-        self.0.push_back(award_id);
+        push_bounded(&mut self.0, award_id);
     }
 }
 

@@ -512,7 +512,7 @@ impl PhoneSession {
 }
 
 /// Appends `award_id`, forgetting the oldest past [`MAX_HELD_AWARDS`].
-fn push_bounded(ids: &mut VecDeque<u64>, award_id: u64) {
+pub(crate) fn push_bounded(ids: &mut VecDeque<u64>, award_id: u64) {
     if ids.len() == MAX_HELD_AWARDS {
         ids.pop_front();
     }
