@@ -145,8 +145,9 @@ impl StreamCloser {
 enum CommitJob {
     Batch(AnsweredBatch),
     Command(RoundCommand),
-    /// Support reads awards while the show runs: served between group commits, after the
-    /// group that was gathering when it came (so it sees every award announced before it).
+    /// Support reads awards while the show runs: served once the group that was gathering
+    /// when it came has committed (so it sees every award announced before it), by the
+    /// reader's thread ([`start_reader`]), so that no group waits for it.
     Read(AwardRead),
     Delivered(Vec<u64>),
     Compact {
@@ -470,8 +471,10 @@ pub(crate) fn lead(
         std::thread::Builder::new()
             .name("ledger-commit".into())
             .spawn(move || {
+                let mut store = store;
                 let unopened = committed_tx.clone();
-                let report = report_commits(committed_tx, metrics.clone(), health.clone());
+                let reads = start_reader(&mut *store);
+                let report = report_commits(committed_tx, metrics.clone(), health.clone(), reads);
                 match commit_loop(store, lanes, commit_rx, &report, &metrics, max_group) {
                     Ok(()) => {}
                     // A failed commit was reported by its lane; lanes that could not be opened
@@ -606,15 +609,49 @@ struct Behind {
 /// What a lane does with each group's outcome, in group order: metrics, the report to the
 /// actor, then the reads that waited behind the group. A lane's failure report is the first
 /// of its term's; the actor ends the term on it.
+/// Support's reads on a thread and ledger handle of their own, if the store gives one: they are
+/// handed over once the group they came behind has committed, and no group waits for them.
+fn start_reader(store: &mut dyn LedgerStore) -> Option<std::sync::mpsc::Sender<Vec<AwardRead>>> {
+    let mut reader = match store.open_reader() {
+        Ok(Some(reader)) => reader,
+        Ok(None) => return None,
+        Err(err) => {
+            tracing::warn!(%err, "no ledger session for support's reads: served between commits");
+            return None;
+        }
+    };
+    let (reads_tx, reads_rx) = std::sync::mpsc::channel::<Vec<AwardRead>>();
+    let spawned = std::thread::Builder::new().name("ledger-reads".into()).spawn(move || {
+        for reads in reads_rx {
+            serve_reads(&mut *reader, reads);
+        }
+    });
+    spawned.ok().map(|_| reads_tx)
+}
+
 fn report_commits(
     committed: mpsc::UnboundedSender<Committed>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
+    reader: Option<std::sync::mpsc::Sender<Vec<AwardRead>>>,
 ) -> Arc<Report<Behind>> {
+    // To the reader's thread, or (none, or gone) here, in the lane's turn.
+    let serve = move |store: &mut dyn LedgerStore, reads: Vec<AwardRead>| {
+        if reads.is_empty() {
+            return;
+        }
+        let unsent = match reader.as_ref() {
+            Some(reader) => reader.send(reads).err().map(|e| e.0),
+            None => Some(reads),
+        };
+        if let Some(reads) = unsent {
+            serve_reads(store, reads);
+        }
+    };
     Arc::new(move |group: CommitGroup, behind: Behind, result, store: &mut dyn LedgerStore| {
         let Behind { handed, reads } = behind;
         if group.is_empty() {
-            serve_reads(store, reads);
+            serve(store, reads);
             return;
         }
         // From hand-over to durable: the write, the wait for the group before it, the commit.
@@ -645,7 +682,7 @@ fn report_commits(
         // The actor gone means the term is ending: nothing to tell.
         let _ = committed.send(message);
         if !failed {
-            serve_reads(store, reads);
+            serve(store, reads);
         }
     })
 }
@@ -653,6 +690,10 @@ fn report_commits(
 /// Answers support's reads (each bounded by its limit).
 fn serve_reads(ledger: &mut dyn LedgerStore, reads: Vec<AwardRead>) {
     for read in reads {
+        // Tests only: a read as slow as one of millions of awards.
+        if shake_ops::supervise::failpoint("allocator-slow-award-read") {
+            std::thread::sleep(Duration::from_secs(3));
+        }
         let limit = read.query.limit;
         let mut found = 0usize;
         let result = ledger.awards(&mut |award| {

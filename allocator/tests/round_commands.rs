@@ -345,3 +345,28 @@ fn an_unconfirmed_command_is_retried_and_resent_only_under_its_id() {
     assert!(said.contains("not confirmed after 5 tries"), "{said}");
     assert!(said.contains("send it again with --id top-up-mugs-7"), "{said}");
 }
+
+/// Support's reads run on a ledger handle and thread of their own: a read as slow as one of
+/// millions of awards (made 3 s slow here) holds up no group commit, so edges keep getting
+/// answers. Served in the commit lane's turn, as they were, the batch waited for the read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_award_read_holds_up_no_commit() {
+    let scratch = Scratch::new("slow-read");
+    let config = scratch.admin_config();
+    let mut command = Allocator::command(&config);
+    command
+        .env("SHAKE_FAILPOINT", "allocator-slow-award-read")
+        .env("RUST_LOG", "warn")
+        .stderr(std::process::Stdio::inherit());
+    let alloc = Allocator::spawn(command).unwrap();
+    let admin = alloc.admin.expect("the ready line names the admin API");
+    let mut stream = edge_worker(alloc.quic, &scratch, 9).await.unwrap();
+    round_one(&mut stream).await;
+    let read = std::thread::spawn(move || authed(admin, "GET", "/awards?limit=5", "-").0);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let entries = [BatchEntry { user_id: 77, offset_us: 0 }];
+    stream.send(&AllocatorFrame::Batch(Batch::new(1, 1, now_ms(), &entries))).await;
+    let answer = tokio::time::timeout(Duration::from_millis(1_500), stream.next_result()).await;
+    assert!(matches!(answer, Ok(Ok((1, _, _)))), "the batch behind a slow read: {answer:?}");
+    assert_eq!(read.join().unwrap(), 200, "the read is answered all the same");
+}

@@ -292,6 +292,23 @@ impl LedgerStore for FjallLedger {
         FjallLedger::commit_group(self, group)
     }
 
+    fn open_reader(&mut self) -> Result<Option<Box<dyn LedgerStore>>, LedgerError> {
+        // The same database (one per process), shared: fjall's handles are thread-safe.
+        Ok(Some(Box::new(Self {
+            db: self.db.clone(),
+            awards: self.awards.clone(),
+            delivered: self.delivered.clone(),
+            answers: self.answers.clone(),
+            workers: self.workers.clone(),
+            retired: self.retired.clone(),
+            commands: self.commands.clone(),
+            meta: self.meta.clone(),
+            next_command: std::sync::atomic::AtomicU64::new(
+                self.next_command.load(std::sync::atomic::Ordering::Relaxed),
+            ),
+        })))
+    }
+
     fn snapshot(&mut self) -> Result<Snapshot, LedgerError> {
         FjallLedger::snapshot(self)
     }

@@ -195,6 +195,12 @@ pub trait LedgerStore: Send {
     fn open_lane(&mut self) -> Result<Option<Box<dyn LedgerStore>>, LedgerError> {
         Ok(None)
     }
+    /// Another handle on the same ledger for support's reads, on a thread of their own (a
+    /// read of millions of awards takes seconds, and a group commit must not wait for it);
+    /// `None` where the store has none (the reads are then served between commits).
+    fn open_reader(&mut self) -> Result<Option<Box<dyn LedgerStore>>, LedgerError> {
+        Ok(None)
+    }
     /// Reads everything back for a restart or a takeover.
     fn snapshot(&mut self) -> Result<Snapshot, LedgerError>;
     /// Every award (in id order) that `keep` accepts, with its delivery mark.

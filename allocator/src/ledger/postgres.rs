@@ -888,6 +888,11 @@ impl LedgerStore for PostgresLedger {
         Ok(())
     }
 
+    fn open_reader(&mut self) -> Result<Option<Box<dyn LedgerStore>>, LedgerError> {
+        // Reads need no leadership: a session of its own.
+        Ok(Some(Box::new(Self::open(self.target.clone())?)))
+    }
+
     fn open_lane(&mut self) -> Result<Option<Box<dyn LedgerStore>>, LedgerError> {
         // Tests only: the database refusing a term's second session (a blip at takeover).
         if shake_ops::supervise::failpoint("allocator-lane-open-fails") {
