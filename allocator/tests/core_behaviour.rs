@@ -15,8 +15,9 @@ use shake_proto::{AllocatorFrame, Batch, BatchEntry, ErrorCode, RoundPhase};
 
 const START: u64 = 1_000_000;
 
-fn core() -> Core {
-    let round = RoundConfig {
+/// Round 1 from `START` for 100 s, its ten envelopes released at once, one prize a user.
+fn round() -> RoundConfig {
+    RoundConfig {
         id: 1,
         starts_at_ms: START,
         duration_s: 100,
@@ -28,13 +29,19 @@ fn core() -> Core {
         start_spread_ms: 0,
         cash: Some(CashPool { total_cents: 1_000, envelopes: 10, min_cents: 1 }),
         gifts: vec![],
-    };
-    let settings = CoreSettings {
+    }
+}
+
+fn settings() -> CoreSettings {
+    CoreSettings {
         oversampling: 4.0,
         quota_valid_ms: 3_000,
         user_rate: UserRateSettings::default(),
-    };
-    Core::new(settings, Draw::new(&[round]))
+    }
+}
+
+fn core() -> Core {
+    Core::new(settings(), Draw::new(&[round()]))
 }
 
 /// `EdgeHello` of edge 7, worker 0, instance `instance`, answered up to `highest`.
@@ -355,24 +362,11 @@ fn one_answer_lists_no_more_winners_than_a_frame_holds() {
     use shake_proto::limits::{MAX_ALLOCATOR_PAYLOAD, MAX_BATCH_ENTRIES, MAX_WINNERS_PER_RESULT};
     let gifts = 2 * MAX_BATCH_ENTRIES as u64;
     let round = RoundConfig {
-        id: 1,
-        starts_at_ms: START,
-        duration_s: 100,
-        seed: 3,
-        release: Release::Immediate,
-        cash_per_user: 1,
-        gifts_per_user: 1,
-        min_shake_interval_ms: 100,
-        start_spread_ms: 0,
         cash: None,
         gifts: vec![GiftPool { sku: "G".repeat(64), name: "Gift".into(), count: gifts }],
+        ..round()
     };
-    let settings = CoreSettings {
-        oversampling: 4.0,
-        quota_valid_ms: 3_000,
-        user_rate: UserRateSettings::default(),
-    };
-    let mut core = Core::new(settings, Draw::new(&[round]));
+    let mut core = Core::new(settings(), Draw::new(&[round]));
     let mut fx = Vec::new();
     core.on_hello(1, hello(INSTANCE, 0), START, &mut fx);
     let mut granted = Vec::new();
@@ -397,17 +391,10 @@ fn a_shake_time_far_ahead_of_the_allocators_clock_limits_its_user_for_a_minute_a
     use shake_allocator::draw::EDGE_CLOCK_AHEAD_MAX_MS;
     use shake_allocator::user_rate::UserRates;
     let round = RoundConfig {
-        id: 1,
-        starts_at_ms: START,
         duration_s: 1_000,
-        seed: 3,
-        release: Release::Immediate,
         cash_per_user: 10,
-        gifts_per_user: 1,
-        min_shake_interval_ms: 100,
-        start_spread_ms: 0,
         cash: Some(CashPool { total_cents: 1_000, envelopes: 100, min_cents: 1 }),
-        gifts: vec![],
+        ..round()
     };
     let mut draw = Draw::new(&[round]);
     let mut rates = UserRates::new(UserRateSettings::default());
@@ -495,18 +482,11 @@ fn one_user_through_many_edges_is_held_to_the_per_user_rate() {
         },
     };
     let round = RoundConfig {
-        id: 1,
-        starts_at_ms: START,
-        duration_s: 100,
-        seed: 3,
-        release: Release::Immediate,
         // Every entry drawn wins (caps high, prizes plenty): awards count the entries drawn.
         cash_per_user: 255,
         gifts_per_user: 0,
-        min_shake_interval_ms: 100,
-        start_spread_ms: 0,
         cash: Some(CashPool { total_cents: 1_000_000, envelopes: 10_000, min_cents: 1 }),
-        gifts: vec![],
+        ..round()
     };
     let mut core = Core::new(settings, Draw::new(&[round]));
     let mut fx = Vec::new();

@@ -489,25 +489,32 @@ fn a_standby_following_the_log_owes_what_a_full_read_finds() {
     assert!(!standby.read_for_takeover(&cursor).unwrap().followed_log_intact, "its id reused");
 }
 
-/// A ledger written by an allocator of schema 4 (delivery marks in the award rows) keeps its
-/// marks when a newer allocator migrates it.
-#[test]
-fn marks_of_an_older_schema_survive_the_migration() {
+/// A session on the database at `url`, its schema migrated as far as `version` only (as an
+/// allocator of that version left it).
+fn migrated_to(url: &str, version: i32) -> postgres::Client {
     use shake_allocator::ledger::postgres::MIGRATIONS;
-    let scratch = Scratch::new("ledger-marks-migration");
-    let server = PgServer::primary(&scratch.dir.join("pg"));
-    let url = server.database("older");
-    let (mut client, _) = shake_allocator::ledger::postgres::connect(&url).unwrap();
+    let (mut client, _) = shake_allocator::ledger::postgres::connect(url).unwrap();
     client
         .batch_execute(
             "CREATE TABLE shake_schema (version integer PRIMARY KEY, \
              applied_at timestamptz NOT NULL DEFAULT now())",
         )
         .unwrap();
-    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v <= 4) {
+    for (applied, sql) in MIGRATIONS.iter().filter(|(v, _)| *v <= version) {
         client.batch_execute(sql).unwrap();
-        client.execute("INSERT INTO shake_schema (version) VALUES ($1)", &[version]).unwrap();
+        client.execute("INSERT INTO shake_schema (version) VALUES ($1)", &[applied]).unwrap();
     }
+    client
+}
+
+/// A ledger written by an allocator of schema 4 (delivery marks in the award rows) keeps its
+/// marks when a newer allocator migrates it.
+#[test]
+fn marks_of_an_older_schema_survive_the_migration() {
+    let scratch = Scratch::new("ledger-marks-migration");
+    let server = PgServer::primary(&scratch.dir.join("pg"));
+    let url = server.database("older");
+    let mut client = migrated_to(&url, 4);
     client
         .batch_execute(
             "INSERT INTO shake_awards (award_id, round_id, item, user_id, cash_cents, edge_id, \
@@ -525,21 +532,10 @@ fn marks_of_an_older_schema_survive_the_migration() {
 
 #[test]
 fn retired_instances_of_an_older_schema_survive_the_migration() {
-    use shake_allocator::ledger::postgres::MIGRATIONS;
     let scratch = Scratch::new("ledger-retired-migration");
     let server = PgServer::primary(&scratch.dir.join("pg"));
     let url = server.database("older");
-    let (mut client, _) = shake_allocator::ledger::postgres::connect(&url).unwrap();
-    client
-        .batch_execute(
-            "CREATE TABLE shake_schema (version integer PRIMARY KEY, \
-             applied_at timestamptz NOT NULL DEFAULT now())",
-        )
-        .unwrap();
-    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v <= 8) {
-        client.batch_execute(sql).unwrap();
-        client.execute("INSERT INTO shake_schema (version) VALUES ($1)", &[version]).unwrap();
-    }
+    let mut client = migrated_to(&url, 8);
     client
         .batch_execute(
             "INSERT INTO shake_workers (edge_id, worker_id, instance_id, confirmed_seq, retired) \

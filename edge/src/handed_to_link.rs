@@ -12,6 +12,18 @@
 
 use std::collections::VecDeque;
 
+/// Appends `ids` to a queue bounded at `max`, dropping its oldest: how many were dropped.
+pub(crate) fn push_bounded(
+    queue: &mut VecDeque<u64>,
+    ids: impl IntoIterator<Item = u64>,
+    max: usize,
+) -> u64 {
+    queue.extend(ids);
+    let over = queue.len().saturating_sub(max);
+    queue.drain(..over);
+    over as u64
+}
+
 /// Ids handed to the link in turn, at most `max` kept (the oldest forgotten first).
 #[derive(Debug)]
 struct Kept {
@@ -27,10 +39,8 @@ impl Kept {
     }
 
     fn push(&mut self, ids: &[u64]) {
-        self.ids.extend(ids);
         self.pushed += ids.len() as u64;
-        let over = self.ids.len().saturating_sub(self.max);
-        self.ids.drain(..over);
+        push_bounded(&mut self.ids, ids.iter().copied(), self.max);
     }
 
     /// Forgets every id pushed before position `position`.

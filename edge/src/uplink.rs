@@ -29,7 +29,7 @@ use shake_proto::{AllocatorFrame, BatchDigest, VerdictCounts};
 
 use crate::admission::LoadCounts;
 use crate::batcher::{Answer, BatchSettings, Batcher};
-use crate::handed_to_link::HandedToLink;
+use crate::handed_to_link::{HandedToLink, push_bounded};
 
 /// Acknowledgements waiting for the link, at most.
 pub const MAX_QUEUED_ACKS: usize = 65_536;
@@ -85,14 +85,6 @@ pub struct Uplink<R> {
     /// Acks and asks handed to the current link that it has not proved it has.
     handed: HandedToLink,
     scratch: BytesMut,
-}
-
-/// Appends `ids` to a queue bounded at `max`, dropping its oldest: how many were dropped.
-fn push_bounded(queue: &mut VecDeque<u64>, ids: impl IntoIterator<Item = u64>, max: usize) -> u64 {
-    queue.extend(ids);
-    let over = queue.len().saturating_sub(max);
-    queue.drain(..over);
-    over as u64
 }
 
 impl<R: Copy> Uplink<R> {
@@ -179,11 +171,7 @@ impl<R: Copy> Uplink<R> {
     /// A session of `user_id` started: ask the allocator for the awards it owes the user.
     /// Bounded: past [`MAX_QUEUED_WANTED`] the oldest ask is dropped (and counted).
     pub fn want_awards(&mut self, user_id: u64) {
-        if self.wanted.len() >= MAX_QUEUED_WANTED {
-            self.wanted.pop_front();
-            self.wanted_dropped += 1;
-        }
-        self.wanted.push_back(user_id);
+        self.wanted_dropped += push_bounded(&mut self.wanted, [user_id], MAX_QUEUED_WANTED);
     }
 
     /// Asks for owed awards dropped because too many waited, since the last call.
@@ -193,11 +181,7 @@ impl<R: Copy> Uplink<R> {
 
     /// A phone acknowledged an award (already checked against the award book).
     pub fn queue_ack(&mut self, award_id: u64) {
-        if self.acks.len() >= MAX_QUEUED_ACKS {
-            self.acks.pop_front();
-            self.acks_dropped += 1;
-        }
-        self.acks.push_back(award_id);
+        self.acks_dropped += push_bounded(&mut self.acks, [award_id], MAX_QUEUED_ACKS);
     }
 
     /// Acknowledgements dropped because too many waited (the link was down a long time),
