@@ -366,9 +366,17 @@ async fn submit(api: &Api, headers: &HeaderMap, round_id: u32, action: RoundActi
     let header_text = |name: &str| {
         headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned).filter(|v| !v.is_empty())
     };
+    // A key that is there but unreadable (not visible ASCII) is refused, not replaced: a fresh
+    // key on each retry would apply the command once per retry. An empty one the book refuses.
+    let command_id = match headers.get("idempotency-key").map(|v| v.to_str()) {
+        None => format!("auto-{:016x}", rand::random::<u64>()),
+        Some(Ok(key)) => key.to_owned(),
+        Some(Err(_)) => {
+            return error(StatusCode::BAD_REQUEST, "Idempotency-Key: visible ASCII only");
+        }
+    };
     let command = RoundCommand {
-        command_id: header_text("idempotency-key")
-            .unwrap_or_else(|| format!("auto-{:016x}", rand::random::<u64>())),
+        command_id,
         round_id,
         action,
         issued_by: header_text("x-shake-operator").unwrap_or_else(|| "admin".to_owned()),

@@ -285,9 +285,14 @@ impl RoundConfig {
         if self.cash.is_none() && self.gifts.is_empty() {
             return Err(invalid(at("cash"), "a round needs a cash pool or gifts"));
         }
+        // The range the live `interval` command allows: a slip (an extra zero) would let each
+        // phone shake about once a round.
+        if !crate::round_command::INTERVAL_RANGE_MS.contains(&self.min_shake_interval_ms) {
+            return Err(invalid(at("min_shake_interval_ms"), "must be 10 to 60,000"));
+        }
         check_pools(self.cash.as_ref(), &self.gifts, at)?;
-        if self.prize_count() > u64::from(u32::MAX) {
-            return Err(invalid(at("cash"), "more than 2^32 prizes in one round"));
+        if self.prize_count() > MAX_PRIZES_PER_ROUND {
+            return Err(invalid(at("cash"), "more than 200,000,000 prizes in one round"));
         }
         // A gift pool's index is 16 bits.
         if self.gifts.len() > usize::from(u16::MAX) + 1 {
@@ -326,6 +331,11 @@ pub struct GiftPool {
 /// allocator's memory (16 bytes), built when the pool is (at start, or when a top-up is
 /// applied, and again at every restart from the recorded command).
 pub const MAX_PRIZES_PER_POOL: u64 = 100_000_000;
+
+/// Most prizes in one round, its top-ups included: each costs about 25 bytes of the
+/// allocator's memory (the item, its awarded flag, its place in two availability trees), so
+/// 5 GB at the limit, in every allocator that leads or stands by. Item indexes are 32 bits.
+pub const MAX_PRIZES_PER_ROUND: u64 = 200_000_000;
 
 /// Checks a cash pool and gift pools (a round's, or a top-up's); `at` names a field.
 pub fn check_pools(
@@ -401,6 +411,15 @@ impl Validate for Config {
             (LedgerKind::Fjall, None, _) => {
                 return Err(invalid("ledger_path", "is needed with ledger = \"fjall\""));
             }
+            // Ignored, it would leave this allocator on a ledger of its own while the operator
+            // believes it shares the show's: beside others, the same prizes paid by each.
+            (LedgerKind::Fjall, _, Some(_)) => {
+                return Err(invalid(
+                    "postgres",
+                    "is only read with ledger = \"postgres\"; with ledger = \"fjall\" this \
+                     allocator keeps a ledger of its own (set ledger, or remove the table)",
+                ));
+            }
             (LedgerKind::Postgres, _, None) => {
                 return Err(invalid("postgres", "is needed with ledger = \"postgres\""));
             }
@@ -422,6 +441,14 @@ impl Validate for Config {
                 }
                 if !(1..=8).contains(&pg.commit_lanes) {
                     return Err(invalid("postgres.commit_lanes", "must be 1 to 8"));
+                }
+                // Standbys name the leader to edges by this address: a wildcard names none, and
+                // edges would try the others blind.
+                if pg.advertise.unwrap_or(self.listen).ip().is_unspecified() {
+                    return Err(invalid(
+                        "postgres.advertise",
+                        "is needed when listen is a wildcard address (the address edges reach this allocator at)",
+                    ));
                 }
             }
             _ => {}
@@ -476,8 +503,24 @@ impl Validate for Config {
         if let Some(ca) = self.postgres.as_ref().and_then(|pg| pg.ca.as_ref()) {
             check_tls_file("postgres.ca", ca, TlsFile::Certificates)?;
         }
+        if let (Some(_), Some(file)) = (self.admin_listen, &self.admin_token_file) {
+            read_admin_token(file).map_err(|why| invalid("admin_token_file", why))?;
+        }
         Ok(())
     }
+}
+
+/// The admin API's bearer token from its file (trimmed), or why it cannot be used: checked
+/// the same way by `--check-config` and at the start.
+pub fn read_admin_token(file: &Path) -> Result<String, String> {
+    let token = std::fs::read_to_string(file)
+        .map_err(|e| format!("reading {}: {e}", file.display()))?
+        .trim()
+        .to_owned();
+    if token.len() < 16 {
+        return Err(format!("{}: the token needs 16 bytes or more", file.display()));
+    }
+    Ok(token)
 }
 
 #[cfg(test)]
@@ -505,6 +548,18 @@ mod tests {
         );
         let postgres = Config::parse(&text).unwrap().postgres.unwrap();
         assert_eq!((postgres.node.as_str(), postgres.follow_page_awards), ("alloc-a", 50_000));
+        // A wildcard listen address names no leader to edges: the advertised one is needed.
+        let wildcard = text.replacen("listen = \"127.0.0.1:", "listen = \"0.0.0.0:", 1);
+        assert_ne!(wildcard, text);
+        assert!(Config::parse(&wildcard).unwrap().postgres.unwrap().advertise.is_some());
+        let unadvertised: String = wildcard
+            .lines()
+            .filter(|l| !l.starts_with("advertise"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_eq!(field_of(&unadvertised), "postgres.advertise");
+        let alpn = std::str::from_utf8(shake_proto::ALLOCATOR_ALPN).unwrap();
+        assert!(EXAMPLE.contains(&format!("ALPN {alpn}")), "the example names {alpn}");
     }
 
     fn with_round(round: &str) -> String {
@@ -545,6 +600,16 @@ mod tests {
              [[rounds]]\nid = 2\nstarts_at_ms = 5000\nduration_s = 10\nseed = 1\n[[rounds.gifts]]\nsku = \"a\"\nname = \"a\"\ncount = 1\n",
         );
         assert_eq!(field_of(&two), "rounds[id=2].starts_at_ms");
+        assert_eq!(
+            field_of(&round(
+                "min_shake_interval_ms = 600000\n[rounds.cash]\ntotal_cents = 10\nenvelopes = 1\n"
+            )),
+            "rounds[0].min_shake_interval_ms"
+        );
+        assert_eq!(
+            field_of(&format!("{}[postgres]\nurl = \"host=h\"\nnode = \"a\"\n", with_round(""))),
+            "postgres"
+        );
         assert_eq!(field_of(&format!("oversampling = 0.0\n{}", with_round(""))), "oversampling");
         assert_eq!(field_of(&with_round("[user_rate]\nper_s = 0.0\n")), "user_rate.per_s");
         assert_eq!(

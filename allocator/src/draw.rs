@@ -13,7 +13,7 @@ use shake_proto::limits::MAX_WINNERS_PER_RESULT;
 use shake_proto::{Batch, Prize};
 
 use crate::award::{Award, BatchKey};
-use crate::config::{CashPool, GiftPool, Release, RoundConfig};
+use crate::config::{CashPool, GiftPool, MAX_PRIZES_PER_ROUND, Release, RoundConfig};
 use crate::pool::{Item, Kind, Pool};
 use crate::round_command::{Refusal, RoundAction, RoundCommand, RoundTiming, Timings};
 use crate::user_rate::UserRates;
@@ -178,8 +178,10 @@ impl Draw {
             let adding = gifts
                 .iter()
                 .fold(cash.as_ref().map_or(0, |c| c.envelopes), |n, g| n.saturating_add(g.count));
-            if (round.pool.items().len() as u64).saturating_add(adding) > u64::from(u32::MAX) {
-                return Err(Refusal::Invalid("more than 2^32 prizes in one round".into()));
+            if (round.pool.items().len() as u64).saturating_add(adding) > MAX_PRIZES_PER_ROUND {
+                return Err(Refusal::Invalid(
+                    "more than 200,000,000 prizes in one round, top-ups included".into(),
+                ));
             }
             // A gift pool's index is 16 bits.
             let known = &round.config.gifts;

@@ -201,10 +201,10 @@ fn open_ledger(
     config: Option<PathBuf>,
 ) -> anyhow::Result<Box<dyn LedgerStore>> {
     let store: Box<dyn LedgerStore> = match (ledger, config) {
-        (Some(path), _) => Box::new(FjallLedger::open(&path).with_context(|| {
+        (Some(path), _) => Box::new(FjallLedger::open_existing(&path).with_context(|| {
             format!("opening {} (a running allocator holds it locked)", path.display())
         })?),
-        (None, Some(config)) => ledger::open(&Config::load(&config)?)
+        (None, Some(config)) => ledger::open_to_read(&Config::load(&config)?)
             .context("opening the configured ledger (a running allocator locks a fjall one)")?,
         (None, None) => anyhow::bail!("give --ledger or --config"),
     };
@@ -359,8 +359,11 @@ fn round_command(
             }
         };
         let status = status_of(&response).unwrap_or(0);
-        if status == 503 {
-            last = format!("the allocator answered 503: {}", body_of(&response).trim());
+        // 503: not taken now (another command being recorded, not the leader, stopping); any
+        // other 5xx (a proxy's, a failure) says nothing of whether it was recorded. Both go
+        // again under the same id, which is safe either way; a 4xx is the allocator's answer.
+        if !(200..500).contains(&status) {
+            last = format!("the allocator answered {status}: {}", body_of(&response).trim());
             continue;
         }
         print!("{}", body_of(&response));

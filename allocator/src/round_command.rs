@@ -65,7 +65,7 @@ pub enum RoundAction {
 /// One operator command, as recorded in the ledger and shown in the audit log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoundCommand {
-    /// The idempotency key the operator's tool chose (1 to 64 bytes).
+    /// The idempotency key the operator's tool chose (1 to [`MAX_NAME`] printable bytes).
     pub command_id: String,
     /// The round.
     pub round_id: u32,
@@ -79,6 +79,12 @@ pub struct RoundCommand {
 }
 
 impl RoundCommand {
+    /// Whether `other` asks for the same thing (the same round and action, whoever sent it
+    /// and whenever): a retry under the same id.
+    pub fn same_command(&self, other: &RoundCommand) -> bool {
+        self.round_id == other.round_id && self.action == other.action
+    }
+
     /// The stored form (JSON: readable in the ledger, and in SQL on PostgreSQL).
     pub fn encode(&self) -> Vec<u8> {
         // invariant: a plain struct of strings and integers always serializes.
@@ -458,21 +464,28 @@ impl CommandBook {
         command: RoundCommand,
         check: impl FnOnce(&RoundCommand) -> Result<(), Refusal>,
     ) -> Submitted {
+        let used_for_another = |first: &RoundCommand| {
+            Submitted::Refused(Refusal::Invalid(format!(
+                "command id {} was used for another command",
+                first.command_id
+            )))
+        };
         if let Some(&index) = self.by_id.get(&command.command_id) {
             let first = &self.recorded[index];
-            if first.round_id != command.round_id || first.action != command.action {
-                return Submitted::Refused(Refusal::Invalid(format!(
-                    "command id {} was used for another command",
-                    command.command_id
-                )));
+            if !first.same_command(&command) {
+                return used_for_another(first);
             }
             return Submitted::Done(first.clone());
         }
         if let Some(pending) = &self.pending {
-            return if pending.command_id == command.command_id {
+            return if pending.command_id != command.command_id {
+                Submitted::Busy
+            } else if pending.same_command(&command) {
                 Submitted::Recording
             } else {
-                Submitted::Busy
+                // Answering this one with the pending command's outcome would tell its caller
+                // that a different command took effect.
+                used_for_another(pending)
             };
         }
         match check(&command) {
@@ -607,6 +620,14 @@ mod tests {
             Submitted::Record(go.clone())
         );
         assert_eq!(book.submit(go.clone(), |c| t.check(c).map(drop)), Submitted::Recording);
+        // The same id for another command while the first is being recorded: refused, not
+        // answered with the first one's outcome.
+        let mut reused_early = command(3, RoundAction::Go, 3_050);
+        reused_early.command_id = go.command_id.clone();
+        assert!(matches!(
+            book.submit(reused_early, |c| t.check(c).map(drop)),
+            Submitted::Refused(Refusal::Invalid(_))
+        ));
         assert_eq!(
             book.submit(command(1, RoundAction::Close, 3_000), |c| t.check(c).map(drop)),
             Submitted::Busy

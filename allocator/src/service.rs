@@ -212,15 +212,7 @@ pub(crate) async fn serve_admin(
     let (Some(addr), Some(file)) = (config.admin_listen, &config.admin_token_file) else {
         return Ok(None);
     };
-    let token = std::fs::read_to_string(file)
-        .map_err(|e| ServeError::Admin(format!("reading {}: {e}", file.display())))?;
-    let token = token.trim().to_owned();
-    if token.len() < 16 {
-        return Err(ServeError::Admin(format!(
-            "{}: the token needs 16 bytes or more",
-            file.display()
-        )));
-    }
+    let token = crate::config::read_admin_token(file).map_err(ServeError::Admin)?;
     let bound = crate::admin::spawn(addr, token, shared.admin.clone(), shutdown.stop.clone())
         .await
         .map_err(|source| ServeError::Bind { addr, source })?;

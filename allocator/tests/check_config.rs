@@ -22,3 +22,45 @@ fn check_config_loads_the_tls_files() {
     assert_eq!(bad.status.code(), Some(64), "{stderr}");
     assert!(stderr.contains("`tls.edge_ca`") && stderr.contains("/nonexistent/ca.pem"), "{stderr}");
 }
+
+/// The admin token's file is checked by `--check-config` as at the start (the check said "ok"
+/// for a missing or short token, and the start then failed).
+#[test]
+fn check_config_reads_the_admin_token() {
+    let scratch = Scratch::new("check-config-admin");
+    let config = scratch.admin_config();
+    let check = || {
+        let out = Command::new(bin("shake-allocator"))
+            .arg("--check-config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    assert_eq!(check().0, Some(0), "{}", check().1);
+    std::fs::write(scratch.dir.join("admin.token"), "short\n").unwrap();
+    let (code, said) = check();
+    assert_eq!(code, Some(64), "{said}");
+    assert!(said.contains("`admin_token_file`") && said.contains("16 bytes"), "{said}");
+    std::fs::remove_file(scratch.dir.join("admin.token")).unwrap();
+    assert_eq!(check().0, Some(64));
+}
+
+/// The support and settlement commands read a ledger that exists: a mistyped path is an
+/// error, not an empty export, and nothing is created there.
+#[test]
+fn reading_a_ledger_that_is_not_there_fails_and_creates_nothing() {
+    let scratch = Scratch::new("read-missing-ledger");
+    let missing = scratch.dir.join("ledgr");
+    for command in ["export", "awards"] {
+        let out = Command::new(bin("shake-allocator"))
+            .args([command, "--ledger"])
+            .arg(&missing)
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{command}: {said}");
+        assert!(said.contains("no ledger at"), "{command}: {said}");
+        assert!(!missing.exists(), "{command} created {}", missing.display());
+    }
+}

@@ -564,3 +564,36 @@ fn one_user_through_many_edges_is_held_to_the_per_user_rate() {
     assert_eq!(told.len(), 1);
     assert_eq!(told[0].0, vec![CHEATER]);
 }
+
+/// A top-up is held to the round's bounds before it is recorded, its pools each within theirs
+/// or not: every prize costs the allocator's memory (about 25 bytes, in the leader and every
+/// standby, built again at each replay), and a gift pool's index is 16 bits. Pools of
+/// 100,000,000 each passed the old bound of 2^32 prizes up to 42 of them (100 GB on apply).
+#[test]
+fn a_top_up_past_the_rounds_bounds_is_refused_before_it_is_recorded() {
+    use shake_allocator::config::{GiftPool, MAX_PRIZES_PER_POOL, MAX_PRIZES_PER_ROUND};
+    use shake_allocator::round_command::{Refusal, RoundAction, RoundCommand};
+    let draw = Draw::new(&[round()]);
+    let gift = |sku: String, count: u64| GiftPool { name: sku.clone(), sku, count };
+    let top_up = |gifts: Vec<GiftPool>| RoundCommand {
+        command_id: "t".into(),
+        round_id: 1,
+        action: RoundAction::TopUp { cash: None, gifts },
+        issued_by: "test".into(),
+        at_ms: START + 1,
+    };
+    // The round holds ten envelopes: a full pool and one that fills the round exactly.
+    let last = MAX_PRIZES_PER_ROUND - MAX_PRIZES_PER_POOL - 10;
+    let pools = |last| vec![gift("a".into(), MAX_PRIZES_PER_POOL), gift("b".into(), last)];
+    assert!(draw.check_command(&top_up(pools(last))).is_ok());
+    assert!(matches!(
+        draw.check_command(&top_up(pools(last + 1))),
+        Err(Refusal::Invalid(said)) if said.contains("200,000,000 prizes")
+    ));
+    let skus = |n: usize| (0..n).map(|i| gift(format!("g{i}"), 1)).collect::<Vec<_>>();
+    assert!(draw.check_command(&top_up(skus(65_536))).is_ok());
+    assert!(matches!(
+        draw.check_command(&top_up(skus(65_537))),
+        Err(Refusal::Invalid(said)) if said.contains("65,536 gifts")
+    ));
+}

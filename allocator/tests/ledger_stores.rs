@@ -598,6 +598,37 @@ fn the_schema_is_migrated_once_and_a_newer_one_is_refused() {
     }
 }
 
+/// The support and settlement commands read without changing the schema: an empty database
+/// (a wrong address) and a ledger of an older schema are refused and left as they were; a
+/// ledger at this build's schema reads.
+#[test]
+fn a_ledger_opened_to_read_is_never_created_or_migrated() {
+    let scratch = Scratch::new("ledger-read-only");
+    let server = PgServer::primary(&scratch.dir.join("pg"));
+    let empty = server.database("empty");
+    match PostgresLedger::open_to_read(&empty) {
+        Err(LedgerError::Schema(why)) => assert!(why.contains("no Shake ledger"), "{why}"),
+        other => panic!("an empty database must be refused, got {other:?}"),
+    }
+    let (mut look, _) = shake_allocator::ledger::postgres::connect(&empty).unwrap();
+    let tables: i64 = look
+        .query_one("SELECT count(*) FROM pg_tables WHERE tablename LIKE 'shake_%'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(tables, 0, "nothing created");
+    let older_url = server.database("older_read");
+    let mut older = migrated_to(&older_url, 8);
+    match PostgresLedger::open_to_read(&older_url) {
+        Err(LedgerError::Schema(why)) => assert!(why.contains("schema version 8"), "{why}"),
+        other => panic!("an older schema must be refused, got {other:?}"),
+    }
+    let newest: i32 = older.query_one("SELECT max(version) FROM shake_schema", &[]).unwrap().get(0);
+    assert_eq!(newest, 8, "not migrated");
+    drop(PostgresLedger::open(&older_url).unwrap());
+    let mut reader = PostgresLedger::open_to_read(&older_url).unwrap();
+    assert!(reader.awards(&mut |_| true).unwrap().is_empty());
+}
+
 #[test]
 fn a_leader_paused_inside_a_commit_does_not_block_the_takeover() {
     let scratch = Scratch::new("ledger-paused");

@@ -151,6 +151,12 @@ async fn go_opens_an_armed_round_and_every_command_is_recorded_once() {
     assert_eq!(code, 409);
     assert_eq!(refused["error"], "round 1 is already open");
     assert_eq!(authed(admin, "POST", "/rounds/9/close", "c-9").0, 404);
+    // A key that is there but empty or not visible ASCII is refused, not replaced by a fresh
+    // one (each retry would then be applied anew); nothing is recorded.
+    for key in ["", "caf\u{e9}"] {
+        let (code, said) = authed(admin, "POST", "/rounds/1/extend?by_s=5", key);
+        assert_eq!(code, 400, "{key:?}: {said}");
+    }
     assert_eq!(authed(admin, "POST", "/rounds/1/extend", "e-0").0, 400);
     // Extending into round 2 is refused; a shorter extension is not.
     assert_eq!(authed(admin, "POST", "/rounds/1/extend?by_s=7200", "e-1").0, 409);
@@ -328,22 +334,78 @@ async fn a_round_paused_topped_up_resumed_and_a_round_added_survive_a_restart() 
 /// A command whose answer never comes may have been recorded: the CLI sends it again under the
 /// same id (applied at most once), and when it gives up it says to resend with that id, never
 /// a new one (a fresh id could top a pool up twice).
+///
+/// Three ways the answer fails to come: nothing listens; the server reads the command and
+/// closes without a word (an allocator stopped after recording it); a proxy's 502. The last
+/// two record the id each try carried: always the same.
 #[test]
 fn an_unconfirmed_command_is_retried_and_resent_only_under_its_id() {
+    use std::io::{Read, Write};
     let scratch = Scratch::new("cli-unconfirmed");
     std::fs::write(scratch.dir.join("admin.token"), ADMIN_TOKEN).unwrap();
     // Nothing listens there.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let mut command = Command::new(bin("shake-allocator"));
-    command
-        .args(["round", "top-up", "1", "--gift", "mug=2", "--id", "top-up-mugs-7"])
-        .args(["--admin", &closed.to_string(), "--token-file"])
-        .arg(scratch.dir.join("admin.token"));
-    let output = command.output().unwrap();
-    assert!(!output.status.success());
-    let said = String::from_utf8_lossy(&output.stderr);
-    assert!(said.contains("not confirmed after 5 tries"), "{said}");
-    assert!(said.contains("send it again with --id top-up-mugs-7"), "{said}");
+    // Answers each request with `answer` (nothing: closes); the idempotency key of each.
+    let server = |answer: &'static [u8]| {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let keys = std::thread::spawn(move || {
+            listener.set_nonblocking(true).unwrap();
+            let mut keys = Vec::new();
+            let until = std::time::Instant::now() + Duration::from_secs(20);
+            while keys.len() < 5 && std::time::Instant::now() < until {
+                let Ok((mut conn, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                conn.set_nonblocking(false).unwrap();
+                conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let mut request = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !String::from_utf8_lossy(&request).contains("}") {
+                    match conn.read(&mut chunk) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&request).into_owned();
+                keys.push(
+                    text.lines()
+                        .find_map(|l| l.strip_prefix("Idempotency-Key: "))
+                        .unwrap_or("")
+                        .to_owned(),
+                );
+                conn.write_all(answer).unwrap();
+            }
+            keys
+        });
+        (addr, keys)
+    };
+    let (silent, silent_keys) = server(b"");
+    let (proxy, proxy_keys) = server(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n");
+    let runs: Vec<_> = [closed, silent, proxy]
+        .into_iter()
+        .map(|admin| {
+            Command::new(bin("shake-allocator"))
+                .args(["round", "top-up", "1", "--gift", "mug=2", "--id", "top-up-mugs-7"])
+                .args(["--admin", &admin.to_string(), "--token-file"])
+                .arg(scratch.dir.join("admin.token"))
+                .stderr(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (run, admin) in runs.into_iter().zip(["closed", "silent", "proxy"]) {
+        let output = run.wait_with_output().unwrap();
+        assert!(!output.status.success(), "{admin}");
+        let said = String::from_utf8_lossy(&output.stderr);
+        assert!(said.contains("not confirmed after 5 tries"), "{admin}: {said}");
+        assert!(said.contains("send it again with --id top-up-mugs-7"), "{admin}: {said}");
+    }
+    for keys in [silent_keys.join().unwrap(), proxy_keys.join().unwrap()] {
+        assert_eq!(keys, vec!["top-up-mugs-7"; 5]);
+    }
 }
 
 /// Support's reads run on a ledger handle and thread of their own: a read as slow as one of

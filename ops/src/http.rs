@@ -165,7 +165,34 @@ pub fn request_with_body(
             }
         }
     }
+    check_whole(&raw, method)?;
     Ok(String::from_utf8_lossy(&raw).into_owned())
+}
+
+/// A response the server ended early (no status line and headers, or less body than its
+/// Content-Length) is an error, not a response: the caller cannot tell what the server did
+/// (an operator command may have been recorded), so it must not read it as an answer.
+fn check_whole(raw: &[u8], method: &str) -> std::io::Result<()> {
+    let cut_short = |what: &str| {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("the server closed the connection {what}"),
+        ))
+    };
+    let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return cut_short("before a whole response head");
+    };
+    let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+    if status_of(&head).is_none() {
+        return cut_short("without a status line");
+    }
+    let declared = head.lines().find_map(|l| {
+        l.strip_prefix("content-length:").and_then(|v| v.trim().parse::<usize>().ok())
+    });
+    if method != "HEAD" && declared.is_some_and(|len| raw.len() < end + 4 + len) {
+        return cut_short("inside the response body");
+    }
+    Ok(())
 }
 
 /// A blocking `GET path` on `addr`: the whole response, headers included.
@@ -240,5 +267,33 @@ mod tests {
         assert_eq!(status_of(&get(addr, "/health?verbose=1").unwrap()), Some(200), "liveness");
         assert_eq!(status_of(&get(addr, "/nope").unwrap()), Some(404));
         shutdown.cancel();
+    }
+
+    /// A server that closes before its answer is whole gives an error, never a response a
+    /// caller could read as an answer (an empty one had no status, which a caller took as
+    /// "answered, but not 200" and did not retry).
+    #[test]
+    fn an_answer_cut_short_is_an_error() {
+        use std::io::{Read, Write};
+        for (answer, complete) in [
+            (&b""[..], false),
+            (b"HTTP/1.1 200 OK\r\nContent-Le", false),
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n12345", false),
+            (b"garbage\r\n\r\n", false),
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n12345", true),
+            (b"HTTP/1.1 200 OK\r\n\r\nuntil the close", true),
+        ] {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let server = std::thread::spawn(move || {
+                let (mut conn, _) = listener.accept().unwrap();
+                let mut request = [0u8; 1024];
+                let _ = conn.read(&mut request);
+                conn.write_all(answer).unwrap();
+            });
+            let got = request_with_body(addr, "POST", "/x", &[], b"{}");
+            server.join().unwrap();
+            assert_eq!(got.is_ok(), complete, "{:?}: {got:?}", String::from_utf8_lossy(answer));
+        }
     }
 }

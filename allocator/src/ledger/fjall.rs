@@ -141,6 +141,15 @@ impl std::fmt::Debug for FjallLedger {
 }
 
 impl FjallLedger {
+    /// Opens a ledger directory that exists, to read it (the support and settlement
+    /// commands): a mistyped path is an error, not an empty ledger.
+    pub fn open_existing(path: &Path) -> Result<Self, LedgerError> {
+        if !path.is_dir() {
+            return Err(LedgerError::Failed(format!("no ledger at {}", path.display())));
+        }
+        Self::open(path)
+    }
+
     /// Opens the ledger directory, creating it if missing.
     pub fn open(path: &Path) -> Result<Self, LedgerError> {
         let db = Database::builder(path).open()?;

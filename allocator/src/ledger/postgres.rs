@@ -438,6 +438,31 @@ impl PostgresLedger {
         Ok(Self { client, statements: None, term: None, unreplicated, target })
     }
 
+    /// Connects to read what a show's allocators wrote, changing nothing (the support and
+    /// settlement commands, which may run beside the show): the schema must be this build's,
+    /// neither created nor migrated (a newer build's migration during the show can end the
+    /// leader's term; an empty database is a wrong address, not an empty ledger).
+    pub fn open_to_read(target: impl Into<Target>) -> Result<Self, LedgerError> {
+        let target = target.into();
+        let (mut client, unreplicated) = connect(&target)?;
+        let found = client.query_one("SELECT to_regclass('shake_schema') IS NOT NULL", &[])?;
+        if !found.get::<_, bool>(0) {
+            return Err(LedgerError::Schema(
+                "no Shake ledger in this database (no shake_schema table)".into(),
+            ));
+        }
+        let version: i32 =
+            client.query_one("SELECT coalesce(max(version), 0) FROM shake_schema", &[])?.get(0);
+        if version != schema_version() {
+            return Err(LedgerError::Schema(format!(
+                "the ledger is at schema version {version} and this build reads version {}: \
+                 read it with the build the show's allocators run",
+                schema_version()
+            )));
+        }
+        Ok(Self { client, statements: None, term: None, unreplicated, target })
+    }
+
     /// Commits from now on under this leader term (won by [`super::lease::try_acquire`]).
     pub fn lead(&mut self, term: Term) {
         self.term = Some(term);
