@@ -73,10 +73,36 @@ pub fn check_tls_file(field: &str, path: &Path, kind: TlsFile) -> Result<(), Con
 pub fn parse<T: Validate>(text: &str) -> Result<T, ConfigError> {
     let config: T = toml::from_str(text).map_err(|err| ConfigError::Parse {
         path: PathBuf::from("<config>"),
-        message: err.to_string(),
+        message: parse_message(text, &err),
     })?;
     config.validate()?;
     Ok(config)
+}
+
+/// The parser's message and where: never the offending line itself, which toml's own text
+/// quotes, since that line may hold a token key or a database password (a misspelt
+/// `secret_hex`, an unquoted value) and the message goes to the journal.
+fn parse_message(text: &str, err: &toml::de::Error) -> String {
+    let message = err.message().trim();
+    // serde's "invalid type: string \"VALUE\", expected u32" quotes the value too.
+    let message = match (message.split_once(':'), message.rsplit_once(", expected")) {
+        (
+            Some((kind @ ("invalid type" | "invalid value" | "invalid length"), _)),
+            Some((_, want)),
+        ) => {
+            format!("{kind}, expected{want}")
+        }
+        _ => message.to_owned(),
+    };
+    match err.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message,
+    }
 }
 
 /// Reads, parses and validates a configuration file.
@@ -158,6 +184,16 @@ mod tests {
             matches!(parse::<Sample>("size = 0"), Err(ConfigError::Invalid { field, .. }) if field == "size")
         );
         assert!(matches!(parse::<Sample>("colour = 1"), Err(ConfigError::Parse { .. })));
+        // Where and why, never the line: it may hold a secret.
+        for text in [
+            "size = 1\nsecert_hex = \"0badc0ffee\"",
+            "size = 1\nsecret_hex = 0badc0ffee",
+            "\nsize = \"0badc0ffee\"",
+        ] {
+            let said = parse::<Sample>(text).unwrap_err().to_string();
+            assert!(said.contains("line 2, column"), "{said}");
+            assert!(!said.contains("0badc0ffee"), "{said}");
+        }
         let missing = Path::new("/nonexistent/shake.toml");
         assert!(matches!(load::<Sample>(missing), Err(ConfigError::Read { .. })));
         let file =
