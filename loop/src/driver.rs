@@ -373,12 +373,20 @@ impl Driver {
         if woken {
             self.waker.clear();
         }
-        // Datagrams other workers received for our connections (bounded by the queue): shed,
-        // held and timed by their arrival in the socket they came through, as our own are.
+        // Datagrams other workers received for our connections: shed, held and timed by
+        // their arrival in the socket they came through, as our own are. At most a turn's
+        // worth of receive batches: the others refill the queue as this worker empties it, so
+        // "until it is empty" could last as long as they kept sending (a flood of Initials
+        // whose connection IDs name this worker), with no timer, send or socket read between.
+        // A turn that took its fill skips the next wait, so the rest are taken next turn.
         let mut taken_at = None;
-        while let Some((from, datagram, arrived)) =
-            self.routes.as_ref().and_then(|routes| routes.from.try_recv().ok())
+        let mut forwarded = 0;
+        while forwarded < BATCH * BATCHES_PER_TURN
+            && let Some((from, datagram, arrived)) =
+                self.routes.as_ref().and_then(|routes| routes.from.try_recv().ok())
         {
+            forwarded += 1;
+            self.last_turn_datagrams += 1;
             self.stats.forwarded_in += 1;
             let at = *taken_at.get_or_insert_with(Instant::now);
             let waited = arrived.map(|arrived| at.saturating_duration_since(arrived));

@@ -172,7 +172,55 @@ fn datagrams_for_a_stalled_worker_are_bounded_and_counted() {
     assert!(stats.datagrams_in > shake_loop::driver::FORWARD_QUEUE as u64, "{stats:?}");
     assert_eq!(stats.forwarded_out, shake_loop::driver::FORWARD_QUEUE as u64, "{stats:?}");
     assert_eq!(stats.forward_drops, stats.datagrams_in - stats.forwarded_out, "{stats:?}");
-    drop(stalled);
+
+    // The owner, running again, takes them a turn's worth at a time (its timers, sends and
+    // socket get their go between), and every one of them.
+    let mut stalled = stalled;
+    let mut shell = PerTurnIntake {
+        last: 0,
+        most: 0,
+        turns: 0,
+        deadline: Instant::now() + Duration::from_secs(20),
+    };
+    let mut engine = Engine::new(EndpointConfig::default(), None);
+    stalled.run(&mut engine, &mut shell).unwrap();
+    assert_eq!(stalled.stats().forwarded_in, shake_loop::driver::FORWARD_QUEUE as u64);
+    assert!(shell.most <= 256, "{} taken in one turn", shell.most);
+    assert!(shell.turns >= 16, "{} turns", shell.turns);
+}
+
+/// Counts the datagrams handed over from other workers that each turn took; stops once the
+/// whole forward queue is taken.
+struct PerTurnIntake {
+    last: u64,
+    most: u64,
+    turns: u64,
+    deadline: Instant,
+}
+
+impl Handler for PerTurnIntake {
+    fn incoming(&mut self, _now: Instant, _incoming: &Incoming) -> IncomingDecision {
+        IncomingDecision::Ignore
+    }
+
+    fn event(&mut self, _: Instant, _: ConnectionHandle, _: &mut Connection, _: AppEvent) {}
+}
+
+impl Shell for PerTurnIntake {
+    fn turn(&mut self, now: Instant, _engine: &mut Engine, stats: &DriverStats) -> Flow {
+        self.most = self.most.max(stats.forwarded_in - self.last);
+        self.last = stats.forwarded_in;
+        self.turns += 1;
+        if stats.forwarded_in >= shake_loop::driver::FORWARD_QUEUE as u64 || now >= self.deadline {
+            Flow::Stop
+        } else {
+            Flow::Continue
+        }
+    }
+
+    fn deadline(&mut self) -> Option<Instant> {
+        Some(Instant::now() + Duration::from_millis(10))
+    }
 }
 
 /// The kernel stamps each datagram with its arrival, so the loop can tell how long datagrams
