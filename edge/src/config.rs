@@ -214,7 +214,8 @@ pub struct Limits {
     pub batch_max_age_us: u64,
     /// Batches awaiting an answer per worker before admitted shakes get a local verdict.
     pub max_in_flight_batches: usize,
-    /// Handshakes in progress per source address before new ones from it are ignored.
+    /// Connection attempts in progress per source address and worker (handshaking, or
+    /// connected and not yet past `Hello`) before new ones from it are ignored.
     pub handshakes_per_source: u32,
     /// New handshakes per second one source may start (whole edge); faster ones are refused.
     /// A source is an IPv4 address or an IPv6 /64. Phones behind one carrier NAT share it.
@@ -330,15 +331,24 @@ impl EdgeConfig {
         shake_ops::config::parse(text)
     }
 
-    /// Workers to run: the configured number, or one per core.
+    /// Workers to run: the configured number, or one per core up to 256 (a connection ID
+    /// names its worker in one byte).
     pub fn worker_count(&self) -> usize {
         if self.workers == 0 {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
+            std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_WORKERS)
         } else {
             self.workers
         }
     }
 }
+
+/// The least a control stream's window (and the connection's) may be: a whole control frame
+/// (at most [`shake_proto::limits::MAX_CONTROL_PAYLOAD`] and its header) and room for the next.
+const MIN_CONTROL_WINDOW: usize = 2 * shake_proto::limits::MAX_CONTROL_PAYLOAD;
+
+/// Most workers one edge runs: a connection ID names its worker in one byte, and the
+/// allocator takes worker ids below [`shake_proto::limits::MAX_WORKERS_PER_EDGE`].
+pub const MAX_WORKERS: usize = shake_proto::limits::MAX_WORKERS_PER_EDGE as usize;
 
 impl Validate for EdgeConfig {
     fn validate(&self) -> Result<(), ConfigError> {
@@ -349,7 +359,7 @@ impl Validate for EdgeConfig {
         if addrs.iter().enumerate().any(|(i, a)| addrs[..i].contains(a)) {
             return Err(invalid("allocator.addr", "an address appears twice"));
         }
-        if self.workers > 256 {
+        if self.workers > MAX_WORKERS {
             return Err(invalid("workers", "at most 256"));
         }
         if !(-20..=19).contains(&self.worker_nice) {
@@ -420,8 +430,24 @@ impl Validate for EdgeConfig {
         if l.retry_above_handshakes > l.max_handshakes {
             return Err(invalid("limits.retry_above_handshakes", "must not exceed max_handshakes"));
         }
-        if self.transport.idle_timeout_ms == 0 {
+        let t = &self.transport;
+        if t.idle_timeout_ms == 0 {
             return Err(invalid("transport.idle_timeout_ms", "must be above 0"));
+        }
+        // Each must hold the largest thing that goes through it, or the phone can never send
+        // its `Hello` (HELLO_TIMEOUT for every phone) or a shake's datagram.
+        let frame = (MIN_CONTROL_WINDOW, "at least 2048 (the largest control frame)");
+        let datagram = (shake_proto::limits::MAX_DATAGRAM, "at least 1200 (the largest datagram)");
+        for (field, value, (least, why)) in [
+            ("transport.stream_window", t.stream_window as usize, frame),
+            ("transport.connection_window", t.connection_window as usize, frame),
+            ("transport.send_window", t.send_window.try_into().unwrap_or(usize::MAX), frame),
+            ("transport.datagram_receive_buffer", t.datagram_receive_buffer, datagram),
+            ("transport.datagram_send_buffer", t.datagram_send_buffer, datagram),
+        ] {
+            if value < least {
+                return Err(invalid(field, why));
+            }
         }
         let o = &self.overload;
         if o.queue_delay_target_ms == 0 {
@@ -481,6 +507,11 @@ mod tests {
             "secret_hex = \"abcd\"",
         );
         assert_eq!(field_of(&short), "token_keys[0].secret_hex");
+        let window = EXAMPLE.replace("stream_window = 4096", "stream_window = 0");
+        assert_eq!(field_of(&window), "transport.stream_window");
+        let datagrams =
+            EXAMPLE.replace("datagram_receive_buffer = 4096", "datagram_receive_buffer = 100");
+        assert_eq!(field_of(&datagrams), "transport.datagram_receive_buffer");
         let batch = EXAMPLE.replace("batch_max_entries = 1024", "batch_max_entries = 0");
         assert_eq!(field_of(&batch), "limits.batch_max_entries");
         for nice in ["-21", "20"] {

@@ -26,7 +26,7 @@ use crate::bucket::{Rate, TokenBucket};
 /// Limits that come from the configuration (this worker's share).
 #[derive(Debug, Clone, Copy)]
 pub struct SourceLimits {
-    /// Handshakes one source may have in progress.
+    /// Attempts one source may have in progress (handshaking, or waiting for `Hello`).
     pub in_progress: u32,
     /// New handshakes one source may start.
     pub rate: Rate,

@@ -75,22 +75,60 @@ async fn batches_sent_during_an_outage_are_resent_and_paid_once() {
     assert_eq!(ids, awards);
 }
 
+/// Reads frames until `GoAway`.
+async fn until_go_away(phone: &mut Phone) {
+    loop {
+        match phone.next_frame().await {
+            Ok(ControlFrame::GoAway { reconnect_after_ms }) => {
+                assert!(reconnect_after_ms > 0);
+                return;
+            }
+            Ok(_) => continue,
+            Err(err) => panic!("no GoAway: {err}"),
+        }
+    }
+}
+
+/// SIGTERM: every phone hears `GoAway`, also one whose `Hello` came during the drain (its
+/// handshake was done before it, so the drain's broadcast passed it by; it was welcomed and
+/// then left to wait for the drain's deadline).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_sends_go_away_and_exits() {
-    let mut world = World::start(WorldSettings::default()).await;
-    let mut phone = Phone::connect(&world).await;
-    phone.hello(token(9, 3600)).await.unwrap();
-    world.edge.process.signal("TERM");
-    loop {
-        match phone.next_frame().await.unwrap() {
-            ControlFrame::GoAway { reconnect_after_ms } => {
-                assert!(reconnect_after_ms > 0);
-                // A phone leaves for another edge; the draining edge then has nothing to wait for.
-                phone.conn.close(0u32.into(), b"going elsewhere");
-                break;
-            }
-            _ => continue,
+    let mut world = World::start(WorldSettings {
+        edge_limits: "hello_timeout_ms = 10000\n",
+        ..WorldSettings::default()
+    })
+    .await;
+    // A phone on each worker (fresh ports land on either), so that neither worker's drain
+    // ends before the late phone speaks, whichever worker it reached.
+    let mut phones = Vec::new();
+    let mut workers = BTreeSet::new();
+    for user in 20..60u64 {
+        let mut phone = Phone::connect(&world).await;
+        phone.hello(token(user, 3600)).await.unwrap();
+        let report = shake_ops::http::get(world.edge.metrics, &format!("/users/{user}")).unwrap();
+        let report: serde_json::Value =
+            serde_json::from_str(shake_ops::http::body_of(&report)).unwrap();
+        workers.insert(report["live_session_worker"].as_u64().unwrap());
+        phones.push(phone);
+        if workers.len() == 2 {
+            break;
         }
+    }
+    assert_eq!(workers.len(), 2, "40 phones all on one worker");
+    let mut late = Phone::connect(&world).await;
+    world.edge.process.signal("TERM");
+    let mut phones_told = Vec::new();
+    for mut phone in phones {
+        until_go_away(&mut phone).await;
+        phones_told.push(phone);
+    }
+    assert!(matches!(late.hello(token(10, 3600)).await, Ok(ControlFrame::Welcome { .. })));
+    until_go_away(&mut late).await;
+    late.conn.close(0u32.into(), b"going elsewhere");
+    // A phone leaves for another edge; the draining edge then has nothing to wait for.
+    for phone in phones_told {
+        phone.conn.close(0u32.into(), b"going elsewhere");
     }
     let status = world.edge.process.wait();
     assert!(status.success(), "{status:?}");

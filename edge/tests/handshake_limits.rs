@@ -3,6 +3,8 @@
 //! with Retry above `retry_above_handshakes`, and Retry for unknown sources once the table of
 //! tracked sources is full.
 
+use std::time::Duration;
+
 use shake_proto::ErrorCode;
 use shake_testkit::phone::Phone;
 use shake_testkit::tokens::token;
@@ -116,4 +118,41 @@ async fn connections_that_never_say_hello_count_against_the_handshake_cap() {
         Phone::connect_from(&world, from(6)).await.unwrap(),
     ];
     assert!(Phone::connect_from(&world, from(7)).await.is_err_and(|err| refused(&err)));
+}
+
+/// A source's connections that completed the handshake and say nothing count against its
+/// in-progress cap until `Hello`: released at the handshake, one address could hold as many
+/// as its rate let it start in `hello_timeout_ms` (200 + 50 a second by default), and ten
+/// addresses every edge-wide place, refusing every phone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sources_connections_waiting_for_hello_count_against_its_cap() {
+    let world = World::start(WorldSettings {
+        // One attempt in progress per source and worker, and a long wait for Hello.
+        edge_limits: "handshakes_per_source = 1\nhello_timeout_ms = 20000\n",
+        ..WorldSettings::default()
+    })
+    .await;
+    let source: std::net::SocketAddr = "127.4.0.1:0".parse().unwrap();
+    // Sooner than the phone's first resend of its Initial (about a second).
+    let attempt =
+        || tokio::time::timeout(Duration::from_millis(700), Phone::connect_from(&world, source));
+    let mut silent = vec![Phone::connect_from(&world, source).await.unwrap()];
+    for _ in 0..6 {
+        if let Ok(connected) = attempt().await {
+            silent.push(connected.unwrap());
+        }
+    }
+    // A worker with the source's one attempt waiting for Hello ignores the next: at most the
+    // other worker's place was free (and one attempt may have been taken too late to connect
+    // in time on a loaded machine, holding its place all the same).
+    assert!(silent.len() <= 2, "{} of 7 connected", silent.len());
+    assert!(world.metric("shake_edge_handshakes_total{outcome=\"ignored\"}") >= 4.0);
+    // Hello ends the charge: each phone that says it lets the next attempt in.
+    for (n, phone) in silent.iter_mut().enumerate() {
+        phone.hello(token(600 + n as u64, 3600)).await.unwrap();
+    }
+    for n in 0..3u64 {
+        let mut phone = Phone::connect_from(&world, source).await.unwrap();
+        phone.hello(token(610 + n, 3600)).await.unwrap();
+    }
 }

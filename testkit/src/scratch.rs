@@ -131,10 +131,12 @@ impl Scratch {
     }
 
     /// An edge configuration (`edge.toml`, edge 1, two workers, any port) for the allocator at
-    /// `allocator`: a 500 ms Hello deadline and the `limits` lines (the end of the `[limits]`
-    /// table; tables after it may follow).
+    /// `allocator`: a 500 ms Hello deadline (unless `limits` sets one) and the `limits` lines
+    /// (the end of the `[limits]` table; tables after it may follow).
     pub fn edge_config(&self, allocator: SocketAddr, limits: &str) -> PathBuf {
         let path = self.dir.join("edge.toml");
+        let hello_timeout =
+            if limits.contains("hello_timeout_ms") { "" } else { "hello_timeout_ms = 500\n" };
         let certs = self.certs();
         let certs = certs.display();
         let text = format!(
@@ -155,8 +157,7 @@ key = "{certs}/edge-1.key"
 id = 1
 secret_hex = "{DEV_SECRET_HEX}"
 [limits]
-hello_timeout_ms = 500
-{limits}
+{hello_timeout}{limits}
 "#
         );
         std::fs::write(&path, text).expect("writing the edge configuration");

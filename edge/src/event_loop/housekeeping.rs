@@ -70,7 +70,8 @@ impl LoopWorker {
         if self.shared.drain.is_cancelled() {
             let since = *self.draining_since.get_or_insert(now);
             if since == now {
-                self.broadcast(engine, &ControlFrame::GoAway { reconnect_after_ms: 1_000 });
+                let go_away = ControlFrame::GoAway { reconnect_after_ms: RECONNECT_AFTER_DRAIN_MS };
+                self.broadcast(engine, &go_away);
             }
             // Every turn, not only the first: phones still connected shake on (each told
             // `Forwarded`), and a batch left open when the last of them goes would never leave.

@@ -52,6 +52,8 @@ mod session;
 const CLOSE_GRACE: Duration = Duration::from_millis(200);
 /// How long a fast stop gives sessions to close.
 const STOP_GRACE: Duration = Duration::from_millis(300);
+/// What a draining edge's `GoAway` asks phones to wait before they connect again.
+const RECONNECT_AFTER_DRAIN_MS: u32 = 1_000;
 /// Most phones one broadcast reaches in one turn of the loop. A round opening told to 10,000
 /// phones at once was 10,000 packets sealed and sent in one turn, during which every shake
 /// waited in the socket: the p99 shake->outcome of about 100 ms (docs/PERFORMANCE.md). In
@@ -91,7 +93,7 @@ enum Phase {
 #[derive(Debug)]
 struct Session {
     phase: Phase,
-    /// The source the handshake was counted against (until the handshake ends).
+    /// The source the attempt is counted against (until `Hello`, or the attempt's end).
     source: Option<IpAddr>,
     stream: Option<StreamId>,
     buf: BytesMut,
@@ -228,8 +230,7 @@ impl Handler for LoopWorker {
     fn accept_failed(&mut self, _now: Instant) {
         let source = self.pending_source.take();
         self.shared.metrics.count_handshake(HandshakeOutcome::Failed);
-        self.handshake_done(source);
-        self.attempt_done();
+        self.attempt_done(source);
     }
 
     fn event(
@@ -241,8 +242,7 @@ impl Handler for LoopWorker {
     ) {
         match event {
             AppEvent::Connected => {
-                let source = self.session(ch).and_then(|s| s.source.take());
-                self.handshake_done(source);
+                // The source stays charged until `Hello` ([`LoopWorker::attempt_done`]).
                 self.shared.metrics.count_handshake(HandshakeOutcome::Accepted);
                 let stream = match self.session(ch) {
                     Some(session) => {

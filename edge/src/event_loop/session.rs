@@ -5,18 +5,16 @@
 use super::*;
 
 impl LoopWorker {
-    /// Ends a handshake's charge to its source, whichever way it went.
-    pub(super) fn handshake_done(&mut self, source: Option<IpAddr>) {
+    /// Ends an attempt's count against its source's cap and the edge-wide ones: once it
+    /// serves, or is over. A connection that completed its handshake and says nothing holds a
+    /// session as surely as one still handshaking, so it counts until `Hello` (or its
+    /// deadline): released at the handshake, a source's connections waiting out
+    /// `hello_timeout_ms` were held back by its rate alone (200 + 50 a second by default), and
+    /// ten addresses could hold every edge-wide slot, refusing every phone.
+    pub(super) fn attempt_done(&mut self, source: Option<IpAddr>) {
         if let Some(source) = source {
             self.sources.on_handshake_done(source);
         }
-    }
-
-    /// Ends an attempt's count against the edge-wide caps: once it serves, or is over. A
-    /// connection that completed its handshake and says nothing holds a session as surely as
-    /// one still handshaking, so it counts until `Hello` (or its deadline), or a flood from
-    /// many addresses could hold `hello_timeout_ms` of connections past every cap.
-    pub(super) fn attempt_done(&mut self) {
         self.shared.handshakes.fetch_sub(1, Ordering::Relaxed);
     }
 
@@ -54,10 +52,9 @@ impl LoopWorker {
             // in-progress count must not leak).
             Phase::Handshake => {
                 self.shared.metrics.count_handshake(HandshakeOutcome::Failed);
-                self.handshake_done(source);
-                self.attempt_done();
+                self.attempt_done(source);
             }
-            Phase::AwaitHello => self.attempt_done(),
+            Phase::AwaitHello => self.attempt_done(source),
             Phase::Closing(_) => {}
         }
         match stream {
@@ -282,7 +279,8 @@ impl LoopWorker {
         }
         self.deadlines.set(ch.0, None);
         // The attempt (reached from `AwaitHello` only) becomes a phone.
-        self.attempt_done();
+        let source = self.session(ch).and_then(|s| s.source.take());
+        self.attempt_done(source);
         self.shared.phones.fetch_add(1, Ordering::Relaxed);
         self.shared.metrics.phones.inc();
         self.write_control(ch, conn, &welcome);
@@ -293,6 +291,14 @@ impl LoopWorker {
                 ControlFrame::RoundNotice { round: upcoming, min_shake_interval_ms: pace_ms };
             let notice = self.encode(&notice);
             self.write_control(ch, conn, &notice);
+        }
+        // Welcomed during a drain (its handshake was under way when the drain began, so the
+        // drain's broadcast passed it by): told to go as the others were, not left to wait
+        // for the drain's deadline and its idle timeout.
+        if self.draining_since.is_some() {
+            let go_away =
+                self.encode(&ControlFrame::GoAway { reconnect_after_ms: RECONNECT_AFTER_DRAIN_MS });
+            self.write_control(ch, conn, &go_away);
         }
     }
 
@@ -381,8 +387,7 @@ impl LoopWorker {
         match session.phase {
             Phase::Handshake => {
                 self.shared.metrics.count_handshake(HandshakeOutcome::Failed);
-                self.handshake_done(session.source);
-                self.attempt_done();
+                self.attempt_done(session.source);
             }
             Phase::Serving(at) => {
                 self.core.remove_phone(at);
@@ -392,7 +397,7 @@ impl LoopWorker {
                     self.shared.sessions.release(user, serial);
                 }
             }
-            Phase::AwaitHello => self.attempt_done(),
+            Phase::AwaitHello => self.attempt_done(session.source),
             Phase::Closing(_) => {}
         }
         tracing::trace!(conn = ch.0, %reason, "phone connection lost");
