@@ -86,12 +86,81 @@ pub async fn serve(listener: TcpListener, endpoints: Endpoints, shutdown: Cancel
     serve_router(listener, router(endpoints), shutdown).await;
 }
 
-/// Serves `app` (the [`router`] and a server's own routes) on `listener` until `shutdown`.
+/// What one listener allows its clients.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeLimits {
+    /// Connections served at once; more wait in the listen backlog until one closes.
+    pub max_connections: usize,
+    /// How long a client may take to send a request's head, and an idle connection may wait
+    /// before its next request.
+    pub head_timeout: Duration,
+}
+
+/// The limits of every Shake HTTP listener: room for every scraper, control-room screen and
+/// support tool, and no more. (axum's own server sets no limit of either kind: a client
+/// that opened connections and sent a line of a request held a task, a buffer and a file
+/// descriptor each, for ever; the allocator's descriptors are its ledger's too.)
+pub const SERVE_LIMITS: ServeLimits =
+    ServeLimits { max_connections: 256, head_timeout: Duration::from_secs(10) };
+
+/// Serves `app` (the [`router`] and a server's own routes) on `listener` until `shutdown`,
+/// within [`SERVE_LIMITS`].
 pub async fn serve_router(listener: TcpListener, app: Router, shutdown: CancellationToken) {
-    let stopped = async move { shutdown.cancelled().await };
-    if let Err(err) = axum::serve(listener, app).with_graceful_shutdown(stopped).await {
-        tracing::warn!(%err, "operations endpoint stopped");
+    serve_router_within(listener, app, shutdown, SERVE_LIMITS).await;
+}
+
+/// [`serve_router`] within `limits`. On `shutdown` it stops accepting, lets each connection
+/// finish the request it is serving, and returns once all have closed.
+pub async fn serve_router_within(
+    listener: TcpListener,
+    app: Router,
+    shutdown: CancellationToken,
+    limits: ServeLimits,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let connections = tokio_util::task::TaskTracker::new();
+    loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot,
+            () = shutdown.cancelled() => break,
+        };
+        // invariant: the semaphore is never closed.
+        let slot = slot.expect("the connection slots stay open");
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    // Out of descriptors, or a connection reset before it was taken: wait a
+                    // moment rather than spin.
+                    tracing::warn!(%err, "accepting an HTTP connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => break,
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            let _slot = slot;
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.head_timeout);
+            let connection =
+                builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let mut connection = std::pin::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                () = shutdown.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+        });
     }
+    connections.close();
+    connections.wait().await;
 }
 
 /// Binds `addr` and serves in the background; the address bound.
@@ -267,6 +336,58 @@ mod tests {
         assert_eq!(status_of(&get(addr, "/health?verbose=1").unwrap()), Some(200), "liveness");
         assert_eq!(status_of(&get(addr, "/nope").unwrap()), Some(404));
         shutdown.cancel();
+    }
+
+    /// A client that opens a connection and never finishes a request's head is closed at the
+    /// head timeout, and while the connection cap is reached a new client waits (axum's own
+    /// server had neither: such clients held a task and a descriptor each, for ever).
+    #[test]
+    fn idle_and_half_sent_requests_are_timed_out_and_connections_capped() {
+        use std::io::{Read, Write};
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let shutdown = CancellationToken::new();
+        let endpoints = Endpoints {
+            metrics: Arc::new(|| "a_total 1\n# EOF\n".to_owned()),
+            ready: Arc::new(|| Readiness::Ready),
+        };
+        let limits = ServeLimits { max_connections: 2, head_timeout: Duration::from_millis(400) };
+        let listener = runtime.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let served = runtime.spawn(serve_router_within(
+            listener,
+            router(endpoints),
+            shutdown.clone(),
+            limits,
+        ));
+        let open = || {
+            let conn = std::net::TcpStream::connect(addr).unwrap();
+            conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            conn
+        };
+        let mut half = open();
+        half.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n").unwrap();
+        let mut idle = open();
+        // Both places taken: a third client is not served while they hold them.
+        let mut third = open();
+        third.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        third.set_read_timeout(Some(Duration::from_millis(150))).unwrap();
+        let mut answer = [0u8; 512];
+        assert!(third.read(&mut answer).is_err(), "served past the cap");
+        // The head timeout closes both (nothing more comes from either), and the third's
+        // request is answered in the place freed.
+        let mut rest = Vec::new();
+        assert!(half.read_to_end(&mut rest).is_ok(), "the half request timed out");
+        assert!(idle.read_to_end(&mut rest).is_ok(), "the idle connection timed out");
+        third.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut text = String::new();
+        third.read_to_string(&mut text).unwrap();
+        assert_eq!(status_of(&text), Some(200), "{text}");
+        shutdown.cancel();
+        runtime.block_on(served).unwrap();
     }
 
     /// A server that closes before its answer is whole gives an error, never a response a

@@ -136,6 +136,11 @@ impl Browser {
         self.session("POST", "/url", Some(json!({ "url": url }))).map(drop)
     }
 
+    /// The address the page is at now.
+    pub fn url(&self) -> Result<String, WebDriverError> {
+        self.session("GET", "/url", None).map(|v| v.as_str().unwrap_or_default().to_owned())
+    }
+
     fn element(&self, css: &str) -> Result<String, WebDriverError> {
         let found = self.session(
             "POST",
