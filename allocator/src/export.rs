@@ -22,6 +22,21 @@ pub struct AwardQuery {
 }
 
 impl AwardQuery {
+    /// The most awards to give (`limit`; 0: no limit).
+    pub fn most(&self) -> usize {
+        if self.limit == 0 { usize::MAX } else { self.limit }
+    }
+
+    /// A filter for a read in id order: true for the first [`Self::most`] awards that match.
+    pub fn keeper(&self) -> impl FnMut(&Award) -> bool + '_ {
+        let mut found = 0usize;
+        move |award| {
+            let keep = found < self.most() && self.matches(award);
+            found += usize::from(keep);
+            keep
+        }
+    }
+
     /// Does `award` match?
     pub fn matches(&self, award: &Award) -> bool {
         let prize = match (&self.prize, &award.prize) {

@@ -229,7 +229,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Awards { ledger, config, user, round, undelivered } => {
             let mut ledger = open_ledger(ledger, config)?;
             let query = export::AwardQuery { user, round, undelivered, ..Default::default() };
-            let awards = ledger.awards(&mut |a| query.matches(a))?;
+            let awards = ledger.find_awards(&query)?;
             println!(
                 "{:>10} {:>6} {:>14} {:>12} {:>10}",
                 "award", "round", "user", "prize", "delivered"

@@ -686,13 +686,7 @@ fn serve_reads(ledger: &mut dyn LedgerStore, reads: Vec<AwardRead>) {
         if shake_ops::supervise::failpoint("allocator-slow-award-read") {
             std::thread::sleep(Duration::from_secs(3));
         }
-        let limit = read.query.limit;
-        let mut found = 0usize;
-        let result = ledger.awards(&mut |award| {
-            let keep = found < limit && read.query.matches(award);
-            found += usize::from(keep);
-            keep
-        });
+        let result = ledger.find_awards(&read.query);
         let _ = read.reply.send(result.map_err(|e| e.to_string()));
     }
 }

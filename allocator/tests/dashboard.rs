@@ -44,6 +44,9 @@ async fn the_dashboard_shows_the_show_and_go_opens_a_round() {
         let browser = browser();
         browser.open(&format!("http://{admin}/#token={ADMIN_TOKEN}")).unwrap();
         wait(&browser, "#round-1 .phase", "round 1 shown waiting", |t| t == "waiting");
+        // The token given in the address leaves the address bar (and the history).
+        let url = browser.url().unwrap();
+        assert!(!url.contains(ADMIN_TOKEN) && url.starts_with("http://"), "{url}");
         wait(&browser, "#edge-1 .link", "edge 1 up", |t| t == "up");
         wait(&browser, "#edge-1 .offered", "edge 1's load", |t| t == "2500");
         wait(&browser, "#edge-1 .phones", "edge 1's phones", |t| t == "1234");

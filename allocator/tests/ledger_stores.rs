@@ -7,6 +7,7 @@
 
 use bytes::Bytes;
 use shake_allocator::award::{Award, BatchKey, WorkerKey};
+use shake_allocator::export::AwardQuery;
 use shake_allocator::ledger::lease::Term;
 use shake_allocator::ledger::{
     AnsweredBatch, CommitGroup, FjallLedger, LedgerError, LedgerStore, PostgresLedger,
@@ -118,6 +119,33 @@ fn groups_survive_reopening(mut reopen: impl FnMut() -> Box<dyn LedgerStore>) {
     assert_eq!(snapshot.commands, commands());
     assert_eq!(ledger.awards(&mut |a| a.user_id == TOP).unwrap(), vec![expected[1].clone()]);
     assert!(ledger.awards(&mut |a| a.round_id == 2).unwrap().is_empty());
+    // Support's questions, each answered as a full read filtered answers it (on PostgreSQL a
+    // user's by its index, with the delivery marks).
+    let every = ledger.awards(&mut |_| true).unwrap();
+    let ask = |user, round, undelivered, limit| AwardQuery {
+        user,
+        round,
+        undelivered,
+        limit,
+        ..AwardQuery::default()
+    };
+    for query in [
+        ask(Some(TOP), None, false, 0),
+        ask(Some(TOP), Some(1), true, 0),
+        ask(Some(103), Some(1), false, 1),
+        ask(Some(103), Some(2), false, 0),
+        ask(Some(7), None, false, 0),
+        ask(None, None, true, 1),
+        ask(None, Some(1), false, 0),
+    ] {
+        let want: Vec<Award> =
+            every.iter().filter(|a| query.matches(a)).take(query.most()).cloned().collect();
+        assert_eq!(ledger.find_awards(&query).unwrap(), want, "{query:?}");
+    }
+    assert_eq!(
+        ledger.find_awards(&ask(Some(TOP), None, false, 0)).unwrap(),
+        vec![expected[1].clone()]
+    );
 
     // Every instance a worker retired is read back, however many its record carried: the
     // record the newest eight (as the core writes it), the log each one as it retired.

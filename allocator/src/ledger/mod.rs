@@ -25,6 +25,7 @@ use std::collections::HashMap;
 use bytes::Bytes;
 
 use crate::award::{Award, BatchKey, CorruptRow, WorkerKey};
+use crate::export::AwardQuery;
 use crate::round_command::RoundCommand;
 
 pub use self::fjall::FjallLedger;
@@ -205,6 +206,12 @@ pub trait LedgerStore: Send {
     fn snapshot(&mut self) -> Result<Snapshot, LedgerError>;
     /// Every award (in id order) that `keep` accepts, with its delivery mark.
     fn awards(&mut self, keep: &mut dyn FnMut(&Award) -> bool) -> Result<Vec<Award>, LedgerError>;
+    /// The awards support asked for (in id order, at most `query.limit`; 0: no limit). A
+    /// store that can find a user's awards by index does so ([`PostgresLedger`]); the rest
+    /// read every award and keep the matches.
+    fn find_awards(&mut self, query: &AwardQuery) -> Result<Vec<Award>, LedgerError> {
+        self.awards(&mut query.keeper())
+    }
     /// Stored answers (the ones edges have not confirmed yet).
     fn stored_answers(&mut self) -> Result<usize, LedgerError>;
 }
