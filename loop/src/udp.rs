@@ -165,11 +165,18 @@ impl RecvBatch {
         for (header, slot) in headers.iter().zip(&mut stamps).take(n) {
             let mut stamp = None;
             // SAFETY: the kernel wrote `msg_controllen` bytes of control messages into this
-            // header's buffer (in `self.controls`, alive); the CMSG macros walk within it.
+            // header's buffer (in `self.controls`, alive); the CMSG macros walk within it, and
+            // a message's data is read only when its length says the whole value is there (a
+            // message the kernel cut short, for want of room, says less).
             unsafe {
                 let mut cmsg = libc::CMSG_FIRSTHDR(&header.msg_hdr);
                 while !cmsg.is_null() {
-                    if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == SO_TIMESTAMPNS
+                    let holds = |bytes: usize| {
+                        (*cmsg).cmsg_len as usize >= libc::CMSG_LEN(bytes as u32) as usize
+                    };
+                    if (*cmsg).cmsg_level == libc::SOL_SOCKET
+                        && (*cmsg).cmsg_type == SO_TIMESTAMPNS
+                        && holds(size_of::<libc::timespec>())
                     {
                         let ts = std::ptr::read_unaligned(
                             libc::CMSG_DATA(cmsg).cast::<libc::timespec>(),
@@ -180,6 +187,7 @@ impl RecvBatch {
                         );
                     } else if (*cmsg).cmsg_level == libc::SOL_SOCKET
                         && (*cmsg).cmsg_type == SO_RXQ_OVFL
+                        && holds(size_of::<u32>())
                     {
                         let drops = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<u32>());
                         self.kernel_drops = Some(drops);
