@@ -213,7 +213,8 @@ pub struct Core {
     pending: HashMap<BatchKey, Pending>,
     streams: HashMap<StreamId, StreamInfo>,
     planner: QuotaPlanner,
-    last_quota: HashMap<u64, (EdgeQuota, u64)>,
+    /// The last quota sent to each edge: its round, the quota, when.
+    last_quota: HashMap<u64, (u32, EdgeQuota, u64)>,
     last_phase: HashMap<u32, RoundPhase>,
     counters: CoreCounters,
     rates: UserRates,
@@ -663,10 +664,13 @@ impl Core {
         edges.dedup();
         let valid = self.settings.quota_valid_ms;
         for (edge, quota) in self.planner.plan(&edges, fleet, now_ms, valid) {
+            // A new round's quota goes at once, whatever its rate: the edge applies a quota to
+            // the round it names only, and would use its fallback rate until the next refresh.
             let due = match self.last_quota.get(&edge) {
                 None => true,
-                Some((last, at)) => {
-                    now_ms.saturating_sub(*at) >= valid / 3
+                Some((last_round, last, at)) => {
+                    *last_round != round_id
+                        || now_ms.saturating_sub(*at) >= valid / 3
                         || u64::from(quota.rate_per_s.abs_diff(last.rate_per_s)) * 10
                             > u64::from(last.rate_per_s)
                 }
@@ -674,7 +678,7 @@ impl Core {
             if !due {
                 continue;
             }
-            self.last_quota.insert(edge, (quota, now_ms));
+            self.last_quota.insert(edge, (round_id, quota, now_ms));
             let mut frame = BytesMut::new();
             AllocatorFrame::Quota {
                 round_id,

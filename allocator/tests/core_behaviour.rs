@@ -597,3 +597,44 @@ fn a_top_up_past_the_rounds_bounds_is_refused_before_it_is_recorded() {
         Err(Refusal::Invalid(said)) if said.contains("65,536 gifts")
     ));
 }
+
+/// A round that opens as another closes gets its own quota at once, even at the same rate:
+/// the edge applies a quota to the round it names only (before, a rate within a tenth of the
+/// last round's waited for the refresh, a third of `quota_valid_ms`, on the fallback rate).
+#[test]
+fn a_new_round_gets_its_quota_at_once_whatever_its_rate() {
+    // Round 1's last second asks 4 x 10 prizes a second; round 2's 1,000 prizes over 100 s
+    // the same 40 a second.
+    let second = RoundConfig {
+        id: 2,
+        starts_at_ms: START + 100_000,
+        cash: Some(CashPool { total_cents: 1_000, envelopes: 1_000, min_cents: 1 }),
+        ..round()
+    };
+    let mut core = Core::new(settings(), Draw::new(&[round(), second]));
+    let mut fx = Vec::new();
+    core.on_hello(1, hello(INSTANCE, 0), START + 1, &mut fx);
+    core.on_tick(START + 1, &mut fx);
+    let quota_round = |fx: &[Effect]| {
+        frames(fx, 1).iter().find_map(|f| match f {
+            AllocatorFrame::Quota { round_id, .. } => Some(*round_id),
+            _ => None,
+        })
+    };
+    assert_eq!(quota_round(&fx), Some(1));
+    // Round 2 opens at the same rate, less than a third of the quota's life after the last
+    // refresh.
+    fx.clear();
+    core.on_tick(START + 99_500, &mut fx);
+    let rate = |fx: &[Effect]| {
+        frames(fx, 1).iter().find_map(|f| match f {
+            AllocatorFrame::Quota { rate_per_s, .. } => Some(*rate_per_s),
+            _ => None,
+        })
+    };
+    let last = rate(&fx);
+    fx.clear();
+    core.on_tick(START + 100_000, &mut fx);
+    assert_eq!(quota_round(&fx), Some(2));
+    assert_eq!(rate(&fx), last, "the case under test: the same rate");
+}
