@@ -28,6 +28,7 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Path, Query, State};
@@ -232,7 +233,7 @@ async fn events(
     }
     let snapshots = futures_util::stream::unfold((api, true), |(api, first)| async move {
         if !first {
-            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
         let snapshot = match api.ask(|reply| AdminRequest::Dashboard { reply }).await {
             Ok(snapshot) => snapshot,
@@ -319,11 +320,15 @@ async fn command(
     Path((round_id, action)): Path<(u32, String)>,
     Query(query): Query<CommandQuery>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> Response {
     if !api.authorized(&headers) {
         return error(StatusCode::UNAUTHORIZED, "a bearer token is needed");
     }
+    let body = match read_body(body).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
     let action = match (action.as_str(), query.by_s, query.ms) {
         ("go", _, _) => RoundAction::Go,
         ("close", _, _) => RoundAction::Close,
@@ -347,17 +352,31 @@ async fn command(
     submit(&api, &headers, round_id, action).await
 }
 
-async fn add_round(
-    State(api): State<Api>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Response {
+async fn add_round(State(api): State<Api>, headers: HeaderMap, body: axum::body::Body) -> Response {
     if !api.authorized(&headers) {
         return error(StatusCode::UNAUTHORIZED, "a bearer token is needed");
     }
+    let body = match read_body(body).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
     match serde_json::from_slice::<crate::config::RoundConfig>(&body) {
         Ok(round) => submit(&api, &headers, round.id, RoundAction::Add { round }).await,
         Err(e) => error(StatusCode::BAD_REQUEST, &format!("round body: {e}")),
+    }
+}
+
+/// How long a request's body may take to arrive once its head has.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A command's body, read only once its sender is known to hold the token (read first, a
+/// body that never came held one of the listener's few connections for anyone), within
+/// [`MAX_BODY`] and [`BODY_TIMEOUT`].
+async fn read_body(body: axum::body::Body) -> Result<axum::body::Bytes, Response> {
+    match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(_)) => Err(error(StatusCode::PAYLOAD_TOO_LARGE, "a body of at most 64 KiB")),
+        Err(_) => Err(error(StatusCode::REQUEST_TIMEOUT, "the body did not come in time")),
     }
 }
 

@@ -269,6 +269,21 @@ impl RoundConfig {
             .collect()
     }
 
+    /// The bounds a round is held to when it is configured or added, beyond [`Self::check`]:
+    /// not applied when a command recorded by an earlier build is replayed (a ledger it wrote
+    /// must still open). `at` names a field.
+    pub fn check_limits(&self, at: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
+        // The range the live `interval` command allows: a slip (an extra zero) would let each
+        // phone shake about once a round.
+        if !crate::round_command::INTERVAL_RANGE_MS.contains(&self.min_shake_interval_ms) {
+            return Err(invalid(at("min_shake_interval_ms"), "must be 10 to 60,000"));
+        }
+        if self.prize_count() > MAX_PRIZES_PER_ROUND {
+            return Err(invalid(at("cash"), "more than 200,000,000 prizes in one round"));
+        }
+        Ok(())
+    }
+
     /// Checks one round on its own (its id, length, spread and pools); `at` names a field for
     /// the error. The configuration adds the checks between rounds (unique ids, no overlap);
     /// a round added during the show is checked the same way.
@@ -285,14 +300,9 @@ impl RoundConfig {
         if self.cash.is_none() && self.gifts.is_empty() {
             return Err(invalid(at("cash"), "a round needs a cash pool or gifts"));
         }
-        // The range the live `interval` command allows: a slip (an extra zero) would let each
-        // phone shake about once a round.
-        if !crate::round_command::INTERVAL_RANGE_MS.contains(&self.min_shake_interval_ms) {
-            return Err(invalid(at("min_shake_interval_ms"), "must be 10 to 60,000"));
-        }
         check_pools(self.cash.as_ref(), &self.gifts, at)?;
-        if self.prize_count() > MAX_PRIZES_PER_ROUND {
-            return Err(invalid(at("cash"), "more than 200,000,000 prizes in one round"));
+        if self.prize_count() > u64::from(u32::MAX) {
+            return Err(invalid(at("cash"), "more than 2^32 prizes in one round"));
         }
         // A gift pool's index is 16 bits.
         if self.gifts.len() > usize::from(u16::MAX) + 1 {
@@ -492,6 +502,7 @@ impl Validate for Config {
                 return Err(invalid(at("id"), format!("round id {} appears twice", round.id)));
             }
             round.check(&at)?;
+            round.check_limits(&at)?;
         }
         Ok(())
     }

@@ -261,7 +261,7 @@ impl Core {
     /// [`Core::on_command_recorded`] says it is durable.
     pub fn on_command(&mut self, command: RoundCommand, out: &mut Vec<Effect>) -> Submitted {
         let draw = &self.draw;
-        let submitted = self.commands.submit(command, |c| draw.check_command(c).map(drop));
+        let submitted = self.commands.submit(command, |c| draw.check_new_command(c).map(drop));
         if let Submitted::Record(command) = &submitted {
             out.push(Effect::RecordCommand(command.clone()));
         }

@@ -178,10 +178,8 @@ impl Draw {
             let adding = gifts
                 .iter()
                 .fold(cash.as_ref().map_or(0, |c| c.envelopes), |n, g| n.saturating_add(g.count));
-            if (round.pool.items().len() as u64).saturating_add(adding) > MAX_PRIZES_PER_ROUND {
-                return Err(Refusal::Invalid(
-                    "more than 200,000,000 prizes in one round, top-ups included".into(),
-                ));
+            if (round.pool.items().len() as u64).saturating_add(adding) > u64::from(u32::MAX) {
+                return Err(Refusal::Invalid("more than 2^32 prizes in one round".into()));
             }
             // A gift pool's index is 16 bits.
             let known = &round.config.gifts;
@@ -195,6 +193,31 @@ impl Draw {
             if known.len() + new_skus.len() > usize::from(u16::MAX) + 1 {
                 return Err(Refusal::Invalid("more than 65,536 gifts in one round".into()));
             }
+        }
+        Ok(next)
+    }
+
+    /// What a new `command` would do, or why it may not: [`Self::check_command`], and the
+    /// bounds a round is held to now ([`RoundConfig::check_limits`], prizes a round may hold
+    /// with its top-ups), which a command recorded by an earlier build is not held to when it
+    /// is replayed (a ledger it wrote must still open).
+    pub fn check_new_command(&self, command: &RoundCommand) -> Result<RoundTiming, Refusal> {
+        let next = self.check_command(command)?;
+        match (&command.action, self.round(command.round_id)) {
+            (RoundAction::Add { round }, _) => round
+                .check_limits(&|field| format!("round.{field}"))
+                .map_err(|e| Refusal::Invalid(e.to_string()))?,
+            (RoundAction::TopUp { cash, gifts }, Some(round)) => {
+                let adding = gifts.iter().fold(cash.as_ref().map_or(0, |c| c.envelopes), |n, g| {
+                    n.saturating_add(g.count)
+                });
+                if (round.pool.items().len() as u64).saturating_add(adding) > MAX_PRIZES_PER_ROUND {
+                    return Err(Refusal::Invalid(
+                        "more than 200,000,000 prizes in one round, top-ups included".into(),
+                    ));
+                }
+            }
+            _ => {}
         }
         Ok(next)
     }

@@ -52,15 +52,26 @@ fn check_config_reads_the_admin_token() {
 fn reading_a_ledger_that_is_not_there_fails_and_creates_nothing() {
     let scratch = Scratch::new("read-missing-ledger");
     let missing = scratch.dir.join("ledgr");
-    for command in ["export", "awards"] {
+    // A directory that is there but holds no ledger (a parent, a scratch directory).
+    let empty = scratch.dir.join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    for (path, command) in
+        [(&missing, "export"), (&missing, "awards"), (&empty, "export"), (&empty, "awards")]
+    {
         let out = Command::new(bin("shake-allocator"))
             .args([command, "--ledger"])
-            .arg(&missing)
+            .arg(path)
             .output()
             .unwrap();
         let said = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{command}: {said}");
         assert!(said.contains("no ledger at"), "{command}: {said}");
-        assert!(!missing.exists(), "{command} created {}", missing.display());
     }
+    assert!(!missing.exists(), "created {}", missing.display());
+    assert_eq!(
+        std::fs::read_dir(&empty).unwrap().count(),
+        0,
+        "a ledger created in {}",
+        empty.display()
+    );
 }

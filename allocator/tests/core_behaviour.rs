@@ -585,15 +585,15 @@ fn a_top_up_past_the_rounds_bounds_is_refused_before_it_is_recorded() {
     // The round holds ten envelopes: a full pool and one that fills the round exactly.
     let last = MAX_PRIZES_PER_ROUND - MAX_PRIZES_PER_POOL - 10;
     let pools = |last| vec![gift("a".into(), MAX_PRIZES_PER_POOL), gift("b".into(), last)];
-    assert!(draw.check_command(&top_up(pools(last))).is_ok());
+    assert!(draw.check_new_command(&top_up(pools(last))).is_ok());
     assert!(matches!(
-        draw.check_command(&top_up(pools(last + 1))),
+        draw.check_new_command(&top_up(pools(last + 1))),
         Err(Refusal::Invalid(said)) if said.contains("200,000,000 prizes")
     ));
     let skus = |n: usize| (0..n).map(|i| gift(format!("g{i}"), 1)).collect::<Vec<_>>();
-    assert!(draw.check_command(&top_up(skus(65_536))).is_ok());
+    assert!(draw.check_new_command(&top_up(skus(65_536))).is_ok());
     assert!(matches!(
-        draw.check_command(&top_up(skus(65_537))),
+        draw.check_new_command(&top_up(skus(65_537))),
         Err(Refusal::Invalid(said)) if said.contains("65,536 gifts")
     ));
 }
@@ -637,4 +637,28 @@ fn a_new_round_gets_its_quota_at_once_whatever_its_rate() {
     core.on_tick(START + 100_000, &mut fx);
     assert_eq!(quota_round(&fx), Some(2));
     assert_eq!(rate(&fx), last, "the case under test: the same rate");
+}
+
+/// Bounds added since a ledger was written hold new commands only: a round an earlier build
+/// recorded with an interval now out of range replays (else the ledger would not open, on a
+/// restart or on every standby of a rolling upgrade), the same round sent now is refused.
+#[test]
+fn a_command_recorded_before_a_bound_existed_still_replays() {
+    use shake_allocator::round_command::{Refusal, RoundAction, RoundCommand};
+    let mut draw = Draw::new(&[round()]);
+    let eager =
+        RoundConfig { id: 2, starts_at_ms: START + 200_000, min_shake_interval_ms: 5, ..round() };
+    let add = RoundCommand {
+        command_id: "add-2".into(),
+        round_id: 2,
+        action: RoundAction::Add { round: eager },
+        issued_by: "test".into(),
+        at_ms: START + 1,
+    };
+    assert!(matches!(
+        draw.check_new_command(&add),
+        Err(Refusal::Invalid(said)) if said.contains("min_shake_interval_ms")
+    ));
+    draw.apply_command(&add).unwrap();
+    assert!(draw.round(2).is_some());
 }

@@ -116,6 +116,18 @@ async fn go_opens_an_armed_round_and_every_command_is_recorded_once() {
     let wrong =
         request_with(admin, "POST", "/rounds/1/go", &[("Authorization", "Bearer nope")]).unwrap();
     assert_eq!(status_of(&wrong), Some(401));
+    // Refused before its body is read: a body that never comes holds no connection for
+    // someone without the token (the listener serves a bounded number).
+    {
+        use std::io::{Read, Write};
+        let mut conn = std::net::TcpStream::connect(admin).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        conn.write_all(b"POST /rounds/1/go HTTP/1.1\r\nHost: x\r\nContent-Length: 60000\r\n\r\n")
+            .unwrap();
+        let mut answer = [0u8; 256];
+        let n = conn.read(&mut answer).expect("an answer before the body");
+        assert_eq!(status_of(&String::from_utf8_lossy(&answer[..n])), Some(401));
+    }
 
     // "Shake now": the edge hears the round open at once.
     let before = now_ms();

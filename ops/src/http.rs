@@ -159,6 +159,8 @@ pub async fn serve_router_within(
             }
         });
     }
+    // Refused from now on, not left in the backlog while the open connections finish.
+    drop(listener);
     connections.close();
     connections.wait().await;
 }

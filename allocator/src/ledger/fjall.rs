@@ -144,7 +144,8 @@ impl FjallLedger {
     /// Opens a ledger directory that exists, to read it (the support and settlement
     /// commands): a mistyped path is an error, not an empty ledger.
     pub fn open_existing(path: &Path) -> Result<Self, LedgerError> {
-        if !path.is_dir() {
+        // fjall creates a database in any directory without its version marker.
+        if !path.join("version").is_file() {
             return Err(LedgerError::Failed(format!("no ledger at {}", path.display())));
         }
         Self::open(path)
