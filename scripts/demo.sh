@@ -52,21 +52,19 @@ if [ "$SCREENSHOT" = 1 ] && [ "$SHOW" != live ]; then
 fi
 DEMO="${SHAKE_DEMO_DIR:-target/demo}"
 BIN="${SHAKE_BIN_DIR:-target/release}"
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
+
 pids=()
 
 pg_dirs=()
 cleanup() {
-    for pid in "${pids[@]}"; do
-        kill -INT "$pid" 2>/dev/null || true
-    done
-    wait 2>/dev/null || true
+    stop_processes "${pids[@]}"
     for dir in "${pg_dirs[@]}"; do scripts/pg-cluster.sh stop "$dir" immediate 2>/dev/null || true; done
 }
 trap cleanup EXIT
 trap 'echo "demo: interrupted" >&2; exit 130' INT TERM
 
-# shellcheck source=scripts/lib.sh
-source scripts/lib.sh
 
 if [ -z "${SHAKE_BIN_DIR:-}" ]; then
     say "building (release)"
@@ -187,20 +185,26 @@ verify_commands=()
 if [ "$SHOW" = live ]; then
     "$BIN/shake-allocator" round audit --admin "$admin_addr" --token-file "$DEMO/admin.token" \
         >"$DEMO/audit.jsonl"
-    commands_applied=$(grep -c '"action"' "$DEMO/audit.jsonl")
+    commands_applied=$(grep -c '"action"' "$DEMO/audit.jsonl" || true)
     verify_commands=(--commands "$DEMO/audit.jsonl")
 fi
 edge_metrics=$(ready_field "$DEMO/edge.out" metrics "$edge_pid")
-awards_redelivered=$(metric_sum "$edge_metrics" 'shake_edge_awards_total{delivery="owed_written"')
+failed=()
+if ! awards_redelivered=$(metric_sum "$edge_metrics" 'shake_edge_awards_total{delivery="owed_written"'); then
+    failed+=("the edge's metrics could not be read (see $DEMO/edge.log)")
+    awards_redelivered=null
+fi
 
 edge_kib=$(peak_kib "$edge_pid")
 alloc_kib=$(peak_kib "$alloc_pid")
 say "peak memory: edge ${edge_kib} KiB ($(( edge_kib / PHONES )) KiB per phone), allocator ${alloc_kib} KiB"
 say "stopping the edge and the allocator (drain)"
+# A drain ends with status 0: anything else (a panic, a failed last commit) is a failure of
+# the run, whatever the ledger shows after it.
 kill -TERM "$edge_pid"
-wait "$edge_pid" || true
+wait "$edge_pid" || failed+=("the edge's drain ended with status $? (see $DEMO/edge.log)")
 kill -TERM "$alloc_pid"
-wait "$alloc_pid" || true
+wait "$alloc_pid" || failed+=("the allocator's drain ended with status $? (see $DEMO/allocator.log)")
 pids=()
 
 "$BIN/shake-allocator" export --config "$DEMO/allocator.toml" >"$DEMO/awards.jsonl" 2>>"$DEMO/allocator.log"
@@ -217,7 +221,8 @@ printf 'awards sent again to a next session: %s\n' "$awards_redelivered"
 tail -n1 "$DEMO/verify.out" |
     sed "s/}\$/,\"ledger\":\"$LEDGER\",\"show\":\"$SHOW\",\"commands_applied\":$commands_applied,\"awards_redelivered\":$awards_redelivered}/"
 if [ "$SHOW" = live ] && [ "$commands_applied" != 9 ]; then
-    echo "demo: $commands_applied commands applied, 9 expected" >&2
-    exit 1
+    failed+=("$commands_applied commands applied, 9 expected")
 fi
+for why in "${failed[@]}"; do echo "demo: $why" >&2; done
+[ "${#failed[@]}" = 0 ] || exit 1
 exit "$verified"

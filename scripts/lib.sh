@@ -92,13 +92,36 @@ phones_per_source() {
 # Peak resident memory of a live process, KiB (0 when it is gone).
 peak_kib() { sed -n 's/^VmHWM:[[:space:]]*\([0-9]*\).*/\1/p' "/proc/$1/status" 2>/dev/null || echo 0; }
 
-# GET http://ADDR/PATH with bash alone (no curl on a bare machine): prints the body.
+# GET http://ADDR/PATH with bash alone (no curl on a bare machine): prints the body. Fails,
+# rather than waits for ever, when the server does not answer within 10 s (a stopped or
+# wedged server).
 http_get() {
     local addr="$1" path="$2" host="${1%:*}" port="${1##*:}"
     exec 9<>"/dev/tcp/$host/$port" || return 1
     printf 'GET %s HTTP/1.0\r\nHost: %s\r\n\r\n' "$path" "$host" >&9
-    sed '1,/^\r\{0,1\}$/d' <&9
+    local status=0
+    timeout 10 sed '1,/^\r\{0,1\}$/d' <&9 || status=$?
     exec 9<&-
+    return "$status"
+}
+
+# Stops the processes PID...: SIGCONT (a paused one), SIGINT (the servers stop at once), and
+# SIGKILL for any still there after 5 s. A background job of a script ignores SIGINT unless it
+# handles it (the swarm does not), and a cleanup must not wait out a run's duration.
+stop_processes() {
+    local pid
+    for pid in "$@"; do
+        kill -CONT "$pid" 2>/dev/null || true
+        kill -INT "$pid" 2>/dev/null || true
+    done
+    for _ in $(seq 1 50); do
+        local alive=0
+        for pid in "$@"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        [ "$alive" = 0 ] && break
+        sleep 0.1
+    done
+    for pid in "$@"; do kill -KILL "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
 }
 
 # Sum of every sample of a Prometheus metric (NAME, or NAME{labels} as a prefix) at ADDR.

@@ -24,7 +24,9 @@ die() { echo "pg-cluster: $*" >&2; exit 1; }
 
 bindir() {
     local dir
-    dir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)
+    # The newest version whose server is installed (a newer client-only package has no initdb).
+    dir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V |
+        while read -r d; do [[ -x "$d/initdb" ]] && echo "$d"; done | tail -1 || true)
     [[ -n "$dir" && -x "$dir/initdb" ]] || dir=$(dirname "$(command -v initdb 2>/dev/null || true)")
     [[ -x "$dir/initdb" ]] || die "PostgreSQL server binaries (initdb) not found: apt-get install postgresql"
     echo "$dir"

@@ -103,6 +103,12 @@ impl RoundDraw {
         }
     }
 
+    /// The prize item `item` of the pool pays (`None` past the pool): what an award naming
+    /// it must pay.
+    pub fn prize_at(&self, item: u32) -> Option<Prize> {
+        self.pool.items().get(item as usize).map(|&held| self.prize_of(held))
+    }
+
     fn prize_of(&self, item: Item) -> Prize {
         match item {
             Item::Cash { cents } => Prize::Cash { cents },

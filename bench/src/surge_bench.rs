@@ -353,16 +353,15 @@ pub fn run(options: &SurgeOptions) -> anyhow::Result<SurgeFigures> {
         awards: report
             .awards
             .iter()
-            .map(|&(index, award_id, round_id)| ReceivedAward {
-                award_id,
-                user_id: first_user_id + index as u64,
-                round_id,
+            .map(|(index, award_id, round_id, prize)| {
+                ReceivedAward::new(*award_id, first_user_id + *index as u64, *round_id, prize)
             })
             .collect(),
         ..Report::default()
     };
     let rows = verify::parse_export(&ledger.export)?;
-    let v = verify::verify(&phones_report, &rows, Some(&ledger.config));
+    let pools = verify::configured_pools(&ledger.config, &[])?;
+    let v = verify::verify(&phones_report, &rows, Some(&ledger.config), Some(&pools));
     Ok(SurgeFigures {
         per_busy_core,
         capacity_per_s: capacity.max(answered_peak),
@@ -379,7 +378,7 @@ pub fn run(options: &SurgeOptions) -> anyhow::Result<SurgeFigures> {
         start_spread_ms: options.start_spread_ms,
         quota_share: options.quota_share,
         quota_period_us: options.quota_period_us,
-        awards_lost: v.received_not_in_ledger + v.told_twice,
+        awards_lost: v.received_not_in_ledger + v.told_other_prize,
         awards_doubled: v.granted_twice,
         pools_overspent: v.pools_overspent,
         awards_granted: v.awards_granted,

@@ -106,7 +106,7 @@ mod tests {
     }
 
     fn award(user_id: u64) -> ReceivedAward {
-        ReceivedAward { award_id: user_id * 100, user_id, round_id: 1 }
+        ReceivedAward::new(user_id * 100, user_id, 1, &shake_proto::Prize::Cash { cents: 1 })
     }
 
     #[test]

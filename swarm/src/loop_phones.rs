@@ -132,8 +132,8 @@ pub struct LoopLoadReport {
     /// Shake to outcome (from the intended send time), microseconds, by the second since
     /// [`LoopLoadPlan::series_origin_unix_ms`] in which the outcome arrived.
     pub outcome_by_s: Vec<Histogram<u64>>,
-    /// Awards phones were told of: (phone index, award id, round), every time told.
-    pub awards: Vec<(usize, u64, u32)>,
+    /// Awards phones were told of: (phone index, award id, round, prize), once per phone.
+    pub awards: Vec<(usize, u64, u32, shake_proto::Prize)>,
 }
 
 /// A histogram for one second's outcomes: 1 us to 1 minute, 2 significant figures (small: a
@@ -596,12 +596,19 @@ impl PhonesShell {
                 SessionEvent::Outcome(outcome) => {
                     self.answered(now, at, outcome.seq, Some(outcome.verdict));
                 }
-                SessionEvent::Award { award_id, round_id, .. } => {
+                SessionEvent::Award { award_id, round_id, prize } => {
                     let phone = &mut self.phones[at];
-                    // Told again (an award owed from an earlier session): counted once,
-                    // acknowledged again.
-                    if !self.report.awards.iter().rev().any(|a| a.1 == award_id) {
-                        self.report.awards.push((phone.index, award_id, round_id));
+                    // Told this phone again (an award owed from an earlier session): counted
+                    // once, acknowledged again. Told another phone too, it is recorded for
+                    // each, and verification sees the one whose user it does not pay.
+                    if !self
+                        .report
+                        .awards
+                        .iter()
+                        .rev()
+                        .any(|a| a.0 == phone.index && a.1 == award_id)
+                    {
+                        self.report.awards.push((phone.index, award_id, round_id, prize.clone()));
                         if let Some(from) = phone.last_forwarded {
                             let us = now.saturating_duration_since(from).as_micros() as u64;
                             self.report.award_us.saturating_record(us.max(1));
@@ -612,11 +619,12 @@ impl PhonesShell {
                         }
                     }
                     if let Some(record) = &self.record {
-                        record.stats.award_received(ReceivedAward {
+                        record.stats.award_received(ReceivedAward::new(
                             award_id,
-                            user_id: record.first_user_id + phone.index as u64,
+                            record.first_user_id + phone.index as u64,
                             round_id,
-                        });
+                            &prize,
+                        ));
                     }
                     if let Some(session) = &mut phone.session {
                         session.ack_award(award_id);

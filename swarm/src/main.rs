@@ -233,15 +233,24 @@ fn verify_run(
         Some(path) => Some(shake_allocator::config::Config::load(&path)?),
         None => None,
     };
-    if let (Some(config), Some(path)) = (config.as_mut(), commands) {
-        let log = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
-        for (n, line) in log.lines().filter(|l| !l.trim().is_empty()).enumerate() {
+    let mut log = Vec::new();
+    if let Some(path) = commands {
+        let text = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
+        for (n, line) in text.lines().filter(|l| !l.trim().is_empty()).enumerate() {
             let command = shake_allocator::round_command::RoundCommand::decode(line.as_bytes())
                 .map_err(|_| anyhow::anyhow!("{}:{}: not a command", path.display(), n + 1))?;
-            shake_allocator::round_command::apply_to_rounds(&mut config.rounds, &command);
+            log.push(command);
         }
     }
-    let v = verify::verify(&report, &rows, config.as_ref());
+    // The pools as the allocator built them (for every prize paid), and the rounds as the
+    // commands left them (for their sizes and caps).
+    let pools = config.as_ref().map(|c| verify::configured_pools(c, &log)).transpose()?;
+    if let Some(config) = config.as_mut() {
+        for command in &log {
+            shake_allocator::round_command::apply_to_rounds(&mut config.rounds, command);
+        }
+    }
+    let v = verify::verify(&report, &rows, config.as_ref(), pools.as_ref());
     let verdict = |name: &str| report.verdicts.get(name).copied().unwrap_or(0);
     let share =
         |n: u64| if report.outcomes > 0 { n as f64 * 100.0 / report.outcomes as f64 } else { 0.0 };
@@ -270,11 +279,12 @@ fn verify_run(
     println!("{:<34}{:>12.2}", "p99 shake->award (ms)", report.latency_ms.award.p99);
     println!("{:<34}{:>12}", "ledger mismatches", v.ledger_mismatches());
     println!("{:<34}{:>12}", "  heard by a user not paid", v.paid_other_user);
-    println!("{:<34}{:>12}", "  told of one award twice", v.told_twice);
+    println!("{:<34}{:>12}", "  told another prize or round", v.told_other_prize);
     println!("{:<34}{:>12}", "prizes granted twice", v.granted_twice);
     println!("{:<34}{:>12}", "per-user cap violations", v.cap_violations);
     println!("{:<34}{:>12}", "pools overspent", v.pools_overspent);
     println!("{:<34}{:>12}", "drained pools not paid exactly", v.cash_inexact);
+    println!("{:<34}{:>12}", "prizes not as the pools hold them", v.prizes_not_in_pools);
     println!("{:<34}{:>12}", "invariants", if v.ok() { "hold" } else { "BROKEN" });
     let line = serde_json::json!({
         "ok": v.ok(),
@@ -293,7 +303,8 @@ fn verify_run(
         "cap_violations": v.cap_violations,
         "ledger_mismatches": v.ledger_mismatches(),
         "awards_paid_other_user": v.paid_other_user,
-        "awards_told_twice": v.told_twice,
+        "awards_told_other_prize": v.told_other_prize,
+        "prizes_not_in_pools": v.prizes_not_in_pools,
         "p50_outcome_ms": report.latency_ms.outcome.p50,
         "p99_outcome_ms": report.latency_ms.outcome.p99,
         "p99_honest_outcome_ms": report.latency_ms.honest_outcome.p99,

@@ -577,16 +577,17 @@ impl<'a> Shaking<'a> {
                         _ => {}
                     }
                 }
-                SessionEvent::Award { award_id, round_id, .. } => {
+                SessionEvent::Award { award_id, round_id, prize } => {
                     if let Some(intended) = self.last_forwarded {
                         let took = intended.elapsed().as_micros() as u64;
                         stats.histograms.lock().expect("stats lock").award.saturating_record(took);
                     }
-                    stats.award_received(ReceivedAward {
+                    stats.award_received(ReceivedAward::new(
                         award_id,
-                        user_id: self.user_id,
+                        self.user_id,
                         round_id,
-                    });
+                        &prize,
+                    ));
                     session.ack_award(award_id);
                 }
                 SessionEvent::Paced { min_shake_interval_ms } if self.role.obeys_pacing() => {

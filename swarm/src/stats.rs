@@ -45,7 +45,7 @@ impl Default for Histograms {
     }
 }
 
-/// One award a phone received.
+/// One award a phone received, as it was told it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReceivedAward {
     /// Ledger id.
@@ -54,6 +54,21 @@ pub struct ReceivedAward {
     pub user_id: u64,
     /// The round.
     pub round_id: u32,
+    /// The cash it pays, cents (a gift: none).
+    pub cents: Option<u64>,
+    /// The gift's SKU (cash: none).
+    pub sku: Option<String>,
+}
+
+impl ReceivedAward {
+    /// Award `award_id` of `round_id`, paying `prize`, told to `user_id`'s phone.
+    pub fn new(award_id: u64, user_id: u64, round_id: u32, prize: &shake_proto::Prize) -> Self {
+        let (cents, sku) = match prize {
+            shake_proto::Prize::Cash { cents } => (Some(*cents), None),
+            shake_proto::Prize::Gift { sku } => (None, Some(sku.clone())),
+        };
+        Self { award_id, user_id, round_id, cents, sku }
+    }
 }
 
 /// Counters and histograms, updated by phone tasks.
