@@ -6,7 +6,8 @@ find_bins() { command -v chromium && command -v chromedriver; }
 if ! find_bins >/dev/null 2>&1; then
     echo "browser.sh: installing chromium and chromium-driver (Debian packages)" >&2
     as_root=()
-    [ "$(id -u)" -eq 0 ] || as_root=(sudo)
+    # -n: a sudo that would ask for a password fails at once (a test has no one to answer it).
+    [ "$(id -u)" -eq 0 ] || as_root=(sudo -n)
     export DEBIAN_FRONTEND=noninteractive
     "${as_root[@]}" apt-get install -y -q chromium chromium-driver >&2 ||
         { "${as_root[@]}" apt-get update -q >&2 && "${as_root[@]}" apt-get install -y -q chromium chromium-driver >&2; } ||

@@ -40,6 +40,10 @@ pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     line.split_whitespace().find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
 }
 
+/// How long a binary may take to print its ready line (a release build starts in well under a
+/// second; a debug build under a loaded CI machine in a few).
+const READY_WITHIN: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// A running binary that has printed its ready line; killed on drop.
 #[derive(Debug)]
 pub struct Process {
@@ -58,19 +62,39 @@ impl Process {
             .stdout(Stdio::piped())
             .spawn()
             .with_context(|| format!("starting {what} ({:?})", command.get_program()))?;
-        let mut stdout = BufReader::new(child.stdout.take().context("the child's stdout")?);
-        let mut ready = String::new();
-        loop {
-            ready.clear();
-            if stdout.read_line(&mut ready)? == 0 {
+        let stdout = BufReader::new(child.stdout.take().context("the child's stdout")?);
+        // Read on a thread of its own, so that a child that hangs before its ready line fails
+        // the test after READY_WITHIN instead of holding it (and CI) for ever.
+        let (found, wait) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut stdout = stdout;
+            let mut ready = String::new();
+            loop {
+                ready.clear();
+                match stdout.read_line(&mut ready) {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) if ready.contains(" ready ") => {
+                        let _ = found.send((ready, stdout));
+                        return;
+                    }
+                    Ok(_) => {}
+                }
+            }
+        });
+        match wait.recv_timeout(READY_WITHIN) {
+            Ok((ready, stdout)) => {
+                Ok(Self { child, what: what.to_owned(), ready, _stdout: stdout })
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
                 let _ = child.wait();
                 bail!("{what} exited before it was ready (see its log)");
             }
-            if ready.contains(" ready ") {
-                break;
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("{what} was not ready within {} s (see its log)", READY_WITHIN.as_secs());
             }
         }
-        Ok(Self { child, what: what.to_owned(), ready, _stdout: stdout })
     }
 
     /// The value of field `key` of the ready line.

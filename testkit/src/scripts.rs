@@ -14,6 +14,10 @@ pub fn script(name: &str) -> PathBuf {
     repo_root().join("scripts").join(name)
 }
 
+/// The longest a script run by a test may take, seconds (the demo and the short chaos run
+/// take two to three minutes on a 2-core machine).
+const SCRIPT_WITHIN_S: u32 = 1_200;
+
 /// Runs `scripts/NAME` from the repository root with `args`, the paths `env` and the values
 /// `vars` in its environment, asserts it succeeded, and returns its last line parsed as JSON.
 pub fn run_script(
@@ -22,8 +26,13 @@ pub fn run_script(
     env: &[(&str, &Path)],
     vars: &[(&str, &str)],
 ) -> serde_json::Value {
-    let mut command = Command::new("bash");
-    command.arg(script(name)).args(args).current_dir(repo_root());
+    // Bounded: a script that hangs fails its test (exit 124) instead of holding CI.
+    let mut command = Command::new("timeout");
+    command
+        .args(["--kill-after=10", &SCRIPT_WITHIN_S.to_string(), "bash"])
+        .arg(script(name))
+        .args(args)
+        .current_dir(repo_root());
     for (key, path) in env {
         command.env(key, path);
     }
