@@ -34,7 +34,15 @@ impl CpuQuota {
         if !(share > 0.0 && share.is_finite() && (1_000..=1_000_000).contains(&period_us)) {
             return Err(io::Error::other("a quota needs a share above 0 and a 1 ms to 1 s period"));
         }
-        let quota_us = ((share * period_us as f64).round() as u64).max(1_000);
+        // The kernel's least quota is 1 ms a period: refused rather than raised, so the share
+        // the figures assume is the share enforced.
+        let quota_us = (share * period_us as f64).round() as u64;
+        if quota_us < 1_000 {
+            return Err(io::Error::other(format!(
+                "a share of {share} of a {period_us} us period is under the kernel's 1 ms least \
+                 quota: raise the share or the period"
+            )));
+        }
         let v1 = PathBuf::from(V1);
         if v1.join("cpu.cfs_quota_us").exists() {
             let dir = v1.join(name);
@@ -113,5 +121,15 @@ mod tests {
         let v2 = "usage_usec 9\nnr_periods 5\nnr_throttled 2\nthrottled_usec 1500\n";
         assert_eq!(parse_throttled(v2), (2, 1_500));
         assert_eq!(parse_throttled(""), (0, 0));
+    }
+
+    /// A share the kernel cannot enforce (under 1 ms a period) is refused before any group
+    /// is made, not raised to 1 ms while the figures assume the share asked for.
+    #[test]
+    fn a_quota_under_the_kernels_least_is_refused() {
+        let said = CpuQuota::apply("shake-test-never-made", std::process::id(), 0.25, 2_000)
+            .unwrap_err()
+            .to_string();
+        assert!(said.contains("1 ms least"), "{said}");
     }
 }

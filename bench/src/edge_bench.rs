@@ -307,6 +307,27 @@ impl EdgeFigures {
     pub fn rate_ratio_vs_floor(&self) -> f64 {
         ratio(self.edge.max_per_busy_core(), self.floor.max_pairs_per_s())
     }
+
+    /// The rows the ratios are made of answered nearly every message in their windows, else
+    /// the run measured nothing worth a figure.
+    pub fn check_answered(&self) -> anyhow::Result<()> {
+        for (name, m) in [
+            ("the edge", &self.edge),
+            ("quinn's echo", &self.quinn_echo),
+            ("the loop's echo", &self.loop_echo),
+        ] {
+            anyhow::ensure!(
+                m.answered > 0 && m.answered_share() >= MIN_ANSWERED_SHARE,
+                "{name} answered {} of {} messages in its window ({:.1}%): its CPU per message \
+                 would mean nothing",
+                m.answered,
+                m.sent,
+                m.answered_share() * 100.0
+            );
+        }
+        anyhow::ensure!(self.floor.pairs > 0, "the UDP floor answered nothing");
+        Ok(())
+    }
 }
 
 /// Runs the four measurements in turn.
@@ -317,8 +338,14 @@ pub fn run(load: &LoadOptions) -> anyhow::Result<EdgeFigures> {
     let quinn_echo = measure_echo(EchoMode::Datagram, load)?;
     let loop_echo = measure_echo(EchoMode::LoopDatagram, load)?;
     let naive_stream = measure_echo(EchoMode::StreamPerMessage, load)?;
-    Ok(EdgeFigures { edge, quinn_echo, loop_echo, naive_stream, floor })
+    let figures = EdgeFigures { edge, quinn_echo, loop_echo, naive_stream, floor };
+    figures.check_answered()?;
+    Ok(figures)
 }
+
+/// The least share of its messages a row must answer for its CPU per message to mean
+/// anything (a server that answered nothing costs "0 us" a message).
+pub const MIN_ANSWERED_SHARE: f64 = 0.9;
 
 /// The readable table and the JSON figures of an `edge` run.
 pub fn table_and_figures(
@@ -456,6 +483,15 @@ mod tests {
         assert_eq!(json["loop_echo_ratio_vs_quinn_echo"], 0.75);
         assert!(table.contains("shake-loop datagram echo"), "{table}");
         assert_eq!(json["goals_met"], false);
+        assert!(figures.check_answered().is_ok());
+        // A reference that answered nothing costs "0 us" a message, which would meet the goal.
+        let silent = EdgeFigures { quinn_echo: measured(0, 2_000_000), ..figures };
+        assert!(silent.check_answered().unwrap_err().to_string().contains("quinn's echo"));
+        let lossy = EdgeFigures {
+            edge: Measured { sent: 200_000, ..measured(100_000, 1_000_000) },
+            ..figures
+        };
+        assert!(lossy.check_answered().is_err());
     }
 
     #[test]

@@ -22,10 +22,15 @@ pub const LEVELS: [f64; 3] = [0.2, 0.5, 0.8];
 /// One level's result.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LevelFigures {
-    /// Share of the maximum.
+    /// The share of the edge's core the level aims at.
     pub level: f64,
     /// Shakes per second offered.
     pub offered_per_s: f64,
+    /// Seconds the round lasted (its sends: `offered_per_s` x this).
+    pub round_s: u64,
+    /// Shakes still unanswered when their phone had sent four more (timed then, at the age
+    /// they had reached: `shake_swarm::loop_phones::LoopLoadReport::overtaken`).
+    pub overtaken: u64,
     /// Outcomes per second received (whole round).
     pub achieved_per_s: f64,
     /// Shake to outcome, ms, from the intended send time.
@@ -160,27 +165,48 @@ pub fn edge_counters(metrics: &str, prefix: &str, label: &str) -> [u64; 5] {
 }
 
 impl LevelFigures {
-    /// The load generator fell behind: more than 1% of sends late or skipped, or its core
-    /// more than 95% busy.
+    /// The load generator fell behind: more than 1% of the round's sends late or skipped, or
+    /// its core more than 95% busy. (The count was compared with one second's sends.)
     pub fn client_bound(&self) -> bool {
         self.client_busy.max(self.client_core_busy) > 0.95
-            || self.behind_schedule as f64 > 0.01 * self.offered_per_s
+            || self.behind_schedule as f64 > 0.01 * self.offered_per_s * self.round_s as f64
+    }
+
+    /// Share of the offered shakes answered over the round (a level that answered little has
+    /// latency figures of the few it answered, and does not count).
+    pub fn answered_share(&self) -> f64 {
+        if self.offered_per_s > 0.0 { self.achieved_per_s / self.offered_per_s } else { 0.0 }
+    }
+
+    /// The figures count: the load kept up, and nearly every shake was answered.
+    pub fn counts(&self) -> bool {
+        !self.client_bound() && self.answered_share() >= MIN_ANSWERED_SHARE
     }
 }
+
+/// The least share of offered shakes a level must answer for its latency to count.
+pub const MIN_ANSWERED_SHARE: f64 = 0.95;
+
+/// How close to its target share of the edge's core a level must come: the maximum is
+/// extrapolated from the CPU a shake costs at the edge benchmark's rate, and shakes cost less
+/// at higher rates (fuller batches, fewer wake-ups), so "80% of the maximum" loaded the edge's
+/// core 59% in a run. A level further below its target than this is run again, offered
+/// target / measured as much (at most twice as much).
+pub const LEVEL_TOLERANCE: f64 = 0.9;
 
 /// Per-phone rate that offers `target` shakes per second from `phones` phones.
 pub fn rate_per_phone(target: f64, phones: usize) -> f64 {
     target / phones.max(1) as f64
 }
 
-/// Loads the edge at one level of `max_per_s` for `round_s` seconds.
+/// Loads the edge with `offered` shakes a second for `round_s` seconds, aiming at `level` of
+/// its core.
 pub fn run_level(
     load: &LoadOptions,
-    max_per_s: f64,
+    offered: f64,
     level: f64,
     round_s: u64,
 ) -> anyhow::Result<LevelFigures> {
-    let offered = max_per_s * level;
     let load = LoadOptions { rate_per_phone: rate_per_phone(offered, load.phones), ..load.clone() };
     let ramp_s = (load.phones as f64 / load.connect_rate).ceil() as u64 + 3;
     let fixture = Fixture::start(&FixtureOptions {
@@ -256,6 +282,8 @@ pub fn run_level(
     Ok(LevelFigures {
         level,
         offered_per_s: offered,
+        round_s,
+        overtaken: report.overtaken,
         achieved_per_s: span(|m| m.3),
         outcome: Percentiles::of(&report.outcome_us),
         outcome_uncorrected: Percentiles::of(&report.outcome_uncorrected_us),
@@ -297,10 +325,17 @@ pub fn fifo_in_effect(edge_set: &[String]) -> u8 {
 pub fn run(load: &LoadOptions, round_s: u64) -> anyhow::Result<(f64, Vec<LevelFigures>)> {
     crate::sys::pin_process(std::process::id(), load.client_core)?;
     let max = edge_bench::measure_edge(load)?.max_per_busy_core();
-    let levels = LEVELS
-        .iter()
-        .map(|level| run_level(load, max, *level, round_s))
-        .collect::<Result<_, _>>()?;
+    let mut levels = Vec::new();
+    for level in LEVELS {
+        let first = run_level(load, max * level, level, round_s)?;
+        let short = first.edge_busy > 0.0 && first.edge_busy < level * LEVEL_TOLERANCE;
+        levels.push(if short {
+            let offered = first.offered_per_s * (level / first.edge_busy).min(2.0);
+            run_level(load, offered, level, round_s)?
+        } else {
+            first
+        });
+    }
     Ok((max, levels))
 }
 
@@ -368,11 +403,13 @@ pub fn table_and_figures(
         figures.insert(format!("client_busy_{at}"), round2(l.client_busy).into());
         figures.insert(format!("client_core_busy_{at}"), round2(l.client_core_busy).into());
         figures.insert(format!("client_bound_{at}"), l.client_bound().into());
+        figures.insert(format!("answered_share_{at}"), round2(l.answered_share()).into());
+        figures.insert(format!("overtaken_{at}"), l.overtaken.into());
+        figures.insert(format!("counts_{at}"), l.counts().into());
     }
     let at_80 = levels.iter().find(|l| (l.level - 0.8).abs() < 1e-9);
     // A client-bound run does not count, whatever its figures.
-    let met =
-        at_80.is_some_and(|l| l.outcome.p99 <= 2.0 && l.award.p99 <= 10.0 && !l.client_bound());
+    let met = at_80.is_some_and(|l| l.outcome.p99 <= 2.0 && l.award.p99 <= 10.0 && l.counts());
     for l in levels {
         let (edge_waited, load_waited) = l.waited_over_10ms();
         table += &format!(
@@ -432,7 +469,19 @@ pub fn table_and_figures(
             round2(l.long_turns.on_cpu_share()).into(),
         );
     }
-    table += "goals at 80%: p99 shake->outcome <= 2 ms, p99 shake->award <= 10 ms\n";
+    table += "levels are shares of the edge's core (the edge column), the offer raised once where \
+              the first try fell short; goals at 80%: p99 shake->outcome <= 2 ms, p99 \
+              shake->award <= 10 ms, from a level that counts (the load kept up, 95% of shakes \
+              answered)\n";
+    for l in levels.iter().filter(|l| l.answered_share() < MIN_ANSWERED_SHARE) {
+        table += &format!(
+            "note: at {:.0}% only {:.1}% of the offered shakes were answered ({} still \
+             unanswered four shakes later): its figures do not count\n",
+            l.level * 100.0,
+            l.answered_share() * 100.0,
+            l.overtaken
+        );
+    }
     if levels.iter().any(LevelFigures::client_bound) {
         table += "note: the load generator's core was saturated or fell behind at some level: \
                   there the latency is the client's as much as the edge's\n";
@@ -456,6 +505,8 @@ mod tests {
         let level = |level: f64, out_p99: f64, award_p99: f64| LevelFigures {
             level,
             offered_per_s: 20_000.0 * level,
+            round_s: 20,
+            overtaken: 0,
             achieved_per_s: 20_000.0 * level,
             outcome: percentiles(0.5, out_p99),
             outcome_uncorrected: percentiles(0.4, out_p99 / 2.0),
@@ -504,6 +555,19 @@ mod tests {
         assert_eq!(json["tail_steal_ms_at_80"], 5.0);
         assert_eq!(json["calm_run_queue_ms_at_80"], 0.25);
         assert!(table.contains("2 of 40"), "{table}");
+        // Late or skipped sends are judged against the round's sends, not one second's: 1% of
+        // 16,000 a second for 20 s is 3,200.
+        let behind = |n| LevelFigures { behind_schedule: n, ..level(0.8, 1.5, 8.0) };
+        assert!(!behind(3_200).client_bound());
+        assert!(behind(3_201).client_bound());
+        // A level that answered little does not count, however fast what it answered.
+        let silent = LevelFigures { achieved_per_s: 0.0, ..level(0.8, 1.5, 8.0) };
+        let (table, json) = table_and_figures(20_000.0, &[silent]);
+        assert_eq!(
+            (json["goal_met"].clone(), json["counts_at_80"].clone()),
+            (false.into(), false.into())
+        );
+        assert!(table.contains("only 0.0% of the offered shakes"), "{table}");
         assert_eq!(LongTurns::default().on_cpu_share(), 1.0, "no long turn: nothing held off");
     }
 

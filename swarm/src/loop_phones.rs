@@ -105,6 +105,9 @@ pub struct LoopLoadPlan {
     pub path_rtt: Duration,
 }
 
+/// The sequence number of an `in_flight` slot whose shake was answered (or never sent).
+const ANSWERED: u64 = u64::MAX;
+
 /// What a finished load measured.
 #[derive(Debug)]
 pub struct LoopLoadReport {
@@ -125,6 +128,11 @@ pub struct LoopLoadReport {
     pub behind_schedule: u64,
     /// Shakes the session held back (too soon after the last, or outside a round).
     pub held_back: u64,
+    /// Shakes still unanswered when their phone sent its fourth shake after them (a phone
+    /// times its last four): each is timed then, in the outcome histograms, at the age it had
+    /// reached (a lower bound of its latency), so a slow tail is counted, not dropped; an
+    /// answer that comes later is not timed again.
+    pub overtaken: u64,
     /// Sessions that ended, by reason.
     pub ended: Vec<(&'static str, u64)>,
     /// Connections lost or refused.
@@ -153,6 +161,7 @@ impl Default for LoopLoadReport {
             driver: DriverStats::default(),
             behind_schedule: 0,
             held_back: 0,
+            overtaken: 0,
             ended: Vec::new(),
             lost: 0,
             outcome_by_s: Vec::new(),
@@ -177,6 +186,7 @@ impl LoopLoadReport {
         self.driver.add(&other.driver);
         self.behind_schedule += other.behind_schedule;
         self.held_back += other.held_back;
+        self.overtaken += other.overtaken;
         self.lost += other.lost;
         if self.outcome_by_s.len() < other.outcome_by_s.len() {
             self.outcome_by_s.resize_with(other.outcome_by_s.len(), second_histogram);
@@ -367,7 +377,7 @@ impl Phone {
             stream: None,
             session,
             schedule: Schedule::new(0, plan.rate_per_phone, plan.jitter, index as u64),
-            in_flight: [(u64::MAX, origin, origin); 4],
+            in_flight: [(ANSWERED, origin, origin); 4],
             last_forwarded: None,
             phase_us: 0,
             failures: 0,
@@ -441,6 +451,10 @@ impl PhonesShell {
         phone.stream = None;
         phone.state = PhoneState::Connecting;
         phone.connect_started = now;
+        // Shakes of a lost connection get no answer on this one: not timed as overtaken.
+        for slot in &mut phone.in_flight {
+            slot.0 = ANSWERED;
+        }
         if let (Some(session), Speech::Shake { tokens, .. }) = (&mut phone.session, &self.speech) {
             *session = PhoneSession::new(tokens.get(phone.index).cloned().unwrap_or_default());
         }
@@ -523,7 +537,17 @@ impl PhonesShell {
                     continue;
                 }
                 let intended = origin + Duration::from_micros(intended_us);
-                phone.in_flight[(seq % 4) as usize] = (seq, intended, now);
+                let slot = &mut phone.in_flight[(seq % 4) as usize];
+                if slot.0 != ANSWERED {
+                    // Four shakes later and still unanswered: timed now, at least this old.
+                    report.overtaken += 1;
+                    let age =
+                        |from: Instant| now.saturating_duration_since(from).as_micros() as u64;
+                    report.outcome_us.saturating_record(age(slot.1).max(1));
+                    report.outcome_uncorrected_us.saturating_record(age(slot.2).max(1));
+                    report.outcome_at_socket_us.saturating_record(age(slot.1).max(1));
+                }
+                *slot = (seq, intended, now);
                 counters.sent.fetch_add(1, Ordering::Relaxed);
                 if let Some(stats) = stats {
                     stats.sent.fetch_add(1, Ordering::Relaxed);
@@ -550,6 +574,8 @@ impl PhonesShell {
         let phone = &mut self.phones[at];
         let (known, intended, sent) = phone.in_flight[(seq % 4) as usize];
         if known == seq {
+            // Answered: a second answer to it is not timed, and the slot is free for the next.
+            phone.in_flight[(seq % 4) as usize].0 = ANSWERED;
             self.counters.answered.fetch_add(1, Ordering::Relaxed);
             let us = |from: Instant| now.saturating_duration_since(from).as_micros() as u64;
             self.report.outcome_us.saturating_record(us(intended).max(1));
