@@ -14,7 +14,7 @@
 #   scripts/bench.sh floor          raw UDP request/reply with recvmmsg/sendmmsg: the physical floor
 #   scripts/bench.sh edge           the edge vs a quinn echo, stream-per-shake and the floor (CPU/msg)
 #   scripts/bench.sh memory         edge memory per idle phone at 10k, 50k, 100k phones
-#   scripts/bench.sh latency        shake-to-outcome and -award percentiles at 50% and 80% of max
+#   scripts/bench.sh latency        shake-to-outcome and -award percentiles, the edge's core 20/50/80% busy
 #   scripts/bench.sh surge          every phone shaking at once at 2.5x the edge's capacity (root)
 #   scripts/bench.sh all            every benchmark above but ledger-stores, in turn
 set -euo pipefail

@@ -68,8 +68,9 @@ enum Bench {
         #[command(flatten)]
         cores: Cores,
     },
-    /// Shake-to-outcome and shake-to-award latency at 50% and 80% of the edge's maximum rate
-    /// (measured first, in the same run).
+    /// Shake-to-outcome and shake-to-award latency with the edge's core 20%, 50% and 80% busy
+    /// (the offer from its maximum rate, measured first in the same run, and raised once where
+    /// a level falls short of its share).
     Latency {
         #[command(flatten)]
         load: LoadArgs,
