@@ -297,13 +297,14 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicBool, Ordering};
 
+    /// A runtime of one worker thread for a server under test.
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap()
+    }
+
     #[test]
     fn metrics_health_and_readiness_with_head_and_queries() {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
+        let runtime = runtime();
         let shutdown = CancellationToken::new();
         let draining = Arc::new(AtomicBool::new(false));
         let flag = draining.clone();
@@ -346,11 +347,7 @@ mod tests {
     #[test]
     fn idle_and_half_sent_requests_are_timed_out_and_connections_capped() {
         use std::io::{Read, Write};
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
+        let runtime = runtime();
         let shutdown = CancellationToken::new();
         let endpoints = Endpoints {
             metrics: Arc::new(|| "a_total 1\n# EOF\n".to_owned()),

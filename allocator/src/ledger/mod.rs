@@ -219,24 +219,26 @@ pub trait LedgerStore: Send {
 /// Opens the store a configuration names to read it, creating and migrating nothing (see
 /// [`FjallLedger::open_existing`], [`PostgresLedger::open_to_read`]); blocking.
 pub fn open_to_read(config: &crate::config::Config) -> Result<Box<dyn LedgerStore>, LedgerError> {
-    use crate::config::LedgerKind;
-    match (config.ledger, &config.ledger_path, &config.postgres) {
-        (LedgerKind::Fjall, Some(path), _) => Ok(Box::new(FjallLedger::open_existing(path)?)),
-        (LedgerKind::Postgres, _, Some(pg)) => {
-            Ok(Box::new(PostgresLedger::open_to_read(postgres::Target::from_config(pg)?)?))
-        }
-        _ => Err(LedgerError::Failed("the configuration names no ledger (validate it)".into())),
-    }
+    open_with(config, FjallLedger::open_existing, PostgresLedger::open_to_read)
 }
 
 /// Opens the store a configuration names (blocking: call it off the async runtime). A
 /// PostgreSQL ledger opened this way reads; it commits only once it leads (see [`lease`]).
 pub fn open(config: &crate::config::Config) -> Result<Box<dyn LedgerStore>, LedgerError> {
+    open_with(config, FjallLedger::open, PostgresLedger::open)
+}
+
+/// The store a configuration names, opened by `fjall` or `postgres`.
+fn open_with(
+    config: &crate::config::Config,
+    fjall: fn(&std::path::Path) -> Result<FjallLedger, LedgerError>,
+    postgres: fn(postgres::Target) -> Result<PostgresLedger, LedgerError>,
+) -> Result<Box<dyn LedgerStore>, LedgerError> {
     use crate::config::LedgerKind;
     match (config.ledger, &config.ledger_path, &config.postgres) {
-        (LedgerKind::Fjall, Some(path), _) => Ok(Box::new(FjallLedger::open(path)?)),
+        (LedgerKind::Fjall, Some(path), _) => Ok(Box::new(fjall(path)?)),
         (LedgerKind::Postgres, _, Some(pg)) => {
-            Ok(Box::new(PostgresLedger::open(postgres::Target::from_config(pg)?)?))
+            Ok(Box::new(postgres(postgres::Target::from_config(pg)?)?))
         }
         _ => Err(LedgerError::Failed("the configuration names no ledger (validate it)".into())),
     }
