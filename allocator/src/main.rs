@@ -396,10 +396,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     println!("shake-allocator ready quic={} metrics={metrics} admin={admin}", running.quic_addr);
     let on_signal = {
         let shutdown = shutdown.clone();
+        // A SIGINT during a drain still stops at once.
         tokio::spawn(async move {
-            match signals.next().await {
-                StopSignal::Drain => shutdown.drain.cancel(),
-                StopSignal::Stop => shutdown.stop.cancel(),
+            loop {
+                match signals.next().await {
+                    StopSignal::Drain => shutdown.drain.cancel(),
+                    StopSignal::Stop => return shutdown.stop.cancel(),
+                }
             }
         })
     };

@@ -163,7 +163,9 @@ pub struct Metrics {
     pub users_evicted: Counter,
     /// Users the per-user rate tracks now.
     pub users_tracked: Gauge,
-    /// The leader epoch this allocator holds (PostgreSQL ledger); 0 while a standby.
+    /// The leader epoch this allocator holds (PostgreSQL ledger); 0 while a standby. An
+    /// allocator on its own fjall ledger leads it from its start: 1 (else "no allocator
+    /// leads" would page on every single-node show).
     pub leader_epoch: Gauge,
     /// Leadership terms won, and how each ended (`outcome`: [`Leadership`]).
     pub leadership: Family<LeadershipLabels, Counter>,

@@ -251,6 +251,8 @@ pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, ServeE
     };
     let listening = listen(&config, false, &shutdown).await?;
     let rebuilt = Rebuilt::from_snapshot(&config, snapshot)?;
+    // Its own ledger, led from the start (the gauge's meaning on PostgreSQL: this node serves).
+    listening.shared.metrics.leader_epoch.set(1);
     let done = lead(
         &config,
         listening.endpoint,

@@ -157,18 +157,22 @@ async fn an_instance_retired_many_starts_ago_is_refused_across_a_restart() {
     }
     let refused = |err: &str| err.contains(&ErrorCode::DuplicateWorker.code().to_string());
 
-    // The stale process resends its batch: refused, not drawn again.
-    let mut stream = edge_worker(alloc.quic, &scratch, STALE).await.unwrap();
-    stream.send(&batch(1)).await;
-    let answer = stream.next_result().await;
+    // The stale process resends its batch: refused (the stream may be stopped before the
+    // batch is written, or the batch answered with the refusal), not drawn again.
+    let resend = async |alloc: &Allocator| {
+        let mut stream = edge_worker(alloc.quic, &scratch, STALE).await.unwrap();
+        match stream.try_send(&batch(1)).await {
+            Ok(()) => stream.next_result().await.map(|(seq, _, _)| seq),
+            Err(refusal) => Err(refusal),
+        }
+    };
+    let answer = resend(&alloc).await;
     assert!(answer.as_ref().is_err_and(|e| refused(e)), "the stale instance got {answer:?}");
 
     // Across a restart of the allocator too; the newest instance is still welcome.
     assert!(alloc.process.terminate().success());
     alloc = Allocator::start(&config);
-    let mut stream = edge_worker(alloc.quic, &scratch, STALE).await.unwrap();
-    stream.send(&batch(1)).await;
-    let answer = stream.next_result().await;
+    let answer = resend(&alloc).await;
     assert!(answer.as_ref().is_err_and(|e| refused(e)), "after a restart: {answer:?}");
     let mut stream = edge_worker(alloc.quic, &scratch, STALE + LATER_STARTS).await.unwrap();
     let first = stream.recv().await.map(|(frame, _)| frame);

@@ -25,6 +25,9 @@ fn logs_are_json_lines_when_asked_and_build_info_names_the_build() {
         .expect("a build_info sample");
     assert!(info.contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION"))), "{info}");
     assert!(info.contains("revision=\"") && info.ends_with(" 1"), "{info}");
+    // A fjall allocator leads its own ledger: the fleet's "no allocator leads" alert must
+    // not page on it.
+    assert_eq!(shake_ops::http::metric_sum(&text, "shake_allocator_leader_epoch "), 1.0);
 
     assert!(alloc.process.terminate().success());
     let logs = std::fs::read_to_string(&log).unwrap();

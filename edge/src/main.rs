@@ -85,9 +85,27 @@ fn run(config: EdgeConfig) -> anyhow::Result<()> {
                 edge.stop();
             }
         }
-        anyhow::Ok(())
-    })?;
-    edge.join()?;
+    });
+    // Joined on a thread of its own, so that a SIGINT during the drain still stops at once.
+    let stopper = edge.stopper();
+    let (joined, done) = tokio::sync::oneshot::channel();
+    let joiner = std::thread::spawn(move || {
+        let result = edge.join();
+        let _ = joined.send(());
+        result
+    });
+    runtime.block_on(async {
+        let mut done = done;
+        loop {
+            tokio::select! {
+                _ = &mut done => return,
+                signal = signals.next() => if signal == StopSignal::Stop {
+                    return stopper.stop();
+                },
+            }
+        }
+    });
+    joiner.join().map_err(|_| anyhow::anyhow!("the edge's joining thread panicked"))??;
     Ok(())
 }
 

@@ -58,6 +58,21 @@ pub struct EdgeFailure {
     pub how: String,
 }
 
+/// Stops a running edge now, from any thread.
+#[derive(Debug, Clone)]
+pub struct EdgeStopper {
+    stop: CancellationToken,
+    wakers: Vec<Arc<shake_loop::udp::Waker>>,
+}
+
+impl EdgeStopper {
+    /// Close everything now.
+    pub fn stop(&self) {
+        self.stop.cancel();
+        self.wakers.iter().for_each(|w| w.wake());
+    }
+}
+
 /// A running edge.
 #[derive(Debug)]
 pub struct RunningEdge {
@@ -85,8 +100,13 @@ impl RunningEdge {
 
     /// Fast: close everything now.
     pub fn stop(&self) {
-        self.stop.cancel();
-        self.wakers.iter().for_each(|w| w.wake());
+        self.stopper().stop();
+    }
+
+    /// What [`RunningEdge::stop`] does, for another thread (a SIGINT during a drain, while
+    /// the edge is being joined).
+    pub fn stopper(&self) -> EdgeStopper {
+        EdgeStopper { stop: self.stop.clone(), wakers: self.wakers.clone() }
     }
 
     /// Waits until a worker ends on its own, which is a failure: workers end only after

@@ -133,3 +133,27 @@ async fn sigterm_sends_go_away_and_exits() {
     let status = world.edge.process.wait();
     assert!(status.success(), "{status:?}");
 }
+
+/// SIGINT stops at once, also once a drain has begun (the signal was no longer watched then:
+/// only the drain's deadline, or SIGKILL, ended it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_during_a_drain_stops_at_once() {
+    let mut world = World::start(WorldSettings {
+        edge_limits: "drain_deadline_ms = 60000\n",
+        ..WorldSettings::default()
+    })
+    .await;
+    let mut phone = Phone::connect(&world).await;
+    phone.hello(token(11, 3600)).await.unwrap();
+    world.edge.process.signal("TERM");
+    // The drain is under way, and the phone stays: it would last the minute.
+    until_go_away(&mut phone).await;
+    world.edge.process.signal("INT");
+    let asked = std::time::Instant::now();
+    world.edge.process.wait();
+    assert!(
+        asked.elapsed() < std::time::Duration::from_secs(15),
+        "stopped {:?} after SIGINT",
+        asked.elapsed()
+    );
+}

@@ -95,6 +95,14 @@ impl EdgeStream {
         self.send.write_all(bytes).await.expect("writing the stream");
     }
 
+    /// Sends one frame to a peer that may already have refused the stream: its refusal (the
+    /// stream stopped with a code) as an error string, as [`Self::recv`] gives one.
+    pub async fn try_send(&mut self, frame: &AllocatorFrame) -> Result<(), String> {
+        let mut out = BytesMut::new();
+        frame.encode(&mut out);
+        self.send.write_all(&out).await.map_err(|err| err.to_string())
+    }
+
     /// The next frame with its raw bytes, or an error string (stream reset, timeout).
     pub async fn recv(&mut self) -> Result<(AllocatorFrame, Vec<u8>), String> {
         let with_bytes = |buf: &mut BytesMut| {
