@@ -149,6 +149,42 @@ fn systemd_units_outlast_the_drain() {
         );
         assert_eq!(value("KillSignal"), "SIGTERM", "{unit}: SIGTERM is what drains");
         assert!(value("ExecStart").contains(" run --config "), "{unit}");
+        // A bad configuration exits 64 and names the field: restarting it is noise.
+        assert!(value("RestartPreventExitStatus").split_whitespace().any(|s| s == "64"), "{unit}");
+        assert!(value("User") == "shake", "{unit}");
+    }
+}
+
+/// What the units and the example configuration take for granted is in the kit: the user
+/// (systemd-sysusers), the socket buffers the edge asks for (sysctl), and the capability the
+/// example's priority settings need (the example said the unit granted it; it did not).
+#[test]
+fn the_kit_provides_what_the_units_and_the_example_assume() {
+    let sysusers = std::fs::read_to_string(deploy("systemd/shake.sysusers")).unwrap();
+    assert!(sysusers.lines().any(|l| l.starts_with("u shake ")), "{sysusers}");
+    let example =
+        shake_edge::config::EdgeConfig::parse(include_str!("../../edge/shake-edge.example.toml"))
+            .unwrap();
+    let sysctl = std::fs::read_to_string(deploy("sysctl/90-shake-edge.conf")).unwrap();
+    for key in ["net.core.rmem_max", "net.core.wmem_max"] {
+        let value: u64 = sysctl
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.trim().strip_prefix('='))
+            .unwrap_or_else(|| panic!("the sysctl file sets {key}"))
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(value >= 2 * example.socket_buffer_bytes as u64, "{key} = {value}");
+    }
+    let edge_unit = std::fs::read_to_string(deploy("systemd/shake-edge.service")).unwrap();
+    let example_text = include_str!("../../edge/shake-edge.example.toml");
+    if example_text.contains("CAP_SYS_NICE (the systemd unit grants it)") {
+        assert!(
+            edge_unit
+                .lines()
+                .any(|l| l.starts_with("AmbientCapabilities=") && l.contains("CAP_SYS_NICE")),
+            "the example says the unit grants CAP_SYS_NICE"
+        );
     }
 }
 
