@@ -508,6 +508,9 @@ impl Validate for Config {
     }
 
     fn check_files(&self) -> Result<(), ConfigError> {
+        if let (LedgerKind::Fjall, Some(path)) = (self.ledger, &self.ledger_path) {
+            check_ledger_dir(path).map_err(|why| invalid("ledger_path", why))?;
+        }
         check_tls_file("tls.cert", &self.tls.cert, TlsFile::Certificates)?;
         check_tls_file("tls.key", &self.tls.key, TlsFile::PrivateKey)?;
         check_tls_file("tls.edge_ca", &self.tls.edge_ca, TlsFile::Certificates)?;
@@ -519,6 +522,28 @@ impl Validate for Config {
         }
         Ok(())
     }
+}
+
+/// A fjall ledger directory this user can write: the directory, or where it would be made
+/// (its nearest existing ancestor), takes a file. A start would fail the same way at its
+/// probe, after `--check-config` had said "ok" (a path outside the unit's writable paths, a
+/// relative path resolved against `/`).
+fn check_ledger_dir(path: &Path) -> Result<(), String> {
+    let mut dir = path;
+    while !dir.exists() {
+        match dir.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => dir = parent,
+            _ => {
+                dir = Path::new(".");
+                break;
+            }
+        }
+    }
+    let probe = dir.join(format!(".shake-check-config-{}", std::process::id()));
+    std::fs::File::create(&probe)
+        .map_err(|e| format!("{} cannot be written by this user ({e})", dir.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
 }
 
 /// The admin API's bearer token from its file (trimmed), or why it cannot be used: checked

@@ -75,3 +75,30 @@ fn reading_a_ledger_that_is_not_there_fails_and_creates_nothing() {
         empty.display()
     );
 }
+
+/// `--check-config` checks that a fjall ledger's directory can be written (or made): the
+/// start's probe found out only after the check had said "ok".
+#[test]
+fn check_config_finds_a_ledger_directory_that_cannot_be_written() {
+    let scratch = Scratch::new("check-config-ledger");
+    let config = scratch.config("[rounds.cash]\ntotal_cents = 100\nenvelopes = 1\n");
+    let check = || {
+        let out = Command::new(bin("shake-allocator"))
+            .arg("--check-config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    assert_eq!(check().0, Some(0), "{}", check().1);
+    // Under a file, no directory can be made (root ignores permissions; this it cannot).
+    let file = scratch.dir.join("not-a-directory");
+    std::fs::write(&file, "x").unwrap();
+    let text = std::fs::read_to_string(&config).unwrap();
+    let ledger = scratch.ledger().display().to_string();
+    std::fs::write(&config, text.replace(&ledger, &file.join("ledger").display().to_string()))
+        .unwrap();
+    let (code, said) = check();
+    assert_eq!(code, Some(64), "{said}");
+    assert!(said.contains("`ledger_path`"), "{said}");
+}

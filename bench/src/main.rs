@@ -69,8 +69,8 @@ enum Bench {
         cores: Cores,
     },
     /// Shake-to-outcome and shake-to-award latency with the edge's core 20%, 50% and 80% busy
-    /// (the offer from its maximum rate, measured first in the same run, and raised once where
-    /// a level falls short of its share).
+    /// (the offer from its maximum rate, measured first in the same run, and raised up to
+    /// twice where a level falls short of its share).
     Latency {
         #[command(flatten)]
         load: LoadArgs,
