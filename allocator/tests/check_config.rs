@@ -6,20 +6,24 @@ use std::process::Command;
 use shake_testkit::processes::bin;
 use shake_testkit::scratch::Scratch;
 
+/// `shake-allocator --check-config CONFIG`: its exit status and what it said on stderr.
+fn check_config(config: &std::path::Path) -> (Option<i32>, String) {
+    let out =
+        Command::new(bin("shake-allocator")).arg("--check-config").arg(config).output().unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
 #[test]
 fn check_config_loads_the_tls_files() {
     let scratch = Scratch::new("check-config");
     let config = scratch.config("[rounds.cash]\ntotal_cents = 100\nenvelopes = 1\n");
-    let ok =
-        Command::new(bin("shake-allocator")).arg("--check-config").arg(&config).output().unwrap();
-    assert_eq!(ok.status.code(), Some(0), "{}", String::from_utf8_lossy(&ok.stderr));
+    let (code, said) = check_config(&config);
+    assert_eq!(code, Some(0), "{said}");
     let text = std::fs::read_to_string(&config).unwrap();
     let ca = scratch.ca().display().to_string();
     std::fs::write(&config, text.replace(&ca, "/nonexistent/ca.pem")).unwrap();
-    let bad =
-        Command::new(bin("shake-allocator")).arg("--check-config").arg(&config).output().unwrap();
-    let stderr = String::from_utf8_lossy(&bad.stderr);
-    assert_eq!(bad.status.code(), Some(64), "{stderr}");
+    let (code, stderr) = check_config(&config);
+    assert_eq!(code, Some(64), "{stderr}");
     assert!(stderr.contains("`tls.edge_ca`") && stderr.contains("/nonexistent/ca.pem"), "{stderr}");
 }
 
@@ -29,14 +33,7 @@ fn check_config_loads_the_tls_files() {
 fn check_config_reads_the_admin_token() {
     let scratch = Scratch::new("check-config-admin");
     let config = scratch.admin_config();
-    let check = || {
-        let out = Command::new(bin("shake-allocator"))
-            .arg("--check-config")
-            .arg(&config)
-            .output()
-            .unwrap();
-        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
-    };
+    let check = || check_config(&config);
     assert_eq!(check().0, Some(0), "{}", check().1);
     std::fs::write(scratch.dir.join("admin.token"), "short\n").unwrap();
     let (code, said) = check();
@@ -82,14 +79,7 @@ fn reading_a_ledger_that_is_not_there_fails_and_creates_nothing() {
 fn check_config_finds_a_ledger_directory_that_cannot_be_written() {
     let scratch = Scratch::new("check-config-ledger");
     let config = scratch.config("[rounds.cash]\ntotal_cents = 100\nenvelopes = 1\n");
-    let check = || {
-        let out = Command::new(bin("shake-allocator"))
-            .arg("--check-config")
-            .arg(&config)
-            .output()
-            .unwrap();
-        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
-    };
+    let check = || check_config(&config);
     assert_eq!(check().0, Some(0), "{}", check().1);
     // Under a file, no directory can be made (root ignores permissions; this it cannot).
     let file = scratch.dir.join("not-a-directory");

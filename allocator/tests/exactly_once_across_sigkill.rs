@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use shake_proto::{AllocatorFrame, Batch, BatchEntry, ErrorCode, Prize};
-use shake_testkit::edge_link::edge_worker;
+use shake_testkit::edge_link::{assert_a_drain_answers_the_batch_in_flight, edge_worker};
 use shake_testkit::now_ms;
 use shake_testkit::processes::bin;
 use shake_testkit::scratch::Scratch;
@@ -194,13 +194,5 @@ async fn a_drain_answers_the_batch_being_committed() {
         .env("RUST_LOG", "warn")
         .stderr(std::process::Stdio::inherit());
     let mut alloc = Allocator::spawn(command).unwrap();
-    let mut stream = edge_worker(alloc.quic, &scratch, 7).await.unwrap();
-    let first = stream.recv().await.map(|(frame, _)| frame);
-    assert!(matches!(first, Ok(AllocatorFrame::RoundState { .. })), "{first:?}");
-    stream.send(&batch(1)).await;
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    alloc.process.signal("TERM");
-    let answer = stream.next_result().await;
-    assert!(matches!(answer, Ok((1, _, _))), "the batch in flight at the drain: {answer:?}");
-    assert!(alloc.process.wait().success());
+    assert_a_drain_answers_the_batch_in_flight(&mut alloc, &scratch, &batch(1)).await;
 }

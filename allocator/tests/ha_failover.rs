@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use shake_ops::http::metric_sum;
 use shake_proto::{AllocatorFrame, Batch, BatchEntry, ErrorCode};
-use shake_testkit::edge_link::{client_config, connect, edge_worker};
+use shake_testkit::edge_link::{
+    assert_a_drain_answers_the_batch_in_flight, client_config, connect, edge_worker,
+};
 use shake_testkit::metrics;
 use shake_testkit::now_ms;
 use shake_testkit::pg_server::PgServer;
@@ -466,14 +468,6 @@ async fn a_leader_drained_answers_the_batch_being_committed() {
     let config = scratch.postgres_config("a", &url, &round());
     let mut a = with_failpoint(&config, "allocator-slow-commit");
     await_leadership(&a, Duration::from_secs(20));
-    let mut stream = edge_worker(a.quic, &scratch, 7).await.unwrap();
-    let first = stream.recv().await.map(|(frame, _)| frame);
-    assert!(matches!(first, Ok(AllocatorFrame::RoundState { .. })), "{first:?}");
-    stream.send(&batch(1)).await;
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    a.process.signal("TERM");
-    let answer = stream.next_result().await;
-    assert!(matches!(answer, Ok((1, _, _))), "the batch in flight at the drain: {answer:?}");
-    assert!(a.process.wait().success());
+    assert_a_drain_answers_the_batch_in_flight(&mut a, &scratch, &batch(1)).await;
     drop(server);
 }

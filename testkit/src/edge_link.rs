@@ -123,3 +123,23 @@ impl EdgeStream {
         }
     }
 }
+
+/// The drain answers a batch in flight: worker 7 of edge 1 connects to the allocator at
+/// `alloc`, sends `batch` (sequence 1), and SIGTERM follows 150 ms later, while the group
+/// commit is slowed (`SHAKE_FAILPOINT=allocator-slow-commit`); the batch must be answered
+/// before the allocator exits, with status 0.
+pub async fn assert_a_drain_answers_the_batch_in_flight(
+    alloc: &mut crate::servers::Allocator,
+    scratch: &Scratch,
+    batch: &AllocatorFrame,
+) {
+    let mut stream = edge_worker(alloc.quic, scratch, 7).await.unwrap();
+    let first = stream.recv().await.map(|(frame, _)| frame);
+    assert!(matches!(first, Ok(AllocatorFrame::RoundState { .. })), "{first:?}");
+    stream.send(batch).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    alloc.process.signal("TERM");
+    let answer = stream.next_result().await;
+    assert!(matches!(answer, Ok((1, _, _))), "the batch in flight at the drain: {answer:?}");
+    assert!(alloc.process.wait().success());
+}
