@@ -15,8 +15,8 @@
 //! | `GET /` | the control room's dashboard (a page; give it the token) |
 //! | `GET /events?token=T` | server-sent events: a [`Dashboard`] snapshot every second |
 //! | `GET /audit` | every recorded command, oldest first (JSON lines) |
-//! | `GET /awards?user=U&round=R&prize=P&undelivered=true&limit=N` | support: matching awards (JSON lines, at most `limit`, default and cap 10,000) |
-//! | `GET /awards/export` | settlement: every award (JSON lines), without stopping anything |
+//! | `GET /awards?user=U&round=R&prize=P&undelivered=true&limit=N&after=A` | support: matching awards (JSON lines, in id order, at most `limit`, default and cap 10,000; `after`: only ids above A, to read on from a page's last id) |
+//! | `GET /awards/export` | settlement: every award (JSON lines, in id order), streamed page by page without stopping anything |
 //!
 //! A command's `Idempotency-Key` header names it (the same key again gets the first outcome
 //! and changes nothing; without one, the allocator draws a key); `X-Shake-Operator` says who
@@ -41,7 +41,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::award::Award;
-use crate::export::AwardQuery;
+use crate::export::{self, AwardQuery, EXPORT_PAGE};
 use crate::round_command::{Refusal, RoundAction, RoundCommand, RoundTiming};
 
 /// A request from the admin API to the allocator's actor.
@@ -281,7 +281,63 @@ async fn awards(
 }
 
 async fn export_awards(State(api): State<Api>, headers: HeaderMap) -> Response {
-    read_awards(&api, &headers, AwardQuery { limit: usize::MAX, ..AwardQuery::default() }).await
+    if !api.authorized(&headers) {
+        return error(StatusCode::UNAUTHORIZED, "a bearer token is needed");
+    }
+    export_body(api, EXPORT_PAGE, EXPORT_PAGE_RETRY).await
+}
+
+/// How many times an export's page is asked for while the ledger is busy, before the export is
+/// cut short, and how long apart.
+const EXPORT_PAGE_TRIES: u32 = 20;
+const EXPORT_PAGE_RETRY: Duration = Duration::from_millis(250);
+
+/// Every award as JSON lines, streamed page by page ([`export::EXPORT_PAGE`]): one page
+/// is held at a time. The first page decides the status; a later page that cannot be read
+/// ends the body with an error, so the client sees an export cut short (an incomplete chunked
+/// body), never a short one that looks whole.
+async fn export_body(api: Api, size: usize, retry: Duration) -> Response {
+    let first = match export_page_of(&api, 0, size, retry).await {
+        Ok(page) => page,
+        Err(response) => return response,
+    };
+    let after = export::next_page_after(&first, size);
+    let first = futures_util::stream::once(std::future::ready(Ok::<_, std::io::Error>(
+        export::award_lines(&first),
+    )));
+    let rest = futures_util::stream::try_unfold((api, after), move |(api, after)| async move {
+        let Some(after) = after else { return Ok(None) };
+        let page = export_page_of(&api, after, size, retry).await.map_err(|_| {
+            std::io::Error::other("the export was cut short: the ledger stopped answering")
+        })?;
+        let next = export::next_page_after(&page, size);
+        Ok(Some((export::award_lines(&page), (api, next))))
+    });
+    let body = axum::body::Body::from_stream(futures_util::StreamExt::chain(first, rest));
+    ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
+}
+
+/// An export's page after `after`, asked again while the ledger is busy.
+async fn export_page_of(
+    api: &Api,
+    after: u64,
+    size: usize,
+    retry: Duration,
+) -> Result<Vec<Award>, Response> {
+    let mut tries = 1;
+    loop {
+        let query = export::export_page(after, size);
+        match api.ask(|reply| AdminRequest::Awards { query, reply }).await? {
+            Ok(page) => return Ok(page),
+            Err(why) if tries >= EXPORT_PAGE_TRIES => {
+                return Err(error(StatusCode::SERVICE_UNAVAILABLE, &why));
+            }
+            Err(_) => {
+                tries += 1;
+                tokio::time::sleep(retry).await;
+            }
+        }
+    }
 }
 
 async fn read_awards(api: &Api, headers: &HeaderMap, query: AwardQuery) -> Response {
@@ -290,9 +346,8 @@ async fn read_awards(api: &Api, headers: &HeaderMap, query: AwardQuery) -> Respo
     }
     match api.ask(|reply| AdminRequest::Awards { query, reply }).await {
         Ok(Ok(awards)) => {
-            let lines: String =
-                awards.iter().map(|a| crate::export::award_json(a).to_string() + "\n").collect();
-            ([(header::CONTENT_TYPE, "application/x-ndjson")], lines).into_response()
+            ([(header::CONTENT_TYPE, "application/x-ndjson")], export::award_lines(&awards))
+                .into_response()
         }
         Ok(Err(why)) => error(StatusCode::SERVICE_UNAVAILABLE, &why),
         Err(response) => response,
@@ -425,5 +480,101 @@ async fn submit(api: &Api, headers: &HeaderMap, round_id: u32, action: RoundActi
             error(StatusCode::SERVICE_UNAVAILABLE, "another command is being recorded: retry")
         }
         Err(response) => response,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use shake_proto::Prize;
+
+    use super::*;
+    use crate::award::BatchKey;
+
+    fn award(award_id: u64) -> Award {
+        Award {
+            award_id,
+            round_id: 1,
+            user_id: 100 + award_id,
+            item: award_id as u32,
+            prize: Prize::Cash { cents: 5 },
+            batch: BatchKey { edge_id: 1, worker_id: 0, instance_id: 1, seq: award_id },
+            entry_index: 0,
+            granted_at_ms: 0,
+            delivered: false,
+        }
+    }
+
+    /// A serving term that answers support's reads from `awards`: "busy" for the first
+    /// `busy` reads, and failing every read past `fails_after` (an id) if given. Counts reads.
+    fn term(awards: Vec<Award>, busy: usize, fails_after: Option<u64>) -> (Api, Arc<AtomicUsize>) {
+        let (tx, mut rx) = mpsc::channel(4);
+        let reads = Arc::new(AtomicUsize::new(0));
+        let counted = reads.clone();
+        tokio::spawn(async move {
+            while let Some(request) = rx.recv().await {
+                let AdminRequest::Awards { query, reply } = request else { continue };
+                let n = counted.fetch_add(1, Ordering::Relaxed);
+                let answer = if n < busy {
+                    Err("the ledger is busy: retry".to_owned())
+                } else if fails_after.is_some_and(|id| query.after >= id) {
+                    Err("the ledger is gone".to_owned())
+                } else {
+                    Ok(awards
+                        .iter()
+                        .filter(|a| query.matches(a))
+                        .take(query.most())
+                        .cloned()
+                        .collect())
+                };
+                let _ = reply.send(answer);
+            }
+        });
+        (Api { token: "t".into(), target: Arc::new(Mutex::new(Some(tx))) }, reads)
+    }
+
+    async fn ids(response: Response) -> Result<Vec<u64>, axum::Error> {
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX).await?;
+        Ok(String::from_utf8(body.to_vec())
+            .unwrap()
+            .lines()
+            .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+            .map(|row| row["award_id"].as_u64().unwrap())
+            .collect())
+    }
+
+    const QUICK: Duration = Duration::from_millis(1);
+
+    #[tokio::test]
+    async fn an_export_streams_every_award_once_page_by_page() {
+        let awards: Vec<Award> = (1..=5).map(award).collect();
+        // Pages of two: 2, 2, 1 (the short page ends it); the first two reads find it busy.
+        let (api, reads) = term(awards.clone(), 2, None);
+        let response = export_body(api, 2, QUICK).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(ids(response).await.unwrap(), vec![1, 2, 3, 4, 5]);
+        assert_eq!(reads.load(Ordering::Relaxed), 2 + 3, "two busy answers, then three pages");
+        // A ledger that is a whole number of pages: one more read finds the end.
+        let (api, reads) = term(awards[..4].to_vec(), 0, None);
+        assert_eq!(ids(export_body(api, 2, QUICK).await).await.unwrap(), vec![1, 2, 3, 4]);
+        assert_eq!(reads.load(Ordering::Relaxed), 3);
+        let (api, _) = term(Vec::new(), 0, None);
+        assert_eq!(ids(export_body(api, 2, QUICK).await).await.unwrap(), Vec::<u64>::new());
+    }
+
+    #[tokio::test]
+    async fn an_export_that_cannot_read_on_is_cut_short_not_ended() {
+        let awards: Vec<Award> = (1..=5).map(award).collect();
+        // The first page fails: the status says so.
+        let (api, reads) = term(awards.clone(), 0, Some(0));
+        let response = export_body(api, 2, QUICK).await;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(reads.load(Ordering::Relaxed), EXPORT_PAGE_TRIES as usize);
+        // A later page fails: the body ends in an error, not as a shorter export.
+        let (api, _) = term(awards, 0, Some(2));
+        let response = export_body(api, 2, QUICK).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(ids(response).await.is_err(), "an export cut short must not read as whole");
     }
 }

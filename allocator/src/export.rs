@@ -19,6 +19,9 @@ pub struct AwardQuery {
     pub undelivered: bool,
     /// At most this many (the API caps it; 0: the cap).
     pub limit: usize,
+    /// Only those with ids above this: the cursor of a read in pages (the last id of the page
+    /// before; 0: from the first).
+    pub after: u64,
 }
 
 impl AwardQuery {
@@ -45,10 +48,32 @@ impl AwardQuery {
             (Some(want), Prize::Gift { sku }) => want == "gift" || want == sku,
         };
         prize
+            && award.award_id > self.after
             && self.user.is_none_or(|u| award.user_id == u)
             && self.round.is_none_or(|r| award.round_id == r)
             && (!self.undelivered || !award.delivered)
     }
+}
+
+/// Awards a page of an export holds: `export` and `GET /awards/export` read the ledger page by
+/// page from a cursor and hold one page, never the whole ledger (millions of awards at a show's
+/// end: gigabytes, in the allocator serving the show).
+pub const EXPORT_PAGE: usize = 10_000;
+
+/// The question for an export's page: every award after the cursor, at most `size`.
+pub fn export_page(after: u64, size: usize) -> AwardQuery {
+    AwardQuery { after, limit: size.max(1), ..AwardQuery::default() }
+}
+
+/// The cursor of the page after `page` (a page of `size` asked), or `None` where the export is
+/// done: a page short of its size was read to the end of the ledger.
+pub fn next_page_after(page: &[Award], size: usize) -> Option<u64> {
+    page.last().filter(|_| page.len() >= size.max(1)).map(|last| last.award_id)
+}
+
+/// An export's page as JSON lines.
+pub fn award_lines(page: &[Award]) -> String {
+    page.iter().map(|award| award_json(award).to_string() + "\n").collect()
 }
 
 /// One award as a JSON object (one line of `export`).

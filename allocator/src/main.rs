@@ -4,6 +4,7 @@
 //! Exit codes: 0 success, 64 bad command line or configuration, 1 any other failure.
 //! Signals: SIGTERM drains (answers what is in flight, then exits), SIGINT stops at once.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -263,8 +264,22 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Export { ledger, config } => {
             let mut ledger = open_ledger(ledger, config)?;
-            for award in ledger.awards(&mut |_| true)? {
-                println!("{}", export::award_json(&award));
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            let mut after = Some(0);
+            while let Some(cursor) = after {
+                let page = ledger.find_awards(&export::export_page(cursor, export::EXPORT_PAGE))?;
+                match out.write_all(export::award_lines(&page).as_bytes()) {
+                    // A reader that has seen enough (`| head`): not an error.
+                    Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => break,
+                    written => written.context("writing the export")?,
+                }
+                after = export::next_page_after(&page, export::EXPORT_PAGE);
+            }
+            match out.flush() {
+                Err(err) if err.kind() != std::io::ErrorKind::BrokenPipe => {
+                    Err(err).context("writing the export")?
+                }
+                _ => {}
             }
         }
     }

@@ -7,7 +7,7 @@
 
 use bytes::Bytes;
 use shake_allocator::award::{Award, BatchKey, WorkerKey};
-use shake_allocator::export::AwardQuery;
+use shake_allocator::export::{self, AwardQuery};
 use shake_allocator::ledger::lease::Term;
 use shake_allocator::ledger::{
     AnsweredBatch, CommitGroup, FjallLedger, LedgerError, LedgerStore, PostgresLedger,
@@ -137,6 +137,11 @@ fn groups_survive_reopening(mut reopen: impl FnMut() -> Box<dyn LedgerStore>) {
         ask(Some(7), None, false, 0),
         ask(None, None, true, 1),
         ask(None, Some(1), false, 0),
+        AwardQuery { after: 1, ..ask(None, None, false, 0) },
+        AwardQuery { after: 1, ..ask(Some(TOP), None, false, 0) },
+        AwardQuery { after: 2, ..ask(Some(TOP), None, false, 0) },
+        AwardQuery { after: 1, ..ask(None, Some(1), false, 1) },
+        AwardQuery { after: 3, ..ask(None, None, false, 0) },
     ] {
         let want: Vec<Award> =
             every.iter().filter(|a| query.matches(a)).take(query.most()).cloned().collect();
@@ -146,6 +151,18 @@ fn groups_survive_reopening(mut reopen: impl FnMut() -> Box<dyn LedgerStore>) {
         ledger.find_awards(&ask(Some(TOP), None, false, 0)).unwrap(),
         vec![expected[1].clone()]
     );
+    // An export, read page by page from its cursor, gives every award once, in id order.
+    for size in [1, 2, 3, 4] {
+        let mut paged = Vec::new();
+        let mut after = Some(0);
+        while let Some(cursor) = after {
+            let page = ledger.find_awards(&export::export_page(cursor, size)).unwrap();
+            assert!(page.len() <= size, "a page holds at most its size");
+            after = export::next_page_after(&page, size);
+            paged.extend(page);
+        }
+        assert_eq!(paged, every, "pages of {size}");
+    }
 
     // Every instance a worker retired is read back, however many its record carried: the
     // record the newest eight (as the core writes it), the log each one as it retired.

@@ -237,7 +237,44 @@ pub fn request_with_body(
         }
     }
     check_whole(&raw, method)?;
-    Ok(String::from_utf8_lossy(&raw).into_owned())
+    let (head, body) = raw.split_at(raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0));
+    let chunked = String::from_utf8_lossy(head)
+        .to_ascii_lowercase()
+        .lines()
+        .any(|l| l.strip_prefix("transfer-encoding:").is_some_and(|v| v.contains("chunked")));
+    if !chunked {
+        return Ok(String::from_utf8_lossy(&raw).into_owned());
+    }
+    // A streamed body (an export): whole only with its last, empty chunk.
+    let Some(body) = dechunk(&body[4..]) else {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the server closed the connection inside the response body (a chunked body without \
+             its last chunk)",
+        ));
+    };
+    Ok(format!("{}\r\n\r\n{}", String::from_utf8_lossy(head), String::from_utf8_lossy(&body)))
+}
+
+/// A chunked body decoded; `None` where it ends before its last (empty) chunk or a chunk is
+/// malformed. Trailers after the last chunk are ignored.
+fn dechunk(mut rest: &[u8]) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        let line_end = rest.windows(2).position(|w| w == b"\r\n")?;
+        let size = std::str::from_utf8(&rest[..line_end]).ok()?.split(';').next()?.trim();
+        let size = usize::from_str_radix(size, 16).ok()?;
+        rest = &rest[line_end + 2..];
+        if size == 0 {
+            return Some(body);
+        }
+        let chunk = rest.get(..size)?;
+        if rest.get(size..size + 2)? != b"\r\n" {
+            return None;
+        }
+        body.extend_from_slice(chunk);
+        rest = &rest[size + 2..];
+    }
 }
 
 /// A response the server ended early (no status line and headers, or less body than its
@@ -402,6 +439,10 @@ mod tests {
             (b"garbage\r\n\r\n", false),
             (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n12345", true),
             (b"HTTP/1.1 200 OK\r\n\r\nuntil the close", true),
+            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n12345\r\n", false),
+            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n123", false),
+            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", false),
+            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n12345\r\n0\r\n\r\n", true),
         ] {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let addr = listener.local_addr().unwrap();
@@ -414,6 +455,20 @@ mod tests {
             let got = request_with_body(addr, "POST", "/x", &[], b"{}");
             server.join().unwrap();
             assert_eq!(got.is_ok(), complete, "{:?}: {got:?}", String::from_utf8_lossy(answer));
+        }
+    }
+
+    #[test]
+    fn a_chunked_body_is_read_whole_and_decoded() {
+        assert_eq!(dechunk(b"3\r\nab\n\r\n2;ext=1\r\ncd\r\n0\r\n\r\n").unwrap(), b"ab\ncd");
+        assert_eq!(dechunk(b"0\r\n\r\n").unwrap(), b"");
+        assert_eq!(
+            dechunk(b"A\r\n0123456789\r\n0\r\nX-Trailer: 1\r\n\r\n").unwrap(),
+            b"0123456789"
+        );
+        // Cut inside a chunk, a chunk longer than it says, no last chunk: not whole.
+        for cut in [&b"3\r\nab"[..], b"2\r\nabc\r\n0\r\n\r\n", b"3\r\nabc\r\n", b""] {
+            assert_eq!(dechunk(cut), None, "{:?}", String::from_utf8_lossy(cut));
         }
     }
 }

@@ -36,6 +36,7 @@ use super::{
     CommitGroup, LedgerError, LedgerStore, RetiredInstance, Snapshot, WorkerRecord, merge_retired,
 };
 use crate::award::{Award, BatchKey, CorruptRow, WorkerKey};
+use crate::export::AwardQuery;
 use crate::round_command::RoundCommand;
 
 const WORKER_ROW_VERSION: u8 = 1;
@@ -282,6 +283,25 @@ impl FjallLedger {
         Ok(out)
     }
 
+    /// The awards support asked for, from the query's cursor on, each with its delivery mark
+    /// looked up by its key: only the answer is held (a full read's set of marks holds one
+    /// entry per award ever delivered), and the read stops at the query's limit.
+    pub fn find_awards(&self, query: &AwardQuery) -> Result<Vec<Award>, LedgerError> {
+        let mut out = Vec::new();
+        let Some(first) = query.after.checked_add(1) else { return Ok(out) };
+        for item in self.awards.range(first.to_be_bytes()..) {
+            if out.len() >= query.most() {
+                break;
+            }
+            let mut award = Award::decode(&item.value()?)?;
+            award.delivered |= self.delivered.contains_key(award.award_id.to_be_bytes())?;
+            if query.matches(&award) {
+                out.push(award);
+            }
+        }
+        Ok(out)
+    }
+
     /// Stored answers (the ones edges have not confirmed yet).
     pub fn stored_answers(&self) -> Result<usize, LedgerError> {
         let mut count = 0;
@@ -325,6 +345,10 @@ impl LedgerStore for FjallLedger {
 
     fn awards(&mut self, keep: &mut dyn FnMut(&Award) -> bool) -> Result<Vec<Award>, LedgerError> {
         FjallLedger::awards(self, keep)
+    }
+
+    fn find_awards(&mut self, query: &AwardQuery) -> Result<Vec<Award>, LedgerError> {
+        FjallLedger::find_awards(self, query)
     }
 
     fn stored_answers(&mut self) -> Result<usize, LedgerError> {

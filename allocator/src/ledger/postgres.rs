@@ -369,6 +369,9 @@ fn may_leave_a_commit_unreplicated(code: &SqlState) -> bool {
 
 /// How long a ledger session may sit idle inside a transaction before the server ends it.
 pub const IDLE_IN_TRANSACTION_MS: u64 = 1_000;
+/// Awards a page of support's reads holds (rows and decoded awards), where a question is not
+/// one user's.
+const READ_PAGE: i64 = 10_000;
 /// How long a ledger statement waits for a lock before it fails.
 pub const LOCK_TIMEOUT_MS: u64 = 2_000;
 
@@ -959,13 +962,25 @@ impl LedgerStore for PostgresLedger {
     /// other questions read every award.
     fn find_awards(&mut self, query: &AwardQuery) -> Result<Vec<Award>, LedgerError> {
         let Some(user) = query.user else {
-            return self.read_awards(0, i64::MAX, &mut query.keeper());
+            // Page by page from the cursor, so that only the answer is held, never the whole
+            // table's rows (rows become visible in id order: a page read is never overtaken).
+            let mut keep = query.keeper();
+            let mut out = Vec::new();
+            let mut after = query.after;
+            while out.len() < query.most() {
+                let page = self.read_awards(after, READ_PAGE, &mut |_| true)?;
+                let Some(last) = page.last() else { break };
+                after = last.award_id;
+                out.extend(page.into_iter().filter(|award| keep(award)));
+            }
+            return Ok(out);
         };
         let rows = self.client.query(
             "SELECT award_id, round_id, item, user_id, cash_cents, gift_sku, edge_id, worker_id, \
              instance_id, batch_seq, entry_index, granted_at_ms, delivered \
-             FROM shake_awards_with_delivery WHERE user_id = $1 ORDER BY award_id",
-            &[&signed(user)],
+             FROM shake_awards_with_delivery WHERE user_id = $1 AND award_id > $2 \
+             ORDER BY award_id",
+            &[&signed(user), &signed(query.after)],
         )?;
         let mut keep = query.keeper();
         let mut out = Vec::new();
