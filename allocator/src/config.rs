@@ -247,8 +247,10 @@ impl RoundConfig {
                 envelopes: 0,
                 min_cents: added.min_cents,
             });
-            pool.total_cents += added.total_cents;
-            pool.envelopes += added.envelopes;
+            // Saturating: new commands are held to the bounds before they are recorded, and
+            // one recorded before a bound existed must still replay.
+            pool.total_cents = pool.total_cents.saturating_add(added.total_cents);
+            pool.envelopes = pool.envelopes.saturating_add(added.envelopes);
             pool.min_cents = pool.min_cents.min(added.min_cents);
         }
         gifts
@@ -280,6 +282,12 @@ impl RoundConfig {
         }
         if self.prize_count() > MAX_PRIZES_PER_ROUND {
             return Err(invalid(at("cash"), "more than 200,000,000 prizes in one round"));
+        }
+        if self.cash.as_ref().is_some_and(|cash| cash.total_cents > MAX_CENTS_PER_POOL) {
+            return Err(invalid(
+                at("cash.total_cents"),
+                "must be at most 1,000,000,000,000,000 cents a pool",
+            ));
         }
         Ok(())
     }
@@ -346,6 +354,10 @@ pub const MAX_PRIZES_PER_POOL: u64 = 100_000_000;
 /// allocator's memory (the item, its awarded flag, its place in two availability trees), so
 /// 5 GB at the limit, in every allocator that leads or stands by. Item indexes are 32 bits.
 pub const MAX_PRIZES_PER_ROUND: u64 = 200_000_000;
+
+/// Most cents in one cash pool, top-ups included (ten trillion in the currency's unit): an
+/// envelope travels as a varint, at most 2^62 - 1, and sums of pools must not wrap.
+pub const MAX_CENTS_PER_POOL: u64 = 1_000_000_000_000_000;
 
 /// Checks a cash pool and gift pools (a round's, or a top-up's); `at` names a field.
 pub fn check_pools(

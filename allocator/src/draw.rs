@@ -13,7 +13,9 @@ use shake_proto::limits::MAX_WINNERS_PER_RESULT;
 use shake_proto::{Batch, Prize};
 
 use crate::award::{Award, BatchKey};
-use crate::config::{CashPool, GiftPool, MAX_PRIZES_PER_ROUND, Release, RoundConfig};
+use crate::config::{
+    CashPool, GiftPool, MAX_CENTS_PER_POOL, MAX_PRIZES_PER_ROUND, Release, RoundConfig,
+};
 use crate::pool::{Item, Kind, Pool};
 use crate::round_command::{Refusal, RoundAction, RoundCommand, RoundTiming, Timings};
 use crate::user_rate::UserRates;
@@ -220,6 +222,16 @@ impl Draw {
                 if (round.pool.items().len() as u64).saturating_add(adding) > MAX_PRIZES_PER_ROUND {
                     return Err(Refusal::Invalid(
                         "more than 200,000,000 prizes in one round, top-ups included".into(),
+                    ));
+                }
+                let cents = |pool: Option<&CashPool>| pool.map_or(0, |c| c.total_cents);
+                if cents(round.config.cash.as_ref()).saturating_add(cents(cash.as_ref()))
+                    > MAX_CENTS_PER_POOL
+                {
+                    return Err(Refusal::Invalid(
+                        "more than 1,000,000,000,000,000 cents in the round's cash pool, top-ups \
+                         included"
+                            .into(),
                     ));
                 }
             }

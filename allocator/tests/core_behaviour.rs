@@ -598,6 +598,76 @@ fn a_top_up_past_the_rounds_bounds_is_refused_before_it_is_recorded() {
     ));
 }
 
+/// A cash pool's total is bounded (`MAX_CENTS_PER_POOL`), configured or topped up: an envelope
+/// is written as a varint (at most 2^62 - 1), and an envelope of 2^63 cents passed every check
+/// and stopped the allocator with a panic at its first winner (the answer's encoding asserts).
+/// The largest pool allowed pays its winner.
+#[test]
+fn a_cash_pool_past_its_bound_is_refused_and_the_largest_allowed_pays() {
+    use shake_allocator::config::MAX_CENTS_PER_POOL;
+    use shake_allocator::round_command::{Refusal, RoundAction, RoundCommand};
+    let one_envelope =
+        |total_cents| Some(CashPool { total_cents, envelopes: 1, min_cents: total_cents });
+    let at = |field: &str| field.to_owned();
+    for total in [MAX_CENTS_PER_POOL + 1, u64::MAX / 2 + 1, u64::MAX] {
+        let huge = RoundConfig { cash: one_envelope(total), ..round() };
+        assert!(huge.check_limits(&at).is_err(), "{total} cents in one pool");
+        // Added during the show: refused before it is recorded.
+        let draw = Draw::new(&[round()]);
+        let add = RoundCommand {
+            command_id: "add".into(),
+            round_id: 2,
+            action: RoundAction::Add {
+                round: RoundConfig { id: 2, starts_at_ms: START + 500_000, ..huge }.into(),
+            },
+            issued_by: "test".into(),
+            at_ms: START + 1,
+        };
+        let said = draw.check_new_command(&add);
+        assert!(matches!(said, Err(Refusal::Invalid(_))), "{total}: {said:?}");
+    }
+    // A top-up that takes the round's cash past the bound is refused; one that fills it, not.
+    let draw = Draw::new(&[round()]);
+    let top_up = |total_cents| RoundCommand {
+        command_id: "t".into(),
+        round_id: 1,
+        action: RoundAction::TopUp {
+            cash: Some(CashPool { total_cents, envelopes: 1, min_cents: 1 }),
+            gifts: vec![],
+        },
+        issued_by: "test".into(),
+        at_ms: START + 1,
+    };
+    let room = MAX_CENTS_PER_POOL - round().cash.unwrap().total_cents;
+    assert!(draw.check_new_command(&top_up(room)).is_ok());
+    assert!(matches!(
+        draw.check_new_command(&top_up(room + 1)),
+        Err(Refusal::Invalid(said)) if said.contains("cents")
+    ));
+    // The largest pool allowed: its one envelope is drawn, committed and answered.
+    let largest = RoundConfig { cash: one_envelope(MAX_CENTS_PER_POOL), ..round() };
+    assert!(largest.check_limits(&at).is_ok());
+    let mut core = Core::new(settings(), Draw::new(&[largest]));
+    let mut fx = Vec::new();
+    core.on_hello(1, hello(INSTANCE, 0), START + 1, &mut fx);
+    fx.clear();
+    core.on_batch(1, &batch(1), START + 2, &mut fx);
+    let answers = commit_all(&mut core, &mut fx);
+    let paid: Vec<u64> = frames(&answers, 1)
+        .iter()
+        .filter_map(|f| match f {
+            AllocatorFrame::BatchResult { winners, .. } => Some(winners.clone()),
+            _ => None,
+        })
+        .flatten()
+        .filter_map(|w| match w.prize {
+            shake_proto::Prize::Cash { cents } => Some(cents),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(paid, vec![MAX_CENTS_PER_POOL]);
+}
+
 /// A round that opens as another closes gets its own quota at once, even at the same rate:
 /// the edge applies a quota to the round it names only (before, a rate within a tenth of the
 /// last round's waited for the refresh, a third of `quota_valid_ms`, on the fallback rate).
