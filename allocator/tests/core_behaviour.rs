@@ -618,7 +618,7 @@ fn a_cash_pool_past_its_bound_is_refused_and_the_largest_allowed_pays() {
             command_id: "add".into(),
             round_id: 2,
             action: RoundAction::Add {
-                round: RoundConfig { id: 2, starts_at_ms: START + 500_000, ..huge }.into(),
+                round: RoundConfig { id: 2, starts_at_ms: START + 500_000, ..huge },
             },
             issued_by: "test".into(),
             at_ms: START + 1,
