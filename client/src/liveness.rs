@@ -39,8 +39,10 @@ impl EdgeSilence {
 
     /// Looks at the deadline: true when shakes have waited [`EDGE_SILENT_MS`] with no answer
     /// and no ACK frame. Past the deadline with ACKs meanwhile (an answer lost, or shed), the
-    /// edge is there: the watch starts again from now, so the next deadline is ahead (a
-    /// deadline left behind would be due at once, for ever) and measured against these ACKs.
+    /// edge is there and has acknowledged what was sent: the watch stops until the next
+    /// shake, which is measured against the ACKs by then. (Watching on from now would ask an
+    /// idle phone for ACKs it gives the edge nothing to send: a phone that stopped shaking
+    /// after a lost answer was called silent 2 s later and left a live edge.)
     pub fn check(&mut self, now_ms: u64, acks_received: u64) -> bool {
         let Some((at, acks)) = self.since else { return false };
         if now_ms.saturating_sub(at) < EDGE_SILENT_MS {
@@ -49,7 +51,7 @@ impl EdgeSilence {
         if acks_received == acks {
             return true;
         }
-        self.since = Some((now_ms, acks_received));
+        self.since = None;
         false
     }
 }
@@ -67,11 +69,16 @@ mod tests {
         assert_eq!(watch.deadline_ms(), Some(3_000));
         assert!(!watch.check(2_999, 5));
         assert!(watch.clone().check(3_000, 5));
-        // Slow answers from an edge that acknowledges packets: alive, and watched from now on.
+        // Slow answers from an edge that acknowledges packets: alive; nothing more is awaited
+        // until the next shake (an idle phone gives the edge nothing to acknowledge).
         assert!(!watch.check(9_000, 7));
-        assert_eq!(watch.deadline_ms(), Some(11_000), "the next look is ahead, not due at once");
-        assert!(!watch.check(10_999, 7));
-        assert!(watch.clone().check(11_000, 7), "the edge gone after all: no ACK since 9 s");
+        assert_eq!(watch.deadline_ms(), None, "no look due while nothing new was sent");
+        assert!(!watch.check(30_000, 7), "an idle phone's edge is not silent");
+        // The next shake is watched against the ACKs by then.
+        watch.shake_sent(31_000, 7);
+        assert_eq!(watch.deadline_ms(), Some(33_000));
+        assert!(!watch.check(32_999, 7));
+        assert!(watch.clone().check(33_000, 7), "the edge gone after all: no ACK since 31 s");
         watch.heard();
         assert_eq!(watch.deadline_ms(), None);
         assert!(!watch.check(19_000, 5));

@@ -125,7 +125,10 @@ pub async fn run(
         return Err(ClientError::NoEdge);
     }
     let user = shake_proto::token::user_id_of(&phone.token).unwrap_or(0);
-    let mut reconnect = Reconnect::new(phone.edges.len(), user, phone.reconnect);
+    // Each phone starts at its own place in the list (by its user), so that a crowd given the
+    // same list spreads over the edges, and moves on from a draining one to different ones.
+    let first = (shake_proto::mix(user) % phone.edges.len() as u64) as usize;
+    let mut reconnect = Reconnect::new(phone.edges.len(), user, phone.reconnect).starting_at(first);
     let mut edge = reconnect.first();
     // Every award the app acknowledged, newest last: each session is told, so that one whose
     // ack was lost with an earlier session is acknowledged again, not shown again.
@@ -251,6 +254,10 @@ async fn drive(
                 Ok(Some(n)) => {
                     silence.heard();
                     if let Err(code) = session.on_control(now_ms(), &read[..n]) {
+                        // What came before the violation (an award, the end) is still told.
+                        while let Some(event) = session.poll_event() {
+                            let _ = events.send(PhoneEvent::Session(event)).await;
+                        }
                         conn.close(code.code().into(), b"protocol violation");
                         return Some(ConnectionEnd::Closed(code.code().into()));
                     }
@@ -260,10 +267,8 @@ async fn drive(
             got = conn.read_datagram() => match got {
                 Ok(bytes) => {
                     silence.heard();
-                    if let Err(code) = session.on_datagram(now_ms(), &bytes) {
-                        conn.close(code.code().into(), b"protocol violation");
-                        return Some(ConnectionEnd::Closed(code.code().into()));
-                    }
+                    // A datagram never ends the session: one that cannot be read is counted.
+                    let _ = session.on_datagram(now_ms(), &bytes);
                 }
                 Err(_) => return Some(connection_end(&conn, welcomed)),
             },
@@ -292,7 +297,7 @@ async fn drive(
         while let Some(event) = session.poll_event() {
             if matches!(event, SessionEvent::Welcomed { .. }) {
                 welcomed = true;
-                reconnect.welcomed();
+                reconnect.welcomed(now_ms());
             }
             let _ = events.send(PhoneEvent::Session(event)).await;
         }

@@ -17,11 +17,15 @@ pub struct ReconnectSettings {
     pub max_ms: u64,
     /// The wait after `SESSION_IN_USE` (another session of the user is live), milliseconds.
     pub in_use_ms: u64,
+    /// How long a welcomed session must last to start the backoff over, milliseconds: one
+    /// that ends sooner (an edge that welcomes, then fails; a frame this app cannot read) is
+    /// a failure like any other, or phones would come back every second for ever.
+    pub stable_ms: u64,
 }
 
 impl Default for ReconnectSettings {
     fn default() -> Self {
-        Self { first_ms: 1_000, max_ms: 16_000, in_use_ms: 60_000 }
+        Self { first_ms: 1_000, max_ms: 16_000, in_use_ms: 60_000, stable_ms: 30_000 }
     }
 }
 
@@ -68,8 +72,10 @@ pub struct Reconnect {
     settings: ReconnectSettings,
     edges: usize,
     current: usize,
-    /// Failures in a row since the last welcomed session.
+    /// Failures in a row since the last session that lasted [`ReconnectSettings::stable_ms`].
     failures: u32,
+    /// When the live session was welcomed, if it was.
+    welcomed_at_ms: Option<u64>,
     /// The phone's own jitter source (its user id, say).
     seed: u64,
 }
@@ -78,7 +84,7 @@ impl Reconnect {
     /// A phone that knows `edges` edges (at least one), tries them in order from the first,
     /// and jitters its waits by `seed`.
     pub fn new(edges: usize, seed: u64, settings: ReconnectSettings) -> Self {
-        Self { settings, edges: edges.max(1), current: 0, failures: 0, seed }
+        Self { settings, edges: edges.max(1), current: 0, failures: 0, welcomed_at_ms: None, seed }
     }
 
     /// The same, starting at edge `first` of the list (a fleet of phones spread over the
@@ -93,18 +99,24 @@ impl Reconnect {
         self.current
     }
 
-    /// Failures in a row since the last welcomed session.
+    /// Failures in a row since the last session that lasted.
     pub fn failures(&self) -> u32 {
         self.failures
     }
 
-    /// A session was welcomed: the edge works, the backoff starts over.
-    pub fn welcomed(&mut self) {
-        self.failures = 0;
+    /// A session was welcomed at `now_ms`: if it lasts [`ReconnectSettings::stable_ms`], the
+    /// backoff starts over when it ends.
+    pub fn welcomed(&mut self, now_ms: u64) {
+        self.welcomed_at_ms = Some(now_ms);
     }
 
     /// The connection ended at `now_ms` as `end`: where and when to connect next.
     pub fn ended(&mut self, now_ms: u64, end: ConnectionEnd) -> NextConnect {
+        if let Some(at) = self.welcomed_at_ms.take()
+            && now_ms.saturating_sub(at) >= self.settings.stable_ms
+        {
+            self.failures = 0;
+        }
         let code = match end {
             ConnectionEnd::Closed(code) => ErrorCode::from_code(code),
             _ => None,
@@ -135,7 +147,7 @@ impl Reconnect {
                 NextConnect::At { edge: self.current, at_ms: now_ms + wait + self.jitter(wait / 4) }
             }
             (ConnectionEnd::Lost, _) if self.failures == 0 => {
-                // A session that worked: the same edge first, soon.
+                // A session that worked (and lasted): the same edge first, soon.
                 self.failures = 1;
                 NextConnect::At { edge: self.current, at_ms: now_ms + self.pause() }
             }
@@ -203,10 +215,38 @@ mod tests {
             let base = (1_000u64 << n).min(16_000);
             assert!((base / 2..base * 3 / 2).contains(wait), "failure {n}: {wait} ms");
         }
-        // A welcomed session starts the backoff over; losing it goes back to the same edge.
-        r.welcomed();
-        let (edge, wait) = at(r.ended(0, ConnectionEnd::Lost));
-        assert_eq!((edge, (500..1_500).contains(&wait)), (1, true));
+        // A session that lasted starts the backoff over; losing it goes back to the same edge.
+        r.welcomed(100_000);
+        let (edge, wait) = at(r.ended(130_000, ConnectionEnd::Lost));
+        assert_eq!((edge, (130_500..131_500).contains(&wait)), (1, true));
+    }
+
+    /// A session welcomed and ended at once (an edge that fails after `Welcome`, a frame this
+    /// app cannot decode, a draining edge's `Welcome` then `GoAway`'s kin) is a failure: before,
+    /// each `Welcome` reset the backoff and such phones came back every second for ever.
+    #[test]
+    fn sessions_that_end_at_once_back_off_like_failures() {
+        let mut r = Reconnect::new(2, 7, ReconnectSettings::default());
+        let mut waits = Vec::new();
+        let mut now = 0;
+        for _ in 0..6 {
+            r.welcomed(now);
+            let (_, at_ms) =
+                at(r.ended(now + 50, ConnectionEnd::Closed(ErrorCode::Internal.code().into())));
+            waits.push(at_ms - (now + 50));
+            now = at_ms;
+        }
+        assert!(waits[5] >= 8_000, "the backoff grows: {waits:?}");
+        // Lost after a short session, too: not the "same edge, soon" of a session that worked.
+        let mut r = Reconnect::new(2, 7, ReconnectSettings::default());
+        for _ in 0..4 {
+            r.welcomed(0);
+            r.ended(1_000, ConnectionEnd::Lost);
+        }
+        assert_eq!(r.failures(), 4);
+        r.welcomed(0);
+        r.ended(30_000, ConnectionEnd::Lost);
+        assert_eq!(r.failures(), 1, "a session that lasted starts over: the same edge, soon");
     }
 
     #[test]
@@ -244,7 +284,7 @@ mod tests {
     #[test]
     fn a_silent_edge_is_left_for_the_next_at_once() {
         let mut r = Reconnect::new(3, 4, ReconnectSettings::default());
-        r.welcomed();
+        r.welcomed(0);
         let (edge, wait) = at(r.ended(0, ConnectionEnd::Silent));
         assert_eq!(edge, 1, "not the same edge, as after a lost connection");
         assert!(wait < 1_500, "{wait}");

@@ -33,6 +33,10 @@ pub const MAX_EVENTS: usize = 1024;
 pub const MAX_HELD_AWARDS: usize = 64;
 /// Rounds remembered (the open one and the next ones announced).
 pub const MAX_ROUNDS: usize = 16;
+/// Control bytes queued before a shake on the control stream is refused
+/// ([`ShakeRefusal::Backlogged`]). Nothing else can fill the queue: `Hello` once, and one
+/// `AwardAck` per award held or shown, both bounded by [`MAX_HELD_AWARDS`].
+pub const MAX_CONTROL_OUT: usize = 4 * 1024;
 
 /// Where the session is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,6 +130,11 @@ pub enum ShakeRefusal {
         /// The phone's Unix milliseconds at which a shake is allowed again.
         at_ms: u64,
     },
+    /// On [`ShakePath::ControlStream`], the control bytes not yet written are past
+    /// [`MAX_CONTROL_OUT`] (the edge withholds stream credit): a shake queued behind them
+    /// would be stale when it left.
+    #[error("the control stream is backlogged")]
+    Backlogged,
 }
 
 /// How a session's shakes and their answers travel.
@@ -134,7 +143,7 @@ pub enum ShakePath {
     /// RFC 9221 datagrams, the default: a lost shake is not resent (a newer one replaces it).
     #[default]
     Datagrams,
-    /// Frames on the control stream (PROTOCOL.md 5.7-5.8), for QUIC stacks without datagrams:
+    /// Frames on the control stream (PROTOCOL.md section 5, types 0x07 and 0x08), for QUIC stacks without datagrams:
     /// `Hello` clears the datagram capability, shakes are queued in
     /// [`PhoneSession::control_out`] and outcomes come back on the stream.
     ControlStream,
@@ -152,6 +161,8 @@ pub struct PhoneSession {
     control_out: BytesMut,
     events: VecDeque<SessionEvent>,
     events_dropped: u64,
+    /// Datagrams from the edge that could not be read (dropped, the session goes on).
+    datagrams_dropped: u64,
     held_awards: VecDeque<u64>,
     /// Awards acknowledged on this session's stream: one that comes again (an `AwardsOwed`
     /// crossing the batch's answer) is a duplicate.
@@ -187,6 +198,7 @@ impl PhoneSession {
             control_out: BytesMut::new(),
             events: VecDeque::new(),
             events_dropped: 0,
+            datagrams_dropped: 0,
             held_awards: VecDeque::new(),
             acked_here: VecDeque::new(),
             shown_before: VecDeque::new(),
@@ -300,6 +312,9 @@ impl PhoneSession {
         if now_ms < allowed_at {
             return Err(ShakeRefusal::TooSoon { at_ms: allowed_at });
         }
+        if self.path == ShakePath::ControlStream && self.control_out.len() >= MAX_CONTROL_OUT {
+            return Err(ShakeRefusal::Backlogged);
+        }
         let server_ms = self.server_time_ms(now_ms);
         let Some(round) =
             self.rounds.iter().find(|r| (r.starts_at_ms..r.ends_at_ms).contains(&server_ms))
@@ -346,9 +361,15 @@ impl PhoneSession {
     }
 
     /// The app showed award `award_id`: `AwardAck` is queued and the award leaves the book.
-    /// False if the session does not hold it.
+    /// False if the session does not hold it (an award of an earlier session, acknowledged
+    /// after a reconnect): it is then remembered as shown, so that when the edge sends it
+    /// again it is acknowledged, not shown twice. (No ack is sent for it now: an edge that
+    /// never sent it here refuses it, and counts it towards `FLOOD`.)
     pub fn ack_award(&mut self, award_id: u64) -> bool {
         let Some(at) = self.held_awards.iter().position(|&id| id == award_id) else {
+            if !self.shown_before.contains(&award_id) {
+                push_bounded(&mut self.shown_before, award_id);
+            }
             return false;
         };
         self.held_awards.remove(at);
@@ -390,19 +411,24 @@ impl PhoneSession {
         }
     }
 
-    /// One datagram from the edge.
+    /// One datagram from the edge. One that cannot be read (or is not an edge's) is dropped
+    /// and counted ([`Self::datagrams_dropped`]): a datagram never closes the connection
+    /// (PROTOCOL.md section 6), so one odd datagram from a newer edge costs no reconnect. The
+    /// result is always `Ok`; it stays a `Result` for drivers written against the stream's.
     pub fn on_datagram(&mut self, now_ms: u64, payload: &[u8]) -> Result<(), ErrorCode> {
         if self.phase != Phase::Active {
             return Ok(());
         }
         match datagram::decode(payload) {
-            Ok(Datagram::Outcomes(outcomes)) => {
-                self.on_outcomes(now_ms, &outcomes);
-                Ok(())
-            }
-            Ok(Datagram::Shake(_)) => Err(self.violation(ErrorCode::UnexpectedFrame)),
-            Err(err) => Err(self.violation(code_for(err))),
+            Ok(Datagram::Outcomes(outcomes)) => self.on_outcomes(now_ms, &outcomes),
+            Ok(Datagram::Shake(_)) | Err(_) => self.datagrams_dropped += 1,
         }
+        Ok(())
+    }
+
+    /// Datagrams from the edge dropped because they could not be read.
+    pub fn datagrams_dropped(&self) -> u64 {
+        self.datagrams_dropped
     }
 
     fn on_frame(&mut self, now_ms: u64, frame: ControlFrame) -> Result<(), ErrorCode> {
@@ -433,7 +459,7 @@ impl PhoneSession {
                     self.send_ack(award_id);
                 } else {
                     push_bounded(&mut self.held_awards, award_id);
-                    self.push(SessionEvent::Award { award_id, round_id, prize });
+                    self.push_award(SessionEvent::Award { award_id, round_id, prize });
                 }
             }
             (Phase::Active, ControlFrame::Outcomes(outcomes)) => {
@@ -509,6 +535,18 @@ impl PhoneSession {
             self.events_dropped += 1;
         }
     }
+
+    /// An award is told before outcomes: with the queue full, the oldest outcome makes room
+    /// (an app never told of an award held for it could never acknowledge it).
+    fn push_award(&mut self, event: SessionEvent) {
+        if self.events.len() == MAX_EVENTS
+            && let Some(at) = self.events.iter().position(|e| matches!(e, SessionEvent::Outcome(_)))
+        {
+            self.events.remove(at);
+            self.events_dropped += 1;
+        }
+        self.push(event);
+    }
 }
 
 /// Appends `award_id`, forgetting the oldest past [`MAX_HELD_AWARDS`].
@@ -519,12 +557,10 @@ pub(crate) fn push_bounded(ids: &mut VecDeque<u64>, award_id: u64) {
     ids.push_back(award_id);
 }
 
-/// The code a phone closes with for bytes it cannot decode (as the edge does).
+/// The code a phone closes with for control bytes it cannot decode (as the edge does: an
+/// unknown frame type is `UNEXPECTED_FRAME`).
 fn code_for(err: DecodeError) -> ErrorCode {
-    match err {
-        DecodeError::FrameTooLarge { .. } => ErrorCode::FrameTooLarge,
-        _ => ErrorCode::MalformedFrame,
-    }
+    ErrorCode::for_decode_error(&err)
 }
 
 /// Removes `n` written bytes from a control buffer (for drivers that wrote part of it).
@@ -831,11 +867,21 @@ mod tests {
         s.on_control(NOW, &error).unwrap();
         assert_eq!(s.ended().map(EndReason::name), Some("SESSION_IN_USE"));
 
-        // A shake from the edge, a Welcome twice, garbage: violations with their codes.
+        // A datagram that is a shake, of an unknown type or cut short: dropped and counted,
+        // the session goes on (a datagram never closes the connection).
         let mut s = welcomed(0);
         let mut shake = BytesMut::new();
         Shake { round_id: 1, seq: 1, client_time_ms: 0 }.encode_datagram(&mut shake);
-        assert_eq!(s.on_datagram(NOW, &shake), Err(ErrorCode::UnexpectedFrame));
+        for odd in [&shake[..], &[0x7f, 1, 2], &shake[..1], &[]] {
+            assert_eq!(s.on_datagram(NOW, odd), Ok(()));
+        }
+        assert_eq!((s.datagrams_dropped(), s.is_active()), (4, true));
+        // On the stream, a Welcome twice, an unknown frame type, garbage: violations with
+        // their codes (an unknown type is UNEXPECTED_FRAME, as the edge says it).
+        let mut unknown = BytesMut::new();
+        shake_proto::varint::put(&mut unknown, 0x3f);
+        shake_proto::varint::put(&mut unknown, 0);
+        assert_eq!(welcomed(0).on_control(NOW, &unknown), Err(ErrorCode::UnexpectedFrame));
         let mut s = welcomed(0);
         let again = frame(ControlFrame::Welcome {
             server_time_ms: NOW,
@@ -849,6 +895,76 @@ mod tests {
         shake_proto::varint::put(&mut oversized, 1 << 24);
         assert_eq!(s.on_control(NOW, &oversized), Err(ErrorCode::FrameTooLarge));
         assert_eq!(s.ended(), Some(&EndReason::Violation(ErrorCode::FrameTooLarge)));
+    }
+
+    /// An award of an earlier session, acknowledged by the app after a reconnect and before
+    /// the edge sends it again, is acknowledged when it comes, not shown twice (before, the
+    /// ack was dropped and the award shown again, and an app that de-duplicates by id never
+    /// acknowledged it: undelivered in the ledger).
+    #[test]
+    fn an_award_acknowledged_before_it_is_sent_again_is_not_shown_twice() {
+        let mut s = welcomed(0);
+        s.control_out().clear();
+        assert!(!s.ack_award(9), "not held by this session");
+        assert!(s.control_out().is_empty(), "no ack for an award this edge never sent here");
+        let award =
+            ControlFrame::Award { award_id: 9, round_id: 1, prize: Prize::Cash { cents: 5 } };
+        s.on_control(NOW, &frame(award)).unwrap();
+        assert_eq!(s.poll_event(), None, "not shown again");
+        let mut acked = s.control_out().clone();
+        assert_eq!(
+            ControlFrame::decode(&mut acked).unwrap(),
+            Some(ControlFrame::AwardAck { award_id: 9 })
+        );
+    }
+
+    /// With the event queue full of outcomes, an award is still told (an outcome makes room):
+    /// an app never told of an award could never acknowledge it.
+    #[test]
+    fn an_award_is_told_even_with_the_event_queue_full_of_outcomes() {
+        let mut s = welcomed(0);
+        while s.poll_event().is_some() {}
+        let outcome = Outcome { seq: 1, verdict: Verdict::NoLuck };
+        let mut outcomes = BytesMut::new();
+        datagram::encode_outcomes(&mut outcomes, &[outcome]);
+        for _ in 0..MAX_EVENTS + 5 {
+            s.on_datagram(NOW, &outcomes).unwrap();
+        }
+        let award =
+            ControlFrame::Award { award_id: 4, round_id: 1, prize: Prize::Cash { cents: 5 } };
+        s.on_control(NOW, &frame(award)).unwrap();
+        let events: Vec<SessionEvent> = std::iter::from_fn(|| s.poll_event()).collect();
+        assert_eq!(events.len(), MAX_EVENTS);
+        assert!(matches!(events.last(), Some(SessionEvent::Award { award_id: 4, .. })));
+    }
+
+    /// On the control-stream path, shakes stop being queued once the unwritten control bytes
+    /// reach [`MAX_CONTROL_OUT`] (an edge withholding stream credit; an interval of 0).
+    #[test]
+    fn the_control_stream_queue_is_bounded() {
+        let mut s = PhoneSession::with_path(Bytes::from_static(b"t"), ShakePath::ControlStream);
+        s.hello();
+        let welcome = frame(ControlFrame::Welcome {
+            server_time_ms: NOW,
+            min_shake_interval_ms: 0,
+            round: round(1, NOW - 1_000, NOW + 60_000),
+        });
+        s.on_control(NOW, &welcome).unwrap();
+        let mut out = BytesMut::new();
+        let mut refused = 0;
+        for _ in 0..100_000 {
+            match s.shake(NOW, &mut out) {
+                Ok(_) => {}
+                Err(ShakeRefusal::Backlogged) => refused += 1,
+                Err(other) => panic!("{other:?}"),
+            }
+        }
+        assert!(s.control_out().len() <= MAX_CONTROL_OUT + 64, "{}", s.control_out().len());
+        assert!(refused > 99_000, "{refused}");
+        assert!(out.is_empty(), "nothing on the datagram path");
+        // Written out, shakes are queued again.
+        s.control_out().clear();
+        assert!(s.shake(NOW, &mut out).is_ok());
     }
 
     #[test]

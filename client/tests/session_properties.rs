@@ -92,6 +92,9 @@ proptest! {
                     }
                     Err(ShakeRefusal::TooSoon { at_ms }) => prop_assert!(at_ms > now),
                     Err(ShakeRefusal::NoOpenRound) => {}
+                    Err(ShakeRefusal::Backlogged) => {
+                        return Err(TestCaseError::fail("backlogged on the datagram path"));
+                    }
                     Err(ShakeRefusal::NoSession) => {
                         return Err(TestCaseError::fail("the session ended by itself"));
                     }

@@ -113,9 +113,9 @@ impl PhoneContext {
 }
 
 /// The swarm's reconnect policy: the library's, with waits sized for runs of tens of seconds
-/// (a phone app waits 1 s doubling to 16 s).
+/// (a phone app waits 1 s doubling to 16 s, and a session must last 30 s to start it over).
 const SWARM_RECONNECT: ReconnectSettings =
-    ReconnectSettings { first_ms: 250, max_ms: 8_000, in_use_ms: 60_000 };
+    ReconnectSettings { first_ms: 250, max_ms: 8_000, in_use_ms: 60_000, stable_ms: 5_000 };
 /// A multi-connection cheater's pause before taking its user's session again (times a jitter
 /// of 0.5 to 1.5): a cheater does not wait as the library would.
 const CHEATER_RECONNECT: Duration = Duration::from_secs(1);
@@ -270,7 +270,7 @@ impl Connection<'_> {
         link.session.hello();
         let end = match tokio::time::timeout(patience, link.welcome(self.role, self.ctx)).await {
             Ok(Ok(min_shake_interval_ms)) => {
-                reconnect.welcomed();
+                reconnect.welcomed(self.ctx.now_ms());
                 self.record_handshake(started);
                 if self.role.obeys_pacing() {
                     schedule.pace(min_shake_interval_ms, self.ctx.now_us());

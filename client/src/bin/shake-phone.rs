@@ -182,6 +182,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 fn token(cli: &Cli) -> anyhow::Result<Bytes> {
     let hex = |text: &str| -> anyhow::Result<Vec<u8>> {
         let text = text.trim();
+        // Checked first: slicing by bytes would split a multi-byte character (a panic).
+        anyhow::ensure!(text.bytes().all(|b| b.is_ascii_hexdigit()), "not hex");
         anyhow::ensure!(text.len().is_multiple_of(2), "odd number of hex digits");
         (0..text.len())
             .step_by(2)
