@@ -19,7 +19,7 @@ pub struct Cut {
 
 impl Cut {
     fn covers(&self, since_start: Duration) -> bool {
-        since_start >= self.from && since_start < self.from + self.length
+        since_start >= self.from && since_start < self.from.saturating_add(self.length)
     }
 }
 
@@ -38,8 +38,7 @@ impl FromStr for Cut {
             s.trim()
                 .parse::<f64>()
                 .ok()
-                .filter(|v| v.is_finite() && *v >= 0.0)
-                .map(Duration::from_secs_f64)
+                .and_then(|v| Duration::try_from_secs_f64(v).ok())
                 .ok_or_else(bad)
         };
         Ok(Self { from: seconds(from)?, length: seconds(length)? })
@@ -145,6 +144,14 @@ mod tests {
         for bad in ["5", "5-4", "+4", "a+1", "-1+2", "1+inf"] {
             assert!(bad.parse::<Cut>().is_err(), "{bad}");
         }
+        // Past what a duration holds: refused, not a panic; at the edge of it, a cut that
+        // never ends rather than an overflow at the first datagram.
+        for huge in ["1e20+1", "1+1e20"] {
+            assert!(huge.parse::<Cut>().is_err(), "{huge}");
+        }
+        let endless: Cut = "1e19+1e19".parse().unwrap();
+        assert!(endless.covers(Duration::from_secs(10_000_000_000_000_000_001)));
+        assert!(!endless.covers(Duration::ZERO));
     }
 
     #[test]

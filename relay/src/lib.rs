@@ -40,10 +40,16 @@ pub struct RelayConfig {
     pub queue: usize,
 }
 
+/// Is `addr` on this machine's loopback (127.0.0.0/8, ::1, or ::ffff:127.x)? The relay
+/// serves nothing else: fault tests never aim traffic at, or take it from, another machine.
+pub fn is_loopback(addr: SocketAddr) -> bool {
+    addr.ip().to_canonical().is_loopback()
+}
+
 /// What the relay did, for its final JSON line.
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
 pub struct RelayReport {
-    /// Datagrams forwarded.
+    /// Datagrams sent on (due after their delay, and sent without an error).
     pub forwarded: u64,
     /// Dropped by random loss.
     pub lost: u64,
@@ -55,6 +61,9 @@ pub struct RelayReport {
     pub too_many_clients: u64,
     /// Distinct clients seen.
     pub clients: u64,
+    /// Dropped because no upstream socket could be opened for the client (logged once a
+    /// client), or a send failed.
+    pub upstream_failed: u64,
 }
 
 /// One datagram waiting out its delay.
@@ -72,6 +81,8 @@ struct Shared {
     queue_full: AtomicU64,
     too_many_clients: AtomicU64,
     clients: AtomicU64,
+    sent: AtomicU64,
+    upstream_failed: AtomicU64,
 }
 
 impl Shared {
@@ -108,8 +119,19 @@ impl std::fmt::Debug for Relay {
 }
 
 impl Relay {
-    /// Binds and starts relaying on the current tokio runtime.
+    /// Binds and starts relaying on the current tokio runtime. Both addresses must be on
+    /// loopback ([`is_loopback`]): another is refused (`InvalidInput`).
     pub async fn start(config: RelayConfig) -> std::io::Result<Self> {
+        for (what, addr) in [("listen", config.listen), ("upstream", config.upstream)] {
+            if !is_loopback(addr) {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!(
+                        "{what} {addr} is not a loopback address: the relay is for tests on this machine"
+                    ),
+                ));
+            }
+        }
         let front = Arc::new(UdpSocket::bind(config.listen).await?);
         let addr = front.local_addr()?;
         let shared = Arc::new(Shared {
@@ -118,11 +140,13 @@ impl Relay {
             queue_full: AtomicU64::new(0),
             too_many_clients: AtomicU64::new(0),
             clients: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+            upstream_failed: AtomicU64::new(0),
         });
         let (to_server, to_server_rx) = mpsc::channel(config.queue.max(1));
         let (to_client, to_client_rx) = mpsc::channel(config.queue.max(1));
-        tokio::spawn(deliver(to_server_rx));
-        tokio::spawn(deliver(to_client_rx));
+        tokio::spawn(deliver(to_server_rx, shared.clone()));
+        tokio::spawn(deliver(to_client_rx, shared.clone()));
         tokio::spawn(accept_clients(front, config, shared.clone(), to_server, to_client));
         Ok(Self { addr, shared })
     }
@@ -132,12 +156,13 @@ impl Relay {
         let shared = &self.shared;
         let counts = shared.faults.lock().expect("faults lock").counts();
         RelayReport {
-            forwarded: counts.forwarded,
+            forwarded: shared.sent.load(Ordering::Relaxed),
             lost: counts.lost,
             cut: counts.cut,
             queue_full: shared.queue_full.load(Ordering::Relaxed),
             too_many_clients: shared.too_many_clients.load(Ordering::Relaxed),
             clients: shared.clients.load(Ordering::Relaxed),
+            upstream_failed: shared.upstream_failed.load(Ordering::Relaxed),
         }
     }
 }
@@ -154,6 +179,11 @@ async fn accept_clients(
     let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
         let Ok((n, client)) = front.recv_from(&mut buf).await else { continue };
+        // Only loopback clients (a wildcard listen is refused; this holds whatever the bind).
+        if !is_loopback(client) {
+            shared.upstream_failed.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
         let upstream = match upstreams.get(&client) {
             Some(socket) => socket.clone(),
             None if upstreams.len() >= config.max_clients => {
@@ -161,7 +191,17 @@ async fn accept_clients(
                 continue;
             }
             None => {
-                let Ok(socket) = open_upstream(config.upstream, client).await else { continue };
+                let socket = match open_upstream(config.upstream, client).await {
+                    Ok(socket) => socket,
+                    Err(err) => {
+                        // Counted, and said once a run: a relay that forwards nothing must
+                        // not look like a link that is merely quiet.
+                        if shared.upstream_failed.fetch_add(1, Ordering::Relaxed) == 0 {
+                            eprintln!("shake-relay: no upstream socket for {client}: {err}");
+                        }
+                        continue;
+                    }
+                };
                 shared.clients.fetch_add(1, Ordering::Relaxed);
                 tokio::spawn(serve_replies(
                     socket.clone(),
@@ -184,15 +224,17 @@ async fn open_upstream(
     upstream: SocketAddr,
     client: SocketAddr,
 ) -> std::io::Result<Arc<UdpSocket>> {
-    let same_family = client.is_ipv4() == upstream.is_ipv4();
-    let local: SocketAddr =
-        if same_family && client.ip().is_loopback() && upstream.ip().is_loopback() {
-            (client.ip(), 0).into()
-        } else if upstream.is_ipv4() {
-            ([127, 0, 0, 1], 0).into()
-        } else {
-            ([0u16; 8], 0).into()
-        };
+    // A v4 client on a dual-stack listen arrives as ::ffff:127.x: its own address still.
+    let client_ip = client.ip().to_canonical();
+    let same_family = client_ip.is_ipv4() == upstream.is_ipv4();
+    let local: SocketAddr = if same_family && client_ip.is_loopback() && upstream.ip().is_loopback()
+    {
+        (client_ip, 0).into()
+    } else if upstream.is_ipv4() {
+        ([127, 0, 0, 1], 0).into()
+    } else {
+        ([0u16; 8], 0).into()
+    };
     let socket = UdpSocket::bind(local).await?;
     socket.connect(upstream).await?;
     Ok(Arc::new(socket))
@@ -215,13 +257,15 @@ async fn serve_replies(
 
 /// Sends queued datagrams when they are due. Every datagram gets the same delay, so the queue
 /// is in due order.
-async fn deliver(mut queue: mpsc::Receiver<Pending>) {
+async fn deliver(mut queue: mpsc::Receiver<Pending>, shared: Arc<Shared>) {
     while let Some(pending) = queue.recv().await {
         tokio::time::sleep_until(pending.due).await;
-        let _ = match pending.to {
+        let sent = match pending.to {
             Some(to) => pending.socket.send_to(&pending.payload, to).await,
             None => pending.socket.send(&pending.payload).await,
         };
+        let counter = if sent.is_ok() { &shared.sent } else { &shared.upstream_failed };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -304,6 +348,56 @@ mod tests {
             let seen = ask(&client, relay.addr, b"who").await.unwrap();
             assert_eq!(String::from_utf8(seen).unwrap(), address);
         }
+    }
+
+    #[tokio::test]
+    async fn only_loopback_addresses_are_relayed() {
+        let upstream = echo_server().await;
+        let plan = FaultPlan::default();
+        let start = |listen: &str, upstream: SocketAddr| {
+            let config = RelayConfig {
+                listen: listen.parse().unwrap(),
+                upstream,
+                plan: plan.clone(),
+                max_clients: 8,
+                queue: 8,
+            };
+            Relay::start(config)
+        };
+        for listen in ["0.0.0.0:0", "[::]:0"] {
+            let refused = start(listen, upstream).await.unwrap_err();
+            assert_eq!(refused.kind(), std::io::ErrorKind::InvalidInput, "{listen}");
+        }
+        for elsewhere in ["192.0.2.1:443", "[2001:db8::1]:443"] {
+            let refused = start("127.0.0.1:0", elsewhere.parse().unwrap()).await.unwrap_err();
+            assert_eq!(refused.kind(), std::io::ErrorKind::InvalidInput, "{elsewhere}");
+        }
+        assert!(start("127.0.0.1:0", upstream).await.is_ok());
+        assert!(is_loopback("[::ffff:127.0.0.5]:1".parse().unwrap()));
+    }
+
+    /// `forwarded` counts datagrams sent on, not those the delay queue had no room for.
+    #[tokio::test]
+    async fn datagrams_the_queue_drops_are_not_counted_as_forwarded() {
+        let sink = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let upstream = sink.local_addr().unwrap();
+        let listen = "127.0.0.1:0".parse().unwrap();
+        let plan = FaultPlan { delay: Duration::from_millis(100), ..FaultPlan::default() };
+        let config = RelayConfig { listen, upstream, plan, max_clients: 8, queue: 1 };
+        let relay = Relay::start(config).await.unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        for _ in 0..10 {
+            client.send_to(b"x", relay.addr).await.unwrap();
+        }
+        let mut received = 0;
+        let mut buf = [0u8; 16];
+        while tokio::time::timeout(Duration::from_millis(400), sink.recv(&mut buf)).await.is_ok() {
+            received += 1;
+        }
+        let report = relay.report();
+        assert!(report.queue_full > 0, "{report:?}");
+        assert_eq!(report.forwarded, received, "{report:?}");
+        assert_eq!(report.forwarded + report.queue_full, 10, "{report:?}");
     }
 
     #[tokio::test]

@@ -18,10 +18,10 @@ use shake_relay::{Relay, RelayConfig};
 #[derive(Parser, Debug)]
 #[command(name = "shake-relay", version)]
 struct Cli {
-    /// Address to listen on (clients send here).
+    /// Address to listen on (clients send here): loopback only.
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
-    /// Address to forward to.
+    /// Address to forward to: loopback only.
     #[arg(long)]
     upstream: SocketAddr,
     /// Share of datagrams dropped at random, each way (0 to 1).
@@ -30,13 +30,14 @@ struct Cli {
     /// Extra one-way delay, milliseconds.
     #[arg(long, default_value_t = 0)]
     delay_ms: u64,
-    /// Drop everything from FROM seconds for LENGTH seconds (FROM+LENGTH); repeatable.
+    /// Drop everything from FROM seconds after the relay starts, for LENGTH seconds
+    /// (FROM+LENGTH); repeatable.
     #[arg(long = "cut", value_name = "FROM+LENGTH")]
     cuts: Vec<Cut>,
     /// Seed of the loss draws.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Most distinct clients (more are dropped and counted).
+    /// Most distinct clients over the relay's life (more are dropped and counted).
     #[arg(long, default_value_t = 4_096)]
     max_clients: usize,
     /// Most datagrams waiting out the delay, per direction.
@@ -48,6 +49,18 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if !(0.0..=1.0).contains(&cli.loss) {
         eprintln!("shake-relay: --loss must be between 0 and 1");
+        return ExitCode::from(64);
+    }
+    for (flag, addr) in [("--listen", cli.listen), ("--upstream", cli.upstream)] {
+        if !shake_relay::is_loopback(addr) {
+            eprintln!(
+                "shake-relay: {flag} {addr} is not a loopback address (tests on this machine only)"
+            );
+            return ExitCode::from(64);
+        }
+    }
+    if cli.queue == 0 || cli.max_clients == 0 {
+        eprintln!("shake-relay: --queue and --max-clients must be at least 1");
         return ExitCode::from(64);
     }
     shake_ops::exit::exit_status("shake-relay", run(cli).map(|()| ExitCode::SUCCESS))
