@@ -165,7 +165,10 @@ impl<R: Copy> Batcher<R> {
             }
         };
         let offset_us = now_ms.saturating_sub(open.base_time_ms).saturating_mul(1000);
-        let offset_us = u32::try_from(offset_us).unwrap_or(u32::MAX);
+        // Clamped so that a full batch always fits one frame (a clock step inside a batch).
+        let offset_us = u32::try_from(offset_us)
+            .unwrap_or(u32::MAX)
+            .min(shake_proto::limits::MAX_ENTRY_OFFSET_US);
         open.writer.push(&mut self.buf, BatchEntry { user_id, offset_us });
         open.routes.push(route);
         if open.routes.len() >= self.settings.max_entries {
@@ -277,6 +280,27 @@ mod tests {
     /// Flushes and hands out everything on link 1; the batches' decoded forms.
     fn sent(b: &mut Batcher<u32>) -> Vec<shake_proto::Batch> {
         std::iter::from_fn(|| b.next_unsent(1)).map(|(_, frame)| decode(&frame)).collect()
+    }
+
+    /// A full batch of the largest user ids, with the wall clock stepped forward two hours
+    /// inside it, fits one frame: before, its offsets took 8 bytes each, the frame was over
+    /// the allocator's limit (refused, resent for ever) and this decode failed.
+    #[test]
+    fn the_largest_batch_fits_one_frame_whatever_the_clock_does() {
+        use shake_proto::limits::{MAX_BATCH_ENTRIES, MAX_ENTRY_OFFSET_US};
+        let settings =
+            BatchSettings { max_entries: MAX_BATCH_ENTRIES, max_age_us: 2_000, max_in_flight: 2 };
+        let mut b: Batcher<u32> = Batcher::new(settings);
+        let largest_user = (1u64 << 62) - 1;
+        let now_ms = 1_765_000_000_000; // Unix milliseconds: an 8-byte base time
+        b.push(1, largest_user, 0, 0, now_ms).unwrap();
+        for i in 1..MAX_BATCH_ENTRIES {
+            b.push(1, largest_user, i as u32, 0, now_ms + 7_200_000).unwrap();
+        }
+        let batches = sent(&mut b);
+        assert_eq!(batches.len(), 1);
+        assert_eq!(batches[0].len(), MAX_BATCH_ENTRIES);
+        assert!(batches[0].entries().skip(1).all(|e| e.offset_us == MAX_ENTRY_OFFSET_US));
     }
 
     #[test]

@@ -22,6 +22,11 @@ pub const MAX_REASON: usize = 256;
 pub const MAX_WORKERS_PER_EDGE: u16 = 256;
 /// Most entries in one `Batch`.
 pub const MAX_BATCH_ENTRIES: usize = 16_384;
+/// Largest offset an edge writes in a batch entry, microseconds (about 18 minutes; a varint of
+/// at most 4 bytes). A batch lives milliseconds, so only a wall-clock step inside one reaches
+/// it; with 8-byte offsets, a full batch of 8-byte user ids (16 bytes an entry) would be larger
+/// than [`MAX_ALLOCATOR_PAYLOAD`], refused by the allocator and resent for ever.
+pub const MAX_ENTRY_OFFSET_US: u32 = (1 << 30) - 1;
 /// Most bytes one winner takes in a `BatchResult`: its entry index (a varint of 2 bytes below
 /// [`MAX_BATCH_ENTRIES`]), its award id (8) and the longest prize, a gift of [`MAX_SKU`] bytes
 /// (its kind, a 2-byte length and the SKU).

@@ -226,6 +226,34 @@ mod tests {
         assert_eq!(user_id_of(&other_version), None);
     }
 
+    /// A token signed by a valid key whose claims are out of range (a user id past what a
+    /// varint holds, an expiry before its issue) is refused after its MAC: `mint` refuses to
+    /// make one, so it is signed here by hand, as a login service with another bug would.
+    /// (A user id of 2^62 or more would otherwise reach the batch writer's varint assert.)
+    #[test]
+    fn a_signed_token_with_claims_out_of_range_is_refused() {
+        let ring = ring();
+        let signed = |wanted: Claims| {
+            let mut token = ring.mint(&Claims { user_id: 1, ..claims(1) }).unwrap();
+            token[5..13].copy_from_slice(&wanted.user_id.to_be_bytes());
+            token[21..29].copy_from_slice(&wanted.issued_at_s.to_be_bytes());
+            token[29..37].copy_from_slice(&wanted.expires_at_s.to_be_bytes());
+            let key = hmac::Key::new(hmac::HMAC_SHA256, SECRET_A);
+            let tag = hmac::sign(&key, &token[..SIGNED_LEN]);
+            token[SIGNED_LEN..].copy_from_slice(tag.as_ref());
+            token
+        };
+        for user_id in [varint::MAX + 1, u64::MAX] {
+            let token = signed(Claims { user_id, ..claims(1) });
+            assert_eq!(ring.verify(&token, 1_500), Err(TokenError::InvalidClaims), "{user_id}");
+        }
+        let backwards = signed(Claims { issued_at_s: 1_800, expires_at_s: 1_700, ..claims(1) });
+        assert_eq!(ring.verify(&backwards, 1_750), Err(TokenError::InvalidClaims));
+        // The same hand signing with claims in range verifies: the test signs as `mint` does.
+        let fine = signed(Claims { user_id: varint::MAX, ..claims(1) });
+        assert_eq!(ring.verify(&fine, 1_500).map(|c| c.user_id), Ok(varint::MAX));
+    }
+
     #[test]
     fn valid_tokens_verify_under_each_key() {
         let ring = ring();
