@@ -225,7 +225,13 @@ async fn drive(
     let Ok((mut send, mut recv)) = conn.open_bi().await else {
         return Some(connection_end(&conn, false));
     };
-    let mut session = PhoneSession::with_path(phone.token.clone(), phone.shake_path);
+    // An edge (or a path) without RFC 9221 datagrams: the shakes take the control stream,
+    // rather than failing at the first shake and reconnecting for ever.
+    let path = match phone.shake_path {
+        ShakePath::Datagrams if conn.max_datagram_size().is_none() => ShakePath::ControlStream,
+        chosen => chosen,
+    };
+    let mut session = PhoneSession::with_path(phone.token.clone(), path);
     session.remember_shown(shown.0.iter().copied());
     session.hello();
     let mut welcomed = false;
@@ -277,10 +283,15 @@ async fn drive(
                 Some(PhoneCommand::Shake) => match session.shake(now_ms(), &mut datagram) {
                     Ok(_) => {
                         // On the stream path the shake went into the control bytes instead.
-                        if !datagram.is_empty()
-                            && conn.send_datagram(datagram.split().freeze()).is_err()
-                        {
-                            return Some(connection_end(&conn, welcomed));
+                        if !datagram.is_empty() {
+                            match conn.send_datagram(datagram.split().freeze()) {
+                                Ok(()) => {}
+                                Err(quinn::SendDatagramError::ConnectionLost(_)) => {
+                                    return Some(connection_end(&conn, welcomed));
+                                }
+                                // The connection lives: this shake is lost, like any datagram.
+                                Err(_) => {}
+                            }
                         }
                         silence.shake_sent(now_ms(), acks_received());
                     }

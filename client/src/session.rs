@@ -439,12 +439,12 @@ impl PhoneSession {
             ) => {
                 self.clock_offset_ms = server_time_ms as i64 - now_ms as i64;
                 self.min_shake_interval_ms = min_shake_interval_ms;
-                self.remember(round);
+                self.remember(round, server_time_ms);
                 self.phase = Phase::Active;
                 self.push(SessionEvent::Welcomed { round, min_shake_interval_ms });
             }
             (Phase::Active, ControlFrame::RoundNotice { round, min_shake_interval_ms }) => {
-                self.remember(round);
+                self.remember(round, self.server_time_ms(now_ms));
                 self.pace(min_shake_interval_ms);
                 self.push(SessionEvent::Round(round));
             }
@@ -494,7 +494,11 @@ impl PhoneSession {
         }
     }
 
-    fn remember(&mut self, round: RoundInfo) {
+    /// Keeps `round` (the edge's clock reads `server_ms`). With the table full, a round that
+    /// has ended goes first (the one that ended first); with none ended, the one that starts
+    /// last, the new one included: never the open round, which an edge announcing many
+    /// rounds ahead would otherwise push out (the phone then refused to shake in it).
+    fn remember(&mut self, round: RoundInfo, server_ms: u64) {
         if round.round_id == 0 {
             return;
         }
@@ -502,14 +506,22 @@ impl PhoneSession {
             *known = round;
             return;
         }
-        if self.rounds.len() == MAX_ROUNDS {
-            // Forget the round that ended first.
-            if let Some(oldest) = (0..self.rounds.len()).min_by_key(|&i| self.rounds[i].ends_at_ms)
-            {
-                self.rounds.swap_remove(oldest);
-            }
+        if self.rounds.len() < MAX_ROUNDS {
+            self.rounds.push(round);
+            return;
         }
-        self.rounds.push(round);
+        let ended = (0..self.rounds.len())
+            .filter(|&i| self.rounds[i].ends_at_ms <= server_ms)
+            .min_by_key(|&i| self.rounds[i].ends_at_ms);
+        let last = (0..self.rounds.len()).max_by_key(|&i| self.rounds[i].starts_at_ms);
+        match (ended, last) {
+            (Some(gone), _) => self.rounds[gone] = round,
+            (None, Some(latest)) if self.rounds[latest].starts_at_ms > round.starts_at_ms => {
+                self.rounds[latest] = round;
+            }
+            // The new round starts after every one kept: it is the one left out.
+            _ => {}
+        }
     }
 
     fn violation(&mut self, code: ErrorCode) -> ErrorCode {
@@ -965,6 +977,31 @@ mod tests {
         // Written out, shakes are queued again.
         s.control_out().clear();
         assert!(s.shake(NOW, &mut out).is_ok());
+    }
+
+    /// Rounds announced far ahead never push the open round out of the table (before, the
+    /// round that ended first went, which with none ended was the open one).
+    #[test]
+    fn rounds_announced_ahead_never_push_out_the_open_round() {
+        let mut s = welcomed(0);
+        let notice = |id: u32| {
+            let starts = NOW + 100_000 * u64::from(id);
+            frame(ControlFrame::RoundNotice {
+                round: round(id, starts, starts + 60_000),
+                min_shake_interval_ms: 0,
+            })
+        };
+        for id in 2..=2 + MAX_ROUNDS as u32 {
+            s.on_control(NOW, &notice(id)).unwrap();
+        }
+        let mut out = BytesMut::new();
+        assert!(s.shake(NOW + 1, &mut out).is_ok(), "round 1 is still open");
+        assert_eq!(s.round(NOW + 1).map(|r| r.round_id), Some(1));
+        // Once round 1 has ended (by the edge's clock), it is the first to go.
+        let later = NOW + 200_000;
+        s.on_control(later, &notice(40)).unwrap();
+        let kept: Vec<u32> = s.rounds.iter().map(|r| r.round_id).collect();
+        assert!(!kept.contains(&1) && kept.len() == MAX_ROUNDS, "{kept:?}");
     }
 
     #[test]
