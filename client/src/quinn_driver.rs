@@ -350,8 +350,49 @@ pub fn connection_end(conn: &quinn::Connection, welcomed: bool) -> ConnectionEnd
     }
 }
 
+/// The phone's milliseconds, as the session and reconnect policy take them: Unix time read once,
+/// then advanced by the monotonic clock. A wall-clock step (NTP, the carrier, the user) then
+/// moves none of the durations the session measures (the pushed interval, a slow-down, the
+/// silence watch, reconnect waits: a step back of an hour once held every shake back an hour),
+/// and round times, read through the edge's clock offset taken at `Welcome`, hold too.
 fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    static ORIGIN: std::sync::OnceLock<PhoneClock> = std::sync::OnceLock::new();
+    ORIGIN.get_or_init(PhoneClock::now).at(std::time::Instant::now())
+}
+
+/// A Unix time read once and a monotonic instant taken with it.
+#[derive(Debug, Clone, Copy)]
+struct PhoneClock {
+    origin: std::time::Instant,
+    origin_unix_ms: u64,
+}
+
+impl PhoneClock {
+    fn now() -> Self {
+        let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+        Self {
+            origin: std::time::Instant::now(),
+            origin_unix_ms: unix.map_or(0, |d| d.as_millis() as u64),
+        }
+    }
+
+    /// The phone's milliseconds at `instant`: moved by the monotonic clock only.
+    fn at(&self, instant: std::time::Instant) -> u64 {
+        self.origin_unix_ms + instant.saturating_duration_since(self.origin).as_millis() as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_phones_clock_moves_with_the_monotonic_clock_only() {
+        let clock = PhoneClock::now();
+        let start = clock.at(clock.origin);
+        assert_eq!(clock.at(clock.origin + Duration::from_millis(1_500)), start + 1_500);
+        // An instant before the origin (never, for a monotonic clock) reads as the origin.
+        assert_eq!(clock.at(clock.origin.checked_sub(Duration::from_secs(1)).unwrap()), start);
+        assert!(now_ms() >= start && now_ms() <= now_ms());
+    }
 }

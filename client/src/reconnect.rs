@@ -112,11 +112,13 @@ impl Reconnect {
 
     /// The connection ended at `now_ms` as `end`: where and when to connect next.
     pub fn ended(&mut self, now_ms: u64, end: ConnectionEnd) -> NextConnect {
-        if let Some(at) = self.welcomed_at_ms.take()
-            && now_ms.saturating_sub(at) >= self.settings.stable_ms
-        {
+        let welcomed_at = self.welcomed_at_ms.take();
+        if welcomed_at.is_some_and(|at| now_ms.saturating_sub(at) >= self.settings.stable_ms) {
             self.failures = 0;
         }
+        // Told to go before any welcome (every edge draining, a one-edge list): a failure, or
+        // the phone would cycle through draining edges with no backoff at all.
+        let refused_at_the_door = welcomed_at.is_none();
         let code = match end {
             ConnectionEnd::Closed(code) => ErrorCode::from_code(code),
             _ => None,
@@ -134,12 +136,20 @@ impl Reconnect {
             (ConnectionEnd::GoAway { reconnect_after_ms }, _) => {
                 self.move_on();
                 let wait = u64::from(reconnect_after_ms);
-                NextConnect::At { edge: self.current, at_ms: now_ms + wait + self.jitter(wait / 4) }
+                let asked = now_ms + wait + self.jitter(wait / 4);
+                NextConnect::At {
+                    edge: self.current,
+                    at_ms: self.no_sooner(asked, now_ms, refused_at_the_door),
+                }
             }
             (ConnectionEnd::Closed(_), Some(ErrorCode::Draining)) => {
                 self.move_on();
                 let wait = self.settings.first_ms;
-                NextConnect::At { edge: self.current, at_ms: now_ms + wait + self.jitter(wait) }
+                let asked = now_ms + wait + self.jitter(wait);
+                NextConnect::At {
+                    edge: self.current,
+                    at_ms: self.no_sooner(asked, now_ms, refused_at_the_door),
+                }
             }
             (ConnectionEnd::Closed(_), Some(ErrorCode::SessionInUse)) => {
                 // The user's other session is live on this edge: the same edge, much later.
@@ -158,6 +168,16 @@ impl Reconnect {
                 NextConnect::At { edge: self.current, at_ms: now_ms + self.pause() }
             }
         }
+    }
+
+    /// `asked`, or, for a phone told to go before it was welcomed, a failure's backoff if that
+    /// is later.
+    fn no_sooner(&mut self, asked: u64, now_ms: u64, refused_at_the_door: bool) -> u64 {
+        if !refused_at_the_door {
+            return asked;
+        }
+        self.failures = self.failures.saturating_add(1);
+        asked.max(now_ms + self.pause())
     }
 
     fn move_on(&mut self) {
@@ -273,12 +293,37 @@ mod tests {
     #[test]
     fn a_draining_edge_sends_the_phone_to_the_next_after_its_wait() {
         let mut r = Reconnect::new(2, 9, ReconnectSettings::default());
+        r.welcomed(0);
         let (edge, at_ms) = at(r.ended(1_000, ConnectionEnd::GoAway { reconnect_after_ms: 4_000 }));
         assert_eq!(edge, 1);
         assert!((5_000..6_000).contains(&at_ms), "{at_ms}");
-        assert_eq!(r.failures(), 0, "draining is not a failure");
-        let (edge, _) = at(r.ended(0, ConnectionEnd::Closed(ErrorCode::Draining.code().into())));
+        assert_eq!(r.failures(), 0, "a session's edge draining is not a failure");
+        r.welcomed(6_000);
+        let (edge, at_ms) =
+            at(r.ended(7_000, ConnectionEnd::Closed(ErrorCode::Draining.code().into())));
         assert_eq!(edge, 0);
+        assert!((8_000..9_000).contains(&at_ms), "1 to 2 s: {at_ms}");
+    }
+
+    /// Told to go before any `Welcome` (every edge draining, `GoAway` asking no wait): the
+    /// waits grow as after failures (before, a phone cycled through the edges with none).
+    #[test]
+    fn draining_edges_that_never_welcome_back_off() {
+        let mut r = Reconnect::new(2, 9, ReconnectSettings::default());
+        let mut now = 0;
+        let mut waits = Vec::new();
+        for n in 0..6 {
+            let end = if n % 2 == 0 {
+                ConnectionEnd::GoAway { reconnect_after_ms: 0 }
+            } else {
+                ConnectionEnd::Closed(ErrorCode::Draining.code().into())
+            };
+            let (_, at_ms) = at(r.ended(now, end));
+            waits.push(at_ms - now);
+            now = at_ms;
+        }
+        assert!(waits[0] >= 500, "{waits:?}");
+        assert!(waits[5] >= 8_000, "{waits:?}");
     }
 
     #[test]
