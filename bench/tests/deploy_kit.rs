@@ -125,11 +125,10 @@ fn the_dashboard_reads_real_metrics() {
 
 #[test]
 fn systemd_units_outlast_the_drain() {
-    let drain_ms =
-        shake_edge::config::EdgeConfig::parse(include_str!("../../edge/shake-edge.example.toml"))
-            .unwrap()
-            .limits
-            .drain_deadline_ms;
+    // The longest drain any valid configuration asks for (not the example's): a unit that
+    // only outlasted the example's would be SIGKILLed mid-drain by a configuration that
+    // raised it.
+    let drain_ms = shake_edge::config::MAX_DRAIN_DEADLINE_MS;
     for (unit, drain_s) in
         [("shake-edge.service", drain_ms / 1000), ("shake-allocator.service", 10)]
     {
@@ -152,6 +151,17 @@ fn systemd_units_outlast_the_drain() {
         // A bad configuration exits 64 and names the field: restarting it is noise.
         assert!(value("RestartPreventExitStatus").split_whitespace().any(|s| s == "64"), "{unit}");
         assert!(value("User") == "shake", "{unit}");
+    }
+    // The container's run lines likewise (docker's own default is 10 s).
+    let containerfile = std::fs::read_to_string(deploy("Containerfile")).unwrap();
+    let timeouts: Vec<u64> = containerfile
+        .split("--stop-timeout ")
+        .skip(1)
+        .map(|rest| rest.split_whitespace().next().unwrap().trim_end_matches(',').parse().unwrap())
+        .collect();
+    assert!(!timeouts.is_empty(), "the Containerfile's run lines set --stop-timeout");
+    for stop_s in timeouts {
+        assert!(stop_s > drain_ms / 1000 + 5, "--stop-timeout {stop_s} does not outlast a drain");
     }
 }
 

@@ -194,6 +194,11 @@ impl TokenKey {
     }
 }
 
+/// The longest drain a configuration may ask for, milliseconds: `deploy/systemd`'s edge unit
+/// stops the process (SIGKILL) after `TimeoutStopSec`, which must outlast it, so a longer one
+/// would be cut short with answers still in flight.
+pub const MAX_DRAIN_DEADLINE_MS: u64 = 60_000;
+
 /// Sessions and admission limits.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -233,7 +238,8 @@ pub struct Limits {
     pub retry_above_handshakes: u32,
     /// Connected phones (whole edge) before new handshakes are refused.
     pub max_phones: u32,
-    /// On SIGTERM: how long to wait for the allocator's answers before exiting, milliseconds.
+    /// On SIGTERM: how long to wait for the allocator's answers before exiting, milliseconds
+    /// (at most [`MAX_DRAIN_DEADLINE_MS`]).
     pub drain_deadline_ms: u64,
     /// Awards sent to phones and not yet acknowledged that the edge remembers (whole edge), so
     /// that only the winner's phone can acknowledge one; past it the oldest are forgotten (they
@@ -430,6 +436,12 @@ impl Validate for EdgeConfig {
         if l.retry_above_handshakes > l.max_handshakes {
             return Err(invalid("limits.retry_above_handshakes", "must not exceed max_handshakes"));
         }
+        if l.drain_deadline_ms > MAX_DRAIN_DEADLINE_MS {
+            return Err(invalid(
+                "limits.drain_deadline_ms",
+                "at most 60,000 (the systemd unit's stop timeout must outlast the drain)",
+            ));
+        }
         let t = &self.transport;
         if t.idle_timeout_ms == 0 {
             return Err(invalid("transport.idle_timeout_ms", "must be above 0"));
@@ -567,5 +579,16 @@ mod tests {
             "addr = [\"127.0.0.1:7400\", \"127.0.0.1:7400\"]",
         );
         assert_eq!(field_of(&twice), "allocator.addr");
+    }
+
+    /// A drain longer than the unit's stop timeout allows is refused (systemd would SIGKILL it
+    /// with answers in flight); the longest allowed is accepted.
+    #[test]
+    fn a_drain_past_the_longest_the_unit_outlasts_is_refused() {
+        let with = |ms: u64| {
+            EXAMPLE.replace("drain_deadline_ms = 5000", &format!("drain_deadline_ms = {ms}"))
+        };
+        assert!(EdgeConfig::parse(&with(MAX_DRAIN_DEADLINE_MS)).is_ok());
+        assert_eq!(field_of(&with(MAX_DRAIN_DEADLINE_MS + 1)), "limits.drain_deadline_ms");
     }
 }
