@@ -142,6 +142,9 @@ fn groups_survive_reopening(mut reopen: impl FnMut() -> Box<dyn LedgerStore>) {
         AwardQuery { after: 2, ..ask(Some(TOP), None, false, 0) },
         AwardQuery { after: 1, ..ask(None, Some(1), false, 1) },
         AwardQuery { after: 3, ..ask(None, None, false, 0) },
+        AwardQuery { after: u64::MAX, ..ask(None, None, false, 0) },
+        AwardQuery { after: 1 << 63, ..ask(Some(TOP), None, false, 0) },
+        AwardQuery { after: 1 << 63, ..ask(None, None, false, 0) },
     ] {
         let want: Vec<Award> =
             every.iter().filter(|a| query.matches(a)).take(query.most()).cloned().collect();

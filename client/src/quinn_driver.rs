@@ -234,6 +234,14 @@ async fn drive(
     let mut session = PhoneSession::with_path(phone.token.clone(), path);
     session.remember_shown(shown.0.iter().copied());
     session.hello();
+    if let Some(EndReason::Refused { code, .. }) = session.ended() {
+        // A token no edge could take (too long for `Hello`): the app must mend it.
+        let code = *code;
+        while let Some(event) = session.poll_event() {
+            let _ = events.send(PhoneEvent::Session(event)).await;
+        }
+        return Some(ConnectionEnd::Closed(code));
+    }
     let mut welcomed = false;
     let mut read = vec![0u8; 4096];
     let mut datagram = BytesMut::new();
@@ -283,17 +291,23 @@ async fn drive(
                 Some(PhoneCommand::Shake) => match session.shake(now_ms(), &mut datagram) {
                     Ok(_) => {
                         // On the stream path the shake went into the control bytes instead.
-                        if !datagram.is_empty() {
+                        let sent = if datagram.is_empty() {
+                            true
+                        } else {
                             match conn.send_datagram(datagram.split().freeze()) {
-                                Ok(()) => {}
+                                Ok(()) => true,
                                 Err(quinn::SendDatagramError::ConnectionLost(_)) => {
                                     return Some(connection_end(&conn, welcomed));
                                 }
-                                // The connection lives: this shake is lost, like any datagram.
-                                Err(_) => {}
+                                // The connection lives: this shake is lost, like any
+                                // datagram, and not watched for (nothing went out to be
+                                // acknowledged: the edge would be called silent).
+                                Err(_) => false,
                             }
+                        };
+                        if sent {
+                            silence.shake_sent(now_ms(), acks_received());
                         }
-                        silence.shake_sent(now_ms(), acks_received());
                     }
                     Err(refusal) => {
                         let _ = events.send(PhoneEvent::ShakeHeld(refusal)).await;
@@ -306,9 +320,13 @@ async fn drive(
             },
         }
         while let Some(event) = session.poll_event() {
-            if matches!(event, SessionEvent::Welcomed { .. }) {
-                welcomed = true;
-                reconnect.welcomed(now_ms());
+            match event {
+                SessionEvent::Welcomed { .. } => {
+                    welcomed = true;
+                    reconnect.welcomed(now_ms());
+                }
+                SessionEvent::Outcome(_) => reconnect.answered(),
+                _ => {}
             }
             let _ = events.send(PhoneEvent::Session(event)).await;
         }

@@ -76,6 +76,8 @@ pub struct Reconnect {
     failures: u32,
     /// When the live session was welcomed, if it was.
     welcomed_at_ms: Option<u64>,
+    /// The live session got an answer to a shake: the edge works.
+    answered: bool,
     /// The phone's own jitter source (its user id, say).
     seed: u64,
 }
@@ -84,7 +86,15 @@ impl Reconnect {
     /// A phone that knows `edges` edges (at least one), tries them in order from the first,
     /// and jitters its waits by `seed`.
     pub fn new(edges: usize, seed: u64, settings: ReconnectSettings) -> Self {
-        Self { settings, edges: edges.max(1), current: 0, failures: 0, welcomed_at_ms: None, seed }
+        Self {
+            settings,
+            edges: edges.max(1),
+            current: 0,
+            failures: 0,
+            welcomed_at_ms: None,
+            answered: false,
+            seed,
+        }
     }
 
     /// The same, starting at edge `first` of the list (a fleet of phones spread over the
@@ -108,17 +118,28 @@ impl Reconnect {
     /// backoff starts over when it ends.
     pub fn welcomed(&mut self, now_ms: u64) {
         self.welcomed_at_ms = Some(now_ms);
+        self.answered = false;
+    }
+
+    /// The live session got an answer to a shake: the edge works, and the backoff starts over
+    /// when the session ends, however short it was (a flaky link that drops every few seconds
+    /// goes back to the same edge soon, rather than climbing to the longest wait).
+    pub fn answered(&mut self) {
+        self.answered = true;
     }
 
     /// The connection ended at `now_ms` as `end`: where and when to connect next.
     pub fn ended(&mut self, now_ms: u64, end: ConnectionEnd) -> NextConnect {
         let welcomed_at = self.welcomed_at_ms.take();
-        if welcomed_at.is_some_and(|at| now_ms.saturating_sub(at) >= self.settings.stable_ms) {
+        let answered = std::mem::take(&mut self.answered);
+        let lasted = |ms| welcomed_at.is_some_and(|at| now_ms.saturating_sub(at) >= ms);
+        if answered || lasted(self.settings.stable_ms) {
             self.failures = 0;
         }
-        // Told to go before any welcome (every edge draining, a one-edge list): a failure, or
-        // the phone would cycle through draining edges with no backoff at all.
-        let refused_at_the_door = welcomed_at.is_none();
+        // Told to go at the door (before a welcome, or with it: a draining edge welcomes, then
+        // says `GoAway` at once): a failure, or with every edge draining the phone would cycle
+        // through them with no backoff at all.
+        let refused_at_the_door = !answered && !lasted(self.settings.first_ms);
         let code = match end {
             ConnectionEnd::Closed(code) => ErrorCode::from_code(code),
             _ => None,
@@ -267,6 +288,17 @@ mod tests {
         r.welcomed(0);
         r.ended(30_000, ConnectionEnd::Lost);
         assert_eq!(r.failures(), 1, "a session that lasted starts over: the same edge, soon");
+        // A short session whose shakes were answered worked too (a flaky link): the same.
+        for _ in 0..4 {
+            r.welcomed(0);
+            r.ended(1_000, ConnectionEnd::Lost);
+        }
+        r.welcomed(0);
+        r.answered();
+        let (edge, at_ms) = at(r.ended(3_000, ConnectionEnd::Lost));
+        assert_eq!(r.failures(), 1);
+        assert!((3_500..4_500).contains(&at_ms), "soon: {at_ms}");
+        assert_eq!(edge, r.first(), "the same edge");
     }
 
     #[test]
@@ -305,14 +337,18 @@ mod tests {
         assert!((8_000..9_000).contains(&at_ms), "1 to 2 s: {at_ms}");
     }
 
-    /// Told to go before any `Welcome` (every edge draining, `GoAway` asking no wait): the
-    /// waits grow as after failures (before, a phone cycled through the edges with none).
+    /// Told to go at the door (before `Welcome`, or right after it, as a draining edge does;
+    /// `GoAway` asking no wait): the waits grow as after failures (before, a phone cycled
+    /// through the edges with none).
     #[test]
     fn draining_edges_that_never_welcome_back_off() {
         let mut r = Reconnect::new(2, 9, ReconnectSettings::default());
         let mut now = 0;
         let mut waits = Vec::new();
         for n in 0..6 {
+            if n >= 3 {
+                r.welcomed(now); // welcomed, then told to go in the same breath
+            }
             let end = if n % 2 == 0 {
                 ConnectionEnd::GoAway { reconnect_after_ms: 0 }
             } else {

@@ -211,9 +211,18 @@ impl PhoneSession {
         }
     }
 
-    /// Queues `Hello` (once; the control stream is open).
+    /// Queues `Hello` (once; the control stream is open). A token longer than a `Hello`
+    /// carries ([`shake_proto::limits::MAX_TOKEN`]) ends the session at once, refused as
+    /// `BAD_TOKEN` (what the edge would say): nothing is sent.
     pub fn hello(&mut self) {
         if self.phase != Phase::New {
+            return;
+        }
+        if self.token.len() > shake_proto::limits::MAX_TOKEN {
+            self.end(EndReason::Refused {
+                code: u64::from(ErrorCode::BadToken.code()),
+                reason: "the token is longer than 128 bytes".into(),
+            });
             return;
         }
         let capabilities = match self.path {
@@ -533,11 +542,28 @@ impl PhoneSession {
         self.phase = Phase::Ended(reason.clone());
         self.control_in.clear();
         // The end is always told, even with the queue full.
-        if self.events.len() == MAX_EVENTS {
-            self.events.pop_back();
-            self.events_dropped += 1;
-        }
+        self.make_room();
         self.events.push_back(SessionEvent::Ended(reason));
+    }
+
+    /// With the queue full, drops the oldest event an app can do without (an outcome, then a
+    /// round or pace notice), never an award; the newest as a last resort.
+    fn make_room(&mut self) {
+        if self.events.len() < MAX_EVENTS {
+            return;
+        }
+        let outcome = |e: &SessionEvent| matches!(e, SessionEvent::Outcome(_));
+        let notice =
+            |e: &SessionEvent| matches!(e, SessionEvent::Round(_) | SessionEvent::Paced { .. });
+        match self.events.iter().position(outcome).or_else(|| self.events.iter().position(notice)) {
+            Some(at) => {
+                self.events.remove(at);
+            }
+            None => {
+                self.events.pop_back();
+            }
+        }
+        self.events_dropped += 1;
     }
 
     fn push(&mut self, event: SessionEvent) {
@@ -548,16 +574,11 @@ impl PhoneSession {
         }
     }
 
-    /// An award is told before outcomes: with the queue full, the oldest outcome makes room
-    /// (an app never told of an award held for it could never acknowledge it).
+    /// An award is told before outcomes and notices: with the queue full, one of those makes
+    /// room (an app never told of an award held for it could never acknowledge it).
     fn push_award(&mut self, event: SessionEvent) {
-        if self.events.len() == MAX_EVENTS
-            && let Some(at) = self.events.iter().position(|e| matches!(e, SessionEvent::Outcome(_)))
-        {
-            self.events.remove(at);
-            self.events_dropped += 1;
-        }
-        self.push(event);
+        self.make_room();
+        self.events.push_back(event);
     }
 }
 
@@ -945,9 +966,25 @@ mod tests {
         let award =
             ControlFrame::Award { award_id: 4, round_id: 1, prize: Prize::Cash { cents: 5 } };
         s.on_control(NOW, &frame(award)).unwrap();
+        // And the session's end, told with the queue full, leaves the award in it.
+        s.on_control(NOW, &frame(ControlFrame::GoAway { reconnect_after_ms: 0 })).unwrap();
         let events: Vec<SessionEvent> = std::iter::from_fn(|| s.poll_event()).collect();
         assert_eq!(events.len(), MAX_EVENTS);
-        assert!(matches!(events.last(), Some(SessionEvent::Award { award_id: 4, .. })));
+        assert!(matches!(events[MAX_EVENTS - 2], SessionEvent::Award { award_id: 4, .. }));
+        assert!(matches!(events[MAX_EVENTS - 1], SessionEvent::Ended(_)));
+    }
+
+    /// A token too long for `Hello` ends the session as refused, with nothing sent (the
+    /// encoder asserts the limit: `shake-phone --token-hex` with 129 bytes aborted).
+    #[test]
+    fn a_token_too_long_for_hello_ends_the_session_unsent() {
+        let mut s = PhoneSession::new(Bytes::from(vec![7u8; shake_proto::limits::MAX_TOKEN + 1]));
+        s.hello();
+        assert!(s.control_out().is_empty());
+        assert_eq!(s.ended().map(EndReason::name), Some("BAD_TOKEN"));
+        let mut fits = PhoneSession::new(Bytes::from(vec![7u8; shake_proto::limits::MAX_TOKEN]));
+        fits.hello();
+        assert!(!fits.control_out().is_empty() && fits.ended().is_none());
     }
 
     /// On the control-stream path, shakes stop being queued once the unwritten control bytes

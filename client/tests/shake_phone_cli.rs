@@ -15,4 +15,13 @@ fn a_token_that_is_not_hex_is_refused_with_a_reason() {
         assert!(!out.status.success(), "{bad:?}");
         assert!(said.contains("hex"), "{bad:?}: {said}");
     }
+    // 129 bytes of good hex: longer than `Hello` carries (the encoder's assert aborted).
+    let long = "ab".repeat(129);
+    let out = Command::new(env!("CARGO_BIN_EXE_shake-phone"))
+        .args(["--edge", "127.0.0.1:9", "--ca", "/nonexistent", "--token-hex", &long])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && out.status.code() != Some(101), "{said}");
+    assert!(said.contains("longer than a token"), "{said}");
 }

@@ -61,9 +61,12 @@ pub struct RelayReport {
     pub too_many_clients: u64,
     /// Distinct clients seen.
     pub clients: u64,
-    /// Dropped because no upstream socket could be opened for the client (logged once a
-    /// client), or a send failed.
+    /// Dropped because no upstream socket could be opened for the client (the first logged).
     pub upstream_failed: u64,
+    /// Dropped because the send (either way) failed.
+    pub send_failed: u64,
+    /// Dropped because the client was not on loopback.
+    pub not_loopback: u64,
 }
 
 /// One datagram waiting out its delay.
@@ -83,6 +86,8 @@ struct Shared {
     clients: AtomicU64,
     sent: AtomicU64,
     upstream_failed: AtomicU64,
+    send_failed: AtomicU64,
+    not_loopback: AtomicU64,
 }
 
 impl Shared {
@@ -142,6 +147,8 @@ impl Relay {
             clients: AtomicU64::new(0),
             sent: AtomicU64::new(0),
             upstream_failed: AtomicU64::new(0),
+            send_failed: AtomicU64::new(0),
+            not_loopback: AtomicU64::new(0),
         });
         let (to_server, to_server_rx) = mpsc::channel(config.queue.max(1));
         let (to_client, to_client_rx) = mpsc::channel(config.queue.max(1));
@@ -163,6 +170,8 @@ impl Relay {
             too_many_clients: shared.too_many_clients.load(Ordering::Relaxed),
             clients: shared.clients.load(Ordering::Relaxed),
             upstream_failed: shared.upstream_failed.load(Ordering::Relaxed),
+            send_failed: shared.send_failed.load(Ordering::Relaxed),
+            not_loopback: shared.not_loopback.load(Ordering::Relaxed),
         }
     }
 }
@@ -181,7 +190,7 @@ async fn accept_clients(
         let Ok((n, client)) = front.recv_from(&mut buf).await else { continue };
         // Only loopback clients (a wildcard listen is refused; this holds whatever the bind).
         if !is_loopback(client) {
-            shared.upstream_failed.fetch_add(1, Ordering::Relaxed);
+            shared.not_loopback.fetch_add(1, Ordering::Relaxed);
             continue;
         }
         let upstream = match upstreams.get(&client) {
@@ -264,7 +273,7 @@ async fn deliver(mut queue: mpsc::Receiver<Pending>, shared: Arc<Shared>) {
             Some(to) => pending.socket.send_to(&pending.payload, to).await,
             None => pending.socket.send(&pending.payload).await,
         };
-        let counter = if sent.is_ok() { &shared.sent } else { &shared.upstream_failed };
+        let counter = if sent.is_ok() { &shared.sent } else { &shared.send_failed };
         counter.fetch_add(1, Ordering::Relaxed);
     }
 }

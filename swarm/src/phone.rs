@@ -439,8 +439,12 @@ impl<'a> Shaking<'a> {
                         return SessionEnd::Ended(connection_end(&link.conn, true));
                     };
                     self.silence.heard();
-                    if let Err(code) = link.session.on_datagram(self.ctx.now_ms(), &payload) {
-                        return SessionEnd::Ended(link.violation(code, &self.ctx.stats));
+                    // A datagram never ends the session; one the phone cannot read is an error
+                    // of the edge's, counted.
+                    let dropped = link.session.datagrams_dropped();
+                    let _ = link.session.on_datagram(self.ctx.now_ms(), &payload);
+                    if link.session.datagrams_dropped() > dropped {
+                        self.ctx.stats.error("unreadable datagram from the edge");
                     }
                 }
                 read = link.recv.read(&mut link.read) => {

@@ -961,6 +961,10 @@ impl LedgerStore for PostgresLedger {
     /// where reading every award took the whole table into memory, seconds on millions);
     /// other questions read every award.
     fn find_awards(&mut self, query: &AwardQuery) -> Result<Vec<Award>, LedgerError> {
+        if i64::try_from(query.after).is_err() {
+            // No award id is that large (ids are BIGINT); as a signed value it would wrap.
+            return Ok(Vec::new());
+        }
         let Some(user) = query.user else {
             // Page by page from the cursor, so that only the answer is held, never the whole
             // table's rows (rows become visible in id order: a page read is never overtaken).

@@ -191,7 +191,12 @@ fn token(cli: &Cli) -> anyhow::Result<Bytes> {
             .collect()
     };
     match (&cli.token_hex, &cli.dev_key_hex, cli.user) {
-        (Some(token), _, _) => Ok(Bytes::from(hex(token)?)),
+        (Some(token), _, _) => {
+            let token = hex(token)?;
+            let most = shake_proto::limits::MAX_TOKEN;
+            anyhow::ensure!(token.len() <= most, "longer than a token may be ({most} bytes)");
+            Ok(Bytes::from(token))
+        }
         (None, Some(key), Some(user_id)) => {
             let mut ring = KeyRing::new();
             ring.insert(cli.key_id, &hex(key)?)?;
