@@ -280,9 +280,20 @@ async fn awards(
     read_awards(&api, &headers, query).await
 }
 
-async fn export_awards(State(api): State<Api>, headers: HeaderMap) -> Response {
+async fn export_awards(
+    State(api): State<Api>,
+    version: axum::http::Version,
+    headers: HeaderMap,
+) -> Response {
     if !api.authorized(&headers) {
         return error(StatusCode::UNAUTHORIZED, "a bearer token is needed");
+    }
+    // Without chunked encoding (HTTP/1.0) a body cut short reads as a whole, shorter export.
+    if version < axum::http::Version::HTTP_11 {
+        return error(
+            StatusCode::HTTP_VERSION_NOT_SUPPORTED,
+            "the export streams: use HTTP/1.1, so that one cut short can be told",
+        );
     }
     export_body(api, EXPORT_PAGE, EXPORT_PAGE_RETRY).await
 }

@@ -155,6 +155,17 @@ async fn go_opens_an_armed_round_and_every_command_is_recorded_once() {
     let (code, export) = status(admin, "GET", "/awards/export", Some("-"));
     assert_eq!((code, export.lines().count()), (200, winners.len()));
     assert_eq!(status(admin, "GET", "/awards/export", None).0, 401);
+    // HTTP/1.0 has no chunked encoding: an export cut short would read as whole. Refused.
+    {
+        use std::io::{Read, Write};
+        let mut raw = std::net::TcpStream::connect(admin).unwrap();
+        let ask =
+            format!("GET /awards/export HTTP/1.0\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\r\n");
+        raw.write_all(ask.as_bytes()).unwrap();
+        let mut answer = String::new();
+        raw.read_to_string(&mut answer).unwrap();
+        assert_eq!(status_of(&answer), Some(505), "{answer}");
+    }
 
     // The same key again: the first outcome, nothing new. Another go: refused with a reason.
     let (code, again) = authed(admin, "POST", "/rounds/1/go", "go-1");
