@@ -177,9 +177,11 @@ sleep_into_round() {
 # ledger and verifies it against the phones' report.
 finish() {
     sample_memory
+    # Every process the scenario did not stop on purpose (those it killed it waited for and
+    # dropped from the lists) is waited for, also one that already died: a panic of its own is
+    # a failure, not a process to skip.
     for id in "${!edge_pid[@]}"; do
-        kill -0 "${edge_pid[$id]}" 2>/dev/null || continue
-        kill -TERM "${edge_pid[$id]}"
+        kill -TERM "${edge_pid[$id]}" 2>/dev/null || true
         wait "${edge_pid[$id]}" || problems+=("edge $id exited with status $? on SIGTERM")
     done
     local config="$S/allocator.toml" node
@@ -190,9 +192,8 @@ finish() {
     else
         config="$S/allocator-a.toml"
         for node in "${!ha_pid[@]}"; do
-            kill -0 "${ha_pid[$node]}" 2>/dev/null || continue
             kill -CONT "${ha_pid[$node]}" 2>/dev/null || true
-            kill -TERM "${ha_pid[$node]}"
+            kill -TERM "${ha_pid[$node]}" 2>/dev/null || true
             wait "${ha_pid[$node]}" || problems+=("allocator $node exited with status $? on SIGTERM")
         done
     fi

@@ -9,3 +9,5 @@ cd "$(dirname "$0")/.."
 # checkout finds them and none is stale.
 cargo build --workspace --exclude shake-fuzz --bins --locked
 cargo test --workspace --exclude shake-fuzz --all-targets --locked "$@"
+# `--all-targets` leaves out doctests: the examples in the docs run here.
+cargo test --workspace --exclude shake-fuzz --doc --locked "$@"

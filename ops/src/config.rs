@@ -84,7 +84,9 @@ pub fn parse<T: Validate>(text: &str) -> Result<T, ConfigError> {
 /// `secret_hex`, an unquoted value) and the message goes to the journal.
 fn parse_message(text: &str, err: &toml::de::Error) -> String {
     let message = err.message().trim();
-    // serde's "invalid type: string \"VALUE\", expected u32" quotes the value too.
+    // serde's "invalid type: string \"VALUE\", expected u32" quotes the value too, and so does
+    // "unknown variant `VALUE`, expected one of ..." (a URL with its password given where a
+    // ledger kind is asked for).
     let message = match (message.split_once(':'), message.rsplit_once(", expected")) {
         (
             Some((kind @ ("invalid type" | "invalid value" | "invalid length"), _)),
@@ -92,6 +94,10 @@ fn parse_message(text: &str, err: &toml::de::Error) -> String {
         ) => {
             format!("{kind}, expected{want}")
         }
+        _ if message.starts_with("unknown variant") => match message.rsplit_once(", expected") {
+            Some((_, want)) => format!("unknown variant, expected{want}"),
+            None => "unknown variant".to_owned(),
+        },
         _ => message.to_owned(),
     };
     match err.span() {
@@ -151,6 +157,15 @@ mod tests {
     #[serde(deny_unknown_fields)]
     struct Sample {
         size: u32,
+        #[serde(default)]
+        kind: Option<Kind>,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(rename_all = "lowercase")]
+    enum Kind {
+        Fjall,
+        Postgres,
     }
 
     impl Validate for Sample {
@@ -189,11 +204,18 @@ mod tests {
             "size = 1\nsecert_hex = \"0badc0ffee\"",
             "size = 1\nsecret_hex = 0badc0ffee",
             "\nsize = \"0badc0ffee\"",
+            "size = 1\nkind = \"postgres://app:0badc0ffee@db\"",
         ] {
             let said = parse::<Sample>(text).unwrap_err().to_string();
             assert!(said.contains("line 2, column"), "{said}");
             assert!(!said.contains("0badc0ffee"), "{said}");
         }
+        assert!(matches!(
+            parse::<Sample>("size = 1\nkind = \"fjall\""),
+            Ok(Sample { kind: Some(Kind::Fjall), .. })
+        ));
+        let said = parse::<Sample>("size = 1\nkind = \"nope\"").unwrap_err().to_string();
+        assert!(said.contains("unknown variant, expected `fjall` or `postgres`"), "{said}");
         let missing = Path::new("/nonexistent/shake.toml");
         assert!(matches!(load::<Sample>(missing), Err(ConfigError::Read { .. })));
         let file =

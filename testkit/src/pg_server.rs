@@ -140,10 +140,16 @@ impl PgServer {
                 let probe = scope.spawn(|| {
                     self.admin(db, "INSERT INTO sync_probe VALUES (1) RETURNING 0::int8")
                 });
-                std::thread::sleep(Duration::from_millis(100));
-                let waited = self.waiting_commits() > 0;
-                if waited {
-                    self.cancel_waiting_commits();
+                // Until the probe has ended, whenever it waits its wait is cancelled: one look
+                // only missed a probe that began waiting after it, and the join then waited for
+                // a standby that never comes (a CI hang).
+                let mut waited = false;
+                while !probe.is_finished() {
+                    if self.waiting_commits() > 0 {
+                        waited = true;
+                        self.cancel_waiting_commits();
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
                 }
                 probe.join().expect("the probe's thread");
                 waited

@@ -44,6 +44,10 @@ pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
 /// second; a debug build under a loaded CI machine in a few).
 const READY_WITHIN: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// The longest a test waits for a process it started to exit: longer than any drain a test
+/// configures (a server's drain is at most 60 s).
+pub const EXIT_WITHIN: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// A running binary that has printed its ready line; killed on drop.
 #[derive(Debug)]
 pub struct Process {
@@ -134,10 +138,25 @@ impl Process {
         self.wait()
     }
 
-    /// Waits for the exit.
+    /// Waits for the exit, at most [`EXIT_WITHIN`]: a process that outlives it hangs (a drain
+    /// that never ends), and is killed and reported, rather than holding CI for ever.
     pub fn wait(&mut self) -> ExitStatus {
         let what = &self.what;
-        self.child.wait().unwrap_or_else(|e| panic!("waiting for {what}: {e}"))
+        let deadline = std::time::Instant::now() + EXIT_WITHIN;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return status,
+                Ok(None) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Ok(None) => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    panic!("{what} did not exit within {} s: killed", EXIT_WITHIN.as_secs());
+                }
+                Err(e) => panic!("waiting for {what}: {e}"),
+            }
+        }
     }
 
     /// How it exited, if it has.
