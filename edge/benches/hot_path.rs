@@ -100,7 +100,7 @@ impl Rig {
         );
         core.uplink().link_up();
         while core.uplink().poll_transmit().is_some() {}
-        let phones = (0..PHONES as u64).map(|user| core.add_phone(user + 1, (), 0)).collect();
+        let phones = (0..PHONES as u64).map(|user| core.add_phone(user + 1, (), 0, None)).collect();
         let datagrams = (0..PHONES as u64)
             .map(|i| {
                 let mut out = BytesMut::new();

@@ -45,6 +45,13 @@ pub struct Phone<X> {
     pub ext: X,
 }
 
+impl<X> Phone<X> {
+    /// Its shake bucket as it stands (what a session that follows this one starts with).
+    pub fn bucket(&self) -> TokenBucket {
+        self.bucket
+    }
+}
+
 /// A phone had more `AwardAck`s refused than the protocol allows
 /// ([`shake_proto::limits::MAX_REFUSED_AWARD_ACKS`]): close it with `FLOOD`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,9 +170,16 @@ impl<X> WorkerCore<X> {
         &self.phones
     }
 
-    /// A phone of `user_id` started its session at `now_us`.
-    pub fn add_phone(&mut self, user_id: u64, ext: X, now_us: u64) -> PhoneRef {
-        let bucket = self.admission.new_phone_bucket(now_us);
+    /// A phone of `user_id` started its session at `now_us`, with the shake bucket its user's
+    /// last session left (`resumed`, if it has not refilled) or a full one.
+    pub fn add_phone(
+        &mut self,
+        user_id: u64,
+        ext: X,
+        now_us: u64,
+        resumed: Option<TokenBucket>,
+    ) -> PhoneRef {
+        let bucket = resumed.unwrap_or_else(|| self.admission.new_phone_bucket(now_us));
         let limited_until_ms = self.limited.get(&user_id).copied().unwrap_or(0);
         // What the allocator still owes this user (an award whose phone had gone) comes back
         // as `AwardsOwed`.

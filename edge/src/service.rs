@@ -482,7 +482,9 @@ pub fn start(config: EdgeConfig) -> Result<RunningEdge, StartError> {
         config.limits.user_supersedes_per_min / 60.0,
         config.limits.user_supersede_burst,
     );
-    let sessions = UserSessions::new(workers, session_wakers, supersedes);
+    let phone_rate =
+        crate::bucket::Rate::new(config.limits.phone_rate_per_s, config.limits.phone_burst);
+    let sessions = UserSessions::new(workers, session_wakers, supersedes, phone_rate);
     let shared = Arc::new(Shared {
         config,
         keys,

@@ -14,14 +14,22 @@
 //! send the shakes it had queued, and its chance would still grow with its connections. The
 //! budget lives while the user has a live session; a user with none starts afresh.
 //!
+//! A user's *shake* bucket outlives its session, though, until it would have refilled (two
+//! seconds at the default rate): a session that follows a closed one starts with the bucket
+//! the last one left, not a full one. Before, each new session brought a fresh burst, and ten
+//! connect-burst-close cycles a second gave one user about twenty times an honest phone's
+//! shakes; an honest phone that leaves and comes back loses nothing by it.
+//!
 //! Sessions are named by a serial drawn from one counter, so a late notice for a connection
 //! slot that has since been reused names a serial nobody holds and is ignored.
 //!
 //! The table also keeps, for operators and risk control, each live user's count of sessions
 //! started and superseded, and the users the allocator limited (mirrored here when a worker
 //! hears of them; each worker also keeps its own copy for the shake path). Bounds: one entry
-//! per live session (at most the edge's phone limit) and at most [`MAX_LIMITED_USERS`]
-//! limited users, swept as their limits end.
+//! per live session (at most the edge's phone limit), at most [`MAX_RESTING_USERS`] resting
+//! shake buckets (swept of refilled ones at most once a second; past the bound a user starts
+//! with a full bucket, as before) and at most [`MAX_LIMITED_USERS`] limited users, swept as
+//! their limits end.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -31,6 +39,11 @@ use crate::bucket::{Rate, TokenBucket};
 
 /// Limited users remembered per worker and in the shared mirror.
 pub const MAX_LIMITED_USERS: usize = 65_536;
+/// Shake buckets of users whose session ended, kept until they refill (about 40 bytes each).
+pub const MAX_RESTING_USERS: usize = 262_144;
+/// The resting buckets are swept at most this often, microseconds (a sweep is a pass over
+/// the table under its lock).
+const SWEEP_EVERY_US: u64 = 1_000_000;
 
 /// How a superseded session is reached: the worker and the connection slot it lives in.
 #[derive(Debug, Clone, Copy)]
@@ -103,7 +116,13 @@ pub struct UserReport {
 /// The edge's table of live sessions by user.
 pub struct UserSessions {
     supersede_rate: Rate,
+    /// A phone's shake bucket's rate (every worker's is the same).
+    phone_rate: Rate,
     live: Mutex<HashMap<u64, Holder>>,
+    /// The shake buckets of users whose session ended, until they refill.
+    resting: Mutex<HashMap<u64, TokenBucket>>,
+    /// When `resting` was last swept (the edge's monotonic microseconds).
+    swept_us: AtomicU64,
     limited: Mutex<HashMap<u64, u64>>,
     inboxes: Vec<Inbox>,
     serials: AtomicU64,
@@ -123,18 +142,23 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl UserSessions {
     /// A table for `workers` workers; `wakers[i]` wakes worker `i` (missing ones wake no one);
-    /// each user may supersede sessions at `supersede_rate`.
+    /// each user may supersede sessions at `supersede_rate`; phones' shake buckets refill at
+    /// `phone_rate`.
     pub fn new(
         workers: usize,
         mut wakers: Vec<Box<dyn Fn() + Send + Sync>>,
         supersede_rate: Rate,
+        phone_rate: Rate,
     ) -> Arc<Self> {
         wakers.resize_with(workers, || Box::new(|| {}));
         let inboxes =
             wakers.into_iter().map(|wake| Inbox { wake: Some(wake), ..Inbox::default() }).collect();
         Arc::new(Self {
             supersede_rate,
+            phone_rate,
             live: Mutex::default(),
+            resting: Mutex::default(),
+            swept_us: AtomicU64::new(0),
             limited: Mutex::default(),
             inboxes,
             serials: AtomicU64::new(1),
@@ -199,12 +223,44 @@ impl UserSessions {
         Claim::Superseded
     }
 
-    /// Session `serial` of `user_id` ended; the user is free unless a newer session holds it.
-    pub fn release(&self, user_id: u64, serial: u64) {
-        let mut live = lock(&self.live);
-        if live.get(&user_id).is_some_and(|h| h.serial == serial) {
+    /// Session `serial` of `user_id` ended at `now_us`, its phone's shake bucket as it left it
+    /// (`None`: it never had one); the user is free unless a newer session holds it, and its
+    /// bucket rests until it refills ([`Self::take_resting`]).
+    pub fn release(&self, user_id: u64, serial: u64, bucket: Option<TokenBucket>, now_us: u64) {
+        {
+            let mut live = lock(&self.live);
+            if live.get(&user_id).is_none_or(|h| h.serial != serial) {
+                return;
+            }
             live.remove(&user_id);
         }
+        let Some(bucket) = bucket.filter(|b| !b.is_full(self.phone_rate, now_us)) else {
+            return;
+        };
+        let mut resting = lock(&self.resting);
+        if resting.len() >= MAX_RESTING_USERS
+            && now_us.saturating_sub(self.swept_us.load(Ordering::Relaxed)) >= SWEEP_EVERY_US
+        {
+            self.swept_us.store(now_us, Ordering::Relaxed);
+            let rate = self.phone_rate;
+            resting.retain(|_, b| !b.is_full(rate, now_us));
+        }
+        // Past the bound even so: this user's next session starts full, as every one did
+        // before buckets outlived sessions.
+        if resting.len() < MAX_RESTING_USERS {
+            resting.insert(user_id, bucket);
+        }
+    }
+
+    /// The shake bucket `user_id`'s last session left, if it has not refilled by `now_us`: the
+    /// bucket its new session starts with (taken: it is the session's now).
+    pub fn take_resting(&self, user_id: u64, now_us: u64) -> Option<TokenBucket> {
+        lock(&self.resting).remove(&user_id).filter(|b| !b.is_full(self.phone_rate, now_us))
+    }
+
+    /// Users whose shake bucket rests (their session ended, the bucket not yet refilled).
+    pub fn resting(&self) -> usize {
+        lock(&self.resting).len()
     }
 
     /// Sessions of `worker` superseded since the last call (one atomic load when none).
@@ -265,6 +321,11 @@ mod tests {
         Rate::new(1.0 / 60.0, 2.0)
     }
 
+    /// Ten shakes a second, twenty at once.
+    fn phone_rate() -> Rate {
+        Rate::new(10.0, 20.0)
+    }
+
     fn table() -> (Arc<UserSessions>, Arc<AtomicUsize>) {
         let woken = Arc::new(AtomicUsize::new(0));
         let wakers: Vec<Box<dyn Fn() + Send + Sync>> = (0..2)
@@ -275,7 +336,7 @@ mod tests {
                 }) as Box<dyn Fn() + Send + Sync>
             })
             .collect();
-        (UserSessions::new(2, wakers, rate()), woken)
+        (UserSessions::new(2, wakers, rate(), phone_rate()), woken)
     }
 
     fn on(worker: u16, conn: usize) -> Closer {
@@ -295,11 +356,11 @@ mod tests {
         assert!(t.take_superseded(0).is_empty(), "told once");
         assert!(t.take_superseded(1).is_empty());
         // The superseded session's end does not free the user: the newer one holds it.
-        t.release(7, first);
+        t.release(7, first, None, 0);
         let report = t.report(7, 0);
         assert_eq!(report.live_session_worker, Some(1));
         assert_eq!((report.sessions_started, report.sessions_superseded), (2, 1));
-        t.release(7, second);
+        t.release(7, second, None, 0);
         assert_eq!(t.live(), 0);
         assert_eq!(t.report(7, 0).live_session_worker, None);
     }
@@ -326,9 +387,65 @@ mod tests {
         // A minute on, one more supersede is allowed.
         assert_eq!(t.claim(7, t.next_serial(), 1, on(1, 20), 61_000_000), Claim::Superseded);
         // A user whose sessions all ended starts afresh.
-        t.release(7, holder);
+        t.release(7, holder, None, 0);
         let last = t.report(7, 0);
         assert_eq!(last.live_session_worker, Some(1), "the newest session still holds it");
+    }
+
+    /// A session that follows a closed one starts with the shake bucket the last one left,
+    /// until that bucket would have refilled: closing before each `Hello` buys no fresh burst.
+    #[test]
+    fn a_users_next_session_starts_with_the_bucket_the_last_one_left() {
+        let (t, _) = table();
+        let rate = phone_rate();
+        // The first session spends its burst of twenty at 1 s.
+        let mut bucket = TokenBucket::full(rate, 1_000_000);
+        while bucket.try_take(rate, 1_000_000).is_ok() {}
+        let first = t.next_serial();
+        assert_eq!(t.claim(7, first, 0, on(0, 1), 0), Claim::Fresh);
+        t.release(7, first, Some(bucket), 1_000_000);
+        assert_eq!(t.resting(), 1);
+        // The next one, 100 ms later: the spent bucket, one token refilled, not twenty.
+        let second = t.next_serial();
+        assert_eq!(t.claim(7, second, 1, on(1, 1), 1_100_000), Claim::Fresh);
+        let mut resumed = t.take_resting(7, 1_100_000).expect("the last session's bucket");
+        assert!(resumed.try_take(rate, 1_100_000).is_ok());
+        assert!(resumed.try_take(rate, 1_100_000).is_err(), "one token, not a fresh burst");
+        assert_eq!(t.take_resting(7, 1_100_000), None, "taken once");
+        // A bucket that has refilled is not kept (a full one is the same), nor handed back.
+        t.release(7, second, Some(resumed), 1_200_000);
+        assert_eq!(t.take_resting(7, 4_000_000), None, "refilled 2 s on: a fresh one");
+        let full = TokenBucket::full(rate, 5_000_000);
+        let third = t.next_serial();
+        t.claim(7, third, 0, on(0, 2), 5_000_000);
+        t.release(7, third, Some(full), 5_000_000);
+        assert_eq!(t.resting(), 0);
+        // Other users have none.
+        assert_eq!(t.take_resting(8, 1_100_000), None);
+    }
+
+    #[test]
+    fn the_resting_buckets_are_bounded_and_swept_once_refilled() {
+        let (t, _) = table();
+        let rate = phone_rate();
+        let spent = |at: u64| {
+            let mut bucket = TokenBucket::full(rate, at);
+            while bucket.try_take(rate, at).is_ok() {}
+            bucket
+        };
+        let rest = |t: &UserSessions, user: u64, at: u64| {
+            let serial = t.next_serial();
+            t.claim(user, serial, 0, on(0, 0), at);
+            t.release(user, serial, Some(spent(at)), at);
+        };
+        for user in 0..MAX_RESTING_USERS as u64 + 10 {
+            rest(&t, user, 0);
+        }
+        assert_eq!(t.resting(), MAX_RESTING_USERS, "bounded");
+        // Three seconds on every bucket has refilled: the next one sweeps them.
+        rest(&t, 1 << 40, 3_000_000);
+        assert_eq!(t.resting(), 1);
+        assert!(t.take_resting(1 << 40, 3_000_000).is_some());
     }
 
     #[test]

@@ -163,7 +163,7 @@ fn an_edge_restarted_with_its_clock_set_back_announces_no_award_to_the_wrong_use
     run1.uplink().link_up();
     let hello = exchange(&mut run1, &mut alloc, &mut ledger, 1, run1_ms);
     deliver(&mut run1, hello, run1_us, run1_ms);
-    let phone1 = run1.add_phone(1, (), run1_us);
+    let phone1 = run1.add_phone(1, (), run1_us, None);
     for seq in 0..5 {
         let outcome = run1
             .on_shake(phone1, Shake { round_id: 1, seq, client_time_ms: 0 }, run1_us, run1_ms)
@@ -184,7 +184,7 @@ fn an_edge_restarted_with_its_clock_set_back_announces_no_award_to_the_wrong_use
     run2.uplink().link_up();
     let hello = exchange(&mut run2, &mut alloc, &mut ledger, 2, run2_ms);
     deliver(&mut run2, hello, run2_us, run2_ms);
-    let phone2 = run2.add_phone(2, (), run2_us);
+    let phone2 = run2.add_phone(2, (), run2_us, None);
     for seq in 0..5 {
         run2.on_shake(phone2, Shake { round_id: 1, seq, client_time_ms: 0 }, run2_us, run2_ms)
             .unwrap();
@@ -213,7 +213,7 @@ fn an_answer_that_is_not_for_the_batch_it_names_announces_nothing() {
     };
     let state = AllocatorFrame::RoundState { round, min_shake_interval_ms: 100 };
     deliver(&mut edge, vec![state], 0, T0_MS);
-    let phone = edge.add_phone(9, (), 0);
+    let phone = edge.add_phone(9, (), 0, None);
     edge.on_shake(phone, Shake { round_id: 1, seq: 1, client_time_ms: 0 }, 0, T0_MS + 1).unwrap();
     // The batch goes out (hello first)...
     let frames: Vec<AllocatorFrame> =

@@ -111,3 +111,50 @@ async fn past_the_budget_the_newcomer_is_refused() {
     assert_eq!(report["sessions_refused"], 3);
     world.wait_for_metric("shake_edge_sessions_closed_total{code=\"SESSION_IN_USE\"}", 3.0).await;
 }
+
+/// A session that follows a closed one starts with the shake bucket the last one left: a
+/// cheater closing before each `Hello` once got a fresh burst of twenty shakes a session
+/// (ten connect-burst-close cycles a second: about twenty times an honest phone's shakes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_before_each_hello_buys_no_fresh_burst() {
+    use shake_proto::Verdict;
+    let world = World::start(WorldSettings::default()).await;
+    // Each session sends 20 shakes at once (the phone bucket's burst), then closes.
+    let mut slowed = Vec::new();
+    for _ in 0..3 {
+        let mut phone = Phone::connect(&world).await;
+        assert!(matches!(
+            phone.hello(token(CHEATER, 3600)).await,
+            Ok(ControlFrame::Welcome { .. })
+        ));
+        for seq in 1..=20 {
+            phone.shake(1, seq);
+        }
+        let mut slowed_here = 0;
+        for _ in 0..20 {
+            match phone.outcome().await {
+                Ok(outcome) if matches!(outcome.verdict, Verdict::SlowDown { .. }) => {
+                    slowed_here += 1;
+                }
+                Ok(_) => {}
+                Err(why) => panic!("an outcome: {why}"),
+            }
+        }
+        slowed.push(slowed_here);
+        phone.conn.close(0u32.into(), b"bye");
+        let freed = std::time::Instant::now();
+        while !user_report(&world, CHEATER)["live_session_worker"].is_null() {
+            assert!(freed.elapsed() < std::time::Duration::from_secs(10), "never freed");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+    // The first session's burst is answered; the next ones start from what it left (a token
+    // or two refilled in the time between), so most of their shakes are slowed down.
+    assert!(slowed[0] <= 2, "{slowed:?}");
+    assert!(slowed[1] >= 10 && slowed[2] >= 10, "a fresh burst each session: {slowed:?}");
+    // Another user is untouched.
+    let mut honest = Phone::connect(&world).await;
+    assert!(matches!(honest.hello(token(HONEST, 3600)).await, Ok(ControlFrame::Welcome { .. })));
+    honest.shake(1, 1);
+    assert!(!matches!(honest.outcome().await.unwrap().verdict, Verdict::SlowDown { .. }));
+}

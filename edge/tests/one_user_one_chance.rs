@@ -76,9 +76,9 @@ fn a_user_on_many_edges_and_workers_is_held_to_one_phone_s_rate() {
     let mut phones = Vec::new();
     for (i, worker) in workers.iter_mut().enumerate() {
         worker.uplink().link_up();
-        phones.push((i, worker.add_phone(CHEATER, CHEATER, 0)));
+        phones.push((i, worker.add_phone(CHEATER, CHEATER, 0, None)));
     }
-    phones.push((0, workers[0].add_phone(HONEST, HONEST, 0)));
+    phones.push((0, workers[0].add_phone(HONEST, HONEST, 0, None)));
     let mut counts = PerUser::default();
     let mut seq = 0u64;
     let mut effects = Vec::new();
@@ -204,7 +204,7 @@ fn the_limited_users_table_is_bounded_and_swept() {
     }
     assert_eq!(worker.limited_users(), MAX_LIMITED_USERS);
     // A phone of a user over the bound is not refused (counted as a warning), one within is.
-    let within = worker.add_phone(5, 5, 0);
+    let within = worker.add_phone(5, 5, 0, None);
     let shake = Shake { round_id: 1, seq: 1, client_time_ms: T0_MS };
     assert_eq!(worker.on_shake(within, shake, 0, T0_MS + 1).unwrap().verdict, Verdict::NoLuck);
     assert_eq!(worker.take_counts().user_limited, 1);

@@ -281,7 +281,7 @@ impl Handler for LoopWorker {
                 }
             }
             AppEvent::DatagramReceived => self.on_datagrams(now, ch, conn),
-            AppEvent::Lost(reason) => self.on_lost(ch, &reason),
+            AppEvent::Lost(reason) => self.on_lost(now, ch, &reason),
             AppEvent::Stream(_) | AppEvent::DatagramsUnblocked => {}
         }
     }

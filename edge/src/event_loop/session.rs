@@ -41,11 +41,11 @@ impl LoopWorker {
         let holds = session.holds.take();
         match left {
             Phase::Serving(at) => {
-                self.core.remove_phone(at);
+                let bucket = self.core.remove_phone(at).map(|phone| phone.bucket());
                 self.shared.phones.fetch_sub(1, Ordering::Relaxed);
                 self.shared.metrics.phones.dec();
                 if let Some((user, serial)) = holds {
-                    self.shared.sessions.release(user, serial);
+                    self.shared.sessions.release(user, serial, bucket, self.now_us(now));
                 }
             }
             // Closed before its handshake completed: the handshake is over all the same (the
@@ -261,7 +261,8 @@ impl LoopWorker {
         while conn.datagrams().recv().is_some() {
             self.counts.shakes_before_welcome += 1;
         }
-        let at = self.core.add_phone(claims.user_id, ch, now_us);
+        let resumed = self.shared.sessions.take_resting(claims.user_id, now_us);
+        let at = self.core.add_phone(claims.user_id, ch, now_us, resumed);
         let now_ms = now_ms();
         let pace_ms = self.core.admission().min_interval_ms();
         let round = self.core.admission().current_round(now_ms);
@@ -381,7 +382,7 @@ impl LoopWorker {
         self.write_control(ch, conn, &frame);
     }
 
-    pub(super) fn on_lost(&mut self, ch: ConnectionHandle, reason: &ConnectionError) {
+    pub(super) fn on_lost(&mut self, now: Instant, ch: ConnectionHandle, reason: &ConnectionError) {
         let Some(session) = self.sessions.get_mut(ch.0).and_then(Option::take) else { return };
         self.deadlines.set(ch.0, None);
         match session.phase {
@@ -390,11 +391,11 @@ impl LoopWorker {
                 self.attempt_done(session.source);
             }
             Phase::Serving(at) => {
-                self.core.remove_phone(at);
+                let bucket = self.core.remove_phone(at).map(|phone| phone.bucket());
                 self.shared.phones.fetch_sub(1, Ordering::Relaxed);
                 self.shared.metrics.phones.dec();
                 if let Some((user, serial)) = session.holds {
-                    self.shared.sessions.release(user, serial);
+                    self.shared.sessions.release(user, serial, bucket, self.now_us(now));
                 }
             }
             Phase::AwaitHello => self.attempt_done(session.source),
