@@ -55,6 +55,9 @@ struct Quota {
 pub struct Admission {
     settings: AdmissionSettings,
     rounds: Vec<RoundInfo>,
+    /// Each known round's interval (round id, milliseconds), as the allocator set it.
+    intervals: Vec<(u32, u32)>,
+    /// The interval of the round phones go by now ([`Admission::current_round`]).
     min_interval_ms: u32,
     /// The worker's own pacing under load (0: none), never below the allocator's interval.
     pace_ms: u32,
@@ -72,6 +75,7 @@ impl Admission {
         Self {
             settings,
             rounds: Vec::new(),
+            intervals: Vec::new(),
             min_interval_ms: 100,
             pace_ms: 0,
             spread_floor: (0, 0),
@@ -86,14 +90,22 @@ impl Admission {
         TokenBucket::full(self.settings.phone, now_us)
     }
 
-    /// The allocator's word on a round (replaces what was known of it). True if phones would
-    /// learn something from it: a round not known before, other times or start spread, or
-    /// another interval. A change of phase alone is not news to a phone that knows the times
-    /// (it opens and closes by them), and telling 10,000 phones at the opening instant costs
-    /// 10,000 packets and their ACKs at the worst moment.
-    pub fn on_round_state(&mut self, round: RoundInfo, min_interval_ms: u32) -> bool {
+    /// The allocator's word on a round at `now_ms` (replaces what was known of it). True if
+    /// phones would learn something from it: a round not known before, other times or start
+    /// spread, or another interval. A change of phase alone is not news to a phone that knows
+    /// the times (it opens and closes by them), and telling 10,000 phones at the opening
+    /// instant costs 10,000 packets and their ACKs at the worst moment.
+    ///
+    /// The interval is the round's: the one in force is that of the round phones go by now
+    /// (open, else next, else last). Before, the last `RoundState` to arrive set it, so a
+    /// reconnecting worker (told every round, in order) or a command on a later round put the
+    /// later round's interval on the open one, undoing the operator's slow-down.
+    pub fn on_round_state(&mut self, round: RoundInfo, min_interval_ms: u32, now_ms: u64) -> bool {
         let interval_was = self.min_interval_ms();
-        self.min_interval_ms = min_interval_ms;
+        match self.intervals.iter_mut().find(|(id, _)| *id == round.round_id) {
+            Some((_, interval)) => *interval = min_interval_ms,
+            None => self.intervals.push((round.round_id, min_interval_ms)),
+        }
         let same_times = |known: &RoundInfo| {
             (known.starts_at_ms, known.ends_at_ms, known.start_spread_ms)
                 == (round.starts_at_ms, round.ends_at_ms, round.start_spread_ms)
@@ -109,7 +121,19 @@ impl Admission {
                 true
             }
         };
+        self.refresh_interval(now_ms);
         news || self.min_interval_ms() != interval_was
+    }
+
+    /// Takes the interval of the round phones go by at `now_ms` (a round opening or closing
+    /// changes it); true if the interval phones are asked to keep changed.
+    pub fn refresh_interval(&mut self, now_ms: u64) -> bool {
+        let was = self.min_interval_ms();
+        let current = self.current_round(now_ms).round_id;
+        if let Some(&(_, interval)) = self.intervals.iter().find(|(id, _)| *id == current) {
+            self.min_interval_ms = interval;
+        }
+        self.min_interval_ms() != was
     }
 
     /// A quota for this worker (the edge's rate already divided between workers).
@@ -253,6 +277,7 @@ mod tests {
                 start_spread_ms: 0,
             },
             100,
+            T0_MS,
         );
         a
     }
@@ -270,7 +295,7 @@ mod tests {
                 ends_at_ms: starts_at_ms + 30_000,
                 start_spread_ms: 0,
             };
-            a.on_round_state(round, 100);
+            a.on_round_state(round, 100, T0_MS);
         }
         a.spread_start_over(11, 700);
         // Round 3 is open: Welcome names it; the next eight follow, soonest first, each as told.
@@ -337,9 +362,9 @@ mod tests {
         let mut a = admission();
         assert_eq!(a.min_interval_ms(), 100);
         let round = a.current_round(T0_MS);
-        a.on_round_state(round, 40);
+        a.on_round_state(round, 40, T0_MS);
         assert_eq!(a.min_interval_ms(), 100, "the bucket refills at 10/s");
-        a.on_round_state(round, 250);
+        a.on_round_state(round, 250, T0_MS);
         assert_eq!(a.min_interval_ms(), 250);
         // A phone that keeps the interval told is never slowed down, burst or not.
         let mut phone = a.new_phone_bucket(0);
@@ -360,20 +385,46 @@ mod tests {
         assert_eq!(a.min_interval_ms(), 250);
     }
 
+    /// Each round keeps its own interval: the state of a later round (every round is told in
+    /// order when a worker reconnects; an operator slows a round to come) never sets the open
+    /// round's, and the next round's applies once it is the one phones go by.
+    #[test]
+    fn the_interval_in_force_is_the_current_rounds() {
+        let mut a = admission();
+        let open = a.current_round(T0_MS);
+        a.on_round_state(open, 2_000, T0_MS);
+        assert_eq!(a.min_interval_ms(), 2_000);
+        let later = RoundInfo {
+            round_id: 4,
+            starts_at_ms: open.ends_at_ms + 10_000,
+            ends_at_ms: open.ends_at_ms + 70_000,
+            ..open
+        };
+        a.on_round_state(later, 150, T0_MS + 1);
+        assert_eq!(a.min_interval_ms(), 2_000, "the open round's, not the last told");
+        // Once round 3 has ended, round 4 is the one phones go by.
+        assert!(a.refresh_interval(open.ends_at_ms));
+        assert_eq!(a.min_interval_ms(), 150);
+        assert!(!a.refresh_interval(open.ends_at_ms + 1), "no change: nothing to tell");
+    }
+
     #[test]
     fn only_what_phones_do_not_know_is_news() {
         let mut a = admission();
         let round = a.current_round(T0_MS);
-        assert!(!a.on_round_state(round, 100), "the same round and interval again");
+        assert!(!a.on_round_state(round, 100, T0_MS), "the same round and interval again");
         let opened = RoundInfo { phase: RoundPhase::Closed, ..round };
-        assert!(!a.on_round_state(opened, 100), "a phase change alone: phones know the times");
+        assert!(
+            !a.on_round_state(opened, 100, T0_MS),
+            "a phase change alone: phones know the times"
+        );
         let longer = RoundInfo { ends_at_ms: round.ends_at_ms + 1_000, ..round };
-        assert!(a.on_round_state(longer, 100), "other times");
+        assert!(a.on_round_state(longer, 100, T0_MS), "other times");
         let spread = RoundInfo { start_spread_ms: 500, ..longer };
-        assert!(a.on_round_state(spread, 100), "another start spread");
-        assert!(a.on_round_state(spread, 500), "another interval");
+        assert!(a.on_round_state(spread, 100, T0_MS), "another start spread");
+        assert!(a.on_round_state(spread, 500, T0_MS), "another interval");
         let next = RoundInfo { round_id: round.round_id + 1, ..spread };
-        assert!(a.on_round_state(next, 500), "a round not known before");
+        assert!(a.on_round_state(next, 500, T0_MS), "a round not known before");
     }
 
     #[test]
@@ -401,7 +452,7 @@ mod tests {
             ends_at_ms: start + 10,
             start_spread_ms: 0,
         };
-        a.on_round_state(round(9, T0_MS + 100_000), 100);
+        a.on_round_state(round(9, T0_MS + 100_000), 100, T0_MS);
         assert_eq!(a.current_round(T0_MS + 1).round_id, 3);
         assert_eq!(a.current_round(T0_MS + 70_000).round_id, 9);
         assert_eq!(a.current_round(T0_MS + 200_000).round_id, 9);

@@ -337,7 +337,7 @@ impl<X> WorkerCore<X> {
                 self.admission.on_quota(round_id, rate, valid_until_ms);
             }
             AllocatorFrame::RoundState { round, min_shake_interval_ms } => {
-                if self.admission.on_round_state(round, min_shake_interval_ms) {
+                if self.admission.on_round_state(round, min_shake_interval_ms, now_ms) {
                     out.push(PhoneEffect::Broadcast(ControlFrame::RoundNotice {
                         round: self.admission.told(round),
                         min_shake_interval_ms: self.admission.min_interval_ms(),

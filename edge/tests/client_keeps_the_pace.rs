@@ -48,7 +48,7 @@ proptest! {
             ends_at_ms: T0_MS + 3_600_000,
             start_spread_ms: spread_ms,
         };
-        admission.on_round_state(round, allocator_interval_ms);
+        admission.on_round_state(round, allocator_interval_ms, T0_MS);
         let mut bucket = admission.new_phone_bucket(0);
 
         let mut session = PhoneSession::new(token(user));

@@ -118,6 +118,9 @@ impl LoopWorker {
         if !self.overload.due(now_us) {
             return;
         }
+        // The interval of the round phones go by now (a round opened or closed since the
+        // allocator's last word; its `RoundState` normally says so first).
+        self.core.admission_mut().refresh_interval(now_ms());
         let reading = LoopReading {
             // What this worker's socket gave (forwarded datagrams are counted by the worker
             // that read them).
