@@ -37,7 +37,10 @@ pub struct AdmissionSettings {
 /// Offered and admitted shakes since the last report.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LoadCounts {
-    /// Shakes in an open round (whatever their verdict).
+    /// Shakes in an open round within their phone's own rate (admitted or not by the edge's
+    /// bucket). A phone's shakes past its own bucket are not counted: the allocator shares
+    /// its quota by this load, and a few phones ignoring slow-down would otherwise pull quota
+    /// to their edge, from every other edge's honest phones.
     pub offered: u64,
     /// Shakes admitted.
     pub admitted: u64,
@@ -236,13 +239,13 @@ impl Admission {
         let Some(round) = self.open_round(now_ms).filter(|r| r.round_id == shake_round) else {
             return Decision::Answer(Verdict::RoundClosed);
         };
-        self.load.offered += 1;
         if let Err(wait_us) = phone.try_take(self.settings.phone, now_us) {
             let wait_ms = u32::try_from(wait_us.div_ceil(1000)).unwrap_or(u32::MAX);
             return Decision::Answer(Verdict::SlowDown {
                 retry_after_ms: wait_ms.max(self.min_interval_ms()),
             });
         }
+        self.load.offered += 1;
         let rate = self.edge_rate(round.round_id, now_ms);
         if self.bucket.try_take(rate, now_us).is_err() {
             return Decision::Answer(Verdict::NoLuck);
@@ -330,8 +333,9 @@ mod tests {
             a.decide(3, &mut phone, 0, T0_MS),
             Decision::Answer(Verdict::SlowDown { retry_after_ms: 100 })
         );
+        // The slowed-down shake is not offered load: it was past the phone's own rate.
         let load = a.take_load();
-        assert_eq!((load.offered, load.admitted), (21, 5));
+        assert_eq!((load.offered, load.admitted), (20, 5));
         // After the round: closed.
         assert_eq!(
             a.decide(3, &mut phone, 0, T0_MS + 60_000),
@@ -406,6 +410,21 @@ mod tests {
         assert!(a.refresh_interval(open.ends_at_ms));
         assert_eq!(a.min_interval_ms(), 150);
         assert!(!a.refresh_interval(open.ends_at_ms + 1), "no change: nothing to tell");
+    }
+
+    /// The load the allocator shares quota by counts only shakes within their phone's own
+    /// rate: a phone ignoring slow-down adds no more than an honest one.
+    #[test]
+    fn shakes_past_a_phones_own_rate_are_not_offered_load() {
+        let mut a = admission();
+        let mut spammer = a.new_phone_bucket(0);
+        for i in 0..1_000u64 {
+            a.decide(3, &mut spammer, i * 1_000, T0_MS + 1);
+        }
+        // One second at 1,000 shakes: its burst of 20 and about 10 refilled.
+        let load = a.take_load();
+        assert!((20..=31).contains(&load.offered), "{load:?}");
+        assert!(load.admitted <= load.offered);
     }
 
     #[test]
