@@ -423,8 +423,13 @@ impl Validate for Config {
         if !(self.oversampling.is_finite() && self.oversampling > 0.0) {
             return Err(invalid("oversampling", "must be a positive number"));
         }
-        if self.quota_valid_ms < 300 {
-            return Err(invalid("quota_valid_ms", "must be at least 300"));
+        // It is also how old an edge's last load report may be before its share goes: edges
+        // report every second, so a shorter life would drop live edges' quota half the time.
+        if self.quota_valid_ms < 2_000 {
+            return Err(invalid(
+                "quota_valid_ms",
+                "must be at least 2,000 (edges report their load every second)",
+            ));
         }
         if self.admin_listen.is_some() && self.admin_token_file.is_none() {
             return Err(invalid("admin_token_file", "is needed with admin_listen"));
@@ -479,8 +484,9 @@ impl Validate for Config {
             return Err(invalid("max_group_batches", "must be at least 1"));
         }
         let u = &self.user_rate;
-        if !(u.per_s.is_finite() && u.per_s > 0.0) {
-            return Err(invalid("user_rate.per_s", "must be a positive number"));
+        // Past a million a second the limit's interval rounds to 0 microseconds: no limit.
+        if !(u.per_s.is_finite() && u.per_s > 0.0 && u.per_s <= 1_000.0) {
+            return Err(invalid("user_rate.per_s", "must be above 0 and at most 1,000"));
         }
         if !(u.burst.is_finite() && u.burst >= 1.0) {
             return Err(invalid("user_rate.burst", "must be at least 1"));
@@ -660,6 +666,12 @@ mod tests {
         );
         assert_eq!(field_of(&format!("oversampling = 0.0\n{}", with_round(""))), "oversampling");
         assert_eq!(field_of(&with_round("[user_rate]\nper_s = 0.0\n")), "user_rate.per_s");
+        assert_eq!(field_of(&with_round("[user_rate]\nper_s = 2e6\n")), "user_rate.per_s");
+        assert_eq!(
+            field_of(&format!("quota_valid_ms = 500\n{}", with_round(""))),
+            "quota_valid_ms"
+        );
+        assert!(Config::parse(&format!("quota_valid_ms = 2000\n{}", with_round(""))).is_ok());
         assert_eq!(
             field_of(&with_round("[user_rate]\nlimit_for_s = 0\n")),
             "user_rate.limit_for_s"
