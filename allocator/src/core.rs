@@ -34,7 +34,9 @@ use crate::latency_window::LatencyWindow;
 use crate::ledger::{AnsweredBatch, RetiredInstance, WorkerRecord};
 use crate::owed::OwedAwards;
 use crate::quota::{self, EdgeQuota, QuotaPlanner};
-use crate::round_command::{CommandBook, Refusal, RoundCommand, RoundTiming, Submitted};
+use crate::round_command::{
+    CommandBook, Refusal, RoundCommand, RoundStatus, RoundTiming, Submitted,
+};
 use crate::user_rate::{UserRateSettings, UserRates};
 
 /// The shell's name for one edge worker stream.
@@ -44,6 +46,9 @@ pub type StreamId = u64;
 /// version, which reads no log of retirements, refuses. This one refuses every instance ever
 /// retired.
 pub const RETIRED_IN_RECORD: usize = 8;
+/// How long before a round opens its quota goes to the edges, milliseconds: well ahead of the
+/// opening, well inside the quota's life (`quota_valid_ms`, at least 2 s).
+pub const QUOTA_LEAD_MS: u64 = 1_000;
 
 /// What the shell must do.
 #[derive(Debug)]
@@ -213,8 +218,9 @@ pub struct Core {
     pending: HashMap<BatchKey, Pending>,
     streams: HashMap<StreamId, StreamInfo>,
     planner: QuotaPlanner,
-    /// The last quota sent to each edge: its round, the quota, when.
-    last_quota: HashMap<u64, (u32, EdgeQuota, u64)>,
+    /// The last quota sent to each edge for each round (the open one, the next): the quota,
+    /// when.
+    last_quota: HashMap<(u64, u32), (EdgeQuota, u64)>,
     last_phase: HashMap<u32, RoundPhase>,
     counters: CoreCounters,
     rates: UserRates,
@@ -419,7 +425,7 @@ impl Core {
                 out.push(Effect::Send(stream, frame));
             }
         }
-        self.last_quota.remove(&hello.edge_id);
+        self.last_quota.retain(|(edge, _), _| *edge != hello.edge_id);
         self.refresh_quotas(now_ms, out);
     }
 
@@ -606,7 +612,7 @@ impl Core {
             && !self.streams.values().any(|s| s.worker.edge_id == info.worker.edge_id)
         {
             self.planner.forget(info.worker.edge_id);
-            self.last_quota.remove(&info.worker.edge_id);
+            self.last_quota.retain(|(edge, _), _| *edge != info.worker.edge_id);
         }
     }
 
@@ -651,14 +657,48 @@ impl Core {
         self.refresh_quotas(now_ms, out);
     }
 
+    /// Quotas for the open round and, [`QUOTA_LEAD_MS`] ahead of its opening, for the next:
+    /// an edge holds a round's quota when it opens (before, every round opened on the edges'
+    /// fallback rate until the first tick after the opening, some hundreds of entries an edge
+    /// where the quota allowed a handful, drawn first).
     fn refresh_quotas(&mut self, now_ms: u64, out: &mut Vec<Effect>) {
-        let Some(round) = self.draw.rounds().iter().find(|r| r.is_open(now_ms)) else {
-            return;
-        };
-        let round_id = round.config().id;
-        let left = round.pool().items().len() as u64 - round.pool().awarded_count() as u64;
-        let fleet =
-            quota::fleet_rate(self.settings.oversampling, left, round.timing().ends_at_ms - now_ms);
+        let rounds = self.draw.rounds();
+        let open = rounds.iter().find(|r| r.is_open(now_ms)).map(|r| (r, now_ms));
+        let next = rounds
+            .iter()
+            .filter(|r| {
+                let waiting = r.timing().status(now_ms) == RoundStatus::Waiting;
+                waiting && r.timing().starts_at_ms - now_ms <= QUOTA_LEAD_MS
+            })
+            .min_by_key(|r| r.timing().starts_at_ms)
+            .map(|r| (r, r.timing().starts_at_ms));
+        let keep: Vec<u32> = open.iter().chain(&next).map(|(r, _)| r.config().id).collect();
+        self.last_quota.retain(|(_, round), _| keep.contains(round));
+        let plans: Vec<(u32, u64, u64)> = open
+            .iter()
+            .chain(&next)
+            .map(|(round, from_ms)| {
+                let left = round.pool().items().len() as u64 - round.pool().awarded_count() as u64;
+                let ms_left = round.timing().ends_at_ms.saturating_sub(*from_ms);
+                (round.config().id, left, ms_left)
+            })
+            .collect();
+        for (round_id, left, ms_left) in plans {
+            self.send_quota(round_id, left, ms_left, now_ms, out);
+        }
+    }
+
+    /// Plans `round_id`'s quota (`left` prizes over `ms_left`) and sends each edge its share
+    /// where it is due: new, a third of its life old, or a tenth off.
+    fn send_quota(
+        &mut self,
+        round_id: u32,
+        left: u64,
+        ms_left: u64,
+        now_ms: u64,
+        out: &mut Vec<Effect>,
+    ) {
+        let fleet = quota::fleet_rate(self.settings.oversampling, left, ms_left);
         let mut edges: Vec<u64> = self.streams.values().map(|s| s.worker.edge_id).collect();
         edges.sort_unstable();
         edges.dedup();
@@ -666,11 +706,10 @@ impl Core {
         for (edge, quota) in self.planner.plan(&edges, fleet, now_ms, valid) {
             // A new round's quota goes at once, whatever its rate: the edge applies a quota to
             // the round it names only, and would use its fallback rate until the next refresh.
-            let due = match self.last_quota.get(&edge) {
+            let due = match self.last_quota.get(&(edge, round_id)) {
                 None => true,
-                Some((last_round, last, at)) => {
-                    *last_round != round_id
-                        || now_ms.saturating_sub(*at) >= valid / 3
+                Some((last, at)) => {
+                    now_ms.saturating_sub(*at) >= valid / 3
                         || u64::from(quota.rate_per_s.abs_diff(last.rate_per_s)) * 10
                             > u64::from(last.rate_per_s)
                 }
@@ -678,7 +717,7 @@ impl Core {
             if !due {
                 continue;
             }
-            self.last_quota.insert(edge, (round_id, quota, now_ms));
+            self.last_quota.insert((edge, round_id), (quota, now_ms));
             let mut frame = BytesMut::new();
             AllocatorFrame::Quota {
                 round_id,

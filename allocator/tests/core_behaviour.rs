@@ -668,11 +668,12 @@ fn a_cash_pool_past_its_bound_is_refused_and_the_largest_allowed_pays() {
     assert_eq!(paid, vec![MAX_CENTS_PER_POOL]);
 }
 
-/// A round that opens as another closes gets its own quota at once, even at the same rate:
-/// the edge applies a quota to the round it names only (before, a rate within a tenth of the
-/// last round's waited for the refresh, a third of `quota_valid_ms`, on the fallback rate).
+/// A round's quota goes to the edges a second before it opens (`QUOTA_LEAD_MS`), whatever
+/// its rate, beside the open round's: the edge applies a quota to the round it names only, and
+/// before, each round opened on the edges' fallback rate until the first tick after it opened
+/// (and a rate within a tenth of the last round's waited a third of `quota_valid_ms`).
 #[test]
-fn a_new_round_gets_its_quota_at_once_whatever_its_rate() {
+fn the_next_rounds_quota_is_sent_before_it_opens() {
     // Round 1's last second asks 4 x 10 prizes a second; round 2's 1,000 prizes over 100 s
     // the same 40 a second.
     let second = RoundConfig {
@@ -685,28 +686,34 @@ fn a_new_round_gets_its_quota_at_once_whatever_its_rate() {
     let mut fx = Vec::new();
     core.on_hello(1, hello(INSTANCE, 0), START + 1, &mut fx);
     core.on_tick(START + 1, &mut fx);
-    let quota_round = |fx: &[Effect]| {
-        frames(fx, 1).iter().find_map(|f| match f {
-            AllocatorFrame::Quota { round_id, .. } => Some(*round_id),
-            _ => None,
-        })
+    let quotas = |fx: &[Effect]| -> Vec<(u32, u32)> {
+        frames(fx, 1)
+            .iter()
+            .filter_map(|f| match f {
+                AllocatorFrame::Quota { round_id, rate_per_s, .. } => {
+                    Some((*round_id, *rate_per_s))
+                }
+                _ => None,
+            })
+            .collect()
     };
-    assert_eq!(quota_round(&fx), Some(1));
-    // Round 2 opens at the same rate, less than a third of the quota's life after the last
-    // refresh.
+    assert_eq!(quotas(&fx).iter().map(|q| q.0).collect::<Vec<_>>(), vec![1]);
+    // Just before the lead (a second): round 2's quota not yet.
+    fx.clear();
+    core.on_tick(START + 98_999, &mut fx);
+    assert!(quotas(&fx).iter().all(|q| q.0 == 1), "{:?}", quotas(&fx));
+    // Within the lead: round 2's quota, at its own rate, while round 1 is still open.
     fx.clear();
     core.on_tick(START + 99_500, &mut fx);
-    let rate = |fx: &[Effect]| {
-        frames(fx, 1).iter().find_map(|f| match f {
-            AllocatorFrame::Quota { rate_per_s, .. } => Some(*rate_per_s),
-            _ => None,
-        })
-    };
-    let last = rate(&fx);
+    let sent = quotas(&fx);
+    assert!(sent.iter().any(|q| q.0 == 2), "{sent:?}");
+    // At the opening nothing new is due: the edge has it already; refreshed as any quota.
     fx.clear();
     core.on_tick(START + 100_000, &mut fx);
-    assert_eq!(quota_round(&fx), Some(2));
-    assert_eq!(rate(&fx), last, "the case under test: the same rate");
+    assert!(quotas(&fx).is_empty(), "{:?}", quotas(&fx));
+    fx.clear();
+    core.on_tick(START + 100_000 + 1_000, &mut fx);
+    assert_eq!(quotas(&fx).iter().map(|q| q.0).collect::<Vec<_>>(), vec![2], "a third of 3 s on");
 }
 
 /// Bounds added since a ledger was written hold new commands only: a round an earlier build

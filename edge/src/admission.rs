@@ -67,7 +67,9 @@ pub struct Admission {
     /// A start spread of the worker's own for one round (round id, milliseconds), told to
     /// phones when longer than the allocator's ([`Admission::told`]).
     spread_floor: (u32, u32),
-    quota: Option<Quota>,
+    /// The quotas of the open round and of the next (the allocator sends a round's quota a
+    /// second before it opens), each for the round it names.
+    quotas: [Option<Quota>; 2],
     bucket: TokenBucket,
     load: LoadCounts,
 }
@@ -82,7 +84,7 @@ impl Admission {
             min_interval_ms: 100,
             pace_ms: 0,
             spread_floor: (0, 0),
-            quota: None,
+            quotas: [None, None],
             bucket: TokenBucket::full(settings.fallback, now_us),
             load: LoadCounts::default(),
         }
@@ -139,9 +141,18 @@ impl Admission {
         self.min_interval_ms() != was
     }
 
-    /// A quota for this worker (the edge's rate already divided between workers).
+    /// A quota for this worker (the edge's rate already divided between workers). It replaces
+    /// the quota of the same round, else the one that expires first (the round before).
     pub fn on_quota(&mut self, round_id: u32, rate: Rate, valid_until_ms: u64) {
-        self.quota = Some(Quota { round_id, rate, valid_until_ms });
+        let quota = Some(Quota { round_id, rate, valid_until_ms });
+        let slot = match self.quotas.iter().position(|q| q.is_some_and(|q| q.round_id == round_id))
+        {
+            Some(same) => same,
+            None => {
+                (0..2).min_by_key(|&i| self.quotas[i].map_or(0, |q| q.valid_until_ms)).unwrap_or(0)
+            }
+        };
+        self.quotas[slot] = quota;
     }
 
     /// The round open at `now_ms`, if any.
@@ -221,10 +232,11 @@ impl Admission {
 
     /// The edge-bucket rate in force at `now_ms` for `round_id`.
     pub fn edge_rate(&self, round_id: u32, now_ms: u64) -> Rate {
-        match self.quota {
-            Some(q) if q.round_id == round_id && now_ms < q.valid_until_ms => q.rate,
-            _ => self.settings.fallback,
-        }
+        self.quotas
+            .iter()
+            .flatten()
+            .find(|q| q.round_id == round_id && now_ms < q.valid_until_ms)
+            .map_or(self.settings.fallback, |q| q.rate)
     }
 
     /// Decides one shake of a phone (whose bucket is `phone`) that names `shake_round`.
@@ -425,6 +437,26 @@ mod tests {
         let load = a.take_load();
         assert!((20..=31).contains(&load.offered), "{load:?}");
         assert!(load.admitted <= load.offered);
+    }
+
+    /// The next round's quota, sent before it opens, does not replace the open round's: each
+    /// round is admitted at its own quota (before, one slot: the open round fell back to the
+    /// fallback rate, or the next one opened on it).
+    #[test]
+    fn the_open_and_the_next_rounds_quotas_are_each_kept() {
+        let mut a = admission();
+        a.on_quota(3, Rate::new(7.0, 1.0), T0_MS + 5_000);
+        a.on_quota(4, Rate::new(2.0, 1.0), T0_MS + 5_000);
+        assert_eq!(a.edge_rate(3, T0_MS).per_s, 7.0);
+        assert_eq!(a.edge_rate(4, T0_MS).per_s, 2.0);
+        // A refresh of round 4 replaces its own; round 5's replaces the one expiring first.
+        a.on_quota(4, Rate::new(3.0, 1.0), T0_MS + 6_000);
+        assert_eq!((a.edge_rate(3, T0_MS).per_s, a.edge_rate(4, T0_MS).per_s), (7.0, 3.0));
+        a.on_quota(5, Rate::new(9.0, 1.0), T0_MS + 7_000);
+        assert_eq!(a.edge_rate(3, T0_MS).per_s, 5.0, "round 3's gone: the fallback");
+        assert_eq!((a.edge_rate(4, T0_MS).per_s, a.edge_rate(5, T0_MS).per_s), (3.0, 9.0));
+        // An expired quota is the fallback.
+        assert_eq!(a.edge_rate(5, T0_MS + 7_000).per_s, 5.0);
     }
 
     #[test]
