@@ -18,6 +18,30 @@ pub fn script(name: &str) -> PathBuf {
 /// take two to three minutes on a 2-core machine).
 const SCRIPT_WITHIN_S: u32 = 1_200;
 
+/// Every environment variable the scripts read as a setting (`grep -oh '${[A-Z_]*:-'
+/// scripts/*.sh`); `scripts_knobs_are_all_listed` checks the list against the scripts.
+pub const SCRIPT_KNOBS: &[&str] = &[
+    "COMMIT_LANES",
+    "CONNECT_RATE",
+    "HOSTILE_PAIRS",
+    "HOSTILE_RATIO_MAX",
+    "LEAD_S",
+    "LEDGER",
+    "PG_TLS_CERT",
+    "PG_TLS_KEY",
+    "PG_URL",
+    "PHONES",
+    "ROUND_S",
+    "SCENARIO",
+    "SCREENSHOT",
+    "SHAKES_PER_CORE_S",
+    "SHAKE_BIN_DIR",
+    "SHAKE_CHAOS_DIR",
+    "SHAKE_DEMO_DIR",
+    "SHAKE_RATE",
+    "SHOW",
+];
+
 /// Runs `scripts/NAME` from the repository root with `args`, the paths `env` and the values
 /// `vars` in its environment, asserts it succeeded, and returns its last line parsed as JSON.
 pub fn run_script(
@@ -33,6 +57,11 @@ pub fn run_script(
         .arg(script(name))
         .args(args)
         .current_dir(repo_root());
+    // The scripts' own knobs come from the test alone: one exported in the caller's shell
+    // (`PG_URL` would send the demo's test to that database) must not reach them.
+    for knob in SCRIPT_KNOBS {
+        command.env_remove(knob);
+    }
     for (key, path) in env {
         command.env(key, path);
     }
@@ -46,4 +75,37 @@ pub fn run_script(
     let line = stdout.lines().last().expect("a final JSON line");
     serde_json::from_str(line)
         .unwrap_or_else(|err| panic!("the last line is not JSON ({err}): {line}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every `${NAME:-` a script reads is in [`SCRIPT_KNOBS`]: a knob added to a script and
+    /// not here would leak in from the caller's shell.
+    #[test]
+    fn scripts_knobs_are_all_listed() {
+        let dir = repo_root().join("scripts");
+        let mut read = std::collections::BTreeSet::new();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "sh") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            for piece in text.split("${").skip(1) {
+                if let Some((name, _)) = piece.split_once(":-")
+                    && !name.is_empty()
+                    && name.bytes().all(|b| b.is_ascii_uppercase() || b == b'_')
+                {
+                    read.insert(name.to_owned());
+                }
+            }
+        }
+        let listed: std::collections::BTreeSet<String> =
+            SCRIPT_KNOBS.iter().map(|k| (*k).to_owned()).collect();
+        let missing: Vec<&String> = read.difference(&listed).collect();
+        assert!(missing.is_empty(), "scripts read knobs not in SCRIPT_KNOBS: {missing:?}");
+        assert!(read.contains("PG_URL"), "the scan found the scripts' knobs");
+    }
 }
