@@ -127,6 +127,14 @@ pub const OPENING_RAISE_MIN: f64 = 1.1;
 /// raised the pace half a second into it).
 pub const OPENING_HEADROOM: f64 = 1.2;
 
+/// What a full handshake costs a worker, microseconds (in memory, this project's 2-core VM:
+/// 192-212 us; PERFORMANCE.md "Handshakes in memory"): to tell an interval of handshakes
+/// from one of shakes.
+const HANDSHAKE_COST_US: u64 = 200;
+/// Past this share of an interval's busy time in handshakes, the interval does not measure
+/// the capacity.
+const HANDSHAKE_SHARE_MAX: f64 = 0.3;
+
 /// The loop's cumulative counters at one instant (from `DriverStats`).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct LoopReading {
@@ -151,6 +159,8 @@ pub struct LoopReading {
     pub process_quota: f64,
     /// Shakes the worker decided (answered or forwarded).
     pub shakes: u64,
+    /// Handshakes the worker completed.
+    pub handshakes: u64,
     /// Phones being served now (not cumulative).
     pub phones: u64,
 }
@@ -344,7 +354,14 @@ impl Overload {
                 self.capacity_per_s = 0.0;
             }
             self.last_over_us = Some(now_us);
-            if shakes > 0 {
+            // An interval whose work was largely handshakes (a reconnect storm: another edge
+            // drained) says nothing of what a core serves in shakes: measured over it, the
+            // capacity read several times too low, paced every phone for it, and paced the next
+            // opening by it. Such an interval leaves the capacity as it was.
+            let handshakes = d(was.handshakes, reading.handshakes);
+            let handshake_share =
+                (handshakes * HANDSHAKE_COST_US) as f64 / (busy.max(0.05) * span_us as f64);
+            if shakes > 0 && handshake_share <= HANDSHAKE_SHARE_MAX {
                 // What the worker served per second, over the share of the time it was busy.
                 let served_per_s = shakes as f64 * 1e6 / span_us as f64 / busy.max(0.05);
                 self.capacity_per_s = self.capacity_per_s.max(served_per_s);
@@ -590,6 +607,26 @@ mod tests {
             interval(&mut o, &mut reading, &mut now, 1000, 300, 0.3, 0);
         }
         assert_eq!(o.pace_ms(1_000), 1_000, "back to the allocator's interval");
+    }
+
+    /// An interval spent mostly on handshakes (a reconnect storm) does not measure the
+    /// capacity: 1,000 shakes and 200 handshakes (40 ms of the 100) in 100 ms fully busy read
+    /// as 10,000 shakes a second, where the core serves about twice that.
+    #[test]
+    fn a_storm_of_handshakes_does_not_measure_the_capacity() {
+        let mut o = Overload::new(settings(), 0);
+        let mut reading = LoopReading { phones: 20_000, ..LoopReading::default() };
+        let mut now = 0;
+        interval(&mut o, &mut reading, &mut now, 1000, 200, 0.4, 0);
+        reading.handshakes += 200;
+        let (v, _) = interval(&mut o, &mut reading, &mut now, 1000, 15 * MS, 1.0, 0);
+        assert!(v.over, "{v:?}");
+        assert_eq!(o.measured_per_core_s, 0.0, "nothing measured from the storm");
+        assert_eq!(o.pace_ms(1_000), 1_000, "no raise from a capacity read in the storm");
+        // The same interval with few handshakes measures it.
+        reading.handshakes += 10;
+        interval(&mut o, &mut reading, &mut now, 1000, 15 * MS, 1.0, 0);
+        assert!(o.measured_per_core_s > 9_000.0);
     }
 
     #[test]

@@ -136,6 +136,7 @@ impl LoopWorker {
                 .saturating_sub(self.cpu_at_start_us.1),
             process_quota: self.cpu_quota.unwrap_or(0.0),
             shakes: self.shakes_decided,
+            handshakes: self.handshakes_done,
             phones: self.core.phones().len() as u64,
         };
         let base_ms = self.core.admission().base_interval_ms();

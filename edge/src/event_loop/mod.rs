@@ -149,6 +149,8 @@ struct LoopWorker {
     overload: Overload,
     /// Shakes decided so far (what overload control calls served).
     shakes_decided: u64,
+    /// Handshakes completed (overload control tells a storm of them from shakes).
+    handshakes_done: u64,
     /// How long the datagram being handled waited in the socket (overload control's
     /// slow-down reads it).
     datagram_wait_us: Option<u64>,
@@ -244,6 +246,7 @@ impl Handler for LoopWorker {
             AppEvent::Connected => {
                 // The source stays charged until `Hello` ([`LoopWorker::attempt_done`]).
                 self.shared.metrics.count_handshake(HandshakeOutcome::Accepted);
+                self.handshakes_done += 1;
                 let stream = match self.session(ch) {
                     Some(session) => {
                         session.phase = Phase::AwaitHello;
@@ -421,6 +424,7 @@ pub fn run(start: LoopStart, shared: Arc<Shared>) -> std::io::Result<()> {
         broadcasts: VecDeque::new(),
         overload: Overload::new(shared.config.overload.settings(), now_us),
         shakes_decided: 0,
+        handshakes_done: 0,
         datagram_wait_us: None,
         cpu_quota: crate::cpu_allowance::process_cores(),
         workers,
