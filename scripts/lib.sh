@@ -126,7 +126,10 @@ stop_processes() {
 
 # Sum of every sample of a Prometheus metric (NAME, or NAME{labels} as a prefix) at ADDR.
 metric_sum() {
-    http_get "$1" /metrics | awk -v p="$2" 'index($0, p) == 1 { s += $NF } END { printf "%d\n", s }'
+    # A bare name is the whole name (awards_owed is not awards_owed_sent_total).
+    http_get "$1" /metrics | awk -v p="$2" '
+        index($0, p) == 1 && (index(p, "{") > 0 || substr($0, length(p) + 1, 1) ~ /[{ ]/) { s += $NF }
+        END { printf "%d\n", s }'
 }
 
 # Waits up to SECONDS for the metric NAME at ADDR to read 0, and prints its last value, or
@@ -134,8 +137,9 @@ metric_sum() {
 wait_metric_zero() {
     local addr="$1" name="$2" seconds="$3" value=missing
     for _ in $(seq 1 $(( seconds * 10 ))); do
-        value=$(http_get "$addr" /metrics | awk -v p="$name" \
-            'index($0, p) == 1 { s += $NF; n++ } END { if (n) printf "%d\n", s; else print "missing" }')
+        value=$(http_get "$addr" /metrics | awk -v p="$name" '
+            index($0, p) == 1 && (index(p, "{") > 0 || substr($0, length(p) + 1, 1) ~ /[{ ]/) { s += $NF; n++ }
+            END { if (n) printf "%d\n", s; else print "missing" }')
         [ "$value" = 0 ] && break
         sleep 0.1
     done

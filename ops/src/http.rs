@@ -323,8 +323,12 @@ pub fn status_of(response: &str) -> Option<u16> {
 /// only its body is read.
 pub fn metric_sum(text: &str, prefix: &str) -> f64 {
     let body = text.split_once("\r\n\r\n").map_or(text, |(_, body)| body);
+    // A bare name is the whole name: `awards_owed` must not also sum `awards_owed_sent_total`.
+    let bare = !prefix.contains('{') && !prefix.ends_with(' ');
     body.lines()
-        .filter(|line| line.starts_with(prefix))
+        .filter(|line| {
+            line.strip_prefix(prefix).is_some_and(|rest| !bare || rest.starts_with(['{', ' ']))
+        })
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
@@ -458,6 +462,15 @@ mod tests {
             server.join().unwrap();
             assert_eq!(got.is_ok(), complete, "{:?}: {got:?}", String::from_utf8_lossy(answer));
         }
+    }
+
+    #[test]
+    fn a_metric_is_summed_by_its_whole_name() {
+        let text = "x_total 3\nx_total_sent 5\nx_total{a=\"1\"} 2\nx_total{a=\"2\"} 4\n# x_total 9\n";
+        assert_eq!(metric_sum(text, "x_total"), 9.0, "not x_total_sent");
+        assert_eq!(metric_sum(text, "x_total{a=\"1\""), 2.0);
+        assert_eq!(metric_sum(text, "x_tot"), 0.0);
+        assert_eq!(metric_sum(text, "missing"), 0.0);
     }
 
     #[test]
