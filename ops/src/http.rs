@@ -466,7 +466,8 @@ mod tests {
 
     #[test]
     fn a_metric_is_summed_by_its_whole_name() {
-        let text = "x_total 3\nx_total_sent 5\nx_total{a=\"1\"} 2\nx_total{a=\"2\"} 4\n# x_total 9\n";
+        let text =
+            "x_total 3\nx_total_sent 5\nx_total{a=\"1\"} 2\nx_total{a=\"2\"} 4\n# x_total 9\n";
         assert_eq!(metric_sum(text, "x_total"), 9.0, "not x_total_sent");
         assert_eq!(metric_sum(text, "x_total{a=\"1\""), 2.0);
         assert_eq!(metric_sum(text, "x_tot"), 0.0);
