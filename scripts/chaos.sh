@@ -187,7 +187,7 @@ finish() {
     local config="$S/allocator.toml" node
     if [ "$ha_mode" = 0 ]; then
         kill -CONT "$alloc_pid" 2>/dev/null || true
-        kill -TERM "$alloc_pid"
+        kill -TERM "$alloc_pid" 2>/dev/null || true
         wait "$alloc_pid" || problems+=("the allocator exited with status $? on SIGTERM")
     else
         config="$S/allocator-a.toml"

@@ -95,6 +95,11 @@ impl Admission {
         TokenBucket::full(self.settings.phone, now_us)
     }
 
+    /// A per-phone bucket holding `tokens` (a session that replaced a live one).
+    pub fn phone_bucket_holding(&self, tokens: f64, now_us: u64) -> TokenBucket {
+        TokenBucket::holding(self.settings.phone, tokens, now_us)
+    }
+
     /// The allocator's word on a round at `now_ms` (replaces what was known of it). True if
     /// phones would learn something from it: a round not known before, other times or start
     /// spread, or another interval. A change of phase alone is not news to a phone that knows
@@ -141,18 +146,20 @@ impl Admission {
         self.min_interval_ms() != was
     }
 
-    /// A quota for this worker (the edge's rate already divided between workers). It replaces
-    /// the quota of the same round, else the one that expires first (the round before).
-    pub fn on_quota(&mut self, round_id: u32, rate: Rate, valid_until_ms: u64) {
-        let quota = Some(Quota { round_id, rate, valid_until_ms });
-        let slot = match self.quotas.iter().position(|q| q.is_some_and(|q| q.round_id == round_id))
-        {
-            Some(same) => same,
-            None => {
-                (0..2).min_by_key(|&i| self.quotas[i].map_or(0, |q| q.valid_until_ms)).unwrap_or(0)
-            }
+    /// A quota for this worker (the edge's rate already divided between workers), heard at
+    /// `now_ms`. It replaces the quota of the same round, else an empty or expired one, else
+    /// one that is not the open round's (never the quota the open round is admitted by).
+    pub fn on_quota(&mut self, round_id: u32, rate: Rate, valid_until_ms: u64, now_ms: u64) {
+        let open = self.open_round(now_ms).map(|r| r.round_id);
+        let rank = |q: &Option<Quota>| match q {
+            Some(q) if q.round_id == round_id => 0,
+            None => 1,
+            Some(q) if q.valid_until_ms <= now_ms => 2,
+            Some(q) if Some(q.round_id) != open => 3,
+            Some(_) => 4,
         };
-        self.quotas[slot] = quota;
+        let slot = if rank(&self.quotas[0]) <= rank(&self.quotas[1]) { 0 } else { 1 };
+        self.quotas[slot] = Some(Quota { round_id, rate, valid_until_ms });
     }
 
     /// The round open at `now_ms`, if any.
@@ -358,7 +365,7 @@ mod tests {
     #[test]
     fn a_quota_replaces_the_fallback_until_it_expires() {
         let mut a = admission();
-        a.on_quota(3, Rate::new(1000.0, 50.0), T0_MS + 5_000);
+        a.on_quota(3, Rate::new(1000.0, 50.0), T0_MS + 5_000, T0_MS);
         assert_eq!(a.edge_rate(3, T0_MS), Rate::new(1000.0, 50.0));
         assert_eq!(a.edge_rate(3, T0_MS + 5_000), Rate::new(5.0, 5.0));
         assert_eq!(a.edge_rate(4, T0_MS), Rate::new(5.0, 5.0));
@@ -445,18 +452,21 @@ mod tests {
     #[test]
     fn the_open_and_the_next_rounds_quotas_are_each_kept() {
         let mut a = admission();
-        a.on_quota(3, Rate::new(7.0, 1.0), T0_MS + 5_000);
-        a.on_quota(4, Rate::new(2.0, 1.0), T0_MS + 5_000);
+        a.on_quota(3, Rate::new(7.0, 1.0), T0_MS + 5_000, T0_MS);
+        a.on_quota(4, Rate::new(2.0, 1.0), T0_MS + 5_000, T0_MS);
         assert_eq!(a.edge_rate(3, T0_MS).per_s, 7.0);
         assert_eq!(a.edge_rate(4, T0_MS).per_s, 2.0);
-        // A refresh of round 4 replaces its own; round 5's replaces the one expiring first.
-        a.on_quota(4, Rate::new(3.0, 1.0), T0_MS + 6_000);
+        // A refresh of round 4 replaces its own; round 5's replaces round 4's, never that of
+        // round 3, the open one, though it expires first.
+        a.on_quota(4, Rate::new(3.0, 1.0), T0_MS + 6_000, T0_MS);
         assert_eq!((a.edge_rate(3, T0_MS).per_s, a.edge_rate(4, T0_MS).per_s), (7.0, 3.0));
-        a.on_quota(5, Rate::new(9.0, 1.0), T0_MS + 7_000);
-        assert_eq!(a.edge_rate(3, T0_MS).per_s, 5.0, "round 3's gone: the fallback");
-        assert_eq!((a.edge_rate(4, T0_MS).per_s, a.edge_rate(5, T0_MS).per_s), (3.0, 9.0));
-        // An expired quota is the fallback.
+        a.on_quota(5, Rate::new(9.0, 1.0), T0_MS + 7_000, T0_MS);
+        assert_eq!((a.edge_rate(3, T0_MS).per_s, a.edge_rate(5, T0_MS).per_s), (7.0, 9.0));
+        assert_eq!(a.edge_rate(4, T0_MS).per_s, 5.0, "round 4's gone: the fallback");
+        // An expired quota is the fallback, and the first to be replaced.
         assert_eq!(a.edge_rate(5, T0_MS + 7_000).per_s, 5.0);
+        a.on_quota(6, Rate::new(4.0, 1.0), T0_MS + 9_000, T0_MS + 6_000);
+        assert_eq!(a.edge_rate(5, T0_MS + 6_000).per_s, 9.0, "round 3's expired one went");
     }
 
     #[test]

@@ -34,6 +34,11 @@ impl TokenBucket {
         Self { tokens: rate.burst, last_us: now_us }
     }
 
+    /// A bucket holding `tokens` (at most the burst) at `now_us`.
+    pub fn holding(rate: Rate, tokens: f64, now_us: u64) -> Self {
+        Self { tokens: tokens.clamp(0.0, rate.burst), last_us: now_us }
+    }
+
     /// Takes one token, or says how long until one is there (microseconds).
     #[inline]
     pub fn try_take(&mut self, rate: Rate, now_us: u64) -> Result<(), u64> {

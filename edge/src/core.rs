@@ -334,7 +334,7 @@ impl<X> WorkerCore<X> {
                 let share = self.settings.workers.max(1) as f64;
                 let rate =
                     Rate::new(f64::from(rate_per_s) / share, (f64::from(burst) / share).max(1.0));
-                self.admission.on_quota(round_id, rate, valid_until_ms);
+                self.admission.on_quota(round_id, rate, valid_until_ms, now_ms);
             }
             AllocatorFrame::RoundState { round, min_shake_interval_ms } => {
                 if self.admission.on_round_state(round, min_shake_interval_ms, now_ms) {

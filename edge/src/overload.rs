@@ -359,8 +359,12 @@ impl Overload {
             // capacity read several times too low, paced every phone for it, and paced the next
             // opening by it. Such an interval leaves the capacity as it was.
             let handshakes = d(was.handshakes, reading.handshakes);
-            let handshake_share =
-                (handshakes * HANDSHAKE_COST_US) as f64 / (busy.max(0.05) * span_us as f64);
+            // Busy time is wall time; under a CPU quota a worker's busy wall time holds only its
+            // allowance of CPU, which is what handshakes cost.
+            let allowance =
+                if reading.cpu_allowance > 0.0 { reading.cpu_allowance.min(1.0) } else { 1.0 };
+            let busy_cpu_us = busy.max(0.05) * span_us as f64 * allowance;
+            let handshake_share = handshakes.saturating_mul(HANDSHAKE_COST_US) as f64 / busy_cpu_us;
             if shakes > 0 && handshake_share <= HANDSHAKE_SHARE_MAX {
                 // What the worker served per second, over the share of the time it was busy.
                 let served_per_s = shakes as f64 * 1e6 / span_us as f64 / busy.max(0.05);
@@ -627,6 +631,16 @@ mod tests {
         reading.handshakes += 10;
         interval(&mut o, &mut reading, &mut now, 1000, 15 * MS, 1.0, 0);
         assert!(o.measured_per_core_s > 9_000.0);
+        // Under a CPU quota (a quarter of a core a worker), 60 handshakes (12 ms of CPU) are
+        // half of the 25 ms of CPU a fully busy 100 ms holds: a storm, not a measure.
+        let mut o = Overload::new(settings(), 0);
+        let mut reading =
+            LoopReading { phones: 20_000, cpu_allowance: 0.25, ..LoopReading::default() };
+        let mut now = 0;
+        interval(&mut o, &mut reading, &mut now, 1000, 200, 0.4, 0);
+        reading.handshakes += 60;
+        interval(&mut o, &mut reading, &mut now, 1000, 15 * MS, 1.0, 0);
+        assert_eq!(o.measured_per_core_s, 0.0, "a storm under a quota measured");
     }
 
     #[test]

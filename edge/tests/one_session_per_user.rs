@@ -152,6 +152,22 @@ async fn closing_before_each_hello_buys_no_fresh_burst() {
     // or two refilled in the time between), so most of their shakes are slowed down.
     assert!(slowed[0] <= 2, "{slowed:?}");
     assert!(slowed[1] >= 10 && slowed[2] >= 10, "a fresh burst each session: {slowed:?}");
+    // Replacing a live session buys no burst either: the newcomer starts with one shake (the
+    // replaced one's bucket is in its own worker).
+    let mut live = Phone::connect(&world).await;
+    assert!(matches!(live.hello(token(CHEATER, 3600)).await, Ok(ControlFrame::Welcome { .. })));
+    let mut newcomer = Phone::connect(&world).await;
+    assert!(matches!(newcomer.hello(token(CHEATER, 3600)).await, Ok(ControlFrame::Welcome { .. })));
+    for seq in 1..=20 {
+        newcomer.shake(1, seq);
+    }
+    let mut slowed_newcomer = 0;
+    for _ in 0..20 {
+        let outcome = newcomer.outcome().await.unwrap();
+        slowed_newcomer += usize::from(matches!(outcome.verdict, Verdict::SlowDown { .. }));
+    }
+    assert!(slowed_newcomer >= 15, "a fresh burst for a replacing session: {slowed_newcomer}");
+    drop(live);
     // Another user is untouched.
     let mut honest = Phone::connect(&world).await;
     assert!(matches!(honest.hello(token(HONEST, 3600)).await, Ok(ControlFrame::Welcome { .. })));

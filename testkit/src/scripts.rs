@@ -23,6 +23,7 @@ const SCRIPT_WITHIN_S: u32 = 1_200;
 pub const SCRIPT_KNOBS: &[&str] = &[
     "COMMIT_LANES",
     "CONNECT_RATE",
+    "HOSTILE_P99_FLOOR_MS",
     "HOSTILE_PAIRS",
     "HOSTILE_RATIO_MAX",
     "LEAD_S",
@@ -95,8 +96,10 @@ mod tests {
             let text = std::fs::read_to_string(&path).unwrap();
             for piece in text.split("${").skip(1) {
                 if let Some((name, _)) = piece.split_once(":-")
-                    && !name.is_empty()
-                    && name.bytes().all(|b| b.is_ascii_uppercase() || b == b'_')
+                    && name.starts_with(|c: char| c.is_ascii_uppercase())
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
                 {
                     read.insert(name.to_owned());
                 }

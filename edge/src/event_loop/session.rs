@@ -245,23 +245,33 @@ impl LoopWorker {
         let now_us = self.now_us(now);
         let serial = self.shared.sessions.next_serial();
         let closer = Closer { worker: self.id, conn: ch.0 };
-        match self.shared.sessions.claim(claims.user_id, serial, self.id, closer, now_us) {
-            Claim::Fresh => {}
-            Claim::Superseded => {
-                tracing::debug!(user_id = claims.user_id, "a newer session supersedes the user's");
-            }
-            Claim::Refused => {
-                tracing::debug!(user_id = claims.user_id, "session refused: the user's is in use");
-                let code = ErrorCode::SessionInUse;
-                let reason = "this user's session on this edge is in use";
-                return self.start_close(now, ch, conn, code, reason);
-            }
-        }
+        let resumed =
+            match self.shared.sessions.claim(claims.user_id, serial, self.id, closer, now_us) {
+                Claim::Fresh => self.shared.sessions.take_resting(claims.user_id, now_us),
+                Claim::Superseded => {
+                    tracing::debug!(
+                        user_id = claims.user_id,
+                        "a newer session supersedes the user's"
+                    );
+                    // The replaced session's bucket lives in its own worker: this one starts with a
+                    // single shake, not a fresh burst (each replacement would buy one, within the
+                    // supersede budget).
+                    Some(self.core.admission().phone_bucket_holding(1.0, now_us))
+                }
+                Claim::Refused => {
+                    tracing::debug!(
+                        user_id = claims.user_id,
+                        "session refused: the user's is in use"
+                    );
+                    let code = ErrorCode::SessionInUse;
+                    let reason = "this user's session on this edge is in use";
+                    return self.start_close(now, ch, conn, code, reason);
+                }
+            };
         // Shakes that arrived before Welcome are dropped (docs/PROTOCOL.md section 6).
         while conn.datagrams().recv().is_some() {
             self.counts.shakes_before_welcome += 1;
         }
-        let resumed = self.shared.sessions.take_resting(claims.user_id, now_us);
         let at = self.core.add_phone(claims.user_id, ch, now_us, resumed);
         let now_ms = now_ms();
         let pace_ms = self.core.admission().min_interval_ms();
