@@ -112,6 +112,19 @@ async fn past_the_budget_the_newcomer_is_refused() {
     world.wait_for_metric("shake_edge_sessions_closed_total{code=\"SESSION_IN_USE\"}", 3.0).await;
 }
 
+/// Sends 20 shakes at once (a phone bucket's burst): how many were answered `SlowDown`.
+async fn slowed_of_a_burst(phone: &Phone) -> usize {
+    for seq in 1..=20 {
+        phone.shake(1, seq);
+    }
+    let mut slowed = 0;
+    for _ in 0..20 {
+        let outcome = phone.outcome().await.unwrap_or_else(|why| panic!("an outcome: {why}"));
+        slowed += usize::from(matches!(outcome.verdict, shake_proto::Verdict::SlowDown { .. }));
+    }
+    slowed
+}
+
 /// A session that follows a closed one starts with the shake bucket the last one left: a
 /// cheater closing before each `Hello` once got a fresh burst of twenty shakes a session
 /// (ten connect-burst-close cycles a second: about twenty times an honest phone's shakes).
@@ -127,20 +140,7 @@ async fn closing_before_each_hello_buys_no_fresh_burst() {
             phone.hello(token(CHEATER, 3600)).await,
             Ok(ControlFrame::Welcome { .. })
         ));
-        for seq in 1..=20 {
-            phone.shake(1, seq);
-        }
-        let mut slowed_here = 0;
-        for _ in 0..20 {
-            match phone.outcome().await {
-                Ok(outcome) if matches!(outcome.verdict, Verdict::SlowDown { .. }) => {
-                    slowed_here += 1;
-                }
-                Ok(_) => {}
-                Err(why) => panic!("an outcome: {why}"),
-            }
-        }
-        slowed.push(slowed_here);
+        slowed.push(slowed_of_a_burst(&phone).await);
         phone.conn.close(0u32.into(), b"bye");
         let freed = std::time::Instant::now();
         while !user_report(&world, CHEATER)["live_session_worker"].is_null() {
@@ -158,14 +158,7 @@ async fn closing_before_each_hello_buys_no_fresh_burst() {
     assert!(matches!(live.hello(token(CHEATER, 3600)).await, Ok(ControlFrame::Welcome { .. })));
     let mut newcomer = Phone::connect(&world).await;
     assert!(matches!(newcomer.hello(token(CHEATER, 3600)).await, Ok(ControlFrame::Welcome { .. })));
-    for seq in 1..=20 {
-        newcomer.shake(1, seq);
-    }
-    let mut slowed_newcomer = 0;
-    for _ in 0..20 {
-        let outcome = newcomer.outcome().await.unwrap();
-        slowed_newcomer += usize::from(matches!(outcome.verdict, Verdict::SlowDown { .. }));
-    }
+    let slowed_newcomer = slowed_of_a_burst(&newcomer).await;
     assert!(slowed_newcomer >= 15, "a fresh burst for a replacing session: {slowed_newcomer}");
     drop(live);
     // Another user is untouched.

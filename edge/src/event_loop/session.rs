@@ -40,14 +40,7 @@ impl LoopWorker {
         let source = session.source.take();
         let holds = session.holds.take();
         match left {
-            Phase::Serving(at) => {
-                let bucket = self.core.remove_phone(at).map(|phone| phone.bucket());
-                self.shared.phones.fetch_sub(1, Ordering::Relaxed);
-                self.shared.metrics.phones.dec();
-                if let Some((user, serial)) = holds {
-                    self.shared.sessions.release(user, serial, bucket, self.now_us(now));
-                }
-            }
+            Phase::Serving(at) => self.leave(now, at, holds),
             // Closed before its handshake completed: the handshake is over all the same (the
             // in-progress count must not leak).
             Phase::Handshake => {
@@ -392,6 +385,17 @@ impl LoopWorker {
         self.write_control(ch, conn, &frame);
     }
 
+    /// A served phone's session is over (closed or lost): its phone leaves the worker, and its
+    /// user, if the session held it, is released with the phone's shake bucket.
+    fn leave(&mut self, now: Instant, at: PhoneRef, holds: Option<(u64, u64)>) {
+        let bucket = self.core.remove_phone(at).map(|phone| phone.bucket());
+        self.shared.phones.fetch_sub(1, Ordering::Relaxed);
+        self.shared.metrics.phones.dec();
+        if let Some((user, serial)) = holds {
+            self.shared.sessions.release(user, serial, bucket, self.now_us(now));
+        }
+    }
+
     pub(super) fn on_lost(&mut self, now: Instant, ch: ConnectionHandle, reason: &ConnectionError) {
         let Some(session) = self.sessions.get_mut(ch.0).and_then(Option::take) else { return };
         self.deadlines.set(ch.0, None);
@@ -400,14 +404,7 @@ impl LoopWorker {
                 self.shared.metrics.count_handshake(HandshakeOutcome::Failed);
                 self.attempt_done(session.source);
             }
-            Phase::Serving(at) => {
-                let bucket = self.core.remove_phone(at).map(|phone| phone.bucket());
-                self.shared.phones.fetch_sub(1, Ordering::Relaxed);
-                self.shared.metrics.phones.dec();
-                if let Some((user, serial)) = session.holds {
-                    self.shared.sessions.release(user, serial, bucket, self.now_us(now));
-                }
-            }
+            Phase::Serving(at) => self.leave(now, at, session.holds),
             Phase::AwaitHello => self.attempt_done(session.source),
             Phase::Closing(_) => {}
         }
