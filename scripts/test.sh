@@ -7,7 +7,18 @@ cd "$(dirname "$0")/.."
 # Integration tests start the real binaries of other crates (the relay, the swarm, the phone),
 # which `cargo test` only builds for the crate under test: build every binary first, so a fresh
 # checkout finds them and none is stale.
-cargo build --workspace --exclude shake-fuzz --bins --locked
+# The binaries are built with the tests' profile (`--release`, `--profile NAME`): the tests
+# start the ones beside them, so debug binaries beside release tests would be missing or stale.
+profile=()
+args=("$@")
+for i in "${!args[@]}"; do
+    case "${args[$i]}" in
+        --) break ;;
+        --release | --profile=*) profile+=("${args[$i]}") ;;
+        --profile) profile+=(--profile "${args[$((i + 1))]:-}") ;;
+    esac
+done
+cargo build --workspace --exclude shake-fuzz --bins --locked ${profile[@]+"${profile[@]}"}
 cargo test --workspace --exclude shake-fuzz --all-targets --locked "$@"
 # `--all-targets` leaves out doctests: the examples in the docs run here.
 cargo test --workspace --exclude shake-fuzz --doc --locked "$@"

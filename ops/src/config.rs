@@ -124,13 +124,26 @@ pub fn load<T: Validate>(path: &Path) -> Result<T, ConfigError> {
 /// Exit status for a bad command line or configuration (sysexits' `EX_USAGE`).
 pub const EXIT_USAGE: u8 = 64;
 
-/// Loads `path` for binary `bin` and checks the files it names, or prints `bin: error` and
-/// hands back exit status 64.
+/// Loads `path` for binary `bin` and checks the files it names (and that `SHAKE_FAILPOINT`, if
+/// set, names only known faults), or prints `bin: error` and hands back exit status 64.
 pub fn load_or_exit<T: Validate>(bin: &str, path: &Path) -> Result<T, std::process::ExitCode> {
-    load(path).and_then(|config: T| config.check_files().map(|()| config)).map_err(|err| {
+    let usage = |err: &dyn std::fmt::Display| {
         eprintln!("{bin}: {err}");
         std::process::ExitCode::from(EXIT_USAGE)
-    })
+    };
+    if let Ok(value) = std::env::var("SHAKE_FAILPOINT") {
+        let unknown = crate::supervise::unknown_failpoints(&value);
+        if !unknown.is_empty() {
+            return Err(usage(&format_args!(
+                "SHAKE_FAILPOINT names no such fault: {} (known: {})",
+                unknown.join(", "),
+                crate::supervise::FAILPOINTS.join(", ")
+            )));
+        }
+    }
+    load(path)
+        .and_then(|config: T| config.check_files().map(|()| config))
+        .map_err(|err| usage(&err))
 }
 
 /// `--check-config FILE`: prints `FILE: ok (summary)` and returns success, or prints the error

@@ -91,13 +91,35 @@ impl Supervisor {
     }
 }
 
+/// Every fault a binary can be told to inject. A name outside this list in `SHAKE_FAILPOINT`
+/// is refused at start ([`unknown_failpoints`]): a misspelt fault would otherwise inject
+/// nothing, and the test that set it would pass without the fault it meant to survive.
+pub const FAILPOINTS: &[&str] = &[
+    "edge-worker-panic",
+    "allocator-actor-panic",
+    "allocator-slow-commit",
+    "allocator-slow-award-read",
+    "allocator-slow-takeover-read",
+    "allocator-takeover-read-fails",
+    "allocator-stall-in-copy",
+    "allocator-lane-open-fails",
+];
+
+/// The names in a `SHAKE_FAILPOINT` value that are not in [`FAILPOINTS`].
+pub fn unknown_failpoints(value: &str) -> Vec<String> {
+    failpoint_names(value).filter(|name| !FAILPOINTS.contains(&name.as_str())).collect()
+}
+
+fn failpoint_names(value: &str) -> impl Iterator<Item = String> + '_ {
+    value.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty())
+}
+
 /// True if the fault named `name` is switched on in `SHAKE_FAILPOINT` (tests only).
 pub fn failpoint(name: &str) -> bool {
     static ON: OnceLock<Vec<String>> = OnceLock::new();
+    debug_assert!(FAILPOINTS.contains(&name), "failpoint {name:?} is not in FAILPOINTS");
     ON.get_or_init(|| {
-        std::env::var("SHAKE_FAILPOINT")
-            .map(|v| v.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect())
-            .unwrap_or_default()
+        std::env::var("SHAKE_FAILPOINT").map(|v| failpoint_names(&v).collect()).unwrap_or_default()
     })
     .iter()
     .any(|on| on == name)
@@ -106,6 +128,16 @@ pub fn failpoint(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_misspelt_failpoint_is_named_and_known_ones_pass() {
+        assert!(unknown_failpoints("").is_empty());
+        assert!(unknown_failpoints(" allocator-slow-commit , edge-worker-panic").is_empty());
+        assert_eq!(
+            unknown_failpoints("allocator-slow-commit,alocator-actor-panic"),
+            vec!["alocator-actor-panic".to_owned()]
+        );
+    }
 
     #[test]
     fn every_end_is_reported_with_how() {
