@@ -4,6 +4,10 @@
 
 say() { printf '==> %s\n' "$*" >&2; }
 
+# The PostgreSQL servers a script starts (scripts/pg-cluster.sh) stop once the script is gone,
+# even when it is killed with SIGKILL and its cleanup never runs.
+export PG_OWNER_PID=$$
+
 # Waits for a "ready" line in a log and prints the value of FIELD= from it.
 ready_field() {
     local log="$1" field="$2" pid="$3"

@@ -16,6 +16,7 @@
 #   scripts/pg-cluster.sh lsn PORT                        # WAL received (standby) or written
 #   scripts/pg-cluster.sh url PORT...                     # the multi-host connection string
 #
+# With PG_OWNER_PID set, each server started is stopped once that process is gone.
 # PostgreSQL refuses to run as root: as root, the servers run as the `postgres` user, which
 # owns DIR. Exits non-zero, naming what failed, on any failure.
 set -euo pipefail
@@ -65,6 +66,29 @@ start_server() {
     [[ $(id -u) -ne 0 ]] || owner=(runuser -u postgres --)
     "${all[@]}" "${owner[@]}" "$BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null ||
         die "server in $dir did not start: $(tail -5 "$dir/server.log" 2>/dev/null)"
+    [[ -z "${PG_OWNER_PID:-}" ]] || watch_owner "$dir" "$PG_OWNER_PID"
+}
+
+# With PG_OWNER_PID set (a test's or a script's own PID), the server is stopped (immediate)
+# once that process is gone: a test binary killed by a timeout, or a script killed with
+# SIGKILL, never runs its cleanup, and its servers would hold their ports and memory until
+# the machine restarts. The watcher is detached from the caller and ends with the server.
+watch_owner() {
+    local dir=$1 owner_pid=$2
+    [[ "$owner_pid" =~ ^[0-9]+$ ]] || die "PG_OWNER_PID is not a process id: $owner_pid"
+    setsid bash -c '
+        dir=$1 owner_pid=$2 bin=$3
+        while [[ -f "$dir/data/postmaster.pid" ]]; do
+            if ! kill -0 "$owner_pid" 2>/dev/null; then
+                if [[ $(id -u) -eq 0 ]]; then
+                    runuser -u postgres -- "$bin/pg_ctl" -D "$dir/data" -m immediate stop
+                else
+                    "$bin/pg_ctl" -D "$dir/data" -m immediate stop
+                fi
+                exit
+            fi
+            sleep 1
+        done' pg-owner-watch "$dir" "$owner_pid" "$BIN" </dev/null >/dev/null 2>&1 &
 }
 
 cmd=${1:-}

@@ -1,5 +1,6 @@
 //! Throwaway PostgreSQL servers for tests, started by `scripts/pg-cluster.sh` on free loopback
-//! ports (never 5432) and stopped on drop; and the synchronous-replication faults the ledger's
+//! ports (never 5432) and stopped on drop, or by the script's watcher once the test process is
+//! gone; and the synchronous-replication faults the ledger's
 //! tests need (commits that wait for a standby that never comes, their waits cancelled).
 
 use std::net::TcpListener;
@@ -9,10 +10,12 @@ use std::time::{Duration, Instant};
 
 use crate::scripts::script;
 
-/// `scripts/pg-cluster.sh ARGS` with `env`, which must succeed.
+/// `scripts/pg-cluster.sh ARGS` with `env`, which must succeed. The servers it starts stop
+/// once this process is gone (`PG_OWNER_PID`), even if it is killed before `Drop` runs.
 fn pg_cluster(args: &[&str], env: &[(&str, &Path)]) {
     let mut command = Command::new("bash");
     command.arg(script("pg-cluster.sh")).args(args);
+    command.env("PG_OWNER_PID", std::process::id().to_string());
     for (name, value) in env {
         command.env(name, value);
     }
@@ -193,5 +196,46 @@ impl Drop for PgServer {
             .output();
         let _ = std::fs::remove_dir_all(&self.dir);
         let _ = std::fs::remove_dir_all(self.dir.with_extension("locales"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A test binary killed by a timeout never drops its servers: the script's watcher stops
+    /// them once their owner is gone. Here the owner is a child process killed mid-test.
+    #[test]
+    fn a_server_stops_once_its_owner_is_gone() {
+        let scratch = crate::scratch::Scratch::new("pg-owner-gone");
+        let dir = scratch.dir.join("pg");
+        let mut owner = Command::new("sleep").arg("600").spawn().expect("sleep");
+        let port = free_port();
+        let output = Command::new("bash")
+            .arg(script("pg-cluster.sh"))
+            .args(["primary", dir.to_str().expect("UTF-8"), &port.to_string()])
+            .env("PG_OWNER_PID", owner.id().to_string())
+            .output()
+            .expect("running pg-cluster.sh");
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let server = PgServer { dir: dir.clone(), port };
+        assert_eq!(server.admin("postgres", "SELECT 1::int8"), vec![1]);
+        let running = || dir.join("data/postmaster.pid").exists();
+        std::thread::sleep(Duration::from_secs(2));
+        assert!(running(), "the server stopped while its owner lives");
+        owner.kill().expect("killing the owner");
+        owner.wait().expect("reaping the owner");
+        let killed = Instant::now();
+        while running() {
+            assert!(
+                killed.elapsed() < Duration::from_secs(15),
+                "the server outlived its owner by 15 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+            "the port still answers"
+        );
     }
 }

@@ -83,6 +83,8 @@ pub(crate) fn measure(answered: &[AnsweredBatch], dir: &Path) -> Result<Figures,
         let output = std::process::Command::new("bash")
             .arg(&script)
             .args(args)
+            // Stopped by the script's watcher if this benchmark is killed before it stops them.
+            .env("PG_OWNER_PID", std::process::id().to_string())
             .output()
             .map_err(|e| format!("running pg-cluster.sh: {e}"))?;
         if output.status.success() {
