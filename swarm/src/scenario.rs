@@ -206,34 +206,45 @@ impl Scenario {
     }
 }
 
+/// The bounds a scenario is held to. Each is far past any run this machine or a test can make;
+/// they exist so that an absurd number is a usage error, not a panic deep in the run (an
+/// instant or duration overflowing) or a run that never ends.
+const MAX_PHONES: usize = 10_000_000;
+const MAX_DURATION_S: u64 = 7 * 24 * 3600;
+const MAX_CLIENT_ENDPOINTS: usize = 4_096;
+const SHAKE_RATE_RANGE: std::ops::RangeInclusive<f64> = 0.001..=1_000.0;
+const MAX_CONNECT_RATE: f64 = 10_000_000.0;
+const CHURN_EVERY_S_RANGE: std::ops::RangeInclusive<f64> = 1.0..=86_400.0;
+
 impl Validate for Scenario {
     fn validate(&self) -> Result<(), ConfigError> {
-        if self.phones == 0 {
-            return Err(invalid("phones", "at least 1"));
+        if !(1..=MAX_PHONES).contains(&self.phones) {
+            return Err(invalid("phones", "1 to 10,000,000"));
         }
         if self.edges.is_empty() {
             return Err(invalid("edges", "at least one edge"));
         }
-        if self.duration_s == 0 {
-            return Err(invalid("duration_s", "at least 1"));
+        if !(1..=MAX_DURATION_S).contains(&self.duration_s) {
+            return Err(invalid("duration_s", "1 s to a week (604,800)"));
         }
-        if self.client_endpoints == 0 {
-            return Err(invalid("client_endpoints", "at least 1"));
+        if !(1..=MAX_CLIENT_ENDPOINTS).contains(&self.client_endpoints) {
+            return Err(invalid("client_endpoints", "1 to 4,096"));
         }
-        if !(self.shaking.rate_per_s.is_finite() && self.shaking.rate_per_s > 0.0) {
-            return Err(invalid("shaking.rate_per_s", "must be above 0"));
+        if !SHAKE_RATE_RANGE.contains(&self.shaking.rate_per_s) {
+            return Err(invalid("shaking.rate_per_s", "0.001 to 1,000"));
         }
         if !(0.0..1.0).contains(&self.shaking.jitter) {
             return Err(invalid("shaking.jitter", "must be in [0, 1)"));
         }
-        if !(self.connect.phones_per_s.is_finite() && self.connect.phones_per_s >= 0.0) {
-            return Err(invalid("connect.phones_per_s", "must be 0 (storm) or more"));
+        let connect = self.connect.phones_per_s;
+        if !(connect == 0.0 || (0.001..=MAX_CONNECT_RATE).contains(&connect)) {
+            return Err(invalid("connect.phones_per_s", "0 (storm), or 0.001 to 10,000,000"));
         }
         if !(0.0..=1.0).contains(&self.churn.share) {
             return Err(invalid("churn.share", "a share between 0 and 1"));
         }
-        if !(self.churn.every_s.is_finite() && self.churn.every_s >= 1.0) {
-            return Err(invalid("churn.every_s", "at least 1"));
+        if !CHURN_EVERY_S_RANGE.contains(&self.churn.every_s) {
+            return Err(invalid("churn.every_s", "1 to 86,400"));
         }
         let shares = self.hostile.shares();
         for (field, share) in shares {
@@ -307,6 +318,30 @@ mod tests {
         assert_eq!(field("rate_per_s = 2.0", "rate_per_s = 0.0"), "shaking.rate_per_s");
         assert_eq!(field("edges = [\"127.0.0.1:7443\"]", "edges = []"), "edges");
         assert_eq!(field("share = 0.1", "share = 2.0"), "churn.share");
+    }
+
+    /// Numbers past any real run are usage errors: each of these panicked in the run (an
+    /// instant or a duration overflowing) or would never end.
+    #[test]
+    fn absurd_numbers_are_refused_not_run() {
+        let field = |from: &str, to: &str| match Scenario::parse(&DEMO.replace(from, to)) {
+            Err(ConfigError::Invalid { field, .. }) => field,
+            other => panic!("{to}: {other:?}"),
+        };
+        let huge = u64::MAX.to_string();
+        assert_eq!(field("duration_s = 60", &format!("duration_s = {huge}")), "duration_s");
+        assert_eq!(field("rate_per_s = 2.0", "rate_per_s = 1e-300"), "shaking.rate_per_s");
+        assert_eq!(field("rate_per_s = 2.0", "rate_per_s = inf"), "shaking.rate_per_s");
+        assert_eq!(field("phones_per_s = 1000", "phones_per_s = 1e-300"), "connect.phones_per_s");
+        assert_eq!(field("phones_per_s = 1000", "phones_per_s = nan"), "connect.phones_per_s");
+        assert_eq!(field("every_s = 10.0", "every_s = 1e300"), "churn.every_s");
+        assert_eq!(field("phones = 2000", "phones = 100000000"), "phones");
+        assert_eq!(field("client_endpoints = 8", "client_endpoints = 100000"), "client_endpoints");
+        let at_the_bounds = DEMO
+            .replace("duration_s = 60", "duration_s = 604800")
+            .replace("rate_per_s = 2.0", "rate_per_s = 0.001")
+            .replace("phones_per_s = 1000", "phones_per_s = 0");
+        Scenario::parse(&at_the_bounds).unwrap();
     }
 
     #[test]
