@@ -283,6 +283,16 @@ impl RoundConfig {
         if self.prize_count() > MAX_PRIZES_PER_ROUND {
             return Err(invalid(at("cash"), "more than 200,000,000 prizes in one round"));
         }
+        if self.starts_at_ms > MAX_ROUND_START_MS {
+            return Err(invalid(
+                at("starts_at_ms"),
+                "must be Unix milliseconds before the year 2100 (4,102,444,800,000); seconds \
+                 are far in the past, microseconds past this bound",
+            ));
+        }
+        if self.duration_s > MAX_ROUND_DURATION_S {
+            return Err(invalid(at("duration_s"), "must be at most a week (604,800 s)"));
+        }
         if self.cash.as_ref().is_some_and(|cash| cash.total_cents > MAX_CENTS_PER_POOL) {
             return Err(invalid(
                 at("cash.total_cents"),
@@ -354,6 +364,15 @@ pub const MAX_PRIZES_PER_POOL: u64 = 100_000_000;
 /// allocator's memory (the item, its awarded flag, its place in two availability trees), so
 /// 5 GB at the limit, in every allocator that leads or stands by. Item indexes are 32 bits.
 pub const MAX_PRIZES_PER_ROUND: u64 = 200_000_000;
+
+/// The latest a round may be scheduled to open, Unix milliseconds (2100-01-01). A time given in
+/// microseconds or nanoseconds is past it; past 2^62 it could not travel to the edges at all,
+/// and a round recorded so would stop the allocator at every start.
+pub const MAX_ROUND_START_MS: u64 = 4_102_444_800_000;
+
+/// The longest a round may be configured or added, seconds (a week); `extend` lengthens it a
+/// day at a time.
+pub const MAX_ROUND_DURATION_S: u64 = 7 * 24 * 3600;
 
 /// Most cents in one cash pool, top-ups included (ten trillion in the currency's unit): an
 /// envelope travels as a varint, at most 2^62 - 1, and sums of pools must not wrap.
@@ -672,6 +691,22 @@ mod tests {
             "quota_valid_ms"
         );
         assert!(Config::parse(&format!("quota_valid_ms = 2000\n{}", with_round(""))).is_ok());
+        let cash = "[rounds.cash]\ntotal_cents = 10\nenvelopes = 1\n";
+        let timed = |starts_at_ms: u64, duration_s: u64| {
+            Config::parse(&with_round(&format!(
+                "[[rounds]]\nid = 1\nstarts_at_ms = {starts_at_ms}\nduration_s = {duration_s}\n\
+                 seed = 1\n{cash}"
+            )))
+        };
+        let field_of_timed = |starts_at_ms, duration_s| match timed(starts_at_ms, duration_s) {
+            Err(ConfigError::Invalid { field, .. }) => field,
+            other => panic!("{starts_at_ms} {duration_s}: {other:?}"),
+        };
+        // Microseconds for milliseconds, and a length near 2^64 (whose end passed 2^62 and
+        // stopped the allocator at every start once a round was added so).
+        assert_eq!(field_of_timed(1_765_000_000_000_000, 60), "rounds[0].starts_at_ms");
+        assert_eq!(field_of_timed(0, u64::MAX / 2), "rounds[0].duration_s");
+        assert!(timed(MAX_ROUND_START_MS, MAX_ROUND_DURATION_S).is_ok());
         assert_eq!(
             field_of(&with_round("[user_rate]\nlimit_for_s = 0\n")),
             "user_rate.limit_for_s"

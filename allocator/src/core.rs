@@ -796,7 +796,11 @@ fn phase_at(round: &RoundDraw, now_ms: u64) -> RoundPhase {
 fn round_state_frame(round: &RoundDraw, now_ms: u64) -> Bytes {
     let config = round.config();
     let timing = round.timing();
+    // A round recorded by an earlier build may end past what a varint carries (replays are not
+    // held to today's bounds): clamped, it still travels, and reads as "no end in sight".
     let (starts_at_ms, ends_at_ms) = timing.wire_times();
+    let (starts_at_ms, ends_at_ms) =
+        (starts_at_ms.min(shake_proto::varint::MAX), ends_at_ms.min(shake_proto::varint::MAX));
     let mut frame = BytesMut::new();
     AllocatorFrame::RoundState {
         round: RoundInfo {

@@ -668,6 +668,47 @@ fn a_cash_pool_past_its_bound_is_refused_and_the_largest_allowed_pays() {
     assert_eq!(paid, vec![MAX_CENTS_PER_POOL]);
 }
 
+/// A round's times are bounded when it is configured or added: a length near 2^64 (or a start
+/// in microseconds) was recorded, and its end, past the 2^62 a varint carries, stopped the
+/// allocator at its next RoundState, and at every start after, from the recorded command. A
+/// round recorded so by an earlier build (replays are not held to the bounds) is sent with its
+/// times clamped, not a panic.
+#[test]
+fn a_round_time_past_its_bound_is_refused_and_a_recorded_one_still_travels() {
+    use shake_allocator::round_command::{Refusal, RoundAction, RoundCommand};
+    let at = |field: &str| field.to_owned();
+    let endless =
+        RoundConfig { id: 2, starts_at_ms: START + 500_000, duration_s: u64::MAX / 4, ..round() };
+    let in_micros = RoundConfig { id: 2, starts_at_ms: 1_765_000_000_000_000, ..round() };
+    for (bad, field) in [(&endless, "duration_s"), (&in_micros, "starts_at_ms")] {
+        let said = bad.check_limits(&at);
+        assert!(said.as_ref().is_err_and(|e| e.to_string().contains(field)), "{said:?}");
+        let add = RoundCommand {
+            command_id: "add".into(),
+            round_id: 2,
+            action: RoundAction::Add { round: bad.clone() },
+            issued_by: "test".into(),
+            at_ms: START + 1,
+        };
+        let said = Draw::new(&[round()]).check_new_command(&add);
+        assert!(matches!(said, Err(Refusal::Invalid(_))), "{said:?}");
+    }
+    // As if recorded by an earlier build: configured directly, no bound checked.
+    let mut core = Core::new(settings(), Draw::new(&[round(), endless]));
+    let mut fx = Vec::new();
+    core.on_hello(1, hello(INSTANCE, 0), START + 1, &mut fx);
+    let ends: Vec<u64> = frames(&fx, 1)
+        .iter()
+        .filter_map(|f| match f {
+            AllocatorFrame::RoundState { round, .. } if round.round_id == 2 => {
+                Some(round.ends_at_ms)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ends, vec![shake_proto::varint::MAX]);
+}
+
 /// A round's quota goes to the edges a second before it opens (`QUOTA_LEAD_MS`), whatever
 /// its rate, beside the open round's: the edge applies a quota to the round it names only, and
 /// before, each round opened on the edges' fallback rate until the first tick after it opened
