@@ -85,6 +85,9 @@ enum TermOutcome {
     Shutdown,
     /// The lease was lost or a commit failed: back to standby.
     Lost,
+    /// The term could not start (the ledger unreadable): back to standby after a lease, so
+    /// that another allocator may take the lease this one released.
+    Failed,
 }
 
 /// What one look at the lease found.
@@ -130,6 +133,13 @@ impl Node {
                 match self.lead_term(epoch, warm).await? {
                     TermOutcome::Shutdown => break,
                     TermOutcome::Lost => {}
+                    TermOutcome::Failed => {
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_millis(self.pg.lease_ms)) => {}
+                            _ = self.shutdown.drain.cancelled() => break,
+                            _ = self.shutdown.stop.cancelled() => break,
+                        }
+                    }
                 }
             }
             Ok(())
@@ -249,6 +259,10 @@ impl Node {
         let config = self.config.clone();
         let held = won.clone();
         let opened = tokio::task::spawn_blocking(move || -> Result<_, ServeError> {
+            // Tests only: a ledger that cannot be read at the term's start.
+            if shake_ops::supervise::failpoint("allocator-takeover-read-fails") {
+                return Err(ServeError::Ledger(LedgerError::Failed("failpoint".into())));
+            }
             let mut ledger = PostgresLedger::open(&target)?;
             ledger.lead(held);
             let (rebuilt, tail) = read_to_the_end(&mut ledger, &config, warm)?;
@@ -269,21 +283,46 @@ impl Node {
             failed => {
                 term_over.cancel();
                 let _ = tokio::task::spawn_blocking(move || renewer.join()).await;
-                let outcome = match failed {
+                // The lease still names this node, renewed through the read. Kept, this node's
+                // next look would take it again at once (a lease naming its own node is its
+                // own) and fail the same way, for ever, while a standby that can read the log
+                // never gets in: released, any standby may take it now.
+                self.release_lease(&won).await;
+                return match failed {
                     Ok(_) => {
                         tracing::warn!(
                             epoch,
                             "leader: lost the lease while reading the log; standing by"
                         );
-                        Leadership::Lost
+                        self.count_term(Leadership::Lost);
+                        Ok(TermOutcome::Lost)
+                    }
+                    // This node's rounds cannot replay the ledger (a round in its configuration
+                    // that a command added, a changed seed or pool): no retry can change that.
+                    Err(err @ (ServeError::Restore(_) | ServeError::Commands(_))) => {
+                        tracing::error!(
+                            %err,
+                            epoch,
+                            "leader: this allocator's configuration does not replay the ledger; \
+                             stopping, the lease released for another allocator"
+                        );
+                        self.count_term(Leadership::Failed);
+                        Err(err)
+                    }
+                    Err(err @ ServeError::Panicked(_)) => {
+                        self.count_term(Leadership::Failed);
+                        Err(err)
                     }
                     Err(err) => {
-                        tracing::warn!(%err, epoch, "leader: could not read the ledger; standing by");
-                        Leadership::Failed
+                        tracing::warn!(
+                            %err,
+                            epoch,
+                            "leader: could not read the ledger; the lease released, standing by"
+                        );
+                        self.count_term(Leadership::Failed);
+                        Ok(TermOutcome::Failed)
                     }
                 };
-                self.count_term(outcome);
-                return Ok(TermOutcome::Lost);
             }
         };
         let term = Shutdown { drain: self.shutdown.drain.clone(), stop: term_stop.clone() };
@@ -318,15 +357,7 @@ impl Node {
                 Ok(TermOutcome::Lost)
             }
             Ok(()) => {
-                let target = self.target.clone();
-                let released = blocking(move || {
-                    let (mut client, _) = pg::connect(&target)?;
-                    lease::release(&mut client, &won)
-                })
-                .await;
-                if let Err(err) = released {
-                    tracing::warn!(%err, epoch, "could not release the lease: a standby waits for it to expire");
-                }
+                self.release_lease(&won).await;
                 self.count_term(Leadership::Stopped);
                 Ok(TermOutcome::Shutdown)
             }
@@ -349,6 +380,20 @@ impl Node {
                 Ok(TermOutcome::Lost)
             }
             Err(other) => Err(other),
+        }
+    }
+
+    /// Gives up `term`'s lease, so that a standby may take it at its next look.
+    async fn release_lease(&self, term: &Term) {
+        let (target, term) = (self.target.clone(), term.clone());
+        let epoch = term.epoch;
+        let released = blocking(move || {
+            let (mut client, _) = pg::connect(&target)?;
+            lease::release(&mut client, &term)
+        })
+        .await;
+        if let Err(err) = released {
+            tracing::warn!(%err, epoch, "could not release the lease: a standby waits for it to expire");
         }
     }
 

@@ -315,6 +315,84 @@ async fn a_takeover_read_longer_than_the_lease_keeps_the_lease() {
     drop(server);
 }
 
+/// A node that cannot read the ledger at its term's start (`SHAKE_FAILPOINT`: every time)
+/// gives the lease up and waits a lease before it looks again, so a standby that can read it
+/// takes over. Before, the lease still named the failed node, which took it again at its next
+/// look (a lease naming its own node is its own), at once, for ever: the standby never got in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_cannot_start_its_term_lets_a_standby_lead() {
+    let scratch = Scratch::new("ha-read-fails");
+    let server = PgServer::primary(&scratch.dir.join("pg"));
+    let url = server.database("shake");
+    let round = round();
+    let mut a = with_failpoint(
+        &scratch.postgres_config("a", &url, &round),
+        "allocator-takeover-read-fails",
+    );
+    let failed = "shake_allocator_leadership_total{outcome=\"failed\"}";
+    metrics::wait_until(a.metrics, failed, "1 (a won and could not read)", |n| n >= 1.0).await;
+    let b = Allocator::start(&scratch.postgres_config("b", &url, &round));
+    await_leadership(&b, Duration::from_secs(10));
+    assert_eq!(leader_epoch(&a), 0.0, "a leads");
+    assert!(a.process.try_wait().is_none(), "a stopped: a failed read is not the end");
+    drop(b);
+    drop(a);
+    drop(server);
+}
+
+/// A node whose configuration cannot replay the ledger (here a round that an operator added
+/// with `round add` and then also pasted into its file) stops at its term's start, the lease
+/// released, and the allocator that can replay it leads at once. Before, it stood by with the
+/// lease still its own and took it again at once, failing the same way for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_rounds_do_not_replay_the_ledger_stops_and_another_leads() {
+    let scratch = Scratch::new("ha-no-replay");
+    let server = PgServer::primary(&scratch.dir.join("pg"));
+    let url = server.database("shake");
+    let round = round();
+    let good = scratch.with_admin_api(scratch.postgres_config("b", &url, &round));
+    let mut b = Allocator::start(&good);
+    await_leadership(&b, Duration::from_secs(10));
+    let starts_at_ms = now_ms() + 3_600_000;
+    let added = format!(
+        r#"{{"id": 9, "starts_at_ms": {starts_at_ms}, "duration_s": 60, "seed": 1, "cash": {{"total_cents": 100, "envelopes": 10}}}}"#
+    );
+    let bearer = format!("Bearer {ADMIN_TOKEN}");
+    let headers = [("Authorization", bearer.as_str()), ("Idempotency-Key", "add-9")];
+    let response = shake_ops::http::request_with_body(
+        b.admin.unwrap(),
+        "POST",
+        "/rounds",
+        &headers,
+        added.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(shake_ops::http::status_of(&response), Some(200), "{response}");
+    assert!(b.process.terminate().success(), "b's clean stop");
+
+    let pasted = format!(
+        "{round}[[rounds]]\nid = 9\nstarts_at_ms = {starts_at_ms}\nduration_s = 60\nseed = 1\n\
+         [rounds.cash]\ntotal_cents = 100\nenvelopes = 10\n"
+    );
+    let mut command = Allocator::command(&scratch.postgres_config("a", &url, &pasted));
+    command.env("RUST_LOG", "error").stderr(std::process::Stdio::inherit());
+    let mut a = Allocator::spawn(command).unwrap();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = a.process.try_wait() {
+            break status;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "a runs on, failing each term");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(1), "{status:?}");
+    let b = Allocator::start(&good);
+    // At its first look: a released the lease (a lease later, had it only expired).
+    await_leadership(&b, Duration::from_millis(1_000));
+    drop(b);
+    drop(server);
+}
+
 /// A term whose commit lanes cannot be opened (`SHAKE_FAILPOINT` refuses every second session)
 /// ends as a failed term, and the allocator stands by and tries again: the process does not
 /// stop.
