@@ -57,7 +57,13 @@ struct Quota {
 #[derive(Debug, Clone)]
 pub struct Admission {
     settings: AdmissionSettings,
+    /// The rounds known, in the order the allocator first named them: the open one, those to
+    /// come, and the last to end ([`Admission::forget_ended`] drops the rest, so the shake
+    /// path's search for the open round stays a few entries long in a show of hundreds).
     rounds: Vec<RoundInfo>,
+    /// The rounds named since the allocator link last came up, while its opening list is still
+    /// arriving ([`Admission::on_link_up`]); `None` once it has been settled.
+    named_since_link_up: Option<Vec<u32>>,
     /// Each known round's interval (round id, milliseconds), as the allocator set it.
     intervals: Vec<(u32, u32)>,
     /// The interval of the round phones go by now ([`Admission::current_round`]).
@@ -80,6 +86,7 @@ impl Admission {
         Self {
             settings,
             rounds: Vec::new(),
+            named_since_link_up: None,
             intervals: Vec::new(),
             min_interval_ms: 100,
             pace_ms: 0,
@@ -111,6 +118,9 @@ impl Admission {
     /// reconnecting worker (told every round, in order) or a command on a later round put the
     /// later round's interval on the open one, undoing the operator's slow-down.
     pub fn on_round_state(&mut self, round: RoundInfo, min_interval_ms: u32, now_ms: u64) -> bool {
+        if let Some(named) = &mut self.named_since_link_up {
+            named.push(round.round_id);
+        }
         let interval_was = self.min_interval_ms();
         match self.intervals.iter_mut().find(|(id, _)| *id == round.round_id) {
             Some((_, interval)) => *interval = min_interval_ms,
@@ -133,6 +143,50 @@ impl Admission {
         };
         self.refresh_interval(now_ms);
         news || self.min_interval_ms() != interval_was
+    }
+
+    /// The allocator link came up: the allocator answers a worker's hello with every round it
+    /// has, before any other frame, so the rounds named until the first other frame
+    /// ([`Admission::on_round_list_end`]) are all there are. A round it no longer names (its
+    /// configuration changed across a restart: a round removed or renumbered) is forgotten
+    /// then; kept, it could be the one found open, and the shakes for the real round in its
+    /// place were answered "round closed" until the edge restarted.
+    pub fn on_link_up(&mut self) {
+        self.named_since_link_up = Some(Vec::new());
+    }
+
+    /// A frame other than `RoundState` arrived: the round list since the link came up, if one
+    /// was arriving, is complete; rounds it did not name are forgotten. Returns their ids.
+    pub fn on_round_list_end(&mut self, now_ms: u64) -> Vec<u32> {
+        let Some(named) = self.named_since_link_up.take() else { return Vec::new() };
+        let forgotten: Vec<u32> =
+            self.rounds.iter().map(|r| r.round_id).filter(|id| !named.contains(id)).collect();
+        self.keep_rounds(|r| named.contains(&r.round_id), now_ms);
+        forgotten
+    }
+
+    /// Forgets the rounds that ended before `now_ms`, all but the last to end (phones between
+    /// rounds are told it while none is to come). A round ended is over for good (a command
+    /// may not reopen or extend it), and each kept one lengthened the shake path's search.
+    pub fn forget_ended(&mut self, now_ms: u64) {
+        let last_ended = self
+            .rounds
+            .iter()
+            .filter(|r| r.ends_at_ms <= now_ms)
+            .max_by_key(|r| r.ends_at_ms)
+            .map(|r| r.round_id);
+        self.keep_rounds(|r| r.ends_at_ms > now_ms || Some(r.round_id) == last_ended, now_ms);
+    }
+
+    /// Keeps the rounds `keep` says to, and their intervals.
+    fn keep_rounds(&mut self, keep: impl Fn(&RoundInfo) -> bool, now_ms: u64) {
+        let known = self.rounds.len();
+        self.rounds.retain(keep);
+        if self.rounds.len() != known {
+            let rounds = &self.rounds;
+            self.intervals.retain(|(id, _)| rounds.iter().any(|r| r.round_id == *id));
+            self.refresh_interval(now_ms);
+        }
     }
 
     /// Takes the interval of the round phones go by at `now_ms` (a round opening or closing
@@ -302,6 +356,39 @@ mod tests {
             T0_MS,
         );
         a
+    }
+
+    /// Rounds that ended leave the table, but the last to end (told between rounds when none
+    /// is to come), with their intervals; the open and coming rounds stay.
+    #[test]
+    fn ended_rounds_are_forgotten_but_the_last() {
+        let mut a = admission();
+        let starts = |i: u64| T0_MS + 120_000 + i * 60_000;
+        for i in 0..12u32 {
+            let round = RoundInfo {
+                round_id: 10 + i,
+                phase: RoundPhase::Waiting,
+                starts_at_ms: starts(u64::from(i)),
+                ends_at_ms: starts(u64::from(i)) + 30_000,
+                start_spread_ms: 0,
+            };
+            a.on_round_state(round, 100 + i, T0_MS);
+        }
+        let ids = |a: &Admission| a.rounds.iter().map(|r| r.round_id).collect::<Vec<_>>();
+        let during_15 = starts(5) + 1;
+        a.forget_ended(during_15);
+        assert_eq!(ids(&a), (14..22).collect::<Vec<_>>());
+        assert_eq!(a.open_round(during_15).map(|r| r.round_id), Some(15));
+        assert_eq!(a.min_interval_ms, 105, "round 15's interval");
+        let after_15 = starts(5) + 30_001;
+        a.forget_ended(after_15);
+        assert_eq!(ids(&a), (15..22).collect::<Vec<_>>());
+        assert_eq!(a.current_round(after_15).round_id, 16, "the next");
+        let after_all = starts(11) + 30_001;
+        a.forget_ended(after_all);
+        assert_eq!(ids(&a), vec![21]);
+        assert_eq!(a.current_round(after_all).round_id, 21, "the last");
+        assert_eq!(a.intervals, vec![(21, 111)]);
     }
 
     #[test]

@@ -155,6 +155,14 @@ impl<X> WorkerCore<X> {
         &mut self.uplink
     }
 
+    /// The allocator link came up: the uplink resends what is unanswered, and the rounds the
+    /// allocator names first are all it has ([`Admission::on_link_up`]).
+    pub fn on_link_up(&mut self) -> &mut Uplink<PhoneRef> {
+        self.admission.on_link_up();
+        self.uplink.link_up();
+        &mut self.uplink
+    }
+
     /// The admission state (rounds, pacing).
     pub fn admission(&self) -> &Admission {
         &self.admission
@@ -285,6 +293,15 @@ impl<X> WorkerCore<X> {
         now_ms: u64,
         out: &mut Vec<PhoneEffect>,
     ) {
+        if !matches!(frame, AllocatorFrame::RoundState { .. }) {
+            let forgotten = self.admission.on_round_list_end(now_ms);
+            if !forgotten.is_empty() {
+                tracing::warn!(
+                    ?forgotten,
+                    "rounds the allocator no longer names (its configuration changed) are forgotten"
+                );
+            }
+        }
         match frame {
             AllocatorFrame::BatchResult { seq, digest, winners } => {
                 let answered = match self.uplink.on_result(seq, digest) {
@@ -396,9 +413,10 @@ impl<X> WorkerCore<X> {
     }
 
     /// Once a second: the load report and the worker's stats for the allocator; limits that
-    /// ended are forgotten.
+    /// ended are forgotten, and the rounds that ended (all but the last).
     pub fn on_load_tick(&mut self, now_ms: u64) {
         self.limited.retain(|_, until| *until > now_ms);
+        self.admission.forget_ended(now_ms);
         let load = self.admission.take_load();
         let total = add_verdicts(self.verdicts_taken, &self.counts);
         let r = self.verdicts_reported;

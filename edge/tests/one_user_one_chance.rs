@@ -28,10 +28,17 @@ const RUN_MS: u64 = 10_000;
 
 fn allocator() -> Core {
     // Every entry drawn wins (caps high, prizes plenty), so awards count entries drawn.
+    allocator_with(&format!(
+        "[[rounds]]\nid = 1\nstarts_at_ms = {T0_MS}\nduration_s = 600\nseed = 1\nrelease = \"immediate\"\n\
+         cash_per_user = 255\ngifts_per_user = 0\n[rounds.cash]\ntotal_cents = 10000000\nenvelopes = 100000\n"
+    ))
+}
+
+/// An allocator core with these rounds (TOML `[[rounds]]` tables).
+fn allocator_with(rounds: &str) -> Core {
     let config = Config::parse(&format!(
         "listen = \"127.0.0.1:0\"\nledger_path = \"l\"\n[tls]\ncert = \"c\"\nkey = \"k\"\nedge_ca = \"a\"\n\
-         [[rounds]]\nid = 1\nstarts_at_ms = {T0_MS}\nduration_s = 600\nseed = 1\nrelease = \"immediate\"\n\
-         cash_per_user = 255\ngifts_per_user = 0\n[rounds.cash]\ntotal_cents = 10000000\nenvelopes = 100000\n"
+         {rounds}"
     ))
     .unwrap();
     let settings = CoreSettings {
@@ -59,6 +66,26 @@ fn edge_worker(edge_id: u64, worker_id: u16) -> WorkerCore<u64> {
 
 fn decode(bytes: &Bytes) -> AllocatorFrame {
     AllocatorFrame::decode(&mut BytesMut::from(&bytes[..])).unwrap().unwrap()
+}
+
+/// The allocator's view of a worker's `EdgeHello`.
+fn hello_of(frame: &AllocatorFrame) -> Option<WorkerHello> {
+    match *frame {
+        AllocatorFrame::EdgeHello {
+            edge_id,
+            worker_id,
+            instance_id,
+            highest_answered_seq,
+            protocol_version,
+        } => Some(WorkerHello {
+            edge_id,
+            worker_id,
+            instance_id,
+            highest_answered_seq,
+            protocol_version,
+        }),
+        _ => None,
+    }
 }
 
 /// Counts by user.
@@ -103,23 +130,12 @@ fn a_user_on_many_edges_and_workers_is_held_to_one_phone_s_rate() {
             worker.poll_age(now_us);
             let stream = w as u64 + 1;
             while let Some(bytes) = worker.uplink().poll_transmit() {
-                match decode(&bytes) {
-                    AllocatorFrame::EdgeHello {
-                        edge_id,
-                        worker_id,
-                        instance_id,
-                        highest_answered_seq,
-                        protocol_version,
-                    } => {
-                        let hello = WorkerHello {
-                            edge_id,
-                            worker_id,
-                            instance_id,
-                            highest_answered_seq,
-                            protocol_version,
-                        };
-                        alloc.on_hello(stream, hello, now_ms, &mut effects);
-                    }
+                let frame = decode(&bytes);
+                if let Some(hello) = hello_of(&frame) {
+                    alloc.on_hello(stream, hello, now_ms, &mut effects);
+                    continue;
+                }
+                match frame {
                     AllocatorFrame::Batch(batch) => {
                         alloc.on_batch(stream, &batch, now_ms, &mut effects)
                     }
@@ -185,6 +201,44 @@ fn a_user_on_many_edges_and_workers_is_held_to_one_phone_s_rate() {
     for (w, worker) in workers.iter_mut().enumerate() {
         assert!(worker.take_counts().user_limited > 0, "worker {w} never refused the cheater");
         assert_eq!(worker.limited_users(), 1);
+    }
+}
+
+/// An allocator restarted with round 1 renumbered 5 (the same times): the worker's new link
+/// hears every round the allocator has, and round 1 is not among them, so it is forgotten when
+/// that list ends and round 5 is the one open. Before, round 1 stayed first in the worker's
+/// table, was found open, and every shake for round 5 was answered "round closed" until the
+/// edge restarted.
+#[test]
+fn a_round_the_restarted_allocator_no_longer_names_is_forgotten() {
+    let round = |id: u32| {
+        format!(
+            "[[rounds]]\nid = {id}\nstarts_at_ms = {T0_MS}\nduration_s = 600\nseed = 1\n\
+             [rounds.cash]\ntotal_cents = 10000000\nenvelopes = 100000\n"
+        )
+    };
+    let mut worker = edge_worker(1, 0);
+    let phone = worker.add_phone(HONEST, HONEST, 0, None);
+    for (seq, (id, at_ms)) in [(1u32, T0_MS + 1_000), (5, T0_MS + 2_000)].into_iter().enumerate() {
+        let mut alloc = allocator_with(&round(id));
+        worker.on_link_up();
+        let mut effects = Vec::new();
+        while let Some(bytes) = worker.uplink().poll_transmit() {
+            if let Some(hello) = hello_of(&decode(&bytes)) {
+                alloc.on_hello(1, hello, at_ms, &mut effects);
+            }
+        }
+        let mut told = Vec::new();
+        for effect in effects {
+            if let Effect::Send(_, bytes) = effect {
+                worker.on_allocator_frame(decode(&bytes), 0, at_ms, &mut told);
+            }
+        }
+        let open = worker.admission().open_round(at_ms).map(|r| r.round_id);
+        assert_eq!(open, Some(id), "the round open as the worker sees it");
+        let shake = Shake { round_id: id, seq: seq as u64 + 1, client_time_ms: at_ms };
+        let outcome = worker.on_shake(phone, shake, at_ms * 1000, at_ms).unwrap();
+        assert_eq!(outcome.verdict, Verdict::Forwarded, "a shake for round {id}");
     }
 }
 

@@ -10,8 +10,7 @@ impl LoopWorker {
         while let Ok(event) = self.link.from_link.try_recv() {
             match event {
                 LinkEvent::Up => {
-                    let up = self.core.uplink();
-                    up.link_up();
+                    let up = self.core.on_link_up();
                     if up.links() > 1 {
                         self.shared.metrics.batches_resent.inc_by(up.in_flight() as u64);
                     }
