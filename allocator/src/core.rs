@@ -207,6 +207,9 @@ pub struct CoreCounters {
     pub users_evicted: u64,
     /// `AwardsOwed` frames sent to edges for sessions that started.
     pub awards_owed_sent: u64,
+    /// Entries of batches whose round is unknown here or not open (every one no-luck): an
+    /// edge's clock or round table that disagrees with this allocator's.
+    pub entries_round_not_open: u64,
 }
 
 /// The allocator's state.
@@ -499,7 +502,9 @@ impl Core {
         }
         slot.pending += 1;
         self.scratch.clear();
-        self.draw.decide(key, batch, now_ms, &mut self.rates, &mut self.scratch);
+        if !self.draw.decide(key, batch, now_ms, &mut self.rates, &mut self.scratch) {
+            self.counters.entries_round_not_open += batch.len() as u64;
+        }
         self.counters.batches_drawn += 1;
         self.counters.entries_drawn += batch.len() as u64;
         self.counters.awards_granted += self.scratch.len() as u64;

@@ -288,7 +288,9 @@ impl Draw {
     /// Draws the winners of `batch` at `now_ms`, appending their awards to `out`. An entry
     /// whose user is over the per-user rate (`rates`) is no-luck; only entries drawn while a
     /// prize is left count against the rate. At most [`MAX_WINNERS_PER_RESULT`] win: the entries
-    /// after them are no-luck (their answer would not fit a frame).
+    /// after them are no-luck (their answer would not fit a frame). False if the batch's round
+    /// is not known here or not open at `now_ms` (every entry no-luck): an edge whose clock or
+    /// round table disagrees with this allocator's.
     pub fn decide(
         &mut self,
         key: BatchKey,
@@ -296,12 +298,12 @@ impl Draw {
         now_ms: u64,
         rates: &mut UserRates,
         out: &mut Vec<Award>,
-    ) {
+    ) -> bool {
         let Some(round) = self.rounds.iter_mut().find(|r| r.config.id == batch.round_id) else {
-            return;
+            return false;
         };
         if !round.is_open(now_ms) {
-            return;
+            return false;
         }
         let target = round.release_target(now_ms);
         round.pool.release_until(target);
@@ -349,6 +351,7 @@ impl Draw {
             });
             self.next_award_id += 1;
         }
+        true
     }
 }
 

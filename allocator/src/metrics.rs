@@ -157,6 +157,8 @@ pub struct Metrics {
     pub delivery_marks: Counter,
     /// Entries treated as no-luck because their user was over the per-user rate.
     pub entries_over_user_rate: Counter,
+    /// Entries no-luck because their round is unknown here or not open.
+    pub entries_round_not_open: Counter,
     /// Users the edges were told to refuse for going over the per-user rate.
     pub users_limited: Counter,
     /// Users evicted from the per-user table while over the rate.
@@ -208,6 +210,7 @@ impl Metrics {
             commit_queue: Gauge::default(),
             delivery_marks: Counter::default(),
             entries_over_user_rate: Counter::default(),
+            entries_round_not_open: Counter::default(),
             users_limited: Counter::default(),
             users_evicted: Counter::default(),
             users_tracked: Gauge::default(),
@@ -275,6 +278,12 @@ impl Metrics {
             "entries_over_user_rate",
             "Entries no-luck because their user was over the per-user rate",
             m.entries_over_user_rate.clone(),
+        );
+        registry.register(
+            "entries_round_not_open",
+            "Entries no-luck because their round is unknown here or not open (an edge's clock or \
+             round table disagrees with this allocator's)",
+            m.entries_round_not_open.clone(),
         );
         registry.register(
             "users_limited",

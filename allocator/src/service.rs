@@ -849,6 +849,9 @@ async fn actor_loop(
         metrics
             .entries_over_user_rate
             .inc_by(now.entries_over_user_rate - counted.entries_over_user_rate);
+        metrics
+            .entries_round_not_open
+            .inc_by(now.entries_round_not_open - counted.entries_round_not_open);
         metrics.users_limited.inc_by(now.users_limited - counted.users_limited);
         metrics.users_evicted.inc_by(now.users_evicted - counted.users_evicted);
         metrics.awards_owed_sent.inc_by(now.awards_owed_sent - counted.awards_owed_sent);

@@ -668,6 +668,22 @@ fn a_cash_pool_past_its_bound_is_refused_and_the_largest_allowed_pays() {
     assert_eq!(paid, vec![MAX_CENTS_PER_POOL]);
 }
 
+/// Entries of a round this allocator does not know, or that is not open, are no-luck and
+/// counted: the sign of an edge whose clock or round table disagrees with the allocator's.
+#[test]
+fn entries_for_a_round_not_open_here_are_counted() {
+    let mut core = core();
+    let mut fx = Vec::new();
+    core.on_hello(1, hello(INSTANCE, 0), START - 10, &mut fx);
+    let unknown_round = Batch::new(1, 9, START, &[BatchEntry { user_id: 5, offset_us: 0 }]);
+    core.on_batch(1, &unknown_round, START + 1, &mut fx);
+    core.on_batch(1, &batch(2), START - 5, &mut fx);
+    assert_eq!(core.counters().entries_round_not_open, 5, "one of round 9, four before round 1");
+    core.on_batch(1, &batch(3), START + 2, &mut fx);
+    assert_eq!(core.counters().entries_round_not_open, 5, "round 1 is open");
+    assert_eq!(core.counters().entries_drawn, 9);
+}
+
 /// A round's times are bounded when it is configured or added: a length near 2^64 (or a start
 /// in microseconds) was recorded, and its end, past the 2^62 a varint carries, stopped the
 /// allocator at its next RoundState, and at every start after, from the recorded command. A
