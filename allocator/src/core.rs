@@ -646,6 +646,7 @@ impl Core {
             }
         }
         if now_ms >= self.next_sweep_ms {
+            self.draw.finish_closed(now_ms);
             self.rates.sweep(now_ms);
             self.next_sweep_ms = now_ms + 1_000;
         }

@@ -17,7 +17,7 @@ use crate::config::{
     CashPool, GiftPool, MAX_CENTS_PER_POOL, MAX_PRIZES_PER_ROUND, Release, RoundConfig,
 };
 use crate::pool::{Item, Kind, Pool};
-use crate::round_command::{Refusal, RoundAction, RoundCommand, RoundTiming, Timings};
+use crate::round_command::{Refusal, RoundAction, RoundCommand, RoundStatus, RoundTiming, Timings};
 use crate::user_rate::UserRates;
 
 /// Wins of one user in one round, by kind.
@@ -34,7 +34,11 @@ pub struct RoundDraw {
     /// The times and interval in force: the configuration's, as operator commands left them.
     timing: RoundTiming,
     pool: Pool,
+    /// Each winner's wins, for the caps; emptied once the round is finished.
     wins: HashMap<u64, UserWins>,
+    /// Closed for [`WINNERS_KEPT_AFTER_CLOSE_MS`]: draws nothing more, whatever the clock says,
+    /// and its winners are forgotten ([`Draw::finish_closed`]).
+    finished: bool,
     /// Top-ups applied so far: each one's items are split and ordered from a seed of its own.
     top_ups: u64,
 }
@@ -48,7 +52,7 @@ impl RoundDraw {
             config.ends_at_ms(),
             config.min_shake_interval_ms,
         );
-        Self { config, timing, pool, wins: HashMap::new(), top_ups: 0 }
+        Self { config, timing, pool, wins: HashMap::new(), finished: false, top_ups: 0 }
     }
 
     /// The times and interval in force.
@@ -137,6 +141,13 @@ impl RoundDraw {
         }
     }
 }
+
+/// How long a closed round's winners are remembered. A closed round never opens again (no
+/// command reopens or extends it), so its table of winners, one entry per winner for the caps
+/// (20-30 bytes each, hundreds of MB over a show of millions of awards, in every allocator
+/// that leads or stands by), serves nothing; the margin is for a wall clock stepped back,
+/// which would otherwise open the round again by its times.
+pub const WINNERS_KEPT_AFTER_CLOSE_MS: u64 = 10 * 60 * 1000;
 
 /// Every round, and the next award id.
 #[derive(Debug, Clone)]
@@ -276,13 +287,35 @@ impl Draw {
         if round.prize_of(item) != award.prize || !round.pool.restore_awarded(award.item) {
             return Err(err);
         }
-        let wins = round.wins.entry(award.user_id).or_default();
-        match item.kind() {
-            Kind::Cash => wins.cash += 1,
-            Kind::Gift => wins.gifts += 1,
+        if !round.finished {
+            let wins = round.wins.entry(award.user_id).or_default();
+            match item.kind() {
+                Kind::Cash => wins.cash += 1,
+                Kind::Gift => wins.gifts += 1,
+            }
         }
         self.next_award_id = self.next_award_id.max(award.award_id + 1);
         Ok(())
+    }
+
+    /// Finishes every round closed for [`WINNERS_KEPT_AFTER_CLOSE_MS`] at `now_ms`: it draws
+    /// nothing more, and its winners are forgotten. Call once its commands are applied (they
+    /// move its times), before its awards are restored.
+    pub fn finish_closed(&mut self, now_ms: u64) {
+        for round in &mut self.rounds {
+            let closed = round.timing.status(now_ms) == RoundStatus::Closed;
+            let long_ago =
+                now_ms >= round.timing.ends_at_ms.saturating_add(WINNERS_KEPT_AFTER_CLOSE_MS);
+            if !round.finished && closed && long_ago {
+                round.finished = true;
+                round.wins = HashMap::new();
+            }
+        }
+    }
+
+    /// Winners remembered for the caps, over every round.
+    pub fn winners_remembered(&self) -> usize {
+        self.rounds.iter().map(|r| r.wins.len()).sum()
     }
 
     /// Draws the winners of `batch` at `now_ms`, appending their awards to `out`. An entry
@@ -302,7 +335,7 @@ impl Draw {
         let Some(round) = self.rounds.iter_mut().find(|r| r.config.id == batch.round_id) else {
             return false;
         };
-        if !round.is_open(now_ms) {
+        if round.finished || !round.is_open(now_ms) {
             return false;
         }
         let target = round.release_target(now_ms);

@@ -114,6 +114,7 @@ impl Warm {
         for command in &followed.commands {
             self.draw.apply_command(command).map_err(ServeError::Commands)?;
         }
+        self.draw.finish_closed(crate::service::now_ms());
         for award in &followed.awards {
             self.draw.restore(award)?;
         }

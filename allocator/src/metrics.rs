@@ -165,6 +165,8 @@ pub struct Metrics {
     pub users_evicted: Counter,
     /// Users the per-user rate tracks now.
     pub users_tracked: Gauge,
+    /// Winners the rounds not yet finished remember for the caps.
+    pub winners_remembered: Gauge,
     /// The leader epoch this allocator holds (PostgreSQL ledger); 0 while a standby. An
     /// allocator on its own fjall ledger leads it from its start: 1 (else "no allocator
     /// leads" would page on every single-node show).
@@ -214,6 +216,7 @@ impl Metrics {
             users_limited: Counter::default(),
             users_evicted: Counter::default(),
             users_tracked: Gauge::default(),
+            winners_remembered: Gauge::default(),
             leader_epoch: Gauge::default(),
             leadership: Family::default(),
             awards_owed: Gauge::default(),
@@ -294,6 +297,11 @@ impl Metrics {
             "users_evicted",
             "Users evicted from the per-user table while over the rate",
             m.users_evicted.clone(),
+        );
+        registry.register(
+            "winners_remembered",
+            "Winners remembered for the per-round caps (a round forgets its own once closed for 10 min)",
+            m.winners_remembered.clone(),
         );
         registry.register(
             "users_tracked",

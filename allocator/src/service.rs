@@ -395,6 +395,7 @@ impl Rebuilt {
         for command in &snapshot.commands {
             draw.apply_command(command).map_err(ServeError::Commands)?;
         }
+        draw.finish_closed(now_ms());
         for award in &snapshot.awards {
             draw.restore(award)?;
         }
@@ -697,6 +698,7 @@ fn update_gauges(core: &Core, metrics: &Metrics) {
     metrics.answers_stored.set(core.stored_answers() as i64);
     metrics.awards_owed.set(core.owed_awards() as i64);
     metrics.users_tracked.set(core.tracked_users() as i64);
+    metrics.winners_remembered.set(core.draw().winners_remembered() as i64);
     for round in core.draw().rounds() {
         let left = round.pool().items().len() - round.pool().awarded_count();
         metrics

@@ -668,6 +668,37 @@ fn a_cash_pool_past_its_bound_is_refused_and_the_largest_allowed_pays() {
     assert_eq!(paid, vec![MAX_CENTS_PER_POOL]);
 }
 
+/// A round closed for `WINNERS_KEPT_AFTER_CLOSE_MS` forgets its winners (kept, one entry per
+/// winner of every round of the show stayed in every allocator's memory to its end) and draws
+/// nothing more, even with the clock stepped back into its times, where a winner forgotten
+/// could have won past the cap. A restart after it does not build the table again.
+#[test]
+fn a_round_long_closed_forgets_its_winners_and_draws_no_more() {
+    use shake_allocator::draw::WINNERS_KEPT_AFTER_CLOSE_MS;
+    let mut draw = Draw::new(&[round()]);
+    let mut rates = shake_allocator::user_rate::UserRates::off();
+    let key = |seq| BatchKey { edge_id: 7, worker_id: 0, instance_id: INSTANCE, seq };
+    let mut awards = Vec::new();
+    assert!(draw.decide(key(1), &batch(1), START + 1, &mut rates, &mut awards));
+    assert_eq!((awards.len(), draw.winners_remembered()), (4, 4));
+    let closed_at = START + round().duration_s * 1000;
+    draw.finish_closed(closed_at + WINNERS_KEPT_AFTER_CLOSE_MS - 1);
+    assert_eq!(draw.winners_remembered(), 4, "closed a moment short of the margin");
+    draw.finish_closed(closed_at + WINNERS_KEPT_AFTER_CLOSE_MS);
+    assert_eq!(draw.winners_remembered(), 0);
+    // The wall clock stepped back into the round: the same users shake again.
+    assert!(!draw.decide(key(2), &batch(1), START + 2, &mut rates, &mut awards));
+    assert_eq!(awards.len(), 4, "no award past the round's end");
+    // A restart long after: its awards restored into a finished round leave no table.
+    let mut restarted = Draw::new(&[round()]);
+    restarted.finish_closed(closed_at + WINNERS_KEPT_AFTER_CLOSE_MS);
+    for award in &awards {
+        restarted.restore(award).unwrap();
+    }
+    assert_eq!(restarted.winners_remembered(), 0);
+    assert_eq!(restarted.rounds()[0].pool().awarded_count(), 4, "the pool still knows them");
+}
+
 /// Entries of a round this allocator does not know, or that is not open, are no-luck and
 /// counted: the sign of an edge whose clock or round table disagrees with the allocator's.
 #[test]
