@@ -1248,6 +1248,20 @@ async fn serve_stream(
                             if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION)
                                 .contains(&protocol_version)
                             {
+                                // Loud: every shake of that edge goes undrawn until someone
+                                // upgrades the allocators (before the edges) or rolls back.
+                                tracing::warn!(
+                                    stream,
+                                    edge_id,
+                                    protocol_version,
+                                    "an edge speaks a protocol version this allocator does not \
+                                     ({MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION}): stream refused"
+                                );
+                                let reason = StreamClosed::Code(ErrorCode::UnsupportedVersion);
+                                metrics
+                                    .streams_closed
+                                    .get_or_create(&StreamClosedLabels { reason })
+                                    .inc();
                                 break 'read Some(ErrorCode::UnsupportedVersion);
                             }
                             if !tls::certificate_names_edge(&link.peer_cert, edge_id) {

@@ -15,10 +15,14 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use shake_loop::udp::Waker;
-use shake_proto::AllocatorFrame;
-use tokio::io::AsyncReadExt;
+use shake_proto::{AllocatorFrame, ErrorCode};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
+
+use crate::metrics::EdgeMetrics;
+
+/// The most read from the stream at once.
+const READ_CHUNK: usize = 64 * 1024;
 
 /// Frames waiting in each direction, at most.
 pub const PIPE_FRAMES: usize = 1024;
@@ -94,11 +98,38 @@ async fn open_stream(
     }
 }
 
+/// How long a worker waits before it opens another stream after the allocator refused one
+/// (a version it does not speak, an edge id another edge also uses): a refusal repeats, and
+/// retrying ten times a second only fills the logs of both sides.
+const AFTER_REFUSAL: Duration = Duration::from_secs(1);
+
+/// The error code the allocator closed a stream with, if it closed it on purpose (reset our
+/// reading side or stopped our writing side) rather than losing it with its connection.
+pub fn refusal(code: quinn::VarInt) -> Option<ErrorCode> {
+    ErrorCode::from_code(code.into_inner()).filter(|code| *code != ErrorCode::NoError)
+}
+
+/// What an operator should do about a stream the allocator refused with `code`.
+pub fn refusal_advice(code: ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::UnsupportedVersion => {
+            "the allocator does not speak this edge's protocol version: upgrade the allocators \
+             before the edges (or roll this edge back)"
+        }
+        ErrorCode::DuplicateWorker => {
+            "another edge uses this edge_id (or a stale process of this one runs): each edge \
+             needs an id of its own"
+        }
+        _ => "see PROTOCOL.md for the code",
+    }
+}
+
 /// Keeps the worker's stream to the allocator, across reconnects, until `stop`.
 pub async fn run(
     mut ends: LinkEnds,
     mut allocator: watch::Receiver<Option<quinn::Connection>>,
     stop: CancellationToken,
+    metrics: Arc<EdgeMetrics>,
 ) {
     let mut buf = BytesMut::with_capacity(64 * 1024);
     loop {
@@ -109,17 +140,21 @@ pub async fn run(
             return;
         }
         buf.clear();
-        'stream: loop {
+        let refused = 'stream: loop {
             tokio::select! {
                 frame = ends.from_loop.recv() => {
                     let Some(frame) = frame else { return };
-                    if send.write_all(&frame).await.is_err() {
-                        break 'stream;
+                    match send.write_all(&frame).await {
+                        Ok(()) => {}
+                        Err(quinn::WriteError::Stopped(code)) => break 'stream refusal(code),
+                        Err(_) => break 'stream None,
                     }
                 }
-                read = recv.read_buf(&mut buf) => {
-                    if !matches!(read, Ok(n) if n > 0) {
-                        break 'stream;
+                read = recv.read_chunk(READ_CHUNK, true) => {
+                    match read {
+                        Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
+                        Err(quinn::ReadError::Reset(code)) => break 'stream refusal(code),
+                        Ok(None) | Err(_) => break 'stream None,
                     }
                     loop {
                         match AllocatorFrame::decode(&mut buf) {
@@ -131,21 +166,43 @@ pub async fn run(
                             Ok(None) => break,
                             Err(err) => {
                                 tracing::error!(%err, "malformed frame from the allocator");
-                                break 'stream;
+                                break 'stream None;
                             }
                         }
                     }
                 }
                 _ = stop.cancelled() => return,
             }
-        }
-        tracing::warn!(
-            worker = ends.worker,
-            "allocator stream lost; will resend unanswered batches"
-        );
+        };
+        let pause = match refused {
+            Some(code) => {
+                metrics.count_allocator_refusal(code);
+                tracing::error!(
+                    worker = ends.worker,
+                    %code,
+                    "the allocator refused this worker's stream: {}",
+                    refusal_advice(code)
+                );
+                AFTER_REFUSAL
+            }
+            None => {
+                tracing::warn!(
+                    worker = ends.worker,
+                    "allocator stream lost; will resend unanswered batches"
+                );
+                Duration::from_millis(100)
+            }
+        };
         if !ends.tell(LinkEvent::Down).await {
             return;
         }
-        let _ = tokio::time::timeout(Duration::from_millis(100), allocator.changed()).await;
+        if refused.is_some() {
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = stop.cancelled() => return,
+            }
+        } else {
+            let _ = tokio::time::timeout(pause, allocator.changed()).await;
+        }
     }
 }

@@ -184,6 +184,13 @@ pub struct SessionClosedLabels {
     pub code: &'static str,
 }
 
+/// `shake_edge_allocator_streams_refused_total{code}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RefusedStreamLabels {
+    /// [`ErrorCode::name`].
+    pub code: &'static str,
+}
+
 /// `shake_edge_verdicts_total{verdict}`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct VerdictLabels {
@@ -294,6 +301,8 @@ pub struct EdgeMetrics {
     pub awards: Family<DeliveryLabels, Counter>,
     /// Allocator link up (1) or down (0).
     pub allocator_up: Gauge,
+    /// Worker streams the allocator closed on purpose, by error code name.
+    pub allocator_streams_refused: Family<RefusedStreamLabels, Counter>,
     /// Round states received from the allocator (all workers).
     pub round_states: Counter,
     /// Answers from the allocator by outcome ([`Answer`]): matched and announced, or not.
@@ -360,6 +369,7 @@ impl EdgeMetrics {
             batches_resent: Counter::default(),
             awards: Family::default(),
             allocator_up: Gauge::default(),
+            allocator_streams_refused: Family::default(),
             round_states: Counter::default(),
             batch_answers: Family::default(),
             award_acks: Family::default(),
@@ -403,6 +413,11 @@ impl EdgeMetrics {
         );
         registry.register("awards", "Awards by delivery", m.awards.clone());
         registry.register("allocator_up", "Allocator link up", m.allocator_up.clone());
+        registry.register(
+            "allocator_streams_refused",
+            "Worker streams the allocator closed on purpose (UNSUPPORTED_VERSION, DUPLICATE_WORKER...)",
+            m.allocator_streams_refused.clone(),
+        );
         registry.register("round_states", "Round states received", m.round_states.clone());
         registry.register(
             "batch_answers",
@@ -574,6 +589,11 @@ impl EdgeMetrics {
         self.shedding.get_or_create(&labels).set(i64::from(verdict.shedding));
     }
 
+    /// A worker stream the allocator closed with `code`.
+    pub fn count_allocator_refusal(&self, code: ErrorCode) {
+        Self::add(&self.allocator_streams_refused, &RefusedStreamLabels { code: code.name() }, 1);
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         shake_ops::http::exposition(&self.registry)
@@ -590,6 +610,8 @@ mod tests {
     /// Every labelled series, as deploy/grafana, scripts/*.sh and the tests read it: a renamed
     /// variant text or label field fails here before it breaks a dashboard.
     const EXPECTED: &str = r#"
+shake_edge_allocator_streams_refused_total{code="DUPLICATE_WORKER"}
+shake_edge_allocator_streams_refused_total{code="UNSUPPORTED_VERSION"}
 shake_edge_award_acks_total{outcome="accepted"}
 shake_edge_award_acks_total{outcome="unknown_award"}
 shake_edge_award_acks_total{outcome="wrong_user"}
@@ -698,6 +720,8 @@ shake_edge_verdicts_total{verdict="slow_down"}
         }
         m.count_session_closed(ErrorCode::SessionSuperseded);
         m.count_session_closed(ErrorCode::HelloTimeout);
+        m.count_allocator_refusal(ErrorCode::UnsupportedVersion);
+        m.count_allocator_refusal(ErrorCode::DuplicateWorker);
         for reason in Dropped::ALL {
             m.count_drops(reason, 1);
         }

@@ -309,7 +309,12 @@ fn spawn_allocator_link(
             runtime.block_on(async move {
                 // The workers' allocator streams live here, beside the connection.
                 for pipe in pipes {
-                    tokio::spawn(link_pipe::run(pipe, pipes_rx.clone(), stop.clone()));
+                    tokio::spawn(link_pipe::run(
+                        pipe,
+                        pipes_rx.clone(),
+                        stop.clone(),
+                        metrics.clone(),
+                    ));
                 }
                 let endpoint = match quinn::Endpoint::client(bind) {
                     Ok(mut endpoint) => {

@@ -25,3 +25,37 @@ async fn a_panicking_worker_stops_the_edge_with_a_failure_exit() {
     };
     assert_eq!(status.code(), Some(1), "{status:?}");
 }
+
+/// Two edges configured with one edge id: the allocator keeps the newer edge's worker streams
+/// and refuses the older's (`DUPLICATE_WORKER`, its instance retired). The refused edge says
+/// so: an error naming the cause and `shake_edge_allocator_streams_refused_total{code}`.
+/// Before, it logged "allocator stream lost" ten times a second a worker, its allocator link
+/// looked up, and nothing could be alerted on while its phones' shakes were never drawn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_id_used_twice_is_named_by_the_refused_edge() {
+    use shake_testkit::metrics;
+    use shake_testkit::scratch::Scratch;
+    use shake_testkit::servers::{Allocator, Edge};
+
+    let scratch = Scratch::new("edge-id-twice");
+    let allocator =
+        Allocator::start(&scratch.config("[rounds.cash]\ntotal_cents = 100\nenvelopes = 1\n"));
+    let config = scratch.edge_config(allocator.quic, "");
+    let quiet = |config| {
+        let mut command = Edge::command(config);
+        command.env("RUST_LOG", "error").stderr(std::process::Stdio::null());
+        Edge::spawn(command).unwrap()
+    };
+    let first = quiet(&config);
+    let second = quiet(&config);
+    let refused = "shake_edge_allocator_streams_refused_total{code=\"DUPLICATE_WORKER\"}";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metrics::read(first.metrics, refused) + metrics::read(second.metrics, refused) < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "neither edge counted a refusal:\n{}",
+            metrics::scrape(first.metrics)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
