@@ -28,6 +28,7 @@ pub const SCRIPT_KNOBS: &[&str] = &[
     "HOSTILE_RATIO_MAX",
     "LEAD_S",
     "LEDGER",
+    "PG_OWNER_PID",
     "PG_TLS_CERT",
     "PG_TLS_KEY",
     "PG_URL",
