@@ -423,8 +423,8 @@ impl Core {
         }
         if hears_limits {
             let limited = self.rates.limited_at(now_ms);
-            let until_ms = now_ms + self.rates.limit_for_ms();
-            for frame in users_limited_frames(&limited, until_ms) {
+            let cap_ms = now_ms + self.rates.limit_for_ms();
+            for frame in users_limited_frames(limited, cap_ms) {
                 out.push(Effect::Send(stream, frame));
             }
         }
@@ -632,12 +632,12 @@ impl Core {
         if !limited.is_empty() {
             tracing::info!(
                 users = limited.len(),
-                first = ?&limited[..limited.len().min(8)],
+                first = ?limited.iter().take(8).map(|&(user, _)| user).collect::<Vec<_>>(),
                 "users over the per-user rate: edges refuse them for {} s",
                 self.rates.limit_for_ms() / 1000
             );
-            let until_ms = now_ms + self.rates.limit_for_ms();
-            for frame in users_limited_frames(&limited, until_ms) {
+            let cap_ms = now_ms + self.rates.limit_for_ms();
+            for frame in users_limited_frames(limited, cap_ms) {
                 for (id, info) in &self.streams {
                     if info.hears_limits {
                         out.push(Effect::Send(*id, frame.clone()));
@@ -645,7 +645,8 @@ impl Core {
                 }
             }
         }
-        if now_ms >= self.next_sweep_ms {
+        // A sweep planned past a second from now is from before the clock stepped back.
+        if now_ms >= self.next_sweep_ms || self.next_sweep_ms > now_ms.saturating_add(1_000) {
             self.draw.finish_closed(now_ms);
             self.rates.sweep(now_ms);
             self.next_sweep_ms = now_ms + 1_000;
@@ -714,8 +715,12 @@ impl Core {
             // the round it names only, and would use its fallback rate until the next refresh.
             let due = match self.last_quota.get(&(edge, round_id)) {
                 None => true,
+                // A quota sent "later" than now is from before the wall clock stepped back:
+                // due, or the edges' copies (valid until the old clock's time) expire with
+                // no refresh until the clock catches up, every edge on its fallback rate.
                 Some((last, at)) => {
-                    now_ms.saturating_sub(*at) >= valid / 3
+                    now_ms < *at
+                        || now_ms - *at >= valid / 3
                         || u64::from(quota.rate_per_s.abs_diff(last.rate_per_s)) * 10
                             > u64::from(last.rate_per_s)
                 }
@@ -742,16 +747,26 @@ impl Core {
     }
 }
 
-/// `UsersLimited` frames naming `users` (as many as their limit per frame needs).
-fn users_limited_frames(users: &[u64], until_ms: u64) -> Vec<Bytes> {
-    users
-        .chunks(shake_proto::limits::MAX_LIMITED_USERS)
-        .map(|chunk| {
+/// `UsersLimited` frames telling each of `limited` (user, end of its limit) the end of its own
+/// limit, at most `cap_ms`, rounded up to the second so that one frame serves many users (as
+/// many frames as the ends and the limit of users per frame need). A worker that connected was
+/// told a fresh limit for each, which made a limit last up to twice its length on that edge.
+fn users_limited_frames(mut limited: Vec<(u64, u64)>, cap_ms: u64) -> Vec<Bytes> {
+    for (_, until_ms) in &mut limited {
+        *until_ms = until_ms.div_ceil(1000).saturating_mul(1000).min(cap_ms);
+    }
+    limited.sort_unstable_by_key(|&(_, until_ms)| until_ms);
+    let mut frames = Vec::new();
+    for same_end in limited.chunk_by(|a, b| a.1 == b.1) {
+        let until_ms = same_end[0].1;
+        for chunk in same_end.chunks(shake_proto::limits::MAX_LIMITED_USERS) {
+            let user_ids = chunk.iter().map(|&(user, _)| user).collect();
             let mut frame = BytesMut::new();
-            AllocatorFrame::UsersLimited { until_ms, user_ids: chunk.to_vec() }.encode(&mut frame);
-            frame.freeze()
-        })
-        .collect()
+            AllocatorFrame::UsersLimited { until_ms, user_ids }.encode(&mut frame);
+            frames.push(frame.freeze());
+        }
+    }
+    frames
 }
 
 /// The `BatchResult` frame for batch `seq` (whose payload digests to `digest`) that granted

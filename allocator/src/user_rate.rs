@@ -102,7 +102,7 @@ pub struct UserRates {
     /// Slots holding a user.
     occupied: usize,
     offenders: HashMap<u64, Offender>,
-    newly_limited: Vec<u64>,
+    newly_limited: Vec<(u64, u64)>,
     counts: UserRateCounts,
 }
 
@@ -192,7 +192,7 @@ impl UserRates {
             offender.limited_until_ms = at_ms.saturating_add(s.limit_for_ms);
             offender.excess = 0;
             self.counts.users_limited += 1;
-            self.newly_limited.push(user_id);
+            self.newly_limited.push((user_id, offender.limited_until_ms));
         }
     }
 
@@ -204,17 +204,18 @@ impl UserRates {
         });
     }
 
-    /// Users limited since the last call (to tell every edge), and until when.
-    pub fn take_newly_limited(&mut self) -> Vec<u64> {
+    /// Users limited since the last call (to tell every edge), each with its limit's end.
+    pub fn take_newly_limited(&mut self) -> Vec<(u64, u64)> {
         std::mem::take(&mut self.newly_limited)
     }
 
-    /// Every user limited at `now_ms` (for an edge worker that just connected).
-    pub fn limited_at(&self, now_ms: u64) -> Vec<u64> {
+    /// Every user limited at `now_ms`, with the end of their limit (for an edge worker that
+    /// just connected: it must hear what is left of each, not a fresh one).
+    pub fn limited_at(&self, now_ms: u64) -> Vec<(u64, u64)> {
         self.offenders
             .iter()
             .filter(|(_, o)| o.limited_until_ms > now_ms)
-            .map(|(id, _)| *id)
+            .map(|(id, o)| (*id, o.limited_until_ms))
             .collect()
     }
 
@@ -275,8 +276,8 @@ mod tests {
         for _ in 0..10 {
             assert!(!rates.admit(7, 1_000));
         }
-        assert_eq!(rates.take_newly_limited(), vec![7]);
-        assert_eq!(rates.limited_at(1_000), vec![7]);
+        assert_eq!(rates.take_newly_limited().iter().map(|l| l.0).collect::<Vec<_>>(), vec![7]);
+        assert_eq!(rates.limited_at(1_000).iter().map(|l| l.0).collect::<Vec<_>>(), vec![7]);
         assert!(rates.limited_at(11_000).is_empty(), "the limit ends");
         assert_eq!(rates.take_counts().users_limited, 1);
         // An honest user at the rate is never limited.
@@ -331,7 +332,7 @@ mod tests {
         for _ in 0..10 {
             rates.admit(7, 1_000);
         }
-        assert_eq!(rates.limited_at(1_000), vec![7]);
+        assert_eq!(rates.limited_at(1_000).iter().map(|l| l.0).collect::<Vec<_>>(), vec![7]);
         rates.sweep(5_000);
         assert_eq!(rates.offenders(), 1);
         rates.sweep(11_000);

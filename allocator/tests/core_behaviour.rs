@@ -547,7 +547,8 @@ fn one_user_through_many_edges_is_held_to_the_per_user_rate() {
             .collect::<Vec<_>>()
     };
     for stream in [1, 2, 3] {
-        assert_eq!(limited(&fx, stream), vec![(vec![CHEATER], START + 62_000)], "{stream}");
+        // Its limit runs from the entry that earned it (a second in), for 60 s.
+        assert_eq!(limited(&fx, stream), vec![(vec![CHEATER], START + 61_000)], "{stream}");
     }
     assert!(limited(&fx, 4).is_empty(), "a version-2 edge does not know the frame");
     // A worker that connects while the limit lasts hears of it.
@@ -561,8 +562,25 @@ fn one_user_through_many_edges_is_held_to_the_per_user_rate() {
     };
     core.on_hello(5, late, START + 3_000, &mut fx);
     let told = limited(&fx, 5);
-    assert_eq!(told.len(), 1);
-    assert_eq!(told[0].0, vec![CHEATER]);
+    assert_eq!(told, vec![(vec![CHEATER], START + 61_000)], "what is left of the limit");
+    // Connecting a second before the limit ends: a second of it, not a fresh minute (before,
+    // START + 120,000: a limit twice its length on the edge that reconnected).
+    fx.clear();
+    core.on_hello(
+        6,
+        WorkerHello { worker_id: 1, instance_id: 100, ..late },
+        START + 60_000,
+        &mut fx,
+    );
+    assert_eq!(limited(&fx, 6), vec![(vec![CHEATER], START + 61_000)]);
+    fx.clear();
+    core.on_hello(
+        7,
+        WorkerHello { worker_id: 2, instance_id: 101, ..late },
+        START + 61_500,
+        &mut fx,
+    );
+    assert!(limited(&fx, 7).is_empty(), "the limit is over");
 }
 
 /// A top-up is held to the round's bounds before it is recorded, its pools each within theirs
@@ -802,6 +820,26 @@ fn the_next_rounds_quota_is_sent_before_it_opens() {
     fx.clear();
     core.on_tick(START + 100_000 + 1_000, &mut fx);
     assert_eq!(quotas(&fx).iter().map(|q| q.0).collect::<Vec<_>>(), vec![2], "a third of 3 s on");
+}
+
+/// A wall clock stepped back: the quota last sent "later" than now is due at once. Before, no
+/// quota was refreshed by age until the clock caught up with the last send, and the edges'
+/// copies expired meanwhile: every edge on its fallback rate for the size of the step.
+#[test]
+fn a_clock_stepped_back_still_refreshes_the_quota() {
+    let mut core = core();
+    let mut fx = Vec::new();
+    core.on_hello(1, hello(INSTANCE, 0), START + 1_000, &mut fx);
+    core.on_tick(START + 10_000, &mut fx);
+    let sent = |fx: &[Effect]| {
+        frames(fx, 1).iter().filter(|f| matches!(f, AllocatorFrame::Quota { .. })).count()
+    };
+    fx.clear();
+    core.on_tick(START + 10_500, &mut fx);
+    assert_eq!(sent(&fx), 0, "not due: a sixth of its life on");
+    fx.clear();
+    core.on_tick(START + 5_000, &mut fx);
+    assert_eq!(sent(&fx), 1, "the clock stepped back 5.5 s");
 }
 
 /// Bounds added since a ledger was written hold new commands only: a round an earlier build
