@@ -444,10 +444,10 @@ impl Validate for Config {
         }
         // It is also how old an edge's last load report may be before its share goes: edges
         // report every second, so a shorter life would drop live edges' quota half the time.
-        if self.quota_valid_ms < 2_000 {
+        if !(2_000..=60_000).contains(&self.quota_valid_ms) {
             return Err(invalid(
                 "quota_valid_ms",
-                "must be at least 2,000 (edges report their load every second)",
+                "must be 2,000 (edges report their load every second) to 60,000",
             ));
         }
         if self.admin_listen.is_some() && self.admin_token_file.is_none() {
@@ -691,6 +691,10 @@ mod tests {
             "quota_valid_ms"
         );
         assert!(Config::parse(&format!("quota_valid_ms = 2000\n{}", with_round(""))).is_ok());
+        assert_eq!(
+            field_of(&format!("quota_valid_ms = {}\n{}", u64::MAX, with_round(""))),
+            "quota_valid_ms"
+        );
         let cash = "[rounds.cash]\ntotal_cents = 10\nenvelopes = 1\n";
         let timed = |starts_at_ms: u64, duration_s: u64| {
             Config::parse(&with_round(&format!(

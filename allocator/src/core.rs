@@ -421,6 +421,10 @@ impl Core {
         for round in self.draw.rounds() {
             out.push(Effect::Send(stream, round_state_frame(round, now_ms)));
         }
+        // After every round (the edge takes the first other frame as the end of the list), and
+        // before the deadlines that are times on this clock (limits, quotas): the edge reads
+        // them on its own clock by the difference.
+        out.push(Effect::Send(stream, heartbeat_frame(now_ms)));
         if hears_limits {
             let limited = self.rates.limited_at(now_ms);
             let cap_ms = now_ms + self.rates.limit_for_ms();
@@ -647,6 +651,9 @@ impl Core {
         }
         // A sweep planned past a second from now is from before the clock stepped back.
         if now_ms >= self.next_sweep_ms || self.next_sweep_ms > now_ms.saturating_add(1_000) {
+            // Once a second, this clock to every edge worker.
+            let heartbeat = heartbeat_frame(now_ms);
+            out.extend(self.streams.keys().map(|s| Effect::Send(*s, heartbeat.clone())));
             self.draw.finish_closed(now_ms);
             self.rates.sweep(now_ms);
             self.next_sweep_ms = now_ms + 1_000;
@@ -745,6 +752,13 @@ impl Core {
             }
         }
     }
+}
+
+/// `Heartbeat` with this allocator's clock.
+fn heartbeat_frame(now_ms: u64) -> Bytes {
+    let mut frame = BytesMut::new();
+    AllocatorFrame::Heartbeat { now_ms: now_ms.min(shake_proto::varint::MAX) }.encode(&mut frame);
+    frame.freeze()
 }
 
 /// `UsersLimited` frames telling each of `limited` (user, end of its limit) the end of its own

@@ -143,9 +143,13 @@ fn hello_brings_round_state_and_a_quota_and_transitions_are_pushed() {
     let mut fx = Vec::new();
     core.on_hello(1, hello(INSTANCE, 0), START - 5_000, &mut fx);
     let seen = frames(&fx, 1);
+    // Every round, then this allocator's clock (the edge reads its deadlines by it).
     assert!(matches!(
         seen.as_slice(),
-        [AllocatorFrame::RoundState { round, .. }] if round.phase == RoundPhase::Waiting
+        [
+            AllocatorFrame::RoundState { round, .. },
+            AllocatorFrame::Heartbeat { now_ms },
+        ] if round.phase == RoundPhase::Waiting && *now_ms == START - 5_000
     ));
     fx.clear();
     core.on_tick(START - 4_000, &mut fx);

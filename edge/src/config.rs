@@ -316,6 +316,13 @@ fn default_batch_delay_us() -> u64 {
     DEFAULT_BATCH_DELAY_US
 }
 
+/// The longest `limits.batch_max_age_us`, microseconds (10 s).
+pub const MAX_BATCH_AGE_US: u64 = 10_000_000;
+/// The longest `batch_delay_us`, microseconds (10 ms).
+pub const MAX_BATCH_DELAY_US: u64 = 10_000;
+/// The longest of the `[overload]` durations, milliseconds (a minute).
+pub const MAX_OVERLOAD_MS: u64 = 60_000;
+
 /// The default `batch_delay_us` (docs/PERFORMANCE.md has the measurement behind it).
 pub const DEFAULT_BATCH_DELAY_US: u64 = 200;
 
@@ -415,6 +422,18 @@ impl Validate for EdgeConfig {
         if !(1..=shake_proto::limits::MAX_BATCH_ENTRIES).contains(&l.batch_max_entries) {
             return Err(invalid("limits.batch_max_entries", "must be 1 to 16,384"));
         }
+        // Upper bounds on durations: each is far past any useful value, and keeps a unit slip
+        // (milliseconds for microseconds) from a silent stall, and the arithmetic on them
+        // (times a thousand, added to now) from overflowing.
+        if l.batch_max_age_us > MAX_BATCH_AGE_US {
+            return Err(invalid("limits.batch_max_age_us", "at most 10,000,000 (10 s)"));
+        }
+        if self.batch_delay_us > MAX_BATCH_DELAY_US {
+            return Err(invalid(
+                "batch_delay_us",
+                "at most 10,000 (10 ms: each turn that is not full waits this long)",
+            ));
+        }
         if l.batch_max_age_us == 0 || l.max_in_flight_batches == 0 || l.hello_timeout_ms == 0 {
             return Err(invalid(
                 "limits",
@@ -462,6 +481,15 @@ impl Validate for EdgeConfig {
             }
         }
         let o = &self.overload;
+        for (field, ms) in [
+            ("overload.queue_delay_target_ms", o.queue_delay_target_ms),
+            ("overload.queue_delay_limit_ms", o.queue_delay_limit_ms),
+            ("overload.interval_ms", o.interval_ms),
+        ] {
+            if ms > MAX_OVERLOAD_MS {
+                return Err(invalid(field, "at most 60,000"));
+            }
+        }
         if o.queue_delay_target_ms == 0 {
             return Err(invalid("overload.queue_delay_target_ms", "must be above 0"));
         }
@@ -556,6 +584,20 @@ mod tests {
         assert_eq!(field_of(&pace), "overload.max_pace_ms");
         let capacity = EXAMPLE.replace("shakes_per_core_s = 0.0", "shakes_per_core_s = -1.0");
         assert_eq!(field_of(&capacity), "overload.shakes_per_core_s");
+        // Durations past any use: unit slips, or values whose arithmetic would overflow.
+        let huge = u64::MAX.to_string();
+        for (from, to, field) in [
+            ("batch_max_age_us = 2000", "batch_max_age_us = 20000000", "limits.batch_max_age_us"),
+            ("batch_delay_us = 200", "batch_delay_us = 200000", "batch_delay_us"),
+            ("interval_ms = 100", &format!("interval_ms = {huge}"), "overload.interval_ms"),
+            (
+                "queue_delay_limit_ms = 100",
+                &format!("queue_delay_limit_ms = {huge}"),
+                "overload.queue_delay_limit_ms",
+            ),
+        ] {
+            assert_eq!(field_of(&EXAMPLE.replace(from, to)), field, "{to}");
+        }
         assert!(matches!(
             EdgeConfig::parse(&EXAMPLE.replace("edge_id = 1", "edge_id = \"one\"")),
             Err(ConfigError::Parse { .. })

@@ -122,6 +122,11 @@ pub struct WorkerCore<X> {
     awards: Arc<AwardBook>,
     /// Users the allocator limited, and until when (at most [`MAX_LIMITED_USERS`]).
     limited: HashMap<u64, u64>,
+    /// How far the allocator's wall clock runs ahead of this edge's, milliseconds (negative:
+    /// behind), from its last `Heartbeat` (0 until one comes). Its deadlines (a quota's
+    /// validity, a user's limit) are times on its clock: read on this edge's own, a skew of a
+    /// few seconds expired every quota on arrival and put the edge on its fallback rate.
+    allocator_clock_ahead_ms: i64,
     counts: Counts,
     /// Verdicts in counts the shell has taken, and in the last stats sent: the difference is
     /// the next report's (kept apart so the shake path counts each verdict once).
@@ -144,10 +149,23 @@ impl<X> WorkerCore<X> {
             phones: PhoneTable::default(),
             awards,
             limited: HashMap::new(),
+            allocator_clock_ahead_ms: 0,
             counts: Counts::default(),
             verdicts_taken: VerdictCounts::default(),
             verdicts_reported: VerdictCounts::default(),
         }
+    }
+
+    /// How far the allocator's clock runs ahead of this edge's, milliseconds, as its last
+    /// `Heartbeat` said (to a link delay's error).
+    pub fn allocator_clock_ahead_ms(&self) -> i64 {
+        self.allocator_clock_ahead_ms
+    }
+
+    /// Time `allocator_ms` on the allocator's clock, on this edge's.
+    pub fn local_time_ms(&self, allocator_ms: u64) -> u64 {
+        let local = i128::from(allocator_ms) - i128::from(self.allocator_clock_ahead_ms);
+        u64::try_from(local.max(0)).unwrap_or(u64::MAX)
     }
 
     /// The uplink (the shell writes what it hands out).
@@ -351,6 +369,7 @@ impl<X> WorkerCore<X> {
                 let share = self.settings.workers.max(1) as f64;
                 let rate =
                     Rate::new(f64::from(rate_per_s) / share, (f64::from(burst) / share).max(1.0));
+                let valid_until_ms = self.local_time_ms(valid_until_ms);
                 self.admission.on_quota(round_id, rate, valid_until_ms, now_ms);
             }
             AllocatorFrame::RoundState { round, min_shake_interval_ms } => {
@@ -362,7 +381,7 @@ impl<X> WorkerCore<X> {
                 }
             }
             AllocatorFrame::UsersLimited { until_ms, user_ids } => {
-                self.on_users_limited(&user_ids, until_ms, now_ms);
+                self.on_users_limited(&user_ids, self.local_time_ms(until_ms), now_ms);
             }
             AllocatorFrame::AwardsOwed { user_id, awards } => {
                 // Rare (a user owed an award whose session started): a pass over the phones.
@@ -387,7 +406,10 @@ impl<X> WorkerCore<X> {
                     }
                 }
             }
-            AllocatorFrame::Heartbeat { .. } => {}
+            AllocatorFrame::Heartbeat { now_ms: allocator_now_ms } => {
+                let ahead = i128::from(allocator_now_ms) - i128::from(now_ms);
+                self.allocator_clock_ahead_ms = ahead.clamp(-(1 << 62), 1 << 62) as i64;
+            }
             other => tracing::warn!(frame = other.name(), "unexpected frame from the allocator"),
         }
     }

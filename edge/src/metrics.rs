@@ -301,6 +301,9 @@ pub struct EdgeMetrics {
     pub awards: Family<DeliveryLabels, Counter>,
     /// Allocator link up (1) or down (0).
     pub allocator_up: Gauge,
+    /// How far the allocator's wall clock runs ahead of this edge's, milliseconds (its last
+    /// `Heartbeat`, to a link delay's error; negative: behind).
+    pub allocator_clock_ahead_ms: Gauge,
     /// Worker streams the allocator closed on purpose, by error code name.
     pub allocator_streams_refused: Family<RefusedStreamLabels, Counter>,
     /// Round states received from the allocator (all workers).
@@ -370,6 +373,7 @@ impl EdgeMetrics {
             awards: Family::default(),
             allocator_up: Gauge::default(),
             allocator_streams_refused: Family::default(),
+            allocator_clock_ahead_ms: Gauge::default(),
             round_states: Counter::default(),
             batch_answers: Family::default(),
             award_acks: Family::default(),
@@ -413,6 +417,11 @@ impl EdgeMetrics {
         );
         registry.register("awards", "Awards by delivery", m.awards.clone());
         registry.register("allocator_up", "Allocator link up", m.allocator_up.clone());
+        registry.register(
+            "allocator_clock_ahead_ms",
+            "How far the allocator's wall clock runs ahead of this edge's, ms (negative: behind)",
+            m.allocator_clock_ahead_ms.clone(),
+        );
         registry.register(
             "allocator_streams_refused",
             "Worker streams the allocator closed on purpose (UNSUPPORTED_VERSION, DUPLICATE_WORKER...)",

@@ -1,5 +1,7 @@
 //! One user, one chance, across edges: the edge workers' cores and the allocator's core, all
-//! sans-IO, wired by hand with one fake clock. A cheater holds a phone on each of two workers
+//! sans-IO, wired by hand with one fake clock (or two, for an edge whose clock is off). Also
+//! what else an edge worker learns from the allocator's core this way: the rounds it no longer
+//! names, and the deadlines on its clock. A cheater holds a phone on each of two workers
 //! of each of two edges (what one session per user per edge cannot stop) and shakes at the
 //! per-phone rate from each; an honest user shakes at the same rate from one phone. The
 //! allocator holds the cheater to the per-user rate and names them to every edge, which then
@@ -240,6 +242,43 @@ fn a_round_the_restarted_allocator_no_longer_names_is_forgotten() {
         let outcome = worker.on_shake(phone, shake, at_ms * 1000, at_ms).unwrap();
         assert_eq!(outcome.verdict, Verdict::Forwarded, "a shake for round {id}");
     }
+}
+
+/// An edge whose wall clock runs 6 s ahead of the allocator's (quotas valid 3 s): the quota
+/// and the limits are times on the allocator's clock, read on the edge's by the difference its
+/// `Heartbeat` gives. Before, the quota had expired on arrival and the edge admitted at its
+/// fallback rate (6x its share in the reviewer's example); a limit ended 6 s early.
+#[test]
+fn an_edge_clock_ahead_of_the_allocators_keeps_its_quota_and_limits() {
+    let mut alloc = allocator();
+    let mut worker = edge_worker(1, 0);
+    let fallback = worker.admission().edge_rate(1, T0_MS);
+    let (alloc_ms, edge_ms) = (T0_MS + 10_000, T0_MS + 16_000);
+    worker.on_link_up();
+    let mut effects = Vec::new();
+    while let Some(bytes) = worker.uplink().poll_transmit() {
+        if let Some(hello) = hello_of(&decode(&bytes)) {
+            alloc.on_hello(1, hello, alloc_ms, &mut effects);
+        }
+    }
+    let mut told = Vec::new();
+    for effect in effects {
+        if let Effect::Send(_, bytes) = effect {
+            worker.on_allocator_frame(decode(&bytes), 0, edge_ms, &mut told);
+        }
+    }
+    assert_eq!(worker.allocator_clock_ahead_ms(), -6_000);
+    let quota = worker.admission().edge_rate(1, edge_ms + 2_000);
+    assert!(quota.per_s < fallback.per_s, "the quota, {quota:?}, not the fallback {fallback:?}");
+    // A limit until T0 + 70 s on the allocator's clock holds to T0 + 76 s on the edge's.
+    let limit = AllocatorFrame::UsersLimited { until_ms: T0_MS + 70_000, user_ids: vec![HONEST] };
+    worker.on_allocator_frame(limit, 0, edge_ms, &mut told);
+    let phone = worker.add_phone(HONEST, HONEST, 0, None);
+    let shake = |at_ms| Shake { round_id: 1, seq: at_ms, client_time_ms: at_ms };
+    let during = T0_MS + 75_000;
+    let outcome = worker.on_shake(phone, shake(during), during * 1000, during).unwrap();
+    assert_eq!(outcome.verdict, Verdict::NoLuck, "limited to T0 + 76 s on this clock");
+    assert_eq!(worker.take_counts().user_limited, 1);
 }
 
 /// The table of limited users an edge worker keeps is bounded whatever the allocator sends,

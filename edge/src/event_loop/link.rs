@@ -22,12 +22,18 @@ impl LoopWorker {
                             self.shared.metrics.round_states.inc();
                         }
                         shake_proto::AllocatorFrame::UsersLimited { until_ms, user_ids } => {
-                            self.shared.sessions.note_limited(user_ids, *until_ms, now_ms());
+                            let until_ms = self.core.local_time_ms(*until_ms);
+                            self.shared.sessions.note_limited(user_ids, until_ms, now_ms());
                         }
                         _ => {}
                     }
+                    let heartbeat = matches!(frame, shake_proto::AllocatorFrame::Heartbeat { .. });
                     let mut effects = Vec::new();
                     self.core.on_allocator_frame(frame, now_us, now_ms(), &mut effects);
+                    if heartbeat {
+                        let ahead = self.core.allocator_clock_ahead_ms();
+                        self.shared.metrics.allocator_clock_ahead_ms.set(ahead);
+                    }
                     self.deliver(engine, effects);
                 }
             }
