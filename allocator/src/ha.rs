@@ -112,7 +112,9 @@ impl Warm {
     /// Applies the look's commands, then replays its awards, then takes in its marks.
     fn follow(&mut self, followed: &Followed) -> Result<(), ServeError> {
         for command in &followed.commands {
-            self.draw.apply_command(command).map_err(ServeError::Commands)?;
+            self.draw
+                .apply_command(command)
+                .map_err(|refusal| ServeError::replay(command, refusal))?;
         }
         self.draw.finish_closed(crate::service::now_ms());
         for award in &followed.awards {
@@ -300,7 +302,7 @@ impl Node {
                     }
                     // This node's rounds cannot replay the ledger (a round in its configuration
                     // that a command added, a changed seed or pool): no retry can change that.
-                    Err(err @ (ServeError::Restore(_) | ServeError::Commands(_))) => {
+                    Err(err @ (ServeError::Restore(_) | ServeError::Commands { .. })) => {
                         tracing::error!(
                             %err,
                             epoch,

@@ -78,6 +78,22 @@ pub struct RoundCommand {
     pub at_ms: u64,
 }
 
+impl RoundAction {
+    /// Its name, as the audit log writes it (`action`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            RoundAction::Go => "go",
+            RoundAction::Extend { .. } => "extend",
+            RoundAction::Close => "close",
+            RoundAction::Interval { .. } => "interval",
+            RoundAction::Pause => "pause",
+            RoundAction::Resume => "resume",
+            RoundAction::Add { .. } => "add",
+            RoundAction::TopUp { .. } => "top_up",
+        }
+    }
+}
+
 impl RoundCommand {
     /// Whether `other` asks for the same thing (the same round and action, whoever sent it
     /// and whenever): a retry under the same id.
@@ -742,6 +758,25 @@ mod tests {
         assert_eq!(t.get(3), Some(&added));
         let stored = add(round_config(4, 10_000), 100);
         assert_eq!(RoundCommand::decode(&stored.encode()), Ok(stored));
+    }
+
+    /// An action's name is the `action` its JSON carries (the audit log's, and the errors').
+    #[test]
+    fn an_actions_name_is_its_json_tag() {
+        let actions = [
+            RoundAction::Go,
+            RoundAction::Extend { by_ms: 1 },
+            RoundAction::Close,
+            RoundAction::Interval { ms: 100 },
+            RoundAction::Pause,
+            RoundAction::Resume,
+            RoundAction::Add { round: round_config(9, 1_000) },
+            RoundAction::TopUp { cash: None, gifts: vec![] },
+        ];
+        for action in actions {
+            let json = serde_json::to_value(&action).unwrap();
+            assert_eq!(json["action"], action.name(), "{json}");
+        }
     }
 
     #[test]

@@ -64,8 +64,26 @@ pub enum ServeError {
     #[error(transparent)]
     Restore(#[from] RestoreError),
     /// A recorded operator command does not replay on the configured rounds.
-    #[error("a recorded round command does not replay: {0}")]
-    Commands(Refusal),
+    #[error(
+        "the recorded round command {command_id:?} ({action} of round {round_id} at {at_ms} ms, \
+         by {issued_by}) does not replay on the configured rounds: {refusal}. The configuration \
+         changed since it was recorded: a round added live must be configured the same, or not \
+         at all"
+    )]
+    Commands {
+        /// The command's id.
+        command_id: String,
+        /// What it did.
+        action: &'static str,
+        /// Its round.
+        round_id: u32,
+        /// When it took effect.
+        at_ms: u64,
+        /// Who asked.
+        issued_by: String,
+        /// Why it does not replay.
+        refusal: Refusal,
+    },
     /// The admin API could not start (its token file).
     #[error("admin API: {0}")]
     Admin(String),
@@ -83,6 +101,20 @@ pub enum ServeError {
     /// A task or thread of the allocator panicked: a bug. The process must not go on.
     #[error("internal failure: {0}")]
     Panicked(String),
+}
+
+impl ServeError {
+    /// `command`, recorded, does not replay on the configured rounds.
+    pub fn replay(command: &RoundCommand, refusal: Refusal) -> Self {
+        ServeError::Commands {
+            command_id: command.command_id.clone(),
+            action: command.action.name(),
+            round_id: command.round_id,
+            at_ms: command.at_ms,
+            issued_by: command.issued_by.clone(),
+            refusal,
+        }
+    }
 }
 
 /// Jobs the actor may queue for the commit thread before it waits.
@@ -393,7 +425,7 @@ impl Rebuilt {
         let mut draw = Draw::new(&config.rounds);
         // Commands first: an award may name a round or a prize a command added.
         for command in &snapshot.commands {
-            draw.apply_command(command).map_err(ServeError::Commands)?;
+            draw.apply_command(command).map_err(|refusal| ServeError::replay(command, refusal))?;
         }
         draw.finish_closed(now_ms());
         for award in &snapshot.awards {

@@ -721,6 +721,34 @@ fn a_round_long_closed_forgets_its_winners_and_draws_no_more() {
     assert_eq!(restarted.rounds()[0].pool().awarded_count(), 4, "the pool still knows them");
 }
 
+/// A round added live and then written into the configuration the same (an operator keeping
+/// the file true): the recorded `add` replays as nothing. Before, every later start failed
+/// ("round 2 exists already"), most likely a crash restart mid-show. Written differently, the
+/// replay still fails, naming the command, its time and who gave it.
+#[test]
+fn a_round_added_live_and_configured_the_same_replays() {
+    use shake_allocator::round_command::{RoundAction, RoundCommand};
+    let added = RoundConfig { id: 2, starts_at_ms: START + 500_000, ..round() };
+    let add = RoundCommand {
+        command_id: "add-2".into(),
+        round_id: 2,
+        action: RoundAction::Add { round: added.clone() },
+        issued_by: "ops".into(),
+        at_ms: START + 1,
+    };
+    let mut live = Draw::new(&[round()]);
+    live.apply_command(&add).unwrap();
+    let mut configured = Draw::new(&[round(), added.clone()]);
+    assert_eq!(configured.apply_command(&add), Ok(*live.rounds()[1].timing()));
+    assert_eq!(configured.rounds().len(), 2, "round 2 once");
+    let mut differs = Draw::new(&[round(), RoundConfig { seed: added.seed + 1, ..added }]);
+    let refusal = differs.apply_command(&add).unwrap_err();
+    let said = shake_allocator::service::ServeError::replay(&add, refusal).to_string();
+    for part in ["\"add-2\"", "add of round 2", "by ops", "exists already"] {
+        assert!(said.contains(part), "{part:?} in {said}");
+    }
+}
+
 /// Entries of a round this allocator does not know, or that is not open, are no-luck and
 /// counted: the sign of an edge whose clock or round table disagrees with the allocator's.
 #[test]

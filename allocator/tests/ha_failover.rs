@@ -341,9 +341,10 @@ async fn a_node_that_cannot_start_its_term_lets_a_standby_lead() {
 }
 
 /// A node whose configuration cannot replay the ledger (here a round that an operator added
-/// with `round add` and then also pasted into its file) stops at its term's start, the lease
-/// released, and the allocator that can replay it leads at once. Before, it stood by with the
-/// lease still its own and took it again at once, failing the same way for ever.
+/// with `round add` and then also wrote into its file, with another seed) stops at its term's
+/// start, the lease released, and the allocator that can replay it leads at once. Before, it
+/// stood by with the lease still its own and took it again at once, failing the same way for
+/// ever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_whose_rounds_do_not_replay_the_ledger_stops_and_another_leads() {
     let scratch = Scratch::new("ha-no-replay");
@@ -371,7 +372,7 @@ async fn a_node_whose_rounds_do_not_replay_the_ledger_stops_and_another_leads() 
     assert!(b.process.terminate().success(), "b's clean stop");
 
     let pasted = format!(
-        "{round}[[rounds]]\nid = 9\nstarts_at_ms = {starts_at_ms}\nduration_s = 60\nseed = 1\n\
+        "{round}[[rounds]]\nid = 9\nstarts_at_ms = {starts_at_ms}\nduration_s = 60\nseed = 2\n\
          [rounds.cash]\ntotal_cents = 100\nenvelopes = 10\n"
     );
     let mut command = Allocator::command(&scratch.postgres_config("a", &url, &pasted));
