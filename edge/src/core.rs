@@ -127,6 +127,8 @@ pub struct WorkerCore<X> {
     /// validity, a user's limit) are times on its clock: read on this edge's own, a skew of a
     /// few seconds expired every quota on arrival and put the edge on its fallback rate.
     allocator_clock_ahead_ms: i64,
+    /// When the load counts now accumulating began (monotonic microseconds).
+    load_since_us: u64,
     counts: Counts,
     /// Verdicts in counts the shell has taken, and in the last stats sent: the difference is
     /// the next report's (kept apart so the shake path counts each verdict once).
@@ -150,6 +152,7 @@ impl<X> WorkerCore<X> {
             awards,
             limited: HashMap::new(),
             allocator_clock_ahead_ms: 0,
+            load_since_us: now_us,
             counts: Counts::default(),
             verdicts_taken: VerdictCounts::default(),
             verdicts_reported: VerdictCounts::default(),
@@ -434,9 +437,10 @@ impl<X> WorkerCore<X> {
         }
     }
 
-    /// Once a second: the load report and the worker's stats for the allocator; limits that
-    /// ended are forgotten, and the rounds that ended (all but the last).
-    pub fn on_load_tick(&mut self, now_ms: u64) {
+    /// Once a second (about: the tick runs late under load): the load report and the worker's
+    /// stats for the allocator, over the time since the last (monotonic `now_us`); limits
+    /// that ended are forgotten, and the rounds that ended (all but the last).
+    pub fn on_load_tick(&mut self, now_us: u64, now_ms: u64) {
         self.limited.retain(|_, until| *until > now_ms);
         self.admission.forget_ended(now_ms);
         let load = self.admission.take_load();
@@ -450,7 +454,11 @@ impl<X> WorkerCore<X> {
         };
         self.verdicts_reported = total;
         let stats = WorkerStats { phones: self.phones.len() as u64, verdicts };
-        self.uplink.queue_load(load, stats);
+        // The window the counts cover, as it was: reported as a second, a tick running 10-30%
+        // late under load read as that much more offered load, and drew that much more quota.
+        let window_ms = now_us.saturating_sub(self.load_since_us).div_ceil(1000).max(1);
+        self.load_since_us = now_us;
+        self.uplink.queue_load(load, stats, u32::try_from(window_ms).unwrap_or(u32::MAX));
     }
 
     /// What was counted since the last call.

@@ -74,7 +74,7 @@ pub struct Uplink<R> {
     hello_due: bool,
     /// The answered mark last told to the allocator on this link.
     confirmed_sent: u64,
-    load: Option<(LoadCounts, WorkerStats)>,
+    load: Option<(LoadCounts, WorkerStats, u32)>,
     /// The `LoadReport` went; its `WorkerStats` goes next.
     stats_due: Option<WorkerStats>,
     acks: VecDeque<u64>,
@@ -162,10 +162,10 @@ impl<R: Copy> Uplink<R> {
         self.links
     }
 
-    /// The latest load report and the worker's stats for the control room (replace ones not
-    /// yet sent).
-    pub fn queue_load(&mut self, load: LoadCounts, stats: WorkerStats) {
-        self.load = Some((load, stats));
+    /// The latest load report (the counts over `window_ms`) and the worker's stats for the
+    /// control room (replace ones not yet sent).
+    pub fn queue_load(&mut self, load: LoadCounts, stats: WorkerStats, window_ms: u32) {
+        self.load = Some((load, stats, window_ms));
     }
 
     /// A session of `user_id` started: ask the allocator for the awards it owes the user.
@@ -228,10 +228,10 @@ impl<R: Copy> Uplink<R> {
                 self.encode(&AllocatorFrame::ResultsReceived { highest_answered_seq: answered }),
             );
         }
-        if let Some((load, stats)) = self.load.take() {
+        if let Some((load, stats, window_ms)) = self.load.take() {
             self.stats_due = Some(stats);
             return Some(self.encode(&AllocatorFrame::LoadReport {
-                window_ms: 1000,
+                window_ms,
                 offered: load.offered,
                 admitted: load.admitted,
             }));
@@ -401,8 +401,8 @@ mod tests {
     fn only_the_latest_load_report_and_bounded_acks() {
         let mut up = uplink();
         let stats = |phones| WorkerStats { phones, verdicts: VerdictCounts::default() };
-        up.queue_load(LoadCounts { offered: 1, admitted: 1 }, stats(3));
-        up.queue_load(LoadCounts { offered: 5, admitted: 2 }, stats(4));
+        up.queue_load(LoadCounts { offered: 1, admitted: 1 }, stats(3), 1_000);
+        up.queue_load(LoadCounts { offered: 5, admitted: 2 }, stats(4), 1_250);
         for id in 0..(MAX_QUEUED_ACKS as u64 + 10) {
             up.queue_ack(id);
         }
@@ -414,7 +414,7 @@ mod tests {
             frames.iter().filter(|f| matches!(f, AllocatorFrame::LoadReport { .. })).collect();
         assert_eq!(
             loads,
-            vec![&AllocatorFrame::LoadReport { window_ms: 1000, offered: 5, admitted: 2 }]
+            vec![&AllocatorFrame::LoadReport { window_ms: 1_250, offered: 5, admitted: 2 }]
         );
         let stats: Vec<_> =
             frames.iter().filter(|f| matches!(f, AllocatorFrame::WorkerStats { .. })).collect();

@@ -281,6 +281,27 @@ fn an_edge_clock_ahead_of_the_allocators_keeps_its_quota_and_limits() {
     assert_eq!(worker.take_counts().user_limited, 1);
 }
 
+/// A load report covers the time since the last, as it was: the tick that sends it runs late
+/// under load (10 ticks of 100 ms, each re-armed from a late turn), and a 1.5 s window sent as
+/// "1000 ms" read as half again the offered load at the allocator, which shares its quota by it.
+#[test]
+fn a_load_report_covers_the_time_since_the_last() {
+    let mut worker = edge_worker(1, 0);
+    worker.uplink().link_up();
+    let windows = |worker: &mut WorkerCore<u64>| {
+        std::iter::from_fn(|| worker.uplink().poll_transmit())
+            .filter_map(|bytes| match decode(&bytes) {
+                AllocatorFrame::LoadReport { window_ms, .. } => Some(window_ms),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    worker.on_load_tick(1_000_000, T0_MS + 1_000);
+    assert_eq!(windows(&mut worker), vec![1_000], "from the worker's start");
+    worker.on_load_tick(2_500_000, T0_MS + 2_500);
+    assert_eq!(windows(&mut worker), vec![1_500]);
+}
+
 /// The table of limited users an edge worker keeps is bounded whatever the allocator sends,
 /// makes room once limits end, and forgets ended limits on its once-a-second tick.
 #[test]
@@ -302,7 +323,7 @@ fn the_limited_users_table_is_bounded_and_swept() {
     assert_eq!(worker.on_shake(within, shake, 0, T0_MS + 1).unwrap().verdict, Verdict::NoLuck);
     assert_eq!(worker.take_counts().user_limited, 1);
     // Once the limits end, the tick forgets them and new ones fit.
-    worker.on_load_tick(T0_MS + 60_000);
+    worker.on_load_tick(60_000_000, T0_MS + 60_000);
     assert_eq!(worker.limited_users(), 0);
     let again = AllocatorFrame::UsersLimited { until_ms: T0_MS + 120_000, user_ids: vec![7] };
     worker.on_allocator_frame(again, 0, T0_MS + 60_001, &mut told);

@@ -36,7 +36,7 @@ impl LoopWorker {
         if self.ticks.is_multiple_of(10) {
             let now_us = self.now_us(now);
             self.sources.sweep(now_us);
-            self.core.on_load_tick(now_ms());
+            self.core.on_load_tick(now_us, now_ms());
             metrics.users_live.set(self.shared.sessions.live() as i64);
             if self.shared.config.overload.enabled {
                 self.cpu_quota = crate::cpu_allowance::process_cores();
