@@ -343,6 +343,9 @@ pub struct EdgeMetrics {
     pub paces_told: Counter,
     /// The shake interval each worker asks of its phones, milliseconds.
     pub pace_ms: Family<WorkerLabels, Gauge>,
+    /// Sessions each worker holds state for: connections handshaking, waiting for `Hello`,
+    /// serving or closing (set once a second).
+    pub sessions_held: Family<WorkerLabels, Gauge>,
     /// Whether each worker was over its load target in its last interval (1) or not (0):
     /// over it, new handshakes are refused.
     pub overloaded: Family<WorkerLabels, Gauge>,
@@ -390,6 +393,7 @@ impl EdgeMetrics {
             shed: Family::default(),
             paces_told: Counter::default(),
             pace_ms: Family::default(),
+            sessions_held: Family::default(),
             overloaded: Family::default(),
             shedding: Family::default(),
         };
@@ -460,6 +464,11 @@ impl EdgeMetrics {
             "loop_long_turn_preemptions",
             "Times the scheduler took the core from a worker in a turn of 10 ms or more",
             m.long_turn_preemptions.clone(),
+        );
+        registry.register(
+            "sessions_held",
+            "Sessions a worker holds state for (handshaking, waiting for Hello, serving, closing)",
+            m.sessions_held.clone(),
         );
         registry.register(
             "loop_busy_ratio",
@@ -672,6 +681,7 @@ shake_edge_receive_waits_total{waited="over_100ms"}
 shake_edge_receive_waits_total{waited="under_250us"}
 shake_edge_sessions_closed_total{code="HELLO_TIMEOUT"}
 shake_edge_sessions_closed_total{code="SESSION_SUPERSEDED"}
+shake_edge_sessions_held{worker="3"}
 shake_edge_shakes_refused_total{reason="user_limited"}
 shake_edge_shed_total{how="dropped"}
 shake_edge_shed_total{how="slow_down"}
@@ -724,6 +734,7 @@ shake_edge_verdicts_total{verdict="slow_down"}
         m.add_loop_stats(12, &DriverStats::default(), &is);
         let verdict = crate::overload::IntervalVerdict { over: true, ..Default::default() };
         m.set_overload(3, 250, &verdict);
+        m.sessions_held.get_or_create(&WorkerLabels { worker: 3 }).set(7);
         for outcome in HandshakeOutcome::ALL {
             m.count_handshake(outcome);
         }

@@ -120,6 +120,38 @@ async fn connections_that_never_say_hello_count_against_the_handshake_cap() {
     assert!(Phone::connect_from(&world, from(7)).await.is_err_and(|err| refused(&err)));
 }
 
+/// Sessions the edge closes itself leave its session table: quinn-proto reports no lost
+/// connection for a close of our own, so each stayed (its read buffer, up to 64 queued frames)
+/// until another connection took its slot; `shake_edge_sessions_held` read 3 here for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_the_edge_closes_leave_its_table() {
+    // Long enough a wait for Hello that the once-a-second gauge sees the silent ones held.
+    let world = World::start(WorldSettings {
+        edge_limits: "hello_timeout_ms = 2500\n",
+        ..WorldSettings::default()
+    })
+    .await;
+    let mut silent = Vec::new();
+    for n in 1..=3u8 {
+        let from = format!("127.5.0.{n}:0").parse().unwrap();
+        silent.push(Phone::connect_from(&world, from).await.unwrap());
+    }
+    held_until(&world, |n| n >= 3.0, "the silent connections were never counted").await;
+    for phone in &silent {
+        assert_eq!(phone.closed_code().await, Some(ErrorCode::HelloTimeout.code().into()));
+    }
+    held_until(&world, |n| n == 0.0, "sessions held after their close").await;
+}
+
+/// Waits (5 s at most) until `shake_edge_sessions_held` satisfies `ok`, else fails with `what`.
+async fn held_until(world: &World, ok: impl Fn(f64) -> bool, what: &str) {
+    let started = std::time::Instant::now();
+    while !ok(world.metric("shake_edge_sessions_held")) {
+        assert!(started.elapsed() < Duration::from_secs(5), "{what}:\n{}", world.scrape());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A source's connections that completed the handshake and say nothing count against its
 /// in-progress cap until `Hello`: released at the handshake, one address could hold as many
 /// as its rate let it start in `hello_timeout_ms` (200 + 50 a second by default), and ten

@@ -38,6 +38,9 @@ impl LoopWorker {
             self.sources.sweep(now_us);
             self.core.on_load_tick(now_us, now_ms());
             metrics.users_live.set(self.shared.sessions.live() as i64);
+            let held = self.sessions.iter().flatten().count() as i64;
+            let labels = crate::metrics::WorkerLabels { worker: self.id };
+            metrics.sessions_held.get_or_create(&labels).set(held);
             if self.shared.config.overload.enabled {
                 self.cpu_quota = crate::cpu_allowance::process_cores();
             }

@@ -82,6 +82,12 @@ impl LoopWorker {
         self.shared.metrics.count_session_closed(code);
         conn.close(now, VarInt::from_u32(code.code()), Bytes::from_static(code.name().as_bytes()));
         self.deadlines.set(ch.0, None);
+        // Forgotten now: quinn-proto reports no `ConnectionLost` for a close of our own, so
+        // the session (its read buffer, up to 64 queued frames) stayed until its slot was
+        // handed to another connection. Its accounting was settled when the close began.
+        if let Some(slot) = self.sessions.get_mut(ch.0) {
+            *slot = None;
+        }
     }
 
     /// Writes a control frame on the phone's stream, or queues it while the stream has no
