@@ -3,7 +3,9 @@
 //! its user starts again (the edge's `AwardsWanted`, answered by `AwardsOwed`).
 //!
 //! Bounded by the prizes of the show (an award is owed at most once, and leaves when a phone
-//! acknowledges it): 48 bytes or so an owed award.
+//! acknowledges it): about 120 bytes an owed award (its 48, a slot in each map, the
+//! allocator's overhead; a gift's SKU is a string of its own), most users owing one. An award
+//! whose winner never comes back stays owed until the process ends (RELIABILITY.md, "Left").
 
 use std::collections::HashMap;
 
@@ -27,11 +29,14 @@ impl OwedAwards {
             return;
         }
         self.user_of.insert(award.award_id, award.user_id);
-        self.by_user.entry(award.user_id).or_default().push(OwedAward {
-            award_id: award.award_id,
-            round_id: award.round_id,
-            prize: award.prize.clone(),
-        });
+        // Most users are owed one award: a list of one, not the four a first push reserves.
+        self.by_user.entry(award.user_id).or_insert_with(|| Vec::with_capacity(1)).push(
+            OwedAward {
+                award_id: award.award_id,
+                round_id: award.round_id,
+                prize: award.prize.clone(),
+            },
+        );
     }
 
     /// A phone acknowledged this award.
@@ -99,6 +104,17 @@ mod tests {
                 other => panic!("not an AwardsOwed frame: {other:?}"),
             })
             .collect()
+    }
+
+    /// A user owed one award holds room for one: the first push of an empty list reserved
+    /// four (about 150 bytes more an owed award, most users owing one).
+    #[test]
+    fn a_user_owed_one_award_holds_room_for_one() {
+        let mut owed = OwedAwards::default();
+        owed.add(&award(1, 7, false));
+        assert_eq!(owed.by_user[&7].capacity(), 1);
+        owed.add(&award(2, 7, false));
+        assert_eq!(owed.by_user[&7].len(), 2);
     }
 
     #[test]
