@@ -199,12 +199,23 @@ impl Node {
                     }
                     self.shared.metrics.awards_followed.inc_by(followed.awards.len() as u64);
                     if last_holder.as_ref() != Some(&(row.epoch, row.holder.clone())) {
-                        tracing::info!(
-                            epoch = row.epoch,
-                            holder = %row.holder,
-                            address = %row.address,
-                            "standby: another allocator leads"
-                        );
+                        let here = self.advertise.to_string();
+                        if lease::names_another_process(&row, &self.pg.node, &here) {
+                            tracing::error!(
+                                epoch = row.epoch,
+                                node = %row.holder,
+                                address = %row.address,
+                                "another allocator leads under this node's name: give each \
+                                 allocator its own [postgres] node (this one waits its turn)"
+                            );
+                        } else {
+                            tracing::info!(
+                                epoch = row.epoch,
+                                holder = %row.holder,
+                                address = %row.address,
+                                "standby: another allocator leads"
+                            );
+                        }
                         last_holder = Some((row.epoch, row.holder.clone()));
                     }
                     *lock(&leader) = row.address;

@@ -394,6 +394,30 @@ async fn a_node_whose_rounds_do_not_replay_the_ledger_stops_and_another_leads() 
     drop(server);
 }
 
+/// Two processes under one `[postgres] node` (a rolling update that starts the new before it
+/// stops the old, a configuration cloned to another host): the second waits for the lease
+/// instead of taking it as its own. Before, each took it from the other at its next look, for
+/// as long as both ran, and every flip closed the edges' connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_under_one_node_name_does_not_take_the_lease() {
+    let scratch = Scratch::new("ha-same-node");
+    let server = PgServer::primary(&scratch.dir.join("pg"));
+    let url = server.database("shake");
+    let config = scratch.postgres_config("same", &url, &round());
+    let first = Allocator::start(&config);
+    let epoch = await_leadership(&first, Duration::from_secs(10));
+    let second = Allocator::start(&config);
+    // Longer than a lease (1.5 s) and many standby polls (100 ms).
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(leader_epoch(&first), epoch, "the first lost its lease");
+    assert_eq!(leader_epoch(&second), 0.0, "the second leads");
+    // Once the first stops, the second takes over as any standby would.
+    drop(first);
+    await_leadership(&second, Duration::from_secs(10));
+    drop(second);
+    drop(server);
+}
+
 /// A term whose commit lanes cannot be opened (`SHAKE_FAILPOINT` refuses every second session)
 /// ends as a failed term, and the allocator stands by and tries again: the process does not
 /// stop.

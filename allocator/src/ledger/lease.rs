@@ -72,8 +72,14 @@ pub fn current(client: &mut Client) -> Result<LeaderRow, LedgerError> {
     })
 }
 
-/// Takes the lease if it has expired (or is this node's own, from before a restart): returns
-/// the new epoch, or `None` while another node holds it.
+/// Takes the lease if it has expired (or is this node's own, from before a restart: the same
+/// node name at the same address): returns the new epoch, or `None` while another holds it.
+///
+/// The address is part of "own": two processes under one `[postgres] node` (a rolling update
+/// that starts the new before it stops the old, a configuration cloned to another host) each
+/// took the lease from the other as its own, for as long as both ran, every flip closing the
+/// edges' connections. Now the second waits for the lease to expire, and says why
+/// ([`names_another_process`]).
 pub fn try_acquire(
     client: &mut Client,
     node: &str,
@@ -85,12 +91,18 @@ pub fn try_acquire(
     let row = client.query_opt(
         "WITH won AS (UPDATE shake_leader SET epoch = epoch + 1, holder = $1, address = $2, \
          acquired_at = now(), expires_at = now() + $3 * interval '1 millisecond' \
-         WHERE id = 1 AND (expires_at <= now() OR holder = $1 OR holder = '') \
+         WHERE id = 1 AND (expires_at <= now() OR (holder = $1 AND address = $2) OR holder = '') \
          RETURNING epoch, holder, address, acquired_at) \
          INSERT INTO shake_terms SELECT epoch, holder, address, acquired_at FROM won RETURNING epoch",
         &[&node, &address, &millis(lease)],
     )?;
     Ok(row.map(|row| row.get(0)))
+}
+
+/// Whether the lease `row` (unexpired) is held under this node's name by another process (at
+/// another address): the operator gave two allocators one `[postgres] node`.
+pub fn names_another_process(row: &LeaderRow, node: &str, address: &str) -> bool {
+    row.holder == node && row.address != address && row.expires_in_ms > 0
 }
 
 /// Once the lease has run out, ends the database sessions still holding the lease row: the
