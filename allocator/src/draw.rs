@@ -255,14 +255,13 @@ impl Draw {
     /// every recorded command before restoring awards: an award may name a topped-up item or
     /// an added round.
     pub fn apply_command(&mut self, command: &RoundCommand) -> Result<RoundTiming, Refusal> {
-        // A round added during the show and then written into the configuration the same, as
-        // an operator keeps the file true for the next show: replayed, the command adds
-        // nothing. A live `add` of it is refused before it is recorded ([`Self::check_command`]);
-        // a configured round that differs from the one added still refuses the replay.
-        if let RoundAction::Add { round } = &command.action
-            && let Some(configured) = self.rounds.iter().find(|r| r.config == *round)
+        // A round added live and configured the same adds nothing when replayed; one that
+        // differs from the configured round still refuses the replay.
+        let configured = self.rounds.iter().map(|r| &r.config);
+        if crate::round_command::adds_a_configured_round(command, configured)
+            && let Some(round) = self.round(command.round_id)
         {
-            return Ok(configured.timing);
+            return Ok(round.timing);
         }
         let next = self.check_command(command)?;
         match &command.action {

@@ -279,7 +279,7 @@ impl RoundTiming {
                 RoundStatus::Waiting => {
                     next.starts_at_ms = at;
                     next.resumed_at_ms = at;
-                    next.ends_at_ms = at + (self.ends_at_ms - self.starts_at_ms);
+                    next.ends_at_ms = at.saturating_add(self.ends_at_ms - self.starts_at_ms);
                 }
                 RoundStatus::Open => return Err(Refusal::AlreadyOpen(id)),
                 RoundStatus::Paused => return Err(Refusal::Paused(id)),
@@ -294,7 +294,7 @@ impl RoundTiming {
                 if self.closed_by(at) {
                     return Err(Refusal::AlreadyClosed(id));
                 }
-                next.ends_at_ms += by_ms;
+                next.ends_at_ms = next.ends_at_ms.saturating_add(*by_ms);
             }
             RoundAction::Close => {
                 if self.closed_by(at) {
@@ -331,7 +331,7 @@ impl RoundTiming {
                     let pause = at - paused_at;
                     next.paused_at_ms = None;
                     next.paused_ms += pause;
-                    next.ends_at_ms += pause;
+                    next.ends_at_ms = next.ends_at_ms.saturating_add(pause);
                     next.resumed_at_ms = at;
                 }
                 (RoundStatus::Closed, _) => return Err(Refusal::AlreadyClosed(id)),
@@ -413,10 +413,24 @@ impl Timings {
     }
 }
 
+/// Whether `command` adds a round that `configured` holds already, the same: a round added
+/// during the show and then written into the configuration, as an operator keeps the file true
+/// for the next show. Replayed, such a command adds nothing (a live `add` of a round that
+/// exists is refused before it is recorded).
+pub fn adds_a_configured_round<'a>(
+    command: &RoundCommand,
+    mut configured: impl Iterator<Item = &'a RoundConfig>,
+) -> bool {
+    matches!(&command.action, RoundAction::Add { round } if configured.any(|c| c == round))
+}
+
 /// What `command` makes of the rounds as configured: a round added, prizes topped up (a
 /// settlement check reads the configuration and the audit log through this). Other commands
 /// change only times, which the configuration does not hold.
 pub fn apply_to_rounds(rounds: &mut Vec<RoundConfig>, command: &RoundCommand) {
+    if adds_a_configured_round(command, rounds.iter()) {
+        return;
+    }
     match &command.action {
         RoundAction::Add { round } => rounds.push(round.clone()),
         RoundAction::TopUp { cash, gifts } => {
@@ -823,5 +837,13 @@ mod tests {
         assert_eq!(rounds[0].gifts.len(), 1, "one SKU, one pool");
         assert_eq!(rounds[0].gifts[0].count, 5);
         assert_eq!(rounds.iter().map(|r| r.id).collect::<Vec<_>>(), [1, 2]);
+        // A round added live and also configured, the same, is there once (the allocator's
+        // replay skips it too: `shake-swarm verify` added it twice, its pools doubled).
+        let mut configured = vec![round_config(1, 1_000), round_config(2, 5_000)];
+        apply_to_rounds(
+            &mut configured,
+            &command(2, RoundAction::Add { round: round_config(2, 5_000) }, 1_700),
+        );
+        assert_eq!(configured.iter().map(|r| r.id).collect::<Vec<_>>(), [1, 2]);
     }
 }

@@ -121,6 +121,16 @@ impl Admission {
         if let Some(named) = &mut self.named_since_link_up {
             named.push(round.round_id);
         }
+        // A round over before we heard of it, and not the last to end: the allocator names every
+        // round, ended ones too, to a worker that (re)connects, and these were forgotten on
+        // purpose. Taken again, each would be told to every phone as news (the broadcast of a
+        // whole table, a hundred times over late in a show).
+        let unknown = !self.rounds.iter().any(|r| r.round_id == round.round_id);
+        let ended_later =
+            |r: &RoundInfo| r.ends_at_ms <= now_ms && r.ends_at_ms >= round.ends_at_ms;
+        if unknown && round.ends_at_ms <= now_ms && self.rounds.iter().any(ended_later) {
+            return false;
+        }
         let interval_was = self.min_interval_ms();
         match self.intervals.iter_mut().find(|(id, _)| *id == round.round_id) {
             Some((_, interval)) => *interval = min_interval_ms,
@@ -156,11 +166,22 @@ impl Admission {
     }
 
     /// A frame other than `RoundState` arrived: the round list since the link came up, if one
-    /// was arriving, is complete; rounds it did not name are forgotten. Returns their ids.
-    pub fn on_round_list_end(&mut self, now_ms: u64) -> Vec<u32> {
+    /// was arriving, is complete; rounds it did not name are forgotten. Returns them as phones
+    /// must now hear of them: closed at `now_ms` (a phone keeps a round until told otherwise,
+    /// and would go on shaking for one the allocator no longer has).
+    pub fn on_round_list_end(&mut self, now_ms: u64) -> Vec<RoundInfo> {
         let Some(named) = self.named_since_link_up.take() else { return Vec::new() };
-        let forgotten: Vec<u32> =
-            self.rounds.iter().map(|r| r.round_id).filter(|id| !named.contains(id)).collect();
+        let forgotten: Vec<RoundInfo> = self
+            .rounds
+            .iter()
+            .filter(|r| !named.contains(&r.round_id))
+            .map(|r| RoundInfo {
+                phase: shake_proto::RoundPhase::Closed,
+                starts_at_ms: r.starts_at_ms.min(now_ms),
+                ends_at_ms: r.ends_at_ms.min(now_ms),
+                ..*r
+            })
+            .collect();
         self.keep_rounds(|r| named.contains(&r.round_id), now_ms);
         forgotten
     }
@@ -389,6 +410,42 @@ mod tests {
         assert_eq!(ids(&a), vec![21]);
         assert_eq!(a.current_round(after_all).round_id, 21, "the last");
         assert_eq!(a.intervals, vec![(21, 111)]);
+    }
+
+    /// A worker that (re)connects late in a show hears every round again, the ended ones too:
+    /// those it forgot are not news, and stay forgotten (each was broadcast to every phone
+    /// as a new round, a whole table's worth at every reconnect, before).
+    #[test]
+    fn a_reconnect_late_in_a_show_brings_back_no_ended_round() {
+        let mut a = admission();
+        let starts = |i: u64| T0_MS + 120_000 + i * 60_000;
+        let round = |i: u32| RoundInfo {
+            round_id: 10 + i,
+            phase: RoundPhase::Waiting,
+            starts_at_ms: starts(u64::from(i)),
+            ends_at_ms: starts(u64::from(i)) + 30_000,
+            start_spread_ms: 0,
+        };
+        for i in 0..12u32 {
+            a.on_round_state(round(i), 100, T0_MS);
+        }
+        let during_15 = starts(5) + 1;
+        a.forget_ended(during_15);
+        a.on_link_up();
+        let three = a.rounds.iter().find(|r| r.round_id == 3).copied();
+        assert!(three.is_none(), "round 3 was forgotten");
+        let mut told = Vec::new();
+        let first =
+            RoundInfo { round_id: 3, starts_at_ms: T0_MS, ends_at_ms: T0_MS + 60_000, ..round(0) };
+        told.push(a.on_round_state(first, 100, during_15));
+        for i in 0..12u32 {
+            told.push(a.on_round_state(round(i), 100, during_15));
+        }
+        assert!(told.iter().all(|news| !news), "{told:?}");
+        assert!(a.on_round_list_end(during_15).is_empty());
+        let ids = a.rounds.iter().map(|r| r.round_id).collect::<Vec<_>>();
+        assert_eq!(ids, (14..22).collect::<Vec<_>>());
+        assert_eq!(a.intervals.len(), ids.len());
     }
 
     #[test]

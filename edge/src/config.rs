@@ -318,6 +318,9 @@ fn default_batch_delay_us() -> u64 {
 
 /// The longest `limits.batch_max_age_us`, microseconds (10 s).
 pub const MAX_BATCH_AGE_US: u64 = 10_000_000;
+/// The longest `limits.hello_timeout_ms` (10 min): past it, a deadline overflowed the clock
+/// and stopped the worker at its first handshake.
+pub const MAX_HELLO_TIMEOUT_MS: u64 = 600_000;
 /// The longest `batch_delay_us`, microseconds (10 ms).
 pub const MAX_BATCH_DELAY_US: u64 = 10_000;
 /// The longest of the `[overload]` durations, milliseconds (a minute).
@@ -425,6 +428,9 @@ impl Validate for EdgeConfig {
         // Upper bounds on durations: each is far past any useful value, and keeps a unit slip
         // (milliseconds for microseconds) from a silent stall, and the arithmetic on them
         // (times a thousand, added to now) from overflowing.
+        if l.hello_timeout_ms > MAX_HELLO_TIMEOUT_MS {
+            return Err(invalid("limits.hello_timeout_ms", "at most 600,000 (10 min)"));
+        }
         if l.batch_max_age_us > MAX_BATCH_AGE_US {
             return Err(invalid("limits.batch_max_age_us", "at most 10,000,000 (10 s)"));
         }
@@ -589,6 +595,11 @@ mod tests {
         for (from, to, field) in [
             ("batch_max_age_us = 2000", "batch_max_age_us = 20000000", "limits.batch_max_age_us"),
             ("batch_delay_us = 200", "batch_delay_us = 200000", "batch_delay_us"),
+            (
+                "hello_timeout_ms = 5000",
+                &format!("hello_timeout_ms = {huge}"),
+                "limits.hello_timeout_ms",
+            ),
             ("interval_ms = 100", &format!("interval_ms = {huge}"), "overload.interval_ms"),
             (
                 "queue_delay_limit_ms = 100",

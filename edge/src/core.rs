@@ -180,6 +180,9 @@ impl<X> WorkerCore<X> {
     /// allocator names first are all it has ([`Admission::on_link_up`]).
     pub fn on_link_up(&mut self) -> &mut Uplink<PhoneRef> {
         self.admission.on_link_up();
+        // Another allocator may answer, one that sends no `Heartbeat` (an older build): the
+        // last one's clock says nothing of it.
+        self.allocator_clock_ahead_ms = 0;
         self.uplink.link_up();
         &mut self.uplink
     }
@@ -318,10 +321,14 @@ impl<X> WorkerCore<X> {
             let forgotten = self.admission.on_round_list_end(now_ms);
             if !forgotten.is_empty() {
                 tracing::warn!(
-                    ?forgotten,
+                    forgotten = ?forgotten.iter().map(|r| r.round_id).collect::<Vec<_>>(),
                     "rounds the allocator no longer names (its configuration changed) are forgotten"
                 );
             }
+            let min_shake_interval_ms = self.admission.min_interval_ms();
+            out.extend(forgotten.into_iter().map(|round| {
+                PhoneEffect::Broadcast(ControlFrame::RoundNotice { round, min_shake_interval_ms })
+            }));
         }
         match frame {
             AllocatorFrame::BatchResult { seq, digest, winners } => {

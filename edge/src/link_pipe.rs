@@ -103,10 +103,12 @@ async fn open_stream(
 /// retrying ten times a second only fills the logs of both sides.
 const AFTER_REFUSAL: Duration = Duration::from_secs(1);
 
-/// The error code the allocator closed a stream with, if it closed it on purpose (reset our
-/// reading side or stopped our writing side) rather than losing it with its connection.
+/// The error code the allocator refused this worker's stream with, if it was a refusal that
+/// repeats until an operator acts: a protocol version it does not speak, or an edge id another
+/// edge uses. Any other reset (a slow reader closed, a flood) is a lost stream, resent at once.
 pub fn refusal(code: quinn::VarInt) -> Option<ErrorCode> {
-    ErrorCode::from_code(code.into_inner()).filter(|code| *code != ErrorCode::NoError)
+    ErrorCode::from_code(code.into_inner())
+        .filter(|code| matches!(code, ErrorCode::UnsupportedVersion | ErrorCode::DuplicateWorker))
 }
 
 /// What an operator should do about a stream the allocator refused with `code`.
@@ -120,7 +122,7 @@ pub fn refusal_advice(code: ErrorCode) -> &'static str {
             "another edge uses this edge_id (or a stale process of this one runs): each edge \
              needs an id of its own"
         }
-        _ => "see PROTOCOL.md for the code",
+        _ => "see PROTOCOL.md for the code (the allocator refused it)",
     }
 }
 
@@ -204,5 +206,24 @@ pub async fn run(
         } else {
             let _ = tokio::time::timeout(pause, allocator.changed()).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_refusals_that_repeat_are_refusals() {
+        let code = |c: ErrorCode| quinn::VarInt::from_u32(c.code());
+        assert_eq!(
+            refusal(code(ErrorCode::UnsupportedVersion)),
+            Some(ErrorCode::UnsupportedVersion)
+        );
+        assert_eq!(refusal(code(ErrorCode::DuplicateWorker)), Some(ErrorCode::DuplicateWorker));
+        for lost in [ErrorCode::NoError, ErrorCode::Internal, ErrorCode::Flood] {
+            assert_eq!(refusal(code(lost)), None, "{lost}");
+        }
+        assert_eq!(refusal(quinn::VarInt::from_u32(0x7777)), None, "a code we do not know");
     }
 }

@@ -238,6 +238,19 @@ fn a_round_the_restarted_allocator_no_longer_names_is_forgotten() {
         }
         let open = worker.admission().open_round(at_ms).map(|r| r.round_id);
         assert_eq!(open, Some(id), "the round open as the worker sees it");
+        // Phones keep a round until told otherwise: the one forgotten is told closed.
+        let closed: Vec<u32> = told
+            .iter()
+            .filter_map(|effect| match effect {
+                PhoneEffect::Broadcast(ControlFrame::RoundNotice { round, .. })
+                    if round.phase == shake_proto::RoundPhase::Closed =>
+                {
+                    Some(round.round_id)
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(closed, if id == 5 { vec![1] } else { vec![] }, "rounds told closed");
         let shake = Shake { round_id: id, seq: seq as u64 + 1, client_time_ms: at_ms };
         let outcome = worker.on_shake(phone, shake, at_ms * 1000, at_ms).unwrap();
         assert_eq!(outcome.verdict, Verdict::Forwarded, "a shake for round {id}");
