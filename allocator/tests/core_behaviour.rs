@@ -63,6 +63,17 @@ fn batch(seq: u64) -> Batch {
     Batch::new(seq, 1, START, &entries)
 }
 
+/// The command that adds `round` during the show, a moment after `START`.
+fn adding(round: &RoundConfig) -> shake_allocator::round_command::RoundCommand {
+    shake_allocator::round_command::RoundCommand {
+        command_id: "add".into(),
+        round_id: round.id,
+        action: shake_allocator::round_command::RoundAction::Add { round: round.clone() },
+        issued_by: "test".into(),
+        at_ms: START + 1,
+    }
+}
+
 fn frames(effects: &[Effect], stream: u64) -> Vec<AllocatorFrame> {
     effects
         .iter()
@@ -636,16 +647,8 @@ fn a_cash_pool_past_its_bound_is_refused_and_the_largest_allowed_pays() {
         assert!(huge.check_limits(&at).is_err(), "{total} cents in one pool");
         // Added during the show: refused before it is recorded.
         let draw = Draw::new(&[round()]);
-        let add = RoundCommand {
-            command_id: "add".into(),
-            round_id: 2,
-            action: RoundAction::Add {
-                round: RoundConfig { id: 2, starts_at_ms: START + 500_000, ..huge },
-            },
-            issued_by: "test".into(),
-            at_ms: START + 1,
-        };
-        let said = draw.check_new_command(&add);
+        let later = RoundConfig { id: 2, starts_at_ms: START + 500_000, ..huge };
+        let said = draw.check_new_command(&adding(&later));
         assert!(matches!(said, Err(Refusal::Invalid(_))), "{total}: {said:?}");
     }
     // A top-up that takes the round's cash past the bound is refused; one that fills it, not.
@@ -727,15 +730,10 @@ fn a_round_long_closed_forgets_its_winners_and_draws_no_more() {
 /// replay still fails, naming the command, its time and who gave it.
 #[test]
 fn a_round_added_live_and_configured_the_same_replays() {
-    use shake_allocator::round_command::{RoundAction, RoundCommand};
+    use shake_allocator::round_command::RoundCommand;
     let added = RoundConfig { id: 2, starts_at_ms: START + 500_000, ..round() };
-    let add = RoundCommand {
-        command_id: "add-2".into(),
-        round_id: 2,
-        action: RoundAction::Add { round: added.clone() },
-        issued_by: "ops".into(),
-        at_ms: START + 1,
-    };
+    let add =
+        RoundCommand { command_id: "add-2".into(), issued_by: "ops".into(), ..adding(&added) };
     let mut live = Draw::new(&[round()]);
     live.apply_command(&add).unwrap();
     let mut configured = Draw::new(&[round(), added.clone()]);
@@ -772,7 +770,7 @@ fn entries_for_a_round_not_open_here_are_counted() {
 /// times clamped, not a panic.
 #[test]
 fn a_round_time_past_its_bound_is_refused_and_a_recorded_one_still_travels() {
-    use shake_allocator::round_command::{Refusal, RoundAction, RoundCommand};
+    use shake_allocator::round_command::Refusal;
     let at = |field: &str| field.to_owned();
     let endless =
         RoundConfig { id: 2, starts_at_ms: START + 500_000, duration_s: u64::MAX / 4, ..round() };
@@ -780,14 +778,7 @@ fn a_round_time_past_its_bound_is_refused_and_a_recorded_one_still_travels() {
     for (bad, field) in [(&endless, "duration_s"), (&in_micros, "starts_at_ms")] {
         let said = bad.check_limits(&at);
         assert!(said.as_ref().is_err_and(|e| e.to_string().contains(field)), "{said:?}");
-        let add = RoundCommand {
-            command_id: "add".into(),
-            round_id: 2,
-            action: RoundAction::Add { round: bad.clone() },
-            issued_by: "test".into(),
-            at_ms: START + 1,
-        };
-        let said = Draw::new(&[round()]).check_new_command(&add);
+        let said = Draw::new(&[round()]).check_new_command(&adding(bad));
         assert!(matches!(said, Err(Refusal::Invalid(_))), "{said:?}");
     }
     // As if recorded by an earlier build: configured directly, no bound checked.

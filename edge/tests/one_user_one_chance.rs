@@ -70,6 +70,31 @@ fn decode(bytes: &Bytes) -> AllocatorFrame {
     AllocatorFrame::decode(&mut BytesMut::from(&bytes[..])).unwrap().unwrap()
 }
 
+/// A new link between `worker` and `alloc`: the worker's hello, and everything the allocator
+/// answers it with, at `alloc_ms` on the allocator's clock and `edge_ms` on the edge's. What
+/// the worker tells its phones.
+fn link_up(
+    worker: &mut WorkerCore<u64>,
+    alloc: &mut Core,
+    alloc_ms: u64,
+    edge_ms: u64,
+) -> Vec<PhoneEffect> {
+    worker.on_link_up();
+    let mut effects = Vec::new();
+    while let Some(bytes) = worker.uplink().poll_transmit() {
+        if let Some(hello) = hello_of(&decode(&bytes)) {
+            alloc.on_hello(1, hello, alloc_ms, &mut effects);
+        }
+    }
+    let mut told = Vec::new();
+    for effect in effects {
+        if let Effect::Send(_, bytes) = effect {
+            worker.on_allocator_frame(decode(&bytes), 0, edge_ms, &mut told);
+        }
+    }
+    told
+}
+
 /// The allocator's view of a worker's `EdgeHello`.
 fn hello_of(frame: &AllocatorFrame) -> Option<WorkerHello> {
     match *frame {
@@ -222,20 +247,7 @@ fn a_round_the_restarted_allocator_no_longer_names_is_forgotten() {
     let mut worker = edge_worker(1, 0);
     let phone = worker.add_phone(HONEST, HONEST, 0, None);
     for (seq, (id, at_ms)) in [(1u32, T0_MS + 1_000), (5, T0_MS + 2_000)].into_iter().enumerate() {
-        let mut alloc = allocator_with(&round(id));
-        worker.on_link_up();
-        let mut effects = Vec::new();
-        while let Some(bytes) = worker.uplink().poll_transmit() {
-            if let Some(hello) = hello_of(&decode(&bytes)) {
-                alloc.on_hello(1, hello, at_ms, &mut effects);
-            }
-        }
-        let mut told = Vec::new();
-        for effect in effects {
-            if let Effect::Send(_, bytes) = effect {
-                worker.on_allocator_frame(decode(&bytes), 0, at_ms, &mut told);
-            }
-        }
+        let told = link_up(&mut worker, &mut allocator_with(&round(id)), at_ms, at_ms);
         let open = worker.admission().open_round(at_ms).map(|r| r.round_id);
         assert_eq!(open, Some(id), "the round open as the worker sees it");
         // Phones keep a round until told otherwise: the one forgotten is told closed.
@@ -267,19 +279,7 @@ fn an_edge_clock_ahead_of_the_allocators_keeps_its_quota_and_limits() {
     let mut worker = edge_worker(1, 0);
     let fallback = worker.admission().edge_rate(1, T0_MS);
     let (alloc_ms, edge_ms) = (T0_MS + 10_000, T0_MS + 16_000);
-    worker.on_link_up();
-    let mut effects = Vec::new();
-    while let Some(bytes) = worker.uplink().poll_transmit() {
-        if let Some(hello) = hello_of(&decode(&bytes)) {
-            alloc.on_hello(1, hello, alloc_ms, &mut effects);
-        }
-    }
-    let mut told = Vec::new();
-    for effect in effects {
-        if let Effect::Send(_, bytes) = effect {
-            worker.on_allocator_frame(decode(&bytes), 0, edge_ms, &mut told);
-        }
-    }
+    let mut told = link_up(&mut worker, &mut alloc, alloc_ms, edge_ms);
     assert_eq!(worker.allocator_clock_ahead_ms(), -6_000);
     let quota = worker.admission().edge_rate(1, edge_ms + 2_000);
     assert!(quota.per_s < fallback.per_s, "the quota, {quota:?}, not the fallback {fallback:?}");
