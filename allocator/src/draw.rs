@@ -221,6 +221,13 @@ impl Draw {
     /// with its top-ups), which a command recorded by an earlier build is not held to when it
     /// is replayed (a ledger it wrote must still open).
     pub fn check_new_command(&self, command: &RoundCommand) -> Result<RoundTiming, Refusal> {
+        // A finished round is closed whatever the clock says now: stepped back into its
+        // times, `extend` or `top_up` passed the timing's checks and was recorded for a round
+        // that draws no more. (Replays are not held to it: a standby finishes rounds by its
+        // own clock, and a command its leader recorded must still apply.)
+        if self.round(command.round_id).is_some_and(|round| round.finished) {
+            return Err(Refusal::AlreadyClosed(command.round_id));
+        }
         let next = self.check_command(command)?;
         match (&command.action, self.round(command.round_id)) {
             (RoundAction::Add { round }, _) => round

@@ -714,6 +714,16 @@ fn a_round_long_closed_forgets_its_winners_and_draws_no_more() {
     // The wall clock stepped back into the round: the same users shake again.
     assert!(!draw.decide(key(2), &batch(1), START + 2, &mut rates, &mut awards));
     assert_eq!(awards.len(), 4, "no award past the round's end");
+    // Nor does an operator's command take it back while the clock is stepped back.
+    use shake_allocator::round_command::{Refusal, RoundAction, RoundCommand};
+    let extend = RoundCommand {
+        command_id: "extend".into(),
+        round_id: 1,
+        action: RoundAction::Extend { by_ms: 60_000 },
+        issued_by: "test".into(),
+        at_ms: START + 2,
+    };
+    assert_eq!(draw.check_new_command(&extend), Err(Refusal::AlreadyClosed(1)));
     // A restart long after: its awards restored into a finished round leave no table.
     let mut restarted = Draw::new(&[round()]);
     restarted.finish_closed(closed_at + WINNERS_KEPT_AFTER_CLOSE_MS);
