@@ -111,15 +111,7 @@ impl Warm {
 
     /// Applies the look's commands, then replays its awards, then takes in its marks.
     fn follow(&mut self, followed: &Followed) -> Result<(), ServeError> {
-        for command in &followed.commands {
-            self.draw
-                .apply_command(command)
-                .map_err(|refusal| ServeError::replay(command, refusal))?;
-        }
-        self.draw.finish_closed(crate::service::now_ms());
-        for award in &followed.awards {
-            self.draw.restore(award)?;
-        }
+        crate::service::replay(&mut self.draw, &followed.commands, &followed.awards)?;
         self.following.take(followed);
         Ok(())
     }

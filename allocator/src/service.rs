@@ -103,6 +103,25 @@ pub enum ServeError {
     Panicked(String),
 }
 
+/// Replays what the ledger recorded into `draw`: the commands first (an award may name a
+/// round or a prize a command added), then the rounds long closed are finished (as of now: their
+/// winners are not remembered again), then the awards. A start and a standby following the log
+/// both replay this way.
+pub(crate) fn replay(
+    draw: &mut Draw,
+    commands: &[RoundCommand],
+    awards: &[Award],
+) -> Result<(), ServeError> {
+    for command in commands {
+        draw.apply_command(command).map_err(|refusal| ServeError::replay(command, refusal))?;
+    }
+    draw.finish_closed(now_ms());
+    for award in awards {
+        draw.restore(award)?;
+    }
+    Ok(())
+}
+
 impl ServeError {
     /// `command`, recorded, does not replay on the configured rounds.
     pub fn replay(command: &RoundCommand, refusal: Refusal) -> Self {
@@ -423,14 +442,7 @@ impl Rebuilt {
     /// Replays a whole snapshot.
     pub(crate) fn from_snapshot(config: &Config, snapshot: Snapshot) -> Result<Self, ServeError> {
         let mut draw = Draw::new(&config.rounds);
-        // Commands first: an award may name a round or a prize a command added.
-        for command in &snapshot.commands {
-            draw.apply_command(command).map_err(|refusal| ServeError::replay(command, refusal))?;
-        }
-        draw.finish_closed(now_ms());
-        for award in &snapshot.awards {
-            draw.restore(award)?;
-        }
+        replay(&mut draw, &snapshot.commands, &snapshot.awards)?;
         let owed = snapshot.awards.into_iter().filter(|a| !a.delivered).collect();
         Ok(Self {
             draw,

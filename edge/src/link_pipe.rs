@@ -103,26 +103,23 @@ async fn open_stream(
 /// retrying ten times a second only fills the logs of both sides.
 const AFTER_REFUSAL: Duration = Duration::from_secs(1);
 
-/// The error code the allocator refused this worker's stream with, if it was a refusal that
-/// repeats until an operator acts: a protocol version it does not speak, or an edge id another
-/// edge uses. Any other reset (a slow reader closed, a flood) is a lost stream, resent at once.
-pub fn refusal(code: quinn::VarInt) -> Option<ErrorCode> {
-    ErrorCode::from_code(code.into_inner())
-        .filter(|code| matches!(code, ErrorCode::UnsupportedVersion | ErrorCode::DuplicateWorker))
-}
-
-/// What an operator should do about a stream the allocator refused with `code`.
-pub fn refusal_advice(code: ErrorCode) -> &'static str {
-    match code {
-        ErrorCode::UnsupportedVersion => {
+/// The error code the allocator refused this worker's stream with, and what an operator should
+/// do about it, if it was a refusal that repeats until an operator acts: a protocol version it
+/// does not speak, or an edge id another edge uses. Any other reset (a slow reader closed, a
+/// flood) is a lost stream, resent at once.
+pub fn refusal(code: quinn::VarInt) -> Option<(ErrorCode, &'static str)> {
+    match ErrorCode::from_code(code.into_inner())? {
+        code @ ErrorCode::UnsupportedVersion => Some((
+            code,
             "the allocator does not speak this edge's protocol version: upgrade the allocators \
-             before the edges (or roll this edge back)"
-        }
-        ErrorCode::DuplicateWorker => {
+             before the edges (or roll this edge back)",
+        )),
+        code @ ErrorCode::DuplicateWorker => Some((
+            code,
             "another edge uses this edge_id (or a stale process of this one runs): each edge \
-             needs an id of its own"
-        }
-        _ => "see PROTOCOL.md for the code (the allocator refused it)",
+             needs an id of its own",
+        )),
+        _ => None,
     }
 }
 
@@ -176,35 +173,30 @@ pub async fn run(
                 _ = stop.cancelled() => return,
             }
         };
-        let pause = match refused {
-            Some(code) => {
+        match refused {
+            Some((code, advice)) => {
                 metrics.count_allocator_refusal(code);
                 tracing::error!(
                     worker = ends.worker,
                     %code,
-                    "the allocator refused this worker's stream: {}",
-                    refusal_advice(code)
+                    "the allocator refused this worker's stream: {advice}"
                 );
-                AFTER_REFUSAL
             }
-            None => {
-                tracing::warn!(
-                    worker = ends.worker,
-                    "allocator stream lost; will resend unanswered batches"
-                );
-                Duration::from_millis(100)
-            }
-        };
+            None => tracing::warn!(
+                worker = ends.worker,
+                "allocator stream lost; will resend unanswered batches"
+            ),
+        }
         if !ends.tell(LinkEvent::Down).await {
             return;
         }
         if refused.is_some() {
             tokio::select! {
-                _ = tokio::time::sleep(pause) => {}
+                _ = tokio::time::sleep(AFTER_REFUSAL) => {}
                 _ = stop.cancelled() => return,
             }
         } else {
-            let _ = tokio::time::timeout(pause, allocator.changed()).await;
+            let _ = tokio::time::timeout(Duration::from_millis(100), allocator.changed()).await;
         }
     }
 }
@@ -215,15 +207,12 @@ mod tests {
 
     #[test]
     fn only_refusals_that_repeat_are_refusals() {
-        let code = |c: ErrorCode| quinn::VarInt::from_u32(c.code());
-        assert_eq!(
-            refusal(code(ErrorCode::UnsupportedVersion)),
-            Some(ErrorCode::UnsupportedVersion)
-        );
-        assert_eq!(refusal(code(ErrorCode::DuplicateWorker)), Some(ErrorCode::DuplicateWorker));
+        let code = |c: ErrorCode| refusal(quinn::VarInt::from_u32(c.code())).map(|r| r.0);
+        assert_eq!(code(ErrorCode::UnsupportedVersion), Some(ErrorCode::UnsupportedVersion));
+        assert_eq!(code(ErrorCode::DuplicateWorker), Some(ErrorCode::DuplicateWorker));
         for lost in [ErrorCode::NoError, ErrorCode::Internal, ErrorCode::Flood] {
-            assert_eq!(refusal(code(lost)), None, "{lost}");
+            assert_eq!(code(lost), None, "{lost}");
         }
-        assert_eq!(refusal(quinn::VarInt::from_u32(0x7777)), None, "a code we do not know");
+        assert!(refusal(quinn::VarInt::from_u32(0x7777)).is_none(), "a code we do not know");
     }
 }
