@@ -99,8 +99,14 @@ fn main() -> anyhow::Result<()> {
     let server = PgServer::primary(&scratch.dir.join("pg"));
     let url = server.database("takeover");
     let mut leader = PostgresLedger::open(&url)?;
-    let epoch = lease::try_acquire(leader.client(), "bench", "-", Duration::from_secs(3_600))?
-        .ok_or_else(|| anyhow::anyhow!("the lease is taken"))?;
+    let epoch = lease::try_acquire(
+        leader.client(),
+        "bench",
+        "-",
+        Duration::from_secs(3_600),
+        lease::OwnLease::Retake,
+    )?
+    .ok_or_else(|| anyhow::anyhow!("the lease is taken"))?;
     leader.lead(lease::Term::new(epoch, "bench"));
 
     let filling = Instant::now();

@@ -63,6 +63,7 @@ pub(crate) async fn start(config: Config, shutdown: Shutdown) -> Result<Running,
         endpoint,
         shared,
         shutdown,
+        wrote_lease: Arc::new(AtomicBool::new(false)),
     };
     let done = tokio::spawn(node.run());
     Ok(Running { quic_addr, metrics_addr, admin_addr, done })
@@ -77,6 +78,9 @@ struct Node {
     endpoint: quinn::Endpoint,
     shared: Shared,
     shutdown: Shutdown,
+    /// Whether this process has written the lease row: until it has, a lease under its name
+    /// is a former process's, and it waits for it to expire ([`lease::OwnLease`]).
+    wrote_lease: Arc<AtomicBool>,
 }
 
 /// How a leadership term ended.
@@ -170,8 +174,15 @@ impl Node {
             let page = self.pg.follow_page_awards;
             let mut held = client.take();
             let after = warm.following.cursor;
+            let wrote_lease = self.wrote_lease.clone();
             let looked = tokio::task::spawn_blocking(move || {
-                let look = look(&mut held, &target, &node, &advertise, lease_for, (after, page));
+                let look = look(
+                    &mut held,
+                    &target,
+                    (&node, &advertise, &wrote_lease),
+                    lease_for,
+                    (after, page),
+                );
                 (held, look)
             });
             let looked = tokio::select! {
@@ -192,7 +203,15 @@ impl Node {
                     self.shared.metrics.awards_followed.inc_by(followed.awards.len() as u64);
                     if last_holder.as_ref() != Some(&(row.epoch, row.holder.clone())) {
                         let here = self.advertise.to_string();
-                        if lease::names_another_process(&row, &self.pg.node, &here) {
+                        let own = row.holder == self.pg.node && row.address == here;
+                        if own && !self.wrote_lease.load(Ordering::SeqCst) {
+                            tracing::info!(
+                                epoch = row.epoch,
+                                expires_in_ms = row.expires_in_ms,
+                                "standby: the lease is this node's from a former process; \
+                                 waiting for it to expire (a standby may take it first)"
+                            );
+                        } else if lease::names_another_process(&row, &self.pg.node, &here) {
                             tracing::error!(
                                 epoch = row.epoch,
                                 node = %row.holder,
@@ -376,6 +395,12 @@ impl Node {
                 } else {
                     Leadership::Failed
                 });
+                if self.stopping() {
+                    // A drain whose last commit failed ends the process with a failure, as on
+                    // fjall: an exit of 0 reads as "every answer went out" to an operator and
+                    // to the scripts that check it.
+                    return Err(ServeError::Ledger(err));
+                }
                 Ok(TermOutcome::Lost)
             }
             Err(err) if lost.load(Ordering::SeqCst) => {
@@ -385,7 +410,12 @@ impl Node {
                 self.count_term(Leadership::Lost);
                 Ok(TermOutcome::Lost)
             }
-            Err(other) => Err(other),
+            Err(other) => {
+                // A panic while serving ends the process: the lease released, so that a
+                // standby takes over at its next look rather than after the lease.
+                self.release_lease(&won).await;
+                Err(other)
+            }
         }
     }
 
@@ -411,12 +441,12 @@ impl Node {
 /// One look at the lease: take it if it is free, else say who holds it and read what the log
 /// gained after the cursor (at most `page` awards of it). Drops the connection on a failed
 /// statement (the next look reconnects, finding a promoted primary); a takeover refused as
-/// unreplicated keeps it.
+/// unreplicated keeps it. `wrote_lease` says whether this process wrote the lease before,
+/// and is set once it has.
 fn look(
     ledger: &mut Option<PostgresLedger>,
     target: &pg::Target,
-    node: &str,
-    advertise: &str,
+    (node, advertise, wrote_lease): (&str, &str, &AtomicBool),
     lease_for: Duration,
     (after, page): (FollowCursor, u32),
 ) -> Result<Look, LedgerError> {
@@ -432,7 +462,16 @@ fn look(
         Err(err) => tracing::warn!(%err, "standby: could not end the expired leader's commits"),
     }
     connected.take_unreplicated();
-    let look = match lease::try_acquire(connected.client(), node, advertise, lease_for)? {
+    let own = if wrote_lease.load(Ordering::SeqCst) {
+        lease::OwnLease::Retake
+    } else {
+        lease::OwnLease::WaitForExpiry
+    };
+    let taken = lease::try_acquire(connected.client(), node, advertise, lease_for, own)?;
+    if taken.is_some() {
+        wrote_lease.store(true, Ordering::SeqCst);
+    }
+    let look = match taken {
         // Committed on the primary alone: if the primary is lost, the standby promoted in its
         // place never saw this takeover, and another node may win the same epoch there. Not
         // taken: the next look takes it again (the row names this node) once replication

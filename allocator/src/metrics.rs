@@ -11,6 +11,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use shake_proto::{ErrorCode, Prize};
+use std::sync::atomic::AtomicU64;
 
 shake_ops::label_values! {
     /// The kind of a prize awarded.
@@ -153,6 +154,9 @@ pub struct Metrics {
     pub answers_forgotten: Counter,
     /// Jobs waiting for the group-commit thread (bounded; a full queue holds the edges back).
     pub commit_queue: Gauge,
+    /// How long the oldest group commit in flight has been, seconds (0: none): set at each
+    /// scrape, so a commit that never returns shows.
+    pub commit_oldest_seconds: Gauge<f64, AtomicU64>,
     /// Delivery marks (phones' acknowledgements) made durable.
     pub delivery_marks: Counter,
     /// Entries treated as no-luck because their user was over the per-user rate.
@@ -210,6 +214,7 @@ impl Metrics {
             answers_stored: Gauge::default(),
             answers_forgotten: Counter::default(),
             commit_queue: Gauge::default(),
+            commit_oldest_seconds: Gauge::default(),
             delivery_marks: Counter::default(),
             entries_over_user_rate: Counter::default(),
             entries_round_not_open: Counter::default(),
@@ -271,6 +276,11 @@ impl Metrics {
             "commit_queue",
             "Jobs waiting for the commit thread",
             m.commit_queue.clone(),
+        );
+        registry.register(
+            "commit_oldest_seconds",
+            "How long the oldest group commit in flight has been (0: none)",
+            m.commit_oldest_seconds.clone(),
         );
         registry.register(
             "delivery_marks",

@@ -150,7 +150,7 @@ impl Pool {
         self.available_cash = Available::new(n);
         self.available_gifts = Available::new(n);
         for index in 0..self.released {
-            if !self.awarded[index] {
+            if !self.awarded[index] && self.items[index].payable() {
                 match self.items[index] {
                     Item::Cash { .. } => self.available_cash.add(index, 1),
                     Item::Gift { .. } => self.available_gifts.add(index, 1),
@@ -184,7 +184,9 @@ impl Pool {
         self.awarded[index] = true;
         self.totals.awarded += 1;
         match self.items[index] {
-            Item::Cash { cents } => self.totals.cents_left -= cents,
+            Item::Cash { cents } => {
+                self.totals.cents_left = self.totals.cents_left.saturating_sub(cents)
+            }
             Item::Gift { .. } => self.totals.gifts_left -= 1,
         }
     }
@@ -202,7 +204,7 @@ impl Pool {
         let target = target.min(self.items.len());
         while self.released < target {
             let index = self.released;
-            if !self.awarded[index] {
+            if !self.awarded[index] && self.items[index].payable() {
                 match self.items[index] {
                     Item::Cash { .. } => self.available_cash.add(index, 1),
                     Item::Gift { .. } => self.available_gifts.add(index, 1),
@@ -268,6 +270,18 @@ fn ordered_items(
 }
 
 impl Item {
+    /// Whether the item can be drawn: an envelope's cents must travel in an answer (a varint,
+    /// below 2^62). Only a pool recorded before cash pools were bounded can hold one that
+    /// cannot; drawn, it panicked the allocator as it encoded the answer, before the commit,
+    /// at every restart and on every standby in turn (the draw is the same each time). Such an
+    /// envelope stays in the pool, never released.
+    pub fn payable(&self) -> bool {
+        match self {
+            Item::Cash { cents } => *cents <= shake_proto::varint::MAX,
+            Item::Gift { .. } => true,
+        }
+    }
+
     /// The kind of prize.
     pub fn kind(&self) -> Kind {
         match self {
@@ -282,6 +296,20 @@ mod tests {
     use rand::Rng;
 
     use super::*;
+
+    /// An envelope too large to travel in an answer is never released, so never drawn; the
+    /// rest of its pool is.
+    #[test]
+    fn an_envelope_that_cannot_travel_is_never_drawn() {
+        let huge = Item::Cash { cents: shake_proto::varint::MAX + 1 };
+        let mut pool = Pool::from_items(vec![huge, Item::Cash { cents: 5 }, huge]);
+        pool.release_until(3);
+        assert_eq!(pool.available(Kind::Cash), 1);
+        assert_eq!(pool.take(Kind::Cash, 0), Some(1));
+        assert_eq!(pool.take(Kind::Cash, 0), None);
+        pool.top_up(1, None, &[(0, 1)]);
+        assert_eq!(pool.available(Kind::Cash), 0, "a top-up's rebuild released it");
+    }
 
     #[test]
     fn select_finds_the_kth_member_in_index_order() {

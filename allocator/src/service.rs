@@ -279,6 +279,40 @@ pub(crate) struct Health {
     pub(crate) standby: AtomicBool,
     /// The last group commit's duration, microseconds (0: none yet).
     pub(crate) last_commit_us: AtomicU64,
+    /// The group commits taken and not yet reported.
+    pub(crate) commits_in_flight: CommitsInFlight,
+}
+
+/// A group commit in flight longer than this makes the allocator not ready: a commit takes
+/// milliseconds, a slow one under a second.
+pub const COMMIT_STUCK_AFTER: Duration = Duration::from_secs(5);
+
+/// When each group commit still in flight was taken, oldest first (groups are reported in the
+/// order they are taken). A commit that never returns (a database that stopped answering,
+/// every synchronous standby gone, a disk that hangs) shows as an age that grows: the commit
+/// histogram sees a commit only once it returns, and nothing else had moved. Touched once a
+/// group, never per shake.
+#[derive(Debug, Default)]
+pub(crate) struct CommitsInFlight(std::sync::Mutex<std::collections::VecDeque<Instant>>);
+
+impl CommitsInFlight {
+    fn taken(&self, at: Instant) {
+        lock(&self.0).push_back(at);
+    }
+
+    fn reported(&self) {
+        lock(&self.0).pop_front();
+    }
+
+    /// The commit thread has ended: nothing of its term is in flight any more.
+    fn clear(&self) {
+        lock(&self.0).clear();
+    }
+
+    /// How long the oldest commit in flight has been (zero: none).
+    pub(crate) fn oldest(&self, now: Instant) -> Duration {
+        lock(&self.0).front().map_or(Duration::ZERO, |&taken| now.saturating_duration_since(taken))
+    }
 }
 
 /// Opens the ledger, rebuilds state from it, binds and serves until shut down. With a
@@ -406,11 +440,22 @@ pub(crate) async fn serve_metrics(
     let m = shared.metrics.clone();
     let draining = shutdown.drain.clone();
     let health = shared.health.clone();
+    let scraped = shared.health.clone();
     let endpoints = Endpoints {
-        metrics: Arc::new(move || m.render()),
+        metrics: Arc::new(move || {
+            let oldest = scraped.commits_in_flight.oldest(Instant::now());
+            m.commit_oldest_seconds.set(oldest.as_secs_f64());
+            m.render()
+        }),
         ready: Arc::new(move || {
+            let oldest = health.commits_in_flight.oldest(Instant::now());
             if health.ledger_failed.load(Ordering::Relaxed) {
                 Readiness::NotReady("the ledger is not writable".into())
+            } else if oldest >= COMMIT_STUCK_AFTER {
+                Readiness::NotReady(format!(
+                    "a ledger commit has not returned for {} s",
+                    oldest.as_secs()
+                ))
             } else if draining.is_cancelled() {
                 Readiness::NotReady("draining".into())
             } else if health.standby.load(Ordering::Relaxed) {
@@ -514,7 +559,11 @@ pub(crate) fn lead(
                 let unopened = committed_tx.clone();
                 let reads = start_reader(&mut *store);
                 let report = report_commits(committed_tx, metrics.clone(), health.clone(), reads);
-                match commit_loop(store, lanes, commit_rx, &report, &metrics, max_group) {
+                let in_flight = &health.commits_in_flight;
+                let looped =
+                    commit_loop(store, lanes, commit_rx, (&report, in_flight), &metrics, max_group);
+                in_flight.clear();
+                match looped {
                     Ok(()) => {}
                     // A failed commit was reported by its lane; lanes that could not be opened
                     // (a database blip at takeover) are reported here, so the term ends as a
@@ -591,7 +640,7 @@ fn commit_loop(
     store: Box<dyn LedgerStore>,
     lanes: usize,
     mut jobs: mpsc::Receiver<CommitJob>,
-    report: &Arc<Report<Behind>>,
+    (report, in_flight): (&Arc<Report<Behind>>, &CommitsInFlight),
     metrics: &Metrics,
     max_group: usize,
 ) -> Result<(), Option<LedgerError>> {
@@ -625,9 +674,17 @@ fn commit_loop(
             }
         }
         metrics.commit_queue.set(jobs.len() as i64);
-        // Tests only: every group slow to commit, so a drain finds batches in flight.
+        in_flight.taken(Instant::now());
+        // Tests only: every group slow to commit, so a drain finds batches in flight; or the
+        // first taking far longer than any commit should.
         if shake_ops::supervise::failpoint("allocator-slow-commit") {
             std::thread::sleep(Duration::from_millis(500));
+        }
+        static HUNG: AtomicBool = AtomicBool::new(false);
+        if shake_ops::supervise::failpoint("allocator-commit-hangs")
+            && !HUNG.swap(true, Ordering::SeqCst)
+        {
+            std::thread::sleep(Duration::from_secs(8));
         }
         if lanes.hand_over(group, Behind { handed: Instant::now(), reads }).is_err()
             || lanes.failed()
@@ -688,6 +745,7 @@ fn report_commits(
         }
     };
     Arc::new(move |group: CommitGroup, behind: Behind, result, store: &mut dyn LedgerStore| {
+        health.commits_in_flight.reported();
         let Behind { handed, reads } = behind;
         if group.is_empty() {
             serve(store, reads);
@@ -771,6 +829,8 @@ async fn actor_loop(
     let mut outgoing: HashMap<StreamId, StreamHandle> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut draining_since: Option<Instant> = None;
+    // Batches that came during the drain, left unanswered for the next allocator.
+    let mut left_for_the_next = 0u64;
     let mut counted = core.counters();
     // Admin API callers waiting for their command to be recorded, by command id.
     let mut waiting: HashMap<String, Vec<oneshot::Sender<CommandReply>>> = HashMap::new();
@@ -785,7 +845,7 @@ async fn actor_loop(
         if let Some(since) = draining_since
             && (core.pending_batches() == 0 || since.elapsed() > Duration::from_secs(10))
         {
-            tracing::info!(pending = core.pending_batches(), "drained");
+            tracing::info!(pending = core.pending_batches(), left_for_the_next, "drained");
             return Ok(());
         }
         tokio::select! {
@@ -857,6 +917,11 @@ async fn actor_loop(
                     ActorMsg::ResultsReceived { stream, highest } => {
                         core.on_results_received(stream, highest, &mut effects);
                     }
+                    // A drain answers what it has drawn and draws nothing more: the edge resends
+                    // an unanswered batch to the next allocator. Drawn, what kept coming kept a
+                    // commit always pending, and a drain under load ran its full 10 s and left
+                    // its last answers unsent.
+                    ActorMsg::Batch { .. } if draining_since.is_some() => left_for_the_next += 1,
                     ActorMsg::Batch { stream, batch } => {
                         metrics.batches.inc();
                         metrics.entries.inc_by(batch.len() as u64);
@@ -972,7 +1037,8 @@ impl EdgeBoard {
                     edge_id: *edge,
                     streams: self.stream_of.values().filter(|e| *e == edge).count(),
                     offered_per_s: open.iter().map(|w| w.offered_per_s).sum(),
-                    phones: open.iter().map(|w| w.phones).sum(),
+                    // Saturating: the counts are what edges say, up to 2^62 each.
+                    phones: open.iter().fold(0u64, |sum, w| sum.saturating_add(w.phones)),
                     verdicts_per_s: VerdictRates {
                         no_luck: per_s(|v| v.no_luck),
                         slow_down: per_s(|v| v.slow_down),
@@ -1147,6 +1213,20 @@ struct Streams {
     actor_gone: CancellationToken,
 }
 
+/// While draining: a new connection is refused at once (the edge tries its next allocator, or
+/// this one again once it is back) rather than left unaccepted until its handshake times out.
+async fn refuse_connections(endpoint: &quinn::Endpoint, stop: &CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            incoming = endpoint.accept() => match incoming {
+                Some(incoming) => incoming.refuse(),
+                None => return,
+            },
+        }
+    }
+}
+
 async fn accept_loop(
     endpoint: quinn::Endpoint,
     actor: mpsc::Sender<ActorMsg>,
@@ -1158,7 +1238,7 @@ async fn accept_loop(
     let stream_ids = Arc::new(AtomicU64::new(1));
     loop {
         let incoming = tokio::select! {
-            _ = shutdown.drain.cancelled() => return,
+            _ = shutdown.drain.cancelled() => return refuse_connections(&endpoint, &shutdown.stop).await,
             _ = shutdown.stop.cancelled() => return,
             incoming = endpoint.accept() => match incoming {
                 Some(incoming) => incoming,
@@ -1428,5 +1508,17 @@ mod tests {
         board.on_closed(999);
         board.on_closed(5_000);
         assert_eq!(board.views()[0].streams, 0, "the link shows down");
+    }
+
+    /// An edge that reports absurd phone counts (any varint) shows the most a total can be,
+    /// not a sum wrapped around (or, in a debug build, a panic of the actor).
+    #[test]
+    fn absurd_phone_counts_saturate_the_total() {
+        let mut board = EdgeBoard::default();
+        for stream in 1..=5 {
+            board.stream_of.insert(stream, 7);
+            board.on_stats(stream, shake_proto::varint::MAX, VerdictCounts::default());
+        }
+        assert_eq!(board.views()[0].phones, u64::MAX);
     }
 }

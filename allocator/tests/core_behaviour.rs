@@ -898,3 +898,40 @@ fn a_command_recorded_before_a_bound_existed_still_replays() {
     draw.apply_command(&add).unwrap();
     assert!(draw.round(2).is_some());
 }
+
+/// An envelope too large to travel in an answer (a top-up an earlier build recorded, before
+/// cash pools were bounded) still replays, and is never drawn: drawn, its answer's encoding
+/// panicked the allocator before the commit, at every restart and on every standby in turn.
+#[test]
+fn an_envelope_recorded_too_large_to_travel_replays_and_is_never_drawn() {
+    use shake_allocator::round_command::{RoundAction, RoundCommand};
+    let mut draw = Draw::new(&[round()]);
+    let top_up = RoundCommand {
+        command_id: "top-up-huge".into(),
+        round_id: 1,
+        action: RoundAction::TopUp {
+            cash: Some(CashPool { total_cents: 1 << 62, envelopes: 1, min_cents: 1 << 62 }),
+            gifts: vec![],
+        },
+        issued_by: "an earlier build".into(),
+        at_ms: START + 1,
+    };
+    draw.apply_command(&top_up).unwrap();
+    let mut rates = shake_allocator::user_rate::UserRates::off();
+    let key = |seq| BatchKey { edge_id: 7, worker_id: 0, instance_id: INSTANCE, seq };
+    let entries: Vec<BatchEntry> =
+        (0..16).map(|i| BatchEntry { user_id: 100 + i, offset_us: 0 }).collect();
+    let mut awards = Vec::new();
+    assert!(draw.decide(
+        key(1),
+        &Batch::new(1, 1, START, &entries),
+        START + 2,
+        &mut rates,
+        &mut awards
+    ));
+    assert_eq!(awards.len(), 10, "the round's own ten envelopes, not the eleventh");
+    for award in &awards {
+        let shake_proto::Prize::Cash { cents } = award.prize else { panic!("{award:?}") };
+        assert!(cents <= shake_proto::varint::MAX, "{award:?}");
+    }
+}

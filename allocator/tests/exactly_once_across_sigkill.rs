@@ -194,5 +194,5 @@ async fn a_drain_answers_the_batch_being_committed() {
         .env("RUST_LOG", "warn")
         .stderr(std::process::Stdio::inherit());
     let mut alloc = Allocator::spawn(command).unwrap();
-    assert_a_drain_answers_the_batch_in_flight(&mut alloc, &scratch, &batch(1)).await;
+    assert_a_drain_answers_the_batch_in_flight(&mut alloc, &scratch, batch).await;
 }

@@ -7,8 +7,11 @@ use std::io::Read;
 use std::process::{Child, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use shake_proto::{AllocatorFrame, Batch, BatchEntry};
+use shake_testkit::edge_link::edge_worker;
 use shake_testkit::scratch::Scratch;
 use shake_testkit::servers::Allocator;
+use shake_testkit::{metrics, now_ms};
 
 #[test]
 fn a_panicking_actor_stops_the_allocator_with_a_failure_exit() {
@@ -58,4 +61,42 @@ fn a_misspelt_failpoint_is_refused_at_start() {
     stderr_pipe.read_to_string(&mut stderr).unwrap();
     assert_eq!(status.code(), Some(64), "{stderr}");
     assert!(stderr.contains("no such fault: allocator-actor-panik"), "{stderr}");
+}
+
+/// A group commit that does not return (`allocator-commit-hangs`: the first takes 8 s) shows
+/// as the age of the oldest commit in flight, and after 5 s the allocator reads not ready;
+/// both clear once it returns, and the batch behind it is answered. Nothing had shown it: the
+/// commit histogram counts a commit once it returns, and `/ready` looked only for a failed
+/// ledger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_that_does_not_return_shows_its_age_and_the_allocator_is_not_ready() {
+    let scratch = Scratch::new("commit-hangs");
+    let config = scratch
+        .config("release = \"immediate\"\n[rounds.cash]\ntotal_cents = 100\nenvelopes = 10\n");
+    let mut command = Allocator::command(&config);
+    command
+        .env("SHAKE_FAILPOINT", "allocator-commit-hangs")
+        .env("RUST_LOG", "error")
+        .stderr(Stdio::inherit());
+    let alloc = Allocator::spawn(command).unwrap();
+    let mut stream = edge_worker(alloc.quic, &scratch, 7).await.unwrap();
+    let first = stream.recv().await.map(|(frame, _)| frame);
+    assert!(matches!(first, Ok(AllocatorFrame::RoundState { .. })), "{first:?}");
+    let entries: Vec<BatchEntry> =
+        (0..5).map(|i| BatchEntry { user_id: 100 + i, offset_us: i as u32 }).collect();
+    stream.send(&AllocatorFrame::Batch(Batch::new(1, 1, now_ms(), &entries))).await;
+    let oldest = "shake_allocator_commit_oldest_seconds";
+    let started = Instant::now();
+    while metrics::read(alloc.metrics, oldest) < 5.0 {
+        assert!(started.elapsed() < Duration::from_secs(7), "{oldest} never reached 5 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ready = shake_ops::http::get(alloc.metrics, "/ready").unwrap();
+    assert_eq!(shake_ops::http::status_of(&ready), Some(503), "{ready}");
+    assert!(ready.contains("a ledger commit has not returned"), "{ready}");
+    let answer = stream.next_result().await;
+    assert!(matches!(answer, Ok((1, _, _))), "{answer:?}");
+    assert!(metrics::read(alloc.metrics, oldest) < 1.0, "{oldest} after the commit returned");
+    let ready = shake_ops::http::get(alloc.metrics, "/ready").unwrap();
+    assert_eq!(shake_ops::http::status_of(&ready), Some(200), "{ready}");
 }

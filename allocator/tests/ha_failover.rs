@@ -571,6 +571,96 @@ async fn a_leader_drained_answers_the_batch_being_committed() {
     let config = scratch.postgres_config("a", &url, &round());
     let mut a = with_failpoint(&config, "allocator-slow-commit");
     await_leadership(&a, Duration::from_secs(20));
-    assert_a_drain_answers_the_batch_in_flight(&mut a, &scratch, &batch(1)).await;
+    assert_a_drain_answers_the_batch_in_flight(&mut a, &scratch, batch).await;
+    drop(server);
+}
+
+/// Waits for `alloc`'s process to end, at most `within`.
+fn exit_status(alloc: &mut Allocator, within: Duration) -> std::process::ExitStatus {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = alloc.process.try_wait() {
+            return status;
+        }
+        assert!(started.elapsed() < within, "still running after {within:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A leader that fails while serving (here its actor panics) releases its lease on the way
+/// out, so that a standby takes over at its next look. Before, only a clean stop and a failed
+/// takeover read released it: the lease ran on, and the unit's restart a second later took it
+/// back as its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_panics_while_serving_releases_its_lease() {
+    let scratch = Scratch::new("ha-panic");
+    let server = PgServer::primary(&scratch.dir.join("pg"));
+    let url = server.database("shake");
+    let config = scratch.postgres_config("a", &url, &round());
+    let mut a = with_failpoint(&config, "allocator-actor-panic");
+    let status = exit_status(&mut a, Duration::from_secs(20));
+    assert_eq!(status.code(), Some(1), "{status:?}");
+    // The lease (1.5 s, renewed every 0.5 s) would run on for a second yet.
+    let expired = "SELECT (expires_at <= now())::int::int8 FROM shake_leader WHERE holder = 'a'";
+    assert_eq!(server.admin("shake", expired), vec![1], "the lease still runs");
+    drop(server);
+}
+
+/// A node restarted within its former process's lease (systemd restarts a crashed allocator
+/// a second later; the lease runs three) waits for that lease to run out like any standby.
+/// Before, it took the lease back at once as its own: cold, it read the whole ledger while a
+/// warm standby waited, and a fault that came back with it kept every standby out for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_within_its_lease_waits_for_it_to_run_out() {
+    let scratch = Scratch::new("ha-restart");
+    let server = PgServer::primary(&scratch.dir.join("pg"));
+    let url = server.database("shake");
+    let config = scratch.postgres_config("a", &url, &round());
+    let text = std::fs::read_to_string(&config).unwrap();
+    // The same advertised address in both lives, as a unit's fixed port gives.
+    let fixed = "lease_ms = 6000\nadvertise = \"127.0.0.1:7999\"";
+    std::fs::write(&config, text.replace("lease_ms = 1500", fixed)).unwrap();
+    let mut a = Allocator::start(&config);
+    let epoch = await_leadership(&a, Duration::from_secs(10));
+    a.process.kill();
+    let killed = Instant::now();
+    let again = Allocator::start(&config);
+    // Well inside the 6 s lease that the killed process left.
+    tokio::time::sleep(Duration::from_secs(3).saturating_sub(killed.elapsed())).await;
+    assert_eq!(leader_epoch(&again), 0.0, "took its former process's lease back");
+    // Once that lease has run out it leads, as any standby would.
+    let next = await_leadership(&again, Duration::from_secs(10));
+    assert!(next > epoch, "epoch {next} after {epoch}");
+    drop(again);
+    drop(server);
+}
+
+/// A drain whose last commit fails (its wait for the synchronous standby cancelled: committed
+/// on the primary alone, not durable by the ledger's standard) ends the process with a
+/// failure, as on fjall. It exited 0, which the scripts and an operator read as "every answer
+/// went out".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_whose_last_commit_fails_exits_with_a_failure() {
+    let scratch = Scratch::new("ha-drain-fails");
+    let server = PgServer::primary(&scratch.dir.join("pg"));
+    let url = server.database("shake");
+    let mut a = Allocator::start(&scratch.postgres_config("a", &url, &round()));
+    await_leadership(&a, Duration::from_secs(20));
+    let mut stream = edge_worker(a.quic, &scratch, 7).await.unwrap();
+    let first = stream.recv().await.map(|(frame, _)| frame);
+    assert!(matches!(first, Ok(AllocatorFrame::RoundState { .. })), "{first:?}");
+    server.hold_commits("shake");
+    stream.send(&batch(1)).await;
+    let started = Instant::now();
+    while server.waiting_commits() == 0 {
+        assert!(started.elapsed() < Duration::from_secs(10), "no commit waited");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    a.process.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    server.cancel_waiting_commits();
+    let status = exit_status(&mut a, Duration::from_secs(20));
+    assert!(!status.success(), "{status:?}");
+    server.release_commits();
     drop(server);
 }

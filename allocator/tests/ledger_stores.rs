@@ -228,9 +228,15 @@ fn fjall_keeps_the_retirements_an_older_version_recorded() {
 /// A PostgreSQL ledger that leads (holds the lease's epoch).
 fn leading(url: &str, node: &str) -> (PostgresLedger, i64) {
     let mut ledger = PostgresLedger::open(url).unwrap();
-    let epoch = lease::try_acquire(ledger.client(), node, "127.0.0.1:1", Duration::from_secs(30))
-        .unwrap()
-        .expect("the lease is free");
+    let epoch = lease::try_acquire(
+        ledger.client(),
+        node,
+        "127.0.0.1:1",
+        Duration::from_secs(30),
+        lease::OwnLease::Retake,
+    )
+    .unwrap()
+    .expect("the lease is free");
     ledger.lead(Term::new(epoch, node));
     (ledger, epoch)
 }
@@ -277,13 +283,20 @@ fn a_new_epoch_fences_the_old_leader() {
     let url = server.database("fence");
     let mut old = PostgresLedger::open(&url).unwrap();
     let short = Duration::from_millis(300);
-    let first = lease::try_acquire(old.client(), "old", "127.0.0.1:1", short).unwrap().unwrap();
+    let first =
+        lease::try_acquire(old.client(), "old", "127.0.0.1:1", short, lease::OwnLease::Retake)
+            .unwrap()
+            .unwrap();
     old.lead(Term::new(first, "old"));
     old.commit_group(&CommitGroup { batches: batches(1..=1), ..CommitGroup::default() }).unwrap();
 
     // While the lease runs, a standby cannot take it, and renewing works.
     let mut standby = PostgresLedger::open(&url).unwrap();
-    assert_eq!(lease::try_acquire(standby.client(), "new", "127.0.0.1:2", short).unwrap(), None);
+    assert_eq!(
+        lease::try_acquire(standby.client(), "new", "127.0.0.1:2", short, lease::OwnLease::Retake)
+            .unwrap(),
+        None
+    );
     assert!(lease::renew(old.client(), &Term::new(first, "old"), short).unwrap());
     let row = lease::current(standby.client()).unwrap();
     assert_eq!(
@@ -294,7 +307,9 @@ fn a_new_epoch_fences_the_old_leader() {
     // The old leader pauses past its lease; the standby takes over with a new epoch.
     std::thread::sleep(Duration::from_millis(400));
     let second =
-        lease::try_acquire(standby.client(), "new", "127.0.0.1:2", short).unwrap().unwrap();
+        lease::try_acquire(standby.client(), "new", "127.0.0.1:2", short, lease::OwnLease::Retake)
+            .unwrap()
+            .unwrap();
     assert_eq!(second, first + 1);
     standby.lead(Term::new(second, "new"));
 
@@ -336,7 +351,13 @@ fn a_new_epoch_fences_the_old_leader() {
 
     // A clean stop releases the lease: the next node takes it without waiting.
     lease::release(standby.client(), &Term::new(second, "new")).unwrap();
-    let third = lease::try_acquire(old.client(), "old", "127.0.0.1:1", Duration::from_secs(30));
+    let third = lease::try_acquire(
+        old.client(),
+        "old",
+        "127.0.0.1:1",
+        Duration::from_secs(30),
+        lease::OwnLease::Retake,
+    );
     assert_eq!(third.unwrap(), Some(second + 1));
 }
 
@@ -446,7 +467,10 @@ fn a_standby_following_the_log_owes_what_a_full_read_finds() {
     let url = server.database("follow");
     let mut first = PostgresLedger::open(&url).unwrap();
     let short = Duration::from_millis(300);
-    let epoch = lease::try_acquire(first.client(), "a", "127.0.0.1:1", short).unwrap().unwrap();
+    let epoch =
+        lease::try_acquire(first.client(), "a", "127.0.0.1:1", short, lease::OwnLease::Retake)
+            .unwrap()
+            .unwrap();
     first.lead(Term::new(epoch, "a"));
     let drawn = |ids: std::ops::RangeInclusive<u64>, seq: u64| AnsweredBatch {
         key: key(seq),
@@ -479,7 +503,10 @@ fn a_standby_following_the_log_owes_what_a_full_read_finds() {
     // A new term: the old lease runs out, another leader's groups count from 0 again.
     std::thread::sleep(Duration::from_millis(400));
     let mut second = PostgresLedger::open(&url).unwrap();
-    let next = lease::try_acquire(second.client(), "c", "127.0.0.1:2", short).unwrap().unwrap();
+    let next =
+        lease::try_acquire(second.client(), "c", "127.0.0.1:2", short, lease::OwnLease::Retake)
+            .unwrap()
+            .unwrap();
     assert_eq!(next, epoch + 1);
     second.lead(Term::new(next, "c"));
     let marks: Vec<u64> = (100..=110).chain([5, 315]).collect();
@@ -684,7 +711,10 @@ fn a_leader_paused_inside_a_commit_does_not_block_the_takeover() {
     let url = server.database("paused");
     let short = Duration::from_millis(300);
     let mut old = PostgresLedger::open(&url).unwrap();
-    let first = lease::try_acquire(old.client(), "old", "127.0.0.1:1", short).unwrap().unwrap();
+    let first =
+        lease::try_acquire(old.client(), "old", "127.0.0.1:1", short, lease::OwnLease::Retake)
+            .unwrap()
+            .unwrap();
     // What a commit does first, then the process is frozen (SIGSTOP) before it goes on.
     let mut frozen = shake_allocator::ledger::postgres::connect(&url).unwrap().0;
     frozen.batch_execute("BEGIN").unwrap();
@@ -692,7 +722,8 @@ fn a_leader_paused_inside_a_commit_does_not_block_the_takeover() {
     std::thread::sleep(Duration::from_millis(400));
     let mut standby = PostgresLedger::open(&url).unwrap();
     let started = std::time::Instant::now();
-    let taken = lease::try_acquire(standby.client(), "new", "127.0.0.1:2", short);
+    let taken =
+        lease::try_acquire(standby.client(), "new", "127.0.0.1:2", short, lease::OwnLease::Retake);
     let waited = started.elapsed();
     assert_eq!(taken.unwrap(), Some(first + 1), "the takeover went through after {waited:?}");
     let limit = shake_allocator::ledger::postgres::IDLE_IN_TRANSACTION_MS + 800;
@@ -714,7 +745,10 @@ fn a_commit_in_flight_holds_a_takeover_but_not_a_renewal() {
     let url = server.database("renewal");
     let short = Duration::from_millis(300);
     let mut leader = PostgresLedger::open(&url).unwrap();
-    let epoch = lease::try_acquire(leader.client(), "old", "127.0.0.1:1", short).unwrap().unwrap();
+    let epoch =
+        lease::try_acquire(leader.client(), "old", "127.0.0.1:1", short, lease::OwnLease::Retake)
+            .unwrap()
+            .unwrap();
     leader.lead(Term::new(epoch, "old"));
     let (mut renewal, _) = shake_allocator::ledger::postgres::connect(&url).unwrap();
     // A renewal that waits at all for the commit fails here, long before the commit ends.
@@ -734,7 +768,13 @@ fn a_commit_in_flight_holds_a_takeover_but_not_a_renewal() {
             takeover = Some(std::thread::spawn(move || {
                 let mut standby = PostgresLedger::open(&url).unwrap();
                 std::thread::sleep(Duration::from_millis(400));
-                lease::try_acquire(standby.client(), "new", "127.0.0.1:2", short)
+                lease::try_acquire(
+                    standby.client(),
+                    "new",
+                    "127.0.0.1:2",
+                    short,
+                    lease::OwnLease::Retake,
+                )
             }));
         }
         if opened.elapsed() < Duration::from_millis(1_200) {
@@ -879,7 +919,9 @@ fn the_same_epoch_under_another_holder_is_not_this_leaders() {
     let lease_for = Duration::from_secs(30);
     let mut ledger = PostgresLedger::open(&url).unwrap();
     let epoch =
-        lease::try_acquire(ledger.client(), "x", "127.0.0.1:1", lease_for).unwrap().unwrap();
+        lease::try_acquire(ledger.client(), "x", "127.0.0.1:1", lease_for, lease::OwnLease::Retake)
+            .unwrap()
+            .unwrap();
     let term = Term::new(epoch, "x");
     ledger.lead(term.clone());
     ledger.commit_group(&CommitGroup { batches: batches(1..=1), ..Default::default() }).unwrap();

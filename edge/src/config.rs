@@ -321,6 +321,14 @@ pub const MAX_BATCH_AGE_US: u64 = 10_000_000;
 /// The longest `limits.hello_timeout_ms` (10 min): past it, a deadline overflowed the clock
 /// and stopped the worker at its first handshake.
 pub const MAX_HELLO_TIMEOUT_MS: u64 = 600_000;
+
+/// The longest a phone's connection may stay idle: an hour, far past a show's gap between
+/// rounds (QUIC carries it as a varint of milliseconds, so a huge value fails only at start).
+pub const MAX_IDLE_TIMEOUT_MS: u64 = 3_600_000;
+
+/// The most awards a worker remembers sent and unacknowledged: its book takes twice this in
+/// slots, and 2^24 is far past what a worker's phones could be owed.
+pub const MAX_OUTSTANDING_AWARDS: usize = 1 << 24;
 /// The longest `batch_delay_us`, microseconds (10 ms).
 pub const MAX_BATCH_DELAY_US: u64 = 10_000;
 /// The longest of the `[overload]` durations, milliseconds (a minute).
@@ -374,6 +382,10 @@ impl Validate for EdgeConfig {
         }
         if addrs.iter().enumerate().any(|(i, a)| addrs[..i].contains(a)) {
             return Err(invalid("allocator.addr", "an address appears twice"));
+        }
+        // The id travels as a varint in every `EdgeHello`: a larger one could never be sent.
+        if self.edge_id > shake_proto::varint::MAX {
+            return Err(invalid("edge_id", "at most 2^62 - 1"));
         }
         if self.workers > MAX_WORKERS {
             return Err(invalid("workers", "at most 256"));
@@ -446,6 +458,14 @@ impl Validate for EdgeConfig {
                 "batch_max_age_us, max_in_flight_batches and hello_timeout_ms must be above 0",
             ));
         }
+        // The allocator keeps at most this many batches a worker has not confirmed, and an
+        // outage's backlog is resent whole before any confirmation: more is closed as FLOOD.
+        if l.max_in_flight_batches > shake_proto::limits::MAX_UNCONFIRMED_BATCHES {
+            return Err(invalid(
+                "limits.max_in_flight_batches",
+                "at most 4,096 (what the allocator keeps unconfirmed for one worker)",
+            ));
+        }
         if l.handshakes_per_source == 0 || l.max_tracked_sources == 0 {
             return Err(invalid(
                 "limits",
@@ -458,6 +478,9 @@ impl Validate for EdgeConfig {
                 "max_outstanding_awards and award_ack_window_s must be above 0",
             ));
         }
+        if l.max_outstanding_awards > MAX_OUTSTANDING_AWARDS {
+            return Err(invalid("limits.max_outstanding_awards", "at most 16,777,216"));
+        }
         if l.retry_above_handshakes > l.max_handshakes {
             return Err(invalid("limits.retry_above_handshakes", "must not exceed max_handshakes"));
         }
@@ -468,8 +491,8 @@ impl Validate for EdgeConfig {
             ));
         }
         let t = &self.transport;
-        if t.idle_timeout_ms == 0 {
-            return Err(invalid("transport.idle_timeout_ms", "must be above 0"));
+        if t.idle_timeout_ms == 0 || t.idle_timeout_ms > MAX_IDLE_TIMEOUT_MS {
+            return Err(invalid("transport.idle_timeout_ms", "1 to 3,600,000 (an hour)"));
         }
         // Each must hold the largest thing that goes through it, or the phone can never send
         // its `Hello` (HELLO_TIMEOUT for every phone) or a shake's datagram.
@@ -608,6 +631,30 @@ mod tests {
             ),
         ] {
             assert_eq!(field_of(&EXAMPLE.replace(from, to)), field, "{to}");
+        }
+        // Numbers that could never travel, or that the allocator would refuse as a flood.
+        for (from, to, field) in [
+            ("edge_id = 1", "edge_id = 4611686018427387904", "edge_id"),
+            (
+                "max_in_flight_batches = 16",
+                "max_in_flight_batches = 4097",
+                "limits.max_in_flight_batches",
+            ),
+            (
+                "max_outstanding_awards = 100000",
+                "max_outstanding_awards = 16777217",
+                "limits.max_outstanding_awards",
+            ),
+            ("idle_timeout_ms = 30000", "idle_timeout_ms = 3600001", "transport.idle_timeout_ms"),
+        ] {
+            assert_eq!(field_of(&EXAMPLE.replace(from, to)), field, "{to}");
+        }
+        for (from, to) in [
+            ("edge_id = 1", "edge_id = 4611686018427387903"),
+            ("max_in_flight_batches = 16", "max_in_flight_batches = 4096"),
+            ("idle_timeout_ms = 30000", "idle_timeout_ms = 3600000"),
+        ] {
+            assert!(EdgeConfig::parse(&EXAMPLE.replace(from, to)).is_ok(), "{to}");
         }
         assert!(matches!(
             EdgeConfig::parse(&EXAMPLE.replace("edge_id = 1", "edge_id = \"one\"")),

@@ -271,8 +271,8 @@ fn worker_socket(addr: SocketAddr, buffer: usize) -> Result<std::net::UdpSocket,
     }
     socket.set_recv_buffer_size(buffer).map_err(err)?;
     socket.set_send_buffer_size(buffer).map_err(err)?;
-    let granted =
-        socket.recv_buffer_size().map_err(err)?.min(socket.send_buffer_size().map_err(err)?);
+    let (recv, send) = shake_loop::driver::granted_buffers(&socket).map_err(err)?;
+    let granted = recv.min(send);
     if granted < buffer {
         tracing::warn!(
             requested = buffer,

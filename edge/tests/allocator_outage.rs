@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 
 use shake_allocator::ledger::FjallLedger;
-use shake_proto::{ControlFrame, Verdict};
+use shake_proto::{ControlFrame, ErrorCode, Verdict};
 use shake_testkit::phone::Phone;
 use shake_testkit::tokens::token;
 use shake_testkit::world::{World, WorldSettings};
@@ -156,4 +156,56 @@ async fn sigint_during_a_drain_stops_at_once() {
         "stopped {:?} after SIGINT",
         asked.elapsed()
     );
+}
+
+/// SIGHUP (a terminal hanging up, or an operator used to "HUP reloads") neither stops nor
+/// drains either server: each logs it and goes on. Its default action had ended both on the
+/// spot, with no drain and no lease release, and systemd does not restart a process ended
+/// by SIGHUP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_is_logged_and_ignored_by_both_servers() {
+    let mut world =
+        World::start(WorldSettings { envelopes: 100_000, ..WorldSettings::default() }).await;
+    world.edge.process.signal("HUP");
+    world.signal_allocator("HUP");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(world.edge.process.try_wait().is_none(), "the edge ended at SIGHUP");
+    // A phone that comes after it is served, and its win comes from the allocator.
+    let mut phone = Phone::connect(&world).await;
+    phone.hello(token(5, 3600)).await.unwrap();
+    phone.shake(1, 1);
+    assert_eq!(phone.outcome().await.unwrap().verdict, Verdict::Forwarded);
+    assert!(matches!(phone.next_award().await.unwrap(), ControlFrame::Award { .. }));
+    phone.conn.close(0u32.into(), b"done");
+    let status = world.edge.process.terminate();
+    assert!(status.success(), "{status:?}");
+}
+
+/// Phones still connected at the drain's deadline are closed with `DRAINING` (an `Error`
+/// frame, then the close), as SIGINT closes them. They had been dropped without a word, to
+/// learn it from their idle timeout (30 s here, and between rounds).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn phones_still_there_at_the_drain_deadline_are_closed_with_draining() {
+    let mut world = World::start(WorldSettings {
+        edge_limits: "drain_deadline_ms = 500\n",
+        ..WorldSettings::default()
+    })
+    .await;
+    let mut phone = Phone::connect(&world).await;
+    phone.hello(token(12, 3600)).await.unwrap();
+    world.edge.process.signal("TERM");
+    until_go_away(&mut phone).await;
+    // The phone stays on past the GoAway.
+    let draining = u64::from(ErrorCode::Draining.code());
+    let told = loop {
+        match phone.next_frame().await {
+            Ok(ControlFrame::Error { code, .. }) => break Some(code),
+            Ok(_) => continue,
+            Err(_) => break None,
+        }
+    };
+    assert_eq!(told, Some(draining), "no Error DRAINING at the deadline");
+    assert_eq!(phone.closed_code().await, Some(draining));
+    let status = world.edge.process.wait();
+    assert!(status.success(), "{status:?}");
 }

@@ -239,12 +239,20 @@ pub fn route_between(drivers: &mut [Driver]) {
     }
 }
 
+/// What the kernel granted `socket`'s receive and send buffers, comparable with what was asked:
+/// Linux clamps a request to `net.core.rmem_max` / `wmem_max`, then reports double what it
+/// grants (its bookkeeping overhead). Compared as read back, a grant of half the request
+/// passed for the whole.
+pub fn granted_buffers(socket: &impl std::os::fd::AsFd) -> std::io::Result<(usize, usize)> {
+    let socket = socket2::SockRef::from(socket);
+    Ok((socket.recv_buffer_size()? / 2, socket.send_buffer_size()? / 2))
+}
+
 impl Driver {
     /// A driver over `socket` (made non-blocking here).
     pub fn new(socket: UdpSocket) -> std::io::Result<Self> {
         socket.set_nonblocking(true)?;
-        // The kernel reports double what was asked (its bookkeeping overhead).
-        let made_with = socket2::SockRef::from(&socket).recv_buffer_size()? / 2;
+        let (made_with, _) = granted_buffers(&socket)?;
         // Best effort: without timestamps the queue-wait counters stay at zero, without drop
         // counts `kernel_drops` does.
         let _ = udp::enable_receive_timestamps(&socket);

@@ -631,3 +631,19 @@ fn a_datagram_handed_over_keeps_its_wait_and_its_arrival() {
     assert!(shell.arrivals[0] + Duration::from_millis(1) >= sent, "arrived before it was sent");
     assert!(from_send < Duration::from_millis(15), "arrived {from_send:?} after it was sent");
 }
+
+/// A buffer asked past the kernel's cap (`net.core.rmem_max`) reads back as what was granted,
+/// not as the doubled figure the kernel reports, which had passed for a grant of the whole
+/// request; one under the cap reads back as asked.
+#[test]
+fn buffers_read_back_as_granted() {
+    let cap: usize =
+        std::fs::read_to_string("/proc/sys/net/core/rmem_max").unwrap().trim().parse().unwrap();
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let granted = || shake_loop::driver::granted_buffers(&socket).unwrap();
+    socket2::SockRef::from(&socket).set_recv_buffer_size(cap + 65_536).unwrap();
+    assert_eq!(granted().0, cap, "asked {} with a cap of {cap}", cap + 65_536);
+    let under = (cap / 2).max(8_192);
+    socket2::SockRef::from(&socket).set_recv_buffer_size(under).unwrap();
+    assert_eq!(granted().0, under);
+}

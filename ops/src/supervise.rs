@@ -98,6 +98,7 @@ pub const FAILPOINTS: &[&str] = &[
     "edge-worker-panic",
     "allocator-actor-panic",
     "allocator-slow-commit",
+    "allocator-commit-hangs",
     "allocator-slow-award-read",
     "allocator-slow-takeover-read",
     "allocator-takeover-read-fails",

@@ -175,7 +175,7 @@ fn run(
     plot: Option<PathBuf>,
 ) -> anyhow::Result<Report> {
     let probe = swarm::phones_socket((std::net::Ipv4Addr::LOCALHOST, 0).into())?;
-    let granted = socket2::SockRef::from(&probe).recv_buffer_size()?;
+    let (granted, _) = shake_loop::driver::granted_buffers(&probe)?;
     if granted < swarm::PHONES_SOCKET_BUFFER {
         eprintln!(
             "shake-swarm: the kernel grants {granted} bytes of receive buffer a socket, not {} \

@@ -124,22 +124,30 @@ impl EdgeStream {
     }
 }
 
-/// The drain answers a batch in flight: worker 7 of edge 1 connects to the allocator at
-/// `alloc`, sends `batch` (sequence 1), and SIGTERM follows 150 ms later, while the group
-/// commit is slowed (`SHAKE_FAILPOINT=allocator-slow-commit`); the batch must be answered
-/// before the allocator exits, with status 0.
+/// The drain answers a batch in flight, and only that: worker 7 of edge 1 connects to the
+/// allocator at `alloc` and sends `batch(1)`; SIGTERM follows 150 ms later, while the group
+/// commit is slowed (`SHAKE_FAILPOINT=allocator-slow-commit`), and batches 2 to 6 come after
+/// it. Batch 1 must be answered before the allocator exits, with status 0, and no other: the
+/// rest are left unanswered for the next allocator (a drain that drew what kept coming never
+/// found nothing pending while an edge sent, and ran its full 10 s).
 pub async fn assert_a_drain_answers_the_batch_in_flight(
     alloc: &mut crate::servers::Allocator,
     scratch: &Scratch,
-    batch: &AllocatorFrame,
+    batch: impl Fn(u64) -> AllocatorFrame,
 ) {
     let mut stream = edge_worker(alloc.quic, scratch, 7).await.unwrap();
     let first = stream.recv().await.map(|(frame, _)| frame);
     assert!(matches!(first, Ok(AllocatorFrame::RoundState { .. })), "{first:?}");
-    stream.send(batch).await;
+    stream.send(&batch(1)).await;
     tokio::time::sleep(Duration::from_millis(150)).await;
     alloc.process.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for seq in 2..=6 {
+        stream.send(&batch(seq)).await;
+    }
     let answer = stream.next_result().await;
     assert!(matches!(answer, Ok((1, _, _))), "the batch in flight at the drain: {answer:?}");
+    let after = stream.next_result().await;
+    assert!(after.is_err(), "a batch sent after the drain began was drawn: {after:?}");
     assert!(alloc.process.wait().success());
 }

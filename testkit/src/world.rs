@@ -131,6 +131,13 @@ impl World {
         self.allocator.as_ref().expect("the allocator is running").metrics
     }
 
+    /// Sends signal `name` to the allocator, while it runs.
+    pub fn signal_allocator(&self, name: &str) {
+        if let Some(allocator) = &self.allocator {
+            allocator.process.signal(name);
+        }
+    }
+
     /// Stops the allocator at once (SIGINT) and waits for it to exit.
     pub async fn stop_allocator(&mut self) {
         if let Some(mut allocator) = self.allocator.take() {

@@ -140,9 +140,15 @@ fn leading(url: &str) -> Result<Box<dyn LedgerStore>, String> {
              UPDATE shake_leader SET expires_at = now()",
         )
         .map_err(|e| e.to_string())?;
-    let epoch = lease::try_acquire(ledger.client(), "bench", "-", Duration::from_secs(60))
-        .map_err(|e| e.to_string())?
-        .ok_or("the lease is taken")?;
+    let epoch = lease::try_acquire(
+        ledger.client(),
+        "bench",
+        "-",
+        Duration::from_secs(60),
+        lease::OwnLease::Retake,
+    )
+    .map_err(|e| e.to_string())?
+    .ok_or("the lease is taken")?;
     ledger.lead(lease::Term::new(epoch, "bench"));
     Ok(Box::new(ledger))
 }

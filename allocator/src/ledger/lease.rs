@@ -72,8 +72,22 @@ pub fn current(client: &mut Client) -> Result<LeaderRow, LedgerError> {
     })
 }
 
-/// Takes the lease if it has expired (or is this node's own, from before a restart: the same
-/// node name at the same address): returns the new epoch, or `None` while another holds it.
+/// Whether an unexpired lease under this node's name, at this address, may be taken back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OwnLease {
+    /// This process wrote it (a term it lost, a takeover that did not replicate): it takes it
+    /// back at once.
+    Retake,
+    /// It is a former process's (this one has not written the lease yet): it waits for the
+    /// lease to expire like any standby. A restart within the lease (systemd's, a second
+    /// after a crash) had taken it back at once: cold, it read the whole ledger while the warm
+    /// standby waited, and a fault that came back with it kept every standby out for ever.
+    WaitForExpiry,
+}
+
+/// Takes the lease if it has expired (or is this node's own, the same node name at the same
+/// address, and `own` says it may be taken back): returns the new epoch, or `None` while
+/// another holds it.
 ///
 /// The address is part of "own": two processes under one `[postgres] node` (a rolling update
 /// that starts the new before it stops the old, a configuration cloned to another host) each
@@ -85,16 +99,18 @@ pub fn try_acquire(
     node: &str,
     address: &str,
     lease: Duration,
+    own: OwnLease,
 ) -> Result<Option<i64>, LedgerError> {
     // The term is recorded in the same statement (one transaction): `shake_terms` is the
     // history of leaders, and its row's transaction dates the takeover.
     let row = client.query_opt(
         "WITH won AS (UPDATE shake_leader SET epoch = epoch + 1, holder = $1, address = $2, \
          acquired_at = now(), expires_at = now() + $3 * interval '1 millisecond' \
-         WHERE id = 1 AND (expires_at <= now() OR (holder = $1 AND address = $2) OR holder = '') \
+         WHERE id = 1 AND (expires_at <= now() OR ($4 AND holder = $1 AND address = $2) \
+         OR holder = '') \
          RETURNING epoch, holder, address, acquired_at) \
          INSERT INTO shake_terms SELECT epoch, holder, address, acquired_at FROM won RETURNING epoch",
-        &[&node, &address, &millis(lease)],
+        &[&node, &address, &millis(lease), &(own == OwnLease::Retake)],
     )?;
     Ok(row.map(|row| row.get(0)))
 }

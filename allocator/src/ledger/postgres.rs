@@ -287,17 +287,41 @@ impl From<&Target> for Target {
     }
 }
 
-/// Connects to the database named by a libpq-style connection string, which may name several
-/// hosts (`host=a,b,c port=...`); with `target_session_attrs=read-write` the connection goes
-/// to whichever is the primary now. TCP keep-alives are on (2 s idle) so a primary that
-/// vanishes without a reset is noticed.
-pub fn connect(target: impl Into<Target>) -> Result<(Client, Arc<AtomicBool>), LedgerError> {
-    let target = target.into();
-    let mut config = postgres::Config::from_str(&target.url)?;
+/// How long data sent to the database may go unacknowledged by its host's kernel before the
+/// connection is given up. A server busy with a long commit still acknowledges at once; only
+/// a host that is gone does not.
+pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `url` with this ledger's time limits where it sets none ([`connect`]).
+fn connection_config(url: &str) -> Result<postgres::Config, LedgerError> {
+    let mut config = postgres::Config::from_str(url)?;
     config.keepalives(true).keepalives_idle(Duration::from_secs(2));
+    if config.get_keepalives_interval().is_none() {
+        config.keepalives_interval(Duration::from_secs(1));
+    }
+    if config.get_keepalives_retries().is_none() {
+        config.keepalives_retries(3);
+    }
+    if config.get_tcp_user_timeout().is_none() {
+        config.tcp_user_timeout(TCP_USER_TIMEOUT);
+    }
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(Duration::from_secs(5));
     }
+    Ok(config)
+}
+
+/// Connects to the database named by a libpq-style connection string, which may name several
+/// hosts (`host=a,b,c port=...`); with `target_session_attrs=read-write` the connection goes
+/// to whichever is the primary now. A primary that vanishes without a reset (its host powered
+/// off, a partition) is given up within seconds, unless the URL says otherwise: TCP
+/// keep-alives after 2 s idle, every second, three unanswered ending the connection, and
+/// [`TCP_USER_TIMEOUT`] for data sent and not acknowledged. The kernel's defaults (nine
+/// probes 75 s apart; about 15 minutes of retransmission) had held every allocator on the lost
+/// primary for that long, the promoted one idle.
+pub fn connect(target: impl Into<Target>) -> Result<(Client, Arc<AtomicBool>), LedgerError> {
+    let target = target.into();
+    let mut config = connection_config(&target.url)?;
     // A transaction whose wait for the synchronous standbys was cancelled is committed on the
     // primary alone and the server only warns: that commit is not durable by our standard.
     // The warning has no code of its own, only the generic one (01000), and its text is in the
@@ -1003,5 +1027,29 @@ impl LedgerStore for PostgresLedger {
             .query_one("SELECT count(*) FROM shake_batches WHERE answer IS NOT NULL", &[])?
             .get(0);
         Ok(count as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database host that vanishes without a reset is given up within seconds; a limit the
+    /// URL sets stands.
+    #[test]
+    fn a_silent_host_is_given_up_within_seconds_unless_the_url_says_otherwise() {
+        let config = connection_config("host=db1,db2 dbname=shake").unwrap();
+        assert_eq!(config.get_tcp_user_timeout(), Some(&TCP_USER_TIMEOUT));
+        assert_eq!(config.get_keepalives_idle(), Duration::from_secs(2));
+        assert_eq!(config.get_keepalives_interval(), Some(Duration::from_secs(1)));
+        assert_eq!(config.get_keepalives_retries(), Some(3));
+        assert_eq!(config.get_connect_timeout(), Some(&Duration::from_secs(5)));
+        let url = "host=db1 tcp_user_timeout=20 keepalives_interval=7 keepalives_retries=9 \
+                   connect_timeout=11";
+        let config = connection_config(url).unwrap();
+        assert_eq!(config.get_tcp_user_timeout(), Some(&Duration::from_secs(20)));
+        assert_eq!(config.get_keepalives_interval(), Some(Duration::from_secs(7)));
+        assert_eq!(config.get_keepalives_retries(), Some(9));
+        assert_eq!(config.get_connect_timeout(), Some(&Duration::from_secs(11)));
     }
 }

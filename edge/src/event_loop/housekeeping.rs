@@ -50,25 +50,7 @@ impl LoopWorker {
     /// Drain (SIGTERM) and stop (SIGINT), checked once a turn.
     pub(super) fn shutdown(&mut self, now: Instant, engine: &mut Engine) -> Flow {
         if self.shared.stop.is_cancelled() {
-            let since = *self.stopping_since.get_or_insert(now);
-            if since == now {
-                let serving: Vec<ConnectionHandle> = self.phone_connections();
-                for ch in serving {
-                    engine.with_connection(ch, |conn| {
-                        let code = ErrorCode::Draining;
-                        self.start_close(now, ch, conn, code, code.name());
-                    });
-                }
-            }
-            let closed =
-                self.sessions.iter().flatten().all(|s| matches!(s.phase, Phase::Closing(_)));
-            return if now.duration_since(since) >= STOP_GRACE
-                || (closed && engine.connections() == 0)
-            {
-                Flow::Stop
-            } else {
-                Flow::Continue
-            };
+            return self.close_every_phone(now, engine);
         }
         if self.shared.drain.is_cancelled() {
             let since = *self.draining_since.get_or_insert(now);
@@ -83,17 +65,46 @@ impl LoopWorker {
             let deadline = Duration::from_millis(self.shared.config.limits.drain_deadline_ms);
             let answered = self.core.uplink().in_flight() == 0 && !self.core.uplink().has_output();
             let left = self.core.phones().is_empty();
-            if (answered && left) || now.duration_since(since) >= deadline {
+            let late = now.duration_since(since) >= deadline;
+            if (answered && left) || (late && self.stopping_since.is_none()) {
                 tracing::info!(
                     worker = self.id,
                     unanswered = self.core.uplink().in_flight(),
                     phones_left = self.core.phones().len(),
                     "worker drained"
                 );
+            }
+            if answered && left {
                 return Flow::Stop;
+            }
+            if late {
+                // Phones still here at the deadline are closed as SIGINT closes them: dropped
+                // without a word, each waited for its idle timeout to learn the edge had gone.
+                return self.close_every_phone(now, engine);
             }
         }
         Flow::Continue
+    }
+
+    /// Closes every phone's session with `DRAINING` on the first call (an `Error` frame, then
+    /// the close), then stops once all have closed or after [`STOP_GRACE`].
+    fn close_every_phone(&mut self, now: Instant, engine: &mut Engine) -> Flow {
+        let since = *self.stopping_since.get_or_insert(now);
+        if since == now {
+            let serving: Vec<ConnectionHandle> = self.phone_connections();
+            for ch in serving {
+                engine.with_connection(ch, |conn| {
+                    let code = ErrorCode::Draining;
+                    self.start_close(now, ch, conn, code, code.name());
+                });
+            }
+        }
+        let closed = self.sessions.iter().flatten().all(|s| matches!(s.phase, Phase::Closing(_)));
+        if now.duration_since(since) >= STOP_GRACE || (closed && engine.connections() == 0) {
+            Flow::Stop
+        } else {
+            Flow::Continue
+        }
     }
 
     /// Closes this worker's sessions that a newer session of their user superseded.
