@@ -135,8 +135,7 @@ impl Node {
                     TermOutcome::Failed => {
                         tokio::select! {
                             _ = tokio::time::sleep(Duration::from_millis(self.pg.lease_ms)) => {}
-                            _ = self.shutdown.drain.cancelled() => break,
-                            _ = self.shutdown.stop.cancelled() => break,
+                            () = self.shutdown.requested() => break,
                         }
                     }
                 }
@@ -175,7 +174,7 @@ impl Node {
             let mut held = client.take();
             let after = warm.following.cursor;
             let wrote_lease = self.wrote_lease.clone();
-            let looked = tokio::task::spawn_blocking(move || {
+            let mut looked = tokio::task::spawn_blocking(move || {
                 let look = look(
                     &mut held,
                     &target,
@@ -186,9 +185,11 @@ impl Node {
                 (held, look)
             });
             let looked = tokio::select! {
-                looked = looked => looked,
-                _ = self.shutdown.drain.cancelled() => break Ok(None),
-                _ = self.shutdown.stop.cancelled() => break Ok(None),
+                looked = &mut looked => looked,
+                () = self.shutdown.requested() => {
+                    self.let_go_of(looked).await;
+                    break Ok(None);
+                }
             };
             let (held, look) =
                 looked.map_err(|e| ServeError::Panicked(format!("lease task: {e}")))?;
@@ -242,8 +243,7 @@ impl Node {
             }
             tokio::select! {
                 _ = tokio::time::sleep(poll) => {}
-                _ = self.shutdown.drain.cancelled() => break Ok(None),
-                _ = self.shutdown.stop.cancelled() => break Ok(None),
+                () = self.shutdown.requested() => break Ok(None),
             }
         };
         redirect.abort();
@@ -419,6 +419,19 @@ impl Node {
         }
     }
 
+    /// A look under way when the process is asked to stop: waited for, and a lease it won
+    /// released. Left running, a look that won took the lease with nobody to serve or release
+    /// it, and every standby waited a lease.
+    async fn let_go_of(
+        &self,
+        look: tokio::task::JoinHandle<(Option<PostgresLedger>, Result<Look, LedgerError>)>,
+    ) {
+        if let Ok((held, Ok(Look::Won(epoch)))) = look.await {
+            tokio::task::spawn_blocking(move || drop(held));
+            self.release_lease(&Term::new(epoch, &self.pg.node)).await;
+        }
+    }
+
     /// Gives up `term`'s lease, so that a standby may take it at its next look.
     async fn release_lease(&self, term: &Term) {
         let (target, term) = (self.target.clone(), term.clone());
@@ -470,6 +483,10 @@ fn look(
     let taken = lease::try_acquire(connected.client(), node, advertise, lease_for, own)?;
     if taken.is_some() {
         wrote_lease.store(true, Ordering::SeqCst);
+        // Tests only: a look that has just won and has yet to return.
+        if shake_ops::supervise::failpoint("allocator-slow-look") {
+            std::thread::sleep(Duration::from_secs(1));
+        }
     }
     let look = match taken {
         // Committed on the primary alone: if the primary is lost, the standby promoted in its

@@ -245,6 +245,16 @@ pub struct Shutdown {
     pub stop: CancellationToken,
 }
 
+impl Shutdown {
+    /// Returns once a drain or a stop has been asked for.
+    pub async fn requested(&self) {
+        tokio::select! {
+            _ = self.drain.cancelled() => {}
+            _ = self.stop.cancelled() => {}
+        }
+    }
+}
+
 /// What every leadership term of the process shares: its metrics, its health and the admin
 /// API's way to the term serving now.
 #[derive(Debug, Clone, Default)]

@@ -209,3 +209,23 @@ async fn phones_still_there_at_the_drain_deadline_are_closed_with_draining() {
     let status = world.edge.process.wait();
     assert!(status.success(), "{status:?}");
 }
+
+/// A stopped edge is gone from the allocator at once: its workers' streams end with them, not
+/// after the connection's idle timeout (10 s), during which the allocator would show the edge
+/// connected and share quotas by its last load report. (A review suspected the link's close
+/// never left; this holds either way.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_edge_is_gone_from_the_allocator_at_once() {
+    let mut world = World::start(WorldSettings::default()).await;
+    world.wait_for_allocator_metric("shake_allocator_streams_open", 2.0).await;
+    let status = world.edge.process.terminate();
+    assert!(status.success(), "{status:?}");
+    let stopped = std::time::Instant::now();
+    while world.allocator_metric("shake_allocator_streams_open") > 0.0 {
+        assert!(
+            stopped.elapsed() < std::time::Duration::from_secs(2),
+            "the allocator holds the stopped edge's streams"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

@@ -102,6 +102,7 @@ pub const FAILPOINTS: &[&str] = &[
     "allocator-slow-award-read",
     "allocator-slow-takeover-read",
     "allocator-takeover-read-fails",
+    "allocator-slow-look",
     "allocator-stall-in-copy",
     "allocator-lane-open-fails",
 ];

@@ -502,6 +502,46 @@ impl PostgresLedger {
         self.unreplicated.swap(false, Ordering::SeqCst)
     }
 
+    /// A user's awards by the index on `user_id` (support's usual question: a few rows,
+    /// where reading every award took the whole table into memory, seconds on millions);
+    /// other questions read every award.
+    fn find_awards_here(&mut self, query: &AwardQuery) -> Result<Vec<Award>, LedgerError> {
+        if i64::try_from(query.after).is_err() {
+            // No award id is that large (ids are BIGINT); as a signed value it would wrap.
+            return Ok(Vec::new());
+        }
+        let Some(user) = query.user else {
+            // Page by page from the cursor, so that only the answer is held, never the whole
+            // table's rows (rows become visible in id order: a page read is never overtaken).
+            let mut keep = query.keeper();
+            let mut out = Vec::new();
+            let mut after = query.after;
+            while out.len() < query.most() {
+                let page = self.read_awards(after, READ_PAGE, &mut |_| true)?;
+                let Some(last) = page.last() else { break };
+                after = last.award_id;
+                out.extend(page.into_iter().filter(|award| keep(award)));
+            }
+            return Ok(out);
+        };
+        let rows = self.client.query(
+            "SELECT award_id, round_id, item, user_id, cash_cents, gift_sku, edge_id, worker_id, \
+             instance_id, batch_seq, entry_index, granted_at_ms, delivered \
+             FROM shake_awards_with_delivery WHERE user_id = $1 AND award_id > $2 \
+             ORDER BY award_id",
+            &[&signed(user), &signed(query.after)],
+        )?;
+        let mut keep = query.keeper();
+        let mut out = Vec::new();
+        for row in &rows {
+            let award = award_of(row)?;
+            if keep(&award) {
+                out.push(award);
+            }
+        }
+        Ok(out)
+    }
+
     /// The connection was lost.
     pub fn is_closed(&self) -> bool {
         self.client.is_closed()
@@ -981,44 +1021,20 @@ impl LedgerStore for PostgresLedger {
         self.read_awards(0, i64::MAX, keep)
     }
 
-    /// A user's awards by the index on `user_id` (support's usual question: a few rows,
-    /// where reading every award took the whole table into memory, seconds on millions);
-    /// other questions read every award.
+    /// A session of support's reads that the server closed (an idle timeout, a pooler, a
+    /// DBA's `pg_terminate_backend`) is opened again and the read tried once more: kept
+    /// closed, every read of the term answered 503. Only a session with no term (the reader's)
+    /// reopens; a commit lane's closed session ends its term.
     fn find_awards(&mut self, query: &AwardQuery) -> Result<Vec<Award>, LedgerError> {
-        if i64::try_from(query.after).is_err() {
-            // No award id is that large (ids are BIGINT); as a signed value it would wrap.
-            return Ok(Vec::new());
-        }
-        let Some(user) = query.user else {
-            // Page by page from the cursor, so that only the answer is held, never the whole
-            // table's rows (rows become visible in id order: a page read is never overtaken).
-            let mut keep = query.keeper();
-            let mut out = Vec::new();
-            let mut after = query.after;
-            while out.len() < query.most() {
-                let page = self.read_awards(after, READ_PAGE, &mut |_| true)?;
-                let Some(last) = page.last() else { break };
-                after = last.award_id;
-                out.extend(page.into_iter().filter(|award| keep(award)));
+        match self.find_awards_here(query) {
+            Err(err) if self.term.is_none() && self.client.is_closed() => {
+                tracing::warn!(%err, "the ledger session for support's reads was closed; opening another");
+                let (client, unreplicated) = connect(&self.target)?;
+                (self.client, self.unreplicated, self.statements) = (client, unreplicated, None);
+                self.find_awards_here(query)
             }
-            return Ok(out);
-        };
-        let rows = self.client.query(
-            "SELECT award_id, round_id, item, user_id, cash_cents, gift_sku, edge_id, worker_id, \
-             instance_id, batch_seq, entry_index, granted_at_ms, delivered \
-             FROM shake_awards_with_delivery WHERE user_id = $1 AND award_id > $2 \
-             ORDER BY award_id",
-            &[&signed(user), &signed(query.after)],
-        )?;
-        let mut keep = query.keeper();
-        let mut out = Vec::new();
-        for row in &rows {
-            let award = award_of(row)?;
-            if keep(&award) {
-                out.push(award);
-            }
+            read => read,
         }
-        Ok(out)
     }
 
     fn stored_answers(&mut self) -> Result<usize, LedgerError> {
