@@ -104,7 +104,7 @@ fn main() -> anyhow::Result<()> {
         "bench",
         "-",
         Duration::from_secs(3_600),
-        lease::OwnLease::Retake,
+        lease::OwnLease::NeverTook,
     )?
     .ok_or_else(|| anyhow::anyhow!("the lease is taken"))?;
     leader.lead(lease::Term::new(epoch, "bench"));

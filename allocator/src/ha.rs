@@ -22,7 +22,7 @@
 //! - A clean stop (SIGTERM drain or SIGINT) releases the lease so a standby takes over at once.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -63,7 +63,7 @@ pub(crate) async fn start(config: Config, shutdown: Shutdown) -> Result<Running,
         endpoint,
         shared,
         shutdown,
-        wrote_lease: Arc::new(AtomicBool::new(false)),
+        took_lease_as: Arc::new(AtomicI64::new(NEVER_TOOK)),
     };
     let done = tokio::spawn(node.run());
     Ok(Running { quic_addr, metrics_addr, admin_addr, done })
@@ -78,10 +78,14 @@ struct Node {
     endpoint: quinn::Endpoint,
     shared: Shared,
     shutdown: Shutdown,
-    /// Whether this process has written the lease row: until it has, a lease under its name
-    /// is a former process's, and it waits for it to expire ([`lease::OwnLease`]).
-    wrote_lease: Arc<AtomicBool>,
+    /// The epoch under which this process last took the lease ([`NEVER_TOOK`]: none): a lease
+    /// under its name at another epoch is a former (or another) process's, and it waits for it
+    /// to expire ([`lease::OwnLease`]).
+    took_lease_as: Arc<AtomicI64>,
 }
+
+/// [`Node::took_lease_as`] before this process has taken the lease.
+const NEVER_TOOK: i64 = -1;
 
 /// How a leadership term ended.
 enum TermOutcome {
@@ -173,12 +177,12 @@ impl Node {
             let page = self.pg.follow_page_awards;
             let mut held = client.take();
             let after = warm.following.cursor;
-            let wrote_lease = self.wrote_lease.clone();
+            let took_lease_as = self.took_lease_as.clone();
             let mut looked = tokio::task::spawn_blocking(move || {
                 let look = look(
                     &mut held,
                     &target,
-                    (&node, &advertise, &wrote_lease),
+                    (&node, &advertise, &took_lease_as),
                     lease_for,
                     (after, page),
                 );
@@ -205,7 +209,7 @@ impl Node {
                     if last_holder.as_ref() != Some(&(row.epoch, row.holder.clone())) {
                         let here = self.advertise.to_string();
                         let own = row.holder == self.pg.node && row.address == here;
-                        if own && !self.wrote_lease.load(Ordering::SeqCst) {
+                        if own && row.epoch != self.took_lease_as.load(Ordering::SeqCst) {
                             tracing::info!(
                                 epoch = row.epoch,
                                 expires_in_ms = row.expires_in_ms,
@@ -272,14 +276,20 @@ impl Node {
         // lease, and a lease lost to the read would hand the term to a standby that must then
         // read it all again itself.
         let won = Term::new(epoch, &self.pg.node);
-        let renewer = spawn_renewer(
+        let renewer = match spawn_renewer(
             self.target.clone(),
             self.pg.lease_ms,
             won.clone(),
             lost.clone(),
             term_stop.clone(),
             term_over.clone(),
-        )?;
+        ) {
+            Ok(renewer) => renewer,
+            Err(err) => {
+                self.release_lease(&won).await;
+                return Err(err);
+            }
+        };
         let target = self.target.clone();
         let config = self.config.clone();
         let held = won.clone();
@@ -353,7 +363,7 @@ impl Node {
         let term = Shutdown { drain: self.shutdown.drain.clone(), stop: term_stop.clone() };
         self.shared.health.standby.store(false, Ordering::Relaxed);
         self.shared.metrics.leader_epoch.set(epoch);
-        let serving = lead(
+        let serving = match lead(
             &self.config,
             self.endpoint.clone(),
             TermEnd::CloseConnections,
@@ -361,7 +371,15 @@ impl Node {
             rebuilt,
             &self.shared,
             term,
-        )?;
+        ) {
+            Ok(serving) => serving,
+            Err(err) => {
+                term_over.cancel();
+                let _ = tokio::task::spawn_blocking(move || renewer.join()).await;
+                self.release_lease(&won).await;
+                return Err(err);
+            }
+        };
         tracing::info!(
             epoch,
             read_ms = started.elapsed().as_millis() as u64,
@@ -398,7 +416,9 @@ impl Node {
                 if self.stopping() {
                     // A drain whose last commit failed ends the process with a failure, as on
                     // fjall: an exit of 0 reads as "every answer went out" to an operator and
-                    // to the scripts that check it.
+                    // to the scripts that check it. The lease released (a fenced term's is
+                    // another's, and its release matches nothing).
+                    self.release_lease(&won).await;
                     return Err(ServeError::Ledger(err));
                 }
                 Ok(TermOutcome::Lost)
@@ -426,23 +446,32 @@ impl Node {
         &self,
         look: tokio::task::JoinHandle<(Option<PostgresLedger>, Result<Look, LedgerError>)>,
     ) {
-        if let Ok((held, Ok(Look::Won(epoch)))) = look.await {
-            tokio::task::spawn_blocking(move || drop(held));
+        let Ok((held, look)) = look.await else { return };
+        // Closing a blocking client blocks: never on the async runtime's threads (there it
+        // panics), whatever the look found.
+        tokio::task::spawn_blocking(move || drop(held));
+        if let Ok(Look::Won(epoch)) = look {
             self.release_lease(&Term::new(epoch, &self.pg.node)).await;
         }
     }
 
-    /// Gives up `term`'s lease, so that a standby may take it at its next look.
+    /// Gives up `term`'s lease, so that a standby may take it at its next look ([`lease::release`]
+    /// does not wait for the synchronous standbys). Waits at most a lease, for a database that
+    /// does not answer: past that, the lease has expired anyway.
     async fn release_lease(&self, term: &Term) {
         let (target, term) = (self.target.clone(), term.clone());
         let epoch = term.epoch;
-        let released = blocking(move || {
+        let release = blocking(move || {
             let (mut client, _) = pg::connect(&target)?;
             lease::release(&mut client, &term)
-        })
-        .await;
-        if let Err(err) = released {
-            tracing::warn!(%err, epoch, "could not release the lease: a standby waits for it to expire");
+        });
+        let within = Duration::from_millis(self.pg.lease_ms);
+        match tokio::time::timeout(within, release).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => {
+                tracing::warn!(%err, epoch, "could not release the lease: a standby waits for it to expire");
+            }
+            Err(_) => tracing::warn!(epoch, "the lease's release did not return within a lease"),
         }
     }
 
@@ -454,12 +483,12 @@ impl Node {
 /// One look at the lease: take it if it is free, else say who holds it and read what the log
 /// gained after the cursor (at most `page` awards of it). Drops the connection on a failed
 /// statement (the next look reconnects, finding a promoted primary); a takeover refused as
-/// unreplicated keeps it. `wrote_lease` says whether this process wrote the lease before,
-/// and is set once it has.
+/// unreplicated keeps it. `took_lease_as` is the epoch this process last took the lease
+/// under, set at each take.
 fn look(
     ledger: &mut Option<PostgresLedger>,
     target: &pg::Target,
-    (node, advertise, wrote_lease): (&str, &str, &AtomicBool),
+    (node, advertise, took_lease_as): (&str, &str, &AtomicI64),
     lease_for: Duration,
     (after, page): (FollowCursor, u32),
 ) -> Result<Look, LedgerError> {
@@ -475,18 +504,17 @@ fn look(
         Err(err) => tracing::warn!(%err, "standby: could not end the expired leader's commits"),
     }
     connected.take_unreplicated();
-    let own = if wrote_lease.load(Ordering::SeqCst) {
-        lease::OwnLease::Retake
-    } else {
-        lease::OwnLease::WaitForExpiry
+    let own = match took_lease_as.load(Ordering::SeqCst) {
+        NEVER_TOOK => lease::OwnLease::NeverTook,
+        epoch => lease::OwnLease::TookAs(epoch),
     };
     let taken = lease::try_acquire(connected.client(), node, advertise, lease_for, own)?;
-    if taken.is_some() {
-        wrote_lease.store(true, Ordering::SeqCst);
-        // Tests only: a look that has just won and has yet to return.
-        if shake_ops::supervise::failpoint("allocator-slow-look") {
-            std::thread::sleep(Duration::from_secs(1));
-        }
+    if let Some(epoch) = taken {
+        took_lease_as.store(epoch, Ordering::SeqCst);
+    }
+    // Tests only: a look that has taken the lease, or found it held, and has yet to return.
+    if shake_ops::supervise::failpoint("allocator-slow-look") {
+        std::thread::sleep(Duration::from_secs(1));
     }
     let look = match taken {
         // Committed on the primary alone: if the primary is lost, the standby promoted in its

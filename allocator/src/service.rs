@@ -461,13 +461,13 @@ pub(crate) async fn serve_metrics(
             let oldest = health.commits_in_flight.oldest(Instant::now());
             if health.ledger_failed.load(Ordering::Relaxed) {
                 Readiness::NotReady("the ledger is not writable".into())
+            } else if draining.is_cancelled() {
+                Readiness::NotReady("draining".into())
             } else if oldest >= COMMIT_STUCK_AFTER {
                 Readiness::NotReady(format!(
                     "a ledger commit has not returned for {} s",
                     oldest.as_secs()
                 ))
-            } else if draining.is_cancelled() {
-                Readiness::NotReady("draining".into())
             } else if health.standby.load(Ordering::Relaxed) {
                 Readiness::NotReady("standby: another allocator leads".into())
             } else {

@@ -225,18 +225,28 @@ fn fjall_keeps_the_retirements_an_older_version_recorded() {
     assert_eq!(workers, vec![WorkerRecord { retired: (1..=9).collect(), ..record(10, 2..=9) }]);
 }
 
-/// A PostgreSQL ledger that leads (holds the lease's epoch).
+/// `node` at `address` tries for the lease, as a process that has not taken it before.
+fn try_take(
+    ledger: &mut PostgresLedger,
+    node: &str,
+    address: &str,
+    lease_for: Duration,
+) -> Result<Option<i64>, LedgerError> {
+    lease::try_acquire(ledger.client(), node, address, lease_for, lease::OwnLease::NeverTook)
+}
+
+/// A PostgreSQL ledger that leads (holds the lease's epoch), taking back a lease `node` holds
+/// as the process that took it (the tests reopen a ledger where a process would keep it).
 fn leading(url: &str, node: &str) -> (PostgresLedger, i64) {
     let mut ledger = PostgresLedger::open(url).unwrap();
-    let epoch = lease::try_acquire(
-        ledger.client(),
-        node,
-        "127.0.0.1:1",
-        Duration::from_secs(30),
-        lease::OwnLease::Retake,
-    )
-    .unwrap()
-    .expect("the lease is free");
+    let own = match lease::current(ledger.client()) {
+        Ok(row) if row.holder == node => lease::OwnLease::TookAs(row.epoch),
+        _ => lease::OwnLease::NeverTook,
+    };
+    let epoch =
+        lease::try_acquire(ledger.client(), node, "127.0.0.1:1", Duration::from_secs(30), own)
+            .unwrap()
+            .expect("the lease is free");
     ledger.lead(Term::new(epoch, node));
     (ledger, epoch)
 }
@@ -283,20 +293,13 @@ fn a_new_epoch_fences_the_old_leader() {
     let url = server.database("fence");
     let mut old = PostgresLedger::open(&url).unwrap();
     let short = Duration::from_millis(300);
-    let first =
-        lease::try_acquire(old.client(), "old", "127.0.0.1:1", short, lease::OwnLease::Retake)
-            .unwrap()
-            .unwrap();
+    let first = try_take(&mut old, "old", "127.0.0.1:1", short).unwrap().unwrap();
     old.lead(Term::new(first, "old"));
     old.commit_group(&CommitGroup { batches: batches(1..=1), ..CommitGroup::default() }).unwrap();
 
     // While the lease runs, a standby cannot take it, and renewing works.
     let mut standby = PostgresLedger::open(&url).unwrap();
-    assert_eq!(
-        lease::try_acquire(standby.client(), "new", "127.0.0.1:2", short, lease::OwnLease::Retake)
-            .unwrap(),
-        None
-    );
+    assert_eq!(try_take(&mut standby, "new", "127.0.0.1:2", short).unwrap(), None);
     assert!(lease::renew(old.client(), &Term::new(first, "old"), short).unwrap());
     let row = lease::current(standby.client()).unwrap();
     assert_eq!(
@@ -306,10 +309,7 @@ fn a_new_epoch_fences_the_old_leader() {
 
     // The old leader pauses past its lease; the standby takes over with a new epoch.
     std::thread::sleep(Duration::from_millis(400));
-    let second =
-        lease::try_acquire(standby.client(), "new", "127.0.0.1:2", short, lease::OwnLease::Retake)
-            .unwrap()
-            .unwrap();
+    let second = try_take(&mut standby, "new", "127.0.0.1:2", short).unwrap().unwrap();
     assert_eq!(second, first + 1);
     standby.lead(Term::new(second, "new"));
 
@@ -351,13 +351,7 @@ fn a_new_epoch_fences_the_old_leader() {
 
     // A clean stop releases the lease: the next node takes it without waiting.
     lease::release(standby.client(), &Term::new(second, "new")).unwrap();
-    let third = lease::try_acquire(
-        old.client(),
-        "old",
-        "127.0.0.1:1",
-        Duration::from_secs(30),
-        lease::OwnLease::Retake,
-    );
+    let third = try_take(&mut old, "old", "127.0.0.1:1", Duration::from_secs(30));
     assert_eq!(third.unwrap(), Some(second + 1));
 }
 
@@ -467,10 +461,7 @@ fn a_standby_following_the_log_owes_what_a_full_read_finds() {
     let url = server.database("follow");
     let mut first = PostgresLedger::open(&url).unwrap();
     let short = Duration::from_millis(300);
-    let epoch =
-        lease::try_acquire(first.client(), "a", "127.0.0.1:1", short, lease::OwnLease::Retake)
-            .unwrap()
-            .unwrap();
+    let epoch = try_take(&mut first, "a", "127.0.0.1:1", short).unwrap().unwrap();
     first.lead(Term::new(epoch, "a"));
     let drawn = |ids: std::ops::RangeInclusive<u64>, seq: u64| AnsweredBatch {
         key: key(seq),
@@ -503,10 +494,7 @@ fn a_standby_following_the_log_owes_what_a_full_read_finds() {
     // A new term: the old lease runs out, another leader's groups count from 0 again.
     std::thread::sleep(Duration::from_millis(400));
     let mut second = PostgresLedger::open(&url).unwrap();
-    let next =
-        lease::try_acquire(second.client(), "c", "127.0.0.1:2", short, lease::OwnLease::Retake)
-            .unwrap()
-            .unwrap();
+    let next = try_take(&mut second, "c", "127.0.0.1:2", short).unwrap().unwrap();
     assert_eq!(next, epoch + 1);
     second.lead(Term::new(next, "c"));
     let marks: Vec<u64> = (100..=110).chain([5, 315]).collect();
@@ -711,10 +699,7 @@ fn a_leader_paused_inside_a_commit_does_not_block_the_takeover() {
     let url = server.database("paused");
     let short = Duration::from_millis(300);
     let mut old = PostgresLedger::open(&url).unwrap();
-    let first =
-        lease::try_acquire(old.client(), "old", "127.0.0.1:1", short, lease::OwnLease::Retake)
-            .unwrap()
-            .unwrap();
+    let first = try_take(&mut old, "old", "127.0.0.1:1", short).unwrap().unwrap();
     // What a commit does first, then the process is frozen (SIGSTOP) before it goes on.
     let mut frozen = shake_allocator::ledger::postgres::connect(&url).unwrap().0;
     frozen.batch_execute("BEGIN").unwrap();
@@ -722,8 +707,7 @@ fn a_leader_paused_inside_a_commit_does_not_block_the_takeover() {
     std::thread::sleep(Duration::from_millis(400));
     let mut standby = PostgresLedger::open(&url).unwrap();
     let started = std::time::Instant::now();
-    let taken =
-        lease::try_acquire(standby.client(), "new", "127.0.0.1:2", short, lease::OwnLease::Retake);
+    let taken = try_take(&mut standby, "new", "127.0.0.1:2", short);
     let waited = started.elapsed();
     assert_eq!(taken.unwrap(), Some(first + 1), "the takeover went through after {waited:?}");
     let limit = shake_allocator::ledger::postgres::IDLE_IN_TRANSACTION_MS + 800;
@@ -745,10 +729,7 @@ fn a_commit_in_flight_holds_a_takeover_but_not_a_renewal() {
     let url = server.database("renewal");
     let short = Duration::from_millis(300);
     let mut leader = PostgresLedger::open(&url).unwrap();
-    let epoch =
-        lease::try_acquire(leader.client(), "old", "127.0.0.1:1", short, lease::OwnLease::Retake)
-            .unwrap()
-            .unwrap();
+    let epoch = try_take(&mut leader, "old", "127.0.0.1:1", short).unwrap().unwrap();
     leader.lead(Term::new(epoch, "old"));
     let (mut renewal, _) = shake_allocator::ledger::postgres::connect(&url).unwrap();
     // A renewal that waits at all for the commit fails here, long before the commit ends.
@@ -768,13 +749,7 @@ fn a_commit_in_flight_holds_a_takeover_but_not_a_renewal() {
             takeover = Some(std::thread::spawn(move || {
                 let mut standby = PostgresLedger::open(&url).unwrap();
                 std::thread::sleep(Duration::from_millis(400));
-                lease::try_acquire(
-                    standby.client(),
-                    "new",
-                    "127.0.0.1:2",
-                    short,
-                    lease::OwnLease::Retake,
-                )
+                try_take(&mut standby, "new", "127.0.0.1:2", short)
             }));
         }
         if opened.elapsed() < Duration::from_millis(1_200) {
@@ -918,10 +893,7 @@ fn the_same_epoch_under_another_holder_is_not_this_leaders() {
     let url = server.database("holder");
     let lease_for = Duration::from_secs(30);
     let mut ledger = PostgresLedger::open(&url).unwrap();
-    let epoch =
-        lease::try_acquire(ledger.client(), "x", "127.0.0.1:1", lease_for, lease::OwnLease::Retake)
-            .unwrap()
-            .unwrap();
+    let epoch = try_take(&mut ledger, "x", "127.0.0.1:1", lease_for).unwrap().unwrap();
     let term = Term::new(epoch, "x");
     ledger.lead(term.clone());
     ledger.commit_group(&CommitGroup { batches: batches(1..=1), ..Default::default() }).unwrap();
@@ -985,4 +957,25 @@ fn a_group_commit_whose_wait_was_cancelled_is_refused() {
     // Replicated again, the same session commits (the warning was taken with the refusal).
     server.release_commits();
     ledger.commit_group(&CommitGroup { batches: batches(3..=3), ..Default::default() }).unwrap();
+}
+
+/// A lease under a node's name at its address is taken back at once only by the process that
+/// took it, at the epoch it took: a former process (a restart within the lease) or a second
+/// process under the same name and address waits for it to expire.
+#[test]
+fn only_the_process_that_took_a_lease_takes_it_back() {
+    let scratch = Scratch::new("lease-own");
+    let server = PgServer::primary(&scratch.dir.join("pg"));
+    let url = server.database("shake");
+    let mut ledger = PostgresLedger::open(&url).unwrap();
+    let (node, at, long) = ("a", "127.0.0.1:1", Duration::from_secs(30));
+    let take = |ledger: &mut PostgresLedger, own| {
+        lease::try_acquire(ledger.client(), node, at, long, own).unwrap()
+    };
+    let first = take(&mut ledger, lease::OwnLease::NeverTook).expect("the lease is free");
+    assert_eq!(take(&mut ledger, lease::OwnLease::NeverTook), None, "a former process's");
+    assert_eq!(take(&mut ledger, lease::OwnLease::TookAs(first - 1)), None, "an older epoch's");
+    let again = take(&mut ledger, lease::OwnLease::TookAs(first));
+    assert_eq!(again, Some(first + 1), "its own, taken back");
+    assert_eq!(take(&mut ledger, lease::OwnLease::TookAs(first)), None, "no longer at that epoch");
 }

@@ -458,12 +458,14 @@ impl Validate for EdgeConfig {
                 "batch_max_age_us, max_in_flight_batches and hello_timeout_ms must be above 0",
             ));
         }
-        // The allocator keeps at most this many batches a worker has not confirmed, and an
-        // outage's backlog is resent whole before any confirmation: more is closed as FLOOD.
-        if l.max_in_flight_batches > shake_proto::limits::MAX_UNCONFIRMED_BATCHES {
+        // The allocator keeps at most 4,096 batches of a worker drawn and not confirmed (in
+        // flight, or answered with the confirmation still to come), and an outage's backlog
+        // is resent whole before any confirmation: half of it, so that answered batches
+        // awaiting their confirmation never tip a resend into FLOOD.
+        if l.max_in_flight_batches > shake_proto::limits::MAX_UNCONFIRMED_BATCHES / 2 {
             return Err(invalid(
                 "limits.max_in_flight_batches",
-                "at most 4,096 (what the allocator keeps unconfirmed for one worker)",
+                "at most 2,048 (half what the allocator keeps unconfirmed for one worker)",
             ));
         }
         if l.handshakes_per_source == 0 || l.max_tracked_sources == 0 {
@@ -637,7 +639,7 @@ mod tests {
             ("edge_id = 1", "edge_id = 4611686018427387904", "edge_id"),
             (
                 "max_in_flight_batches = 16",
-                "max_in_flight_batches = 4097",
+                "max_in_flight_batches = 2049",
                 "limits.max_in_flight_batches",
             ),
             (
@@ -651,7 +653,7 @@ mod tests {
         }
         for (from, to) in [
             ("edge_id = 1", "edge_id = 4611686018427387903"),
-            ("max_in_flight_batches = 16", "max_in_flight_batches = 4096"),
+            ("max_in_flight_batches = 16", "max_in_flight_batches = 2048"),
             ("idle_timeout_ms = 30000", "idle_timeout_ms = 3600000"),
         ] {
             assert!(EdgeConfig::parse(&EXAMPLE.replace(from, to)).is_ok(), "{to}");

@@ -124,6 +124,20 @@ impl EdgeStream {
     }
 }
 
+/// Waits until the allocator whose metrics listen at `metrics` says it is draining (its
+/// SIGTERM taken in), at most 10 s.
+pub async fn until_draining(metrics: SocketAddr) {
+    let started = std::time::Instant::now();
+    loop {
+        let ready = shake_ops::http::get(metrics, "/ready").unwrap_or_default();
+        if shake_ops::http::body_of(&ready).contains("draining") {
+            return;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "never draining: {ready}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// The drain answers a batch in flight, and only that: worker 7 of edge 1 connects to the
 /// allocator at `alloc` and sends `batch(1)`; SIGTERM follows 150 ms later, while the group
 /// commit is slowed (`SHAKE_FAILPOINT=allocator-slow-commit`), and batches 2 to 6 come after
@@ -141,7 +155,7 @@ pub async fn assert_a_drain_answers_the_batch_in_flight(
     stream.send(&batch(1)).await;
     tokio::time::sleep(Duration::from_millis(150)).await;
     alloc.process.signal("TERM");
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    until_draining(alloc.metrics).await;
     for seq in 2..=6 {
         stream.send(&batch(seq)).await;
     }

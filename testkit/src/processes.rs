@@ -141,8 +141,13 @@ impl Process {
     /// Waits for the exit, at most [`EXIT_WITHIN`]: a process that outlives it hangs (a drain
     /// that never ends), and is killed and reported, rather than holding CI for ever.
     pub fn wait(&mut self) -> ExitStatus {
+        self.wait_within(EXIT_WITHIN)
+    }
+
+    /// [`Self::wait`], at most `within`.
+    pub fn wait_within(&mut self, within: std::time::Duration) -> ExitStatus {
         let what = &self.what;
-        let deadline = std::time::Instant::now() + EXIT_WITHIN;
+        let deadline = std::time::Instant::now() + within;
         loop {
             match self.child.try_wait() {
                 Ok(Some(status)) => return status,
@@ -152,7 +157,7 @@ impl Process {
                 Ok(None) => {
                     let _ = self.child.kill();
                     let _ = self.child.wait();
-                    panic!("{what} did not exit within {} s: killed", EXIT_WITHIN.as_secs());
+                    panic!("{what} did not exit within {within:?}: killed");
                 }
                 Err(e) => panic!("waiting for {what}: {e}"),
             }

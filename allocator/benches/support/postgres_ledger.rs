@@ -145,7 +145,7 @@ fn leading(url: &str) -> Result<Box<dyn LedgerStore>, String> {
         "bench",
         "-",
         Duration::from_secs(60),
-        lease::OwnLease::Retake,
+        lease::OwnLease::NeverTook,
     )
     .map_err(|e| e.to_string())?
     .ok_or("the lease is taken")?;

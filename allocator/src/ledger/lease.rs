@@ -72,17 +72,18 @@ pub fn current(client: &mut Client) -> Result<LeaderRow, LedgerError> {
     })
 }
 
-/// Whether an unexpired lease under this node's name, at this address, may be taken back.
+/// Which unexpired lease under this node's name, at this address, may be taken back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OwnLease {
-    /// This process wrote it (a term it lost, a takeover that did not replicate): it takes it
-    /// back at once.
-    Retake,
-    /// It is a former process's (this one has not written the lease yet): it waits for the
-    /// lease to expire like any standby. A restart within the lease (systemd's, a second
-    /// after a crash) had taken it back at once: cold, it read the whole ledger while the warm
-    /// standby waited, and a fault that came back with it kept every standby out for ever.
-    WaitForExpiry,
+    /// This process took the lease last under this epoch (a term it lost, a takeover that did
+    /// not replicate): still at that epoch, it takes it back at once.
+    TookAs(i64),
+    /// This process has not taken the lease: one under its name is a former process's (or
+    /// another process's under the same name and address), and it waits for it to expire
+    /// like any standby. A restart within the lease (systemd's, a second after a crash) had
+    /// taken it back at once: cold, it read the whole ledger while the warm standby waited,
+    /// and a fault that came back with it kept every standby out for ever.
+    NeverTook,
 }
 
 /// Takes the lease if it has expired (or is this node's own, the same node name at the same
@@ -106,11 +107,15 @@ pub fn try_acquire(
     let row = client.query_opt(
         "WITH won AS (UPDATE shake_leader SET epoch = epoch + 1, holder = $1, address = $2, \
          acquired_at = now(), expires_at = now() + $3 * interval '1 millisecond' \
-         WHERE id = 1 AND (expires_at <= now() OR ($4 AND holder = $1 AND address = $2) \
+         WHERE id = 1 AND (expires_at <= now() OR (epoch = $4 AND holder = $1 AND address = $2) \
          OR holder = '') \
          RETURNING epoch, holder, address, acquired_at) \
          INSERT INTO shake_terms SELECT epoch, holder, address, acquired_at FROM won RETURNING epoch",
-        &[&node, &address, &millis(lease), &(own == OwnLease::Retake)],
+        // No epoch is negative: a process that never took the lease matches none.
+        &[&node, &address, &millis(lease), &match own {
+            OwnLease::TookAs(epoch) => epoch,
+            OwnLease::NeverTook => -1,
+        }],
     )?;
     Ok(row.map(|row| row.get(0)))
 }
@@ -154,11 +159,17 @@ pub fn renew(client: &mut Client, term: &Term, lease: Duration) -> Result<bool, 
     Ok(renewed == 1)
 }
 
-/// Gives the lease up (a clean stop): a standby may take it at once.
+/// Gives the lease up (a stop, a failed term): a standby may take it at once. Committed
+/// without waiting for the synchronous standbys: a release lost with its primary only leaves
+/// the lease to expire, and waiting could hold a stopping process for ever when a lost standby
+/// is what ended its term.
 pub fn release(client: &mut Client, term: &Term) -> Result<(), LedgerError> {
-    client.execute(
+    let mut tx = client.transaction()?;
+    tx.batch_execute("SET LOCAL synchronous_commit = local")?;
+    tx.execute(
         "UPDATE shake_leader SET expires_at = now() WHERE id = 1 AND epoch = $1 AND holder = $2",
         &[&term.epoch, &term.holder],
     )?;
+    tx.commit()?;
     Ok(())
 }
