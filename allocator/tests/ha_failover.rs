@@ -50,6 +50,15 @@ fn with_failpoint(config: &std::path::Path, failpoint: &str) -> Allocator {
     Allocator::spawn(command).unwrap()
 }
 
+/// A scratch directory named `name`, a PostgreSQL primary in it, and the URL of its database
+/// `shake` (the server drops before the directory when bound in this order).
+fn primary(name: &str) -> (Scratch, PgServer, String) {
+    let scratch = Scratch::new(name);
+    let server = PgServer::primary(&scratch.dir.join("pg"));
+    let url = server.database("shake");
+    (scratch, server, url)
+}
+
 fn leader_epoch(alloc: &Allocator) -> f64 {
     metrics::read(alloc.metrics, "shake_allocator_leader_epoch")
 }
@@ -69,9 +78,7 @@ fn await_leadership(alloc: &Allocator, within: Duration) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_standby_takes_over_from_a_killed_leader_and_answers_exactly_once() {
-    let scratch = Scratch::new("ha");
-    let server = PgServer::primary(&scratch.dir.join("pg"));
-    let url = server.database("shake");
+    let (scratch, server, url) = primary("ha");
     let round = round();
     let mut a =
         Allocator::start(&scratch.with_admin_api(scratch.postgres_config("a", &url, &round)));
@@ -234,9 +241,7 @@ async fn the_standby_takes_over_from_a_killed_leader_and_answers_exactly_once() 
 /// test, so its renewal (which would say `lost`) never runs first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fenced_commit_ends_the_term_as_fenced() {
-    let scratch = Scratch::new("ha-fenced");
-    let server = PgServer::primary(&scratch.dir.join("pg"));
-    let url = server.database("shake");
+    let (scratch, server, url) = primary("ha-fenced");
     let round = round();
     let config = scratch.postgres_config("a", &url, &round);
     let text = std::fs::read_to_string(&config).unwrap();
@@ -295,9 +300,7 @@ async fn a_fenced_commit_ends_the_term_as_fenced() {
 /// never takes it from under the read (and then has to read it all again itself).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_takeover_read_longer_than_the_lease_keeps_the_lease() {
-    let scratch = Scratch::new("ha-slow-read");
-    let server = PgServer::primary(&scratch.dir.join("pg"));
-    let url = server.database("shake");
+    let (scratch, server, url) = primary("ha-slow-read");
     let round = round();
     let config = scratch.postgres_config("a", &url, &round);
     let a = with_failpoint(&config, "allocator-slow-takeover-read");
@@ -321,9 +324,7 @@ async fn a_takeover_read_longer_than_the_lease_keeps_the_lease() {
 /// look (a lease naming its own node is its own), at once, for ever: the standby never got in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_cannot_start_its_term_lets_a_standby_lead() {
-    let scratch = Scratch::new("ha-read-fails");
-    let server = PgServer::primary(&scratch.dir.join("pg"));
-    let url = server.database("shake");
+    let (scratch, server, url) = primary("ha-read-fails");
     let round = round();
     let mut a = with_failpoint(
         &scratch.postgres_config("a", &url, &round),
@@ -347,9 +348,7 @@ async fn a_node_that_cannot_start_its_term_lets_a_standby_lead() {
 /// ever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_whose_rounds_do_not_replay_the_ledger_stops_and_another_leads() {
-    let scratch = Scratch::new("ha-no-replay");
-    let server = PgServer::primary(&scratch.dir.join("pg"));
-    let url = server.database("shake");
+    let (scratch, server, url) = primary("ha-no-replay");
     let round = round();
     let good = scratch.with_admin_api(scratch.postgres_config("b", &url, &round));
     let mut b = Allocator::start(&good);
@@ -400,9 +399,7 @@ async fn a_node_whose_rounds_do_not_replay_the_ledger_stops_and_another_leads() 
 /// as long as both ran, and every flip closed the edges' connections.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_process_under_one_node_name_does_not_take_the_lease() {
-    let scratch = Scratch::new("ha-same-node");
-    let server = PgServer::primary(&scratch.dir.join("pg"));
-    let url = server.database("shake");
+    let (scratch, server, url) = primary("ha-same-node");
     let config = scratch.postgres_config("same", &url, &round());
     let first = Allocator::start(&config);
     let epoch = await_leadership(&first, Duration::from_secs(10));
@@ -423,9 +420,7 @@ async fn a_second_process_under_one_node_name_does_not_take_the_lease() {
 /// stop.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lanes_that_cannot_be_opened_end_the_term_not_the_process() {
-    let scratch = Scratch::new("ha-lanes-refused");
-    let server = PgServer::primary(&scratch.dir.join("pg"));
-    let url = server.database("shake");
+    let (scratch, server, url) = primary("ha-lanes-refused");
     let round = round();
     let config = scratch.postgres_config("a", &url, &round);
     let mut a = with_failpoint(&config, "allocator-lane-open-fails");
@@ -445,9 +440,7 @@ async fn lanes_that_cannot_be_opened_end_the_term_not_the_process() {
 /// standby must end such a session once the lease has run out, not wait for the leader to wake.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_frozen_inside_a_copy_does_not_hold_the_takeover_up() {
-    let scratch = Scratch::new("ha-frozen-copy");
-    let server = PgServer::primary(&scratch.dir.join("pg"));
-    let url = server.database("shake");
+    let (scratch, server, url) = primary("ha-frozen-copy");
     let round = round();
     let mut a =
         with_failpoint(&scratch.postgres_config("a", &url, &round), "allocator-stall-in-copy");
@@ -476,9 +469,7 @@ async fn a_leader_frozen_inside_a_copy_does_not_hold_the_takeover_up() {
 /// first page (a page a poll: 28 s).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_pages_behind_reads_them_at_once() {
-    let scratch = Scratch::new("ha-pages");
-    let server = PgServer::primary(&scratch.dir.join("pg"));
-    let url = server.database("shake");
+    let (scratch, _server, url) = primary("ha-pages");
     let round = round();
     let a = Allocator::start(&scratch.postgres_config("a", &url, &round));
     await_leadership(&a, Duration::from_secs(10));
@@ -565,9 +556,7 @@ async fn a_takeover_committed_on_the_primary_alone_is_not_taken() {
 /// in flight). The leader's answers were queued, then dropped with the connections.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_drained_answers_the_batch_being_committed() {
-    let scratch = Scratch::new("ha-drain");
-    let server = PgServer::primary(&scratch.dir.join("pg"));
-    let url = server.database("shake");
+    let (scratch, server, url) = primary("ha-drain");
     let config = scratch.postgres_config("a", &url, &round());
     let mut a = with_failpoint(&config, "allocator-slow-commit");
     await_leadership(&a, Duration::from_secs(20));
@@ -581,9 +570,7 @@ async fn a_leader_drained_answers_the_batch_being_committed() {
 /// back as its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_that_panics_while_serving_releases_its_lease() {
-    let scratch = Scratch::new("ha-panic");
-    let server = PgServer::primary(&scratch.dir.join("pg"));
-    let url = server.database("shake");
+    let (scratch, server, url) = primary("ha-panic");
     let config = scratch.postgres_config("a", &url, &round());
     let mut a = with_failpoint(&config, "allocator-actor-panic");
     let status = a.process.wait_within(Duration::from_secs(20));
@@ -600,9 +587,7 @@ async fn a_leader_that_panics_while_serving_releases_its_lease() {
 /// warm standby waited, and a fault that came back with it kept every standby out for ever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_restarted_within_its_lease_waits_for_it_to_run_out() {
-    let scratch = Scratch::new("ha-restart");
-    let server = PgServer::primary(&scratch.dir.join("pg"));
-    let url = server.database("shake");
+    let (scratch, server, url) = primary("ha-restart");
     let config = scratch.postgres_config("a", &url, &round());
     let text = std::fs::read_to_string(&config).unwrap();
     // The same advertised address in both lives, as a unit's fixed port gives.
@@ -629,9 +614,7 @@ async fn a_node_restarted_within_its_lease_waits_for_it_to_run_out() {
 /// went out".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_whose_last_commit_fails_exits_with_a_failure() {
-    let scratch = Scratch::new("ha-drain-fails");
-    let server = PgServer::primary(&scratch.dir.join("pg"));
-    let url = server.database("shake");
+    let (scratch, server, url) = primary("ha-drain-fails");
     let mut a = Allocator::start(&scratch.postgres_config("a", &url, &round()));
     await_leadership(&a, Duration::from_secs(20));
     let mut stream = edge_worker(a.quic, &scratch, 7).await.unwrap();
@@ -658,9 +641,7 @@ async fn a_drain_whose_last_commit_fails_exits_with_a_failure() {
 /// kept closed, and every `GET /awards` answered 503 until the term ended.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn supports_session_closed_by_the_server_is_opened_again() {
-    let scratch = Scratch::new("ha-reader");
-    let server = PgServer::primary(&scratch.dir.join("pg"));
-    let url = server.database("shake");
+    let (scratch, server, url) = primary("ha-reader");
     let a = Allocator::start(&scratch.with_admin_api(scratch.postgres_config("a", &url, &round())));
     await_leadership(&a, Duration::from_secs(20));
     let admin = a.admin.unwrap();
@@ -695,9 +676,7 @@ async fn supports_session_closed_by_the_server_is_opened_again() {
 /// it took had nobody to serve or release it: every standby waited a lease.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_stopped_while_its_look_wins_releases_the_lease() {
-    let scratch = Scratch::new("ha-stop-look");
-    let server = PgServer::primary(&scratch.dir.join("pg"));
-    let url = server.database("shake");
+    let (scratch, server, url) = primary("ha-stop-look");
     let mut a =
         with_failpoint(&scratch.postgres_config("a", &url, &round()), "allocator-slow-look");
     let started = Instant::now();
@@ -717,9 +696,7 @@ async fn a_node_stopped_while_its_look_wins_releases_the_lease() {
 /// leads at its next look, not a lease later (the README's promise; only the SQL was tested).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_stopped_with_sigterm_hands_over_at_the_next_look() {
-    let scratch = Scratch::new("ha-handover");
-    let server = PgServer::primary(&scratch.dir.join("pg"));
-    let url = server.database("shake");
+    let (scratch, server, url) = primary("ha-handover");
     let long_lease = |node: &str| {
         let config = scratch.postgres_config(node, &url, &round());
         let text = std::fs::read_to_string(&config).unwrap();
@@ -743,9 +720,7 @@ async fn a_leader_stopped_with_sigterm_hands_over_at_the_next_look() {
 /// stop of a standby.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_stopped_while_it_looks_stops_cleanly() {
-    let scratch = Scratch::new("ha-stop-standby");
-    let server = PgServer::primary(&scratch.dir.join("pg"));
-    let url = server.database("shake");
+    let (scratch, server, url) = primary("ha-stop-standby");
     let a = Allocator::start(&scratch.postgres_config("a", &url, &round()));
     await_leadership(&a, Duration::from_secs(20));
     let mut b =
