@@ -236,19 +236,10 @@ pub fn phone_transport(
         // costs each new connection its probe packets. (Measured: no change in memory per idle
         // phone, 18.4 KiB either way; the probes are the point.)
         .mtu_discovery_config(None)
-        // Ask each phone to acknowledge every outcome at once (ACK-frequency extension,
-        // threshold 0) instead of up to 25 ms later: the phone sends the same one ACK-only
-        // packet a shake either way, but at once it reaches the edge while that connection's
-        // state is still in cache, and clears the loss timer the outcome set before it is
-        // ever due. Measured, `shake-bench edge`, seven pairs: the edge's CPU a shake 6-17%
-        // lower in each, inside the spread of the ratio to quinn (PERFORMANCE.md).
-        // (A longer delay, so that the ACK rode the phone's next shake, is what quinn-proto
-        // clamps to max(RTT, 25 ms).) Phones whose stack lacks the extension are not asked.
-        .ack_frequency_config(Some({
-            let mut ack_at_once = quinn::AckFrequencyConfig::default();
-            ack_at_once.ack_eliciting_threshold(0u32.into());
-            ack_at_once
-        }))
+        // Phones are not asked to acknowledge at once (ACK-frequency threshold 0): tried on
+        // 2026-12-07, it took 6-17% off the edge's CPU a shake at one shake a second, but in a
+        // round's opening every packet to a phone drew its own ACK, and under a CPU quota the
+        // surge's p99 went past 10 ms in 3 of 7 runs (PERFORMANCE.md).
         .max_idle_timeout(Some(
             Duration::from_millis(t.idle_timeout_ms)
                 .try_into()
