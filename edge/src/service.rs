@@ -384,6 +384,11 @@ fn spawn_allocator_link(
                     }
                 }
                 endpoint.close(0u32.into(), b"edge stopping");
+                // Until the close has gone out (quinn's advice before exiting): with the
+                // runtime dropped at once it may never leave, and the allocator then holds
+                // this edge's streams, and shares quotas by its last load report, until their
+                // idle timeout (seen once in CI, under load).
+                tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await.ok();
             });
         })
         .map_err(StartError::Thread)?;
