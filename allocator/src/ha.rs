@@ -316,8 +316,7 @@ impl Node {
                 (store, rebuilt)
             }
             failed => {
-                term_over.cancel();
-                let _ = tokio::task::spawn_blocking(move || renewer.join()).await;
+                stop_renewing(&term_over, renewer).await;
                 // The lease still names this node, renewed through the read. Kept, this node's
                 // next look would take it again at once (a lease naming its own node is its
                 // own) and fail the same way, for ever, while a standby that can read the log
@@ -374,8 +373,7 @@ impl Node {
         ) {
             Ok(serving) => serving,
             Err(err) => {
-                term_over.cancel();
-                let _ = tokio::task::spawn_blocking(move || renewer.join()).await;
+                stop_renewing(&term_over, renewer).await;
                 self.release_lease(&won).await;
                 return Err(err);
             }
@@ -389,8 +387,7 @@ impl Node {
             Ok(result) => result,
             Err(err) => Err(ServeError::Panicked(format!("leader term: {err}"))),
         };
-        term_over.cancel();
-        let _ = tokio::task::spawn_blocking(move || renewer.join()).await;
+        stop_renewing(&term_over, renewer).await;
         self.shared.health.standby.store(true, Ordering::Relaxed);
         self.shared.metrics.leader_epoch.set(0);
         match result {
@@ -582,6 +579,12 @@ fn read_to_the_end(
         owed: warm.following.into_owed(),
     };
     Ok((rebuilt, tail))
+}
+
+/// Ends a term's renewals (`term_over`) and waits for the renewer's thread, off the runtime.
+async fn stop_renewing(term_over: &CancellationToken, renewer: std::thread::JoinHandle<()>) {
+    term_over.cancel();
+    let _ = tokio::task::spawn_blocking(move || renewer.join()).await;
 }
 
 /// Renews the lease every third of it on a connection of its own. On a takeover, or when no

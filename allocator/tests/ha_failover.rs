@@ -59,6 +59,21 @@ fn primary(name: &str) -> (Scratch, PgServer, String) {
     (scratch, server, url)
 }
 
+/// Replaces `from`, which must be there, with `to` in the configuration file `config`.
+fn rewrite(config: &std::path::Path, from: &str, to: &str) {
+    let text = std::fs::read_to_string(config).unwrap();
+    assert!(text.contains(from), "{from:?} not in {text}");
+    std::fs::write(config, text.replace(from, to)).unwrap();
+}
+
+/// Whether the lease row held under `holder` has run out (or was released).
+fn lease_expired(server: &PgServer, holder: &str) -> bool {
+    let expired = format!(
+        "SELECT (expires_at <= now())::int::int8 FROM shake_leader WHERE holder = '{holder}'"
+    );
+    server.admin("shake", &expired) == [1]
+}
+
 fn leader_epoch(alloc: &Allocator) -> f64 {
     metrics::read(alloc.metrics, "shake_allocator_leader_epoch")
 }
@@ -244,9 +259,7 @@ async fn a_fenced_commit_ends_the_term_as_fenced() {
     let (scratch, server, url) = primary("ha-fenced");
     let round = round();
     let config = scratch.postgres_config("a", &url, &round);
-    let text = std::fs::read_to_string(&config).unwrap();
-    assert!(text.contains("lease_ms = 1500"), "{text}");
-    std::fs::write(&config, text.replace("lease_ms = 1500", "lease_ms = 60000")).unwrap();
+    rewrite(&config, "lease_ms = 1500", "lease_ms = 60000");
     let a = Allocator::start(&config);
     await_leadership(&a, Duration::from_secs(10));
     let mut stream = edge_worker(a.quic, &scratch, 42).await.unwrap();
@@ -485,11 +498,8 @@ async fn a_standby_pages_behind_reads_them_at_once() {
     }
     assert_eq!(awards as u64, ENVELOPES, "every envelope drawn");
     let config = scratch.postgres_config("b", &url, &round);
-    let text = std::fs::read_to_string(&config).unwrap();
     let paged = "lease_ms = 5000\nstandby_poll_ms = 2000\nfollow_page_awards = 20\n";
-    std::fs::write(&config, text.replace("lease_ms = 1500\nstandby_poll_ms = 100\n", paged))
-        .unwrap();
-    assert!(std::fs::read_to_string(&config).unwrap().contains(paged));
+    rewrite(&config, "lease_ms = 1500\nstandby_poll_ms = 100\n", paged);
     let b = Allocator::start(&config);
     let followed = || metrics::read(b.metrics, "shake_allocator_awards_followed_total");
     let started = Instant::now();
@@ -576,8 +586,7 @@ async fn a_leader_that_panics_while_serving_releases_its_lease() {
     let status = a.process.wait_within(Duration::from_secs(20));
     assert_eq!(status.code(), Some(1), "{status:?}");
     // The lease (1.5 s, renewed every 0.5 s) would run on for a second yet.
-    let expired = "SELECT (expires_at <= now())::int::int8 FROM shake_leader WHERE holder = 'a'";
-    assert_eq!(server.admin("shake", expired), vec![1], "the lease still runs");
+    assert!(lease_expired(&server, "a"), "the lease still runs");
     drop(server);
 }
 
@@ -589,10 +598,8 @@ async fn a_leader_that_panics_while_serving_releases_its_lease() {
 async fn a_node_restarted_within_its_lease_waits_for_it_to_run_out() {
     let (scratch, server, url) = primary("ha-restart");
     let config = scratch.postgres_config("a", &url, &round());
-    let text = std::fs::read_to_string(&config).unwrap();
     // The same advertised address in both lives, as a unit's fixed port gives.
-    let fixed = "lease_ms = 6000\nadvertise = \"127.0.0.1:7999\"";
-    std::fs::write(&config, text.replace("lease_ms = 1500", fixed)).unwrap();
+    rewrite(&config, "lease_ms = 1500", "lease_ms = 6000\nadvertise = \"127.0.0.1:7999\"");
     let mut a = Allocator::start(&config);
     let epoch = await_leadership(&a, Duration::from_secs(10));
     a.process.kill();
@@ -687,8 +694,7 @@ async fn a_node_stopped_while_its_look_wins_releases_the_lease() {
     a.process.signal("INT");
     let status = a.process.wait_within(Duration::from_secs(10));
     assert!(status.success(), "{status:?}");
-    let expired = "SELECT (expires_at <= now())::int::int8 FROM shake_leader WHERE holder = 'a'";
-    assert_eq!(server.admin("shake", expired), vec![1], "the lease it won runs on");
+    assert!(lease_expired(&server, "a"), "the lease it won runs on");
     drop(server);
 }
 
@@ -699,8 +705,7 @@ async fn a_leader_stopped_with_sigterm_hands_over_at_the_next_look() {
     let (scratch, server, url) = primary("ha-handover");
     let long_lease = |node: &str| {
         let config = scratch.postgres_config(node, &url, &round());
-        let text = std::fs::read_to_string(&config).unwrap();
-        std::fs::write(&config, text.replace("lease_ms = 1500", "lease_ms = 6000")).unwrap();
+        rewrite(&config, "lease_ms = 1500", "lease_ms = 6000");
         config
     };
     let mut a = Allocator::start(&long_lease("a"));
