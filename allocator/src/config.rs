@@ -16,6 +16,12 @@ use shake_ops::config::{TlsFile, Validate, check_tls_file, invalid};
 pub struct Config {
     /// QUIC listen address for edges.
     pub listen: SocketAddr,
+    /// The UDP receive and send buffer of the QUIC socket, bytes: every edge's batches land
+    /// in it at a round's opening. The kernel caps it at `net.core.rmem_max` / `wmem_max`
+    /// (the allocator warns when it grants less); what overflows it is counted in
+    /// `shake_allocator_kernel_drops_total`.
+    #[serde(default = "default_socket_buffer")]
+    pub socket_buffer_bytes: usize,
     /// Prometheus `/metrics` listen address; none to serve no metrics.
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
@@ -406,6 +412,9 @@ pub fn check_pools(
     Ok(())
 }
 
+fn default_socket_buffer() -> usize {
+    8 * 1024 * 1024
+}
 fn default_oversampling() -> f64 {
     4.0
 }
@@ -439,6 +448,9 @@ impl Config {
 
 impl Validate for Config {
     fn validate(&self) -> Result<(), ConfigError> {
+        if !(65_536..=1 << 30).contains(&self.socket_buffer_bytes) {
+            return Err(invalid("socket_buffer_bytes", "must be 65,536 to 1,073,741,824"));
+        }
         if !(self.oversampling.is_finite() && self.oversampling > 0.0) {
             return Err(invalid("oversampling", "must be a positive number"));
         }
@@ -684,6 +696,10 @@ mod tests {
             "postgres"
         );
         assert_eq!(field_of(&format!("oversampling = 0.0\n{}", with_round(""))), "oversampling");
+        for buffer in [4_096, (1u64 << 30) + 1] {
+            let text = format!("socket_buffer_bytes = {buffer}\n{}", with_round(""));
+            assert_eq!(field_of(&text), "socket_buffer_bytes");
+        }
         assert_eq!(field_of(&with_round("[user_rate]\nper_s = 0.0\n")), "user_rate.per_s");
         assert_eq!(field_of(&with_round("[user_rate]\nper_s = 2e6\n")), "user_rate.per_s");
         assert_eq!(

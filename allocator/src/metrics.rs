@@ -157,6 +157,9 @@ pub struct Metrics {
     /// How long the oldest group commit in flight has been, seconds (0: none): set at each
     /// scrape, so a commit that never returns shows.
     pub commit_oldest_seconds: Gauge<f64, AtomicU64>,
+    /// Datagrams the kernel dropped on the QUIC socket for want of receive-buffer room: read
+    /// from `/proc/net/udp` at each scrape (quinn does not pass `SO_RXQ_OVFL` on).
+    pub kernel_drops: Counter,
     /// Delivery marks (phones' acknowledgements) made durable.
     pub delivery_marks: Counter,
     /// Entries treated as no-luck because their user was over the per-user rate.
@@ -215,6 +218,7 @@ impl Metrics {
             answers_forgotten: Counter::default(),
             commit_queue: Gauge::default(),
             commit_oldest_seconds: Gauge::default(),
+            kernel_drops: Counter::default(),
             delivery_marks: Counter::default(),
             entries_over_user_rate: Counter::default(),
             entries_round_not_open: Counter::default(),
@@ -281,6 +285,11 @@ impl Metrics {
             "commit_oldest_seconds",
             "How long the oldest group commit in flight has been (0: none)",
             m.commit_oldest_seconds.clone(),
+        );
+        registry.register(
+            "kernel_drops",
+            "Datagrams the kernel dropped on the QUIC socket (receive buffer full)",
+            m.kernel_drops.clone(),
         );
         registry.register(
             "delivery_marks",

@@ -382,13 +382,19 @@ pub(crate) async fn listen(
     shutdown: &Shutdown,
 ) -> Result<Listening, ServeError> {
     let server = quic_server_config(config)?;
-    let socket = bind_socket(config.listen)?;
+    let socket = bind_socket(config.listen, config.socket_buffer_bytes)?;
     let quic_addr =
         socket.local_addr().map_err(|source| ServeError::Bind { addr: config.listen, source })?;
+    // Taken before quinn owns the socket; `None` where /proc cannot say (the count stays 0).
+    let drops = shake_ops::kernel_drops::UdpDrops::of(&socket)
+        .inspect_err(
+            |err| tracing::warn!(%err, "the QUIC socket's kernel drops will not be counted"),
+        )
+        .ok();
     let endpoint = endpoint_on(socket, server, quic_addr)?;
     let shared = Shared::default();
     shared.health.standby.store(standby, Ordering::Relaxed);
-    let metrics_addr = serve_metrics(config, &shared, shutdown).await?;
+    let metrics_addr = serve_metrics(config, &shared, drops, shutdown).await?;
     let admin_addr = serve_admin(config, &shared, shutdown).await?;
     Ok(Listening { endpoint, quic_addr, shared, metrics_addr, admin_addr })
 }
@@ -423,9 +429,22 @@ pub(crate) fn quic_server_config(config: &Config) -> Result<quinn::ServerConfig,
     Ok(server)
 }
 
-/// Binds the UDP socket edges reach the allocator on (kept across leadership terms).
-pub(crate) fn bind_socket(listen: SocketAddr) -> Result<std::net::UdpSocket, ServeError> {
-    std::net::UdpSocket::bind(listen).map_err(|source| ServeError::Bind { addr: listen, source })
+/// Binds the UDP socket edges reach the allocator on (kept across leadership terms), its
+/// buffers as configured.
+pub(crate) fn bind_socket(
+    listen: SocketAddr,
+    buffer: usize,
+) -> Result<std::net::UdpSocket, ServeError> {
+    let (socket, granted) = shake_loop::driver::buffered_socket(listen, buffer, false)
+        .map_err(|source| ServeError::Bind { addr: listen, source })?;
+    if granted < buffer {
+        tracing::warn!(
+            requested = buffer,
+            granted,
+            "kernel granted smaller UDP buffers (raise net.core.rmem_max / wmem_max): edges' batches at a round's opening may be dropped and resent late"
+        );
+    }
+    Ok(socket)
 }
 
 /// A QUIC endpoint on (a clone of) the bound socket.
@@ -444,10 +463,12 @@ pub(crate) fn endpoint_on(
 pub(crate) async fn serve_metrics(
     config: &Config,
     shared: &Shared,
+    drops: Option<shake_ops::kernel_drops::UdpDrops>,
     shutdown: &Shutdown,
 ) -> Result<Option<SocketAddr>, ServeError> {
     let Some(addr) = config.metrics_listen else { return Ok(None) };
     let m = shared.metrics.clone();
+    let drops = std::sync::Mutex::new(drops);
     let draining = shutdown.drain.clone();
     let health = shared.health.clone();
     let scraped = shared.health.clone();
@@ -455,6 +476,10 @@ pub(crate) async fn serve_metrics(
         metrics: Arc::new(move || {
             let oldest = scraped.commits_in_flight.oldest(Instant::now());
             m.commit_oldest_seconds.set(oldest.as_secs_f64());
+            if let Some(drops) = lock(&drops).as_mut() {
+                // A read that fails (the table unreadable for a moment) counts at the next.
+                m.kernel_drops.inc_by(drops.since_last().unwrap_or(0));
+            }
             m.render()
         }),
         ready: Arc::new(move || {

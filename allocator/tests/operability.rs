@@ -4,7 +4,7 @@
 use std::fs::File;
 
 use shake_testkit::metrics::scrape;
-use shake_testkit::scratch::Scratch;
+use shake_testkit::scratch::{ALLOCATOR_SOCKET_BUFFER, Scratch};
 use shake_testkit::servers::Allocator;
 
 #[test]
@@ -39,4 +39,54 @@ fn logs_are_json_lines_when_asked_and_build_info_names_the_build() {
         assert!(entry["level"].is_string() && entry["timestamp"].is_string(), "{line}");
     }
     assert!(lines.iter().any(|l| l.contains("allocator listening") || l.contains("serving edges")));
+}
+
+/// The QUIC socket takes the buffers the configuration asks for (the kernel's cap, with a
+/// warning, when it grants less), and what the kernel drops on it while the allocator cannot
+/// read (here: stopped) shows in `shake_allocator_kernel_drops_total`. With the kernel's
+/// default buffer (about 200 KB) a few hundred datagrams fit; what was kept here shows the
+/// grant was taken.
+#[test]
+fn the_quic_socket_is_buffered_as_asked_and_what_overflows_it_is_counted() {
+    let cap_of = |name: &str| -> usize {
+        let path = format!("/proc/sys/net/core/{name}");
+        std::fs::read_to_string(path).unwrap().trim().parse().unwrap()
+    };
+    let cap = cap_of("rmem_max").min(cap_of("wmem_max"));
+    let asked: usize = 1 << 30;
+    let scratch = Scratch::new("socket-buffer");
+    let config = scratch.config("[rounds.cash]\ntotal_cents = 100\nenvelopes = 10\n");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let usual = format!("socket_buffer_bytes = {ALLOCATOR_SOCKET_BUFFER}\n");
+    assert!(text.contains(&usual), "{text}");
+    std::fs::write(&config, text.replace(&usual, &format!("socket_buffer_bytes = {asked}\n")))
+        .unwrap();
+    let log = scratch.dir.join("allocator.log");
+    let mut command = Allocator::command(&config);
+    command.env("RUST_LOG", "warn").stderr(File::create(&log).unwrap());
+    let mut alloc = Allocator::spawn(command).unwrap();
+    let drops = |alloc: &Allocator| {
+        shake_ops::http::metric_sum(&scrape(alloc.metrics), "shake_allocator_kernel_drops_total")
+    };
+    assert_eq!(drops(&alloc), 0.0);
+
+    alloc.process.signal("STOP");
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    // Four times the buffer's bytes: the kernel charges each datagram about twice its size.
+    let sent = 4 * cap.min(asked) / 1_200 + 1_000;
+    for _ in 0..sent {
+        sender.send_to(&[0u8; 1_200], alloc.quic).unwrap();
+    }
+    alloc.process.signal("CONT");
+    let dropped = drops(&alloc) as usize;
+    assert!(dropped > 0 && dropped < sent, "{dropped} of {sent} counted as dropped");
+    let kept = sent - dropped;
+    assert!(kept >= cap.min(asked) / 4_096, "{kept} kept: the buffer was not {cap} bytes");
+
+    assert!(alloc.process.terminate().success());
+    let logs = std::fs::read_to_string(&log).unwrap();
+    let warned = logs.contains("kernel granted smaller UDP buffers")
+        && logs.contains(&format!("granted={cap}"));
+    assert_eq!(warned, cap < asked, "warned of a short grant: {warned}; log:\n{logs}");
 }

@@ -138,6 +138,11 @@ pub async fn run(
         if !ends.tell(LinkEvent::Up).await {
             return;
         }
+        if shake_ops::supervise::failpoint("edge-link-stream-panic") {
+            // A moment after the edge said it was ready, as the worker's failpoint does.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            panic!("failpoint edge-link-stream-panic");
+        }
         buf.clear();
         let refused = 'stream: loop {
             tokio::select! {

@@ -12,7 +12,6 @@ use shake_ops::http::Readiness;
 use shake_ops::supervise::{Ended, Supervisor, ThreadEnd};
 use shake_ops::tls::{self, TlsError};
 use shake_proto::{ALLOCATOR_ALPN, ErrorCode, KeyRing, PHONE_ALPN};
-use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -49,7 +48,7 @@ pub enum StartError {
 }
 
 /// Why a running edge stopped abnormally.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("edge {thread} ended unexpectedly: {how}")]
 pub struct EdgeFailure {
     /// The thread that ended first.
@@ -85,6 +84,9 @@ pub struct RunningEdge {
     threads: Vec<std::thread::JoinHandle<()>>,
     link: std::thread::JoinHandle<()>,
     supervisor: Supervisor,
+    /// What [`RunningEdge::failure`] reported, for [`RunningEdge::join`] to return: the
+    /// report is taken from the supervisor once.
+    failed: Option<EdgeFailure>,
     /// Event-loop workers' wake-ups: a drain or stop must reach a loop that sleeps.
     wakers: Vec<Arc<shake_loop::udp::Waker>>,
     drain: CancellationToken,
@@ -109,23 +111,28 @@ impl RunningEdge {
         EdgeStopper { stop: self.stop.clone(), wakers: self.wakers.clone() }
     }
 
-    /// Waits until a worker ends on its own, which is a failure: workers end only after
-    /// [`RunningEdge::drain`] or [`RunningEdge::stop`].
+    /// Waits until a worker or the allocator link ends on its own, which is a failure: they
+    /// end only after [`RunningEdge::drain`] or [`RunningEdge::stop`].
     pub async fn failure(&mut self) -> EdgeFailure {
-        match self.supervisor.next_end().await {
+        let failure = match self.supervisor.next_end().await {
             Some(ended) => failure_of(ended),
             None => EdgeFailure { thread: "supervisor".into(), how: "gone".into() },
-        }
+        };
+        self.failed = Some(failure.clone());
+        failure
     }
 
     /// Waits for every worker to finish, then stops the allocator link and metrics. An error
-    /// if a worker panicked or failed.
+    /// if a thread panicked or failed, or [`RunningEdge::failure`] reported one.
     pub fn join(mut self) -> Result<(), EdgeFailure> {
         for thread in self.threads {
             let _ = thread.join();
         }
         self.stop.cancel();
         let _ = self.link.join();
+        if let Some(failed) = self.failed {
+            return Err(failed);
+        }
         match self.supervisor.ended().into_iter().find(|e| e.end != ThreadEnd::Finished) {
             Some(ended) => Err(failure_of(ended)),
             None => Ok(()),
@@ -266,17 +273,8 @@ fn allocator_client_config(config: &EdgeConfig) -> Result<quinn::ClientConfig, S
 
 /// One worker's socket: SO_REUSEPORT on the shared port, buffers set (and checked).
 fn worker_socket(addr: SocketAddr, buffer: usize) -> Result<std::net::UdpSocket, StartError> {
-    let err = |source| StartError::Socket { addr, source };
-    let socket =
-        Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(err)?;
-    socket.set_reuse_port(true).map_err(err)?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(false).map_err(err)?;
-    }
-    socket.set_recv_buffer_size(buffer).map_err(err)?;
-    socket.set_send_buffer_size(buffer).map_err(err)?;
-    let (recv, send) = shake_loop::driver::granted_buffers(&socket).map_err(err)?;
-    let granted = recv.min(send);
+    let (socket, granted) = shake_loop::driver::buffered_socket(addr, buffer, true)
+        .map_err(|source| StartError::Socket { addr, source })?;
     if granted < buffer {
         tracing::warn!(
             requested = buffer,
@@ -284,19 +282,20 @@ fn worker_socket(addr: SocketAddr, buffer: usize) -> Result<std::net::UdpSocket,
             "kernel granted smaller UDP buffers (raise net.core.rmem_max / wmem_max): bursts of connects may lose packets"
         );
     }
-    socket.bind(&addr.into()).map_err(err)?;
-    socket.set_nonblocking(true).map_err(err)?;
-    Ok(socket.into())
+    Ok(socket)
 }
 
 /// Keeps one connection to the allocator up, reconnecting with backoff, and publishes it to
-/// the workers' streams (`pipes`), which live on the same thread.
+/// the workers' streams (`pipes`), which live on the same thread. The thread is supervised:
+/// it ends before the edge stops only if a worker's stream panicked, and the edge then stops
+/// with a failure (that worker's shakes would otherwise never reach the allocator again).
 fn spawn_allocator_link(
     config: &EdgeConfig,
     client: quinn::ClientConfig,
     stop: CancellationToken,
     metrics: Arc<EdgeMetrics>,
     pipes: Vec<link_pipe::LinkEnds>,
+    supervisor: &Supervisor,
 ) -> Result<std::thread::JoinHandle<()>, StartError> {
     let (tx, pipes_rx) = watch::channel(None);
     let addrs = config.allocator.addr.all();
@@ -307,92 +306,127 @@ fn spawn_allocator_link(
         .enable_all()
         .build()
         .map_err(StartError::Thread)?;
-    let thread = std::thread::Builder::new()
-        .name("allocator-link".into())
-        .spawn(move || {
+    // Bound before the thread starts, so that a socket the kernel refuses (no IPv6, no file
+    // descriptors left) fails the start: inside the thread it was logged, and the edge ran on
+    // with no allocator.
+    let mut endpoint = {
+        let _in_runtime = runtime.enter();
+        quinn::Endpoint::client(bind).map_err(|source| StartError::Socket { addr: bind, source })?
+    };
+    endpoint.set_default_client_config(client);
+    supervisor
+        .spawn("allocator-link".into(), move || {
             runtime.block_on(async move {
                 // The workers' allocator streams live here, beside the connection.
+                let mut streams = tokio::task::JoinSet::new();
                 for pipe in pipes {
-                    tokio::spawn(link_pipe::run(
-                        pipe,
-                        pipes_rx.clone(),
-                        stop.clone(),
-                        metrics.clone(),
-                    ));
+                    let (allocator, stop, metrics) =
+                        (pipes_rx.clone(), stop.clone(), metrics.clone());
+                    streams.spawn(link_pipe::run(pipe, allocator, stop, metrics));
                 }
-                let endpoint = match quinn::Endpoint::client(bind) {
-                    Ok(mut endpoint) => {
-                        endpoint.set_default_client_config(client);
-                        endpoint
-                    }
-                    Err(err) => return tracing::error!(%err, "allocator link: no client endpoint"),
-                };
-                let mut backoff = Duration::from_millis(100);
-                let mut next = 0;
-                let mut redirects_in_a_row = 0u32;
-                while !stop.is_cancelled() {
-                    let addr = addrs[next % addrs.len()];
-                    let attempt = match endpoint.connect(addr, &server_name) {
-                        Ok(connecting) => connecting.await.map_err(|e| e.to_string()),
-                        Err(err) => Err(err.to_string()),
-                    };
-                    // Where to go next: the leader a standby named, else the next address.
-                    let mut leader = None;
-                    match attempt {
-                        Ok(conn) => {
-                            let up_at = Instant::now();
-                            let _ = tx.send(Some(conn.clone()));
-                            metrics.allocator_up.set(1);
-                            tokio::select! {
-                                reason = conn.closed() => {
-                                    leader = not_leader(&reason);
-                                    if leader.is_none() {
-                                        tracing::warn!(%addr, %reason, "allocator link down");
-                                    }
-                                }
-                                _ = stop.cancelled() => {}
-                            }
-                            metrics.allocator_up.set(0);
-                            let _ = tx.send(None);
-                            if leader.is_none() && up_at.elapsed() >= Duration::from_secs(1) {
-                                tracing::info!(%addr, "allocator link was up");
-                                backoff = Duration::from_millis(100);
-                            }
-                        }
-                        Err(err) => tracing::warn!(%addr, %err, ?backoff, "allocator unreachable; answering phones with the local limit"),
-                    }
-                    let pause = match leader {
-                        Some(named) => {
-                            redirects_in_a_row += 1;
-                            next = named.and_then(|l| addrs.iter().position(|a| *a == l)).unwrap_or(next + 1);
-                            tracing::info!(standby = %addr, leader = ?named, "allocator is a standby: following it to the leader");
-                            // A stale redirect loop between standbys backs off like failures.
-                            if redirects_in_a_row <= 3 { Duration::from_millis(20) } else { backoff }
-                        }
-                        None => {
-                            redirects_in_a_row = 0;
-                            next += 1;
-                            backoff
-                        }
-                    };
+                let link = LinkTo { addrs, server_name, published: tx, stop, metrics };
+                tokio::select! {
+                    () = link.keep_up(endpoint) => Ok(()),
+                    panicked = first_panic(&mut streams) => Err(panicked),
+                }
+            })
+        })
+        .map_err(StartError::Thread)
+}
+
+/// Resolves when one of the workers' allocator streams panics (a bug). A stream that returns
+/// (its worker gone after a drain, or the edge stopping) is not one.
+async fn first_panic(streams: &mut tokio::task::JoinSet<()>) -> String {
+    while let Some(ended) = streams.join_next().await {
+        if ended.as_ref().is_err_and(tokio::task::JoinError::is_panic) {
+            return "a worker's allocator stream panicked".to_owned();
+        }
+    }
+    std::future::pending().await
+}
+
+/// The allocator link's connection: where it goes, and who hears of it.
+struct LinkTo {
+    /// Every allocator's address, tried in turn (a standby's redirect names the next).
+    addrs: Vec<SocketAddr>,
+    server_name: String,
+    /// The connection up (`Some`) or down, for the workers' streams.
+    published: watch::Sender<Option<quinn::Connection>>,
+    stop: CancellationToken,
+    metrics: Arc<EdgeMetrics>,
+}
+
+impl LinkTo {
+    /// Connects, follows redirects and reconnects with backoff until the edge stops; then
+    /// closes the endpoint.
+    async fn keep_up(self, endpoint: quinn::Endpoint) {
+        let Self { addrs, server_name, published: tx, stop, metrics } = self;
+        let mut backoff = Duration::from_millis(100);
+        let mut next = 0;
+        let mut redirects_in_a_row = 0u32;
+        while !stop.is_cancelled() {
+            let addr = addrs[next % addrs.len()];
+            let attempt = match endpoint.connect(addr, &server_name) {
+                Ok(connecting) => connecting.await.map_err(|e| e.to_string()),
+                Err(err) => Err(err.to_string()),
+            };
+            // Where to go next: the leader a standby named, else the next address.
+            let mut leader = None;
+            match attempt {
+                Ok(conn) => {
+                    let up_at = Instant::now();
+                    let _ = tx.send(Some(conn.clone()));
+                    metrics.allocator_up.set(1);
                     tokio::select! {
-                        _ = tokio::time::sleep(pause) => {}
+                        reason = conn.closed() => {
+                            leader = not_leader(&reason);
+                            if leader.is_none() {
+                                tracing::warn!(%addr, %reason, "allocator link down");
+                            }
+                        }
                         _ = stop.cancelled() => {}
                     }
-                    if pause == backoff {
-                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                    metrics.allocator_up.set(0);
+                    let _ = tx.send(None);
+                    if leader.is_none() && up_at.elapsed() >= Duration::from_secs(1) {
+                        tracing::info!(%addr, "allocator link was up");
+                        backoff = Duration::from_millis(100);
                     }
                 }
-                endpoint.close(0u32.into(), b"edge stopping");
-                // Until the close has gone out (quinn's advice before exiting): with the
-                // runtime dropped at once it may never leave, and the allocator then holds
-                // this edge's streams, and shares quotas by its last load report, until their
-                // idle timeout (seen once in CI, under load).
-                tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await.ok();
-            });
-        })
-        .map_err(StartError::Thread)?;
-    Ok(thread)
+                Err(err) => {
+                    tracing::warn!(%addr, %err, ?backoff, "allocator unreachable; answering phones with the local limit")
+                }
+            }
+            let pause = match leader {
+                Some(named) => {
+                    redirects_in_a_row += 1;
+                    next =
+                        named.and_then(|l| addrs.iter().position(|a| *a == l)).unwrap_or(next + 1);
+                    tracing::info!(standby = %addr, leader = ?named, "allocator is a standby: following it to the leader");
+                    // A stale redirect loop between standbys backs off like failures.
+                    if redirects_in_a_row <= 3 { Duration::from_millis(20) } else { backoff }
+                }
+                None => {
+                    redirects_in_a_row = 0;
+                    next += 1;
+                    backoff
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = stop.cancelled() => {}
+            }
+            if pause == backoff {
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+        endpoint.close(0u32.into(), b"edge stopping");
+        // Until the close has gone out (quinn's advice before exiting): with the
+        // runtime dropped at once it may never leave, and the allocator then holds
+        // this edge's streams, and shares quotas by its last load report, until their
+        // idle timeout (seen once in CI, under load).
+        tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await.ok();
+    }
 }
 
 /// `Some(leader)` when a connection was closed by a standby allocator (`NOT_LEADER`); the
@@ -477,8 +511,15 @@ pub fn start(config: EdgeConfig) -> Result<RunningEdge, StartError> {
         .enumerate()
         .map(|(id, waker)| link_pipe::pipe(id as u16, waker.clone()))
         .unzip();
-    let link_thread =
-        spawn_allocator_link(&config, client, stop.clone(), metrics.clone(), link_ends)?;
+    let supervisor = Supervisor::default();
+    let link_thread = spawn_allocator_link(
+        &config,
+        client,
+        stop.clone(),
+        metrics.clone(),
+        link_ends,
+        &supervisor,
+    )?;
     let metrics_listen = config.metrics_listen;
     let awards = Arc::new(AwardBook::new(
         config.limits.max_outstanding_awards,
@@ -511,7 +552,6 @@ pub fn start(config: EdgeConfig) -> Result<RunningEdge, StartError> {
         drain: drain.clone(),
         stop: stop.clone(),
     });
-    let supervisor = Supervisor::default();
     let mut threads = Vec::new();
     // The workers, one event loop each.
     let server = Arc::new(server);
@@ -580,6 +620,7 @@ pub fn start(config: EdgeConfig) -> Result<RunningEdge, StartError> {
         threads,
         link: link_thread,
         supervisor,
+        failed: None,
         wakers,
         drain,
         stop,

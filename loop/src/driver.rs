@@ -248,6 +248,31 @@ pub fn granted_buffers(socket: &impl std::os::fd::AsFd) -> std::io::Result<(usiz
     Ok((socket.recv_buffer_size()? / 2, socket.send_buffer_size()? / 2))
 }
 
+/// A non-blocking UDP socket bound to `addr`, its receive and send buffers asked for `buffer`
+/// bytes each, and the smaller of the two the kernel granted (comparable with `buffer`; the
+/// caller says what a short grant means for it). `shared_port` sets `SO_REUSEPORT`, for one
+/// socket per worker on one port; an IPv6 address takes IPv4 too.
+pub fn buffered_socket(
+    addr: SocketAddr,
+    buffer: usize,
+    shared_port: bool,
+) -> std::io::Result<(UdpSocket, usize)> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if shared_port {
+        socket.set_reuse_port(true)?;
+    }
+    if addr.is_ipv6() {
+        socket.set_only_v6(false)?;
+    }
+    socket.set_recv_buffer_size(buffer)?;
+    socket.set_send_buffer_size(buffer)?;
+    let (recv, send) = granted_buffers(&socket)?;
+    socket.bind(&addr.into())?;
+    socket.set_nonblocking(true)?;
+    Ok((socket.into(), recv.min(send)))
+}
+
 impl Driver {
     /// A driver over `socket` (made non-blocking here).
     pub fn new(socket: UdpSocket) -> std::io::Result<Self> {

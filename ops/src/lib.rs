@@ -13,10 +13,12 @@
 //!   exports.
 //! - [`signals`]: SIGTERM drains, SIGINT stops: one handler for every binary.
 //! - [`webdriver`]: headless chromium through chromedriver (the dashboard's browser checks).
+//! - [`kernel_drops`]: what the kernel dropped on a UDP socket quinn reads (`/proc/net/udp`).
 
 pub mod config;
 pub mod exit;
 pub mod http;
+pub mod kernel_drops;
 pub mod labels;
 pub mod signals;
 pub mod supervise;

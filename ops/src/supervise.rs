@@ -96,6 +96,7 @@ impl Supervisor {
 /// nothing, and the test that set it would pass without the fault it meant to survive.
 pub const FAILPOINTS: &[&str] = &[
     "edge-worker-panic",
+    "edge-link-stream-panic",
     "allocator-actor-panic",
     "allocator-slow-commit",
     "allocator-commit-hangs",

@@ -27,6 +27,7 @@ pub mod schedule;
 pub mod stats;
 pub mod verify;
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -182,13 +183,18 @@ pub fn peak_rss_kib() -> Option<u64> {
 }
 
 /// Runs the scenario to its end; `on_second` sees the time series as it grows.
+///
+/// `interrupt` ends the run early (an operator's Ctrl-C): the phones stop where they are and
+/// the report covers the time it ran, marked [`Report::interrupted`].
 pub async fn run(
     scenario: &Scenario,
     on_second: impl FnMut(&TimePoint),
+    interrupt: impl Future<Output = ()>,
 ) -> Result<Report, SwarmError> {
+    let interrupt = std::pin::pin!(interrupt);
     match scenario.driver {
-        PhoneDriver::Quinn => run_on_quinn(scenario, on_second).await,
-        PhoneDriver::Loop => run_on_loop(scenario, on_second).await,
+        PhoneDriver::Quinn => run_on_quinn(scenario, on_second, interrupt).await,
+        PhoneDriver::Loop => run_on_loop(scenario, on_second, interrupt).await,
     }
 }
 
@@ -204,6 +210,7 @@ const LOOP_BATCH_DELAY: Duration = Duration::ZERO;
 async fn run_on_loop(
     scenario: &Scenario,
     mut on_second: impl FnMut(&TimePoint),
+    mut interrupt: Pin<&mut impl Future<Output = ()>>,
 ) -> Result<Report, SwarmError> {
     let tokens = honest_tokens(scenario, scenario.phones)?;
     let config = client_config(scenario)?;
@@ -252,25 +259,37 @@ async fn run_on_loop(
     }
     let mut series = Vec::new();
     let mut next_second = origin + Duration::from_secs(1);
+    let mut interrupted = false;
     while next_second <= end {
-        tokio::time::sleep_until(next_second.into()).await;
+        tokio::select! {
+            () = tokio::time::sleep_until(next_second.into()) => {}
+            () = &mut interrupt => {
+                interrupted = true;
+                break;
+            }
+        }
         series.push(report::time_point(&stats, origin));
         on_second(series.last().expect("just pushed"));
         next_second += Duration::from_secs(1);
     }
-    // The loops stop at `end` on their own; joining them waits for their last turn.
+    // The loops stop at `end` on their own (or now, interrupted); joining them waits for their
+    // last turn.
     tokio::task::spawn_blocking(move || {
         loads.into_iter().map(LoopLoad::finish).collect::<std::io::Result<Vec<_>>>()
     })
     .await
     .map_err(std::io::Error::other)??;
-    Ok(Report::build(scenario, &stats, scenario.phones, origin.elapsed(), series, peak_rss_kib()))
+    let mut report =
+        Report::build(scenario, &stats, scenario.phones, origin.elapsed(), series, peak_rss_kib());
+    report.interrupted = interrupted;
+    Ok(report)
 }
 
 /// The scenario's phones on quinn with tokio, a task per phone.
 async fn run_on_quinn(
     scenario: &Scenario,
     mut on_second: impl FnMut(&TimePoint),
+    mut interrupt: Pin<&mut impl Future<Output = ()>>,
 ) -> Result<Report, SwarmError> {
     let keys = login_keys(scenario)?;
     let mut forger = KeyRing::new();
@@ -311,10 +330,17 @@ async fn run_on_quinn(
     let ramp = scenario.connect.phones_per_s;
     let mut series = Vec::new();
     let mut next_second = origin + Duration::from_secs(1);
+    let mut interrupted = false;
     for (i, role) in roles.iter().copied().enumerate() {
         if ramp > 0.0 {
             let at = origin + Duration::from_secs_f64(i as f64 / ramp);
-            tokio::time::sleep_until(at.into()).await;
+            tokio::select! {
+                () = tokio::time::sleep_until(at.into()) => {}
+                () = &mut interrupt => {
+                    interrupted = true;
+                    break;
+                }
+            }
         }
         let user_id = match role {
             // Cheaters' connections share users, numbered after every phone's own.
@@ -349,7 +375,7 @@ async fn run_on_quinn(
             next_second += Duration::from_secs(1);
         }
     }
-    loop {
+    while !interrupted {
         tokio::select! {
             done = tasks.join_next() => if done.is_none() { break },
             _ = tokio::time::sleep_until(next_second.into()) => {
@@ -357,8 +383,12 @@ async fn run_on_quinn(
                 on_second(series.last().expect("just pushed"));
                 next_second += Duration::from_secs(1);
             }
+            () = &mut interrupt => interrupted = true,
         }
     }
+    // Interrupted, the phones stop where they are (their connections close with the
+    // endpoints below).
+    tasks.shutdown().await;
     for endpoint in &endpoints {
         endpoint.close(0u32.into(), b"swarm done");
     }
@@ -366,7 +396,10 @@ async fn run_on_quinn(
         let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     }
     let honest = roles.iter().filter(|r| **r == Role::Honest).count();
-    Ok(Report::build(scenario, &stats, honest, origin.elapsed(), series, peak_rss_kib()))
+    let mut report =
+        Report::build(scenario, &stats, honest, origin.elapsed(), series, peak_rss_kib());
+    report.interrupted = interrupted;
+    Ok(report)
 }
 
 /// Counts phones connected right now (for progress).

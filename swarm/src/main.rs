@@ -2,7 +2,9 @@
 //! `verify` checks the phones' awards against the allocator's ledger export.
 //!
 //! Exit codes: 0 ok; 2 a `--max-*` threshold was crossed; 3 verification found a broken
-//! invariant; 64 a bad scenario or command line; 1 anything else.
+//! invariant; 64 a bad scenario or command line; 130 the run was interrupted (SIGINT or
+//! SIGTERM: its report, covering the time it ran, is written and printed all the same); 1
+//! anything else.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -139,6 +141,7 @@ fn main() -> ExitCode {
                 return ExitCode::from(64);
             }
             match run(&scenario, json, timeseries, plot) {
+                Ok(report) if report.interrupted => ExitCode::from(130),
                 Ok(report) => {
                     let mut code = ExitCode::SUCCESS;
                     if max_p99.is_some_and(|max| report.latency_ms.outcome.p99 > max) {
@@ -189,13 +192,22 @@ fn run(
         ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len}s {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let report = runtime.block_on(swarm::run(scenario, |point| {
+    // Ctrl-C (or SIGTERM) ends the run early with its report, instead of losing it.
+    let mut signals = {
+        let _in_runtime = runtime.enter();
+        shake_ops::signals::StopSignals::install()?
+    };
+    let on_second = |point: &swarm::report::TimePoint| {
         progress.set_position(point.t_s as u64);
         progress.set_message(format!(
             "phones {} | shakes {} | outcomes {} | awards {} | p99 {:.1} ms",
             point.connected, point.sent, point.outcomes, point.awards, point.p99_outcome_ms
         ));
-    }))?;
+    };
+    let interrupt = async move {
+        signals.next().await;
+    };
+    let report = runtime.block_on(swarm::run(scenario, on_second, interrupt))?;
     progress.finish_and_clear();
     runtime.shutdown_timeout(Duration::from_secs(1));
     if let Some(path) = json {
@@ -256,6 +268,11 @@ fn verify_run(
         |n: u64| if report.outcomes > 0 { n as f64 * 100.0 / report.outcomes as f64 } else { 0.0 };
     println!("Shake run summary");
     println!("-----------------");
+    if report.interrupted {
+        // Awards drawn for shakes whose phones were stopped before they heard are in the
+        // ledger and not in the report: the comparison below may name them.
+        println!("(the run was interrupted: its phones' view is partial)");
+    }
     println!("{:<34}{:>12}", "phones", report.phones);
     println!("{:<34}{:>12}", "shakes sent", report.shakes);
     for name in ["no_luck", "slow_down", "round_closed", "forwarded"] {

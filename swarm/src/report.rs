@@ -109,6 +109,10 @@ pub struct Report {
     pub awards: Vec<ReceivedAward>,
     /// Per-second time series.
     pub series: Vec<TimePoint>,
+    /// Stopped by SIGINT or SIGTERM before its duration: the figures cover the time it ran,
+    /// and phones stopped mid-shake never heard their outcome.
+    #[serde(default)]
+    pub interrupted: bool,
 }
 
 impl Report {
@@ -160,6 +164,7 @@ impl Report {
             kib_per_phone: peak_rss_kib.map(|kib| kib as f64 / scenario.phones as f64),
             awards,
             series,
+            interrupted: false,
         }
     }
 
@@ -168,8 +173,11 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "shake-swarm: {} phones ({} honest), {:.1} s",
-            self.phones, self.honest_phones, self.duration_s
+            "shake-swarm: {} phones ({} honest), {:.1} s{}",
+            self.phones,
+            self.honest_phones,
+            self.duration_s,
+            if self.interrupted { " (INTERRUPTED: the figures cover the time it ran)" } else { "" }
         );
         let _ = writeln!(out, "{}", "-".repeat(60));
         let _ =
@@ -264,6 +272,7 @@ impl Report {
             "cheater_forwarded_ratio": self.fairness.as_ref().map(|f| f.cheater_forwarded_ratio),
             "cheater_wins_ratio": self.fairness.as_ref().map(|f| f.cheater_wins_ratio),
             "fair": self.fairness.as_ref().map(Fairness::holds),
+            "interrupted": self.interrupted,
         })
     }
 }

@@ -29,6 +29,10 @@ fn round(id: u32, starts_at_ms: u64, duration_s: u64, seed: u64, extra: &str) ->
     )
 }
 
+/// The allocator's socket buffers in the configurations written here: under the kernel's
+/// usual cap, so that a test's log carries no warning of a short grant.
+pub const ALLOCATOR_SOCKET_BUFFER: usize = 1 << 20;
+
 /// A directory with dev certificates, removed on drop.
 #[derive(Debug)]
 pub struct Scratch {
@@ -177,6 +181,7 @@ secret_hex = "{DEV_SECRET_HEX}"
         let text = format!(
             r#"listen = "{listen}"
 metrics_listen = "127.0.0.1:0"
+socket_buffer_bytes = {ALLOCATOR_SOCKET_BUFFER}
 {top}
 [tls]
 cert = "{certs}/allocator.pem"
