@@ -26,6 +26,7 @@
 //! is being recorded (retry). The allocator records a command durably before it takes effect;
 //! then every edge hears the round's new state.
 
+use shake_ops::bearer::BearerToken;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -140,18 +141,18 @@ pub(crate) type AdminTarget = Arc<Mutex<Option<mpsc::Sender<AdminRequest>>>>;
 
 #[derive(Clone)]
 struct Api {
-    token: Arc<str>,
+    token: BearerToken,
     target: AdminTarget,
 }
 
 /// Serves the admin API on `addr` until `stop`; the address bound.
 pub(crate) async fn spawn(
     addr: SocketAddr,
-    token: String,
+    token: BearerToken,
     target: AdminTarget,
     stop: CancellationToken,
 ) -> std::io::Result<SocketAddr> {
-    let api = Api { token: token.into(), target };
+    let api = Api { token, target };
     let app = Router::new()
         .route("/", get(page))
         .route("/events", get(events))
@@ -177,19 +178,9 @@ fn error(status: StatusCode, why: &str) -> Response {
     json(status, &serde_json::json!({ "error": why }))
 }
 
-/// Equal in time whatever the first difference: a wrong token's prefix is not measurable.
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 impl Api {
     fn authorized(&self, headers: &HeaderMap) -> bool {
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or_default();
-        same_secret(given.trim().as_bytes(), self.token.as_bytes())
+        self.token.admits(headers)
     }
 
     /// Sends a request to the serving term and waits for its answer.
@@ -227,7 +218,7 @@ async fn events(
     headers: HeaderMap,
     Query(query): Query<EventsQuery>,
 ) -> Response {
-    let by_query = query.token.is_some_and(|t| same_secret(t.as_bytes(), api.token.as_bytes()));
+    let by_query = query.token.is_some_and(|t| api.token.is(&t));
     if !by_query && !api.authorized(&headers) {
         return error(StatusCode::UNAUTHORIZED, "a token is needed");
     }
@@ -542,7 +533,13 @@ mod tests {
                 let _ = reply.send(answer);
             }
         });
-        (Api { token: "t".into(), target: Arc::new(Mutex::new(Some(tx))) }, reads)
+        (
+            Api {
+                token: BearerToken::new("a-token-of-16-bytes").unwrap(),
+                target: Arc::new(Mutex::new(Some(tx))),
+            },
+            reads,
+        )
     }
 
     async fn ids(response: Response) -> Result<Vec<u64>, axum::Error> {

@@ -567,7 +567,8 @@ impl Validate for Config {
             check_tls_file("postgres.ca", ca, TlsFile::Certificates)?;
         }
         if let (Some(_), Some(file)) = (self.admin_listen, &self.admin_token_file) {
-            read_admin_token(file).map_err(|why| invalid("admin_token_file", why))?;
+            shake_ops::bearer::BearerToken::read(file)
+                .map_err(|why| invalid("admin_token_file", why))?;
         }
         Ok(())
     }
@@ -593,19 +594,6 @@ fn check_ledger_dir(path: &Path) -> Result<(), String> {
         .map_err(|e| format!("{} cannot be written by this user ({e})", dir.display()))?;
     let _ = std::fs::remove_file(&probe);
     Ok(())
-}
-
-/// The admin API's bearer token from its file (trimmed), or why it cannot be used: checked
-/// the same way by `--check-config` and at the start.
-pub fn read_admin_token(file: &Path) -> Result<String, String> {
-    let token = std::fs::read_to_string(file)
-        .map_err(|e| format!("reading {}: {e}", file.display()))?
-        .trim()
-        .to_owned();
-    if token.len() < 16 {
-        return Err(format!("{}: the token needs 16 bytes or more", file.display()));
-    }
-    Ok(token)
 }
 
 #[cfg(test)]

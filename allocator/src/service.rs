@@ -273,7 +273,7 @@ pub(crate) async fn serve_admin(
     let (Some(addr), Some(file)) = (config.admin_listen, &config.admin_token_file) else {
         return Ok(None);
     };
-    let token = crate::config::read_admin_token(file).map_err(ServeError::Admin)?;
+    let token = shake_ops::bearer::BearerToken::read(file).map_err(ServeError::Admin)?;
     let bound = crate::admin::spawn(addr, token, shared.admin.clone(), shutdown.stop.clone())
         .await
         .map_err(|source| ServeError::Bind { addr, source })?;

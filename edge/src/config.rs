@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use shake_ops::bearer::BearerToken;
 pub use shake_ops::config::ConfigError;
 use shake_ops::config::{TlsFile, Validate, check_tls_file, invalid};
 
@@ -45,6 +46,11 @@ pub struct EdgeConfig {
     /// Prometheus `/metrics` and `/health`; none to serve neither.
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
+    /// A file holding the bearer token that `GET /users/{id}` on `metrics_listen` needs (16
+    /// bytes or more, surrounding whitespace ignored); none to serve no user's report (the
+    /// metrics listener is usually open to every scraper).
+    #[serde(default)]
+    pub users_token_file: Option<PathBuf>,
     /// UDP receive and send buffer per worker socket, bytes.
     #[serde(default = "default_socket_buffer")]
     pub socket_buffer_bytes: usize,
@@ -396,6 +402,9 @@ impl Validate for EdgeConfig {
         if self.worker_fifo_priority > 99 {
             return Err(invalid("worker_fifo_priority", "0 (off) or 1 to 99"));
         }
+        if self.users_token_file.is_some() && self.metrics_listen.is_none() {
+            return Err(invalid("users_token_file", "is served on metrics_listen: set it too"));
+        }
         if self.token_keys.is_empty() {
             return Err(invalid("token_keys", "at least one key is needed"));
         }
@@ -547,7 +556,11 @@ impl Validate for EdgeConfig {
         check_tls_file("tls.key", &self.tls.key, TlsFile::PrivateKey)?;
         check_tls_file("allocator.ca", &self.allocator.ca, TlsFile::Certificates)?;
         check_tls_file("allocator.cert", &self.allocator.cert, TlsFile::Certificates)?;
-        check_tls_file("allocator.key", &self.allocator.key, TlsFile::PrivateKey)
+        check_tls_file("allocator.key", &self.allocator.key, TlsFile::PrivateKey)?;
+        if let Some(file) = &self.users_token_file {
+            BearerToken::read(file).map_err(|why| invalid("users_token_file", why))?;
+        }
+        Ok(())
     }
 }
 

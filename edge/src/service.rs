@@ -8,6 +8,7 @@ use std::sync::atomic::AtomicU32;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use quinn::crypto::rustls::QuicClientConfig;
+use shake_ops::bearer::BearerToken;
 use shake_ops::http::Readiness;
 use shake_ops::supervise::{Ended, Supervisor, ThreadEnd};
 use shake_ops::tls::{self, TlsError};
@@ -45,6 +46,9 @@ pub enum StartError {
     /// A thread or runtime could not start.
     #[error("starting threads: {0}")]
     Thread(std::io::Error),
+    /// The token `GET /users` needs could not be read.
+    #[error("users_token_file: {0}")]
+    UsersToken(String),
 }
 
 /// Why a running edge stopped abnormally.
@@ -443,24 +447,32 @@ fn not_leader(reason: &quinn::ConnectionError) -> Option<Option<SocketAddr>> {
 }
 
 /// `GET /users/{user_id}`: what this edge knows of one user, as JSON (for risk control and
-/// support: live session, sessions started and superseded, limited by the allocator).
-fn users_route(sessions: Arc<UserSessions>) -> axum::Router {
+/// support: live session, sessions started and superseded, limited by the allocator), to a
+/// request that carries `token`. Without a token configured it is not served: the metrics
+/// listener is usually open to every scraper.
+fn users_route(sessions: Arc<UserSessions>, token: Option<BearerToken>) -> axum::Router {
     use axum::extract::Path;
-    use axum::http::{StatusCode, header};
+    use axum::http::{HeaderMap, StatusCode, header};
     use axum::response::IntoResponse;
-    axum::Router::new().route(
-        "/users/{user_id}",
-        axum::routing::get(move |Path(user_id): Path<String>| async move {
-            let Ok(user_id) = user_id.parse::<u64>() else {
-                return (StatusCode::BAD_REQUEST, "user id must be a number\n").into_response();
-            };
-            let now_ms =
-                SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-            let report = sessions.report(user_id, now_ms);
-            let body = serde_json::to_string(&report).unwrap_or_default() + "\n";
-            ([(header::CONTENT_TYPE, "application/json")], body).into_response()
-        }),
-    )
+    let report = move |Path(user_id): Path<String>, headers: HeaderMap| async move {
+        let Some(token) = token else {
+            let why = "GET /users is off: set users_token_file to serve it\n";
+            return (StatusCode::NOT_FOUND, why).into_response();
+        };
+        if !token.admits(&headers) {
+            let why = "a bearer token (users_token_file) is needed\n";
+            return (StatusCode::UNAUTHORIZED, why).into_response();
+        }
+        let Ok(user_id) = user_id.parse::<u64>() else {
+            return (StatusCode::BAD_REQUEST, "user id must be a number\n").into_response();
+        };
+        let now_ms =
+            SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let user = sessions.report(user_id, now_ms);
+        let body = serde_json::to_string(&user).unwrap_or_default() + "\n";
+        ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+    };
+    axum::Router::new().route("/users/{user_id}", axum::routing::get(report))
 }
 
 /// Starts the edge: workers, the allocator link and metrics. Returns once everything is bound.
@@ -521,6 +533,12 @@ pub fn start(config: EdgeConfig) -> Result<RunningEdge, StartError> {
         &supervisor,
     )?;
     let metrics_listen = config.metrics_listen;
+    let users_token = config
+        .users_token_file
+        .as_deref()
+        .map(BearerToken::read)
+        .transpose()
+        .map_err(StartError::UsersToken)?;
     let awards = Arc::new(AwardBook::new(
         config.limits.max_outstanding_awards,
         config.limits.award_ack_window_s.saturating_mul(1000),
@@ -602,7 +620,7 @@ pub fn start(config: EdgeConfig) -> Result<RunningEdge, StartError> {
                 }),
             };
             let stop_metrics = stop.clone();
-            let app = shake_ops::http::router(endpoints).merge(users_route(sessions));
+            let app = shake_ops::http::router(endpoints).merge(users_route(sessions, users_token));
             std::thread::Builder::new()
                 .name("edge-metrics".into())
                 .spawn(move || {

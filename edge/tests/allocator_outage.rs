@@ -106,7 +106,7 @@ async fn sigterm_sends_go_away_and_exits() {
     for user in 20..60u64 {
         let mut phone = Phone::connect(&world).await;
         phone.hello(token(user, 3600)).await.unwrap();
-        let report = shake_ops::http::get(world.edge.metrics, &format!("/users/{user}")).unwrap();
+        let report = shake_testkit::metrics::user_report(world.edge.metrics, &user.to_string());
         let report: serde_json::Value =
             serde_json::from_str(shake_ops::http::body_of(&report)).unwrap();
         workers.insert(report["live_session_worker"].as_u64().unwrap());

@@ -52,3 +52,37 @@ fn check_config_loads_every_tls_file_and_names_the_field() {
     assert_eq!(code, Some(64), "{out}");
     assert!(out.contains("`tls.key`"), "{out}");
 }
+
+/// `users_token_file` is read at the check, as at the start: a token too short to be a secret,
+/// or a file that is not there, is exit 64 naming it; and it is served on `metrics_listen`,
+/// which it needs.
+#[test]
+fn check_config_reads_the_users_token_and_names_the_field() {
+    let scratch = Scratch::new("edge-check-users-token");
+    let certs = scratch.certs().display().to_string();
+    let token = scratch.dir.join("users.token");
+    let with_token = EXAMPLE.replace("target/demo/certs", &certs).replacen(
+        "\nmetrics_listen = ",
+        &format!("\nusers_token_file = \"{}\"\nmetrics_listen = ", token.display()),
+        1,
+    );
+    assert!(with_token.contains("users_token_file"), "the example changed");
+    std::fs::write(&token, "a-token-of-sixteen-bytes\n").unwrap();
+    let (code, out) = check(&scratch, "good.toml", &with_token);
+    assert_eq!(code, Some(0), "{out}");
+
+    std::fs::write(&token, "short\n").unwrap();
+    let (code, out) = check(&scratch, "short.toml", &with_token);
+    assert_eq!(code, Some(64), "{out}");
+    assert!(out.contains("`users_token_file`") && out.contains("16 bytes"), "{out}");
+    std::fs::remove_file(&token).unwrap();
+    let (code, out) = check(&scratch, "missing.toml", &with_token);
+    assert_eq!(code, Some(64), "{out}");
+    assert!(out.contains("`users_token_file`"), "{out}");
+
+    std::fs::write(&token, "a-token-of-sixteen-bytes\n").unwrap();
+    let metrics = with_token.lines().find(|l| l.starts_with("metrics_listen")).unwrap();
+    let (code, out) = check(&scratch, "no-metrics.toml", &with_token.replacen(metrics, "", 1));
+    assert_eq!(code, Some(64), "{out}");
+    assert!(out.contains("`users_token_file`"), "{out}");
+}

@@ -13,7 +13,7 @@ const CHEATER: u64 = 500;
 const HONEST: u64 = 501;
 
 fn user_report(world: &World, user: u64) -> serde_json::Value {
-    let response = shake_ops::http::get(world.edge.metrics, &format!("/users/{user}")).unwrap();
+    let response = shake_testkit::metrics::user_report(world.edge.metrics, &user.to_string());
     let (_, body) = response.split_once("\r\n\r\n").expect("a body");
     serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {response}"))
 }
@@ -74,8 +74,7 @@ async fn a_new_session_supersedes_the_old_one() {
     assert_eq!(world.metric("shake_edge_phones"), 2.0);
     // The user's sessions end: the user is free, and a bad user id is refused.
     drop(last);
-    let response =
-        shake_ops::http::request(world.edge.metrics, "GET", "/users/not-a-number").unwrap();
+    let response = shake_testkit::metrics::user_report(world.edge.metrics, "not-a-number");
     assert_eq!(shake_ops::http::status_of(&response), Some(400));
 }
 
@@ -166,4 +165,44 @@ async fn closing_before_each_hello_buys_no_fresh_burst() {
     assert!(matches!(honest.hello(token(HONEST, 3600)).await, Ok(ControlFrame::Welcome { .. })));
     honest.shake(1, 1);
     assert!(!matches!(honest.outcome().await.unwrap().verdict, Verdict::SlowDown { .. }));
+}
+
+/// A user's report is for risk control and support, on the metrics listener every scraper
+/// reaches: it needs the bearer token of `users_token_file` (401 without it, or with another),
+/// and an edge configured with none serves no report (404). Before, anyone who could scrape
+/// the edge could look up any user's sessions.
+#[test]
+fn a_users_report_needs_its_token_and_is_off_without_one() {
+    use shake_ops::http::{request, request_with, status_of};
+    use shake_testkit::scratch::{Scratch, USERS_TOKEN};
+    use shake_testkit::servers::{Allocator, Edge};
+
+    let scratch = Scratch::new("users-token");
+    let allocator =
+        Allocator::start(&scratch.config("[rounds.cash]\ntotal_cents = 100\nenvelopes = 1\n"));
+    let config = scratch.edge_config(allocator.quic, "");
+    let start = |config| {
+        let mut command = Edge::command(config);
+        command.stderr(std::process::Stdio::null());
+        Edge::spawn(command).unwrap()
+    };
+    let edge = start(&config);
+    let status = |headers: &[(&str, &str)]| {
+        status_of(&request_with(edge.metrics, "GET", "/users/7", headers).unwrap())
+    };
+    assert_eq!(status(&[]), Some(401));
+    assert_eq!(status(&[("Authorization", "Bearer risk-control-token-0123456788")]), Some(401));
+    assert_eq!(status(&[("Authorization", USERS_TOKEN)]), Some(401), "no Bearer scheme");
+    let report = shake_testkit::metrics::user_report(edge.metrics, "7");
+    assert_eq!(status_of(&report), Some(200), "{report}");
+    assert!(shake_ops::http::body_of(&report).contains("\"user_id\":7"), "{report}");
+    assert_eq!(status_of(&request(edge.metrics, "GET", "/metrics").unwrap()), Some(200));
+    drop(edge);
+
+    let text = std::fs::read_to_string(&config).unwrap();
+    let line = text.lines().find(|l| l.starts_with("users_token_file")).unwrap().to_owned();
+    std::fs::write(&config, text.replace(&(line + "\n"), "")).unwrap();
+    let untokened = start(&config);
+    let report = shake_testkit::metrics::user_report(untokened.metrics, "7");
+    assert_eq!(status_of(&report), Some(404), "{report}");
 }

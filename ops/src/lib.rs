@@ -5,6 +5,7 @@
 //! - [`exit`]: how every binary ends (its status, or its error and status 1).
 //! - [`tls`]: PEM loading, the crypto provider, mutual-TLS configurations, edge names.
 //! - [`http`]: the tiny HTTP responder behind `/metrics` and `/health`.
+//! - [`bearer`]: bearer tokens for the endpoints that are not for everyone.
 //! - [`supervise`]: threads whose end is reported, and the tests' fault-injection point.
 //! - [`init_logging`]: tracing to stderr, `RUST_LOG` aware; JSON lines with
 //!   `SHAKE_LOG_FORMAT=json`.
@@ -15,6 +16,7 @@
 //! - [`webdriver`]: headless chromium through chromedriver (the dashboard's browser checks).
 //! - [`kernel_drops`]: what the kernel dropped on a UDP socket quinn reads (`/proc/net/udp`).
 
+pub mod bearer;
 pub mod config;
 pub mod exit;
 pub mod http;

@@ -9,6 +9,19 @@ pub fn scrape(addr: SocketAddr) -> String {
     shake_ops::http::get(addr, "/metrics").unwrap_or_else(|e| panic!("scraping {addr}: {e}"))
 }
 
+/// `GET /users/{user}` on an edge's metrics listener `addr`, with the token the test edges
+/// are configured with: the whole response.
+pub fn user_report(addr: SocketAddr, user: &str) -> String {
+    let bearer = format!("Bearer {}", crate::scratch::USERS_TOKEN);
+    shake_ops::http::request_with(
+        addr,
+        "GET",
+        &format!("/users/{user}"),
+        &[("Authorization", &bearer)],
+    )
+    .unwrap_or_else(|e| panic!("GET /users/{user} at {addr}: {e}"))
+}
+
 /// The sum of every sample at `addr` whose line starts with `prefix` (0 when none does).
 pub fn read(addr: SocketAddr, prefix: &str) -> f64 {
     shake_ops::http::metric_sum(&scrape(addr), prefix)

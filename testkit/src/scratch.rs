@@ -29,6 +29,10 @@ fn round(id: u32, starts_at_ms: u64, duration_s: u64, seed: u64, extra: &str) ->
     )
 }
 
+/// The bearer token of `GET /users/{id}` on the edges configured here
+/// ([`crate::metrics::user_report`] sends it).
+pub const USERS_TOKEN: &str = "risk-control-token-0123456789";
+
 /// The allocator's socket buffers in the configurations written here: under the kernel's
 /// usual cap, so that a test's log carries no warning of a short grant.
 pub const ALLOCATOR_SOCKET_BUFFER: usize = 1 << 20;
@@ -143,11 +147,15 @@ impl Scratch {
             if limits.contains("hello_timeout_ms") { "" } else { "hello_timeout_ms = 500\n" };
         let certs = self.certs();
         let certs = certs.display();
+        let users_token = self.dir.join("users.token");
+        std::fs::write(&users_token, USERS_TOKEN).expect("writing the users token");
+        let users_token = users_token.display();
         let text = format!(
             r#"edge_id = 1
 listen = "127.0.0.1:0"
 workers = 2
 metrics_listen = "127.0.0.1:0"
+users_token_file = "{users_token}"
 socket_buffer_bytes = 1048576
 [tls]
 cert = "{certs}/edge-1.pem"
