@@ -220,7 +220,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 Err(code) => return Ok(code),
             };
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            runtime.block_on(serve(config))?;
+            if runtime.block_on(serve(config))? == Served::StoppedWhileStarting {
+                // Not waiting for the start's ledger read, which runs on: nothing was served.
+                runtime.shutdown_background();
+            }
         }
         Command::DevCerts { dir, edges } => {
             for path in dev_certs::generate(&dir, &edges)? {
@@ -400,11 +403,27 @@ fn round_command(
 const COMMAND_ATTEMPTS: u32 = 5;
 const COMMAND_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+/// How [`serve`] ended, when it did not fail.
+#[derive(Debug, PartialEq, Eq)]
+enum Served {
+    /// Served until a signal, then drained or stopped.
+    Served,
+    /// A signal came before the start was done (a long ledger replay): nothing was served,
+    /// so there was nothing to drain.
+    StoppedWhileStarting,
+}
+
+async fn serve(config: Config) -> anyhow::Result<Served> {
     use shake_ops::signals::{StopSignal, StopSignals};
     let mut signals = StopSignals::install()?;
     let shutdown = Shutdown::default();
-    let running = service::start(config, shutdown.clone()).await?;
+    let running = tokio::select! {
+        running = service::start(config, shutdown.clone()) => running?,
+        signal = signals.next() => {
+            tracing::info!(?signal, "stopped while starting: nothing was served");
+            return Ok(Served::StoppedWhileStarting);
+        }
+    };
     // One line on stdout that scripts wait for.
     let metrics = running.metrics_addr.map_or("off".to_owned(), |a| a.to_string());
     let admin = running.admin_addr.map_or("off".to_owned(), |a| a.to_string());
@@ -424,7 +443,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let result = running.wait().await;
     on_signal.abort();
     result?;
-    Ok(())
+    Ok(Served::Served)
 }
 
 #[cfg(test)]

@@ -332,20 +332,28 @@ pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, ServeE
     if config.ledger == LedgerKind::Postgres {
         return crate::ha::start(config, shutdown).await;
     }
-    let (store, snapshot) = {
+    // Off the runtime, replay included (seconds for a ledger of millions of awards): the
+    // binary stops the start there at a signal.
+    let (store, rebuilt) = {
         let config = config.clone();
-        blocking(move || {
+        match tokio::task::spawn_blocking(move || -> Result<_, ServeError> {
             let mut store = ledger::open(&config)?;
             // A ledger that cannot be written must stop the start, not the first commit
             // mid-show.
             store.probe()?;
             let snapshot = store.snapshot()?;
-            Ok((store, snapshot))
+            if shake_ops::supervise::failpoint("allocator-slow-start") {
+                std::thread::sleep(Duration::from_secs(10));
+            }
+            Ok((store, Rebuilt::from_snapshot(&config, snapshot)?))
         })
-        .await?
+        .await
+        {
+            Ok(started) => started?,
+            Err(err) => return Err(ServeError::Panicked(format!("ledger task: {err}"))),
+        }
     };
     let listening = listen(&config, false, &shutdown).await?;
-    let rebuilt = Rebuilt::from_snapshot(&config, snapshot)?;
     // Its own ledger, led from the start (the gauge's meaning on PostgreSQL: this node serves).
     listening.shared.metrics.leader_epoch.set(1);
     let done = lead(

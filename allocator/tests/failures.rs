@@ -27,6 +27,41 @@ fn a_panicking_actor_stops_the_allocator_with_a_failure_exit() {
     assert_eq!(status.code(), Some(1), "{status:?}");
 }
 
+/// A signal during a long start (a fjall ledger of millions of awards reads and replays for
+/// seconds; the failpoint `allocator-slow-start` holds the start 10 s) ends the process there,
+/// exit 0 and no ready line: nothing was served, so a drain has nothing to answer. Before, the
+/// signal waited out the start (a SIGINT too), and a SIGTERM then drained a process that had
+/// only just begun.
+#[test]
+fn a_signal_during_the_start_ends_it_there() {
+    for signal in ["TERM", "INT"] {
+        let scratch = Scratch::new("signal-while-starting");
+        let config = scratch.config("[rounds.cash]\ntotal_cents = 100\nenvelopes = 1\n");
+        let mut child = Allocator::command(&config)
+            .env("SHAKE_FAILPOINT", "allocator-slow-start")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_secs(1));
+        let signalled = Instant::now();
+        let kill = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(kill.success());
+        let mut stdout = child.stdout.take().unwrap();
+        let status = exit_within(child, "after a signal during its start");
+        let took = signalled.elapsed();
+        assert!(took < Duration::from_secs(3), "SIG{signal}: the start ran on {took:?}");
+        assert_eq!(status.code(), Some(0), "SIG{signal}: {status:?}");
+        let mut said = String::new();
+        stdout.read_to_string(&mut said).unwrap();
+        assert!(!said.contains(" ready "), "SIG{signal}: {said}");
+    }
+}
+
 /// The child's exit status, or a failed test (the child killed) if it runs on past 10 s.
 fn exit_within(mut child: Child, what: &str) -> ExitStatus {
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -99,6 +99,7 @@ pub const FAILPOINTS: &[&str] = &[
     "edge-link-stream-panic",
     "allocator-actor-panic",
     "allocator-slow-commit",
+    "allocator-slow-start",
     "allocator-commit-hangs",
     "allocator-slow-award-read",
     "allocator-slow-takeover-read",
