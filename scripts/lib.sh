@@ -109,9 +109,9 @@ http_get() {
     return "$status"
 }
 
-# Stops the processes PID...: SIGCONT (a paused one), SIGINT (the servers stop at once), and
-# SIGKILL for any still there after 5 s. A background job of a script ignores SIGINT unless it
-# handles it (the swarm does not), and a cleanup must not wait out a run's duration.
+# Stops the processes PID...: SIGCONT (a paused one), SIGINT (the servers stop at once; a swarm
+# writes its report, marked interrupted), and SIGKILL for any still there after 5 s: a cleanup
+# must not wait out a run's duration.
 stop_processes() {
     local pid
     for pid in "$@"; do

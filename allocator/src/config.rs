@@ -448,8 +448,9 @@ impl Config {
 
 impl Validate for Config {
     fn validate(&self) -> Result<(), ConfigError> {
-        if !(65_536..=1 << 30).contains(&self.socket_buffer_bytes) {
-            return Err(invalid("socket_buffer_bytes", "must be 65,536 to 1,073,741,824"));
+        // Linux grants at most 2^30 - 1 bytes (INT_MAX / 2), whatever its cap.
+        if !(65_536..=1 << 29).contains(&self.socket_buffer_bytes) {
+            return Err(invalid("socket_buffer_bytes", "must be 65,536 to 536,870,912"));
         }
         if !(self.oversampling.is_finite() && self.oversampling > 0.0) {
             return Err(invalid("oversampling", "must be a positive number"));
@@ -684,7 +685,7 @@ mod tests {
             "postgres"
         );
         assert_eq!(field_of(&format!("oversampling = 0.0\n{}", with_round(""))), "oversampling");
-        for buffer in [4_096, (1u64 << 30) + 1] {
+        for buffer in [4_096, (1u64 << 29) + 1] {
             let text = format!("socket_buffer_bytes = {buffer}\n{}", with_round(""));
             assert_eq!(field_of(&text), "socket_buffer_bytes");
         }

@@ -160,6 +160,9 @@ pub struct Metrics {
     /// Datagrams the kernel dropped on the QUIC socket for want of receive-buffer room: read
     /// from `/proc/net/udp` at each scrape (quinn does not pass `SO_RXQ_OVFL` on).
     pub kernel_drops: Counter,
+    /// The QUIC socket's buffers as the kernel granted them (the smaller of receive and send),
+    /// bytes: `socket_buffer_bytes`, or the kernel's cap where that is lower.
+    pub socket_buffer_bytes: Gauge,
     /// Delivery marks (phones' acknowledgements) made durable.
     pub delivery_marks: Counter,
     /// Entries treated as no-luck because their user was over the per-user rate.
@@ -219,6 +222,7 @@ impl Metrics {
             commit_queue: Gauge::default(),
             commit_oldest_seconds: Gauge::default(),
             kernel_drops: Counter::default(),
+            socket_buffer_bytes: Gauge::default(),
             delivery_marks: Counter::default(),
             entries_over_user_rate: Counter::default(),
             entries_round_not_open: Counter::default(),
@@ -290,6 +294,11 @@ impl Metrics {
             "kernel_drops",
             "Datagrams the kernel dropped on the QUIC socket (receive buffer full)",
             m.kernel_drops.clone(),
+        );
+        registry.register(
+            "socket_buffer_bytes",
+            "The QUIC socket's buffers as the kernel granted them (the smaller of receive and send)",
+            m.socket_buffer_bytes.clone(),
         );
         registry.register(
             "delivery_marks",

@@ -332,28 +332,32 @@ pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, ServeE
     if config.ledger == LedgerKind::Postgres {
         return crate::ha::start(config, shutdown).await;
     }
-    // Off the runtime, replay included (seconds for a ledger of millions of awards): the
-    // binary stops the start there at a signal.
-    let (store, rebuilt) = {
+    // The read and the replay (seconds each for a ledger of millions of awards) run off the
+    // runtime: the binary stops the start at a signal. The listeners are up between them, so
+    // `/health` answers while the pools are rebuilt.
+    let (store, snapshot) = {
         let config = config.clone();
-        match tokio::task::spawn_blocking(move || -> Result<_, ServeError> {
+        blocking(move || {
             let mut store = ledger::open(&config)?;
             // A ledger that cannot be written must stop the start, not the first commit
             // mid-show.
             store.probe()?;
             let snapshot = store.snapshot()?;
+            Ok::<_, LedgerError>((store, snapshot))
+        })
+        .await?
+    };
+    let listening = listen(&config, false, &shutdown).await?;
+    let rebuilt = {
+        let config = config.clone();
+        blocking(move || {
             if shake_ops::supervise::failpoint("allocator-slow-start") {
                 std::thread::sleep(Duration::from_secs(10));
             }
-            Ok((store, Rebuilt::from_snapshot(&config, snapshot)?))
+            Rebuilt::from_snapshot(&config, snapshot)
         })
-        .await
-        {
-            Ok(started) => started?,
-            Err(err) => return Err(ServeError::Panicked(format!("ledger task: {err}"))),
-        }
+        .await?
     };
-    let listening = listen(&config, false, &shutdown).await?;
     // Its own ledger, led from the start (the gauge's meaning on PostgreSQL: this node serves).
     listening.shared.metrics.leader_epoch.set(1);
     let done = lead(
@@ -390,7 +394,7 @@ pub(crate) async fn listen(
     shutdown: &Shutdown,
 ) -> Result<Listening, ServeError> {
     let server = quic_server_config(config)?;
-    let socket = bind_socket(config.listen, config.socket_buffer_bytes)?;
+    let (socket, granted) = bind_socket(config.listen, config.socket_buffer_bytes)?;
     let quic_addr =
         socket.local_addr().map_err(|source| ServeError::Bind { addr: config.listen, source })?;
     // Taken before quinn owns the socket; `None` where /proc cannot say (the count stays 0).
@@ -402,15 +406,19 @@ pub(crate) async fn listen(
     let endpoint = endpoint_on(socket, server, quic_addr)?;
     let shared = Shared::default();
     shared.health.standby.store(standby, Ordering::Relaxed);
+    shared.metrics.socket_buffer_bytes.set(granted as i64);
     let metrics_addr = serve_metrics(config, &shared, drops, shutdown).await?;
     let admin_addr = serve_admin(config, &shared, shutdown).await?;
     Ok(Listening { endpoint, quic_addr, shared, metrics_addr, admin_addr })
 }
 
-/// Runs blocking ledger work off the async runtime.
-pub(crate) async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, LedgerError> + Send + 'static,
-) -> Result<T, ServeError> {
+/// Runs blocking ledger work (a read, a replay) off the async runtime.
+pub(crate) async fn blocking<T: Send + 'static, E: Send + 'static>(
+    work: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, ServeError>
+where
+    ServeError: From<E>,
+{
     match tokio::task::spawn_blocking(work).await {
         Ok(result) => Ok(result?),
         Err(err) => Err(ServeError::Panicked(format!("ledger task: {err}"))),
@@ -438,21 +446,14 @@ pub(crate) fn quic_server_config(config: &Config) -> Result<quinn::ServerConfig,
 }
 
 /// Binds the UDP socket edges reach the allocator on (kept across leadership terms), its
-/// buffers as configured.
+/// buffers as configured; with the smaller of the two the kernel granted.
 pub(crate) fn bind_socket(
     listen: SocketAddr,
     buffer: usize,
-) -> Result<std::net::UdpSocket, ServeError> {
-    let (socket, granted) = shake_loop::driver::buffered_socket(listen, buffer, false)
-        .map_err(|source| ServeError::Bind { addr: listen, source })?;
-    if granted < buffer {
-        tracing::warn!(
-            requested = buffer,
-            granted,
-            "kernel granted smaller UDP buffers (raise net.core.rmem_max / wmem_max): edges' batches at a round's opening may be dropped and resent late"
-        );
-    }
-    Ok(socket)
+) -> Result<(std::net::UdpSocket, usize), ServeError> {
+    let costs = "edges' batches at a round's opening may be dropped and resent late";
+    shake_loop::driver::buffered_socket(listen, buffer, false, costs)
+        .map_err(|source| ServeError::Bind { addr: listen, source })
 }
 
 /// A QUIC endpoint on (a clone of) the bound socket.

@@ -4,26 +4,29 @@
 //! A name that is no fault is refused at start (exit 64).
 
 use std::io::Read;
-use std::process::{Child, ExitStatus, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use shake_proto::{AllocatorFrame, Batch, BatchEntry};
 use shake_testkit::edge_link::edge_worker;
+use shake_testkit::processes::{self, exit_within};
 use shake_testkit::scratch::Scratch;
 use shake_testkit::servers::Allocator;
 use shake_testkit::{metrics, now_ms};
+
+const TEN_S: Duration = Duration::from_secs(10);
 
 #[test]
 fn a_panicking_actor_stops_the_allocator_with_a_failure_exit() {
     let scratch = Scratch::new("actor-panic");
     let config = scratch.config("[rounds.cash]\ntotal_cents = 100\nenvelopes = 1\n");
-    let child = Allocator::command(&config)
+    let mut child = Allocator::command(&config)
         .env("SHAKE_FAILPOINT", "allocator-actor-panic")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let status = exit_within(child, "after its actor panicked");
+    let status = exit_within(&mut child, TEN_S, "the allocator whose actor panicked");
     assert_eq!(status.code(), Some(1), "{status:?}");
 }
 
@@ -43,38 +46,19 @@ fn a_signal_during_the_start_ends_it_there() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_secs(1));
+        // Its handlers in place (a signal before them takes the default action, the end).
+        processes::wait_for_handlers(child.id(), &[2, 15]);
+        std::thread::sleep(Duration::from_millis(200));
         let signalled = Instant::now();
-        let kill = std::process::Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(kill.success());
+        processes::signal(child.id(), signal);
         let mut stdout = child.stdout.take().unwrap();
-        let status = exit_within(child, "after a signal during its start");
+        let status = exit_within(&mut child, TEN_S, "the allocator signalled while starting");
         let took = signalled.elapsed();
         assert!(took < Duration::from_secs(3), "SIG{signal}: the start ran on {took:?}");
         assert_eq!(status.code(), Some(0), "SIG{signal}: {status:?}");
         let mut said = String::new();
         stdout.read_to_string(&mut said).unwrap();
         assert!(!said.contains(" ready "), "SIG{signal}: {said}");
-    }
-}
-
-/// The child's exit status, or a failed test (the child killed) if it runs on past 10 s.
-fn exit_within(mut child: Child, what: &str) -> ExitStatus {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the allocator kept running {what}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -91,7 +75,7 @@ fn a_misspelt_failpoint_is_refused_at_start() {
         .spawn()
         .unwrap();
     let mut stderr_pipe = child.stderr.take().unwrap();
-    let status = exit_within(child, "with a misspelt failpoint");
+    let status = exit_within(&mut child, TEN_S, "the allocator with a misspelt failpoint");
     let mut stderr = String::new();
     stderr_pipe.read_to_string(&mut stderr).unwrap();
     assert_eq!(status.code(), Some(64), "{stderr}");

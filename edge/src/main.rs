@@ -2,7 +2,8 @@
 //! configuration, start, wait for a signal.
 //!
 //! Exit codes: 0 success, 64 bad command line or configuration, 1 any other failure (a
-//! worker thread that panicked or failed stops the whole edge with 1).
+//! worker thread, or a worker's stream to the allocator, that panicked or failed stops the
+//! whole edge with 1).
 //! Signals: SIGTERM drains (stop accepting, `GoAway` to phones, flush batches, wait for the
 //! allocator's answers up to `limits.drain_deadline_ms`); SIGINT stops at once.
 
@@ -80,7 +81,8 @@ fn run(config: EdgeConfig) -> anyhow::Result<()> {
                 StopSignal::Stop => edge.stop(),
             },
             failure = edge.failure() => {
-                // A worker is gone (a bug): its phones with it. Stop everything, exit non-zero.
+                // A worker, or the allocator link, is gone (a bug): its phones' shakes with it.
+                // Stop everything, exit non-zero.
                 tracing::error!(%failure, "stopping the edge");
                 edge.stop();
             }

@@ -277,16 +277,10 @@ fn allocator_client_config(config: &EdgeConfig) -> Result<quinn::ClientConfig, S
 
 /// One worker's socket: SO_REUSEPORT on the shared port, buffers set (and checked).
 fn worker_socket(addr: SocketAddr, buffer: usize) -> Result<std::net::UdpSocket, StartError> {
-    let (socket, granted) = shake_loop::driver::buffered_socket(addr, buffer, true)
-        .map_err(|source| StartError::Socket { addr, source })?;
-    if granted < buffer {
-        tracing::warn!(
-            requested = buffer,
-            granted,
-            "kernel granted smaller UDP buffers (raise net.core.rmem_max / wmem_max): bursts of connects may lose packets"
-        );
-    }
-    Ok(socket)
+    let costs = "bursts of connects may lose packets";
+    shake_loop::driver::buffered_socket(addr, buffer, true, costs)
+        .map(|(socket, _)| socket)
+        .map_err(|source| StartError::Socket { addr, source })
 }
 
 /// Keeps one connection to the allocator up, reconnecting with backoff, and publishes it to
@@ -329,10 +323,17 @@ fn spawn_allocator_link(
                     streams.spawn(link_pipe::run(pipe, allocator, stop, metrics));
                 }
                 let link = LinkTo { addrs, server_name, published: tx, stop, metrics };
-                tokio::select! {
-                    () = link.keep_up(endpoint) => Ok(()),
+                let ended = tokio::select! {
+                    () = link.keep_up(&endpoint) => Ok(()),
                     panicked = first_panic(&mut streams) => Err(panicked),
-                }
+                };
+                endpoint.close(0u32.into(), b"edge stopping");
+                // Until the close has gone out (quinn's advice before exiting): with the
+                // runtime dropped at once it may never leave, and the allocator then holds
+                // this edge's streams, and shares quotas by its last load report, until their
+                // idle timeout (seen once in CI, under load).
+                tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await.ok();
+                ended
             })
         })
         .map_err(StartError::Thread)
@@ -361,9 +362,8 @@ struct LinkTo {
 }
 
 impl LinkTo {
-    /// Connects, follows redirects and reconnects with backoff until the edge stops; then
-    /// closes the endpoint.
-    async fn keep_up(self, endpoint: quinn::Endpoint) {
+    /// Connects, follows redirects and reconnects with backoff until the edge stops.
+    async fn keep_up(self, endpoint: &quinn::Endpoint) {
         let Self { addrs, server_name, published: tx, stop, metrics } = self;
         let mut backoff = Duration::from_millis(100);
         let mut next = 0;
@@ -424,12 +424,6 @@ impl LinkTo {
                 backoff = (backoff * 2).min(Duration::from_secs(2));
             }
         }
-        endpoint.close(0u32.into(), b"edge stopping");
-        // Until the close has gone out (quinn's advice before exiting): with the
-        // runtime dropped at once it may never leave, and the allocator then holds
-        // this edge's streams, and shares quotas by its last load report, until their
-        // idle timeout (seen once in CI, under load).
-        tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await.ok();
     }
 }
 
@@ -477,6 +471,13 @@ fn users_route(sessions: Arc<UserSessions>, token: Option<BearerToken>) -> axum:
 
 /// Starts the edge: workers, the allocator link and metrics. Returns once everything is bound.
 pub fn start(config: EdgeConfig) -> Result<RunningEdge, StartError> {
+    // Read before any thread starts: a failure here leaves nothing running.
+    let users_token = config
+        .users_token_file
+        .as_deref()
+        .map(BearerToken::read)
+        .transpose()
+        .map_err(StartError::UsersToken)?;
     let mut keys = KeyRing::new();
     for key in &config.token_keys {
         let secret = key.secret().unwrap_or_default();
@@ -533,12 +534,6 @@ pub fn start(config: EdgeConfig) -> Result<RunningEdge, StartError> {
         &supervisor,
     )?;
     let metrics_listen = config.metrics_listen;
-    let users_token = config
-        .users_token_file
-        .as_deref()
-        .map(BearerToken::read)
-        .transpose()
-        .map_err(StartError::UsersToken)?;
     let awards = Arc::new(AwardBook::new(
         config.limits.max_outstanding_awards,
         config.limits.award_ack_window_s.saturating_mul(1000),

@@ -249,13 +249,15 @@ pub fn granted_buffers(socket: &impl std::os::fd::AsFd) -> std::io::Result<(usiz
 }
 
 /// A non-blocking UDP socket bound to `addr`, its receive and send buffers asked for `buffer`
-/// bytes each, and the smaller of the two the kernel granted (comparable with `buffer`; the
-/// caller says what a short grant means for it). `shared_port` sets `SO_REUSEPORT`, for one
-/// socket per worker on one port; an IPv6 address takes IPv4 too.
+/// bytes each, and the smaller of the two the kernel granted (comparable with `buffer`). A
+/// short grant is logged as a warning with what it costs (`short_grant_costs`), the way to
+/// raise it, and both sizes. `shared_port` sets `SO_REUSEPORT`, for one socket per worker on
+/// one port; an IPv6 address takes IPv4 too.
 pub fn buffered_socket(
     addr: SocketAddr,
     buffer: usize,
     shared_port: bool,
+    short_grant_costs: &str,
 ) -> std::io::Result<(UdpSocket, usize)> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
@@ -268,9 +270,17 @@ pub fn buffered_socket(
     socket.set_recv_buffer_size(buffer)?;
     socket.set_send_buffer_size(buffer)?;
     let (recv, send) = granted_buffers(&socket)?;
+    let granted = recv.min(send);
+    if granted < buffer {
+        tracing::warn!(
+            requested = buffer,
+            granted,
+            "kernel granted smaller UDP buffers (raise net.core.rmem_max / wmem_max): {short_grant_costs}"
+        );
+    }
     socket.bind(&addr.into())?;
     socket.set_nonblocking(true)?;
-    Ok((socket.into(), recv.min(send)))
+    Ok((socket.into(), granted))
 }
 
 impl Driver {

@@ -39,7 +39,8 @@ impl UdpDrops {
     }
 
     fn read(&self) -> io::Result<u32> {
-        for table in ["/proc/net/udp", "/proc/net/udp6"] {
+        // This process's network namespace (what /proc/net links to).
+        for table in ["/proc/self/net/udp", "/proc/self/net/udp6"] {
             if let Some(drops) = drops_in(&std::fs::read_to_string(table)?, self.inode) {
                 return Ok(drops);
             }
@@ -86,11 +87,12 @@ mod tests {
         assert!(UdpDrops::of(&file).is_err(), "a file is not a socket");
     }
 
-    /// 2 MB sent at a socket nobody reads, its buffer the default (about 200 KB): what did
-    /// not fit is counted, once.
+    /// 2 MB sent at a socket nobody reads, its buffer the kernel's least (a few KiB, whatever
+    /// the host's default): what did not fit is counted, once.
     #[test]
     fn what_overflows_an_unread_socket_is_counted_once() {
         let unread = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket2::SockRef::from(&unread).set_recv_buffer_size(4_096).unwrap();
         let mut drops = UdpDrops::of(&unread).unwrap();
         let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let datagram = [7u8; 1_000];

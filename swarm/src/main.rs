@@ -6,6 +6,7 @@
 //! SIGTERM: its report, covering the time it ran, is written and printed all the same); 1
 //! anything else.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -192,10 +193,9 @@ fn run(
         ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len}s {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    // Ctrl-C (or SIGTERM) ends the run early with its report, instead of losing it.
-    let mut signals = {
+    let interrupt = {
         let _in_runtime = runtime.enter();
-        shake_ops::signals::StopSignals::install()?
+        interrupt_signals()?
     };
     let on_second = |point: &swarm::report::TimePoint| {
         progress.set_position(point.t_s as u64);
@@ -203,9 +203,6 @@ fn run(
             "phones {} | shakes {} | outcomes {} | awards {} | p99 {:.1} ms",
             point.connected, point.sent, point.outcomes, point.awards, point.p99_outcome_ms
         ));
-    };
-    let interrupt = async move {
-        signals.next().await;
     };
     let report = runtime.block_on(swarm::run(scenario, on_second, interrupt))?;
     progress.finish_and_clear();
@@ -224,9 +221,39 @@ fn run(
         std::fs::write(&path, swarm::plot::svg(&report.series))
             .with_context(|| path.display().to_string())?;
     }
-    print!("{}", report.summary());
-    println!("{}", report.json_line());
+    // A terminal that hung up is gone: the report is in --json all the same.
+    let mut stdout = std::io::stdout().lock();
+    let _ = write!(stdout, "{}", report.summary())
+        .and_then(|()| writeln!(stdout, "{}", report.json_line()));
     Ok(report)
+}
+
+/// Resolves at SIGINT (Ctrl-C), SIGTERM or SIGHUP (the terminal or SSH session gone): the run
+/// then ends early with its report. A second one ends the process at once (exit 130).
+fn interrupt_signals() -> std::io::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{Signal, SignalKind, signal};
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    async fn any(int: &mut Signal, term: &mut Signal, hup: &mut Signal) {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+            _ = hup.recv() => {}
+        }
+    }
+    Ok(async move {
+        any(&mut int, &mut term, &mut hup).await;
+        // Best effort: after a hang-up there may be no terminal to tell.
+        let _ = writeln!(
+            std::io::stderr(),
+            "shake-swarm: interrupted: stopping the phones and writing the report (again to quit at once)"
+        );
+        tokio::spawn(async move {
+            any(&mut int, &mut term, &mut hup).await;
+            std::process::exit(130);
+        });
+    })
 }
 
 fn verify_run(

@@ -4,10 +4,10 @@
 
 use std::io::Read;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use shake_testkit::processes::bin;
+use shake_testkit::processes::{self, bin};
 use shake_testkit::scratch::Scratch;
 use shake_testkit::servers::{Allocator, Edge};
 
@@ -20,8 +20,10 @@ fn an_interrupted_run_writes_and_prints_its_report() {
     edge.stderr(Stdio::null());
     let edge = Edge::spawn(edge).unwrap();
     let scenarios = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
-    // Both drivers: the loop's phones are threads joined at the end, quinn's are tasks.
-    for (driver, scenario) in [("loop", "loop.toml"), ("quinn", "demo.toml")] {
+    // Both drivers (the loop's phones are threads joined at the end, quinn's are tasks), and
+    // a terminal's hang-up as well as Ctrl-C.
+    for (driver, scenario, signal) in [("loop", "loop.toml", "INT"), ("quinn", "demo.toml", "HUP")]
+    {
         let report = scratch.dir.join(format!("report-{driver}.json"));
         let mut swarm = Command::new(bin("shake-swarm"))
             .arg("run")
@@ -38,13 +40,15 @@ fn an_interrupted_run_writes_and_prints_its_report() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
+        processes::wait_for_handlers(swarm.id(), &[1, 2, 15]);
         std::thread::sleep(Duration::from_secs(3));
         let interrupted_at = Instant::now();
-        let kill = Command::new("kill").arg("-INT").arg(swarm.id().to_string()).status();
-        assert!(kill.unwrap().success());
-        let (status, stdout) = exit_within(&mut swarm, Duration::from_secs(20));
+        processes::signal(swarm.id(), signal);
+        let status = processes::exit_within(&mut swarm, Duration::from_secs(20), "the swarm");
+        let mut stdout = String::new();
+        swarm.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
         let stopped_in = interrupted_at.elapsed();
-        assert_eq!(status.code(), Some(130), "{driver}: {status:?}\n{stdout}");
+        assert_eq!(status.code(), Some(130), "{driver}, SIG{signal}: {status:?}\n{stdout}");
         assert!(stopped_in < Duration::from_secs(10), "{driver}: stopped {stopped_in:?} after");
 
         let written: serde_json::Value =
@@ -57,23 +61,4 @@ fn an_interrupted_run_writes_and_prints_its_report() {
         let last: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
         assert_eq!(last["interrupted"], true, "{driver}: {stdout}");
     }
-}
-
-/// Waits for `child` to exit, at most `within` (then kills it and fails); its status and
-/// stdout.
-fn exit_within(child: &mut Child, within: Duration) -> (ExitStatus, String) {
-    let deadline = Instant::now() + within;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the swarm did not stop within {within:?} of SIGINT");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut stdout = String::new();
-    child.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
-    (status, stdout)
 }

@@ -122,14 +122,7 @@ impl Process {
     /// Sends signal `name` (`TERM`, `INT`, ...). Until it is waited for the process keeps its
     /// id, so the signal cannot reach another process.
     pub fn signal(&self, name: &str) {
-        // One that has exited already cannot be signalled: that failure of kill is not the
-        // caller's concern, and waiting tells how it ended.
-        let _ = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.pid().to_string())
-            .stderr(Stdio::null())
-            .status()
-            .expect("running kill");
+        signal(self.pid(), name);
     }
 
     /// SIGTERM (the servers' clean stop), then waits for the exit.
@@ -146,22 +139,7 @@ impl Process {
 
     /// [`Self::wait`], at most `within`.
     pub fn wait_within(&mut self, within: std::time::Duration) -> ExitStatus {
-        let what = &self.what;
-        let deadline = std::time::Instant::now() + within;
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(status)) => return status,
-                Ok(None) if std::time::Instant::now() < deadline => {
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                }
-                Ok(None) => {
-                    let _ = self.child.kill();
-                    let _ = self.child.wait();
-                    panic!("{what} did not exit within {within:?}: killed");
-                }
-                Err(e) => panic!("waiting for {what}: {e}"),
-            }
-        }
+        exit_within(&mut self.child, within, &self.what)
     }
 
     /// How it exited, if it has.
@@ -174,6 +152,60 @@ impl Process {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Sends signal `name` (`TERM`, `INT`, ...) to process `pid`. One that has exited already
+/// cannot be signalled: that failure of kill is not the caller's concern, and waiting tells how
+/// it ended.
+pub fn signal(pid: u32, name: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .stderr(Stdio::null())
+        .status()
+        .expect("running kill");
+}
+
+/// Waits (at most 10 s) until process `pid` handles each of `signals` (numbers: 2 SIGINT,
+/// 15 SIGTERM, 1 SIGHUP), as its `SigCgt` mask says: a signal sent before a binary installed
+/// its handlers takes the default action (the end), which a test of the handler must not
+/// mistake for it. Panics if the process is gone or never installs them.
+pub fn wait_for_handlers(pid: u32, signals: &[u32]) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_else(|e| panic!("process {pid} is gone: {e}"));
+        let caught = status
+            .lines()
+            .find_map(|l| l.strip_prefix("SigCgt:"))
+            .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+            .unwrap_or(0);
+        if signals.iter().all(|&n| caught & (1 << (n - 1)) != 0) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{pid} never handled {signals:?}");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// Waits for `child` to exit, at most `within`: one that outlives it is killed and the test
+/// fails, naming it `what`.
+pub fn exit_within(child: &mut Child, within: std::time::Duration, what: &str) -> ExitStatus {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return status,
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{what} did not exit within {within:?}: killed");
+            }
+            Err(e) => panic!("waiting for {what}: {e}"),
+        }
     }
 }
 

@@ -33,9 +33,10 @@ fn round(id: u32, starts_at_ms: u64, duration_s: u64, seed: u64, extra: &str) ->
 /// ([`crate::metrics::user_report`] sends it).
 pub const USERS_TOKEN: &str = "risk-control-token-0123456789";
 
-/// The allocator's socket buffers in the configurations written here: under the kernel's
-/// usual cap, so that a test's log carries no warning of a short grant.
-pub const ALLOCATOR_SOCKET_BUFFER: usize = 1 << 20;
+/// The allocator's socket buffers in the configurations written here: the kernel's stock
+/// default and cap (`net.core.rmem_default`, `rmem_max`), what the tests had before the
+/// buffer could be configured, and granted whole on any host (no warning in a test's log).
+pub const ALLOCATOR_SOCKET_BUFFER: usize = 212_992;
 
 /// A directory with dev certificates, removed on drop.
 #[derive(Debug)]
