@@ -67,13 +67,8 @@ async fn an_edge_id_used_twice_is_named_by_the_refused_edge() {
     let allocator =
         Allocator::start(&scratch.config("[rounds.cash]\ntotal_cents = 100\nenvelopes = 1\n"));
     let config = scratch.edge_config(allocator.quic, "");
-    let quiet = |config| {
-        let mut command = Edge::command(config);
-        command.env("RUST_LOG", "error").stderr(std::process::Stdio::null());
-        Edge::spawn(command).unwrap()
-    };
-    let first = quiet(&config);
-    let second = quiet(&config);
+    let first = Edge::start_quiet(&config);
+    let second = Edge::start_quiet(&config);
     let refused = "shake_edge_allocator_streams_refused_total{code=\"DUPLICATE_WORKER\"}";
     let deadline = Instant::now() + Duration::from_secs(10);
     while metrics::read(first.metrics, refused) + metrics::read(second.metrics, refused) < 1.0 {

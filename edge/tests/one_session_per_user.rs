@@ -181,12 +181,7 @@ fn a_users_report_needs_its_token_and_is_off_without_one() {
     let allocator =
         Allocator::start(&scratch.config("[rounds.cash]\ntotal_cents = 100\nenvelopes = 1\n"));
     let config = scratch.edge_config(allocator.quic, "");
-    let start = |config| {
-        let mut command = Edge::command(config);
-        command.stderr(std::process::Stdio::null());
-        Edge::spawn(command).unwrap()
-    };
-    let edge = start(&config);
+    let edge = Edge::start_quiet(&config);
     let status = |headers: &[(&str, &str)]| {
         status_of(&request_with(edge.metrics, "GET", "/users/7", headers).unwrap())
     };
@@ -202,7 +197,7 @@ fn a_users_report_needs_its_token_and_is_off_without_one() {
     let text = std::fs::read_to_string(&config).unwrap();
     let line = text.lines().find(|l| l.starts_with("users_token_file")).unwrap().to_owned();
     std::fs::write(&config, text.replace(&(line + "\n"), "")).unwrap();
-    let untokened = start(&config);
+    let untokened = Edge::start_quiet(&config);
     let report = shake_testkit::metrics::user_report(untokened.metrics, "7");
     assert_eq!(status_of(&report), Some(404), "{report}");
 }

@@ -77,4 +77,11 @@ impl Edge {
         let process = Process::start(command, "the edge")?;
         Ok(Self { addr: process.addr("addr")?, metrics: process.addr("metrics")?, process })
     }
+
+    /// The edge serving `config`, its log dropped (a test that provokes what it logs).
+    pub fn start_quiet(config: &Path) -> Self {
+        let mut command = Self::command(config);
+        command.env("RUST_LOG", "error").stderr(Stdio::null());
+        Self::spawn(command).unwrap_or_else(|e| panic!("{e:#}"))
+    }
 }
