@@ -4,7 +4,8 @@
 //! A name that is no fault is refused at start (exit 64).
 
 use std::io::Read;
-use std::process::Stdio;
+use std::path::Path;
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use shake_proto::{AllocatorFrame, Batch, BatchEntry};
@@ -20,12 +21,7 @@ const TEN_S: Duration = Duration::from_secs(10);
 fn a_panicking_actor_stops_the_allocator_with_a_failure_exit() {
     let scratch = Scratch::new("actor-panic");
     let config = scratch.config("[rounds.cash]\ntotal_cents = 100\nenvelopes = 1\n");
-    let mut child = Allocator::command(&config)
-        .env("SHAKE_FAILPOINT", "allocator-actor-panic")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = with_failpoint(&config, "allocator-actor-panic", Stdio::null(), Stdio::null());
     let status = exit_within(&mut child, TEN_S, "the allocator whose actor panicked");
     assert_eq!(status.code(), Some(1), "{status:?}");
 }
@@ -40,12 +36,8 @@ fn a_signal_during_the_start_ends_it_there() {
     for signal in ["TERM", "INT"] {
         let scratch = Scratch::new("signal-while-starting");
         let config = scratch.config("[rounds.cash]\ntotal_cents = 100\nenvelopes = 1\n");
-        let mut child = Allocator::command(&config)
-            .env("SHAKE_FAILPOINT", "allocator-slow-start")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child =
+            with_failpoint(&config, "allocator-slow-start", Stdio::piped(), Stdio::null());
         // Its handlers in place (a signal before them takes the default action, the end).
         processes::wait_for_handlers(child.id(), &[2, 15]);
         std::thread::sleep(Duration::from_millis(200));
@@ -62,18 +54,20 @@ fn a_signal_during_the_start_ends_it_there() {
     }
 }
 
+/// The allocator serving `config` with the fault `failpoint` switched on, not waited for.
+fn with_failpoint(config: &Path, failpoint: &str, stdout: Stdio, stderr: Stdio) -> Child {
+    let mut command = Allocator::command(config);
+    command.env("SHAKE_FAILPOINT", failpoint).stdout(stdout).stderr(stderr);
+    command.spawn().unwrap()
+}
+
 /// A misspelt fault would inject nothing and let its test pass without the fault: the binary
 /// refuses it as a usage error, naming it.
 #[test]
 fn a_misspelt_failpoint_is_refused_at_start() {
     let scratch = Scratch::new("failpoint-misspelt");
     let config = scratch.config("[rounds.cash]\ntotal_cents = 100\nenvelopes = 1\n");
-    let mut child = Allocator::command(&config)
-        .env("SHAKE_FAILPOINT", "allocator-actor-panik")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = with_failpoint(&config, "allocator-actor-panik", Stdio::null(), Stdio::piped());
     let mut stderr_pipe = child.stderr.take().unwrap();
     let status = exit_within(&mut child, TEN_S, "the allocator with a misspelt failpoint");
     let mut stderr = String::new();
