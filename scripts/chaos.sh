@@ -10,8 +10,8 @@
 #
 # Scenarios: allocator-kill edge-kill link-cut phone-loss slow-allocator hostile surge (the
 # surge puts the edge under a CPU quota: it needs root and a cgroup cpu controller), and the
-# high-availability ones, `ha` for all four: ha-leader-kill ha-leader-pause ha-primary-kill
-# ha-standby-kill (two allocators on a PostgreSQL primary with two synchronous standbys, all
+# high-availability ones, `ha` for all five: ha-leader-kill ha-leader-pause ha-primary-kill
+# ha-primary-hang ha-standby-kill (two allocators on a PostgreSQL primary with two synchronous standbys, all
 # started here on free loopback ports; they need PostgreSQL's server binaries). With any HA
 # scenario the JSON line adds failover_s_max.
 # Environment: PHONES, ROUND_S, HOSTILE_RATIO_MAX (default 2), HOSTILE_P99_FLOOR_MS (an
@@ -27,7 +27,7 @@ usage() {
     exit 64
 }
 
-HA=(ha-leader-kill ha-leader-pause ha-primary-kill ha-standby-kill)
+HA=(ha-leader-kill ha-leader-pause ha-primary-kill ha-primary-hang ha-standby-kill)
 ALL=(allocator-kill edge-kill link-cut phone-loss slow-allocator hostile surge "${HA[@]}")
 short=0
 selected=()
@@ -36,7 +36,7 @@ for arg in "$@"; do
         --short) short=1 ;;
         -h | --help) usage ;;
         allocator-kill | edge-kill | link-cut | phone-loss | slow-allocator | hostile | surge) selected+=("$arg") ;;
-        ha-leader-kill | ha-leader-pause | ha-primary-kill | ha-standby-kill) selected+=("$arg") ;;
+        ha-leader-kill | ha-leader-pause | ha-primary-kill | ha-primary-hang | ha-standby-kill) selected+=("$arg") ;;
         ha) selected+=("${HA[@]}") ;;
         *) echo "chaos: unknown scenario or flag: $arg" >&2; usage ;;
     esac
@@ -541,31 +541,78 @@ scenario_ha_leader_pause() {
     finish
 }
 
-scenario_ha_primary_kill() {
-    begin_ha ha-primary-kill
-    ha_start_all
-    local first=$leader_epoch fault_ms l1 l2 new old_port
-    sample_memory
-    fault_ms=$(( $(date +%s%N) / 1000000 ))
-    scripts/pg-cluster.sh kill "$S/pg-p"
-    # As Patroni would: promote the synchronous standby that received the most WAL, and point
-    # the other one at it.
+# As Patroni would once the primary is lost: promote the synchronous standby that received the
+# most WAL, and point the other one at it; sets promoted_port.
+promote_a_standby() {
+    local l1 l2
     l1=$(scripts/pg-cluster.sh lsn "$s1_port")
     l2=$(scripts/pg-cluster.sh lsn "$s2_port")
-    if [ "$l1" -ge "$l2" ]; then new=s1 old_port=$s1_port; else new=s2 old_port=$s2_port; fi
-    scripts/pg-cluster.sh promote "$S/pg-$new"
-    if [ "$new" = s1 ]; then
+    if [ "$l1" -ge "$l2" ]; then promoted=s1 promoted_port=$s1_port; else promoted=s2 promoted_port=$s2_port; fi
+    scripts/pg-cluster.sh promote "$S/pg-$promoted"
+    if [ "$promoted" = s1 ]; then
         scripts/pg-cluster.sh follow "$S/pg-s2" "$s1_port" s2
     else
         scripts/pg-cluster.sh follow "$S/pg-s1" "$s2_port" s1
     fi
+}
+
+# The promoted primary commits with a synchronous standby again.
+promoted_has_sync_standby() {
+    local sync
+    sync=$(psql -h 127.0.0.1 -p "$promoted_port" -U postgres -d postgres -Atc "SELECT count(*) FROM pg_stat_replication WHERE sync_state IN ('sync', 'quorum')")
+    [ "${sync:-0}" -ge 1 ] || problems+=("the promoted primary has no synchronous standby")
+}
+
+scenario_ha_primary_kill() {
+    begin_ha ha-primary-kill
+    ha_start_all
+    local first=$leader_epoch fault_ms
+    sample_memory
+    fault_ms=$(( $(date +%s%N) / 1000000 ))
+    scripts/pg-cluster.sh kill "$S/pg-p"
+    promote_a_standby
     await_failover "$fault_ms" "$first" || true
     swarm_wait
     ha_in_flight_check
-    local sync
-    sync=$(psql -h 127.0.0.1 -p "$old_port" -U postgres -d postgres -Atc "SELECT count(*) FROM pg_stat_replication WHERE sync_state IN ('sync', 'quorum')")
-    [ "${sync:-0}" -ge 1 ] || problems+=("the promoted primary has no synchronous standby")
-    notes="PostgreSQL primary SIGKILLed, $new promoted; $leader led again (epoch $leader_epoch) after ${failover_s}s"
+    promoted_has_sync_standby
+    notes="PostgreSQL primary SIGKILLed, $promoted promoted; $leader led again (epoch $leader_epoch) after ${failover_s}s"
+    finish
+}
+
+# The primary hangs rather than dies (a stalled disk, a stopped postmaster): its kernel still
+# completes connections and acknowledges every byte, so no TCP timeout ends a statement sent
+# to it. A standby is promoted, as Patroni would once the primary stops renewing its key, and
+# the hung server stays hung until the phones are done (fenced only then, as its host would be).
+scenario_ha_primary_hang() {
+    begin_ha ha-primary-hang
+    ha_start_all
+    local first=$leader_epoch fault_ms
+    sample_memory
+    fault_ms=$(( $(date +%s%N) / 1000000 ))
+    scripts/pg-cluster.sh pause "$S/pg-p"
+    promote_a_standby
+    await_failover "$fault_ms" "$first" || true
+    swarm_wait
+    ha_in_flight_check
+    promoted_has_sync_standby
+    # Nothing is left wedged on the hung server (a look, a renewal, a commit thread still
+    # waiting on it): the leader stopped cleanly exits, and the other allocator takes over.
+    local stopped=$leader second
+    kill -TERM "${ha_pid[$stopped]}"
+    for _ in $(seq 1 150); do
+        kill -0 "${ha_pid[$stopped]}" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "${ha_pid[$stopped]}" 2>/dev/null; then
+        problems+=("the leader $stopped did not exit within 15 s of SIGTERM")
+        kill -KILL "${ha_pid[$stopped]}"
+    fi
+    wait "${ha_pid[$stopped]}" || problems+=("the leader $stopped exited with status $? on SIGTERM")
+    unset "ha_pid[$stopped]"
+    wait_leader "$leader_epoch" 10 && second="; stopped, $leader led next (epoch $leader_epoch)" ||
+        second="; stopped, no one led next"
+    scripts/pg-cluster.sh fence "$S/pg-p"
+    notes="PostgreSQL primary SIGSTOPped (hung, not dead), $promoted promoted; $stopped led again after ${failover_s}s$second"
     finish
 }
 

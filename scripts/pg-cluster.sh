@@ -11,6 +11,9 @@
 #   scripts/pg-cluster.sh standby DIR PORT PRIMARY_PORT NAME  # base backup of the primary + start
 #   scripts/pg-cluster.sh stop DIR [fast|immediate]       # immediate = a crash (default fast)
 #   scripts/pg-cluster.sh kill DIR                        # SIGKILL the postmaster: a lost machine
+#   scripts/pg-cluster.sh pause DIR                       # SIGSTOP the server's every process: a
+#                                                         #   hung server whose kernel still answers
+#   scripts/pg-cluster.sh fence DIR                       # SIGKILL every process of a (paused) server
 #   scripts/pg-cluster.sh promote DIR                     # a standby becomes the primary
 #   scripts/pg-cluster.sh follow DIR PRIMARY_PORT NAME    # a standby streams from another primary
 #   scripts/pg-cluster.sh lsn PORT                        # WAL received (standby) or written
@@ -156,6 +159,11 @@ stop)
     BIN=$(bindir)
     # A server already dead (killed by a test) is stopped.
     as_owner "$BIN/pg_ctl" -D "$dir/data" status >/dev/null 2>&1 || exit 0
+    pid=$(head -1 "$dir/data/postmaster.pid" 2>/dev/null || true)
+    # A killed postmaster that nobody reaps (no init in a container) reads as running.
+    [[ -z $pid || $(awk '{ print $3 }' "/proc/$pid/stat" 2>/dev/null) != Z ]] || exit 0
+    # A paused server (`pause`) would never act on the stop.
+    [[ -z $pid ]] || kill -CONT "$pid" $(pgrep -P "$pid" || true) 2>/dev/null || true
     as_owner "$BIN/pg_ctl" -D "$dir/data" -m "$mode" -w -t 60 stop >/dev/null || die "stopping $dir failed"
     ;;
 kill)
@@ -168,6 +176,16 @@ kill)
         pgrep -P "$pid" >/dev/null 2>&1 || break
         sleep 0.1
     done
+    ;;
+pause | fence)
+    [[ $# -eq 1 ]] || die "usage: $cmd DIR"
+    dir=$(realpath -m "$1")
+    pid=$(head -1 "$dir/data/postmaster.pid" 2>/dev/null) || die "no server running in $dir"
+    # The postmaster and its children (backends, WAL sender, checkpointer) together: a server
+    # stopped whole still completes TCP handshakes and acknowledges data, in its kernel.
+    signal=STOP
+    [[ $cmd == pause ]] || signal=KILL
+    kill -"$signal" "$pid" $(pgrep -P "$pid" || true)
     ;;
 promote)
     [[ $# -eq 1 ]] || die "usage: promote DIR"
@@ -197,6 +215,6 @@ url)
     echo "host=${hosts%,} port=$ports user=postgres dbname=postgres target_session_attrs=read-write connect_timeout=2"
     ;;
 *)
-    die "usage: pg-cluster.sh primary|standby|stop|kill|promote|follow|lsn|url ..."
+    die "usage: pg-cluster.sh primary|standby|stop|kill|pause|fence|promote|follow|lsn|url ..."
     ;;
 esac

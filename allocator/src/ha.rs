@@ -26,7 +26,6 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use postgres::Client;
 use shake_proto::ErrorCode;
 use tokio_util::sync::CancellationToken;
 
@@ -34,11 +33,11 @@ use crate::config::{Config, PostgresConfig};
 use crate::draw::Draw;
 use crate::ledger::follow::{FollowCursor, Followed, Following};
 use crate::ledger::lease::{self, Term};
-use crate::ledger::{LedgerError, LedgerStore, PostgresLedger, postgres as pg};
-use crate::metrics::{Leadership, LeadershipLabels, Metrics, Rejected, RejectedLabels};
+use crate::ledger::{LedgerError, LedgerStore, PostgresLedger, deadline, postgres as pg};
+use crate::metrics::{Leadership, LeadershipLabels};
 use crate::service::{
     Listening, Rebuilt, Running, ServeError, Shared, Shutdown, TermEnd, blocking, lead, listen,
-    lock,
+    lock, redirect_edges,
 };
 
 /// Starts an allocator on a PostgreSQL ledger: checks the database (and migrates its schema),
@@ -179,14 +178,34 @@ impl Node {
             let after = warm.following.cursor;
             let took_lease_as = self.took_lease_as.clone();
             let mut looked = tokio::task::spawn_blocking(move || {
-                let look = look(
-                    &mut held,
-                    &target,
-                    (&node, &advertise, &took_lease_as),
-                    lease_for,
-                    (after, page),
-                );
-                (held, look)
+                // Connected within the connection's own deadlines (per host); the look then has
+                // a lease. A look on a database that hangs is left behind with its session,
+                // its host skipped, and the next one connects afresh (to a promoted primary).
+                let connected = match held.take() {
+                    Some(connected) if !connected.is_closed() => connected,
+                    _ => match PostgresLedger::open(&target) {
+                        Ok(connected) => connected,
+                        Err(err) => return (None, Err(err)),
+                    },
+                };
+                let host = connected.host().to_owned();
+                let left_behind = Arc::new(AtomicBool::new(false));
+                let told = left_behind.clone();
+                pg::within_on_host(&host, lease_for, "lease look", move || {
+                    let mut held = Some(connected);
+                    let look = look(
+                        &mut held,
+                        (&node, &advertise, &took_lease_as),
+                        lease_for,
+                        (after, page),
+                        &told,
+                    );
+                    (held, look)
+                })
+                .unwrap_or_else(|err| {
+                    left_behind.store(true, Ordering::SeqCst);
+                    (None, Err(err))
+                })
             });
             let looked = tokio::select! {
                 looked = &mut looked => looked,
@@ -293,7 +312,8 @@ impl Node {
         let target = self.target.clone();
         let config = self.config.clone();
         let held = won.clone();
-        let opened = tokio::task::spawn_blocking(move || -> Result<_, ServeError> {
+        let (read_tx, read) = tokio::sync::oneshot::channel();
+        let read_the_log = move || -> Result<_, ServeError> {
             // Tests only: a ledger that cannot be read at the term's start.
             if shake_ops::supervise::failpoint("allocator-takeover-read-fails") {
                 return Err(ServeError::Ledger(LedgerError::Failed("failpoint".into())));
@@ -306,12 +326,30 @@ impl Node {
                 std::thread::sleep(Duration::from_secs(4));
             }
             Ok((Box::new(ledger) as Box<dyn LedgerStore>, rebuilt, tail))
-        })
-        .await
-        .map_err(|e| ServeError::Panicked(format!("takeover read: {e}")))
-        .and_then(|read| read);
+        };
+        // On a thread of its own, raced against the term's end and the process's stop: a read
+        // of millions of awards takes seconds, and one from a database that hangs never ends.
+        // A read left behind ends with its thread, the process exit not waiting for it.
+        let reader =
+            std::thread::Builder::new().name("ledger-takeover-read".into()).spawn(move || {
+                let _ = read_tx.send(read_the_log());
+            });
+        if let Err(err) = reader {
+            stop_renewing(&term_over, renewer).await;
+            self.release_lease(&won).await;
+            return Err(ServeError::Panicked(format!("spawning the takeover read: {err}")));
+        }
+        // None: the term ended (its lease lost) or the process stops before the read did.
+        let opened = tokio::select! {
+            read = read => Some(
+                read.map_err(|_| ServeError::Panicked("the takeover read panicked".into()))
+                    .and_then(|read| read),
+            ),
+            () = term_stop.cancelled() => None,
+            () = self.shutdown.requested() => None,
+        };
         let (store, rebuilt) = match opened {
-            Ok((store, rebuilt, tail)) if !lost.load(Ordering::SeqCst) => {
+            Some(Ok((store, rebuilt, tail))) if !lost.load(Ordering::SeqCst) => {
                 self.shared.metrics.takeover_tail_awards.set(tail as i64);
                 (store, rebuilt)
             }
@@ -323,7 +361,12 @@ impl Node {
                 // never gets in: released, any standby may take it now.
                 self.release_lease(&won).await;
                 return match failed {
-                    Ok(_) => {
+                    None if self.stopping() => {
+                        tracing::info!(epoch, "leader: stopped during the takeover read");
+                        self.count_term(Leadership::Stopped);
+                        Ok(TermOutcome::Shutdown)
+                    }
+                    None | Some(Ok(_)) => {
                         tracing::warn!(
                             epoch,
                             "leader: lost the lease while reading the log; standing by"
@@ -333,7 +376,7 @@ impl Node {
                     }
                     // This node's rounds cannot replay the ledger (a round in its configuration
                     // that a command added, a changed seed or pool): no retry can change that.
-                    Err(err @ (ServeError::Restore(_) | ServeError::Commands { .. })) => {
+                    Some(Err(err @ (ServeError::Restore(_) | ServeError::Commands { .. }))) => {
                         tracing::error!(
                             %err,
                             epoch,
@@ -343,11 +386,11 @@ impl Node {
                         self.count_term(Leadership::Failed);
                         Err(err)
                     }
-                    Err(err @ ServeError::Panicked(_)) => {
+                    Some(Err(err @ ServeError::Panicked(_))) => {
                         self.count_term(Leadership::Failed);
                         Err(err)
                     }
-                    Err(err) => {
+                    Some(Err(err)) => {
                         tracing::warn!(
                             %err,
                             epoch,
@@ -458,17 +501,15 @@ impl Node {
     async fn release_lease(&self, term: &Term) {
         let (target, term) = (self.target.clone(), term.clone());
         let epoch = term.epoch;
+        let lease_for = Duration::from_millis(self.pg.lease_ms);
         let release = blocking(move || {
-            let (mut client, _) = pg::connect(&target)?;
-            lease::release(&mut client, &term)
+            deadline::within(lease_for, "lease release", move || {
+                lease::release(&mut pg::connect(&target)?.client, &term)
+            })
+            .and_then(|released| released)
         });
-        let within = Duration::from_millis(self.pg.lease_ms);
-        match tokio::time::timeout(within, release).await {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => {
-                tracing::warn!(%err, epoch, "could not release the lease: a standby waits for it to expire");
-            }
-            Err(_) => tracing::warn!(epoch, "the lease's release did not return within a lease"),
+        if let Err(err) = release.await {
+            tracing::warn!(%err, epoch, "could not release the lease: a standby waits for it to expire");
         }
     }
 
@@ -477,22 +518,22 @@ impl Node {
     }
 }
 
-/// One look at the lease: take it if it is free, else say who holds it and read what the log
-/// gained after the cursor (at most `page` awards of it). Drops the connection on a failed
-/// statement (the next look reconnects, finding a promoted primary); a takeover refused as
-/// unreplicated keeps it. `took_lease_as` is the epoch this process last took the lease
-/// under, set at each take.
+/// One look at the lease on the session in `ledger`: take it if it is free, else say who holds
+/// it and read what the log gained after the cursor (at most `page` awards of it). Drops the
+/// session on a failed statement (the next look reconnects, finding a promoted primary); a
+/// takeover refused as unreplicated keeps it. `took_lease_as` is the epoch this process last
+/// took the lease under, set at each take. A look `left_behind` at its deadline takes nothing:
+/// a newer look may hold the lease by now, and a take would end its term; one that won all
+/// the same gives the lease back.
 fn look(
     ledger: &mut Option<PostgresLedger>,
-    target: &pg::Target,
     (node, advertise, took_lease_as): (&str, &str, &AtomicI64),
     lease_for: Duration,
     (after, page): (FollowCursor, u32),
+    left_behind: &AtomicBool,
 ) -> Result<Look, LedgerError> {
-    let mut connected = match ledger.take() {
-        Some(connected) if !connected.is_closed() => connected,
-        _ => PostgresLedger::open(target)?,
-    };
+    let left = || LedgerError::Failed("a look left behind at its deadline".into());
+    let mut connected = ledger.take().ok_or_else(|| LedgerError::Failed("no session".into()))?;
     // Not fatal: a role not allowed to end the leader's sessions still takes the lease once
     // they end by themselves.
     match lease::end_expired_commits(connected.client()) {
@@ -505,8 +546,15 @@ fn look(
         NEVER_TOOK => lease::OwnLease::NeverTook,
         epoch => lease::OwnLease::TookAs(epoch),
     };
+    if left_behind.load(Ordering::SeqCst) {
+        return Err(left());
+    }
     let taken = lease::try_acquire(connected.client(), node, advertise, lease_for, own)?;
     if let Some(epoch) = taken {
+        if left_behind.load(Ordering::SeqCst) {
+            lease::release(connected.client(), &Term::new(epoch, node))?;
+            return Err(left());
+        }
         took_lease_as.store(epoch, Ordering::SeqCst);
     }
     // Tests only: a look that has taken the lease, or found it held, and has yet to return.
@@ -603,7 +651,7 @@ fn spawn_renewer(
     std::thread::Builder::new()
         .name("lease-renewal".into())
         .spawn(move || {
-            let mut client: Option<Client> = None;
+            let mut client: Option<pg::Session> = None;
             let mut renewed_at = Instant::now();
             let epoch = term.epoch;
             let give_up = |why: &str| {
@@ -621,18 +669,33 @@ fn spawn_renewer(
                     std::thread::sleep(Duration::from_millis(20).min(wait));
                 }
                 let attempt_at = Instant::now();
-                let renewed = (|| {
-                    let mut connected = match client.take() {
-                        Some(connected) if !connected.is_closed() => connected,
-                        _ => pg::connect(&target)?.0,
-                    };
-                    let renewed = lease::renew(&mut connected, &term, lease_for)?;
-                    client = Some(connected);
-                    Ok::<bool, LedgerError>(renewed)
-                })();
+                // The attempt may not outlast the lease: a database that hangs would otherwise
+                // hold this thread, and the term would serve on past its lease (its commits
+                // hung too, its edges waiting on answers that never come).
+                let Some(left) = lease_for.checked_sub(renewed_at.elapsed()) else {
+                    return give_up("the lease could not be renewed before it expired");
+                };
+                let (held, target, term) = (client.take(), target.clone(), term.clone());
+                // Connected here, within its own deadlines per host: a call left behind on a
+                // session is the session's host's, which later connections skip.
+                let session = match held {
+                    Some(session) if !session.client.is_closed() => Ok(session),
+                    _ => pg::connect(&target),
+                };
+                let renewed = session.and_then(|mut session| {
+                    let host = session.host.clone();
+                    pg::within_on_host(&host, left, "lease renewal", move || {
+                        let renewed = lease::renew(&mut session.client, &term, lease_for)?;
+                        Ok::<_, LedgerError>((session, renewed))
+                    })
+                    .and_then(|renewal| renewal)
+                });
                 match renewed {
-                    Ok(true) => renewed_at = attempt_at,
-                    Ok(false) => return give_up("another allocator took the lease"),
+                    Ok((connected, true)) => {
+                        client = Some(connected);
+                        renewed_at = attempt_at;
+                    }
+                    Ok((_, false)) => return give_up("another allocator took the lease"),
                     Err(err) => {
                         tracing::warn!(%err, epoch, "leader: lease renewal failed; retrying");
                         // Measured from before the last good attempt: errs on the early side.
@@ -644,26 +707,4 @@ fn spawn_renewer(
             }
         })
         .map_err(|e| ServeError::Panicked(format!("spawning the lease renewal thread: {e}")))
-}
-
-/// Closes every edge connection with `NOT_LEADER`, naming the leader's address.
-async fn redirect_edges(
-    endpoint: quinn::Endpoint,
-    leader: Arc<Mutex<String>>,
-    metrics: Arc<Metrics>,
-) {
-    while let Some(incoming) = endpoint.accept().await {
-        let leader = leader.clone();
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            if let Ok(connection) = incoming.await {
-                let address = lock(&leader).clone();
-                metrics
-                    .rejected_peers
-                    .get_or_create(&RejectedLabels { reason: Rejected::NotLeader })
-                    .inc();
-                connection.close(ErrorCode::NotLeader.code().into(), address.as_bytes());
-            }
-        });
-    }
 }

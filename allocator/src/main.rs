@@ -17,6 +17,8 @@ use shake_allocator::{dev_certs, export};
 use shake_ops::config::{EXIT_USAGE, check, load_or_exit};
 
 const BIN: &str = "shake-allocator";
+/// How long the exit waits for blocking work still running once serving is done.
+const EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 #[derive(Parser, Debug)]
 #[command(
@@ -223,6 +225,11 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             if runtime.block_on(serve(config))? == Served::StoppedWhileStarting {
                 // Not waiting for the start's ledger read, which runs on: nothing was served.
                 runtime.shutdown_background();
+            } else {
+                // Everything served is done by now. What is left is blocking work on a database
+                // that does not answer (a client's close, a call left behind), which would hold
+                // the exit for as long as the server hangs.
+                runtime.shutdown_timeout(EXIT_WAIT);
             }
         }
         Command::DevCerts { dir, edges } => {

@@ -157,6 +157,10 @@ pub struct Metrics {
     /// How long the oldest group commit in flight has been, seconds (0: none): set at each
     /// scrape, so a commit that never returns shows.
     pub commit_oldest_seconds: Gauge<f64, AtomicU64>,
+    /// Database calls left behind at their deadline and not answered since (a server that
+    /// hangs while its host acknowledges): set at each scrape
+    /// ([`crate::ledger::deadline::unanswered`]).
+    pub ledger_calls_unanswered: Gauge,
     /// Datagrams the kernel dropped on the QUIC socket for want of receive-buffer room: read
     /// from `/proc/net/udp` at each scrape (quinn does not pass `SO_RXQ_OVFL` on).
     pub kernel_drops: Counter,
@@ -221,6 +225,7 @@ impl Metrics {
             answers_forgotten: Counter::default(),
             commit_queue: Gauge::default(),
             commit_oldest_seconds: Gauge::default(),
+            ledger_calls_unanswered: Gauge::default(),
             kernel_drops: Counter::default(),
             socket_buffer_bytes: Gauge::default(),
             delivery_marks: Counter::default(),
@@ -289,6 +294,11 @@ impl Metrics {
             "commit_oldest_seconds",
             "How long the oldest group commit in flight has been (0: none)",
             m.commit_oldest_seconds.clone(),
+        );
+        registry.register(
+            "ledger_calls_unanswered",
+            "Database calls left behind at their deadline and not answered since",
+            m.ledger_calls_unanswered.clone(),
         );
         registry.register(
             "kernel_drops",

@@ -289,9 +289,30 @@ pub(crate) struct Health {
     pub(crate) standby: AtomicBool,
     /// The last group commit's duration, microseconds (0: none yet).
     pub(crate) last_commit_us: AtomicU64,
-    /// The group commits taken and not yet reported.
-    pub(crate) commits_in_flight: CommitsInFlight,
+    /// The group commits the current term took and has not reported yet (a term's own: a
+    /// commit thread left behind by an earlier term never touches the next one's).
+    commits_in_flight: std::sync::Mutex<Arc<CommitsInFlight>>,
 }
+
+impl Health {
+    /// A new term's record of its commits in flight, now the one reported.
+    fn term_commits(&self) -> Arc<CommitsInFlight> {
+        let fresh = Arc::new(CommitsInFlight::default());
+        *lock(&self.commits_in_flight) = fresh.clone();
+        fresh
+    }
+
+    /// How long the current term's oldest commit in flight has been (zero: none).
+    pub(crate) fn oldest_commit(&self, now: Instant) -> Duration {
+        lock(&self.commits_in_flight).oldest(now)
+    }
+}
+
+/// How long a term's end waits for its commit thread (the groups it holds, those still queued)
+/// before leaving it behind: a database that hangs would otherwise hold the term, and with it a
+/// standby's takeover or the process's exit, for as long as it hangs. A group left behind was
+/// answered to nobody; the next leader settles it from the log.
+pub const COMMIT_THREAD_WAIT: Duration = Duration::from_secs(5);
 
 /// A group commit in flight longer than this makes the allocator not ready: a commit takes
 /// milliseconds, a slow one under a second.
@@ -483,8 +504,9 @@ pub(crate) async fn serve_metrics(
     let scraped = shared.health.clone();
     let endpoints = Endpoints {
         metrics: Arc::new(move || {
-            let oldest = scraped.commits_in_flight.oldest(Instant::now());
+            let oldest = scraped.oldest_commit(Instant::now());
             m.commit_oldest_seconds.set(oldest.as_secs_f64());
+            m.ledger_calls_unanswered.set(ledger::deadline::unanswered());
             if let Some(drops) = lock(&drops).as_mut() {
                 // A read that fails (the table unreadable for a moment) counts at the next.
                 m.kernel_drops.inc_by(drops.since_last().unwrap_or(0));
@@ -492,7 +514,7 @@ pub(crate) async fn serve_metrics(
             m.render()
         }),
         ready: Arc::new(move || {
-            let oldest = health.commits_in_flight.oldest(Instant::now());
+            let oldest = health.oldest_commit(Instant::now());
             if health.ledger_failed.load(Ordering::Relaxed) {
                 Readiness::NotReady("the ledger is not writable".into())
             } else if draining.is_cancelled() {
@@ -592,8 +614,13 @@ pub(crate) fn lead(
     // least one job from the bounded commit queue (see the module comment).
     let (committed_tx, committed_rx) = mpsc::unbounded_channel::<Committed>();
     let term_health = health.clone();
+    let in_flight = health.term_commits();
+    // Set when the term's end stops waiting for the commit thread: from then on the thread
+    // touches nothing the process shares.
+    let left_behind = Arc::new(AtomicBool::new(false));
     let committer = {
         let metrics = metrics.clone();
+        let left_behind = left_behind.clone();
         let max_group = config.max_group_batches;
         let lanes = config.postgres.as_ref().map_or(1, |pg| pg.commit_lanes);
         std::thread::Builder::new()
@@ -602,13 +629,24 @@ pub(crate) fn lead(
                 let mut store = store;
                 let unopened = committed_tx.clone();
                 let reads = start_reader(&mut *store);
-                let report = report_commits(committed_tx, metrics.clone(), health.clone(), reads);
-                let in_flight = &health.commits_in_flight;
-                let looped =
-                    commit_loop(store, lanes, commit_rx, (&report, in_flight), &metrics, max_group);
+                let report = report_commits(
+                    committed_tx,
+                    metrics.clone(),
+                    (health.clone(), in_flight.clone()),
+                    reads,
+                );
+                let looped = commit_loop(
+                    store,
+                    lanes,
+                    commit_rx,
+                    (&report, &in_flight),
+                    &metrics,
+                    max_group,
+                );
                 in_flight.clear();
                 match looped {
                     Ok(()) => {}
+                    Err(_) if left_behind.load(Ordering::SeqCst) => {}
                     // A failed commit was reported by its lane; lanes that could not be opened
                     // (a database blip at takeover) are reported here, so the term ends as a
                     // ledger failure and the node stands by, not as a stopped process.
@@ -646,9 +684,16 @@ pub(crate) fn lead(
             streams,
             shutdown.clone(),
         ));
-        let result = actor_loop(core, restored, pipes, metrics, term_health, shutdown).await;
+        let result =
+            actor_loop(core, restored, pipes, metrics.clone(), term_health, shutdown).await;
         *lock(&admin) = None;
         accept.abort();
+        // Until the term is over (its last answers written, its commit thread ended or left
+        // behind), edges that dial in are told this node does not lead, naming no one: they try
+        // their next allocator at once rather than wait out a handshake nobody accepts.
+        let refusing = (end == TermEnd::CloseConnections).then(|| {
+            tokio::spawn(redirect_edges(endpoint.clone(), Default::default(), metrics.clone()))
+        });
         // Each stream's writer writes what the actor queued (a drain's last answers, all
         // durable), finishes, and waits for the edge to have it; then the connections close.
         actor_gone.cancel();
@@ -667,13 +712,69 @@ pub(crate) fn lead(
             }
         }
         drop(actor_tx);
-        // The commit thread ends once the actor's sender is gone; never abandon a commit.
-        let joined = tokio::task::spawn_blocking(move || committer.join()).await;
-        if !matches!(joined, Ok(Ok(()))) {
-            return Err(ServeError::Panicked("the commit thread panicked".into()));
+        // The commit thread ends once the actor's sender is gone and it has committed what was
+        // queued.
+        let ended = commit_thread_ended(committer, &left_behind).await;
+        if let Some(refusing) = refusing {
+            refusing.abort();
         }
+        ended?;
         result
     }))
+}
+
+/// Waits up to [`COMMIT_THREAD_WAIT`] for a term's commit thread, off the runtime (on a thread
+/// the process exit does not wait for); past that, marks it `left_behind`.
+async fn commit_thread_ended(
+    committer: std::thread::JoinHandle<()>,
+    left_behind: &AtomicBool,
+) -> Result<(), ServeError> {
+    let (joined_tx, joined) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("ledger-commit-join".into())
+        .spawn(move || {
+            let _ = joined_tx.send(committer.join().is_ok());
+        })
+        .map_err(|e| ServeError::Panicked(format!("spawning the commit thread's waiter: {e}")))?;
+    match tokio::time::timeout(COMMIT_THREAD_WAIT, joined).await {
+        Ok(Ok(true)) => Ok(()),
+        Ok(_) => Err(ServeError::Panicked("the commit thread panicked".into())),
+        Err(_) => {
+            left_behind.store(true, Ordering::SeqCst);
+            tracing::error!(
+                waited = ?COMMIT_THREAD_WAIT,
+                "the ledger has not answered a group commit: its thread is left behind, its \
+                 answers never sent; the next leader settles it from the log"
+            );
+            Err(ServeError::Ledger(LedgerError::NoAnswer {
+                what: "group commit",
+                after: COMMIT_THREAD_WAIT,
+            }))
+        }
+    }
+}
+
+/// Closes every edge connection with `NOT_LEADER`, naming the leader's address (none while it
+/// is empty: the edge tries its next allocator).
+pub(crate) async fn redirect_edges(
+    endpoint: quinn::Endpoint,
+    leader: Arc<std::sync::Mutex<String>>,
+    metrics: Arc<Metrics>,
+) {
+    while let Some(incoming) = endpoint.accept().await {
+        let leader = leader.clone();
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            if let Ok(connection) = incoming.await {
+                let address = lock(&leader).clone();
+                metrics
+                    .rejected_peers
+                    .get_or_create(&RejectedLabels { reason: Rejected::NotLeader })
+                    .inc();
+                connection.close(ErrorCode::NotLeader.code().into(), address.as_bytes());
+            }
+        });
+    }
 }
 
 /// Gathers groups until the actor goes away and hands each to the next commit lane (`lanes`
@@ -772,7 +873,7 @@ fn start_reader(store: &mut dyn LedgerStore) -> Option<std::sync::mpsc::Sender<V
 fn report_commits(
     committed: mpsc::UnboundedSender<Committed>,
     metrics: Arc<Metrics>,
-    health: Arc<Health>,
+    (health, in_flight): (Arc<Health>, Arc<CommitsInFlight>),
     reader: Option<std::sync::mpsc::Sender<Vec<AwardRead>>>,
 ) -> Arc<Report<Behind>> {
     // To the reader's thread, or (none, or gone) here, in the lane's turn.
@@ -789,7 +890,7 @@ fn report_commits(
         }
     };
     Arc::new(move |group: CommitGroup, behind: Behind, result, store: &mut dyn LedgerStore| {
-        health.commits_in_flight.reported();
+        in_flight.reported();
         let Behind { handed, reads } = behind;
         if group.is_empty() {
             serve(store, reads);
@@ -884,7 +985,7 @@ async fn actor_loop(
         // Effects first: the commit report that ends a drain brings the last answers (and
         // perhaps delivery marks and compactions) with it.
         if !effects.is_empty() {
-            apply(&mut effects, &mut outgoing, &pipes.commits, &metrics).await?;
+            apply(&mut effects, &mut outgoing, &pipes.commits, &metrics, &shutdown.stop).await?;
         }
         if let Some(since) = draining_since
             && (core.pending_batches() == 0 || since.elapsed() > Duration::from_secs(10))
@@ -1201,6 +1302,7 @@ async fn apply(
     outgoing: &mut HashMap<StreamId, StreamHandle>,
     commits: &mpsc::Sender<CommitJob>,
     metrics: &Metrics,
+    stop: &CancellationToken,
 ) -> Result<(), ServeError> {
     let closed =
         |reason| metrics.streams_closed.get_or_create(&StreamClosedLabels { reason }).inc();
@@ -1232,8 +1334,13 @@ async fn apply(
                 CommitJob::Compact { forget, worker, retired }
             }
         };
-        if commits.send(job).await.is_err() {
-            return Err(ServeError::Panicked("the commit thread stopped".into()));
+        // Raced against the stop: a commit thread that does not take jobs (a database that
+        // hangs) must not hold the term's end.
+        tokio::select! {
+            sent = commits.send(job) => if sent.is_err() {
+                return Err(ServeError::Panicked("the commit thread stopped".into()));
+            },
+            () = stop.cancelled() => return Ok(()),
         }
     }
     Ok(())

@@ -331,6 +331,26 @@ async fn a_takeover_read_longer_than_the_lease_keeps_the_lease() {
     drop(server);
 }
 
+/// A stop during the takeover read (one of millions of awards takes seconds; the failpoint
+/// holds the read 4 s) ends the term there: exit 0 at once, the lease released. Before, the
+/// read ran to its end whatever came, and a SIGTERM then drained a term that had just begun.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_during_the_takeover_read_ends_it_there() {
+    let (scratch, server, url) = primary("ha-stop-in-read");
+    let config = scratch.postgres_config("a", &url, &round());
+    let mut a = with_failpoint(&config, "allocator-slow-takeover-read");
+    let won = "shake_allocator_leadership_total{outcome=\"won\"}";
+    metrics::wait_until(a.metrics, won, "1 (a won and reads)", |n| n == 1.0).await;
+    let signalled = Instant::now();
+    a.process.signal("TERM");
+    let status = a.process.wait_within(Duration::from_secs(10));
+    let took = signalled.elapsed();
+    assert!(took < Duration::from_secs(2), "the takeover read ran on: {took:?}");
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    assert!(lease_expired(&server, "a"), "the lease was kept");
+    drop(server);
+}
+
 /// A node that cannot read the ledger at its term's start (`SHAKE_FAILPOINT`: every time)
 /// gives the lease up and waits a lease before it looks again, so a standby that can read it
 /// takes over. Before, the lease still named the failed node, which took it again at its next

@@ -556,7 +556,7 @@ fn a_standby_following_the_log_owes_what_a_full_read_finds() {
 /// allocator of that version left it).
 fn migrated_to(url: &str, version: i32) -> postgres::Client {
     use shake_allocator::ledger::postgres::MIGRATIONS;
-    let (mut client, _) = shake_allocator::ledger::postgres::connect(url).unwrap();
+    let mut client = shake_allocator::ledger::postgres::connect(url).unwrap().client;
     client
         .batch_execute(
             "CREATE TABLE shake_schema (version integer PRIMARY KEY, \
@@ -568,6 +568,39 @@ fn migrated_to(url: &str, version: i32) -> postgres::Client {
         client.execute("INSERT INTO shake_schema (version) VALUES ($1)", &[applied]).unwrap();
     }
     client
+}
+
+/// A host that accepts connections and never answers (a server that hangs: its kernel
+/// completes the handshake and takes the startup message) is left behind at the URL's
+/// `connect_timeout` and the next host serves; the next connection skips it at once while that
+/// attempt is unanswered. The client's own `connect_timeout` covers the TCP connect alone.
+#[test]
+fn a_host_that_never_answers_is_passed_over_for_the_next() {
+    use shake_allocator::ledger::{deadline, postgres::connect};
+    use std::time::Instant;
+    let scratch = Scratch::new("ledger-hung-host");
+    let server = PgServer::primary(&scratch.dir.join("pg"));
+    // Never accepted: the kernel's backlog completes connections to it, and nothing answers.
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hung_port = hung.local_addr().unwrap().port();
+    let url = format!(
+        "host=127.0.0.1,127.0.0.1 port={hung_port},{} user=postgres dbname=postgres \
+         connect_timeout=1",
+        server.port
+    );
+    let started = Instant::now();
+    let first = connect(url.as_str()).expect("the second host serves");
+    let took = started.elapsed();
+    assert_eq!(first.host, format!("127.0.0.1:{}", server.port));
+    assert!(took >= Duration::from_millis(900), "the hung host was not tried first: {took:?}");
+    assert!(took < Duration::from_secs(4), "the hung host held the connection {took:?}");
+    assert!(deadline::unanswered() >= 1, "the attempt left behind is counted");
+    let started = Instant::now();
+    let second = connect(url.as_str()).expect("the second host serves again");
+    assert_eq!(second.host, first.host);
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(900), "the hung host was tried again: {took:?}");
+    drop(hung);
 }
 
 /// A ledger written by an allocator of schema 4 (delivery marks in the award rows) keeps its
@@ -625,12 +658,12 @@ fn a_database_that_would_commit_before_the_flush_is_overruled() {
         client.query_one("SHOW synchronous_commit", &[]).unwrap().get(0)
     };
     server.admin("postgres", "ALTER DATABASE lax SET synchronous_commit = off");
-    let (mut client, _) = shake_allocator::ledger::postgres::connect(&url).unwrap();
+    let mut client = shake_allocator::ledger::postgres::connect(&url).unwrap().client;
     assert_eq!(setting(&mut client), "on");
     let mut ledger = PostgresLedger::open(&url).unwrap();
     assert_eq!(setting(ledger.client()), "on");
     server.admin("postgres", "ALTER DATABASE lax SET synchronous_commit = remote_apply");
-    let (mut client, _) = shake_allocator::ledger::postgres::connect(&url).unwrap();
+    let mut client = shake_allocator::ledger::postgres::connect(&url).unwrap().client;
     assert_eq!(setting(&mut client), "remote_apply");
 }
 
@@ -673,7 +706,7 @@ fn a_ledger_opened_to_read_is_never_created_or_migrated() {
         Err(LedgerError::Schema(why)) => assert!(why.contains("no Shake ledger"), "{why}"),
         other => panic!("an empty database must be refused, got {other:?}"),
     }
-    let (mut look, _) = shake_allocator::ledger::postgres::connect(&empty).unwrap();
+    let mut look = shake_allocator::ledger::postgres::connect(&empty).unwrap().client;
     let tables: i64 = look
         .query_one("SELECT count(*) FROM pg_tables WHERE tablename LIKE 'shake_%'", &[])
         .unwrap()
@@ -701,7 +734,7 @@ fn a_leader_paused_inside_a_commit_does_not_block_the_takeover() {
     let mut old = PostgresLedger::open(&url).unwrap();
     let first = try_take(&mut old, "old", "127.0.0.1:1", short).unwrap().unwrap();
     // What a commit does first, then the process is frozen (SIGSTOP) before it goes on.
-    let mut frozen = shake_allocator::ledger::postgres::connect(&url).unwrap().0;
+    let mut frozen = shake_allocator::ledger::postgres::connect(&url).unwrap().client;
     frozen.batch_execute("BEGIN").unwrap();
     frozen.query_one(shake_allocator::ledger::postgres::CHECK_EPOCH, &[]).unwrap();
     std::thread::sleep(Duration::from_millis(400));
@@ -731,7 +764,7 @@ fn a_commit_in_flight_holds_a_takeover_but_not_a_renewal() {
     let mut leader = PostgresLedger::open(&url).unwrap();
     let epoch = try_take(&mut leader, "old", "127.0.0.1:1", short).unwrap().unwrap();
     leader.lead(Term::new(epoch, "old"));
-    let (mut renewal, _) = shake_allocator::ledger::postgres::connect(&url).unwrap();
+    let mut renewal = shake_allocator::ledger::postgres::connect(&url).unwrap().client;
     // A renewal that waits at all for the commit fails here, long before the commit ends.
     renewal.batch_execute("SET lock_timeout = 200").unwrap();
 

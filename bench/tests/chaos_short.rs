@@ -1,5 +1,5 @@
 //! CI-sized chaos: `scripts/chaos.sh --short` with the real binaries (allocator, edge, relay,
-//! swarm), including the four high-availability scenarios on a PostgreSQL primary and two
+//! swarm), including the five high-availability scenarios on a PostgreSQL primary and two
 //! standbys that the script starts on free loopback ports. Every scenario must pass and the final JSON line must show nothing lost, nothing
 //! paid twice and no pool overspent.
 
@@ -23,8 +23,8 @@ fn every_chaos_scenario_keeps_every_invariant() {
         &[("HOSTILE_RATIO_MAX", "3"), ("HOSTILE_P99_FLOOR_MS", "25")],
     );
     let line = summary.to_string();
-    assert_eq!(summary["scenarios_run"], 11, "{line}");
-    assert_eq!(summary["scenarios_passed"], 11, "{line}");
+    assert_eq!(summary["scenarios_run"], 12, "{line}");
+    assert_eq!(summary["scenarios_passed"], 12, "{line}");
     let failover = summary["failover_s_max"].as_f64().unwrap_or(0.0);
     assert!(failover > 0.0 && failover < 15.0, "{line}");
     assert_eq!(summary["awards_lost"], 0, "{line}");

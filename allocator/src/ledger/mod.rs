@@ -13,6 +13,7 @@
 //! `tests/ledger_stores.rs` runs the same suite over both.
 
 mod commit_statements;
+pub mod deadline;
 pub mod delivery_marks;
 pub mod fjall;
 pub mod follow;
@@ -65,6 +66,16 @@ pub enum LedgerError {
     /// A commit failed earlier; the ledger accepts nothing more.
     #[error("ledger stopped after a failed commit: {0}")]
     Failed(String),
+    /// The database did not answer a call within its deadline (a server that hangs while its
+    /// host still acknowledges every byte): the call was left behind with its connection
+    /// ([`deadline`]). Inside a commit, its outcome is unknown, as for [`Self::Database`].
+    #[error("ledger database: no answer to the {what} within {after:?}; left behind")]
+    NoAnswer {
+        /// The call.
+        what: &'static str,
+        /// Its deadline.
+        after: std::time::Duration,
+    },
 }
 
 /// The server's own words where there are some (`postgres::Error` alone says "db error").

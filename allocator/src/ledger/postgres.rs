@@ -18,10 +18,10 @@
 //! the tables and example queries. Ids are `u64` below 2^62 (the protocol's varints), so they
 //! read in SQL as the same positive `bigint`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -32,6 +32,7 @@ use postgres::{Client, NoTls, Transaction};
 use shake_proto::Prize;
 
 use super::commit_statements::CommitStatements;
+use super::deadline;
 use super::delivery_marks::{self, MARK_SPAN};
 use super::lanes::{TURN_POLL, Turn};
 use super::lease::Term;
@@ -306,41 +307,138 @@ fn connection_config(url: &str) -> Result<postgres::Config, LedgerError> {
         config.tcp_user_timeout(TCP_USER_TIMEOUT);
     }
     if config.get_connect_timeout().is_none() {
-        config.connect_timeout(Duration::from_secs(5));
+        config.connect_timeout(CONNECT_TIMEOUT);
     }
     Ok(config)
 }
 
+/// How long one host may take to connect, start a session and answer its first statements,
+/// unless the URL's `connect_timeout` says otherwise (libpq's meaning: per host).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Hosts with connection attempts left behind at their deadline and not answered since (a
+/// count per host): the next connections skip them, so that a hung server costs one thread
+/// and one socket, not one per attempt.
+static HUNG_HOSTS: Mutex<BTreeMap<String, i64>> = Mutex::new(BTreeMap::new());
+
+fn hung_hosts() -> std::sync::MutexGuard<'static, BTreeMap<String, i64>> {
+    HUNG_HOSTS.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn count_hung(host: &str, by: i64) {
+    let mut hung = hung_hosts();
+    let count = hung.entry(host.to_owned()).or_default();
+    *count += by;
+    if *count == 0 {
+        hung.remove(host);
+    }
+}
+
+/// [`deadline::within`] for a call to `host`: one left behind makes connections skip the host
+/// until it returns. A host counts as hung while more calls were left behind there than have
+/// returned (the two counts may come in either order).
+pub fn within_on_host<T: Send + 'static>(
+    host: &str,
+    limit: Duration,
+    what: &'static str,
+    call: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, LedgerError> {
+    let answered = host.to_owned();
+    let result = deadline::within_then(limit, what, call, move || count_hung(&answered, -1));
+    if let Err(LedgerError::NoAnswer { .. }) = &result {
+        count_hung(host, 1);
+    }
+    result
+}
+
+fn host_is_hung(host: &str) -> bool {
+    hung_hosts().get(host).is_some_and(|&count| count > 0)
+}
+
+/// A session [`connect`] opened.
+pub struct Session {
+    /// The connection.
+    pub client: Client,
+    /// Set by a server warning that a commit may be on the primary alone.
+    pub unreplicated: Arc<AtomicBool>,
+    /// The host it is on, as the URL names it (`host:port`).
+    pub host: String,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session").field("host", &self.host).finish_non_exhaustive()
+    }
+}
+
 /// Connects to the database named by a libpq-style connection string, which may name several
 /// hosts (`host=a,b,c port=...`); with `target_session_attrs=read-write` the connection goes
-/// to whichever is the primary now. A primary that vanishes without a reset (its host powered
-/// off, a partition) is given up within seconds, unless the URL says otherwise: TCP
-/// keep-alives after 2 s idle, every second, three unanswered ending the connection, and
-/// [`TCP_USER_TIMEOUT`] for data sent and not acknowledged. The kernel's defaults (nine
-/// probes 75 s apart; about 15 minutes of retransmission) had held every allocator on the lost
-/// primary for that long, the promoted one idle.
-pub fn connect(target: impl Into<Target>) -> Result<(Client, Arc<AtomicBool>), LedgerError> {
+/// to whichever is the primary now. Each host is tried in turn, and has [`CONNECT_TIMEOUT`] (or
+/// the URL's `connect_timeout`) to connect, start the session and answer its settings; a host
+/// that does not (a hung server, whose kernel still accepts the connection and acknowledges
+/// the startup) is left behind for the next, and skipped until that attempt returns
+/// ([`deadline`]). The client's own `connect_timeout` covers the TCP connect alone, so a hung
+/// primary first in the list had held every later connection, the promoted one never tried.
+///
+/// A primary that vanishes without a reset (its host powered off, a partition) is given up
+/// within seconds, unless the URL says otherwise: TCP keep-alives after 2 s idle, every
+/// second, three unanswered ending the connection, and [`TCP_USER_TIMEOUT`] for data sent and
+/// not acknowledged. The kernel's defaults (nine probes 75 s apart; about 15 minutes of
+/// retransmission) had held every allocator on the lost primary for that long.
+pub fn connect(target: impl Into<Target>) -> Result<Session, LedgerError> {
     let target = target.into();
-    let mut config = connection_config(&target.url)?;
+    let config = connection_config(&target.url)?;
+    let limit = config.get_connect_timeout().copied().unwrap_or(CONNECT_TIMEOUT);
     // A transaction whose wait for the synchronous standbys was cancelled is committed on the
     // primary alone and the server only warns: that commit is not durable by our standard.
     // The warning has no code of its own, only the generic one (01000), and its text is in the
     // server's language, so any generic warning counts: no statement of the ledger's raises
     // one otherwise, and a false alarm costs a retried commit, never an award.
     let unreplicated = Arc::new(AtomicBool::new(false));
-    let flag = unreplicated.clone();
-    config.notice_callback(move |notice| {
-        if may_leave_a_commit_unreplicated(notice.code()) {
-            flag.store(true, Ordering::SeqCst);
-            tracing::warn!(notice = notice.message(), "ledger database warning");
-        } else {
-            tracing::debug!(notice = notice.message(), "ledger database notice");
+    let mut last = None;
+    for (host, mut one) in one_config_per_host(&config) {
+        if host_is_hung(&host) {
+            last = Some(LedgerError::NoAnswer { what: "connection", after: limit });
+            continue;
         }
-    });
-    let mut client = match &target.tls {
+        let flag = unreplicated.clone();
+        one.notice_callback(move |notice| {
+            if may_leave_a_commit_unreplicated(notice.code()) {
+                flag.store(true, Ordering::SeqCst);
+                tracing::warn!(notice = notice.message(), "ledger database warning");
+            } else {
+                tracing::debug!(notice = notice.message(), "ledger database notice");
+            }
+        });
+        let tls = target.tls.clone();
+        let attempt =
+            within_on_host(&host, limit, "connection", move || open_session(&mut one, tls));
+        match attempt {
+            Ok(Ok(client)) => return Ok(Session { client, unreplicated, host }),
+            Ok(Err(err)) => last = Some(err),
+            Err(err) => {
+                tracing::warn!(
+                    host,
+                    ?limit,
+                    "ledger database: no answer while connecting (the server hangs); \
+                     trying the next host, this one skipped until it answers"
+                );
+                last = Some(err);
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| LedgerError::Failed("the ledger URL names no host".into())))
+}
+
+/// One host's connection and session settings.
+fn open_session(
+    config: &mut postgres::Config,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> Result<Client, LedgerError> {
+    let mut client = match tls {
         Some(tls) => {
             config.ssl_mode(postgres::config::SslMode::Require);
-            config.connect(tokio_postgres_rustls::MakeRustlsConnect::new((**tls).clone()))?
+            config.connect(tokio_postgres_rustls::MakeRustlsConnect::new((*tls).clone()))?
         }
         None => config.connect(NoTls)?,
     };
@@ -352,7 +450,85 @@ pub fn connect(target: impl Into<Target>) -> Result<(Client, Arc<AtomicBool>), L
          SET lock_timeout = {LOCK_TIMEOUT_MS}"
     ))?;
     insist_on_durable_commits(&mut client)?;
-    Ok((client, unreplicated))
+    Ok(client)
+}
+
+/// `config` split into one configuration per host it names, each with every other setting,
+/// and the host's name for the logs: libpq's rules (a single port serves every host; a
+/// `hostaddr` goes with the host in its place). A configuration naming no host is kept whole.
+fn one_config_per_host(config: &postgres::Config) -> Vec<(String, postgres::Config)> {
+    use postgres::config::Host;
+    let (hosts, addrs, ports) = (config.get_hosts(), config.get_hostaddrs(), config.get_ports());
+    let count = hosts.len().max(addrs.len());
+    if count == 0 {
+        return vec![("(default)".to_owned(), config.clone())];
+    }
+    (0..count)
+        .map(|i| {
+            let mut one = postgres::Config::new();
+            let mut name = String::new();
+            match hosts.get(i) {
+                Some(Host::Tcp(host)) => {
+                    one.host(host);
+                    name.push_str(host);
+                }
+                Some(Host::Unix(path)) => {
+                    one.host_path(path);
+                    name.push_str(&path.display().to_string());
+                }
+                None => {}
+            }
+            if let Some(addr) = addrs.get(i) {
+                one.hostaddr(*addr);
+                if name.is_empty() {
+                    name = addr.to_string();
+                }
+            }
+            let port = match ports {
+                [one_port] => Some(*one_port),
+                ports => ports.get(i).copied(),
+            };
+            if let Some(port) = port {
+                one.port(port);
+                name = format!("{name}:{port}");
+            }
+            if let Some(user) = config.get_user() {
+                one.user(user);
+            }
+            if let Some(password) = config.get_password() {
+                one.password(password);
+            }
+            if let Some(dbname) = config.get_dbname() {
+                one.dbname(dbname);
+            }
+            if let Some(options) = config.get_options() {
+                one.options(options);
+            }
+            if let Some(name) = config.get_application_name() {
+                one.application_name(name);
+            }
+            if let Some(timeout) = config.get_connect_timeout() {
+                one.connect_timeout(*timeout);
+            }
+            if let Some(timeout) = config.get_tcp_user_timeout() {
+                one.tcp_user_timeout(*timeout);
+            }
+            if let Some(interval) = config.get_keepalives_interval() {
+                one.keepalives_interval(interval);
+            }
+            if let Some(retries) = config.get_keepalives_retries() {
+                one.keepalives_retries(retries);
+            }
+            one.ssl_mode(config.get_ssl_mode())
+                .ssl_negotiation(config.get_ssl_negotiation())
+                .keepalives(config.get_keepalives())
+                .keepalives_idle(config.get_keepalives_idle())
+                .target_session_attrs(config.get_target_session_attrs())
+                .channel_binding(config.get_channel_binding())
+                .load_balance_hosts(config.get_load_balance_hosts());
+            (name, one)
+        })
+        .collect()
 }
 
 /// A commit answers edges only once it is on disk, and on a synchronous standby where the
@@ -437,6 +613,8 @@ pub struct PostgresLedger {
     unreplicated: Arc<AtomicBool>,
     /// Where it connected: a lane opens another session there.
     target: Target,
+    /// The host this session is on ([`Session::host`]).
+    host: String,
 }
 
 impl std::fmt::Debug for PostgresLedger {
@@ -461,9 +639,9 @@ impl PostgresLedger {
     /// Connects and migrates the schema. Reads work at once; commits wait for [`Self::lead`].
     pub fn open(target: impl Into<Target>) -> Result<Self, LedgerError> {
         let target = target.into();
-        let (mut client, unreplicated) = connect(&target)?;
+        let Session { mut client, unreplicated, host } = connect(&target)?;
         migrate(&mut client)?;
-        Ok(Self { client, statements: None, term: None, unreplicated, target })
+        Ok(Self { client, statements: None, term: None, unreplicated, target, host })
     }
 
     /// Connects to read what a show's allocators wrote, changing nothing (the support and
@@ -472,7 +650,7 @@ impl PostgresLedger {
     /// leader's term; an empty database is a wrong address, not an empty ledger).
     pub fn open_to_read(target: impl Into<Target>) -> Result<Self, LedgerError> {
         let target = target.into();
-        let (mut client, unreplicated) = connect(&target)?;
+        let Session { mut client, unreplicated, host } = connect(&target)?;
         let found = client.query_one("SELECT to_regclass('shake_schema') IS NOT NULL", &[])?;
         if !found.get::<_, bool>(0) {
             return Err(LedgerError::Schema(
@@ -488,7 +666,7 @@ impl PostgresLedger {
                 schema_version()
             )));
         }
-        Ok(Self { client, statements: None, term: None, unreplicated, target })
+        Ok(Self { client, statements: None, term: None, unreplicated, target, host })
     }
 
     /// Commits from now on under this leader term (won by [`super::lease::try_acquire`]).
@@ -550,6 +728,11 @@ impl PostgresLedger {
     /// The connection, for the lease and for tests' queries.
     pub fn client(&mut self) -> &mut Client {
         &mut self.client
+    }
+
+    /// The host this session is on (`host:port`, as the URL names it).
+    pub fn host(&self) -> &str {
+        &self.host
     }
 
     /// The session and its commit statements, prepared on first use.
@@ -996,13 +1179,14 @@ impl LedgerStore for PostgresLedger {
         if shake_ops::supervise::failpoint("allocator-lane-open-fails") {
             return Err(LedgerError::Failed("failpoint allocator-lane-open-fails".into()));
         }
-        let (client, unreplicated) = connect(&self.target)?;
+        let Session { client, unreplicated, host } = connect(&self.target)?;
         Ok(Some(Box::new(Self {
             client,
             statements: None,
             term: self.term.clone(),
             unreplicated,
             target: self.target.clone(),
+            host,
         })))
     }
 
@@ -1029,8 +1213,9 @@ impl LedgerStore for PostgresLedger {
         match self.find_awards_here(query) {
             Err(err) if self.term.is_none() && self.client.is_closed() => {
                 tracing::warn!(%err, "the ledger session for support's reads was closed; opening another");
-                let (client, unreplicated) = connect(&self.target)?;
+                let Session { client, unreplicated, host } = connect(&self.target)?;
                 (self.client, self.unreplicated, self.statements) = (client, unreplicated, None);
+                self.host = host;
                 self.find_awards_here(query)
             }
             read => read,
@@ -1067,5 +1252,41 @@ mod tests {
         assert_eq!(config.get_keepalives_interval(), Some(Duration::from_secs(7)));
         assert_eq!(config.get_keepalives_retries(), Some(9));
         assert_eq!(config.get_connect_timeout(), Some(&Duration::from_secs(11)));
+    }
+
+    /// Each host's configuration is the one a URL naming that host alone would give: every
+    /// setting kept, the host's own address and port, one port serving every host.
+    #[test]
+    fn each_host_is_tried_with_every_setting_of_the_url() {
+        let settings = "user=shake password=secret dbname=ledger options=-cwork_mem=4MB \
+                        application_name=alloc sslmode=disable connect_timeout=3 \
+                        tcp_user_timeout=4 keepalives_idle=5 keepalives_interval=6 \
+                        keepalives_retries=7 target_session_attrs=read-write \
+                        channel_binding=disable load_balance_hosts=disable";
+        let split = |url: &str| one_config_per_host(&connection_config(url).unwrap());
+        let alone = |url: &str| split(url).remove(0).1;
+        let hosts = split(&format!("host=db1,db2,db3 port=5433,5434,5435 {settings}"));
+        let names: Vec<&str> = hosts.iter().map(|(name, _)| name.as_str()).collect();
+        assert_eq!(names, ["db1:5433", "db2:5434", "db3:5435"]);
+        let second = &hosts[1].1;
+        let expected = alone(&format!("host=db2 port=5434 {settings}"));
+        assert_eq!(format!("{second:?}"), format!("{expected:?}"));
+        // Not in the configuration's Debug output.
+        assert_eq!(second.get_password(), Some(&b"secret"[..]));
+        assert_eq!(second.get_ssl_negotiation(), expected.get_ssl_negotiation());
+        assert_eq!(second.get_channel_binding(), expected.get_channel_binding());
+        assert_eq!(second.get_load_balance_hosts(), expected.get_load_balance_hosts());
+        assert_eq!(second.get_target_session_attrs(), expected.get_target_session_attrs());
+
+        let one_port = split("host=db1,db2 hostaddr=10.0.0.1,10.0.0.2 port=6000");
+        assert_eq!(one_port[1].0, "db2:6000");
+        assert_eq!(one_port[1].1.get_ports(), [6000]);
+        assert_eq!(
+            one_port[1].1.get_hostaddrs(),
+            ["10.0.0.2".parse::<std::net::IpAddr>().unwrap()]
+        );
+        let no_port = split("host=db1,db2");
+        assert_eq!(no_port[1].0, "db2");
+        assert!(no_port[1].1.get_ports().is_empty());
     }
 }
