@@ -279,8 +279,10 @@ async fn run_on_loop(
     })
     .await
     .map_err(std::io::Error::other)??;
-    let mut report =
-        Report::build(scenario, &stats, scenario.phones, origin.elapsed(), series, peak_rss_kib());
+    // Every phone of the plan, those an interruption kept from connecting too: the loops start
+    // them on their own schedule.
+    let planned = (scenario.phones, scenario.phones);
+    let mut report = Report::build(&stats, planned, origin.elapsed(), series, peak_rss_kib());
     report.interrupted = interrupted;
     Ok(report)
 }
@@ -331,6 +333,9 @@ async fn run_on_quinn(
     let mut series = Vec::new();
     let mut next_second = origin + Duration::from_secs(1);
     let mut interrupted = false;
+    // Phones started: an interruption during the connect ramp leaves the rest out of the
+    // report, which had counted every phone of the scenario.
+    let mut started = 0;
     for (i, role) in roles.iter().copied().enumerate() {
         if ramp > 0.0 {
             let at = origin + Duration::from_secs_f64(i as f64 / ramp);
@@ -369,6 +374,7 @@ async fn run_on_quinn(
         let churns = churn_rng.random::<f64>() < scenario.churn.share;
         let endpoint = endpoints[i % endpoints.len()].clone();
         tasks.spawn(phone::run(i, role, churns, token, user_id, endpoint, ctx.clone()));
+        started = i + 1;
         if Instant::now() >= next_second {
             series.push(report::time_point(&stats, origin));
             on_second(series.last().expect("just pushed"));
@@ -395,9 +401,9 @@ async fn run_on_quinn(
     for endpoint in &endpoints {
         let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     }
-    let honest = roles.iter().filter(|r| **r == Role::Honest).count();
+    let honest = roles[..started].iter().filter(|r| **r == Role::Honest).count();
     let mut report =
-        Report::build(scenario, &stats, honest, origin.elapsed(), series, peak_rss_kib());
+        Report::build(&stats, (started, honest), origin.elapsed(), series, peak_rss_kib());
     report.interrupted = interrupted;
     Ok(report)
 }

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::fairness::Fairness;
-use super::scenario::Scenario;
 use super::stats::{Percentiles, ReceivedAward, Stats, VERDICT_NAMES};
 
 /// One second of the run.
@@ -118,9 +117,8 @@ pub struct Report {
 impl Report {
     /// Builds the report at the end of a run.
     pub fn build(
-        scenario: &Scenario,
         stats: &Stats,
-        honest: usize,
+        (phones, honest): (usize, usize),
         elapsed: Duration,
         series: Vec<TimePoint>,
         peak_rss_kib: Option<u64>,
@@ -131,7 +129,7 @@ impl Report {
         let shakes = stats.sent.load(Ordering::Relaxed);
         let outcomes = stats.outcomes();
         Self {
-            phones: scenario.phones as u64,
+            phones: phones as u64,
             honest_phones: honest as u64,
             duration_s: secs,
             sessions: stats.sessions.load(Ordering::Relaxed),
@@ -161,7 +159,7 @@ impl Report {
             awards_received: awards.len() as u64,
             fairness: Fairness::measure(&stats.users.lock().expect("stats lock"), &awards),
             peak_rss_kib,
-            kib_per_phone: peak_rss_kib.map(|kib| kib as f64 / scenario.phones as f64),
+            kib_per_phone: peak_rss_kib.map(|kib| kib as f64 / phones.max(1) as f64),
             awards,
             series,
             interrupted: false,

@@ -21,8 +21,10 @@ fn an_interrupted_run_writes_and_prints_its_report() {
     let edge = Edge::spawn(edge).unwrap();
     let scenarios = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
     // Both drivers (the loop's phones are threads joined at the end, quinn's are tasks), and
-    // a terminal's hang-up as well as Ctrl-C.
-    for (driver, scenario, signal) in [("loop", "loop.toml", "INT"), ("quinn", "demo.toml", "HUP")]
+    // a terminal's hang-up as well as Ctrl-C. The quinn phones connect 5 a second, so the
+    // signal comes during the ramp: 40 phones in 8 s.
+    for (driver, scenario, signal, ramp) in
+        [("loop", "loop.toml", "INT", "1000"), ("quinn", "demo.toml", "HUP", "5")]
     {
         let report = scratch.dir.join(format!("report-{driver}.json"));
         let mut swarm = Command::new(bin("shake-swarm"))
@@ -30,6 +32,7 @@ fn an_interrupted_run_writes_and_prints_its_report() {
             .arg("--scenario")
             .arg(scenarios.join(scenario))
             .args(["--phones", "40", "--duration", "300", "--driver", driver])
+            .args(["--connect-rate", ramp])
             .arg("--edge")
             .arg(edge.addr.to_string())
             .arg("--ca")
@@ -58,6 +61,10 @@ fn an_interrupted_run_writes_and_prints_its_report() {
         let ran = written["duration_s"].as_f64().unwrap();
         assert!((2.0..30.0).contains(&ran), "{driver}: ran {ran} s");
         assert!(stdout.contains("INTERRUPTED"), "{driver}: {stdout}");
+        // Only the phones started: 3 s of a 5-a-second ramp (the loop's start at once).
+        let phones = written["phones"].as_u64().unwrap();
+        let expected = if driver == "quinn" { 10..=25 } else { 40..=40 };
+        assert!(expected.contains(&phones), "{driver}: {phones} phones in the report");
         let last: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
         assert_eq!(last["interrupted"], true, "{driver}: {stdout}");
     }
