@@ -677,15 +677,33 @@ pub(crate) fn lead(
             writers: writers.clone(),
             actor_gone: actor_gone.clone(),
         };
-        let accept = tokio::spawn(accept_loop(
+        let mut accept = tokio::spawn(accept_loop(
             endpoint.clone(),
             actor_tx.clone(),
             metrics.clone(),
             streams,
             shutdown.clone(),
         ));
-        let result =
-            actor_loop(core, restored, pipes, metrics.clone(), term_health, shutdown).await;
+        let mut actor =
+            Box::pin(actor_loop(core, restored, pipes, metrics.clone(), term_health, shutdown));
+        // The accept loop ends early only when the endpoint is gone (its driver ended on a
+        // socket error): no edge can reach this term any more, so it ends, with a failure.
+        let mut accepting = true;
+        let result = loop {
+            tokio::select! {
+                result = &mut actor => break result,
+                ended = &mut accept, if accepting => {
+                    accepting = false;
+                    match ended {
+                        Ok(Ok(())) => {}
+                        Ok(Err(err)) => break Err(err),
+                        Err(err) => break Err(ServeError::Panicked(format!("accept loop: {err}"))),
+                    }
+                }
+            }
+        };
+        // Its end drops the commit queue's sender, which ends the commit thread.
+        drop(actor);
         *lock(&admin) = None;
         accept.abort();
         // Until the term is over (its last answers written, its commit thread ended or left
@@ -1384,16 +1402,32 @@ async fn accept_loop(
     metrics: Arc<Metrics>,
     streams: Streams,
     shutdown: Shutdown,
-) {
+) -> Result<(), ServeError> {
     let Streams { accepted, writers, actor_gone } = streams;
     let stream_ids = Arc::new(AtomicU64::new(1));
+    // Tests only: the endpoint lost a second into the term, as when its driver ends.
+    if shake_ops::supervise::failpoint("allocator-endpoint-lost") {
+        let lost = endpoint.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            lost.close(0u32.into(), b"failpoint");
+        });
+    }
     loop {
         let incoming = tokio::select! {
-            _ = shutdown.drain.cancelled() => return refuse_connections(&endpoint, &shutdown.stop).await,
-            _ = shutdown.stop.cancelled() => return,
+            _ = shutdown.drain.cancelled() => {
+                refuse_connections(&endpoint, &shutdown.stop).await;
+                return Ok(());
+            }
+            _ = shutdown.stop.cancelled() => return Ok(()),
             incoming = endpoint.accept() => match incoming {
                 Some(incoming) => incoming,
-                None => return,
+                // Nothing of this process closes the endpoint while a term accepts on it.
+                None => return Err(ServeError::Quic(
+                    "the QUIC endpoint stopped (its driver ended: a socket error); no edge can \
+                     reach this allocator"
+                        .into(),
+                )),
             },
         };
         let actor = actor.clone();

@@ -54,6 +54,23 @@ fn a_signal_during_the_start_ends_it_there() {
     }
 }
 
+/// An endpoint that stops while the allocator serves (its driver ends on a socket error; the
+/// failpoint closes it a second in) ends the process with a failure, so that systemd restarts
+/// it. Before, the accept loop ended quietly and the allocator ran on, reachable by no edge.
+#[test]
+fn an_endpoint_lost_while_serving_ends_the_allocator_with_a_failure() {
+    let scratch = Scratch::new("endpoint-lost");
+    let config = scratch.config("[rounds.cash]\ntotal_cents = 100\nenvelopes = 1\n");
+    let mut child =
+        with_failpoint(&config, "allocator-endpoint-lost", Stdio::null(), Stdio::piped());
+    let mut stderr_pipe = child.stderr.take().unwrap();
+    let status = exit_within(&mut child, TEN_S, "the allocator whose endpoint was lost");
+    let mut stderr = String::new();
+    stderr_pipe.read_to_string(&mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("QUIC endpoint stopped"), "{stderr}");
+}
+
 /// The allocator serving `config` with the fault `failpoint` switched on, not waited for.
 fn with_failpoint(config: &Path, failpoint: &str, stdout: Stdio, stderr: Stdio) -> Child {
     let mut command = Allocator::command(config);

@@ -107,6 +107,7 @@ pub const FAILPOINTS: &[&str] = &[
     "allocator-slow-look",
     "allocator-stall-in-copy",
     "allocator-lane-open-fails",
+    "allocator-endpoint-lost",
 ];
 
 /// The names in a `SHAKE_FAILPOINT` value that are not in [`FAILPOINTS`].

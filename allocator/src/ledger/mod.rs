@@ -69,7 +69,7 @@ pub enum LedgerError {
     /// The database did not answer a call within its deadline (a server that hangs while its
     /// host still acknowledges every byte): the call was left behind with its connection
     /// ([`deadline`]). Inside a commit, its outcome is unknown, as for [`Self::Database`].
-    #[error("ledger database: no answer to the {what} within {after:?}; left behind")]
+    #[error("ledger: no answer to the {what} within {after:?}; left behind")]
     NoAnswer {
         /// The call.
         what: &'static str,
