@@ -739,6 +739,46 @@ async fn a_leader_stopped_with_sigterm_hands_over_at_the_next_look() {
     drop(server);
 }
 
+/// An edge reaches the next leader soon after a clean stop of the one it used. The standby it
+/// turns to names the leader from its last look (a poll of 800 ms here), so it may still name
+/// the stopped one: the edge asks the standby again rather than dial the allocator that left,
+/// which had cost a handshake's 3 s wait (answers only local meanwhile) in a rolling restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_reaches_the_next_leader_soon_after_a_clean_stop() {
+    let (scratch, server, url) = primary("ha-edge-handover");
+    let slow_poll = |node: &str| {
+        let config = scratch.postgres_config(node, &url, &round());
+        rewrite(&config, "lease_ms = 1500", "lease_ms = 6000");
+        rewrite(&config, "standby_poll_ms = 100", "standby_poll_ms = 800");
+        config
+    };
+    let mut a = Allocator::start(&slow_poll("a"));
+    await_leadership(&a, Duration::from_secs(20));
+    let b = Allocator::start(&slow_poll("b"));
+    let edge_config = scratch.edge_config(a.quic, "");
+    rewrite(
+        &edge_config,
+        &format!("addr = \"{}\"", a.quic),
+        &format!("addr = [\"{}\", \"{}\"]", a.quic, b.quic),
+    );
+    let edge = shake_testkit::servers::Edge::start_quiet(&edge_config);
+    let up = "shake_edge_allocator_up";
+    metrics::wait_until(edge.metrics, up, "1 (the edge's link to a)", |n| n == 1.0).await;
+    assert!(a.process.terminate().success(), "a's clean stop");
+    let stopped = Instant::now();
+    let reached = loop {
+        if leader_epoch(&b) > 0.0 && metrics::read(edge.metrics, up) == 1.0 {
+            break stopped.elapsed();
+        }
+        assert!(stopped.elapsed() < Duration::from_secs(15), "the edge never reached b");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(reached < Duration::from_millis(2_500), "the edge reached b after {reached:?}");
+    drop(edge);
+    drop(b);
+    drop(server);
+}
+
 /// A standby stopped while it looks at a lease another holds (a failpoint holds each look a
 /// second) stops cleanly. The stop that waits for the look once dropped the look's blocking
 /// database client on the async runtime, which panics: exit 1, no close, for the commonest

@@ -14,6 +14,7 @@
 //! - [`event_loop`]: one worker on the `shake-loop` event loop: sessions decided inline, no
 //!   task per phone.
 //! - [`link_pipe`]: an event-loop worker's allocator stream, on the allocator-link thread.
+//! - [`leader_search`]: which allocator the link dials next, and when (sans-IO).
 //! - [`shared`]: what every worker shares (configuration, keys, metrics, sessions by user).
 //! - [`service`]: sockets (SO_REUSEPORT), TLS, the allocator link, workers, metrics.
 //! - [`metrics`]: Prometheus metrics.
@@ -33,6 +34,7 @@ pub mod handed_to_link;
 pub mod handshakes;
 pub mod keyed_hkdf;
 pub mod lazy_keys;
+pub mod leader_search;
 pub mod link_pipe;
 pub mod metrics;
 pub mod outbox;

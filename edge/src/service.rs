@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::award_book::AwardBook;
 use crate::config::EdgeConfig;
+use crate::leader_search::{Attempt, LeaderSearch};
 use crate::metrics::EdgeMetrics;
 use crate::shared::Shared;
 use crate::user_sessions::UserSessions;
@@ -362,81 +363,75 @@ struct LinkTo {
 }
 
 impl LinkTo {
-    /// Connects, follows redirects and reconnects with backoff until the edge stops.
+    /// Connects, follows redirects and reconnects with backoff until the edge stops
+    /// ([`LeaderSearch`] says where and when).
     async fn keep_up(self, endpoint: &quinn::Endpoint) {
         let Self { addrs, server_name, published: tx, stop, metrics } = self;
-        let mut backoff = Duration::from_millis(100);
-        let mut next = 0;
-        let mut redirects_in_a_row = 0u32;
+        let mut search = LeaderSearch::new(addrs);
         while !stop.is_cancelled() {
-            let addr = addrs[next % addrs.len()];
+            let addr = search.current();
             let attempt = match endpoint.connect(addr, &server_name) {
                 Ok(connecting) => connecting.await.map_err(|e| e.to_string()),
                 Err(err) => Err(err.to_string()),
             };
-            // Where to go next: the leader a standby named, else the next address.
-            let mut leader = None;
-            match attempt {
+            let ended = match attempt {
                 Ok(conn) => {
                     let up_at = Instant::now();
                     let _ = tx.send(Some(conn.clone()));
                     metrics.allocator_up.set(1);
-                    tokio::select! {
-                        reason = conn.closed() => {
-                            leader = not_leader(&reason);
-                            if leader.is_none() {
-                                tracing::warn!(%addr, %reason, "allocator link down");
-                            }
-                        }
-                        _ = stop.cancelled() => {}
-                    }
+                    let ended = tokio::select! {
+                        reason = conn.closed() => link_ended(&reason, up_at.elapsed()),
+                        _ = stop.cancelled() => Attempt::Lost(up_at.elapsed()),
+                    };
                     metrics.allocator_up.set(0);
                     let _ = tx.send(None);
-                    if leader.is_none() && up_at.elapsed() >= Duration::from_secs(1) {
-                        tracing::info!(%addr, "allocator link was up");
-                        backoff = Duration::from_millis(100);
+                    match ended {
+                        Attempt::NotLeader(_) => {}
+                        Attempt::Stopped(up_for) | Attempt::Lost(up_for) => {
+                            if !stop.is_cancelled() {
+                                tracing::warn!(%addr, ?up_for, ?ended, "allocator link down");
+                            }
+                        }
+                        Attempt::Unreachable => {}
                     }
+                    ended
                 }
                 Err(err) => {
-                    tracing::warn!(%addr, %err, ?backoff, "allocator unreachable; answering phones with the local limit")
-                }
-            }
-            let pause = match leader {
-                Some(named) => {
-                    redirects_in_a_row += 1;
-                    next =
-                        named.and_then(|l| addrs.iter().position(|a| *a == l)).unwrap_or(next + 1);
-                    tracing::info!(standby = %addr, leader = ?named, "allocator is a standby: following it to the leader");
-                    // A stale redirect loop between standbys backs off like failures.
-                    if redirects_in_a_row <= 3 { Duration::from_millis(20) } else { backoff }
-                }
-                None => {
-                    redirects_in_a_row = 0;
-                    next += 1;
-                    backoff
+                    tracing::warn!(%addr, %err, "allocator unreachable; answering phones with the local limit");
+                    Attempt::Unreachable
                 }
             };
-            tokio::select! {
-                _ = tokio::time::sleep(pause) => {}
-                _ = stop.cancelled() => {}
+            let next = search.ended(ended, Instant::now());
+            if let Attempt::NotLeader(leader) = ended {
+                if next.stale_redirect {
+                    tracing::info!(standby = %addr, leader = ?leader, "allocator is a standby naming an allocator that just left: asking it again");
+                } else {
+                    tracing::info!(standby = %addr, leader = ?leader, "allocator is a standby: following it to the leader");
+                }
             }
-            if pause == backoff {
-                backoff = (backoff * 2).min(Duration::from_secs(2));
+            tokio::select! {
+                _ = tokio::time::sleep(next.pause) => {}
+                _ = stop.cancelled() => {}
             }
         }
     }
 }
 
-/// `Some(leader)` when a connection was closed by a standby allocator (`NOT_LEADER`); the
-/// leader is the address in the close reason, if it names one.
-fn not_leader(reason: &quinn::ConnectionError) -> Option<Option<SocketAddr>> {
+/// What a link's close says of its allocator: a standby's `NOT_LEADER` (naming the leader in
+/// its reason, if it knows one), a stop (`NO_ERROR`), or a loss.
+fn link_ended(reason: &quinn::ConnectionError, up_for: Duration) -> Attempt {
     match reason {
         quinn::ConnectionError::ApplicationClosed(close)
             if close.error_code == ErrorCode::NotLeader.code().into() =>
         {
-            Some(std::str::from_utf8(&close.reason).ok().and_then(|text| text.parse().ok()))
+            Attempt::NotLeader(std::str::from_utf8(&close.reason).ok().and_then(|t| t.parse().ok()))
         }
-        _ => None,
+        quinn::ConnectionError::ApplicationClosed(close)
+            if close.error_code == ErrorCode::NoError.code().into() =>
+        {
+            Attempt::Stopped(up_for)
+        }
+        _ => Attempt::Lost(up_for),
     }
 }
 
