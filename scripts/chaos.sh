@@ -559,7 +559,7 @@ promote_a_standby() {
 # The promoted primary commits with a synchronous standby again.
 promoted_has_sync_standby() {
     local sync
-    sync=$(psql -h 127.0.0.1 -p "$promoted_port" -U postgres -d postgres -Atc "SELECT count(*) FROM pg_stat_replication WHERE sync_state IN ('sync', 'quorum')")
+    sync=$(psql -h 127.0.0.1 -p "$promoted_port" -U postgres -d postgres -Atc "SELECT count(*) FROM pg_stat_replication WHERE sync_state IN ('sync', 'quorum')") || sync=0
     [ "${sync:-0}" -ge 1 ] || problems+=("the promoted primary has no synchronous standby")
 }
 
@@ -586,7 +586,7 @@ scenario_ha_primary_kill() {
 scenario_ha_primary_hang() {
     begin_ha ha-primary-hang
     ha_start_all
-    local first=$leader_epoch fault_ms
+    local first=$leader_epoch fault_ms former=$leader oldest unanswered
     sample_memory
     fault_ms=$(( $(date +%s%N) / 1000000 ))
     scripts/pg-cluster.sh pause "$S/pg-p"
@@ -595,23 +595,30 @@ scenario_ha_primary_hang() {
     swarm_wait
     ha_in_flight_check
     promoted_has_sync_standby
+    # The calls left behind on the hung server show; the former leader, standing by, shows no
+    # commit of its ended term as stuck (its /ready and the alert are about serving).
+    unanswered=$(( $(metric_sum "${ha_metrics[a]}" shake_allocator_ledger_calls_unanswered) + $(metric_sum "${ha_metrics[b]}" shake_allocator_ledger_calls_unanswered) ))
+    [ "$unanswered" -ge 1 ] || problems+=("no database call counted as left unanswered on the hung primary")
+    oldest=$(metric_sum "${ha_metrics[$former]}" shake_allocator_commit_oldest_seconds)
+    awk -v v="$oldest" 'BEGIN { exit !(v == 0) }' ||
+        problems+=("the former leader $former shows a commit in flight for ${oldest}s while it stands by")
     # Nothing is left wedged on the hung server (a look, a renewal, a commit thread still
     # waiting on it): the leader stopped cleanly exits, and the other allocator takes over.
     local stopped=$leader second
-    kill -TERM "${ha_pid[$stopped]}"
+    kill -TERM "${ha_pid[$stopped]}" 2>/dev/null || problems+=("the leader $stopped was gone before its stop")
     for _ in $(seq 1 150); do
         kill -0 "${ha_pid[$stopped]}" 2>/dev/null || break
         sleep 0.1
     done
     if kill -0 "${ha_pid[$stopped]}" 2>/dev/null; then
         problems+=("the leader $stopped did not exit within 15 s of SIGTERM")
-        kill -KILL "${ha_pid[$stopped]}"
+        kill -KILL "${ha_pid[$stopped]}" 2>/dev/null || true
     fi
     wait "${ha_pid[$stopped]}" || problems+=("the leader $stopped exited with status $? on SIGTERM")
     unset "ha_pid[$stopped]"
     wait_leader "$leader_epoch" 10 && second="; stopped, $leader led next (epoch $leader_epoch)" ||
         second="; stopped, no one led next"
-    scripts/pg-cluster.sh fence "$S/pg-p"
+    scripts/pg-cluster.sh fence "$S/pg-p" || true
     notes="PostgreSQL primary SIGSTOPped (hung, not dead), $promoted promoted; $stopped led again after ${failover_s}s$second"
     finish
 }

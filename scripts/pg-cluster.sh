@@ -181,11 +181,15 @@ pause | fence)
     [[ $# -eq 1 ]] || die "usage: $cmd DIR"
     dir=$(realpath -m "$1")
     pid=$(head -1 "$dir/data/postmaster.pid" 2>/dev/null) || die "no server running in $dir"
-    # The postmaster and its children (backends, WAL sender, checkpointer) together: a server
-    # stopped whole still completes TCP handshakes and acknowledges data, in its kernel.
+    [[ -n $pid ]] || die "no server running in $dir"
+    # The postmaster first (stopped, it forks no new backend), then its children (backends,
+    # WAL sender, checkpointer): a server stopped whole still completes TCP handshakes and
+    # acknowledges data, in its kernel. A child may have ended meanwhile.
     signal=STOP
     [[ $cmd == pause ]] || signal=KILL
-    kill -"$signal" "$pid" $(pgrep -P "$pid" || true)
+    kill -"$signal" "$pid" || die "no server running in $dir"
+    children=$(pgrep -P "$pid" || true)
+    [[ -z $children ]] || kill -"$signal" $children 2>/dev/null || true
     ;;
 promote)
     [[ $# -eq 1 ]] || die "usage: promote DIR"

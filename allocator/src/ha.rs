@@ -63,6 +63,7 @@ pub(crate) async fn start(config: Config, shutdown: Shutdown) -> Result<Running,
         shared,
         shutdown,
         took_lease_as: Arc::new(AtomicI64::new(NEVER_TOOK)),
+        reading: Arc::new(AtomicBool::new(false)),
     };
     let done = tokio::spawn(node.run());
     Ok(Running { quic_addr, metrics_addr, admin_addr, done })
@@ -81,6 +82,9 @@ struct Node {
     /// under its name at another epoch is a former (or another) process's, and it waits for it
     /// to expire ([`lease::OwnLease`]).
     took_lease_as: Arc<AtomicI64>,
+    /// A takeover read is running (perhaps one its term left behind): no second one starts
+    /// beside it, each holding a session and a whole rebuilt ledger.
+    reading: Arc<AtomicBool>,
 }
 
 /// [`Node::took_lease_as`] before this process has taken the lease.
@@ -163,6 +167,9 @@ impl Node {
             self.shared.metrics.clone(),
         ));
         let poll = Duration::from_millis(self.pg.standby_poll_ms);
+        // The page of the log a look reads: halved when one is left behind at its deadline (a
+        // slow database still lets the standby advance), back up as pages come whole.
+        let mut page = self.pg.follow_page_awards;
         let mut client: Option<PostgresLedger> = None;
         let mut last_holder = None;
         let mut warm = Warm::new(&self.config);
@@ -173,39 +180,17 @@ impl Node {
             let (target, node, advertise) =
                 (self.target.clone(), self.pg.node.clone(), self.advertise.to_string());
             let lease_for = Duration::from_millis(self.pg.lease_ms);
-            let page = self.pg.follow_page_awards;
             let mut held = client.take();
             let after = warm.following.cursor;
             let took_lease_as = self.took_lease_as.clone();
             let mut looked = tokio::task::spawn_blocking(move || {
-                // Connected within the connection's own deadlines (per host); the look then has
-                // a lease. A look on a database that hangs is left behind with its session,
-                // its host skipped, and the next one connects afresh (to a promoted primary).
-                let connected = match held.take() {
-                    Some(connected) if !connected.is_closed() => connected,
-                    _ => match PostgresLedger::open(&target) {
-                        Ok(connected) => connected,
-                        Err(err) => return (None, Err(err)),
-                    },
-                };
-                let host = connected.host().to_owned();
-                let left_behind = Arc::new(AtomicBool::new(false));
-                let told = left_behind.clone();
-                pg::within_on_host(&host, lease_for, "lease look", move || {
-                    let mut held = Some(connected);
-                    let look = look(
-                        &mut held,
-                        (&node, &advertise, &took_lease_as),
-                        lease_for,
-                        (after, page),
-                        &told,
-                    );
-                    (held, look)
-                })
-                .unwrap_or_else(|err| {
-                    left_behind.store(true, Ordering::SeqCst);
-                    (None, Err(err))
-                })
+                look_within(
+                    held.take(),
+                    &target,
+                    (node, advertise, took_lease_as),
+                    lease_for,
+                    (after, page),
+                )
             });
             let looked = tokio::select! {
                 looked = &mut looked => looked,
@@ -259,10 +244,16 @@ impl Node {
                     // awards a second at the defaults), below what a leader can commit: the
                     // standby would fall ever further behind, and a takeover's read grow.
                     if followed.awards.len() >= page as usize {
+                        page = page.saturating_mul(2).min(self.pg.follow_page_awards);
                         continue;
                     }
                 }
-                Err(err) => tracing::warn!(%err, "standby: cannot read the lease; retrying"),
+                Err(err) => {
+                    if let LedgerError::NoAnswer { what: FOLLOW, .. } = err {
+                        page = (page / 2).max(MIN_FOLLOW_PAGE);
+                    }
+                    tracing::warn!(%err, page, "standby: cannot read the lease or the log; retrying")
+                }
             }
             tokio::select! {
                 _ = tokio::time::sleep(poll) => {}
@@ -287,6 +278,17 @@ impl Node {
             "leader: reading the log to its end"
         );
         self.count_term(Leadership::Won);
+        let won = Term::new(epoch, &self.pg.node);
+        if self.reading.load(Ordering::SeqCst) {
+            tracing::warn!(
+                epoch,
+                "leader: an earlier takeover read, left behind, still runs; the lease released, \
+                 standing by"
+            );
+            self.release_lease(&won).await;
+            self.count_term(Leadership::Failed);
+            return Ok(TermOutcome::Failed);
+        }
         let started = Instant::now();
         let term_stop = self.shutdown.stop.child_token();
         let lost = Arc::new(AtomicBool::new(false));
@@ -294,7 +296,6 @@ impl Node {
         // Renewed from the moment it is won: on a large ledger the read below can outlast a
         // lease, and a lease lost to the read would hand the term to a standby that must then
         // read it all again itself.
-        let won = Term::new(epoch, &self.pg.node);
         let renewer = match spawn_renewer(
             self.target.clone(),
             self.pg.lease_ms,
@@ -330,11 +331,15 @@ impl Node {
         // On a thread of its own, raced against the term's end and the process's stop: a read
         // of millions of awards takes seconds, and one from a database that hangs never ends.
         // A read left behind ends with its thread, the process exit not waiting for it.
+        self.reading.store(true, Ordering::SeqCst);
+        let reading = self.reading.clone();
         let reader =
             std::thread::Builder::new().name("ledger-takeover-read".into()).spawn(move || {
                 let _ = read_tx.send(read_the_log());
+                reading.store(false, Ordering::SeqCst);
             });
         if let Err(err) = reader {
+            self.reading.store(false, Ordering::SeqCst);
             stop_renewing(&term_over, renewer).await;
             self.release_lease(&won).await;
             return Err(ServeError::Panicked(format!("spawning the takeover read: {err}")));
@@ -354,6 +359,11 @@ impl Node {
                 (store, rebuilt)
             }
             failed => {
+                // A store read to its end, its term lost meanwhile: closing its client blocks,
+                // which panics on the runtime.
+                let failed = failed.map(|read| {
+                    read.map(|(store, _, _)| drop(tokio::task::spawn_blocking(move || drop(store))))
+                });
                 stop_renewing(&term_over, renewer).await;
                 // The lease still names this node, renewed through the read. Kept, this node's
                 // next look would take it again at once (a lease naming its own node is its
@@ -444,7 +454,12 @@ impl Node {
                 self.count_term(Leadership::Stopped);
                 Ok(TermOutcome::Shutdown)
             }
-            Err(ServeError::Ledger(err)) => {
+            // A commit thread left behind when the lease was lost (a database that hangs) is
+            // the lost lease's doing: counted below as lost.
+            Err(ServeError::Ledger(err))
+                if !(lost.load(Ordering::SeqCst)
+                    && matches!(err, LedgerError::NoAnswer { .. })) =>
+            {
                 // Fenced, or a commit with an unknown outcome: nothing unconfirmed was
                 // announced; the next leader rebuilds from the log.
                 tracing::error!(%err, epoch, "leader: the ledger refused a commit; standing by");
@@ -464,8 +479,12 @@ impl Node {
                 Ok(TermOutcome::Lost)
             }
             Err(err) if lost.load(Ordering::SeqCst) => {
-                // The lease was lost (a takeover while this node was frozen): the term's
-                // threads ending under it are the consequence, not a failure of the process.
+                // The lease was lost (a takeover while this node was frozen, a database that
+                // hangs): the term's threads ending under it are the consequence, not a
+                // failure of the process; unless it drains, as above.
+                if self.stopping() && matches!(err, ServeError::Ledger(_)) {
+                    return Err(err);
+                }
                 tracing::warn!(%err, epoch, "leader: lost the lease; standing by");
                 self.count_term(Leadership::Lost);
                 Ok(TermOutcome::Lost)
@@ -518,20 +537,79 @@ impl Node {
     }
 }
 
+/// What a look's read of the log's next page is called when it is left behind.
+const FOLLOW: &str = "log follow";
+/// The smallest page a look reads, however slow the database.
+const MIN_FOLLOW_PAGE: u32 = 1_000;
+
+/// One look ([`look_at_lease`], then the log's next page if another leads), each part within a
+/// lease on the session `held` (or a new one). A part left behind on a database that hangs
+/// takes its session with it, its host skipped, and the next look connects afresh (to a
+/// promoted primary, perhaps); a page left behind makes the next one half as long.
+fn look_within(
+    held: Option<PostgresLedger>,
+    target: &pg::Target,
+    (node, advertise, took_lease_as): (String, String, Arc<AtomicI64>),
+    lease_for: Duration,
+    (after, page): (FollowCursor, u32),
+) -> (Option<PostgresLedger>, Result<Look, LedgerError>) {
+    let connected = match held {
+        Some(connected) if !connected.is_closed() => connected,
+        _ => match PostgresLedger::open_within(target, lease_for) {
+            Ok(connected) => connected,
+            Err(err) => return (None, Err(err)),
+        },
+    };
+    let host = connected.host().to_owned();
+    let left_behind = Arc::new(AtomicBool::new(false));
+    let told = left_behind.clone();
+    let seen = pg::within_on_host(&host, lease_for, "lease look", move || {
+        let mut held = Some(connected);
+        let seen = look_at_lease(&mut held, (&node, &advertise, &took_lease_as), lease_for, &told);
+        (held, seen)
+    });
+    let (held, row) = match seen {
+        Ok((held, Ok(LeaseSeen::Won(epoch)))) => return (held, Ok(Look::Won(epoch))),
+        Ok((Some(held), Ok(LeaseSeen::Led(row)))) => (held, row),
+        Ok((held, Ok(LeaseSeen::Led(_)))) => {
+            return (held, Err(LedgerError::Failed("the look kept no session".into())));
+        }
+        Ok((held, Err(err))) => return (held, Err(err)),
+        Err(err) => {
+            left_behind.store(true, Ordering::SeqCst);
+            return (None, Err(err));
+        }
+    };
+    let followed = pg::within_on_host(&host, lease_for, FOLLOW, move || {
+        let mut held = held;
+        let followed = held.follow(&after, i64::from(page));
+        (held, followed)
+    });
+    match followed {
+        Ok((held, Ok(followed))) => (Some(held), Ok(Look::Led(row, followed))),
+        // A failed statement drops the session: the next look reconnects.
+        Ok((_, Err(err))) | Err(err) => (None, Err(err)),
+    }
+}
+
+/// What a look at the lease found.
+enum LeaseSeen {
+    Won(i64),
+    Led(lease::LeaderRow),
+}
+
 /// One look at the lease on the session in `ledger`: take it if it is free, else say who holds
-/// it and read what the log gained after the cursor (at most `page` awards of it). Drops the
-/// session on a failed statement (the next look reconnects, finding a promoted primary); a
-/// takeover refused as unreplicated keeps it. `took_lease_as` is the epoch this process last
-/// took the lease under, set at each take. A look `left_behind` at its deadline takes nothing:
-/// a newer look may hold the lease by now, and a take would end its term; one that won all
-/// the same gives the lease back.
-fn look(
+/// it. Drops the session on a failed statement (the next look reconnects, finding a promoted
+/// primary); a takeover refused as unreplicated keeps it. `took_lease_as` is the epoch this
+/// process last took the lease under, set at each take. A look `left_behind` at its deadline
+/// takes nothing: a newer look may hold the lease by now, and a take would end its term; one
+/// that won all the same gives the lease back.
+fn look_at_lease(
     ledger: &mut Option<PostgresLedger>,
     (node, advertise, took_lease_as): (&str, &str, &AtomicI64),
     lease_for: Duration,
-    (after, page): (FollowCursor, u32),
     left_behind: &AtomicBool,
-) -> Result<Look, LedgerError> {
+) -> Result<LeaseSeen, LedgerError> {
     let left = || LedgerError::Failed("a look left behind at its deadline".into());
     let mut connected = ledger.take().ok_or_else(|| LedgerError::Failed("no session".into()))?;
     // Not fatal: a role not allowed to end the leader's sessions still takes the lease once
@@ -573,11 +651,8 @@ fn look(
                  cancelled (committed on the primary alone); not taken"
             )));
         }
-        Some(epoch) => Look::Won(epoch),
-        None => {
-            let row = lease::current(connected.client())?;
-            Look::Led(row, connected.follow(&after, i64::from(page))?)
-        }
+        Some(epoch) => LeaseSeen::Won(epoch),
+        None => LeaseSeen::Led(lease::current(connected.client())?),
     };
     *ledger = Some(connected);
     Ok(look)
@@ -676,14 +751,20 @@ fn spawn_renewer(
                     return give_up("the lease could not be renewed before it expired");
                 };
                 let (held, target, term) = (client.take(), target.clone(), term.clone());
-                // Connected here, within its own deadlines per host: a call left behind on a
-                // session is the session's host's, which later connections skip.
+                // Connected within what is left of the lease too (a connection tries each host
+                // for its own deadline, longer than a lease); then the renewal within what is
+                // left after it, on the session's host, which later connections skip if the
+                // renewal is left behind there.
                 let session = match held {
                     Some(session) if !session.client.is_closed() => Ok(session),
-                    _ => pg::connect(&target),
+                    _ => deadline::within(left, "connection for the renewal", move || {
+                        pg::connect(&target)
+                    })
+                    .and_then(|connected| connected),
                 };
                 let renewed = session.and_then(|mut session| {
                     let host = session.host.clone();
+                    let left = lease_for.saturating_sub(renewed_at.elapsed());
                     pg::within_on_host(&host, left, "lease renewal", move || {
                         let renewed = lease::renew(&mut session.client, &term, lease_for)?;
                         Ok::<_, LedgerError>((session, renewed))

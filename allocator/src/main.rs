@@ -222,15 +222,17 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 Err(code) => return Ok(code),
             };
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            if runtime.block_on(serve(config))? == Served::StoppedWhileStarting {
+            let served = runtime.block_on(serve(config));
+            if matches!(served, Ok(Served::StoppedWhileStarting)) {
                 // Not waiting for the start's ledger read, which runs on: nothing was served.
                 runtime.shutdown_background();
             } else {
-                // Everything served is done by now. What is left is blocking work on a database
-                // that does not answer (a client's close, a call left behind), which would hold
-                // the exit for as long as the server hangs.
+                // Everything served is done by now, or failed. What is left is blocking work on
+                // a database that does not answer (a client's close, a call left behind), which
+                // would hold the exit for as long as the server hangs.
                 runtime.shutdown_timeout(EXIT_WAIT);
             }
+            served?;
         }
         Command::DevCerts { dir, edges } => {
             for path in dev_certs::generate(&dir, &edges)? {

@@ -614,6 +614,7 @@ pub(crate) fn lead(
     // least one job from the bounded commit queue (see the module comment).
     let (committed_tx, committed_rx) = mpsc::unbounded_channel::<Committed>();
     let term_health = health.clone();
+    let health_at_end = health.clone();
     let in_flight = health.term_commits();
     // Set when the term's end stops waiting for the commit thread: from then on the thread
     // touches nothing the process shares.
@@ -632,7 +633,7 @@ pub(crate) fn lead(
                 let report = report_commits(
                     committed_tx,
                     metrics.clone(),
-                    (health.clone(), in_flight.clone()),
+                    (health.clone(), in_flight.clone(), left_behind.clone()),
                     reads,
                 );
                 let looped = commit_loop(
@@ -732,7 +733,19 @@ pub(crate) fn lead(
         drop(actor_tx);
         // The commit thread ends once the actor's sender is gone and it has committed what was
         // queued.
-        let ended = commit_thread_ended(committer, &left_behind).await;
+        let ended = match end {
+            TermEnd::CloseConnections => {
+                commit_thread_ended(committer, &left_behind, &health_at_end).await
+            }
+            // One machine's ledger (fjall): its commit thread ends with its store's flush and
+            // compaction, which is waited for however long it takes, as before.
+            TermEnd::CloseEndpoint => {
+                match tokio::task::spawn_blocking(move || committer.join()).await {
+                    Ok(Ok(())) => Ok(()),
+                    _ => Err(ServeError::Panicked("the commit thread panicked".into())),
+                }
+            }
+        };
         if let Some(refusing) = refusing {
             refusing.abort();
         }
@@ -742,10 +755,13 @@ pub(crate) fn lead(
 }
 
 /// Waits up to [`COMMIT_THREAD_WAIT`] for a term's commit thread, off the runtime (on a thread
-/// the process exit does not wait for); past that, marks it `left_behind`.
+/// the process exit does not wait for); past that, marks it `left_behind` and clears the
+/// commits in flight that `health` shows (the node stands by: its `/ready` and the stuck
+/// commit's alert are not about a term that is over).
 async fn commit_thread_ended(
     committer: std::thread::JoinHandle<()>,
     left_behind: &AtomicBool,
+    health: &Health,
 ) -> Result<(), ServeError> {
     let (joined_tx, joined) = oneshot::channel();
     std::thread::Builder::new()
@@ -759,6 +775,7 @@ async fn commit_thread_ended(
         Ok(_) => Err(ServeError::Panicked("the commit thread panicked".into())),
         Err(_) => {
             left_behind.store(true, Ordering::SeqCst);
+            health.term_commits();
             tracing::error!(
                 waited = ?COMMIT_THREAD_WAIT,
                 "the ledger has not answered a group commit: its thread is left behind, its \
@@ -891,7 +908,7 @@ fn start_reader(store: &mut dyn LedgerStore) -> Option<std::sync::mpsc::Sender<V
 fn report_commits(
     committed: mpsc::UnboundedSender<Committed>,
     metrics: Arc<Metrics>,
-    (health, in_flight): (Arc<Health>, Arc<CommitsInFlight>),
+    (health, in_flight, left_behind): (Arc<Health>, Arc<CommitsInFlight>, Arc<AtomicBool>),
     reader: Option<std::sync::mpsc::Sender<Vec<AwardRead>>>,
 ) -> Arc<Report<Behind>> {
     // To the reader's thread, or (none, or gone) here, in the lane's turn.
@@ -908,6 +925,11 @@ fn report_commits(
         }
     };
     Arc::new(move |group: CommitGroup, behind: Behind, result, store: &mut dyn LedgerStore| {
+        // A thread its term left behind tells no one: its actor is gone, and the process's
+        // health and metrics are the next term's.
+        if left_behind.load(Ordering::SeqCst) {
+            return;
+        }
         in_flight.reported();
         let Behind { handed, reads } = behind;
         if group.is_empty() {

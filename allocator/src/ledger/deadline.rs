@@ -118,6 +118,8 @@ mod tests {
         assert!(UNANSWERED.load(Ordering::Relaxed) > before, "the call left behind is counted");
         release_tx.send(()).unwrap();
         late_rx.recv_timeout(Duration::from_secs(5)).expect("the late answer is seen");
+        // Uncounted before the late hook runs.
+        assert_eq!(UNANSWERED.load(Ordering::Relaxed), before, "the returned call uncounted");
     }
 
     #[test]

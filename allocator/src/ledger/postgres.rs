@@ -351,9 +351,13 @@ pub fn within_on_host<T: Send + 'static>(
     result
 }
 
-fn host_is_hung(host: &str) -> bool {
+/// Whether connections skip `host` now (a call left behind there has not returned).
+pub fn host_is_hung(host: &str) -> bool {
     hung_hosts().get(host).is_some_and(|&count| count > 0)
 }
+
+/// How far past the client's own TCP connect timeout a session's start is left behind.
+const HUNG_MARGIN: Duration = Duration::from_millis(500);
 
 /// A session [`connect`] opened.
 pub struct Session {
@@ -411,8 +415,11 @@ pub fn connect(target: impl Into<Target>) -> Result<Session, LedgerError> {
             }
         });
         let tls = target.tls.clone();
-        let attempt =
-            within_on_host(&host, limit, "connection", move || open_session(&mut one, tls));
+        // A little past the client's own TCP connect timeout, so that a host that is gone
+        // (its connect refused or timed out) fails as such and is not taken for a hung one.
+        let attempt = within_on_host(&host, limit + HUNG_MARGIN, "connection", move || {
+            open_session(&mut one, tls)
+        });
         match attempt {
             Ok(Ok(client)) => return Ok(Session { client, unreplicated, host }),
             Ok(Err(err)) => last = Some(err),
@@ -460,10 +467,20 @@ fn one_config_per_host(config: &postgres::Config) -> Vec<(String, postgres::Conf
     use postgres::config::Host;
     let (hosts, addrs, ports) = (config.get_hosts(), config.get_hostaddrs(), config.get_ports());
     let count = hosts.len().max(addrs.len());
-    if count == 0 {
-        return vec![("(default)".to_owned(), config.clone())];
+    // Counts that do not match (which the client refuses when it connects to them all) are
+    // left to it whole, to refuse.
+    let matched = (hosts.is_empty() || addrs.is_empty() || hosts.len() == addrs.len())
+        && (ports.len() <= 1 || ports.len() == count);
+    if count == 0 || !matched {
+        return vec![("(as given)".to_owned(), config.clone())];
     }
-    (0..count)
+    let mut order: Vec<usize> = (0..count).collect();
+    if config.get_load_balance_hosts() == postgres::config::LoadBalanceHosts::Random {
+        use rand::seq::SliceRandom as _;
+        order.shuffle(&mut rand::rng());
+    }
+    order
+        .into_iter()
         .map(|i| {
             let mut one = postgres::Config::new();
             let mut name = String::new();
@@ -478,11 +495,11 @@ fn one_config_per_host(config: &postgres::Config) -> Vec<(String, postgres::Conf
                 }
                 None => {}
             }
+            // One name may stand for several servers (a certificate's name with an address
+            // for each): the address keeps them apart.
             if let Some(addr) = addrs.get(i) {
                 one.hostaddr(*addr);
-                if name.is_empty() {
-                    name = addr.to_string();
-                }
+                name = if name.is_empty() { addr.to_string() } else { format!("{name}/{addr}") };
             }
             let port = match ports {
                 [one_port] => Some(*one_port),
@@ -641,6 +658,20 @@ impl PostgresLedger {
         let target = target.into();
         let Session { mut client, unreplicated, host } = connect(&target)?;
         migrate(&mut client)?;
+        Ok(Self { client, statements: None, term: None, unreplicated, target, host })
+    }
+
+    /// [`Self::open`] for a standby's look: the connection within its deadlines per host, the
+    /// schema check (a no-op once the start has migrated, but a statement all the same) within
+    /// `limit`, left behind on a server that hangs between the two.
+    pub fn open_within(target: impl Into<Target>, limit: Duration) -> Result<Self, LedgerError> {
+        let target = target.into();
+        let Session { client, unreplicated, host } = connect(&target)?;
+        let checked = within_on_host(&host.clone(), limit, "schema check", move || {
+            let mut client = client;
+            migrate(&mut client).map(|_| client)
+        });
+        let client = checked.and_then(|migrated| migrated)?;
         Ok(Self { client, statements: None, term: None, unreplicated, target, host })
     }
 
@@ -1279,7 +1310,7 @@ mod tests {
         assert_eq!(second.get_target_session_attrs(), expected.get_target_session_attrs());
 
         let one_port = split("host=db1,db2 hostaddr=10.0.0.1,10.0.0.2 port=6000");
-        assert_eq!(one_port[1].0, "db2:6000");
+        assert_eq!(one_port[1].0, "db2/10.0.0.2:6000");
         assert_eq!(one_port[1].1.get_ports(), [6000]);
         assert_eq!(
             one_port[1].1.get_hostaddrs(),
@@ -1288,5 +1319,15 @@ mod tests {
         let no_port = split("host=db1,db2");
         assert_eq!(no_port[1].0, "db2");
         assert!(no_port[1].1.get_ports().is_empty());
+        // One certificate name for two servers: two hosts all the same, skipped apart.
+        let one_name = split("host=db,db hostaddr=10.0.0.1,10.0.0.2 port=5432");
+        let names: Vec<&str> = one_name.iter().map(|(name, _)| name.as_str()).collect();
+        assert_eq!(names, ["db/10.0.0.1:5432", "db/10.0.0.2:5432"]);
+        // Counts the client refuses are left whole for it to refuse.
+        for url in ["host=db1,db2 port=1,2,3", "host=db1,db2 hostaddr=10.0.0.1"] {
+            let whole = split(url);
+            assert_eq!(whole.len(), 1, "{url}");
+            assert_eq!(whole[0].1.get_hosts().len(), 2, "{url}");
+        }
     }
 }
