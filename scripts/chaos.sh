@@ -563,18 +563,27 @@ promoted_has_sync_standby() {
     [ "${sync:-0}" -ge 1 ] || problems+=("the promoted primary has no synchronous standby")
 }
 
-scenario_ha_primary_kill() {
-    begin_ha ha-primary-kill
+# primary_lost NAME FAULT: the HA scenario NAME whose PostgreSQL primary meets FAULT
+# (`pg-cluster.sh FAULT`: kill, pause) under the swarm; a standby promoted, the failover
+# awaited, the phones done, nothing unanswered, the promoted primary synchronous again. Sets
+# former, the allocator that led at the fault.
+primary_lost() {
+    begin_ha "$1"
     ha_start_all
     local first=$leader_epoch fault_ms
+    former=$leader
     sample_memory
     fault_ms=$(( $(date +%s%N) / 1000000 ))
-    scripts/pg-cluster.sh kill "$S/pg-p"
+    scripts/pg-cluster.sh "$2" "$S/pg-p"
     promote_a_standby
     await_failover "$fault_ms" "$first" || true
     swarm_wait
     ha_in_flight_check
     promoted_has_sync_standby
+}
+
+scenario_ha_primary_kill() {
+    primary_lost ha-primary-kill kill
     notes="PostgreSQL primary SIGKILLed, $promoted promoted; $leader led again (epoch $leader_epoch) after ${failover_s}s"
     finish
 }
@@ -584,17 +593,8 @@ scenario_ha_primary_kill() {
 # to it. A standby is promoted, as Patroni would once the primary stops renewing its key, and
 # the hung server stays hung until the phones are done (fenced only then, as its host would be).
 scenario_ha_primary_hang() {
-    begin_ha ha-primary-hang
-    ha_start_all
-    local first=$leader_epoch fault_ms former=$leader oldest unanswered
-    sample_memory
-    fault_ms=$(( $(date +%s%N) / 1000000 ))
-    scripts/pg-cluster.sh pause "$S/pg-p"
-    promote_a_standby
-    await_failover "$fault_ms" "$first" || true
-    swarm_wait
-    ha_in_flight_check
-    promoted_has_sync_standby
+    local oldest unanswered
+    primary_lost ha-primary-hang pause
     # The calls left behind on the hung server show; the former leader, standing by, shows no
     # commit of its ended term as stuck (its /ready and the alert are about serving).
     unanswered=$(( $(metric_sum "${ha_metrics[a]}" shake_allocator_ledger_calls_unanswered) + $(metric_sum "${ha_metrics[b]}" shake_allocator_ledger_calls_unanswered) ))

@@ -61,12 +61,7 @@ fn a_signal_during_the_start_ends_it_there() {
 fn an_endpoint_lost_while_serving_ends_the_allocator_with_a_failure() {
     let scratch = Scratch::new("endpoint-lost");
     let config = scratch.config("[rounds.cash]\ntotal_cents = 100\nenvelopes = 1\n");
-    let mut child =
-        with_failpoint(&config, "allocator-endpoint-lost", Stdio::null(), Stdio::piped());
-    let mut stderr_pipe = child.stderr.take().unwrap();
-    let status = exit_within(&mut child, TEN_S, "the allocator whose endpoint was lost");
-    let mut stderr = String::new();
-    stderr_pipe.read_to_string(&mut stderr).unwrap();
+    let (status, stderr) = exit_with_failpoint(&config, "allocator-endpoint-lost");
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("QUIC endpoint stopped"), "{stderr}");
 }
@@ -78,17 +73,24 @@ fn with_failpoint(config: &Path, failpoint: &str, stdout: Stdio, stderr: Stdio) 
     command.spawn().unwrap()
 }
 
+/// The exit status and the error output of the allocator serving `config` with `failpoint`
+/// switched on, which must end within ten seconds.
+fn exit_with_failpoint(config: &Path, failpoint: &str) -> (std::process::ExitStatus, String) {
+    let mut child = with_failpoint(config, failpoint, Stdio::null(), Stdio::piped());
+    let mut stderr_pipe = child.stderr.take().unwrap();
+    let status = exit_within(&mut child, TEN_S, &format!("the allocator with {failpoint}"));
+    let mut stderr = String::new();
+    stderr_pipe.read_to_string(&mut stderr).unwrap();
+    (status, stderr)
+}
+
 /// A misspelt fault would inject nothing and let its test pass without the fault: the binary
 /// refuses it as a usage error, naming it.
 #[test]
 fn a_misspelt_failpoint_is_refused_at_start() {
     let scratch = Scratch::new("failpoint-misspelt");
     let config = scratch.config("[rounds.cash]\ntotal_cents = 100\nenvelopes = 1\n");
-    let mut child = with_failpoint(&config, "allocator-actor-panik", Stdio::null(), Stdio::piped());
-    let mut stderr_pipe = child.stderr.take().unwrap();
-    let status = exit_within(&mut child, TEN_S, "the allocator with a misspelt failpoint");
-    let mut stderr = String::new();
-    stderr_pipe.read_to_string(&mut stderr).unwrap();
+    let (status, stderr) = exit_with_failpoint(&config, "allocator-actor-panik");
     assert_eq!(status.code(), Some(64), "{stderr}");
     assert!(stderr.contains("no such fault: allocator-actor-panik"), "{stderr}");
 }

@@ -59,6 +59,14 @@ fn primary(name: &str) -> (Scratch, PgServer, String) {
     (scratch, server, url)
 }
 
+/// Node `node`'s configuration on `url` with a lease of 6 s, which a test's handover must not
+/// wait out.
+fn long_lease(scratch: &Scratch, node: &str, url: &str) -> std::path::PathBuf {
+    let config = scratch.postgres_config(node, url, &round());
+    rewrite(&config, "lease_ms = 1500", "lease_ms = 6000");
+    config
+}
+
 /// Replaces `from`, which must be there, with `to` in the configuration file `config`.
 fn rewrite(config: &std::path::Path, from: &str, to: &str) {
     let text = std::fs::read_to_string(config).unwrap();
@@ -723,14 +731,9 @@ async fn a_node_stopped_while_its_look_wins_releases_the_lease() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_stopped_with_sigterm_hands_over_at_the_next_look() {
     let (scratch, server, url) = primary("ha-handover");
-    let long_lease = |node: &str| {
-        let config = scratch.postgres_config(node, &url, &round());
-        rewrite(&config, "lease_ms = 1500", "lease_ms = 6000");
-        config
-    };
-    let mut a = Allocator::start(&long_lease("a"));
+    let mut a = Allocator::start(&long_lease(&scratch, "a", &url));
     let epoch = await_leadership(&a, Duration::from_secs(20));
-    let b = Allocator::start(&long_lease("b"));
+    let b = Allocator::start(&long_lease(&scratch, "b", &url));
     assert!(a.process.terminate().success(), "a's clean stop");
     // Within a few standby polls (100 ms), where the lease had 4-6 s to run.
     let next = await_leadership(&b, Duration::from_secs(2));
@@ -747,8 +750,7 @@ async fn a_leader_stopped_with_sigterm_hands_over_at_the_next_look() {
 async fn an_edge_reaches_the_next_leader_soon_after_a_clean_stop() {
     let (scratch, server, url) = primary("ha-edge-handover");
     let slow_poll = |node: &str| {
-        let config = scratch.postgres_config(node, &url, &round());
-        rewrite(&config, "lease_ms = 1500", "lease_ms = 6000");
+        let config = long_lease(&scratch, node, &url);
         rewrite(&config, "standby_poll_ms = 100", "standby_poll_ms = 800");
         config
     };
