@@ -335,8 +335,9 @@ impl Node {
         let reading = self.reading.clone();
         let reader =
             std::thread::Builder::new().name("ledger-takeover-read".into()).spawn(move || {
+                // Cleared however the read ends, a panic included.
+                let _done = ClearOnDrop(reading);
                 let _ = read_tx.send(read_the_log());
-                reading.store(false, Ordering::SeqCst);
             });
         if let Err(err) = reader {
             self.reading.store(false, Ordering::SeqCst);
@@ -534,6 +535,15 @@ impl Node {
 
     fn count_term(&self, outcome: Leadership) {
         self.shared.metrics.leadership.get_or_create(&LeadershipLabels { outcome }).inc();
+    }
+}
+
+/// Clears its flag when dropped.
+struct ClearOnDrop(Arc<AtomicBool>);
+
+impl Drop for ClearOnDrop {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
     }
 }
 
