@@ -4,7 +4,7 @@
 use std::process::Command;
 
 use shake_testkit::processes::bin;
-use shake_testkit::scratch::Scratch;
+use shake_testkit::scratch::{ONE_ENVELOPE, Scratch};
 
 /// `shake-allocator --check-config CONFIG`: its exit status and what it said on stderr.
 fn check_config(config: &std::path::Path) -> (Option<i32>, String) {
@@ -16,7 +16,7 @@ fn check_config(config: &std::path::Path) -> (Option<i32>, String) {
 #[test]
 fn check_config_loads_the_tls_files() {
     let scratch = Scratch::new("check-config");
-    let config = scratch.config("[rounds.cash]\ntotal_cents = 100\nenvelopes = 1\n");
+    let config = scratch.config(ONE_ENVELOPE);
     let (code, said) = check_config(&config);
     assert_eq!(code, Some(0), "{said}");
     let text = std::fs::read_to_string(&config).unwrap();
@@ -78,7 +78,7 @@ fn reading_a_ledger_that_is_not_there_fails_and_creates_nothing() {
 #[test]
 fn check_config_finds_a_ledger_directory_that_cannot_be_written() {
     let scratch = Scratch::new("check-config-ledger");
-    let config = scratch.config("[rounds.cash]\ntotal_cents = 100\nenvelopes = 1\n");
+    let config = scratch.config(ONE_ENVELOPE);
     let check = || check_config(&config);
     assert_eq!(check().0, Some(0), "{}", check().1);
     // Under a file, no directory can be made (root ignores permissions; this it cannot).

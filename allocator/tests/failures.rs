@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use shake_proto::{AllocatorFrame, Batch, BatchEntry};
 use shake_testkit::edge_link::edge_worker;
 use shake_testkit::processes::{self, exit_within};
-use shake_testkit::scratch::Scratch;
+use shake_testkit::scratch::{ONE_ENVELOPE, Scratch};
 use shake_testkit::servers::Allocator;
 use shake_testkit::{metrics, now_ms};
 
@@ -20,7 +20,7 @@ const TEN_S: Duration = Duration::from_secs(10);
 #[test]
 fn a_panicking_actor_stops_the_allocator_with_a_failure_exit() {
     let scratch = Scratch::new("actor-panic");
-    let config = scratch.config("[rounds.cash]\ntotal_cents = 100\nenvelopes = 1\n");
+    let config = scratch.config(ONE_ENVELOPE);
     let mut child = with_failpoint(&config, "allocator-actor-panic", Stdio::null(), Stdio::null());
     let status = exit_within(&mut child, TEN_S, "the allocator whose actor panicked");
     assert_eq!(status.code(), Some(1), "{status:?}");
@@ -35,7 +35,7 @@ fn a_panicking_actor_stops_the_allocator_with_a_failure_exit() {
 fn a_signal_during_the_start_ends_it_there() {
     for signal in ["TERM", "INT"] {
         let scratch = Scratch::new("signal-while-starting");
-        let config = scratch.config("[rounds.cash]\ntotal_cents = 100\nenvelopes = 1\n");
+        let config = scratch.config(ONE_ENVELOPE);
         let mut child =
             with_failpoint(&config, "allocator-slow-start", Stdio::piped(), Stdio::null());
         // Its handlers in place (a signal before them takes the default action, the end).
@@ -60,7 +60,7 @@ fn a_signal_during_the_start_ends_it_there() {
 #[test]
 fn an_endpoint_lost_while_serving_ends_the_allocator_with_a_failure() {
     let scratch = Scratch::new("endpoint-lost");
-    let config = scratch.config("[rounds.cash]\ntotal_cents = 100\nenvelopes = 1\n");
+    let config = scratch.config(ONE_ENVELOPE);
     let (status, stderr) = exit_with_failpoint(&config, "allocator-endpoint-lost");
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("QUIC endpoint stopped"), "{stderr}");
@@ -89,7 +89,7 @@ fn exit_with_failpoint(config: &Path, failpoint: &str) -> (std::process::ExitSta
 #[test]
 fn a_misspelt_failpoint_is_refused_at_start() {
     let scratch = Scratch::new("failpoint-misspelt");
-    let config = scratch.config("[rounds.cash]\ntotal_cents = 100\nenvelopes = 1\n");
+    let config = scratch.config(ONE_ENVELOPE);
     let (status, stderr) = exit_with_failpoint(&config, "allocator-actor-panik");
     assert_eq!(status.code(), Some(64), "{stderr}");
     assert!(stderr.contains("no such fault: allocator-actor-panik"), "{stderr}");

@@ -11,6 +11,9 @@ use crate::tokens::DEV_SECRET_HEX;
 /// The admin API token of [`Scratch::with_admin_api`] and [`Scratch::admin_config`].
 pub const ADMIN_TOKEN: &str = "control-room-token-0123456789";
 
+/// The smallest round an allocator configuration can hold: one cash envelope of 100 cents.
+pub const ONE_ENVELOPE: &str = "[rounds.cash]\ntotal_cents = 100\nenvelopes = 1\n";
+
 /// Any port on loopback.
 pub const ANY_PORT: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
 
