@@ -23,8 +23,10 @@
 //! asks (default "admin"). Answers: 200 with the command and the round's new timing; 400 a bad
 //! value; 401 no or a wrong token; 404 no such round; 409 refused by the round's state (the
 //! reason in the body); 503 when this allocator is not leading (a standby) or another command
-//! is being recorded (retry). The allocator records a command durably before it takes effect;
-//! then every edge hears the round's new state.
+//! is being recorded (retry); 504 when the allocator did not answer within [`ANSWER_WAIT`] (its
+//! ledger not answering: a command may still be recorded later, so send it again with the same
+//! `Idempotency-Key` to learn its outcome). The allocator records a command durably before it
+//! takes effect; then every edge hears the round's new state.
 
 use shake_ops::bearer::BearerToken;
 use std::net::SocketAddr;
@@ -139,10 +141,18 @@ pub(crate) struct RoundView {
 /// Where admin requests go: the actor of the leadership term now serving, if any.
 pub(crate) type AdminTarget = Arc<Mutex<Option<mpsc::Sender<AdminRequest>>>>;
 
+/// The longest an admin request waits for the serving term's answer. A command is answered
+/// once recorded and a support read once the ledger has read it, so a database that stops
+/// answering would otherwise hold every such request (and the control room's page) for as long
+/// as it hangs.
+pub const ANSWER_WAIT: Duration = Duration::from_secs(10);
+
 #[derive(Clone)]
 struct Api {
     token: BearerToken,
     target: AdminTarget,
+    /// [`ANSWER_WAIT`], shorter in tests.
+    answer_wait: Duration,
 }
 
 /// Serves the admin API on `addr` until `stop`; the address bound.
@@ -152,7 +162,7 @@ pub(crate) async fn spawn(
     target: AdminTarget,
     stop: CancellationToken,
 ) -> std::io::Result<SocketAddr> {
-    let api = Api { token, target };
+    let api = Api { token, target, answer_wait: ANSWER_WAIT };
     let app = Router::new()
         .route("/", get(page))
         .route("/events", get(events))
@@ -183,7 +193,7 @@ impl Api {
         self.token.admits(headers)
     }
 
-    /// Sends a request to the serving term and waits for its answer.
+    /// Sends a request to the serving term and waits for its answer, at most `answer_wait`.
     async fn ask<T>(
         &self,
         request: impl FnOnce(oneshot::Sender<T>) -> AdminRequest,
@@ -192,11 +202,27 @@ impl Api {
         let Some(target) = target else {
             return Err(error(StatusCode::SERVICE_UNAVAILABLE, "not leading: ask the leader"));
         };
-        let (reply, answer) = oneshot::channel();
-        if target.send(request(reply)).await.is_err() {
-            return Err(error(StatusCode::SERVICE_UNAVAILABLE, "the allocator is stopping"));
+        let asked = async {
+            let (reply, answer) = oneshot::channel();
+            if target.send(request(reply)).await.is_err() {
+                return Err(error(StatusCode::SERVICE_UNAVAILABLE, "the allocator is stopping"));
+            }
+            answer
+                .await
+                .map_err(|_| error(StatusCode::SERVICE_UNAVAILABLE, "the allocator stopped"))
+        };
+        match tokio::time::timeout(self.answer_wait, asked).await {
+            Ok(answer) => answer,
+            Err(_) => Err(error(
+                StatusCode::GATEWAY_TIMEOUT,
+                &format!(
+                    "no answer within {:?}: the ledger may not be answering; a command may \
+                     still be recorded, so send it again with the same Idempotency-Key to \
+                     learn its outcome",
+                    self.answer_wait
+                ),
+            )),
         }
-        answer.await.map_err(|_| error(StatusCode::SERVICE_UNAVAILABLE, "the allocator stopped"))
     }
 }
 
@@ -537,6 +563,7 @@ mod tests {
             Api {
                 token: BearerToken::new("a-token-of-16-bytes").unwrap(),
                 target: Arc::new(Mutex::new(Some(tx))),
+                answer_wait: ANSWER_WAIT,
             },
             reads,
         )
@@ -584,5 +611,58 @@ mod tests {
         let response = export_body(api, 2, QUICK).await;
         assert_eq!(response.status(), StatusCode::OK);
         assert!(ids(response).await.is_err(), "an export cut short must not read as whole");
+    }
+    /// A serving term that takes every request and answers none (its ledger hangs); the
+    /// requests are kept, so the API is not told "stopped" by a dropped reply.
+    fn silent_term(answer_wait: Duration) -> (Api, Arc<Mutex<Vec<AdminRequest>>>) {
+        let (tx, mut rx) = mpsc::channel(4);
+        let held = Arc::new(Mutex::new(Vec::new()));
+        let keep = held.clone();
+        tokio::spawn(async move {
+            while let Some(request) = rx.recv().await {
+                keep.lock().unwrap().push(request);
+            }
+        });
+        let token = BearerToken::new("a-token-of-16-bytes").unwrap();
+        (Api { token, target: Arc::new(Mutex::new(Some(tx))), answer_wait }, held)
+    }
+
+    #[tokio::test]
+    async fn a_term_that_never_answers_gets_a_gateway_timeout_not_a_wait() {
+        let wait = Duration::from_millis(200);
+        let (api, held) = silent_term(wait);
+        let started = std::time::Instant::now();
+        let read = tokio::time::timeout(wait * 20, api.ask(|reply| AdminRequest::Rounds { reply }))
+            .await
+            .expect("the API waited on for the answer");
+        let waited = started.elapsed();
+        let response = read.expect_err("no answer came");
+        assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert!(waited >= wait && waited < wait * 10, "waited {waited:?}");
+        assert_eq!(held.lock().unwrap().len(), 1, "the request reached the term");
+        // A support read and an export's first page end the same way, with their status.
+        let mut headers = HeaderMap::new();
+        headers.insert(header::AUTHORIZATION, "Bearer a-token-of-16-bytes".parse().unwrap());
+        let response = read_awards(&api, &headers, AwardQuery::default()).await;
+        assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+        let response = export_body(api.clone(), 2, QUICK).await;
+        assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+    }
+
+    #[tokio::test]
+    async fn a_term_whose_request_queue_stays_full_gets_a_gateway_timeout() {
+        // Nobody reads the queue: the send itself waits, and the deadline covers it.
+        let (tx, _rx) = mpsc::channel(1);
+        let (filler, _) = oneshot::channel();
+        tx.try_send(AdminRequest::Rounds { reply: filler }).unwrap();
+        let token = BearerToken::new("a-token-of-16-bytes").unwrap();
+        let wait = Duration::from_millis(100);
+        let api = Api { token, target: Arc::new(Mutex::new(Some(tx))), answer_wait: wait };
+        let asked = api.ask(|reply| AdminRequest::Audit { reply });
+        let response = tokio::time::timeout(wait * 20, asked)
+            .await
+            .expect("the API waited on for room in the queue")
+            .unwrap_err();
+        assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
     }
 }

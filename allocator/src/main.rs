@@ -84,7 +84,7 @@ enum Command {
         #[arg(long = "as", global = true, default_value = "cli")]
         operator: String,
         /// The command's idempotency key: run the same command again with the same key and it
-        /// takes effect once (default: a fresh key). An answer that does not come (503, a
+        /// takes effect once (default: a fresh key). An answer that does not come (503, 504, a
         /// broken connection) is retried under the same key, 5 tries 2 s apart; after that the
         /// CLI prints the key to resend with.
         #[arg(long, global = true)]

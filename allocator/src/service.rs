@@ -976,6 +976,10 @@ fn serve_reads(ledger: &mut dyn LedgerStore, reads: Vec<AwardRead>) {
         if shake_ops::supervise::failpoint("allocator-slow-award-read") {
             std::thread::sleep(Duration::from_secs(3));
         }
+        // Tests only: a read that outlasts the admin API's wait (a database that hangs).
+        if shake_ops::supervise::failpoint("allocator-award-read-hangs") {
+            std::thread::sleep(crate::admin::ANSWER_WAIT + Duration::from_secs(5));
+        }
         let result = ledger.find_awards(&read.query);
         let _ = read.reply.send(result.map_err(|e| e.to_string()));
     }

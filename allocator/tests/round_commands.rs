@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use shake_ops::http::{body_of, request_with, request_with_body, status_of};
 use shake_proto::{AllocatorFrame, Batch, BatchEntry, RoundPhase};
@@ -375,8 +375,8 @@ fn an_unconfirmed_command_is_retried_and_resent_only_under_its_id() {
         let keys = std::thread::spawn(move || {
             listener.set_nonblocking(true).unwrap();
             let mut keys = Vec::new();
-            let until = std::time::Instant::now() + Duration::from_secs(20);
-            while keys.len() < 5 && std::time::Instant::now() < until {
+            let until = Instant::now() + Duration::from_secs(20);
+            while keys.len() < 5 && Instant::now() < until {
                 let Ok((mut conn, _)) = listener.accept() else {
                     std::thread::sleep(Duration::from_millis(10));
                     continue;
@@ -454,4 +454,30 @@ async fn a_slow_award_read_holds_up_no_commit() {
     let answer = tokio::time::timeout(Duration::from_millis(1_500), stream.next_result()).await;
     assert!(matches!(answer, Ok(Ok((1, _, _)))), "the batch behind a slow read: {answer:?}");
     assert_eq!(read.join().unwrap(), 200, "the read is answered all the same");
+}
+
+/// A read the ledger never answers in time (`allocator-award-read-hangs`: 15 s) is answered
+/// 504 once the admin API's wait (10 s) is out, not held for as long as the ledger hangs; the
+/// rest of the API answers meanwhile. Without the wait, the request waited the read out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_the_ledger_does_not_answer_in_time_gets_a_gateway_timeout() {
+    let scratch = Scratch::new("hung-read");
+    let config = scratch.admin_config();
+    let mut command = Allocator::command(&config);
+    command
+        .env("SHAKE_FAILPOINT", "allocator-award-read-hangs")
+        .env("RUST_LOG", "warn")
+        .stderr(std::process::Stdio::inherit());
+    let alloc = Allocator::spawn(command).unwrap();
+    let admin = alloc.admin.expect("the ready line names the admin API");
+    let started = Instant::now();
+    let read = std::thread::spawn(move || authed(admin, "GET", "/awards?limit=5", "-"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, _) = authed(admin, "GET", "/rounds", "-");
+    assert_eq!(status, 200, "the rounds are answered beside a hung read");
+    let (status, body) = read.join().unwrap();
+    let waited = started.elapsed();
+    assert_eq!(status, 504, "{body}");
+    assert!(body.to_string().contains("no answer within 10s"), "{body}");
+    assert!(waited >= Duration::from_secs(10) && waited < Duration::from_secs(14), "{waited:?}");
 }

@@ -40,6 +40,10 @@ enum Bench {
         /// Length of each measurement, milliseconds.
         #[arg(long, default_value_t = 3000)]
         run_ms: u64,
+        /// Measure only the first N configurations of the table (2: quinn's default and the
+        /// edge, the pair `hs_ratio_vs_quinn_default` compares; for quick A/B runs).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(2..))]
+        first: Option<u64>,
         #[command(flatten)]
         cores: Cores,
     },
@@ -196,9 +200,10 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let results_dir = (!cli.no_write).then_some(cli.results_dir.as_path());
     match cli.bench {
-        Bench::Handshake { run_ms, cores } => {
+        Bench::Handshake { run_ms, first, cores } => {
             let results = handshake_bench::run(
                 Duration::from_millis(run_ms),
+                first.map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX)),
                 cores.server(),
                 cores.client_core,
             );

@@ -102,6 +102,7 @@ pub const FAILPOINTS: &[&str] = &[
     "allocator-slow-start",
     "allocator-commit-hangs",
     "allocator-slow-award-read",
+    "allocator-award-read-hangs",
     "allocator-slow-takeover-read",
     "allocator-takeover-read-fails",
     "allocator-slow-look",
