@@ -159,7 +159,7 @@ impl Node {
     /// (`Some(epoch)`, with what it followed) or is stopped.
     async fn stand_by(&self) -> Result<Option<(i64, Warm)>, ServeError> {
         self.shared.health.standby.store(true, Ordering::Relaxed);
-        self.shared.metrics.leader_epoch.set(0);
+        self.shared.metrics.not_leading();
         let leader = Arc::new(Mutex::new(String::new()));
         let redirect = tokio::spawn(redirect_edges(
             self.endpoint.clone(),
@@ -443,7 +443,7 @@ impl Node {
         };
         stop_renewing(&term_over, renewer).await;
         self.shared.health.standby.store(true, Ordering::Relaxed);
-        self.shared.metrics.leader_epoch.set(0);
+        self.shared.metrics.not_leading();
         match result {
             Ok(()) if lost.load(Ordering::SeqCst) => {
                 tracing::warn!(epoch, "leader: lost the lease; standing by");

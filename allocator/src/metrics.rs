@@ -134,6 +134,9 @@ pub struct Metrics {
     pub awards: Family<AwardLabels, Counter>,
     /// Prizes not yet awarded, by round.
     pub pool_remaining: Family<RoundLabels, Gauge>,
+    /// 1 while the round takes shakes, 0 while it waits, is paused or has closed, by round:
+    /// what tells a pool drained in an open round (an alert) from one that closed drained.
+    pub round_open: Family<RoundLabels, Gauge>,
     /// Group commit latency, seconds.
     pub commit_seconds: Histogram,
     /// Batches per group commit.
@@ -214,6 +217,7 @@ impl Metrics {
             entries: Counter::default(),
             awards: Family::default(),
             pool_remaining: Family::default(),
+            round_open: Family::default(),
             commit_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
             commit_group_batches: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             rejected_peers: Family::default(),
@@ -252,6 +256,11 @@ impl Metrics {
         registry.register("entries", "Entries decided", m.entries.clone());
         registry.register("awards", "Awards granted", m.awards.clone());
         registry.register("pool_remaining", "Prizes not yet awarded", m.pool_remaining.clone());
+        registry.register(
+            "round_open",
+            "1 while the round takes shakes, else 0",
+            m.round_open.clone(),
+        );
         registry.register("commit_seconds", "Group commit latency", m.commit_seconds.clone());
         registry.register(
             "commit_group_batches",
@@ -380,6 +389,20 @@ impl Metrics {
         Self { registry, ..m }
     }
 
+    /// This allocator leads no more (or not yet): the epoch is 0, and what only a serving term
+    /// knows is forgotten rather than frozen at its last value (a former leader that stands by
+    /// would otherwise add its last pools to the new leader's in every sum over allocators,
+    /// and keep a drained round's alert going).
+    pub fn not_leading(&self) {
+        self.leader_epoch.set(0);
+        self.pool_remaining.clear();
+        self.round_open.clear();
+        self.answers_stored.set(0);
+        self.awards_owed.set(0);
+        self.users_tracked.set(0);
+        self.winners_remembered.set(0);
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         shake_ops::http::exposition(&self.registry)
@@ -409,10 +432,31 @@ shake_allocator_pool_remaining{round="7"}
 shake_allocator_rejected_peers_total{reason="edge_id"}
 shake_allocator_rejected_peers_total{reason="handshake"}
 shake_allocator_rejected_peers_total{reason="not_leader"}
+shake_allocator_round_open{round="1"}
+shake_allocator_round_open{round="7"}
 shake_allocator_streams_closed_total{reason="HELLO_TIMEOUT"}
 shake_allocator_streams_closed_total{reason="SESSION_SUPERSEDED"}
 shake_allocator_streams_closed_total{reason="slow_reader"}
 "#;
+
+    #[test]
+    fn a_term_that_ends_leaves_no_frozen_pools_behind() {
+        let m = Metrics::new();
+        m.leader_epoch.set(3);
+        m.pool_remaining.get_or_create(&RoundLabels { round: 1 }).set(5);
+        m.round_open.get_or_create(&RoundLabels { round: 1 }).set(1);
+        m.awards_owed.set(9);
+        m.answers_stored.set(4);
+        let serving = m.render();
+        assert!(serving.contains("shake_allocator_pool_remaining{round=\"1\"} 5"), "{serving}");
+        m.not_leading();
+        let standing_by = m.render();
+        assert!(!standing_by.contains("shake_allocator_pool_remaining{"), "{standing_by}");
+        assert!(!standing_by.contains("shake_allocator_round_open{"), "{standing_by}");
+        for gauge in ["leader_epoch", "awards_owed", "answers_stored"] {
+            assert!(standing_by.contains(&format!("shake_allocator_{gauge} 0\n")), "{gauge}");
+        }
+    }
 
     #[test]
     fn every_label_keeps_its_exported_name() {
@@ -420,6 +464,7 @@ shake_allocator_streams_closed_total{reason="slow_reader"}
         for (round, prize) in [(1, PrizeKind::Cash), (7, PrizeKind::Gift)] {
             m.awards.get_or_create(&AwardLabels { round, prize }).inc();
             m.pool_remaining.get_or_create(&RoundLabels { round }).set(5);
+            m.round_open.get_or_create(&RoundLabels { round }).set(1);
         }
         for reason in Rejected::ALL {
             m.rejected_peers.get_or_create(&RejectedLabels { reason }).inc();

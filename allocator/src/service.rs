@@ -990,12 +990,12 @@ fn update_gauges(core: &Core, metrics: &Metrics) {
     metrics.awards_owed.set(core.owed_awards() as i64);
     metrics.users_tracked.set(core.tracked_users() as i64);
     metrics.winners_remembered.set(core.draw().winners_remembered() as i64);
+    let now = now_ms();
     for round in core.draw().rounds() {
         let left = round.pool().items().len() - round.pool().awarded_count();
-        metrics
-            .pool_remaining
-            .get_or_create(&RoundLabels { round: round.config().id })
-            .set(left as i64);
+        let labels = RoundLabels { round: round.config().id };
+        metrics.pool_remaining.get_or_create(&labels).set(left as i64);
+        metrics.round_open.get_or_create(&labels).set(i64::from(round.timing().is_open(now)));
     }
 }
 

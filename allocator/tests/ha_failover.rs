@@ -273,6 +273,10 @@ async fn a_fenced_commit_ends_the_term_as_fenced() {
     let mut stream = edge_worker(a.quic, &scratch, 42).await.unwrap();
     stream.send(&batch(1)).await;
     assert_eq!(stream.next_result().await.unwrap().0, 1);
+    metrics::wait_until(a.metrics, "shake_allocator_pool_remaining{", "the leader's pool", |n| {
+        n > 0.0
+    })
+    .await;
 
     // Another node takes the lease behind this one's back (as a standby would once the lease
     // ran out while this one was frozen).
@@ -305,6 +309,11 @@ async fn a_fenced_commit_ends_the_term_as_fenced() {
         metric_sum(&leadership, "shake_allocator_leadership_total{outcome=\"failed\"}"),
         0.0
     );
+    // Standing by, it exports no pools: frozen at the term's last values, they would add to
+    // the next leader's in every sum over allocators.
+    for series in ["shake_allocator_pool_remaining{", "shake_allocator_round_open{"] {
+        assert!(!leadership.contains(series), "{series} after the term: {leadership}");
+    }
     let stored = std::thread::spawn(move || {
         let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
         client.query_one("SELECT count(*) FROM shake_batches", &[]).unwrap().get::<_, i64>(0)

@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 use shake_ops::http::{body_of, request_with, request_with_body, status_of};
 use shake_proto::{AllocatorFrame, Batch, BatchEntry, RoundPhase};
 use shake_testkit::edge_link::{EdgeStream, edge_worker};
-use shake_testkit::now_ms;
 use shake_testkit::processes::bin;
 use shake_testkit::scratch::{ADMIN_TOKEN, Scratch};
 use shake_testkit::servers::Allocator;
+use shake_testkit::{metrics, now_ms};
 
 /// The allocator and its admin API's address (from its ready line).
 fn admin_addr(config: &Path) -> (Allocator, SocketAddr) {
@@ -241,6 +241,11 @@ async fn a_round_paused_topped_up_resumed_and_a_round_added_survive_a_restart() 
     assert_eq!(round_one(&mut stream).await.0, RoundPhase::Open);
     // Round 1 releases its 10 envelopes at once: 20 users take all of them.
     assert_eq!(draw(&mut stream, 1, 1, 1_000, 20).await.len(), 10);
+    // Drained and open: what the drained-pool alert pages on (and, paused below, does not).
+    let left = "shake_allocator_pool_remaining{round=\"1\"}";
+    metrics::wait_until(alloc.metrics, left, "0 (drained)", |n| n == 0.0).await;
+    let open = "shake_allocator_round_open{round=\"1\"}";
+    assert_eq!(metrics::read(alloc.metrics, open), 1.0);
 
     // Paused: the edge is told the round closed at the pause; nothing is drawn meanwhile.
     let before = now_ms();
@@ -260,6 +265,7 @@ async fn a_round_paused_topped_up_resumed_and_a_round_added_survive_a_restart() 
     );
     let (_, rounds) = authed(admin, "GET", "/rounds", "-");
     assert_eq!(rounds[0]["phase"], "paused");
+    metrics::wait_until(alloc.metrics, open, "0 (paused)", |n| n == 0.0).await;
 
     // Topped up while paused (the CLI): five envelopes and two mugs. Bad pools are refused.
     let topped = cli(
