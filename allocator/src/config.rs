@@ -70,7 +70,8 @@ pub struct UserRateConfig {
     pub per_s: f64,
     /// Bucket depth, entries (the edge's per-phone burst).
     pub burst: f64,
-    /// Users tracked at once (a fixed table, 16 bytes each); a new user takes the place of
+    /// Users tracked at once (a fixed table, 16 bytes each, rounded up to a power of two:
+    /// 100,000 makes 131,072, at most twice what is asked); a new user takes the place of
     /// the least restricted one in its set.
     pub max_tracked_users: usize,
     /// Entries over the rate after which edges are told to refuse the user.

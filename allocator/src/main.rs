@@ -185,7 +185,7 @@ enum RoundCli {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = shake_ops::exit::command_line();
     // fjall narrates its recovery at info; keep our own lines readable.
     shake_ops::init_logging("info,fjall=warn,lsm_tree=warn");
     if let Some(path) = cli.check_config {
@@ -195,7 +195,21 @@ fn main() -> ExitCode {
         eprintln!("{BIN}: a command is needed (try --help)");
         return ExitCode::from(EXIT_USAGE);
     };
+    if let Some(missing) = missing_argument(&command) {
+        eprintln!("{BIN}: give {missing} (try --help)");
+        return ExitCode::from(EXIT_USAGE);
+    }
     shake_ops::exit::exit_status(BIN, run(command))
+}
+
+/// An argument the command needs that clap cannot require (`round`'s are global, so that they
+/// may follow the action): a usage error, 64, like any other.
+fn missing_argument(command: &Command) -> Option<&'static str> {
+    match command {
+        Command::Round { admin: None, .. } => Some("--admin ADDR"),
+        Command::Round { token_file: None, .. } => Some("--token-file FILE"),
+        _ => None,
+    }
 }
 
 /// The ledger named on the command line: a fjall directory, or whatever a configuration names.
@@ -262,8 +276,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             println!("{} awards", awards.len());
         }
         Command::Round { action, admin, token_file, operator, id } => {
-            let Some(admin) = admin else { anyhow::bail!("give --admin ADDR") };
-            let Some(token_file) = token_file else { anyhow::bail!("give --token-file FILE") };
+            // (`missing_argument` has refused a round command without both, as a usage error.)
+            let (Some(admin), Some(token_file)) = (admin, token_file) else {
+                anyhow::bail!("give --admin ADDR and --token-file FILE")
+            };
             let token = std::fs::read_to_string(&token_file)
                 .with_context(|| format!("reading {}", token_file.display()))?;
             return round_command(admin, token.trim(), &operator, id, action);

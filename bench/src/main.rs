@@ -197,7 +197,7 @@ impl LoadArgs {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let cli: Cli = shake_ops::exit::command_line();
     let results_dir = (!cli.no_write).then_some(cli.results_dir.as_path());
     match cli.bench {
         Bench::Handshake { run_ms, first, cores } => {

@@ -221,3 +221,36 @@ fn verify_with_systemd(unit: &str, text: &str) {
         "systemd-analyze verify {unit}: {said}"
     );
 }
+
+/// A mistyped flag or a bad value is a usage error, 64, in every binary (clap's own is 2, which
+/// `shake-swarm` gives its thresholds and `shake-phone` a refused token, and which the units'
+/// `RestartPreventExitStatus=64` would not stop); `--help` is 0.
+#[test]
+fn every_binary_calls_a_bad_command_line_64_and_help_0() {
+    let binaries = [
+        "shake-allocator",
+        "shake-edge",
+        "shake-swarm",
+        "shake-phone",
+        "shake-relay",
+        "shake-bench",
+    ];
+    for name in binaries {
+        let exe = shake_testkit::processes::bin(name);
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new(&exe).args(args).output().unwrap();
+            (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+        };
+        let (code, said) = run(&["--no-such-flag"]);
+        assert_eq!(code, Some(64), "{name}: {said}");
+        assert!(said.contains("--no-such-flag"), "{name} names what it refused: {said}");
+        assert_eq!(run(&["--help"]).0, Some(0), "{name} --help");
+    }
+    // A bad value, and an argument clap cannot require (round's are global).
+    let swarm = shake_testkit::processes::bin("shake-swarm");
+    let out = std::process::Command::new(swarm).args(["run", "--phones", "5k"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(64), "{}", String::from_utf8_lossy(&out.stderr));
+    let allocator = shake_testkit::processes::bin("shake-allocator");
+    let out = std::process::Command::new(allocator).args(["round", "list"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(64), "{}", String::from_utf8_lossy(&out.stderr));
+}

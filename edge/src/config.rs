@@ -95,7 +95,7 @@ pub struct OverloadConfig {
     /// allows it that it used, whichever is higher.
     pub busy_target: f64,
     /// Shakes one fully busy core of this machine answers per second (0: not known), from
-    /// `scripts/bench.sh edge` on the same hardware (`max_per_busy_core`). Known, a worker paces
+    /// `scripts/bench.sh edge` on the same hardware (its JSON field `edge_max_shakes_per_s`). Known, a worker paces
     /// its phones before a round opens: when its phones shaking at once would need more than
     /// this (times its share of a core, under a CPU quota), it tells them the pace and a
     /// start spread that keep it at its target load, so the opening never queues.
@@ -159,14 +159,44 @@ pub struct AllocatorLink {
     pub key: PathBuf,
 }
 
-/// One address or several.
+/// One address or several: IP and port, each (host names are not resolved).
 #[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[serde(try_from = "AddressText")]
 pub enum Addresses {
     /// One allocator.
     One(SocketAddr),
     /// Several, tried in order.
     Several(Vec<SocketAddr>),
+}
+
+/// [`Addresses`] as written, parsed by [`TryFrom`] so that a host name is refused by name
+/// (serde's own refusal of an untagged `SocketAddr` says only that no variant matched).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum AddressText {
+    One(String),
+    Several(Vec<String>),
+}
+
+impl TryFrom<AddressText> for Addresses {
+    type Error = String;
+
+    fn try_from(text: AddressText) -> Result<Self, String> {
+        let parse = |s: &str| {
+            s.parse::<SocketAddr>().map_err(|_| {
+                format!(
+                    "`{s}` is not an IP address and port: host names are not resolved (give \
+                     the allocator's address, as in 10.0.0.1:7400 or [2001:db8::1]:7400)"
+                )
+            })
+        };
+        match text {
+            AddressText::One(s) => parse(&s).map(Addresses::One),
+            AddressText::Several(list) => {
+                list.iter().map(|s| parse(s)).collect::<Result<_, _>>().map(Addresses::Several)
+            }
+        }
+    }
 }
 
 impl Addresses {
@@ -581,6 +611,20 @@ mod tests {
         match EdgeConfig::parse(text) {
             Err(ConfigError::Invalid { field, .. }) => field,
             other => panic!("expected an invalid field, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn allocator_addresses_are_ip_and_port_and_a_name_is_refused_by_name() {
+        let several = EXAMPLE
+            .replace("addr = \"127.0.0.1:7400\"", "addr = [\"10.0.0.1:7400\", \"[::1]:7401\"]");
+        let addrs = EdgeConfig::parse(&several).unwrap().allocator.addr.all();
+        assert_eq!(addrs, ["10.0.0.1:7400".parse().unwrap(), "[::1]:7401".parse().unwrap()]);
+        for named in ["\"alloc-a:7400\"", "[\"10.0.0.1:7400\", \"alloc-b:7400\"]"] {
+            let text = EXAMPLE.replace("addr = \"127.0.0.1:7400\"", &format!("addr = {named}"));
+            let said = EdgeConfig::parse(&text).unwrap_err().to_string();
+            assert!(said.contains("host names are not resolved"), "{said}");
+            assert!(said.contains("alloc-"), "{said}");
         }
     }
 

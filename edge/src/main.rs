@@ -44,7 +44,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = shake_ops::exit::command_line();
     shake_ops::init_logging("info");
     if let Some(path) = cli.check_config {
         return check::<EdgeConfig>(BIN, &path, |c| {

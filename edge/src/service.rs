@@ -485,8 +485,8 @@ pub fn start(config: EdgeConfig) -> Result<RunningEdge, StartError> {
         tracing::warn!(
             "[overload] shakes_per_core_s is 0 (unknown): the first round's opening is met by \
              reacting (a queue, slow-downs, kernel drops), and only a capacity measured in an \
-             overload paces the openings after it; set it to this machine's max_per_busy_core \
-             (scripts/bench.sh edge)"
+             overload paces the openings after it; set it to this machine's edge_max_shakes_per_s \
+             (scripts/bench.sh edge: the JSON line, or max/s/core of its shake-edge (+ allocator) row)"
         );
     }
     let metrics = Arc::new(EdgeMetrics::new());

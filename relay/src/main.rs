@@ -46,7 +46,7 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = shake_ops::exit::command_line();
     if !(0.0..=1.0).contains(&cli.loss) {
         eprintln!("shake-relay: --loss must be between 0 and 1");
         return ExitCode::from(64);

@@ -91,7 +91,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = shake_ops::exit::command_line();
     shake_ops::init_logging("warn");
     match cli.command {
         Command::Run {
