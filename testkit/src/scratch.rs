@@ -49,6 +49,8 @@ pub struct Scratch {
     /// When round 1 of [`Scratch::config`] opened: a moment before the directory was made,
     /// the same for every allocator of the test, restarted or not.
     round_start_ms: u64,
+    /// How long round 1 lasts, seconds (600 unless [`Scratch::round_1_lasts`]).
+    round_1_s: u64,
 }
 
 impl Scratch {
@@ -60,12 +62,22 @@ impl Scratch {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
         dev_certs(&dir.join("certs"));
-        Self { dir, round_start_ms: now_ms() - 1_000 }
+        Self { dir, round_start_ms: now_ms() - 1_000, round_1_s: 600 }
     }
 
     /// Round 1 of the configurations written from now on opens `ms` from now instead.
     pub fn open_round_in(&mut self, ms: u64) {
         self.round_start_ms = now_ms() + ms;
+    }
+
+    /// Round 1 of the configurations written from now on lasts `s` seconds instead of 600.
+    pub fn round_1_lasts(&mut self, s: u64) {
+        self.round_1_s = s;
+    }
+
+    /// When round 1 ends, Unix milliseconds.
+    pub fn round_1_end_ms(&self) -> u64 {
+        self.round_start_ms + self.round_1_s * 1000
     }
 
     /// When round 1 opens (or opened), Unix milliseconds.
@@ -98,7 +110,7 @@ impl Scratch {
     /// table).
     pub fn fjall_config(&self, listen: SocketAddr, top: &str, round_extra: &str) -> PathBuf {
         let ledger = format!("ledger_path = \"{}\"\n{top}", self.ledger().display());
-        let round = round(1, self.round_start_ms, 600, 7, round_extra);
+        let round = round(1, self.round_start_ms, self.round_1_s, 7, round_extra);
         self.write_allocator_config("allocator.toml", listen, &ledger, &round)
     }
 
@@ -110,7 +122,7 @@ impl Scratch {
             "ledger = \"postgres\"\n[postgres]\nurl = \"{url}\"\nnode = \"{node}\"\n\
              lease_ms = 1500\nstandby_poll_ms = 100\ncommit_lanes = 2\n"
         );
-        let round = round(1, self.round_start_ms, 600, 7, round_extra);
+        let round = round(1, self.round_start_ms, self.round_1_s, 7, round_extra);
         self.write_allocator_config(&format!("allocator-{node}.toml"), ANY_PORT, &ledger, &round)
     }
 

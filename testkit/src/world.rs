@@ -24,11 +24,23 @@ pub struct WorldSettings {
     pub round_opens_in_ms: u64,
     /// A round 2 (one envelope, a minute long), an hour after round 1 opens.
     pub round_2: bool,
+    /// How long round 1 lasts, seconds.
+    pub round_1_s: u64,
+    /// This many rounds after round 1 (ids 2, 3, ...; one envelope each), a second long each,
+    /// back to back from round 1's end (not with `round_2`).
+    pub short_rounds_after: u32,
 }
 
 impl Default for WorldSettings {
     fn default() -> Self {
-        Self { envelopes: 50, edge_limits: "", round_opens_in_ms: 0, round_2: false }
+        Self {
+            envelopes: 50,
+            edge_limits: "",
+            round_opens_in_ms: 0,
+            round_2: false,
+            round_1_s: 600,
+            short_rounds_after: 0,
+        }
     }
 }
 
@@ -61,6 +73,7 @@ impl World {
         if settings.round_opens_in_ms > 0 {
             scratch.open_round_in(settings.round_opens_in_ms);
         }
+        scratch.round_1_lasts(settings.round_1_s);
         let mut pools = format!(
             "release = \"immediate\"\n[rounds.cash]\ntotal_cents = {}\nenvelopes = {}\n",
             settings.envelopes * 100,
@@ -72,6 +85,15 @@ impl World {
             pools += &format!(
                 "[[rounds]]\nid = 2\nstarts_at_ms = {starts_at_ms}\nduration_s = 60\nseed = 8\n\
                  [rounds.cash]\ntotal_cents = 100\nenvelopes = 1\n"
+            );
+        }
+        for n in 0..u64::from(settings.short_rounds_after) {
+            let starts_at_ms = scratch.round_1_end_ms() + n * 1_000;
+            pools += &format!(
+                "[[rounds]]\nid = {}\nstarts_at_ms = {starts_at_ms}\nduration_s = 1\nseed = {}\n\
+                 [rounds.cash]\ntotal_cents = 100\nenvelopes = 1\n",
+                n + 2,
+                n + 8
             );
         }
         let config = scratch.fjall_config(ANY_PORT, QUOTA, &pools);

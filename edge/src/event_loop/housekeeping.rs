@@ -4,9 +4,10 @@
 use super::*;
 
 impl LoopWorker {
-    pub(super) fn housekeeping(&mut self, now: Instant) {
+    /// Every 100 ms (true when it ran).
+    pub(super) fn housekeeping(&mut self, now: Instant) -> bool {
         if now < self.next_housekeeping {
-            return;
+            return false;
         }
         self.next_housekeeping = now + Duration::from_millis(100);
         self.ticks += 1;
@@ -45,6 +46,38 @@ impl LoopWorker {
                 self.cpu_quota = crate::cpu_allowance::process_cores();
             }
         }
+        true
+    }
+
+    /// Tells every phone of this worker the next round to open, once, before it opens: as
+    /// soon as no round is open (between rounds, the worker's quiet time), else when it opens
+    /// within [`crate::overload::OPENING_LEAD_US`]. A phone hears of rounds from its
+    /// `Welcome` (the open or next one, and the 8 soonest after it) and from notices of rounds
+    /// announced or changed while it is here; without this, a phone that stayed for a show of
+    /// more than nine rounds never heard of the tenth and sat it and every later one out. A
+    /// phone welcomed after this notice has the round in its `Welcome`'s list (it is the
+    /// soonest). The pace set before an opening is such a notice too.
+    pub(super) fn announce_next_round(&mut self, engine: &mut Engine) {
+        if self.draining_since.is_some() {
+            return;
+        }
+        let now_ms = now_ms();
+        let admission = self.core.admission();
+        let Some(round) = admission.next_round(now_ms) else { return };
+        if self.announced_before_opening == Some(round.round_id) {
+            return;
+        }
+        let opens_in_us = (round.starts_at_ms - now_ms).saturating_mul(1000);
+        if admission.open_round(now_ms).is_some() && opens_in_us > crate::overload::OPENING_LEAD_US
+        {
+            return;
+        }
+        let notice = ControlFrame::RoundNotice {
+            round: admission.told(round),
+            min_shake_interval_ms: admission.min_interval_ms(),
+        };
+        self.announced_before_opening = Some(round.round_id);
+        self.broadcast(engine, &notice);
     }
 
     /// Drain (SIGTERM) and stop (SIGINT), checked once a turn.
@@ -209,6 +242,7 @@ impl LoopWorker {
             "pace set before the opening"
         );
         let notice = ControlFrame::RoundNotice { round: told, min_shake_interval_ms: pace_ms };
+        self.announced_before_opening = Some(round.round_id);
         self.broadcast(engine, &notice);
     }
 

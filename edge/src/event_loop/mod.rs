@@ -137,6 +137,9 @@ struct LoopWorker {
     /// The driver's counters as last added to the metrics.
     published_stats: DriverStats,
     next_housekeeping: Instant,
+    /// The round whose notice this worker last broadcast before its opening
+    /// (`announce_next_round`, or the pace set before an opening).
+    announced_before_opening: Option<u32>,
     ticks: u64,
     draining_since: Option<Instant>,
     stopping_since: Option<Instant>,
@@ -313,7 +316,9 @@ impl Shell for LoopWorker {
         let now_us = self.now_us(now);
         self.judge_load(now_us, stats, engine);
         self.core.poll_age(now_us);
-        self.housekeeping(now);
+        if self.housekeeping(now) {
+            self.announce_next_round(engine);
+        }
         let flow = self.shutdown(now, engine);
         // Last, so that a batch closed by age, a load report or a drain's flush above goes to
         // the link in this same turn.
@@ -416,6 +421,7 @@ pub fn run(start: LoopStart, shared: Arc<Shared>) -> std::io::Result<()> {
         in_flight_published: 0,
         published_stats: DriverStats::default(),
         next_housekeeping: now,
+        announced_before_opening: None,
         ticks: 0,
         draining_since: None,
         stopping_since: None,
