@@ -126,7 +126,8 @@ pub async fn run(
     }
     let user = shake_proto::token::user_id_of(&phone.token).unwrap_or(0);
     // Each phone starts at its own place in the list (by its user), so that a crowd given the
-    // same list spreads over the edges, and moves on from a draining one to different ones.
+    // same list spreads over the edges, and moves on from a draining one in an order of its
+    // own (`Reconnect`), so that the crowd spreads over the other edges too.
     let first = (shake_proto::mix(user) % phone.edges.len() as u64) as usize;
     let mut reconnect = Reconnect::new(phone.edges.len(), user, phone.reconnect).starting_at(first);
     let mut edge = reconnect.first();

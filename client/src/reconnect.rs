@@ -1,6 +1,7 @@
-//! When and where a phone connects next, sans-IO: an ordered list of edges, exponential
-//! backoff with a jitter of the phone's own after failures, a draining edge's wait honoured,
-//! and a stop where only the app can help (a token to renew, a user playing elsewhere).
+//! When and where a phone connects next, sans-IO: a list of edges, each phone going round it
+//! in an order of its own, exponential backoff with a jitter of the phone's own after
+//! failures, a draining edge's wait honoured, and a stop where only the app can help (a token
+//! to renew, a user playing elsewhere).
 //!
 //! The driver asks only once a connection has ended: a session that is alive is never left
 //! for a reconnect, however slow its answers (answers to shakes are datagrams; losing some is
@@ -8,7 +9,9 @@
 
 use shake_proto::ErrorCode;
 
-/// Backoff after failures.
+/// Backoff after failures. [`Reconnect::new`] takes them as [`ReconnectSettings::sane`] makes
+/// them: no wait under [`MIN_WAIT_MS`] (zeros would have every refused phone of a fleet
+/// retry as fast as the refusals come back), the longest at least the first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReconnectSettings {
     /// The wait after a first failure, milliseconds; each failure in a row doubles it.
@@ -26,6 +29,23 @@ pub struct ReconnectSettings {
 impl Default for ReconnectSettings {
     fn default() -> Self {
         Self { first_ms: 1_000, max_ms: 16_000, in_use_ms: 60_000, stable_ms: 30_000 }
+    }
+}
+
+/// The shortest wait [`ReconnectSettings`] may set, milliseconds.
+pub const MIN_WAIT_MS: u64 = 100;
+
+impl ReconnectSettings {
+    /// These settings with every wait at least [`MIN_WAIT_MS`] and the longest at least the
+    /// first. (A wait of `u64::MAX`, "never", stays: the arithmetic saturates.)
+    pub fn sane(self) -> Self {
+        let first_ms = self.first_ms.max(MIN_WAIT_MS);
+        Self {
+            first_ms,
+            max_ms: self.max_ms.max(first_ms),
+            in_use_ms: self.in_use_ms.max(MIN_WAIT_MS),
+            stable_ms: self.stable_ms,
+        }
     }
 }
 
@@ -78,16 +98,16 @@ pub struct Reconnect {
     welcomed_at_ms: Option<u64>,
     /// The live session got an answer to a shake: the edge works.
     answered: bool,
-    /// The phone's own jitter source (its user id, say).
+    /// The phone's own jitter source (its user id, say), and its own order of the edges.
     seed: u64,
 }
 
 impl Reconnect {
-    /// A phone that knows `edges` edges (at least one), tries them in order from the first,
-    /// and jitters its waits by `seed`.
+    /// A phone that knows `edges` edges (at least one), starts at the first, moves on from an
+    /// edge to the next in an order of its own (by `seed`), and jitters its waits by `seed`.
     pub fn new(edges: usize, seed: u64, settings: ReconnectSettings) -> Self {
         Self {
-            settings,
+            settings: settings.sane(),
             edges: edges.max(1),
             current: 0,
             failures: 0,
@@ -156,8 +176,11 @@ impl Reconnect {
             ) => NextConnect::Stop(code),
             (ConnectionEnd::GoAway { reconnect_after_ms }, _) => {
                 self.move_on();
-                let wait = u64::from(reconnect_after_ms);
-                let asked = now_ms + wait + self.jitter(wait / 4);
+                // At most what a phone honours (one bad value must not park it for weeks), and
+                // up to as long again of the phone's own: a drained edge's whole crowd is told
+                // at once, and its reconnects should not arrive at once.
+                let wait = u64::from(reconnect_after_ms.min(shake_proto::limits::MAX_TOLD_WAIT_MS));
+                let asked = now_ms.saturating_add(wait + self.jitter(wait));
                 NextConnect::At {
                     edge: self.current,
                     at_ms: self.no_sooner(asked, now_ms, refused_at_the_door),
@@ -166,7 +189,7 @@ impl Reconnect {
             (ConnectionEnd::Closed(_), Some(ErrorCode::Draining)) => {
                 self.move_on();
                 let wait = self.settings.first_ms;
-                let asked = now_ms + wait + self.jitter(wait);
+                let asked = now_ms.saturating_add(wait).saturating_add(self.jitter(wait));
                 NextConnect::At {
                     edge: self.current,
                     at_ms: self.no_sooner(asked, now_ms, refused_at_the_door),
@@ -175,18 +198,19 @@ impl Reconnect {
             (ConnectionEnd::Closed(_), Some(ErrorCode::SessionInUse)) => {
                 // The user's other session is live on this edge: the same edge, much later.
                 let wait = self.settings.in_use_ms;
-                NextConnect::At { edge: self.current, at_ms: now_ms + wait + self.jitter(wait / 4) }
+                let at_ms = now_ms.saturating_add(wait).saturating_add(self.jitter(wait / 4));
+                NextConnect::At { edge: self.current, at_ms }
             }
             (ConnectionEnd::Lost, _) if self.failures == 0 => {
                 // A session that worked (and lasted): the same edge first, soon.
                 self.failures = 1;
-                NextConnect::At { edge: self.current, at_ms: now_ms + self.pause() }
+                NextConnect::At { edge: self.current, at_ms: now_ms.saturating_add(self.pause()) }
             }
             _ => {
                 // Not reached, refused, overloaded, or lost again: the next edge, later.
                 self.failures = self.failures.saturating_add(1);
                 self.move_on();
-                NextConnect::At { edge: self.current, at_ms: now_ms + self.pause() }
+                NextConnect::At { edge: self.current, at_ms: now_ms.saturating_add(self.pause()) }
             }
         }
     }
@@ -198,11 +222,18 @@ impl Reconnect {
             return asked;
         }
         self.failures = self.failures.saturating_add(1);
-        asked.max(now_ms + self.pause())
+        asked.max(now_ms.saturating_add(self.pause()))
     }
 
+    /// The edge after the current one in this phone's own order of the list (the edges by a
+    /// hash of the phone's seed and each edge's place): from a draining or dead edge, its
+    /// phones go to every other edge alike, not all to the one after it in the list; and a
+    /// phone that keeps failing still goes round every edge before it tries one again.
     fn move_on(&mut self) {
-        self.current = (self.current + 1) % self.edges;
+        let rank = |edge: usize| shake_proto::mix(self.seed ^ (edge as u64).rotate_left(40));
+        let here = rank(self.current);
+        let after = (0..self.edges).filter(|&e| rank(e) > here).min_by_key(|&e| rank(e));
+        self.current = after.or_else(|| (0..self.edges).min_by_key(|&e| rank(e))).unwrap_or(0);
     }
 
     fn pause(&self) -> u64 {
@@ -220,7 +251,7 @@ impl Reconnect {
 pub fn backoff_ms(settings: &ReconnectSettings, seed: u64, failures: u32) -> u64 {
     let doublings = failures.saturating_sub(1).min(20);
     let base = settings.first_ms.saturating_mul(1 << doublings).min(settings.max_ms);
-    base / 2 + jitter(seed, failures, base)
+    (base / 2).saturating_add(jitter(seed, failures, base))
 }
 
 /// 0 to `span` (exclusive), the same for the same phone and failure count.
@@ -241,17 +272,22 @@ mod tests {
     }
 
     #[test]
-    fn failures_back_off_exponentially_over_the_edges_in_order() {
+    fn failures_back_off_exponentially_going_round_every_edge() {
         let mut r = Reconnect::new(3, 42, ReconnectSettings::default());
         assert_eq!(r.first(), 0);
         let mut waits = Vec::new();
-        let mut edges = Vec::new();
+        let mut edges = vec![0];
         for _ in 0..7 {
             let (edge, at_ms) = at(r.ended(0, ConnectionEnd::NotConnected));
             edges.push(edge);
             waits.push(at_ms);
         }
-        assert_eq!(edges, [1, 2, 0, 1, 2, 0, 1]);
+        // Round every edge before one again, in the same order each time round.
+        for window in edges.windows(3) {
+            let seen: std::collections::BTreeSet<_> = window.iter().collect();
+            assert_eq!(seen.len(), 3, "{edges:?}");
+        }
+        assert_eq!(edges[..5], edges[3..], "{edges:?}");
         for (n, wait) in waits.iter().enumerate() {
             let base = (1_000u64 << n).min(16_000);
             assert!((base / 2..base * 3 / 2).contains(wait), "failure {n}: {wait} ms");
@@ -259,7 +295,49 @@ mod tests {
         // A session that lasted starts the backoff over; losing it goes back to the same edge.
         r.welcomed(100_000);
         let (edge, wait) = at(r.ended(130_000, ConnectionEnd::Lost));
-        assert_eq!((edge, (130_500..131_500).contains(&wait)), (1, true));
+        assert_eq!((edge, (130_500..131_500).contains(&wait)), (edges[7], true));
+    }
+
+    /// The phones of a drained (or dead) edge go to every other edge alike: before, each moved
+    /// to the next in the list, so the whole crowd of edge k met edge k+1 at once, its refused
+    /// part then k+2, and so round the list.
+    #[test]
+    fn a_drained_edges_crowd_spreads_over_the_other_edges() {
+        let mut next = [0u32; 4];
+        for user in 0..4_000u64 {
+            let seed = shake_proto::mix(user);
+            let mut r = Reconnect::new(4, seed, ReconnectSettings::default());
+            r.welcomed(0);
+            let (edge, _) =
+                at(r.ended(60_000, ConnectionEnd::GoAway { reconnect_after_ms: 1_000 }));
+            next[edge] += 1;
+        }
+        assert_eq!(next[0], 0, "not back to the drained edge: {next:?}");
+        for n in &next[1..] {
+            assert!((1_100..=1_570).contains(n), "uneven: {next:?}");
+        }
+    }
+
+    /// Settings an app got wrong (zeros, "never") neither spin nor overflow, and a wait the
+    /// edge should never tell is honoured at most [`shake_proto::limits::MAX_TOLD_WAIT_MS`].
+    #[test]
+    fn waits_are_floored_saturated_and_capped() {
+        let zeros = ReconnectSettings { first_ms: 0, max_ms: 0, in_use_ms: 0, stable_ms: 0 };
+        let mut r = Reconnect::new(2, 5, zeros);
+        for _ in 0..5 {
+            let (_, at_ms) = at(r.ended(1_000, ConnectionEnd::NotConnected));
+            assert!(at_ms >= 1_000 + MIN_WAIT_MS / 2, "{at_ms}");
+        }
+        let never = ReconnectSettings { in_use_ms: u64::MAX, ..ReconnectSettings::default() };
+        let mut r = Reconnect::new(2, 5, never);
+        let in_use = ConnectionEnd::Closed(ErrorCode::SessionInUse.code().into());
+        assert_eq!(at(r.ended(1_000, in_use)).1, u64::MAX);
+        let mut r = Reconnect::new(2, 5, ReconnectSettings::default());
+        r.welcomed(0);
+        let (_, at_ms) =
+            at(r.ended(60_000, ConnectionEnd::GoAway { reconnect_after_ms: u32::MAX }));
+        let most = u64::from(shake_proto::limits::MAX_TOLD_WAIT_MS);
+        assert!((60_000 + most..60_000 + 2 * most).contains(&at_ms), "{at_ms}");
     }
 
     /// A session welcomed and ended at once (an edge that fails after `Welcome`, a frame this
@@ -328,7 +406,7 @@ mod tests {
         r.welcomed(0);
         let (edge, at_ms) = at(r.ended(1_000, ConnectionEnd::GoAway { reconnect_after_ms: 4_000 }));
         assert_eq!(edge, 1);
-        assert!((5_000..6_000).contains(&at_ms), "{at_ms}");
+        assert!((5_000..9_000).contains(&at_ms), "the wait, and up to as long again: {at_ms}");
         assert_eq!(r.failures(), 0, "a session's edge draining is not a failure");
         r.welcomed(6_000);
         let (edge, at_ms) =
@@ -367,7 +445,7 @@ mod tests {
         let mut r = Reconnect::new(3, 4, ReconnectSettings::default());
         r.welcomed(0);
         let (edge, wait) = at(r.ended(0, ConnectionEnd::Silent));
-        assert_eq!(edge, 1, "not the same edge, as after a lost connection");
+        assert_ne!(edge, 0, "not the same edge, as after a lost connection");
         assert!(wait < 1_500, "{wait}");
     }
 

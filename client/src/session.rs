@@ -163,6 +163,9 @@ pub struct PhoneSession {
     events_dropped: u64,
     /// Datagrams from the edge that could not be read (dropped, the session goes on).
     datagrams_dropped: u64,
+    /// Waits the edge told longer than [`shake_proto::limits::MAX_TOLD_WAIT_MS`], honoured
+    /// only that long.
+    waits_clamped: u64,
     held_awards: VecDeque<u64>,
     /// Awards acknowledged on this session's stream: one that comes again (an `AwardsOwed`
     /// crossing the batch's answer) is a duplicate.
@@ -199,6 +202,7 @@ impl PhoneSession {
             events: VecDeque::new(),
             events_dropped: 0,
             datagrams_dropped: 0,
+            waits_clamped: 0,
             held_awards: VecDeque::new(),
             acked_here: VecDeque::new(),
             shown_before: VecDeque::new(),
@@ -440,6 +444,21 @@ impl PhoneSession {
         self.datagrams_dropped
     }
 
+    /// Waits the edge told (a shake interval, a slow-down's retry) longer than
+    /// [`shake_proto::limits::MAX_TOLD_WAIT_MS`], which the session honoured only that long:
+    /// an edge that tells such a wait is broken (no configuration of it can).
+    pub fn waits_clamped(&self) -> u64 {
+        self.waits_clamped
+    }
+
+    /// `wait_ms`, at most what a phone honours (counted when cut).
+    fn honoured(&mut self, wait_ms: u32) -> u32 {
+        if wait_ms > shake_proto::limits::MAX_TOLD_WAIT_MS {
+            self.waits_clamped += 1;
+        }
+        wait_ms.min(shake_proto::limits::MAX_TOLD_WAIT_MS)
+    }
+
     fn on_frame(&mut self, now_ms: u64, frame: ControlFrame) -> Result<(), ErrorCode> {
         match (&self.phase, frame) {
             (
@@ -447,6 +466,7 @@ impl PhoneSession {
                 ControlFrame::Welcome { server_time_ms, min_shake_interval_ms, round },
             ) => {
                 self.clock_offset_ms = server_time_ms as i64 - now_ms as i64;
+                let min_shake_interval_ms = self.honoured(min_shake_interval_ms);
                 self.min_shake_interval_ms = min_shake_interval_ms;
                 self.remember(round, server_time_ms);
                 self.phase = Phase::Active;
@@ -489,6 +509,7 @@ impl PhoneSession {
     fn on_outcomes<B: AsRef<[u8]>>(&mut self, now_ms: u64, outcomes: &datagram::Outcomes<B>) {
         for outcome in outcomes.iter() {
             if let Verdict::SlowDown { retry_after_ms } = outcome.verdict {
+                let retry_after_ms = self.honoured(retry_after_ms);
                 let until = now_ms + self.with_jitter(retry_after_ms, outcome.seq);
                 self.slow_until_ms = self.slow_until_ms.max(until);
             }
@@ -497,6 +518,7 @@ impl PhoneSession {
     }
 
     fn pace(&mut self, min_shake_interval_ms: u32) {
+        let min_shake_interval_ms = self.honoured(min_shake_interval_ms);
         if min_shake_interval_ms != self.min_shake_interval_ms {
             self.min_shake_interval_ms = min_shake_interval_ms;
             self.push(SessionEvent::Paced { min_shake_interval_ms });
@@ -668,6 +690,32 @@ mod tests {
         while s.poll_event().is_some() {}
         assert!(s.next_shake_allowed_ms() >= NOW + 1_001);
         assert!(matches!(s.shake(NOW + 500, &mut out), Err(ShakeRefusal::TooSoon { .. })));
+    }
+
+    /// An edge that tells a wait no edge may tell (an interval or a slow-down's retry of
+    /// 49 days) has it honoured for [`shake_proto::limits::MAX_TOLD_WAIT_MS`] at most, and
+    /// counted: before, one such value held the phone's shakes for the rest of the session.
+    #[test]
+    fn a_wait_past_what_any_edge_may_tell_is_cut_and_counted() {
+        let most = u64::from(shake_proto::limits::MAX_TOLD_WAIT_MS);
+        let mut s = welcomed(u32::MAX);
+        assert_eq!(s.waits_clamped(), 1);
+        let mut out = BytesMut::new();
+        assert_eq!(s.shake(NOW, &mut out), Ok(1));
+        assert!(s.next_shake_allowed_ms() <= NOW + most * 5 / 4, "{}", s.next_shake_allowed_ms());
+        let slow = Outcome { seq: 1, verdict: Verdict::SlowDown { retry_after_ms: u32::MAX } };
+        let mut answer = BytesMut::new();
+        datagram::encode_outcomes(&mut answer, &[slow]);
+        s.on_datagram(NOW + 1, &answer).unwrap();
+        let pace = frame(ControlFrame::Pace { min_shake_interval_ms: u32::MAX - 1 });
+        s.on_control(NOW + 2, &pace).unwrap();
+        assert_eq!(s.waits_clamped(), 3);
+        assert!(s.next_shake_allowed_ms() <= NOW + 1 + most * 5 / 4);
+        // What an edge may tell is taken as it is.
+        let mut s = welcomed(shake_proto::limits::MAX_TOLD_WAIT_MS);
+        assert_eq!(s.waits_clamped(), 0);
+        assert_eq!(s.shake(NOW, &mut out), Ok(1));
+        assert!(s.next_shake_allowed_ms() >= NOW + most);
     }
 
     #[test]

@@ -572,8 +572,10 @@ impl Validate for EdgeConfig {
         if !(o.busy_target > 0.0 && o.busy_target <= 1.0) {
             return Err(invalid("overload.busy_target", "must be above 0 and at most 1"));
         }
-        if o.max_pace_ms < 100 {
-            return Err(invalid("overload.max_pace_ms", "must be at least 100"));
+        if !(100..=shake_proto::limits::MAX_TOLD_WAIT_MS).contains(&o.max_pace_ms) {
+            let most = shake_proto::limits::MAX_TOLD_WAIT_MS;
+            let why = format!("must be 100 to {most} (phones honour no longer interval)");
+            return Err(invalid("overload.max_pace_ms", why));
         }
         if !(o.shakes_per_core_s >= 0.0 && o.shakes_per_core_s.is_finite()) {
             return Err(invalid("overload.shakes_per_core_s", "must be 0 (unknown) or above"));
@@ -642,6 +644,10 @@ mod tests {
         assert_eq!(field_of(&datagrams), "transport.datagram_receive_buffer");
         let batch = EXAMPLE.replace("batch_max_entries = 1024", "batch_max_entries = 0");
         assert_eq!(field_of(&batch), "limits.batch_max_entries");
+        for pace in ["99", "600001"] {
+            let text = EXAMPLE.replace("max_pace_ms = 10000", &format!("max_pace_ms = {pace}"));
+            assert_eq!(field_of(&text), "overload.max_pace_ms", "{pace}");
+        }
         for nice in ["-21", "20"] {
             let text = EXAMPLE.replace("worker_nice = 0", &format!("worker_nice = {nice}"));
             assert_eq!(field_of(&text), "worker_nice");

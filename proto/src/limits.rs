@@ -56,3 +56,9 @@ pub const MAX_REFUSED_AWARD_ACKS: u32 = 64;
 /// Batches of one edge worker instance drawn by the allocator and not yet confirmed by the
 /// edge (`ResultsReceived`); one more closes the stream with `FLOOD`.
 pub const MAX_UNCONFIRMED_BATCHES: usize = 4096;
+
+/// The longest wait an edge may tell a phone, milliseconds: a shake interval (`Welcome`,
+/// `RoundNotice`, `Pace`), a slow-down's `retry_after_ms`, a drain's `reconnect_after_ms`. A
+/// phone honours at most this, whatever it is told (one bad value from an edge must not park
+/// its phones for weeks), and an edge's configuration cannot pace phones past it.
+pub const MAX_TOLD_WAIT_MS: u32 = 600_000;

@@ -101,13 +101,17 @@ impl RoundInfo {
     /// opening plus a hash of the user and the round into the start spread, so a crowd that
     /// heard "shake now" at one instant arrives spread evenly over the window, and each phone
     /// at a different place in it each round.
+    /// A spread as long as the round or longer (no allocator sends one) counts as the round's
+    /// length, so that every phone starts before the close.
     pub fn start_for(&self, user_id: u64) -> u64 {
-        if self.start_spread_ms == 0 {
+        let length = self.ends_at_ms.saturating_sub(self.starts_at_ms);
+        let spread = u64::from(self.start_spread_ms).min(length);
+        if spread == 0 {
             return self.starts_at_ms;
         }
         // Well spread for sequential user ids.
         let z = crate::mix(user_id ^ (u64::from(self.round_id) << 40));
-        self.starts_at_ms + z % u64::from(self.start_spread_ms)
+        self.starts_at_ms + z % spread
     }
 
     pub(crate) fn encode(&self, out: &mut BytesMut) {
@@ -214,5 +218,11 @@ mod tests {
         assert!(moved > 990, "a user's place changes from round to round ({moved} of 1,000)");
         let at_once = RoundInfo { start_spread_ms: 0, ..round };
         assert_eq!(at_once.start_for(7), 1_000_000);
+        // A spread longer than the round (a bad edge's, or a corrupted one) still starts every
+        // phone before the close.
+        let too_long = RoundInfo { start_spread_ms: u32::MAX, ..round };
+        assert!((1..=1_000u64).all(|u| too_long.start_for(u) < round.ends_at_ms));
+        let empty = RoundInfo { ends_at_ms: round.starts_at_ms, ..too_long };
+        assert_eq!(empty.start_for(7), round.starts_at_ms);
     }
 }
