@@ -116,6 +116,11 @@ pub enum Stopped {
 /// Runs the phone until the app stops it or the edges refuse it for good: connects, keeps
 /// one session at a time alive, sends the app's shakes and acknowledgements, and passes
 /// every event on. A slow answer never ends a session: only the connection's end does.
+///
+/// The driver waits for room in `events` before it reads the next command: the code that
+/// reads `events` must not wait for room in `commands` (send there from another task, as
+/// `shake-phone` does, or with `try_send`), or a burst of events with the command channel
+/// full stops both for good.
 pub async fn run(
     phone: Phone,
     mut commands: mpsc::Receiver<PhoneCommand>,
@@ -199,9 +204,18 @@ async fn one_session(
 ) -> Result<Option<ConnectionEnd>, ClientError> {
     let local: SocketAddr =
         if addr.is_ipv6() { "[::]:0".parse() } else { "0.0.0.0:0".parse() }.expect("an address");
-    let endpoint = quinn::Endpoint::client(local)?;
+    // A socket this attempt could not have (an address family the host lacks, descriptors or
+    // buffers short for a moment) or an address quinn cannot send to (port 0, unspecified) is
+    // this edge's failure, not the phone's end: the next edge, after the backoff. What fails
+    // for every edge alike (a bad server name) is the app's to mend.
+    let Ok(endpoint) = quinn::Endpoint::client(local) else {
+        return Ok(Some(ConnectionEnd::NotConnected));
+    };
     let connecting = match endpoint.connect_with(phone.client.clone(), addr, &phone.server_name) {
         Ok(connecting) => connecting,
+        Err(quinn::ConnectError::InvalidRemoteAddress(_)) => {
+            return Ok(Some(ConnectionEnd::NotConnected));
+        }
         Err(err) => return Err(ClientError::Config(err.to_string())),
     };
     let Ok(Ok(conn)) = tokio::time::timeout(CONNECT_TIMEOUT, connecting).await else {
@@ -248,7 +262,16 @@ async fn drive(
     let mut datagram = BytesMut::new();
     let mut silence = EdgeSilence::default();
     let acks_received = || conn.stats().frame_rx.acks;
+    let mut sleep_watch = SleepWatch::new(unix_ms(), std::time::Instant::now());
+    let mut clock_look = tokio::time::interval(SleepWatch::LOOK_EVERY);
+    clock_look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
+        if sleep_watch.slept(unix_ms(), std::time::Instant::now()) {
+            // The session's round times hang on the edge's clock as read at `Welcome`, through
+            // this phone's monotonic clock, which stood still while the device slept: a
+            // fresh `Welcome` reads it again.
+            return Some(ConnectionEnd::Lost);
+        }
         if !session.control_out().is_empty() {
             let out = session.control_out().split().freeze();
             if send.write_all(&out).await.is_err() {
@@ -260,6 +283,8 @@ async fn drive(
         let silence_check =
             tokio::time::sleep(Duration::from_millis(look_at.saturating_sub(now_ms()).min(60_000)));
         tokio::select! {
+            // Only for the look at the clocks at the top of the loop.
+            _ = clock_look.tick() => {}
             _ = silence_check, if look_at != u64::MAX => {
                 if silence.check(now_ms(), acks_received()) {
                     return Some(ConnectionEnd::Silent);
@@ -379,6 +404,44 @@ fn now_ms() -> u64 {
     ORIGIN.get_or_init(PhoneClock::now).at(std::time::Instant::now())
 }
 
+/// The wall clock's Unix milliseconds (0 before 1970).
+fn unix_ms() -> u64 {
+    let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    unix.map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Notices that the device slept, sans-IO: the monotonic clock the phone's milliseconds run on
+/// ([`now_ms`]) stands still in a suspend (Linux, Android and Apple platforms alike), while
+/// the wall clock goes on. A session that outlives a suspend would otherwise see the edge's
+/// clock that much late until it reconnects: a round opened "not yet", and shaken past its
+/// close. A wall clock stepped forward looks the same, and a reconnect mends that too; one
+/// stepped back looks like nothing.
+#[derive(Debug, Clone, Copy)]
+struct SleepWatch {
+    wall_ms: u64,
+    mono: std::time::Instant,
+}
+
+impl SleepWatch {
+    /// More wall-clock time than monotonic time between two looks that says the device slept.
+    const SLEPT_MS: u64 = 2_000;
+    /// How often a live session looks when nothing else wakes it.
+    const LOOK_EVERY: Duration = Duration::from_secs(2);
+
+    fn new(wall_ms: u64, mono: std::time::Instant) -> Self {
+        Self { wall_ms, mono }
+    }
+
+    /// True if, since the last look, the wall clock ran [`SleepWatch::SLEPT_MS`] or more
+    /// ahead of the monotonic clock.
+    fn slept(&mut self, wall_ms: u64, mono: std::time::Instant) -> bool {
+        let wall_gain = wall_ms.saturating_sub(self.wall_ms);
+        let mono_gain = mono.saturating_duration_since(self.mono).as_millis() as u64;
+        *self = Self { wall_ms, mono };
+        wall_gain >= mono_gain + Self::SLEPT_MS
+    }
+}
+
 /// A Unix time read once and a monotonic instant taken with it.
 #[derive(Debug, Clone, Copy)]
 struct PhoneClock {
@@ -388,11 +451,7 @@ struct PhoneClock {
 
 impl PhoneClock {
     fn now() -> Self {
-        let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
-        Self {
-            origin: std::time::Instant::now(),
-            origin_unix_ms: unix.map_or(0, |d| d.as_millis() as u64),
-        }
+        Self { origin: std::time::Instant::now(), origin_unix_ms: unix_ms() }
     }
 
     /// The phone's milliseconds at `instant`: moved by the monotonic clock only.
@@ -413,5 +472,20 @@ mod tests {
         // An instant before the origin (never, for a monotonic clock) reads as the origin.
         assert_eq!(clock.at(clock.origin.checked_sub(Duration::from_secs(1)).unwrap()), start);
         assert!(now_ms() >= start && now_ms() <= now_ms());
+    }
+
+    #[test]
+    fn a_suspend_is_told_from_the_wall_clock_running_ahead() {
+        let t0 = std::time::Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut watch = SleepWatch::new(1_000_000, t0);
+        // Both clocks on together (a busy phone, a slewing NTP): no sleep.
+        assert!(!watch.slept(1_002_000, at(2_000)));
+        assert!(!watch.slept(1_003_900, at(3_000)), "0.9 s of drift is no sleep");
+        // 20 s of wall time over 2 s of monotonic time: the device slept.
+        assert!(watch.slept(1_025_900, at(5_000)));
+        assert!(!watch.slept(1_027_900, at(7_000)), "told once");
+        // The wall clock stepped back: nothing a fresh Welcome would mend.
+        assert!(!watch.slept(1_000_000, at(8_000)));
     }
 }

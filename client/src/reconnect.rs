@@ -100,6 +100,8 @@ pub struct Reconnect {
     answered: bool,
     /// The phone's own jitter source (its user id, say), and its own order of the edges.
     seed: u64,
+    /// An edge refused the token since the last welcome: the next refusal stops the phone.
+    token_refused: bool,
 }
 
 impl Reconnect {
@@ -114,6 +116,7 @@ impl Reconnect {
             welcomed_at_ms: None,
             answered: false,
             seed,
+            token_refused: false,
         }
     }
 
@@ -139,6 +142,7 @@ impl Reconnect {
     pub fn welcomed(&mut self, now_ms: u64) {
         self.welcomed_at_ms = Some(now_ms);
         self.answered = false;
+        self.token_refused = false;
     }
 
     /// The live session got an answer to a shake: the edge works, and the backoff starts over
@@ -165,6 +169,17 @@ impl Reconnect {
             _ => None,
         };
         match (end, code) {
+            (ConnectionEnd::Closed(_), Some(ErrorCode::BadToken | ErrorCode::TokenExpired))
+                if self.edges > 1 && !self.token_refused =>
+            {
+                // One edge's refusal may be that edge's fault (a key rotation it missed, its
+                // clock off), and every new token of this user would start at the same edge:
+                // one other edge is asked, after a failure's backoff, before the app is.
+                self.token_refused = true;
+                self.failures = self.failures.saturating_add(1);
+                self.move_on();
+                NextConnect::At { edge: self.current, at_ms: now_ms.saturating_add(self.pause()) }
+            }
             (
                 ConnectionEnd::Closed(_),
                 Some(
@@ -381,17 +396,29 @@ mod tests {
 
     #[test]
     fn the_app_is_asked_when_only_it_can_help() {
-        for code in [
-            ErrorCode::BadToken,
-            ErrorCode::TokenExpired,
-            ErrorCode::UnsupportedVersion,
-            ErrorCode::SessionSuperseded,
-        ] {
+        for code in [ErrorCode::UnsupportedVersion, ErrorCode::SessionSuperseded] {
             let mut r = Reconnect::new(2, 1, ReconnectSettings::default());
             assert_eq!(
                 r.ended(0, ConnectionEnd::Closed(code.code().into())),
                 NextConnect::Stop(code)
             );
+        }
+        // A token one edge refuses is asked of one other edge first (that edge may be the one
+        // at fault: a key rotation it missed, its clock off), then the app; with one edge,
+        // the app at once. A welcome in between starts that over.
+        for code in [ErrorCode::BadToken, ErrorCode::TokenExpired] {
+            let refused = ConnectionEnd::Closed(code.code().into());
+            let mut r = Reconnect::new(1, 1, ReconnectSettings::default());
+            assert_eq!(r.ended(0, refused), NextConnect::Stop(code));
+            let mut r = Reconnect::new(3, 1, ReconnectSettings::default());
+            let (edge, at_ms) = at(r.ended(0, refused));
+            assert!(edge != 0 && at_ms >= 500, "another edge, after a backoff: {edge} {at_ms}");
+            assert_eq!(r.ended(at_ms, refused), NextConnect::Stop(code));
+            let mut r = Reconnect::new(3, 1, ReconnectSettings::default());
+            r.ended(0, refused);
+            r.welcomed(10_000);
+            r.ended(40_000, ConnectionEnd::Lost);
+            assert!(matches!(r.ended(41_000, refused), NextConnect::At { .. }));
         }
         let mut r = Reconnect::new(2, 1, ReconnectSettings::default());
         let (edge, wait) =

@@ -1,6 +1,8 @@
 //! One phone session, sans-IO: what the phone says and hears on one connection, and when it
-//! may shake. Time is an argument (the phone's Unix milliseconds); the session owns no socket,
-//! no stream and no timer.
+//! may shake. Time is an argument (the phone's milliseconds, from a clock that never steps:
+//! round times are read through the edge's clock taken at `Welcome`, so the clock need not be
+//! Unix time, and a wall clock that NTP or the user steps would move every wait by the step);
+//! the session owns no socket, no stream and no timer.
 //!
 //! The driver's part:
 //! 1. once the connection is up and its control stream open, [`PhoneSession::hello`];

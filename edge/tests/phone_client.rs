@@ -133,6 +133,17 @@ async fn shake_phone_plays_from_the_terminal_against_a_real_edge() {
     assert!(answered >= 5, "{answered} shakes answered on the stream in 3 s:\n{stdout}");
     assert!(!stdout.contains("slow down"), "the phone kept the pace:\n{stdout}");
 
+    // An edge in the list that cannot be reached from here (quinn refuses to send to an
+    // unspecified address): the phone goes on to the next, where it ended with an error.
+    let user = (70_010u64..).find(|u| shake_proto::mix(*u).is_multiple_of(2)).unwrap().to_string();
+    let mut command = std::process::Command::new(bin("shake-phone"));
+    command.args(["--edge", "0.0.0.0:9", "--edge", &edge, "--ca"]).arg(&ca);
+    command.args(["--dev-key-hex", DEV_SECRET_HEX, "--user", &user, "--for-s", "5"]);
+    let output = command.output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("welcomed: round 1"), "{stdout}");
+
     // A token the edge does not accept: refused for good, exit 2, no reconnect loop.
     let refused = run_phone(&edge, &ca, &"ab".repeat(32), "70003", &[]);
     let stderr = String::from_utf8_lossy(&refused.stderr);

@@ -28,7 +28,8 @@ use tokio::sync::mpsc;
     about = "One Shake phone in a terminal: press Enter to shake"
 )]
 struct Cli {
-    /// An edge's address (repeat for several: tried in order, the next one after a failure).
+    /// An edge's address (repeat for several: the phone starts at one picked by its user and
+    /// moves on to the others in an order of its own).
     #[arg(long = "edge", required = true, value_name = "ADDR")]
     edges: Vec<SocketAddr>,
     /// The CA that signed the edges' certificates (PEM).
@@ -148,8 +149,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     ),
                     Prize::Gift { sku } => println!("AWARD {award_id}: {sku} in round {round_id}"),
                 }
-                // Shown: acknowledged, so the ledger marks it delivered.
-                let _ = commands.send(PhoneCommand::AckAward(award_id)).await;
+                // Shown: acknowledged, so the ledger marks it delivered. From a task of its
+                // own: this loop must not wait for room in the command channel, which the
+                // driver may not read while it waits for room in this one.
+                let commands = commands.clone();
+                tokio::spawn(async move {
+                    let _ = commands.send(PhoneCommand::AckAward(award_id)).await;
+                });
             }
             PhoneEvent::Session(SessionEvent::Round(round)) => println!(
                 "round {}: {:?}, {} to {}",
