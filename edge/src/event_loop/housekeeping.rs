@@ -49,14 +49,14 @@ impl LoopWorker {
         true
     }
 
-    /// Tells every phone of this worker the next round to open, once, before it opens: as
-    /// soon as no round is open (between rounds, the worker's quiet time), else when it opens
-    /// within [`crate::overload::OPENING_LEAD_US`]. A phone hears of rounds from its
-    /// `Welcome` (the open or next one, and the 8 soonest after it) and from notices of rounds
-    /// announced or changed while it is here; without this, a phone that stayed for a show of
-    /// more than nine rounds never heard of the tenth and sat it and every later one out. A
-    /// phone welcomed after this notice has the round in its `Welcome`'s list (it is the
-    /// soonest). The pace set before an opening is such a notice too.
+    /// Tells every phone of this worker the next round to open before it opens, if a phone
+    /// here may not know it: as soon as no round is open (between rounds, the worker's quiet
+    /// time), else when it opens within [`crate::overload::OPENING_LEAD_US`]. A phone hears of
+    /// rounds from its `Welcome` (the open or next one, and the 8 soonest after it) and from
+    /// notices of rounds announced or changed while it is here; without this, a phone that
+    /// stayed for a show of more than nine rounds never heard of the tenth and sat it and every
+    /// later one out. Rounds open one after another, so once the next is told, every phone
+    /// here knows every round up to it ([`LoopWorker::told_through_ms`]).
     pub(super) fn announce_next_round(&mut self, engine: &mut Engine) {
         if self.draining_since.is_some() {
             return;
@@ -64,7 +64,7 @@ impl LoopWorker {
         let now_ms = now_ms();
         let admission = self.core.admission();
         let Some(round) = admission.next_round(now_ms) else { return };
-        if self.announced_before_opening == Some(round.round_id) {
+        if round.starts_at_ms <= self.told_through_ms {
             return;
         }
         let opens_in_us = (round.starts_at_ms - now_ms).saturating_mul(1000);
@@ -76,7 +76,7 @@ impl LoopWorker {
             round: admission.told(round),
             min_shake_interval_ms: admission.min_interval_ms(),
         };
-        self.announced_before_opening = Some(round.round_id);
+        self.told_through_ms = round.starts_at_ms;
         self.broadcast(engine, &notice);
     }
 
@@ -242,7 +242,7 @@ impl LoopWorker {
             "pace set before the opening"
         );
         let notice = ControlFrame::RoundNotice { round: told, min_shake_interval_ms: pace_ms };
-        self.announced_before_opening = Some(round.round_id);
+        self.told_through_ms = self.told_through_ms.max(round.starts_at_ms);
         self.broadcast(engine, &notice);
     }
 

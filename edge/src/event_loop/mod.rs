@@ -137,9 +137,11 @@ struct LoopWorker {
     /// The driver's counters as last added to the metrics.
     published_stats: DriverStats,
     next_housekeeping: Instant,
-    /// The round whose notice this worker last broadcast before its opening
+    /// Every phone here knows every round that opens at or before this, Unix milliseconds
+    /// (`u64::MAX`: every round): lowered by a phone whose `Welcome` could name only the
+    /// soonest rounds, raised by a notice of the next round to every phone
     /// (`announce_next_round`, or the pace set before an opening).
-    announced_before_opening: Option<u32>,
+    told_through_ms: u64,
     ticks: u64,
     draining_since: Option<Instant>,
     stopping_since: Option<Instant>,
@@ -421,7 +423,7 @@ pub fn run(start: LoopStart, shared: Arc<Shared>) -> std::io::Result<()> {
         in_flight_published: 0,
         published_stats: DriverStats::default(),
         next_housekeeping: now,
-        announced_before_opening: None,
+        told_through_ms: u64::MAX,
         ticks: 0,
         draining_since: None,
         stopping_since: None,

@@ -296,7 +296,13 @@ impl LoopWorker {
         self.write_control(ch, conn, &welcome);
         // Rounds announced before this phone came are news to it: the broadcast that told
         // the others went out before it was here (docs/PROTOCOL.md section 4).
-        for upcoming in self.core.admission().upcoming_rounds(now_ms, round.round_id) {
+        let upcoming = self.core.admission().upcoming_rounds(now_ms, round.round_id);
+        if upcoming.len() == crate::admission::UPCOMING_ROUNDS_AT_WELCOME {
+            // There may be more than it was told: this phone knows the rounds up to the last.
+            let told_through = upcoming.last().map_or(u64::MAX, |r| r.starts_at_ms);
+            self.told_through_ms = self.told_through_ms.min(told_through);
+        }
+        for upcoming in upcoming {
             let notice =
                 ControlFrame::RoundNotice { round: upcoming, min_shake_interval_ms: pace_ms };
             let notice = self.encode(&notice);
