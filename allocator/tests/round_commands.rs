@@ -437,20 +437,26 @@ fn an_unconfirmed_command_is_retried_and_resent_only_under_its_id() {
     }
 }
 
+/// An allocator of `scratch`'s admin configuration with the fault `failpoint` switched on
+/// (`SHAKE_FAILPOINT`), its errors on the test's stderr, and its admin API's address.
+fn with_failpoint(scratch: &Scratch, failpoint: &str) -> (Allocator, SocketAddr) {
+    let mut command = Allocator::command(&scratch.admin_config());
+    command
+        .env("SHAKE_FAILPOINT", failpoint)
+        .env("RUST_LOG", "warn")
+        .stderr(std::process::Stdio::inherit());
+    let alloc = Allocator::spawn(command).unwrap();
+    let admin = alloc.admin.expect("the ready line names the admin API");
+    (alloc, admin)
+}
+
 /// Support's reads run on a ledger handle and thread of their own: a read as slow as one of
 /// millions of awards (made 3 s slow here) holds up no group commit, so edges keep getting
 /// answers. Served in the commit lane's turn, as they were, the batch waited for the read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_award_read_holds_up_no_commit() {
     let scratch = Scratch::new("slow-read");
-    let config = scratch.admin_config();
-    let mut command = Allocator::command(&config);
-    command
-        .env("SHAKE_FAILPOINT", "allocator-slow-award-read")
-        .env("RUST_LOG", "warn")
-        .stderr(std::process::Stdio::inherit());
-    let alloc = Allocator::spawn(command).unwrap();
-    let admin = alloc.admin.expect("the ready line names the admin API");
+    let (alloc, admin) = with_failpoint(&scratch, "allocator-slow-award-read");
     let mut stream = edge_worker(alloc.quic, &scratch, 9).await.unwrap();
     round_one(&mut stream).await;
     let read = std::thread::spawn(move || authed(admin, "GET", "/awards?limit=5", "-").0);
@@ -468,14 +474,7 @@ async fn a_slow_award_read_holds_up_no_commit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_the_ledger_does_not_answer_in_time_gets_a_gateway_timeout() {
     let scratch = Scratch::new("hung-read");
-    let config = scratch.admin_config();
-    let mut command = Allocator::command(&config);
-    command
-        .env("SHAKE_FAILPOINT", "allocator-award-read-hangs")
-        .env("RUST_LOG", "warn")
-        .stderr(std::process::Stdio::inherit());
-    let alloc = Allocator::spawn(command).unwrap();
-    let admin = alloc.admin.expect("the ready line names the admin API");
+    let (_alloc, admin) = with_failpoint(&scratch, "allocator-award-read-hangs");
     let started = Instant::now();
     let read = std::thread::spawn(move || authed(admin, "GET", "/awards?limit=5", "-"));
     tokio::time::sleep(Duration::from_millis(500)).await;
