@@ -62,6 +62,19 @@ pub(crate) enum AdminRequest {
     Dashboard { reply: oneshot::Sender<Dashboard> },
 }
 
+impl AdminRequest {
+    /// The caller stopped waiting for the answer (its deadline passed).
+    pub(crate) fn caller_gone(&self) -> bool {
+        match self {
+            AdminRequest::Command { reply, .. } => reply.is_closed(),
+            AdminRequest::Rounds { reply } => reply.is_closed(),
+            AdminRequest::Audit { reply } => reply.is_closed(),
+            AdminRequest::Awards { reply, .. } => reply.is_closed(),
+            AdminRequest::Dashboard { reply } => reply.is_closed(),
+        }
+    }
+}
+
 /// One dashboard snapshot (a server-sent event's data, JSON).
 #[derive(Debug, Clone, Default, Serialize)]
 pub(crate) struct Dashboard {
@@ -252,12 +265,24 @@ async fn events(
         if !first {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
-        let snapshot = match api.ask(|reply| AdminRequest::Dashboard { reply }).await {
-            Ok(snapshot) => snapshot,
-            Err(_) => Dashboard { now_ms: crate::service::now_ms(), ..Dashboard::default() },
+        let event = match api.ask(|reply| AdminRequest::Dashboard { reply }).await {
+            Ok(snapshot) => {
+                Event::default().data(serde_json::to_string(&snapshot).unwrap_or_default())
+            }
+            // The serving term did not answer in time (its ledger hangs): a comment, which the
+            // page ignores, so it keeps the last true snapshot rather than showing a standby
+            // with nothing drawn.
+            Err(response) if response.status() == StatusCode::GATEWAY_TIMEOUT => {
+                Event::default().comment("no answer from the allocator in time")
+            }
+            // Not leading, or stopping: what a standby's page shows.
+            Err(_) => {
+                let standby =
+                    Dashboard { now_ms: crate::service::now_ms(), ..Dashboard::default() };
+                Event::default().data(serde_json::to_string(&standby).unwrap_or_default())
+            }
         };
-        let data = serde_json::to_string(&snapshot).unwrap_or_default();
-        Some((Ok::<_, std::convert::Infallible>(Event::default().data(data)), (api, false)))
+        Some((Ok::<_, std::convert::Infallible>(event), (api, false)))
     });
     Sse::new(snapshots).keep_alive(KeepAlive::default()).into_response()
 }
@@ -640,6 +665,7 @@ mod tests {
         assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
         assert!(waited >= wait && waited < wait * 10, "waited {waited:?}");
         assert_eq!(held.lock().unwrap().len(), 1, "the request reached the term");
+        assert!(held.lock().unwrap()[0].caller_gone(), "and its caller is gone: the term skips it");
         // A support read and an export's first page end the same way, with their status.
         let mut headers = HeaderMap::new();
         headers.insert(header::AUTHORIZATION, "Bearer a-token-of-16-bytes".parse().unwrap());
@@ -647,6 +673,29 @@ mod tests {
         assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
         let response = export_body(api.clone(), 2, QUICK).await;
         assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+    }
+
+    /// The page's event stream, from a term that does not answer in time, carries a comment
+    /// (which the page ignores, keeping its last snapshot), not an empty standby's snapshot;
+    /// from no term at all, the standby's.
+    #[tokio::test]
+    async fn the_page_is_not_shown_a_standby_when_its_leader_does_not_answer() {
+        use futures_util::StreamExt;
+        let first_event = |api: Api| async move {
+            let query = EventsQuery { token: Some("a-token-of-16-bytes".into()) };
+            let response = events(State(api), HeaderMap::new(), Query(query)).await;
+            assert_eq!(response.status(), StatusCode::OK);
+            let mut body = response.into_body().into_data_stream();
+            let chunk = tokio::time::timeout(Duration::from_secs(5), body.next()).await;
+            String::from_utf8(chunk.unwrap().unwrap().unwrap().to_vec()).unwrap()
+        };
+        let (api, _held) = silent_term(Duration::from_millis(100));
+        let event = first_event(api).await;
+        assert!(event.starts_with(':') && !event.contains("data:"), "{event:?}");
+        let token = BearerToken::new("a-token-of-16-bytes").unwrap();
+        let standby = Api { token, target: Arc::new(Mutex::new(None)), answer_wait: ANSWER_WAIT };
+        let event = first_event(standby).await;
+        assert!(event.contains("\"leading\":false"), "{event:?}");
     }
 
     #[tokio::test]

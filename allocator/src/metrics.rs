@@ -401,6 +401,8 @@ impl Metrics {
         self.awards_owed.set(0);
         self.users_tracked.set(0);
         self.winners_remembered.set(0);
+        self.streams_open.set(0);
+        self.commit_queue.set(0);
     }
 
     /// The Prometheus text exposition.
@@ -447,13 +449,14 @@ shake_allocator_streams_closed_total{reason="slow_reader"}
         m.round_open.get_or_create(&RoundLabels { round: 1 }).set(1);
         m.awards_owed.set(9);
         m.answers_stored.set(4);
+        m.streams_open.set(32);
         let serving = m.render();
         assert!(serving.contains("shake_allocator_pool_remaining{round=\"1\"} 5"), "{serving}");
         m.not_leading();
         let standing_by = m.render();
         assert!(!standing_by.contains("shake_allocator_pool_remaining{"), "{standing_by}");
         assert!(!standing_by.contains("shake_allocator_round_open{"), "{standing_by}");
-        for gauge in ["leader_epoch", "awards_owed", "answers_stored"] {
+        for gauge in ["leader_epoch", "awards_owed", "answers_stored", "streams_open"] {
             assert!(standing_by.contains(&format!("shake_allocator_{gauge} 0\n")), "{gauge}");
         }
     }

@@ -1300,6 +1300,13 @@ fn admin_request(
     desk: &mut AdminDesk<'_>,
     effects: &mut Vec<Effect>,
 ) {
+    // A request whose caller is gone (the API answered 504 while this actor was held up) is
+    // not carried out: a command the operator was told "may still be recorded" would
+    // otherwise take effect whenever the actor caught up (a round opened minutes late), and a
+    // read would still go to the ledger. A resend under the same key submits it afresh.
+    if request.caller_gone() {
+        return;
+    }
     let waiting = &mut *desk.waiting;
     match request {
         AdminRequest::Command { mut command, reply } => {

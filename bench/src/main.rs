@@ -41,7 +41,8 @@ enum Bench {
         #[arg(long, default_value_t = 3000)]
         run_ms: u64,
         /// Measure only the first N configurations of the table (2: quinn's default and the
-        /// edge, the pair `hs_ratio_vs_quinn_default` compares; for quick A/B runs).
+        /// edge, the pair `hs_ratio_vs_quinn_default` compares; for quick A/B runs, with
+        /// --no-write: the results file holds the whole table).
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(2..))]
         first: Option<u64>,
         #[command(flatten)]
@@ -201,6 +202,11 @@ fn main() -> anyhow::Result<()> {
     let results_dir = (!cli.no_write).then_some(cli.results_dir.as_path());
     match cli.bench {
         Bench::Handshake { run_ms, first, cores } => {
+            if first.is_some() && results_dir.is_some() {
+                // The results file is the whole table's: a part of it must not replace it.
+                eprintln!("shake-bench: --first measures part of the table: give --no-write too");
+                std::process::exit(i32::from(shake_ops::config::EXIT_USAGE));
+            }
             let results = handshake_bench::run(
                 Duration::from_millis(run_ms),
                 first.map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX)),

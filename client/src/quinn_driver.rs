@@ -129,6 +129,11 @@ pub async fn run(
     if phone.edges.is_empty() {
         return Err(ClientError::NoEdge);
     }
+    // A token no edge could take (longer than `Hello` carries): the app must mend it, and no
+    // edge is asked (a refusal by an edge is asked of one other edge; this one is not theirs).
+    if phone.token.len() > shake_proto::limits::MAX_TOKEN {
+        return Ok(Stopped::Refused(ErrorCode::BadToken));
+    }
     let user = shake_proto::token::user_id_of(&phone.token).unwrap_or(0);
     // Each phone starts at its own place in the list (by its user), so that a crowd given the
     // same list spreads over the edges, and moves on from a draining one in an order of its
@@ -262,16 +267,11 @@ async fn drive(
     let mut datagram = BytesMut::new();
     let mut silence = EdgeSilence::default();
     let acks_received = || conn.stats().frame_rx.acks;
-    let mut sleep_watch = SleepWatch::new(unix_ms(), std::time::Instant::now());
+    let mut sleep_watch = SleepWatch::now();
     let mut clock_look = tokio::time::interval(SleepWatch::LOOK_EVERY);
     clock_look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
-        if sleep_watch.slept(unix_ms(), std::time::Instant::now()) {
-            // The session's round times hang on the edge's clock as read at `Welcome`, through
-            // this phone's monotonic clock, which stood still while the device slept: a
-            // fresh `Welcome` reads it again.
-            return Some(ConnectionEnd::Lost);
-        }
+        sleep_watch.tell(&mut session);
         if !session.control_out().is_empty() {
             let out = session.control_out().split().freeze();
             if send.write_all(&out).await.is_err() {
@@ -314,7 +314,9 @@ async fn drive(
             },
             command = commands.recv() => match command {
                 None | Some(PhoneCommand::Stop) => return None,
-                Some(PhoneCommand::Shake) => match session.shake(now_ms(), &mut datagram) {
+                // A shake is often the first thing after a wake: the clocks are looked at
+                // first, so that it goes by the edge's clock as it is now.
+                Some(PhoneCommand::Shake) => match sleep_watch.tell(&mut session).shake(now_ms(), &mut datagram) {
                     Ok(_) => {
                         // On the stream path the shake went into the control bytes instead.
                         let sent = if datagram.is_empty() {
@@ -410,12 +412,14 @@ fn unix_ms() -> u64 {
     unix.map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Notices that the device slept, sans-IO: the monotonic clock the phone's milliseconds run on
-/// ([`now_ms`]) stands still in a suspend (Linux, Android and Apple platforms alike), while
-/// the wall clock goes on. A session that outlives a suspend would otherwise see the edge's
-/// clock that much late until it reconnects: a round opened "not yet", and shaken past its
-/// close. A wall clock stepped forward looks the same, and a reconnect mends that too; one
-/// stepped back looks like nothing.
+/// Notices that the device slept: the monotonic clock the phone's milliseconds run on
+/// ([`now_ms`]) stands still in a suspend (Linux, Android and Apple platforms alike), while the
+/// wall clock goes on. A session that outlived a suspend would otherwise read the edge's clock
+/// that much late: a round opened "not yet", and shaken past its close. Told, the session
+/// reads it on by the time slept ([`PhoneSession::clock_slept`]) and stays: no reconnect, which
+/// a crowd waking together for "shake now" would turn into a burst of handshakes at the
+/// opening. A wall clock stepped forward looks the same, and moves the session's view of the
+/// edge's clock by the step until its next `Welcome`; one stepped back looks like nothing.
 #[derive(Debug, Clone, Copy)]
 struct SleepWatch {
     wall_ms: u64,
@@ -428,17 +432,30 @@ impl SleepWatch {
     /// How often a live session looks when nothing else wakes it.
     const LOOK_EVERY: Duration = Duration::from_secs(2);
 
-    fn new(wall_ms: u64, mono: std::time::Instant) -> Self {
-        Self { wall_ms, mono }
+    fn now() -> Self {
+        // The monotonic clock first: a pause between the two reads then counts as less wall
+        // time, never as a sleep.
+        let mono = std::time::Instant::now();
+        Self { wall_ms: unix_ms(), mono }
     }
 
-    /// True if, since the last look, the wall clock ran [`SleepWatch::SLEPT_MS`] or more
-    /// ahead of the monotonic clock.
-    fn slept(&mut self, wall_ms: u64, mono: std::time::Instant) -> bool {
+    /// How long the device slept since the last look, if the wall clock ran
+    /// [`SleepWatch::SLEPT_MS`] or more ahead of the monotonic clock.
+    fn slept(&mut self, wall_ms: u64, mono: std::time::Instant) -> Option<u64> {
         let wall_gain = wall_ms.saturating_sub(self.wall_ms);
         let mono_gain = mono.saturating_duration_since(self.mono).as_millis() as u64;
         *self = Self { wall_ms, mono };
-        wall_gain >= mono_gain + Self::SLEPT_MS
+        let ahead = wall_gain.saturating_sub(mono_gain);
+        (ahead >= Self::SLEPT_MS).then_some(ahead)
+    }
+
+    /// Looks at the clocks now, and tells `session` how long the device slept, if it did.
+    fn tell<'a>(&mut self, session: &'a mut PhoneSession) -> &'a mut PhoneSession {
+        let mono = std::time::Instant::now();
+        if let Some(slept_ms) = self.slept(unix_ms(), mono) {
+            session.clock_slept(slept_ms);
+        }
+        session
     }
 }
 
@@ -478,14 +495,14 @@ mod tests {
     fn a_suspend_is_told_from_the_wall_clock_running_ahead() {
         let t0 = std::time::Instant::now();
         let at = |ms: u64| t0 + Duration::from_millis(ms);
-        let mut watch = SleepWatch::new(1_000_000, t0);
+        let mut watch = SleepWatch { wall_ms: 1_000_000, mono: t0 };
         // Both clocks on together (a busy phone, a slewing NTP): no sleep.
-        assert!(!watch.slept(1_002_000, at(2_000)));
-        assert!(!watch.slept(1_003_900, at(3_000)), "0.9 s of drift is no sleep");
-        // 20 s of wall time over 2 s of monotonic time: the device slept.
-        assert!(watch.slept(1_025_900, at(5_000)));
-        assert!(!watch.slept(1_027_900, at(7_000)), "told once");
-        // The wall clock stepped back: nothing a fresh Welcome would mend.
-        assert!(!watch.slept(1_000_000, at(8_000)));
+        assert_eq!(watch.slept(1_002_000, at(2_000)), None);
+        assert_eq!(watch.slept(1_003_900, at(3_000)), None, "0.9 s of drift is no sleep");
+        // 22.9 s of wall time over 2 s of monotonic time: the device slept 20.9 s.
+        assert_eq!(watch.slept(1_026_800, at(5_000)), Some(20_900));
+        assert_eq!(watch.slept(1_028_800, at(7_000)), None, "told once");
+        // The wall clock stepped back: no sleep to tell.
+        assert_eq!(watch.slept(1_000_000, at(8_000)), None);
     }
 }

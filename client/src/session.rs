@@ -288,6 +288,16 @@ impl PhoneSession {
         now_ms.saturating_add_signed(self.clock_offset_ms)
     }
 
+    /// The phone's clock stood still for `slept_ms` while the device slept (a monotonic
+    /// clock does in a suspend on Linux, Android and Apple platforms): the edge's clock, as
+    /// the session reads it, moves on by as much, so that a round that opened or closed
+    /// meanwhile reads so at once, with the session kept. A driver whose clock goes on
+    /// through a suspend never calls this.
+    pub fn clock_slept(&mut self, slept_ms: u64) {
+        let slept = i64::try_from(slept_ms).unwrap_or(i64::MAX);
+        self.clock_offset_ms = self.clock_offset_ms.saturating_add(slept);
+    }
+
     /// The round open at `now_ms`, else the next to open (by the edge's clock).
     pub fn round(&self, now_ms: u64) -> Option<RoundInfo> {
         let at = self.server_time_ms(now_ms);
@@ -692,6 +702,27 @@ mod tests {
         while s.poll_event().is_some() {}
         assert!(s.next_shake_allowed_ms() >= NOW + 1_001);
         assert!(matches!(s.shake(NOW + 500, &mut out), Err(ShakeRefusal::TooSoon { .. })));
+    }
+
+    /// A session that outlived a suspend (the phone's clock stood still 90 s) reads the edge's
+    /// clock on by as much: round 2, which opened while the device slept, is shaken in, not
+    /// round 1, which closed.
+    #[test]
+    fn a_session_told_the_device_slept_reads_the_edges_clock_on() {
+        let mut s = welcomed(0);
+        let notice = frame(ControlFrame::RoundNotice {
+            round: round(2, NOW + 100_000, NOW + 160_000),
+            min_shake_interval_ms: 0,
+        });
+        s.on_control(NOW + 10_000, &notice).unwrap();
+        let mut out = BytesMut::new();
+        assert_eq!(s.shake(NOW + 10_000, &mut out), Ok(1));
+        // The device slept 90 s (by the wall clock); the phone's clock reads NOW + 10 s still.
+        s.clock_slept(90_000);
+        assert_eq!(s.server_time_ms(NOW + 10_000), NOW + 105_000);
+        assert_eq!(s.shake(NOW + 10_100, &mut out), Ok(2));
+        s.clock_slept(u64::MAX);
+        assert!(s.server_time_ms(NOW) > NOW + 105_000, "saturates, no overflow");
     }
 
     /// An edge that tells a wait no edge may tell (an interval or a slow-down's retry of

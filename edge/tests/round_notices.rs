@@ -107,20 +107,21 @@ async fn a_phone_with_a_small_window_hears_every_control_frame() {
 /// the 8 soonest after it) hears of each later round before it opens: the worker tells every
 /// phone the next round once, between rounds or at the latest as its opening nears. Without
 /// that, a phone connected during round 1 never heard of round 10 and sat out every round from
-/// there on. Round 1 lasts 4 s here, then ten rounds of a second each, back to back.
+/// there on. Round 1 lasts 8 s here (the start has that long to welcome the phone in it),
+/// then ten rounds of a second each, back to back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_phone_that_stays_hears_of_every_round_before_it_opens() {
     let settings =
-        WorldSettings { round_1_s: 4, short_rounds_after: 10, ..WorldSettings::default() };
+        WorldSettings { round_1_s: 8, short_rounds_after: 10, ..WorldSettings::default() };
     let world = World::start(settings).await;
     let mut phone = Phone::connect(&world).await;
     match phone.hello(token(20_002, 3_600)).await {
         Ok(ControlFrame::Welcome { round, .. }) => assert_eq!(round.round_id, 1, "{round:?}"),
         other => panic!("expected Welcome, got {other:?}"),
     }
-    // Rounds 2-11 open 4-13 s after round 1 did; give it until round 11 has closed.
+    // Rounds 2-11 open 8-17 s after round 1 did; give it until round 11 has closed.
     let mut heard_before_opening = std::collections::BTreeSet::new();
-    let until = tokio::time::Instant::now() + Duration::from_secs(16);
+    let until = tokio::time::Instant::now() + Duration::from_secs(20);
     while heard_before_opening.len() < 10 {
         let left = until.saturating_duration_since(tokio::time::Instant::now());
         match tokio::time::timeout(left, phone.next_frame()).await {

@@ -111,8 +111,10 @@ impl World {
             scratch,
         };
         world.wait_for_metric("shake_edge_allocator_up", 1.0).await;
-        // Both workers have heard the round from the allocator.
-        world.wait_for_metric("shake_edge_round_states_total", 2.0).await;
+        // Both workers have heard every round from the allocator (the counter is the edge's
+        // whole: one worker's link alone counts as many as the rounds).
+        let rounds = 1 + u32::from(settings.round_2) + settings.short_rounds_after;
+        world.wait_for_metric("shake_edge_round_states_total", 2.0 * f64::from(rounds)).await;
         world
     }
 
