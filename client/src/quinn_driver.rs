@@ -139,7 +139,12 @@ pub async fn run(
     // same list spreads over the edges, and moves on from a draining one in an order of its
     // own (`Reconnect`), so that the crowd spreads over the other edges too.
     let first = (shake_proto::mix(user) % phone.edges.len() as u64) as usize;
-    let mut reconnect = Reconnect::new(phone.edges.len(), user, phone.reconnect).starting_at(first);
+    // The phone's milliseconds are Unix time (read once, moved by the monotonic clock).
+    let expires_at_ms =
+        shake_proto::token::expires_at_of(&phone.token).map(|s| s.saturating_mul(1000));
+    let mut reconnect = Reconnect::new(phone.edges.len(), user, phone.reconnect)
+        .starting_at(first)
+        .token_expires_at(expires_at_ms);
     let mut edge = reconnect.first();
     // Every award the app acknowledged, newest last: each session is told, so that one whose
     // ack was lost with an earlier session is acknowledged again, not shown again.

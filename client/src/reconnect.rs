@@ -102,6 +102,8 @@ pub struct Reconnect {
     seed: u64,
     /// An edge refused the token since the last welcome: the next refusal stops the phone.
     token_refused: bool,
+    /// When the token expires by its own claim, in the phone's milliseconds, if known.
+    token_expires_at_ms: Option<u64>,
 }
 
 impl Reconnect {
@@ -117,7 +119,16 @@ impl Reconnect {
             answered: false,
             seed,
             token_refused: false,
+            token_expires_at_ms: None,
         }
+    }
+
+    /// The token expires at `at_ms` (the phone's milliseconds; its claim, unchecked): an edge's
+    /// `TOKEN_EXPIRED` from then on is the phone's own clock's word too, and is not asked of
+    /// another edge (which would only cost it a handshake).
+    pub fn token_expires_at(mut self, at_ms: Option<u64>) -> Self {
+        self.token_expires_at_ms = at_ms;
+        self
     }
 
     /// The same, starting at edge `first` of the list (a fleet of phones spread over the
@@ -169,9 +180,10 @@ impl Reconnect {
             _ => None,
         };
         match (end, code) {
-            (ConnectionEnd::Closed(_), Some(ErrorCode::BadToken | ErrorCode::TokenExpired))
-                if self.edges > 1 && !self.token_refused =>
-            {
+            (
+                ConnectionEnd::Closed(_),
+                Some(code @ (ErrorCode::BadToken | ErrorCode::TokenExpired)),
+            ) if self.edges > 1 && !self.token_refused && !self.expired_here(code, now_ms) => {
                 // One edge's refusal may be that edge's fault (a key rotation it missed, its
                 // clock off), and every new token of this user would start at the same edge:
                 // one other edge is asked, after a failure's backoff, before the app is.
@@ -228,6 +240,11 @@ impl Reconnect {
                 NextConnect::At { edge: self.current, at_ms: now_ms.saturating_add(self.pause()) }
             }
         }
+    }
+
+    /// The edge said the token expired, and by the phone's own clock it has.
+    fn expired_here(&self, code: ErrorCode, now_ms: u64) -> bool {
+        code == ErrorCode::TokenExpired && self.token_expires_at_ms.is_some_and(|at| now_ms >= at)
     }
 
     /// `asked`, or, for a phone told to go before it was welcomed, a failure's backoff if that
@@ -419,6 +436,19 @@ mod tests {
             r.welcomed(10_000);
             r.ended(40_000, ConnectionEnd::Lost);
             assert!(matches!(r.ended(41_000, refused), NextConnect::At { .. }));
+            // A token whose own claim says it has expired, by the phone's clock too: an edge's
+            // `TOKEN_EXPIRED` is not asked of another edge; a bad token still is.
+            let expired = Reconnect::new(3, 1, ReconnectSettings::default());
+            let mut r = expired.token_expires_at(Some(50_000));
+            let next = r.ended(60_000, refused);
+            if code == ErrorCode::TokenExpired {
+                assert_eq!(next, NextConnect::Stop(code));
+            } else {
+                assert!(matches!(next, NextConnect::At { .. }), "{next:?}");
+            }
+            let valid = Reconnect::new(3, 1, ReconnectSettings::default());
+            let mut r = valid.token_expires_at(Some(90_000));
+            assert!(matches!(r.ended(60_000, refused), NextConnect::At { .. }));
         }
         let mut r = Reconnect::new(2, 1, ReconnectSettings::default());
         let (edge, wait) =

@@ -191,6 +191,14 @@ pub fn user_id_of(token: &[u8]) -> Option<u64> {
     (token[0] == TOKEN_VERSION).then(|| u64::from_be_bytes(field(token, 5)))
 }
 
+/// The expiry a token claims, Unix seconds, read without checking the MAC: for the phone's
+/// own use (whether an edge's `TOKEN_EXPIRED` agrees with its own clock), never for trusting
+/// the claim. `None` if `token` is not a token of this layout.
+pub fn expires_at_of(token: &[u8]) -> Option<u64> {
+    let token: &[u8; TOKEN_LEN] = token.try_into().ok()?;
+    (token[0] == TOKEN_VERSION).then(|| u64::from_be_bytes(field(token, 29)))
+}
+
 fn field<const N: usize>(token: &[u8; TOKEN_LEN], at: usize) -> [u8; N] {
     let mut out = [0u8; N];
     out.copy_from_slice(&token[at..at + N]);
@@ -217,13 +225,16 @@ mod tests {
     }
 
     #[test]
-    fn the_user_id_is_read_without_the_key_and_only_from_a_token() {
+    fn the_user_id_and_expiry_are_read_without_the_key_and_only_from_a_token() {
         let token = ring().mint(&claims(1)).unwrap();
         assert_eq!(user_id_of(&token), Some(42));
+        assert_eq!(expires_at_of(&token), Some(2_000));
         assert_eq!(user_id_of(&token[..TOKEN_LEN - 1]), None);
+        assert_eq!(expires_at_of(&token[..TOKEN_LEN - 1]), None);
         let mut other_version = token;
         other_version[0] = TOKEN_VERSION + 1;
         assert_eq!(user_id_of(&other_version), None);
+        assert_eq!(expires_at_of(&other_version), None);
     }
 
     /// A token signed by a valid key whose claims are out of range (a user id past what a
