@@ -584,14 +584,7 @@ mod tests {
                 let _ = reply.send(answer);
             }
         });
-        (
-            Api {
-                token: BearerToken::new("a-token-of-16-bytes").unwrap(),
-                target: Arc::new(Mutex::new(Some(tx))),
-                answer_wait: ANSWER_WAIT,
-            },
-            reads,
-        )
+        (api_over(Some(tx), ANSWER_WAIT), reads)
     }
 
     async fn ids(response: Response) -> Result<Vec<u64>, axum::Error> {
@@ -648,8 +641,13 @@ mod tests {
                 keep.lock().unwrap().push(request);
             }
         });
+        (api_over(Some(tx), answer_wait), held)
+    }
+
+    /// The API over `target` (none: not leading), waiting `answer_wait` for answers.
+    fn api_over(target: Option<mpsc::Sender<AdminRequest>>, answer_wait: Duration) -> Api {
         let token = BearerToken::new("a-token-of-16-bytes").unwrap();
-        (Api { token, target: Arc::new(Mutex::new(Some(tx))), answer_wait }, held)
+        Api { token, target: Arc::new(Mutex::new(target)), answer_wait }
     }
 
     #[tokio::test]
@@ -692,9 +690,7 @@ mod tests {
         let (api, _held) = silent_term(Duration::from_millis(100));
         let event = first_event(api).await;
         assert!(event.starts_with(':') && !event.contains("data:"), "{event:?}");
-        let token = BearerToken::new("a-token-of-16-bytes").unwrap();
-        let standby = Api { token, target: Arc::new(Mutex::new(None)), answer_wait: ANSWER_WAIT };
-        let event = first_event(standby).await;
+        let event = first_event(api_over(None, ANSWER_WAIT)).await;
         assert!(event.contains("\"leading\":false"), "{event:?}");
     }
 
@@ -704,9 +700,8 @@ mod tests {
         let (tx, _rx) = mpsc::channel(1);
         let (filler, _) = oneshot::channel();
         tx.try_send(AdminRequest::Rounds { reply: filler }).unwrap();
-        let token = BearerToken::new("a-token-of-16-bytes").unwrap();
         let wait = Duration::from_millis(100);
-        let api = Api { token, target: Arc::new(Mutex::new(Some(tx))), answer_wait: wait };
+        let api = api_over(Some(tx), wait);
         let asked = api.ask(|reply| AdminRequest::Audit { reply });
         let response = tokio::time::timeout(wait * 20, asked)
             .await

@@ -131,7 +131,7 @@ pub async fn run(
     }
     // A token no edge could take (longer than `Hello` carries): the app must mend it, and no
     // edge is asked (a refusal by an edge is asked of one other edge; this one is not theirs).
-    if phone.token.len() > shake_proto::limits::MAX_TOKEN {
+    if !crate::session::token_fits_hello(&phone.token) {
         return Ok(Stopped::Refused(ErrorCode::BadToken));
     }
     let user = shake_proto::token::user_id_of(&phone.token).unwrap_or(0);

@@ -35,6 +35,12 @@ pub const MAX_EVENTS: usize = 1024;
 pub const MAX_HELD_AWARDS: usize = 64;
 /// Rounds remembered (the open one and the next ones announced).
 pub const MAX_ROUNDS: usize = 16;
+
+/// Whether `token` fits `Hello` ([`shake_proto::limits::MAX_TOKEN`]): one that does not is
+/// refused by [`PhoneSession::hello`] before any edge could see it.
+pub fn token_fits_hello(token: &[u8]) -> bool {
+    token.len() <= shake_proto::limits::MAX_TOKEN
+}
 /// Control bytes queued before a shake on the control stream is refused
 /// ([`ShakeRefusal::Backlogged`]). Nothing else can fill the queue: `Hello` once, and one
 /// `AwardAck` per award held or shown, both bounded by [`MAX_HELD_AWARDS`].
@@ -224,7 +230,7 @@ impl PhoneSession {
         if self.phase != Phase::New {
             return;
         }
-        if self.token.len() > shake_proto::limits::MAX_TOKEN {
+        if !token_fits_hello(&self.token) {
             self.end(EndReason::Refused {
                 code: u64::from(ErrorCode::BadToken.code()),
                 reason: "the token is longer than 128 bytes".into(),

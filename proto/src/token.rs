@@ -187,16 +187,20 @@ impl KeyRing {
 /// place in a round's start spread), never for trusting the claim. `None` if `token` is not
 /// a token of this layout.
 pub fn user_id_of(token: &[u8]) -> Option<u64> {
-    let token: &[u8; TOKEN_LEN] = token.try_into().ok()?;
-    (token[0] == TOKEN_VERSION).then(|| u64::from_be_bytes(field(token, 5)))
+    unchecked_claim(token, 5)
 }
 
 /// The expiry a token claims, Unix seconds, read without checking the MAC: for the phone's
 /// own use (whether an edge's `TOKEN_EXPIRED` agrees with its own clock), never for trusting
 /// the claim. `None` if `token` is not a token of this layout.
 pub fn expires_at_of(token: &[u8]) -> Option<u64> {
+    unchecked_claim(token, 29)
+}
+
+/// The 8-byte claim at `at` of a token of this layout, its MAC unchecked.
+fn unchecked_claim(token: &[u8], at: usize) -> Option<u64> {
     let token: &[u8; TOKEN_LEN] = token.try_into().ok()?;
-    (token[0] == TOKEN_VERSION).then(|| u64::from_be_bytes(field(token, 29)))
+    (token[0] == TOKEN_VERSION).then(|| u64::from_be_bytes(field(token, at)))
 }
 
 fn field<const N: usize>(token: &[u8; TOKEN_LEN], at: usize) -> [u8; N] {
