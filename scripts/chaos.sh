@@ -164,8 +164,33 @@ swarm_start() {
     pids+=("$swarm_pid")
 }
 
+# wait_within PID SECONDS WHAT: the process's exit status, after SECONDS at most: one still
+# running then is killed and named as a problem (a hang fails its scenario by name, where an
+# unbounded wait would hold the run until something outside killed it, with no table).
+wait_within() {
+    local pid="$1" seconds="$2" what="$3" tenths=0
+    while kill -0 "$pid" 2>/dev/null && [ "$tenths" -lt $(( seconds * 10 )) ]; do
+        sleep 0.1
+        tenths=$(( tenths + 1 ))
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        problems+=("$what did not exit within ${seconds}s: killed")
+        kill -CONT "$pid" 2>/dev/null || true
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid"
+}
+
+# forget_pid PID: a process the scenario killed and waited for leaves the cleanup list (its
+# number may be another process's by the time the run ends).
+forget_pid() {
+    local pid kept=()
+    for pid in "${pids[@]}"; do [ "$pid" = "$1" ] || kept+=("$pid"); done
+    pids=(${kept[@]+"${kept[@]}"})
+}
+
 swarm_wait() {
-    wait "$swarm_pid" || problems+=("the swarm exited with status $?")
+    wait_within "$swarm_pid" $(( run_s + 60 )) "the swarm" || problems+=("the swarm exited with status $?")
 }
 
 # Sleeps until S seconds after the round opened.
@@ -184,19 +209,19 @@ finish() {
     # a failure, not a process to skip.
     for id in "${!edge_pid[@]}"; do
         kill -TERM "${edge_pid[$id]}" 2>/dev/null || true
-        wait "${edge_pid[$id]}" || problems+=("edge $id exited with status $? on SIGTERM")
+        wait_within "${edge_pid[$id]}" 90 "edge $id" || problems+=("edge $id exited with status $? on SIGTERM")
     done
     local config="$S/allocator.toml" node
     if [ "$ha_mode" = 0 ]; then
         kill -CONT "$alloc_pid" 2>/dev/null || true
         kill -TERM "$alloc_pid" 2>/dev/null || true
-        wait "$alloc_pid" || problems+=("the allocator exited with status $? on SIGTERM")
+        wait_within "$alloc_pid" 60 "the allocator" || problems+=("the allocator exited with status $? on SIGTERM")
     else
         config="$S/allocator-a.toml"
         for node in "${!ha_pid[@]}"; do
             kill -CONT "${ha_pid[$node]}" 2>/dev/null || true
             kill -TERM "${ha_pid[$node]}" 2>/dev/null || true
-            wait "${ha_pid[$node]}" || problems+=("allocator $node exited with status $? on SIGTERM")
+            wait_within "${ha_pid[$node]}" 60 "allocator $node" || problems+=("allocator $node exited with status $? on SIGTERM")
         done
     fi
     pids=()
@@ -204,7 +229,7 @@ finish() {
     declare -gA edge_pid edge_addr edge_metrics
     "$BIN/shake-allocator" export --config "$config" >"$S/awards.jsonl" 2>>"$S/allocator.log"
     "$BIN/shake-swarm" verify --report "$S/swarm.json" --ledger "$S/awards.jsonl" \
-        --allocator-config "$config" >"$S/verify.out" || true
+        --allocator-config "$config" >"$S/verify.out" || problems+=("shake-swarm verify exited with status $?")
     ha_end
     tail -n1 "$S/verify.out" >"$S/verify.json"
     [ "$(json_bool "$S/verify.json" ok)" = true ] || problems+=("an invariant failed: see $S/verify.out")
@@ -269,6 +294,7 @@ scenario_allocator_kill() {
         sample_memory
         kill -KILL "$alloc_pid"
         wait "$alloc_pid" 2>/dev/null || true
+        forget_pid "$alloc_pid"
         kills=$(( kills + 1 ))
         sleep 0.5
         start_allocator
@@ -294,6 +320,7 @@ scenario_edge_kill() {
     before=$(metric_sum "${edge_metrics[1]}" shake_edge_phones)
     kill -KILL "${edge_pid[1]}"
     wait "${edge_pid[1]}" 2>/dev/null || true
+    forget_pid "${edge_pid[1]}"
     unset 'edge_pid[1]'
     sleep_into_round $(( ROUND_S + 1 ))
     local after
@@ -322,7 +349,7 @@ scenario_link_cut() {
     resent=$(metric_sum "${edge_metrics[1]}" shake_edge_batches_resent_total)
     [ "$in_flight" = 0 ] || problems+=("$in_flight batches still unanswered after the cut")
     kill -TERM "$relay_pid"
-    wait "$relay_pid" || true
+    wait_within "$relay_pid" 10 "the relay" || problems+=("the relay exited with status $? on SIGTERM")
     local cut
     cut=$(tail -n1 "$S/relay.out" | sed -n 's/.*"cut":\([0-9]*\).*/\1/p')
     [ "${cut:-0}" -gt 0 ] || problems+=("the relay cut nothing")
@@ -342,13 +369,17 @@ scenario_phone_loss() {
     swarm_start swarm/scenarios/demo.toml "$relay_addr"
     swarm_wait
     kill -TERM "$relay_pid"
-    wait "$relay_pid" || true
+    wait_within "$relay_pid" 10 "the relay" || problems+=("the relay exited with status $? on SIGTERM")
     local shakes outcomes
     tail -n1 "$S/swarm.out" >"$S/swarm.line.json"
     shakes=$(json_number "$S/swarm.line.json" shakes)
     outcomes=$(json_number "$S/swarm.line.json" outcomes)
     # 5% loss each way answers about 90% of shakes; every award still arrives (streams retransmit).
-    [ $(( outcomes * 100 )) -ge $(( shakes * 80 )) ] || problems+=("only $outcomes of $shakes shakes answered")
+    if [ -z "$shakes" ] || [ -z "$outcomes" ] || [ "$shakes" -eq 0 ]; then
+        problems+=("the swarm's last line counts no shakes: see $S/swarm.out")
+    elif [ $(( outcomes * 100 )) -lt $(( shakes * 80 )) ]; then
+        problems+=("only $outcomes of $shakes shakes answered")
+    fi
     notes="5% loss + 50 ms each way: $outcomes of $shakes shakes answered"
     finish
 }
@@ -505,6 +536,7 @@ scenario_ha_leader_kill() {
     fault_ms=$(( $(date +%s%N) / 1000000 ))
     kill -KILL "${ha_pid[$killed]}"
     wait "${ha_pid[$killed]}" 2>/dev/null || true
+    forget_pid "${ha_pid[$killed]}"
     await_failover "$fault_ms" "$first" || true
     # The killed one comes back, as a standby.
     start_ha_allocator "$killed"
@@ -608,15 +640,9 @@ scenario_ha_primary_hang() {
     # waiting on it): the leader stopped cleanly exits, and the other allocator takes over.
     local stopped=$leader second
     kill -TERM "${ha_pid[$stopped]}" 2>/dev/null || problems+=("the leader $stopped was gone before its stop")
-    for _ in $(seq 1 150); do
-        kill -0 "${ha_pid[$stopped]}" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "${ha_pid[$stopped]}" 2>/dev/null; then
-        problems+=("the leader $stopped did not exit within 15 s of SIGTERM")
-        kill -KILL "${ha_pid[$stopped]}" 2>/dev/null || true
-    fi
-    wait "${ha_pid[$stopped]}" || problems+=("the leader $stopped exited with status $? on SIGTERM")
+    wait_within "${ha_pid[$stopped]}" 15 "the leader $stopped, on SIGTERM," ||
+        problems+=("the leader $stopped exited with status $? on SIGTERM")
+    forget_pid "${ha_pid[$stopped]}"
     unset "ha_pid[$stopped]"
     wait_leader "$leader_epoch" 10 && second="; stopped, $leader led next (epoch $leader_epoch)" ||
         second="; stopped, no one led next"

@@ -7,18 +7,21 @@ cd "$(dirname "$0")/.."
 # Integration tests start the real binaries of other crates (the relay, the swarm, the phone),
 # which `cargo test` only builds for the crate under test: build every binary first, so a fresh
 # checkout finds them and none is stale.
-# The binaries are built with the tests' profile (`--release`, `--profile NAME`): the tests
-# start the ones beside them, so debug binaries beside release tests would be missing or stale.
-profile=()
+# The binaries are built with what changes where the tests look for them and what they are
+# (the profile, the target and its directory, the features): the tests start the ones beside
+# them, so binaries built otherwise would be missing or, worse, stale from an earlier build.
+build=()
 args=("$@")
 for i in "${!args[@]}"; do
     case "${args[$i]}" in
         --) break ;;
-        --release | --profile=*) profile+=("${args[$i]}") ;;
-        --profile) profile+=(--profile "${args[$((i + 1))]:-}") ;;
+        -r | --release | --all-features | --no-default-features | --offline | --frozen) build+=("${args[$i]}") ;;
+        --profile=* | --target=* | --target-dir=* | --features=* | -F=*) build+=("${args[$i]}") ;;
+        --profile | --target | --target-dir | --features | -F)
+            build+=("${args[$i]}" "${args[$((i + 1))]:-}") ;;
     esac
 done
-cargo build --workspace --exclude shake-fuzz --bins --locked ${profile[@]+"${profile[@]}"}
+cargo build --workspace --exclude shake-fuzz --bins --locked ${build[@]+"${build[@]}"}
 cargo test --workspace --exclude shake-fuzz --all-targets --locked "$@"
 # `--all-targets` leaves out doctests: the examples in the docs run here.
 cargo test --workspace --exclude shake-fuzz --doc --locked "$@"

@@ -646,9 +646,7 @@ fn look_at_lease(
         took_lease_as.store(epoch, Ordering::SeqCst);
     }
     // Tests only: a look that has taken the lease, or found it held, and has yet to return.
-    if shake_ops::supervise::failpoint("allocator-slow-look") {
-        std::thread::sleep(Duration::from_secs(1));
-    }
+    shake_ops::supervise::failpoint_hold("allocator-slow-look", Duration::from_secs(1));
     let look = match taken {
         // Committed on the primary alone: if the primary is lost, the standby promoted in its
         // place never saw this takeover, and another node may win the same epoch there. Not
@@ -786,7 +784,12 @@ fn spawn_renewer(
                         client = Some(connected);
                         renewed_at = attempt_at;
                     }
-                    Ok((_, false)) => return give_up("another allocator took the lease"),
+                    Ok((_, false)) => {
+                        return give_up(
+                            "another allocator took the lease, or it ran out before the renewal \
+                             reached the database",
+                        );
+                    }
                     Err(err) => {
                         tracing::warn!(%err, epoch, "leader: lease renewal failed; retrying");
                         // Measured from before the last good attempt: errs on the early side.

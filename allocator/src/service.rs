@@ -973,9 +973,7 @@ fn report_commits(
 fn serve_reads(ledger: &mut dyn LedgerStore, reads: Vec<AwardRead>) {
     for read in reads {
         // Tests only: a read as slow as one of millions of awards.
-        if shake_ops::supervise::failpoint("allocator-slow-award-read") {
-            std::thread::sleep(Duration::from_secs(3));
-        }
+        shake_ops::supervise::failpoint_hold("allocator-slow-award-read", Duration::from_secs(3));
         // Tests only: a read that outlasts the admin API's wait (a database that hangs).
         if shake_ops::supervise::failpoint("allocator-award-read-hangs") {
             std::thread::sleep(crate::admin::ANSWER_WAIT + Duration::from_secs(5));

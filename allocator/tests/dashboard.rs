@@ -68,18 +68,15 @@ async fn the_dashboard_shows_the_show_and_go_opens_a_round() {
     .unwrap();
 
     // The edge hears the round open, and its shakes win: the page's numbers move.
-    let opened = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            if let (AllocatorFrame::RoundState { round, .. }, _) = edge.recv().await.unwrap()
-                && round.round_id == 1
-                && round.phase == RoundPhase::Open
-            {
-                return round;
-            }
+    let opened = edge.recv_until(Duration::from_secs(10), |frame, _| match frame {
+        AllocatorFrame::RoundState { round, .. }
+            if round.round_id == 1 && round.phase == RoundPhase::Open =>
+        {
+            Some(round)
         }
-    })
-    .await
-    .expect("the edge heard round 1 open");
+        _ => None,
+    });
+    let opened = opened.await.expect("the edge heard round 1 open");
     assert!(opened.starts_at_ms <= now_ms());
     let entries: Vec<BatchEntry> =
         (0..8).map(|i| BatchEntry { user_id: 900 + i, offset_us: i as u32 }).collect();

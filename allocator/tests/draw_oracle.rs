@@ -1,6 +1,12 @@
 //! The fast draw against a slow, obviously correct oracle: same winners, same kinds, and the
 //! money invariants (no item twice, caps held, cash never over the pool and exact when drained,
 //! same input same answer).
+//!
+//! What the oracle shares with the code under test: the pool's items in release order
+//! (`Pool::items`), the batch seed and each entry's random number (`batch_seed`,
+//! `entry_random`). It checks the draw's choices given those, not those themselves: a defect in
+//! the release order or the seed derivation is mirrored here, not caught. The money
+//! invariants below do not depend on them.
 
 use std::collections::{BTreeSet, HashMap};
 

@@ -12,6 +12,7 @@ use shake_proto::{AllocatorFrame, Batch, BatchEntry, ErrorCode};
 use shake_testkit::edge_link::{
     assert_a_drain_answers_the_batch_in_flight, client_config, connect, edge_worker, until_draining,
 };
+use shake_testkit::failpoints;
 use shake_testkit::metrics;
 use shake_testkit::now_ms;
 use shake_testkit::pg_server::PgServer;
@@ -43,10 +44,8 @@ fn round() -> String {
 /// its errors only on the test's stderr.
 fn with_failpoint(config: &std::path::Path, failpoint: &str) -> Allocator {
     let mut command = Allocator::command(config);
-    command
-        .env("SHAKE_FAILPOINT", failpoint)
-        .env("RUST_LOG", "error")
-        .stderr(std::process::Stdio::inherit());
+    failpoints::switch_on(&mut command, config, failpoint);
+    command.env("RUST_LOG", "error").stderr(std::process::Stdio::inherit());
     Allocator::spawn(command).unwrap()
 }
 
@@ -498,12 +497,15 @@ async fn a_leader_frozen_inside_a_copy_does_not_hold_the_takeover_up() {
     let b = Allocator::start(&scratch.postgres_config("b", &url, &round));
     let mut stream = edge_worker(a.quic, &scratch, 42).await.unwrap();
     stream.send(&batch(1)).await;
-    // The batch's group is now inside its COPY; the whole process freezes there.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The whole process freezes once the batch's group is inside its COPY (the failpoint holds
+    // it there for 30 s): frozen before it, no lock would hold the takeover up at all.
+    until_a_copy_is_under_way(&url, Duration::from_secs(10));
     a.process.signal("STOP");
     let frozen_at = Instant::now();
     let second = await_leadership(&b, Duration::from_secs(20));
     let took = frozen_at.elapsed();
+    // Still frozen, the leader cannot have ended its COPY itself: the standby did.
+    assert_eq!(copies_under_way(&url), 0, "the frozen leader's COPY still runs");
     a.process.signal("CONT");
     a.process.kill();
     assert!(second > first);
@@ -511,6 +513,31 @@ async fn a_leader_frozen_inside_a_copy_does_not_hold_the_takeover_up() {
     drop(stream);
     drop(b);
     drop(server);
+}
+
+/// How many sessions of the server at `url` are inside a `COPY` now.
+fn copies_under_way(url: &str) -> i64 {
+    let url = url.to_owned();
+    std::thread::spawn(move || {
+        let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        let row = client.query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' \
+             AND query LIKE 'COPY%' AND pid <> pg_backend_pid()",
+            &[],
+        );
+        row.unwrap().get(0)
+    })
+    .join()
+    .unwrap()
+}
+
+/// Waits, `within` at most, until a session of the server at `url` is inside a `COPY`.
+fn until_a_copy_is_under_way(url: &str, within: Duration) {
+    let started = Instant::now();
+    while copies_under_way(url) == 0 {
+        assert!(started.elapsed() < within, "no COPY under way within {within:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// A standby that finds the log pages ahead reads page after page at once, not a page a poll
@@ -799,10 +826,10 @@ async fn a_standby_stopped_while_it_looks_stops_cleanly() {
     let (scratch, server, url) = primary("ha-stop-standby");
     let a = Allocator::start(&scratch.postgres_config("a", &url, &round()));
     await_leadership(&a, Duration::from_secs(20));
-    let mut b =
-        with_failpoint(&scratch.postgres_config("b", &url, &round()), "allocator-slow-look");
-    // Its first look is under way (a second long) once it has started; stop it within it.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let config = scratch.postgres_config("b", &url, &round());
+    let mut b = with_failpoint(&config, "allocator-slow-look");
+    // Stopped within a look (each held a second).
+    failpoints::until_held(&config, "allocator-slow-look", Duration::from_secs(5)).await;
     b.process.signal("INT");
     let status = b.process.wait_within(Duration::from_secs(10));
     assert!(status.success(), "{status:?}");

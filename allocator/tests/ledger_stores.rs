@@ -286,13 +286,40 @@ fn postgres_keeps_groups_across_reopening_and_guards_the_money() {
     assert!(matches!(refused, Err(LedgerError::Failed(_))), "{refused:?}");
 }
 
+/// A renewal that reaches the server only after the lease ran out (left behind on a stopped
+/// server that then resumes) renews nothing: the leader gave its term up at the lease's end,
+/// and a lease renewed then would name a leader nobody has, holding every standby off for one
+/// more lease.
+#[test]
+fn a_renewal_that_arrives_after_the_lease_ran_out_renews_nothing() {
+    let scratch = Scratch::new("ledger-late-renewal");
+    let server = PgServer::primary(&scratch.dir.join("pg"));
+    let url = server.database("late_renewal");
+    let mut leader = PostgresLedger::open(&url).unwrap();
+    let short = Duration::from_millis(1_000);
+    let epoch = try_take(&mut leader, "a", "127.0.0.1:1", short).unwrap().unwrap();
+    let term = Term::new(epoch, "a");
+    assert!(lease::renew(leader.client(), &term, short).unwrap(), "a renewal in time renews");
+
+    std::thread::sleep(Duration::from_millis(1_200));
+    assert!(!lease::renew(leader.client(), &term, short).unwrap(), "the late renewal renewed");
+    let row = lease::current(leader.client()).unwrap();
+    assert_eq!(row.epoch, epoch);
+    assert!(row.expires_in_ms <= 0, "the lease runs on for {} ms", row.expires_in_ms);
+    // And a standby takes it at once.
+    let mut standby = PostgresLedger::open(&url).unwrap();
+    assert_eq!(try_take(&mut standby, "b", "127.0.0.1:2", short).unwrap(), Some(epoch + 1));
+}
+
 #[test]
 fn a_new_epoch_fences_the_old_leader() {
     let scratch = Scratch::new("ledger-fence");
     let server = PgServer::primary(&scratch.dir.join("pg"));
     let url = server.database("fence");
     let mut old = PostgresLedger::open(&url).unwrap();
-    let short = Duration::from_millis(300);
+    // Long enough that the first renewal lands inside it on a busy machine (a renewal after
+    // the lease ran out renews nothing).
+    let short = Duration::from_millis(1_000);
     let first = try_take(&mut old, "old", "127.0.0.1:1", short).unwrap().unwrap();
     old.lead(Term::new(first, "old"));
     old.commit_group(&CommitGroup { batches: batches(1..=1), ..CommitGroup::default() }).unwrap();
@@ -308,7 +335,7 @@ fn a_new_epoch_fences_the_old_leader() {
     );
 
     // The old leader pauses past its lease; the standby takes over with a new epoch.
-    std::thread::sleep(Duration::from_millis(400));
+    std::thread::sleep(Duration::from_millis(1_200));
     let second = try_take(&mut standby, "new", "127.0.0.1:2", short).unwrap().unwrap();
     assert_eq!(second, first + 1);
     standby.lead(Term::new(second, "new"));
@@ -769,7 +796,9 @@ fn a_commit_in_flight_holds_a_takeover_but_not_a_renewal() {
     let scratch = Scratch::new("ledger-renewal");
     let server = PgServer::primary(&scratch.dir.join("pg"));
     let url = server.database("renewal");
-    let short = Duration::from_millis(300);
+    // The renewal lands inside the lease (one renewed after it ran out renews nothing), and
+    // the takeover is tried once the renewed lease has run out, while the commit is open.
+    let short = Duration::from_millis(600);
     let mut leader = PostgresLedger::open(&url).unwrap();
     let epoch = try_take(&mut leader, "old", "127.0.0.1:1", short).unwrap().unwrap();
     leader.lead(Term::new(epoch, "old"));
@@ -790,7 +819,7 @@ fn a_commit_in_flight_holds_a_takeover_but_not_a_renewal() {
             let url = url.clone();
             takeover = Some(std::thread::spawn(move || {
                 let mut standby = PostgresLedger::open(&url).unwrap();
-                std::thread::sleep(Duration::from_millis(400));
+                std::thread::sleep(Duration::from_millis(700));
                 try_take(&mut standby, "new", "127.0.0.1:2", short)
             }));
         }
@@ -806,8 +835,10 @@ fn a_commit_in_flight_holds_a_takeover_but_not_a_renewal() {
         &mut turn,
     );
     let (renewal_result, renewal_took) = renewed.expect("the turn was asked");
-    assert!(matches!(renewal_result, Ok(true)), "the renewal: {renewal_result:?}");
-    assert!(renewal_took < Duration::from_millis(150), "the renewal waited {renewal_took:?}");
+    // A renewal that waited for the commit's lock failed at its `lock_timeout` (no bound on
+    // its time here: an fsync on a busy disk is not the defect).
+    let renewal_seen = format!("{renewal_result:?} after {renewal_took:?}");
+    assert!(matches!(renewal_result, Ok(true)), "the renewal: {renewal_seen}");
     committed.expect("the group committed under its epoch");
     assert_eq!(held_while_open, Some(true), "the takeover went through while the commit was open");
     let taken = takeover.unwrap().join().unwrap();

@@ -22,16 +22,6 @@ async fn hello(stream: &mut EdgeStream, version: u32) {
         .await;
 }
 
-/// The error code the allocator closed the stream with, as seen by a read.
-async fn closed_with(stream: &mut EdgeStream) -> String {
-    loop {
-        match stream.recv().await {
-            Ok(_) => continue,
-            Err(err) => return err,
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edges_without_a_trusted_certificate_are_refused() {
     let scratch = Scratch::new("mtls");
@@ -102,7 +92,7 @@ async fn malformed_oversized_and_unexpected_frames_close_the_stream_with_their_c
     let mut stream = EdgeStream::open(&conn).await;
     hello(&mut stream, PROTOCOL_VERSION).await;
     stream.send_raw(&[0x22, 0x04, 0x01, 0x01, 0x01, 0x40]).await;
-    let err = closed_with(&mut stream).await;
+    let err = stream.closed_with().await;
     assert!(err.contains(&code(ErrorCode::MalformedFrame)), "{err}");
 
     // A frame length over the limit: refused from the header alone.
@@ -112,19 +102,19 @@ async fn malformed_oversized_and_unexpected_frames_close_the_stream_with_their_c
     varint::put(&mut header, 0x22);
     varint::put(&mut header, 1 << 30);
     stream.send_raw(&header).await;
-    let err = closed_with(&mut stream).await;
+    let err = stream.closed_with().await;
     assert!(err.contains(&code(ErrorCode::FrameTooLarge)), "{err}");
 
     // A batch before EdgeHello.
     let mut stream = EdgeStream::open(&conn).await;
     stream.send(&AllocatorFrame::Heartbeat { now_ms: 1 }).await;
-    let err = closed_with(&mut stream).await;
+    let err = stream.closed_with().await;
     assert!(err.contains(&code(ErrorCode::UnexpectedFrame)), "{err}");
 
     // A protocol version we do not speak.
     let mut stream = EdgeStream::open(&conn).await;
     hello(&mut stream, PROTOCOL_VERSION + 1).await;
-    let err = closed_with(&mut stream).await;
+    let err = stream.closed_with().await;
     assert!(err.contains(&code(ErrorCode::UnsupportedVersion)), "{err}");
 
     // The connection and the allocator are still fine.
@@ -144,7 +134,7 @@ async fn an_edge_cannot_speak_for_another_edge_id() {
     let conn = connect(alloc.quic, client_config(&scratch.certs(), Some("edge-2"))).await.unwrap();
     let mut stream = EdgeStream::open(&conn).await;
     hello(&mut stream, PROTOCOL_VERSION).await;
-    let err = closed_with(&mut stream).await;
+    let err = stream.closed_with().await;
     let reason = conn.closed().await.to_string();
     assert!(reason.contains(&ErrorCode::EdgeRejected.code().to_string()), "{err} / {reason}");
     // And as itself it is welcome.

@@ -4,7 +4,7 @@
 //! effect, and replayed after a restart. The CLI speaks the same API.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -14,7 +14,7 @@ use shake_testkit::edge_link::{EdgeStream, edge_worker};
 use shake_testkit::processes::bin;
 use shake_testkit::scratch::{ADMIN_TOKEN, Scratch};
 use shake_testkit::servers::Allocator;
-use shake_testkit::{metrics, now_ms};
+use shake_testkit::{failpoints, metrics, now_ms};
 
 /// The allocator and its admin API's address (from its ready line).
 fn admin_addr(config: &Path) -> (Allocator, SocketAddr) {
@@ -49,13 +49,13 @@ async fn round_one(stream: &mut EdgeStream) -> (RoundPhase, u64, u64) {
 
 /// The next `RoundState` for `round_id`: its phase and times as the edge is told them.
 async fn round_state(stream: &mut EdgeStream, round_id: u32) -> (RoundPhase, u64, u64) {
-    loop {
-        if let (AllocatorFrame::RoundState { round, .. }, _) = stream.recv().await.unwrap()
-            && round.round_id == round_id
-        {
-            return (round.phase, round.starts_at_ms, round.ends_at_ms);
+    let state = stream.recv_until(Duration::from_secs(10), |frame, _| match frame {
+        AllocatorFrame::RoundState { round, .. } if round.round_id == round_id => {
+            Some((round.phase, round.starts_at_ms, round.ends_at_ms))
         }
-    }
+        _ => None,
+    });
+    state.await.unwrap_or_else(|err| panic!("no RoundState for round {round_id}: {err}"))
 }
 
 /// (status, JSON body) of an authenticated POST with a JSON body.
@@ -439,15 +439,14 @@ fn an_unconfirmed_command_is_retried_and_resent_only_under_its_id() {
 
 /// An allocator of `scratch`'s admin configuration with the fault `failpoint` switched on
 /// (`SHAKE_FAILPOINT`), its errors on the test's stderr, and its admin API's address.
-fn with_failpoint(scratch: &Scratch, failpoint: &str) -> (Allocator, SocketAddr) {
-    let mut command = Allocator::command(&scratch.admin_config());
-    command
-        .env("SHAKE_FAILPOINT", failpoint)
-        .env("RUST_LOG", "warn")
-        .stderr(std::process::Stdio::inherit());
+fn with_failpoint(scratch: &Scratch, failpoint: &str) -> (Allocator, SocketAddr, PathBuf) {
+    let config = scratch.admin_config();
+    let mut command = Allocator::command(&config);
+    failpoints::switch_on(&mut command, &config, failpoint);
+    command.env("RUST_LOG", "warn").stderr(std::process::Stdio::inherit());
     let alloc = Allocator::spawn(command).unwrap();
     let admin = alloc.admin.expect("the ready line names the admin API");
-    (alloc, admin)
+    (alloc, admin, config)
 }
 
 /// Support's reads run on a ledger handle and thread of their own: a read as slow as one of
@@ -456,11 +455,12 @@ fn with_failpoint(scratch: &Scratch, failpoint: &str) -> (Allocator, SocketAddr)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_award_read_holds_up_no_commit() {
     let scratch = Scratch::new("slow-read");
-    let (alloc, admin) = with_failpoint(&scratch, "allocator-slow-award-read");
+    let (alloc, admin, config) = with_failpoint(&scratch, "allocator-slow-award-read");
     let mut stream = edge_worker(alloc.quic, &scratch, 9).await.unwrap();
     round_one(&mut stream).await;
     let read = std::thread::spawn(move || authed(admin, "GET", "/awards?limit=5", "-").0);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The batch goes in once the read is under way (sent before it, it would pass anyway).
+    failpoints::until_held(&config, "allocator-slow-award-read", Duration::from_secs(2)).await;
     let entries = [BatchEntry { user_id: 77, offset_us: 0 }];
     stream.send(&AllocatorFrame::Batch(Batch::new(1, 1, now_ms(), &entries))).await;
     let answer = tokio::time::timeout(Duration::from_millis(1_500), stream.next_result()).await;
@@ -474,7 +474,7 @@ async fn a_slow_award_read_holds_up_no_commit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_the_ledger_does_not_answer_in_time_gets_a_gateway_timeout() {
     let scratch = Scratch::new("hung-read");
-    let (_alloc, admin) = with_failpoint(&scratch, "allocator-award-read-hangs");
+    let (_alloc, admin, _) = with_failpoint(&scratch, "allocator-award-read-hangs");
     let started = Instant::now();
     let read = std::thread::spawn(move || authed(admin, "GET", "/awards?limit=5", "-"));
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -418,51 +418,75 @@ fn unix_ms() -> u64 {
 }
 
 /// Notices that the device slept: the monotonic clock the phone's milliseconds run on
-/// ([`now_ms`]) stands still in a suspend (Linux, Android and Apple platforms alike), while the
-/// wall clock goes on. A session that outlived a suspend would otherwise read the edge's clock
-/// that much late: a round opened "not yet", and shaken past its close. Told, the session
-/// reads it on by the time slept ([`PhoneSession::clock_slept`]) and stays: no reconnect, which
-/// a crowd waking together for "shake now" would turn into a burst of handshakes at the
-/// opening. A wall clock stepped forward looks the same, and moves the session's view of the
-/// edge's clock by the step until its next `Welcome`; one stepped back looks like nothing.
+/// ([`now_ms`]) stands still in a suspend (Linux, Android and Apple platforms alike), while
+/// [`through_suspend_ms`] goes on. A session that outlived a suspend would otherwise read the
+/// edge's clock that much late: a round opened "not yet", and shaken past its close. Told, the
+/// session reads it on by the time slept ([`PhoneSession::clock_slept`]) and stays: no
+/// reconnect, which a crowd waking together for "shake now" would turn into a burst of
+/// handshakes at the opening.
 #[derive(Debug, Clone, Copy)]
 struct SleepWatch {
-    wall_ms: u64,
+    through_ms: u64,
     mono: std::time::Instant,
 }
 
 impl SleepWatch {
-    /// More wall-clock time than monotonic time between two looks that says the device slept.
-    const SLEPT_MS: u64 = 2_000;
     /// How often a live session looks when nothing else wakes it.
     const LOOK_EVERY: Duration = Duration::from_secs(2);
 
     fn now() -> Self {
-        // The monotonic clock first: a pause between the two reads then counts as less wall
-        // time, never as a sleep.
+        // The monotonic clock first: a pause between the two reads then counts as less time
+        // through a suspend, never as a sleep.
         let mono = std::time::Instant::now();
-        Self { wall_ms: unix_ms(), mono }
+        Self { through_ms: through_suspend_ms(), mono }
     }
 
-    /// How long the device slept since the last look, if the wall clock ran
-    /// [`SleepWatch::SLEPT_MS`] or more ahead of the monotonic clock.
-    fn slept(&mut self, wall_ms: u64, mono: std::time::Instant) -> Option<u64> {
-        let wall_gain = wall_ms.saturating_sub(self.wall_ms);
+    /// How long the device slept since the last look, if the clock that goes on through a
+    /// suspend ran [`SLEPT_MS`] or more ahead of the monotonic clock.
+    fn slept(&mut self, through_ms: u64, mono: std::time::Instant) -> Option<u64> {
+        let through_gain = through_ms.saturating_sub(self.through_ms);
         let mono_gain = mono.saturating_duration_since(self.mono).as_millis() as u64;
-        *self = Self { wall_ms, mono };
-        let ahead = wall_gain.saturating_sub(mono_gain);
-        (ahead >= Self::SLEPT_MS).then_some(ahead)
+        *self = Self { through_ms, mono };
+        let ahead = through_gain.saturating_sub(mono_gain);
+        (ahead >= SLEPT_MS).then_some(ahead)
     }
 
     /// Looks at the clocks now, and tells `session` how long the device slept, if it did.
     fn tell<'a>(&mut self, session: &'a mut PhoneSession) -> &'a mut PhoneSession {
         let mono = std::time::Instant::now();
-        if let Some(slept_ms) = self.slept(unix_ms(), mono) {
+        if let Some(slept_ms) = self.slept(through_suspend_ms(), mono) {
             session.clock_slept(slept_ms);
         }
         session
     }
 }
+
+/// Milliseconds, from an origin of the kernel's, of the clock that goes on in a suspend and
+/// never steps: `CLOCK_BOOTTIME`, which leads the monotonic clock by exactly the time the
+/// device has slept, whatever is done to the wall clock.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn through_suspend_ms() -> u64 {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
+    u64::try_from(now.tv_sec).unwrap_or(0) * 1_000
+        + u64::try_from(now.tv_nsec).unwrap_or(0) / 1_000_000
+}
+
+/// More time through a suspend than monotonic time between two looks that says the device
+/// slept: above what a thread preempted between the two reads could show.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const SLEPT_MS: u64 = 100;
+
+/// Elsewhere the wall clock, which goes on in a suspend but may step: one stepped forward
+/// looks like a sleep, and moves the session's view of the edge's clock by the step until its
+/// next `Welcome`; one stepped back looks like nothing.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn through_suspend_ms() -> u64 {
+    unix_ms()
+}
+
+/// On the wall clock, above what a slewing NTP moves it in a look.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+const SLEPT_MS: u64 = 2_000;
 
 /// A Unix time read once and a monotonic instant taken with it.
 #[derive(Debug, Clone, Copy)]
@@ -497,17 +521,32 @@ mod tests {
     }
 
     #[test]
-    fn a_suspend_is_told_from_the_wall_clock_running_ahead() {
+    fn a_suspend_is_told_from_the_clock_that_goes_on_running_ahead() {
         let t0 = std::time::Instant::now();
         let at = |ms: u64| t0 + Duration::from_millis(ms);
-        let mut watch = SleepWatch { wall_ms: 1_000_000, mono: t0 };
-        // Both clocks on together (a busy phone, a slewing NTP): no sleep.
+        let mut watch = SleepWatch { through_ms: 1_000_000, mono: t0 };
+        // Both clocks on together (a busy phone): no sleep.
         assert_eq!(watch.slept(1_002_000, at(2_000)), None);
-        assert_eq!(watch.slept(1_003_900, at(3_000)), None, "0.9 s of drift is no sleep");
-        // 22.9 s of wall time over 2 s of monotonic time: the device slept 20.9 s.
-        assert_eq!(watch.slept(1_026_800, at(5_000)), Some(20_900));
-        assert_eq!(watch.slept(1_028_800, at(7_000)), None, "told once");
-        // The wall clock stepped back: no sleep to tell.
+        let drift = SLEPT_MS - 1;
+        assert_eq!(watch.slept(1_003_000 + drift, at(3_000)), None, "drift is no sleep");
+        // 22.9 s through the suspend over 2 s of monotonic time: the device slept 20.9 s.
+        let woke = 1_003_000 + drift + 22_900;
+        assert_eq!(watch.slept(woke, at(5_000)), Some(20_900));
+        assert_eq!(watch.slept(woke + 2_000, at(7_000)), None, "told once");
+        // A clock that went back (the wall clock, where it is the one used): no sleep to tell.
         assert_eq!(watch.slept(1_000_000, at(8_000)), None);
+    }
+
+    /// On Linux and Android the clock that goes on in a suspend is `CLOCK_BOOTTIME`, not the
+    /// wall clock, so a wall clock stepped forward is no sleep: its origin is the boot, not 1970.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[test]
+    fn the_clock_through_a_suspend_is_the_boot_clock() {
+        let (boot, unix) = (through_suspend_ms(), unix_ms());
+        assert!(boot < unix / 2, "{boot} ms reads as the wall clock ({unix} ms)");
+        // And it runs with the monotonic clock while the machine is awake.
+        let mut watch = SleepWatch::now();
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(watch.slept(through_suspend_ms(), std::time::Instant::now()), None);
     }
 }

@@ -77,12 +77,22 @@ proptest! {
         let mut seq = 0u64;
         let mut last_sent: Option<u64> = None;
         let mut slow_until = 0u64;
+        // The latest a slow-down may hold the phone (its retry and a quarter of jitter), and
+        // the time the last refusal named, until anything that could move it arrives.
+        let mut slow_most = 0u64;
+        let mut named: Option<u64> = None;
         let mut out = BytesMut::new();
         for step in steps {
             match step {
                 Step::Wait(ms) => now += ms,
                 Step::Shake => match session.shake(now, &mut out) {
+                    // Liveness: a refusal named a time, and a shake from then on is not
+                    // refused as too soon again.
+                    Err(ShakeRefusal::TooSoon { .. }) if named.is_some_and(|at| now >= at) => {
+                        return Err(TestCaseError::fail("too soon again after the time named"));
+                    }
                     Ok(sent) => {
+                        named = None;
                         seq = sent;
                         let interval = u64::from(session.min_shake_interval_ms());
                         prop_assert!(last_sent.is_none_or(|at| now >= at + interval), "too soon");
@@ -90,7 +100,13 @@ proptest! {
                         last_sent = Some(now);
                         out.clear();
                     }
-                    Err(ShakeRefusal::TooSoon { at_ms }) => prop_assert!(at_ms > now),
+                    Err(ShakeRefusal::TooSoon { at_ms }) => {
+                        prop_assert!(at_ms > now);
+                        let interval = u64::from(session.min_shake_interval_ms());
+                        let paced = last_sent.map_or(0, |at| at + interval + interval / 4 + 1);
+                        prop_assert!(at_ms <= paced.max(slow_most), "held too long");
+                        named = Some(at_ms);
+                    }
                     Err(ShakeRefusal::NoOpenRound) => {}
                     Err(ShakeRefusal::Backlogged) => {
                         return Err(TestCaseError::fail("backlogged on the datagram path"));
@@ -100,6 +116,7 @@ proptest! {
                     }
                 },
                 Step::Answer { back, verdict, retry_ms } => {
+                    named = None;
                     let verdict = match verdict {
                         0 => Verdict::NoLuck,
                         1 => Verdict::Forwarded,
@@ -108,6 +125,8 @@ proptest! {
                     };
                     if let Verdict::SlowDown { retry_after_ms } = verdict {
                         slow_until = slow_until.max(now + u64::from(retry_after_ms));
+                        let jittered = u64::from(retry_after_ms) * 5 / 4 + 1;
+                        slow_most = slow_most.max(now + jittered);
                     }
                     let mut datagram = BytesMut::new();
                     let outcome = Outcome { seq: seq.saturating_sub(back), verdict };
@@ -115,6 +134,7 @@ proptest! {
                     session.on_datagram(now, &datagram).unwrap();
                 }
                 Step::Notice { starts, length, interval } => {
+                    named = None;
                     let round = RoundInfo {
                         starts_at_ms: T0_MS + starts,
                         ends_at_ms: T0_MS + starts + length,
@@ -125,6 +145,7 @@ proptest! {
                     session.on_control(now, &frame(&notice)).unwrap();
                 }
                 Step::Pace(ms) => {
+                    named = None;
                     let pace = ControlFrame::Pace { min_shake_interval_ms: ms };
                     session.on_control(now, &frame(&pace)).unwrap();
                 }

@@ -63,12 +63,22 @@ proptest! {
         session.on_control(T0_MS, &welcome).unwrap();
         prop_assert!(session.is_active());
 
-        let (mut at_ms, mut sent, mut held) = (0u64, 0u32, 0u32);
+        let (mut at_ms, mut sent) = (0u64, 0u32);
+        // The time the last refusal named, and the last shake sent (phone milliseconds).
+        let (mut named, mut last_sent) = (None::<u64>, None::<u64>);
+        let interval = u64::from(admission.min_interval_ms());
         let mut out = BytesMut::new();
         for gap in gaps_ms {
             at_ms += gap;
-            match session.shake(T0_MS + at_ms, &mut out) {
+            let now = T0_MS + at_ms;
+            let shaken = session.shake(now, &mut out);
+            // Liveness: a refusal names a time, and a shake from that time on is sent.
+            if named.is_some_and(|named| now >= named) {
+                prop_assert!(shaken.is_ok(), "refused at +{at_ms} ms after the time it named: {shaken:?}");
+            }
+            match shaken {
                 Ok(_) => {
+                    (named, last_sent) = (None, Some(now));
                     let Ok(Datagram::Shake(shake)) = datagram::decode(&out.split()) else {
                         return Err(TestCaseError::fail("the session sent no shake"));
                     };
@@ -82,13 +92,17 @@ proptest! {
                     prop_assert!(matches!(decision, Decision::Admit { .. }), "{decision:?}");
                 }
                 Err(ShakeRefusal::TooSoon { at_ms: allowed }) => {
-                    prop_assert!(allowed > T0_MS + at_ms);
-                    held += 1;
+                    prop_assert!(allowed > now);
+                    // No later than the interval and its jitter (a quarter) after the last
+                    // shake, or this phone's place in the round's start spread.
+                    let paced = last_sent.map_or(0, |at| at + interval + interval / 4 + 1);
+                    let most = paced.max(T0_MS + u64::from(spread_ms));
+                    prop_assert!(allowed <= most, "held to {allowed}, past {most}");
+                    named = Some(allowed);
                 }
                 Err(other) => return Err(TestCaseError::fail(format!("refused: {other}"))),
             }
         }
         prop_assert_eq!(session.ended(), None);
-        let _ = held;
     }
 }

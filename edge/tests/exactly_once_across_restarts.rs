@@ -231,9 +231,10 @@ fn an_answer_that_is_not_for_the_batch_it_names_announces_nothing() {
     assert_eq!((counts.answers_mismatched, counts.awards_written), (1, 0));
     // The batch is forgotten: the real answer arriving later is unknown, and still announces
     // nothing (its award stays undelivered in the ledger, under the user the allocator drew).
-    let real =
-        AllocatorFrame::BatchResult { seq: batch.seq, digest: batch.digest(), winners: vec![] };
-    assert!(deliver(&mut edge, vec![real], 20, T0_MS + 3).is_empty());
+    let winners = vec![Winner { entry_index: 0, award_id: 78, prize: Prize::Cash { cents: 5 } }];
+    let real = AllocatorFrame::BatchResult { seq: batch.seq, digest: batch.digest(), winners };
+    let late = deliver(&mut edge, vec![real], 20, T0_MS + 3);
+    assert!(late.is_empty(), "a forgotten batch's answer was announced: {late:?}");
     assert_eq!(edge.take_counts().answers_unknown, 1);
     // The matching answer to a new batch is announced.
     edge.on_shake(phone, Shake { round_id: 1, seq: 2, client_time_ms: 0 }, 30, T0_MS + 4).unwrap();

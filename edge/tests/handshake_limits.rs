@@ -25,6 +25,7 @@ async fn a_connection_flood_from_one_address_is_refused_and_other_addresses_get_
     .await;
     let flood: std::net::SocketAddr = "127.66.0.1:0".parse().unwrap();
     let (mut connected, mut refusals, mut phones) = (0, 0, Vec::new());
+    let started = std::time::Instant::now();
     for _ in 0..12 {
         match Phone::connect_from(&world, flood).await {
             Ok(phone) => {
@@ -36,8 +37,12 @@ async fn a_connection_flood_from_one_address_is_refused_and_other_addresses_get_
         }
     }
     // The burst (each worker holds half, and the kernel hashes each fresh port to a worker),
-    // and at most a refill or two while the attempts ran.
-    assert!((2..=6).contains(&connected), "{connected} of 12 connected");
+    // and what refilled while the attempts ran (one a second, and one begun).
+    let refilled = started.elapsed().as_secs_f64().ceil() as usize + 1;
+    assert!(
+        (2..=4 + refilled).contains(&connected),
+        "{connected} of 12 connected, {refilled} refilled"
+    );
     assert_eq!(connected + refusals, 12);
     assert_eq!(
         world.metric("shake_edge_handshakes_total{outcome=\"rate_limited\"}"),

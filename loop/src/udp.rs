@@ -573,8 +573,14 @@ mod tests {
     #[test]
     fn datagrams_cross_loopback_in_batches_with_their_senders() {
         for (a, b) in [("127.0.0.1:0", "127.0.0.1:0"), ("[::1]:0", "[::1]:0")] {
-            let (Ok(a), Ok(b)) = (UdpSocket::bind(a), UdpSocket::bind(b)) else {
-                continue; // no IPv6 on this machine
+            let (a, b) = match (UdpSocket::bind(a), UdpSocket::bind(b)) {
+                (Ok(a), Ok(b)) => (a, b),
+                // Only IPv6 may be missing (a container without it); IPv4's loopback may not.
+                (Err(err), _) | (_, Err(err)) if a.starts_with('[') => {
+                    eprintln!("skipped: IPv6 loopback cannot be bound here ({err})");
+                    continue;
+                }
+                (Err(err), _) | (_, Err(err)) => panic!("binding {a}: {err}"),
             };
             let to = b.local_addr().unwrap();
             let data: Vec<u8> = (0..10u8).flat_map(|i| [i; 40]).collect();

@@ -330,8 +330,13 @@ fn datagrams_the_kernel_dropped_for_want_of_buffer_are_counted() {
     // next datagram queued after them.
     assert_eq!(batch.kernel_drops, None);
     sender.send_to(b"after", socket.local_addr().unwrap()).unwrap();
-    std::thread::sleep(Duration::from_millis(10));
-    assert_eq!(drain(&mut batch), 1);
+    // On loopback it is queued within the send, unless the machine is busy enough to defer it.
+    let (mut after, asked) = (0, Instant::now());
+    while after == 0 && asked.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(1));
+        after = drain(&mut batch);
+    }
+    assert_eq!(after, 1);
     let drops = batch.kernel_drops.expect("the drop count came with the next datagram");
     assert_eq!(received + drops as usize, sent, "every datagram either received or counted");
 }
@@ -391,10 +396,11 @@ fn long_turns_tell_time_held_off_the_core_from_time_worked() {
     assert!(stats.long_turn_cpu_us <= stats.long_turn_wall_us - 4 * 10_000, "{stats:?}");
 }
 
-/// Stops when told (through a flag, as a shell's inputs from other threads come); waits for
-/// nothing of its own but a fallback deadline far away.
+/// Stops when told (through a flag, as a shell's inputs from other threads come) once it has
+/// read `datagrams`; waits for nothing of its own but a fallback deadline far away.
 struct WokenShell {
     stop: Arc<AtomicBool>,
+    datagrams: u64,
     fallback: Instant,
 }
 
@@ -407,12 +413,9 @@ impl Handler for WokenShell {
 }
 
 impl Shell for WokenShell {
-    fn turn(&mut self, now: Instant, _engine: &mut Engine, _stats: &DriverStats) -> Flow {
-        if self.stop.load(Ordering::Relaxed) || now >= self.fallback {
-            Flow::Stop
-        } else {
-            Flow::Continue
-        }
+    fn turn(&mut self, now: Instant, _engine: &mut Engine, stats: &DriverStats) -> Flow {
+        let told = self.stop.load(Ordering::Relaxed) && stats.datagrams_in >= self.datagrams;
+        if told || now >= self.fallback { Flow::Stop } else { Flow::Continue }
     }
 
     fn deadline(&mut self) -> Option<Instant> {
@@ -431,7 +434,7 @@ fn a_wake_up_ends_one_wait_and_the_loop_does_not_spin_on_it() {
     let waker = driver.waker();
     let stop = Arc::new(AtomicBool::new(false));
     let fallback = Instant::now() + Duration::from_secs(20);
-    let mut shell = WokenShell { stop: stop.clone(), fallback };
+    let mut shell = WokenShell { stop: stop.clone(), datagrams: 400, fallback };
     let mut engine = Engine::new(EndpointConfig::default(), None);
     let server = std::thread::spawn(move || {
         driver.run(&mut engine, &mut shell).unwrap();
@@ -453,12 +456,14 @@ fn a_wake_up_ends_one_wait_and_the_loop_does_not_spin_on_it() {
             std::thread::sleep(Duration::from_millis(1));
         }
     }
+    // The loop stops once told and every datagram is read (a datagram the kernel dropped
+    // leaves it to the fallback, which fails below, naming the stats).
     std::thread::sleep(Duration::from_millis(50));
     let before_stop = Instant::now();
     stop.store(true, Ordering::Relaxed);
     waker.wake();
     let stats = server.join().unwrap();
-    assert!(Instant::now() < fallback, "the stop's wake-up was lost: {stats:?}");
+    assert!(Instant::now() < fallback, "the stop's wake-up was lost, or a datagram: {stats:?}");
     assert!(before_stop.elapsed() < Duration::from_secs(5), "{stats:?}");
     assert_eq!(stats.datagrams_in, 400, "{stats:?}");
     // Each wake-up and each receiving turn is a turn or two; a spinning loop makes thousands

@@ -131,6 +131,24 @@ pub fn failpoint(name: &str) -> bool {
     .any(|on| on == name)
 }
 
+/// Holds the calling thread for `hold` where the fault `name` is on (tests only), having first
+/// appended the name, a line, to the file `SHAKE_FAILPOINT_MARK` names, if set: a test waits
+/// for the mark instead of guessing with a sleep when the hold began. True if it held.
+pub fn failpoint_hold(name: &str, hold: std::time::Duration) -> bool {
+    if !failpoint(name) {
+        return false;
+    }
+    if let Some(path) = std::env::var_os("SHAKE_FAILPOINT_MARK") {
+        use std::io::Write;
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(path);
+        if let Err(err) = file.and_then(|mut file| writeln!(file, "{name}")) {
+            tracing::warn!(%err, name, "could not mark the failpoint's hold");
+        }
+    }
+    std::thread::sleep(hold);
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

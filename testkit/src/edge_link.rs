@@ -113,14 +113,49 @@ impl EdgeStream {
         stream::next_frame(&mut self.recv, &mut self.buf, Duration::from_secs(10), with_bytes).await
     }
 
-    /// Frames until a `BatchResult`, skipping quotas and round states: its sequence number,
+    /// Frames until `wanted` takes one, skipping the rest, for `within` in all: the allocator
+    /// sends a heartbeat every second, so a wait measured frame by frame would never end while
+    /// it runs, and a frame that never comes would hang the test instead of failing it.
+    pub async fn recv_until<T>(
+        &mut self,
+        within: Duration,
+        mut wanted: impl FnMut(AllocatorFrame, Vec<u8>) -> Option<T>,
+    ) -> Result<T, String> {
+        let looking = async {
+            loop {
+                let (frame, raw) = self.recv().await?;
+                if let Some(found) = wanted(frame, raw) {
+                    return Ok(found);
+                }
+            }
+        };
+        tokio::time::timeout(within, looking)
+            .await
+            .map_err(|_| format!("timeout: not the frame wanted within {within:?}"))?
+    }
+
+    /// Frames until a `BatchResult` (10 s at most), skipping the rest: its sequence number,
     /// winners and raw bytes.
     pub async fn next_result(&mut self) -> Result<(u64, Vec<Winner>, Vec<u8>), String> {
-        loop {
-            if let (AllocatorFrame::BatchResult { seq, winners, .. }, raw) = self.recv().await? {
-                return Ok((seq, winners, raw));
+        self.recv_until(Duration::from_secs(10), |frame, raw| match frame {
+            AllocatorFrame::BatchResult { seq, winners, .. } => Some((seq, winners, raw)),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Frames until the stream ends (10 s at most): the error it ended with, or "timeout".
+    pub async fn closed_with(&mut self) -> String {
+        let end = async {
+            loop {
+                if let Err(err) = self.recv().await {
+                    return err;
+                }
             }
-        }
+        };
+        tokio::time::timeout(Duration::from_secs(10), end)
+            .await
+            .unwrap_or_else(|_| "timeout: the stream stayed open".to_owned())
     }
 }
 
@@ -139,8 +174,8 @@ pub async fn until_draining(metrics: SocketAddr) {
 }
 
 /// The drain answers a batch in flight, and only that: worker 7 of edge 1 connects to the
-/// allocator at `alloc` and sends `batch(1)`; SIGTERM follows 150 ms later, while the group
-/// commit is slowed (`SHAKE_FAILPOINT=allocator-slow-commit`), and batches 2 to 6 come after
+/// allocator at `alloc` and sends `batch(1)`; SIGTERM follows once it is drawn, its group
+/// commit slowed (`SHAKE_FAILPOINT=allocator-slow-commit`), and batches 2 to 6 come after
 /// it. Batch 1 must be answered before the allocator exits, with status 0, and no other: the
 /// rest are left unanswered for the next allocator (a drain that drew what kept coming never
 /// found nothing pending while an edge sent, and ran its full 10 s).
@@ -153,7 +188,11 @@ pub async fn assert_a_drain_answers_the_batch_in_flight(
     let first = stream.recv().await.map(|(frame, _)| frame);
     assert!(matches!(first, Ok(AllocatorFrame::RoundState { .. })), "{first:?}");
     stream.send(&batch(1)).await;
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Stopped once batch 1 is drawn (its group commit slowed by half a second), not before: a
+    // drain draws nothing more.
+    let drawn = "batch 1 drawn";
+    crate::metrics::wait_until(alloc.metrics, "shake_allocator_batches_total", drawn, |n| n >= 1.0)
+        .await;
     alloc.process.signal("TERM");
     until_draining(alloc.metrics).await;
     for seq in 2..=6 {

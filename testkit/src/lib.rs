@@ -8,6 +8,7 @@
 //! - [`servers`]: the allocator and the edge as processes, known by the addresses their ready
 //!   lines name.
 //! - [`scratch`]: a temporary directory with dev certificates and configuration files.
+//! - [`failpoints`]: failpoints that hold a binary's thread, and the wait for their hold.
 //! - [`metrics`]: scraping a `/metrics` endpoint, reading one metric, waiting for it.
 //! - [`tokens`]: the dev key ring and session tokens signed with it.
 //! - [`world`]: an allocator and an edge on loopback, for the edge's integration tests.
@@ -19,6 +20,7 @@
 //! - [`fixture`]: an allocator and an edge for the benchmarks that measure the edge end to end.
 
 pub mod edge_link;
+pub mod failpoints;
 pub mod fixture;
 pub mod metrics;
 pub mod pg_server;

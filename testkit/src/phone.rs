@@ -121,14 +121,21 @@ impl Phone {
         stream::next_frame(&mut self.recv, &mut self.buf, within, ControlFrame::decode).await
     }
 
-    /// The next frame that is not a round notice or pace.
+    /// The next frame that is not a round notice or pace (20 s at most in all: notices that
+    /// keep coming do not make the wait longer).
     pub async fn next_award(&mut self) -> Result<ControlFrame, String> {
-        loop {
-            match self.next_frame().await? {
-                ControlFrame::RoundNotice { .. } | ControlFrame::Pace { .. } => continue,
-                other => return Ok(other),
+        let within = Duration::from_secs(20);
+        let looking = async {
+            loop {
+                match self.next_frame().await? {
+                    ControlFrame::RoundNotice { .. } | ControlFrame::Pace { .. } => continue,
+                    other => return Ok(other),
+                }
             }
-        }
+        };
+        tokio::time::timeout(within, looking)
+            .await
+            .map_err(|_| format!("timeout: only notices and paces within {within:?}"))?
     }
 
     /// Sends shake `seq` of round `round_id` as a datagram.

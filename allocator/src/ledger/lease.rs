@@ -149,11 +149,16 @@ pub fn end_expired_commits(client: &mut Client) -> Result<usize, LedgerError> {
     Ok(ended.len())
 }
 
-/// Extends the lease held under `term`; `false` if it is no longer this term's (taken over).
+/// Extends the lease held under `term`; `false` if it is no longer this term's (taken over)
+/// or it ran out before the renewal reached the server. The second is what makes a renewal
+/// left behind harmless: a server that was stopped (SIGSTOP, a frozen host) runs the statement
+/// only when it resumes, long after the leader gave its term up; renewed then, the lease would
+/// name a leader that serves nobody, and every standby would wait one more lease. The server's
+/// clock at the statement (`clock_timestamp()`, not the transaction's `now()`) decides.
 pub fn renew(client: &mut Client, term: &Term, lease: Duration) -> Result<bool, LedgerError> {
     let renewed = client.execute(
-        "UPDATE shake_leader SET expires_at = now() + $3 * interval '1 millisecond' \
-         WHERE id = 1 AND epoch = $1 AND holder = $2",
+        "UPDATE shake_leader SET expires_at = clock_timestamp() + $3 * interval '1 millisecond' \
+         WHERE id = 1 AND epoch = $1 AND holder = $2 AND expires_at > clock_timestamp()",
         &[&term.epoch, &term.holder, &millis(lease)],
     )?;
     Ok(renewed == 1)
