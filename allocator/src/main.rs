@@ -5,7 +5,7 @@
 //! Signals: SIGTERM drains (answers what is in flight, then exits), SIGINT stops at once.
 
 use std::io::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -14,7 +14,7 @@ use shake_allocator::config::Config;
 use shake_allocator::ledger::{self, FjallLedger, LedgerStore};
 use shake_allocator::service::{self, Shutdown};
 use shake_allocator::{dev_certs, export};
-use shake_ops::config::{EXIT_USAGE, check, load_or_exit};
+use shake_ops::config::{EXIT_DATA, EXIT_USAGE, check, load_or_exit};
 
 const BIN: &str = "shake-allocator";
 /// How long the exit waits for blocking work still running once serving is done.
@@ -31,6 +31,12 @@ struct Cli {
     /// Validate a configuration file and exit (0: valid; 64: invalid, with the field named).
     #[arg(long, value_name = "FILE")]
     check_config: Option<PathBuf>,
+    /// With --check-config: also replay the ledger it names on its rounds, as the next start
+    /// would (65: the ledger does not fit them, with the award or command named; 1: the ledger
+    /// could not be read). A PostgreSQL ledger is read while the show runs; a fjall one is
+    /// locked by its running allocator.
+    #[arg(long, requires = "check_config")]
+    against_ledger: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -189,7 +195,11 @@ fn main() -> ExitCode {
     // fjall narrates its recovery at info; keep our own lines readable.
     shake_ops::init_logging("info,fjall=warn,lsm_tree=warn");
     if let Some(path) = cli.check_config {
-        return check::<Config>(BIN, &path, |c| format!("{} rounds", c.rounds.len()));
+        let checked = check::<Config>(BIN, &path, |c| format!("{} rounds", c.rounds.len()));
+        if !cli.against_ledger || checked != ExitCode::SUCCESS {
+            return checked;
+        }
+        return shake_ops::exit::exit_status(BIN, replays_its_ledger(&path));
     }
     let Some(command) = cli.command else {
         eprintln!("{BIN}: a command is needed (try --help)");
@@ -200,6 +210,30 @@ fn main() -> ExitCode {
         return ExitCode::from(EXIT_USAGE);
     }
     shake_ops::exit::exit_status(BIN, run(command))
+}
+
+/// `--check-config FILE --against-ledger`, the configuration valid: its rounds replay the
+/// ledger it names (exit 0), or not (65, naming what does not fit).
+fn replays_its_ledger(path: &Path) -> anyhow::Result<ExitCode> {
+    let config = Config::load(path)?;
+    let mut store = ledger::open_to_read(&config)
+        .context("opening the configured ledger (a running allocator locks a fjall one)")?;
+    let replayed = service::check_replay(&config, store.as_mut()).context("reading the ledger")?;
+    Ok(match replayed {
+        Ok(replayed) => {
+            println!(
+                "{}: replays its ledger ({} awards, {} round commands)",
+                path.display(),
+                replayed.awards,
+                replayed.commands
+            );
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("{BIN}: {}: does not replay its ledger: {err}", path.display());
+            ExitCode::from(EXIT_DATA)
+        }
+    })
 }
 
 /// An argument the command needs that clap cannot require (`round`'s are global, so that they
@@ -319,8 +353,8 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
 fn screenshot(
     admin: std::net::SocketAddr,
     token: &str,
-    out: &std::path::Path,
-    browser_script: &std::path::Path,
+    out: &Path,
+    browser_script: &Path,
 ) -> anyhow::Result<()> {
     use shake_ops::webdriver::Browser;
     let browser = Browser::start(browser_script)?;

@@ -565,6 +565,27 @@ impl Rebuilt {
     }
 }
 
+/// Whether `config`'s rounds replay what `store` holds, as a start or a takeover would replay
+/// it (`--check-config --against-ledger`): the awards and round commands read, or why they do
+/// not fit. Reads the whole ledger (blocking).
+pub fn check_replay(
+    config: &Config,
+    store: &mut dyn LedgerStore,
+) -> Result<Result<Replayed, ServeError>, LedgerError> {
+    let snapshot = store.snapshot()?;
+    let replayed = Replayed { awards: snapshot.awards.len(), commands: snapshot.commands.len() };
+    Ok(Rebuilt::from_snapshot(config, snapshot).map(|_| replayed))
+}
+
+/// What [`check_replay`] replayed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replayed {
+    /// Awards restored.
+    pub awards: usize,
+    /// Round commands applied.
+    pub commands: usize,
+}
+
 /// Whether a term's end closes its endpoint, or only the connections it accepted (the endpoint
 /// outlives the term: a standby keeps answering on it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

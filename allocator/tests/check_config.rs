@@ -1,16 +1,85 @@
 //! `--check-config` loads the certificates and keys the allocator's configuration names: a
-//! missing one is exit 64 naming the field (before the fix it said "ok").
+//! missing one is exit 64 naming the field (before the fix it said "ok"); with
+//! `--against-ledger` it also replays the ledger the configuration names.
 
 use std::process::Command;
 
+use shake_proto::{AllocatorFrame, Batch, BatchEntry};
+use shake_testkit::edge_link::edge_worker;
+use shake_testkit::now_ms;
 use shake_testkit::processes::bin;
 use shake_testkit::scratch::{ONE_ENVELOPE, Scratch};
+use shake_testkit::servers::Allocator;
 
 /// `shake-allocator --check-config CONFIG`: its exit status and what it said on stderr.
 fn check_config(config: &std::path::Path) -> (Option<i32>, String) {
     let out =
         Command::new(bin("shake-allocator")).arg("--check-config").arg(config).output().unwrap();
     (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// `shake-allocator --check-config CONFIG --against-ledger`: its exit status, and what it
+/// said on stdout and stderr.
+fn against_ledger(config: &std::path::Path) -> (Option<i32>, String) {
+    let out = Command::new(bin("shake-allocator"))
+        .arg("--check-config")
+        .arg(config)
+        .arg("--against-ledger")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+    (out.status.code(), said.into_owned())
+}
+
+/// `--check-config --against-ledger` replays the ledger on the configured rounds as the next
+/// start would: 0, with what it read, for the configuration that wrote it; 65 naming the award
+/// for an edit the ledger does not fit, which the start refuses too; 1 while the allocator
+/// runs and holds its fjall ledger locked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_against_the_ledger_replays_it_as_a_start_would() {
+    let scratch = Scratch::new("check-against-ledger");
+    let config = scratch.config(&format!("release = \"immediate\"\n{ONE_ENVELOPE}"));
+    let mut alloc = Allocator::start(&config);
+    let mut stream = edge_worker(alloc.quic, &scratch, 5).await.unwrap();
+    let mut won = 0;
+    for seq in 1..=20 {
+        let entries: Vec<BatchEntry> =
+            (0..20).map(|i| BatchEntry { user_id: seq * 100 + i, offset_us: i as u32 }).collect();
+        stream.send(&AllocatorFrame::Batch(Batch::new(seq, 1, now_ms(), &entries))).await;
+        won += stream.next_result().await.unwrap().1.len();
+        if won > 0 {
+            break;
+        }
+    }
+    assert_eq!(won, 1, "the one envelope was won");
+    let (code, said) = against_ledger(&config);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(said.contains("a running allocator locks a fjall one"), "{said}");
+    drop(stream);
+    alloc.process.signal("TERM");
+    assert!(alloc.process.wait().success());
+
+    let (code, said) = against_ledger(&config);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains("replays its ledger (1 awards, 0 round commands)"), "{said}");
+
+    // The envelope, won at 100 cents, made 200 in the configuration.
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("total_cents = 100", "total_cents = 200")).unwrap();
+    assert_eq!(check_config(&config).0, Some(0), "a valid configuration");
+    let (code, said) = against_ledger(&config);
+    assert_eq!(code, Some(65), "{said}");
+    let refusal = "ledger award 1 does not fit the configured round 1";
+    assert!(said.contains(refusal), "{said}");
+    let start =
+        Command::new(bin("shake-allocator")).args(["run", "--config"]).arg(&config).output();
+    let start = start.unwrap();
+    assert_eq!(start.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&start.stderr).contains(refusal), "the start refuses it too");
+
+    // Without --check-config, the flag is a usage error.
+    let alone = Command::new(bin("shake-allocator")).arg("--against-ledger").output().unwrap();
+    assert_eq!(alone.status.code(), Some(64));
 }
 
 #[test]

@@ -105,7 +105,8 @@ async fn the_standby_takes_over_from_a_killed_leader_and_answers_exactly_once() 
     let mut a =
         Allocator::start(&scratch.with_admin_api(scratch.postgres_config("a", &url, &round)));
     let first_epoch = await_leadership(&a, Duration::from_secs(10));
-    let b = Allocator::start(&scratch.postgres_config("b", &url, &round));
+    let b_config = scratch.postgres_config("b", &url, &round);
+    let b = Allocator::start(&b_config);
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(leader_epoch(&b), 0.0, "one leader at a time");
 
@@ -146,6 +147,22 @@ async fn the_standby_takes_over_from_a_killed_leader_and_answers_exactly_once() 
             assert_eq!(answered, seq);
             first_answers.insert(seq, raw);
         }
+        // An operator checks an edited configuration against the ledger while the show runs
+        // (a PostgreSQL ledger is read beside its leader): the top-up replays, and the awards.
+        let check = Command::new(bin("shake-allocator"))
+            .arg("--check-config")
+            .arg(&b_config)
+            .arg("--against-ledger")
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&check.stdout);
+        assert_eq!(
+            check.status.code(),
+            Some(0),
+            "{said}{}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+        assert!(said.contains(" awards, 1 round commands)"), "{said}");
         for seq in BATCHES / 2 + 1..=BATCHES {
             stream.send(&batch(seq)).await;
         }

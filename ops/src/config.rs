@@ -124,6 +124,10 @@ pub fn load<T: Validate>(path: &Path) -> Result<T, ConfigError> {
 /// Exit status for a bad command line or configuration (sysexits' `EX_USAGE`).
 pub const EXIT_USAGE: u8 = 64;
 
+/// Exit status for data that does not fit a valid configuration: a ledger the configured
+/// rounds do not replay (sysexits' `EX_DATAERR`).
+pub const EXIT_DATA: u8 = 65;
+
 /// Loads `path` for binary `bin` and checks the files it names (and that `SHAKE_FAILPOINT`, if
 /// set, names only known faults), or prints `bin: error` and hands back exit status 64.
 pub fn load_or_exit<T: Validate>(bin: &str, path: &Path) -> Result<T, std::process::ExitCode> {
