@@ -236,6 +236,14 @@ fn replays_its_ledger(path: &Path) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// Whether a start or a term failed because the configured rounds do not replay the ledger.
+fn does_not_replay(err: &anyhow::Error) -> bool {
+    matches!(
+        err.downcast_ref::<service::ServeError>(),
+        Some(service::ServeError::Restore(_) | service::ServeError::Commands { .. })
+    )
+}
+
 /// An argument the command needs that clap cannot require (`round`'s are global, so that they
 /// may follow the action): a usage error, 64, like any other.
 fn missing_argument(command: &Command) -> Option<&'static str> {
@@ -279,6 +287,16 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 // a database that does not answer (a client's close, a call left behind), which
                 // would hold the exit for as long as the server hangs.
                 runtime.shutdown_timeout(EXIT_WAIT);
+            }
+            if let Err(err) = &served
+                && does_not_replay(err)
+            {
+                // No restart can change it: 65, which the unit does not restart on.
+                eprintln!(
+                    "{BIN}: {err:#}\n{BIN}: mend the configuration (check it with --check-config \
+                     FILE --against-ledger) and start again"
+                );
+                return Ok(ExitCode::from(EXIT_DATA));
             }
             served?;
         }

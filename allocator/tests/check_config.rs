@@ -33,7 +33,8 @@ fn against_ledger(config: &std::path::Path) -> (Option<i32>, String) {
 
 /// `--check-config --against-ledger` replays the ledger on the configured rounds as the next
 /// start would: 0, with what it read, for the configuration that wrote it; 65 naming the award
-/// for an edit the ledger does not fit, which the start refuses too; 1 while the allocator
+/// for an edit the ledger does not fit, which the start refuses too (65, which its unit does
+/// not restart); 1 while the allocator
 /// runs and holds its fjall ledger locked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_config_against_the_ledger_replays_it_as_a_start_would() {
@@ -74,7 +75,7 @@ async fn check_config_against_the_ledger_replays_it_as_a_start_would() {
     let start =
         Command::new(bin("shake-allocator")).args(["run", "--config"]).arg(&config).output();
     let start = start.unwrap();
-    assert_eq!(start.status.code(), Some(1));
+    assert_eq!(start.status.code(), Some(65), "no restart can mend it");
     assert!(String::from_utf8_lossy(&start.stderr).contains(refusal), "the start refuses it too");
 
     // Without --check-config, the flag is a usage error.
