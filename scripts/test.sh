@@ -16,8 +16,9 @@ for i in "${!args[@]}"; do
     case "${args[$i]}" in
         --) break ;;
         -r | --release | --all-features | --no-default-features | --offline | --frozen) build+=("${args[$i]}") ;;
-        --profile=* | --target=* | --target-dir=* | --features=* | -F=*) build+=("${args[$i]}") ;;
-        --profile | --target | --target-dir | --features | -F)
+        --profile=* | --target=* | --target-dir=* | --features=* | --config=* | -F?* | -Z?*)
+            build+=("${args[$i]}") ;;
+        --profile | --target | --target-dir | --features | -F | --config | -Z)
             build+=("${args[$i]}" "${args[$((i + 1))]:-}") ;;
     esac
 done

@@ -101,6 +101,15 @@ enum TermOutcome {
     Failed,
 }
 
+/// A lease won: its epoch, and an instant before the look that won it (the server dated the
+/// lease from its own statement, later: a lease counted from here ends, for the leader, no
+/// later than it does for the server).
+#[derive(Debug, Clone, Copy)]
+struct Won {
+    epoch: i64,
+    look_started: Instant,
+}
+
 /// What one look at the lease found.
 enum Look {
     Won(i64),
@@ -135,8 +144,8 @@ impl Node {
 
     async fn run(self) -> Result<(), ServeError> {
         let result = async {
-            while let Some((epoch, warm)) = self.stand_by().await? {
-                match self.lead_term(epoch, warm).await? {
+            while let Some((won, warm)) = self.stand_by().await? {
+                match self.lead_term(won, warm).await? {
                     TermOutcome::Shutdown => break,
                     TermOutcome::Lost => {}
                     TermOutcome::Failed => {
@@ -156,8 +165,8 @@ impl Node {
     }
 
     /// Redirects edges and follows the log until this allocator wins the lease
-    /// (`Some(epoch)`, with what it followed) or is stopped.
-    async fn stand_by(&self) -> Result<Option<(i64, Warm)>, ServeError> {
+    /// (`Some(won)`, with what it followed) or is stopped.
+    async fn stand_by(&self) -> Result<Option<(Won, Warm)>, ServeError> {
         self.shared.health.standby.store(true, Ordering::Relaxed);
         self.shared.metrics.not_leading();
         let leader = Arc::new(Mutex::new(String::new()));
@@ -173,6 +182,9 @@ impl Node {
         let mut client: Option<PostgresLedger> = None;
         let mut last_holder = None;
         let mut warm = Warm::new(&self.config);
+        // Following the log again from its start, after what it had followed did not replay,
+        // until it has caught up.
+        let mut refollowing = false;
         let won = loop {
             if self.stopping() {
                 break Ok(None);
@@ -183,6 +195,8 @@ impl Node {
             let mut held = client.take();
             let after = warm.following.cursor;
             let took_lease_as = self.took_lease_as.clone();
+            // Before the look: the lease it may win runs from later than this, on the server.
+            let look_started = Instant::now();
             let mut looked = tokio::task::spawn_blocking(move || {
                 look_within(
                     held.take(),
@@ -203,11 +217,24 @@ impl Node {
                 looked.map_err(|e| ServeError::Panicked(format!("lease task: {e}")))?;
             client = held;
             match look {
-                Ok(Look::Won(epoch)) => break Ok(Some(epoch)),
+                Ok(Look::Won(epoch)) => break Ok(Some(Won { epoch, look_started })),
                 Ok(Look::Led(row, followed)) => {
-                    // A log this node cannot replay ends the process, through the cleanup below.
                     if let Err(err) = warm.follow(&followed) {
-                        break Err(err);
+                        // What this standby followed may be a log since lost (commits of a
+                        // primary its standbys never had): followed again from its start, the
+                        // log settles that. A configuration that does not replay the ledger
+                        // fails again, and ends the process, through the cleanup below.
+                        if refollowing {
+                            break Err(err);
+                        }
+                        tracing::warn!(
+                            %err,
+                            "standby: what it followed does not replay; following the log again \
+                             from its start"
+                        );
+                        (warm, refollowing, page) =
+                            (Warm::new(&self.config), true, self.pg.follow_page_awards);
+                        continue;
                     }
                     self.shared.metrics.awards_followed.inc_by(followed.awards.len() as u64);
                     if last_holder.as_ref() != Some(&(row.epoch, row.holder.clone())) {
@@ -247,6 +274,7 @@ impl Node {
                         page = page.saturating_mul(2).min(self.pg.follow_page_awards);
                         continue;
                     }
+                    refollowing = false;
                 }
                 Err(err) => {
                     if let LedgerError::NoAnswer { what: FOLLOW, .. } = err {
@@ -266,11 +294,12 @@ impl Node {
         if let Some(client) = client {
             tokio::task::spawn_blocking(move || drop(client));
         }
-        Ok(won?.map(|epoch| (epoch, warm)))
+        Ok(won?.map(|won| (won, warm)))
     }
 
-    /// Leads under `epoch` until the lease is lost, a commit fails, or the process stops.
-    async fn lead_term(&self, epoch: i64, warm: Warm) -> Result<TermOutcome, ServeError> {
+    /// Leads under the epoch `won` until the lease is lost, a commit fails, or the process stops.
+    async fn lead_term(&self, won: Won, warm: Warm) -> Result<TermOutcome, ServeError> {
+        let Won { epoch, look_started } = won;
         tracing::info!(
             epoch,
             node = %self.pg.node,
@@ -298,7 +327,7 @@ impl Node {
         // read it all again itself.
         let renewer = match spawn_renewer(
             self.target.clone(),
-            self.pg.lease_ms,
+            (self.pg.lease_ms, look_started),
             won.clone(),
             lost.clone(),
             term_stop.clone(),
@@ -387,7 +416,7 @@ impl Node {
                     }
                     // This node's rounds cannot replay the ledger (a round in its configuration
                     // that a command added, a changed seed or pool): no retry can change that.
-                    Some(Err(err @ (ServeError::Restore(_) | ServeError::Commands { .. }))) => {
+                    Some(Err(err)) if err.is_replay_refusal() => {
                         tracing::error!(
                             %err,
                             epoch,
@@ -668,9 +697,9 @@ fn look_at_lease(
 
 /// A new leader's read: the log after what it followed, and the stored answers and worker
 /// records; the awards owed come from what it followed ([`Following`]), so the read is as
-/// long as the tail, not the ledger. If the last commit it followed is gone, or the awards it
-/// read do not add up to what the commit log counts (neither should happen), it replays the
-/// whole ledger instead.
+/// long as the tail, not the ledger. If the last commit it followed is gone, the tail does not
+/// replay on it, or the awards it read do not add up to what the commit log counts (none
+/// should happen), it replays the whole ledger instead.
 /// Returns the rebuilt state and how many awards it read.
 fn read_to_the_end(
     ledger: &mut PostgresLedger,
@@ -679,10 +708,13 @@ fn read_to_the_end(
 ) -> Result<(Rebuilt, u64), ServeError> {
     let read = ledger.read_for_takeover(&warm.following.cursor)?;
     let gone = !read.followed_log_intact;
-    if !gone {
-        warm.follow(&read.tail)?;
+    // A tail that does not replay on what was followed is the same doubt: the whole ledger
+    // settles it (and a configuration that does not replay it fails there too).
+    let refused = if gone { None } else { warm.follow(&read.tail).err() };
+    if let Some(err) = &refused {
+        tracing::warn!(%err, "leader: the log's tail does not replay on what this standby followed");
     }
-    if gone || !warm.following.adds_up() {
+    if gone || refused.is_some() || !warm.following.adds_up() {
         tracing::warn!(
             last_commit_gone = gone,
             read = warm.following.read,
@@ -723,7 +755,7 @@ async fn stop_renewing(term_over: &CancellationToken, renewer: std::thread::Join
 /// and stops the term.
 fn spawn_renewer(
     target: pg::Target,
-    lease_ms: u64,
+    (lease_ms, won_before): (u64, Instant),
     term: Term,
     lost: Arc<AtomicBool>,
     term_stop: CancellationToken,
@@ -735,7 +767,10 @@ fn spawn_renewer(
         .name("lease-renewal".into())
         .spawn(move || {
             let mut client: Option<pg::Session> = None;
-            let mut renewed_at = Instant::now();
+            // The lease as won: from before the look that won it. The first renewal goes at
+            // once (a takeover's look and the term's start take part of the lease already).
+            let mut renewed_at = won_before;
+            let mut first = true;
             let epoch = term.epoch;
             let give_up = |why: &str| {
                 tracing::error!(epoch, why, "leader: stopping this term");
@@ -743,7 +778,12 @@ fn spawn_renewer(
                 term_stop.cancel();
             };
             loop {
-                let wait = if client.is_some() { every } else { Duration::from_millis(100) };
+                let wait = match (first, client.is_some()) {
+                    (true, _) => Duration::ZERO,
+                    (false, true) => every,
+                    (false, false) => Duration::from_millis(100),
+                };
+                first = false;
                 let deadline = Instant::now() + wait;
                 while Instant::now() < deadline {
                     if term_over.is_cancelled() {

@@ -238,10 +238,7 @@ fn replays_its_ledger(path: &Path) -> anyhow::Result<ExitCode> {
 
 /// Whether a start or a term failed because the configured rounds do not replay the ledger.
 fn does_not_replay(err: &anyhow::Error) -> bool {
-    matches!(
-        err.downcast_ref::<service::ServeError>(),
-        Some(service::ServeError::Restore(_) | service::ServeError::Commands { .. })
-    )
+    err.downcast_ref::<service::ServeError>().is_some_and(service::ServeError::is_replay_refusal)
 }
 
 /// An argument the command needs that clap cannot require (`round`'s are global, so that they

@@ -123,6 +123,12 @@ pub(crate) fn replay(
 }
 
 impl ServeError {
+    /// The configured rounds do not replay the ledger (an award or a recorded command does
+    /// not fit them): no retry or restart with this configuration can change that.
+    pub fn is_replay_refusal(&self) -> bool {
+        matches!(self, ServeError::Restore(_) | ServeError::Commands { .. })
+    }
+
     /// `command`, recorded, does not replay on the configured rounds.
     pub fn replay(command: &RoundCommand, refusal: Refusal) -> Self {
         ServeError::Commands {

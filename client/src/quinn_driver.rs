@@ -435,10 +435,28 @@ impl SleepWatch {
     const LOOK_EVERY: Duration = Duration::from_secs(2);
 
     fn now() -> Self {
-        // The monotonic clock first: a pause between the two reads then counts as less time
-        // through a suspend, never as a sleep.
-        let mono = std::time::Instant::now();
-        Self { through_ms: through_suspend_ms(), mono }
+        let (through_ms, mono) = Self::read_clocks();
+        Self { through_ms, mono }
+    }
+
+    /// Both clocks, read together: a pause between the two reads (the thread preempted, the
+    /// app frozen) would otherwise read as a sleep at one look or the next, so the clock that
+    /// goes on through a suspend is read on both sides of the monotonic one, and the pair read
+    /// again (a few times at most) when the two sides differ.
+    fn read_clocks() -> (u64, std::time::Instant) {
+        let read = || {
+            let before = through_suspend_ms();
+            let mono = std::time::Instant::now();
+            (before, mono, through_suspend_ms())
+        };
+        let (mut before, mut mono, mut after) = read();
+        for _ in 0..3 {
+            if after.saturating_sub(before) <= 1 {
+                break;
+            }
+            (before, mono, after) = read();
+        }
+        (before, mono)
     }
 
     /// How long the device slept since the last look, if the clock that goes on through a
@@ -453,8 +471,8 @@ impl SleepWatch {
 
     /// Looks at the clocks now, and tells `session` how long the device slept, if it did.
     fn tell<'a>(&mut self, session: &'a mut PhoneSession) -> &'a mut PhoneSession {
-        let mono = std::time::Instant::now();
-        if let Some(slept_ms) = self.slept(through_suspend_ms(), mono) {
+        let (through_ms, mono) = Self::read_clocks();
+        if let Some(slept_ms) = self.slept(through_ms, mono) {
             session.clock_slept(slept_ms);
         }
         session
@@ -547,6 +565,7 @@ mod tests {
         // And it runs with the monotonic clock while the machine is awake.
         let mut watch = SleepWatch::now();
         std::thread::sleep(Duration::from_millis(300));
-        assert_eq!(watch.slept(through_suspend_ms(), std::time::Instant::now()), None);
+        let (through_ms, mono) = SleepWatch::read_clocks();
+        assert_eq!(watch.slept(through_ms, mono), None);
     }
 }

@@ -79,6 +79,18 @@ pub fn run_script(
         .unwrap_or_else(|err| panic!("the last line is not JSON ({err}): {line}"))
 }
 
+/// A promtool for the alert rules' tests (`scripts/promtool.sh`: the one on `PATH`, else one
+/// taken from Debian's prometheus package); panics saying why there is none.
+pub fn promtool() -> PathBuf {
+    let output = Command::new(script("promtool.sh"))
+        .output()
+        .unwrap_or_else(|err| panic!("running scripts/promtool.sh: {err}"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "scripts/promtool.sh found no promtool:\n{stderr}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    PathBuf::from(stdout.lines().last().expect("promtool.sh prints its path").trim())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
