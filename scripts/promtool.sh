@@ -6,10 +6,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if command -v promtool >/dev/null 2>&1; then
+    echo "promtool.sh: $(promtool --version 2>&1 | head -n1) from PATH" >&2
     command -v promtool
     exit 0
 fi
 tools="$PWD/target/tools"
+mkdir -p "$tools"
+# One fetch at a time: tests run in parallel, and apt's own lock fails a second apt-get at
+# once instead of waiting.
+exec 9>"$tools/.promtool.lock"
+flock -w 300 9 || { echo "promtool.sh: another fetch held the lock for 5 minutes" >&2; exit 1; }
 if [ -x "$tools/promtool" ]; then
     echo "$tools/promtool"
     exit 0
@@ -24,7 +30,6 @@ download() { (cd "$work" && apt-get download -q prometheus >&2); }
 download || { "${as_root[@]}" apt-get update -q >&2 && download; } ||
     { echo "promtool.sh: could not download Debian's prometheus package" >&2; exit 1; }
 dpkg-deb -x "$work"/prometheus_*.deb "$work/unpacked"
-mkdir -p "$tools"
 # Renamed into place: a test running this at the same time never starts a half-written file.
 install -m 0755 "$work/unpacked/usr/bin/promtool" "$tools/promtool.$$"
 mv -f "$tools/promtool.$$" "$tools/promtool"

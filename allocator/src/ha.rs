@@ -101,18 +101,19 @@ enum TermOutcome {
     Failed,
 }
 
-/// A lease won: its epoch, and an instant before the look that won it (the server dated the
-/// lease from its own statement, later: a lease counted from here ends, for the leader, no
-/// later than it does for the server).
+/// A lease won: its epoch, and the instant just before the statement that won it was sent
+/// (the server dated the lease from that statement, later: a lease counted from here ends,
+/// for the leader, no later than it does for the server; counted from before the look's
+/// connection, which may take seconds, it could end before the first renewal was tried).
 #[derive(Debug, Clone, Copy)]
 struct Won {
     epoch: i64,
-    look_started: Instant,
+    asked_at: Instant,
 }
 
 /// What one look at the lease found.
 enum Look {
-    Won(i64),
+    Won(Won),
     /// Another node leads; what the log gained since the last look.
     Led(lease::LeaderRow, Followed),
 }
@@ -195,8 +196,6 @@ impl Node {
             let mut held = client.take();
             let after = warm.following.cursor;
             let took_lease_as = self.took_lease_as.clone();
-            // Before the look: the lease it may win runs from later than this, on the server.
-            let look_started = Instant::now();
             let mut looked = tokio::task::spawn_blocking(move || {
                 look_within(
                     held.take(),
@@ -217,7 +216,7 @@ impl Node {
                 looked.map_err(|e| ServeError::Panicked(format!("lease task: {e}")))?;
             client = held;
             match look {
-                Ok(Look::Won(epoch)) => break Ok(Some(Won { epoch, look_started })),
+                Ok(Look::Won(won)) => break Ok(Some(won)),
                 Ok(Look::Led(row, followed)) => {
                     if let Err(err) = warm.follow(&followed) {
                         // What this standby followed may be a log since lost (commits of a
@@ -299,7 +298,7 @@ impl Node {
 
     /// Leads under the epoch `won` until the lease is lost, a commit fails, or the process stops.
     async fn lead_term(&self, won: Won, warm: Warm) -> Result<TermOutcome, ServeError> {
-        let Won { epoch, look_started } = won;
+        let Won { epoch, asked_at } = won;
         tracing::info!(
             epoch,
             node = %self.pg.node,
@@ -327,7 +326,7 @@ impl Node {
         // read it all again itself.
         let renewer = match spawn_renewer(
             self.target.clone(),
-            (self.pg.lease_ms, look_started),
+            (self.pg.lease_ms, asked_at),
             won.clone(),
             lost.clone(),
             term_stop.clone(),
@@ -539,7 +538,7 @@ impl Node {
         // Closing a blocking client blocks: never on the async runtime's threads (there it
         // panics), whatever the look found.
         tokio::task::spawn_blocking(move || drop(held));
-        if let Ok(Look::Won(epoch)) = look {
+        if let Ok(Look::Won(Won { epoch, .. })) = look {
             self.release_lease(&Term::new(epoch, &self.pg.node)).await;
         }
     }
@@ -608,7 +607,7 @@ fn look_within(
         (held, seen)
     });
     let (held, row) = match seen {
-        Ok((held, Ok(LeaseSeen::Won(epoch)))) => return (held, Ok(Look::Won(epoch))),
+        Ok((held, Ok(LeaseSeen::Won(won)))) => return (held, Ok(Look::Won(won))),
         Ok((Some(held), Ok(LeaseSeen::Led(row)))) => (held, row),
         Ok((held, Ok(LeaseSeen::Led(_)))) => {
             return (held, Err(LedgerError::Failed("the look kept no session".into())));
@@ -633,7 +632,7 @@ fn look_within(
 
 /// What a look at the lease found.
 enum LeaseSeen {
-    Won(i64),
+    Won(Won),
     Led(lease::LeaderRow),
 }
 
@@ -666,6 +665,7 @@ fn look_at_lease(
     if left_behind.load(Ordering::SeqCst) {
         return Err(left());
     }
+    let asked_at = Instant::now();
     let taken = lease::try_acquire(connected.client(), node, advertise, lease_for, own)?;
     if let Some(epoch) = taken {
         if left_behind.load(Ordering::SeqCst) {
@@ -688,7 +688,7 @@ fn look_at_lease(
                  cancelled (committed on the primary alone); not taken"
             )));
         }
-        Some(epoch) => LeaseSeen::Won(epoch),
+        Some(epoch) => LeaseSeen::Won(Won { epoch, asked_at }),
         None => LeaseSeen::Led(lease::current(connected.client())?),
     };
     *ledger = Some(connected);
@@ -767,8 +767,8 @@ fn spawn_renewer(
         .name("lease-renewal".into())
         .spawn(move || {
             let mut client: Option<pg::Session> = None;
-            // The lease as won: from before the look that won it. The first renewal goes at
-            // once (a takeover's look and the term's start take part of the lease already).
+            // The lease as won: from just before the statement that won it. The first renewal
+            // goes at once (the takeover's statement and the term's start took part of it).
             let mut renewed_at = won_before;
             let mut first = true;
             let epoch = term.epoch;

@@ -386,6 +386,11 @@ impl Metrics {
             m.takeover_tail_awards.clone(),
         );
         shake_ops::build::register_info(&mut registry);
+        // Every outcome exported from 0: a counter that first shows at 1 has no increase for
+        // `increase()` to see, so an alert on a process's first failed term would never fire.
+        for outcome in Leadership::ALL {
+            let _ = m.leadership.get_or_create(&LeadershipLabels { outcome });
+        }
         Self { registry, ..m }
     }
 

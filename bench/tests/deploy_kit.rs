@@ -148,6 +148,9 @@ fn systemd_units_outlast_the_drain() {
         assert_eq!(value("KillSignal"), "SIGTERM", "{unit}: SIGTERM is what drains");
         assert!(value("ExecStart").contains(" run --config "), "{unit}");
         // A bad configuration exits 64 and names the field: restarting it is noise.
+        // systemd reads RestartPreventExitStatus only from the main process: a bad
+        // configuration refused by an ExecStartPre check would be restarted all the same.
+        assert!(!text.contains("\nExecStartPre="), "{unit}: the configuration is `run`'s to check");
         let no_restart = value("RestartPreventExitStatus");
         assert!(no_restart.split_whitespace().any(|s| s == "64"), "{unit}");
         // The allocator's configuration that does not replay its ledger is 65, likewise.

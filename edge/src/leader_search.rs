@@ -31,8 +31,9 @@ const UP_LONG_ENOUGH: Duration = Duration::from_secs(1);
 pub enum Attempt {
     /// The dial failed (refused, timed out).
     Unreachable,
-    /// Closed by a standby with `NOT_LEADER`, naming the leader or no one.
-    NotLeader(Option<SocketAddr>),
+    /// Closed by a standby with `NOT_LEADER`, naming the leader or no one, after being up for
+    /// so long (a leader whose term ended was up for as long as it led).
+    NotLeader(Option<SocketAddr>, Duration),
     /// Closed by the allocator stopping (`NO_ERROR`), after being up for so long.
     Stopped(Duration),
     /// Lost any other way, after being up for so long.
@@ -85,7 +86,8 @@ impl LeaderSearch {
     pub fn ended(&mut self, attempt: Attempt, now: Instant) -> NextDial {
         let here = self.current();
         let (pause, stale_redirect) = match attempt {
-            Attempt::NotLeader(named) => {
+            Attempt::NotLeader(named, up_for) => {
+                self.after_link(up_for);
                 let stale =
                     named.is_some_and(|leader| leader != here && self.just_left(leader, now));
                 if stale {
@@ -149,9 +151,14 @@ impl LeaderSearch {
             .is_some_and(|(gone, at)| gone == addr && now.saturating_duration_since(at) < LEFT_FOR)
     }
 
+    /// A link that lasted starts the search over: its backoff, and its count of redirects (a
+    /// term's end after hours of leading is no redirect loop, and each failover of a long-lived
+    /// edge would otherwise start where the last one's backoff had grown to).
     fn after_link(&mut self, up_for: Duration) {
         if up_for >= UP_LONG_ENOUGH {
             self.backoff = FIRST_BACKOFF;
+            self.redirects_in_a_row = 0;
+            self.stale_asks = 0;
         }
     }
 
@@ -187,30 +194,47 @@ mod tests {
         // a stops: on to b, which still names a from its last look.
         search.ended(Attempt::Stopped(Duration::from_secs(60)), t0);
         assert_eq!(search.current(), b);
-        let next = search.ended(Attempt::NotLeader(Some(a)), t0 + Duration::from_millis(50));
+        let next = search
+            .ended(Attempt::NotLeader(Some(a), Duration::ZERO), t0 + Duration::from_millis(50));
         assert_eq!(next, NextDial { pause: ASK_AGAIN, stale_redirect: true });
         assert_eq!(search.current(), b, "b asked again");
         // Past LEFT_FOR the redirect is believed (a may be back and leading).
-        search.ended(Attempt::NotLeader(Some(a)), t0 + LEFT_FOR + Duration::from_millis(1));
+        search.ended(
+            Attempt::NotLeader(Some(a), Duration::ZERO),
+            t0 + LEFT_FOR + Duration::from_millis(1),
+        );
         assert_eq!(search.current(), a);
     }
 
     /// The allocator whose term ended (a failed commit: `NOT_LEADER` naming no one) takes the
-    /// lease again under a new epoch, and the standby names it: the edge dials it once its mark
-    /// of having left runs out, not a doubling backoff later (chaos `ha-primary-kill` measured
-    /// 5.5 s to answers so, the edge's stale asks at 0.1 to 1.6 s apart).
+    /// lease again under a new epoch, and the standby names it: the edge asks the standby
+    /// again while the mark of having left holds, and dials the allocator once it runs out,
+    /// not a doubling backoff later (chaos `ha-primary-kill` measured 5.5 s to answers so, the
+    /// edge's stale asks at 0.1 to 1.6 s apart); and the same at every failover of a
+    /// long-lived edge (the redirects of the last one counted on, and slowed each next one).
     #[test]
-    fn a_stale_redirect_is_believed_once_the_mark_runs_out() {
+    fn a_stale_redirect_is_believed_once_the_mark_runs_out_at_every_failover() {
         let (a, b) = (addr(1), addr(2));
         let mut search = LeaderSearch::new(vec![a, b]);
-        let t0 = Instant::now();
-        search.ended(Attempt::NotLeader(None), t0);
-        let mut now = t0;
-        while search.current() == b {
-            now += search.ended(Attempt::NotLeader(Some(a)), now).pause;
-            assert!(now <= t0 + LEFT_FOR + ASK_AGAIN, "a not dialled by {:?}", now - t0);
+        let mut now = Instant::now();
+        let hour = Duration::from_secs(3_600);
+        for failover in 0..6 {
+            assert_eq!(search.current(), a);
+            // a led for an hour; its term ends.
+            now += hour;
+            let ended_at = now;
+            search.ended(Attempt::NotLeader(None, hour), now);
+            assert_eq!(search.current(), b, "failover {failover}");
+            while search.current() == b {
+                let next = search.ended(Attempt::NotLeader(Some(a), Duration::ZERO), now);
+                let believed = search.current() == a;
+                assert_eq!(next.stale_redirect, !believed);
+                assert_eq!(believed, now >= ended_at + LEFT_FOR, "failover {failover}");
+                now += next.pause;
+            }
+            let waited = now - ended_at;
+            assert!(waited <= LEFT_FOR + ASK_AGAIN + FOLLOW, "failover {failover}: {waited:?}");
         }
-        assert_eq!(search.current(), a);
     }
 
     #[test]
@@ -220,7 +244,7 @@ mod tests {
         let mut search = LeaderSearch::new(vec![a, b]);
         let t0 = Instant::now();
         search.ended(Attempt::Lost(Duration::from_secs(60)), t0);
-        let next = search.ended(Attempt::NotLeader(Some(a)), t0);
+        let next = search.ended(Attempt::NotLeader(Some(a), Duration::ZERO), t0);
         assert_eq!(next, NextDial { pause: FOLLOW, stale_redirect: false });
         assert_eq!(search.current(), a);
     }
@@ -231,15 +255,15 @@ mod tests {
         let t0 = Instant::now();
         // a refuses naming no one (its term ending): b's redirect back to it is stale.
         let mut search = LeaderSearch::new(vec![a, b, c]);
-        search.ended(Attempt::NotLeader(None), t0);
+        search.ended(Attempt::NotLeader(None, Duration::ZERO), t0);
         assert_eq!(search.current(), b);
-        assert!(search.ended(Attempt::NotLeader(Some(a)), t0).stale_redirect);
+        assert!(search.ended(Attempt::NotLeader(Some(a), Duration::ZERO), t0).stale_redirect);
         // c cannot be reached: a's redirect to it is stale; to b it is not.
         let mut search = LeaderSearch::new(vec![c, a, b]);
         search.ended(Attempt::Unreachable, t0);
         assert_eq!(search.current(), a);
-        assert!(search.ended(Attempt::NotLeader(Some(c)), t0).stale_redirect);
-        assert!(!search.ended(Attempt::NotLeader(Some(b)), t0).stale_redirect);
+        assert!(search.ended(Attempt::NotLeader(Some(c), Duration::ZERO), t0).stale_redirect);
+        assert!(!search.ended(Attempt::NotLeader(Some(b), Duration::ZERO), t0).stale_redirect);
         assert_eq!(search.current(), b);
     }
 
@@ -249,8 +273,9 @@ mod tests {
         let mut search = LeaderSearch::new(vec![a, b]);
         let t0 = Instant::now();
         search.ended(Attempt::Stopped(Duration::ZERO), t0);
-        let pauses: Vec<Duration> =
-            (0..6).map(|_| search.ended(Attempt::NotLeader(Some(a)), t0).pause).collect();
+        let pauses: Vec<Duration> = (0..6)
+            .map(|_| search.ended(Attempt::NotLeader(Some(a), Duration::ZERO), t0).pause)
+            .collect();
         assert_eq!(&pauses[..3], [ASK_AGAIN; 3]);
         assert!(pauses[3] >= FIRST_BACKOFF * 2 && pauses[4] > pauses[3], "{pauses:?}");
         assert!(pauses.iter().all(|p| *p <= MAX_BACKOFF));

@@ -386,7 +386,7 @@ impl LinkTo {
                     metrics.allocator_up.set(0);
                     let _ = tx.send(None);
                     match ended {
-                        Attempt::NotLeader(_) => {}
+                        Attempt::NotLeader(..) => {}
                         Attempt::Stopped(up_for) | Attempt::Lost(up_for) => {
                             if !stop.is_cancelled() {
                                 tracing::warn!(%addr, ?up_for, ?ended, "allocator link down");
@@ -402,7 +402,7 @@ impl LinkTo {
                 }
             };
             let next = search.ended(ended, Instant::now());
-            if let Attempt::NotLeader(leader) = ended {
+            if let Attempt::NotLeader(leader, _) = ended {
                 if next.stale_redirect {
                     tracing::info!(standby = %addr, leader = ?leader, "allocator is a standby naming an allocator that just left: asking it again");
                 } else {
@@ -424,7 +424,8 @@ fn link_ended(reason: &quinn::ConnectionError, up_for: Duration) -> Attempt {
         quinn::ConnectionError::ApplicationClosed(close)
             if close.error_code == ErrorCode::NotLeader.code().into() =>
         {
-            Attempt::NotLeader(std::str::from_utf8(&close.reason).ok().and_then(|t| t.parse().ok()))
+            let leader = std::str::from_utf8(&close.reason).ok().and_then(|t| t.parse().ok());
+            Attempt::NotLeader(leader, up_for)
         }
         quinn::ConnectionError::ApplicationClosed(close)
             if close.error_code == ErrorCode::NoError.code().into() =>
