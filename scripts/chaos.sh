@@ -13,7 +13,8 @@
 # high-availability ones, `ha` for all five: ha-leader-kill ha-leader-pause ha-primary-kill
 # ha-primary-hang ha-standby-kill (two allocators on a PostgreSQL primary with two synchronous standbys, all
 # started here on free loopback ports; they need PostgreSQL's server binaries). With any HA
-# scenario the JSON line adds failover_s_max.
+# scenario the JSON line adds failover_s_max; a failover over 5 s (the goal) fails its
+# scenario, except in the short run, which only reports it.
 # Environment: PHONES, ROUND_S, HOSTILE_RATIO_MAX (default 2), HOSTILE_P99_FLOOR_MS (an
 # attacked median p99 at or under it passes whatever its ratio; default 0), HOSTILE_PAIRS
 # (baseline and hostile runs whose medians are compared; 3, or 1 with --short),
@@ -495,6 +496,11 @@ await_failover() {
     [ "$(metric_sum "${ha_metrics[$leader]}" shake_allocator_streams_open)" -ge 1 ] ||
         problems+=("the edge never reached the new leader $leader")
     failover_s_max=$(awk -v a="$failover_s" -v m="$failover_s_max" 'BEGIN { print (m == "null" || a > m) ? a : m }')
+    # The goal: answers again within 5 s of the fault. The short run (CI: debug builds, a
+    # database cluster of its own on the same two cores) reports it without failing on it.
+    if [ "$short" = 0 ] && awk -v s="$failover_s" 'BEGIN { exit !(s > 5) }'; then
+        problems+=("the edge was answered again ${failover_s}s after the fault, over the 5 s goal")
+    fi
 }
 
 # The first HA steps of every scenario: a leads, b stands by, one edge knows both, a swarm.

@@ -39,7 +39,7 @@ const CASES: &[Case] = &[
                 r#"shake_edge_allocator_streams_refused_total{instance="edge-1",code="DUPLICATE_WORKER"}"#,
                 "0 0 1 1 1 1",
             ),
-            // Refused long ago, no more since: nothing to page about now.
+            // Refused before these samples, none since: no increase, nothing to page about.
             (
                 r#"shake_edge_allocator_streams_refused_total{instance="edge-2",code="UNSUPPORTED_VERSION"}"#,
                 "3x5",

@@ -103,6 +103,10 @@ async fn open_stream(
 /// retrying ten times a second only fills the logs of both sides.
 const AFTER_REFUSAL: Duration = Duration::from_secs(1);
 
+/// The codes [`refusal`] reads as a refusal that repeats.
+pub const REFUSAL_CODES: [ErrorCode; 2] =
+    [ErrorCode::UnsupportedVersion, ErrorCode::DuplicateWorker];
+
 /// The error code the allocator refused this worker's stream with, and what an operator should
 /// do about it, if it was a refusal that repeats until an operator acts: a protocol version it
 /// does not speak, or an edge id another edge uses. Any other reset (a slow reader closed, a
@@ -217,6 +221,10 @@ mod tests {
         assert_eq!(code(ErrorCode::DuplicateWorker), Some(ErrorCode::DuplicateWorker));
         for lost in [ErrorCode::NoError, ErrorCode::Internal, ErrorCode::Flood] {
             assert_eq!(code(lost), None, "{lost}");
+        }
+        // The metrics export exactly these from 0.
+        for any in ErrorCode::ALL {
+            assert_eq!(code(any).is_some(), REFUSAL_CODES.contains(&any), "{any}");
         }
         assert!(refusal(quinn::VarInt::from_u32(0x7777)).is_none(), "a code we do not know");
     }

@@ -503,6 +503,13 @@ impl EdgeMetrics {
             m.awards_outstanding.clone(),
         );
         shake_ops::build::register_info(&mut registry);
+        // Every refusal exported from 0: `increase()` sees no increase in a series' first
+        // sample, so `ShakeAllocatorRefusesEdge` would miss a process's first refusal of a code.
+        for code in crate::link_pipe::REFUSAL_CODES {
+            let _ = m
+                .allocator_streams_refused
+                .get_or_create(&RefusedStreamLabels { code: code.name() });
+        }
         Self { registry, ..m }
     }
 
