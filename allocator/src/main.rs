@@ -14,7 +14,7 @@ use shake_allocator::config::Config;
 use shake_allocator::ledger::{self, FjallLedger, LedgerStore};
 use shake_allocator::service::{self, Shutdown};
 use shake_allocator::{dev_certs, export};
-use shake_ops::config::{EXIT_DATA, EXIT_USAGE, check, load_or_exit};
+use shake_ops::config::{EXIT_DATA, EXIT_USAGE, check, checked, load_or_exit};
 
 const BIN: &str = "shake-allocator";
 /// How long the exit waits for blocking work still running once serving is done.
@@ -195,11 +195,14 @@ fn main() -> ExitCode {
     // fjall narrates its recovery at info; keep our own lines readable.
     shake_ops::init_logging("info,fjall=warn,lsm_tree=warn");
     if let Some(path) = cli.check_config {
-        let checked = check::<Config>(BIN, &path, |c| format!("{} rounds", c.rounds.len()));
-        if !cli.against_ledger || checked != ExitCode::SUCCESS {
-            return checked;
+        let summary = |c: &Config| format!("{} rounds", c.rounds.len());
+        if !cli.against_ledger {
+            return check::<Config>(BIN, &path, summary);
         }
-        return shake_ops::exit::exit_status(BIN, replays_its_ledger(&path));
+        return match checked::<Config>(BIN, &path, summary) {
+            Ok(config) => shake_ops::exit::exit_status(BIN, replays_its_ledger(&path, &config)),
+            Err(code) => code,
+        };
     }
     let Some(command) = cli.command else {
         eprintln!("{BIN}: a command is needed (try --help)");
@@ -214,11 +217,10 @@ fn main() -> ExitCode {
 
 /// `--check-config FILE --against-ledger`, the configuration valid: its rounds replay the
 /// ledger it names (exit 0), or not (65, naming what does not fit).
-fn replays_its_ledger(path: &Path) -> anyhow::Result<ExitCode> {
-    let config = Config::load(path)?;
-    let mut store = ledger::open_to_read(&config)
+fn replays_its_ledger(path: &Path, config: &Config) -> anyhow::Result<ExitCode> {
+    let mut store = ledger::open_to_read(config)
         .context("opening the configured ledger (a running allocator locks a fjall one)")?;
-    let replayed = service::check_replay(&config, store.as_mut()).context("reading the ledger")?;
+    let replayed = service::check_replay(config, store.as_mut()).context("reading the ledger")?;
     Ok(match replayed {
         Ok(replayed) => {
             println!(

@@ -157,13 +157,21 @@ pub fn check<T: Validate>(
     path: &Path,
     summary: impl FnOnce(&T) -> String,
 ) -> std::process::ExitCode {
-    match load_or_exit::<T>(bin, path) {
-        Ok(config) => {
-            println!("{}: ok ({})", path.display(), summary(&config));
-            std::process::ExitCode::SUCCESS
-        }
+    match checked::<T>(bin, path, summary) {
+        Ok(_) => std::process::ExitCode::SUCCESS,
         Err(code) => code,
     }
+}
+
+/// [`check`], handing back the configuration checked for a check that goes on with it.
+pub fn checked<T: Validate>(
+    bin: &str,
+    path: &Path,
+    summary: impl FnOnce(&T) -> String,
+) -> Result<T, std::process::ExitCode> {
+    let config = load_or_exit::<T>(bin, path)?;
+    println!("{}: ok ({})", path.display(), summary(&config));
+    Ok(config)
 }
 
 #[cfg(test)]

@@ -129,9 +129,7 @@ impl EdgeStream {
                 }
             }
         };
-        tokio::time::timeout(within, looking)
-            .await
-            .map_err(|_| format!("timeout: not the frame wanted within {within:?}"))?
+        stream::within(within, "frame wanted", looking).await
     }
 
     /// Frames until a `BatchResult` (10 s at most), skipping the rest: its sequence number,
@@ -144,7 +142,8 @@ impl EdgeStream {
         .await
     }
 
-    /// Frames until the stream ends (10 s at most): the error it ended with, or "timeout".
+    /// Frames until the stream ends (10 s at most): the error it ended with, or one that starts
+    /// with "timeout".
     pub async fn closed_with(&mut self) -> String {
         let end = async {
             loop {

@@ -124,7 +124,6 @@ impl Phone {
     /// The next frame that is not a round notice or pace (20 s at most in all: notices that
     /// keep coming do not make the wait longer).
     pub async fn next_award(&mut self) -> Result<ControlFrame, String> {
-        let within = Duration::from_secs(20);
         let looking = async {
             loop {
                 match self.next_frame().await? {
@@ -133,9 +132,7 @@ impl Phone {
                 }
             }
         };
-        tokio::time::timeout(within, looking)
-            .await
-            .map_err(|_| format!("timeout: only notices and paces within {within:?}"))?
+        stream::within(Duration::from_secs(20), "frame but notices and paces", looking).await
     }
 
     /// Sends shake `seq` of round `round_id` as a datagram.

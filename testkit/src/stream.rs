@@ -30,3 +30,16 @@ pub(crate) async fn next_frame<T>(
     .await
     .map_err(|_| "timeout".to_owned())?
 }
+
+/// `looking` (frames read until the one wanted), for `within` in all: its own result, or
+/// "timeout: no WHAT within ...". Each frame's own deadline does not bound such a wait: a
+/// peer that keeps sending what is not wanted (heartbeats, notices) would hold it for ever.
+pub(crate) async fn within<T>(
+    within: Duration,
+    what: &str,
+    looking: impl Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    tokio::time::timeout(within, looking)
+        .await
+        .map_err(|_| format!("timeout: no {what} within {within:?}"))?
+}
