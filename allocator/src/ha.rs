@@ -10,7 +10,9 @@
 //!   every `standby_poll_ms` and takes it once expired ([`crate::ledger::lease`]).
 //! - While standing by it follows the log: each look also reads what was committed since the
 //!   last one (awards, delivery marks, commands) and replays it into a draw of its own, so
-//!   pools, caps and the awards owed are warm ([`crate::ledger::follow`]).
+//!   pools, caps and the awards owed are warm ([`crate::ledger::follow`]). A look that finds
+//!   the last commit it followed gone (a lost primary's, never replicated) follows the log
+//!   again from its start.
 //! - On winning, it reads the log to its end (what it has not followed, every stored answer
 //!   and worker record; everything, if what it followed does not add up to the commit log),
 //!   and serves; edges resend what is unanswered and get each answer exactly once.
@@ -22,7 +24,7 @@
 //! - A clean stop (SIGTERM drain or SIGINT) releases the lease so a standby takes over at once.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -64,6 +66,7 @@ pub(crate) async fn start(config: Config, shutdown: Shutdown) -> Result<Running,
         shutdown,
         took_lease_as: Arc::new(AtomicI64::new(NEVER_TOOK)),
         reading: Arc::new(AtomicBool::new(false)),
+        followed_most: AtomicU64::new(0),
     };
     let done = tokio::spawn(node.run());
     Ok(Running { quic_addr, metrics_addr, admin_addr, done })
@@ -85,6 +88,9 @@ struct Node {
     /// A takeover read is running (perhaps one its term left behind): no second one starts
     /// beside it, each holding a session and a whole rebuilt ledger.
     reading: Arc<AtomicBool>,
+    /// The most awards one following of the log has read in this process
+    /// ([`Node::count_followed`]).
+    followed_most: AtomicU64,
 }
 
 /// [`Node::took_lease_as`] before this process has taken the lease.
@@ -218,6 +224,20 @@ impl Node {
             match look {
                 Ok(Look::Won(won)) => break Ok(Some(won)),
                 Ok(Look::Led(row, followed)) => {
+                    if followed.last_commit_gone {
+                        // Not a refusal: the log is settled, only what was followed of it is not.
+                        tracing::warn!(
+                            commit_id = warm.following.cursor.commit_id,
+                            epoch = warm.following.cursor.commit_epoch,
+                            "standby: the last commit it followed is gone from the log (seen on \
+                             a primary since lost, never replicated); following the log again \
+                             from its start"
+                        );
+                        self.shared.metrics.follow_restarts.inc();
+                        (warm, refollowing, page) =
+                            (Warm::new(&self.config), false, self.pg.follow_page_awards);
+                        continue;
+                    }
                     if let Err(err) = warm.follow(&followed) {
                         // What this standby followed may be a log since lost (commits of a
                         // primary its standbys never had): followed again from its start, the
@@ -231,11 +251,12 @@ impl Node {
                             "standby: what it followed does not replay; following the log again \
                              from its start"
                         );
+                        self.shared.metrics.follow_restarts.inc();
                         (warm, refollowing, page) =
                             (Warm::new(&self.config), true, self.pg.follow_page_awards);
                         continue;
                     }
-                    self.shared.metrics.awards_followed.inc_by(followed.awards.len() as u64);
+                    self.count_followed(warm.following.read);
                     if last_holder.as_ref() != Some(&(row.epoch, row.holder.clone())) {
                         let here = self.advertise.to_string();
                         let own = row.holder == self.pg.node && row.address == here;
@@ -294,6 +315,15 @@ impl Node {
             tokio::task::spawn_blocking(move || drop(client));
         }
         Ok(won?.map(|won| (won, warm)))
+    }
+
+    /// Counts the awards followed past the most this process has followed before: a log
+    /// followed again from its start (after a term, or a refollow) is not counted twice.
+    fn count_followed(&self, read: u64) {
+        let before = self.followed_most.fetch_max(read, Ordering::Relaxed);
+        if read > before {
+            self.shared.metrics.awards_followed.inc_by(read - before);
+        }
     }
 
     /// Leads under the epoch `won` until the lease is lost, a commit fails, or the process stops.
@@ -707,7 +737,7 @@ fn read_to_the_end(
     mut warm: Warm,
 ) -> Result<(Rebuilt, u64), ServeError> {
     let read = ledger.read_for_takeover(&warm.following.cursor)?;
-    let gone = !read.followed_log_intact;
+    let gone = read.tail.last_commit_gone;
     // A tail that does not replay on what was followed is the same doubt: the whole ledger
     // settles it (and a configuration that does not replay it fails there too).
     let refused = if gone { None } else { warm.follow(&read.tail).err() };

@@ -197,6 +197,8 @@ pub struct Metrics {
     pub awards_owed_sent: Counter,
     /// Awards a standby replayed from the log while standing by (its pools and caps warm).
     pub awards_followed: Counter,
+    /// Times a standby followed the log again from its start (see the family's help).
+    pub follow_restarts: Counter,
     /// Awards the last takeover had to read because the standby had not followed them yet.
     pub takeover_tail_awards: Gauge,
 }
@@ -244,6 +246,7 @@ impl Metrics {
             awards_owed: Gauge::default(),
             awards_owed_sent: Counter::default(),
             awards_followed: Counter::default(),
+            follow_restarts: Counter::default(),
             takeover_tail_awards: Gauge::default(),
             registry: Registry::default(),
         };
@@ -377,8 +380,16 @@ impl Metrics {
         );
         registry.register(
             "awards_followed",
-            "Awards a standby replayed from the log while standing by",
+            "Awards a standby replayed from the log while standing by (read again from the \
+             log's start, after a term or a refollow, they are not counted twice)",
             m.awards_followed.clone(),
+        );
+        registry.register(
+            "follow_restarts",
+            "Times a standby followed the log again from its start: the last commit it had \
+             followed was gone (a lost primary's, never replicated), or what it had followed \
+             did not replay",
+            m.follow_restarts.clone(),
         );
         registry.register(
             "takeover_tail_awards",

@@ -607,6 +607,104 @@ async fn a_standby_pages_behind_reads_them_at_once() {
     drop(a);
 }
 
+/// A standby that followed a commit the log then lost (a commit visible on its primary while
+/// it waited for the synchronous standbys, the primary lost before any had it; here, the log
+/// as the standby promoted in its place has it: that commit's rows deleted once its wait
+/// ended) follows the log again from its start at its next look. It then takes over with only
+/// the log's tail to read, not the whole ledger, and draws the lost batch anew for the edge
+/// that resends it. Its awards followed are counted once, though it read the log twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_whose_followed_commit_is_lost_follows_the_log_again() {
+    let (scratch, server, url) = primary("ha-lost-commit");
+    let mut a = Allocator::start(&long_lease(&scratch, "a", &url));
+    await_leadership(&a, Duration::from_secs(10));
+    let b = Allocator::start(&long_lease(&scratch, "b", &url));
+    let followed = || metrics::read(b.metrics, "shake_allocator_awards_followed_total");
+    let restarts = || metrics::read(b.metrics, "shake_allocator_follow_restarts_total");
+    let until = |what: &str, done: &dyn Fn() -> bool| {
+        let started = Instant::now();
+        while !done() {
+            assert!(started.elapsed() < Duration::from_secs(5), "{what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let mut answers = BTreeMap::new();
+    let mut stream = edge_worker(a.quic, &scratch, 42).await.unwrap();
+    let mut kept = 0;
+    for seq in 1..=2 {
+        stream.send(&batch(seq)).await;
+        let (answered, winners, raw) = stream.next_result().await.unwrap();
+        assert_eq!(answered, seq);
+        kept += winners.len();
+        answers.insert(seq, raw);
+    }
+    assert!(kept > 0, "no award drawn");
+    // Batch 3's commit waits for a standby that never comes, and is never answered: its leader
+    // is killed, then the wait cancelled, which leaves it committed on the primary alone.
+    server.hold_commits("shake");
+    stream.send(&batch(3)).await;
+    let group_waits = || {
+        server.admin(
+            "postgres",
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep' \
+             AND query NOT LIKE '%shake_leader%'",
+        )[0] > 0
+    };
+    until("batch 3's commit never waited", &group_waits);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), stream.next_result()).await.is_err(),
+        "batch 3 was answered before it was replicated"
+    );
+    a.process.kill();
+    drop(stream);
+    assert!(server.cancel_waiting_commits() > 0);
+    let lost = server.admin("shake", "SELECT count(*) FROM shake_awards WHERE batch_seq = 3")[0];
+    assert!(lost > 0, "batch 3 drew nothing");
+    let seen = (kept as i64 + lost) as f64;
+    until("the standby did not follow batch 3", &|| followed() == seen);
+    server.release_commits();
+    // The primary is lost with batch 3's commit and everything committed after it.
+    let gone = server.admin(
+        "shake",
+        "WITH lost AS (SELECT pg_xact_commit_timestamp(xmin) AS at FROM shake_batches \
+         WHERE seq = 3), \
+         awards AS (DELETE FROM shake_awards \
+           WHERE pg_xact_commit_timestamp(xmin) >= (SELECT at FROM lost) RETURNING 1), \
+         batches AS (DELETE FROM shake_batches \
+           WHERE pg_xact_commit_timestamp(xmin) >= (SELECT at FROM lost) RETURNING 1), \
+         marks AS (DELETE FROM shake_delivery_marks \
+           WHERE pg_xact_commit_timestamp(xmin) >= (SELECT at FROM lost) RETURNING 1) \
+         DELETE FROM shake_commits \
+           WHERE pg_xact_commit_timestamp(xmin) >= (SELECT at FROM lost) RETURNING 0::int8",
+    );
+    assert!(!gone.is_empty(), "no commit deleted");
+    let left = server.admin("shake", "SELECT count(*) FROM shake_awards")[0];
+    assert_eq!(left, kept as i64, "only batch 3's awards were lost");
+    until("the standby did not follow the log again", &|| restarts() == 1.0);
+    assert_eq!(leader_epoch(&b), 0.0, "took over before the lease ran out (6 s)");
+
+    await_leadership(&b, Duration::from_secs(15));
+    let tail = metrics::read(b.metrics, "shake_allocator_takeover_tail_awards");
+    assert_eq!(tail, 0.0, "the takeover read {tail} awards: the whole ledger, not the tail");
+    assert_eq!(followed(), seen, "awards read again from the log's start counted again");
+    let mut stream = edge_worker(b.quic, &scratch, 42).await.unwrap();
+    let mut drawn = kept;
+    for seq in 1..=3 {
+        stream.send(&batch(seq)).await;
+        let (answered, winners, raw) = stream.next_result().await.unwrap();
+        assert_eq!(answered, seq);
+        match answers.get(&seq) {
+            Some(before) => assert_eq!(&raw, before, "batch {seq} answered differently"),
+            None => drawn += winners.len(),
+        }
+    }
+    assert!(drawn > kept, "the lost batch drew nothing again");
+    let paid = server.admin("shake", "SELECT count(*) FROM shake_awards")[0];
+    assert_eq!(paid, drawn as i64, "the ledger and the answers disagree");
+    drop(b);
+    drop(server);
+}
+
 /// A takeover whose wait for the synchronous standbys was cancelled is committed on the primary
 /// alone: were that primary lost, the standby promoted in its place would not know it, and
 /// another allocator could win the same epoch there. Such a takeover is not taken: the

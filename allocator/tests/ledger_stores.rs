@@ -529,7 +529,7 @@ fn a_standby_following_the_log_owes_what_a_full_read_finds() {
     second.commit_group(&group(1, Vec::new(), vec![325])).unwrap();
 
     let takeover = standby.read_for_takeover(&following.cursor).unwrap();
-    assert!(takeover.followed_log_intact);
+    assert!(!takeover.tail.last_commit_gone);
     assert_eq!(takeover.tail.awards.len(), 10);
     following.take(&takeover.tail);
     assert!(following.adds_up(), "{} read, {} committed", following.read, following.committed);
@@ -559,16 +559,19 @@ fn a_standby_following_the_log_owes_what_a_full_read_finds() {
     assert!(!following.adds_up(), "a row outside a commit went unnoticed");
 
     // The last commit followed vanishes (seen on a primary that was lost before it replicated
-    // it): the takeover must see it gone, and again when its id is given to another commit.
+    // it): a look and the takeover must see it gone, and again when its id is given to another
+    // commit.
     let cursor = following.cursor;
-    assert!(standby.read_for_takeover(&cursor).unwrap().followed_log_intact);
+    assert!(!standby.read_for_takeover(&cursor).unwrap().tail.last_commit_gone);
+    assert!(!standby.follow(&cursor, 1).unwrap().last_commit_gone);
     let client = standby.client();
     let last = client
         .query_one("SELECT id, epoch FROM shake_commits ORDER BY id DESC LIMIT 1", &[])
         .unwrap();
     assert_eq!((last.get::<_, i64>(0), last.get::<_, i64>(1)), (cursor.commit_id, next));
     client.execute("DELETE FROM shake_commits WHERE id = $1", &[&cursor.commit_id]).unwrap();
-    assert!(!standby.read_for_takeover(&cursor).unwrap().followed_log_intact, "a lost commit");
+    assert!(standby.read_for_takeover(&cursor).unwrap().tail.last_commit_gone, "a lost commit");
+    assert!(standby.follow(&cursor, 1).unwrap().last_commit_gone, "a lost commit, followed");
     standby
         .client()
         .execute(
@@ -576,7 +579,8 @@ fn a_standby_following_the_log_owes_what_a_full_read_finds() {
             &[&cursor.commit_id, &(next + 1)],
         )
         .unwrap();
-    assert!(!standby.read_for_takeover(&cursor).unwrap().followed_log_intact, "its id reused");
+    assert!(standby.read_for_takeover(&cursor).unwrap().tail.last_commit_gone, "its id reused");
+    assert!(standby.follow(&cursor, 1).unwrap().last_commit_gone, "its id reused, followed");
 }
 
 /// A session on the database at `url`, its schema migrated as far as `version` only (as an

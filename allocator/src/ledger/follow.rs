@@ -57,6 +57,15 @@ pub struct Followed {
     pub awards_committed: u64,
     /// Where the next look starts.
     pub next: FollowCursor,
+    /// The last commit the cursor counted is no longer in the log: what was followed up to it
+    /// is not the ledger, and the rest of this read must not be taken on top of it. A commit
+    /// whose wait for the synchronous standbys did not end (its primary lost first) is visible
+    /// on the primary without being replicated; a standby may follow it, and the standby
+    /// promoted in that primary's place lacks it. Such commits are the newest in the log (a
+    /// commit's WAL follows the one before it), so if any was followed the last one followed
+    /// is gone, or its id was given again (the promoted primary's sequence may repeat ids whose
+    /// WAL was lost) under another epoch.
+    pub last_commit_gone: bool,
 }
 
 /// A takeover's read, from one snapshot: the tail the standby did not follow, and the state a
@@ -71,14 +80,6 @@ pub struct TakeoverRead {
     pub workers: Vec<super::WorkerRecord>,
     /// Every operator command, in the order accepted.
     pub commands: Vec<RoundCommand>,
-    /// Whether the last commit the standby followed is still in the log. A commit whose wait
-    /// for the synchronous standbys was cancelled is visible on the primary without being
-    /// replicated; if a standby followed it and the primary was then lost, the promoted one
-    /// lacks it, and what the standby keeps (awards owed, pools) names awards that do not
-    /// exist. Such commits are the newest in the log (a commit's WAL follows the one before
-    /// it), so if any was followed the last one followed is gone, or its id was given again
-    /// (the promoted primary's sequence may repeat ids whose WAL was lost) under another epoch.
-    pub followed_log_intact: bool,
 }
 
 impl PostgresLedger {
@@ -91,16 +92,7 @@ impl PostgresLedger {
     /// records and commands.
     pub fn read_for_takeover(&mut self, from: &FollowCursor) -> Result<TakeoverRead, LedgerError> {
         self.in_snapshot(|ledger| {
-            let intact = from.commit_id == 0
-                || ledger
-                    .client()
-                    .query_opt(
-                        "SELECT 1 FROM shake_commits WHERE id = $1 AND epoch = $2",
-                        &[&from.commit_id, &from.commit_epoch],
-                    )?
-                    .is_some();
             Ok(TakeoverRead {
-                followed_log_intact: intact,
                 tail: ledger.read_after(from, i64::MAX)?,
                 answers: ledger.read_answers()?,
                 workers: ledger.read_workers()?,
@@ -110,6 +102,14 @@ impl PostgresLedger {
     }
 
     fn read_after(&mut self, from: &FollowCursor, limit: i64) -> Result<Followed, LedgerError> {
+        let last_commit_gone = from.commit_id != 0
+            && self
+                .client()
+                .query_opt(
+                    "SELECT 1 FROM shake_commits WHERE id = $1 AND epoch = $2",
+                    &[&from.commit_id, &from.commit_epoch],
+                )?
+                .is_none();
         let awards = self.read_awards(from.award_id, limit, &mut |_| true)?;
         let mut next = *from;
         if let Some(last) = awards.last() {
@@ -156,6 +156,7 @@ impl PostgresLedger {
             commands,
             awards_committed: unsigned(awards_committed),
             next,
+            last_commit_gone,
         })
     }
 }
