@@ -24,7 +24,7 @@
 //! - A clean stop (SIGTERM drain or SIGINT) releases the lease so a standby takes over at once.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -36,7 +36,7 @@ use crate::draw::Draw;
 use crate::ledger::follow::{FollowCursor, Followed, Following};
 use crate::ledger::lease::{self, Term};
 use crate::ledger::{LedgerError, LedgerStore, PostgresLedger, deadline, postgres as pg};
-use crate::metrics::{Leadership, LeadershipLabels};
+use crate::metrics::{FollowRestart, FollowRestartLabels, Leadership, LeadershipLabels};
 use crate::service::{
     Listening, Rebuilt, Running, ServeError, Shared, Shutdown, TermEnd, blocking, lead, listen,
     lock, redirect_edges,
@@ -66,7 +66,6 @@ pub(crate) async fn start(config: Config, shutdown: Shutdown) -> Result<Running,
         shutdown,
         took_lease_as: Arc::new(AtomicI64::new(NEVER_TOOK)),
         reading: Arc::new(AtomicBool::new(false)),
-        followed_most: AtomicU64::new(0),
     };
     let done = tokio::spawn(node.run());
     Ok(Running { quic_addr, metrics_addr, admin_addr, done })
@@ -88,9 +87,6 @@ struct Node {
     /// A takeover read is running (perhaps one its term left behind): no second one starts
     /// beside it, each holding a session and a whole rebuilt ledger.
     reading: Arc<AtomicBool>,
-    /// The most awards one following of the log has read in this process
-    /// ([`Node::count_followed`]).
-    followed_most: AtomicU64,
 }
 
 /// [`Node::took_lease_as`] before this process has taken the lease.
@@ -189,6 +185,7 @@ impl Node {
         let mut client: Option<PostgresLedger> = None;
         let mut last_holder = None;
         let mut warm = Warm::new(&self.config);
+        self.shared.metrics.awards_followed.set(0);
         // Following the log again from its start, after what it had followed did not replay,
         // until it has caught up.
         let mut refollowing = false;
@@ -224,39 +221,6 @@ impl Node {
             match look {
                 Ok(Look::Won(won)) => break Ok(Some(won)),
                 Ok(Look::Led(row, followed)) => {
-                    if followed.last_commit_gone {
-                        // Not a refusal: the log is settled, only what was followed of it is not.
-                        tracing::warn!(
-                            commit_id = warm.following.cursor.commit_id,
-                            epoch = warm.following.cursor.commit_epoch,
-                            "standby: the last commit it followed is gone from the log (seen on \
-                             a primary since lost, never replicated); following the log again \
-                             from its start"
-                        );
-                        self.shared.metrics.follow_restarts.inc();
-                        (warm, refollowing, page) =
-                            (Warm::new(&self.config), false, self.pg.follow_page_awards);
-                        continue;
-                    }
-                    if let Err(err) = warm.follow(&followed) {
-                        // What this standby followed may be a log since lost (commits of a
-                        // primary its standbys never had): followed again from its start, the
-                        // log settles that. A configuration that does not replay the ledger
-                        // fails again, and ends the process, through the cleanup below.
-                        if refollowing {
-                            break Err(err);
-                        }
-                        tracing::warn!(
-                            %err,
-                            "standby: what it followed does not replay; following the log again \
-                             from its start"
-                        );
-                        self.shared.metrics.follow_restarts.inc();
-                        (warm, refollowing, page) =
-                            (Warm::new(&self.config), true, self.pg.follow_page_awards);
-                        continue;
-                    }
-                    self.count_followed(warm.following.read);
                     if last_holder.as_ref() != Some(&(row.epoch, row.holder.clone())) {
                         let here = self.advertise.to_string();
                         let own = row.holder == self.pg.node && row.address == here;
@@ -285,7 +249,43 @@ impl Node {
                         }
                         last_holder = Some((row.epoch, row.holder.clone()));
                     }
+                    // First: edges are sent to whom the lease names now, whatever the log says.
                     *lock(&leader) = row.address;
+                    if followed.last_commit_gone {
+                        // Not a refusal: the log is settled, only what was followed of it is not.
+                        tracing::warn!(
+                            commit_id = warm.following.cursor.commit_id,
+                            epoch = warm.following.cursor.commit_epoch,
+                            "standby: the last commit it followed is gone from the log (seen on \
+                             a primary since lost, never replicated); following the log again \
+                             from its start"
+                        );
+                        self.restart_following(FollowRestart::CommitLost);
+                        (warm, refollowing, page) =
+                            (Warm::new(&self.config), false, self.pg.follow_page_awards);
+                        continue;
+                    }
+                    if let Err(err) = warm.follow(&followed) {
+                        // The log is intact (the check above), so this is most likely the
+                        // configuration's refusal; but the warm state is read again from the
+                        // log's start once before the process ends on it (through the cleanup
+                        // below), which costs a read and spares a standby any doubt this check
+                        // does not see.
+                        if refollowing {
+                            break Err(err);
+                        }
+                        tracing::warn!(
+                            %err,
+                            "standby: what it followed does not replay; following the log again \
+                             from its start"
+                        );
+                        self.restart_following(FollowRestart::DidNotReplay);
+                        (warm, refollowing, page) =
+                            (Warm::new(&self.config), true, self.pg.follow_page_awards);
+                        continue;
+                    }
+                    let read = i64::try_from(warm.following.read).unwrap_or(i64::MAX);
+                    self.shared.metrics.awards_followed.set(read);
                     // A full page: the log is further ahead, read on at once. Waiting a poll
                     // between pages would cap the following at a page a poll (about 120 k
                     // awards a second at the defaults), below what a leader can commit: the
@@ -317,13 +317,10 @@ impl Node {
         Ok(won?.map(|won| (won, warm)))
     }
 
-    /// Counts the awards followed past the most this process has followed before: a log
-    /// followed again from its start (after a term, or a refollow) is not counted twice.
-    fn count_followed(&self, read: u64) {
-        let before = self.followed_most.fetch_max(read, Ordering::Relaxed);
-        if read > before {
-            self.shared.metrics.awards_followed.inc_by(read - before);
-        }
+    /// The standby's warm state is dropped, to follow the log again from its start.
+    fn restart_following(&self, cause: FollowRestart) {
+        self.shared.metrics.follow_restarts.get_or_create(&FollowRestartLabels { cause }).inc();
+        self.shared.metrics.awards_followed.set(0);
     }
 
     /// Leads under the epoch `won` until the lease is lost, a commit fails, or the process stops.

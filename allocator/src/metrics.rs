@@ -58,6 +58,24 @@ shake_ops::label_values! {
     }
 }
 
+shake_ops::label_values! {
+    /// Why a standby followed the log again from its start.
+    pub enum FollowRestart {
+        /// The last commit it followed is gone from the log (a lost primary's, never
+        /// replicated).
+        CommitLost => "commit_lost",
+        /// What it followed refused the log's next page.
+        DidNotReplay => "did_not_replay",
+    }
+}
+
+/// `shake_allocator_follow_restarts_total{cause}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct FollowRestartLabels {
+    /// Why.
+    pub cause: FollowRestart,
+}
+
 /// Why the allocator closed an edge stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum StreamClosed {
@@ -195,10 +213,10 @@ pub struct Metrics {
     pub awards_owed: Gauge,
     /// `AwardsOwed` frames sent to edges for users whose session started.
     pub awards_owed_sent: Counter,
-    /// Awards a standby replayed from the log while standing by (its pools and caps warm).
-    pub awards_followed: Counter,
-    /// Times a standby followed the log again from its start (see the family's help).
-    pub follow_restarts: Counter,
+    /// Awards the standby's warm state holds from the log (its pools and caps warm).
+    pub awards_followed: Gauge,
+    /// Times a standby followed the log again from its start, by cause.
+    pub follow_restarts: Family<FollowRestartLabels, Counter>,
     /// Awards the last takeover had to read because the standby had not followed them yet.
     pub takeover_tail_awards: Gauge,
 }
@@ -245,8 +263,8 @@ impl Metrics {
             leadership: Family::default(),
             awards_owed: Gauge::default(),
             awards_owed_sent: Counter::default(),
-            awards_followed: Counter::default(),
-            follow_restarts: Counter::default(),
+            awards_followed: Gauge::default(),
+            follow_restarts: Family::default(),
             takeover_tail_awards: Gauge::default(),
             registry: Registry::default(),
         };
@@ -380,8 +398,8 @@ impl Metrics {
         );
         registry.register(
             "awards_followed",
-            "Awards a standby replayed from the log while standing by (read again from the \
-             log's start, after a term or a refollow, they are not counted twice)",
+            "Awards a standby's warm state holds, read from the log since it last began \
+             following it from its start (on taking the lease, its last value stays)",
             m.awards_followed.clone(),
         );
         registry.register(
@@ -401,6 +419,9 @@ impl Metrics {
         // `increase()` to see, so an alert on a process's first failed term would never fire.
         for outcome in Leadership::ALL {
             let _ = m.leadership.get_or_create(&LeadershipLabels { outcome });
+        }
+        for cause in FollowRestart::ALL {
+            let _ = m.follow_restarts.get_or_create(&FollowRestartLabels { cause });
         }
         Self { registry, ..m }
     }
@@ -438,6 +459,8 @@ mod tests {
     const EXPECTED: &str = r#"
 shake_allocator_awards_total{round="1",prize="cash"}
 shake_allocator_awards_total{round="7",prize="gift"}
+shake_allocator_follow_restarts_total{cause="commit_lost"}
+shake_allocator_follow_restarts_total{cause="did_not_replay"}
 shake_allocator_leadership_total{outcome="failed"}
 shake_allocator_leadership_total{outcome="fenced"}
 shake_allocator_leadership_total{outcome="lost"}

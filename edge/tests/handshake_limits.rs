@@ -151,7 +151,7 @@ async fn sessions_the_edge_closes_leave_its_table() {
 /// Waits (5 s at most) until `shake_edge_sessions_held` satisfies `ok`, else fails with `what`.
 async fn held_until(world: &World, ok: impl Fn(f64) -> bool, what: &str) {
     let started = std::time::Instant::now();
-    while !ok(world.metric("shake_edge_sessions_held")) {
+    while !ok(world.metric_family("shake_edge_sessions_held")) {
         assert!(started.elapsed() < Duration::from_secs(5), "{what}:\n{}", world.scrape());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

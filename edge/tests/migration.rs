@@ -50,6 +50,6 @@ async fn a_phone_rebinding_its_port_keeps_its_session_across_workers() {
     // The same session all along: no new handshake, still one phone, nothing closed.
     assert_eq!(world.metric("shake_edge_handshakes_total{outcome=\"accepted\"}"), handshakes);
     assert_eq!(world.metric("shake_edge_phones"), 1.0);
-    assert_eq!(world.metric("shake_edge_sessions_closed_total"), 0.0);
+    assert_eq!(world.metric_family("shake_edge_sessions_closed_total"), 0.0);
     assert!(phone.conn.close_reason().is_none());
 }

@@ -123,6 +123,11 @@ impl World {
         metrics::read(self.edge.metrics, prefix)
     }
 
+    /// A labelled family of the edge's, summed: 0 while it has no series.
+    pub fn metric_family(&self, name: &str) -> f64 {
+        metrics::read_family(self.edge.metrics, name)
+    }
+
     /// The edge's metrics, as text.
     pub fn scrape(&self) -> String {
         metrics::scrape(self.edge.metrics)

@@ -59,9 +59,10 @@ pub struct Followed {
     pub next: FollowCursor,
     /// The last commit the cursor counted is no longer in the log: what was followed up to it
     /// is not the ledger, and the rest of this read must not be taken on top of it. A commit
-    /// whose wait for the synchronous standbys did not end (its primary lost first) is visible
-    /// on the primary without being replicated; a standby may follow it, and the standby
-    /// promoted in that primary's place lacks it. Such commits are the newest in the log (a
+    /// whose wait for the synchronous standbys was cancelled, or whose session ended while it
+    /// waited (a standby ending an expired leader's commits does that), is visible on the
+    /// primary without being replicated; a standby may follow it, and the standby promoted in
+    /// that primary's place lacks it. Such commits are the newest in the log (a
     /// commit's WAL follows the one before it), so if any was followed the last one followed
     /// is gone, or its id was given again (the promoted primary's sequence may repeat ids whose
     /// WAL was lost) under another epoch.
