@@ -399,7 +399,8 @@ impl Metrics {
         registry.register(
             "awards_followed",
             "Awards a standby's warm state holds, read from the log since it last began \
-             following it from its start (on taking the lease, its last value stays)",
+             following it from its start (a leader keeps the value it took the lease with \
+             until it stands by again)",
             m.awards_followed.clone(),
         );
         registry.register(

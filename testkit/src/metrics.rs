@@ -23,10 +23,10 @@ pub fn user_report(addr: SocketAddr, user: &str) -> String {
 }
 
 /// The sum of every sample at `addr` whose line starts with `prefix` (0 when none does, for a
-/// label selector). A bare name the server does not export at all panics: a misspelt or
-/// renamed metric would otherwise read 0, and an assertion of 0 pass. (A labelled family with
-/// no series yet is not exported either, so it cannot be told from a misspelt one: read it
-/// with [`read_family`].)
+/// label selector). A bare name with no sample of exactly that name panics: a misspelt or
+/// renamed metric (a counter's name without `_total`) would otherwise read 0, and an
+/// assertion of 0 pass. (A labelled family with no series yet is not exported at all, so it
+/// cannot be told from a misspelt one: read it with [`read_family`].)
 pub fn read(addr: SocketAddr, prefix: &str) -> f64 {
     let text = scrape(addr);
     assert!(exported(&text, prefix), "{addr} exports no metric {prefix:?}:\n{text}");
@@ -39,26 +39,26 @@ pub fn read_family(addr: SocketAddr, name: &str) -> f64 {
     shake_ops::http::metric_sum(&scrape(addr), name)
 }
 
-/// Whether `text` exports the metric a bare name `prefix` names (a sample, or its family's
-/// `# TYPE` line, which a counter's declares without `_total`). A label selector passes.
+/// Whether `text` has a sample of the metric a bare name `prefix` names, by its exact sample
+/// name (a counter's ends in `_total`, a histogram's in `_bucket`, `_sum` and `_count`: a
+/// family's `# TYPE` line names none of them). A label selector passes.
 fn exported(text: &str, prefix: &str) -> bool {
     let name = prefix.trim_end();
-    if name.contains('{') {
-        return true;
-    }
-    let family = name.strip_suffix("_total").unwrap_or(name);
-    text.lines().any(|line| {
-        line.strip_prefix(name).is_some_and(|rest| rest.starts_with(['{', ' ']))
-            || line.strip_prefix("# TYPE ").and_then(|t| t.split(' ').next()) == Some(family)
-    })
+    name.contains('{')
+        || text
+            .lines()
+            .any(|line| line.strip_prefix(name).is_some_and(|rest| rest.starts_with(['{', ' '])))
 }
 
 /// Waits (5 s at most) until the sum of the samples at `addr` starting with `prefix` satisfies
-/// `ok`; panics naming `wanted` (what `ok` asks, in words) with the last scrape, and whether
-/// the metric was exported at all.
+/// `ok`, a bare name's samples being there (so a wait for 0 on a misspelt name does not end
+/// at once); panics naming `wanted` (what `ok` asks, in words) with the last scrape, and
+/// whether the metric was exported at all. (A labelled family with no series yet is not
+/// there: wait on it with a label selector.)
 pub async fn wait_until(addr: SocketAddr, prefix: &str, wanted: &str, ok: impl Fn(f64) -> bool) {
     for _ in 0..100 {
-        if ok(read_family(addr, prefix)) {
+        let text = scrape(addr);
+        if exported(&text, prefix) && ok(shake_ops::http::metric_sum(&text, prefix)) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -73,13 +73,15 @@ mod tests {
     use super::exported;
 
     #[test]
-    fn a_metric_is_exported_by_a_sample_or_its_family_declaration() {
+    fn a_metric_is_exported_by_a_sample_of_its_exact_name() {
         let text = "# TYPE shake_x counter\nshake_x_total 0\n# TYPE shake_g gauge\n\
-                    shake_g 3\nshake_l_total{a=\"b\"} 1\n";
-        for name in ["shake_x_total", "shake_x", "shake_g", "shake_g ", "shake_l_total"] {
+                    shake_g 3\nshake_l_total{a=\"b\"} 1\n# TYPE shake_h histogram\n\
+                    shake_h_sum 1\nshake_h_count 1\nshake_h_bucket{le=\"+Inf\"} 1\n# EOF\n";
+        for name in ["shake_x_total", "shake_g", "shake_g ", "shake_l_total", "shake_h_count"] {
             assert!(exported(text, name), "{name}");
         }
-        for name in ["shake_y_total", "shake_gg", "shake_l"] {
+        // A counter without `_total`, a histogram's family name, a longer or shorter name.
+        for name in ["shake_x", "shake_h", "shake_y_total", "shake_gg", "shake_l", "shake_"] {
             assert!(!exported(text, name), "{name}");
         }
         assert!(exported(text, "shake_empty_total{a=\"b\"}"), "a selector is not checked");
