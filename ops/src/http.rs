@@ -322,15 +322,19 @@ pub fn status_of(response: &str) -> Option<u16> {
 /// optionally with the opening of its labels); 0 when there is none. Given a whole response,
 /// only its body is read.
 pub fn metric_sum(text: &str, prefix: &str) -> f64 {
+    metric_samples(text, prefix).sum()
+}
+
+/// The value of every sample [`metric_sum`] adds up.
+pub fn metric_samples<'t>(text: &'t str, prefix: &'t str) -> impl Iterator<Item = f64> + 't {
     let body = text.split_once("\r\n\r\n").map_or(text, |(_, body)| body);
     // A bare name is the whole name: `awards_owed` must not also sum `awards_owed_sent_total`.
     let bare = !prefix.contains('{') && !prefix.ends_with(' ');
     body.lines()
-        .filter(|line| {
+        .filter(move |line| {
             line.strip_prefix(prefix).is_some_and(|rest| !bare || rest.starts_with(['{', ' ']))
         })
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 #[cfg(test)]

@@ -43,11 +43,7 @@ pub fn read_family(addr: SocketAddr, name: &str) -> f64 {
 /// name (a counter's ends in `_total`, a histogram's in `_bucket`, `_sum` and `_count`: a
 /// family's `# TYPE` line names none of them). A label selector passes.
 fn exported(text: &str, prefix: &str) -> bool {
-    let name = prefix.trim_end();
-    name.contains('{')
-        || text
-            .lines()
-            .any(|line| line.strip_prefix(name).is_some_and(|rest| rest.starts_with(['{', ' '])))
+    prefix.contains('{') || shake_ops::http::metric_samples(text, prefix).next().is_some()
 }
 
 /// Waits (5 s at most) until the sum of the samples at `addr` starting with `prefix` satisfies
