@@ -418,42 +418,16 @@ async fn a_node_that_cannot_start_its_term_lets_a_standby_lead() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_whose_rounds_do_not_replay_the_ledger_stops_and_another_leads() {
     let (scratch, server, url) = primary("ha-no-replay");
-    let round = round();
-    let good = scratch.with_admin_api(scratch.postgres_config("b", &url, &round));
+    let good = scratch.with_admin_api(scratch.postgres_config("b", &url, &round()));
     let mut b = Allocator::start(&good);
     await_leadership(&b, Duration::from_secs(10));
-    let starts_at_ms = now_ms() + 3_600_000;
-    let added = format!(
-        r#"{{"id": 9, "starts_at_ms": {starts_at_ms}, "duration_s": 60, "seed": 1, "cash": {{"total_cents": 100, "envelopes": 10}}}}"#
-    );
-    let bearer = format!("Bearer {ADMIN_TOKEN}");
-    let headers = [("Authorization", bearer.as_str()), ("Idempotency-Key", "add-9")];
-    let response = shake_ops::http::request_with_body(
-        b.admin.unwrap(),
-        "POST",
-        "/rounds",
-        &headers,
-        added.as_bytes(),
-    )
-    .unwrap();
-    assert_eq!(shake_ops::http::status_of(&response), Some(200), "{response}");
+    let pasted = add_round_9_pasted_with_another_seed(&b);
     assert!(b.process.terminate().success(), "b's clean stop");
 
-    let pasted = format!(
-        "{round}[[rounds]]\nid = 9\nstarts_at_ms = {starts_at_ms}\nduration_s = 60\nseed = 2\n\
-         [rounds.cash]\ntotal_cents = 100\nenvelopes = 10\n"
-    );
     let mut command = Allocator::command(&scratch.postgres_config("a", &url, &pasted));
     command.env("RUST_LOG", "error").stderr(std::process::Stdio::inherit());
     let mut a = Allocator::spawn(command).unwrap();
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = a.process.try_wait() {
-            break status;
-        }
-        assert!(started.elapsed() < Duration::from_secs(20), "a runs on, failing each term");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = a.process.wait_within(Duration::from_secs(20));
     // 65: no restart of this configuration can mend it (the unit does not restart on it).
     assert_eq!(status.code(), Some(65), "{status:?}");
     let b = Allocator::start(&good);
@@ -461,6 +435,56 @@ async fn a_node_whose_rounds_do_not_replay_the_ledger_stops_and_another_leads() 
     await_leadership(&b, Duration::from_millis(1_000));
     drop(b);
     drop(server);
+}
+
+/// A standby whose rounds do not replay the log (a command the leader logged refuses on them)
+/// follows the log once more from its start, in case what it followed was not the ledger, then
+/// stops with 65 while the leader leads on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_whose_rounds_do_not_replay_the_log_stops_after_one_refollow() {
+    let (scratch, server, url) = primary("ha-standby-no-replay");
+    let b = Allocator::start(&scratch.with_admin_api(scratch.postgres_config("b", &url, &round())));
+    await_leadership(&b, Duration::from_secs(10));
+    let pasted = add_round_9_pasted_with_another_seed(&b);
+    let log = scratch.dir.join("allocator-a.log");
+    let mut command = Allocator::command(&scratch.postgres_config("a", &url, &pasted));
+    command.env("RUST_LOG", "warn").stderr(std::fs::File::create(&log).unwrap());
+    let mut a = Allocator::spawn(command).unwrap();
+    let status = a.process.wait_within(Duration::from_secs(20));
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(65), "{status:?}\n{said}");
+    let refollows =
+        said.matches("what it followed does not replay; following the log again").count();
+    assert_eq!(refollows, 1, "{said}");
+    assert!(leader_epoch(&b) > 0.0, "the leader stopped leading");
+    drop(b);
+    drop(server);
+}
+
+/// Adds round 9 through `leader`'s admin API, to open in an hour; returns the test's rounds
+/// with a round 9 of their own pasted in (another seed): a configuration on which that
+/// command does not replay.
+fn add_round_9_pasted_with_another_seed(leader: &Allocator) -> String {
+    let starts_at_ms = now_ms() + 3_600_000;
+    let added = format!(
+        r#"{{"id": 9, "starts_at_ms": {starts_at_ms}, "duration_s": 60, "seed": 1, "cash": {{"total_cents": 100, "envelopes": 10}}}}"#
+    );
+    let bearer = format!("Bearer {ADMIN_TOKEN}");
+    let headers = [("Authorization", bearer.as_str()), ("Idempotency-Key", "add-9")];
+    let response = shake_ops::http::request_with_body(
+        leader.admin.unwrap(),
+        "POST",
+        "/rounds",
+        &headers,
+        added.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(shake_ops::http::status_of(&response), Some(200), "{response}");
+    format!(
+        "{}[[rounds]]\nid = 9\nstarts_at_ms = {starts_at_ms}\nduration_s = 60\nseed = 2\n\
+         [rounds.cash]\ntotal_cents = 100\nenvelopes = 10\n",
+        round()
+    )
 }
 
 /// Two processes under one `[postgres] node` (a rolling update that starts the new before it
