@@ -2,6 +2,11 @@
 # The project's test command (README "Quick start" and .ci/run): every test in the workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# A failing test's message without a backtrace unless SHAKE_TEST_BACKTRACE=1 asks for one
+# (RUST_BACKTRACE set in the environment is overridden): the failpoint tests panic on purpose,
+# and their backtraces and the failures' own pushed the failures' messages out of the part of
+# a CI log that is kept.
+export RUST_BACKTRACE="${SHAKE_TEST_BACKTRACE:-0}"
 # The fuzz crate is left out: its targets are libFuzzer mains that run until stopped;
 # tests/fuzz_corpus.rs in proto replays their corpus instead.
 # Integration tests start the real binaries of other crates (the relay, the swarm, the phone),

@@ -44,8 +44,32 @@ impl Phone {
     /// test machine puts over its load target refuses new handshakes for an interval. A test
     /// that expects a refusal uses [`Phone::connect_from`].
     pub async fn connect(world: &World) -> Self {
+        Self::connect_until_accepted(world, phone_config(&world.scratch.ca())).await
+    }
+
+    /// Connects from `local` (any loopback address; port 0 for a fresh port).
+    pub async fn connect_from(
+        world: &World,
+        local: SocketAddr,
+    ) -> Result<Self, quinn::ConnectionError> {
+        Self::connect_with(world, local, phone_config(&world.scratch.ca())).await
+    }
+
+    /// A phone whose connection gives the edge only `bytes` of credit at a time (its receive
+    /// window), as a phone stack with a small window does: the edge's control frames reach it
+    /// a piece per window. Refusals are retried as [`Phone::connect`] retries them.
+    pub async fn connect_with_receive_window(world: &World, bytes: u32) -> Self {
+        let mut transport = quinn::TransportConfig::default();
+        transport.receive_window(bytes.into());
+        let mut config = phone_config(&world.scratch.ca());
+        config.transport_config(Arc::new(transport));
+        Self::connect_until_accepted(world, config).await
+    }
+
+    /// [`Phone::connect_with`] from a fresh port, again every 200 ms while refused (10 s).
+    async fn connect_until_accepted(world: &World, config: quinn::ClientConfig) -> Self {
         for _ in 0..50 {
-            match Self::connect_from(world, ANY_PORT).await {
+            match Self::connect_with(world, ANY_PORT, config.clone()).await {
                 Ok(phone) => return phone,
                 Err(quinn::ConnectionError::ConnectionClosed(close))
                     if close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED =>
@@ -58,32 +82,17 @@ impl Phone {
         panic!("connecting a phone: refused for 10 s");
     }
 
-    /// Connects from `local` (any loopback address; port 0 for a fresh port).
-    pub async fn connect_from(
+    /// Connects from `local` with `config`, and opens the control stream.
+    async fn connect_with(
         world: &World,
         local: SocketAddr,
+        config: quinn::ClientConfig,
     ) -> Result<Self, quinn::ConnectionError> {
         let mut endpoint = quinn::Endpoint::client(local).expect("a phone's UDP socket");
-        endpoint.set_default_client_config(phone_config(&world.scratch.ca()));
+        endpoint.set_default_client_config(config);
         let conn = endpoint.connect(world.edge.addr, "localhost").expect("a connect").await?;
         let (send, recv) = conn.open_bi().await?;
         Ok(Self { conn, send, recv, buf: BytesMut::new(), endpoint })
-    }
-
-    /// A phone whose connection gives the edge only `bytes` of credit at a time (its receive
-    /// window), as a phone stack with a small window does: the edge's control frames reach it
-    /// a piece per window.
-    pub async fn connect_with_receive_window(world: &World, bytes: u32) -> Self {
-        let mut transport = quinn::TransportConfig::default();
-        transport.receive_window(bytes.into());
-        let mut config = phone_config(&world.scratch.ca());
-        config.transport_config(Arc::new(transport));
-        let mut endpoint = quinn::Endpoint::client(ANY_PORT).expect("a phone's UDP socket");
-        endpoint.set_default_client_config(config);
-        let conn = endpoint.connect(world.edge.addr, "localhost").expect("a connect");
-        let conn = conn.await.expect("connecting a phone");
-        let (send, recv) = conn.open_bi().await.expect("the control stream");
-        Self { conn, send, recv, buf: BytesMut::new(), endpoint }
     }
 
     /// Moves the phone to a new local socket, as a NAT rebinding its port does.
