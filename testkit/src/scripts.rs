@@ -41,6 +41,7 @@ pub const SCRIPT_KNOBS: &[&str] = &[
     "SHAKE_CHAOS_DIR",
     "SHAKE_DEMO_DIR",
     "SHAKE_RATE",
+    "SHAKE_TEST_BACKTRACE",
     "SHOW",
 ];
 
