@@ -503,12 +503,20 @@ impl EdgeMetrics {
             m.awards_outstanding.clone(),
         );
         shake_ops::build::register_info(&mut registry);
-        // Every refusal exported from 0: `increase()` sees no increase in a series' first
-        // sample, so `ShakeAllocatorRefusesEdge` would miss a process's first refusal of a code.
+        // Every refusal and every outcome exported from 0: `increase()` and `rate()` see no
+        // increase in a series' first sample, so `ShakeAllocatorRefusesEdge` would miss a
+        // process's first refusal of a code, and `ShakeEdgeRefusingHandshakes` a worker's
+        // first interval over its target.
         for code in crate::link_pipe::REFUSAL_CODES {
             let _ = m
                 .allocator_streams_refused
                 .get_or_create(&RefusedStreamLabels { code: code.name() });
+        }
+        for outcome in HandshakeOutcome::ALL {
+            let _ = m.handshakes.get_or_create(&HandshakeLabels { outcome });
+        }
+        for outcome in AckVerdict::ALL {
+            let _ = m.award_acks.get_or_create(&AwardAckLabels { outcome });
         }
         Self { registry, ..m }
     }
@@ -766,5 +774,20 @@ shake_edge_verdicts_total{verdict="slow_down"}
         let m = EdgeMetrics::new();
         m.count_drops(Dropped::OutboxFull, 0);
         assert!(!m.render().contains("shake_edge_drops_total{"));
+    }
+
+    /// The series an alert or a dashboard rates are there at 0 before their first count.
+    #[test]
+    fn outcomes_and_refusals_are_exported_from_zero() {
+        let text = EdgeMetrics::new().render();
+        let handshakes = HandshakeOutcome::ALL
+            .map(|o| format!("handshakes_total{{outcome=\"{}\"}} 0", o.as_str()));
+        let acks =
+            AckVerdict::ALL.map(|o| format!("award_acks_total{{outcome=\"{}\"}} 0", o.as_str()));
+        let refusals = crate::link_pipe::REFUSAL_CODES
+            .map(|c| format!("allocator_streams_refused_total{{code=\"{}\"}} 0", c.name()));
+        for series in handshakes.iter().chain(&acks).chain(&refusals) {
+            assert!(text.contains(&format!("shake_edge_{series}\n")), "{series}:\n{text}");
+        }
     }
 }

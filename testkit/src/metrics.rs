@@ -22,35 +22,36 @@ pub fn user_report(addr: SocketAddr, user: &str) -> String {
     .unwrap_or_else(|e| panic!("GET /users/{user} at {addr}: {e}"))
 }
 
-/// The sum of every sample at `addr` whose line starts with `prefix` (0 when none does, for a
-/// label selector). A bare name with no sample of exactly that name panics: a misspelt or
-/// renamed metric (a counter's name without `_total`) would otherwise read 0, and an
-/// assertion of 0 pass. (A labelled family with no series yet is not exported at all, so it
-/// cannot be told from a misspelt one: read it with [`read_family`].)
+/// The sum of every sample at `addr` whose line starts with `prefix`; panics when none does.
+/// A bare name needs a sample of exactly that name, a label selector (`name{key="value"`) a
+/// sample it opens: a misspelt or renamed metric or label (a counter's name without `_total`)
+/// would otherwise read 0, and an assertion of 0 pass. A series that may not exist yet (a
+/// labelled family the server does not export from 0: the exporter omits it, name and all,
+/// until its first series) is read with [`read_family`].
 pub fn read(addr: SocketAddr, prefix: &str) -> f64 {
     let text = scrape(addr);
     assert!(exported(&text, prefix), "{addr} exports no metric {prefix:?}:\n{text}");
     shake_ops::http::metric_sum(&text, prefix)
 }
 
-/// The sum of a labelled family's series at `addr`, 0 while it has none (the exporter omits
-/// an empty family, name and all).
-pub fn read_family(addr: SocketAddr, name: &str) -> f64 {
-    shake_ops::http::metric_sum(&scrape(addr), name)
+/// The sum of the samples at `addr` whose line starts with `prefix`, 0 while there is none: a
+/// labelled family, or one of its series, that may not exist yet (the exporter omits an empty
+/// family, name and all).
+pub fn read_family(addr: SocketAddr, prefix: &str) -> f64 {
+    shake_ops::http::metric_sum(&scrape(addr), prefix)
 }
 
-/// Whether `text` has a sample of the metric a bare name `prefix` names, by its exact sample
+/// Whether `text` has a sample of what `prefix` names: by its exact sample name for a bare
 /// name (a counter's ends in `_total`, a histogram's in `_bucket`, `_sum` and `_count`: a
-/// family's `# TYPE` line names none of them). A label selector passes.
+/// family's `# TYPE` line names none of them), by a sample it opens for a label selector.
 fn exported(text: &str, prefix: &str) -> bool {
-    prefix.contains('{') || shake_ops::http::metric_samples(text, prefix).next().is_some()
+    shake_ops::http::metric_samples(text, prefix).next().is_some()
 }
 
 /// Waits (5 s at most) until the sum of the samples at `addr` starting with `prefix` satisfies
-/// `ok`, a bare name's samples being there (so a wait for 0 on a misspelt name does not end
-/// at once); panics naming `wanted` (what `ok` asks, in words) with the last scrape, and
-/// whether the metric was exported at all. (A labelled family with no series yet is not
-/// there: wait on it with a label selector.)
+/// `ok`, a sample it names being there (so a wait for 0 on a misspelt name or label does not
+/// end at once); panics naming `wanted` (what `ok` asks, in words) with the last scrape, and
+/// whether the metric was exported at all.
 pub async fn wait_until(addr: SocketAddr, prefix: &str, wanted: &str, ok: impl Fn(f64) -> bool) {
     for _ in 0..100 {
         let text = scrape(addr);
@@ -80,6 +81,12 @@ mod tests {
         for name in ["shake_x", "shake_h", "shake_y_total", "shake_gg", "shake_l", "shake_"] {
             assert!(!exported(text, name), "{name}");
         }
-        assert!(exported(text, "shake_empty_total{a=\"b\"}"), "a selector is not checked");
+        // A selector needs a sample it opens.
+        assert!(exported(text, "shake_l_total{a=\"b\"}"));
+        assert!(exported(text, "shake_l_total{a="));
+        for selector in ["shake_l_total{a=\"c\"}", "shake_l_total{b=", "shake_empty_total{a=\"b\"}"]
+        {
+            assert!(!exported(text, selector), "{selector}");
+        }
     }
 }
