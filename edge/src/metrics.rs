@@ -503,10 +503,10 @@ impl EdgeMetrics {
             m.awards_outstanding.clone(),
         );
         shake_ops::build::register_info(&mut registry);
-        // Every refusal and every outcome exported from 0: `increase()` and `rate()` see no
-        // increase in a series' first sample, so `ShakeAllocatorRefusesEdge` would miss a
-        // process's first refusal of a code, and `ShakeEdgeRefusingHandshakes` a worker's
-        // first interval over its target.
+        // Every refusal, outcome and datagram direction exported from 0: `increase()` and
+        // `rate()` see no increase in a series' first sample, so `ShakeAllocatorRefusesEdge`
+        // would miss a process's first refusal of a code, and `ShakeEdgeRefusingHandshakes` a
+        // worker's first interval over its target.
         for code in crate::link_pipe::REFUSAL_CODES {
             let _ = m
                 .allocator_streams_refused
@@ -517,6 +517,9 @@ impl EdgeMetrics {
         }
         for outcome in AckVerdict::ALL {
             let _ = m.award_acks.get_or_create(&AwardAckLabels { outcome });
+        }
+        for direction in Direction::ALL {
+            let _ = m.datagrams.get_or_create(&DatagramLabels { direction });
         }
         Self { registry, ..m }
     }
@@ -784,9 +787,11 @@ shake_edge_verdicts_total{verdict="slow_down"}
             .map(|o| format!("handshakes_total{{outcome=\"{}\"}} 0", o.as_str()));
         let acks =
             AckVerdict::ALL.map(|o| format!("award_acks_total{{outcome=\"{}\"}} 0", o.as_str()));
+        let datagrams =
+            Direction::ALL.map(|d| format!("datagrams_total{{direction=\"{}\"}} 0", d.as_str()));
         let refusals = crate::link_pipe::REFUSAL_CODES
             .map(|c| format!("allocator_streams_refused_total{{code=\"{}\"}} 0", c.name()));
-        for series in handshakes.iter().chain(&acks).chain(&refusals) {
+        for series in handshakes.iter().chain(&acks).chain(&datagrams).chain(&refusals) {
             assert!(text.contains(&format!("shake_edge_{series}\n")), "{series}:\n{text}");
         }
     }

@@ -1,7 +1,10 @@
 //! The edge's handshake defences against real phones: the per-source rate limit (a
 //! connection flood from one address is refused, other addresses get in), address validation
 //! with Retry above `retry_above_handshakes`, and Retry for unknown sources once the table of
-//! tracked sources is full.
+//! tracked sources is full. Every edge here runs with overload control off: a worker held off
+//! its core mid-turn refuses handshakes for an interval (an edge stopped for 1.5 s while it
+//! worked refused the next phone), and these phones connect once, each refusal counted as the
+//! limit's under test.
 
 use std::time::Duration;
 
@@ -9,16 +12,6 @@ use shake_proto::ErrorCode;
 use shake_testkit::phone::Phone;
 use shake_testkit::tokens::token;
 use shake_testkit::world::{World, WorldSettings};
-
-/// A test's lines for the edge's `[limits]` table, with overload control off. A worker held
-/// off its core mid-turn (a stalled VM, a busy test machine) is over its load target for an
-/// interval and refuses new handshakes (seen: an edge stopped for 1.5 s while it worked refused
-/// the next phone); these phones connect once, and each refusal would count as the limit's.
-macro_rules! limits {
-    ($lines:literal) => {
-        concat!($lines, "[overload]\nenabled = false\n")
-    };
-}
 
 fn refused(err: &quinn::ConnectionError) -> bool {
     matches!(err, quinn::ConnectionError::ConnectionClosed(close)
@@ -29,9 +22,8 @@ fn refused(err: &quinn::ConnectionError) -> bool {
 async fn a_connection_flood_from_one_address_is_refused_and_other_addresses_get_in() {
     // 4 per edge, 2 per worker; one new handshake a second.
     let world = World::start(WorldSettings {
-        edge_limits: limits!(
-            "new_handshakes_per_source_per_s = 1.0\nnew_handshakes_per_source_burst = 4.0\n"
-        ),
+        edge_limits: "new_handshakes_per_source_per_s = 1.0\nnew_handshakes_per_source_burst = 4.0\n",
+        overload_control: false,
         ..WorldSettings::default()
     })
     .await;
@@ -69,7 +61,8 @@ async fn a_connection_flood_from_one_address_is_refused_and_other_addresses_get_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn above_the_retry_threshold_phones_validate_their_address_first() {
     let world = World::start(WorldSettings {
-        edge_limits: limits!("retry_above_handshakes = 0\n"),
+        edge_limits: "retry_above_handshakes = 0\n",
+        overload_control: false,
         ..WorldSettings::default()
     })
     .await;
@@ -87,7 +80,8 @@ async fn above_the_retry_threshold_phones_validate_their_address_first() {
 async fn a_full_source_table_asks_new_sources_to_validate_and_still_lets_them_in() {
     // One tracked source per worker; entries leave only once idle, swept each second.
     let world = World::start(WorldSettings {
-        edge_limits: limits!("max_tracked_sources = 1\n"),
+        edge_limits: "max_tracked_sources = 1\n",
+        overload_control: false,
         ..WorldSettings::default()
     })
     .await;
@@ -110,7 +104,8 @@ async fn a_full_source_table_asks_new_sources_to_validate_and_still_lets_them_in
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_that_never_say_hello_count_against_the_handshake_cap() {
     let world = World::start(WorldSettings {
-        edge_limits: limits!("max_handshakes = 2\nretry_above_handshakes = 2\n"),
+        edge_limits: "max_handshakes = 2\nretry_above_handshakes = 2\n",
+        overload_control: false,
         ..WorldSettings::default()
     })
     .await;
@@ -144,7 +139,8 @@ async fn connections_that_never_say_hello_count_against_the_handshake_cap() {
 async fn sessions_the_edge_closes_leave_its_table() {
     // Long enough a wait for Hello that the once-a-second gauge sees the silent ones held.
     let world = World::start(WorldSettings {
-        edge_limits: limits!("hello_timeout_ms = 2500\n"),
+        edge_limits: "hello_timeout_ms = 2500\n",
+        overload_control: false,
         ..WorldSettings::default()
     })
     .await;
@@ -177,7 +173,8 @@ async fn held_until(world: &World, ok: impl Fn(f64) -> bool, what: &str) {
 async fn a_sources_connections_waiting_for_hello_count_against_its_cap() {
     let world = World::start(WorldSettings {
         // One attempt in progress per source and worker, and a long wait for Hello.
-        edge_limits: limits!("handshakes_per_source = 1\nhello_timeout_ms = 20000\n"),
+        edge_limits: "handshakes_per_source = 1\nhello_timeout_ms = 20000\n",
+        overload_control: false,
         ..WorldSettings::default()
     })
     .await;

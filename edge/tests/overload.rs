@@ -35,7 +35,7 @@ async fn over_its_target_a_worker_refuses_handshakes_paces_its_phones_and_recove
         }
     }
     let refused_while_connecting =
-        world.metric("shake_edge_handshakes_total{outcome=\"overloaded\"");
+        world.metric("shake_edge_handshakes_total{outcome=\"overloaded\"}");
 
     // Every phone shakes 100 times a second (ignoring the pace, as a flood would).
     let shaking = Arc::new(AtomicBool::new(true));
@@ -78,7 +78,7 @@ async fn over_its_target_a_worker_refuses_handshakes_paces_its_phones_and_recove
     }
     assert!(refused, "no handshake was refused while the workers were over their target");
     assert!(
-        world.metric("shake_edge_handshakes_total{outcome=\"overloaded\"")
+        world.metric("shake_edge_handshakes_total{outcome=\"overloaded\"}")
             > refused_while_connecting
     );
     // Each worker paces its own phones, and one the kernel gave fewer phones goes over later:
@@ -86,7 +86,7 @@ async fn over_its_target_a_worker_refuses_handshakes_paces_its_phones_and_recove
     // ~10 ms) for an answer to carry it. (A CI run that stopped as soon as one worker had
     // refused a handshake saw 7 of 20 phones hear a pace.)
     for worker in 0..2 {
-        let pace = format!("shake_edge_pace_ms{{worker=\"{worker}\"");
+        let pace = format!("shake_edge_pace_ms{{worker=\"{worker}\"}}");
         world.wait_for_metric(&pace, f64::from(base_ms) + 1.0).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;

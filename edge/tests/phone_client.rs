@@ -17,7 +17,10 @@ use tokio::sync::mpsc;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_driver_shakes_wins_acknowledges_and_plans_its_reconnect() {
-    let mut world = World::start(WorldSettings::default()).await;
+    // Overload control off: the driver connects once, and a refusal for load (a worker held
+    // off its core mid-turn) would leave it with no session.
+    let mut world =
+        World::start(WorldSettings { overload_control: false, ..WorldSettings::default() }).await;
     let mut client = quinn_driver::phone_client_config(&world.scratch.ca(), 4).unwrap();
     // A short idle timeout, so that the edge's death is noticed in seconds, not 30.
     let mut transport = quinn::TransportConfig::default();
@@ -68,7 +71,7 @@ async fn the_driver_shakes_wins_acknowledges_and_plans_its_reconnect() {
         !outcomes.iter().any(|v| matches!(v, Verdict::SlowDown { .. })),
         "a phone keeping the pace earned slow-down: {outcomes:?}"
     );
-    world.wait_for_metric("shake_edge_award_acks_total{outcome=\"accepted\"", 1.0).await;
+    world.wait_for_metric("shake_edge_award_acks_total{outcome=\"accepted\"}", 1.0).await;
 
     // The edge dies: the loss is reported and the phone plans the same edge, soon.
     world.edge.process.kill();
@@ -110,7 +113,9 @@ fn run_phone(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shake_phone_plays_from_the_terminal_against_a_real_edge() {
-    let world = World::start(WorldSettings::default()).await;
+    // Overload control off, as above: a refused connect would read as a disconnection.
+    let world =
+        World::start(WorldSettings { overload_control: false, ..WorldSettings::default() }).await;
     let (edge, ca) = (world.edge.addr.to_string(), world.scratch.ca());
     let output = run_phone(&edge, &ca, DEV_SECRET_HEX, "70002", &["--every-ms", "150"]);
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -121,7 +126,7 @@ async fn shake_phone_plays_from_the_terminal_against_a_real_edge() {
     assert!(!stdout.contains("slow down"), "the phone kept the pace:\n{stdout}");
     // One envelope per user, released at once: the phone wins it and acknowledges it.
     assert!(stdout.contains("AWARD "), "{stdout}");
-    world.wait_for_metric("shake_edge_award_acks_total{outcome=\"accepted\"", 1.0).await;
+    world.wait_for_metric("shake_edge_award_acks_total{outcome=\"accepted\"}", 1.0).await;
     assert!(!stdout.contains("disconnected"), "it never left its live session:\n{stdout}");
 
     // Without datagrams (the stream fallback): shakes and outcomes on the control stream.

@@ -20,6 +20,12 @@ pub struct WorldSettings {
     pub envelopes: u64,
     /// Lines at the end of the edge's `[limits]` table (tables after it may follow).
     pub edge_limits: &'static str,
+    /// Overload control on the edge's workers (`[overload] enabled`). Off for a test whose
+    /// phones connect once and must get in, or count every refusal as another limit's: a
+    /// worker held off its core mid-turn (a stalled VM, a busy test machine) is over its load
+    /// target for an interval and refuses new handshakes. Not with an `[overload]` table in
+    /// `edge_limits`.
+    pub overload_control: bool,
     /// Round 1 opens this long after the start, milliseconds (0: it opened a moment before).
     pub round_opens_in_ms: u64,
     /// A round 2 (one envelope, a minute long), an hour after round 1 opens.
@@ -36,6 +42,7 @@ impl Default for WorldSettings {
         Self {
             envelopes: 50,
             edge_limits: "",
+            overload_control: true,
             round_opens_in_ms: 0,
             round_2: false,
             round_1_s: 600,
@@ -98,7 +105,10 @@ impl World {
         }
         let config = scratch.fjall_config(ANY_PORT, QUOTA, &pools);
         let allocator = off_the_runtime(move || Allocator::start(&config)).await;
-        let mut edge = Edge::command(&scratch.edge_config(allocator.quic, settings.edge_limits));
+        let overload =
+            if settings.overload_control { "" } else { "\n[overload]\nenabled = false\n" };
+        let limits = format!("{}{overload}", settings.edge_limits);
+        let mut edge = Edge::command(&scratch.edge_config(allocator.quic, &limits));
         let log = std::env::var("SHAKE_EDGE_LOG").unwrap_or_else(|_| "warn".into());
         edge.env("RUST_LOG", log).envs(env.iter().copied()).stderr(Stdio::inherit());
         let edge =
@@ -123,9 +133,10 @@ impl World {
         metrics::read(self.edge.metrics, prefix)
     }
 
-    /// A labelled family of the edge's, summed: 0 while it has no series.
-    pub fn metric_family(&self, name: &str) -> f64 {
-        metrics::read_family(self.edge.metrics, name)
+    /// The edge's samples starting with `prefix`, summed: 0 while there is none (a labelled
+    /// family, or a series of it, that may not exist yet).
+    pub fn metric_family(&self, prefix: &str) -> f64 {
+        metrics::read_family(self.edge.metrics, prefix)
     }
 
     /// The edge's metrics, as text.
