@@ -416,8 +416,13 @@ impl Metrics {
             m.takeover_tail_awards.clone(),
         );
         shake_ops::build::register_info(&mut registry);
-        // Every outcome exported from 0: a counter that first shows at 1 has no increase for
-        // `increase()` to see, so an alert on a process's first failed term would never fire.
+        // Every series of a closed set of label values exported from 0: a counter that first
+        // shows at 1 has no increase for `increase()` to see, so an alert on a process's first
+        // failed term would never fire. Open sets (rounds, frame labels, close codes) show at
+        // their first count.
+        for reason in Rejected::ALL {
+            let _ = m.rejected_peers.get_or_create(&RejectedLabels { reason });
+        }
         for outcome in Leadership::ALL {
             let _ = m.leadership.get_or_create(&LeadershipLabels { outcome });
         }
@@ -498,6 +503,22 @@ shake_allocator_streams_closed_total{reason="slow_reader"}
         assert!(!standing_by.contains("shake_allocator_round_open{"), "{standing_by}");
         for gauge in ["leader_epoch", "awards_owed", "answers_stored", "streams_open"] {
             assert!(standing_by.contains(&format!("shake_allocator_{gauge} 0\n")), "{gauge}");
+        }
+    }
+
+    /// Every series of a closed label set is there at 0 before its first count.
+    #[test]
+    fn series_of_closed_label_sets_are_exported_from_zero() {
+        let text = Metrics::new().render();
+        let open = ["{round=", "malformed_frames_total{", "streams_closed_total{"];
+        let closed: Vec<&str> = EXPECTED
+            .trim()
+            .lines()
+            .filter(|series| !open.iter().any(|o| series.contains(o)))
+            .collect();
+        assert_eq!(closed.len(), 10, "{closed:?}");
+        for series in closed {
+            assert!(text.contains(&format!("{series} 0\n")), "{series}:\n{text}");
         }
     }
 
