@@ -4,7 +4,7 @@
 # (nothing lost, nothing paid twice, no pool overspent, caps held, memory bounded).
 # Prints a table and ends with one JSON line; exits 1 when any scenario fails.
 #
-#   scripts/chaos.sh                  every scenario, 1,000 phones, rounds of 12 s (3.5-4.5 min)
+#   scripts/chaos.sh                  every scenario, 1,000 phones, rounds of 12 s (about 8 min)
 #   scripts/chaos.sh --short          the CI version: 150 phones, rounds of 5 s, no surge
 #   scripts/chaos.sh link-cut hostile only the named scenarios
 #

@@ -1,7 +1,8 @@
 //! `shake-allocator`: the central allocator binary. A thin shell over the library: parse the
 //! command line, load the configuration, run.
 //!
-//! Exit codes: 0 success, 64 bad command line or configuration, 1 any other failure.
+//! Exit codes: 0 success, 64 bad command line or configuration, 65 a ledger that does not
+//! match (`--against-ledger`, or a ledger this configuration cannot serve), 1 any other failure.
 //! Signals: SIGTERM drains (answers what is in flight, then exits), SIGINT stops at once.
 
 use std::io::Write as _;

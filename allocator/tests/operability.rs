@@ -1,5 +1,6 @@
 //! What an operator relies on beyond the protocol: logs as JSON lines when asked
-//! (`SHAKE_LOG_FORMAT=json`), and the `build_info` metric naming the version and revision.
+//! (`SHAKE_LOG_FORMAT=json`), the `build_info` metric naming the version and revision, and
+//! `start_time_seconds` for the restart alert.
 
 use std::fs::File;
 
@@ -17,8 +18,17 @@ fn logs_are_json_lines_when_asked_and_build_info_names_the_build() {
         .env("SHAKE_LOG_FORMAT", "json")
         .env("RUST_LOG", "info")
         .stderr(File::create(&log).unwrap());
+    let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
     let mut alloc = Allocator::spawn(command).unwrap();
     let text = scrape(alloc.metrics);
+    // The restart alert's `changes()` reads when the process started: this one, not a
+    // constant.
+    let started = shake_ops::http::metric_sum(&text, "shake_allocator_start_time_seconds");
+    let after = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    assert!(
+        (before.as_secs_f64() - 1.0..=after.as_secs_f64()).contains(&started),
+        "started {started}, spawned between {before:?} and {after:?}"
+    );
     let info = text
         .lines()
         .find(|l| l.starts_with("shake_allocator_build_info{"))

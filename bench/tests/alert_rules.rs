@@ -194,8 +194,76 @@ const CASES: &[Case] = &[
         at: "3m",
         firing: &[(&[("instance", "edge-1")], "-")],
     },
+    Case {
+        alert: "ShakeProcessRestarting",
+        series: &[
+            // a: started three times in 3 minutes; edge-1: restarted once (an upgrade).
+            (r#"shake_allocator_start_time_seconds{instance="a"}"#, "1000x4 1060x4 1120x4"),
+            (r#"shake_edge_start_time_seconds{instance="edge-1"}"#, "900x4 1080x8"),
+            (r#"shake_edge_start_time_seconds{instance="edge-2"}"#, "900 960 1020 1080x8"),
+        ],
+        at: "3m",
+        firing: &[(&[("instance", "a")], "2"), (&[("instance", "edge-2")], "3")],
+    },
+    Case {
+        alert: "ShakeEdgeTurningPhonesAway",
+        series: &[
+            (r#"shake_edge_handshakes_total{instance="edge-1",outcome="refused"}"#, "0+10x40"),
+            (r#"shake_edge_handshakes_total{instance="edge-2",outcome="refused"}"#, "7x40"),
+            (r#"shake_edge_handshakes_total{instance="edge-2",outcome="accepted"}"#, "0+10x40"),
+        ],
+        at: "8m",
+        firing: &[(&[("instance", "edge-1")], "-")],
+    },
+    Case {
+        alert: "ShakeAllocatorRejectsPeers",
+        series: &[
+            (r#"shake_allocator_rejected_peers_total{instance="a",reason="edge_id"}"#, "0 0 1 1 1"),
+            (r#"shake_allocator_rejected_peers_total{instance="a",reason="handshake"}"#, "0x4"),
+            (
+                r#"shake_allocator_rejected_peers_total{instance="b",reason="handshake"}"#,
+                "0 2 4 6 8",
+            ),
+        ],
+        at: "1m",
+        firing: &[
+            (&[("instance", "a"), ("reason", "edge_id")], "-"),
+            (&[("instance", "b"), ("reason", "handshake")], "-"),
+        ],
+    },
     // What must not page: a condition younger than the rule's `for:`, an event older than its
     // window, a healthy fleet.
+    Case {
+        alert: "ShakeProcessRestarting",
+        // One restart, and two restarts more than 10 minutes apart.
+        series: &[
+            (r#"shake_allocator_start_time_seconds{instance="a"}"#, "1000x30 1450x30"),
+            (r#"shake_edge_start_time_seconds{instance="edge-1"}"#, "900x4 960x44 1700x4"),
+        ],
+        at: "13m",
+        firing: &[],
+    },
+    Case {
+        alert: "ShakeEdgeTurningPhonesAway",
+        // A drain: refusals for a minute, then the edge is gone.
+        series: &[(
+            r#"shake_edge_handshakes_total{instance="edge-1",outcome="refused"}"#,
+            "0 50 100 150 200 200x40",
+        )],
+        // Past 5 min from its first refusal: a 5 min window would fire here.
+        at: "5m30s",
+        firing: &[],
+    },
+    Case {
+        alert: "ShakeAllocatorRejectsPeers",
+        // A standby refusing edges is doing its job.
+        series: &[(
+            r#"shake_allocator_rejected_peers_total{instance="b",reason="not_leader"}"#,
+            "0+5x8",
+        )],
+        at: "1m",
+        firing: &[],
+    },
     Case {
         alert: "ShakeAllocatorLinkDown",
         series: &[(r#"shake_edge_allocator_up{instance="edge-1"}"#, "1 1 1 0 0 0 0 0")],

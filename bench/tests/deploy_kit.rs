@@ -28,6 +28,7 @@ fn exported() -> BTreeSet<String> {
         // Registered by shake-ops for both binaries.
         assert!(source.contains("shake_ops::build::register_info(&mut registry)"), "{file}");
         names.insert(format!("{prefix}build_info"));
+        names.insert(format!("{prefix}start_time_seconds"));
     }
     // The rendered text agrees where it has samples.
     let text = shake_allocator::metrics::Metrics::new().render()

@@ -258,8 +258,10 @@ pub struct Limits {
     /// Connection attempts in progress per source address and worker (handshaking, or
     /// connected and not yet past `Hello`) before new ones from it are ignored.
     pub handshakes_per_source: u32,
-    /// New handshakes per second one source may start (whole edge); faster ones are refused.
-    /// A source is an IPv4 address or an IPv6 /64. Phones behind one carrier NAT share it.
+    /// New handshakes per second one source may start, for the whole edge, divided between
+    /// its workers (a source that keeps one port reaches one worker, and its share); faster
+    /// ones are refused. A source is an IPv4 address or an IPv6 /64. Phones behind one
+    /// carrier NAT share it.
     pub new_handshakes_per_source_per_s: f64,
     /// Burst of that rate.
     pub new_handshakes_per_source_burst: f64,

@@ -35,7 +35,10 @@ pub mod build {
     pub const REVISION: &str = env!("SHAKE_GIT_REVISION");
 
     /// Registers `<prefix>_build_info{version, revision} 1` (the usual Prometheus idiom: join
-    /// on it to see which build an instance runs).
+    /// on it to see which build an instance runs), and `<prefix>_start_time_seconds`, when
+    /// this process first registered its metrics (Unix seconds): each restart changes it, so
+    /// `changes()` over it counts restarts that a scrape interval would hide (a crash loop
+    /// under systemd is up between scrapes often enough to keep `absent()` quiet).
     pub fn register_info(registry: &mut prometheus_client::registry::Registry) {
         use prometheus_client::encoding::EncodeLabelSet;
         use prometheus_client::metrics::family::Family;
@@ -50,6 +53,19 @@ pub mod build {
         let info: Family<BuildLabels, Gauge> = Family::default();
         info.get_or_create(&BuildLabels { version: VERSION, revision: REVISION }).set(1);
         registry.register("build_info", "Version and git revision of this binary", info);
+
+        static STARTED: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+        let started = *STARTED.get_or_init(|| {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+            now.map_or(0.0, |since| since.as_secs_f64())
+        });
+        let start_time: Gauge<f64, std::sync::atomic::AtomicU64> = Gauge::default();
+        start_time.set(started);
+        registry.register(
+            "start_time_seconds",
+            "When this process started, Unix seconds (a change is a restart)",
+            start_time,
+        );
     }
 }
 

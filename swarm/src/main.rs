@@ -2,8 +2,8 @@
 //! `verify` checks the phones' awards against the allocator's ledger export.
 //!
 //! Exit codes: 0 ok; 2 a `--max-*` threshold was crossed; 3 verification found a broken
-//! invariant; 64 a bad scenario or command line; 130 the run was interrupted (SIGINT or
-//! SIGTERM: its report, covering the time it ran, is written and printed all the same); 1
+//! invariant; 64 a bad scenario or command line; 130 the run was interrupted (SIGINT, SIGTERM
+//! or SIGHUP: its report, covering the time it ran, is written and printed all the same); 1
 //! anything else.
 
 use std::io::Write;

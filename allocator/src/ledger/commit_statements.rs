@@ -25,7 +25,7 @@ pub(super) struct CommitStatements {
     /// confirmed lose their bytes (the batch's name stays taken), the workers' records are
     /// replaced, the instances they retired join the log of retirements, and the group's row
     /// goes into the log of commits (never updated, so its transaction id dates the commit:
-    /// README "Fencing, proved").
+    /// README "High availability", the fencing proof).
     pub(super) confirm_and_log: Statement,
 }
 
