@@ -6,8 +6,9 @@
 #
 #   scripts/demo.sh                 2,000 phones, rounds of 15 s
 #   PHONES=5000 ROUND_S=30 scripts/demo.sh
-#   SCENARIO=swarm/scenarios/storm.toml PHONES=100000 ROUND_S=150 SHAKE_RATE=0.02 \
-#     CONNECT_RATE=350 scripts/demo.sh        (capacity: no churn, a ramp the handshakes keep up with)
+#   SCENARIO=swarm/scenarios/loop.toml PHONES=100000 ROUND_S=150 SHAKE_RATE=0.02 \
+#     CONNECT_RATE=350 scripts/demo.sh        (capacity: a ramp the handshakes keep up with;
+#                                   README "Capacity" says why not quinn phones)
 #   SCENARIO=swarm/scenarios/loop.toml scripts/demo.sh   the phones on shake-loop event loops
 #                                   (honest ones, no task per phone)
 #   SHAKES_PER_CORE_S=0.0 scripts/demo.sh   the edge not told its capacity (default 10000.0,

@@ -10,6 +10,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use shake_ops::labels::export_from_zero;
 use shake_proto::{ErrorCode, Prize};
 use std::sync::atomic::AtomicU64;
 
@@ -420,15 +421,15 @@ impl Metrics {
         // shows at 1 has no increase for `increase()` to see, so an alert on a process's first
         // failed term would never fire. Open sets (rounds, frame labels, close codes) show at
         // their first count.
-        for reason in Rejected::ALL {
-            let _ = m.rejected_peers.get_or_create(&RejectedLabels { reason });
-        }
-        for outcome in Leadership::ALL {
-            let _ = m.leadership.get_or_create(&LeadershipLabels { outcome });
-        }
-        for cause in FollowRestart::ALL {
-            let _ = m.follow_restarts.get_or_create(&FollowRestartLabels { cause });
-        }
+        export_from_zero(&m.rejected_peers, Rejected::ALL.map(|reason| RejectedLabels { reason }));
+        export_from_zero(
+            &m.leadership,
+            Leadership::ALL.map(|outcome| LeadershipLabels { outcome }),
+        );
+        export_from_zero(
+            &m.follow_restarts,
+            FollowRestart::ALL.map(|cause| FollowRestartLabels { cause }),
+        );
         Self { registry, ..m }
     }
 

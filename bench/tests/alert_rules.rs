@@ -218,14 +218,17 @@ const CASES: &[Case] = &[
     Case {
         alert: "ShakeAllocatorRejectsPeers",
         series: &[
-            (r#"shake_allocator_rejected_peers_total{instance="a",reason="edge_id"}"#, "0 0 1 1 1"),
-            (r#"shake_allocator_rejected_peers_total{instance="a",reason="handshake"}"#, "0x4"),
+            // a: an edge naming another edge_id, b: an edge failing mutual TLS, every few
+            // seconds for 12 minutes; c: handshakes cut short by one failover, then none.
+            (r#"shake_allocator_rejected_peers_total{instance="a",reason="edge_id"}"#, "0+1x48"),
+            (r#"shake_allocator_rejected_peers_total{instance="a",reason="handshake"}"#, "0x48"),
+            (r#"shake_allocator_rejected_peers_total{instance="b",reason="handshake"}"#, "0+2x48"),
             (
-                r#"shake_allocator_rejected_peers_total{instance="b",reason="handshake"}"#,
-                "0 2 4 6 8",
+                r#"shake_allocator_rejected_peers_total{instance="c",reason="handshake"}"#,
+                "0 6 6x46",
             ),
         ],
-        at: "1m",
+        at: "12m",
         firing: &[
             (&[("instance", "a"), ("reason", "edge_id")], "-"),
             (&[("instance", "b"), ("reason", "handshake")], "-"),
@@ -256,13 +259,33 @@ const CASES: &[Case] = &[
     },
     Case {
         alert: "ShakeAllocatorRejectsPeers",
-        // A standby refusing edges is doing its job.
-        series: &[(
-            r#"shake_allocator_rejected_peers_total{instance="b",reason="not_leader"}"#,
-            "0+5x8",
-        )],
-        at: "1m",
+        // A standby refusing edges is doing its job; a failed handshake younger than `for:`.
+        series: &[
+            (r#"shake_allocator_rejected_peers_total{instance="b",reason="not_leader"}"#, "0+5x48"),
+            (
+                r#"shake_allocator_rejected_peers_total{instance="c",reason="handshake"}"#,
+                "0x20 1x28",
+            ),
+        ],
+        at: "8m",
         firing: &[],
+    },
+    Case {
+        alert: "ShakeEdgeTurningPhonesAway",
+        // A drain's refusals, while they last: younger than the rule's `for:`.
+        series: &[(
+            r#"shake_edge_handshakes_total{instance="edge-1",outcome="refused"}"#,
+            "0 50 100 150 200 200x40",
+        )],
+        at: "1m30s",
+        firing: &[],
+    },
+    Case {
+        alert: "ShakeProcessRestarting",
+        // (This one pages.) Two restarts 9 minutes apart are within the 10 minute window.
+        series: &[(r#"shake_allocator_start_time_seconds{instance="c"}"#, "1000x4 1060x36 1600x4")],
+        at: "10m30s",
+        firing: &[(&[("instance", "c")], "2")],
     },
     Case {
         alert: "ShakeAllocatorLinkDown",

@@ -14,6 +14,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use shake_ops::labels::export_from_zero as zero;
 use shake_proto::ErrorCode;
 
 use crate::award_book::AckVerdict;
@@ -509,45 +510,21 @@ impl EdgeMetrics {
         // worker's first interval over its target, and a dashboard's rate of drops or sheds
         // the first burst of each. Open sets (a session's close code, a protocol's drop label,
         // a worker's index) show at their first count.
-        for code in crate::link_pipe::REFUSAL_CODES {
-            let _ = m
-                .allocator_streams_refused
-                .get_or_create(&RefusedStreamLabels { code: code.name() });
-        }
-        for outcome in HandshakeOutcome::ALL {
-            let _ = m.handshakes.get_or_create(&HandshakeLabels { outcome });
-        }
-        for outcome in AckVerdict::ALL {
-            let _ = m.award_acks.get_or_create(&AwardAckLabels { outcome });
-        }
-        for direction in Direction::ALL {
-            let _ = m.datagrams.get_or_create(&DatagramLabels { direction });
-        }
-        for verdict in Verdict::ALL {
-            let _ = m.verdicts.get_or_create(&VerdictLabels { verdict });
-        }
-        for reason in Dropped::ALL {
-            let _ = m.drops.get_or_create(&DropLabels { reason: reason.into() });
-        }
-        for reason in Refusal::ALL {
-            let _ = m.refused.get_or_create(&RefusalLabels { reason });
-        }
-        for delivery in Delivery::ALL {
-            let _ = m.awards.get_or_create(&DeliveryLabels { delivery });
-        }
-        for outcome in Answer::ALL {
-            let _ = m.batch_answers.get_or_create(&AnswerLabels { outcome });
-        }
-        for how in Shed::ALL {
-            let _ = m.shed.get_or_create(&ShedLabels { how });
-        }
-        for bucket in WaitBucket::ALL {
-            let _ = m.receive_waits.get_or_create(&ReceiveWaitLabels { waited: bucket });
-            let _ = m.loop_turns.get_or_create(&LoopTurnLabels { took: bucket });
-        }
-        for time in LongTurnTime::ALL {
-            let _ = m.long_turn_seconds.get_or_create(&LongTurnLabels { time });
-        }
+        let refusals =
+            crate::link_pipe::REFUSAL_CODES.map(|c| RefusedStreamLabels { code: c.name() });
+        zero(&m.allocator_streams_refused, refusals);
+        zero(&m.handshakes, HandshakeOutcome::ALL.map(|outcome| HandshakeLabels { outcome }));
+        zero(&m.award_acks, AckVerdict::ALL.map(|outcome| AwardAckLabels { outcome }));
+        zero(&m.datagrams, Direction::ALL.map(|direction| DatagramLabels { direction }));
+        zero(&m.verdicts, Verdict::ALL.map(|verdict| VerdictLabels { verdict }));
+        zero(&m.drops, Dropped::ALL.map(|reason| DropLabels { reason: reason.into() }));
+        zero(&m.refused, Refusal::ALL.map(|reason| RefusalLabels { reason }));
+        zero(&m.awards, Delivery::ALL.map(|delivery| DeliveryLabels { delivery }));
+        zero(&m.batch_answers, Answer::ALL.map(|outcome| AnswerLabels { outcome }));
+        zero(&m.shed, Shed::ALL.map(|how| ShedLabels { how }));
+        zero(&m.receive_waits, WaitBucket::ALL.map(|waited| ReceiveWaitLabels { waited }));
+        zero(&m.loop_turns, WaitBucket::ALL.map(|took| LoopTurnLabels { took }));
+        zero(&m.long_turn_seconds, LongTurnTime::ALL.map(|time| LongTurnLabels { time }));
         Self { registry, ..m }
     }
 
@@ -823,7 +800,7 @@ shake_edge_verdicts_total{verdict="slow_down"}
         let text = EdgeMetrics::new().render();
         let closed: Vec<&str> =
             EXPECTED.trim().lines().filter(|series| !of_an_open_label_set(series)).collect();
-        assert!(closed.len() > 40, "{closed:?}");
+        assert_eq!(closed.len(), 52, "{closed:?}");
         for series in closed {
             // `0` or, for the seconds counters, `0.0`.
             let zero = [format!("{series} 0\n"), format!("{series} 0.0\n")];

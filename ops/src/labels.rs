@@ -76,6 +76,22 @@ macro_rules! label_values {
     };
 }
 
+/// Creates the series of every label set in `label_sets` at its zero value. A series whose
+/// first sample is already 1 shows no increase to `rate()` or `increase()`, so an alert on a
+/// process's first count of a value would not fire; a closed set of values is exported from
+/// the start instead.
+pub fn export_from_zero<S, M, C>(
+    family: &prometheus_client::metrics::family::Family<S, M, C>,
+    label_sets: impl IntoIterator<Item = S>,
+) where
+    S: Clone + std::hash::Hash + Eq,
+    C: prometheus_client::metrics::family::MetricConstructor<M>,
+{
+    for labels in label_sets {
+        let _ = family.get_or_create(&labels);
+    }
+}
+
 /// The labelled series of a Prometheus text exposition, sorted, without their values: what a
 /// test compares with the names the dashboards read. Histogram buckets are left out, and so is
 /// `build_info`, whose revision changes with every commit.

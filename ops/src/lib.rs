@@ -63,7 +63,8 @@ pub mod build {
         start_time.set(started);
         registry.register(
             "start_time_seconds",
-            "When this process started, Unix seconds (a change is a restart)",
+            "When this process first registered its metrics (its start), Unix seconds; a \
+             change is a restart",
             start_time,
         );
     }
