@@ -13,6 +13,12 @@ use shake_testkit::phone::Phone;
 use shake_testkit::tokens::token;
 use shake_testkit::world::{World, WorldSettings};
 
+/// A world whose edge has these `[limits]` lines and overload control off (see above).
+async fn world_with_limits(edge_limits: &'static str) -> World {
+    World::start(WorldSettings { edge_limits, overload_control: false, ..WorldSettings::default() })
+        .await
+}
+
 fn refused(err: &quinn::ConnectionError) -> bool {
     matches!(err, quinn::ConnectionError::ConnectionClosed(close)
         if close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED)
@@ -21,11 +27,9 @@ fn refused(err: &quinn::ConnectionError) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_flood_from_one_address_is_refused_and_other_addresses_get_in() {
     // 4 per edge, 2 per worker; one new handshake a second.
-    let world = World::start(WorldSettings {
-        edge_limits: "new_handshakes_per_source_per_s = 1.0\nnew_handshakes_per_source_burst = 4.0\n",
-        overload_control: false,
-        ..WorldSettings::default()
-    })
+    let world = world_with_limits(
+        "new_handshakes_per_source_per_s = 1.0\nnew_handshakes_per_source_burst = 4.0\n",
+    )
     .await;
     let flood: std::net::SocketAddr = "127.66.0.1:0".parse().unwrap();
     let (mut connected, mut refusals, mut phones) = (0, 0, Vec::new());
@@ -60,12 +64,7 @@ async fn a_connection_flood_from_one_address_is_refused_and_other_addresses_get_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn above_the_retry_threshold_phones_validate_their_address_first() {
-    let world = World::start(WorldSettings {
-        edge_limits: "retry_above_handshakes = 0\n",
-        overload_control: false,
-        ..WorldSettings::default()
-    })
-    .await;
+    let world = world_with_limits("retry_above_handshakes = 0\n").await;
     for user in 300..303u64 {
         let local = format!("127.1.0.{}:0", user - 299).parse().unwrap();
         let mut phone = Phone::connect_from(&world, local).await.unwrap();
@@ -79,12 +78,7 @@ async fn above_the_retry_threshold_phones_validate_their_address_first() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_source_table_asks_new_sources_to_validate_and_still_lets_them_in() {
     // One tracked source per worker; entries leave only once idle, swept each second.
-    let world = World::start(WorldSettings {
-        edge_limits: "max_tracked_sources = 1\n",
-        overload_control: false,
-        ..WorldSettings::default()
-    })
-    .await;
+    let world = world_with_limits("max_tracked_sources = 1\n").await;
     let mut phones = Vec::new();
     for n in 1..=6u64 {
         let local = format!("127.2.0.{n}:0").parse().unwrap();
@@ -103,12 +97,7 @@ async fn a_full_source_table_asks_new_sources_to_validate_and_still_lets_them_in
 /// every edge-wide cap.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_that_never_say_hello_count_against_the_handshake_cap() {
-    let world = World::start(WorldSettings {
-        edge_limits: "max_handshakes = 2\nretry_above_handshakes = 2\n",
-        overload_control: false,
-        ..WorldSettings::default()
-    })
-    .await;
+    let world = world_with_limits("max_handshakes = 2\nretry_above_handshakes = 2\n").await;
     let from = |n: u8| format!("127.3.0.{n}:0").parse().unwrap();
     let silent = Phone::connect_from(&world, from(1)).await.unwrap();
     let mut quiet = Phone::connect_from(&world, from(2)).await.unwrap();
@@ -138,12 +127,7 @@ async fn connections_that_never_say_hello_count_against_the_handshake_cap() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_the_edge_closes_leave_its_table() {
     // Long enough a wait for Hello that the once-a-second gauge sees the silent ones held.
-    let world = World::start(WorldSettings {
-        edge_limits: "hello_timeout_ms = 2500\n",
-        overload_control: false,
-        ..WorldSettings::default()
-    })
-    .await;
+    let world = world_with_limits("hello_timeout_ms = 2500\n").await;
     let mut silent = Vec::new();
     for n in 1..=3u8 {
         let from = format!("127.5.0.{n}:0").parse().unwrap();
@@ -171,13 +155,8 @@ async fn held_until(world: &World, ok: impl Fn(f64) -> bool, what: &str) {
 /// addresses every edge-wide place, refusing every phone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sources_connections_waiting_for_hello_count_against_its_cap() {
-    let world = World::start(WorldSettings {
-        // One attempt in progress per source and worker, and a long wait for Hello.
-        edge_limits: "handshakes_per_source = 1\nhello_timeout_ms = 20000\n",
-        overload_control: false,
-        ..WorldSettings::default()
-    })
-    .await;
+    // One attempt in progress per source and worker, and a long wait for Hello.
+    let world = world_with_limits("handshakes_per_source = 1\nhello_timeout_ms = 20000\n").await;
     let source: std::net::SocketAddr = "127.4.0.1:0".parse().unwrap();
     // Sooner than the phone's first resend of its Initial (about a second).
     let attempt =
