@@ -205,6 +205,8 @@ pub struct CoreCounters {
     pub users_limited: u64,
     /// Users evicted from the per-user table while over the rate.
     pub users_evicted: u64,
+    /// Entries over the per-user rate whose user the full table of offenders could not hold.
+    pub offenders_untracked: u64,
     /// `AwardsOwed` frames sent to edges for sessions that started.
     pub awards_owed_sent: u64,
     /// Entries of batches whose round is unknown here or not open (every one no-luck): an
@@ -632,6 +634,7 @@ impl Core {
         self.counters.entries_over_user_rate += rate_counts.entries_over_rate;
         self.counters.users_limited += rate_counts.users_limited;
         self.counters.users_evicted += rate_counts.users_evicted;
+        self.counters.offenders_untracked += rate_counts.offenders_untracked;
         let limited = self.rates.take_newly_limited();
         if !limited.is_empty() {
             tracing::info!(

@@ -176,7 +176,7 @@ impl Node {
         let redirect = tokio::spawn(redirect_edges(
             self.endpoint.clone(),
             leader.clone(),
-            self.shared.metrics.clone(),
+            (self.shared.metrics.clone(), self.shared.edge_handshakes.clone()),
         ));
         let poll = Duration::from_millis(self.pg.standby_poll_ms);
         // The page of the log a look reads: halved when one is left behind at its deadline (a

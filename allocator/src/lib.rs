@@ -15,6 +15,7 @@
 //!   leader lease that fences the other allocators).
 //! - `ha`: several allocators on one PostgreSQL ledger: standby, takeover, leadership terms.
 //! - [`service`]: the I/O shell: QUIC endpoint, stream tasks, the actor, the commit thread.
+//! - [`edge_handshakes`]: the QUIC port's defence: handshakes capped, Retry, a deadline.
 //! - [`dev_certs`]: a development PKI so mutual TLS works out of the box.
 //! - [`metrics`]: Prometheus metrics (served by `shake_ops::http`).
 //! - [`admin`]: the admin API (live round commands, the audit log) on its own listener.
@@ -25,6 +26,7 @@ pub mod config;
 pub mod core;
 pub mod dev_certs;
 pub mod draw;
+pub mod edge_handshakes;
 pub mod export;
 mod ha;
 pub mod latency_window;

@@ -40,6 +40,8 @@ shake_ops::label_values! {
         EdgeId => "edge_id",
         /// This node is a standby: the address of the leader is in the close reason.
         NotLeader => "not_leader",
+        /// Refused at once: too many handshakes in progress (see `edge_handshakes`).
+        Busy => "busy",
     }
 }
 
@@ -199,6 +201,9 @@ pub struct Metrics {
     pub users_limited: Counter,
     /// Users evicted from the per-user table while over the rate.
     pub users_evicted: Counter,
+    /// Entries over the per-user rate whose user the full table of offenders could not hold
+    /// (refused, but that user is not limited at the edges).
+    pub offenders_untracked: Counter,
     /// Users the per-user rate tracks now.
     pub users_tracked: Gauge,
     /// Winners the rounds not yet finished remember for the caps.
@@ -258,6 +263,7 @@ impl Metrics {
             entries_round_not_open: Counter::default(),
             users_limited: Counter::default(),
             users_evicted: Counter::default(),
+            offenders_untracked: Counter::default(),
             users_tracked: Gauge::default(),
             winners_remembered: Gauge::default(),
             leader_epoch: Gauge::default(),
@@ -366,6 +372,12 @@ impl Metrics {
             "users_evicted",
             "Users evicted from the per-user table while over the rate",
             m.users_evicted.clone(),
+        );
+        registry.register(
+            "offenders_untracked",
+            "Entries over the per-user rate whose user the full table of offenders (65,536) could \
+             not hold: refused all the same, but that user is not limited at the edges",
+            m.offenders_untracked.clone(),
         );
         registry.register(
             "winners_remembered",
@@ -477,6 +489,7 @@ shake_allocator_malformed_frames_total{reason="truncated"}
 shake_allocator_malformed_frames_total{reason="unknown_type"}
 shake_allocator_pool_remaining{round="1"}
 shake_allocator_pool_remaining{round="7"}
+shake_allocator_rejected_peers_total{reason="busy"}
 shake_allocator_rejected_peers_total{reason="edge_id"}
 shake_allocator_rejected_peers_total{reason="handshake"}
 shake_allocator_rejected_peers_total{reason="not_leader"}
@@ -517,7 +530,7 @@ shake_allocator_streams_closed_total{reason="slow_reader"}
             .lines()
             .filter(|series| !open.iter().any(|o| series.contains(o)))
             .collect();
-        assert_eq!(closed.len(), 10, "{closed:?}");
+        assert_eq!(closed.len(), 11, "{closed:?}");
         for series in closed {
             assert!(text.contains(&format!("{series} 0\n")), "{series}:\n{text}");
         }

@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{SyncSender, TrySendError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
@@ -37,6 +38,7 @@ use crate::award::BatchKey;
 use crate::config::{Config, LedgerKind};
 use crate::core::{Core, CoreSettings, Effect, StreamId, WorkerHello};
 use crate::draw::{Draw, RestoreError};
+use crate::edge_handshakes::{self, EdgeHandshakes};
 use crate::export::AwardQuery;
 use crate::ledger::lanes::{CommitLanes, Report};
 use crate::ledger::{
@@ -261,13 +263,14 @@ impl Shutdown {
     }
 }
 
-/// What every leadership term of the process shares: its metrics, its health and the admin
-/// API's way to the term serving now.
+/// What every leadership term of the process shares: its metrics, its health, the admin
+/// API's way to the term serving now, and its QUIC port's handshakes in progress.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Shared {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) health: Arc<Health>,
     pub(crate) admin: AdminTarget,
+    pub(crate) edge_handshakes: Arc<EdgeHandshakes>,
 }
 
 /// Serves the admin API when configured (its token read from `admin_token_file`).
@@ -616,6 +619,7 @@ pub(crate) fn lead(
 ) -> Result<tokio::task::JoinHandle<Result<(), ServeError>>, ServeError> {
     let Rebuilt { draw, answers, workers, commands, owed } = rebuilt;
     let (metrics, health) = (shared.metrics.clone(), shared.health.clone());
+    let gate = shared.edge_handshakes.clone();
     tracing::info!(
         answers = answers.len(),
         next_award_id = draw.next_award_id(),
@@ -708,7 +712,7 @@ pub(crate) fn lead(
         let mut accept = tokio::spawn(accept_loop(
             endpoint.clone(),
             actor_tx.clone(),
-            metrics.clone(),
+            (metrics.clone(), gate.clone()),
             streams,
             shutdown.clone(),
         ));
@@ -738,7 +742,8 @@ pub(crate) fn lead(
         // behind), edges that dial in are told this node does not lead, naming no one: they try
         // their next allocator at once rather than wait out a handshake nobody accepts.
         let refusing = (end == TermEnd::CloseConnections).then(|| {
-            tokio::spawn(redirect_edges(endpoint.clone(), Default::default(), metrics.clone()))
+            let port = (metrics.clone(), gate.clone());
+            tokio::spawn(redirect_edges(endpoint.clone(), Default::default(), port))
         });
         // Each stream's writer writes what the actor queued (a drain's last answers, all
         // durable), finishes, and waits for the edge to have it; then the connections close.
@@ -821,13 +826,14 @@ async fn commit_thread_ended(
 pub(crate) async fn redirect_edges(
     endpoint: quinn::Endpoint,
     leader: Arc<std::sync::Mutex<String>>,
-    metrics: Arc<Metrics>,
+    (metrics, gate): (Arc<Metrics>, Arc<EdgeHandshakes>),
 ) {
     while let Some(incoming) = endpoint.accept().await {
         let leader = leader.clone();
         let metrics = metrics.clone();
+        let gate = gate.clone();
         tokio::spawn(async move {
-            if let Ok(connection) = incoming.await {
+            if let Some(connection) = edge_handshakes::handshake(&gate, incoming, &metrics).await {
                 let address = lock(&leader).clone();
                 metrics
                     .rejected_peers
@@ -912,9 +918,15 @@ struct Behind {
 /// What a lane does with each group's outcome, in group order: metrics, the report to the
 /// actor, then the reads that waited behind the group. A lane's failure report is the first
 /// of its term's; the actor ends the term on it.
+/// Support's reads queued for the reader's thread, at most: a read can scan the whole ledger
+/// (seconds on millions of awards), and a caller answered 504 asks again, so an unbounded queue
+/// let the asking outrun the reading for as long as it went on (review 20). Past it a read is
+/// answered 503 "busy" at once.
+const MAX_QUEUED_READS: usize = 32;
+
 /// Support's reads on a thread and ledger handle of their own, if the store gives one: they are
 /// handed over once the group they came behind has committed, and no group waits for them.
-fn start_reader(store: &mut dyn LedgerStore) -> Option<std::sync::mpsc::Sender<Vec<AwardRead>>> {
+fn start_reader(store: &mut dyn LedgerStore) -> Option<SyncSender<AwardRead>> {
     let mut reader = match store.open_reader() {
         Ok(Some(reader)) => reader,
         Ok(None) => return None,
@@ -923,20 +935,37 @@ fn start_reader(store: &mut dyn LedgerStore) -> Option<std::sync::mpsc::Sender<V
             return None;
         }
     };
-    let (reads_tx, reads_rx) = std::sync::mpsc::channel::<Vec<AwardRead>>();
+    let (reads_tx, reads_rx) = std::sync::mpsc::sync_channel::<AwardRead>(MAX_QUEUED_READS);
     let spawned = std::thread::Builder::new().name("ledger-reads".into()).spawn(move || {
-        for reads in reads_rx {
-            serve_reads(&mut *reader, reads);
+        for read in reads_rx {
+            serve_read(|query| reader.find_awards(query), read);
         }
     });
     spawned.ok().map(|_| reads_tx)
+}
+
+/// Queues `reads` for the reader's thread; a read that finds the queue full is answered "busy"
+/// at once. Returns the reads the thread is gone for (the caller serves them itself).
+fn queue_reads(reader: &SyncSender<AwardRead>, reads: Vec<AwardRead>) -> Vec<AwardRead> {
+    let mut unsent = Vec::new();
+    for read in reads {
+        match reader.try_send(read) {
+            Ok(()) => {}
+            Err(TrySendError::Full(read)) => {
+                let busy = "the ledger's reads are busy: retry in a few seconds";
+                let _ = read.reply.send(Err(busy.to_owned()));
+            }
+            Err(TrySendError::Disconnected(read)) => unsent.push(read),
+        }
+    }
+    unsent
 }
 
 fn report_commits(
     committed: mpsc::UnboundedSender<Committed>,
     metrics: Arc<Metrics>,
     (health, in_flight, left_behind): (Arc<Health>, Arc<CommitsInFlight>, Arc<AtomicBool>),
-    reader: Option<std::sync::mpsc::Sender<Vec<AwardRead>>>,
+    reader: Option<SyncSender<AwardRead>>,
 ) -> Arc<Report<Behind>> {
     // To the reader's thread, or (none, or gone) here, in the lane's turn.
     let serve = move |store: &mut dyn LedgerStore, reads: Vec<AwardRead>| {
@@ -944,11 +973,11 @@ fn report_commits(
             return;
         }
         let unsent = match reader.as_ref() {
-            Some(reader) => reader.send(reads).err().map(|e| e.0),
-            None => Some(reads),
+            Some(reader) => queue_reads(reader, reads),
+            None => reads,
         };
-        if let Some(reads) = unsent {
-            serve_reads(store, reads);
+        for read in unsent {
+            serve_read(|query| store.find_awards(query), read);
         }
     };
     Arc::new(move |group: CommitGroup, behind: Behind, result, store: &mut dyn LedgerStore| {
@@ -996,18 +1025,25 @@ fn report_commits(
     })
 }
 
-/// Answers support's reads (each bounded by its limit).
-fn serve_reads(ledger: &mut dyn LedgerStore, reads: Vec<AwardRead>) {
-    for read in reads {
-        // Tests only: a read as slow as one of millions of awards.
-        shake_ops::supervise::failpoint_hold("allocator-slow-award-read", Duration::from_secs(3));
-        // Tests only: a read that outlasts the admin API's wait (a database that hangs).
-        if shake_ops::supervise::failpoint("allocator-award-read-hangs") {
-            std::thread::sleep(crate::admin::ANSWER_WAIT + Duration::from_secs(5));
-        }
-        let result = ledger.find_awards(&read.query);
-        let _ = read.reply.send(result.map_err(|e| e.to_string()));
+/// Answers one of support's reads (bounded by its limit) with `find`, unless its caller is
+/// gone (answered 504 while the read waited, or went away): a scan nobody waits for is not
+/// made. True when the read was made.
+fn serve_read(
+    find: impl FnOnce(&AwardQuery) -> Result<Vec<Award>, LedgerError>,
+    read: AwardRead,
+) -> bool {
+    if read.reply.is_closed() {
+        return false;
     }
+    // Tests only: a read as slow as one of millions of awards.
+    shake_ops::supervise::failpoint_hold("allocator-slow-award-read", Duration::from_secs(3));
+    // Tests only: a read that outlasts the admin API's wait (a database that hangs).
+    if shake_ops::supervise::failpoint("allocator-award-read-hangs") {
+        std::thread::sleep(crate::admin::ANSWER_WAIT + Duration::from_secs(5));
+    }
+    let result = find(&read.query);
+    let _ = read.reply.send(result.map_err(|e| e.to_string()));
+    true
 }
 
 fn update_gauges(core: &Core, metrics: &Metrics) {
@@ -1179,6 +1215,7 @@ async fn actor_loop(
             .inc_by(now.entries_round_not_open - counted.entries_round_not_open);
         metrics.users_limited.inc_by(now.users_limited - counted.users_limited);
         metrics.users_evicted.inc_by(now.users_evicted - counted.users_evicted);
+        metrics.offenders_untracked.inc_by(now.offenders_untracked - counted.offenders_untracked);
         metrics.awards_owed_sent.inc_by(now.awards_owed_sent - counted.awards_owed_sent);
         counted = now;
     }
@@ -1457,7 +1494,7 @@ async fn refuse_connections(endpoint: &quinn::Endpoint, stop: &CancellationToken
 async fn accept_loop(
     endpoint: quinn::Endpoint,
     actor: mpsc::Sender<ActorMsg>,
-    metrics: Arc<Metrics>,
+    (metrics, gate): (Arc<Metrics>, Arc<EdgeHandshakes>),
     streams: Streams,
     shutdown: Shutdown,
 ) -> Result<(), ServeError> {
@@ -1494,18 +1531,12 @@ async fn accept_loop(
         let accepted = accepted.clone();
         let writers = writers.clone();
         let actor_gone = actor_gone.clone();
+        let gate = gate.clone();
         tokio::spawn(async move {
             let remote = incoming.remote_address();
-            let connection = match incoming.await {
-                Ok(connection) => connection,
-                Err(err) => {
-                    tracing::warn!(%remote, %err, "edge handshake refused");
-                    metrics
-                        .rejected_peers
-                        .get_or_create(&RejectedLabels { reason: Rejected::Handshake })
-                        .inc();
-                    return;
-                }
+            let Some(connection) = edge_handshakes::handshake(&gate, incoming, &metrics).await
+            else {
+                return;
             };
             tracing::info!(%remote, "edge connected");
             {
@@ -1724,6 +1755,45 @@ fn record_malformed(metrics: &Metrics, err: &DecodeError) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn read() -> (AwardRead, oneshot::Receiver<Result<Vec<Award>, String>>) {
+        let (reply, answer) = oneshot::channel();
+        (AwardRead { query: crate::export::export_page(0, 10), reply }, answer)
+    }
+
+    /// The reader's queue is bounded: a read past it is answered "busy" at once, not queued
+    /// behind scans that may outlast its caller; with the thread gone, reads come back to be
+    /// served where they are.
+    #[test]
+    fn support_reads_past_the_queue_are_answered_busy() {
+        let (reader, queued) = std::sync::mpsc::sync_channel(MAX_QUEUED_READS);
+        let (reads, mut answers): (Vec<_>, Vec<_>) = (0..=MAX_QUEUED_READS).map(|_| read()).unzip();
+        assert!(queue_reads(&reader, reads).is_empty());
+        let busy = answers.pop().unwrap().try_recv();
+        assert!(matches!(&busy, Ok(Err(why)) if why.contains("busy")), "{busy:?}");
+        assert!(answers.iter_mut().all(|a| a.try_recv().is_err()), "the rest wait their turn");
+        drop(queued);
+        let (gone, _answer) = read();
+        assert_eq!(queue_reads(&reader, vec![gone]).len(), 1, "no thread: served here");
+    }
+
+    /// A read whose caller is gone (answered 504, or went away) is not made: a scan of the
+    /// whole ledger for nobody.
+    #[test]
+    fn a_read_nobody_waits_for_is_not_made() {
+        let mut scans = 0;
+        let (abandoned, answer) = read();
+        drop(answer);
+        let mut scan = |_: &AwardQuery| {
+            scans += 1;
+            Ok(Vec::new())
+        };
+        assert!(!serve_read(&mut scan, abandoned));
+        let (wanted, mut answer) = read();
+        assert!(serve_read(&mut scan, wanted));
+        assert_eq!(scans, 1);
+        assert!(matches!(answer.try_recv(), Ok(Ok(awards)) if awards.is_empty()));
+    }
 
     #[test]
     fn the_edge_board_sums_open_streams_and_forgets_closed_ones() {

@@ -72,6 +72,9 @@ pub struct UserRateCounts {
     /// Users evicted from the table while over the rate (the table is too small for the
     /// users shaking at once, or a set is crowded with offenders).
     pub users_evicted: u64,
+    /// Entries over the rate whose user could not be remembered as an offender (the table of
+    /// offenders full): refused all the same, but that user is not limited at the edges.
+    pub offenders_untracked: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -179,6 +182,7 @@ impl UserRates {
         let s = self.settings;
         let full = self.offenders.len() >= MAX_OFFENDERS;
         if full && !self.offenders.contains_key(&user_id) {
+            self.counts.offenders_untracked += 1;
             return;
         }
         let offender = self.offenders.entry(user_id).or_insert(Offender {
@@ -285,6 +289,21 @@ mod tests {
             assert!(rates.admit(8, 2_000 + t * 100));
         }
         assert!(rates.take_newly_limited().is_empty());
+    }
+
+    /// With the table of offenders full, a new user over the rate is refused all the same, but
+    /// cannot be remembered (so is not limited at the edges): counted, not silent (review 20).
+    #[test]
+    fn offenders_past_the_full_table_are_counted() {
+        let mut rates = UserRates::new(UserRateSettings { burst: 1.0, ..settings() });
+        for user in 0..=MAX_OFFENDERS as u64 {
+            assert!(rates.admit(user, 1_000));
+            assert!(!rates.admit(user, 1_000), "user {user}'s second entry at once");
+        }
+        assert_eq!(rates.offenders(), MAX_OFFENDERS);
+        let counts = rates.take_counts();
+        assert_eq!(counts.entries_over_rate, MAX_OFFENDERS as u64 + 1);
+        assert_eq!(counts.offenders_untracked, 1);
     }
 
     /// Times come from an edge's clock: one at the end of time neither overflows nor panics.

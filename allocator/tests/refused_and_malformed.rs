@@ -151,3 +151,33 @@ async fn an_edge_cannot_speak_for_another_edge_id() {
         .await;
     assert!(matches!(stream.recv().await, Ok((AllocatorFrame::RoundState { .. }, _))));
 }
+
+/// Whoever reaches the allocator's QUIC port with handshakes that never complete holds little:
+/// past `RETRY_ABOVE` attempts in progress, an address that has not validated itself is asked
+/// to Retry (nothing is kept for it), and an edge still gets in beside them. Before, every
+/// attempt was a task and a handshake's state until the idle timeout, with a WARN line each
+/// (review 20).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_that_never_complete_are_asked_to_retry_past_a_few() {
+    use shake_allocator::edge_handshakes::RETRY_ABOVE;
+    use shake_testkit::first_flight::FirstFlights;
+    let scratch = Scratch::new("first-flights");
+    let alloc =
+        Allocator::start(&scratch.config("[rounds.cash]\ntotal_cents = 100\nenvelopes = 10\n"));
+    let config = client_config(&scratch.certs(), Some("edge-1"));
+    let mut flights = FirstFlights::bind("127.0.0.1:0");
+    let past = 8;
+    for _ in 0..RETRY_ABOVE + past {
+        flights.send(config.clone(), alloc.quic, "localhost");
+        // One at a time: the check of the count and its increment are not one step.
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let answers = flights.answers(std::time::Duration::from_millis(500));
+    assert_eq!(answers.retries, past, "{answers:?}");
+    assert!(answers.others >= RETRY_ABOVE, "the first ones' handshakes: {answers:?}");
+    // An edge (its address validated by the Retry quinn answers) still gets in.
+    let conn = connect(alloc.quic, config).await.unwrap();
+    let mut stream = EdgeStream::open(&conn).await;
+    hello(&mut stream, PROTOCOL_VERSION).await;
+    assert!(matches!(stream.recv().await, Ok((AllocatorFrame::RoundState { .. }, _))));
+}

@@ -42,9 +42,14 @@ pub fn token_fits_hello(token: &[u8]) -> bool {
     token.len() <= shake_proto::limits::MAX_TOKEN
 }
 /// Control bytes queued before a shake on the control stream is refused
-/// ([`ShakeRefusal::Backlogged`]). Nothing else can fill the queue: `Hello` once, and one
-/// `AwardAck` per award held or shown, both bounded by [`MAX_HELD_AWARDS`].
+/// ([`ShakeRefusal::Backlogged`]). Besides shakes, the queue holds `Hello` once and an
+/// `AwardAck` per award the app acknowledged (bounded by [`MAX_ACKS_OUT`]).
 pub const MAX_CONTROL_OUT: usize = 4 * 1024;
+/// Control bytes queued past which an `AwardAck` is left unsent (and counted,
+/// [`PhoneSession::acks_unsent`]): only an edge that withholds the stream's credit while it
+/// sends award after award gets there. The award then stays owed, and is sent again in a later
+/// session, where an app that remembers it as shown has it acknowledged.
+pub const MAX_ACKS_OUT: usize = 16 * MAX_CONTROL_OUT;
 
 /// Where the session is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,6 +176,8 @@ pub struct PhoneSession {
     events_dropped: u64,
     /// Datagrams from the edge that could not be read (dropped, the session goes on).
     datagrams_dropped: u64,
+    /// Acknowledgements left unsent past [`MAX_ACKS_OUT`].
+    acks_unsent: u64,
     /// Waits the edge told longer than [`shake_proto::limits::MAX_TOLD_WAIT_MS`], honoured
     /// only that long.
     waits_clamped: u64,
@@ -210,6 +217,7 @@ impl PhoneSession {
             events: VecDeque::new(),
             events_dropped: 0,
             datagrams_dropped: 0,
+            acks_unsent: 0,
             waits_clamped: 0,
             held_awards: VecDeque::new(),
             acked_here: VecDeque::new(),
@@ -277,6 +285,12 @@ impl PhoneSession {
     /// Events dropped because the app did not take them.
     pub fn events_dropped(&self) -> u64 {
         self.events_dropped
+    }
+
+    /// Acknowledgements left unsent because the control stream's queue was past
+    /// [`MAX_ACKS_OUT`] (an edge withholding its credit).
+    pub fn acks_unsent(&self) -> u64 {
+        self.acks_unsent
     }
 
     /// Awards received and not yet acknowledged, oldest first.
@@ -418,6 +432,10 @@ impl PhoneSession {
     }
 
     fn send_ack(&mut self, award_id: u64) {
+        if self.control_out.len() >= MAX_ACKS_OUT {
+            self.acks_unsent += 1;
+            return;
+        }
         ControlFrame::AwardAck { award_id }.encode(&mut self.control_out);
         push_bounded(&mut self.acked_here, award_id);
     }
@@ -1072,6 +1090,25 @@ mod tests {
         let mut fits = PhoneSession::new(Bytes::from(vec![7u8; shake_proto::limits::MAX_TOKEN]));
         fits.hello();
         assert!(!fits.control_out().is_empty() && fits.ended().is_none());
+    }
+
+    /// Acknowledgements stop being queued past [`MAX_ACKS_OUT`] unwritten control bytes (an
+    /// edge that withholds its credit and sends award after award), counted (review 20).
+    #[test]
+    fn acknowledgements_queued_are_bounded() {
+        let mut s = welcomed(0);
+        let award = |award_id| {
+            frame(ControlFrame::Award { award_id, round_id: 1, prize: Prize::Cash { cents: 1 } })
+        };
+        let mut acked = 0;
+        for id in 1..=40_000u64 {
+            s.on_control(NOW, &award(id)).unwrap();
+            acked += u64::from(s.ack_award(id));
+        }
+        assert_eq!(acked, 40_000, "each held award is acknowledged by the app");
+        let queued = s.control_out().len();
+        assert!((MAX_ACKS_OUT..MAX_ACKS_OUT + 16).contains(&queued), "{queued} bytes queued");
+        assert!(s.acks_unsent() > 0);
     }
 
     /// On the control-stream path, shakes stop being queued once the unwritten control bytes

@@ -239,8 +239,13 @@ pub const MAX_DRAIN_DEADLINE_MS: u64 = 60_000;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
-    /// A phone must send a valid `Hello` within this long, milliseconds.
+    /// A phone must send a valid `Hello` within this long of its handshake's completion,
+    /// milliseconds.
     pub hello_timeout_ms: u64,
+    /// A QUIC handshake must complete within this long of its first packet, milliseconds: an
+    /// attempt that never completes holds a slot of `max_handshakes` and of its source's cap,
+    /// and quinn-proto ends it only when it falls silent for the idle timeout.
+    pub handshake_timeout_ms: u64,
     /// Each phone's own shakes per second (anti-spam).
     pub phone_rate_per_s: f64,
     /// Each phone's burst.
@@ -296,6 +301,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             hello_timeout_ms: 5_000,
+            handshake_timeout_ms: 10_000,
             phone_rate_per_s: 10.0,
             phone_burst: 20.0,
             fallback_rate_per_s: 1_000.0,
@@ -356,8 +362,8 @@ fn default_batch_delay_us() -> u64 {
 
 /// The longest `limits.batch_max_age_us`, microseconds (10 s).
 pub const MAX_BATCH_AGE_US: u64 = 10_000_000;
-/// The longest `limits.hello_timeout_ms` (10 min): past it, a deadline overflowed the clock
-/// and stopped the worker at its first handshake.
+/// The longest `limits.hello_timeout_ms` and `limits.handshake_timeout_ms` (10 min): past it,
+/// a deadline overflowed the clock and stopped the worker at its first handshake.
 pub const MAX_HELLO_TIMEOUT_MS: u64 = 600_000;
 
 /// The longest a phone's connection may stay idle: an hour, far past a show's gap between
@@ -484,6 +490,9 @@ impl Validate for EdgeConfig {
         if l.hello_timeout_ms > MAX_HELLO_TIMEOUT_MS {
             return Err(invalid("limits.hello_timeout_ms", "at most 600,000 (10 min)"));
         }
+        if l.handshake_timeout_ms > MAX_HELLO_TIMEOUT_MS {
+            return Err(invalid("limits.handshake_timeout_ms", "at most 600,000 (10 min)"));
+        }
         if l.batch_max_age_us > MAX_BATCH_AGE_US {
             return Err(invalid("limits.batch_max_age_us", "at most 10,000,000 (10 s)"));
         }
@@ -493,10 +502,15 @@ impl Validate for EdgeConfig {
                 "at most 10,000 (10 ms: each turn that is not full waits this long)",
             ));
         }
-        if l.batch_max_age_us == 0 || l.max_in_flight_batches == 0 || l.hello_timeout_ms == 0 {
+        if l.batch_max_age_us == 0
+            || l.max_in_flight_batches == 0
+            || l.hello_timeout_ms == 0
+            || l.handshake_timeout_ms == 0
+        {
             return Err(invalid(
                 "limits",
-                "batch_max_age_us, max_in_flight_batches and hello_timeout_ms must be above 0",
+                "batch_max_age_us, max_in_flight_batches, hello_timeout_ms and \
+                 handshake_timeout_ms must be above 0",
             ));
         }
         // The allocator keeps at most 4,096 batches of a worker drawn and not confirmed (in
@@ -689,6 +703,11 @@ mod tests {
                 "hello_timeout_ms = 5000",
                 &format!("hello_timeout_ms = {huge}"),
                 "limits.hello_timeout_ms",
+            ),
+            (
+                "handshake_timeout_ms = 10000",
+                &format!("handshake_timeout_ms = {huge}"),
+                "limits.handshake_timeout_ms",
             ),
             ("interval_ms = 100", &format!("interval_ms = {huge}"), "overload.interval_ms"),
             (

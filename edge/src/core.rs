@@ -119,6 +119,10 @@ pub struct WorkerCore<X> {
     admission: Admission,
     uplink: Uplink<PhoneRef>,
     phones: PhoneTable<Phone<X>>,
+    /// Where each user's phone sits: the newest session's (the edge holds one live session per
+    /// user; a superseded one is on its way out). What the allocator says of a user (awards
+    /// owed, a limit) reaches the phone without a pass over the table.
+    by_user: HashMap<u64, PhoneRef>,
     awards: Arc<AwardBook>,
     /// Users the allocator limited, and until when (at most [`MAX_LIMITED_USERS`]).
     limited: HashMap<u64, u64>,
@@ -149,6 +153,7 @@ impl<X> WorkerCore<X> {
             admission: Admission::new(settings.admission, now_us),
             uplink: Uplink::new(name, settings.batches),
             phones: PhoneTable::default(),
+            by_user: HashMap::new(),
             awards,
             limited: HashMap::new(),
             allocator_clock_ahead_ms: 0,
@@ -216,7 +221,10 @@ impl<X> WorkerCore<X> {
         // What the allocator still owes this user (an award whose phone had gone) comes back
         // as `AwardsOwed`.
         self.uplink.want_awards(user_id);
-        self.phones.insert(Phone { user_id, bucket, limited_until_ms, acks_refused: 0, ext })
+        let at =
+            self.phones.insert(Phone { user_id, bucket, limited_until_ms, acks_refused: 0, ext });
+        self.by_user.insert(user_id, at);
+        at
     }
 
     /// Users limited now (the table behind the per-phone mark).
@@ -226,7 +234,12 @@ impl<X> WorkerCore<X> {
 
     /// A phone left.
     pub fn remove_phone(&mut self, at: PhoneRef) -> Option<Phone<X>> {
-        self.phones.remove(at)
+        let phone = self.phones.remove(at)?;
+        // Unless a newer session of the user took the entry.
+        if self.by_user.get(&phone.user_id) == Some(&at) {
+            self.by_user.remove(&phone.user_id);
+        }
+        Some(phone)
     }
 
     /// Decides one shake of the phone at `at`; the outcome to send it (`None` if it left).
@@ -394,14 +407,9 @@ impl<X> WorkerCore<X> {
                 self.on_users_limited(&user_ids, self.local_time_ms(until_ms), now_ms);
             }
             AllocatorFrame::AwardsOwed { user_id, awards } => {
-                // Rare (a user owed an award whose session started): a pass over the phones.
-                let phones: Vec<PhoneRef> = self
-                    .phones
-                    .entries()
-                    .filter(|(_, phone)| phone.user_id == user_id)
-                    .map(|(at, _)| at)
-                    .collect();
-                for at in phones {
+                // To the session whose start asked for them (a user can start sessions as
+                // often as the handshake rate lets it: no pass over the phones for each).
+                if let Some(&at) = self.by_user.get(&user_id) {
                     for award in &awards {
                         self.awards.sent(award.award_id, user_id, now_ms);
                         self.counts.awards_owed_written += 1;
@@ -435,10 +443,12 @@ impl<X> WorkerCore<X> {
             }
             self.limited.insert(user, until_ms);
         }
-        // One pass over this worker's phones per notice (at most one a second), so the shake
-        // path only compares a number.
-        for phone in self.phones.iter_mut() {
-            if let Some(&until) = self.limited.get(&phone.user_id) {
+        // Marked on the users' phones, so the shake path only compares a number; a phone
+        // that starts later reads the table.
+        for user in user_ids {
+            let Some(&until) = self.limited.get(user) else { continue };
+            let Some(&at) = self.by_user.get(user) else { continue };
+            if let Some(phone) = self.phones.get_mut(at) {
                 phone.limited_until_ms = until;
             }
         }

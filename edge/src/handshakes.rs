@@ -48,6 +48,9 @@ shake_ops::label_values! {
         Accepted => "accepted",
         /// The handshake started and did not complete (counted by the I/O path).
         Failed => "failed",
+        /// The handshake started and had not completed by `limits.handshake_timeout_ms`
+        /// (counted by the I/O path, which closes it).
+        TimedOut => "timed_out",
         /// Asked for address validation first.
         Retried => "retried",
         /// Dropped: the client resends.

@@ -284,6 +284,9 @@ pub struct EdgeMetrics {
     pub phones: Gauge,
     /// Handshakes by outcome ([`HandshakeOutcome`]).
     pub handshakes: Family<HandshakeLabels, Counter>,
+    /// Connections counted against `max_handshakes` now (from the first packet until `Hello`),
+    /// whole edge, as of each worker's last second.
+    pub handshakes_in_progress: Gauge,
     /// Sessions closed by the edge, by error code name.
     pub sessions_closed: Family<SessionClosedLabels, Counter>,
     /// Shake verdicts by reason.
@@ -367,6 +370,7 @@ impl EdgeMetrics {
             registry: Registry::default(),
             phones: Gauge::default(),
             handshakes: Family::default(),
+            handshakes_in_progress: Gauge::default(),
             sessions_closed: Family::default(),
             verdicts: Family::default(),
             drops: Family::default(),
@@ -401,6 +405,11 @@ impl EdgeMetrics {
         let mut registry = Registry::with_prefix("shake_edge");
         registry.register("phones", "Phones connected", m.phones.clone());
         registry.register("handshakes", "Handshakes by outcome", m.handshakes.clone());
+        registry.register(
+            "handshakes_in_progress",
+            "Connections counted against max_handshakes (first packet until Hello), whole edge",
+            m.handshakes_in_progress.clone(),
+        );
         registry.register("sessions_closed", "Sessions closed by code", m.sessions_closed.clone());
         registry.register("verdicts", "Shake verdicts by reason", m.verdicts.clone());
         registry.register("drops", "Dropped input by reason", m.drops.clone());
@@ -685,6 +694,7 @@ shake_edge_handshakes_total{outcome="overloaded"}
 shake_edge_handshakes_total{outcome="rate_limited"}
 shake_edge_handshakes_total{outcome="refused"}
 shake_edge_handshakes_total{outcome="retried"}
+shake_edge_handshakes_total{outcome="timed_out"}
 shake_edge_loop_busy_ratio{worker="12"}
 shake_edge_loop_busy_ratio{worker="3"}
 shake_edge_loop_long_turn_seconds_total{time="on_cpu"}
@@ -800,7 +810,7 @@ shake_edge_verdicts_total{verdict="slow_down"}
         let text = EdgeMetrics::new().render();
         let closed: Vec<&str> =
             EXPECTED.trim().lines().filter(|series| !of_an_open_label_set(series)).collect();
-        assert_eq!(closed.len(), 52, "{closed:?}");
+        assert_eq!(closed.len(), 53, "{closed:?}");
         for series in closed {
             // `0` or, for the seconds counters, `0.0`.
             let zero = [format!("{series} 0\n"), format!("{series} 0.0\n")];

@@ -9,7 +9,8 @@
 use std::time::Duration;
 
 use shake_proto::ErrorCode;
-use shake_testkit::phone::Phone;
+use shake_testkit::first_flight::FirstFlights;
+use shake_testkit::phone::{Phone, phone_config};
 use shake_testkit::tokens::token;
 use shake_testkit::world::{World, WorldSettings};
 
@@ -180,4 +181,39 @@ async fn a_sources_connections_waiting_for_hello_count_against_its_cap() {
         let mut phone = Phone::connect_from(&world, source).await.unwrap();
         phone.hello(token(610 + n, 3600)).await.unwrap();
     }
+}
+
+/// A handshake that never completes is closed at `handshake_timeout_ms`, counted `timed_out`,
+/// and gives its place under `max_handshakes` back. quinn-proto ends a handshake only once it
+/// falls silent for the idle timeout (30 s here), so without the deadline a few stalled
+/// attempts, each kept alive by a packet now and then, turned every phone away (review 20).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_that_never_completes_gives_its_place_back_at_its_deadline() {
+    let world = world_with_limits(
+        "max_handshakes = 1\nretry_above_handshakes = 1\nhandshake_timeout_ms = 1000\n",
+    )
+    .await;
+    let mut stalled = FirstFlights::bind("127.6.0.1:0");
+    stalled.send(phone_config(&world.scratch.ca()), world.edge.addr, "localhost");
+    // Its Initial taken before the phone's (they may reach different workers).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let from = |n: u8| format!("127.6.0.{n}:0").parse().unwrap();
+    // The stalled attempt holds the one place: a phone is refused while it lasts.
+    let mut refusals = 0;
+    let started = std::time::Instant::now();
+    let mut phone = loop {
+        match Phone::connect_from(&world, from(2)).await {
+            Ok(phone) => break phone,
+            Err(err) if refused(&err) => refusals += 1,
+            Err(other) => panic!("expected CONNECTION_REFUSED, got {other}"),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "phones refused 5 s after a handshake stalled ({refusals} refusals)"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(refusals > 0, "the stalled attempt never held the place");
+    assert_eq!(world.metric("shake_edge_handshakes_total{outcome=\"timed_out\"}"), 1.0);
+    phone.hello(token(600, 3600)).await.unwrap();
 }

@@ -342,3 +342,59 @@ fn the_limited_users_table_is_bounded_and_swept() {
     worker.on_allocator_frame(again, 0, T0_MS + 60_001, &mut told);
     assert_eq!(worker.limited_users(), 1);
 }
+
+/// Awards the allocator says a user is owed go to the phone of the user's newest session, found
+/// by the user and not by a pass over the worker's phones (review 20: a user who never
+/// acknowledged an award could make every session start cost a pass over 50,000 phones); a
+/// phone that left, or a user with no phone here, gets nothing. A limit reaches the phone of a
+/// user already connected the same way.
+#[test]
+fn owed_awards_and_limits_reach_the_users_newest_phone() {
+    use shake_proto::Prize;
+    use shake_proto::allocator::OwedAward;
+    let mut worker = edge_worker(1, 0);
+    let owed = |award_id| AllocatorFrame::AwardsOwed {
+        user_id: 7,
+        awards: vec![OwedAward { award_id, round_id: 1, prize: Prize::Cash { cents: 5 } }],
+    };
+    let sent_to = |worker: &mut WorkerCore<u64>, award_id| {
+        let mut effects = Vec::new();
+        worker.on_allocator_frame(owed(award_id), 0, T0_MS, &mut effects);
+        effects
+            .into_iter()
+            .map(|effect| match effect {
+                PhoneEffect::ToPhone(at, ControlFrame::Award { award_id: a, .. }) => {
+                    assert_eq!(a, award_id);
+                    at
+                }
+                other => panic!("expected an Award to one phone, got {other:?}"),
+            })
+            .collect::<Vec<_>>()
+    };
+    assert!(sent_to(&mut worker, 1).is_empty(), "no phone of user 7 here");
+    let first = worker.add_phone(7, 1, 0, None);
+    let other = worker.add_phone(8, 2, 0, None);
+    assert_eq!(sent_to(&mut worker, 2), vec![first]);
+    // A new session of user 7 (the first superseded, on its way out): the new one gets them,
+    // and still after the first has left.
+    let newer = worker.add_phone(7, 3, 0, None);
+    assert_eq!(sent_to(&mut worker, 3), vec![newer]);
+    assert!(worker.remove_phone(first).is_some());
+    assert_eq!(sent_to(&mut worker, 4), vec![newer]);
+    assert!(worker.remove_phone(newer).is_some());
+    assert!(sent_to(&mut worker, 5).is_empty(), "user 7's phones have left");
+    // A slot reused by another user's phone is not user 7's.
+    let reused = worker.add_phone(9, 4, 0, None);
+    assert!(sent_to(&mut worker, 6).is_empty(), "{reused:?} is user 9's");
+    // A limit on a user already connected reaches that phone, and no other.
+    let limit = AllocatorFrame::UsersLimited { until_ms: T0_MS + 60_000, user_ids: vec![8] };
+    worker.on_allocator_frame(limit, 0, T0_MS, &mut Vec::new());
+    let shake = Shake { round_id: 1, seq: 1, client_time_ms: T0_MS };
+    let verdict = |worker: &mut WorkerCore<u64>, at| {
+        worker.on_shake(at, shake, 1_000, T0_MS + 1).unwrap().verdict
+    };
+    assert_eq!(verdict(&mut worker, other), Verdict::NoLuck);
+    assert_eq!(worker.take_counts().user_limited, 1);
+    verdict(&mut worker, reused);
+    assert_eq!(worker.take_counts().user_limited, 0, "user 9 is not limited");
+}

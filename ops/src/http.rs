@@ -18,6 +18,8 @@ use axum::routing;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::write_stall::StallLimited;
+
 /// A registry's text exposition, what `/metrics` serves.
 pub fn exposition(registry: &prometheus_client::registry::Registry) -> String {
     let mut out = String::new();
@@ -94,14 +96,20 @@ pub struct ServeLimits {
     /// How long a client may take to send a request's head, and an idle connection may wait
     /// before its next request.
     pub head_timeout: Duration,
+    /// How long a response may wait for the client to take any of it (a client that asked and
+    /// then reads nothing holds its place until then).
+    pub write_stall: Duration,
 }
 
 /// The limits of every Shake HTTP listener: room for every scraper, control-room screen and
 /// support tool, and no more. (axum's own server sets no limit of either kind: a client
 /// that opened connections and sent a line of a request held a task, a buffer and a file
 /// descriptor each, for ever; the allocator's descriptors are its ledger's too.)
-pub const SERVE_LIMITS: ServeLimits =
-    ServeLimits { max_connections: 256, head_timeout: Duration::from_secs(10) };
+pub const SERVE_LIMITS: ServeLimits = ServeLimits {
+    max_connections: 256,
+    head_timeout: Duration::from_secs(10),
+    write_stall: Duration::from_secs(30),
+};
 
 /// Serves `app` (the [`router`] and a server's own routes) on `listener` until `shutdown`,
 /// within [`SERVE_LIMITS`].
@@ -147,6 +155,7 @@ pub async fn serve_router_within(
             builder
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(limits.head_timeout);
+            let stream = StallLimited::new(stream, limits.write_stall);
             let connection =
                 builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
             let mut connection = std::pin::pin!(connection);
@@ -398,7 +407,11 @@ mod tests {
             metrics: Arc::new(|| "a_total 1\n# EOF\n".to_owned()),
             ready: Arc::new(|| Readiness::Ready),
         };
-        let limits = ServeLimits { max_connections: 2, head_timeout: Duration::from_millis(400) };
+        let limits = ServeLimits {
+            max_connections: 2,
+            head_timeout: Duration::from_millis(400),
+            write_stall: Duration::from_secs(30),
+        };
         let listener = runtime.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
         let addr = listener.local_addr().unwrap();
         let served = runtime.spawn(serve_router_within(
@@ -430,6 +443,48 @@ mod tests {
         let mut text = String::new();
         third.read_to_string(&mut text).unwrap();
         assert_eq!(status_of(&text), Some(200), "{text}");
+        shutdown.cancel();
+        runtime.block_on(served).unwrap();
+    }
+
+    /// A client that asks and then reads nothing (its receive window closed) holds its place
+    /// only until the write has stalled [`ServeLimits::write_stall`]: with the head timeout
+    /// alone, such clients held every place of the listener for as long as they liked, and
+    /// `/ready` answered no one (review 20).
+    #[test]
+    fn a_client_that_reads_nothing_gives_its_place_back() {
+        use std::io::{Read, Write};
+        let runtime = runtime();
+        let shutdown = CancellationToken::new();
+        // Far more than the two sockets' buffers hold.
+        let endpoints = Endpoints {
+            metrics: Arc::new(|| "a".repeat(64 << 20)),
+            ready: Arc::new(|| Readiness::Ready),
+        };
+        let limits = ServeLimits {
+            max_connections: 1,
+            head_timeout: Duration::from_secs(10),
+            write_stall: Duration::from_millis(500),
+        };
+        let listener = runtime.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let served = runtime.spawn(serve_router_within(
+            listener,
+            router(endpoints),
+            shutdown.clone(),
+            limits,
+        ));
+        let mut reads_nothing = std::net::TcpStream::connect(addr).unwrap();
+        reads_nothing.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        let mut ready = std::net::TcpStream::connect(addr).unwrap();
+        ready.write_all(b"GET /ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        ready.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut text = String::new();
+        let answered = ready.read_to_string(&mut text);
+        assert!(answered.is_ok(), "/ready unanswered behind a client reading nothing");
+        assert_eq!(status_of(&text), Some(200), "{text}");
+        drop(reads_nothing);
         shutdown.cancel();
         runtime.block_on(served).unwrap();
     }

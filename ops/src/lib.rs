@@ -4,7 +4,8 @@
 //! - [`config`]: TOML configuration files and the error that names the field at fault.
 //! - [`exit`]: how every binary ends (its status, or its error and status 1).
 //! - [`tls`]: PEM loading, the crypto provider, mutual-TLS configurations, edge names.
-//! - [`http`]: the tiny HTTP responder behind `/metrics` and `/health`.
+//! - [`http`]: the tiny HTTP responder behind `/metrics` and `/health`; [`write_stall`]: its
+//!   connections' writes may stall only so long.
 //! - [`bearer`]: bearer tokens for the endpoints that are not for everyone.
 //! - [`supervise`]: threads whose end is reported, and the tests' fault-injection point.
 //! - [`init_logging`]: tracing to stderr, `RUST_LOG` aware; JSON lines with
@@ -26,6 +27,7 @@ pub mod signals;
 pub mod supervise;
 pub mod tls;
 pub mod webdriver;
+pub mod write_stall;
 
 /// What the binaries were built from.
 pub mod build {

@@ -14,6 +14,7 @@
 //! - [`world`]: an allocator and an edge on loopback, for the edge's integration tests.
 //! - [`phone`]: a test phone, a quinn client speaking the phone protocol to an edge.
 //! - [`edge_link`]: an edge worker's side of the allocator link, for the allocator's tests.
+//! - [`first_flight`]: handshakes begun and never finished, for both servers' defences.
 //! - `stream`: reading whole frames off a QUIC stream, for the two above.
 //! - [`pg_server`]: throwaway PostgreSQL servers.
 //! - [`scripts`]: the repository's scripts, run to their final JSON line.
@@ -21,6 +22,7 @@
 
 pub mod edge_link;
 pub mod failpoints;
+pub mod first_flight;
 pub mod fixture;
 pub mod metrics;
 pub mod pg_server;

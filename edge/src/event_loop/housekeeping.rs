@@ -39,6 +39,8 @@ impl LoopWorker {
             self.sources.sweep(now_us);
             self.core.on_load_tick(now_us, now_ms());
             metrics.users_live.set(self.shared.sessions.live() as i64);
+            let handshakes = self.shared.handshakes.load(Ordering::Relaxed);
+            metrics.handshakes_in_progress.set(i64::from(handshakes));
             let held = self.sessions.iter().flatten().count() as i64;
             let labels = crate::metrics::WorkerLabels { worker: self.id };
             metrics.sessions_held.get_or_create(&labels).set(held);

@@ -7,6 +7,8 @@ impl LoopWorker {
     /// The allocator link: its events in, the uplink's frames out (while the pipe has room).
     pub(super) fn exchange_with_link(&mut self, now: Instant, engine: &mut Engine) {
         let now_us = self.now_us(now);
+        let mut taken = 0;
+        self.link_backlog = false;
         while let Ok(event) = self.link.from_link.try_recv() {
             match event {
                 LinkEvent::Up => {
@@ -36,6 +38,11 @@ impl LoopWorker {
                     }
                     self.deliver(engine, effects);
                 }
+            }
+            taken += 1;
+            if taken == LINK_EVENTS_PER_TURN {
+                self.link_backlog = true;
+                break;
             }
         }
         while self.link.to_link.capacity() > 0 {

@@ -61,6 +61,11 @@ const RECONNECT_AFTER_DRAIN_MS: u32 = 1_000;
 const BROADCAST_PER_TURN: usize = 64;
 /// Broadcasts in progress at once; past it the oldest is finished in one go.
 const MAX_BROADCASTS: usize = 8;
+/// Most events from the allocator link one turn takes (the pipe's size): the link thread
+/// refills the pipe as the turn empties it, so "until it is empty" could last as long as the
+/// allocator kept sending, with no datagram read meanwhile. The rest wait for the next turn,
+/// which then does not wait.
+const LINK_EVENTS_PER_TURN: usize = 1_024;
 
 /// A control frame on its way to every serving phone of the worker, a slice per turn.
 #[derive(Debug)]
@@ -87,6 +92,16 @@ enum Phase {
     Serving(PhoneRef),
     /// Closing with this code once the `Error` frame is acknowledged (or the grace ends).
     Closing(ErrorCode),
+}
+
+/// What a session's deadline that passed ends.
+enum Due {
+    /// Its QUIC handshake.
+    Handshake,
+    /// Its wait for `Hello`.
+    Hello,
+    /// Its close's grace, closing with this code.
+    Close(ErrorCode),
 }
 
 /// One connection's session.
@@ -150,6 +165,8 @@ struct LoopWorker {
     pending_source: Option<IpAddr>,
     /// Broadcasts in progress, oldest first (at most [`MAX_BROADCASTS`]).
     broadcasts: VecDeque<Broadcast>,
+    /// The last turn left events from the link in the pipe ([`LINK_EVENTS_PER_TURN`]).
+    link_backlog: bool,
     /// Pacing, handshake refusal and shedding under load.
     overload: Overload,
     /// Shakes decided so far (what overload control calls served).
@@ -218,7 +235,7 @@ impl Handler for LoopWorker {
         }
     }
 
-    fn accepted(&mut self, _now: Instant, ch: ConnectionHandle) {
+    fn accepted(&mut self, now: Instant, ch: ConnectionHandle) {
         if ch.0 >= self.sessions.len() {
             self.sessions.resize_with(ch.0 + 1, || None);
         }
@@ -232,6 +249,11 @@ impl Handler for LoopWorker {
             holds: None,
             told_pace_ms: 0,
         });
+        // quinn-proto ends a handshake only when it falls silent for the idle timeout: one kept
+        // alive (a packet now and then, its Finished never sent) would hold its slots of
+        // `max_handshakes` and of its source's cap for as long as its sender liked.
+        let deadline = Duration::from_millis(self.shared.config.limits.handshake_timeout_ms);
+        self.deadlines.set(ch.0, Some(now + deadline));
     }
 
     fn accept_failed(&mut self, _now: Instant) {
@@ -298,16 +320,18 @@ impl Handler for LoopWorker {
 impl Shell for LoopWorker {
     fn turn(&mut self, now: Instant, engine: &mut Engine, stats: &DriverStats) -> Flow {
         self.driver_stats = *stats;
-        // Deadlines of sessions: Hello not in time, or a close's grace over.
+        // Deadlines of sessions: the handshake or Hello not in time, or a close's grace over.
         let due: Vec<usize> = std::iter::from_fn(|| self.deadlines.pop_expired(now)).collect();
         for ch in due.into_iter().map(ConnectionHandle) {
             let phase = self.session(ch).map(|s| match s.phase {
-                Phase::Closing(code) => Some(code),
-                _ => None,
+                Phase::Closing(code) => Due::Close(code),
+                Phase::Handshake => Due::Handshake,
+                Phase::AwaitHello | Phase::Serving(_) => Due::Hello,
             });
             engine.with_connection(ch, |conn| match phase {
-                Some(Some(code)) => self.close_now(now, ch, conn, code),
-                Some(None) => {
+                Some(Due::Close(code)) => self.close_now(now, ch, conn, code),
+                Some(Due::Handshake) => self.handshake_timed_out(now, ch, conn),
+                Some(Due::Hello) => {
                     let code = ErrorCode::HelloTimeout;
                     self.start_close(now, ch, conn, code, "no valid Hello before the deadline");
                 }
@@ -344,8 +368,9 @@ impl Shell for LoopWorker {
     fn deadline(&mut self) -> Option<Instant> {
         let batch =
             self.core.deadline_us().map(|us| self.shared.origin + Duration::from_micros(us));
-        // A broadcast in progress goes on at the next turn, without waiting.
-        let broadcasting = (!self.broadcasts.is_empty()).then(Instant::now);
+        // A broadcast in progress, or link events left over, go on at the next turn, without
+        // waiting.
+        let broadcasting = (!self.broadcasts.is_empty() || self.link_backlog).then(Instant::now);
         [batch, Some(self.next_housekeeping), self.deadlines.earliest(), broadcasting]
             .into_iter()
             .flatten()
@@ -430,6 +455,7 @@ pub fn run(start: LoopStart, shared: Arc<Shared>) -> std::io::Result<()> {
         driver_stats: DriverStats::default(),
         pending_source: None,
         broadcasts: VecDeque::new(),
+        link_backlog: false,
         overload: Overload::new(shared.config.overload.settings(), now_us),
         shakes_decided: 0,
         handshakes_done: 0,

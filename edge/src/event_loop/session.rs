@@ -72,6 +72,25 @@ impl LoopWorker {
         }
     }
 
+    /// Closes a connection whose QUIC handshake did not complete by its deadline, counted
+    /// `timed_out` (the phone sees `HELLO_TIMEOUT`: docs/PROTOCOL.md 5.1).
+    pub(super) fn handshake_timed_out(
+        &mut self,
+        now: Instant,
+        ch: ConnectionHandle,
+        conn: &mut Connection,
+    ) {
+        let Some(session) = self.sessions.get_mut(ch.0).and_then(Option::as_mut) else { return };
+        if !matches!(session.phase, Phase::Handshake) {
+            return;
+        }
+        let source = session.source.take();
+        session.phase = Phase::Closing(ErrorCode::HelloTimeout);
+        self.shared.metrics.count_handshake(HandshakeOutcome::TimedOut);
+        self.attempt_done(source);
+        self.close_now(now, ch, conn, ErrorCode::HelloTimeout);
+    }
+
     pub(super) fn close_now(
         &mut self,
         now: Instant,
