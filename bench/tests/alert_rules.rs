@@ -218,9 +218,11 @@ const CASES: &[Case] = &[
     Case {
         alert: "ShakeAllocatorRejectsPeers",
         series: &[
-            // a: an edge naming another edge_id, b: an edge failing mutual TLS, every few
-            // seconds for 12 minutes; c: handshakes cut short by one failover, then none.
+            // a: an edge naming another edge_id, b: an edge failing mutual TLS, d: attempts
+            // refused at the handshake caps, every few seconds for 12 minutes; c: handshakes
+            // cut short by one failover, then none.
             (r#"shake_allocator_rejected_peers_total{instance="a",reason="edge_id"}"#, "0+1x48"),
+            (r#"shake_allocator_rejected_peers_total{instance="d",reason="busy"}"#, "0+3x48"),
             (r#"shake_allocator_rejected_peers_total{instance="a",reason="handshake"}"#, "0x48"),
             (r#"shake_allocator_rejected_peers_total{instance="b",reason="handshake"}"#, "0+2x48"),
             (
@@ -232,6 +234,7 @@ const CASES: &[Case] = &[
         firing: &[
             (&[("instance", "a"), ("reason", "edge_id")], "-"),
             (&[("instance", "b"), ("reason", "handshake")], "-"),
+            (&[("instance", "d"), ("reason", "busy")], "-"),
         ],
     },
     // What must not page: a condition younger than the rule's `for:`, an event older than its

@@ -433,7 +433,10 @@ impl PhoneSession {
 
     fn send_ack(&mut self, award_id: u64) {
         if self.control_out.len() >= MAX_ACKS_OUT {
+            // Remembered all the same: the edge's next send of it is a duplicate here, not an
+            // award to show again.
             self.acks_unsent += 1;
+            push_bounded(&mut self.acked_here, award_id);
             return;
         }
         ControlFrame::AwardAck { award_id }.encode(&mut self.control_out);
@@ -1109,6 +1112,10 @@ mod tests {
         let queued = s.control_out().len();
         assert!((MAX_ACKS_OUT..MAX_ACKS_OUT + 16).contains(&queued), "{queued} bytes queued");
         assert!(s.acks_unsent() > 0);
+        // An award whose acknowledgement was left unsent, sent again: not shown twice.
+        while s.poll_event().is_some() {}
+        s.on_control(NOW, &award(40_000)).unwrap();
+        assert_eq!(s.poll_event(), None, "award 40,000 shown again");
     }
 
     /// On the control-stream path, shakes stop being queued once the unwritten control bytes

@@ -196,7 +196,7 @@ async fn a_handshake_that_never_completes_gives_its_place_back_at_its_deadline()
     let mut stalled = FirstFlights::bind("127.6.0.1:0");
     stalled.send(phone_config(&world.scratch.ca()), world.edge.addr, "localhost");
     // Its Initial taken before the phone's (they may reach different workers).
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(stalled.answered(Duration::from_secs(5)), "the edge never answered a first flight");
     let from = |n: u8| format!("127.6.0.{n}:0").parse().unwrap();
     // The stalled attempt holds the one place: a phone is refused while it lasts.
     let mut refusals = 0;

@@ -39,6 +39,12 @@ impl FirstFlights {
         self.socket.send_to(&datagram[..transmit.size], server).expect("sending an Initial");
     }
 
+    /// Whether anything came back within `within` (the server took a first flight).
+    pub fn answered(&self, within: Duration) -> bool {
+        self.socket.set_read_timeout(Some(within)).expect("a read timeout");
+        self.socket.recv_from(&mut [0u8; 2048]).is_ok()
+    }
+
     /// The datagrams that came back until none came for `quiet`.
     pub fn answers(&self, quiet: Duration) -> Answers {
         self.socket.set_read_timeout(Some(quiet)).expect("a read timeout");
