@@ -356,6 +356,27 @@ mod tests {
         tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap()
     }
 
+    /// A listener serving `metrics` (always ready) within `limits`: the runtime, its address,
+    /// its shutdown and its task.
+    fn serving_within(
+        metrics: impl Fn() -> String + Send + Sync + 'static,
+        limits: ServeLimits,
+    ) -> (tokio::runtime::Runtime, SocketAddr, CancellationToken, tokio::task::JoinHandle<()>) {
+        let runtime = runtime();
+        let shutdown = CancellationToken::new();
+        let endpoints =
+            Endpoints { metrics: Arc::new(metrics), ready: Arc::new(|| Readiness::Ready) };
+        let listener = runtime.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let served = runtime.spawn(serve_router_within(
+            listener,
+            router(endpoints),
+            shutdown.clone(),
+            limits,
+        ));
+        (runtime, addr, shutdown, served)
+    }
+
     #[test]
     fn metrics_health_and_readiness_with_head_and_queries() {
         let runtime = runtime();
@@ -401,25 +422,13 @@ mod tests {
     #[test]
     fn idle_and_half_sent_requests_are_timed_out_and_connections_capped() {
         use std::io::{Read, Write};
-        let runtime = runtime();
-        let shutdown = CancellationToken::new();
-        let endpoints = Endpoints {
-            metrics: Arc::new(|| "a_total 1\n# EOF\n".to_owned()),
-            ready: Arc::new(|| Readiness::Ready),
-        };
         let limits = ServeLimits {
             max_connections: 2,
             head_timeout: Duration::from_millis(400),
             write_stall: Duration::from_secs(30),
         };
-        let listener = runtime.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let served = runtime.spawn(serve_router_within(
-            listener,
-            router(endpoints),
-            shutdown.clone(),
-            limits,
-        ));
+        let (runtime, addr, shutdown, served) =
+            serving_within(|| "a_total 1\n# EOF\n".to_owned(), limits);
         let open = || {
             let conn = std::net::TcpStream::connect(addr).unwrap();
             conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -454,26 +463,13 @@ mod tests {
     #[test]
     fn a_client_that_reads_nothing_gives_its_place_back() {
         use std::io::{Read, Write};
-        let runtime = runtime();
-        let shutdown = CancellationToken::new();
-        // Far more than the two sockets' buffers hold.
-        let endpoints = Endpoints {
-            metrics: Arc::new(|| "a".repeat(64 << 20)),
-            ready: Arc::new(|| Readiness::Ready),
-        };
         let limits = ServeLimits {
             max_connections: 1,
             head_timeout: Duration::from_secs(10),
             write_stall: Duration::from_millis(500),
         };
-        let listener = runtime.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let served = runtime.spawn(serve_router_within(
-            listener,
-            router(endpoints),
-            shutdown.clone(),
-            limits,
-        ));
+        // Far more than the two sockets' buffers hold.
+        let (runtime, addr, shutdown, served) = serving_within(|| "a".repeat(64 << 20), limits);
         let mut reads_nothing = std::net::TcpStream::connect(addr).unwrap();
         reads_nothing.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
         std::thread::sleep(Duration::from_millis(200));
