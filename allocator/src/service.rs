@@ -1538,12 +1538,25 @@ async fn accept_loop(
             else {
                 return;
             };
-            tracing::info!(%remote, "edge connected");
+            // Tests only: a handshake that completes while the term ends.
+            if shake_ops::supervise::failpoint_marked("allocator-hold-edge-connected") {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+            }
             {
                 let mut list = lock(&accepted);
+                // A handshake that completes once the term is ending: its connections closed
+                // (or about to be, by `lead`, which takes this lock after `actor_gone` is
+                // cancelled), this one would be left open, its streams ended by an actor that
+                // is gone, and its edge, its link up, would draw nothing until a restart.
+                if actor_gone.is_cancelled() {
+                    drop(list);
+                    connection.close(ErrorCode::NotLeader.code().into(), b"");
+                    return;
+                }
                 list.retain(|c| c.close_reason().is_none());
                 list.push(connection.clone());
             }
+            tracing::info!(%remote, "edge connected");
             // invariant: mutual TLS is required, so an established connection has a chain.
             let peer_cert = connection
                 .peer_identity()

@@ -278,6 +278,54 @@ async fn the_standby_takes_over_from_a_killed_leader_and_answers_exactly_once() 
 /// A leader whose commit finds a newer epoch ends its term as `fenced` (the outcome the README
 /// names), answers nothing of the refused group and stands by. The lease here outlasts the
 /// test, so its renewal (which would say `lost`) never runs first.
+/// A handshake that completes while the leader's term ends is closed with `NOT_LEADER`, so its
+/// edge tries its next allocator. Left open (it joined the term's connections after the term
+/// had closed them), its streams were ended by an actor that had gone, and its edge, its link
+/// up, drew nothing until one of the two restarted (review 22).
+/// `allocator-hold-edge-connected` holds each completed handshake 3 s before it joins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_completed_as_the_term_ends_is_told_not_leader() {
+    const HOLD: &str = "allocator-hold-edge-connected";
+    let (scratch, _server, url) = primary("ha-late-handshake");
+    let config = scratch.postgres_config("a", &url, &round());
+    rewrite(&config, "lease_ms = 1500", "lease_ms = 60000");
+    let a = with_failpoint(&config, HOLD);
+    await_leadership(&a, Duration::from_secs(10));
+    let mut stream = edge_worker(a.quic, &scratch, 42).await.unwrap();
+    stream.send(&batch(1)).await;
+    assert_eq!(stream.next_result().await.unwrap().0, 1);
+    // A second connection, its handshake complete and held.
+    let late = tokio::spawn(connect(a.quic, client_config(&scratch.certs(), Some("edge-1"))));
+    let marks = failpoints::mark_file(&config);
+    let started = Instant::now();
+    while std::fs::read_to_string(&marks).unwrap_or_default().lines().count() < 2 {
+        assert!(started.elapsed() < Duration::from_secs(5), "the second handshake never held");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The term ends meanwhile: fenced, another node having taken the lease.
+    std::thread::spawn(move || {
+        let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        client
+            .execute(
+                "UPDATE shake_leader SET epoch = epoch + 1, holder = 'intruder', \
+                 expires_at = now() + interval '1 hour' WHERE id = 1",
+                &[],
+            )
+            .unwrap();
+    })
+    .join()
+    .unwrap();
+    stream.send(&batch(2)).await;
+    assert!(stream.next_result().await.is_err(), "the fenced batch was answered");
+    let late = late.await.unwrap().unwrap();
+    match tokio::time::timeout(Duration::from_secs(8), late.closed()).await {
+        Ok(quinn::ConnectionError::ApplicationClosed(close)) => {
+            assert_eq!(close.error_code, ErrorCode::NotLeader.code().into(), "{close:?}");
+        }
+        other => panic!("the late connection was left open, or closed otherwise: {other:?}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fenced_commit_ends_the_term_as_fenced() {
     let (scratch, server, url) = primary("ha-fenced");

@@ -109,6 +109,7 @@ pub const FAILPOINTS: &[&str] = &[
     "allocator-stall-in-copy",
     "allocator-lane-open-fails",
     "allocator-endpoint-lost",
+    "allocator-hold-edge-connected",
 ];
 
 /// The names in a `SHAKE_FAILPOINT` value that are not in [`FAILPOINTS`].
@@ -135,6 +136,16 @@ pub fn failpoint(name: &str) -> bool {
 /// appended the name, a line, to the file `SHAKE_FAILPOINT_MARK` names, if set: a test waits
 /// for the mark instead of guessing with a sleep when the hold began. True if it held.
 pub fn failpoint_hold(name: &str, hold: std::time::Duration) -> bool {
+    if !failpoint_marked(name) {
+        return false;
+    }
+    std::thread::sleep(hold);
+    true
+}
+
+/// True if the fault `name` is on (tests only), its mark appended as [`failpoint_hold`] does:
+/// for a hold the caller makes itself (an async task's, which must not block its thread).
+pub fn failpoint_marked(name: &str) -> bool {
     if !failpoint(name) {
         return false;
     }
@@ -145,7 +156,6 @@ pub fn failpoint_hold(name: &str, hold: std::time::Duration) -> bool {
             tracing::warn!(%err, name, "could not mark the failpoint's hold");
         }
     }
-    std::thread::sleep(hold);
     true
 }
 

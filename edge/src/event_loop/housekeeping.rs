@@ -11,6 +11,8 @@ impl LoopWorker {
         }
         self.next_housekeeping = now + Duration::from_millis(100);
         self.ticks += 1;
+        self.drain_seen = self.drain_seen || self.shared.drain.is_cancelled();
+        self.stop_seen = self.stop_seen || self.shared.stop.is_cancelled();
         if self.ticks == 20 && shake_ops::supervise::failpoint("edge-worker-panic") {
             panic!("failpoint edge-worker-panic");
         }
@@ -82,12 +84,13 @@ impl LoopWorker {
         self.broadcast(engine, &notice);
     }
 
-    /// Drain (SIGTERM) and stop (SIGINT), checked once a turn.
+    /// Drain (SIGTERM) and stop (SIGINT), as seen at the last housekeeping tick (at most
+    /// 100 ms late), carried out once a turn.
     pub(super) fn shutdown(&mut self, now: Instant, engine: &mut Engine) -> Flow {
-        if self.shared.stop.is_cancelled() {
+        if self.stop_seen {
             return self.close_every_phone(now, engine);
         }
-        if self.shared.drain.is_cancelled() {
+        if self.drain_seen {
             let since = *self.draining_since.get_or_insert(now);
             if since == now {
                 let go_away = ControlFrame::GoAway { reconnect_after_ms: RECONNECT_AFTER_DRAIN_MS };

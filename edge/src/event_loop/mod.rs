@@ -160,6 +160,11 @@ struct LoopWorker {
     ticks: u64,
     draining_since: Option<Instant>,
     stopping_since: Option<Instant>,
+    /// The drain (SIGTERM) and the stop (SIGINT) as last read, at a housekeeping tick: the
+    /// tokens are read under a mutex that every worker shares (tokio-util's), too often a
+    /// lock to take every turn (review 22).
+    drain_seen: bool,
+    stop_seen: bool,
     driver_stats: DriverStats,
     /// The source of the attempt just accepted, until the engine names its connection.
     pending_source: Option<IpAddr>,
@@ -452,6 +457,8 @@ pub fn run(start: LoopStart, shared: Arc<Shared>) -> std::io::Result<()> {
         ticks: 0,
         draining_since: None,
         stopping_since: None,
+        drain_seen: false,
+        stop_seen: false,
         driver_stats: DriverStats::default(),
         pending_source: None,
         broadcasts: VecDeque::new(),
