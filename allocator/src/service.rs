@@ -915,9 +915,6 @@ struct Behind {
     reads: Vec<AwardRead>,
 }
 
-/// What a lane does with each group's outcome, in group order: metrics, the report to the
-/// actor, then the reads that waited behind the group. A lane's failure report is the first
-/// of its term's; the actor ends the term on it.
 /// Support's reads queued for the reader's thread, at most: a read can scan the whole ledger
 /// (seconds on millions of awards), and a caller answered 504 asks again, so an unbounded queue
 /// let the asking outrun the reading for as long as it went on (review 20). Past it a read is
@@ -961,6 +958,9 @@ fn queue_reads(reader: &SyncSender<AwardRead>, reads: Vec<AwardRead>) -> Vec<Awa
     unsent
 }
 
+/// What a lane does with each group's outcome, in group order: metrics, the report to the
+/// actor, then the reads that waited behind the group. A lane's failure report is the first
+/// of its term's; the actor ends the term on it.
 fn report_commits(
     committed: mpsc::UnboundedSender<Committed>,
     metrics: Arc<Metrics>,

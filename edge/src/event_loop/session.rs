@@ -84,8 +84,8 @@ impl LoopWorker {
         if !matches!(session.phase, Phase::Handshake) {
             return;
         }
+        // The session goes with the close (`close_now`): its accounting is settled here.
         let source = session.source.take();
-        session.phase = Phase::Closing(ErrorCode::HelloTimeout);
         self.shared.metrics.count_handshake(HandshakeOutcome::TimedOut);
         self.attempt_done(source);
         self.close_now(now, ch, conn, ErrorCode::HelloTimeout);
