@@ -49,6 +49,24 @@ fn with_failpoint(config: &std::path::Path, failpoint: &str) -> Allocator {
     Allocator::spawn(command).unwrap()
 }
 
+/// Another node takes the lease of the ledger at `url` (epoch + 1, for an hour) behind its
+/// leader's back, as a standby would once the lease ran out while the leader was frozen.
+fn take_the_lease_behind_its_back(url: &str) {
+    let url = url.to_owned();
+    std::thread::spawn(move || {
+        let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        client
+            .execute(
+                "UPDATE shake_leader SET epoch = epoch + 1, holder = 'intruder', \
+                 expires_at = now() + interval '1 hour' WHERE id = 1",
+                &[],
+            )
+            .unwrap();
+    })
+    .join()
+    .unwrap();
+}
+
 /// A scratch directory named `name`, a PostgreSQL primary in it, and the URL of its database
 /// `shake` (the server drops before the directory when bound in this order).
 fn primary(name: &str) -> (Scratch, PgServer, String) {
@@ -303,18 +321,7 @@ async fn a_handshake_completed_as_the_term_ends_is_told_not_leader() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // The term ends meanwhile: fenced, another node having taken the lease.
-    std::thread::spawn(move || {
-        let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
-        client
-            .execute(
-                "UPDATE shake_leader SET epoch = epoch + 1, holder = 'intruder', \
-                 expires_at = now() + interval '1 hour' WHERE id = 1",
-                &[],
-            )
-            .unwrap();
-    })
-    .join()
-    .unwrap();
+    take_the_lease_behind_its_back(&url);
     stream.send(&batch(2)).await;
     assert!(stream.next_result().await.is_err(), "the fenced batch was answered");
     let late = late.await.unwrap().unwrap();
@@ -344,19 +351,7 @@ async fn a_fenced_commit_ends_the_term_as_fenced() {
 
     // Another node takes the lease behind this one's back (as a standby would once the lease
     // ran out while this one was frozen).
-    let intruder_url = url.clone();
-    std::thread::spawn(move || {
-        let mut client = postgres::Client::connect(&intruder_url, postgres::NoTls).unwrap();
-        client
-            .execute(
-                "UPDATE shake_leader SET epoch = epoch + 1, holder = 'intruder', \
-                 expires_at = now() + interval '1 hour' WHERE id = 1",
-                &[],
-            )
-            .unwrap();
-    })
-    .join()
-    .unwrap();
+    take_the_lease_behind_its_back(&url);
     stream.send(&batch(2)).await;
     let fenced = stream.next_result().await;
     assert!(fenced.is_err(), "the fenced batch was answered: {fenced:?}");
