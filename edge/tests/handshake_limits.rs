@@ -125,6 +125,7 @@ async fn connections_that_never_say_hello_count_against_the_handshake_cap() {
 /// Sessions the edge closes itself leave its session table: quinn-proto reports no lost
 /// connection for a close of our own, so each stayed (its read buffer, up to 64 queued frames)
 /// until another connection took its slot; `shake_edge_sessions_held` read 3 here for ever.
+/// `shake_edge_handshakes_in_progress` counts them while they wait for `Hello`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_the_edge_closes_leave_its_table() {
     // Long enough a wait for Hello that the once-a-second gauge sees the silent ones held.
@@ -135,10 +136,13 @@ async fn sessions_the_edge_closes_leave_its_table() {
         silent.push(Phone::connect_from(&world, from).await.unwrap());
     }
     held_until(&world, |n| n >= 3.0, "the silent connections were never counted").await;
+    // Set in the same once-a-second pass: the places of `max_handshakes` they hold.
+    assert_eq!(world.metric("shake_edge_handshakes_in_progress"), 3.0, "{}", world.scrape());
     for phone in &silent {
         assert_eq!(phone.closed_code().await, Some(ErrorCode::HelloTimeout.code().into()));
     }
     held_until(&world, |n| n == 0.0, "sessions held after their close").await;
+    assert_eq!(world.metric("shake_edge_handshakes_in_progress"), 0.0);
 }
 
 /// Waits (5 s at most) until `shake_edge_sessions_held` satisfies `ok`, else fails with `what`.
