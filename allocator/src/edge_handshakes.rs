@@ -3,9 +3,10 @@
 //! bound. Handshakes in progress are capped (refused past [`MAX_IN_PROGRESS`], or past
 //! [`MAX_PER_SOURCE`] from one validated address, so that one host cannot hold them all);
 //! above [`RETRY_ABOVE`] a source that has not validated its address is asked to Retry first
-//! (a spoofed flood then holds no state, and cannot use up a real edge's share); each handshake has a deadline ([`DEADLINE`]); a failed
-//! one is counted every time and logged at most once per [`LOG_EVERY`], with the number left
-//! unlogged. The leader's accept loop and a standby's redirect share one gate per process.
+//! (a spoofed flood then holds no state, and cannot use up a real edge's share); each
+//! handshake has a deadline ([`DEADLINE`]); a failed one is counted every time and logged at
+//! most once per [`LOG_EVERY`], with the number left unlogged. The leader's accept loop and a
+//! standby's redirect share one gate per process.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
